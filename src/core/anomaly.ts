@@ -1,0 +1,271 @@
+import type { Clock, TimerHandle } from "./clock";
+import type { EventBus } from "./events";
+import { jsonEqual } from "./json";
+import type { StateObserver } from "./state";
+import type { AnomalyData, AnomalyKind, DeviceStatus, JsonObject, JsonValue, Priority } from "./types";
+
+export interface FlappingOptions {
+  enabled: boolean;
+  /** Online/offline transitions counted within this window. */
+  windowSec: number;
+  /** Flapping starts at this many transitions in the window… */
+  threshold: number;
+  /** …and clears once the window holds this many or fewer (hysteresis). */
+  clearBelow: number;
+}
+
+export interface StuckOptions {
+  enabled: boolean;
+  /** Reports in a row carrying the same value. 0 disables this test. */
+  reports: number;
+  /** Seconds a value stayed the same while reports kept arriving. 0 disables this test. */
+  seconds: number;
+}
+
+export interface OutlierOptions {
+  enabled: boolean;
+  /** EWMA smoothing factor of mean and variance, 0 < alpha ≤ 1. */
+  alpha: number;
+  /** A value this many standard deviations from the mean is an outlier. */
+  zScore: number;
+  /** Samples taken before any value is judged. */
+  warmup: number;
+}
+
+export interface AnomalyOptions {
+  flapping: FlappingOptions;
+  stuck: StuckOptions;
+  outlier: OutlierOptions;
+  /** Numeric properties followed per device (stuck and outlier); the rest are ignored. */
+  maxPropertiesPerDevice: number;
+}
+
+export const DEFAULT_ANOMALY_OPTIONS: AnomalyOptions = {
+  flapping: { enabled: true, windowSec: 300, threshold: 6, clearBelow: 2 },
+  stuck: { enabled: true, reports: 30, seconds: 0 },
+  outlier: { enabled: true, alpha: 0.1, zScore: 4, warmup: 20 },
+  maxPropertiesPerDevice: 64,
+};
+
+interface PropertyTrack {
+  value: JsonValue;
+  sameCount: number;
+  since: number;
+  stuck: boolean;
+  n: number;
+  mean: number;
+  variance: number;
+}
+
+interface DeviceTrack {
+  transitions: number[];
+  flapping: boolean;
+  clearTimer: TimerHandle | null;
+  properties: Map<string, PropertyTrack> | null;
+}
+
+export interface AnomalyStatistics {
+  detected: Record<AnomalyKind, number>;
+  active: { flapping: number; stuck: number };
+}
+
+/**
+ * Watches the state stream for flapping devices, stuck values and numeric outliers, and
+ * publishes each as a `state.anomaly` event with its kind and figures. Flapping and stuck
+ * values publish again with `active: false` when they clear.
+ */
+export class AnomalyDetector implements StateObserver {
+  private readonly devices = new Map<string, DeviceTrack>();
+  private readonly detected: Record<AnomalyKind, number> = { flapping: 0, stuck: 0, outlier: 0 };
+  private activeFlapping = 0;
+  private activeStuck = 0;
+
+  constructor(
+    private readonly bus: EventBus,
+    private readonly clock: Clock,
+    private readonly options: AnomalyOptions = DEFAULT_ANOMALY_OPTIONS,
+  ) {}
+
+  onStatus(deviceId: string, from: DeviceStatus, to: DeviceStatus, now: number): void {
+    const f = this.options.flapping;
+    if (!f.enabled) return;
+    const flip = (from === "online" && to === "offline") || (from === "offline" && to === "online");
+    if (!flip) return;
+    const d = this.track(deviceId);
+    d.transitions.push(now);
+    this.trim(d, now);
+    if (!d.flapping && d.transitions.length >= f.threshold) {
+      d.flapping = true;
+      this.activeFlapping++;
+      this.emit(deviceId, "high", {
+        kind: "flapping",
+        active: true,
+        transitions: d.transitions.length,
+        windowSec: f.windowSec,
+      });
+      this.scheduleClearCheck(deviceId, d);
+    }
+  }
+
+  onReport(deviceId: string, properties: JsonObject, now: number): void {
+    const { stuck, outlier, maxPropertiesPerDevice } = this.options;
+    if (!stuck.enabled && !outlier.enabled) return;
+    let d: DeviceTrack | undefined;
+    for (const key of Object.keys(properties)) {
+      const value = properties[key] as JsonValue;
+      d ??= this.track(deviceId);
+      d.properties ??= new Map();
+      let p = d.properties.get(key);
+      if (!p) {
+        if (d.properties.size >= maxPropertiesPerDevice) continue;
+        p = { value, sameCount: 1, since: now, stuck: false, n: 0, mean: 0, variance: 0 };
+        d.properties.set(key, p);
+        if (typeof value === "number") this.learn(p, value);
+        continue;
+      }
+      if (stuck.enabled) this.checkStuck(deviceId, key, p, value, now);
+      if (outlier.enabled && typeof value === "number") this.checkOutlier(deviceId, key, p, value);
+    }
+  }
+
+  onForget(deviceId: string): void {
+    const d = this.devices.get(deviceId);
+    if (!d) return;
+    if (d.clearTimer !== null) this.clock.clearTimeout(d.clearTimer);
+    if (d.flapping) this.activeFlapping--;
+    if (d.properties) for (const p of d.properties.values()) if (p.stuck) this.activeStuck--;
+    this.devices.delete(deviceId);
+  }
+
+  /** Devices flapping right now. */
+  isFlapping(deviceId: string): boolean {
+    return this.devices.get(deviceId)?.flapping ?? false;
+  }
+
+  statistics(): AnomalyStatistics {
+    return { detected: { ...this.detected }, active: { flapping: this.activeFlapping, stuck: this.activeStuck } };
+  }
+
+  stop(): void {
+    for (const d of this.devices.values()) {
+      if (d.clearTimer !== null) this.clock.clearTimeout(d.clearTimer);
+      d.clearTimer = null;
+    }
+  }
+
+  private checkStuck(deviceId: string, key: string, p: PropertyTrack, value: JsonValue, now: number): void {
+    const o = this.options.stuck;
+    if (!jsonEqual(p.value, value)) {
+      if (p.stuck) {
+        p.stuck = false;
+        this.activeStuck--;
+        this.emit(deviceId, "normal", { kind: "stuck", active: false, property: key, value });
+      }
+      p.value = value;
+      p.sameCount = 1;
+      p.since = now;
+      return;
+    }
+    p.sameCount++;
+    if (p.stuck) return;
+    const byCount = o.reports > 0 && p.sameCount >= o.reports;
+    const bySeconds = o.seconds > 0 && now - p.since >= o.seconds * 1000;
+    if (byCount || bySeconds) {
+      p.stuck = true;
+      this.activeStuck++;
+      this.emit(deviceId, "normal", {
+        kind: "stuck",
+        active: true,
+        property: key,
+        value,
+        reports: p.sameCount,
+        seconds: (now - p.since) / 1000,
+      });
+    }
+  }
+
+  private checkOutlier(deviceId: string, key: string, p: PropertyTrack, value: number): void {
+    const o = this.options.outlier;
+    if (p.n >= o.warmup) {
+      const stddev = Math.sqrt(p.variance);
+      const z = stddev > 0 ? Math.abs(value - p.mean) / stddev : value === p.mean ? 0 : Number.POSITIVE_INFINITY;
+      if (z > o.zScore) {
+        this.emit(deviceId, "normal", {
+          kind: "outlier",
+          active: true,
+          property: key,
+          value,
+          mean: round(p.mean),
+          stddev: round(stddev),
+          zScore: Number.isFinite(z) ? round(z) : null,
+        });
+      }
+    }
+    this.learn(p, value);
+  }
+
+  /** Welford's running mean and variance through the warm-up, then an EWMA of both. */
+  private learn(p: PropertyTrack, x: number): void {
+    p.n++;
+    const diff = x - p.mean;
+    if (p.n <= this.options.outlier.warmup) {
+      p.mean += diff / p.n;
+      // Population variance kept directly: M2/n updated incrementally.
+      p.variance += (diff * (x - p.mean) - p.variance) / p.n;
+      return;
+    }
+    const a = this.options.outlier.alpha;
+    const incr = a * diff;
+    p.mean += incr;
+    p.variance = (1 - a) * (p.variance + diff * incr);
+  }
+
+  private trim(d: DeviceTrack, now: number): void {
+    const horizon = now - this.options.flapping.windowSec * 1000;
+    let drop = 0;
+    while (drop < d.transitions.length && d.transitions[drop]! <= horizon) drop++;
+    if (drop > 0) d.transitions.splice(0, drop);
+  }
+
+  /** While a device flaps, re-check when its oldest transition leaves the window. */
+  private scheduleClearCheck(deviceId: string, d: DeviceTrack): void {
+    if (d.clearTimer !== null) this.clock.clearTimeout(d.clearTimer);
+    const oldest = d.transitions[0] ?? this.clock.now();
+    const wait = Math.max(1, oldest + this.options.flapping.windowSec * 1000 + 1 - this.clock.now());
+    d.clearTimer = this.clock.setTimeout(() => {
+      d.clearTimer = null;
+      const now = this.clock.now();
+      this.trim(d, now);
+      if (d.transitions.length <= this.options.flapping.clearBelow) {
+        d.flapping = false;
+        this.activeFlapping--;
+        this.emit(deviceId, "normal", {
+          kind: "flapping",
+          active: false,
+          transitions: d.transitions.length,
+          windowSec: this.options.flapping.windowSec,
+        });
+      } else {
+        this.scheduleClearCheck(deviceId, d);
+      }
+    }, wait);
+  }
+
+  private track(deviceId: string): DeviceTrack {
+    let d = this.devices.get(deviceId);
+    if (!d) {
+      d = { transitions: [], flapping: false, clearTimer: null, properties: null };
+      this.devices.set(deviceId, d);
+    }
+    return d;
+  }
+
+  private emit(deviceId: string, priority: Priority, data: AnomalyData): void {
+    if (data.active) this.detected[data.kind]++;
+    this.bus.publish("state.anomaly", data, { deviceId, priority, source: "anomaly" });
+  }
+}
+
+function round(x: number): number {
+  return Math.round(x * 1000) / 1000;
+}

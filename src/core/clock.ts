@@ -1,0 +1,78 @@
+/**
+ * Time as the engine sees it. Everything that waits or reads the time goes through a Clock,
+ * so tests drive timeouts at their exact boundaries without sleeping.
+ */
+export interface Clock {
+  now(): number;
+  setTimeout(fn: () => void, ms: number): TimerHandle;
+  clearTimeout(handle: TimerHandle): void;
+}
+
+export type TimerHandle = unknown;
+
+export const systemClock: Clock = {
+  now: () => Date.now(),
+  setTimeout: (fn, ms) => {
+    const t = setTimeout(fn, ms);
+    return t;
+  },
+  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
+};
+
+interface ManualTimer {
+  at: number;
+  seq: number;
+  fn: () => void;
+}
+
+/**
+ * A clock that moves only when told to. `advance(ms)` runs every timer that falls due,
+ * in time order, with `now()` set to each timer's due time as it runs.
+ */
+export class ManualClock implements Clock {
+  private current: number;
+  private seq = 0;
+  private readonly timers = new Set<ManualTimer>();
+
+  constructor(start = Date.UTC(2026, 10, 27, 10, 0, 0)) {
+    this.current = start;
+  }
+
+  now(): number {
+    return this.current;
+  }
+
+  setTimeout(fn: () => void, ms: number): TimerHandle {
+    const timer: ManualTimer = { at: this.current + Math.max(0, ms), seq: this.seq++, fn };
+    this.timers.add(timer);
+    return timer;
+  }
+
+  clearTimeout(handle: TimerHandle): void {
+    this.timers.delete(handle as ManualTimer);
+  }
+
+  /** Timers scheduled and not yet run or cleared. */
+  get pendingTimers(): number {
+    return this.timers.size;
+  }
+
+  advance(ms: number): void {
+    const until = this.current + ms;
+    for (;;) {
+      let next: ManualTimer | undefined;
+      for (const t of this.timers) {
+        if (t.at <= until && (!next || t.at < next.at || (t.at === next.at && t.seq < next.seq))) next = t;
+      }
+      if (!next) break;
+      this.timers.delete(next);
+      this.current = Math.max(this.current, next.at);
+      next.fn();
+    }
+    this.current = until;
+  }
+
+  set(time: number): void {
+    this.advance(Math.max(0, time - this.current));
+  }
+}

@@ -1,0 +1,293 @@
+import type { Clock, TimerHandle } from "./clock";
+import { DeadlineHeap, type Scheduled } from "./deadline-heap";
+
+export interface AdaptiveTimeoutOptions {
+  enabled: boolean;
+  /** The learned timeout is `factor` × the median gap between a device's messages. */
+  factor: number;
+  minSec: number;
+  maxSec: number;
+  /** Gaps seen before the learned value replaces the hub default. */
+  minSamples: number;
+}
+
+export interface RetentionOptions {
+  enabled: boolean;
+  /** A device offline longer than this is removed. */
+  offlineForSec: number;
+}
+
+export interface HeartbeatOptions {
+  defaultTimeoutSec: number;
+  /** Expiries are checked at most this late, so one timer serves many deadlines. */
+  resolutionMs: number;
+  adaptive: AdaptiveTimeoutOptions;
+  retention: RetentionOptions;
+}
+
+export const DEFAULT_HEARTBEAT_OPTIONS: HeartbeatOptions = {
+  defaultTimeoutSec: 60,
+  resolutionMs: 250,
+  adaptive: { enabled: false, factor: 3, minSec: 10, maxSec: 24 * 3600, minSamples: 5 },
+  retention: { enabled: false, offlineForSec: 30 * 24 * 3600 },
+};
+
+export interface HeartbeatCallbacks {
+  /** A device was silent past its timeout. */
+  onExpire(id: string, lastSeen: number, timeoutMs: number): void;
+  /** A device has been offline longer than the retention age. */
+  onPurge(id: string, offlineSince: number): void;
+  /** The adaptive timeout learned a new value for a device (changes under 20% are not told). */
+  onTimeoutLearned(id: string, timeoutSec: number): void;
+}
+
+const GAP_WINDOW = 16;
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+class Tracker implements Scheduled {
+  due = 0;
+  heapIndex = -1;
+  alive = false;
+  offlineSince = 0;
+  purge: PurgeEntry | null = null;
+  gaps: Float64Array | null = null;
+  gapCount = 0;
+  learnedMs = 0;
+  announcedMs = 0;
+
+  constructor(
+    readonly id: string,
+    public lastSeen: number,
+    /** The device's own timeout in ms, or 0 to use the learned or hub default. */
+    public explicitMs: number,
+  ) {}
+}
+
+class PurgeEntry implements Scheduled {
+  due = 0;
+  heapIndex = -1;
+  constructor(readonly tracker: Tracker) {}
+}
+
+/**
+ * Online/offline detection. A heartbeat only stamps `lastSeen` (O(1)); each live device has one
+ * entry in a deadline heap, checked lazily: when its deadline comes round, a device that spoke
+ * meanwhile is pushed to its new deadline (O(log n)) and a silent one expires. One timer waits
+ * for the earliest deadline, so a tick costs only the entries that fall due — never a fleet scan.
+ */
+export class HeartbeatMonitor {
+  private readonly trackers = new Map<string, Tracker>();
+  private readonly expiries = new DeadlineHeap<Tracker>();
+  private readonly purges = new DeadlineHeap<PurgeEntry>();
+  private timer: TimerHandle | null = null;
+  private timerAt = Number.POSITIVE_INFINITY;
+  private running = false;
+
+  constructor(
+    private readonly clock: Clock,
+    private readonly options: HeartbeatOptions,
+    private readonly callbacks: HeartbeatCallbacks,
+  ) {}
+
+  start(): void {
+    this.running = true;
+    this.arm();
+  }
+
+  stop(): void {
+    this.running = false;
+    this.disarm();
+  }
+
+  get size(): number {
+    return this.trackers.size;
+  }
+
+  /** Pending deadlines (live devices) and pending purges, for statistics and tests. */
+  get pending(): { expiries: number; purges: number; timerArmed: boolean } {
+    return { expiries: this.expiries.size, purges: this.purges.size, timerArmed: this.timer !== null };
+  }
+
+  /**
+   * Starts watching a device. With a `lastSeen` from before a restart, the device's deadline is
+   * counted from that moment, so a device silent while the hub was down expires on time.
+   */
+  track(id: string, timeoutSec: number | undefined, lastSeen = 0, alive = lastSeen > 0): void {
+    this.untrack(id);
+    const t = new Tracker(id, lastSeen, timeoutSec ? timeoutSec * 1000 : 0);
+    this.trackers.set(id, t);
+    if (alive && lastSeen > 0) {
+      t.alive = true;
+      this.expiries.schedule(t, this.deadline(t));
+      this.arm();
+    } else if (lastSeen > 0) {
+      this.markDead(t, lastSeen);
+    }
+  }
+
+  untrack(id: string): void {
+    const t = this.trackers.get(id);
+    if (!t) return;
+    this.trackers.delete(id);
+    this.expiries.remove(t);
+    if (t.purge) this.purges.remove(t.purge);
+    this.arm();
+  }
+
+  /** A device's own timeout changed (undefined: back to the learned or default one). */
+  setTimeout(id: string, timeoutSec: number | undefined): void {
+    const t = this.trackers.get(id);
+    if (!t) return;
+    t.explicitMs = timeoutSec ? timeoutSec * 1000 : 0;
+    if (t.alive) {
+      this.expiries.schedule(t, this.deadline(t));
+      this.arm();
+    }
+  }
+
+  /**
+   * Records a message from a device. Returns true when the device was not alive before (first
+   * message, or back after a timeout): the caller then brings it online.
+   */
+  beat(id: string, now: number = this.clock.now()): boolean {
+    const t = this.trackers.get(id);
+    if (t === undefined) return false;
+    if (t.alive) {
+      if (this.options.adaptive.enabled && t.explicitMs === 0) this.learn(t, now - t.lastSeen);
+      t.lastSeen = now;
+      return false;
+    }
+    t.lastSeen = now;
+    t.alive = true;
+    if (t.purge) {
+      this.purges.remove(t.purge);
+      t.purge = null;
+    }
+    this.expiries.schedule(t, this.deadline(t));
+    if (t.due < this.timerAt) this.arm();
+    return true;
+  }
+
+  /**
+   * Expects traffic again from now (a user set the status to online by hand): unless the device
+   * speaks, it expires one timeout from now.
+   */
+  revive(id: string, now: number = this.clock.now()): void {
+    const t = this.trackers.get(id);
+    if (!t || t.alive) return;
+    t.alive = true;
+    if (t.purge) {
+      this.purges.remove(t.purge);
+      t.purge = null;
+    }
+    this.expiries.schedule(t, now + this.timeoutMs(t) + 1);
+    this.arm();
+  }
+
+  /** The device said it is going away (MQTT last will): offline now, no wait for the timeout. */
+  markOffline(id: string, now: number = this.clock.now()): boolean {
+    const t = this.trackers.get(id);
+    if (!t || !t.alive) return false;
+    this.expiries.remove(t);
+    this.markDead(t, now);
+    this.arm();
+    return true;
+  }
+
+  isAlive(id: string): boolean {
+    return this.trackers.get(id)?.alive ?? false;
+  }
+
+  lastSeen(id: string): number {
+    return this.trackers.get(id)?.lastSeen ?? 0;
+  }
+
+  /** The timeout in force for a device, in seconds: its own, else learned, else the default. */
+  effectiveTimeoutSec(id: string): number {
+    const t = this.trackers.get(id);
+    return t ? this.timeoutMs(t) / 1000 : this.options.defaultTimeoutSec;
+  }
+
+  private timeoutMs(t: Tracker): number {
+    if (t.explicitMs > 0) return t.explicitMs;
+    if (t.learnedMs > 0) return t.learnedMs;
+    return this.options.defaultTimeoutSec * 1000;
+  }
+
+  /** The first instant at which the device counts as silent past its timeout. */
+  private deadline(t: Tracker): number {
+    return t.lastSeen + this.timeoutMs(t) + 1;
+  }
+
+  private markDead(t: Tracker, since: number): void {
+    t.alive = false;
+    t.offlineSince = since;
+    if (this.options.retention.enabled) {
+      t.purge ??= new PurgeEntry(t);
+      this.purges.schedule(t.purge, since + this.options.retention.offlineForSec * 1000);
+    }
+  }
+
+  private learn(t: Tracker, gap: number): void {
+    if (gap <= 0) return;
+    t.gaps ??= new Float64Array(GAP_WINDOW);
+    t.gaps[t.gapCount % GAP_WINDOW] = gap;
+    t.gapCount++;
+    const a = this.options.adaptive;
+    // The median is refreshed every fourth gap once there are enough: cheap on the hot path.
+    if (t.gapCount < a.minSamples || t.gapCount % 4 !== 0) return;
+    const n = Math.min(t.gapCount, GAP_WINDOW);
+    const sorted = t.gaps.slice(0, n).sort();
+    const median = n % 2 ? sorted[(n - 1) / 2]! : (sorted[n / 2 - 1]! + sorted[n / 2]!) / 2;
+    const learned = Math.min(a.maxSec * 1000, Math.max(a.minSec * 1000, Math.round(a.factor * median)));
+    t.learnedMs = learned;
+    if (t.announcedMs === 0 || Math.abs(learned - t.announcedMs) > 0.2 * t.announcedMs) {
+      t.announcedMs = learned;
+      this.callbacks.onTimeoutLearned(t.id, learned / 1000);
+    }
+  }
+
+  private tick(): void {
+    this.timer = null;
+    this.timerAt = Number.POSITIVE_INFINITY;
+    const now = this.clock.now();
+    for (let t = this.expiries.popDue(now); t !== undefined; t = this.expiries.popDue(now)) {
+      const due = this.deadline(t);
+      if (due > now) {
+        this.expiries.schedule(t, due);
+        continue;
+      }
+      this.markDead(t, t.lastSeen + this.timeoutMs(t));
+      this.callbacks.onExpire(t.id, t.lastSeen, this.timeoutMs(t));
+    }
+    for (let p = this.purges.popDue(now); p !== undefined; p = this.purges.popDue(now)) {
+      p.tracker.purge = null;
+      if (!p.tracker.alive && this.trackers.get(p.tracker.id) === p.tracker) {
+        this.callbacks.onPurge(p.tracker.id, p.tracker.offlineSince);
+      }
+    }
+    this.arm();
+  }
+
+  /** Points the one timer at the earliest deadline (rounded up to the resolution). */
+  private arm(): void {
+    if (!this.running) return;
+    const next = Math.min(this.expiries.peek()?.due ?? Infinity, this.purges.peek()?.due ?? Infinity);
+    if (next === Infinity) {
+      this.disarm();
+      return;
+    }
+    const res = this.options.resolutionMs;
+    const at = res > 0 ? Math.ceil(next / res) * res : next;
+    if (this.timer !== null && this.timerAt <= at) return;
+    this.disarm();
+    this.timerAt = at;
+    this.timer = this.clock.setTimeout(() => this.tick(), Math.min(MAX_TIMER_MS, Math.max(0, at - this.clock.now())));
+  }
+
+  private disarm(): void {
+    if (this.timer !== null) this.clock.clearTimeout(this.timer);
+    this.timer = null;
+    this.timerAt = Number.POSITIVE_INFINITY;
+  }
+}

@@ -1,0 +1,28 @@
+export { Hub } from "./hub";
+export type { HubOptions, InboundKind, InboundMessage, IngestResult, HubHealth, HubStatistics } from "./hub";
+export { DeviceRegistry, toDevice, DEFAULT_PAGE_SIZE } from "./registry";
+export type { DeviceFilter, DeviceList, DeviceStatistics, DeviceRecord, DeviceSortField } from "./registry";
+export { HeartbeatMonitor, DEFAULT_HEARTBEAT_OPTIONS } from "./heartbeat";
+export type { HeartbeatOptions, HeartbeatCallbacks, AdaptiveTimeoutOptions, RetentionOptions } from "./heartbeat";
+export { StateManager, DEFAULT_TRANSITIONS, DEFAULT_STATE_OPTIONS } from "./state";
+export type { StateOptions, TransitionRules, ChangeCause, StateStatistics, StateObserver } from "./state";
+export { AnomalyDetector, DEFAULT_ANOMALY_OPTIONS } from "./anomaly";
+export type { AnomalyOptions, AnomalyStatistics } from "./anomaly";
+export { EventBus } from "./events";
+export type {
+  DropPolicy,
+  EventBusOptions,
+  EventHandler,
+  EventStatistics,
+  HistoryQuery,
+  PublishOptions,
+  SubscribeOptions,
+  SubscriptionHandle,
+  SubscriptionStats,
+} from "./events";
+export { TethralError, ERROR_STATUS, isTethralError } from "./errors";
+export type { ErrorCode, ErrorDetail } from "./errors";
+export { ManualClock, systemClock } from "./clock";
+export type { Clock } from "./clock";
+export { LIMITS, DEVICE_ID_PATTERN } from "./validation";
+export * from "./types";

@@ -1,0 +1,523 @@
+import { z } from "zod";
+import type { Clock } from "./clock";
+import { TethralError, notFound } from "./errors";
+import type { EventBus } from "./events";
+import { cloneJson, isEmptyObject, iso, isoOrNull } from "./json";
+import {
+  type DeviceInput,
+  type DevicePatch,
+  deviceIdSchema,
+  deviceInputSchema,
+  devicePatchSchema,
+  parseInput,
+  statusSchema,
+} from "./validation";
+import type { Device, DeviceStatus, JsonObject } from "./types";
+
+/** The registry's own copy of a device: numbers for times, shared empty lists, no per-read cost. */
+export interface DeviceRecord {
+  readonly id: string;
+  /** Registration order: the stable tie-break of every sort. */
+  readonly seq: number;
+  name: string;
+  protocol: string;
+  address: string | undefined;
+  manufacturer: string | undefined;
+  model: string | undefined;
+  firmware: string | undefined;
+  capabilities: readonly string[];
+  tags: readonly string[];
+  heartbeatTimeout: number | undefined;
+  metadata: JsonObject | undefined;
+  status: DeviceStatus;
+  /** Epoch ms of the last message; 0 when never seen. */
+  lastSeen: number;
+  createdAt: number;
+  updatedAt: number;
+}
+
+const EMPTY: readonly string[] = Object.freeze([]);
+
+const SORT_FIELDS = ["registered", "id", "name", "createdAt", "updatedAt", "lastSeen", "status", "protocol", "manufacturer"] as const;
+export type DeviceSortField = (typeof SORT_FIELDS)[number];
+
+const oneOrMany = <T extends z.ZodType>(item: T) =>
+  z.union([item, z.array(item).min(1).max(64)]).transform((v) => (Array.isArray(v) ? v : [v]) as z.infer<T>[]);
+
+const filterSchema = z.strictObject({
+  status: oneOrMany(statusSchema).optional(),
+  protocol: oneOrMany(z.string().min(1).max(64)).optional(),
+  manufacturer: oneOrMany(z.string().min(1).max(256)).optional(),
+  capability: oneOrMany(z.string().min(1).max(64)).optional(),
+  capabilityMatch: z.enum(["any", "all"]).optional(),
+  tag: oneOrMany(z.string().min(1).max(64)).optional(),
+  tagMatch: z.enum(["any", "all"]).optional(),
+  q: z.string().max(256).optional(),
+  sort: z.enum(SORT_FIELDS).optional(),
+  order: z.enum(["asc", "desc"]).optional(),
+  limit: z.coerce.number().int().min(0).max(100_000).optional(),
+  offset: z.coerce.number().int().min(0).optional(),
+});
+export type DeviceFilter = z.input<typeof filterSchema>;
+
+export interface DeviceList {
+  devices: Device[];
+  total: number;
+}
+
+export interface DeviceStatistics {
+  total: number;
+  byStatus: Record<string, number>;
+  byProtocol: Record<string, number>;
+  byManufacturer: Record<string, number>;
+  byCapability: Record<string, number>;
+  byTag: Record<string, number>;
+}
+
+export const DEFAULT_PAGE_SIZE = 100;
+
+/** A set of device ids that share one value; keeps the value so records can share the string. */
+class Bucket extends Set<string> {
+  constructor(readonly value: string) {
+    super();
+  }
+}
+
+/** value → ids having it. Filters intersect these instead of scanning the fleet. */
+class ValueIndex {
+  private readonly buckets = new Map<string, Bucket>();
+
+  /** Adds `id` under `value` and returns the index's shared copy of the string. */
+  add(value: string, id: string): string {
+    let bucket = this.buckets.get(value);
+    if (!bucket) {
+      bucket = new Bucket(value);
+      this.buckets.set(value, bucket);
+    }
+    bucket.add(id);
+    return bucket.value;
+  }
+
+  delete(value: string, id: string): void {
+    const bucket = this.buckets.get(value);
+    if (!bucket) return;
+    bucket.delete(id);
+    if (bucket.size === 0) this.buckets.delete(value);
+  }
+
+  get(value: string): ReadonlySet<string> | undefined {
+    return this.buckets.get(value);
+  }
+
+  counts(): Record<string, number> {
+    const out: Record<string, number> = Object.create(null);
+    for (const [value, bucket] of this.buckets) out[value] = bucket.size;
+    return out;
+  }
+}
+
+/** One indexed condition of a filter: the ids it allows and a per-record test for the others. */
+interface Condition {
+  size: number;
+  ids: () => Iterable<string>;
+  test: (r: DeviceRecord) => boolean;
+}
+
+/**
+ * The device registry: every device's record, indexed by status, protocol, manufacturer,
+ * capability and tag. Register, update and remove are validated with zod; a rejected input
+ * changes nothing.
+ */
+export class DeviceRegistry {
+  private readonly records = new Map<string, DeviceRecord>();
+  private readonly byStatus = new ValueIndex();
+  private readonly byProtocol = new ValueIndex();
+  private readonly byManufacturer = new ValueIndex();
+  private readonly byCapability = new ValueIndex();
+  private readonly byTag = new ValueIndex();
+  private seq = 0;
+
+  constructor(
+    private readonly bus: EventBus,
+    private readonly clock: Clock,
+  ) {}
+
+  get size(): number {
+    return this.records.size;
+  }
+
+  has(id: string): boolean {
+    return this.records.has(id);
+  }
+
+  /** The live record, for the engine's own hot paths. Callers outside the engine use `get`. */
+  record(id: string): DeviceRecord | undefined {
+    return this.records.get(id);
+  }
+
+  /** Every live record, in registration order. */
+  allRecords(): IterableIterator<DeviceRecord> {
+    return this.records.values();
+  }
+
+  register(input: unknown, options: { causeId?: string | null; source?: string } = {}): Device {
+    const data = parseInput(deviceInputSchema, input, "device");
+    if (this.records.has(data.id)) {
+      throw new TethralError("CONFLICT", `device "${data.id}" is already registered`, [
+        { field: "id", message: "is already registered" },
+      ]);
+    }
+    const record = this.insert(data, this.clock.now());
+    const device = toDevice(record);
+    this.bus.publish("device.registered", { device }, {
+      deviceId: record.id,
+      source: options.source ?? "registry",
+      causeId: options.causeId ?? null,
+    });
+    return device;
+  }
+
+  /**
+   * Adds a record without validation or events. For the engine's own bulk paths (loading a
+   * store, benchmarks) whose input was validated when it was first registered.
+   */
+  insert(data: DeviceInput, now: number, restored?: { status: DeviceStatus; lastSeen: number; createdAt: number; updatedAt: number }): DeviceRecord {
+    const id = data.id;
+    const record: DeviceRecord = {
+      id,
+      seq: this.seq++,
+      name: data.name ?? id,
+      protocol: this.byProtocol.add(data.protocol, id),
+      address: data.address,
+      manufacturer: data.manufacturer === undefined ? undefined : this.byManufacturer.add(data.manufacturer, id),
+      model: data.model,
+      firmware: data.firmware,
+      capabilities: this.indexList(this.byCapability, data.capabilities, id),
+      tags: this.indexList(this.byTag, data.tags, id),
+      heartbeatTimeout: data.heartbeatTimeout,
+      metadata: data.metadata && !isEmptyObject(data.metadata) ? cloneJson(data.metadata) : undefined,
+      status: restored?.status ?? "unknown",
+      lastSeen: restored?.lastSeen ?? 0,
+      createdAt: restored?.createdAt ?? now,
+      updatedAt: restored?.updatedAt ?? now,
+    };
+    this.byStatus.add(record.status, id);
+    this.records.set(id, record);
+    return record;
+  }
+
+  get(id: string): Device {
+    const record = this.records.get(id);
+    if (!record) throw notFound("device", id);
+    return toDevice(record);
+  }
+
+  /** Applies a partial update. `id` cannot change; `null` clears an optional field. */
+  update(id: string, patch: unknown, options: { causeId?: string | null; source?: string } = {}): Device {
+    const record = this.records.get(id);
+    if (!record) throw notFound("device", id);
+    const data: DevicePatch = parseInput(devicePatchSchema, patch, "device update");
+    if (data.id !== undefined && data.id !== id) {
+      throw new TethralError("INVALID", "invalid device update: id cannot be changed", [
+        { field: "id", message: "is immutable" },
+      ]);
+    }
+    const changes: string[] = [];
+    const set = <K extends keyof DeviceRecord>(key: K, value: DeviceRecord[K]) => {
+      if (record[key] !== value) {
+        (record as { [P in K]: DeviceRecord[K] })[key] = value;
+        changes.push(key);
+      }
+    };
+    if (data.name !== undefined) set("name", data.name);
+    if (data.protocol !== undefined && data.protocol !== record.protocol) {
+      this.byProtocol.delete(record.protocol, id);
+      set("protocol", this.byProtocol.add(data.protocol, id));
+    }
+    if (data.address !== undefined) set("address", data.address ?? undefined);
+    if (data.manufacturer !== undefined && data.manufacturer !== record.manufacturer) {
+      if (record.manufacturer !== undefined) this.byManufacturer.delete(record.manufacturer, id);
+      set("manufacturer", data.manufacturer === null ? undefined : this.byManufacturer.add(data.manufacturer, id));
+    }
+    if (data.model !== undefined) set("model", data.model ?? undefined);
+    if (data.firmware !== undefined) set("firmware", data.firmware ?? undefined);
+    if (data.capabilities !== undefined && !sameList(record.capabilities, data.capabilities)) {
+      for (const c of record.capabilities) this.byCapability.delete(c, id);
+      set("capabilities", this.indexList(this.byCapability, data.capabilities, id));
+    }
+    if (data.tags !== undefined && !sameList(record.tags, data.tags)) {
+      for (const t of record.tags) this.byTag.delete(t, id);
+      set("tags", this.indexList(this.byTag, data.tags, id));
+    }
+    if (data.heartbeatTimeout !== undefined) set("heartbeatTimeout", data.heartbeatTimeout ?? undefined);
+    if (data.metadata !== undefined) {
+      record.metadata = isEmptyObject(data.metadata) ? undefined : cloneJson(data.metadata);
+      changes.push("metadata");
+    }
+    if (changes.length === 0) return toDevice(record);
+    record.updatedAt = this.clock.now();
+    const device = toDevice(record);
+    this.bus.publish("device.updated", { device, changes }, {
+      deviceId: id,
+      source: options.source ?? "registry",
+      causeId: options.causeId ?? null,
+    });
+    return device;
+  }
+
+  remove(id: string, options: { reason?: "user" | "retention"; causeId?: string | null; source?: string } = {}): Device {
+    const record = this.records.get(id);
+    if (!record) throw notFound("device", id);
+    this.records.delete(id);
+    this.byStatus.delete(record.status, id);
+    this.byProtocol.delete(record.protocol, id);
+    if (record.manufacturer !== undefined) this.byManufacturer.delete(record.manufacturer, id);
+    for (const c of record.capabilities) this.byCapability.delete(c, id);
+    for (const t of record.tags) this.byTag.delete(t, id);
+    const device = toDevice(record);
+    this.bus.publish("device.removed", { device, reason: options.reason ?? "user" }, {
+      deviceId: id,
+      source: options.source ?? "registry",
+      causeId: options.causeId ?? null,
+    });
+    return device;
+  }
+
+  /** Moves a record to another status bucket. The state manager calls this; it checks the rules. */
+  setStatus(record: DeviceRecord, status: DeviceStatus): void {
+    if (record.status === status) return;
+    this.byStatus.delete(record.status, record.id);
+    record.status = status;
+    this.byStatus.add(status, record.id);
+  }
+
+  /** Ids with a status, without copying: the state manager pages through these. */
+  idsWithStatus(status: DeviceStatus): ReadonlySet<string> | undefined {
+    return this.byStatus.get(status);
+  }
+
+  /**
+   * Filters, searches, sorts and pages. Indexed conditions (status, protocol, manufacturer,
+   * capability, tag) start from the smallest matching index bucket; only a filter with none
+   * of them walks the whole registry. `q` is a case-insensitive substring of id, name,
+   * manufacturer or model. Results are ordered by registration unless `sort` says otherwise.
+   */
+  list(filter: DeviceFilter = {}): DeviceList {
+    const f = parseInput(filterSchema, filter, "filter");
+    const limit = f.limit ?? DEFAULT_PAGE_SIZE;
+    const offset = f.offset ?? 0;
+    const conditions: Condition[] = [];
+    const addValues = (index: ValueIndex, values: string[] | undefined, field: (r: DeviceRecord) => string | undefined) => {
+      if (values) conditions.push(unionCondition(index, values, (r) => values.includes(field(r) as string)));
+    };
+    addValues(this.byStatus, f.status, (r) => r.status);
+    addValues(this.byProtocol, f.protocol, (r) => r.protocol);
+    addValues(this.byManufacturer, f.manufacturer, (r) => r.manufacturer);
+    if (f.capability) conditions.push(listCondition(this.byCapability, f.capability, f.capabilityMatch ?? "all", (r) => r.capabilities));
+    if (f.tag) conditions.push(listCondition(this.byTag, f.tag, f.tagMatch ?? "all", (r) => r.tags));
+
+    const needle = f.q?.trim().toLowerCase();
+    const matchesText = needle
+      ? (r: DeviceRecord) =>
+          r.id.toLowerCase().includes(needle) ||
+          r.name.toLowerCase().includes(needle) ||
+          (r.manufacturer?.toLowerCase().includes(needle) ?? false) ||
+          (r.model?.toLowerCase().includes(needle) ?? false)
+      : null;
+
+    // Fast path: the whole fleet in registration order, paged without collecting it.
+    if (conditions.length === 0 && !matchesText && (f.sort === undefined || f.sort === "registered") && f.order !== "desc") {
+      const devices: Device[] = [];
+      let i = 0;
+      for (const record of this.records.values()) {
+        if (i >= offset + limit) break;
+        if (i++ >= offset) devices.push(toDevice(record));
+      }
+      return { devices, total: this.records.size };
+    }
+
+    const matches: DeviceRecord[] = [];
+    if (conditions.length === 0) {
+      for (const record of this.records.values()) if (!matchesText || matchesText(record)) matches.push(record);
+    } else {
+      conditions.sort((a, b) => a.size - b.size);
+      const [driver, ...rest] = conditions as [Condition, ...Condition[]];
+      for (const id of driver.ids()) {
+        const record = this.records.get(id);
+        if (!record) continue;
+        if (rest.every((c) => c.test(record)) && (!matchesText || matchesText(record))) matches.push(record);
+      }
+    }
+    const page = pageOf(matches, compareBy(f.sort ?? "registered", f.order ?? "asc"), offset, limit);
+    return { devices: page.map(toDevice), total: matches.length };
+  }
+
+  statistics(): DeviceStatistics {
+    return {
+      total: this.records.size,
+      byStatus: this.byStatus.counts(),
+      byProtocol: this.byProtocol.counts(),
+      byManufacturer: this.byManufacturer.counts(),
+      byCapability: this.byCapability.counts(),
+      byTag: this.byTag.counts(),
+    };
+  }
+
+  /** Validates an id from outside (a topic, a URL) before it is used as a key. */
+  static checkId(id: unknown): string {
+    return parseInput(deviceIdSchema, id, "device id");
+  }
+
+  private indexList(index: ValueIndex, values: string[] | undefined, id: string): readonly string[] {
+    if (!values || values.length === 0) return EMPTY;
+    const unique = [...new Set(values)];
+    return unique.map((v) => index.add(v, id));
+  }
+}
+
+function unionCondition(index: ValueIndex, values: string[], test: (r: DeviceRecord) => boolean): Condition {
+  const buckets = values.map((v) => index.get(v)).filter((b): b is ReadonlySet<string> => b !== undefined);
+  return {
+    size: buckets.reduce((n, b) => n + b.size, 0),
+    // A record has one status, protocol and manufacturer, so these buckets never overlap.
+    ids: function* () {
+      for (const b of buckets) yield* b;
+    },
+    test,
+  };
+}
+
+function listCondition(
+  index: ValueIndex,
+  values: string[],
+  match: "any" | "all",
+  field: (r: DeviceRecord) => readonly string[],
+): Condition {
+  const buckets = values.map((v) => index.get(v));
+  if (match === "all") {
+    if (buckets.some((b) => b === undefined)) return { size: 0, ids: () => [], test: () => false };
+    const smallest = (buckets as ReadonlySet<string>[]).reduce((a, b) => (b.size < a.size ? b : a));
+    return {
+      size: smallest.size,
+      ids: () => smallest,
+      test: (r) => values.every((v) => field(r).includes(v)),
+    };
+  }
+  const present = buckets.filter((b): b is ReadonlySet<string> => b !== undefined);
+  return {
+    size: present.reduce((n, b) => n + b.size, 0),
+    ids: function* () {
+      // A device can carry several of the values: yield it from the first bucket that has it.
+      for (let i = 0; i < present.length; i++) {
+        for (const id of present[i]!) {
+          let seen = false;
+          for (let j = 0; j < i && !seen; j++) seen = present[j]!.has(id);
+          if (!seen) yield id;
+        }
+      }
+    },
+    test: (r) => values.some((v) => field(r).includes(v)),
+  };
+}
+
+function compareBy(field: DeviceSortField, order: "asc" | "desc"): (a: DeviceRecord, b: DeviceRecord) => number {
+  const sign = order === "desc" ? -1 : 1;
+  const key = (r: DeviceRecord): string | number => {
+    switch (field) {
+      case "registered":
+        return r.seq;
+      case "id":
+        return r.id;
+      case "name":
+        return r.name;
+      case "createdAt":
+        return r.createdAt;
+      case "updatedAt":
+        return r.updatedAt;
+      case "lastSeen":
+        return r.lastSeen;
+      case "status":
+        return r.status;
+      case "protocol":
+        return r.protocol;
+      case "manufacturer":
+        return r.manufacturer ?? "";
+    }
+  };
+  return (a, b) => {
+    const ka = key(a);
+    const kb = key(b);
+    if (ka < kb) return -sign;
+    if (ka > kb) return sign;
+    return a.seq - b.seq;
+  };
+}
+
+/**
+ * The records at [offset, offset+limit) in `cmp` order. A small page of a large match set is
+ * selected with a bounded heap (n log k) instead of sorting everything.
+ */
+function pageOf(items: DeviceRecord[], cmp: (a: DeviceRecord, b: DeviceRecord) => number, offset: number, limit: number): DeviceRecord[] {
+  const k = offset + limit;
+  if (k === 0) return [];
+  if (k * 8 >= items.length) return items.sort(cmp).slice(offset, k);
+  // Max-heap of the k smallest so far: the root is the largest kept.
+  const heap: DeviceRecord[] = [];
+  const up = (i: number) => {
+    while (i > 0) {
+      const p = (i - 1) >> 1;
+      if (cmp(heap[i]!, heap[p]!) <= 0) break;
+      [heap[i], heap[p]] = [heap[p]!, heap[i]!];
+      i = p;
+    }
+  };
+  const down = (i: number) => {
+    for (;;) {
+      const l = 2 * i + 1;
+      const r = l + 1;
+      let m = i;
+      if (l < heap.length && cmp(heap[l]!, heap[m]!) > 0) m = l;
+      if (r < heap.length && cmp(heap[r]!, heap[m]!) > 0) m = r;
+      if (m === i) return;
+      [heap[i], heap[m]] = [heap[m]!, heap[i]!];
+      i = m;
+    }
+  };
+  for (const item of items) {
+    if (heap.length < k) {
+      heap.push(item);
+      up(heap.length - 1);
+    } else if (cmp(item, heap[0]!) < 0) {
+      heap[0] = item;
+      down(0);
+    }
+  }
+  return heap.sort(cmp).slice(offset, k);
+}
+
+function sameList(a: readonly string[], b: string[]): boolean {
+  const unique = [...new Set(b)];
+  return a.length === unique.length && a.every((v, i) => v === unique[i]);
+}
+
+/** The public, JSON-ready copy of a record (CONTRACT §1). Mutating it never touches the registry. */
+export function toDevice(r: DeviceRecord): Device {
+  const device: Device = {
+    id: r.id,
+    name: r.name,
+    protocol: r.protocol,
+    capabilities: r.capabilities.slice(),
+    tags: r.tags.slice(),
+    metadata: r.metadata ? cloneJson(r.metadata) : {},
+    status: r.status,
+    lastSeen: isoOrNull(r.lastSeen),
+    createdAt: iso(r.createdAt),
+    updatedAt: iso(r.updatedAt),
+  };
+  if (r.address !== undefined) device.address = r.address;
+  if (r.manufacturer !== undefined) device.manufacturer = r.manufacturer;
+  if (r.model !== undefined) device.model = r.model;
+  if (r.firmware !== undefined) device.firmware = r.firmware;
+  if (r.heartbeatTimeout !== undefined) device.heartbeatTimeout = r.heartbeatTimeout;
+  return device;
+}

@@ -1,0 +1,114 @@
+/** Data shapes of CONTRACT §1 as the engine hands them out (JSON-ready, ISO timestamps). */
+
+export const DEVICE_STATUSES = ["unknown", "online", "offline", "error", "maintenance"] as const;
+export type DeviceStatus = (typeof DEVICE_STATUSES)[number];
+
+export const PRIORITIES = ["low", "normal", "high", "critical"] as const;
+export type Priority = (typeof PRIORITIES)[number];
+
+/** Numeric rank of a priority: higher is more urgent. */
+export const PRIORITY_RANK: Readonly<Record<Priority, number>> = { low: 0, normal: 1, high: 2, critical: 3 };
+
+export type JsonValue = string | number | boolean | null | JsonValue[] | { [key: string]: JsonValue };
+export type JsonObject = { [key: string]: JsonValue };
+
+export interface Device {
+  id: string;
+  name: string;
+  protocol: string;
+  address?: string;
+  manufacturer?: string;
+  model?: string;
+  firmware?: string;
+  capabilities: string[];
+  tags: string[];
+  heartbeatTimeout?: number;
+  metadata: JsonObject;
+  status: DeviceStatus;
+  lastSeen: string | null;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface DeviceState {
+  deviceId: string;
+  status: DeviceStatus;
+  properties: JsonObject;
+  desired: JsonObject;
+  delta: JsonObject;
+  version: number;
+  changedAt: string | null;
+  updatedAt: string | null;
+  reportedAt: string | null;
+}
+
+/** What one change touched: the status and/or the properties or desired keys that moved. */
+export interface StateSnapshot {
+  status?: DeviceStatus;
+  properties?: JsonObject;
+  desired?: JsonObject;
+}
+
+export interface StateHistoryEntry {
+  deviceId: string;
+  at: string;
+  version: number;
+  from: StateSnapshot;
+  to: StateSnapshot;
+  reason: string;
+  causeId: string | null;
+}
+
+export interface TethralEvent<T extends string = string, D = unknown> {
+  id: string;
+  type: T;
+  priority: Priority;
+  source: string;
+  deviceId: string | null;
+  data: D;
+  timestamp: string;
+  expiresAt: string | null;
+  causeId: string | null;
+}
+
+export type AnomalyKind = "flapping" | "stuck" | "outlier";
+
+export interface AnomalyData {
+  kind: AnomalyKind;
+  /** For flapping and stuck values: true when the anomaly starts, false when it clears. */
+  active: boolean;
+  property?: string;
+  value?: JsonValue;
+  [figure: string]: JsonValue | undefined;
+}
+
+/**
+ * The one typed event map: every event the hub emits and the shape of its `data`.
+ * Users publish their own types too (anything outside the hub's prefixes), typed as unknown.
+ */
+export interface EventMap {
+  "device.registered": { device: Device };
+  "device.updated": { device: Device; changes: string[]; reason?: string; effectiveTimeout?: number };
+  "device.removed": { device: Device; reason: "user" | "retention" };
+  "device.online": { previous: DeviceStatus; lastSeen: string };
+  "device.offline": { previous: DeviceStatus; lastSeen: string | null; timeout: number; reason: string };
+  "state.changed": {
+    from: StateSnapshot;
+    to: StateSnapshot;
+    reason: string;
+    version: number;
+    state: DeviceState;
+  };
+  "state.anomaly": AnomalyData;
+  "message.received": { kind: string; protocol: string | null; data: unknown };
+  "message.rejected": { reason: string; protocol: string | null; kind?: string; error?: string };
+  "hub.started": { devices: number };
+  "hub.stopped": { devices: number };
+  "store.degraded": { error: string };
+  "store.recovered": { pending: number };
+}
+
+export type HubEventType = keyof EventMap;
+
+/** Event type prefixes the hub owns; user events must use other names. */
+export const RESERVED_EVENT_PREFIXES = ["device.", "state.", "message.", "command.", "hub.", "store."] as const;

@@ -1,0 +1,174 @@
+import { z } from "zod";
+import { TethralError, type ErrorDetail } from "./errors";
+import { DEVICE_STATUSES, PRIORITIES, type JsonObject } from "./types";
+
+/** Limits on what the engine accepts. A value past a limit is refused with INVALID, never cut. */
+export const LIMITS = {
+  idLength: 128,
+  textLength: 256,
+  listItems: 64,
+  listItemLength: 64,
+  jsonDepth: 16,
+  metadataBytes: 64 * 1024,
+  propertiesBytes: 256 * 1024,
+  propertyKeys: 256,
+  keyLength: 128,
+  maxHeartbeatTimeout: 30 * 24 * 3600,
+} as const;
+
+export const DEVICE_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
+const PROTOCOL_PATTERN = /^[a-z][a-z0-9_-]{0,31}$/;
+
+/** Keys that would reach an object's prototype if copied with plain assignment. */
+const FORBIDDEN_KEY = "__proto__";
+
+/**
+ * Checks that `value` is plain JSON within the limits: finite numbers, no `__proto__` keys
+ * at any depth, bounded depth, key count and serialized size. Returns the first problem as
+ * `{field, message}` with the field's dotted path, or null when the value is fine.
+ * `constructor` and `prototype` are ordinary data keys: they are kept, and the engine only
+ * ever copies own properties, so they cannot reach a prototype.
+ */
+export function checkJsonObject(
+  value: unknown,
+  field: string,
+  maxBytes: number,
+  maxKeys: number = Number.POSITIVE_INFINITY,
+): ErrorDetail | null {
+  if (!isPlainObject(value)) return { field, message: "must be a JSON object" };
+  if (Object.keys(value).length > maxKeys) return { field, message: `has more than ${maxKeys} keys` };
+  const problem = walk(value, field, 0);
+  if (problem) return problem;
+  const bytes = Buffer.byteLength(JSON.stringify(value));
+  if (bytes > maxBytes) return { field, message: `is ${bytes} bytes of JSON, more than the ${maxBytes} allowed` };
+  return null;
+}
+
+function walk(value: unknown, path: string, depth: number): ErrorDetail | null {
+  if (value === null) return null;
+  switch (typeof value) {
+    case "string":
+    case "boolean":
+      return null;
+    case "number":
+      return Number.isFinite(value) ? null : { field: path, message: "must be a finite number" };
+    case "object": {
+      if (depth >= LIMITS.jsonDepth) return { field: path, message: `nests deeper than ${LIMITS.jsonDepth} levels` };
+      if (Array.isArray(value)) {
+        for (let i = 0; i < value.length; i++) {
+          const p = walk(value[i], `${path}[${i}]`, depth + 1);
+          if (p) return p;
+        }
+        return null;
+      }
+      if (!isPlainObject(value)) return { field: path, message: "must be plain JSON" };
+      for (const key of Object.keys(value)) {
+        if (key === FORBIDDEN_KEY) return { field: `${path}.${key}`, message: "the key __proto__ is not allowed" };
+        if (key.length > LIMITS.keyLength) {
+          return { field: `${path}.${key.slice(0, 32)}…`, message: `key longer than ${LIMITS.keyLength} characters` };
+        }
+        const p = walk((value as Record<string, unknown>)[key], `${path}.${key}`, depth + 1);
+        if (p) return p;
+      }
+      return null;
+    }
+    default:
+      return { field: path, message: `must be JSON, not ${typeof value}` };
+  }
+}
+
+export function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (value === null || typeof value !== "object" || Array.isArray(value)) return false;
+  const proto = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
+}
+
+const text = (max: number = LIMITS.textLength) =>
+  z.string().min(1, "must not be empty").max(max, `must be at most ${max} characters`);
+
+const list = z
+  .array(text(LIMITS.listItemLength))
+  .max(LIMITS.listItems, `must have at most ${LIMITS.listItems} items`);
+
+const jsonObject = (maxBytes: number) =>
+  z.unknown().superRefine((value, ctx) => {
+    const problem = checkJsonObject(value, "", maxBytes);
+    if (problem) {
+      const sub = problem.field.replace(/^\./, "").split(/\.|\[|\]/).filter(Boolean);
+      ctx.addIssue({ code: "custom", message: problem.message, path: sub });
+    }
+  }) as unknown as z.ZodType<JsonObject>;
+
+export const deviceIdSchema = z
+  .string()
+  .regex(DEVICE_ID_PATTERN, "must be 1-128 characters of A-Z a-z 0-9 . _ : -");
+
+const url = z.string().max(2048).refine((s) => URL.canParse(s), "must be a URL");
+
+export const deviceInputSchema = z.strictObject({
+  id: deviceIdSchema,
+  name: text().optional(),
+  protocol: z.string().regex(PROTOCOL_PATTERN, "must be a protocol name such as mqtt, coap, websocket or http"),
+  address: url.optional(),
+  manufacturer: text().optional(),
+  model: text().optional(),
+  firmware: text().optional(),
+  capabilities: list.optional(),
+  tags: list.optional(),
+  heartbeatTimeout: z.number().positive().max(LIMITS.maxHeartbeatTimeout).optional(),
+  metadata: jsonObject(LIMITS.metadataBytes).optional(),
+});
+export type DeviceInput = z.infer<typeof deviceInputSchema>;
+
+/** A partial update: every field optional, `null` clears an optional one, `id` may only repeat itself. */
+export const devicePatchSchema = z.strictObject({
+  id: deviceIdSchema.optional(),
+  name: text().optional(),
+  protocol: deviceInputSchema.shape.protocol.optional(),
+  address: url.nullable().optional(),
+  manufacturer: text().nullable().optional(),
+  model: text().nullable().optional(),
+  firmware: text().nullable().optional(),
+  capabilities: list.optional(),
+  tags: list.optional(),
+  heartbeatTimeout: z.number().positive().max(LIMITS.maxHeartbeatTimeout).nullable().optional(),
+  metadata: jsonObject(LIMITS.metadataBytes).optional(),
+});
+export type DevicePatch = z.infer<typeof devicePatchSchema>;
+
+export const statusSchema = z.enum(DEVICE_STATUSES);
+export const prioritySchema = z.enum(PRIORITIES);
+
+export const stateSetSchema = z.strictObject({
+  desired: jsonObject(LIMITS.propertiesBytes).optional(),
+  status: statusSchema.optional(),
+  expectedVersion: z.number().int().nonnegative().optional(),
+});
+export type StateSetInput = z.infer<typeof stateSetSchema>;
+
+/**
+ * Parses `input` with `schema`, or throws INVALID naming every bad field. The error message
+ * names the first field so a log line alone says what to fix.
+ */
+export function parseInput<S extends z.ZodType>(schema: S, input: unknown, what: string): z.infer<S> {
+  const result = schema.safeParse(input);
+  if (result.success) return result.data;
+  const details = result.error.issues.map(issueToDetail);
+  const first = details[0] ?? { field: what, message: "is invalid" };
+  throw new TethralError("INVALID", `invalid ${what}: ${first.field} ${first.message}`, details);
+}
+
+function issueToDetail(issue: z.core.$ZodIssue): ErrorDetail {
+  const path = issue.path.map(String).join(".");
+  if (issue.code === "unrecognized_keys") {
+    const keys = issue.keys.join(", ");
+    return { field: path ? `${path}.${keys}` : keys, message: "is not a known or writable field" };
+  }
+  if (issue.code === "invalid_type" && path === "") {
+    return { field: "(body)", message: "must be a JSON object" };
+  }
+  if (issue.code === "invalid_type" && issue.message.endsWith("received undefined")) {
+    return { field: path, message: "is required" };
+  }
+  return { field: path || "(body)", message: issue.message };
+}

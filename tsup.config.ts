@@ -1,0 +1,20 @@
+import { defineConfig } from "tsup";
+
+// One CommonJS entry per Node-RED node, plugin and runtime script: Node-RED and
+// node-red-node-test-helper both `require()` these files directly.
+export default defineConfig({
+  entry: {
+    "core/index": "src/core/index.ts",
+    "nodes/tethral-hub": "src/nodes/tethral-hub.ts",
+    "runtime/start": "src/runtime/start.ts",
+  },
+  format: ["cjs"],
+  target: "node20",
+  platform: "node",
+  outDir: "dist",
+  clean: true,
+  sourcemap: true,
+  dts: { entry: { "core/index": "src/core/index.ts" } },
+  splitting: false,
+  shims: false,
+});
