@@ -1,6 +1,6 @@
 import type { Clock, TimerHandle } from "./clock";
 import type { EventBus } from "./events";
-import { jsonEqual } from "./json";
+import { cloneJson, jsonEqual } from "./json";
 import type { StateObserver } from "./state";
 import type { AnomalyData, AnomalyKind, DeviceStatus, JsonObject, JsonValue, Priority } from "./types";
 
@@ -20,6 +20,11 @@ export interface StuckOptions {
   reports: number;
   /** Seconds a value stayed the same while reports kept arriving. 0 disables this test. */
   seconds: number;
+  /**
+   * Follow numeric values only (the default): a reading that stops moving is a stuck sensor,
+   * while a mode or a firmware string that stays put is normal.
+   */
+  numericOnly: boolean;
 }
 
 export interface OutlierOptions {
@@ -30,24 +35,30 @@ export interface OutlierOptions {
   zScore: number;
   /** Samples taken before any value is judged. */
   warmup: number;
+  /**
+   * Floor of the standard deviation used for the z-score. With the default 0, a property that
+   * has never varied is not judged at all: there is no spread to measure a jump against.
+   */
+  minStddev: number;
 }
 
 export interface AnomalyOptions {
   flapping: FlappingOptions;
   stuck: StuckOptions;
   outlier: OutlierOptions;
-  /** Numeric properties followed per device (stuck and outlier); the rest are ignored. */
+  /** Properties followed per device (stuck and outlier); later ones are ignored. */
   maxPropertiesPerDevice: number;
 }
 
 export const DEFAULT_ANOMALY_OPTIONS: AnomalyOptions = {
   flapping: { enabled: true, windowSec: 300, threshold: 6, clearBelow: 2 },
-  stuck: { enabled: true, reports: 30, seconds: 0 },
-  outlier: { enabled: true, alpha: 0.1, zScore: 4, warmup: 20 },
+  stuck: { enabled: true, reports: 30, seconds: 0, numericOnly: true },
+  outlier: { enabled: true, alpha: 0.1, zScore: 4, warmup: 20, minStddev: 0 },
   maxPropertiesPerDevice: 64,
 };
 
 interface PropertyTrack {
+  readonly key: string;
   value: JsonValue;
   sameCount: number;
   since: number;
@@ -57,11 +68,12 @@ interface PropertyTrack {
   variance: number;
 }
 
+/** Per device, allocated on first need; a short array of properties costs less than a Map. */
 interface DeviceTrack {
-  transitions: number[];
+  transitions: number[] | null;
   flapping: boolean;
   clearTimer: TimerHandle | null;
-  properties: Map<string, PropertyTrack> | null;
+  properties: PropertyTrack[] | null;
 }
 
 export interface AnomalyStatistics {
@@ -92,8 +104,10 @@ export class AnomalyDetector implements StateObserver {
     const flip = (from === "online" && to === "offline") || (from === "offline" && to === "online");
     if (!flip) return;
     const d = this.track(deviceId);
-    d.transitions.push(now);
+    (d.transitions ??= []).push(now);
     this.trim(d, now);
+    // Still flapping but with no clear check pending (stop() cancelled it): arm it again.
+    if (d.flapping && d.clearTimer === null) this.scheduleClearCheck(deviceId, d);
     if (!d.flapping && d.transitions.length >= f.threshold) {
       d.flapping = true;
       this.activeFlapping++;
@@ -114,16 +128,17 @@ export class AnomalyDetector implements StateObserver {
     for (const key of Object.keys(properties)) {
       const value = properties[key] as JsonValue;
       d ??= this.track(deviceId);
-      d.properties ??= new Map();
-      let p = d.properties.get(key);
+      let p = d.properties === null ? undefined : findProperty(d.properties, key);
       if (!p) {
-        if (d.properties.size >= maxPropertiesPerDevice) continue;
-        p = { value, sameCount: 1, since: now, stuck: false, n: 0, mean: 0, variance: 0 };
-        d.properties.set(key, p);
+        if (d.properties !== null && d.properties.length >= maxPropertiesPerDevice) continue;
+        // A copy: a caller that mutates and re-sends the same object must not look unchanged.
+        p = { key, value: cloneJson(value), sameCount: 1, since: now, stuck: false, n: 0, mean: 0, variance: 0 };
+        // Grown to the exact size: new properties are rare, and push() would reserve 16 slots.
+        d.properties = d.properties === null ? [p] : [...d.properties, p];
         if (typeof value === "number") this.learn(p, value);
         continue;
       }
-      if (stuck.enabled) this.checkStuck(deviceId, key, p, value, now);
+      if (stuck.enabled && (!stuck.numericOnly || typeof value === "number")) this.checkStuck(deviceId, key, p, value, now);
       if (outlier.enabled && typeof value === "number") this.checkOutlier(deviceId, key, p, value);
     }
   }
@@ -133,7 +148,7 @@ export class AnomalyDetector implements StateObserver {
     if (!d) return;
     if (d.clearTimer !== null) this.clock.clearTimeout(d.clearTimer);
     if (d.flapping) this.activeFlapping--;
-    if (d.properties) for (const p of d.properties.values()) if (p.stuck) this.activeStuck--;
+    if (d.properties) for (const p of d.properties) if (p.stuck) this.activeStuck--;
     this.devices.delete(deviceId);
   }
 
@@ -161,7 +176,7 @@ export class AnomalyDetector implements StateObserver {
         this.activeStuck--;
         this.emit(deviceId, "normal", { kind: "stuck", active: false, property: key, value });
       }
-      p.value = value;
+      p.value = cloneJson(value);
       p.sameCount = 1;
       p.since = now;
       return;
@@ -187,8 +202,8 @@ export class AnomalyDetector implements StateObserver {
   private checkOutlier(deviceId: string, key: string, p: PropertyTrack, value: number): void {
     const o = this.options.outlier;
     if (p.n >= o.warmup) {
-      const stddev = Math.sqrt(p.variance);
-      const z = stddev > 0 ? Math.abs(value - p.mean) / stddev : value === p.mean ? 0 : Number.POSITIVE_INFINITY;
+      const stddev = Math.max(Math.sqrt(p.variance), o.minStddev);
+      const z = stddev > 0 ? Math.abs(value - p.mean) / stddev : 0;
       if (z > o.zScore) {
         this.emit(deviceId, "normal", {
           kind: "outlier",
@@ -197,7 +212,7 @@ export class AnomalyDetector implements StateObserver {
           value,
           mean: round(p.mean),
           stddev: round(stddev),
-          zScore: Number.isFinite(z) ? round(z) : null,
+          zScore: round(z),
         });
       }
     }
@@ -221,6 +236,7 @@ export class AnomalyDetector implements StateObserver {
   }
 
   private trim(d: DeviceTrack, now: number): void {
+    if (!d.transitions) return;
     const horizon = now - this.options.flapping.windowSec * 1000;
     let drop = 0;
     while (drop < d.transitions.length && d.transitions[drop]! <= horizon) drop++;
@@ -230,19 +246,20 @@ export class AnomalyDetector implements StateObserver {
   /** While a device flaps, re-check when its oldest transition leaves the window. */
   private scheduleClearCheck(deviceId: string, d: DeviceTrack): void {
     if (d.clearTimer !== null) this.clock.clearTimeout(d.clearTimer);
-    const oldest = d.transitions[0] ?? this.clock.now();
+    const oldest = d.transitions?.[0] ?? this.clock.now();
     const wait = Math.max(1, oldest + this.options.flapping.windowSec * 1000 + 1 - this.clock.now());
     d.clearTimer = this.clock.setTimeout(() => {
       d.clearTimer = null;
       const now = this.clock.now();
       this.trim(d, now);
-      if (d.transitions.length <= this.options.flapping.clearBelow) {
+      const transitions = d.transitions?.length ?? 0;
+      if (transitions <= this.options.flapping.clearBelow) {
         d.flapping = false;
         this.activeFlapping--;
         this.emit(deviceId, "normal", {
           kind: "flapping",
           active: false,
-          transitions: d.transitions.length,
+          transitions,
           windowSec: this.options.flapping.windowSec,
         });
       } else {
@@ -254,7 +271,7 @@ export class AnomalyDetector implements StateObserver {
   private track(deviceId: string): DeviceTrack {
     let d = this.devices.get(deviceId);
     if (!d) {
-      d = { transitions: [], flapping: false, clearTimer: null, properties: null };
+      d = { transitions: null, flapping: false, clearTimer: null, properties: null };
       this.devices.set(deviceId, d);
     }
     return d;
@@ -264,6 +281,11 @@ export class AnomalyDetector implements StateObserver {
     if (data.active) this.detected[data.kind]++;
     this.bus.publish("state.anomaly", data, { deviceId, priority, source: "anomaly" });
   }
+}
+
+function findProperty(props: PropertyTrack[], key: string): PropertyTrack | undefined {
+  for (const p of props) if (p.key === key) return p;
+  return undefined;
 }
 
 function round(x: number): number {

@@ -1,6 +1,7 @@
-import { randomUUID } from "node:crypto";
+import { newId } from "./ids";
 import type { Clock, TimerHandle } from "./clock";
 import { TethralError, invalid } from "./errors";
+import { iso } from "./json";
 import {
   type EventMap,
   type HubEventType,
@@ -11,6 +12,10 @@ import {
   type TethralEvent,
 } from "./types";
 
+/**
+ * A subscriber. Every subscriber (and the history) receives the same event object: treat it as
+ * read-only, and copy what you want to change.
+ */
 export type EventHandler = (event: TethralEvent) => void | PromiseLike<unknown>;
 
 /**
@@ -265,14 +270,14 @@ export class EventBus {
     const priority = options.priority ?? "normal";
     const expiresAt = expiryOf(options, now);
     const event: TethralEvent = {
-      id: randomUUID(),
+      id: newId(),
       type,
       priority,
       source: options.source ?? this.defaultSource,
       deviceId: options.deviceId ?? null,
       data,
-      timestamp: new Date(now).toISOString(),
-      expiresAt: expiresAt === NEVER ? null : new Date(expiresAt).toISOString(),
+      timestamp: iso(now),
+      expiresAt: expiresAt === NEVER ? null : iso(expiresAt),
       causeId: options.causeId ?? null,
     };
     this.counters.published++;
@@ -300,7 +305,7 @@ export class EventBus {
     const e = env.event;
     if (sub.sources !== null && !sub.sources.has(e.source)) return;
     if (sub.filter !== null) {
-      let pass = false;
+      let pass: boolean;
       try {
         pass = sub.filter(e);
       } catch (err) {
@@ -316,6 +321,8 @@ export class EventBus {
 
   private invoke(sub: Subscription, env: Envelope, attempt: number): void {
     if (env.expiresAt <= this.clock.now()) {
+      // A retry of an event that expired meanwhile arrives with `busy` still set: release it.
+      sub.busy = false;
       sub.stats.expired++;
       this.counters.expired++;
       return;
@@ -453,7 +460,7 @@ export class EventBus {
     const matchers = patterns.map(compilePattern);
     const exact = patterns.every((p) => !p.includes("*")) ? [...new Set(patterns)] : null;
     const deviceIds = options.deviceId === undefined ? null : new Set(toList(options.deviceId));
-    const id = randomUUID();
+    const id = newId();
     const sub = new Subscription(
       id,
       handler,
@@ -505,8 +512,12 @@ export class EventBus {
       this.clock.clearTimeout(sub.retryTimer);
       sub.retryTimer = null;
     }
+    // Events still waiting are never delivered now: count them as dropped.
+    sub.stats.dropped += sub.queued;
+    this.counters.dropped += sub.queued;
     for (const lane of sub.lanes) lane.clear();
     sub.queued = 0;
+    sub.stats.queued = 0;
     // Copy-on-write lists: a publish iterating the old array is not disturbed.
     if (sub.deviceIds) {
       for (const d of sub.deviceIds) pullFrom(this.byDevice, d, sub);
@@ -589,13 +600,20 @@ export class EventBus {
   }
 }
 
+/** The largest epoch ms a Date can hold: past it, formatting the expiry as ISO would throw. */
+const MAX_DATE_MS = 8.64e15;
+
 function expiryOf(options: PublishOptions, now: number): number {
   if (options.ttlMs !== undefined) {
-    if (!Number.isFinite(options.ttlMs)) throw invalid("ttlMs", "must be a finite number of milliseconds");
+    if (!Number.isFinite(options.ttlMs) || Math.abs(now + options.ttlMs) > MAX_DATE_MS) {
+      throw invalid("ttlMs", "must be a finite number of milliseconds");
+    }
     return now + options.ttlMs;
   }
   if (options.expiresAt === undefined || options.expiresAt === null) return NEVER;
-  return toEpoch(options.expiresAt, "expiresAt");
+  const at = toEpoch(options.expiresAt, "expiresAt");
+  if (Math.abs(at) > MAX_DATE_MS) throw invalid("expiresAt", "must be a time");
+  return at;
 }
 
 function toEpoch(value: number | string | Date, field: string): number {

@@ -44,16 +44,28 @@ export interface HeartbeatCallbacks {
 const GAP_WINDOW = 16;
 const MAX_TIMER_MS = 2 ** 31 - 1;
 
+/**
+ * Where the monitor keeps its per-device trackers. The default is a Map; the hub keeps them on
+ * the registry's device records instead, which spares a map entry per device and a lookup per
+ * heartbeat.
+ */
+export interface TrackerStore {
+  get(id: string): HeartbeatTracker | undefined;
+  set(id: string, tracker: HeartbeatTracker): void;
+  delete(id: string): void;
+  readonly size: number;
+}
+
+/** A device's heartbeat bookkeeping, opaque outside the monitor. */
+export type HeartbeatTracker = Tracker;
+
 class Tracker implements Scheduled {
   due = 0;
   heapIndex = -1;
   alive = false;
-  offlineSince = 0;
   purge: PurgeEntry | null = null;
-  gaps: Float64Array | null = null;
-  gapCount = 0;
-  learnedMs = 0;
-  announcedMs = 0;
+  /** Learned cadence; allocated only with adaptive timeouts on. */
+  cadence: Cadence | null = null;
 
   constructor(
     readonly id: string,
@@ -63,9 +75,18 @@ class Tracker implements Scheduled {
   ) {}
 }
 
+class Cadence {
+  readonly gaps = new Float64Array(GAP_WINDOW);
+  count = 0;
+  learnedMs = 0;
+  announcedMs = 0;
+}
+
+/** Allocated only with retention on, for devices that are offline. */
 class PurgeEntry implements Scheduled {
   due = 0;
   heapIndex = -1;
+  offlineSince = 0;
   constructor(readonly tracker: Tracker) {}
 }
 
@@ -76,7 +97,7 @@ class PurgeEntry implements Scheduled {
  * for the earliest deadline, so a tick costs only the entries that fall due — never a fleet scan.
  */
 export class HeartbeatMonitor {
-  private readonly trackers = new Map<string, Tracker>();
+  private readonly trackers: TrackerStore;
   private readonly expiries = new DeadlineHeap<Tracker>();
   private readonly purges = new DeadlineHeap<PurgeEntry>();
   private timer: TimerHandle | null = null;
@@ -87,7 +108,10 @@ export class HeartbeatMonitor {
     private readonly clock: Clock,
     private readonly options: HeartbeatOptions,
     private readonly callbacks: HeartbeatCallbacks,
-  ) {}
+    store?: TrackerStore,
+  ) {
+    this.trackers = store ?? new Map<string, Tracker>();
+  }
 
   start(): void {
     this.running = true;
@@ -112,8 +136,9 @@ export class HeartbeatMonitor {
    * Starts watching a device. With a `lastSeen` from before a restart, the device's deadline is
    * counted from that moment, so a device silent while the hub was down expires on time.
    */
-  track(id: string, timeoutSec: number | undefined, lastSeen = 0, alive = lastSeen > 0): void {
-    this.untrack(id);
+  track(id: string, timeoutSec: number | undefined, lastSeen = 0, alive = lastSeen > 0): HeartbeatTracker {
+    const previous = this.trackers.get(id);
+    if (previous !== undefined) this.untrack(id);
     const t = new Tracker(id, lastSeen, timeoutSec ? timeoutSec * 1000 : 0);
     this.trackers.set(id, t);
     if (alive && lastSeen > 0) {
@@ -123,6 +148,7 @@ export class HeartbeatMonitor {
     } else if (lastSeen > 0) {
       this.markDead(t, lastSeen);
     }
+    return t;
   }
 
   untrack(id: string): void {
@@ -151,7 +177,11 @@ export class HeartbeatMonitor {
    */
   beat(id: string, now: number = this.clock.now()): boolean {
     const t = this.trackers.get(id);
-    if (t === undefined) return false;
+    return t === undefined ? false : this.beatTracker(t, now);
+  }
+
+  /** `beat` for a caller that already holds the device's tracker (the hub's ingest path). */
+  beatTracker(t: HeartbeatTracker, now: number): boolean {
     if (t.alive) {
       if (this.options.adaptive.enabled && t.explicitMs === 0) this.learn(t, now - t.lastSeen);
       t.lastSeen = now;
@@ -210,7 +240,7 @@ export class HeartbeatMonitor {
 
   private timeoutMs(t: Tracker): number {
     if (t.explicitMs > 0) return t.explicitMs;
-    if (t.learnedMs > 0) return t.learnedMs;
+    if (t.cadence !== null && t.cadence.learnedMs > 0) return t.cadence.learnedMs;
     return this.options.defaultTimeoutSec * 1000;
   }
 
@@ -221,28 +251,28 @@ export class HeartbeatMonitor {
 
   private markDead(t: Tracker, since: number): void {
     t.alive = false;
-    t.offlineSince = since;
     if (this.options.retention.enabled) {
       t.purge ??= new PurgeEntry(t);
+      t.purge.offlineSince = since;
       this.purges.schedule(t.purge, since + this.options.retention.offlineForSec * 1000);
     }
   }
 
   private learn(t: Tracker, gap: number): void {
     if (gap <= 0) return;
-    t.gaps ??= new Float64Array(GAP_WINDOW);
-    t.gaps[t.gapCount % GAP_WINDOW] = gap;
-    t.gapCount++;
+    const c = (t.cadence ??= new Cadence());
+    c.gaps[c.count % GAP_WINDOW] = gap;
+    c.count++;
     const a = this.options.adaptive;
     // The median is refreshed every fourth gap once there are enough: cheap on the hot path.
-    if (t.gapCount < a.minSamples || t.gapCount % 4 !== 0) return;
-    const n = Math.min(t.gapCount, GAP_WINDOW);
-    const sorted = t.gaps.slice(0, n).sort();
+    if (c.count < a.minSamples || (c.count !== a.minSamples && c.count % 4 !== 0)) return;
+    const n = Math.min(c.count, GAP_WINDOW);
+    const sorted = c.gaps.slice(0, n).sort();
     const median = n % 2 ? sorted[(n - 1) / 2]! : (sorted[n / 2 - 1]! + sorted[n / 2]!) / 2;
     const learned = Math.min(a.maxSec * 1000, Math.max(a.minSec * 1000, Math.round(a.factor * median)));
-    t.learnedMs = learned;
-    if (t.announcedMs === 0 || Math.abs(learned - t.announcedMs) > 0.2 * t.announcedMs) {
-      t.announcedMs = learned;
+    c.learnedMs = learned;
+    if (c.announcedMs === 0 || Math.abs(learned - c.announcedMs) > 0.2 * c.announcedMs) {
+      c.announcedMs = learned;
       this.callbacks.onTimeoutLearned(t.id, learned / 1000);
     }
   }
@@ -263,7 +293,7 @@ export class HeartbeatMonitor {
     for (let p = this.purges.popDue(now); p !== undefined; p = this.purges.popDue(now)) {
       p.tracker.purge = null;
       if (!p.tracker.alive && this.trackers.get(p.tracker.id) === p.tracker) {
-        this.callbacks.onPurge(p.tracker.id, p.tracker.offlineSince);
+        this.callbacks.onPurge(p.tracker.id, p.offlineSince);
       }
     }
     this.arm();

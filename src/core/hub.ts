@@ -1,4 +1,4 @@
-import { randomUUID } from "node:crypto";
+import { newId } from "./ids";
 import { AnomalyDetector, type AnomalyOptions, type AnomalyStatistics, DEFAULT_ANOMALY_OPTIONS } from "./anomaly";
 import { type Clock, systemClock } from "./clock";
 import { type TethralError, invalid, notFound } from "./errors";
@@ -11,7 +11,8 @@ import {
   type SubscribeOptions,
   type SubscriptionHandle,
 } from "./events";
-import { DEFAULT_HEARTBEAT_OPTIONS, HeartbeatMonitor, type HeartbeatOptions } from "./heartbeat";
+import { DEFAULT_HEARTBEAT_OPTIONS, HeartbeatMonitor, type HeartbeatOptions, type HeartbeatTracker } from "./heartbeat";
+import { iso, isoOrNull } from "./json";
 import { DeviceRegistry, type DeviceFilter, type DeviceList, type DeviceStatistics, toDevice } from "./registry";
 import { type ChangeCause, DEFAULT_STATE_OPTIONS, StateManager, type StateOptions, type StateStatistics } from "./state";
 import type { Device, DeviceState, DeviceStatus, JsonObject, StateHistoryEntry, TethralEvent } from "./types";
@@ -43,7 +44,8 @@ export interface IngestResult {
   status: DeviceStatus;
   /** True when the message changed the device's state (status or a property). */
   changed: boolean;
-  causeId: string;
+  /** The id carried into history and events; null when nothing was recorded and none was given. */
+  causeId: string | null;
 }
 
 const INBOUND_KINDS: readonly InboundKind[] = ["telemetry", "heartbeat", "state", "status"];
@@ -73,7 +75,7 @@ export class Hub {
   readonly heartbeat: HeartbeatMonitor;
   readonly anomaly: AnomalyDetector;
   private running = false;
-  private readonly messages = { received: 0, rejected: 0, byKind: {} as Record<string, number> };
+  private readonly messages = { received: 0, rejected: 0, byKind: { telemetry: 0, heartbeat: 0, state: 0, status: 0 } };
 
   constructor(options: HubOptions = {}) {
     this.clock = options.clock ?? systemClock;
@@ -82,11 +84,30 @@ export class Hub {
     this.state = new StateManager(this.registry, this.events, this.clock, { ...DEFAULT_STATE_OPTIONS, ...options.state });
     this.anomaly = new AnomalyDetector(this.events, this.clock, merge(DEFAULT_ANOMALY_OPTIONS, options.anomaly));
     this.state.observer = this.anomaly;
-    this.heartbeat = new HeartbeatMonitor(this.clock, merge(DEFAULT_HEARTBEAT_OPTIONS, options.heartbeat), {
-      onExpire: (id, lastSeen, timeoutMs) => this.expire(id, lastSeen, timeoutMs),
-      onPurge: (id) => this.purge(id),
-      onTimeoutLearned: (id, sec) => this.timeoutLearned(id, sec),
-    });
+    const registry = this.registry;
+    this.heartbeat = new HeartbeatMonitor(
+      this.clock,
+      merge(DEFAULT_HEARTBEAT_OPTIONS, options.heartbeat),
+      {
+        onExpire: (id, lastSeen, timeoutMs) => this.expire(id, lastSeen, timeoutMs),
+        onPurge: (id) => this.purge(id),
+        onTimeoutLearned: (id, sec) => this.timeoutLearned(id, sec),
+      },
+      {
+        get: (id) => registry.record(id)?.heartbeat as HeartbeatTracker | undefined,
+        set: (id, tracker) => {
+          const record = registry.record(id);
+          if (record) record.heartbeat = tracker;
+        },
+        delete: (id) => {
+          const record = registry.record(id);
+          if (record) record.heartbeat = undefined;
+        },
+        get size() {
+          return registry.size;
+        },
+      },
+    );
   }
 
   get isRunning(): boolean {
@@ -125,10 +146,12 @@ export class Hub {
   }
 
   removeDevice(id: string, cause: ChangeCause & { reason?: "user" | "retention" } = {}): Device {
-    const device = this.registry.remove(id, { ...cause, reason: cause.reason ?? "user" });
-    this.heartbeat.untrack(id);
-    this.state.forget(id);
-    return device;
+    const record = this.registry.record(id);
+    if (record) {
+      this.heartbeat.untrack(id);
+      this.state.forget(record);
+    }
+    return this.registry.remove(id, { ...cause, reason: cause.reason ?? "user" });
   }
 
   getDevice(id: string): Device {
@@ -155,46 +178,46 @@ export class Hub {
     const protocol = message.protocol ?? null;
     const record = this.registry.record(deviceId);
     if (!record) throw this.reject(deviceId, protocol, message.kind, notFound("device", deviceId), "unknown-device");
-    const causeId = message.causeId ?? randomUUID();
     let properties: JsonObject | null = null;
     let reported: DeviceStatus | null = null;
-    try {
-      ({ properties, reported } = parseInbound(message));
-    } catch (err) {
-      throw this.reject(deviceId, protocol, message.kind, err as TethralError, "invalid-payload");
+    if (message.kind !== "heartbeat") {
+      try {
+        ({ properties, reported } = parseInbound(message));
+      } catch (err) {
+        throw this.reject(deviceId, protocol, message.kind, err as TethralError, "invalid-payload");
+      }
     }
 
     const now = this.clock.now();
-    const cause: ChangeCause = { causeId, source: protocol ?? "device" };
+    // A cause id is made only when something changes: a plain heartbeat allocates nothing.
+    let causeId = message.causeId ?? null;
+    const source = protocol ?? "device";
     let changed = false;
     if (reported === "offline") {
-      changed = this.goOffline(deviceId, record.lastSeen, "reported", cause);
+      changed = this.goOffline(deviceId, record.lastSeen, "reported", { causeId: (causeId ??= newId()), source, reason: "reported" });
     } else {
       record.lastSeen = now;
-      if (this.heartbeat.beat(deviceId, now) && record.status !== "online" && record.status !== "maintenance") {
+      const tracker = record.heartbeat as HeartbeatTracker | undefined;
+      if (tracker !== undefined && this.heartbeat.beatTracker(tracker, now) && record.status !== "online" && record.status !== "maintenance") {
         const previous = record.status;
-        this.state.setStatus(deviceId, "online", { ...cause, reason: "heartbeat" });
-        this.events.publish("device.online", { previous, lastSeen: new Date(now).toISOString() }, {
-          deviceId,
-          source: "heartbeat",
-          causeId,
-        });
+        this.state.setStatus(deviceId, "online", { causeId: (causeId ??= newId()), source, reason: "heartbeat" });
+        this.events.publish("device.online", { previous, lastSeen: iso(now) }, { deviceId, source: "heartbeat", causeId });
         changed = true;
       }
-      if (properties) changed = this.state.report(deviceId, properties, { ...cause, reason: message.kind }) || changed;
-      if (reported === "error" && record.status !== "maintenance") {
-        changed = this.state.setStatus(deviceId, "error", { ...cause, reason: "reported" }) || changed;
-      } else if (reported === "online" && record.status === "error") {
-        changed = this.state.setStatus(deviceId, "online", { ...cause, reason: "reported" }) || changed;
+      if (properties) {
+        changed = this.state.report(deviceId, properties, { causeId: (causeId ??= newId()), source, reason: message.kind }) || changed;
+      }
+      if ((reported === "error" && record.status !== "maintenance") || (reported === "online" && record.status === "error")) {
+        changed = this.state.setStatus(deviceId, reported, { causeId: (causeId ??= newId()), source, reason: "reported" }) || changed;
       }
     }
     this.messages.received++;
-    this.messages.byKind[message.kind] = (this.messages.byKind[message.kind] ?? 0) + 1;
+    this.messages.byKind[message.kind]++;
     if (this.events.hasSubscribers("message.received", deviceId)) {
       this.events.publish("message.received", { kind: message.kind, protocol, data: message.data ?? null }, {
         deviceId,
-        source: protocol ?? "device",
-        causeId,
+        source,
+        causeId: (causeId ??= newId()),
       });
     }
     return { deviceId, status: record.status, changed, causeId };
@@ -298,7 +321,7 @@ export class Hub {
       "device.offline",
       {
         previous,
-        lastSeen: lastSeen > 0 ? new Date(lastSeen).toISOString() : null,
+        lastSeen: isoOrNull(lastSeen),
         timeout: (timeoutMs ?? this.heartbeat.effectiveTimeoutSec(id) * 1000) / 1000,
         reason,
       },

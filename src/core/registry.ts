@@ -34,6 +34,12 @@ export interface DeviceRecord {
   lastSeen: number;
   createdAt: number;
   updatedAt: number;
+  /**
+   * Per-device data of the heartbeat monitor and the state manager, kept on the record so a
+   * device costs one map entry and a message one lookup. Opaque to the registry.
+   */
+  heartbeat: unknown;
+  state: unknown;
 }
 
 const EMPTY: readonly string[] = Object.freeze([]);
@@ -76,50 +82,77 @@ export interface DeviceStatistics {
 
 export const DEFAULT_PAGE_SIZE = 100;
 
-/** A set of device ids that share one value; keeps the value so records can share the string. */
-class Bucket extends Set<string> {
-  constructor(readonly value: string) {
-    super();
+/** The records that share one value; keeps the value so records can share the string. */
+interface Bucket {
+  readonly value: string;
+  readonly records: Set<DeviceRecord>;
+}
+
+/**
+ * Shares equal strings and equal lists between records: a fleet has few distinct models,
+ * firmware versions and capability lists. Bounded, so unique values cannot grow it forever.
+ */
+class Interner {
+  private readonly strings = new Map<string, string>();
+  private readonly lists = new Map<string, readonly string[]>();
+
+  constructor(private readonly max = 10_000) {}
+
+  string<T extends string | undefined>(value: T): T {
+    if (value === undefined) return value;
+    const known = this.strings.get(value);
+    if (known !== undefined) return known as T;
+    if (this.strings.size < this.max) this.strings.set(value, value);
+    return value;
+  }
+
+  list(values: string[]): readonly string[] {
+    const key = values.join("\u0000");
+    const known = this.lists.get(key);
+    if (known !== undefined) return known;
+    const frozen = Object.freeze(values);
+    if (this.lists.size < this.max) this.lists.set(key, frozen);
+    return frozen;
   }
 }
 
-/** value → ids having it. Filters intersect these instead of scanning the fleet. */
+/** value → records having it. Filters start from these instead of scanning the fleet. */
 class ValueIndex {
   private readonly buckets = new Map<string, Bucket>();
 
-  /** Adds `id` under `value` and returns the index's shared copy of the string. */
-  add(value: string, id: string): string {
+  /** Adds `record` under `value` and returns the index's shared copy of the string. */
+  add(value: string, record: DeviceRecord): string {
     let bucket = this.buckets.get(value);
     if (!bucket) {
-      bucket = new Bucket(value);
+      bucket = { value, records: new Set() };
       this.buckets.set(value, bucket);
     }
-    bucket.add(id);
+    bucket.records.add(record);
     return bucket.value;
   }
 
-  delete(value: string, id: string): void {
+  delete(value: string, record: DeviceRecord): void {
     const bucket = this.buckets.get(value);
     if (!bucket) return;
-    bucket.delete(id);
-    if (bucket.size === 0) this.buckets.delete(value);
+    bucket.records.delete(record);
+    if (bucket.records.size === 0) this.buckets.delete(value);
   }
 
-  get(value: string): ReadonlySet<string> | undefined {
-    return this.buckets.get(value);
+  get(value: string): ReadonlySet<DeviceRecord> | undefined {
+    return this.buckets.get(value)?.records;
   }
 
   counts(): Record<string, number> {
     const out: Record<string, number> = Object.create(null);
-    for (const [value, bucket] of this.buckets) out[value] = bucket.size;
+    for (const [value, bucket] of this.buckets) out[value] = bucket.records.size;
     return out;
   }
 }
 
-/** One indexed condition of a filter: the ids it allows and a per-record test for the others. */
+/** One indexed condition of a filter: the records it allows and a per-record test for the others. */
 interface Condition {
   size: number;
-  ids: () => Iterable<string>;
+  records: () => Iterable<DeviceRecord>;
   test: (r: DeviceRecord) => boolean;
 }
 
@@ -135,6 +168,7 @@ export class DeviceRegistry {
   private readonly byManufacturer = new ValueIndex();
   private readonly byCapability = new ValueIndex();
   private readonly byTag = new ValueIndex();
+  private readonly interner = new Interner();
   private seq = 0;
 
   constructor(
@@ -187,21 +221,27 @@ export class DeviceRegistry {
       id,
       seq: this.seq++,
       name: data.name ?? id,
-      protocol: this.byProtocol.add(data.protocol, id),
+      protocol: data.protocol,
       address: data.address,
-      manufacturer: data.manufacturer === undefined ? undefined : this.byManufacturer.add(data.manufacturer, id),
-      model: data.model,
-      firmware: data.firmware,
-      capabilities: this.indexList(this.byCapability, data.capabilities, id),
-      tags: this.indexList(this.byTag, data.tags, id),
+      manufacturer: data.manufacturer,
+      model: this.interner.string(data.model),
+      firmware: this.interner.string(data.firmware),
+      capabilities: EMPTY,
+      tags: EMPTY,
       heartbeatTimeout: data.heartbeatTimeout,
       metadata: data.metadata && !isEmptyObject(data.metadata) ? cloneJson(data.metadata) : undefined,
       status: restored?.status ?? "unknown",
       lastSeen: restored?.lastSeen ?? 0,
       createdAt: restored?.createdAt ?? now,
       updatedAt: restored?.updatedAt ?? now,
+      heartbeat: undefined,
+      state: undefined,
     };
-    this.byStatus.add(record.status, id);
+    record.protocol = this.byProtocol.add(record.protocol, record);
+    if (record.manufacturer !== undefined) record.manufacturer = this.byManufacturer.add(record.manufacturer, record);
+    record.capabilities = this.indexList(this.byCapability, data.capabilities, record);
+    record.tags = this.indexList(this.byTag, data.tags, record);
+    this.byStatus.add(record.status, record);
     this.records.set(id, record);
     return record;
   }
@@ -231,23 +271,23 @@ export class DeviceRegistry {
     };
     if (data.name !== undefined) set("name", data.name);
     if (data.protocol !== undefined && data.protocol !== record.protocol) {
-      this.byProtocol.delete(record.protocol, id);
-      set("protocol", this.byProtocol.add(data.protocol, id));
+      this.byProtocol.delete(record.protocol, record);
+      set("protocol", this.byProtocol.add(data.protocol, record));
     }
     if (data.address !== undefined) set("address", data.address ?? undefined);
     if (data.manufacturer !== undefined && data.manufacturer !== record.manufacturer) {
-      if (record.manufacturer !== undefined) this.byManufacturer.delete(record.manufacturer, id);
-      set("manufacturer", data.manufacturer === null ? undefined : this.byManufacturer.add(data.manufacturer, id));
+      if (record.manufacturer !== undefined) this.byManufacturer.delete(record.manufacturer, record);
+      set("manufacturer", data.manufacturer === null ? undefined : this.byManufacturer.add(data.manufacturer, record));
     }
-    if (data.model !== undefined) set("model", data.model ?? undefined);
-    if (data.firmware !== undefined) set("firmware", data.firmware ?? undefined);
+    if (data.model !== undefined) set("model", this.interner.string(data.model ?? undefined));
+    if (data.firmware !== undefined) set("firmware", this.interner.string(data.firmware ?? undefined));
     if (data.capabilities !== undefined && !sameList(record.capabilities, data.capabilities)) {
-      for (const c of record.capabilities) this.byCapability.delete(c, id);
-      set("capabilities", this.indexList(this.byCapability, data.capabilities, id));
+      for (const c of record.capabilities) this.byCapability.delete(c, record);
+      set("capabilities", this.indexList(this.byCapability, data.capabilities, record));
     }
     if (data.tags !== undefined && !sameList(record.tags, data.tags)) {
-      for (const t of record.tags) this.byTag.delete(t, id);
-      set("tags", this.indexList(this.byTag, data.tags, id));
+      for (const t of record.tags) this.byTag.delete(t, record);
+      set("tags", this.indexList(this.byTag, data.tags, record));
     }
     if (data.heartbeatTimeout !== undefined) set("heartbeatTimeout", data.heartbeatTimeout ?? undefined);
     if (data.metadata !== undefined) {
@@ -269,11 +309,11 @@ export class DeviceRegistry {
     const record = this.records.get(id);
     if (!record) throw notFound("device", id);
     this.records.delete(id);
-    this.byStatus.delete(record.status, id);
-    this.byProtocol.delete(record.protocol, id);
-    if (record.manufacturer !== undefined) this.byManufacturer.delete(record.manufacturer, id);
-    for (const c of record.capabilities) this.byCapability.delete(c, id);
-    for (const t of record.tags) this.byTag.delete(t, id);
+    this.byStatus.delete(record.status, record);
+    this.byProtocol.delete(record.protocol, record);
+    if (record.manufacturer !== undefined) this.byManufacturer.delete(record.manufacturer, record);
+    for (const c of record.capabilities) this.byCapability.delete(c, record);
+    for (const t of record.tags) this.byTag.delete(t, record);
     const device = toDevice(record);
     this.bus.publish("device.removed", { device, reason: options.reason ?? "user" }, {
       deviceId: id,
@@ -286,13 +326,13 @@ export class DeviceRegistry {
   /** Moves a record to another status bucket. The state manager calls this; it checks the rules. */
   setStatus(record: DeviceRecord, status: DeviceStatus): void {
     if (record.status === status) return;
-    this.byStatus.delete(record.status, record.id);
+    this.byStatus.delete(record.status, record);
     record.status = status;
-    this.byStatus.add(status, record.id);
+    this.byStatus.add(status, record);
   }
 
-  /** Ids with a status, without copying: the state manager pages through these. */
-  idsWithStatus(status: DeviceStatus): ReadonlySet<string> | undefined {
+  /** Records with a status, without copying: the state manager pages through these. */
+  withStatus(status: DeviceStatus): ReadonlySet<DeviceRecord> | undefined {
     return this.byStatus.get(status);
   }
 
@@ -342,10 +382,10 @@ export class DeviceRegistry {
     } else {
       conditions.sort((a, b) => a.size - b.size);
       const [driver, ...rest] = conditions as [Condition, ...Condition[]];
-      for (const id of driver.ids()) {
-        const record = this.records.get(id);
-        if (!record) continue;
-        if (rest.every((c) => c.test(record)) && (!matchesText || matchesText(record))) matches.push(record);
+      for (const record of driver.records()) {
+        let ok = matchesText === null || matchesText(record);
+        for (let i = 0; ok && i < rest.length; i++) ok = rest[i]!.test(record);
+        if (ok) matches.push(record);
       }
     }
     const page = pageOf(matches, compareBy(f.sort ?? "registered", f.order ?? "asc"), offset, limit);
@@ -368,21 +408,24 @@ export class DeviceRegistry {
     return parseInput(deviceIdSchema, id, "device id");
   }
 
-  private indexList(index: ValueIndex, values: string[] | undefined, id: string): readonly string[] {
+  private indexList(index: ValueIndex, values: string[] | undefined, record: DeviceRecord): readonly string[] {
     if (!values || values.length === 0) return EMPTY;
-    const unique = [...new Set(values)];
-    return unique.map((v) => index.add(v, id));
+    const unique = values.length === 1 ? values : [...new Set(values)];
+    return this.interner.list(unique.map((v) => index.add(v, record)));
   }
 }
 
 function unionCondition(index: ValueIndex, values: string[], test: (r: DeviceRecord) => boolean): Condition {
-  const buckets = values.map((v) => index.get(v)).filter((b): b is ReadonlySet<string> => b !== undefined);
+  const buckets = values.map((v) => index.get(v)).filter((b): b is ReadonlySet<DeviceRecord> => b !== undefined);
   return {
     size: buckets.reduce((n, b) => n + b.size, 0),
     // A record has one status, protocol and manufacturer, so these buckets never overlap.
-    ids: function* () {
-      for (const b of buckets) yield* b;
-    },
+    records:
+      buckets.length === 1
+        ? () => buckets[0]!
+        : function* () {
+            for (const b of buckets) yield* b;
+          },
     test,
   };
 }
@@ -395,24 +438,24 @@ function listCondition(
 ): Condition {
   const buckets = values.map((v) => index.get(v));
   if (match === "all") {
-    if (buckets.some((b) => b === undefined)) return { size: 0, ids: () => [], test: () => false };
-    const smallest = (buckets as ReadonlySet<string>[]).reduce((a, b) => (b.size < a.size ? b : a));
+    if (buckets.some((b) => b === undefined)) return { size: 0, records: () => [], test: () => false };
+    const smallest = (buckets as ReadonlySet<DeviceRecord>[]).reduce((a, b) => (b.size < a.size ? b : a));
     return {
       size: smallest.size,
-      ids: () => smallest,
+      records: () => smallest,
       test: (r) => values.every((v) => field(r).includes(v)),
     };
   }
-  const present = buckets.filter((b): b is ReadonlySet<string> => b !== undefined);
+  const present = buckets.filter((b): b is ReadonlySet<DeviceRecord> => b !== undefined);
   return {
     size: present.reduce((n, b) => n + b.size, 0),
-    ids: function* () {
+    records: function* () {
       // A device can carry several of the values: yield it from the first bucket that has it.
       for (let i = 0; i < present.length; i++) {
-        for (const id of present[i]!) {
+        for (const record of present[i]!) {
           let seen = false;
-          for (let j = 0; j < i && !seen; j++) seen = present[j]!.has(id);
-          if (!seen) yield id;
+          for (let j = 0; j < i && !seen; j++) seen = present[j]!.has(record);
+          if (!seen) yield record;
         }
       }
     },
@@ -420,30 +463,22 @@ function listCondition(
   };
 }
 
+const SORT_KEYS: Record<DeviceSortField, (r: DeviceRecord) => string | number> = {
+  registered: (r) => r.seq,
+  id: (r) => r.id,
+  name: (r) => r.name,
+  createdAt: (r) => r.createdAt,
+  updatedAt: (r) => r.updatedAt,
+  lastSeen: (r) => r.lastSeen,
+  status: (r) => r.status,
+  protocol: (r) => r.protocol,
+  manufacturer: (r) => r.manufacturer ?? "",
+};
+
 function compareBy(field: DeviceSortField, order: "asc" | "desc"): (a: DeviceRecord, b: DeviceRecord) => number {
   const sign = order === "desc" ? -1 : 1;
-  const key = (r: DeviceRecord): string | number => {
-    switch (field) {
-      case "registered":
-        return r.seq;
-      case "id":
-        return r.id;
-      case "name":
-        return r.name;
-      case "createdAt":
-        return r.createdAt;
-      case "updatedAt":
-        return r.updatedAt;
-      case "lastSeen":
-        return r.lastSeen;
-      case "status":
-        return r.status;
-      case "protocol":
-        return r.protocol;
-      case "manufacturer":
-        return r.manufacturer ?? "";
-    }
-  };
+  if (field === "registered") return (a, b) => sign * (a.seq - b.seq);
+  const key = SORT_KEYS[field];
   return (a, b) => {
     const ka = key(a);
     const kb = key(b);
@@ -500,24 +535,27 @@ function sameList(a: readonly string[], b: string[]): boolean {
   return a.length === unique.length && a.every((v, i) => v === unique[i]);
 }
 
-/** The public, JSON-ready copy of a record (CONTRACT §1). Mutating it never touches the registry. */
+/**
+ * The public, JSON-ready copy of a record (CONTRACT §1). Mutating it never touches the registry.
+ * Every copy has the same keys (absent optional fields are undefined, which JSON leaves out), so
+ * listing many devices builds objects of one shape.
+ */
 export function toDevice(r: DeviceRecord): Device {
-  const device: Device = {
+  return {
     id: r.id,
     name: r.name,
     protocol: r.protocol,
+    address: r.address,
+    manufacturer: r.manufacturer,
+    model: r.model,
+    firmware: r.firmware,
     capabilities: r.capabilities.slice(),
     tags: r.tags.slice(),
+    heartbeatTimeout: r.heartbeatTimeout,
     metadata: r.metadata ? cloneJson(r.metadata) : {},
     status: r.status,
     lastSeen: isoOrNull(r.lastSeen),
     createdAt: iso(r.createdAt),
     updatedAt: iso(r.updatedAt),
   };
-  if (r.address !== undefined) device.address = r.address;
-  if (r.manufacturer !== undefined) device.manufacturer = r.manufacturer;
-  if (r.model !== undefined) device.model = r.model;
-  if (r.firmware !== undefined) device.firmware = r.firmware;
-  if (r.heartbeatTimeout !== undefined) device.heartbeatTimeout = r.heartbeatTimeout;
-  return device;
 }

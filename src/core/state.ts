@@ -1,7 +1,7 @@
 import type { Clock } from "./clock";
 import { TethralError, invalid, notFound } from "./errors";
 import type { EventBus } from "./events";
-import { cloneJson, defineValue, isEmptyObject, jsonEqual, isoOrNull } from "./json";
+import { cloneJson, defineValue, isEmptyObject, iso, isoOrNull, jsonEqual } from "./json";
 import type { DeviceRecord, DeviceRegistry } from "./registry";
 import {
   DEVICE_STATUSES,
@@ -50,25 +50,40 @@ export interface StateObserver {
   onForget(deviceId: string): void;
 }
 
+/** One change, flat: no wrapper objects, so a long history of a large fleet stays small. */
 interface HistoryItem {
   at: number;
   version: number;
-  from: StateSnapshot;
-  to: StateSnapshot;
   reason: string;
   causeId: string | null;
+  fromStatus: DeviceStatus | undefined;
+  toStatus: DeviceStatus | undefined;
+  fromProperties: JsonObject | undefined;
+  toProperties: JsonObject | undefined;
+  fromDesired: JsonObject | undefined;
+  toDesired: JsonObject | undefined;
 }
+
+const EMPTY_PROPERTIES: JsonObject = Object.freeze({}) as JsonObject;
 
 /** A device's state apart from its status (which lives on the registry record and its index). */
 class StateRecord {
-  properties: JsonObject = {};
+  /** Null until the first report: a device that only changes status carries no empty object. */
+  properties: JsonObject | null = null;
   desired: JsonObject | null = null;
   version = 0;
   changedAt = 0;
   updatedAt = 0;
   reportedAt = 0;
+  /** A ring once full; grown by doubling up to the cap, so a short history costs little. */
   history: HistoryItem[] | null = null;
+  historyCount = 0;
   historyHead = 0;
+  hasDelta = false;
+}
+
+function stateOf(record: DeviceRecord): StateRecord | undefined {
+  return record.state as StateRecord | undefined;
 }
 
 export interface StateStatistics {
@@ -87,8 +102,9 @@ export interface StateStatistics {
  * `state.changed` events.
  */
 export class StateManager {
-  private readonly states = new Map<string, StateRecord>();
   private readonly counters = { transitions: 0, reports: 0, changes: 0 };
+  /** Devices whose desired state differs from the reported one, kept as changes happen. */
+  private withDelta = 0;
   private readonly transitionsTo: Record<string, number> = Object.fromEntries(DEVICE_STATUSES.map((s) => [s, 0]));
   observer: StateObserver | null = null;
 
@@ -104,6 +120,8 @@ export class StateManager {
     deviceId: string,
     saved: { properties?: JsonObject; desired?: JsonObject; version: number; changedAt: number; updatedAt: number; reportedAt: number },
   ): void {
+    const record = this.registry.record(deviceId);
+    if (!record) throw notFound("device", deviceId);
     const s = new StateRecord();
     if (saved.properties) s.properties = cloneJson(saved.properties);
     if (saved.desired && !isEmptyObject(saved.desired)) s.desired = cloneJson(saved.desired);
@@ -111,18 +129,22 @@ export class StateManager {
     s.changedAt = saved.changedAt;
     s.updatedAt = saved.updatedAt;
     s.reportedAt = saved.reportedAt;
-    this.states.set(deviceId, s);
+    record.state = s;
+    this.refreshDelta(s);
   }
 
-  forget(deviceId: string): void {
-    this.states.delete(deviceId);
-    this.observer?.onForget(deviceId);
+  /** Drops what is kept about a device being removed (call with its record before removal). */
+  forget(record: DeviceRecord): void {
+    const s = stateOf(record);
+    if (s?.hasDelta) this.withDelta--;
+    record.state = undefined;
+    this.observer?.onForget(record.id);
   }
 
   get(deviceId: string): DeviceState {
     const record = this.registry.record(deviceId);
     if (!record) throw notFound("device", deviceId);
-    return this.view(record, this.states.get(deviceId));
+    return this.view(record, stateOf(record));
   }
 
   /**
@@ -134,12 +156,12 @@ export class StateManager {
     const record = this.registry.record(deviceId);
     if (!record) throw notFound("device", deviceId);
     const now = this.clock.now();
-    const s = this.ensure(deviceId);
+    const s = this.ensure(record);
     this.counters.reports++;
     s.reportedAt = now;
     let from: JsonObject | null = null;
     let to: JsonObject | null = null;
-    const current = s.properties;
+    const current = s.properties ?? EMPTY_PROPERTIES;
     let added = 0;
     for (const key of Object.keys(properties)) {
       const value = properties[key] as JsonValue;
@@ -148,16 +170,19 @@ export class StateManager {
       if (!had) added++;
       from ??= {};
       to ??= {};
+      // Stored values are replaced, never changed in place, so history may share them.
       defineValue(from, key, had ? (current[key] as JsonValue) : null);
-      defineValue(to, key, value);
+      defineValue(to, key, cloneJson(value));
     }
     if (added > 0 && Object.keys(current).length + added > LIMITS.propertyKeys) {
       throw invalid("properties", `a device keeps at most ${LIMITS.propertyKeys} properties`);
     }
     this.observer?.onReport(deviceId, properties, now);
     if (!from || !to) return false;
-    for (const key of Object.keys(to)) defineValue(current, key, cloneJson(to[key] as JsonValue));
-    this.commit(record, s, now, { properties: from }, { properties: cloneJson(to) }, cause, cause.reason ?? "report");
+    const stored = (s.properties ??= {});
+    for (const key of Object.keys(to)) defineValue(stored, key, to[key] as JsonValue);
+    if (s.desired) this.refreshDelta(s);
+    this.commit(record, s, now, { properties: from }, { properties: to }, cause, cause.reason ?? "report");
     return true;
   }
 
@@ -176,7 +201,7 @@ export class StateManager {
     const record = this.registry.record(deviceId);
     if (!record) throw notFound("device", deviceId);
     const data = parseInput(stateSetSchema, input, "state");
-    const s = this.states.get(deviceId);
+    const s = stateOf(record);
     const version = s?.version ?? 0;
     if (data.expectedVersion !== undefined && data.expectedVersion !== version) {
       throw new TethralError("CONFLICT", `state of "${deviceId}" is at version ${version}, not ${data.expectedVersion}`, [
@@ -206,8 +231,9 @@ export class StateManager {
           if (after[key] === null) delete next[key];
           else defineValue(next, key, after[key] as JsonValue);
         }
-        const target = this.ensure(deviceId);
+        const target = this.ensure(record);
         target.desired = isEmptyObject(next) ? null : next;
+        this.refreshDelta(target);
         from.desired = before;
         to.desired = after;
       }
@@ -219,8 +245,8 @@ export class StateManager {
     if (from.desired === undefined && from.status === undefined) return this.view(record, s);
     const now = this.clock.now();
     if (to.status !== undefined) this.applyStatus(record, to.status, now);
-    this.commit(record, this.ensure(deviceId), now, from, to, cause, cause.reason ?? "set");
-    return this.view(record, this.states.get(deviceId));
+    this.commit(record, this.ensure(record), now, from, to, cause, cause.reason ?? "set");
+    return this.view(record, stateOf(record));
   }
 
   /**
@@ -235,7 +261,7 @@ export class StateManager {
     const from = record.status;
     const now = this.clock.now();
     this.applyStatus(record, status, now);
-    this.commit(record, this.ensure(deviceId), now, { status: from }, { status }, cause, cause.reason ?? "status");
+    this.commit(record, this.ensure(record), now, { status: from }, { status }, cause, cause.reason ?? "status");
     return true;
   }
 
@@ -260,21 +286,24 @@ export class StateManager {
   }
 
   history(deviceId: string, limit = this.options.historySize): StateHistoryEntry[] {
-    if (!this.registry.has(deviceId)) throw notFound("device", deviceId);
-    const s = this.states.get(deviceId);
+    const record = this.registry.record(deviceId);
+    if (!record) throw notFound("device", deviceId);
+    const s = stateOf(record);
     if (!s?.history) return [];
     const h = s.history;
-    const n = Math.min(limit, h.length);
+    const count = s.historyCount;
+    const n = Math.max(0, Math.min(limit, count));
     const out: StateHistoryEntry[] = [];
-    // Newest last: the ring's oldest kept entry sits at historyHead once it is full.
-    for (let i = h.length - n; i < h.length; i++) {
-      const item = h[(s.historyHead + i) % h.length]!;
+    // Oldest first: once the ring is full, the oldest kept entry sits at historyHead.
+    const base = count < this.options.historySize ? 0 : s.historyHead;
+    for (let i = count - n; i < count; i++) {
+      const item = h[(base + i) % count]!;
       out.push({
         deviceId,
-        at: new Date(item.at).toISOString(),
+        at: iso(item.at),
         version: item.version,
-        from: cloneSnapshot(item.from),
-        to: cloneSnapshot(item.to),
+        from: snapshot(item.fromStatus, item.fromProperties, item.fromDesired),
+        to: snapshot(item.toStatus, item.toProperties, item.toDesired),
         reason: item.reason,
         causeId: item.causeId,
       });
@@ -289,25 +318,20 @@ export class StateManager {
     if (query.status !== undefined && !DEVICE_STATUSES.includes(query.status)) {
       throw invalid("status", `must be one of ${DEVICE_STATUSES.join(", ")}`);
     }
-    const ids: Iterable<string> =
-      query.status === undefined ? this.idsOf(this.registry.allRecords()) : (this.registry.idsWithStatus(query.status) ?? []);
-    const total = query.status === undefined ? this.registry.size : (this.registry.idsWithStatus(query.status)?.size ?? 0);
+    const records: Iterable<DeviceRecord> =
+      query.status === undefined ? this.registry.allRecords() : (this.registry.withStatus(query.status) ?? []);
+    const total = query.status === undefined ? this.registry.size : (this.registry.withStatus(query.status)?.size ?? 0);
     const states: DeviceState[] = [];
     let i = 0;
-    for (const id of ids) {
+    for (const record of records) {
       if (i >= offset + limit) break;
       if (i++ < offset) continue;
-      const record = this.registry.record(id);
-      if (record) states.push(this.view(record, this.states.get(id)));
+      states.push(this.view(record, stateOf(record)));
     }
     return { states, total };
   }
 
   statistics(): StateStatistics {
-    let withDelta = 0;
-    for (const s of this.states.values()) {
-      if (s.desired && Object.keys(delta(s)).length > 0) withDelta++;
-    }
     return {
       total: this.registry.size,
       byStatus: this.registry.statistics().byStatus,
@@ -315,21 +339,25 @@ export class StateManager {
       transitionsByStatus: { ...this.transitionsTo },
       reports: this.counters.reports,
       changes: this.counters.changes,
-      withDelta,
+      withDelta: this.withDelta,
     };
   }
 
-  private *idsOf(records: Iterable<DeviceRecord>): Iterable<string> {
-    for (const r of records) yield r.id;
-  }
-
-  private ensure(deviceId: string): StateRecord {
-    let s = this.states.get(deviceId);
+  private ensure(record: DeviceRecord): StateRecord {
+    let s = stateOf(record);
     if (!s) {
       s = new StateRecord();
-      this.states.set(deviceId, s);
+      record.state = s;
     }
     return s;
+  }
+
+  private refreshDelta(s: StateRecord): void {
+    const has = s.desired !== null && hasDelta(s);
+    if (has !== s.hasDelta) {
+      s.hasDelta = has;
+      this.withDelta += has ? 1 : -1;
+    }
   }
 
   private commit(
@@ -342,11 +370,23 @@ export class StateManager {
     reason: string,
   ): void {
     s.version++;
-    s.changedAt = now;
+    // As in Home Assistant: changedAt moves with the status, updatedAt with any change.
+    if (to.status !== undefined) s.changedAt = now;
     s.updatedAt = now;
     this.counters.changes++;
     const causeId = cause.causeId ?? null;
-    this.pushHistory(s, { at: now, version: s.version, from, to, reason, causeId });
+    this.pushHistory(s, {
+      at: now,
+      version: s.version,
+      reason,
+      causeId,
+      fromStatus: from.status,
+      toStatus: to.status,
+      fromProperties: from.properties,
+      toProperties: to.properties,
+      fromDesired: from.desired,
+      toDesired: to.desired,
+    });
     if (!this.bus.hasSubscribers("state.changed", record.id) && !this.bus.keepsHistoryOf("state.changed")) return;
     this.bus.publish(
       "state.changed",
@@ -358,13 +398,17 @@ export class StateManager {
   private pushHistory(s: StateRecord, item: HistoryItem): void {
     const cap = this.options.historySize;
     if (cap <= 0) return;
-    if (!s.history) s.history = [];
-    if (s.history.length < cap) {
-      s.history.push(item);
-    } else {
-      s.history[s.historyHead] = item;
-      s.historyHead = (s.historyHead + 1) % cap;
+    if (s.historyCount < cap) {
+      if (!s.history || s.historyCount === s.history.length) {
+        const grown: HistoryItem[] = new Array(Math.min(cap, Math.max(2, s.historyCount * 2)));
+        for (let i = 0; i < s.historyCount; i++) grown[i] = s.history![i]!;
+        s.history = grown;
+      }
+      s.history[s.historyCount++] = item;
+      return;
     }
+    s.history![s.historyHead] = item;
+    s.historyHead = (s.historyHead + 1) % cap;
   }
 
   private view(record: DeviceRecord, s: StateRecord | undefined): DeviceState {
@@ -384,7 +428,7 @@ export class StateManager {
     return {
       deviceId: record.id,
       status: record.status,
-      properties: cloneJson(s.properties),
+      properties: s.properties ? cloneJson(s.properties) : {},
       desired: s.desired ? cloneJson(s.desired) : {},
       delta: s.desired ? delta(s) : {},
       version: s.version,
@@ -395,21 +439,35 @@ export class StateManager {
   }
 }
 
+function hasDelta(s: StateRecord): boolean {
+  if (!s.desired) return false;
+  for (const key of Object.keys(s.desired)) {
+    const reported = s.properties;
+    if (!reported || !Object.hasOwn(reported, key) || !jsonEqual(reported[key], s.desired[key])) return true;
+  }
+  return false;
+}
+
 /** Desired keys whose reported value differs. */
 function delta(s: StateRecord): JsonObject {
   const out: JsonObject = {};
   if (!s.desired) return out;
   for (const key of Object.keys(s.desired)) {
     const want = s.desired[key] as JsonValue;
-    if (!Object.hasOwn(s.properties, key) || !jsonEqual(s.properties[key], want)) defineValue(out, key, cloneJson(want));
+    const reported = s.properties;
+    if (!reported || !Object.hasOwn(reported, key) || !jsonEqual(reported[key], want)) defineValue(out, key, cloneJson(want));
   }
   return out;
 }
 
-function cloneSnapshot(s: StateSnapshot): StateSnapshot {
+function snapshot(status: DeviceStatus | undefined, properties: JsonObject | undefined, desired: JsonObject | undefined): StateSnapshot {
   const out: StateSnapshot = {};
-  if (s.status !== undefined) out.status = s.status;
-  if (s.properties !== undefined) out.properties = cloneJson(s.properties);
-  if (s.desired !== undefined) out.desired = cloneJson(s.desired);
+  if (status !== undefined) out.status = status;
+  if (properties !== undefined) out.properties = cloneJson(properties);
+  if (desired !== undefined) out.desired = cloneJson(desired);
   return out;
+}
+
+function cloneSnapshot(s: StateSnapshot): StateSnapshot {
+  return snapshot(s.status, s.properties, s.desired);
 }

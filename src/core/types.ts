@@ -36,9 +36,13 @@ export interface DeviceState {
   properties: JsonObject;
   desired: JsonObject;
   delta: JsonObject;
+  /** +1 on every change: the optimistic-concurrency token of `set`. */
   version: number;
+  /** When the status last changed. */
   changedAt: string | null;
+  /** When anything last changed: status, a reported property or a desired value. */
   updatedAt: string | null;
+  /** When the device last reported, even when it reported the same values. */
   reportedAt: string | null;
 }
 
