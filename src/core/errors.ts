@@ -50,6 +50,13 @@ export function notFound(what: string, id: string): TethralError {
   return new TethralError("NOT_FOUND", `${what} "${id}" not found`);
 }
 
+/**
+ * True for the engine's errors. Checked by shape as well as class: each bundled node file may
+ * carry its own copy of this module, so `instanceof` alone can miss an error from the hub.
+ */
 export function isTethralError(err: unknown): err is TethralError {
-  return err instanceof TethralError;
+  if (err instanceof TethralError) return true;
+  if (!(err instanceof Error) || err.name !== "TethralError") return false;
+  const code = (err as { code?: unknown }).code;
+  return typeof code === "string" && Object.hasOwn(ERROR_STATUS, code);
 }

@@ -187,6 +187,9 @@ export class HeartbeatMonitor {
       t.lastSeen = now;
       return false;
     }
+    // The gap across a timeout counts too, so a device that slowed down teaches a longer
+    // timeout; the median keeps a single outage from doing so.
+    if (this.options.adaptive.enabled && t.explicitMs === 0 && t.lastSeen > 0) this.learn(t, now - t.lastSeen);
     t.lastSeen = now;
     t.alive = true;
     if (t.purge) {
@@ -254,7 +257,8 @@ export class HeartbeatMonitor {
     if (this.options.retention.enabled) {
       t.purge ??= new PurgeEntry(t);
       t.purge.offlineSince = since;
-      this.purges.schedule(t.purge, since + this.options.retention.offlineForSec * 1000);
+      // Purged once offline for longer than the retention age.
+      this.purges.schedule(t.purge, since + this.options.retention.offlineForSec * 1000 + 1);
     }
   }
 
@@ -270,7 +274,14 @@ export class HeartbeatMonitor {
     const sorted = c.gaps.slice(0, n).sort();
     const median = n % 2 ? sorted[(n - 1) / 2]! : (sorted[n / 2 - 1]! + sorted[n / 2]!) / 2;
     const learned = Math.min(a.maxSec * 1000, Math.max(a.minSec * 1000, Math.round(a.factor * median)));
-    c.learnedMs = learned;
+    if (learned !== c.learnedMs) {
+      c.learnedMs = learned;
+      // A shorter timeout must not wait for the old, later deadline.
+      if (t.alive && t.heapIndex >= 0 && this.deadline(t) < t.due) {
+        this.expiries.schedule(t, this.deadline(t));
+        this.arm();
+      }
+    }
     if (c.announcedMs === 0 || Math.abs(learned - c.announcedMs) > 0.2 * c.announcedMs) {
       c.announcedMs = learned;
       this.callbacks.onTimeoutLearned(t.id, learned / 1000);

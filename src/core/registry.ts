@@ -2,7 +2,7 @@ import { z } from "zod";
 import type { Clock } from "./clock";
 import { TethralError, notFound } from "./errors";
 import type { EventBus } from "./events";
-import { cloneJson, isEmptyObject, iso, isoOrNull } from "./json";
+import { cloneJson, isEmptyObject, iso, isoOrNull, jsonEqual } from "./json";
 import {
   type DeviceInput,
   type DevicePatch,
@@ -202,13 +202,13 @@ export class DeviceRegistry {
       ]);
     }
     const record = this.insert(data, this.clock.now());
-    const device = toDevice(record);
-    this.bus.publish("device.registered", { device }, {
+    this.bus.publish("device.registered", { device: toDevice(record) }, {
       deviceId: record.id,
       source: options.source ?? "registry",
       causeId: options.causeId ?? null,
     });
-    return device;
+    // The caller's own copy: changing it must not change the event kept in history.
+    return toDevice(record);
   }
 
   /**
@@ -290,19 +290,18 @@ export class DeviceRegistry {
       set("tags", this.indexList(this.byTag, data.tags, record));
     }
     if (data.heartbeatTimeout !== undefined) set("heartbeatTimeout", data.heartbeatTimeout ?? undefined);
-    if (data.metadata !== undefined) {
+    if (data.metadata !== undefined && !jsonEqual(record.metadata ?? {}, data.metadata)) {
       record.metadata = isEmptyObject(data.metadata) ? undefined : cloneJson(data.metadata);
       changes.push("metadata");
     }
     if (changes.length === 0) return toDevice(record);
     record.updatedAt = this.clock.now();
-    const device = toDevice(record);
-    this.bus.publish("device.updated", { device, changes }, {
+    this.bus.publish("device.updated", { device: toDevice(record), changes }, {
       deviceId: id,
       source: options.source ?? "registry",
       causeId: options.causeId ?? null,
     });
-    return device;
+    return toDevice(record);
   }
 
   remove(id: string, options: { reason?: "user" | "retention"; causeId?: string | null; source?: string } = {}): Device {
@@ -314,13 +313,12 @@ export class DeviceRegistry {
     if (record.manufacturer !== undefined) this.byManufacturer.delete(record.manufacturer, record);
     for (const c of record.capabilities) this.byCapability.delete(c, record);
     for (const t of record.tags) this.byTag.delete(t, record);
-    const device = toDevice(record);
-    this.bus.publish("device.removed", { device, reason: options.reason ?? "user" }, {
+    this.bus.publish("device.removed", { device: toDevice(record), reason: options.reason ?? "user" }, {
       deviceId: id,
       source: options.source ?? "registry",
       causeId: options.causeId ?? null,
     });
-    return device;
+    return toDevice(record);
   }
 
   /** Moves a record to another status bucket. The state manager calls this; it checks the rules. */
@@ -348,7 +346,8 @@ export class DeviceRegistry {
     const offset = f.offset ?? 0;
     const conditions: Condition[] = [];
     const addValues = (index: ValueIndex, values: string[] | undefined, field: (r: DeviceRecord) => string | undefined) => {
-      if (values) conditions.push(unionCondition(index, values, (r) => values.includes(field(r) as string)));
+      // Repeated values would visit the same bucket twice and list its devices twice.
+      if (values) conditions.push(unionCondition(index, [...new Set(values)], (r) => values.includes(field(r) as string)));
     };
     addValues(this.byStatus, f.status, (r) => r.status);
     addValues(this.byProtocol, f.protocol, (r) => r.protocol);

@@ -156,12 +156,9 @@ export class StateManager {
     const record = this.registry.record(deviceId);
     if (!record) throw notFound("device", deviceId);
     const now = this.clock.now();
-    const s = this.ensure(record);
-    this.counters.reports++;
-    s.reportedAt = now;
     let from: JsonObject | null = null;
     let to: JsonObject | null = null;
-    const current = s.properties ?? EMPTY_PROPERTIES;
+    const current = stateOf(record)?.properties ?? EMPTY_PROPERTIES;
     let added = 0;
     for (const key of Object.keys(properties)) {
       const value = properties[key] as JsonValue;
@@ -177,6 +174,10 @@ export class StateManager {
     if (added > 0 && Object.keys(current).length + added > LIMITS.propertyKeys) {
       throw invalid("properties", `a device keeps at most ${LIMITS.propertyKeys} properties`);
     }
+    // Stamped only once the report is accepted: a refused report changes nothing.
+    const s = this.ensure(record);
+    this.counters.reports++;
+    s.reportedAt = now;
     this.observer?.onReport(deviceId, properties, now);
     if (!from || !to) return false;
     const stored = (s.properties ??= {});

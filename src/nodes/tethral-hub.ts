@@ -1,0 +1,136 @@
+import { Hub, isTethralError } from "../core";
+import { type HubConfig, parseHubConfig, toHubOptions } from "./hub-config";
+import { HubConnection, errorMessage } from "./hub-connection";
+import type {
+  HubLifecycle,
+  HubStatus,
+  HubStatusListener,
+  HubStatusReport,
+  Node,
+  NodeAPI,
+  NodeDef,
+  NodeStatus,
+  RegisterOptions,
+  TethralHubApi,
+} from "./types";
+
+type TethralHubDef = NodeDef & Partial<Record<keyof HubConfig, unknown>>;
+
+const DISPLAY: Record<HubLifecycle, Omit<NodeStatus, "text">> = {
+  idle: { fill: "grey", shape: "ring" },
+  starting: { fill: "yellow", shape: "ring" },
+  running: { fill: "green", shape: "dot" },
+  stopping: { fill: "yellow", shape: "ring" },
+  stopped: { fill: "grey", shape: "ring" },
+  error: { fill: "red", shape: "ring" },
+};
+
+/**
+ * The `tethral-hub` config node: holds one Hub, shared by every node that uses this config.
+ * Modelled on Node-RED's MQTT broker node: users register, the hub starts on first use, and
+ * closing the node (a redeploy or its removal) stops the hub.
+ */
+export = function (RED: NodeAPI): void {
+  RED.nodes.registerType("tethral-hub", function TethralHubNode(this: Node, def: TethralHubDef): void {
+    RED.nodes.createNode(this, def);
+    setUp(RED, this, def);
+  });
+};
+
+function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
+  // Every registered user node, and whether it shows the hub's state as its status.
+  const users = new Map<string, { user: Node; showStatus: boolean }>();
+
+  let config: HubConfig | null = null;
+  let configError: Error | null = null;
+  try {
+    config = parseHubConfig(def);
+  } catch (err) {
+    configError = err as Error;
+    node.error(`${RED._("tethral-hub.errors.invalid-config")}: ${describe(err)}`);
+  }
+
+  const connection = new HubConnection(() => {
+    if (!config) throw configError ?? new Error("no configuration");
+    return new Hub(
+      toHubOptions(config, {
+        onHandlerError: (error, event, subscription) =>
+          node.warn(`${RED._("tethral-hub.errors.handler-failed")} (${subscription}, ${event.type}): ${errorMessage(error)}`),
+      }),
+    );
+  });
+
+  const report = (status: HubStatus): HubStatusReport => {
+    const label = RED._(`tethral-hub.status.${status.state}`);
+    const text = status.state === "error" && status.error ? `${label}: ${status.error}` : label;
+    return { ...status, display: { ...DISPLAY[status.state], text } };
+  };
+
+  let lastLogged: string | null = configError ? configError.message : null;
+  connection.onChange((status) => {
+    const current = report(status);
+    for (const { user, showStatus } of users.values()) if (showStatus) user.status(current.display);
+    // A start that fails is logged once per distinct reason, not on every retry.
+    if (status.state === "error" && status.error && status.error !== lastLogged) {
+      lastLogged = status.error;
+      node.error(`${RED._("tethral-hub.errors.start-failed")}: ${status.error}`);
+    } else if (status.state === "running") {
+      lastLogged = null;
+      node.log(RED._("tethral-hub.log.started"));
+    }
+  });
+
+  const acquire = (): Promise<Hub> => connection.acquire();
+  const api: TethralHubApi = {
+    register(user: Node, options: RegisterOptions = {}) {
+      const showStatus = options.showStatus !== false;
+      users.set(user.id, { user, showStatus });
+      if (showStatus) user.status(report(connection.status).display);
+      // Start on first use; the failure is shown as the status and logged by the listener above.
+      if (!connection.closed) acquire().catch(() => undefined);
+    },
+    deregister(user: Node) {
+      const entry = users.get(user.id);
+      users.delete(user.id);
+      if (entry?.showStatus) user.status({});
+    },
+    acquire,
+    getHub: acquire,
+    hubStatus: () => report(connection.status),
+    onStatus(listener: HubStatusListener) {
+      const call = (status: HubStatus) => {
+        try {
+          listener(report(status));
+        } catch (err) {
+          node.error(`${RED._("tethral-hub.errors.listener-failed")}: ${errorMessage(err)}`);
+        }
+      };
+      call(connection.status);
+      return connection.onChange(call);
+    },
+    userCount: () => users.size,
+  };
+  Object.assign(node, api);
+
+  // Node-RED passes `removed` only to a handler that declares exactly two parameters.
+  node.on("close", (_removed: boolean, done: () => void) => {
+    connection.close().then(
+      () => finish(),
+      (err: unknown) => {
+        node.error(`${RED._("tethral-hub.errors.stop-failed")}: ${errorMessage(err)}`);
+        finish();
+      },
+    );
+    function finish(): void {
+      users.clear();
+      done();
+    }
+  });
+}
+
+function describe(err: unknown): string {
+  if (isTethralError(err) && err.details.length > 0) {
+    return err.details.map((d) => `${d.field} ${d.message}`).join("; ");
+  }
+  return errorMessage(err);
+}

@@ -1,0 +1,325 @@
+import assert from "node:assert/strict";
+import { ManualClock } from "../../src/core/clock";
+import { TethralError } from "../../src/core/errors";
+import { Hub, type HubOptions } from "../../src/core/hub";
+import type { TethralEvent } from "../../src/core/types";
+
+function setup(options: HubOptions = {}) {
+  const clock = new ManualClock();
+  const hub = new Hub({ clock, heartbeat: { resolutionMs: 0 }, ...options });
+  const events: TethralEvent[] = [];
+  void hub.start();
+  hub.subscribe({ types: "*" }, (e) => {
+    events.push(e);
+  });
+  const types = () => events.map((e) => e.type);
+  const of = (type: string) => events.filter((e) => e.type === type);
+  return { clock, hub, events, types, of };
+}
+
+function rejects(fn: () => unknown, code: string, field?: string): TethralError {
+  try {
+    fn();
+  } catch (err) {
+    assert.ok(err instanceof TethralError, `expected a TethralError, got ${String(err)}`);
+    assert.equal(err.code, code);
+    if (field !== undefined) assert.ok(err.details.some((d) => d.field === field), `field ${field} in ${JSON.stringify(err.details)}`);
+    return err;
+  }
+  assert.fail(`expected ${code}`);
+}
+
+describe("Hub", () => {
+  describe("device traffic through ingest", () => {
+    it("brings a device online on its first message and merges telemetry into its state", () => {
+      const t = setup();
+      t.hub.registerDevice({ id: "boiler-1", protocol: "mqtt", heartbeatTimeout: 60 });
+      const result = t.hub.ingest("boiler-1", { kind: "telemetry", data: { temperature: 21.5 }, protocol: "mqtt", causeId: "msg-1" });
+      assert.deepEqual(result, { deviceId: "boiler-1", status: "online", changed: true, causeId: "msg-1" });
+      const device = t.hub.getDevice("boiler-1");
+      assert.equal(device.status, "online");
+      assert.equal(device.lastSeen, new Date(t.clock.now()).toISOString());
+      const state = t.hub.getState("boiler-1");
+      assert.deepEqual(state.properties, { temperature: 21.5 });
+      assert.equal(state.version, 2, "one change for the status, one for the property");
+      assert.deepEqual(t.types().slice(-4), ["state.changed", "device.online", "state.changed", "message.received"]);
+      const online = t.of("device.online")[0]!;
+      assert.equal(online.deviceId, "boiler-1");
+      assert.equal(online.causeId, "msg-1", "the event traces back to the message");
+      assert.deepEqual(
+        t.hub.stateHistory("boiler-1").map((h) => [h.reason, h.causeId]),
+        [
+          ["heartbeat", "msg-1"],
+          ["telemetry", "msg-1"],
+        ],
+      );
+    });
+
+    it("goes offline when silent past its timeout and back online on the next message", () => {
+      const t = setup();
+      t.hub.registerDevice({ id: "d1", protocol: "coap", heartbeatTimeout: 10 });
+      t.hub.ingest("d1", { kind: "heartbeat" });
+      t.clock.advance(10_000);
+      assert.equal(t.hub.getDevice("d1").status, "online");
+      t.clock.advance(1);
+      assert.equal(t.hub.getDevice("d1").status, "offline");
+      const offline = t.of("device.offline");
+      assert.equal(offline.length, 1);
+      assert.equal(offline[0]!.priority, "high");
+      assert.deepEqual(offline[0]!.data, { previous: "online", lastSeen: "2026-11-27T10:00:00.000Z", timeout: 10, reason: "timeout" });
+      t.hub.ingest("d1", { kind: "heartbeat" });
+      assert.equal(t.hub.getDevice("d1").status, "online");
+      assert.equal(t.of("device.online").length, 2);
+    });
+
+    it("a plain heartbeat of an online device changes nothing but lastSeen", () => {
+      const t = setup();
+      t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
+      t.hub.ingest("d1", { kind: "heartbeat" });
+      const before = t.hub.getState("d1");
+      const count = t.events.length;
+      t.clock.advance(500);
+      const result = t.hub.ingest("d1", { kind: "heartbeat" });
+      assert.equal(result.changed, false);
+      assert.equal(result.causeId, t.events.at(-1)!.causeId, "the message.received event carries the result's cause id");
+      assert.equal(t.hub.getState("d1").version, before.version);
+      assert.equal(t.events.length, count + 1, "only message.received");
+      assert.equal(t.events.at(-1)!.type, "message.received");
+      assert.equal(t.hub.getDevice("d1").lastSeen, new Date(t.clock.now()).toISOString());
+    });
+
+    it("makes no cause id for a plain heartbeat when nothing is recorded and nobody listens", () => {
+      const clock = new ManualClock();
+      const hub = new Hub({ clock });
+      hub.registerDevice({ id: "d1", protocol: "mqtt" });
+      hub.ingest("d1", { kind: "heartbeat" });
+      assert.equal(hub.ingest("d1", { kind: "heartbeat" }).causeId, null);
+    });
+
+    it("an offline status message (MQTT last will) takes the device offline at once", () => {
+      const t = setup();
+      t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 600 });
+      t.hub.ingest("d1", { kind: "status", data: "online" });
+      t.hub.ingest("d1", { kind: "status", data: "offline" });
+      assert.equal(t.hub.getDevice("d1").status, "offline");
+      assert.equal((t.of("device.offline")[0]!.data as { reason: string }).reason, "reported");
+      t.clock.advance(601_000);
+      assert.equal(t.of("device.offline").length, 1, "no second offline from the timeout");
+    });
+
+    it("a device may report an error status and clear it by reporting online", () => {
+      const t = setup();
+      t.hub.registerDevice({ id: "d1", protocol: "websocket" });
+      t.hub.ingest("d1", { kind: "state", data: { status: "error", properties: { code: 17 } } });
+      assert.equal(t.hub.getDevice("d1").status, "error");
+      assert.deepEqual(t.hub.getState("d1").properties, { code: 17 });
+      t.hub.ingest("d1", { kind: "heartbeat" });
+      assert.equal(t.hub.getDevice("d1").status, "error", "a heartbeat does not hide an error");
+      t.hub.ingest("d1", { kind: "state", data: { status: "online" } });
+      assert.equal(t.hub.getDevice("d1").status, "online");
+    });
+
+    describe("refuses bad input, counts it, and changes nothing", () => {
+      const cases: [string, unknown, string, string][] = [
+        ["telemetry that is not an object", { kind: "telemetry", data: [1, 2] }, "INVALID", "data"],
+        ["telemetry that is a string", { kind: "telemetry", data: "21.5" }, "INVALID", "data"],
+        ["telemetry with a __proto__ key", { kind: "telemetry", data: JSON.parse('{"__proto__": {"polluted": 1}}') }, "INVALID", "data.__proto__"],
+        ["telemetry with a 1 MB string", { kind: "telemetry", data: { blob: "x".repeat(1 << 20) } }, "INVALID", "data"],
+        ["telemetry with NaN", { kind: "telemetry", data: { t: Number.NaN } }, "INVALID", "data.t"],
+        ["a state with an unknown status", { kind: "state", data: { status: "sleeping" } }, "INVALID", "data.status"],
+        ["a state with an unknown field", { kind: "state", data: { colour: "red" } }, "INVALID", "data.colour"],
+        ["a status that is neither online nor offline", { kind: "status", data: "maybe" }, "INVALID", "data"],
+        ["an unknown kind", { kind: "gossip", data: {} }, "INVALID", "kind"],
+      ];
+      for (const [name, message, code, field] of cases) {
+        it(name, () => {
+          const t = setup();
+          t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
+          const before = JSON.stringify([t.hub.getDevice("d1"), t.hub.getState("d1")]);
+          rejects(() => t.hub.ingest("d1", message as never), code, field);
+          assert.equal(JSON.stringify([t.hub.getDevice("d1"), t.hub.getState("d1")]), before, "device and state untouched");
+          assert.equal(t.hub.getDevice("d1").lastSeen, null, "a refused message is not a heartbeat");
+          assert.equal(t.of("message.rejected").length, 1);
+          assert.equal(t.hub.statistics().messages.rejected, 1);
+          assert.equal(({} as Record<string, unknown>).polluted, undefined);
+        });
+      }
+
+      it("an unknown device is NOT_FOUND and published as message.rejected", () => {
+        const t = setup();
+        rejects(() => t.hub.ingest("ghost", { kind: "heartbeat", protocol: "coap" }), "NOT_FOUND");
+        const rejected = t.of("message.rejected")[0]!;
+        assert.equal(rejected.deviceId, "ghost");
+        assert.equal((rejected.data as { reason: string }).reason, "unknown-device");
+        assert.equal(t.hub.deviceStatistics().total, 0);
+      });
+
+      it("a constructor key in telemetry is ordinary data", () => {
+        const t = setup();
+        t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
+        t.hub.ingest("d1", { kind: "telemetry", data: JSON.parse('{"constructor": 1, "prototype": {"x": 2}}') });
+        assert.deepEqual(JSON.parse(JSON.stringify(t.hub.getState("d1").properties)), { constructor: 1, prototype: { x: 2 } });
+      });
+    });
+  });
+
+  describe("maintenance", () => {
+    it("suppresses offline alarms and keeps its status through traffic until cleared", () => {
+      const t = setup();
+      t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 10 });
+      t.hub.ingest("d1", { kind: "heartbeat" });
+      t.hub.setState("d1", { status: "maintenance" });
+      t.clock.advance(60_000);
+      assert.equal(t.hub.getDevice("d1").status, "maintenance");
+      assert.equal(t.of("device.offline").length, 0, "no alarm while in maintenance");
+      t.hub.ingest("d1", { kind: "telemetry", data: { t: 1 } });
+      assert.equal(t.hub.getDevice("d1").status, "maintenance", "traffic does not end maintenance");
+      t.hub.setState("d1", { status: "online" });
+      t.clock.advance(10_001);
+      assert.equal(t.hub.getDevice("d1").status, "offline", "cleared to online, then silent: offline again");
+      assert.equal(t.of("device.offline").length, 1);
+    });
+
+    it("setting offline by hand stops the wait; the next message brings the device back", () => {
+      const t = setup();
+      t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 10 });
+      t.hub.ingest("d1", { kind: "heartbeat" });
+      t.hub.setState("d1", { status: "offline" });
+      t.hub.ingest("d1", { kind: "heartbeat" });
+      assert.equal(t.hub.getDevice("d1").status, "online");
+    });
+  });
+
+  describe("registry glue", () => {
+    it("a changed heartbeatTimeout takes effect at once", () => {
+      const t = setup();
+      t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 600 });
+      t.hub.ingest("d1", { kind: "heartbeat" });
+      t.hub.updateDevice("d1", { heartbeatTimeout: 5 });
+      t.clock.advance(5_001);
+      assert.equal(t.hub.getDevice("d1").status, "offline");
+    });
+
+    it("removing a device stops its heartbeat and forgets its state; the id can be registered afresh", () => {
+      const t = setup();
+      t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 10 });
+      t.hub.ingest("d1", { kind: "telemetry", data: { t: 1 } });
+      t.hub.removeDevice("d1");
+      t.clock.advance(60_000);
+      assert.equal(t.of("device.offline").length, 0);
+      rejects(() => t.hub.getState("d1"), "NOT_FOUND");
+      t.hub.registerDevice({ id: "d1", protocol: "coap" });
+      assert.deepEqual(t.hub.getState("d1").properties, {});
+      assert.equal(t.hub.getState("d1").version, 0);
+      assert.equal((t.of("device.removed")[0]!.data as { reason: string }).reason, "user");
+    });
+
+    it("removes devices offline longer than the retention age, with a device.removed event", () => {
+      const t = setup({ heartbeat: { resolutionMs: 0, retention: { enabled: true, offlineForSec: 3600 } } });
+      t.hub.registerDevice({ id: "gone", protocol: "mqtt", heartbeatTimeout: 10 });
+      t.hub.registerDevice({ id: "kept", protocol: "mqtt", heartbeatTimeout: 10 });
+      t.hub.ingest("gone", { kind: "heartbeat" });
+      t.hub.ingest("kept", { kind: "heartbeat" });
+      t.hub.setState("kept", { status: "maintenance" });
+      t.clock.advance(2 * 3_600_000);
+      assert.deepEqual(
+        t.hub.listDevices().devices.map((d) => d.id),
+        ["kept"],
+        "a device in maintenance is not cleaned up",
+      );
+      const removed = t.of("device.removed");
+      assert.equal(removed.length, 1);
+      assert.equal((removed[0]!.data as { reason: string }).reason, "retention");
+    });
+
+    it("tells when the adaptive timeout learns a device's cadence", () => {
+      const t = setup({ heartbeat: { resolutionMs: 0, adaptive: { enabled: true, factor: 3, minSec: 1, minSamples: 5 } } });
+      t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
+      for (let i = 0; i < 10; i++) {
+        t.hub.ingest("d1", { kind: "heartbeat" });
+        t.clock.advance(2_000);
+      }
+      const learned = t.of("device.updated").find((e) => (e.data as { reason?: string }).reason === "adaptive-timeout");
+      assert.ok(learned, "a device.updated event with the learned timeout");
+      assert.equal((learned.data as { effectiveTimeout: number }).effectiveTimeout, 6);
+    });
+  });
+
+  describe("user events", () => {
+    it("publishes user events and refuses the hub's own prefixes and unknown devices", () => {
+      const t = setup();
+      t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
+      const e = t.hub.publish("alarm.raised", { level: 3 }, { priority: "critical", deviceId: "d1" });
+      assert.equal(e.source, "flow");
+      assert.equal(t.hub.eventHistory({ type: "alarm.*" })[0]!.id, e.id);
+      rejects(() => t.hub.publish("device.online", {}), "INVALID", "type");
+      rejects(() => t.hub.publish("alarm.raised", {}, { deviceId: "ghost" }), "NOT_FOUND");
+    });
+  });
+
+  describe("health and statistics", () => {
+    it("reports component health and counts", () => {
+      const t = setup();
+      t.hub.registerDevice({ id: "d1", protocol: "mqtt", capabilities: ["temperature"] });
+      t.hub.ingest("d1", { kind: "telemetry", data: { t: 1 } });
+      const health = t.hub.health();
+      assert.equal(health.status, "ok");
+      assert.equal(health.components.registry!.devices, 1);
+      const stats = t.hub.statistics();
+      assert.equal(stats.devices.byStatus.online, 1);
+      assert.equal(stats.messages.byKind.telemetry, 1);
+      assert.equal(stats.state.transitions, 1);
+    });
+  });
+
+  describe("lifecycle", () => {
+    it("after stop() no timer it made is pending on the injected clock", async () => {
+      const clock = new ManualClock();
+      const hub = new Hub({ clock, heartbeat: { resolutionMs: 0, retention: { enabled: true, offlineForSec: 60 } } });
+      await hub.start();
+      for (let i = 0; i < 20; i++) {
+        hub.registerDevice({ id: `d${i}`, protocol: "mqtt", heartbeatTimeout: 5 });
+        hub.ingest(`d${i}`, { kind: "heartbeat" });
+      }
+      // Flapping, a retrying subscriber and offline devices waiting for retention all hold timers.
+      hub.subscribe({ types: "device.*" }, () => Promise.reject(new Error("down")));
+      for (let i = 0; i < 8; i++) {
+        clock.advance(5_001);
+        hub.ingest("d0", { kind: "heartbeat" });
+      }
+      assert.ok(clock.pendingTimers > 0);
+      await hub.stop();
+      assert.equal(clock.pendingTimers, 0);
+      assert.equal(hub.events.subscriberCount, 0);
+      assert.equal(hub.heartbeat.pending.timerArmed, false);
+    });
+
+    it("after stop() no timer or handle is left in the process (real clock)", async () => {
+      const hub = new Hub({ heartbeat: { resolutionMs: 50 } });
+      await hub.start();
+      // Taken after the first await: mocha arms its own test timer once the test has started.
+      const baseline = process.getActiveResourcesInfo().filter((r) => r === "Timeout").length;
+      hub.subscribe({ types: "*" }, () => undefined);
+      for (let i = 0; i < 10; i++) {
+        hub.registerDevice({ id: `d${i}`, protocol: "mqtt", heartbeatTimeout: 30 });
+        hub.ingest(`d${i}`, { kind: "telemetry", data: { t: i } });
+      }
+      assert.ok(process.getActiveResourcesInfo().filter((r) => r === "Timeout").length > baseline, "the hub armed a timer");
+      await hub.stop();
+      assert.equal(process.getActiveResourcesInfo().filter((r) => r === "Timeout").length, baseline, "no timer of the hub's is left");
+      assert.equal(hub.events.subscriberCount, 0);
+      assert.equal(hub.isRunning, false);
+    });
+
+    it("publishes hub.started and hub.stopped", async () => {
+      const clock = new ManualClock();
+      const hub = new Hub({ clock });
+      await hub.start();
+      await hub.stop();
+      assert.deepEqual(
+        hub.eventHistory({ type: "hub.*" }).map((e) => e.type),
+        ["hub.stopped", "hub.started"],
+      );
+    });
+  });
+});

@@ -1,0 +1,150 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { createRequire } from "node:module";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import {
+  PACKAGE_ROOT,
+  type RunningRuntime,
+  StartupError,
+  optionsFromEnv,
+  startRuntime,
+} from "../../src/runtime/start";
+
+const HOST = "127.0.0.1";
+const HUB_CONFIG_ID = "d3f2e4c6b7a80923"; // the tethral-hub node of flows/flows.json
+
+/**
+ * This package as Node-RED sees it, built from the sources rather than dist/: the same
+ * package.json name and editor files, with a node file that loads the TypeScript through the
+ * tsx hook this mocha process already has.
+ */
+function sourcePackage(dir: string): string {
+  const pkg = JSON.parse(readFileSync(path.join(PACKAGE_ROOT, "package.json"), "utf8")) as { name: string; version: string };
+  writeFileSync(
+    path.join(dir, "package.json"),
+    JSON.stringify({ name: pkg.name, version: pkg.version, "node-red": { nodes: { "tethral-hub": "tethral-hub.js" } } }),
+  );
+  writeFileSync(
+    path.join(dir, "tethral-hub.js"),
+    `module.exports = require(${JSON.stringify(path.join(PACKAGE_ROOT, "src", "nodes", "tethral-hub.ts"))});\n`,
+  );
+  cpSync(path.join(PACKAGE_ROOT, "nodes", "tethral-hub.html"), path.join(dir, "tethral-hub.html"));
+  cpSync(path.join(PACKAGE_ROOT, "nodes", "locales"), path.join(dir, "locales"), { recursive: true });
+  cpSync(path.join(PACKAGE_ROOT, "icons"), path.join(dir, "icons"), { recursive: true });
+  return dir;
+}
+
+interface NodeSetInfo {
+  id: string;
+  module: string;
+  types: string[];
+  enabled: boolean;
+  err?: string;
+}
+
+describe("flow runtime (npm start)", function () {
+  let scratch: string;
+  let runtime: RunningRuntime;
+
+  before(async function () {
+    scratch = mkdtempSync(path.join(tmpdir(), "tethral-start-"));
+    runtime = await startRuntime({
+      port: 0,
+      host: HOST,
+      userDir: path.join(scratch, "user"),
+      nodesDir: sourcePackage(mkdtempSync(path.join(scratch, "pkg-"))),
+      logLevel: "off",
+    });
+  });
+
+  after(async function () {
+    await runtime?.stop();
+    rmSync(scratch, { recursive: true, force: true });
+  });
+
+  it("serves the editor at / on the host and port it was given", async () => {
+    assert.match(runtime.url, /^http:\/\/127\.0\.0\.1:\d+\/$/);
+    assert.notEqual(runtime.port, 0);
+    assert.equal(runtime.apiUrl, `${runtime.url}api/`);
+    const res = await fetch(runtime.url);
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get("content-type") ?? "", /text\/html/);
+    assert.match(await res.text(), /<title>Tethral<\/title>/);
+  });
+
+  it("loads this package's tethral-hub node", async () => {
+    const res = await fetch(new URL("nodes", runtime.url), { headers: { Accept: "application/json" } });
+    assert.equal(res.status, 200);
+    const sets = (await res.json()) as NodeSetInfo[];
+    const hubSet = sets.find((s) => s.types.includes("tethral-hub"));
+    assert.ok(hubSet, "tethral-hub is listed");
+    assert.equal(hubSet.module, "node-red-contrib-tethral");
+    assert.equal(hubSet.err, undefined);
+    assert.equal(hubSet.enabled, true);
+  });
+
+  it("starts the user's copy of flows/flows.json with no missing node types", async () => {
+    assert.equal(runtime.flowFile, path.join(scratch, "user", "flows.json"));
+    assert.deepEqual(
+      JSON.parse(readFileSync(runtime.flowFile, "utf8")),
+      JSON.parse(readFileSync(path.join(PACKAGE_ROOT, "flows", "flows.json"), "utf8")),
+    );
+    assert.deepEqual(runtime.flows, { state: "start" });
+    // Node-RED starts no flow at all while a type is missing: the config node exists only if all loaded.
+    const RED = createRequire(__filename)("node-red") as { nodes: { getNode(id: string): { type: string } | null } };
+    assert.equal(RED.nodes.getNode(HUB_CONFIG_ID)?.type, "tethral-hub");
+  });
+
+  it("refuses a busy port with one line that names PORT", async () => {
+    await assert.rejects(
+      startRuntime({ port: runtime.port, host: HOST, userDir: path.join(scratch, "second"), logLevel: "off" }),
+      (err: unknown) => {
+        assert.ok(err instanceof StartupError);
+        assert.equal(err.message, `Port ${runtime.port} on ${HOST} is in use: set PORT to another port`);
+        assert.equal(err.variable, "PORT");
+        return true;
+      },
+    );
+    assert.equal(existsSync(path.join(scratch, "second")), false, "nothing was written for the refused start");
+  });
+
+  it("as a command, prints that line alone and exits 1 on a busy port", async () => {
+    const child = spawn(process.execPath, ["--require", require.resolve("tsx/cjs"), path.join(PACKAGE_ROOT, "src", "runtime", "start.ts")], {
+      cwd: scratch,
+      env: { ...process.env, PORT: String(runtime.port), HOST, TETHRAL_USER_DIR: path.join(scratch, "cli") },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+    const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+    assert.equal(code, 1);
+    assert.equal(stdout, "");
+    assert.equal(stderr, `Port ${runtime.port} on ${HOST} is in use: set PORT to another port\n`);
+  });
+});
+
+describe("runtime options from the environment", function () {
+  it("defaults to 127.0.0.1:1880 and .tethral in the current directory", () => {
+    assert.deepEqual(optionsFromEnv({}, "/srv/app"), { port: 1880, host: "127.0.0.1", userDir: "/srv/app/.tethral" });
+  });
+
+  it("reads PORT, HOST and TETHRAL_USER_DIR", () => {
+    const options = optionsFromEnv({ PORT: "18801", HOST: "0.0.0.0", TETHRAL_USER_DIR: "data" }, "/srv/app");
+    assert.deepEqual(options, { port: 18801, host: "0.0.0.0", userDir: "/srv/app/data" });
+  });
+
+  it("refuses a PORT that is not a port number, naming PORT", () => {
+    for (const port of ["abc", "-1", "65536", "18.5"]) {
+      assert.throws(() => optionsFromEnv({ PORT: port }), (err: unknown) => {
+        assert.ok(err instanceof StartupError);
+        assert.equal(err.variable, "PORT");
+        assert.match(err.message, /set PORT to a port number$/);
+        return true;
+      });
+    }
+  });
+});

@@ -1,0 +1,42 @@
+// The part of node-red-node-test-helper (0.3.x, untyped) that Tethral's tests use.
+declare module "node-red-node-test-helper" {
+  interface FlowNode {
+    id: string;
+    type: string;
+    [property: string]: unknown;
+  }
+
+  interface LogEntry {
+    level: number;
+    id?: string;
+    type?: string;
+    msg?: unknown;
+  }
+
+  /** A sinon spy on RED.log.log, with the level numbers. */
+  interface LogSpy {
+    readonly args: [LogEntry][];
+    readonly ERROR: number;
+    readonly WARN: number;
+    readonly INFO: number;
+  }
+
+  interface NodeTestHelper {
+    init(runtimePath?: string, userSettings?: Record<string, unknown>): void;
+    load(
+      nodes: ((RED: never) => void) | ((RED: never) => void)[],
+      flow: FlowNode[],
+      credentials?: Record<string, unknown>,
+    ): Promise<void>;
+    unload(): Promise<void>;
+    /** Deploys `flow` as the editor would: "full", "flows" or "nodes" (only the changed nodes restart). */
+    setFlows(flow: FlowNode[], type?: "full" | "flows" | "nodes"): Promise<void>;
+    getNode(id: string): unknown;
+    startServer(): Promise<void>;
+    stopServer(): Promise<void>;
+    log(): LogSpy;
+  }
+
+  const helper: NodeTestHelper;
+  export = helper;
+}
