@@ -88,6 +88,16 @@ async function main(): Promise<void> {
   filterTimes.sort((a, b) => a - b);
   const indexedFilterP99Ms = percentile(filterTimes, 99);
   const indexedFilterP50Ms = percentile(filterTimes, 50);
+  // The same filter as the REST API asks it: total of the 1% and its first page of 100.
+  const pageTimes: number[] = [];
+  for (let i = 0; i < 200; i++) {
+    const s = performance.now();
+    const res = hub.listDevices({ manufacturer: `maker-${i % MANUFACTURERS}`, limit: 100 });
+    pageTimes.push(performance.now() - s);
+    if (res.devices.length !== 100) throw new Error(`page held ${res.devices.length}`);
+  }
+  pageTimes.sort((a, b) => a - b);
+  const indexedFilterPageP99Ms = percentile(pageTimes, 99);
 
   // The fleet keeps its cadence while 1% (every 100th device) falls silent after the heartbeat
   // rounds above. Ten minutes later those 1% expire together in one tick; that tick also does
@@ -112,7 +122,7 @@ async function main(): Promise<void> {
   sub.unsubscribe();
   if (offline !== DEVICES / 100) throw new Error(`expected ${DEVICES / 100} offline, saw ${offline}`);
   tickTimes.sort((a, b) => a - b);
-  const ordinaryTickP50Ms = percentile(tickTimes, 50);
+  const ordinaryTickP99Ms = percentile(tickTimes, 99);
   await hub.stop();
 
   // Event delivery: 1000 filtered subscribers (900 per device, 100 by type pattern and priority).
@@ -144,8 +154,9 @@ async function main(): Promise<void> {
     heartbeatsPerSec: Math.round(heartbeatsPerSec),
     indexedFilterP50Ms: Number(indexedFilterP50Ms.toFixed(2)),
     indexedFilterP99Ms: Number(indexedFilterP99Ms.toFixed(2)),
+    indexedFilterPageP99Ms: Number(indexedFilterPageP99Ms.toFixed(2)),
     sweepMsPerTickAt1Pct: Number(sweepMs.toFixed(2)),
-    ordinaryTickP50Ms: Number(ordinaryTickP50Ms.toFixed(2)),
+    ordinaryTickP99Ms: Number(ordinaryTickP99Ms.toFixed(2)),
     ticksSimulated: ticks,
     heapBytesPerDevice: Math.round(heapBytesPerDevice),
     eventsDeliveredPerSec: Math.round(eventsDeliveredPerSec),
@@ -156,9 +167,10 @@ async function main(): Promise<void> {
     ["registerPerSec", results.registerPerSec, `≥ ${fmt(TARGETS.registerPerSec)}`],
     ["heartbeatsPerSec", results.heartbeatsPerSec, `≥ ${fmt(TARGETS.heartbeatsPerSec)}`],
     ["indexedFilterP50Ms", results.indexedFilterP50Ms, ""],
-    ["indexedFilterP99Ms", results.indexedFilterP99Ms, `< ${TARGETS.indexedFilterP99Ms}`],
+    ["indexedFilterP99Ms", results.indexedFilterP99Ms, `< ${TARGETS.indexedFilterP99Ms} (all ${fmt(DEVICES / 100)} matches built)`],
+    ["indexedFilterPageP99Ms", results.indexedFilterPageP99Ms, "(total + first page of 100)"],
     ["sweepMsPerTickAt1Pct", results.sweepMsPerTickAt1Pct, `(${fmt(DEVICES / 100)} devices expire)`],
-    ["ordinaryTickP50Ms", results.ordinaryTickP50Ms, "(deadline refreshes only)"],
+    ["ordinaryTickP99Ms", results.ordinaryTickP99Ms, "(a tick of deadline refreshes only)"],
     ["heapBytesPerDevice", results.heapBytesPerDevice, `≤ ${TARGETS.heapBytesPerDevice}`],
     ["eventsDeliveredPerSec", results.eventsDeliveredPerSec, `≥ ${fmt(TARGETS.eventsDeliveredPerSec)}`],
   ];

@@ -183,6 +183,7 @@ export class Hub {
     if (message.kind !== "heartbeat") {
       try {
         ({ properties, reported } = parseInbound(message));
+        if (properties) this.state.checkCapacity(deviceId, properties);
       } catch (err) {
         throw this.reject(deviceId, protocol, message.kind, err as TethralError, "invalid-payload");
       }

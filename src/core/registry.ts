@@ -2,6 +2,7 @@ import { z } from "zod";
 import type { Clock } from "./clock";
 import { TethralError, notFound } from "./errors";
 import type { EventBus } from "./events";
+import { ChainIndex, Interner, type Members, SetIndex, type ValueIndex } from "./indexes";
 import { cloneJson, isEmptyObject, iso, isoOrNull, jsonEqual } from "./json";
 import {
   type DeviceInput,
@@ -40,15 +41,31 @@ export interface DeviceRecord {
    */
   heartbeat: unknown;
   state: unknown;
+  /** Links of the status, protocol and manufacturer indexes (see ChainIndex). */
+  statusPrev: DeviceRecord | null;
+  statusNext: DeviceRecord | null;
+  protocolPrev: DeviceRecord | null;
+  protocolNext: DeviceRecord | null;
+  makerPrev: DeviceRecord | null;
+  makerNext: DeviceRecord | null;
 }
 
-const EMPTY: readonly string[] = Object.freeze([]);
+const EMPTY: readonly string[] = [];
 
 const SORT_FIELDS = ["registered", "id", "name", "createdAt", "updatedAt", "lastSeen", "status", "protocol", "manufacturer"] as const;
 export type DeviceSortField = (typeof SORT_FIELDS)[number];
 
 const oneOrMany = <T extends z.ZodType>(item: T) =>
   z.union([item, z.array(item).min(1).max(64)]).transform((v) => (Array.isArray(v) ? v : [v]) as z.infer<T>[]);
+
+const WHOLE = { error: "must be a whole number, 0 or more" };
+
+/** A number, or its decimal text from a query string; blank or null means not given. */
+const queryNumber = z.preprocess((v) => {
+  if (v === null || v === undefined || (typeof v === "string" && v.trim() === "")) return undefined;
+  if (typeof v === "string" && /^\s*\d+\s*$/.test(v)) return Number(v);
+  return v;
+}, z.unknown());
 
 const filterSchema = z.strictObject({
   status: oneOrMany(statusSchema).optional(),
@@ -61,10 +78,14 @@ const filterSchema = z.strictObject({
   q: z.string().max(256).optional(),
   sort: z.enum(SORT_FIELDS).optional(),
   order: z.enum(["asc", "desc"]).optional(),
-  limit: z.coerce.number().int().min(0).max(100_000).optional(),
-  offset: z.coerce.number().int().min(0).optional(),
+  limit: queryNumber.pipe(z.number(WHOLE).int(WHOLE).min(0, WHOLE).max(100_000, "must be at most 100000").optional()),
+  offset: queryNumber.pipe(z.number(WHOLE).int(WHOLE).min(0, WHOLE).optional()),
 });
-export type DeviceFilter = z.input<typeof filterSchema>;
+/** A filter as callers give it; `limit` and `offset` may come as query-string text. */
+export type DeviceFilter = Omit<z.input<typeof filterSchema>, "limit" | "offset"> & {
+  limit?: number | string | null;
+  offset?: number | string | null;
+};
 
 export interface DeviceList {
   devices: Device[];
@@ -82,73 +103,6 @@ export interface DeviceStatistics {
 
 export const DEFAULT_PAGE_SIZE = 100;
 
-/** The records that share one value; keeps the value so records can share the string. */
-interface Bucket {
-  readonly value: string;
-  readonly records: Set<DeviceRecord>;
-}
-
-/**
- * Shares equal strings and equal lists between records: a fleet has few distinct models,
- * firmware versions and capability lists. Bounded, so unique values cannot grow it forever.
- */
-class Interner {
-  private readonly strings = new Map<string, string>();
-  private readonly lists = new Map<string, readonly string[]>();
-
-  constructor(private readonly max = 10_000) {}
-
-  string<T extends string | undefined>(value: T): T {
-    if (value === undefined) return value;
-    const known = this.strings.get(value);
-    if (known !== undefined) return known as T;
-    if (this.strings.size < this.max) this.strings.set(value, value);
-    return value;
-  }
-
-  list(values: string[]): readonly string[] {
-    const key = values.join("\u0000");
-    const known = this.lists.get(key);
-    if (known !== undefined) return known;
-    const frozen = Object.freeze(values);
-    if (this.lists.size < this.max) this.lists.set(key, frozen);
-    return frozen;
-  }
-}
-
-/** value → records having it. Filters start from these instead of scanning the fleet. */
-class ValueIndex {
-  private readonly buckets = new Map<string, Bucket>();
-
-  /** Adds `record` under `value` and returns the index's shared copy of the string. */
-  add(value: string, record: DeviceRecord): string {
-    let bucket = this.buckets.get(value);
-    if (!bucket) {
-      bucket = { value, records: new Set() };
-      this.buckets.set(value, bucket);
-    }
-    bucket.records.add(record);
-    return bucket.value;
-  }
-
-  delete(value: string, record: DeviceRecord): void {
-    const bucket = this.buckets.get(value);
-    if (!bucket) return;
-    bucket.records.delete(record);
-    if (bucket.records.size === 0) this.buckets.delete(value);
-  }
-
-  get(value: string): ReadonlySet<DeviceRecord> | undefined {
-    return this.buckets.get(value)?.records;
-  }
-
-  counts(): Record<string, number> {
-    const out: Record<string, number> = Object.create(null);
-    for (const [value, bucket] of this.buckets) out[value] = bucket.records.size;
-    return out;
-  }
-}
-
 /** One indexed condition of a filter: the records it allows and a per-record test for the others. */
 interface Condition {
   size: number;
@@ -163,11 +117,11 @@ interface Condition {
  */
 export class DeviceRegistry {
   private readonly records = new Map<string, DeviceRecord>();
-  private readonly byStatus = new ValueIndex();
-  private readonly byProtocol = new ValueIndex();
-  private readonly byManufacturer = new ValueIndex();
-  private readonly byCapability = new ValueIndex();
-  private readonly byTag = new ValueIndex();
+  private readonly byStatus = new ChainIndex(["statusPrev", "statusNext"]);
+  private readonly byProtocol = new ChainIndex(["protocolPrev", "protocolNext"]);
+  private readonly byManufacturer = new ChainIndex(["makerPrev", "makerNext"]);
+  private readonly byCapability = new SetIndex();
+  private readonly byTag = new SetIndex();
   private readonly interner = new Interner();
   private seq = 0;
 
@@ -236,6 +190,12 @@ export class DeviceRegistry {
       updatedAt: restored?.updatedAt ?? now,
       heartbeat: undefined,
       state: undefined,
+      statusPrev: null,
+      statusNext: null,
+      protocolPrev: null,
+      protocolNext: null,
+      makerPrev: null,
+      makerNext: null,
     };
     record.protocol = this.byProtocol.add(record.protocol, record);
     if (record.manufacturer !== undefined) record.manufacturer = this.byManufacturer.add(record.manufacturer, record);
@@ -269,7 +229,7 @@ export class DeviceRegistry {
         changes.push(key);
       }
     };
-    if (data.name !== undefined) set("name", data.name);
+    if (data.name !== undefined) set("name", data.name ?? id);
     if (data.protocol !== undefined && data.protocol !== record.protocol) {
       this.byProtocol.delete(record.protocol, record);
       set("protocol", this.byProtocol.add(data.protocol, record));
@@ -281,13 +241,13 @@ export class DeviceRegistry {
     }
     if (data.model !== undefined) set("model", this.interner.string(data.model ?? undefined));
     if (data.firmware !== undefined) set("firmware", this.interner.string(data.firmware ?? undefined));
-    if (data.capabilities !== undefined && !sameList(record.capabilities, data.capabilities)) {
+    if (data.capabilities !== undefined && !sameList(record.capabilities, data.capabilities ?? [])) {
       for (const c of record.capabilities) this.byCapability.delete(c, record);
-      set("capabilities", this.indexList(this.byCapability, data.capabilities, record));
+      set("capabilities", this.indexList(this.byCapability, data.capabilities ?? undefined, record));
     }
-    if (data.tags !== undefined && !sameList(record.tags, data.tags)) {
+    if (data.tags !== undefined && !sameList(record.tags, data.tags ?? [])) {
       for (const t of record.tags) this.byTag.delete(t, record);
-      set("tags", this.indexList(this.byTag, data.tags, record));
+      set("tags", this.indexList(this.byTag, data.tags ?? undefined, record));
     }
     if (data.heartbeatTimeout !== undefined) set("heartbeatTimeout", data.heartbeatTimeout ?? undefined);
     if (data.metadata !== undefined && !jsonEqual(record.metadata ?? {}, data.metadata)) {
@@ -330,7 +290,7 @@ export class DeviceRegistry {
   }
 
   /** Records with a status, without copying: the state manager pages through these. */
-  withStatus(status: DeviceStatus): ReadonlySet<DeviceRecord> | undefined {
+  withStatus(status: DeviceStatus): Members | undefined {
     return this.byStatus.get(status);
   }
 
@@ -407,7 +367,7 @@ export class DeviceRegistry {
     return parseInput(deviceIdSchema, id, "device id");
   }
 
-  private indexList(index: ValueIndex, values: string[] | undefined, record: DeviceRecord): readonly string[] {
+  private indexList(index: SetIndex, values: string[] | undefined, record: DeviceRecord): readonly string[] {
     if (!values || values.length === 0) return EMPTY;
     const unique = values.length === 1 ? values : [...new Set(values)];
     return this.interner.list(unique.map((v) => index.add(v, record)));
@@ -415,7 +375,7 @@ export class DeviceRegistry {
 }
 
 function unionCondition(index: ValueIndex, values: string[], test: (r: DeviceRecord) => boolean): Condition {
-  const buckets = values.map((v) => index.get(v)).filter((b): b is ReadonlySet<DeviceRecord> => b !== undefined);
+  const buckets = values.map((v) => index.get(v)).filter((b): b is Members => b !== undefined);
   return {
     size: buckets.reduce((n, b) => n + b.size, 0),
     // A record has one status, protocol and manufacturer, so these buckets never overlap.
@@ -430,7 +390,7 @@ function unionCondition(index: ValueIndex, values: string[], test: (r: DeviceRec
 }
 
 function listCondition(
-  index: ValueIndex,
+  index: SetIndex,
   values: string[],
   match: "any" | "all",
   field: (r: DeviceRecord) => readonly string[],
@@ -439,10 +399,17 @@ function listCondition(
   if (match === "all") {
     if (buckets.some((b) => b === undefined)) return { size: 0, records: () => [], test: () => false };
     const smallest = (buckets as ReadonlySet<DeviceRecord>[]).reduce((a, b) => (b.size < a.size ? b : a));
+    const test = (r: DeviceRecord) => values.every((v) => field(r).includes(v));
     return {
       size: smallest.size,
-      records: () => smallest,
-      test: (r) => values.every((v) => field(r).includes(v)),
+      // As the driver, the smallest bucket still holds records that lack the other values.
+      records:
+        values.length === 1
+          ? () => smallest
+          : function* () {
+              for (const record of smallest) if (test(record)) yield record;
+            },
+      test,
     };
   }
   const present = buckets.filter((b): b is ReadonlySet<DeviceRecord> => b !== undefined);

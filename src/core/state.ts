@@ -149,7 +149,7 @@ export class StateManager {
 
   /**
    * Merges reported properties. Every report stamps `reportedAt`; only a report that changes a
-   * value moves the version and `changedAt`, writes history and publishes `state.changed`.
+   * value moves the version and `updatedAt`, writes history and publishes `state.changed`.
    * The caller has checked the payload (see `checkProperties`).
    */
   report(deviceId: string, properties: JsonObject, cause: ChangeCause = {}): boolean {
@@ -185,6 +185,23 @@ export class StateManager {
     if (s.desired) this.refreshDelta(s);
     this.commit(record, s, now, { properties: from }, { properties: to }, cause, cause.reason ?? "report");
     return true;
+  }
+
+  /**
+   * Throws INVALID when merging `properties` would take the device past the property limit:
+   * lets a caller refuse a message before anything else (a heartbeat) has happened.
+   */
+  checkCapacity(deviceId: string, properties: JsonObject): void {
+    const record = this.registry.record(deviceId);
+    const current = (record && stateOf(record)?.properties) ?? EMPTY_PROPERTIES;
+    const keys = Object.keys(properties);
+    const have = Object.keys(current).length;
+    if (have + keys.length <= LIMITS.propertyKeys) return;
+    let added = 0;
+    for (const key of keys) if (!Object.hasOwn(current, key)) added++;
+    if (have + added > LIMITS.propertyKeys) {
+      throw invalid("properties", `a device keeps at most ${LIMITS.propertyKeys} properties`);
+    }
   }
 
   /** Checks a properties payload from a device or flow: a JSON object within the limits. */
@@ -316,6 +333,8 @@ export class StateManager {
   list(query: { status?: DeviceStatus; limit?: number; offset?: number } = {}): { states: DeviceState[]; total: number } {
     const offset = query.offset ?? 0;
     const limit = query.limit ?? 100;
+    if (!Number.isInteger(limit) || limit < 0 || limit > 100_000) throw invalid("limit", "must be a whole number from 0 to 100000");
+    if (!Number.isInteger(offset) || offset < 0) throw invalid("offset", "must be a whole number, 0 or more");
     if (query.status !== undefined && !DEVICE_STATUSES.includes(query.status)) {
       throw invalid("status", `must be one of ${DEVICE_STATUSES.join(", ")}`);
     }

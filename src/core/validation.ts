@@ -123,14 +123,15 @@ export type DeviceInput = z.infer<typeof deviceInputSchema>;
 /** A partial update: every field optional, `null` clears an optional one, `id` may only repeat itself. */
 export const devicePatchSchema = z.strictObject({
   id: deviceIdSchema.optional(),
-  name: text().optional(),
+  /** `null` resets the name to the device id. */
+  name: text().nullable().optional(),
   protocol: deviceInputSchema.shape.protocol.optional(),
   address: url.nullable().optional(),
   manufacturer: text().nullable().optional(),
   model: text().nullable().optional(),
   firmware: text().nullable().optional(),
-  capabilities: list.optional(),
-  tags: list.optional(),
+  capabilities: list.nullable().optional(),
+  tags: list.nullable().optional(),
   heartbeatTimeout: z.number().positive().max(LIMITS.maxHeartbeatTimeout).nullable().optional(),
   metadata: jsonObject(LIMITS.metadataBytes).optional(),
 });

@@ -1,0 +1,600 @@
+import assert from "node:assert/strict";
+import { ManualClock } from "../../src/core/clock";
+import { TethralError } from "../../src/core/errors";
+import { EventBus } from "../../src/core/events";
+import { Hub } from "../../src/core/hub";
+import { DEFAULT_PAGE_SIZE, type DeviceFilter, DeviceRegistry } from "../../src/core/registry";
+import type { Device, DeviceStatus, TethralEvent } from "../../src/core/types";
+
+const START = Date.UTC(2026, 10, 27, 10, 0, 0);
+
+function setup() {
+  const clock = new ManualClock(START);
+  const bus = new EventBus(clock, { historySize: 10_000 });
+  const registry = new DeviceRegistry(bus, clock);
+  const events: TethralEvent[] = [];
+  bus.subscribe("device.*", (e) => {
+    events.push(e);
+  });
+  return { clock, bus, registry, events };
+}
+
+type Setup = ReturnType<typeof setup>;
+
+/** Asserts `fn` throws a TethralError with `code`, and (when given) a detail naming `field`. */
+function assertCode(fn: () => unknown, code: TethralError["code"], field?: string): void {
+  assert.throws(fn, (err: unknown) => {
+    assert.ok(err instanceof TethralError, `expected a TethralError, got ${String(err)}`);
+    assert.equal(err.code, code, err.message);
+    if (field !== undefined) {
+      const fields = err.details.map((d) => d.field);
+      assert.ok(fields.includes(field), `expected a detail for ${field}, got ${JSON.stringify(fields)}`);
+    }
+    return true;
+  });
+}
+
+/** Asserts `fn` is refused with INVALID naming `field`, and that nothing in the registry moved. */
+function assertRefused(t: Setup, fn: () => unknown, field: string): void {
+  const size = t.registry.size;
+  const stats = t.registry.statistics();
+  const all = t.registry.list({ limit: 100_000 });
+  const published = t.events.length;
+  assertCode(fn, "INVALID", field);
+  assert.equal(t.registry.size, size);
+  assert.deepEqual(t.registry.statistics(), stats);
+  assert.deepEqual(t.registry.list({ limit: 100_000 }), all);
+  assert.equal(t.events.length, published, "no event is published for a refused input");
+}
+
+/** Statistics as plain JSON (the registry counts into null-prototype objects). */
+const statsOf = (registry: DeviceRegistry) => JSON.parse(JSON.stringify(registry.statistics())) as ReturnType<DeviceRegistry["statistics"]>;
+
+const ids = (list: { devices: Device[] }): string[] => list.devices.map((d) => d.id);
+
+/** A small mixed fleet, registered in this order. */
+function fleet(t: Setup): void {
+  const r = t.registry;
+  r.register({ id: "t1", name: "Boiler Room", protocol: "mqtt", manufacturer: "Acme", model: "T-100", capabilities: ["temperature", "humidity"], tags: ["floor-1", "hvac"] });
+  r.register({ id: "t2", name: "Attic", protocol: "coap", manufacturer: "Globex", model: "G-7", capabilities: ["temperature"], tags: ["floor-2"] });
+  r.register({ id: "h1", name: "Cellar", protocol: "mqtt", manufacturer: "Acme", model: "H-1", capabilities: ["humidity"], tags: ["floor-1"] });
+  r.register({ id: "cam", name: "Gate camera", protocol: "http", address: "http://10.0.0.9/cmd", capabilities: ["video"], tags: ["outdoor"] });
+  r.register({ id: "lock", name: "Front lock", protocol: "websocket", manufacturer: "Initech", model: "boiler-proof", tags: ["outdoor", "security"] });
+  r.register({ id: "t3", name: "Garage", protocol: "coap", manufacturer: "Acme", model: "T-100", capabilities: ["temperature", "humidity", "pressure"], tags: ["floor-2", "hvac"] });
+}
+
+function setStatus(t: Setup, id: string, status: DeviceStatus): void {
+  t.registry.setStatus(t.registry.record(id)!, status);
+}
+
+function nested(levels: number): Record<string, unknown> {
+  let v: Record<string, unknown> = {};
+  for (let i = 1; i < levels; i++) v = { a: v };
+  return v;
+}
+
+describe("DeviceRegistry", () => {
+  describe("register", () => {
+    it("fills the defaults: name is the id, empty lists and metadata, status unknown, never seen", () => {
+      const t = setup();
+      const d = t.registry.register({ id: "boiler-1", protocol: "mqtt" });
+      assert.deepEqual(JSON.parse(JSON.stringify(d)), {
+        id: "boiler-1", name: "boiler-1", protocol: "mqtt", capabilities: [], tags: [], metadata: {},
+        status: "unknown", lastSeen: null, createdAt: "2026-11-27T10:00:00.000Z", updatedAt: "2026-11-27T10:00:00.000Z",
+      });
+      assert.equal(t.registry.size, 1);
+      assert.deepEqual(t.registry.get("boiler-1"), d);
+    });
+
+    it("keeps every field it is given and publishes device.registered with the device", () => {
+      const t = setup();
+      const input = {
+        id: "a.b_c:d-1", name: "Boiler", protocol: "coap", address: "coap://10.0.0.5", manufacturer: "Acme", model: "T-100",
+        firmware: "1.2.0", capabilities: ["temperature", "humidity"], tags: ["floor-2"], heartbeatTimeout: 60, metadata: { room: { n: 2 } },
+      };
+      const d = t.registry.register(input, { causeId: "c-1", source: "rest" });
+      for (const [k, v] of Object.entries(input)) assert.deepEqual(d[k as keyof Device], v, k);
+      assert.equal(t.events.length, 1);
+      const e = t.events[0]!;
+      assert.equal(e.type, "device.registered");
+      assert.equal(e.deviceId, "a.b_c:d-1");
+      assert.equal(e.source, "rest");
+      assert.equal(e.causeId, "c-1");
+      assert.deepEqual((e.data as { device: Device }).device, d);
+    });
+
+    it("refuses a duplicate id with CONFLICT and keeps the first record", () => {
+      const t = setup();
+      t.registry.register({ id: "x", protocol: "mqtt", name: "first" });
+      assertCode(() => t.registry.register({ id: "x", protocol: "coap", name: "second" }), "CONFLICT", "id");
+      assert.equal(t.registry.get("x").name, "first");
+      assert.equal(t.registry.size, 1);
+      assert.deepEqual(statsOf(t.registry).byProtocol, { mqtt: 1 });
+      assert.equal(t.events.length, 1);
+    });
+  });
+
+  describe("get, update and remove", () => {
+    it("answers NOT_FOUND (404) for unknown ids on get, update and remove", () => {
+      const t = setup();
+      for (const fn of [() => t.registry.get("nope"), () => t.registry.update("nope", { name: "x" }), () => t.registry.remove("nope")]) {
+        assertCode(fn, "NOT_FOUND");
+        try {
+          fn();
+        } catch (err) {
+          assert.equal((err as TethralError).status, 404);
+        }
+      }
+      assert.equal(t.events.length, 0);
+    });
+
+    it("applies a partial update, moves updatedAt only and publishes the changed fields", () => {
+      const t = setup();
+      t.registry.register({ id: "x", protocol: "mqtt", name: "old", model: "M1", tags: ["a"] });
+      t.clock.advance(5000);
+      const d = t.registry.update("x", { name: "new", firmware: "2.0", tags: ["b", "c"] }, { causeId: "c-2" });
+      assert.equal(d.name, "new");
+      assert.equal(d.firmware, "2.0");
+      assert.deepEqual(d.tags, ["b", "c"]);
+      assert.equal(d.model, "M1", "fields not in the patch are kept");
+      assert.equal(d.protocol, "mqtt");
+      assert.equal(d.createdAt, "2026-11-27T10:00:00.000Z");
+      assert.equal(d.updatedAt, "2026-11-27T10:00:05.000Z");
+      const e = t.events.at(-1)!;
+      assert.equal(e.type, "device.updated");
+      assert.equal(e.causeId, "c-2");
+      const data = e.data as { device: Device; changes: string[] };
+      assert.deepEqual([...data.changes].sort(), ["firmware", "name", "tags"]);
+      assert.deepEqual(data.device, d);
+    });
+
+    it("accepts the same id in a patch but refuses a different one with INVALID on field id", () => {
+      const t = setup();
+      t.registry.register({ id: "x", protocol: "mqtt" });
+      assert.equal(t.registry.update("x", { id: "x", name: "ok" }).name, "ok");
+      assertRefused(t, () => t.registry.update("x", { id: "y", name: "changed" }), "id");
+      assert.equal(t.registry.get("x").name, "ok");
+      assertCode(() => t.registry.get("y"), "NOT_FOUND");
+    });
+
+    it("clears optional fields with null and metadata with {}", () => {
+      const t = setup();
+      t.registry.register({
+        id: "x", protocol: "coap", address: "coap://h", manufacturer: "Acme", model: "M", firmware: "1", heartbeatTimeout: 30, metadata: { a: 1 },
+      });
+      const d = t.registry.update("x", { address: null, manufacturer: null, model: null, firmware: null, heartbeatTimeout: null, metadata: {} });
+      for (const k of ["address", "manufacturer", "model", "firmware", "heartbeatTimeout"] as const) assert.equal(d[k], undefined, k);
+      assert.deepEqual(d.metadata, {});
+      assert.deepEqual(statsOf(t.registry).byManufacturer, {});
+      assert.equal(t.registry.list({ manufacturer: "Acme" }).total, 0);
+    });
+
+    it("publishes nothing and keeps updatedAt when an update changes nothing", () => {
+      const t = setup();
+      t.registry.register({ id: "x", protocol: "mqtt", name: "n", capabilities: ["a", "b"], metadata: { k: [1, { z: true }] } });
+      t.clock.advance(1000);
+      const before = t.registry.get("x");
+      const published = t.events.length;
+      for (const patch of [{}, { id: "x" }, { name: "n" }, { protocol: "mqtt" }, { capabilities: ["a", "b"] }, { capabilities: ["a", "b", "a"] },
+        { address: null }, { metadata: { k: [1, { z: true }] } }]) {
+        assert.deepEqual(t.registry.update("x", patch), before, JSON.stringify(patch));
+      }
+      assert.equal(t.events.length, published);
+    });
+
+    it("removes a device: returns it, publishes device.removed and frees its id", () => {
+      const t = setup();
+      t.registry.register({ id: "x", protocol: "mqtt", tags: ["t"] });
+      const d = t.registry.remove("x", { causeId: "c-3" });
+      assert.equal(d.id, "x");
+      assert.equal(t.registry.size, 0);
+      assert.equal(t.registry.has("x"), false);
+      assertCode(() => t.registry.get("x"), "NOT_FOUND");
+      const e = t.events.at(-1)!;
+      assert.equal(e.type, "device.removed");
+      assert.equal(e.causeId, "c-3");
+      assert.deepEqual(e.data, { device: d, reason: "user" });
+      assertCode(() => t.registry.remove("x"), "NOT_FOUND");
+      assert.equal(t.registry.register({ id: "x", protocol: "coap" }).protocol, "coap");
+    });
+  });
+
+  describe("list: filters and search", () => {
+    let t: Setup;
+    beforeEach(() => {
+      t = setup();
+      fleet(t);
+    });
+
+    it("lists every device in registration order with the total", () => {
+      assert.deepEqual(t.registry.list(), { devices: t.registry.list().devices, total: 6 });
+      assert.deepEqual(ids(t.registry.list()), ["t1", "t2", "h1", "cam", "lock", "t3"]);
+    });
+
+    it("filters by status, protocol and manufacturer, and takes arrays as unions", () => {
+      setStatus(t, "t2", "online");
+      setStatus(t, "cam", "offline");
+      assert.deepEqual(ids(t.registry.list({ status: "online" })), ["t2"]);
+      assert.deepEqual(ids(t.registry.list({ status: ["offline", "online"] })), ["t2", "cam"]);
+      assert.deepEqual(ids(t.registry.list({ protocol: "coap" })), ["t2", "t3"]);
+      assert.deepEqual(ids(t.registry.list({ protocol: ["http", "websocket"] })), ["cam", "lock"]);
+      assert.deepEqual(ids(t.registry.list({ manufacturer: "Acme" })), ["t1", "h1", "t3"]);
+      assert.deepEqual(ids(t.registry.list({ manufacturer: ["Globex", "Initech"] })), ["t2", "lock"]);
+      assert.deepEqual(t.registry.list({ manufacturer: "acme" }).total, 0, "values match exactly");
+    });
+
+    it("lists a device once when a filter repeats a value", () => {
+      assert.deepEqual(t.registry.list({ status: ["unknown", "unknown"] }).total, 6);
+      assert.deepEqual(ids(t.registry.list({ protocol: ["coap", "coap"] })), ["t2", "t3"]);
+      assert.deepEqual(ids(t.registry.list({ capability: ["video", "video"], capabilityMatch: "any" })), ["cam"]);
+    });
+
+    it("filters by capability and tag, all values by default or any of them", () => {
+      assert.deepEqual(ids(t.registry.list({ capability: "humidity" })), ["t1", "h1", "t3"]);
+      assert.deepEqual(ids(t.registry.list({ capability: ["temperature", "humidity"] })), ["t1", "t3"]);
+      assert.deepEqual(ids(t.registry.list({ capability: ["temperature", "humidity"], capabilityMatch: "all" })), ["t1", "t3"]);
+      assert.deepEqual(ids(t.registry.list({ capability: ["pressure", "video"], capabilityMatch: "any" })), ["cam", "t3"]);
+      assert.deepEqual(t.registry.list({ capability: ["temperature", "nothing"] }).total, 0);
+      assert.deepEqual(ids(t.registry.list({ capability: ["temperature", "nothing"], capabilityMatch: "any" })), ["t1", "t2", "t3"]);
+      assert.deepEqual(ids(t.registry.list({ tag: ["outdoor", "security"] })), ["lock"]);
+      assert.deepEqual(ids(t.registry.list({ tag: ["outdoor", "hvac"], tagMatch: "any" })), ["t1", "cam", "lock", "t3"]);
+    });
+
+    it("intersects different conditions", () => {
+      setStatus(t, "t3", "online");
+      assert.deepEqual(ids(t.registry.list({ manufacturer: "Acme", protocol: "coap" })), ["t3"]);
+      assert.deepEqual(ids(t.registry.list({ tag: "hvac", capability: "humidity", status: "unknown" })), ["t1"]);
+      assert.deepEqual(ids(t.registry.list({ tag: "floor-1", q: "cellar" })), ["h1"]);
+      assert.deepEqual(t.registry.list({ protocol: "http", manufacturer: "Acme" }).total, 0);
+    });
+
+    it("searches id, name, manufacturer and model case-insensitively with q", () => {
+      assert.deepEqual(ids(t.registry.list({ q: "T1" })), ["t1"], "id");
+      assert.deepEqual(ids(t.registry.list({ q: "gate CAM" })), ["cam"], "name");
+      assert.deepEqual(ids(t.registry.list({ q: "globe" })), ["t2"], "manufacturer");
+      assert.deepEqual(ids(t.registry.list({ q: "t-10" })), ["t1", "t3"], "model");
+      assert.deepEqual(ids(t.registry.list({ q: "boiler" })), ["t1", "lock"], "name of one, model of the other");
+      assert.deepEqual(t.registry.list({ q: "floor" }).total, 0, "tags are not searched");
+      assert.deepEqual(t.registry.list({ q: "temperature" }).total, 0, "capabilities are not searched");
+      assert.deepEqual(ids(t.registry.list({ q: "  attic " })), ["t2"], "surrounding spaces are ignored");
+    });
+  });
+
+  describe("indexes follow updates and removals", () => {
+    it("moves a device between manufacturer, protocol, capability, tag and status buckets", () => {
+      const t = setup();
+      fleet(t);
+      t.registry.update("t1", { manufacturer: "Globex", protocol: "http", capabilities: ["video"], tags: ["outdoor"] });
+      assert.deepEqual(ids(t.registry.list({ manufacturer: "Acme" })), ["h1", "t3"]);
+      assert.deepEqual(ids(t.registry.list({ manufacturer: "Globex" })), ["t1", "t2"]);
+      assert.deepEqual(ids(t.registry.list({ protocol: "mqtt" })), ["h1"]);
+      assert.deepEqual(ids(t.registry.list({ protocol: "http" })), ["t1", "cam"]);
+      assert.deepEqual(ids(t.registry.list({ capability: "temperature" })), ["t2", "t3"]);
+      assert.deepEqual(ids(t.registry.list({ capability: "video" })), ["t1", "cam"]);
+      assert.deepEqual(ids(t.registry.list({ tag: "hvac" })), ["t3"]);
+      assert.deepEqual(ids(t.registry.list({ q: "globex" })), ["t1", "t2"]);
+      setStatus(t, "t1", "online");
+      setStatus(t, "t1", "offline");
+      assert.equal(t.registry.list({ status: "online" }).total, 0);
+      assert.deepEqual(ids(t.registry.list({ status: "offline" })), ["t1"]);
+    });
+
+    it("drops a removed device from every index and the statistics", () => {
+      const t = setup();
+      fleet(t);
+      setStatus(t, "t2", "online");
+      t.registry.remove("t2");
+      for (const f of [{ manufacturer: "Globex" }, { status: "online" }, { tag: "floor-2", q: "t2" }, { q: "attic" }] as DeviceFilter[]) {
+        assert.equal(t.registry.list(f).total, 0, JSON.stringify(f));
+      }
+      assert.deepEqual(ids(t.registry.list({ protocol: "coap" })), ["t3"]);
+      const s = t.registry.statistics();
+      assert.equal(s.byManufacturer.Globex, undefined);
+      assert.equal(s.byStatus.online, undefined);
+      assert.equal(s.byTag["floor-2"], 1);
+    });
+  });
+
+  describe("sort and pagination", () => {
+    it("sorts by a field in either order and breaks ties by registration order", () => {
+      const t = setup();
+      for (const [id, name] of [["d", "b"], ["a", "a"], ["c", "b"], ["b", "a"], ["e", "c"]]) t.registry.register({ id: id!, name: name!, protocol: "mqtt" });
+      assert.deepEqual(ids(t.registry.list({ sort: "name" })), ["a", "b", "d", "c", "e"]);
+      assert.deepEqual(ids(t.registry.list({ sort: "name", order: "desc" })), ["e", "d", "c", "a", "b"]);
+      assert.deepEqual(ids(t.registry.list({ sort: "id" })), ["a", "b", "c", "d", "e"]);
+      assert.deepEqual(ids(t.registry.list({ sort: "id", order: "desc" })), ["e", "d", "c", "b", "a"]);
+      assert.deepEqual(ids(t.registry.list({ sort: "registered", order: "desc" })), ["e", "b", "c", "a", "d"]);
+    });
+
+    it("sorts by time fields from the clock and puts devices without a manufacturer first", () => {
+      const t = setup();
+      t.registry.register({ id: "a", protocol: "mqtt", manufacturer: "Zeta" });
+      t.clock.advance(10);
+      t.registry.register({ id: "b", protocol: "mqtt" });
+      t.clock.advance(10);
+      t.registry.register({ id: "c", protocol: "mqtt", manufacturer: "Alpha" });
+      t.clock.advance(10);
+      t.registry.update("a", { name: "touched" });
+      assert.deepEqual(ids(t.registry.list({ sort: "createdAt", order: "desc" })), ["c", "b", "a"]);
+      assert.deepEqual(ids(t.registry.list({ sort: "updatedAt" })), ["b", "c", "a"]);
+      assert.deepEqual(ids(t.registry.list({ sort: "manufacturer" })), ["b", "c", "a"]);
+    });
+
+    it("pages with limit and offset, counts every match in total and defaults to 100 per page", () => {
+      const t = setup();
+      for (let i = 0; i < 150; i++) t.registry.register({ id: `d${String(i).padStart(3, "0")}`, protocol: i % 2 ? "coap" : "mqtt" });
+      assert.equal(DEFAULT_PAGE_SIZE, 100);
+      const first = t.registry.list();
+      assert.equal(first.devices.length, 100);
+      assert.equal(first.total, 150);
+      assert.equal(t.registry.list({ protocol: "mqtt" }).devices.length, 75);
+      assert.deepEqual(ids(t.registry.list({ limit: 3, offset: 10 })), ["d010", "d011", "d012"]);
+      assert.deepEqual(ids(t.registry.list({ protocol: "coap", limit: 2, offset: 1 })), ["d003", "d005"]);
+      assert.deepEqual(t.registry.list({ protocol: "coap", limit: 2, offset: 1 }).total, 75);
+      assert.deepEqual(t.registry.list({ limit: 0 }), { devices: [], total: 150 });
+      assert.deepEqual(t.registry.list({ offset: 149, sort: "id", order: "desc" }).devices.map((d) => d.id), ["d000"]);
+      assert.deepEqual(t.registry.list({ offset: 500 }), { devices: [], total: 150 });
+      assert.deepEqual(ids(t.registry.list({ limit: "2" as unknown as number, offset: "148" as unknown as number })), ["d148", "d149"]);
+    });
+
+    it("gives the same pages from the bounded heap (small page) as from a full sort", () => {
+      const t = setup();
+      let seed = 7;
+      const rand = (n: number) => {
+        seed = (seed * 1103515245 + 12345) % 2147483648;
+        return seed % n;
+      };
+      const names: string[] = [];
+      for (let i = 0; i < 400; i++) {
+        const name = `n${rand(25)}`; // many ties
+        names.push(name);
+        t.registry.register({ id: `id-${rand(1_000_000)}-${i}`, name, protocol: "mqtt", manufacturer: rand(3) ? `m${rand(7)}` : undefined });
+      }
+      const all = t.registry.list({ limit: 1000 }).devices;
+      const reference = (key: (d: Device) => string, order: "asc" | "desc") =>
+        all
+          .map((d, seq) => ({ d, seq }))
+          .sort((a, b) => {
+            const ka = key(a.d);
+            const kb = key(b.d);
+            if (ka !== kb) return (ka < kb ? -1 : 1) * (order === "desc" ? -1 : 1);
+            return a.seq - b.seq;
+          })
+          .map((x) => x.d.id);
+      const cases: [DeviceFilter["sort"], (d: Device) => string][] = [["name", (d) => d.name], ["id", (d) => d.id], ["manufacturer", (d) => d.manufacturer ?? ""]];
+      for (const [sort, key] of cases) {
+        for (const order of ["asc", "desc"] as const) {
+          const expected = reference(key, order);
+          const full = ids(t.registry.list({ sort, order, limit: 400 })); // 8k >= n: a full sort
+          assert.deepEqual(full, expected, `full ${sort} ${order}`);
+          for (const [offset, limit] of [[0, 1], [0, 10], [7, 5], [30, 19], [0, 49]] as const) {
+            const page = t.registry.list({ sort, order, offset, limit }); // (offset+limit)*8 < 400: the heap
+            assert.equal(page.total, 400);
+            assert.deepEqual(ids(page), expected.slice(offset, offset + limit), `heap ${sort} ${order} ${offset}+${limit}`);
+          }
+        }
+      }
+      // Filtered matches take the same path.
+      const some = t.registry.list({ q: "n1", sort: "name", limit: 1000 });
+      assert.deepEqual(ids(t.registry.list({ q: "n1", sort: "name", offset: 3, limit: 4 })), ids(some).slice(3, 7));
+      assert.equal(some.total, names.filter((n) => n.includes("n1")).length);
+    });
+  });
+
+  describe("statistics", () => {
+    it("counts by status, protocol, manufacturer, capability and tag, following updates and removals", () => {
+      const t = setup();
+      fleet(t);
+      setStatus(t, "t1", "online");
+      assert.deepEqual(statsOf(t.registry), {
+        total: 6,
+        byStatus: { unknown: 5, online: 1 },
+        byProtocol: { mqtt: 2, coap: 2, http: 1, websocket: 1 },
+        byManufacturer: { Acme: 3, Globex: 1, Initech: 1 },
+        byCapability: { temperature: 3, humidity: 3, video: 1, pressure: 1 },
+        byTag: { "floor-1": 2, hvac: 2, "floor-2": 2, outdoor: 2, security: 1 },
+      });
+      t.registry.update("h1", { manufacturer: "Globex", capabilities: [], tags: ["floor-2"] });
+      t.registry.remove("t1");
+      assert.deepEqual(statsOf(t.registry), {
+        total: 5,
+        byStatus: { unknown: 5 },
+        byProtocol: { mqtt: 1, coap: 2, http: 1, websocket: 1 },
+        byManufacturer: { Acme: 1, Globex: 2, Initech: 1 },
+        byCapability: { temperature: 2, humidity: 1, video: 1, pressure: 1 },
+        byTag: { "floor-2": 3, outdoor: 2, security: 1, hvac: 1 },
+      });
+    });
+  });
+
+  describe("input validation", () => {
+    const base = { id: "dev-1", protocol: "mqtt" };
+    const cases: [string, Record<string, unknown>, string][] = [
+      ["an id of 129 characters", { id: "a".repeat(129) }, "id"],
+      ["an id with a space", { id: "a b" }, "id"],
+      ["an empty id", { id: "" }, "id"],
+      ["an id that is a number", { id: 5 }, "id"],
+      ["a missing protocol", { protocol: undefined }, "protocol"],
+      ["an upper-case protocol", { protocol: "MQTT" }, "protocol"],
+      ["a protocol with a slash", { protocol: "mqtt/3" }, "protocol"],
+      ["a name of 257 characters", { name: "n".repeat(257) }, "name"],
+      ["a 1 MB name", { name: "x".repeat(1024 * 1024) }, "name"],
+      ["a 1 MB model", { model: "x".repeat(1024 * 1024) }, "model"],
+      ["an empty manufacturer", { manufacturer: "" }, "manufacturer"],
+      ["an address that is not a URL", { address: "not a url" }, "address"],
+      ["65 capabilities", { capabilities: Array.from({ length: 65 }, (_, i) => `c${i}`) }, "capabilities"],
+      ["a capability of 65 characters", { capabilities: ["ok", "c".repeat(65)] }, "capabilities.1"],
+      ["a tag that is not a string", { tags: [1] }, "tags.0"],
+      ["a negative heartbeatTimeout", { heartbeatTimeout: -1 }, "heartbeatTimeout"],
+      ["a zero heartbeatTimeout", { heartbeatTimeout: 0 }, "heartbeatTimeout"],
+      ["a heartbeatTimeout over 30 days", { heartbeatTimeout: 30 * 24 * 3600 + 1 }, "heartbeatTimeout"],
+      ["a heartbeatTimeout given as a string", { heartbeatTimeout: "60" }, "heartbeatTimeout"],
+      ["an infinite heartbeatTimeout", { heartbeatTimeout: Infinity }, "heartbeatTimeout"],
+      ["a NaN heartbeatTimeout", { heartbeatTimeout: NaN }, "heartbeatTimeout"],
+      ["metadata that is an array", { metadata: [1] }, "metadata"],
+      ["metadata that is a string", { metadata: "x" }, "metadata"],
+      ["metadata that is null", { metadata: null }, "metadata"],
+      ["metadata holding NaN", { metadata: { a: { v: NaN } } }, "metadata.a.v"],
+      ["metadata holding Infinity in a list", { metadata: { l: [1, -Infinity] } }, "metadata.l.1"],
+      ["metadata holding a function", { metadata: { f: () => 1 } }, "metadata.f"],
+      ["metadata holding a Date", { metadata: { d: new Date(0) } }, "metadata.d"],
+      ["metadata nested 17 levels deep", { metadata: nested(17) }, "metadata.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a.a"],
+      ["an unknown field", { colour: "red" }, "colour"],
+      ["a status, which is not writable", { status: "online" }, "status"],
+      ["a nested __proto__ key in metadata", { metadata: JSON.parse('{"a": {"b": {"__proto__": {"polluted": true}}}}') }, "metadata.a.b.__proto__"],
+      ["a top-level __proto__ key in metadata", { metadata: JSON.parse('{"__proto__": {"polluted": true}}') }, "metadata.__proto__"],
+    ];
+    for (const [what, change, field] of cases) {
+      it(`refuses ${what} with INVALID on ${field}, changing nothing`, () => {
+        const t = setup();
+        t.registry.register({ id: "other", protocol: "coap", tags: ["x"] });
+        assertRefused(t, () => t.registry.register({ ...base, ...change }), field);
+        assert.equal(t.registry.has("dev-1"), false);
+        // A patch is checked by the same rules (a patch without a field leaves it alone).
+        if (what !== "a missing protocol") assertRefused(t, () => t.registry.update("other", change), field);
+        assert.equal(({} as Record<string, unknown>).polluted, undefined);
+      });
+    }
+
+    it("refuses a body that is not an object", () => {
+      const t = setup();
+      for (const body of [null, "dev-1", 42, [base]]) assertRefused(t, () => t.registry.register(body), "(body)");
+    });
+
+    it("accepts the limits themselves: a 128-character id, 64 capabilities, 30 days, 16 levels", () => {
+      const t = setup();
+      const id = "a".repeat(128);
+      const d = t.registry.register({
+        id, protocol: "my-plugin_2", name: "n".repeat(256), heartbeatTimeout: 30 * 24 * 3600, address: "http://h:8080/x",
+        capabilities: Array.from({ length: 64 }, (_, i) => `${i}`.padEnd(64, "c")), metadata: nested(16),
+      });
+      assert.equal(d.id, id);
+      assert.deepEqual(t.registry.get(id).metadata, nested(16));
+      assert.equal(t.registry.statistics().byProtocol["my-plugin_2"], 1);
+    });
+
+    it("accepts metadata of exactly 64 KiB of JSON and refuses one byte more", () => {
+      const t = setup();
+      const of = (bytes: number) => ({ k: "x".repeat(bytes - '{"k":""}'.length) });
+      assert.equal(Buffer.byteLength(JSON.stringify(of(64 * 1024))), 64 * 1024);
+      assert.deepEqual(t.registry.register({ id: "fits", protocol: "mqtt", metadata: of(64 * 1024) }).metadata, of(64 * 1024));
+      assertRefused(t, () => t.registry.register({ id: "big", protocol: "mqtt", metadata: of(64 * 1024 + 1) }), "metadata");
+      assertRefused(t, () => t.registry.update("fits", { metadata: of(64 * 1024 + 1) }), "metadata");
+      assert.deepEqual(t.registry.get("fits").metadata, of(64 * 1024));
+    });
+
+    it("keeps constructor and prototype keys in metadata as plain data without touching Object.prototype", () => {
+      const t = setup();
+      const metadata = JSON.parse('{"constructor": {"prototype": {"polluted": true}}, "prototype": {"polluted": 1}, "x": {"constructor": "c"}}');
+      const d = t.registry.register({ id: "p", protocol: "mqtt", metadata });
+      assert.deepEqual(d.metadata, metadata);
+      assert.deepEqual(t.registry.get("p").metadata, metadata);
+      assert.deepEqual(t.registry.update("p", { name: "q" }).metadata, metadata);
+      assert.ok(Object.hasOwn(t.registry.get("p").metadata, "constructor"));
+      const probe = {} as Record<string, unknown>;
+      assert.equal(probe.polluted, undefined);
+      assert.equal(typeof probe.constructor, "function");
+      assert.equal(Object.hasOwn(Object.prototype, "polluted"), false);
+    });
+
+    it("validates the filter: bad status, negative limit or offset, unknown key, unknown sort", () => {
+      const t = setup();
+      fleet(t);
+      const bad: [unknown, string][] = [
+        [{ status: "sleeping" }, "status"],
+        [{ status: ["online", "nope"] }, "status"],
+        [{ limit: -1 }, "limit"],
+        [{ limit: 1.5 }, "limit"],
+        [{ limit: "many" }, "limit"],
+        [{ offset: -1 }, "offset"],
+        [{ colour: "red" }, "colour"],
+        [{ sort: "colour" }, "sort"],
+        [{ order: "up" }, "order"],
+        [{ capabilityMatch: "some" }, "capabilityMatch"],
+      ];
+      for (const [filter, field] of bad) assertCode(() => t.registry.list(filter as DeviceFilter), "INVALID", field);
+    });
+  });
+
+  describe("copies", () => {
+    it("hands out copies: changing a returned device, its lists or metadata changes nothing inside", () => {
+      const t = setup();
+      const input = { id: "x", protocol: "mqtt", capabilities: ["a"], tags: ["t"], metadata: { deep: { v: 1 }, list: [1] } };
+      const returned = [t.registry.register(input), t.registry.get("x"), t.registry.list().devices[0]!];
+      returned.push(t.registry.update("x", { name: "named" }));
+      for (const d of returned) {
+        d.name = "hacked";
+        d.capabilities.push("b");
+        d.tags.length = 0;
+        (d.metadata.deep as { v: number }).v = 2;
+        (d.metadata.list as number[]).push(2);
+        d.status = "online";
+      }
+      input.capabilities.push("from-input");
+      input.metadata.deep.v = 3;
+      const d = t.registry.get("x");
+      assert.equal(d.name, "named");
+      assert.deepEqual(d.capabilities, ["a"]);
+      assert.deepEqual(d.tags, ["t"]);
+      assert.deepEqual(d.metadata, { deep: { v: 1 }, list: [1] });
+      assert.equal(d.status, "unknown");
+      assert.equal(t.registry.list({ capability: "b" }).total, 0);
+      assert.deepEqual(statsOf(t.registry).byTag, { t: 1 });
+    });
+
+    it("does not share the returned device with the published event", () => {
+      const t = setup();
+      const registered = t.registry.register({ id: "x", protocol: "mqtt", tags: ["t"] });
+      const updated = t.registry.update("x", { name: "n" });
+      const removed = t.registry.remove("x");
+      for (const d of [registered, updated, removed]) {
+        d.name = "hacked";
+        d.tags.push("hacked");
+      }
+      const kept = t.bus.query({ type: "device.*" }).map((e) => (e.data as { device: Device }).device);
+      assert.equal(kept.length, 3);
+      for (const d of kept) {
+        assert.notEqual(d.name, "hacked");
+        assert.deepEqual(d.tags, ["t"]);
+      }
+    });
+  });
+
+  describe("through the Hub", () => {
+    it("stamps createdAt and updatedAt from the injected clock and lastSeen only once the device is heard", () => {
+      const clock = new ManualClock(START);
+      const hub = new Hub({ clock });
+      clock.advance(1500);
+      const d = hub.registerDevice({ id: "x", protocol: "mqtt" });
+      assert.equal(d.createdAt, "2026-11-27T10:00:01.500Z");
+      assert.equal(d.updatedAt, d.createdAt);
+      assert.equal(d.lastSeen, null);
+      clock.advance(60_000);
+      assert.equal(hub.updateDevice("x", { tags: ["a"] }).updatedAt, "2026-11-27T10:01:01.500Z");
+      assert.equal(hub.getDevice("x").lastSeen, null);
+      clock.advance(1000);
+      hub.ingest("x", { kind: "heartbeat" });
+      const seen = hub.getDevice("x");
+      assert.equal(seen.lastSeen, "2026-11-27T10:01:02.500Z");
+      assert.equal(seen.updatedAt, "2026-11-27T10:01:01.500Z", "traffic is not an update of the record");
+      assert.deepEqual(ids(hub.listDevices({ sort: "lastSeen", order: "desc" })), ["x"]);
+    });
+
+    it("registers, filters, counts and removes through the hub's own methods", () => {
+      const clock = new ManualClock(START);
+      const hub = new Hub({ clock });
+      hub.registerDevice({ id: "a", protocol: "mqtt", manufacturer: "Acme" });
+      hub.registerDevice({ id: "b", protocol: "coap", manufacturer: "Acme" });
+      hub.ingest("a", { kind: "heartbeat" });
+      assert.deepEqual(ids(hub.listDevices({ status: "online" })), ["a"]);
+      assert.deepEqual({ ...hub.deviceStatistics().byStatus }, { online: 1, unknown: 1 });
+      hub.updateDevice("b", { manufacturer: "Globex" });
+      assert.deepEqual(ids(hub.listDevices({ manufacturer: "Acme" })), ["a"]);
+      hub.removeDevice("a");
+      assert.deepEqual({ ...hub.deviceStatistics().byStatus }, { unknown: 1 });
+      assert.deepEqual({ ...hub.deviceStatistics().byManufacturer }, { Globex: 1 });
+      assertCode(() => hub.getDevice("a"), "NOT_FOUND");
+      assert.deepEqual(hub.eventHistory({ type: "device.removed" }).length, 1);
+    });
+  });
+});
