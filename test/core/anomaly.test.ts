@@ -12,6 +12,7 @@ import { TethralError } from "../../src/core/errors";
 import { EventBus } from "../../src/core/events";
 import { Hub } from "../../src/core/hub";
 import type { AnomalyData, DeviceStatus, JsonObject, TethralEvent } from "../../src/core/types";
+import { assertNoPollution } from "../helpers";
 
 interface Overrides {
   flapping?: Partial<FlappingOptions>;
@@ -70,13 +71,6 @@ function noise(i: number, mean = 20, amp = 0.5): number {
   return mean + amp * Math.sin(i * 1.7);
 }
 
-function assertNoPollution(): void {
-  const probe = {} as Record<string, unknown>;
-  assert.equal(probe.polluted, undefined);
-  assert.equal(Object.prototype.hasOwnProperty.call(Object.prototype, "polluted"), false);
-  assert.equal(typeof probe.constructor, "function");
-  assert.equal(Object.getPrototypeOf(probe), Object.prototype);
-}
 
 describe("AnomalyDetector", () => {
   describe("flapping", () => {

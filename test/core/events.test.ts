@@ -3,6 +3,7 @@ import { ManualClock } from "../../src/core/clock";
 import { TethralError } from "../../src/core/errors";
 import { EventBus, type EventBusOptions, type EventHandler, type SubscribeOptions } from "../../src/core/events";
 import type { Priority, TethralEvent } from "../../src/core/types";
+import { assertNoPollution } from "../helpers";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
@@ -64,13 +65,6 @@ function assertInvalid(fn: () => unknown, field?: string): void {
   });
 }
 
-function assertNoPollution(): void {
-  const probe = {} as Record<string, unknown>;
-  assert.equal(probe.polluted, undefined);
-  assert.equal(Object.prototype.hasOwnProperty.call(Object.prototype, "polluted"), false);
-  assert.equal(typeof probe.constructor, "function");
-  assert.equal(Object.getPrototypeOf(probe), Object.prototype);
-}
 
 describe("EventBus", () => {
   describe("event envelope", () => {

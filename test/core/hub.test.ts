@@ -3,6 +3,7 @@ import { ManualClock } from "../../src/core/clock";
 import { TethralError } from "../../src/core/errors";
 import { Hub, type HubOptions } from "../../src/core/hub";
 import type { TethralEvent } from "../../src/core/types";
+import { assertCode } from "../helpers";
 
 function setup(options: HubOptions = {}) {
   const clock = new ManualClock();
@@ -17,17 +18,6 @@ function setup(options: HubOptions = {}) {
   return { clock, hub, events, types, of };
 }
 
-function rejects(fn: () => unknown, code: string, field?: string): TethralError {
-  try {
-    fn();
-  } catch (err) {
-    assert.ok(err instanceof TethralError, `expected a TethralError, got ${String(err)}`);
-    assert.equal(err.code, code);
-    if (field !== undefined) assert.ok(err.details.some((d) => d.field === field), `field ${field} in ${JSON.stringify(err.details)}`);
-    return err;
-  }
-  assert.fail(`expected ${code}`);
-}
 
 describe("Hub", () => {
   describe("device traffic through ingest", () => {
@@ -136,7 +126,7 @@ describe("Hub", () => {
           const t = setup();
           t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
           const before = JSON.stringify([t.hub.getDevice("d1"), t.hub.getState("d1")]);
-          rejects(() => t.hub.ingest("d1", message as never), code, field);
+          assertCode(() => t.hub.ingest("d1", message as never), code as TethralError["code"], field);
           assert.equal(JSON.stringify([t.hub.getDevice("d1"), t.hub.getState("d1")]), before, "device and state untouched");
           assert.equal(t.hub.getDevice("d1").lastSeen, null, "a refused message is not a heartbeat");
           assert.equal(t.of("message.rejected").length, 1);
@@ -147,7 +137,7 @@ describe("Hub", () => {
 
       it("an unknown device is NOT_FOUND and published as message.rejected", () => {
         const t = setup();
-        rejects(() => t.hub.ingest("ghost", { kind: "heartbeat", protocol: "coap" }), "NOT_FOUND");
+        assertCode(() => t.hub.ingest("ghost", { kind: "heartbeat", protocol: "coap" }), "NOT_FOUND");
         const rejected = t.of("message.rejected")[0]!;
         assert.equal(rejected.deviceId, "ghost");
         assert.equal((rejected.data as { reason: string }).reason, "unknown-device");
@@ -207,7 +197,7 @@ describe("Hub", () => {
       t.hub.removeDevice("d1");
       t.clock.advance(60_000);
       assert.equal(t.of("device.offline").length, 0);
-      rejects(() => t.hub.getState("d1"), "NOT_FOUND");
+      assertCode(() => t.hub.getState("d1"), "NOT_FOUND");
       t.hub.registerDevice({ id: "d1", protocol: "coap" });
       assert.deepEqual(t.hub.getState("d1").properties, {});
       assert.equal(t.hub.getState("d1").version, 0);
@@ -252,8 +242,8 @@ describe("Hub", () => {
       const e = t.hub.publish("alarm.raised", { level: 3 }, { priority: "critical", deviceId: "d1" });
       assert.equal(e.source, "flow");
       assert.equal(t.hub.eventHistory({ type: "alarm.*" })[0]!.id, e.id);
-      rejects(() => t.hub.publish("device.online", {}), "INVALID", "type");
-      rejects(() => t.hub.publish("alarm.raised", {}, { deviceId: "ghost" }), "NOT_FOUND");
+      assertCode(() => t.hub.publish("device.online", {}), "INVALID", "type");
+      assertCode(() => t.hub.publish("alarm.raised", {}, { deviceId: "ghost" }), "NOT_FOUND");
     });
   });
 

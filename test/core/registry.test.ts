@@ -5,6 +5,7 @@ import { EventBus } from "../../src/core/events";
 import { Hub } from "../../src/core/hub";
 import { DEFAULT_PAGE_SIZE, type DeviceFilter, DeviceRegistry } from "../../src/core/registry";
 import type { Device, DeviceStatus, TethralEvent } from "../../src/core/types";
+import { assertCode } from "../helpers";
 
 const START = Date.UTC(2026, 10, 27, 10, 0, 0);
 
@@ -21,18 +22,6 @@ function setup() {
 
 type Setup = ReturnType<typeof setup>;
 
-/** Asserts `fn` throws a TethralError with `code`, and (when given) a detail naming `field`. */
-function assertCode(fn: () => unknown, code: TethralError["code"], field?: string): void {
-  assert.throws(fn, (err: unknown) => {
-    assert.ok(err instanceof TethralError, `expected a TethralError, got ${String(err)}`);
-    assert.equal(err.code, code, err.message);
-    if (field !== undefined) {
-      const fields = err.details.map((d) => d.field);
-      assert.ok(fields.includes(field), `expected a detail for ${field}, got ${JSON.stringify(fields)}`);
-    }
-    return true;
-  });
-}
 
 /** Asserts `fn` is refused with INVALID naming `field`, and that nothing in the registry moved. */
 function assertRefused(t: Setup, fn: () => unknown, field: string): void {

@@ -6,6 +6,7 @@ import { Hub } from "../../src/core/hub";
 import { DeviceRegistry } from "../../src/core/registry";
 import { DEFAULT_STATE_OPTIONS, DEFAULT_TRANSITIONS, StateManager, type StateOptions } from "../../src/core/state";
 import { DEVICE_STATUSES, type DeviceState, type DeviceStatus, type EventMap, type JsonObject, type TethralEvent } from "../../src/core/types";
+import { assertCode } from "../helpers";
 
 const T0 = "2026-11-27T10:00:00.000Z";
 const at = (ms: number) => new Date(Date.UTC(2026, 10, 27, 10, 0, 0) + ms).toISOString();
@@ -27,17 +28,6 @@ function setup(options: Partial<StateOptions> = {}, devices = ["d1", "d2"]) {
 
 type Setup = ReturnType<typeof setup>;
 
-function assertCode(fn: () => unknown, code: TethralError["code"], field?: string): void {
-  assert.throws(fn, (err: unknown) => {
-    assert.ok(err instanceof TethralError, `expected a TethralError, got ${String(err)}`);
-    assert.equal(err.code, code, err.message);
-    if (field !== undefined) {
-      const fields = err.details.map((d) => d.field);
-      assert.ok(fields.includes(field), `expected a detail for ${field}, got ${JSON.stringify(fields)}`);
-    }
-    return true;
-  });
-}
 
 /** Asserts `fn` fails with `code` and leaves the device's state, history, counters and events as they were. */
 function assertNoChange(t: Setup, id: string, fn: () => unknown, code: TethralError["code"], field?: string): void {
