@@ -13,7 +13,7 @@ import {
 } from "./events";
 import { DEFAULT_HEARTBEAT_OPTIONS, HeartbeatMonitor, type HeartbeatOptions, type HeartbeatTracker } from "./heartbeat";
 import { iso, isoOrNull } from "./json";
-import { DeviceRegistry, type DeviceFilter, type DeviceList, type DeviceStatistics, toDevice } from "./registry";
+import { type DeviceRecord, DeviceRegistry, type DeviceFilter, type DeviceList, type DeviceStatistics, toDevice } from "./registry";
 import { type ChangeCause, DEFAULT_STATE_OPTIONS, StateManager, type StateOptions, type StateStatistics } from "./state";
 import type { Device, DeviceState, DeviceStatus, JsonObject, StateHistoryEntry, TethralEvent } from "./types";
 
@@ -85,6 +85,7 @@ export class Hub {
     this.anomaly = new AnomalyDetector(this.events, this.clock, merge(DEFAULT_ANOMALY_OPTIONS, options.anomaly));
     this.state.observer = this.anomaly;
     const registry = this.registry;
+    const recordOf = (id: string): DeviceRecord | undefined => registry.record(id);
     this.heartbeat = new HeartbeatMonitor(
       this.clock,
       merge(DEFAULT_HEARTBEAT_OPTIONS, options.heartbeat),
@@ -94,13 +95,13 @@ export class Hub {
         onTimeoutLearned: (id, sec) => this.timeoutLearned(id, sec),
       },
       {
-        get: (id) => registry.record(id)?.heartbeat as HeartbeatTracker | undefined,
+        get: (id) => recordOf(id)?.heartbeat as HeartbeatTracker | undefined,
         set: (id, tracker) => {
-          const record = registry.record(id);
+          const record = recordOf(id);
           if (record) record.heartbeat = tracker;
         },
         delete: (id) => {
-          const record = registry.record(id);
+          const record = recordOf(id);
           if (record) record.heartbeat = undefined;
         },
         get size() {

@@ -138,12 +138,14 @@ export class Interner {
     return value;
   }
 
-  list(values: string[]): readonly string[] {
+  /** The shared copy of a list, without duplicates; the caller's array is never kept. */
+  list(values: readonly string[]): readonly string[] {
     const key = values.join("\u0000");
     const known = this.lists.get(key);
     if (known !== undefined) return known;
+    const unique = values.length === 1 ? [values[0]!] : [...new Set(values)];
     // Not frozen: slicing a frozen array takes V8's slow path, and toDevice slices every list.
-    if (this.lists.size < this.max) this.lists.set(key, values);
-    return values;
+    if (this.lists.size < this.max) this.lists.set(key, unique);
+    return unique;
   }
 }

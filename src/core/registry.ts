@@ -369,8 +369,9 @@ export class DeviceRegistry {
 
   private indexList(index: SetIndex, values: string[] | undefined, record: DeviceRecord): readonly string[] {
     if (!values || values.length === 0) return EMPTY;
-    const unique = values.length === 1 ? values : [...new Set(values)];
-    return this.interner.list(unique.map((v) => index.add(v, record)));
+    const list = this.interner.list(values);
+    for (const v of list) index.add(v, record);
+    return list;
   }
 }
 
