@@ -156,7 +156,9 @@ export async function startRuntime(options: RuntimeOptions = {}): Promise<Runnin
       uiHost: host,
       uiPort: address.port,
       logging: { console: { level: options.logLevel ?? "info", metrics: false, audit: false } },
-      editorTheme: { page: { title: "Tethral" }, header: { title: "Tethral" } },
+      // A device hub often runs on a closed network: no update check, no consent prompt.
+      telemetry: { enabled: false, updateNotification: false },
+      editorTheme: { page: { title: "Tethral" }, header: { title: "Tethral" }, tours: false },
     };
     if (options.credentialSecret) settings.credentialSecret = options.credentialSecret;
     RED.init(server, settings);
