@@ -1,0 +1,187 @@
+/**
+ * Versioned schema migrations, one list for both dialects. A store applies the ones above the
+ * version recorded in `tethral_migrations`, each in its own transaction, and refuses to open a
+ * database whose recorded version is above the last one here (written by a newer Tethral).
+ *
+ * PostgreSQL statements also run on CockroachDB: text keys (no SERIAL), JSONB, BIGINT epoch-ms
+ * times, `CREATE ... IF NOT EXISTS`, no triggers.
+ */
+export interface Migration {
+  version: number;
+  name: string;
+  sqlite: readonly string[];
+  postgres: readonly string[];
+}
+
+export const MIGRATIONS_TABLE = "tethral_migrations";
+
+export const MIGRATIONS: readonly Migration[] = [
+  {
+    version: 1,
+    name: "devices, tokens, states, history, events, commands",
+    sqlite: [
+      `CREATE TABLE IF NOT EXISTS devices (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        protocol TEXT NOT NULL,
+        address TEXT,
+        manufacturer TEXT,
+        model TEXT,
+        firmware TEXT,
+        capabilities TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        heartbeat_timeout REAL,
+        metadata TEXT NOT NULL,
+        status TEXT NOT NULL,
+        last_seen INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+      ) WITHOUT ROWID`,
+      `CREATE TABLE IF NOT EXISTS device_tokens (
+        device_id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+      ) WITHOUT ROWID`,
+      `CREATE TABLE IF NOT EXISTS states (
+        device_id TEXT PRIMARY KEY,
+        properties TEXT NOT NULL,
+        desired TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        changed_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL,
+        reported_at INTEGER NOT NULL,
+        rev INTEGER NOT NULL
+      ) WITHOUT ROWID`,
+      `CREATE TABLE IF NOT EXISTS state_history (
+        id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        version INTEGER NOT NULL,
+        from_state TEXT NOT NULL,
+        to_state TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        cause_id TEXT
+      )`,
+      `CREATE INDEX IF NOT EXISTS state_history_device_at ON state_history (device_id, at, version)`,
+      `CREATE INDEX IF NOT EXISTS state_history_at ON state_history (at)`,
+      `CREATE TABLE IF NOT EXISTS events (
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        priority TEXT NOT NULL,
+        source TEXT NOT NULL,
+        device_id TEXT,
+        data TEXT NOT NULL,
+        ts INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        cause_id TEXT
+      )`,
+      `CREATE INDEX IF NOT EXISTS events_ts ON events (ts)`,
+      `CREATE INDEX IF NOT EXISTS events_device_ts ON events (device_id, ts)`,
+      `CREATE TABLE IF NOT EXISTS commands (
+        id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        command TEXT NOT NULL,
+        params TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        priority TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        sent_at INTEGER NOT NULL,
+        completed_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        result TEXT,
+        error TEXT,
+        options TEXT NOT NULL
+      )`,
+      `CREATE INDEX IF NOT EXISTS commands_device_status ON commands (device_id, status, created_at)`,
+      `CREATE INDEX IF NOT EXISTS commands_status_completed ON commands (status, completed_at)`,
+    ],
+    postgres: [
+      `CREATE TABLE IF NOT EXISTS devices (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        protocol TEXT NOT NULL,
+        address TEXT,
+        manufacturer TEXT,
+        model TEXT,
+        firmware TEXT,
+        capabilities JSONB NOT NULL,
+        tags JSONB NOT NULL,
+        heartbeat_timeout DOUBLE PRECISION,
+        metadata JSONB NOT NULL,
+        status TEXT NOT NULL,
+        last_seen BIGINT NOT NULL,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+      )`,
+      `CREATE TABLE IF NOT EXISTS device_tokens (
+        device_id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+      )`,
+      `CREATE TABLE IF NOT EXISTS states (
+        device_id TEXT PRIMARY KEY,
+        properties JSONB NOT NULL,
+        desired JSONB NOT NULL,
+        version BIGINT NOT NULL,
+        changed_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        reported_at BIGINT NOT NULL,
+        rev BIGINT NOT NULL
+      )`,
+      `CREATE TABLE IF NOT EXISTS state_history (
+        id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        version BIGINT NOT NULL,
+        from_state JSONB NOT NULL,
+        to_state JSONB NOT NULL,
+        reason TEXT NOT NULL,
+        cause_id TEXT
+      )`,
+      `CREATE INDEX IF NOT EXISTS state_history_device_at ON state_history (device_id, at, version)`,
+      `CREATE INDEX IF NOT EXISTS state_history_at ON state_history (at)`,
+      `CREATE TABLE IF NOT EXISTS events (
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        priority TEXT NOT NULL,
+        source TEXT NOT NULL,
+        device_id TEXT,
+        data JSONB NOT NULL,
+        ts BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        cause_id TEXT
+      )`,
+      `CREATE INDEX IF NOT EXISTS events_ts ON events (ts)`,
+      `CREATE INDEX IF NOT EXISTS events_device_ts ON events (device_id, ts)`,
+      `CREATE TABLE IF NOT EXISTS commands (
+        id TEXT PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        command TEXT NOT NULL,
+        params JSONB NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        priority TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        sent_at BIGINT NOT NULL,
+        completed_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        result JSONB,
+        error TEXT,
+        options JSONB NOT NULL
+      )`,
+      `CREATE INDEX IF NOT EXISTS commands_device_status ON commands (device_id, status, created_at)`,
+      `CREATE INDEX IF NOT EXISTS commands_status_completed ON commands (status, completed_at)`,
+    ],
+  },
+];
+
+export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;
+
+/** The message for a database written by a newer Tethral: refused, never touched. */
+export function newerSchemaMessage(found: number, where: string): string {
+  return (
+    `the database at ${where} has schema version ${found}, newer than this Tethral knows ` +
+    `(${LATEST_SCHEMA_VERSION}): upgrade Tethral, or point it at another database`
+  );
+}

@@ -1,0 +1,196 @@
+import type { DeviceStatus, JsonObject, Priority, StateSnapshot } from "../core/types";
+
+/**
+ * Rows as the store keeps them. Times are epoch milliseconds (0 = never); JSON columns come
+ * back parsed. Both stores (SQLite, PostgreSQL/CockroachDB) read and write exactly these shapes.
+ */
+export interface DeviceRow {
+  id: string;
+  name: string;
+  protocol: string;
+  address: string | null;
+  manufacturer: string | null;
+  model: string | null;
+  firmware: string | null;
+  capabilities: string[];
+  tags: string[];
+  heartbeatTimeout: number | null;
+  metadata: JsonObject;
+  status: DeviceStatus;
+  lastSeen: number;
+  createdAt: number;
+  updatedAt: number;
+}
+
+/** A device's status and lastSeen: the high-rate part of its row, written by the batcher. */
+export interface DevicePresenceRow {
+  id: string;
+  status: DeviceStatus;
+  lastSeen: number;
+}
+
+export interface StateRow {
+  deviceId: string;
+  properties: JsonObject;
+  desired: JsonObject;
+  version: number;
+  changedAt: number;
+  updatedAt: number;
+  reportedAt: number;
+  /**
+   * Moves on every write of the state, reports included. An upsert carrying a lower `rev` than
+   * the stored row is ignored, so a late batch can never overwrite a newer state.
+   */
+  rev: number;
+}
+
+export interface HistoryRow {
+  id: string;
+  deviceId: string;
+  at: number;
+  version: number;
+  from: StateSnapshot;
+  to: StateSnapshot;
+  reason: string;
+  causeId: string | null;
+}
+
+export interface EventRow {
+  id: string;
+  type: string;
+  priority: Priority;
+  source: string;
+  deviceId: string | null;
+  data: unknown;
+  timestamp: number;
+  /** 0 when the event does not expire. */
+  expiresAt: number;
+  causeId: string | null;
+}
+
+export interface TokenRow {
+  deviceId: string;
+  /** A hash of the token (never the token itself). */
+  hash: string;
+  createdAt: number;
+}
+
+export const COMMAND_STATUSES = [
+  "queued",
+  "sent",
+  "delivered",
+  "succeeded",
+  "failed",
+  "timed_out",
+  "expired",
+  "superseded",
+  "cancelled",
+] as const;
+export type CommandStatus = (typeof COMMAND_STATUSES)[number];
+
+/** Statuses a command can still leave: these are the durable queue. */
+export const PENDING_COMMAND_STATUSES: readonly CommandStatus[] = ["queued", "sent", "delivered"];
+
+export interface CommandRow {
+  id: string;
+  deviceId: string;
+  command: string;
+  params: JsonObject;
+  status: CommandStatus;
+  attempts: number;
+  priority: Priority;
+  createdAt: number;
+  sentAt: number;
+  completedAt: number;
+  /** 0 when the command does not expire. */
+  expiresAt: number;
+  result: unknown;
+  error: string | null;
+  /** Delivery settings the command tracker needs after a restart (timeout, retries, wait, ...). */
+  options: JsonObject;
+}
+
+/** One transaction's worth of write-behind work. */
+export interface WriteBatch {
+  presence: DevicePresenceRow[];
+  states: StateRow[];
+  history: HistoryRow[];
+  events: EventRow[];
+}
+
+export interface EventQuery {
+  /** Exact types or patterns with `*` (`device.*`). */
+  types?: string[];
+  priorities?: Priority[];
+  deviceId?: string;
+  source?: string;
+  since?: number;
+  limit: number;
+}
+
+export interface RetentionPolicy {
+  /** History rows older than this many ms are removed; 0 keeps them regardless of age. */
+  historyMaxAgeMs: number;
+  /** At most this many history rows are kept per device; 0 for no limit. */
+  historyMaxPerDevice: number;
+  /** Events older than this many ms are removed, as are expired ones; 0 keeps them regardless of age. */
+  eventsMaxAgeMs: number;
+  /** At most this many events are kept in all; 0 for no limit. */
+  eventsMaxRows: number;
+  /** Finished commands older than this many ms are removed; 0 keeps them. */
+  commandsMaxAgeMs: number;
+}
+
+export interface PurgeResult {
+  history: number;
+  events: number;
+  commands: number;
+}
+
+/**
+ * What the hub needs from a database. Every method is one round trip or one transaction; a
+ * method that fails leaves the database as it was. Implementations: SqliteStore, PostgresStore.
+ */
+export interface Store {
+  readonly kind: "sqlite" | "postgres";
+  /** Where the data lives, for logs (a file path, or host/database; never a password). */
+  readonly description: string;
+
+  /** Connects and brings the schema up to date; refuses a database from a newer version. */
+  open(): Promise<void>;
+  close(): Promise<void>;
+  /** A cheap round trip: resolves when the database answers. */
+  ping(): Promise<void>;
+  /** The schema version in the database after `open()`. */
+  schemaVersion(): Promise<number>;
+
+  upsertDevice(row: DeviceRow): Promise<void>;
+  /** Removes a device with its state, token, history and commands. */
+  deleteDevice(id: string): Promise<void>;
+  /** Writes a state unless the stored one has a higher `rev`. */
+  upsertState(row: StateRow): Promise<void>;
+  /** Presence, states, history and events in one transaction, with multi-row statements. */
+  writeBatch(batch: WriteBatch): Promise<void>;
+
+  loadDevices(): Promise<DeviceRow[]>;
+  loadStates(): Promise<StateRow[]>;
+
+  /** The last `limit` history rows of a device, oldest first. */
+  stateHistory(deviceId: string, limit: number): Promise<HistoryRow[]>;
+  /** Events matching the query, newest first; expired ones are left out. */
+  events(query: EventQuery, now: number): Promise<EventRow[]>;
+
+  putToken(row: TokenRow): Promise<void>;
+  getToken(deviceId: string): Promise<TokenRow | null>;
+  deleteToken(deviceId: string): Promise<void>;
+
+  /** Inserts or replaces a command. */
+  putCommand(row: CommandRow): Promise<void>;
+  getCommand(id: string): Promise<CommandRow | null>;
+  /** Commands still queued, sent or delivered (of one device, or all), oldest first. */
+  pendingCommands(deviceId?: string): Promise<CommandRow[]>;
+  deleteCommand(id: string): Promise<void>;
+
+  /** One bounded round of retention: removes at most `batchSize` rows of each kind. */
+  purge(policy: RetentionPolicy, now: number, batchSize: number): Promise<PurgeResult>;
+}
