@@ -19,6 +19,12 @@ export const LIMITS = {
 export const DEVICE_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
 const PROTOCOL_PATTERN = /^[a-z][a-z0-9_-]{0,31}$/;
 
+/**
+ * NUL characters are refused in every string: PostgreSQL can store them in neither TEXT nor
+ * JSONB, and a value must read back from every store exactly as it was written.
+ */
+const NUL_MESSAGE = "must not contain NUL characters (U+0000)";
+
 /** Keys that would reach an object's prototype if copied with plain assignment. */
 const FORBIDDEN_KEY = "__proto__";
 
@@ -48,6 +54,7 @@ function walk(value: unknown, path: string, depth: number): ErrorDetail | null {
   if (value === null) return null;
   switch (typeof value) {
     case "string":
+      return value.includes("\u0000") ? { field: path, message: NUL_MESSAGE } : null;
     case "boolean":
       return null;
     case "number":
@@ -64,6 +71,7 @@ function walk(value: unknown, path: string, depth: number): ErrorDetail | null {
       if (!isPlainObject(value)) return { field: path, message: "must be plain JSON" };
       for (const key of Object.keys(value)) {
         if (key === FORBIDDEN_KEY) return { field: `${path}.${key}`, message: "the key __proto__ is not allowed" };
+        if (key.includes("\u0000")) return { field: path, message: `a key ${NUL_MESSAGE}` };
         if (key.length > LIMITS.keyLength) {
           return { field: `${path}.${key.slice(0, 32)}…`, message: `key longer than ${LIMITS.keyLength} characters` };
         }
@@ -84,7 +92,11 @@ export function isPlainObject(value: unknown): value is Record<string, unknown> 
 }
 
 const text = (max: number = LIMITS.textLength) =>
-  z.string().min(1, "must not be empty").max(max, `must be at most ${max} characters`);
+  z
+    .string()
+    .min(1, "must not be empty")
+    .max(max, `must be at most ${max} characters`)
+    .refine((s) => !s.includes("\u0000"), NUL_MESSAGE);
 
 const list = z
   .array(text(LIMITS.listItemLength))

@@ -408,6 +408,8 @@ describe("DeviceRegistry", () => {
       ["a protocol with a slash", { protocol: "mqtt/3" }, "protocol"],
       ["a name of 257 characters", { name: "n".repeat(257) }, "name"],
       ["a 1 MB name", { name: "x".repeat(1024 * 1024) }, "name"],
+      ["a NUL character in the name", { name: "boiler\u0000room" }, "name"],
+      ["a NUL character inside metadata", { metadata: { notes: ["ok", "bad\u0000"] } }, "metadata.notes.1"],
       ["a 1 MB model", { model: "x".repeat(1024 * 1024) }, "model"],
       ["an empty manufacturer", { manufacturer: "" }, "manufacturer"],
       ["an address that is not a URL", { address: "not a url" }, "address"],
