@@ -46,7 +46,7 @@ async function main(): Promise<void> {
   const capabilities = [["temperature", "humidity"], ["temperature"], ["power", "switch"], ["co2"]];
   const t0 = performance.now();
   for (let i = 0; i < DEVICES; i++) {
-    hub.registerDevice({
+    await hub.registerDevice({
       id: ids[i],
       protocol: i % 3 === 0 ? "mqtt" : i % 3 === 1 ? "coap" : "websocket",
       manufacturer: `maker-${i % MANUFACTURERS}`,

@@ -25,3 +25,19 @@ export function assertNoPollution(): void {
   assert.equal(typeof probe.constructor, "function");
   assert.equal(Object.getPrototypeOf(probe), Object.prototype);
 }
+
+/** `assertCode` for a promise: it rejects with a TethralError with `code` (and `field`). */
+export async function assertRejectsCode(fn: () => Promise<unknown>, code: TethralError["code"], field?: string): Promise<TethralError> {
+  let caught: TethralError | undefined;
+  await assert.rejects(fn, (err: unknown) => {
+    assert.ok(err instanceof TethralError, `expected a TethralError, got ${String(err)}`);
+    assert.equal(err.code, code, err.message);
+    if (field !== undefined) {
+      const fields = err.details.map((d) => d.field);
+      assert.ok(fields.includes(field), `expected a detail for ${field}, got ${JSON.stringify(fields)}`);
+    }
+    caught = err;
+    return true;
+  });
+  return caught!;
+}

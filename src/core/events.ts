@@ -548,7 +548,11 @@ export class EventBus {
     return [...this.subs.values()].map((s) => ({ ...s.stats }));
   }
 
+  /** Told about every event kept in history (the persistence layer stores them). */
+  recorder: ((event: TethralEvent, expiresAt: number) => void) | null = null;
+
   private record(env: Envelope): void {
+    if (this.recorder !== null) this.recorder(env.event, env.expiresAt === NEVER ? 0 : env.expiresAt);
     const cap = this.history.length;
     this.history[this.historyHead] = env;
     this.historyHead = (this.historyHead + 1) % cap;

@@ -13,7 +13,7 @@ import {
   parseInput,
   statusSchema,
 } from "./validation";
-import type { Device, DeviceStatus, JsonObject } from "./types";
+import type { Device, DeviceRow, DeviceStatus, JsonObject } from "./types";
 
 /** The registry's own copy of a device: numbers for times, shared empty lists, no per-read cost. */
 export interface DeviceRecord {
@@ -103,6 +103,17 @@ export interface DeviceStatistics {
 
 export const DEFAULT_PAGE_SIZE = 100;
 
+/** Who made a change, and how: `silent` leaves the event to the caller (`announce*`). */
+export interface ChangeOptions {
+  causeId?: string | null;
+  source?: string;
+  silent?: boolean;
+  /** The change's time (default: the clock's now). */
+  now?: number;
+}
+
+type ChangeCause = Pick<ChangeOptions, "causeId" | "source">;
+
 /** One indexed condition of a filter: the records it allows and a per-record test for the others. */
 interface Condition {
   size: number;
@@ -148,21 +159,62 @@ export class DeviceRegistry {
     return this.records.values();
   }
 
-  register(input: unknown, options: { causeId?: string | null; source?: string } = {}): Device {
+  register(input: unknown, options: ChangeOptions = {}): Device {
     const data = parseInput(deviceInputSchema, input, "device");
     if (this.records.has(data.id)) {
       throw new TethralError("CONFLICT", `device "${data.id}" is already registered`, [
         { field: "id", message: "is already registered" },
       ]);
     }
-    const record = this.insert(data, this.clock.now());
-    this.bus.publish("device.registered", { device: toDevice(record) }, {
-      deviceId: record.id,
-      source: options.source ?? "registry",
-      causeId: options.causeId ?? null,
-    });
+    const record = this.insert(data, options.now ?? this.clock.now());
+    if (!options.silent) this.announceRegistered(record.id, options);
     // The caller's own copy: changing it must not change the event kept in history.
     return toDevice(record);
+  }
+
+  /** Publishes `device.registered` (for a change made with `silent`, once it is durable). */
+  announceRegistered(id: string, cause: ChangeCause = {}): void {
+    const record = this.records.get(id);
+    if (!record) return;
+    this.bus.publish("device.registered", { device: toDevice(record) }, {
+      deviceId: id,
+      source: cause.source ?? "registry",
+      causeId: cause.causeId ?? null,
+    });
+  }
+
+  /** Publishes `device.updated` (for a change made with `silent`, once it is durable). */
+  announceUpdated(id: string, changes: string[], cause: ChangeCause = {}): void {
+    const record = this.records.get(id);
+    if (!record || changes.length === 0) return;
+    this.bus.publish("device.updated", { device: toDevice(record), changes }, {
+      deviceId: id,
+      source: cause.source ?? "registry",
+      causeId: cause.causeId ?? null,
+    });
+  }
+
+  /** The record as a store row. */
+  row(id: string): DeviceRow | null {
+    const r = this.records.get(id);
+    if (!r) return null;
+    return {
+      id: r.id,
+      name: r.name,
+      protocol: r.protocol,
+      address: r.address ?? null,
+      manufacturer: r.manufacturer ?? null,
+      model: r.model ?? null,
+      firmware: r.firmware ?? null,
+      capabilities: r.capabilities.slice(),
+      tags: r.tags.slice(),
+      heartbeatTimeout: r.heartbeatTimeout ?? null,
+      metadata: r.metadata ? cloneJson(r.metadata) : {},
+      status: r.status,
+      lastSeen: r.lastSeen,
+      createdAt: r.createdAt,
+      updatedAt: r.updatedAt,
+    };
   }
 
   /**
@@ -213,7 +265,14 @@ export class DeviceRegistry {
   }
 
   /** Applies a partial update. `id` cannot change; `null` clears an optional field. */
-  update(id: string, patch: unknown, options: { causeId?: string | null; source?: string } = {}): Device {
+  update(id: string, patch: unknown, options: ChangeOptions = {}): Device {
+    const { device, changes } = this.applyUpdate(id, patch, options.now);
+    if (!options.silent) this.announceUpdated(id, changes, options);
+    return device;
+  }
+
+  /** Applies a partial update without publishing; returns the device and the fields that changed. */
+  applyUpdate(id: string, patch: unknown, now?: number): { device: Device; changes: string[] } {
     const record = this.records.get(id);
     if (!record) throw notFound("device", id);
     const data: DevicePatch = parseInput(devicePatchSchema, patch, "device update");
@@ -254,17 +313,11 @@ export class DeviceRegistry {
       record.metadata = isEmptyObject(data.metadata) ? undefined : cloneJson(data.metadata);
       changes.push("metadata");
     }
-    if (changes.length === 0) return toDevice(record);
-    record.updatedAt = this.clock.now();
-    this.bus.publish("device.updated", { device: toDevice(record), changes }, {
-      deviceId: id,
-      source: options.source ?? "registry",
-      causeId: options.causeId ?? null,
-    });
-    return toDevice(record);
+    if (changes.length > 0) record.updatedAt = now ?? this.clock.now();
+    return { device: toDevice(record), changes };
   }
 
-  remove(id: string, options: { reason?: "user" | "retention"; causeId?: string | null; source?: string } = {}): Device {
+  remove(id: string, options: ChangeOptions & { reason?: "user" | "retention" } = {}): Device {
     const record = this.records.get(id);
     if (!record) throw notFound("device", id);
     this.records.delete(id);
@@ -273,11 +326,13 @@ export class DeviceRegistry {
     if (record.manufacturer !== undefined) this.byManufacturer.delete(record.manufacturer, record);
     for (const c of record.capabilities) this.byCapability.delete(c, record);
     for (const t of record.tags) this.byTag.delete(t, record);
-    this.bus.publish("device.removed", { device: toDevice(record), reason: options.reason ?? "user" }, {
-      deviceId: id,
-      source: options.source ?? "registry",
-      causeId: options.causeId ?? null,
-    });
+    if (!options.silent) {
+      this.bus.publish("device.removed", { device: toDevice(record), reason: options.reason ?? "user" }, {
+        deviceId: id,
+        source: options.source ?? "registry",
+        causeId: options.causeId ?? null,
+      });
+    }
     return toDevice(record);
   }
 

@@ -2,14 +2,17 @@ import type { Clock } from "./clock";
 import { TethralError, invalid, notFound } from "./errors";
 import type { EventBus } from "./events";
 import { cloneJson, defineValue, isEmptyObject, iso, isoOrNull, jsonEqual } from "./json";
+import { newId } from "./ids";
 import type { DeviceRecord, DeviceRegistry } from "./registry";
 import {
   DEVICE_STATUSES,
   type DeviceState,
   type DeviceStatus,
+  type HistoryRow,
   type JsonObject,
   type JsonValue,
   type StateHistoryEntry,
+  type StateRow,
   type StateSnapshot,
 } from "./types";
 import { LIMITS, checkJsonObject, parseInput, stateSetSchema } from "./validation";
@@ -41,6 +44,28 @@ export interface ChangeCause {
   reason?: string;
   causeId?: string | null;
   source?: string;
+}
+
+/**
+ * Told about every write of a device's state and every history entry: the persistence layer
+ * batches these to the store.
+ */
+export interface StateSink {
+  onStateWritten(deviceId: string): void;
+  onStatusWritten(deviceId: string): void;
+  onHistory(row: HistoryRow): void;
+}
+
+/** A `set` worked out but not applied (see `planSet`). */
+export interface StatePlan {
+  deviceId: string;
+  changed: boolean;
+  from: StateSnapshot;
+  to: StateSnapshot;
+  desired: JsonObject;
+  at: number;
+  /** The state as it will be stored once applied. */
+  row: StateRow;
 }
 
 /** Told about every report and status change, for anomaly detection. */
@@ -80,6 +105,8 @@ class StateRecord {
   historyCount = 0;
   historyHead = 0;
   hasDelta = false;
+  /** Moves on every write (see StateRow.rev). */
+  rev = 0;
 }
 
 function stateOf(record: DeviceRecord): StateRecord | undefined {
@@ -107,6 +134,7 @@ export class StateManager {
   private withDelta = 0;
   private readonly transitionsTo: Record<string, number> = Object.fromEntries(DEVICE_STATUSES.map((s) => [s, 0]));
   observer: StateObserver | null = null;
+  sink: StateSink | null = null;
 
   constructor(
     private readonly registry: DeviceRegistry,
@@ -118,7 +146,7 @@ export class StateManager {
   /** Restores a device's state as it was stored (no event, no history entry). */
   restore(
     deviceId: string,
-    saved: { properties?: JsonObject; desired?: JsonObject; version: number; changedAt: number; updatedAt: number; reportedAt: number },
+    saved: { properties?: JsonObject; desired?: JsonObject; version: number; changedAt: number; updatedAt: number; reportedAt: number; rev?: number },
   ): void {
     const record = this.registry.record(deviceId);
     if (!record) throw notFound("device", deviceId);
@@ -129,6 +157,7 @@ export class StateManager {
     s.changedAt = saved.changedAt;
     s.updatedAt = saved.updatedAt;
     s.reportedAt = saved.reportedAt;
+    s.rev = saved.rev ?? 0;
     record.state = s;
     this.refreshDelta(s);
   }
@@ -179,7 +208,12 @@ export class StateManager {
     this.counters.reports++;
     s.reportedAt = now;
     this.observer?.onReport(deviceId, properties, now);
-    if (!from || !to) return false;
+    if (!from || !to) {
+      // Only reportedAt moved: still a write the store should see, batched like the rest.
+      s.rev++;
+      this.sink?.onStateWritten(deviceId);
+      return false;
+    }
     const stored = (s.properties ??= {});
     for (const key of Object.keys(to)) defineValue(stored, key, to[key] as JsonValue);
     if (s.desired) this.refreshDelta(s);
@@ -216,6 +250,15 @@ export class StateManager {
    * With `expectedVersion`, a stale version is a CONFLICT and nothing changes.
    */
   set(deviceId: string, input: unknown, cause: ChangeCause = {}): DeviceState {
+    const plan = this.planSet(deviceId, input);
+    return plan.changed ? this.applySet(plan, cause) : this.get(deviceId);
+  }
+
+  /**
+   * Checks a `set` and works out its result without changing anything, so the caller can make
+   * the result durable first and then `applySet` it. Throws as `set` would.
+   */
+  planSet(deviceId: string, input: unknown): StatePlan {
     const record = this.registry.record(deviceId);
     if (!record) throw notFound("device", deviceId);
     const data = parseInput(stateSetSchema, input, "state");
@@ -230,28 +273,21 @@ export class StateManager {
 
     const from: StateSnapshot = {};
     const to: StateSnapshot = {};
+    const current = s?.desired ?? EMPTY_PROPERTIES;
+    const desired: JsonObject = { ...current };
     if (data.desired !== undefined) {
-      const desired = s?.desired ?? {};
       const before: JsonObject = {};
       const after: JsonObject = {};
-      let changed = false;
       for (const key of Object.keys(data.desired)) {
         const value = data.desired[key] as JsonValue;
-        const had = Object.hasOwn(desired, key);
-        if (value === null ? !had : had && jsonEqual(desired[key], value)) continue;
-        changed = true;
-        defineValue(before, key, had ? cloneJson(desired[key] as JsonValue) : null);
+        const had = Object.hasOwn(current, key);
+        if (value === null ? !had : had && jsonEqual(current[key], value)) continue;
+        defineValue(before, key, had ? cloneJson(current[key] as JsonValue) : null);
         defineValue(after, key, cloneJson(value));
+        if (value === null) delete desired[key];
+        else defineValue(desired, key, after[key] as JsonValue);
       }
-      if (changed) {
-        const next = s?.desired ? s.desired : {};
-        for (const key of Object.keys(after)) {
-          if (after[key] === null) delete next[key];
-          else defineValue(next, key, after[key] as JsonValue);
-        }
-        const target = this.ensure(record);
-        target.desired = isEmptyObject(next) ? null : next;
-        this.refreshDelta(target);
+      if (!isEmptyObject(after)) {
         from.desired = before;
         to.desired = after;
       }
@@ -260,11 +296,59 @@ export class StateManager {
       from.status = record.status;
       to.status = data.status;
     }
-    if (from.desired === undefined && from.status === undefined) return this.view(record, s);
+    const changed = from.desired !== undefined || from.status !== undefined;
     const now = this.clock.now();
-    if (to.status !== undefined) this.applyStatus(record, to.status, now);
-    this.commit(record, this.ensure(record), now, from, to, cause, cause.reason ?? "set");
-    return this.view(record, stateOf(record));
+    return {
+      deviceId,
+      changed,
+      from,
+      to,
+      desired,
+      at: now,
+      row: {
+        deviceId,
+        properties: s?.properties ? { ...s.properties } : {},
+        desired,
+        version: version + (changed ? 1 : 0),
+        changedAt: to.status !== undefined ? now : (s?.changedAt ?? 0),
+        updatedAt: changed ? now : (s?.updatedAt ?? 0),
+        reportedAt: s?.reportedAt ?? 0,
+        rev: (s?.rev ?? 0) + 1,
+      },
+    };
+  }
+
+  /** Applies a plan from `planSet`: one version, one history entry, one `state.changed`. */
+  applySet(plan: StatePlan, cause: ChangeCause = {}): DeviceState {
+    const record = this.registry.record(plan.deviceId);
+    if (!record) throw notFound("device", plan.deviceId);
+    if (!plan.changed) return this.view(record, stateOf(record));
+    const target = this.ensure(record);
+    if (plan.to.desired !== undefined) {
+      target.desired = isEmptyObject(plan.desired) ? null : plan.desired;
+      this.refreshDelta(target);
+    }
+    // Checked when planned; a heartbeat transition since then does not undo the caller's choice.
+    if (plan.to.status !== undefined && plan.to.status !== record.status) this.applyStatus(record, plan.to.status, plan.at);
+    this.commit(record, target, plan.at, plan.from, plan.to, cause, cause.reason ?? "set");
+    return this.view(record, target);
+  }
+
+  /** The state as a store row (a snapshot: later changes do not reach it). */
+  row(deviceId: string): StateRow | null {
+    const record = this.registry.record(deviceId);
+    const s = record && stateOf(record);
+    if (!s) return null;
+    return {
+      deviceId,
+      properties: s.properties ? { ...s.properties } : {},
+      desired: s.desired ? { ...s.desired } : {},
+      version: s.version,
+      changedAt: s.changedAt,
+      updatedAt: s.updatedAt,
+      reportedAt: s.reportedAt,
+      rev: s.rev,
+    };
   }
 
   /**
@@ -390,12 +474,13 @@ export class StateManager {
     reason: string,
   ): void {
     s.version++;
+    s.rev++;
     // As in Home Assistant: changedAt moves with the status, updatedAt with any change.
     if (to.status !== undefined) s.changedAt = now;
     s.updatedAt = now;
     this.counters.changes++;
     const causeId = cause.causeId ?? null;
-    this.pushHistory(s, {
+    const item: HistoryItem = {
       at: now,
       version: s.version,
       reason,
@@ -406,7 +491,22 @@ export class StateManager {
       toProperties: to.properties,
       fromDesired: from.desired,
       toDesired: to.desired,
-    });
+    };
+    this.pushHistory(s, item);
+    if (this.sink) {
+      this.sink.onStateWritten(record.id);
+      if (to.status !== undefined) this.sink.onStatusWritten(record.id);
+      this.sink.onHistory({
+        id: newId(),
+        deviceId: record.id,
+        at: now,
+        version: s.version,
+        from: snapshot(item.fromStatus, item.fromProperties, item.fromDesired),
+        to: snapshot(item.toStatus, item.toProperties, item.toDesired),
+        reason,
+        causeId,
+      });
+    }
     if (!this.bus.hasSubscribers("state.changed", record.id) && !this.bus.keepsHistoryOf("state.changed")) return;
     this.bus.publish(
       "state.changed",

@@ -1,59 +1,8 @@
-import type { DeviceStatus, JsonObject, Priority, StateSnapshot } from "../core/types";
+import type { DevicePresenceRow, DeviceRow, HistoryRow, JsonObject, Priority, StateRow } from "../core/types";
 
-/**
- * Rows as the store keeps them. Times are epoch milliseconds (0 = never); JSON columns come
- * back parsed. Both stores (SQLite, PostgreSQL/CockroachDB) read and write exactly these shapes.
- */
-export interface DeviceRow {
-  id: string;
-  name: string;
-  protocol: string;
-  address: string | null;
-  manufacturer: string | null;
-  model: string | null;
-  firmware: string | null;
-  capabilities: string[];
-  tags: string[];
-  heartbeatTimeout: number | null;
-  metadata: JsonObject;
-  status: DeviceStatus;
-  lastSeen: number;
-  createdAt: number;
-  updatedAt: number;
-}
-
-/** A device's status and lastSeen: the high-rate part of its row, written by the batcher. */
-export interface DevicePresenceRow {
-  id: string;
-  status: DeviceStatus;
-  lastSeen: number;
-}
-
-export interface StateRow {
-  deviceId: string;
-  properties: JsonObject;
-  desired: JsonObject;
-  version: number;
-  changedAt: number;
-  updatedAt: number;
-  reportedAt: number;
-  /**
-   * Moves on every write of the state, reports included. An upsert carrying a lower `rev` than
-   * the stored row is ignored, so a late batch can never overwrite a newer state.
-   */
-  rev: number;
-}
-
-export interface HistoryRow {
-  id: string;
-  deviceId: string;
-  at: number;
-  version: number;
-  from: StateSnapshot;
-  to: StateSnapshot;
-  reason: string;
-  causeId: string | null;
-}
+// Device, state and history rows are the engine's own shapes: the registry and the state
+// manager hand them to the persistence layer. Times are epoch ms (0 = never).
+export type { DevicePresenceRow, DeviceRow, HistoryRow, StateRow };
 
 export interface EventRow {
   id: string;

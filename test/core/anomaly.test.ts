@@ -76,7 +76,7 @@ describe("AnomalyDetector", () => {
   describe("flapping", () => {
     const flapping = { threshold: 4, windowSec: 60, clearBelow: 1 };
 
-    it("starts exactly at the threshold, as a high-priority state.anomaly with its figures", () => {
+    it("starts exactly at the threshold, as a high-priority state.anomaly with its figures", async () => {
       const d = setup({ flapping });
       flip(d, "d1", 3);
       assert.equal(d.events.length, 0, "three transitions are below the threshold");
@@ -95,7 +95,7 @@ describe("AnomalyDetector", () => {
       assert.equal(d.detector.statistics().detected.flapping, 1);
     });
 
-    it("does not start below the threshold: transitions that left the window do not count", () => {
+    it("does not start below the threshold: transitions that left the window do not count", async () => {
       const d = setup({ flapping });
       flip(d, "d1", 3, 1000);
       d.clock.advance(61_000);
@@ -106,7 +106,7 @@ describe("AnomalyDetector", () => {
       assert.equal(d.detector.isFlapping("d1"), false);
     });
 
-    it("counts only online/offline transitions", () => {
+    it("counts only online/offline transitions", async () => {
       const d = setup({ flapping: { ...flapping, threshold: 2 } });
       const now = () => d.clock.now();
       d.detector.onStatus("d1", "unknown", "online", now());
@@ -122,7 +122,7 @@ describe("AnomalyDetector", () => {
       assert.equal(d.of("flapping", true).length, 1);
     });
 
-    it("keeps devices apart", () => {
+    it("keeps devices apart", async () => {
       const d = setup({ flapping });
       flip(d, "d1", 2);
       flip(d, "d2", 2);
@@ -137,7 +137,7 @@ describe("AnomalyDetector", () => {
       assert.equal(d.detector.isFlapping("d2"), false);
     });
 
-    it("clears, with an active:false event, only once the window holds clearBelow transitions or fewer", () => {
+    it("clears, with an active:false event, only once the window holds clearBelow transitions or fewer", async () => {
       const d = setup({ flapping });
       // Transitions at 0, 1, 2 and 3 s: flapping from 3 s.
       flip(d, "d1", 4, 1000);
@@ -163,7 +163,7 @@ describe("AnomalyDetector", () => {
       assert.equal(d.clock.pendingTimers, 0, "no timer left once cleared");
     });
 
-    it("stays flapping while transitions keep coming between clearBelow and the threshold", () => {
+    it("stays flapping while transitions keep coming between clearBelow and the threshold", async () => {
       const d = setup({ flapping });
       let from = flip(d, "d1", 4, 1000);
       // Then one transition every 20 s: 3 in any 60 s window, never 1 or fewer.
@@ -179,7 +179,7 @@ describe("AnomalyDetector", () => {
       assert.equal(d.of("flapping", false).length, 1);
     });
 
-    it("starts again after it cleared", () => {
+    it("starts again after it cleared", async () => {
       const d = setup({ flapping });
       const from = flip(d, "d1", 4);
       d.clock.advance(300_000);
@@ -191,7 +191,7 @@ describe("AnomalyDetector", () => {
       assert.equal(d.detector.isFlapping("d1"), true);
     });
 
-    it("follows configured thresholds and can be switched off", () => {
+    it("follows configured thresholds and can be switched off", async () => {
       const strict = setup({ flapping: { threshold: 10, windowSec: 60, clearBelow: 2 } });
       flip(strict, "d1", 9, 100);
       assert.equal(strict.events.length, 0);
@@ -205,7 +205,7 @@ describe("AnomalyDetector", () => {
       assert.equal(off.clock.pendingTimers, 0);
     });
 
-    it("onForget cancels the clear timer and the device's counts, with no event later", () => {
+    it("onForget cancels the clear timer and the device's counts, with no event later", async () => {
       const d = setup({ flapping });
       flip(d, "d1", 4);
       assert.equal(d.clock.pendingTimers, 1);
@@ -220,7 +220,7 @@ describe("AnomalyDetector", () => {
       assert.deepEqual(d.detector.statistics().active, { flapping: 0, stuck: 0 });
     });
 
-    it("stop() cancels every clear timer", () => {
+    it("stop() cancels every clear timer", async () => {
       const d = setup({ flapping });
       flip(d, "d1", 4);
       flip(d, "d2", 4);
@@ -231,7 +231,7 @@ describe("AnomalyDetector", () => {
       assert.equal(d.of("flapping", false).length, 0);
     });
 
-    it("after stop(), a device still marked flapping clears once it flips again and then settles", () => {
+    it("after stop(), a device still marked flapping clears once it flips again and then settles", async () => {
       const d = setup({ flapping });
       const from = flip(d, "d1", 4);
       d.detector.stop();
@@ -246,7 +246,7 @@ describe("AnomalyDetector", () => {
   });
 
   describe("stuck values", () => {
-    it("reports a property that has not changed for N reports, once, and clears when it changes", () => {
+    it("reports a property that has not changed for N reports, once, and clears when it changes", async () => {
       const d = setup({ stuck: { reports: 5, seconds: 0 }, outlier: { enabled: false } });
       report(d, "d1", { temperature: 21.5 }, 4);
       assert.equal(d.events.length, 0, "4 identical reports are not stuck");
@@ -270,7 +270,7 @@ describe("AnomalyDetector", () => {
       assert.equal(d.detector.statistics().detected.stuck, 1);
     });
 
-    it("reports a property that has not changed for T seconds while reports keep arriving", () => {
+    it("reports a property that has not changed for T seconds while reports keep arriving", async () => {
       const d = setup({ stuck: { reports: 0, seconds: 60 } });
       report(d, "d1", { level: 3 }, 6, 10_000); // 0 … 50 s
       assert.equal(d.events.length, 0);
@@ -283,14 +283,14 @@ describe("AnomalyDetector", () => {
       assert.deepEqual(d.events[0]!.data, { kind: "stuck", active: true, property: "level", value: 3, reports: 8, seconds: 60 });
     });
 
-    it("does not call a silent device stuck: the seconds test needs reports", () => {
+    it("does not call a silent device stuck: the seconds test needs reports", async () => {
       const d = setup({ stuck: { reports: 0, seconds: 60 } });
       d.detector.onReport("d1", { level: 3 }, d.clock.now());
       d.clock.advance(3_600_000);
       assert.equal(d.events.length, 0);
     });
 
-    it("counts again from a change", () => {
+    it("counts again from a change", async () => {
       const d = setup({ stuck: { reports: 5, seconds: 60 } });
       report(d, "d1", { v: 1 }, 4, 14_000);
       report(d, "d1", { v: 2 }, 4, 14_000);
@@ -298,7 +298,7 @@ describe("AnomalyDetector", () => {
       assert.equal(d.events.length, 0);
     });
 
-    it("follows each property and each device on its own", () => {
+    it("follows each property and each device on its own", async () => {
       const d = setup({ stuck: { reports: 3, seconds: 0 } });
       for (let i = 0; i < 3; i++) {
         d.detector.onReport("d1", { fixed: 7, moving: i }, d.clock.now());
@@ -310,7 +310,7 @@ describe("AnomalyDetector", () => {
       );
     });
 
-    it("a report that leaves a property out does not reset or advance it", () => {
+    it("a report that leaves a property out does not reset or advance it", async () => {
       const d = setup({ stuck: { reports: 3, seconds: 0 } });
       d.detector.onReport("d1", { a: 1, b: 1 }, d.clock.now());
       d.detector.onReport("d1", { b: 2 }, d.clock.now());
@@ -323,7 +323,7 @@ describe("AnomalyDetector", () => {
       );
     });
 
-    it("follows only numbers by default: a mode or firmware string that stays put is normal", () => {
+    it("follows only numbers by default: a mode or firmware string that stays put is normal", async () => {
       const clock = new ManualClock();
       const bus = new EventBus(clock);
       const detector = new AnomalyDetector(bus, clock, { ...DEFAULT_ANOMALY_OPTIONS, stuck: { ...DEFAULT_ANOMALY_OPTIONS.stuck, reports: 3 } });
@@ -338,14 +338,14 @@ describe("AnomalyDetector", () => {
       );
     });
 
-    it("compares structured values by content, not identity", () => {
+    it("compares structured values by content, not identity", async () => {
       const d = setup({ stuck: { reports: 3, seconds: 0 } });
       for (let i = 0; i < 3; i++) d.detector.onReport("d1", { pos: { x: 1, y: [2, 3] } }, d.clock.now());
       assert.equal(d.events.length, 1);
       assert.deepEqual(d.events[0]!.data.value, { x: 1, y: [2, 3] });
     });
 
-    it("is not fooled by a caller that reuses and mutates the same object between reports", () => {
+    it("is not fooled by a caller that reuses and mutates the same object between reports", async () => {
       const d = setup({ stuck: { reports: 3, seconds: 0 } });
       const pos = { x: 0 };
       const props = { pos } as JsonObject;
@@ -356,13 +356,13 @@ describe("AnomalyDetector", () => {
       assert.equal(d.of("stuck").length, 0, "the value changed every time");
     });
 
-    it("can be switched off", () => {
+    it("can be switched off", async () => {
       const d = setup({ stuck: { enabled: false, reports: 2, seconds: 1 } });
       report(d, "d1", { v: 1 }, 50, 1000);
       assert.equal(d.events.length, 0);
     });
 
-    it("onForget drops the device's stuck count", () => {
+    it("onForget drops the device's stuck count", async () => {
       const d = setup({ stuck: { reports: 2, seconds: 0 } });
       report(d, "d1", { a: 1, b: 2 }, 2);
       assert.equal(d.detector.statistics().active.stuck, 2);
@@ -373,7 +373,7 @@ describe("AnomalyDetector", () => {
       assert.equal(d.of("stuck", true).length, 2);
     });
 
-    it("follows at most maxPropertiesPerDevice properties per device", () => {
+    it("follows at most maxPropertiesPerDevice properties per device", async () => {
       const d = setup({ stuck: { reports: 2, seconds: 0 }, maxPropertiesPerDevice: 2 });
       report(d, "d1", { a: 1, b: 1, c: 1, e: 1 }, 3);
       assert.deepEqual(
@@ -386,28 +386,28 @@ describe("AnomalyDetector", () => {
   describe("numeric outliers", () => {
     const outlier = { alpha: 0.1, zScore: 4, warmup: 20 };
 
-    it("reports nothing during the warm-up, however wild the values", () => {
+    it("reports nothing during the warm-up, however wild the values", async () => {
       const d = setup({ outlier: { ...outlier, warmup: 5 }, stuck: { enabled: false } });
       for (const v of [20, 20.2, 19.8, 20.1]) d.detector.onReport("d1", { t: v }, d.clock.now());
       d.detector.onReport("d1", { t: 10_000 }, d.clock.now()); // the 5th sample: still warming up
       assert.equal(d.events.length, 0);
     });
 
-    it("judges the first sample after the warm-up", () => {
+    it("judges the first sample after the warm-up", async () => {
       const d = setup({ outlier: { ...outlier, warmup: 5 }, stuck: { enabled: false } });
       for (const v of [20, 20.2, 19.8, 20.1, 19.9]) d.detector.onReport("d1", { t: v }, d.clock.now());
       d.detector.onReport("d1", { t: 10_000 }, d.clock.now());
       assert.equal(d.of("outlier").length, 1);
     });
 
-    it("does not report normal noise", () => {
+    it("does not report normal noise", async () => {
       const d = setup({ outlier, stuck: { enabled: false } });
       for (let i = 0; i < 2000; i++) d.detector.onReport("d1", { t: noise(i) }, d.clock.now());
       assert.equal(d.events.length, 0);
       assert.equal(d.detector.statistics().detected.outlier, 0);
     });
 
-    it("reports a big jump after the warm-up with its mean, stddev and zScore", () => {
+    it("reports a big jump after the warm-up with its mean, stddev and zScore", async () => {
       const d = setup({ outlier, stuck: { enabled: false } });
       for (let i = 0; i < 200; i++) d.detector.onReport("d1", { t: noise(i) }, d.clock.now());
       d.detector.onReport("d1", { t: 35 }, d.clock.now());
@@ -432,7 +432,7 @@ describe("AnomalyDetector", () => {
       assert.deepEqual(d.detector.statistics().active, { flapping: 0, stuck: 0 }, "an outlier is a single event, not a state");
     });
 
-    it("reports a drop as well as a jump", () => {
+    it("reports a drop as well as a jump", async () => {
       const d = setup({ outlier, stuck: { enabled: false } });
       for (let i = 0; i < 100; i++) d.detector.onReport("d1", { t: noise(i) }, d.clock.now());
       d.detector.onReport("d1", { t: 5 }, d.clock.now());
@@ -440,7 +440,7 @@ describe("AnomalyDetector", () => {
       assert.equal(d.events[0]!.data.value, 5);
     });
 
-    it("follows the configured zScore", () => {
+    it("follows the configured zScore", async () => {
       const lax = setup({ outlier: { ...outlier, zScore: 1000 }, stuck: { enabled: false } });
       for (let i = 0; i < 100; i++) lax.detector.onReport("d1", { t: noise(i) }, lax.clock.now());
       lax.detector.onReport("d1", { t: 35 }, lax.clock.now());
@@ -458,7 +458,7 @@ describe("AnomalyDetector", () => {
       assert.equal(judge(6), 0);
     });
 
-    it("adapts to a new level: a lasting step stops being an outlier", () => {
+    it("adapts to a new level: a lasting step stops being an outlier", async () => {
       const d = setup({ outlier: { alpha: 0.2, zScore: 4, warmup: 20 }, stuck: { enabled: false } });
       for (let i = 0; i < 100; i++) d.detector.onReport("d1", { t: noise(i) }, d.clock.now());
       for (let i = 0; i < 200; i++) d.detector.onReport("d1", { t: noise(i, 40) }, d.clock.now());
@@ -469,14 +469,14 @@ describe("AnomalyDetector", () => {
       assert.equal(d.events.length, 0, "the new level is normal by now");
     });
 
-    it("does not judge a property that never varied: there is no spread to measure a jump against", () => {
+    it("does not judge a property that never varied: there is no spread to measure a jump against", async () => {
       const d = setup({ outlier: { ...outlier, warmup: 5 }, stuck: { enabled: false } });
       for (let i = 0; i < 6; i++) d.detector.onReport("d1", { t: 20 }, d.clock.now());
       d.detector.onReport("d1", { t: 21 }, d.clock.now());
       assert.equal(d.events.length, 0);
     });
 
-    it("with minStddev, judges a jump from a constant warm-up against that floor", () => {
+    it("with minStddev, judges a jump from a constant warm-up against that floor", async () => {
       const d = setup({ outlier: { ...outlier, warmup: 5, minStddev: 0.1 }, stuck: { enabled: false } });
       for (let i = 0; i < 6; i++) d.detector.onReport("d1", { t: 20 }, d.clock.now());
       d.detector.onReport("d1", { t: 20.3 }, d.clock.now());
@@ -488,7 +488,7 @@ describe("AnomalyDetector", () => {
       assert.doesNotThrow(() => JSON.stringify(d.events[0]));
     });
 
-    it("ignores values that are not numbers, and each property has its own statistics", () => {
+    it("ignores values that are not numbers, and each property has its own statistics", async () => {
       const d = setup({ outlier: { ...outlier, warmup: 5 }, stuck: { enabled: false } });
       for (let i = 0; i < 50; i++) {
         d.detector.onReport("d1", { t: noise(i), h: noise(i, 1000, 10), mode: i % 2 ? "eco" : "boost", ok: true, tags: [i] }, d.clock.now());
@@ -497,7 +497,7 @@ describe("AnomalyDetector", () => {
       assert.equal(d.events.length, 0, "h at 1000 is normal for h though far from t");
     });
 
-    it("keeps devices apart", () => {
+    it("keeps devices apart", async () => {
       const d = setup({ outlier: { ...outlier, warmup: 5 }, stuck: { enabled: false } });
       for (let i = 0; i < 50; i++) {
         d.detector.onReport("cold", { t: noise(i, -20) }, d.clock.now());
@@ -511,7 +511,7 @@ describe("AnomalyDetector", () => {
       );
     });
 
-    it("can be switched off", () => {
+    it("can be switched off", async () => {
       const d = setup({ outlier: { ...outlier, enabled: false, warmup: 2 }, stuck: { enabled: false } });
       for (let i = 0; i < 50; i++) d.detector.onReport("d1", { t: noise(i) }, d.clock.now());
       d.detector.onReport("d1", { t: 1e9 }, d.clock.now());
@@ -520,7 +520,7 @@ describe("AnomalyDetector", () => {
   });
 
   describe("statistics", () => {
-    it("counts detections by kind and what is active now", () => {
+    it("counts detections by kind and what is active now", async () => {
       const d = setup({
         flapping: { threshold: 2, windowSec: 10, clearBelow: 0 },
         stuck: { reports: 2, seconds: 0 },
@@ -539,7 +539,7 @@ describe("AnomalyDetector", () => {
       assert.deepEqual(d.detector.statistics(), { detected: { flapping: 2, stuck: 1, outlier: 2 }, active: { flapping: 0, stuck: 0 } });
     });
 
-    it("hands out a copy", () => {
+    it("hands out a copy", async () => {
       const d = setup();
       const st = d.detector.statistics();
       st.detected.outlier = 99;
@@ -549,7 +549,7 @@ describe("AnomalyDetector", () => {
   });
 
   describe("edge cases", () => {
-    it("follows __proto__ and constructor property keys as plain data without polluting Object.prototype", () => {
+    it("follows __proto__ and constructor property keys as plain data without polluting Object.prototype", async () => {
       const d = setup({ stuck: { reports: 3, seconds: 0 }, outlier: { alpha: 0.1, zScore: 4, warmup: 5 } });
       const raw = '{"__proto__": {"polluted": "yes"}, "constructor": 5, "prototype": {"polluted": 1}, "hasOwnProperty": 1}';
       for (let i = 0; i < 3; i++) d.detector.onReport("d1", JSON.parse(raw) as JsonObject, d.clock.now());
@@ -571,7 +571,7 @@ describe("AnomalyDetector", () => {
       assertNoPollution();
     });
 
-    it("handles __proto__ and constructor as device ids", () => {
+    it("handles __proto__ and constructor as device ids", async () => {
       const d = setup({ flapping: { threshold: 2, windowSec: 60, clearBelow: 0 }, stuck: { reports: 2, seconds: 0 } });
       for (const id of ["__proto__", "constructor"]) {
         flip(d, id, 2);
@@ -588,7 +588,7 @@ describe("AnomalyDetector", () => {
       assertNoPollution();
     });
 
-    it("copes with 1 MB string values: stuck when repeated, cleared when the last character changes", () => {
+    it("copes with 1 MB string values: stuck when repeated, cleared when the last character changes", async () => {
       const d = setup({ stuck: { reports: 3, seconds: 0 } });
       const big = "x".repeat(1024 * 1024);
       for (let i = 0; i < 3; i++) d.detector.onReport("d1", { blob: big.slice(0, -1) + "a" }, d.clock.now());
@@ -599,7 +599,7 @@ describe("AnomalyDetector", () => {
       assert.equal(d.of("outlier").length, 0);
     });
 
-    it("ignores an empty report", () => {
+    it("ignores an empty report", async () => {
       const d = setup();
       assert.doesNotThrow(() => d.detector.onReport("d1", {}, d.clock.now()));
       assert.equal(d.events.length, 0);
@@ -616,8 +616,8 @@ describe("AnomalyDetector", () => {
     }
 
     const anomalies = (hub: Hub, kind?: string) =>
-      hub
-        .eventHistory({ type: "state.anomaly", limit: 1000 })
+      hub.events
+        .query({ type: "state.anomaly", limit: 1000 })
         .reverse()
         .filter((e) => kind === undefined || (e.data as AnomalyData).kind === kind)
         .map((e) => e as AnomalyEvent);
@@ -625,7 +625,7 @@ describe("AnomalyDetector", () => {
     it("flags a device flapping between heartbeat timeouts and status reports, and clears it when it settles", async () => {
       const { clock, hub } = hubSetup({ flapping: { threshold: 4, windowSec: 60, clearBelow: 1 } });
       await hub.start();
-      hub.registerDevice({ id: ID, protocol: "mqtt", heartbeatTimeout: 5 });
+      await hub.registerDevice({ id: ID, protocol: "mqtt", heartbeatTimeout: 5 });
       hub.ingest(ID, { kind: "telemetry", data: { temperature: 21 }, protocol: "mqtt" }); // unknown → online: not a flip
       assert.equal(hub.getDevice(ID).status, "online");
       clock.advance(5001); // silent past its timeout: online → offline (1)
@@ -663,7 +663,7 @@ describe("AnomalyDetector", () => {
     it("reports stuck values and outliers from ingested telemetry, and tells subscribers", async () => {
       const { clock, hub } = hubSetup({ stuck: { reports: 5, seconds: 0 }, outlier: { alpha: 0.1, zScore: 4, warmup: 10 } });
       await hub.start();
-      hub.registerDevice({ id: ID, protocol: "mqtt", heartbeatTimeout: 60 });
+      await hub.registerDevice({ id: ID, protocol: "mqtt", heartbeatTimeout: 60 });
       const seen: AnomalyEvent[] = [];
       hub.subscribe({ types: "state.anomaly", deviceId: ID }, (e) => void seen.push(e as AnomalyEvent));
       for (let i = 0; i < 30; i++) {
@@ -692,7 +692,7 @@ describe("AnomalyDetector", () => {
 
     it("a state report's properties go through the detector as well", async () => {
       const { hub } = hubSetup({ stuck: { reports: 3, seconds: 0 } });
-      hub.registerDevice({ id: ID, protocol: "mqtt" });
+      await hub.registerDevice({ id: ID, protocol: "mqtt" });
       for (let i = 0; i < 3; i++) hub.ingest(ID, { kind: "state", data: { properties: { valve: "open" } } });
       assert.equal(anomalies(hub, "stuck").length, 1);
       assert.equal(anomalies(hub, "stuck")[0]!.data.property, "valve");
@@ -701,12 +701,12 @@ describe("AnomalyDetector", () => {
     it("removing a flapping device forgets it: no clear event later, counts drop", async () => {
       const { clock, hub } = hubSetup({ flapping: { threshold: 2, windowSec: 60, clearBelow: 0 } });
       await hub.start();
-      hub.registerDevice({ id: ID, protocol: "mqtt", heartbeatTimeout: 5 });
+      await hub.registerDevice({ id: ID, protocol: "mqtt", heartbeatTimeout: 5 });
       hub.ingest(ID, { kind: "heartbeat" });
       hub.ingest(ID, { kind: "status", data: "offline" });
       hub.ingest(ID, { kind: "heartbeat" });
       assert.equal(hub.anomaly.isFlapping(ID), true);
-      hub.removeDevice(ID);
+      await hub.removeDevice(ID);
       assert.equal(hub.anomaly.isFlapping(ID), false);
       assert.equal(hub.stateStatistics().anomalies.active.flapping, 0);
       clock.advance(600_000);
@@ -721,7 +721,7 @@ describe("AnomalyDetector", () => {
     it("stopping the hub while a device flaps leaves no timer behind", async () => {
       const { clock, hub } = hubSetup({ flapping: { threshold: 2, windowSec: 60, clearBelow: 0 } });
       await hub.start();
-      hub.registerDevice({ id: ID, protocol: "mqtt", heartbeatTimeout: 5 });
+      await hub.registerDevice({ id: ID, protocol: "mqtt", heartbeatTimeout: 5 });
       hub.ingest(ID, { kind: "heartbeat" });
       hub.ingest(ID, { kind: "status", data: "offline" });
       hub.ingest(ID, { kind: "heartbeat" });
@@ -730,9 +730,9 @@ describe("AnomalyDetector", () => {
       assert.equal(clock.pendingTimers, 0);
     });
 
-    it("takes constructor keys in telemetry as data and refuses __proto__ keys, polluting nothing", () => {
+    it("takes constructor keys in telemetry as data and refuses __proto__ keys, polluting nothing", async () => {
       const { hub } = hubSetup({ stuck: { reports: 2, seconds: 0 } });
-      hub.registerDevice({ id: ID, protocol: "mqtt" });
+      await hub.registerDevice({ id: ID, protocol: "mqtt" });
       const good = JSON.parse('{"constructor": 1, "prototype": {"polluted": true}}') as unknown;
       hub.ingest(ID, { kind: "telemetry", data: good });
       hub.ingest(ID, { kind: "telemetry", data: good });

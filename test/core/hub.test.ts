@@ -21,9 +21,9 @@ function setup(options: HubOptions = {}) {
 
 describe("Hub", () => {
   describe("device traffic through ingest", () => {
-    it("brings a device online on its first message and merges telemetry into its state", () => {
+    it("brings a device online on its first message and merges telemetry into its state", async () => {
       const t = setup();
-      t.hub.registerDevice({ id: "boiler-1", protocol: "mqtt", heartbeatTimeout: 60 });
+      await t.hub.registerDevice({ id: "boiler-1", protocol: "mqtt", heartbeatTimeout: 60 });
       const result = t.hub.ingest("boiler-1", { kind: "telemetry", data: { temperature: 21.5 }, protocol: "mqtt", causeId: "msg-1" });
       assert.deepEqual(result, { deviceId: "boiler-1", status: "online", changed: true, causeId: "msg-1" });
       const device = t.hub.getDevice("boiler-1");
@@ -37,7 +37,7 @@ describe("Hub", () => {
       assert.equal(online.deviceId, "boiler-1");
       assert.equal(online.causeId, "msg-1", "the event traces back to the message");
       assert.deepEqual(
-        t.hub.stateHistory("boiler-1").map((h) => [h.reason, h.causeId]),
+        (await t.hub.stateHistory("boiler-1")).map((h) => [h.reason, h.causeId]),
         [
           ["heartbeat", "msg-1"],
           ["telemetry", "msg-1"],
@@ -45,9 +45,9 @@ describe("Hub", () => {
       );
     });
 
-    it("goes offline when silent past its timeout and back online on the next message", () => {
+    it("goes offline when silent past its timeout and back online on the next message", async () => {
       const t = setup();
-      t.hub.registerDevice({ id: "d1", protocol: "coap", heartbeatTimeout: 10 });
+      await t.hub.registerDevice({ id: "d1", protocol: "coap", heartbeatTimeout: 10 });
       t.hub.ingest("d1", { kind: "heartbeat" });
       t.clock.advance(10_000);
       assert.equal(t.hub.getDevice("d1").status, "online");
@@ -62,9 +62,9 @@ describe("Hub", () => {
       assert.equal(t.of("device.online").length, 2);
     });
 
-    it("a plain heartbeat of an online device changes nothing but lastSeen", () => {
+    it("a plain heartbeat of an online device changes nothing but lastSeen", async () => {
       const t = setup();
-      t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
+      await t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
       t.hub.ingest("d1", { kind: "heartbeat" });
       const before = t.hub.getState("d1");
       const count = t.events.length;
@@ -78,17 +78,17 @@ describe("Hub", () => {
       assert.equal(t.hub.getDevice("d1").lastSeen, new Date(t.clock.now()).toISOString());
     });
 
-    it("makes no cause id for a plain heartbeat when nothing is recorded and nobody listens", () => {
+    it("makes no cause id for a plain heartbeat when nothing is recorded and nobody listens", async () => {
       const clock = new ManualClock();
       const hub = new Hub({ clock });
-      hub.registerDevice({ id: "d1", protocol: "mqtt" });
+      await hub.registerDevice({ id: "d1", protocol: "mqtt" });
       hub.ingest("d1", { kind: "heartbeat" });
       assert.equal(hub.ingest("d1", { kind: "heartbeat" }).causeId, null);
     });
 
-    it("an offline status message (MQTT last will) takes the device offline at once", () => {
+    it("an offline status message (MQTT last will) takes the device offline at once", async () => {
       const t = setup();
-      t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 600 });
+      await t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 600 });
       t.hub.ingest("d1", { kind: "status", data: "online" });
       t.hub.ingest("d1", { kind: "status", data: "offline" });
       assert.equal(t.hub.getDevice("d1").status, "offline");
@@ -97,9 +97,9 @@ describe("Hub", () => {
       assert.equal(t.of("device.offline").length, 1, "no second offline from the timeout");
     });
 
-    it("a device may report an error status and clear it by reporting online", () => {
+    it("a device may report an error status and clear it by reporting online", async () => {
       const t = setup();
-      t.hub.registerDevice({ id: "d1", protocol: "websocket" });
+      await t.hub.registerDevice({ id: "d1", protocol: "websocket" });
       t.hub.ingest("d1", { kind: "state", data: { status: "error", properties: { code: 17 } } });
       assert.equal(t.hub.getDevice("d1").status, "error");
       assert.deepEqual(t.hub.getState("d1").properties, { code: 17 });
@@ -123,9 +123,9 @@ describe("Hub", () => {
         ["an unknown kind", { kind: "gossip", data: {} }, "INVALID", "kind"],
       ];
       for (const [name, message, code, field] of cases) {
-        it(name, () => {
+        it(name, async () => {
           const t = setup();
-          t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
+          await t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
           const before = JSON.stringify([t.hub.getDevice("d1"), t.hub.getState("d1")]);
           assertCode(() => t.hub.ingest("d1", message as never), code as TethralError["code"], field);
           assert.equal(JSON.stringify([t.hub.getDevice("d1"), t.hub.getState("d1")]), before, "device and state untouched");
@@ -136,7 +136,7 @@ describe("Hub", () => {
         });
       }
 
-      it("an unknown device is NOT_FOUND and published as message.rejected", () => {
+      it("an unknown device is NOT_FOUND and published as message.rejected", async () => {
         const t = setup();
         assertCode(() => t.hub.ingest("ghost", { kind: "heartbeat", protocol: "coap" }), "NOT_FOUND");
         const rejected = t.of("message.rejected")[0]!;
@@ -145,9 +145,9 @@ describe("Hub", () => {
         assert.equal(t.hub.deviceStatistics().total, 0);
       });
 
-      it("a constructor key in telemetry is ordinary data", () => {
+      it("a constructor key in telemetry is ordinary data", async () => {
         const t = setup();
-        t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
+        await t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
         t.hub.ingest("d1", { kind: "telemetry", data: JSON.parse('{"constructor": 1, "prototype": {"x": 2}}') });
         assert.deepEqual(JSON.parse(JSON.stringify(t.hub.getState("d1").properties)), { constructor: 1, prototype: { x: 2 } });
       });
@@ -155,63 +155,63 @@ describe("Hub", () => {
   });
 
   describe("maintenance", () => {
-    it("suppresses offline alarms and keeps its status through traffic until cleared", () => {
+    it("suppresses offline alarms and keeps its status through traffic until cleared", async () => {
       const t = setup();
-      t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 10 });
+      await t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 10 });
       t.hub.ingest("d1", { kind: "heartbeat" });
-      t.hub.setState("d1", { status: "maintenance" });
+      await t.hub.setState("d1", { status: "maintenance" });
       t.clock.advance(60_000);
       assert.equal(t.hub.getDevice("d1").status, "maintenance");
       assert.equal(t.of("device.offline").length, 0, "no alarm while in maintenance");
       t.hub.ingest("d1", { kind: "telemetry", data: { t: 1 } });
       assert.equal(t.hub.getDevice("d1").status, "maintenance", "traffic does not end maintenance");
-      t.hub.setState("d1", { status: "online" });
+      await t.hub.setState("d1", { status: "online" });
       t.clock.advance(10_001);
       assert.equal(t.hub.getDevice("d1").status, "offline", "cleared to online, then silent: offline again");
       assert.equal(t.of("device.offline").length, 1);
     });
 
-    it("setting offline by hand stops the wait; the next message brings the device back", () => {
+    it("setting offline by hand stops the wait; the next message brings the device back", async () => {
       const t = setup();
-      t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 10 });
+      await t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 10 });
       t.hub.ingest("d1", { kind: "heartbeat" });
-      t.hub.setState("d1", { status: "offline" });
+      await t.hub.setState("d1", { status: "offline" });
       t.hub.ingest("d1", { kind: "heartbeat" });
       assert.equal(t.hub.getDevice("d1").status, "online");
     });
   });
 
   describe("registry glue", () => {
-    it("a changed heartbeatTimeout takes effect at once", () => {
+    it("a changed heartbeatTimeout takes effect at once", async () => {
       const t = setup();
-      t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 600 });
+      await t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 600 });
       t.hub.ingest("d1", { kind: "heartbeat" });
-      t.hub.updateDevice("d1", { heartbeatTimeout: 5 });
+      await t.hub.updateDevice("d1", { heartbeatTimeout: 5 });
       t.clock.advance(5_001);
       assert.equal(t.hub.getDevice("d1").status, "offline");
     });
 
-    it("removing a device stops its heartbeat and forgets its state; the id can be registered afresh", () => {
+    it("removing a device stops its heartbeat and forgets its state; the id can be registered afresh", async () => {
       const t = setup();
-      t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 10 });
+      await t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 10 });
       t.hub.ingest("d1", { kind: "telemetry", data: { t: 1 } });
-      t.hub.removeDevice("d1");
+      await t.hub.removeDevice("d1");
       t.clock.advance(60_000);
       assert.equal(t.of("device.offline").length, 0);
       assertCode(() => t.hub.getState("d1"), "NOT_FOUND");
-      t.hub.registerDevice({ id: "d1", protocol: "coap" });
+      await t.hub.registerDevice({ id: "d1", protocol: "coap" });
       assert.deepEqual(t.hub.getState("d1").properties, {});
       assert.equal(t.hub.getState("d1").version, 0);
       assert.equal((t.of("device.removed")[0]!.data as { reason: string }).reason, "user");
     });
 
-    it("removes devices offline longer than the retention age, with a device.removed event", () => {
+    it("removes devices offline longer than the retention age, with a device.removed event", async () => {
       const t = setup({ heartbeat: { resolutionMs: 0, retention: { enabled: true, offlineForSec: 3600 } } });
-      t.hub.registerDevice({ id: "gone", protocol: "mqtt", heartbeatTimeout: 10 });
-      t.hub.registerDevice({ id: "kept", protocol: "mqtt", heartbeatTimeout: 10 });
+      await t.hub.registerDevice({ id: "gone", protocol: "mqtt", heartbeatTimeout: 10 });
+      await t.hub.registerDevice({ id: "kept", protocol: "mqtt", heartbeatTimeout: 10 });
       t.hub.ingest("gone", { kind: "heartbeat" });
       t.hub.ingest("kept", { kind: "heartbeat" });
-      t.hub.setState("kept", { status: "maintenance" });
+      await t.hub.setState("kept", { status: "maintenance" });
       t.clock.advance(2 * 3_600_000);
       assert.deepEqual(
         t.hub.listDevices().devices.map((d) => d.id),
@@ -223,9 +223,9 @@ describe("Hub", () => {
       assert.equal((removed[0]!.data as { reason: string }).reason, "retention");
     });
 
-    it("tells when the adaptive timeout learns a device's cadence", () => {
+    it("tells when the adaptive timeout learns a device's cadence", async () => {
       const t = setup({ heartbeat: { resolutionMs: 0, adaptive: { enabled: true, factor: 3, minSec: 1, minSamples: 5 } } });
-      t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
+      await t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
       for (let i = 0; i < 10; i++) {
         t.hub.ingest("d1", { kind: "heartbeat" });
         t.clock.advance(2_000);
@@ -237,21 +237,21 @@ describe("Hub", () => {
   });
 
   describe("user events", () => {
-    it("publishes user events and refuses the hub's own prefixes and unknown devices", () => {
+    it("publishes user events and refuses the hub's own prefixes and unknown devices", async () => {
       const t = setup();
-      t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
+      await t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
       const e = t.hub.publish("alarm.raised", { level: 3 }, { priority: "critical", deviceId: "d1" });
       assert.equal(e.source, "flow");
-      assert.equal(t.hub.eventHistory({ type: "alarm.*" })[0]!.id, e.id);
+      assert.equal((await t.hub.eventHistory({ type: "alarm.*" }))[0]!.id, e.id);
       assertCode(() => t.hub.publish("device.online", {}), "INVALID", "type");
       assertCode(() => t.hub.publish("alarm.raised", {}, { deviceId: "ghost" }), "NOT_FOUND");
     });
   });
 
   describe("health and statistics", () => {
-    it("reports component health and counts", () => {
+    it("reports component health and counts", async () => {
       const t = setup();
-      t.hub.registerDevice({ id: "d1", protocol: "mqtt", capabilities: ["temperature"] });
+      await t.hub.registerDevice({ id: "d1", protocol: "mqtt", capabilities: ["temperature"] });
       t.hub.ingest("d1", { kind: "telemetry", data: { t: 1 } });
       const health = t.hub.health();
       assert.equal(health.status, "ok");
@@ -269,7 +269,7 @@ describe("Hub", () => {
       const hub = new Hub({ clock, heartbeat: { resolutionMs: 0, retention: { enabled: true, offlineForSec: 60 } } });
       await hub.start();
       for (let i = 0; i < 20; i++) {
-        hub.registerDevice({ id: `d${i}`, protocol: "mqtt", heartbeatTimeout: 5 });
+        await hub.registerDevice({ id: `d${i}`, protocol: "mqtt", heartbeatTimeout: 5 });
         hub.ingest(`d${i}`, { kind: "heartbeat" });
       }
       // Flapping, a retrying subscriber and offline devices waiting for retention all hold timers.
@@ -292,7 +292,7 @@ describe("Hub", () => {
       const baseline = process.getActiveResourcesInfo().filter((r) => r === "Timeout").length;
       hub.subscribe({ types: "*" }, () => undefined);
       for (let i = 0; i < 10; i++) {
-        hub.registerDevice({ id: `d${i}`, protocol: "mqtt", heartbeatTimeout: 30 });
+        await hub.registerDevice({ id: `d${i}`, protocol: "mqtt", heartbeatTimeout: 30 });
         hub.ingest(`d${i}`, { kind: "telemetry", data: { t: i } });
       }
       assert.ok(process.getActiveResourcesInfo().filter((r) => r === "Timeout").length > baseline, "the hub armed a timer");
@@ -308,7 +308,7 @@ describe("Hub", () => {
       await hub.start();
       await hub.stop();
       assert.deepEqual(
-        hub.eventHistory({ type: "hub.*" }).map((e) => e.type),
+        (await hub.eventHistory({ type: "hub.*" })).map((e) => e.type),
         ["hub.stopped", "hub.started"],
       );
     });

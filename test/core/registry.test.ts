@@ -64,7 +64,7 @@ function nested(levels: number): Record<string, unknown> {
 
 describe("DeviceRegistry", () => {
   describe("register", () => {
-    it("fills the defaults: name is the id, empty lists and metadata, status unknown, never seen", () => {
+    it("fills the defaults: name is the id, empty lists and metadata, status unknown, never seen", async () => {
       const t = setup();
       const d = t.registry.register({ id: "boiler-1", protocol: "mqtt" });
       assert.deepEqual(JSON.parse(JSON.stringify(d)), {
@@ -75,7 +75,7 @@ describe("DeviceRegistry", () => {
       assert.deepEqual(t.registry.get("boiler-1"), d);
     });
 
-    it("keeps every field it is given and publishes device.registered with the device", () => {
+    it("keeps every field it is given and publishes device.registered with the device", async () => {
       const t = setup();
       const input = {
         id: "a.b_c:d-1", name: "Boiler", protocol: "coap", address: "coap://10.0.0.5", manufacturer: "Acme", model: "T-100",
@@ -92,7 +92,7 @@ describe("DeviceRegistry", () => {
       assert.deepEqual((e.data as { device: Device }).device, d);
     });
 
-    it("refuses a duplicate id with CONFLICT and keeps the first record", () => {
+    it("refuses a duplicate id with CONFLICT and keeps the first record", async () => {
       const t = setup();
       t.registry.register({ id: "x", protocol: "mqtt", name: "first" });
       assertCode(() => t.registry.register({ id: "x", protocol: "coap", name: "second" }), "CONFLICT", "id");
@@ -104,7 +104,7 @@ describe("DeviceRegistry", () => {
   });
 
   describe("get, update and remove", () => {
-    it("answers NOT_FOUND (404) for unknown ids on get, update and remove", () => {
+    it("answers NOT_FOUND (404) for unknown ids on get, update and remove", async () => {
       const t = setup();
       for (const fn of [() => t.registry.get("nope"), () => t.registry.update("nope", { name: "x" }), () => t.registry.remove("nope")]) {
         assertCode(fn, "NOT_FOUND");
@@ -117,7 +117,7 @@ describe("DeviceRegistry", () => {
       assert.equal(t.events.length, 0);
     });
 
-    it("applies a partial update, moves updatedAt only and publishes the changed fields", () => {
+    it("applies a partial update, moves updatedAt only and publishes the changed fields", async () => {
       const t = setup();
       t.registry.register({ id: "x", protocol: "mqtt", name: "old", model: "M1", tags: ["a"] });
       t.clock.advance(5000);
@@ -137,7 +137,7 @@ describe("DeviceRegistry", () => {
       assert.deepEqual(data.device, d);
     });
 
-    it("accepts the same id in a patch but refuses a different one with INVALID on field id", () => {
+    it("accepts the same id in a patch but refuses a different one with INVALID on field id", async () => {
       const t = setup();
       t.registry.register({ id: "x", protocol: "mqtt" });
       assert.equal(t.registry.update("x", { id: "x", name: "ok" }).name, "ok");
@@ -146,7 +146,7 @@ describe("DeviceRegistry", () => {
       assertCode(() => t.registry.get("y"), "NOT_FOUND");
     });
 
-    it("clears optional fields with null and metadata with {}", () => {
+    it("clears optional fields with null and metadata with {}", async () => {
       const t = setup();
       t.registry.register({
         id: "x", protocol: "coap", address: "coap://h", manufacturer: "Acme", model: "M", firmware: "1", heartbeatTimeout: 30, metadata: { a: 1 },
@@ -158,7 +158,7 @@ describe("DeviceRegistry", () => {
       assert.equal(t.registry.list({ manufacturer: "Acme" }).total, 0);
     });
 
-    it("publishes nothing and keeps updatedAt when an update changes nothing", () => {
+    it("publishes nothing and keeps updatedAt when an update changes nothing", async () => {
       const t = setup();
       t.registry.register({ id: "x", protocol: "mqtt", name: "n", capabilities: ["a", "b"], metadata: { k: [1, { z: true }] } });
       t.clock.advance(1000);
@@ -171,7 +171,7 @@ describe("DeviceRegistry", () => {
       assert.equal(t.events.length, published);
     });
 
-    it("removes a device: returns it, publishes device.removed and frees its id", () => {
+    it("removes a device: returns it, publishes device.removed and frees its id", async () => {
       const t = setup();
       t.registry.register({ id: "x", protocol: "mqtt", tags: ["t"] });
       const d = t.registry.remove("x", { causeId: "c-3" });
@@ -190,17 +190,17 @@ describe("DeviceRegistry", () => {
 
   describe("list: filters and search", () => {
     let t: Setup;
-    beforeEach(() => {
+    beforeEach(async () => {
       t = setup();
       fleet(t);
     });
 
-    it("lists every device in registration order with the total", () => {
+    it("lists every device in registration order with the total", async () => {
       assert.deepEqual(t.registry.list(), { devices: t.registry.list().devices, total: 6 });
       assert.deepEqual(ids(t.registry.list()), ["t1", "t2", "h1", "cam", "lock", "t3"]);
     });
 
-    it("filters by status, protocol and manufacturer, and takes arrays as unions", () => {
+    it("filters by status, protocol and manufacturer, and takes arrays as unions", async () => {
       setStatus(t, "t2", "online");
       setStatus(t, "cam", "offline");
       assert.deepEqual(ids(t.registry.list({ status: "online" })), ["t2"]);
@@ -212,13 +212,13 @@ describe("DeviceRegistry", () => {
       assert.deepEqual(t.registry.list({ manufacturer: "acme" }).total, 0, "values match exactly");
     });
 
-    it("lists a device once when a filter repeats a value", () => {
+    it("lists a device once when a filter repeats a value", async () => {
       assert.deepEqual(t.registry.list({ status: ["unknown", "unknown"] }).total, 6);
       assert.deepEqual(ids(t.registry.list({ protocol: ["coap", "coap"] })), ["t2", "t3"]);
       assert.deepEqual(ids(t.registry.list({ capability: ["video", "video"], capabilityMatch: "any" })), ["cam"]);
     });
 
-    it("filters by capability and tag, all values by default or any of them", () => {
+    it("filters by capability and tag, all values by default or any of them", async () => {
       assert.deepEqual(ids(t.registry.list({ capability: "humidity" })), ["t1", "h1", "t3"]);
       assert.deepEqual(ids(t.registry.list({ capability: ["temperature", "humidity"] })), ["t1", "t3"]);
       assert.deepEqual(ids(t.registry.list({ capability: ["temperature", "humidity"], capabilityMatch: "all" })), ["t1", "t3"]);
@@ -229,7 +229,7 @@ describe("DeviceRegistry", () => {
       assert.deepEqual(ids(t.registry.list({ tag: ["outdoor", "hvac"], tagMatch: "any" })), ["t1", "cam", "lock", "t3"]);
     });
 
-    it("intersects different conditions", () => {
+    it("intersects different conditions", async () => {
       setStatus(t, "t3", "online");
       assert.deepEqual(ids(t.registry.list({ manufacturer: "Acme", protocol: "coap" })), ["t3"]);
       assert.deepEqual(ids(t.registry.list({ tag: "hvac", capability: "humidity", status: "unknown" })), ["t1"]);
@@ -237,7 +237,7 @@ describe("DeviceRegistry", () => {
       assert.deepEqual(t.registry.list({ protocol: "http", manufacturer: "Acme" }).total, 0);
     });
 
-    it("searches id, name, manufacturer and model case-insensitively with q", () => {
+    it("searches id, name, manufacturer and model case-insensitively with q", async () => {
       assert.deepEqual(ids(t.registry.list({ q: "T1" })), ["t1"], "id");
       assert.deepEqual(ids(t.registry.list({ q: "gate CAM" })), ["cam"], "name");
       assert.deepEqual(ids(t.registry.list({ q: "globe" })), ["t2"], "manufacturer");
@@ -250,7 +250,7 @@ describe("DeviceRegistry", () => {
   });
 
   describe("indexes follow updates and removals", () => {
-    it("moves a device between manufacturer, protocol, capability, tag and status buckets", () => {
+    it("moves a device between manufacturer, protocol, capability, tag and status buckets", async () => {
       const t = setup();
       fleet(t);
       t.registry.update("t1", { manufacturer: "Globex", protocol: "http", capabilities: ["video"], tags: ["outdoor"] });
@@ -268,7 +268,7 @@ describe("DeviceRegistry", () => {
       assert.deepEqual(ids(t.registry.list({ status: "offline" })), ["t1"]);
     });
 
-    it("drops a removed device from every index and the statistics", () => {
+    it("drops a removed device from every index and the statistics", async () => {
       const t = setup();
       fleet(t);
       setStatus(t, "t2", "online");
@@ -285,7 +285,7 @@ describe("DeviceRegistry", () => {
   });
 
   describe("sort and pagination", () => {
-    it("sorts by a field in either order and breaks ties by registration order", () => {
+    it("sorts by a field in either order and breaks ties by registration order", async () => {
       const t = setup();
       for (const [id, name] of [["d", "b"], ["a", "a"], ["c", "b"], ["b", "a"], ["e", "c"]]) t.registry.register({ id: id!, name: name!, protocol: "mqtt" });
       assert.deepEqual(ids(t.registry.list({ sort: "name" })), ["a", "b", "d", "c", "e"]);
@@ -295,7 +295,7 @@ describe("DeviceRegistry", () => {
       assert.deepEqual(ids(t.registry.list({ sort: "registered", order: "desc" })), ["e", "b", "c", "a", "d"]);
     });
 
-    it("sorts by time fields from the clock and puts devices without a manufacturer first", () => {
+    it("sorts by time fields from the clock and puts devices without a manufacturer first", async () => {
       const t = setup();
       t.registry.register({ id: "a", protocol: "mqtt", manufacturer: "Zeta" });
       t.clock.advance(10);
@@ -309,7 +309,7 @@ describe("DeviceRegistry", () => {
       assert.deepEqual(ids(t.registry.list({ sort: "manufacturer" })), ["b", "c", "a"]);
     });
 
-    it("pages with limit and offset, counts every match in total and defaults to 100 per page", () => {
+    it("pages with limit and offset, counts every match in total and defaults to 100 per page", async () => {
       const t = setup();
       for (let i = 0; i < 150; i++) t.registry.register({ id: `d${String(i).padStart(3, "0")}`, protocol: i % 2 ? "coap" : "mqtt" });
       assert.equal(DEFAULT_PAGE_SIZE, 100);
@@ -326,7 +326,7 @@ describe("DeviceRegistry", () => {
       assert.deepEqual(ids(t.registry.list({ limit: "2" as unknown as number, offset: "148" as unknown as number })), ["d148", "d149"]);
     });
 
-    it("gives the same pages from the bounded heap (small page) as from a full sort", () => {
+    it("gives the same pages from the bounded heap (small page) as from a full sort", async () => {
       const t = setup();
       let seed = 7;
       const rand = (n: number) => {
@@ -371,7 +371,7 @@ describe("DeviceRegistry", () => {
   });
 
   describe("statistics", () => {
-    it("counts by status, protocol, manufacturer, capability and tag, following updates and removals", () => {
+    it("counts by status, protocol, manufacturer, capability and tag, following updates and removals", async () => {
       const t = setup();
       fleet(t);
       setStatus(t, "t1", "online");
@@ -436,7 +436,7 @@ describe("DeviceRegistry", () => {
       ["a top-level __proto__ key in metadata", { metadata: JSON.parse('{"__proto__": {"polluted": true}}') }, "metadata.__proto__"],
     ];
     for (const [what, change, field] of cases) {
-      it(`refuses ${what} with INVALID on ${field}, changing nothing`, () => {
+      it(`refuses ${what} with INVALID on ${field}, changing nothing`, async () => {
         const t = setup();
         t.registry.register({ id: "other", protocol: "coap", tags: ["x"] });
         assertRefused(t, () => t.registry.register({ ...base, ...change }), field);
@@ -447,12 +447,12 @@ describe("DeviceRegistry", () => {
       });
     }
 
-    it("refuses a body that is not an object", () => {
+    it("refuses a body that is not an object", async () => {
       const t = setup();
       for (const body of [null, "dev-1", 42, [base]]) assertRefused(t, () => t.registry.register(body), "(body)");
     });
 
-    it("accepts the limits themselves: a 128-character id, 64 capabilities, 30 days, 16 levels", () => {
+    it("accepts the limits themselves: a 128-character id, 64 capabilities, 30 days, 16 levels", async () => {
       const t = setup();
       const id = "a".repeat(128);
       const d = t.registry.register({
@@ -464,7 +464,7 @@ describe("DeviceRegistry", () => {
       assert.equal(t.registry.statistics().byProtocol["my-plugin_2"], 1);
     });
 
-    it("accepts metadata of exactly 64 KiB of JSON and refuses one byte more", () => {
+    it("accepts metadata of exactly 64 KiB of JSON and refuses one byte more", async () => {
       const t = setup();
       const of = (bytes: number) => ({ k: "x".repeat(bytes - '{"k":""}'.length) });
       assert.equal(Buffer.byteLength(JSON.stringify(of(64 * 1024))), 64 * 1024);
@@ -474,7 +474,7 @@ describe("DeviceRegistry", () => {
       assert.deepEqual(t.registry.get("fits").metadata, of(64 * 1024));
     });
 
-    it("keeps constructor and prototype keys in metadata as plain data without touching Object.prototype", () => {
+    it("keeps constructor and prototype keys in metadata as plain data without touching Object.prototype", async () => {
       const t = setup();
       const metadata = JSON.parse('{"constructor": {"prototype": {"polluted": true}}, "prototype": {"polluted": 1}, "x": {"constructor": "c"}}');
       const d = t.registry.register({ id: "p", protocol: "mqtt", metadata });
@@ -488,7 +488,7 @@ describe("DeviceRegistry", () => {
       assert.equal(Object.hasOwn(Object.prototype, "polluted"), false);
     });
 
-    it("validates the filter: bad status, negative limit or offset, unknown key, unknown sort", () => {
+    it("validates the filter: bad status, negative limit or offset, unknown key, unknown sort", async () => {
       const t = setup();
       fleet(t);
       const bad: [unknown, string][] = [
@@ -508,7 +508,7 @@ describe("DeviceRegistry", () => {
   });
 
   describe("copies", () => {
-    it("hands out copies: changing a returned device, its lists or metadata changes nothing inside", () => {
+    it("hands out copies: changing a returned device, its lists or metadata changes nothing inside", async () => {
       const t = setup();
       const input = { id: "x", protocol: "mqtt", capabilities: ["a"], tags: ["t"], metadata: { deep: { v: 1 }, list: [1] } };
       const returned = [t.registry.register(input), t.registry.get("x"), t.registry.list().devices[0]!];
@@ -533,7 +533,7 @@ describe("DeviceRegistry", () => {
       assert.deepEqual(statsOf(t.registry).byTag, { t: 1 });
     });
 
-    it("does not share the returned device with the published event", () => {
+    it("does not share the returned device with the published event", async () => {
       const t = setup();
       const registered = t.registry.register({ id: "x", protocol: "mqtt", tags: ["t"] });
       const updated = t.registry.update("x", { name: "n" });
@@ -552,16 +552,16 @@ describe("DeviceRegistry", () => {
   });
 
   describe("through the Hub", () => {
-    it("stamps createdAt and updatedAt from the injected clock and lastSeen only once the device is heard", () => {
+    it("stamps createdAt and updatedAt from the injected clock and lastSeen only once the device is heard", async () => {
       const clock = new ManualClock(START);
       const hub = new Hub({ clock });
       clock.advance(1500);
-      const d = hub.registerDevice({ id: "x", protocol: "mqtt" });
+      const d = await hub.registerDevice({ id: "x", protocol: "mqtt" });
       assert.equal(d.createdAt, "2026-11-27T10:00:01.500Z");
       assert.equal(d.updatedAt, d.createdAt);
       assert.equal(d.lastSeen, null);
       clock.advance(60_000);
-      assert.equal(hub.updateDevice("x", { tags: ["a"] }).updatedAt, "2026-11-27T10:01:01.500Z");
+      assert.equal((await hub.updateDevice("x", { tags: ["a"] })).updatedAt, "2026-11-27T10:01:01.500Z");
       assert.equal(hub.getDevice("x").lastSeen, null);
       clock.advance(1000);
       hub.ingest("x", { kind: "heartbeat" });
@@ -571,21 +571,21 @@ describe("DeviceRegistry", () => {
       assert.deepEqual(ids(hub.listDevices({ sort: "lastSeen", order: "desc" })), ["x"]);
     });
 
-    it("registers, filters, counts and removes through the hub's own methods", () => {
+    it("registers, filters, counts and removes through the hub's own methods", async () => {
       const clock = new ManualClock(START);
       const hub = new Hub({ clock });
-      hub.registerDevice({ id: "a", protocol: "mqtt", manufacturer: "Acme" });
-      hub.registerDevice({ id: "b", protocol: "coap", manufacturer: "Acme" });
+      await hub.registerDevice({ id: "a", protocol: "mqtt", manufacturer: "Acme" });
+      await hub.registerDevice({ id: "b", protocol: "coap", manufacturer: "Acme" });
       hub.ingest("a", { kind: "heartbeat" });
       assert.deepEqual(ids(hub.listDevices({ status: "online" })), ["a"]);
       assert.deepEqual({ ...hub.deviceStatistics().byStatus }, { online: 1, unknown: 1 });
-      hub.updateDevice("b", { manufacturer: "Globex" });
+      await hub.updateDevice("b", { manufacturer: "Globex" });
       assert.deepEqual(ids(hub.listDevices({ manufacturer: "Acme" })), ["a"]);
-      hub.removeDevice("a");
+      await hub.removeDevice("a");
       assert.deepEqual({ ...hub.deviceStatistics().byStatus }, { unknown: 1 });
       assert.deepEqual({ ...hub.deviceStatistics().byManufacturer }, { Globex: 1 });
       assertCode(() => hub.getDevice("a"), "NOT_FOUND");
-      assert.deepEqual(hub.eventHistory({ type: "device.removed" }).length, 1);
+      assert.deepEqual((await hub.eventHistory({ type: "device.removed" })).length, 1);
     });
   });
 });

@@ -6,7 +6,7 @@ import { Hub } from "../../src/core/hub";
 import { DeviceRegistry } from "../../src/core/registry";
 import { DEFAULT_STATE_OPTIONS, DEFAULT_TRANSITIONS, StateManager, type StateOptions } from "../../src/core/state";
 import { DEVICE_STATUSES, type DeviceState, type DeviceStatus, type EventMap, type JsonObject, type TethralEvent } from "../../src/core/types";
-import { assertCode } from "../helpers";
+import { assertCode, assertRejectsCode } from "../helpers";
 
 const T0 = "2026-11-27T10:00:00.000Z";
 const at = (ms: number) => new Date(Date.UTC(2026, 10, 27, 10, 0, 0) + ms).toISOString();
@@ -57,7 +57,7 @@ function place(t: Setup, id: string, status: DeviceStatus): void {
 
 describe("StateManager", () => {
   describe("a new device", () => {
-    it("starts unknown with empty objects, version 0 and no times or history", () => {
+    it("starts unknown with empty objects, version 0 and no times or history", async () => {
       const t = setup();
       assert.deepEqual(t.state.get("d1"), {
         deviceId: "d1", status: "unknown", properties: {}, desired: {}, delta: {}, version: 0, changedAt: null, updatedAt: null, reportedAt: null,
@@ -65,7 +65,7 @@ describe("StateManager", () => {
       assert.deepEqual(t.state.history("d1"), []);
     });
 
-    it("answers NOT_FOUND for unknown devices on get, report, set, setStatus and history", () => {
+    it("answers NOT_FOUND for unknown devices on get, report, set, setStatus and history", async () => {
       const t = setup();
       assertCode(() => t.state.get("nope"), "NOT_FOUND");
       assertCode(() => t.state.report("nope", { a: 1 }), "NOT_FOUND");
@@ -78,7 +78,7 @@ describe("StateManager", () => {
   });
 
   describe("reports", () => {
-    it("merges reported properties, bumps the version and stamps updatedAt and reportedAt but not changedAt", () => {
+    it("merges reported properties, bumps the version and stamps updatedAt and reportedAt but not changedAt", async () => {
       const t = setup();
       t.clock.advance(1000);
       assert.equal(t.state.report("d1", { temperature: 21.5, humidity: 40 }), true);
@@ -90,7 +90,7 @@ describe("StateManager", () => {
       });
     });
 
-    it("does not bump the version for a report that changes nothing, but stamps reportedAt", () => {
+    it("does not bump the version for a report that changes nothing, but stamps reportedAt", async () => {
       const t = setup();
       t.state.report("d1", { a: 1, nested: { list: [1, { b: true }] } });
       t.clock.advance(5000);
@@ -106,7 +106,7 @@ describe("StateManager", () => {
       assert.deepEqual(t.state.statistics().changes, 1);
     });
 
-    it("records only the keys that changed, with their previous values (null when new)", () => {
+    it("records only the keys that changed, with their previous values (null when new)", async () => {
       const t = setup();
       t.state.report("d1", { a: 1, b: 2 });
       t.state.report("d1", { a: 1, b: 3, c: "x" }, { reason: "telemetry", causeId: "msg-7" });
@@ -117,7 +117,7 @@ describe("StateManager", () => {
       assert.equal(last.causeId, "msg-7");
     });
 
-    it("keeps at most 256 properties per device: the 257th distinct key is INVALID and changes nothing", () => {
+    it("keeps at most 256 properties per device: the 257th distinct key is INVALID and changes nothing", async () => {
       const t = setup();
       const half = (from: number) => Object.fromEntries(Array.from({ length: 128 }, (_, i) => [`k${from + i}`, i]));
       t.state.report("d1", half(0));
@@ -130,7 +130,7 @@ describe("StateManager", () => {
       assert.equal(t.state.report("d2", half(0)), true, "the limit is per device");
     });
 
-    it("stores constructor and prototype keys as data without touching Object.prototype", () => {
+    it("stores constructor and prototype keys as data without touching Object.prototype", async () => {
       const t = setup();
       const props = JSON.parse('{"constructor": {"prototype": {"polluted": true}}, "prototype": 1, "toString": "x"}') as JsonObject;
       StateManager.checkProperties(props);
@@ -145,7 +145,7 @@ describe("StateManager", () => {
   });
 
   describe("desired and delta", () => {
-    it("derives delta from desired keys whose reported value differs, and drops them once reported", () => {
+    it("derives delta from desired keys whose reported value differs, and drops them once reported", async () => {
       const t = setup();
       t.state.report("d1", { setpoint: 20, mode: "eco" });
       t.state.set("d1", { desired: { setpoint: 22, mode: "eco", fan: { speed: 2 } } });
@@ -162,7 +162,7 @@ describe("StateManager", () => {
       assert.deepEqual(t.state.get("d1").delta, { mode: "eco" });
     });
 
-    it("removes a desired key with null; null for an absent key changes nothing", () => {
+    it("removes a desired key with null; null for an absent key changes nothing", async () => {
       const t = setup();
       t.state.set("d1", { desired: { a: 1, b: 2 } });
       const s = t.state.set("d1", { desired: { a: null } });
@@ -177,7 +177,7 @@ describe("StateManager", () => {
       assert.equal(t.changed.length, 3);
     });
 
-    it("sets status and desired together as one version bump, one history entry and one event", () => {
+    it("sets status and desired together as one version bump, one history entry and one event", async () => {
       const t = setup();
       t.clock.advance(3000);
       const s = t.state.set("d1", { status: "maintenance", desired: { firmware: "2.0" } }, { causeId: "req-1" });
@@ -196,7 +196,7 @@ describe("StateManager", () => {
       assert.equal(t.state.set("d1", { status: "maintenance", desired: { firmware: "2.0" } }).version, 1, "repeating it changes nothing");
     });
 
-    it("checks expectedVersion: a stale version is a CONFLICT that changes nothing", () => {
+    it("checks expectedVersion: a stale version is a CONFLICT that changes nothing", async () => {
       const t = setup();
       t.state.set("d1", { desired: { a: 1 } });
       assertNoChange(t, "d1", () => t.state.set("d1", { desired: { a: 2 }, status: "online", expectedVersion: 0 }), "CONFLICT", "expectedVersion");
@@ -205,7 +205,7 @@ describe("StateManager", () => {
       assert.equal(t.state.set("d2", { desired: { a: 2 }, expectedVersion: 0 }).version, 1, "a new device is at version 0");
     });
 
-    it("refuses bad input to set with INVALID, changing nothing", () => {
+    it("refuses bad input to set with INVALID, changing nothing", async () => {
       const t = setup();
       t.state.set("d1", { desired: { a: 1 } });
       const bad: [unknown, string][] = [
@@ -225,7 +225,7 @@ describe("StateManager", () => {
   });
 
   describe("status and transitions", () => {
-    it("moves changedAt only when the status changes, and updatedAt on any change", () => {
+    it("moves changedAt only when the status changes, and updatedAt on any change", async () => {
       const t = setup();
       t.clock.advance(1000);
       assert.equal(t.state.setStatus("d1", "online"), true);
@@ -243,7 +243,7 @@ describe("StateManager", () => {
       assert.equal(t.registry.get("d1").status, "online", "the registry sees the status");
     });
 
-    it("follows the default transition table", () => {
+    it("follows the default transition table", async () => {
       const allowed: Record<DeviceStatus, DeviceStatus[]> = {
         unknown: ["online", "offline", "error", "maintenance"],
         online: ["offline", "error", "maintenance"],
@@ -270,14 +270,14 @@ describe("StateManager", () => {
       assert.deepEqual(DEFAULT_TRANSITIONS, allowed);
     });
 
-    it("refuses online → unknown with INVALID on status", () => {
+    it("refuses online → unknown with INVALID on status", async () => {
       const t = setup();
       t.state.setStatus("d1", "online");
       assertNoChange(t, "d1", () => t.state.set("d1", { status: "unknown" }), "INVALID", "status");
       assert.equal(t.registry.list({ status: "online" }).total, 1);
     });
 
-    it("applies custom transition rules given in the options, also through the Hub", () => {
+    it("applies custom transition rules given in the options, also through the Hub", async () => {
       const rules: StateOptions["transitions"] = {
         unknown: ["online"],
         online: ["error"],
@@ -294,14 +294,14 @@ describe("StateManager", () => {
       assert.equal(t.state.get("d1").status, "unknown");
 
       const hub = new Hub({ clock: new ManualClock(), state: { transitions: rules } });
-      hub.registerDevice({ id: "h", protocol: "mqtt" });
-      assertCode(() => hub.setState("h", { status: "maintenance" }), "INVALID", "status");
-      assert.equal(hub.setState("h", { status: "online" }).status, "online");
+      await hub.registerDevice({ id: "h", protocol: "mqtt" });
+      await assertRejectsCode(() => hub.setState("h", { status: "maintenance" }), "INVALID", "status");
+      assert.equal((await hub.setState("h", { status: "online" })).status, "online");
     });
   });
 
   describe("history", () => {
-    it("returns changes oldest first with time, version, from/to, reason and causeId", () => {
+    it("returns changes oldest first with time, version, from/to, reason and causeId", async () => {
       const t = setup();
       t.state.report("d1", { a: 1 });
       t.clock.advance(1000);
@@ -316,7 +316,7 @@ describe("StateManager", () => {
       assert.deepEqual(t.state.history("d2"), [], "each device has its own");
     });
 
-    it("keeps the newest historySize entries after the ring wraps many times, and history(id, n) gives the last n", () => {
+    it("keeps the newest historySize entries after the ring wraps many times, and history(id, n) gives the last n", async () => {
       const t = setup({ historySize: 5 });
       for (let i = 1; i <= 23; i++) t.state.report("d1", { n: i });
       const h = t.state.history("d1");
@@ -333,7 +333,7 @@ describe("StateManager", () => {
       }
     });
 
-    it("keeps every entry while under the bound", () => {
+    it("keeps every entry while under the bound", async () => {
       const t = setup();
       for (let i = 1; i <= 100; i++) t.state.report("d1", { n: i });
       const h = t.state.history("d1");
@@ -345,7 +345,7 @@ describe("StateManager", () => {
       assert.equal(t.state.history("d1")[0]!.version, 2);
     });
 
-    it("hands out copies of history entries", () => {
+    it("hands out copies of history entries", async () => {
       const t = setup();
       t.state.report("d1", { a: { deep: 1 } });
       (t.state.history("d1")[0]!.to.properties!.a as JsonObject).deep = 99;
@@ -357,7 +357,7 @@ describe("StateManager", () => {
   });
 
   describe("state.changed events", () => {
-    it("carry from, to, reason, version, the new state, the device and the causeId", () => {
+    it("carry from, to, reason, version, the new state, the device and the causeId", async () => {
       const t = setup();
       t.state.report("d1", { a: 1 }, { causeId: "m-1", source: "mqtt", reason: "telemetry" });
       t.state.setStatus("d1", "online", { causeId: "m-2" });
@@ -384,7 +384,7 @@ describe("StateManager", () => {
   });
 
   describe("copies", () => {
-    it("returns copies: changing a returned state or the inputs afterwards changes nothing inside", () => {
+    it("returns copies: changing a returned state or the inputs afterwards changes nothing inside", async () => {
       const t = setup();
       const reported: JsonObject = { a: { list: [1] } };
       const desired = { desired: { b: { x: 1 } } };
@@ -409,7 +409,7 @@ describe("StateManager", () => {
   });
 
   describe("list", () => {
-    it("lists every state in registration order, or those with a status, paged with totals", () => {
+    it("lists every state in registration order, or those with a status, paged with totals", async () => {
       const t = setup({}, ["a", "b", "c", "d", "e"]);
       for (const id of ["b", "c", "e"]) t.state.setStatus(id, "online");
       t.state.setStatus("d", "offline");
@@ -432,7 +432,7 @@ describe("StateManager", () => {
       assertCode(() => t.state.list({ status: "asleep" as DeviceStatus }), "INVALID", "status");
     });
 
-    it("pages 100 states by default", () => {
+    it("pages 100 states by default", async () => {
       const t = setup({}, Array.from({ length: 120 }, (_, i) => `d${i}`));
       const all = t.state.list();
       assert.equal(all.states.length, 100);
@@ -441,10 +441,10 @@ describe("StateManager", () => {
   });
 
   describe("statistics", () => {
-    it("counts transitions, reports, changes and devices with a delta, up and down, including removal through the hub", () => {
+    it("counts transitions, reports, changes and devices with a delta, up and down, including removal through the hub", async () => {
       const clock = new ManualClock();
       const hub = new Hub({ clock });
-      for (const id of ["a", "b", "c"]) hub.registerDevice({ id, protocol: "mqtt" });
+      for (const id of ["a", "b", "c"]) await hub.registerDevice({ id, protocol: "mqtt" });
       const s = hub.state;
       s.set("a", { desired: { t: 20 } });
       s.set("b", { desired: { t: 20 } });
@@ -471,12 +471,12 @@ describe("StateManager", () => {
       assert.deepEqual(stats.transitionsByStatus, { unknown: 0, online: 1, offline: 1, error: 0, maintenance: 1 });
       assert.deepEqual({ ...stats.byStatus }, { unknown: 1, offline: 1, maintenance: 1 });
       assert.equal(stats.total, 3);
-      hub.removeDevice("b");
+      await hub.removeDevice("b");
       stats = s.statistics();
       assert.equal(stats.withDelta, 0, "a removed device takes its delta with it");
       assert.equal(stats.total, 2);
       assert.deepEqual({ ...stats.byStatus }, { unknown: 1, offline: 1 });
-      hub.registerDevice({ id: "b", protocol: "mqtt" });
+      await hub.registerDevice({ id: "b", protocol: "mqtt" });
       assert.deepEqual(s.get("b").desired, {}, "a device registered again starts afresh");
       assert.equal(s.get("b").version, 0);
       assert.equal(s.statistics().withDelta, 0);
@@ -484,20 +484,20 @@ describe("StateManager", () => {
   });
 
   describe("checkProperties", () => {
-    it("refuses non-objects with INVALID", () => {
+    it("refuses non-objects with INVALID", async () => {
       for (const bad of [null, undefined, 5, "x", true, [1, 2], new Date(0), new Map()]) {
         assertCode(() => StateManager.checkProperties(bad), "INVALID", "properties");
       }
       assertCode(() => StateManager.checkProperties([], "data"), "INVALID", "data");
     });
 
-    it("refuses __proto__ keys at any depth, naming the path", () => {
+    it("refuses __proto__ keys at any depth, naming the path", async () => {
       assertCode(() => StateManager.checkProperties(JSON.parse('{"__proto__": {"polluted": 1}}')), "INVALID", "properties.__proto__");
       assertCode(() => StateManager.checkProperties(JSON.parse('{"a": [{"b": {"__proto__": {}}}]}')), "INVALID", "properties.a[0].b.__proto__");
       assertNoPollution();
     });
 
-    it("refuses non-finite numbers and over-deep nesting", () => {
+    it("refuses non-finite numbers and over-deep nesting", async () => {
       assertCode(() => StateManager.checkProperties({ t: Infinity }), "INVALID", "properties.t");
       assertCode(() => StateManager.checkProperties({ t: [NaN] }), "INVALID", "properties.t[0]");
       let deep: JsonObject = {};
@@ -505,7 +505,7 @@ describe("StateManager", () => {
       assertCode(() => StateManager.checkProperties(deep), "INVALID");
     });
 
-    it("accepts 256 KiB and 256 keys, and refuses one byte or one key more", () => {
+    it("accepts 256 KiB and 256 keys, and refuses one byte or one key more", async () => {
       const of = (bytes: number) => ({ k: "x".repeat(bytes - '{"k":""}'.length) });
       assert.deepEqual(StateManager.checkProperties(of(256 * 1024)), of(256 * 1024));
       assertCode(() => StateManager.checkProperties(of(256 * 1024 + 1)), "INVALID", "properties");
@@ -514,7 +514,7 @@ describe("StateManager", () => {
       assertCode(() => StateManager.checkProperties(keys(257)), "INVALID", "properties");
     });
 
-    it("keeps constructor keys as data", () => {
+    it("keeps constructor keys as data", async () => {
       const props = JSON.parse('{"constructor": {"name": "x"}}') as JsonObject;
       assert.equal(StateManager.checkProperties(props), props);
       assertNoPollution();
@@ -522,11 +522,11 @@ describe("StateManager", () => {
   });
 
   describe("through the Hub", () => {
-    it("telemetry reports merge into properties and the state history carries the message id", () => {
+    it("telemetry reports merge into properties and the state history carries the message id", async () => {
       const clock = new ManualClock();
       const hub = new Hub({ clock });
-      hub.registerDevice({ id: "x", protocol: "mqtt" });
-      hub.setState("x", { desired: { setpoint: 22 } });
+      await hub.registerDevice({ id: "x", protocol: "mqtt" });
+      await hub.setState("x", { desired: { setpoint: 22 } });
       clock.advance(1000);
       hub.ingest("x", { kind: "telemetry", data: { setpoint: 22, temperature: 21 }, causeId: "msg-1" });
       const s = hub.getState("x");
@@ -534,9 +534,9 @@ describe("StateManager", () => {
       assert.deepEqual(s.properties, { setpoint: 22, temperature: 21 });
       assert.deepEqual(s.delta, {});
       assert.equal(s.changedAt, at(1000));
-      const h = hub.stateHistory("x");
+      const h = await hub.stateHistory("x");
       assert.ok(h.slice(1).every((e) => e.causeId === "msg-1"));
-      assert.deepEqual(hub.stateHistory("x", 1)[0]!.to, { properties: { setpoint: 22, temperature: 21 } });
+      assert.deepEqual((await hub.stateHistory("x", 1))[0]!.to, { properties: { setpoint: 22, temperature: 21 } });
     });
   });
 });

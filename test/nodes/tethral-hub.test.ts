@@ -135,7 +135,7 @@ describe("tethral-hub config node", function () {
     process.env.TETHRAL_TEST_TIMEOUT = "7";
     await helper.load(tethralHub, [hubConfig({ defaultHeartbeatTimeout: "${TETHRAL_TEST_TIMEOUT}" })]);
     const hub = await hubNode().acquire();
-    hub.registerDevice({ id: "probe-1", protocol: "mqtt" });
+    await hub.registerDevice({ id: "probe-1", protocol: "mqtt" });
     assert.equal(hub.heartbeat.effectiveTimeoutSec("probe-1"), 7);
     assert.deepEqual(hubErrors(), []);
   });
@@ -145,10 +145,10 @@ describe("tethral-hub config node", function () {
       hubConfig({ defaultHeartbeatTimeout: "15", adaptiveTimeout: true, adaptiveFactor: "4", stateHistorySize: "2" }),
     ]);
     const hub = await hubNode().acquire();
-    hub.registerDevice({ id: "probe-1", protocol: "mqtt" });
+    await hub.registerDevice({ id: "probe-1", protocol: "mqtt" });
     assert.equal(hub.heartbeat.effectiveTimeoutSec("probe-1"), 15);
     for (let t = 1; t <= 4; t++) hub.ingest("probe-1", { kind: "telemetry", data: { t } });
-    assert.equal(hub.stateHistory("probe-1").length, 2);
+    assert.equal((await hub.stateHistory("probe-1")).length, 2);
   });
 
   it("reports invalid settings and refuses to start", async () => {
@@ -178,7 +178,7 @@ describe("tethral-hub config node", function () {
     await helper.load([tethralHub, hubUser], [tab, hubConfig({ defaultHeartbeatTimeout: 30 }), user("u1")]);
     const node = hubNode();
     const hub: Hub = await node.acquire();
-    hub.registerDevice({ id: "boiler-1", protocol: "mqtt" });
+    await hub.registerDevice({ id: "boiler-1", protocol: "mqtt" });
     hub.ingest("boiler-1", { kind: "heartbeat" });
     // The heartbeat monitor now waits for boiler-1's deadline on a timer of its own.
     assert.equal(hub.health().components.heartbeat?.timerArmed, true);
