@@ -20,10 +20,15 @@ export const DEVICE_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
 const PROTOCOL_PATTERN = /^[a-z][a-z0-9_-]{0,31}$/;
 
 /**
- * NUL characters are refused in every string: PostgreSQL can store them in neither TEXT nor
- * JSONB, and a value must read back from every store exactly as it was written.
+ * NUL characters and broken UTF-16 (a lone surrogate) are refused in every string: PostgreSQL
+ * stores NUL in neither TEXT nor JSONB, SQLite replaces lone surrogates, and a value must read
+ * back from every store exactly as it was written.
  */
-const NUL_MESSAGE = "must not contain NUL characters (U+0000)";
+const TEXT_MESSAGE = "must be well-formed Unicode without NUL characters (U+0000)";
+
+function badText(s: string): boolean {
+  return s.includes("\u0000") || !s.isWellFormed();
+}
 
 /** Keys that would reach an object's prototype if copied with plain assignment. */
 const FORBIDDEN_KEY = "__proto__";
@@ -54,7 +59,7 @@ function walk(value: unknown, path: string, depth: number): ErrorDetail | null {
   if (value === null) return null;
   switch (typeof value) {
     case "string":
-      return value.includes("\u0000") ? { field: path, message: NUL_MESSAGE } : null;
+      return badText(value) ? { field: path, message: TEXT_MESSAGE } : null;
     case "boolean":
       return null;
     case "number":
@@ -71,7 +76,7 @@ function walk(value: unknown, path: string, depth: number): ErrorDetail | null {
       if (!isPlainObject(value)) return { field: path, message: "must be plain JSON" };
       for (const key of Object.keys(value)) {
         if (key === FORBIDDEN_KEY) return { field: `${path}.${key}`, message: "the key __proto__ is not allowed" };
-        if (key.includes("\u0000")) return { field: path, message: `a key ${NUL_MESSAGE}` };
+        if (badText(key)) return { field: path, message: `a key ${TEXT_MESSAGE}` };
         if (key.length > LIMITS.keyLength) {
           return { field: `${path}.${key.slice(0, 32)}…`, message: `key longer than ${LIMITS.keyLength} characters` };
         }
@@ -96,7 +101,7 @@ const text = (max: number = LIMITS.textLength) =>
     .string()
     .min(1, "must not be empty")
     .max(max, `must be at most ${max} characters`)
-    .refine((s) => !s.includes("\u0000"), NUL_MESSAGE);
+    .refine((s) => !badText(s), TEXT_MESSAGE);
 
 const list = z
   .array(text(LIMITS.listItemLength))

@@ -77,6 +77,7 @@ export const MIGRATIONS: readonly Migration[] = [
       )`,
       `CREATE INDEX IF NOT EXISTS events_ts ON events (ts)`,
       `CREATE INDEX IF NOT EXISTS events_device_ts ON events (device_id, ts)`,
+      `CREATE INDEX IF NOT EXISTS events_expires ON events (expires_at)`,
       `CREATE TABLE IF NOT EXISTS commands (
         id TEXT PRIMARY KEY,
         device_id TEXT NOT NULL,
@@ -154,6 +155,7 @@ export const MIGRATIONS: readonly Migration[] = [
       )`,
       `CREATE INDEX IF NOT EXISTS events_ts ON events (ts)`,
       `CREATE INDEX IF NOT EXISTS events_device_ts ON events (device_id, ts)`,
+      `CREATE INDEX IF NOT EXISTS events_expires ON events (expires_at)`,
       `CREATE TABLE IF NOT EXISTS commands (
         id TEXT PRIMARY KEY,
         device_id TEXT NOT NULL,

@@ -117,6 +117,7 @@ describe("Hub", () => {
         ["telemetry with a 1 MB string", { kind: "telemetry", data: { blob: "x".repeat(1 << 20) } }, "INVALID", "data"],
         ["telemetry with NaN", { kind: "telemetry", data: { t: Number.NaN } }, "INVALID", "data.t"],
         ["telemetry with a NUL character", { kind: "telemetry", data: { s: "a\u0000b" } }, "INVALID", "data.s"],
+        ["telemetry with a lone surrogate", { kind: "telemetry", data: { s: "temp \ud83c" } }, "INVALID", "data.s"],
         ["a state with an unknown status", { kind: "state", data: { status: "sleeping" } }, "INVALID", "data.status"],
         ["a state with an unknown field", { kind: "state", data: { colour: "red" } }, "INVALID", "data.colour"],
         ["a status that is neither online nor offline", { kind: "status", data: "maybe" }, "INVALID", "data"],

@@ -410,6 +410,7 @@ describe("DeviceRegistry", () => {
       ["a 1 MB name", { name: "x".repeat(1024 * 1024) }, "name"],
       ["a NUL character in the name", { name: "boiler\u0000room" }, "name"],
       ["a NUL character inside metadata", { metadata: { notes: ["ok", "bad\u0000"] } }, "metadata.notes.1"],
+      ["a lone surrogate in the model", { model: "T-100 \udc00" }, "model"],
       ["a 1 MB model", { model: "x".repeat(1024 * 1024) }, "model"],
       ["an empty manufacturer", { manufacturer: "" }, "manufacturer"],
       ["an address that is not a URL", { address: "not a url" }, "address"],

@@ -1,0 +1,97 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Hub } from "../../src/core/hub";
+import { SqliteStore } from "../../src/store/sqlite";
+
+const CHILD = join(__dirname, "fixtures", "crash-child.ts");
+
+/** Runs the child until `acks` changes are acknowledged plus a random extra moment, then SIGKILLs it. */
+function runAndKill(file: string, acks: number, extraMs: number): Promise<string[]> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ["--import", "tsx", CHILD, file], { stdio: ["ignore", "pipe", "pipe"] });
+    const lines: string[] = [];
+    let buffered = "";
+    let stderr = "";
+    let killing = false;
+    child.stdout.on("data", (chunk: Buffer) => {
+      buffered += chunk.toString();
+      const parts = buffered.split("\n");
+      buffered = parts.pop() ?? "";
+      lines.push(...parts);
+      if (!killing && lines.length >= acks) {
+        killing = true;
+        setTimeout(() => child.kill("SIGKILL"), extraMs);
+      }
+    });
+    child.stderr.on("data", (chunk: Buffer) => {
+      stderr += chunk.toString();
+    });
+    child.on("exit", (code, signal) => {
+      if (signal === "SIGKILL") resolve(lines);
+      else reject(new Error(`the child ended by itself (${code}): ${stderr}`));
+    });
+  });
+}
+
+describe("crash safety (SQLite file, SIGKILL)", function () {
+  this.timeout(60_000);
+  let dir: string;
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), "tethral-crash-"));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  for (const [acks, extraMs] of [
+    [5, 0],
+    [40, 3],
+    [120, 17],
+    [200, 41],
+    // And one random moment each run (the title says which, to reproduce a failure).
+    [1 + Math.floor(Math.random() * 300), Math.floor(Math.random() * 50)],
+  ] as const) {
+    it(`keeps every acknowledged change when killed after ${acks} acknowledgements (+${extraMs} ms)`, async () => {
+      const file = join(dir, "hub.sqlite");
+      const lines = await runAndKill(file, acks, extraMs);
+      const registered = new Set<string>();
+      const deleted = new Set<string>();
+      const versions = new Map<string, number>();
+      for (const line of lines) {
+        const [what, id, version] = line.split(" ");
+        if (what === "REG") registered.add(id!);
+        if (what === "DEL") deleted.add(id!);
+        if (what === "SET") versions.set(id!, Number(version));
+      }
+      assert.ok(registered.size > 0);
+
+      const hub = new Hub({ store: new SqliteStore({ path: file }), onWarning: () => undefined });
+      await hub.start();
+      try {
+        for (const id of registered) {
+          if (deleted.has(id)) {
+            assert.equal(hub.registry.has(id), false, `${id} was removed and acknowledged`);
+            continue;
+          }
+          assert.ok(hub.registry.has(id), `acknowledged registration of ${id} survived`);
+          const acked = versions.get(id);
+          if (acked !== undefined) {
+            const state = hub.getState(id);
+            assert.deepEqual(state.desired, { n: Number(id.slice(1)) }, `acknowledged desired state of ${id}`);
+            assert.ok(state.version >= acked, `${id} at version ${state.version}, acknowledged ${acked}`);
+          }
+        }
+        // History is consistent: per device, versions rise and never pass the state's version.
+        for (const device of hub.listDevices({ limit: 100_000 }).devices) {
+          const history = await hub.stateHistory(device.id, 1000);
+          for (let i = 1; i < history.length; i++) assert.ok(history[i]!.version > history[i - 1]!.version, `history of ${device.id} in order`);
+          if (history.length > 0) assert.ok(history.at(-1)!.version <= hub.getState(device.id).version);
+        }
+      } finally {
+        await hub.stop();
+      }
+    });
+  }
+});

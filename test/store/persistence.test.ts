@@ -1,0 +1,262 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { ManualClock } from "../../src/core/clock";
+import { Hub, type HubOptions } from "../../src/core/hub";
+import type { TethralEvent } from "../../src/core/types";
+import { SqliteStore } from "../../src/store/sqlite";
+import type { Store, WriteBatch } from "../../src/store/types";
+import { assertRejectsCode } from "../helpers";
+
+/** A store whose writes can be made to fail, as a database outage would. */
+class FlakyStore implements Store {
+  down = false;
+  constructor(readonly inner: Store) {}
+  get kind() {
+    return this.inner.kind;
+  }
+  get description() {
+    return this.inner.description;
+  }
+  private gate<T>(fn: () => Promise<T>): Promise<T> {
+    return this.down ? Promise.reject(new Error("connection refused")) : fn();
+  }
+  open = () => this.inner.open();
+  close = () => this.inner.close();
+  ping = () => this.gate(() => this.inner.ping());
+  schemaVersion = () => this.inner.schemaVersion();
+  upsertDevice: Store["upsertDevice"] = (row) => this.gate(() => this.inner.upsertDevice(row));
+  deleteDevice: Store["deleteDevice"] = (id) => this.gate(() => this.inner.deleteDevice(id));
+  upsertState: Store["upsertState"] = (row) => this.gate(() => this.inner.upsertState(row));
+  writeBatch = (batch: WriteBatch) => this.gate(() => this.inner.writeBatch(batch));
+  loadDevices = () => this.gate(() => this.inner.loadDevices());
+  loadStates = () => this.gate(() => this.inner.loadStates());
+  stateHistory: Store["stateHistory"] = (id, limit) => this.gate(() => this.inner.stateHistory(id, limit));
+  events: Store["events"] = (q, now) => this.gate(() => this.inner.events(q, now));
+  putToken: Store["putToken"] = (row) => this.gate(() => this.inner.putToken(row));
+  getToken: Store["getToken"] = (id) => this.gate(() => this.inner.getToken(id));
+  deleteToken: Store["deleteToken"] = (id) => this.gate(() => this.inner.deleteToken(id));
+  putCommand: Store["putCommand"] = (row) => this.gate(() => this.inner.putCommand(row));
+  getCommand: Store["getCommand"] = (id) => this.gate(() => this.inner.getCommand(id));
+  pendingCommands: Store["pendingCommands"] = (id) => this.gate(() => this.inner.pendingCommands(id));
+  deleteCommand: Store["deleteCommand"] = (id) => this.gate(() => this.inner.deleteCommand(id));
+  purge: Store["purge"] = (policy, now, size) => this.gate(() => this.inner.purge(policy, now, size));
+}
+
+describe("Hub persistence (SQLite file)", () => {
+  let dir: string;
+  let file: string;
+  const hubs: Hub[] = [];
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), "tethral-persist-"));
+    file = join(dir, "hub.sqlite");
+  });
+
+  afterEach(async () => {
+    for (const hub of hubs.splice(0)) await hub.stop();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  async function open(options: HubOptions = {}, store: Store = new SqliteStore({ path: file })): Promise<Hub> {
+    const hub = new Hub({ heartbeat: { resolutionMs: 0 }, onWarning: () => undefined, ...options, store });
+    await hub.start();
+    hubs.push(hub);
+    return hub;
+  }
+
+  async function close(hub: Hub): Promise<void> {
+    await hub.stop();
+    hubs.splice(hubs.indexOf(hub), 1);
+  }
+
+  it("a restarted hub finds every device, its state (versions included), history and events", async () => {
+    const clock = new ManualClock();
+    const first = await open({ clock });
+    await first.registerDevice({ id: "boiler-1", protocol: "mqtt", manufacturer: "Acme", capabilities: ["temperature"], tags: ["floor-2"], metadata: { room: "B1" }, heartbeatTimeout: 60 });
+    await first.registerDevice({ id: "door-7", protocol: "coap", address: "coap://127.0.0.1:5683" });
+    first.ingest("boiler-1", { kind: "telemetry", data: { temperature: 21.5 } });
+    clock.advance(1000);
+    first.ingest("boiler-1", { kind: "telemetry", data: { temperature: 22 } });
+    await first.setState("boiler-1", { desired: { setpoint: 22.5 } });
+    await first.updateDevice("door-7", { name: "Front door", tags: ["entry"] });
+    first.publish("audit.note", { text: "checked" }, { priority: "high" });
+    const devices = first.listDevices().devices;
+    const state = first.getState("boiler-1");
+    const history = await first.stateHistory("boiler-1");
+    await close(first);
+
+    const second = await open({ clock });
+    assert.deepEqual(second.listDevices().devices, devices);
+    assert.deepEqual(second.getState("boiler-1"), state);
+    assert.equal(second.getState("boiler-1").version, 4, "online, two reports and a desired change");
+    assert.deepEqual(await second.stateHistory("boiler-1"), history);
+    const types = (await second.eventHistory({ limit: 100 })).map((e) => e.type);
+    for (const type of ["device.registered", "device.updated", "state.changed", "device.online", "audit.note", "hub.stopped", "hub.started"]) {
+      assert.ok(types.includes(type), `${type} survived the restart`);
+    }
+    assert.deepEqual(second.listDevices({ capability: "temperature" }).devices.map((d) => d.id), ["boiler-1"], "indexes rebuilt");
+  });
+
+  it("acknowledges a registration only once it is in the database", async () => {
+    const hub = await open();
+    await hub.registerDevice({ id: "d1", protocol: "mqtt" });
+    // No flush: a second connection sees the row at once.
+    const reader = new SqliteStore({ path: file });
+    await reader.open();
+    assert.deepEqual((await reader.loadDevices()).map((d) => d.id), ["d1"]);
+    await hub.setState("d1", { desired: { mode: "eco" } });
+    assert.deepEqual((await reader.loadStates())[0]!.desired, { mode: "eco" }, "desired state durable before the answer");
+    await hub.removeDevice("d1");
+    assert.deepEqual(await reader.loadDevices(), []);
+    await reader.close();
+  });
+
+  it("resumes heartbeats from the stored lastSeen: silent while down means offline on time", async () => {
+    const clock = new ManualClock();
+    const first = await open({ clock });
+    await first.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 60 });
+    first.ingest("d1", { kind: "heartbeat" });
+    await close(first);
+
+    clock.advance(45_000); // the hub was down for 45 s
+    const second = await open({ clock });
+    assert.equal(second.getDevice("d1").status, "online");
+    clock.advance(15_000);
+    assert.equal(second.getDevice("d1").status, "online", "exactly the timeout");
+    clock.advance(1);
+    assert.equal(second.getDevice("d1").status, "offline", "60 s after its last message, not 60 s after start");
+  });
+
+  it("stop() writes everything still waiting in the batcher", async () => {
+    const clock = new ManualClock(); // the flush timer never fires on its own
+    const first = await open({ clock });
+    await first.registerDevice({ id: "d1", protocol: "mqtt" });
+    for (let i = 0; i < 500; i++) first.ingest("d1", { kind: "telemetry", data: { n: i } });
+    await close(first);
+    const second = await open({ clock });
+    assert.deepEqual(second.getState("d1").properties, { n: 499 });
+    assert.equal((await second.stateHistory("d1", 1000)).length, 501, "the status change and 500 reports");
+  });
+
+  it("refuses a registration it cannot store, keeps serving from memory, and lands every buffered write when the database returns", async () => {
+    const flaky = new FlakyStore(new SqliteStore({ path: file }));
+    const clock = new ManualClock();
+    const hub = await open({ clock, persistence: { retryBaseMs: 10, retryMaxMs: 10, stopTimeoutMs: 200 } }, flaky);
+    const seen: TethralEvent[] = [];
+    hub.subscribe({ types: "store.*" }, (e) => {
+      seen.push(e);
+    });
+    await hub.registerDevice({ id: "d1", protocol: "mqtt" });
+
+    flaky.down = true;
+    await assertRejectsCode(() => hub.registerDevice({ id: "d2", protocol: "mqtt" }), "UNAVAILABLE");
+    assert.equal(hub.registry.has("d2"), false, "an unacknowledged registration is not kept");
+    await assertRejectsCode(() => hub.setState("d1", { desired: { x: 1 } }), "UNAVAILABLE");
+    assert.deepEqual(hub.getState("d1").desired, {}, "nor an unacknowledged desired change");
+    for (let i = 0; i < 100; i++) {
+      hub.ingest("d1", { kind: "telemetry", data: { n: i } });
+      clock.advance(100);
+    }
+    assert.deepEqual(hub.getState("d1").properties, { n: 99 }, "memory keeps serving");
+    await new Promise((resolve) => setImmediate(resolve)); // let the failed flush put its batch back
+    assert.deepEqual(seen.map((e) => e.type), ["store.degraded"]);
+    assert.equal(hub.health().status, "degraded");
+    assert.ok(hub.statistics().store!.pending.history >= 100);
+
+    flaky.down = false;
+    clock.advance(100);
+    await hub.flush();
+    assert.deepEqual(seen.map((e) => e.type), ["store.degraded", "store.recovered"]);
+    assert.equal(hub.health().status, "ok");
+    const history = await flaky.inner.stateHistory("d1", 1000);
+    assert.equal(history.length, 101, "every history entry written during the outage landed");
+    assert.deepEqual((await flaky.inner.loadStates())[0]!.properties, { n: 99 });
+  });
+
+  it("bounds the write buffer during an outage: drops the oldest events first, and counts them", async () => {
+    const flaky = new FlakyStore(new SqliteStore({ path: file }));
+    const clock = new ManualClock();
+    const hub = await open({ clock, persistence: { maxBufferedRows: 50, retryBaseMs: 10, retryMaxMs: 10, stopTimeoutMs: 200 } }, flaky);
+    await hub.registerDevice({ id: "d1", protocol: "mqtt" });
+    await hub.flush();
+    flaky.down = true;
+    for (let i = 0; i < 40; i++) hub.ingest("d1", { kind: "telemetry", data: { n: i } });
+    const stats = hub.statistics().store!;
+    assert.equal(stats.pending.history + stats.pending.events, 50);
+    assert.ok(stats.dropped.events > 0, "events went first");
+    assert.equal(stats.dropped.history, 0, "history kept while events could be dropped");
+    flaky.down = false;
+    await hub.flush();
+    assert.deepEqual((await flaky.inner.loadStates())[0]!.properties, { n: 39 }, "the latest state is never dropped");
+  });
+
+  it("rolls back an update the database refused", async () => {
+    const flaky = new FlakyStore(new SqliteStore({ path: file }));
+    const hub = await open({ persistence: { stopTimeoutMs: 200 } }, flaky);
+    await hub.registerDevice({ id: "d1", protocol: "mqtt", name: "Before", tags: ["a"] });
+    const before = hub.getDevice("d1");
+    flaky.down = true;
+    await assertRejectsCode(() => hub.updateDevice("d1", { name: "After", tags: ["b"], heartbeatTimeout: 5 }), "UNAVAILABLE");
+    assert.deepEqual(hub.getDevice("d1"), before);
+    assert.deepEqual(hub.listDevices({ tag: "a" }).devices.map((d) => d.id), ["d1"], "indexes rolled back too");
+    await assertRejectsCode(() => hub.removeDevice("d1"), "UNAVAILABLE");
+    assert.ok(hub.registry.has("d1"));
+    flaky.down = false;
+  });
+
+  it("stores awkward input exactly: SQL-looking text, quotes, unicode and large metadata", async () => {
+    const first = await open();
+    const metadata = {
+      note: "'; DROP TABLE devices; --",
+      quotes: `"double" 'single' \`back\``,
+      path: "C:\\temp\\new",
+      emoji: "🌡️ température",
+      nested: { list: Array.from({ length: 200 }, (_, i) => ({ i, s: "x".repeat(200) })) },
+      constructor: { prototype: "kept" },
+    };
+    await first.registerDevice({ id: "odd:device.1", protocol: "mqtt", name: "Robert'); DROP TABLE states;--", metadata });
+    first.ingest("odd:device.1", { kind: "telemetry", data: { "key with 'quote'": "value \"quoted\"", "€": 1 } });
+    const device = first.getDevice("odd:device.1");
+    const state = first.getState("odd:device.1");
+    await close(first);
+    const second = await open();
+    assert.deepEqual(second.getDevice("odd:device.1"), device);
+    assert.deepEqual(second.getState("odd:device.1"), state);
+  });
+
+  it("removing a device removes its rows, and a late batch does not bring them back", async () => {
+    const clock = new ManualClock();
+    const hub = await open({ clock });
+    await hub.registerDevice({ id: "d1", protocol: "mqtt" });
+    hub.ingest("d1", { kind: "telemetry", data: { t: 1 } }); // waits in the batcher
+    await hub.removeDevice("d1");
+    await hub.flush();
+    await hub.registerDevice({ id: "d1", protocol: "coap" });
+    await close(hub);
+    const again = await open({ clock });
+    assert.equal(again.getDevice("d1").protocol, "coap");
+    assert.equal(again.getState("d1").version, 0, "no state from the removed device");
+    assert.deepEqual(await again.stateHistory("d1"), []);
+  });
+
+  it("purges old events in the background, in bounded batches", async () => {
+    const clock = new ManualClock();
+    const day = 24 * 3600 * 1000;
+    const hub = await open({
+      clock,
+      persistence: { retention: { eventsMaxAgeMs: day, intervalMs: 60_000, batchSize: 10, budgetMs: 10_000 } },
+    });
+    for (let i = 0; i < 35; i++) hub.publish("audit.note", { i });
+    await hub.flush();
+    clock.advance(2 * day);
+    hub.publish("audit.note", { i: "fresh" });
+    await hub.flush();
+    clock.advance(60_000); // the retention timer fires
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    const left = await hub.eventHistory({ type: "audit.note", limit: 1000 });
+    assert.deepEqual(left.map((e) => (e.data as { i: unknown }).i), ["fresh"]);
+    assert.equal(hub.statistics().store!.purged.events >= 35, true);
+  });
+});
