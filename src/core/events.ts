@@ -1,4 +1,4 @@
-import { newId } from "./ids";
+import { newId, newTimeId } from "./ids";
 import type { Clock, TimerHandle } from "./clock";
 import { TethralError, invalid } from "./errors";
 import { iso } from "./json";
@@ -270,7 +270,7 @@ export class EventBus {
     const priority = options.priority ?? "normal";
     const expiresAt = expiryOf(options, now);
     const event: TethralEvent = {
-      id: newId(),
+      id: newTimeId(now),
       type,
       priority,
       source: options.source ?? this.defaultSource,

@@ -2,7 +2,7 @@ import type { Clock } from "./clock";
 import { TethralError, invalid, notFound } from "./errors";
 import type { EventBus } from "./events";
 import { cloneJson, defineValue, isEmptyObject, iso, isoOrNull, jsonEqual } from "./json";
-import { newId } from "./ids";
+import { newTimeId } from "./ids";
 import type { DeviceRecord, DeviceRegistry } from "./registry";
 import {
   DEVICE_STATUSES,
@@ -497,7 +497,7 @@ export class StateManager {
       this.sink.onStateWritten(record.id);
       if (to.status !== undefined) this.sink.onStatusWritten(record.id);
       this.sink.onHistory({
-        id: newId(),
+        id: newTimeId(now),
         deviceId: record.id,
         at: now,
         version: s.version,

@@ -70,6 +70,8 @@ export interface PersistenceStatistics {
   flushes: number;
   rowsWritten: number;
   failures: number;
+  /** Rows the database refused as invalid, set aside so the rest could be written. */
+  refused: number;
   degraded: boolean;
   pending: { presence: number; states: number; history: number; events: number };
   dropped: { history: number; events: number };
@@ -102,6 +104,7 @@ export class Persistence {
     flushes: 0,
     rowsWritten: 0,
     failures: 0,
+    refused: 0,
     dropped: { history: 0, events: 0 },
     purged: { history: 0, events: 0, commands: 0 },
   };
@@ -275,7 +278,7 @@ export class Persistence {
     if (!this.dropReported) {
       this.dropReported = true;
       this.host.warn(
-        `the write buffer is full (${this.options.maxBufferedRows} rows) while the database is unreachable: ` +
+        `the write buffer is full (${this.options.maxBufferedRows} rows waiting for the database): ` +
           "the oldest events, then the oldest history entries, are being dropped (see the store statistics)",
       );
     }
@@ -319,12 +322,44 @@ export class Persistence {
     try {
       await this.store.writeBatch(batch);
     } catch (err) {
+      if (err instanceof TethralError && err.code === "INVALID") {
+        // The database is fine; a row is not. Retrying the batch would block the queue for good.
+        await this.writeApart(batch);
+        return;
+      }
       this.putBack(batch);
       this.failed(err);
       throw err;
     }
     this.stats.flushes++;
     this.stats.rowsWritten += rows;
+    this.succeeded();
+  }
+
+  /** Writes a refused batch a row at a time, setting aside (and counting) the rows the store refuses. */
+  private async writeApart(batch: WriteBatch): Promise<void> {
+    const single = (part: Partial<WriteBatch>): WriteBatch => ({ presence: [], states: [], history: [], events: [], ...part });
+    const parts: WriteBatch[] = [
+      single({ presence: batch.presence }),
+      ...batch.states.map((row) => single({ states: [row] })),
+      ...batch.history.map((row) => single({ history: [row] })),
+      ...batch.events.map((row) => single({ events: [row] })),
+    ];
+    for (const part of parts) {
+      try {
+        await this.store.writeBatch(part);
+        this.stats.rowsWritten += part.presence.length + part.states.length + part.history.length + part.events.length;
+      } catch (err) {
+        if (!(err instanceof TethralError && err.code === "INVALID")) {
+          this.putBack(part);
+          this.failed(err);
+          throw err;
+        }
+        this.stats.refused++;
+        this.host.warn(`the database refused a row, which was set aside: ${message(err)}`);
+      }
+    }
+    this.stats.flushes++;
     this.succeeded();
   }
 
@@ -430,6 +465,7 @@ export class Persistence {
       flushes: this.stats.flushes,
       rowsWritten: this.stats.rowsWritten,
       failures: this.stats.failures,
+      refused: this.stats.refused,
       degraded: this.isDegraded,
       pending: { presence: this.presence.size, states: this.states.size, history: this.history.length, events: this.events.length },
       dropped: { ...this.stats.dropped },

@@ -90,7 +90,7 @@ export class SqliteStore implements Store {
       if (!inMemory) db.pragma("journal_mode = WAL");
       db.pragma("synchronous = NORMAL");
       db.pragma("temp_store = MEMORY");
-      db.pragma("cache_size = -16384"); // 16 MiB
+      db.pragma("cache_size = -65536"); // 64 MiB: history and event indexes stay in memory while batches land
       db.pragma("journal_size_limit = 67108864"); // the WAL shrinks back to 64 MiB after checkpoints
       db.exec(
         `CREATE TABLE IF NOT EXISTS ${MIGRATIONS_TABLE} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)`,

@@ -5,7 +5,8 @@ import { EventBus, type EventBusOptions, type EventHandler, type SubscribeOption
 import type { Priority, TethralEvent } from "../../src/core/types";
 import { assertNoPollution } from "../helpers";
 
-const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
+/** Event ids are version 7 UUIDs: time-ordered, so they sort in publishing order. */
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/;
 const ISO = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$/;
 
 /** Lets promise callbacks (a handler's resolution or rejection) run. */

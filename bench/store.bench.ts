@@ -1,0 +1,222 @@
+/**
+ * Store benchmark: SQLite and PostgreSQL side by side, in one run.
+ * - batchedRowsPerSec: state-history rows written through the hub's write-behind batcher
+ *   (multi-row statements, one transaction per batch);
+ * - naiveRowsPerSec: the same kind of rows written one INSERT (and one commit) per row — the baseline;
+ * - load100kDevicesMs: a hub starting on a store that holds 100,000 devices and their states.
+ * PostgreSQL is the server at TETHRAL_BENCH_PG_URL or TETHRAL_TEST_PG_URL (a fresh database is
+ * made there and dropped afterwards); without either, PGlite in-process stands in (slower, noted).
+ * Run with `npm run bench:store`; writes bench/results/store.json. Not a test: nothing asserts a time.
+ */
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import pg from "pg";
+import { systemClock } from "../src/core/clock";
+import { Hub } from "../src/core/hub";
+import { newId, newTimeId } from "../src/core/ids";
+import type { DeviceRow, HistoryRow, StateRow } from "../src/core/types";
+import { DEFAULT_PERSISTENCE_OPTIONS, Persistence } from "../src/store/persistence";
+import { PostgresStore } from "../src/store/postgres";
+import { SqliteStore } from "../src/store/sqlite";
+import type { Store } from "../src/store/types";
+
+const TARGETS = { sqlite: 150_000, postgres: 50_000, ratio: 10, loadMs: 2000 };
+
+interface Result {
+  batchedRowsPerSec: number;
+  naiveRowsPerSec: number;
+  ratioToNaive: number;
+  load100kDevicesMs: number;
+}
+
+function historyRows(n: number, devices: number): HistoryRow[] {
+  const at = Date.now();
+  return Array.from({ length: n }, (_, i) => ({
+    id: newTimeId(at + i),
+    deviceId: `dev-${i % devices}`,
+    at: at + i,
+    version: i + 1,
+    from: { properties: { temperature: 20 + (i % 10) } },
+    to: { properties: { temperature: 21 + (i % 10) } },
+    reason: "telemetry",
+    causeId: newId(),
+  }));
+}
+
+async function batched(store: Store, rows: HistoryRow[]): Promise<number> {
+  const persistence = new Persistence(
+    store,
+    systemClock,
+    { presence: () => null, state: () => null, degraded: () => undefined, recovered: () => undefined, warn: (m) => console.warn(m) },
+    // All rows are queued before the first flush: let the buffer hold them.
+    { ...DEFAULT_PERSISTENCE_OPTIONS, maxBufferedRows: rows.length, retention: { ...DEFAULT_PERSISTENCE_OPTIONS.retention, intervalMs: 0 } },
+  );
+  const started = performance.now();
+  for (const row of rows) persistence.addHistory(row);
+  await persistence.flushAll();
+  return rows.length / ((performance.now() - started) / 1000);
+}
+
+async function naive(store: Store, rows: HistoryRow[]): Promise<number> {
+  const started = performance.now();
+  for (const row of rows) await store.writeBatch({ presence: [], states: [], history: [row], events: [] });
+  return rows.length / ((performance.now() - started) / 1000);
+}
+
+async function loadTime(makeStore: () => Store, count: number): Promise<number> {
+  const seed = makeStore();
+  await seed.open();
+  const now = Date.now();
+  for (let start = 0; start < count; start += 5000) {
+    const devices: DeviceRow[] = [];
+    const states: StateRow[] = [];
+    for (let i = start; i < Math.min(count, start + 5000); i++) {
+      const id = `fleet-${i}`;
+      devices.push({
+        id,
+        name: `Sensor ${i}`,
+        protocol: i % 2 ? "mqtt" : "coap",
+        address: null,
+        manufacturer: `maker-${i % 50}`,
+        model: "T-100",
+        firmware: "1.2.0",
+        capabilities: ["temperature", "humidity"],
+        tags: [`floor-${i % 10}`],
+        heartbeatTimeout: 60,
+        metadata: { site: "north", rack: i % 40 },
+        status: "online",
+        lastSeen: now,
+        createdAt: now - count + i,
+        updatedAt: now,
+      });
+      states.push({ deviceId: id, properties: { temperature: 21.5, humidity: 40 }, desired: {}, version: 3, changedAt: now, updatedAt: now, reportedAt: now, rev: 3 });
+    }
+    for (const d of devices) await seed.upsertDevice(d);
+    await seed.writeBatch({ presence: [], states, history: [], events: [] });
+  }
+  await seed.close();
+  const hub = new Hub({ store: makeStore() });
+  const started = performance.now();
+  await hub.start();
+  const ms = performance.now() - started;
+  if (hub.registry.size < count) throw new Error(`loaded ${hub.registry.size} of ${count}`);
+  await hub.stop();
+  return ms;
+}
+
+async function measure(label: string, makeStore: () => Store, batchRows: number, naiveRows: number, reset: () => Promise<void>): Promise<Result> {
+  const store = makeStore();
+  await store.open();
+  const batchedRowsPerSec = await batched(store, historyRows(batchRows, 1000));
+  const naiveRowsPerSec = await naive(store, historyRows(naiveRows, 1000));
+  await store.close();
+  await reset();
+  const load100kDevicesMs = await loadTime(makeStore, 100_000);
+  console.log(`  ${label}: done`);
+  return {
+    batchedRowsPerSec: Math.round(batchedRowsPerSec),
+    naiveRowsPerSec: Math.round(naiveRowsPerSec),
+    ratioToNaive: Number((batchedRowsPerSec / naiveRowsPerSec).toFixed(1)),
+    load100kDevicesMs: Math.round(load100kDevicesMs),
+  };
+}
+
+async function postgres(): Promise<{ kind: "server" | "pglite"; makeStore: () => Store; reset: () => Promise<void>; stop: () => Promise<void> }> {
+  const server = process.env.TETHRAL_BENCH_PG_URL ?? process.env.TETHRAL_TEST_PG_URL;
+  const tables = "tethral_migrations, devices, device_tokens, states, state_history, events, commands";
+  if (server) {
+    const name = `tethral_bench_${Date.now()}`;
+    const admin = new pg.Client({ connectionString: server });
+    await admin.connect();
+    await admin.query(`CREATE DATABASE ${name}`);
+    await admin.end();
+    const url = new URL(server);
+    url.pathname = `/${name}`;
+    const run = async (sql: string) => {
+      const c = new pg.Client({ connectionString: url.toString() });
+      await c.connect();
+      await c.query(sql);
+      await c.end();
+    };
+    return {
+      kind: "server",
+      makeStore: () => new PostgresStore({ url: url.toString() }),
+      reset: () => run(`DROP TABLE IF EXISTS ${tables}`),
+      stop: async () => {
+        const c = new pg.Client({ connectionString: server });
+        await c.connect();
+        await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
+        await c.end();
+      },
+    };
+  }
+  const { PGlite } = await import("@electric-sql/pglite");
+  const { PGLiteSocketServer } = await import("@electric-sql/pglite-socket");
+  const db = await PGlite.create();
+  const socket = new PGLiteSocketServer({ db, port: 0, host: "127.0.0.1" });
+  await socket.start();
+  const url = `postgres://postgres@${socket.getServerConn()}/postgres`;
+  return {
+    kind: "pglite",
+    makeStore: () => new PostgresStore({ url, poolSize: 1 }),
+    reset: async () => {
+      await db.exec(`DROP TABLE IF EXISTS ${tables}`);
+    },
+    stop: async () => {
+      await socket.stop();
+      await db.close();
+    },
+  };
+}
+
+function fmt(n: number): string {
+  return Math.round(n).toLocaleString("en-US");
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), "tethral-bench-"));
+  let file = 0;
+  let current = join(dir, "bench-0.sqlite");
+  const sqlite = await measure(
+    "sqlite",
+    () => new SqliteStore({ path: current }),
+    300_000,
+    20_000,
+    async () => {
+      current = join(dir, `bench-${++file}.sqlite`);
+    },
+  );
+  rmSync(dir, { recursive: true, force: true });
+
+  const server = await postgres();
+  let postgresResult: Result;
+  try {
+    postgresResult = await measure("postgres", server.makeStore, server.kind === "server" ? 200_000 : 50_000, server.kind === "server" ? 5_000 : 2_000, server.reset);
+  } finally {
+    await server.stop();
+  }
+
+  const results = { sqlite, postgres: { ...postgresResult, server: server.kind }, node: process.version, measuredAt: new Date().toISOString() };
+  const rows: [string, keyof Result, (r: Result) => string][] = [
+    ["history rows/s, batched", "batchedRowsPerSec", (r) => fmt(r.batchedRowsPerSec)],
+    ["history rows/s, one INSERT per row", "naiveRowsPerSec", (r) => fmt(r.naiveRowsPerSec)],
+    ["batched / naive", "ratioToNaive", (r) => `${r.ratioToNaive}×`],
+    ["load 100k devices at start (ms)", "load100kDevicesMs", (r) => fmt(r.load100kDevicesMs)],
+  ];
+  console.log(`\nTethral store benchmark, Node ${process.version} (PostgreSQL: ${server.kind === "server" ? "server" : "PGlite in-process"})`);
+  console.log(`${"".padEnd(38)}${"SQLite".padStart(12)}${"PostgreSQL".padStart(14)}`);
+  for (const [label, , show] of rows) console.log(`${label.padEnd(38)}${show(sqlite).padStart(12)}${show(postgresResult).padStart(14)}`);
+  console.log(
+    `targets: batched ≥ ${fmt(TARGETS.sqlite)} (SQLite) / ${fmt(TARGETS.postgres)} (PostgreSQL), ≥ ${TARGETS.ratio}× naive, load < ${fmt(TARGETS.loadMs)} ms`,
+  );
+  const out = join(__dirname, "results");
+  mkdirSync(out, { recursive: true });
+  writeFileSync(join(out, "store.json"), `${JSON.stringify(results, null, 2)}\n`);
+  console.log(`\nwrote ${join(out, "store.json")}`);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

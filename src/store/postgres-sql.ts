@@ -1,0 +1,279 @@
+import { invalid, TethralError } from "../core/errors";
+import type { DeviceStatus, JsonObject, Priority, StateSnapshot } from "../core/types";
+import type { CommandRow, CommandStatus, DevicePresenceRow, DeviceRow, EventRow, HistoryRow, StateRow, TokenRow } from "./types";
+
+/**
+ * The SQL of the PostgreSQL store: statements, row mapping and input checks. PostgreSQL cannot hold a NUL character
+ * in TEXT or JSONB, nor a lone UTF-16 surrogate (the driver would silently turn it into U+FFFD):
+ * such values are refused with INVALID before anything is sent, naming the field, so a batch
+ * never half-fails on the server and nothing is stored other than as given.
+ */
+
+// Matches \u0000 or a \uD800-\uDFFF escape that is not itself escaped (an odd run of backslashes).
+// JSON.stringify escapes exactly these: NUL as \u0000 and lone surrogates (ES2019) as \udXXX;
+// well-formed pairs are written as the characters themselves.
+const BAD_JSON_ESCAPE = /(?<!\\)(?:\\\\)*\\u(?:0000|d[89a-f][0-9a-f]{2})/i;
+// A NUL, or a surrogate that is not part of a well-formed pair.
+const BAD_TEXT = /\0|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+/** A TEXT parameter, checked. */
+export function text(value: string, field: string): string {
+  if (BAD_TEXT.test(value)) throw invalid(field, "contains a NUL character or a lone surrogate, which PostgreSQL cannot store");
+  return value;
+}
+
+export function optText(value: string | null | undefined, field: string): string | null {
+  return value === null || value === undefined ? null : text(value, field);
+}
+
+/**
+ * A JSONB parameter as JSON text: pg would send a JS array as a PostgreSQL array, and a string
+ * unquoted, so every JSON value goes as text the server casts with `::jsonb`.
+ */
+export function json(value: unknown, field: string): string {
+  let out: string | undefined;
+  try {
+    out = JSON.stringify(value);
+  } catch (err) {
+    throw invalid(field, `is not JSON (${(err as Error).message})`);
+  }
+  // undefined (or a function) has no JSON form: it is kept as JSON null.
+  if (out === undefined) return "null";
+  if (out.includes("\\u") && BAD_JSON_ESCAPE.test(out)) {
+    throw invalid(field, "contains a NUL character or a lone surrogate, which PostgreSQL cannot store");
+  }
+  return out;
+}
+
+/** A nullable JSONB parameter: null and undefined are SQL NULL. */
+export function optJson(value: unknown, field: string): string | null {
+  return value === null || value === undefined ? null : json(value, field);
+}
+
+type Row = Record<string, unknown>;
+
+const num = (v: unknown): number => (typeof v === "number" ? v : Number(v));
+const str = (v: unknown): string => v as string;
+const optStr = (v: unknown): string | null => (v === null || v === undefined ? null : (v as string));
+
+export function toDeviceRow(r: Row): DeviceRow {
+  return {
+    id: str(r.id),
+    name: str(r.name),
+    protocol: str(r.protocol),
+    address: optStr(r.address),
+    manufacturer: optStr(r.manufacturer),
+    model: optStr(r.model),
+    firmware: optStr(r.firmware),
+    capabilities: r.capabilities as string[],
+    tags: r.tags as string[],
+    heartbeatTimeout: r.heartbeat_timeout === null ? null : num(r.heartbeat_timeout),
+    metadata: r.metadata as JsonObject,
+    status: r.status as DeviceStatus,
+    lastSeen: num(r.last_seen),
+    createdAt: num(r.created_at),
+    updatedAt: num(r.updated_at),
+  };
+}
+
+export function toStateRow(r: Row): StateRow {
+  return {
+    deviceId: str(r.device_id),
+    properties: r.properties as JsonObject,
+    desired: r.desired as JsonObject,
+    version: num(r.version),
+    changedAt: num(r.changed_at),
+    updatedAt: num(r.updated_at),
+    reportedAt: num(r.reported_at),
+    rev: num(r.rev),
+  };
+}
+
+export function toHistoryRow(r: Row): HistoryRow {
+  return {
+    id: str(r.id),
+    deviceId: str(r.device_id),
+    at: num(r.at),
+    version: num(r.version),
+    from: r.from_state as StateSnapshot,
+    to: r.to_state as StateSnapshot,
+    reason: str(r.reason),
+    causeId: optStr(r.cause_id),
+  };
+}
+
+export function toEventRow(r: Row): EventRow {
+  return {
+    id: str(r.id),
+    type: str(r.type),
+    priority: r.priority as Priority,
+    source: str(r.source),
+    deviceId: optStr(r.device_id),
+    data: r.data,
+    timestamp: num(r.ts),
+    expiresAt: num(r.expires_at),
+    causeId: optStr(r.cause_id),
+  };
+}
+
+export function toTokenRow(r: Row): TokenRow {
+  return { deviceId: str(r.device_id), hash: str(r.hash), createdAt: num(r.created_at) };
+}
+
+export function toCommandRow(r: Row): CommandRow {
+  return {
+    id: str(r.id),
+    deviceId: str(r.device_id),
+    command: str(r.command),
+    params: r.params as JsonObject,
+    status: r.status as CommandStatus,
+    attempts: num(r.attempts),
+    priority: r.priority as Priority,
+    createdAt: num(r.created_at),
+    sentAt: num(r.sent_at),
+    completedAt: num(r.completed_at),
+    expiresAt: num(r.expires_at),
+    result: r.result ?? null,
+    error: optStr(r.error),
+    options: r.options as JsonObject,
+  };
+}
+
+/** A LIKE pattern for an event-type pattern: `*` matches anything, everything else literally. */
+export function likePattern(pattern: string): string {
+  return pattern.split("*").map((part) => part.replace(/[\\%_]/g, (c) => `\\${c}`)).join("%");
+}
+
+/**
+ * Column arrays of rows, for `unnest($1::text[], ...)`: one parameter per column, any row count.
+ * With `where`, a refused value names its row in the batch: by position (`events[12].data`), or
+ * by device id for the rows merged per device (`states["d1"].properties`).
+ */
+export function columns<T>(
+  rows: readonly T[],
+  pick: ReadonlyArray<(row: T) => unknown>,
+  where?: { kind: string; offset: number; key?: (row: T) => string },
+): unknown[][] {
+  const out: unknown[][] = pick.map(() => new Array<unknown>(rows.length));
+  let i = 0;
+  try {
+    for (; i < rows.length; i++) {
+      const row = rows[i]!;
+      for (let c = 0; c < pick.length; c++) out[c]![i] = pick[c]!(row);
+    }
+  } catch (err) {
+    const detail = err instanceof TethralError ? err.details[0] : undefined;
+    if (!where || !detail) throw err;
+    const at = where.key ? JSON.stringify(where.key(rows[i]!)) : String(where.offset + i);
+    throw invalid(`${where.kind}[${at}].${detail.field}`, detail.message);
+  }
+  return out;
+}
+
+// ---- batch statements: unnest of one array per column, so one statement text serves any row count ----
+
+export const DELETE_DEVICE = [
+  "DELETE FROM devices WHERE id = $1",
+  "DELETE FROM states WHERE device_id = $1",
+  "DELETE FROM device_tokens WHERE device_id = $1",
+  "DELETE FROM state_history WHERE device_id = $1",
+  "DELETE FROM commands WHERE device_id = $1",
+];
+
+export const UPDATE_PRESENCE = `UPDATE devices AS d SET status = v.status, last_seen = v.last_seen
+  FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(id, status, last_seen) WHERE d.id = v.id`;
+export const PRESENCE_COLUMNS = [
+  (p: DevicePresenceRow) => text(p.id, "id"),
+  (p: DevicePresenceRow) => text(p.status, "status"),
+  (p: DevicePresenceRow) => p.lastSeen,
+];
+
+export const UPSERT_STATES = `INSERT INTO states (device_id, properties, desired, version, changed_at, updated_at, reported_at, rev)
+  SELECT v.device_id, v.properties::jsonb, v.desired::jsonb, v.version, v.changed_at, v.updated_at, v.reported_at, v.rev
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
+    AS v(device_id, properties, desired, version, changed_at, updated_at, reported_at, rev)
+  ON CONFLICT (device_id) DO UPDATE SET properties = excluded.properties, desired = excluded.desired,
+    version = excluded.version, changed_at = excluded.changed_at, updated_at = excluded.updated_at,
+    reported_at = excluded.reported_at, rev = excluded.rev
+  WHERE states.rev <= excluded.rev`;
+export const STATE_COLUMNS = [
+  (s: StateRow) => text(s.deviceId, "deviceId"),
+  (s: StateRow) => json(s.properties, "properties"),
+  (s: StateRow) => json(s.desired, "desired"),
+  (s: StateRow) => s.version,
+  (s: StateRow) => s.changedAt,
+  (s: StateRow) => s.updatedAt,
+  (s: StateRow) => s.reportedAt,
+  (s: StateRow) => s.rev,
+];
+
+export const INSERT_HISTORY = `INSERT INTO state_history (id, device_id, at, version, from_state, to_state, reason, cause_id)
+  SELECT v.id, v.device_id, v.at, v.version, v.from_state::jsonb, v.to_state::jsonb, v.reason, v.cause_id
+  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::text[], $6::text[], $7::text[], $8::text[])
+    AS v(id, device_id, at, version, from_state, to_state, reason, cause_id)
+  ON CONFLICT (id) DO NOTHING`;
+export const HISTORY_COLUMNS = [
+  (h: HistoryRow) => text(h.id, "id"),
+  (h: HistoryRow) => text(h.deviceId, "deviceId"),
+  (h: HistoryRow) => h.at,
+  (h: HistoryRow) => h.version,
+  (h: HistoryRow) => json(h.from, "from"),
+  (h: HistoryRow) => json(h.to, "to"),
+  (h: HistoryRow) => text(h.reason, "reason"),
+  (h: HistoryRow) => optText(h.causeId, "causeId"),
+];
+
+export const INSERT_EVENTS = `INSERT INTO events (id, type, priority, source, device_id, data, ts, expires_at, cause_id)
+  SELECT v.id, v.type, v.priority, v.source, v.device_id, v.data::jsonb, v.ts, v.expires_at, v.cause_id
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::text[])
+    AS v(id, type, priority, source, device_id, data, ts, expires_at, cause_id)
+  ON CONFLICT (id) DO NOTHING`;
+export const EVENT_COLUMNS = [
+  (e: EventRow) => text(e.id, "id"),
+  (e: EventRow) => text(e.type, "type"),
+  (e: EventRow) => text(e.priority, "priority"),
+  (e: EventRow) => text(e.source, "source"),
+  (e: EventRow) => optText(e.deviceId, "deviceId"),
+  (e: EventRow) => json(e.data, "data"),
+  (e: EventRow) => e.timestamp,
+  (e: EventRow) => e.expiresAt,
+  (e: EventRow) => optText(e.causeId, "causeId"),
+];
+
+/** Rows per statement: bounds the message size of one statement (parameters stay one per column). */
+const CHUNK_ROWS = 5000;
+
+/** Column arrays of `rows` in statements of at most CHUNK_ROWS rows. */
+export function chunkedColumns<T>(
+  kind: string,
+  rows: readonly T[],
+  pick: ReadonlyArray<(row: T) => unknown>,
+  key?: (row: T) => string,
+): unknown[][][] {
+  const out: unknown[][][] = [];
+  for (let offset = 0; offset < rows.length; offset += CHUNK_ROWS) {
+    out.push(columns(rows.slice(offset, offset + CHUNK_ROWS), pick, { kind, offset, key }));
+  }
+  return out;
+}
+
+/**
+ * One row per key, in first-seen order: a multi-row `ON CONFLICT DO UPDATE` may not touch a row
+ * twice, and `UPDATE ... FROM` with two matches picks either. `replaces(next, kept)` decides.
+ */
+export function lastById<T>(rows: readonly T[], key: (row: T) => string, replaces: (next: T, kept: T) => boolean): T[] {
+  if (rows.length < 2) return rows as T[];
+  const index = new Map<string, number>();
+  const out: T[] = [];
+  for (const row of rows) {
+    const k = key(row);
+    const at = index.get(k);
+    if (at === undefined) {
+      index.set(k, out.length);
+      out.push(row);
+    } else if (replaces(row, out[at]!)) {
+      out[at] = row;
+    }
+  }
+  return out;
+}

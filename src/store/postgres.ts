@@ -1,0 +1,496 @@
+import pg from "pg";
+import { TethralError } from "../core/errors";
+import { LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE, newerSchemaMessage } from "./migrations";
+import {
+  backoffMs,
+  bigintAsNumber,
+  connectionSettings,
+  describeError,
+  isConnectionError,
+  isMigrationRace,
+  isSerializationFailure,
+  sleep,
+  sqlState,
+  withCause,
+} from "./postgres-connection";
+import {
+  chunkedColumns,
+  columns,
+  DELETE_DEVICE,
+  EVENT_COLUMNS,
+  HISTORY_COLUMNS,
+  INSERT_EVENTS,
+  INSERT_HISTORY,
+  json,
+  lastById,
+  likePattern,
+  optJson,
+  optText,
+  PRESENCE_COLUMNS,
+  STATE_COLUMNS,
+  text,
+  toCommandRow,
+  toDeviceRow,
+  toEventRow,
+  toHistoryRow,
+  toStateRow,
+  toTokenRow,
+  UPDATE_PRESENCE,
+  UPSERT_STATES,
+} from "./postgres-sql";
+import {
+  PENDING_COMMAND_STATUSES,
+  type CommandRow,
+  type DeviceRow,
+  type EventQuery,
+  type EventRow,
+  type HistoryRow,
+  type PurgeResult,
+  type RetentionPolicy,
+  type StateRow,
+  type Store,
+  type TokenRow,
+  type WriteBatch,
+} from "./types";
+
+export { connectionSettings, isConnectionError, isSerializationFailure };
+
+export interface PostgresStoreOptions {
+  /** `postgres://user[:password]@host[:port]/database[?sslmode=...]` */
+  url: string;
+  /** Overrides the URL's password (e.g. from Node-RED credentials). */
+  password?: string;
+  /** Pooled connections; default 10. */
+  poolSize?: number;
+  connectTimeoutMs?: number;
+  statementTimeoutMs?: number;
+  /** Retries of a transaction failing with a serialization conflict (40001/40P01); default 5. */
+  maxRetries?: number;
+  ssl?: pg.ClientConfig["ssl"];
+}
+
+/**
+ * The store on PostgreSQL through a `pg` Pool; the same SQL runs on CockroachDB: text keys,
+ * `INSERT ... ON CONFLICT` upserts, no LISTEN/NOTIFY or advisory locks, and transactions retried
+ * on the client when they fail with a serialization conflict (CockroachDB's restart is 40001).
+ */
+export class PostgresStore implements Store {
+  readonly kind = "postgres" as const;
+  readonly description: string;
+  private readonly connection: pg.PoolConfig;
+  private readonly maxRetries: number;
+  private pool: pg.Pool | null = null;
+  private opening: Promise<void> | null = null;
+  private closed = false;
+
+  constructor(options: PostgresStoreOptions) {
+    const { connectionString, description } = connectionSettings(options.url, options.password);
+    this.description = description;
+    this.maxRetries = options.maxRetries ?? 5;
+    this.connection = {
+      connectionString,
+      max: options.poolSize ?? 10,
+      connectionTimeoutMillis: options.connectTimeoutMs ?? 10_000,
+      statement_timeout: options.statementTimeoutMs,
+      ssl: options.ssl,
+      keepAlive: true,
+      application_name: "tethral",
+      // Scoped to this pool: BIGINT epoch-ms times and counts as numbers, pg's globals untouched.
+      types: { getTypeParser: bigintAsNumber },
+    };
+  }
+
+  async open(): Promise<void> {
+    if (this.closed) throw this.closedError();
+    // Concurrent calls share one attempt; a failed attempt can be repeated.
+    this.opening ??= this.connectAndMigrate().catch((err: unknown) => {
+      this.opening = null;
+      throw err;
+    });
+    return this.opening;
+  }
+
+  private async connectAndMigrate(): Promise<void> {
+    const pool = new pg.Pool(this.connection);
+    // An idle connection that dies (server restart, network) is reported here; without a
+    // listener the process would crash. The next query gets a fresh connection or the error.
+    pool.on("error", () => undefined);
+    this.pool = pool;
+    try {
+      await this.migrate();
+    } catch (err) {
+      this.pool = null;
+      await pool.end().catch(() => undefined);
+      throw this.wrap(err);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.opening?.catch(() => undefined);
+    const pool = this.pool;
+    this.pool = null;
+    if (pool) await pool.end();
+  }
+
+  async ping(): Promise<void> {
+    await this.query("SELECT 1");
+  }
+
+  async schemaVersion(): Promise<number> {
+    const { rows } = await this.query(`SELECT COALESCE(MAX(version), 0) AS v FROM ${MIGRATIONS_TABLE}`);
+    return Number(rows[0]!.v);
+  }
+
+  // ---- devices, states ----
+
+  async upsertDevice(d: DeviceRow): Promise<void> {
+    await this.query(
+      `INSERT INTO devices (id, name, protocol, address, manufacturer, model, firmware, capabilities, tags,
+         heartbeat_timeout, metadata, status, last_seen, created_at, updated_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10, $11::jsonb, $12, $13, $14, $15)
+       ON CONFLICT (id) DO UPDATE SET name = excluded.name, protocol = excluded.protocol,
+         address = excluded.address, manufacturer = excluded.manufacturer, model = excluded.model,
+         firmware = excluded.firmware, capabilities = excluded.capabilities, tags = excluded.tags,
+         heartbeat_timeout = excluded.heartbeat_timeout, metadata = excluded.metadata, status = excluded.status,
+         last_seen = excluded.last_seen, created_at = excluded.created_at, updated_at = excluded.updated_at`,
+      [
+        text(d.id, "id"),
+        text(d.name, "name"),
+        text(d.protocol, "protocol"),
+        optText(d.address, "address"),
+        optText(d.manufacturer, "manufacturer"),
+        optText(d.model, "model"),
+        optText(d.firmware, "firmware"),
+        json(d.capabilities, "capabilities"),
+        json(d.tags, "tags"),
+        d.heartbeatTimeout,
+        json(d.metadata, "metadata"),
+        text(d.status, "status"),
+        d.lastSeen,
+        d.createdAt,
+        d.updatedAt,
+      ],
+    );
+  }
+
+  async deleteDevice(id: string): Promise<void> {
+    await this.tx(async (c) => {
+      for (const sql of DELETE_DEVICE) await c.query(sql, [id]);
+    });
+  }
+
+  async upsertState(row: StateRow): Promise<void> {
+    await this.query(UPSERT_STATES, columns([row], STATE_COLUMNS));
+  }
+
+  async writeBatch(batch: WriteBatch): Promise<void> {
+    const presence = lastById(batch.presence, (p) => p.id, () => true);
+    const states = lastById(batch.states, (s) => s.deviceId, (next, prev) => next.rev >= prev.rev);
+    if (presence.length + states.length + batch.history.length + batch.events.length === 0) return;
+    // Checked (and stringified) before the transaction, so a bad row fails the batch up front.
+    const statements: [string, unknown[]][] = [];
+    const add = (sql: string, parts: unknown[][][]) => {
+      for (const params of parts) statements.push([sql, params]);
+    };
+    add(UPDATE_PRESENCE, chunkedColumns("presence", presence, PRESENCE_COLUMNS, (p) => p.id));
+    add(UPSERT_STATES, chunkedColumns("states", states, STATE_COLUMNS, (s) => s.deviceId));
+    add(INSERT_HISTORY, chunkedColumns("history", batch.history, HISTORY_COLUMNS));
+    add(INSERT_EVENTS, chunkedColumns("events", batch.events, EVENT_COLUMNS));
+    await this.tx(async (c) => {
+      for (const [sql, params] of statements) await c.query(sql, params);
+    });
+  }
+
+  async loadDevices(): Promise<DeviceRow[]> {
+    const { rows } = await this.query("SELECT * FROM devices");
+    return rows.map(toDeviceRow);
+  }
+
+  async loadStates(): Promise<StateRow[]> {
+    const { rows } = await this.query("SELECT * FROM states");
+    return rows.map(toStateRow);
+  }
+
+  async stateHistory(deviceId: string, limit: number): Promise<HistoryRow[]> {
+    if (!(limit > 0)) return [];
+    const { rows } = await this.query(
+      `SELECT * FROM (SELECT * FROM state_history WHERE device_id = $1 ORDER BY at DESC, version DESC LIMIT $2) h
+       ORDER BY at, version`,
+      [deviceId, Math.floor(limit)],
+    );
+    return rows.map(toHistoryRow);
+  }
+
+  async events(query: EventQuery, now: number): Promise<EventRow[]> {
+    if (!(query.limit > 0)) return [];
+    const params: unknown[] = [now];
+    const where = ["(expires_at = 0 OR expires_at > $1)"];
+    const param = (value: unknown): string => `$${params.push(value)}`;
+    if (query.types && query.types.length > 0) {
+      const exact = query.types.filter((t) => !t.includes("*"));
+      const alternatives = query.types.filter((t) => t.includes("*")).map((t) => `type LIKE ${param(likePattern(t))} ESCAPE '\\'`);
+      if (exact.length > 0) alternatives.unshift(`type = ANY(${param(exact)}::text[])`);
+      where.push(`(${alternatives.join(" OR ")})`);
+    }
+    if (query.priorities && query.priorities.length > 0) where.push(`priority = ANY(${param(query.priorities)}::text[])`);
+    if (query.deviceId !== undefined) where.push(`device_id = ${param(query.deviceId)}`);
+    if (query.source !== undefined) where.push(`source = ${param(query.source)}`);
+    if (query.since !== undefined) where.push(`ts >= ${param(query.since)}`);
+    const limit = param(Math.floor(query.limit));
+    const { rows } = await this.query(
+      `SELECT * FROM events WHERE ${where.join(" AND ")} ORDER BY ts DESC, id DESC LIMIT ${limit}`,
+      params,
+    );
+    return rows.map(toEventRow);
+  }
+
+  // ---- tokens ----
+
+  async putToken(row: TokenRow): Promise<void> {
+    await this.query(
+      `INSERT INTO device_tokens (device_id, hash, created_at) VALUES ($1, $2, $3)
+       ON CONFLICT (device_id) DO UPDATE SET hash = excluded.hash, created_at = excluded.created_at`,
+      [text(row.deviceId, "deviceId"), text(row.hash, "hash"), row.createdAt],
+    );
+  }
+
+  async getToken(deviceId: string): Promise<TokenRow | null> {
+    const { rows } = await this.query("SELECT * FROM device_tokens WHERE device_id = $1", [deviceId]);
+    return rows.length > 0 ? toTokenRow(rows[0]!) : null;
+  }
+
+  async deleteToken(deviceId: string): Promise<void> {
+    await this.query("DELETE FROM device_tokens WHERE device_id = $1", [deviceId]);
+  }
+
+  // ---- commands ----
+
+  async putCommand(c: CommandRow): Promise<void> {
+    await this.query(
+      `INSERT INTO commands (id, device_id, command, params, status, attempts, priority, created_at, sent_at,
+         completed_at, expires_at, result, error, options)
+       VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13, $14::jsonb)
+       ON CONFLICT (id) DO UPDATE SET device_id = excluded.device_id, command = excluded.command,
+         params = excluded.params, status = excluded.status, attempts = excluded.attempts,
+         priority = excluded.priority, created_at = excluded.created_at, sent_at = excluded.sent_at,
+         completed_at = excluded.completed_at, expires_at = excluded.expires_at, result = excluded.result,
+         error = excluded.error, options = excluded.options`,
+      [
+        text(c.id, "id"),
+        text(c.deviceId, "deviceId"),
+        text(c.command, "command"),
+        json(c.params, "params"),
+        text(c.status, "status"),
+        c.attempts,
+        text(c.priority, "priority"),
+        c.createdAt,
+        c.sentAt,
+        c.completedAt,
+        c.expiresAt,
+        optJson(c.result, "result"),
+        optText(c.error, "error"),
+        json(c.options, "options"),
+      ],
+    );
+  }
+
+  async getCommand(id: string): Promise<CommandRow | null> {
+    const { rows } = await this.query("SELECT * FROM commands WHERE id = $1", [id]);
+    return rows.length > 0 ? toCommandRow(rows[0]!) : null;
+  }
+
+  async pendingCommands(deviceId?: string): Promise<CommandRow[]> {
+    const params: unknown[] = [PENDING_COMMAND_STATUSES];
+    let sql = "SELECT * FROM commands WHERE status = ANY($1::text[])";
+    if (deviceId !== undefined) sql += ` AND device_id = $${params.push(deviceId)}`;
+    const { rows } = await this.query(`${sql} ORDER BY created_at, id`, params);
+    return rows.map(toCommandRow);
+  }
+
+  async deleteCommand(id: string): Promise<void> {
+    await this.query("DELETE FROM commands WHERE id = $1", [id]);
+  }
+
+  // ---- retention ----
+
+  async purge(policy: RetentionPolicy, now: number, batchSize: number): Promise<PurgeResult> {
+    const result: PurgeResult = { history: 0, events: 0, commands: 0 };
+    const n = Math.floor(batchSize);
+    if (!(n > 0)) return result;
+    if (policy.historyMaxAgeMs > 0) {
+      result.history += await this.deleteIds(
+        "state_history",
+        "SELECT id FROM state_history WHERE at < $1 LIMIT $2",
+        [now - policy.historyMaxAgeMs, n],
+      );
+    }
+    if (policy.historyMaxPerDevice > 0 && result.history < n) {
+      result.history += await this.deleteIds(
+        "state_history",
+        `SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY device_id ORDER BY at DESC, version DESC) AS rn
+           FROM state_history) ranked WHERE rn > $1 LIMIT $2`,
+        [policy.historyMaxPerDevice, n - result.history],
+      );
+    }
+    // Expired events go whatever the policy; old ones only when an age limit is set.
+    result.events += await this.deleteIds(
+      "events",
+      policy.eventsMaxAgeMs > 0
+        ? "SELECT id FROM events WHERE ts < $3 OR (expires_at <> 0 AND expires_at <= $1) LIMIT $2"
+        : "SELECT id FROM events WHERE expires_at <> 0 AND expires_at <= $1 LIMIT $2",
+      policy.eventsMaxAgeMs > 0 ? [now, n, now - policy.eventsMaxAgeMs] : [now, n],
+    );
+    if (policy.eventsMaxRows > 0 && result.events < n) {
+      const { rows } = await this.query("SELECT COUNT(*) AS count FROM events");
+      const excess = Math.min(Number(rows[0]!.count) - policy.eventsMaxRows, n - result.events);
+      if (excess > 0) {
+        result.events += await this.deleteIds("events", "SELECT id FROM events ORDER BY ts, id LIMIT $1", [excess]);
+      }
+    }
+    if (policy.commandsMaxAgeMs > 0) {
+      result.commands = await this.deleteIds(
+        "commands",
+        "SELECT id FROM commands WHERE NOT (status = ANY($1::text[])) AND completed_at < $2 LIMIT $3",
+        [PENDING_COMMAND_STATUSES, now - policy.commandsMaxAgeMs, n],
+      );
+    }
+    return result;
+  }
+
+  private async deleteIds(table: string, select: string, params: unknown[]): Promise<number> {
+    const res = await this.query(`DELETE FROM ${table} WHERE id IN (${select})`, params);
+    return res.rowCount ?? 0;
+  }
+
+  // ---- plumbing ----
+
+  /**
+   * Runs `fn` in a transaction on one pooled connection. A serialization failure (40001, also
+   * CockroachDB's restart) or a deadlock (40P01) rolls back and runs `fn` again after an
+   * exponential backoff with jitter, at most `maxRetries` times: `fn` must be safe to repeat.
+   * Exposed for tests; the hub uses the Store methods.
+   */
+  async tx<T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    return this.transaction(fn, isSerializationFailure);
+  }
+
+  private async transaction<T>(fn: (client: pg.PoolClient) => Promise<T>, retryable: (err: unknown) => boolean): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      const client = await this.connect();
+      let failure: unknown;
+      let began = false;
+      let broken: Error | undefined;
+      try {
+        await client.query("BEGIN");
+        began = true;
+        const result = await fn(client);
+        await client.query("COMMIT");
+        client.release();
+        return result;
+      } catch (err) {
+        failure = err;
+        if (isConnectionError(err)) broken = err as Error;
+        else {
+          await client.query("ROLLBACK").catch((e: Error) => {
+            broken = e;
+          });
+        }
+        client.release(broken);
+      }
+      // A pooled connection found dead at BEGIN has done nothing: one fresh try is safe.
+      const staleConnection = !began && broken !== undefined && attempt === 0;
+      if ((staleConnection || retryable(failure)) && attempt < this.maxRetries) {
+        if (!staleConnection) await sleep(backoffMs(attempt));
+        continue;
+      }
+      if (retryable(failure)) {
+        const message = `the database at ${this.description} failed the transaction ${attempt + 1} times in a row`;
+        throw withCause(new TethralError("UNAVAILABLE", `${message}: ${describeError(failure)}`), failure);
+      }
+      throw this.wrap(failure);
+    }
+  }
+
+  /** One statement outside a transaction (itself atomic), retried like a transaction. */
+  private async query(sql: string, params?: unknown[]): Promise<pg.QueryResult<Record<string, unknown>>> {
+    const pool = this.requirePool();
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await pool.query<Record<string, unknown>>(sql, params);
+      } catch (err) {
+        if (!isSerializationFailure(err) || attempt >= this.maxRetries) throw this.wrap(err);
+        await sleep(backoffMs(attempt));
+      }
+    }
+  }
+
+  private async connect(): Promise<pg.PoolClient> {
+    const pool = this.requirePool();
+    try {
+      const client = await pool.connect();
+      // A checked-out connection that dies between queries emits "error" on the client;
+      // unheard, that would crash the process. The pending or next query fails instead.
+      if (client.listenerCount("error") === 0) client.on("error", () => undefined);
+      return client;
+    } catch (err) {
+      throw this.wrap(err);
+    }
+  }
+
+  private requirePool(): pg.Pool {
+    if (this.pool) return this.pool;
+    throw this.closedError();
+  }
+
+  private closedError(): TethralError {
+    return new TethralError("UNAVAILABLE", `the store at ${this.description} is ${this.closed ? "closed" : "not open"}`);
+  }
+
+  /** Gives a driver error the engine's code: UNAVAILABLE, INVALID or TIMEOUT, the original as `cause`. */
+  private wrap(err: unknown): unknown {
+    if (err instanceof TethralError) return err;
+    const code = sqlState(err);
+    const at = `the database at ${this.description}`;
+    const coded = (c: TethralError["code"], message: string) => withCause(new TethralError(c, `${message}: ${describeError(err)}`), err);
+    if (isConnectionError(err)) {
+      return coded("UNAVAILABLE", code?.startsWith("28") || code === "3D000" ? `${at} refused the connection` : `${at} is unreachable`);
+    }
+    if (code === "57014") return coded("TIMEOUT", `${at} timed out`);
+    if (code?.startsWith("22")) return coded("INVALID", "the database refused a value");
+    if (code?.startsWith("53") || code?.startsWith("57P")) return coded("UNAVAILABLE", `${at} is unavailable`);
+    return err;
+  }
+
+  /**
+   * Creates the migrations table, refuses a newer schema before touching anything else, then
+   * applies each pending migration in its own transaction. Two hubs starting at once on a fresh
+   * database race on the catalog (a duplicate table or type); the loser rolls back, sees the
+   * version recorded by the winner and skips it.
+   */
+  private async migrate(): Promise<void> {
+    await this.transaction(
+      (c) =>
+        c.query(`CREATE TABLE IF NOT EXISTS ${MIGRATIONS_TABLE} (
+          version INTEGER PRIMARY KEY,
+          name TEXT NOT NULL,
+          applied_at BIGINT NOT NULL
+        )`),
+      isMigrationRace,
+    );
+    const found = await this.schemaVersion();
+    if (found > LATEST_SCHEMA_VERSION) throw new TethralError("UNAVAILABLE", newerSchemaMessage(found, this.description));
+    for (const migration of MIGRATIONS) {
+      if (migration.version <= found) continue;
+      await this.transaction(async (c) => {
+        const done = await c.query(`SELECT 1 FROM ${MIGRATIONS_TABLE} WHERE version = $1`, [migration.version]);
+        if (done.rows.length > 0) return;
+        for (const sql of migration.postgres) await c.query(sql);
+        await c.query(
+          `INSERT INTO ${MIGRATIONS_TABLE} (version, name, applied_at) VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING`,
+          [migration.version, migration.name, Date.now()],
+        );
+      }, isMigrationRace);
+    }
+  }
+}

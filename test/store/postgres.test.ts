@@ -1,0 +1,371 @@
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import pg from "pg";
+import { isTethralError, type TethralError } from "../../src/core/errors";
+import { LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE, newerSchemaMessage } from "../../src/store/migrations";
+import { connectionSettings, PostgresStore, type PostgresStoreOptions } from "../../src/store/postgres";
+import type { EventRow, WriteBatch } from "../../src/store/types";
+import { describeStoreContract } from "./contract";
+import { commandRow, deviceRow, eventRow, historyRow, stateRow, T0 } from "./fixtures";
+import { startProxy, startTestPostgres, type TestPostgres, type TestProxy } from "./pg-harness";
+
+const EMPTY_BATCH: WriteBatch = { presence: [], states: [], history: [], events: [] };
+const ON_SERVER = Boolean(process.env.TETHRAL_TEST_PG_URL);
+
+async function rejection(promise: Promise<unknown>): Promise<TethralError> {
+  try {
+    await promise;
+  } catch (err) {
+    assert.ok(isTethralError(err), `expected a TethralError, got ${String(err)}`);
+    return err;
+  }
+  return assert.fail("expected the promise to reject");
+}
+
+function sqlStateError(code: string): Error {
+  return Object.assign(new Error(`simulated ${code}`), { code });
+}
+
+describe("PostgresStore", function () {
+  this.timeout(30_000);
+  let db: TestPostgres;
+
+  before(async function () {
+    db = await startTestPostgres();
+  });
+
+  after(async function () {
+    await db?.stop();
+  });
+
+  describeStoreContract(ON_SERVER ? "PostgreSQL server" : "PostgreSQL (PGlite)", async () => {
+    await db.reset();
+    const make = () => new PostgresStore({ url: db.url, poolSize: db.poolSize });
+    return {
+      store: make(),
+      cleanup: async () => {},
+      reopen: async () => make(),
+      sql: (text: string) => db.sql(text),
+    };
+  });
+
+  describe("specifics", function () {
+    const stores: PostgresStore[] = [];
+    const proxies: TestProxy[] = [];
+    const make = (over: Partial<PostgresStoreOptions> = {}): PostgresStore => {
+      const store = new PostgresStore({ url: db.url, poolSize: db.poolSize, ...over });
+      stores.push(store);
+      return store;
+    };
+    const proxy = async (): Promise<TestProxy> => {
+      const p = await startProxy(db.url);
+      proxies.push(p);
+      return p;
+    };
+
+    beforeEach(async function () {
+      await db.reset();
+    });
+
+    afterEach(async function () {
+      for (const s of stores.splice(0)) await s.close();
+      for (const p of proxies.splice(0)) await p.close();
+    });
+
+    describe("connection settings", function () {
+      it("describes host, port and database, never the password", function () {
+        const store = new PostgresStore({ url: "postgres://u:secret@db.example:6543/tethral", password: "other" });
+        assert.equal(store.kind, "postgres");
+        assert.equal(store.description, "db.example:6543/tethral");
+        assert.equal(new PostgresStore({ url: "postgresql://db.example/hub" }).description, "db.example:5432/hub");
+      });
+
+      it("puts the password option in place of the URL's, any characters included", function () {
+        const password = `p@ss:w/rd%41 ü'"?#&=+`;
+        const passwordOf = (connectionString: string) => new pg.Client({ connectionString }).password;
+        assert.equal(passwordOf(connectionSettings("postgres://u:old@h:5432/d", password).connectionString), password);
+        assert.equal(passwordOf(connectionSettings("postgres://u@h/d", password).connectionString), password);
+        assert.equal(passwordOf(connectionSettings("postgres://u:kept@h/d").connectionString), "kept");
+        const socket = connectionSettings("postgres:///d?host=/var/run/postgresql", password);
+        assert.equal(passwordOf(socket.connectionString), password);
+        assert.equal(socket.description, "/var/run/postgresql:5432/d");
+      });
+
+      it("refuses a URL that is not postgres://", function () {
+        for (const url of ["mysql://h/d", "not a url"]) {
+          assert.throws(() => new PostgresStore({ url }), (err: unknown) => isTethralError(err) && err.code === "INVALID");
+        }
+      });
+
+      it("connects with the password option when the URL has none (server only)", async function () {
+        if (!ON_SERVER) this.skip();
+        const role = `tethral_pw_${randomBytes(4).toString("hex")}`;
+        await db.sql(`CREATE ROLE ${role} LOGIN PASSWORD 'right'`);
+        try {
+          await db.sql(`GRANT ALL ON SCHEMA public TO ${role}`);
+          const url = new URL(db.url);
+          url.username = role;
+          url.password = "";
+          const store = make({ url: url.toString(), password: "right" });
+          await store.open();
+          const { rows } = await store.tx((c) => c.query("SELECT current_user AS who"));
+          assert.equal(rows[0]!.who, role);
+          // Only meaningful where the server checks passwords (not with trust authentication).
+          url.password = "wrong";
+          const wrong = make({ url: url.toString() });
+          const refused = await wrong.open().then(
+            () => false,
+            (err: unknown) => {
+              assert.ok(isTethralError(err) && err.code === "UNAVAILABLE", String(err));
+              return true;
+            },
+          );
+          if (!refused) await wrong.close();
+          await store.close();
+        } finally {
+          await db.sql(`DROP OWNED BY ${role}`);
+          await db.sql(`DROP ROLE ${role}`);
+        }
+      });
+    });
+
+    describe("schema", function () {
+      it("reads BIGINT as numbers without touching pg's global type parsers", async function () {
+        const store = make();
+        await store.open();
+        await store.upsertDevice(deviceRow("d1", { lastSeen: Number.MAX_SAFE_INTEGER }));
+        const [row] = await store.loadDevices();
+        assert.equal(row!.lastSeen, Number.MAX_SAFE_INTEGER);
+        assert.equal(typeof (await store.schemaVersion()), "number");
+        assert.equal(pg.types.getTypeParser(20, "text")("9007199254740993"), "9007199254740993");
+      });
+
+      it("refuses a newer schema with a clear message before creating anything", async function () {
+        await db.sql(`CREATE TABLE ${MIGRATIONS_TABLE} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)`);
+        await db.sql(`INSERT INTO ${MIGRATIONS_TABLE} VALUES (${LATEST_SCHEMA_VERSION + 1}, 'next', 0)`);
+        const store = make();
+        const err = await rejection(store.open());
+        assert.equal(err.code, "UNAVAILABLE");
+        assert.equal(err.message, newerSchemaMessage(LATEST_SCHEMA_VERSION + 1, store.description));
+        const [found] = await db.sql("SELECT to_regclass('devices') IS NULL AS missing");
+        assert.equal(found!.missing, true);
+        assert.equal((await rejection(store.loadDevices())).code, "UNAVAILABLE");
+      });
+
+      it("two hubs opening a fresh database at once both succeed (server only)", async function () {
+        // PGlite runs one statement at a time: its connections cannot be used concurrently.
+        if (!ON_SERVER) this.skip();
+        const racers = [make(), make(), make(), make()];
+        await Promise.all(racers.map((s) => s.open()));
+        for (const s of racers) assert.equal(await s.schemaVersion(), LATEST_SCHEMA_VERSION);
+        const rows = await db.sql(`SELECT version FROM ${MIGRATIONS_TABLE} ORDER BY version`);
+        assert.deepEqual(
+          rows.map((r) => Number(r.version)),
+          MIGRATIONS.map((m) => m.version),
+        );
+        await racers[0]!.upsertDevice(deviceRow("d1"));
+        assert.deepEqual(await racers[3]!.loadDevices(), [deviceRow("d1")]);
+      });
+    });
+
+    describe("transactions", function () {
+      it("retries a transaction that fails with 40001 and commits the retry alone", async function () {
+        const store = make({ maxRetries: 3 });
+        await store.open();
+        let attempts = 0;
+        const result = await store.tx(async (c) => {
+          attempts++;
+          await c.query("INSERT INTO device_tokens (device_id, hash, created_at) VALUES ('d1', 'h', 1)");
+          // A real server-side serialization failure, as CockroachDB's restart error looks.
+          if (attempts === 1) await c.query("DO $$ BEGIN RAISE EXCEPTION 'restart transaction' USING ERRCODE = '40001'; END $$");
+          return "done";
+        });
+        // Had the first attempt's insert survived, the second would have failed on the key.
+        assert.equal(result, "done");
+        assert.equal(attempts, 2);
+        assert.deepEqual(await store.getToken("d1"), { deviceId: "d1", hash: "h", createdAt: 1 });
+      });
+
+      it("retries a deadlock (40P01) too", async function () {
+        const store = make();
+        await store.open();
+        let attempts = 0;
+        await store.tx(async () => {
+          if (++attempts < 3) throw sqlStateError("40P01");
+        });
+        assert.equal(attempts, 3);
+      });
+
+      it("gives up after maxRetries with UNAVAILABLE, the 40001 kept as cause", async function () {
+        const store = make({ maxRetries: 2 });
+        await store.open();
+        let attempts = 0;
+        const err = await rejection(
+          store.tx(async () => {
+            attempts++;
+            throw sqlStateError("40001");
+          }),
+        );
+        assert.equal(attempts, 3);
+        assert.equal(err.code, "UNAVAILABLE");
+        assert.equal((err.cause as { code?: string }).code, "40001");
+        // The connection went back to the pool (of one, on PGlite) each time.
+        await store.ping();
+      });
+
+      it("does not retry other errors, rolls back and releases the connection", async function () {
+        const store = make();
+        await store.open();
+        let attempts = 0;
+        const boom = new Error("boom");
+        await assert.rejects(
+          store.tx(async (c) => {
+            attempts++;
+            await c.query("INSERT INTO device_tokens (device_id, hash, created_at) VALUES ('d1', 'h', 1)");
+            throw boom;
+          }),
+          (err) => err === boom,
+        );
+        assert.equal(attempts, 1);
+        assert.equal(await store.getToken("d1"), null);
+        await store.putToken({ deviceId: "d1", hash: "h", createdAt: 1 });
+        await assert.rejects(
+          store.tx((c) => c.query("INSERT INTO device_tokens (device_id, hash, created_at) VALUES ('d1', 'h', 1)")),
+          (err: unknown) => (err as { code?: string }).code === "23505",
+        );
+        await store.ping();
+      });
+    });
+
+    describe("outage", function () {
+      it("rejects writes with UNAVAILABLE while the database is unreachable and writes again after", async function () {
+        const p = await proxy();
+        const store = make({ url: p.url, connectTimeoutMs: 2000 });
+        await store.open();
+        await store.upsertDevice(deviceRow("d1"));
+
+        p.cut();
+        const batch: WriteBatch = {
+          ...EMPTY_BATCH,
+          presence: [{ id: "d1", status: "offline", lastSeen: T0 + 9 }],
+          events: [eventRow("e1", "device.offline", T0 + 9, { deviceId: "d1" })],
+        };
+        const down = await rejection(store.writeBatch(batch));
+        assert.equal(down.code, "UNAVAILABLE");
+        assert.match(down.message, /unreachable/);
+        assert.ok(down.cause instanceof Error, "the driver's error is kept as cause");
+        assert.equal((await rejection(store.upsertDevice(deviceRow("d2")))).code, "UNAVAILABLE");
+        assert.equal((await rejection(store.ping())).code, "UNAVAILABLE");
+
+        p.restore();
+        await store.writeBatch(batch);
+        await store.upsertDevice(deviceRow("d2"));
+        const devices = await store.loadDevices();
+        assert.deepEqual(
+          devices.find((d) => d.id === "d1"),
+          deviceRow("d1", { status: "offline", lastSeen: T0 + 9 }),
+        );
+        assert.equal(devices.length, 2);
+        assert.equal((await store.events({ limit: 10 }, T0)).length, 1);
+      });
+
+      it("rejects open with UNAVAILABLE when the database cannot be reached, and opens once it can", async function () {
+        const p = await proxy();
+        p.cut();
+        const store = make({ url: p.url, connectTimeoutMs: 2000 });
+        const err = await rejection(store.open());
+        assert.equal(err.code, "UNAVAILABLE");
+        assert.ok(err.message.includes(store.description), err.message);
+        p.restore();
+        await store.open();
+        assert.equal(await store.schemaVersion(), LATEST_SCHEMA_VERSION);
+      });
+
+      it("a statement over statementTimeoutMs rejects with TIMEOUT (server only)", async function () {
+        // PGlite ignores the statement_timeout startup parameter.
+        if (!ON_SERVER) this.skip();
+        const store = make({ statementTimeoutMs: 100 });
+        await store.open();
+        const err = await rejection(store.tx((c) => c.query("SELECT pg_sleep(2)")));
+        assert.equal(err.code, "TIMEOUT");
+        await store.ping();
+      });
+
+      it("after close every method rejects with UNAVAILABLE; close is idempotent", async function () {
+        const store = make();
+        await store.open();
+        await store.close();
+        await store.close();
+        assert.equal((await rejection(store.loadDevices())).code, "UNAVAILABLE");
+        assert.equal((await rejection(store.writeBatch({ ...EMPTY_BATCH, events: [eventRow("e", "x.y", T0)] }))).code, "UNAVAILABLE");
+        assert.equal((await rejection(store.open())).code, "UNAVAILABLE");
+      });
+    });
+
+    describe("values", function () {
+      it("refuses NUL characters and lone surrogates with INVALID naming the field, before sending anything", async function () {
+        const store = make();
+        await store.open();
+        const field = async (p: Promise<unknown>) => (await rejection(p)).details.map((d) => d.field);
+        assert.deepEqual(await field(store.upsertDevice(deviceRow("d1", { name: "a\u0000b" }))), ["name"]);
+        assert.deepEqual(await field(store.upsertDevice(deviceRow("d1", { metadata: { "k\u0000": 1 } }))), ["metadata"]);
+        assert.deepEqual(await field(store.upsertDevice(deviceRow("d1", { tags: ["\ud800"] }))), ["tags"]);
+        assert.deepEqual(await field(store.upsertDevice(deviceRow("d1", { model: "x\udc00" }))), ["model"]);
+        assert.deepEqual(
+          await field(store.putCommand(commandRow("c1", "d1", T0, { result: { s: "\u0000" } }))),
+          ["result"],
+        );
+        const err = await rejection(
+          store.writeBatch({
+            ...EMPTY_BATCH,
+            states: [stateRow("d1", 1)],
+            events: [eventRow("ok", "x.y", T0), eventRow("bad", "x.y", T0, { data: ["\u0000"] })],
+          }),
+        );
+        assert.equal(err.code, "INVALID");
+        // The row is named, so a caller can set it aside and write the rest.
+        assert.deepEqual(err.details.map((d) => d.field), ["events[1].data"]);
+        const badState = stateRow("d\"2", 1, { properties: { s: "\ud83d" } });
+        assert.deepEqual(
+          await field(store.writeBatch({ ...EMPTY_BATCH, states: [stateRow("d1", 1), badState] })),
+          ['states["d\\"2"].properties'],
+        );
+        assert.deepEqual(await field(store.upsertState(badState)), ["properties"]);
+        assert.deepEqual(await store.loadStates(), []);
+        assert.deepEqual(await store.events({ limit: 10 }, T0), []);
+        assert.deepEqual(await store.loadDevices(), []);
+      });
+
+      it("stores escape-like text and surrogate pairs exactly", async function () {
+        const store = make();
+        await store.open();
+        const tricky = ["\\u0000", "\\\\u0000", "\\ud800", "😀", "\u0001\u001f", "a\\", "\\"];
+        const row = deviceRow("d1", { name: tricky.join("|"), tags: tricky, metadata: { [tricky[0]!]: tricky, "😀": "\\\\" } });
+        await store.upsertDevice(row);
+        assert.deepEqual(await store.loadDevices(), [row]);
+      });
+
+      it("keeps JSON arrays, strings, numbers and null as JSON, not PostgreSQL arrays", async function () {
+        const store = make();
+        await store.open();
+        const datas: unknown[] = [[1, "two", [3, { four: [] }]], [], "text", "{\"not\":\"an object\"}", 42.5, false, null, { a: [] }];
+        const events: EventRow[] = datas.map((data, i) => eventRow(`e${i}`, "x.y", T0 + i, { data }));
+        await store.writeBatch({ ...EMPTY_BATCH, events });
+        assert.deepEqual(await store.events({ limit: 100 }, T0), [...events].reverse());
+        const cmd = commandRow("c1", "d1", T0, { result: ["a", ["b"]], params: { list: [1, 2] } });
+        await store.putCommand(cmd);
+        assert.deepEqual(await store.getCommand("c1"), cmd);
+      });
+
+      it("writes a batch larger than one statement's chunk in one transaction", async function () {
+        const store = make();
+        await store.open();
+        const events = Array.from({ length: 5003 }, (_, i) => eventRow(`e${i}`, "x.y", T0 + i));
+        const history = Array.from({ length: 5003 }, (_, i) => historyRow(`h${i}`, "d1", T0 + i, i));
+        await store.writeBatch({ ...EMPTY_BATCH, events, history });
+        assert.equal((await store.events({ limit: 10_000 }, T0)).length, 5003);
+        assert.equal((await store.stateHistory("d1", 10_000)).length, 5003);
+      });
+    });
+  });
+});
