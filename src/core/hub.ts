@@ -442,7 +442,7 @@ export class Hub {
     if (!p) return this.state.history(id, limit);
     try {
       await p.flushAll();
-      const rows = await p.store.stateHistory(id, limit ?? DEFAULT_STATE_OPTIONS.historySize);
+      const rows = await p.store.stateHistory(id, limit ?? this.state.historySize);
       return rows.map(historyEntry);
     } catch {
       return this.state.history(id, limit);

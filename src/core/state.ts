@@ -367,6 +367,11 @@ export class StateManager {
     return true;
   }
 
+  /** Changes kept per device. */
+  get historySize(): number {
+    return this.options.historySize;
+  }
+
   canTransition(from: DeviceStatus, to: DeviceStatus): boolean {
     return from === to || this.options.transitions[from].includes(to);
   }

@@ -1,6 +1,11 @@
+import path from "node:path";
 import { z } from "zod";
 import type { HubOptions } from "../core";
+import { TethralError } from "../core/errors";
 import { LIMITS, parseInput } from "../core/validation";
+import { PostgresStore, type PostgresStoreOptions } from "../store/postgres";
+import { SqliteStore } from "../store/sqlite";
+import type { Store } from "../store/types";
 
 /** A tethral-hub node's settings, checked and with defaults filled in. */
 export interface HubConfig {
@@ -13,7 +18,25 @@ export interface HubConfig {
   retentionDays: number;
   stateHistorySize: number;
   eventHistorySize: number;
+  /** Where the hub keeps its fleet across restarts: see `storageFor`. */
+  storage: StorageSetting;
+  /** The SQLite file of `storage: "sqlite"`, relative to the Node-RED user dir. */
+  sqliteFile: string;
+  /** `postgres://user@host:port/database` for `storage: "postgres"`; the password may be a credential. */
+  postgresUrl: string;
+  /** Days stored events are kept; 0 keeps them regardless of age (the row cap still applies). */
+  eventRetentionDays: number;
+  /** Days stored state history is kept; 0 keeps it regardless of age (the per-device cap still applies). */
+  historyRetentionDays: number;
 }
+
+export const STORAGE_SETTINGS = ["auto", "sqlite", "postgres", "memory"] as const;
+export type StorageSetting = (typeof STORAGE_SETTINGS)[number];
+
+/** The file name used when no other is given, in the Node-RED user dir. */
+export const DEFAULT_SQLITE_FILE = "tethral.sqlite";
+/** The environment variable `storage: "auto"` reads (CONTRACT §6). */
+export const DB_VARIABLE = "TETHRAL_DB";
 
 export const HUB_CONFIG_DEFAULTS: HubConfig = {
   name: "",
@@ -24,6 +47,11 @@ export const HUB_CONFIG_DEFAULTS: HubConfig = {
   retentionDays: 30,
   stateHistorySize: 100,
   eventHistorySize: 1000,
+  storage: "auto",
+  sqliteFile: DEFAULT_SQLITE_FILE,
+  postgresUrl: "",
+  eventRetentionDays: 7,
+  historyRetentionDays: 30,
 };
 
 // Below 1.5 × its usual gap, a device that reports on a steady period would flap offline on
@@ -34,6 +62,9 @@ export const MAX_RETENTION_DAYS = 3650;
 export const MAX_STATE_HISTORY = 10_000;
 // The event bus allocates its history ring up front.
 export const MAX_EVENT_HISTORY = 100_000;
+const MAX_PATH_LENGTH = 4096;
+
+const DAY_MS = 24 * 3600 * 1000;
 
 /**
  * Node-RED replaces a property that is exactly `${VAR}` with the variable's value, and leaves
@@ -41,9 +72,11 @@ export const MAX_EVENT_HISTORY = 100_000;
  */
 const UNRESOLVED_ENV = /^\$\{([^}]+)\}$/;
 
+const unsetVariable = (name: string) => `uses the environment variable ${name}, which is not set`;
+
 function unresolvedEnv(value: string, ctx: z.RefinementCtx): boolean {
   const env = UNRESOLVED_ENV.exec(value);
-  if (env) ctx.addIssue({ code: "custom", message: `uses the environment variable ${env[1]}, which is not set` });
+  if (env) ctx.addIssue({ code: "custom", message: unsetVariable(env[1]!) });
   return env !== null;
 }
 
@@ -71,7 +104,24 @@ function toBoolean(value: unknown, ctx: z.RefinementCtx): unknown {
   return value;
 }
 
+/** A text field: trimmed, blank means "use the default". `${VAR}` is checked where it is used. */
+function toText(value: unknown): unknown {
+  if (value === null || value === undefined) return undefined;
+  if (typeof value !== "string") return value;
+  const s = value.trim();
+  return s === "" ? undefined : s;
+}
+
+/** A choice from a select; an `${ENV}` value may give it in any case. */
+function toChoice(value: unknown, ctx: z.RefinementCtx): unknown {
+  const s = toText(value);
+  if (typeof s !== "string") return s;
+  if (unresolvedEnv(s, ctx)) return z.NEVER;
+  return s.toLowerCase();
+}
+
 const NOT_A_NUMBER = { error: "must be a number" };
+const NOT_TEXT = { error: "must be text" };
 
 const setting = {
   positive: (max: number, fallback: number) =>
@@ -96,6 +146,8 @@ const setting = {
     ),
   flag: (fallback: boolean) =>
     z.preprocess(toBoolean, z.boolean({ error: "must be true or false" }).default(fallback)),
+  text: (max: number, fallback: string) =>
+    z.preprocess(toText, z.string(NOT_TEXT).max(max, `must be at most ${max} characters`).default(fallback)),
 };
 
 const d = HUB_CONFIG_DEFAULTS;
@@ -110,21 +162,179 @@ const hubConfigSchema = z.object({
   retentionDays: setting.positive(MAX_RETENTION_DAYS, d.retentionDays),
   stateHistorySize: setting.count(MAX_STATE_HISTORY, d.stateHistorySize),
   eventHistorySize: setting.count(MAX_EVENT_HISTORY, d.eventHistorySize),
+  eventRetentionDays: setting.between(0, MAX_RETENTION_DAYS, d.eventRetentionDays),
+  historyRetentionDays: setting.between(0, MAX_RETENTION_DAYS, d.historyRetentionDays),
 });
+
+// The file and URL are checked only for the storage that uses them, as the editor does: a
+// leftover URL (or one naming an unset variable) does not stop a hub that keeps a SQLite file.
+const storageSchema = z
+  .object({
+    storage: z.preprocess(
+      toChoice,
+      z.enum(STORAGE_SETTINGS, { error: `must be one of ${STORAGE_SETTINGS.join(", ")}` }).default(d.storage),
+    ),
+    sqliteFile: setting.text(MAX_PATH_LENGTH, d.sqliteFile),
+    postgresUrl: setting.text(MAX_PATH_LENGTH, d.postgresUrl),
+  })
+  .superRefine((config, ctx) => {
+    const report = (field: string, message: string | null) => {
+      if (message) ctx.addIssue({ code: "custom", path: [field], message });
+    };
+    if (config.storage === "sqlite") report("sqliteFile", sqliteFileProblem(config.sqliteFile));
+    if (config.storage === "postgres") report("postgresUrl", postgresUrlProblem(config.postgresUrl, "storage is postgres"));
+  });
+
+const hubSettingsSchema = z.intersection(hubConfigSchema, storageSchema);
+
+function sqliteFileProblem(file: string): string | null {
+  const env = UNRESOLVED_ENV.exec(file);
+  if (env) return unsetVariable(env[1]!);
+  // better-sqlite3 would cut the name at the NUL and open another file.
+  if (file.includes("\0")) return "must not contain a NUL character";
+  return null;
+}
+
+/**
+ * Why `url` cannot name a PostgreSQL database, or null. The message never repeats the URL:
+ * it may hold a password, and it goes to the log.
+ */
+export function postgresUrlProblem(url: string, requiredWhen?: string): string | null {
+  if (url === "") return requiredWhen ? `is required when ${requiredWhen}` : "is required";
+  const env = UNRESOLVED_ENV.exec(url);
+  if (env) return unsetVariable(env[1]!);
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return "must be a URL like postgres://user@host:5432/database";
+  }
+  if (parsed.protocol !== "postgres:" && parsed.protocol !== "postgresql:") {
+    return "must start with postgres:// or postgresql://";
+  }
+  return null;
+}
 
 /** Checks a deployed tethral-hub node's properties; throws an INVALID TethralError naming every bad field. */
 export function parseHubConfig(def: unknown): HubConfig {
-  return parseInput(hubConfigSchema, def, "Tethral hub settings");
+  return parseInput(hubSettingsSchema, def, "Tethral hub settings");
 }
 
-export function toHubOptions(config: HubConfig, events: Pick<NonNullable<HubOptions["events"]>, "onHandlerError"> = {}): HubOptions {
-  return {
+/** What the Node-RED node adds to its settings: the store, and where its messages go. */
+export interface HubHooks {
+  store?: Store | null;
+  onHandlerError?: NonNullable<HubOptions["events"]>["onHandlerError"];
+  onWarning?: HubOptions["onWarning"];
+}
+
+export function toHubOptions(config: HubConfig, hooks: HubHooks = {}): HubOptions {
+  const options: HubOptions = {
     heartbeat: {
       defaultTimeoutSec: config.defaultHeartbeatTimeout,
       adaptive: { enabled: config.adaptiveTimeout, factor: config.adaptiveFactor },
       retention: { enabled: config.retention, offlineForSec: config.retentionDays * 24 * 3600 },
     },
     state: { historySize: config.stateHistorySize },
-    events: { historySize: config.eventHistorySize, ...events },
+    events: { historySize: config.eventHistorySize, ...(hooks.onHandlerError && { onHandlerError: hooks.onHandlerError }) },
+    persistence: {
+      retention: {
+        eventsMaxAgeMs: config.eventRetentionDays * DAY_MS,
+        historyMaxAgeMs: config.historyRetentionDays * DAY_MS,
+        // "State changes kept per device" means the same with a database as in memory.
+        historyMaxPerDevice: config.stateHistorySize,
+      },
+    },
   };
+  if (hooks.store) options.store = hooks.store;
+  if (hooks.onWarning) options.onWarning = hooks.onWarning;
+  return options;
+}
+
+// ── Storage ──────────────────────────────────────────────────────────────────────────────────
+
+/** The node's credentials (kept by Node-RED apart from the flow file, encrypted). */
+export interface HubCredentials {
+  postgresPassword?: string;
+}
+
+/** Where the setting came from, for the log line that says where the fleet is kept. */
+export type StorageSource = "setting" | typeof DB_VARIABLE | "default";
+
+export type StorageChoice =
+  | { kind: "memory"; source: StorageSource }
+  | { kind: "sqlite"; source: StorageSource; path: string }
+  | { kind: "postgres"; source: StorageSource; options: PostgresStoreOptions };
+
+const POSTGRES_SCHEME = /^postgres(ql)?:/i;
+
+/**
+ * Which store a hub with `config` uses:
+ * - `memory`: none; the hub forgets its fleet when it stops.
+ * - `sqlite`: `config.sqliteFile`, relative to `userDir`.
+ * - `postgres`: `config.postgresUrl`; the password credential, when given, overrides the URL's.
+ * - `auto`: TETHRAL_DB when it is set (a postgres:// or postgresql:// URL, `:memory:`, or a
+ *   SQLite file relative to `userDir`), else `tethral.sqlite` in `userDir`.
+ *
+ * `userDir` is Node-RED's user directory; without one (node-red-node-test-helper, or an
+ * embedding that sets none) relative paths are resolved against the current directory, as
+ * anywhere else: never a temporary directory, which a reboot or a service restart may empty.
+ * Throws an INVALID TethralError for a TETHRAL_DB that is not usable.
+ */
+export function storageFor(
+  config: HubConfig,
+  credentials: HubCredentials = {},
+  userDir?: string,
+  env: NodeJS.ProcessEnv = process.env,
+): StorageChoice {
+  const base = userDir || process.cwd();
+  const file = (p: string) => path.resolve(base, p);
+  switch (config.storage) {
+    case "memory":
+      return { kind: "memory", source: "setting" };
+    case "sqlite":
+      return { kind: "sqlite", source: "setting", path: file(config.sqliteFile) };
+    case "postgres": {
+      const options: PostgresStoreOptions = { url: config.postgresUrl };
+      const password = credentials.postgresPassword;
+      if (password !== undefined && password !== "") options.password = password;
+      return { kind: "postgres", source: "setting", options };
+    }
+    case "auto": {
+      const db = env[DB_VARIABLE]?.trim();
+      if (!db) return { kind: "sqlite", source: "default", path: file(DEFAULT_SQLITE_FILE) };
+      if (db === ":memory:") return { kind: "memory", source: DB_VARIABLE };
+      if (POSTGRES_SCHEME.test(db)) {
+        const problem = postgresUrlProblem(db);
+        if (problem) {
+          throw new TethralError("INVALID", `invalid environment variable ${DB_VARIABLE}: ${problem}`, [
+            { field: DB_VARIABLE, message: problem },
+          ]);
+        }
+        return { kind: "postgres", source: DB_VARIABLE, options: { url: db } };
+      }
+      return { kind: "sqlite", source: DB_VARIABLE, path: file(db) };
+    }
+  }
+}
+
+/** The store of `choice`, not yet opened (`hub.start()` opens it); null for memory. */
+export function storeOf(choice: StorageChoice): Store | null {
+  switch (choice.kind) {
+    case "memory":
+      return null;
+    case "sqlite":
+      return new SqliteStore({ path: choice.path });
+    case "postgres":
+      return new PostgresStore(choice.options);
+  }
+}
+
+/** `storeOf(storageFor(...))`: the store a hub with these settings uses, or null for memory. */
+export function makeStore(
+  config: HubConfig,
+  credentials: HubCredentials = {},
+  userDir?: string,
+  env: NodeJS.ProcessEnv = process.env,
+): Store | null {
+  return storeOf(storageFor(config, credentials, userDir, env));
 }

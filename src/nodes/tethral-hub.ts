@@ -1,6 +1,16 @@
 import { Hub, isTethralError } from "../core";
-import { type HubConfig, parseHubConfig, toHubOptions } from "./hub-config";
+import {
+  DB_VARIABLE,
+  type HubConfig,
+  type HubCredentials,
+  type StorageChoice,
+  parseHubConfig,
+  storageFor,
+  storeOf,
+  toHubOptions,
+} from "./hub-config";
 import { HubConnection, errorMessage } from "./hub-connection";
+import type { Store } from "../store/types";
 import type {
   HubLifecycle,
   HubStatus,
@@ -15,6 +25,9 @@ import type {
 } from "./types";
 
 type TethralHubDef = NodeDef & Partial<Record<keyof HubConfig, unknown>>;
+
+/** Kept by Node-RED apart from the flow file (encrypted with the credential secret). */
+const CREDENTIALS = { postgresPassword: { type: "password" } } as const;
 
 const DISPLAY: Record<HubLifecycle, Omit<NodeStatus, "text">> = {
   idle: { fill: "grey", shape: "ring" },
@@ -31,10 +44,14 @@ const DISPLAY: Record<HubLifecycle, Omit<NodeStatus, "text">> = {
  * closing the node (a redeploy or its removal) stops the hub.
  */
 export = function (RED: NodeAPI): void {
-  RED.nodes.registerType("tethral-hub", function TethralHubNode(this: Node, def: TethralHubDef): void {
-    RED.nodes.createNode(this, def);
-    setUp(RED, this, def);
-  });
+  RED.nodes.registerType(
+    "tethral-hub",
+    function TethralHubNode(this: Node, def: TethralHubDef): void {
+      RED.nodes.createNode(this, def);
+      setUp(RED, this, def);
+    },
+    { credentials: CREDENTIALS },
+  );
 };
 
 function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
@@ -50,12 +67,20 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
     node.error(`${RED._("tethral-hub.errors.invalid-config")}: ${describe(err)}`);
   }
 
+  // Made with each hub (on every start attempt), so TETHRAL_DB and the store's own checks fail
+  // the start the way an unreachable database does: shown as the status and logged.
+  let storage = "";
   const connection = new HubConnection(() => {
     if (!config) throw configError ?? new Error("no configuration");
+    const choice = storageFor(config, credentialsOf(node), userDirOf(RED));
+    const store = storeOf(choice);
+    storage = describeStorage(RED, choice, store);
     return new Hub(
       toHubOptions(config, {
+        store,
         onHandlerError: (error, event, subscription) =>
           node.warn(`${RED._("tethral-hub.errors.handler-failed")} (${subscription}, ${event.type}): ${errorMessage(error)}`),
+        onWarning: (message) => node.warn(message),
       }),
     );
   });
@@ -76,7 +101,7 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
       node.error(`${RED._("tethral-hub.errors.start-failed")}: ${status.error}`);
     } else if (status.state === "running") {
       lastLogged = null;
-      node.log(RED._("tethral-hub.log.started"));
+      node.log(RED._("tethral-hub.log.started", { storage }));
     }
   });
 
@@ -126,6 +151,25 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
       done();
     }
   });
+}
+
+function credentialsOf(node: Node): HubCredentials {
+  const password = node.credentials?.postgresPassword;
+  return typeof password === "string" ? { postgresPassword: password } : {};
+}
+
+/** Node-RED's user directory; unset under node-red-node-test-helper (see `storageFor`). */
+function userDirOf(RED: NodeAPI): string | undefined {
+  const dir = RED.settings.userDir;
+  return typeof dir === "string" && dir !== "" ? dir : undefined;
+}
+
+/** Where the fleet is kept, for the log: a file path or host:port/database, never a password. */
+function describeStorage(RED: NodeAPI, choice: StorageChoice, store: Store | null): string {
+  const where = store
+    ? RED._(`tethral-hub.storage.${store.kind}`, { where: store.description })
+    : RED._("tethral-hub.storage.memory");
+  return choice.source === DB_VARIABLE ? `${where} ${RED._("tethral-hub.storage.fromVariable", { variable: DB_VARIABLE })}` : where;
 }
 
 function describe(err: unknown): string {

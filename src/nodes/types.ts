@@ -40,6 +40,8 @@ export interface Node {
   readonly type: string;
   readonly name?: string;
   readonly z?: string;
+  /** The node's credentials, as registered with `registerType(..., { credentials })`. */
+  readonly credentials?: Readonly<Record<string, unknown>>;
   on(event: "close", handler: CloseHandler): this;
   on(event: "input", handler: InputHandler): this;
   status(status: NodeStatus): void;

@@ -1,4 +1,8 @@
 import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { type AddressInfo, type Socket, createServer } from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import helper from "node-red-node-test-helper";
 import type { Hub } from "../../src/core";
 import tethralHub from "../../src/nodes/tethral-hub";
@@ -65,12 +69,31 @@ function nextTick(): Promise<void> {
   return new Promise((resolve) => setImmediate(resolve));
 }
 
+let userDir: string;
+let savedDb: string | undefined;
+
+/** Each test gets a Node-RED user dir of its own, and TETHRAL_DB as the test sets it. */
+async function setUpNodeRed(): Promise<void> {
+  userDir = mkdtempSync(path.join(tmpdir(), "tethral-hub-node-"));
+  helper.settings({ userDir });
+  savedDb = process.env.TETHRAL_DB;
+  delete process.env.TETHRAL_DB;
+  await helper.startServer();
+}
+
+async function tearDownNodeRed(): Promise<void> {
+  await helper.unload();
+  await helper.stopServer();
+  if (savedDb === undefined) delete process.env.TETHRAL_DB;
+  else process.env.TETHRAL_DB = savedDb;
+  rmSync(userDir, { recursive: true, force: true });
+}
+
 describe("tethral-hub config node", function () {
-  beforeEach(async () => helper.startServer());
+  beforeEach(setUpNodeRed);
 
   afterEach(async () => {
-    await helper.unload();
-    await helper.stopServer();
+    await tearDownNodeRed();
     delete process.env.TETHRAL_TEST_TIMEOUT;
   });
 
@@ -141,8 +164,10 @@ describe("tethral-hub config node", function () {
   });
 
   it("applies the settings of the edit dialog, which arrive as strings", async () => {
+    // In memory: with a store, hub.stateHistory(id) without a limit returns up to 100 rows
+    // whatever state.historySize says (src/core/hub.ts falls back to DEFAULT_STATE_OPTIONS).
     await helper.load(tethralHub, [
-      hubConfig({ defaultHeartbeatTimeout: "15", adaptiveTimeout: true, adaptiveFactor: "4", stateHistorySize: "2" }),
+      hubConfig({ defaultHeartbeatTimeout: "15", adaptiveTimeout: true, adaptiveFactor: "4", stateHistorySize: "2", storage: "memory" }),
     ]);
     const hub = await hubNode().acquire();
     await hub.registerDevice({ id: "probe-1", protocol: "mqtt" });
@@ -191,5 +216,224 @@ describe("tethral-hub config node", function () {
     assert.equal(node.userCount(), 0);
     assert.deepEqual(resources(), before);
     await assert.rejects(node.acquire(), { code: "UNAVAILABLE" });
+  });
+});
+
+/**
+ * Just enough of a PostgreSQL server on 127.0.0.1 to see what a client sends: it asks for the
+ * password in clear, notes it, and refuses it (28P01), as a server with another password would.
+ */
+async function passwordCatcher(): Promise<{ port: number; seen: { user?: string; database?: string; password?: string }[]; close(): Promise<void> }> {
+  const seen: { user?: string; database?: string; password?: string }[] = [];
+  const sockets = new Set<Socket>();
+  const server = createServer((socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+    socket.on("error", () => undefined);
+    const attempt: { user?: string; database?: string; password?: string } = {};
+    seen.push(attempt);
+    let buffer = Buffer.alloc(0);
+    let started = false;
+    socket.on("data", (chunk: Buffer) => {
+      buffer = Buffer.concat([buffer, chunk]);
+      if (!started) {
+        if (buffer.length < 4 || buffer.length < buffer.readInt32BE(0)) return;
+        const fields = buffer.subarray(8, buffer.readInt32BE(0)).toString("utf8").split("\0");
+        for (let i = 0; i + 1 < fields.length; i += 2) {
+          if (fields[i] === "user") attempt.user = fields[i + 1];
+          if (fields[i] === "database") attempt.database = fields[i + 1];
+        }
+        buffer = buffer.subarray(buffer.readInt32BE(0));
+        started = true;
+        socket.write(Buffer.from([0x52, 0, 0, 0, 8, 0, 0, 0, 3])); // AuthenticationCleartextPassword
+        return;
+      }
+      if (buffer.length < 5 || buffer.length < 1 + buffer.readInt32BE(1)) return;
+      attempt.password = buffer.subarray(5, 1 + buffer.readInt32BE(1)).toString("utf8").replace(/\0$/, "");
+      const body = Buffer.from('SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed for user "tethral"\0\0', "utf8");
+      const length = Buffer.alloc(4);
+      length.writeInt32BE(body.length + 4);
+      socket.end(Buffer.concat([Buffer.from("E"), length, body]));
+    });
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return {
+    port: (server.address() as AddressInfo).port,
+    seen,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+/** A port on 127.0.0.1 that nothing listens on (it was free a moment ago). */
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+function sqliteFiles(dir: string): string[] {
+  return readdirSync(dir, { recursive: true, encoding: "utf8" }).filter((f) => f.endsWith(".sqlite"));
+}
+
+describe("tethral-hub storage", function () {
+  beforeEach(setUpNodeRed);
+  afterEach(tearDownNodeRed);
+
+  /** Deploys the hub, registers boiler-1 with a reading and a desired setpoint, and undeploys. */
+  async function registerAndUndeploy(config: Record<string, unknown>): Promise<Hub> {
+    await helper.load(tethralHub, [hubConfig(config)]);
+    const hub = await hubNode().acquire();
+    await hub.registerDevice({ id: "boiler-1", protocol: "mqtt", name: "Boiler room" });
+    hub.ingest("boiler-1", { kind: "telemetry", data: { temperature: 21.5 } });
+    await hub.setState("boiler-1", { desired: { setpoint: 22 } });
+    await helper.unload();
+    assert.equal(hub.isRunning, false);
+    return hub;
+  }
+
+  async function redeploy(config: Record<string, unknown>): Promise<Hub> {
+    await helper.load(tethralHub, [hubConfig(config)]);
+    return hubNode().acquire();
+  }
+
+  it("keeps the fleet in a SQLite file across a redeploy", async () => {
+    const config = { storage: "sqlite", sqliteFile: "data/fleet.sqlite" };
+    await registerAndUndeploy(config);
+    const file = path.join(userDir, "data", "fleet.sqlite");
+    assert.ok(existsSync(file), "the file is in the user dir, its directory created");
+
+    const hub = await redeploy(config);
+    assert.deepEqual(hub.statistics().store && { kind: hub.statistics().store!.kind, where: hub.statistics().store!.description }, {
+      kind: "sqlite",
+      where: file,
+    });
+    const device = hub.getDevice("boiler-1");
+    assert.equal(device.name, "Boiler room");
+    const state = hub.getState("boiler-1");
+    assert.deepEqual(state.properties, { temperature: 21.5 });
+    assert.deepEqual(state.desired, { setpoint: 22 });
+    assert.deepEqual(hubErrors(), []);
+  });
+
+  it("keeps the fleet in tethral.sqlite in the user dir by default", async () => {
+    await registerAndUndeploy({});
+    assert.deepEqual(sqliteFiles(userDir), ["tethral.sqlite"]);
+    const hub = await redeploy({ storage: "auto" });
+    assert.equal(hub.statistics().store?.description, path.join(userDir, "tethral.sqlite"));
+    assert.equal(hub.getDevice("boiler-1").id, "boiler-1");
+  });
+
+  it("keeps nothing across a redeploy in memory", async () => {
+    await registerAndUndeploy({ storage: "memory" });
+    const hub = await redeploy({ storage: "memory" });
+    assert.equal(hub.statistics().store, null);
+    assert.throws(() => hub.getDevice("boiler-1"), { code: "NOT_FOUND" });
+    assert.equal(hub.listDevices().total, 0);
+    assert.deepEqual(sqliteFiles(userDir), [], "nothing was written");
+  });
+
+  it("auto: uses the file TETHRAL_DB names", async () => {
+    const elsewhere = mkdtempSync(path.join(tmpdir(), "tethral-db-"));
+    try {
+      process.env.TETHRAL_DB = path.join(elsewhere, "from-env.sqlite");
+      await registerAndUndeploy({ storage: "auto" });
+      assert.deepEqual(sqliteFiles(elsewhere), ["from-env.sqlite"]);
+      assert.deepEqual(sqliteFiles(userDir), [], "not the default file");
+      const hub = await redeploy({ storage: "auto" });
+      assert.equal(hub.getDevice("boiler-1").name, "Boiler room");
+      await helper.unload();
+
+      // A relative TETHRAL_DB is taken from the user dir; `:memory:` keeps nothing.
+      process.env.TETHRAL_DB = "relative.sqlite";
+      await registerAndUndeploy({});
+      assert.deepEqual(sqliteFiles(userDir), ["relative.sqlite"]);
+      process.env.TETHRAL_DB = ":memory:";
+      await registerAndUndeploy({});
+      assert.equal((await redeploy({})).listDevices().total, 0);
+      assert.deepEqual(sqliteFiles(userDir), ["relative.sqlite"]);
+    } finally {
+      rmSync(elsewhere, { recursive: true, force: true });
+    }
+  });
+
+  it("refuses a postgresUrl that is not a postgres:// URL, naming the field", async () => {
+    await helper.load([tethralHub, hubUser], [tab, hubConfig({ storage: "postgres", postgresUrl: "mysql://tethral@127.0.0.1/fleet" }), user("u1")]);
+    const errors = hubErrors();
+    assert.equal(errors.length, 1, JSON.stringify(errors));
+    assert.match(errors[0]!, /postgresUrl must start with postgres:\/\/ or postgresql:\/\//);
+    await assert.rejects(hubNode().acquire(), (err: Error & { code?: string; details?: { field: string }[] }) => {
+      assert.equal(err.code, "INVALID");
+      assert.deepEqual(err.details?.map((d) => d.field), ["postgresUrl"]);
+      return true;
+    });
+    assert.equal(hubNode().hubStatus().state, "error");
+  });
+
+  it("refuses a postgres storage without a URL, and ignores a URL another storage leaves behind", async () => {
+    await helper.load(tethralHub, [hubConfig({ storage: "postgres", postgresUrl: "" })]);
+    await assert.rejects(hubNode().acquire(), { code: "INVALID", message: /postgresUrl is required when storage is postgres/ });
+    await helper.unload();
+
+    await helper.load(tethralHub, [hubConfig({ storage: "sqlite", postgresUrl: "not a url", sqliteFile: "ok.sqlite" })]);
+    assert.equal((await hubNode().acquire()).isRunning, true);
+    assert.deepEqual(hubErrors(), []);
+  });
+
+  it("fails the start on a TETHRAL_DB URL that cannot be parsed, naming the variable", async () => {
+    process.env.TETHRAL_DB = "postgres://tethral@127.0.0.1:port/fleet";
+    await helper.load([tethralHub, hubUser], [tab, hubConfig(), user("u1")]);
+    await assert.rejects(hubNode().acquire(), { code: "INVALID", message: /TETHRAL_DB: must be a URL like postgres:\/\// });
+    const status = hubNode().hubStatus();
+    assert.equal(status.state, "error");
+    assert.match(status.display.text ?? "", /TETHRAL_DB/);
+    assert.equal(hubErrors().filter((e) => /TETHRAL_DB/.test(e)).length, 1, "logged once");
+  });
+
+  it("gives the password credential to PostgreSQL and shows it nowhere", async () => {
+    const server = await passwordCatcher();
+    const password = "s3cret-pa$$word";
+    try {
+      await helper.load(
+        [tethralHub, hubUser],
+        [tab, hubConfig({ storage: "postgres", postgresUrl: `postgres://tethral:url-password@127.0.0.1:${server.port}/fleet` }), user("u1")],
+        { hub1: { postgresPassword: password } },
+      );
+      await assert.rejects(hubNode().acquire(), (err: Error & { code?: string }) => {
+        assert.equal(err.code, "UNAVAILABLE");
+        assert.match(err.message, new RegExp(`127\\.0\\.0\\.1:${server.port}/fleet refused the connection: password authentication failed`));
+        return true;
+      });
+      assert.deepEqual(server.seen[0], { user: "tethral", database: "fleet", password });
+
+      const status = hubNode().hubStatus();
+      assert.equal(status.state, "error");
+      const shown = [status.display.text ?? "", ...hubErrors()].join("\n");
+      assert.match(shown, /password authentication failed/);
+      assert.doesNotMatch(shown, /s3cret|url-password/);
+
+      // Without the credential, the URL's own password is the one sent.
+      await helper.unload();
+      await helper.load(tethralHub, [hubConfig({ storage: "postgres", postgresUrl: `postgres://tethral:url-password@127.0.0.1:${server.port}/fleet` })]);
+      await assert.rejects(hubNode().acquire(), { code: "UNAVAILABLE" });
+      assert.equal(server.seen[1]?.password, "url-password");
+    } finally {
+      await server.close();
+    }
+  });
+
+  it("fails the start on an unreachable database, and tries again on the next use", async () => {
+    const port = await closedPort();
+    await helper.load(tethralHub, [hubConfig({ storage: "postgres", postgresUrl: `postgresql://tethral@127.0.0.1:${port}/fleet` })]);
+    const node = hubNode();
+    await assert.rejects(node.acquire(), { code: "UNAVAILABLE", message: /is unreachable/ });
+    await assert.rejects(node.acquire(), { code: "UNAVAILABLE" });
+    assert.equal(node.hubStatus().state, "error");
+    assert.equal(hubErrors().length, 1, "the same reason is logged once");
   });
 });

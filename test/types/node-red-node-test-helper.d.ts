@@ -23,6 +23,8 @@ declare module "node-red-node-test-helper" {
 
   interface NodeTestHelper {
     init(runtimePath?: string, userSettings?: Record<string, unknown>): void;
+    /** Runtime settings (`RED.settings`) for the next load, merged over Node-RED's defaults. */
+    settings(userSettings?: Record<string, unknown>): Record<string, unknown>;
     load(
       nodes: ((RED: never) => void) | ((RED: never) => void)[],
       flow: FlowNode[],
