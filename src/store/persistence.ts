@@ -39,7 +39,7 @@ const DAY_MS = 24 * 3600 * 1000;
 export const DEFAULT_PERSISTENCE_OPTIONS: PersistenceOptions = {
   flushIntervalMs: 100,
   flushRows: 2000,
-  maxTransactionRows: 5000,
+  maxTransactionRows: 20_000,
   maxBufferedRows: 200_000,
   retryBaseMs: 250,
   retryMaxMs: 10_000,
