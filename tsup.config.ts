@@ -4,7 +4,7 @@ import { defineConfig } from "tsup";
 // node-red-node-test-helper both `require()` these files directly.
 export default defineConfig({
   entry: {
-    "core/index": "src/core/index.ts",
+    index: "src/index.ts",
     "nodes/tethral-hub": "src/nodes/tethral-hub.ts",
     "runtime/start": "src/runtime/start.ts",
   },
@@ -14,7 +14,7 @@ export default defineConfig({
   outDir: "dist",
   clean: true,
   sourcemap: true,
-  dts: { entry: { "core/index": "src/core/index.ts" } },
+  dts: { entry: { index: "src/index.ts" } },
   splitting: false,
   shims: false,
 });

@@ -1,0 +1,7 @@
+// The package's programmatic entry: the engine and its stores.
+export * from "./core";
+export { SqliteStore, type SqliteStoreOptions } from "./store/sqlite";
+export { PostgresStore, type PostgresStoreOptions } from "./store/postgres";
+export { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceOptions, type PersistenceStatistics } from "./store/persistence";
+export type * from "./store/types";
+export { LATEST_SCHEMA_VERSION } from "./store/migrations";
