@@ -1,7 +1,18 @@
 import { newId, newTimeId } from "./ids";
-import type { Clock, TimerHandle } from "./clock";
-import { TethralError, invalid } from "./errors";
+import type { Clock } from "./clock";
+import { invalid } from "./errors";
+import { EventHistory, type HistoryQuery } from "./event-history";
 import { iso } from "./json";
+import {
+  type DropPolicy,
+  type Envelope,
+  type EventHandler,
+  NEVER,
+  Subscription,
+  type SubscriptionStats,
+  compilePattern,
+  toList,
+} from "./subscription";
 import {
   type EventMap,
   type HubEventType,
@@ -11,22 +22,10 @@ import {
   RESERVED_EVENT_PREFIXES,
   type TethralEvent,
 } from "./types";
+import { toEpoch } from "./validation";
 
-/**
- * A subscriber. Every subscriber (and the history) receives the same event object: treat it as
- * read-only, and copy what you want to change.
- */
-export type EventHandler = (event: TethralEvent) => void | PromiseLike<unknown>;
-
-/**
- * What a full subscriber queue gives up:
- * - `drop-newest`: the event that did not fit;
- * - `drop-oldest`: the event that has waited longest;
- * - `drop-lowest` (default): the oldest event of the lowest queued priority, if that priority is
- *   not above the newcomer's; otherwise the newcomer. A flood of low events never pushes out a
- *   critical one.
- */
-export type DropPolicy = "drop-newest" | "drop-oldest" | "drop-lowest";
+export type { DropPolicy, EventHandler, SubscriptionStats } from "./subscription";
+export type { HistoryQuery } from "./event-history";
 
 export interface SubscribeOptions {
   /** Type patterns: exact (`device.online`), prefix (`device.*`) or `*`. Default `*`. */
@@ -58,17 +57,6 @@ export interface PublishOptions {
   ttlMs?: number;
 }
 
-export interface SubscriptionStats {
-  name: string;
-  delivered: number;
-  failed: number;
-  retried: number;
-  dropped: number;
-  expired: number;
-  queued: number;
-  maxQueued: number;
-}
-
 export interface EventStatistics {
   published: number;
   delivered: number;
@@ -82,16 +70,6 @@ export interface EventStatistics {
   byPriority: Record<Priority, number>;
 }
 
-export interface HistoryQuery {
-  type?: string | string[];
-  priority?: Priority | Priority[];
-  minPriority?: Priority;
-  deviceId?: string;
-  source?: string;
-  since?: number | string | Date;
-  limit?: number;
-}
-
 export interface EventBusOptions {
   historySize?: number;
   /** Types kept out of history (high-volume ones). Default `message.received`. */
@@ -101,96 +79,9 @@ export interface EventBusOptions {
   defaultSource?: string;
 }
 
-interface Envelope {
-  event: TethralEvent;
-  rank: number;
-  expiresAt: number;
-  seq: number;
-}
-
 const MAX_RETRY_DELAY_MS = 30_000;
 const MAX_TYPE_KEYS = 1000;
 const USER_TYPE_PATTERN = /^[A-Za-z0-9_.:/-]{1,128}$/;
-const NEVER = Number.POSITIVE_INFINITY;
-
-type TypeMatcher = (type: string) => boolean;
-
-function compilePattern(pattern: string): TypeMatcher {
-  if (pattern === "*") return () => true;
-  const star = pattern.indexOf("*");
-  if (star === -1) return (t) => t === pattern;
-  if (star === pattern.length - 1) {
-    const prefix = pattern.slice(0, -1);
-    return (t) => t.startsWith(prefix);
-  }
-  const re = new RegExp(`^${pattern.split("*").map((s) => s.replace(/[.+?^${}()|[\]\\]/g, "\\$&")).join(".*")}$`);
-  return (t) => re.test(t);
-}
-
-/** A FIFO with O(1) shift that compacts itself. */
-class Lane {
-  private items: Envelope[] = [];
-  private head = 0;
-
-  get length(): number {
-    return this.items.length - this.head;
-  }
-
-  push(e: Envelope): void {
-    this.items.push(e);
-  }
-
-  peek(): Envelope | undefined {
-    return this.items[this.head];
-  }
-
-  shift(): Envelope | undefined {
-    const e = this.items[this.head];
-    if (e === undefined) return undefined;
-    this.items[this.head++] = undefined as unknown as Envelope;
-    if (this.head === this.items.length) {
-      this.items = [];
-      this.head = 0;
-    } else if (this.head >= 1024 && this.head * 2 >= this.items.length) {
-      this.items = this.items.slice(this.head);
-      this.head = 0;
-    }
-    return e;
-  }
-
-  clear(): void {
-    this.items = [];
-    this.head = 0;
-  }
-}
-
-class Subscription {
-  readonly lanes = [new Lane(), new Lane(), new Lane(), new Lane()];
-  queued = 0;
-  busy = false;
-  active = true;
-  retryTimer: TimerHandle | null = null;
-  readonly stats: SubscriptionStats;
-
-  constructor(
-    readonly id: string,
-    readonly handler: EventHandler,
-    readonly matchType: TypeMatcher,
-    readonly exactTypes: string[] | null,
-    readonly minRank: number,
-    readonly deviceIds: Set<string> | null,
-    readonly sources: Set<string> | null,
-    readonly filter: ((e: TethralEvent) => boolean) | null,
-    readonly owner: string | null,
-    readonly queueLimit: number,
-    readonly dropPolicy: DropPolicy,
-    readonly retries: number,
-    readonly retryDelayMs: number,
-    name: string,
-  ) {
-    this.stats = { name, delivered: 0, failed: 0, retried: 0, dropped: 0, expired: 0, queued: 0, maxQueued: 0 };
-  }
-}
 
 export interface SubscriptionHandle {
   readonly id: string;
@@ -209,9 +100,7 @@ export class EventBus {
   private patternAny: Subscription[] = [];
   private readonly byDevice = new Map<string, Subscription[]>();
   private readonly subs = new Map<string, Subscription>();
-  private readonly history: (Envelope | undefined)[];
-  private historyHead = 0;
-  private historyCount = 0;
+  private readonly history: EventHistory;
   private readonly transient: Set<string>;
   private seq = 0;
   private readonly counters = { published: 0, delivered: 0, failed: 0, retried: 0, dropped: 0, expired: 0 };
@@ -224,7 +113,7 @@ export class EventBus {
     private readonly clock: Clock,
     options: EventBusOptions = {},
   ) {
-    this.history = new Array(Math.max(1, options.historySize ?? 1000));
+    this.history = new EventHistory(options.historySize ?? 1000);
     this.transient = new Set(options.transientTypes ?? ["message.received"]);
     this.defaultSource = options.defaultSource ?? "hub";
     this.onHandlerError = options.onHandlerError;
@@ -315,7 +204,7 @@ export class EventBus {
       if (!pass) return;
     }
     if (!sub.busy && sub.queued === 0) this.invoke(sub, env, 0);
-    else this.enqueue(sub, env);
+    else if (sub.enqueue(env)) this.counters.dropped++;
     if (!sub.busy && sub.queued > 0) this.drain(sub);
   }
 
@@ -384,61 +273,10 @@ export class EventBus {
 
   private drain(sub: Subscription): void {
     while (sub.active && !sub.busy && sub.queued > 0) {
-      const env = this.dequeue(sub);
+      const env = sub.dequeue();
       if (!env) break;
       this.invoke(sub, env, 0);
     }
-  }
-
-  private enqueue(sub: Subscription, env: Envelope): void {
-    if (sub.queued >= sub.queueLimit) {
-      const victim = this.victim(sub, env);
-      sub.stats.dropped++;
-      this.counters.dropped++;
-      if (victim === null) return;
-      sub.lanes[victim]!.shift();
-      sub.queued--;
-    }
-    sub.lanes[env.rank]!.push(env);
-    sub.queued++;
-    sub.stats.queued = sub.queued;
-    if (sub.queued > sub.stats.maxQueued) sub.stats.maxQueued = sub.queued;
-  }
-
-  /** The lane whose head is evicted to make room, or null when the newcomer is dropped. */
-  private victim(sub: Subscription, incoming: Envelope): number | null {
-    switch (sub.dropPolicy) {
-      case "drop-newest":
-        return null;
-      case "drop-oldest": {
-        let lane: number | null = null;
-        let oldest = NEVER;
-        for (let r = 0; r < 4; r++) {
-          const head = sub.lanes[r]!.peek();
-          if (head && head.seq < oldest) {
-            oldest = head.seq;
-            lane = r;
-          }
-        }
-        return lane;
-      }
-      case "drop-lowest": {
-        for (let r = 0; r <= incoming.rank; r++) if (sub.lanes[r]!.length > 0) return r;
-        return null;
-      }
-    }
-  }
-
-  private dequeue(sub: Subscription): Envelope | undefined {
-    for (let r = 3; r >= 0; r--) {
-      const lane = sub.lanes[r]!;
-      if (lane.length > 0) {
-        sub.queued--;
-        sub.stats.queued = sub.queued;
-        return lane.shift();
-      }
-    }
-    return undefined;
   }
 
   subscribe(options: SubscribeOptions, handler: EventHandler): SubscriptionHandle;
@@ -513,11 +351,7 @@ export class EventBus {
       sub.retryTimer = null;
     }
     // Events still waiting are never delivered now: count them as dropped.
-    sub.stats.dropped += sub.queued;
-    this.counters.dropped += sub.queued;
-    for (const lane of sub.lanes) lane.clear();
-    sub.queued = 0;
-    sub.stats.queued = 0;
+    this.counters.dropped += sub.clearQueue();
     // Copy-on-write lists: a publish iterating the old array is not disturbed.
     if (sub.deviceIds) {
       for (const d of sub.deviceIds) pullFrom(this.byDevice, d, sub);
@@ -553,44 +387,19 @@ export class EventBus {
 
   private record(env: Envelope): void {
     if (this.recorder !== null) this.recorder(env.event, env.expiresAt === NEVER ? 0 : env.expiresAt);
-    const cap = this.history.length;
-    this.history[this.historyHead] = env;
-    this.historyHead = (this.historyHead + 1) % cap;
-    if (this.historyCount < cap) this.historyCount++;
+    this.history.add(env);
   }
 
   /** History, newest first. Expired events are left out: they have left the history. */
   query(q: HistoryQuery = {}): TethralEvent[] {
-    const matchType = q.type === undefined ? null : anyOf(toList(q.type).map(compilePattern));
-    const priorities = q.priority === undefined ? null : new Set(toList(q.priority));
-    const minRank = q.minPriority === undefined ? 0 : PRIORITY_RANK[q.minPriority];
-    const since = q.since === undefined ? 0 : toEpoch(q.since, "since");
-    const limit = Math.min(q.limit ?? 100, this.history.length);
-    const now = this.clock.now();
-    const cap = this.history.length;
-    const out: TethralEvent[] = [];
-    for (let i = 1; i <= this.historyCount && out.length < limit; i++) {
-      const env = this.history[(this.historyHead - i + cap) % cap]!;
-      const e = env.event;
-      if (env.expiresAt <= now || env.rank < minRank) continue;
-      if (matchType && !matchType(e.type)) continue;
-      if (priorities && !priorities.has(e.priority)) continue;
-      if (q.deviceId !== undefined && e.deviceId !== q.deviceId) continue;
-      if (q.source !== undefined && e.source !== q.source) continue;
-      if (since > 0 && Date.parse(e.timestamp) < since) continue;
-      out.push(e);
-    }
-    return out;
+    return this.history.query(q, this.clock.now());
   }
 
   statistics(): EventStatistics {
-    const now = this.clock.now();
-    let historySize = 0;
-    for (let i = 0; i < this.historyCount; i++) if (this.history[i]!.expiresAt > now) historySize++;
     return {
       ...this.counters,
       subscribers: this.subs.size,
-      historySize,
+      historySize: this.history.liveCount(this.clock.now()),
       byType: Object.fromEntries(this.byType),
       byPriority: { ...this.byPriority },
     };
@@ -618,20 +427,6 @@ function expiryOf(options: PublishOptions, now: number): number {
   const at = toEpoch(options.expiresAt, "expiresAt");
   if (Math.abs(at) > MAX_DATE_MS) throw invalid("expiresAt", "must be a time");
   return at;
-}
-
-function toEpoch(value: number | string | Date, field: string): number {
-  const ms = value instanceof Date ? value.getTime() : typeof value === "number" ? value : Date.parse(value);
-  if (!Number.isFinite(ms)) throw new TethralError("INVALID", `${field}: must be a time`, [{ field, message: "must be a time" }]);
-  return ms;
-}
-
-function toList<T>(v: T | T[]): T[] {
-  return Array.isArray(v) ? v : [v];
-}
-
-function anyOf(matchers: TypeMatcher[]): TypeMatcher {
-  return matchers.length === 1 ? matchers[0]! : (t) => matchers.some((m) => m(t));
 }
 
 function pushTo(map: Map<string, Subscription[]>, key: string, sub: Subscription): void {

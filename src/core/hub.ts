@@ -1,7 +1,7 @@
-import { newId } from "./ids";
 import { AnomalyDetector, type AnomalyOptions, type AnomalyStatistics, DEFAULT_ANOMALY_OPTIONS } from "./anomaly";
 import { type Clock, systemClock } from "./clock";
-import { type TethralError, invalid, notFound } from "./errors";
+import { DeviceTraffic } from "./device-traffic";
+import { invalid, notFound } from "./errors";
 import {
   EventBus,
   type EventBusOptions,
@@ -12,16 +12,17 @@ import {
   type SubscriptionHandle,
 } from "./events";
 import { DEFAULT_HEARTBEAT_OPTIONS, HeartbeatMonitor, type HeartbeatOptions, type HeartbeatTracker } from "./heartbeat";
-import { iso, isoOrNull } from "./json";
+import type { InboundMessage, IngestResult } from "./inbound";
+import { KeyedLock } from "./keyed-lock";
+import { type DeepPartial, merge } from "./options";
 import { type DeviceRecord, DeviceRegistry, type DeviceFilter, type DeviceList, type DeviceStatistics, toDevice } from "./registry";
 import { type ChangeCause, DEFAULT_STATE_OPTIONS, StateManager, type StateOptions, type StateStatistics } from "./state";
+import { eventOf, eventQueryOf, historyEntry, inputOf, patchOf } from "./stored-rows";
 import { DEFAULT_PERSISTENCE_OPTIONS, Persistence, type PersistenceOptions, type PersistenceStatistics } from "../store/persistence";
-import type { EventQuery, EventRow, Store } from "../store/types";
-import { TethralError as TethralErrorClass } from "./errors";
-import type { Device, DeviceRow, DeviceState, DeviceStatus, HistoryRow, JsonObject, Priority, StateHistoryEntry, TethralEvent } from "./types";
-import { PRIORITIES, PRIORITY_RANK } from "./types";
+import type { Store } from "../store/types";
+import type { Device, DeviceState, DeviceStatus, StateHistoryEntry, TethralEvent } from "./types";
 
-type DeepPartial<T> = { [K in keyof T]?: T[K] extends object ? (T[K] extends unknown[] ? T[K] : DeepPartial<T[K]>) : T[K] };
+export type { InboundKind, InboundMessage, IngestResult } from "./inbound";
 
 export interface HubOptions {
   clock?: Clock;
@@ -35,30 +36,6 @@ export interface HubOptions {
   /** Problems nobody awaits (a failed background write or purge). Default: console.warn. */
   onWarning?: (message: string) => void;
 }
-
-/** What a device sent, after the protocol adapter has decoded it. */
-export type InboundKind = "telemetry" | "heartbeat" | "state" | "status";
-
-export interface InboundMessage {
-  kind: InboundKind;
-  /** telemetry: an object of values; state: `{status?, properties?}`; status: "online" | "offline". */
-  data?: unknown;
-  protocol?: string | null;
-  /** Id of the message, carried into the state history and events as their cause. */
-  causeId?: string;
-}
-
-export interface IngestResult {
-  deviceId: string;
-  status: DeviceStatus;
-  /** True when the message changed the device's state (status or a property). */
-  changed: boolean;
-  /** The id carried into history and events; null when nothing was recorded and none was given. */
-  causeId: string | null;
-}
-
-const INBOUND_KINDS: readonly InboundKind[] = ["telemetry", "heartbeat", "state", "status"];
-const DEVICE_REPORTABLE: readonly DeviceStatus[] = ["online", "offline", "error"];
 
 export interface HubStatistics {
   devices: DeviceStatistics;
@@ -86,9 +63,10 @@ export class Hub {
   readonly anomaly: AnomalyDetector;
   private running = false;
   private readonly persistence: Persistence | null;
-  private readonly locks = new Map<string, Promise<unknown>>();
+  /** One durable change per device at a time: a registration, update, removal or desired state. */
+  private readonly locks = new KeyedLock();
   private readonly warn: (message: string) => void;
-  private readonly messages = { received: 0, rejected: 0, byKind: { telemetry: 0, heartbeat: 0, state: 0, status: 0 } };
+  private readonly traffic: DeviceTraffic;
 
   constructor(options: HubOptions = {}) {
     this.clock = options.clock ?? systemClock;
@@ -103,7 +81,7 @@ export class Hub {
       this.clock,
       merge(DEFAULT_HEARTBEAT_OPTIONS, options.heartbeat),
       {
-        onExpire: (id, lastSeen, timeoutMs) => this.expire(id, lastSeen, timeoutMs),
+        onExpire: (id, lastSeen, timeoutMs) => this.traffic.expire(id, lastSeen, timeoutMs),
         onPurge: (id) => this.purge(id),
         onTimeoutLearned: (id, sec) => this.timeoutLearned(id, sec),
       },
@@ -124,6 +102,7 @@ export class Hub {
     );
     this.warn = options.onWarning ?? ((message) => console.warn(`[tethral] ${message}`));
     this.persistence = options.store ? this.wirePersistence(options.store, options.persistence) : null;
+    this.traffic = new DeviceTraffic(this.registry, this.state, this.heartbeat, this.events, this.clock, this.persistence);
   }
 
   private wirePersistence(store: Store, options: DeepPartial<PersistenceOptions> | undefined): Persistence {
@@ -187,7 +166,7 @@ export class Hub {
     this.anomaly.stop();
     const p = this.persistence;
     if (p) {
-      await Promise.all([...this.locks.values()]);
+      await this.locks.idle();
       await p.stop();
       await p.store.close();
     }
@@ -214,21 +193,6 @@ export class Hub {
     }
   }
 
-  /** One durable change per device at a time: a registration, update, removal or desired state. */
-  private exclusive<T>(id: string, fn: () => Promise<T>): Promise<T> {
-    const before = this.locks.get(id) ?? Promise.resolve();
-    const run = before.then(fn);
-    const tail = run.then(
-      () => undefined,
-      () => undefined,
-    );
-    this.locks.set(id, tail);
-    void tail.then(() => {
-      if (this.locks.get(id) === tail) this.locks.delete(id);
-    });
-    return run;
-  }
-
   // ── Registry ────────────────────────────────────────────────────────────────────────────
 
   /**
@@ -239,7 +203,7 @@ export class Hub {
     const p = this.persistence;
     if (!p) return this.track(this.registry.register(input, cause));
     const id = typeof (input as { id?: unknown } | null)?.id === "string" ? (input as { id: string }).id : "";
-    return this.exclusive(id, async () => {
+    return this.locks.run(id, async () => {
       const device = this.registry.register(input, { ...cause, silent: true });
       p.hold(device.id, false);
       try {
@@ -264,7 +228,7 @@ export class Hub {
   async updateDevice(id: string, patch: unknown, cause: ChangeCause = {}): Promise<Device> {
     const p = this.persistence;
     if (!p) return this.applyUpdate(id, patch, cause, null);
-    return this.exclusive(id, () => this.applyUpdate(id, patch, cause, p));
+    return this.locks.run(id, () => this.applyUpdate(id, patch, cause, p));
   }
 
   private async applyUpdate(id: string, patch: unknown, cause: ChangeCause, p: Persistence | null): Promise<Device> {
@@ -289,7 +253,7 @@ export class Hub {
   async removeDevice(id: string, cause: ChangeCause & { reason?: "user" | "retention" } = {}): Promise<Device> {
     const p = this.persistence;
     if (!p) return this.forgetDevice(id, cause);
-    return this.exclusive(id, async () => {
+    return this.locks.run(id, async () => {
       if (!this.registry.has(id)) throw notFound("device", id);
       p.hold(id, true);
       try {
@@ -334,64 +298,7 @@ export class Hub {
    * `message.received` for subscribers.
    */
   ingest(deviceId: string, message: InboundMessage): IngestResult {
-    const protocol = message.protocol ?? null;
-    const record = this.registry.record(deviceId);
-    if (!record) throw this.reject(deviceId, protocol, message.kind, notFound("device", deviceId), "unknown-device");
-    let properties: JsonObject | null = null;
-    let reported: DeviceStatus | null = null;
-    if (message.kind !== "heartbeat") {
-      try {
-        ({ properties, reported } = parseInbound(message));
-        if (properties) this.state.checkCapacity(deviceId, properties);
-      } catch (err) {
-        throw this.reject(deviceId, protocol, message.kind, err as TethralError, "invalid-payload");
-      }
-    }
-
-    const now = this.clock.now();
-    // A cause id is made only when something changes: a plain heartbeat allocates nothing.
-    let causeId = message.causeId ?? null;
-    const source = protocol ?? "device";
-    let changed = false;
-    if (reported === "offline") {
-      changed = this.goOffline(deviceId, record.lastSeen, "reported", { causeId: (causeId ??= newId()), source, reason: "reported" });
-    } else {
-      record.lastSeen = now;
-      this.persistence?.markPresence(deviceId);
-      const tracker = record.heartbeat as HeartbeatTracker | undefined;
-      if (tracker !== undefined && this.heartbeat.beatTracker(tracker, now) && record.status !== "online" && record.status !== "maintenance") {
-        const previous = record.status;
-        this.state.setStatus(deviceId, "online", { causeId: (causeId ??= newId()), source, reason: "heartbeat" });
-        this.events.publish("device.online", { previous, lastSeen: iso(now) }, { deviceId, source: "heartbeat", causeId });
-        changed = true;
-      }
-      if (properties) {
-        changed = this.state.report(deviceId, properties, { causeId: (causeId ??= newId()), source, reason: message.kind }) || changed;
-      }
-      if ((reported === "error" && record.status !== "maintenance") || (reported === "online" && record.status === "error")) {
-        changed = this.state.setStatus(deviceId, reported, { causeId: (causeId ??= newId()), source, reason: "reported" }) || changed;
-      }
-    }
-    this.messages.received++;
-    this.messages.byKind[message.kind]++;
-    if (this.events.hasSubscribers("message.received", deviceId)) {
-      this.events.publish("message.received", { kind: message.kind, protocol, data: message.data ?? null }, {
-        deviceId,
-        source,
-        causeId: (causeId ??= newId()),
-      });
-    }
-    return { deviceId, status: record.status, changed, causeId };
-  }
-
-  private reject(deviceId: string, protocol: string | null, kind: unknown, error: TethralError, reason: string): TethralError {
-    this.messages.rejected++;
-    this.events.publish(
-      "message.rejected",
-      { reason, protocol, kind: typeof kind === "string" ? kind.slice(0, 32) : undefined, error: error.message },
-      { deviceId: typeof deviceId === "string" && deviceId.length <= 128 ? deviceId : null, source: protocol ?? "device", priority: "low" },
-    );
-    return error;
+    return this.traffic.ingest(deviceId, message);
   }
 
   // ── State ───────────────────────────────────────────────────────────────────────────────
@@ -409,7 +316,7 @@ export class Hub {
   async setState(id: string, input: unknown, cause: ChangeCause = {}): Promise<DeviceState> {
     const p = this.persistence;
     if (!p) return this.applyState(this.state.planSet(id, input), cause);
-    return this.exclusive(id, async () => {
+    return this.locks.run(id, async () => {
       const plan = this.state.planSet(id, input);
       if (!plan.changed) return this.state.get(id);
       const record = this.registry.record(id)!;
@@ -478,19 +385,7 @@ export class Hub {
   async eventHistory(query: HistoryQuery = {}): Promise<TethralEvent[]> {
     const p = this.persistence;
     if (!p) return this.events.query(query);
-    const limit = query.limit ?? 100;
-    if (!Number.isInteger(limit) || limit < 0 || limit > 10_000) throw invalid("limit", "must be a whole number from 0 to 10000");
-    const wanted = query.priority === undefined ? [...PRIORITIES] : Array.isArray(query.priority) ? query.priority : [query.priority];
-    const minRank = query.minPriority === undefined ? 0 : PRIORITY_RANK[query.minPriority];
-    const since = query.since === undefined ? undefined : toEpoch(query.since);
-    const q: EventQuery = {
-      types: query.type === undefined ? undefined : Array.isArray(query.type) ? query.type : [query.type],
-      priorities: wanted.filter((pr: Priority) => PRIORITY_RANK[pr] >= minRank),
-      deviceId: query.deviceId,
-      source: query.source,
-      since,
-      limit,
-    };
+    const q = eventQueryOf(query);
     try {
       await p.flushAll();
       return (await p.store.events(q, this.clock.now())).map(eventOf);
@@ -504,7 +399,7 @@ export class Hub {
     return {
       devices: this.registry.statistics(),
       state: this.stateStatistics(),
-      messages: { ...this.messages, byKind: { ...this.messages.byKind } },
+      messages: this.traffic.statistics(),
       store: p ? { kind: p.store.kind, description: p.store.description, ...p.statistics() } : null,
     };
   }
@@ -533,32 +428,6 @@ export class Hub {
 
   // ── Heartbeat callbacks ─────────────────────────────────────────────────────────────────
 
-  private expire(id: string, lastSeen: number, timeoutMs: number): void {
-    const record = this.registry.record(id);
-    if (!record) return;
-    this.goOffline(id, lastSeen, "timeout", { source: "heartbeat" }, timeoutMs);
-  }
-
-  /** Offline and its event, unless maintenance (alarms suppressed) or already there. */
-  private goOffline(id: string, lastSeen: number, reason: string, cause: ChangeCause, timeoutMs?: number): boolean {
-    const record = this.registry.record(id)!;
-    this.heartbeat.markOffline(id);
-    if (record.status === "maintenance" || record.status === "offline" || record.status === "unknown") return false;
-    const previous = record.status;
-    this.state.setStatus(id, "offline", { ...cause, reason: reason === "timeout" ? "heartbeat-timeout" : reason });
-    this.events.publish(
-      "device.offline",
-      {
-        previous,
-        lastSeen: isoOrNull(lastSeen),
-        timeout: (timeoutMs ?? this.heartbeat.effectiveTimeoutSec(id) * 1000) / 1000,
-        reason,
-      },
-      { deviceId: id, source: "heartbeat", priority: "high", causeId: cause.causeId ?? null },
-    );
-    return true;
-  }
-
   private purge(id: string): void {
     const record = this.registry.record(id);
     if (!record || record.status !== "offline") return;
@@ -577,106 +446,3 @@ export class Hub {
     );
   }
 }
-
-function parseInbound(message: InboundMessage): { properties: JsonObject | null; reported: DeviceStatus | null } {
-  if (!INBOUND_KINDS.includes(message.kind)) {
-    throw invalid("kind", `must be one of ${INBOUND_KINDS.join(", ")}`);
-  }
-  switch (message.kind) {
-    case "heartbeat":
-      return { properties: null, reported: null };
-    case "telemetry":
-      return { properties: StateManager.checkProperties(message.data, "data"), reported: null };
-    case "status": {
-      const s = typeof message.data === "string" ? message.data.trim().toLowerCase() : message.data;
-      if (s !== "online" && s !== "offline") throw invalid("data", 'a status message must be "online" or "offline"');
-      return { properties: null, reported: s };
-    }
-    case "state": {
-      const data = message.data;
-      if (data === null || typeof data !== "object" || Array.isArray(data)) throw invalid("data", "must be a JSON object");
-      const { status, properties, ...rest } = data as { status?: unknown; properties?: unknown };
-      const extra = Object.keys(rest);
-      if (extra.length > 0) throw invalid(`data.${extra[0]}`, "is not a state field (status, properties)");
-      if (status !== undefined && !DEVICE_REPORTABLE.includes(status as DeviceStatus)) {
-        throw invalid("data.status", `must be one of ${DEVICE_REPORTABLE.join(", ")}`);
-      }
-      return {
-        properties: properties === undefined ? null : StateManager.checkProperties(properties, "data.properties"),
-        reported: (status as DeviceStatus | undefined) ?? null,
-      };
-    }
-  }
-}
-
-/** A stored row as registration input (it was validated when first registered). */
-function inputOf(row: DeviceRow) {
-  return {
-    id: row.id,
-    name: row.name,
-    protocol: row.protocol,
-    address: row.address ?? undefined,
-    manufacturer: row.manufacturer ?? undefined,
-    model: row.model ?? undefined,
-    firmware: row.firmware ?? undefined,
-    capabilities: row.capabilities,
-    tags: row.tags,
-    heartbeatTimeout: row.heartbeatTimeout ?? undefined,
-    metadata: row.metadata,
-  };
-}
-
-/** The patch that puts a device's writable fields back as they were in `row`. */
-function patchOf(row: DeviceRow): Record<string, unknown> {
-  return {
-    name: row.name,
-    protocol: row.protocol,
-    address: row.address,
-    manufacturer: row.manufacturer,
-    model: row.model,
-    firmware: row.firmware,
-    capabilities: row.capabilities,
-    tags: row.tags,
-    heartbeatTimeout: row.heartbeatTimeout,
-    metadata: row.metadata,
-  };
-}
-
-function historyEntry(row: HistoryRow): StateHistoryEntry {
-  return { deviceId: row.deviceId, at: iso(row.at), version: row.version, from: row.from, to: row.to, reason: row.reason, causeId: row.causeId };
-}
-
-function eventOf(row: EventRow): TethralEvent {
-  return {
-    id: row.id,
-    type: row.type,
-    priority: row.priority,
-    source: row.source,
-    deviceId: row.deviceId,
-    data: row.data,
-    timestamp: iso(row.timestamp),
-    expiresAt: row.expiresAt > 0 ? iso(row.expiresAt) : null,
-    causeId: row.causeId,
-  };
-}
-
-function toEpoch(value: number | string | Date): number {
-  const ms = value instanceof Date ? value.getTime() : typeof value === "number" ? value : Date.parse(value);
-  if (!Number.isFinite(ms)) throw new TethralErrorClass("INVALID", "since: must be a time", [{ field: "since", message: "must be a time" }]);
-  return ms;
-}
-
-function merge<T extends object>(defaults: T, override: DeepPartial<T> | undefined): T {
-  if (!override) return defaults;
-  const out = { ...defaults } as Record<string, unknown>;
-  for (const [key, value] of Object.entries(override)) {
-    if (value === undefined) continue;
-    const base = (defaults as Record<string, unknown>)[key];
-    out[key] =
-      base !== null && typeof base === "object" && !Array.isArray(base) && typeof value === "object" && value !== null
-        ? merge(base as object, value as DeepPartial<object>)
-        : value;
-  }
-  return out as T;
-}
-

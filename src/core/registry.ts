@@ -1,9 +1,9 @@
-import { z } from "zod";
 import type { Clock } from "./clock";
 import { TethralError, notFound } from "./errors";
 import type { EventBus } from "./events";
 import { ChainIndex, Interner, type Members, SetIndex, type ValueIndex } from "./indexes";
 import { cloneJson, isEmptyObject, iso, isoOrNull, jsonEqual } from "./json";
+import { type Condition, type DeviceFilter, compareBy, filterSchema, listCondition, pageOf, textMatch, unionCondition } from "./registry-query";
 import {
   type DeviceInput,
   type DevicePatch,
@@ -11,7 +11,6 @@ import {
   deviceInputSchema,
   devicePatchSchema,
   parseInput,
-  statusSchema,
 } from "./validation";
 import type { Device, DeviceRow, DeviceStatus, JsonObject } from "./types";
 
@@ -52,40 +51,7 @@ export interface DeviceRecord {
 
 const EMPTY: readonly string[] = [];
 
-const SORT_FIELDS = ["registered", "id", "name", "createdAt", "updatedAt", "lastSeen", "status", "protocol", "manufacturer"] as const;
-export type DeviceSortField = (typeof SORT_FIELDS)[number];
-
-const oneOrMany = <T extends z.ZodType>(item: T) =>
-  z.union([item, z.array(item).min(1).max(64)]).transform((v) => (Array.isArray(v) ? v : [v]) as z.infer<T>[]);
-
-const WHOLE = { error: "must be a whole number, 0 or more" };
-
-/** A number, or its decimal text from a query string; blank or null means not given. */
-const queryNumber = z.preprocess((v) => {
-  if (v === null || v === undefined || (typeof v === "string" && v.trim() === "")) return undefined;
-  if (typeof v === "string" && /^\s*\d+\s*$/.test(v)) return Number(v);
-  return v;
-}, z.unknown());
-
-const filterSchema = z.strictObject({
-  status: oneOrMany(statusSchema).optional(),
-  protocol: oneOrMany(z.string().min(1).max(64)).optional(),
-  manufacturer: oneOrMany(z.string().min(1).max(256)).optional(),
-  capability: oneOrMany(z.string().min(1).max(64)).optional(),
-  capabilityMatch: z.enum(["any", "all"]).optional(),
-  tag: oneOrMany(z.string().min(1).max(64)).optional(),
-  tagMatch: z.enum(["any", "all"]).optional(),
-  q: z.string().max(256).optional(),
-  sort: z.enum(SORT_FIELDS).optional(),
-  order: z.enum(["asc", "desc"]).optional(),
-  limit: queryNumber.pipe(z.number(WHOLE).int(WHOLE).min(0, WHOLE).max(100_000, "must be at most 100000").optional()),
-  offset: queryNumber.pipe(z.number(WHOLE).int(WHOLE).min(0, WHOLE).optional()),
-});
-/** A filter as callers give it; `limit` and `offset` may come as query-string text. */
-export type DeviceFilter = Omit<z.input<typeof filterSchema>, "limit" | "offset"> & {
-  limit?: number | string | null;
-  offset?: number | string | null;
-};
+export type { DeviceFilter, DeviceSortField } from "./registry-query";
 
 export interface DeviceList {
   devices: Device[];
@@ -113,13 +79,6 @@ export interface ChangeOptions {
 }
 
 type ChangeCause = Pick<ChangeOptions, "causeId" | "source">;
-
-/** One indexed condition of a filter: the records it allows and a per-record test for the others. */
-interface Condition {
-  size: number;
-  records: () => Iterable<DeviceRecord>;
-  test: (r: DeviceRecord) => boolean;
-}
 
 /**
  * The device registry: every device's record, indexed by status, protocol, manufacturer,
@@ -370,14 +329,7 @@ export class DeviceRegistry {
     if (f.capability) conditions.push(listCondition(this.byCapability, f.capability, f.capabilityMatch ?? "all", (r) => r.capabilities));
     if (f.tag) conditions.push(listCondition(this.byTag, f.tag, f.tagMatch ?? "all", (r) => r.tags));
 
-    const needle = f.q?.trim().toLowerCase();
-    const matchesText = needle
-      ? (r: DeviceRecord) =>
-          r.id.toLowerCase().includes(needle) ||
-          r.name.toLowerCase().includes(needle) ||
-          (r.manufacturer?.toLowerCase().includes(needle) ?? false) ||
-          (r.model?.toLowerCase().includes(needle) ?? false)
-      : null;
+    const matchesText = textMatch(f.q);
 
     // Fast path: the whole fleet in registration order, paged without collecting it.
     if (conditions.length === 0 && !matchesText && (f.sort === undefined || f.sort === "registered") && f.order !== "desc") {
@@ -428,128 +380,6 @@ export class DeviceRegistry {
     for (const v of list) index.add(v, record);
     return list;
   }
-}
-
-function unionCondition(index: ValueIndex, values: string[], test: (r: DeviceRecord) => boolean): Condition {
-  const buckets = values.map((v) => index.get(v)).filter((b): b is Members => b !== undefined);
-  return {
-    size: buckets.reduce((n, b) => n + b.size, 0),
-    // A record has one status, protocol and manufacturer, so these buckets never overlap.
-    records:
-      buckets.length === 1
-        ? () => buckets[0]!
-        : function* () {
-            for (const b of buckets) yield* b;
-          },
-    test,
-  };
-}
-
-function listCondition(
-  index: SetIndex,
-  values: string[],
-  match: "any" | "all",
-  field: (r: DeviceRecord) => readonly string[],
-): Condition {
-  const buckets = values.map((v) => index.get(v));
-  if (match === "all") {
-    if (buckets.some((b) => b === undefined)) return { size: 0, records: () => [], test: () => false };
-    const smallest = (buckets as ReadonlySet<DeviceRecord>[]).reduce((a, b) => (b.size < a.size ? b : a));
-    const test = (r: DeviceRecord) => values.every((v) => field(r).includes(v));
-    return {
-      size: smallest.size,
-      // As the driver, the smallest bucket still holds records that lack the other values.
-      records:
-        values.length === 1
-          ? () => smallest
-          : function* () {
-              for (const record of smallest) if (test(record)) yield record;
-            },
-      test,
-    };
-  }
-  const present = buckets.filter((b): b is ReadonlySet<DeviceRecord> => b !== undefined);
-  return {
-    size: present.reduce((n, b) => n + b.size, 0),
-    records: function* () {
-      // A device can carry several of the values: yield it from the first bucket that has it.
-      for (let i = 0; i < present.length; i++) {
-        for (const record of present[i]!) {
-          let seen = false;
-          for (let j = 0; j < i && !seen; j++) seen = present[j]!.has(record);
-          if (!seen) yield record;
-        }
-      }
-    },
-    test: (r) => values.some((v) => field(r).includes(v)),
-  };
-}
-
-const SORT_KEYS: Record<DeviceSortField, (r: DeviceRecord) => string | number> = {
-  registered: (r) => r.seq,
-  id: (r) => r.id,
-  name: (r) => r.name,
-  createdAt: (r) => r.createdAt,
-  updatedAt: (r) => r.updatedAt,
-  lastSeen: (r) => r.lastSeen,
-  status: (r) => r.status,
-  protocol: (r) => r.protocol,
-  manufacturer: (r) => r.manufacturer ?? "",
-};
-
-function compareBy(field: DeviceSortField, order: "asc" | "desc"): (a: DeviceRecord, b: DeviceRecord) => number {
-  const sign = order === "desc" ? -1 : 1;
-  if (field === "registered") return (a, b) => sign * (a.seq - b.seq);
-  const key = SORT_KEYS[field];
-  return (a, b) => {
-    const ka = key(a);
-    const kb = key(b);
-    if (ka < kb) return -sign;
-    if (ka > kb) return sign;
-    return a.seq - b.seq;
-  };
-}
-
-/**
- * The records at [offset, offset+limit) in `cmp` order. A small page of a large match set is
- * selected with a bounded heap (n log k) instead of sorting everything.
- */
-function pageOf(items: DeviceRecord[], cmp: (a: DeviceRecord, b: DeviceRecord) => number, offset: number, limit: number): DeviceRecord[] {
-  const k = offset + limit;
-  if (k === 0) return [];
-  if (k * 8 >= items.length) return items.sort(cmp).slice(offset, k);
-  // Max-heap of the k smallest so far: the root is the largest kept.
-  const heap: DeviceRecord[] = [];
-  const up = (i: number) => {
-    while (i > 0) {
-      const p = (i - 1) >> 1;
-      if (cmp(heap[i]!, heap[p]!) <= 0) break;
-      [heap[i], heap[p]] = [heap[p]!, heap[i]!];
-      i = p;
-    }
-  };
-  const down = (i: number) => {
-    for (;;) {
-      const l = 2 * i + 1;
-      const r = l + 1;
-      let m = i;
-      if (l < heap.length && cmp(heap[l]!, heap[m]!) > 0) m = l;
-      if (r < heap.length && cmp(heap[r]!, heap[m]!) > 0) m = r;
-      if (m === i) return;
-      [heap[i], heap[m]] = [heap[m]!, heap[i]!];
-      i = m;
-    }
-  };
-  for (const item of items) {
-    if (heap.length < k) {
-      heap.push(item);
-      up(heap.length - 1);
-    } else if (cmp(item, heap[0]!) < 0) {
-      heap[0] = item;
-      down(0);
-    }
-  }
-  return heap.sort(cmp).slice(offset, k);
 }
 
 function sameList(a: readonly string[], b: string[]): boolean {

@@ -1,9 +1,10 @@
 import type { Clock } from "./clock";
 import { TethralError, invalid, notFound } from "./errors";
 import type { EventBus } from "./events";
-import { cloneJson, defineValue, isEmptyObject, iso, isoOrNull, jsonEqual } from "./json";
+import { cloneJson, defineValue, isEmptyObject, jsonEqual } from "./json";
 import { newTimeId } from "./ids";
 import type { DeviceRecord, DeviceRegistry } from "./registry";
+import { EMPTY_PROPERTIES, type HistoryItem, StateRecord, cloneSnapshot, hasDelta, snapshot, stateOf, stateView } from "./state-record";
 import {
   DEVICE_STATUSES,
   type DeviceState,
@@ -15,22 +16,10 @@ import {
   type StateRow,
   type StateSnapshot,
 } from "./types";
+import { DEFAULT_TRANSITIONS, type TransitionRules, allowsTransition, checkTransition } from "./transitions";
 import { LIMITS, checkJsonObject, parseInput, stateSetSchema } from "./validation";
 
-/** Which status may follow which. Setting the current status again is not a transition. */
-export type TransitionRules = Record<DeviceStatus, readonly DeviceStatus[]>;
-
-/**
- * The default rules: `unknown` is where a device starts and only maintenance can lead back
- * to it (a cleared maintenance whose device has not been heard from since).
- */
-export const DEFAULT_TRANSITIONS: TransitionRules = {
-  unknown: ["online", "offline", "error", "maintenance"],
-  online: ["offline", "error", "maintenance"],
-  offline: ["online", "error", "maintenance"],
-  error: ["online", "offline", "maintenance"],
-  maintenance: ["unknown", "online", "offline", "error"],
-};
+export { DEFAULT_TRANSITIONS, type TransitionRules } from "./transitions";
 
 export interface StateOptions {
   historySize: number;
@@ -73,44 +62,6 @@ export interface StateObserver {
   onReport(deviceId: string, properties: JsonObject, now: number): void;
   onStatus(deviceId: string, from: DeviceStatus, to: DeviceStatus, now: number): void;
   onForget(deviceId: string): void;
-}
-
-/** One change, flat: no wrapper objects, so a long history of a large fleet stays small. */
-interface HistoryItem {
-  at: number;
-  version: number;
-  reason: string;
-  causeId: string | null;
-  fromStatus: DeviceStatus | undefined;
-  toStatus: DeviceStatus | undefined;
-  fromProperties: JsonObject | undefined;
-  toProperties: JsonObject | undefined;
-  fromDesired: JsonObject | undefined;
-  toDesired: JsonObject | undefined;
-}
-
-const EMPTY_PROPERTIES: JsonObject = Object.freeze({}) as JsonObject;
-
-/** A device's state apart from its status (which lives on the registry record and its index). */
-class StateRecord {
-  /** Null until the first report: a device that only changes status carries no empty object. */
-  properties: JsonObject | null = null;
-  desired: JsonObject | null = null;
-  version = 0;
-  changedAt = 0;
-  updatedAt = 0;
-  reportedAt = 0;
-  /** A ring once full; grown by doubling up to the cap, so a short history costs little. */
-  history: HistoryItem[] | null = null;
-  historyCount = 0;
-  historyHead = 0;
-  hasDelta = false;
-  /** Moves on every write (see StateRow.rev). */
-  rev = 0;
-}
-
-function stateOf(record: DeviceRecord): StateRecord | undefined {
-  return record.state as StateRecord | undefined;
 }
 
 export interface StateStatistics {
@@ -173,7 +124,7 @@ export class StateManager {
   get(deviceId: string): DeviceState {
     const record = this.registry.record(deviceId);
     if (!record) throw notFound("device", deviceId);
-    return this.view(record, stateOf(record));
+    return stateView(record, stateOf(record));
   }
 
   /**
@@ -269,7 +220,7 @@ export class StateManager {
         { field: "expectedVersion", message: `is stale: the current version is ${version}` },
       ]);
     }
-    if (data.status !== undefined) this.checkTransition(record.status, data.status);
+    if (data.status !== undefined) checkTransition(this.options.transitions, record.status, data.status);
 
     const from: StateSnapshot = {};
     const to: StateSnapshot = {};
@@ -322,7 +273,7 @@ export class StateManager {
   applySet(plan: StatePlan, cause: ChangeCause = {}): DeviceState {
     const record = this.registry.record(plan.deviceId);
     if (!record) throw notFound("device", plan.deviceId);
-    if (!plan.changed) return this.view(record, stateOf(record));
+    if (!plan.changed) return stateView(record, stateOf(record));
     const target = this.ensure(record);
     if (plan.to.desired !== undefined) {
       target.desired = isEmptyObject(plan.desired) ? null : plan.desired;
@@ -331,7 +282,7 @@ export class StateManager {
     // Checked when planned; a heartbeat transition since then does not undo the caller's choice.
     if (plan.to.status !== undefined && plan.to.status !== record.status) this.applyStatus(record, plan.to.status, plan.at);
     this.commit(record, target, plan.at, plan.from, plan.to, cause, cause.reason ?? "set");
-    return this.view(record, target);
+    return stateView(record, target);
   }
 
   /** The state as a store row (a snapshot: later changes do not reach it). */
@@ -359,7 +310,7 @@ export class StateManager {
     const record = this.registry.record(deviceId);
     if (!record) throw notFound("device", deviceId);
     if (record.status === status) return false;
-    this.checkTransition(record.status, status);
+    checkTransition(this.options.transitions, record.status, status);
     const from = record.status;
     const now = this.clock.now();
     this.applyStatus(record, status, now);
@@ -373,15 +324,7 @@ export class StateManager {
   }
 
   canTransition(from: DeviceStatus, to: DeviceStatus): boolean {
-    return from === to || this.options.transitions[from].includes(to);
-  }
-
-  private checkTransition(from: DeviceStatus, to: DeviceStatus): void {
-    if (!this.canTransition(from, to)) {
-      throw new TethralError("INVALID", `status cannot change from ${from} to ${to}`, [
-        { field: "status", message: `cannot change from ${from} to ${to}; allowed: ${this.options.transitions[from].join(", ")}` },
-      ]);
-    }
+    return allowsTransition(this.options.transitions, from, to);
   }
 
   private applyStatus(record: DeviceRecord, to: DeviceStatus, now: number): void {
@@ -395,27 +338,7 @@ export class StateManager {
   history(deviceId: string, limit = this.options.historySize): StateHistoryEntry[] {
     const record = this.registry.record(deviceId);
     if (!record) throw notFound("device", deviceId);
-    const s = stateOf(record);
-    if (!s?.history) return [];
-    const h = s.history;
-    const count = s.historyCount;
-    const n = Math.max(0, Math.min(limit, count));
-    const out: StateHistoryEntry[] = [];
-    // Oldest first: once the ring is full, the oldest kept entry sits at historyHead.
-    const base = count < this.options.historySize ? 0 : s.historyHead;
-    for (let i = count - n; i < count; i++) {
-      const item = h[(base + i) % count]!;
-      out.push({
-        deviceId,
-        at: iso(item.at),
-        version: item.version,
-        from: snapshot(item.fromStatus, item.fromProperties, item.fromDesired),
-        to: snapshot(item.toStatus, item.toProperties, item.toDesired),
-        reason: item.reason,
-        causeId: item.causeId,
-      });
-    }
-    return out;
+    return stateOf(record)?.historyEntries(deviceId, limit, this.options.historySize) ?? [];
   }
 
   /** States of all devices, or of those with a status (through the registry's status index). */
@@ -435,7 +358,7 @@ export class StateManager {
     for (const record of records) {
       if (i >= offset + limit) break;
       if (i++ < offset) continue;
-      states.push(this.view(record, stateOf(record)));
+      states.push(stateView(record, stateOf(record)));
     }
     return { states, total };
   }
@@ -497,7 +420,7 @@ export class StateManager {
       fromDesired: from.desired,
       toDesired: to.desired,
     };
-    this.pushHistory(s, item);
+    s.pushHistory(item, this.options.historySize);
     if (this.sink) {
       this.sink.onStateWritten(record.id);
       if (to.status !== undefined) this.sink.onStatusWritten(record.id);
@@ -515,84 +438,8 @@ export class StateManager {
     if (!this.bus.hasSubscribers("state.changed", record.id) && !this.bus.keepsHistoryOf("state.changed")) return;
     this.bus.publish(
       "state.changed",
-      { from: cloneSnapshot(from), to: cloneSnapshot(to), reason, version: s.version, state: this.view(record, s) },
+      { from: cloneSnapshot(from), to: cloneSnapshot(to), reason, version: s.version, state: stateView(record, s) },
       { deviceId: record.id, source: cause.source ?? "state", causeId },
     );
   }
-
-  private pushHistory(s: StateRecord, item: HistoryItem): void {
-    const cap = this.options.historySize;
-    if (cap <= 0) return;
-    if (s.historyCount < cap) {
-      if (!s.history || s.historyCount === s.history.length) {
-        const grown: HistoryItem[] = new Array(Math.min(cap, Math.max(2, s.historyCount * 2)));
-        for (let i = 0; i < s.historyCount; i++) grown[i] = s.history![i]!;
-        s.history = grown;
-      }
-      s.history[s.historyCount++] = item;
-      return;
-    }
-    s.history![s.historyHead] = item;
-    s.historyHead = (s.historyHead + 1) % cap;
-  }
-
-  private view(record: DeviceRecord, s: StateRecord | undefined): DeviceState {
-    if (!s) {
-      return {
-        deviceId: record.id,
-        status: record.status,
-        properties: {},
-        desired: {},
-        delta: {},
-        version: 0,
-        changedAt: null,
-        updatedAt: null,
-        reportedAt: null,
-      };
-    }
-    return {
-      deviceId: record.id,
-      status: record.status,
-      properties: s.properties ? cloneJson(s.properties) : {},
-      desired: s.desired ? cloneJson(s.desired) : {},
-      delta: s.desired ? delta(s) : {},
-      version: s.version,
-      changedAt: isoOrNull(s.changedAt),
-      updatedAt: isoOrNull(s.updatedAt),
-      reportedAt: isoOrNull(s.reportedAt),
-    };
-  }
-}
-
-function hasDelta(s: StateRecord): boolean {
-  if (!s.desired) return false;
-  for (const key of Object.keys(s.desired)) {
-    const reported = s.properties;
-    if (!reported || !Object.hasOwn(reported, key) || !jsonEqual(reported[key], s.desired[key])) return true;
-  }
-  return false;
-}
-
-/** Desired keys whose reported value differs. */
-function delta(s: StateRecord): JsonObject {
-  const out: JsonObject = {};
-  if (!s.desired) return out;
-  for (const key of Object.keys(s.desired)) {
-    const want = s.desired[key] as JsonValue;
-    const reported = s.properties;
-    if (!reported || !Object.hasOwn(reported, key) || !jsonEqual(reported[key], want)) defineValue(out, key, cloneJson(want));
-  }
-  return out;
-}
-
-function snapshot(status: DeviceStatus | undefined, properties: JsonObject | undefined, desired: JsonObject | undefined): StateSnapshot {
-  const out: StateSnapshot = {};
-  if (status !== undefined) out.status = status;
-  if (properties !== undefined) out.properties = cloneJson(properties);
-  if (desired !== undefined) out.desired = cloneJson(desired);
-  return out;
-}
-
-function cloneSnapshot(s: StateSnapshot): StateSnapshot {
-  return snapshot(s.status, s.properties, s.desired);
 }

@@ -190,3 +190,10 @@ function issueToDetail(issue: z.core.$ZodIssue): ErrorDetail {
   }
   return { field: path || "(body)", message: issue.message };
 }
+
+/** A time given as epoch ms, ISO text or a Date, as epoch ms; INVALID naming `field` when it is none of these. */
+export function toEpoch(value: number | string | Date, field: string): number {
+  const ms = value instanceof Date ? value.getTime() : typeof value === "number" ? value : Date.parse(value);
+  if (!Number.isFinite(ms)) throw new TethralError("INVALID", `${field}: must be a time`, [{ field, message: "must be a time" }]);
+  return ms;
+}

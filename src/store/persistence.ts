@@ -1,60 +1,10 @@
 import type { Clock, TimerHandle } from "../core/clock";
 import { TethralError } from "../core/errors";
 import type { TethralEvent } from "../core/types";
-import type {
-  DevicePresenceRow,
-  DeviceRow,
-  EventRow,
-  HistoryRow,
-  PurgeResult,
-  RetentionPolicy,
-  StateRow,
-  Store,
-  WriteBatch,
-} from "./types";
+import { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceOptions } from "./persistence-options";
+import type { DevicePresenceRow, DeviceRow, EventRow, HistoryRow, PurgeResult, StateRow, Store, WriteBatch } from "./types";
 
-export interface PersistenceOptions {
-  /** Write-behind: waiting writes are flushed this often… */
-  flushIntervalMs: number;
-  /** …or as soon as this many history and event rows wait. */
-  flushRows: number;
-  /** Rows of each kind written in one transaction; a larger backlog takes several. */
-  maxTransactionRows: number;
-  /**
-   * History and event rows held while the database is unreachable. Past this, the oldest
-   * events are dropped first, then the oldest history rows — counted in `statistics()` and
-   * reported once per outage. Device presence and state are never dropped: they are kept as
-   * "this device needs writing" and written from memory, so they cost no buffer.
-   */
-  maxBufferedRows: number;
-  retryBaseMs: number;
-  retryMaxMs: number;
-  /** How long `stop()` keeps trying to write what is left. */
-  stopTimeoutMs: number;
-  retention: RetentionPolicy & { intervalMs: number; batchSize: number; budgetMs: number };
-}
-
-const DAY_MS = 24 * 3600 * 1000;
-
-export const DEFAULT_PERSISTENCE_OPTIONS: PersistenceOptions = {
-  flushIntervalMs: 100,
-  flushRows: 2000,
-  maxTransactionRows: 20_000,
-  maxBufferedRows: 200_000,
-  retryBaseMs: 250,
-  retryMaxMs: 10_000,
-  stopTimeoutMs: 10_000,
-  retention: {
-    historyMaxAgeMs: 30 * DAY_MS,
-    historyMaxPerDevice: 1000,
-    eventsMaxAgeMs: 7 * DAY_MS,
-    eventsMaxRows: 1_000_000,
-    commandsMaxAgeMs: 7 * DAY_MS,
-    intervalMs: 60_000,
-    batchSize: 1000,
-    budgetMs: 250,
-  },
-};
+export { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceOptions } from "./persistence-options";
 
 /** What the hub gives the persistence layer: current rows from memory, and a way to speak up. */
 export interface PersistenceHost {

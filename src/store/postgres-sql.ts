@@ -1,6 +1,6 @@
 import { invalid, TethralError } from "../core/errors";
 import type { DeviceStatus, JsonObject, Priority, StateSnapshot } from "../core/types";
-import type { CommandRow, CommandStatus, DevicePresenceRow, DeviceRow, EventRow, HistoryRow, StateRow, TokenRow } from "./types";
+import type { CommandRow, CommandStatus, DevicePresenceRow, DeviceRow, EventQuery, EventRow, HistoryRow, StateRow, TokenRow } from "./types";
 
 /**
  * The SQL of the PostgreSQL store: statements, row mapping and input checks. PostgreSQL cannot hold a NUL character
@@ -144,6 +144,25 @@ export function likePattern(pattern: string): string {
   return pattern.split("*").map((part) => part.replace(/[\\%_]/g, (c) => `\\${c}`)).join("%");
 }
 
+/** The SELECT of an event-history query: unexpired events that match, newest first. */
+export function eventsQuery(query: EventQuery, now: number): { sql: string; params: unknown[] } {
+  const params: unknown[] = [now];
+  const where = ["(expires_at = 0 OR expires_at > $1)"];
+  const param = (value: unknown): string => `$${params.push(value)}`;
+  if (query.types && query.types.length > 0) {
+    const exact = query.types.filter((t) => !t.includes("*"));
+    const alternatives = query.types.filter((t) => t.includes("*")).map((t) => `type LIKE ${param(likePattern(t))} ESCAPE '\\'`);
+    if (exact.length > 0) alternatives.unshift(`type = ANY(${param(exact)}::text[])`);
+    where.push(`(${alternatives.join(" OR ")})`);
+  }
+  if (query.priorities && query.priorities.length > 0) where.push(`priority = ANY(${param(query.priorities)}::text[])`);
+  if (query.deviceId !== undefined) where.push(`device_id = ${param(query.deviceId)}`);
+  if (query.source !== undefined) where.push(`source = ${param(query.source)}`);
+  if (query.since !== undefined) where.push(`ts >= ${param(query.since)}`);
+  const limit = param(Math.floor(query.limit));
+  return { sql: `SELECT * FROM events WHERE ${where.join(" AND ")} ORDER BY ts DESC, id DESC LIMIT ${limit}`, params };
+}
+
 /**
  * Column arrays of rows, for `unnest($1::text[], ...)`: one parameter per column, any row count.
  * With `where`, a refused value names its row in the batch: by position (`events[12].data`), or
@@ -168,6 +187,65 @@ export function columns<T>(
     throw invalid(`${where.kind}[${at}].${detail.field}`, detail.message);
   }
   return out;
+}
+
+// ---- single-row statements: parameters checked as they are built ----
+
+export const UPSERT_DEVICE = `INSERT INTO devices (id, name, protocol, address, manufacturer, model, firmware, capabilities, tags,
+         heartbeat_timeout, metadata, status, last_seen, created_at, updated_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10, $11::jsonb, $12, $13, $14, $15)
+       ON CONFLICT (id) DO UPDATE SET name = excluded.name, protocol = excluded.protocol,
+         address = excluded.address, manufacturer = excluded.manufacturer, model = excluded.model,
+         firmware = excluded.firmware, capabilities = excluded.capabilities, tags = excluded.tags,
+         heartbeat_timeout = excluded.heartbeat_timeout, metadata = excluded.metadata, status = excluded.status,
+         last_seen = excluded.last_seen, created_at = excluded.created_at, updated_at = excluded.updated_at`;
+
+export function deviceParams(d: DeviceRow): unknown[] {
+  return [
+    text(d.id, "id"),
+    text(d.name, "name"),
+    text(d.protocol, "protocol"),
+    optText(d.address, "address"),
+    optText(d.manufacturer, "manufacturer"),
+    optText(d.model, "model"),
+    optText(d.firmware, "firmware"),
+    json(d.capabilities, "capabilities"),
+    json(d.tags, "tags"),
+    d.heartbeatTimeout,
+    json(d.metadata, "metadata"),
+    text(d.status, "status"),
+    d.lastSeen,
+    d.createdAt,
+    d.updatedAt,
+  ];
+}
+
+export const UPSERT_COMMAND = `INSERT INTO commands (id, device_id, command, params, status, attempts, priority, created_at, sent_at,
+         completed_at, expires_at, result, error, options)
+       VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13, $14::jsonb)
+       ON CONFLICT (id) DO UPDATE SET device_id = excluded.device_id, command = excluded.command,
+         params = excluded.params, status = excluded.status, attempts = excluded.attempts,
+         priority = excluded.priority, created_at = excluded.created_at, sent_at = excluded.sent_at,
+         completed_at = excluded.completed_at, expires_at = excluded.expires_at, result = excluded.result,
+         error = excluded.error, options = excluded.options`;
+
+export function commandParams(c: CommandRow): unknown[] {
+  return [
+    text(c.id, "id"),
+    text(c.deviceId, "deviceId"),
+    text(c.command, "command"),
+    json(c.params, "params"),
+    text(c.status, "status"),
+    c.attempts,
+    text(c.priority, "priority"),
+    c.createdAt,
+    c.sentAt,
+    c.completedAt,
+    c.expiresAt,
+    optJson(c.result, "result"),
+    optText(c.error, "error"),
+    json(c.options, "options"),
+  ];
 }
 
 // ---- batch statements: unnest of one array per column, so one statement text serves any row count ----

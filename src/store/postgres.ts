@@ -16,16 +16,15 @@ import {
 import {
   chunkedColumns,
   columns,
+  commandParams,
   DELETE_DEVICE,
+  deviceParams,
   EVENT_COLUMNS,
+  eventsQuery,
   HISTORY_COLUMNS,
   INSERT_EVENTS,
   INSERT_HISTORY,
-  json,
   lastById,
-  likePattern,
-  optJson,
-  optText,
   PRESENCE_COLUMNS,
   STATE_COLUMNS,
   text,
@@ -36,6 +35,8 @@ import {
   toStateRow,
   toTokenRow,
   UPDATE_PRESENCE,
+  UPSERT_COMMAND,
+  UPSERT_DEVICE,
   UPSERT_STATES,
 } from "./postgres-sql";
 import {
@@ -145,33 +146,7 @@ export class PostgresStore implements Store {
   // ---- devices, states ----
 
   async upsertDevice(d: DeviceRow): Promise<void> {
-    await this.query(
-      `INSERT INTO devices (id, name, protocol, address, manufacturer, model, firmware, capabilities, tags,
-         heartbeat_timeout, metadata, status, last_seen, created_at, updated_at)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10, $11::jsonb, $12, $13, $14, $15)
-       ON CONFLICT (id) DO UPDATE SET name = excluded.name, protocol = excluded.protocol,
-         address = excluded.address, manufacturer = excluded.manufacturer, model = excluded.model,
-         firmware = excluded.firmware, capabilities = excluded.capabilities, tags = excluded.tags,
-         heartbeat_timeout = excluded.heartbeat_timeout, metadata = excluded.metadata, status = excluded.status,
-         last_seen = excluded.last_seen, created_at = excluded.created_at, updated_at = excluded.updated_at`,
-      [
-        text(d.id, "id"),
-        text(d.name, "name"),
-        text(d.protocol, "protocol"),
-        optText(d.address, "address"),
-        optText(d.manufacturer, "manufacturer"),
-        optText(d.model, "model"),
-        optText(d.firmware, "firmware"),
-        json(d.capabilities, "capabilities"),
-        json(d.tags, "tags"),
-        d.heartbeatTimeout,
-        json(d.metadata, "metadata"),
-        text(d.status, "status"),
-        d.lastSeen,
-        d.createdAt,
-        d.updatedAt,
-      ],
-    );
+    await this.query(UPSERT_DEVICE, deviceParams(d));
   }
 
   async deleteDevice(id: string): Promise<void> {
@@ -224,24 +199,8 @@ export class PostgresStore implements Store {
 
   async events(query: EventQuery, now: number): Promise<EventRow[]> {
     if (!(query.limit > 0)) return [];
-    const params: unknown[] = [now];
-    const where = ["(expires_at = 0 OR expires_at > $1)"];
-    const param = (value: unknown): string => `$${params.push(value)}`;
-    if (query.types && query.types.length > 0) {
-      const exact = query.types.filter((t) => !t.includes("*"));
-      const alternatives = query.types.filter((t) => t.includes("*")).map((t) => `type LIKE ${param(likePattern(t))} ESCAPE '\\'`);
-      if (exact.length > 0) alternatives.unshift(`type = ANY(${param(exact)}::text[])`);
-      where.push(`(${alternatives.join(" OR ")})`);
-    }
-    if (query.priorities && query.priorities.length > 0) where.push(`priority = ANY(${param(query.priorities)}::text[])`);
-    if (query.deviceId !== undefined) where.push(`device_id = ${param(query.deviceId)}`);
-    if (query.source !== undefined) where.push(`source = ${param(query.source)}`);
-    if (query.since !== undefined) where.push(`ts >= ${param(query.since)}`);
-    const limit = param(Math.floor(query.limit));
-    const { rows } = await this.query(
-      `SELECT * FROM events WHERE ${where.join(" AND ")} ORDER BY ts DESC, id DESC LIMIT ${limit}`,
-      params,
-    );
+    const { sql, params } = eventsQuery(query, now);
+    const { rows } = await this.query(sql, params);
     return rows.map(toEventRow);
   }
 
@@ -267,32 +226,7 @@ export class PostgresStore implements Store {
   // ---- commands ----
 
   async putCommand(c: CommandRow): Promise<void> {
-    await this.query(
-      `INSERT INTO commands (id, device_id, command, params, status, attempts, priority, created_at, sent_at,
-         completed_at, expires_at, result, error, options)
-       VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13, $14::jsonb)
-       ON CONFLICT (id) DO UPDATE SET device_id = excluded.device_id, command = excluded.command,
-         params = excluded.params, status = excluded.status, attempts = excluded.attempts,
-         priority = excluded.priority, created_at = excluded.created_at, sent_at = excluded.sent_at,
-         completed_at = excluded.completed_at, expires_at = excluded.expires_at, result = excluded.result,
-         error = excluded.error, options = excluded.options`,
-      [
-        text(c.id, "id"),
-        text(c.deviceId, "deviceId"),
-        text(c.command, "command"),
-        json(c.params, "params"),
-        text(c.status, "status"),
-        c.attempts,
-        text(c.priority, "priority"),
-        c.createdAt,
-        c.sentAt,
-        c.completedAt,
-        c.expiresAt,
-        optJson(c.result, "result"),
-        optText(c.error, "error"),
-        json(c.options, "options"),
-      ],
-    );
+    await this.query(UPSERT_COMMAND, commandParams(c));
   }
 
   async getCommand(id: string): Promise<CommandRow | null> {

@@ -1,0 +1,123 @@
+import type { Clock } from "./clock";
+import { type TethralError, notFound } from "./errors";
+import type { EventBus } from "./events";
+import type { HeartbeatMonitor, HeartbeatTracker } from "./heartbeat";
+import { newId } from "./ids";
+import { type InboundMessage, type IngestResult, parseInbound } from "./inbound";
+import { iso, isoOrNull } from "./json";
+import type { DeviceRegistry } from "./registry";
+import type { ChangeCause, StateManager } from "./state";
+import type { DeviceStatus, JsonObject } from "./types";
+import type { Persistence } from "../store/persistence";
+
+/**
+ * A device's traffic and its silence: `ingest` takes in what a device sent, `expire` takes a
+ * device offline when the heartbeat monitor has heard nothing for too long. Counts the messages
+ * received and refused. The hub owns one and hands it device traffic and heartbeat expiries.
+ */
+export class DeviceTraffic {
+  private readonly messages = { received: 0, rejected: 0, byKind: { telemetry: 0, heartbeat: 0, state: 0, status: 0 } };
+
+  constructor(
+    private readonly registry: DeviceRegistry,
+    private readonly state: StateManager,
+    private readonly heartbeat: HeartbeatMonitor,
+    private readonly events: EventBus,
+    private readonly clock: Clock,
+    private readonly persistence: Persistence | null,
+  ) {}
+
+  /** See `Hub.ingest`. */
+  ingest(deviceId: string, message: InboundMessage): IngestResult {
+    const protocol = message.protocol ?? null;
+    const record = this.registry.record(deviceId);
+    if (!record) throw this.reject(deviceId, protocol, message.kind, notFound("device", deviceId), "unknown-device");
+    let properties: JsonObject | null = null;
+    let reported: DeviceStatus | null = null;
+    if (message.kind !== "heartbeat") {
+      try {
+        ({ properties, reported } = parseInbound(message));
+        if (properties) this.state.checkCapacity(deviceId, properties);
+      } catch (err) {
+        throw this.reject(deviceId, protocol, message.kind, err as TethralError, "invalid-payload");
+      }
+    }
+
+    const now = this.clock.now();
+    // A cause id is made only when something changes: a plain heartbeat allocates nothing.
+    let causeId = message.causeId ?? null;
+    const source = protocol ?? "device";
+    let changed = false;
+    if (reported === "offline") {
+      changed = this.goOffline(deviceId, record.lastSeen, "reported", { causeId: (causeId ??= newId()), source, reason: "reported" });
+    } else {
+      record.lastSeen = now;
+      this.persistence?.markPresence(deviceId);
+      const tracker = record.heartbeat as HeartbeatTracker | undefined;
+      if (tracker !== undefined && this.heartbeat.beatTracker(tracker, now) && record.status !== "online" && record.status !== "maintenance") {
+        const previous = record.status;
+        this.state.setStatus(deviceId, "online", { causeId: (causeId ??= newId()), source, reason: "heartbeat" });
+        this.events.publish("device.online", { previous, lastSeen: iso(now) }, { deviceId, source: "heartbeat", causeId });
+        changed = true;
+      }
+      if (properties) {
+        changed = this.state.report(deviceId, properties, { causeId: (causeId ??= newId()), source, reason: message.kind }) || changed;
+      }
+      if ((reported === "error" && record.status !== "maintenance") || (reported === "online" && record.status === "error")) {
+        changed = this.state.setStatus(deviceId, reported, { causeId: (causeId ??= newId()), source, reason: "reported" }) || changed;
+      }
+    }
+    this.messages.received++;
+    this.messages.byKind[message.kind]++;
+    if (this.events.hasSubscribers("message.received", deviceId)) {
+      this.events.publish("message.received", { kind: message.kind, protocol, data: message.data ?? null }, {
+        deviceId,
+        source,
+        causeId: (causeId ??= newId()),
+      });
+    }
+    return { deviceId, status: record.status, changed, causeId };
+  }
+
+  private reject(deviceId: string, protocol: string | null, kind: unknown, error: TethralError, reason: string): TethralError {
+    this.messages.rejected++;
+    this.events.publish(
+      "message.rejected",
+      { reason, protocol, kind: typeof kind === "string" ? kind.slice(0, 32) : undefined, error: error.message },
+      { deviceId: typeof deviceId === "string" && deviceId.length <= 128 ? deviceId : null, source: protocol ?? "device", priority: "low" },
+    );
+    return error;
+  }
+
+  /** The heartbeat monitor's expiry: the device was silent past its timeout. */
+  expire(id: string, lastSeen: number, timeoutMs: number): void {
+    const record = this.registry.record(id);
+    if (!record) return;
+    this.goOffline(id, lastSeen, "timeout", { source: "heartbeat" }, timeoutMs);
+  }
+
+  /** Offline and its event, unless maintenance (alarms suppressed) or already there. */
+  private goOffline(id: string, lastSeen: number, reason: string, cause: ChangeCause, timeoutMs?: number): boolean {
+    const record = this.registry.record(id)!;
+    this.heartbeat.markOffline(id);
+    if (record.status === "maintenance" || record.status === "offline" || record.status === "unknown") return false;
+    const previous = record.status;
+    this.state.setStatus(id, "offline", { ...cause, reason: reason === "timeout" ? "heartbeat-timeout" : reason });
+    this.events.publish(
+      "device.offline",
+      {
+        previous,
+        lastSeen: isoOrNull(lastSeen),
+        timeout: (timeoutMs ?? this.heartbeat.effectiveTimeoutSec(id) * 1000) / 1000,
+        reason,
+      },
+      { deviceId: id, source: "heartbeat", priority: "high", causeId: cause.causeId ?? null },
+    );
+    return true;
+  }
+
+  /** Messages received and refused so far, by kind (a copy). */
+  statistics(): { received: number; rejected: number; byKind: Record<string, number> } {
+    return { ...this.messages, byKind: { ...this.messages.byKind } };
+  }
+}

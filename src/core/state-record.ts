@@ -1,0 +1,142 @@
+import { cloneJson, defineValue, iso, isoOrNull, jsonEqual } from "./json";
+import type { DeviceRecord } from "./registry";
+import type { DeviceState, DeviceStatus, JsonObject, JsonValue, StateHistoryEntry, StateSnapshot } from "./types";
+
+/** One change, flat: no wrapper objects, so a long history of a large fleet stays small. */
+export interface HistoryItem {
+  at: number;
+  version: number;
+  reason: string;
+  causeId: string | null;
+  fromStatus: DeviceStatus | undefined;
+  toStatus: DeviceStatus | undefined;
+  fromProperties: JsonObject | undefined;
+  toProperties: JsonObject | undefined;
+  fromDesired: JsonObject | undefined;
+  toDesired: JsonObject | undefined;
+}
+
+export const EMPTY_PROPERTIES: JsonObject = Object.freeze({}) as JsonObject;
+
+/** A device's state apart from its status (which lives on the registry record and its index). */
+export class StateRecord {
+  /** Null until the first report: a device that only changes status carries no empty object. */
+  properties: JsonObject | null = null;
+  desired: JsonObject | null = null;
+  version = 0;
+  changedAt = 0;
+  updatedAt = 0;
+  reportedAt = 0;
+  /** A ring once full; grown by doubling up to the cap, so a short history costs little. */
+  private history: HistoryItem[] | null = null;
+  private historyCount = 0;
+  private historyHead = 0;
+  hasDelta = false;
+  /** Moves on every write (see StateRow.rev). */
+  rev = 0;
+
+  /** Keeps a change; once `cap` are kept, it takes the place of the oldest. */
+  pushHistory(item: HistoryItem, cap: number): void {
+    if (cap <= 0) return;
+    if (this.historyCount < cap) {
+      if (!this.history || this.historyCount === this.history.length) {
+        const grown: HistoryItem[] = new Array(Math.min(cap, Math.max(2, this.historyCount * 2)));
+        for (let i = 0; i < this.historyCount; i++) grown[i] = this.history![i]!;
+        this.history = grown;
+      }
+      this.history[this.historyCount++] = item;
+      return;
+    }
+    this.history![this.historyHead] = item;
+    this.historyHead = (this.historyHead + 1) % cap;
+  }
+
+  /** The last `limit` changes kept, oldest first; `cap` is the size the ring was filled to. */
+  historyEntries(deviceId: string, limit: number, cap: number): StateHistoryEntry[] {
+    if (!this.history) return [];
+    const h = this.history;
+    const count = this.historyCount;
+    const n = Math.max(0, Math.min(limit, count));
+    const out: StateHistoryEntry[] = [];
+    // Oldest first: once the ring is full, the oldest kept entry sits at historyHead.
+    const base = count < cap ? 0 : this.historyHead;
+    for (let i = count - n; i < count; i++) {
+      const item = h[(base + i) % count]!;
+      out.push({
+        deviceId,
+        at: iso(item.at),
+        version: item.version,
+        from: snapshot(item.fromStatus, item.fromProperties, item.fromDesired),
+        to: snapshot(item.toStatus, item.toProperties, item.toDesired),
+        reason: item.reason,
+        causeId: item.causeId,
+      });
+    }
+    return out;
+  }
+}
+
+export function stateOf(record: DeviceRecord): StateRecord | undefined {
+  return record.state as StateRecord | undefined;
+}
+
+/** The public, JSON-ready copy of a device's state; a device never reported or set has an empty one. */
+export function stateView(record: DeviceRecord, s: StateRecord | undefined): DeviceState {
+  if (!s) {
+    return {
+      deviceId: record.id,
+      status: record.status,
+      properties: {},
+      desired: {},
+      delta: {},
+      version: 0,
+      changedAt: null,
+      updatedAt: null,
+      reportedAt: null,
+    };
+  }
+  return {
+    deviceId: record.id,
+    status: record.status,
+    properties: s.properties ? cloneJson(s.properties) : {},
+    desired: s.desired ? cloneJson(s.desired) : {},
+    delta: s.desired ? delta(s) : {},
+    version: s.version,
+    changedAt: isoOrNull(s.changedAt),
+    updatedAt: isoOrNull(s.updatedAt),
+    reportedAt: isoOrNull(s.reportedAt),
+  };
+}
+
+export function hasDelta(s: StateRecord): boolean {
+  if (!s.desired) return false;
+  for (const key of Object.keys(s.desired)) {
+    const reported = s.properties;
+    if (!reported || !Object.hasOwn(reported, key) || !jsonEqual(reported[key], s.desired[key])) return true;
+  }
+  return false;
+}
+
+/** Desired keys whose reported value differs. */
+function delta(s: StateRecord): JsonObject {
+  const out: JsonObject = {};
+  if (!s.desired) return out;
+  for (const key of Object.keys(s.desired)) {
+    const want = s.desired[key] as JsonValue;
+    const reported = s.properties;
+    if (!reported || !Object.hasOwn(reported, key) || !jsonEqual(reported[key], want)) defineValue(out, key, cloneJson(want));
+  }
+  return out;
+}
+
+export function snapshot(status: DeviceStatus | undefined, properties: JsonObject | undefined, desired: JsonObject | undefined): StateSnapshot {
+  const out: StateSnapshot = {};
+  if (status !== undefined) out.status = status;
+  if (properties !== undefined) out.properties = cloneJson(properties);
+  if (desired !== undefined) out.desired = cloneJson(desired);
+  return out;
+}
+
+export function cloneSnapshot(s: StateSnapshot): StateSnapshot {
+  return snapshot(s.status, s.properties, s.desired);
+}
