@@ -53,8 +53,9 @@ export class DeviceTraffic {
     } else {
       record.lastSeen = now;
       this.persistence?.markPresence(deviceId);
-      const tracker = record.heartbeat as HeartbeatTracker | undefined;
-      if (tracker !== undefined && this.heartbeat.beatTracker(tracker, now) && record.status !== "online" && record.status !== "maintenance") {
+      // Heartbeat bookkeeping starts with a device's first message: registering costs none.
+      const tracker = (record.heartbeat as HeartbeatTracker | undefined) ?? this.heartbeat.track(deviceId, record.heartbeatTimeout);
+      if (this.heartbeat.beatTracker(tracker, now) && record.status !== "online" && record.status !== "maintenance") {
         const previous = record.status;
         this.state.setStatus(deviceId, "online", { causeId: (causeId ??= newId()), source, reason: "heartbeat" });
         this.events.publish("device.online", { previous, lastSeen: iso(now) }, { deviceId, source: "heartbeat", causeId });

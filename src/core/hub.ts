@@ -187,7 +187,9 @@ export class Hub {
       this.registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
     }
     for (const row of states) if (this.registry.has(row.deviceId)) this.state.restore(row.deviceId, row);
+    // A device never heard from gets its heartbeat bookkeeping with its first message.
     for (const row of devices) {
+      if (row.lastSeen === 0) continue;
       const alive = row.status === "online" || row.status === "error";
       this.heartbeat.track(row.id, row.heartbeatTimeout ?? undefined, row.lastSeen, alive);
     }
@@ -201,7 +203,7 @@ export class Hub {
    */
   async registerDevice(input: unknown, cause: ChangeCause = {}): Promise<Device> {
     const p = this.persistence;
-    if (!p) return this.track(this.registry.register(input, cause));
+    if (!p) return this.registry.register(input, cause);
     const id = typeof (input as { id?: unknown } | null)?.id === "string" ? (input as { id: string }).id : "";
     return this.locks.run(id, async () => {
       const device = this.registry.register(input, { ...cause, silent: true });
@@ -215,14 +217,10 @@ export class Hub {
       }
       p.release(device.id, true);
       this.registry.announceRegistered(device.id, cause);
-      return this.track(device);
+      return device;
     });
   }
 
-  private track(device: Device): Device {
-    this.heartbeat.track(device.id, device.heartbeatTimeout);
-    return device;
-  }
 
   /** A partial update; with a store, written before it resolves, or not made at all (UNAVAILABLE). */
   async updateDevice(id: string, patch: unknown, cause: ChangeCause = {}): Promise<Device> {
@@ -330,6 +328,8 @@ export class Hub {
     const before = this.registry.record(plan.deviceId)?.status;
     const state = this.state.applySet(plan, { source: "user", ...cause });
     if (state.status !== before) {
+      const record = this.registry.record(plan.deviceId);
+      if (record && record.heartbeat === undefined) this.heartbeat.track(plan.deviceId, record.heartbeatTimeout);
       if (state.status === "online") this.heartbeat.revive(plan.deviceId);
       else if (state.status === "offline") this.heartbeat.markOffline(plan.deviceId);
     }
