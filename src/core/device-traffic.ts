@@ -1,5 +1,5 @@
 import type { Clock } from "./clock";
-import { type TethralError, notFound } from "./errors";
+import { type TethralError, invalid, notFound } from "./errors";
 import type { EventBus } from "./events";
 import type { HeartbeatMonitor, HeartbeatTracker } from "./heartbeat";
 import { newId } from "./ids";
@@ -25,13 +25,26 @@ export class DeviceTraffic {
     private readonly events: EventBus,
     private readonly clock: Clock,
     private readonly persistence: Persistence | null,
+    /** A device whose registration is not durable yet: refused like an unknown one. */
+    private readonly pending: (id: string) => boolean = () => false,
   ) {}
 
   /** See `Hub.ingest`. */
   ingest(deviceId: string, message: InboundMessage): IngestResult {
+    if (typeof message !== "object" || message === null) {
+      throw this.reject(deviceId, null, undefined, invalid("message", "must be an object with a kind"), "invalid-payload");
+    }
     const protocol = message.protocol ?? null;
+    if (protocol !== null && (typeof protocol !== "string" || protocol.length > 32)) {
+      throw this.reject(deviceId, null, message.kind, invalid("protocol", "must be a protocol name"), "invalid-payload");
+    }
+    if (message.causeId !== undefined && (typeof message.causeId !== "string" || message.causeId.length > 128)) {
+      throw this.reject(deviceId, protocol, message.kind, invalid("causeId", "must be text of at most 128 characters"), "invalid-payload");
+    }
     const record = this.registry.record(deviceId);
-    if (!record) throw this.reject(deviceId, protocol, message.kind, notFound("device", deviceId), "unknown-device");
+    if (!record || this.pending(deviceId)) {
+      throw this.reject(deviceId, protocol, message.kind, notFound("device", typeof deviceId === "string" ? deviceId.slice(0, 128) : String(deviceId)), "unknown-device");
+    }
     let properties: JsonObject | null = null;
     let reported: DeviceStatus | null = null;
     if (message.kind !== "heartbeat") {

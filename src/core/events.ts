@@ -1,8 +1,9 @@
 import { newId, newTimeId } from "./ids";
 import type { Clock } from "./clock";
-import { invalid } from "./errors";
+import { TethralError, invalid } from "./errors";
 import { EventHistory, type HistoryQuery } from "./event-history";
 import { iso } from "./json";
+import { DEVICE_ID_PATTERN, LIMITS, checkJsonValue, checkLabel } from "./validation";
 import {
   type DropPolicy,
   type Envelope,
@@ -138,7 +139,16 @@ export class EventBus {
     if (options.priority !== undefined && !PRIORITIES.includes(options.priority)) {
       throw invalid("priority", `must be one of ${PRIORITIES.join(", ")}`);
     }
-    return this.emit(type, data, options);
+    // User events come from flows: everything kept in history (and stored) must be plain JSON.
+    const problem =
+      checkLabel(options.source, "source", 64) ??
+      checkLabel(options.causeId, "causeId") ??
+      (options.deviceId !== undefined && options.deviceId !== null && !DEVICE_ID_PATTERN.test(String(options.deviceId))
+        ? { field: "deviceId", message: "must be a device id" }
+        : null) ??
+      checkJsonValue(data, "data", LIMITS.eventDataBytes);
+    if (problem) throw new TethralError("INVALID", `${problem.field}: ${problem.message}`, [problem]);
+    return this.emit(type, data === undefined ? null : data, options);
   }
 
   /** True when some subscriber could receive an event of this type for this device. */
@@ -286,8 +296,12 @@ export class EventBus {
     handler: EventHandler,
     more: Omit<SubscribeOptions, "types"> = {},
   ): SubscriptionHandle {
+    if (first === null || (typeof first !== "object" && typeof first !== "string")) {
+      throw invalid("types", "must be type patterns or subscription options");
+    }
     const options: SubscribeOptions = typeof first === "string" || Array.isArray(first) ? { ...more, types: first } : first;
     if (typeof handler !== "function") throw invalid("handler", "must be a function");
+    checkSubscribeNumbers(options);
     const patterns = toList(options.types ?? "*");
     if (patterns.length === 0 || patterns.some((p) => typeof p !== "string" || p.length === 0 || p.length > 128)) {
       throw invalid("types", "must be one or more type patterns such as device.online, device.* or *");
@@ -437,4 +451,22 @@ function pullFrom(map: Map<string, Subscription[]>, key: string, sub: Subscripti
   const next = (map.get(key) ?? []).filter((s) => s !== sub);
   if (next.length === 0) map.delete(key);
   else map.set(key, next);
+}
+
+const DROP_POLICIES: readonly DropPolicy[] = ["drop-newest", "drop-oldest", "drop-lowest"];
+
+/** A bad queue setting would break every publisher (or let a queue grow without bound). */
+function checkSubscribeNumbers(o: SubscribeOptions): void {
+  const whole = (v: unknown, field: string, min: number, max: number) => {
+    if (v !== undefined && (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max)) {
+      throw invalid(field, `must be a whole number from ${min} to ${max}`);
+    }
+  };
+  if (o.dropPolicy !== undefined && !DROP_POLICIES.includes(o.dropPolicy)) {
+    throw invalid("dropPolicy", `must be one of ${DROP_POLICIES.join(", ")}`);
+  }
+  whole(o.queueLimit, "queueLimit", 1, 1_000_000);
+  whole(o.retries, "retries", 0, 100);
+  whole(o.retryDelayMs, "retryDelayMs", 0, 3_600_000);
+  if (o.filter !== undefined && typeof o.filter !== "function") throw invalid("filter", "must be a function");
 }

@@ -1,7 +1,8 @@
 import { AnomalyDetector, type AnomalyOptions, type AnomalyStatistics, DEFAULT_ANOMALY_OPTIONS } from "./anomaly";
 import { type Clock, systemClock } from "./clock";
 import { DeviceTraffic } from "./device-traffic";
-import { invalid, notFound } from "./errors";
+import { TethralError, invalid, notFound } from "./errors";
+import { checkLabel } from "./validation";
 import {
   EventBus,
   type EventBusOptions,
@@ -62,6 +63,9 @@ export class Hub {
   readonly heartbeat: HeartbeatMonitor;
   readonly anomaly: AnomalyDetector;
   private running = false;
+  private started = false;
+  /** Devices whose registration is being written: they take no traffic until it is durable. */
+  private readonly registering = new Set<string>();
   private readonly persistence: Persistence | null;
   /** One durable change per device at a time: a registration, update, removal or desired state. */
   private readonly locks = new KeyedLock();
@@ -102,7 +106,9 @@ export class Hub {
     );
     this.warn = options.onWarning ?? ((message) => console.warn(`[tethral] ${message}`));
     this.persistence = options.store ? this.wirePersistence(options.store, options.persistence) : null;
-    this.traffic = new DeviceTraffic(this.registry, this.state, this.heartbeat, this.events, this.clock, this.persistence);
+    this.traffic = new DeviceTraffic(this.registry, this.state, this.heartbeat, this.events, this.clock, this.persistence, (id) =>
+      this.registering.has(id),
+    );
   }
 
   private wirePersistence(store: Store, options: DeepPartial<PersistenceOptions> | undefined): Persistence {
@@ -141,6 +147,9 @@ export class Hub {
    */
   async start(): Promise<void> {
     if (this.running) return;
+    // Loading fills the registry: a second start on the same hub would load everything twice.
+    if (this.started) throw new TethralError("UNAVAILABLE", "a hub starts once: create a new Hub to start again");
+    this.started = true;
     const p = this.persistence;
     if (p) {
       await p.store.open();
@@ -166,9 +175,11 @@ export class Hub {
     this.anomaly.stop();
     const p = this.persistence;
     if (p) {
-      await this.locks.idle();
+      // Bounded: a database that never answers must not keep a redeploy waiting for ever.
+      const deadline = Date.now() + p.stopTimeoutMs;
+      await untilDeadline(this.locks.idle(), deadline);
       await p.stop();
-      await p.store.close();
+      await untilDeadline(p.store.close(), deadline + 1000);
     }
     this.events.close();
   }
@@ -187,11 +198,16 @@ export class Hub {
       this.registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
     }
     for (const row of states) if (this.registry.has(row.deviceId)) this.state.restore(row.deviceId, row);
-    // A device never heard from gets its heartbeat bookkeeping with its first message.
     for (const row of devices) {
-      if (row.lastSeen === 0) continue;
       const alive = row.status === "online" || row.status === "error";
-      this.heartbeat.track(row.id, row.heartbeatTimeout ?? undefined, row.lastSeen, alive);
+      if (row.lastSeen > 0) {
+        this.heartbeat.track(row.id, row.heartbeatTimeout ?? undefined, row.lastSeen, alive);
+      } else if (alive) {
+        // Set online by hand and never heard from: it gets one timeout from now, as before the restart.
+        this.heartbeat.track(row.id, row.heartbeatTimeout ?? undefined);
+        this.heartbeat.revive(row.id);
+      }
+      // A device never heard from otherwise gets its heartbeat bookkeeping with its first message.
     }
   }
 
@@ -202,20 +218,25 @@ export class Hub {
    * `device.registered` is published); if the write fails, nothing is registered (UNAVAILABLE).
    */
   async registerDevice(input: unknown, cause: ChangeCause = {}): Promise<Device> {
+    checkCause(cause);
     const p = this.persistence;
     if (!p) return this.registry.register(input, cause);
     const id = typeof (input as { id?: unknown } | null)?.id === "string" ? (input as { id: string }).id : "";
     return this.locks.run(id, async () => {
       const device = this.registry.register(input, { ...cause, silent: true });
-      p.hold(device.id, false);
+      // Until it is durable the device takes no traffic (ingest answers NOT_FOUND).
+      this.registering.add(device.id);
+      p.hold(device.id);
       try {
         await p.writeDevice(this.registry.row(device.id)!);
       } catch (err) {
-        this.registry.remove(device.id, { silent: true });
+        this.registering.delete(device.id);
+        this.forgetDevice(device.id, { silent: true });
         p.release(device.id, false);
         throw err;
       }
-      p.release(device.id, true);
+      this.registering.delete(device.id);
+      p.release(device.id, true, true);
       this.registry.announceRegistered(device.id, cause);
       return device;
     });
@@ -224,6 +245,7 @@ export class Hub {
 
   /** A partial update; with a store, written before it resolves, or not made at all (UNAVAILABLE). */
   async updateDevice(id: string, patch: unknown, cause: ChangeCause = {}): Promise<Device> {
+    checkCause(cause);
     const p = this.persistence;
     if (!p) return this.applyUpdate(id, patch, cause, null);
     return this.locks.run(id, () => this.applyUpdate(id, patch, cause, p));
@@ -241,6 +263,9 @@ export class Hub {
         this.registry.applyUpdate(id, patchOf(before), before.updatedAt);
         throw err;
       }
+      // The row carried status and lastSeen as they were when it was built; a batch may have
+      // written newer ones meanwhile. Write them again, so the newest lands last.
+      p.markPresence(id);
     }
     this.registry.announceUpdated(id, changes, cause);
     if (changes.includes("heartbeatTimeout")) this.heartbeat.setTimeout(id, device.heartbeatTimeout);
@@ -249,15 +274,16 @@ export class Hub {
 
   /** Removes a device with its state and history; with a store, deleted there first. */
   async removeDevice(id: string, cause: ChangeCause & { reason?: "user" | "retention" } = {}): Promise<Device> {
+    checkCause(cause);
     const p = this.persistence;
     if (!p) return this.forgetDevice(id, cause);
     return this.locks.run(id, async () => {
       if (!this.registry.has(id)) throw notFound("device", id);
-      p.hold(id, true);
+      p.hold(id);
       try {
         await p.deleteDevice(id);
       } catch (err) {
-        p.release(id, true);
+        p.release(id, true, true);
         throw err;
       }
       const device = this.forgetDevice(id, cause);
@@ -266,7 +292,7 @@ export class Hub {
     });
   }
 
-  private forgetDevice(id: string, cause: ChangeCause & { reason?: "user" | "retention" }): Device {
+  private forgetDevice(id: string, cause: ChangeCause & { reason?: "user" | "retention"; silent?: boolean }): Device {
     const record = this.registry.record(id);
     if (record) {
       this.heartbeat.untrack(id);
@@ -312,6 +338,7 @@ export class Hub {
    * timeout, `offline` stops expecting traffic.
    */
   async setState(id: string, input: unknown, cause: ChangeCause = {}): Promise<DeviceState> {
+    checkCause(cause);
     const p = this.persistence;
     if (!p) return this.applyState(this.state.planSet(id, input), cause);
     return this.locks.run(id, async () => {
@@ -319,8 +346,18 @@ export class Hub {
       if (!plan.changed) return this.state.get(id);
       const record = this.registry.record(id)!;
       const presence = plan.to.status !== undefined ? { id, status: plan.to.status, lastSeen: record.lastSeen } : null;
-      await p.writeState(plan.row, presence);
-      return this.applyState(plan, cause);
+      // While the change is written, batches leave this device alone: a report meanwhile must
+      // not overwrite the stored desired state with the old one.
+      p.hold(id);
+      try {
+        await p.writeState(plan.row, presence);
+      } catch (err) {
+        p.release(id, true);
+        throw err;
+      }
+      const state = this.applyState(plan, cause);
+      p.release(id, true, true);
+      return state;
     });
   }
 
@@ -331,7 +368,8 @@ export class Hub {
       const record = this.registry.record(plan.deviceId);
       if (record && record.heartbeat === undefined) this.heartbeat.track(plan.deviceId, record.heartbeatTimeout);
       if (state.status === "online") this.heartbeat.revive(plan.deviceId);
-      else if (state.status === "offline") this.heartbeat.markOffline(plan.deviceId);
+      // Offline, or unknown again after maintenance: the next message brings the device online.
+      else if (state.status === "offline" || state.status === "unknown") this.heartbeat.markOffline(plan.deviceId);
     }
     return state;
   }
@@ -348,6 +386,8 @@ export class Hub {
     const p = this.persistence;
     if (!p) return this.state.history(id, limit);
     try {
+      // While the database is unreachable, memory answers at once instead of after a timeout.
+      if (p.isDegraded) throw new Error("degraded");
       await p.flushAll();
       const rows = await p.store.stateHistory(id, limit ?? this.state.historySize);
       return rows.map(historyEntry);
@@ -387,6 +427,8 @@ export class Hub {
     if (!p) return this.events.query(query);
     const q = eventQueryOf(query);
     try {
+      // While the database is unreachable, memory answers at once instead of after a timeout.
+      if (p.isDegraded) throw new Error("degraded");
       await p.flushAll();
       return (await p.store.events(q, this.clock.now())).map(eventOf);
     } catch {
@@ -445,4 +487,25 @@ export class Hub {
       { deviceId: id, source: "heartbeat", priority: "low" },
     );
   }
+}
+
+/** Waits for `work`, but not past the wall-clock `deadline`. */
+async function untilDeadline(work: Promise<unknown>, deadline: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await Promise.race([
+      work.catch(() => undefined),
+      new Promise((resolve) => {
+        timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
+      }),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** A cause from a flow ends up in events and history rows: plain, short text only. */
+function checkCause(cause: ChangeCause): void {
+  const problem = checkLabel(cause.causeId, "causeId") ?? checkLabel(cause.source, "source", 64);
+  if (problem) throw new TethralError("INVALID", `${problem.field}: ${problem.message}`, [problem]);
 }

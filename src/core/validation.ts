@@ -12,6 +12,7 @@ export const LIMITS = {
   metadataBytes: 64 * 1024,
   propertiesBytes: 256 * 1024,
   propertyKeys: 256,
+  eventDataBytes: 256 * 1024,
   keyLength: 128,
   maxHeartbeatTimeout: 30 * 24 * 3600,
 } as const;
@@ -40,6 +41,25 @@ const FORBIDDEN_KEY = "__proto__";
  * `constructor` and `prototype` are ordinary data keys: they are kept, and the engine only
  * ever copies own properties, so they cannot reach a prototype.
  */
+/** `checkJsonObject` for any JSON value (an event's data may be a number or a list). */
+export function checkJsonValue(value: unknown, field: string, maxBytes: number): ErrorDetail | null {
+  if (value === undefined) return null;
+  const problem = walk(value, field, 0);
+  if (problem) return problem;
+  const bytes = Buffer.byteLength(JSON.stringify(value));
+  if (bytes > maxBytes) return { field, message: `is ${bytes} bytes of JSON, more than the ${maxBytes} allowed` };
+  return null;
+}
+
+/** Text naming who or what caused something (a source, a cause id): short, plain and well-formed. */
+export function checkLabel(value: unknown, field: string, max = 128): ErrorDetail | null {
+  if (value === undefined || value === null) return null;
+  if (typeof value !== "string" || value.length === 0 || value.length > max || badText(value)) {
+    return { field, message: `must be text of 1 to ${max} characters` };
+  }
+  return null;
+}
+
 export function checkJsonObject(
   value: unknown,
   field: string,

@@ -53,6 +53,8 @@ export class HubConnection {
     this.set({ state: "starting" });
     let hub: Hub;
     try {
+      // A hub starts once: one that was stopped (by someone else) is replaced by a new one.
+      if (this.hub && !this.hub.isRunning) this.hub = null;
       hub = this.hub ??= this.create();
       await hub.start();
     } catch (err) {

@@ -16,6 +16,12 @@ export interface PersistenceHost {
   warn(message: string): void;
 }
 
+interface HeldDevice {
+  presence: boolean;
+  state: boolean;
+  history: HistoryRow[];
+}
+
 export interface PersistenceStatistics {
   flushes: number;
   rowsWritten: number;
@@ -41,11 +47,14 @@ export class Persistence {
   private states = new Set<string>();
   private history: HistoryRow[] = [];
   private events: EventRow[] = [];
-  /** Devices being registered or removed: their batched writes wait (see `hold`). */
-  private readonly held = new Set<string>();
+  /** Devices written or deleted directly right now: their batched writes wait aside (see `hold`). */
+  private readonly held = new Map<string, HeldDevice>();
   private timer: TimerHandle | null = null;
   private retentionTimer: TimerHandle | null = null;
-  private inflight: Promise<void> | null = null;
+  private purging: Promise<unknown> | null = null;
+  /** Batches are written one after another: each flush is chained to the last. */
+  private tail: Promise<void> = Promise.resolve();
+  private busy = 0;
   private running = false;
   private failuresInRow = 0;
   private degradedSince = 0;
@@ -66,6 +75,11 @@ export class Persistence {
     private readonly options: PersistenceOptions = DEFAULT_PERSISTENCE_OPTIONS,
   ) {}
 
+  /** How long `stop()` may take to write what is left. */
+  get stopTimeoutMs(): number {
+    return this.options.stopTimeoutMs;
+  }
+
   get isDegraded(): boolean {
     return this.degradedSince > 0;
   }
@@ -76,45 +90,52 @@ export class Persistence {
     this.armRetention();
   }
 
-  /** Stops the timers and writes what is left, trying for up to `stopTimeoutMs`. */
+  /**
+   * Stops the timers and writes what is left, for up to `stopTimeoutMs` (wall-clock time, so a
+   * stop ends even on a test clock or a database that never answers). What could not be
+   * written by then is reported.
+   */
   async stop(): Promise<void> {
     this.running = false;
     this.disarm();
     if (this.retentionTimer !== null) this.clock.clearTimeout(this.retentionTimer);
     this.retentionTimer = null;
-    // Wall-clock time: a stop must end even when the hub runs on a test clock.
     const deadline = Date.now() + this.options.stopTimeoutMs;
+    if (this.purging) await beforeDeadline(this.purging, deadline);
     let delay = this.options.retryBaseMs;
     for (;;) {
-      try {
-        await this.flushAll();
+      const outcome = await beforeDeadline(this.flushAll(), deadline);
+      if (outcome === "done") return;
+      const reason = outcome === "late" ? "no answer in time" : message(outcome.error);
+      if (outcome === "late" || Date.now() + delay > deadline) {
+        this.host.warn(`the database is unreachable: ${this.pendingRows()} waiting writes could not be stored at stop (${reason})`);
         return;
-      } catch (err) {
-        if (Date.now() + delay > deadline) {
-          const left = this.pendingRows();
-          this.host.warn(`the database is unreachable: ${left} waiting writes could not be stored at stop (${message(err)})`);
-          return;
-        }
-        await new Promise((resolve) => setTimeout(resolve, delay));
-        delay = Math.min(this.options.retryMaxMs, delay * 2);
       }
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      delay = Math.min(this.options.retryMaxMs, delay * 2);
     }
   }
 
   // ── Marks from the hub (hot path: a set insert, no I/O) ────────────────────────────────
 
   markPresence(id: string): void {
-    if (this.held.has(id)) return;
-    this.presence.add(id);
+    const held = this.held.get(id);
+    if (held) held.presence = true;
+    else this.presence.add(id);
   }
 
   markState(id: string): void {
-    if (this.held.has(id)) return;
-    this.states.add(id);
+    const held = this.held.get(id);
+    if (held) held.state = true;
+    else this.states.add(id);
   }
 
   addHistory(row: HistoryRow): void {
-    if (this.held.has(row.deviceId)) return;
+    const held = this.held.get(row.deviceId);
+    if (held) {
+      held.history.push(row);
+      return;
+    }
     this.history.push(row);
     this.afterAppend();
   }
@@ -135,24 +156,35 @@ export class Persistence {
   }
 
   /**
-   * Keeps the batcher away from a device while it is written or deleted directly: nothing of
-   * it is batched until `release`. Dropping what already waits matters for a removal, where a
-   * late batch would bring back rows of a device just deleted.
+   * Keeps the batcher away from a device while it is registered, changed or removed directly:
+   * its waiting rows and everything it reports meanwhile are set aside until `release`. A batch
+   * can then neither race the direct write nor bring back rows of a device just deleted.
    */
-  hold(id: string, dropWaiting: boolean): void {
-    this.held.add(id);
-    if (!dropWaiting) return;
-    this.presence.delete(id);
-    this.states.delete(id);
-    if (this.history.some((h) => h.deviceId === id)) this.history = this.history.filter((h) => h.deviceId !== id);
+  hold(id: string): void {
+    if (this.held.has(id)) return;
+    const held: HeldDevice = { presence: this.presence.delete(id), state: this.states.delete(id), history: [] };
+    if (this.history.some((h) => h.deviceId === id)) {
+      held.history = this.history.filter((h) => h.deviceId === id);
+      this.history = this.history.filter((h) => h.deviceId !== id);
+    }
+    this.held.set(id, held);
   }
 
-  /** Lets the device's writes be batched again; with `dirty`, writes its presence and state. */
-  release(id: string, dirty: boolean): void {
+  /**
+   * Ends a hold. `keep`: what was set aside is batched again (the device lives on), and with
+   * `dirty` its presence and state are written whatever was marked. Without `keep` it is
+   * dropped: the device is gone (removed, or its registration failed).
+   */
+  release(id: string, keep: boolean, dirty = false): void {
+    const held = this.held.get(id);
+    if (!held) return;
     this.held.delete(id);
-    if (dirty) {
-      this.presence.add(id);
-      this.states.add(id);
+    if (!keep) return;
+    if (held.presence || dirty) this.presence.add(id);
+    if (held.state || dirty) this.states.add(id);
+    if (held.history.length > 0) {
+      for (const row of held.history) this.history.push(row);
+      this.afterAppend();
     }
   }
 
@@ -163,7 +195,8 @@ export class Persistence {
   }
 
   async deleteDevice(id: string): Promise<void> {
-    // A batch already on its way could still carry this device's rows: let it land first.
+    // A batch already on its way could still carry this device's rows (taken before the hold):
+    // let it land first.
     await this.idle();
     await this.direct(() => this.store.deleteDevice(id));
   }
@@ -196,7 +229,10 @@ export class Persistence {
 
   /** Resolves once no batch is being written. */
   async idle(): Promise<void> {
-    while (this.inflight) await this.inflight.catch(() => undefined);
+    for (let tail = this.tail; ; tail = this.tail) {
+      await tail;
+      if (tail === this.tail) return;
+    }
   }
 
   private hasWork(): boolean {
@@ -210,11 +246,15 @@ export class Persistence {
   private afterAppend(): void {
     const rows = this.history.length + this.events.length;
     if (rows > this.options.maxBufferedRows) this.shed(rows - this.options.maxBufferedRows);
-    if (rows >= this.options.flushRows && this.running && !this.inflight && !this.isDegraded) this.arm(0);
+    if (rows >= this.options.flushRows && this.running && this.busy === 0 && !this.isDegraded) this.arm(0);
   }
 
-  /** Drops the oldest events, then the oldest history rows, to bring the buffer back in bounds. */
-  private shed(excess: number): void {
+  /**
+   * Drops the oldest events, then the oldest history rows, to bring the buffer back in bounds,
+   * 5% of it at a time so a full buffer does not cost a large copy on every append.
+   */
+  private shed(over: number): void {
+    const excess = Math.max(over, Math.ceil(this.options.maxBufferedRows * 0.05));
     const events = Math.min(excess, this.events.length);
     if (events > 0) {
       this.events.splice(0, events);
@@ -234,11 +274,13 @@ export class Persistence {
     }
   }
 
+  /** Writes the next batch once the one before it is done; the batch is taken when its turn comes. */
   private flushOnce(): Promise<void> {
-    const run = this.write(this.take()).finally(() => {
-      this.inflight = null;
+    this.busy++;
+    const run = this.tail.then(() => this.write(this.take())).finally(() => {
+      this.busy--;
     });
-    this.inflight = run;
+    this.tail = run.catch(() => undefined);
     return run;
   }
 
@@ -295,13 +337,15 @@ export class Persistence {
       ...batch.history.map((row) => single({ history: [row] })),
       ...batch.events.map((row) => single({ events: [row] })),
     ];
-    for (const part of parts) {
+    for (let i = 0; i < parts.length; i++) {
+      const part = parts[i]!;
       try {
         await this.store.writeBatch(part);
         this.stats.rowsWritten += part.presence.length + part.states.length + part.history.length + part.events.length;
       } catch (err) {
         if (!(err instanceof TethralError && err.code === "INVALID")) {
-          this.putBack(part);
+          // The database went away midway: this part and every one after it wait for the next try.
+          for (const rest of parts.slice(i)) this.putBack(rest);
           this.failed(err);
           throw err;
         }
@@ -315,9 +359,15 @@ export class Persistence {
 
   /** A failed batch goes back in front of what arrived meanwhile; presence and state are re-read later. */
   private putBack(batch: WriteBatch): void {
-    for (const row of batch.presence) if (!this.held.has(row.id)) this.presence.add(row.id);
-    for (const row of batch.states) if (!this.held.has(row.deviceId)) this.states.add(row.deviceId);
-    this.history = batch.history.filter((h) => !this.held.has(h.deviceId)).concat(this.history);
+    for (const row of batch.presence) this.markPresence(row.id);
+    for (const row of batch.states) this.markState(row.deviceId);
+    const free: HistoryRow[] = [];
+    for (const row of batch.history) {
+      const held = this.held.get(row.deviceId);
+      if (held) held.history.push(row);
+      else free.push(row);
+    }
+    this.history = free.concat(this.history);
     this.events = batch.events.concat(this.events);
     const rows = this.history.length + this.events.length;
     if (rows > this.options.maxBufferedRows) this.shed(rows - this.options.maxBufferedRows);
@@ -359,7 +409,7 @@ export class Persistence {
   }
 
   private async tick(): Promise<void> {
-    if (!this.inflight && this.hasWork()) {
+    if (this.busy === 0 && this.hasWork()) {
       try {
         await this.flushOnce();
       } catch {
@@ -382,7 +432,10 @@ export class Persistence {
     if (!this.running || this.options.retention.intervalMs <= 0) return;
     this.retentionTimer = this.clock.setTimeout(() => {
       this.retentionTimer = null;
-      void this.purge().finally(() => this.armRetention());
+      this.purging = this.purge().finally(() => {
+        this.purging = null;
+        this.armRetention();
+      });
     }, this.options.retention.intervalMs);
   }
 
@@ -421,6 +474,19 @@ export class Persistence {
       dropped: { ...this.stats.dropped },
       purged: { ...this.stats.purged },
     };
+  }
+}
+
+/** Waits for `work` until the wall-clock `deadline`: done, failed (with the error), or late. */
+async function beforeDeadline(work: Promise<unknown>, deadline: number): Promise<"done" | "late" | { error: unknown }> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<"late">((resolve) => {
+    timer = setTimeout(() => resolve("late"), Math.max(0, deadline - Date.now()));
+  });
+  try {
+    return await Promise.race([work.then(() => "done" as const, (error: unknown) => ({ error })), late]);
+  } finally {
+    clearTimeout(timer);
   }
 }
 

@@ -1075,15 +1075,15 @@ describe("EventBus", () => {
   });
 
   describe("edge cases", () => {
-    it("carries __proto__ and constructor keys in data as plain data, without polluting Object.prototype", () => {
+    it("refuses __proto__ keys in user event data, keeps constructor keys as plain data, and pollutes nothing", () => {
       const { bus } = setup();
       const r = record(bus);
-      const data = JSON.parse('{"__proto__": {"polluted": "yes"}, "constructor": {"prototype": {"polluted": "yes"}}, "v": 1}') as unknown;
+      const bad = JSON.parse('{"v": 1, "nested": {"__proto__": {"polluted": "yes"}}}') as unknown;
+      assertInvalid(() => bus.publishCustom("weird", bad, { deviceId: "d1" }), "data.nested.__proto__");
+      assert.equal(r.events.length, 0, "a refused event reaches nobody");
+      assert.equal(bus.query({ deviceId: "d1" }).length, 0, "and is not kept");
+      const data = JSON.parse('{"constructor": {"prototype": {"polluted": "yes"}}, "v": 1}') as unknown;
       bus.publishCustom("weird", data, { deviceId: "d1" });
-      assertNoPollution();
-      const got = r.events[0]!.data as Record<string, unknown>;
-      assert.ok(Object.hasOwn(got, "__proto__"));
-      assert.deepEqual(Object.getOwnPropertyDescriptor(got, "__proto__")?.value, { polluted: "yes" });
       const kept = bus.query({ deviceId: "d1" })[0]!;
       assert.equal(JSON.stringify(kept.data), JSON.stringify(data));
       assertNoPollution();
@@ -1114,13 +1114,37 @@ describe("EventBus", () => {
       assertNoPollution();
     });
 
-    it("delivers and keeps a 1 MB string intact", () => {
+    it("refuses user event data over 256 KiB, and delivers a large string under it intact", () => {
       const { bus } = setup();
-      const big = "x".repeat(1024 * 1024 - 1) + "!";
       const r = record(bus);
+      assertInvalid(() => bus.publishCustom("blob", { big: "x".repeat(1024 * 1024) }), "data");
+      assert.equal(r.events.length, 0);
+      const big = "x".repeat(200 * 1024 - 1) + "!";
       bus.publishCustom("blob", { big });
       assert.equal((r.events[0]!.data as { big: string }).big, big);
-      assert.equal((bus.query({ type: "blob" })[0]!.data as { big: string }).big.length, 1024 * 1024);
+      assert.equal((bus.query({ type: "blob" })[0]!.data as { big: string }).big.length, 200 * 1024);
+    });
+
+    it("refuses user events whose source, cause or device id is not plain text, and data that is not JSON", () => {
+      const { bus } = setup();
+      assertInvalid(() => bus.publishCustom("x", 1, { causeId: {} as unknown as string }), "causeId");
+      assertInvalid(() => bus.publishCustom("x", 1, { source: "s".repeat(65) }), "source");
+      assertInvalid(() => bus.publishCustom("x", 1, { deviceId: "not a device id" }), "deviceId");
+      assertInvalid(() => bus.publishCustom("x", { when: new Date() }), "data.when");
+      assertInvalid(() => bus.publishCustom("x", { n: Number.NaN }), "data.n");
+      assert.equal(bus.statistics().published, 0);
+    });
+
+    it("refuses subscription settings that would break publishers or let a queue grow without bound", () => {
+      const { bus } = setup();
+      const h = () => undefined;
+      assertInvalid(() => bus.subscribe({ dropPolicy: "drop-everything" as never }, h), "dropPolicy");
+      assertInvalid(() => bus.subscribe({ queueLimit: Number.NaN }, h), "queueLimit");
+      assertInvalid(() => bus.subscribe({ queueLimit: Number.POSITIVE_INFINITY }, h), "queueLimit");
+      assertInvalid(() => bus.subscribe({ retries: -1 }, h), "retries");
+      assertInvalid(() => bus.subscribe(null as never, h), "types");
+      assert.equal(bus.subscriberCount, 0);
+      bus.publishCustom("still.works", 1);
     });
 
     it("a 1 MB type name is refused, not processed", () => {
