@@ -6,43 +6,9 @@ import { ManualClock } from "../../src/core/clock";
 import { Hub, type HubOptions } from "../../src/core/hub";
 import type { TethralEvent } from "../../src/core/types";
 import { SqliteStore } from "../../src/store/sqlite";
-import type { Store, WriteBatch } from "../../src/store/types";
+import type { Store } from "../../src/store/types";
+import { WrappedStore } from "./wrapped-store";
 import { assertRejectsCode } from "../helpers";
-
-/** A store whose writes can be made to fail, as a database outage would. */
-class FlakyStore implements Store {
-  down = false;
-  constructor(readonly inner: Store) {}
-  get kind() {
-    return this.inner.kind;
-  }
-  get description() {
-    return this.inner.description;
-  }
-  private gate<T>(fn: () => Promise<T>): Promise<T> {
-    return this.down ? Promise.reject(new Error("connection refused")) : fn();
-  }
-  open = () => this.inner.open();
-  close = () => this.inner.close();
-  ping = () => this.gate(() => this.inner.ping());
-  schemaVersion = () => this.inner.schemaVersion();
-  upsertDevice: Store["upsertDevice"] = (row) => this.gate(() => this.inner.upsertDevice(row));
-  deleteDevice: Store["deleteDevice"] = (id) => this.gate(() => this.inner.deleteDevice(id));
-  upsertState: Store["upsertState"] = (row) => this.gate(() => this.inner.upsertState(row));
-  writeBatch = (batch: WriteBatch) => this.gate(() => this.inner.writeBatch(batch));
-  loadDevices = () => this.gate(() => this.inner.loadDevices());
-  loadStates = () => this.gate(() => this.inner.loadStates());
-  stateHistory: Store["stateHistory"] = (id, limit) => this.gate(() => this.inner.stateHistory(id, limit));
-  events: Store["events"] = (q, now) => this.gate(() => this.inner.events(q, now));
-  putToken: Store["putToken"] = (row) => this.gate(() => this.inner.putToken(row));
-  getToken: Store["getToken"] = (id) => this.gate(() => this.inner.getToken(id));
-  deleteToken: Store["deleteToken"] = (id) => this.gate(() => this.inner.deleteToken(id));
-  putCommand: Store["putCommand"] = (row) => this.gate(() => this.inner.putCommand(row));
-  getCommand: Store["getCommand"] = (id) => this.gate(() => this.inner.getCommand(id));
-  pendingCommands: Store["pendingCommands"] = (id) => this.gate(() => this.inner.pendingCommands(id));
-  deleteCommand: Store["deleteCommand"] = (id) => this.gate(() => this.inner.deleteCommand(id));
-  purge: Store["purge"] = (policy, now, size) => this.gate(() => this.inner.purge(policy, now, size));
-}
 
 describe("Hub persistence (SQLite file)", () => {
   let dir: string;
@@ -141,7 +107,7 @@ describe("Hub persistence (SQLite file)", () => {
   });
 
   it("refuses a registration it cannot store, keeps serving from memory, and lands every buffered write when the database returns", async () => {
-    const flaky = new FlakyStore(new SqliteStore({ path: file }));
+    const flaky = new WrappedStore(new SqliteStore({ path: file }));
     const clock = new ManualClock();
     const hub = await open({ clock, persistence: { retryBaseMs: 10, retryMaxMs: 10, stopTimeoutMs: 200 } }, flaky);
     const seen: TethralEvent[] = [];
@@ -176,7 +142,7 @@ describe("Hub persistence (SQLite file)", () => {
   });
 
   it("bounds the write buffer during an outage: drops the oldest events first, and counts them", async () => {
-    const flaky = new FlakyStore(new SqliteStore({ path: file }));
+    const flaky = new WrappedStore(new SqliteStore({ path: file }));
     const clock = new ManualClock();
     const hub = await open({ clock, persistence: { maxBufferedRows: 50, retryBaseMs: 10, retryMaxMs: 10, stopTimeoutMs: 200 } }, flaky);
     await hub.registerDevice({ id: "d1", protocol: "mqtt" });
@@ -193,7 +159,7 @@ describe("Hub persistence (SQLite file)", () => {
   });
 
   it("rolls back an update the database refused", async () => {
-    const flaky = new FlakyStore(new SqliteStore({ path: file }));
+    const flaky = new WrappedStore(new SqliteStore({ path: file }));
     const hub = await open({ persistence: { stopTimeoutMs: 200 } }, flaky);
     await hub.registerDevice({ id: "d1", protocol: "mqtt", name: "Before", tags: ["a"] });
     const before = hub.getDevice("d1");

@@ -1,0 +1,66 @@
+import { TethralError } from "../../src/core/errors";
+import type { Store, WriteBatch } from "../../src/store/types";
+
+/**
+ * A store in front of another that a test can make slow (answers after `delayMs`, as a
+ * database over the network does), unreachable (`down`), silent (`hang`: calls never answer),
+ * or picky (`refuse` marks rows the database refuses as INVALID). Counts concurrent batches.
+ */
+export class WrappedStore implements Store {
+  delayMs = 0;
+  down = false;
+  hang = false;
+  refuse: ((batch: WriteBatch) => boolean) | null = null;
+  inFlight = 0;
+  maxInFlight = 0;
+  batches: WriteBatch[] = [];
+
+  constructor(readonly inner: Store) {}
+
+  get kind() {
+    return this.inner.kind;
+  }
+  get description() {
+    return this.inner.description;
+  }
+
+  private async gate<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.hang) return new Promise<T>(() => undefined);
+    if (this.delayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.delayMs));
+    if (this.down) throw new Error("connection refused");
+    return fn();
+  }
+
+  open = () => this.inner.open();
+  close = () => this.inner.close();
+  schemaVersion = () => this.inner.schemaVersion();
+  ping = () => this.gate(() => this.inner.ping());
+  upsertDevice: Store["upsertDevice"] = (row) => this.gate(() => this.inner.upsertDevice(row));
+  deleteDevice: Store["deleteDevice"] = (id) => this.gate(() => this.inner.deleteDevice(id));
+  upsertState: Store["upsertState"] = (row) => this.gate(() => this.inner.upsertState(row));
+  writeBatch = async (batch: WriteBatch): Promise<void> => {
+    this.inFlight++;
+    this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
+    try {
+      await this.gate(async () => {
+        if (this.refuse?.(batch)) throw new TethralError("INVALID", "a row the database cannot take");
+        await this.inner.writeBatch(batch);
+        this.batches.push(batch);
+      });
+    } finally {
+      this.inFlight--;
+    }
+  };
+  loadDevices = () => this.inner.loadDevices();
+  loadStates = () => this.inner.loadStates();
+  stateHistory: Store["stateHistory"] = (id, limit) => this.gate(() => this.inner.stateHistory(id, limit));
+  events: Store["events"] = (q, now) => this.gate(() => this.inner.events(q, now));
+  putToken: Store["putToken"] = (row) => this.gate(() => this.inner.putToken(row));
+  getToken: Store["getToken"] = (id) => this.gate(() => this.inner.getToken(id));
+  deleteToken: Store["deleteToken"] = (id) => this.gate(() => this.inner.deleteToken(id));
+  putCommand: Store["putCommand"] = (row) => this.gate(() => this.inner.putCommand(row));
+  getCommand: Store["getCommand"] = (id) => this.gate(() => this.inner.getCommand(id));
+  pendingCommands: Store["pendingCommands"] = (id) => this.gate(() => this.inner.pendingCommands(id));
+  deleteCommand: Store["deleteCommand"] = (id) => this.gate(() => this.inner.deleteCommand(id));
+  purge: Store["purge"] = (policy, now, size) => this.gate(() => this.inner.purge(policy, now, size));
+}
