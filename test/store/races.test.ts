@@ -44,7 +44,8 @@ describe("Hub persistence with a slow database (overlapping writes)", function (
   }
 
   it("writes one batch at a time, however many callers flush at once", async () => {
-    const { hub, store } = await open({ clock: new ManualClock() });
+    // Small transactions: a backlog takes several, and every caller would like to write one.
+    const { hub, store } = await open({ clock: new ManualClock(), persistence: { maxTransactionRows: 10 } });
     await hub.registerDevice({ id: "d1", protocol: "mqtt" });
     store.delayMs = 5;
     for (let round = 0; round < 5; round++) {
@@ -60,12 +61,12 @@ describe("Hub persistence with a slow database (overlapping writes)", function (
     const { hub, store } = await open({ clock });
     await hub.registerDevice({ id: "d1", protocol: "mqtt" });
     hub.ingest("d1", { kind: "telemetry", data: { old: 1 } });
-    store.delayMs = 30;
+    store.batchDelayMs = 40; // the batch lands after a delete sent meanwhile would
     const flushing = hub.flush(); // the device's state row is on its way
     await tick(5);
     await hub.removeDevice("d1");
     await flushing;
-    store.delayMs = 0;
+    store.batchDelayMs = 0;
     assert.deepEqual(await store.inner.loadStates(), [], "no state row outlives the removal");
     await hub.registerDevice({ id: "d1", protocol: "coap" });
     hub.ingest("d1", { kind: "telemetry", data: { fresh: true } });
@@ -86,6 +87,12 @@ describe("Hub persistence with a slow database (overlapping writes)", function (
     const flushing = hub.flush(); // a batch races the direct write
     await setting;
     await flushing;
+    // Once the acknowledged row is written, no later write may carry the old desired state:
+    // a crash between two batches would otherwise lose an acknowledged change.
+    const written = store.batches.flatMap((b) => b.states.filter((r) => r.deviceId === "d1"));
+    const acked = written.findIndex((r) => JSON.stringify(r.desired) === '{"setpoint":22}');
+    assert.ok(acked >= 0, "the acknowledged row was written");
+    for (const row of written.slice(acked)) assert.deepEqual(row.desired, { setpoint: 22 }, `rev ${row.rev} kept the acknowledged desired state`);
     const [row] = await store.inner.loadStates();
     assert.deepEqual(row!.desired, { setpoint: 22 }, "acknowledged, so stored");
     await hub.flush();

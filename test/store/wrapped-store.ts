@@ -8,6 +8,8 @@ import type { Store, WriteBatch } from "../../src/store/types";
  */
 export class WrappedStore implements Store {
   delayMs = 0;
+  /** Extra wait of batches only: a batch still on its way while a direct write goes through. */
+  batchDelayMs = 0;
   down = false;
   hang = false;
   refuse: ((batch: WriteBatch) => boolean) | null = null;
@@ -42,6 +44,7 @@ export class WrappedStore implements Store {
     this.inFlight++;
     this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
     try {
+      if (this.batchDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.batchDelayMs));
       await this.gate(async () => {
         if (this.refuse?.(batch)) throw new TethralError("INVALID", "a row the database cannot take");
         await this.inner.writeBatch(batch);
