@@ -249,6 +249,33 @@ describe("DeviceRegistry", () => {
     });
   });
 
+  describe("indexed filters never walk the fleet", () => {
+    it("answers status, protocol, manufacturer, capability and tag filters without touching the device table", () => {
+      const s = setup();
+      for (let i = 0; i < 2000; i++) {
+        s.registry.register({ id: `d${i}`, protocol: i % 2 ? "mqtt" : "coap", manufacturer: `m${i % 100}`, capabilities: [`c${i % 50}`], tags: [`t${i % 40}`] });
+      }
+      // Count every way into the registry's table of all devices.
+      const table = (s.registry as unknown as { records: Map<string, unknown> }).records;
+      let walks = 0;
+      for (const method of ["values", "keys", "entries", "forEach", Symbol.iterator] as const) {
+        const original = (table as never as Record<PropertyKey, (...a: unknown[]) => unknown>)[method]!.bind(table);
+        (table as never as Record<PropertyKey, unknown>)[method] = (...a: unknown[]) => {
+          walks++;
+          return original(...a);
+        };
+      }
+      assert.equal(s.registry.list({ manufacturer: "m7" }).total, 20);
+      assert.equal(s.registry.list({ protocol: "coap", manufacturer: "m8" }).total, 20);
+      assert.equal(s.registry.list({ capability: ["c3", "c4"], capabilityMatch: "any" }).total, 80);
+      assert.equal(s.registry.list({ tag: "t5", status: "unknown" }).total, 50);
+      assert.equal(s.registry.list({ manufacturer: "m7", q: "d1" }).total, 11);
+      assert.equal(walks, 0, "indexed filters start from an index bucket");
+      s.registry.list({ q: "d1" });
+      assert.ok(walks > 0, "a free-text search alone does walk the table (the probe works)");
+    });
+  });
+
   describe("indexes follow updates and removals", () => {
     it("moves a device between manufacturer, protocol, capability, tag and status buckets", async () => {
       const t = setup();

@@ -207,6 +207,16 @@ describe("Hub persistence (SQLite file)", () => {
     assert.deepEqual(await again.stateHistory("d1"), []);
   });
 
+  it("after stop() no timer of the hub or its batcher is pending on the injected clock", async () => {
+    const clock = new ManualClock();
+    const hub = await open({ clock });
+    await hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 5 });
+    hub.ingest("d1", { kind: "telemetry", data: { t: 1 } });
+    assert.ok(clock.pendingTimers >= 3, "heartbeat, flush and retention timers armed");
+    await close(hub);
+    assert.equal(clock.pendingTimers, 0);
+  });
+
   it("purges old events in the background, in bounded batches", async () => {
     const clock = new ManualClock();
     const day = 24 * 3600 * 1000;
