@@ -65,6 +65,12 @@ describe("crash safety (SQLite file, SIGKILL)", function () {
         if (what === "DEL") deleted.add(id!);
         if (what === "SET") versions.set(id!, Number(version));
       }
+      // The child removes d(k) right after acknowledging "SET d(k+5)" (k a multiple of 5): a
+      // removal may have committed without its acknowledgement reaching us, so d(k) may be gone.
+      const mayBeGone = (id: string) => {
+        const k = Number(id.slice(1));
+        return k % 5 === 0 && versions.has(`d${k + 5}`);
+      };
       assert.ok(registered.size > 0);
 
       const hub = new Hub({ store: new SqliteStore({ path: file }), onWarning: () => undefined });
@@ -75,6 +81,7 @@ describe("crash safety (SQLite file, SIGKILL)", function () {
             assert.equal(hub.registry.has(id), false, `${id} was removed and acknowledged`);
             continue;
           }
+          if (!hub.registry.has(id) && mayBeGone(id)) continue;
           assert.ok(hub.registry.has(id), `acknowledged registration of ${id} survived`);
           const acked = versions.get(id);
           if (acked !== undefined) {
