@@ -12,19 +12,26 @@ export interface HistoryQuery {
   limit?: number;
 }
 
-/** The bus's recent events in memory: a ring of fixed size, the oldest overwritten first. */
+/**
+ * The bus's recent events in memory: a ring of fixed size, the oldest overwritten first. It keeps
+ * the events themselves and their expiry in a typed array, not the delivery envelopes: whatever
+ * history holds lives long enough to reach the old generation, so it should be as little as can be.
+ */
 export class EventHistory {
-  private readonly ring: (Envelope | undefined)[];
+  private readonly ring: (TethralEvent | undefined)[];
+  private readonly expires: Float64Array;
   private head = 0;
   private count = 0;
 
   constructor(size: number) {
     this.ring = new Array(Math.max(1, size));
+    this.expires = new Float64Array(this.ring.length);
   }
 
   add(env: Envelope): void {
     const cap = this.ring.length;
-    this.ring[this.head] = env;
+    this.ring[this.head] = env.event;
+    this.expires[this.head] = env.expiresAt;
     this.head = (this.head + 1) % cap;
     if (this.count < cap) this.count++;
   }
@@ -39,9 +46,9 @@ export class EventHistory {
     const cap = this.ring.length;
     const out: TethralEvent[] = [];
     for (let i = 1; i <= this.count && out.length < limit; i++) {
-      const env = this.ring[(this.head - i + cap) % cap]!;
-      const e = env.event;
-      if (env.expiresAt <= now || env.rank < minRank) continue;
+      const slot = (this.head - i + cap) % cap;
+      const e = this.ring[slot]!;
+      if (this.expires[slot]! <= now || PRIORITY_RANK[e.priority] < minRank) continue;
       if (matchType && !matchType(e.type)) continue;
       if (priorities && !priorities.has(e.priority)) continue;
       if (q.deviceId !== undefined && e.deviceId !== q.deviceId) continue;
@@ -55,7 +62,7 @@ export class EventHistory {
   /** Events kept that have not expired by `now`. */
   liveCount(now: number): number {
     let n = 0;
-    for (let i = 0; i < this.count; i++) if (this.ring[i]!.expiresAt > now) n++;
+    for (let i = 0; i < this.count; i++) if (this.expires[i]! > now) n++;
     return n;
   }
 }
