@@ -53,7 +53,6 @@ export interface TrackerStore {
   get(id: string): HeartbeatTracker | undefined;
   set(id: string, tracker: HeartbeatTracker): void;
   delete(id: string): void;
-  readonly size: number;
 }
 
 /** A device's heartbeat bookkeeping, opaque outside the monitor. */
@@ -98,6 +97,7 @@ class PurgeEntry implements Scheduled {
  */
 export class HeartbeatMonitor {
   private readonly trackers: TrackerStore;
+  private tracked = 0;
   private readonly expiries = new DeadlineHeap<Tracker>();
   private readonly purges = new DeadlineHeap<PurgeEntry>();
   private timer: TimerHandle | null = null;
@@ -123,8 +123,9 @@ export class HeartbeatMonitor {
     this.disarm();
   }
 
+  /** Devices with heartbeat bookkeeping (those heard from at least once, or expected to be). */
   get size(): number {
-    return this.trackers.size;
+    return this.tracked;
   }
 
   /** Pending deadlines (live devices) and pending purges, for statistics and tests. */
@@ -139,6 +140,7 @@ export class HeartbeatMonitor {
   track(id: string, timeoutSec: number | undefined, lastSeen = 0, alive = lastSeen > 0): HeartbeatTracker {
     const previous = this.trackers.get(id);
     if (previous !== undefined) this.untrack(id);
+    this.tracked++;
     const t = new Tracker(id, lastSeen, timeoutSec ? timeoutSec * 1000 : 0);
     this.trackers.set(id, t);
     if (alive && lastSeen > 0) {
@@ -154,6 +156,7 @@ export class HeartbeatMonitor {
   untrack(id: string): void {
     const t = this.trackers.get(id);
     if (!t) return;
+    this.tracked--;
     this.trackers.delete(id);
     this.expiries.remove(t);
     if (t.purge) this.purges.remove(t.purge);

@@ -99,9 +99,6 @@ export class Hub {
           const record = recordOf(id);
           if (record) record.heartbeat = undefined;
         },
-        get size() {
-          return registry.size;
-        },
       },
     );
     this.warn = options.onWarning ?? ((message) => console.warn(`[tethral] ${message}`));

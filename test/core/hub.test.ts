@@ -254,9 +254,11 @@ describe("Hub", () => {
       const t = setup();
       await t.hub.registerDevice({ id: "d1", protocol: "mqtt", capabilities: ["temperature"] });
       t.hub.ingest("d1", { kind: "telemetry", data: { t: 1 } });
+      await t.hub.registerDevice({ id: "quiet", protocol: "mqtt" });
       const health = t.hub.health();
       assert.equal(health.status, "ok");
-      assert.equal(health.components.registry!.devices, 1);
+      assert.equal(health.components.registry!.devices, 2);
+      assert.equal(health.components.heartbeat!.tracked, 1, "only the device heard from is watched");
       const stats = t.hub.statistics();
       assert.equal(stats.devices.byStatus.online, 1);
       assert.equal(stats.messages.byKind.telemetry, 1);
