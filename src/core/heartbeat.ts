@@ -234,10 +234,6 @@ export class HeartbeatMonitor {
     return this.trackers.get(id)?.alive ?? false;
   }
 
-  lastSeen(id: string): number {
-    return this.trackers.get(id)?.lastSeen ?? 0;
-  }
-
   /** The timeout in force for a device, in seconds: its own, else learned, else the default. */
   effectiveTimeoutSec(id: string): number {
     const t = this.trackers.get(id);

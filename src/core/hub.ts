@@ -380,16 +380,24 @@ export class Hub {
     if (limit !== undefined && (!Number.isInteger(limit) || limit < 0 || limit > 10_000)) {
       throw invalid("history", "must be a whole number from 0 to 10000");
     }
+    return this.readStored(
+      async (store) => (await store.stateHistory(id, limit ?? this.state.historySize)).map(historyEntry),
+      () => this.state.history(id, limit),
+    );
+  }
+
+  /**
+   * Reads from the store once everything waiting is written; from memory without a store, and
+   * while the store is unreachable (at once when it is known to be, instead of after a timeout).
+   */
+  private async readStored<T>(read: (store: Store) => Promise<T>, fromMemory: () => T): Promise<T> {
     const p = this.persistence;
-    if (!p) return this.state.history(id, limit);
+    if (!p || p.isDegraded) return fromMemory();
     try {
-      // While the database is unreachable, memory answers at once instead of after a timeout.
-      if (p.isDegraded) throw new Error("degraded");
       await p.flushAll();
-      const rows = await p.store.stateHistory(id, limit ?? this.state.historySize);
-      return rows.map(historyEntry);
+      return await read(p.store);
     } catch {
-      return this.state.history(id, limit);
+      return fromMemory();
     }
   }
 
@@ -420,17 +428,12 @@ export class Hub {
    * included); while it is unreachable, what memory holds.
    */
   async eventHistory(query: HistoryQuery = {}): Promise<TethralEvent[]> {
-    const p = this.persistence;
-    if (!p) return this.events.query(query);
+    if (!this.persistence) return this.events.query(query);
     const q = eventQueryOf(query);
-    try {
-      // While the database is unreachable, memory answers at once instead of after a timeout.
-      if (p.isDegraded) throw new Error("degraded");
-      await p.flushAll();
-      return (await p.store.events(q, this.clock.now())).map(eventOf);
-    } catch {
-      return this.events.query(query);
-    }
+    return this.readStored(
+      async (store) => (await store.events(q, this.clock.now())).map(eventOf),
+      () => this.events.query(query),
+    );
   }
 
   statistics(): HubStatistics {

@@ -7,7 +7,6 @@ import { type Condition, type DeviceFilter, compareBy, filterSchema, listConditi
 import {
   type DeviceInput,
   type DevicePatch,
-  deviceIdSchema,
   deviceInputSchema,
   devicePatchSchema,
   parseInput,
@@ -369,10 +368,7 @@ export class DeviceRegistry {
     };
   }
 
-  /** Validates an id from outside (a topic, a URL) before it is used as a key. */
-  static checkId(id: unknown): string {
-    return parseInput(deviceIdSchema, id, "device id");
-  }
+
 
   private indexList(index: SetIndex, values: string[] | undefined, record: DeviceRecord): readonly string[] {
     if (!values || values.length === 0) return EMPTY;
