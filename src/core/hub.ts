@@ -239,7 +239,6 @@ export class Hub {
     });
   }
 
-
   /** A partial update; with a store, written before it resolves, or not made at all (UNAVAILABLE). */
   async updateDevice(id: string, patch: unknown, cause: ChangeCause = {}): Promise<Device> {
     checkCause(cause);
