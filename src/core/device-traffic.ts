@@ -8,6 +8,7 @@ import { iso, isoOrNull } from "./json";
 import type { DeviceRegistry } from "./registry";
 import type { ChangeCause, StateManager } from "./state";
 import type { DeviceStatus, JsonObject } from "./types";
+import { DEVICE_ID_PATTERN } from "./validation";
 import type { Persistence } from "../store/persistence";
 
 /**
@@ -93,12 +94,13 @@ export class DeviceTraffic {
     return { deviceId, status: record.status, changed, causeId };
   }
 
-  private reject(deviceId: string, protocol: string | null, kind: unknown, error: TethralError, reason: string): TethralError {
+  /** Counts a refused message and publishes `message.rejected`; returns the error to throw or answer. */
+  reject(deviceId: string, protocol: string | null, kind: unknown, error: TethralError, reason: string): TethralError {
     this.messages.rejected++;
     this.events.publish(
       "message.rejected",
       { reason, protocol, kind: typeof kind === "string" ? kind.slice(0, 32) : undefined, error: error.message },
-      { deviceId: typeof deviceId === "string" && deviceId.length <= 128 ? deviceId : null, source: protocol ?? "device", priority: "low" },
+      { deviceId: typeof deviceId === "string" && DEVICE_ID_PATTERN.test(deviceId) ? deviceId : null, source: protocol ?? "device", priority: "low" },
     );
     return error;
   }

@@ -21,9 +21,16 @@ import { type ChangeCause, DEFAULT_STATE_OPTIONS, StateManager, type StateOption
 import { eventOf, eventQueryOf, historyEntry, inputOf, patchOf } from "./stored-rows";
 import { DEFAULT_PERSISTENCE_OPTIONS, Persistence, type PersistenceOptions, type PersistenceStatistics } from "../store/persistence";
 import type { Store } from "../store/types";
-import type { Device, DeviceState, DeviceStatus, StateHistoryEntry, TethralEvent } from "./types";
+import type { Command, Device, DeviceState, DeviceStatus, StateHistoryEntry, TethralEvent } from "./types";
+import { type CommandOptions, DEFAULT_COMMAND_OPTIONS } from "./command-input";
+import { CommandTracker, type CommandStatistics } from "./commands";
+import { DEFAULT_GATEWAY_OPTIONS, DeviceGateway } from "./gateway";
+import { DeviceTokens } from "./tokens";
+import type { DeviceMessage, ProtocolAdapter, ProtocolCounters, ProtocolHealth, ReceiveResult } from "../protocols/types";
 
 export type { InboundKind, InboundMessage, IngestResult } from "./inbound";
+export type { CommandOptions } from "./command-input";
+export type { CommandStatistics } from "./commands";
 
 export interface HubOptions {
   clock?: Clock;
@@ -36,6 +43,29 @@ export interface HubOptions {
   persistence?: DeepPartial<PersistenceOptions>;
   /** Problems nobody awaits (a failed background write or purge). Default: console.warn. */
   onWarning?: (message: string) => void;
+  /** CONTRACT §4: devices get a token at registration and must present it. Default true. */
+  deviceTokens?: boolean;
+  /** Unknown devices may register themselves (MQTT `register`). Default false. */
+  selfRegistration?: boolean;
+  /** Largest payload accepted from a device, in bytes. Default 256 KiB. */
+  maxPayloadBytes?: number;
+  /** Protocol adapters, started with the hub (more can be added with `addProtocol`). */
+  protocols?: ProtocolAdapter[];
+  commands?: Partial<CommandOptions>;
+}
+
+/** A device as registration answers it: with its token, the only time the token is shown. */
+export type RegisteredDevice = Device & { token?: string };
+
+export interface ProtocolStatistics extends ProtocolCounters {
+  status: ProtocolHealth["status"];
+  connected: number;
+  [figure: string]: unknown;
+}
+
+export interface CommunicationStatistics {
+  protocols: Record<string, ProtocolStatistics>;
+  commands: CommandStatistics;
 }
 
 export interface HubStatistics {
@@ -71,6 +101,13 @@ export class Hub {
   private readonly locks = new KeyedLock();
   private readonly warn: (message: string) => void;
   private readonly traffic: DeviceTraffic;
+  readonly tokens: DeviceTokens;
+  readonly commands: CommandTracker;
+  private readonly gateway: DeviceGateway;
+  private readonly adapters = new Map<string, ProtocolAdapter>();
+  /** Adapters that would not start, with why: the hub runs without them (health says so). */
+  private readonly adapterFailures = new Map<string, string>();
+  private readonly startedAdapters = new Set<ProtocolAdapter>();
 
   constructor(options: HubOptions = {}) {
     this.clock = options.clock ?? systemClock;
@@ -106,6 +143,43 @@ export class Hub {
     this.traffic = new DeviceTraffic(this.registry, this.state, this.heartbeat, this.events, this.clock, this.persistence, (id) =>
       this.registering.has(id),
     );
+    this.tokens = new DeviceTokens(options.store ?? null);
+    this.commands = new CommandTracker(
+      {
+        device: (id) => {
+          const r = this.registry.record(id);
+          return r && !this.registering.has(id) ? toDevice(r) : undefined;
+        },
+        adapter: (protocol) => this.adapters.get(protocol),
+      },
+      this.events,
+      this.clock,
+      options.store ?? null,
+      { ...DEFAULT_COMMAND_OPTIONS, ...options.commands },
+      this.warn,
+    );
+    this.gateway = new DeviceGateway(
+      this.registry,
+      this.traffic,
+      this.tokens,
+      this.commands,
+      (input, protocol, token) => this.register(input, { source: protocol }, token),
+      {
+        deviceTokens: options.deviceTokens ?? DEFAULT_GATEWAY_OPTIONS.deviceTokens,
+        selfRegistration: options.selfRegistration ?? DEFAULT_GATEWAY_OPTIONS.selfRegistration,
+        maxPayloadBytes: options.maxPayloadBytes ?? DEFAULT_GATEWAY_OPTIONS.maxPayloadBytes,
+      },
+      this.warn,
+    );
+    for (const adapter of options.protocols ?? []) this.checkAdapter(adapter);
+  }
+
+  private checkAdapter(adapter: ProtocolAdapter): void {
+    if (!adapter || typeof adapter.name !== "string" || !/^[a-z][a-z0-9_-]{0,31}$/.test(adapter.name)) {
+      throw new TethralError("INVALID", "a protocol adapter needs a name of 1-32 lower-case letters, digits, _ or -");
+    }
+    if (this.adapters.has(adapter.name)) throw new TethralError("CONFLICT", `protocol "${adapter.name}" is already served by another adapter`);
+    this.adapters.set(adapter.name, adapter);
   }
 
   private wirePersistence(store: Store, options: DeepPartial<PersistenceOptions> | undefined): Persistence {
@@ -158,9 +232,42 @@ export class Hub {
       }
       p.start();
     }
+    await this.tokens.load();
     this.running = true;
     this.heartbeat.start();
+    this.events.subscribe({ types: "device.online", owner: "hub.commands", name: "commands" }, (event) => {
+      if (event.deviceId) this.commands.kick(event.deviceId);
+    });
+    await this.commands.start();
+    for (const adapter of this.adapters.values()) await this.startAdapter(adapter);
     this.events.publish("hub.started", { devices: this.registry.size }, { source: "hub" });
+  }
+
+  /**
+   * Adds a protocol adapter; on a running hub it starts now. One that fails to start (a port in
+   * use) leaves the hub running without it: `health()` names the protocol and the error.
+   */
+  async addProtocol(adapter: ProtocolAdapter): Promise<void> {
+    this.checkAdapter(adapter);
+    if (this.running) await this.startAdapter(adapter);
+  }
+
+  get protocols(): string[] {
+    return [...this.adapters.keys()];
+  }
+
+  private async startAdapter(adapter: ProtocolAdapter): Promise<void> {
+    const context = this.gateway.contextFor(adapter, (id) => this.commands.kick(id));
+    try {
+      await adapter.start(context);
+      this.startedAdapters.add(adapter);
+      this.adapterFailures.delete(adapter.name);
+    } catch (err) {
+      const message = err instanceof Error ? err.message : String(err);
+      this.adapterFailures.set(adapter.name, message);
+      this.warn(`protocol ${adapter.name} did not start: ${message}`);
+      await adapter.stop().catch(() => undefined);
+    }
   }
 
   /** Stops the timers, writes what waits to the store and closes it. */
@@ -168,6 +275,17 @@ export class Hub {
     if (!this.running) return;
     this.running = false;
     this.events.publish("hub.stopped", { devices: this.registry.size }, { source: "hub" });
+    // Devices first: nothing new comes in while the rest winds down.
+    await untilDeadline(
+      Promise.all(
+        [...this.startedAdapters].map((a) =>
+          a.stop().catch((err: unknown) => this.warn(`protocol ${a.name} did not stop cleanly: ${err instanceof Error ? err.message : String(err)}`)),
+        ),
+      ),
+      Date.now() + 10_000,
+    );
+    this.startedAdapters.clear();
+    this.events.unsubscribeOwner("hub.commands");
     this.heartbeat.stop();
     this.anomaly.stop();
     const p = this.persistence;
@@ -175,8 +293,11 @@ export class Hub {
       // Bounded: a database that never answers must not keep a redeploy waiting for ever.
       const deadline = Date.now() + p.stopTimeoutMs;
       await untilDeadline(this.locks.idle(), deadline);
+      await untilDeadline(this.commands.stop(), deadline);
       await p.stop();
       await untilDeadline(p.store.close(), deadline + 1000);
+    } else {
+      await this.commands.stop();
     }
     this.events.close();
   }
@@ -184,6 +305,7 @@ export class Hub {
   /** Writes every waiting change to the store now (no-op without a store). */
   async flush(): Promise<void> {
     await this.persistence?.flushAll();
+    await this.commands.flush();
   }
 
   private async load(store: Store): Promise<void> {
@@ -214,18 +336,43 @@ export class Hub {
    * Registers a device. With a store, the device is written before this resolves (and before
    * `device.registered` is published); if the write fails, nothing is registered (UNAVAILABLE).
    */
-  async registerDevice(input: unknown, cause: ChangeCause = {}): Promise<Device> {
+  async registerDevice(input: unknown, cause: ChangeCause = {}): Promise<RegisteredDevice> {
+    return this.register(input, cause, undefined);
+  }
+
+  /**
+   * Registration, with the token the device presented when it registered itself (kept instead
+   * of a new one: the device already knows it).
+   */
+  private async register(input: unknown, cause: ChangeCause, presented: string | undefined): Promise<RegisteredDevice> {
     checkCause(cause);
     const p = this.persistence;
-    if (!p) return this.registry.register(input, cause);
+    const withToken = this.gateway.options.deviceTokens;
+    if (!p) {
+      const device: RegisteredDevice = this.registry.register(input, { ...cause, silent: withToken });
+      if (!withToken) return device;
+      const token = presented ?? DeviceTokens.generate();
+      await this.tokens.save(device.id, token, this.clock.now());
+      this.registry.announceRegistered(device.id, cause);
+      return presented ? device : { ...device, token };
+    }
     const id = typeof (input as { id?: unknown } | null)?.id === "string" ? (input as { id: string }).id : "";
     return this.locks.run(id, async () => {
-      const device = this.registry.register(input, { ...cause, silent: true });
+      const device: RegisteredDevice = this.registry.register(input, { ...cause, silent: true });
       // Until it is durable the device takes no traffic (ingest answers NOT_FOUND).
       this.registering.add(device.id);
       p.hold(device.id);
+      const token = withToken ? (presented ?? DeviceTokens.generate()) : undefined;
       try {
         await p.writeDevice(this.registry.row(device.id)!);
+        if (token !== undefined) {
+          try {
+            await this.tokens.save(device.id, token, this.clock.now());
+          } catch (err) {
+            await p.deleteDevice(device.id).catch(() => undefined);
+            throw err;
+          }
+        }
       } catch (err) {
         this.registering.delete(device.id);
         this.forgetDevice(device.id, { silent: true });
@@ -235,8 +382,19 @@ export class Hub {
       this.registering.delete(device.id);
       p.release(device.id, true, true);
       this.registry.announceRegistered(device.id, cause);
-      return device;
+      return token !== undefined && presented === undefined ? { ...device, token } : device;
     });
+  }
+
+  /**
+   * A new token for a device (the old one stops working at once); shown only in this answer.
+   * For a device that lost its token, or one registered while tokens were off.
+   */
+  async rotateToken(id: string): Promise<{ deviceId: string; token: string }> {
+    if (!this.registry.has(id)) throw notFound("device", String(id).slice(0, 128));
+    const token = DeviceTokens.generate();
+    await this.locks.run(id, () => this.tokens.save(id, token, this.clock.now()));
+    return { deviceId: id, token };
   }
 
   /** A partial update; with a store, written before it resolves, or not made at all (UNAVAILABLE). */
@@ -293,6 +451,8 @@ export class Hub {
     if (record) {
       this.heartbeat.untrack(id);
       this.state.forget(record);
+      this.tokens.forget(id);
+      this.commands.deviceRemoved(id);
     }
     return this.registry.remove(id, { ...cause, reason: cause.reason ?? "user" });
   }
@@ -319,6 +479,69 @@ export class Hub {
    */
   ingest(deviceId: string, message: InboundMessage): IngestResult {
     return this.traffic.ingest(deviceId, message);
+  }
+
+  /**
+   * A message from a device over a protocol, as an adapter hands it over: decoded, the device
+   * and its token checked, then ingested (or matched to its command). The REST flow's
+   * `POST /api/devices/{id}/telemetry` comes in here with protocol `http`. Never throws: a
+   * refusal comes back as `{ok: false, error}` (INVALID, UNAUTHORIZED or NOT_FOUND).
+   */
+  receive(message: DeviceMessage): ReceiveResult {
+    return this.gateway.receive(message);
+  }
+
+  // ── Commands ────────────────────────────────────────────────────────────────────────────
+
+  /**
+   * Sends a command (CONTRACT §1, REST `POST /api/devices/{id}/command`). Written to the store
+   * before it resolves; with `wait: true` it resolves once the command has ended, otherwise at
+   * once with status `queued`. NOT_FOUND for an unknown device, INVALID for bad input.
+   */
+  async sendCommand(deviceId: string, input: unknown): Promise<Command> {
+    return this.commands.submit(deviceId, input);
+  }
+
+  async getCommand(id: string): Promise<Command> {
+    return this.commands.get(id);
+  }
+
+  /** Resolves once the command has ended. */
+  async waitForCommand(id: string): Promise<Command> {
+    return this.commands.wait(id);
+  }
+
+  async cancelCommand(id: string): Promise<Command> {
+    return this.commands.cancel(id);
+  }
+
+  /** Commands not ended yet, of one device or all. */
+  pendingCommands(deviceId?: string): Command[] {
+    return this.commands.pending(deviceId);
+  }
+
+  communicationStatistics(): CommunicationStatistics {
+    const counters = this.gateway.allCounters();
+    const protocols: Record<string, ProtocolStatistics> = {};
+    for (const [name, adapter] of this.adapters) {
+      const health = this.protocolHealth(name, adapter);
+      const stats = this.startedAdapters.has(adapter) ? adapter.statistics() : { connected: 0 };
+      protocols[name] = { ...(counters[name] ?? this.gateway.countersOf(name)), ...stats, status: health.status };
+    }
+    // Protocols with traffic but no adapter (HTTP reports through the REST flow).
+    for (const [name, c] of Object.entries(counters)) if (!protocols[name]) protocols[name] = { ...c, status: "ok", connected: 0 };
+    return { protocols, commands: this.commands.statistics() };
+  }
+
+  private protocolHealth(name: string, adapter: ProtocolAdapter): ProtocolHealth {
+    const failure = this.adapterFailures.get(name);
+    if (failure !== undefined) return { status: "degraded", error: failure };
+    if (!this.startedAdapters.has(adapter)) return { status: "stopped" };
+    try {
+      return adapter.health();
+    } catch (err) {
+      return { status: "degraded", error: err instanceof Error ? err.message : String(err) };
+    }
   }
 
   // ── State ───────────────────────────────────────────────────────────────────────────────
@@ -453,6 +676,14 @@ export class Hub {
       state: { status: up },
       events: { status: up, subscribers: this.events.subscriberCount },
     };
+    const commands = this.commands.statistics();
+    components.commands = { status: up, pending: commands.pending, inFlight: commands.inFlight };
+    let protocolsDegraded = false;
+    for (const [name, adapter] of this.adapters) {
+      const h = this.protocolHealth(name, adapter);
+      components[`protocol:${name}`] = h;
+      if (this.running && h.status !== "ok") protocolsDegraded = true;
+    }
     const p = this.persistence;
     if (p) {
       const stats = p.statistics();
@@ -463,7 +694,7 @@ export class Hub {
         dropped: stats.dropped,
       };
     }
-    const degraded = !this.running || (p?.isDegraded ?? false);
+    const degraded = !this.running || (p?.isDegraded ?? false) || protocolsDegraded;
     return { status: degraded ? "degraded" : "ok", components };
   }
 

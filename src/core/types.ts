@@ -130,6 +130,51 @@ export interface TethralEvent<T extends string = string, D = unknown> {
   causeId: string | null;
 }
 
+export const COMMAND_STATUSES = [
+  "queued",
+  "sent",
+  "delivered",
+  "succeeded",
+  "failed",
+  "timed_out",
+  "expired",
+  "superseded",
+  "cancelled",
+] as const;
+export type CommandStatus = (typeof COMMAND_STATUSES)[number];
+
+/** A command as CONTRACT §1 shows it. */
+export interface Command {
+  id: string;
+  deviceId: string;
+  command: string;
+  params: JsonObject;
+  status: CommandStatus;
+  attempts: number;
+  priority: Priority;
+  createdAt: string;
+  sentAt: string | null;
+  completedAt: string | null;
+  expiresAt: string | null;
+  result: JsonValue | null;
+  error: string | null;
+  /** False for a one-way command (done once sent or delivered). */
+  expectResponse: boolean;
+  timeout: number;
+  retries: number;
+}
+
+export type CommandEventType =
+  | "command.queued"
+  | "command.sent"
+  | "command.delivered"
+  | "command.succeeded"
+  | "command.failed"
+  | "command.timed_out"
+  | "command.expired"
+  | "command.superseded"
+  | "command.cancelled";
+
 export type AnomalyKind = "flapping" | "stuck" | "outlier";
 
 export interface AnomalyData {
@@ -161,6 +206,15 @@ export interface EventMap {
   "state.anomaly": AnomalyData;
   "message.received": { kind: string; protocol: string | null; data: unknown };
   "message.rejected": { reason: string; protocol: string | null; kind?: string; error?: string };
+  "command.queued": { command: Command };
+  "command.sent": { command: Command };
+  "command.delivered": { command: Command };
+  "command.succeeded": { command: Command };
+  "command.failed": { command: Command };
+  "command.timed_out": { command: Command };
+  "command.expired": { command: Command };
+  "command.superseded": { command: Command; by: string };
+  "command.cancelled": { command: Command };
   "hub.started": { devices: number };
   "hub.stopped": { devices: number };
   "store.degraded": { error: string };

@@ -219,6 +219,11 @@ export class PostgresStore implements Store {
     return rows.length > 0 ? toTokenRow(rows[0]!) : null;
   }
 
+  async loadTokens(): Promise<TokenRow[]> {
+    const { rows } = await this.query("SELECT * FROM device_tokens ORDER BY device_id");
+    return rows.map(toTokenRow);
+  }
+
   async deleteToken(deviceId: string): Promise<void> {
     await this.query("DELETE FROM device_tokens WHERE device_id = $1", [deviceId]);
   }
@@ -236,7 +241,7 @@ export class PostgresStore implements Store {
 
   async pendingCommands(deviceId?: string): Promise<CommandRow[]> {
     const params: unknown[] = [PENDING_COMMAND_STATUSES];
-    let sql = "SELECT * FROM commands WHERE status = ANY($1::text[])";
+    let sql = "SELECT * FROM commands WHERE status = ANY($1::text[]) AND completed_at = 0";
     if (deviceId !== undefined) sql += ` AND device_id = $${params.push(deviceId)}`;
     const { rows } = await this.query(`${sql} ORDER BY created_at, id`, params);
     return rows.map(toCommandRow);
@@ -285,8 +290,8 @@ export class PostgresStore implements Store {
     if (policy.commandsMaxAgeMs > 0) {
       result.commands = await this.deleteIds(
         "commands",
-        "SELECT id FROM commands WHERE NOT (status = ANY($1::text[])) AND completed_at < $2 LIMIT $3",
-        [PENDING_COMMAND_STATUSES, now - policy.commandsMaxAgeMs, n],
+        "SELECT id FROM commands WHERE completed_at > 0 AND completed_at < $1 LIMIT $2",
+        [now - policy.commandsMaxAgeMs, n],
       );
     }
     return result;

@@ -199,7 +199,11 @@ export class SqliteStore implements Store {
 
   async getToken(deviceId: string): Promise<TokenRow | null> {
     const r = this.s.getToken.get(deviceId) as RawToken | undefined;
-    return r ? { deviceId: r.device_id, hash: r.hash, createdAt: r.created_at } : null;
+    return r ? toToken(r) : null;
+  }
+
+  async loadTokens(): Promise<TokenRow[]> {
+    return (this.s.loadTokens.all() as RawToken[]).map(toToken);
   }
 
   async deleteToken(deviceId: string): Promise<void> {
@@ -328,7 +332,7 @@ export class SqliteStore implements Store {
       eventsOldest: db.prepare("DELETE FROM events WHERE rowid IN (SELECT rowid FROM events ORDER BY ts, id LIMIT ?)"),
       commandsByAge: db.prepare(
         `DELETE FROM commands WHERE rowid IN (SELECT rowid FROM commands
-          WHERE status NOT IN (${PENDING_SQL}) AND completed_at < ? LIMIT ?)`,
+          WHERE completed_at > 0 AND completed_at < ? LIMIT ?)`,
       ),
     };
 
@@ -343,13 +347,14 @@ export class SqliteStore implements Store {
         `SELECT ${HISTORY_COLS.join(", ")} FROM state_history WHERE device_id = ? ORDER BY at DESC, version DESC LIMIT ?`,
       ),
       getToken: db.prepare("SELECT device_id, hash, created_at FROM device_tokens WHERE device_id = ?"),
+      loadTokens: db.prepare("SELECT device_id, hash, created_at FROM device_tokens ORDER BY device_id"),
       deleteToken: db.prepare("DELETE FROM device_tokens WHERE device_id = ?"),
       getCommand: db.prepare(`SELECT ${COMMAND_COLS.join(", ")} FROM commands WHERE id = ?`),
       pendingAll: db.prepare(
-        `SELECT ${COMMAND_COLS.join(", ")} FROM commands WHERE status IN (${PENDING_SQL}) ORDER BY created_at, id`,
+        `SELECT ${COMMAND_COLS.join(", ")} FROM commands WHERE status IN (${PENDING_SQL}) AND completed_at = 0 ORDER BY created_at, id`,
       ),
       pendingOf: db.prepare(
-        `SELECT ${COMMAND_COLS.join(", ")} FROM commands WHERE device_id = ? AND status IN (${PENDING_SQL}) ORDER BY created_at, id`,
+        `SELECT ${COMMAND_COLS.join(", ")} FROM commands WHERE device_id = ? AND status IN (${PENDING_SQL}) AND completed_at = 0 ORDER BY created_at, id`,
       ),
       deleteCommand: db.prepare("DELETE FROM commands WHERE id = ?"),
 
@@ -385,4 +390,8 @@ export class SqliteStore implements Store {
       }),
     };
   }
+}
+
+function toToken(r: RawToken): TokenRow {
+  return { deviceId: r.device_id, hash: r.hash, createdAt: r.created_at };
 }

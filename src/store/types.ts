@@ -1,3 +1,4 @@
+import { COMMAND_STATUSES, type CommandStatus } from "../core/types";
 import type { DevicePresenceRow, DeviceRow, HistoryRow, JsonObject, Priority, StateRow } from "../core/types";
 
 // Device, state and history rows are the engine's own shapes: the registry and the state
@@ -24,18 +25,7 @@ export interface TokenRow {
   createdAt: number;
 }
 
-export const COMMAND_STATUSES = [
-  "queued",
-  "sent",
-  "delivered",
-  "succeeded",
-  "failed",
-  "timed_out",
-  "expired",
-  "superseded",
-  "cancelled",
-] as const;
-export type CommandStatus = (typeof COMMAND_STATUSES)[number];
+export { COMMAND_STATUSES, type CommandStatus };
 
 /** Statuses a command can still leave: these are the durable queue. */
 export const PENDING_COMMAND_STATUSES: readonly CommandStatus[] = ["queued", "sent", "delivered"];
@@ -86,7 +76,7 @@ export interface RetentionPolicy {
   eventsMaxAgeMs: number;
   /** At most this many events are kept in all; 0 for no limit. */
   eventsMaxRows: number;
-  /** Finished commands older than this many ms are removed; 0 keeps them. */
+  /** Finished commands (with a `completedAt`) older than this many ms are removed; 0 keeps them. */
   commandsMaxAgeMs: number;
 }
 
@@ -131,12 +121,17 @@ export interface Store {
 
   putToken(row: TokenRow): Promise<void>;
   getToken(deviceId: string): Promise<TokenRow | null>;
+  /** Every device's token hash, to check tokens from memory. */
+  loadTokens(): Promise<TokenRow[]>;
   deleteToken(deviceId: string): Promise<void>;
 
   /** Inserts or replaces a command. */
   putCommand(row: CommandRow): Promise<void>;
   getCommand(id: string): Promise<CommandRow | null>;
-  /** Commands still queued, sent or delivered (of one device, or all), oldest first. */
+  /**
+   * Commands not finished yet (of one device, or all), oldest first: queued, sent or delivered
+   * with no `completedAt`. A one-way command ends at sent or delivered with a `completedAt`.
+   */
   pendingCommands(deviceId?: string): Promise<CommandRow[]>;
   deleteCommand(id: string): Promise<void>;
 

@@ -420,8 +420,14 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         assert.deepEqual(await store.getToken("d1"), { deviceId: "d1", hash: "h1", createdAt: T0 });
         await store.putToken({ deviceId: "d1", hash: "h2", createdAt: T0 + 5 });
         assert.deepEqual(await store.getToken("d1"), { deviceId: "d1", hash: "h2", createdAt: T0 + 5 });
+        await store.putToken({ deviceId: "d0", hash: "h0", createdAt: T0 });
+        assert.deepEqual(await store.loadTokens(), [
+          { deviceId: "d0", hash: "h0", createdAt: T0 },
+          { deviceId: "d1", hash: "h2", createdAt: T0 + 5 },
+        ]);
         await store.deleteToken("d1");
         assert.equal(await store.getToken("d1"), null);
+        assert.deepEqual((await store.loadTokens()).map((t) => t.deviceId), ["d0"]);
         await store.deleteToken("d1");
       });
     });
@@ -456,6 +462,8 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
           commandRow("c4", "d1", T0 + 2, { status: "succeeded", completedAt: T0 + 3 }),
           commandRow("c6", "d2", T0 + 3, { status: "cancelled", completedAt: T0 + 4 }),
           commandRow("c7", "d1", T0 + 0, { status: "timed_out", completedAt: T0 + 4 }),
+          // A one-way command ends at sent: finished, not pending.
+          commandRow("c8", "d1", T0 + 0, { status: "sent", attempts: 1, sentAt: T0 + 1, completedAt: T0 + 1 }),
         ];
         for (const row of rows) await store.putCommand(row);
         const pending = await store.pendingCommands();
@@ -567,7 +575,9 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
 
       it("removes finished commands by age and keeps pending ones", async function () {
         const old = now - 60_000;
-        for (let i = 0; i < 7; i++) await store.putCommand(commandRow(`done${i}`, "d1", old, { status: "succeeded", completedAt: old + i }));
+        for (let i = 0; i < 6; i++) await store.putCommand(commandRow(`done${i}`, "d1", old, { status: "succeeded", completedAt: old + i }));
+        // A one-way command finished at sent is finished too.
+        await store.putCommand(commandRow("done6", "d1", old, { status: "sent", sentAt: old, completedAt: old }));
         await store.putCommand(commandRow("pending-old", "d1", old));
         await store.putCommand(commandRow("sent-old", "d1", old, { status: "sent", sentAt: old }));
         await store.putCommand(commandRow("done-new", "d1", now - 10, { status: "failed", completedAt: now - 5 }));

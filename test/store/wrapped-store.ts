@@ -60,6 +60,7 @@ export class WrappedStore implements Store {
   events: Store["events"] = (q, now) => this.gate(() => this.inner.events(q, now));
   putToken: Store["putToken"] = (row) => this.gate(() => this.inner.putToken(row));
   getToken: Store["getToken"] = (id) => this.gate(() => this.inner.getToken(id));
+  loadTokens: Store["loadTokens"] = () => this.gate(() => this.inner.loadTokens());
   deleteToken: Store["deleteToken"] = (id) => this.gate(() => this.inner.deleteToken(id));
   putCommand: Store["putCommand"] = (row) => this.gate(() => this.inner.putCommand(row));
   getCommand: Store["getCommand"] = (id) => this.gate(() => this.inner.getCommand(id));

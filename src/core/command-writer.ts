@@ -1,0 +1,85 @@
+import type { Clock, TimerHandle } from "./clock";
+import type { CommandRow, Store } from "../store/types";
+
+/**
+ * Writes command status changes to the store behind the tracker: one write at a time, and only
+ * a command's newest row (a command that goes queued → sent → succeeded between two writes is
+ * written once). A failed write is kept and tried again later, so a finished command is not
+ * sent again after a restart merely because the database was briefly away.
+ */
+export class CommandWriter {
+  private readonly dirty = new Map<string, CommandRow>();
+  private timer: TimerHandle | null = null;
+  private running: Promise<void> | null = null;
+  private failures = 0;
+  private stopped = false;
+
+  constructor(
+    private readonly store: Store,
+    private readonly clock: Clock,
+    private readonly warn: (message: string) => void,
+  ) {}
+
+  /** Queues the command's current row (copied now: the tracker keeps changing its own). */
+  mark(row: CommandRow): void {
+    this.dirty.set(row.id, { ...row });
+    this.schedule(0);
+  }
+
+  /** Drops waiting writes of a device the store has just deleted. */
+  forgetDevice(deviceId: string): void {
+    for (const [id, row] of this.dirty) if (row.deviceId === deviceId) this.dirty.delete(id);
+  }
+
+  get pending(): number {
+    return this.dirty.size;
+  }
+
+  private schedule(delayMs: number): void {
+    if (this.stopped || this.timer !== null || this.running) return;
+    this.timer = this.clock.setTimeout(() => {
+      this.timer = null;
+      void this.flush();
+    }, delayMs);
+  }
+
+  /** Writes everything waiting now; resolves when done (failures stay queued). */
+  async flush(): Promise<void> {
+    while (this.running) await this.running;
+    if (this.dirty.size === 0) return;
+    this.running = this.writeAll();
+    try {
+      await this.running;
+    } finally {
+      this.running = null;
+    }
+    if (this.dirty.size > 0) this.schedule(this.failures > 0 ? Math.min(30_000, 250 * 2 ** Math.min(this.failures, 7)) : 0);
+  }
+
+  private async writeAll(): Promise<void> {
+    const rows = [...this.dirty.values()];
+    this.dirty.clear();
+    for (let i = 0; i < rows.length; i++) {
+      try {
+        await this.store.putCommand(rows[i]!);
+        this.failures = 0;
+      } catch (err) {
+        this.failures++;
+        // Keep this row and the unwritten rest, unless a newer row of the same command came meanwhile.
+        for (const row of rows.slice(i)) if (!this.dirty.has(row.id)) this.dirty.set(row.id, row);
+        if (this.failures === 1) this.warn(`could not write command status: ${err instanceof Error ? err.message : String(err)}`);
+        return;
+      }
+    }
+  }
+
+  /** Writes what waits, then stops retrying. */
+  async stop(): Promise<void> {
+    if (this.timer !== null) this.clock.clearTimeout(this.timer);
+    this.timer = null;
+    await this.flush();
+    this.stopped = true;
+    if (this.timer !== null) this.clock.clearTimeout(this.timer);
+    this.timer = null;
+  }
+}

@@ -1,0 +1,229 @@
+import { parseCommandAnswer } from "./command-input";
+import type { CommandTracker } from "./commands";
+import type { DeviceTraffic } from "./device-traffic";
+import { TethralError, invalid, isTethralError, notFound } from "./errors";
+import type { DeviceRegistry } from "./registry";
+import type { DeviceTokens } from "./tokens";
+import { DEVICE_ID_PATTERN } from "./validation";
+import type {
+  AdapterContext,
+  AuthResult,
+  DeviceMessage,
+  DeviceMessageKind,
+  ProtocolAdapter,
+  ProtocolCounters,
+  ReceiveResult,
+} from "../protocols/types";
+
+export interface GatewayOptions {
+  /** CONTRACT §4: devices present a token (on by default). */
+  deviceTokens: boolean;
+  /** Unknown devices may register themselves (off by default). */
+  selfRegistration: boolean;
+  /** Largest device payload accepted, in bytes. */
+  maxPayloadBytes: number;
+}
+
+export const DEFAULT_GATEWAY_OPTIONS: GatewayOptions = {
+  deviceTokens: true,
+  selfRegistration: false,
+  maxPayloadBytes: 256 * 1024,
+};
+
+const KINDS: ReadonlySet<DeviceMessageKind> = new Set(["telemetry", "heartbeat", "state", "status", "register", "response"]);
+
+/** Registers a device that introduced itself, keeping the token it presented. */
+export type SelfRegister = (input: Record<string, unknown>, protocol: string, token: string | undefined) => Promise<unknown>;
+
+/**
+ * Where protocol adapters hand over what devices send: the payload is decoded once, the device
+ * identified and its token checked (from memory), and the message goes to the hub's ingest or,
+ * for an answer, to the command tracker. Nothing here throws at an adapter: a refusal is
+ * counted, published as `message.rejected` and returned with the error to answer with.
+ */
+export class DeviceGateway {
+  private readonly counters = new Map<string, ProtocolCounters>();
+
+  constructor(
+    private readonly registry: DeviceRegistry,
+    private readonly traffic: DeviceTraffic,
+    private readonly tokens: DeviceTokens,
+    private readonly commands: CommandTracker,
+    private readonly selfRegister: SelfRegister,
+    readonly options: GatewayOptions,
+    private readonly warn: (message: string) => void,
+  ) {}
+
+  countersOf(protocol: string): ProtocolCounters {
+    let c = this.counters.get(protocol);
+    if (!c) this.counters.set(protocol, (c = { messagesIn: 0, messagesOut: 0, bytesIn: 0, bytesOut: 0, rejected: 0, errors: 0 }));
+    return c;
+  }
+
+  /** Every protocol's counters (a copy). */
+  allCounters(): Record<string, ProtocolCounters> {
+    const out: Record<string, ProtocolCounters> = {};
+    for (const [name, c] of this.counters) out[name] = { ...c };
+    return out;
+  }
+
+  /** The context handed to one adapter. */
+  contextFor(adapter: ProtocolAdapter, onConnected: (id: string) => void): AdapterContext {
+    const counters = this.countersOf(adapter.name);
+    const max = this.options.maxPayloadBytes;
+    return {
+      receive: (message) => this.receive(message),
+      authenticate: (protocol, deviceId, token) => this.authenticate(protocol, deviceId, token),
+      connected: (id) => onConnected(id),
+      disconnected: () => undefined,
+      counters,
+      maxPayloadBytes: max,
+      warn: (message) => this.warn(`${adapter.name}: ${message}`),
+    };
+  }
+
+  authenticate(protocol: string, deviceId: string, token: string | undefined): AuthResult {
+    const c = this.countersOf(protocol);
+    if (typeof deviceId !== "string" || !DEVICE_ID_PATTERN.test(deviceId)) {
+      return { ok: false, error: this.refuse(c, deviceId, protocol, "connect", invalid("device", "must be a device id (1-128 characters of A-Z a-z 0-9 . _ : -)"), "invalid-device-id") };
+    }
+    if (!this.registry.has(deviceId)) {
+      if (this.options.selfRegistration) return { ok: true, deviceId, known: false };
+      return { ok: false, error: this.refuse(c, deviceId, protocol, "connect", notFound("device", deviceId), "unknown-device") };
+    }
+    if (this.options.deviceTokens && !this.tokens.verify(deviceId, token)) {
+      return { ok: false, error: this.refuse(c, deviceId, protocol, "connect", badToken(token), "bad-token") };
+    }
+    return { ok: true, deviceId, known: true };
+  }
+
+  receive(message: DeviceMessage): ReceiveResult {
+    const protocol = typeof message?.protocol === "string" ? message.protocol.slice(0, 32) : "unknown";
+    const c = this.countersOf(protocol);
+    c.messagesIn++;
+    try {
+      return this.handle(message, protocol, c);
+    } catch (err) {
+      // A fault of ours must not reach the adapter's socket handler.
+      c.errors++;
+      const error = isTethralError(err) ? err : new TethralError("UNAVAILABLE", `could not take the message in: ${err instanceof Error ? err.message : String(err)}`);
+      if (!isTethralError(err)) this.warn(error.message);
+      return { ok: false, error };
+    }
+  }
+
+  private handle(message: DeviceMessage, protocol: string, c: ProtocolCounters): ReceiveResult {
+    const { deviceId, kind, payload } = message;
+    const bytes = sizeOf(payload);
+    c.bytesIn += bytes;
+    if (!KINDS.has(kind)) return this.refused(c, deviceId, protocol, kind, invalid("kind", `must be one of ${[...KINDS].join(", ")}`), "invalid-payload");
+    if (bytes > this.options.maxPayloadBytes) {
+      return this.refused(c, deviceId, protocol, kind, invalid("payload", `is ${bytes} bytes, more than the ${this.options.maxPayloadBytes} allowed`), "too-large");
+    }
+    if (typeof deviceId !== "string" || !DEVICE_ID_PATTERN.test(deviceId)) {
+      return this.refused(c, deviceId, protocol, kind, invalid("device", "must be a device id (1-128 characters of A-Z a-z 0-9 . _ : -)"), "invalid-device-id");
+    }
+    if (!this.registry.has(deviceId)) {
+      if (kind === "register" && this.options.selfRegistration) return this.register(c, deviceId, protocol, message);
+      return this.refused(c, deviceId, protocol, kind, notFound("device", deviceId), "unknown-device");
+    }
+    if (!message.authenticated && this.options.deviceTokens && !this.tokens.verify(deviceId, message.token)) {
+      return this.refused(c, deviceId, protocol, kind, badToken(message.token), "bad-token");
+    }
+    // A retained "online" is what the broker remembered, not news from the device.
+    if (kind === "status" && message.retained && decodeText(payload).trim().toLowerCase() === "online") {
+      return { ok: true, deviceId, status: this.registry.record(deviceId)?.status ?? null, changed: false };
+    }
+    let data: unknown;
+    if (kind === "status") data = decodeText(payload);
+    else if (kind !== "heartbeat") {
+      const decoded = decodeJson(payload);
+      if (decoded instanceof TethralError) return this.refused(c, deviceId, protocol, kind, decoded, "invalid-json");
+      data = decoded;
+    }
+    if (kind === "response") {
+      let answer;
+      try {
+        answer = parseCommandAnswer(data);
+      } catch (err) {
+        return this.refused(c, deviceId, protocol, kind, err as TethralError, "invalid-payload");
+      }
+      const r = this.ingest(c, deviceId, protocol, "heartbeat", undefined);
+      if (r.ok) this.commands.answer(deviceId, answer);
+      return r;
+    }
+    // Registering again (a device that announces itself at every boot) is a sign of life.
+    return this.ingest(c, deviceId, protocol, kind === "register" ? "heartbeat" : kind, data);
+  }
+
+  private ingest(c: ProtocolCounters, deviceId: string, protocol: string, kind: "telemetry" | "heartbeat" | "state" | "status", data: unknown): ReceiveResult {
+    try {
+      const r = this.traffic.ingest(deviceId, { kind, data, protocol });
+      return { ok: true, deviceId, status: r.status, changed: r.changed };
+    } catch (err) {
+      if (!isTethralError(err)) throw err;
+      // Already counted and published by the hub's ingest.
+      c.rejected++;
+      return { ok: false, error: err };
+    }
+  }
+
+  private register(c: ProtocolCounters, deviceId: string, protocol: string, message: DeviceMessage): ReceiveResult {
+    const data = decodeJson(message.payload);
+    if (data instanceof TethralError) return this.refused(c, deviceId, protocol, "register", data, "invalid-json");
+    if (data === null || typeof data !== "object" || Array.isArray(data)) {
+      return this.refused(c, deviceId, protocol, "register", invalid("payload", "must be a device record (a JSON object)"), "invalid-payload");
+    }
+    const input: Record<string, unknown> = { protocol, ...(data as Record<string, unknown>) };
+    if (input.id !== undefined && input.id !== deviceId) {
+      return this.refused(c, deviceId, protocol, "register", invalid("id", "must be the device id the message came from"), "invalid-payload");
+    }
+    input.id = deviceId;
+    if (this.options.deviceTokens && (typeof message.token !== "string" || message.token.length < 16 || message.token.length > 1024)) {
+      return this.refused(c, deviceId, protocol, "register", new TethralError("UNAUTHORIZED", "a self-registering device must present a token of at least 16 characters"), "bad-token");
+    }
+    this.selfRegister(input, protocol, message.token).catch((err: unknown) => {
+      const error = isTethralError(err) ? err : new TethralError("UNAVAILABLE", err instanceof Error ? err.message : String(err));
+      this.refuse(c, deviceId, protocol, "register", error, "registration-failed");
+    });
+    return { ok: true, deviceId, status: null, changed: true };
+  }
+
+  private refused(c: ProtocolCounters, deviceId: unknown, protocol: string, kind: unknown, error: TethralError, reason: string): ReceiveResult {
+    return { ok: false, error: this.refuse(c, deviceId, protocol, kind, error, reason) };
+  }
+
+  private refuse(c: ProtocolCounters, deviceId: unknown, protocol: string, kind: unknown, error: TethralError, reason: string): TethralError {
+    c.rejected++;
+    return this.traffic.reject(typeof deviceId === "string" ? deviceId : String(deviceId), protocol, kind, error, reason);
+  }
+}
+
+function badToken(token: string | undefined): TethralError {
+  return new TethralError("UNAUTHORIZED", token ? "the device token is wrong" : "the device must present its token");
+}
+
+function sizeOf(payload: unknown): number {
+  if (typeof payload === "string") return payload.length;
+  if (payload instanceof Uint8Array) return payload.byteLength;
+  return 0;
+}
+
+function decodeText(payload: unknown): string {
+  if (typeof payload === "string") return payload;
+  if (payload instanceof Uint8Array) return Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString("utf8");
+  return typeof payload === "object" && payload !== null && typeof (payload as { status?: unknown }).status === "string"
+    ? (payload as { status: string }).status
+    : String(payload);
+}
+
+/** Raw bytes or text are parsed once; anything else was decoded by the adapter already. */
+function decodeJson(payload: unknown): unknown {
+  if (typeof payload !== "string" && !(payload instanceof Uint8Array)) return payload;
+  const text = decodeText(payload);
+  try {
+    return JSON.parse(text);
+  } catch {
+    return invalid("payload", "is not valid JSON");
+  }
+}

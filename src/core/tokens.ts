@@ -1,0 +1,54 @@
+import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import type { Store } from "../store/types";
+
+/**
+ * Device tokens (CONTRACT §4). A token is 32 random bytes, handed out once; only its SHA-256
+ * is kept. A slow password hash buys nothing here: the token is random, not a guessable
+ * password, and checking it on every CoAP or HTTP report must cost microseconds. The hashes
+ * live in memory (loaded at start) so no message waits for the database.
+ */
+export class DeviceTokens {
+  private readonly hashes = new Map<string, Buffer>();
+
+  constructor(private readonly store: Store | null) {}
+
+  static generate(): string {
+    return randomBytes(32).toString("base64url");
+  }
+
+  static hash(token: string): string {
+    return createHash("sha256").update(token, "utf8").digest("hex");
+  }
+
+  async load(): Promise<void> {
+    if (!this.store) return;
+    for (const row of await this.store.loadTokens()) this.hashes.set(row.deviceId, Buffer.from(row.hash, "hex"));
+  }
+
+  has(deviceId: string): boolean {
+    return this.hashes.has(deviceId);
+  }
+
+  /** Stores the hash of `token` for a device (durably first, with a store), replacing any other. */
+  async save(deviceId: string, token: string, now: number): Promise<void> {
+    const hash = DeviceTokens.hash(token);
+    await this.store?.putToken({ deviceId, hash, createdAt: now });
+    this.hashes.set(deviceId, Buffer.from(hash, "hex"));
+  }
+
+  /** Constant-time check of a presented token; false when the device has none. */
+  verify(deviceId: string, token: string | undefined): boolean {
+    const expected = this.hashes.get(deviceId);
+    if (!expected || typeof token !== "string" || token.length === 0 || token.length > 1024) return false;
+    return timingSafeEqual(createHash("sha256").update(token, "utf8").digest(), expected);
+  }
+
+  /** Forgets a device's token in memory (the store deletes it with the device). */
+  forget(deviceId: string): void {
+    this.hashes.delete(deviceId);
+  }
+
+  get size(): number {
+    return this.hashes.size;
+  }
+}
