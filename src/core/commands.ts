@@ -88,14 +88,16 @@ export class CommandTracker {
     this.writer = store ? new CommandWriter(store, clock, warn) : null;
   }
 
-  /** Loads the commands a previous run left pending and starts sending. */
-  async start(): Promise<void> {
-    if (this.store) {
-      for (const row of await this.store.pendingCommands()) {
-        if (!this.host.device(row.deviceId)) continue;
-        this.restore(row);
-      }
+  /** Loads the commands a previous run left pending (answers to them match from now on). */
+  async load(): Promise<void> {
+    if (!this.store) return;
+    for (const row of await this.store.pendingCommands()) {
+      if (this.host.device(row.deviceId) && !this.live.has(row.id)) this.restore(row);
     }
+  }
+
+  /** Starts sending (once the adapters are up). */
+  start(): void {
     this.running = true;
     for (const id of [...this.queues.keys()]) this.pump(id);
   }
@@ -207,6 +209,12 @@ export class CommandTracker {
   /** The device may be reachable now (connected, came online): send what waits for it. */
   kick(deviceId: string): void {
     if (this.queues.has(deviceId)) this.pump(deviceId);
+  }
+
+  /** A protocol's adapter has started: its devices' waiting commands may go. */
+  kickProtocol(protocol: string): void {
+    if (!this.running) return;
+    for (const id of [...this.queues.keys()]) if (this.host.device(id)?.protocol === protocol) this.pump(id);
   }
 
   /** The device was removed (its commands are gone from the store with it). */

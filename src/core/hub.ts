@@ -150,7 +150,10 @@ export class Hub {
           const r = this.registry.record(id);
           return r && !this.registering.has(id) ? toDevice(r) : undefined;
         },
-        adapter: (protocol) => this.adapters.get(protocol),
+        adapter: (protocol) => {
+          const adapter = this.adapters.get(protocol);
+          return adapter && this.startedAdapters.has(adapter) ? adapter : undefined;
+        },
       },
       this.events,
       this.clock,
@@ -238,8 +241,9 @@ export class Hub {
     this.events.subscribe({ types: "device.online", owner: "hub.commands", name: "commands" }, (event) => {
       if (event.deviceId) this.commands.kick(event.deviceId);
     });
-    await this.commands.start();
+    await this.commands.load();
     for (const adapter of this.adapters.values()) await this.startAdapter(adapter);
+    this.commands.start();
     this.events.publish("hub.started", { devices: this.registry.size }, { source: "hub" });
   }
 
@@ -262,6 +266,8 @@ export class Hub {
       await adapter.start(context);
       this.startedAdapters.add(adapter);
       this.adapterFailures.delete(adapter.name);
+      // Commands may have waited for this protocol (one added to a running hub).
+      this.commands.kickProtocol(adapter.name);
     } catch (err) {
       const message = err instanceof Error ? err.message : String(err);
       this.adapterFailures.set(adapter.name, message);
