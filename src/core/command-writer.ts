@@ -1,8 +1,12 @@
 import type { Clock, TimerHandle } from "./clock";
 import type { CommandRow, Store } from "../store/types";
 
+const MAX_ROWS_PER_WRITE = 500;
+/** Status changes that come close together (sent, then the answer) share one write. */
+const COALESCE_MS = 20;
+
 /**
- * Writes command status changes to the store behind the tracker: one write at a time, and only
+ * Writes command status changes to the store behind the tracker: one transaction at a time, and only
  * a command's newest row (a command that goes queued → sent → succeeded between two writes is
  * written once). A failed write is kept and tried again later, so a finished command is not
  * sent again after a restart merely because the database was briefly away.
@@ -23,7 +27,7 @@ export class CommandWriter {
   /** Queues the command's current row (copied now: the tracker keeps changing its own). */
   mark(row: CommandRow): void {
     this.dirty.set(row.id, { ...row });
-    this.schedule(0);
+    this.schedule(COALESCE_MS);
   }
 
   /** Drops waiting writes of a device the store has just deleted. */
@@ -53,19 +57,20 @@ export class CommandWriter {
     } finally {
       this.running = null;
     }
-    if (this.dirty.size > 0) this.schedule(this.failures > 0 ? Math.min(30_000, 250 * 2 ** Math.min(this.failures, 7)) : 0);
+    if (this.dirty.size > 0) this.schedule(this.failures > 0 ? Math.min(30_000, 250 * 2 ** Math.min(this.failures, 7)) : COALESCE_MS);
   }
 
   private async writeAll(): Promise<void> {
     const rows = [...this.dirty.values()];
     this.dirty.clear();
-    for (let i = 0; i < rows.length; i++) {
+    for (let i = 0; i < rows.length; i += MAX_ROWS_PER_WRITE) {
+      const chunk = rows.slice(i, i + MAX_ROWS_PER_WRITE);
       try {
-        await this.store.putCommand(rows[i]!);
+        await this.store.putCommands(chunk);
         this.failures = 0;
       } catch (err) {
         this.failures++;
-        // Keep this row and the unwritten rest, unless a newer row of the same command came meanwhile.
+        // Keep these rows and the unwritten rest, unless a newer row of the same command came meanwhile.
         for (const row of rows.slice(i)) if (!this.dirty.has(row.id)) this.dirty.set(row.id, row);
         if (this.failures === 1) this.warn(`could not write command status: ${err instanceof Error ? err.message : String(err)}`);
         return;

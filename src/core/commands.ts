@@ -349,7 +349,7 @@ export class CommandTracker {
     try {
       outcome = await withDeadline(adapter.send(device, { id: e.row.id, command: e.row.command, params: e.row.params }, e.timeoutMs), e.timeoutMs + 1000);
     } catch (err) {
-      if (e.phase === "sending") this.attemptFailed(e, err instanceof Error ? err.message : String(err));
+      if (e.phase === "sending") this.attemptFailed(e, err);
       return;
     }
     // Cancelled, expired or answered while the adapter was busy: nothing more to do.
@@ -382,7 +382,8 @@ export class CommandTracker {
     }, e.timeoutMs);
   }
 
-  private attemptFailed(e: Entry, message: string): void {
+  private attemptFailed(e: Entry, err: unknown): void {
+    const message = err instanceof Error ? err.message : String(err);
     const device = this.host.device(e.row.deviceId);
     const adapter = device && this.host.adapter(device.protocol);
     if (device && adapter && !reachable(device, adapter)) {
@@ -393,6 +394,8 @@ export class CommandTracker {
       return;
     }
     if (e.failures < e.retries) this.retryLater(e, 1);
+    // A request/response protocol that heard nothing back: the device did not answer in time.
+    else if ((err as { code?: unknown })?.code === "TIMEOUT") this.finish(e, "timed_out", null, message.slice(0, 1024));
     else this.finish(e, "failed", null, `could not deliver: ${message}`.slice(0, 1024));
   }
 

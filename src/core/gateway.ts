@@ -76,6 +76,11 @@ export class DeviceGateway {
       authenticate: (protocol, deviceId, token) => this.authenticate(protocol, deviceId, token),
       connected: (id) => onConnected(id),
       disconnected: () => undefined,
+      reject: (r) => {
+        const reason = typeof r?.reason === "string" ? r.reason.slice(0, 64) : "refused";
+        const message = typeof r?.message === "string" ? r.message.slice(0, 512) : "refused by the adapter";
+        this.refuse(counters, r?.deviceId ?? null, adapter.name, r?.kind, new TethralError("INVALID", message), reason);
+      },
       counters,
       maxPayloadBytes: max,
       warn: (message) => this.warn(`${adapter.name}: ${message}`),

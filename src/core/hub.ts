@@ -400,7 +400,19 @@ export class Hub {
     if (!this.registry.has(id)) throw notFound("device", String(id).slice(0, 128));
     const token = DeviceTokens.generate();
     await this.locks.run(id, () => this.tokens.save(id, token, this.clock.now()));
+    this.disconnectEverywhere(id, "token replaced");
     return { deviceId: id, token };
+  }
+
+  /** Connections authenticated with what is no longer valid must not stay trusted. */
+  private disconnectEverywhere(id: string, reason: string): void {
+    for (const adapter of this.startedAdapters) {
+      try {
+        adapter.disconnect?.(id, reason);
+      } catch (err) {
+        this.warn(`protocol ${adapter.name} could not drop ${id}: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    }
   }
 
   /** A partial update; with a store, written before it resolves, or not made at all (UNAVAILABLE). */
@@ -459,6 +471,7 @@ export class Hub {
       this.state.forget(record);
       this.tokens.forget(id);
       this.commands.deviceRemoved(id);
+      this.disconnectEverywhere(id, "device removed");
     }
     return this.registry.remove(id, { ...cause, reason: cause.reason ?? "user" });
   }

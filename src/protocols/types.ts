@@ -29,6 +29,11 @@ export interface ProtocolAdapter {
   health(): ProtocolHealth;
   /** The adapter's own figures; the hub adds the message counts it keeps for every protocol. */
   statistics(): AdapterStatistics;
+  /**
+   * Drops the device's live connection, if it has one: its token was replaced or the device was
+   * removed, so a connection authenticated earlier must not stay trusted.
+   */
+  disconnect?(deviceId: string, reason: string): void;
 }
 
 /** What the hub sends a device: `{"id", "command", "params"}` (CONTRACT §2). */
@@ -127,6 +132,12 @@ export interface AdapterContext {
   connected(deviceId: string): void;
   /** The device's live connection went away (its status follows its messages and heartbeat). */
   disconnected(deviceId: string): void;
+  /**
+   * Something the adapter refused before it could hand it over (a frame that is not JSON, a
+   * topic or path naming no device, an oversized packet): counted as rejected and published as
+   * `message.rejected`, like the hub's own refusals. Do not also add to `counters.rejected`.
+   */
+  reject(refusal: { deviceId?: string | null; kind?: string; reason: string; message: string }): void;
   /** Outbound and error counters of this protocol: the adapter adds to them as it sends. */
   readonly counters: ProtocolCounters;
   /** Largest payload accepted from a device, in bytes (default 256 KiB); larger is refused. */

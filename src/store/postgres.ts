@@ -234,6 +234,14 @@ export class PostgresStore implements Store {
     await this.query(UPSERT_COMMAND, commandParams(c));
   }
 
+  async putCommands(rows: CommandRow[]): Promise<void> {
+    if (rows.length === 0) return;
+    const params = rows.map(commandParams);
+    await this.tx(async (client) => {
+      for (const p of params) await client.query(UPSERT_COMMAND, p);
+    });
+  }
+
   async getCommand(id: string): Promise<CommandRow | null> {
     const { rows } = await this.query("SELECT * FROM commands WHERE id = $1", [id]);
     return rows.length > 0 ? toCommandRow(rows[0]!) : null;

@@ -211,12 +211,15 @@ export class SqliteStore implements Store {
   }
 
   async putCommand(row: CommandRow): Promise<void> {
-    this.s.putCommand.run(
-      row.id, row.deviceId, row.command, json(row.params, "params"), row.status, row.attempts, row.priority,
-      row.createdAt, row.sentAt, row.completedAt, row.expiresAt,
-      row.result === null || row.result === undefined ? null : json(row.result, "result"), row.error,
-      json(row.options, "options"),
-    );
+    this.s.putCommand.run(...commandValues(row));
+  }
+
+  async putCommands(rows: CommandRow[]): Promise<void> {
+    if (rows.length === 0) return;
+    const values = rows.map(commandValues);
+    this.db.transaction(() => {
+      for (const v of values) this.s.putCommand.run(...v);
+    })();
   }
 
   async getCommand(id: string): Promise<CommandRow | null> {
@@ -394,4 +397,13 @@ export class SqliteStore implements Store {
 
 function toToken(r: RawToken): TokenRow {
   return { deviceId: r.device_id, hash: r.hash, createdAt: r.created_at };
+}
+
+function commandValues(row: CommandRow): unknown[] {
+  return [
+    row.id, row.deviceId, row.command, json(row.params, "params"), row.status, row.attempts, row.priority,
+    row.createdAt, row.sentAt, row.completedAt, row.expiresAt,
+    row.result === null || row.result === undefined ? null : json(row.result, "result"), row.error,
+    json(row.options, "options"),
+  ];
 }

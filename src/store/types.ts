@@ -127,6 +127,8 @@ export interface Store {
 
   /** Inserts or replaces a command. */
   putCommand(row: CommandRow): Promise<void>;
+  /** Several commands in one transaction (status changes written behind). */
+  putCommands(rows: CommandRow[]): Promise<void>;
   getCommand(id: string): Promise<CommandRow | null>;
   /**
    * Commands not finished yet (of one device, or all), oldest first: queued, sent or delivered

@@ -453,6 +453,16 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         assert.equal(await store.getCommand("missing"), null);
       });
 
+      it("writes several commands in one call, the last row of an id winning", async function () {
+        const a = commandRow("c1", "d1", T0);
+        const b = commandRow("c2", "d1", T0 + 1, { status: "sent", attempts: 1, sentAt: T0 + 2 });
+        await store.putCommands([a, b, { ...a, status: "succeeded", completedAt: T0 + 3, result: { ok: 1 } }]);
+        await store.putCommands([]);
+        assert.deepEqual(await store.getCommand("c2"), b);
+        assert.equal((await store.getCommand("c1"))!.status, "succeeded");
+        assert.deepEqual((await store.getCommand("c1"))!.result, { ok: 1 });
+      });
+
       it("lists pending commands oldest first (then by id), of one device or all", async function () {
         const rows = [
           commandRow("c5", "d1", T0 + 5),

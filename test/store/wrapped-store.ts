@@ -63,6 +63,7 @@ export class WrappedStore implements Store {
   loadTokens: Store["loadTokens"] = () => this.gate(() => this.inner.loadTokens());
   deleteToken: Store["deleteToken"] = (id) => this.gate(() => this.inner.deleteToken(id));
   putCommand: Store["putCommand"] = (row) => this.gate(() => this.inner.putCommand(row));
+  putCommands: Store["putCommands"] = (rows) => this.gate(() => this.inner.putCommands(rows));
   getCommand: Store["getCommand"] = (id) => this.gate(() => this.inner.getCommand(id));
   pendingCommands: Store["pendingCommands"] = (id) => this.gate(() => this.inner.pendingCommands(id));
   deleteCommand: Store["deleteCommand"] = (id) => this.gate(() => this.inner.deleteCommand(id));

@@ -1,0 +1,458 @@
+import { type IncomingMessage, type Server, STATUS_CODES, createServer } from "node:http";
+import type { AddressInfo } from "node:net";
+import type { Duplex } from "node:stream";
+import { type RawData, WebSocket, WebSocketServer } from "ws";
+import { type ErrorCode, TethralError } from "../core/errors";
+import type { Device } from "../core/types";
+import type {
+  AdapterContext,
+  AdapterStatistics,
+  CommandFrame,
+  DeviceMessage,
+  DeviceMessageKind,
+  ProtocolAdapter,
+  ProtocolHealth,
+  SendOutcome,
+} from "./types";
+
+export interface WebSocketAdapterOptions {
+  /** The HTTP server to share (Node-RED's, `RED.server`). Without one the adapter serves its own. */
+  server?: Server;
+  /** Exact request path devices connect to, from the server's root. Default `/tethral/ws`. */
+  path?: string;
+  /** Own server only: port (default 0, any free port) and interface (default 127.0.0.1). */
+  port?: number;
+  host?: string;
+  /** Largest frame accepted, in bytes. Default the hub's `maxPayloadBytes`. */
+  maxPayload?: number;
+  /** Keep-alive ping period; a peer that has not answered the previous ping is dropped. Default 30 s. */
+  pingIntervalMs?: number;
+  /** Bytes a connection may have queued unsent before commands to it are refused. Default 1 MiB. */
+  sendBufferLimit?: number;
+  /** How long stop() waits for clients to answer the close frame before cutting them. Default 1 s. */
+  closeGraceMs?: number;
+}
+
+export const DEFAULT_WEBSOCKET_PATH = "/tethral/ws";
+const DEFAULT_PING_INTERVAL_MS = 30_000;
+const DEFAULT_SEND_BUFFER_LIMIT = 1024 * 1024;
+const DEFAULT_CLOSE_GRACE_MS = 1000;
+
+/** Close codes a device sees (4000-4999 are for applications, RFC 6455 §7.4.2). */
+export const CLOSE_REPLACED = 4001;
+/** The device's credentials stopped being valid (token replaced, device removed). */
+export const CLOSE_POLICY_VIOLATION = 1008;
+const CLOSE_GOING_AWAY = 1001;
+
+const FRAME_KINDS: ReadonlySet<string> = new Set<DeviceMessageKind>(["telemetry", "heartbeat", "state", "status", "register", "response"]);
+
+interface Connection {
+  readonly deviceId: string;
+  readonly ws: WebSocket;
+  /**
+   * False for a device unknown at connect (self-registration on): its messages carry the
+   * connect token for the hub to check each time, since the id may meanwhile be registered by
+   * someone else with another token. It is also the token a `register` frame registers.
+   */
+  readonly known: boolean;
+  readonly token: string | undefined;
+  /** Cleared at each ping, set by the pong: still false at the next ping means the peer is gone. */
+  alive: boolean;
+}
+
+interface PendingSend {
+  reject(err: Error): void;
+}
+
+type Frame = Record<string, unknown>;
+
+/**
+ * Devices over WebSocket (CONTRACT §2) on a path of Node-RED's own HTTP server. It takes only
+ * upgrades for its exact path and leaves every other one alone: Node-RED's editor (`/comms`)
+ * and its websocket nodes listen on the same server's 'upgrade' event, and none of them
+ * destroys a socket it does not own. A device authenticates before the upgrade completes, and
+ * holds at most one connection: a newer one replaces the older.
+ */
+export class WebSocketAdapter implements ProtocolAdapter {
+  readonly name = "websocket";
+  private context: AdapterContext | null = null;
+  private wss: WebSocketServer | null = null;
+  private server: Server | null = null;
+  private ownServer = false;
+  private pingTimer: NodeJS.Timeout | null = null;
+  private stopping: Promise<void> | null = null;
+  private readonly connections = new Map<string, Connection>();
+  private readonly pending = new Set<PendingSend>();
+  private readonly figures = { upgradesRefused: 0, replaced: 0, deadPeersDropped: 0, framesRejected: 0, sendsRefused: 0 };
+
+  constructor(private readonly options: WebSocketAdapterOptions = {}) {}
+
+  get path(): string {
+    return this.options.path ?? DEFAULT_WEBSOCKET_PATH;
+  }
+
+  /** The own server's address (null when sharing a server or not started). */
+  address(): AddressInfo | null {
+    return this.ownServer && this.server ? (this.server.address() as AddressInfo | null) : null;
+  }
+
+  async start(context: AdapterContext): Promise<void> {
+    if (this.context || this.stopping) throw new TethralError("UNAVAILABLE", "the websocket adapter starts once");
+    if (!this.path.startsWith("/") || /[?#\s]/.test(this.path)) {
+      throw new TethralError("INVALID", `websocket path must start with "/" and hold no query: "${this.path}"`);
+    }
+    this.wss = new WebSocketServer({
+      noServer: true,
+      maxPayload: this.options.maxPayload ?? context.maxPayloadBytes,
+      // Compression costs memory per connection and a decompression bomb risk; device frames are small.
+      perMessageDeflate: false,
+    });
+    if (this.options.server) {
+      this.server = this.options.server;
+    } else {
+      this.server = createServer((_req, res) => {
+        res.writeHead(426, { "Content-Type": "text/plain", Connection: "close" }).end("Upgrade Required");
+      });
+      this.ownServer = true;
+      try {
+        await listen(this.server, this.options.port ?? 0, this.options.host ?? "127.0.0.1");
+      } catch (err) {
+        this.wss.close();
+        this.wss = this.server = null;
+        throw err;
+      }
+    }
+    this.context = context;
+    this.server.on("upgrade", this.onUpgrade);
+    const interval = this.options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS;
+    this.pingTimer = setInterval(() => this.pingAll(), interval);
+  }
+
+  stop(): Promise<void> {
+    this.stopping ??= this.shutdown();
+    return this.stopping;
+  }
+
+  private async shutdown(): Promise<void> {
+    if (this.pingTimer) clearInterval(this.pingTimer);
+    this.pingTimer = null;
+    // Only our own listener: the server and every other listener on it belong to Node-RED.
+    this.server?.off("upgrade", this.onUpgrade);
+    for (const p of [...this.pending]) p.reject(new TethralError("UNAVAILABLE", "the websocket adapter stopped"));
+    // Every client, replaced ones still closing included.
+    const clients = [...(this.wss?.clients ?? [])];
+    const closing = clients.map(closed);
+    for (const ws of clients) ws.close(CLOSE_GOING_AWAY, "hub stopping");
+    const grace = setTimeout(() => {
+      for (const ws of clients) ws.terminate();
+    }, this.options.closeGraceMs ?? DEFAULT_CLOSE_GRACE_MS);
+    await Promise.all(closing);
+    clearTimeout(grace);
+    this.wss?.close();
+    this.wss = null;
+    if (this.ownServer && this.server) await closeServer(this.server);
+    this.server = null;
+    this.context = null;
+  }
+
+  send(device: Device, frame: CommandFrame, timeoutMs: number): Promise<SendOutcome> {
+    const context = this.context;
+    const conn = this.connections.get(device.id);
+    if (!context || this.stopping || !conn || conn.ws.readyState !== WebSocket.OPEN) {
+      return Promise.reject(new TethralError("UNAVAILABLE", `device "${device.id}" is not connected over websocket`));
+    }
+    const text = JSON.stringify({ type: "command", id: frame.id, command: frame.command, params: frame.params });
+    const bytes = Buffer.byteLength(text);
+    const limit = this.options.sendBufferLimit ?? DEFAULT_SEND_BUFFER_LIMIT;
+    // A device that does not read must not make the hub hold an ever-growing queue for it.
+    if (conn.ws.bufferedAmount + bytes > limit) {
+      this.figures.sendsRefused++;
+      context.counters.errors++;
+      return Promise.reject(
+        new TethralError("UNAVAILABLE", `device "${device.id}" is not reading: ${conn.ws.bufferedAmount} bytes already wait to be sent`),
+      );
+    }
+    return new Promise<SendOutcome>((resolve, reject) => {
+      const entry: PendingSend = {
+        reject: (err) => {
+          if (!this.pending.delete(entry)) return;
+          clearTimeout(timer);
+          reject(err);
+        },
+      };
+      this.pending.add(entry);
+      // The write callback waits for the kernel to take the bytes; a stuck peer must not hold the attempt for ever.
+      const timer = setTimeout(() => {
+        context.counters.errors++;
+        entry.reject(new TethralError("TIMEOUT", `command frame to "${device.id}" not flushed within ${timeoutMs} ms`));
+      }, Math.max(1, timeoutMs));
+      conn.ws.send(text, (err) => {
+        if (!this.pending.has(entry)) return;
+        if (err) {
+          context.counters.errors++;
+          entry.reject(new TethralError("UNAVAILABLE", `command frame to "${device.id}" not sent: ${err.message}`));
+          return;
+        }
+        this.pending.delete(entry);
+        clearTimeout(timer);
+        context.counters.messagesOut++;
+        context.counters.bytesOut += bytes;
+        resolve({ status: "sent" });
+      });
+    });
+  }
+
+  isConnected(deviceId: string): boolean {
+    return this.connections.get(deviceId)?.ws.readyState === WebSocket.OPEN;
+  }
+
+  /** Closes the device's connection (its token was replaced, or it was removed). */
+  disconnect(deviceId: string, reason: string): void {
+    const conn = this.connections.get(deviceId);
+    if (!conn) return;
+    this.connections.delete(deviceId);
+    conn.ws.close(CLOSE_POLICY_VIOLATION, reason.slice(0, 100));
+    this.context?.disconnected(deviceId);
+  }
+
+  health(): ProtocolHealth {
+    if (!this.context || this.stopping) return { status: "stopped", path: this.path };
+    if (this.ownServer && !this.server?.listening) return { status: "degraded", error: "own server not listening", path: this.path };
+    return { status: "ok", path: this.path, connected: this.connections.size };
+  }
+
+  statistics(): AdapterStatistics {
+    return { connected: this.connections.size, path: this.path, ...this.figures };
+  }
+
+  // An arrow so `off` removes exactly the function `on` added.
+  private readonly onUpgrade = (req: IncomingMessage, socket: Duplex, head: Buffer): void => {
+    const url = req.url ?? "";
+    const q = url.indexOf("?");
+    if ((q < 0 ? url : url.slice(0, q)) !== this.path) {
+      // Not ours. On a shared server another listener may own it; on our own nobody will.
+      if (this.ownServer) refuse(socket, 404, "NOT_FOUND", "no websocket endpoint at this path");
+      return;
+    }
+    // Until someone handles it, a client reset must not be an unhandled 'error' that kills the process.
+    const early = () => socket.destroy();
+    socket.on("error", early);
+    // Decided on the next turn, after every synchronous 'upgrade' listener has run: if a
+    // Node-RED websocket node was given this same path it answers first and we stand back.
+    // Calling handleUpgrade on a socket already upgraded would throw inside the server's emit.
+    setImmediate(() => {
+      socket.off("error", early);
+      try {
+        this.accept(req, socket, head, q < 0 ? "" : url.slice(q + 1));
+      } catch (err) {
+        this.context?.warn(`websocket upgrade failed: ${(err as Error).message}`);
+        socket.destroy();
+      }
+    });
+  };
+
+  private accept(req: IncomingMessage, socket: Duplex, head: Buffer, query: string): void {
+    const context = this.context;
+    const wss = this.wss;
+    if ((socket as { bytesWritten?: number }).bytesWritten || socket.destroyed) {
+      this.context?.warn(`another handler answered a websocket upgrade on ${this.path}: give the Tethral websocket path its own value`);
+      return;
+    }
+    if (!context || !wss || this.stopping) return refuse(socket, 503, "UNAVAILABLE", "the hub is stopping");
+    const params = new URLSearchParams(query);
+    const deviceId = params.get("device");
+    if (!deviceId) {
+      this.figures.upgradesRefused++;
+      context.reject({ kind: "connect", reason: "no-device-id", message: 'the query must name the device: "?device=ID"' });
+      return refuse(socket, 400, "INVALID", 'the query must name the device: "?device=ID"');
+    }
+    const token = bearer(req.headers.authorization) ?? params.get("token") ?? undefined;
+    const auth = context.authenticate(this.name, deviceId, token);
+    if (!auth.ok) {
+      // Counted and published by the hub.
+      this.figures.upgradesRefused++;
+      return refuse(socket, auth.error.status, auth.error.code, auth.error.message);
+    }
+    const { known } = auth;
+    wss.handleUpgrade(req, socket, head, (ws) => this.onConnection(ws, auth.deviceId, known, token));
+  }
+
+  private onConnection(ws: WebSocket, deviceId: string, known: boolean, token: string | undefined): void {
+    const context = this.context;
+    if (!context || this.stopping) {
+      ws.close(CLOSE_GOING_AWAY, "hub stopping");
+      return;
+    }
+    const conn: Connection = { deviceId, ws, known, token, alive: true };
+    const previous = this.connections.get(deviceId);
+    this.connections.set(deviceId, conn);
+    if (previous) {
+      this.figures.replaced++;
+      previous.ws.close(CLOSE_REPLACED, "replaced by a newer connection of this device");
+    }
+    ws.on("pong", () => (conn.alive = true));
+    ws.on("message", (data, isBinary) => this.onFrame(conn, data, isBinary));
+    ws.on("error", (err: Error & { code?: string }) => {
+      // ws closes the connection itself after any of these (1009 too big, 1007 bad UTF-8, ...).
+      if (err.code?.startsWith("WS_ERR_")) {
+        this.figures.framesRejected++;
+        context.reject({ deviceId, reason: err.code === "WS_ERR_UNSUPPORTED_MESSAGE_LENGTH" ? "too-large" : "invalid-frame", message: err.message });
+      } else {
+        context.counters.errors++;
+      }
+      context.warn(`websocket device "${deviceId}": ${err.message}`);
+    });
+    ws.on("close", () => {
+      // A replaced connection closing is not the device going away: its successor is live.
+      if (this.connections.get(deviceId) !== conn) return;
+      this.connections.delete(deviceId);
+      context.disconnected(deviceId);
+    });
+    context.connected(deviceId);
+  }
+
+  private onFrame(conn: Connection, data: RawData, isBinary: boolean): void {
+    const context = this.context;
+    if (!context) return;
+    // The hub counts the bytes of raw payloads only; these arrive decoded, so they are counted here.
+    const bytes = asBuffer(data);
+    context.counters.bytesIn += bytes.length;
+    try {
+      if (isBinary) return this.rejectFrame(conn, "binary frames are not accepted: send JSON text");
+      let frame: unknown;
+      try {
+        frame = JSON.parse(bytes.toString("utf8"));
+      } catch {
+        return this.rejectFrame(conn, "the frame is not JSON");
+      }
+      if (frame === null || typeof frame !== "object" || Array.isArray(frame)) return this.rejectFrame(conn, "the frame must be a JSON object");
+      const type = (frame as Frame).type;
+      if (typeof type !== "string" || !FRAME_KINDS.has(type)) {
+        return this.rejectFrame(conn, `unknown frame type: expected one of ${[...FRAME_KINDS].join(", ")}`);
+      }
+      const kind = type as DeviceMessageKind;
+      const message: DeviceMessage = { protocol: this.name, deviceId: conn.deviceId, kind, payload: payloadOf(kind, frame as Frame) };
+      if (conn.known) message.authenticated = true;
+      else message.token = conn.token;
+      const result = context.receive(message);
+      if (!result.ok) this.sendError(conn, result.error.code, result.error.message);
+    } catch (err) {
+      // The hub promises not to throw; a handler that did would otherwise kill the process.
+      context.counters.errors++;
+      context.warn(`websocket frame from "${conn.deviceId}": ${(err as Error).message}`);
+    }
+  }
+
+  private rejectFrame(conn: Connection, message: string): void {
+    this.figures.framesRejected++;
+    this.context!.reject({ deviceId: conn.deviceId, reason: "invalid-frame", message });
+    this.sendError(conn, "INVALID", message);
+  }
+
+  private sendError(conn: Connection, code: ErrorCode, message: string): void {
+    const ws = conn.ws;
+    const limit = this.options.sendBufferLimit ?? DEFAULT_SEND_BUFFER_LIMIT;
+    // A device flooding bad frames without reading gets no answers rather than a growing queue.
+    if (ws.readyState !== WebSocket.OPEN || ws.bufferedAmount > limit) return;
+    const text = JSON.stringify({ type: "error", code, message });
+    const counters = this.context!.counters;
+    counters.messagesOut++;
+    counters.bytesOut += Buffer.byteLength(text);
+    ws.send(text);
+  }
+
+  private pingAll(): void {
+    for (const conn of this.connections.values()) {
+      if (!conn.alive) {
+        this.figures.deadPeersDropped++;
+        conn.ws.terminate();
+        continue;
+      }
+      conn.alive = false;
+      try {
+        conn.ws.ping();
+      } catch {
+        // Not open any more: its close event does the bookkeeping.
+      }
+    }
+  }
+}
+
+/** The decoded field a frame kind carries, as `DeviceMessage.payload` expects it. */
+function payloadOf(kind: DeviceMessageKind, frame: Frame): unknown {
+  switch (kind) {
+    case "telemetry":
+      return frame.data;
+    case "heartbeat":
+      return null;
+    case "status":
+      return frame.status;
+    case "state": {
+      // Only the keys the device sent: an absent status must not read as `status: undefined`.
+      const state: Frame = {};
+      if (frame.status !== undefined) state.status = frame.status;
+      if (frame.properties !== undefined) state.properties = frame.properties;
+      return state;
+    }
+    case "response":
+      return { id: frame.id, ok: frame.ok, result: frame.result, error: frame.error };
+    case "register": {
+      // The device record is the frame itself, less its type. Spread defines own keys, so a
+      // `__proto__` key stays data for the hub's validation to refuse.
+      const { type: _type, ...record } = frame;
+      return record;
+    }
+  }
+}
+
+/** ws hands a Buffer with the default binaryType; the other shapes only for other settings. */
+function asBuffer(data: RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  return Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
+}
+
+function bearer(header: string | undefined): string | undefined {
+  const m = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
+  return m?.[1];
+}
+
+/** Answers an upgrade with a plain HTTP error on the raw socket, then drops it. */
+function refuse(socket: Duplex, status: number, code: ErrorCode, message: string): void {
+  // A client that resets meanwhile must not raise an unhandled 'error'.
+  socket.on("error", () => socket.destroy());
+  if (!socket.writable) {
+    socket.destroy();
+    return;
+  }
+  const body = JSON.stringify({ error: { code, message, details: [] } });
+  const head = [
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? "Error"}`,
+    "Connection: close",
+    "Content-Type: application/json",
+    `Content-Length: ${Buffer.byteLength(body)}`,
+    ...(status === 401 ? ['WWW-Authenticate: Bearer realm="tethral"'] : []),
+  ];
+  socket.once("finish", () => socket.destroy());
+  socket.end(`${head.join("\r\n")}\r\n\r\n${body}`);
+}
+
+function closed(ws: WebSocket): Promise<void> {
+  return ws.readyState === WebSocket.CLOSED ? Promise.resolve() : new Promise((resolve) => ws.once("close", () => resolve()));
+}
+
+function listen(server: Server, port: number, host: string): Promise<void> {
+  return new Promise((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+}
+
+function closeServer(server: Server): Promise<void> {
+  return new Promise((resolve) => {
+    server.close(() => resolve());
+    server.closeAllConnections();
+  });
+}

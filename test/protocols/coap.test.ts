@@ -1,0 +1,429 @@
+import assert from "node:assert/strict";
+import { createSocket } from "node:dgram";
+import { TethralError } from "../../src/core/errors";
+import { Hub, type HubOptions } from "../../src/core/hub";
+import type { Device } from "../../src/core/types";
+import { CoapAdapter } from "../../src/protocols/coap";
+import type { AdapterContext } from "../../src/protocols/types";
+import { assertNoPollution, assertRejectsCode } from "../helpers";
+import { CoapCommandDevice, CoapDevice, RawClient, block1, reportOptions, resettingDevice, standInContext, uint, until } from "./coap-device";
+
+const ID = "boiler-1";
+
+/** A hub serving CoAP on an ephemeral port, one registered device with its token, and that device's client. */
+async function setup(options: HubOptions = {}, adapterOptions: ConstructorParameters<typeof CoapAdapter>[0] = {}) {
+  const adapter = new CoapAdapter({ port: 0, ...adapterOptions });
+  const warnings: string[] = [];
+  const hub = new Hub({ protocols: [adapter], onWarning: (m) => warnings.push(m), commands: { retryBaseDelayMs: 10, retryMaxDelayMs: 20 }, ...options });
+  await hub.start();
+  const { token } = await hub.registerDevice({ id: ID, protocol: "coap" });
+  const device = new CoapDevice(adapter.port!);
+  const coap = () => hub.communicationStatistics().protocols.coap!;
+  return { hub, adapter, device, token: token!, warnings, coap };
+}
+
+type Setup = Awaited<ReturnType<typeof setup>>;
+
+describe("CoapAdapter", () => {
+  let t: Setup;
+  const closers: (() => Promise<unknown>)[] = [];
+  const start = async (options?: HubOptions, adapterOptions?: ConstructorParameters<typeof CoapAdapter>[0]) => {
+    t = await setup(options, adapterOptions);
+    closers.push(() => t.device.close(), () => t.hub.stop());
+    return t;
+  };
+  afterEach(async () => {
+    for (const close of closers.splice(0).reverse()) await close();
+  });
+
+  describe("device reports", () => {
+    beforeEach(() => start());
+
+    it("takes telemetry, heartbeats, state and status with the device's token and answers 2.04", async () => {
+      assert.equal((await t.device.report(ID, "telemetry", t.token, { temperature: 21.5 })).code, "2.04");
+      assert.deepEqual(t.hub.getState(ID).properties, { temperature: 21.5 });
+      assert.equal(t.hub.getDevice(ID).status, "online");
+      assert.equal((await t.device.report(ID, "heartbeat", t.token, "")).code, "2.04");
+      assert.equal((await t.device.report(ID, "state", t.token, { properties: { humidity: 40 } })).code, "2.04");
+      assert.deepEqual(t.hub.getState(ID).properties, { temperature: 21.5, humidity: 40 });
+      assert.equal((await t.device.report(ID, "status", t.token, "offline")).code, "2.04");
+      assert.equal(t.hub.getDevice(ID).status, "offline");
+      // A known device announcing itself again (at boot) is a sign of life.
+      assert.equal((await t.device.report(ID, "register", t.token, { id: ID })).code, "2.04");
+      assert.equal(t.hub.getDevice(ID).status, "online");
+      assert.equal(t.coap().messagesIn, 5);
+      assert.equal(t.coap().rejected, 0);
+    });
+
+    it("refuses a wrong or missing token with 4.01 and an unknown device with 4.04, counted, state untouched", async () => {
+      const wrong = await t.device.report(ID, "telemetry", "not-the-token", { temperature: 99 });
+      assert.equal(wrong.code, "4.01");
+      assert.equal(JSON.parse(wrong.body).error.code, "UNAUTHORIZED");
+      assert.equal((await t.device.report(ID, "telemetry", undefined, { temperature: 99 })).code, "4.01");
+      const unknown = await t.device.report("nobody", "telemetry", t.token, { temperature: 99 });
+      assert.equal(unknown.code, "4.04");
+      assert.equal(JSON.parse(unknown.body).error.code, "NOT_FOUND");
+      assert.deepEqual(t.hub.getState(ID).properties, {});
+      assert.equal(t.hub.getDevice(ID).status, "unknown");
+      assert.equal(t.coap().rejected, 3);
+      const rejected = await t.hub.eventHistory({ type: "message.rejected" });
+      assert.deepEqual(rejected.map((e) => (e.data as { protocol: string }).protocol), ["coap", "coap", "coap"]);
+    });
+
+    it("refuses payloads that are not a JSON object with 4.00 and stays unaffected", async () => {
+      const before = t.hub.getState(ID).version;
+      for (const payload of ["{not json", "[1, 2]", '"hot"', "42", '{"__proto__": {"polluted": true}}', '{"a": {"__proto__": {"polluted": 1}}}']) {
+        const answer = await t.device.report(ID, "telemetry", t.token, payload);
+        assert.equal(answer.code, "4.00", `${payload} gave ${answer.code} ${answer.body}`);
+        assert.equal(JSON.parse(answer.body).error.code, "INVALID");
+      }
+      assert.equal((await t.device.report(ID, "state", t.token, { status: "exploded" })).code, "4.00");
+      assert.equal(t.coap().rejected, 7);
+      assert.equal(t.hub.getState(ID).version, before);
+      assertNoPollution();
+      // Still serving: the next good report goes through.
+      assert.equal((await t.device.report(ID, "telemetry", t.token, { temperature: 20 })).code, "2.04");
+      assert.deepEqual(t.hub.getState(ID).properties, { temperature: 20 });
+    });
+
+    it("answers 4.04 to other paths and 4.05 to other methods, and counts them", async () => {
+      assert.equal((await t.device.request("/devices", "{}", { query: `token=${t.token}` })).code, "4.04");
+      assert.equal((await t.device.request(`/devices/${ID}/firmware`, "{}", { query: `token=${t.token}` })).code, "4.04");
+      assert.equal((await t.device.request(`/api/devices/${ID}/telemetry`, "{}")).code, "4.04");
+      const get = await t.device.request(`/devices/${ID}/telemetry`, "", { method: "GET", query: `token=${t.token}` });
+      assert.equal(get.code, "4.05");
+      assert.match(get.body, /POST/);
+      assert.equal((await t.device.request(`/devices/${ID}/state`, "{}", { method: "PUT", query: `token=${t.token}` })).code, "4.05");
+      // An Observe registration (GET, Observe 0) is refused too: nothing here can be observed.
+      const raw = new RawClient(t.adapter.port!);
+      const observe = await raw.send({ code: "0.01", token: Buffer.of(9), options: [...reportOptions(ID, "state", t.token), [6, Buffer.alloc(0)]] });
+      await raw.close();
+      assert.equal(observe.code, "4.05");
+      assert.equal(t.coap().rejected, 6);
+      assert.equal(t.coap().messagesIn, 0, "none of them reached the hub");
+    });
+
+    it("passes answers to commands sent another way to the hub (/responses)", async () => {
+      const answer = await t.device.report(ID, "responses", t.token, { id: "no-such-command", ok: true, result: 1 });
+      assert.equal(answer.code, "2.04");
+      assert.equal(t.hub.communicationStatistics().commands.unknownResponses, 1);
+    });
+  });
+
+  describe("payload size", () => {
+    const raws: RawClient[] = [];
+    afterEach(async () => {
+      for (const raw of raws.splice(0)) await raw.close();
+    });
+    const rawClient = () => {
+      const raw = new RawClient(t.adapter.port!);
+      raws.push(raw);
+      return raw;
+    };
+
+    it("takes a block-wise report that fits and refuses a 1 MB one with 4.13 once it passes the limit", async () => {
+      await start();
+      const big = { blob: "x".repeat(5000) };
+      assert.equal((await t.device.report(ID, "telemetry", t.token, big)).code, "2.04", "5 kB goes in five blocks");
+      assert.equal(t.hub.getState(ID).properties.blob, big.blob);
+      const huge = await t.device.report(ID, "telemetry", t.token, { blob: "x".repeat(1024 * 1024) });
+      assert.equal(huge.code, "4.13");
+      assert.equal(huge.options.get(60)?.readUIntBE(0, huge.options.get(60)!.length), 256 * 1024, "Size1 names the limit");
+      assert.equal(t.adapter.statistics().blockTransfers, 0, "the partial upload is dropped");
+      assert.equal(t.coap().rejected, 1);
+    });
+
+    it("refuses a single datagram larger than the hub allows with 4.13, counted and published", async () => {
+      await start({ maxPayloadBytes: 4096 });
+      const payload = Buffer.from(JSON.stringify({ blob: "x".repeat(60_000) })); // near the largest UDP datagram
+      const answer = await rawClient().send({ token: Buffer.of(1), options: reportOptions(ID, "telemetry", t.token), payload });
+      assert.equal(answer.code, "4.13");
+      assert.equal(answer.options.get(60)?.readUIntBE(0, answer.options.get(60)!.length), 4096);
+      assert.deepEqual(t.hub.getState(ID).properties, {});
+      assert.equal(t.coap().rejected, 1);
+      assert.equal((await t.hub.eventHistory({ type: "message.rejected" })).length, 1);
+    });
+
+    it("refuses a block whose offset passes the limit at once, without allocating up to it", async () => {
+      await start();
+      // Block 2^20-1 of 1024 bytes, marked last: the library alone would allocate a gigabyte for it.
+      const options = [...reportOptions(ID, "telemetry", t.token), [27, block1(1_048_575, false, 6)] as [number, Buffer]];
+      const answer = await rawClient().send({ token: Buffer.of(2), options, payload: Buffer.alloc(16, 0x20) });
+      assert.equal(answer.code, "4.13");
+      // One announcing a total (Size1) above the limit is refused on its first block.
+      const announced = [...reportOptions(ID, "telemetry", t.token), [27, block1(0, true, 6)], [60, uint(10_000_000)]] as [number, Buffer][];
+      assert.equal((await rawClient().send({ token: Buffer.of(3), options: announced, payload: Buffer.alloc(1024, 0x20) })).code, "4.13");
+      assert.equal(t.adapter.statistics().blockTransfers, 0);
+    });
+
+    it("holds block-wise uploads only for devices with a good token, and only so many at once", async () => {
+      await start({}, { maxBlockTransfers: 2 });
+      const firstBlock = (token: string | undefined, id = ID) => [...reportOptions(id, "telemetry", token), [27, block1(0, true, 6)]] as [number, Buffer][];
+      const raw = rawClient();
+      const payload = Buffer.alloc(1024, 0x20);
+      assert.equal((await raw.send({ token: Buffer.of(1), options: firstBlock("wrong"), payload })).code, "4.01");
+      assert.equal((await raw.send({ token: Buffer.of(2), options: firstBlock(t.token, "nobody"), payload })).code, "4.04");
+      assert.equal(t.adapter.statistics().blockTransfers, 0, "nothing buffered for them");
+      assert.equal((await raw.send({ token: Buffer.of(3), options: firstBlock(t.token), payload })).code, "2.31");
+      assert.equal((await raw.send({ token: Buffer.of(4), options: firstBlock(t.token), payload })).code, "2.31");
+      const third = await raw.send({ token: Buffer.of(5), options: firstBlock(t.token), payload });
+      assert.equal(third.code, "5.03");
+      assert.equal(t.adapter.statistics().blockTransfers, 2);
+      assert.equal(t.coap().rejected, 3);
+    });
+
+    it("refuses blocks out of order with 4.08, and answers a retransmitted last block from its cache", async () => {
+      await start();
+      const raw = rawClient();
+      const block = (num: number, more: boolean) => [...reportOptions(ID, "telemetry", t.token), [27, block1(num, more, 0)]] as [number, Buffer][];
+      // Block size 16: {"a":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"} in three blocks.
+      const body = Buffer.from(JSON.stringify({ a: "x".repeat(37) }));
+      const part = (n: number) => body.subarray(n * 16, n * 16 + 16);
+      assert.equal((await raw.send({ token: Buffer.of(1), options: block(2, false), payload: part(2) })).code, "4.08", "nothing to continue");
+      assert.equal((await raw.send({ token: Buffer.of(2), options: block(0, true), payload: part(0) })).code, "2.31");
+      assert.equal((await raw.send({ token: Buffer.of(2), options: block(2, false), payload: part(2) })).code, "4.08", "block 1 is missing");
+      assert.equal(t.adapter.statistics().blockTransfers, 0, "the gapped transfer is dropped");
+      assert.equal((await raw.send({ token: Buffer.of(3), options: block(0, true), payload: part(0) })).code, "2.31");
+      assert.equal((await raw.send({ token: Buffer.of(3), options: block(1, true), payload: part(1) })).code, "2.31");
+      const last = { token: Buffer.of(3), options: block(2, false), payload: part(2), messageId: 500 };
+      assert.equal((await raw.send(last)).code, "2.04");
+      assert.equal((await raw.send(last)).code, "2.04", "the retransmission gets the same answer");
+      assert.equal(t.coap().messagesIn, 1, "and is not taken in twice");
+      assert.equal(t.coap().rejected, 2, "nor counted as refused");
+      assert.deepEqual(t.hub.getState(ID).properties, { a: "x".repeat(37) });
+    });
+  });
+
+  describe("commands", () => {
+    const devices: CoapCommandDevice[] = [];
+    const tokens = new Map<string, string>();
+    afterEach(async () => {
+      for (const d of devices.splice(0)) await d.close();
+    });
+    /** A device serving commands, registered in the hub at its address (plus `base`). */
+    const commandDevice = async (handler: ConstructorParameters<typeof CoapCommandDevice>[0], id = "valve-1", base = "") => {
+      const d = new CoapCommandDevice(handler);
+      devices.push(d);
+      await d.listen();
+      tokens.set(id, (await t.hub.registerDevice({ id, protocol: "coap", address: d.address + base })).token!);
+      return d;
+    };
+    const json = (code: string, body: unknown) => (_frame: unknown, res: import("coap").OutgoingMessage) => {
+      res.code = code;
+      res.end(typeof body === "string" ? body : JSON.stringify(body));
+    };
+
+    beforeEach(() => start());
+
+    it("POSTs {id, command, params} to {address}/commands and takes a 2.05 JSON answer as the result", async () => {
+      const d = await commandDevice(json("2.05", { opened: 40 }), "valve-1", "/api/v1");
+      const command = await t.hub.sendCommand("valve-1", { command: "open", params: { percent: 40 }, wait: true, timeout: 5 });
+      assert.equal(command.status, "succeeded");
+      assert.deepEqual(command.result, { opened: 40 });
+      assert.equal(command.attempts, 1);
+      assert.deepEqual(d.received, [{ path: "/api/v1/commands", frame: { id: command.id, command: "open", params: { percent: 40 } } }]);
+      assert.equal(t.coap().messagesOut, 1);
+      assert.ok(t.coap().bytesOut > 0);
+    });
+
+    it("takes an empty 2.04 as a null result and a text body as text", async () => {
+      let body = "";
+      await commandDevice((_f, res) => {
+        res.code = "2.04";
+        res.end(body);
+      });
+      assert.equal((await t.hub.sendCommand("valve-1", { command: "ping", wait: true, timeout: 5 })).result, null);
+      body = "done";
+      const text = await t.hub.sendCommand("valve-1", { command: "ping", wait: true, timeout: 5 });
+      assert.equal(text.status, "succeeded");
+      assert.equal(text.result, "done");
+    });
+
+    it("fails a command the device answers with 4.xx or 5.xx, with the code and text as the error", async () => {
+      let code = "4.00";
+      await commandDevice((_f, res) => {
+        res.code = code;
+        res.end("no such valve");
+      });
+      const refused = await t.hub.sendCommand("valve-1", { command: "open", wait: true, timeout: 5, retries: 2 });
+      assert.equal(refused.status, "failed");
+      assert.equal(refused.error, "4.00 no such valve");
+      assert.equal(refused.attempts, 1, "an answer is not retried");
+      code = "5.03";
+      assert.equal((await t.hub.sendCommand("valve-1", { command: "open", wait: true, timeout: 5 })).error, "5.03 no such valve");
+    });
+
+    it("sends a frame larger than one datagram block-wise, and takes a block-wise answer", async () => {
+      const log = "l".repeat(3000);
+      const d = await commandDevice(json("2.05", { log }));
+      const params = { firmware: "f".repeat(4000) };
+      const command = await t.hub.sendCommand("valve-1", { command: "flash", params, wait: true, timeout: 5 });
+      assert.equal(command.status, "succeeded");
+      assert.deepEqual(d.received[0]!.frame.params, params);
+      assert.deepEqual(command.result, { log });
+    });
+
+    it("sends to a device at an IPv6 address", async () => {
+      const d = new CoapCommandDevice(json("2.05", { v6: true }), "::1");
+      devices.push(d);
+      await d.listen();
+      await t.hub.registerDevice({ id: "valve-6", protocol: "coap", address: `coap://[::1]:${d.port}` });
+      const command = await t.hub.sendCommand("valve-6", { command: "open", wait: true, timeout: 5 });
+      assert.deepEqual(command.result, { v6: true });
+    });
+
+    it("gives up on a silent device after the timeout", async () => {
+      const d = await commandDevice(() => undefined);
+      const command = await t.hub.sendCommand("valve-1", { command: "open", wait: true, timeout: 0.2 });
+      assert.notEqual(command.status, "succeeded");
+      assert.ok(command.status === "timed_out" || command.status === "failed", command.status);
+      assert.match(command.error ?? "", /no answer/);
+      assert.equal(d.received.length, 1);
+      assert.equal(t.adapter.statistics().commandTimeouts, 1);
+      assert.equal(t.adapter.statistics().pendingCommands, 0);
+      assert.equal(t.coap().errors, 1);
+    });
+
+    it("retries a command the device did not answer, and the second attempt reaches it", async () => {
+      const d = await commandDevice((frame, res) => {
+        if (d.received.length === 1) return; // the first attempt gets lost
+        res.code = "2.05";
+        res.end(JSON.stringify({ attempt: d.received.length }));
+      });
+      const command = await t.hub.sendCommand("valve-1", { command: "open", wait: true, timeout: 0.5, retries: 2 });
+      assert.equal(command.status, "succeeded");
+      assert.equal(command.attempts, 2);
+      assert.deepEqual(command.result, { attempt: 2 });
+      assert.deepEqual(d.received.map((r) => r.frame.id), [command.id, command.id], "the same command, sent twice");
+    });
+
+    it("reaches a device that comes back on its port after the first attempt", async () => {
+      const d = await commandDevice(json("2.05", { back: true }));
+      await d.close(); // offline: datagrams to its port go nowhere
+      const pending = t.hub.sendCommand("valve-1", { command: "open", wait: true, timeout: 0.2, retries: 5 });
+      await until(() => t.adapter.statistics().commandTimeouts >= 1);
+      await d.listen();
+      const command = await pending;
+      assert.equal(command.status, "succeeded");
+      assert.deepEqual(command.result, { back: true });
+      assert.ok(command.attempts >= 2);
+    });
+
+    it("holds a command for a device known to be offline until it reports again over CoAP", async () => {
+      const d = await commandDevice(json("2.05", { ok: 1 }));
+      await t.hub.setState("valve-1", { status: "offline" });
+      const queued = await t.hub.sendCommand("valve-1", { command: "open", timeout: 5 });
+      assert.equal((await t.hub.getCommand(queued.id)).attempts, 0);
+      assert.equal(d.received.length, 0);
+      assert.equal((await t.device.report("valve-1", "heartbeat", tokens.get("valve-1"), "")).code, "2.04");
+      const done = await t.hub.waitForCommand(queued.id);
+      assert.equal(done.status, "succeeded");
+      assert.equal(d.received.length, 1);
+    });
+
+    it("does not take a reset (RST) from the device as its answer", async () => {
+      const d = await resettingDevice();
+      closers.push(d.close);
+      await t.hub.registerDevice({ id: "valve-r", protocol: "coap", address: d.address });
+      const command = await t.hub.sendCommand("valve-r", { command: "open", wait: true, timeout: 5, retries: 1 });
+      assert.equal(command.status, "failed");
+      assert.match(command.error ?? "", /reset/);
+      assert.equal(d.received(), 2, "a refusal is retried like any failed attempt");
+    });
+
+    it("refuses devices without a coap:// address (INVALID)", async () => {
+      const device = (address?: string) => ({ ...t.hub.getDevice(ID), address }) as Device;
+      const frame = { id: "c1", command: "open", params: {} };
+      for (const address of [undefined, "", "http://10.0.0.5/commands", "coaps://10.0.0.5", "not a url", "coap://:5683/x"]) {
+        const err = await assertRejectsCode(() => t.adapter.send(device(address), frame, 1000), "INVALID");
+        assert.match(err.message, new RegExp(ID));
+      }
+      await t.hub.registerDevice({ id: "valve-9", protocol: "coap" });
+      const command = await t.hub.sendCommand("valve-9", { command: "open", wait: true, timeout: 1 });
+      assert.equal(command.status, "failed");
+      assert.match(command.error ?? "", /no address/);
+    });
+  });
+
+  describe("lifecycle", () => {
+    it("frees its port and sockets on stop, and refuses to send afterwards", async () => {
+      const running = () => process.getActiveResourcesInfo().filter((r) => r === "UDPWrap" || r === "Timeout").length;
+      await new Promise((resolve) => setImmediate(resolve)); // counted after mocha has armed this test's timeout
+      const before = running();
+      await start();
+      const port = t.adapter.port!;
+      const d = new CoapCommandDevice(() => undefined); // silent: a send is in flight at stop
+      await d.listen();
+      const sent = t.adapter.send({ ...t.hub.getDevice(ID), address: d.address }, { id: "c1", command: "x", params: {} }, 60_000);
+      await until(() => d.received.length === 1);
+      await t.device.report(ID, "telemetry", t.token, { temperature: 1 });
+      await t.device.close();
+      await t.hub.stop();
+      await assertRejectsCode(() => sent, "UNAVAILABLE");
+      await d.close();
+      assert.equal(t.adapter.port, null);
+      assert.equal(t.adapter.health().status, "stopped");
+      await assertRejectsCode(() => t.adapter.send(t.hub.getDevice(ID), { id: "c2", command: "x", params: {} }, 1000), "UNAVAILABLE");
+      await t.adapter.stop(); // twice is fine
+      await new Promise((resolve) => setImmediate(resolve)); // a closed socket's handle goes on the next turn
+      assert.equal(running(), before, "no socket or timer left running");
+      const again = createSocket({ type: "udp4", reuseAddr: false });
+      await new Promise<void>((resolve, reject) => again.once("error", reject).bind(port, "127.0.0.1", resolve));
+      await new Promise<void>((resolve) => again.close(() => resolve()));
+    });
+
+    describe("with a stand-in hub", () => {
+      const context = standInContext;
+      const adapters: CoapAdapter[] = [];
+      const clients: CoapDevice[] = [];
+      afterEach(async () => {
+        for (const c of clients.splice(0)) await c.close();
+        for (const a of adapters.splice(0)) await a.stop();
+      });
+      const serve = async (ctx: AdapterContext, options = {}) => {
+        const adapter = new CoapAdapter({ port: 0, ...options });
+        adapters.push(adapter);
+        await adapter.start(ctx);
+        return adapter;
+      };
+
+      it("answers 5.03 while the hub is unavailable and 5.00 when it fails, without throwing", async () => {
+        let fail: "unavailable" | "throw" = "unavailable";
+        const warnings: string[] = [];
+        const ctx = context(() => {
+          if (fail === "throw") throw new Error("boom");
+          return { ok: false, error: new TethralError("UNAVAILABLE", "the hub is stopping") };
+        }, warnings);
+        const adapter = await serve(ctx);
+        const client = new CoapDevice(adapter.port!);
+        clients.push(client);
+        const answer = await client.report(ID, "telemetry", "t", { a: 1 });
+        assert.equal(answer.code, "5.03");
+        assert.deepEqual(JSON.parse(answer.body), { error: { code: "UNAVAILABLE", message: "the hub is stopping" } });
+        fail = "throw";
+        assert.equal((await client.report(ID, "telemetry", "t", { a: 1 })).code, "5.00");
+        assert.equal(ctx.counters.errors, 1);
+        assert.match(warnings.join("\n"), /boom/);
+      });
+
+      it("fails to start with a clear error when the port is taken, and serves IPv6 hosts", async () => {
+        const taken = await serve(context(() => ({ ok: true, deviceId: ID, status: null, changed: false })));
+        const second = new CoapAdapter({ port: taken.port! });
+        const err = await assertRejectsCode(() => second.start(context(() => assert.fail())), "UNAVAILABLE");
+        assert.match(err.message, new RegExp(`port ${taken.port}.*TETHRAL_COAP_PORT`));
+        await second.stop();
+        const v6 = await serve(context(() => ({ ok: true, deviceId: ID, status: null, changed: false })), { host: "::1" });
+        assert.equal(v6.health().status, "ok");
+        assert.equal(typeof v6.port, "number");
+      });
+
+      it("binds nothing when disabled", async () => {
+        const adapter = await serve(context(() => assert.fail()), { enabled: false });
+        assert.equal(adapter.port, null);
+        assert.equal(adapter.health().status, "stopped");
+        assert.equal(adapter.isConnected(), undefined);
+        await assertRejectsCode(() => adapter.send({ id: ID, address: "coap://127.0.0.1:1" } as Device, { id: "c", command: "x", params: {} }, 100), "UNAVAILABLE");
+      });
+    });
+  });
+});
