@@ -1,5 +1,18 @@
 export { Hub } from "./hub";
-export type { HubOptions, InboundKind, InboundMessage, IngestResult, HubHealth, HubStatistics } from "./hub";
+export type {
+  HubOptions,
+  InboundKind,
+  InboundMessage,
+  IngestResult,
+  HubHealth,
+  HubStatistics,
+  RegisteredDevice,
+  CommunicationStatistics,
+  ProtocolStatistics,
+  CommandOptions,
+  CommandStatistics,
+} from "./hub";
+export { DeviceTokens } from "./tokens";
 export { DeviceRegistry, toDevice, DEFAULT_PAGE_SIZE } from "./registry";
 export type { DeviceFilter, DeviceList, DeviceStatistics, DeviceRecord, DeviceSortField } from "./registry";
 export { HeartbeatMonitor, DEFAULT_HEARTBEAT_OPTIONS } from "./heartbeat";

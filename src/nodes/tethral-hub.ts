@@ -10,6 +10,14 @@ import {
   toHubOptions,
 } from "./hub-config";
 import { HubConnection, errorMessage } from "./hub-connection";
+import { adaptersFor, protocolPlugins } from "./hub-protocols";
+import {
+  COMMUNICATION_CREDENTIALS,
+  type CommunicationConfig,
+  type CommunicationCredentials,
+  parseCommunicationConfig,
+  protocolSettingsFor,
+} from "./protocol-config";
 import type { Store } from "../store/types";
 import type {
   HubLifecycle,
@@ -24,10 +32,13 @@ import type {
   TethralHubApi,
 } from "./types";
 
-type TethralHubDef = NodeDef & Partial<Record<keyof HubConfig, unknown>>;
+type TethralHubDef = NodeDef & Partial<Record<keyof HubConfig | keyof CommunicationConfig, unknown>>;
 
 /** Kept by Node-RED apart from the flow file (encrypted with the credential secret). */
-const CREDENTIALS = { postgresPassword: { type: "password" } } as const;
+const CREDENTIALS: Record<string, { type: "password" }> = {
+  postgresPassword: { type: "password" },
+  ...Object.fromEntries(COMMUNICATION_CREDENTIALS.map((name) => [name, { type: "password" as const }])),
+};
 
 const DISPLAY: Record<HubLifecycle, Omit<NodeStatus, "text">> = {
   idle: { fill: "grey", shape: "ring" },
@@ -59,9 +70,11 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
   const users = new Map<string, { user: Node; showStatus: boolean }>();
 
   let config: HubConfig | null = null;
+  let communication: CommunicationConfig | null = null;
   let configError: Error | null = null;
   try {
     config = parseHubConfig(def);
+    communication = parseCommunicationConfig(def);
   } catch (err) {
     configError = err as Error;
     node.error(`${RED._("tethral-hub.errors.invalid-config")}: ${describe(err)}`);
@@ -71,18 +84,27 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
   // the start the way an unreachable database does: shown as the status and logged.
   let storage = "";
   const connection = new HubConnection(() => {
-    if (!config) throw configError ?? new Error("no configuration");
+    if (!config || !communication) throw configError ?? new Error("no configuration");
+    const uiHost = typeof RED.settings.uiHost === "string" ? RED.settings.uiHost : undefined;
+    const settings = protocolSettingsFor(communication, process.env, uiHost);
     const choice = storageFor(config, credentialsOf(node), userDirOf(RED));
+    const warn = (message: string) => node.warn(message);
+    const protocols = adaptersFor(protocolPlugins(RED, warn), settings, communicationCredentialsOf(node), RED.server, warn);
     const store = storeOf(choice);
     storage = describeStorage(RED, choice, store);
-    return new Hub(
-      toHubOptions(config, {
+    return new Hub({
+      ...toHubOptions(config, {
         store,
         onHandlerError: (error, event, subscription) =>
           node.warn(`${RED._("tethral-hub.errors.handler-failed")} (${subscription}, ${event.type}): ${errorMessage(error)}`),
-        onWarning: (message) => node.warn(message),
+        onWarning: warn,
       }),
-    );
+      protocols,
+      deviceTokens: settings.deviceTokens,
+      selfRegistration: settings.selfRegistration,
+      maxPayloadBytes: settings.maxPayloadBytes,
+      commands: { defaultTimeoutSec: settings.commandTimeoutSec },
+    });
   });
 
   const report = (status: HubStatus): HubStatusReport => {
@@ -156,6 +178,15 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
 function credentialsOf(node: Node): HubCredentials {
   const password = node.credentials?.postgresPassword;
   return typeof password === "string" ? { postgresPassword: password } : {};
+}
+
+function communicationCredentialsOf(node: Node): CommunicationCredentials {
+  const out: CommunicationCredentials = {};
+  for (const name of COMMUNICATION_CREDENTIALS) {
+    const value = node.credentials?.[name];
+    if (typeof value === "string" && value !== "") out[name] = value;
+  }
+  return out;
 }
 
 /** Node-RED's user directory; unset under node-red-node-test-helper (see `storageFor`). */

@@ -72,6 +72,13 @@ export interface NodeAPI {
     debug(msg: unknown): void;
   };
   settings: Record<string, unknown>;
+  /** Node-RED's plugin registry (a stub under node-red-node-test-helper). */
+  plugins?: {
+    registerPlugin(id: string, definition: object): void;
+    getByType?(type: string): unknown[];
+  };
+  /** Node-RED's HTTP server (shared by the editor, httpNode and websocket endpoints). */
+  server?: import("node:http").Server;
   /** Translates a key of this node set's message catalogue. */
   _(key: string, substitutions?: Record<string, unknown>): string;
 }

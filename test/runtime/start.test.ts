@@ -24,7 +24,15 @@ function sourcePackage(dir: string): string {
   const pkg = JSON.parse(readFileSync(path.join(PACKAGE_ROOT, "package.json"), "utf8")) as { name: string; version: string };
   writeFileSync(
     path.join(dir, "package.json"),
-    JSON.stringify({ name: pkg.name, version: pkg.version, "node-red": { nodes: { "tethral-hub": "tethral-hub.js" } } }),
+    JSON.stringify({
+      name: pkg.name,
+      version: pkg.version,
+      "node-red": { nodes: { "tethral-hub": "tethral-hub.js" }, plugins: { "tethral-protocols": "tethral-protocols.js" } },
+    }),
+  );
+  writeFileSync(
+    path.join(dir, "tethral-protocols.js"),
+    `module.exports = require(${JSON.stringify(path.join(PACKAGE_ROOT, "src", "plugins", "tethral-protocols.ts"))});\n`,
   );
   writeFileSync(
     path.join(dir, "tethral-hub.js"),
@@ -83,6 +91,25 @@ describe("flow runtime (npm start)", function () {
     assert.equal(hubSet.module, "node-red-contrib-tethral");
     assert.equal(hubSet.err, undefined);
     assert.equal(hubSet.enabled, true);
+  });
+
+  it("registers the built-in protocols as tethral-protocol plugins a hub finds by type", async () => {
+    const res = await fetch(new URL("plugins", runtime.url), { headers: { Accept: "application/json" } });
+    assert.equal(res.status, 200);
+    const sets = (await res.json()) as Array<{ module: string; plugins: Array<{ id: string; type: string }>; err?: string }>;
+    const ours = sets.find((s) => s.module === "node-red-contrib-tethral");
+    assert.ok(ours, JSON.stringify(sets));
+    assert.equal(ours.err, undefined);
+    assert.deepEqual(
+      ours.plugins.map((p) => [p.id, p.type]),
+      ["mqtt", "coap", "websocket", "http"].map((name) => [`tethral-protocol-${name}`, "tethral-protocol"]),
+    );
+    // What `RED.plugins.getByType` answers a tethral-hub node in this runtime.
+    const registry = createRequire(require.resolve("node-red"))("@node-red/registry") as { getPluginsByType(type: string): Array<{ protocol: string }> };
+    assert.deepEqual(
+      registry.getPluginsByType("tethral-protocol").map((p) => p.protocol),
+      ["mqtt", "coap", "websocket", "http"],
+    );
   });
 
   it("starts the user's copy of flows/flows.json with no missing node types", async () => {

@@ -1,0 +1,234 @@
+/**
+ * Communication benchmark, in one run against the same broker (the embedded one, then
+ * Mosquitto when TETHRAL_TEST_MQTT_URL or TETHRAL_BENCH_MQTT_URL is set):
+ * - bareMsgsPerSec: QoS 0 telemetry from 1,000 simulated devices, as a bare mqtt.js subscriber
+ *   receives it — the limit;
+ * - hubMsgsPerSec: the same traffic through the hub's whole ingest pipeline (device identified
+ *   and authenticated, heartbeat, state merge, events, written behind to a SQLite file);
+ * - ingestRatio: hub / bare (target ≥ 0.75);
+ * - commandP50Ms / commandP99Ms: commands at 1,000 per second, each waited for until the device's
+ *   answer (QoS 1 both ways), from `sendCommand` to the answer (target p99 < 10 ms).
+ * The devices run in a worker thread (bench/comm-devices.ts), the hub in the main thread.
+ * Run with `npm run bench:comm`; writes bench/results/comm.json. Not a test: nothing asserts a time.
+ */
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Worker } from "node:worker_threads";
+import mqtt from "mqtt";
+import { Hub } from "../src/core/hub";
+import { MqttAdapter } from "../src/protocols/mqtt";
+import type { AdapterContext, ProtocolCounters } from "../src/protocols/types";
+import { SqliteStore } from "../src/store/sqlite";
+
+const DEVICES = 1000;
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 100);
+const COMMANDS_PER_SEC = 1000;
+const COMMAND_SECONDS = 5;
+const TARGETS = { ingestRatio: 0.75, commandP99Ms: 10 };
+
+interface Result {
+  bareMsgsPerSec: number;
+  hubMsgsPerSec: number;
+  ingestRatio: number;
+  commandP50Ms: number;
+  commandP99Ms: number;
+  messages: number;
+  bareReceived: number;
+  hubReceived: number;
+  commands: number;
+}
+
+class Devices {
+  // The worker loads TypeScript through tsx's require hook: --import hooks do not reach workers on Node 20.
+  private readonly worker = new Worker(`require("tsx/cjs"); require(${JSON.stringify(join(__dirname, "comm-devices.ts"))});`, { eval: true });
+  call<T>(request: object): Promise<T> {
+    return new Promise((resolve, reject) => {
+      this.worker.once("message", (m: { ok: boolean; value?: T; error?: string }) => (m.ok ? resolve(m.value as T) : reject(new Error(m.error))));
+      this.worker.postMessage(request);
+    });
+  }
+  async close(): Promise<void> {
+    await this.call({ op: "close" });
+    await this.worker.terminate();
+  }
+}
+
+/** Messages per second from the start of publishing to the last message counted. */
+async function rate(count: () => number, publish: () => Promise<number>): Promise<{ perSec: number; received: number; sent: number }> {
+  const before = count();
+  const started = performance.now();
+  const sent = await publish();
+  let last = count();
+  let lastAt = performance.now();
+  // Done when all arrived, or nothing more came for a second (QoS 0 may drop under load).
+  while (last - before < sent && performance.now() - lastAt < 1000) {
+    await new Promise((r) => setTimeout(r, 5));
+    const now = count();
+    if (now !== last) {
+      last = now;
+      lastAt = performance.now();
+    }
+  }
+  const received = last - before;
+  return { perSec: Math.round(received / ((lastAt - started) / 1000)), received, sent };
+}
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+}
+
+const ids = Array.from({ length: DEVICES }, (_, i) => `bench-${String(i).padStart(4, "0")}`);
+
+/** A context that takes everything and does nothing: the broker alone, for the bare run. */
+function idleContext(): AdapterContext {
+  const counters: ProtocolCounters = { messagesIn: 0, messagesOut: 0, bytesIn: 0, bytesOut: 0, rejected: 0, errors: 0 };
+  return {
+    receive: (m) => ({ ok: true, deviceId: m.deviceId, status: "online", changed: false }),
+    authenticate: (_p, deviceId) => ({ ok: true, deviceId, known: true }),
+    connected: () => undefined,
+    disconnected: () => undefined,
+    reject: () => undefined,
+    counters,
+    maxPayloadBytes: 256 * 1024,
+    warn: (m) => console.warn(m),
+  };
+}
+
+async function bare(url: string, root: string, deviceList: Array<{ id: string; token: string | null }>, subscriberAuth: { username?: string; password?: string }) {
+  const subscriber = await mqtt.connectAsync(url, { ...subscriberAuth, reconnectPeriod: 0 });
+  let received = 0;
+  subscriber.on("message", () => received++);
+  await subscriber.subscribeAsync(`${root}/devices/+/telemetry`, { qos: 0 });
+  const devices = new Devices();
+  await devices.call({ op: "connect", url, devices: deviceList, root });
+  const r = await rate(() => received, () => devices.call<number>({ op: "publish", rounds: ROUNDS }));
+  await devices.close();
+  await subscriber.endAsync(true);
+  return r;
+}
+
+async function throughHub(hub: Hub, url: string, root: string, withTokens: boolean) {
+  const deviceList: Array<{ id: string; token: string | null }> = [];
+  for (const id of ids) {
+    const d = await hub.registerDevice({ id, protocol: "mqtt", heartbeatTimeout: 600 });
+    deviceList.push({ id, token: withTokens ? d.token! : null });
+  }
+  const devices = new Devices();
+  await devices.call({ op: "connect", url, devices: deviceList, root });
+  const ingest = await rate(() => hub.statistics().messages.received, () => devices.call<number>({ op: "publish", rounds: ROUNDS }));
+  await hub.flush();
+
+  await devices.call({ op: "answer" });
+  // The device list is subscribed; give the broker a moment to record the subscriptions.
+  await new Promise((r) => setTimeout(r, 200));
+  const latencies: number[] = [];
+  const failures: string[] = [];
+  const inFlight: Promise<void>[] = [];
+  const tickMs = 10;
+  const perTick = (COMMANDS_PER_SEC * tickMs) / 1000;
+  const ticks = (COMMAND_SECONDS * 1000) / tickMs;
+  const start = performance.now();
+  for (let t = 0; t < ticks; t++) {
+    // Paced against the clock, not the previous tick: a slow tick must not lower the rate.
+    const due = start + t * tickMs;
+    const wait = due - performance.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    for (let k = 0; k < perTick; k++) {
+      const id = ids[(t * perTick + k) % ids.length]!;
+      const sent = performance.now();
+      inFlight.push(
+        hub.sendCommand(id, { command: "set", params: { level: k }, wait: true, timeout: 5 }).then((c) => {
+          if (c.status === "succeeded") latencies.push(performance.now() - sent);
+          else failures.push(c.status);
+        }),
+      );
+    }
+  }
+  await Promise.all(inFlight);
+  await devices.close();
+  latencies.sort((a, b) => a - b);
+  if (failures.length > 0) console.warn(`${failures.length} commands did not succeed: ${[...new Set(failures)].join(", ")}`);
+  return { ingest, commandP50Ms: percentile(latencies, 50), commandP99Ms: percentile(latencies, 99), commands: latencies.length };
+}
+
+function result(b: { perSec: number; received: number; sent: number }, h: Awaited<ReturnType<typeof throughHub>>): Result {
+  return {
+    bareMsgsPerSec: b.perSec,
+    hubMsgsPerSec: h.ingest.perSec,
+    ingestRatio: Number((h.ingest.perSec / b.perSec).toFixed(3)),
+    commandP50Ms: Number(h.commandP50Ms.toFixed(2)),
+    commandP99Ms: Number(h.commandP99Ms.toFixed(2)),
+    messages: b.sent,
+    bareReceived: b.received,
+    hubReceived: h.ingest.received,
+    commands: h.commands,
+  };
+}
+
+async function embedded(dir: string): Promise<Result> {
+  const broker = new MqttAdapter({ port: 0, serviceUsername: "bench", servicePassword: "bench-password-1234" });
+  await broker.start(idleContext());
+  const url = `mqtt://127.0.0.1:${broker.port}`;
+  const b = await bare(url, "tethral", ids.map((id) => ({ id, token: "any-token-accepted" })), { username: "bench", password: "bench-password-1234" });
+  await broker.stop();
+
+  const adapter = new MqttAdapter({ port: 0 });
+  const hub = new Hub({ store: new SqliteStore({ path: join(dir, "embedded.sqlite") }), protocols: [adapter], onWarning: (m) => console.warn(m) });
+  await hub.start();
+  const h = await throughHub(hub, `mqtt://127.0.0.1:${adapter.port}`, "tethral", true);
+  await hub.stop();
+  return result(b, h);
+}
+
+async function mosquitto(url: string, dir: string): Promise<Result> {
+  const root = `tethral-bench-${process.pid}-${Date.now()}`;
+  const b = await bare(url, root, ids.map((id) => ({ id, token: null })), {});
+  const hub = new Hub({
+    store: new SqliteStore({ path: join(dir, "mosquitto.sqlite") }),
+    protocols: [new MqttAdapter({ url, root })],
+    onWarning: (m) => console.warn(m),
+  });
+  await hub.start();
+  const h = await throughHub(hub, url, root, false);
+  await hub.stop();
+  return result(b, h);
+}
+
+function table(name: string, r: Result): void {
+  console.log(`\n${name}`);
+  console.log(`  bareMsgsPerSec   ${r.bareMsgsPerSec.toLocaleString("en")}  (${r.bareReceived}/${r.messages} received)`);
+  console.log(`  hubMsgsPerSec    ${r.hubMsgsPerSec.toLocaleString("en")}  (${r.hubReceived}/${r.messages} ingested)`);
+  console.log(`  ingestRatio      ${r.ingestRatio}  (target ≥ ${TARGETS.ingestRatio})`);
+  console.log(`  commandP50Ms     ${r.commandP50Ms}`);
+  console.log(`  commandP99Ms     ${r.commandP99Ms}  (target < ${TARGETS.commandP99Ms}; ${r.commands} commands at ${COMMANDS_PER_SEC}/s)`);
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), "tethral-bench-comm-"));
+  try {
+    // BENCH_ONLY=mosquitto skips the embedded broker (for profiling one of them).
+    const only = process.env.BENCH_ONLY;
+    const out = (only === "mosquitto" ? {} : await embedded(dir)) as Result & { mosquitto?: Result };
+    if (only !== "mosquitto") table("embedded broker (aedes)", out);
+    const url = process.env.TETHRAL_BENCH_MQTT_URL ?? process.env.TETHRAL_TEST_MQTT_URL;
+    if (url && only !== "embedded") {
+      out.mosquitto = await mosquitto(url, dir);
+      table(`Mosquitto (${url})`, out.mosquitto);
+    } else {
+      console.log("\nMosquitto: skipped (set TETHRAL_TEST_MQTT_URL to include it)");
+    }
+    mkdirSync(join(__dirname, "results"), { recursive: true });
+    writeFileSync(join(__dirname, "results", "comm.json"), `${JSON.stringify({ at: new Date().toISOString(), devices: DEVICES, ...out }, null, 2)}\n`);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    console.error(err);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,432 @@
+import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from "mqtt";
+import { TethralError } from "../core/errors";
+import type { Device } from "../core/types";
+import { EmbeddedBroker } from "./mqtt-broker";
+import { TopicScheme, checkSharedGroup } from "./mqtt-topics";
+import type { AdapterContext, AdapterStatistics, CommandFrame, ProtocolAdapter, ProtocolHealth, SendOutcome } from "./types";
+
+export { DEFAULT_TOPIC_ROOT, TopicScheme } from "./mqtt-topics";
+
+export interface MqttAdapterOptions {
+  /** Topic root (CONTRACT §2). Default `tethral`. */
+  root?: string;
+
+  // ── Embedded broker (the default: no `url`) ──
+  /** Default 1883; 0 takes any free port (read it back from `adapter.port`). */
+  port?: number;
+  /** Interface to bind. Default 127.0.0.1. */
+  host?: string;
+  /** A broker account with access to every topic, for Node-RED's own mqtt nodes. Both or neither. */
+  serviceUsername?: string;
+  servicePassword?: string;
+  /** Largest MQTT packet a device may send. Default: the hub's maxPayloadBytes plus 4 KiB of headers. */
+  maxPacketBytes?: number;
+
+  // ── External broker (`url` set) ──
+  /** `mqtt://`, `mqtts://`, `ws://` or `wss://`. When set, no embedded broker starts. */
+  url?: string;
+  username?: string;
+  password?: string;
+  /** Default `tethral-hub-<random>`. */
+  clientId?: string;
+  /** 4 (MQTT 3.1.1, the default) or 5. */
+  protocolVersion?: 4 | 5;
+  ca?: string | Buffer;
+  cert?: string | Buffer;
+  key?: string | Buffer;
+  /** Default true: a broker certificate that does not verify is refused. */
+  rejectUnauthorized?: boolean;
+  /** Default true. False keeps the broker session (and QoS 1 messages for the hub) across reconnects; give a fixed clientId. */
+  clean?: boolean;
+  /** Seconds between pings. Default 30. */
+  keepalive?: number;
+  /** First delay before reconnecting, in ms; it doubles on each failure up to `maxReconnectPeriod`. Default 1000; 0 never reconnects. */
+  reconnectPeriod?: number;
+  /** Default 30 000 ms. */
+  maxReconnectPeriod?: number;
+  /** How long `start()` waits for the first connection before it resolves anyway (and keeps trying). Default 3000 ms. */
+  startTimeoutMs?: number;
+  /** Subscribe to device streams as `$share/{group}/...`, so hubs in one group split the fleet's messages. */
+  sharedGroup?: string;
+
+  /** How long a connection may take: the embedded broker waits this long for CONNECT, the client for CONNACK. Default 10 s. */
+  connectTimeoutMs?: number;
+}
+
+/** The part of the adapter that differs between an embedded broker and a client of an external one. */
+interface MqttMode {
+  start(context: AdapterContext): Promise<void>;
+  stop(): Promise<void>;
+  send(deviceId: string, frame: CommandFrame, timeoutMs: number): Promise<SendOutcome>;
+  isConnected(deviceId: string): boolean | undefined;
+  health(): ProtocolHealth;
+  statistics(): AdapterStatistics;
+  disconnect?(deviceId: string, reason: string): void;
+}
+
+/**
+ * MQTT devices (CONTRACT §2), through an embedded broker by default, or through an external one
+ * when `url` is set. With an external broker the broker's own ACLs protect the topics: every
+ * message it delivers is taken as authenticated, since device tokens cannot be checked there.
+ */
+export class MqttAdapter implements ProtocolAdapter {
+  readonly name = "mqtt";
+  readonly mode: "embedded" | "external";
+  private readonly impl: EmbeddedBroker | ExternalBroker;
+  private started = false;
+
+  constructor(options: MqttAdapterOptions = {}) {
+    const topics = new TopicScheme(options.root);
+    if (options.url) {
+      this.mode = "external";
+      this.impl = new ExternalBroker(options, options.url, topics);
+    } else {
+      this.mode = "embedded";
+      const port = options.port ?? 1883;
+      if (!Number.isInteger(port) || port < 0 || port > 65535) throw new TethralError("INVALID", `MQTT port ${port}: must be 0-65535`);
+      this.impl = new EmbeddedBroker({
+        port,
+        host: options.host ?? "127.0.0.1",
+        topics,
+        serviceUsername: options.serviceUsername,
+        servicePassword: options.servicePassword,
+        maxPacketBytes: options.maxPacketBytes,
+        connectTimeoutMs: options.connectTimeoutMs,
+      });
+    }
+  }
+
+  /** The embedded broker's bound port; null before start and with an external broker. */
+  get port(): number | null {
+    return this.impl instanceof EmbeddedBroker ? this.impl.port : null;
+  }
+
+  async start(context: AdapterContext): Promise<void> {
+    if (this.started) throw new TethralError("UNAVAILABLE", "the MQTT adapter starts once");
+    this.started = true;
+    await this.impl.start(context);
+  }
+
+  stop(): Promise<void> {
+    return this.impl.stop();
+  }
+
+  send(device: Device, frame: CommandFrame, timeoutMs: number): Promise<SendOutcome> {
+    return this.impl.send(device.id, frame, timeoutMs);
+  }
+
+  isConnected(deviceId: string): boolean | undefined {
+    return this.impl.isConnected(deviceId);
+  }
+
+  /** Embedded broker: closes the device's connection. An external broker's own ACLs decide there. */
+  disconnect(deviceId: string, reason: string): void {
+    if (this.impl instanceof EmbeddedBroker) this.impl.disconnect(deviceId, reason);
+  }
+
+  health(): ProtocolHealth {
+    return this.impl.health();
+  }
+
+  statistics(): AdapterStatistics {
+    return this.impl.statistics();
+  }
+}
+
+export function createMqttAdapter(options: MqttAdapterOptions = {}): MqttAdapter {
+  return new MqttAdapter(options);
+}
+
+interface PendingSend {
+  reject(err: Error): void;
+}
+
+const DEFAULT_START_TIMEOUT_MS = 3000;
+const DEFAULT_RECONNECT_MS = 1000;
+const DEFAULT_MAX_RECONNECT_MS = 30_000;
+/** How long stop() lets a broker answer DISCONNECT before the socket is cut. */
+const END_GRACE_MS = 1000;
+
+/**
+ * A client of an external broker. It reconnects by itself, with a doubling delay (mqtt.js alone
+ * retries at a fixed period), and subscribes again on every connection, so a broker that lost its
+ * sessions (a restart) still delivers. Commands are refused while disconnected, so the hub keeps
+ * them queued: the hub owns the durable queue, not this client.
+ */
+class ExternalBroker implements MqttMode {
+  private client: MqttClient | null = null;
+  private context: AdapterContext | null = null;
+  private stopping: Promise<void> | null = null;
+  private subscribed = false;
+  /** Connected since the last close. */
+  private up = false;
+  private lastError: string | null = null;
+  private failures = 0;
+  private reconnectTimer: NodeJS.Timeout | null = null;
+  private startWaiter: (() => void) | null = null;
+  /** From each device's retained status topic; only devices the hub accepted a status from. */
+  private readonly presence = new Map<string, boolean>();
+  private readonly pending = new Set<PendingSend>();
+  private readonly figures = { connects: 0, connectionsLost: 0, reconnectsScheduled: 0, subscribeFailures: 0, oversized: 0, topicsUnknown: 0 };
+  private readonly filters: string[];
+
+  constructor(
+    private readonly options: MqttAdapterOptions,
+    private readonly url: string,
+    private readonly topics: TopicScheme,
+  ) {
+    if (!/^(mqtts?|wss?|tcp|ssl):\/\//.test(url) || !URL.canParse(url)) {
+      throw new TethralError("INVALID", `MQTT url "${url}": must be an mqtt://, mqtts://, ws:// or wss:// URL`);
+    }
+    if (options.protocolVersion !== undefined && options.protocolVersion !== 4 && options.protocolVersion !== 5) {
+      throw new TethralError("INVALID", "MQTT protocolVersion: must be 4 (3.1.1) or 5");
+    }
+    if (options.sharedGroup !== undefined) checkSharedGroup(options.sharedGroup);
+    this.filters = topics.hubFilters(options.sharedGroup);
+  }
+
+  start(context: AdapterContext): Promise<void> {
+    this.context = context;
+    const o = this.options;
+    const version = o.protocolVersion ?? 4;
+    const clientOptions: IClientOptions = {
+      clientId: o.clientId ?? `tethral-hub-${Math.random().toString(16).slice(2, 10)}`,
+      username: o.username,
+      password: o.password,
+      protocolVersion: version,
+      clean: o.clean ?? true,
+      keepalive: o.keepalive ?? 30,
+      connectTimeout: o.connectTimeoutMs ?? 10_000,
+      // Reconnection is ours (see scheduleReconnect), and so is subscribing after each connect.
+      reconnectPeriod: 0,
+      resubscribe: false,
+      ca: o.ca,
+      cert: o.cert,
+      key: o.key,
+      rejectUnauthorized: o.rejectUnauthorized ?? true,
+      // MQTT 5 lets the hub tell the broker not to send it anything larger than it would accept.
+      properties: version === 5 ? { maximumPacketSize: context.maxPayloadBytes + 4096 } : undefined,
+    };
+    const client = mqtt.connect(this.url, clientOptions);
+    this.client = client;
+    client.on("connect", () => this.onConnect(client));
+    client.on("message", (topic, payload, packet) => this.onMessage(topic, payload, packet));
+    client.on("error", (err) => {
+      this.lastError = err.message;
+    });
+    client.on("close", () => this.onClose(client));
+    return new Promise<void>((resolve) => {
+      // A broker that is down must not keep Node-RED from starting: resolve anyway, keep trying.
+      const timer = setTimeout(() => this.startWaiter?.(), o.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS);
+      this.startWaiter = () => {
+        clearTimeout(timer);
+        this.startWaiter = null;
+        resolve();
+      };
+    });
+  }
+
+  stop(): Promise<void> {
+    this.stopping ??= this.shutdown();
+    return this.stopping;
+  }
+
+  private async shutdown(): Promise<void> {
+    this.startWaiter?.();
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+    for (const p of [...this.pending]) p.reject(new TethralError("UNAVAILABLE", "the MQTT adapter stopped"));
+    const client = this.client;
+    if (client) {
+      // A polite end (DISCONNECT) waits for every unacknowledged publish, possibly for ever:
+      // with any in flight, and with a broker that does not close its side in time, cut instead.
+      const graceful = Object.keys(client.outgoing).length === 0;
+      await new Promise<void>((resolve) => {
+        const cut = setTimeout(() => {
+          client.end(true);
+          client.stream?.destroy();
+          resolve();
+        }, END_GRACE_MS);
+        client.end(!graceful, {}, () => {
+          clearTimeout(cut);
+          resolve();
+        });
+      });
+    }
+    this.subscribed = false;
+    this.presence.clear();
+  }
+
+  send(deviceId: string, frame: CommandFrame, timeoutMs: number): Promise<SendOutcome> {
+    const client = this.client;
+    const context = this.context;
+    if (!client || !context || this.stopping || !client.connected) {
+      return Promise.reject(new TethralError("UNAVAILABLE", `not connected to the MQTT broker${this.lastError ? `: ${this.lastError}` : ""}`));
+    }
+    const payload = Buffer.from(JSON.stringify({ id: frame.id, command: frame.command, params: frame.params }), "utf8");
+    return new Promise<SendOutcome>((resolve, reject) => {
+      const entry: PendingSend = {
+        reject: (err) => {
+          if (!this.pending.delete(entry)) return;
+          clearTimeout(timer);
+          reject(err);
+        },
+      };
+      this.pending.add(entry);
+      // mqtt.js keeps an unacknowledged publish and sends it again after a reconnect: the attempt
+      // is given up here, but the command may still arrive (devices recognise repeats by id).
+      const timer = setTimeout(() => {
+        context.counters.errors++;
+        entry.reject(new TethralError("TIMEOUT", `the MQTT broker did not acknowledge the command to "${deviceId}" within ${timeoutMs} ms`));
+      }, Math.max(1, timeoutMs));
+      client.publish(this.topics.commands(deviceId), payload, { qos: 1, retain: false }, (err) => {
+        if (!this.pending.has(entry)) return;
+        if (err) {
+          context.counters.errors++;
+          entry.reject(new TethralError("UNAVAILABLE", `the MQTT broker did not take the command to "${deviceId}": ${err.message}`));
+          return;
+        }
+        this.pending.delete(entry);
+        clearTimeout(timer);
+        context.counters.messagesOut++;
+        context.counters.bytesOut += payload.length;
+        resolve({ status: "sent" });
+      });
+    });
+  }
+
+  isConnected(deviceId: string): boolean | undefined {
+    return this.presence.get(deviceId);
+  }
+
+  health(): ProtocolHealth {
+    const base = { mode: "external", url: redacted(this.url) };
+    if (!this.client || this.stopping) return { status: "stopped", ...base };
+    if (this.client.connected && this.subscribed) return { status: "ok", ...base, subscribed: true };
+    const state = this.client.connected ? "subscribing" : "connecting";
+    return { status: "degraded", ...base, state, subscribed: false, error: this.lastError ?? state };
+  }
+
+  statistics(): AdapterStatistics {
+    let online = 0;
+    for (const up of this.presence.values()) if (up) online++;
+    return {
+      connected: online,
+      mode: "external",
+      brokerConnected: this.client?.connected ?? false,
+      subscribed: this.subscribed,
+      devicesKnownOffline: this.presence.size - online,
+      ...this.figures,
+    };
+  }
+
+  private onConnect(client: MqttClient): void {
+    this.up = true;
+    this.figures.connects++;
+    this.failures = 0;
+    client.subscribe(this.filters, { qos: 1 }, (err, granted) => {
+      if (this.stopping || client !== this.client) return;
+      const refused = granted?.filter((g) => g.qos === 128).map((g) => g.topic) ?? [];
+      if (err || refused.length > 0) {
+        this.figures.subscribeFailures++;
+        this.lastError = err ? `subscribe failed: ${err.message}` : `the broker refused the subscriptions ${refused.join(", ")}`;
+        this.context?.warn(this.lastError);
+        return;
+      }
+      this.subscribed = true;
+      this.lastError = null;
+      this.startWaiter?.();
+    });
+  }
+
+  private onClose(client: MqttClient): void {
+    if (client !== this.client || this.stopping) return;
+    this.subscribed = false;
+    // One line per outage, not one per failed attempt.
+    const why = this.lastError ? ` (${this.lastError})` : "";
+    if (this.up) {
+      this.figures.connectionsLost++;
+      this.context?.warn(`connection to ${redacted(this.url)} lost${why}; reconnecting`);
+    } else if (this.figures.connects === 0 && this.failures === 0) {
+      this.context?.warn(`cannot reach the broker at ${redacted(this.url)}${why}; retrying in the background`);
+    }
+    this.up = false;
+    this.forgetPresence();
+    this.scheduleReconnect(client);
+  }
+
+  private scheduleReconnect(client: MqttClient): void {
+    const base = this.options.reconnectPeriod ?? DEFAULT_RECONNECT_MS;
+    if (base <= 0 || this.reconnectTimer) return;
+    const max = Math.max(base, this.options.maxReconnectPeriod ?? DEFAULT_MAX_RECONNECT_MS);
+    // ±20 % so hubs that lost the same broker do not all come back in the same instant.
+    const delay = Math.min(max, base * 2 ** Math.min(this.failures, 20)) * (0.8 + Math.random() * 0.4);
+    this.failures++;
+    this.figures.reconnectsScheduled++;
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      if (this.stopping) return;
+      // Passing the stores keeps unacknowledged publishes: reconnect() alone would start empty ones.
+      client.reconnect({ incomingStore: client.incomingStore, outgoingStore: client.outgoingStore });
+    }, delay);
+  }
+
+  /** The broker connection is gone, so is what its status topics said: the retained copies come again after reconnecting. */
+  private forgetPresence(): void {
+    const context = this.context;
+    for (const [deviceId, up] of this.presence) if (up) context?.disconnected(deviceId);
+    this.presence.clear();
+  }
+
+  private onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {
+    const context = this.context;
+    if (!context || this.stopping) return;
+    try {
+      const parsed = this.topics.parse(topic);
+      if (!parsed || parsed.kind === null) {
+        this.figures.topicsUnknown++;
+        context.reject({ reason: "unknown-topic", message: `no such topic: ${topic.slice(0, 200)}` });
+        return;
+      }
+      if (payload.length > context.maxPayloadBytes) {
+        this.figures.oversized++;
+        context.reject({ deviceId: parsed.deviceId, kind: parsed.kind, reason: "too-large", message: `payload of ${payload.length} bytes, more than ${context.maxPayloadBytes}` });
+        return;
+      }
+      const result = context.receive({
+        protocol: "mqtt",
+        deviceId: parsed.deviceId,
+        kind: parsed.kind,
+        payload,
+        authenticated: true,
+        retained: packet.retain === true,
+      });
+      if (parsed.kind === "status") this.trackPresence(parsed.deviceId, result.ok ? payload : null);
+    } catch (err) {
+      context.counters.errors++;
+      context.warn(`message on ${topic} not handled: ${(err as Error).message}`);
+    }
+  }
+
+  private trackPresence(deviceId: string, payload: Buffer | null): void {
+    const text = payload && payload.length <= 16 ? payload.toString("utf8").trim().toLowerCase() : "";
+    const up = text === "online" ? true : text === "offline" ? false : undefined;
+    const before = this.presence.get(deviceId);
+    if (up === undefined) this.presence.delete(deviceId);
+    else this.presence.set(deviceId, up);
+    // The hub sends a device's queued commands when it hears the device is reachable again.
+    if (up === true && before !== true) this.context?.connected(deviceId);
+    else if (up !== true && before === true) this.context?.disconnected(deviceId);
+  }
+}
+
+/** A URL without its password, for health and log lines. */
+function redacted(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return url;
+  }
+}

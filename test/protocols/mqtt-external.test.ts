@@ -1,0 +1,281 @@
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { Hub } from "../../src/core/hub";
+import type { TethralEvent } from "../../src/core/types";
+import { MqttAdapter, type MqttAdapterOptions } from "../../src/protocols/mqtt";
+import { MqttDevice, PlainBroker, activeHandles, handlesAbove, portIsFree, until } from "./mqtt-device";
+
+/** A real broker to run against as well (Mosquitto), e.g. mqtt://127.0.0.1:1883; skipped when unset. */
+const EXTERNAL_URL = process.env.TETHRAL_TEST_MQTT_URL;
+
+/** A topic root of its own for each test: parallel runs on one shared broker must not meet. */
+const uniqueRoot = (): string => `tethral-test-${randomBytes(5).toString("hex")}`;
+
+/** What each test of the external mode needs: a hub whose MQTT adapter is a client of `url`. */
+class Rig {
+  hub!: Hub;
+  adapter!: MqttAdapter;
+  readonly events: TethralEvent[] = [];
+  readonly devices: MqttDevice[] = [];
+  /** Retained topics a test left on the broker, cleared afterwards. */
+  readonly retained = new Set<string>();
+  readonly root = uniqueRoot();
+
+  constructor(readonly url: string) {}
+
+  async startHub(ids: string[], options: MqttAdapterOptions = {}): Promise<void> {
+    this.adapter = new MqttAdapter({ url: this.url, root: this.root, reconnectPeriod: 50, maxReconnectPeriod: 400, startTimeoutMs: 3000, ...options });
+    this.hub = new Hub({ protocols: [this.adapter], onWarning: () => undefined, commands: { sweepIntervalMs: 50, retryBaseDelayMs: 20 } });
+    for (const id of ids) await this.hub.registerDevice({ id, protocol: "mqtt" });
+    this.hub.subscribe({ types: "*" }, (event) => {
+      this.events.push(event);
+    });
+    await this.hub.start();
+  }
+
+  async device(id: string, extra: Partial<Parameters<typeof MqttDevice.connect>[1]> = {}): Promise<MqttDevice> {
+    const d = await MqttDevice.connect(this.url, { id, root: this.root, clientId: `${this.root}-${id}`, username: undefined, ...extra });
+    this.devices.push(d);
+    return d;
+  }
+
+  async online(d: MqttDevice): Promise<void> {
+    this.retained.add(d.topic("status"));
+    await d.publish("status", "online", { retain: true });
+  }
+
+  rejected(): number {
+    return this.hub.communicationStatistics().protocols.mqtt!.rejected;
+  }
+
+  async close(): Promise<void> {
+    for (const d of this.devices.splice(0)) await d.end();
+    await this.hub?.stop();
+    if (this.retained.size > 0) {
+      const cleaner = await MqttDevice.connect(this.url, { id: `${this.root}-cleaner`, username: undefined, reconnectPeriod: 0 }).catch(() => null);
+      for (const topic of this.retained) cleaner?.client.publish(topic, "", { qos: 1, retain: true });
+      await cleaner?.end();
+    }
+  }
+}
+
+for (const target of ["aedes", "mosquitto"] as const) {
+  describe(`MQTT adapter, external broker (${target}), with a real hub`, function () {
+    let broker: PlainBroker | null = null;
+    let url: string;
+    let rig: Rig;
+
+    before(async function () {
+      if (target === "mosquitto") {
+        if (!EXTERNAL_URL) this.skip();
+        url = EXTERNAL_URL!;
+      } else {
+        broker = await new PlainBroker().start();
+        url = broker.url;
+      }
+    });
+
+    after(async function () {
+      await broker?.stop();
+    });
+
+    beforeEach(function () {
+      rig = new Rig(url);
+    });
+
+    afterEach(async function () {
+      await rig.close();
+    });
+
+    it("brings device messages to the hub; a retained online is old news but says the device is there", async function () {
+      const d = await rig.device("boiler-1");
+      await rig.online(d);
+      await rig.startHub(["boiler-1"]);
+      assert.equal(rig.adapter.health().status, "ok");
+      await until(() => rig.adapter.isConnected("boiler-1") === true, "presence from the retained status");
+      assert.equal(rig.hub.getDevice("boiler-1").status, "unknown", "a retained online is no heartbeat");
+      await d.publish("telemetry", { temperature: 21.5 });
+      await d.publish("state", { properties: { valve: "open" } });
+      await d.publish("heartbeat", "");
+      await until(() => rig.events.filter((e) => e.type === "message.received").length === 3, "three live messages");
+      assert.deepEqual(rig.hub.getState("boiler-1").properties, { temperature: 21.5, valve: "open" });
+      assert.equal(rig.hub.getDevice("boiler-1").status, "online");
+    });
+
+    it("round-trips commands over QoS 1: succeeded and failed", async function () {
+      await rig.startHub(["boiler-1"]);
+      const d = await rig.device("boiler-1");
+      d.answerCommands((c) => (c.command === "reboot" ? { ok: true, result: { rebooted: true } } : { ok: false, error: "busy" }));
+      await d.subscribe(d.topic("commands"));
+      await rig.online(d);
+      await until(() => rig.adapter.isConnected("boiler-1") === true, "online");
+      const ok = await rig.hub.sendCommand("boiler-1", { command: "reboot", params: { force: true }, wait: true, timeout: 5 });
+      assert.equal(ok.status, "succeeded");
+      assert.deepEqual(ok.result, { rebooted: true });
+      const failed = await rig.hub.sendCommand("boiler-1", { command: "explode", wait: true, timeout: 5 });
+      assert.equal(failed.status, "failed");
+      assert.equal(failed.error, "busy");
+      assert.deepEqual(d.commands()[0], { id: ok.id, command: "reboot", params: { force: true } });
+      assert.equal(rig.hub.communicationStatistics().protocols.mqtt!.messagesOut, 2);
+    });
+
+    it("takes the last will: the device goes offline, and isConnected follows its status", async function () {
+      await rig.startHub(["boiler-1"]);
+      const d = await rig.device("boiler-1", { will: { topic: `${rig.root}/devices/boiler-1/status`, payload: Buffer.from("offline"), qos: 1, retain: true } });
+      await rig.online(d);
+      await d.publish("heartbeat", "");
+      await until(() => rig.hub.getDevice("boiler-1").status === "online" && rig.adapter.isConnected("boiler-1") === true, "online");
+      await d.cut();
+      await until(() => rig.hub.getDevice("boiler-1").status === "offline", "offline from the will");
+      assert.equal(rig.adapter.isConnected("boiler-1"), false);
+      assert.equal(rig.adapter.isConnected("never-heard-of"), undefined);
+    });
+
+    it("speaks MQTT 5 when asked (Mosquitto only: aedes has no MQTT 5)", async function () {
+      if (target !== "mosquitto") this.skip();
+      await rig.startHub(["boiler-1"], { protocolVersion: 5 });
+      const d = await rig.device("boiler-1", { protocolVersion: 5 });
+      d.answerCommands(() => ({ ok: true, result: 5 }));
+      await d.subscribe(d.topic("commands"));
+      await rig.online(d);
+      await until(() => rig.adapter.isConnected("boiler-1") === true, "online");
+      assert.equal((await rig.hub.sendCommand("boiler-1", { command: "v", wait: true, timeout: 5 })).result, 5);
+    });
+
+    it("refuses bad payloads and unknown devices, counts them, and keeps serving", async function () {
+      await rig.startHub(["boiler-1"]);
+      const d = await rig.device("boiler-1");
+      const stranger = await rig.device("stranger-5");
+      await d.publish("telemetry", "{broken");
+      await d.publish("telemetry", '{"__proto__": {"polluted": true}}');
+      await stranger.publish("telemetry", { temperature: 1 });
+      await until(() => rig.rejected() === 3, "three refusals");
+      assert.equal(({} as Record<string, unknown>).polluted, undefined);
+      await d.publish("telemetry", { temperature: 4 });
+      await until(() => rig.hub.getState("boiler-1").properties.temperature === 4, "the next good report");
+    });
+  });
+}
+
+describe("MQTT adapter, external broker, faults (aedes restarted by the test)", function () {
+  let broker: PlainBroker;
+  let rig: Rig;
+
+  beforeEach(async function () {
+    broker = await new PlainBroker().start();
+    rig = new Rig(broker.url);
+  });
+
+  afterEach(async function () {
+    await rig.close();
+    await broker.stop();
+  });
+
+  it("start() does not wait for ever on a broker that is down, and connects once it is up", async function () {
+    const port = broker.port;
+    await broker.stop();
+    await rig.startHub(["boiler-1"], { startTimeoutMs: 100 });
+    const health = rig.adapter.health();
+    assert.equal(health.status, "degraded");
+    assert.match(String(health.error), /ECONNREFUSED|connect/i);
+    await assert.rejects(rig.adapter.send(rig.hub.getDevice("boiler-1"), { id: "c", command: "x", params: {} }, 1000), /not connected/);
+    await broker.start(port);
+    await until(() => rig.adapter.health().status === "ok", "connected and subscribed");
+    const d = await rig.device("boiler-1");
+    await d.publish("telemetry", { temperature: 3 });
+    await until(() => rig.hub.getState("boiler-1").properties.temperature === 3, "telemetry after the late start");
+  });
+
+  it("survives a broker restart: reconnects, subscribes again, and loses no QoS 1 command", async function () {
+    await rig.startHub(["boiler-1"]);
+    // The device reconnects by itself too, and announces itself on each connection.
+    const d = await rig.device("boiler-1", { reconnectPeriod: 50 });
+    d.answerCommands((c) => ({ ok: true, result: c.params }));
+    d.client.on("connect", () => d.client.publish(d.topic("status"), "online", { qos: 1, retain: true }));
+    await d.subscribe(d.topic("commands"));
+    await rig.online(d);
+    const first = await rig.hub.sendCommand("boiler-1", { command: "n", params: { n: 0 }, wait: true, timeout: 5 });
+    assert.equal(first.status, "succeeded");
+
+    const port = broker.port;
+    await broker.stop();
+    await until(() => rig.adapter.health().status === "degraded", "the loss noticed");
+    // Sent while the broker is away: the hub keeps it queued rather than fail it.
+    const during = await rig.hub.sendCommand("boiler-1", { command: "n", params: { n: 1 }, wait: false, timeout: 5 });
+    assert.equal(during.status, "queued");
+    await broker.start(port);
+    await until(() => rig.adapter.health().status === "ok", "reconnected and subscribed");
+    assert.equal((await rig.hub.waitForCommand(during.id)).status, "succeeded");
+
+    const after = await Promise.all(
+      [2, 3, 4, 5, 6].map((n) => rig.hub.sendCommand("boiler-1", { command: "n", params: { n }, wait: true, timeout: 5, retries: 2 })),
+    );
+    assert.deepEqual(after.map((c) => c.status), ["succeeded", "succeeded", "succeeded", "succeeded", "succeeded"]);
+    const seen = new Set(d.commands().map((c) => (c.params as { n: number }).n));
+    assert.deepEqual([...seen].sort(), [0, 1, 2, 3, 4, 5, 6]);
+    await d.publish("telemetry", { after: "restart" });
+    await until(() => rig.hub.getState("boiler-1").properties.after === "restart", "telemetry after the restart");
+    const stats = rig.adapter.statistics();
+    assert.equal(stats.connects, 2);
+    assert.equal(stats.connectionsLost, 1);
+  });
+
+  it("gives up on a command the broker never acknowledges, and still stops", async function () {
+    const hub = "hub-that-publishes";
+    // This broker takes the hub's PUBLISH and never answers it (no PUBACK), as a wedged one would.
+    const stalling = await new PlainBroker({ authorizePublish: (client, _packet, done) => (client?.id === hub ? undefined : done(null)) }).start();
+    const stallRig = new Rig(stalling.url);
+    try {
+      await stallRig.startHub(["boiler-1"], { clientId: hub });
+      const device = stallRig.hub.getDevice("boiler-1");
+      await assert.rejects(stallRig.adapter.send(device, { id: "c1", command: "x", params: {} }, 200), /did not acknowledge/);
+      assert.equal(stallRig.hub.communicationStatistics().protocols.mqtt!.errors, 1);
+      await stallRig.close();
+      assert.equal(stallRig.adapter.health().status, "stopped");
+    } finally {
+      await stallRig.close();
+      await stalling.stop();
+    }
+  });
+
+  it("stop() leaves nothing behind, even while it is reconnecting", async function () {
+    const port = broker.port;
+    await broker.stop();
+    // The baseline without the broker's own timers, so they cannot hide one of ours.
+    await new Promise((resolve) => setImmediate(resolve));
+    const before = activeHandles();
+    // A long reconnect delay: a timer stop() forgot would outlive the wait below.
+    await rig.startHub(["boiler-1"], { reconnectPeriod: 10_000, maxReconnectPeriod: 10_000, startTimeoutMs: 100 });
+    await until(() => Number(rig.adapter.statistics().reconnectsScheduled) > 0, "a reconnection pending");
+    await rig.hub.stop();
+    assert.equal(rig.adapter.health().status, "stopped");
+    await until(() => Object.keys(handlesAbove(before)).length === 0, "the handles of before", 1000).catch(() => undefined);
+    assert.deepEqual(handlesAbove(before), {});
+    assert.ok(await portIsFree(port));
+    await broker.start(port);
+  });
+});
+
+describe("MQTT adapter, shared subscriptions (needs TETHRAL_TEST_MQTT_URL, a broker with $share)", function () {
+  const rigs: Rig[] = [];
+
+  afterEach(async function () {
+    for (const r of rigs.splice(0)) await r.close();
+  });
+
+  it("splits one fleet's messages between two hubs of a group; both see every status", async function () {
+    if (!EXTERNAL_URL) this.skip();
+    const a = new Rig(EXTERNAL_URL!);
+    const b = Object.assign(new Rig(EXTERNAL_URL!), { root: a.root });
+    rigs.push(a, b);
+    await a.startHub(["boiler-1"], { sharedGroup: "hubs", clientId: `${a.root}-hub-a` });
+    await b.startHub(["boiler-1"], { sharedGroup: "hubs", clientId: `${a.root}-hub-b` });
+    const d = await a.device("boiler-1");
+    await a.online(d);
+    await until(() => a.adapter.isConnected("boiler-1") === true && b.adapter.isConnected("boiler-1") === true, "status at both hubs");
+    for (let n = 0; n < 20; n++) await d.publish("telemetry", { n });
+    const count = (r: Rig): number => r.events.filter((e) => e.type === "message.received" && (e.data as { kind: string }).kind === "telemetry").length;
+    await until(() => count(a) + count(b) === 20, "every report taken once");
+    assert.ok(count(a) > 0 && count(b) > 0, `both hubs took a share (${count(a)} / ${count(b)})`);
+  });
+});
