@@ -37,6 +37,8 @@ async function connect(url: string, devices: Device[]): Promise<void> {
               protocolVersion: 4,
             });
             client.once("connect", () => {
+              // A device's answers are small writes too: as real firmware should, send them at once.
+              (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
               clients.push({ id: d.id, client });
               resolve();
             });
