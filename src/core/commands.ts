@@ -144,7 +144,11 @@ export class CommandTracker {
       options: { timeoutMs: request.timeoutMs, retries: request.retries, expectResponse: request.expectResponse, failures: 0 },
     };
     await this.store?.putCommand(row);
-    if (!this.host.device(deviceId)) throw notFound("device", deviceId);
+    if (!this.host.device(deviceId)) {
+      // Removed while the command was written: its row must not outlive the device.
+      await this.store?.deleteCommand(row.id).catch(() => undefined);
+      throw notFound("device", deviceId);
+    }
     const e = this.track(row);
     this.counts.queued++;
     this.publish(e, "command.queued");
