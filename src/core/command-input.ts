@@ -41,7 +41,7 @@ const inputSchema = z.strictObject({
   params: z.unknown().optional(),
   /** The caller waits for the end (REST `wait`); the command itself does not change. */
   wait: z.boolean().optional(),
-  timeout: z.number().positive().max(MAX_TIMEOUT_SEC).optional(),
+  timeout: z.number().min(0.01, "must be at least 0.01 (10 ms)").max(MAX_TIMEOUT_SEC).optional(),
   retries: z.number().int().min(0).max(MAX_RETRIES).optional(),
   expiresIn: z.number().positive().max(MAX_EXPIRES_IN_SEC).optional(),
   expiresAt: z.union([z.string(), z.number(), z.date()]).nullable().optional(),

@@ -13,6 +13,8 @@ const COALESCE_MS = 20;
  */
 export class CommandWriter {
   private readonly dirty = new Map<string, CommandRow>();
+  /** Devices being deleted: their rows wait here instead of being written (see holdDevice). */
+  private readonly held = new Map<string, CommandRow[]>();
   private timer: TimerHandle | null = null;
   private running: Promise<void> | null = null;
   private failures = 0;
@@ -26,13 +28,42 @@ export class CommandWriter {
 
   /** Queues the command's current row (copied now: the tracker keeps changing its own). */
   mark(row: CommandRow): void {
+    const held = this.held.get(row.deviceId);
+    if (held) {
+      held.push({ ...row });
+      return;
+    }
     this.dirty.set(row.id, { ...row });
     this.schedule(COALESCE_MS);
   }
 
   /** Drops waiting writes of a device the store has just deleted. */
   forgetDevice(deviceId: string): void {
+    this.held.delete(deviceId);
     for (const [id, row] of this.dirty) if (row.deviceId === deviceId) this.dirty.delete(id);
+  }
+
+  /**
+   * Holds back a device's rows and waits for the write in flight, so nothing of the device is
+   * written after the delete that follows. `resume()` writes them after all (the delete failed).
+   */
+  async holdDevice(deviceId: string): Promise<{ resume(): void }> {
+    const rows: CommandRow[] = [];
+    for (const [id, row] of this.dirty) {
+      if (row.deviceId !== deviceId) continue;
+      rows.push(row);
+      this.dirty.delete(id);
+    }
+    this.held.set(deviceId, rows);
+    while (this.running) await this.running.catch(() => undefined);
+    return {
+      resume: () => {
+        const back = this.held.get(deviceId);
+        this.held.delete(deviceId);
+        for (const row of back ?? []) this.dirty.set(row.id, row);
+        if (this.dirty.size > 0) this.schedule(COALESCE_MS);
+      },
+    };
   }
 
   get pending(): number {

@@ -32,6 +32,10 @@ interface Entry {
   attemptAt: number;
   timer: TimerHandle | null;
   expiryTimer: TimerHandle | null;
+  /** Bounds an adapter's send that never settles. */
+  deadlineTimer: TimerHandle | null;
+  /** Counts attempts, so the outcome of an attempt given up on is not taken for a later one's. */
+  attemptSeq: number;
   waiters: Array<{ resolve: (c: Command) => void; reject: (e: Error) => void }>;
 }
 
@@ -102,7 +106,12 @@ export class CommandTracker {
     for (const id of [...this.queues.keys()]) this.pump(id);
   }
 
-  async stop(): Promise<void> {
+  /**
+   * Stops sending and timing, before the adapters stop: a send they abort on the way out is
+   * not a failure of the command, which stays as stored (queued or sent) for the next start.
+   */
+  halt(): void {
+    if (!this.running && this.sweepTimer === null && this.live.size === 0) return;
     this.running = false;
     if (this.sweepTimer !== null) this.clock.clearTimeout(this.sweepTimer);
     this.sweepTimer = null;
@@ -111,6 +120,11 @@ export class CommandTracker {
       this.clearTimers(e);
       for (const w of e.waiters.splice(0)) w.reject(stopped);
     }
+  }
+
+  /** `halt()`, then writes every status change still waiting. */
+  async stop(): Promise<void> {
+    this.halt();
     await this.writer?.stop();
   }
 
@@ -149,18 +163,26 @@ export class CommandTracker {
       await this.store?.deleteCommand(row.id).catch(() => undefined);
       throw notFound("device", deviceId);
     }
+    // Stopped while it was written: it is stored as queued, and the next start sends it.
+    if (!this.running) throw new TethralError("UNAVAILABLE", "the hub stopped; the command is kept and sent after the next start");
     const e = this.track(row);
     this.counts.queued++;
     this.publish(e, "command.queued");
     if (request.supersede) this.supersede(e);
+    // Waiting starts before the first send: an adapter may fail it at once.
+    const done = request.wait ? this.whenDone(e, waitLimitMs(e, this.options)) : null;
     this.pump(deviceId);
-    return request.wait ? this.whenDone(e) : toCommand(e);
+    return done ?? toCommand(e);
   }
 
-  /** Resolves with the command once it has ended (at once if it has). */
-  async wait(id: string): Promise<Command> {
+  /**
+   * Resolves with the command once it has ended (at once if it has), or with it as it is after
+   * `limitMs` (default: as long as its attempts can take) — a command for a device that stays
+   * away keeps waiting in its queue, but its caller does not.
+   */
+  async wait(id: string, limitMs?: number): Promise<Command> {
     const e = this.live.get(id);
-    if (e) return this.whenDone(e);
+    if (e) return this.whenDone(e, limitMs ?? waitLimitMs(e, this.options));
     return this.get(id);
   }
 
@@ -224,11 +246,21 @@ export class CommandTracker {
   /** The device was removed (its commands are gone from the store with it). */
   deviceRemoved(deviceId: string): void {
     this.writer?.forgetDevice(deviceId);
+    // The queue goes first: finishing one command must not send the next to a device being removed.
+    this.queues.delete(deviceId);
+    this.blocked.delete(deviceId);
     for (const e of [...this.live.values()]) {
       if (e.row.deviceId === deviceId) this.finish(e, "cancelled", null, "device removed", false);
     }
-    this.queues.delete(deviceId);
-    this.blocked.delete(deviceId);
+  }
+
+  /**
+   * Before a device's rows are deleted: its status writes are held back, and the write in
+   * flight is waited for, so none lands after the delete. `resume` undoes it when the delete fails.
+   */
+  async holdDevice(deviceId: string): Promise<{ resume(): void }> {
+    if (!this.writer) return { resume: () => undefined };
+    return this.writer.holdDevice(deviceId);
   }
 
   statistics(): CommandStatistics {
@@ -266,17 +298,25 @@ export class CommandTracker {
       attemptAt: 0,
       timer: null,
       expiryTimer: null,
+      deadlineTimer: null,
+      attemptSeq: 0,
       waiters: [],
     };
     this.live.set(row.id, e);
-    if (row.expiresAt > 0) {
-      e.expiryTimer = this.clock.setTimeout(() => {
-        e.expiryTimer = null;
-        if (e.phase !== "done") this.finish(e, "expired", null, "expired before it ended");
-      }, Math.max(0, row.expiresAt - this.clock.now()));
-    }
+    if (row.expiresAt > 0) this.armExpiry(e);
     this.enqueue(e, false);
     return e;
+  }
+
+  /** Timers take at most 2^31-1 ms: a far expiry is reached in steps. */
+  private armExpiry(e: Entry): void {
+    const left = e.row.expiresAt - this.clock.now();
+    e.expiryTimer = this.clock.setTimeout(() => {
+      e.expiryTimer = null;
+      if (e.phase === "done" || !this.running) return;
+      if (this.clock.now() < e.row.expiresAt) this.armExpiry(e);
+      else this.finish(e, "expired", null, "expired before it ended");
+    }, Math.min(Math.max(0, left), MAX_TIMER_MS));
   }
 
   /** After a restart: queued ones wait again; sent ones wait for their answer once more. */
@@ -330,7 +370,7 @@ export class CommandTracker {
       const e = q.waiting.shift()!;
       q.inFlight++;
       e.holdsSlot = true;
-      void this.attempt(e, device, adapter);
+      this.attempt(e, device, adapter).catch((err: unknown) => this.attemptFailed(e, err));
     }
     this.blocked.delete(deviceId);
     if (q.waiting.length === 0 && q.inFlight === 0) this.queues.delete(deviceId);
@@ -348,27 +388,55 @@ export class CommandTracker {
   private async attempt(e: Entry, device: Device, adapter: ProtocolAdapter): Promise<void> {
     e.phase = "sending";
     e.row.attempts++;
+    const seq = ++e.attemptSeq;
     e.attemptAt = this.clock.now();
+    const current = () => e.phase === "sending" && e.attemptSeq === seq && this.running;
     let outcome: SendOutcome;
     try {
-      outcome = await withDeadline(adapter.send(device, { id: e.row.id, command: e.row.command, params: e.row.params }, e.timeoutMs), e.timeoutMs + 1000);
+      const sent = Promise.resolve().then(() => adapter.send(device, { id: e.row.id, command: e.row.command, params: e.row.params }, e.timeoutMs));
+      outcome = checkOutcome(await this.withDeadline(e, sent, e.timeoutMs + 1000));
     } catch (err) {
-      if (e.phase === "sending") this.attemptFailed(e, err);
+      if (current()) this.attemptFailed(e, err);
       return;
     }
-    // Cancelled, expired or answered while the adapter was busy: nothing more to do.
-    if (e.phase !== "sending") return;
+    // Cancelled, expired, answered, given up on or stopped while the adapter was busy.
+    if (!current()) return;
     if (outcome.status === "answered") {
       this.latency.add(this.clock.now() - e.attemptAt);
       this.markSent(e);
-      if (outcome.ok) this.finish(e, "succeeded", outcome.result, null);
-      else this.finish(e, "failed", null, outcome.error);
+      if (outcome.ok) this.finish(e, "succeeded", outcome.result ?? null, null);
+      else this.finish(e, "failed", null, String(outcome.error).slice(0, 1024));
       return;
     }
     this.markSent(e);
     if (outcome.status === "delivered") this.setStatus(e, "delivered");
     if (!e.expectResponse) this.finish(e, e.row.status, null, null);
     else this.awaitAnswer(e);
+  }
+
+  /** The adapter's promise, or TIMEOUT after `ms` on the hub's clock (cleared on every path). */
+  private withDeadline<T>(e: Entry, work: Promise<T>, ms: number): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      e.deadlineTimer = this.clock.setTimeout(() => {
+        e.deadlineTimer = null;
+        reject(new TethralError("TIMEOUT", `the adapter did not hand the command over within ${ms} ms`));
+      }, ms);
+      work.then(
+        (v) => {
+          this.clearDeadline(e);
+          resolve(v);
+        },
+        (err: unknown) => {
+          this.clearDeadline(e);
+          reject(err);
+        },
+      );
+    });
+  }
+
+  private clearDeadline(e: Entry): void {
+    if (e.deadlineTimer !== null) this.clock.clearTimeout(e.deadlineTimer);
+    e.deadlineTimer = null;
   }
 
   private markSent(e: Entry): void {
@@ -380,17 +448,19 @@ export class CommandTracker {
     e.phase = "awaiting";
     e.timer = this.clock.setTimeout(() => {
       e.timer = null;
-      if (e.phase !== "awaiting") return;
+      if (e.phase !== "awaiting" || !this.running) return;
       if (e.failures < e.retries) this.retryLater(e, 1);
       else this.finish(e, "timed_out", null, `no answer within ${e.timeoutMs / 1000} s`);
     }, e.timeoutMs);
   }
 
   private attemptFailed(e: Entry, err: unknown): void {
+    if (e.phase === "done" || !this.running) return;
     const message = err instanceof Error ? err.message : String(err);
     const device = this.host.device(e.row.deviceId);
-    const adapter = device && this.host.adapter(device.protocol);
-    if (device && adapter && !reachable(device, adapter)) {
+    if (!device) return;
+    const adapter = this.host.adapter(device.protocol);
+    if (!adapter || !reachable(device, adapter)) {
       // The device or its transport went away: wait for it without using up a retry.
       this.release(e);
       this.enqueue(e, true);
@@ -412,7 +482,7 @@ export class CommandTracker {
     const delay = base / 2 + Math.random() * (base / 2);
     e.timer = this.clock.setTimeout(() => {
       e.timer = null;
-      if (e.phase !== "retry-wait") return;
+      if (e.phase !== "retry-wait" || !this.running) return;
       this.release(e);
       this.enqueue(e, true);
       this.pump(e.row.deviceId);
@@ -463,6 +533,7 @@ export class CommandTracker {
     if (e.timer !== null) this.clock.clearTimeout(e.timer);
     if (e.expiryTimer !== null) this.clock.clearTimeout(e.expiryTimer);
     e.timer = e.expiryTimer = null;
+    this.clearDeadline(e);
   }
 
   private remember(command: Command): void {
@@ -474,8 +545,27 @@ export class CommandTracker {
     this.events.publish(type as "command.sent", { command: toCommand(e) }, { deviceId: e.row.deviceId, source: "commands", causeId: e.row.id });
   }
 
-  private whenDone(e: Entry): Promise<Command> {
-    return new Promise((resolve, reject) => e.waiters.push({ resolve, reject }));
+  private whenDone(e: Entry, limitMs: number): Promise<Command> {
+    return new Promise((resolve, reject) => {
+      let timer: TimerHandle | null = null;
+      const waiter = {
+        resolve: (c: Command) => {
+          if (timer !== null) this.clock.clearTimeout(timer);
+          resolve(c);
+        },
+        reject: (err: Error) => {
+          if (timer !== null) this.clock.clearTimeout(timer);
+          reject(err);
+        },
+      };
+      e.waiters.push(waiter);
+      timer = this.clock.setTimeout(() => {
+        timer = null;
+        const i = e.waiters.indexOf(waiter);
+        if (i >= 0) e.waiters.splice(i, 1);
+        resolve(toCommand(e));
+      }, Math.min(limitMs, MAX_TIMER_MS));
+    });
   }
 
   /**
@@ -505,14 +595,23 @@ function reachable(device: Device, adapter: ProtocolAdapter): boolean {
   return device.status !== "offline";
 }
 
-function withDeadline<T>(work: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    work,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new TethralError("TIMEOUT", `the adapter did not hand the command over within ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * How long a caller with `wait` waits: every attempt's timeout and the backoffs between them,
+ * plus a little. A device that is away longer leaves the command queued and the caller answered.
+ */
+function waitLimitMs(e: Entry, options: CommandOptions): number {
+  const backoffs = Math.min(options.retryMaxDelayMs * e.retries, 5 * 60_000);
+  return e.timeoutMs * (e.retries + 1) + backoffs + 1000;
+}
+
+/** A plugin's adapter may resolve with anything: only a SendOutcome counts. */
+function checkOutcome(outcome: unknown): SendOutcome {
+  const o = outcome as Partial<SendOutcome> | null;
+  if (o && (o.status === "sent" || o.status === "delivered")) return o as SendOutcome;
+  if (o && o.status === "answered" && typeof (o as { ok?: unknown }).ok === "boolean") return o as SendOutcome;
+  throw new TethralError("UNAVAILABLE", "the protocol adapter answered the send with something that is not a send outcome");
 }
 
 function toCommand(e: Entry): Command {

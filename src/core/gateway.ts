@@ -209,7 +209,7 @@ function badToken(token: string | undefined): TethralError {
 }
 
 function sizeOf(payload: unknown): number {
-  if (typeof payload === "string") return payload.length;
+  if (typeof payload === "string") return Buffer.byteLength(payload);
   if (payload instanceof Uint8Array) return payload.byteLength;
   return 0;
 }

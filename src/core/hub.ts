@@ -281,7 +281,9 @@ export class Hub {
     if (!this.running) return;
     this.running = false;
     this.events.publish("hub.stopped", { devices: this.registry.size }, { source: "hub" });
-    // Devices first: nothing new comes in while the rest winds down.
+    // Commands stop before the adapters, so sends they abort on the way out stay pending.
+    this.commands.halt();
+    // Then the devices: nothing new comes in while the rest winds down.
     await untilDeadline(
       Promise.all(
         [...this.startedAdapters].map((a) =>
@@ -360,6 +362,7 @@ export class Hub {
       const token = presented ?? DeviceTokens.generate();
       await this.tokens.save(device.id, token, this.clock.now());
       this.registry.announceRegistered(device.id, cause);
+      this.disconnectEverywhere(device.id, "registered: connect again with the device's token");
       return presented ? device : { ...device, token };
     }
     const id = typeof (input as { id?: unknown } | null)?.id === "string" ? (input as { id: string }).id : "";
@@ -388,6 +391,8 @@ export class Hub {
       this.registering.delete(device.id);
       p.release(device.id, true, true);
       this.registry.announceRegistered(device.id, cause);
+      // Connections made while the id was unknown (self-registration) must prove the token anew.
+      this.disconnectEverywhere(device.id, "registered: connect again with the device's token");
       return token !== undefined && presented === undefined ? { ...device, token } : device;
     });
   }
@@ -399,7 +404,11 @@ export class Hub {
   async rotateToken(id: string): Promise<{ deviceId: string; token: string }> {
     if (!this.registry.has(id)) throw notFound("device", String(id).slice(0, 128));
     const token = DeviceTokens.generate();
-    await this.locks.run(id, () => this.tokens.save(id, token, this.clock.now()));
+    await this.locks.run(id, async () => {
+      // Removed while waiting for the lock: no token for a device that is gone.
+      if (!this.registry.has(id)) throw notFound("device", id);
+      await this.tokens.save(id, token, this.clock.now());
+    });
     this.disconnectEverywhere(id, "token replaced");
     return { deviceId: id, token };
   }
@@ -452,9 +461,12 @@ export class Hub {
     return this.locks.run(id, async () => {
       if (!this.registry.has(id)) throw notFound("device", id);
       p.hold(id);
+      // No command status of this device may be written after its rows are deleted.
+      const commands = await this.commands.holdDevice(id);
       try {
         await p.deleteDevice(id);
       } catch (err) {
+        commands.resume();
         p.release(id, true, true);
         throw err;
       }
@@ -525,9 +537,12 @@ export class Hub {
     return this.commands.get(id);
   }
 
-  /** Resolves once the command has ended. */
-  async waitForCommand(id: string): Promise<Command> {
-    return this.commands.wait(id);
+  /**
+   * Resolves once the command has ended, or with the command as it is after `limitMs` (default:
+   * as long as its attempts can take; a command waiting for an absent device stays queued).
+   */
+  async waitForCommand(id: string, limitMs?: number): Promise<Command> {
+    return this.commands.wait(id, limitMs);
   }
 
   async cancelCommand(id: string): Promise<Command> {

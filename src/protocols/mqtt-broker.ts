@@ -303,33 +303,36 @@ export class EmbeddedBroker {
         }
         return;
       }
-      const result = context.receive({
+      context.receive({
         protocol: "mqtt",
         deviceId: parsed.deviceId,
         kind: parsed.kind,
         payload: packet.payload,
-        authenticated: true,
-        token: session.token,
+        // A session opened before its device was known proves nothing: its token is checked on
+        // every message (the device may have been registered meanwhile with another token).
+        ...(session.known ? { authenticated: true } : { token: session.token }),
         // A message arriving live is news even with the retain flag set; only a stored copy is old.
         retained: false,
       });
-      if (parsed.kind === "register" && result.ok && !session.known && session.deviceId === parsed.deviceId) {
-        session.known = true;
-        session.token = undefined;
-        this.announce(session);
-      }
+
     } catch (err) {
       context.counters.errors++;
       context.warn(`message on ${packet.topic} not handled: ${(err as Error).message}`);
     }
   }
 
-  /** Closes a device's connection whose credentials stopped being valid (token replaced, removed). */
+  /**
+   * Closes every connection of a device whose credentials changed (token replaced, device
+   * registered or removed), including sessions opened before it was known. It reconnects with
+   * its token and is then a known device.
+   */
   disconnect(deviceId: string, reason: string): void {
-    const session = this.live.get(deviceId);
-    if (!session) return;
-    this.context?.warn(`closed the connection of device "${deviceId}": ${reason}`);
-    session.client.close();
+    // Client id = device id (enforced at CONNECT), so aedes finds every session of the device.
+    const client = (this.broker as unknown as { clients?: Record<string, Client | undefined> } | null)?.clients?.[deviceId];
+    const live = this.live.get(deviceId)?.client;
+    const clients = new Set([client, live].filter((c): c is Client => c !== undefined));
+    for (const c of clients) c.close();
+    if (clients.size > 0) this.context?.warn(`closed the connection of device "${deviceId}": ${reason}`);
   }
 
   private onReady(client: Client): void {

@@ -158,7 +158,8 @@ export class WebSocketAdapter implements ProtocolAdapter {
   send(device: Device, frame: CommandFrame, timeoutMs: number): Promise<SendOutcome> {
     const context = this.context;
     const conn = this.connections.get(device.id);
-    if (!context || this.stopping || !conn || conn.ws.readyState !== WebSocket.OPEN) {
+    // A connection made before its device was known never takes commands: reconnecting with the token makes it known.
+    if (!context || this.stopping || !conn || !conn.known || conn.ws.readyState !== WebSocket.OPEN) {
       return Promise.reject(new TethralError("UNAVAILABLE", `device "${device.id}" is not connected over websocket`));
     }
     const text = JSON.stringify({ type: "command", id: frame.id, command: frame.command, params: frame.params });
@@ -203,7 +204,8 @@ export class WebSocketAdapter implements ProtocolAdapter {
   }
 
   isConnected(deviceId: string): boolean {
-    return this.connections.get(deviceId)?.ws.readyState === WebSocket.OPEN;
+    const conn = this.connections.get(deviceId);
+    return conn !== undefined && conn.known && conn.ws.readyState === WebSocket.OPEN;
   }
 
   /** Closes the device's connection (its token was replaced, or it was removed). */
@@ -212,7 +214,7 @@ export class WebSocketAdapter implements ProtocolAdapter {
     if (!conn) return;
     this.connections.delete(deviceId);
     conn.ws.close(CLOSE_POLICY_VIOLATION, reason.slice(0, 100));
-    this.context?.disconnected(deviceId);
+    if (conn.known) this.context?.disconnected(deviceId);
   }
 
   health(): ProtocolHealth {
@@ -306,9 +308,9 @@ export class WebSocketAdapter implements ProtocolAdapter {
       // A replaced connection closing is not the device going away: its successor is live.
       if (this.connections.get(deviceId) !== conn) return;
       this.connections.delete(deviceId);
-      context.disconnected(deviceId);
+      if (conn.known) context.disconnected(deviceId);
     });
-    context.connected(deviceId);
+    if (known) context.connected(deviceId);
   }
 
   private onFrame(conn: Connection, data: RawData, isBinary: boolean): void {

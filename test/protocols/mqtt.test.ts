@@ -261,13 +261,36 @@ describe("MQTT adapter, embedded broker, with a real hub", function () {
     await d.publish("register", { name: "Newcomer", capabilities: ["temperature"] });
     await until(() => hub.listDevices().devices.some((x) => x.id === "newcomer-7"), "the device registered");
     assert.equal(hub.getDevice("newcomer-7").name, "Newcomer");
-    await until(() => adapter.isConnected("newcomer-7") === true, "ready for commands once known");
+    // The session it registered from proved nothing the hub can trust later: it is closed, and
+    // the device comes back with its token as a known device.
+    await until(() => d.closed, "the registering session closed");
+    assert.equal(adapter.isConnected("newcomer-7"), false);
     await d.end();
     // Its password is its token now.
     assert.equal(await MqttDevice.refused(url, { id: "newcomer-7", token: "a-different-token-16+" }), CONNACK_BAD_USERNAME_OR_PASSWORD);
     const back = await connect("newcomer-7", { token });
+    await back.subscribe(back.topic("commands"));
+    await until(() => adapter.isConnected("newcomer-7") === true, "ready for commands once known");
     await back.publish("telemetry", { temperature: 7 });
     await until(() => hub.getState("newcomer-7").properties.temperature === 7, "telemetry from the registered device");
+  });
+
+  it("closes sessions opened while an id was unknown when it is registered: they never report for it or take its commands", async function () {
+    await hub.stop();
+    await startHub({ selfRegistration: true });
+    const intruder = await connect("victim-1", { token: "intruder-guess-0123456789", reconnectPeriod: 0 });
+    await intruder.subscribe(intruder.topic("commands"));
+    // A registration the hub refuses does not make the session known either.
+    await intruder.publish("register", { heartbeatTimeout: -5 });
+    await until(() => ofType("message.rejected", "victim-1").length === 1, "the refused registration");
+    assert.equal(adapter.isConnected("victim-1"), false);
+    await register("victim-1");
+    await until(() => intruder.closed, "the unknown session closed");
+    await hub.sendCommand("victim-1", { command: "unlock-door" });
+    assert.equal(adapter.isConnected("victim-1"), false);
+    assert.deepEqual(intruder.commands(), []);
+    assert.deepEqual(hub.getState("victim-1").properties, {});
+    assert.equal(hub.pendingCommands("victim-1")[0]!.status, "queued", "held for the real device");
   });
 
   it("gives the service account every topic, and only with its password", async function () {

@@ -309,23 +309,26 @@ describe("WebSocketAdapter in a Hub", function () {
     d.send({ type: "register", name: "Sensor nine", capabilities: ["temperature"] });
     await until(() => hub.listDevices().devices.some((x) => x.id === "sensor-9"), "the registration");
     assert.equal(hub.getDevice("sensor-9").name, "Sensor nine");
-    d.send({ type: "telemetry", data: { t: 2 } });
-    await until(() => hub.getState("sensor-9").properties.t === 2, "its telemetry once registered");
-    d.terminate();
+    assert.equal(adapter.isConnected("sensor-9"), false, "a connection made while unknown never takes commands");
+    // Closed once registered: it comes back with its token as a known device.
+    assert.equal((await d.closed).code, 1008);
     // It keeps the token it chose: a connect with another is refused.
     assert.equal((await Device.refusal(`${shared.base}/tethral/ws?device=sensor-9&token=another-token-of-16-chars`)).status, 401);
     const back = await connect("sensor-9", { token });
-    back.send({ type: "heartbeat" });
-    await until(() => counters().connected === 1, "the reconnection");
+    back.send({ type: "telemetry", data: { t: 2 } });
+    await until(() => hub.getState("sensor-9").properties.t === 2, "its telemetry once registered");
+    assert.equal(adapter.isConnected("sensor-9"), true);
   });
 
-  it("checks every message of a connection made before its device was known: registered meanwhile with another token, it is refused", async function () {
+  it("a connection made before its device was known never takes its commands: registered meanwhile, it is closed", async function () {
     await hub.stop();
     await start({}, { selfRegistration: true });
     const d = await connect("sensor-7", { token: "a-token-the-device-chose-1234" });
+    assert.equal(adapter.isConnected("sensor-7"), false);
     await hub.registerDevice({ id: "sensor-7", protocol: "websocket" });
-    d.send({ type: "telemetry", data: { t: 1 } });
-    assert.equal((await d.next()).code, "UNAUTHORIZED");
+    assert.equal((await d.closed).code, 1008);
+    const c = await hub.sendCommand("sensor-7", { command: "unlock" });
+    assert.equal((await hub.getCommand(c.id)).status, "queued", "held for the real device");
     assert.deepEqual(hub.getState("sensor-7").properties, {});
   });
 
