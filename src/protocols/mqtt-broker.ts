@@ -4,6 +4,7 @@ import { type AddressInfo, type Server, type Socket, createServer } from "node:n
 import { Aedes, type AedesPublishPacket, type AuthenticateError, type Client, type PublishPacket, type Subscription } from "aedes";
 import { TethralError } from "../core/errors";
 import { type TopicScheme, filterMatches } from "./mqtt-topics";
+import { PendingWrites } from "./pending-writes";
 import type { AdapterContext, AdapterStatistics, CommandFrame, ProtocolHealth, SendOutcome } from "./types";
 
 export interface EmbeddedBrokerOptions {
@@ -41,10 +42,6 @@ interface Session {
   announced: boolean;
 }
 
-interface PendingSend {
-  reject(err: Error): void;
-}
-
 /**
  * The embedded broker: aedes on a TCP port, with devices authenticated at CONNECT (username =
  * device id, password = token) and confined to their own topics. The hub reads device messages
@@ -59,7 +56,7 @@ export class EmbeddedBroker {
   private readonly sessions = new WeakMap<Client, Session>();
   /** Devices between clientReady and clientDisconnect, by device id. */
   private readonly live = new Map<string, Session>();
-  private readonly pending = new Set<PendingSend>();
+  private readonly pending = new PendingWrites(() => this.context?.counters ?? null);
   private readyCount = 0;
   private readonly figures = { connectsRefused: 0, publishesRefused: 0, subscriptionsRefused: 0, oversizedPackets: 0, topicsUnknown: 0 };
   private readonly serviceHash: Buffer | null;
@@ -129,7 +126,7 @@ export class EmbeddedBroker {
   }
 
   private async shutdown(): Promise<void> {
-    for (const p of [...this.pending]) p.reject(new TethralError("UNAVAILABLE", "the MQTT broker stopped"));
+    this.pending.rejectAll("the MQTT broker stopped");
     const server = this.server;
     const closed = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
     const broker = this.broker;
@@ -154,36 +151,19 @@ export class EmbeddedBroker {
     const payload = Buffer.from(JSON.stringify({ id: frame.id, command: frame.command, params: frame.params }), "utf8");
     const packet: PublishPacket = { cmd: "publish", topic: this.options.topics.commands(deviceId), payload, qos: 1, retain: false, dup: false };
     const client = session.client;
-    return new Promise<SendOutcome>((resolve, reject) => {
-      const entry: PendingSend = {
-        reject: (err) => {
-          if (!this.pending.delete(entry)) return;
-          clearTimeout(timer);
-          reject(err);
-        },
-      };
-      this.pending.add(entry);
-      // The callback comes once the packet is written to the device's socket: a device that
-      // does not read holds it until aedes's drain timeout, longer than an attempt should wait.
-      const timer = setTimeout(() => {
-        context.counters.errors++;
-        entry.reject(new TethralError("TIMEOUT", `command to "${deviceId}" not written within ${timeoutMs} ms`));
-      }, Math.max(1, timeoutMs));
-      broker.publish(packet, (err) => {
-        if (!this.pending.has(entry)) return;
-        // A persistent session keeps the packet for the device's return; a clean one lost it.
-        if (err || (client.closed && client.clean)) {
-          context.counters.errors++;
-          entry.reject(new TethralError("UNAVAILABLE", `command to "${deviceId}" not delivered: ${err ? err.message : "the connection closed"}`));
-          return;
-        }
-        this.pending.delete(entry);
-        clearTimeout(timer);
-        context.counters.messagesOut++;
-        context.counters.bytesOut += payload.length;
-        resolve({ status: "sent" });
-      });
-    });
+    // The callback comes once the packet is written to the device's socket: a device that does
+    // not read holds it until aedes's drain timeout, longer than an attempt should wait.
+    return this.pending.write(
+      payload.length,
+      timeoutMs,
+      `command to "${deviceId}" not written within ${timeoutMs} ms`,
+      (err) => `command to "${deviceId}" not delivered: ${err.message}`,
+      (done) =>
+        broker.publish(packet, (err) => {
+          // A persistent session keeps the packet for the device's return; a clean one lost it.
+          done(err ?? (client.closed && client.clean ? new Error("the connection closed") : null));
+        }),
+    );
   }
 
   isConnected(deviceId: string): boolean {

@@ -2,6 +2,7 @@ import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 
 import { TethralError } from "../core/errors";
 import type { Device } from "../core/types";
 import { EmbeddedBroker } from "./mqtt-broker";
+import { PendingWrites } from "./pending-writes";
 import { TopicScheme, checkSharedGroup } from "./mqtt-topics";
 import type { AdapterContext, AdapterStatistics, CommandFrame, ProtocolAdapter, ProtocolHealth, SendOutcome } from "./types";
 
@@ -137,10 +138,6 @@ export function createMqttAdapter(options: MqttAdapterOptions = {}): MqttAdapter
   return new MqttAdapter(options);
 }
 
-interface PendingSend {
-  reject(err: Error): void;
-}
-
 const DEFAULT_START_TIMEOUT_MS = 3000;
 const DEFAULT_RECONNECT_MS = 1000;
 const DEFAULT_MAX_RECONNECT_MS = 30_000;
@@ -166,7 +163,7 @@ class ExternalBroker implements MqttMode {
   private startWaiter: (() => void) | null = null;
   /** From each device's retained status topic; only devices the hub accepted a status from. */
   private readonly presence = new Map<string, boolean>();
-  private readonly pending = new Set<PendingSend>();
+  private readonly pending = new PendingWrites(() => this.context?.counters ?? null);
   private readonly figures = { connects: 0, connectionsLost: 0, reconnectsScheduled: 0, subscribeFailures: 0, oversized: 0, topicsUnknown: 0 };
   private readonly filters: string[];
 
@@ -235,7 +232,7 @@ class ExternalBroker implements MqttMode {
     this.startWaiter?.();
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
-    for (const p of [...this.pending]) p.reject(new TethralError("UNAVAILABLE", "the MQTT adapter stopped"));
+    this.pending.rejectAll("the MQTT adapter stopped");
     const client = this.client;
     if (client) {
       // A polite end (DISCONNECT) waits for every unacknowledged publish, possibly for ever:
@@ -264,35 +261,15 @@ class ExternalBroker implements MqttMode {
       return Promise.reject(new TethralError("UNAVAILABLE", `not connected to the MQTT broker${this.lastError ? `: ${this.lastError}` : ""}`));
     }
     const payload = Buffer.from(JSON.stringify({ id: frame.id, command: frame.command, params: frame.params }), "utf8");
-    return new Promise<SendOutcome>((resolve, reject) => {
-      const entry: PendingSend = {
-        reject: (err) => {
-          if (!this.pending.delete(entry)) return;
-          clearTimeout(timer);
-          reject(err);
-        },
-      };
-      this.pending.add(entry);
-      // mqtt.js keeps an unacknowledged publish and sends it again after a reconnect: the attempt
-      // is given up here, but the command may still arrive (devices recognise repeats by id).
-      const timer = setTimeout(() => {
-        context.counters.errors++;
-        entry.reject(new TethralError("TIMEOUT", `the MQTT broker did not acknowledge the command to "${deviceId}" within ${timeoutMs} ms`));
-      }, Math.max(1, timeoutMs));
-      client.publish(this.topics.commands(deviceId), payload, { qos: 1, retain: false }, (err) => {
-        if (!this.pending.has(entry)) return;
-        if (err) {
-          context.counters.errors++;
-          entry.reject(new TethralError("UNAVAILABLE", `the MQTT broker did not take the command to "${deviceId}": ${err.message}`));
-          return;
-        }
-        this.pending.delete(entry);
-        clearTimeout(timer);
-        context.counters.messagesOut++;
-        context.counters.bytesOut += payload.length;
-        resolve({ status: "sent" });
-      });
-    });
+    // mqtt.js keeps an unacknowledged publish and sends it again after a reconnect: the attempt
+    // is given up here, but the command may still arrive (devices recognise repeats by id).
+    return this.pending.write(
+      payload.length,
+      timeoutMs,
+      `the MQTT broker did not acknowledge the command to "${deviceId}" within ${timeoutMs} ms`,
+      (err) => `the MQTT broker did not take the command to "${deviceId}": ${err.message}`,
+      (done) => client.publish(this.topics.commands(deviceId), payload, { qos: 1, retain: false }, (err) => done(err)),
+    );
   }
 
   isConnected(deviceId: string): boolean | undefined {

@@ -4,6 +4,7 @@ import type { Duplex } from "node:stream";
 import { type RawData, WebSocket, WebSocketServer } from "ws";
 import { type ErrorCode, TethralError } from "../core/errors";
 import type { Device } from "../core/types";
+import { PendingWrites } from "./pending-writes";
 import type {
   AdapterContext,
   AdapterStatistics,
@@ -60,10 +61,6 @@ interface Connection {
   alive: boolean;
 }
 
-interface PendingSend {
-  reject(err: Error): void;
-}
-
 type Frame = Record<string, unknown>;
 
 /**
@@ -82,7 +79,7 @@ export class WebSocketAdapter implements ProtocolAdapter {
   private pingTimer: NodeJS.Timeout | null = null;
   private stopping: Promise<void> | null = null;
   private readonly connections = new Map<string, Connection>();
-  private readonly pending = new Set<PendingSend>();
+  private readonly pending = new PendingWrites(() => this.context?.counters ?? null);
   private readonly figures = { upgradesRefused: 0, replaced: 0, deadPeersDropped: 0, framesRejected: 0, sendsRefused: 0 };
 
   constructor(private readonly options: WebSocketAdapterOptions = {}) {}
@@ -138,7 +135,7 @@ export class WebSocketAdapter implements ProtocolAdapter {
     this.pingTimer = null;
     // Only our own listener: the server and every other listener on it belong to Node-RED.
     this.server?.off("upgrade", this.onUpgrade);
-    for (const p of [...this.pending]) p.reject(new TethralError("UNAVAILABLE", "the websocket adapter stopped"));
+    this.pending.rejectAll("the websocket adapter stopped");
     // Every client, replaced ones still closing included.
     const clients = [...(this.wss?.clients ?? [])];
     const closing = clients.map(closed);
@@ -173,34 +170,14 @@ export class WebSocketAdapter implements ProtocolAdapter {
         new TethralError("UNAVAILABLE", `device "${device.id}" is not reading: ${conn.ws.bufferedAmount} bytes already wait to be sent`),
       );
     }
-    return new Promise<SendOutcome>((resolve, reject) => {
-      const entry: PendingSend = {
-        reject: (err) => {
-          if (!this.pending.delete(entry)) return;
-          clearTimeout(timer);
-          reject(err);
-        },
-      };
-      this.pending.add(entry);
-      // The write callback waits for the kernel to take the bytes; a stuck peer must not hold the attempt for ever.
-      const timer = setTimeout(() => {
-        context.counters.errors++;
-        entry.reject(new TethralError("TIMEOUT", `command frame to "${device.id}" not flushed within ${timeoutMs} ms`));
-      }, Math.max(1, timeoutMs));
-      conn.ws.send(text, (err) => {
-        if (!this.pending.has(entry)) return;
-        if (err) {
-          context.counters.errors++;
-          entry.reject(new TethralError("UNAVAILABLE", `command frame to "${device.id}" not sent: ${err.message}`));
-          return;
-        }
-        this.pending.delete(entry);
-        clearTimeout(timer);
-        context.counters.messagesOut++;
-        context.counters.bytesOut += bytes;
-        resolve({ status: "sent" });
-      });
-    });
+    // The write callback waits for the kernel to take the bytes; a stuck peer must not hold the attempt for ever.
+    return this.pending.write(
+      bytes,
+      timeoutMs,
+      `command frame to "${device.id}" not flushed within ${timeoutMs} ms`,
+      (err) => `command frame to "${device.id}" not sent: ${err.message}`,
+      (done) => conn.ws.send(text, (err) => done(err)),
+    );
   }
 
   isConnected(deviceId: string): boolean {
