@@ -8,6 +8,7 @@ export default defineConfig({
     "nodes/tethral-hub": "src/nodes/tethral-hub.ts",
     "plugins/tethral-protocols": "src/plugins/tethral-protocols.ts",
     "runtime/start": "src/runtime/start.ts",
+    "store/sqlite-worker": "src/store/sqlite-worker.ts",
   },
   format: ["cjs"],
   target: "node20",

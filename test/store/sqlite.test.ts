@@ -1,11 +1,14 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { Worker } from "node:worker_threads";
 import Database from "better-sqlite3";
 import { isTethralError } from "../../src/core/errors";
 import { LATEST_SCHEMA_VERSION, MIGRATIONS_TABLE } from "../../src/store/migrations";
 import { SqliteStore } from "../../src/store/sqlite";
+import type { HistoryRow, WriteBatch } from "../../src/store/types";
 import { describeStoreContract } from "./contract";
 import { deviceRow, eventRow, historyRow, stateRow, T0 } from "./fixtures";
 
@@ -25,6 +28,15 @@ function rawSql(file: string, text: string): Record<string, unknown>[] {
     db.close();
   }
 }
+
+/** The store's worker thread, reached into on purpose: the tests kill it or watch it end. */
+function workerOf(store: SqliteStore): Worker {
+  const thread = (store as unknown as { thread?: { worker: Worker } }).thread;
+  assert.ok(thread, "the store has a thread");
+  return thread.worker;
+}
+
+const messagePorts = () => process.getActiveResourcesInfo().filter((r) => r === "MessagePort").length;
 
 describeStoreContract("SQLite :memory:", async () => ({
   store: new SqliteStore({ path: ":memory:" }),
@@ -149,5 +161,134 @@ describe("SqliteStore", function () {
     const all = await store.events({ limit: 10_000 }, T0);
     assert.equal(all.length, next);
     assert.equal(new Set(all.map((e) => e.id)).size, next);
+  });
+
+  it("runs calls made before the open is answered after it, in order", async function () {
+    const store = track(new SqliteStore({ path: ":memory:" }));
+    const opened = store.open();
+    const written = store.upsertDevice(deviceRow("d1"));
+    const loaded = store.loadDevices();
+    await Promise.all([opened, written]);
+    assert.deepEqual(await loaded, [deviceRow("d1")]);
+  });
+
+  it("stores JSON columns as JSON.stringify does, and refuses what JSON cannot carry", async function () {
+    const store = track(new SqliteStore({ path: ":memory:" }));
+    await store.open();
+    const withFunction = eventRow("e1", "x.y", T0, { data: { keep: [1, () => 2], drop: () => 3 } });
+    await store.writeBatch({ presence: [], states: [], history: [], events: [withFunction] });
+    assert.deepEqual((await store.events({ limit: 10 }, T0)).map((e) => e.data), [{ keep: [1, null] }]);
+    await assert.rejects(
+      store.writeBatch({ presence: [], states: [], history: [], events: [eventRow("e2", "x.y", T0, { data: () => 1 })] }),
+      (err: unknown) => isTethralError(err) && err.code === "INVALID" && err.details[0]?.field === "data",
+    );
+    await assert.rejects(
+      store.upsertDevice(deviceRow("d1", { metadata: { n: 1n, f: () => 1 } as never })),
+      (err: unknown) => isTethralError(err) && err.code === "INVALID" && err.details[0]?.field === "metadata",
+    );
+  });
+
+  it("writes a batch of many parts in one transaction, refused on either thread without a trace", async function () {
+    const store = track(new SqliteStore({ path: join(dir, "parts.db") }));
+    await store.open();
+    await store.upsertDevice(deviceRow("d1"));
+    const history = (n: number) => Array.from({ length: n }, (_, i) => historyRow(`h${i}`, "d1", T0 + i, i + 1));
+    /** 10,002 rows (five parts) with `row` at `at` among the history. */
+    const big = (row: HistoryRow, at: number): WriteBatch => {
+      const rows = history(10_000);
+      rows[at] = row;
+      return { presence: [{ id: "d1", status: "offline", lastSeen: T0 + 9 }], states: [stateRow("d1", 2)], history: rows, events: [] };
+    };
+    const untouched = async () => {
+      assert.deepEqual(await store.loadDevices(), [deviceRow("d1")]);
+      assert.deepEqual(await store.loadStates(), []);
+      assert.deepEqual(await store.stateHistory("d1", 10), []);
+    };
+    // Refused here, while its last part is encoded (earlier parts are on their way already)…
+    const unencodable = historyRow("bad", "d1", T0, 1, { to: { properties: { n: 1n as never } } });
+    await assert.rejects(store.writeBatch(big(unencodable, 9999)), (err: unknown) => isTethralError(err) && err.code === "INVALID");
+    await untouched();
+    // …and by the database in its second part, the parts after it already posted.
+    const unstorable = historyRow("bad", "d1", T0, 1, { reason: null as never });
+    await assert.rejects(store.writeBatch(big(unstorable, 3000)), (err: unknown) => !isTethralError(err) && /NOT NULL/.test((err as Error).message));
+    await untouched();
+
+    await store.writeBatch(big(historyRow("h9999", "d1", T0 + 9999, 10_000), 9999));
+    assert.deepEqual(await store.loadDevices(), [deviceRow("d1", { status: "offline", lastSeen: T0 + 9 })]);
+    assert.deepEqual(await store.loadStates(), [stateRow("d1", 2)]);
+    const stored = await store.stateHistory("d1", 20_000);
+    assert.deepEqual(stored.map((h) => h.version), Array.from({ length: 10_000 }, (_, i) => i + 1));
+  });
+
+  it("keeps this thread's timers running while a batch of 100,000 rows is written", async function () {
+    const store = track(new SqliteStore({ path: join(dir, "big.db") }));
+    await store.open();
+    const history = Array.from({ length: 100_000 }, (_, i) => historyRow(`h${i}`, `d${i % 100}`, T0 + i, i + 1));
+    let ticks = 0;
+    let last = performance.now();
+    let longestGap = 0;
+    const started = last;
+    const timer = setInterval(() => {
+      const now = performance.now();
+      longestGap = Math.max(longestGap, now - last);
+      last = now;
+      ticks++;
+    }, 2);
+    try {
+      await store.writeBatch({ presence: [], states: [], history, events: [] });
+    } finally {
+      clearInterval(timer);
+    }
+    const took = performance.now() - started;
+    longestGap = Math.max(longestGap, performance.now() - last);
+    // On this thread the write was one block as long as the whole call; now only the hand-over
+    // blocks, a small part of it.
+    assert.ok(ticks >= 5, `${ticks} ticks in ${took.toFixed(0)} ms`);
+    assert.ok(longestGap < took / 2, `the longest stall was ${longestGap.toFixed(0)} of ${took.toFixed(0)} ms`);
+    assert.equal((await store.stateHistory("d7", 5000)).length, 1000);
+  });
+
+  it("refuses waiting and later calls with UNAVAILABLE when its thread dies, and opens again", async function () {
+    const file = join(dir, "tethral.db");
+    const store = track(new SqliteStore({ path: file }));
+    await store.open();
+    await store.upsertDevice(deviceRow("d1"));
+    const history = Array.from({ length: 50_000 }, (_, i) => historyRow(`h${i}`, "d1", T0 + i, i + 1));
+    const waiting = store.writeBatch({ presence: [], states: [], history, events: [] });
+    void workerOf(store).terminate();
+    const unavailable = (err: unknown) => isTethralError(err) && err.code === "UNAVAILABLE" && /stopped unexpectedly/.test(err.message);
+    await assert.rejects(waiting, unavailable);
+    await assert.rejects(store.loadDevices(), unavailable);
+    await assert.rejects(store.ping(), unavailable);
+
+    await store.open();
+    assert.deepEqual(await store.loadDevices(), [deviceRow("d1")]);
+    await store.upsertState(stateRow("d1", 1));
+    assert.deepEqual(await store.loadStates(), [stateRow("d1", 1)]);
+  });
+
+  it("ends its thread at close, and an idle open store holds no handle", async function () {
+    const before = messagePorts();
+    const store = track(new SqliteStore({ path: ":memory:" }));
+    await store.open();
+    assert.equal(messagePorts(), before, "an idle store keeps no handle");
+    const pending = store.ping();
+    assert.equal(messagePorts(), before + 1, "a call waiting for its answer holds one");
+    await pending;
+    const worker = workerOf(store);
+    await store.close();
+    assert.equal(worker.threadId, -1, "the thread has ended");
+    assert.equal(messagePorts(), before);
+    await assert.rejects(store.ping(), (err: unknown) => isTethralError(err) && err.code === "UNAVAILABLE");
+  });
+
+  it("does not keep a process alive once its calls are answered", function () {
+    const script = `const { SqliteStore } = require(${JSON.stringify(join(__dirname, "../../src/store/sqlite.ts"))});
+      const store = new SqliteStore({ path: ":memory:" });
+      store.open().then(() => store.ping()).then(() => console.log("answered"));`;
+    const child = spawnSync(process.execPath, ["-r", "tsx/cjs", "-e", script], { encoding: "utf8", timeout: 15_000 });
+    assert.equal(child.error, undefined, "the process ended by itself");
+    assert.equal(child.stdout.trim(), "answered", child.stderr);
+    assert.equal(child.status, 0, child.stderr);
   });
 });
