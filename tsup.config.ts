@@ -6,6 +6,7 @@ export default defineConfig({
   entry: {
     index: "src/index.ts",
     "nodes/tethral-hub": "src/nodes/tethral-hub.ts",
+    "nodes/tethral-event-out": "src/nodes/tethral-event-out.ts",
     "plugins/tethral-protocols": "src/plugins/tethral-protocols.ts",
     "runtime/start": "src/runtime/start.ts",
     "store/sqlite-worker": "src/store/sqlite-worker.ts",

@@ -1,0 +1,103 @@
+import type { Hub } from "../core";
+import { isTethralError } from "../core/errors";
+import type { HubStatusReport, Node, NodeAPI, NodeMessage, NodeStatus, TethralHubNode } from "./types";
+
+/**
+ * What every Tethral node does with its hub: find the config node, count itself as a user,
+ * and keep a status that tells the truth — the hub's trouble when it has one, else the node's
+ * own last result. Modelled on the core MQTT nodes' use of their broker node.
+ */
+export class HubUse {
+  private hubReport: HubStatusReport | null = null;
+  private own: NodeStatus = {};
+  private readonly unsubscribe: () => void;
+
+  private constructor(
+    private readonly node: Node,
+    private readonly hubNode: TethralHubNode,
+  ) {
+    hubNode.register(node, { showStatus: false });
+    this.unsubscribe = hubNode.onStatus((report) => {
+      this.hubReport = report;
+      this.show();
+    });
+  }
+
+  /**
+   * The hub of `hubId`, or null after an error status and a log line when the node names
+   * none (a flow imported without its config node).
+   */
+  static attach(RED: NodeAPI, node: Node, hubId: unknown, noHubText: string): HubUse | null {
+    const hubNode = typeof hubId === "string" && hubId !== "" ? (RED.nodes.getNode(hubId) as TethralHubNode | null) : null;
+    if (!hubNode || typeof hubNode.acquire !== "function") {
+      node.status({ fill: "red", shape: "ring", text: noHubText });
+      node.error(noHubText);
+      return null;
+    }
+    return new HubUse(node, hubNode);
+  }
+
+  /** The started hub (starts it on first use). */
+  hub(): Promise<Hub> {
+    return this.hubNode.acquire();
+  }
+
+  /** The node's own status, shown while the hub is running. */
+  status(status: NodeStatus): void {
+    this.own = status;
+    this.show();
+  }
+
+  ok(text: string): void {
+    this.status({ fill: "green", shape: "dot", text: clip(text) });
+  }
+
+  failed(text: string): void {
+    this.status({ fill: "red", shape: "ring", text: clip(text) });
+  }
+
+  private show(): void {
+    const hub = this.hubReport;
+    if (hub && hub.state !== "running") this.node.status(hub.display);
+    else this.node.status(this.own);
+  }
+
+  /** Forgets the node (on close); the hub keeps running for its other users. */
+  close(): void {
+    this.unsubscribe();
+    this.hubNode.deregister(this.node);
+    this.node.status({});
+  }
+}
+
+/** Status text stays short: the editor shows about 30 characters under a node. */
+export function clip(text: string, max = 32): string {
+  return text.length > max ? `${text.slice(0, max - 1)}…` : text;
+}
+
+/** A short label for an error on a node's status: its code when it has one. */
+export function errorLabel(err: unknown): string {
+  if (isTethralError(err)) return err.code;
+  return err instanceof Error ? err.message : String(err);
+}
+
+/** Hands an error to Node-RED so a Catch node gets it with `msg.error.code` (CONTRACT §1 codes). */
+export function toError(err: unknown): Error {
+  if (err instanceof Error) return err;
+  return new Error(String(err));
+}
+
+/**
+ * A value from `msg` when it is set there, else the node's configured one: the override rule of
+ * CONTRACT §5 (`msg.operation` over the editor's choice, and so on).
+ */
+export function fromMsg<T>(msg: NodeMessage, key: string, configured: T): T | unknown {
+  return Object.hasOwn(msg, key) && msg[key] !== undefined && msg[key] !== "" ? msg[key] : configured;
+}
+
+/** A non-empty trimmed string or undefined (editor fields arrive as strings, blank = unset). */
+export function text(value: unknown): string | undefined {
+  if (typeof value !== "string") return undefined;
+  const s = value.trim();
+  return s === "" ? undefined : s;
+}
