@@ -8,6 +8,7 @@ export default defineConfig({
     "nodes/tethral-hub": "src/nodes/tethral-hub.ts",
     "nodes/tethral-event-out": "src/nodes/tethral-event-out.ts",
     "plugins/tethral-protocols": "src/plugins/tethral-protocols.ts",
+    "plugins/tethral-sidebar": "src/plugins/tethral-sidebar.ts",
     "runtime/start": "src/runtime/start.ts",
     "store/sqlite-worker": "src/store/sqlite-worker.ts",
   },

@@ -15,6 +15,16 @@ const copies = [
   [join(root, "nodes", "locales"), join(target, "locales")],
   [join(root, "icons"), join(target, "icons")],
 ];
+// Editor plugins (the Devices sidebar): their .html and locales/ beside the built plugin files.
+const pluginTarget = join(root, "dist", "plugins");
+const pluginSource = join(root, "nodes", "plugins");
+if (existsSync(pluginSource)) {
+  mkdirSync(pluginTarget, { recursive: true });
+  for (const file of readdirSync(pluginSource)) {
+    if (file.endsWith(".html")) cpSync(join(pluginSource, file), join(pluginTarget, file));
+  }
+  copies.push([join(pluginSource, "locales"), join(pluginTarget, "locales")]);
+}
 for (const [from, to] of copies) {
   if (existsSync(from)) cpSync(from, to, { recursive: true });
 }

@@ -17,12 +17,11 @@ interface EventOutDef extends NodeDef {
 export = function (RED: NodeAPI): void {
   RED.nodes.registerType("tethral-event-out", function (this: Node, def: EventOutDef): void {
     RED.nodes.createNode(this, def);
-    const node = this;
-    const use = HubUse.attach(RED, node, def.hub, RED._("tethral-event-out.errors.no-hub"));
+    const use = HubUse.attach(RED, this, def.hub, RED._("tethral-event-out.errors.no-hub"));
     let published = 0;
 
     // An output node, as Node-RED's own: nothing goes on, so `send` is unused.
-    node.on("input", (msg: NodeMessage, _send, done) => {
+    this.on("input", (msg: NodeMessage, _send, done) => {
       if (!use) return done(new Error(RED._("tethral-event-out.errors.no-hub")));
       const type = fromMsg(msg, "topic", text(def.eventType));
       const priority = fromMsg(msg, "priority", text(def.priority) ?? "normal");
@@ -49,7 +48,7 @@ export = function (RED: NodeAPI): void {
         });
     });
 
-    node.on("close", (_removed: boolean, done: () => void) => {
+    this.on("close", (_removed: boolean, done: () => void) => {
       use?.close();
       done();
     });

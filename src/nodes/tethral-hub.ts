@@ -9,6 +9,7 @@ import {
   storeOf,
   toHubOptions,
 } from "./hub-config";
+import { DevicesFeed, summarize } from "./devices-feed";
 import { HubConnection, errorMessage } from "./hub-connection";
 import { adaptersFor, protocolPlugins } from "./hub-protocols";
 import {
@@ -55,6 +56,7 @@ const DISPLAY: Record<HubLifecycle, Omit<NodeStatus, "text">> = {
  * closing the node (a redeploy or its removal) stops the hub.
  */
 export = function (RED: NodeAPI): void {
+  registerAdminRoutes(RED);
   RED.nodes.registerType(
     "tethral-hub",
     function TethralHubNode(this: Node, def: TethralHubDef): void {
@@ -113,8 +115,25 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
     return { ...status, display: { ...DISPLAY[status.state], text } };
   };
 
+  // The editor's Devices sidebar follows this hub while it runs.
+  let feed: DevicesFeed | null = null;
+  const follow = (running: boolean) => {
+    feed?.stop();
+    feed = null;
+    if (!running || !RED.comms) return;
+    connection.acquire().then(
+      (hub) => {
+        if (feed || connection.status.state !== "running") return;
+        feed = new DevicesFeed(hub, node.id, (update) => RED.comms?.publish(`tethral/devices/${node.id}`, update, false));
+        feed.start();
+      },
+      () => undefined,
+    );
+  };
+
   let lastLogged: string | null = configError ? configError.message : null;
   connection.onChange((status) => {
+    follow(status.state === "running");
     const current = report(status);
     for (const { user, showStatus } of users.values()) if (showStatus) user.status(current.display);
     // A start that fails is logged once per distinct reason, not on every retry.
@@ -158,6 +177,7 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
     userCount: () => users.size,
   };
   Object.assign(node, api);
+  liveHubs.set(node.id, { node, connection });
 
   // Node-RED passes `removed` only to a handler that declares exactly two parameters.
   node.on("close", (_removed: boolean, done: () => void) => {
@@ -169,9 +189,67 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
       },
     );
     function finish(): void {
+      feed?.stop();
+      feed = null;
+      liveHubs.delete(node.id);
       users.clear();
       done();
     }
+  });
+}
+
+/** Deployed hub nodes, for the editor's admin endpoints. */
+const liveHubs = new Map<string, { node: Node; connection: HubConnection }>();
+
+const PAGE_LIMIT = 1000;
+
+/**
+ * Admin endpoints for the editor (device pickers, the Devices sidebar), behind Node-RED's
+ * admin auth: `GET /tethral/hubs` and `GET /tethral/hubs/:id/devices?q=&status=&limit=&offset=`.
+ * They read a running hub and never start one.
+ */
+function registerAdminRoutes(RED: NodeAPI): void {
+  const admin = RED.httpAdmin;
+  if (!admin) return;
+  const read = RED.auth?.needsPermission("tethral.read") ?? ((_req: unknown, _res: unknown, next: () => void) => next());
+  admin.get("/tethral/hubs", read, (_req, res) => {
+    res.json(
+      [...liveHubs.entries()].map(([id, { node, connection }]) => ({
+        id,
+        name: node.name || "",
+        state: connection.status.state,
+      })),
+    );
+  });
+  admin.get("/tethral/hubs/:id/devices", read, (req, res) => {
+    const live = liveHubs.get(req.params.id ?? "");
+    if (!live) {
+      res.status(404).json({ error: { code: "NOT_FOUND", message: "no deployed Tethral hub with this id", details: [] } });
+      return;
+    }
+    if (live.connection.status.state !== "running") {
+      res.json({ state: live.connection.status.state, devices: [], total: 0 });
+      return;
+    }
+    live.connection.acquire().then(
+      (hub) => {
+        const q = req.query;
+        const limit = Math.min(PAGE_LIMIT, Math.max(1, Number(q.limit) || 200));
+        const offset = Math.max(0, Number(q.offset) || 0);
+        try {
+          const list = hub.listDevices({
+            ...(typeof q.q === "string" && q.q !== "" && { q: q.q }),
+            ...(typeof q.status === "string" && q.status !== "" && { status: q.status as never }),
+            limit,
+            offset,
+          });
+          res.json({ state: "running", devices: list.devices.map((d) => summarize(hub, d)), total: list.total });
+        } catch (err) {
+          res.status(isTethralError(err) ? err.status : 500).json(isTethralError(err) ? err.toJSON() : { error: { code: "UNAVAILABLE", message: errorMessage(err), details: [] } });
+        }
+      },
+      (err: unknown) => res.status(503).json({ error: { code: "UNAVAILABLE", message: errorMessage(err), details: [] } }),
+    );
   });
 }
 

@@ -62,6 +62,16 @@ export interface NodeRegistryApi {
   getNode(id: string): Node | null;
 }
 
+export interface AdminRequest {
+  params: Record<string, string>;
+  query: Record<string, unknown>;
+}
+
+export interface AdminResponse {
+  status(code: number): AdminResponse;
+  json(body: unknown): void;
+}
+
 /** The `RED` object Node-RED passes to a node module. */
 export interface NodeAPI {
   nodes: NodeRegistryApi;
@@ -77,6 +87,13 @@ export interface NodeAPI {
     registerPlugin(id: string, definition: object): void;
     getByType?(type: string): unknown[];
   };
+  /** The editor's HTTP API (Express), for admin endpoints. */
+  httpAdmin?: {
+    get(path: string, ...handlers: Array<(req: AdminRequest, res: AdminResponse, next: () => void) => void>): void;
+  };
+  auth?: { needsPermission(permission: string): (req: AdminRequest, res: AdminResponse, next: () => void) => void };
+  /** Messages to every open editor (`RED.comms.subscribe` on the editor side). */
+  comms?: { publish(topic: string, data: unknown, retain?: boolean): void };
   /** Node-RED's HTTP server (shared by the editor, httpNode and websocket endpoints). */
   server?: import("node:http").Server;
   /** Translates a key of this node set's message catalogue. */

@@ -35,6 +35,8 @@ declare module "node-red-node-test-helper" {
     setFlows(flow: FlowNode[], type?: "full" | "flows" | "nodes"): Promise<void>;
     getNode(id: string): unknown;
     startServer(): Promise<void>;
+    /** supertest against the admin app (RED.httpAdmin). */
+    request(): { get(path: string): PromiseLike<{ status: number; body: unknown }> };
     /** The base URL of the helper's HTTP server (http://127.0.0.1:PORT). */
     url(): string;
     stopServer(): Promise<void>;

@@ -1,0 +1,86 @@
+import assert from "node:assert/strict";
+import helper from "node-red-node-test-helper";
+import { Hub } from "../../src/core/hub";
+import { DevicesFeed, type FeedUpdate } from "../../src/nodes/devices-feed";
+import tethralEventOut from "../../src/nodes/tethral-event-out";
+import tethralHub from "../../src/nodes/tethral-hub";
+import type { TethralHubNode } from "../../src/nodes/types";
+import tethralSidebar from "../../src/plugins/tethral-sidebar";
+
+helper.init(require.resolve("node-red"));
+
+describe("Devices sidebar: the feed", function () {
+  it("pushes only the devices that changed, at most once per interval, and nothing after stop", async () => {
+    const hub = new Hub({ deviceTokens: false });
+    await hub.start();
+    const updates: FeedUpdate[] = [];
+    const baseline = hub.events.subscriberCount;
+    const feed = new DevicesFeed(hub, "hub1", (u) => updates.push(u), 30);
+    feed.start();
+    try {
+      await hub.registerDevice({ id: "a", protocol: "mqtt", name: "Alpha" });
+      await hub.registerDevice({ id: "b", protocol: "coap" });
+      for (let i = 0; i < 20; i++) hub.ingest("a", { kind: "telemetry", data: { t: i, nested: { no: 1 } } });
+      await new Promise((r) => setTimeout(r, 80));
+      assert.equal(updates.length, 1, "twenty-two changes, one update");
+      assert.deepEqual(updates[0]!.changed.map((d) => [d.id, d.status, d.properties]).sort(), [
+        ["a", "online", { t: 19 }],
+        ["b", "unknown", {}],
+      ]);
+      await hub.removeDevice("b");
+      await new Promise((r) => setTimeout(r, 80));
+      assert.deepEqual(updates[1], { hub: "hub1", changed: [], removed: ["b"] });
+      feed.stop();
+      hub.ingest("a", { kind: "telemetry", data: { t: 99 } });
+      await new Promise((r) => setTimeout(r, 80));
+      assert.equal(updates.length, 2);
+      assert.equal(hub.events.subscriberCount, baseline);
+    } finally {
+      feed.stop();
+      await hub.stop();
+    }
+  });
+});
+
+describe("Devices sidebar: admin endpoints and the plugin", function () {
+  beforeEach(async () => helper.startServer());
+  afterEach(async () => {
+    await helper.unload();
+    await helper.stopServer();
+  });
+
+  const flow = [
+    { id: "tab1", type: "tab", label: "Test" },
+    { id: "hub1", type: "tethral-hub", name: "Plant", storage: "memory", mqttBroker: "off", coap: false, websocket: false },
+    { id: "out1", type: "tethral-event-out", z: "tab1", hub: "hub1", eventType: "x.y" },
+  ];
+
+  it("lists deployed hubs and a running hub's devices, filtered and paged, with a few values each", async () => {
+    await helper.load([tethralHub, tethralEventOut], flow);
+    const hub = await (helper.getNode("hub1") as TethralHubNode).acquire();
+    await hub.registerDevice({ id: "pump-1", name: "Pump", protocol: "mqtt" });
+    await hub.registerDevice({ id: "valve-2", protocol: "coap" });
+    hub.ingest("pump-1", { kind: "telemetry", data: { rpm: 1200 } });
+    const hubs = await helper.request().get("/tethral/hubs");
+    assert.equal(hubs.status, 200);
+    assert.deepEqual(hubs.body, [{ id: "hub1", name: "Plant", state: "running" }]);
+    const all = await helper.request().get("/tethral/hubs/hub1/devices");
+    const body = all.body as { state: string; total: number; devices: Array<{ id: string; status: string; properties: unknown }> };
+    assert.equal(body.state, "running");
+    assert.equal(body.total, 2);
+    assert.deepEqual(body.devices.map((d) => [d.id, d.status, d.properties]), [
+      ["pump-1", "online", { rpm: 1200 }],
+      ["valve-2", "unknown", {}],
+    ]);
+    const filtered = (await helper.request().get("/tethral/hubs/hub1/devices?q=valve&limit=5")).body as { total: number };
+    assert.equal(filtered.total, 1);
+    const missing = await helper.request().get("/tethral/hubs/nope/devices");
+    assert.equal(missing.status, 404);
+  });
+
+  it("the plugin module registers the sidebar plugin", () => {
+    const ids: string[] = [];
+    tethralSidebar({ plugins: { registerPlugin: (id: string) => ids.push(id) } } as never);
+    assert.deepEqual(ids, ["tethral-devices-sidebar"]);
+  });
+});
