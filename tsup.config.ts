@@ -6,6 +6,8 @@ export default defineConfig({
   entry: {
     index: "src/index.ts",
     "nodes/tethral-hub": "src/nodes/tethral-hub.ts",
+    "nodes/tethral-device": "src/nodes/tethral-device.ts",
+    "nodes/tethral-state": "src/nodes/tethral-state.ts",
     "nodes/tethral-event-out": "src/nodes/tethral-event-out.ts",
     "plugins/tethral-protocols": "src/plugins/tethral-protocols.ts",
     "plugins/tethral-sidebar": "src/plugins/tethral-sidebar.ts",

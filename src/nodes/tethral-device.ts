@@ -1,0 +1,172 @@
+import type { Hub } from "../core";
+import { TethralError } from "../core/errors";
+import type { DeviceFilter } from "../core/registry";
+import { HubUse, errorLabel, fromMsg, text, toError } from "./node-support";
+import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
+
+const OPERATIONS = ["register", "update", "remove", "get", "list", "statistics"] as const;
+type Operation = (typeof OPERATIONS)[number];
+
+interface DeviceDef extends NodeDef {
+  hub?: string;
+  /** The operation when `msg.operation` gives none. */
+  operation?: string;
+  /** The device when `msg.deviceId` gives none. */
+  deviceId?: string;
+}
+
+/** What an operation answers: the new `msg.payload` and the node's status text. */
+interface Outcome {
+  payload: unknown;
+  status: string;
+  deviceId?: string;
+}
+
+type Translate = NodeAPI["_"];
+
+/**
+ * `tethral-device` (CONTRACT §5): registry operations. `msg.operation` (or the configured one)
+ * picks `register`, `update`, `remove`, `get`, `list` or `statistics`; `msg.deviceId` names the
+ * device and `msg.payload` carries the record, patch or filter. The result replaces
+ * `msg.payload` of the same msg, which goes on.
+ */
+export = function (RED: NodeAPI): void {
+  RED.nodes.registerType("tethral-device", function (this: Node, def: DeviceDef): void {
+    RED.nodes.createNode(this, def);
+    const use = HubUse.attach(RED, this, def.hub, RED._("tethral-device.errors.no-hub"));
+
+    this.on("input", (msg: NodeMessage, send, done) => {
+      if (!use) return done(new Error(RED._("tethral-device.errors.no-hub")));
+      const fail = (err: unknown) => {
+        use.failed(errorLabel(err));
+        done(toError(err));
+      };
+      let call: (hub: Hub) => Promise<Outcome> | Outcome;
+      try {
+        call = planOf(RED._, msg, def);
+      } catch (err) {
+        return fail(err);
+      }
+      use
+        .hub()
+        .then(call)
+        .then((outcome) => {
+          msg.payload = outcome.payload;
+          if (outcome.deviceId !== undefined) msg.deviceId = outcome.deviceId;
+          use.ok(outcome.status);
+          send(msg);
+          done();
+        })
+        .catch(fail);
+    });
+
+    this.on("close", (_removed: boolean, done: () => void) => {
+      use?.close();
+      done();
+    });
+  });
+};
+
+/**
+ * Reads the request from `msg` (and the node's configuration) and returns the hub call it
+ * makes. Throws INVALID for a request that cannot be made, before the hub is touched.
+ */
+function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => Promise<Outcome> | Outcome {
+  const operation = operationOf(_, msg, def);
+  const deviceId = deviceIdOf(_, msg, def);
+  // The msg is the cause: the events of the change carry its id.
+  const cause = { source: "flow", causeId: typeof msg._msgid === "string" ? msg._msgid : null };
+  const needId = (): string => {
+    if (deviceId === undefined) throw invalidInput("deviceId", _("tethral-device.errors.no-device", { operation }));
+    return deviceId;
+  };
+
+  switch (operation) {
+    case "register": {
+      const record = objectOf(_, msg.payload, "register") ?? {};
+      if (deviceId !== undefined) {
+        if (Object.hasOwn(record, "id") && record.id !== deviceId) {
+          throw invalidInput("id", _("tethral-device.errors.id-mismatch", { deviceId, id: String(record.id) }));
+        }
+        record.id = deviceId;
+      }
+      return async (hub) => {
+        const device = await hub.registerDevice(record, cause);
+        return { payload: device, deviceId: device.id, status: _("tethral-device.status.registered", { id: device.id }) };
+      };
+    }
+    case "update": {
+      const id = needId();
+      const patch = objectOf(_, msg.payload, "update");
+      if (patch === undefined) throw invalidInput("payload", _("tethral-device.errors.payload", { operation }));
+      return async (hub) => ({
+        payload: await hub.updateDevice(id, patch, cause),
+        status: _("tethral-device.status.updated", { id }),
+      });
+    }
+    case "remove": {
+      const id = needId();
+      return async (hub) => ({
+        payload: await hub.removeDevice(id, cause),
+        status: _("tethral-device.status.removed", { id }),
+      });
+    }
+    case "get": {
+      const id = needId();
+      return (hub) => {
+        const device = hub.getDevice(id);
+        return { payload: device, status: _("tethral-device.status.got", { id, status: device.status }) };
+      };
+    }
+    case "list": {
+      // A payload that is no filter (an inject node's timestamp) lists everything.
+      const filter = isPlainObject(msg.payload) ? msg.payload : {};
+      return (hub) => {
+        // The registry checks the filter (INVALID names the bad field).
+        const list = hub.listDevices(filter as DeviceFilter);
+        const status =
+          list.devices.length < list.total
+            ? _("tethral-device.status.page", { count: list.devices.length, total: list.total })
+            : _("tethral-device.status.listed", { total: list.total });
+        return { payload: list, status };
+      };
+    }
+    case "statistics":
+      return (hub) => {
+        const statistics = hub.deviceStatistics();
+        return { payload: statistics, status: _("tethral-device.status.statistics", { total: statistics.total }) };
+      };
+  }
+}
+
+/** `msg.operation` when set, else the configured one; anything else is INVALID. */
+function operationOf(_: Translate, msg: NodeMessage, def: DeviceDef): Operation {
+  const operation = fromMsg(msg, "operation", text(def.operation) ?? "get");
+  if (typeof operation !== "string" || !OPERATIONS.includes(operation as Operation)) {
+    throw invalidInput("operation", _("tethral-device.errors.operation", { operations: OPERATIONS.join(", ") }));
+  }
+  return operation as Operation;
+}
+
+/** `msg.deviceId` when set, else the configured one; undefined when neither is. */
+function deviceIdOf(_: Translate, msg: NodeMessage, def: DeviceDef): string | undefined {
+  const id = fromMsg(msg, "deviceId", text(def.deviceId));
+  if (id === undefined || id === null) return undefined;
+  if (typeof id !== "string") throw invalidInput("deviceId", _("tethral-device.errors.device-type"));
+  return id;
+}
+
+/** A shallow copy of an object payload (the caller's msg is not changed), undefined for none. */
+function objectOf(_: Translate, payload: unknown, operation: Operation): Record<string, unknown> | undefined {
+  if (payload === undefined || payload === null || payload === "") return undefined;
+  if (!isPlainObject(payload)) throw invalidInput("payload", _("tethral-device.errors.payload", { operation }));
+  return { ...payload };
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value) && !Buffer.isBuffer(value);
+}
+
+function invalidInput(field: string, message: string): TethralError {
+  return new TethralError("INVALID", message, [{ field, message }]);
+}

@@ -1,0 +1,183 @@
+import type { Hub } from "../core";
+import { TethralError } from "../core/errors";
+import type { DeviceStatus } from "../core/types";
+import { HubUse, errorLabel, fromMsg, text, toError } from "./node-support";
+import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
+
+const OPERATIONS = ["get", "set", "history", "list", "statistics"] as const;
+type Operation = (typeof OPERATIONS)[number];
+
+/** History entries answered when neither the node nor `msg.limit` says how many. */
+const DEFAULT_COUNT = 10;
+const FILTER_KEYS = ["status", "limit", "offset"];
+
+interface StateDef extends NodeDef {
+  hub?: string;
+  /** The operation when `msg.operation` gives none. */
+  operation?: string;
+  /** The device when `msg.deviceId` gives none. */
+  deviceId?: string;
+  /** History entries when `msg.limit` gives none (the editor sends text). */
+  count?: string | number;
+}
+
+/** What an operation answers: the new `msg.payload` and the node's status text. */
+interface Outcome {
+  payload: unknown;
+  status: string;
+}
+
+type Translate = NodeAPI["_"];
+
+/**
+ * `tethral-state` (CONTRACT §5): device state. `msg.operation` (or the configured one) picks
+ * `get`, `set`, `history`, `list` or `statistics` for `msg.deviceId`; the result replaces
+ * `msg.payload` of the same msg, which goes on. A `set` with a stale `expectedVersion` is a
+ * CONFLICT for a Catch node.
+ */
+export = function (RED: NodeAPI): void {
+  RED.nodes.registerType("tethral-state", function (this: Node, def: StateDef): void {
+    RED.nodes.createNode(this, def);
+    const use = HubUse.attach(RED, this, def.hub, RED._("tethral-state.errors.no-hub"));
+
+    this.on("input", (msg: NodeMessage, send, done) => {
+      if (!use) return done(new Error(RED._("tethral-state.errors.no-hub")));
+      const fail = (err: unknown) => {
+        use.failed(errorLabel(err));
+        done(toError(err));
+      };
+      let call: (hub: Hub) => Promise<Outcome> | Outcome;
+      try {
+        call = planOf(RED._, msg, def);
+      } catch (err) {
+        return fail(err);
+      }
+      use
+        .hub()
+        .then(call)
+        .then((outcome) => {
+          msg.payload = outcome.payload;
+          use.ok(outcome.status);
+          send(msg);
+          done();
+        })
+        .catch(fail);
+    });
+
+    this.on("close", (_removed: boolean, done: () => void) => {
+      use?.close();
+      done();
+    });
+  });
+};
+
+/**
+ * Reads the request from `msg` (and the node's configuration) and returns the hub call it
+ * makes. Throws INVALID for a request that cannot be made, before the hub is touched.
+ */
+function planOf(_: Translate, msg: NodeMessage, def: StateDef): (hub: Hub) => Promise<Outcome> | Outcome {
+  const operation = operationOf(_, msg, def);
+  const deviceId = fromMsg(msg, "deviceId", text(def.deviceId));
+  const needId = (): string => {
+    if (deviceId === undefined || deviceId === null) throw invalidInput("deviceId", _("tethral-state.errors.no-device", { operation }));
+    if (typeof deviceId !== "string") throw invalidInput("deviceId", _("tethral-state.errors.device-type"));
+    return deviceId;
+  };
+
+  switch (operation) {
+    case "get": {
+      const id = needId();
+      return (hub) => {
+        const state = hub.getState(id);
+        return { payload: state, status: _("tethral-state.status.got", { id, version: state.version, status: state.status }) };
+      };
+    }
+    case "set": {
+      const id = needId();
+      if (!isPlainObject(msg.payload)) throw invalidInput("payload", _("tethral-state.errors.set-payload"));
+      const input = msg.payload;
+      // The msg is the cause: the state history and `state.changed` carry its id.
+      const cause = { source: "flow", causeId: typeof msg._msgid === "string" ? msg._msgid : null };
+      return async (hub) => {
+        const state = await hub.setState(id, input, cause);
+        return { payload: state, status: _("tethral-state.status.set", { id, version: state.version }) };
+      };
+    }
+    case "history": {
+      const id = needId();
+      const limit = countOf(fromMsg(msg, "limit", countOfConfig(def.count)));
+      return async (hub) => {
+        const entries = await hub.stateHistory(id, limit as number);
+        return { payload: entries, status: _("tethral-state.status.history", { id, count: entries.length }) };
+      };
+    }
+    case "list": {
+      const query = filterOf(_, msg.payload);
+      return (hub) => {
+        const list = hub.listStates(query);
+        const status =
+          list.states.length < list.total
+            ? _("tethral-state.status.page", { count: list.states.length, total: list.total })
+            : _("tethral-state.status.listed", { total: list.total });
+        return { payload: list, status };
+      };
+    }
+    case "statistics":
+      return (hub) => {
+        const statistics = hub.stateStatistics();
+        return { payload: statistics, status: _("tethral-state.status.statistics", { total: statistics.total }) };
+      };
+  }
+}
+
+/** `msg.operation` when set, else the configured one; anything else is INVALID. */
+function operationOf(_: Translate, msg: NodeMessage, def: StateDef): Operation {
+  const operation = fromMsg(msg, "operation", text(def.operation) ?? "get");
+  if (typeof operation !== "string" || !OPERATIONS.includes(operation as Operation)) {
+    throw invalidInput("operation", _("tethral-state.errors.operation", { operations: OPERATIONS.join(", ") }));
+  }
+  return operation as Operation;
+}
+
+/**
+ * The list filter from `msg.payload`: `status`, `limit`, `offset` (numbers may come as digit
+ * text, as from a query string). A payload that is no object (an inject node's timestamp)
+ * lists every state; an unknown key is INVALID rather than silently ignored.
+ */
+function filterOf(_: Translate, payload: unknown): { status?: DeviceStatus; limit?: number; offset?: number } {
+  if (!isPlainObject(payload)) return {};
+  const unknown = Object.keys(payload).find((key) => !FILTER_KEYS.includes(key));
+  if (unknown !== undefined) throw invalidInput(unknown, _("tethral-state.errors.filter-key", { key: unknown, keys: FILTER_KEYS.join(", ") }));
+  const query: { status?: DeviceStatus; limit?: number; offset?: number } = {};
+  // The hub checks the values (INVALID names the bad field).
+  if (payload.status !== undefined && payload.status !== null && payload.status !== "") query.status = payload.status as DeviceStatus;
+  const limit = countOf(payload.limit);
+  if (limit !== undefined) query.limit = limit as number;
+  const offset = countOf(payload.offset);
+  if (offset !== undefined) query.offset = offset as number;
+  return query;
+}
+
+/** Digit text becomes its number; blank is undefined; anything else is left for the hub to refuse. */
+function countOf(value: unknown): unknown {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value === "string") {
+    if (value.trim() === "") return undefined;
+    if (/^\s*\d+\s*$/.test(value)) return Number(value);
+  }
+  return value;
+}
+
+/** The configured history count; blank or unreadable falls back to the default. */
+function countOfConfig(value: unknown): number {
+  const n = countOf(value);
+  return typeof n === "number" && Number.isInteger(n) && n >= 0 ? n : DEFAULT_COUNT;
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value) && !Buffer.isBuffer(value);
+}
+
+function invalidInput(field: string, message: string): TethralError {
+  return new TethralError("INVALID", message, [{ field, message }]);
+}

@@ -1,0 +1,296 @@
+import assert from "node:assert/strict";
+import helper from "node-red-node-test-helper";
+import type { Hub } from "../../src/core";
+import tethralDevice from "../../src/nodes/tethral-device";
+import tethralHub from "../../src/nodes/tethral-hub";
+import tethralState from "../../src/nodes/tethral-state";
+import type { Node, NodeAPI, TethralHubNode } from "../../src/nodes/types";
+import deviceCatalogue from "../../nodes/locales/en-US/tethral-device.json";
+import stateCatalogue from "../../nodes/locales/en-US/tethral-state.json";
+
+helper.init(require.resolve("node-red"));
+
+type Msg = Record<string, unknown>;
+type FlowEntry = Msg & { id: string; type: string };
+type HelperNode = Node & { on(event: "input", fn: (msg: Msg) => void): void; receive(msg: Msg): void };
+
+const tab = { id: "tab1", type: "tab", label: "Test" };
+const hub = { id: "hub1", type: "tethral-hub", storage: "memory", mqttBroker: "off", coap: false, websocket: false };
+const catcher = { id: "catch1", type: "catch", z: "tab1", scope: null, wires: [["errors"]] };
+const errors = { id: "errors", type: "helper", z: "tab1" };
+const out = { id: "out", type: "helper", z: "tab1" };
+
+/**
+ * The node module with a `RED._` that reads the real message catalogue (the helper's returns
+ * the key and drops substitutions), so status texts are checked as users see them, and a key
+ * missing from the catalogue fails the test.
+ */
+function translated(module: (RED: NodeAPI) => void, catalogue: object): (RED: NodeAPI) => void {
+  const _ = (key: string, substitutions: Record<string, unknown> = {}): string => {
+    const found = key.split(".").reduce<unknown>((at, part) => (at as Record<string, unknown> | undefined)?.[part], catalogue);
+    if (typeof found !== "string") throw new Error(`no message ${key} in the catalogue`);
+    return found.replace(/__(\w+)__/g, (_m, name: string) => String(substitutions[name]));
+  };
+  return (RED) => module(Object.assign(Object.create(RED) as NodeAPI, { _ }));
+}
+
+/** The status a node shows last (the helper spies on Node.prototype.status, shared by all nodes). */
+function lastStatus(node: Node): unknown {
+  const spy = node.status as unknown as { getCalls(): { thisValue: unknown; args: unknown[] }[] };
+  return spy.getCalls().filter((call) => call.thisValue === node).at(-1)?.args[0];
+}
+
+/** What came out next: on the node's output, or at the Catch node. */
+type Arrival = { via: "out" | "error"; msg: Msg };
+
+interface Loaded {
+  hubNode: TethralHubNode;
+  hub: Hub;
+  node(id: string): HelperNode;
+  /** Sends `msg` into node `id` and resolves with the next arrival. */
+  call(id: string, msg: Msg): Promise<Arrival>;
+  /** As `call`, expecting an output; resolves with the output msg. */
+  ok(id: string, msg: Msg): Promise<Msg>;
+  /** As `call`, expecting the Catch node; resolves with the caught msg. */
+  caught(id: string, msg: Msg): Promise<Msg>;
+}
+
+const device = (extra: Msg = {}): FlowEntry => ({ id: "dev1", type: "tethral-device", z: "tab1", hub: "hub1", operation: "get", wires: [["out"]], ...extra });
+
+async function load(nodes: FlowEntry[]): Promise<Loaded> {
+  await helper.load(
+    [tethralHub, translated(tethralDevice, deviceCatalogue), translated(tethralState, stateCatalogue)],
+    [tab, hub, ...nodes, catcher, errors, out],
+  );
+  const arrivals: Arrival[] = [];
+  const waiting: Array<(a: Arrival) => void> = [];
+  const arrive = (a: Arrival) => {
+    const w = waiting.shift();
+    if (w) w(a);
+    else arrivals.push(a);
+  };
+  (helper.getNode("out") as HelperNode).on("input", (msg) => arrive({ via: "out", msg }));
+  (helper.getNode("errors") as HelperNode).on("input", (msg) => arrive({ via: "error", msg }));
+  const next = () => (arrivals.length > 0 ? Promise.resolve(arrivals.shift()!) : new Promise<Arrival>((r) => waiting.push(r)));
+  const hubNode = helper.getNode("hub1") as TethralHubNode;
+  const node = (id: string) => helper.getNode(id) as HelperNode;
+  const call = (id: string, msg: Msg) => {
+    node(id).receive(msg);
+    return next();
+  };
+  return {
+    hubNode,
+    hub: await hubNode.acquire(),
+    node,
+    call,
+    async ok(id, msg) {
+      const a = await call(id, msg);
+      assert.equal(a.via, "out", `expected an output, got ${JSON.stringify(a.msg.error)}`);
+      return a.msg;
+    },
+    async caught(id, msg) {
+      const a = await call(id, msg);
+      assert.equal(a.via, "error", `expected an error, got an output: ${JSON.stringify(a.msg.payload)}`);
+      return a.msg;
+    },
+  };
+}
+
+const errorCode = (msg: Msg) => (msg.error as { code?: string } | undefined)?.code;
+const green = (text: string) => ({ fill: "green", shape: "dot", text });
+
+describe("tethral-device node", function () {
+  beforeEach(async () => helper.startServer());
+  afterEach(async () => {
+    await helper.unload();
+    await helper.stopServer();
+  });
+
+  it("registers a device from msg.payload and answers it with its one-time token", async () => {
+    const t = await load([device({ operation: "register" })]);
+    const m = await t.ok("dev1", { payload: { id: "boiler-1", protocol: "mqtt", tags: ["floor-2"] }, keep: "me" });
+    const payload = m.payload as { id: string; protocol: string; tags: string[]; token?: string; status: string };
+    assert.equal(payload.id, "boiler-1");
+    assert.equal(payload.protocol, "mqtt");
+    assert.deepEqual(payload.tags, ["floor-2"]);
+    assert.equal(typeof payload.token, "string", "the token is answered once, at registration");
+    assert.ok(payload.token!.length >= 16);
+    assert.equal(m.deviceId, "boiler-1");
+    assert.equal(m.keep, "me", "the msg's other properties pass through");
+    assert.equal(t.hub.getDevice("boiler-1").protocol, "mqtt");
+    assert.equal((t.hub.getDevice("boiler-1") as { token?: string }).token, undefined, "never shown again");
+    assert.deepEqual(lastStatus(t.node("dev1")), green("registered boiler-1"));
+  });
+
+  it("registers with the id from msg.deviceId, and refuses a different payload.id", async () => {
+    const t = await load([device({ operation: "register" })]);
+    const record = { protocol: "coap", address: "coap://10.0.0.5" };
+    const m = await t.ok("dev1", { deviceId: "pump-1", payload: record });
+    assert.equal((m.payload as { id: string }).id, "pump-1");
+    assert.deepEqual(record, { protocol: "coap", address: "coap://10.0.0.5" }, "the caller's payload object is not changed");
+    const same = await t.ok("dev1", { deviceId: "pump-2", payload: { id: "pump-2", protocol: "http" } });
+    assert.equal((same.payload as { id: string }).id, "pump-2");
+
+    const bad = await t.caught("dev1", { deviceId: "pump-3", payload: { id: "other", protocol: "mqtt" }, keep: 1 });
+    assert.equal(errorCode(bad), "INVALID");
+    assert.equal(bad.keep, 1);
+    assert.equal(bad.deviceId, "pump-3");
+    assert.throws(() => t.hub.getDevice("pump-3"), /not found/);
+    assert.throws(() => t.hub.getDevice("other"), /not found/);
+    assert.deepEqual(lastStatus(t.node("dev1")), { fill: "red", shape: "ring", text: "INVALID" });
+  });
+
+  it("gets, updates and removes a device named by msg.deviceId or the node's device", async () => {
+    const t = await load([device({ operation: "get" }), device({ id: "dev2", operation: "get", deviceId: "boiler-1" })]);
+    await t.hub.registerDevice({ id: "boiler-1", protocol: "mqtt", name: "Boiler" });
+    await t.hub.registerDevice({ id: "boiler-2", protocol: "mqtt" });
+
+    const got = await t.ok("dev1", { deviceId: "boiler-2", topic: "t" });
+    assert.equal((got.payload as { id: string }).id, "boiler-2");
+    assert.equal(got.topic, "t");
+    assert.deepEqual(lastStatus(t.node("dev1")), green("boiler-2: unknown"));
+    assert.equal(((await t.ok("dev2", {})).payload as { name: string }).name, "Boiler", "the node's device");
+    assert.equal(((await t.ok("dev2", { deviceId: "boiler-2" })).payload as { id: string }).id, "boiler-2", "msg.deviceId overrides it");
+
+    const updated = await t.ok("dev1", { operation: "update", deviceId: "boiler-1", payload: { name: "Boiler room", tags: ["b"] } });
+    assert.equal((updated.payload as { name: string }).name, "Boiler room");
+    assert.equal(t.hub.getDevice("boiler-1").name, "Boiler room");
+    assert.deepEqual(t.hub.getDevice("boiler-1").tags, ["b"]);
+    assert.deepEqual(lastStatus(t.node("dev1")), green("updated boiler-1"));
+
+    const removed = await t.ok("dev2", { operation: "remove", keep: true });
+    assert.equal((removed.payload as { id: string }).id, "boiler-1");
+    assert.equal(removed.keep, true);
+    assert.throws(() => t.hub.getDevice("boiler-1"), /not found/);
+    assert.deepEqual(lastStatus(t.node("dev2")), green("removed boiler-1"));
+  });
+
+  it("lists with a filter from msg.payload, and counts in the status", async () => {
+    const t = await load([device({ operation: "list" })]);
+    for (let i = 1; i <= 12; i++) {
+      await t.hub.registerDevice({ id: `d-${String(i).padStart(2, "0")}`, protocol: i <= 4 ? "coap" : "mqtt", manufacturer: i % 2 ? "Acme" : "Other", address: "coap://x" });
+    }
+    const all = await t.ok("dev1", { payload: Date.now() });
+    assert.equal((all.payload as { total: number }).total, 12, "a payload that is no filter lists everything");
+    assert.equal((all.payload as { devices: unknown[] }).devices.length, 12);
+    assert.deepEqual(lastStatus(t.node("dev1")), green("12 devices"));
+
+    const coap = await t.ok("dev1", { payload: { protocol: "coap", sort: "id", order: "desc" } });
+    const ids = (coap.payload as { devices: Array<{ id: string }> }).devices.map((d) => d.id);
+    assert.deepEqual(ids, ["d-04", "d-03", "d-02", "d-01"]);
+    assert.equal((coap.payload as { total: number }).total, 4);
+
+    const page = await t.ok("dev1", { payload: { manufacturer: "Acme", limit: 2, offset: 1, sort: "id" } });
+    assert.deepEqual(
+      (page.payload as { devices: Array<{ id: string }> }).devices.map((d) => d.id),
+      ["d-03", "d-05"],
+    );
+    assert.deepEqual(lastStatus(t.node("dev1")), green("2 of 6 devices"));
+
+    const q = await t.ok("dev1", { payload: { q: "D-1" } });
+    assert.equal((q.payload as { total: number }).total, 3, "d-10, d-11, d-12");
+
+    const bad = await t.caught("dev1", { payload: { colour: "red" }, keep: "x" });
+    assert.equal(errorCode(bad), "INVALID", "an unknown filter key");
+    assert.equal(bad.keep, "x");
+  });
+
+  it("answers statistics", async () => {
+    const t = await load([device({ operation: "statistics" })]);
+    await t.hub.registerDevice({ id: "a", protocol: "mqtt", capabilities: ["temperature"] });
+    await t.hub.registerDevice({ id: "b", protocol: "mqtt" });
+    const m = await t.ok("dev1", { payload: "go" });
+    const stats = m.payload as { total: number; byProtocol: Record<string, number>; byCapability: Record<string, number> };
+    assert.equal(stats.total, 2);
+    assert.equal(stats.byProtocol.mqtt, 2);
+    assert.equal(stats.byCapability.temperature, 1);
+    assert.deepEqual(lastStatus(t.node("dev1")), green("2 devices"));
+    // msg.operation overrides the node's choice in the other direction too.
+    const listed = await t.ok("dev1", { operation: "list" });
+    assert.equal((listed.payload as { total: number }).total, 2);
+  });
+
+  it("sends refusals to a Catch node with the original msg and the error's code", async () => {
+    const t = await load([device({ operation: "get" })]);
+    await t.hub.registerDevice({ id: "taken", protocol: "mqtt" });
+    const cases: Array<[Msg, string]> = [
+      [{}, "INVALID"], // get without a device
+      [{ operation: "update", payload: { name: "x" } }, "INVALID"],
+      [{ operation: "remove" }, "INVALID"],
+      [{ operation: "explode", deviceId: "taken" }, "INVALID"],
+      [{ deviceId: 42 }, "INVALID"],
+      [{ operation: "update", deviceId: "taken", payload: "name" }, "INVALID"],
+      [{ operation: "update", deviceId: "taken", payload: { protocol: 7 } }, "INVALID"],
+      [{ operation: "register", payload: { id: "bad id", protocol: "mqtt" } }, "INVALID"],
+      [{ operation: "register", payload: { id: "no-protocol" } }, "INVALID"],
+      [{ operation: "register", payload: [1, 2] }, "INVALID"],
+      [{ deviceId: "ghost" }, "NOT_FOUND"],
+      [{ operation: "update", deviceId: "ghost", payload: { name: "x" } }, "NOT_FOUND"],
+      [{ operation: "remove", deviceId: "ghost" }, "NOT_FOUND"],
+      [{ operation: "register", payload: { id: "taken", protocol: "mqtt" } }, "CONFLICT"],
+    ];
+    for (const [msg, code] of cases) {
+      const m = await t.caught("dev1", { ...msg, keep: "me" });
+      assert.equal(errorCode(m), code, JSON.stringify(msg));
+      assert.equal(m.keep, "me", "the Catch node gets the original message");
+      assert.equal((m.error as { source: { id: string } }).source.id, "dev1");
+      assert.deepEqual(lastStatus(t.node("dev1")), { fill: "red", shape: "ring", text: code });
+    }
+    assert.equal(t.hub.getDevice("taken").name, "taken", "nothing changed");
+    assert.equal(t.hub.listDevices().total, 1);
+  });
+
+  it("shares one hub with other nodes, and releases it on close", async () => {
+    const t = await load([
+      device({ operation: "register", wires: [["state1"]] }),
+      { id: "state1", type: "tethral-state", z: "tab1", hub: "hub1", operation: "get", wires: [["out"]] },
+    ]);
+    assert.equal(t.hubNode.userCount(), 2);
+    // register → state get: the registered id travels on as msg.deviceId.
+    const m = await t.ok("dev1", { payload: { id: "shared-1", protocol: "mqtt" } });
+    assert.equal((m.payload as { deviceId: string; version: number }).deviceId, "shared-1");
+    assert.equal(m.deviceId, "shared-1");
+
+    // A "nodes" deploy that removes the device node closes it alone: it lets go of the hub,
+    // which keeps running for the state node.
+    const dev1 = t.node("dev1");
+    await helper.setFlows(
+      [tab, hub, { id: "state1", type: "tethral-state", z: "tab1", hub: "hub1", operation: "get", wires: [["out"]] }, catcher, errors, out],
+      "nodes",
+    );
+    assert.equal(t.hubNode.userCount(), 1);
+    assert.deepEqual(lastStatus(dev1), {}, "the removed node's status is cleared");
+    assert.equal(t.hubNode.hubStatus().state, "running");
+    assert.equal(await t.hubNode.acquire(), t.hub, "the same hub");
+  });
+
+  it("stops with the hub on a full stop, and a redeploy gets a fresh hub", async () => {
+    const t = await load([device({ operation: "register" })]);
+    await t.ok("dev1", { payload: { id: "old-1", protocol: "mqtt" } });
+    assert.equal(t.hubNode.userCount(), 1);
+    await helper.unload();
+    assert.equal(t.hubNode.hubStatus().state, "stopped");
+
+    const again = await load([device({ operation: "list" })]);
+    assert.notEqual(again.hub, t.hub);
+    assert.equal(again.hubNode.userCount(), 1);
+    const m = await again.ok("dev1", {});
+    assert.equal((m.payload as { total: number }).total, 0, "a memory hub starts empty");
+  });
+
+  it("without a hub, says so on its status and refuses input", async () => {
+    await helper.load([tethralHub, translated(tethralDevice, deviceCatalogue)], [tab, device({ hub: "", wires: [] }), catcher, errors]);
+    const node = helper.getNode("dev1") as HelperNode;
+    assert.deepEqual(lastStatus(node), { fill: "red", shape: "ring", text: "No Tethral hub configured" });
+    // The node also logs "no hub" when it starts (a Catch node may see that): wait for this msg.
+    const caught = new Promise<Msg>((resolve) =>
+      (helper.getNode("errors") as HelperNode).on("input", (m) => {
+        if (m.keep === 1) resolve(m);
+      }),
+    );
+    node.receive({ keep: 1 });
+    const m = await caught;
+    assert.equal(m.keep, 1);
+    assert.match(String((m.error as { message: string }).message), /No Tethral hub/);
+  });
+});

@@ -1,0 +1,277 @@
+import assert from "node:assert/strict";
+import helper from "node-red-node-test-helper";
+import type { Hub } from "../../src/core";
+import tethralHub from "../../src/nodes/tethral-hub";
+import tethralState from "../../src/nodes/tethral-state";
+import type { Node, NodeAPI, TethralHubNode } from "../../src/nodes/types";
+import stateCatalogue from "../../nodes/locales/en-US/tethral-state.json";
+
+helper.init(require.resolve("node-red"));
+
+type Msg = Record<string, unknown>;
+type FlowEntry = Msg & { id: string; type: string };
+type HelperNode = Node & { on(event: "input", fn: (msg: Msg) => void): void; receive(msg: Msg): void };
+
+const tab = { id: "tab1", type: "tab", label: "Test" };
+const hub = { id: "hub1", type: "tethral-hub", storage: "memory", mqttBroker: "off", coap: false, websocket: false };
+const catcher = { id: "catch1", type: "catch", z: "tab1", scope: null, wires: [["errors"]] };
+const errors = { id: "errors", type: "helper", z: "tab1" };
+const out = { id: "out", type: "helper", z: "tab1" };
+
+/**
+ * The node module with a `RED._` that reads the real message catalogue (the helper's returns
+ * the key and drops substitutions), so status texts are checked as users see them, and a key
+ * missing from the catalogue fails the test.
+ */
+function translated(module: (RED: NodeAPI) => void, catalogue: object): (RED: NodeAPI) => void {
+  const _ = (key: string, substitutions: Record<string, unknown> = {}): string => {
+    const found = key.split(".").reduce<unknown>((at, part) => (at as Record<string, unknown> | undefined)?.[part], catalogue);
+    if (typeof found !== "string") throw new Error(`no message ${key} in the catalogue`);
+    return found.replace(/__(\w+)__/g, (_m, name: string) => String(substitutions[name]));
+  };
+  return (RED) => module(Object.assign(Object.create(RED) as NodeAPI, { _ }));
+}
+
+/** The status a node shows last (the helper spies on Node.prototype.status, shared by all nodes). */
+function lastStatus(node: Node): unknown {
+  const spy = node.status as unknown as { getCalls(): { thisValue: unknown; args: unknown[] }[] };
+  return spy.getCalls().filter((call) => call.thisValue === node).at(-1)?.args[0];
+}
+
+/** What came out next: on the node's output, or at the Catch node. */
+type Arrival = { via: "out" | "error"; msg: Msg };
+
+interface Loaded {
+  hubNode: TethralHubNode;
+  hub: Hub;
+  node(id: string): HelperNode;
+  /** Sends `msg` into node `id` and resolves with the next arrival. */
+  call(id: string, msg: Msg): Promise<Arrival>;
+  /** As `call`, expecting an output; resolves with the output msg. */
+  ok(id: string, msg: Msg): Promise<Msg>;
+  /** As `call`, expecting the Catch node; resolves with the caught msg. */
+  caught(id: string, msg: Msg): Promise<Msg>;
+}
+
+const state = (extra: Msg = {}): FlowEntry => ({ id: "st1", type: "tethral-state", z: "tab1", hub: "hub1", operation: "get", wires: [["out"]], ...extra });
+
+async function load(nodes: FlowEntry[]): Promise<Loaded> {
+  await helper.load(
+    [tethralHub, translated(tethralState, stateCatalogue)],
+    [tab, hub, ...nodes, catcher, errors, out],
+  );
+  const arrivals: Arrival[] = [];
+  const waiting: Array<(a: Arrival) => void> = [];
+  const arrive = (a: Arrival) => {
+    const w = waiting.shift();
+    if (w) w(a);
+    else arrivals.push(a);
+  };
+  (helper.getNode("out") as HelperNode).on("input", (msg) => arrive({ via: "out", msg }));
+  (helper.getNode("errors") as HelperNode).on("input", (msg) => arrive({ via: "error", msg }));
+  const next = () => (arrivals.length > 0 ? Promise.resolve(arrivals.shift()!) : new Promise<Arrival>((r) => waiting.push(r)));
+  const hubNode = helper.getNode("hub1") as TethralHubNode;
+  const node = (id: string) => helper.getNode(id) as HelperNode;
+  const call = (id: string, msg: Msg) => {
+    node(id).receive(msg);
+    return next();
+  };
+  return {
+    hubNode,
+    hub: await hubNode.acquire(),
+    node,
+    call,
+    async ok(id, msg) {
+      const a = await call(id, msg);
+      assert.equal(a.via, "out", `expected an output, got ${JSON.stringify(a.msg.error)}`);
+      return a.msg;
+    },
+    async caught(id, msg) {
+      const a = await call(id, msg);
+      assert.equal(a.via, "error", `expected an error, got an output: ${JSON.stringify(a.msg.payload)}`);
+      return a.msg;
+    },
+  };
+}
+
+const errorCode = (msg: Msg) => (msg.error as { code?: string } | undefined)?.code;
+const green = (text: string) => ({ fill: "green", shape: "dot", text });
+
+describe("tethral-state node", function () {
+  beforeEach(async () => helper.startServer());
+  afterEach(async () => {
+    await helper.unload();
+    await helper.stopServer();
+  });
+
+  type State = { deviceId: string; status: string; properties: Msg; desired: Msg; delta: Msg; version: number };
+  type Entry = { deviceId: string; from: Msg; to: Msg; reason: string; causeId: string | null };
+
+  it("gets a device's state, by msg.deviceId or the node's device", async () => {
+    const t = await load([state(), state({ id: "st2", deviceId: "boiler-1" })]);
+    await t.hub.registerDevice({ id: "boiler-1", protocol: "mqtt" });
+    await t.hub.registerDevice({ id: "boiler-2", protocol: "mqtt" });
+    t.hub.ingest("boiler-1", { kind: "telemetry", data: { temperature: 21.5 } });
+
+    const m = await t.ok("st2", { keep: "me" });
+    const s = m.payload as State;
+    assert.equal(s.deviceId, "boiler-1");
+    assert.deepEqual(s.properties, { temperature: 21.5 });
+    assert.equal(s.status, "online");
+    assert.equal(m.keep, "me");
+    assert.deepEqual(lastStatus(t.node("st2")), green(`boiler-1 v${s.version} online`));
+
+    const other = await t.ok("st2", { deviceId: "boiler-2" });
+    assert.equal((other.payload as State).deviceId, "boiler-2", "msg.deviceId overrides the node's device");
+    const plain = await t.ok("st1", { deviceId: "boiler-2" });
+    assert.equal((plain.payload as State).status, "unknown");
+  });
+
+  it("sets desired values and status, with the msg as the cause", async () => {
+    const t = await load([state({ operation: "set" })]);
+    await t.hub.registerDevice({ id: "boiler-1", protocol: "mqtt" });
+    t.hub.ingest("boiler-1", { kind: "telemetry", data: { setpoint: 20 } });
+    const before = t.hub.getState("boiler-1").version;
+
+    const m = await t.ok("st1", { deviceId: "boiler-1", payload: { desired: { setpoint: 22 } }, topic: "heat", _msgid: "abc123" });
+    const s = m.payload as State;
+    assert.deepEqual(s.desired, { setpoint: 22 });
+    assert.deepEqual(s.delta, { setpoint: 22 });
+    assert.equal(s.version, before + 1);
+    assert.equal(m.topic, "heat");
+    assert.equal(m.deviceId, "boiler-1");
+    assert.deepEqual(t.hub.getState("boiler-1").desired, { setpoint: 22 });
+    assert.deepEqual(lastStatus(t.node("st1")), green(`set boiler-1 v${before + 1}`));
+    const last = (await t.hub.stateHistory("boiler-1", 1))[0]!;
+    assert.equal(last.causeId, "abc123", "the change is traced to the msg");
+
+    const maint = await t.ok("st1", { deviceId: "boiler-1", payload: { status: "maintenance", expectedVersion: before + 1 } });
+    assert.equal((maint.payload as State).status, "maintenance");
+    assert.equal(t.hub.getDevice("boiler-1").status, "maintenance");
+  });
+
+  it("sends a stale expectedVersion to a Catch node as CONFLICT, changing nothing", async () => {
+    const t = await load([state({ operation: "set", deviceId: "boiler-1" })]);
+    await t.hub.registerDevice({ id: "boiler-1", protocol: "mqtt" });
+    const first = await t.ok("st1", { payload: { desired: { setpoint: 21 } } });
+    const version = (first.payload as State).version;
+    await t.ok("st1", { payload: { desired: { setpoint: 22 }, expectedVersion: version } });
+
+    const m = await t.caught("st1", { payload: { desired: { setpoint: 30 }, expectedVersion: version }, keep: "me" });
+    assert.equal(errorCode(m), "CONFLICT");
+    assert.equal(m.keep, "me", "the Catch node gets the original msg");
+    assert.deepEqual(m.payload, { desired: { setpoint: 30 }, expectedVersion: version });
+    assert.match(String((m.error as { message: string }).message), /version/);
+    assert.deepEqual(t.hub.getState("boiler-1").desired, { setpoint: 22 });
+    assert.equal(t.hub.getState("boiler-1").version, version + 1);
+    assert.deepEqual(lastStatus(t.node("st1")), { fill: "red", shape: "ring", text: "CONFLICT" });
+  });
+
+  it("answers history: the node's count (default 10), or msg.limit", async () => {
+    const t = await load([state({ operation: "history", deviceId: "boiler-1" }), state({ id: "st2", operation: "history", count: "3" })]);
+    await t.hub.registerDevice({ id: "boiler-1", protocol: "mqtt" });
+    for (let i = 1; i <= 12; i++) await t.hub.setState("boiler-1", { desired: { step: i } });
+
+    const dflt = await t.ok("st1", { keep: 1 });
+    const entries = dflt.payload as Entry[];
+    assert.equal(entries.length, 10);
+    assert.deepEqual(entries.at(-1)!.to, { desired: { step: 12 } }, "oldest first, newest last");
+    assert.equal(dflt.keep, 1);
+    assert.deepEqual(lastStatus(t.node("st1")), green("10 changes of boiler-1"));
+
+    assert.equal(((await t.ok("st2", { deviceId: "boiler-1" })).payload as Entry[]).length, 3, "the node's count");
+    assert.equal(((await t.ok("st2", { deviceId: "boiler-1", limit: 5 })).payload as Entry[]).length, 5, "msg.limit overrides");
+    assert.equal(((await t.ok("st1", { limit: "2" })).payload as Entry[]).length, 2, "digit text counts");
+    assert.equal(((await t.ok("st1", { limit: 0 })).payload as Entry[]).length, 0);
+    assert.equal(errorCode(await t.caught("st1", { limit: -1 })), "INVALID");
+    assert.equal(errorCode(await t.caught("st1", { limit: "many" })), "INVALID");
+    assert.equal(errorCode(await t.caught("st1", { deviceId: "ghost" })), "NOT_FOUND");
+  });
+
+  it("lists states with a {status, limit, offset} filter, and answers statistics", async () => {
+    const t = await load([state({ operation: "list" })]);
+    for (const id of ["a", "b", "c", "d"]) await t.hub.registerDevice({ id, protocol: "mqtt" });
+    t.hub.ingest("a", { kind: "heartbeat" });
+    t.hub.ingest("c", { kind: "heartbeat" });
+
+    const all = await t.ok("st1", { payload: 1_700_000_000_000 });
+    assert.equal((all.payload as { total: number }).total, 4, "a payload that is no filter lists everything");
+    assert.deepEqual(lastStatus(t.node("st1")), green("4 states"));
+
+    const online = await t.ok("st1", { payload: { status: "online" } });
+    const ids = (online.payload as { states: State[] }).states.map((s) => s.deviceId).sort();
+    assert.deepEqual(ids, ["a", "c"]);
+    assert.equal((online.payload as { total: number }).total, 2);
+
+    const page = await t.ok("st1", { payload: { limit: "1", offset: 1 } });
+    assert.equal((page.payload as { states: State[] }).states.length, 1);
+    assert.deepEqual(lastStatus(t.node("st1")), green("1 of 4 states"));
+
+    assert.equal(errorCode(await t.caught("st1", { payload: { status: "asleep" } })), "INVALID");
+    assert.equal(errorCode(await t.caught("st1", { payload: { staus: "online" } })), "INVALID", "a misspelt key");
+    assert.equal(errorCode(await t.caught("st1", { payload: { limit: -3 } })), "INVALID");
+
+    const stats = await t.ok("st1", { operation: "statistics", keep: true });
+    const s = stats.payload as { total: number; byStatus: Record<string, number>; anomalies: unknown };
+    assert.equal(s.total, 4);
+    assert.equal(s.byStatus.online, 2);
+    assert.ok(s.anomalies, "anomaly counts come along");
+    assert.equal(stats.keep, true);
+    assert.deepEqual(lastStatus(t.node("st1")), green("4 devices"));
+  });
+
+  it("sends refusals to a Catch node with the original msg and the error's code", async () => {
+    const t = await load([state()]);
+    await t.hub.registerDevice({ id: "boiler-1", protocol: "mqtt" });
+    const cases: Array<[Msg, string]> = [
+      [{}, "INVALID"], // get without a device
+      [{ operation: "set", payload: { desired: { a: 1 } } }, "INVALID"],
+      [{ operation: "history" }, "INVALID"],
+      [{ operation: "nap", deviceId: "boiler-1" }, "INVALID"],
+      [{ operation: 3, deviceId: "boiler-1" }, "INVALID"],
+      [{ deviceId: ["boiler-1"] }, "INVALID"],
+      [{ operation: "set", deviceId: "boiler-1", payload: "22" }, "INVALID"],
+      [{ operation: "set", deviceId: "boiler-1", payload: { desired: 22 } }, "INVALID"],
+      [{ operation: "set", deviceId: "boiler-1", payload: { setpoint: 22 } }, "INVALID"],
+      [{ operation: "set", deviceId: "boiler-1", payload: { status: "asleep" } }, "INVALID"],
+      [{ operation: "set", deviceId: "boiler-1", payload: { expectedVersion: -1 } }, "INVALID"],
+      [{ deviceId: "ghost" }, "NOT_FOUND"],
+      [{ operation: "set", deviceId: "ghost", payload: { desired: { a: 1 } } }, "NOT_FOUND"],
+      [{ operation: "set", deviceId: "boiler-1", payload: { desired: { a: 1 }, expectedVersion: 99 } }, "CONFLICT"],
+    ];
+    for (const [msg, code] of cases) {
+      const m = await t.caught("st1", { ...msg, keep: "me" });
+      assert.equal(errorCode(m), code, JSON.stringify(msg));
+      assert.equal(m.keep, "me", "the Catch node gets the original message");
+      assert.equal((m.error as { source: { id: string } }).source.id, "st1");
+      assert.deepEqual(lastStatus(t.node("st1")), { fill: "red", shape: "ring", text: code });
+    }
+    assert.equal(t.hub.getState("boiler-1").version, 0, "nothing changed");
+  });
+
+  it("shares one hub between nodes, and a redeploy that removes one releases only it", async () => {
+    const setter = state({ operation: "set", deviceId: "boiler-1" });
+    const getter = state({ id: "st2", operation: "get", deviceId: "boiler-1" });
+    const t = await load([setter, getter]);
+    assert.equal(t.hubNode.userCount(), 2);
+    await t.hub.registerDevice({ id: "boiler-1", protocol: "mqtt" });
+    await t.ok("st1", { payload: { desired: { mode: "eco" } } });
+    const m = await t.ok("st2", {});
+    assert.deepEqual((m.payload as State).desired, { mode: "eco" }, "the other node sees the same hub");
+
+    const st1 = t.node("st1");
+    await helper.setFlows([tab, hub, getter, catcher, errors, out], "nodes");
+    assert.equal(t.hubNode.userCount(), 1, "the removed node let go of the hub");
+    assert.deepEqual(lastStatus(st1), {}, "and cleared its status");
+    assert.equal(t.hubNode.hubStatus().state, "running");
+    assert.equal(await t.hubNode.acquire(), t.hub);
+  });
+
+  it("stops with the hub on a full stop", async () => {
+    const t = await load([state({ operation: "statistics" })]);
+    await t.ok("st1", {});
+    assert.equal(t.hubNode.userCount(), 1);
+    await helper.unload();
+    assert.equal(t.hubNode.hubStatus().state, "stopped");
+  });
+});
