@@ -1,0 +1,110 @@
+import type { SubscriptionHandle } from "../core/events";
+import type { Priority } from "../core/types";
+import { HubUse, errorLabel, text } from "./node-support";
+import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
+
+/** An input-less node sends from its event handler (types.ts lists only what the others use). */
+type SendingNode = Node & { send(msg: NodeMessage): void };
+
+interface EventInDef extends NodeDef {
+  hub?: string;
+  /** Type patterns separated by commas: `device.online`, `device.*`, `*`; blank: `*`. */
+  types?: string;
+  minPriority?: string;
+  /** Device ids separated by commas or white space; blank: events of any device or none. */
+  deviceId?: string;
+}
+
+/**
+ * `tethral-event-in` (CONTRACT §5): one message per event on the hub's bus that matches the
+ * node's type patterns, minimum priority and devices; `msg.payload` is the event, `msg.topic`
+ * its type. The bus checks the filters; the node only turns events into messages.
+ */
+export = function (RED: NodeAPI): void {
+  RED.nodes.registerType("tethral-event-in", function (this: Node, def: EventInDef): void {
+    RED.nodes.createNode(this, def);
+    const node = this as SendingNode;
+    const use = HubUse.attach(RED, node, def.hub, RED._("tethral-event-in.errors.no-hub"));
+    if (!use) return;
+    const types = list(def.types, /\s*,\s*/);
+    const deviceIds = list(def.deviceId, /[\s,]+/);
+    const minPriority = text(def.minPriority) as Priority | undefined;
+    let handle: SubscriptionHandle | null = null;
+    let closed = false;
+    let received = 0;
+    let lastType = "";
+    const status = throttled(() => use.ok(RED._("tethral-event-in.status.received", { count: received, type: lastType })));
+
+    use
+      .hub()
+      .then((hub) => {
+        if (closed) return;
+        handle = hub.subscribe(
+          {
+            types: types.length > 0 ? types : "*",
+            ...(minPriority !== undefined && { minPriority }),
+            ...(deviceIds.length > 0 && { deviceId: deviceIds }),
+            owner: `tethral-event-in:${node.id}`,
+            name: `tethral-event-in ${node.id}`,
+          },
+          (event) => {
+            received++;
+            lastType = event.type;
+            status.request();
+            // Every subscriber and the history share one event object: the flow gets its own copy.
+            node.send({ payload: structuredClone(event), topic: event.type });
+          },
+        );
+        use.status({ fill: "green", shape: "ring", text: RED._("tethral-event-in.status.listening") });
+      })
+      .catch((err: unknown) => {
+        if (closed) return;
+        // A pattern or priority the bus refuses (INVALID) or a hub that would not start.
+        use.failed(errorLabel(err));
+        node.error(err);
+      });
+
+    node.on("close", (_removed: boolean, done: () => void) => {
+      closed = true;
+      status.cancel();
+      handle?.unsubscribe();
+      handle = null;
+      use.close();
+      done();
+    });
+  });
+};
+
+function list(value: unknown, separator: RegExp): string[] {
+  const s = text(value);
+  return s === undefined ? [] : [...new Set(s.split(separator).map((v) => v.trim()).filter((v) => v !== ""))];
+}
+
+/**
+ * Runs `show` at once, then at most every `ms`: a busy fleet must not send the editor a status
+ * update per message. The last request is always shown.
+ */
+function throttled(show: () => void, ms = 500): { request(): void; cancel(): void } {
+  let last = 0;
+  let timer: NodeJS.Timeout | null = null;
+  return {
+    request() {
+      if (timer !== null) return;
+      const wait = last + ms - Date.now();
+      if (wait <= 0) {
+        last = Date.now();
+        show();
+        return;
+      }
+      timer = setTimeout(() => {
+        timer = null;
+        last = Date.now();
+        show();
+      }, wait);
+    },
+    cancel() {
+      if (timer !== null) clearTimeout(timer);
+      timer = null;
+    },
+  };
+}

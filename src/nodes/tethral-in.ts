@@ -1,0 +1,134 @@
+import type { SubscriptionHandle } from "../core/events";
+import type { Device, TethralEvent } from "../core/types";
+import { HubUse, errorLabel, text } from "./node-support";
+import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
+
+/** An input-less node sends from its event handler (types.ts lists only what the others use). */
+type SendingNode = Node & { send(msg: NodeMessage): void };
+
+/** Each kind's editor flag and whether a node without the flag takes it (heartbeats are noisy). */
+const KINDS = [
+  { kind: "telemetry", flag: "kindTelemetry", byDefault: true },
+  { kind: "heartbeat", flag: "kindHeartbeat", byDefault: false },
+  { kind: "state", flag: "kindState", byDefault: true },
+  { kind: "status", flag: "kindStatus", byDefault: true },
+] as const;
+
+interface InDef extends NodeDef {
+  hub?: string;
+  /** Device ids, separated by commas or white space; blank: every device. */
+  deviceId?: string;
+  /** Protocol names, separated by commas or white space; blank: every protocol. */
+  protocol?: string;
+  kindTelemetry?: boolean;
+  kindHeartbeat?: boolean;
+  kindState?: boolean;
+  kindStatus?: boolean;
+}
+
+type Received = TethralEvent<"message.received", { kind: string; protocol: string | null; data: unknown }>;
+
+/**
+ * `tethral-in` (CONTRACT §5): one message per device message the hub accepted, over any
+ * protocol, filtered by device, protocol and kind. The hub publishes `message.received` only
+ * while someone subscribes, so a fleet without tethral-in nodes pays nothing for it.
+ */
+export = function (RED: NodeAPI): void {
+  RED.nodes.registerType("tethral-in", function (this: Node, def: InDef): void {
+    RED.nodes.createNode(this, def);
+    const node = this as SendingNode;
+    const use = HubUse.attach(RED, node, def.hub, RED._("tethral-in.errors.no-hub"));
+    if (!use) return;
+    const deviceIds = list(def.deviceId);
+    const protocols = list(def.protocol);
+    const kinds = new Set<string>(KINDS.filter((k) => (typeof def[k.flag] === "boolean" ? def[k.flag] : k.byDefault)).map((k) => k.kind));
+    let handle: SubscriptionHandle | null = null;
+    let closed = false;
+    let received = 0;
+    let lastTopic = "";
+    const status = throttled(() => use.ok(RED._("tethral-in.status.received", { count: received, topic: lastTopic })));
+
+    use
+      .hub()
+      .then((hub) => {
+        if (closed) return;
+        handle = hub.subscribe(
+          {
+            types: "message.received",
+            ...(deviceIds.length > 0 && { deviceId: deviceIds }),
+            filter: (event) => {
+              const { kind, protocol } = (event as Received).data;
+              return kinds.has(kind) && (protocols.length === 0 || (protocol !== null && protocols.includes(protocol)));
+            },
+            owner: `tethral-in:${node.id}`,
+            name: `tethral-in ${node.id}`,
+          },
+          (event) => {
+            const { kind, protocol, data } = (event as Received).data;
+            const deviceId = event.deviceId as string;
+            let device: Device | null = null;
+            try {
+              device = hub.getDevice(deviceId);
+            } catch {
+              // Removed between its message and this delivery: the message still happened.
+            }
+            received++;
+            lastTopic = `${deviceId}/${kind}`;
+            status.request();
+            // The bus hands every subscriber the same objects: the flow gets its own copy.
+            node.send({ payload: structuredClone(data), topic: `${deviceId}/${kind}`, deviceId, device, kind, protocol });
+          },
+        );
+        use.status({ fill: "green", shape: "ring", text: RED._("tethral-in.status.listening") });
+      })
+      .catch((err: unknown) => {
+        if (closed) return;
+        use.failed(errorLabel(err));
+        node.error(err);
+      });
+
+    node.on("close", (_removed: boolean, done: () => void) => {
+      closed = true;
+      status.cancel();
+      handle?.unsubscribe();
+      handle = null;
+      use.close();
+      done();
+    });
+  });
+};
+
+/** Names from an editor field: separated by commas or white space, blanks dropped. */
+function list(value: unknown): string[] {
+  const s = text(value);
+  return s === undefined ? [] : [...new Set(s.split(/[\s,]+/).filter((v) => v !== ""))];
+}
+
+/**
+ * Runs `show` at once, then at most every `ms`: a busy fleet must not send the editor a status
+ * update per message. The last request is always shown.
+ */
+function throttled(show: () => void, ms = 500): { request(): void; cancel(): void } {
+  let last = 0;
+  let timer: NodeJS.Timeout | null = null;
+  return {
+    request() {
+      if (timer !== null) return;
+      const wait = last + ms - Date.now();
+      if (wait <= 0) {
+        last = Date.now();
+        show();
+        return;
+      }
+      timer = setTimeout(() => {
+        timer = null;
+        last = Date.now();
+        show();
+      }, wait);
+    },
+    cancel() {
+      if (timer !== null) clearTimeout(timer);
+      timer = null;
+    },
+  };
+}
