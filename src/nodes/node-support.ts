@@ -81,8 +81,18 @@ export function errorLabel(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
 }
 
-/** Hands an error to Node-RED so a Catch node gets it with `msg.error.code` (CONTRACT §1 codes). */
+/**
+ * Hands an error to Node-RED so a Catch node gets `msg.error.code` (CONTRACT §1 codes) and
+ * `msg.error.message` as the plain sentence: Node-RED copies an own `code` property and takes
+ * the message from `toString()`, which would otherwise say "TethralError: ...".
+ */
 export function toError(err: unknown): Error {
+  if (isTethralError(err)) {
+    const e = Object.assign(new Error(err.message), { code: err.code, details: err.details });
+    e.name = err.name;
+    e.toString = () => err.message;
+    return e;
+  }
   if (err instanceof Error) return err;
   return new Error(String(err));
 }
