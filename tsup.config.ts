@@ -8,6 +8,7 @@ export default defineConfig({
     "nodes/tethral-hub": "src/nodes/tethral-hub.ts",
     "nodes/tethral-device": "src/nodes/tethral-device.ts",
     "nodes/tethral-state": "src/nodes/tethral-state.ts",
+    "nodes/tethral-state-watch": "src/nodes/tethral-state-watch.ts",
     "nodes/tethral-in": "src/nodes/tethral-in.ts",
     "nodes/tethral-command": "src/nodes/tethral-command.ts",
     "nodes/tethral-event-in": "src/nodes/tethral-event-in.ts",

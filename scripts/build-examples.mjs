@@ -1,0 +1,97 @@
+// Writes examples/*.json: short, commented flows for Import > Examples. Each uses the hub of
+// the shipped flows (flows/flows.json), so in `npm start` it works as soon as it is imported;
+// elsewhere, pick your own Tethral hub in the nodes. Run: node scripts/build-examples.mjs
+import { readFileSync, writeFileSync, mkdirSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { createHash } from "node:crypto";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const shipped = JSON.parse(readFileSync(join(root, "flows", "flows.json"), "utf8"));
+const HUB = shipped.find((n) => n.type === "tethral-hub").id;
+
+function flow(name, build) {
+  const nodes = [];
+  const id = (key) => createHash("sha256").update(`${name}/${key}`).digest("hex").slice(0, 16);
+  // No tab: Node-RED imports the nodes into the tab the user is looking at.
+  const add = (key, type, props, x, y, wires = []) => {
+    nodes.push({ id: id(key), type, ...props, x, y, wires: wires.map((out) => out.map(id)) });
+  };
+  build(add, id);
+  return nodes;
+}
+
+const comment = (name, info) => ({ name, info });
+const debug = (name) => ({ name, active: true, tosidebar: true, console: false, tostatus: true, complete: "true", targetType: "full", statusVal: "", statusType: "auto" });
+const inject = (name, payload, payloadType = "json", extra = {}) => ({
+  name, props: [{ p: "payload" }, ...Object.keys(extra).map((p) => ({ p, vt: "str" }))], repeat: "", crontab: "", once: false, onceDelay: 0.1, topic: "",
+  payload, payloadType, ...Object.fromEntries(Object.entries(extra).map(([k, v]) => [k, v])),
+});
+
+const examples = {
+  "01 Register and list devices": flow("register", (add) => {
+    add("c", "comment", comment("Register devices, then list them", "Click the inject nodes. Registering answers the device with its **token** once: give it to the device (MQTT password, `?token=` or `Authorization: Bearer`). Registering the same id twice goes to the Catch node with code CONFLICT."), 200, 40);
+    add("i1", "inject", inject("boiler-1 (MQTT)", '{"id":"boiler-1","name":"Boiler room","protocol":"mqtt","capabilities":["temperature"],"tags":["floor-2"],"heartbeatTimeout":60}'), 160, 100, [["d1"]]);
+    add("i2", "inject", inject("valve-7 (CoAP)", '{"id":"valve-7","protocol":"coap","address":"coap://127.0.0.1:5690","capabilities":["valve"]}'), 160, 140, [["d1"]]);
+    add("d1", "tethral-device", { name: "", hub: HUB, operation: "register", deviceId: "" }, 380, 120, [["o1"]]);
+    add("o1", "debug", debug("registered (with token)"), 620, 120);
+    add("i3", "inject", inject("list floor-2", '{"tag":"floor-2"}'), 150, 200, [["d2"]]);
+    add("d2", "tethral-device", { name: "", hub: HUB, operation: "list", deviceId: "" }, 370, 200, [["o2"]]);
+    add("o2", "debug", debug("devices"), 580, 200);
+    add("k", "catch", { name: "registry errors", scope: null, uncaught: false }, 160, 260, [["o3"]]);
+    add("o3", "debug", debug("error (msg.error.code)"), 400, 260);
+  }),
+  "02 Telemetry and state": flow("telemetry", (add) => {
+    add("c", "comment", comment("Device messages and state", "**tethral-in** passes on what devices report over any protocol. **tethral-state** sets a desired value (the device sees it in `delta`) and reads a device's state and history."), 200, 40);
+    add("in", "tethral-in", { name: "", hub: HUB, deviceId: "", protocol: "", kindTelemetry: true, kindHeartbeat: false, kindState: true, kindStatus: true }, 130, 100, [["o1"]]);
+    add("o1", "debug", debug("device messages"), 360, 100);
+    add("i1", "inject", inject("setpoint 22 for boiler-1", '{"desired":{"setpoint":22}}', "json", { deviceId: "boiler-1" }), 180, 160, [["s1"]]);
+    add("s1", "tethral-state", { name: "", hub: HUB, operation: "set", deviceId: "", count: 10 }, 420, 160, [["o2"]]);
+    add("o2", "debug", debug("state after set"), 640, 160);
+    add("i2", "inject", inject("history of boiler-1", "", "date", { deviceId: "boiler-1" }), 170, 220, [["s2"]]);
+    add("s2", "tethral-state", { name: "", hub: HUB, operation: "history", deviceId: "", count: 10 }, 420, 220, [["o3"]]);
+    add("o3", "debug", debug("last 10 changes"), 640, 220);
+  }),
+  "03 Command, answer and timeout": flow("command", (add, id) => {
+    add("c", "comment", comment("Send a command and handle the answer, a failure or a timeout", "The command waits for the device's answer (10 s, one retry). The answer comes out as `msg.payload`, the whole command as `msg.command`. A failure reaches the Catch node with `msg.error.code` **DEVICE_ERROR**, no answer in time with **TIMEOUT**; a device that is away keeps the command queued and it is sent when it comes back."), 260, 40);
+    add("i1", "inject", inject("reboot boiler-1", '{"delay":5}', "json", { deviceId: "boiler-1", command: "reboot" }), 160, 100, [["cmd"]]);
+    add("cmd", "tethral-command", { name: "", hub: HUB, deviceId: "", command: "", wait: true, timeout: "10", retries: "1", priority: "normal", expiresIn: "3600", supersede: false, expectResponse: true }, 400, 100, [["ok"]]);
+    add("ok", "debug", debug("answer"), 620, 100);
+    add("k", "catch", { name: "command failed", scope: [id("cmd")], uncaught: false }, 150, 180, [["sw"]]);
+    add("sw", "switch", { name: "why?", property: "error.code", propertyType: "msg", rules: [{ t: "eq", v: "TIMEOUT", vt: "str" }, { t: "eq", v: "DEVICE_ERROR", vt: "str" }, { t: "else" }], checkall: "true", repair: false, outputs: 3 }, 340, 180, [["t"], ["f"], ["e"]]);
+    add("t", "debug", debug("no answer in time"), 560, 140);
+    add("f", "debug", debug("device said no"), 560, 180);
+    add("e", "debug", debug("other error"), 560, 220);
+  }),
+  "04 Events by priority": flow("events", (add) => {
+    add("c", "comment", comment("Subscribe to events by type and priority; publish your own", "The first subscription gets every `device.*` event of priority high or above (a device going offline, ...). Click the inject node to publish an event of your own type; the second subscription receives it."), 240, 40);
+    add("e1", "tethral-event-in", { name: "", hub: HUB, types: "device.*", minPriority: "high", deviceId: "" }, 150, 100, [["o1"]]);
+    add("o1", "debug", debug("high-priority device events"), 400, 100);
+    add("i1", "inject", inject("raise an alarm", '{"zone":"boiler room","level":3}', "json", { topic: "alarm.raised" }), 150, 160, [["out"]]);
+    add("out", "tethral-event-out", { name: "", hub: HUB, eventType: "", priority: "critical", deviceId: "" }, 380, 160);
+    add("e2", "tethral-event-in", { name: "", hub: HUB, types: "alarm.*", minPriority: "low", deviceId: "" }, 140, 220, [["o2"]]);
+    add("o2", "debug", debug("alarms"), 360, 220);
+  }),
+  "05 Watch state, raise an alert": flow("watch", (add) => {
+    add("c", "comment", comment("Telemetry in, state watch, alert out", "Fires when a device's **temperature** has changed and the device has been **online** for it; a switch keeps readings above 80 and publishes an `alarm.overheat` event of priority high. A second watch reports devices that stay **offline** for 5 minutes."), 240, 40);
+    add("w1", "tethral-state-watch", { name: "temperature changes", hub: HUB, deviceIds: "", changes: true, statuses: "online", properties: "temperature", anomalies: "", onlyOnChange: true, ignoreUnknown: true, forSeconds: "", outputOnDeploy: false }, 160, 100, [["sw"]]);
+    add("sw", "switch", { name: "above 80?", property: "payload.properties.temperature", propertyType: "msg", rules: [{ t: "gt", v: "80", vt: "num" }], checkall: "true", repair: false, outputs: 1 }, 380, 100, [["alarm"]]);
+    add("alarm", "tethral-event-out", { name: "", hub: HUB, eventType: "alarm.overheat", priority: "high", deviceId: "" }, 590, 100);
+    add("w2", "tethral-state-watch", { name: "offline for 5 min", hub: HUB, deviceIds: "", changes: true, statuses: "offline", properties: "", anomalies: "", onlyOnChange: true, ignoreUnknown: true, forSeconds: "300", outputOnDeploy: false }, 160, 160, [["o2"]]);
+    add("o2", "debug", debug("still offline"), 400, 160);
+  }),
+  "06 Anomaly alerts": flow("anomaly", (add) => {
+    add("c", "comment", comment("Flapping devices, stuck values and outliers", "The hub watches every device's reports: a device that keeps going online and offline is **flapping**, a value that stops moving is **stuck**, a reading far from its usual range is an **outlier**. Each fires once when it starts and once when it clears (`active: false`)."), 240, 40);
+    add("w", "tethral-state-watch", { name: "anomalies", hub: HUB, deviceIds: "", changes: false, statuses: "", properties: "", anomalies: "flapping,stuck,outlier", onlyOnChange: true, ignoreUnknown: true, forSeconds: "", outputOnDeploy: false }, 130, 100, [["o1"]]);
+    add("o1", "debug", debug("anomaly"), 340, 100);
+    add("e", "tethral-event-in", { name: "", hub: HUB, types: "state.anomaly", minPriority: "low", deviceId: "" }, 140, 160, [["o2"]]);
+    add("o2", "debug", debug("the same, as events"), 380, 160);
+  }),
+};
+
+const dir = join(root, "examples");
+mkdirSync(dir, { recursive: true });
+for (const [name, nodes] of Object.entries(examples)) {
+  writeFileSync(join(dir, `${name}.json`), `${JSON.stringify(nodes, null, 2)}\n`);
+}
+console.log(`wrote ${Object.keys(examples).length} examples; hub ${HUB}`);

@@ -1,0 +1,71 @@
+import assert from "node:assert/strict";
+import { readFileSync, readdirSync } from "node:fs";
+import path from "node:path";
+import helper from "node-red-node-test-helper";
+import type { TethralHubNode } from "../src/nodes/types";
+
+helper.init(require.resolve("node-red"));
+
+const ROOT = path.join(__dirname, "..");
+const EXAMPLES = path.join(ROOT, "examples");
+const core = (file: string) => require(path.join(path.dirname(require.resolve("@node-red/nodes/package.json")), "core", file));
+const CORE_NODES = ["common/20-inject.js", "common/21-debug.js", "common/25-catch.js", "common/90-comment.js", "function/10-switch.js"].map(core);
+const tethral = (type: string) => require(path.join(ROOT, "src", "nodes", `${type}.ts`));
+
+const packageJson = JSON.parse(readFileSync(path.join(ROOT, "package.json"), "utf8")) as { "node-red": { nodes: Record<string, string> } };
+const OUR_TYPES = Object.keys(packageJson["node-red"].nodes);
+const shipped = JSON.parse(readFileSync(path.join(ROOT, "flows", "flows.json"), "utf8")) as Array<{ id: string; type: string }>;
+const HUB_ID = shipped.find((n) => n.type === "tethral-hub")!.id;
+
+type FlowNode = { id: string; type: string; z?: string; wires?: string[][]; hub?: string };
+const files = readdirSync(EXAMPLES).filter((f) => f.endsWith(".json")).sort();
+
+describe("examples (Import > Examples)", function () {
+  beforeEach(async () => helper.startServer());
+  afterEach(async () => {
+    await helper.unload();
+    await helper.stopServer();
+  });
+
+  it("together use every Tethral node but the config node", () => {
+    const used = new Set(files.flatMap((f) => (JSON.parse(readFileSync(path.join(EXAMPLES, f), "utf8")) as FlowNode[]).map((n) => n.type)));
+    const missing = OUR_TYPES.filter((t) => t !== "tethral-hub" && !used.has(t));
+    assert.deepEqual(missing, []);
+  });
+
+  for (const file of files) {
+    it(`${file} is a JSON array that loads into Node-RED with no unknown type and no error, using the shipped hub`, async () => {
+      const nodes = JSON.parse(readFileSync(path.join(EXAMPLES, file), "utf8")) as FlowNode[];
+      assert.ok(Array.isArray(nodes) && nodes.length > 0);
+      const ids = new Set(nodes.map((n) => n.id));
+      for (const n of nodes) {
+        for (const out of n.wires ?? []) for (const target of out) assert.ok(ids.has(target), `${n.id} is wired to a node of the example`);
+        if (n.hub !== undefined) assert.equal(n.hub, HUB_ID, "uses the hub of flows/flows.json");
+      }
+      const types = [...new Set(nodes.map((n) => n.type))].filter((t) => t.startsWith("tethral-"));
+      const flow = [
+        { id: "tab1", type: "tab", label: file },
+        { id: HUB_ID, type: "tethral-hub", storage: "memory", mqttBroker: "off", coap: false, websocket: false },
+        ...nodes.map((n) => ({ ...n, z: "tab1" })),
+      ];
+      await helper.load([...CORE_NODES, tethral("tethral-hub"), ...types.map(tethral)], flow);
+      for (const n of nodes) assert.ok(helper.getNode(n.id), `${n.type} ${n.id} started`);
+      const errors = helper.log().args.map(([e]) => e).filter((e) => e.level === helper.log().ERROR);
+      assert.deepEqual(errors.map((e) => String(e.msg)), []);
+    });
+  }
+
+  it("01 registers the devices it shows when its inject nodes are clicked", async () => {
+    const file = files.find((f) => f.startsWith("01"))!;
+    const nodes = JSON.parse(readFileSync(path.join(EXAMPLES, file), "utf8")) as Array<FlowNode & { name?: string }>;
+    await helper.load(
+      [...CORE_NODES, tethral("tethral-hub"), tethral("tethral-device")],
+      [{ id: "tab1", type: "tab" }, { id: HUB_ID, type: "tethral-hub", storage: "memory", mqttBroker: "off", coap: false, websocket: false }, ...nodes.map((n) => ({ ...n, z: "tab1" }))],
+    );
+    const hub = await (helper.getNode(HUB_ID) as TethralHubNode).acquire();
+    for (const n of nodes.filter((x) => x.type === "inject" && x.name !== "list floor-2")) (helper.getNode(n.id) as { receive(m: object): void }).receive({});
+    const deadline = Date.now() + 5000;
+    while (hub.listDevices().total < 2 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(hub.listDevices().devices.map((d) => d.id).sort(), ["boiler-1", "valve-7"]);
+  });
+});
