@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { readFileSync, readdirSync } from "node:fs";
+import { createRequire } from "node:module";
 import path from "node:path";
 import helper from "node-red-node-test-helper";
 import type { TethralHubNode } from "../src/nodes/types";
@@ -8,9 +9,11 @@ helper.init(require.resolve("node-red"));
 
 const ROOT = path.join(__dirname, "..");
 const EXAMPLES = path.join(ROOT, "examples");
-const core = (file: string) => require(path.join(path.dirname(require.resolve("@node-red/nodes/package.json")), "core", file));
+// Node modules by path: the core nodes the examples use, and ours from their TypeScript sources.
+const load = createRequire(__filename);
+const core = (file: string) => load(path.join(path.dirname(require.resolve("@node-red/nodes/package.json")), "core", file));
 const CORE_NODES = ["common/20-inject.js", "common/21-debug.js", "common/25-catch.js", "common/90-comment.js", "function/10-switch.js"].map(core);
-const tethral = (type: string) => require(path.join(ROOT, "src", "nodes", `${type}.ts`));
+const tethral = (type: string) => load(path.join(ROOT, "src", "nodes", `${type}.ts`));
 
 const packageJson = JSON.parse(readFileSync(path.join(ROOT, "package.json"), "utf8")) as { "node-red": { nodes: Record<string, string> } };
 const OUR_TYPES = Object.keys(packageJson["node-red"].nodes);
