@@ -1,6 +1,6 @@
 import type { Hub } from "../core";
-import { isTethralError } from "../core/errors";
-import type { HubStatusReport, Node, NodeAPI, NodeMessage, NodeStatus, TethralHubNode } from "./types";
+import { TethralError, isTethralError } from "../core/errors";
+import type { HubStatusReport, InputHandler, Node, NodeAPI, NodeMessage, NodeStatus, TethralHubNode } from "./types";
 
 /**
  * What every Tethral node does with its hub: find the config node, count itself as a user,
@@ -110,4 +110,57 @@ export function text(value: unknown): string | undefined {
   if (typeof value !== "string") return undefined;
   const s = value.trim();
   return s === "" ? undefined : s;
+}
+
+export function isPlainObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === "object" && value !== null && !Array.isArray(value) && !Buffer.isBuffer(value);
+}
+
+/** An INVALID error naming the msg property at fault. */
+export function invalidInput(field: string, message: string): TethralError {
+  return new TethralError("INVALID", message, [{ field, message }]);
+}
+
+/** What one operation of a request/response node answers: the new `msg.payload` and its status text. */
+export interface Outcome {
+  payload: unknown;
+  status: string;
+  /** Set on the msg too (e.g. the id a registration gave). */
+  deviceId?: string;
+}
+
+/**
+ * The input handler of a node that turns a msg into one hub call: `plan` reads the msg (and
+ * throws INVALID before the hub is touched), the call's outcome replaces `msg.payload` of the
+ * same msg, which goes on; an error goes to `done(err)` and shows as a red status.
+ */
+export function operationHandler(
+  use: HubUse | null,
+  noHubText: string,
+  plan: (msg: NodeMessage) => (hub: Hub) => Promise<Outcome> | Outcome,
+): InputHandler {
+  return (msg, send, done) => {
+    if (!use) return done(new Error(noHubText));
+    const fail = (err: unknown) => {
+      use.failed(errorLabel(err));
+      done(toError(err));
+    };
+    let call: (hub: Hub) => Promise<Outcome> | Outcome;
+    try {
+      call = plan(msg);
+    } catch (err) {
+      return fail(err);
+    }
+    use
+      .hub()
+      .then(call)
+      .then((outcome) => {
+        msg.payload = outcome.payload;
+        if (outcome.deviceId !== undefined) msg.deviceId = outcome.deviceId;
+        use.ok(outcome.status);
+        send(msg);
+        done();
+      })
+      .catch(fail);
+  };
 }

@@ -1,7 +1,6 @@
 import type { Hub } from "../core";
-import { TethralError } from "../core/errors";
 import type { DeviceFilter } from "../core/registry";
-import { HubUse, errorLabel, fromMsg, text, toError } from "./node-support";
+import { HubUse, type Outcome, fromMsg, invalidInput, isPlainObject, operationHandler, text } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
 const OPERATIONS = ["register", "update", "remove", "get", "list", "statistics"] as const;
@@ -12,13 +11,6 @@ interface DeviceDef extends NodeDef {
   /** The operation when `msg.operation` gives none. */
   operation?: string;
   /** The device when `msg.deviceId` gives none. */
-  deviceId?: string;
-}
-
-/** What an operation answers: the new `msg.payload` and the node's status text. */
-interface Outcome {
-  payload: unknown;
-  status: string;
   deviceId?: string;
 }
 
@@ -35,30 +27,8 @@ export = function (RED: NodeAPI): void {
     RED.nodes.createNode(this, def);
     const use = HubUse.attach(RED, this, def.hub, RED._("tethral-device.errors.no-hub"));
 
-    this.on("input", (msg: NodeMessage, send, done) => {
-      if (!use) return done(new Error(RED._("tethral-device.errors.no-hub")));
-      const fail = (err: unknown) => {
-        use.failed(errorLabel(err));
-        done(toError(err));
-      };
-      let call: (hub: Hub) => Promise<Outcome> | Outcome;
-      try {
-        call = planOf(RED._, msg, def);
-      } catch (err) {
-        return fail(err);
-      }
-      use
-        .hub()
-        .then(call)
-        .then((outcome) => {
-          msg.payload = outcome.payload;
-          if (outcome.deviceId !== undefined) msg.deviceId = outcome.deviceId;
-          use.ok(outcome.status);
-          send(msg);
-          done();
-        })
-        .catch(fail);
-    });
+    // Node-RED counts the handler's parameters: operationHandler returns one with three.
+    this.on("input", operationHandler(use, RED._("tethral-device.errors.no-hub"), (msg) => planOf(RED._, msg, def)));
 
     this.on("close", (_removed: boolean, done: () => void) => {
       use?.close();
@@ -163,10 +133,3 @@ function objectOf(_: Translate, payload: unknown, operation: Operation): Record<
   return { ...payload };
 }
 
-function isPlainObject(value: unknown): value is Record<string, unknown> {
-  return typeof value === "object" && value !== null && !Array.isArray(value) && !Buffer.isBuffer(value);
-}
-
-function invalidInput(field: string, message: string): TethralError {
-  return new TethralError("INVALID", message, [{ field, message }]);
-}
