@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { cpSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -21,25 +21,29 @@ const HUB_CONFIG_ID = "d3f2e4c6b7a80923"; // the tethral-hub node of flows/flows
  * tsx hook this mocha process already has.
  */
 function sourcePackage(dir: string): string {
-  const pkg = JSON.parse(readFileSync(path.join(PACKAGE_ROOT, "package.json"), "utf8")) as { name: string; version: string };
+  const pkg = JSON.parse(readFileSync(path.join(PACKAGE_ROOT, "package.json"), "utf8")) as {
+    name: string;
+    version: string;
+    "node-red": { nodes: Record<string, string>; plugins: Record<string, string> };
+  };
+  // Every node and plugin package.json lists, each a file that requires its TypeScript source.
+  const entries = (kind: "nodes" | "plugins") =>
+    Object.fromEntries(Object.keys(pkg["node-red"][kind]).map((name) => [name, `${name}.js`]));
   writeFileSync(
     path.join(dir, "package.json"),
-    JSON.stringify({
-      name: pkg.name,
-      version: pkg.version,
-      "node-red": { nodes: { "tethral-hub": "tethral-hub.js" }, plugins: { "tethral-protocols": "tethral-protocols.js" } },
-    }),
+    JSON.stringify({ name: pkg.name, version: pkg.version, "node-red": { nodes: entries("nodes"), plugins: entries("plugins") } }),
   );
-  writeFileSync(
-    path.join(dir, "tethral-protocols.js"),
-    `module.exports = require(${JSON.stringify(path.join(PACKAGE_ROOT, "src", "plugins", "tethral-protocols.ts"))});\n`,
-  );
-  writeFileSync(
-    path.join(dir, "tethral-hub.js"),
-    `module.exports = require(${JSON.stringify(path.join(PACKAGE_ROOT, "src", "nodes", "tethral-hub.ts"))});\n`,
-  );
-  cpSync(path.join(PACKAGE_ROOT, "nodes", "tethral-hub.html"), path.join(dir, "tethral-hub.html"));
+  for (const kind of ["nodes", "plugins"] as const) {
+    for (const name of Object.keys(pkg["node-red"][kind])) {
+      const source = path.join(PACKAGE_ROOT, "src", kind, `${name}.ts`);
+      writeFileSync(path.join(dir, `${name}.js`), `module.exports = require(${JSON.stringify(source)});\n`);
+      const html = path.join(PACKAGE_ROOT, "nodes", kind === "plugins" ? "plugins" : "", `${name}.html`);
+      if (existsSync(html)) cpSync(html, path.join(dir, `${name}.html`));
+    }
+  }
+  mkdirSync(path.join(dir, "locales"), { recursive: true });
   cpSync(path.join(PACKAGE_ROOT, "nodes", "locales"), path.join(dir, "locales"), { recursive: true });
+  cpSync(path.join(PACKAGE_ROOT, "nodes", "plugins", "locales"), path.join(dir, "locales"), { recursive: true });
   cpSync(path.join(PACKAGE_ROOT, "icons"), path.join(dir, "icons"), { recursive: true });
   return dir;
 }
@@ -93,6 +97,27 @@ describe("flow runtime (npm start)", function () {
     assert.equal(hubSet.enabled, true);
   });
 
+  it("loads every Tethral node with no error, in the palette category Tethral", async () => {
+    const res = await fetch(new URL("nodes", runtime.url), { headers: { Accept: "application/json" } });
+    const sets = ((await res.json()) as NodeSetInfo[]).filter((s) => s.module === "node-red-contrib-tethral");
+    const types = sets.flatMap((s) => s.types).sort();
+    assert.deepEqual(types, [
+      "tethral-command",
+      "tethral-device",
+      "tethral-event-in",
+      "tethral-event-out",
+      "tethral-hub",
+      "tethral-in",
+      "tethral-state",
+      "tethral-state-watch",
+    ]);
+    for (const set of sets) assert.equal(set.err, undefined, `${set.id}: ${set.err}`);
+    // The editor's copy of every node's definition and help, as the palette loads it.
+    const html = await (await fetch(new URL("nodes", runtime.url), { headers: { Accept: "text/html" } })).text();
+    for (const type of types) assert.match(html, new RegExp(`data-help-name="${type}"`), `${type} has help text`);
+    assert.equal((html.match(/category: "Tethral"/g) ?? []).length, types.length - 1, "every node but the config node in Tethral");
+  });
+
   it("registers the built-in protocols as tethral-protocol plugins a hub finds by type", async () => {
     const res = await fetch(new URL("plugins", runtime.url), { headers: { Accept: "application/json" } });
     assert.equal(res.status, 200);
@@ -100,10 +125,11 @@ describe("flow runtime (npm start)", function () {
     const ours = sets.find((s) => s.module === "node-red-contrib-tethral");
     assert.ok(ours, JSON.stringify(sets));
     assert.equal(ours.err, undefined);
-    assert.deepEqual(
-      ours.plugins.map((p) => [p.id, p.type]),
-      ["mqtt", "coap", "websocket", "http"].map((name) => [`tethral-protocol-${name}`, "tethral-protocol"]),
-    );
+    const plugins = sets.filter((s) => s.module === "node-red-contrib-tethral").flatMap((s) => s.plugins.map((p) => [p.id, p.type]));
+    assert.deepEqual(plugins, [
+      ...["mqtt", "coap", "websocket", "http"].map((name) => [`tethral-protocol-${name}`, "tethral-protocol"]),
+      ["tethral-devices-sidebar", "tethral-editor"],
+    ]);
     // What `RED.plugins.getByType` answers a tethral-hub node in this runtime.
     const registry = createRequire(require.resolve("node-red"))("@node-red/registry") as { getPluginsByType(type: string): Array<{ protocol: string }> };
     assert.deepEqual(
