@@ -108,6 +108,19 @@ describe("the editor in a browser (Debian's chromium)", function () {
     assert.match(first, /sim-00/);
     assert.match(first, /online/);
     assert.match(first, /temperature: \d+/);
+
+    // The device picker of a node's Device field offers the hub's devices as you type.
+    const eventIn = (JSON.parse(example) as Array<{ id: string; type: string }>).find((n) => n.type === "tethral-event-in")!.id;
+    await page.evaluate((id) => {
+      const RED = (window as unknown as { RED: { editor: { edit(n: unknown): void }; nodes: { node(id: string): unknown } } }).RED;
+      RED.editor.edit(RED.nodes.node(id));
+    }, eventIn);
+    await page.waitForSelector("#node-input-deviceId", { state: "visible", timeout: 10_000 });
+    await page.type("#node-input-deviceId", "sim-0");
+    await page.waitForSelector(".red-ui-autoComplete-container", { timeout: 10_000 });
+    const offered = await page.$$eval(".red-ui-autoComplete-container .red-ui-popover-menu-item, .red-ui-autoComplete-container li", (items) => items.map((i) => i.textContent ?? ""));
+    assert.ok(offered.some((t) => t.includes("sim-03")), `the picker offers the hub's devices: ${JSON.stringify(offered)}`);
+    await page.screenshot({ path: path.join(ARTIFACTS, "editor-device-picker.png") });
     assert.deepEqual(pageErrors, []);
   });
 });
