@@ -148,7 +148,8 @@ export class EventBus {
         : null) ??
       checkJsonValue(data, "data", LIMITS.eventDataBytes);
     if (problem) throw new TethralError("INVALID", `${problem.field}: ${problem.message}`, [problem]);
-    return this.emit(type, data === undefined ? null : data, options);
+    // Kept in history and handed to every subscriber: a copy, so the flow's own object may change later.
+    return this.emit(type, data === undefined ? null : structuredClone(data), options);
   }
 
   /** True when some subscriber could receive an event of this type for this device. */

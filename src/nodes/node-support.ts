@@ -11,6 +11,10 @@ export class HubUse {
   private hubReport: HubStatusReport | null = null;
   private own: NodeStatus = {};
   private readonly unsubscribe: () => void;
+  /** What `whileRunning` set up on the hub it last saw running, and how to undo it. */
+  private attached: { hub: Hub; undo: () => void } | null = null;
+  private attach: ((hub: Hub) => () => void) | null = null;
+  private closed = false;
 
   private constructor(
     private readonly node: Node,
@@ -20,6 +24,7 @@ export class HubUse {
     this.unsubscribe = hubNode.onStatus((report) => {
       this.hubReport = report;
       this.show();
+      this.follow(report);
     });
   }
 
@@ -35,6 +40,49 @@ export class HubUse {
       return null;
     }
     return new HubUse(node, hubNode);
+  }
+
+  /**
+   * Runs `setUp` on the hub whenever one is running, and its undo when that hub stops: a
+   * subscription survives a failed first start (the config node makes a new hub on the next
+   * use) and a restart, and is released on close. Starts the hub if it is not started yet.
+   */
+  whileRunning(setUp: (hub: Hub) => () => void): void {
+    this.attach = setUp;
+    this.hub().catch(() => undefined); // a failure shows as the hub's status; the next start is followed
+    if (this.hubReport) this.follow(this.hubReport);
+  }
+
+  private follow(report: HubStatusReport): void {
+    if (!this.attach || this.closed) return;
+    if (report.state !== "running") {
+      this.detach();
+      return;
+    }
+    this.hubNode.acquire().then(
+      (hub) => {
+        if (this.closed || !this.attach || this.attached?.hub === hub || this.hubReport?.state !== "running") return;
+        this.detach();
+        try {
+          this.attached = { hub, undo: this.attach(hub) };
+        } catch (err) {
+          this.failed(errorLabel(err));
+          this.node.error(toError(err));
+        }
+      },
+      () => undefined,
+    );
+  }
+
+  private detach(): void {
+    const attached = this.attached;
+    this.attached = null;
+    attached?.undo();
+  }
+
+  /** True once the node is closed (a redeploy): work still in flight must not send. */
+  get isClosed(): boolean {
+    return this.closed;
   }
 
   /** The started hub (starts it on first use). */
@@ -64,6 +112,8 @@ export class HubUse {
 
   /** Forgets the node (on close); the hub keeps running for its other users. */
   close(): void {
+    this.closed = true;
+    this.detach();
     this.unsubscribe();
     this.hubNode.deregister(this.node);
     this.node.status({});
@@ -102,7 +152,7 @@ export function toError(err: unknown): Error {
  * CONTRACT §5 (`msg.operation` over the editor's choice, and so on).
  */
 export function fromMsg<T>(msg: NodeMessage, key: string, configured: T): T | unknown {
-  return Object.hasOwn(msg, key) && msg[key] !== undefined && msg[key] !== "" ? msg[key] : configured;
+  return Object.hasOwn(msg, key) && msg[key] !== undefined && msg[key] !== null && msg[key] !== "" ? msg[key] : configured;
 }
 
 /** A non-empty trimmed string or undefined (editor fields arrive as strings, blank = unset). */
@@ -142,6 +192,8 @@ export function operationHandler(
   return (msg, send, done) => {
     if (!use) return done(new Error(noHubText));
     const fail = (err: unknown) => {
+      // Closed by a redeploy meanwhile: the old node says nothing more.
+      if (use.isClosed) return done();
       use.failed(errorLabel(err));
       done(toError(err));
     };
@@ -155,12 +207,13 @@ export function operationHandler(
       .hub()
       .then(call)
       .then((outcome) => {
+        // Closed by a redeploy while the hub worked: its old wires must not get the answer.
+        if (use.isClosed) return done();
         msg.payload = outcome.payload;
         if (outcome.deviceId !== undefined) msg.deviceId = outcome.deviceId;
         use.ok(outcome.status);
         send(msg);
         done();
-      })
-      .catch(fail);
+      }, fail);
   };
 }

@@ -29,16 +29,14 @@ export = function (RED: NodeAPI): void {
     const types = list(def.types, /\s*,\s*/);
     const deviceIds = list(def.deviceId, /[\s,]+/);
     const minPriority = text(def.minPriority) as Priority | undefined;
-    let handle: SubscriptionHandle | null = null;
-    let closed = false;
     let received = 0;
     let lastType = "";
     const status = throttled(() => use.ok(RED._("tethral-event-in.status.received", { count: received, type: lastType })));
 
-    use
-      .hub()
-      .then((hub) => {
-        if (closed) return;
+    // Subscribed on every hub that runs: a first start that failed, or a restart, is followed.
+    use.whileRunning((hub) => {
+      let handle: SubscriptionHandle;
+      try {
         handle = hub.subscribe(
           {
             types: types.length > 0 ? types : "*",
@@ -55,20 +53,18 @@ export = function (RED: NodeAPI): void {
             node.send({ payload: structuredClone(event), topic: event.type });
           },
         );
-        use.status({ fill: "green", shape: "ring", text: RED._("tethral-event-in.status.listening") });
-      })
-      .catch((err: unknown) => {
-        if (closed) return;
-        // A pattern or priority the bus refuses (INVALID) or a hub that would not start.
+      } catch (err) {
+        // A pattern or priority the bus refuses (INVALID).
         use.failed(errorLabel(err));
         node.error(err);
-      });
+        return () => undefined;
+      }
+      use.status({ fill: "green", shape: "ring", text: RED._("tethral-event-in.status.listening") });
+      return () => handle.unsubscribe();
+    });
 
     node.on("close", (_removed: boolean, done: () => void) => {
-      closed = true;
       status.cancel();
-      handle?.unsubscribe();
-      handle = null;
       use.close();
       done();
     });

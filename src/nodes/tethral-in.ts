@@ -1,6 +1,5 @@
-import type { SubscriptionHandle } from "../core/events";
 import type { Device, TethralEvent } from "../core/types";
-import { HubUse, errorLabel, text } from "./node-support";
+import { HubUse, text } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
 /** An input-less node sends from its event handler (types.ts lists only what the others use). */
@@ -42,17 +41,13 @@ export = function (RED: NodeAPI): void {
     const deviceIds = list(def.deviceId);
     const protocols = list(def.protocol);
     const kinds = new Set<string>(KINDS.filter((k) => (typeof def[k.flag] === "boolean" ? def[k.flag] : k.byDefault)).map((k) => k.kind));
-    let handle: SubscriptionHandle | null = null;
-    let closed = false;
     let received = 0;
     let lastTopic = "";
     const status = throttled(() => use.ok(RED._("tethral-in.status.received", { count: received, topic: lastTopic })));
 
-    use
-      .hub()
-      .then((hub) => {
-        if (closed) return;
-        handle = hub.subscribe(
+    // Subscribed on every hub that runs: a first start that failed, or a restart, is followed.
+    use.whileRunning((hub) => {
+        const handle = hub.subscribe(
           {
             types: "message.received",
             ...(deviceIds.length > 0 && { deviceId: deviceIds }),
@@ -80,18 +75,11 @@ export = function (RED: NodeAPI): void {
           },
         );
         use.status({ fill: "green", shape: "ring", text: RED._("tethral-in.status.listening") });
-      })
-      .catch((err: unknown) => {
-        if (closed) return;
-        use.failed(errorLabel(err));
-        node.error(err);
-      });
+        return () => handle.unsubscribe();
+    });
 
     node.on("close", (_removed: boolean, done: () => void) => {
-      closed = true;
       status.cancel();
-      handle?.unsubscribe();
-      handle = null;
       use.close();
       done();
     });
