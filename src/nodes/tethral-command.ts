@@ -69,7 +69,7 @@ export = function (RED: NodeAPI): void {
             msg.command = structuredClone(command);
             lastResult = statusOf(RED, command, failure);
             show();
-            if (failure) return done(failure);
+            if (failure) return done(toError(failure));
             msg.payload = command.completedAt === null ? null : structuredClone(command.result);
             send(msg);
             done();

@@ -216,8 +216,8 @@ describe("tethral-command node", function () {
     const t = await load();
     t.adapter.auto = { status: "answered", ok: false, error: "motor jammed" };
     const m = await caught(t, { payload: { speed: 3 } }, "DEVICE_ERROR");
-    // Node-RED gives the Catch node the error's toString(): "TethralError: <the device's error>".
-    assert.equal((m.error as { message: string }).message, "TethralError: motor jammed");
+    // The device's own words, as the other nodes' errors read.
+    assert.equal((m.error as { message: string }).message, "motor jammed");
     assert.equal((m.command as Command).status, "failed");
     assert.equal((m.command as Command).error, "motor jammed");
     assert.deepEqual(m.payload, { speed: 3 }, "the original payload");
