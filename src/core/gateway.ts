@@ -75,6 +75,8 @@ export class DeviceGateway {
       receive: (message) => this.receive(message),
       authenticate: (protocol, deviceId, token) => this.authenticate(protocol, deviceId, token),
       connected: (id) => onConnected(id),
+      // Nothing to do: commands ask the adapter (isConnected) before each send, and the device's
+      // status follows its messages, last will and heartbeat timeout, not its socket.
       disconnected: () => undefined,
       reject: (r) => {
         const reason = typeof r?.reason === "string" ? r.reason.slice(0, 64) : "refused";

@@ -357,17 +357,15 @@ export class Hub {
     const p = this.persistence;
     const withToken = this.gateway.options.deviceTokens;
     if (!p) {
-      const device: RegisteredDevice = this.registry.register(input, { ...cause, silent: withToken });
-      if (!withToken) return device;
-      const token = presented ?? DeviceTokens.generate();
-      await this.tokens.save(device.id, token, this.clock.now());
-      this.registry.announceRegistered(device.id, cause);
-      this.disconnectEverywhere(device.id, "registered: connect again with the device's token");
-      return presented ? device : { ...device, token };
+      const device = this.registry.register(input, { ...cause, silent: true });
+      const token = withToken ? (presented ?? DeviceTokens.generate()) : undefined;
+      // In memory only: this cannot fail.
+      if (token !== undefined) await this.tokens.save(device.id, token, this.clock.now());
+      return this.registered(device, token, presented, cause);
     }
     const id = typeof (input as { id?: unknown } | null)?.id === "string" ? (input as { id: string }).id : "";
     return this.locks.run(id, async () => {
-      const device: RegisteredDevice = this.registry.register(input, { ...cause, silent: true });
+      const device = this.registry.register(input, { ...cause, silent: true });
       // Until it is durable the device takes no traffic (ingest answers NOT_FOUND).
       this.registering.add(device.id);
       p.hold(device.id);
@@ -390,11 +388,16 @@ export class Hub {
       }
       this.registering.delete(device.id);
       p.release(device.id, true, true);
-      this.registry.announceRegistered(device.id, cause);
-      // Connections made while the id was unknown (self-registration) must prove the token anew.
-      this.disconnectEverywhere(device.id, "registered: connect again with the device's token");
-      return token !== undefined && presented === undefined ? { ...device, token } : device;
+      return this.registered(device, token, presented, cause);
     });
+  }
+
+  /** A registration has taken effect: announced, and its token shown unless the device chose it. */
+  private registered(device: Device, token: string | undefined, presented: string | undefined, cause: ChangeCause): RegisteredDevice {
+    this.registry.announceRegistered(device.id, cause);
+    // Connections made while the id was unknown (self-registration) must prove the token anew.
+    this.disconnectEverywhere(device.id, "registered: connect again with the device's token");
+    return token !== undefined && presented === undefined ? { ...device, token } : device;
   }
 
   /**

@@ -74,14 +74,14 @@ const UNRESOLVED_ENV = /^\$\{([^}]+)\}$/;
 
 const unsetVariable = (name: string) => `uses the environment variable ${name}, which is not set`;
 
-function unresolvedEnv(value: string, ctx: z.RefinementCtx): boolean {
+export function unresolvedEnv(value: string, ctx: z.RefinementCtx): boolean {
   const env = UNRESOLVED_ENV.exec(value);
   if (env) ctx.addIssue({ code: "custom", message: unsetVariable(env[1]!) });
   return env !== null;
 }
 
 /** Editor fields arrive as strings (or numbers); blank means "use the default". */
-function toNumber(value: unknown, ctx: z.RefinementCtx): unknown {
+export function toNumber(value: unknown, ctx: z.RefinementCtx): unknown {
   if (value === null || value === undefined) return undefined;
   if (typeof value !== "string") return value;
   const s = value.trim();
@@ -94,7 +94,7 @@ const TRUE_WORDS = new Set(["true", "on", "yes", "1"]);
 const FALSE_WORDS = new Set(["false", "off", "no", "0", ""]);
 
 /** Checkboxes give booleans; an `${ENV}` value gives a word. */
-function toBoolean(value: unknown, ctx: z.RefinementCtx): unknown {
+export function toBoolean(value: unknown, ctx: z.RefinementCtx): unknown {
   if (value === null || value === undefined) return undefined;
   if (typeof value !== "string") return value;
   const s = value.trim().toLowerCase();
@@ -105,7 +105,7 @@ function toBoolean(value: unknown, ctx: z.RefinementCtx): unknown {
 }
 
 /** A text field: trimmed, blank means "use the default". `${VAR}` is checked where it is used. */
-function toText(value: unknown): unknown {
+export function toText(value: unknown): unknown {
   if (value === null || value === undefined) return undefined;
   if (typeof value !== "string") return value;
   const s = value.trim();
@@ -113,7 +113,7 @@ function toText(value: unknown): unknown {
 }
 
 /** A choice from a select; an `${ENV}` value may give it in any case. */
-function toChoice(value: unknown, ctx: z.RefinementCtx): unknown {
+export function toChoice(value: unknown, ctx: z.RefinementCtx): unknown {
   const s = toText(value);
   if (typeof s !== "string") return s;
   if (unresolvedEnv(s, ctx)) return z.NEVER;
@@ -123,7 +123,8 @@ function toChoice(value: unknown, ctx: z.RefinementCtx): unknown {
 const NOT_A_NUMBER = { error: "must be a number" };
 const NOT_TEXT = { error: "must be text" };
 
-const setting = {
+/** Zod schemas of editor fields (strings, blanks, `${ENV}` values), shared by every hub setting. */
+export const setting = {
   positive: (max: number, fallback: number) =>
     z.preprocess(
       toNumber,

@@ -217,3 +217,32 @@ export function operationHandler(
       }, fail);
   };
 }
+
+/**
+ * Runs `show` at once, then at most every `ms`: a busy fleet must not send the editor a status
+ * update per message. The last request is always shown.
+ */
+export function throttled(show: () => void, ms = 500): { request(): void; cancel(): void } {
+  let last = 0;
+  let timer: NodeJS.Timeout | null = null;
+  return {
+    request() {
+      if (timer !== null) return;
+      const wait = last + ms - Date.now();
+      if (wait <= 0) {
+        last = Date.now();
+        show();
+        return;
+      }
+      timer = setTimeout(() => {
+        timer = null;
+        last = Date.now();
+        show();
+      }, wait);
+    },
+    cancel() {
+      if (timer !== null) clearTimeout(timer);
+      timer = null;
+    },
+  };
+}

@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { TethralError } from "../core/errors";
 import { parseInput } from "../core/validation";
+import { setting, toBoolean, toChoice, toNumber, toText, unresolvedEnv } from "./hub-config";
 
 /**
  * The communication settings of a tethral-hub node: device tokens, MQTT (embedded broker or an
@@ -73,64 +74,40 @@ export interface ProtocolSettings {
   http: Record<string, never>;
 }
 
-const UNRESOLVED_ENV = /^\$\{([^}]+)\}$/;
-const blank = (v: unknown) => v === undefined || v === null || (typeof v === "string" && v.trim() === "");
+/** A port, or null when blank (the environment's or the default port then). */
+const port = z.preprocess(
+  toNumber,
+  z.number({ error: "must be a port number" }).int("must be a port number").min(0, "must be a port number").max(65535, "must be a port number").nullable().default(null),
+);
 
-function envCheck(v: unknown, ctx: z.RefinementCtx): boolean {
-  const m = typeof v === "string" ? UNRESOLVED_ENV.exec(v.trim()) : null;
-  if (m) ctx.addIssue({ code: "custom", message: `uses the environment variable ${m[1]}, which is not set` });
-  return m !== null;
-}
-
-const port = z.preprocess((v, ctx) => {
-  if (blank(v)) return null;
-  if (envCheck(v, ctx)) return z.NEVER;
-  return typeof v === "string" && /^\d+$/.test(v.trim()) ? Number(v) : v;
-}, z.number({ error: "must be a port number" }).int("must be a port number").min(0, "must be a port number").max(65535, "must be a port number").nullable());
-
-const flag = (fallback: boolean | null) =>
-  z.preprocess((v, ctx) => {
-    if (blank(v)) return fallback;
-    if (envCheck(v, ctx)) return z.NEVER;
-    if (typeof v !== "string") return v;
-    const s = v.trim().toLowerCase();
-    return ["true", "on", "yes", "1"].includes(s) ? true : ["false", "off", "no", "0"].includes(s) ? false : v;
-  }, fallback === null ? z.boolean({ error: "must be true or false" }).nullable() : z.boolean({ error: "must be true or false" }));
-
-const text = (max: number, fallback: string, pattern?: [RegExp, string]) =>
-  z.preprocess((v, ctx) => {
-    if (blank(v)) return fallback;
-    if (envCheck(v, ctx)) return z.NEVER;
-    return typeof v === "string" ? v.trim() : v;
-  }, pattern ? z.string({ error: "must be text" }).max(max).regex(pattern[0], pattern[1]) : z.string({ error: "must be text" }).max(max));
-
-const number = (min: number, max: number, fallback: number) =>
-  z.preprocess((v, ctx) => {
-    if (blank(v)) return fallback;
-    if (envCheck(v, ctx)) return z.NEVER;
-    return typeof v === "string" && /^\d+(\.\d+)?$/.test(v.trim()) ? Number(v) : v;
-  }, z.number({ error: "must be a number" }).min(min, `must be at least ${min}`).max(max, `must be at most ${max}`));
+/** Text with a pattern; a `${VAR}` left unresolved is named rather than taken literally. */
+const patterned = (max: number, fallback: string, pattern: RegExp, message: string) =>
+  z.preprocess(
+    (v, ctx) => (typeof v === "string" && unresolvedEnv(v.trim(), ctx) ? z.NEVER : toText(v)),
+    z.string({ error: "must be text" }).max(max, `must be at most ${max} characters`).regex(pattern, message).default(fallback),
+  );
 
 const communicationSchema = z
   .object({
-    deviceTokens: flag(null),
-    selfRegistration: flag(false),
-    maxPayloadKb: number(1, 16 * 1024, 256),
-    commandTimeout: number(0.1, 3600, 10),
-    mqttBroker: z.preprocess((v) => (blank(v) ? "auto" : typeof v === "string" ? v.trim().toLowerCase() : v), z.enum(MQTT_BROKERS, { error: `must be one of ${MQTT_BROKERS.join(", ")}` })),
+    // Blank is "automatic" here (TETHRAL_DEVICE_TOKENS), not "off".
+    deviceTokens: z.preprocess((v, ctx) => (toText(v) === undefined ? undefined : toBoolean(v, ctx)), z.boolean({ error: "must be true or false" }).nullable().default(null)),
+    selfRegistration: setting.flag(false),
+    maxPayloadKb: setting.between(1, 16 * 1024, 256),
+    commandTimeout: setting.between(0.1, 3600, 10),
+    mqttBroker: z.preprocess(toChoice, z.enum(MQTT_BROKERS, { error: `must be one of ${MQTT_BROKERS.join(", ")}` }).default("auto")),
     mqttPort: port,
-    mqttUrl: text(2048, ""),
-    mqttUsername: text(256, ""),
-    mqttClientId: text(128, ""),
-    mqttProtocolVersion: z.preprocess((v) => (blank(v) ? 4 : Number(v)), z.union([z.literal(4), z.literal(5)], { error: "must be 4 (MQTT 3.1.1) or 5" })),
-    mqttTopicRoot: text(128, "tethral", [/^[^#+/][^#+]*$/, "must be a topic level without #, + or a leading /"]),
-    mqttSharedGroup: text(64, "", [/^[^#+/]*$/, "must not contain #, + or /"]),
-    mqttRejectUnauthorized: flag(true),
-    mqttServiceUsername: text(128, ""),
-    coap: flag(true),
+    mqttUrl: setting.text(2048, ""),
+    mqttUsername: setting.text(256, ""),
+    mqttClientId: setting.text(128, ""),
+    mqttProtocolVersion: z.preprocess(toNumber, z.union([z.literal(4), z.literal(5)], { error: "must be 4 (MQTT 3.1.1) or 5" }).default(4)),
+    mqttTopicRoot: patterned(128, "tethral", /^[^#+/][^#+]*$/, "must be a topic level without #, + or a leading /"),
+    mqttSharedGroup: patterned(64, "", /^[^#+/]*$/, "must not contain #, + or /"),
+    mqttRejectUnauthorized: setting.flag(true),
+    mqttServiceUsername: setting.text(128, ""),
+    coap: setting.flag(true),
     coapPort: port,
-    websocket: flag(true),
-    websocketPath: text(256, "/tethral/ws", [/^\/[A-Za-z0-9/_.~-]*$/, "must be a path such as /tethral/ws"]),
+    websocket: setting.flag(true),
+    websocketPath: patterned(256, "/tethral/ws", /^\/[A-Za-z0-9/_.~-]*$/, "must be a path such as /tethral/ws"),
   })
   .superRefine((c, ctx) => {
     if (c.mqttBroker === "external") {

@@ -1,6 +1,6 @@
 import type { SubscriptionHandle } from "../core/events";
 import type { Priority } from "../core/types";
-import { HubUse, errorLabel, text } from "./node-support";
+import { HubUse, errorLabel, text, throttled } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
 /** An input-less node sends from its event handler (types.ts lists only what the others use). */
@@ -74,33 +74,4 @@ export = function (RED: NodeAPI): void {
 function list(value: unknown, separator: RegExp): string[] {
   const s = text(value);
   return s === undefined ? [] : [...new Set(s.split(separator).map((v) => v.trim()).filter((v) => v !== ""))];
-}
-
-/**
- * Runs `show` at once, then at most every `ms`: a busy fleet must not send the editor a status
- * update per message. The last request is always shown.
- */
-function throttled(show: () => void, ms = 500): { request(): void; cancel(): void } {
-  let last = 0;
-  let timer: NodeJS.Timeout | null = null;
-  return {
-    request() {
-      if (timer !== null) return;
-      const wait = last + ms - Date.now();
-      if (wait <= 0) {
-        last = Date.now();
-        show();
-        return;
-      }
-      timer = setTimeout(() => {
-        timer = null;
-        last = Date.now();
-        show();
-      }, wait);
-    },
-    cancel() {
-      if (timer !== null) clearTimeout(timer);
-      timer = null;
-    },
-  };
 }

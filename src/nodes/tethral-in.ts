@@ -1,5 +1,5 @@
 import type { Device, TethralEvent } from "../core/types";
-import { HubUse, text } from "./node-support";
+import { HubUse, text, throttled } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
 /** An input-less node sends from its event handler (types.ts lists only what the others use). */
@@ -90,33 +90,4 @@ export = function (RED: NodeAPI): void {
 function list(value: unknown): string[] {
   const s = text(value);
   return s === undefined ? [] : [...new Set(s.split(/[\s,]+/).filter((v) => v !== ""))];
-}
-
-/**
- * Runs `show` at once, then at most every `ms`: a busy fleet must not send the editor a status
- * update per message. The last request is always shown.
- */
-function throttled(show: () => void, ms = 500): { request(): void; cancel(): void } {
-  let last = 0;
-  let timer: NodeJS.Timeout | null = null;
-  return {
-    request() {
-      if (timer !== null) return;
-      const wait = last + ms - Date.now();
-      if (wait <= 0) {
-        last = Date.now();
-        show();
-        return;
-      }
-      timer = setTimeout(() => {
-        timer = null;
-        last = Date.now();
-        show();
-      }, wait);
-    },
-    cancel() {
-      if (timer !== null) clearTimeout(timer);
-      timer = null;
-    },
-  };
 }

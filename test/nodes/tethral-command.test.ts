@@ -1,17 +1,17 @@
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
 import helper from "node-red-node-test-helper";
 import type { Hub } from "../../src/core";
 import type { Command } from "../../src/core/types";
 import tethralCommand from "../../src/nodes/tethral-command";
 import tethralHub from "../../src/nodes/tethral-hub";
-import type { Node, NodeAPI, NodeStatus, TethralHubNode } from "../../src/nodes/types";
+import type { Node, NodeStatus, TethralHubNode } from "../../src/nodes/types";
 import { FakeAdapter } from "../core/fake-adapter";
+import { QUIET_HUB, lastStatus, statuses, withCatalogue, collect, until } from "./harness";
 
 helper.init(require.resolve("node-red"));
 
 const tab = { id: "tab1", type: "tab", label: "Test" };
-const hubConfig = { id: "hub1", type: "tethral-hub", storage: "memory", mqttBroker: "off", coap: false, websocket: false };
+const hubConfig = QUIET_HUB;
 const out = { id: "out", type: "helper", z: "tab1" };
 const catcher = { id: "catch1", type: "catch", z: "tab1", scope: null, wires: [["errors"]] };
 const errors = { id: "errors", type: "helper", z: "tab1" };
@@ -25,22 +25,6 @@ type HelperNode = Node & {
   send: { getCalls(): Array<{ thisValue: unknown }> };
 };
 
-/**
- * The helper's RED._ returns the key: this one reads the node's real catalogue, so a status or
- * error text the catalogue lacks fails the test.
- */
-function withCatalogue(module: (RED: NodeAPI) => void, prefix: string) {
-  const catalogue = JSON.parse(readFileSync(`nodes/locales/en-US/${prefix}.json`, "utf8")) as Record<string, unknown>;
-  return (RED: NodeAPI) => {
-    RED._ = (key, subs = {}) => {
-      if (!key.startsWith(`${prefix}.`)) return key;
-      const text = key.split(".").reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], catalogue);
-      if (typeof text !== "string") throw new Error(`${key} is not in the catalogue`);
-      return text.replace(/__(\w+)__/g, (_, name: string) => String(subs[name]));
-    };
-    module(RED);
-  };
-}
 const commandNode = withCatalogue(tethralCommand, "tethral-command");
 
 function command(id: string, extra: Record<string, unknown> = {}) {
@@ -87,29 +71,6 @@ function node(id: string): HelperNode {
 
 function next(n: HelperNode): Promise<Msg> {
   return new Promise((resolve) => n.on("input", resolve));
-}
-
-/** Every message `n` receives from now on, in order. */
-function collect(n: HelperNode): Msg[] {
-  const seen: Msg[] = [];
-  n.on("input", (m) => seen.push(m));
-  return seen;
-}
-
-async function until(test: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 1000 && !test(); i++) await new Promise((r) => setTimeout(r, 5));
-  assert.ok(test(), `timed out waiting for ${what}`);
-}
-
-function statuses(n: HelperNode): NodeStatus[] {
-  return n.status
-    .getCalls()
-    .filter((c) => c.thisValue === n)
-    .map((c) => c.args[0]);
-}
-
-function lastStatus(n: HelperNode): NodeStatus | undefined {
-  return statuses(n).at(-1);
 }
 
 /** The Catch node's message for an input to `cmd`, with `code` checked and the original properties kept. */

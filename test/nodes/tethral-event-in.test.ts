@@ -1,16 +1,16 @@
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
 import helper from "node-red-node-test-helper";
 import type { Hub } from "../../src/core";
 import type { TethralEvent } from "../../src/core/types";
 import tethralEventIn from "../../src/nodes/tethral-event-in";
 import tethralHub from "../../src/nodes/tethral-hub";
-import type { Node, NodeAPI, NodeStatus, TethralHubNode } from "../../src/nodes/types";
+import type { Node, NodeStatus, TethralHubNode } from "../../src/nodes/types";
+import { QUIET_HUB, lastStatus, withCatalogue, collect, until } from "./harness";
 
 helper.init(require.resolve("node-red"));
 
 const tab = { id: "tab1", type: "tab", label: "Test" };
-const hubConfig = { id: "hub1", type: "tethral-hub", storage: "memory", mqttBroker: "off", coap: false, websocket: false };
+const hubConfig = QUIET_HUB;
 const out = { id: "out", type: "helper", z: "tab1" };
 const out2 = { id: "out2", type: "helper", z: "tab1" };
 
@@ -21,19 +21,6 @@ type HelperNode = Node & {
   status: Node["status"] & { getCalls(): Array<{ thisValue: unknown; args: [NodeStatus] }> };
 };
 
-/** The helper's RED._ returns the key: this one reads the node's real catalogue. */
-function withCatalogue(module: (RED: NodeAPI) => void, prefix: string) {
-  const catalogue = JSON.parse(readFileSync(`nodes/locales/en-US/${prefix}.json`, "utf8")) as Record<string, unknown>;
-  return (RED: NodeAPI) => {
-    RED._ = (key, subs = {}) => {
-      if (!key.startsWith(`${prefix}.`)) return key;
-      const text = key.split(".").reduce<unknown>((o, k) => (o as Record<string, unknown> | undefined)?.[k], catalogue);
-      if (typeof text !== "string") throw new Error(`${key} is not in the catalogue`);
-      return text.replace(/__(\w+)__/g, (_, name: string) => String(subs[name]));
-    };
-    module(RED);
-  };
-}
 const eventInNode = withCatalogue(tethralEventIn, "tethral-event-in");
 
 function eventIn(id: string, extra: Record<string, unknown> = {}, wires = "out") {
@@ -54,25 +41,6 @@ async function start(nodes: FlowNode[]): Promise<Hub> {
   // The device the marker is about.
   await hub.registerDevice({ id: "pump-1", protocol: "mqtt" });
   return hub;
-}
-
-function collect(n: HelperNode): Msg[] {
-  const seen: Msg[] = [];
-  n.on("input", (m) => seen.push(m));
-  return seen;
-}
-
-async function until(test: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 1000 && !test(); i++) await new Promise((r) => setTimeout(r, 5));
-  assert.ok(test(), `timed out waiting for ${what}`);
-}
-
-function lastStatus(n: HelperNode): NodeStatus | undefined {
-  return n.status
-    .getCalls()
-    .filter((c) => c.thisValue === n)
-    .map((c) => c.args[0])
-    .at(-1);
 }
 
 /** Publishes `end.marker` (critical, about pump-1) and waits until `seen` ends with it. */

@@ -1,97 +1,17 @@
 import assert from "node:assert/strict";
 import helper from "node-red-node-test-helper";
-import type { Hub } from "../../src/core";
 import tethralHub from "../../src/nodes/tethral-hub";
 import tethralState from "../../src/nodes/tethral-state";
-import type { Node, NodeAPI, TethralHubNode } from "../../src/nodes/types";
-import stateCatalogue from "../../nodes/locales/en-US/tethral-state.json";
+import { FIXTURES, type FlowEntry, type Loaded, type Msg, lastStatus, loadWithCatch, withCatalogue } from "./harness";
 
 helper.init(require.resolve("node-red"));
 
-type Msg = Record<string, unknown>;
-type FlowEntry = Msg & { id: string; type: string };
-type HelperNode = Node & { on(event: "input", fn: (msg: Msg) => void): void; receive(msg: Msg): void };
-
-const tab = { id: "tab1", type: "tab", label: "Test" };
-const hub = { id: "hub1", type: "tethral-hub", storage: "memory", mqttBroker: "off", coap: false, websocket: false };
-const catcher = { id: "catch1", type: "catch", z: "tab1", scope: null, wires: [["errors"]] };
-const errors = { id: "errors", type: "helper", z: "tab1" };
-const out = { id: "out", type: "helper", z: "tab1" };
-
-/**
- * The node module with a `RED._` that reads the real message catalogue (the helper's returns
- * the key and drops substitutions), so status texts are checked as users see them, and a key
- * missing from the catalogue fails the test.
- */
-function translated(module: (RED: NodeAPI) => void, catalogue: object): (RED: NodeAPI) => void {
-  const _ = (key: string, substitutions: Record<string, unknown> = {}): string => {
-    const found = key.split(".").reduce<unknown>((at, part) => (at as Record<string, unknown> | undefined)?.[part], catalogue);
-    if (typeof found !== "string") throw new Error(`no message ${key} in the catalogue`);
-    return found.replace(/__(\w+)__/g, (_m, name: string) => String(substitutions[name]));
-  };
-  return (RED) => module(Object.assign(Object.create(RED) as NodeAPI, { _ }));
-}
-
-/** The status a node shows last (the helper spies on Node.prototype.status, shared by all nodes). */
-function lastStatus(node: Node): unknown {
-  const spy = node.status as unknown as { getCalls(): { thisValue: unknown; args: unknown[] }[] };
-  return spy.getCalls().filter((call) => call.thisValue === node).at(-1)?.args[0];
-}
-
-/** What came out next: on the node's output, or at the Catch node. */
-type Arrival = { via: "out" | "error"; msg: Msg };
-
-interface Loaded {
-  hubNode: TethralHubNode;
-  hub: Hub;
-  node(id: string): HelperNode;
-  /** Sends `msg` into node `id` and resolves with the next arrival. */
-  call(id: string, msg: Msg): Promise<Arrival>;
-  /** As `call`, expecting an output; resolves with the output msg. */
-  ok(id: string, msg: Msg): Promise<Msg>;
-  /** As `call`, expecting the Catch node; resolves with the caught msg. */
-  caught(id: string, msg: Msg): Promise<Msg>;
-}
+const { tab, hub, catcher, errors, out } = FIXTURES;
 
 const state = (extra: Msg = {}): FlowEntry => ({ id: "st1", type: "tethral-state", z: "tab1", hub: "hub1", operation: "get", wires: [["out"]], ...extra });
 
-async function load(nodes: FlowEntry[]): Promise<Loaded> {
-  await helper.load(
-    [tethralHub, translated(tethralState, stateCatalogue)],
-    [tab, hub, ...nodes, catcher, errors, out],
-  );
-  const arrivals: Arrival[] = [];
-  const waiting: Array<(a: Arrival) => void> = [];
-  const arrive = (a: Arrival) => {
-    const w = waiting.shift();
-    if (w) w(a);
-    else arrivals.push(a);
-  };
-  (helper.getNode("out") as HelperNode).on("input", (msg) => arrive({ via: "out", msg }));
-  (helper.getNode("errors") as HelperNode).on("input", (msg) => arrive({ via: "error", msg }));
-  const next = () => (arrivals.length > 0 ? Promise.resolve(arrivals.shift()!) : new Promise<Arrival>((r) => waiting.push(r)));
-  const hubNode = helper.getNode("hub1") as TethralHubNode;
-  const node = (id: string) => helper.getNode(id) as HelperNode;
-  const call = (id: string, msg: Msg) => {
-    node(id).receive(msg);
-    return next();
-  };
-  return {
-    hubNode,
-    hub: await hubNode.acquire(),
-    node,
-    call,
-    async ok(id, msg) {
-      const a = await call(id, msg);
-      assert.equal(a.via, "out", `expected an output, got ${JSON.stringify(a.msg.error)}`);
-      return a.msg;
-    },
-    async caught(id, msg) {
-      const a = await call(id, msg);
-      assert.equal(a.via, "error", `expected an error, got an output: ${JSON.stringify(a.msg.payload)}`);
-      return a.msg;
-    },
-  };
+function load(nodes: FlowEntry[]): Promise<Loaded> {
+  return loadWithCatch([tethralHub, withCatalogue(tethralState, "tethral-state")], nodes);
 }
 
 const errorCode = (msg: Msg) => (msg.error as { code?: string } | undefined)?.code;
