@@ -13,6 +13,7 @@ export default defineConfig({
     "nodes/tethral-command": "src/nodes/tethral-command.ts",
     "nodes/tethral-event-in": "src/nodes/tethral-event-in.ts",
     "nodes/tethral-event-out": "src/nodes/tethral-event-out.ts",
+    "nodes/tethral-hub-info": "src/nodes/tethral-hub-info.ts",
     "plugins/tethral-protocols": "src/plugins/tethral-protocols.ts",
     "plugins/tethral-sidebar": "src/plugins/tethral-sidebar.ts",
     "runtime/start": "src/runtime/start.ts",

@@ -6,6 +6,7 @@ import { checkLabel } from "./validation";
 import {
   EventBus,
   type EventBusOptions,
+  type EventStatistics,
   type EventHandler,
   type HistoryQuery,
   type PublishOptions,
@@ -693,6 +694,11 @@ export class Hub {
       async (store) => (await store.events(q, this.clock.now())).map(eventOf),
       () => this.events.query(query),
     );
+  }
+
+  /** Events published, delivered, dropped and expired since the hub started, by type and priority. */
+  eventStatistics(): EventStatistics {
+    return this.events.statistics();
   }
 
   statistics(): HubStatistics {

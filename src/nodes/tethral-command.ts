@@ -1,10 +1,16 @@
 import { TethralError } from "../core/errors";
 import type { Command } from "../core/types";
-import { HubUse, clip, errorLabel, fromMsg, text, toError } from "./node-support";
+import type { Hub } from "../core";
+import { HubUse, type Outcome, clip, errorLabel, fromMsg, invalidInput, isPlainObject, operationHandler, text, toError } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage, NodeStatus } from "./types";
+
+const OPERATIONS = ["send", "get", "cancel"] as const;
+type Operation = (typeof OPERATIONS)[number];
 
 interface CommandDef extends NodeDef {
   hub?: string;
+  /** `send` (the default), or `get`/`cancel` of the command `msg.commandId` names. */
+  operation?: string;
   /** The device when `msg.deviceId` gives none. */
   deviceId?: string;
   /** The command name when `msg.command` gives none. */
@@ -22,7 +28,8 @@ interface CommandDef extends NodeDef {
 /**
  * `tethral-command` (CONTRACT §5): sends `msg.command` with `msg.payload` as its params to
  * `msg.deviceId`, and with `wait` passes on the device's answer — or hands the failure to a
- * Catch node (DEVICE_ERROR, TIMEOUT, CONFLICT) with `msg.command` set.
+ * Catch node (DEVICE_ERROR, TIMEOUT, CONFLICT) with `msg.command` set. The operations `get`
+ * and `cancel` look up or cancel the command `msg.commandId` names.
  */
 export = function (RED: NodeAPI): void {
   RED.nodes.registerType("tethral-command", function (this: Node, def: CommandDef): void {
@@ -42,8 +49,12 @@ export = function (RED: NodeAPI): void {
       }
     };
 
+    const lookUp = operationHandler(use, RED._("tethral-command.errors.no-hub"), (msg) => lookUpPlan(RED, msg, def));
+
     this.on("input", (msg: NodeMessage, send, done) => {
       if (!use) return done(new Error(RED._("tethral-command.errors.no-hub")));
+      const operation = fromMsg(msg, "operation", text(def.operation) ?? "send");
+      if (operation !== "send") return lookUp(msg, send, done);
       let deviceId: unknown;
       let input: Record<string, unknown>;
       try {
@@ -92,6 +103,22 @@ export = function (RED: NodeAPI): void {
     });
   });
 };
+
+/** `get` or `cancel` of the command `msg.commandId` (or the id of the command object in `msg.command`). */
+function lookUpPlan(RED: NodeAPI, msg: NodeMessage, def: CommandDef): (hub: Hub) => Promise<Outcome> {
+  const operation = fromMsg(msg, "operation", text(def.operation) ?? "send");
+  if (typeof operation !== "string" || !OPERATIONS.includes(operation as Operation)) {
+    throw invalidInput("operation", RED._("tethral-command.errors.operation", { operations: OPERATIONS.join(", ") }));
+  }
+  const earlier = isPlainObject(msg.command) ? msg.command.id : undefined;
+  const id = fromMsg(msg, "commandId", earlier);
+  if (typeof id !== "string" || id.trim() === "") throw invalidInput("commandId", RED._("tethral-command.errors.no-command-id", { operation }));
+  return async (hub) => {
+    const command = operation === "cancel" ? await hub.cancelCommand(id) : await hub.getCommand(id);
+    msg.command = structuredClone(command);
+    return { payload: command, status: RED._("tethral-command.status.looked-up", { command: command.command, status: command.status }) };
+  };
+}
 
 /** What `msg` and the editor ask for, in the hub's `sendCommand` input shape. */
 function requestOf(RED: NodeAPI, msg: NodeMessage, def: CommandDef): { deviceId: unknown; input: Record<string, unknown> } {

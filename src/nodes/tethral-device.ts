@@ -3,7 +3,9 @@ import type { DeviceFilter } from "../core/registry";
 import { HubUse, type Outcome, fromMsg, invalidInput, isPlainObject, operationHandler, text } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
-const OPERATIONS = ["register", "update", "remove", "get", "list", "statistics"] as const;
+const OPERATIONS = ["register", "update", "remove", "get", "list", "statistics", "report"] as const;
+/** What a device may report through `report` (its other kinds come over its own protocol). */
+const REPORT_KINDS = ["telemetry", "heartbeat", "state", "status"] as const;
 type Operation = (typeof OPERATIONS)[number];
 
 interface DeviceDef extends NodeDef {
@@ -18,8 +20,9 @@ type Translate = NodeAPI["_"];
 
 /**
  * `tethral-device` (CONTRACT §5): registry operations. `msg.operation` (or the configured one)
- * picks `register`, `update`, `remove`, `get`, `list` or `statistics`; `msg.deviceId` names the
- * device and `msg.payload` carries the record, patch or filter. The result replaces
+ * picks `register`, `update`, `remove`, `get`, `list`, `statistics` or `report` (a device's own
+ * report, with `msg.token`: HTTP devices); `msg.deviceId` names the device and `msg.payload`
+ * carries the record, patch, filter or report. The result replaces
  * `msg.payload` of the same msg, which goes on.
  */
 export = function (RED: NodeAPI): void {
@@ -106,6 +109,27 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
         const statistics = hub.deviceStatistics();
         return { payload: statistics, status: _("tethral-device.status.statistics", { total: statistics.total }) };
       };
+    case "report": {
+      // A device's own report (the REST flow's HTTP telemetry): checked like any protocol's.
+      const id = needId();
+      const kind = fromMsg(msg, "kind", "telemetry");
+      if (typeof kind !== "string" || !REPORT_KINDS.includes(kind as (typeof REPORT_KINDS)[number])) {
+        throw invalidInput("kind", _("tethral-device.errors.kind", { kinds: REPORT_KINDS.join(", ") }));
+      }
+      const token = fromMsg(msg, "token", undefined);
+      if (token !== undefined && typeof token !== "string") throw invalidInput("token", _("tethral-device.errors.token"));
+      const protocol = fromMsg(msg, "protocol", "http");
+      if (typeof protocol !== "string") throw invalidInput("protocol", _("tethral-device.errors.protocol"));
+      const payload = msg.payload;
+      return (hub) => {
+        const result = hub.receive({ protocol, deviceId: id, kind: kind as (typeof REPORT_KINDS)[number], payload, ...(token !== undefined && { token }) });
+        if (!result.ok) throw result.error;
+        return {
+          payload: { deviceId: result.deviceId, status: result.status, changed: result.changed },
+          status: _("tethral-device.status.reported", { id, kind }),
+        };
+      };
+    }
   }
 }
 

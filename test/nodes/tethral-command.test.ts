@@ -270,6 +270,41 @@ describe("tethral-command node", function () {
     assert.match(lastStatus(t.cmd)!.text!, /^sent reboot → succeeded \d+ ms$/);
   });
 
+  it("get and cancel look up the command msg.commandId names (or the one in msg.command), with the command object as msg.payload", async () => {
+    const t = await load({ wait: false }, [command("look", { operation: "get" })]);
+    // No answers: the command stays queued until cancelled.
+    t.adapter.links.set("pump-1", false);
+    const sent = next(t.out);
+    t.cmd.receive({});
+    const queued = (await sent).command as Command;
+    assert.equal(queued.status, "queued");
+
+    const got = next(t.out);
+    node("look").receive({ commandId: queued.id, keep: 1 });
+    const m = await got;
+    assert.equal((m.payload as Command).id, queued.id);
+    assert.equal((m.payload as Command).status, "queued");
+    assert.equal((m.command as Command).id, queued.id);
+    assert.equal(m.keep, 1);
+    assert.deepEqual(lastStatus(node("look")), { fill: "green", shape: "dot", text: "reboot: queued" });
+
+    // The command object an earlier command node left in msg.command names it too.
+    const cancelled = next(t.out);
+    node("look").receive({ operation: "cancel", command: queued });
+    assert.equal(((await cancelled).payload as Command).status, "cancelled");
+    assert.equal((await t.hub.getCommand(queued.id)).status, "cancelled");
+
+    const unknown = next(t.errors);
+    node("look").receive({ commandId: "no-such-command" });
+    assert.equal(((await unknown).error as { code?: string }).code, "NOT_FOUND");
+    const none = next(t.errors);
+    node("look").receive({});
+    assert.equal(((await none).error as { code?: string }).code, "INVALID");
+    const bad = next(t.errors);
+    node("look").receive({ operation: "resend", commandId: queued.id });
+    assert.equal(((await bad).error as { code?: string }).code, "INVALID");
+  });
+
   it("two nodes share one hub", async () => {
     const t = await load({}, [command("cmd2", { deviceId: "pump-2", command: "blink" })]);
     t.adapter.auto = { status: "answered", ok: true, result: 1 };

@@ -183,6 +183,35 @@ describe("tethral-device node", function () {
     assert.equal(await t.hubNode.acquire(), t.hub, "the same hub");
   });
 
+  it("report takes in an HTTP device's report with its token, checked and counted like any protocol's", async () => {
+    const t = await load([device({ operation: "report" })]);
+    const { token } = await t.hub.registerDevice({ id: "meter-1", protocol: "http" });
+    const m = await t.ok("dev1", { deviceId: "meter-1", token, payload: { power: 1.5 }, keep: 1 });
+    assert.deepEqual(m.payload, { deviceId: "meter-1", status: "online", changed: true });
+    assert.equal(m.keep, 1);
+    assert.deepEqual(t.hub.getState("meter-1").properties, { power: 1.5 });
+    assert.deepEqual(lastStatus(t.node("dev1")), green("meter-1 reported telemetry"));
+    // A state report, as text (the raw body of a request) decoded by the hub.
+    await t.ok("dev1", { deviceId: "meter-1", token, kind: "state", payload: '{"properties":{"power":2}}' });
+    assert.equal(t.hub.getState("meter-1").properties.power, 2);
+
+    const refusals: Array<[Msg, string]> = [
+      [{ deviceId: "meter-1", token: "wrong", payload: { power: 9 } }, "UNAUTHORIZED"],
+      [{ deviceId: "meter-1", payload: { power: 9 } }, "UNAUTHORIZED"],
+      [{ deviceId: "nobody", token, payload: { power: 9 } }, "NOT_FOUND"],
+      [{ deviceId: "meter-1", token, payload: "{not json" }, "INVALID"],
+      [{ deviceId: "meter-1", token, payload: [1, 2] }, "INVALID"],
+      [{ deviceId: "meter-1", token, kind: "register", payload: {} }, "INVALID"],
+      [{ deviceId: "meter-1", token: 42, payload: {} }, "INVALID"],
+      [{ token, payload: {} }, "INVALID"],
+    ];
+    for (const [msg, code] of refusals) assert.equal(errorCode(await t.caught("dev1", msg)), code, JSON.stringify(msg));
+    assert.equal(t.hub.getState("meter-1").properties.power, 2, "a refused report changes nothing");
+    const http = t.hub.communicationStatistics().protocols.http!;
+    assert.equal(http.messagesIn, 2 + 5, "reports that reached the hub are counted");
+    assert.equal(http.rejected, 5);
+  });
+
   it("stops with the hub on a full stop, and a redeploy gets a fresh hub", async () => {
     const t = await load([device({ operation: "register" })]);
     await t.ok("dev1", { payload: { id: "old-1", protocol: "mqtt" } });

@@ -75,6 +75,7 @@ describe("flow runtime (npm start)", function () {
       "tethral-event-in",
       "tethral-event-out",
       "tethral-hub",
+      "tethral-hub-info",
       "tethral-in",
       "tethral-state",
       "tethral-state-watch",

@@ -1,0 +1,163 @@
+import type { Hub } from "../core";
+import type { HistoryQuery } from "../core/events";
+import { PRIORITIES, type Priority } from "../core/types";
+import { HubUse, type Outcome, errorLabel, fromMsg, invalidInput, isPlainObject, operationHandler, text } from "./node-support";
+import type { NodeAPI, Node, NodeDef, NodeMessage } from "./types";
+
+const OPERATIONS = ["health", "statistics", "events", "event-statistics", "communication"] as const;
+type Operation = (typeof OPERATIONS)[number];
+
+/** The event-history filter keys `msg.payload` may carry (a REST query string maps onto them). */
+const EVENT_FILTER_KEYS = ["type", "priority", "minPriority", "deviceId", "source", "since", "limit"];
+const DEFAULT_EVENT_LIMIT = 100;
+
+interface HubInfoDef extends NodeDef {
+  hub?: string;
+  /** The operation when `msg.operation` gives none. */
+  operation?: string;
+}
+
+type Translate = NodeAPI["_"];
+
+/**
+ * `tethral-hub-info`: what the hub as a whole knows — its health, its statistics, the event
+ * history and statistics, and the communication statistics per protocol. The REST API's
+ * `/api/health`, `/api/events` and `/api/communication/statistics` are built on it.
+ */
+export = function (RED: NodeAPI): void {
+  RED.nodes.registerType("tethral-hub-info", function (this: Node, def: HubInfoDef): void {
+    RED.nodes.createNode(this, def);
+    const noHub = RED._("tethral-hub-info.errors.no-hub");
+    const use = HubUse.attach(RED, this, def.hub, noHub);
+    const answer = operationHandler(use, noHub, (msg) => planOf(RED._, msg, def));
+
+    this.on("input", (msg: NodeMessage, send, done) => {
+      // Health is the one question a hub that cannot start still answers: with why it cannot.
+      if (use && operationOf(RED._, msg, def, false) === "health") {
+        use.hub().then(
+          () => answer(msg, send, done),
+          (err: unknown) => {
+            if (use.isClosed) return done();
+            msg.payload = { status: "degraded", components: { hub: { status: "failed", error: errorLabel(err) } } };
+            use.failed(RED._("tethral-hub-info.status.hub-down"));
+            send(msg);
+            done();
+          },
+        );
+        return;
+      }
+      answer(msg, send, done);
+    });
+
+    this.on("close", (_removed: boolean, done: () => void) => {
+      use?.close();
+      done();
+    });
+  });
+};
+
+/**
+ * Reads the request from `msg` (and the node's configuration) and returns the hub call it
+ * makes. Throws INVALID for a request that cannot be made, before the hub is touched.
+ */
+function planOf(_: Translate, msg: NodeMessage, def: HubInfoDef): (hub: Hub) => Promise<Outcome> | Outcome {
+  const operation = operationOf(_, msg, def, true) as Operation;
+  switch (operation) {
+    case "health":
+      return (hub) => {
+        const health = hub.health();
+        return { payload: health, status: _("tethral-hub-info.status.health", { status: health.status }) };
+      };
+    case "statistics":
+      return (hub) => {
+        const statistics = hub.statistics();
+        return { payload: statistics, status: _("tethral-hub-info.status.statistics", { total: statistics.devices.total }) };
+      };
+    case "events": {
+      const query = eventQueryOf(_, msg.payload);
+      return async (hub) => {
+        const events = await hub.eventHistory(query);
+        return { payload: { events }, status: _("tethral-hub-info.status.events", { count: events.length }) };
+      };
+    }
+    case "event-statistics":
+      return (hub) => {
+        const statistics = hub.eventStatistics();
+        return { payload: statistics, status: _("tethral-hub-info.status.event-statistics", { count: statistics.published }) };
+      };
+    case "communication":
+      return (hub) => {
+        const statistics = hub.communicationStatistics();
+        const connected = Object.values(statistics.protocols).reduce((n, p) => n + (typeof p.connected === "number" ? p.connected : 0), 0);
+        return { payload: statistics, status: _("tethral-hub-info.status.communication", { connected }) };
+      };
+  }
+}
+
+/** `msg.operation` when set, else the configured one; anything else is INVALID (or null when not `strict`). */
+function operationOf(_: Translate, msg: NodeMessage, def: HubInfoDef, strict: boolean): Operation | null {
+  const operation = fromMsg(msg, "operation", text(def.operation) ?? "health");
+  if (typeof operation !== "string" || !OPERATIONS.includes(operation as Operation)) {
+    if (!strict) return null;
+    throw invalidInput("operation", _("tethral-hub-info.errors.operation", { operations: OPERATIONS.join(", ") }));
+  }
+  return operation as Operation;
+}
+
+/**
+ * The event-history filter from `msg.payload`: `type` and `priority` as a list or comma
+ * separated text (a query string's shape), `minPriority`, `deviceId`, `source`, `since` (ISO
+ * time or epoch ms) and `limit` (0-10000, default 100). A payload that is no object (an inject
+ * node's timestamp) asks for the latest events; an unknown key is INVALID, not ignored.
+ */
+function eventQueryOf(_: Translate, payload: unknown): HistoryQuery {
+  if (!isPlainObject(payload)) return { limit: DEFAULT_EVENT_LIMIT };
+  const unknown = Object.keys(payload).find((key) => !EVENT_FILTER_KEYS.includes(key));
+  if (unknown !== undefined) {
+    throw invalidInput(unknown, _("tethral-hub-info.errors.filter-key", { key: unknown, keys: EVENT_FILTER_KEYS.join(", ") }));
+  }
+  const query: HistoryQuery = { limit: DEFAULT_EVENT_LIMIT };
+  const types = listOf(_, payload.type, "type");
+  if (types) query.type = types;
+  const priorities = listOf(_, payload.priority, "priority");
+  if (priorities) query.priority = priorities.map((p) => priorityOf(_, p, "priority"));
+  const minPriority = textOf(_, payload.minPriority, "minPriority");
+  if (minPriority !== undefined) query.minPriority = priorityOf(_, minPriority, "minPriority");
+  const deviceId = textOf(_, payload.deviceId, "deviceId");
+  if (deviceId !== undefined) query.deviceId = deviceId;
+  const source = textOf(_, payload.source, "source");
+  if (source !== undefined) query.source = source;
+  const since = payload.since;
+  if (since !== undefined && since !== null && since !== "") {
+    if (typeof since === "string" && /^\d+$/.test(since.trim())) query.since = Number(since);
+    else if (typeof since === "string" || typeof since === "number") query.since = since;
+    else throw invalidInput("since", _("tethral-hub-info.errors.since"));
+  }
+  const limit = payload.limit;
+  if (limit !== undefined && limit !== null && limit !== "") {
+    const n = typeof limit === "string" && /^\s*\d+\s*$/.test(limit) ? Number(limit) : limit;
+    if (typeof n !== "number" || !Number.isInteger(n) || n < 0 || n > 10_000) throw invalidInput("limit", _("tethral-hub-info.errors.limit"));
+    query.limit = n;
+  }
+  return query;
+}
+
+/** A list from an array of strings or comma-separated text; undefined when blank. */
+function listOf(_: Translate, value: unknown, field: string): string[] | undefined {
+  if (value === undefined || value === null || value === "") return undefined;
+  const items = typeof value === "string" ? value.split(",") : Array.isArray(value) ? value : null;
+  if (!items || items.some((item) => typeof item !== "string")) throw invalidInput(field, _("tethral-hub-info.errors.text", { field }));
+  const list = (items as string[]).map((item) => item.trim()).filter((item) => item !== "");
+  return list.length > 0 ? list : undefined;
+}
+
+function textOf(_: Translate, value: unknown, field: string): string | undefined {
+  if (value === undefined || value === null || value === "") return undefined;
+  if (typeof value !== "string") throw invalidInput(field, _("tethral-hub-info.errors.text", { field }));
+  return text(value);
+}
+
+function priorityOf(_: Translate, value: string, field: string): Priority {
+  if (!PRIORITIES.includes(value as Priority)) throw invalidInput(field, _("tethral-hub-info.errors.priority", { field, priorities: PRIORITIES.join(", ") }));
+  return value as Priority;
+}
