@@ -93,6 +93,8 @@ export const DEFAULT_PORT = 1880;
 export const DEFAULT_HOST = "127.0.0.1";
 export const HTTP_ADMIN_ROOT = "/";
 export const HTTP_NODE_ROOT = "/api";
+/** Largest request body the REST API reads (a device record or report is a few KiB). */
+export const API_MAX_BODY_BYTES = 1024 * 1024;
 
 /** Runtime options from the environment variables of CONTRACT §6. */
 export function optionsFromEnv(env: NodeJS.ProcessEnv = process.env, cwd: string = process.cwd()): RuntimeOptions {
@@ -159,11 +161,18 @@ export async function startRuntime(options: RuntimeOptions = {}): Promise<Runnin
       // A device hub often runs on a closed network: no update check, no consent prompt.
       telemetry: { enabled: false, updateNotification: false },
       editorTheme: { page: { title: "Tethral" }, header: { title: "Tethral" }, tours: false },
+      // The REST API answers a body it cannot read in its own JSON error shape (CONTRACT §1),
+      // where Node-RED's http in node would answer 500.
+      httpNodeMiddleware: jsonBody(API_MAX_BODY_BYTES),
+      apiMaxLength: "1mb",
     };
     if (options.credentialSecret) settings.credentialSecret = options.credentialSecret;
     RED.init(server, settings);
-    app.use(HTTP_ADMIN_ROOT, RED.httpAdmin);
+    // The API first: the editor's app, mounted at /, parses every body it sees with its own
+    // limits and error pages, and must not see the API's requests.
     app.use(HTTP_NODE_ROOT, RED.httpNode);
+    app.use(HTTP_NODE_ROOT, noRoute);
+    app.use(HTTP_ADMIN_ROOT, RED.httpAdmin);
     const flowsSettled = flowsState(RED);
     await RED.start();
     flows = await flowsSettled;
@@ -256,6 +265,75 @@ function prepareUserDir(userDir: string, flowFile: string, template: string): vo
     );
   }
 }
+
+type ApiRequest = IncomingMessage & { body?: unknown; _body?: boolean };
+
+function sendError(res: ServerResponse, status: number, code: string, message: string): void {
+  const body = JSON.stringify({ error: { code, message } });
+  res.statusCode = status;
+  res.setHeader("Content-Type", "application/json; charset=utf-8");
+  res.setHeader("Content-Length", Buffer.byteLength(body));
+  res.end(body);
+}
+
+/**
+ * Reads a JSON request body for the REST flows: malformed JSON is a 400 and a body over `limit`
+ * a 413, both as `{"error": {"code": "INVALID", ...}}`, before any flow sees the request. A
+ * parsed body is handed on as `req.body` (body-parser, which the http in node runs next, leaves
+ * a request it finds marked `_body` alone). Other content types go on untouched.
+ */
+export function jsonBody(limit: number): Handler {
+  return (req: ApiRequest, res, next) => {
+    const type = String(req.headers["content-type"] ?? "").toLowerCase();
+    const hasBody = req.headers["transfer-encoding"] !== undefined || Number(req.headers["content-length"] ?? 0) > 0;
+    if (!hasBody || req._body || !/^application\/([a-z0-9.+-]+\+)?json\b/.test(type)) return next?.();
+    const declared = Number(req.headers["content-length"] ?? 0);
+    const tooLarge = () => {
+      // Answer at once and close: the rest of an oversized upload is not worth reading.
+      res.setHeader("Connection", "close");
+      sendError(res, 413, "INVALID", `the request body is larger than ${limit} bytes`);
+    };
+    if (declared > limit) {
+      tooLarge();
+      req.resume();
+      return;
+    }
+    const chunks: Buffer[] = [];
+    let size = 0;
+    let failed = false;
+    req.on("data", (chunk: Buffer) => {
+      if (failed) return;
+      size += chunk.length;
+      if (size > limit) {
+        failed = true;
+        tooLarge();
+        return;
+      }
+      chunks.push(chunk);
+    });
+    req.on("error", () => {
+      failed = true;
+    });
+    req.on("end", () => {
+      if (failed) return;
+      const text = Buffer.concat(chunks).toString("utf8");
+      try {
+        req.body = text.trim() === "" ? {} : (JSON.parse(text) as unknown);
+      } catch (err) {
+        sendError(res, 400, "INVALID", `the request body is not valid JSON: ${(err as Error).message}`);
+        return;
+      }
+      req._body = true;
+      next?.();
+    });
+  };
+}
+
+/** Under /api, a path no flow serves: 404 in the API's error shape rather than an HTML page. */
+const noRoute: Handler = (req, res) => {
+  const path = (req.url ?? "").split("?")[0];
+  sendError(res, 404, "NOT_FOUND", `no route ${req.method ?? "GET"} ${HTTP_NODE_ROOT}${path}`);
+};
 
 function closeServer(server: Server): Promise<void> {
   return new Promise((resolve) => {

@@ -1,0 +1,293 @@
+// Writes flows/flows.json: the REST API of CONTRACT §3 as Node-RED flows (http in → Tethral
+// nodes → http response), plus the hub config node the examples use. The file is what `npm start`
+// copies into the user dir on first start, so the user edits their own copy. The hub node keeps
+// its id and settings across rebuilds. Run: node scripts/build-flows.mjs
+import { createHash } from "node:crypto";
+import { readFileSync, writeFileSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = join(dirname(fileURLToPath(import.meta.url)), "..");
+const file = join(root, "flows", "flows.json");
+const previous = JSON.parse(readFileSync(file, "utf8"));
+const hubNode = previous.find((n) => n.type === "tethral-hub");
+const TAB = previous.find((n) => n.type === "tab")?.id ?? "b1f0c2a4d5e6f701";
+const HUB = hubNode.id;
+
+const nodes = [];
+const id = (key) => createHash("sha256").update(`rest-api/${key}`).digest("hex").slice(0, 16);
+const add = (key, type, props, x, y, wires = []) => {
+  nodes.push({ id: id(key), type, z: TAB, ...props, x, y, wires: wires.map((out) => out.map(id)) });
+};
+
+// ── Node shapes ─────────────────────────────────────────────────────────────────────────────
+const httpIn = (method, url) => ({ name: "", url, method, upload: false, skipBodyParsing: false, swaggerDoc: "" });
+const response = (statusCode = "") => ({ name: "", statusCode: String(statusCode), headers: {} });
+const fn = (name, func, outputs = 1) => ({ name, func, outputs, timeout: 0, noerr: 0, initialize: "", finalize: "", libs: [] });
+const setDeviceId = { name: "device id from the path", rules: [{ t: "set", p: "deviceId", pt: "msg", to: "req.params.id", tot: "msg" }], action: "", property: "", from: "", to: "", reg: false };
+const device = (operation) => ({ name: "", hub: HUB, operation, deviceId: "" });
+const state = (operation) => ({ name: "", hub: HUB, operation, deviceId: "", count: 10 });
+const info = (operation) => ({ name: "", hub: HUB, operation });
+const command = (operation) => ({
+  name: "", hub: HUB, operation, deviceId: "", command: "", wait: false, timeout: "", retries: "", priority: "normal", expiresIn: "", supersede: false, expectResponse: true,
+});
+
+// ── Function bodies ─────────────────────────────────────────────────────────────────────────
+// A request the flow itself refuses goes to the Catch node like the hub's own refusals.
+const refuse = `const refuse = (message) => { const e = new Error(message); e.code = "INVALID"; node.error(e, msg); return null; };`;
+
+const REGISTER = `${refuse}
+// The body is the device record; its token comes back once, in this answer.
+const body = msg.payload;
+if (typeof body !== "object" || body === null || Array.isArray(body)) return refuse("the body must be a JSON object: the device record");
+// These two paths answer the fleet's statistics and states: a device of that id could never be read.
+if (body.id === "statistics" || body.id === "states") return refuse(\`id "\${body.id}" is reserved by the REST API\`);
+return msg;`;
+
+const CREATED = `msg.statusCode = 201;
+const path = msg.req.originalUrl.split("?")[0].replace(/\\/$/, "");
+msg.headers = { Location: \`\${path}/\${encodeURIComponent(msg.payload.id)}\` };
+return msg;`;
+
+const STATE_REQUEST = `${refuse}
+msg.deviceId = msg.req.params.id;
+const history = msg.req.query.history;
+if (history === undefined || history === "") return msg;
+if (typeof history !== "string" || !/^\\d+$/.test(history) || Number(history) > 10000) return refuse("history must be a whole number from 0 to 10000");
+msg.history = Number(history);
+return msg;`;
+
+const WITH_HISTORY = `// Output 1: the state as it is; output 2: read its history first.
+if (msg.history === undefined) return [msg, null];
+msg.state = msg.payload;
+msg.limit = msg.history;
+return [null, msg];`;
+
+const MERGE_HISTORY = `msg.payload = { ...msg.state, history: msg.payload };
+delete msg.state;
+return msg;`;
+
+const COMMAND_KEYS = ["command", "params", "wait", "timeout", "retries", "expiresIn", "priority", "supersede", "expectResponse"];
+const COMMAND_REQUEST = `${refuse}
+const body = msg.payload;
+if (typeof body !== "object" || body === null || Array.isArray(body)) return refuse("the body must be a JSON object: {command, params, wait, timeout, retries, expiresIn, priority}");
+const keys = ${JSON.stringify(COMMAND_KEYS)};
+const unknown = Object.keys(body).find((k) => !keys.includes(k));
+if (unknown !== undefined) return refuse(\`\${unknown} is no command option (use \${keys.join(", ")})\`);
+if (typeof body.command !== "string" || body.command.trim() === "") return refuse("command must be the command's name");
+if (body.wait !== undefined && typeof body.wait !== "boolean") return refuse("wait must be true or false");
+msg.deviceId = msg.req.params.id;
+msg.command = body.command;
+msg.payload = body.params === undefined ? {} : body.params;
+msg.wait = body.wait === true;
+for (const k of ["timeout", "retries", "expiresIn", "priority", "supersede", "expectResponse"]) {
+  // null counts as "not given" downstream: refuse it here rather than let it mean the default.
+  if (body[k] === null) return refuse(\`\${k} must not be null\`);
+  if (body[k] !== undefined) msg[k] = body[k];
+}
+return msg;`;
+
+const COMMAND_ANSWER = `// Ended (with wait): 200; still queued or sent (no wait, or the device is away): 202.
+msg.statusCode = msg.command.completedAt === null ? 202 : 200;
+msg.payload = msg.command;
+return msg;`;
+
+const REPORT_REQUEST = `// The device's token: Authorization: Bearer TOKEN (or ?token= for devices that cannot set headers).
+const auth = msg.req.headers.authorization || "";
+const bearer = /^Bearer\\s+(\\S+)\\s*$/i.exec(auth);
+const query = msg.req.query.token;
+msg.token = bearer ? bearer[1] : typeof query === "string" ? query : undefined;
+msg.deviceId = msg.req.params.id;
+msg.kind = "telemetry";
+return msg;`;
+
+const NO_CONTENT = `msg.statusCode = 204;
+msg.payload = "";
+return msg;`;
+
+const HEALTH_ANSWER = `// ok or degraded: 200 with the components; a hub that cannot run at all: 503.
+msg.statusCode = msg.payload.components && msg.payload.components.hub && msg.payload.components.hub.status === "failed" ? 503 : 200;
+return msg;`;
+
+const ERROR_ANSWER = `// Every refusal of the API, as CONTRACT §1: {"error": {"code", "message"}} with its status.
+if (!msg.res) return null; // an error with no request behind it (a node's own start-up)
+const STATUS = { INVALID: 400, UNAUTHORIZED: 401, NOT_FOUND: 404, CONFLICT: 409, TIMEOUT: 504, DEVICE_ERROR: 502, UNAVAILABLE: 503 };
+const known = Object.prototype.hasOwnProperty.call(STATUS, msg.error.code);
+const code = known ? msg.error.code : "INTERNAL";
+const message = String(msg.error.message || "").replace(/^[A-Za-z]*Error: /, "");
+if (!known) node.warn(\`\${msg.req.method} \${msg.req.originalUrl}: \${message}\`);
+msg.statusCode = known ? STATUS[code] : 500;
+msg.payload = { error: { code, message: known ? message : "the hub could not answer: see the Node-RED log" } };
+// A command that ended badly while the request waited: the command too.
+if (msg.command && typeof msg.command === "object") msg.payload.command = msg.command;
+msg.headers = code === "UNAUTHORIZED" ? { "WWW-Authenticate": 'Bearer realm="tethral"' } : {};
+return msg;`;
+
+// ── Routes ──────────────────────────────────────────────────────────────────────────────────
+// Columns: http in, request, Tethral node, answer, http response.
+const X = [170, 400, 620, 830, 1030];
+let y = 40;
+const heading = (key, name, infoText) => {
+  y += 40;
+  add(key, "comment", { name, info: infoText }, X[0] + 40, y);
+  y += 50;
+};
+const row = () => {
+  const at = y;
+  y += 60;
+  return at;
+};
+
+add(
+  "about",
+  "comment",
+  {
+    name: "Tethral REST API — served under /api",
+    info: [
+      "The REST API of the Tethral hub, built from Tethral nodes: every route is an **http in** node, the",
+      "Tethral node that answers it and an **http response**. Refusals reach the **Catch** node at the",
+      "bottom, which answers `{\"error\": {\"code\", \"message\"}}` with the status of its code",
+      "(INVALID 400, UNAUTHORIZED 401, NOT_FOUND 404, CONFLICT 409, DEVICE_ERROR 502, UNAVAILABLE 503, TIMEOUT 504).",
+      "",
+      "The **Tethral hub** configuration node holds the engine: registry, heartbeats, state, events,",
+      "commands, the database and the MQTT, CoAP and WebSocket servers. Its settings (and the",
+      "environment variables of the README) say where it keeps its data and which ports it serves.",
+      "",
+      "This file is your own copy, made on the first start in the user directory (`TETHRAL_USER_DIR`,",
+      "default `.tethral`): edit and deploy freely. Anyone who can reach the API can manage the",
+      "fleet: put it behind your own authentication (Node-RED's `httpNodeAuth` or a proxy) before",
+      "serving it beyond this machine.",
+    ].join("\n"),
+  },
+  X[1] + 60,
+  y,
+);
+
+heading("h-health", "Health and statistics", "`GET /api/health`, `GET /api/communication/statistics`, `GET /api/events`, `GET /api/events/statistics`.");
+let at = row();
+add("health-in", "http in", httpIn("get", "/health"), X[0], at, [["health"]]);
+add("health", "tethral-hub-info", info("health"), X[2], at, [["health-answer"]]);
+add("health-answer", "function", fn("200, or 503 if the hub cannot run", HEALTH_ANSWER), X[3], at, [["health-out"]]);
+add("health-out", "http response", response(), X[4], at);
+at = row();
+add("comm-in", "http in", httpIn("get", "/communication/statistics"), X[0], at, [["comm"]]);
+add("comm", "tethral-hub-info", info("communication"), X[2], at, [["comm-out"]]);
+add("comm-out", "http response", response(200), X[4], at);
+at = row();
+add("events-in", "http in", httpIn("get", "/events"), X[0], at, [["events"]]);
+add("events", "tethral-hub-info", { ...info("events"), name: "event history (query: type, priority, deviceId, since, limit)" }, X[2], at, [["events-out"]]);
+add("events-out", "http response", response(200), X[4], at);
+at = row();
+add("evstats-in", "http in", httpIn("get", "/events/statistics"), X[0], at, [["evstats"]]);
+add("evstats", "tethral-hub-info", info("event-statistics"), X[2], at, [["evstats-out"]]);
+add("evstats-out", "http response", response(200), X[4], at);
+
+heading(
+  "h-devices",
+  "Devices",
+  "`GET /api/devices` (query: status, protocol, manufacturer, capability, tag, q, limit, offset), `POST /api/devices`, and one device by id. `GET /api/devices/statistics` and `GET /api/devices/states` come in on the `{id}` route and the switch hands them to their own handlers, whatever order Node-RED registers the routes in: they are never taken for a device id.",
+);
+at = row();
+add("list-in", "http in", httpIn("get", "/devices"), X[0], at, [["list"]]);
+add("list", "tethral-device", device("list"), X[2], at, [["list-out"]]);
+add("list-out", "http response", response(200), X[4], at);
+at = row();
+add("register-in", "http in", httpIn("post", "/devices"), X[0], at, [["register-check"]]);
+add("register-check", "function", fn("a record, no reserved id", REGISTER), X[1], at, [["register"]]);
+add("register", "tethral-device", device("register"), X[2], at, [["register-answer"]]);
+add("register-answer", "function", fn("201 Created", CREATED), X[3], at, [["register-out"]]);
+add("register-out", "http response", response(), X[4], at);
+at = row();
+add("get-in", "http in", httpIn("get", "/devices/:id"), X[0], at, [["which"]]);
+add(
+  "which",
+  "switch",
+  {
+    name: "statistics, states or a device?",
+    property: "req.params.id",
+    propertyType: "msg",
+    rules: [{ t: "eq", v: "statistics", vt: "str" }, { t: "eq", v: "states", vt: "str" }, { t: "else" }],
+    checkall: "false",
+    repair: false,
+    outputs: 3,
+  },
+  X[1],
+  at + 60,
+  [["dstats"], ["states"], ["get-id"]],
+);
+add("dstats", "tethral-device", device("statistics"), X[2], at, [["dstats-out"]]);
+add("dstats-out", "http response", response(200), X[4], at);
+at = row();
+add("states", "tethral-state", { ...state("list"), name: "list states (query: status, limit, offset)" }, X[2], at, [["states-out"]]);
+add("states-out", "http response", response(200), X[4], at);
+at = row();
+add("get-id", "change", setDeviceId, X[2] - 10, at, [["get"]]);
+add("get", "tethral-device", device("get"), X[3], at, [["get-out"]]);
+add("get-out", "http response", response(200), X[4] + 60, at);
+at = row();
+add("patch-in", "http in", httpIn("patch", "/devices/:id"), X[0], at, [["patch-id"]]);
+add("patch-id", "change", setDeviceId, X[1], at, [["patch"]]);
+add("patch", "tethral-device", device("update"), X[2], at, [["patch-out"]]);
+add("patch-out", "http response", response(200), X[4], at);
+at = row();
+add("delete-in", "http in", httpIn("delete", "/devices/:id"), X[0], at, [["delete-id"]]);
+add("delete-id", "change", setDeviceId, X[1], at, [["delete"]]);
+add("delete", "tethral-device", device("remove"), X[2], at, [["delete-answer"]]);
+add("delete-answer", "function", fn("204 No Content", NO_CONTENT), X[3], at, [["delete-out"]]);
+add("delete-out", "http response", response(), X[4], at);
+
+heading("h-state", "Device state", "`GET /api/devices/{id}/state` (`?history=N` adds the last N changes), `PUT /api/devices/{id}/state` (`{desired, status, expectedVersion}`), `GET /api/devices/states/statistics`.");
+at = row();
+add("state-in", "http in", httpIn("get", "/devices/:id/state"), X[0], at, [["state-request"]]);
+add("state-request", "function", fn("device id, ?history", STATE_REQUEST), X[1], at, [["state-get"]]);
+add("state-get", "tethral-state", state("get"), X[2], at, [["state-history?"]]);
+add("state-history?", "function", fn("with history?", WITH_HISTORY, 2), X[3], at, [["state-out"], ["state-history"]]);
+add("state-out", "http response", response(200), X[4], at);
+at = row();
+add("state-history", "tethral-state", state("history"), X[2], at, [["state-merge"]]);
+add("state-merge", "function", fn("state + history", MERGE_HISTORY), X[3], at, [["state-out"]]);
+at = row();
+add("put-in", "http in", httpIn("put", "/devices/:id/state"), X[0], at, [["put-id"]]);
+add("put-id", "change", setDeviceId, X[1], at, [["put"]]);
+add("put", "tethral-state", state("set"), X[2], at, [["put-out"]]);
+add("put-out", "http response", response(200), X[4], at);
+at = row();
+add("sstats-in", "http in", httpIn("get", "/devices/states/statistics"), X[0], at, [["sstats"]]);
+add("sstats", "tethral-state", state("statistics"), X[2], at, [["sstats-out"]]);
+add("sstats-out", "http response", response(200), X[4], at);
+
+heading("h-commands", "Commands and device reports", "`POST /api/devices/{id}/command` (`{command, params, wait, timeout, retries, expiresIn, priority}`; with `wait` the answer waits for the device: 200, or 502/504 with the command), `GET /api/commands/{id}`, and `POST /api/devices/{id}/telemetry`: how devices that speak HTTP report, with `Authorization: Bearer TOKEN`.");
+at = row();
+add("cmd-in", "http in", httpIn("post", "/devices/:id/command"), X[0], at, [["cmd-request"]]);
+add("cmd-request", "function", fn("command options", COMMAND_REQUEST), X[1], at, [["cmd"]]);
+add("cmd", "tethral-command", command("send"), X[2], at, [["cmd-answer"]]);
+add("cmd-answer", "function", fn("200 ended, 202 pending", COMMAND_ANSWER), X[3], at, [["cmd-out"]]);
+add("cmd-out", "http response", response(), X[4], at);
+at = row();
+add("cmdget-in", "http in", httpIn("get", "/commands/:id"), X[0], at, [["cmdget-id"]]);
+add("cmdget-id", "change", { ...setDeviceId, name: "command id from the path", rules: [{ t: "set", p: "commandId", pt: "msg", to: "req.params.id", tot: "msg" }] }, X[1], at, [["cmdget"]]);
+add("cmdget", "tethral-command", command("get"), X[2], at, [["cmdget-out"]]);
+add("cmdget-out", "http response", response(200), X[4], at);
+at = row();
+add("report-in", "http in", httpIn("post", "/devices/:id/telemetry"), X[0], at, [["report-request"]]);
+add("report-request", "function", fn("device id, token", REPORT_REQUEST), X[1], at, [["report"]]);
+add("report", "tethral-device", device("report"), X[2], at, [["report-answer"]]);
+add("report-answer", "function", fn("204 No Content", NO_CONTENT), X[3], at, [["report-out"]]);
+add("report-out", "http response", response(), X[4], at);
+
+heading("h-errors", "Refusals", "Every error in this tab: the hub's (`msg.error.code`) and the flow's own checks. An error with no request behind it is dropped.");
+at = row();
+add("catch", "catch", { name: "every refusal", scope: null, uncaught: false }, X[0], at, [["error-answer"]]);
+add("error-answer", "function", fn("error body and status", ERROR_ANSWER), X[1] + 40, at, [["error-out"]]);
+add("error-out", "http response", response(), X[4], at);
+
+const tab = {
+  id: TAB,
+  type: "tab",
+  label: "Tethral REST API",
+  disabled: false,
+  info: "The REST API of the Tethral hub under `/api` (see the README for every route), and the hub itself.",
+};
+const out = [tab, ...nodes, hubNode];
+writeFileSync(file, `${JSON.stringify(out, null, 4)}\n`);
+console.log(`wrote ${nodes.filter((n) => n.type === "http in").length} routes to flows/flows.json; hub ${HUB}`);

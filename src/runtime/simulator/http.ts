@@ -1,0 +1,117 @@
+import { type IncomingMessage, type Server, type ServerResponse, createServer } from "node:http";
+import { type AddressInfo, isIPv6 } from "node:net";
+import type { ApiClient } from "./api-client";
+import type { DeviceSpec } from "./options";
+import { type DeviceHost, SimulatedDevice, type Telemetry } from "./device";
+import { parseCommand } from "./frames";
+import { SimulationError, messageOf } from "./support";
+
+const MAX_COMMAND_BYTES = 256 * 1024;
+
+/**
+ * The HTTP command server shared by every HTTP device: one server on an ephemeral port, device
+ * `{id}` at `POST /sim/{id}` (its registered address). 200 with the JSON result is success, 500
+ * with the error text a failure; a device that is away cuts the connection, as an unreachable one would.
+ */
+export class HttpTransport {
+  private server: Server | null = null;
+  private port = 0;
+
+  constructor(
+    private readonly listenHost: string,
+    private readonly lookup: (id: string) => SimulatedDevice | undefined,
+  ) {}
+
+  async start(): Promise<void> {
+    const server = createServer((req, res) => this.command(req, res));
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(0, this.listenHost, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    }).catch((err: unknown) => {
+      throw new SimulationError(`cannot open the HTTP command server on ${this.listenHost} (--listen): ${messageOf(err)}`);
+    });
+    this.server = server;
+    this.port = (server.address() as AddressInfo).port;
+  }
+
+  addressOf(id: string): string {
+    const host = isIPv6(this.listenHost) ? `[${this.listenHost}]` : this.listenHost;
+    return `http://${host}:${this.port}/sim/${encodeURIComponent(id)}`;
+  }
+
+  stop(): Promise<void> {
+    const server = this.server;
+    this.server = null;
+    if (!server) return Promise.resolve();
+    return new Promise((resolve) => {
+      server.close(() => resolve());
+      // Slow answers still pending and keep-alive connections would hold close() open.
+      server.closeAllConnections();
+    });
+  }
+
+  private command(req: IncomingMessage, res: ServerResponse): void {
+    const match = /^\/sim\/([^/?]+)\/?(?:\?|$)/.exec(req.url ?? "");
+    const device = match ? this.lookup(decodeURIComponent(match[1]!)) : undefined;
+    if (!device) return void reply(res, 404, "text/plain", "no such simulated device");
+    if (req.method !== "POST") return void reply(res, 405, "text/plain", "commands are POSTed");
+    readBody(req).then((text) => {
+      const frame = text === null ? null : parseCommand(text);
+      if (!frame) return reply(res, 400, "text/plain", 'a command is {"id", "command", "params"} JSON');
+      const answering = device.handleCommand(frame, (answer) => {
+        if (answer.ok) reply(res, 200, "application/json", JSON.stringify(answer.result ?? null));
+        else reply(res, 500, "text/plain", answer.error);
+      });
+      if (!answering) req.socket.destroy();
+    }, () => req.socket.destroy());
+  }
+}
+
+function reply(res: ServerResponse, status: number, type: string, body: string): void {
+  if (res.writableEnded || res.destroyed) return;
+  res.writeHead(status, { "Content-Type": `${type}; charset=utf-8` }).end(body);
+}
+
+/** The body as text, or null when it is larger than a command can be. */
+function readBody(req: IncomingMessage): Promise<string | null> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on("data", (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= MAX_COMMAND_BYTES) chunks.push(chunk);
+    });
+    req.on("end", () => resolve(size > MAX_COMMAND_BYTES ? null : Buffer.concat(chunks).toString("utf8")));
+    req.on("error", reject);
+  });
+}
+
+/** An HTTP device: reports with `POST {api}/devices/{id}/telemetry` and its Bearer token; commands come to the shared server. */
+export class HttpDevice extends SimulatedDevice {
+  constructor(
+    spec: DeviceSpec,
+    token: string | undefined,
+    host: DeviceHost,
+    private readonly api: ApiClient,
+  ) {
+    super(spec, token, host);
+  }
+
+  get connected(): boolean {
+    return this.running && this.lastReportOk;
+  }
+
+  protected open(): void {
+    this.up();
+  }
+
+  /** Nothing to close: a dropped HTTP device just goes silent. */
+  protected async close(): Promise<void> {}
+
+  protected report(data: Telemetry): Promise<void> {
+    return this.api.telemetry(this.id, this.token, data);
+  }
+}
