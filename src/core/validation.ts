@@ -110,10 +110,15 @@ function walk(value: unknown, path: string, depth: number): ErrorDetail | null {
   }
 }
 
+/**
+ * An object literal's shape: its prototype is `Object.prototype` — this realm's or another's (a
+ * Node-RED function node runs in a vm context of its own, and its `{}` is built there) — or null.
+ */
 export function isPlainObject(value: unknown): value is Record<string, unknown> {
   if (value === null || typeof value !== "object" || Array.isArray(value)) return false;
-  const proto = Object.getPrototypeOf(value);
-  return proto === Object.prototype || proto === null;
+  const proto = Object.getPrototypeOf(value) as object | null;
+  if (proto === Object.prototype || proto === null) return true;
+  return Object.getPrototypeOf(proto) === null && Object.prototype.toString.call(value) === "[object Object]";
 }
 
 const text = (max: number = LIMITS.textLength) =>
