@@ -17,6 +17,7 @@ export default defineConfig({
     "plugins/tethral-protocols": "src/plugins/tethral-protocols.ts",
     "plugins/tethral-sidebar": "src/plugins/tethral-sidebar.ts",
     "runtime/start": "src/runtime/start.ts",
+    "runtime/simulate": "src/runtime/simulate.ts",
     "store/sqlite-worker": "src/store/sqlite-worker.ts",
   },
   format: ["cjs"],

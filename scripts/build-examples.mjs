@@ -87,6 +87,20 @@ const examples = {
     add("e", "tethral-event-in", { name: "", hub: HUB, types: "state.anomaly", minPriority: "low", deviceId: "" }, 140, 160, [["o2"]]);
     add("o2", "debug", debug("the same, as events"), 380, 160);
   }),
+  "07 A REST endpoint of your own": flow("rest", (add) => {
+    add("c", "comment", comment("Build your own HTTP endpoints from Tethral nodes", "The shipped **Tethral REST API** tab serves the whole API under `/api`; this is how it is built, for endpoints of your own. `GET /api/my/temperature/{id}` answers one device's last temperature; `GET /api/my/health` the hub's health. A refusal (an unknown device: NOT_FOUND) reaches the Catch node, which answers it with its status."), 260, 40);
+    add("in1", "http in", { name: "", url: "/my/temperature/:id", method: "get", upload: false, skipBodyParsing: false, swaggerDoc: "" }, 170, 100, [["id1"]]);
+    add("id1", "change", { name: "device id from the path", rules: [{ t: "set", p: "deviceId", pt: "msg", to: "req.params.id", tot: "msg" }], action: "", property: "", from: "", to: "", reg: false }, 400, 100, [["s1"]]);
+    add("s1", "tethral-state", { name: "", hub: HUB, operation: "get", deviceId: "", count: 10 }, 610, 100, [["pick"]]);
+    add("pick", "change", { name: "just the temperature", rules: [{ t: "set", p: "payload", pt: "msg", to: '{"deviceId": deviceId, "temperature": payload.properties.temperature, "at": payload.reportedAt}', tot: "jsonata" }], action: "", property: "", from: "", to: "", reg: false }, 820, 100, [["r1"]]);
+    add("r1", "http response", { name: "", statusCode: "200", headers: {} }, 1010, 100);
+    add("in2", "http in", { name: "", url: "/my/health", method: "get", upload: false, skipBodyParsing: false, swaggerDoc: "" }, 150, 160, [["h"]]);
+    add("h", "tethral-hub-info", { name: "", hub: HUB, operation: "health" }, 610, 160, [["r2"]]);
+    add("r2", "http response", { name: "", statusCode: "200", headers: {} }, 1010, 160);
+    add("k", "catch", { name: "refusals", scope: null, uncaught: false }, 150, 220, [["err"]]);
+    add("err", "change", { name: "status from msg.error.code", rules: [{ t: "set", p: "statusCode", pt: "msg", to: '$lookup({"INVALID": 400, "UNAUTHORIZED": 401, "NOT_FOUND": 404, "CONFLICT": 409, "DEVICE_ERROR": 502, "UNAVAILABLE": 503, "TIMEOUT": 504}, error.code) ? $lookup({"INVALID": 400, "UNAUTHORIZED": 401, "NOT_FOUND": 404, "CONFLICT": 409, "DEVICE_ERROR": 502, "UNAVAILABLE": 503, "TIMEOUT": 504}, error.code) : 500', tot: "jsonata" }, { t: "set", p: "payload", pt: "msg", to: '{"error": {"code": error.code, "message": error.message}}', tot: "jsonata" }], action: "", property: "", from: "", to: "", reg: false }, 400, 220, [["r3"]]);
+    add("r3", "http response", { name: "", statusCode: "", headers: {} }, 1010, 220);
+  }),
 };
 
 const dir = join(root, "examples");

@@ -3,7 +3,10 @@ import { readFileSync, readdirSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
 import helper from "node-red-node-test-helper";
+import { createServer } from "node:http";
+import type { AddressInfo } from "node:net";
 import type { TethralHubNode } from "../src/nodes/types";
+import type { Json } from "./runtime/spawn-runtime";
 
 helper.init(require.resolve("node-red"));
 
@@ -12,7 +15,7 @@ const EXAMPLES = path.join(ROOT, "examples");
 // Node modules by path: the core nodes the examples use, and ours from their TypeScript sources.
 const load = createRequire(__filename);
 const core = (file: string) => load(path.join(path.dirname(require.resolve("@node-red/nodes/package.json")), "core", file));
-const CORE_NODES = ["common/20-inject.js", "common/21-debug.js", "common/25-catch.js", "common/90-comment.js", "function/10-switch.js"].map(core);
+const CORE_NODES = ["common/20-inject.js", "common/21-debug.js", "common/25-catch.js", "common/90-comment.js", "function/10-switch.js", "function/15-change.js", "network/21-httpin.js"].map(core);
 const tethral = (type: string) => load(path.join(ROOT, "src", "nodes", `${type}.ts`));
 
 const packageJson = JSON.parse(readFileSync(path.join(ROOT, "package.json"), "utf8")) as { "node-red": { nodes: Record<string, string> } };
@@ -57,6 +60,46 @@ describe("examples (Import > Examples)", function () {
       assert.deepEqual(errors.map((e) => String(e.msg)), []);
     });
   }
+
+  it("07 answers its own endpoints: a device's temperature, 404 in the API's shape for an unknown one, the hub's health", async () => {
+    const file = files.find((f) => f.startsWith("07"))!;
+    const nodes = JSON.parse(readFileSync(path.join(EXAMPLES, file), "utf8")) as FlowNode[];
+    // The http in nodes serve on RED.httpNode, which the helper keeps to itself: catch it on the way in.
+    let httpNode: unknown = null;
+    const hubModule = tethral("tethral-hub") as (RED: { httpNode: unknown }) => void;
+    const catching = (RED: { httpNode: unknown }) => {
+      httpNode = RED.httpNode;
+      hubModule(RED);
+    };
+    await helper.load(
+      [...CORE_NODES, catching, tethral("tethral-state"), tethral("tethral-hub-info")],
+      [{ id: "tab1", type: "tab" }, { id: HUB_ID, type: "tethral-hub", storage: "memory", mqttBroker: "off", coap: false, websocket: false }, ...nodes.map((n) => ({ ...n, z: "tab1" }))],
+    );
+    const server = createServer(httpNode as Parameters<typeof createServer>[0]);
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    try {
+      const get = async (route: string) => {
+        const res = await fetch(`http://127.0.0.1:${(server.address() as AddressInfo).port}${route}`);
+        return { status: res.status, body: (await res.json()) as Json };
+      };
+      const hub = await (helper.getNode(HUB_ID) as TethralHubNode).acquire();
+      await hub.registerDevice({ id: "boiler-1", protocol: "http" });
+      hub.ingest("boiler-1", { kind: "telemetry", data: { temperature: 21.5 } });
+      const ok = await get("/my/temperature/boiler-1");
+      assert.equal(ok.status, 200);
+      assert.equal(ok.body.deviceId, "boiler-1");
+      assert.equal(ok.body.temperature, 21.5);
+      const missing = await get("/my/temperature/nobody");
+      assert.equal(missing.status, 404);
+      assert.equal(missing.body.error.code, "NOT_FOUND");
+      const health = await get("/my/health");
+      assert.equal(health.status, 200);
+      assert.equal(health.body.status, "ok");
+    } finally {
+      server.closeAllConnections();
+      server.close();
+    }
+  });
 
   it("01 registers the devices it shows when its inject nodes are clicked", async () => {
     const file = files.find((f) => f.startsWith("01"))!;

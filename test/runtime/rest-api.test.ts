@@ -205,7 +205,7 @@ describe("REST API (flows/flows.json in the runtime, over real HTTP)", function 
     assert.deepEqual(state.body.properties, { power: 1.5, voltage: 230 });
     assert.equal(state.body.status, "online", "a report is a heartbeat");
 
-    for (const headers of [{}, { authorization: "Bearer wrong" }, { authorization: `Basic ${token}` }]) {
+    for (const headers of [{}, { authorization: "Bearer wrong" }, { authorization: `Basic ${token}` }] as Array<Record<string, string>>) {
       const res = await report({ power: 9 }, headers);
       assert.equal(res.status, 401, JSON.stringify(headers));
       ERROR_SHAPE(res.body, "UNAUTHORIZED");

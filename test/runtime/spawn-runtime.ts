@@ -63,6 +63,10 @@ export function spawnRuntime(userDir: string, env: NodeJS.ProcessEnv = {}): Prom
   });
 }
 
+/** A parsed JSON answer: tests read it field by field and assert each. */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export type Json = any;
+
 /** A JSON request to the API: status, parsed body (null for none) and headers. */
 export async function call(
   api: string,
@@ -70,7 +74,7 @@ export async function call(
   route: string,
   body?: unknown,
   headers: Record<string, string> = {},
-): Promise<{ status: number; body: any; headers: Headers }> {
+): Promise<{ status: number; body: Json; headers: Headers }> {
   const init: RequestInit = { method, headers: { ...headers } };
   if (body !== undefined) {
     init.body = typeof body === "string" ? body : JSON.stringify(body);
