@@ -140,12 +140,10 @@ async function main(argv: readonly string[] = process.argv.slice(2)): Promise<vo
       process.exit(1);
     }
     stopping = true;
+    timestamped("info", simulation.summary());
     timestamped("info", `${why}: stopping (the devices stay registered)`);
     simulation.stop().then(
-      () => {
-        timestamped("info", simulation.summary());
-        process.exit(0);
-      },
+      () => process.exit(0),
       (err: unknown) => {
         console.error("the simulation did not stop cleanly:", err);
         process.exit(1);

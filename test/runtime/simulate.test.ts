@@ -84,12 +84,20 @@ function sockets(): number {
   return process.getActiveResourcesInfo().filter((kind) => SOCKET_KINDS.has(kind)).length;
 }
 
-function runCli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+/** Runs the CLI from source; with `signalWhen`, sends SIGTERM once its output matches. */
+function runCli(args: string[], signalWhen?: RegExp): Promise<{ code: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, ["-r", "tsx/cjs", "src/runtime/simulate.ts", ...args], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
     let stderr = "";
-    child.stdout.on("data", (c: Buffer) => (stdout += c.toString()));
+    let signalled = false;
+    child.stdout.on("data", (c: Buffer) => {
+      stdout += c.toString();
+      if (signalWhen && !signalled && signalWhen.test(stdout)) {
+        signalled = true;
+        child.kill("SIGTERM");
+      }
+    });
     child.stderr.on("data", (c: Buffer) => (stderr += c.toString()));
     child.on("error", reject);
     child.on("close", (code) => resolve({ code, stdout, stderr }));
@@ -98,6 +106,8 @@ function runCli(args: string[]): Promise<{ code: number | null; stdout: string; 
 
 describe("device simulator (npm run simulate)", function () {
   let hub: Hub;
+  let mqttAdapter: MqttAdapter;
+  let wsAdapter: WebSocketAdapter;
   let front: Server;
   let api: string;
   const sims: Simulation[] = [];
@@ -107,8 +117,10 @@ describe("device simulator (npm run simulate)", function () {
     front = createServer((req, res) => void route(hub, req, res));
     const port = await listen(front);
     api = `http://127.0.0.1:${port}/api`;
+    mqttAdapter = new MqttAdapter({ port: 0 });
+    wsAdapter = new WebSocketAdapter({ server: front });
     hub = new Hub({
-      protocols: [new MqttAdapter({ port: 0 }), new CoapAdapter({ port: 0 }), new WebSocketAdapter({ server: front }), new HttpAdapter()],
+      protocols: [mqttAdapter, new CoapAdapter({ port: 0 }), wsAdapter, new HttpAdapter()],
       heartbeat: { resolutionMs: 50 },
       commands: { sweepIntervalMs: 50 },
       onWarning: () => undefined,
@@ -197,6 +209,8 @@ describe("device simulator (npm run simulate)", function () {
     await first.start();
     await until(() => reported("again-001") && reported("again-002"), "first run's telemetry");
     await first.stop();
+    // A stopping MQTT device signs off with a retained `offline`.
+    await until(() => hub.getDevice("again-001").status === "offline" && hub.getDevice("again-002").status === "offline", "signed off");
 
     const second = simulate({ protocol: "mqtt", devices: 2, prefix: "again-" });
     const registered: SimulationEvents["registered"][] = [];
@@ -204,9 +218,9 @@ describe("device simulator (npm run simulate)", function () {
     await second.start();
     assert.deepEqual(registered.map((e) => e.replaced), [true, true]);
     assert.equal(second.stats().replaced, 2);
-    // Re-registration starts the state afresh: telemetry shows up again only from the new run.
+    // Only the new tokens can bring them back online.
+    await until(() => hub.getDevice("again-001").status === "online" && hub.getDevice("again-002").status === "online", "back online");
     await until(() => reported("again-001") && reported("again-002"), "second run's telemetry");
-    await until(() => second.stats().connected === 2, "both connected");
     const done = await hub.sendCommand("again-002", { command: "ping", wait: true, timeout: 5 });
     assert.equal(done.status, "succeeded", done.error ?? "");
     assert.equal(second.stats().errors, 0, JSON.stringify(log));
@@ -223,22 +237,56 @@ describe("device simulator (npm run simulate)", function () {
     assert.equal(hub.getDevice("taken-001").name, "a real boiler");
   });
 
-  it("a dropping device goes offline (MQTT: its will; CoAP: its heartbeat) and comes back", async function () {
+  it("a dropping device goes offline (MQTT at once by its will; CoAP, WebSocket by their heartbeat) and comes back", async function () {
     const drop = { devices: 1, drop: 1, dropUp: [0.3, 0.3] as [number, number], dropDown: [1.8, 1.8] as [number, number] };
-    const mqtt = simulate({ protocol: "mqtt", prefix: "drop-mqtt-", ...drop });
-    const coap = simulate({ protocol: "coap", prefix: "drop-coap-", ...drop });
+    const protocols = ["mqtt", "coap", "websocket"] as const;
+    const all = protocols.map((protocol) => simulate({ protocol, prefix: `drop-${protocol}-`, ...drop }));
+    const dropped = new Map<string, number>();
     const restored: string[] = [];
-    for (const sim of [mqtt, coap]) sim.on("restored", (e) => restored.push(e.deviceId));
-    await Promise.all([mqtt.start(), coap.start()]);
+    for (const sim of all) {
+      sim.on("dropped", (e) => dropped.set(e.deviceId, Date.now()));
+      sim.on("restored", (e) => restored.push(e.deviceId));
+    }
+    await Promise.all(all.map((s) => s.start()));
+    const offlineAfter = new Map<string, number>();
     const cycle = async (id: string) => {
       await until(() => hub.getDevice(id).status === "online", `${id} online`, 3000);
       await until(() => hub.getDevice(id).status === "offline", `${id} offline`, 3000);
+      offlineAfter.set(id, Date.now() - dropped.get(id)!);
       await until(() => hub.getDevice(id).status === "online", `${id} back online`, 4000);
     };
-    await Promise.all([cycle("drop-mqtt-001"), cycle("drop-coap-001")]);
-    assert.deepEqual(restored.sort(), ["drop-coap-001", "drop-mqtt-001"]);
-    assert.equal(mqtt.stats().drops, 1);
-    assert.equal(mqtt.stats().errors + coap.stats().errors, 0, JSON.stringify(log));
+    await Promise.all(protocols.map((p) => cycle(`drop-${p}-001`)));
+    assert.deepEqual(restored.sort(), ["drop-coap-001", "drop-mqtt-001", "drop-websocket-001"]);
+    assert.ok(offlineAfter.get("drop-mqtt-001")! < 500, `the will, not the 1 s heartbeat: offline after ${offlineAfter.get("drop-mqtt-001")} ms`);
+    assert.deepEqual(all.map((s) => s.stats().drops), [1, 1, 1]);
+    assert.equal(all.reduce((n, s) => n + s.stats().errors, 0), 0, JSON.stringify(log));
+  });
+
+  it("a connection the hub cuts is made again after a backoff delay (MQTT, WebSocket)", async function () {
+    const mqtt = simulate({ protocol: "mqtt", devices: 1, prefix: "cut-mqtt-" });
+    const ws = simulate({ protocol: "websocket", devices: 1, prefix: "cut-ws-" });
+    const reconnected: string[] = [];
+    for (const sim of [mqtt, ws]) sim.on("connected", (e) => reconnected.push(e.deviceId));
+    await Promise.all([mqtt.start(), ws.start()]);
+    await until(() => mqtt.stats().connected === 1 && ws.stats().connected === 1, "connected");
+    mqttAdapter.disconnect("cut-mqtt-001", "test");
+    wsAdapter.disconnect("cut-ws-001", "test");
+    await until(() => mqtt.stats().disconnects === 1 && ws.stats().disconnects === 1, "the cut noticed");
+    await until(() => reconnected.length === 4 && mqtt.stats().connected === 1 && ws.stats().connected === 1, "connected again", 3000);
+    const done = await hub.sendCommand("cut-ws-001", { command: "ping", wait: true, timeout: 5 });
+    assert.equal(done.status, "succeeded", done.error ?? "");
+  });
+
+  it("telemetry the hub refuses is counted and warned about once per period, without stopping the device", async function () {
+    const sim = simulate({ protocol: "http", devices: 1, prefix: "gone-" });
+    await sim.start();
+    await until(() => reported("gone-001"), "telemetry");
+    await hub.removeDevice("gone-001");
+    await until(() => sim.stats().telemetryRefused >= 4, "refusals");
+    const warnings = log.filter((line) => line.startsWith("warn telemetry of gone-001 refused"));
+    assert.equal(warnings.length, 1, JSON.stringify(log));
+    assert.match(warnings[0]!, /HTTP 404 NOT_FOUND: device "gone-001" not found/);
+    assert.equal(sim.stats().connected, 0);
   });
 
   it("stop() closes every socket and server it opened", async function () {
@@ -249,6 +297,18 @@ describe("device simulator (npm run simulate)", function () {
     assert.ok(sockets() > before);
     await Promise.all(all.map((s) => s.stop()));
     await until(() => sockets() <= before, `sockets back to ${before} (now ${sockets()})`);
+  });
+
+  it("stop() during start ends the registration early and leaves nothing running", async function () {
+    const before = sockets();
+    const sim = simulate({ protocol: "http", devices: 20, registrationConcurrency: 1, prefix: "early-" });
+    sim.on("registered", () => void sim.stop());
+    await sim.start();
+    await sim.stop();
+    assert.ok(sim.stats().registered < 20, `registered ${sim.stats().registered}`);
+    assert.ok(sim.deviceList().every((d) => !d.connected));
+    await until(() => sockets() <= before, `sockets back to ${before} (now ${sockets()})`);
+    await assert.rejects(sim.start(), /starts once/);
   });
 
   it("a hub that cannot be reached is one clear error", async function () {
@@ -324,11 +384,12 @@ describe("device simulator (npm run simulate)", function () {
       }
     });
 
-    it("runs: --help, a bad flag (exit code 2), and a timed run against the hub that ends with exit code 0", async function () {
-      const [help, bad, run] = await Promise.all([
+    it("runs: --help, a bad flag (exit code 2), a timed run and a SIGTERM'd run that both end with exit code 0", async function () {
+      const [help, bad, run, term] = await Promise.all([
         runCli(["--help"]),
         runCli(["--devices", "none"]),
         runCli(["--protocol", "http", "--devices", "2", "--api", api, "--interval", "0.2", "--heartbeat", "1", "--duration", "1.5", "--summary", "0.5", "--prefix", "cli-"]),
+        runCli(["--protocol", "websocket", "--devices", "1", "--api", api, "--interval", "0.2", "--heartbeat", "1", "--prefix", "term-"], /Ctrl-C to stop/),
       ]);
       assert.equal(help.code, 0, help.stderr);
       assert.match(help.stdout, /^Usage: npm run simulate -- \[flags\]/);
@@ -343,6 +404,10 @@ describe("device simulator (npm run simulate)", function () {
       assert.match(run.stdout, /1\.5 s passed: stopping \(the devices stay registered\)/);
       assert.ok(reported("cli-001") && reported("cli-002"));
       assert.equal(hub.getDevice("cli-001").metadata.simulated, true);
+
+      assert.equal(term.code, 0, term.stderr);
+      assert.match(term.stdout, /SIGTERM: stopping/);
+      assert.equal(hub.getDevice("term-001").metadata.simulated, true, "the devices stay registered");
     });
   });
 });

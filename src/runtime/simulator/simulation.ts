@@ -25,7 +25,7 @@ export interface SimulationStats {
   commandsOk: number;
   commandsFailed: number;
   drops: number;
-  /** Connections lost unasked (each followed by a reconnect with backoff). */
+  /** Connections lost or refused (each followed by a reconnect after a backoff delay). */
   disconnects: number;
   errors: number;
 }
@@ -60,7 +60,8 @@ export class Simulation implements DeviceHost {
   private transport: CoapTransport | HttpTransport | null = null;
   private endpoint = "";
   private summaryTimer: NodeJS.Timeout | null = null;
-  private started = false;
+  private starting: Promise<void> | null = null;
+  private stopRequested = false;
   private stopping: Promise<void> | null = null;
 
   /** Throws a UsageError for options it cannot use; connects to nothing until `start()`. */
@@ -87,26 +88,24 @@ export class Simulation implements DeviceHost {
   /**
    * Discovers the endpoint, registers the devices and starts them. Rejects with a
    * SimulationError (hub unreachable, protocol off, an id taken by a real device, ...) after
-   * undoing what it started. A `stop()` during start makes it return early.
+   * undoing what it started. A `stop()` during start ends it early (registrations in flight finish).
    */
-  async start(): Promise<void> {
-    if (this.started) throw new SimulationError("a simulation starts once");
-    this.started = true;
-    try {
-      await this.discover();
-      await this.openTransport();
-      await this.registerAll();
-    } catch (err) {
-      await this.stop();
+  start(): Promise<void> {
+    if (this.starting || this.stopRequested) return Promise.reject(new SimulationError("a simulation starts once and not after stop()"));
+    this.starting = this.run().catch(async (err: unknown) => {
+      await this.shutdown();
       throw err;
-    }
-    if (this.stopping) return;
-    if (this.options.summary > 0) this.summaryTimer = setInterval(() => this.options.log("info", this.summary()), this.options.summary * 1000);
+    });
+    return this.starting;
   }
 
-  /** Stops every device and closes every socket, server and timer. Idempotent. */
+  /**
+   * Stops every device and closes every socket, server and timer. Idempotent. During `start()`
+   * it waits for start to give up first, so nothing start opens late is left behind.
+   */
   stop(): Promise<void> {
-    this.stopping ??= this.shutdown();
+    this.stopRequested = true;
+    this.stopping ??= (this.starting ?? Promise.resolve()).catch(() => undefined).then(() => this.shutdown());
     return this.stopping;
   }
 
@@ -141,6 +140,17 @@ export class Simulation implements DeviceHost {
     );
   }
 
+  private async run(): Promise<void> {
+    await this.discover();
+    if (this.stopRequested) return;
+    await this.openTransport();
+    if (this.stopRequested) return;
+    await this.registerAll();
+    if (this.stopRequested) return;
+    if (this.options.summary > 0) this.summaryTimer = setInterval(() => this.options.log("info", this.summary()), this.options.summary * 1000);
+  }
+
+  /** Safe to run twice: every step lets go of what is still held. */
   private async shutdown(): Promise<void> {
     if (this.summaryTimer) clearInterval(this.summaryTimer);
     this.summaryTimer = null;
@@ -181,7 +191,7 @@ export class Simulation implements DeviceHost {
     let next = 0;
     let failure: unknown = null;
     const worker = async () => {
-      while (next < specs.length && failure === null && !this.stopping) {
+      while (next < specs.length && failure === null && !this.stopRequested) {
         const spec = specs[next++]!;
         try {
           await this.registerAndStart(spec);
@@ -196,7 +206,7 @@ export class Simulation implements DeviceHost {
 
   private async registerAndStart(spec: DeviceSpec): Promise<void> {
     const { token, replaced } = await this.register(spec);
-    if (this.stopping) return;
+    if (this.stopRequested) return;
     const device = this.makeDevice(spec, token);
     this.devices.set(spec.id, device);
     this.emit("registered", { deviceId: spec.id, replaced });
