@@ -16,7 +16,8 @@ async function main(): Promise<void> {
   process.env.TETHRAL_COAP_PORT ??= "0";
   delete process.env.TETHRAL_MQTT_URL;
   const runtime = await startRuntime({
-    port: 0,
+    // A fixed port where a test restarts the runtime and its devices must find it again.
+    port: Number(process.env.TETHRAL_TEST_RUNTIME_PORT ?? 0),
     host: "127.0.0.1",
     userDir,
     nodesDir: sourcePackage(mkdtempSync(path.join(tmpdir(), "tethral-pkg-"))),

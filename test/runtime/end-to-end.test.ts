@@ -1,0 +1,211 @@
+import assert from "node:assert/strict";
+import { createSocket } from "node:dgram";
+import { mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { Simulation, type SimulationEvents } from "../../src/runtime/simulate";
+import { type Json, type RuntimeChild, call, spawnRuntime } from "./spawn-runtime";
+
+const PROTOCOLS = ["mqtt", "coap", "websocket"] as const;
+type Protocol = (typeof PROTOCOLS)[number];
+
+/** A TCP (or UDP) port free right now, for a runtime that must come back on the same ports. */
+function freePort(kind: "tcp" | "udp"): Promise<number> {
+  return new Promise((resolve, reject) => {
+    if (kind === "udp") {
+      const s = createSocket("udp4");
+      s.once("error", reject);
+      s.bind(0, "127.0.0.1", () => {
+        const { port } = s.address();
+        s.close(() => resolve(port));
+      });
+      return;
+    }
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function until<T>(what: string, probe: () => Promise<T | undefined | false>, ms = 15_000): Promise<T> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await probe();
+    if (value !== undefined && value !== false) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+/**
+ * The whole runtime, as `npm start` runs it, driven by `npm run simulate`'s devices over real
+ * sockets: an MQTT, a CoAP and a WebSocket device each register through the REST API, report,
+ * go offline after their heartbeat timeout, come back and answer a command; state and events
+ * are read over REST; then the runtime restarts on the same user dir and ports, and the fleet,
+ * its state, history, events and commands are all still there, and the devices reconnect with
+ * the tokens they were given before the restart.
+ */
+describe("end to end: simulated devices, the REST API and a runtime restart", function () {
+  this.timeout(120_000);
+  let scratch: string;
+  let userDir: string;
+  let env: NodeJS.ProcessEnv;
+  let rt: RuntimeChild | null = null;
+  const sims = new Map<Protocol, Simulation>();
+  const restored = new Map<Protocol, number>();
+  const commandIds = new Map<Protocol, string>();
+  const ids = (p: Protocol) => `e2e-${p}-001`;
+
+  before(async () => {
+    scratch = mkdtempSync(path.join(tmpdir(), "tethral-e2e-"));
+    userDir = path.join(scratch, "user");
+    env = {
+      TETHRAL_TEST_RUNTIME_PORT: String(await freePort("tcp")),
+      TETHRAL_MQTT_PORT: String(await freePort("tcp")),
+      TETHRAL_COAP_PORT: String(await freePort("udp")),
+    };
+    rt = await spawnRuntime(userDir, env);
+  });
+
+  after(async () => {
+    for (const sim of sims.values()) await sim.stop();
+    await rt?.stop();
+    rmSync(scratch, { recursive: true, force: true });
+  });
+
+  it("each device registers through the REST API with its token and its reports reach its state", async () => {
+    for (const protocol of PROTOCOLS) {
+      const sim = new Simulation({
+        api: rt!.api,
+        protocol,
+        devices: 1,
+        prefix: `e2e-${protocol}-`,
+        interval: 0.3,
+        heartbeat: 1,
+        // Up long enough to be seen online, then away for longer than the heartbeat timeout.
+        drop: 1,
+        dropUp: [2.5, 2.5],
+        dropDown: [2.5, 2.5],
+        summary: 0,
+        log: () => undefined,
+      });
+      sim.on("restored", (() => restored.set(protocol, (restored.get(protocol) ?? 0) + 1)) as SimulationEvents["restored"]);
+      sims.set(protocol, sim);
+      await sim.start();
+    }
+    for (const protocol of PROTOCOLS) {
+      const id = ids(protocol);
+      const device = await call(rt!.api, "GET", `/devices/${id}`);
+      assert.equal(device.status, 200, `${id} is registered`);
+      assert.equal(device.body.protocol, protocol);
+      assert.equal(device.body.token, undefined, "the token was answered once, to the simulator");
+      const state = await until(`${id} reporting`, async () => {
+        const s = await call(rt!.api, "GET", `/devices/${id}/state`);
+        return s.body.status === "online" && typeof s.body.properties.temperature === "number" ? s.body : false;
+      });
+      assert.equal(typeof state.properties.humidity, "number");
+    }
+    const comm = await call(rt!.api, "GET", "/communication/statistics");
+    for (const protocol of PROTOCOLS) assert.ok(comm.body.protocols[protocol].messagesIn > 0, `${protocol} messages counted`);
+  });
+
+  it("each goes offline after its heartbeat timeout when it drops, and comes back online", async () => {
+    for (const protocol of PROTOCOLS) {
+      const id = ids(protocol);
+      await until(`${id} offline`, async () => (await call(rt!.api, "GET", `/devices/${id}`)).body.status === "offline");
+    }
+    for (const protocol of PROTOCOLS) {
+      const id = ids(protocol);
+      await until(`${id} back online`, async () => (await call(rt!.api, "GET", `/devices/${id}`)).body.status === "online");
+      assert.ok((restored.get(protocol) ?? 0) >= 1, `${id}: the simulator brought it back`);
+      const history = await call(rt!.api, "GET", `/devices/${id}/state?history=50`);
+      const statuses = history.body.history.map((h: Json) => h.to.status).filter(Boolean);
+      assert.ok(statuses.includes("offline") && statuses.lastIndexOf("online") > statuses.indexOf("offline"), `${id}: ${statuses.join(" → ")}`);
+      const events = await call(rt!.api, "GET", `/events?deviceId=${id}&type=device.*`);
+      const types = events.body.events.map((e: Json) => e.type);
+      for (const t of ["device.registered", "device.online", "device.offline"]) assert.ok(types.includes(t), `${id}: ${t} in ${types.join(", ")}`);
+    }
+  });
+
+  it("each answers a command sent through the REST API", async () => {
+    for (const protocol of PROTOCOLS) {
+      const id = ids(protocol);
+      // While a device is away the command waits for it; a long enough wait sees the answer.
+      const res = await call(rt!.api, "POST", `/devices/${id}/command`, { command: "ping", wait: true, timeout: 5, retries: 3 });
+      assert.ok(res.status === 200 || res.status === 202, `${id}: ${res.status} ${JSON.stringify(res.body)}`);
+      const done = await until(`${id} answers`, async () => {
+        const c = await call(rt!.api, "GET", `/commands/${res.body.id}`);
+        return c.body.status === "succeeded" ? c.body : false;
+      });
+      assert.equal(done.result.pong, true, `${id}: ${JSON.stringify(done)}`);
+      commandIds.set(protocol, done.id);
+      const events = await call(rt!.api, "GET", `/events?deviceId=${id}&type=command.*`);
+      assert.ok(events.body.events.some((e: Json) => e.type === "command.succeeded"), `${id}: command.succeeded event`);
+    }
+  });
+
+  it("after a restart the fleet, state, history, events and commands are all there, and the devices reconnect with their tokens", async () => {
+    const before = new Map<string, Json>();
+    for (const protocol of PROTOCOLS) {
+      const id = ids(protocol);
+      before.set(id, {
+        device: (await call(rt!.api, "GET", `/devices/${id}`)).body,
+        state: (await call(rt!.api, "GET", `/devices/${id}/state?history=1000`)).body,
+        commands: (await call(rt!.api, "GET", `/events?deviceId=${id}&type=command.succeeded`)).body.events,
+      });
+    }
+    const eventCount = (await call(rt!.api, "GET", "/events?limit=10000")).body.events.length;
+
+    await rt!.stop();
+    rt = null;
+    // While the runtime is down the devices keep trying; the restarted one takes them back.
+    rt = await spawnRuntime(userDir, env);
+
+    const list = await call(rt.api, "GET", "/devices");
+    assert.deepEqual(list.body.devices.map((d: Json) => d.id).sort(), PROTOCOLS.map(ids).sort());
+    for (const protocol of PROTOCOLS) {
+      const id = ids(protocol);
+      const was = before.get(id)!;
+      const device = (await call(rt.api, "GET", `/devices/${id}`)).body;
+      assert.equal(device.createdAt, was.device.createdAt);
+      assert.equal(device.protocol, protocol);
+      const state = (await call(rt.api, "GET", `/devices/${id}/state?history=1000`)).body;
+      assert.ok(state.version >= was.state.version, `${id} state version kept`);
+      assert.ok(state.history.length >= was.state.history.length, `${id} history kept`);
+      assert.equal(typeof state.properties.temperature, "number");
+      const command = await call(rt.api, "GET", `/commands/${commandIds.get(protocol)}`);
+      assert.equal(command.status, 200, `${id}: the command from before the restart`);
+      assert.equal(command.body.status, "succeeded");
+      assert.equal(command.body.result.pong, true);
+      const commandEvents = (await call(rt.api, "GET", `/events?deviceId=${id}&type=command.succeeded`)).body.events;
+      assert.deepEqual(commandEvents.map((e: Json) => e.id), was.commands.map((e: Json) => e.id), `${id}: command events kept`);
+    }
+    assert.ok((await call(rt.api, "GET", "/events?limit=10000")).body.events.length >= eventCount, "event history kept");
+
+    // The devices are back with the tokens they got before the restart, and answer commands.
+    for (const protocol of PROTOCOLS) {
+      const id = ids(protocol);
+      await until(
+        `${id} reporting to the restarted runtime`,
+        async () => {
+          const s = (await call(rt!.api, "GET", `/devices/${id}/state`)).body;
+          return s.status === "online" && Date.parse(s.reportedAt) > Date.now() - 2000;
+        },
+        30_000,
+      );
+      const res = await call(rt.api, "POST", `/devices/${id}/command`, { command: "read", wait: true, timeout: 5, retries: 3 });
+      assert.ok(res.status === 200 || res.status === 202, `${id}: ${res.status} ${JSON.stringify(res.body)}`);
+      const done = await until(`${id} answers after the restart`, async () => {
+        const c = await call(rt!.api, "GET", `/commands/${res.body.id}`);
+        return c.body.status === "succeeded" ? c.body : false;
+      });
+      assert.equal(typeof done.result.temperature, "number");
+    }
+    const rejected = (await call(rt.api, "GET", "/communication/statistics")).body.protocols;
+    for (const protocol of PROTOCOLS) assert.equal(rejected[protocol].rejected, 0, `${protocol}: no refused token after the restart`);
+  });
+});
