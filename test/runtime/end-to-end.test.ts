@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { Simulation, type SimulationEvents } from "../../src/runtime/simulate";
+import { Simulation } from "../../src/runtime/simulate";
 import { type Json, type RuntimeChild, call, spawnRuntime } from "./spawn-runtime";
 
 const PROTOCOLS = ["mqtt", "coap", "websocket"] as const;
@@ -93,7 +93,9 @@ describe("end to end: simulated devices, the REST API and a runtime restart", fu
         summary: 0,
         log: () => undefined,
       });
-      sim.on("restored", (() => restored.set(protocol, (restored.get(protocol) ?? 0) + 1)) as SimulationEvents["restored"]);
+      sim.on("restored", () => {
+        restored.set(protocol, (restored.get(protocol) ?? 0) + 1);
+      });
       sims.set(protocol, sim);
       await sim.start();
     }
@@ -170,10 +172,10 @@ describe("end to end: simulated devices, the REST API and a runtime restart", fu
     for (const protocol of PROTOCOLS) {
       const id = ids(protocol);
       const was = before.get(id)!;
-      const device = (await call(rt.api, "GET", `/devices/${id}`)).body;
+      const device: Json = (await call(rt.api, "GET", `/devices/${id}`)).body;
       assert.equal(device.createdAt, was.device.createdAt);
       assert.equal(device.protocol, protocol);
-      const state = (await call(rt.api, "GET", `/devices/${id}/state?history=1000`)).body;
+      const state: Json = (await call(rt.api, "GET", `/devices/${id}/state?history=1000`)).body;
       assert.ok(state.version >= was.state.version, `${id} state version kept`);
       assert.ok(state.history.length >= was.state.history.length, `${id} history kept`);
       assert.equal(typeof state.properties.temperature, "number");
