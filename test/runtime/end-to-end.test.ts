@@ -183,7 +183,7 @@ describe("end to end: simulated devices, the REST API and a runtime restart", fu
       assert.equal(command.status, 200, `${id}: the command from before the restart`);
       assert.equal(command.body.status, "succeeded");
       assert.equal(command.body.result.pong, true);
-      const commandEvents = (await call(rt.api, "GET", `/events?deviceId=${id}&type=command.succeeded`)).body.events;
+      const commandEvents: Json = (await call(rt.api, "GET", `/events?deviceId=${id}&type=command.succeeded`)).body.events;
       assert.deepEqual(commandEvents.map((e: Json) => e.id), was.commands.map((e: Json) => e.id), `${id}: command events kept`);
     }
     assert.ok((await call(rt.api, "GET", "/events?limit=10000")).body.events.length >= eventCount, "event history kept");
