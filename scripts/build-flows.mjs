@@ -125,16 +125,16 @@ return msg;`;
 
 // ── Routes ──────────────────────────────────────────────────────────────────────────────────
 // Columns: http in, request, Tethral node, answer, http response.
-const X = [170, 400, 620, 830, 1030];
+const X = [190, 470, 740, 1000, 1190];
 let y = 40;
 const heading = (key, name, infoText) => {
   y += 40;
-  add(key, "comment", { name, info: infoText }, X[0] + 40, y);
+  add(key, "comment", { name, info: infoText }, X[0], y);
   y += 50;
 };
 const row = () => {
   const at = y;
-  y += 60;
+  y += 50;
   return at;
 };
 
@@ -159,7 +159,7 @@ add(
       "serving it beyond this machine.",
     ].join("\n"),
   },
-  X[1] + 60,
+  X[1],
   y,
 );
 
@@ -175,7 +175,7 @@ add("comm", "tethral-hub-info", info("communication"), X[2], at, [["comm-out"]])
 add("comm-out", "http response", response(200), X[4], at);
 at = row();
 add("events-in", "http in", httpIn("get", "/events"), X[0], at, [["events"]]);
-add("events", "tethral-hub-info", { ...info("events"), name: "event history (query: type, priority, deviceId, since, limit)" }, X[2], at, [["events-out"]]);
+add("events", "tethral-hub-info", info("events"), X[2], at, [["events-out"]]);
 add("events-out", "http response", response(200), X[4], at);
 at = row();
 add("evstats-in", "http in", httpIn("get", "/events/statistics"), X[0], at, [["evstats"]]);
@@ -212,18 +212,18 @@ add(
     outputs: 3,
   },
   X[1],
-  at + 60,
+  at + 50,
   [["dstats"], ["states"], ["get-id"]],
 );
 add("dstats", "tethral-device", device("statistics"), X[2], at, [["dstats-out"]]);
 add("dstats-out", "http response", response(200), X[4], at);
 at = row();
-add("states", "tethral-state", { ...state("list"), name: "list states (query: status, limit, offset)" }, X[2], at, [["states-out"]]);
+add("states", "tethral-state", state("list"), X[2], at, [["states-out"]]);
 add("states-out", "http response", response(200), X[4], at);
 at = row();
-add("get-id", "change", setDeviceId, X[2] - 10, at, [["get"]]);
+add("get-id", "change", setDeviceId, X[2], at, [["get"]]);
 add("get", "tethral-device", device("get"), X[3], at, [["get-out"]]);
-add("get-out", "http response", response(200), X[4] + 60, at);
+add("get-out", "http response", response(200), X[4], at);
 at = row();
 add("patch-in", "http in", httpIn("patch", "/devices/:id"), X[0], at, [["patch-id"]]);
 add("patch-id", "change", setDeviceId, X[1], at, [["patch"]]);
@@ -278,7 +278,7 @@ add("report-out", "http response", response(), X[4], at);
 heading("h-errors", "Refusals", "Every error in this tab: the hub's (`msg.error.code`) and the flow's own checks. An error with no request behind it is dropped.");
 at = row();
 add("catch", "catch", { name: "every refusal", scope: null, uncaught: false }, X[0], at, [["error-answer"]]);
-add("error-answer", "function", fn("error body and status", ERROR_ANSWER), X[1] + 40, at, [["error-out"]]);
+add("error-answer", "function", fn("error body and status", ERROR_ANSWER), X[1], at, [["error-out"]]);
 add("error-out", "http response", response(), X[4], at);
 
 const tab = {

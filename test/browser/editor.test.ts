@@ -1,10 +1,11 @@
 /// <reference lib="dom" />
 import assert from "node:assert/strict";
-import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { type BrowserContext, type Page, chromium } from "playwright-core";
+import { Simulation } from "../../src/runtime/simulate";
+import { type RuntimeChild, fixedPorts, spawnRuntime } from "../runtime/spawn-runtime";
 
 const CHROMIUM = "/usr/bin/chromium";
 const ROOT = path.join(__dirname, "..", "..");
@@ -20,35 +21,20 @@ const FLAGS = [
   "--disable-sync",
 ];
 
-/** Starts test/browser/runtime-child.ts and resolves with the editor's URL. */
-function startChild(): Promise<{ child: ChildProcess; url: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--require", "tsx/cjs", path.join(__dirname, "runtime-child.ts")], {
-      cwd: ROOT,
-      env: { ...process.env, TETHRAL_MQTT_PORT: "0", TETHRAL_COAP_PORT: "0" },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let out = "";
-    const timer = setTimeout(() => reject(new Error(`the runtime did not start: ${out}`)), 30_000);
-    child.stdout!.on("data", (chunk: Buffer) => {
-      out += chunk.toString();
-      const m = /READY (\S+)/.exec(out);
-      if (m) {
-        clearTimeout(timer);
-        resolve({ child, url: m[1]! });
-      }
-    });
-    child.stderr!.on("data", (chunk: Buffer) => (out += chunk.toString()));
-    child.once("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`the runtime exited (${code}): ${out}`));
-    });
-  });
+/** Simulated devices of every protocol, two each, as `npm run simulate` runs them. */
+async function simulate(api: string): Promise<Simulation[]> {
+  const sims = (["mqtt", "coap", "websocket", "http"] as const).map(
+    (protocol) => new Simulation({ api, protocol, devices: 2, interval: 0.5, summary: 0, log: () => undefined }),
+  );
+  for (const sim of sims) await sim.start();
+  return sims;
 }
 
 describe("the editor in a browser (Debian's chromium)", function () {
   this.timeout(90_000);
-  let runtime: { child: ChildProcess; url: string } | null = null;
+  let runtime: RuntimeChild | null = null;
+  let sims: Simulation[] = [];
+  let scratch = "";
   let context: BrowserContext | null = null;
   let profile = "";
 
@@ -57,19 +43,20 @@ describe("the editor in a browser (Debian's chromium)", function () {
       console.log(`    (skipped: ${CHROMIUM} is not installed; .ci/run installs Debian's chromium)`);
       this.skip();
     }
-    runtime = await startChild();
+    scratch = mkdtempSync(path.join(tmpdir(), "tethral-browser-"));
+    // Fixed ports: a full deploy restarts the hub, and the devices must find its broker again.
+    runtime = await spawnRuntime(path.join(scratch, "user"), await fixedPorts());
+    sims = await simulate(runtime.api);
     profile = mkdtempSync(path.join(tmpdir(), "tethral-chromium-"));
     context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: FLAGS, viewport: { width: 1400, height: 900 } });
   });
 
   after(async () => {
     await context?.close();
-    if (runtime) {
-      const exited = new Promise((r) => runtime!.child.once("exit", r));
-      runtime.child.kill("SIGTERM");
-      await exited;
-    }
+    for (const sim of sims) await sim.stop();
+    await runtime?.stop();
     if (profile) rmSync(profile, { recursive: true, force: true });
+    if (scratch) rmSync(scratch, { recursive: true, force: true });
   });
 
   it("shows the Tethral palette, imports an example, deploys it, and lists the devices live in the Devices sidebar", async () => {
@@ -79,13 +66,26 @@ describe("the editor in a browser (Debian's chromium)", function () {
     await page.goto(runtime!.url);
     await page.waitForSelector(".red-ui-palette-node", { timeout: 30_000 });
 
-    // The palette: a Tethral category holding the seven nodes.
+    // The palette: a Tethral category holding the eight nodes.
     const palette = await page.$$eval(".red-ui-palette-node[data-palette-type^='tethral-']", (nodes) => nodes.map((n) => n.getAttribute("data-palette-type")));
-    assert.deepEqual(palette.sort(), ["tethral-command", "tethral-device", "tethral-event-in", "tethral-event-out", "tethral-in", "tethral-state", "tethral-state-watch"]);
+    assert.deepEqual(palette.sort(), ["tethral-command", "tethral-device", "tethral-event-in", "tethral-event-out", "tethral-hub-info", "tethral-in", "tethral-state", "tethral-state-watch"]);
+    mkdirSync(ARTIFACTS, { recursive: true });
+    // The shipped REST API flows, zoomed out to show them whole.
+    type Actions = { RED: { actions: { invoke(name: string): void } } };
+    await page.evaluate(() => {
+      const { actions } = (window as unknown as Actions).RED;
+      for (let i = 0; i < 3; i++) actions.invoke("core:zoom-out");
+    });
+    await page.screenshot({ path: path.join(ARTIFACTS, "editor-rest-api.png") });
+    await page.evaluate(() => (window as unknown as Actions).RED.actions.invoke("core:zoom-reset"));
 
     // Import an example as Import > Examples would, and deploy.
-    const example = readFileSync(path.join(ROOT, "examples", "04 Events by priority.json"), "utf8");
-    type Editor = { RED: { view: { importNodes(n: unknown, o: object): void }; nodes: { dirty(d?: boolean): boolean; node(id: string): unknown } } };
+    const example = readFileSync(path.join(ROOT, "examples", "05 Watch state, raise an alert.json"), "utf8");
+    type Editor = {
+      RED: { view: { importNodes(n: unknown, o: object): void }; nodes: { dirty(d?: boolean): boolean; node(id: string): unknown }; workspaces: { add(): void } };
+    };
+    // Into a tab of its own, as a user would.
+    await page.evaluate(() => (window as unknown as Editor).RED.workspaces.add());
     // touchImport places the nodes at once (a plain import hangs them on the mouse until a click).
     await page.evaluate((text) => (window as unknown as Editor).RED.view.importNodes(JSON.parse(text), { touchImport: true }), example);
     const ids = (JSON.parse(example) as Array<{ id: string }>).map((n) => n.id);
@@ -99,27 +99,39 @@ describe("the editor in a browser (Debian's chromium)", function () {
     // The Devices sidebar fills as the hub (started by the deployed nodes) hears from devices.
     await page.evaluate(() => (window as unknown as { RED: { sidebar: { show(id: string): void } } }).RED.sidebar.show("tethral-devices"));
     try {
-      await page.waitForFunction(() => document.querySelectorAll(".tethral-device-row").length === 8, null, { timeout: 20_000 });
+      // Every simulated device listed, online, with its readings (a full deploy restarted the hub).
+      await page.waitForFunction(
+        () => {
+          const rows = Array.from(document.querySelectorAll(".tethral-device-row")).map((r) => r.textContent ?? "");
+          return rows.length === 8 && rows.every((r) => /sim-/.test(r) && /online/.test(r) && /temperature: \d+/.test(r));
+        },
+        null,
+        { timeout: 30_000 },
+      );
+      // The deploy's notices fade on their own: wait, so the screenshots show the editor.
+      await page.waitForSelector(".red-ui-notification", { state: "detached", timeout: 15_000 });
     } finally {
-      mkdirSync(ARTIFACTS, { recursive: true });
       await page.screenshot({ path: path.join(ARTIFACTS, "editor-devices-sidebar.png") });
     }
-    const first = await page.$eval(".tethral-device-row", (row) => row.textContent ?? "");
-    assert.match(first, /sim-00/);
-    assert.match(first, /online/);
-    assert.match(first, /temperature: \d+/);
+    // Every simulated device, each online with its readings.
+    const rows = await page.$$eval(".tethral-device-row", (all) => all.map((row) => row.textContent ?? ""));
+    for (const protocol of ["mqtt", "coap", "websocket", "http"]) {
+      const mine = rows.filter((r) => r.includes(`sim-${protocol}-00`));
+      assert.equal(mine.length, 2, `${protocol}: ${JSON.stringify(rows)}`);
+    }
+    await page.locator("#red-ui-sidebar").screenshot({ path: path.join(ARTIFACTS, "devices-sidebar.png") });
 
     // The device picker of a node's Device field offers the hub's devices as you type.
-    const eventIn = (JSON.parse(example) as Array<{ id: string; type: string }>).find((n) => n.type === "tethral-event-in")!.id;
+    const eventOut = (JSON.parse(example) as Array<{ id: string; type: string }>).find((n) => n.type === "tethral-event-out")!.id;
     await page.evaluate((id) => {
       const RED = (window as unknown as { RED: { editor: { edit(n: unknown): void }; nodes: { node(id: string): unknown } } }).RED;
       RED.editor.edit(RED.nodes.node(id));
-    }, eventIn);
+    }, eventOut);
     await page.waitForSelector("#node-input-deviceId", { state: "visible", timeout: 10_000 });
-    await page.type("#node-input-deviceId", "sim-0");
+    await page.type("#node-input-deviceId", "sim-mqtt");
     await page.waitForSelector(".red-ui-autoComplete-container", { timeout: 10_000 });
     const offered = await page.$$eval(".red-ui-autoComplete-container .red-ui-popover-menu-item, .red-ui-autoComplete-container li", (items) => items.map((i) => i.textContent ?? ""));
-    assert.ok(offered.some((t) => t.includes("sim-03")), `the picker offers the hub's devices: ${JSON.stringify(offered)}`);
+    assert.ok(offered.some((t) => t.includes("sim-mqtt-002")), `the picker offers the hub's devices: ${JSON.stringify(offered)}`);
     await page.screenshot({ path: path.join(ARTIFACTS, "editor-device-picker.png") });
     assert.deepEqual(pageErrors, []);
   });

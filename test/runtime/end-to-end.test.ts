@@ -1,35 +1,12 @@
 import assert from "node:assert/strict";
-import { createSocket } from "node:dgram";
 import { mkdtempSync, rmSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { Simulation } from "../../src/runtime/simulate";
-import { type Json, type RuntimeChild, call, spawnRuntime } from "./spawn-runtime";
+import { type Json, type RuntimeChild, call, fixedPorts, spawnRuntime } from "./spawn-runtime";
 
 const PROTOCOLS = ["mqtt", "coap", "websocket"] as const;
 type Protocol = (typeof PROTOCOLS)[number];
-
-/** A TCP (or UDP) port free right now, for a runtime that must come back on the same ports. */
-function freePort(kind: "tcp" | "udp"): Promise<number> {
-  return new Promise((resolve, reject) => {
-    if (kind === "udp") {
-      const s = createSocket("udp4");
-      s.once("error", reject);
-      s.bind(0, "127.0.0.1", () => {
-        const { port } = s.address();
-        s.close(() => resolve(port));
-      });
-      return;
-    }
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 async function until<T>(what: string, probe: () => Promise<T | undefined | false>, ms = 15_000): Promise<T> {
   const deadline = Date.now() + ms;
@@ -63,11 +40,7 @@ describe("end to end: simulated devices, the REST API and a runtime restart", fu
   before(async () => {
     scratch = mkdtempSync(path.join(tmpdir(), "tethral-e2e-"));
     userDir = path.join(scratch, "user");
-    env = {
-      TETHRAL_TEST_RUNTIME_PORT: String(await freePort("tcp")),
-      TETHRAL_MQTT_PORT: String(await freePort("tcp")),
-      TETHRAL_COAP_PORT: String(await freePort("udp")),
-    };
+    env = await fixedPorts();
     rt = await spawnRuntime(userDir, env);
   });
 

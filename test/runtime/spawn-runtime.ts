@@ -1,4 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
+import { createSocket } from "node:dgram";
+import { createServer } from "node:net";
 import path from "node:path";
 
 export interface RuntimeChild {
@@ -91,4 +93,38 @@ export async function call(
     }
   }
   return { status: res.status, body: parsed, headers: res.headers };
+}
+
+/** A TCP (or UDP) port free right now, for a runtime that must come back on the same ports. */
+export function freePort(kind: "tcp" | "udp"): Promise<number> {
+  return new Promise((resolve, reject) => {
+    if (kind === "udp") {
+      const s = createSocket("udp4");
+      s.once("error", reject);
+      s.bind(0, "127.0.0.1", () => {
+        const { port } = s.address();
+        s.close(() => resolve(port));
+      });
+      return;
+    }
+    const s = createServer();
+    s.once("error", reject);
+    s.listen(0, "127.0.0.1", () => {
+      const { port } = s.address() as { port: number };
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+
+/**
+ * Fixed free ports for the runtime's HTTP server, embedded MQTT broker and CoAP server: devices
+ * find them again after a full deploy or a restart, as they would at 1880, 1883 and 5683.
+ */
+export async function fixedPorts(): Promise<NodeJS.ProcessEnv> {
+  return {
+    TETHRAL_TEST_RUNTIME_PORT: String(await freePort("tcp")),
+    TETHRAL_MQTT_PORT: String(await freePort("tcp")),
+    TETHRAL_COAP_PORT: String(await freePort("udp")),
+  };
 }
