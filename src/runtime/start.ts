@@ -360,7 +360,7 @@ async function main(): Promise<void> {
     process.exit(1);
   }
   console.log(`Tethral editor:   ${runtime.url}`);
-  console.log(`HTTP endpoints of flows: ${runtime.apiUrl}`);
+  console.log(`Tethral REST API: ${runtime.apiUrl}`);
   if (runtime.flows.missingTypes?.length) {
     console.error(`The flows are stopped: missing node types ${runtime.flows.missingTypes.join(", ")}`);
   }
