@@ -41,7 +41,8 @@ const REGISTER = `${refuse}
 const body = msg.payload;
 if (typeof body !== "object" || body === null || Array.isArray(body)) return refuse("the body must be a JSON object: the device record");
 // These two paths answer the fleet's statistics and states: a device of that id could never be read.
-if (body.id === "statistics" || body.id === "states") return refuse(\`id "\${body.id}" is reserved by the REST API\`);
+// "." and ".." would be read as path steps by every HTTP client.
+if (["statistics", "states", ".", ".."].includes(body.id)) return refuse(\`id "\${body.id}" is reserved by the REST API\`);
 return msg;`;
 
 const CREATED = `msg.statusCode = 201;
@@ -82,7 +83,7 @@ msg.payload = body.params === undefined ? {} : body.params;
 msg.wait = body.wait === true;
 for (const k of ["timeout", "retries", "expiresIn", "priority", "supersede", "expectResponse"]) {
   // null counts as "not given" downstream: refuse it here rather than let it mean the default.
-  if (body[k] === null) return refuse(\`\${k} must not be null\`);
+  if (body[k] === null || body[k] === "") return refuse(\`\${k} must not be \${body[k] === null ? "null" : "empty"}\`);
   if (body[k] !== undefined) msg[k] = body[k];
 }
 return msg;`;
@@ -110,14 +111,23 @@ msg.statusCode = msg.payload.components && msg.payload.components.hub && msg.pay
 return msg;`;
 
 const ERROR_ANSWER = `// Every refusal of the API, as CONTRACT §1: {"error": {"code", "message"}} with its status.
-if (!msg.res) return null; // an error with no request behind it (a node's own start-up)
+// An error with no request behind it (a node's own start-up), or after the answer went: nothing to answer.
+if (!msg.res || msg.res._res.headersSent) return null;
 const STATUS = { INVALID: 400, UNAUTHORIZED: 401, NOT_FOUND: 404, CONFLICT: 409, TIMEOUT: 504, DEVICE_ERROR: 502, UNAVAILABLE: 503 };
 const known = Object.prototype.hasOwnProperty.call(STATUS, msg.error.code);
 const code = known ? msg.error.code : "INTERNAL";
-const message = String(msg.error.message || "").replace(/^[A-Za-z]*Error: /, "");
+// The nodes speak of msg properties; the API's callers sent a path, a query or a body.
+const message = String(msg.error.message || "")
+  .replace(/^[A-Za-z]*Error: /, "")
+  .replace(/msg\.payload\./g, "")
+  .replace(/msg\.payload/g, "the request")
+  .replace(/msg\.(deviceId|commandId)/g, "the id in the path");
 if (!known) node.warn(\`\${msg.req.method} \${msg.req.originalUrl}: \${message}\`);
 msg.statusCode = known ? STATUS[code] : 500;
 msg.payload = { error: { code, message: known ? message : "the hub could not answer: see the Node-RED log" } };
+// Each bad field, where the hub named them.
+const details = msg.error.cause && msg.error.cause.details;
+if (known && Array.isArray(details) && details.length > 0) msg.payload.error.details = details;
 // A command that ended badly while the request waited: the command too.
 if (msg.command && typeof msg.command === "object") msg.payload.command = msg.command;
 msg.headers = code === "UNAUTHORIZED" ? { "WWW-Authenticate": 'Bearer realm="tethral"' } : {};

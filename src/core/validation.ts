@@ -118,7 +118,10 @@ export function isPlainObject(value: unknown): value is Record<string, unknown> 
   if (value === null || typeof value !== "object" || Array.isArray(value)) return false;
   const proto = Object.getPrototypeOf(value) as object | null;
   if (proto === Object.prototype || proto === null) return true;
-  return Object.getPrototypeOf(proto) === null && Object.prototype.toString.call(value) === "[object Object]";
+  // Another realm's Object.prototype: the root of its chain, with that realm's Object as constructor.
+  if (Object.getPrototypeOf(proto) !== null || !Object.hasOwn(proto, "hasOwnProperty")) return false;
+  const ctor = (proto as { constructor?: unknown }).constructor;
+  return typeof ctor === "function" && ctor.name === "Object" && Object.prototype.toString.call(value) === "[object Object]";
 }
 
 const text = (max: number = LIMITS.textLength) =>

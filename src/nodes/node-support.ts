@@ -100,6 +100,14 @@ export class HubUse {
     this.status({ fill: "green", shape: "dot", text: clip(text) });
   }
 
+  /** As `ok`, for results that may come many times a second (device reports): shown at most twice a second. */
+  okOften(text: string): void {
+    this.own = { fill: "green", shape: "dot", text: clip(text) };
+    this.often.request();
+  }
+
+  private readonly often = throttled(() => this.show());
+
   failed(text: string): void {
     this.status({ fill: "red", shape: "ring", text: clip(text) });
   }
@@ -113,6 +121,7 @@ export class HubUse {
   /** Forgets the node (on close); the hub keeps running for its other users. */
   close(): void {
     this.closed = true;
+    this.often.cancel();
     this.detach();
     this.unsubscribe();
     this.hubNode.deregister(this.node);
@@ -141,6 +150,9 @@ export function toError(err: unknown): Error {
     const e = Object.assign(new Error(err.message), { code: err.code, details: err.details });
     e.name = err.name;
     e.toString = () => err.message;
+    // Node-RED hands a Catch node only an error's message, code, stack and cause: the fields at
+    // fault travel as the cause, for a flow (the REST API's error answer) to pass on.
+    if (err.details?.length) e.cause = { details: err.details };
     return e;
   }
   if (err instanceof Error) return err;
@@ -175,6 +187,8 @@ export function invalidInput(field: string, message: string): TethralError {
 export interface Outcome {
   payload: unknown;
   status: string;
+  /** A result that may come many times a second: its status is throttled. */
+  often?: boolean;
   /** Set on the msg too (e.g. the id a registration gave). */
   deviceId?: string;
 }
@@ -193,7 +207,7 @@ export function operationHandler(
     if (!use) return done(new Error(noHubText));
     const fail = (err: unknown) => {
       // Closed by a redeploy meanwhile: the old node says nothing more.
-      if (use.isClosed) return done();
+      if (use.isClosed) return abandon(msg, done);
       use.failed(errorLabel(err));
       done(toError(err));
     };
@@ -208,14 +222,32 @@ export function operationHandler(
       .then(call)
       .then((outcome) => {
         // Closed by a redeploy while the hub worked: its old wires must not get the answer.
-        if (use.isClosed) return done();
+        if (use.isClosed) return abandon(msg, done);
         msg.payload = outcome.payload;
         if (outcome.deviceId !== undefined) msg.deviceId = outcome.deviceId;
-        use.ok(outcome.status);
+        if (outcome.often) use.okOften(outcome.status);
+        else use.ok(outcome.status);
         send(msg);
         done();
       }, fail);
   };
+}
+
+/**
+ * Ends a msg whose node was closed (a redeploy) while it worked: nothing is sent on. A request of
+ * an `http in` node that nothing will answer now is answered 503 UNAVAILABLE, so its client does
+ * not wait for ever; the next deploy's nodes take new requests.
+ */
+export function abandon(msg: NodeMessage, done: () => void): void {
+  const res = (msg.res as { _res?: { headersSent?: boolean; status?(code: number): { json(body: unknown): void } } } | undefined)?._res;
+  if (res && res.headersSent === false && typeof res.status === "function") {
+    try {
+      res.status(503).json({ error: { code: "UNAVAILABLE", message: "the flow was redeployed while this request was handled: try again" } });
+    } catch {
+      // The client has gone: nothing to answer.
+    }
+  }
+  done();
 }
 
 /**

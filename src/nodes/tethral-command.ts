@@ -1,7 +1,7 @@
 import { TethralError } from "../core/errors";
 import type { Command } from "../core/types";
 import type { Hub } from "../core";
-import { HubUse, type Outcome, clip, errorLabel, fromMsg, invalidInput, isPlainObject, operationHandler, text, toError } from "./node-support";
+import { HubUse, type Outcome, abandon, clip, errorLabel, fromMsg, invalidInput, isPlainObject, operationHandler, text, toError } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage, NodeStatus } from "./types";
 
 const OPERATIONS = ["send", "get", "cancel"] as const;
@@ -53,8 +53,8 @@ export = function (RED: NodeAPI): void {
 
     this.on("input", (msg: NodeMessage, send, done) => {
       if (!use) return done(new Error(RED._("tethral-command.errors.no-hub")));
-      const operation = fromMsg(msg, "operation", text(def.operation) ?? "send");
-      if (operation !== "send") return lookUp(msg, send, done);
+      // The editor's choice only: msg.operation belongs to the device and state nodes a msg may have passed.
+      if ((text(def.operation) ?? "send") !== "send") return lookUp(msg, send, done);
       let deviceId: unknown;
       let input: Record<string, unknown>;
       try {
@@ -75,7 +75,7 @@ export = function (RED: NodeAPI): void {
           (command) => {
             inFlight--;
             // A redeploy closed the node meanwhile: its wiring is gone, the command lives on in the hub.
-            if (closed) return done();
+            if (closed) return abandon(msg, done);
             const failure = input.wait === true ? failureOf(command) : null;
             msg.command = structuredClone(command);
             lastResult = statusOf(RED, command, failure);
@@ -87,7 +87,7 @@ export = function (RED: NodeAPI): void {
           },
           (err: unknown) => {
             inFlight--;
-            if (closed) return done();
+            if (closed) return abandon(msg, done);
             lastResult = { fill: "red", shape: "ring", text: clip(RED._("tethral-command.status.refused", { command: name, error: errorLabel(err) })) };
             show();
             done(toError(err));
@@ -106,8 +106,8 @@ export = function (RED: NodeAPI): void {
 
 /** `get` or `cancel` of the command `msg.commandId` (or the id of the command object in `msg.command`). */
 function lookUpPlan(RED: NodeAPI, msg: NodeMessage, def: CommandDef): (hub: Hub) => Promise<Outcome> {
-  const operation = fromMsg(msg, "operation", text(def.operation) ?? "send");
-  if (typeof operation !== "string" || !OPERATIONS.includes(operation as Operation)) {
+  const operation = text(def.operation) ?? "send";
+  if (!OPERATIONS.includes(operation as Operation)) {
     throw invalidInput("operation", RED._("tethral-command.errors.operation", { operations: OPERATIONS.join(", ") }));
   }
   const earlier = isPlainObject(msg.command) ? msg.command.id : undefined;

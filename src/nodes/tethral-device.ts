@@ -127,6 +127,7 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
         return {
           payload: { deviceId: result.deviceId, status: result.status, changed: result.changed },
           status: _("tethral-device.status.reported", { id, kind }),
+          often: true,
         };
       };
     }

@@ -1,7 +1,7 @@
 import type { Hub } from "../core";
 import type { HistoryQuery } from "../core/events";
 import { PRIORITIES, type Priority } from "../core/types";
-import { HubUse, type Outcome, errorLabel, fromMsg, invalidInput, isPlainObject, operationHandler, text } from "./node-support";
+import { HubUse, type Outcome, abandon, fromMsg, invalidInput, isPlainObject, operationHandler, text } from "./node-support";
 import type { NodeAPI, Node, NodeDef, NodeMessage } from "./types";
 
 const OPERATIONS = ["health", "statistics", "events", "event-statistics", "communication"] as const;
@@ -37,8 +37,8 @@ export = function (RED: NodeAPI): void {
         use.hub().then(
           () => answer(msg, send, done),
           (err: unknown) => {
-            if (use.isClosed) return done();
-            msg.payload = { status: "degraded", components: { hub: { status: "failed", error: errorLabel(err) } } };
+            if (use.isClosed) return abandon(msg, done);
+            msg.payload = { status: "degraded", components: { hub: { status: "failed", error: err instanceof Error ? err.message : String(err) } } };
             use.failed(RED._("tethral-hub-info.status.hub-down"));
             send(msg);
             done();

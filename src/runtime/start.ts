@@ -8,8 +8,11 @@ import path from "node:path";
 
 type Handler = (req: IncomingMessage, res: ServerResponse, next?: (err?: unknown) => void) => void;
 
+/** Express tells an error handler from a handler by its four parameters. */
+type ErrorHandler = (err: { status?: number; statusCode?: number; message?: string }, req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void) => void;
+
 interface ExpressApp extends Handler {
-  use(path: string, handler: Handler): void;
+  use(path: string, handler: Handler | ErrorHandler): void;
   disable(setting: string): void;
 }
 
@@ -172,6 +175,7 @@ export async function startRuntime(options: RuntimeOptions = {}): Promise<Runnin
     // limits and error pages, and must not see the API's requests.
     app.use(HTTP_NODE_ROOT, RED.httpNode);
     app.use(HTTP_NODE_ROOT, noRoute);
+    app.use(HTTP_NODE_ROOT, apiError);
     app.use(HTTP_ADMIN_ROOT, RED.httpAdmin);
     const flowsSettled = flowsState(RED);
     await RED.start();
@@ -276,17 +280,32 @@ function sendError(res: ServerResponse, status: number, code: string, message: s
   res.end(body);
 }
 
+/** The REST API's own paths (CONTRACT §3): JSON only. Other flows' endpoints under /api take what they like. */
+const CONTRACT_PATHS = /^\/(devices|commands|events|health|communication)(\/|\?|$)/;
+/** Deeper JSON is refused: Node-RED deep-copies a message on its way to a Catch node, recursively. */
+export const API_MAX_DEPTH = 64;
+
 /**
- * Reads a JSON request body for the REST flows: malformed JSON is a 400 and a body over `limit`
- * a 413, both as `{"error": {"code": "INVALID", ...}}`, before any flow sees the request. A
- * parsed body is handed on as `req.body` (body-parser, which the http in node runs next, leaves
- * a request it finds marked `_body` alone). Other content types go on untouched.
+ * Reads a JSON request body for the REST flows: malformed JSON is a 400, a body over `limit` a
+ * 413 and, on the contract's paths, a body that is not JSON (a form post: the way a hostile web
+ * page would try to reach the API from a browser) a 415, all as `{"error": {"code": "INVALID",
+ * ...}}`, before any flow sees the request. A parsed body is handed on as `req.body`
+ * (body-parser, which the http in node runs next, leaves a request it finds marked `_body`
+ * alone). Bodies of other types on other paths go on untouched.
  */
 export function jsonBody(limit: number): Handler {
   return (req: ApiRequest, res, next) => {
     const type = String(req.headers["content-type"] ?? "").toLowerCase();
     const hasBody = req.headers["transfer-encoding"] !== undefined || Number(req.headers["content-length"] ?? 0) > 0;
-    if (!hasBody || req._body || !/^application\/([a-z0-9.+-]+\+)?json\b/.test(type)) return next?.();
+    if (!hasBody || req._body) return next?.();
+    const json = /^application\/([a-z0-9.+-]+\+)?json\s*(;|$)/.test(type);
+    if (!json) {
+      if (!CONTRACT_PATHS.test(req.url ?? "")) return next?.();
+      res.setHeader("Connection", "close");
+      sendError(res, 415, "INVALID", `the request body must be JSON, sent as Content-Type: application/json (not ${type || "untyped"})`);
+      req.resume();
+      return;
+    }
     const declared = Number(req.headers["content-length"] ?? 0);
     const tooLarge = () => {
       // Answer at once and close: the rest of an oversized upload is not worth reading.
@@ -317,22 +336,53 @@ export function jsonBody(limit: number): Handler {
     req.on("end", () => {
       if (failed) return;
       const text = Buffer.concat(chunks).toString("utf8");
+      let body: unknown;
       try {
-        req.body = text.trim() === "" ? {} : (JSON.parse(text) as unknown);
+        body = text.trim() === "" ? {} : (JSON.parse(text) as unknown);
       } catch (err) {
         sendError(res, 400, "INVALID", `the request body is not valid JSON: ${(err as Error).message}`);
         return;
       }
+      if (depthOf(body, API_MAX_DEPTH) > API_MAX_DEPTH) {
+        sendError(res, 400, "INVALID", `the request body nests deeper than ${API_MAX_DEPTH} levels`);
+        return;
+      }
+      req.body = body;
       req._body = true;
       next?.();
     });
   };
 }
 
+/** How deep a parsed JSON value nests, counted without recursion and no further than `stop` + 1. */
+function depthOf(value: unknown, stop: number): number {
+  let deepest = 0;
+  const stack: Array<[unknown, number]> = [[value, 1]];
+  while (stack.length > 0) {
+    const [v, depth] = stack.pop()!;
+    if (v === null || typeof v !== "object") continue;
+    if (depth > deepest) deepest = depth;
+    if (deepest > stop) return deepest;
+    for (const child of Object.values(v)) if (child !== null && typeof child === "object") stack.push([child, depth + 1]);
+  }
+  return deepest;
+}
+
 /** Under /api, a path no flow serves: 404 in the API's error shape rather than an HTML page. */
 const noRoute: Handler = (req, res) => {
   const path = (req.url ?? "").split("?")[0];
   sendError(res, 404, "NOT_FOUND", `no route ${req.method ?? "GET"} ${HTTP_NODE_ROOT}${path}`);
+};
+
+/**
+ * Under /api, what Express itself refuses (a path with a malformed %-escape, a body a parser
+ * chokes on): its status in the API's error shape, never an HTML page with a stack trace.
+ */
+const apiError: ErrorHandler = (err, _req, res, next) => {
+  if (res.headersSent) return next(err);
+  const status = err.status ?? err.statusCode ?? 500;
+  if (status >= 400 && status < 500) sendError(res, status, "INVALID", `the request cannot be read: ${err.message ?? "bad request"}`);
+  else sendError(res, 500, "INTERNAL", "the request could not be handled: see the Node-RED log");
 };
 
 function closeServer(server: Server): Promise<void> {

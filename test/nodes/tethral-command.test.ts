@@ -271,7 +271,7 @@ describe("tethral-command node", function () {
   });
 
   it("get and cancel look up the command msg.commandId names (or the one in msg.command), with the command object as msg.payload", async () => {
-    const t = await load({ wait: false }, [command("look", { operation: "get" })]);
+    const t = await load({ wait: false }, [command("look", { operation: "get" }), command("drop", { operation: "cancel" })]);
     // No answers: the command stays queued until cancelled.
     t.adapter.links.set("pump-1", false);
     const sent = next(t.out);
@@ -290,7 +290,7 @@ describe("tethral-command node", function () {
 
     // The command object an earlier command node left in msg.command names it too.
     const cancelled = next(t.out);
-    node("look").receive({ operation: "cancel", command: queued });
+    node("drop").receive({ command: queued });
     assert.equal(((await cancelled).payload as Command).status, "cancelled");
     assert.equal((await t.hub.getCommand(queued.id)).status, "cancelled");
 
@@ -300,9 +300,18 @@ describe("tethral-command node", function () {
     const none = next(t.errors);
     node("look").receive({});
     assert.equal(((await none).error as { code?: string }).code, "INVALID");
-    const bad = next(t.errors);
-    node("look").receive({ operation: "resend", commandId: queued.id });
-    assert.equal(((await bad).error as { code?: string }).code, "INVALID");
+  });
+
+  it("keeps to its configured operation whatever msg.operation says (a device or state node's leftover)", async () => {
+    const t = await load({ wait: false }, [command("look", { operation: "get" })]);
+    const sent = next(t.out);
+    t.cmd.receive({ operation: "get", keep: 1 });
+    const m = await sent;
+    assert.equal((m.command as Command).command, "reboot", "a send node sends");
+    assert.equal((m.command as Command).status, "queued");
+    const looked = next(t.out);
+    node("look").receive({ operation: "list", commandId: (m.command as Command).id });
+    assert.equal(((await looked).payload as Command).id, (m.command as Command).id, "a get node gets");
   });
 
   it("two nodes share one hub", async () => {

@@ -46,6 +46,15 @@ class HttpDevice {
   }
 }
 
+async function until(test: () => Promise<boolean>, ms = 15_000): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (!(await test())) {
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return true;
+}
+
 const ERROR_SHAPE = (body: { error?: { code?: unknown; message?: unknown } }, code: string) => {
   assert.equal(body.error?.code, code, JSON.stringify(body));
   assert.equal(typeof body.error?.message, "string");
@@ -344,6 +353,40 @@ describe("REST API (flows/flows.json in the runtime, over real HTTP)", function 
     assert.ok(stats.body.byType["device.registered"] >= 4);
   });
 
+  it("refuses what is not a JSON request, before any flow sees it: a form post, nesting too deep, a bad %-escape", async () => {
+    const queuedBefore = (await get("/events?type=command.queued&deviceId=boiler-1&limit=1000")).body.events.length;
+    const form = await fetch(`${api}/devices/boiler-1/command`, { method: "POST", headers: { "content-type": "application/x-www-form-urlencoded" }, body: "command=reboot" });
+    assert.equal(form.status, 415);
+    ERROR_SHAPE((await form.json()) as never, "INVALID");
+    const text = await fetch(`${api}/devices`, { method: "POST", headers: { "content-type": "text/plain" }, body: '{"id":"t1","protocol":"mqtt"}' });
+    assert.equal(text.status, 415);
+    assert.equal((await get("/devices/t1")).status, 404, "a form or text post registers nothing");
+    const queuedAfter = (await get("/events?type=command.queued&deviceId=boiler-1&limit=1000")).body.events.length;
+    assert.equal(queuedAfter, queuedBefore, "a form post queues no command");
+
+    const deep = "[".repeat(3000) + "]".repeat(3000);
+    const nested = await call(api, "POST", "/devices", deep);
+    assert.equal(nested.status, 400);
+    ERROR_SHAPE(nested.body, "INVALID");
+    const escaped = await get("/devices/%E0%A4%A");
+    assert.equal(escaped.status, 400);
+    ERROR_SHAPE(escaped.body, "INVALID");
+    assert.equal((await get("/health")).status, 200, "the runtime is still up");
+  });
+
+  it("names each bad field in error.details, and refuses empty options and the ids . and ..", async () => {
+    const bad = await call(api, "POST", "/devices", { id: "d-1", protocol: "mqtt", heartbeatTimeout: "soon" });
+    assert.equal(bad.status, 400);
+    assert.ok(Array.isArray(bad.body.error.details), JSON.stringify(bad.body));
+    assert.equal(bad.body.error.details[0].field, "heartbeatTimeout");
+    assert.doesNotMatch(bad.body.error.message, /msg\./, "the message speaks of the request, not of msg properties");
+    for (const id of [".", ".."]) assert.equal((await call(api, "POST", "/devices", { id, protocol: "mqtt" })).status, 400, id);
+    for (const option of ["timeout", "retries", "priority", "expiresIn", "supersede", "expectResponse"]) {
+      const res = await call(api, "POST", "/devices/boiler-1/command", { command: "x", [option]: "" });
+      assert.equal(res.status, 400, option);
+    }
+  });
+
   it("answers a path no route serves with 404 in the API's error shape, and a huge body with 413", async () => {
     for (const [method, route] of [["GET", "/nothing"], ["PUT", "/devices"], ["GET", "/devices/boiler-1/unknown"]] as const) {
       const res = await call(api, method, route);
@@ -356,5 +399,27 @@ describe("REST API (flows/flows.json in the runtime, over real HTTP)", function 
     assert.equal((await get("/devices/huge")).status, 404);
     // The editor is still where it was.
     assert.equal((await fetch(rt.url)).status, 200);
+  });
+
+  it("answers 503 to a request in flight when a full deploy restarts the flows, rather than leaving it hanging", async () => {
+    device.behave = "silent";
+    const waiting = call(api, "POST", "/devices/boiler-1/command", { command: "slow", wait: true, timeout: 20 });
+    await new Promise((r) => setTimeout(r, 500));
+    const flows = await fetch(`${rt.url}flows`, { headers: { "Node-RED-API-Version": "v2" } });
+    const config = (await flows.json()) as { flows: unknown[]; rev: string };
+    const deployed = await fetch(`${rt.url}flows`, {
+      method: "POST",
+      headers: { "content-type": "application/json", "Node-RED-Deployment-Type": "full", "Node-RED-API-Version": "v2" },
+      body: JSON.stringify({ flows: config.flows, rev: config.rev }),
+    });
+    assert.equal(deployed.status, 200);
+    const answer = await waiting;
+    assert.equal(answer.status, 503, JSON.stringify(answer.body));
+    ERROR_SHAPE(answer.body, "UNAVAILABLE");
+    // The redeployed flows answer again, with the fleet as it was.
+    const health = await until(async () => (await get("/health")).status === 200);
+    assert.ok(health);
+    assert.equal((await get("/devices/boiler-1")).status, 200);
+    device.behave = "ok";
   });
 });

@@ -16,6 +16,8 @@ describe("objects built in another realm (a function node's vm context)", functi
     assert.equal(isPlainObject(other("new Date()")), false);
     assert.equal(isPlainObject(other("new (class Thing {})()")), false);
     assert.equal(isPlainObject(other("new Map()")), false);
+    // A chain rooted in a bare null-prototype object is no realm's Object.prototype (it could carry a toJSON).
+    assert.equal(isPlainObject(Object.create(Object.create(null, { toJSON: { value: () => "x" } }))), false);
   });
 
   it("register a device, set state and send a command like this realm's objects", async () => {
