@@ -119,9 +119,9 @@ const code = known ? msg.error.code : "INTERNAL";
 // The nodes speak of msg properties; the API's callers sent a path, a query or a body.
 const message = String(msg.error.message || "")
   .replace(/^[A-Za-z]*Error: /, "")
-  .replace(/msg\.payload\./g, "")
-  .replace(/msg\.payload/g, "the request")
-  .replace(/msg\.(deviceId|commandId)/g, "the id in the path");
+  .replace(/msg\\.payload\\./g, "")
+  .replace(/msg\\.payload/g, "the request")
+  .replace(/msg\\.(deviceId|commandId)/g, "the id in the path");
 if (!known) node.warn(\`\${msg.req.method} \${msg.req.originalUrl}: \${message}\`);
 msg.statusCode = known ? STATUS[code] : 500;
 msg.payload = { error: { code, message: known ? message : "the hub could not answer: see the Node-RED log" } };
