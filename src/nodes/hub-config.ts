@@ -28,6 +28,18 @@ export interface HubConfig {
   eventRetentionDays: number;
   /** Days stored state history is kept; 0 keeps it regardless of age (the per-device cap still applies). */
   historyRetentionDays: number;
+  /** Anomaly detection: flapping (this many online/offline transitions within the window, in seconds). */
+  flappingDetection: boolean;
+  flappingThreshold: number;
+  flappingWindow: number;
+  /** Stuck values: unchanged for this many reports, or (when above 0) for this many seconds. */
+  stuckDetection: boolean;
+  stuckReports: number;
+  stuckSeconds: number;
+  /** Outliers: further than this many standard deviations from the usual, after a warm-up of samples. */
+  outlierDetection: boolean;
+  outlierZScore: number;
+  outlierWarmup: number;
 }
 
 export const STORAGE_SETTINGS = ["auto", "sqlite", "postgres", "memory"] as const;
@@ -52,7 +64,20 @@ export const HUB_CONFIG_DEFAULTS: HubConfig = {
   postgresUrl: "",
   eventRetentionDays: 7,
   historyRetentionDays: 30,
+  flappingDetection: true,
+  flappingThreshold: 6,
+  flappingWindow: 300,
+  stuckDetection: true,
+  stuckReports: 30,
+  stuckSeconds: 0,
+  outlierDetection: true,
+  outlierZScore: 4,
+  outlierWarmup: 20,
 };
+
+// Flapping clears once the window holds 2 transitions or fewer: it must take more to start.
+export const MIN_FLAPPING_THRESHOLD = 3;
+const DAY_SEC = 24 * 3600;
 
 // Below 1.5 × its usual gap, a device that reports on a steady period would flap offline on
 // ordinary jitter.
@@ -165,6 +190,15 @@ const hubConfigSchema = z.object({
   eventHistorySize: setting.count(MAX_EVENT_HISTORY, d.eventHistorySize),
   eventRetentionDays: setting.between(0, MAX_RETENTION_DAYS, d.eventRetentionDays),
   historyRetentionDays: setting.between(0, MAX_RETENTION_DAYS, d.historyRetentionDays),
+  flappingDetection: setting.flag(d.flappingDetection),
+  flappingThreshold: setting.count(1000, d.flappingThreshold).refine((n) => n >= MIN_FLAPPING_THRESHOLD, `must be at least ${MIN_FLAPPING_THRESHOLD}`),
+  flappingWindow: setting.positive(DAY_SEC, d.flappingWindow),
+  stuckDetection: setting.flag(d.stuckDetection),
+  stuckReports: setting.count(1_000_000, d.stuckReports).refine((n) => n >= 2, "must be at least 2"),
+  stuckSeconds: setting.between(0, 30 * DAY_SEC, d.stuckSeconds),
+  outlierDetection: setting.flag(d.outlierDetection),
+  outlierZScore: setting.positive(100, d.outlierZScore),
+  outlierWarmup: setting.count(1_000_000, d.outlierWarmup),
 });
 
 // The file and URL are checked only for the storage that uses them, as the editor does: a
@@ -236,6 +270,11 @@ export function toHubOptions(config: HubConfig, hooks: HubHooks = {}): HubOption
       retention: { enabled: config.retention, offlineForSec: config.retentionDays * 24 * 3600 },
     },
     state: { historySize: config.stateHistorySize },
+    anomaly: {
+      flapping: { enabled: config.flappingDetection, threshold: config.flappingThreshold, windowSec: config.flappingWindow },
+      stuck: { enabled: config.stuckDetection, reports: config.stuckReports, seconds: config.stuckSeconds },
+      outlier: { enabled: config.outlierDetection, zScore: config.outlierZScore, warmup: config.outlierWarmup },
+    },
     events: { historySize: config.eventHistorySize, ...(hooks.onHandlerError && { onHandlerError: hooks.onHandlerError }) },
     persistence: {
       retention: {

@@ -133,6 +133,22 @@ describe("the editor in a browser (Debian's chromium)", function () {
     const offered = await page.$$eval(".red-ui-autoComplete-container .red-ui-popover-menu-item, .red-ui-autoComplete-container li", (items) => items.map((i) => i.textContent ?? ""));
     assert.ok(offered.some((t) => t.includes("sim-mqtt-002")), `the picker offers the hub's devices: ${JSON.stringify(offered)}`);
     await page.screenshot({ path: path.join(ARTIFACTS, "editor-device-picker.png") });
+
+    // The hub's own dialog, down to its anomaly thresholds.
+    await page.evaluate(() => {
+      const RED = (window as unknown as { RED: { tray: { close(): void }; editor: { editConfig(a: string, type: string, id: string): void }; nodes: { eachConfig(cb: (n: { id: string; type: string }) => void): void } } }).RED;
+      RED.tray.close();
+      let hub = "";
+      RED.nodes.eachConfig((n) => {
+        if (n.type === "tethral-hub") hub = n.id;
+      });
+      setTimeout(() => RED.editor.editConfig("", "tethral-hub", hub), 500);
+    });
+    await page.waitForSelector("#node-config-input-flappingThreshold", { state: "attached", timeout: 10_000 });
+    await page.evaluate(() => document.querySelector("#node-config-input-outlierWarmup")?.scrollIntoView());
+    await page.screenshot({ path: path.join(ARTIFACTS, "editor-hub-settings.png") });
+    assert.equal(await page.inputValue("#node-config-input-flappingThreshold"), "6");
+    assert.equal(await page.isChecked("#node-config-input-stuckDetection"), true);
     assert.deepEqual(pageErrors, []);
   });
 });

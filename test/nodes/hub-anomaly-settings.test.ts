@@ -1,0 +1,45 @@
+import assert from "node:assert/strict";
+import { Hub } from "../../src/core/hub";
+import type { TethralEvent } from "../../src/core/types";
+import { HUB_CONFIG_DEFAULTS, parseHubConfig, toHubOptions } from "../../src/nodes/hub-config";
+import { assertCode } from "../helpers";
+
+describe("tethral-hub anomaly settings", function () {
+  it("default to the engine's thresholds, and an editor's text values are read as numbers", () => {
+    const defaults = parseHubConfig({ id: "hub1", type: "tethral-hub" });
+    assert.equal(defaults.flappingThreshold, 6);
+    assert.equal(defaults.stuckReports, 30);
+    assert.equal(defaults.outlierZScore, 4);
+    const parsed = parseHubConfig({ flappingThreshold: "4", flappingWindow: "60", stuckDetection: false, stuckSeconds: "120", outlierZScore: "3.5", outlierWarmup: "50" });
+    assert.deepEqual(toHubOptions(parsed).anomaly, {
+      flapping: { enabled: true, threshold: 4, windowSec: 60 },
+      stuck: { enabled: false, reports: 30, seconds: 120 },
+      outlier: { enabled: true, zScore: 3.5, warmup: 50 },
+    });
+  });
+
+  it("refuses thresholds the detector cannot work with, naming each field", () => {
+    assertCode(() => parseHubConfig({ flappingThreshold: 2 }), "INVALID", "flappingThreshold");
+    assertCode(() => parseHubConfig({ flappingWindow: 0 }), "INVALID", "flappingWindow");
+    assertCode(() => parseHubConfig({ stuckReports: 1 }), "INVALID", "stuckReports");
+    assertCode(() => parseHubConfig({ stuckSeconds: -5 }), "INVALID", "stuckSeconds");
+    assertCode(() => parseHubConfig({ outlierZScore: "lots" }), "INVALID", "outlierZScore");
+    assertCode(() => parseHubConfig({ outlierWarmup: 0.5 }), "INVALID", "outlierWarmup");
+  });
+
+  it("reach the hub: a value unchanged for the configured number of reports is stuck, and an off detector stays quiet", async () => {
+    for (const [stuckDetection, expected] of [[true, 1], [false, 0]] as const) {
+      const hub = new Hub({ ...toHubOptions({ ...HUB_CONFIG_DEFAULTS, stuckDetection, stuckReports: 3 }), onWarning: () => undefined });
+      await hub.start();
+      try {
+        const anomalies: TethralEvent[] = [];
+        hub.subscribe({ types: "state.anomaly" }, (e) => void anomalies.push(e));
+        await hub.registerDevice({ id: "t-1", protocol: "mqtt" });
+        for (let i = 0; i < 3; i++) hub.ingest("t-1", { kind: "telemetry", data: { temperature: 20 } });
+        assert.equal(anomalies.filter((e) => (e.data as { kind?: string }).kind === "stuck").length, expected, `stuckDetection ${stuckDetection}`);
+      } finally {
+        await hub.stop();
+      }
+    }
+  });
+});
