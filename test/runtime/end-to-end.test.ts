@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { Simulation } from "../../src/runtime/simulate";
+import { startTestPostgres } from "../store/pg-harness";
 import { type Json, type RuntimeChild, call, fixedPorts, spawnRuntime } from "./spawn-runtime";
 
 const PROTOCOLS = ["mqtt", "coap", "websocket"] as const;
@@ -26,11 +27,27 @@ async function until<T>(what: string, probe: () => Promise<T | undefined | false
  * its state, history, events and commands are all still there, and the devices reconnect with
  * the tokens they were given before the restart.
  */
-describe("end to end: simulated devices, the REST API and a runtime restart", function () {
+// On the embedded SQLite file, and in CI (TETHRAL_TEST_PG_URL) on a PostgreSQL database of its own.
+const STORES: Array<{ name: string; kind: string; database: () => Promise<{ env: NodeJS.ProcessEnv; drop: () => Promise<void> }> }> = [
+  { name: "SQLite", kind: "sqlite", database: async () => ({ env: {}, drop: async () => undefined }) },
+];
+if (process.env.TETHRAL_TEST_PG_URL) {
+  STORES.push({
+    name: "PostgreSQL",
+    kind: "postgres",
+    database: async () => {
+      const pg = await startTestPostgres();
+      return { env: { TETHRAL_DB: pg.url }, drop: () => pg.stop() };
+    },
+  });
+}
+
+for (const store of STORES) describe(`end to end on ${store.name}: simulated devices, the REST API and a runtime restart`, function () {
   this.timeout(120_000);
   let scratch: string;
   let userDir: string;
   let env: NodeJS.ProcessEnv;
+  let database: { env: NodeJS.ProcessEnv; drop: () => Promise<void> } | null = null;
   let rt: RuntimeChild | null = null;
   const sims = new Map<Protocol, Simulation>();
   const restored = new Map<Protocol, number>();
@@ -40,17 +57,20 @@ describe("end to end: simulated devices, the REST API and a runtime restart", fu
   before(async () => {
     scratch = mkdtempSync(path.join(tmpdir(), "tethral-e2e-"));
     userDir = path.join(scratch, "user");
-    env = await fixedPorts();
+    database = await store.database();
+    env = { ...(await fixedPorts()), ...database.env };
     rt = await spawnRuntime(userDir, env);
   });
 
   after(async () => {
     for (const sim of sims.values()) await sim.stop();
     await rt?.stop();
+    await database?.drop();
     rmSync(scratch, { recursive: true, force: true });
   });
 
   it("each device registers through the REST API with its token and its reports reach its state", async () => {
+    assert.equal((await call(rt!.api, "GET", "/health")).body.components.store.kind, store.kind);
     for (const protocol of PROTOCOLS) {
       const sim = new Simulation({
         api: rt!.api,
