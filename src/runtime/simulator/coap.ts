@@ -1,8 +1,7 @@
 import { type Socket, createSocket } from "node:dgram";
 import { isIPv6 } from "node:net";
 import { Agent, Server, type IncomingMessage, type OutgoingMessage } from "coap";
-import type { DeviceSpec } from "./options";
-import { type DeviceHost, SimulatedDevice, type Telemetry } from "./device";
+import type { SimulatedDevice } from "./device";
 import { parseCommand } from "./frames";
 import { SimulationError, messageOf } from "./support";
 
@@ -147,31 +146,4 @@ function answerText(res: IncomingMessage): string {
     // not JSON: the text itself
   }
   return text.slice(0, 200);
-}
-
-/** A CoAP device: it holds no connection, so it reports and answers commands through the shared transport. */
-export class CoapDevice extends SimulatedDevice {
-  constructor(
-    spec: DeviceSpec,
-    token: string | undefined,
-    host: DeviceHost,
-    private readonly transport: CoapTransport,
-  ) {
-    super(spec, token, host);
-  }
-
-  get connected(): boolean {
-    return this.running && this.lastReportOk;
-  }
-
-  protected open(): void {
-    this.up();
-  }
-
-  /** Nothing to close: a dropped CoAP device just goes silent. */
-  protected async close(): Promise<void> {}
-
-  protected report(data: Telemetry): Promise<void> {
-    return this.transport.report(this.id, this.token, "telemetry", data);
-  }
 }

@@ -231,3 +231,32 @@ export abstract class SimulatedDevice {
     this.scheduleDrop();
   }
 }
+
+/**
+ * A device that holds no connection (CoAP, HTTP): it counts as connected while its reports get
+ * through, a drop is just silence, and its commands come to the simulator's shared server.
+ */
+export class ConnectionlessDevice extends SimulatedDevice {
+  constructor(
+    spec: DeviceSpec,
+    token: string | undefined,
+    host: DeviceHost,
+    private readonly send: (id: string, token: string | undefined, data: Telemetry) => Promise<void>,
+  ) {
+    super(spec, token, host);
+  }
+
+  get connected(): boolean {
+    return this.running && this.lastReportOk;
+  }
+
+  protected open(): void {
+    this.up();
+  }
+
+  protected async close(): Promise<void> {}
+
+  protected report(data: Telemetry): Promise<void> {
+    return this.send(this.id, this.token, data);
+  }
+}

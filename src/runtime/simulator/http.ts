@@ -1,8 +1,6 @@
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from "node:http";
 import { type AddressInfo, isIPv6 } from "node:net";
-import type { ApiClient } from "./api-client";
-import type { DeviceSpec } from "./options";
-import { type DeviceHost, SimulatedDevice, type Telemetry } from "./device";
+import type { SimulatedDevice } from "./device";
 import { parseCommand } from "./frames";
 import { SimulationError, messageOf } from "./support";
 
@@ -87,31 +85,4 @@ function readBody(req: IncomingMessage): Promise<string | null> {
     req.on("end", () => resolve(size > MAX_COMMAND_BYTES ? null : Buffer.concat(chunks).toString("utf8")));
     req.on("error", reject);
   });
-}
-
-/** An HTTP device: reports with `POST {api}/devices/{id}/telemetry` and its Bearer token; commands come to the shared server. */
-export class HttpDevice extends SimulatedDevice {
-  constructor(
-    spec: DeviceSpec,
-    token: string | undefined,
-    host: DeviceHost,
-    private readonly api: ApiClient,
-  ) {
-    super(spec, token, host);
-  }
-
-  get connected(): boolean {
-    return this.running && this.lastReportOk;
-  }
-
-  protected open(): void {
-    this.up();
-  }
-
-  /** Nothing to close: a dropped HTTP device just goes silent. */
-  protected async close(): Promise<void> {}
-
-  protected report(data: Telemetry): Promise<void> {
-    return this.api.telemetry(this.id, this.token, data);
-  }
 }

@@ -1,8 +1,8 @@
 import { ApiClient, ApiError } from "./api-client";
-import { CoapDevice, CoapTransport } from "./coap";
-import { type DeviceHost, SimulatedDevice, type SimulationEvents } from "./device";
+import { CoapTransport } from "./coap";
+import { ConnectionlessDevice, type DeviceHost, SimulatedDevice, type SimulationEvents } from "./device";
 import { deviceEndpoint } from "./endpoints";
-import { HttpDevice, HttpTransport } from "./http";
+import { HttpTransport } from "./http";
 import { MqttDevice } from "./mqtt";
 import { type DeviceSpec, type ResolvedOptions, type SimulationOptions, type Traits, deviceSpecs, resolveOptions } from "./options";
 import { SimulationError, WarningLimiter } from "./support";
@@ -265,9 +265,9 @@ export class Simulation implements DeviceHost {
       case "websocket":
         return new WebSocketDevice(spec, token, this, this.endpoint);
       case "coap":
-        return new CoapDevice(spec, token, this, this.transport as CoapTransport);
+        return new ConnectionlessDevice(spec, token, this, (id, t, data) => (this.transport as CoapTransport).report(id, t, "telemetry", data));
       case "http":
-        return new HttpDevice(spec, token, this, this.api);
+        return new ConnectionlessDevice(spec, token, this, (id, t, data) => this.api.telemetry(id, t, data));
     }
   }
 
