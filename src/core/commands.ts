@@ -171,8 +171,11 @@ export class CommandTracker {
     if (request.supersede) this.supersede(e);
     // Waiting starts before the first send: an adapter may fail it at once.
     const done = request.wait ? this.whenDone(e, waitLimitMs(e, this.options)) : null;
+    // Without wait the caller gets the command as it was acknowledged: queued, no attempt yet
+    // (the first send may start at once, below, and finish later).
+    const acknowledged = done ? null : toCommand(e);
     this.pump(deviceId);
-    return done ?? toCommand(e);
+    return done ?? acknowledged!;
   }
 
   /**

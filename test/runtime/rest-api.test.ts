@@ -289,6 +289,9 @@ describe("REST API (flows/flows.json in the runtime, over real HTTP)", function 
     const queued = await call(api, "POST", "/devices/boiler-1/command", { command: "reboot", priority: "high", expiresIn: 3600 });
     assert.equal(queued.status, 202);
     assert.equal(queued.body.command, "reboot");
+    // As acknowledged: queued, no attempt yet (the send starts right after).
+    assert.equal(queued.body.status, "queued");
+    assert.equal(queued.body.attempts, 0);
     assert.equal(queued.body.priority, "high");
     // Without wait the hub sends it on: the command's own route follows it to the end.
     let looked = await get(`/commands/${queued.body.id}`);
