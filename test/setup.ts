@@ -7,3 +7,6 @@ process.env.TETHRAL_COAP_PORT = "0";
 delete process.env.TETHRAL_MQTT_URL;
 delete process.env.TETHRAL_DEVICE_TOKENS;
 delete process.env.HOST;
+// A database named in the shell (a developer's PostgreSQL) is never a test's: tests that want
+// one pass TETHRAL_DB themselves.
+delete process.env.TETHRAL_DB;

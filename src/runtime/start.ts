@@ -282,6 +282,8 @@ function sendError(res: ServerResponse, status: number, code: string, message: s
 
 /** The REST API's own paths (CONTRACT §3): JSON only. Other flows' endpoints under /api take what they like. */
 const CONTRACT_PATHS = /^\/(devices|commands|events|health|communication)(\/|\?|$)/;
+/** How much of an oversized upload is read (and dropped) so its client can read the 413. */
+const DRAIN_LIMIT_BYTES = 16 * 1024 * 1024;
 /** Deeper JSON is refused: Node-RED deep-copies a message on its way to a Catch node, recursively. */
 export const API_MAX_DEPTH = 64;
 
@@ -298,38 +300,39 @@ export function jsonBody(limit: number): Handler {
     const type = String(req.headers["content-type"] ?? "").toLowerCase();
     const hasBody = req.headers["transfer-encoding"] !== undefined || Number(req.headers["content-length"] ?? 0) > 0;
     if (!hasBody || req._body) return next?.();
+    const declared = Number(req.headers["content-length"] ?? 0);
+    let failed = false;
+    // Answer at once, then read and drop the rest of the upload, so the client finishes sending
+    // and reads the answer (closing on it mid-upload would reset its connection); an upload past
+    // DRAIN_LIMIT_BYTES is cut off.
+    const refuse = (status: number, message: string) => {
+      failed = true;
+      if (declared > DRAIN_LIMIT_BYTES) res.setHeader("Connection", "close");
+      sendError(res, status, "INVALID", message);
+      let dropped = 0;
+      req.on("data", (chunk: Buffer) => {
+        dropped += chunk.length;
+        if (dropped > DRAIN_LIMIT_BYTES) req.socket.destroy();
+      });
+      req.resume();
+    };
+    const tooLarge = () => refuse(413, `the request body is larger than ${limit} bytes`);
     const json = /^application\/([a-z0-9.+-]+\+)?json\s*(;|$)/.test(type);
     if (!json) {
       if (!CONTRACT_PATHS.test(req.url ?? "")) return next?.();
-      res.setHeader("Connection", "close");
-      sendError(res, 415, "INVALID", `the request body must be JSON, sent as Content-Type: application/json (not ${type || "untyped"})`);
-      req.resume();
-      return;
+      return refuse(415, `the request body must be JSON, sent as Content-Type: application/json (not ${type || "untyped"})`);
     }
-    const declared = Number(req.headers["content-length"] ?? 0);
-    const tooLarge = () => {
-      // Answer at once and close: the rest of an oversized upload is not worth reading.
-      res.setHeader("Connection", "close");
-      sendError(res, 413, "INVALID", `the request body is larger than ${limit} bytes`);
-    };
-    if (declared > limit) {
-      tooLarge();
-      req.resume();
-      return;
-    }
+    if (declared > limit) return tooLarge();
     const chunks: Buffer[] = [];
     let size = 0;
-    let failed = false;
-    req.on("data", (chunk: Buffer) => {
-      if (failed) return;
+    const collect = (chunk: Buffer) => {
       size += chunk.length;
-      if (size > limit) {
-        failed = true;
-        tooLarge();
-        return;
-      }
-      chunks.push(chunk);
-    });
+      if (size <= limit) return void chunks.push(chunk);
+      req.off("data", collect);
+      chunks.length = 0;
+      tooLarge();
+    };
+    req.on("data", collect);
     req.on("error", () => {
       failed = true;
     });

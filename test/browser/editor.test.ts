@@ -22,18 +22,19 @@ const FLAGS = [
 ];
 
 /** Simulated devices of every protocol, two each, as `npm run simulate` runs them. */
-async function simulate(api: string): Promise<Simulation[]> {
-  const sims = (["mqtt", "coap", "websocket", "http"] as const).map(
-    (protocol) => new Simulation({ api, protocol, devices: 2, interval: 0.5, summary: 0, log: () => undefined }),
-  );
-  for (const sim of sims) await sim.start();
-  return sims;
+async function simulate(api: string, sims: Simulation[]): Promise<void> {
+  for (const protocol of ["mqtt", "coap", "websocket", "http"] as const) {
+    const sim = new Simulation({ api, protocol, devices: 2, interval: 0.5, summary: 0, log: () => undefined });
+    // Kept before it starts: one that fails half-way is still stopped by after().
+    sims.push(sim);
+    await sim.start();
+  }
 }
 
 describe("the editor in a browser (Debian's chromium)", function () {
   this.timeout(90_000);
   let runtime: RuntimeChild | null = null;
-  let sims: Simulation[] = [];
+  const sims: Simulation[] = [];
   let scratch = "";
   let context: BrowserContext | null = null;
   let profile = "";
@@ -46,7 +47,7 @@ describe("the editor in a browser (Debian's chromium)", function () {
     scratch = mkdtempSync(path.join(tmpdir(), "tethral-browser-"));
     // Fixed ports: a full deploy restarts the hub, and the devices must find its broker again.
     runtime = await spawnRuntime(path.join(scratch, "user"), await fixedPorts());
-    sims = await simulate(runtime.api);
+    await simulate(runtime.api, sims);
     profile = mkdtempSync(path.join(tmpdir(), "tethral-chromium-"));
     context = await chromium.launchPersistentContext(profile, { executablePath: CHROMIUM, headless: true, args: FLAGS, viewport: { width: 1400, height: 900 } });
   });

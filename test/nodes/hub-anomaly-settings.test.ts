@@ -1,15 +1,18 @@
 import assert from "node:assert/strict";
 import { Hub } from "../../src/core/hub";
 import type { TethralEvent } from "../../src/core/types";
+import { DEFAULT_ANOMALY_OPTIONS } from "../../src/core/anomaly";
 import { HUB_CONFIG_DEFAULTS, parseHubConfig, toHubOptions } from "../../src/nodes/hub-config";
 import { assertCode } from "../helpers";
 
 describe("tethral-hub anomaly settings", function () {
   it("default to the engine's thresholds, and an editor's text values are read as numbers", () => {
-    const defaults = parseHubConfig({ id: "hub1", type: "tethral-hub" });
-    assert.equal(defaults.flappingThreshold, 6);
-    assert.equal(defaults.stuckReports, 30);
-    assert.equal(defaults.outlierZScore, 4);
+    const { flapping, stuck, outlier } = DEFAULT_ANOMALY_OPTIONS;
+    assert.deepEqual(toHubOptions(parseHubConfig({ id: "hub1", type: "tethral-hub" })).anomaly, {
+      flapping: { enabled: flapping.enabled, threshold: flapping.threshold, windowSec: flapping.windowSec },
+      stuck: { enabled: stuck.enabled, reports: stuck.reports, seconds: stuck.seconds },
+      outlier: { enabled: outlier.enabled, zScore: outlier.zScore, warmup: outlier.warmup },
+    });
     const parsed = parseHubConfig({ flappingThreshold: "4", flappingWindow: "60", stuckDetection: false, stuckSeconds: "120", outlierZScore: "3.5", outlierWarmup: "50" });
     assert.deepEqual(toHubOptions(parsed).anomaly, {
       flapping: { enabled: true, threshold: 4, windowSec: 60 },
@@ -41,5 +44,27 @@ describe("tethral-hub anomaly settings", function () {
         await hub.stop();
       }
     }
+  });
+
+  it("reach the hub: a device flaps at the configured number of transitions, not before", async () => {
+    const flaps = async (flappingThreshold: number) => {
+      const hub = new Hub({ ...toHubOptions({ ...HUB_CONFIG_DEFAULTS, flappingThreshold }), onWarning: () => undefined });
+      await hub.start();
+      try {
+        const anomalies: TethralEvent[] = [];
+        hub.subscribe({ types: "state.anomaly" }, (e) => void anomalies.push(e));
+        await hub.registerDevice({ id: "f-1", protocol: "mqtt" });
+        // Online, offline, online, offline: four transitions.
+        for (let i = 0; i < 2; i++) {
+          hub.ingest("f-1", { kind: "telemetry", data: { v: i } });
+          hub.ingest("f-1", { kind: "status", data: "offline" });
+        }
+        return anomalies.filter((e) => (e.data as { kind?: string }).kind === "flapping").length;
+      } finally {
+        await hub.stop();
+      }
+    };
+    assert.equal(await flaps(3), 1, "3 transitions flap");
+    assert.equal(await flaps(6), 0, "the default 6 does not, yet");
   });
 });

@@ -303,15 +303,22 @@ describe("tethral-command node", function () {
   });
 
   it("keeps to its configured operation whatever msg.operation says (a device or state node's leftover)", async () => {
-    const t = await load({ wait: false }, [command("look", { operation: "get" })]);
+    const t = await load({ wait: false }, [command("look", { operation: "get" }), command("drop", { operation: "cancel" })]);
+    t.adapter.links.set("pump-1", false);
     const sent = next(t.out);
     t.cmd.receive({ operation: "get", keep: 1 });
     const m = await sent;
     assert.equal((m.command as Command).command, "reboot", "a send node sends");
     assert.equal((m.command as Command).status, "queued");
+    const id = (m.command as Command).id;
+    // A leftover that names another command operation changes nothing either.
     const looked = next(t.out);
-    node("look").receive({ operation: "list", commandId: (m.command as Command).id });
-    assert.equal(((await looked).payload as Command).id, (m.command as Command).id, "a get node gets");
+    node("look").receive({ operation: "cancel", commandId: id });
+    assert.equal(((await looked).payload as Command).status, "queued", "a get node only gets");
+    assert.equal((await t.hub.getCommand(id)).status, "queued");
+    const cancelled = next(t.out);
+    node("drop").receive({ operation: "get", commandId: id });
+    assert.equal(((await cancelled).payload as Command).status, "cancelled", "a cancel node cancels");
   });
 
   it("two nodes share one hub", async () => {

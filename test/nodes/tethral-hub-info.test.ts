@@ -57,11 +57,12 @@ describe("tethral-hub-info node", function () {
     t.hub.receive({ protocol: "http", deviceId: "a", kind: "telemetry", payload: { x: 1 }, token: "wrong" });
     const comm = (await t.ok("info1", { operation: "communication" })).payload as {
       protocols: Record<string, { messagesIn: number; rejected: number }>;
-      commands: { byStatus?: unknown };
+      commands: unknown;
     };
     assert.equal(comm.protocols.http?.messagesIn, 1);
     assert.equal(comm.protocols.http?.rejected, 1);
-    assert.ok(comm.commands, "commands by status and latency");
+    assert.equal((comm.commands as { byStatus: Record<string, number> }).byStatus.queued, 0, "commands by status");
+    assert.deepEqual(Object.keys((comm.commands as { latencyMs: object }).latencyMs).sort(), ["p50", "p95", "p99", "samples"]);
   });
 
   it("answers the event history, newest first, filtered from msg.payload (query-string text too)", async () => {

@@ -2,7 +2,7 @@
 // process), for tests that restart it or drive it over the network: this package from its
 // sources, the shipped flows, ephemeral ports. The user dir is argv[2] (kept across restarts).
 // Prints `READY <editor url>` once the flows run, and stops cleanly on SIGTERM or SIGINT.
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { startRuntime } from "../../src/runtime/start";
@@ -15,12 +15,14 @@ async function main(): Promise<void> {
   process.env.TETHRAL_MQTT_PORT ??= "0";
   process.env.TETHRAL_COAP_PORT ??= "0";
   delete process.env.TETHRAL_MQTT_URL;
+  const pkg = mkdtempSync(path.join(tmpdir(), "tethral-pkg-"));
+  process.once("exit", () => rmSync(pkg, { recursive: true, force: true }));
   const runtime = await startRuntime({
     // A fixed port where a test restarts the runtime and its devices must find it again.
     port: Number(process.env.TETHRAL_TEST_RUNTIME_PORT ?? 0),
     host: "127.0.0.1",
     userDir,
-    nodesDir: sourcePackage(mkdtempSync(path.join(tmpdir(), "tethral-pkg-"))),
+    nodesDir: sourcePackage(pkg),
     logLevel: (process.env.TETHRAL_TEST_LOG as "warn" | undefined) ?? "warn",
   });
   if (runtime.flows.state !== "start") throw new Error(`the flows did not start: ${JSON.stringify(runtime.flows)}`);
@@ -29,7 +31,14 @@ async function main(): Promise<void> {
   const stop = () => {
     if (stopping) return;
     stopping = true;
-    void runtime.stop().finally(() => process.exit(0));
+    // A stop that fails is a failure the test that stopped it must see.
+    runtime.stop().then(
+      () => process.exit(0),
+      (err: unknown) => {
+        console.error("the runtime did not stop cleanly:", err);
+        process.exit(1);
+      },
+    );
   };
   process.on("SIGTERM", stop);
   process.on("SIGINT", stop);

@@ -16,9 +16,17 @@ export interface RuntimeChild {
 
 const CHILD = path.join(__dirname, "child.ts");
 
+/** How long a start may take before it is given up (mocha hooks that spawn allow more). */
+export const START_LIMIT_MS = 60_000;
+const STOP_LIMIT_MS = 20_000;
+// The last of the runtime's log kept for a failure message.
+const OUTPUT_KEPT = 64 * 1024;
+
 /**
  * Starts the flow runtime (test/runtime/child.ts) in a process of its own on `userDir`, and
  * resolves once it prints READY. A restart is `stop()` and another `spawnRuntime` on the same dir.
+ * `stop()` rejects when the runtime does not stop cleanly (a non-zero exit, or no exit within 20
+ * s, when it is killed): a restart test must not pass over a shutdown that failed.
  */
 export function spawnRuntime(userDir: string, env: NodeJS.ProcessEnv = {}): Promise<RuntimeChild> {
   const proc: ChildProcess = spawn(process.execPath, ["--import", "tsx", CHILD, userDir], {
@@ -26,42 +34,52 @@ export function spawnRuntime(userDir: string, env: NodeJS.ProcessEnv = {}): Prom
     stdio: ["ignore", "pipe", "pipe"],
   });
   let output = "";
+  const keep = (chunk: Buffer) => {
+    output += chunk.toString();
+    if (output.length > 2 * OUTPUT_KEPT) output = output.slice(-OUTPUT_KEPT);
+  };
+  proc.stdout!.on("data", keep);
+  proc.stderr!.on("data", keep);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       proc.kill("SIGKILL");
-      reject(new Error(`the runtime did not start in 60 s:\n${output}`));
-    }, 60_000);
-    const onData = (chunk: Buffer) => {
-      output += chunk.toString();
+      reject(new Error(`the runtime did not start in ${START_LIMIT_MS / 1000} s:\n${output}`));
+    }, START_LIMIT_MS);
+    const onExit = (code: number | null) => {
+      clearTimeout(timer);
+      reject(new Error(`the runtime exited with ${code} before it was ready:\n${output}`));
+    };
+    const onData = () => {
       const ready = /READY (\S+)/.exec(output);
       if (!ready) return;
       clearTimeout(timer);
       proc.stdout!.off("data", onData);
+      proc.off("exit", onExit);
       const url = ready[1]!;
       resolve({
         url,
         api: `${url}api`,
         output: () => output,
         stop: () =>
-          new Promise<void>((done) => {
+          new Promise<void>((done, fail) => {
             if (proc.exitCode !== null || proc.signalCode !== null) return done();
-            const kill = setTimeout(() => proc.kill("SIGKILL"), 20_000);
-            proc.once("exit", () => {
+            let killed = false;
+            const kill = setTimeout(() => {
+              killed = true;
+              proc.kill("SIGKILL");
+            }, STOP_LIMIT_MS);
+            proc.once("exit", (code) => {
               clearTimeout(kill);
-              done();
+              if (killed) fail(new Error(`the runtime did not stop within ${STOP_LIMIT_MS / 1000} s:\n${output.slice(-4000)}`));
+              else if (code !== 0) fail(new Error(`the runtime stopped with exit code ${code}:\n${output.slice(-4000)}`));
+              else done();
             });
             proc.kill("SIGTERM");
           }),
       });
     };
     proc.stdout!.on("data", onData);
-    proc.stderr!.on("data", (chunk: Buffer) => {
-      output += chunk.toString();
-    });
-    proc.once("exit", (code) => {
-      clearTimeout(timer);
-      reject(new Error(`the runtime exited with ${code} before it was ready:\n${output}`));
-    });
+    proc.once("exit", onExit);
   });
 }
 
@@ -95,36 +113,37 @@ export async function call(
   return { status: res.status, body: parsed, headers: res.headers };
 }
 
-/** A TCP (or UDP) port free right now, for a runtime that must come back on the same ports. */
-export function freePort(kind: "tcp" | "udp"): Promise<number> {
-  return new Promise((resolve, reject) => {
-    if (kind === "udp") {
-      const s = createSocket("udp4");
-      s.once("error", reject);
-      s.bind(0, "127.0.0.1", () => {
-        const { port } = s.address();
-        s.close(() => resolve(port));
-      });
-      return;
-    }
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const { port } = s.address() as { port: number };
-      s.close(() => resolve(port));
-    });
-  });
-}
-
-
 /**
  * Fixed free ports for the runtime's HTTP server, embedded MQTT broker and CoAP server: devices
- * find them again after a full deploy or a restart, as they would at 1880, 1883 and 5683.
+ * find them again after a full deploy or a restart, as they would at 1880, 1883 and 5683. The
+ * probe sockets are held until all three are chosen, so no two come out the same.
  */
 export async function fixedPorts(): Promise<NodeJS.ProcessEnv> {
-  return {
-    TETHRAL_TEST_RUNTIME_PORT: String(await freePort("tcp")),
-    TETHRAL_MQTT_PORT: String(await freePort("tcp")),
-    TETHRAL_COAP_PORT: String(await freePort("udp")),
-  };
+  const tcp = [createServer(), createServer()];
+  const udp = createSocket("udp4");
+  try {
+    const [http, mqtt] = await Promise.all(
+      tcp.map(
+        (s) =>
+          new Promise<number>((resolve, reject) => {
+            s.once("error", reject);
+            s.listen(0, "127.0.0.1", () => resolve((s.address() as { port: number }).port));
+          }),
+      ),
+    );
+    const coap = await new Promise<number>((resolve, reject) => {
+      udp.once("error", reject);
+      udp.bind(0, "127.0.0.1", () => resolve(udp.address().port));
+    });
+    return { TETHRAL_TEST_RUNTIME_PORT: String(http), TETHRAL_MQTT_PORT: String(mqtt), TETHRAL_COAP_PORT: String(coap) };
+  } finally {
+    await Promise.all(tcp.map((s) => new Promise<void>((r) => (s.listening ? s.close(() => r()) : r()))));
+    await new Promise<void>((r) => {
+      try {
+        udp.close(() => r());
+      } catch {
+        r();
+      }
+    });
+  }
 }
