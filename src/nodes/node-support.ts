@@ -167,6 +167,32 @@ export function fromMsg<T>(msg: NodeMessage, key: string, configured: T): T | un
   return Object.hasOwn(msg, key) && msg[key] !== undefined && msg[key] !== null && msg[key] !== "" ? msg[key] : configured;
 }
 
+/**
+ * `msg.operation` when set, else the configured one, else `fallback`; anything that is not one of
+ * `operations` is INVALID with `message` (the node's own sentence, naming them).
+ */
+export function operationOf<T extends string>(msg: NodeMessage, configured: unknown, fallback: T, operations: readonly T[], message: string): T {
+  const operation = fromMsg(msg, "operation", text(configured) ?? fallback);
+  if (typeof operation !== "string" || !operations.includes(operation as T)) throw invalidInput("operation", message);
+  return operation as T;
+}
+
+/** Digit text (a query string's number) becomes its number; blank is undefined; anything else is left for a check to refuse. */
+export function countOf(value: unknown): unknown {
+  if (value === undefined || value === null) return undefined;
+  if (typeof value === "string") {
+    if (value.trim() === "") return undefined;
+    if (/^\s*\d+\s*$/.test(value)) return Number(value);
+  }
+  return value;
+}
+
+/** Throws INVALID, in the node's own words, for the first key of a filter that is not one of `keys`. */
+export function onlyKeys(filter: Record<string, unknown>, keys: readonly string[], message: (key: string) => string): void {
+  const unknown = Object.keys(filter).find((key) => !keys.includes(key));
+  if (unknown !== undefined) throw invalidInput(unknown, message(unknown));
+}
+
 /** A non-empty trimmed string or undefined (editor fields arrive as strings, blank = unset). */
 export function text(value: unknown): string | undefined {
   if (typeof value !== "string") return undefined;

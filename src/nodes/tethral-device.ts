@@ -1,6 +1,6 @@
 import type { Hub } from "../core";
 import type { DeviceFilter } from "../core/registry";
-import { HubUse, type Outcome, fromMsg, invalidInput, isPlainObject, operationHandler, text } from "./node-support";
+import { HubUse, type Outcome, fromMsg, invalidInput, isPlainObject, operationHandler, operationOf, text } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
 const OPERATIONS = ["register", "update", "remove", "get", "list", "statistics", "report"] as const;
@@ -45,7 +45,7 @@ export = function (RED: NodeAPI): void {
  * makes. Throws INVALID for a request that cannot be made, before the hub is touched.
  */
 function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => Promise<Outcome> | Outcome {
-  const operation = operationOf(_, msg, def);
+  const operation = operationOf(msg, def.operation, "get", OPERATIONS, _("tethral-device.errors.operation", { operations: OPERATIONS.join(", ") }));
   const deviceId = deviceIdOf(_, msg, def);
   // The msg is the cause: the events of the change carry its id.
   const cause = { source: "flow", causeId: typeof msg._msgid === "string" ? msg._msgid : null };
@@ -132,15 +132,6 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
       };
     }
   }
-}
-
-/** `msg.operation` when set, else the configured one; anything else is INVALID. */
-function operationOf(_: Translate, msg: NodeMessage, def: DeviceDef): Operation {
-  const operation = fromMsg(msg, "operation", text(def.operation) ?? "get");
-  if (typeof operation !== "string" || !OPERATIONS.includes(operation as Operation)) {
-    throw invalidInput("operation", _("tethral-device.errors.operation", { operations: OPERATIONS.join(", ") }));
-  }
-  return operation as Operation;
 }
 
 /** `msg.deviceId` when set, else the configured one; undefined when neither is. */

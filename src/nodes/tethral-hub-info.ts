@@ -1,11 +1,10 @@
 import type { Hub } from "../core";
 import type { HistoryQuery } from "../core/events";
 import { PRIORITIES, type Priority } from "../core/types";
-import { HubUse, type Outcome, abandon, fromMsg, invalidInput, isPlainObject, operationHandler, text } from "./node-support";
+import { HubUse, type Outcome, abandon, countOf, fromMsg, invalidInput, isPlainObject, onlyKeys, operationHandler, operationOf, text } from "./node-support";
 import type { NodeAPI, Node, NodeDef, NodeMessage } from "./types";
 
 const OPERATIONS = ["health", "statistics", "events", "event-statistics", "communication"] as const;
-type Operation = (typeof OPERATIONS)[number];
 
 /** The event-history filter keys `msg.payload` may carry (a REST query string maps onto them). */
 const EVENT_FILTER_KEYS = ["type", "priority", "minPriority", "deviceId", "source", "since", "limit"];
@@ -33,7 +32,7 @@ export = function (RED: NodeAPI): void {
 
     this.on("input", (msg: NodeMessage, send, done) => {
       // Health is the one question a hub that cannot start still answers: with why it cannot.
-      if (use && operationOf(RED._, msg, def, false) === "health") {
+      if (use && fromMsg(msg, "operation", text(def.operation) ?? "health") === "health") {
         use.hub().then(
           () => answer(msg, send, done),
           (err: unknown) => {
@@ -61,7 +60,7 @@ export = function (RED: NodeAPI): void {
  * makes. Throws INVALID for a request that cannot be made, before the hub is touched.
  */
 function planOf(_: Translate, msg: NodeMessage, def: HubInfoDef): (hub: Hub) => Promise<Outcome> | Outcome {
-  const operation = operationOf(_, msg, def, true) as Operation;
+  const operation = operationOf(msg, def.operation, "health", OPERATIONS, _("tethral-hub-info.errors.operation", { operations: OPERATIONS.join(", ") }));
   switch (operation) {
     case "health":
       return (hub) => {
@@ -94,16 +93,6 @@ function planOf(_: Translate, msg: NodeMessage, def: HubInfoDef): (hub: Hub) => 
   }
 }
 
-/** `msg.operation` when set, else the configured one; anything else is INVALID (or null when not `strict`). */
-function operationOf(_: Translate, msg: NodeMessage, def: HubInfoDef, strict: boolean): Operation | null {
-  const operation = fromMsg(msg, "operation", text(def.operation) ?? "health");
-  if (typeof operation !== "string" || !OPERATIONS.includes(operation as Operation)) {
-    if (!strict) return null;
-    throw invalidInput("operation", _("tethral-hub-info.errors.operation", { operations: OPERATIONS.join(", ") }));
-  }
-  return operation as Operation;
-}
-
 /**
  * The event-history filter from `msg.payload`: `type` and `priority` as a list or comma
  * separated text (a query string's shape), `minPriority`, `deviceId`, `source`, `since` (ISO
@@ -112,10 +101,7 @@ function operationOf(_: Translate, msg: NodeMessage, def: HubInfoDef, strict: bo
  */
 function eventQueryOf(_: Translate, payload: unknown): HistoryQuery {
   if (!isPlainObject(payload)) return { limit: DEFAULT_EVENT_LIMIT };
-  const unknown = Object.keys(payload).find((key) => !EVENT_FILTER_KEYS.includes(key));
-  if (unknown !== undefined) {
-    throw invalidInput(unknown, _("tethral-hub-info.errors.filter-key", { key: unknown, keys: EVENT_FILTER_KEYS.join(", ") }));
-  }
+  onlyKeys(payload, EVENT_FILTER_KEYS, (key) => _("tethral-hub-info.errors.filter-key", { key, keys: EVENT_FILTER_KEYS.join(", ") }));
   const query: HistoryQuery = { limit: DEFAULT_EVENT_LIMIT };
   const types = listOf(_, payload.type, "type");
   if (types) query.type = types;
@@ -133,9 +119,8 @@ function eventQueryOf(_: Translate, payload: unknown): HistoryQuery {
     else if (typeof since === "string" || typeof since === "number") query.since = since;
     else throw invalidInput("since", _("tethral-hub-info.errors.since"));
   }
-  const limit = payload.limit;
-  if (limit !== undefined && limit !== null && limit !== "") {
-    const n = typeof limit === "string" && /^\s*\d+\s*$/.test(limit) ? Number(limit) : limit;
+  const n = countOf(payload.limit);
+  if (n !== undefined) {
     if (typeof n !== "number" || !Number.isInteger(n) || n < 0 || n > 10_000) throw invalidInput("limit", _("tethral-hub-info.errors.limit"));
     query.limit = n;
   }

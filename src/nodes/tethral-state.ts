@@ -1,10 +1,9 @@
 import type { Hub } from "../core";
 import type { DeviceStatus } from "../core/types";
-import { HubUse, type Outcome, fromMsg, invalidInput, isPlainObject, operationHandler, text } from "./node-support";
+import { HubUse, type Outcome, countOf, fromMsg, invalidInput, isPlainObject, onlyKeys, operationHandler, operationOf, text } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
 const OPERATIONS = ["get", "set", "history", "list", "statistics"] as const;
-type Operation = (typeof OPERATIONS)[number];
 
 /** History entries answered when neither the node nor `msg.limit` says how many. */
 const DEFAULT_COUNT = 10;
@@ -48,7 +47,7 @@ export = function (RED: NodeAPI): void {
  * makes. Throws INVALID for a request that cannot be made, before the hub is touched.
  */
 function planOf(_: Translate, msg: NodeMessage, def: StateDef): (hub: Hub) => Promise<Outcome> | Outcome {
-  const operation = operationOf(_, msg, def);
+  const operation = operationOf(msg, def.operation, "get", OPERATIONS, _("tethral-state.errors.operation", { operations: OPERATIONS.join(", ") }));
   const deviceId = fromMsg(msg, "deviceId", text(def.deviceId));
   const needId = (): string => {
     if (deviceId === undefined || deviceId === null) throw invalidInput("deviceId", _("tethral-state.errors.no-device", { operation }));
@@ -102,15 +101,6 @@ function planOf(_: Translate, msg: NodeMessage, def: StateDef): (hub: Hub) => Pr
   }
 }
 
-/** `msg.operation` when set, else the configured one; anything else is INVALID. */
-function operationOf(_: Translate, msg: NodeMessage, def: StateDef): Operation {
-  const operation = fromMsg(msg, "operation", text(def.operation) ?? "get");
-  if (typeof operation !== "string" || !OPERATIONS.includes(operation as Operation)) {
-    throw invalidInput("operation", _("tethral-state.errors.operation", { operations: OPERATIONS.join(", ") }));
-  }
-  return operation as Operation;
-}
-
 /**
  * The list filter from `msg.payload`: `status`, `limit`, `offset` (numbers may come as digit
  * text, as from a query string). A payload that is no object (an inject node's timestamp)
@@ -118,8 +108,7 @@ function operationOf(_: Translate, msg: NodeMessage, def: StateDef): Operation {
  */
 function filterOf(_: Translate, payload: unknown): { status?: DeviceStatus; limit?: number; offset?: number } {
   if (!isPlainObject(payload)) return {};
-  const unknown = Object.keys(payload).find((key) => !FILTER_KEYS.includes(key));
-  if (unknown !== undefined) throw invalidInput(unknown, _("tethral-state.errors.filter-key", { key: unknown, keys: FILTER_KEYS.join(", ") }));
+  onlyKeys(payload, FILTER_KEYS, (key) => _("tethral-state.errors.filter-key", { key, keys: FILTER_KEYS.join(", ") }));
   const query: { status?: DeviceStatus; limit?: number; offset?: number } = {};
   // The hub checks the values (INVALID names the bad field).
   if (payload.status !== undefined && payload.status !== null && payload.status !== "") query.status = payload.status as DeviceStatus;
@@ -128,16 +117,6 @@ function filterOf(_: Translate, payload: unknown): { status?: DeviceStatus; limi
   const offset = countOf(payload.offset);
   if (offset !== undefined) query.offset = offset as number;
   return query;
-}
-
-/** Digit text becomes its number; blank is undefined; anything else is left for the hub to refuse. */
-function countOf(value: unknown): unknown {
-  if (value === undefined || value === null) return undefined;
-  if (typeof value === "string") {
-    if (value.trim() === "") return undefined;
-    if (/^\s*\d+\s*$/.test(value)) return Number(value);
-  }
-  return value;
 }
 
 /** The configured history count; blank or unreadable falls back to the default. */
