@@ -76,3 +76,16 @@ export class ManualClock implements Clock {
     this.advance(Math.max(0, time - this.current));
   }
 }
+
+/** Waits for `work` until the wall-clock `deadline`: done, failed (with the error), or late. */
+export async function beforeDeadline(work: Promise<unknown>, deadline: number): Promise<"done" | "late" | { error: unknown }> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<"late">((resolve) => {
+    timer = setTimeout(() => resolve("late"), Math.max(0, deadline - Date.now()));
+  });
+  try {
+    return await Promise.race([work.then(() => "done" as const, (error: unknown) => ({ error })), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

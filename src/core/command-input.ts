@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { TethralError } from "./errors";
+import { TethralError, invalid } from "./errors";
 import { PRIORITIES, type JsonObject, type Priority } from "./types";
 import { checkJsonObject, checkJsonValue, LIMITS, toEpoch } from "./validation";
 
@@ -78,7 +78,7 @@ export function parseCommandRequest(input: unknown, now: number, options: Comman
   const v = parsed.data;
   const params = v.params === undefined || v.params === null ? {} : v.params;
   const problem = checkJsonObject(params, "params", LIMITS.propertiesBytes);
-  if (problem) throw new TethralError("INVALID", `${problem.field}: ${problem.message}`, [problem]);
+  if (problem) throw invalid(problem.field, problem.message);
   let expiresAt = 0;
   if (v.expiresIn !== undefined && v.expiresAt !== undefined && v.expiresAt !== null) {
     throw new TethralError("INVALID", "expiresIn: give expiresIn or expiresAt, not both", [{ field: "expiresIn", message: "give expiresIn or expiresAt, not both" }]);
@@ -123,7 +123,7 @@ export function parseCommandAnswer(data: unknown): CommandAnswer {
   }
   const result = r.result === undefined ? null : r.result;
   const problem = checkJsonValue(result, "result", LIMITS.propertiesBytes);
-  if (problem) throw new TethralError("INVALID", `${problem.field}: ${problem.message}`, [problem]);
+  if (problem) throw invalid(problem.field, problem.message);
   let error: string | null = null;
   if (!r.ok) {
     error = typeof r.error === "string" ? r.error.slice(0, 1024) : r.error === undefined || r.error === null ? "device reported failure" : JSON.stringify(r.error).slice(0, 1024);

@@ -452,7 +452,7 @@ export class CommandTracker {
     e.timer = this.clock.setTimeout(() => {
       e.timer = null;
       if (e.phase !== "awaiting" || !this.running) return;
-      if (e.failures < e.retries) this.retryLater(e, 1);
+      if (e.failures < e.retries) this.retryLater(e);
       else this.finish(e, "timed_out", null, `no answer within ${e.timeoutMs / 1000} s`);
     }, e.timeoutMs);
   }
@@ -470,15 +470,15 @@ export class CommandTracker {
       this.block(e.row.deviceId);
       return;
     }
-    if (e.failures < e.retries) this.retryLater(e, 1);
+    if (e.failures < e.retries) this.retryLater(e);
     // A request/response protocol that heard nothing back: the device did not answer in time.
     else if ((err as { code?: unknown })?.code === "TIMEOUT") this.finish(e, "timed_out", null, message.slice(0, 1024));
     else this.finish(e, "failed", null, `could not deliver: ${message}`.slice(0, 1024));
   }
 
   /** Holds the device's slot through an exponential, jittered backoff, then tries again. */
-  private retryLater(e: Entry, add: number): void {
-    e.failures += add;
+  private retryLater(e: Entry): void {
+    e.failures++;
     e.row.options = { ...e.row.options, failures: e.failures };
     e.phase = "retry-wait";
     const base = Math.min(this.options.retryMaxDelayMs, this.options.retryBaseDelayMs * 2 ** (e.failures - 1));

@@ -1,6 +1,6 @@
 import { newId, newTimeId } from "./ids";
 import type { Clock } from "./clock";
-import { TethralError, invalid } from "./errors";
+import { invalid } from "./errors";
 import { EventHistory, type HistoryQuery } from "./event-history";
 import { iso } from "./json";
 import { DEVICE_ID_PATTERN, LIMITS, checkJsonValue, checkLabel } from "./validation";
@@ -147,7 +147,7 @@ export class EventBus {
         ? { field: "deviceId", message: "must be a device id" }
         : null) ??
       checkJsonValue(data, "data", LIMITS.eventDataBytes);
-    if (problem) throw new TethralError("INVALID", `${problem.field}: ${problem.message}`, [problem]);
+    if (problem) throw invalid(problem.field, problem.message);
     // Kept in history and handed to every subscriber: a copy, so the flow's own object may change later.
     return this.emit(type, data === undefined ? null : structuredClone(data), options);
   }

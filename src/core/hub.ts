@@ -1,8 +1,8 @@
 import { AnomalyDetector, type AnomalyOptions, type AnomalyStatistics, DEFAULT_ANOMALY_OPTIONS } from "./anomaly";
-import { type Clock, systemClock } from "./clock";
+import { type Clock, beforeDeadline, systemClock } from "./clock";
 import { DeviceTraffic } from "./device-traffic";
 import { TethralError, invalid, notFound } from "./errors";
-import { checkLabel } from "./validation";
+import { PROTOCOL_PATTERN, checkLabel } from "./validation";
 import {
   EventBus,
   type EventBusOptions,
@@ -179,7 +179,7 @@ export class Hub {
   }
 
   private checkAdapter(adapter: ProtocolAdapter): void {
-    if (!adapter || typeof adapter.name !== "string" || !/^[a-z][a-z0-9_-]{0,31}$/.test(adapter.name)) {
+    if (!adapter || typeof adapter.name !== "string" || !PROTOCOL_PATTERN.test(adapter.name)) {
       throw new TethralError("INVALID", "a protocol adapter needs a name of 1-32 lower-case letters, digits, _ or -");
     }
     if (this.adapters.has(adapter.name)) throw new TethralError("CONFLICT", `protocol "${adapter.name}" is already served by another adapter`);
@@ -285,7 +285,7 @@ export class Hub {
     // Commands stop before the adapters, so sends they abort on the way out stay pending.
     this.commands.halt();
     // Then the devices: nothing new comes in while the rest winds down.
-    await untilDeadline(
+    await beforeDeadline(
       Promise.all(
         [...this.startedAdapters].map((a) =>
           a.stop().catch((err: unknown) => this.warn(`protocol ${a.name} did not stop cleanly: ${err instanceof Error ? err.message : String(err)}`)),
@@ -301,10 +301,10 @@ export class Hub {
     if (p) {
       // Bounded: a database that never answers must not keep a redeploy waiting for ever.
       const deadline = Date.now() + p.stopTimeoutMs;
-      await untilDeadline(this.locks.idle(), deadline);
-      await untilDeadline(this.commands.stop(), deadline);
+      await beforeDeadline(this.locks.idle(), deadline);
+      await beforeDeadline(this.commands.stop(), deadline);
       await p.stop();
-      await untilDeadline(p.store.close(), deadline + 1000);
+      await beforeDeadline(p.store.close(), deadline + 1000);
     } else {
       await this.commands.stop();
     }
@@ -356,10 +356,9 @@ export class Hub {
   private async register(input: unknown, cause: ChangeCause, presented: string | undefined): Promise<RegisteredDevice> {
     checkCause(cause);
     const p = this.persistence;
-    const withToken = this.gateway.options.deviceTokens;
+    const token = this.gateway.options.deviceTokens ? (presented ?? DeviceTokens.generate()) : undefined;
     if (!p) {
       const device = this.registry.register(input, { ...cause, silent: true });
-      const token = withToken ? (presented ?? DeviceTokens.generate()) : undefined;
       // In memory only: this cannot fail.
       if (token !== undefined) await this.tokens.save(device.id, token, this.clock.now());
       return this.registered(device, token, presented, cause);
@@ -370,7 +369,6 @@ export class Hub {
       // Until it is durable the device takes no traffic (ingest answers NOT_FOUND).
       this.registering.add(device.id);
       p.hold(device.id);
-      const token = withToken ? (presented ?? DeviceTokens.generate()) : undefined;
       try {
         await p.writeDevice(this.registry.row(device.id)!);
         if (token !== undefined) {
@@ -762,23 +760,8 @@ export class Hub {
   }
 }
 
-/** Waits for `work`, but not past the wall-clock `deadline`. */
-async function untilDeadline(work: Promise<unknown>, deadline: number): Promise<void> {
-  let timer: NodeJS.Timeout | undefined;
-  try {
-    await Promise.race([
-      work.catch(() => undefined),
-      new Promise((resolve) => {
-        timer = setTimeout(resolve, Math.max(0, deadline - Date.now()));
-      }),
-    ]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 /** A cause from a flow ends up in events and history rows: plain, short text only. */
 function checkCause(cause: ChangeCause): void {
   const problem = checkLabel(cause.causeId, "causeId") ?? checkLabel(cause.source, "source", 64);
-  if (problem) throw new TethralError("INVALID", `${problem.field}: ${problem.message}`, [problem]);
+  if (problem) throw invalid(problem.field, problem.message);
 }

@@ -192,7 +192,7 @@ export class StateManager {
   /** Checks a properties payload from a device or flow: a JSON object within the limits. */
   static checkProperties(properties: unknown, field = "properties"): JsonObject {
     const problem = checkJsonObject(properties, field, LIMITS.propertiesBytes, LIMITS.propertyKeys);
-    if (problem) throw new TethralError("INVALID", `${problem.field}: ${problem.message}`, [problem]);
+    if (problem) throw invalid(problem.field, problem.message);
     return properties as JsonObject;
   }
 

@@ -47,8 +47,4 @@ export class DeviceTokens {
   forget(deviceId: string): void {
     this.hashes.delete(deviceId);
   }
-
-  get size(): number {
-    return this.hashes.size;
-  }
 }

@@ -164,16 +164,7 @@ export interface Command {
   retries: number;
 }
 
-export type CommandEventType =
-  | "command.queued"
-  | "command.sent"
-  | "command.delivered"
-  | "command.succeeded"
-  | "command.failed"
-  | "command.timed_out"
-  | "command.expired"
-  | "command.superseded"
-  | "command.cancelled";
+export type CommandEventType = `command.${CommandStatus}`;
 
 export type AnomalyKind = "flapping" | "stuck" | "outlier";
 

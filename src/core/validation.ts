@@ -1,5 +1,5 @@
 import { z } from "zod";
-import { TethralError, type ErrorDetail } from "./errors";
+import { TethralError, type ErrorDetail, invalid } from "./errors";
 import { DEVICE_STATUSES, PRIORITIES, type JsonObject } from "./types";
 
 /** Limits on what the engine accepts. A value past a limit is refused with INVALID, never cut. */
@@ -18,7 +18,7 @@ export const LIMITS = {
 } as const;
 
 export const DEVICE_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
-const PROTOCOL_PATTERN = /^[a-z][a-z0-9_-]{0,31}$/;
+export const PROTOCOL_PATTERN = /^[a-z][a-z0-9_-]{0,31}$/;
 
 /**
  * NUL characters and broken UTF-16 (a lone surrogate) are refused in every string: PostgreSQL
@@ -222,6 +222,6 @@ function issueToDetail(issue: z.core.$ZodIssue): ErrorDetail {
 /** A time given as epoch ms, ISO text or a Date, as epoch ms; INVALID naming `field` when it is none of these. */
 export function toEpoch(value: number | string | Date, field: string): number {
   const ms = value instanceof Date ? value.getTime() : typeof value === "number" ? value : Date.parse(value);
-  if (!Number.isFinite(ms)) throw new TethralError("INVALID", `${field}: must be a time`, [{ field, message: "must be a time" }]);
+  if (!Number.isFinite(ms)) throw invalid(field, "must be a time");
   return ms;
 }

@@ -1,9 +1,9 @@
+import { PROTOCOL_PATTERN } from "../core/validation";
 import { BUILTIN_PROTOCOLS } from "../protocols/builtin";
 import type { ProtocolAdapter, ProtocolPlugin } from "../protocols/types";
 import type { CommunicationCredentials, ProtocolSettings } from "./protocol-config";
 import type { NodeAPI } from "./types";
 
-const PROTOCOL_NAME = /^[a-z][a-z0-9_-]{0,31}$/;
 
 function isProtocolPlugin(p: unknown): p is ProtocolPlugin {
   const plugin = p as Partial<ProtocolPlugin> | null;
@@ -12,7 +12,7 @@ function isProtocolPlugin(p: unknown): p is ProtocolPlugin {
     plugin !== null &&
     plugin.type === "tethral-protocol" &&
     typeof plugin.protocol === "string" &&
-    PROTOCOL_NAME.test(plugin.protocol) &&
+    PROTOCOL_PATTERN.test(plugin.protocol) &&
     typeof plugin.create === "function"
   );
 }

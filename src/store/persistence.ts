@@ -1,4 +1,4 @@
-import type { Clock, TimerHandle } from "../core/clock";
+import { type Clock, type TimerHandle, beforeDeadline } from "../core/clock";
 import { TethralError } from "../core/errors";
 import type { TethralEvent } from "../core/types";
 import { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceOptions } from "./persistence-options";
@@ -163,10 +163,10 @@ export class Persistence {
   hold(id: string): void {
     if (this.held.has(id)) return;
     const held: HeldDevice = { presence: this.presence.delete(id), state: this.states.delete(id), history: [] };
-    if (this.history.some((h) => h.deviceId === id)) {
-      held.history = this.history.filter((h) => h.deviceId === id);
-      this.history = this.history.filter((h) => h.deviceId !== id);
-    }
+    // One pass over what waits (up to the buffer's whole size), and no new array when none is the device's.
+    const rest: HistoryRow[] = [];
+    for (const h of this.history) (h.deviceId === id ? held.history : rest).push(h);
+    if (held.history.length > 0) this.history = rest;
     this.held.set(id, held);
   }
 
@@ -474,19 +474,6 @@ export class Persistence {
       dropped: { ...this.stats.dropped },
       purged: { ...this.stats.purged },
     };
-  }
-}
-
-/** Waits for `work` until the wall-clock `deadline`: done, failed (with the error), or late. */
-async function beforeDeadline(work: Promise<unknown>, deadline: number): Promise<"done" | "late" | { error: unknown }> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<"late">((resolve) => {
-    timer = setTimeout(() => resolve("late"), Math.max(0, deadline - Date.now()));
-  });
-  try {
-    return await Promise.race([work.then(() => "done" as const, (error: unknown) => ({ error })), late]);
-  } finally {
-    clearTimeout(timer);
   }
 }
 
