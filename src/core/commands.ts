@@ -12,7 +12,10 @@ import type { CommandRow, Store } from "../store/types";
 
 /** What the tracker needs from the hub: devices as they are now, and the adapters. */
 export interface CommandHost {
+  /** The device as adapters see it (a copy: only where it is handed to one). */
   device(id: string): Device | undefined;
+  /** The protocol of a device that takes commands, without copying it; undefined for none. */
+  protocolOf(id: string): string | undefined;
   adapter(protocol: string): ProtocolAdapter | undefined;
 }
 
@@ -96,7 +99,7 @@ export class CommandTracker {
   async load(): Promise<void> {
     if (!this.store) return;
     for (const row of await this.store.pendingCommands()) {
-      if (this.host.device(row.deviceId) && !this.live.has(row.id)) this.restore(row);
+      if (this.host.protocolOf(row.deviceId) !== undefined && !this.live.has(row.id)) this.restore(row);
     }
   }
 
@@ -136,7 +139,7 @@ export class CommandTracker {
     if (!this.running) throw new TethralError("UNAVAILABLE", "the hub is not running");
     const now = this.clock.now();
     const request = parseCommandRequest(input, now, this.options);
-    if (typeof deviceId !== "string" || !this.host.device(deviceId)) throw notFound("device", String(deviceId).slice(0, 128));
+    if (typeof deviceId !== "string" || this.host.protocolOf(deviceId) === undefined) throw notFound("device", String(deviceId).slice(0, 128));
     const queue = this.queues.get(deviceId);
     if (queue && queue.waiting.length >= this.options.maxQueuedPerDevice) {
       throw new TethralError("UNAVAILABLE", `device "${deviceId}" already has ${queue.waiting.length} commands waiting`);
@@ -158,7 +161,7 @@ export class CommandTracker {
       options: { timeoutMs: request.timeoutMs, retries: request.retries, expectResponse: request.expectResponse, failures: 0 },
     };
     await this.store?.putCommand(row);
-    if (!this.host.device(deviceId)) {
+    if (this.host.protocolOf(deviceId) === undefined) {
       // Removed while the command was written: its row must not outlive the device.
       await this.store?.deleteCommand(row.id).catch(() => undefined);
       throw notFound("device", deviceId);
@@ -243,7 +246,7 @@ export class CommandTracker {
   /** A protocol's adapter has started: its devices' waiting commands may go. */
   kickProtocol(protocol: string): void {
     if (!this.running) return;
-    for (const id of [...this.queues.keys()]) if (this.host.device(id)?.protocol === protocol) this.pump(id);
+    for (const id of [...this.queues.keys()]) if (this.host.protocolOf(id) === protocol) this.pump(id);
   }
 
   /** The device was removed (its commands are gone from the store with it). */

@@ -151,6 +151,7 @@ export class Hub {
           const r = this.registry.record(id);
           return r && !this.registering.has(id) ? toDevice(r) : undefined;
         },
+        protocolOf: (id) => (this.registering.has(id) ? undefined : this.registry.record(id)?.protocol),
         adapter: (protocol) => {
           const adapter = this.adapters.get(protocol);
           return adapter && this.startedAdapters.has(adapter) ? adapter : undefined;

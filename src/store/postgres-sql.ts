@@ -220,34 +220,6 @@ export function deviceParams(d: DeviceRow): unknown[] {
   ];
 }
 
-export const UPSERT_COMMAND = `INSERT INTO commands (id, device_id, command, params, status, attempts, priority, created_at, sent_at,
-         completed_at, expires_at, result, error, options)
-       VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8, $9, $10, $11, $12::jsonb, $13, $14::jsonb)
-       ON CONFLICT (id) DO UPDATE SET device_id = excluded.device_id, command = excluded.command,
-         params = excluded.params, status = excluded.status, attempts = excluded.attempts,
-         priority = excluded.priority, created_at = excluded.created_at, sent_at = excluded.sent_at,
-         completed_at = excluded.completed_at, expires_at = excluded.expires_at, result = excluded.result,
-         error = excluded.error, options = excluded.options`;
-
-export function commandParams(c: CommandRow): unknown[] {
-  return [
-    text(c.id, "id"),
-    text(c.deviceId, "deviceId"),
-    text(c.command, "command"),
-    json(c.params, "params"),
-    text(c.status, "status"),
-    c.attempts,
-    text(c.priority, "priority"),
-    c.createdAt,
-    c.sentAt,
-    c.completedAt,
-    c.expiresAt,
-    optJson(c.result, "result"),
-    optText(c.error, "error"),
-    json(c.options, "options"),
-  ];
-}
-
 // ---- batch statements: unnest of one array per column, so one statement text serves any row count ----
 
 export const DELETE_DEVICE = [
@@ -316,6 +288,35 @@ export const EVENT_COLUMNS = [
   (e: EventRow) => e.timestamp,
   (e: EventRow) => e.expiresAt,
   (e: EventRow) => optText(e.causeId, "causeId"),
+];
+
+export const UPSERT_COMMANDS = `INSERT INTO commands (id, device_id, command, params, status, attempts, priority, created_at, sent_at,
+    completed_at, expires_at, result, error, options)
+  SELECT v.id, v.device_id, v.command, v.params::jsonb, v.status, v.attempts, v.priority, v.created_at, v.sent_at,
+    v.completed_at, v.expires_at, v.result::jsonb, v.error, v.options::jsonb
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::bigint[],
+    $10::bigint[], $11::bigint[], $12::text[], $13::text[], $14::text[])
+    AS v(id, device_id, command, params, status, attempts, priority, created_at, sent_at, completed_at, expires_at, result, error, options)
+  ON CONFLICT (id) DO UPDATE SET device_id = excluded.device_id, command = excluded.command,
+    params = excluded.params, status = excluded.status, attempts = excluded.attempts,
+    priority = excluded.priority, created_at = excluded.created_at, sent_at = excluded.sent_at,
+    completed_at = excluded.completed_at, expires_at = excluded.expires_at, result = excluded.result,
+    error = excluded.error, options = excluded.options`;
+export const COMMAND_COLUMNS = [
+  (c: CommandRow) => text(c.id, "id"),
+  (c: CommandRow) => text(c.deviceId, "deviceId"),
+  (c: CommandRow) => text(c.command, "command"),
+  (c: CommandRow) => json(c.params, "params"),
+  (c: CommandRow) => text(c.status, "status"),
+  (c: CommandRow) => c.attempts,
+  (c: CommandRow) => text(c.priority, "priority"),
+  (c: CommandRow) => c.createdAt,
+  (c: CommandRow) => c.sentAt,
+  (c: CommandRow) => c.completedAt,
+  (c: CommandRow) => c.expiresAt,
+  (c: CommandRow) => optJson(c.result, "result"),
+  (c: CommandRow) => optText(c.error, "error"),
+  (c: CommandRow) => json(c.options, "options"),
 ];
 
 /** Rows per statement: bounds the message size of one statement (parameters stay one per column). */

@@ -16,7 +16,7 @@ import {
 import {
   chunkedColumns,
   columns,
-  commandParams,
+  COMMAND_COLUMNS,
   DELETE_DEVICE,
   deviceParams,
   EVENT_COLUMNS,
@@ -35,7 +35,7 @@ import {
   toStateRow,
   toTokenRow,
   UPDATE_PRESENCE,
-  UPSERT_COMMAND,
+  UPSERT_COMMANDS,
   UPSERT_DEVICE,
   UPSERT_STATES,
 } from "./postgres-sql";
@@ -231,14 +231,15 @@ export class PostgresStore implements Store {
   // ---- commands ----
 
   async putCommand(c: CommandRow): Promise<void> {
-    await this.query(UPSERT_COMMAND, commandParams(c));
+    await this.query(UPSERT_COMMANDS, columns([c], COMMAND_COLUMNS));
   }
 
+  /** One statement per 5,000 rows (the last row of an id wins: a statement may not touch a row twice). */
   async putCommands(rows: CommandRow[]): Promise<void> {
     if (rows.length === 0) return;
-    const params = rows.map(commandParams);
+    const parts = chunkedColumns("commands", lastById(rows, (c) => c.id, () => true), COMMAND_COLUMNS, (c) => c.id);
     await this.tx(async (client) => {
-      for (const p of params) await client.query(UPSERT_COMMAND, p);
+      for (const params of parts) await client.query(UPSERT_COMMANDS, params);
     });
   }
 
