@@ -91,17 +91,26 @@ export class DeviceGateway {
 
   authenticate(protocol: string, deviceId: string, token: string | undefined): AuthResult {
     const c = this.countersOf(protocol);
-    if (typeof deviceId !== "string" || !DEVICE_ID_PATTERN.test(deviceId)) {
-      return { ok: false, error: this.refuse(c, deviceId, protocol, "connect", invalid("device", "must be a device id (1-128 characters of A-Z a-z 0-9 . _ : -)"), "invalid-device-id") };
-    }
-    if (!this.registry.has(deviceId)) {
-      if (this.options.selfRegistration) return { ok: true, deviceId, known: false };
-      return { ok: false, error: this.refuse(c, deviceId, protocol, "connect", notFound("device", deviceId), "unknown-device") };
-    }
-    if (this.options.deviceTokens && !this.tokens.verify(deviceId, token)) {
-      return { ok: false, error: this.refuse(c, deviceId, protocol, "connect", badToken(token), "bad-token") };
+    const refusal = this.identify(deviceId, token);
+    if (refusal === "unknown" && this.options.selfRegistration) return { ok: true, deviceId, known: false };
+    if (refusal) {
+      const { error, reason } = refusal === "unknown" ? unknownDevice(deviceId) : refusal;
+      return { ok: false, error: this.refuse(c, deviceId, protocol, "connect", error, reason) };
     }
     return { ok: true, deviceId, known: true };
+  }
+
+  /**
+   * Why a device id (and, when given, its token) is refused; "unknown" for a well-formed id of no
+   * device, which self-registration may take; null when they pass.
+   */
+  private identify(deviceId: unknown, token: string | undefined, checkToken = true): Refusal | "unknown" | null {
+    if (typeof deviceId !== "string" || !DEVICE_ID_PATTERN.test(deviceId)) {
+      return { error: invalid("device", "must be a device id (1-128 characters of A-Z a-z 0-9 . _ : -)"), reason: "invalid-device-id" };
+    }
+    if (!this.registry.has(deviceId)) return "unknown";
+    if (checkToken && this.options.deviceTokens && !this.tokens.verify(deviceId, token)) return { error: badToken(token), reason: "bad-token" };
+    return null;
   }
 
   receive(message: DeviceMessage): ReceiveResult {
@@ -127,15 +136,11 @@ export class DeviceGateway {
     if (bytes > this.options.maxPayloadBytes) {
       return this.refused(c, deviceId, protocol, kind, invalid("payload", `is ${bytes} bytes, more than the ${this.options.maxPayloadBytes} allowed`), "too-large");
     }
-    if (typeof deviceId !== "string" || !DEVICE_ID_PATTERN.test(deviceId)) {
-      return this.refused(c, deviceId, protocol, kind, invalid("device", "must be a device id (1-128 characters of A-Z a-z 0-9 . _ : -)"), "invalid-device-id");
-    }
-    if (!this.registry.has(deviceId)) {
-      if (kind === "register" && this.options.selfRegistration) return this.register(c, deviceId, protocol, message);
-      return this.refused(c, deviceId, protocol, kind, notFound("device", deviceId), "unknown-device");
-    }
-    if (!message.authenticated && this.options.deviceTokens && !this.tokens.verify(deviceId, message.token)) {
-      return this.refused(c, deviceId, protocol, kind, badToken(message.token), "bad-token");
+    const refusal = this.identify(deviceId, message.token, !message.authenticated);
+    if (refusal === "unknown" && kind === "register" && this.options.selfRegistration) return this.register(c, deviceId, protocol, message);
+    if (refusal) {
+      const { error, reason } = refusal === "unknown" ? unknownDevice(deviceId) : refusal;
+      return this.refused(c, deviceId, protocol, kind, error, reason);
     }
     // A retained "online" is what the broker remembered, not news from the device.
     if (kind === "status" && message.retained && decodeText(payload).trim().toLowerCase() === "online") {
@@ -204,6 +209,16 @@ export class DeviceGateway {
     c.rejected++;
     return this.traffic.reject(typeof deviceId === "string" ? deviceId : String(deviceId), protocol, kind, error, reason);
   }
+}
+
+/** A refusal and the reason `message.rejected` gives for it. */
+interface Refusal {
+  error: TethralError;
+  reason: string;
+}
+
+function unknownDevice(deviceId: string): Refusal {
+  return { error: notFound("device", deviceId), reason: "unknown-device" };
 }
 
 function badToken(token: string | undefined): TethralError {

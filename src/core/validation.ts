@@ -34,13 +34,6 @@ function badText(s: string): boolean {
 /** Keys that would reach an object's prototype if copied with plain assignment. */
 const FORBIDDEN_KEY = "__proto__";
 
-/**
- * Checks that `value` is plain JSON within the limits: finite numbers, no `__proto__` keys
- * at any depth, bounded depth, key count and serialized size. Returns the first problem as
- * `{field, message}` with the field's dotted path, or null when the value is fine.
- * `constructor` and `prototype` are ordinary data keys: they are kept, and the engine only
- * ever copies own properties, so they cannot reach a prototype.
- */
 /** `checkJsonObject` for any JSON value (an event's data may be a number or a list). */
 export function checkJsonValue(value: unknown, field: string, maxBytes: number): ErrorDetail | null {
   if (value === undefined) return null;
@@ -60,6 +53,13 @@ export function checkLabel(value: unknown, field: string, max = 128): ErrorDetai
   return null;
 }
 
+/**
+ * Checks that `value` is a plain JSON object within the limits: finite numbers, no `__proto__`
+ * keys at any depth, bounded depth, key count and serialized size. Returns the first problem as
+ * `{field, message}` with the field's dotted path, or null when the value is fine.
+ * `constructor` and `prototype` are ordinary data keys: they are kept, and the engine only
+ * ever copies own properties, so they cannot reach a prototype.
+ */
 export function checkJsonObject(
   value: unknown,
   field: string,
@@ -68,11 +68,7 @@ export function checkJsonObject(
 ): ErrorDetail | null {
   if (!isPlainObject(value)) return { field, message: "must be a JSON object" };
   if (Object.keys(value).length > maxKeys) return { field, message: `has more than ${maxKeys} keys` };
-  const problem = walk(value, field, 0);
-  if (problem) return problem;
-  const bytes = Buffer.byteLength(JSON.stringify(value));
-  if (bytes > maxBytes) return { field, message: `is ${bytes} bytes of JSON, more than the ${maxBytes} allowed` };
-  return null;
+  return checkJsonValue(value, field, maxBytes);
 }
 
 function walk(value: unknown, path: string, depth: number): ErrorDetail | null {
