@@ -169,11 +169,11 @@ export function fromMsg<T>(msg: NodeMessage, key: string, configured: T): T | un
 
 /**
  * `msg.operation` when set, else the configured one, else `fallback`; anything that is not one of
- * `operations` is INVALID with `message` (the node's own sentence, naming them).
+ * `operations` is INVALID with `message()` (the node's own sentence, naming them; made only then).
  */
-export function operationOf<T extends string>(msg: NodeMessage, configured: unknown, fallback: T, operations: readonly T[], message: string): T {
+export function operationOf<T extends string>(msg: NodeMessage, configured: unknown, fallback: T, operations: readonly T[], message: () => string): T {
   const operation = fromMsg(msg, "operation", text(configured) ?? fallback);
-  if (typeof operation !== "string" || !operations.includes(operation as T)) throw invalidInput("operation", message);
+  if (typeof operation !== "string" || !operations.includes(operation as T)) throw invalidInput("operation", message());
   return operation as T;
 }
 
@@ -191,6 +191,17 @@ export function countOf(value: unknown): unknown {
 export function onlyKeys(filter: Record<string, unknown>, keys: readonly string[], message: (key: string) => string): void {
   const unknown = Object.keys(filter).find((key) => !keys.includes(key));
   if (unknown !== undefined) throw invalidInput(unknown, message(unknown));
+}
+
+/** Names from an editor field: split by `separator` (commas or white space), trimmed, blanks and repeats dropped. */
+export function names(value: unknown, separator: RegExp = /[\s,]+/): string[] {
+  const s = text(value);
+  return s === undefined ? [] : [...new Set(s.split(separator).map((v) => v.trim()).filter((v) => v !== ""))];
+}
+
+/** The msg as the cause of a change a flow makes: its events and history entries carry its id. */
+export function flowCause(msg: NodeMessage): { source: string; causeId: string | null } {
+  return { source: "flow", causeId: typeof msg._msgid === "string" ? msg._msgid : null };
 }
 
 /** A non-empty trimmed string or undefined (editor fields arrive as strings, blank = unset). */

@@ -38,7 +38,8 @@ export = function (RED: NodeAPI): void {
     let inFlight = 0;
     let lastName = "";
     let lastResult: NodeStatus = {};
-    let closed = false;
+    // The editor's choice only: msg.operation belongs to the device and state nodes a msg may have passed.
+    const operation = text(def.operation) ?? "send";
 
     const show = (): void => {
       if (!use) return;
@@ -49,12 +50,11 @@ export = function (RED: NodeAPI): void {
       }
     };
 
-    const lookUp = operationHandler(use, RED._("tethral-command.errors.no-hub"), (msg) => lookUpPlan(RED, msg, def));
+    const lookUp = operationHandler(use, RED._("tethral-command.errors.no-hub"), (msg) => lookUpPlan(RED, msg, operation));
 
     this.on("input", (msg: NodeMessage, send, done) => {
       if (!use) return done(new Error(RED._("tethral-command.errors.no-hub")));
-      // The editor's choice only: msg.operation belongs to the device and state nodes a msg may have passed.
-      if ((text(def.operation) ?? "send") !== "send") return lookUp(msg, send, done);
+      if (operation !== "send") return lookUp(msg, send, done);
       let deviceId: unknown;
       let input: Record<string, unknown>;
       try {
@@ -75,7 +75,7 @@ export = function (RED: NodeAPI): void {
           (command) => {
             inFlight--;
             // A redeploy closed the node meanwhile: its wiring is gone, the command lives on in the hub.
-            if (closed) return abandon(msg, done);
+            if (use.isClosed) return abandon(msg, done);
             const failure = input.wait === true ? failureOf(command) : null;
             msg.command = structuredClone(command);
             lastResult = statusOf(RED, command, failure);
@@ -87,7 +87,7 @@ export = function (RED: NodeAPI): void {
           },
           (err: unknown) => {
             inFlight--;
-            if (closed) return abandon(msg, done);
+            if (use.isClosed) return abandon(msg, done);
             lastResult = { fill: "red", shape: "ring", text: clip(RED._("tethral-command.status.refused", { command: name, error: errorLabel(err) })) };
             show();
             done(toError(err));
@@ -97,7 +97,6 @@ export = function (RED: NodeAPI): void {
     });
 
     this.on("close", (_removed: boolean, done: () => void) => {
-      closed = true;
       use?.close();
       done();
     });
@@ -105,8 +104,7 @@ export = function (RED: NodeAPI): void {
 };
 
 /** `get` or `cancel` of the command `msg.commandId` (or the id of the command object in `msg.command`). */
-function lookUpPlan(RED: NodeAPI, msg: NodeMessage, def: CommandDef): (hub: Hub) => Promise<Outcome> {
-  const operation = text(def.operation) ?? "send";
+function lookUpPlan(RED: NodeAPI, msg: NodeMessage, operation: string): (hub: Hub) => Promise<Outcome> {
   if (!OPERATIONS.includes(operation as Operation)) {
     throw invalidInput("operation", RED._("tethral-command.errors.operation", { operations: OPERATIONS.join(", ") }));
   }

@@ -1,6 +1,6 @@
 import type { Hub } from "../core";
 import type { DeviceFilter } from "../core/registry";
-import { HubUse, type Outcome, fromMsg, invalidInput, isPlainObject, operationHandler, operationOf, text } from "./node-support";
+import { HubUse, type Outcome, fromMsg, invalidInput, isPlainObject, flowCause, operationHandler, operationOf, text } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
 const OPERATIONS = ["register", "update", "remove", "get", "list", "statistics", "report"] as const;
@@ -45,10 +45,10 @@ export = function (RED: NodeAPI): void {
  * makes. Throws INVALID for a request that cannot be made, before the hub is touched.
  */
 function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => Promise<Outcome> | Outcome {
-  const operation = operationOf(msg, def.operation, "get", OPERATIONS, _("tethral-device.errors.operation", { operations: OPERATIONS.join(", ") }));
+  const operation = operationOf(msg, def.operation, "get", OPERATIONS, () => _("tethral-device.errors.operation", { operations: OPERATIONS.join(", ") }));
   const deviceId = deviceIdOf(_, msg, def);
   // The msg is the cause: the events of the change carry its id.
-  const cause = { source: "flow", causeId: typeof msg._msgid === "string" ? msg._msgid : null };
+  const cause = flowCause(msg);
   const needId = (): string => {
     if (deviceId === undefined) throw invalidInput("deviceId", _("tethral-device.errors.no-device", { operation }));
     return deviceId;

@@ -1,10 +1,8 @@
-import type { SubscriptionHandle } from "../core/events";
 import type { Priority } from "../core/types";
-import { HubUse, errorLabel, text, throttled } from "./node-support";
-import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
+import { HubUse, names, text, throttled } from "./node-support";
+import type { Node, NodeAPI, NodeDef, SendingNode } from "./types";
 
 /** An input-less node sends from its event handler (types.ts lists only what the others use). */
-type SendingNode = Node & { send(msg: NodeMessage): void };
 
 interface EventInDef extends NodeDef {
   hub?: string;
@@ -26,8 +24,8 @@ export = function (RED: NodeAPI): void {
     const node = this as SendingNode;
     const use = HubUse.attach(RED, node, def.hub, RED._("tethral-event-in.errors.no-hub"));
     if (!use) return;
-    const types = list(def.types, /\s*,\s*/);
-    const deviceIds = list(def.deviceId, /[\s,]+/);
+    const types = names(def.types, /\s*,\s*/);
+    const deviceIds = names(def.deviceId);
     const minPriority = text(def.minPriority) as Priority | undefined;
     let received = 0;
     let lastType = "";
@@ -35,30 +33,23 @@ export = function (RED: NodeAPI): void {
 
     // Subscribed on every hub that runs: a first start that failed, or a restart, is followed.
     use.whileRunning((hub) => {
-      let handle: SubscriptionHandle;
-      try {
-        handle = hub.subscribe(
-          {
-            types: types.length > 0 ? types : "*",
-            ...(minPriority !== undefined && { minPriority }),
-            ...(deviceIds.length > 0 && { deviceId: deviceIds }),
-            owner: `tethral-event-in:${node.id}`,
-            name: `tethral-event-in ${node.id}`,
-          },
-          (event) => {
-            received++;
-            lastType = event.type;
-            status.request();
-            // Every subscriber and the history share one event object: the flow gets its own copy.
-            node.send({ payload: structuredClone(event), topic: event.type });
-          },
-        );
-      } catch (err) {
-        // A pattern or priority the bus refuses (INVALID).
-        use.failed(errorLabel(err));
-        node.error(err);
-        return () => undefined;
-      }
+      // A pattern or priority the bus refuses (INVALID) throws here: HubUse shows and logs it.
+      const handle = hub.subscribe(
+        {
+          types: types.length > 0 ? types : "*",
+          ...(minPriority !== undefined && { minPriority }),
+          ...(deviceIds.length > 0 && { deviceId: deviceIds }),
+          owner: `tethral-event-in:${node.id}`,
+          name: `tethral-event-in ${node.id}`,
+        },
+        (event) => {
+          received++;
+          lastType = event.type;
+          status.request();
+          // Every subscriber and the history share one event object: the flow gets its own copy.
+          node.send({ payload: structuredClone(event), topic: event.type });
+        },
+      );
       use.status({ fill: "green", shape: "ring", text: RED._("tethral-event-in.status.listening") });
       return () => handle.unsubscribe();
     });
@@ -70,8 +61,3 @@ export = function (RED: NodeAPI): void {
     });
   });
 };
-
-function list(value: unknown, separator: RegExp): string[] {
-  const s = text(value);
-  return s === undefined ? [] : [...new Set(s.split(separator).map((v) => v.trim()).filter((v) => v !== ""))];
-}

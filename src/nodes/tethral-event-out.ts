@@ -1,5 +1,5 @@
 import { PRIORITIES, type Priority } from "../core/types";
-import { HubUse, errorLabel, fromMsg, text, toError } from "./node-support";
+import { HubUse, errorLabel, flowCause, fromMsg, invalidInput, text, toError } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
 interface EventOutDef extends NodeDef {
@@ -26,17 +26,19 @@ export = function (RED: NodeAPI): void {
       const type = fromMsg(msg, "topic", text(def.eventType));
       const priority = fromMsg(msg, "priority", text(def.priority) ?? "normal");
       const deviceId = fromMsg(msg, "deviceId", text(def.deviceId));
+      // Checked before the hub is touched (the bus would refuse it too, in its own words).
+      if (typeof priority !== "string" || !PRIORITIES.includes(priority as Priority)) {
+        const err = invalidInput("priority", RED._("tethral-event-out.errors.priority", { priorities: PRIORITIES.join(", ") }));
+        use.failed(errorLabel(err));
+        return done(toError(err));
+      }
       use
         .hub()
         .then((hub) => {
-          if (typeof priority !== "string" || !PRIORITIES.includes(priority as Priority)) {
-            throw Object.assign(new Error(RED._("tethral-event-out.errors.priority", { priorities: PRIORITIES.join(", ") })), { code: "INVALID" });
-          }
           const event = hub.publish(type as string, msg.payload, {
             priority: priority as Priority,
             ...(deviceId !== undefined && { deviceId: deviceId as string }),
-            source: "flow",
-            causeId: typeof msg._msgid === "string" ? msg._msgid : null,
+            ...flowCause(msg),
           });
           published++;
           use.ok(RED._("tethral-event-out.status.published", { count: published, type: event.type }));

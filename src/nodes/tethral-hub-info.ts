@@ -60,7 +60,7 @@ export = function (RED: NodeAPI): void {
  * makes. Throws INVALID for a request that cannot be made, before the hub is touched.
  */
 function planOf(_: Translate, msg: NodeMessage, def: HubInfoDef): (hub: Hub) => Promise<Outcome> | Outcome {
-  const operation = operationOf(msg, def.operation, "health", OPERATIONS, _("tethral-hub-info.errors.operation", { operations: OPERATIONS.join(", ") }));
+  const operation = operationOf(msg, def.operation, "health", OPERATIONS, () => _("tethral-hub-info.errors.operation", { operations: OPERATIONS.join(", ") }));
   switch (operation) {
     case "health":
       return (hub) => {

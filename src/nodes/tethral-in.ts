@@ -1,9 +1,8 @@
 import type { Device, TethralEvent } from "../core/types";
-import { HubUse, text, throttled } from "./node-support";
-import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
+import { HubUse, names, throttled } from "./node-support";
+import type { Node, NodeAPI, NodeDef, SendingNode } from "./types";
 
 /** An input-less node sends from its event handler (types.ts lists only what the others use). */
-type SendingNode = Node & { send(msg: NodeMessage): void };
 
 /** Each kind's editor flag and whether a node without the flag takes it (heartbeats are noisy). */
 const KINDS = [
@@ -38,8 +37,8 @@ export = function (RED: NodeAPI): void {
     const node = this as SendingNode;
     const use = HubUse.attach(RED, node, def.hub, RED._("tethral-in.errors.no-hub"));
     if (!use) return;
-    const deviceIds = list(def.deviceId);
-    const protocols = list(def.protocol);
+    const deviceIds = names(def.deviceId);
+    const protocols = names(def.protocol);
     const kinds = new Set<string>(KINDS.filter((k) => (typeof def[k.flag] === "boolean" ? def[k.flag] : k.byDefault)).map((k) => k.kind));
     let received = 0;
     let lastTopic = "";
@@ -85,9 +84,3 @@ export = function (RED: NodeAPI): void {
     });
   });
 };
-
-/** Names from an editor field: separated by commas or white space, blanks dropped. */
-function list(value: unknown): string[] {
-  const s = text(value);
-  return s === undefined ? [] : [...new Set(s.split(/[\s,]+/).filter((v) => v !== ""))];
-}

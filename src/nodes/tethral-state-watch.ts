@@ -1,8 +1,7 @@
 import type { Hub } from "../core";
-import type { SubscriptionHandle } from "../core/events";
 import { type StateWatchOptions, type StateWatchOutput, StateWatcher, parseStateWatchOptions } from "../core/state-watch";
-import { HubUse, errorLabel } from "./node-support";
-import type { Node, NodeAPI, NodeDef, NodeMessage, TethralHubNode } from "./types";
+import { HubUse } from "./node-support";
+import type { Node, NodeAPI, NodeDef, SendingNode } from "./types";
 
 interface StateWatchDef extends NodeDef {
   hub?: string;
@@ -17,7 +16,6 @@ interface StateWatchDef extends NodeDef {
   outputOnDeploy?: unknown;
 }
 
-type SendingNode = Node & { send(msg: NodeMessage): void };
 
 /**
  * `tethral-state-watch` (CONTRACT §5): sends `msg.payload` (the new state), `msg.previous`,
@@ -33,7 +31,7 @@ export = function (RED: NodeAPI): void {
     try {
       options = parseStateWatchOptions(def);
     } catch (err) {
-      const message = errorMessage(err);
+      const message = err instanceof Error ? err.message : String(err);
       node.status({ fill: "red", shape: "ring", text: RED._("tethral-state-watch.status.invalid") });
       node.error(`${RED._("tethral-state-watch.errors.invalid-config")}: ${message}`);
       return;
@@ -41,12 +39,8 @@ export = function (RED: NodeAPI): void {
 
     const use = HubUse.attach(RED, node, def.hub, RED._("tethral-state-watch.errors.no-hub"));
     if (!use) return;
-    const hubNode = RED.nodes.getNode(def.hub as string) as TethralHubNode;
 
-    let hub: Hub | null = null;
     let watcher: StateWatcher | null = null;
-    let subscription: SubscriptionHandle | null = null;
-    let closed = false;
     let fired = 0;
     let last = "";
     let shown = "";
@@ -72,49 +66,29 @@ export = function (RED: NodeAPI): void {
       show();
     };
 
-    const detach = () => {
-      subscription?.unsubscribe();
-      subscription = null;
-      watcher?.stop();
-      watcher = null;
-      hub = null;
-    };
-
     // Subscribes to each hub the config node runs: at deploy, and again if it replaces a hub
     // that failed. A hub that stops takes its bus with it: the waits on it go too.
-    const attach = (running: Hub) => {
-      if (closed || running === hub || !running.isRunning) return;
-      detach();
-      hub = running;
-      const w = new StateWatcher(options, running.clock, {
+    use.whileRunning((hub) => {
+      const w = new StateWatcher(options, hub.clock, {
         emit: send,
-        current: (id) => stateOf(running, id),
+        current: (id) => stateOf(hub, id),
       });
       watcher = w;
-      subscription = running.subscribe({ ...w.subscription(), name: `tethral-state-watch ${node.id}` }, (event) => {
+      const subscription = hub.subscribe({ ...w.subscription(), name: `tethral-state-watch ${node.id}` }, (event) => {
         w.handle(event);
         show();
       });
       shown = "";
       show();
-      if (options.outputOnDeploy) for (const out of w.initialOutputs(running)) send(out);
-    };
-
-    const stopFollowing = hubNode.onStatus((report) => {
-      if (closed) return;
-      if (report.state !== "running") {
-        if (hub) detach();
-        return;
-      }
-      use.hub().then(attach, (err: unknown) => {
-        if (!closed) use.failed(errorLabel(err));
-      });
+      if (options.outputOnDeploy) for (const out of w.initialOutputs(hub)) send(out);
+      return () => {
+        subscription.unsubscribe();
+        w.stop();
+        if (watcher === w) watcher = null;
+      };
     });
 
     node.on("close", (_removed: boolean, done: () => void) => {
-      closed = true;
-      stopFollowing();
-      detach();
       use.close();
       done();
     });
@@ -128,8 +102,4 @@ function stateOf(hub: Hub, id: string) {
   } catch {
     return undefined;
   }
-}
-
-function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }

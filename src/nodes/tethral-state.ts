@@ -1,6 +1,6 @@
 import type { Hub } from "../core";
 import type { DeviceStatus } from "../core/types";
-import { HubUse, type Outcome, countOf, fromMsg, invalidInput, isPlainObject, onlyKeys, operationHandler, operationOf, text } from "./node-support";
+import { HubUse, type Outcome, countOf, fromMsg, invalidInput, isPlainObject, onlyKeys, flowCause, operationHandler, operationOf, text } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
 const OPERATIONS = ["get", "set", "history", "list", "statistics"] as const;
@@ -47,7 +47,7 @@ export = function (RED: NodeAPI): void {
  * makes. Throws INVALID for a request that cannot be made, before the hub is touched.
  */
 function planOf(_: Translate, msg: NodeMessage, def: StateDef): (hub: Hub) => Promise<Outcome> | Outcome {
-  const operation = operationOf(msg, def.operation, "get", OPERATIONS, _("tethral-state.errors.operation", { operations: OPERATIONS.join(", ") }));
+  const operation = operationOf(msg, def.operation, "get", OPERATIONS, () => _("tethral-state.errors.operation", { operations: OPERATIONS.join(", ") }));
   const deviceId = fromMsg(msg, "deviceId", text(def.deviceId));
   const needId = (): string => {
     if (deviceId === undefined || deviceId === null) throw invalidInput("deviceId", _("tethral-state.errors.no-device", { operation }));
@@ -68,7 +68,7 @@ function planOf(_: Translate, msg: NodeMessage, def: StateDef): (hub: Hub) => Pr
       if (!isPlainObject(msg.payload)) throw invalidInput("payload", _("tethral-state.errors.set-payload"));
       const input = msg.payload;
       // The msg is the cause: the state history and `state.changed` carry its id.
-      const cause = { source: "flow", causeId: typeof msg._msgid === "string" ? msg._msgid : null };
+      const cause = flowCause(msg);
       return async (hub) => {
         const state = await hub.setState(id, input, cause);
         return { payload: state, status: _("tethral-state.status.set", { id, version: state.version }) };

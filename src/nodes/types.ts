@@ -52,6 +52,9 @@ export interface Node {
   trace(msg: unknown): void;
 }
 
+/** A node with outputs that sends on its own (subscriptions, watches), not only in answer to input. */
+export type SendingNode = Node & { send(msg: NodeMessage): void };
+
 export interface NodeRegistryApi {
   createNode(node: Node, def: NodeDef): void;
   registerType<T extends NodeDef>(
