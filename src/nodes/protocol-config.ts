@@ -2,6 +2,7 @@ import { z } from "zod";
 import { TethralError } from "../core/errors";
 import { parseInput } from "../core/validation";
 import { setting, toBoolean, toChoice, toNumber, toText, unresolvedEnv } from "./hub-config";
+import { mqttUrlProblem } from "../protocols/mqtt";
 
 /**
  * The communication settings of a tethral-hub node: device tokens, MQTT (embedded broker or an
@@ -118,16 +119,6 @@ const communicationSchema = z
       }
     }
   });
-
-export function mqttUrlProblem(url: string): string | null {
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    return "must be a URL like mqtt://host:1883";
-  }
-  return ["mqtt:", "mqtts:", "tcp:", "tls:", "ws:", "wss:"].includes(parsed.protocol) ? null : "must start with mqtt://, mqtts://, ws:// or wss://";
-}
 
 export function parseCommunicationConfig(def: unknown): CommunicationConfig {
   return parseInput(communicationSchema, def, "Tethral hub settings") as CommunicationConfig;

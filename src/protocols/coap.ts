@@ -3,7 +3,7 @@ import { type AddressInfo, isIPv6 } from "node:net";
 import { Agent, Server, type IncomingMessage, type OutgoingMessage } from "coap";
 import { type ErrorCode, TethralError } from "../core/errors";
 import type { Device, JsonValue } from "../core/types";
-import type { AdapterContext, AdapterStatistics, CommandFrame, DeviceMessageKind, ProtocolAdapter, ProtocolHealth, SendOutcome } from "./types";
+import { type AdapterContext, type AdapterStatistics, type CommandFrame, type DeviceMessageKind, type ProtocolAdapter, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
 
 export interface CoapAdapterOptions {
   /** UDP port of the hub's CoAP server (CONTRACT §6 `TETHRAL_COAP_PORT`); 0 picks a free one. */
@@ -298,7 +298,7 @@ export class CoapAdapter implements ProtocolAdapter {
     } catch (err) {
       return Promise.reject(err);
     }
-    const payload = Buffer.from(JSON.stringify({ id: frame.id, command: frame.command, params: frame.params }));
+    const payload = Buffer.from(encodeCommand(frame));
     const agent = this.agentFor(isIPv6(target.hostname) ? "udp6" : "udp4");
     return new Promise<SendOutcome>((resolve, reject) => {
       const req = agent.request({

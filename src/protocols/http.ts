@@ -1,6 +1,6 @@
 import { TethralError } from "../core/errors";
 import type { Device, JsonValue } from "../core/types";
-import type { AdapterContext, AdapterStatistics, CommandFrame, ProtocolAdapter, ProtocolHealth, SendOutcome } from "./types";
+import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolAdapter, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
 
 export interface HttpAdapterOptions {
   /** Largest device answer read, in bytes; a larger one is a failed command. Default 1 MiB. */
@@ -41,7 +41,7 @@ export class HttpAdapter implements ProtocolAdapter {
     const context = this.context;
     if (!context || this.stopped) throw new TethralError("UNAVAILABLE", "the http adapter is not running");
     const url = commandUrl(device);
-    const body = JSON.stringify({ id: frame.id, command: frame.command, params: frame.params });
+    const body = encodeCommand(frame);
     const controller = new AbortController();
     const timeout = new TethralError("TIMEOUT", `device "${device.id}" did not answer within ${timeoutMs} ms`);
     const timer = setTimeout(() => controller.abort(timeout), Math.max(1, timeoutMs));

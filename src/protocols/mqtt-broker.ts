@@ -5,7 +5,7 @@ import { Aedes, type AedesPublishPacket, type AuthenticateError, type Client, ty
 import { TethralError } from "../core/errors";
 import { type TopicScheme, filterMatches } from "./mqtt-topics";
 import { PendingWrites } from "./pending-writes";
-import type { AdapterContext, AdapterStatistics, CommandFrame, ProtocolHealth, SendOutcome } from "./types";
+import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
 
 export interface EmbeddedBrokerOptions {
   port: number;
@@ -148,7 +148,7 @@ export class EmbeddedBroker {
     if (!session?.announced) {
       return Promise.reject(new TethralError("UNAVAILABLE", `device "${deviceId}" is not connected to the MQTT broker with a subscription to its commands topic`));
     }
-    const payload = Buffer.from(JSON.stringify({ id: frame.id, command: frame.command, params: frame.params }), "utf8");
+    const payload = Buffer.from(encodeCommand(frame), "utf8");
     const packet: PublishPacket = { cmd: "publish", topic: this.options.topics.commands(deviceId), payload, qos: 1, retain: false, dup: false };
     const client = session.client;
     // The callback comes once the packet is written to the device's socket: a device that does

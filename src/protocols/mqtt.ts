@@ -4,9 +4,7 @@ import type { Device } from "../core/types";
 import { EmbeddedBroker } from "./mqtt-broker";
 import { PendingWrites } from "./pending-writes";
 import { TopicScheme, checkSharedGroup } from "./mqtt-topics";
-import type { AdapterContext, AdapterStatistics, CommandFrame, ProtocolAdapter, ProtocolHealth, SendOutcome } from "./types";
-
-export { DEFAULT_TOPIC_ROOT, TopicScheme } from "./mqtt-topics";
+import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolAdapter, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
 
 export interface MqttAdapterOptions {
   /** Topic root (CONTRACT §2). Default `tethral`. */
@@ -134,8 +132,18 @@ export class MqttAdapter implements ProtocolAdapter {
   }
 }
 
-export function createMqttAdapter(options: MqttAdapterOptions = {}): MqttAdapter {
-  return new MqttAdapter(options);
+/** The schemes mqtt.js connects with: TCP and TLS (each under two names) and WebSocket. */
+const MQTT_URL_SCHEMES = ["mqtt:", "mqtts:", "tcp:", "tls:", "ssl:", "ws:", "wss:"];
+
+/** Why `url` cannot name an MQTT broker, or null: one check for the hub's settings and the adapter. */
+export function mqttUrlProblem(url: string): string | null {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return "must be a URL like mqtt://host:1883";
+  }
+  return MQTT_URL_SCHEMES.includes(parsed.protocol) ? null : "must start with mqtt://, mqtts://, ws:// or wss://";
 }
 
 const DEFAULT_START_TIMEOUT_MS = 3000;
@@ -172,9 +180,8 @@ class ExternalBroker implements MqttMode {
     private readonly url: string,
     private readonly topics: TopicScheme,
   ) {
-    if (!/^(mqtts?|wss?|tcp|ssl):\/\//.test(url) || !URL.canParse(url)) {
-      throw new TethralError("INVALID", `MQTT url "${url}": must be an mqtt://, mqtts://, ws:// or wss:// URL`);
-    }
+    const problem = mqttUrlProblem(url);
+    if (problem) throw new TethralError("INVALID", `MQTT url "${url}": ${problem}`);
     if (options.protocolVersion !== undefined && options.protocolVersion !== 4 && options.protocolVersion !== 5) {
       throw new TethralError("INVALID", "MQTT protocolVersion: must be 4 (3.1.1) or 5");
     }
@@ -260,7 +267,7 @@ class ExternalBroker implements MqttMode {
     if (!client || !context || this.stopping || !client.connected) {
       return Promise.reject(new TethralError("UNAVAILABLE", `not connected to the MQTT broker${this.lastError ? `: ${this.lastError}` : ""}`));
     }
-    const payload = Buffer.from(JSON.stringify({ id: frame.id, command: frame.command, params: frame.params }), "utf8");
+    const payload = Buffer.from(encodeCommand(frame), "utf8");
     // mqtt.js keeps an unacknowledged publish and sends it again after a reconnect: the attempt
     // is given up here, but the command may still arrive (devices recognise repeats by id).
     return this.pending.write(

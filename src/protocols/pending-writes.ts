@@ -11,10 +11,6 @@ export class PendingWrites {
 
   constructor(private readonly counters: () => ProtocolCounters | null) {}
 
-  get size(): number {
-    return this.pending.size;
-  }
-
   /**
    * Starts a write with `write(done)`; `done(err)` is the transport's callback. `bytes` are
    * counted out on success; `timeoutMessage` and `failureMessage(err)` word the rejections.

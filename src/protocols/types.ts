@@ -43,6 +43,11 @@ export interface CommandFrame {
   params: JsonObject;
 }
 
+/** A command as it goes over the wire (CONTRACT §2): `{"id", "command", "params"}`, plus any fields a protocol adds first (WebSocket's `type`). */
+export function encodeCommand(frame: CommandFrame, head: Record<string, string> = {}): string {
+  return JSON.stringify({ ...head, id: frame.id, command: frame.command, params: frame.params });
+}
+
 /**
  * How far a send got. `sent`: handed to the transport (an MQTT PUBACK from the broker, a
  * WebSocket write flushed); the answer, if one is expected, arrives later through

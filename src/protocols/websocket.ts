@@ -5,15 +5,16 @@ import { type RawData, WebSocket, WebSocketServer } from "ws";
 import { type ErrorCode, TethralError } from "../core/errors";
 import type { Device } from "../core/types";
 import { PendingWrites } from "./pending-writes";
-import type {
-  AdapterContext,
-  AdapterStatistics,
-  CommandFrame,
-  DeviceMessage,
-  DeviceMessageKind,
-  ProtocolAdapter,
-  ProtocolHealth,
-  SendOutcome,
+import {
+  type AdapterContext,
+  type AdapterStatistics,
+  type CommandFrame,
+  type DeviceMessage,
+  type DeviceMessageKind,
+  type ProtocolAdapter,
+  type ProtocolHealth,
+  type SendOutcome,
+  encodeCommand,
 } from "./types";
 
 export interface WebSocketAdapterOptions {
@@ -159,7 +160,7 @@ export class WebSocketAdapter implements ProtocolAdapter {
     if (!context || this.stopping || !conn || !conn.known || conn.ws.readyState !== WebSocket.OPEN) {
       return Promise.reject(new TethralError("UNAVAILABLE", `device "${device.id}" is not connected over websocket`));
     }
-    const text = JSON.stringify({ type: "command", id: frame.id, command: frame.command, params: frame.params });
+    const text = encodeCommand(frame, { type: "command" });
     const bytes = Buffer.byteLength(text);
     const limit = this.options.sendBufferLimit ?? DEFAULT_SEND_BUFFER_LIMIT;
     // A device that does not read must not make the hub hold an ever-growing queue for it.
