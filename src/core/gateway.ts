@@ -5,14 +5,15 @@ import { TethralError, invalid, isTethralError, notFound } from "./errors";
 import type { DeviceRegistry } from "./registry";
 import type { DeviceTokens } from "./tokens";
 import { DEVICE_ID_PATTERN } from "./validation";
-import type {
-  AdapterContext,
-  AuthResult,
-  DeviceMessage,
-  DeviceMessageKind,
-  ProtocolAdapter,
-  ProtocolCounters,
-  ReceiveResult,
+import {
+  type AdapterContext,
+  type AuthResult,
+  DEVICE_MESSAGE_KINDS,
+  type DeviceMessage,
+  type DeviceMessageKind,
+  type ProtocolAdapter,
+  type ProtocolCounters,
+  type ReceiveResult,
 } from "../protocols/types";
 
 export interface GatewayOptions {
@@ -30,7 +31,7 @@ export const DEFAULT_GATEWAY_OPTIONS: GatewayOptions = {
   maxPayloadBytes: 256 * 1024,
 };
 
-const KINDS: ReadonlySet<DeviceMessageKind> = new Set(["telemetry", "heartbeat", "state", "status", "register", "response"]);
+const KINDS: ReadonlySet<DeviceMessageKind> = new Set(DEVICE_MESSAGE_KINDS);
 
 /** Registers a device that introduced itself, keeping the token it presented. */
 export type SelfRegister = (input: Record<string, unknown>, protocol: string, token: string | undefined) => Promise<unknown>;

@@ -3,7 +3,7 @@ import { type AddressInfo, isIPv6 } from "node:net";
 import { Agent, Server, type IncomingMessage, type OutgoingMessage } from "coap";
 import { type ErrorCode, TethralError } from "../core/errors";
 import type { Device, JsonValue } from "../core/types";
-import { type AdapterContext, type AdapterStatistics, type CommandFrame, type DeviceMessageKind, type ProtocolAdapter, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
+import { type AdapterContext, type AdapterStatistics, type CommandFrame, type DeviceMessageKind, type ProtocolAdapter, type ProtocolHealth, type SendOutcome, KIND_OF_STEP, encodeCommand } from "./types";
 
 export interface CoapAdapterOptions {
   /** UDP port of the hub's CoAP server (CONTRACT §6 `TETHRAL_COAP_PORT`); 0 picks a free one. */
@@ -32,9 +32,6 @@ export interface CoapStatistics extends AdapterStatistics {
 }
 
 export const DEFAULT_COAP_PORT = 5683;
-
-/** The path segment of CONTRACT §2 for each message kind a device POSTs. */
-const KINDS: Record<string, DeviceMessageKind> = { telemetry: "telemetry", heartbeat: "heartbeat", state: "state", status: "status", register: "register", responses: "response" };
 
 /** CONTRACT §1 codes as CoAP response codes (the HTTP status, dotted, as RFC 7252 §12.1.2 has them). */
 const CODE_OF: Record<ErrorCode, string> = { INVALID: "4.00", UNAUTHORIZED: "4.01", NOT_FOUND: "4.04", CONFLICT: "4.09", DEVICE_ERROR: "5.02", UNAVAILABLE: "5.03", TIMEOUT: "5.04" };
@@ -430,7 +427,7 @@ function targetOf(options: RawPacket["options"]): Target | null {
     }
   }
   if (path.length !== 3 || path[0] !== "devices" || path[1] === "") return null;
-  const kind = Object.hasOwn(KINDS, path[2]!) ? KINDS[path[2]!] : undefined;
+  const kind = KIND_OF_STEP.get(path[2]!);
   return kind ? { deviceId: path[1]!, kind, token } : null;
 }
 

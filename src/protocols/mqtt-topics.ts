@@ -1,17 +1,7 @@
 import { TethralError } from "../core/errors";
-import type { DeviceMessageKind } from "./types";
+import { type DeviceMessageKind, KIND_OF_STEP } from "./types";
 
-/** Topic levels a device publishes to, and the message kind each carries (CONTRACT §2). */
-const KIND_OF_LEVEL: ReadonlyMap<string, DeviceMessageKind> = new Map<string, DeviceMessageKind>([
-  ["telemetry", "telemetry"],
-  ["heartbeat", "heartbeat"],
-  ["state", "state"],
-  ["status", "status"],
-  ["register", "register"],
-  ["responses", "response"],
-]);
-
-export const DEVICE_LEVELS: readonly string[] = [...KIND_OF_LEVEL.keys()];
+export const DEVICE_LEVELS: readonly string[] = [...KIND_OF_STEP.keys()];
 export const COMMANDS_LEVEL = "commands";
 export const DEFAULT_TOPIC_ROOT = "tethral";
 
@@ -53,7 +43,7 @@ export class TopicScheme {
     if (slash <= this.prefix.length || slash === topic.length - 1) return null;
     if (topic.indexOf("/", slash + 1) !== -1) return null;
     const level = topic.slice(slash + 1);
-    return { deviceId: topic.slice(this.prefix.length, slash), level, kind: KIND_OF_LEVEL.get(level) ?? null };
+    return { deviceId: topic.slice(this.prefix.length, slash), level, kind: KIND_OF_STEP.get(level) ?? null };
   }
 
   /** True when a topic (or a filter) lies inside the device's own subtree `{root}/devices/{id}/...`. */
@@ -70,7 +60,7 @@ export class TopicScheme {
   deviceMaySubscribe(filter: string, deviceId: string): boolean {
     if (!this.isOwn(filter, deviceId)) return false;
     const level = filter.slice(this.prefix.length + deviceId.length + 1);
-    return level === "#" || level === "+" || level === COMMANDS_LEVEL || KIND_OF_LEVEL.has(level);
+    return level === "#" || level === "+" || level === COMMANDS_LEVEL || KIND_OF_STEP.has(level);
   }
 
   /**

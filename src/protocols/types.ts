@@ -74,7 +74,16 @@ export interface AdapterStatistics {
 }
 
 /** Message kinds a device sends (CONTRACT §2). `register` only counts where self-registration is on. */
-export type DeviceMessageKind = "telemetry" | "heartbeat" | "state" | "status" | "register" | "response";
+export const DEVICE_MESSAGE_KINDS = ["telemetry", "heartbeat", "state", "status", "register", "response"] as const;
+export type DeviceMessageKind = (typeof DEVICE_MESSAGE_KINDS)[number];
+
+/**
+ * The path step (an MQTT topic level, a CoAP path segment) for each kind a device sends
+ * (CONTRACT §2): the kind's own name, but `responses` for answers.
+ */
+export const KIND_OF_STEP: ReadonlyMap<string, DeviceMessageKind> = new Map(
+  DEVICE_MESSAGE_KINDS.map((kind) => [kind === "response" ? "responses" : kind, kind] as const),
+);
 
 export interface DeviceMessage {
   /** The adapter's name. */

@@ -14,6 +14,7 @@ import {
   type ProtocolAdapter,
   type ProtocolHealth,
   type SendOutcome,
+  DEVICE_MESSAGE_KINDS,
   encodeCommand,
 } from "./types";
 
@@ -46,7 +47,7 @@ export const CLOSE_REPLACED = 4001;
 export const CLOSE_POLICY_VIOLATION = 1008;
 const CLOSE_GOING_AWAY = 1001;
 
-const FRAME_KINDS: ReadonlySet<string> = new Set<DeviceMessageKind>(["telemetry", "heartbeat", "state", "status", "register", "response"]);
+const FRAME_KINDS: ReadonlySet<string> = new Set(DEVICE_MESSAGE_KINDS);
 
 interface Connection {
   readonly deviceId: string;
