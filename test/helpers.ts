@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { type AddressInfo, createServer } from "node:net";
 import { TethralError } from "../src/core/errors";
 
 /** A predicate for assert.throws / assert.rejects: a TethralError with `code` (and a detail naming `field`). */
@@ -36,4 +37,42 @@ export function assertNoPollution(): void {
   assert.equal(Object.prototype.hasOwnProperty.call(Object.prototype, "polluted"), false);
   assert.equal(typeof probe.constructor, "function");
   assert.equal(Object.getPrototypeOf(probe), Object.prototype);
+}
+
+/**
+ * Polls `check` (sync or async) until it gives something truthy, and returns that; fails with
+ * "timed out waiting for <what>" after `ms`. The one polling helper of the tests.
+ */
+export async function until<T>(check: () => T | Promise<T>, what = "a condition", ms = 8000): Promise<Exclude<T, false | null | undefined | 0 | "">> {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const value = await check();
+    if (value) return value as Exclude<T, false | null | undefined | 0 | "">;
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+}
+
+/** A port on 127.0.0.1 that nothing listens on (it was free a moment ago): for "connection refused". */
+export async function closedPort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
+/** Whether a TCP port can be listened on right now. */
+export async function portIsFree(port: number, host = "127.0.0.1"): Promise<boolean> {
+  const server = createServer();
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(port, host, () => resolve());
+    });
+  } catch {
+    return false;
+  }
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return true;
 }

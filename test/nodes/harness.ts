@@ -114,8 +114,4 @@ export function collect(n: { on(event: "input", fn: (msg: Msg) => void): void })
   return seen;
 }
 
-/** Waits until `test` holds (polling), failing with `what`: a bound on a wait, not a timing assert. */
-export async function until(test: () => boolean, what: string): Promise<void> {
-  for (let i = 0; i < 1000 && !test(); i++) await new Promise((r) => setTimeout(r, 5));
-  assert.ok(test(), `timed out waiting for ${what}`);
-}
+export { until } from "../helpers";

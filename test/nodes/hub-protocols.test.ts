@@ -14,6 +14,7 @@ import type { Node, NodeAPI, NodeDef, TethralHubNode } from "../../src/nodes/typ
 import tethralProtocols from "../../src/plugins/tethral-protocols";
 import type { ProtocolAdapter, ProtocolPlugin } from "../../src/protocols/types";
 import { FakeAdapter } from "../core/fake-adapter";
+import { until, portIsFree } from "../helpers";
 
 helper.init(require.resolve("node-red"));
 
@@ -43,13 +44,6 @@ async function load(extra: Record<string, unknown> = {}, credentials?: Record<st
   return (helper.getNode("u1") as HubUserNode).hub;
 }
 
-async function until(check: () => boolean | Promise<boolean>, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!(await check())) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 10));
-  }
-}
 
 function coapPost(port: number, pathname: string, query: string, body: unknown): Promise<string> {
   return new Promise((resolve, reject) => {
@@ -60,21 +54,6 @@ function coapPost(port: number, pathname: string, query: string, body: unknown):
   });
 }
 
-/** True when nothing listens on the TCP port any more (it can be bound again). */
-async function portFree(port: number): Promise<boolean> {
-  const server = createServer();
-  try {
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      server.listen(port, "127.0.0.1", resolve);
-    });
-    return true;
-  } catch {
-    return false;
-  } finally {
-    if (server.listening) await promisify(server.close.bind(server))();
-  }
-}
 
 describe("tethral-hub protocols", function () {
   beforeEach(async () => {
@@ -117,7 +96,7 @@ describe("tethral-hub protocols", function () {
     await helper.unload();
     await closed;
     assert.equal(hub.isRunning, false);
-    assert.equal(await portFree(mqttPort), true, "the broker's port is free again");
+    assert.equal(await portIsFree(mqttPort), true, "the broker's port is free again");
     const refused = await mqtt
       .connectAsync(`mqtt://127.0.0.1:${mqttPort}`, { reconnectPeriod: 0, connectTimeout: 1000 })
       .then((client) => client.endAsync().then(() => false), () => true);

@@ -7,6 +7,7 @@ import helper from "node-red-node-test-helper";
 import type { Hub } from "../../src/core";
 import tethralHub from "../../src/nodes/tethral-hub";
 import type { HubStatusReport, Node, NodeAPI, NodeDef, TethralHubNode } from "../../src/nodes/types";
+import { closedPort } from "../helpers";
 
 helper.init(require.resolve("node-red"));
 
@@ -268,14 +269,6 @@ async function passwordCatcher(): Promise<{ port: number; seen: { user?: string;
   };
 }
 
-/** A port on 127.0.0.1 that nothing listens on (it was free a moment ago). */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 function sqliteFiles(dir: string): string[] {
   return readdirSync(dir, { recursive: true, encoding: "utf8" }).filter((f) => f.endsWith(".sqlite"));

@@ -227,10 +227,6 @@ export class CoapCommandDevice {
   }
 }
 
-/** Waits (in small steps, without asserting how long) until `condition` holds; mocha's timeout bounds it. */
-export async function until(condition: () => boolean): Promise<void> {
-  while (!condition()) await new Promise((resolve) => setTimeout(resolve, 5));
-}
 
 /** A device whose CoAP stack refuses every message with a reset (RST), as one without the resource might. */
 export async function resettingDevice(): Promise<{ address: string; received: () => number; close: () => Promise<void> }> {
@@ -264,3 +260,4 @@ export function standInContext(receive: AdapterContext["receive"], warnings: str
     warn: (m) => warnings.push(m),
   };
 }
+export { until } from "../helpers";

@@ -5,7 +5,7 @@ import { Hub } from "../../src/core/hub";
 import type { Device } from "../../src/core/types";
 import { HttpAdapter } from "../../src/protocols/http";
 import type { CommandFrame } from "../../src/protocols/types";
-import { assertRejectsCode } from "../helpers";
+import { assertRejectsCode, closedPort } from "../helpers";
 import { FakeContext } from "./ws-fake-context";
 
 interface Seen {
@@ -62,14 +62,6 @@ function json(res: ServerResponse, status: number, body: unknown): void {
   res.writeHead(status, { "Content-Type": "application/json" }).end(JSON.stringify(body));
 }
 
-/** A port nothing listens on: one a server just gave back. */
-async function closedPort(): Promise<number> {
-  const s = createServer();
-  await new Promise<void>((resolve) => s.listen(0, "127.0.0.1", resolve));
-  const { port } = s.address() as AddressInfo;
-  await new Promise<void>((resolve) => s.close(() => resolve()));
-  return port;
-}
 
 function device(address: string | undefined): Device {
   return { id: "valve-1", name: "valve-1", protocol: "http", address, capabilities: [], tags: [], metadata: {}, status: "online", lastSeen: null, createdAt: "", updatedAt: "" };

@@ -2,14 +2,6 @@ import { type AddressInfo, type Server, type Socket, createServer } from "node:n
 import { Aedes, type AedesOptions } from "aedes";
 import mqtt, { type IClientOptions, type MqttClient } from "mqtt";
 
-/** Polls `predicate` until it holds; fails with `what` after `timeoutMs` (a bound, not a measurement). */
-export async function until(predicate: () => boolean, what: string, timeoutMs = 8000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!predicate()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
 
 export interface DeviceOptions extends IClientOptions {
   id: string;
@@ -166,20 +158,6 @@ export class PlainBroker {
   }
 }
 
-/** Whether something can listen on the port again (nothing we made still holds it). */
-export async function portIsFree(port: number, host = "127.0.0.1"): Promise<boolean> {
-  const server = createServer();
-  try {
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      server.listen(port, host, () => resolve());
-    });
-  } catch {
-    return false;
-  }
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return true;
-}
 
 const LEAKABLE = new Set(["TCPSocketWrap", "TCPServerWrap", "Timeout", "Immediate"]);
 
@@ -196,3 +174,4 @@ export function handlesAbove(before: Record<string, number>): Record<string, num
   for (const [kind, n] of Object.entries(activeHandles())) if (n > (before[kind] ?? 0)) extra[kind] = n - (before[kind] ?? 0);
   return extra;
 }
+export { portIsFree, until } from "../helpers";

@@ -77,11 +77,4 @@ export class FakeContext implements AdapterContext {
   }
 }
 
-/** Waits until `check` holds (polling), failing with `what` after `ms`. Not a timing assert: a bound on a wait. */
-export async function until(check: () => boolean, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!check()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 5));
-  }
-}
+export { until } from "../helpers";

@@ -5,19 +5,11 @@ import path from "node:path";
 import { Simulation } from "../../src/runtime/simulate";
 import { startTestPostgres } from "../store/pg-harness";
 import { type Json, type RuntimeChild, START_LIMIT_MS, call, fixedPorts, spawnRuntime } from "./spawn-runtime";
+import { until } from "../helpers";
 
 const PROTOCOLS = ["mqtt", "coap", "websocket"] as const;
 type Protocol = (typeof PROTOCOLS)[number];
 
-async function until<T>(what: string, probe: () => Promise<T | undefined | false>, ms = 15_000): Promise<T> {
-  const deadline = Date.now() + ms;
-  for (;;) {
-    const value = await probe();
-    if (value !== undefined && value !== false) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
 
 /**
  * The whole runtime, as `npm start` runs it, driven by `npm run simulate`'s devices over real
@@ -102,10 +94,14 @@ for (const store of STORES) describe(`end to end on ${store.name}: simulated dev
       assert.equal(device.status, 200, `${id} is registered`);
       assert.equal(device.body.protocol, protocol);
       assert.equal(device.body.token, undefined, "the token was answered once, to the simulator");
-      const state = await until(`${id} reporting`, async () => {
-        const s = await call(rt!.api, "GET", `/devices/${id}/state`);
-        return s.body.status === "online" && typeof s.body.properties.temperature === "number" ? s.body : false;
-      });
+      const state = await until(
+        async () => {
+          const s = await call(rt!.api, "GET", `/devices/${id}/state`);
+          return s.body.status === "online" && typeof s.body.properties.temperature === "number" ? s.body : false;
+        },
+        `${id} reporting`,
+        15_000,
+      );
       assert.equal(typeof state.properties.humidity, "number");
     }
     const comm = await call(rt!.api, "GET", "/communication/statistics");
@@ -115,11 +111,11 @@ for (const store of STORES) describe(`end to end on ${store.name}: simulated dev
   it("each goes offline after its heartbeat timeout when it drops, and comes back online", async () => {
     for (const protocol of PROTOCOLS) {
       const id = ids(protocol);
-      await until(`${id} offline`, async () => (await call(rt!.api, "GET", `/devices/${id}`)).body.status === "offline");
+      await until(async () => (await call(rt!.api, "GET", `/devices/${id}`)).body.status === "offline", `${id} offline`, 15_000);
     }
     for (const protocol of PROTOCOLS) {
       const id = ids(protocol);
-      await until(`${id} back online`, async () => (await call(rt!.api, "GET", `/devices/${id}`)).body.status === "online");
+      await until(async () => (await call(rt!.api, "GET", `/devices/${id}`)).body.status === "online", `${id} back online`, 15_000);
       assert.ok((restored.get(protocol) ?? 0) >= 1, `${id}: the simulator brought it back`);
       const history = await call(rt!.api, "GET", `/devices/${id}/state?history=50`);
       const statuses = history.body.history.map((h: Json) => h.to.status).filter(Boolean);
@@ -137,10 +133,14 @@ for (const store of STORES) describe(`end to end on ${store.name}: simulated dev
       // attempt that meets a device just dropping is retried.
       const res = await call(rt!.api, "POST", `/devices/${id}/command`, { command: "ping", timeout: 2, retries: 5 });
       assert.equal(res.status, 202, `${id}: ${JSON.stringify(res.body)}`);
-      const done = await until(`${id} answers`, async () => {
-        const c = await call(rt!.api, "GET", `/commands/${res.body.id}`);
-        return c.body.status === "succeeded" ? c.body : false;
-      }, 30_000);
+      const done = await until(
+        async () => {
+          const c = await call(rt!.api, "GET", `/commands/${res.body.id}`);
+          return c.body.status === "succeeded" ? c.body : false;
+        },
+        `${id} answers`,
+        30_000,
+      );
       assert.equal(done.result.pong, true, `${id}: ${JSON.stringify(done)}`);
       commandIds.set(protocol, done.id);
       const events = await call(rt!.api, "GET", `/events?deviceId=${id}&type=command.*`);
@@ -194,19 +194,23 @@ for (const store of STORES) describe(`end to end on ${store.name}: simulated dev
     for (const protocol of PROTOCOLS) {
       const id = ids(protocol);
       await until(
-        `${id} reporting to the restarted runtime`,
         async () => {
           const s = (await call(rt!.api, "GET", `/devices/${id}/state`)).body;
           return s.status === "online" && Date.parse(s.reportedAt) > restartedAt;
         },
+        `${id} reporting to the restarted runtime`,
         30_000,
       );
       const res = await call(rt.api, "POST", `/devices/${id}/command`, { command: "read", timeout: 2, retries: 5 });
       assert.equal(res.status, 202, `${id}: ${JSON.stringify(res.body)}`);
-      const done = await until(`${id} answers after the restart`, async () => {
-        const c = await call(rt!.api, "GET", `/commands/${res.body.id}`);
-        return c.body.status === "succeeded" ? c.body : false;
-      }, 30_000);
+      const done = await until(
+        async () => {
+          const c = await call(rt!.api, "GET", `/commands/${res.body.id}`);
+          return c.body.status === "succeeded" ? c.body : false;
+        },
+        `${id} answers after the restart`,
+        30_000,
+      );
       assert.equal(typeof done.result.temperature, "number");
     }
     const rejected = (await call(rt.api, "GET", "/communication/statistics")).body.protocols;

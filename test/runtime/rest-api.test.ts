@@ -5,6 +5,7 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { type RuntimeChild, START_LIMIT_MS, call, spawnRuntime } from "./spawn-runtime";
+import { until } from "../helpers";
 
 /**
  * An HTTP device: the hub POSTs its commands to it. It answers as `behave` says: a result, a
@@ -63,14 +64,6 @@ function chunkedPost(url: string, bytes: number): Promise<{ status: number; body
   });
 }
 
-async function until(test: () => Promise<boolean>, ms = 15_000): Promise<boolean> {
-  const deadline = Date.now() + ms;
-  while (!(await test())) {
-    if (Date.now() > deadline) return false;
-    await new Promise((r) => setTimeout(r, 100));
-  }
-  return true;
-}
 
 const ERROR_SHAPE = (body: { error?: { code?: unknown; message?: unknown } }, code: string) => {
   assert.equal(body.error?.code, code, JSON.stringify(body));
@@ -328,11 +321,10 @@ describe("REST API (flows/flows.json in the runtime, over real HTTP)", function 
     assert.equal(queued.body.attempts, 0);
     assert.equal(queued.body.priority, "high");
     // Without wait the hub sends it on: the command's own route follows it to the end.
-    let looked = await get(`/commands/${queued.body.id}`);
-    for (let i = 0; i < 50 && looked.body.status !== "succeeded"; i++) {
-      await new Promise((r) => setTimeout(r, 100));
-      looked = await get(`/commands/${queued.body.id}`);
-    }
+    const looked = await until(async () => {
+      const c = await get(`/commands/${queued.body.id}`);
+      return c.body.status === "succeeded" ? c : false;
+    }, "the queued command to succeed");
     assert.equal(looked.status, 200);
     assert.equal(looked.body.status, "succeeded");
     const unknownCommand = await get("/commands/no-such-command");
@@ -421,11 +413,10 @@ describe("REST API (flows/flows.json in the runtime, over real HTTP)", function 
       }),
     });
     assert.equal(added.status, 200);
-    const posted = await until(async () => {
+    await until(async () => {
       const res = await fetch(`${api}/my/form`, { method: "POST", headers: { "content-type": "application/x-www-form-urlencoded" }, body: "name=boiler&floor=2" });
       return res.status === 200 && JSON.stringify(await res.json()) === JSON.stringify({ name: "boiler", floor: "2" });
-    });
-    assert.ok(posted, "the user's form endpoint gets its form");
+    }, "the user's form endpoint to get its form");
 
     const deep = "[".repeat(3000) + "]".repeat(3000);
     const nested = await call(api, "POST", "/devices", deep);
@@ -472,7 +463,7 @@ describe("REST API (flows/flows.json in the runtime, over real HTTP)", function 
     device.behave = "silent";
     const waiting = call(api, "POST", "/devices/boiler-1/command", { command: "slow", wait: true, timeout: 20 });
     // The request is in flight once the device has the command.
-    assert.ok(await until(async () => device.frames.some((f) => f.command === "slow")), "the command reached the device");
+    await until(() => device.frames.some((f) => f.command === "slow"), "the command to reach the device");
     const flows = await fetch(`${rt.url}flows`, { headers: { "Node-RED-API-Version": "v2" } });
     const config = (await flows.json()) as { flows: unknown[]; rev: string };
     const deployed = await fetch(`${rt.url}flows`, {
@@ -485,8 +476,7 @@ describe("REST API (flows/flows.json in the runtime, over real HTTP)", function 
     assert.equal(answer.status, 503, JSON.stringify(answer.body));
     ERROR_SHAPE(answer.body, "UNAVAILABLE");
     // The redeployed flows answer again, with the fleet as it was.
-    const health = await until(async () => (await get("/health")).status === 200);
-    assert.ok(health);
+    await until(async () => (await get("/health")).status === 200, "the redeployed API");
     assert.equal((await get("/devices/boiler-1")).status, 200);
     device.behave = "ok";
   });

@@ -21,6 +21,7 @@ import {
   resolveOptions,
 } from "../../src/runtime/simulate";
 import { until } from "../protocols/mqtt-device";
+import { closedPort } from "../helpers";
 
 const ROOT = path.resolve(__dirname, "..", "..");
 const PROTOCOLS = ["mqtt", "coap", "websocket", "http"] as const;
@@ -70,13 +71,6 @@ function listen(server: Server): Promise<number> {
   return new Promise((resolve) => server.listen(0, "127.0.0.1", () => resolve((server.address() as AddressInfo).port)));
 }
 
-/** A port nothing listens on. */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  const port = await listen(server);
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 const SOCKET_KINDS = new Set(["TCPSocketWrap", "TCPServerWrap", "UDPWrap"]);
 

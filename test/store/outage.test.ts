@@ -2,17 +2,9 @@ import assert from "node:assert/strict";
 import { Hub } from "../../src/core/hub";
 import type { TethralEvent } from "../../src/core/types";
 import { PostgresStore } from "../../src/store/postgres";
-import { assertRejectsCode } from "../helpers";
+import { assertRejectsCode, until } from "../helpers";
 import { startProxy, startTestPostgres, type TestPostgres, type TestProxy } from "./pg-harness";
 
-/** Waits (polling, bounded) until `check` holds. */
-async function until(check: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
 
 describe("database outage (PostgreSQL through a proxy that can be cut)", function () {
   this.timeout(60_000);
