@@ -17,7 +17,9 @@ export const LIMITS = {
   maxHeartbeatTimeout: 30 * 24 * 3600,
 } as const;
 
-export const DEVICE_ID_PATTERN = /^[A-Za-z0-9._:-]{1,128}$/;
+/** The characters of a device id, as a regular-expression class. */
+export const DEVICE_ID_CHARS = "[A-Za-z0-9._:-]";
+export const DEVICE_ID_PATTERN = new RegExp(`^${DEVICE_ID_CHARS}{1,${LIMITS.idLength}}$`);
 export const PROTOCOL_PATTERN = /^[a-z][a-z0-9_-]{0,31}$/;
 
 /**

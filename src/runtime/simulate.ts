@@ -2,11 +2,12 @@
 // API and then talk to the hub as real MQTT, CoAP, WebSocket or HTTP clients (CONTRACT §2, §3).
 import { DEFAULT_API, DEFAULT_DEVICES, DEFAULT_INTERVAL_SEC, DEFAULT_SUMMARY_SEC, SIMULATED_PROTOCOLS, type SimulatedProtocol, type SimulationOptions, resolveOptions } from "./simulator/options";
 import { Simulation } from "./simulator/simulation";
-import { SimulationError, UsageError } from "./simulator/support";
+import { SimulationError, UsageError, messageOf } from "./simulator/support";
 
-export { Simulation, type SimulationStats, type SimulatedDeviceInfo } from "./simulator/simulation";
-export type { SimulationEvents, CommandAnswer, CommandFrame, Telemetry } from "./simulator/device";
-export { deviceSpecs, resolveOptions, SIMULATED_PROTOCOLS, type DeviceSpec, type SimulatedProtocol, type SimulationLog, type SimulationOptions, type Traits } from "./simulator/options";
+// The programmatic API: what scripts and the tests drive.
+export { Simulation, type SimulationStats } from "./simulator/simulation";
+export type { SimulationEvents } from "./simulator/device";
+export { deviceSpecs, resolveOptions, type SimulationOptions } from "./simulator/options";
 export { deviceEndpoint } from "./simulator/endpoints";
 export { SimulationError, UsageError } from "./simulator/support";
 
@@ -124,7 +125,7 @@ async function main(argv: readonly string[] = process.argv.slice(2)): Promise<vo
   try {
     args = parseArgs(argv);
   } catch (err) {
-    console.error(`${err instanceof Error ? err.message : String(err)} (see --help)`);
+    console.error(`${messageOf(err)} (see --help)`);
     process.exit(2);
   }
   if (args.help) {

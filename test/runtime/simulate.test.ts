@@ -20,8 +20,7 @@ import {
   parseArgs,
   resolveOptions,
 } from "../../src/runtime/simulate";
-import { until } from "../protocols/mqtt-device";
-import { closedPort } from "../helpers";
+import { closedPort, until } from "../helpers";
 
 const ROOT = path.resolve(__dirname, "..", "..");
 const PROTOCOLS = ["mqtt", "coap", "websocket", "http"] as const;

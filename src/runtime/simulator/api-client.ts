@@ -1,6 +1,6 @@
 import http from "node:http";
 import https from "node:https";
-import { SimulationError, messageOf } from "./support";
+import { SimulationError, messageOf, readCapped } from "./support";
 
 /** A refusal from the REST API (CONTRACT §1 error body), or status 0 when it could not be reached. */
 export class ApiError extends SimulationError {
@@ -83,7 +83,7 @@ export class ApiClient {
       req.setTimeout(REQUEST_TIMEOUT_MS, () => req.destroy(new Error(`no answer within ${REQUEST_TIMEOUT_MS / 1000} s`)));
       req.on("error", (err: NodeJS.ErrnoException) => reject(unreachable(method, url, err)));
       req.on("response", (res) => {
-        readBody(res).then((text) => {
+        readCapped(res, MAX_ANSWER_BYTES).then(({ text }) => {
           const status = res.statusCode ?? 0;
           const parsed = parseJson(text);
           const ok = expected ? expected.includes(status) : status >= 200 && status < 300;
@@ -94,19 +94,6 @@ export class ApiClient {
       req.end(payload);
     });
   }
-}
-
-function readBody(res: http.IncomingMessage): Promise<string> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    res.on("data", (chunk: Buffer) => {
-      size += chunk.length;
-      if (size <= MAX_ANSWER_BYTES) chunks.push(chunk);
-    });
-    res.on("end", () => resolve(Buffer.concat(chunks).toString("utf8")));
-    res.on("error", reject);
-  });
 }
 
 function parseJson(text: string): unknown {

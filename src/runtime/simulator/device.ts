@@ -1,5 +1,6 @@
+import type { CommandFrame } from "../../protocols/types";
 import type { DeviceSpec, ResolvedOptions } from "./options";
-import { Backoff, TimerSet, between } from "./support";
+import { Backoff, TimerSet, between, messageOf } from "./support";
 
 /** What every simulated device reports. */
 export interface Telemetry {
@@ -8,12 +9,6 @@ export interface Telemetry {
   battery: number;
 }
 
-/** A command as the hub sends it (CONTRACT §2). */
-export interface CommandFrame {
-  id: string;
-  command: string;
-  params: Record<string, unknown>;
-}
 
 export type CommandAnswer = { ok: true; result: unknown } | { ok: false; error: string };
 
@@ -42,7 +37,7 @@ export interface DeviceHost {
  * back to it, the humidity likewise, the battery drains slowly (and is "replaced" when empty),
  * so charts and state-watch filters built on them show something plausible.
  */
-export class Sensor {
+class Sensor {
   private readonly baseTemperature = 18 + Math.random() * 6;
   private readonly baseHumidity = 35 + Math.random() * 25;
   private readonly drain = 0.02 + Math.random() * 0.05;
@@ -197,7 +192,7 @@ export abstract class SimulatedDevice {
       },
       (err: unknown) => {
         this.lastReportOk = false;
-        if (this.phase !== "stopped") this.host.emit("telemetryRefused", { deviceId: this.id, reason: err instanceof Error ? err.message : String(err) });
+        if (this.phase !== "stopped") this.host.emit("telemetryRefused", { deviceId: this.id, reason: messageOf(err) });
       },
     );
   }

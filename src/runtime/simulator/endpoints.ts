@@ -1,3 +1,4 @@
+import { DEFAULT_WEBSOCKET_PATH } from "../../protocols/websocket";
 import type { ResolvedOptions } from "./options";
 import { SimulationError } from "./support";
 
@@ -64,7 +65,7 @@ function coapUrl(component: Component, api: URL): string {
 
 /** On the API's own server (Node-RED's), at the path the hub names. */
 function websocketUrl(component: Component, api: URL): string {
-  const path = typeof component.path === "string" && component.path.startsWith("/") ? component.path : "/tethral/ws";
+  const path = typeof component.path === "string" && component.path.startsWith("/") ? component.path : DEFAULT_WEBSOCKET_PATH;
   return `${api.protocol === "https:" ? "wss:" : "ws:"}//${api.host}${path}`;
 }
 

@@ -1,4 +1,5 @@
-import type { CommandFrame } from "./device";
+import type { JsonObject } from "../../core/types";
+import type { CommandFrame } from "../../protocols/types";
 
 /** A command frame `{"id", "command", "params"}` from JSON text (or an already parsed value), or null. */
 export function parseCommand(input: string | unknown): CommandFrame | null {
@@ -14,5 +15,5 @@ export function parseCommand(input: string | unknown): CommandFrame | null {
   const { id, command, params } = value as Record<string, unknown>;
   if (typeof id !== "string" || typeof command !== "string") return null;
   const ok = typeof params === "object" && params !== null && !Array.isArray(params);
-  return { id, command, params: ok ? (params as Record<string, unknown>) : {} };
+  return { id, command, params: ok ? (params as JsonObject) : {} };
 }

@@ -2,7 +2,7 @@ import { type IncomingMessage, type Server, type ServerResponse, createServer } 
 import { type AddressInfo, isIPv6 } from "node:net";
 import type { SimulatedDevice } from "./device";
 import { parseCommand } from "./frames";
-import { SimulationError, messageOf } from "./support";
+import { SimulationError, messageOf, readCapped } from "./support";
 
 const MAX_COMMAND_BYTES = 256 * 1024;
 
@@ -56,8 +56,8 @@ export class HttpTransport {
     const device = match ? this.lookup(decodeURIComponent(match[1]!)) : undefined;
     if (!device) return void reply(res, 404, "text/plain", "no such simulated device");
     if (req.method !== "POST") return void reply(res, 405, "text/plain", "commands are POSTed");
-    readBody(req).then((text) => {
-      const frame = text === null ? null : parseCommand(text);
+    readCapped(req, MAX_COMMAND_BYTES).then(({ text, over }) => {
+      const frame = over ? null : parseCommand(text);
       if (!frame) return reply(res, 400, "text/plain", 'a command is {"id", "command", "params"} JSON');
       const answering = device.handleCommand(frame, (answer) => {
         if (answer.ok) reply(res, 200, "application/json", JSON.stringify(answer.result ?? null));
@@ -71,18 +71,4 @@ export class HttpTransport {
 function reply(res: ServerResponse, status: number, type: string, body: string): void {
   if (res.writableEnded || res.destroyed) return;
   res.writeHead(status, { "Content-Type": `${type}; charset=utf-8` }).end(body);
-}
-
-/** The body as text, or null when it is larger than a command can be. */
-function readBody(req: IncomingMessage): Promise<string | null> {
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    req.on("data", (chunk: Buffer) => {
-      size += chunk.length;
-      if (size <= MAX_COMMAND_BYTES) chunks.push(chunk);
-    });
-    req.on("end", () => resolve(size > MAX_COMMAND_BYTES ? null : Buffer.concat(chunks).toString("utf8")));
-    req.on("error", reject);
-  });
 }

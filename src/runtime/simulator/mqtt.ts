@@ -1,9 +1,12 @@
 import mqtt, { type MqttClient } from "mqtt";
 import type { DeviceSpec } from "./options";
-import { type CommandFrame, type DeviceHost, SimulatedDevice, type Telemetry } from "./device";
+import type { CommandFrame } from "../../protocols/types";
+import { type DeviceHost, SimulatedDevice, type Telemetry } from "./device";
+import { TopicScheme } from "../../protocols/mqtt-topics";
 import { parseCommand } from "./frames";
 
-const TOPIC_ROOT = "tethral";
+/** The hub's default topic layout (CONTRACT §2); the simulated devices use its root. */
+const TOPICS = new TopicScheme();
 const CONNECT_TIMEOUT_MS = 10_000;
 /** How long a stopping device waits for its `offline` and DISCONNECT to go out before it cuts the socket. */
 const SIGN_OFF_MS = 1000;
@@ -34,7 +37,7 @@ export class MqttDevice extends SimulatedDevice {
   }
 
   private topic(level: string): string {
-    return `${TOPIC_ROOT}/devices/${this.id}/${level}`;
+    return `${TOPICS.prefix}${this.id}/${level}`;
   }
 
   protected open(): void {

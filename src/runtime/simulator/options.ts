@@ -1,3 +1,4 @@
+import { DEVICE_ID_CHARS, LIMITS } from "../../core/validation";
 import { UsageError } from "./support";
 
 export const SIMULATED_PROTOCOLS = ["mqtt", "coap", "websocket", "http"] as const;
@@ -8,10 +9,10 @@ export const DEFAULT_DEVICES = 10;
 export const DEFAULT_INTERVAL_SEC = 5;
 export const DEFAULT_SUMMARY_SEC = 10;
 /** Registrations in flight at once: enough to register a fleet quickly, few enough not to swamp the hub. */
-export const DEFAULT_REGISTRATION_CONCURRENCY = 8;
+const DEFAULT_REGISTRATION_CONCURRENCY = 8;
 const MAX_DEVICES = 10_000;
-const DEVICE_ID_MAX = 128;
-const PREFIX_PATTERN = /^[A-Za-z0-9._:-]*$/;
+const DEVICE_ID_MAX = LIMITS.idLength;
+const PREFIX_PATTERN = new RegExp(`^${DEVICE_ID_CHARS}*$`);
 
 /** Where a level goes: `info` for the summary and progress, `warn` for problems. */
 export type SimulationLog = (level: "info" | "warn", message: string) => void;

@@ -5,7 +5,7 @@ import { deviceEndpoint } from "./endpoints";
 import { HttpTransport } from "./http";
 import { MqttDevice } from "./mqtt";
 import { type DeviceSpec, type ResolvedOptions, type SimulationOptions, type Traits, deviceSpecs, resolveOptions } from "./options";
-import { SimulationError, WarningLimiter } from "./support";
+import { SimulationError, WarningLimiter, messageOf } from "./support";
 import { WebSocketDevice } from "./websocket";
 
 /** Counters of a running simulation, for the summary line and for tests. */
@@ -317,5 +317,5 @@ function tokenOf(record: Record<string, unknown>): string | undefined {
 
 function registrationError(id: string, err: unknown): SimulationError {
   if (err instanceof ApiError && err.status === 0) return new SimulationError(`registering ${id}: ${err.message}`);
-  return new SimulationError(`registering ${id} failed: ${err instanceof Error ? err.message : String(err)}`);
+  return new SimulationError(`registering ${id} failed: ${messageOf(err)}`);
 }

@@ -43,10 +43,6 @@ export class TimerSet {
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
   }
-
-  get size(): number {
-    return this.timers.size;
-  }
 }
 
 /**
@@ -106,4 +102,18 @@ export function between([min, max]: readonly [number, number]): number {
 /** The message of anything thrown. */
 export function messageOf(err: unknown): string {
   return err instanceof Error ? err.message : String(err);
+}
+
+/** A request's or response's body as text, keeping at most `max` bytes; `over` when it had more. */
+export function readCapped(stream: NodeJS.ReadableStream, max: number): Promise<{ text: string; over: boolean }> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    stream.on("data", (chunk: Buffer) => {
+      size += chunk.length;
+      if (size <= max) chunks.push(chunk);
+    });
+    stream.on("end", () => resolve({ text: Buffer.concat(chunks).toString("utf8"), over: size > max }));
+    stream.on("error", reject);
+  });
 }
