@@ -20,6 +20,7 @@ import { Hub } from "../src/core/hub";
 import { MqttAdapter } from "../src/protocols/mqtt";
 import type { AdapterContext, ProtocolCounters } from "../src/protocols/types";
 import { SqliteStore } from "../src/store/sqlite";
+import { percentile } from "./stats";
 
 const DEVICES = 1000;
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 100);
@@ -72,10 +73,6 @@ async function rate(count: () => number, publish: () => Promise<number>): Promis
   }
   const received = last - before;
   return { perSec: Math.round(received / ((lastAt - started) / 1000)), received, sent };
-}
-
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 }
 
 const ids = Array.from({ length: DEVICES }, (_, i) => `bench-${String(i).padStart(4, "0")}`);

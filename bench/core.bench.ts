@@ -6,6 +6,7 @@
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { Hub, ManualClock, type TethralEvent } from "../src/core";
+import { percentile } from "./stats";
 
 const DEVICES = Number(process.env.BENCH_DEVICES ?? 1_000_000);
 const MANUFACTURERS = 100; // a filter on one manufacturer returns 1% of the fleet
@@ -23,10 +24,6 @@ function gc(): void {
     g();
     g();
   }
-}
-
-function percentile(sorted: number[], p: number): number {
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 }
 
 function fmt(n: number): string {

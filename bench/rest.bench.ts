@@ -14,6 +14,7 @@ import { Agent, request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { call, spawnRuntime } from "../test/runtime/spawn-runtime";
+import { percentile } from "./stats";
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const CONNECTIONS = 32;
@@ -65,8 +66,8 @@ async function load(name: string, base: URL, next: (i: number) => { method: stri
   const elapsed = (performance.now() - started) / 1000;
   agent.destroy();
   latencies.sort((a, b) => a - b);
-  const at = (q: number) => Number((latencies[Math.min(latencies.length - 1, Math.floor(q * latencies.length))] ?? 0).toFixed(2));
-  return { name, requestsPerSec: Math.round(latencies.length / elapsed), p50Ms: at(0.5), p99Ms: at(0.99), errors };
+  const at = (p: number) => (latencies.length === 0 ? 0 : Number(percentile(latencies, p).toFixed(2)));
+  return { name, requestsPerSec: Math.round(latencies.length / elapsed), p50Ms: at(50), p99Ms: at(99), errors };
 }
 
 async function main(): Promise<void> {

@@ -25,7 +25,7 @@ const comment = (name, info) => ({ name, info });
 const debug = (name) => ({ name, active: true, tosidebar: true, console: false, tostatus: true, complete: "true", targetType: "full", statusVal: "", statusType: "auto" });
 const inject = (name, payload, payloadType = "json", extra = {}) => ({
   name, props: [{ p: "payload" }, ...Object.keys(extra).map((p) => ({ p, vt: "str" }))], repeat: "", crontab: "", once: false, onceDelay: 0.1, topic: "",
-  payload, payloadType, ...Object.fromEntries(Object.entries(extra).map(([k, v]) => [k, v])),
+  payload, payloadType, ...extra,
 });
 
 const examples = {
@@ -98,7 +98,7 @@ const examples = {
     add("h", "tethral-hub-info", { name: "", hub: HUB, operation: "health" }, 610, 160, [["r2"]]);
     add("r2", "http response", { name: "", statusCode: "200", headers: {} }, 1010, 160);
     add("k", "catch", { name: "refusals", scope: null, uncaught: false }, 150, 220, [["err"]]);
-    add("err", "change", { name: "status from msg.error.code", rules: [{ t: "set", p: "statusCode", pt: "msg", to: '$lookup({"INVALID": 400, "UNAUTHORIZED": 401, "NOT_FOUND": 404, "CONFLICT": 409, "DEVICE_ERROR": 502, "UNAVAILABLE": 503, "TIMEOUT": 504}, error.code) ? $lookup({"INVALID": 400, "UNAUTHORIZED": 401, "NOT_FOUND": 404, "CONFLICT": 409, "DEVICE_ERROR": 502, "UNAVAILABLE": 503, "TIMEOUT": 504}, error.code) : 500', tot: "jsonata" }, { t: "set", p: "payload", pt: "msg", to: '{"error": {"code": error.code, "message": error.message}}', tot: "jsonata" }], action: "", property: "", from: "", to: "", reg: false }, 400, 220, [["r3"]]);
+    add("err", "change", { name: "status from msg.error.code", rules: [{ t: "set", p: "statusCode", pt: "msg", to: '($status := $lookup({"INVALID": 400, "UNAUTHORIZED": 401, "NOT_FOUND": 404, "CONFLICT": 409, "DEVICE_ERROR": 502, "UNAVAILABLE": 503, "TIMEOUT": 504}, error.code); $status ? $status : 500)', tot: "jsonata" }, { t: "set", p: "payload", pt: "msg", to: '{"error": {"code": error.code, "message": error.message}}', tot: "jsonata" }], action: "", property: "", from: "", to: "", reg: false }, 400, 220, [["r3"]]);
     add("r3", "http response", { name: "", statusCode: "", headers: {} }, 1010, 220);
   }),
 };

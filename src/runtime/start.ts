@@ -97,7 +97,7 @@ export const DEFAULT_HOST = "127.0.0.1";
 export const HTTP_ADMIN_ROOT = "/";
 export const HTTP_NODE_ROOT = "/api";
 /** Largest request body the REST API reads (a device record or report is a few KiB). */
-export const API_MAX_BODY_BYTES = 1024 * 1024;
+const API_MAX_BODY_BYTES = 1024 * 1024;
 
 /** Runtime options from the environment variables of CONTRACT §6. */
 export function optionsFromEnv(env: NodeJS.ProcessEnv = process.env, cwd: string = process.cwd()): RuntimeOptions {
@@ -285,7 +285,7 @@ const CONTRACT_PATHS = /^\/(devices|commands|events|health|communication)(\/|\?|
 /** How much of an oversized upload is read (and dropped) so its client can read the 413. */
 const DRAIN_LIMIT_BYTES = 16 * 1024 * 1024;
 /** Deeper JSON is refused: Node-RED deep-copies a message on its way to a Catch node, recursively. */
-export const API_MAX_DEPTH = 64;
+const API_MAX_DEPTH = 64;
 
 /**
  * Reads a JSON request body for the REST flows: malformed JSON is a 400, a body over `limit` a
@@ -295,12 +295,12 @@ export const API_MAX_DEPTH = 64;
  * (body-parser, which the http in node runs next, leaves a request it finds marked `_body`
  * alone). Bodies of other types on other paths go on untouched.
  */
-export function jsonBody(limit: number): Handler {
+function jsonBody(limit: number): Handler {
   return (req: ApiRequest, res, next) => {
     const type = String(req.headers["content-type"] ?? "").toLowerCase();
-    const hasBody = req.headers["transfer-encoding"] !== undefined || Number(req.headers["content-length"] ?? 0) > 0;
-    if (!hasBody || req._body) return next?.();
     const declared = Number(req.headers["content-length"] ?? 0);
+    const hasBody = req.headers["transfer-encoding"] !== undefined || declared > 0;
+    if (!hasBody || req._body) return next?.();
     let failed = false;
     // Answer at once, then read and drop the rest of the upload, so the client finishes sending
     // and reads the answer (closing on it mid-upload would reset its connection); an upload past
