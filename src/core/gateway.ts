@@ -79,15 +79,21 @@ export class DeviceGateway {
       // Nothing to do: commands ask the adapter (isConnected) before each send, and the device's
       // status follows its messages, last will and heartbeat timeout, not its socket.
       disconnected: () => undefined,
-      reject: (r) => {
-        const reason = typeof r?.reason === "string" ? r.reason.slice(0, 64) : "refused";
-        const message = typeof r?.message === "string" ? r.message.slice(0, 512) : "refused by the adapter";
-        this.refuse(counters, r?.deviceId ?? null, adapter.name, r?.kind, new TethralError("INVALID", message), reason);
-      },
+      reject: (r) => this.rejectFor(adapter.name, r),
       counters,
       maxPayloadBytes: max,
       warn: (message) => this.warn(`${adapter.name}: ${message}`),
     };
+  }
+
+  /**
+   * A message a protocol's transport refused before it reached the hub (an adapter's, or the
+   * runtime's HTTP server's): counted as rejected and published as `message.rejected`.
+   */
+  rejectFor(protocol: string, r: TransportRefusal | undefined): void {
+    const reason = typeof r?.reason === "string" ? r.reason.slice(0, 64) : "refused";
+    const message = typeof r?.message === "string" ? r.message.slice(0, 512) : "refused by the transport";
+    this.refuse(this.countersOf(protocol), r?.deviceId ?? null, protocol, r?.kind, new TethralError("INVALID", message), reason);
   }
 
   authenticate(protocol: string, deviceId: string, token: string | undefined): AuthResult {
@@ -211,6 +217,9 @@ export class DeviceGateway {
     return this.traffic.reject(typeof deviceId === "string" ? deviceId : String(deviceId), protocol, kind, error, reason);
   }
 }
+
+/** What a transport says of a message it refused. */
+export type TransportRefusal = Parameters<AdapterContext["reject"]>[0];
 
 /** A refusal and the reason `message.rejected` gives for it. */
 interface Refusal {

@@ -25,7 +25,8 @@ import type { Store } from "../store/types";
 import type { Command, Device, DeviceState, DeviceStatus, StateHistoryEntry, TethralEvent } from "./types";
 import { type CommandOptions, DEFAULT_COMMAND_OPTIONS } from "./command-input";
 import { CommandTracker, type CommandStatistics } from "./commands";
-import { DEFAULT_GATEWAY_OPTIONS, DeviceGateway } from "./gateway";
+import { ProcessMonitor } from "./process-monitor";
+import { DEFAULT_GATEWAY_OPTIONS, DeviceGateway, type TransportRefusal } from "./gateway";
 import { DeviceTokens } from "./tokens";
 import type { DeviceMessage, ProtocolAdapter, ProtocolCounters, ProtocolHealth, ReceiveResult } from "../protocols/types";
 
@@ -109,6 +110,7 @@ export class Hub {
   /** Adapters that would not start, with why: the hub runs without them (health says so). */
   private readonly adapterFailures = new Map<string, string>();
   private readonly startedAdapters = new Set<ProtocolAdapter>();
+  private readonly processMonitor = new ProcessMonitor();
 
   constructor(options: HubOptions = {}) {
     this.clock = options.clock ?? systemClock;
@@ -239,6 +241,7 @@ export class Hub {
     }
     await this.tokens.load();
     this.running = true;
+    this.processMonitor.start();
     this.heartbeat.start();
     this.events.subscribe({ types: "device.online", owner: "hub.commands", name: "commands" }, (event) => {
       if (event.deviceId) this.commands.kick(event.deviceId);
@@ -282,6 +285,7 @@ export class Hub {
   async stop(): Promise<void> {
     if (!this.running) return;
     this.running = false;
+    this.processMonitor.stop();
     this.events.publish("hub.stopped", { devices: this.registry.size }, { source: "hub" });
     // Commands stop before the adapters, so sends they abort on the way out stay pending.
     this.commands.halt();
@@ -525,6 +529,15 @@ export class Hub {
     return this.gateway.receive(message);
   }
 
+  /**
+   * A device message its transport refused before it could be read (the flow runtime's HTTP
+   * server refusing a body that is not JSON, say): counted for the protocol and published as
+   * `message.rejected`, as the hub's own refusals are.
+   */
+  rejectMessage(protocol: string, refusal: TransportRefusal): void {
+    this.gateway.rejectFor(protocol, refusal);
+  }
+
   // ── Commands ────────────────────────────────────────────────────────────────────────────
 
   /**
@@ -727,16 +740,22 @@ export class Hub {
       if (this.running && h.status !== "ok") protocolsDegraded = true;
     }
     const p = this.persistence;
+    let storeDegraded = false;
     if (p) {
       const stats = p.statistics();
+      const pressure = p.pressure;
+      storeDegraded = p.isDegraded || pressure !== null;
       components.store = {
-        status: !this.running ? "stopped" : p.isDegraded ? "degraded" : "ok",
+        status: !this.running ? "stopped" : storeDegraded ? "degraded" : "ok",
         kind: p.store.kind,
         pending: stats.pending,
+        backlog: stats.backlog,
         dropped: stats.dropped,
+        ...(pressure !== null && { error: pressure }),
       };
     }
-    const degraded = !this.running || (p?.isDegraded ?? false) || protocolsDegraded;
+    components.process = { status: up, ...this.processMonitor.reading() };
+    const degraded = !this.running || storeDegraded || protocolsDegraded;
     return { status: degraded ? "degraded" : "ok", components };
   }
 

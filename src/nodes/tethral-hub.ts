@@ -12,6 +12,7 @@ import {
 import { DevicesFeed, summarize } from "./devices-feed";
 import { HubConnection, errorMessage } from "./hub-connection";
 import { adaptersFor, protocolPlugins } from "./hub-protocols";
+import { HTTP_REFUSAL_EVENT, type HttpRefusal } from "./http-refusals";
 import {
   COMMUNICATION_CREDENTIALS,
   type CommunicationConfig,
@@ -179,6 +180,20 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
   Object.assign(node, api);
   liveHubs.set(node.id, { node, connection });
 
+  // HTTP device reports the flow runtime refused before any flow saw them (not JSON, too large,
+  // a foreign Host or Origin) are counted by the running hubs that serve HTTP devices.
+  const onHttpRefusal = (payload: unknown) => {
+    if (connection.status.state !== "running") return;
+    const refusal = payload as HttpRefusal;
+    connection.acquire().then(
+      (hub) => {
+        if (hub.protocols.includes("http")) hub.rejectMessage("http", refusal);
+      },
+      () => undefined,
+    );
+  };
+  RED.events?.on(HTTP_REFUSAL_EVENT, onHttpRefusal);
+
   // Node-RED passes `removed` only to a handler that declares exactly two parameters.
   node.on("close", (_removed: boolean, done: () => void) => {
     connection.close().then(
@@ -189,6 +204,7 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
       },
     );
     function finish(): void {
+      RED.events?.removeListener(HTTP_REFUSAL_EVENT, onHttpRefusal);
       feed?.stop();
       feed = null;
       liveHubs.delete(node.id);

@@ -99,6 +99,11 @@ export interface NodeAPI {
   comms?: { publish(topic: string, data: unknown, retain?: boolean): void };
   /** Node-RED's HTTP server (shared by the editor, httpNode and websocket endpoints). */
   server?: import("node:http").Server;
+  /** Node-RED's runtime event bus (the flow runtime announces refused HTTP device reports on it). */
+  events?: {
+    on(event: string, listener: (payload: unknown) => void): void;
+    removeListener(event: string, listener: (payload: unknown) => void): void;
+  };
   /** Translates a key of this node set's message catalogue. */
   _(key: string, substitutions?: Record<string, unknown>): string;
 }

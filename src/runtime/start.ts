@@ -1,10 +1,15 @@
 // The flow runtime (`npm start`): Node-RED, embedded from this package's own node_modules,
 // with this package's nodes and the flows of flows/ loaded. CONTRACT §6.
+import { createHash } from "node:crypto";
 import { copyFileSync, existsSync, mkdirSync } from "node:fs";
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from "node:http";
+import { type ServerOptions as HttpsOptions, createServer as createHttpsServer } from "node:https";
 import { createRequire } from "node:module";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
 import path from "node:path";
+import { HTTP_REFUSAL_EVENT, type HttpRefusal, reportOf } from "../nodes/http-refusals";
+import { type HostPolicy, type OriginAllowed, corsPolicy, hostPolicy, refusalOf } from "./guard";
+import { type NodeRedSettings, mergeSettings, readUserSettings, writeSettingsTemplate } from "./settings";
 
 type Handler = (req: IncomingMessage, res: ServerResponse, next?: (err?: unknown) => void) => void;
 
@@ -12,8 +17,13 @@ type Handler = (req: IncomingMessage, res: ServerResponse, next?: (err?: unknown
 type ErrorHandler = (err: { status?: number; statusCode?: number; message?: string }, req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void) => void;
 
 interface ExpressApp extends Handler {
-  use(path: string, handler: Handler | ErrorHandler): void;
-  disable(setting: string): void;
+  use(path: string, ...handlers: Array<Handler | ErrorHandler>): void;
+  set(setting: string, value: unknown): void;
+}
+
+interface Express {
+  (): ExpressApp;
+  static(root: string, options?: unknown): Handler;
 }
 
 /** The slice of node-red's embedding API used here (node-red/lib/red.js). */
@@ -27,6 +37,7 @@ interface NodeRed {
   readonly events: {
     on(event: "runtime-event", listener: (event: RuntimeEvent) => void): void;
     off(event: "runtime-event", listener: (event: RuntimeEvent) => void): void;
+    emit(event: typeof HTTP_REFUSAL_EVENT, refusal: HttpRefusal): boolean;
   };
 }
 
@@ -49,27 +60,31 @@ const FLOWS_START_WAIT_MS = 15_000;
 export type LogLevel = "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "off";
 
 export interface RuntimeOptions {
-  /** Default 1880; 0 picks a free port. */
+  /** Overrides settings.js's uiPort. Default 1880; 0 picks a free port. */
   port?: number;
-  /** Default 127.0.0.1. */
+  /** Overrides settings.js's uiHost. Default 127.0.0.1. */
   host?: string;
+  /** TETHRAL_ALLOWED_HOSTS: further names (comma-separated) the runtime answers to. */
+  allowedHosts?: string;
   /** Node-RED's user dir. Default `.tethral` in the current directory. */
   userDir?: string;
   /** Where Node-RED finds this package's nodes. Default the package root. */
   nodesDir?: string;
   /** Copied to `<userDir>/flows.json` when that file does not exist. Default `flows/flows.json`. */
   flowsTemplate?: string;
-  /** Default: Node-RED generates one and keeps it in the user dir. */
+  /** Overrides settings.js's. Default: Node-RED generates one and keeps it in the user dir. */
   credentialSecret?: string;
-  /** Console log level. Default info. */
+  /** Console log level; overrides settings.js's. Default info. */
   logLevel?: LogLevel;
 }
 
 export interface RunningRuntime {
-  /** The editor, e.g. `http://127.0.0.1:1880/`. */
+  /** The editor, e.g. `http://127.0.0.1:1880/` (null when settings.js turns it off). */
   url: string;
   /** The REST API root, e.g. `http://127.0.0.1:1880/api/`. */
   apiUrl: string;
+  /** Whether settings.js turned on TLS. */
+  https: boolean;
   port: number;
   host: string;
   userDir: string;
@@ -99,20 +114,23 @@ export const HTTP_NODE_ROOT = "/api";
 /** Largest request body the REST API reads (a device record or report is a few KiB). */
 const API_MAX_BODY_BYTES = 1024 * 1024;
 
-/** Runtime options from the environment variables of CONTRACT §6. */
+/**
+ * Runtime options from the environment variables of CONTRACT §6. Only variables that are set
+ * appear: the rest is settings.js's, then the runtime's defaults.
+ */
 export function optionsFromEnv(env: NodeJS.ProcessEnv = process.env, cwd: string = process.cwd()): RuntimeOptions {
-  const options: RuntimeOptions = {
-    port: parsePort(env.PORT),
-    host: env.HOST?.trim() || DEFAULT_HOST,
-    userDir: path.resolve(cwd, env.TETHRAL_USER_DIR?.trim() || ".tethral"),
-  };
+  const options: RuntimeOptions = { userDir: path.resolve(cwd, env.TETHRAL_USER_DIR?.trim() || ".tethral") };
+  const port = parsePort(env.PORT);
+  if (port !== undefined) options.port = port;
+  if (env.HOST?.trim()) options.host = env.HOST.trim();
+  if (env.TETHRAL_ALLOWED_HOSTS?.trim()) options.allowedHosts = env.TETHRAL_ALLOWED_HOSTS.trim();
   // The variable Node-RED's own Docker image and settings template read.
   if (env.NODE_RED_CREDENTIAL_SECRET) options.credentialSecret = env.NODE_RED_CREDENTIAL_SECRET;
   return options;
 }
 
-function parsePort(value: string | undefined): number {
-  if (value === undefined || value.trim() === "") return DEFAULT_PORT;
+function parsePort(value: string | undefined): number | undefined {
+  if (value === undefined || value.trim() === "") return undefined;
   const s = value.trim();
   const port = Number(s);
   if (!/^\d+$/.test(s) || port > 65535) {
@@ -125,20 +143,32 @@ function parsePort(value: string | undefined): number {
 let started = false;
 
 export async function startRuntime(options: RuntimeOptions = {}): Promise<RunningRuntime> {
-  const port = options.port ?? DEFAULT_PORT;
-  const host = options.host ?? DEFAULT_HOST;
   const userDir = path.resolve(options.userDir ?? ".tethral");
-  const flowFile = path.join(userDir, "flows.json");
+  const settings = prepareSettings(userDir, options);
+  const port = settings.uiPort as number;
+  const host = settings.uiHost as string;
+  const adminRoot = settings.httpAdminRoot === false ? null : root(settings.httpAdminRoot);
+  const nodeRoot = settings.httpNodeRoot === false ? null : root(settings.httpNodeRoot);
+  const flowFile = path.resolve(userDir, settings.flowFile as string);
 
-  // Resolve express from node-red's own location rather than trusting how npm hoisted it.
+  // Resolve express and the libraries Node-RED's own launcher uses from node-red's location
+  // rather than trusting how npm hoisted them.
   const requireHere = createRequire(__filename);
   const redPath = requireHere.resolve("node-red");
   const RED = requireHere(redPath) as NodeRed;
-  const express = createRequire(redPath)("express") as () => ExpressApp;
+  const fromRed = createRequire(redPath);
+  const express = fromRed("express") as Express;
 
   const app = express();
-  app.disable("x-powered-by");
-  const server = createServer(app);
+  // No stack traces in answers (Express shows them outside production), no x-powered-by.
+  app.set("env", "production");
+  app.set("x-powered-by", false);
+  const serverOptions = settings.httpServerOptions;
+  if (serverOptions !== null && typeof serverOptions === "object") {
+    for (const [name, value] of Object.entries(serverOptions)) app.set(name, value);
+  }
+  const tls = await httpsOptions(settings);
+  const server = tls ? createHttpsServer(tls, app) : createServer(app);
   // Listen before Node-RED loads anything, so a busy port is one clear line and nothing else.
   await listen(server, port, host);
   if (started) {
@@ -146,59 +176,269 @@ export async function startRuntime(options: RuntimeOptions = {}): Promise<Runnin
     throw new StartupError("Node-RED is already running in this process: it can be started once per process");
   }
   const address = server.address() as AddressInfo;
+  settings.uiPort = address.port;
 
+  const policy = hostPolicy(host, options.allowedHosts);
+  const nodeCors = corsPolicy(settings.httpNodeCors);
+  const adminCors = corsPolicy(settings.httpAdminCors);
+  const corsFor = (url: string | undefined): OriginAllowed => (nodeRoot !== null && under(url, nodeRoot) ? nodeCors : adminCors);
+  // A refused device report is a device message refused: the hub nodes count it (CONTRACT §4).
+  const announce = (url: string | undefined, method: string | undefined, reason: string, message: string) => {
+    if (nodeRoot === null || !under(url, nodeRoot)) return;
+    const report = reportOf(method, (url ?? "").slice(nodeRoot.length - 1));
+    if (report) RED.events.emit(HTTP_REFUSAL_EVENT, { ...report, reason, message });
+  };
+
+  let refreshTimer: NodeJS.Timeout | null = null;
   let flows: FlowsState;
   try {
     prepareUserDir(userDir, flowFile, options.flowsTemplate ?? path.join(PACKAGE_ROOT, "flows", "flows.json"));
     started = true;
-    const settings: Record<string, unknown> = {
-      userDir,
-      flowFile,
-      flowFilePretty: true,
-      nodesDir: [path.resolve(options.nodesDir ?? PACKAGE_ROOT)],
-      httpAdminRoot: HTTP_ADMIN_ROOT,
-      httpNodeRoot: HTTP_NODE_ROOT,
-      uiHost: host,
-      uiPort: address.port,
-      logging: { console: { level: options.logLevel ?? "info", metrics: false, audit: false } },
-      // A device hub often runs on a closed network: no update check, no consent prompt.
-      telemetry: { enabled: false, updateNotification: false },
-      editorTheme: { page: { title: "Tethral" }, header: { title: "Tethral" }, tours: false },
-      // The REST API answers a body it cannot read in its own JSON error shape (CONTRACT §1),
-      // where Node-RED's http in node would answer 500.
-      httpNodeMiddleware: jsonBody(API_MAX_BODY_BYTES),
-      apiMaxLength: "1mb",
+    settings.flowFile = flowFile;
+    guardUpgrades(server, policy, corsFor);
+    const guard: Handler = (req, res, next) => {
+      const refusal = refusalOf(req, policy, false, corsFor(req.url));
+      if (!refusal) return next?.();
+      announce(req.url, req.method, refusal.reason, refusal.message);
+      sendError(res, refusal.status, refusal.status === 403 ? "FORBIDDEN" : "INVALID", refusal.message);
     };
-    if (options.credentialSecret) settings.credentialSecret = options.credentialSecret;
+    app.use("/", guard);
     RED.init(server, settings);
+    if (adminRoot !== null && isCredentials(settings.httpAdminAuth)) {
+      // Deprecated by Node-RED in favour of adminAuth, and still honoured by its launcher.
+      app.use(adminRoot, basicAuth(fromRed, settings.httpAdminAuth));
+    }
     // The API first: the editor's app, mounted at /, parses every body it sees with its own
     // limits and error pages, and must not see the API's requests.
-    app.use(HTTP_NODE_ROOT, RED.httpNode);
-    app.use(HTTP_NODE_ROOT, noRoute);
-    app.use(HTTP_NODE_ROOT, apiError);
-    app.use(HTTP_ADMIN_ROOT, RED.httpAdmin);
+    if (nodeRoot !== null) {
+      const nodeAuth = settings.httpNodeAuth;
+      if (typeof nodeAuth === "function" || Array.isArray(nodeAuth)) app.use(nodeRoot, ...([nodeAuth].flat() as Handler[]));
+      else if (isCredentials(nodeAuth)) app.use(nodeRoot, basicAuth(fromRed, nodeAuth));
+      // The REST API answers a body it cannot read in its own JSON error shape (CONTRACT §1),
+      // where Node-RED's http in node would answer 500.
+      app.use(nodeRoot, jsonBody(API_MAX_BODY_BYTES, (req, reason, message) => announce(nodeRoot + (req.url ?? "").slice(1), req.method, reason, message)));
+      app.use(nodeRoot, RED.httpNode);
+      if (nodeRoot !== "/" && nodeRoot !== adminRoot) {
+        app.use(nodeRoot, noRoute(nodeRoot));
+        app.use(nodeRoot, apiError);
+      }
+    }
+    if (adminRoot !== null) app.use(adminRoot, RED.httpAdmin);
+    serveStatic(app, express, fromRed, settings);
+    app.use("/", finalError(RED));
+    refreshTimer = refreshHttps(server, settings, RED);
     const flowsSettled = flowsState(RED);
     await RED.start();
     flows = await flowsSettled;
   } catch (err) {
+    if (refreshTimer) clearInterval(refreshTimer);
     await closeServer(server);
     throw err;
   }
 
-  const base = `http://${urlHost(host)}:${address.port}`;
+  const base = `${tls ? "https" : "http"}://${urlHost(host)}:${address.port}`;
   let stopping: Promise<void> | null = null;
   return {
-    url: `${base}${HTTP_ADMIN_ROOT}`,
-    apiUrl: `${base}${HTTP_NODE_ROOT}/`,
+    url: `${base}${adminRoot ?? "/"}`,
+    apiUrl: `${base}${nodeRoot ?? HTTP_NODE_ROOT + "/"}`,
+    https: tls !== null,
     port: address.port,
     host,
     userDir,
     flowFile,
     flows,
     stop() {
+      if (refreshTimer) clearInterval(refreshTimer);
       stopping ??= RED.stop().finally(() => closeServer(server));
       return stopping;
     },
+  };
+}
+
+/** The user dir's settings.js, with the defaults and overrides (nothing is written: the port may be busy). */
+function prepareSettings(userDir: string, options: RuntimeOptions): NodeRedSettings {
+  let user: NodeRedSettings | null;
+  try {
+    user = readUserSettings(userDir);
+  } catch (err) {
+    throw new StartupError(`${(err as Error).message}: fix it, or move it away to start with the defaults`);
+  }
+  const settings = mergeSettings(
+    user,
+    {
+      userDir,
+      nodesDir: path.resolve(options.nodesDir ?? PACKAGE_ROOT),
+      port: DEFAULT_PORT,
+      host: DEFAULT_HOST,
+      adminRoot: HTTP_ADMIN_ROOT,
+      nodeRoot: HTTP_NODE_ROOT,
+      logLevel: "info",
+    },
+    {
+      ...(options.port !== undefined && { port: options.port }),
+      ...(options.host !== undefined && { host: options.host }),
+      ...(options.credentialSecret !== undefined && { credentialSecret: options.credentialSecret }),
+      ...(options.logLevel !== undefined && { logLevel: options.logLevel }),
+    },
+  );
+  const port = Number(settings.uiPort);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new StartupError(`uiPort in settings.js must be a port number, not ${JSON.stringify(settings.uiPort)}: fix it, or set PORT`, "PORT");
+  }
+  settings.uiPort = port;
+  if (typeof settings.uiHost !== "string" || settings.uiHost.trim() === "") {
+    throw new StartupError(`uiHost in settings.js must be an address, not ${JSON.stringify(settings.uiHost)}: fix it, or set HOST`, "HOST");
+  }
+  if (typeof settings.flowFile !== "string") throw new StartupError("flowFile in settings.js must be a file name");
+  return settings;
+}
+
+/** Node-RED's form of a root path: a leading and a trailing slash. */
+function root(value: unknown): string {
+  let r = typeof value === "string" && value !== "" ? value : "/";
+  if (!r.startsWith("/")) r = `/${r}`;
+  if (!r.endsWith("/")) r = `${r}/`;
+  return r;
+}
+
+/** Whether a request URL is at or under a root such as `/api/`. */
+function under(url: string | undefined, rootPath: string): boolean {
+  const u = url ?? "/";
+  return rootPath === "/" || u.startsWith(rootPath) || u === rootPath.slice(0, -1) || u.startsWith(`${rootPath.slice(0, -1)}?`);
+}
+
+/** settings.js's `https`: an object, or a function that returns one (or a promise of one), as Node-RED's launcher takes it. */
+async function httpsOptions(settings: NodeRedSettings): Promise<HttpsOptions | null> {
+  const https = settings.https;
+  if (!https) return null;
+  try {
+    const value = (await (typeof https === "function" ? (https as () => unknown)() : https)) as HttpsOptions | null | undefined;
+    return value && typeof value === "object" ? value : null;
+  } catch (err) {
+    throw new StartupError(`the https setting in settings.js failed: ${(err as Error).message}`);
+  }
+}
+
+/** Node-RED's httpsRefreshInterval (hours): a function `https` is asked again and the new key and certificate used. */
+function refreshHttps(server: Server, settings: NodeRedSettings, RED: NodeRed): NodeJS.Timeout | null {
+  if (typeof settings.https !== "function" || !settings.httpsRefreshInterval || !("setSecureContext" in server)) return null;
+  const hours = Math.min(596, Number(settings.httpsRefreshInterval) || 12);
+  const timer = setInterval(() => {
+    Promise.resolve((settings.https as () => unknown)()).then(
+      (fresh) => {
+        if (fresh && typeof fresh === "object") (server as unknown as { setSecureContext(o: unknown): void }).setSecureContext(fresh);
+      },
+      (err: unknown) => RED.log.error(`the https settings could not be refreshed: ${(err as Error).message}`),
+    );
+  }, hours * 3_600_000);
+  timer.unref();
+  return timer;
+}
+
+interface Credentials {
+  user: string;
+  pass: string;
+}
+
+function isCredentials(value: unknown): value is Credentials {
+  return value !== null && typeof value === "object" && typeof (value as Credentials).user === "string" && typeof (value as Credentials).pass === "string";
+}
+
+/**
+ * HTTP Basic authentication as Node-RED's launcher applies it for httpNodeAuth, httpAdminAuth and
+ * httpStaticAuth: `pass` is a bcrypt hash (or a legacy MD5 hex digest). The last password that
+ * matched is remembered, so a client sending it again does not pay for bcrypt on every request.
+ */
+function basicAuth(fromRed: NodeJS.Require, { user, pass }: Credentials): Handler {
+  const parse = fromRed("basic-auth") as (req: IncomingMessage) => { name: string; pass: string } | undefined;
+  let bcrypt: { compareSync(password: string, hash: string): boolean };
+  try {
+    bcrypt = fromRed("@node-rs/bcrypt") as typeof bcrypt;
+  } catch {
+    bcrypt = fromRed("bcryptjs") as typeof bcrypt;
+  }
+  const check = pass.length === 32 ? (p: string) => createHash("md5").update(p, "utf8").digest("hex") === pass : (p: string) => bcrypt.compareSync(p, pass);
+  let remembered: string | null = null;
+  return (req, res, next) => {
+    if (req.method === "OPTIONS") return next?.();
+    const given = parse(req);
+    const ok = given !== undefined && given.name === user && (given.pass === remembered || check(given.pass));
+    if (!ok) {
+      res.setHeader("WWW-Authenticate", 'Basic realm="Authorization Required"');
+      return sendError(res, 401, "UNAUTHORIZED", "this path needs a user name and password (HTTP Basic authentication)");
+    }
+    remembered = given.pass;
+    next?.();
+  };
+}
+
+/** settings.js's httpStatic (a folder, or a list of {path, root, options, middleware, cors}), served as Node-RED's launcher does. */
+function serveStatic(app: ExpressApp, express: Express, fromRed: NodeJS.Require, settings: NodeRedSettings): void {
+  const statics = settings.httpStatic;
+  if (!statics) return;
+  const base = root(settings.httpStaticRoot);
+  const cors = fromRed("cors") as (options: unknown) => Handler;
+  const seen = new Set<string>();
+  for (const entry of Array.isArray(statics) ? statics : [statics]) {
+    const spec = typeof entry === "string" ? { path: entry } : (entry as { path?: unknown; root?: unknown; options?: unknown; middleware?: unknown; cors?: unknown });
+    if (spec === null || typeof spec !== "object" || typeof spec.path !== "string") continue;
+    const at = root(path.posix.join(base, root(spec.root)));
+    if (seen.has(`${spec.path}::${at}`)) continue;
+    seen.add(`${spec.path}::${at}`);
+    const corsOptions = spec.cors ?? settings.httpStaticCors;
+    if (corsOptions) app.use(at, cors(corsOptions));
+    if (isCredentials(settings.httpStaticAuth)) app.use(at, basicAuth(fromRed, settings.httpStaticAuth));
+    if (typeof spec.middleware === "function" || Array.isArray(spec.middleware)) app.use(at, ...([spec.middleware].flat() as Handler[]));
+    app.use(at, express.static(spec.path, spec.options));
+  }
+}
+
+/**
+ * WebSocket upgrades (the editor's comms, the devices' WebSocket path, a user's websocket nodes)
+ * pass the same Host check as requests, and a page of another origin may not open one: Node-RED
+ * and the adapters attach their own `upgrade` listeners, so the check sits in front of them all.
+ */
+function guardUpgrades(server: Server, policy: HostPolicy, corsFor: (url: string | undefined) => OriginAllowed): void {
+  const emit = server.emit.bind(server) as (event: string, ...args: unknown[]) => boolean;
+  server.emit = ((event: string, ...args: unknown[]) => {
+    if (event === "upgrade") {
+      const req = args[0] as IncomingMessage;
+      const refusal = refusalOf(req, policy, true, corsFor(req.url));
+      if (refusal) {
+        refuseUpgrade(args[1] as Socket, refusal.status, refusal.message);
+        return true;
+      }
+    }
+    return emit(event, ...args);
+  }) as Server["emit"];
+}
+
+function refuseUpgrade(socket: Socket, status: number, message: string): void {
+  const body = JSON.stringify({ error: { code: status === 403 ? "FORBIDDEN" : "INVALID", message } });
+  const reason = status === 403 ? "Forbidden" : "Bad Request";
+  socket.on("error", () => undefined);
+  socket.end(
+    `HTTP/1.1 ${status} ${reason}\r\nConnection: close\r\nContent-Type: application/json; charset=utf-8\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
+}
+
+/**
+ * The last error handler: whatever a route failed with (a malformed body on an admin route, a
+ * node's exception) is answered in the API's error shape, never with a page that carries the
+ * stack and the paths of the installation. A server-side failure is logged here instead.
+ */
+function finalError(RED: NodeRed): ErrorHandler {
+  return (err, req, res, next) => {
+    if (res.headersSent) return next(err);
+    const status = err.status ?? err.statusCode ?? 500;
+    if (status >= 400 && status < 500) {
+      const first = String(err.message ?? "bad request").split("\n")[0]!.slice(0, 200);
+      sendError(res, status, status === 401 ? "UNAUTHORIZED" : status === 404 ? "NOT_FOUND" : "INVALID", `the request cannot be handled: ${first}`);
+      return;
+    }
+    RED.log.error(`${req.method ?? "GET"} ${(req.url ?? "").split("?")[0]} failed: ${err.message ?? String(err)}`);
+    sendError(res, 500, "INTERNAL", "the request could not be handled: see the Node-RED log");
   };
 }
 
@@ -259,15 +499,19 @@ function listenError(err: NodeJS.ErrnoException, port: number, host: string): Er
 function prepareUserDir(userDir: string, flowFile: string, template: string): void {
   try {
     mkdirSync(userDir, { recursive: true });
+    mkdirSync(path.dirname(flowFile), { recursive: true });
+    // A settings.js to edit, as Node-RED writes one into a new user dir (it sets nothing).
+    writeSettingsTemplate(userDir);
     // The user's copy: edits and deploys go there, never into the package.
     if (!existsSync(flowFile)) copyFileSync(template, flowFile);
   } catch (err) {
-    const reason = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
-    throw new StartupError(
-      `Cannot prepare the user directory ${userDir} (${reason}): set TETHRAL_USER_DIR to a writable directory`,
-      "TETHRAL_USER_DIR",
-    );
+    throw unwritable(userDir, err);
   }
+}
+
+function unwritable(userDir: string, err: unknown): StartupError {
+  const reason = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+  return new StartupError(`Cannot prepare the user directory ${userDir} (${reason}): set TETHRAL_USER_DIR to a writable directory`, "TETHRAL_USER_DIR");
 }
 
 type ApiRequest = IncomingMessage & { body?: unknown; _body?: boolean };
@@ -295,7 +539,7 @@ const API_MAX_DEPTH = 64;
  * (body-parser, which the http in node runs next, leaves a request it finds marked `_body`
  * alone). Bodies of other types on other paths go on untouched.
  */
-function jsonBody(limit: number): Handler {
+function jsonBody(limit: number, refused: (req: IncomingMessage, reason: string, message: string) => void): Handler {
   return (req: ApiRequest, res, next) => {
     const type = String(req.headers["content-type"] ?? "").toLowerCase();
     const declared = Number(req.headers["content-length"] ?? 0);
@@ -309,6 +553,7 @@ function jsonBody(limit: number): Handler {
       failed = true;
       if (declared > DRAIN_LIMIT_BYTES) res.setHeader("Connection", "close");
       sendError(res, status, "INVALID", message);
+      refused(req, status === 413 ? "payload-too-large" : "unsupported-media-type", message);
       let dropped = 0;
       req.on("data", (chunk: Buffer) => {
         dropped += chunk.length;
@@ -343,11 +588,15 @@ function jsonBody(limit: number): Handler {
       try {
         body = text.trim() === "" ? {} : (JSON.parse(text) as unknown);
       } catch (err) {
-        sendError(res, 400, "INVALID", `the request body is not valid JSON: ${(err as Error).message}`);
+        const message = `the request body is not valid JSON: ${(err as Error).message}`;
+        sendError(res, 400, "INVALID", message);
+        refused(req, "invalid-payload", message);
         return;
       }
       if (depthOf(body, API_MAX_DEPTH) > API_MAX_DEPTH) {
-        sendError(res, 400, "INVALID", `the request body nests deeper than ${API_MAX_DEPTH} levels`);
+        const message = `the request body nests deeper than ${API_MAX_DEPTH} levels`;
+        sendError(res, 400, "INVALID", message);
+        refused(req, "invalid-payload", message);
         return;
       }
       req.body = body;
@@ -372,10 +621,12 @@ function depthOf(value: unknown, stop: number): number {
 }
 
 /** Under /api, a path no flow serves: 404 in the API's error shape rather than an HTML page. */
-const noRoute: Handler = (req, res) => {
-  const path = (req.url ?? "").split("?")[0];
-  sendError(res, 404, "NOT_FOUND", `no route ${req.method ?? "GET"} ${HTTP_NODE_ROOT}${path}`);
-};
+function noRoute(nodeRoot: string): Handler {
+  return (req, res) => {
+    const path = (req.url ?? "").split("?")[0];
+    sendError(res, 404, "NOT_FOUND", `no route ${req.method ?? "GET"} ${nodeRoot.slice(0, -1)}${path}`);
+  };
+}
 
 /**
  * Under /api, what Express itself refuses (a path with a malformed %-escape, a body a parser

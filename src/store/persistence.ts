@@ -30,7 +30,11 @@ export interface PersistenceStatistics {
   refused: number;
   degraded: boolean;
   pending: { presence: number; states: number; history: number; events: number };
+  /** History and event rows waiting, against the bound past which the oldest are dropped. */
+  backlog: { rows: number; bound: number };
   dropped: { history: number; events: number };
+  /** When rows were last dropped (clock milliseconds), null when never. */
+  lastDroppedAt: number | null;
   purged: PurgeResult;
 }
 
@@ -42,6 +46,9 @@ export interface PersistenceStatistics {
  * retried with backoff while the hub serves from memory; the buffer is bounded and what it
  * drops is counted. Nothing here touches the hub's state: it only reads it through the host.
  */
+/** How long after rows were last dropped the store still says it is dropping them. */
+const DROPPING_MS = 60_000;
+
 export class Persistence {
   private presence = new Set<string>();
   private states = new Set<string>();
@@ -59,6 +66,7 @@ export class Persistence {
   private failuresInRow = 0;
   private degradedSince = 0;
   private dropReported = false;
+  private lastDroppedAt: number | null = null;
   private readonly stats = {
     flushes: 0,
     rowsWritten: 0,
@@ -255,6 +263,7 @@ export class Persistence {
    */
   private shed(over: number): void {
     const excess = Math.max(over, Math.ceil(this.options.maxBufferedRows * 0.05));
+    this.lastDroppedAt = this.clock.now();
     const events = Math.min(excess, this.events.length);
     if (events > 0) {
       this.events.splice(0, events);
@@ -463,6 +472,19 @@ export class Persistence {
     return total;
   }
 
+  /**
+   * Why the store cannot keep up, or null: rows dropped within the last `DROPPING_MS`, or a
+   * write backlog past half its bound (the buffer is filling faster than the database takes it).
+   */
+  get pressure(): string | null {
+    const rows = this.history.length + this.events.length;
+    if (this.lastDroppedAt !== null && this.clock.now() - this.lastDroppedAt < DROPPING_MS) {
+      return `the write buffer is full: rows were dropped ${Math.round((this.clock.now() - this.lastDroppedAt) / 1000)} s ago`;
+    }
+    if (rows > this.options.maxBufferedRows / 2) return `the write backlog is ${rows} rows, past half its bound of ${this.options.maxBufferedRows}`;
+    return null;
+  }
+
   statistics(): PersistenceStatistics {
     return {
       flushes: this.stats.flushes,
@@ -471,7 +493,9 @@ export class Persistence {
       refused: this.stats.refused,
       degraded: this.isDegraded,
       pending: { presence: this.presence.size, states: this.states.size, history: this.history.length, events: this.events.length },
+      backlog: { rows: this.history.length + this.events.length, bound: this.options.maxBufferedRows },
       dropped: { ...this.stats.dropped },
+      lastDroppedAt: this.lastDroppedAt,
       purged: { ...this.stats.purged },
     };
   }

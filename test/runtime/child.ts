@@ -21,6 +21,7 @@ async function main(): Promise<void> {
     // A fixed port where a test restarts the runtime and its devices must find it again.
     port: Number(process.env.TETHRAL_TEST_RUNTIME_PORT ?? 0),
     host: "127.0.0.1",
+    ...(process.env.TETHRAL_ALLOWED_HOSTS && { allowedHosts: process.env.TETHRAL_ALLOWED_HOSTS }),
     userDir,
     nodesDir: sourcePackage(pkg),
     logLevel: (process.env.TETHRAL_TEST_LOG as "warn" | undefined) ?? "warn",

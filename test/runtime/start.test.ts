@@ -150,13 +150,13 @@ describe("flow runtime (npm start)", function () {
 });
 
 describe("runtime options from the environment", function () {
-  it("defaults to 127.0.0.1:1880 and .tethral in the current directory", () => {
-    assert.deepEqual(optionsFromEnv({}, "/srv/app"), { port: 1880, host: "127.0.0.1", userDir: "/srv/app/.tethral" });
+  it("uses .tethral in the current directory, and leaves the port and host to settings.js and the defaults when PORT and HOST are unset", () => {
+    assert.deepEqual(optionsFromEnv({}, "/srv/app"), { userDir: "/srv/app/.tethral" });
   });
 
-  it("reads PORT, HOST and TETHRAL_USER_DIR", () => {
-    const options = optionsFromEnv({ PORT: "18801", HOST: "0.0.0.0", TETHRAL_USER_DIR: "data" }, "/srv/app");
-    assert.deepEqual(options, { port: 18801, host: "0.0.0.0", userDir: "/srv/app/data" });
+  it("reads PORT, HOST, TETHRAL_USER_DIR and TETHRAL_ALLOWED_HOSTS", () => {
+    const options = optionsFromEnv({ PORT: "18801", HOST: "0.0.0.0", TETHRAL_USER_DIR: "data", TETHRAL_ALLOWED_HOSTS: "hub.lan,.example.com" }, "/srv/app");
+    assert.deepEqual(options, { port: 18801, host: "0.0.0.0", userDir: "/srv/app/data", allowedHosts: "hub.lan,.example.com" });
   });
 
   it("refuses a PORT that is not a port number, naming PORT", () => {

@@ -158,6 +158,53 @@ describe("Hub persistence (SQLite file)", () => {
     assert.deepEqual((await flaky.inner.loadStates())[0]!.properties, { n: 39 }, "the latest state is never dropped");
   });
 
+  it("health is degraded while the write backlog is past half its bound or rows are being dropped, and says why", async () => {
+    const slow = new WrappedStore(new SqliteStore({ path: file }));
+    const clock = new ManualClock();
+    const hub = await open({ clock, persistence: { maxBufferedRows: 40, flushRows: 1000, stopTimeoutMs: 200 } }, slow);
+    await hub.registerDevice({ id: "d1", protocol: "mqtt" });
+    await hub.flush();
+    assert.equal(hub.health().status, "ok");
+    // The database is reachable and answers nothing for now: nothing fails, the backlog grows.
+    slow.hang = true;
+    let n = 0;
+    while (hub.statistics().store!.backlog.rows <= 20) hub.ingest("d1", { kind: "telemetry", data: { n: n++ } });
+    let health = hub.health();
+    assert.equal(health.status, "degraded");
+    assert.equal(health.components.store!.status, "degraded");
+    assert.match(String(health.components.store!.error), /backlog is \d+ rows, past half its bound of 40/);
+    assert.deepEqual(health.components.store!.backlog, hub.statistics().store!.backlog);
+    for (let i = 0; i < 40; i++) hub.ingest("d1", { kind: "telemetry", data: { n: n++ } });
+    assert.ok(hub.statistics().store!.dropped.events > 0);
+    health = hub.health();
+    assert.equal(health.status, "degraded");
+    assert.match(String(health.components.store!.error), /rows were dropped 0 s ago/);
+    slow.hang = false;
+    await hub.flush();
+    assert.equal(hub.statistics().store!.backlog.rows, 0);
+    assert.equal(hub.health().status, "degraded", "still dropping, a moment ago");
+    clock.advance(61_000);
+    health = hub.health();
+    assert.equal(health.status, "ok");
+    assert.equal(health.components.store!.error, undefined);
+  });
+
+  it("health shows the event loop's lag and the heap in use", async () => {
+    const hub = await open();
+    // The monitor measures from its first tick on: hold the loop once it has ticked.
+    await new Promise((resolve) => setTimeout(resolve, 60));
+    const busyUntil = Date.now() + 120;
+    while (Date.now() < busyUntil); // holds the loop: the lag shows it
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    const proc = hub.health().components.process as unknown as { status: string; eventLoopLagMs: { p50: number; p99: number; max: number }; heap: { usedBytes: number; limitBytes: number; usedRatio: number }; rssBytes: number };
+    assert.equal(proc.status, "ok");
+    assert.ok(proc.eventLoopLagMs.max >= 80, `the loop was held for 120 ms: max lag ${proc.eventLoopLagMs.max} ms`);
+    assert.ok(proc.eventLoopLagMs.p50 <= proc.eventLoopLagMs.p99 && proc.eventLoopLagMs.p99 <= proc.eventLoopLagMs.max);
+    assert.ok(proc.heap.usedBytes > 1_000_000 && proc.heap.usedBytes < proc.heap.limitBytes);
+    assert.ok(proc.heap.usedRatio > 0 && proc.heap.usedRatio < 1);
+    assert.ok(proc.rssBytes >= proc.heap.usedBytes);
+  });
+
   it("rolls back an update the database refused", async () => {
     const flaky = new WrappedStore(new SqliteStore({ path: file }));
     const hub = await open({ persistence: { stopTimeoutMs: 200 } }, flaky);

@@ -1,0 +1,145 @@
+// What the runtime refuses before Node-RED sees a request (CONTRACT §6, DESIGN "Security model"):
+// a Host that is not one of the runtime's own names (DNS rebinding lets any web page reach
+// 127.0.0.1 under a name of its own), and a state-changing request, or a WebSocket upgrade,
+// from a page of another origin (Origin). Browsers send both headers and pages cannot forge
+// them; devices and scripts send a Host and no Origin.
+import { hostname, networkInterfaces } from "node:os";
+
+/** The names a Host header may carry, and the names the user allowed explicitly. */
+export interface HostPolicy {
+  /** Exact names, lower case, without port or brackets (`localhost`, `127.0.0.1`, `::1`). */
+  readonly names: ReadonlySet<string>;
+  /** `.example.com` entries of TETHRAL_ALLOWED_HOSTS: that name and every name under it. */
+  readonly suffixes: readonly string[];
+  /** TETHRAL_ALLOWED_HOSTS itself: a page served under one of these may change state here. */
+  readonly explicit: ReadonlySet<string>;
+}
+
+const LOOPBACK = ["localhost", "127.0.0.1", "::1"];
+const WILDCARDS = new Set(["0.0.0.0", "::", ""]);
+
+/**
+ * The runtime's own names: loopback, HOST, and TETHRAL_ALLOWED_HOSTS (comma-separated; `*`
+ * turns the check off, for a proxy that checks Host itself). Bound to every interface (HOST
+ * 0.0.0.0 or ::), the machine's own addresses and host name are its names too: no web page
+ * can make a browser send those for a name of its own.
+ */
+export function hostPolicy(host: string, allowed: string | undefined): HostPolicy {
+  const names = new Set(LOOPBACK);
+  const explicit = new Set<string>();
+  const suffixes: string[] = [];
+  const bare = normalise(host);
+  if (WILDCARDS.has(bare)) {
+    names.add(hostname().toLowerCase());
+    for (const list of Object.values(networkInterfaces())) for (const a of list ?? []) names.add(normalise(a.address));
+  } else {
+    names.add(bare);
+  }
+  for (const entry of (allowed ?? "").split(",")) {
+    const name = normalise(entry);
+    if (name === "") continue;
+    if (name.startsWith(".")) suffixes.push(name);
+    else names.add(name);
+    explicit.add(name);
+  }
+  return { names, suffixes, explicit };
+}
+
+/** Lower case, without a port, brackets, or a trailing dot: `[::1]:1880` → `::1`. */
+function normalise(value: string): string {
+  let v = value.trim().toLowerCase();
+  if (v.startsWith("[")) {
+    const end = v.indexOf("]");
+    v = end > 0 ? v.slice(1, end) : v;
+  } else if (v.split(":").length === 2) {
+    v = v.slice(0, v.indexOf(":"));
+  }
+  return v.endsWith(".") ? v.slice(0, -1) : v;
+}
+
+function allowsName(policy: HostPolicy, name: string): boolean {
+  if (policy.explicit.has("*") || policy.names.has(name)) return true;
+  return policy.suffixes.some((s) => name === s.slice(1) || name.endsWith(s));
+}
+
+export interface Refusal {
+  /** The answer's status. */
+  status: number;
+  /** Why, for `message.rejected` and the log. */
+  reason: "foreign-host" | "foreign-origin";
+  /** The answer's message: what to change to be let in. */
+  message: string;
+}
+
+export interface GuardedRequest {
+  method?: string | undefined;
+  headers: Record<string, string | string[] | undefined>;
+}
+
+/** May a page of this origin call here? (A CORS setting of the user's, for their own pages.) */
+export type OriginAllowed = (origin: string) => boolean;
+
+const SAFE_METHODS = new Set(["GET", "HEAD", "OPTIONS"]);
+
+/**
+ * Why a request is refused, or null. `upgrade`: a WebSocket upgrade, which a page of any origin
+ * may open and which carries what it says to the server in both directions: its Origin is
+ * checked as a state-changing request's is.
+ */
+export function refusalOf(req: GuardedRequest, policy: HostPolicy, upgrade: boolean, corsAllows: OriginAllowed = () => false): Refusal | null {
+  const host = header(req.headers.host);
+  if (host === undefined || host.trim() === "") {
+    return { status: 400, reason: "foreign-host", message: "the request has no Host header" };
+  }
+  const name = normalise(host);
+  if (!allowsName(policy, name)) {
+    return {
+      status: 400,
+      reason: "foreign-host",
+      message: `this runtime does not answer to the host name "${name.slice(0, 128)}": add it to TETHRAL_ALLOWED_HOSTS if it is one of its names`,
+    };
+  }
+  if (!upgrade && SAFE_METHODS.has((req.method ?? "GET").toUpperCase())) return null;
+  const origin = header(req.headers.origin);
+  if (origin === undefined) return null;
+  if (sameOrigin(origin, host, policy) || corsAllows(origin)) return null;
+  return {
+    status: 403,
+    reason: "foreign-origin",
+    message: `a page of ${origin.slice(0, 128)} may not ${upgrade ? "open a WebSocket to" : "change"} this runtime: add its host name to TETHRAL_ALLOWED_HOSTS if it is one of this runtime's names`,
+  };
+}
+
+/** The page's origin is this runtime: the same host and port as the request's, or a name the user allowed. */
+function sameOrigin(origin: string, host: string, policy: HostPolicy): boolean {
+  let url: URL;
+  try {
+    url = new URL(origin);
+  } catch {
+    return false; // "null" (a sandboxed frame, a file) and anything unreadable is foreign
+  }
+  if (url.host.toLowerCase() === host.trim().toLowerCase()) return true;
+  const name = normalise(url.hostname);
+  return policy.explicit.has("*") || policy.explicit.has(name) || policy.suffixes.some((s) => name === s.slice(1) || name.endsWith(s));
+}
+
+function header(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+/**
+ * The origins a `cors` setting of Node-RED's (httpNodeCors, httpAdminCors: the options of the
+ * `cors` package) lets call here. `origin: "*"` or `true` lets every page in, as the user said.
+ */
+export function corsPolicy(setting: unknown): OriginAllowed {
+  if (setting === null || typeof setting !== "object") return () => false;
+  const origin = (setting as { origin?: unknown }).origin;
+  const matches = (o: string, rule: unknown): boolean => {
+    if (rule === true || rule === "*") return true;
+    if (typeof rule === "string") return rule === o;
+    if (rule instanceof RegExp) return rule.test(o);
+    if (Array.isArray(rule)) return rule.some((r) => matches(o, r));
+    return false;
+  };
+  return (o) => matches(o, origin);
+}
