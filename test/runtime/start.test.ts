@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -130,6 +130,28 @@ describe("flow runtime (npm start)", function () {
       },
     );
     assert.equal(existsSync(path.join(scratch, "second")), false, "nothing was written for the refused start");
+  });
+
+  it("refuses a settings.js it cannot load with one line that names the file and why", async () => {
+    const dir = path.join(scratch, "broken");
+    mkdirSync(dir);
+    writeFileSync(path.join(dir, "settings.js"), "module.exports = { uiPort: 1880,,, };\n");
+    await assert.rejects(startRuntime({ port: 0, host: HOST, userDir: dir, logLevel: "off" }), (err: unknown) => {
+      assert.ok(err instanceof StartupError);
+      assert.match(err.message, /broken\/settings\.js cannot be loaded: .*fix it, or move it away/);
+      assert.doesNotMatch(err.message, /\n/);
+      return true;
+    });
+    writeFileSync(path.join(dir, "settings.js"), "module.exports = { uiPort: 'eighty' };\n");
+    await assert.rejects(startRuntime({ host: HOST, userDir: dir, logLevel: "off" }), /uiPort in settings\.js must be a port number/);
+  });
+
+  it("writes a settings.js to edit into a new user dir, which sets nothing", () => {
+    const file = path.join(runtime.userDir, "settings.js");
+    assert.ok(existsSync(file));
+    const settings = createRequire(file)(file) as Record<string, unknown>;
+    assert.deepEqual(settings, {});
+    assert.match(readFileSync(file, "utf8"), /adminAuth/);
   });
 
   it("as a command, prints that line alone and exits 1 on a busy port", async () => {
