@@ -9,7 +9,7 @@ import type { AddressInfo, Socket } from "node:net";
 import path from "node:path";
 import { HTTP_REFUSAL_EVENT, type HttpRefusal, reportOf } from "../nodes/http-refusals";
 import { type HostPolicy, type OriginAllowed, corsPolicy, hostPolicy, refusalOf } from "./guard";
-import { type NodeRedSettings, mergeSettings, readUserSettings, writeSettingsTemplate } from "./settings";
+import { type NodeRedSettings, SETTINGS_FILE, mergeSettings, readUserSettings, writeSettingsTemplate } from "./settings";
 
 type Handler = (req: IncomingMessage, res: ServerResponse, next?: (err?: unknown) => void) => void;
 
@@ -281,6 +281,8 @@ function prepareSettings(userDir: string, options: RuntimeOptions): NodeRedSetti
       ...(options.logLevel !== undefined && { logLevel: options.logLevel }),
     },
   );
+  // Node-RED names the file it was given in its start-up log.
+  if (user) settings.settingsFile = path.join(userDir, SETTINGS_FILE);
   const port = Number(settings.uiPort);
   if (!Number.isInteger(port) || port < 0 || port > 65535) {
     throw new StartupError(`uiPort in settings.js must be a port number, not ${JSON.stringify(settings.uiPort)}: fix it, or set PORT`, "PORT");
