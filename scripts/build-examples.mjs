@@ -23,9 +23,12 @@ function flow(name, build) {
 
 const comment = (name, info) => ({ name, info });
 const debug = (name) => ({ name, active: true, tosidebar: true, console: false, tostatus: true, complete: "true", targetType: "full", statusVal: "", statusType: "auto" });
-const inject = (name, payload, payloadType = "json", extra = {}) => ({
-  name, props: [{ p: "payload" }, ...Object.keys(extra).map((p) => ({ p, vt: "str" }))], repeat: "", crontab: "", once: false, onceDelay: 0.1, topic: "",
-  payload, payloadType, ...extra,
+// Node-RED's inject keeps payload and topic on the node and every other property's value in its
+// `props` entry (`v`), as its editor saves them: a property listed without `v` is sent as "".
+const inject = (name, payload, payloadType = "json", { topic = "", ...extra } = {}) => ({
+  name,
+  props: [{ p: "payload" }, ...(topic ? [{ p: "topic", vt: "str" }] : []), ...Object.entries(extra).map(([p, v]) => ({ p, v, vt: "str" }))],
+  repeat: "", crontab: "", once: false, onceDelay: 0.1, topic, payload, payloadType,
 });
 
 const examples = {
@@ -42,7 +45,7 @@ const examples = {
     add("o3", "debug", debug("error (msg.error.code)"), 400, 260);
   }),
   "02 Telemetry and state": flow("telemetry", (add) => {
-    add("c", "comment", comment("Device messages and state", "**tethral-in** passes on what devices report over any protocol. **tethral-state** sets a desired value (the device sees it in `delta`) and reads a device's state and history."), 200, 40);
+    add("c", "comment", comment("Device messages and state", "**tethral-in** passes on what devices report over any protocol. **tethral-state** sets a desired value (it shows in the state's `delta` until the device reports that value) and reads a device's state and history."), 200, 40);
     add("in", "tethral-in", { name: "", hub: HUB, deviceId: "", protocol: "", kindTelemetry: true, kindHeartbeat: false, kindState: true, kindStatus: true }, 130, 100, [["o1"]]);
     add("o1", "debug", debug("device messages"), 360, 100);
     add("i1", "inject", inject("setpoint 22 for boiler-1", '{"desired":{"setpoint":22}}', "json", { deviceId: "boiler-1" }), 180, 160, [["s1"]]);
@@ -73,7 +76,7 @@ const examples = {
     add("o2", "debug", debug("alarms"), 360, 220);
   }),
   "05 Watch state, raise an alert": flow("watch", (add) => {
-    add("c", "comment", comment("Telemetry in, state watch, alert out", "Fires when a device's **temperature** has changed and the device has been **online** for it; a switch keeps readings above 80 and publishes an `alarm.overheat` event of priority high. A second watch reports devices that stay **offline** for 5 minutes."), 240, 40);
+    add("c", "comment", comment("Telemetry in, state watch, alert out", "Fires when an **online** device's **temperature** changes (its first reading only sets the baseline); a switch keeps readings above 80 and publishes an `alarm.overheat` event of priority high about that device (a Type set in the event out node wins over the watch's `msg.topic`, the device id). A second watch reports devices that stay **offline** for 5 minutes; one back sooner is not reported."), 240, 40);
     add("w1", "tethral-state-watch", { name: "temperature changes", hub: HUB, deviceIds: "", changes: true, statuses: "online", properties: "temperature", anomalies: "", onlyOnChange: true, ignoreUnknown: true, forSeconds: "", outputOnDeploy: false }, 160, 100, [["sw"]]);
     add("sw", "switch", { name: "above 80?", property: "payload.properties.temperature", propertyType: "msg", rules: [{ t: "gt", v: "80", vt: "num" }], checkall: "true", repair: false, outputs: 1 }, 380, 100, [["alarm"]]);
     add("alarm", "tethral-event-out", { name: "", hub: HUB, eventType: "alarm.overheat", priority: "high", deviceId: "" }, 590, 100);
@@ -81,7 +84,7 @@ const examples = {
     add("o2", "debug", debug("still offline"), 400, 160);
   }),
   "06 Anomaly alerts": flow("anomaly", (add) => {
-    add("c", "comment", comment("Flapping devices, stuck values and outliers", "The hub watches every device's reports: a device that keeps going online and offline is **flapping**, a value that stops moving is **stuck**, a reading far from its usual range is an **outlier**. Each fires once when it starts and once when it clears (`active: false`)."), 240, 40);
+    add("c", "comment", comment("Flapping devices, stuck values and outliers", "The hub watches every device's reports: a device that keeps going online and offline is **flapping**, a value that stops moving is **stuck**, a reading far from its usual range is an **outlier**. Flapping and stuck values fire once when they start and once when they clear (`active: false`; flapping clears once the last 5 minutes hold at most two of them); each outlier fires once."), 240, 40);
     add("w", "tethral-state-watch", { name: "anomalies", hub: HUB, deviceIds: "", changes: false, statuses: "", properties: "", anomalies: "flapping,stuck,outlier", onlyOnChange: true, ignoreUnknown: true, forSeconds: "", outputOnDeploy: false }, 130, 100, [["o1"]]);
     add("o1", "debug", debug("anomaly"), 340, 100);
     add("e", "tethral-event-in", { name: "", hub: HUB, types: "state.anomaly", minPriority: "low", deviceId: "" }, 140, 160, [["o2"]]);

@@ -4,40 +4,57 @@ import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
 interface EventOutDef extends NodeDef {
   hub?: string;
-  /** The event type when `msg.topic` gives none. */
+  /** The event type; when blank, `msg.topic` gives it. */
   eventType?: string;
   priority?: string;
   deviceId?: string;
 }
 
+/** The longest `msg.ttl`: ten years, far past any history's retention. */
+const MAX_TTL_SECONDS = 10 * 365 * 24 * 3600;
+
 /**
- * `tethral-event-out` (CONTRACT §5): publishes `msg.payload` as a user event of type
- * `msg.topic` (or the configured type), with `msg.priority` and `msg.deviceId`.
+ * `tethral-event-out` (CONTRACT §5): publishes `msg.payload` as a user event of the configured
+ * type, or of type `msg.topic` when the node has none, with `msg.priority`, `msg.deviceId` and
+ * `msg.ttl` (seconds).
+ *
+ * The configured type wins over `msg.topic`, as a configured topic does in Node-RED's own mqtt
+ * out node: many nodes set `msg.topic` for their own ends (a state watch sends the device id, an
+ * mqtt in node its topic), and a type chosen in the editor must not be replaced by it unseen.
+ * `msg.priority` and `msg.deviceId` are this node's own properties and do override the editor.
  */
 export = function (RED: NodeAPI): void {
   RED.nodes.registerType("tethral-event-out", function (this: Node, def: EventOutDef): void {
     RED.nodes.createNode(this, def);
     const use = HubUse.attach(RED, this, def.hub, RED._("tethral-event-out.errors.no-hub"));
     let published = 0;
+    const configuredType = text(def.eventType);
 
     // An output node, as Node-RED's own: nothing goes on, so `send` is unused.
     this.on("input", (msg: NodeMessage, _send, done) => {
       if (!use) return done(new Error(RED._("tethral-event-out.errors.no-hub")));
-      const type = fromMsg(msg, "topic", text(def.eventType));
+      const type = configuredType ?? fromMsg(msg, "topic", undefined);
       const priority = fromMsg(msg, "priority", text(def.priority) ?? "normal");
       const deviceId = fromMsg(msg, "deviceId", text(def.deviceId));
-      // Checked before the hub is touched (the bus would refuse it too, in its own words).
-      if (typeof priority !== "string" || !PRIORITIES.includes(priority as Priority)) {
-        const err = invalidInput("priority", RED._("tethral-event-out.errors.priority", { priorities: PRIORITIES.join(", ") }));
+      const ttl = secondsOf(fromMsg(msg, "ttl", undefined));
+      // Checked before the hub is touched (the bus would refuse some of these too, in its own words).
+      const refuse = (field: string, key: string, vars: Record<string, string> = {}) => {
+        const err = invalidInput(field, RED._(`tethral-event-out.errors.${key}`, vars));
         use.failed(errorLabel(err));
-        return done(toError(err));
+        done(toError(err));
+      };
+      if (type === undefined) return refuse("topic", "no-type");
+      if (typeof priority !== "string" || !PRIORITIES.includes(priority as Priority)) {
+        return refuse("priority", "priority", { priorities: PRIORITIES.join(", ") });
       }
+      if (ttl === null) return refuse("ttl", "ttl");
       use
         .hub()
         .then((hub) => {
           const event = hub.publish(type as string, msg.payload, {
             priority: priority as Priority,
             ...(deviceId !== undefined && { deviceId: deviceId as string }),
+            ...(ttl !== undefined && { ttlMs: ttl * 1000 }),
             ...flowCause(msg),
           });
           published++;
@@ -56,3 +73,10 @@ export = function (RED: NodeAPI): void {
     });
   });
 };
+
+/** `msg.ttl`: seconds, a number or its text, above 0; undefined when absent, null when unusable. */
+function secondsOf(value: unknown): number | undefined | null {
+  if (value === undefined) return undefined;
+  const n = typeof value === "number" ? value : typeof value === "string" && /^\s*(\d+\.?\d*|\.\d+)\s*$/.test(value) ? Number(value) : NaN;
+  return Number.isFinite(n) && n > 0 && n <= MAX_TTL_SECONDS ? n : null;
+}
