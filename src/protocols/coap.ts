@@ -1,9 +1,11 @@
 import { createSocket, type Socket, type SocketType } from "node:dgram";
-import { type AddressInfo, isIPv6 } from "node:net";
+import { isIPv6 } from "node:net";
 import { Agent, Server, type IncomingMessage, type OutgoingMessage } from "coap";
-import { type ErrorCode, TethralError } from "../core/errors";
+import { TethralError } from "../core/errors";
 import type { Device, JsonValue } from "../core/types";
-import { type AdapterContext, type AdapterStatistics, type CommandFrame, type DeviceMessageKind, type ProtocolAdapter, type ProtocolHealth, type SendOutcome, KIND_OF_STEP, encodeCommand } from "./types";
+import { type Answer, CODE_OF, CoapIntake, decodeQuery, isDiscovery, refusal, targetOf, tooLarge } from "./coap-intake";
+import { LINK_FORMAT, coreLinks } from "./coap-wire";
+import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolAdapter, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
 
 export interface CoapAdapterOptions {
   /** UDP port of the hub's CoAP server (CONTRACT §6 `TETHRAL_COAP_PORT`); 0 picks a free one. */
@@ -13,10 +15,17 @@ export interface CoapAdapterOptions {
   /** False: `start()` binds nothing and `send()` refuses. */
   enabled?: boolean;
   /**
-   * Block-wise uploads (RFC 7959 Block1) being reassembled at once. The coap library buffers each
-   * one for up to EXCHANGE_LIFETIME (247 s), so memory is bounded by this × maxPayloadBytes.
+   * Block-wise uploads (RFC 7959 Block1) being reassembled at once: memory is bounded by this ×
+   * maxPayloadBytes. Default 16.
    */
   maxBlockTransfers?: number;
+  /** Of those, how many one device may hold at once, so it cannot starve the others. Default 2. */
+  maxBlockTransfersPerDevice?: number;
+  /**
+   * An upload no block has reached for this long is forgotten. Default 93 s: MAX_TRANSMIT_WAIT
+   * (RFC 7252 §4.8.2), the longest a client keeps trying to get one block across.
+   */
+  blockTransferIdleMs?: number;
 }
 
 export interface CoapStatistics extends AdapterStatistics {
@@ -27,14 +36,13 @@ export interface CoapStatistics extends AdapterStatistics {
   commandTimeouts: number;
   /** Block-wise uploads being reassembled now. */
   blockTransfers: number;
-  /** Block-wise uploads refused: too large, no token, or too many at once. */
+  /** Block-wise uploads refused: too large, no token, out of order, or too many at once. */
   blockRefusals: number;
+  /** Datagrams that were not well-formed CoAP (also counted as rejected). */
+  malformed: number;
 }
 
 export const DEFAULT_COAP_PORT = 5683;
-
-/** CONTRACT §1 codes as CoAP response codes (the HTTP status, dotted, as RFC 7252 §12.1.2 has them). */
-const CODE_OF: Record<ErrorCode, string> = { INVALID: "4.00", UNAUTHORIZED: "4.01", NOT_FOUND: "4.04", CONFLICT: "4.09", DEVICE_ERROR: "5.02", UNAVAILABLE: "5.03", TIMEOUT: "5.04" };
 
 /** Above this a command frame goes block-wise: one datagram carries at most 1024 payload bytes. */
 const SINGLE_DATAGRAM_PAYLOAD = 1024;
@@ -43,26 +51,11 @@ const MAX_ERROR_MESSAGE = 200;
 /** A device's error text kept as the command's error. */
 const MAX_DEVICE_ERROR = 1024;
 
-/** The parts of a parsed CoAP packet the adapter reads (the library's own type is not exported). */
-interface RawPacket {
-  code: string;
-  messageId?: number;
-  ack?: boolean;
-  reset?: boolean;
-  token?: Buffer;
-  options?: { name: string | number; value: Buffer }[];
-  payload?: Buffer;
-}
-
-/** A response code, the error for its body, and (RFC 7959 §2.9.3: a 4.13 names the largest body accepted) Size1. */
-type Answer = { code: string; error?: TethralError; size1?: number };
-
-type Target = { deviceId: string; kind: DeviceMessageKind; token: string | undefined };
-
 /**
  * CoAP (RFC 7252) for devices: a UDP server where devices POST their reports to
- * `/devices/{id}/{kind}?token=...`, and a client that POSTs commands to `{address}/commands` and
- * takes the answer as the command's result. Request/response only: no observe, no connections.
+ * `/devices/{id}/{kind}?token=...` (listed at `/.well-known/core`), and a client that POSTs
+ * commands to `{address}/commands` and takes the answer as the command's result.
+ * Request/response only: no observe, no connections.
  */
 export class CoapAdapter implements ProtocolAdapter {
   readonly name = "coap";
@@ -75,13 +68,22 @@ export class CoapAdapter implements ProtocolAdapter {
   private readonly agents = new Map<SocketType, { agent: Agent; socket: Socket }>();
   /** Commands awaiting their answer; stop() rejects them. */
   private readonly pending = new Set<{ cancel(reason: TethralError): void }>();
-  /** Answers decided before the library saw a request (block-wise refusals), by packet. */
-  private readonly refusals = new WeakMap<object, Answer>();
+  /** Reads every datagram before the library does; decides some answers, reassembles Block1 uploads. */
+  private readonly intake: CoapIntake;
   private lastError: string | null = null;
-  private readonly figures = { commands: 0, answered: 0, timeouts: 0, blockRefusals: 0 };
+  private readonly figures = { commands: 0, answered: 0, timeouts: 0 };
 
-  constructor({ port, host, enabled, maxBlockTransfers }: CoapAdapterOptions = {}) {
-    this.options = { port: port ?? DEFAULT_COAP_PORT, host: host ?? "127.0.0.1", enabled: enabled ?? true, maxBlockTransfers: maxBlockTransfers ?? 16 };
+  constructor(options: CoapAdapterOptions = {}) {
+    this.options = {
+      port: options.port ?? DEFAULT_COAP_PORT,
+      host: options.host ?? "127.0.0.1",
+      enabled: options.enabled ?? true,
+      maxBlockTransfers: options.maxBlockTransfers ?? 16,
+      maxBlockTransfersPerDevice: options.maxBlockTransfersPerDevice ?? 2,
+      blockTransferIdleMs: options.blockTransferIdleMs ?? 93_000,
+    };
+    const { maxBlockTransfers: max, maxBlockTransfersPerDevice: perDevice, blockTransferIdleMs: idleMs } = this.options;
+    this.intake = new CoapIntake(this.name, { max, perDevice, idleMs }, (where, err) => this.fault(where, err));
   }
 
   /** The UDP port the server is bound to (null before start, when disabled, and after stop). */
@@ -97,7 +99,7 @@ export class CoapAdapter implements ProtocolAdapter {
     }
     const type: SocketType = isIPv6(this.options.host) ? "udp6" : "udp4";
     const server = new Server({ type });
-    this.installGuard(server); // throws, with nothing bound yet, for a coap library it does not know
+    this.intake.install(server); // throws, with nothing bound yet, for a coap library it does not know
     // Our own socket, bound without SO_REUSEADDR (the library's default): a port in use must be an error,
     // not two servers splitting the traffic.
     const socket = createSocket({ type, reuseAddr: false });
@@ -115,6 +117,7 @@ export class CoapAdapter implements ProtocolAdapter {
       throw new TethralError("UNAVAILABLE", `CoAP cannot listen on ${this.options.host} port ${this.options.port} (TETHRAL_COAP_PORT): ${why}`);
     }
     this.context = context;
+    this.intake.start(context);
     server.on("request", (req: IncomingMessage, res: OutgoingMessage) => this.onRequest(req, res));
     server.on("error", (err: Error) => this.fault("server socket", err));
     server.listen(socket);
@@ -128,9 +131,10 @@ export class CoapAdapter implements ProtocolAdapter {
     if (!context) return;
     const stopped = new TethralError("UNAVAILABLE", "the CoAP adapter stopped before the device answered");
     for (const send of [...this.pending]) send.cancel(stopped);
-    // server.close() clears the library's response cache (and its retransmission timers) and block caches.
+    // server.close() clears the library's response cache (and its retransmission timers).
     this.server?.close();
     this.server = null;
+    this.intake.stop();
     const sockets = [this.serverSocket, ...[...this.agents.values()].map((a) => a.socket)];
     this.agents.clear();
     this.serverSocket = null;
@@ -159,8 +163,9 @@ export class CoapAdapter implements ProtocolAdapter {
       commandsSent: this.figures.commands,
       commandsAnswered: this.figures.answered,
       commandTimeouts: this.figures.timeouts,
-      blockTransfers: this.server?._block1Cache._cache.size ?? 0,
-      blockRefusals: this.figures.blockRefusals,
+      blockTransfers: this.intake.blockTransfers,
+      blockRefusals: this.intake.figures.blockRefusals,
+      malformed: this.intake.figures.malformed,
     };
   }
 
@@ -169,31 +174,40 @@ export class CoapAdapter implements ProtocolAdapter {
   private onRequest(req: IncomingMessage, res: OutgoingMessage): void {
     // The library emits an answer it cannot encode as an 'error' event; unheard, that would crash the process.
     res.on("error", (err: Error) => this.fault("answer", err));
+    const decision = this.intake.decisionFor(req._packet);
     let answer: Answer;
     try {
-      answer = this.refusals.get(req._packet) ?? this.route(req);
+      if (decision && "answer" in decision) answer = decision.answer;
+      // The last block of an upload: the whole body is the request, and the answer echoes the block.
+      else if (decision) answer = { ...this.route(req, decision.payload), block1: decision.block1 };
+      else answer = this.route(req);
     } catch (err) {
       this.fault("request", err);
       answer = { code: "5.00", error: new TethralError("UNAVAILABLE", "internal error") };
     }
     try {
-      // An Observe GET gets an ObserveWriteStream, which reads statusCode; OutgoingMessage reads code.
-      res.code = res.statusCode = answer.code;
+      // statusCode, not code: the library's own 4.02 for a Block2 request out of range must win over it.
+      res.statusCode = answer.code;
       if (answer.size1 !== undefined) res.setOption("Size1", answer.size1);
-      if (!answer.error) {
-        res.end();
-        return;
-      }
-      res.setOption("Content-Format", "application/json");
-      res.end(Buffer.from(JSON.stringify({ error: { code: answer.error.code, message: truncate(answer.error.message) } })));
+      if (answer.maxAge !== undefined) res.setOption("Max-Age", answer.maxAge);
+      if (answer.block1) res.setOption("Block1", answer.block1);
+      if (answer.body) {
+        res.setOption("Content-Format", answer.body.format);
+        res.end(answer.body.payload);
+      } else if (answer.error) {
+        res.setOption("Content-Format", "application/json");
+        res.end(Buffer.from(JSON.stringify({ error: { code: answer.error.code, message: truncate(answer.error.message) } })));
+      } else res.end();
     } catch (err) {
       this.fault("answer", err);
     }
   }
 
-  private route(req: IncomingMessage): Answer {
+  private route(req: IncomingMessage, body?: Buffer): Answer {
     const context = this.context!;
-    const target = targetOf(req._packet.options);
+    const options = req._packet.options;
+    if (isDiscovery(options)) return this.discovery(req);
+    const target = targetOf(options);
     if (!target) {
       context.reject({ reason: "unknown-path", message: "no such resource" });
       return refusal("4.04", "NOT_FOUND", "no such resource: POST /devices/{id}/telemetry|heartbeat|state|status|register|responses");
@@ -202,7 +216,7 @@ export class CoapAdapter implements ProtocolAdapter {
       context.reject({ deviceId: target.deviceId, kind: target.kind, reason: "wrong-method", message: `${req.method ?? req.code} is not allowed: use POST` });
       return refusal("4.05", "INVALID", `${req.method ?? req.code} is not allowed: use POST`);
     }
-    const payload = req.payload ?? Buffer.alloc(0);
+    const payload = body ?? req.payload ?? Buffer.alloc(0);
     // The hub checks the size too (first, before decoding): it counts and publishes the refusal.
     const result = context.receive({ protocol: this.name, deviceId: target.deviceId, kind: target.kind, payload, token: target.token });
     if (result.ok) return { code: "2.04" };
@@ -210,76 +224,21 @@ export class CoapAdapter implements ProtocolAdapter {
     return { code: CODE_OF[result.error.code] ?? "5.00", error: result.error };
   }
 
-  /**
-   * The coap library reassembles Block1 uploads by itself, with no bound on their size: a last block
-   * numbered 2^20 would make it allocate a gigabyte. So every block is checked before the library
-   * sees it: the sum must fit maxPayloadBytes, the sender must be a device with a good token (nobody
-   * else gets memory held for them), and only `maxBlockTransfers` are buffered at once.
-   */
-  private installGuard(server: Server): void {
-    const guard = (request: { packet?: RawPacket; rsinfo: AddressInfo }, next: (err: Error | null) => void): void => {
-      try {
-        const packet = request.packet;
-        if (packet && packet.code.startsWith("0.") && packet.code !== "0.00" && !packet.ack && !packet.reset) {
-          const answer = this.checkBlock(server, packet, request.rsinfo);
-          if (answer) {
-            // Without its Block1 option the library hands the request straight to onRequest, which answers.
-            packet.options = packet.options?.filter((o) => o.name !== "Block1");
-            this.refusals.set(packet, answer);
-          }
-        }
-      } catch (err) {
-        this.fault("block-wise check", err);
-      }
-      next(null);
-    };
-    // The middleware chain is [parseRequest, handleServerRequest] (proxying is off): check in between.
-    const at = server._middlewares.findIndex((m) => m.name === "handleServerRequest");
-    if (at < 0) throw new TethralError("UNAVAILABLE", "unsupported coap library version: no handleServerRequest middleware");
-    server._middlewares.splice(at, 0, guard);
-  }
-
-  private checkBlock(server: Server, packet: RawPacket, rsinfo: AddressInfo): Answer | null {
-    const option = packet.options?.find((o) => o.name === "Block1");
-    if (!option) return null;
+  /** `GET /.well-known/core` (RFC 6690): the hub's resources in CoRE link format. */
+  private discovery(req: IncomingMessage): Answer {
     const context = this.context!;
-    const refuse = (answer: Answer, counted: boolean): Answer => {
-      this.figures.blockRefusals++;
-      if (!counted) context.reject({ reason: "block-refused", message: answer.error?.message ?? `block-wise upload refused (${answer.code})` });
-      // Drop what the library buffered of this transfer so far (its key: token / client address).
-      if (packet.token?.length) server._block1Cache.remove(`${packet.token.toString("hex")}/${rsinfo.address}:${rsinfo.port}`);
-      return answer;
-    };
-    const token = packet.token?.toString("hex") ?? "";
-    // A retransmission of a block already answered gets that answer again from the library's cache (keyed
-    // as here); checked again, a finished transfer's last block would be counted as a refusal.
-    if (server._lru.has(`${rsinfo.address}:${rsinfo.port}/${packet.messageId}${token}`)) return null;
-    if (option.value.length > 3) return refuse(refusal("4.00", "INVALID", "a Block1 option has at most 3 bytes"), false);
-    const value = option.value.reduce((n, byte) => n * 256 + byte, 0);
-    const [num, more, exponent] = [Math.floor(value / 16), (value & 8) !== 0, value & 7];
-    if (exponent === 7) return refuse(refusal("4.00", "INVALID", "block size exponent 7 is reserved"), false);
-    const end = num * (16 << exponent) + (packet.payload?.length ?? 0);
-    const size1 = packet.options?.find((o) => o.name === "Size1")?.value.reduce((n, byte) => n * 256 + byte, 0) ?? 0;
-    if (Math.max(end, size1) > context.maxPayloadBytes) {
-      return refuse(tooLarge(Math.max(end, size1), context.maxPayloadBytes), false);
+    if (req.code !== "0.01") {
+      context.reject({ reason: "wrong-method", message: `${req.method ?? req.code} /.well-known/core is not allowed: use GET` });
+      return refusal("4.05", "INVALID", `${req.method ?? req.code} is not allowed: use GET`);
     }
-    const target = targetOf(packet.options);
-    if (!target) return refuse(refusal("4.04", "NOT_FOUND", "no such resource"), false);
-    const auth = context.authenticate(this.name, target.deviceId, target.token);
-    if (!auth.ok) return refuse({ code: CODE_OF[auth.error.code] ?? "5.00", error: auth.error }, true);
-    const key = token === "" ? null : `${token}/${rsinfo.address}:${rsinfo.port}`;
-    const buffered = server._block1Cache._cache;
-    if (num > 0) {
-      // RFC 7959 §2.9.2: 4.08 for a block continuing nothing, or a last block that leaves a gap (which
-      // the library would meet with an exception and a buffer kept for minutes).
-      const parts = key === null ? undefined : (server._block1Cache.get(key) as Record<string, Buffer> | undefined);
-      if (!parts || (!more && !contiguous(parts, end - (packet.payload?.length ?? 0)))) {
-        return refuse(refusal("4.08", "INVALID", "request entity incomplete: send the blocks in order from block 0"), false);
-      }
-    } else if (key !== null && !buffered.has(key) && buffered.size >= this.options.maxBlockTransfers) {
-      return refuse(refusal("5.03", "UNAVAILABLE", "too many block-wise transfers in progress: retry later"), false);
+    // The library has turned Accept into a media type name (or its number, when it knows none).
+    const accept = req.headers.Accept;
+    if (accept !== undefined && accept !== "application/link-format") {
+      context.reject({ reason: "not-acceptable", message: `/.well-known/core is application/link-format, not ${String(accept)}` });
+      return refusal("4.06", "INVALID", "/.well-known/core is application/link-format (40) only");
     }
-    return null;
+    const queries = (req._packet.options ?? []).filter((o) => o.name === "Uri-Query").map((o) => o.value.toString("utf8"));
+    return { code: "2.05", body: { format: LINK_FORMAT, payload: Buffer.from(coreLinks(queries)) } };
   }
 
   // ── Hub → device ────────────────────────────────────────────────────────────────────────
@@ -413,49 +372,6 @@ function outcomeOf(res: IncomingMessage): SendOutcome {
   } catch {
     return { status: "answered", ok: true, result: text };
   }
-}
-
-/** `/devices/{id}/{kind}` and `?token=` from the raw Uri-Path and Uri-Query options; null for any other path. */
-function targetOf(options: RawPacket["options"]): Target | null {
-  const path: string[] = [];
-  let token: string | undefined;
-  for (const option of options ?? []) {
-    if (option.name === "Uri-Path") path.push(option.value.toString("utf8"));
-    else if (option.name === "Uri-Query" && token === undefined) {
-      const q = option.value.toString("utf8");
-      if (q.startsWith("token=")) token = decodeQuery(q.slice(6));
-    }
-  }
-  if (path.length !== 3 || path[0] !== "devices" || path[1] === "") return null;
-  const kind = KIND_OF_STEP.get(path[2]!);
-  return kind ? { deviceId: path[1]!, kind, token } : null;
-}
-
-/** Options carry text as is, but a client built on a URL may have percent-encoded it. */
-function decodeQuery(value: string): string {
-  try {
-    return decodeURIComponent(value);
-  } catch {
-    return value;
-  }
-}
-
-/** True when the buffered blocks cover bytes 0 to `upTo` without a gap or an overlap. */
-function contiguous(parts: Record<string, Buffer>, upTo: number): boolean {
-  let next = 0;
-  for (const offset of Object.keys(parts).map(Number).sort((a, b) => a - b)) {
-    if (offset !== next) return false;
-    next += parts[offset]!.length;
-  }
-  return next === upTo;
-}
-
-function refusal(code: string, errorCode: ErrorCode, message: string): Answer {
-  return { code, error: new TethralError(errorCode, message) };
-}
-
-function tooLarge(size: number, max: number): Answer {
-  return { ...refusal("4.13", "INVALID", `payload of ${size} bytes is larger than the ${max} allowed`), size1: max };
 }
 
 function truncate(message: string): string {

@@ -1,12 +1,34 @@
 import { createSocket, type Socket } from "node:dgram";
 import { Agent, Server, type IncomingMessage, type OutgoingMessage } from "coap";
+import { Hub, type HubOptions } from "../../src/core/hub";
+import { CoapAdapter, type CoapAdapterOptions } from "../../src/protocols/coap";
 import type { AdapterContext } from "../../src/protocols/types";
+
+/** The device every CoAP test registers first. */
+export const ID = "boiler-1";
+
+/** A hub serving CoAP on an ephemeral port, one registered device (ID) with its token, and that device's client. */
+export async function startCoapHub(options: HubOptions = {}, adapterOptions: CoapAdapterOptions = {}) {
+  const adapter = new CoapAdapter({ port: 0, ...adapterOptions });
+  const warnings: string[] = [];
+  const hub = new Hub({ protocols: [adapter], onWarning: (m) => warnings.push(m), commands: { retryBaseDelayMs: 10, retryMaxDelayMs: 20 }, ...options });
+  await hub.start();
+  const { token } = await hub.registerDevice({ id: ID, protocol: "coap" });
+  const device = new CoapDevice(adapter.port!);
+  const coap = () => hub.communicationStatistics().protocols.coap!;
+  return { hub, adapter, device, token: token!, warnings, coap };
+}
+
+export type CoapHub = Awaited<ReturnType<typeof startCoapHub>>;
 
 /** What a CoAP exchange brought back: the code (`2.04`), the body as text, and the options by number. */
 export interface CoapAnswer {
   code: string;
   body: string;
   options: Map<number, Buffer>;
+  /** Message type and id, where the answer came as a raw datagram (RawClient). */
+  type?: "CON" | "NON" | "ACK" | "RST";
+  messageId?: number;
 }
 
 /**
@@ -61,12 +83,14 @@ function answerOf(code: string, payload: Buffer | undefined, options: { name: st
   return { code, body: (payload ?? Buffer.alloc(0)).toString("utf8"), options: byNumber };
 }
 
-const OPTION_NUMBERS: Record<string, number> = { "Uri-Path": 11, "Content-Format": 12, "Uri-Query": 15, Block1: 27, Size1: 60 };
+const OPTION_NUMBERS: Record<string, number> = { "Uri-Path": 11, "Content-Format": 12, "Max-Age": 14, "Uri-Query": 15, Block1: 27, Size1: 60 };
 
 // ── Raw datagrams: what no well-behaved client library would send ─────────────────────────
 
 export interface RawRequest {
   code?: string;
+  /** Non-confirmable (NON) instead of confirmable (CON). */
+  nonConfirmable?: boolean;
   messageId: number;
   token: Buffer;
   /** [option number, value], in any order. */
@@ -77,7 +101,8 @@ export interface RawRequest {
 /** Encodes a confirmable CoAP request (RFC 7252 §3) with no size limit. */
 export function encode(request: RawRequest): Buffer {
   const [cls, detail] = (request.code ?? "0.02").split(".").map(Number) as [number, number];
-  const parts: Buffer[] = [Buffer.of(0x40 | request.token.length, (cls << 5) | detail, request.messageId >> 8, request.messageId & 0xff), request.token];
+  const type = request.nonConfirmable ? 0x10 : 0x00;
+  const parts: Buffer[] = [Buffer.of(0x40 | type | request.token.length, (cls << 5) | detail, request.messageId >> 8, request.messageId & 0xff), request.token];
   let previous = 0;
   for (const [number, value] of [...request.options].sort((a, b) => a[0] - b[0])) {
     const [deltaNibble, deltaExt] = nibble(number - previous);
@@ -132,7 +157,8 @@ function decode(datagram: Buffer): CoapAnswer {
     at += length;
   }
   const body = at < datagram.length ? datagram.subarray(at + 1).toString("utf8") : "";
-  return { code, body, options };
+  const type = (["CON", "NON", "ACK", "RST"] as const)[(datagram[0]! >> 4) & 3];
+  return { code, body, options, type, messageId: datagram.readUInt16BE(2) };
 }
 
 /** An option delta or length nibble of 13 or 14 continues in the next one or two bytes. */
@@ -152,7 +178,7 @@ export class RawClient {
   constructor(private readonly port: number) {
     this.socket.on("message", (datagram: Buffer) => {
       const answer = decode(datagram);
-      if (answer.code === "0.00") return; // an empty ACK ahead of a separate answer
+      if (answer.code === "0.00" && answer.type === "ACK") return; // an empty ACK ahead of a separate answer
       if (this.waiting) {
         const deliver = this.waiting;
         this.waiting = null;
@@ -168,6 +194,23 @@ export class RawClient {
       const queued = this.answers.shift();
       if (queued) return resolve(queued);
       this.waiting = resolve;
+      this.socket.send(datagram, this.port, "127.0.0.1", (err) => err && reject(err));
+    });
+  }
+
+  /** Sends bytes as they are (a malformed datagram) and resolves with the answer, or null when none comes within `ms`. */
+  sendRaw(datagram: Buffer, ms = 300): Promise<CoapAnswer | null> {
+    return new Promise((resolve, reject) => {
+      const queued = this.answers.shift();
+      if (queued) return resolve(queued);
+      const timer = setTimeout(() => {
+        this.waiting = null;
+        resolve(null);
+      }, ms);
+      this.waiting = (answer) => {
+        clearTimeout(timer);
+        resolve(answer);
+      };
       this.socket.send(datagram, this.port, "127.0.0.1", (err) => err && reject(err));
     });
   }

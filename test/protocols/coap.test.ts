@@ -1,34 +1,18 @@
 import assert from "node:assert/strict";
 import { createSocket } from "node:dgram";
 import { TethralError } from "../../src/core/errors";
-import { Hub, type HubOptions } from "../../src/core/hub";
+import type { HubOptions } from "../../src/core/hub";
 import type { Device } from "../../src/core/types";
-import { CoapAdapter } from "../../src/protocols/coap";
+import { CoapAdapter, type CoapAdapterOptions } from "../../src/protocols/coap";
 import type { AdapterContext } from "../../src/protocols/types";
 import { assertNoPollution, assertRejectsCode } from "../helpers";
-import { CoapCommandDevice, CoapDevice, RawClient, block1, reportOptions, resettingDevice, standInContext, uint, until } from "./coap-device";
-
-const ID = "boiler-1";
-
-/** A hub serving CoAP on an ephemeral port, one registered device with its token, and that device's client. */
-async function setup(options: HubOptions = {}, adapterOptions: ConstructorParameters<typeof CoapAdapter>[0] = {}) {
-  const adapter = new CoapAdapter({ port: 0, ...adapterOptions });
-  const warnings: string[] = [];
-  const hub = new Hub({ protocols: [adapter], onWarning: (m) => warnings.push(m), commands: { retryBaseDelayMs: 10, retryMaxDelayMs: 20 }, ...options });
-  await hub.start();
-  const { token } = await hub.registerDevice({ id: ID, protocol: "coap" });
-  const device = new CoapDevice(adapter.port!);
-  const coap = () => hub.communicationStatistics().protocols.coap!;
-  return { hub, adapter, device, token: token!, warnings, coap };
-}
-
-type Setup = Awaited<ReturnType<typeof setup>>;
+import { CoapCommandDevice, CoapDevice, type CoapHub, ID, RawClient, reportOptions, resettingDevice, standInContext, startCoapHub, until } from "./coap-device";
 
 describe("CoapAdapter", () => {
-  let t: Setup;
+  let t: CoapHub;
   const closers: (() => Promise<unknown>)[] = [];
-  const start = async (options?: HubOptions, adapterOptions?: ConstructorParameters<typeof CoapAdapter>[0]) => {
-    t = await setup(options, adapterOptions);
+  const start = async (options?: HubOptions, adapterOptions?: CoapAdapterOptions) => {
+    t = await startCoapHub(options, adapterOptions);
     closers.push(() => t.device.close(), () => t.hub.stop());
     return t;
   };
@@ -107,90 +91,6 @@ describe("CoapAdapter", () => {
       const answer = await t.device.report(ID, "responses", t.token, { id: "no-such-command", ok: true, result: 1 });
       assert.equal(answer.code, "2.04");
       assert.equal(t.hub.communicationStatistics().commands.unknownResponses, 1);
-    });
-  });
-
-  describe("payload size", () => {
-    const raws: RawClient[] = [];
-    afterEach(async () => {
-      for (const raw of raws.splice(0)) await raw.close();
-    });
-    const rawClient = () => {
-      const raw = new RawClient(t.adapter.port!);
-      raws.push(raw);
-      return raw;
-    };
-
-    it("takes a block-wise report that fits and refuses a 1 MB one with 4.13 once it passes the limit", async () => {
-      await start();
-      const big = { blob: "x".repeat(5000) };
-      assert.equal((await t.device.report(ID, "telemetry", t.token, big)).code, "2.04", "5 kB goes in five blocks");
-      assert.equal(t.hub.getState(ID).properties.blob, big.blob);
-      const huge = await t.device.report(ID, "telemetry", t.token, { blob: "x".repeat(1024 * 1024) });
-      assert.equal(huge.code, "4.13");
-      assert.equal(huge.options.get(60)?.readUIntBE(0, huge.options.get(60)!.length), 256 * 1024, "Size1 names the limit");
-      assert.equal(t.adapter.statistics().blockTransfers, 0, "the partial upload is dropped");
-      assert.equal(t.coap().rejected, 1);
-    });
-
-    it("refuses a single datagram larger than the hub allows with 4.13, counted and published", async () => {
-      await start({ maxPayloadBytes: 4096 });
-      const payload = Buffer.from(JSON.stringify({ blob: "x".repeat(60_000) })); // near the largest UDP datagram
-      const answer = await rawClient().send({ token: Buffer.of(1), options: reportOptions(ID, "telemetry", t.token), payload });
-      assert.equal(answer.code, "4.13");
-      assert.equal(answer.options.get(60)?.readUIntBE(0, answer.options.get(60)!.length), 4096);
-      assert.deepEqual(t.hub.getState(ID).properties, {});
-      assert.equal(t.coap().rejected, 1);
-      assert.equal((await t.hub.eventHistory({ type: "message.rejected" })).length, 1);
-    });
-
-    it("refuses a block whose offset passes the limit at once, without allocating up to it", async () => {
-      await start();
-      // Block 2^20-1 of 1024 bytes, marked last: the library alone would allocate a gigabyte for it.
-      const options = [...reportOptions(ID, "telemetry", t.token), [27, block1(1_048_575, false, 6)] as [number, Buffer]];
-      const answer = await rawClient().send({ token: Buffer.of(2), options, payload: Buffer.alloc(16, 0x20) });
-      assert.equal(answer.code, "4.13");
-      // One announcing a total (Size1) above the limit is refused on its first block.
-      const announced = [...reportOptions(ID, "telemetry", t.token), [27, block1(0, true, 6)], [60, uint(10_000_000)]] as [number, Buffer][];
-      assert.equal((await rawClient().send({ token: Buffer.of(3), options: announced, payload: Buffer.alloc(1024, 0x20) })).code, "4.13");
-      assert.equal(t.adapter.statistics().blockTransfers, 0);
-    });
-
-    it("holds block-wise uploads only for devices with a good token, and only so many at once", async () => {
-      await start({}, { maxBlockTransfers: 2 });
-      const firstBlock = (token: string | undefined, id = ID) => [...reportOptions(id, "telemetry", token), [27, block1(0, true, 6)]] as [number, Buffer][];
-      const raw = rawClient();
-      const payload = Buffer.alloc(1024, 0x20);
-      assert.equal((await raw.send({ token: Buffer.of(1), options: firstBlock("wrong"), payload })).code, "4.01");
-      assert.equal((await raw.send({ token: Buffer.of(2), options: firstBlock(t.token, "nobody"), payload })).code, "4.04");
-      assert.equal(t.adapter.statistics().blockTransfers, 0, "nothing buffered for them");
-      assert.equal((await raw.send({ token: Buffer.of(3), options: firstBlock(t.token), payload })).code, "2.31");
-      assert.equal((await raw.send({ token: Buffer.of(4), options: firstBlock(t.token), payload })).code, "2.31");
-      const third = await raw.send({ token: Buffer.of(5), options: firstBlock(t.token), payload });
-      assert.equal(third.code, "5.03");
-      assert.equal(t.adapter.statistics().blockTransfers, 2);
-      assert.equal(t.coap().rejected, 3);
-    });
-
-    it("refuses blocks out of order with 4.08, and answers a retransmitted last block from its cache", async () => {
-      await start();
-      const raw = rawClient();
-      const block = (num: number, more: boolean) => [...reportOptions(ID, "telemetry", t.token), [27, block1(num, more, 0)]] as [number, Buffer][];
-      // Block size 16: {"a":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"} in three blocks.
-      const body = Buffer.from(JSON.stringify({ a: "x".repeat(37) }));
-      const part = (n: number) => body.subarray(n * 16, n * 16 + 16);
-      assert.equal((await raw.send({ token: Buffer.of(1), options: block(2, false), payload: part(2) })).code, "4.08", "nothing to continue");
-      assert.equal((await raw.send({ token: Buffer.of(2), options: block(0, true), payload: part(0) })).code, "2.31");
-      assert.equal((await raw.send({ token: Buffer.of(2), options: block(2, false), payload: part(2) })).code, "4.08", "block 1 is missing");
-      assert.equal(t.adapter.statistics().blockTransfers, 0, "the gapped transfer is dropped");
-      assert.equal((await raw.send({ token: Buffer.of(3), options: block(0, true), payload: part(0) })).code, "2.31");
-      assert.equal((await raw.send({ token: Buffer.of(3), options: block(1, true), payload: part(1) })).code, "2.31");
-      const last = { token: Buffer.of(3), options: block(2, false), payload: part(2), messageId: 500 };
-      assert.equal((await raw.send(last)).code, "2.04");
-      assert.equal((await raw.send(last)).code, "2.04", "the retransmission gets the same answer");
-      assert.equal(t.coap().messagesIn, 1, "and is not taken in twice");
-      assert.equal(t.coap().rejected, 2, "nor counted as refused");
-      assert.deepEqual(t.hub.getState(ID).properties, { a: "x".repeat(37) });
     });
   });
 
