@@ -13,6 +13,7 @@ import {
   sessionName,
 } from "./mqtt-sessions";
 import { type TopicScheme, filterMatches } from "./mqtt-topics";
+import { guardPacketSize } from "./mqtt-packet-size";
 import { PendingWrites } from "./pending-writes";
 import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
 
@@ -117,8 +118,8 @@ export class EmbeddedBroker {
         context.reject({ reason: "too-large", message: `an MQTT packet larger than ${maxPacket} bytes` });
       });
       const client = broker.handle(socket);
-      // Registered after aedes's own listeners, so the client is marked closed by then. A
-      // connection may end anywhere in CONNECT, where aedes sends neither ready nor disconnect.
+      // A connection may end anywhere in CONNECT, where aedes may send neither ready nor
+      // disconnect: the socket's close is the one sure end.
       socket.once("close", () => this.onClosed(client));
     });
     this.broker = broker;
@@ -437,56 +438,6 @@ function refusal(returnCode: number, message: string): AuthenticateError {
 
 function sha256(value: string | Buffer): Buffer {
   return createHash("sha256").update(value).digest();
-}
-
-/**
- * aedes buffers a whole packet before it looks at it, up to the 256 MB MQTT allows, and has no
- * size limit of its own. This reads the fixed header of each packet as the bytes go by (aedes
- * pulls them with `socket.read()`) and cuts a connection whose next packet declares more than
- * `limit` bytes, before its body arrives. It only counts: no bytes are copied.
- */
-function guardPacketSize(socket: Socket, limit: number, onOversize: () => void): void {
-  let remaining = 0; // body bytes of the current packet still to come
-  let lengthBytes = -1; // -1: the next byte is a packet type; 0-3: inside the remaining-length field
-  let length = 0;
-  let multiplier = 1;
-  const fits = (chunk: Buffer): boolean => {
-    let i = 0;
-    while (i < chunk.length) {
-      if (remaining > 0) {
-        const skip = Math.min(remaining, chunk.length - i);
-        remaining -= skip;
-        i += skip;
-      } else if (lengthBytes < 0) {
-        i++;
-        lengthBytes = length = 0;
-        multiplier = 1;
-      } else {
-        const byte = chunk[i++]!;
-        length += (byte & 0x7f) * multiplier;
-        multiplier *= 128;
-        lengthBytes++;
-        if ((byte & 0x80) === 0) {
-          if (length > limit) return false;
-          remaining = length;
-          lengthBytes = -1;
-        } else if (lengthBytes === 4) {
-          return false; // a malformed length: aedes would drop the connection too
-        }
-      }
-    }
-    return true;
-  };
-  const read = socket.read.bind(socket);
-  socket.read = (size?: number) => {
-    const chunk: unknown = read(size);
-    if (Buffer.isBuffer(chunk) && !fits(chunk)) {
-      onOversize();
-      socket.destroy();
-      return null;
-    }
-    return chunk;
-  };
 }
 
 function listen(server: Server, port: number, host: string): Promise<void> {
