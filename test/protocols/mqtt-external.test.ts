@@ -345,17 +345,28 @@ describe("MQTT adapter, external broker, faults (aedes restarted by the test)", 
   });
 });
 
-describe("MQTT adapter, shared subscriptions (needs TETHRAL_TEST_MQTT_URL, a broker with $share)", function () {
+describe("MQTT adapter, shared subscriptions (Mosquitto: a broker with $share)", function () {
   const rigs: Rig[] = [];
+  let mosquitto: Mosquitto | null = null;
+  let url = EXTERNAL_URL ?? "";
+
+  before(async function () {
+    if (url || !needs(this, ["mosquitto"], "apt-get install mosquitto, or set TETHRAL_TEST_MQTT_URL")) return;
+    mosquitto = await startMosquitto();
+    url = mosquitto.url;
+  });
 
   afterEach(async function () {
     for (const r of rigs.splice(0)) await r.close();
   });
 
+  after(async function () {
+    await mosquitto?.stop();
+  });
+
   it("splits one fleet's messages between two hubs of a group; both see every status", async function () {
-    if (!EXTERNAL_URL) this.skip();
-    const a = new Rig(EXTERNAL_URL!);
-    const b = Object.assign(new Rig(EXTERNAL_URL!), { root: a.root });
+    const a = new Rig(url);
+    const b = Object.assign(new Rig(url), { root: a.root });
     rigs.push(a, b);
     await a.startHub(["boiler-1"], { sharedGroup: "hubs", clientId: `${a.root}-hub-a` });
     await b.startHub(["boiler-1"], { sharedGroup: "hubs", clientId: `${a.root}-hub-b` });
