@@ -71,6 +71,8 @@ interface PropertyTrack {
 /** Per device, allocated on first need; a short array of properties costs less than a Map. */
 interface DeviceTrack {
   transitions: number[] | null;
+  /** The status was set by a retained message: the transition out of it is not counted either. */
+  replayed: boolean;
   flapping: boolean;
   clearTimer: TimerHandle | null;
   properties: PropertyTrack[] | null;
@@ -98,9 +100,20 @@ export class AnomalyDetector implements StateObserver {
     private readonly options: AnomalyOptions = DEFAULT_ANOMALY_OPTIONS,
   ) {}
 
-  onStatus(deviceId: string, from: DeviceStatus, to: DeviceStatus, now: number): void {
+  onStatus(deviceId: string, from: DeviceStatus, to: DeviceStatus, now: number, retained = false): void {
     const f = this.options.flapping;
     if (!f.enabled) return;
+    // A retained message is replayed at every resubscribe of the hub, so its transition happened
+    // at an unknown time, maybe counted already; the way back out of it is then no flap either.
+    const known = this.devices.get(deviceId);
+    if (known?.replayed) {
+      known.replayed = false;
+      return;
+    }
+    if (retained) {
+      this.track(deviceId).replayed = true;
+      return;
+    }
     const flip = (from === "online" && to === "offline") || (from === "offline" && to === "online");
     if (!flip) return;
     const d = this.track(deviceId);
@@ -271,7 +284,7 @@ export class AnomalyDetector implements StateObserver {
   private track(deviceId: string): DeviceTrack {
     let d = this.devices.get(deviceId);
     if (!d) {
-      d = { transitions: null, flapping: false, clearTimer: null, properties: null };
+      d = { transitions: null, replayed: false, clearTimer: null, flapping: false, properties: null };
       this.devices.set(deviceId, d);
     }
     return d;

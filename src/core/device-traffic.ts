@@ -61,8 +61,21 @@ export class DeviceTraffic {
     // A cause id is made only when something changes: a plain heartbeat allocates nothing.
     let causeId = message.causeId ?? null;
     const source = protocol ?? "device";
+    const retained = message.retained === true;
     let changed = false;
-    if (reported === "offline") {
+    if (retained) {
+      // A broker's stored copy, replayed because the hub (re)subscribed: it may be hours old.
+      // Its values are still the best known, but it proves nothing about now: no heartbeat, no
+      // online, no error. Only a retained offline counts, as what it is: the broker's record of
+      // the device's last will, kept for a hub that was away when the device went. Neither
+      // feeds anomaly detection, which would otherwise count each replay again.
+      if (properties) {
+        changed = this.state.report(deviceId, properties, { causeId: (causeId ??= newId()), source, reason: `retained-${message.kind}`, retained: true });
+      }
+      if (reported === "offline") {
+        changed = this.goOffline(deviceId, record.lastSeen, "retained", { causeId: (causeId ??= newId()), source, retained: true }) || changed;
+      }
+    } else if (reported === "offline") {
       changed = this.goOffline(deviceId, record.lastSeen, "reported", { causeId: (causeId ??= newId()), source, reason: "reported" });
     } else {
       record.lastSeen = now;
@@ -85,7 +98,7 @@ export class DeviceTraffic {
     this.messages.received++;
     this.messages.byKind[message.kind]++;
     if (this.events.hasSubscribers("message.received", deviceId)) {
-      this.events.publish("message.received", { kind: message.kind, protocol, data: message.data ?? null }, {
+      this.events.publish("message.received", { kind: message.kind, protocol, data: message.data ?? null, retained }, {
         deviceId,
         source,
         causeId: (causeId ??= newId()),

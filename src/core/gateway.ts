@@ -149,10 +149,7 @@ export class DeviceGateway {
       const { error, reason } = refusal === "unknown" ? unknownDevice(deviceId) : refusal;
       return this.refused(c, deviceId, protocol, kind, error, reason);
     }
-    // A retained "online" is what the broker remembered, not news from the device.
-    if (kind === "status" && message.retained && decodeText(payload).trim().toLowerCase() === "online") {
-      return { ok: true, deviceId, status: this.registry.record(deviceId)?.status ?? null, changed: false };
-    }
+    const retained = message.retained === true;
     let data: unknown;
     if (kind === "status") data = decodeText(payload);
     else if (kind !== "heartbeat") {
@@ -167,17 +164,24 @@ export class DeviceGateway {
       } catch (err) {
         return this.refused(c, deviceId, protocol, kind, err as TethralError, "invalid-payload");
       }
-      const r = this.ingest(c, deviceId, protocol, "heartbeat", undefined);
+      const r = this.ingest(c, deviceId, protocol, "heartbeat", undefined, retained);
       if (r.ok) this.commands.answer(deviceId, answer);
       return r;
     }
     // Registering again (a device that announces itself at every boot) is a sign of life.
-    return this.ingest(c, deviceId, protocol, kind === "register" ? "heartbeat" : kind, data);
+    return this.ingest(c, deviceId, protocol, kind === "register" ? "heartbeat" : kind, data, retained);
   }
 
-  private ingest(c: ProtocolCounters, deviceId: string, protocol: string, kind: "telemetry" | "heartbeat" | "state" | "status", data: unknown): ReceiveResult {
+  private ingest(
+    c: ProtocolCounters,
+    deviceId: string,
+    protocol: string,
+    kind: "telemetry" | "heartbeat" | "state" | "status",
+    data: unknown,
+    retained: boolean,
+  ): ReceiveResult {
     try {
-      const r = this.traffic.ingest(deviceId, { kind, data, protocol });
+      const r = this.traffic.ingest(deviceId, retained ? { kind, data, protocol, retained } : { kind, data, protocol });
       return { ok: true, deviceId, status: r.status, changed: r.changed };
     } catch (err) {
       if (!isTethralError(err)) throw err;

@@ -12,6 +12,8 @@ export interface InboundMessage {
   protocol?: string | null;
   /** Id of the message, carried into the state history and events as their cause. */
   causeId?: string;
+  /** A broker's stored copy replayed on subscribe (see DeviceMessage.retained): values only, no sign of life. */
+  retained?: boolean;
 }
 
 export interface IngestResult {

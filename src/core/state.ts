@@ -33,6 +33,11 @@ export interface ChangeCause {
   reason?: string;
   causeId?: string | null;
   source?: string;
+  /**
+   * A change from a broker's stored copy (MQTT retained) replayed on subscribe: it changes values
+   * but is no report of now (no `reportedAt`), and anomaly detection does not count it.
+   */
+  retained?: boolean;
 }
 
 /**
@@ -60,7 +65,8 @@ export interface StatePlan {
 /** Told about every report and status change, for anomaly detection. */
 export interface StateObserver {
   onReport(deviceId: string, properties: JsonObject, now: number): void;
-  onStatus(deviceId: string, from: DeviceStatus, to: DeviceStatus, now: number): void;
+  /** `retained`: the change came from a broker's stored copy (see ChangeCause.retained). */
+  onStatus(deviceId: string, from: DeviceStatus, to: DeviceStatus, now: number, retained?: boolean): void;
   onForget(deviceId: string): void;
 }
 
@@ -128,7 +134,7 @@ export class StateManager {
   }
 
   /**
-   * Merges reported properties. Every report stamps `reportedAt`; only a report that changes a
+   * Merges reported properties. Every live report stamps `reportedAt`; only a report that changes a
    * value moves the version and `updatedAt`, writes history and publishes `state.changed`.
    * The caller has checked the payload (see `checkProperties`).
    */
@@ -157,8 +163,12 @@ export class StateManager {
     // Stamped only once the report is accepted: a refused report changes nothing.
     const s = this.ensure(record);
     this.counters.reports++;
-    s.reportedAt = now;
-    this.observer?.onReport(deviceId, properties, now);
+    if (cause.retained) {
+      if (!from || !to) return false;
+    } else {
+      s.reportedAt = now;
+      this.observer?.onReport(deviceId, properties, now);
+    }
     if (!from || !to) {
       // Only reportedAt moved: still a write the store should see, batched like the rest.
       s.rev++;
@@ -313,7 +323,7 @@ export class StateManager {
     checkTransition(this.options.transitions, record.status, status);
     const from = record.status;
     const now = this.clock.now();
-    this.applyStatus(record, status, now);
+    this.applyStatus(record, status, now, cause.retained === true);
     this.commit(record, this.ensure(record), now, { status: from }, { status }, cause, cause.reason ?? "status");
     return true;
   }
@@ -327,12 +337,12 @@ export class StateManager {
     return allowsTransition(this.options.transitions, from, to);
   }
 
-  private applyStatus(record: DeviceRecord, to: DeviceStatus, now: number): void {
+  private applyStatus(record: DeviceRecord, to: DeviceStatus, now: number, retained = false): void {
     const from = record.status;
     this.registry.setStatus(record, to);
     this.counters.transitions++;
     this.transitionsTo[to] = (this.transitionsTo[to] ?? 0) + 1;
-    this.observer?.onStatus(record.id, from, to, now);
+    this.observer?.onStatus(record.id, from, to, now, retained);
   }
 
   history(deviceId: string, limit = this.options.historySize): StateHistoryEntry[] {

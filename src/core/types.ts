@@ -195,7 +195,8 @@ export interface EventMap {
     state: DeviceState;
   };
   "state.anomaly": AnomalyData;
-  "message.received": { kind: string; protocol: string | null; data: unknown };
+  /** `retained`: a broker's stored copy replayed on subscribe (MQTT), not live traffic. */
+  "message.received": { kind: string; protocol: string | null; data: unknown; retained: boolean };
   "message.rejected": { reason: string; protocol: string | null; kind?: string; error?: string };
   "command.queued": { command: Command };
   "command.sent": { command: Command };

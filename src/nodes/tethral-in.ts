@@ -24,7 +24,7 @@ interface InDef extends NodeDef {
   kindStatus?: boolean;
 }
 
-type Received = TethralEvent<"message.received", { kind: string; protocol: string | null; data: unknown }>;
+type Received = TethralEvent<"message.received", { kind: string; protocol: string | null; data: unknown; retained?: boolean }>;
 
 /**
  * `tethral-in` (CONTRACT §5): one message per device message the hub accepted, over any
@@ -58,7 +58,7 @@ export = function (RED: NodeAPI): void {
             name: `tethral-in ${node.id}`,
           },
           (event) => {
-            const { kind, protocol, data } = (event as Received).data;
+            const { kind, protocol, data, retained } = (event as Received).data;
             const deviceId = event.deviceId as string;
             let device: Device | null = null;
             try {
@@ -70,7 +70,7 @@ export = function (RED: NodeAPI): void {
             lastTopic = `${deviceId}/${kind}`;
             status.request();
             // The bus hands every subscriber the same objects: the flow gets its own copy.
-            node.send({ payload: structuredClone(data), topic: `${deviceId}/${kind}`, deviceId, device, kind, protocol });
+            node.send({ payload: structuredClone(data), topic: `${deviceId}/${kind}`, deviceId, device, kind, protocol, retained: retained === true });
           },
         );
         use.status({ fill: "green", shape: "ring", text: RED._("tethral-in.status.listening") });

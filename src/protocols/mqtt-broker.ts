@@ -3,7 +3,17 @@ import type { EventEmitter } from "node:events";
 import { type AddressInfo, type Server, type Socket, createServer } from "node:net";
 import { Aedes, type AedesPublishPacket, type AuthenticateError, type Client, type PublishPacket, type Subscription } from "aedes";
 import { TethralError } from "../core/errors";
+import {
+  DeviceSessions,
+  MAX_CLIENT_ID_LENGTH,
+  MAX_CONNECTIONS_PER_DEVICE,
+  SERVICE_OWNER,
+  type Session,
+  newSession,
+  sessionName,
+} from "./mqtt-sessions";
 import { type TopicScheme, filterMatches } from "./mqtt-topics";
+import { guardPacketSize } from "./mqtt-packet-size";
 import { PendingWrites } from "./pending-writes";
 import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
 
@@ -26,26 +36,22 @@ const HEADER_ALLOWANCE = 4096;
 /** CONNACK return codes of MQTT 3.1.1 (aedes declares them as an ambient const enum, unusable here). */
 const CONNACK = { IDENTIFIER_REJECTED: 2, SERVER_UNAVAILABLE: 3, BAD_USERNAME_OR_PASSWORD: 4, NOT_AUTHORIZED: 5 } as const;
 
-interface Session {
-  readonly client: Client;
-  /** Null for the service account. */
-  readonly deviceId: string | null;
-  /** False for a self-registering device until its `register` message is accepted. */
-  known: boolean;
-  /** The password of a device not yet known: the hub keeps it as the token of the registration. */
-  token: string | undefined;
-  /** Between clientReady and clientDisconnect. */
-  live: boolean;
-  /** The device's subscriptions that match its commands topic. */
-  readonly commandFilters: Set<string>;
-  /** Whether `context.connected` was the last thing the hub heard about this session. */
-  announced: boolean;
+/**
+ * What aedes answers a PUBLISH it refuses before `authorizePublish` sees it (a wildcard, an empty
+ * topic, too many levels): it says so only in the error it drops the connection with.
+ */
+const AEDES_PUBLISH_REFUSAL = /^(?:[#+] is not allowed in PUBLISH|empty topic not allowed in PUBLISH|topic has too many levels)$/;
+
+/** aedes's session store, of which only this is used (forgetting a persistent session's subscriptions). */
+interface SessionStore {
+  cleanSubscriptions(client: { id: string }): Promise<void>;
 }
 
 /**
  * The embedded broker: aedes on a TCP port, with devices authenticated at CONNECT (username =
- * device id, password = token) and confined to their own topics. The hub reads device messages
- * in-process from aedes's `published` hook, so ingest costs no extra socket.
+ * device id, password = token, any client id: see mqtt-sessions) and confined to their own
+ * topics. The hub reads device messages in-process from aedes's `published` hook, so ingest
+ * costs no extra socket.
  */
 export class EmbeddedBroker {
   private broker: Aedes | null = null;
@@ -54,10 +60,15 @@ export class EmbeddedBroker {
   private stopping: Promise<void> | null = null;
   private readonly sockets = new Set<Socket>();
   private readonly sessions = new WeakMap<Client, Session>();
-  /** Devices between clientReady and clientDisconnect, by device id. */
-  private readonly live = new Map<string, Session>();
+  /** Devices with a connection or a persistent session, by device id. */
+  private readonly devices = new Map<string, DeviceSessions>();
   private readonly pending = new PendingWrites(() => this.context?.counters ?? null);
+  /** Devices with a live connection, and those the hub was told can take commands. */
+  private liveCount = 0;
   private readyCount = 0;
+  private readyOrder = 0;
+  /** Device connections from authentication to their socket's close. */
+  private connections = 0;
   private readonly figures = { connectsRefused: 0, publishesRefused: 0, subscriptionsRefused: 0, oversizedPackets: 0, topicsUnknown: 0 };
   private readonly serviceHash: Buffer | null;
 
@@ -79,8 +90,8 @@ export class EmbeddedBroker {
     const maxPacket = this.options.maxPacketBytes ?? context.maxPayloadBytes + HEADER_ALLOWANCE;
     const broker = await Aedes.createBroker({
       connectTimeout: this.options.connectTimeoutMs ?? 10_000,
-      // Client ids are device ids (up to 128 characters); 23 is an MQTT 3.1 limit aedes applies to 3.1 clients.
-      maxClientsIdLength: 128,
+      // 23 is the MQTT 3.1 limit aedes applies to 3.1 clients; 3.1.1 ones are checked at authentication.
+      maxClientsIdLength: MAX_CLIENT_ID_LENGTH,
       authenticate: (client, username, password, done) => done(...this.authenticate(client, username, password)),
       authorizePublish: (client, packet, done) => done(this.authorizePublish(client, packet)),
       authorizeSubscribe: (client, sub, done) => done(null, this.authorizeSubscribe(client, sub)),
@@ -93,6 +104,7 @@ export class EmbeddedBroker {
     (broker as EventEmitter).on("error", (err: Error) => context.warn(`broker: ${err.message}`));
     broker.on("clientReady", (client) => this.onReady(client));
     broker.on("clientDisconnect", (client) => this.onDisconnect(client));
+    broker.on("clientError", (client, err) => this.onClientError(client, err));
     broker.on("subscribe", (subs, client) => this.onSubscribe(subs, client));
     broker.on("unsubscribe", (filters, client) => this.onUnsubscribe(filters, client));
     const server = createServer((socket) => {
@@ -105,7 +117,10 @@ export class EmbeddedBroker {
         this.figures.oversizedPackets++;
         context.reject({ reason: "too-large", message: `an MQTT packet larger than ${maxPacket} bytes` });
       });
-      broker.handle(socket);
+      const client = broker.handle(socket);
+      // A connection may end anywhere in CONNECT, where aedes may send neither ready nor
+      // disconnect: the socket's close is the one sure end.
+      socket.once("close", () => this.onClosed(client));
     });
     this.broker = broker;
     this.server = server;
@@ -134,32 +149,35 @@ export class EmbeddedBroker {
     // Sockets that never completed CONNECT are not aedes clients: broker.close() leaves them.
     for (const socket of this.sockets) socket.destroy();
     await closed;
-    this.live.clear();
-    this.readyCount = 0;
+    this.devices.clear();
+    this.liveCount = this.readyCount = this.connections = 0;
     this.broker = this.server = null;
   }
 
   send(deviceId: string, frame: CommandFrame, timeoutMs: number): Promise<SendOutcome> {
     const context = this.context;
     const broker = this.broker;
-    const session = this.live.get(deviceId);
     if (!context || !broker || this.stopping) return Promise.reject(new TethralError("UNAVAILABLE", "the MQTT broker is not running"));
-    // A QoS 1 publish nobody subscribes to is dropped by the broker: refuse, so the hub keeps the command queued.
-    if (!session?.announced) {
+    // With nobody subscribed the command would go nowhere: refuse, so the hub keeps it queued.
+    const session = this.devices.get(deviceId)?.commandSession();
+    if (!session) {
       return Promise.reject(new TethralError("UNAVAILABLE", `device "${deviceId}" is not connected to the MQTT broker with a subscription to its commands topic`));
     }
     const payload = Buffer.from(encodeCommand(frame), "utf8");
     const packet: PublishPacket = { cmd: "publish", topic: this.options.topics.commands(deviceId), payload, qos: 1, retain: false, dup: false };
     const client = session.client;
-    // The callback comes once the packet is written to the device's socket: a device that does
-    // not read holds it until aedes's drain timeout, longer than an attempt should wait.
+    // To one connection, not to the topic: a device with several connections subscribed (a
+    // firmware and a script) runs a command once, and a persistent session it left under another
+    // client id does not pile up commands the hub counts as sent. The callback comes once the
+    // packet is written to the device's socket: a device that does not read holds it until
+    // aedes's drain timeout, longer than an attempt should wait.
     return this.pending.write(
       payload.length,
       timeoutMs,
       `command to "${deviceId}" not written within ${timeoutMs} ms`,
       (err) => `command to "${deviceId}" not delivered: ${err.message}`,
       (done) =>
-        broker.publish(packet, (err) => {
+        client.publish(packet, (err) => {
           // A persistent session keeps the packet for the device's return; a clean one lost it.
           done(err ?? (client.closed && client.clean ? new Error("the connection closed") : null));
         }),
@@ -167,22 +185,23 @@ export class EmbeddedBroker {
   }
 
   isConnected(deviceId: string): boolean {
-    return this.live.get(deviceId)?.announced === true;
+    return this.devices.get(deviceId)?.announced === true;
   }
 
   health(): ProtocolHealth {
     const base = { mode: "embedded", host: this.options.host, port: this.port ?? this.options.port };
     if (!this.broker || this.stopping) return { status: "stopped", ...base };
     if (!this.server?.listening) return { status: "degraded", error: "the broker is not listening", ...base };
-    return { status: "ok", ...base, connected: this.live.size };
+    return { status: "ok", ...base, connected: this.liveCount };
   }
 
   statistics(): AdapterStatistics {
     return {
-      connected: this.live.size,
+      connected: this.liveCount,
       mode: "embedded",
       port: this.port ?? this.options.port,
       commandReady: this.readyCount,
+      deviceConnections: this.connections,
       clients: this.broker?.connectedClients ?? 0,
       sockets: this.sockets.size,
       ...this.figures,
@@ -194,13 +213,18 @@ export class EmbeddedBroker {
   private authenticate(client: Client, username: string | undefined, password: Buffer | undefined): [AuthenticateError | null, boolean | null] {
     const context = this.context;
     if (!context || this.stopping) return [refusal(CONNACK.SERVER_UNAVAILABLE, "the broker is stopping"), null];
+    // Gone already (aedes drops the answer): nothing must be kept for it.
+    if (client.closed) return [refusal(CONNACK.SERVER_UNAVAILABLE, "the connection closed"), null];
     if (username === undefined || username === "") {
       return this.refuseConnect(CONNACK.BAD_USERNAME_OR_PASSWORD, "the username must be the device id");
     }
+    // As the client sent it, or the one aedes made up for an empty id.
+    const clientId = client.id;
     if (this.serviceHash && username === this.options.serviceUsername) {
       if (!password || !timingSafeEqual(sha256(password), this.serviceHash)) {
         return this.refuseConnect(CONNACK.BAD_USERNAME_OR_PASSWORD, "bad service password");
       }
+      rename(client, sessionName(SERVICE_OWNER, clientId));
       this.sessions.set(client, newSession(client, null, true));
       return [null, true];
     }
@@ -211,44 +235,68 @@ export class EmbeddedBroker {
       const code = auth.error.code === "NOT_FOUND" ? CONNACK.NOT_AUTHORIZED : auth.error.code === "UNAVAILABLE" ? CONNACK.SERVER_UNAVAILABLE : CONNACK.BAD_USERNAME_OR_PASSWORD;
       return [refusal(code, auth.error.message), null];
     }
-    // The client id names the broker session: were it free, a device could take over another's
-    // session, and with it the subscriptions and queued commands of a persistent one.
-    if (client.id !== auth.deviceId) {
-      return this.refuseConnect(CONNACK.IDENTIFIER_REJECTED, "the client id must be the device id");
+    const deviceId = auth.deviceId;
+    if (clientId.length > MAX_CLIENT_ID_LENGTH) {
+      return this.refuseConnect(CONNACK.IDENTIFIER_REJECTED, `the client id is longer than ${MAX_CLIENT_ID_LENGTH} characters`, deviceId);
     }
-    this.sessions.set(client, newSession(client, auth.deviceId, auth.known, auth.known ? undefined : password?.toString("utf8")));
+    const name = sessionName(deviceId, clientId);
+    let device = this.devices.get(deviceId);
+    if (device && device.othersThan(name) >= MAX_CONNECTIONS_PER_DEVICE) {
+      return this.refuseConnect(CONNACK.SERVER_UNAVAILABLE, `device "${deviceId}" holds ${MAX_CONNECTIONS_PER_DEVICE} connections already`, deviceId);
+    }
+    if (!device) this.devices.set(deviceId, (device = new DeviceSessions()));
+    rename(client, name);
+    this.forget(device.connecting(name, !client.clean));
+    const session = newSession(client, deviceId, auth.known, auth.known ? undefined : password?.toString("utf8"));
+    this.sessions.set(client, session);
+    device.open.add(session);
+    this.connections++;
     return [null, true];
   }
 
-  private refuseConnect(code: number, message: string): [AuthenticateError, null] {
+  private refuseConnect(code: number, message: string, deviceId: string | null = null): [AuthenticateError, null] {
     this.figures.connectsRefused++;
-    this.context?.reject({ kind: "connect", reason: "connect-refused", message });
+    this.context?.reject({ deviceId, kind: "connect", reason: "connect-refused", message });
     return [refusal(code, message), null];
+  }
+
+  /** Drops what aedes keeps of persistent sessions a device has outgrown (see DeviceSessions.connecting). */
+  private forget(names: string[]): void {
+    const store = (this.broker as unknown as { persistence?: SessionStore } | null)?.persistence;
+    for (const name of names) {
+      store?.cleanSubscriptions({ id: name }).catch((err: unknown) => this.context?.warn(`could not forget the session ${name}: ${(err as Error).message}`));
+    }
   }
 
   /** An error disconnects the client: MQTT 3.1.1 has no other way to refuse a publish. */
   private authorizePublish(client: Client | null, packet: PublishPacket): Error | null {
     if (!client) return null;
-    if (packet.topic.startsWith("$")) return new Error("topics starting with $ are reserved");
     const session = this.sessions.get(client);
+    if (packet.topic.startsWith("$")) return this.refusePublish(session?.deviceId ?? null, `topics starting with $ are reserved: ${packet.topic.slice(0, 200)}`);
     if (!session) return new Error("not authenticated");
     if (session.deviceId === null) return null;
     const topics = this.options.topics;
-    if (!topics.isOwn(packet.topic, session.deviceId)) return this.refusePublish(`device "${session.deviceId}" may not publish to ${packet.topic}`);
+    if (!topics.isOwn(packet.topic, session.deviceId)) return this.refusePublish(session.deviceId, `device "${session.deviceId}" may not publish to ${packet.topic.slice(0, 200)}`);
     // The broker keeps a retained message per topic: on made-up topics, a device could fill its memory.
     if (packet.retain && packet.payload.length > 0 && topics.parse(packet.topic)?.kind == null) {
-      return this.refusePublish(`device "${session.deviceId}" may retain only its documented topics, not ${packet.topic}`);
+      return this.refusePublish(session.deviceId, `device "${session.deviceId}" may retain only its documented topics, not ${packet.topic.slice(0, 200)}`);
     }
     const context = this.context;
     const bytes = typeof packet.payload === "string" ? Buffer.byteLength(packet.payload) : packet.payload.length;
-    if (context && bytes > context.maxPayloadBytes) return this.refusePublish(`payload of ${bytes} bytes exceeds ${context.maxPayloadBytes}`);
+    if (context && bytes > context.maxPayloadBytes) return this.refusePublish(session.deviceId, `payload of ${bytes} bytes exceeds ${context.maxPayloadBytes}`);
     return null;
   }
 
-  private refusePublish(message: string): Error {
+  private refusePublish(deviceId: string | null, message: string): Error {
     this.figures.publishesRefused++;
-    this.context?.reject({ reason: "publish-refused", message });
+    this.context?.reject({ deviceId, kind: "publish", reason: "publish-refused", message });
     return new Error(message);
+  }
+
+  /** Publishes aedes refused by itself are refusals like the others: counted and published. */
+  private onClientError(client: Client, err: Error): void {
+    if (!AEDES_PUBLISH_REFUSAL.test(err.message) || this.stopping) return;
+    this.refusePublish(this.sessions.get(client)?.deviceId ?? null, `MQTT: ${err.message}`);
   }
 
   /** Null refuses the one filter (SUBACK 0x80) and keeps the connection. */
@@ -294,7 +342,6 @@ export class EmbeddedBroker {
         // A message arriving live is news even with the retain flag set; only a stored copy is old.
         retained: false,
       });
-
     } catch (err) {
       context.counters.errors++;
       context.warn(`message on ${packet.topic} not handled: ${(err as Error).message}`);
@@ -303,37 +350,42 @@ export class EmbeddedBroker {
 
   /**
    * Closes every connection of a device whose credentials changed (token replaced, device
-   * registered or removed), including sessions opened before it was known. It reconnects with
-   * its token and is then a known device.
+   * registered or removed), including those opened before it was known or still in CONNECT. It
+   * reconnects with its token and is then a known device.
    */
   disconnect(deviceId: string, reason: string): void {
-    // Client id = device id (enforced at CONNECT), so aedes finds every session of the device.
-    const client = (this.broker as unknown as { clients?: Record<string, Client | undefined> } | null)?.clients?.[deviceId];
-    const live = this.live.get(deviceId)?.client;
-    const clients = new Set([client, live].filter((c): c is Client => c !== undefined));
-    for (const c of clients) c.close();
-    if (clients.size > 0) this.context?.warn(`closed the connection of device "${deviceId}": ${reason}`);
+    const open = [...(this.devices.get(deviceId)?.open ?? [])];
+    for (const session of open) session.client.close();
+    if (open.length > 0) this.context?.warn(`closed the connection of device "${deviceId}": ${reason}`);
   }
 
   private onReady(client: Client): void {
     const session = this.sessions.get(client);
     if (!session || session.deviceId === null) return;
-    const previous = this.live.get(session.deviceId);
-    if (previous && previous !== session) {
-      previous.live = false;
-      this.announce(previous);
-    }
+    // aedes can finish a CONNECT whose socket closed meanwhile, after its clientDisconnect.
+    if (client.closed || !this.devices.get(session.deviceId)?.open.has(session)) return;
     session.live = true;
-    this.live.set(session.deviceId, session);
-    this.announce(session);
+    session.readyOrder = ++this.readyOrder;
+    this.refresh(session.deviceId);
   }
 
   private onDisconnect(client: Client): void {
     const session = this.sessions.get(client);
     if (!session || session.deviceId === null) return;
     session.live = false;
-    if (this.live.get(session.deviceId) === session) this.live.delete(session.deviceId);
-    this.announce(session);
+    this.refresh(session.deviceId);
+  }
+
+  /** The socket closed, wherever the connection was: in CONNECT, live, or taken over. */
+  private onClosed(client: Client): void {
+    const session = this.sessions.get(client);
+    if (!session || session.deviceId === null) return;
+    const device = this.devices.get(session.deviceId);
+    session.live = false;
+    if (!device?.open.delete(session)) return;
+    this.connections--;
+    this.refresh(session.deviceId);
+    if (device.empty) this.devices.delete(session.deviceId);
   }
 
   private onSubscribe(subs: Subscription[], client: Client): void {
@@ -343,33 +395,41 @@ export class EmbeddedBroker {
       // aedes reports each filter with the QoS granted, 128 for a refused one.
       if ((sub.qos as number) !== 128 && this.isCommandFilter(sub.topic, session.deviceId)) session.commandFilters.add(sub.topic);
     }
-    this.announce(session);
+    this.refresh(session.deviceId);
   }
 
   private onUnsubscribe(filters: string[], client: Client): void {
     const session = this.sessions.get(client);
     if (!session || session.deviceId === null) return;
     for (const filter of filters) session.commandFilters.delete(filter);
-    this.announce(session);
+    this.refresh(session.deviceId);
   }
 
   private isCommandFilter(filter: string, deviceId: string): boolean {
     return filterMatches(filter, this.options.topics.commands(deviceId));
   }
 
-  /** Tells the hub when a device becomes able to take commands, and when it stops being. */
-  private announce(session: Session): void {
-    const ready = session.live && session.known && session.commandFilters.size > 0 && this.live.get(session.deviceId!) === session;
-    if (ready === session.announced || !this.context) return;
-    session.announced = ready;
+  /** Keeps the live count, and tells the hub when a device becomes able to take commands and when it stops being. */
+  private refresh(deviceId: string): void {
+    const device = this.devices.get(deviceId);
+    if (!device || !this.context) return;
+    const live = device.hasLive();
+    if (live !== device.live) {
+      device.live = live;
+      this.liveCount += live ? 1 : -1;
+    }
+    const ready = device.commandSession() !== null;
+    if (ready === device.announced) return;
+    device.announced = ready;
     this.readyCount += ready ? 1 : -1;
-    if (ready) this.context.connected(session.deviceId!);
-    else this.context.disconnected(session.deviceId!);
+    if (ready) this.context.connected(deviceId);
+    else this.context.disconnected(deviceId);
   }
 }
 
-function newSession(client: Client, deviceId: string | null, known: boolean, token?: string): Session {
-  return { client, deviceId, known, token, live: false, commandFilters: new Set(), announced: false };
+/** Gives a connection its broker-side session name, before aedes looks the session up (see mqtt-sessions). */
+function rename(client: Client, name: string): void {
+  (client as { id: string }).id = name;
 }
 
 function refusal(returnCode: number, message: string): AuthenticateError {
@@ -378,56 +438,6 @@ function refusal(returnCode: number, message: string): AuthenticateError {
 
 function sha256(value: string | Buffer): Buffer {
   return createHash("sha256").update(value).digest();
-}
-
-/**
- * aedes buffers a whole packet before it looks at it, up to the 256 MB MQTT allows, and has no
- * size limit of its own. This reads the fixed header of each packet as the bytes go by (aedes
- * pulls them with `socket.read()`) and cuts a connection whose next packet declares more than
- * `limit` bytes, before its body arrives. It only counts: no bytes are copied.
- */
-function guardPacketSize(socket: Socket, limit: number, onOversize: () => void): void {
-  let remaining = 0; // body bytes of the current packet still to come
-  let lengthBytes = -1; // -1: the next byte is a packet type; 0-3: inside the remaining-length field
-  let length = 0;
-  let multiplier = 1;
-  const fits = (chunk: Buffer): boolean => {
-    let i = 0;
-    while (i < chunk.length) {
-      if (remaining > 0) {
-        const skip = Math.min(remaining, chunk.length - i);
-        remaining -= skip;
-        i += skip;
-      } else if (lengthBytes < 0) {
-        i++;
-        lengthBytes = length = 0;
-        multiplier = 1;
-      } else {
-        const byte = chunk[i++]!;
-        length += (byte & 0x7f) * multiplier;
-        multiplier *= 128;
-        lengthBytes++;
-        if ((byte & 0x80) === 0) {
-          if (length > limit) return false;
-          remaining = length;
-          lengthBytes = -1;
-        } else if (lengthBytes === 4) {
-          return false; // a malformed length: aedes would drop the connection too
-        }
-      }
-    }
-    return true;
-  };
-  const read = socket.read.bind(socket);
-  socket.read = (size?: number) => {
-    const chunk: unknown = read(size);
-    if (Buffer.isBuffer(chunk) && !fits(chunk)) {
-      onOversize();
-      socket.destroy();
-      return null;
-    }
-    return chunk;
-  };
 }
 
 function listen(server: Server, port: number, host: string): Promise<void> {

@@ -104,7 +104,11 @@ export interface DeviceMessage {
    * connect time (`context.authenticate`), so the token need not be checked again.
    */
   authenticated?: boolean;
-  /** An MQTT retained message: old news, so a retained `online` is not taken as a heartbeat. */
+  /**
+   * A broker's stored copy (MQTT retained), delivered because the hub (re)subscribed: old news.
+   * Its values still update state (the history says `retained-…`), but it is no sign of life:
+   * no heartbeat, no online or offline, nothing for anomaly detection.
+   */
   retained?: boolean;
 }
 

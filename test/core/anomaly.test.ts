@@ -95,6 +95,21 @@ describe("AnomalyDetector", () => {
       assert.equal(d.detector.statistics().detected.flapping, 1);
     });
 
+    it("counts neither a transition a retained message made nor the way back out of it", async () => {
+      const d = setup({ flapping });
+      for (let i = 0; i < 5; i++) {
+        // A broker replays the device's retained offline at each resubscribe; live traffic follows.
+        d.detector.onStatus("d1", "online", "offline", d.clock.now(), true);
+        d.clock.advance(1000);
+        d.detector.onStatus("d1", "offline", "online", d.clock.now());
+        d.clock.advance(1000);
+      }
+      assert.equal(d.events.length, 0);
+      // Live transitions still count as before.
+      flip(d, "d1", 4);
+      assert.equal(d.detector.isFlapping("d1"), true);
+    });
+
     it("does not start below the threshold: transitions that left the window do not count", async () => {
       const d = setup({ flapping });
       flip(d, "d1", 3, 1000);

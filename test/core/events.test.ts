@@ -398,7 +398,7 @@ describe("EventBus", () => {
     it("keeps transient types (message.received by default) out of history but still delivers them", () => {
       const { bus } = setup();
       const r = record(bus);
-      bus.publish("message.received", { kind: "telemetry", protocol: "mqtt", data: {} }, { deviceId: "d1" });
+      bus.publish("message.received", { kind: "telemetry", protocol: "mqtt", data: {}, retained: false }, { deviceId: "d1" });
       bus.publishCustom("kept", 1);
       assert.deepEqual(r.types(), ["message.received", "kept"]);
       assert.deepEqual(
@@ -412,7 +412,7 @@ describe("EventBus", () => {
     it("honours configured transient types", () => {
       const { bus } = setup({ transientTypes: ["noise"] });
       bus.publishCustom("noise", 1);
-      bus.publish("message.received", { kind: "heartbeat", protocol: null, data: null });
+      bus.publish("message.received", { kind: "heartbeat", protocol: null, data: null, retained: false });
       assert.deepEqual(
         bus.query().map((e) => e.type),
         ["message.received"],

@@ -88,6 +88,18 @@ describe("tethral-in node", function () {
     assert.deepEqual(lastStatus(node("in1")), { fill: "green", shape: "dot", text: "1 received (pump-1/telemetry)" });
   });
 
+  it("says whether a message was a broker's retained copy (msg.retained), which updates values but brings no device online", async () => {
+    const hub = await start([tethralInNode("in1")]);
+    const seen = collect(node("out"));
+    hub.ingest("pump-1", { kind: "telemetry", data: { temperature: 9 }, protocol: "mqtt", retained: true });
+    hub.ingest("pump-2", { kind: "telemetry", data: { temperature: 10 }, protocol: "mqtt" });
+    await until(() => seen.length === 2, "both messages");
+    assert.deepEqual(seen.map((m) => [m.deviceId, m.retained]), [["pump-1", true], ["pump-2", false]]);
+    assert.equal(hub.getState("pump-1").properties.temperature, 9);
+    assert.equal(hub.getDevice("pump-1").status, "unknown");
+    assert.equal(hub.getDevice("pump-2").status, "online");
+  });
+
   it("filters by device, protocol and kind (heartbeats only when ticked)", async () => {
     const hub = await start([
       tethralInNode("all"),

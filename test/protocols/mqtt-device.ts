@@ -13,6 +13,8 @@ export interface DeviceOptions extends IClientOptions {
 export class MqttDevice {
   readonly messages: { topic: string; payload: string; retain: boolean }[] = [];
   closed = false;
+  /** The last CONNACK's session-present flag: the broker kept a persistent session for this client id. */
+  sessionPresent = false;
 
   private constructor(
     readonly client: MqttClient,
@@ -21,7 +23,10 @@ export class MqttDevice {
   ) {
     client.on("message", (topic, payload, packet) => this.messages.push({ topic, payload: payload.toString("utf8"), retain: packet.retain }));
     client.on("close", () => (this.closed = true));
-    client.on("connect", () => (this.closed = false));
+    client.on("connect", (connack) => {
+      this.closed = false;
+      this.sessionPresent = connack.sessionPresent;
+    });
   }
 
   static options(opts: DeviceOptions): IClientOptions {
@@ -158,6 +163,41 @@ export class PlainBroker {
   }
 }
 
+/** MQTT 3.1.1 packets written by hand, for a raw socket that does what no client library would. */
+export const rawPacket = {
+  connect(o: { clientId: string; username?: string; password?: string; clean?: boolean; keepalive?: number }): Buffer {
+    const flags = (o.username !== undefined ? 0x80 : 0) | (o.password !== undefined ? 0x40 : 0) | (o.clean === false ? 0 : 0x02);
+    const keepalive = o.keepalive ?? 60;
+    const parts = [utf8("MQTT"), Buffer.from([4, flags, keepalive >> 8, keepalive & 0xff]), utf8(o.clientId)];
+    if (o.username !== undefined) parts.push(utf8(o.username));
+    if (o.password !== undefined) parts.push(utf8(o.password));
+    return packet(0x10, Buffer.concat(parts));
+  },
+  subscribe(filter: string, messageId = 1): Buffer {
+    return packet(0x82, Buffer.concat([Buffer.from([messageId >> 8, messageId & 0xff]), utf8(filter), Buffer.from([1])]));
+  },
+  /** QoS 0, so any topic goes: a wildcard, an empty one. */
+  publish(topic: string, payload: string): Buffer {
+    return packet(0x30, Buffer.concat([utf8(topic), Buffer.from(payload, "utf8")]));
+  },
+};
+
+function utf8(text: string): Buffer {
+  const bytes = Buffer.from(text, "utf8");
+  return Buffer.concat([Buffer.from([bytes.length >> 8, bytes.length & 0xff]), bytes]);
+}
+
+function packet(header: number, body: Buffer): Buffer {
+  const length: number[] = [];
+  let n = body.length;
+  do {
+    let digit = n % 128;
+    n = Math.floor(n / 128);
+    if (n > 0) digit |= 0x80;
+    length.push(digit);
+  } while (n > 0);
+  return Buffer.concat([Buffer.from([header, ...length]), body]);
+}
 
 const LEAKABLE = new Set(["TCPSocketWrap", "TCPServerWrap", "Timeout", "Immediate"]);
 

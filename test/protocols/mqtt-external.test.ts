@@ -1,11 +1,15 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { Hub } from "../../src/core/hub";
+import { Hub, type HubOptions } from "../../src/core/hub";
 import type { TethralEvent } from "../../src/core/types";
 import { MqttAdapter, type MqttAdapterOptions } from "../../src/protocols/mqtt";
+import { type Mosquitto, needs, startMosquitto } from "../mosquitto";
 import { MqttDevice, PlainBroker, activeHandles, handlesAbove, portIsFree, until } from "./mqtt-device";
 
-/** A real broker to run against as well (Mosquitto), e.g. mqtt://127.0.0.1:1883; skipped when unset. */
+/**
+ * A real broker to run against as well (Mosquitto), e.g. mqtt://127.0.0.1:1883. Unset, the tests
+ * start a Mosquitto of their own where it is installed.
+ */
 const EXTERNAL_URL = process.env.TETHRAL_TEST_MQTT_URL;
 
 /** A topic root of its own for each test: parallel runs on one shared broker must not meet. */
@@ -23,10 +27,10 @@ class Rig {
 
   constructor(readonly url: string) {}
 
-  async startHub(ids: string[], options: MqttAdapterOptions = {}): Promise<void> {
+  async startHub(ids: string[], options: MqttAdapterOptions = {}, hubOptions: HubOptions = {}, heartbeatTimeout?: number): Promise<void> {
     this.adapter = new MqttAdapter({ url: this.url, root: this.root, reconnectPeriod: 50, maxReconnectPeriod: 400, startTimeoutMs: 3000, ...options });
-    this.hub = new Hub({ protocols: [this.adapter], onWarning: () => undefined, commands: { sweepIntervalMs: 50, retryBaseDelayMs: 20 } });
-    for (const id of ids) await this.hub.registerDevice({ id, protocol: "mqtt" });
+    this.hub = new Hub({ protocols: [this.adapter], onWarning: () => undefined, commands: { sweepIntervalMs: 50, retryBaseDelayMs: 20 }, ...hubOptions });
+    for (const id of ids) await this.hub.registerDevice({ id, protocol: "mqtt", heartbeatTimeout });
     this.hub.subscribe({ types: "*" }, (event) => {
       this.events.push(event);
     });
@@ -42,6 +46,24 @@ class Rig {
   async online(d: MqttDevice): Promise<void> {
     this.retained.add(d.topic("status"));
     await d.publish("status", "online", { retain: true });
+  }
+
+  /** Publishes a retained message on a device topic, and clears it after the test. */
+  async retain(d: MqttDevice, level: string, payload: string | object): Promise<void> {
+    this.retained.add(d.topic(level));
+    await d.publish(level, payload, { retain: true });
+  }
+
+  /**
+   * Takes the hub's broker session over with a client of the same id, as a broker restart or a
+   * network cut would end it: the hub reconnects and subscribes again, and the broker delivers
+   * its retained messages once more.
+   */
+  async kickHub(clientId: string): Promise<void> {
+    const connects = Number(this.adapter.statistics().connects);
+    const usurper = await MqttDevice.connect(this.url, { id: clientId, username: undefined });
+    await usurper.end();
+    await until(() => Number(this.adapter.statistics().connects) > connects && this.adapter.health().status === "ok", "the hub back and subscribed");
   }
 
   rejected(): number {
@@ -62,13 +84,17 @@ class Rig {
 for (const target of ["aedes", "mosquitto"] as const) {
   describe(`MQTT adapter, external broker (${target}), with a real hub`, function () {
     let broker: PlainBroker | null = null;
+    let mosquitto: Mosquitto | null = null;
     let url: string;
     let rig: Rig;
 
     before(async function () {
       if (target === "mosquitto") {
-        if (!EXTERNAL_URL) this.skip();
-        url = EXTERNAL_URL!;
+        if (EXTERNAL_URL) url = EXTERNAL_URL;
+        else if (needs(this, ["mosquitto"], "apt-get install mosquitto, or set TETHRAL_TEST_MQTT_URL")) {
+          mosquitto = await startMosquitto();
+          url = mosquitto.url;
+        }
       } else {
         broker = await new PlainBroker().start();
         url = broker.url;
@@ -77,6 +103,7 @@ for (const target of ["aedes", "mosquitto"] as const) {
 
     after(async function () {
       await broker?.stop();
+      await mosquitto?.stop();
     });
 
     beforeEach(function () {
@@ -97,9 +124,71 @@ for (const target of ["aedes", "mosquitto"] as const) {
       await d.publish("telemetry", { temperature: 21.5 });
       await d.publish("state", { properties: { valve: "open" } });
       await d.publish("heartbeat", "");
-      await until(() => rig.events.filter((e) => e.type === "message.received").length === 3, "three live messages");
+      const live = (): TethralEvent[] => rig.events.filter((e) => e.type === "message.received" && !(e.data as { retained: boolean }).retained);
+      await until(() => live().length === 3, "three live messages");
       assert.deepEqual(rig.hub.getState("boiler-1").properties, { temperature: 21.5, valve: "open" });
       assert.equal(rig.hub.getDevice("boiler-1").status, "online");
+    });
+
+    it("takes retained messages replayed on each (re)subscribe as old news: they update state and say so, but are no sign of life", async function () {
+      // A device long gone left its last reports retained on the broker.
+      const gone = await rig.device("boiler-1");
+      await rig.retain(gone, "telemetry", { temperature: 5 });
+      await rig.retain(gone, "state", { status: "error", properties: { valve: "shut" } });
+      await rig.retain(gone, "heartbeat", "beat"); // an empty retained payload would clear the topic
+      await rig.retain(gone, "status", "online");
+      await gone.end();
+      const hubId = `${rig.root}-hub`;
+      // A short heartbeat timeout and a low flapping threshold: replays taken for signs of life
+      // would bring the device online at each resubscribe, offline in between, and flap.
+      await rig.startHub(["boiler-1"], { clientId: hubId }, { anomaly: { flapping: { threshold: 3, windowSec: 60 } } }, 0.3);
+      const replays = (): TethralEvent[] => rig.events.filter((e) => e.type === "message.received" && e.deviceId === "boiler-1");
+      for (let round = 1; round <= 3; round++) {
+        if (round > 1) await rig.kickHub(hubId);
+        await until(() => replays().length === 4 * round, `the retained messages, delivery ${round}`);
+        // Longer than the heartbeat timeout: a device the replay took online would go offline meanwhile.
+        await new Promise((resolve) => setTimeout(resolve, 600));
+      }
+      assert.deepEqual(
+        replays().slice(0, 4).map((e) => [(e.data as { kind: string }).kind, (e.data as { retained: boolean }).retained]).sort(),
+        [["heartbeat", true], ["state", true], ["status", true], ["telemetry", true]],
+      );
+      const device = rig.hub.getDevice("boiler-1");
+      assert.equal(device.status, "unknown", "never taken online, nor to the retained error");
+      assert.equal(device.lastSeen, null, "no sign of life");
+      assert.deepEqual(rig.events.filter((e) => ["device.online", "device.offline", "state.anomaly"].includes(e.type)).map((e) => e.type), []);
+      const state = rig.hub.getState("boiler-1");
+      assert.deepEqual(state.properties, { temperature: 5, valve: "shut" }, "the old values are the best known");
+      assert.equal(state.reportedAt, null, "a replay is not a report");
+      const reasons = (await rig.hub.stateHistory("boiler-1")).map((h) => h.reason);
+      assert.deepEqual(reasons.sort(), ["retained-state", "retained-telemetry"], "the history says where the values came from");
+      // The device itself, live, is news again.
+      const back = await rig.device("boiler-1");
+      await back.publish("telemetry", { temperature: 6 });
+      await until(() => rig.hub.getDevice("boiler-1").status === "online", "online from a live message");
+      const live = replays().at(-1)!;
+      assert.equal((live.data as { retained: boolean }).retained, false);
+    });
+
+    it("takes a retained offline as the broker's record of a last will, saying so, and counts no flap for its replays", async function () {
+      // A firmware that sets a last will but never says `online` leaves `offline` retained while it runs.
+      const d = await rig.device("boiler-1");
+      await rig.retain(d, "status", "offline");
+      const hubId = `${rig.root}-hub`;
+      await rig.startHub(["boiler-1"], { clientId: hubId }, { anomaly: { flapping: { threshold: 3, windowSec: 60 } } }, 30);
+      const offline = (): TethralEvent[] => rig.events.filter((e) => e.type === "device.offline");
+      for (let round = 1; round <= 4; round++) {
+        if (round > 1) {
+          await rig.kickHub(hubId);
+          await until(() => offline().length === round - 1, `the replayed offline, round ${round}`);
+        }
+        await d.publish("telemetry", { round });
+        await until(() => rig.hub.getDevice("boiler-1").status === "online" && rig.hub.getState("boiler-1").properties.round === round, `report ${round}`);
+      }
+      assert.deepEqual(offline().map((e) => (e.data as { reason: string }).reason), ["retained", "retained", "retained"]);
+      assert.ok((await rig.hub.stateHistory("boiler-1")).some((h) => h.reason === "retained" && h.to.status === "offline"), "the history says so");
+      assert.deepEqual(rig.events.filter((e) => e.type === "state.anomaly"), [], "six transitions, none a flap of the device's own");
+      assert.equal(rig.adapter.isConnected("boiler-1"), false, "its status topic says it cannot take commands");
     });
 
     it("round-trips commands over QoS 1: succeeded and failed", async function () {
@@ -256,17 +345,28 @@ describe("MQTT adapter, external broker, faults (aedes restarted by the test)", 
   });
 });
 
-describe("MQTT adapter, shared subscriptions (needs TETHRAL_TEST_MQTT_URL, a broker with $share)", function () {
+describe("MQTT adapter, shared subscriptions (Mosquitto: a broker with $share)", function () {
   const rigs: Rig[] = [];
+  let mosquitto: Mosquitto | null = null;
+  let url = EXTERNAL_URL ?? "";
+
+  before(async function () {
+    if (url || !needs(this, ["mosquitto"], "apt-get install mosquitto, or set TETHRAL_TEST_MQTT_URL")) return;
+    mosquitto = await startMosquitto();
+    url = mosquitto.url;
+  });
 
   afterEach(async function () {
     for (const r of rigs.splice(0)) await r.close();
   });
 
+  after(async function () {
+    await mosquitto?.stop();
+  });
+
   it("splits one fleet's messages between two hubs of a group; both see every status", async function () {
-    if (!EXTERNAL_URL) this.skip();
-    const a = new Rig(EXTERNAL_URL!);
-    const b = Object.assign(new Rig(EXTERNAL_URL!), { root: a.root });
+    const a = new Rig(url);
+    const b = Object.assign(new Rig(url), { root: a.root });
     rigs.push(a, b);
     await a.startHub(["boiler-1"], { sharedGroup: "hubs", clientId: `${a.root}-hub-a` });
     await b.startHub(["boiler-1"], { sharedGroup: "hubs", clientId: `${a.root}-hub-b` });

@@ -12,7 +12,7 @@ const CONNECT_TIMEOUT_MS = 10_000;
 const SIGN_OFF_MS = 1000;
 
 /**
- * An MQTT device (CONTRACT §2): client id and user name are the device id, the token its password;
+ * An MQTT device (CONTRACT §2): user name (and, here, client id) the device id, the token its password;
  * a retained `offline` last will and a retained `online` on connect; commands on QoS 1.
  * mqtt.js's own reconnect is off: the device reconnects with the simulation's backoff instead.
  */
