@@ -1,22 +1,21 @@
 // The runtime (`npm start`) refuses some HTTP device reports before any flow sees them: a body
-// that is not JSON, too large or malformed, a foreign Host or Origin. Those are device
-// messages refused like any other (CONTRACT §4: refused and counted, `message.rejected`), so
+// that is not JSON, too large or malformed. Those are device messages refused like any other (CONTRACT §4: refused and counted, `message.rejected`), so
 // the runtime announces each on Node-RED's runtime event bus and the hub nodes count it.
 
 /** The event on `RED.events` that carries one `HttpRefusal`. */
 export const HTTP_REFUSAL_EVENT = "tethral:http-refusal";
 
-/** A device report the runtime refused, as its announced. */
+/** A device report the runtime refused, as it is announced. */
 export interface HttpRefusal {
   deviceId: string;
   kind: string;
-  /** `invalid-payload`, `payload-too-large`, `unsupported-media-type`, `foreign-host`, `foreign-origin`. */
+  /** `invalid-payload`, `payload-too-large` or `unsupported-media-type`. */
   reason: string;
   message: string;
 }
 
 /** The device report paths under the REST API's root: `/devices/{id}/{kind}`. */
-const REPORT_PATH = /^\/devices\/([^/?#]+)\/(telemetry|heartbeat|state|status)\/?(?:[?#]|$)/;
+const REPORT_PATH = /^\/devices\/([^/?#]+)\/(telemetry|heartbeat|state|status)\/?(?:[?#]|$)/i;
 
 /** The device and kind of a report path under the API root (a URL as Express hands it on), or null. */
 export function reportOf(method: string | undefined, url: string | undefined): { deviceId: string; kind: string } | null {
@@ -29,5 +28,5 @@ export function reportOf(method: string | undefined, url: string | undefined): {
   } catch {
     deviceId = match[1]!;
   }
-  return { deviceId: deviceId.slice(0, 256), kind: match[2]! };
+  return { deviceId: deviceId.slice(0, 256), kind: match[2]!.toLowerCase() };
 }

@@ -45,16 +45,23 @@ export function hostPolicy(host: string, allowed: string | undefined): HostPolic
   return { names, suffixes, explicit };
 }
 
-/** Lower case, without a port, brackets, or a trailing dot: `[::1]:1880` → `::1`. */
+/** Lower case, without a port, brackets, or a trailing dot: `[::1]:1880` → `::1` (for names the runtime is given). */
 function normalise(value: string): string {
-  let v = value.trim().toLowerCase();
-  if (v.startsWith("[")) {
-    const end = v.indexOf("]");
-    v = end > 0 ? v.slice(1, end) : v;
-  } else if (v.split(":").length === 2) {
-    v = v.slice(0, v.indexOf(":"));
-  }
-  return v.endsWith(".") ? v.slice(0, -1) : v;
+  return parseHost(value) ?? value.trim().toLowerCase();
+}
+
+// A Host header is a bracketed IPv6 address or a name, then an optional port (RFC 9110 §7.2).
+const BRACKETED = /^\[([0-9a-f:.]+)\](?::\d{1,5})?$/;
+const NAMED = /^([a-z0-9_.-]*[a-z0-9_-])\.?(?::\d{1,5})?$/;
+
+/** The host name of a Host header value, lower case, without port or brackets; null when it is not one. */
+function parseHost(value: string): string | null {
+  const v = value.trim().toLowerCase();
+  const bracketed = BRACKETED.exec(v);
+  if (bracketed) return bracketed[1]!;
+  // A bare IPv6 address (as HOST may be given) has more than one colon.
+  if (/^[0-9a-f:.]+$/.test(v) && v.split(":").length > 2) return v;
+  return NAMED.exec(v)?.[1] ?? null;
 }
 
 function allowsName(policy: HostPolicy, name: string): boolean {
@@ -91,26 +98,37 @@ export function refusalOf(req: GuardedRequest, policy: HostPolicy, upgrade: bool
   if (host === undefined || host.trim() === "") {
     return { status: 400, reason: "foreign-host", message: "the request has no Host header" };
   }
-  const name = normalise(host);
-  if (!allowsName(policy, name)) {
+  const name = parseHost(host);
+  if (name === null || !allowsName(policy, name)) {
     return {
       status: 400,
       reason: "foreign-host",
-      message: `this runtime does not answer to the host name "${name.slice(0, 128)}": add it to TETHRAL_ALLOWED_HOSTS if it is one of its names`,
+      message: `this runtime does not answer to the host name "${(name ?? host).slice(0, 128)}": add it to TETHRAL_ALLOWED_HOSTS if it is one of its names`,
     };
   }
   if (!upgrade && SAFE_METHODS.has((req.method ?? "GET").toUpperCase())) return null;
   const origin = header(req.headers.origin);
-  if (origin === undefined) return null;
+  if (origin === undefined) {
+    // Browsers old enough to leave Origin out of a cross-site request still say where it came from.
+    if (header(req.headers["sec-fetch-site"]) !== "cross-site") return null;
+    return { status: 403, reason: "foreign-origin", message: "a page of another site may not change this runtime" };
+  }
   if (sameOrigin(origin, host, policy) || corsAllows(origin)) return null;
   return {
     status: 403,
     reason: "foreign-origin",
-    message: `a page of ${origin.slice(0, 128)} may not ${upgrade ? "open a WebSocket to" : "change"} this runtime: add its host name to TETHRAL_ALLOWED_HOSTS if it is one of this runtime's names`,
+    message: `a page of ${origin.slice(0, 128)} may not ${upgrade ? "open a WebSocket to" : "change"} this runtime: serve it from this runtime's own address, or name its origin in Node-RED's httpNodeCors or httpAdminCors`,
   };
 }
 
-/** The page's origin is this runtime: the same host and port as the request's, or a name the user allowed. */
+const DEFAULT_PORTS: Record<string, string> = { "http:": "80", "https:": "443", "ws:": "80", "wss:": "443" };
+
+/**
+ * The page is this runtime's own: its origin has the request's own host and port, or (behind a
+ * proxy that rewrites Host) it is the front door of a name listed exactly in
+ * TETHRAL_ALLOWED_HOSTS, on the scheme's default port or the request's port. `*` and
+ * `.suffix` entries widen only the Host check: they never let another site's pages in.
+ */
 function sameOrigin(origin: string, host: string, policy: HostPolicy): boolean {
   let url: URL;
   try {
@@ -118,9 +136,13 @@ function sameOrigin(origin: string, host: string, policy: HostPolicy): boolean {
   } catch {
     return false; // "null" (a sandboxed frame, a file) and anything unreadable is foreign
   }
-  if (url.host.toLowerCase() === host.trim().toLowerCase()) return true;
+  const requested = host.trim().toLowerCase();
+  if (url.host.toLowerCase() === requested) return true;
   const name = normalise(url.hostname);
-  return policy.explicit.has("*") || policy.explicit.has(name) || policy.suffixes.some((s) => name === s.slice(1) || name.endsWith(s));
+  if (name === "*" || name.startsWith(".") || !policy.explicit.has(name)) return false;
+  const port = url.port || DEFAULT_PORTS[url.protocol] || "";
+  const requestPort = /:(\d{1,5})$/.exec(requested)?.[1] ?? "";
+  return port === (DEFAULT_PORTS[url.protocol] ?? "") || port === requestPort;
 }
 
 function header(value: string | string[] | undefined): string | undefined {
@@ -142,4 +164,28 @@ export function corsPolicy(setting: unknown): OriginAllowed {
     return false;
   };
   return (o) => matches(o, origin);
+}
+
+/**
+ * Which CORS setting of the user's lets other origins change what a path serves: the admin
+ * API's (httpAdminCors) for its paths, the API's (httpNodeCors) for the API's. When one root
+ * holds the other (the API at `/` and the editor at `/admin/`, say), the longer one decides; when
+ * both are the same, both settings must allow the origin.
+ */
+export function corsChooser(nodeRoot: string | null, adminRoot: string | null, nodeCors: OriginAllowed, adminCors: OriginAllowed): (url: string | undefined) => OriginAllowed {
+  const none: OriginAllowed = () => false;
+  const both: OriginAllowed = (o) => nodeCors(o) && adminCors(o);
+  return (url) => {
+    const inNode = nodeRoot !== null && under(url, nodeRoot);
+    const inAdmin = adminRoot !== null && under(url, adminRoot);
+    if (inNode && inAdmin) return nodeRoot!.length === adminRoot!.length ? both : nodeRoot!.length > adminRoot!.length ? nodeCors : adminCors;
+    return inNode ? nodeCors : inAdmin ? adminCors : none;
+  };
+}
+
+/** Whether a request URL is at or under a root such as `/api/` (Express matches mount paths whatever their case). */
+export function under(url: string | undefined, rootPath: string): boolean {
+  const u = (url ?? "/").toLowerCase();
+  rootPath = rootPath.toLowerCase();
+  return rootPath === "/" || u.startsWith(rootPath) || u === rootPath.slice(0, -1) || u.startsWith(`${rootPath.slice(0, -1)}?`);
 }

@@ -8,7 +8,7 @@ import { createRequire } from "node:module";
 import type { AddressInfo, Socket } from "node:net";
 import path from "node:path";
 import { HTTP_REFUSAL_EVENT, type HttpRefusal, reportOf } from "../nodes/http-refusals";
-import { type HostPolicy, type OriginAllowed, corsPolicy, hostPolicy, refusalOf } from "./guard";
+import { type HostPolicy, type OriginAllowed, type Refusal, corsChooser, corsPolicy, hostPolicy, refusalOf } from "./guard";
 import { type NodeRedSettings, SETTINGS_FILE, mergeSettings, readUserSettings, writeSettingsTemplate } from "./settings";
 
 type Handler = (req: IncomingMessage, res: ServerResponse, next?: (err?: unknown) => void) => void;
@@ -33,7 +33,7 @@ interface NodeRed {
   stop(): Promise<void>;
   readonly httpAdmin: Handler;
   readonly httpNode: Handler;
-  readonly log: { info(msg: string): void; error(msg: unknown): void };
+  readonly log: { info(msg: string): void; warn(msg: string): void; error(msg: unknown): void };
   readonly events: {
     on(event: "runtime-event", listener: (event: RuntimeEvent) => void): void;
     off(event: "runtime-event", listener: (event: RuntimeEvent) => void): void;
@@ -168,7 +168,16 @@ export async function startRuntime(options: RuntimeOptions = {}): Promise<Runnin
     for (const [name, value] of Object.entries(serverOptions)) app.set(name, value);
   }
   const tls = await httpsOptions(settings);
-  const server = tls ? createHttpsServer(tls, app) : createServer(app);
+  const policy = hostPolicy(host, options.allowedHosts);
+  const corsFor = corsChooser(nodeRoot, adminRoot, corsPolicy(settings.httpNodeCors), corsPolicy(settings.httpAdminCors));
+  // Every request passes the Host and Origin rules before Express sees it (Express reads an
+  // absolute request target once, at its start: the check makes it a path first).
+  const guarded = (req: IncomingMessage, res: ServerResponse) => {
+    const refusal = checkRequest(req, policy, false, corsFor);
+    if (refusal) return sendError(res, refusal.status, refusal.status === 403 ? "FORBIDDEN" : "INVALID", refusal.message);
+    app(req, res);
+  };
+  const server = tls ? createHttpsServer(tls, guarded) : createServer(guarded);
   // Listen before Node-RED loads anything, so a busy port is one clear line and nothing else.
   await listen(server, port, host);
   if (started) {
@@ -178,14 +187,10 @@ export async function startRuntime(options: RuntimeOptions = {}): Promise<Runnin
   const address = server.address() as AddressInfo;
   settings.uiPort = address.port;
 
-  const policy = hostPolicy(host, options.allowedHosts);
-  const nodeCors = corsPolicy(settings.httpNodeCors);
-  const adminCors = corsPolicy(settings.httpAdminCors);
-  const corsFor = (url: string | undefined): OriginAllowed => (nodeRoot !== null && under(url, nodeRoot) ? nodeCors : adminCors);
-  // A refused device report is a device message refused: the hub nodes count it (CONTRACT §4).
+  // A device report refused for its body is a device message refused: the hub nodes count it
+  // (CONTRACT §4). Refusals of the Host or Origin are not: no device sends those.
   const announce = (url: string | undefined, method: string | undefined, reason: string, message: string) => {
-    if (nodeRoot === null || !under(url, nodeRoot)) return;
-    const report = reportOf(method, (url ?? "").slice(nodeRoot.length - 1));
+    const report = reportOf(method, url);
     if (report) RED.events.emit(HTTP_REFUSAL_EVENT, { ...report, reason, message });
   };
 
@@ -194,16 +199,9 @@ export async function startRuntime(options: RuntimeOptions = {}): Promise<Runnin
   try {
     prepareUserDir(userDir, flowFile, options.flowsTemplate ?? path.join(PACKAGE_ROOT, "flows", "flows.json"));
     started = true;
-    settings.flowFile = flowFile;
     guardUpgrades(server, policy, corsFor);
-    const guard: Handler = (req, res, next) => {
-      const refusal = refusalOf(req, policy, false, corsFor(req.url));
-      if (!refusal) return next?.();
-      announce(req.url, req.method, refusal.reason, refusal.message);
-      sendError(res, refusal.status, refusal.status === 403 ? "FORBIDDEN" : "INVALID", refusal.message);
-    };
-    app.use("/", guard);
     RED.init(server, settings);
+    warnIfOpen(RED, settings, host, tls !== null, userDir);
     if (adminRoot !== null && isCredentials(settings.httpAdminAuth)) {
       // Deprecated by Node-RED in favour of adminAuth, and still honoured by its launcher.
       app.use(adminRoot, basicAuth(fromRed, settings.httpAdminAuth));
@@ -216,7 +214,7 @@ export async function startRuntime(options: RuntimeOptions = {}): Promise<Runnin
       else if (isCredentials(nodeAuth)) app.use(nodeRoot, basicAuth(fromRed, nodeAuth));
       // The REST API answers a body it cannot read in its own JSON error shape (CONTRACT §1),
       // where Node-RED's http in node would answer 500.
-      app.use(nodeRoot, jsonBody(API_MAX_BODY_BYTES, (req, reason, message) => announce(nodeRoot + (req.url ?? "").slice(1), req.method, reason, message)));
+      app.use(nodeRoot, jsonBody(API_MAX_BODY_BYTES, (req, reason, message) => announce(req.url, req.method, reason, message)));
       app.use(nodeRoot, RED.httpNode);
       if (nodeRoot !== "/" && nodeRoot !== adminRoot) {
         app.use(nodeRoot, noRoute(nodeRoot));
@@ -225,6 +223,7 @@ export async function startRuntime(options: RuntimeOptions = {}): Promise<Runnin
     }
     if (adminRoot !== null) app.use(adminRoot, RED.httpAdmin);
     serveStatic(app, express, fromRed, settings);
+    app.use("/", notFound);
     app.use("/", finalError(RED));
     refreshTimer = refreshHttps(server, settings, RED);
     const flowsSettled = flowsState(RED);
@@ -295,18 +294,21 @@ function prepareSettings(userDir: string, options: RuntimeOptions): NodeRedSetti
   return settings;
 }
 
+/** Served beyond this machine without the settings that lock it: said once, loudly, at start. */
+function warnIfOpen(RED: NodeRed, settings: NodeRedSettings, host: string, tls: boolean, userDir: string): void {
+  const file = path.join(userDir, SETTINGS_FILE);
+  if (settings.https && !tls) RED.log.warn(`the https setting in ${file} gave no key and certificate: serving plain HTTP`);
+  if (/^(127\.|localhost$|::1$|\[::1\]$)/i.test(host)) return;
+  if (!settings.adminAuth) RED.log.warn(`the editor on ${host} is open to anyone who reaches it, and can run any command on this machine: set adminAuth in ${file} (README, Security)`);
+  if (!settings.httpNodeAuth && settings.httpNodeRoot !== false) RED.log.warn(`the REST API on ${host} is open to anyone who reaches it: set httpNodeAuth in ${file} (README, Security)`);
+}
+
 /** Node-RED's form of a root path: a leading and a trailing slash. */
 function root(value: unknown): string {
   let r = typeof value === "string" && value !== "" ? value : "/";
   if (!r.startsWith("/")) r = `/${r}`;
   if (!r.endsWith("/")) r = `${r}/`;
   return r;
-}
-
-/** Whether a request URL is at or under a root such as `/api/`. */
-function under(url: string | undefined, rootPath: string): boolean {
-  const u = url ?? "/";
-  return rootPath === "/" || u.startsWith(rootPath) || u === rootPath.slice(0, -1) || u.startsWith(`${rootPath.slice(0, -1)}?`);
 }
 
 /** settings.js's `https`: an object, or a function that returns one (or a promise of one), as Node-RED's launcher takes it. */
@@ -346,31 +348,58 @@ function isCredentials(value: unknown): value is Credentials {
   return value !== null && typeof value === "object" && typeof (value as Credentials).user === "string" && typeof (value as Credentials).pass === "string";
 }
 
+/** Password checks under way at once, past which a request is answered 429 (bcrypt costs milliseconds of CPU each). */
+const MAX_PASSWORD_CHECKS = 4;
+
 /**
  * HTTP Basic authentication as Node-RED's launcher applies it for httpNodeAuth, httpAdminAuth and
  * httpStaticAuth: `pass` is a bcrypt hash (or a legacy MD5 hex digest). The last password that
  * matched is remembered, so a client sending it again does not pay for bcrypt on every request.
+ * Other passwords are checked off the event loop's hot path (asynchronously), a few at a time:
+ * a client guessing passwords cannot stall the devices and flows the runtime serves.
  */
 function basicAuth(fromRed: NodeJS.Require, { user, pass }: Credentials): Handler {
   const parse = fromRed("basic-auth") as (req: IncomingMessage) => { name: string; pass: string } | undefined;
-  let bcrypt: { compareSync(password: string, hash: string): boolean };
-  try {
-    bcrypt = fromRed("@node-rs/bcrypt") as typeof bcrypt;
-  } catch {
-    bcrypt = fromRed("bcryptjs") as typeof bcrypt;
+  let verify: (password: string) => Promise<boolean>;
+  if (pass.length === 32) {
+    verify = async (p) => createHash("md5").update(p, "utf8").digest("hex") === pass;
+  } else {
+    try {
+      const native = fromRed("@node-rs/bcrypt") as { verify(password: string, hash: string): Promise<boolean> };
+      verify = (p) => native.verify(p, pass);
+    } catch {
+      const js = fromRed("bcryptjs") as { compare(password: string, hash: string): Promise<boolean> };
+      verify = (p) => js.compare(p, pass);
+    }
   }
-  const check = pass.length === 32 ? (p: string) => createHash("md5").update(p, "utf8").digest("hex") === pass : (p: string) => bcrypt.compareSync(p, pass);
   let remembered: string | null = null;
+  let checking = 0;
+  const refuse = (res: ServerResponse) => {
+    res.setHeader("WWW-Authenticate", 'Basic realm="Authorization Required"');
+    sendError(res, 401, "UNAUTHORIZED", "this path needs a user name and password (HTTP Basic authentication)");
+  };
   return (req, res, next) => {
     if (req.method === "OPTIONS") return next?.();
     const given = parse(req);
-    const ok = given !== undefined && given.name === user && (given.pass === remembered || check(given.pass));
-    if (!ok) {
-      res.setHeader("WWW-Authenticate", 'Basic realm="Authorization Required"');
-      return sendError(res, 401, "UNAUTHORIZED", "this path needs a user name and password (HTTP Basic authentication)");
+    if (given === undefined || given.name !== user) return refuse(res);
+    if (given.pass === remembered) return next?.();
+    if (checking >= MAX_PASSWORD_CHECKS) {
+      res.setHeader("Retry-After", "1");
+      return sendError(res, 429, "UNAVAILABLE", "too many password checks under way: try again in a second");
     }
-    remembered = given.pass;
-    next?.();
+    checking++;
+    verify(given.pass).then(
+      (ok) => {
+        checking--;
+        if (!ok) return refuse(res);
+        remembered = given.pass;
+        next?.();
+      },
+      () => {
+        checking--;
+        refuse(res);
+      },
+    );
   };
 }
 
@@ -396,6 +425,33 @@ function serveStatic(app: ExpressApp, express: Express, fromRed: NodeJS.Require,
 }
 
 /**
+ * The Host and Origin rules for one request. A request line with an absolute URL (which HTTP/1.1
+ * servers must take) names its host there, in place of the Host header: that host is checked,
+ * and the URL is made a path, so that everything after this sees the path it routes by.
+ */
+function checkRequest(req: IncomingMessage, policy: HostPolicy, upgrade: boolean, corsFor: (url: string | undefined) => OriginAllowed): Refusal | null {
+  const target = req.url ?? "/";
+  if (!target.startsWith("/") && target !== "*") {
+    let url: URL;
+    try {
+      url = new URL(target);
+    } catch {
+      return { status: 400, reason: "foreign-host", message: "the request target is neither a path nor a URL" };
+    }
+    const refusal = refusalOf({ method: req.method, headers: { ...req.headers, host: url.host } }, policy, upgrade, corsFor(url.pathname));
+    if (refusal) return refusal;
+    req.url = `${url.pathname}${url.search}`;
+    return null;
+  }
+  return refusalOf(req, policy, upgrade, corsFor(target));
+}
+
+/** What no route of the API, the editor or httpStatic serves: 404 in the API's error shape. */
+const notFound: Handler = (req, res) => {
+  sendError(res, 404, "NOT_FOUND", `nothing is served at ${(req.method ?? "GET").slice(0, 16)} ${(req.url ?? "").split("?")[0]!.slice(0, 200)}`);
+};
+
+/**
  * WebSocket upgrades (the editor's comms, the devices' WebSocket path, a user's websocket nodes)
  * pass the same Host check as requests, and a page of another origin may not open one: Node-RED
  * and the adapters attach their own `upgrade` listeners, so the check sits in front of them all.
@@ -405,7 +461,7 @@ function guardUpgrades(server: Server, policy: HostPolicy, corsFor: (url: string
   server.emit = ((event: string, ...args: unknown[]) => {
     if (event === "upgrade") {
       const req = args[0] as IncomingMessage;
-      const refusal = refusalOf(req, policy, true, corsFor(req.url));
+      const refusal = checkRequest(req, policy, true, corsFor);
       if (refusal) {
         refuseUpgrade(args[1] as Socket, refusal.status, refusal.message);
         return true;
@@ -527,7 +583,7 @@ function sendError(res: ServerResponse, status: number, code: string, message: s
 }
 
 /** The REST API's own paths (CONTRACT §3): JSON only. Other flows' endpoints under /api take what they like. */
-const CONTRACT_PATHS = /^\/(devices|commands|events|health|communication)(\/|\?|$)/;
+const CONTRACT_PATHS = /^\/(devices|commands|events|health|communication)(\/|\?|$)/i;
 /** How much of an oversized upload is read (and dropped) so its client can read the 413. */
 const DRAIN_LIMIT_BYTES = 16 * 1024 * 1024;
 /** Deeper JSON is refused: Node-RED deep-copies a message on its way to a Catch node, recursively. */

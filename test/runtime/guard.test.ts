@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { networkInterfaces } from "node:os";
-import { corsPolicy, hostPolicy, refusalOf } from "../../src/runtime/guard";
+import { corsChooser, corsPolicy, hostPolicy, refusalOf } from "../../src/runtime/guard";
 import { mergeSettings } from "../../src/runtime/settings";
 
 const get = (host: string | undefined, extra: Record<string, string> = {}) => ({ method: "GET", headers: { ...(host !== undefined && { host }), ...extra } });
@@ -12,7 +12,7 @@ describe("the runtime's Host and Origin rules", () => {
     for (const host of ["localhost", "LOCALHOST:1880", "127.0.0.1:1880", "[::1]:1880", "[::1]", "192.168.5.20:1880", "localhost."]) {
       assert.equal(refusalOf(get(host), policy, false), null, host);
     }
-    for (const host of ["evil.test", "evil.test:1880", "127.0.0.1.nip.io:1880", "localhost.evil.test", "[::2]:1880", "192.168.5.21"]) {
+    for (const host of ["evil.test", "evil.test:1880", "127.0.0.1.nip.io:1880", "localhost.evil.test", "[::2]:1880", "192.168.5.21", "[::1]evil.test", "[::1].evil.test", "localhost..", "localhost:1880:80", "localhost@evil.test", "127.1"]) {
       assert.equal(refusalOf(get(host), policy, false)?.reason, "foreign-host", host);
     }
     assert.equal(refusalOf(get(undefined), policy, false)?.status, 400);
@@ -39,6 +39,39 @@ describe("the runtime's Host and Origin rules", () => {
     }
     assert.equal(refusalOf(get("127.0.0.1:1880", { origin: "https://evil.test" }), policy, false), null);
     assert.equal(refusalOf(get("127.0.0.1:1880", { origin: "https://evil.test" }), policy, true)?.status, 403, "an upgrade is a GET that opens a channel");
+  });
+
+  it("TETHRAL_ALLOWED_HOSTS widens the Host check only: *, a .suffix or a listed name on another port lets no other site's page change state", () => {
+    const star = hostPolicy("127.0.0.1", "*");
+    assert.equal(refusalOf(post("anything.test:1880"), star, false), null);
+    assert.equal(refusalOf(post("127.0.0.1:1880", "http://evil.test"), star, false)?.status, 403);
+    assert.equal(refusalOf(get("127.0.0.1:1880", { origin: "http://evil.test" }), star, true)?.status, 403);
+    const suffix = hostPolicy("127.0.0.1", ".example.net,hub.lan");
+    assert.equal(refusalOf(post("127.0.0.1:1880", "https://evil.example.net"), suffix, false)?.status, 403);
+    assert.equal(refusalOf(post("iot.example.net:1880", "http://iot.example.net:1880"), suffix, false), null, "its own page, under a suffix name");
+    assert.equal(refusalOf(post("127.0.0.1:1880", "http://hub.lan:8080"), suffix, false)?.status, 403, "another service on the listed name");
+    assert.equal(refusalOf(post("127.0.0.1:1880", "https://hub.lan"), suffix, false), null, "the proxy's front door");
+    assert.equal(refusalOf(post("127.0.0.1:1880", "http://hub.lan:1880"), suffix, false), null, "the listed name on the runtime's own port");
+  });
+
+  it("an old browser's cross-site request without Origin is still refused (Sec-Fetch-Site)", () => {
+    const policy = hostPolicy("127.0.0.1", undefined);
+    assert.equal(refusalOf({ method: "POST", headers: { host: "127.0.0.1:1880", "sec-fetch-site": "cross-site" } }, policy, false)?.status, 403);
+    assert.equal(refusalOf({ method: "POST", headers: { host: "127.0.0.1:1880", "sec-fetch-site": "same-origin" } }, policy, false), null);
+  });
+
+  it("the admin API's paths answer to httpAdminCors alone, even under an API rooted at /", () => {
+    const open = corsPolicy({ origin: "*" });
+    const closed = corsPolicy(undefined);
+    const choose = corsChooser("/", "/admin/", open, closed);
+    assert.equal(choose("/admin/flow")("http://evil.test"), false);
+    assert.equal(choose("/ADMIN/flow")("http://evil.test"), false, "Express mounts whatever the case");
+    assert.equal(choose("/my-endpoint")("http://evil.test"), true);
+    const api = corsChooser("/api/", "/", open, closed);
+    assert.equal(api("/api/devices")("http://evil.test"), true);
+    assert.equal(api("/flows")("http://evil.test"), false);
+    const same = corsChooser("/", "/", open, closed);
+    assert.equal(same("/flows")("http://evil.test"), false, "one root for both: both settings must allow it");
   });
 
   it("lets in the origins the user's httpNodeCors / httpAdminCors names", () => {

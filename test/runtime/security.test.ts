@@ -241,6 +241,30 @@ describe("npm start refuses other web pages: Host (DNS rebinding) and Origin", f
     assert.equal(read.status, 200, "reads are not refused (the browser keeps a foreign page from reading the answer)");
   });
 
+  it("a form post cannot reach the API's own paths by changing the path's case or sending an absolute URL", async () => {
+    const host = `127.0.0.1:${port}`;
+    const form = { host, "content-type": "application/x-www-form-urlencoded" };
+    assert.equal((await raw(`${runtime.url}api/Devices`, "POST", form, "id=form-1&protocol=http")).status, 415);
+    assert.equal((await raw(`${runtime.url}API/DEVICES`, "POST", form, "id=form-1&protocol=http")).status, 415);
+    assert.equal((await call(runtime.api, "GET", "/devices/form-1")).status, 404);
+    // An absolute URL on the request line names the host the request is for (RFC 9112 §3.2.2).
+    const absolute = (target: string, headers: Record<string, string>, body: string) =>
+      new Promise<string>((resolve, reject) => {
+        const socket = connect(Number(port), "127.0.0.1", () =>
+          socket.write(`POST ${target} HTTP/1.1\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join("")}content-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`),
+        );
+        let text = "";
+        socket.on("data", (chunk) => (text += chunk.toString()));
+        socket.on("end", () => resolve(text));
+        socket.on("error", reject);
+      });
+    assert.match(await absolute(`http://127.0.0.1:${port}/api/devices`, form, "id=form-2&protocol=http"), /^HTTP\/1\.1 415 /);
+    assert.match(await absolute(`http://evil.test:${port}/api/devices`, { host, "content-type": "application/json" }, '{"id":"abs-1","protocol":"http"}'), /^HTTP\/1\.1 400 /);
+    assert.match(await absolute(`http://127.0.0.1:${port}/api/devices`, { host, "content-type": "application/json" }, '{"id":"abs-2","protocol":"http"}'), /^HTTP\/1\.1 201 /);
+    assert.equal((await call(runtime.api, "GET", "/devices/form-2")).status, 404);
+    assert.equal((await call(runtime.api, "GET", "/devices/abs-1")).status, 404);
+  });
+
   it("WebSocket upgrades follow the Host rule, and a page of another origin cannot open one (editor comms, device path)", async () => {
     const open = (pathname: string, headers: Record<string, string>) =>
       new Promise<number>((resolve, reject) => {
@@ -273,6 +297,8 @@ describe("npm start refuses other web pages: Host (DNS rebinding) and Origin", f
       [`${runtime.url}context/global/%E0%A4%A`, "GET", { host }, undefined],
       [`${runtime.api}/devices`, "POST", { host, "content-type": "application/json" }, "{bad"],
       [`${runtime.api}/%E0%A4%A`, "GET", { host }, undefined],
+      [`${runtime.url}%`, "GET", { host }, undefined],
+      [`${runtime.url}no/such/page`, "GET", { host }, undefined],
     ];
     for (const [url, method, headers, body] of cases) {
       const res = await raw(url, method, headers, body);
@@ -282,7 +308,7 @@ describe("npm start refuses other web pages: Host (DNS rebinding) and Origin", f
     }
   });
 
-  it("counts the HTTP device reports it refuses (400, 413, 415, foreign Host) as refusals of the http protocol and publishes message.rejected", async () => {
+  it("counts the HTTP device reports it refuses for their body (400, 413, 415) as refusals of the http protocol and publishes message.rejected; a foreign Host or Origin is no device message", async () => {
     const created = await call(runtime.api, "POST", "/devices", { id: "http-dev-1", protocol: "http" });
     assert.equal(created.status, 201);
     const token = created.body.token as string;
@@ -295,10 +321,12 @@ describe("npm start refuses other web pages: Host (DNS rebinding) and Origin", f
     assert.equal((await raw(url, "POST", { ...auth, "content-type": "application/json" }, '{"t":')).status, 400);
     assert.equal((await raw(url, "POST", { ...auth, "content-type": "application/json" }, JSON.stringify({ t: "x".repeat(1_100_000) }))).status, 413);
     assert.equal((await raw(url, "POST", { ...auth, host: `evil.test:${port}`, "content-type": "application/json" }, '{"t":1}')).status, 400);
+    assert.equal((await raw(url, "POST", { ...auth, origin: "https://evil.test", "content-type": "application/json" }, '{"t":1}')).status, 403);
+    assert.equal((await raw(url.replace("/devices/", "/DEVICES/"), "POST", { ...auth, "content-type": "text/plain" }, "t=1")).status, 415, "whatever the path's case");
     await until(async () => (await rejected()) === before + 4, "four refusals counted");
     const events = await call(runtime.api, "GET", "/events?type=message.rejected&deviceId=http-dev-1&limit=50");
     const reasons = (events.body.events as Json[]).map((e) => e.data.reason).sort();
-    assert.deepEqual(reasons, ["foreign-host", "invalid-payload", "payload-too-large", "unsupported-media-type"]);
+    assert.deepEqual(reasons, ["invalid-payload", "payload-too-large", "unsupported-media-type", "unsupported-media-type"]);
     for (const e of events.body.events as Json[]) {
       assert.equal(e.data.protocol, "http");
       assert.equal(e.data.kind, "telemetry");
