@@ -39,6 +39,17 @@ function basic(user: string, pass: string): string {
   return `Basic ${Buffer.from(`${user}:${pass}`).toString("base64")}`;
 }
 
+/** curl's answer status for its arguments; the test is skipped, saying why in one line, where curl is missing. */
+async function curlStatus(test: Mocha.Context): Promise<(...args: string[]) => Promise<string>> {
+  try {
+    await run("curl", ["--version"]);
+  } catch {
+    console.log("      curl is not installed: skipping the curl check");
+    test.skip();
+  }
+  return async (...args) => (await run("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", ...args])).stdout;
+}
+
 /** What the answer must not carry: a stack frame, or a path of this installation. */
 function assertNoStack(text: string): void {
   assert.doesNotMatch(text, /\n\s+at /, "no stack frames");
@@ -127,13 +138,7 @@ describe("npm start with the user's settings.js (adminAuth, httpNodeAuth)", func
   });
 
   it("curl with -u is let in where curl without it is not", async function () {
-    try {
-      await run("curl", ["--version"]);
-    } catch {
-      console.log("      curl is not installed: skipping the curl check");
-      return this.skip();
-    }
-    const code = async (...args: string[]) => (await run("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", ...args])).stdout;
+    const code = await curlStatus(this);
     assert.equal(await code(`${runtime.api}/health`), "401");
     assert.equal(await code("-u", `${API.user}:${API.pass}`, `${runtime.api}/health`), "200");
   });
@@ -204,13 +209,7 @@ describe("npm start refuses other web pages: Host (DNS rebinding) and Origin", f
   });
 
   it("curl under a rebound name is refused; under the runtime's own name it is answered", async function () {
-    try {
-      await run("curl", ["--version"]);
-    } catch {
-      console.log("      curl is not installed: skipping the curl check");
-      return this.skip();
-    }
-    const code = async (...args: string[]) => (await run("curl", ["-s", "-o", "/dev/null", "-w", "%{http_code}", ...args])).stdout;
+    const code = await curlStatus(this);
     assert.equal(await code("--resolve", `rebind.attacker.test:${port}:127.0.0.1`, `http://rebind.attacker.test:${port}/api/health`), "400");
     assert.equal(await code("--resolve", `hub.lan:${port}:127.0.0.1`, `http://hub.lan:${port}/api/health`), "200");
   });
