@@ -71,8 +71,6 @@ interface PropertyTrack {
 /** Per device, allocated on first need; a short array of properties costs less than a Map. */
 interface DeviceTrack {
   transitions: number[] | null;
-  /** The status was set by a retained message: the transition out of it is not counted either. */
-  replayed: boolean;
   flapping: boolean;
   clearTimer: TimerHandle | null;
   properties: PropertyTrack[] | null;
@@ -90,6 +88,8 @@ export interface AnomalyStatistics {
  */
 export class AnomalyDetector implements StateObserver {
   private readonly devices = new Map<string, DeviceTrack>();
+  /** Devices whose status a retained message set: the transition out of it is not counted either (rare: kept apart from DeviceTrack). */
+  private readonly replayed = new Set<string>();
   private readonly detected: Record<AnomalyKind, number> = { flapping: 0, stuck: 0, outlier: 0 };
   private activeFlapping = 0;
   private activeStuck = 0;
@@ -105,13 +105,9 @@ export class AnomalyDetector implements StateObserver {
     if (!f.enabled) return;
     // A retained message is replayed at every resubscribe of the hub, so its transition happened
     // at an unknown time, maybe counted already; the way back out of it is then no flap either.
-    const known = this.devices.get(deviceId);
-    if (known?.replayed) {
-      known.replayed = false;
-      return;
-    }
+    if (this.replayed.delete(deviceId)) return;
     if (retained) {
-      this.track(deviceId).replayed = true;
+      this.replayed.add(deviceId);
       return;
     }
     const flip = (from === "online" && to === "offline") || (from === "offline" && to === "online");
@@ -157,6 +153,7 @@ export class AnomalyDetector implements StateObserver {
   }
 
   onForget(deviceId: string): void {
+    this.replayed.delete(deviceId);
     const d = this.devices.get(deviceId);
     if (!d) return;
     if (d.clearTimer !== null) this.clock.clearTimeout(d.clearTimer);
@@ -284,7 +281,7 @@ export class AnomalyDetector implements StateObserver {
   private track(deviceId: string): DeviceTrack {
     let d = this.devices.get(deviceId);
     if (!d) {
-      d = { transitions: null, replayed: false, clearTimer: null, flapping: false, properties: null };
+      d = { transitions: null, flapping: false, clearTimer: null, properties: null };
       this.devices.set(deviceId, d);
     }
     return d;
