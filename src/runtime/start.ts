@@ -79,7 +79,7 @@ export interface RuntimeOptions {
 }
 
 export interface RunningRuntime {
-  /** The editor, e.g. `http://127.0.0.1:1880/` (null when settings.js turns it off). */
+  /** The editor, e.g. `http://127.0.0.1:1880/`. */
   url: string;
   /** The REST API root, e.g. `http://127.0.0.1:1880/api/`. */
   apiUrl: string;
@@ -216,10 +216,8 @@ export async function startRuntime(options: RuntimeOptions = {}): Promise<Runnin
       // where Node-RED's http in node would answer 500.
       app.use(nodeRoot, jsonBody(API_MAX_BODY_BYTES, (req, reason, message) => announce(req.url, req.method, reason, message)));
       app.use(nodeRoot, RED.httpNode);
-      if (nodeRoot !== "/" && nodeRoot !== adminRoot) {
-        app.use(nodeRoot, noRoute(nodeRoot));
-        app.use(nodeRoot, apiError);
-      }
+      // Under the API's own root a path no flow serves is answered here, before the editor's app.
+      if (nodeRoot !== "/" && nodeRoot !== adminRoot) app.use(nodeRoot, notFound);
     }
     if (adminRoot !== null) app.use(adminRoot, RED.httpAdmin);
     serveStatic(app, express, fromRed, settings);
@@ -446,9 +444,10 @@ function checkRequest(req: IncomingMessage, policy: HostPolicy, upgrade: boolean
   return refusalOf(req, policy, upgrade, corsFor(target));
 }
 
-/** What no route of the API, the editor or httpStatic serves: 404 in the API's error shape. */
+/** A path no flow, editor route or httpStatic folder serves: 404 in the API's error shape rather than an HTML page. */
 const notFound: Handler = (req, res) => {
-  sendError(res, 404, "NOT_FOUND", `nothing is served at ${(req.method ?? "GET").slice(0, 16)} ${(req.url ?? "").split("?")[0]!.slice(0, 200)}`);
+  const url = (req as IncomingMessage & { originalUrl?: string }).originalUrl ?? req.url ?? "";
+  sendError(res, 404, "NOT_FOUND", `no route ${(req.method ?? "GET").slice(0, 16)} ${url.split("?")[0]!.slice(0, 200)}`);
 };
 
 /**
@@ -678,24 +677,6 @@ function depthOf(value: unknown, stop: number): number {
   return deepest;
 }
 
-/** Under /api, a path no flow serves: 404 in the API's error shape rather than an HTML page. */
-function noRoute(nodeRoot: string): Handler {
-  return (req, res) => {
-    const path = (req.url ?? "").split("?")[0];
-    sendError(res, 404, "NOT_FOUND", `no route ${req.method ?? "GET"} ${nodeRoot.slice(0, -1)}${path}`);
-  };
-}
-
-/**
- * Under /api, what Express itself refuses (a path with a malformed %-escape, a body a parser
- * chokes on): its status in the API's error shape, never an HTML page with a stack trace.
- */
-const apiError: ErrorHandler = (err, _req, res, next) => {
-  if (res.headersSent) return next(err);
-  const status = err.status ?? err.statusCode ?? 500;
-  if (status >= 400 && status < 500) sendError(res, status, "INVALID", `the request cannot be read: ${err.message ?? "bad request"}`);
-  else sendError(res, 500, "INTERNAL", "the request could not be handled: see the Node-RED log");
-};
 
 function closeServer(server: Server): Promise<void> {
   return new Promise((resolve) => {
