@@ -170,13 +170,13 @@ export class CoapIntake {
       if (!counted) context.reject({ deviceId: target.deviceId, kind: target.kind, reason: "block-refused", message: answer.error?.message ?? `block-wise upload refused (${answer.code})` });
       return { answer };
     };
-    const number = value.reduce((n, byte) => n * 256 + byte, 0);
+    const number = uintOf(value);
     const [num, more, exponent] = [Math.floor(number / 16), (number & 8) !== 0, number & 7];
     if (exponent === 7) return refuse(refusal("4.00", "INVALID", "block size exponent 7 is reserved"));
     const size = 16 << exponent;
     const payload = packet.payload ?? Buffer.alloc(0);
     const end = num * size + payload.length;
-    const size1 = packet.options?.find((o) => o.name === "Size1")?.value.reduce((n, byte) => n * 256 + byte, 0) ?? 0;
+    const size1 = uintOf(packet.options?.find((o) => o.name === "Size1")?.value);
     if (Math.max(end, size1) > context.maxPayloadBytes) return refuse(tooLarge(Math.max(end, size1), context.maxPayloadBytes));
     if (more && payload.length !== size) return refuse(refusal("4.00", "INVALID", `a block with more to follow carries exactly its block size (${size} bytes), not ${payload.length}`));
     const auth = context.authenticate(this.protocol, target.deviceId, target.token);
@@ -187,6 +187,11 @@ export class CoapIntake {
     const answer = refusal(outcome.code, outcome.code === "5.03" ? "UNAVAILABLE" : "INVALID", outcome.message);
     return refuse({ ...answer, maxAge: outcome.retryAfterSec });
   }
+}
+
+/** A CoAP uint option's value (RFC 7252 §3.2: big-endian, leading zero bytes left out); 0 when absent. */
+function uintOf(value: Buffer | undefined): number {
+  return value ? value.reduce((n, byte) => n * 256 + byte, 0) : 0;
 }
 
 /** `/.well-known/core` (RFC 6690 §4). */
