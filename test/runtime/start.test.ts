@@ -60,14 +60,14 @@ describe("flow runtime (npm start)", function () {
     const sets = (await res.json()) as NodeSetInfo[];
     const hubSet = sets.find((s) => s.types.includes("tethral-hub"));
     assert.ok(hubSet, "tethral-hub is listed");
-    assert.equal(hubSet.module, "node-red-contrib-tethral");
+    assert.equal(hubSet.module, "@tethral/node-red-tethral");
     assert.equal(hubSet.err, undefined);
     assert.equal(hubSet.enabled, true);
   });
 
   it("loads every Tethral node with no error, in the palette category Tethral", async () => {
     const res = await fetch(new URL("nodes", runtime.url), { headers: { Accept: "application/json" } });
-    const sets = ((await res.json()) as NodeSetInfo[]).filter((s) => s.module === "node-red-contrib-tethral");
+    const sets = ((await res.json()) as NodeSetInfo[]).filter((s) => s.module === "@tethral/node-red-tethral");
     const types = sets.flatMap((s) => s.types).sort();
     assert.deepEqual(types, [
       "tethral-command",
@@ -91,10 +91,10 @@ describe("flow runtime (npm start)", function () {
     const res = await fetch(new URL("plugins", runtime.url), { headers: { Accept: "application/json" } });
     assert.equal(res.status, 200);
     const sets = (await res.json()) as Array<{ module: string; plugins: Array<{ id: string; type: string }>; err?: string }>;
-    const ours = sets.find((s) => s.module === "node-red-contrib-tethral");
+    const ours = sets.find((s) => s.module === "@tethral/node-red-tethral");
     assert.ok(ours, JSON.stringify(sets));
     assert.equal(ours.err, undefined);
-    const plugins = sets.filter((s) => s.module === "node-red-contrib-tethral").flatMap((s) => s.plugins.map((p) => [p.id, p.type]));
+    const plugins = sets.filter((s) => s.module === "@tethral/node-red-tethral").flatMap((s) => s.plugins.map((p) => [p.id, p.type]));
     assert.deepEqual(plugins, [
       ...["mqtt", "coap", "websocket", "http"].map((name) => [`tethral-protocol-${name}`, "tethral-protocol"]),
       ["tethral-devices-sidebar", "tethral-editor"],
