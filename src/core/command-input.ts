@@ -36,7 +36,7 @@ const MAX_RETRIES = 10;
 /** Ten years: longer than any command should wait, short enough to stay a safe integer. */
 const MAX_EXPIRES_IN_SEC = 10 * 365 * 24 * 3600;
 
-const inputSchema = z.strictObject({
+export const commandInputSchema = z.strictObject({
   command: z.string().regex(COMMAND_NAME_PATTERN, "must be 1-128 characters of A-Z a-z 0-9 _ . : / -"),
   params: z.unknown().optional(),
   /** The caller waits for the end (REST `wait`); the command itself does not change. */
@@ -67,7 +67,7 @@ export interface CommandRequest {
 
 /** Checks what a flow or REST caller asked for; INVALID names the field, and nothing is queued. */
 export function parseCommandRequest(input: unknown, now: number, options: CommandOptions): CommandRequest {
-  const parsed = inputSchema.safeParse(input);
+  const parsed = commandInputSchema.safeParse(input);
   if (!parsed.success) {
     const details = parsed.error.issues.map((i) => ({
       field: i.path.length ? i.path.join(".") : (i as { keys?: string[] }).keys?.join(", ") || "command",

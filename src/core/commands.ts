@@ -231,7 +231,7 @@ export class CommandTracker {
       this.unknownResponses++;
       return false;
     }
-    this.latency.add(this.clock.now() - e.attemptAt);
+    this.answered(e);
     if (e.row.status === "queued") this.markSent(e);
     if (answer.ok) this.finish(e, "succeeded", answer.result as JsonValue, null);
     else this.finish(e, "failed", null, answer.error);
@@ -267,6 +267,15 @@ export class CommandTracker {
   async holdDevice(deviceId: string): Promise<{ resume(): void }> {
     if (!this.writer) return { resume: () => undefined };
     return this.writer.holdDevice(deviceId);
+  }
+
+  /** Told each answered attempt's round trip in ms (the hub's metrics histogram). */
+  onRoundTrip: ((ms: number) => void) | null = null;
+
+  private answered(e: Entry): void {
+    const ms = this.clock.now() - e.attemptAt;
+    this.latency.add(ms);
+    this.onRoundTrip?.(ms);
   }
 
   statistics(): CommandStatistics {
@@ -408,7 +417,7 @@ export class CommandTracker {
     // Cancelled, expired, answered, given up on or stopped while the adapter was busy.
     if (!current()) return;
     if (outcome.status === "answered") {
-      this.latency.add(this.clock.now() - e.attemptAt);
+      this.answered(e);
       this.markSent(e);
       if (outcome.ok) this.finish(e, "succeeded", outcome.result ?? null, null);
       else this.finish(e, "failed", null, String(outcome.error).slice(0, 1024));

@@ -11,6 +11,9 @@ import type { DeviceStatus, JsonObject } from "./types";
 import { DEVICE_ID_PATTERN } from "./validation";
 import type { Persistence } from "../store/persistence";
 
+const MAX_REFUSAL_KEYS = 256;
+const OVERFLOW_KEY = "other\u0000other";
+
 /**
  * A device's traffic and its silence: `ingest` takes in what a device sent, `expire` takes a
  * device offline when the heartbeat monitor has heard nothing for too long. Counts the messages
@@ -18,6 +21,8 @@ import type { Persistence } from "../store/persistence";
  */
 export class DeviceTraffic {
   private readonly messages = { received: 0, rejected: 0, byKind: { telemetry: 0, heartbeat: 0, state: 0, status: 0 } };
+  /** Refusals by protocol and reason (a refusal is rare next to the traffic: a map is cheap enough). */
+  private readonly refusals = new Map<string, { protocol: string; reason: string; count: number }>();
 
   constructor(
     private readonly registry: DeviceRegistry,
@@ -110,12 +115,30 @@ export class DeviceTraffic {
   /** Counts a refused message and publishes `message.rejected`; returns the error to throw or answer. */
   reject(deviceId: string, protocol: string | null, kind: unknown, error: TethralError, reason: string): TethralError {
     this.messages.rejected++;
+    this.countRefusal(protocol ?? "none", reason);
     this.events.publish(
       "message.rejected",
       { reason, protocol, kind: typeof kind === "string" ? kind.slice(0, 32) : undefined, error: error.message },
       { deviceId: typeof deviceId === "string" && DEVICE_ID_PATTERN.test(deviceId) ? deviceId : null, source: protocol ?? "device", priority: "low" },
     );
     return error;
+  }
+
+  private countRefusal(protocol: string, reason: string): void {
+    const key = `${protocol}\u0000${reason}`;
+    let entry = this.refusals.get(key);
+    if (!entry) {
+      // Reasons come from the hub's and the adapters' own short lists; this bound only guards a
+      // plugin that would put a message's content into its reason.
+      if (this.refusals.size >= MAX_REFUSAL_KEYS && key !== OVERFLOW_KEY) return this.countRefusal("other", "other");
+      this.refusals.set(key, (entry = { protocol, reason, count: 0 }));
+    }
+    entry.count++;
+  }
+
+  /** Refused messages by protocol ("none" for a flow's own report) and reason, as counted so far. */
+  refusalCounts(): Iterable<{ protocol: string; reason: string; count: number }> {
+    return [...this.refusals.values()].map((r) => ({ ...r }));
   }
 
   /** The heartbeat monitor's expiry: the device was silent past its timeout. */

@@ -26,6 +26,7 @@ import type { Command, Device, DeviceState, DeviceStatus, StateHistoryEntry, Tet
 import { type CommandOptions, DEFAULT_COMMAND_OPTIONS } from "./command-input";
 import { CommandTracker, type CommandStatistics } from "./commands";
 import { ProcessMonitor } from "./process-monitor";
+import { HubMetrics } from "./metrics";
 import { DEFAULT_GATEWAY_OPTIONS, DeviceGateway, type TransportRefusal } from "./gateway";
 import { DeviceTokens } from "./tokens";
 import type { DeviceMessage, ProtocolAdapter, ProtocolCounters, ProtocolHealth, ReceiveResult } from "../protocols/types";
@@ -111,6 +112,8 @@ export class Hub {
   private readonly adapterFailures = new Map<string, string>();
   private readonly startedAdapters = new Set<ProtocolAdapter>();
   private readonly processMonitor = new ProcessMonitor();
+  /** Prometheus metrics (GET /api/metrics): a registry of this hub's own. */
+  readonly metrics: HubMetrics;
 
   constructor(options: HubOptions = {}) {
     this.clock = options.clock ?? systemClock;
@@ -179,6 +182,15 @@ export class Hub {
       this.warn,
     );
     for (const adapter of options.protocols ?? []) this.checkAdapter(adapter);
+    this.metrics = new HubMetrics({
+      communication: () => this.communicationStatistics(),
+      devices: () => this.registry.statistics(),
+      events: () => this.events.statistics(),
+      store: () => this.persistence?.statistics() ?? null,
+      refusals: () => this.traffic.refusalCounts(),
+      health: () => this.health(),
+    });
+    this.commands.onRoundTrip = (ms) => this.metrics.observeRoundTrip(ms);
   }
 
   private checkAdapter(adapter: ProtocolAdapter): void {
@@ -202,6 +214,8 @@ export class Hub {
         degraded: (error) => this.events.publish("store.degraded", { error }, { source: "store", priority: "high" }),
         recovered: (pending) => this.events.publish("store.recovered", { pending }, { source: "store" }),
         warn: (message) => this.warn(message),
+        // The metrics are made after the store: the first batch is written long after both.
+        batchWritten: (ms) => this.metrics.observeBatch(ms),
       },
       merge(DEFAULT_PERSISTENCE_OPTIONS, options),
     );

@@ -228,6 +228,8 @@ export interface Outcome {
   often?: boolean;
   /** Set on the msg too (e.g. the id a registration gave). */
   deviceId?: string;
+  /** Set as `msg.headers`, which an http response node sends (the Content-Type of a text answer). */
+  headers?: Record<string, string>;
 }
 
 /**
@@ -262,6 +264,7 @@ export function operationHandler(
         if (use.isClosed) return abandon(msg, done);
         msg.payload = outcome.payload;
         if (outcome.deviceId !== undefined) msg.deviceId = outcome.deviceId;
+        if (outcome.headers !== undefined) msg.headers = { ...(msg.headers as Record<string, string> | undefined), ...outcome.headers };
         if (outcome.often) use.okOften(outcome.status);
         else use.ok(outcome.status);
         send(msg);

@@ -14,6 +14,8 @@ export interface PersistenceHost {
   recovered(pending: number): void;
   /** Something went wrong that nobody awaits (a background purge, the last flush at stop). */
   warn(message: string): void;
+  /** A batch was written, in wall-clock milliseconds (the store's latency, for metrics). */
+  batchWritten?(ms: number): void;
 }
 
 interface HeldDevice {
@@ -320,6 +322,7 @@ export class Persistence {
   private async write(batch: WriteBatch): Promise<void> {
     const rows = batch.presence.length + batch.states.length + batch.history.length + batch.events.length;
     if (rows === 0) return;
+    const started = performance.now();
     try {
       await this.store.writeBatch(batch);
     } catch (err) {
@@ -334,6 +337,7 @@ export class Persistence {
     }
     this.stats.flushes++;
     this.stats.rowsWritten += rows;
+    this.host.batchWritten?.(performance.now() - started);
     this.succeeded();
   }
 
