@@ -173,7 +173,11 @@ add(
   y,
 );
 
-heading("h-health", "Health and statistics", "`GET /api/health`, `GET /api/communication/statistics`, `GET /api/events`, `GET /api/events/statistics`.");
+heading(
+  "h-health",
+  "Health and statistics",
+  "`GET /api/health`, `GET /api/communication/statistics`, `GET /api/events`, `GET /api/events/statistics`, `GET /api/metrics` (Prometheus text format 0.0.4) and `GET /api/openapi.json` (this API's OpenAPI 3.1 document).",
+);
 let at = row();
 add("health-in", "http in", httpIn("get", "/health"), X[0], at, [["health"]]);
 add("health", "tethral-hub-info", info("health"), X[2], at, [["health-answer"]]);
@@ -191,6 +195,15 @@ at = row();
 add("evstats-in", "http in", httpIn("get", "/events/statistics"), X[0], at, [["evstats"]]);
 add("evstats", "tethral-hub-info", info("event-statistics"), X[2], at, [["evstats-out"]]);
 add("evstats-out", "http response", response(200), X[4], at);
+at = row();
+// The node sets msg.headers' Content-Type (text/plain; version=0.0.4), which the response sends.
+add("metrics-in", "http in", httpIn("get", "/metrics"), X[0], at, [["metrics"]]);
+add("metrics", "tethral-hub-info", info("metrics"), X[2], at, [["metrics-out"]]);
+add("metrics-out", "http response", response(200), X[4], at);
+at = row();
+add("openapi-in", "http in", httpIn("get", "/openapi.json"), X[0], at, [["openapi"]]);
+add("openapi", "tethral-hub-info", info("openapi"), X[2], at, [["openapi-out"]]);
+add("openapi-out", "http response", response(200), X[4], at);
 
 heading(
   "h-devices",

@@ -1,10 +1,13 @@
+import { readFileSync } from "node:fs";
+import path from "node:path";
 import type { Hub } from "../core";
+import { openApiDocument } from "../core/openapi";
 import type { HistoryQuery } from "../core/events";
 import { PRIORITIES, type Priority } from "../core/types";
 import { HubUse, type Outcome, abandon, countOf, fromMsg, invalidInput, isPlainObject, onlyKeys, operationHandler, operationOf, text } from "./node-support";
 import type { NodeAPI, Node, NodeDef, NodeMessage } from "./types";
 
-const OPERATIONS = ["health", "statistics", "events", "event-statistics", "communication"] as const;
+const OPERATIONS = ["health", "statistics", "events", "event-statistics", "communication", "metrics", "openapi"] as const;
 
 /** The event-history filter keys `msg.payload` may carry (a REST query string maps onto them). */
 const EVENT_FILTER_KEYS = ["type", "priority", "minPriority", "deviceId", "source", "since", "limit"];
@@ -28,7 +31,8 @@ export = function (RED: NodeAPI): void {
     RED.nodes.createNode(this, def);
     const noHub = RED._("tethral-hub-info.errors.no-hub");
     const use = HubUse.attach(RED, this, def.hub, noHub);
-    const answer = operationHandler(use, noHub, (msg) => planOf(RED._, msg, def));
+    const root = typeof RED.settings.httpNodeRoot === "string" ? RED.settings.httpNodeRoot : "/";
+    const answer = operationHandler(use, noHub, (msg) => planOf(RED._, msg, def, root));
 
     this.on("input", (msg: NodeMessage, send, done) => {
       // Health is the one question a hub that cannot start still answers: with why it cannot.
@@ -59,7 +63,7 @@ export = function (RED: NodeAPI): void {
  * Reads the request from `msg` (and the node's configuration) and returns the hub call it
  * makes. Throws INVALID for a request that cannot be made, before the hub is touched.
  */
-function planOf(_: Translate, msg: NodeMessage, def: HubInfoDef): (hub: Hub) => Promise<Outcome> | Outcome {
+function planOf(_: Translate, msg: NodeMessage, def: HubInfoDef, root: string): (hub: Hub) => Promise<Outcome> | Outcome {
   const operation = operationOf(msg, def.operation, "health", OPERATIONS, () => _("tethral-hub-info.errors.operation", { operations: OPERATIONS.join(", ") }));
   switch (operation) {
     case "health":
@@ -90,7 +94,27 @@ function planOf(_: Translate, msg: NodeMessage, def: HubInfoDef): (hub: Hub) => 
         const connected = Object.values(statistics.protocols).reduce((n, p) => n + (typeof p.connected === "number" ? p.connected : 0), 0);
         return { payload: statistics, status: _("tethral-hub-info.status.communication", { connected }) };
       };
+    case "metrics":
+      return async (hub) => {
+        const { contentType, text } = await hub.metrics.exposition();
+        return { payload: text, headers: { "content-type": contentType }, status: _("tethral-hub-info.status.metrics"), often: true };
+      };
+    case "openapi":
+      return () => ({ payload: openApiDocument(root, packageVersion()), status: _("tethral-hub-info.status.openapi") });
   }
+}
+
+let version: string | undefined;
+/** This package's version, for the OpenAPI document (the node file sits two levels below the package, in src/ and dist/ alike). */
+function packageVersion(): string {
+  if (version === undefined) {
+    try {
+      version = (JSON.parse(readFileSync(path.join(__dirname, "..", "..", "package.json"), "utf8")) as { version: string }).version;
+    } catch {
+      version = "0.0.0";
+    }
+  }
+  return version;
 }
 
 /**
