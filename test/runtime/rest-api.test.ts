@@ -443,7 +443,7 @@ describe("REST API (flows/flows.json in the runtime, over real HTTP)", function 
 
   it("answers a path no route serves with 404 in the API's error shape, and a huge body with 413", async () => {
     for (const [method, route] of [["GET", "/nothing"], ["PUT", "/devices"], ["GET", "/devices/boiler-1/unknown"]] as const) {
-      const res = await call(api, method, route);
+      const res = await call(api, method, route, undefined, {}, { outsideApi: "no route of the API serves it" });
       assert.equal(res.status, 404, `${method} ${route}`);
       ERROR_SHAPE(res.body, "NOT_FOUND");
     }
@@ -476,7 +476,8 @@ describe("REST API (flows/flows.json in the runtime, over real HTTP)", function 
     assert.equal(answer.status, 503, JSON.stringify(answer.body));
     ERROR_SHAPE(answer.body, "UNAVAILABLE");
     // The redeployed flows answer again, with the fleet as it was.
-    await until(async () => (await get("/health")).status === 200, "the redeployed API");
+    const health = () => call(api, "GET", "/health", undefined, {}, { outsideApi: "while the flows restart, the API's routes are briefly gone (404)" });
+    await until(async () => (await health()).status === 200, "the redeployed API");
     assert.equal((await get("/devices/boiler-1")).status, 200);
     device.behave = "ok";
   });

@@ -121,14 +121,16 @@ describe("npm start with the user's settings.js (adminAuth, httpNodeAuth)", func
   });
 
   it("httpNodeAuth: the REST API answers 401 without credentials (with WWW-Authenticate), 200 with them", async () => {
+    // Node-RED's own Basic authentication answers before the API does: not the API's answer.
+    const refused = { outsideApi: "httpNodeAuth refuses before any route of the API" };
     for (const route of ["/health", "/devices", "/devices/statistics"]) {
-      const res = await call(runtime.api, "GET", route);
+      const res = await call(runtime.api, "GET", route, undefined, {}, refused);
       assert.equal(res.status, 401, `GET /api${route} without credentials`);
       assert.match(res.headers.get("www-authenticate") ?? "", /^Basic /);
     }
-    const wrong = await call(runtime.api, "GET", "/health", undefined, { authorization: basic(API.user, "wrong") });
+    const wrong = await call(runtime.api, "GET", "/health", undefined, { authorization: basic(API.user, "wrong") }, refused);
     assert.equal(wrong.status, 401);
-    const registered = await call(runtime.api, "POST", "/devices", { id: "locked-1", protocol: "http" });
+    const registered = await call(runtime.api, "POST", "/devices", { id: "locked-1", protocol: "http" }, {}, refused);
     assert.equal(registered.status, 401, "no registration without credentials");
     const ok = await call(runtime.api, "GET", "/health", undefined, { authorization: basic(API.user, API.pass) });
     assert.equal(ok.status, 200);

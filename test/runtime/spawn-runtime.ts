@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { createSocket } from "node:dgram";
 import { createServer } from "node:net";
 import path from "node:path";
+import { checkAnswer } from "./api-document";
 
 export interface RuntimeChild {
   /** The editor, e.g. `http://127.0.0.1:40123/`. */
@@ -87,20 +88,34 @@ export function spawnRuntime(userDir: string, env: NodeJS.ProcessEnv = {}): Prom
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
 export type Json = any;
 
-/** A JSON request to the API: status, parsed body (null for none) and headers. */
+export interface CallOptions {
+  /**
+   * Why this answer is not checked against the OpenAPI document: a request sent outside the API
+   * on purpose (a foreign Host or Origin the guard refuses, a route that does not exist).
+   */
+  outsideApi?: string;
+}
+
+/**
+ * A JSON request to the API: status, parsed body (null for none) and headers. Every answer under
+ * /api is checked against the API's OpenAPI document (route, status, content type, body schema),
+ * and one that does not match fails the test, unless `options.outsideApi` says why not.
+ */
 export async function call(
   api: string,
   method: string,
   route: string,
   body?: unknown,
   headers: Record<string, string> = {},
+  options: CallOptions = {},
 ): Promise<{ status: number; body: Json; headers: Headers }> {
   const init: RequestInit = { method, headers: { ...headers } };
   if (body !== undefined) {
     init.body = typeof body === "string" ? body : JSON.stringify(body);
     (init.headers as Record<string, string>)["content-type"] ??= "application/json";
   }
-  const res = await fetch(`${api}${route}`, init);
+  const url = `${api}${route}`;
+  const res = await fetch(url, init);
   const text = await res.text();
   let parsed: unknown = null;
   if (text !== "") {
@@ -110,6 +125,7 @@ export async function call(
       parsed = text;
     }
   }
+  if (!options.outsideApi) checkAnswer(url, method, res.status, res.headers.get("content-type"), text, parsed);
   return { status: res.status, body: parsed, headers: res.headers };
 }
 
