@@ -413,14 +413,16 @@ describe("examples (Import > Examples), imported into the running runtime and dr
     const token = await register({ id: "oven-7", protocol: "http" });
     await report("oven-7", token, { temperature: 180.5 });
     const state = (await call(rt.api, "GET", "/devices/oven-7/state")).body;
-    const ok = await call(rt.api, "GET", "/my/temperature/oven-7");
+    // The example's own endpoints under /api: the user's API, not the one the OpenAPI document describes.
+    const own = { outsideApi: "example 07's own endpoint" };
+    const ok = await call(rt.api, "GET", "/my/temperature/oven-7", undefined, {}, own);
     assert.equal(ok.status, 200);
     assert.deepEqual(ok.body, { deviceId: "oven-7", temperature: 180.5, at: state.reportedAt });
-    const missing = await call(rt.api, "GET", "/my/temperature/nobody");
+    const missing = await call(rt.api, "GET", "/my/temperature/nobody", undefined, {}, own);
     assert.equal(missing.status, 404);
     assert.equal(missing.body.error.code, "NOT_FOUND");
     assert.match(missing.body.error.message, /nobody/);
-    const health = await call(rt.api, "GET", "/my/health");
+    const health = await call(rt.api, "GET", "/my/health", undefined, {}, own);
     assert.equal(health.status, 200);
     assert.equal(health.body.status, (await call(rt.api, "GET", "/health")).body.status);
     assert.ok(health.body.components.store, JSON.stringify(health.body));

@@ -47,12 +47,12 @@ export class HubMetrics {
   readonly registry = new Registry();
   private readonly roundTrip: Histogram;
   private readonly batch: Histogram;
+  /** The process metrics join at the first scrape: a hub nobody scrapes arms no GC observer. */
+  private withProcess = false;
   private scrape: { communication?: CommunicationStatistics; events?: EventStatistics; health?: HubHealth } = {};
 
   constructor(source: MetricsSource) {
     const registers = [this.registry];
-    const shared = processRegistry();
-    for (const { name } of shared.getMetricsAsArray()) this.registry.registerMetric(shared.getSingleMetric(name)!);
 
     // One read of each statistic serves every metric drawn from it in a scrape (see exposition).
     const comm = () => (this.scrape.communication ??= source.communication());
@@ -244,6 +244,11 @@ export class HubMetrics {
 
   /** The exposition, in the text format of `contentType`. */
   async exposition(): Promise<{ contentType: string; text: string }> {
+    if (!this.withProcess) {
+      this.withProcess = true;
+      const shared = processRegistry();
+      for (const { name } of shared.getMetricsAsArray()) this.registry.registerMetric(shared.getSingleMetric(name)!);
+    }
     this.scrape = {};
     try {
       return { contentType: this.registry.contentType, text: await this.registry.metrics() };
