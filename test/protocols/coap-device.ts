@@ -298,6 +298,8 @@ export function standInContext(receive: AdapterContext["receive"], warnings: str
     authenticate: (_protocol, deviceId) => ({ ok: true, deviceId, known: true }),
     connected: () => undefined,
     disconnected: () => undefined,
+    twin: () => null,
+    twins: () => [],
     counters,
     maxPayloadBytes: 1024,
     warn: (m) => warnings.push(m),
