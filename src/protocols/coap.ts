@@ -159,6 +159,8 @@ export class CoapAdapter implements ProtocolAdapter {
     // Observers hear the hub is going (5.03) while the socket is still open; their timers go too.
     this.twin.stop();
     this.intake.settle = null;
+    // dgram sends after an address lookup on the next tick: closing now would drop those 5.03s.
+    await new Promise((resolve) => setImmediate(resolve));
     // server.close() clears the library's response cache (and its retransmission timers).
     this.server?.close();
     this.server = null;
