@@ -316,9 +316,10 @@ export class WebSocketAdapter implements ProtocolAdapter {
       if (conn.known) context.disconnected(deviceId);
     });
     if (known) {
-      // The twin first, then any commands waiting: a device learns what is desired of it as it connects.
+      // The twin first, then any commands waiting: a device learns what is desired of it as it
+      // connects. Nothing desired, nothing to tell (as on MQTT, where no twin is retained then).
       const twin = context.twin(deviceId);
-      if (twin) this.sendTwin(conn, twin);
+      if (twin && Object.keys(twin.desired).length > 0) this.sendTwin(conn, twin);
       context.connected(deviceId);
     }
   }
