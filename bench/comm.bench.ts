@@ -86,6 +86,8 @@ function idleContext(): AdapterContext {
     connected: () => undefined,
     disconnected: () => undefined,
     reject: () => undefined,
+    twin: () => null,
+    twins: () => [],
     counters,
     maxPayloadBytes: 256 * 1024,
     warn: (m) => console.warn(m),

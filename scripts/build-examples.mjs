@@ -45,7 +45,7 @@ const examples = {
     add("o3", "debug", debug("error (msg.error.code)"), 400, 260);
   }),
   "02 Telemetry and state": flow("telemetry", (add) => {
-    add("c", "comment", comment("Device messages and state", "**tethral-in** passes on what devices report over any protocol. **tethral-state** sets a desired value (it shows in the state's `delta` until the device reports that value) and reads a device's state and history."), 200, 40);
+    add("c", "comment", comment("Device messages and state", "**tethral-in** passes on what devices report over any protocol. **tethral-state** sets a desired value and reads a device's state and history. The hub sends the device its twin `{desired, delta, version}` at once and on every change (MQTT: retained on `tethral/devices/{id}/desired`; WebSocket: a `desired` frame; CoAP: observe `/devices/{id}/desired`; HTTP: `GET /api/devices/{id}/desired`): the setpoint stays in `delta` until the device reports that value, and the device hears that too."), 200, 40);
     add("in", "tethral-in", { name: "", hub: HUB, deviceId: "", protocol: "", kindTelemetry: true, kindHeartbeat: false, kindState: true, kindStatus: true }, 130, 100, [["o1"]]);
     add("o1", "debug", debug("device messages"), 360, 100);
     add("i1", "inject", inject("setpoint 22 for boiler-1", '{"desired":{"setpoint":22}}', "json", { deviceId: "boiler-1" }), 180, 160, [["s1"]]);

@@ -102,6 +102,13 @@ msg.deviceId = msg.req.params.id;
 msg.kind = "telemetry";
 return msg;`;
 
+const DESIRED_REQUEST = `// The device's token: Authorization: Bearer TOKEN (or ?token= for devices that cannot set headers).
+const bearer = /^Bearer\\s+(\\S+)\\s*$/i.exec(msg.req.headers.authorization || "");
+const query = msg.req.query.token;
+msg.token = bearer ? bearer[1] : typeof query === "string" ? query : undefined;
+msg.deviceId = msg.req.params.id;
+return msg;`;
+
 const NO_CONTENT = `msg.statusCode = 204;
 msg.payload = "";
 return msg;`;
@@ -259,7 +266,7 @@ add("delete", "tethral-device", device("remove"), X[2], at, [["delete-answer"]])
 add("delete-answer", "function", fn("204 No Content", NO_CONTENT), X[3], at, [["delete-out"]]);
 add("delete-out", "http response", response(), X[4], at);
 
-heading("h-state", "Device state", "`GET /api/devices/{id}/state` (`?history=N` adds the last N changes), `PUT /api/devices/{id}/state` (`{desired, status, expectedVersion}`), `GET /api/devices/states/statistics`.");
+heading("h-state", "Device state", "`GET /api/devices/{id}/state` (`?history=N` adds the last N changes), `PUT /api/devices/{id}/state` (`{desired, status, expectedVersion}`), `GET /api/devices/states/statistics`, and `GET /api/devices/{id}/desired`: an HTTP device reads its twin `{desired, delta, version}` with its token.");
 at = row();
 add("state-in", "http in", httpIn("get", "/devices/:id/state"), X[0], at, [["state-request"]]);
 add("state-request", "function", fn("device id, ?history", STATE_REQUEST), X[1], at, [["state-get"]]);
@@ -278,6 +285,11 @@ at = row();
 add("sstats-in", "http in", httpIn("get", "/devices/states/statistics"), X[0], at, [["sstats"]]);
 add("sstats", "tethral-state", state("statistics"), X[2], at, [["sstats-out"]]);
 add("sstats-out", "http response", response(200), X[4], at);
+at = row();
+add("desired-in", "http in", httpIn("get", "/devices/:id/desired"), X[0], at, [["desired-request"]]);
+add("desired-request", "function", fn("device id, token", DESIRED_REQUEST), X[1], at, [["desired"]]);
+add("desired", "tethral-state", state("desired"), X[2], at, [["desired-out"]]);
+add("desired-out", "http response", response(200), X[4], at);
 
 heading("h-commands", "Commands and device reports", "`POST /api/devices/{id}/command` (`{command, params, wait, timeout, retries, expiresIn, priority}`; with `wait` the answer waits for the device: 200, or 502/504 with the command), `GET /api/commands/{id}`, and `POST /api/devices/{id}/telemetry`: how devices that speak HTTP report, with `Authorization: Bearer TOKEN`.");
 at = row();

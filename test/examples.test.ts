@@ -187,7 +187,7 @@ describe("examples (Import > Examples), imported into the running runtime and dr
     assert.deepEqual(comms.problems(ex.ids, 0).filter((p) => !p.startsWith(registering)), []);
   });
 
-  it("02 passes on device messages over any protocol; a desired setpoint shows in delta until the device reports it; state history", async () => {
+  it("02 passes on device messages over any protocol; a desired setpoint reaches the device and shows in delta until the device reports it; state history", async () => {
     const token = await boiler();
     const device = devices.find((d) => d.id === "boiler-1" && !d.closed) ?? (await connect("boiler-1", token));
     const meterToken = await register({ id: "meter-2", protocol: "http", heartbeatTimeout: 600 });
@@ -204,18 +204,25 @@ describe("examples (Import > Examples), imported into the running runtime and dr
     assert.deepEqual([httpMsg.kind, httpMsg.protocol, httpMsg.payload], ["telemetry", "http", { power: 5 }]);
     assert.ok(comms.outputs(messages, from).every((m) => m.kind !== "heartbeat"), "heartbeats are not ticked");
 
+    await device.subscribe(device.topic("desired"));
+    const twins = () => device.messages.filter((m) => m.topic === device.topic("desired")).map((m) => JSON.parse(m.payload));
     from = comms.mark();
     await press(ex.node("inject", "setpoint 22 for boiler-1"));
     const set = await comms.next(ex.node("debug", "state after set"), from, "the state after set");
     assert.equal(set.payload.deviceId, "boiler-1");
     assert.deepEqual(set.payload.desired, { setpoint: 22 });
     assert.deepEqual(set.payload.delta, { setpoint: 22 });
-    // The delta holds until the device reports the value.
+    // The device sees it in delta, on its desired topic.
+    const sent = await until(() => twins().find((t) => t.delta.setpoint === 22), "the twin with the setpoint in delta at boiler-1");
+    assert.deepEqual(sent, { desired: { setpoint: 22 }, delta: { setpoint: 22 }, version: set.payload.version });
+    // The delta holds until the device reports the value; then the device hears it is cleared.
     await device.publish("telemetry", { setpoint: 22 });
     await until(async () => {
       const state = (await call(rt.api, "GET", "/devices/boiler-1/state")).body;
       return state.properties.setpoint === 22 && Object.keys(state.delta).length === 0 && state.desired.setpoint === 22;
     }, "the delta to empty once boiler-1 reports the setpoint");
+    const cleared = await until(() => twins().find((t) => t.desired.setpoint === 22 && Object.keys(t.delta).length === 0), "the cleared delta at boiler-1");
+    assert.ok(cleared.version > sent.version);
 
     from = comms.mark();
     await press(ex.node("inject", "history of boiler-1"));

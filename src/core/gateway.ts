@@ -4,6 +4,8 @@ import type { DeviceTraffic } from "./device-traffic";
 import { TethralError, invalid, isTethralError, notFound } from "./errors";
 import type { DeviceRegistry } from "./registry";
 import type { DeviceTokens } from "./tokens";
+import { hasDesired, twinOf } from "./twin";
+import type { DeviceTwin } from "./types";
 import { DEVICE_ID_PATTERN } from "./validation";
 import {
   type AdapterContext,
@@ -80,10 +82,19 @@ export class DeviceGateway {
       // status follows its messages, last will and heartbeat timeout, not its socket.
       disconnected: () => undefined,
       reject: (r) => this.rejectFor(adapter.name, r),
+      twin: (id) => {
+        const record = this.registry.record(id);
+        return record ? twinOf(record) : null;
+      },
+      twins: () => this.twins(),
       counters,
       maxPayloadBytes: max,
       warn: (message) => this.warn(`${adapter.name}: ${message}`),
     };
+  }
+
+  private *twins(): Iterable<[string, DeviceTwin]> {
+    for (const record of this.registry.allRecords()) if (hasDesired(record)) yield [record.id, twinOf(record)];
   }
 
   /**

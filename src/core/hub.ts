@@ -22,7 +22,8 @@ import { type ChangeCause, DEFAULT_STATE_OPTIONS, StateManager, type StateOption
 import { eventOf, eventQueryOf, historyEntry, inputOf, patchOf } from "./stored-rows";
 import { DEFAULT_PERSISTENCE_OPTIONS, Persistence, type PersistenceOptions, type PersistenceStatistics } from "../store/persistence";
 import type { Store } from "../store/types";
-import type { Command, Device, DeviceState, DeviceStatus, StateHistoryEntry, TethralEvent } from "./types";
+import type { Command, Device, DeviceState, DeviceStatus, DeviceTwin, StateHistoryEntry, TethralEvent } from "./types";
+import { twinOf } from "./twin";
 import { type CommandOptions, DEFAULT_COMMAND_OPTIONS } from "./command-input";
 import { CommandTracker, type CommandStatistics } from "./commands";
 import { ProcessMonitor } from "./process-monitor";
@@ -122,6 +123,7 @@ export class Hub {
     this.state = new StateManager(this.registry, this.events, this.clock, { ...DEFAULT_STATE_OPTIONS, ...options.state });
     this.anomaly = new AnomalyDetector(this.events, this.clock, merge(DEFAULT_ANOMALY_OPTIONS, options.anomaly));
     this.state.observer = this.anomaly;
+    this.state.twin = { onTwinChanged: (id) => this.deliverTwin(id, false) };
     const registry = this.registry;
     const recordOf = (id: string): DeviceRecord | undefined => registry.record(id);
     this.heartbeat = new HeartbeatMonitor(
@@ -434,6 +436,27 @@ export class Hub {
     return { deviceId: id, token };
   }
 
+  /**
+   * The one place that tells the adapters a device's twin changed (or, `removed`, that it is gone):
+   * each delivers it to the device if it listens there. Worked out once, only if some adapter takes it.
+   */
+  private deliverTwin(id: string, removed: boolean): void {
+    let twin: DeviceTwin | null | undefined = removed ? null : undefined;
+    for (const adapter of this.startedAdapters) {
+      if (!adapter.twinChanged) continue;
+      if (twin === undefined) {
+        const record = this.registry.record(id);
+        if (!record) return;
+        twin = twinOf(record);
+      }
+      try {
+        adapter.twinChanged(id, twin);
+      } catch (err) {
+        this.warn(`protocol ${adapter.name} could not deliver the twin of ${id}: ${err instanceof Error ? err.message : String(err)}`);
+      }
+    }
+  }
+
   /** Connections authenticated with what is no longer valid must not stay trusted. */
   private disconnectEverywhere(id: string, reason: string): void {
     for (const adapter of this.startedAdapters) {
@@ -504,6 +527,8 @@ export class Hub {
       this.state.forget(record);
       this.tokens.forget(id);
       this.commands.deviceRemoved(id);
+      // A registration that failed never had a twin anywhere.
+      if (!cause.silent) this.deliverTwin(id, true);
       this.disconnectEverywhere(id, "device removed");
     }
     return this.registry.remove(id, { ...cause, reason: cause.reason ?? "user" });
@@ -612,6 +637,25 @@ export class Hub {
 
   getState(id: string): DeviceState {
     return this.state.get(id);
+  }
+
+  /** A device's twin (CONTRACT §2): `{desired, delta, version}`. NOT_FOUND for an unknown device. */
+  getTwin(id: string): DeviceTwin {
+    const record = this.registry.record(id);
+    if (!record) throw notFound("device", id);
+    const twin = twinOf(record);
+    return { desired: structuredClone(twin.desired), delta: twin.delta, version: twin.version };
+  }
+
+  /**
+   * A device reading its own twin (HTTP `GET /api/devices/{id}/desired`): its token is checked as
+   * for any message of it, and the read is a sign of life (a heartbeat). Never throws: a refusal
+   * (UNAUTHORIZED, NOT_FOUND) is counted, published as `message.rejected` and returned.
+   */
+  readTwin(protocol: string, deviceId: string, token: string | undefined): { ok: true; twin: DeviceTwin } | { ok: false; error: TethralError } {
+    const result = this.gateway.receive({ protocol, deviceId, kind: "heartbeat", payload: null, ...(token !== undefined && { token }) });
+    if (!result.ok) return result;
+    return { ok: true, twin: this.getTwin(deviceId) };
   }
 
   /**

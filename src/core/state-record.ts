@@ -118,7 +118,7 @@ export function hasDelta(s: StateRecord): boolean {
 }
 
 /** Desired keys whose reported value differs. */
-function delta(s: StateRecord): JsonObject {
+export function delta(s: StateRecord): JsonObject {
   const out: JsonObject = {};
   if (!s.desired) return out;
   for (const key of Object.keys(s.desired)) {

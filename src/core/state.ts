@@ -17,6 +17,7 @@ import {
   type StateSnapshot,
 } from "./types";
 import { DEFAULT_TRANSITIONS, type TransitionRules, allowsTransition, checkTransition } from "./transitions";
+import type { TwinListener } from "./twin";
 import { LIMITS, checkJsonObject, parseInput, stateSetSchema } from "./validation";
 
 export { DEFAULT_TRANSITIONS, type TransitionRules } from "./transitions";
@@ -92,6 +93,7 @@ export class StateManager {
   private readonly transitionsTo: Record<string, number> = Object.fromEntries(DEVICE_STATUSES.map((s) => [s, 0]));
   observer: StateObserver | null = null;
   sink: StateSink | null = null;
+  twin: TwinListener | null = null;
 
   constructor(
     private readonly registry: DeviceRegistry,
@@ -145,12 +147,19 @@ export class StateManager {
     let from: JsonObject | null = null;
     let to: JsonObject | null = null;
     const current = stateOf(record)?.properties ?? EMPTY_PROPERTIES;
+    const desired = stateOf(record)?.desired ?? null;
+    let twinMoved = false;
     let added = 0;
     for (const key of Object.keys(properties)) {
       const value = properties[key] as JsonValue;
       const had = Object.hasOwn(current, key);
       if (had && jsonEqual(current[key], value)) continue;
       if (!had) added++;
+      // The delta holds the desired value itself: it changes only when the key starts or stops matching.
+      if (desired !== null && Object.hasOwn(desired, key)) {
+        const want = desired[key] as JsonValue;
+        if ((had && jsonEqual(current[key], want)) !== jsonEqual(value, want)) twinMoved = true;
+      }
       from ??= {};
       to ??= {};
       // Stored values are replaced, never changed in place, so history may share them.
@@ -179,6 +188,7 @@ export class StateManager {
     for (const key of Object.keys(to)) defineValue(stored, key, to[key] as JsonValue);
     if (s.desired) this.refreshDelta(s);
     this.commit(record, s, now, { properties: from }, { properties: to }, cause, cause.reason ?? "report");
+    if (twinMoved) this.twin?.onTwinChanged(deviceId);
     return true;
   }
 
@@ -292,6 +302,7 @@ export class StateManager {
     // Checked when planned; a heartbeat transition since then does not undo the caller's choice.
     if (plan.to.status !== undefined && plan.to.status !== record.status) this.applyStatus(record, plan.to.status, plan.at);
     this.commit(record, target, plan.at, plan.from, plan.to, cause, cause.reason ?? "set");
+    if (plan.to.desired !== undefined) this.twin?.onTwinChanged(plan.deviceId);
     return stateView(record, target);
   }
 

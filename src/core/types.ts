@@ -30,6 +30,16 @@ export interface Device {
   updatedAt: string;
 }
 
+/**
+ * What a device is told of its state (CONTRACT §2, the device's twin): what is desired of it, the
+ * desired keys its reported values do not match yet, and the state's version.
+ */
+export interface DeviceTwin {
+  desired: JsonObject;
+  delta: JsonObject;
+  version: number;
+}
+
 export interface DeviceState {
   deviceId: string;
   status: DeviceStatus;

@@ -3,7 +3,7 @@ import type { DeviceStatus } from "../core/types";
 import { HubUse, type Outcome, countOf, fromMsg, invalidInput, isPlainObject, onlyKeys, flowCause, operationHandler, operationOf, text } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
-const OPERATIONS = ["get", "set", "history", "list", "statistics"] as const;
+const OPERATIONS = ["get", "set", "history", "list", "statistics", "desired"] as const;
 
 /** History entries answered when neither the node nor `msg.limit` says how many. */
 const DEFAULT_COUNT = 10;
@@ -23,7 +23,8 @@ type Translate = NodeAPI["_"];
 
 /**
  * `tethral-state` (CONTRACT §5): device state. `msg.operation` (or the configured one) picks
- * `get`, `set`, `history`, `list` or `statistics` for `msg.deviceId`; the result replaces
+ * `get`, `set`, `history`, `list`, `statistics` or `desired` (a device reading its twin with its
+ * own token, `msg.token`: HTTP devices) for `msg.deviceId`; the result replaces
  * `msg.payload` of the same msg, which goes on. A `set` with a stale `expectedVersion` is a
  * CONFLICT for a Catch node.
  */
@@ -91,6 +92,19 @@ function planOf(_: Translate, msg: NodeMessage, def: StateDef): (hub: Hub) => Pr
             ? _("tethral-state.status.page", { count: list.states.length, total: list.total })
             : _("tethral-state.status.listed", { total: list.total });
         return { payload: list, status };
+      };
+    }
+    case "desired": {
+      // The device's own read (the REST flow's GET /api/devices/{id}/desired): its token is checked.
+      const id = needId();
+      const token = fromMsg(msg, "token", undefined);
+      if (token !== undefined && typeof token !== "string") throw invalidInput("token", _("tethral-state.errors.token"));
+      const protocol = fromMsg(msg, "protocol", "http");
+      if (typeof protocol !== "string") throw invalidInput("protocol", _("tethral-state.errors.protocol"));
+      return (hub) => {
+        const result = hub.readTwin(protocol, id, token);
+        if (!result.ok) throw result.error;
+        return { payload: result.twin, status: _("tethral-state.status.desired", { id, version: result.twin.version }), often: true };
       };
     }
     case "statistics":

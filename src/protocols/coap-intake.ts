@@ -26,7 +26,7 @@ export interface RawPacket {
  * accepted (a 4.13, RFC 7959 §2.9.3), Max-Age when to try again (a 5.03), Block1 echoes the block
  * answered (RFC 7959 §2.3).
  */
-export type Answer = { code: string; error?: TethralError; body?: { format: number; payload: Buffer }; size1?: number; maxAge?: number; block1?: Buffer };
+export type Answer = { code: string; error?: TethralError; body?: { format: number; payload: Buffer }; size1?: number; maxAge?: number; block1?: Buffer; observe?: number };
 
 /** What the intake decided for a request before the library saw it: its answer, or the whole body of a block-wise upload. */
 export type Decision = { answer: Answer } | { payload: Buffer; block1: Buffer };
@@ -46,6 +46,10 @@ export class CoapIntake {
   private context: AdapterContext | null = null;
   private server: Server | null = null;
   private readonly decisions = new WeakMap<object, Decision>();
+  /** A request's Observe value (RFC 7641), taken off before the library sees it. */
+  private readonly observeValues = new WeakMap<object, number>();
+  /** Empty ACKs and RSTs go here first: true when they settled one of the hub's own notifications. */
+  settle: ((type: "ACK" | "RST", messageId: number, from: AddressInfo) => boolean) | null = null;
   private readonly blocks: Block1Slots;
   readonly figures = { blockRefusals: 0, malformed: 0 };
 
@@ -71,6 +75,11 @@ export class CoapIntake {
   /** Block-wise uploads in progress. */
   get blockTransfers(): number {
     return this.blocks.size;
+  }
+
+  /** The request's Observe option: 0 registers, 1 deregisters; undefined when it had none. */
+  observeOf(packet: object): number | undefined {
+    return this.observeValues.get(packet);
   }
 
   /** What was decided for a request before the library saw it, if anything. */
@@ -114,6 +123,7 @@ export class CoapIntake {
     }
     if (datagram.code === "0.00") {
       // A CoAP ping (an empty CON) is answered with a reset (RFC 7252 §4.3); an empty ACK or RST settles one of the library's exchanges.
+      if ((datagram.type === "ACK" || datagram.type === "RST") && this.settle?.(datagram.type, datagram.messageId, rsinfo)) return null;
       if (datagram.type !== "CON") return packet;
       this.sendTo(rsinfo, resetFor(datagram.messageId));
       return null;
@@ -123,9 +133,11 @@ export class CoapIntake {
     // A retransmission of a request already answered: the library answers it again from its cache (keyed so).
     if (server._lru.has(`${rsinfo.address}:${rsinfo.port}/${packet.messageId}${packet.token?.toString("hex") ?? ""}`)) return packet;
     const options = packet.options ?? [];
-    // Block1 is the adapter's to reassemble. Observe (elective) is ignored: nothing here can be observed,
-    // and the library would turn the answer into a notification stream.
+    // Block1 is the adapter's to reassemble, Observe the adapter's to keep (see coap-observe): the library
+    // would turn the answer into a notification stream of its own.
     packet.options = options.filter((o) => o.name !== "Block1" && o.name !== "Observe");
+    const observe = options.find((o) => o.name === "Observe");
+    if (observe) this.observeValues.set(packet, uintOf(observe.value));
     // The library answers a FETCH without a Content-Format itself, with its own text; the hub serves no FETCH (4.05) anyway.
     if (packet.code === "0.05" && !options.some((o) => o.name === "Content-Format")) packet.options.push({ name: "Content-Format", value: Buffer.of(0) });
     const bad = optionRefusal(datagram.options);
@@ -209,6 +221,19 @@ function blockKey(rsinfo: AddressInfo, packet: RawPacket): string {
 
 /** `/devices/{id}/{kind}` and `?token=` from the raw Uri-Path and Uri-Query options; null for any other path. */
 export function targetOf(options: RawPacket["options"]): Target | null {
+  const { path, token } = pathOf(options);
+  if (path.length !== 3 || path[0] !== "devices" || path[1] === "") return null;
+  const kind = KIND_OF_STEP.get(path[2]!);
+  return kind ? { deviceId: path[1]!, kind, token } : null;
+}
+
+/** `/devices/{id}/desired` (the device's twin, CONTRACT §2) and `?token=`; null for any other path. */
+export function twinTargetOf(options: RawPacket["options"]): { deviceId: string; token: string | undefined } | null {
+  const { path, token } = pathOf(options);
+  return path.length === 3 && path[0] === "devices" && path[1] !== "" && path[2] === "desired" ? { deviceId: path[1]!, token } : null;
+}
+
+function pathOf(options: RawPacket["options"]): { path: string[]; token: string | undefined } {
   const path: string[] = [];
   let token: string | undefined;
   for (const option of options ?? []) {
@@ -218,9 +243,7 @@ export function targetOf(options: RawPacket["options"]): Target | null {
       if (q.startsWith("token=")) token = decodeQuery(q.slice(6));
     }
   }
-  if (path.length !== 3 || path[0] !== "devices" || path[1] === "") return null;
-  const kind = KIND_OF_STEP.get(path[2]!);
-  return kind ? { deviceId: path[1]!, kind, token } : null;
+  return { path, token };
 }
 
 /** Options carry text as is, but a client built on a URL may have percent-encoded it. */

@@ -125,11 +125,13 @@ const FORMAT_OF: Record<DeviceMessageKind, number | null> = { telemetry: JSON_FO
 
 interface Link {
   href: string;
-  attributes: [name: string, value: string, quoted: boolean][];
+  /** A null value is a flag written without one (RFC 7641 §6 `obs`). */
+  attributes: [name: string, value: string | null, quoted: boolean][];
 }
 
 /**
- * The hub's resources: one report resource per message kind under every device. A link is a
+ * The hub's resources: one report resource per message kind under every device, and the device's
+ * twin, observable (RFC 7641 §6: `obs`). A link is a
  * URI, so the device id is written `{id}` percent-encoded (`%7Bid%7D`): a template to fill in,
  * listed once instead of once per device (which would tell anyone the fleet's ids).
  */
@@ -142,6 +144,14 @@ const LINKS: readonly Link[] = DEVICE_MESSAGE_KINDS.map((kind) => {
   ];
   if (format !== null) attributes.push(["ct", String(format), false]);
   return { href: `/devices/%7Bid%7D/${step}`, attributes };
+}).concat({
+  href: "/devices/%7Bid%7D/desired",
+  attributes: [
+    ["rt", "tethral.desired", true],
+    ["if", "core.s", true],
+    ["ct", String(JSON_FORMAT), false],
+    ["obs", null, false],
+  ],
 });
 
 /**
@@ -159,8 +169,8 @@ export function coreLinks(queries: readonly string[]): string {
     links = links.filter((link) => {
       if (name === "href") return matches(decodeURIComponent(link.href)) || matches(link.href);
       // An attribute may hold several space-separated values (rt, if); any one may match.
-      return link.attributes.some(([n, value]) => n === name && value.split(" ").some(matches));
+      return link.attributes.some(([n, value]) => n === name && (value === null ? wanted === "" : value.split(" ").some(matches)));
     });
   }
-  return links.map((link) => `<${link.href}>${link.attributes.map(([n, v, quoted]) => `;${n}=${quoted ? `"${v}"` : v}`).join("")}`).join(",");
+  return links.map((link) => `<${link.href}>${link.attributes.map(([n, v, quoted]) => (v === null ? `;${n}` : `;${n}=${quoted ? `"${v}"` : v}`)).join("")}`).join(",");
 }

@@ -2,8 +2,10 @@ import { createSocket, type Socket, type SocketType } from "node:dgram";
 import { isIPv6 } from "node:net";
 import { Agent, Server, type IncomingMessage, type OutgoingMessage } from "coap";
 import { TethralError } from "../core/errors";
-import type { Device, JsonValue } from "../core/types";
-import { type Answer, CODE_OF, CoapIntake, decodeQuery, isDiscovery, refusal, targetOf, tooLarge } from "./coap-intake";
+import type { Device, DeviceTwin, JsonValue } from "../core/types";
+import { type Answer, CODE_OF, CoapIntake, decodeQuery, isDiscovery, refusal, targetOf, tooLarge, twinTargetOf } from "./coap-intake";
+import { DEFAULT_OBSERVE_LIMITS } from "./coap-observe";
+import { CoapTwinResource } from "./coap-twin";
 import { LINK_FORMAT, coreLinks } from "./coap-wire";
 import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolAdapter, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
 
@@ -26,6 +28,12 @@ export interface CoapAdapterOptions {
    * (RFC 7252 §4.8.2), the longest a client keeps trying to get one block across.
    */
   blockTransferIdleMs?: number;
+  /** Observations of devices' desired resources (RFC 7641) held at once. Default 10 000. */
+  maxObservers?: number;
+  /** Of those, how many one device may hold. Default 4. */
+  maxObserversPerDevice?: number;
+  /** First retransmission timeout of a notification; RFC 7252's 2 s by default (tests shorten it). */
+  observeAckTimeoutMs?: number;
 }
 
 export interface CoapStatistics extends AdapterStatistics {
@@ -40,6 +48,11 @@ export interface CoapStatistics extends AdapterStatistics {
   blockRefusals: number;
   /** Datagrams that were not well-formed CoAP (also counted as rejected). */
   malformed: number;
+  /** Clients observing a device's desired resource now. */
+  observers: number;
+  /** Notifications sent, and observers dropped for not acknowledging them. */
+  notifications: number;
+  observersGone: number;
 }
 
 export const DEFAULT_COAP_PORT = 5683;
@@ -55,7 +68,7 @@ const MAX_DEVICE_ERROR = 1024;
  * CoAP (RFC 7252) for devices: a UDP server where devices POST their reports to
  * `/devices/{id}/{kind}?token=...` (listed at `/.well-known/core`), and a client that POSTs
  * commands to `{address}/commands` and takes the answer as the command's result.
- * Request/response only: no observe, no connections.
+ * A device reads its twin at `/devices/{id}/desired`, and may observe it (RFC 7641). No connections.
  */
 export class CoapAdapter implements ProtocolAdapter {
   readonly name = "coap";
@@ -70,6 +83,7 @@ export class CoapAdapter implements ProtocolAdapter {
   private readonly pending = new Set<{ cancel(reason: TethralError): void }>();
   /** Reads every datagram before the library does; decides some answers, reassembles Block1 uploads. */
   private readonly intake: CoapIntake;
+  private readonly twin: CoapTwinResource;
   private lastError: string | null = null;
   private readonly figures = { commands: 0, answered: 0, timeouts: 0 };
 
@@ -81,9 +95,18 @@ export class CoapAdapter implements ProtocolAdapter {
       maxBlockTransfers: options.maxBlockTransfers ?? 16,
       maxBlockTransfersPerDevice: options.maxBlockTransfersPerDevice ?? 2,
       blockTransferIdleMs: options.blockTransferIdleMs ?? 93_000,
+      maxObservers: options.maxObservers ?? DEFAULT_OBSERVE_LIMITS.max,
+      maxObserversPerDevice: options.maxObserversPerDevice ?? DEFAULT_OBSERVE_LIMITS.perDevice,
+      observeAckTimeoutMs: options.observeAckTimeoutMs ?? DEFAULT_OBSERVE_LIMITS.ackTimeoutMs,
     };
     const { maxBlockTransfers: max, maxBlockTransfersPerDevice: perDevice, blockTransferIdleMs: idleMs } = this.options;
     this.intake = new CoapIntake(this.name, { max, perDevice, idleMs }, (where, err) => this.fault(where, err));
+    this.twin = new CoapTwinResource(this.name, {
+      ...DEFAULT_OBSERVE_LIMITS,
+      max: options.maxObservers ?? DEFAULT_OBSERVE_LIMITS.max,
+      perDevice: options.maxObserversPerDevice ?? DEFAULT_OBSERVE_LIMITS.perDevice,
+      ackTimeoutMs: options.observeAckTimeoutMs ?? DEFAULT_OBSERVE_LIMITS.ackTimeoutMs,
+    });
   }
 
   /** The UDP port the server is bound to (null before start, when disabled, and after stop). */
@@ -118,6 +141,8 @@ export class CoapAdapter implements ProtocolAdapter {
     }
     this.context = context;
     this.intake.start(context);
+    this.intake.settle = (type, messageId, from) => this.twin.observers.settle(type, messageId, from);
+    this.twin.start(context, (datagram, to) => socket.send(datagram, to.port, to.address, (err) => err && this.fault("notification", err)));
     server.on("request", (req: IncomingMessage, res: OutgoingMessage) => this.onRequest(req, res));
     server.on("error", (err: Error) => this.fault("server socket", err));
     server.listen(socket);
@@ -131,6 +156,11 @@ export class CoapAdapter implements ProtocolAdapter {
     if (!context) return;
     const stopped = new TethralError("UNAVAILABLE", "the CoAP adapter stopped before the device answered");
     for (const send of [...this.pending]) send.cancel(stopped);
+    // Observers hear the hub is going (5.03) while the socket is still open; their timers go too.
+    this.twin.stop();
+    this.intake.settle = null;
+    // dgram sends after an address lookup on the next tick: closing now would drop those 5.03s.
+    await new Promise((resolve) => setImmediate(resolve));
     // server.close() clears the library's response cache (and its retransmission timers).
     this.server?.close();
     this.server = null;
@@ -145,6 +175,16 @@ export class CoapAdapter implements ProtocolAdapter {
 
   isConnected(): undefined {
     return undefined;
+  }
+
+  /** Observers of the device's desired resource are notified (or, the device removed, told 4.04). */
+  twinChanged(deviceId: string, twin: DeviceTwin | null): void {
+    this.twin.changed(deviceId, twin);
+  }
+
+  /** The device's token was replaced (or it was removed): its observations end. */
+  disconnect(deviceId: string, reason: string): void {
+    this.twin.revoke(deviceId, reason);
   }
 
   /**
@@ -166,6 +206,9 @@ export class CoapAdapter implements ProtocolAdapter {
       blockTransfers: this.intake.blockTransfers,
       blockRefusals: this.intake.figures.blockRefusals,
       malformed: this.intake.figures.malformed,
+      observers: this.twin.observers.size,
+      notifications: this.twin.observers.figures.notifications,
+      observersGone: this.twin.observers.figures.clientsGone,
     };
   }
 
@@ -191,6 +234,7 @@ export class CoapAdapter implements ProtocolAdapter {
       if (answer.size1 !== undefined) res.setOption("Size1", answer.size1);
       if (answer.maxAge !== undefined) res.setOption("Max-Age", answer.maxAge);
       if (answer.block1) res.setOption("Block1", answer.block1);
+      if (answer.observe !== undefined) res.setOption("Observe", answer.observe);
       if (answer.body) {
         res.setOption("Content-Format", answer.body.format);
         res.end(answer.body.payload);
@@ -207,10 +251,12 @@ export class CoapAdapter implements ProtocolAdapter {
     const context = this.context!;
     const options = req._packet.options;
     if (isDiscovery(options)) return this.discovery(req);
+    const twinTarget = twinTargetOf(options);
+    if (twinTarget) return this.twin.answer(req, twinTarget, this.intake.observeOf(req._packet));
     const target = targetOf(options);
     if (!target) {
       context.reject({ reason: "unknown-path", message: "no such resource" });
-      return refusal("4.04", "NOT_FOUND", "no such resource: POST /devices/{id}/telemetry|heartbeat|state|status|register|responses");
+      return refusal("4.04", "NOT_FOUND", "no such resource: POST /devices/{id}/telemetry|heartbeat|state|status|register|responses, GET /devices/{id}/desired");
     }
     if (req.code !== "0.02") {
       context.reject({ deviceId: target.deviceId, kind: target.kind, reason: "wrong-method", message: `${req.method ?? req.code} is not allowed: use POST` });

@@ -15,6 +15,8 @@ import {
 import { type TopicScheme, filterMatches } from "./mqtt-topics";
 import { guardPacketSize } from "./mqtt-packet-size";
 import { PendingWrites } from "./pending-writes";
+import { encodeTwin } from "../core/twin";
+import type { DeviceTwin } from "../core/types";
 import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
 
 export interface EmbeddedBrokerOptions {
@@ -69,7 +71,7 @@ export class EmbeddedBroker {
   private readyOrder = 0;
   /** Device connections from authentication to their socket's close. */
   private connections = 0;
-  private readonly figures = { connectsRefused: 0, publishesRefused: 0, subscriptionsRefused: 0, oversizedPackets: 0, topicsUnknown: 0 };
+  private readonly figures = { connectsRefused: 0, publishesRefused: 0, subscriptionsRefused: 0, oversizedPackets: 0, topicsUnknown: 0, twinsPublished: 0 };
   private readonly serviceHash: Buffer | null;
 
   constructor(private readonly options: EmbeddedBrokerOptions) {
@@ -125,6 +127,9 @@ export class EmbeddedBroker {
     this.broker = broker;
     this.server = server;
     this.context = context;
+    // Retained messages live in this broker's memory: the twins it kept before a restart are
+    // retained again before any device can connect and subscribe.
+    for (const [deviceId, twin] of context.twins()) this.publishTwin(deviceId, twin);
     try {
       await listen(server, this.options.port, this.options.host);
     } catch (err) {
@@ -182,6 +187,27 @@ export class EmbeddedBroker {
           done(err ?? (client.closed && client.clean ? new Error("the connection closed") : null));
         }),
     );
+  }
+
+  /**
+   * The device's twin on `{root}/devices/{id}/desired`, retained with QoS 1: a device subscribing
+   * later (or again) gets the current one at once. Null (the device was removed) clears it.
+   */
+  publishTwin(deviceId: string, twin: DeviceTwin | null): void {
+    const broker = this.broker;
+    const context = this.context;
+    if (!broker || !context || this.stopping) return;
+    const payload = twin ? Buffer.from(encodeTwin(twin), "utf8") : Buffer.alloc(0);
+    const packet: PublishPacket = { cmd: "publish", topic: this.options.topics.desired(deviceId), payload, qos: 1, retain: true, dup: false };
+    this.figures.twinsPublished++;
+    context.counters.messagesOut++;
+    context.counters.bytesOut += payload.length;
+    broker.publish(packet, (err) => {
+      if (err) {
+        context.counters.errors++;
+        context.warn(`the twin of "${deviceId}" was not published: ${err.message}`);
+      }
+    });
   }
 
   isConnected(deviceId: string): boolean {
@@ -277,6 +303,10 @@ export class EmbeddedBroker {
     if (session.deviceId === null) return null;
     const topics = this.options.topics;
     if (!topics.isOwn(packet.topic, session.deviceId)) return this.refusePublish(session.deviceId, `device "${session.deviceId}" may not publish to ${packet.topic.slice(0, 200)}`);
+    // The twin is what the hub says is desired: a device reports its state instead.
+    if (topics.isDesired(packet.topic, session.deviceId)) {
+      return this.refusePublish(session.deviceId, `device "${session.deviceId}" may not publish to its desired topic (the hub's): report on .../state`);
+    }
     // The broker keeps a retained message per topic: on made-up topics, a device could fill its memory.
     if (packet.retain && packet.payload.length > 0 && topics.parse(packet.topic)?.kind == null) {
       return this.refusePublish(session.deviceId, `device "${session.deviceId}" may retain only its documented topics, not ${packet.topic.slice(0, 200)}`);

@@ -3,6 +3,8 @@ import { type DeviceMessageKind, KIND_OF_STEP } from "./types";
 
 export const DEVICE_LEVELS: readonly string[] = [...KIND_OF_STEP.keys()];
 export const COMMANDS_LEVEL = "commands";
+/** Where the hub keeps each device's twin, retained (CONTRACT §2). */
+export const DESIRED_LEVEL = "desired";
 export const DEFAULT_TOPIC_ROOT = "tethral";
 
 /** A topic split into the device it names and its last level; `kind` is null for a level no device sends. */
@@ -32,6 +34,16 @@ export class TopicScheme {
     return `${this.prefix}${deviceId}/${COMMANDS_LEVEL}`;
   }
 
+  desired(deviceId: string): string {
+    return `${this.prefix}${deviceId}/${DESIRED_LEVEL}`;
+  }
+
+  /** The device's twin topic, for a topic already known to be inside the device's subtree (`isOwn`): the hub's alone to publish on. */
+  isDesired(ownTopic: string, deviceId: string): boolean {
+    // No string built: this runs for every publish of every device.
+    return ownTopic.length === this.prefix.length + deviceId.length + 1 + DESIRED_LEVEL.length && ownTopic.endsWith(DESIRED_LEVEL);
+  }
+
   status(deviceId: string): string {
     return `${this.prefix}${deviceId}/status`;
   }
@@ -53,14 +65,14 @@ export class TopicScheme {
   }
 
   /**
-   * The filters a device may subscribe to: its commands topic, another of its own documented
+   * The filters a device may subscribe to: its commands or desired topic, another of its own documented
    * topics, or its whole subtree (`.../{id}/#` or `.../{id}/+`). A short fixed list, so a device
    * cannot make the broker hold an unbounded number of subscriptions for it.
    */
   deviceMaySubscribe(filter: string, deviceId: string): boolean {
     if (!this.isOwn(filter, deviceId)) return false;
     const level = filter.slice(this.prefix.length + deviceId.length + 1);
-    return level === "#" || level === "+" || level === COMMANDS_LEVEL || KIND_OF_STEP.has(level);
+    return level === "#" || level === "+" || level === COMMANDS_LEVEL || level === DESIRED_LEVEL || KIND_OF_STEP.has(level);
   }
 
   /**

@@ -1,6 +1,7 @@
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from "mqtt";
 import { TethralError } from "../core/errors";
-import type { Device } from "../core/types";
+import { encodeTwin } from "../core/twin";
+import type { Device, DeviceTwin } from "../core/types";
 import { EmbeddedBroker } from "./mqtt-broker";
 import { PendingWrites } from "./pending-writes";
 import { TopicScheme, checkSharedGroup } from "./mqtt-topics";
@@ -61,6 +62,7 @@ interface MqttMode {
   health(): ProtocolHealth;
   statistics(): AdapterStatistics;
   disconnect?(deviceId: string, reason: string): void;
+  publishTwin(deviceId: string, twin: DeviceTwin | null): void;
 }
 
 /**
@@ -123,6 +125,11 @@ export class MqttAdapter implements ProtocolAdapter {
     if (this.impl instanceof EmbeddedBroker) this.impl.disconnect(deviceId, reason);
   }
 
+  /** The twin goes to `{root}/devices/{id}/desired`, retained, QoS 1, on either kind of broker. */
+  twinChanged(deviceId: string, twin: DeviceTwin | null): void {
+    this.impl.publishTwin(deviceId, twin);
+  }
+
   health(): ProtocolHealth {
     return this.impl.health();
   }
@@ -172,8 +179,10 @@ class ExternalBroker implements MqttMode {
   /** From each device's retained status topic; only devices the hub accepted a status from. */
   private readonly presence = new Map<string, boolean>();
   private readonly pending = new PendingWrites(() => this.context?.counters ?? null);
-  private readonly figures = { connects: 0, connectionsLost: 0, reconnectsScheduled: 0, subscribeFailures: 0, oversized: 0, topicsUnknown: 0 };
+  private readonly figures = { connects: 0, connectionsLost: 0, reconnectsScheduled: 0, subscribeFailures: 0, oversized: 0, topicsUnknown: 0, twinsPublished: 0 };
   private readonly filters: string[];
+  /** Twins of removed devices not cleared on the broker yet (it was unreachable); cleared at the next connection. */
+  private readonly clearsDue = new Set<string>();
 
   constructor(
     private readonly options: MqttAdapterOptions,
@@ -283,6 +292,40 @@ class ExternalBroker implements MqttMode {
     return this.presence.get(deviceId);
   }
 
+  /**
+   * Published only while connected: every connection publishes every current twin again (a
+   * restarted broker may have lost its retained messages), so a change made while away is not
+   * queued twice.
+   */
+  publishTwin(deviceId: string, twin: DeviceTwin | null): void {
+    const client = this.client;
+    if (!client || this.stopping) return;
+    if (!client.connected) {
+      if (twin === null) this.clearsDue.add(deviceId);
+      return;
+    }
+    this.clearsDue.delete(deviceId);
+    const payload = twin ? Buffer.from(encodeTwin(twin), "utf8") : Buffer.alloc(0);
+    const counters = this.context?.counters;
+    this.figures.twinsPublished++;
+    if (counters) {
+      counters.messagesOut++;
+      counters.bytesOut += payload.length;
+    }
+    client.publish(this.topics.desired(deviceId), payload, { qos: 1, retain: true }, (err) => {
+      if (!err || this.stopping) return;
+      if (counters) counters.errors++;
+      this.context?.warn(`the twin of "${deviceId}" was not published: ${err.message}`);
+    });
+  }
+
+  private publishAllTwins(): void {
+    const context = this.context;
+    if (!context) return;
+    for (const deviceId of [...this.clearsDue]) this.publishTwin(deviceId, null);
+    for (const [deviceId, twin] of context.twins()) this.publishTwin(deviceId, twin);
+  }
+
   health(): ProtocolHealth {
     const base = { mode: "external", url: redacted(this.url) };
     if (!this.client || this.stopping) return { status: "stopped", ...base };
@@ -311,6 +354,7 @@ class ExternalBroker implements MqttMode {
     this.up = true;
     this.figures.connects++;
     this.failures = 0;
+    this.publishAllTwins();
     client.subscribe(this.filters, { qos: 1 }, (err, granted) => {
       if (this.stopping || client !== this.client) return;
       const refused = granted?.filter((g) => g.qos === 128).map((g) => g.topic) ?? [];

@@ -1,5 +1,5 @@
 import type { TethralError } from "../core/errors";
-import type { Device, DeviceStatus, JsonObject, JsonValue } from "../core/types";
+import type { Device, DeviceStatus, DeviceTwin, JsonObject, JsonValue } from "../core/types";
 
 /**
  * The contract between the hub and a protocol adapter (MQTT, CoAP, WebSocket, HTTP, or one a
@@ -34,6 +34,13 @@ export interface ProtocolAdapter {
    * removed, so a connection authenticated earlier must not stay trusted.
    */
   disconnect?(deviceId: string, reason: string): void;
+  /**
+   * The device's twin changed (CONTRACT §2: desired set, or a report moved the delta): deliver it
+   * to the device if it listens here. Null: the device was removed, so drop what is kept for it
+   * (a retained copy, observers). Called in the change itself, for every device whatever its
+   * protocol (a device may read its twin over another): it must not throw or block.
+   */
+  twinChanged?(deviceId: string, twin: DeviceTwin | null): void;
 }
 
 /** What the hub sends a device: `{"id", "command", "params"}` (CONTRACT §2). */
@@ -156,6 +163,10 @@ export interface AdapterContext {
    * `message.rejected`, like the hub's own refusals. Do not also add to `counters.rejected`.
    */
   reject(refusal: { deviceId?: string | null; kind?: string; reason: string; message: string }): void;
+  /** The device's twin now (CONTRACT §2); null for a device the hub does not know. */
+  twin(deviceId: string): DeviceTwin | null;
+  /** The twins of every device with something desired of it: what a broker that lost its retained copies must be given again. */
+  twins(): Iterable<[deviceId: string, twin: DeviceTwin]>;
   /** Outbound and error counters of this protocol: the adapter adds to them as it sends. */
   readonly counters: ProtocolCounters;
   /** Largest payload accepted from a device, in bytes (default 256 KiB); larger is refused. */

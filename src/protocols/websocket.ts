@@ -3,7 +3,8 @@ import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
 import { type RawData, WebSocket, WebSocketServer } from "ws";
 import { type ErrorCode, TethralError } from "../core/errors";
-import type { Device } from "../core/types";
+import { encodeTwin } from "../core/twin";
+import type { Device, DeviceTwin } from "../core/types";
 import { PendingWrites } from "./pending-writes";
 import {
   type AdapterContext,
@@ -82,7 +83,7 @@ export class WebSocketAdapter implements ProtocolAdapter {
   private stopping: Promise<void> | null = null;
   private readonly connections = new Map<string, Connection>();
   private readonly pending = new PendingWrites(() => this.context?.counters ?? null);
-  private readonly figures = { upgradesRefused: 0, replaced: 0, deadPeersDropped: 0, framesRejected: 0, sendsRefused: 0 };
+  private readonly figures = { upgradesRefused: 0, replaced: 0, deadPeersDropped: 0, framesRejected: 0, sendsRefused: 0, twinsSent: 0 };
 
   constructor(private readonly options: WebSocketAdapterOptions = {}) {}
 
@@ -187,6 +188,31 @@ export class WebSocketAdapter implements ProtocolAdapter {
     return conn !== undefined && conn.known && conn.ws.readyState === WebSocket.OPEN;
   }
 
+  /** A `{"type": "desired", ...}` frame to the device, if it is connected (CONTRACT §2). */
+  twinChanged(deviceId: string, twin: DeviceTwin | null): void {
+    const conn = this.connections.get(deviceId);
+    // A removed device's connection is closed by disconnect(); one not known yet has no twin.
+    if (twin && conn?.known) this.sendTwin(conn, twin);
+  }
+
+  private sendTwin(conn: Connection, twin: DeviceTwin): void {
+    const ws = conn.ws;
+    const text = encodeTwin(twin, { type: "desired" });
+    const bytes = Buffer.byteLength(text);
+    const context = this.context;
+    if (!context || ws.readyState !== WebSocket.OPEN) return;
+    // A device that does not read gets no growing queue; it hears the twin when it connects again.
+    if (ws.bufferedAmount + bytes > (this.options.sendBufferLimit ?? DEFAULT_SEND_BUFFER_LIMIT)) {
+      this.figures.sendsRefused++;
+      context.counters.errors++;
+      return;
+    }
+    this.figures.twinsSent++;
+    context.counters.messagesOut++;
+    context.counters.bytesOut += bytes;
+    ws.send(text);
+  }
+
   /** Closes the device's connection (its token was replaced, or it was removed). */
   disconnect(deviceId: string, reason: string): void {
     const conn = this.connections.get(deviceId);
@@ -289,7 +315,13 @@ export class WebSocketAdapter implements ProtocolAdapter {
       this.connections.delete(deviceId);
       if (conn.known) context.disconnected(deviceId);
     });
-    if (known) context.connected(deviceId);
+    if (known) {
+      // The twin first, then any commands waiting: a device learns what is desired of it as it
+      // connects. Nothing desired, nothing to tell (as on MQTT, where no twin is retained then).
+      const twin = context.twin(deviceId);
+      if (twin && Object.keys(twin.desired).length > 0) this.sendTwin(conn, twin);
+      context.connected(deviceId);
+    }
   }
 
   private onFrame(conn: Connection, data: RawData, isBinary: boolean): void {

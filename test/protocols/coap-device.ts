@@ -215,6 +215,27 @@ export class RawClient {
     });
   }
 
+  /** The next datagram the hub sends unasked (a notification), or null when none comes within `ms`. */
+  next(ms = 2000): Promise<CoapAnswer | null> {
+    const queued = this.answers.shift();
+    if (queued) return Promise.resolve(queued);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.waiting = null;
+        resolve(null);
+      }, ms);
+      this.waiting = (answer) => {
+        clearTimeout(timer);
+        resolve(answer);
+      };
+    });
+  }
+
+  /** An empty ACK or RST (RFC 7252 §4.2) for a confirmable message the hub sent. */
+  settle(type: "ACK" | "RST", messageId: number): void {
+    this.socket.send(Buffer.of(type === "ACK" ? 0x60 : 0x70, 0x00, messageId >> 8, messageId & 0xff), this.port, "127.0.0.1");
+  }
+
   close(): Promise<void> {
     return new Promise((resolve) => this.socket.close(() => resolve()));
   }
@@ -298,6 +319,8 @@ export function standInContext(receive: AdapterContext["receive"], warnings: str
     authenticate: (_protocol, deviceId) => ({ ok: true, deviceId, known: true }),
     connected: () => undefined,
     disconnected: () => undefined,
+    twin: () => null,
+    twins: () => [],
     counters,
     maxPayloadBytes: 1024,
     warn: (m) => warnings.push(m),

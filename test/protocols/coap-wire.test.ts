@@ -133,6 +133,9 @@ describe("CoapAdapter on the wire", () => {
       }
       assert.equal(byHref.get("/devices/{id}/telemetry")!.ct, "50");
       assert.equal(byHref.get("/devices/{id}/status")!.ct, "0");
+      // The twin: observable (RFC 7641 §6), JSON.
+      assert.deepEqual(byHref.get("/devices/{id}/desired"), { rt: "tethral.desired", if: "core.s", ct: "50", obs: "" });
+      assert.ok(answer.body.endsWith(';ct=50;obs'), answer.body);
       assert.equal(t.coap().rejected, 0);
     });
 
@@ -140,7 +143,9 @@ describe("CoapAdapter on the wire", () => {
       const telemetry = await discover([[15, Buffer.from("rt=tethral.telemetry")]]);
       assert.deepEqual(parse(telemetry.body).map((l) => l.href), ["/devices/{id}/telemetry"]);
       const json = await discover([[15, Buffer.from("ct=50")]]);
-      assert.deepEqual(parse(json.body).map((l) => l.href.split("/").pop()), ["telemetry", "state", "register", "responses"]);
+      assert.deepEqual(parse(json.body).map((l) => l.href.split("/").pop()), ["telemetry", "state", "register", "responses", "desired"]);
+      const observable = await discover([[15, Buffer.from("obs")]]);
+      assert.deepEqual(parse(observable.body).map((l) => l.href), ["/devices/{id}/desired"]);
       const prefix = await discover([[15, Buffer.from("rt=tethral.st*")]]);
       assert.deepEqual(parse(prefix.body).map((l) => l.href.split("/").pop()), ["state", "status"]);
       const none = await discover([[15, Buffer.from("rt=core.rd")]]);

@@ -1,5 +1,6 @@
 import { TethralError, notFound } from "../../src/core/errors";
 import { StateManager } from "../../src/core/state";
+import type { DeviceTwin } from "../../src/core/types";
 import type { AdapterContext, AuthResult, DeviceMessage, ProtocolCounters, ReceiveResult } from "../../src/protocols/types";
 
 /**
@@ -49,6 +50,17 @@ export class FakeContext implements AdapterContext {
       return { ok: false, error: new TethralError("UNAUTHORIZED", "the device token is wrong") };
     }
     return { ok: true, deviceId, known: true };
+  }
+
+  /** Twins set by a test; a device without one has none to be told (the adapter sends nothing). */
+  readonly twinOf = new Map<string, DeviceTwin>();
+
+  twin(deviceId: string): DeviceTwin | null {
+    return this.twinOf.get(deviceId) ?? null;
+  }
+
+  twins(): Iterable<[string, DeviceTwin]> {
+    return this.twinOf.entries();
   }
 
   /** Adapter-side refusals, as the hub would count and publish them. */

@@ -1,0 +1,32 @@
+import type { DeviceRecord } from "./registry";
+import { delta, stateOf } from "./state-record";
+import type { DeviceTwin } from "./types";
+
+/**
+ * A device's twin as adapters send it. `desired` is the stored object itself: a change of desired
+ * replaces it rather than changing it in place, so sharing it with a send in progress is safe;
+ * readers must not modify it.
+ */
+export function twinOf(record: DeviceRecord): DeviceTwin {
+  const s = stateOf(record);
+  if (!s?.desired) return { desired: {}, delta: {}, version: s?.version ?? 0 };
+  return { desired: s.desired, delta: delta(s), version: s.version };
+}
+
+/** The twin as JSON text (CONTRACT §2), with the fields a protocol puts first (WebSocket's `type`). */
+export function encodeTwin(twin: DeviceTwin, head: Record<string, string> = {}): string {
+  return JSON.stringify({ ...head, desired: twin.desired, delta: twin.delta, version: twin.version });
+}
+
+/** Whether the device has anything desired of it: only those have a twin kept on a broker across restarts. */
+export function hasDesired(record: DeviceRecord): boolean {
+  return stateOf(record)?.desired != null;
+}
+
+/**
+ * Told when a device's twin changed: its desired state was set, or a report moved a desired key
+ * into or out of the delta (a report that matches desired clears it, and the device hears so).
+ */
+export interface TwinListener {
+  onTwinChanged(deviceId: string): void;
+}
