@@ -18,11 +18,11 @@ import type { InboundMessage, IngestResult } from "./inbound";
 import { KeyedLock } from "./keyed-lock";
 import { type DeepPartial, merge } from "./options";
 import { type DeviceRecord, DeviceRegistry, type DeviceFilter, type DeviceList, type DeviceStatistics, toDevice } from "./registry";
-import { type ChangeCause, DEFAULT_STATE_OPTIONS, StateManager, type StateOptions, type StateStatistics } from "./state";
+import { type ChangeCause, DEFAULT_STATE_OPTIONS, StateManager, type StateListQuery, type StateOptions, type StateStatistics } from "./state";
 import { eventOf, eventQueryOf, historyEntry, inputOf, patchOf } from "./stored-rows";
 import { DEFAULT_PERSISTENCE_OPTIONS, Persistence, type PersistenceOptions, type PersistenceStatistics } from "../store/persistence";
 import type { Store } from "../store/types";
-import type { Command, Device, DeviceState, DeviceStatus, StateHistoryEntry, TethralEvent } from "./types";
+import type { Command, Device, DeviceState, StateHistoryEntry, TethralEvent } from "./types";
 import { type CommandOptions, DEFAULT_COMMAND_OPTIONS } from "./command-input";
 import { CommandTracker, type CommandStatistics } from "./commands";
 import { ProcessMonitor } from "./process-monitor";
@@ -673,7 +673,7 @@ export class Hub {
     }
   }
 
-  listStates(query: { status?: DeviceStatus; limit?: number; offset?: number } = {}): { states: DeviceState[]; total: number } {
+  listStates(query: StateListQuery = {}): { states: DeviceState[]; total: number } {
     return this.state.list(query);
   }
 
