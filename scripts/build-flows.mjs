@@ -99,7 +99,46 @@ const bearer = /^Bearer\\s+(\\S+)\\s*$/i.exec(auth);
 const query = msg.req.query.token;
 msg.token = bearer ? bearer[1] : typeof query === "string" ? query : undefined;
 msg.deviceId = msg.req.params.id;
-msg.kind = "telemetry";
+// The kind is the route's last step: /devices/:id/telemetry, /heartbeat, /state or /status.
+msg.kind = msg.req.route.path.split("/").pop();
+// A status comes as text (online), a JSON string ("online") or {"status": "online"}.
+if (msg.kind === "status" && typeof msg.payload === "string") msg.payload = msg.payload.trim();
+return msg;`;
+
+const DEVICE_COMMANDS = `msg.deviceId = msg.req.params.id;
+// msg.payload is the query: status (one, a comma list or repeated) and limit.
+return msg;`;
+
+const COMMANDS_ANSWER = `msg.payload = { commands: msg.payload };
+return msg;`;
+
+const TOKEN_ANSWER = `// Shown this once: the hub keeps only its hash.
+msg.payload = { token: msg.payload.token };
+return msg;`;
+
+const EVENT_KEYS = ["type", "data", "priority", "deviceId", "ttl"];
+const EVENT_REQUEST = `${refuse}
+const body = msg.payload;
+if (typeof body !== "object" || body === null || Array.isArray(body)) return refuse("the body must be a JSON object: {type, data, priority, deviceId, ttl}");
+const keys = ${JSON.stringify(EVENT_KEYS)};
+const unknown = Object.keys(body).find((k) => !keys.includes(k));
+if (unknown !== undefined) return refuse(\`\${unknown} is no event field (use \${keys.join(", ")})\`);
+if (typeof body.type !== "string" || body.type.trim() === "") return refuse("type must be the event's type, e.g. alarm.raised");
+if (body.priority !== undefined && !["low", "normal", "high", "critical"].includes(body.priority)) return refuse("priority must be low, normal, high or critical");
+if (body.deviceId !== undefined && body.deviceId !== null && typeof body.deviceId !== "string") return refuse("deviceId must be a device id");
+if (body.ttl !== undefined && body.ttl !== null && !(typeof body.ttl === "number" && body.ttl > 0 && body.ttl <= 315360000)) return refuse("ttl must be a number of seconds above 0 (at most ten years)");
+// Nothing the flow brought along may stand in for a field the body leaves out.
+for (const k of ["priority", "deviceId", "ttl"]) delete msg[k];
+msg.topic = body.type;
+msg.payload = body.data === undefined ? null : body.data;
+if (body.priority !== undefined) msg.priority = body.priority;
+if (typeof body.deviceId === "string") msg.deviceId = body.deviceId;
+if (typeof body.ttl === "number") msg.ttl = body.ttl;
+return msg;`;
+
+const EVENT_CREATED = `msg.statusCode = 201;
+msg.payload = msg.event;
+delete msg.event;
 return msg;`;
 
 const DESIRED_REQUEST = `// The device's token: Authorization: Bearer TOKEN (or ?token= for devices that cannot set headers).
@@ -117,24 +156,29 @@ const HEALTH_ANSWER = `// ok or degraded: 200 with the components; a hub that ca
 msg.statusCode = msg.payload.components && msg.payload.components.hub && msg.payload.components.hub.status === "failed" ? 503 : 200;
 return msg;`;
 
-const ERROR_ANSWER = `// Every refusal of the API, as CONTRACT §1: {"error": {"code", "message"}} with its status.
+const ERROR_ANSWER = `// Every refusal of the API, as the README's "Errors" says: {"error": {"code", "message"}} with its status.
 // An error with no request behind it (a node's own start-up), or after the answer went: nothing to answer.
 if (!msg.res || msg.res._res.headersSent) return null;
 const STATUS = { INVALID: 400, UNAUTHORIZED: 401, NOT_FOUND: 404, CONFLICT: 409, TIMEOUT: 504, DEVICE_ERROR: 502, UNAVAILABLE: 503 };
 const known = Object.prototype.hasOwnProperty.call(STATUS, msg.error.code);
-const code = known ? msg.error.code : "INTERNAL";
+// An event about a device that is not registered is a bad body, not a missing route.
+const badReference = msg.error.code === "NOT_FOUND" && msg.req.method === "POST" && msg.req.route && msg.req.route.path === "/events";
+const code = badReference ? "INVALID" : known ? msg.error.code : "INTERNAL";
 // The nodes speak of msg properties; the API's callers sent a path, a query or a body.
-const message = String(msg.error.message || "")
+const speak = (text) => String(text || "")
   .replace(/^[A-Za-z]*Error: /, "")
   .replace(/msg\\.payload\\./g, "")
   .replace(/msg\\.payload/g, "the request")
   .replace(/msg\\.(deviceId|commandId)/g, "the id in the path");
+const message = speak(msg.error.message);
 if (!known) node.warn(\`\${msg.req.method} \${msg.req.originalUrl}: \${message}\`);
 msg.statusCode = known ? STATUS[code] : 500;
 msg.payload = { error: { code, message: known ? message : "the hub could not answer: see the Node-RED log" } };
 // Each bad field, where the hub named them.
 const details = msg.error.cause && msg.error.cause.details;
-if (known && Array.isArray(details) && details.length > 0) msg.payload.error.details = details;
+if (known && Array.isArray(details) && details.length > 0) {
+  msg.payload.error.details = details.map((d) => ({ field: speak(d.field).replace(/^payload\\./, "").replace(/^payload$/, "(body)"), message: speak(d.message) }));
+}
 // A command that ended badly while the request waited: the command too.
 if (msg.command && typeof msg.command === "object") msg.payload.command = msg.command;
 msg.headers = code === "UNAUTHORIZED" ? { "WWW-Authenticate": 'Bearer realm="tethral"' } : {};
@@ -182,8 +226,8 @@ add(
 
 heading(
   "h-health",
-  "Health and statistics",
-  "`GET /api/health`, `GET /api/communication/statistics`, `GET /api/events`, `GET /api/events/statistics`, `GET /api/metrics` (Prometheus text format 0.0.4) and `GET /api/openapi.json` (this API's OpenAPI 3.1 document).",
+  "Health, statistics and events",
+  "`GET /api/health`, `GET /api/communication/statistics`, `GET /api/events`, `GET /api/events/statistics`, `POST /api/events` (a user event: `{type, data, priority, deviceId, ttl}`, ttl in seconds), `GET /api/metrics` (Prometheus text format 0.0.4) and `GET /api/openapi.json` (this API's OpenAPI 3.1 document).",
 );
 let at = row();
 add("health-in", "http in", httpIn("get", "/health"), X[0], at, [["health"]]);
@@ -211,6 +255,12 @@ at = row();
 add("openapi-in", "http in", httpIn("get", "/openapi.json"), X[0], at, [["openapi"]]);
 add("openapi", "tethral-hub-info", info("openapi"), X[2], at, [["openapi-out"]]);
 add("openapi-out", "http response", response(200), X[4], at);
+at = row();
+add("publish-in", "http in", httpIn("post", "/events"), X[0], at, [["publish-request"]]);
+add("publish-request", "function", fn("{type, data, priority, deviceId, ttl}", EVENT_REQUEST), X[1], at, [["publish"]]);
+add("publish", "tethral-event-out", { name: "", hub: HUB, eventType: "", priority: "normal", deviceId: "", ttl: "" }, X[2], at, [["publish-answer"]]);
+add("publish-answer", "function", fn("201 Created", EVENT_CREATED), X[3], at, [["publish-out"]]);
+add("publish-out", "http response", response(), X[4], at);
 
 heading(
   "h-devices",
@@ -291,7 +341,11 @@ add("desired-request", "function", fn("device id, token", DESIRED_REQUEST), X[1]
 add("desired", "tethral-state", state("desired"), X[2], at, [["desired-out"]]);
 add("desired-out", "http response", response(200), X[4], at);
 
-heading("h-commands", "Commands and device reports", "`POST /api/devices/{id}/command` (`{command, params, wait, timeout, retries, expiresIn, priority}`; with `wait` the answer waits for the device: 200, or 502/504 with the command), `GET /api/commands/{id}`, and `POST /api/devices/{id}/telemetry`: how devices that speak HTTP report, with `Authorization: Bearer TOKEN`.");
+heading(
+  "h-commands",
+  "Commands and device reports",
+  "`POST /api/devices/{id}/command` (`{command, params, wait, timeout, retries, expiresIn, priority}`; with `wait` the answer waits for the device: 200, or 502/504 with the command), `GET /api/commands/{id}`, `DELETE /api/commands/{id}` (cancel), `GET /api/devices/{id}/commands` (newest first; `status`, `limit`), `POST /api/devices/{id}/token` (a new token, shown once), and `POST /api/devices/{id}/telemetry`, `/heartbeat`, `/state`, `/status`: how devices that speak HTTP report, with `Authorization: Bearer TOKEN`.",
+);
 at = row();
 add("cmd-in", "http in", httpIn("post", "/devices/:id/command"), X[0], at, [["cmd-request"]]);
 add("cmd-request", "function", fn("command options", COMMAND_REQUEST), X[1], at, [["cmd"]]);
@@ -304,8 +358,30 @@ add("cmdget-id", "change", { ...setDeviceId, name: "command id from the path", r
 add("cmdget", "tethral-command", command("get"), X[2], at, [["cmdget-out"]]);
 add("cmdget-out", "http response", response(200), X[4], at);
 at = row();
-add("report-in", "http in", httpIn("post", "/devices/:id/telemetry"), X[0], at, [["report-request"]]);
-add("report-request", "function", fn("device id, token", REPORT_REQUEST), X[1], at, [["report"]]);
+add("cmdcancel-in", "http in", httpIn("delete", "/commands/:id"), X[0], at, [["cmdcancel-id"]]);
+add("cmdcancel-id", "change", { ...setDeviceId, name: "command id from the path", rules: [{ t: "set", p: "commandId", pt: "msg", to: "req.params.id", tot: "msg" }] }, X[1], at, [["cmdcancel"]]);
+add("cmdcancel", "tethral-command", command("cancel"), X[2], at, [["cmdcancel-out"]]);
+add("cmdcancel-out", "http response", response(200), X[4], at);
+at = row();
+add("cmdlist-in", "http in", httpIn("get", "/devices/:id/commands"), X[0], at, [["cmdlist-request"]]);
+add("cmdlist-request", "function", fn("device id, ?status, ?limit", DEVICE_COMMANDS), X[1], at, [["cmdlist"]]);
+add("cmdlist", "tethral-command", command("list"), X[2], at, [["cmdlist-answer"]]);
+add("cmdlist-answer", "function", fn("{commands}", COMMANDS_ANSWER), X[3], at, [["cmdlist-out"]]);
+add("cmdlist-out", "http response", response(200), X[4], at);
+at = row();
+add("token-in", "http in", httpIn("post", "/devices/:id/token"), X[0], at, [["token-id"]]);
+add("token-id", "change", setDeviceId, X[1], at, [["token"]]);
+add("token", "tethral-device", device("token"), X[2], at, [["token-answer"]]);
+add("token-answer", "function", fn("{token}, once", TOKEN_ANSWER), X[3], at, [["token-out"]]);
+add("token-out", "http response", response(200), X[4], at);
+// One route per kind: any other kind is a path no route serves (404 NOT_FOUND from the runtime).
+const REPORT_KINDS = ["telemetry", "heartbeat", "state", "status"];
+for (const kind of REPORT_KINDS) {
+  at = row();
+  add(kind === "telemetry" ? "report-in" : `report-${kind}-in`, "http in", httpIn("post", `/devices/:id/${kind}`), X[0], at, [["report-request"]]);
+}
+at = row();
+add("report-request", "function", fn("device id, kind, token", REPORT_REQUEST), X[1], at, [["report"]]);
 add("report", "tethral-device", device("report"), X[2], at, [["report-answer"]]);
 add("report-answer", "function", fn("204 No Content", NO_CONTENT), X[3], at, [["report-out"]]);
 add("report-out", "http response", response(), X[4], at);

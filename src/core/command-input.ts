@@ -1,7 +1,8 @@
 import { z } from "zod";
 import { TethralError, invalid } from "./errors";
-import { PRIORITIES, type JsonObject, type Priority } from "./types";
-import { checkJsonObject, checkJsonValue, LIMITS, toEpoch } from "./validation";
+import { COMMAND_STATUSES, type CommandStatus, PRIORITIES, type JsonObject, type Priority } from "./types";
+import { type FilterValues, listFilter } from "./registry-query";
+import { checkJsonObject, checkJsonValue, LIMITS, parseInput, toEpoch } from "./validation";
 
 /** How commands are delivered, unless a command says otherwise. */
 export interface CommandOptions {
@@ -35,6 +36,7 @@ const MAX_TIMEOUT_SEC = 3600;
 const MAX_RETRIES = 10;
 /** Ten years: longer than any command should wait, short enough to stay a safe integer. */
 const MAX_EXPIRES_IN_SEC = 10 * 365 * 24 * 3600;
+const LIMIT_TEXT = { error: "must be a whole number from 1 to 1000" };
 
 export const commandInputSchema = z.strictObject({
   command: z.string().regex(COMMAND_NAME_PATTERN, "must be 1-128 characters of A-Z a-z 0-9 _ . : / -"),
@@ -130,4 +132,27 @@ export function parseCommandAnswer(data: unknown): CommandAnswer {
     if (!error.isWellFormed() || error.includes("\u0000")) error = "device reported failure";
   }
   return { id: r.id, ok: r.ok, result, error };
+}
+
+/** A device's command list: `status` (one, a comma-separated list or a list) and `limit`. */
+export interface CommandListQuery {
+  status?: FilterValues;
+  limit?: number | string | null;
+}
+
+export const DEFAULT_COMMAND_LIST_LIMIT = 100;
+const MAX_COMMAND_LIST_LIMIT = 1000;
+
+const listQuerySchema = z.strictObject({
+  status: listFilter(32, COMMAND_STATUSES),
+  limit: z.preprocess(
+    (v) => (v === null || v === undefined || (typeof v === "string" && v.trim() === "") ? undefined : typeof v === "string" && /^\s*\d+\s*$/.test(v) ? Number(v) : v),
+    z.number(LIMIT_TEXT).int(LIMIT_TEXT).min(1, LIMIT_TEXT).max(MAX_COMMAND_LIST_LIMIT, LIMIT_TEXT).optional(),
+  ),
+});
+
+/** The list query checked: INVALID names `status` or `limit` (or the unknown key). */
+export function parseCommandListQuery(query: unknown): { statuses: CommandStatus[] | null; limit: number } {
+  const q = parseInput(listQuerySchema, query ?? {}, "command query");
+  return { statuses: (q.status as CommandStatus[] | undefined) ?? null, limit: q.limit ?? DEFAULT_COMMAND_LIST_LIMIT };
 }

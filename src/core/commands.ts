@@ -210,6 +210,36 @@ export class CommandTracker {
     return out;
   }
 
+  /**
+   * A device's commands, newest first, at most `limit`, only `statuses` when given: from the
+   * store (finished ones kept as long as its retention says), or from memory without one or
+   * while it cannot answer. Memory wins over a row whose status is still being written.
+   */
+  async ofDevice(deviceId: string, statuses: readonly CommandStatus[] | null, limit: number): Promise<Command[]> {
+    const wanted = (c: Command) => statuses === null || statuses.includes(c.status);
+    if (this.store) {
+      try {
+        await this.writer?.flush();
+        const rows = await this.store.deviceCommands(deviceId, statuses, limit);
+        return rows.map((row) => this.latest(row)).filter(wanted);
+      } catch {
+        // Unreachable: what memory holds is the best answer there is.
+      }
+    }
+    const out: Command[] = [];
+    for (const e of this.live.values()) if (e.row.deviceId === deviceId) out.push(toCommand(e));
+    for (const c of this.finished.values()) if (c.deviceId === deviceId) out.push(c);
+    return out
+      .filter(wanted)
+      .sort((a, b) => (a.createdAt === b.createdAt ? (a.id < b.id ? 1 : -1) : a.createdAt < b.createdAt ? 1 : -1))
+      .slice(0, limit);
+  }
+
+  private latest(row: CommandRow): Command {
+    const e = this.live.get(row.id);
+    return e ? toCommand(e) : (this.finished.get(row.id) ?? rowToCommand(row));
+  }
+
   /** Cancels a command that has not ended; a later answer is ignored. CONFLICT once it has ended. */
   async cancel(id: string): Promise<Command> {
     const e = this.live.get(id);

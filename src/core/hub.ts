@@ -18,13 +18,13 @@ import type { InboundMessage, IngestResult } from "./inbound";
 import { KeyedLock } from "./keyed-lock";
 import { type DeepPartial, merge } from "./options";
 import { type DeviceRecord, DeviceRegistry, type DeviceFilter, type DeviceList, type DeviceStatistics, toDevice } from "./registry";
-import { type ChangeCause, DEFAULT_STATE_OPTIONS, StateManager, type StateOptions, type StateStatistics } from "./state";
+import { type ChangeCause, DEFAULT_STATE_OPTIONS, StateManager, type StateListQuery, type StateOptions, type StateStatistics } from "./state";
 import { eventOf, eventQueryOf, historyEntry, inputOf, patchOf } from "./stored-rows";
 import { DEFAULT_PERSISTENCE_OPTIONS, Persistence, type PersistenceOptions, type PersistenceStatistics } from "../store/persistence";
 import type { Store } from "../store/types";
 import type { Command, Device, DeviceState, DeviceStatus, DeviceTwin, StateHistoryEntry, TethralEvent } from "./types";
 import { twinOf } from "./twin";
-import { type CommandOptions, DEFAULT_COMMAND_OPTIONS } from "./command-input";
+import { type CommandListQuery, type CommandOptions, DEFAULT_COMMAND_OPTIONS, parseCommandListQuery } from "./command-input";
 import { CommandTracker, type CommandStatistics } from "./commands";
 import { ProcessMonitor } from "./process-monitor";
 import { HubMetrics } from "./metrics";
@@ -33,7 +33,7 @@ import { DeviceTokens } from "./tokens";
 import type { DeviceMessage, ProtocolAdapter, ProtocolCounters, ProtocolHealth, ReceiveResult } from "../protocols/types";
 
 export type { InboundKind, InboundMessage, IngestResult } from "./inbound";
-export type { CommandOptions } from "./command-input";
+export type { CommandListQuery, CommandOptions } from "./command-input";
 export type { CommandStatistics } from "./commands";
 
 export interface HubOptions {
@@ -426,6 +426,10 @@ export class Hub {
    */
   async rotateToken(id: string): Promise<{ deviceId: string; token: string }> {
     if (!this.registry.has(id)) throw notFound("device", String(id).slice(0, 128));
+    // A token nobody checks would be a false promise of protection.
+    if (!this.gateway.options.deviceTokens) {
+      throw new TethralError("CONFLICT", "device tokens are off on this hub, so devices connect without one: turn them on (TETHRAL_DEVICE_TOKENS=on, or the hub's settings) first");
+    }
     const token = DeviceTokens.generate();
     await this.locks.run(id, async () => {
       // Removed while waiting for the lock: no token for a device that is gone.
@@ -604,6 +608,17 @@ export class Hub {
     return this.commands.cancel(id);
   }
 
+  /**
+   * A device's commands, newest first (REST `GET /api/devices/{id}/commands`): `status` (one,
+   * a comma-separated list or a list) and `limit` (default 100, at most 1000). With a store,
+   * finished commands are there as long as its retention keeps them (7 days by default).
+   */
+  async deviceCommands(deviceId: string, query: CommandListQuery = {}): Promise<Command[]> {
+    const { statuses, limit } = parseCommandListQuery(query);
+    if (typeof deviceId !== "string" || !this.registry.has(deviceId)) throw notFound("device", String(deviceId).slice(0, 128));
+    return this.commands.ofDevice(deviceId, statuses, limit);
+  }
+
   /** Commands not ended yet, of one device or all. */
   pendingCommands(deviceId?: string): Command[] {
     return this.commands.pending(deviceId);
@@ -731,7 +746,7 @@ export class Hub {
     }
   }
 
-  listStates(query: { status?: DeviceStatus; limit?: number; offset?: number } = {}): { states: DeviceState[]; total: number } {
+  listStates(query: StateListQuery = {}): { states: DeviceState[]; total: number } {
     return this.state.list(query);
   }
 

@@ -5,9 +5,13 @@ export interface Members extends Iterable<DeviceRecord> {
   readonly size: number;
 }
 
-/** value → records having it. Filters start from these instead of scanning the fleet. */
+/**
+ * value → records having it. Filters start from these instead of scanning the fleet. A
+ * case-folding index keys each value by its lower case (a filter's `Acme` finds `ACME`), and
+ * shows a key by the spelling it first met.
+ */
 export interface ValueIndex {
-  /** Adds `record` under `value` and returns the index's shared copy of the string. */
+  /** Adds `record` under `value` and returns the index's shared copy of the string (when spelt alike). */
   add(value: string, record: DeviceRecord): string;
   delete(value: string, record: DeviceRecord): void;
   get(value: string): Members | undefined;
@@ -42,14 +46,19 @@ class Chain implements Members {
 export class ChainIndex implements ValueIndex {
   private readonly chains = new Map<string, Chain>();
 
-  constructor(private readonly links: LinkPair) {}
+  /** `foldCase` off for values that are lower case already (statuses change on the heartbeat's path). */
+  constructor(
+    private readonly links: LinkPair,
+    private readonly foldCase = true,
+  ) {}
 
   add(value: string, record: DeviceRecord): string {
     const [prev, next] = this.links;
-    let chain = this.chains.get(value);
+    const key = this.foldCase ? value.toLowerCase() : value;
+    let chain = this.chains.get(key);
     if (chain === undefined) {
       chain = new Chain(value, next);
-      this.chains.set(value, chain);
+      this.chains.set(key, chain);
     }
     record[prev] = chain.tail;
     record[next] = null;
@@ -57,12 +66,13 @@ export class ChainIndex implements ValueIndex {
     else chain.head = record;
     chain.tail = record;
     chain.size++;
-    return chain.value;
+    return chain.value === value ? chain.value : value;
   }
 
   /** Unlinks `record`, which must be in the chain of `value` (its current value). */
   delete(value: string, record: DeviceRecord): void {
-    const chain = this.chains.get(value);
+    const key = this.foldCase ? value.toLowerCase() : value;
+    const chain = this.chains.get(key);
     if (chain === undefined) return;
     const [prev, next] = this.links;
     const p = record[prev];
@@ -74,48 +84,51 @@ export class ChainIndex implements ValueIndex {
     else chain.tail = p;
     record[prev] = null;
     record[next] = null;
-    if (--chain.size === 0) this.chains.delete(value);
+    if (--chain.size === 0) this.chains.delete(key);
   }
 
   get(value: string): Members | undefined {
-    return this.chains.get(value);
+    return this.chains.get(this.foldCase ? value.toLowerCase() : value);
   }
 
   counts(): Record<string, number> {
     const out: Record<string, number> = Object.create(null);
-    for (const [value, chain] of this.chains) out[value] = chain.size;
+    for (const chain of this.chains.values()) out[chain.value] = chain.size;
     return out;
   }
 }
 
-/** An index of a list field (capabilities, tags): a set of records per value. */
+/** An index of a list field (capabilities, tags): a set of records per value, case folded. */
 export class SetIndex implements ValueIndex {
   private readonly buckets = new Map<string, { readonly value: string; readonly records: Set<DeviceRecord> }>();
 
   add(value: string, record: DeviceRecord): string {
-    let bucket = this.buckets.get(value);
+    const key = value.toLowerCase();
+    let bucket = this.buckets.get(key);
     if (bucket === undefined) {
       bucket = { value, records: new Set() };
-      this.buckets.set(value, bucket);
+      this.buckets.set(key, bucket);
     }
     bucket.records.add(record);
-    return bucket.value;
+    return bucket.value === value ? bucket.value : value;
   }
 
+  /** Removes `record` from `value`'s set; a record listing one value in two spellings is removed at the first. */
   delete(value: string, record: DeviceRecord): void {
-    const bucket = this.buckets.get(value);
+    const key = value.toLowerCase();
+    const bucket = this.buckets.get(key);
     if (bucket === undefined) return;
     bucket.records.delete(record);
-    if (bucket.records.size === 0) this.buckets.delete(value);
+    if (bucket.records.size === 0) this.buckets.delete(key);
   }
 
   get(value: string): ReadonlySet<DeviceRecord> | undefined {
-    return this.buckets.get(value)?.records;
+    return this.buckets.get(value.toLowerCase())?.records;
   }
 
   counts(): Record<string, number> {
     const out: Record<string, number> = Object.create(null);
-    for (const [value, bucket] of this.buckets) out[value] = bucket.records.size;
+    for (const bucket of this.buckets.values()) out[bucket.value] = bucket.records.size;
     return out;
   }
 }

@@ -1,7 +1,7 @@
 import { z } from "zod";
 import type { Members, SetIndex, ValueIndex } from "./indexes";
 import type { DeviceRecord } from "./registry";
-import { statusSchema } from "./validation";
+import { DEVICE_STATUSES } from "./types";
 
 /**
  * The query side of the device registry: the filter callers give to `list`, the indexed
@@ -11,8 +11,53 @@ import { statusSchema } from "./validation";
 const SORT_FIELDS = ["registered", "id", "name", "createdAt", "updatedAt", "lastSeen", "status", "protocol", "manufacturer"] as const;
 export type DeviceSortField = (typeof SORT_FIELDS)[number];
 
-const oneOrMany = <T extends z.ZodType>(item: T) =>
-  z.union([item, z.array(item).min(1).max(64)]).transform((v) => (Array.isArray(v) ? v : [v]) as z.infer<T>[]);
+/**
+ * A list filter as users write it: one value, a comma-separated list, or the parameter repeated
+ * (`?tag=a,b`, `?tag=a&tag=b`), in any case: the values come out lower case and without
+ * repeats. Blank means not given. A value that is no text, too long, or (with `allowed`) not one
+ * of those is INVALID under the parameter's own name.
+ */
+export function listFilter(maxLength: number, allowed?: readonly string[]) {
+  return z.preprocess(
+    splitValues,
+    z.unknown().transform((value, ctx): string[] | undefined => {
+      if (value === undefined) return undefined;
+      const list = value as unknown[];
+      const problem = (message: string) => {
+        ctx.issues.push({ code: "custom", message, input: value });
+        return z.NEVER;
+      };
+      if (list.length > MAX_FILTER_VALUES) return problem(`must name at most ${MAX_FILTER_VALUES} values`);
+      const out: string[] = [];
+      for (const item of list) {
+        if (typeof item !== "string" || item.length > maxLength) return problem(`must be text of at most ${maxLength} characters, or a list of such`);
+        const folded = item.toLowerCase();
+        if (allowed && !allowed.includes(folded)) return problem(`"${item.slice(0, 64)}" is not one of ${allowed.join(", ")}`);
+        if (!out.includes(folded)) out.push(folded);
+      }
+      return out;
+    }),
+  );
+}
+
+const MAX_FILTER_VALUES = 64;
+
+/** Text is split at commas and trimmed; a list is split item by item; nothing left is undefined. */
+function splitValues(value: unknown): unknown {
+  if (value === undefined || value === null) return undefined;
+  const out: unknown[] = [];
+  for (const item of Array.isArray(value) ? value : [value]) {
+    if (typeof item !== "string") {
+      out.push(item);
+      continue;
+    }
+    for (const part of item.split(",")) {
+      const trimmed = part.trim();
+      if (trimmed !== "") out.push(trimmed);
+    }
+  }
+  return out.length === 0 ? undefined : out;
+}
 
 const WHOLE = { error: "must be a whole number, 0 or more" };
 
@@ -24,12 +69,12 @@ const queryNumber = z.preprocess((v) => {
 }, z.unknown());
 
 export const filterSchema = z.strictObject({
-  status: oneOrMany(statusSchema).optional(),
-  protocol: oneOrMany(z.string().min(1).max(64)).optional(),
-  manufacturer: oneOrMany(z.string().min(1).max(256)).optional(),
-  capability: oneOrMany(z.string().min(1).max(64)).optional(),
+  status: listFilter(32, DEVICE_STATUSES),
+  protocol: listFilter(64),
+  manufacturer: listFilter(256),
+  capability: listFilter(64),
   capabilityMatch: z.enum(["any", "all"]).optional(),
-  tag: oneOrMany(z.string().min(1).max(64)).optional(),
+  tag: listFilter(64),
   tagMatch: z.enum(["any", "all"]).optional(),
   q: z.string().max(256).optional(),
   sort: z.enum(SORT_FIELDS).optional(),
@@ -37,8 +82,20 @@ export const filterSchema = z.strictObject({
   limit: queryNumber.pipe(z.number(WHOLE).int(WHOLE).min(0, WHOLE).max(100_000, "must be at most 100000").optional()),
   offset: queryNumber.pipe(z.number(WHOLE).int(WHOLE).min(0, WHOLE).optional()),
 });
-/** A filter as callers give it; `limit` and `offset` may come as query-string text. */
-export type DeviceFilter = Omit<z.input<typeof filterSchema>, "limit" | "offset"> & {
+/** A list filter's value as callers give it: one value, comma-separated values, or a list. */
+export type FilterValues = string | readonly string[];
+
+/**
+ * A filter as callers give it; `limit` and `offset` may come as query-string text. Text
+ * filters ignore case; `capabilityMatch` and `tagMatch` say whether a device must carry all
+ * the values given (the default) or any of them.
+ */
+export type DeviceFilter = Omit<z.input<typeof filterSchema>, "status" | "protocol" | "manufacturer" | "capability" | "tag" | "limit" | "offset"> & {
+  status?: FilterValues;
+  protocol?: FilterValues;
+  manufacturer?: FilterValues;
+  capability?: FilterValues;
+  tag?: FilterValues;
   limit?: number | string | null;
   offset?: number | string | null;
 };
@@ -62,8 +119,13 @@ export function textMatch(q: string | undefined): ((r: DeviceRecord) => boolean)
     : null;
 }
 
-export function unionCondition(index: ValueIndex, values: string[], test: (r: DeviceRecord) => boolean): Condition {
+/** Records whose single value (status, protocol, manufacturer) is one of `values` (lower case). */
+export function unionCondition(index: ValueIndex, values: string[], field: (r: DeviceRecord) => string | undefined): Condition {
   const buckets = values.map((v) => index.get(v)).filter((b): b is Members => b !== undefined);
+  const test = (r: DeviceRecord) => {
+    const v = field(r);
+    return v !== undefined && values.includes(v.toLowerCase());
+  };
   return {
     size: buckets.reduce((n, b) => n + b.size, 0),
     // A record has one status, protocol and manufacturer, so these buckets never overlap.
@@ -77,17 +139,15 @@ export function unionCondition(index: ValueIndex, values: string[], test: (r: De
   };
 }
 
-export function listCondition(
-  index: SetIndex,
-  values: string[],
-  match: "any" | "all",
-  field: (r: DeviceRecord) => readonly string[],
-): Condition {
+/** Records carrying all (or any) of `values` in a list field (capabilities, tags). */
+export function listCondition(index: SetIndex, values: string[], match: "any" | "all"): Condition {
   const buckets = values.map((v) => index.get(v));
   if (match === "all") {
     if (buckets.some((b) => b === undefined)) return { size: 0, records: () => [], test: () => false };
-    const smallest = (buckets as ReadonlySet<DeviceRecord>[]).reduce((a, b) => (b.size < a.size ? b : a));
-    const test = (r: DeviceRecord) => values.every((v) => field(r).includes(v));
+    const sets = buckets as ReadonlySet<DeviceRecord>[];
+    const smallest = sets.reduce((a, b) => (b.size < a.size ? b : a));
+    // Membership in the index's sets: no per-record case folding.
+    const test = (r: DeviceRecord) => sets.every((set) => set.has(r));
     return {
       size: smallest.size,
       // As the driver, the smallest bucket still holds records that lack the other values.
@@ -113,7 +173,7 @@ export function listCondition(
         }
       }
     },
-    test: (r) => values.some((v) => field(r).includes(v)),
+    test: (r) => present.some((set) => set.has(r)),
   };
 }
 

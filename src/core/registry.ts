@@ -86,8 +86,9 @@ type ChangeCause = Pick<ChangeOptions, "causeId" | "source">;
  */
 export class DeviceRegistry {
   private readonly records = new Map<string, DeviceRecord>();
-  private readonly byStatus = new ChainIndex(["statusPrev", "statusNext"]);
-  private readonly byProtocol = new ChainIndex(["protocolPrev", "protocolNext"]);
+  private readonly byStatus = new ChainIndex(["statusPrev", "statusNext"], false);
+  // Statuses and protocol names are lower case by validation; filters fold theirs.
+  private readonly byProtocol = new ChainIndex(["protocolPrev", "protocolNext"], false);
   private readonly byManufacturer = new ChainIndex(["makerPrev", "makerNext"]);
   private readonly byCapability = new SetIndex();
   private readonly byTag = new SetIndex();
@@ -307,6 +308,11 @@ export class DeviceRegistry {
     return this.byStatus.get(status);
   }
 
+  /** Records of a protocol, without copying. */
+  withProtocol(protocol: string): Members | undefined {
+    return this.byProtocol.get(protocol);
+  }
+
   /**
    * Filters, searches, sorts and pages. Indexed conditions (status, protocol, manufacturer,
    * capability, tag) start from the smallest matching index bucket; only a filter with none
@@ -318,15 +324,15 @@ export class DeviceRegistry {
     const limit = f.limit ?? DEFAULT_PAGE_SIZE;
     const offset = f.offset ?? 0;
     const conditions: Condition[] = [];
+    // The schema leaves each list lower case and without repeats (a bucket visited twice would list its devices twice).
     const addValues = (index: ValueIndex, values: string[] | undefined, field: (r: DeviceRecord) => string | undefined) => {
-      // Repeated values would visit the same bucket twice and list its devices twice.
-      if (values) conditions.push(unionCondition(index, [...new Set(values)], (r) => values.includes(field(r) as string)));
+      if (values) conditions.push(unionCondition(index, values, field));
     };
     addValues(this.byStatus, f.status, (r) => r.status);
     addValues(this.byProtocol, f.protocol, (r) => r.protocol);
     addValues(this.byManufacturer, f.manufacturer, (r) => r.manufacturer);
-    if (f.capability) conditions.push(listCondition(this.byCapability, f.capability, f.capabilityMatch ?? "all", (r) => r.capabilities));
-    if (f.tag) conditions.push(listCondition(this.byTag, f.tag, f.tagMatch ?? "all", (r) => r.tags));
+    if (f.capability) conditions.push(listCondition(this.byCapability, f.capability, f.capabilityMatch ?? "all"));
+    if (f.tag) conditions.push(listCondition(this.byTag, f.tag, f.tagMatch ?? "all"));
 
     const matchesText = textMatch(f.q);
 

@@ -19,6 +19,8 @@ import {
 import { DEFAULT_TRANSITIONS, type TransitionRules, allowsTransition, checkTransition } from "./transitions";
 import type { TwinListener } from "./twin";
 import { LIMITS, checkJsonObject, parseInput, stateSetSchema } from "./validation";
+import { type FilterValues, listFilter } from "./registry-query";
+import { z } from "zod";
 
 export { DEFAULT_TRANSITIONS, type TransitionRules } from "./transitions";
 
@@ -363,23 +365,53 @@ export class StateManager {
   }
 
   /** States of all devices, or of those with a status (through the registry's status index). */
-  list(query: { status?: DeviceStatus; limit?: number; offset?: number } = {}): { states: DeviceState[]; total: number } {
+  /**
+   * States page by page, filtered by status and protocol (each one value, a comma-separated
+   * list or a list). Walks the smaller of the matching index buckets, never the whole fleet
+   * unless no filter is given.
+   */
+  list(query: StateListQuery = {}): { states: DeviceState[]; total: number } {
     const offset = query.offset ?? 0;
     const limit = query.limit ?? 100;
     if (!Number.isInteger(limit) || limit < 0 || limit > 100_000) throw invalid("limit", "must be a whole number from 0 to 100000");
     if (!Number.isInteger(offset) || offset < 0) throw invalid("offset", "must be a whole number, 0 or more");
-    if (query.status !== undefined && !DEVICE_STATUSES.includes(query.status)) {
-      throw invalid("status", `must be one of ${DEVICE_STATUSES.join(", ")}`);
-    }
-    const records: Iterable<DeviceRecord> =
-      query.status === undefined ? this.registry.allRecords() : (this.registry.withStatus(query.status) ?? []);
-    const total = query.status === undefined ? this.registry.size : (this.registry.withStatus(query.status)?.size ?? 0);
+    const { status, protocol } = parseInput(stateFilterSchema, { status: query.status, protocol: query.protocol }, "state filter");
+    const byStatus = status?.map((v) => this.registry.withStatus(v as DeviceStatus));
+    const byProtocol = protocol?.map((v) => this.registry.withProtocol(v));
+    const sizeOf = (buckets: Array<{ size: number } | undefined>) => buckets.reduce((n, b) => n + (b?.size ?? 0), 0);
+
     const states: DeviceState[] = [];
-    let i = 0;
-    for (const record of records) {
-      if (i >= offset + limit) break;
-      if (i++ < offset) continue;
-      states.push(stateView(record, stateOf(record)));
+    const take = (record: DeviceRecord, i: number) => {
+      if (i >= offset && i < offset + limit) states.push(stateView(record, stateOf(record)));
+    };
+    if (!byStatus && !byProtocol) {
+      let i = 0;
+      for (const record of this.registry.allRecords()) {
+        if (i >= offset + limit) break;
+        take(record, i++);
+      }
+      return { states, total: this.registry.size };
+    }
+    // One kind of filter: its buckets never overlap (a device has one status and one protocol).
+    if (!byStatus || !byProtocol) {
+      const buckets = (byStatus ?? byProtocol)!;
+      let i = 0;
+      page: for (const bucket of buckets) {
+        for (const record of bucket ?? []) {
+          if (i >= offset + limit) break page;
+          take(record, i++);
+        }
+      }
+      return { states, total: sizeOf(buckets) };
+    }
+    const statusFirst = sizeOf(byStatus) <= sizeOf(byProtocol);
+    const driver = statusFirst ? byStatus : byProtocol;
+    const wanted = new Set<string>(statusFirst ? protocol : status);
+    let total = 0;
+    for (const bucket of driver) {
+      for (const record of bucket ?? []) {
+        if (wanted.has(statusFirst ? record.protocol : record.status)) take(record, total++);
+      }
     }
     return { states, total };
   }
@@ -464,3 +496,13 @@ export class StateManager {
     );
   }
 }
+
+/** `listStates` filters: one value, a comma-separated list or a list, in any case. */
+export interface StateListQuery {
+  status?: FilterValues;
+  protocol?: FilterValues;
+  limit?: number;
+  offset?: number;
+}
+
+const stateFilterSchema = z.object({ status: listFilter(32, DEVICE_STATUSES), protocol: listFilter(64) });

@@ -4,7 +4,7 @@ import type { Hub } from "../core";
 import { HubUse, type Outcome, abandon, clip, errorLabel, fromMsg, invalidInput, isPlainObject, operationHandler, text, toError } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage, NodeStatus } from "./types";
 
-const OPERATIONS = ["send", "get", "cancel"] as const;
+const OPERATIONS = ["send", "get", "cancel", "list"] as const;
 type Operation = (typeof OPERATIONS)[number];
 
 interface CommandDef extends NodeDef {
@@ -50,7 +50,9 @@ export = function (RED: NodeAPI): void {
       }
     };
 
-    const lookUp = operationHandler(use, RED._("tethral-command.errors.no-hub"), (msg) => lookUpPlan(RED, msg, operation));
+    const lookUp = operationHandler(use, RED._("tethral-command.errors.no-hub"), (msg) =>
+      operation === "list" ? listPlan(RED, msg, def) : lookUpPlan(RED, msg, operation),
+    );
 
     this.on("input", (msg: NodeMessage, send, done) => {
       if (!use) return done(new Error(RED._("tethral-command.errors.no-hub")));
@@ -102,6 +104,18 @@ export = function (RED: NodeAPI): void {
     });
   });
 };
+
+/** `list`: the commands of `msg.deviceId` (or the node's device), newest first; `msg.payload` may filter by `status` and `limit`. */
+function listPlan(RED: NodeAPI, msg: NodeMessage, def: CommandDef): (hub: Hub) => Promise<Outcome> {
+  const deviceId = fromMsg(msg, "deviceId", text(def.deviceId));
+  if (typeof deviceId !== "string" || deviceId === "") throw invalidInput("deviceId", RED._("tethral-command.errors.no-device"));
+  // A payload that is no filter (an inject node's timestamp) lists the newest commands.
+  const query = isPlainObject(msg.payload) ? msg.payload : {};
+  return async (hub) => {
+    const commands = await hub.deviceCommands(deviceId, query);
+    return { payload: commands, status: RED._("tethral-command.status.listed", { count: commands.length, id: deviceId }) };
+  };
+}
 
 /** `get` or `cancel` of the command `msg.commandId` (or the id of the command object in `msg.command`). */
 function lookUpPlan(RED: NodeAPI, msg: NodeMessage, operation: string): (hub: Hub) => Promise<Outcome> {

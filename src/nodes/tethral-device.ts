@@ -3,7 +3,7 @@ import type { DeviceFilter } from "../core/registry";
 import { HubUse, type Outcome, fromMsg, invalidInput, isPlainObject, flowCause, operationHandler, operationOf, text } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
-const OPERATIONS = ["register", "update", "remove", "get", "list", "statistics", "report"] as const;
+const OPERATIONS = ["register", "update", "remove", "get", "list", "statistics", "report", "token"] as const;
 /** What a device may report through `report` (its other kinds come over its own protocol). */
 const REPORT_KINDS = ["telemetry", "heartbeat", "state", "status"] as const;
 type Operation = (typeof OPERATIONS)[number];
@@ -20,8 +20,8 @@ type Translate = NodeAPI["_"];
 
 /**
  * `tethral-device` (CONTRACT §5): registry operations. `msg.operation` (or the configured one)
- * picks `register`, `update`, `remove`, `get`, `list`, `statistics` or `report` (a device's own
- * report, with `msg.token`: HTTP devices); `msg.deviceId` names the device and `msg.payload`
+ * picks `register`, `update`, `remove`, `get`, `list`, `statistics`, `report` (a device's own
+ * report, with `msg.token`: HTTP devices) or `token` (a new token for the device); `msg.deviceId` names the device and `msg.payload`
  * carries the record, patch, filter or report. The result replaces
  * `msg.payload` of the same msg, which goes on.
  */
@@ -109,6 +109,14 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
         const statistics = hub.deviceStatistics();
         return { payload: statistics, status: _("tethral-device.status.statistics", { total: statistics.total }) };
       };
+    case "token": {
+      // A new token: the old one stops working at once and its connections are dropped.
+      const id = needId();
+      return async (hub) => ({
+        payload: await hub.rotateToken(id),
+        status: _("tethral-device.status.token", { id }),
+      });
+    }
     case "report": {
       // A device's own report (the REST flow's HTTP telemetry): checked like any protocol's.
       const id = needId();

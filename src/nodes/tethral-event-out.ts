@@ -8,6 +8,8 @@ interface EventOutDef extends NodeDef {
   eventType?: string;
   priority?: string;
   deviceId?: string;
+  /** Seconds the event lives when `msg.ttl` gives none; blank: until the history lets it go. */
+  ttl?: string | number;
 }
 
 /** The longest `msg.ttl`: ten years, far past any history's retention. */
@@ -16,7 +18,8 @@ const MAX_TTL_SECONDS = 10 * 365 * 24 * 3600;
 /**
  * `tethral-event-out` (CONTRACT §5): publishes `msg.payload` as a user event of the configured
  * type, or of type `msg.topic` when the node has none, with `msg.priority`, `msg.deviceId` and
- * `msg.ttl` (seconds).
+ * `msg.ttl` (seconds; the node's own `ttl` when absent). The msg goes on with `msg.event`, the
+ * event as published (its id, timestamp and expiresAt), for flows that answer with it.
  *
  * The configured type wins over `msg.topic`, as a configured topic does in Node-RED's own mqtt
  * out node: many nodes set `msg.topic` for their own ends (a state watch sends the device id, an
@@ -30,13 +33,13 @@ export = function (RED: NodeAPI): void {
     let published = 0;
     const configuredType = text(def.eventType);
 
-    // An output node, as Node-RED's own: nothing goes on, so `send` is unused.
-    this.on("input", (msg: NodeMessage, _send, done) => {
+    const configuredTtl = text(def.ttl);
+    this.on("input", (msg: NodeMessage, send, done) => {
       if (!use) return done(new Error(RED._("tethral-event-out.errors.no-hub")));
       const type = configuredType ?? fromMsg(msg, "topic", undefined);
       const priority = fromMsg(msg, "priority", text(def.priority) ?? "normal");
       const deviceId = fromMsg(msg, "deviceId", text(def.deviceId));
-      const ttl = secondsOf(fromMsg(msg, "ttl", undefined));
+      const ttl = secondsOf(fromMsg(msg, "ttl", configuredTtl));
       // Checked before the hub is touched (the bus would refuse some of these too, in its own words).
       const refuse = (field: string, key: string, vars: Record<string, string> = {}) => {
         const err = invalidInput(field, RED._(`tethral-event-out.errors.${key}`, vars));
@@ -59,6 +62,8 @@ export = function (RED: NodeAPI): void {
           });
           published++;
           use.ok(RED._("tethral-event-out.status.published", { count: published, type: event.type }));
+          msg.event = event;
+          send(msg);
           done();
         })
         .catch((err: unknown) => {

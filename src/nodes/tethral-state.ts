@@ -1,5 +1,6 @@
 import type { Hub } from "../core";
-import type { DeviceStatus } from "../core/types";
+import type { StateListQuery } from "../core/state";
+import type { FilterValues } from "../core/registry-query";
 import { HubUse, type Outcome, countOf, fromMsg, invalidInput, isPlainObject, onlyKeys, flowCause, operationHandler, operationOf, text } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
@@ -7,7 +8,7 @@ const OPERATIONS = ["get", "set", "history", "list", "statistics", "desired"] as
 
 /** History entries answered when neither the node nor `msg.limit` says how many. */
 const DEFAULT_COUNT = 10;
-const FILTER_KEYS = ["status", "limit", "offset"];
+const FILTER_KEYS = ["status", "protocol", "limit", "offset"];
 
 interface StateDef extends NodeDef {
   hub?: string;
@@ -116,16 +117,17 @@ function planOf(_: Translate, msg: NodeMessage, def: StateDef): (hub: Hub) => Pr
 }
 
 /**
- * The list filter from `msg.payload`: `status`, `limit`, `offset` (numbers may come as digit
- * text, as from a query string). A payload that is no object (an inject node's timestamp)
+ * The list filter from `msg.payload`: `status` and `protocol` (each one value, a comma-separated
+ * list or an array), `limit`, `offset` (numbers may come as digit text, as from a query string). A payload that is no object (an inject node's timestamp)
  * lists every state; an unknown key is INVALID rather than silently ignored.
  */
-function filterOf(_: Translate, payload: unknown): { status?: DeviceStatus; limit?: number; offset?: number } {
+function filterOf(_: Translate, payload: unknown): StateListQuery {
   if (!isPlainObject(payload)) return {};
   onlyKeys(payload, FILTER_KEYS, (key) => _("tethral-state.errors.filter-key", { key, keys: FILTER_KEYS.join(", ") }));
-  const query: { status?: DeviceStatus; limit?: number; offset?: number } = {};
+  const query: StateListQuery = {};
   // The hub checks the values (INVALID names the bad field).
-  if (payload.status !== undefined && payload.status !== null && payload.status !== "") query.status = payload.status as DeviceStatus;
+  if (payload.status !== undefined && payload.status !== null && payload.status !== "") query.status = payload.status as FilterValues;
+  if (payload.protocol !== undefined && payload.protocol !== null && payload.protocol !== "") query.protocol = payload.protocol as FilterValues;
   const limit = countOf(payload.limit);
   if (limit !== undefined) query.limit = limit as number;
   const offset = countOf(payload.offset);

@@ -42,6 +42,7 @@ import {
 import {
   PENDING_COMMAND_STATUSES,
   type CommandRow,
+  type CommandStatus,
   type DeviceRow,
   type EventQuery,
   type EventRow,
@@ -258,6 +259,13 @@ export class PostgresStore implements Store {
 
   async deleteCommand(id: string): Promise<void> {
     await this.query("DELETE FROM commands WHERE id = $1", [id]);
+  }
+
+  async deviceCommands(deviceId: string, statuses: readonly CommandStatus[] | null, limit: number): Promise<CommandRow[]> {
+    const params: unknown[] = [deviceId, Math.max(0, Math.floor(limit))];
+    const only = statuses === null ? "" : ` AND status = ANY($${params.push(statuses)}::text[])`;
+    const { rows } = await this.query(`SELECT * FROM commands WHERE device_id = $1${only} ORDER BY created_at DESC, id DESC LIMIT $2`, params);
+    return rows.map(toCommandRow);
   }
 
   // ---- retention ----

@@ -235,6 +235,11 @@ export class SqliteDatabase {
     this.s.deleteCommand.run(id);
   }
 
+  deviceCommands(deviceId: string, statuses: readonly string[] | null, limit: number): RawCommand[] {
+    const n = Math.max(0, Math.floor(limit));
+    return (statuses === null ? this.s.commandsOf.all(deviceId, n) : this.s.commandsOfWith.all(deviceId, JSON.stringify(statuses), n)) as RawCommand[];
+  }
+
   purge(policy: RetentionPolicy, now: number, batchSize: number): PurgeResult {
     return this.s.purge(policy, now, Math.max(0, Math.floor(batchSize)));
   }
@@ -370,6 +375,11 @@ export class SqliteDatabase {
         `SELECT ${COMMAND_COLS.join(", ")} FROM commands WHERE device_id = ? AND status IN (${PENDING_SQL}) AND completed_at = 0 ORDER BY created_at, id`,
       ),
       deleteCommand: db.prepare("DELETE FROM commands WHERE id = ?"),
+      commandsOf: rows(`SELECT ${COMMAND_COLS.join(", ")} FROM commands WHERE device_id = ? ORDER BY created_at DESC, id DESC LIMIT ?`),
+      // The statuses come as one JSON array: one statement for any number of them.
+      commandsOfWith: rows(
+        `SELECT ${COMMAND_COLS.join(", ")} FROM commands WHERE device_id = ? AND status IN (SELECT value FROM json_each(?)) ORDER BY created_at DESC, id DESC LIMIT ?`,
+      ),
 
       deleteDevice: db.transaction((id: string) => {
         for (const stmt of deletes) stmt.run(id);

@@ -8,7 +8,7 @@ export const SQLITE_METHODS = [
   "open", "close", "ping", "schemaVersion", "upsertDevice", "deleteDevice", "upsertState", "writeBatch",
   "beginBatch", "writePart", "commitBatch", "rollbackBatch",
   "loadDevices", "loadStates", "stateHistory", "events", "putToken", "getToken", "loadTokens", "deleteToken",
-  "putCommand", "putCommands", "getCommand", "pendingCommands", "deleteCommand", "purge",
+  "putCommand", "putCommands", "getCommand", "pendingCommands", "deleteCommand", "deviceCommands", "purge",
 ] as const satisfies readonly (keyof SqliteDatabase)[];
 
 export type SqliteMethod = (typeof SQLITE_METHODS)[number];

@@ -17,6 +17,7 @@ import { SqliteThread, type ThreadArgs, type ThreadResult } from "./sqlite-threa
 import type { SqliteMethod } from "./sqlite-wire";
 import type {
   CommandRow,
+  CommandStatus,
   DeviceRow,
   EventQuery,
   EventRow,
@@ -189,6 +190,10 @@ export class SqliteStore implements Store {
 
   async deleteCommand(id: string): Promise<void> {
     return this.call("deleteCommand", [id]);
+  }
+
+  async deviceCommands(deviceId: string, statuses: readonly CommandStatus[] | null, limit: number): Promise<CommandRow[]> {
+    return (await this.call("deviceCommands", [deviceId, statuses, limit])).map(toCommand);
   }
 
   async purge(policy: RetentionPolicy, now: number, batchSize: number): Promise<PurgeResult> {

@@ -136,6 +136,11 @@ export interface Store {
    */
   pendingCommands(deviceId?: string): Promise<CommandRow[]>;
   deleteCommand(id: string): Promise<void>;
+  /**
+   * A device's commands, newest first (by `createdAt`, then id), at most `limit`; with
+   * `statuses`, only those in one of them. Finished ones are kept as long as retention says.
+   */
+  deviceCommands(deviceId: string, statuses: readonly CommandStatus[] | null, limit: number): Promise<CommandRow[]>;
 
   /** One bounded round of retention: removes at most `batchSize` rows of each kind. */
   purge(policy: RetentionPolicy, now: number, batchSize: number): Promise<PurgeResult>;

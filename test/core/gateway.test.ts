@@ -101,6 +101,16 @@ describe("device gateway: decode, authenticate, ingest", () => {
       }
     });
 
+    it("with tokens off, refuses to issue a token (CONFLICT) rather than one nobody checks", async () => {
+      const t = await setup({ deviceTokens: false });
+      await t.hub.registerDevice({ id: "d1", protocol: "fake" });
+      const err = await assertRejectsCode(() => t.hub.rotateToken("d1"), "CONFLICT");
+      assert.match(err.message, /tokens are off/);
+      await assertRejectsCode(() => t.hub.rotateToken("ghost"), "NOT_FOUND");
+      assert.equal(t.send({ payload: '{"t": 1}' }).ok, true, "the device goes on as before");
+      await t.hub.stop();
+    });
+
     it("with tokens off, takes known devices without one and registers without one", async () => {
       const t = await setup({ deviceTokens: false });
       const registered = await t.hub.registerDevice({ id: "d1", protocol: "fake" });

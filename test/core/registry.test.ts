@@ -209,13 +209,49 @@ describe("DeviceRegistry", () => {
       assert.deepEqual(ids(t.registry.list({ protocol: ["http", "websocket"] })), ["cam", "lock"]);
       assert.deepEqual(ids(t.registry.list({ manufacturer: "Acme" })), ["t1", "h1", "t3"]);
       assert.deepEqual(ids(t.registry.list({ manufacturer: ["Globex", "Initech"] })), ["t2", "lock"]);
-      assert.deepEqual(t.registry.list({ manufacturer: "acme" }).total, 0, "values match exactly");
+      assert.deepEqual(ids(t.registry.list({ manufacturer: "acme" })), ["t1", "h1", "t3"], "text filters ignore case (CONTRACT §3)");
     });
 
     it("lists a device once when a filter repeats a value", async () => {
       assert.deepEqual(t.registry.list({ status: ["unknown", "unknown"] }).total, 6);
       assert.deepEqual(ids(t.registry.list({ protocol: ["coap", "coap"] })), ["t2", "t3"]);
       assert.deepEqual(ids(t.registry.list({ capability: ["video", "video"], capabilityMatch: "any" })), ["cam"]);
+    });
+
+    it("takes a filter as users write it: comma lists, repeated values and any case, from the indexes", async () => {
+      setStatus(t, "t2", "online");
+      setStatus(t, "cam", "offline");
+      assert.deepEqual(ids(t.registry.list({ status: "online,offline" })), ["t2", "cam"]);
+      assert.deepEqual(ids(t.registry.list({ status: ["online", "OFFLINE, online"] })), ["t2", "cam"]);
+      assert.deepEqual(ids(t.registry.list({ protocol: "HTTP, websocket" })), ["cam", "lock"]);
+      assert.deepEqual(ids(t.registry.list({ manufacturer: "GLOBEX,initech" })), ["t2", "lock"]);
+      assert.deepEqual(ids(t.registry.list({ capability: "Temperature,HUMIDITY" })), ["t1", "t3"]);
+      assert.deepEqual(ids(t.registry.list({ capability: "Pressure,video", capabilityMatch: "any" })), ["cam", "t3"]);
+      assert.deepEqual(ids(t.registry.list({ tag: ["FLOOR-2", "hvac"] })), ["t3"]);
+      assert.deepEqual(ids(t.registry.list({ tag: "Floor-1", manufacturer: "acme", capability: "temperature" })), ["t1"], "a case-folded condition tests the others");
+      // Blank means not given, as an empty query parameter does.
+      assert.equal(t.registry.list({ status: "", tag: " , " }).total, 6);
+      for (const [filter, field] of [[{ status: "online,asleep" }, "status"], [{ tag: ["a", 5] }, "tag"], [{ protocol: "x".repeat(65) }, "protocol"]] as const) {
+        const err = assertCode(() => t.registry.list(filter as DeviceFilter), "INVALID", field);
+        assert.equal(err.details[0]!.field, field, "the detail names the parameter, not an index into it");
+      }
+    });
+
+    it("keeps a value's spelling in the record and counts spellings of one value together", async () => {
+      t.registry.register({ id: "loud", protocol: "mqtt", manufacturer: "ACME", capabilities: ["Temperature"], tags: ["HVAC"] });
+      const loud = t.registry.get("loud");
+      assert.equal(loud.manufacturer, "ACME");
+      assert.deepEqual(loud.capabilities, ["Temperature"]);
+      const stats = statsOf(t.registry);
+      assert.equal(stats.byManufacturer.Acme, 4, "shown as first spelt");
+      assert.equal(stats.byProtocol.mqtt, 3);
+      assert.equal(stats.byCapability.temperature, 4);
+      assert.equal(stats.byTag.hvac, 3);
+      assert.deepEqual(ids(t.registry.list({ manufacturer: "acme", tag: "hvac" })), ["t1", "t3", "loud"]);
+      t.registry.remove("t1");
+      t.registry.remove("loud");
+      assert.equal(statsOf(t.registry).byTag.hvac, 1);
+      assert.deepEqual(ids(t.registry.list({ tag: "HVAC" })), ["t3"]);
     });
 
     it("filters by capability and tag, all values by default or any of them", async () => {

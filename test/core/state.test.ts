@@ -432,6 +432,27 @@ describe("StateManager", () => {
       assertCode(() => t.state.list({ status: "asleep" as DeviceStatus }), "INVALID", "status");
     });
 
+    it("filters by several statuses and by protocol, as comma lists or lists in any case", async () => {
+      const t = setup({}, ["a", "b", "c"]);
+      t.registry.register({ id: "w1", protocol: "websocket" });
+      t.registry.register({ id: "h1", protocol: "http" });
+      for (const id of ["a", "w1"]) t.state.setStatus(id, "online");
+      for (const id of ["b", "h1"]) t.state.setStatus(id, "offline");
+      const ids = (q: Parameters<Setup["state"]["list"]>[0]) => t.state.list(q).states.map((s) => s.deviceId).sort();
+      assert.deepEqual(ids({ status: "online,offline" }), ["a", "b", "h1", "w1"]);
+      assert.deepEqual(ids({ status: ["ONLINE", "offline"] }), ["a", "b", "h1", "w1"]);
+      assert.deepEqual(ids({ protocol: "websocket,HTTP" }), ["h1", "w1"]);
+      assert.deepEqual(ids({ protocol: "mqtt", status: "online,unknown" }), ["a", "c"]);
+      assert.deepEqual(ids({ protocol: "mqtt,http", status: "offline" }), ["b", "h1"]);
+      const page = t.state.list({ status: "online,offline", limit: 2, offset: 1 });
+      assert.equal(page.total, 4);
+      assert.equal(page.states.length, 2);
+      assert.equal(t.state.list({ protocol: "mqtt", status: "offline", limit: 0 }).total, 1);
+      assert.deepEqual(t.state.list({ protocol: "zigbee" }), { states: [], total: 0 });
+      const err = assertCode(() => t.state.list({ status: "online,asleep" }), "INVALID", "status");
+      assert.equal(err.details[0]!.field, "status");
+    });
+
     it("pages 100 states by default", async () => {
       const t = setup({}, Array.from({ length: 120 }, (_, i) => `d${i}`));
       const all = t.state.list();

@@ -109,6 +109,27 @@ describe("tethral-event-out node", function () {
     await until(async () => !(await t.hub.eventHistory({ type: "alarm.raised" })).some((e) => e.data === 2), "the 50 ms event to expire");
   });
 
+  it("takes the node's Time to live when msg.ttl gives none, and sends the msg on with msg.event", async () => {
+    const out = { id: "out1", type: "tethral-event-out", z: "tab1", hub: "hub1", eventType: "alarm.raised", priority: "normal", ttl: "30", wires: [["after"]] };
+    await helper.load([tethralHub, tethralEventOut], [tab, hub, out, catcher, errors, { id: "after", type: "helper", z: "tab1" }]);
+    const node = helper.getNode("out1") as HelperNode;
+    const after = helper.getNode("after") as HelperNode;
+    const lives = (e: { expiresAt: string | null; timestamp: string }) => Date.parse(e.expiresAt!) - Date.parse(e.timestamp);
+    let sent = next(after);
+    node.receive({ payload: { level: 1 }, keep: "me" });
+    let m = await sent;
+    const event = m.event as { id: string; type: string; data: unknown; expiresAt: string | null; timestamp: string };
+    assert.equal(event.type, "alarm.raised");
+    assert.deepEqual(event.data, { level: 1 });
+    assert.ok(Math.abs(lives(event) - 30_000) < 1000, "the node's 30 s");
+    assert.deepEqual(m.payload, { level: 1 }, "the payload goes on unchanged");
+    assert.equal(m.keep, "me");
+    sent = next(after);
+    node.receive({ payload: 2, ttl: 90 });
+    m = await sent;
+    assert.ok(Math.abs(lives(m.event as never) - 90_000) < 1000, "msg.ttl overrides the node's");
+  });
+
   it("sends a refused event to a Catch node with the original msg and the error code", async () => {
     const typeFromTopic = await load({ eventType: "" });
     for (const topic of ["device.fake", "has space"]) {

@@ -497,6 +497,28 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
       });
     });
 
+    describe("a device's commands", function () {
+      it("lists them newest first (then by id), filtered by statuses and limited", async function () {
+        const rows = [
+          commandRow("a1", "d1", T0 + 1, { status: "succeeded", completedAt: T0 + 2 }),
+          commandRow("a2", "d1", T0 + 5),
+          commandRow("a3", "d1", T0 + 5, { status: "failed", completedAt: T0 + 6 }),
+          commandRow("a4", "d1", T0 + 9, { status: "sent", attempts: 1, sentAt: T0 + 9 }),
+          commandRow("b1", "d2", T0 + 7),
+        ];
+        for (const row of rows) await store.putCommand(row);
+        const ids = (list: { id: string }[]) => list.map((c) => c.id);
+        assert.deepEqual(ids(await store.deviceCommands("d1", null, 10)), ["a4", "a3", "a2", "a1"]);
+        assert.deepEqual(await store.deviceCommands("d1", null, 1), [rows[3]]);
+        assert.deepEqual(ids(await store.deviceCommands("d1", ["queued", "succeeded"], 10)), ["a2", "a1"]);
+        assert.deepEqual(ids(await store.deviceCommands("d1", ["failed"], 10)), ["a3"]);
+        assert.deepEqual(await store.deviceCommands("d1", ["expired"], 10), []);
+        assert.deepEqual(await store.deviceCommands("d1", null, 0), []);
+        assert.deepEqual(ids(await store.deviceCommands("d2", null, 10)), ["b1"]);
+        assert.deepEqual(await store.deviceCommands("nobody", null, 10), []);
+      });
+    });
+
     describe("purge", function () {
       const now = T0 + 100_000;
 

@@ -67,5 +67,6 @@ export class WrappedStore implements Store {
   getCommand: Store["getCommand"] = (id) => this.gate(() => this.inner.getCommand(id));
   pendingCommands: Store["pendingCommands"] = (id) => this.gate(() => this.inner.pendingCommands(id));
   deleteCommand: Store["deleteCommand"] = (id) => this.gate(() => this.inner.deleteCommand(id));
+  deviceCommands: Store["deviceCommands"] = (id, statuses, limit) => this.gate(() => this.inner.deviceCommands(id, statuses, limit));
   purge: Store["purge"] = (policy, now, size) => this.gate(() => this.inner.purge(policy, now, size));
 }

@@ -1,0 +1,254 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
+import { until } from "../helpers";
+import { Subscriber, program, run } from "../mosquitto";
+import { type Json, type RuntimeChild, START_LIMIT_MS, call, fixedPorts, spawnRuntime } from "./spawn-runtime";
+
+const ERROR_SHAPE = (res: { status: number; body: Json }, status: number, code: string) => {
+  assert.equal(res.status, status, JSON.stringify(res.body));
+  assert.equal(res.body?.error?.code, code, JSON.stringify(res.body));
+  assert.equal(typeof res.body.error.message, "string");
+  assert.doesNotMatch(res.body.error.message, /msg\./, "the message speaks of the request, not of msg properties");
+};
+
+/**
+ * The routes of CONTRACT §3 beyond the basics (a device's commands, cancelling, token rotation,
+ * user events, HTTP device reports of every kind, filters as users write them), through the
+ * runtime as `npm start` runs it, over real HTTP.
+ */
+describe("REST API: commands, tokens, events, device reports and filters (flows/flows.json over HTTP)", function () {
+  this.timeout(START_LIMIT_MS + 60_000);
+  let scratch = "";
+  let rt: RuntimeChild;
+  let api = "";
+  let mqttPort = "";
+  const get = (route: string) => call(api, "GET", route);
+  const register = async (record: Record<string, unknown>): Promise<string> => {
+    const res = await call(api, "POST", "/devices", record);
+    assert.equal(res.status, 201, JSON.stringify(res.body));
+    return res.body.token as string;
+  };
+
+  before(async () => {
+    scratch = mkdtempSync(path.join(tmpdir(), "tethral-rest-more-"));
+    const env = await fixedPorts();
+    mqttPort = env.TETHRAL_MQTT_PORT!;
+    rt = await spawnRuntime(path.join(scratch, "user"), env);
+    api = rt.api;
+  });
+
+  afterEach(function () {
+    if (this.currentTest?.state === "failed" && rt) console.log(`--- the runtime's log ---\n${rt.output().slice(-6000)}`);
+  });
+
+  after(async () => {
+    await rt?.stop();
+    if (scratch) rmSync(scratch, { recursive: true, force: true });
+  });
+
+  it("GET /api/devices/{id}/commands lists newest first by status and limit; DELETE /api/commands/{id} cancels (200), then 409; 404s", async () => {
+    // An MQTT device that never connects: its commands wait queued.
+    await register({ id: "away-1", protocol: "mqtt" });
+    const ids: string[] = [];
+    for (const command of ["first", "second", "third"]) {
+      const res = await call(api, "POST", "/devices/away-1/command", { command });
+      assert.equal(res.status, 202);
+      ids.push(res.body.id);
+    }
+    const list = await get("/devices/away-1/commands");
+    assert.equal(list.status, 200);
+    assert.deepEqual(list.body.commands.map((c: Json) => c.command), ["third", "second", "first"]);
+    assert.ok(list.body.commands.every((c: Json) => c.deviceId === "away-1" && c.status === "queued"));
+
+    const cancelled = await call(api, "DELETE", `/commands/${ids[0]}`);
+    assert.equal(cancelled.status, 200);
+    assert.equal(cancelled.body.id, ids[0]);
+    assert.equal(cancelled.body.status, "cancelled");
+    assert.notEqual(cancelled.body.completedAt, null);
+    const events = await get(`/events?type=command.cancelled&deviceId=away-1`);
+    assert.equal(events.body.events[0].data.command.id, ids[0]);
+    ERROR_SHAPE(await call(api, "DELETE", `/commands/${ids[0]}`), 409, "CONFLICT");
+    ERROR_SHAPE(await call(api, "DELETE", "/commands/no-such-command"), 404, "NOT_FOUND");
+    assert.equal((await get(`/commands/${ids[0]}`)).body.status, "cancelled");
+
+    const names = (res: { body: Json }) => res.body.commands.map((c: Json) => c.command);
+    assert.deepEqual(names(await get("/devices/away-1/commands?status=cancelled")), ["first"]);
+    assert.deepEqual(names(await get("/devices/away-1/commands?status=Queued,cancelled&limit=2")), ["third", "second"]);
+    assert.deepEqual(names(await get("/devices/away-1/commands?status=queued&status=cancelled")), ["third", "second", "first"]);
+    assert.deepEqual(names(await get("/devices/away-1/commands?status=succeeded")), []);
+    ERROR_SHAPE(await get("/devices/nobody/commands"), 404, "NOT_FOUND");
+    for (const [query, field] of [["status=lost", "status"], ["limit=0", "limit"], ["limit=many", "limit"], ["colour=red", "colour"]]) {
+      const res = await get(`/devices/away-1/commands?${query}`);
+      ERROR_SHAPE(res, 400, "INVALID");
+      assert.equal(res.body.error.details[0].field, field, query);
+    }
+  });
+
+  it("POST /api/devices/{id}/token: 200 {token} once; the old token stops at once, an MQTT session made with it is closed; 404", async function () {
+    const old = await register({ id: "rotor-1", protocol: "mqtt" });
+    const auth = (token: string) => ({ authorization: `Bearer ${token}` });
+    assert.equal((await call(api, "POST", "/devices/rotor-1/heartbeat", undefined, auth(old))).status, 204);
+
+    const hasMqtt = program("mosquitto_sub") !== null && program("mosquitto_pub") !== null;
+    if (!hasMqtt) console.log("    (MQTT part skipped: mosquitto_sub/mosquitto_pub not installed; apt-get install mosquitto-clients)");
+    const client = (token: string) => ["-h", "127.0.0.1", "-p", mqttPort, "-u", "rotor-1", "-P", token];
+    const sub = hasMqtt ? Subscriber.start([...client(old), "-t", "tethral/devices/rotor-1/commands", "-q", "1", "-v"]) : null;
+    try {
+      if (sub) await until(async () => (await get("/devices/rotor-1")).body.status === "online" && (await get("/communication/statistics")).body.protocols.mqtt.connected >= 1, "the subscriber to connect");
+
+      const rotated = await call(api, "POST", "/devices/rotor-1/token");
+      assert.equal(rotated.status, 200);
+      assert.deepEqual(Object.keys(rotated.body), ["token"]);
+      const fresh = rotated.body.token as string;
+      assert.notEqual(fresh, old);
+      assert.equal((await get("/devices/rotor-1")).body.token, undefined, "shown once only");
+
+      ERROR_SHAPE(await call(api, "POST", "/devices/rotor-1/heartbeat", undefined, auth(old)), 401, "UNAUTHORIZED");
+      assert.equal((await call(api, "POST", "/devices/rotor-1/heartbeat", undefined, auth(fresh))).status, 204);
+      if (sub) {
+        // Dropped by the broker, and refused when it connects again with the old token.
+        await until(() => !sub.running, "mosquitto_sub with the old token to be cut off", 15_000);
+        const refused = await run("mosquitto_pub", [...client(old), "-t", "tethral/devices/rotor-1/heartbeat", "-m", "x"]);
+        assert.notEqual(refused.code, 0, "the old token no longer connects");
+        const accepted = await run("mosquitto_pub", [...client(fresh), "-t", "tethral/devices/rotor-1/telemetry", "-m", '{"rpm": 900}']);
+        assert.equal(accepted.code, 0, accepted.stderr);
+        await until(async () => (await get("/devices/rotor-1/state")).body.properties.rpm === 900, "telemetry with the new token");
+      }
+    } finally {
+      await sub?.stop();
+    }
+    ERROR_SHAPE(await call(api, "POST", "/devices/nobody/token"), 404, "NOT_FOUND");
+  });
+
+  it("POST /api/events: 201 the event with expiresAt from ttl, in the history; 400 for a bad body, a reserved type or an unknown device", async () => {
+    await register({ id: "evt-dev", protocol: "mqtt" });
+    const res = await call(api, "POST", "/events", { type: "alarm.raised", data: { level: 3 }, priority: "high", deviceId: "evt-dev", ttl: 60 });
+    assert.equal(res.status, 201, JSON.stringify(res.body));
+    const e = res.body;
+    assert.equal(e.type, "alarm.raised");
+    assert.deepEqual(e.data, { level: 3 });
+    assert.equal(e.priority, "high");
+    assert.equal(e.deviceId, "evt-dev");
+    assert.equal(typeof e.id, "string");
+    assert.equal(Date.parse(e.expiresAt) - Date.parse(e.timestamp), 60_000);
+    const history = await get("/events?type=alarm.raised");
+    assert.equal(history.body.events[0].id, e.id);
+
+    const plain = await call(api, "POST", "/events", { type: "note.added" });
+    assert.equal(plain.status, 201);
+    assert.equal(plain.body.priority, "normal");
+    assert.equal(plain.body.expiresAt, null);
+    assert.equal(plain.body.deviceId, null);
+    assert.equal(plain.body.data, null);
+
+    const bad: Array<[unknown, string]> = [
+      [{ type: "device.online" }, "reserved"],
+      [{ type: "state.fake" }, "reserved"],
+      [{ data: 1 }, "no type"],
+      [{ type: "has space" }, "bad type"],
+      [{ type: "a.b", ttl: 0 }, "ttl 0"],
+      [{ type: "a.b", ttl: "soon" }, "ttl text"],
+      [{ type: "a.b", priority: "urgent" }, "priority"],
+      [{ type: "a.b", colour: "red" }, "unknown field"],
+      [{ type: "a.b", deviceId: "nobody" }, "unknown device"],
+      [[1], "an array"],
+    ];
+    for (const [body, why] of bad) {
+      const refused = await call(api, "POST", "/events", body);
+      assert.equal(refused.status, 400, why);
+      ERROR_SHAPE(refused, 400, "INVALID");
+    }
+    assert.equal((await get("/events?type=a.b")).body.events.length, 0, "a refused event is not published");
+  });
+
+  it("POST /api/devices/{id}/heartbeat, /state and /status with curl: 204, 400, 401, 404; an unknown kind is no route", async function () {
+    const token = await register({ id: "http-dev", protocol: "http", heartbeatTimeout: 600 });
+    const curlPath = program("curl");
+    if (!curlPath) {
+      console.log("    (skipped: curl not installed; apt-get install curl)");
+      this.skip();
+    }
+    const curl = async (kind: string, body: string | null, headers: string[] = [`Authorization: Bearer ${token}`], id = "http-dev") => {
+      const args = ["-s", "-w", "\n%{http_code}", "-X", "POST", ...headers.flatMap((h) => ["-H", h])];
+      if (body !== null) args.push("--data-binary", body);
+      const r = await run("curl", [...args, `${api}/devices/${id}/${kind}`]);
+      const lines = r.stdout.split("\n");
+      const status = Number(lines.pop());
+      const text = lines.join("\n");
+      return { status, body: text === "" ? null : (JSON.parse(text) as Json) };
+    };
+    const json = "Content-Type: application/json";
+    const bearer = `Authorization: Bearer ${token}`;
+
+    const beat = await curl("heartbeat", null);
+    assert.equal(beat.status, 204);
+    assert.equal((await get("/devices/http-dev")).body.status, "online", "a heartbeat brings the device online");
+
+    assert.equal((await curl("state", '{"properties": {"valve": "open"}}', [bearer, json])).status, 204);
+    assert.equal((await get("/devices/http-dev/state")).body.properties.valve, "open");
+
+    assert.equal((await curl("status", "offline", [bearer, "Content-Type: text/plain"])).status, 204);
+    assert.equal((await get("/devices/http-dev")).body.status, "offline", "plain text, as on MQTT");
+    assert.equal((await curl("status", '"online"', [bearer, json])).status, 204);
+    assert.equal((await get("/devices/http-dev")).body.status, "online", "a JSON string");
+    assert.equal((await curl("status", '{"status": "offline"}', [bearer, json])).status, 204);
+    assert.equal((await get("/devices/http-dev")).body.status, "offline", "a JSON object");
+
+    ERROR_SHAPE(await curl("status", "sleepy", [bearer, "Content-Type: text/plain"]), 400, "INVALID");
+    ERROR_SHAPE(await curl("state", '{"colour": "red"}', [bearer, json]), 400, "INVALID");
+    ERROR_SHAPE(await curl("state", "[1]", [bearer, json]), 400, "INVALID");
+    ERROR_SHAPE(await curl("heartbeat", null, []), 401, "UNAUTHORIZED");
+    ERROR_SHAPE(await curl("state", '{"properties": {}}', ["Authorization: Bearer wrong", json]), 401, "UNAUTHORIZED");
+    ERROR_SHAPE(await curl("heartbeat", null, [bearer], "nobody"), 404, "NOT_FOUND");
+    const unknownKind = await curl("bogus", "{}", [bearer, json]);
+    ERROR_SHAPE(unknownKind, 404, "NOT_FOUND");
+    assert.match(unknownKind.body.error.message, /no route/);
+    assert.equal((await get("/devices/http-dev")).body.status, "offline", "refused reports change nothing");
+    // ?token= for devices that cannot set a header.
+    assert.equal((await curl(`heartbeat?token=${encodeURIComponent(token)}`, null, [])).status, 204);
+  });
+
+  it("filters as users write them: comma lists, repeated parameters, any case; states by statuses and protocol; 400 names the parameter", async () => {
+    await register({ id: "f-1", protocol: "coap", address: "coap://127.0.0.1:5999", manufacturer: "ACME Corp", capabilities: ["Temperature"], tags: ["Roof", "north"] });
+    await register({ id: "f-2", protocol: "coap", address: "coap://127.0.0.1:5999", manufacturer: "acme corp", capabilities: ["humidity"], tags: ["roof"] });
+    await register({ id: "f-3", protocol: "websocket", manufacturer: "Globex", capabilities: ["temperature", "humidity"], tags: ["north"] });
+    assert.equal((await call(api, "PUT", "/devices/f-2/state", { status: "maintenance" })).status, 200);
+    const ids = async (query: string) => {
+      const res = await get(`/devices?${query}`);
+      assert.equal(res.status, 200, `${query}: ${JSON.stringify(res.body)}`);
+      return res.body.devices.map((d: Json) => d.id).filter((id: string) => id.startsWith("f-")).sort();
+    };
+    assert.deepEqual(await ids("manufacturer=Acme%20Corp"), ["f-1", "f-2"]);
+    assert.deepEqual(await ids("manufacturer=acme%20corp,GLOBEX"), ["f-1", "f-2", "f-3"]);
+    assert.deepEqual(await ids("capability=TEMPERATURE"), ["f-1", "f-3"]);
+    assert.deepEqual(await ids("capability=temperature,humidity"), ["f-3"]);
+    assert.deepEqual(await ids("capability=temperature&capability=humidity&capabilityMatch=any"), ["f-1", "f-2", "f-3"]);
+    assert.deepEqual(await ids("tag=roof&tag=NORTH"), ["f-1"]);
+    assert.deepEqual(await ids("tag=roof,north&tagMatch=any"), ["f-1", "f-2", "f-3"]);
+    assert.deepEqual(await ids("protocol=COAP,websocket&status=unknown"), ["f-1", "f-3"]);
+    assert.deepEqual(await ids("status=maintenance,unknown&protocol=coap"), ["f-1", "f-2"]);
+    assert.deepEqual(await ids("q=ACME"), ["f-1", "f-2"]);
+
+    const states = await get("/devices/states?status=maintenance,unknown&protocol=coap");
+    assert.equal(states.status, 200);
+    assert.deepEqual(states.body.states.map((s: Json) => s.deviceId).sort(), ["f-1", "f-2"]);
+    assert.equal(states.body.total, 2);
+    const repeated = await get("/devices/states?status=maintenance&status=online&protocol=coap&protocol=websocket");
+    assert.deepEqual(repeated.body.states.map((s: Json) => s.deviceId), ["f-2"]);
+
+    for (const [route, field] of [
+      ["/devices?status=online,asleep", "status"],
+      ["/devices?tagMatch=some", "tagMatch"],
+      ["/devices?limit=-1", "limit"],
+      ["/devices/states?status=asleep", "status"],
+      ["/devices/states?colour=red", null],
+    ] as const) {
+      const res = await get(route);
+      ERROR_SHAPE(res, 400, "INVALID");
+      if (field) assert.equal(res.body.error.details?.[0]?.field, field, route);
+      assert.doesNotMatch(JSON.stringify(res.body), /msg\.|payload/, route);
+    }
+  });
+});
