@@ -141,7 +141,7 @@ export interface CommandListQuery {
 }
 
 export const DEFAULT_COMMAND_LIST_LIMIT = 100;
-const MAX_COMMAND_LIST_LIMIT = 1000;
+export const MAX_COMMAND_LIST_LIMIT = 1000;
 
 const listQuerySchema = z.strictObject({
   status: listFilter(32, COMMAND_STATUSES),

@@ -1,6 +1,6 @@
 import { z } from "zod";
 import { API_SCHEMAS, type ApiSchemaName, userEventInputSchema } from "./api-schemas";
-import { commandInputSchema } from "./command-input";
+import { DEFAULT_COMMAND_LIST_LIMIT, MAX_COMMAND_LIST_LIMIT, commandInputSchema } from "./command-input";
 import { filterSchema } from "./registry-query";
 import { DEVICE_STATUSES, PRIORITIES, COMMAND_STATUSES } from "./types";
 import { deviceInputSchema, devicePatchSchema, stateSetSchema } from "./validation";
@@ -183,7 +183,7 @@ function paths(): Record<string, Record<string, unknown>> {
         operationId: "listDeviceCommands",
         summary: "A device's commands, newest first",
         tags: ["commands"],
-        parameters: [listQuery("status", { type: "string", enum: [...COMMAND_STATUSES] }), query("limit", whole(10_000))],
+        parameters: [listQuery("status", { type: "string", enum: [...COMMAND_STATUSES] }), query("limit", { type: "integer", minimum: 1, maximum: MAX_COMMAND_LIST_LIMIT, default: DEFAULT_COMMAND_LIST_LIMIT })],
         responses: responses({ 200: answer(200, ref("CommandList")) }, [400, 404]),
       },
     },
@@ -193,7 +193,7 @@ function paths(): Record<string, Record<string, unknown>> {
         operationId: "rotateToken",
         summary: "Issue a new token for the device; the old one stops working at once",
         tags: ["devices"],
-        responses: responses({ 200: answer(200, ref("Token")) }, [400, 404]),
+        responses: responses({ 200: answer(200, ref("Token")) }, [400, 404, 409]),
       },
     },
     "/devices/{id}/{kind}": {
@@ -248,7 +248,7 @@ function paths(): Record<string, Record<string, unknown>> {
         summary: "Publish a user event",
         tags: ["events"],
         requestBody: body(inputSchema(userEventInputSchema)),
-        responses: responses({ 201: answer(201, ref("Event")) }, [400, 404, 413, 415]),
+        responses: responses({ 201: answer(201, ref("Event")) }, [400, 413, 415]),
       },
     },
     "/events/statistics": {

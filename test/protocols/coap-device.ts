@@ -200,18 +200,11 @@ export class RawClient {
 
   /** Sends bytes as they are (a malformed datagram) and resolves with the answer, or null when none comes within `ms`. */
   sendRaw(datagram: Buffer, ms = 300): Promise<CoapAnswer | null> {
+    const queued = this.answers.shift();
+    if (queued) return Promise.resolve(queued);
+    const answer = this.next(ms);
     return new Promise((resolve, reject) => {
-      const queued = this.answers.shift();
-      if (queued) return resolve(queued);
-      const timer = setTimeout(() => {
-        this.waiting = null;
-        resolve(null);
-      }, ms);
-      this.waiting = (answer) => {
-        clearTimeout(timer);
-        resolve(answer);
-      };
-      this.socket.send(datagram, this.port, "127.0.0.1", (err) => err && reject(err));
+      this.socket.send(datagram, this.port, "127.0.0.1", (err) => (err ? reject(err) : resolve(answer)));
     });
   }
 
