@@ -317,9 +317,10 @@ export class WebSocketAdapter implements ProtocolAdapter {
     });
     if (known) {
       // The twin first, then any commands waiting: a device learns what is desired of it as it
-      // connects. Nothing desired, nothing to tell (as on MQTT, where no twin is retained then).
+      // connects (CONTRACT §2), an empty one included: a device that kept a setpoint from before
+      // hears that nothing is desired any more.
       const twin = context.twin(deviceId);
-      if (twin && Object.keys(twin.desired).length > 0) this.sendTwin(conn, twin);
+      if (twin) this.sendTwin(conn, twin);
       context.connected(deviceId);
     }
   }

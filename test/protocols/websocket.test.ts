@@ -216,7 +216,9 @@ describe("WebSocketAdapter in a Hub", function () {
     const failed = await bad;
     assert.equal(failed.status, "failed");
     assert.equal(failed.error, "valve jammed");
-    assert.equal(counters().messagesOut, 2);
+    // The two commands, and the twin frame every connection starts with.
+    assert.equal(counters().messagesOut, 3);
+    assert.equal(d.twins.length, 1);
     assert.ok(counters().bytesOut > 80);
   });
 

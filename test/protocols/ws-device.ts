@@ -8,16 +8,27 @@ export interface Refusal {
 
 /**
  * A test device: a `ws` client whose frames queue up for `next()` and whose close is a promise.
+ * The twin frames (`desired`, sent on every connect) are set aside in `twins` unless the device
+ * is made with `{ twins: true }`: the tests of commands and reports read the frames after them.
  */
 export class Device {
   private readonly frames: unknown[] = [];
+  /** The `desired` frames received, when they are not read with `next()`. */
+  readonly twins: Array<Record<string, unknown>> = [];
   private readonly waiting: Array<(frame: unknown) => void> = [];
   readonly closed: Promise<{ code: number; reason: string }>;
   pings = 0;
 
-  constructor(readonly ws: WebSocket) {
+  constructor(
+    readonly ws: WebSocket,
+    readTwins = false,
+  ) {
     ws.on("message", (data) => {
       const frame = parse(String(data));
+      if (!readTwins && (frame as { type?: unknown } | null)?.type === "desired") {
+        this.twins.push(frame as Record<string, unknown>);
+        return;
+      }
       const w = this.waiting.shift();
       if (w) w(frame);
       else this.frames.push(frame);
@@ -28,10 +39,11 @@ export class Device {
   }
 
   /** Connects, or rejects with the HTTP refusal (or the network error). */
-  static connect(url: string, options: ClientOptions = {}): Promise<Device> {
+  static connect(url: string, options: ClientOptions & { twins?: boolean } = {}): Promise<Device> {
+    const { twins = false, ...wsOptions } = options;
     return new Promise((resolve, reject) => {
-      const ws = new WebSocket(url, { handshakeTimeout: 5000, ...options });
-      ws.once("open", () => resolve(new Device(ws)));
+      const ws = new WebSocket(url, { handshakeTimeout: 5000, ...wsOptions });
+      ws.once("open", () => resolve(new Device(ws, twins)));
       ws.once("unexpected-response", (_req, res) => {
         let body = "";
         res.on("data", (chunk: Buffer) => (body += chunk.toString()));

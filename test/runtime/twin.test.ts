@@ -104,7 +104,7 @@ describe("device twin: desired state reaches the device on every protocol", func
   it("WebSocket: a desired frame on connect and on every change, the cleared delta after a report", async () => {
     const set = await setDesired("twin-ws", { brightness: 40 });
     const url = `${rt!.url.replace(/^http/, "ws")}tethral/ws?device=twin-ws&token=${tokens.get("twin-ws")}`;
-    const device = await WsDevice.connect(url);
+    const device = await WsDevice.connect(url, { twins: true });
     try {
       const onConnect = await device.next();
       assert.deepEqual(onConnect, { type: "desired", desired: { brightness: 40 }, delta: { brightness: 40 }, version: set.version });
@@ -115,6 +115,14 @@ describe("device twin: desired state reaches the device on every protocol", func
       assert.deepEqual([partly.type, partly.delta], ["desired", { on: true }]);
     } finally {
       device.ws.terminate();
+    }
+    // Nothing desired any more: a device connecting again hears that too, not silence.
+    const cleared = await setDesired("twin-ws", { brightness: null, on: null });
+    const again = await WsDevice.connect(url, { twins: true });
+    try {
+      assert.deepEqual(await again.next(), { type: "desired", desired: {}, delta: {}, version: cleared.version });
+    } finally {
+      again.ws.terminate();
     }
   });
 
