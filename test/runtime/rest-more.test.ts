@@ -191,6 +191,10 @@ describe("REST API: commands, tokens, events, device reports and filters (flows/
     assert.equal(beat.status, 204);
     assert.equal((await get("/devices/http-dev")).body.status, "online", "a heartbeat brings the device online");
 
+    // "heartbeat: anything" (the OpenAPI document, MQTT): firmware may post a word as plain text.
+    assert.equal((await curl("heartbeat", "alive", [bearer, "Content-Type: text/plain"])).status, 204, "a plain-text heartbeat");
+    ERROR_SHAPE(await curl("heartbeat", "alive", ["Authorization: Bearer wrong", "Content-Type: text/plain"]), 401, "UNAUTHORIZED");
+    ERROR_SHAPE(await curl("heartbeat", "a=1", [bearer, "Content-Type: application/x-www-form-urlencoded"]), 415, "INVALID");
     assert.equal((await curl("state", '{"properties": {"valve": "open"}}', [bearer, json])).status, 204);
     assert.equal((await get("/devices/http-dev/state")).body.properties.valve, "open");
 
