@@ -33,8 +33,9 @@ const command = (operation) => ({
 });
 
 // ── Function bodies ─────────────────────────────────────────────────────────────────────────
-// A request the flow itself refuses goes to the Catch node like the hub's own refusals.
-const refuse = `const refuse = (message) => { const e = new Error(message); e.code = "INVALID"; node.error(e, msg); return null; };`;
+// A request the flow itself refuses goes to the Catch node like the hub's own refusals; the field
+// at fault travels as the error's cause, which the Catch node keeps, to be named in error.details.
+const refuse = `const refuse = (message, field) => { const e = new Error(message); e.code = "INVALID"; if (field) e.cause = { details: [{ field, message }] }; node.error(e, msg); return null; };`;
 
 const REGISTER = `${refuse}
 // The body is the device record; its token comes back once, in this answer.
@@ -119,14 +120,14 @@ return msg;`;
 const EVENT_KEYS = ["type", "data", "priority", "deviceId", "ttl"];
 const EVENT_REQUEST = `${refuse}
 const body = msg.payload;
-if (typeof body !== "object" || body === null || Array.isArray(body)) return refuse("the body must be a JSON object: {type, data, priority, deviceId, ttl}");
+if (typeof body !== "object" || body === null || Array.isArray(body)) return refuse("the body must be a JSON object: {type, data, priority, deviceId, ttl}", "(body)");
 const keys = ${JSON.stringify(EVENT_KEYS)};
 const unknown = Object.keys(body).find((k) => !keys.includes(k));
-if (unknown !== undefined) return refuse(\`\${unknown} is no event field (use \${keys.join(", ")})\`);
-if (typeof body.type !== "string" || body.type.trim() === "") return refuse("type must be the event's type, e.g. alarm.raised");
-if (body.priority !== undefined && !["low", "normal", "high", "critical"].includes(body.priority)) return refuse("priority must be low, normal, high or critical");
-if (body.deviceId !== undefined && body.deviceId !== null && typeof body.deviceId !== "string") return refuse("deviceId must be a device id");
-if (body.ttl !== undefined && body.ttl !== null && !(typeof body.ttl === "number" && body.ttl > 0 && body.ttl <= 315360000)) return refuse("ttl must be a number of seconds above 0 (at most ten years)");
+if (unknown !== undefined) return refuse(\`\${unknown} is no event field (use \${keys.join(", ")})\`, unknown);
+if (typeof body.type !== "string" || body.type.trim() === "") return refuse("type must be the event's type, e.g. alarm.raised", "type");
+if (body.priority !== undefined && !["low", "normal", "high", "critical"].includes(body.priority)) return refuse("priority must be low, normal, high or critical", "priority");
+if (body.deviceId !== undefined && body.deviceId !== null && typeof body.deviceId !== "string") return refuse("deviceId must be a device id", "deviceId");
+if (body.ttl !== undefined && body.ttl !== null && !(typeof body.ttl === "number" && body.ttl > 0 && body.ttl <= 315360000)) return refuse("ttl must be a number of seconds above 0 (at most ten years)", "ttl");
 // Nothing the flow brought along may stand in for a field the body leaves out.
 for (const k of ["priority", "deviceId", "ttl"]) delete msg[k];
 msg.topic = body.type;
@@ -179,6 +180,8 @@ const details = msg.error.cause && msg.error.cause.details;
 if (known && Array.isArray(details) && details.length > 0) {
   msg.payload.error.details = details.map((d) => ({ field: speak(d.field).replace(/^payload\\./, "").replace(/^payload$/, "(body)"), message: speak(d.message) }));
 }
+// The unknown device of an event is the body's deviceId.
+else if (badReference) msg.payload.error.details = [{ field: "deviceId", message }];
 // A command that ended badly while the request waited: the command too.
 if (msg.command && typeof msg.command === "object") msg.payload.command = msg.command;
 msg.headers = code === "UNAUTHORIZED" ? { "WWW-Authenticate": 'Bearer realm="tethral"' } : {};

@@ -205,7 +205,8 @@ function paths(): Record<string, Record<string, unknown>> {
           "telemetry: a JSON object of values; heartbeat: anything (or nothing); state: {status?, properties?}; status: \"online\" or \"offline\" (or {\"status\"}). Every report is a heartbeat.",
         tags: ["device protocol"],
         security: deviceAuth,
-        requestBody: { required: false, content: { [JSON_TYPE]: { schema: {} } } },
+        // heartbeat and status may come as plain text, as firmware sends them on MQTT.
+        requestBody: { required: false, content: { [JSON_TYPE]: { schema: {} }, "text/plain": { schema: { type: "string" } } } },
         responses: responses({ 204: answer(204, null) }, [400, 401, 404, 413, 415]),
       },
     },

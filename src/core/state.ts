@@ -263,6 +263,7 @@ export class StateManager {
       if (!isEmptyObject(after)) {
         from.desired = before;
         to.desired = after;
+        checkDesiredTotal(current, desired, after);
       }
     }
     if (data.status !== undefined && data.status !== record.status) {
@@ -506,3 +507,22 @@ export interface StateListQuery {
 }
 
 const stateFilterSchema = z.object({ status: listFilter(32, DEVICE_STATUSES), protocol: listFilter(64) });
+
+/**
+ * Each set's desired is checked on its own, but sets merge: without a bound on the whole, desired
+ * could grow set by set without end, and every change of it goes to the device whole (the twin,
+ * with its delta, on MQTT, WebSocket and CoAP). A set that only changes or removes keys within
+ * the bounds passes; one that would take desired past them is INVALID.
+ */
+function checkDesiredTotal(current: JsonObject, desired: JsonObject, after: JsonObject): void {
+  const keys = Object.keys(desired).length;
+  if (keys > LIMITS.propertyKeys && keys > Object.keys(current).length) {
+    throw invalid("desired", `a device keeps at most ${LIMITS.propertyKeys} desired keys; this would make ${keys}`);
+  }
+  if (Object.values(after).every((v) => v === null)) return;
+  const bytes = Buffer.byteLength(JSON.stringify(desired));
+  // Desired kept from before the bound (or a smaller bound) may still shrink.
+  if (bytes > LIMITS.propertiesBytes && bytes > Buffer.byteLength(JSON.stringify(current))) {
+    throw invalid("desired", `would be ${bytes} bytes of JSON in all, more than the ${LIMITS.propertiesBytes} a device's desired state may hold`);
+  }
+}

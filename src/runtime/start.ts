@@ -622,8 +622,10 @@ function jsonBody(limit: number, refused: (req: IncomingMessage, reason: string,
     const json = /^application\/([a-z0-9.+-]+\+)?json\s*(;|$)/.test(type);
     if (!json) {
       if (!CONTRACT_PATHS.test(req.url ?? "")) return next?.();
-      // A status report is one word (`online`), as on MQTT: firmware may send it as plain text.
-      if (/^text\/plain\s*(;|$)/.test(type) && reportOf(req.method, req.url)?.kind === "status") return next?.();
+      // A status report is one word (`online`) and a heartbeat anything, as on MQTT: firmware may
+      // send either as plain text.
+      const kind = reportOf(req.method, req.url)?.kind;
+      if (/^text\/plain\s*(;|$)/.test(type) && (kind === "status" || kind === "heartbeat")) return next?.();
       return refuse(415, `the request body must be JSON, sent as Content-Type: application/json (not ${type || "untyped"})`);
     }
     if (declared > limit) return tooLarge();

@@ -177,6 +177,23 @@ describe("StateManager", () => {
       assert.equal(t.changed.length, 3);
     });
 
+    it("keeps desired within 256 keys and 256 KiB however many sets build it up (every change goes to the device whole); removals always pass", async () => {
+      const t = setup();
+      const keys = (from: number, n: number, value: unknown = 1) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`k${from + i}`, value]));
+      t.state.set("d1", { desired: keys(0, 200) });
+      t.state.set("d1", { desired: keys(200, 56) });
+      assert.equal(Object.keys(t.state.get("d1").desired).length, 256);
+      assertNoChange(t, "d1", () => t.state.set("d1", { desired: { k0: 2, extra: 1 } }), "INVALID", "desired");
+      assert.equal(t.state.set("d1", { desired: { k0: 2, k1: null } }).version, 3, "known keys can still change, and keys go");
+
+      // Each set is under 256 KiB; together they would not be.
+      const big = "v".repeat(1500);
+      t.state.set("d2", { desired: keys(0, 100, big) });
+      assertNoChange(t, "d2", () => t.state.set("d2", { desired: keys(100, 100, big) }), "INVALID", "desired");
+      assert.equal(Object.keys(t.state.get("d2").desired).length, 100);
+      assert.equal(t.state.set("d2", { desired: keys(0, 50, null) }).version, 2, "shrinking is always allowed");
+    });
+
     it("sets status and desired together as one version bump, one history entry and one event", async () => {
       const t = setup();
       t.clock.advance(3000);

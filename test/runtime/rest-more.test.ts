@@ -143,22 +143,27 @@ describe("REST API: commands, tokens, events, device reports and filters (flows/
     assert.equal(plain.body.deviceId, null);
     assert.equal(plain.body.data, null);
 
-    const bad: Array<[unknown, string]> = [
-      [{ type: "device.online" }, "reserved"],
-      [{ type: "state.fake" }, "reserved"],
-      [{ data: 1 }, "no type"],
-      [{ type: "has space" }, "bad type"],
-      [{ type: "a.b", ttl: 0 }, "ttl 0"],
-      [{ type: "a.b", ttl: "soon" }, "ttl text"],
-      [{ type: "a.b", priority: "urgent" }, "priority"],
-      [{ type: "a.b", colour: "red" }, "unknown field"],
-      [{ type: "a.b", deviceId: "nobody" }, "unknown device"],
-      [[1], "an array"],
+    // [body, why, the field error.details names (README: each refusal of a field names it)]
+    const bad: Array<[unknown, string, string]> = [
+      [{ type: "device.online" }, "reserved", "type"],
+      [{ type: "state.fake" }, "reserved", "type"],
+      [{ data: 1 }, "no type", "type"],
+      [{ type: "has space" }, "bad type", "type"],
+      [{ type: "a.b", ttl: 0 }, "ttl 0", "ttl"],
+      [{ type: "a.b", ttl: -5 }, "ttl negative", "ttl"],
+      [{ type: "a.b", ttl: 1e12 }, "ttl past ten years", "ttl"],
+      [{ type: "a.b", ttl: "soon" }, "ttl text", "ttl"],
+      [{ type: "a.b", priority: "urgent" }, "priority", "priority"],
+      [{ type: "a.b", colour: "red" }, "unknown field", "colour"],
+      [{ type: "a.b", deviceId: 7 }, "deviceId not a string", "deviceId"],
+      [{ type: "a.b", deviceId: "nobody" }, "unknown device", "deviceId"],
+      [[1], "an array", "(body)"],
     ];
-    for (const [body, why] of bad) {
+    for (const [body, why, field] of bad) {
       const refused = await call(api, "POST", "/events", body);
       assert.equal(refused.status, 400, why);
       ERROR_SHAPE(refused, 400, "INVALID");
+      assert.equal(refused.body.error.details?.[0]?.field, field, `${why}: ${JSON.stringify(refused.body)}`);
     }
     assert.equal((await get("/events?type=a.b")).body.events.length, 0, "a refused event is not published");
   });
@@ -186,6 +191,10 @@ describe("REST API: commands, tokens, events, device reports and filters (flows/
     assert.equal(beat.status, 204);
     assert.equal((await get("/devices/http-dev")).body.status, "online", "a heartbeat brings the device online");
 
+    // "heartbeat: anything" (the OpenAPI document, MQTT): firmware may post a word as plain text.
+    assert.equal((await curl("heartbeat", "alive", [bearer, "Content-Type: text/plain"])).status, 204, "a plain-text heartbeat");
+    ERROR_SHAPE(await curl("heartbeat", "alive", ["Authorization: Bearer wrong", "Content-Type: text/plain"]), 401, "UNAUTHORIZED");
+    ERROR_SHAPE(await curl("heartbeat", "a=1", [bearer, "Content-Type: application/x-www-form-urlencoded"]), 415, "INVALID");
     assert.equal((await curl("state", '{"properties": {"valve": "open"}}', [bearer, json])).status, 204);
     assert.equal((await get("/devices/http-dev/state")).body.properties.valve, "open");
 
