@@ -86,15 +86,18 @@ export class DeviceGateway {
         const record = this.registry.record(id);
         return record ? twinOf(record) : null;
       },
-      twins: () => this.twins(),
+      twins: () => this.twins(adapter.retainsTwins ? adapter.name : null),
       counters,
       maxPayloadBytes: max,
       warn: (message) => this.warn(`${adapter.name}: ${message}`),
     };
   }
 
-  private *twins(): Iterable<[string, DeviceTwin]> {
-    for (const record of this.registry.allRecords()) if (hasDesired(record)) yield [record.id, twinOf(record)];
+  /** The twins of every device with something desired of it; of one protocol's devices when named. */
+  private *twins(protocol: string | null): Iterable<[string, DeviceTwin]> {
+    for (const record of this.registry.allRecords()) {
+      if (hasDesired(record) && (protocol === null || record.protocol === protocol)) yield [record.id, twinOf(record)];
+    }
   }
 
   /**

@@ -446,13 +446,15 @@ export class Hub {
    */
   private deliverTwin(id: string, removed: boolean): void {
     let twin: DeviceTwin | null | undefined = removed ? null : undefined;
+    let record: DeviceRecord | undefined;
     for (const adapter of this.startedAdapters) {
       if (!adapter.twinChanged) continue;
-      if (twin === undefined) {
-        const record = this.registry.record(id);
+      if (!removed) {
+        record ??= this.registry.record(id);
         if (!record) return;
-        twin = twinOf(record);
+        if (adapter.retainsTwins && record.protocol !== adapter.name) continue;
       }
+      if (twin === undefined) twin = twinOf(record!);
       try {
         adapter.twinChanged(id, twin);
       } catch (err) {

@@ -126,6 +126,8 @@ export class MqttAdapter implements ProtocolAdapter {
   }
 
   /** The twin goes to `{root}/devices/{id}/desired`, retained, QoS 1, on either kind of broker. */
+  readonly retainsTwins = true;
+
   twinChanged(deviceId: string, twin: DeviceTwin | null): void {
     this.impl.publishTwin(deviceId, twin);
   }

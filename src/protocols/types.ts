@@ -41,6 +41,12 @@ export interface ProtocolAdapter {
    * protocol (a device may read its twin over another): it must not throw or block.
    */
   twinChanged?(deviceId: string, twin: DeviceTwin | null): void;
+  /**
+   * The adapter keeps every twin it is given (a broker's retained message) rather than handing
+   * it to a listener that is there: it is given the twins of the devices registered with its
+   * protocol only (and every removal), so a fleet of WebSocket devices costs the broker nothing.
+   */
+  readonly retainsTwins?: boolean;
 }
 
 /** What the hub sends a device: `{"id", "command", "params"}` (CONTRACT §2). */
