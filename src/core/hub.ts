@@ -22,7 +22,7 @@ import { type ChangeCause, DEFAULT_STATE_OPTIONS, StateManager, type StateListQu
 import { eventOf, eventQueryOf, historyEntry, inputOf, patchOf } from "./stored-rows";
 import { DEFAULT_PERSISTENCE_OPTIONS, Persistence, type PersistenceOptions, type PersistenceStatistics } from "../store/persistence";
 import type { Store } from "../store/types";
-import type { Command, Device, DeviceState, DeviceStatus, DeviceTwin, StateHistoryEntry, TethralEvent } from "./types";
+import type { Command, Device, DeviceState, DeviceTwin, StateHistoryEntry, TethralEvent } from "./types";
 import { twinOf } from "./twin";
 import { type CommandListQuery, type CommandOptions, DEFAULT_COMMAND_OPTIONS, parseCommandListQuery } from "./command-input";
 import { CommandTracker, type CommandStatistics } from "./commands";
