@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFile, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
@@ -9,7 +9,7 @@ import { fixedPorts } from "./spawn-runtime";
 
 const run = promisify(execFile);
 const MODULE = "@tethral/node-red-tethral";
-// npm install compiles better-sqlite3 from source where no prebuilt binary can be fetched.
+// npm install may compile better-sqlite3 from source (see betterSqlitePrebuild).
 const INSTALL_LIMIT_MS = 8 * 60_000;
 
 interface NodeSetInfo {
@@ -23,6 +23,22 @@ interface NodeSetInfo {
 function nodeAtLeast(major: number, minor: number): boolean {
   const [maj, min] = process.versions.node.split(".").map(Number) as [number, number];
   return maj > major || (maj === major && min >= minor);
+}
+
+/**
+ * A user's npm install fetches better-sqlite3's prebuilt binary from GitHub, which CI cannot
+ * reach; without one, npm compiles it from source (a minute of CPU). This suite's own build for
+ * this Node stands in, found where prebuild-install looks for local prebuilds: the directory.
+ * When npm picks another better-sqlite3 version the name does not match and it compiles.
+ */
+async function betterSqlitePrebuild(scratch: string): Promise<string> {
+  const moduleDir = path.dirname(require.resolve("better-sqlite3/package.json"));
+  const { version } = JSON.parse(readFileSync(path.join(moduleDir, "package.json"), "utf8")) as { version: string };
+  const dir = path.join(scratch, "prebuilds");
+  mkdirSync(dir);
+  const name = `better-sqlite3-v${version}-node-v${process.versions.modules}-${process.platform}-${process.arch}.tar.gz`;
+  await run("tar", ["-czf", path.join(dir, name), "-C", moduleDir, "build/Release/better_sqlite3.node"]);
+  return dir;
 }
 
 /** Node-RED's own start script (red.js) of the Node-RED this suite runs against. */
@@ -39,6 +55,7 @@ describe("the packed package, installed as a user installs it", function () {
   let red: ChildProcess | null = null;
   let output = "";
   let base = "";
+  let userDir = "";
 
   before(async function () {
     if (!nodeAtLeast(22, 9)) {
@@ -50,14 +67,20 @@ describe("the packed package, installed as a user installs it", function () {
     const tarball = readdirSync(scratch).find((f) => f.endsWith(".tgz"));
     assert.ok(tarball, "npm pack wrote a tarball");
 
-    const userDir = path.join(scratch, "node-red");
+    userDir = path.join(scratch, "node-red");
     mkdirSync(userDir);
     // As Node-RED creates ~/.node-red/package.json on its first start.
     writeFileSync(path.join(userDir, "package.json"), JSON.stringify({ name: "node-red-project", description: "A Node-RED Project", version: "0.0.1", private: true }));
-    await run("npm", ["install", "--no-audit", "--no-fund", path.join(scratch, tarball)], { cwd: userDir, timeout: INSTALL_LIMIT_MS, maxBuffer: 64 * 1024 * 1024 });
+    await run("npm", ["install", "--no-audit", "--no-fund", path.join(scratch, tarball)], {
+      cwd: userDir,
+      timeout: INSTALL_LIMIT_MS,
+      maxBuffer: 64 * 1024 * 1024,
+      env: { ...process.env, npm_config_better_sqlite3_local_prebuilds: await betterSqlitePrebuild(scratch) },
+    });
 
     const port = (await fixedPorts()).TETHRAL_TEST_RUNTIME_PORT!;
-    writeFileSync(path.join(userDir, "settings.js"), `module.exports = { uiHost: "127.0.0.1", uiPort: ${port}, flowFile: "flows.json" };\n`);
+    // The REST flows' routes sit under /api, as npm start serves them.
+    writeFileSync(path.join(userDir, "settings.js"), `module.exports = { uiHost: "127.0.0.1", uiPort: ${port}, flowFile: "flows.json", httpNodeRoot: "/api" };\n`);
     red = spawn(process.execPath, [redJs(), "--userDir", userDir, "--settings", path.join(userDir, "settings.js")], { stdio: ["ignore", "pipe", "pipe"] });
     red.stdout!.on("data", (c: Buffer) => (output += c.toString()));
     red.stderr!.on("data", (c: Buffer) => (output += c.toString()));
@@ -127,5 +150,27 @@ describe("the packed package, installed as a user installs it", function () {
     assert.equal(one.status, 200);
     const flow = (await one.json()) as Array<{ type: string }>;
     assert.ok(flow.some((n) => n.type.startsWith("tethral-")));
+  });
+
+  it("runs the package's REST API flows: the hub starts on its SQLite file and answers /api/health", async () => {
+    // The flows the package ships (flows/flows.json, as installed), deployed as the editor does.
+    const flows = readFileSync(path.join(userDir, "node_modules", ...MODULE.split("/"), "flows", "flows.json"), "utf8");
+    const deploy = await fetch(new URL("flows", base), { method: "POST", headers: { "Content-Type": "application/json", "Node-RED-Deployment-Type": "full" }, body: flows });
+    assert.equal(deploy.status, 204, await deploy.text());
+    let health: { status: number; body: { status?: string } } = { status: 0, body: {} };
+    for (let i = 0; i < 100 && health.body.status !== "ok"; i++) {
+      const res = await fetch(new URL("api/health", base));
+      health = { status: res.status, body: res.headers.get("content-type")?.includes("json") ? ((await res.json()) as { status?: string }) : {} };
+      if (health.body.status !== "ok") await new Promise((r) => setTimeout(r, 100));
+    }
+    assert.equal(health.status, 200, output);
+    assert.equal(health.body.status, "ok", JSON.stringify(health.body));
+    assert.ok(existsSync(path.join(userDir, "tethral.sqlite")), "the hub keeps its fleet in the user dir's SQLite file");
+    // A device registered through the REST API is there to read back.
+    const created = await fetch(new URL("api/devices", base), { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ id: "packed-1", protocol: "http" }) });
+    assert.equal(created.status, 201, await created.text());
+    const read = await fetch(new URL("api/devices/packed-1", base));
+    assert.equal(read.status, 200);
+    assert.equal(((await read.json()) as { id: string }).id, "packed-1");
   });
 });
