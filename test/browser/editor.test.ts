@@ -31,6 +31,32 @@ async function simulate(api: string, sims: Simulation[]): Promise<void> {
   }
 }
 
+/**
+ * WCAG contrast ratio of an element's text colour against the first opaque background behind it,
+ * as page script: tsx's transform would give a function passed to the page helpers it lacks.
+ */
+const CONTRAST_SCRIPT = `
+window.tethralContrast = function (element) {
+  function rgb(css) { return (css.match(/[\\d.]+/g) || []).map(Number); }
+  function lin(c) { c = c / 255; return c <= 0.03928 ? c / 12.92 : Math.pow((c + 0.055) / 1.055, 2.4); }
+  function luminance(c) { return 0.2126 * lin(c[0]) + 0.7152 * lin(c[1]) + 0.0722 * lin(c[2]); }
+  var text = rgb(getComputedStyle(element).color);
+  var background = [255, 255, 255];
+  for (var e = element; e; e = e.parentElement) {
+    var c = rgb(getComputedStyle(e).backgroundColor);
+    if (c.length === 3 || c[3] > 0.5) { background = c; break; }
+  }
+  var a = luminance(text), b = luminance(background);
+  return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+};`;
+
+/** Node-RED 5's right-hand sidebar down to its tab bar, where the Devices tab shows its icon. */
+async function sidebarWithBar(page: Page): Promise<{ x: number; y: number; width: number; height: number }> {
+  const box = (await page.locator("#red-ui-sidebar").boundingBox())!;
+  const viewport = page.viewportSize()!;
+  return { x: box.x - 4, y: box.y - 4, width: viewport.width - box.x + 4, height: viewport.height - box.y + 4 };
+}
+
 describe("the editor in a browser (Debian's chromium)", function () {
   this.timeout(90_000);
   let runtime: RuntimeChild | null = null;
@@ -121,6 +147,19 @@ describe("the editor in a browser (Debian's chromium)", function () {
       assert.equal(mine.length, 2, `${protocol}: ${JSON.stringify(rows)}`);
     }
     await page.locator("#red-ui-sidebar").screenshot({ path: path.join(ARTIFACTS, "devices-sidebar.png") });
+    const nodeRedMajor = Number((await page.evaluate(() => (window as unknown as { RED: { settings: { version: string } } }).RED.settings.version)).split(".")[0]);
+    // The Devices tab shows its own icon: Node-RED 5 in its new sidebar bar (a generic square
+    // without `icon`), Node-RED 4 in the sidebar's tab strip; both draw it as a CSS mask.
+    const tabIcon = nodeRedMajor >= 5 ? "button[data-tab-id='tethral-devices'] .red-ui-sidebar-tab-icon" : "#red-ui-tab-tethral-devices .red-ui-tab-icon";
+    const mask = await page.$eval(tabIcon, (i) => (i as HTMLElement).style.maskImage || (i as HTMLElement).style.webkitMaskImage);
+    assert.match(mask, /icons\/@tethral\/node-red-tethral\/tethral-devices\.svg/);
+    const icon = await page.evaluate(async () => {
+      const res = await fetch("icons/@tethral/node-red-tethral/tethral-devices.svg");
+      return { status: res.status, type: res.headers.get("content-type") ?? "" };
+    });
+    assert.equal(icon.status, 200);
+    assert.match(icon.type, /svg/);
+    if (nodeRedMajor >= 5) await page.screenshot({ path: path.join(ARTIFACTS, "devices-sidebar-nr5-light.png"), clip: await sidebarWithBar(page) });
 
     // The device picker of a node's Device field offers the hub's devices as you type.
     const eventOut = (JSON.parse(example) as Array<{ id: string; type: string }>).find((n) => n.type === "tethral-event-out")!.id;
@@ -150,6 +189,24 @@ describe("the editor in a browser (Debian's chromium)", function () {
     await page.screenshot({ path: path.join(ARTIFACTS, "editor-hub-settings.png") });
     assert.equal(await page.inputValue("#node-config-input-flappingThreshold"), "6");
     assert.equal(await page.isChecked("#node-config-input-stuckDetection"), true);
+
+    if (nodeRedMajor >= 5) {
+      // Node-RED 5's own dark theme (User Settings > View > Appearance), as a user picks it.
+      await page.evaluate(() => localStorage.setItem("view-dark-theme", "dark"));
+      await page.reload();
+      await page.waitForSelector("html.nr-theme-dark .red-ui-palette-node", { timeout: 30_000 });
+      await page.evaluate(() => (window as unknown as { RED: { sidebar: { show(id: string): void } } }).RED.sidebar.show("tethral-devices"));
+      await page.waitForFunction(() => document.querySelectorAll(".tethral-device-row").length === 8, null, { timeout: 30_000 });
+      await page.waitForSelector(".red-ui-notification", { state: "detached", timeout: 15_000 });
+      await page.screenshot({ path: path.join(ARTIFACTS, "editor-nr5-dark.png") });
+      await page.screenshot({ path: path.join(ARTIFACTS, "devices-sidebar-nr5-dark.png"), clip: await sidebarWithBar(page) });
+      await page.addScriptTag({ content: CONTRAST_SCRIPT });
+      for (const [selector, minimum] of [[".tethral-device-row b", 7], [".tethral-device-row b + span", 4.5], [".tethral-devices select", 4.5], [".tethral-devices input", 4.5]] as const) {
+        const ratio = await page.$eval(selector, (e) => (window as unknown as { tethralContrast(e: Element): number }).tethralContrast(e));
+        assert.ok(ratio >= minimum, `${selector} is readable on the dark theme: contrast ${ratio.toFixed(2)} < ${minimum}`);
+      }
+      await page.evaluate(() => localStorage.removeItem("view-dark-theme"));
+    }
     assert.deepEqual(pageErrors, []);
   });
 });
