@@ -171,14 +171,20 @@ const speak = (text) => String(text || "")
   .replace(/msg\\.payload\\./g, "")
   .replace(/msg\\.payload/g, "the request")
   .replace(/msg\\.(deviceId|commandId)/g, "the id in the path");
-const message = speak(msg.error.message);
+// A device's report: what the hub calls the message's data is the request's body.
+const report = typeof msg.kind === "string";
+const message = report ? speak(msg.error.message).replace(/^data\\.(?=\\w)/, "").replace(/^data:/, "body:") : speak(msg.error.message);
 if (!known) node.warn(\`\${msg.req.method} \${msg.req.originalUrl}: \${message}\`);
 msg.statusCode = known ? STATUS[code] : 500;
 msg.payload = { error: { code, message: known ? message : "the hub could not answer: see the Node-RED log" } };
 // Each bad field, where the hub named them.
 const details = msg.error.cause && msg.error.cause.details;
 if (known && Array.isArray(details) && details.length > 0) {
-  msg.payload.error.details = details.map((d) => ({ field: speak(d.field).replace(/^payload\\./, "").replace(/^payload$/, "(body)"), message: speak(d.message) }));
+  const fieldOf = (field) => {
+    const f = speak(field).replace(/^payload\\./, "").replace(/^payload$/, "(body)");
+    return report ? f.replace(/^data\\./, "").replace(/^data$/, "(body)") : f;
+  };
+  msg.payload.error.details = details.map((d) => ({ field: fieldOf(d.field), message: speak(d.message) }));
 }
 // The unknown device of an event is the body's deviceId.
 else if (badReference) msg.payload.error.details = [{ field: "deviceId", message }];

@@ -166,7 +166,9 @@ function textOf(_: Translate, value: unknown, field: string): string | undefined
   return text(value);
 }
 
+/** A priority as users write it in a query: any case (`HIGH` is `high`). */
 function priorityOf(_: Translate, value: string, field: string): Priority {
-  if (!PRIORITIES.includes(value as Priority)) throw invalidInput(field, _("tethral-hub-info.errors.priority", { field, priorities: PRIORITIES.join(", ") }));
-  return value as Priority;
+  const priority = value.toLowerCase();
+  if (!PRIORITIES.includes(priority as Priority)) throw invalidInput(field, _("tethral-hub-info.errors.priority", { field, priorities: PRIORITIES.join(", ") }));
+  return priority as Priority;
 }

@@ -135,6 +135,8 @@ describe("REST API: commands, tokens, events, device reports and filters (flows/
     assert.equal(Date.parse(e.expiresAt) - Date.parse(e.timestamp), 60_000);
     const history = await get("/events?type=alarm.raised");
     assert.equal(history.body.events[0].id, e.id);
+    // A priority is an enumeration: any case; a type is a name and matches as written.
+    assert.deepEqual((await get("/events?type=alarm.raised&priority=HIGH,Critical")).body.events.map((x: Json) => x.id), [e.id]);
 
     const plain = await call(api, "POST", "/events", { type: "note.added" });
     assert.equal(plain.status, 201);
@@ -205,9 +207,20 @@ describe("REST API: commands, tokens, events, device reports and filters (flows/
     assert.equal((await curl("status", '{"status": "offline"}', [bearer, json])).status, 204);
     assert.equal((await get("/devices/http-dev")).body.status, "offline", "a JSON object");
 
-    ERROR_SHAPE(await curl("status", "sleepy", [bearer, "Content-Type: text/plain"]), 400, "INVALID");
+    // Each refusal names the body's own field: the device's body, not the hub's message "data".
+    for (const [kind, body, type, field] of [
+      ["status", "sleepy", "text/plain", "(body)"],
+      ["state", '{"status": "sleepy"}', "application/json", "status"],
+      ["state", '{"properties": [1]}', "application/json", "properties"],
+      ["state", "[1]", "application/json", "(body)"],
+      ["telemetry", "[1]", "application/json", "(body)"],
+    ] as const) {
+      const refused = await curl(kind, body, [bearer, `Content-Type: ${type}`]);
+      ERROR_SHAPE(refused, 400, "INVALID");
+      assert.equal(refused.body.error.details?.[0]?.field, field, `${kind} ${body}: ${JSON.stringify(refused.body)}`);
+      assert.doesNotMatch(refused.body.error.message, /^data\b/, "the message speaks of the body too");
+    }
     ERROR_SHAPE(await curl("state", '{"colour": "red"}', [bearer, json]), 400, "INVALID");
-    ERROR_SHAPE(await curl("state", "[1]", [bearer, json]), 400, "INVALID");
     ERROR_SHAPE(await curl("heartbeat", null, []), 401, "UNAUTHORIZED");
     ERROR_SHAPE(await curl("state", '{"properties": {}}', ["Authorization: Bearer wrong", json]), 401, "UNAUTHORIZED");
     ERROR_SHAPE(await curl("heartbeat", null, [bearer], "nobody"), 404, "NOT_FOUND");
