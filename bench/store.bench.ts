@@ -154,7 +154,8 @@ async function postgres(): Promise<{ kind: "server" | "pglite"; makeStore: () =>
   const { PGlite } = await import("@electric-sql/pglite");
   const { PGLiteSocketServer } = await import("@electric-sql/pglite-socket");
   const db = await PGlite.create();
-  const socket = new PGLiteSocketServer({ db, port: 0, host: "127.0.0.1" });
+  // A store reconnects while the socket server still holds the closed one: room for a few.
+  const socket = new PGLiteSocketServer({ db, port: 0, host: "127.0.0.1", maxConnections: 8 });
   await socket.start();
   const url = `postgres://postgres@${socket.getServerConn()}/postgres`;
   return {
