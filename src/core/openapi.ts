@@ -298,7 +298,7 @@ export function openApiDocument(root: string, version: string): Record<string, u
     components: {
       schemas: structuredClone(cached.schemas),
       securitySchemes: {
-        deviceToken: { type: "http", scheme: "bearer", description: "the device's token (CONTRACT §4)" },
+        deviceToken: { type: "http", scheme: "bearer", description: "the device's token" },
         deviceTokenQuery: { type: "apiKey", in: "query", name: "token", description: "the device's token, for devices that cannot set a header" },
       },
     },
