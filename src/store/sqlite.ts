@@ -57,6 +57,8 @@ export class SqliteStore implements Store {
   private readonly busyTimeoutMs: number | undefined;
   private thread: SqliteThread | undefined;
   private opened: Promise<void> | undefined;
+  /** Set while a big batch is handed over part by part: the calls made meanwhile wait for it. */
+  private handingOver: Promise<void> | null = null;
   /** Why the last thread stopped when nobody closed it: later calls say so. */
   private lost: string | undefined;
 
@@ -91,6 +93,8 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
+    // A batch being handed over is posted whole before the thread stops.
+    while (this.handingOver) await this.handingOver;
     const thread = this.thread;
     this.thread = undefined;
     this.lost = undefined;
@@ -120,20 +124,37 @@ export class SqliteStore implements Store {
   }
 
   async writeBatch(batch: WriteBatch): Promise<void> {
+    if (this.handingOver) return this.handingOver.then(() => this.writeBatch(batch));
     const thread = this.live();
     const parts = splitBatch(batch, PART_ROWS);
     if (parts.length === 1) return thread.call("writeBatch", [encodeBatch(batch)]);
     // Each part is posted as soon as it is encoded: the thread writes it while the next one is
-    // encoded here. All are posted before this returns, so no other call comes between them.
-    const calls = [thread.call("beginBatch", [])];
+    // encoded here. Between parts this thread's timers and I/O run (a batch of 100,000 rows
+    // is a few hundred ms of encoding); the calls made meanwhile wait for the hand-over to
+    // end, so none comes between the parts of the transaction.
+    let handedOver!: () => void;
+    this.handingOver = new Promise((resolve) => (handedOver = resolve));
+    const calls: Promise<unknown>[] = [];
+    // Answers are awaited together at the end; one refused meanwhile is not left unhandled.
+    const post = (call: Promise<unknown>) => {
+      call.catch(() => undefined);
+      calls.push(call);
+    };
     try {
-      for (const part of parts) calls.push(thread.call("writePart", [encodeBatch(part)]));
-      calls.push(thread.call("commitBatch", []));
+      post(thread.call("beginBatch", []));
+      for (let i = 0; i < parts.length; i++) {
+        if (i > 0) await new Promise<void>((resolve) => setImmediate(resolve));
+        post(thread.call("writePart", [encodeBatch(parts[i]!)]));
+      }
+      post(thread.call("commitBatch", []));
     } catch (err) {
       // A row JSON cannot carry: the parts already written are rolled back before the refusal.
-      calls.push(thread.call("rollbackBatch", []));
+      post(thread.call("rollbackBatch", []));
       await Promise.allSettled(calls);
       throw err;
+    } finally {
+      this.handingOver = null;
+      handedOver();
     }
     await Promise.all(calls);
   }
@@ -201,6 +222,7 @@ export class SqliteStore implements Store {
   }
 
   private call<M extends SqliteMethod>(method: M, args: ThreadArgs<M>): Promise<ThreadResult<M>> {
+    if (this.handingOver) return this.handingOver.then(() => this.call(method, args));
     return this.live().call(method, args);
   }
 

@@ -248,6 +248,26 @@ describe("SqliteStore", function () {
     assert.equal((await store.stateHistory("d7", 5000)).length, 1000);
   });
 
+  it("lets no call in between the parts of a big batch: one made meanwhile sees the batch whole", async function () {
+    const store = track(new SqliteStore({ path: join(dir, "between.db") }));
+    await store.open();
+    const history = Array.from({ length: 20_000 }, (_, i) => historyRow(`h${i}`, "d1", T0 + i, i + 1));
+    const written = store.writeBatch({ presence: [], states: [], history, events: [] });
+    // Made while the parts are handed over (the write yields between them), answered after the commit.
+    await new Promise((resolve) => setImmediate(resolve));
+    const read = store.stateHistory("d1", 50_000);
+    const [, rows] = await Promise.all([written, read]);
+    assert.equal(rows.length, 20_000);
+    // A refused batch made meanwhile leaves the big one whole and itself nothing.
+    const big = store.writeBatch({ presence: [], states: [], history: history.map((h, i) => ({ ...h, id: `g${i}`, deviceId: "d2" })), events: [] });
+    await new Promise((resolve) => setImmediate(resolve));
+    const bad = store.writeBatch({ presence: [], states: [], history: [historyRow("bad", "d3", T0, 1), { ...historyRow("bad2", "d3", T0, 2), to: { properties: { x: 1n } } as never }], events: [] });
+    await big;
+    await assert.rejects(bad);
+    assert.equal((await store.stateHistory("d2", 50_000)).length, 20_000);
+    assert.equal((await store.stateHistory("d3", 10)).length, 0);
+  });
+
   it("refuses waiting and later calls with UNAVAILABLE when its thread dies, and opens again", async function () {
     const file = join(dir, "tethral.db");
     const store = track(new SqliteStore({ path: file }));
