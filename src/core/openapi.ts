@@ -280,10 +280,10 @@ let cached: { paths: ReturnType<typeof paths>; schemas: Record<string, JsonSchem
  * The document for an API served under `root` (Node-RED's httpNodeRoot, `/api` for `npm start`).
  * The server URL is relative, so it holds for whatever host and scheme the document was read through.
  */
-export function openApiDocument(root: string, version: string): Record<string, unknown> {
+export function openApiDocument(root: string, version: string, access: { basicAuth?: boolean } = {}): Record<string, unknown> {
   cached ??= { paths: paths(), schemas: componentSchemas() };
   const base = `/${root.replace(/^\/+|\/+$/g, "")}`;
-  return {
+  const document = {
     openapi: "3.1.0",
     info: {
       title: "Tethral REST API",
@@ -300,7 +300,26 @@ export function openApiDocument(root: string, version: string): Record<string, u
       securitySchemes: {
         deviceToken: { type: "http", scheme: "bearer", description: "the device's token" },
         deviceTokenQuery: { type: "apiKey", in: "query", name: "token", description: "the device's token, for devices that cannot set a header" },
-      },
+      } as Record<string, unknown>,
     },
   };
+  if (access.basicAuth) lockedWithBasic(document);
+  return document;
+}
+
+/**
+ * Node-RED's `httpNodeAuth` puts Basic authentication in front of every route: every operation
+ * needs it and may answer 401 before the API does. A device then sends Basic in the
+ * Authorization header, so its own token can only travel as `?token=`.
+ */
+function lockedWithBasic(document: { paths: unknown; components: { securitySchemes: Record<string, unknown> } } & Record<string, unknown>): void {
+  document.components.securitySchemes.nodeAuth = { type: "http", scheme: "basic", description: "Node-RED's httpNodeAuth (settings.js)" };
+  document.security = [{ nodeAuth: [] }];
+  for (const item of Object.values(document.paths as Record<string, Record<string, { security?: unknown; responses?: Record<string, unknown> }>>)) {
+    for (const [method, operation] of Object.entries(item)) {
+      if (!["get", "put", "post", "delete", "patch"].includes(method)) continue;
+      if (operation.security) operation.security = [{ nodeAuth: [], deviceTokenQuery: [] }];
+      if (operation.responses && !operation.responses["401"]) operation.responses["401"] = errorAnswer(401);
+    }
+  }
 }

@@ -32,7 +32,10 @@ export = function (RED: NodeAPI): void {
     const noHub = RED._("tethral-hub-info.errors.no-hub");
     const use = HubUse.attach(RED, this, def.hub, noHub);
     const root = typeof RED.settings.httpNodeRoot === "string" ? RED.settings.httpNodeRoot : "/";
-    const answer = operationHandler(use, noHub, (msg) => planOf(RED._, msg, def, root));
+    // Node-RED answers httpNodeAuth's {user, pass} with Basic authentication before every route.
+    const nodeAuth = (RED.settings as { httpNodeAuth?: unknown }).httpNodeAuth;
+    const basicAuth = isPlainObject(nodeAuth) && typeof nodeAuth.user === "string" && typeof nodeAuth.pass === "string";
+    const answer = operationHandler(use, noHub, (msg) => planOf(RED._, msg, def, { root, basicAuth }));
 
     this.on("input", (msg: NodeMessage, send, done) => {
       // Health is the one question a hub that cannot start still answers: with why it cannot.
@@ -63,7 +66,7 @@ export = function (RED: NodeAPI): void {
  * Reads the request from `msg` (and the node's configuration) and returns the hub call it
  * makes. Throws INVALID for a request that cannot be made, before the hub is touched.
  */
-function planOf(_: Translate, msg: NodeMessage, def: HubInfoDef, root: string): (hub: Hub) => Promise<Outcome> | Outcome {
+function planOf(_: Translate, msg: NodeMessage, def: HubInfoDef, api: { root: string; basicAuth: boolean }): (hub: Hub) => Promise<Outcome> | Outcome {
   const operation = operationOf(msg, def.operation, "health", OPERATIONS, () => _("tethral-hub-info.errors.operation", { operations: OPERATIONS.join(", ") }));
   switch (operation) {
     case "health":
@@ -100,7 +103,7 @@ function planOf(_: Translate, msg: NodeMessage, def: HubInfoDef, root: string): 
         return { payload: text, headers: { "content-type": contentType }, status: _("tethral-hub-info.status.metrics"), often: true };
       };
     case "openapi":
-      return () => ({ payload: openApiDocument(root, packageVersion()), status: _("tethral-hub-info.status.openapi") });
+      return () => ({ payload: openApiDocument(api.root, packageVersion(), { basicAuth: api.basicAuth }), status: _("tethral-hub-info.status.openapi") });
   }
 }
 

@@ -141,6 +141,24 @@ describe("the OpenAPI document's check of every answer (test/runtime/api-documen
     checkAnswer("http://127.0.0.1:1880/flows", "GET", 200, "text/html", "<html>", "<html>");
   });
 
+  it("says what httpNodeAuth asks: Basic on every route, and the device's token then as ?token=", async () => {
+    const doc: Doc = openApiDocument("/api", "1.0.0", { basicAuth: true });
+    const result = await new Validator().validate(doc);
+    assert.equal(result.valid, true, JSON.stringify(result.errors, null, 2));
+    assert.deepEqual(doc.components.securitySchemes.nodeAuth, { type: "http", scheme: "basic", description: "Node-RED's httpNodeAuth (settings.js)" });
+    assert.deepEqual(doc.security, [{ nodeAuth: [] }]);
+    for (const op of operationsOf(doc)) {
+      const [method, route] = op.split(" ") as [string, string];
+      assert.ok(doc.paths[route][method].responses["401"], `${op} may answer 401`);
+    }
+    assert.deepEqual(doc.paths["/devices/{id}/desired"].get.security, [{ nodeAuth: [], deviceTokenQuery: [] }]);
+    // Without httpNodeAuth nothing of it.
+    const open: Doc = openApiDocument("/api", "1.0.0");
+    assert.equal(open.security, undefined);
+    assert.equal(open.components.securitySchemes.nodeAuth, undefined);
+    assert.equal(open.paths["/health"].get.responses["401"], undefined);
+  });
+
   it("builds the document under any httpNodeRoot", () => {
     assert.deepEqual(openApiDocument("/rest/", "1.0.0").servers, [{ url: "/rest" }]);
     assert.deepEqual(openApiDocument("/", "1.0.0").servers, [{ url: "/" }]);

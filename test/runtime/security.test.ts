@@ -137,6 +137,10 @@ describe("npm start with the user's settings.js (adminAuth, httpNodeAuth)", func
     assert.ok(["ok", "degraded"].includes(ok.body.status));
     const list = await call(runtime.api, "GET", "/devices?q=locked", undefined, { authorization: basic(API.user, API.pass) });
     assert.equal(list.body.total, 0);
+    // The API's own description says so: Basic on every route.
+    const doc = await call(runtime.api, "GET", "/openapi.json", undefined, { authorization: basic(API.user, API.pass) });
+    assert.deepEqual(doc.body.security, [{ nodeAuth: [] }]);
+    assert.equal(doc.body.components.securitySchemes.nodeAuth.scheme, "basic");
   });
 
   it("curl with -u is let in where curl without it is not", async function () {
