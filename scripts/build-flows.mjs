@@ -25,6 +25,7 @@ const httpIn = (method, url) => ({ name: "", url, method, upload: false, skipBod
 const response = (statusCode = "") => ({ name: "", statusCode: String(statusCode), headers: {} });
 const fn = (name, func, outputs = 1) => ({ name, func, outputs, timeout: 0, noerr: 0, initialize: "", finalize: "", libs: [] });
 const setDeviceId = { name: "device id from the path", rules: [{ t: "set", p: "deviceId", pt: "msg", to: "req.params.id", tot: "msg" }], action: "", property: "", from: "", to: "", reg: false };
+const setCommandId = { ...setDeviceId, name: "command id from the path", rules: [{ t: "set", p: "commandId", pt: "msg", to: "req.params.id", tot: "msg" }] };
 const device = (operation) => ({ name: "", hub: HUB, operation, deviceId: "" });
 const state = (operation) => ({ name: "", hub: HUB, operation, deviceId: "", count: 10 });
 const info = (operation) => ({ name: "", hub: HUB, operation });
@@ -94,12 +95,14 @@ msg.statusCode = msg.command.completedAt === null ? 202 : 200;
 msg.payload = msg.command;
 return msg;`;
 
-const REPORT_REQUEST = `// The device's token: Authorization: Bearer TOKEN (or ?token= for devices that cannot set headers).
-const auth = msg.req.headers.authorization || "";
-const bearer = /^Bearer\\s+(\\S+)\\s*$/i.exec(auth);
+// A device's own request: its id from the path, its token from Authorization: Bearer TOKEN (or
+// ?token= for devices that cannot set headers, and under httpNodeAuth, whose Basic takes the header).
+const DEVICE_REQUEST = `const bearer = /^Bearer\\s+(\\S+)\\s*$/i.exec(msg.req.headers.authorization || "");
 const query = msg.req.query.token;
 msg.token = bearer ? bearer[1] : typeof query === "string" ? query : undefined;
-msg.deviceId = msg.req.params.id;
+msg.deviceId = msg.req.params.id;`;
+
+const REPORT_REQUEST = `${DEVICE_REQUEST}
 // The kind is the route's last step: /devices/:id/telemetry, /heartbeat, /state or /status.
 msg.kind = msg.req.route.path.split("/").pop();
 // A status comes as text (online), a JSON string ("online") or {"status": "online"}.
@@ -142,11 +145,7 @@ msg.payload = msg.event;
 delete msg.event;
 return msg;`;
 
-const DESIRED_REQUEST = `// The device's token: Authorization: Bearer TOKEN (or ?token= for devices that cannot set headers).
-const bearer = /^Bearer\\s+(\\S+)\\s*$/i.exec(msg.req.headers.authorization || "");
-const query = msg.req.query.token;
-msg.token = bearer ? bearer[1] : typeof query === "string" ? query : undefined;
-msg.deviceId = msg.req.params.id;
+const DESIRED_REQUEST = `${DEVICE_REQUEST}
 return msg;`;
 
 const NO_CONTENT = `msg.statusCode = 204;
@@ -363,12 +362,12 @@ add("cmd-answer", "function", fn("200 ended, 202 pending", COMMAND_ANSWER), X[3]
 add("cmd-out", "http response", response(), X[4], at);
 at = row();
 add("cmdget-in", "http in", httpIn("get", "/commands/:id"), X[0], at, [["cmdget-id"]]);
-add("cmdget-id", "change", { ...setDeviceId, name: "command id from the path", rules: [{ t: "set", p: "commandId", pt: "msg", to: "req.params.id", tot: "msg" }] }, X[1], at, [["cmdget"]]);
+add("cmdget-id", "change", setCommandId, X[1], at, [["cmdget"]]);
 add("cmdget", "tethral-command", command("get"), X[2], at, [["cmdget-out"]]);
 add("cmdget-out", "http response", response(200), X[4], at);
 at = row();
 add("cmdcancel-in", "http in", httpIn("delete", "/commands/:id"), X[0], at, [["cmdcancel-id"]]);
-add("cmdcancel-id", "change", { ...setDeviceId, name: "command id from the path", rules: [{ t: "set", p: "commandId", pt: "msg", to: "req.params.id", tot: "msg" }] }, X[1], at, [["cmdcancel"]]);
+add("cmdcancel-id", "change", setCommandId, X[1], at, [["cmdcancel"]]);
 add("cmdcancel", "tethral-command", command("cancel"), X[2], at, [["cmdcancel-out"]]);
 add("cmdcancel-out", "http response", response(200), X[4], at);
 at = row();

@@ -1,5 +1,6 @@
 import { z } from "zod";
-import { COMMAND_STATUSES, DEVICE_STATUSES, PRIORITIES } from "./types";
+import { MAX_EVENT_TTL_SECONDS, USER_TYPE_PATTERN } from "./events";
+import { COMMAND_STATUSES, DEVICE_STATUSES, PRIORITIES, RESERVED_EVENT_PREFIXES } from "./types";
 import { deviceIdSchema } from "./validation";
 
 /**
@@ -32,7 +33,7 @@ export const deviceSchema = z
     createdAt: time,
     updatedAt: time,
   })
-  .describe("A device record (CONTRACT §1)");
+  .describe("A device record");
 
 export const registeredDeviceSchema = deviceSchema
   .extend({ token: z.string().optional().describe("the device's token, shown in this answer only (with device tokens on)") })
@@ -67,7 +68,7 @@ export const deviceStateSchema = z
     reportedAt: time.nullable(),
     history: z.array(stateHistoryEntrySchema).optional().describe("with ?history=N: the last N changes, oldest first"),
   })
-  .describe("A device's state (CONTRACT §1)");
+  .describe("A device's state");
 
 export const desiredSchema = z
   .object({ desired: json, delta: json, version: count })
@@ -85,7 +86,7 @@ export const eventSchema = z
     expiresAt: time.nullable(),
     causeId: z.string().nullable(),
   })
-  .describe("An event (CONTRACT §1)");
+  .describe("An event");
 
 export const commandSchema = z
   .object({
@@ -106,7 +107,7 @@ export const commandSchema = z
     timeout: z.number().nonnegative().describe("seconds to wait for the answer, per attempt"),
     retries: count,
   })
-  .describe("A command (CONTRACT §1)");
+  .describe("A command");
 
 export const ERROR_CODES = ["INVALID", "UNAUTHORIZED", "NOT_FOUND", "CONFLICT", "TIMEOUT", "DEVICE_ERROR", "UNAVAILABLE", "INTERNAL"] as const;
 
@@ -119,7 +120,7 @@ export const errorSchema = z
     }),
     command: commandSchema.optional().describe("a command that ended badly while the request waited for it"),
   })
-  .describe("Every refusal (CONTRACT §1): INVALID 400, UNAUTHORIZED 401, NOT_FOUND 404, CONFLICT 409, DEVICE_ERROR 502, UNAVAILABLE 503, TIMEOUT 504");
+  .describe("Every refusal: INVALID 400, UNAUTHORIZED 401, NOT_FOUND 404, CONFLICT 409, DEVICE_ERROR 502, UNAVAILABLE 503, TIMEOUT 504");
 
 const componentSchema = z.looseObject({ status: z.enum(["ok", "degraded", "stopped", "failed"]), error: z.string().optional() });
 export const healthSchema = z
@@ -200,11 +201,11 @@ export const tokenSchema = z.looseObject({ token: z.string().describe("the new t
 
 /** `POST /api/events`: a user event (CONTRACT §3). */
 export const userEventInputSchema = z.strictObject({
-  type: z.string().regex(/^[A-Za-z0-9_.:/-]{1,128}$/).describe("outside the hub's own prefixes (device., state., message., command., hub., store.)"),
+  type: z.string().regex(USER_TYPE_PATTERN).describe(`outside the hub's own prefixes (${RESERVED_EVENT_PREFIXES.join(", ")})`),
   data: z.unknown().optional(),
   priority: z.enum(PRIORITIES).optional(),
   deviceId: deviceIdSchema.nullable().optional(),
-  ttl: z.number().positive().optional().describe("seconds until the event expires"),
+  ttl: z.number().positive().max(MAX_EVENT_TTL_SECONDS).nullable().optional().describe("seconds until the event expires"),
 });
 
 /** The named answers the OpenAPI document lists under components.schemas. */

@@ -231,7 +231,7 @@ export class CommandTracker {
     for (const c of this.finished.values()) if (c.deviceId === deviceId) out.push(c);
     return out
       .filter(wanted)
-      .sort((a, b) => (a.createdAt === b.createdAt ? (a.id < b.id ? 1 : -1) : a.createdAt < b.createdAt ? 1 : -1))
+      .sort((a, b) => descending(a.createdAt, b.createdAt) || descending(a.id, b.id))
       .slice(0, limit);
   }
 
@@ -683,4 +683,9 @@ export function rowToCommand(row: CommandRow): Command {
     timeout: (o.timeoutMs ?? 0) / 1000,
     retries: o.retries ?? 0,
   };
+}
+
+/** For a newest-first sort of ISO times and ids: compared as the store compares them, not by locale. */
+function descending(a: string, b: string): number {
+  return a < b ? 1 : a > b ? -1 : 0;
 }

@@ -82,7 +82,10 @@ export interface EventBusOptions {
 
 const MAX_RETRY_DELAY_MS = 30_000;
 const MAX_TYPE_KEYS = 1000;
-const USER_TYPE_PATTERN = /^[A-Za-z0-9_.:/-]{1,128}$/;
+/** A user event's type (its prefix must not be one of RESERVED_EVENT_PREFIXES). */
+export const USER_TYPE_PATTERN = /^[A-Za-z0-9_.:/-]{1,128}$/;
+/** The longest time to live a user event may ask for: ten years, far past any history's retention. */
+export const MAX_EVENT_TTL_SECONDS = 10 * 365 * 24 * 3600;
 
 export interface SubscriptionHandle {
   readonly id: string;

@@ -58,6 +58,26 @@ export class HubMetrics {
     const comm = () => (this.scrape.communication ??= source.communication());
     const ev = () => (this.scrape.events ??= source.events());
     const health = () => (this.scrape.health ??= source.health());
+    // A figure the hub keeps, read at scrape time: a counter (since the hub started) or a gauge (now).
+    const counter = (name: string, help: string, read: () => number) =>
+      new Counter({
+        name,
+        help,
+        registers,
+        collect() {
+          this.reset();
+          this.inc(read());
+        },
+      });
+    const gauge = (name: string, help: string, read: () => number) =>
+      new Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          this.set(read());
+        },
+      });
 
     const perProtocol = (name: string, help: string, figure: (p: CommunicationStatistics["protocols"][string]) => number) =>
       new Counter({
@@ -118,14 +138,7 @@ export class HubMetrics {
         for (const status of COMMAND_STATUSES) this.inc({ status }, byStatus[status] ?? 0);
       },
     });
-    new Gauge({
-      name: "tethral_commands_pending",
-      help: "Commands not ended yet (queued, sent or delivered).",
-      registers,
-      collect() {
-        this.set(comm().commands.pending);
-      },
-    });
+    gauge("tethral_commands_pending", "Commands not ended yet (queued, sent or delivered).", () => comm().commands.pending);
     this.roundTrip = new Histogram({
       name: "tethral_command_round_trip_seconds",
       help: "From sending a command attempt to the device's answer.",
@@ -133,21 +146,11 @@ export class HubMetrics {
       registers,
     });
 
-    const eventCounter = (name: string, help: string, figure: (s: EventStatistics) => number) =>
-      new Counter({
-        name,
-        help,
-        registers,
-        collect() {
-          this.reset();
-          this.inc(figure(ev()));
-        },
-      });
-    eventCounter("tethral_events_published_total", "Events published on the hub's event bus.", (s) => s.published);
-    eventCounter("tethral_events_delivered_total", "Events handed to subscribers (flows, nodes, adapters).", (s) => s.delivered);
-    eventCounter("tethral_events_dropped_total", "Events dropped: a subscriber's queue was full.", (s) => s.dropped);
-    eventCounter("tethral_events_failed_total", "Deliveries whose handler failed after its retries.", (s) => s.failed);
-    eventCounter("tethral_events_expired_total", "Events that expired (their time to live ran out) before delivery.", (s) => s.expired);
+    counter("tethral_events_published_total", "Events published on the hub's event bus.", () => ev().published);
+    counter("tethral_events_delivered_total", "Events handed to subscribers (flows, nodes, adapters).", () => ev().delivered);
+    counter("tethral_events_dropped_total", "Events dropped: a subscriber's queue was full.", () => ev().dropped);
+    counter("tethral_events_failed_total", "Deliveries whose handler failed after its retries.", () => ev().failed);
+    counter("tethral_events_expired_total", "Events that expired (their time to live ran out) before delivery.", () => ev().expired);
 
     this.batch = new Histogram({
       name: "tethral_store_batch_duration_seconds",
@@ -155,22 +158,8 @@ export class HubMetrics {
       buckets: BATCH_BUCKETS,
       registers,
     });
-    new Gauge({
-      name: "tethral_store_backlog_rows",
-      help: "History and event rows waiting for the database.",
-      registers,
-      collect() {
-        this.set(source.store()?.backlog.rows ?? 0);
-      },
-    });
-    new Gauge({
-      name: "tethral_store_backlog_limit_rows",
-      help: "The backlog past which the oldest rows are dropped.",
-      registers,
-      collect() {
-        this.set(source.store()?.backlog.bound ?? 0);
-      },
-    });
+    gauge("tethral_store_backlog_rows", "History and event rows waiting for the database.", () => source.store()?.backlog.rows ?? 0);
+    gauge("tethral_store_backlog_limit_rows", "The backlog past which the oldest rows are dropped.", () => source.store()?.backlog.bound ?? 0);
     new Counter({
       name: "tethral_store_dropped_rows_total",
       help: "Rows dropped because the write buffer was full, by table.",
@@ -183,53 +172,16 @@ export class HubMetrics {
         this.inc({ table: "events" }, dropped.events);
       },
     });
-    new Counter({
-      name: "tethral_store_rows_written_total",
-      help: "Rows written by the write-behind batches.",
-      registers,
-      collect() {
-        this.reset();
-        this.inc(source.store()?.rowsWritten ?? 0);
-      },
-    });
-    new Counter({
-      name: "tethral_store_failures_total",
-      help: "Batches the database failed to write (retried later).",
-      registers,
-      collect() {
-        this.reset();
-        this.inc(source.store()?.failures ?? 0);
-      },
-    });
-    new Gauge({
-      name: "tethral_store_degraded",
-      help: "1 while the database is unreachable and the hub serves from memory, else 0.",
-      registers,
-      collect() {
-        this.set(source.store()?.degraded ? 1 : 0);
-      },
-    });
+    counter("tethral_store_rows_written_total", "Rows written by the write-behind batches.", () => source.store()?.rowsWritten ?? 0);
+    counter("tethral_store_failures_total", "Batches the database failed to write (retried later).", () => source.store()?.failures ?? 0);
+    gauge("tethral_store_degraded", "1 while the database is unreachable and the hub serves from memory, else 0.", () => (source.store()?.degraded ? 1 : 0));
 
     // The hub's own lag reading (the health component's window), beside prom-client's nodejs_eventloop_lag_*.
     const lag = () => (health().components.process as { eventLoopLagMs?: { p50: number; p99: number; max: number } } | undefined)?.eventLoopLagMs;
     for (const [figure, what] of [["p50", "The median"], ["p99", "The 99th percentile"], ["max", "The most"]] as const) {
-      new Gauge({
-        name: `tethral_event_loop_lag_${figure}_seconds`,
-        help: `${what} of how late the hub's timers ran over the last 10 s or more.`,
-        registers,
-        collect() {
-          this.set((lag()?.[figure] ?? 0) / 1000);
-        },
-      });
+      gauge(`tethral_event_loop_lag_${figure}_seconds`, `${what} of how late the hub's timers ran over the last 10 s or more.`, () => (lag()?.[figure] ?? 0) / 1000);
     }
-    new Gauge({
-      name: "tethral_up",
-      help: "1 when every component of the hub is healthy, 0 when one is degraded (see GET /api/health).",
-      registers,
-      collect() {
-        this.set(health().status === "ok" ? 1 : 0);
-      },
-    });
+    gauge("tethral_up", "1 when every component of the hub is healthy, 0 when one is degraded (see GET /api/health).", () => (health().status === "ok" ? 1 : 0));
   }
 
   /** One answered command attempt, in milliseconds. */

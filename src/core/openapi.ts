@@ -3,7 +3,7 @@ import { API_SCHEMAS, type ApiSchemaName, userEventInputSchema } from "./api-sch
 import { DEFAULT_COMMAND_LIST_LIMIT, MAX_COMMAND_LIST_LIMIT, commandInputSchema } from "./command-input";
 import { filterSchema } from "./registry-query";
 import { DEVICE_STATUSES, PRIORITIES, COMMAND_STATUSES } from "./types";
-import { deviceInputSchema, devicePatchSchema, stateSetSchema } from "./validation";
+import { DEVICE_ID_PATTERN, deviceInputSchema, devicePatchSchema, stateSetSchema } from "./validation";
 
 /**
  * The OpenAPI 3.1 document of the REST API (CONTRACT §3), `GET /api/openapi.json`. Bodies and
@@ -65,7 +65,7 @@ function responses(ok: Record<number, unknown>, errors: number[]): Record<string
   return out;
 }
 
-const idParam = (description: string) => ({ name: "id", in: "path", required: true, description, schema: { type: "string", pattern: "^[A-Za-z0-9._:-]{1,128}$" } });
+const idParam = (description: string) => ({ name: "id", in: "path", required: true, description, schema: { type: "string", pattern: DEVICE_ID_PATTERN.source } });
 const query = (name: string, schema: JsonSchema, description?: string) => ({ name, in: "query", required: false, schema, ...(description && { description }) });
 /** A list filter: one value, a comma-separated list, or the parameter repeated. */
 const listQuery = (name: string, item: JsonSchema, description?: string) =>
@@ -80,7 +80,7 @@ function deviceListParameters(): unknown[] {
     if (name === "limit") return query(name, { ...whole, maximum: 100_000, default: 100 }, "page size");
     if (name === "offset") return query(name, whole, "devices to skip");
     if (name === "q") return query(name, schema, "text in the id, name, manufacturer or model (ignores case)");
-    if (name === "capabilityMatch" || name === "tagMatch") return query(name, schema, `whether a device needs any (default) or all of the ${name.replace("Match", "")} values`);
+    if (name === "capabilityMatch" || name === "tagMatch") return query(name, schema, `whether a device needs all (the default) or any of the ${name.replace("Match", "")} values`);
     return query(name, schema, Array.isArray(schema.anyOf) ? "one value, a comma-separated list, or the parameter repeated" : undefined);
   });
 }
@@ -319,7 +319,7 @@ function lockedWithBasic(document: { paths: unknown; components: { securitySchem
     for (const [method, operation] of Object.entries(item)) {
       if (!["get", "put", "post", "delete", "patch"].includes(method)) continue;
       if (operation.security) operation.security = [{ nodeAuth: [], deviceTokenQuery: [] }];
-      if (operation.responses && !operation.responses["401"]) operation.responses["401"] = errorAnswer(401);
+      if (operation.responses && !operation.responses["401"]) operation.responses["401"] = { ...errorAnswer(401), description: "UNAUTHORIZED: no or wrong Basic credentials (httpNodeAuth)" };
     }
   }
 }

@@ -1,4 +1,5 @@
 import { PRIORITIES, type Priority } from "../core/types";
+import { MAX_EVENT_TTL_SECONDS } from "../core/events";
 import { HubUse, errorLabel, flowCause, fromMsg, invalidInput, text, toError } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
@@ -11,9 +12,6 @@ interface EventOutDef extends NodeDef {
   /** Seconds the event lives when `msg.ttl` gives none; blank: until the history lets it go. */
   ttl?: string | number;
 }
-
-/** The longest `msg.ttl`: ten years, far past any history's retention. */
-const MAX_TTL_SECONDS = 10 * 365 * 24 * 3600;
 
 /**
  * `tethral-event-out` (CONTRACT §5): publishes `msg.payload` as a user event of the configured
@@ -83,5 +81,5 @@ export = function (RED: NodeAPI): void {
 function secondsOf(value: unknown): number | undefined | null {
   if (value === undefined) return undefined;
   const n = typeof value === "number" ? value : typeof value === "string" && /^\s*(\d+\.?\d*|\.\d+)\s*$/.test(value) ? Number(value) : NaN;
-  return Number.isFinite(n) && n > 0 && n <= MAX_TTL_SECONDS ? n : null;
+  return Number.isFinite(n) && n > 0 && n <= MAX_EVENT_TTL_SECONDS ? n : null;
 }

@@ -1,4 +1,5 @@
 import { generate } from "coap-packet";
+import { JSON_FORMAT } from "./coap-wire";
 
 /**
  * Observers of devices' `desired` resources (RFC 7641), kept by the hub itself rather than by the
@@ -27,8 +28,6 @@ export interface Endpoint {
   port: number;
 }
 
-/** A notification's payload: the resource's representation, JSON. */
-const JSON_FORMAT = 50;
 /** The most one notification carries; a larger representation goes as its first Block2 block (RFC 7959 §2.6). */
 const BLOCK_SIZE = 1024;
 /** Block2: number 0, more to follow, size exponent 6 (1024 bytes). */
@@ -108,11 +107,12 @@ export class CoapObservers {
     if (observer) this.remove(observer);
   }
 
-  /** Sends every observer of the device the new representation. */
-  notify(deviceId: string, payload: Buffer): void {
+  /** Sends every observer of the device the new representation; returns how many were sent. */
+  notify(deviceId: string, payload: Buffer): number {
     const observers = this.byDevice.get(deviceId);
-    if (!observers) return;
+    if (!observers) return 0;
     for (const observer of observers) this.notifyOne(observer, payload);
+    return observers.size;
   }
 
   /**
@@ -133,8 +133,7 @@ export class CoapObservers {
    * consumed), false to leave it to the coap library.
    */
   settle(type: "ACK" | "RST", messageId: number, from: Endpoint): boolean {
-    const key = `${from.address}:${from.port}#${messageId}`;
-    const observer = this.inFlight.get(key);
+    const observer = this.inFlight.get(flightKey(from, messageId));
     if (!observer) return false;
     if (type === "RST") {
       // The client no longer knows the token: it has forgotten the observation (RFC 7641 §3.6).
@@ -161,12 +160,12 @@ export class CoapObservers {
       // RFC 7641 §4.5.2: the newer notification takes the place of the one in flight and goes on
       // with its retransmission count and timeout, so a client that is gone is noticed as soon.
       clearTimeout(previous.timer);
-      this.inFlight.delete(`${observer.endpoint.address}:${observer.endpoint.port}#${previous.messageId}`);
+      this.inFlight.delete(flightKey(observer.endpoint, previous.messageId));
     }
     const attempts = previous?.attempts ?? 0;
     const timeoutMs = previous?.timeoutMs ?? this.limits.ackTimeoutMs * (1 + Math.random() * (ACK_RANDOM_FACTOR - 1));
     observer.exchange = { messageId, attempts, timeoutMs, datagram, timer: this.retransmitAfter(observer, timeoutMs) };
-    this.inFlight.set(`${observer.endpoint.address}:${observer.endpoint.port}#${messageId}`, observer);
+    this.inFlight.set(flightKey(observer.endpoint, messageId), observer);
     this.send?.(datagram, observer.endpoint);
   }
 
@@ -192,7 +191,7 @@ export class CoapObservers {
     const exchange = observer.exchange;
     if (!exchange) return;
     clearTimeout(exchange.timer);
-    this.inFlight.delete(`${observer.endpoint.address}:${observer.endpoint.port}#${exchange.messageId}`);
+    this.inFlight.delete(flightKey(observer.endpoint, exchange.messageId));
     observer.exchange = null;
   }
 
@@ -235,6 +234,11 @@ export class CoapObservers {
 
 /** The final notifications' codes as CONTRACT §1 codes, for their JSON body. */
 const ERROR_CODE_OF: Record<string, string> = { "4.01": "UNAUTHORIZED", "4.04": "NOT_FOUND", "5.03": "UNAVAILABLE" };
+
+/** A notification in flight, as the client's ACK or RST names it. */
+function flightKey(endpoint: Endpoint, messageId: number): string {
+  return `${endpoint.address}:${endpoint.port}#${messageId}`;
+}
 
 function keyOf(endpoint: Endpoint, token: Buffer): string {
   return `${endpoint.address}:${endpoint.port}/${token.toString("hex")}`;

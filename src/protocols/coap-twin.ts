@@ -3,9 +3,8 @@ import { encodeTwin } from "../core/twin";
 import type { DeviceTwin } from "../core/types";
 import { CoapObservers, type ObserveLimits } from "./coap-observe";
 import { type Answer, CODE_OF, refusal } from "./coap-intake";
+import { JSON_FORMAT } from "./coap-wire";
 import type { AdapterContext } from "./types";
-
-const JSON_FORMAT = 50;
 
 /**
  * `GET /devices/{id}/desired?token=…` (CONTRACT §2): the device's twin, 2.05 JSON, and with
@@ -60,9 +59,7 @@ export class CoapTwinResource {
       return;
     }
     const payload = Buffer.from(encodeTwin(twin), "utf8");
-    const before = this.observers.figures.notifications;
-    this.observers.notify(deviceId, payload);
-    const sent = this.observers.figures.notifications - before;
+    const sent = this.observers.notify(deviceId, payload);
     this.context.counters.messagesOut += sent;
     this.context.counters.bytesOut += sent * payload.length;
   }

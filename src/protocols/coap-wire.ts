@@ -117,7 +117,7 @@ export function optionRefusal(options: readonly WireOption[]): { code: "4.02" | 
 
 /** application/link-format and application/json (RFC 7252 §12.3). */
 export const LINK_FORMAT = 40;
-const JSON_FORMAT = 50;
+export const JSON_FORMAT = 50;
 const TEXT_FORMAT = 0;
 
 /** What each report resource takes: JSON, `online`/`offline` text, or anything (a heartbeat). */

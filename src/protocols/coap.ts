@@ -101,12 +101,8 @@ export class CoapAdapter implements ProtocolAdapter {
     };
     const { maxBlockTransfers: max, maxBlockTransfersPerDevice: perDevice, blockTransferIdleMs: idleMs } = this.options;
     this.intake = new CoapIntake(this.name, { max, perDevice, idleMs }, (where, err) => this.fault(where, err));
-    this.twin = new CoapTwinResource(this.name, {
-      ...DEFAULT_OBSERVE_LIMITS,
-      max: options.maxObservers ?? DEFAULT_OBSERVE_LIMITS.max,
-      perDevice: options.maxObserversPerDevice ?? DEFAULT_OBSERVE_LIMITS.perDevice,
-      ackTimeoutMs: options.observeAckTimeoutMs ?? DEFAULT_OBSERVE_LIMITS.ackTimeoutMs,
-    });
+    const { maxObservers, maxObserversPerDevice, observeAckTimeoutMs } = this.options;
+    this.twin = new CoapTwinResource(this.name, { ...DEFAULT_OBSERVE_LIMITS, max: maxObservers, perDevice: maxObserversPerDevice, ackTimeoutMs: observeAckTimeoutMs });
   }
 
   /** The UDP port the server is bound to (null before start, when disabled, and after stop). */

@@ -38,7 +38,8 @@ export interface ProtocolAdapter {
    * The device's twin changed (CONTRACT §2: desired set, or a report moved the delta): deliver it
    * to the device if it listens here. Null: the device was removed, so drop what is kept for it
    * (a retained copy, observers). Called in the change itself, for every device whatever its
-   * protocol (a device may read its twin over another): it must not throw or block.
+   * protocol (a device may read its twin over another; see `retainsTwins` for the exception): it
+   * must not throw or block.
    */
   twinChanged?(deviceId: string, twin: DeviceTwin | null): void;
   /**
