@@ -41,10 +41,10 @@ const refuse = `const refuse = (message, field) => { const e = new Error(message
 const REGISTER = `${refuse}
 // The body is the device record; its token comes back once, in this answer.
 const body = msg.payload;
-if (typeof body !== "object" || body === null || Array.isArray(body)) return refuse("the body must be a JSON object: the device record");
+if (typeof body !== "object" || body === null || Array.isArray(body)) return refuse("the body must be a JSON object: the device record", "(body)");
 // These two paths answer the fleet's statistics and states: a device of that id could never be read.
 // "." and ".." would be read as path steps by every HTTP client.
-if (["statistics", "states", ".", ".."].includes(body.id)) return refuse(\`id "\${body.id}" is reserved by the REST API\`);
+if (["statistics", "states", ".", ".."].includes(body.id)) return refuse(\`id "\${body.id}" is reserved by the REST API\`, "id");
 return msg;`;
 
 const CREATED = `msg.statusCode = 201;
@@ -56,7 +56,7 @@ const STATE_REQUEST = `${refuse}
 msg.deviceId = msg.req.params.id;
 const history = msg.req.query.history;
 if (history === undefined || history === "") return msg;
-if (typeof history !== "string" || !/^\\d+$/.test(history) || Number(history) > 10000) return refuse("history must be a whole number from 0 to 10000");
+if (typeof history !== "string" || !/^\\d+$/.test(history) || Number(history) > 10000) return refuse("history must be a whole number from 0 to 10000", "history");
 msg.history = Number(history);
 return msg;`;
 
@@ -73,19 +73,19 @@ return msg;`;
 const COMMAND_KEYS = ["command", "params", "wait", "timeout", "retries", "expiresIn", "priority", "supersede", "expectResponse"];
 const COMMAND_REQUEST = `${refuse}
 const body = msg.payload;
-if (typeof body !== "object" || body === null || Array.isArray(body)) return refuse("the body must be a JSON object: {command, params, wait, timeout, retries, expiresIn, priority}");
+if (typeof body !== "object" || body === null || Array.isArray(body)) return refuse("the body must be a JSON object: {command, params, wait, timeout, retries, expiresIn, priority}", "(body)");
 const keys = ${JSON.stringify(COMMAND_KEYS)};
 const unknown = Object.keys(body).find((k) => !keys.includes(k));
-if (unknown !== undefined) return refuse(\`\${unknown} is no command option (use \${keys.join(", ")})\`);
-if (typeof body.command !== "string" || body.command.trim() === "") return refuse("command must be the command's name");
-if (body.wait !== undefined && typeof body.wait !== "boolean") return refuse("wait must be true or false");
+if (unknown !== undefined) return refuse(\`\${unknown} is no command option (use \${keys.join(", ")})\`, unknown);
+if (typeof body.command !== "string" || body.command.trim() === "") return refuse("command must be the command's name", "command");
+if (body.wait !== undefined && typeof body.wait !== "boolean") return refuse("wait must be true or false", "wait");
 msg.deviceId = msg.req.params.id;
 msg.command = body.command;
 msg.payload = body.params === undefined ? {} : body.params;
 msg.wait = body.wait === true;
 for (const k of ["timeout", "retries", "expiresIn", "priority", "supersede", "expectResponse"]) {
   // null counts as "not given" downstream: refuse it here rather than let it mean the default.
-  if (body[k] === null || body[k] === "") return refuse(\`\${k} must not be \${body[k] === null ? "null" : "empty"}\`);
+  if (body[k] === null || body[k] === "") return refuse(\`\${k} must not be \${body[k] === null ? "null" : "empty"}\`, k);
   if (body[k] !== undefined) msg[k] = body[k];
 }
 return msg;`;

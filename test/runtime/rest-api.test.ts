@@ -434,11 +434,23 @@ describe("REST API (flows/flows.json in the runtime, over real HTTP)", function 
     assert.ok(Array.isArray(bad.body.error.details), JSON.stringify(bad.body));
     assert.equal(bad.body.error.details[0].field, "heartbeatTimeout");
     assert.doesNotMatch(bad.body.error.message, /msg\./, "the message speaks of the request, not of msg properties");
-    for (const id of [".", ".."]) assert.equal((await call(api, "POST", "/devices", { id, protocol: "mqtt" })).status, 400, id);
+    // The flow's own refusals name their field too, as the hub's do.
+    for (const id of [".", "..", "statistics", "states"]) {
+      const res = await call(api, "POST", "/devices", { id, protocol: "mqtt" });
+      assert.equal(res.status, 400, id);
+      assert.equal(res.body.error.details?.[0]?.field, "id", JSON.stringify(res.body));
+    }
+    assert.equal((await call(api, "POST", "/devices", [1])).body.error.details?.[0]?.field, "(body)");
     for (const option of ["timeout", "retries", "priority", "expiresIn", "supersede", "expectResponse"]) {
       const res = await call(api, "POST", "/devices/boiler-1/command", { command: "x", [option]: "" });
       assert.equal(res.status, 400, option);
+      assert.equal(res.body.error.details?.[0]?.field, option, JSON.stringify(res.body));
     }
+    for (const [body, field] of [[{ command: "" }, "command"], [{ command: "x", wait: "yes" }, "wait"], [{ command: "x", colour: 1 }, "colour"], [[1], "(body)"]] as const) {
+      const res = await call(api, "POST", "/devices/boiler-1/command", body);
+      assert.equal(res.body.error.details?.[0]?.field, field, JSON.stringify(res.body));
+    }
+    assert.equal((await get("/devices/boiler-1/state?history=lots")).body.error.details?.[0]?.field, "history");
   });
 
   it("answers a path no route serves with 404 in the API's error shape, and a huge body with 413", async () => {
