@@ -60,3 +60,8 @@ export function isTethralError(err: unknown): err is TethralError {
   const code = (err as { code?: unknown }).code;
   return typeof code === "string" && Object.hasOwn(ERROR_STATUS, code);
 }
+
+/** The text of anything thrown: an Error's message, anything else as a string. */
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -33,7 +33,7 @@ export type {
   SubscriptionHandle,
   SubscriptionStats,
 } from "./events";
-export { TethralError, ERROR_STATUS, isTethralError } from "./errors";
+export { TethralError, ERROR_STATUS, isTethralError, errorMessage } from "./errors";
 export type { ErrorCode, ErrorDetail } from "./errors";
 export { ManualClock, systemClock } from "./clock";
 export type { Clock } from "./clock";

@@ -1,5 +1,5 @@
 import type { Hub } from "../core";
-import { TethralError } from "../core";
+import { TethralError, errorMessage } from "../core";
 import type { HubStatus } from "./types";
 
 /**
@@ -97,8 +97,4 @@ export class HubConnection {
 
 function closedError(): TethralError {
   return new TethralError("UNAVAILABLE", "the Tethral hub node has been closed (redeployed or removed)");
-}
-
-export function errorMessage(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }

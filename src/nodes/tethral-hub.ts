@@ -1,4 +1,4 @@
-import { Hub, isTethralError } from "../core";
+import { Hub, errorMessage, isTethralError } from "../core";
 import {
   DB_VARIABLE,
   type HubConfig,
@@ -10,7 +10,7 @@ import {
   toHubOptions,
 } from "./hub-config";
 import { DevicesFeed, summarize } from "./devices-feed";
-import { HubConnection, errorMessage } from "./hub-connection";
+import { HubConnection } from "./hub-connection";
 import { adaptersFor, protocolPlugins } from "./hub-protocols";
 import { HTTP_REFUSAL_EVENT, type HttpRefusal } from "./http-refusals";
 import {
