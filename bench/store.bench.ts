@@ -16,10 +16,10 @@ import { systemClock } from "../src/core/clock";
 import { Hub } from "../src/core/hub";
 import { newId, newTimeId } from "../src/core/ids";
 import type { DeviceRow, HistoryRow, StateRow } from "../src/core/types";
-import { DEFAULT_PERSISTENCE_OPTIONS, Persistence } from "../src/store/persistence";
+import { DEFAULT_PERSISTENCE_OPTIONS, Persistence } from "../src/core/write-behind";
 import { PostgresStore } from "../src/store/postgres";
 import { SqliteStore } from "../src/store/sqlite";
-import type { Store } from "../src/store/types";
+import type { Store } from "../src/core/ports/store";
 
 const TARGETS = { sqlite: 150_000, postgres: 50_000, ratio: 10, loadMs: 2000 };
 

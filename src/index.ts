@@ -2,8 +2,8 @@
 export * from "./core";
 export { SqliteStore, type SqliteStoreOptions } from "./store/sqlite";
 export { PostgresStore, type PostgresStoreOptions } from "./store/postgres";
-export { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceOptions, type PersistenceStatistics } from "./store/persistence";
-export type * from "./store/types";
+export { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceOptions, type PersistenceStatistics } from "./core/write-behind";
+export type * from "./core/ports/store";
 export { LATEST_SCHEMA_VERSION } from "./store/migrations";
 export { MqttAdapter, type MqttAdapterOptions } from "./protocols/mqtt";
 export { CoapAdapter, type CoapAdapterOptions } from "./protocols/coap";

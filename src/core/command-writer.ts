@@ -1,5 +1,5 @@
 import type { Clock, TimerHandle } from "./clock";
-import type { CommandRow, Store } from "../store/types";
+import type { CommandRow, Store } from "./ports/store";
 
 const MAX_ROWS_PER_WRITE = 500;
 /** Status changes that come close together (sent, then the answer) share one write. */

@@ -7,8 +7,8 @@ import { newId } from "./ids";
 import { isoOrNull, iso } from "./json";
 import { LatencyWindow } from "./latency";
 import { COMMAND_STATUSES, type Command, type CommandEventType, type CommandStatus, type Device, type JsonValue, PRIORITY_RANK } from "./types";
-import type { ProtocolAdapter, SendOutcome } from "../protocols/types";
-import type { CommandRow, Store } from "../store/types";
+import type { ProtocolAdapter, SendOutcome } from "./ports/protocol";
+import type { CommandRow, Store } from "./ports/store";
 
 /** What the tracker needs from the hub: devices as they are now, and the adapters. */
 export interface CommandHost {

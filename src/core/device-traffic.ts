@@ -9,7 +9,7 @@ import type { DeviceRegistry } from "./registry";
 import type { ChangeCause, StateManager } from "./state";
 import type { DeviceStatus, JsonObject } from "./types";
 import { DEVICE_ID_PATTERN } from "./validation";
-import type { Persistence } from "../store/persistence";
+import type { Persistence } from "./write-behind";
 
 const MAX_REFUSAL_KEYS = 256;
 const OVERFLOW_KEY = "other\u0000other";

@@ -16,7 +16,7 @@ import {
   type ProtocolAdapter,
   type ProtocolCounters,
   type ReceiveResult,
-} from "../protocols/types";
+} from "./ports/protocol";
 
 export interface GatewayOptions {
   /** CONTRACT §4: devices present a token (on by default). */

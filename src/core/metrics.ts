@@ -2,7 +2,7 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom
 import type { CommunicationStatistics, HubHealth } from "./hub";
 import type { DeviceStatistics } from "./registry";
 import type { EventStatistics } from "./events";
-import type { PersistenceStatistics } from "../store/persistence";
+import type { PersistenceStatistics } from "./write-behind";
 import { COMMAND_STATUSES, DEVICE_STATUSES } from "./types";
 
 /** What the metrics read from the hub when Prometheus scrapes: the statistics it keeps anyway. */

@@ -3,7 +3,7 @@ import { invalid } from "./errors";
 import { iso } from "./json";
 import { type DeviceRow, type HistoryRow, PRIORITIES, PRIORITY_RANK, type Priority, type StateHistoryEntry, type TethralEvent } from "./types";
 import { toEpoch } from "./validation";
-import type { EventQuery, EventRow } from "../store/types";
+import type { EventQuery, EventRow } from "./ports/store";
 
 /** Conversions between the store's rows and queries and the engine's own shapes. */
 

@@ -1,5 +1,5 @@
 import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
-import type { Store } from "../store/types";
+import type { Store } from "./ports/store";
 
 /**
  * Device tokens (CONTRACT §4). A token is 32 random bytes, handed out once; only its SHA-256

@@ -5,7 +5,7 @@ import { TethralError } from "../core/errors";
 import { LIMITS, parseInput } from "../core/validation";
 import { PostgresStore, type PostgresStoreOptions } from "../store/postgres";
 import { SqliteStore } from "../store/sqlite";
-import type { Store } from "../store/types";
+import type { Store } from "../core/ports/store";
 
 /** A tethral-hub node's settings, checked and with defaults filled in. */
 export interface HubConfig {

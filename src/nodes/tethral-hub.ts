@@ -20,7 +20,7 @@ import {
   parseCommunicationConfig,
   protocolSettingsFor,
 } from "./protocol-config";
-import type { Store } from "../store/types";
+import type { Store } from "../core/ports/store";
 import type {
   HubLifecycle,
   HubStatus,

@@ -1,6 +1,6 @@
 import { invalid, TethralError } from "../core/errors";
 import type { DeviceStatus, JsonObject, Priority, StateSnapshot } from "../core/types";
-import type { CommandRow, CommandStatus, DevicePresenceRow, DeviceRow, EventQuery, EventRow, HistoryRow, StateRow, TokenRow } from "./types";
+import type { CommandRow, CommandStatus, DevicePresenceRow, DeviceRow, EventQuery, EventRow, HistoryRow, StateRow, TokenRow } from "../core/ports/store";
 
 /**
  * The SQL of the PostgreSQL store: statements, row mapping and input checks. PostgreSQL cannot hold a NUL character

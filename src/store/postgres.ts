@@ -53,7 +53,7 @@ import {
   type Store,
   type TokenRow,
   type WriteBatch,
-} from "./types";
+} from "../core/ports/store";
 
 export { connectionSettings, isConnectionError, isSerializationFailure };
 

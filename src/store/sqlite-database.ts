@@ -25,7 +25,7 @@ import {
   updateAll,
 } from "./sqlite-rows";
 import type { SqliteStoreOptions } from "./sqlite";
-import type { EventQuery, PurgeResult, RetentionPolicy } from "./types";
+import type { EventQuery, PurgeResult, RetentionPolicy } from "../core/ports/store";
 
 type Db = Database.Database;
 type Stmt = Database.Statement<unknown[], unknown>;

@@ -10,7 +10,7 @@ import {
   type StateRow,
   type TokenRow,
   type WriteBatch,
-} from "./types";
+} from "../core/ports/store";
 
 /**
  * Columns, raw rows and their mapping to the store's row shapes, for the SQLite store. The

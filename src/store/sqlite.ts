@@ -28,7 +28,7 @@ import type {
   Store,
   TokenRow,
   WriteBatch,
-} from "./types";
+} from "../core/ports/store";
 
 /** Rows per part of a big batch (see `writeBatch`): a few ms of encoding each. */
 const PART_ROWS = 2048;

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { isTethralError } from "../../src/core/errors";
 import type { JsonObject } from "../../src/core/types";
 import { LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE } from "../../src/store/migrations";
-import type { DeviceRow, EventQuery, EventRow, HistoryRow, RetentionPolicy, Store, WriteBatch } from "../../src/store/types";
+import type { DeviceRow, EventQuery, EventRow, HistoryRow, RetentionPolicy, Store, WriteBatch } from "../../src/core/ports/store";
 import { bigMetadata, byDeviceId, byId, commandRow, deviceRow, eventRow, historyRow, stateRow, T0 } from "./fixtures";
 
 /** What a store factory hands the contract suite: one store over an empty database of its own. */

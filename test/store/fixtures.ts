@@ -1,5 +1,5 @@
 import type { JsonObject } from "../../src/core/types";
-import type { CommandRow, DeviceRow, EventRow, HistoryRow, StateRow } from "../../src/store/types";
+import type { CommandRow, DeviceRow, EventRow, HistoryRow, StateRow } from "../../src/core/ports/store";
 
 /** Rows for store tests: complete, deterministic, every field overridable. */
 

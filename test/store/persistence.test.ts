@@ -6,7 +6,7 @@ import { ManualClock } from "../../src/core/clock";
 import { Hub, type HubOptions } from "../../src/core/hub";
 import type { TethralEvent } from "../../src/core/types";
 import { SqliteStore } from "../../src/store/sqlite";
-import type { Store } from "../../src/store/types";
+import type { Store } from "../../src/core/ports/store";
 import { WrappedStore } from "./wrapped-store";
 import { assertRejectsCode } from "../helpers";
 

@@ -4,7 +4,7 @@ import pg from "pg";
 import { isTethralError, type TethralError } from "../../src/core/errors";
 import { LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE, newerSchemaMessage } from "../../src/store/migrations";
 import { connectionSettings, PostgresStore, type PostgresStoreOptions } from "../../src/store/postgres";
-import type { EventRow, WriteBatch } from "../../src/store/types";
+import type { EventRow, WriteBatch } from "../../src/core/ports/store";
 import { describeStoreContract } from "./contract";
 import { commandRow, deviceRow, eventRow, historyRow, stateRow, T0 } from "./fixtures";
 import { startProxy, startTestPostgres, type TestPostgres, type TestProxy } from "./pg-harness";

@@ -8,7 +8,7 @@ import Database from "better-sqlite3";
 import { isTethralError } from "../../src/core/errors";
 import { LATEST_SCHEMA_VERSION, MIGRATIONS_TABLE } from "../../src/store/migrations";
 import { SqliteStore } from "../../src/store/sqlite";
-import type { HistoryRow, WriteBatch } from "../../src/store/types";
+import type { HistoryRow, WriteBatch } from "../../src/core/ports/store";
 import { describeStoreContract } from "./contract";
 import { deviceRow, eventRow, historyRow, stateRow, T0 } from "./fixtures";
 

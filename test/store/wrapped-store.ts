@@ -1,5 +1,5 @@
 import { TethralError } from "../../src/core/errors";
-import type { Store, WriteBatch } from "../../src/store/types";
+import type { Store, WriteBatch } from "../../src/core/ports/store";
 
 /**
  * A store in front of another that a test can make slow (answers after `delayMs`, as a

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { ManualClock } from "../../../src/core/clock";
 import { Hub } from "../../../src/core/hub";
 import { SqliteStore } from "../../../src/store/sqlite";
-import type { Store } from "../../../src/store/types";
+import type { Store } from "../../../src/core/ports/store";
 import { FakeAdapter, settle } from "../fake-adapter";
 
 function gatedStore(real: SqliteStore, state: { gate: Promise<void> | null; deleted: boolean }): Store {

@@ -3,7 +3,7 @@ import { ManualClock } from "../../../src/core/clock";
 import { Hub } from "../../../src/core/hub";
 import type { TethralEvent } from "../../../src/core/types";
 import { SqliteStore } from "../../../src/store/sqlite";
-import type { Store } from "../../../src/store/types";
+import type { Store } from "../../../src/core/ports/store";
 import { FakeAdapter, settle } from "../fake-adapter";
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));

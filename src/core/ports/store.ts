@@ -1,5 +1,5 @@
-import { COMMAND_STATUSES, type CommandStatus } from "../core/types";
-import type { DevicePresenceRow, DeviceRow, HistoryRow, JsonObject, Priority, StateRow } from "../core/types";
+import { COMMAND_STATUSES, type CommandStatus } from "../types";
+import type { DevicePresenceRow, DeviceRow, HistoryRow, JsonObject, Priority, StateRow } from "../types";
 
 // Device, state and history rows are the engine's own shapes: the registry and the state
 // manager hand them to the persistence layer. Times are epoch ms (0 = never).

@@ -1,4 +1,4 @@
-import type { RetentionPolicy } from "./types";
+import type { RetentionPolicy } from "./ports/store";
 
 /** How the persistence layer batches, retries and purges (see `Persistence`). */
 export interface PersistenceOptions {

@@ -1,10 +1,10 @@
-import { type Clock, type TimerHandle, beforeDeadline } from "../core/clock";
-import { TethralError } from "../core/errors";
-import type { TethralEvent } from "../core/types";
-import { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceOptions } from "./persistence-options";
-import type { DevicePresenceRow, DeviceRow, EventRow, HistoryRow, PurgeResult, StateRow, Store, WriteBatch } from "./types";
+import { type Clock, type TimerHandle, beforeDeadline } from "./clock";
+import { TethralError } from "./errors";
+import type { TethralEvent } from "./types";
+import { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceOptions } from "./write-behind-options";
+import type { DevicePresenceRow, DeviceRow, EventRow, HistoryRow, PurgeResult, StateRow, Store, WriteBatch } from "./ports/store";
 
-export { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceOptions } from "./persistence-options";
+export { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceOptions } from "./write-behind-options";
 
 /** What the hub gives the persistence layer: current rows from memory, and a way to speak up. */
 export interface PersistenceHost {

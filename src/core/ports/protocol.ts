@@ -1,0 +1,196 @@
+import type { TethralError } from "../errors";
+import type { Device, DeviceStatus, DeviceTwin, JsonObject, JsonValue } from "../types";
+
+/**
+ * The contract between the hub and a protocol adapter (MQTT, CoAP, WebSocket, HTTP, or one a
+ * plugin adds). An adapter moves bytes: everything a device sends goes to the hub through its
+ * `AdapterContext` (which decodes, authenticates and ingests), and commands come to it through
+ * `send`. An adapter never touches the registry, the store or Node-RED.
+ */
+export interface ProtocolAdapter {
+  /** The `protocol` of the devices it serves (`mqtt`, `coap`, ...): lower case, 1-32 characters. */
+  readonly name: string;
+  /** Binds, connects and listens. Called once; the context stays valid until `stop()` resolves. */
+  start(context: AdapterContext): Promise<void>;
+  /** Closes every socket, timer and listener the adapter made. Safe to call twice. */
+  stop(): Promise<void>;
+  /**
+   * Hands one command to a device. Resolves with how far it got (see SendOutcome); rejects when
+   * it could not be handed over at all (no connection, refused, no answer in `timeoutMs` for a
+   * request/response protocol). A rejection counts as a failed attempt and may be retried.
+   */
+  send(device: Device, frame: CommandFrame, timeoutMs: number): Promise<SendOutcome>;
+  /**
+   * True while the device holds a live connection to this adapter, false while it does not;
+   * undefined when the protocol cannot tell (request/response protocols such as CoAP and HTTP),
+   * in which case the hub goes by the device's status.
+   */
+  isConnected(deviceId: string): boolean | undefined;
+  health(): ProtocolHealth;
+  /** The adapter's own figures; the hub adds the message counts it keeps for every protocol. */
+  statistics(): AdapterStatistics;
+  /**
+   * Drops the device's live connection, if it has one: its token was replaced or the device was
+   * removed, so a connection authenticated earlier must not stay trusted.
+   */
+  disconnect?(deviceId: string, reason: string): void;
+  /**
+   * The device's twin changed (CONTRACT §2: desired set, or a report moved the delta): deliver it
+   * to the device if it listens here. Null: the device was removed, so drop what is kept for it
+   * (a retained copy, observers). Called in the change itself, for every device whatever its
+   * protocol (a device may read its twin over another; see `retainsTwins` for the exception): it
+   * must not throw or block.
+   */
+  twinChanged?(deviceId: string, twin: DeviceTwin | null): void;
+  /**
+   * The adapter keeps every twin it is given (a broker's retained message) rather than handing
+   * it to a listener that is there: it is given the twins of the devices registered with its
+   * protocol only (and every removal), so a fleet of WebSocket devices costs the broker nothing.
+   */
+  readonly retainsTwins?: boolean;
+}
+
+/** What the hub sends a device: `{"id", "command", "params"}` (CONTRACT §2). */
+export interface CommandFrame {
+  id: string;
+  command: string;
+  params: JsonObject;
+}
+
+
+/**
+ * How far a send got. `sent`: handed to the transport (an MQTT PUBACK from the broker, a
+ * WebSocket write flushed); the answer, if one is expected, arrives later through
+ * `context.receive({kind: "response"})`. `delivered`: the device itself acknowledged it.
+ * `answered`: a request/response protocol (CoAP, HTTP) brought the device's answer back.
+ */
+export type SendOutcome =
+  | { status: "sent" }
+  | { status: "delivered" }
+  | { status: "answered"; ok: true; result: JsonValue }
+  | { status: "answered"; ok: false; error: string };
+
+export interface ProtocolHealth {
+  status: "ok" | "degraded" | "stopped";
+  /** What is wrong, when not ok. */
+  error?: string;
+  [figure: string]: unknown;
+}
+
+export interface AdapterStatistics {
+  /** Devices with a live connection now (0 for request/response protocols). */
+  connected: number;
+  [figure: string]: number | string | boolean;
+}
+
+/** Message kinds a device sends (CONTRACT §2). `register` only counts where self-registration is on. */
+export const DEVICE_MESSAGE_KINDS = ["telemetry", "heartbeat", "state", "status", "register", "response"] as const;
+export type DeviceMessageKind = (typeof DEVICE_MESSAGE_KINDS)[number];
+
+
+export interface DeviceMessage {
+  /** The adapter's name. */
+  protocol: string;
+  /** As the device named itself (topic, path, connect query); checked by the hub. */
+  deviceId: string;
+  kind: DeviceMessageKind;
+  /**
+   * Raw bytes or text are decoded as UTF-8 JSON exactly once, by the hub. A value that is not a
+   * Buffer, Uint8Array or string is taken as already decoded (a WebSocket frame's field).
+   * A heartbeat's payload is ignored; a status payload is the text `online` or `offline`.
+   */
+  payload: unknown;
+  /** A per-message credential (CoAP `?token=`, HTTP Bearer). */
+  token?: string;
+  /**
+   * Set when the connection carrying the message was authenticated for this device id at
+   * connect time (`context.authenticate`), so the token need not be checked again.
+   */
+  authenticated?: boolean;
+  /**
+   * A broker's stored copy (MQTT retained), delivered because the hub (re)subscribed: old news.
+   * Its values still update state (the history says `retained-…`), but it is no sign of life:
+   * no heartbeat, no online or offline, nothing for anomaly detection.
+   */
+  retained?: boolean;
+}
+
+export type ReceiveResult =
+  | { ok: true; deviceId: string; status: DeviceStatus | null; changed: boolean }
+  | { ok: false; error: TethralError };
+
+export type AuthResult =
+  | { ok: true; deviceId: string; known: true }
+  /** Self-registration is on and the device is new: it may send `register` and nothing else yet. */
+  | { ok: true; deviceId: string; known: false }
+  | { ok: false; error: TethralError };
+
+/** Counters every protocol has; the hub keeps them, adapters add to the outbound ones. */
+export interface ProtocolCounters {
+  messagesIn: number;
+  messagesOut: number;
+  bytesIn: number;
+  bytesOut: number;
+  rejected: number;
+  errors: number;
+}
+
+/** What the hub gives an adapter. Every method is cheap and never throws. */
+export interface AdapterContext {
+  /**
+   * Decodes, authenticates and ingests one device message (heartbeat, state, events), or
+   * matches a command response. A refused message is counted, published as `message.rejected`
+   * and returned as `{ok: false}` with a TethralError whose code maps to the protocol's answer
+   * (INVALID → 4.00 / 400, UNAUTHORIZED → 4.01 / 401, NOT_FOUND → 4.04 / 404).
+   */
+  receive(message: DeviceMessage): ReceiveResult;
+  /**
+   * Checks a device id and token at connect (MQTT CONNECT, WebSocket upgrade). A refusal is
+   * counted and published as `message.rejected`. Tokens live in memory: no database round trip.
+   */
+  authenticate(protocol: string, deviceId: string, token: string | undefined): AuthResult;
+  /** A live connection for the device came up: commands waiting for it may go now. */
+  connected(deviceId: string): void;
+  /** The device's live connection went away (its status follows its messages and heartbeat). */
+  disconnected(deviceId: string): void;
+  /**
+   * Something the adapter refused before it could hand it over (a frame that is not JSON, a
+   * topic or path naming no device, an oversized packet): counted as rejected and published as
+   * `message.rejected`, like the hub's own refusals. Do not also add to `counters.rejected`.
+   */
+  reject(refusal: { deviceId?: string | null; kind?: string; reason: string; message: string }): void;
+  /** The device's twin now (CONTRACT §2); null for a device the hub does not know. */
+  twin(deviceId: string): DeviceTwin | null;
+  /** The twins of every device with something desired of it: what a broker that lost its retained copies must be given again. */
+  twins(): Iterable<[deviceId: string, twin: DeviceTwin]>;
+  /** Outbound and error counters of this protocol: the adapter adds to them as it sends. */
+  readonly counters: ProtocolCounters;
+  /** Largest payload accepted from a device, in bytes (default 256 KiB); larger is refused. */
+  readonly maxPayloadBytes: number;
+  /** Problems nobody awaits: a broker connection lost, a socket error. */
+  warn(message: string): void;
+}
+
+/** What a protocol plugin is given to make its adapter for one hub. */
+export interface ProtocolCreateOptions {
+  /** This protocol's settings from the hub config node (empty when it has none). */
+  settings: Record<string, unknown>;
+  /** This protocol's secrets (Node-RED credentials of the config node): passwords, keys. */
+  credentials: Record<string, string>;
+  /** The interface servers bind to (CONTRACT §6 `HOST`). */
+  host: string;
+  /** Node-RED's own HTTP server, for protocols that share it (WebSocket). */
+  httpServer?: import("node:http").Server;
+}
+
+/**
+ * A Node-RED plugin of type `tethral-protocol` (package.json `node-red.plugins`): another package
+ * adds a protocol by registering one with `RED.plugins.registerPlugin(id, plugin)`.
+ */
+export interface ProtocolPlugin {
+  type: "tethral-protocol";
+  /** The protocol name devices use (`mqtt`, ...); the adapter's `name`. */
+  protocol: string;
+  /** Makes the adapter for one hub, or null when the settings turn the protocol off. */
+  create(options: ProtocolCreateOptions): ProtocolAdapter | null;
+}
