@@ -120,10 +120,21 @@ export class Hub {
     this.clock = options.clock ?? systemClock;
     this.events = new EventBus(this.clock, options.events);
     this.registry = new DeviceRegistry(this.events, this.clock);
-    this.state = new StateManager(this.registry, this.events, this.clock, { ...DEFAULT_STATE_OPTIONS, ...options.state });
     this.anomaly = new AnomalyDetector(this.events, this.clock, merge(DEFAULT_ANOMALY_OPTIONS, options.anomaly));
-    this.state.observer = this.anomaly;
-    this.state.twin = { onTwinChanged: (id) => this.deliverTwin(id, false) };
+    this.warn = options.onWarning ?? ((message) => console.warn(`[tethral] ${message}`));
+    this.persistence = options.store ? this.wirePersistence(options.store, options.persistence) : null;
+    const p = this.persistence;
+    this.state = new StateManager(this.registry, this.events, this.clock, { ...DEFAULT_STATE_OPTIONS, ...options.state }, {
+      observer: this.anomaly,
+      twin: { onTwinChanged: (id) => this.deliverTwin(id, false) },
+      ...(p && {
+        sink: {
+          onStateWritten: (id: string) => p.markState(id),
+          onStatusWritten: (id: string) => p.markPresence(id),
+          onHistory: (row: Parameters<Persistence["addHistory"]>[0]) => p.addHistory(row),
+        },
+      }),
+    });
     const registry = this.registry;
     const recordOf = (id: string): DeviceRecord | undefined => registry.record(id);
     this.heartbeat = new HeartbeatMonitor(
@@ -146,8 +157,6 @@ export class Hub {
         },
       },
     );
-    this.warn = options.onWarning ?? ((message) => console.warn(`[tethral] ${message}`));
-    this.persistence = options.store ? this.wirePersistence(options.store, options.persistence) : null;
     this.traffic = new DeviceTraffic(this.registry, this.state, this.heartbeat, this.events, this.clock, this.persistence, (id) =>
       this.registering.has(id),
     );
@@ -221,11 +230,6 @@ export class Hub {
       },
       merge(DEFAULT_PERSISTENCE_OPTIONS, options),
     );
-    this.state.sink = {
-      onStateWritten: (id) => p.markState(id),
-      onStatusWritten: (id) => p.markPresence(id),
-      onHistory: (row) => p.addHistory(row),
-    };
     this.events.recorder = (event, expiresAt) => p.addEvent(event, expiresAt);
     return p;
   }

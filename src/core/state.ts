@@ -73,6 +73,13 @@ export interface StateObserver {
   onForget(deviceId: string): void;
 }
 
+/** Who hears of the manager's changes: anomaly detection, the write-behind store, the twin's delivery. */
+export interface StateListeners {
+  observer?: StateObserver;
+  sink?: StateSink;
+  twin?: TwinListener;
+}
+
 export interface StateStatistics {
   total: number;
   byStatus: Record<string, number>;
@@ -93,16 +100,21 @@ export class StateManager {
   /** Devices whose desired state differs from the reported one, kept as changes happen. */
   private withDelta = 0;
   private readonly transitionsTo: Record<string, number> = Object.fromEntries(DEVICE_STATUSES.map((s) => [s, 0]));
-  observer: StateObserver | null = null;
-  sink: StateSink | null = null;
-  twin: TwinListener | null = null;
+  private readonly observer: StateObserver | null;
+  private readonly sink: StateSink | null;
+  private readonly twin: TwinListener | null;
 
   constructor(
     private readonly registry: DeviceRegistry,
     private readonly bus: EventBus,
     private readonly clock: Clock,
     private readonly options: StateOptions = DEFAULT_STATE_OPTIONS,
-  ) {}
+    listeners: StateListeners = {},
+  ) {
+    this.observer = listeners.observer ?? null;
+    this.sink = listeners.sink ?? null;
+    this.twin = listeners.twin ?? null;
+  }
 
   /** Restores a device's state as it was stored (no event, no history entry). */
   restore(
