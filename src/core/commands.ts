@@ -91,6 +91,8 @@ export class CommandTracker {
     private readonly store: Store | null,
     private readonly options: CommandOptions,
     warn: (message: string) => void,
+    /** Told each answered command's round trip (sent to answer), for the metrics. */
+    private readonly onRoundTrip: (ms: number) => void = () => undefined,
   ) {
     this.writer = store ? new CommandWriter(store, clock, warn) : null;
   }
@@ -299,13 +301,10 @@ export class CommandTracker {
     return this.writer.holdDevice(deviceId);
   }
 
-  /** Told each answered attempt's round trip in ms (the hub's metrics histogram). */
-  onRoundTrip: ((ms: number) => void) | null = null;
-
   private answered(e: Entry): void {
     const ms = this.clock.now() - e.attemptAt;
     this.latency.add(ms);
-    this.onRoundTrip?.(ms);
+    this.onRoundTrip(ms);
   }
 
   statistics(): CommandStatistics {

@@ -1,55 +1,57 @@
 import type { Clock } from "./clock";
 import { type TethralError, invalid, notFound } from "./errors";
 import type { EventBus } from "./events";
-import type { HeartbeatMonitor, HeartbeatTracker } from "./heartbeat";
 import { newId } from "./ids";
 import { type InboundMessage, type IngestResult, parseInbound } from "./inbound";
-import { iso, isoOrNull } from "./json";
+import type { ProtocolCounters } from "./ports/protocol";
+import type { Presence } from "./presence";
+import type { Refusals } from "./refusals";
 import type { DeviceRegistry } from "./registry";
-import type { ChangeCause, StateManager } from "./state";
+import type { StateManager } from "./state";
 import type { DeviceStatus, JsonObject } from "./types";
-import { DEVICE_ID_PATTERN } from "./validation";
-import type { Persistence } from "./write-behind";
-
-const MAX_REFUSAL_KEYS = 256;
-const OVERFLOW_KEY = "other\u0000other";
 
 /**
- * A device's traffic and its silence: `ingest` takes in what a device sent, `expire` takes a
- * device offline when the heartbeat monitor has heard nothing for too long. Counts the messages
- * received and refused. The hub owns one and hands it device traffic and heartbeat expiries.
+ * What a device sent, taken in: `ingest` checks the message (a bad one is refused through
+ * `Refusals` and changes nothing), parses it once, hands its sign of life and status to
+ * `Presence` and its values to the state manager, and publishes `message.received`. Counts the
+ * messages received.
  */
 export class DeviceTraffic {
-  private readonly messages = { received: 0, rejected: 0, byKind: { telemetry: 0, heartbeat: 0, state: 0, status: 0 } };
-  /** Refusals by protocol and reason (a refusal is rare next to the traffic: a map is cheap enough). */
-  private readonly refusals = new Map<string, { protocol: string; reason: string; count: number }>();
+  private readonly messages = { received: 0, byKind: { telemetry: 0, heartbeat: 0, state: 0, status: 0 } };
 
   constructor(
     private readonly registry: DeviceRegistry,
     private readonly state: StateManager,
-    private readonly heartbeat: HeartbeatMonitor,
+    private readonly presence: Presence,
+    private readonly refusals: Refusals,
     private readonly events: EventBus,
     private readonly clock: Clock,
-    private readonly persistence: Persistence | null,
     /** A device whose registration is not durable yet: refused like an unknown one. */
     private readonly pending: (id: string) => boolean = () => false,
   ) {}
 
-  /** See `Hub.ingest`. */
-  ingest(deviceId: string, message: InboundMessage): IngestResult {
+  /** See `Hub.ingest`. `counters`: the protocol's, when the message came through the gateway. */
+  ingest(deviceId: string, message: InboundMessage, counters?: ProtocolCounters): IngestResult {
     if (typeof message !== "object" || message === null) {
-      throw this.reject(deviceId, null, undefined, invalid("message", "must be an object with a kind"), "invalid-payload");
+      throw this.refusals.refuse(deviceId, null, undefined, invalid("message", "must be an object with a kind"), "invalid-payload", counters);
     }
     const protocol = message.protocol ?? null;
     if (protocol !== null && (typeof protocol !== "string" || protocol.length > 32)) {
-      throw this.reject(deviceId, null, message.kind, invalid("protocol", "must be a protocol name"), "invalid-payload");
+      throw this.refusals.refuse(deviceId, null, message.kind, invalid("protocol", "must be a protocol name"), "invalid-payload", counters);
     }
     if (message.causeId !== undefined && (typeof message.causeId !== "string" || message.causeId.length > 128)) {
-      throw this.reject(deviceId, protocol, message.kind, invalid("causeId", "must be text of at most 128 characters"), "invalid-payload");
+      throw this.refusals.refuse(deviceId, protocol, message.kind, invalid("causeId", "must be text of at most 128 characters"), "invalid-payload", counters);
     }
     const record = this.registry.record(deviceId);
     if (!record || this.pending(deviceId)) {
-      throw this.reject(deviceId, protocol, message.kind, notFound("device", typeof deviceId === "string" ? deviceId.slice(0, 128) : String(deviceId)), "unknown-device");
+      throw this.refusals.refuse(
+        deviceId,
+        protocol,
+        message.kind,
+        notFound("device", typeof deviceId === "string" ? deviceId.slice(0, 128) : String(deviceId)),
+        "unknown-device",
+        counters,
+      );
     }
     let properties: JsonObject | null = null;
     let reported: DeviceStatus | null = null;
@@ -58,7 +60,7 @@ export class DeviceTraffic {
         ({ properties, reported } = parseInbound(message));
         if (properties) this.state.checkCapacity(deviceId, properties);
       } catch (err) {
-        throw this.reject(deviceId, protocol, message.kind, err as TethralError, "invalid-payload");
+        throw this.refusals.refuse(deviceId, protocol, message.kind, err as TethralError, "invalid-payload", counters);
       }
     }
 
@@ -78,26 +80,20 @@ export class DeviceTraffic {
         changed = this.state.report(deviceId, properties, { causeId: (causeId ??= newId()), source, reason: `retained-${message.kind}`, retained: true });
       }
       if (reported === "offline") {
-        changed = this.goOffline(deviceId, record.lastSeen, "retained", { causeId: (causeId ??= newId()), source, retained: true }) || changed;
+        changed = this.presence.offline(deviceId, "retained", { causeId: (causeId ??= newId()), source, retained: true }) || changed;
       }
     } else if (reported === "offline") {
-      changed = this.goOffline(deviceId, record.lastSeen, "reported", { causeId: (causeId ??= newId()), source, reason: "reported" });
+      changed = this.presence.offline(deviceId, "reported", { causeId: (causeId ??= newId()), source });
     } else {
-      record.lastSeen = now;
-      this.persistence?.markPresence(deviceId);
-      // Heartbeat bookkeeping starts with a device's first message: registering costs none.
-      const tracker = (record.heartbeat as HeartbeatTracker | undefined) ?? this.heartbeat.track(deviceId, record.heartbeatTimeout);
-      if (this.heartbeat.beatTracker(tracker, now) && record.status !== "online" && record.status !== "maintenance") {
-        const previous = record.status;
-        this.state.setStatus(deviceId, "online", { causeId: (causeId ??= newId()), source, reason: "heartbeat" });
-        this.events.publish("device.online", { previous, lastSeen: iso(now) }, { deviceId, source: "heartbeat", causeId });
+      if (this.presence.beat(record, now)) {
+        this.presence.online(record, { causeId: (causeId ??= newId()), source });
         changed = true;
       }
       if (properties) {
         changed = this.state.report(deviceId, properties, { causeId: (causeId ??= newId()), source, reason: message.kind }) || changed;
       }
-      if ((reported === "error" && record.status !== "maintenance") || (reported === "online" && record.status === "error")) {
-        changed = this.state.setStatus(deviceId, reported, { causeId: (causeId ??= newId()), source, reason: "reported" }) || changed;
+      if (reported === "error" || reported === "online") {
+        changed = this.presence.reported(record, reported, { causeId: (causeId ??= newId()), source }) || changed;
       }
     }
     this.messages.received++;
@@ -112,64 +108,8 @@ export class DeviceTraffic {
     return { deviceId, status: record.status, changed, causeId };
   }
 
-  /** Counts a refused message and publishes `message.rejected`; returns the error to throw or answer. */
-  reject(deviceId: string, protocol: string | null, kind: unknown, error: TethralError, reason: string): TethralError {
-    this.messages.rejected++;
-    this.countRefusal(protocol ?? "none", reason);
-    this.events.publish(
-      "message.rejected",
-      { reason, protocol, kind: typeof kind === "string" ? kind.slice(0, 32) : undefined, error: error.message },
-      { deviceId: typeof deviceId === "string" && DEVICE_ID_PATTERN.test(deviceId) ? deviceId : null, source: protocol ?? "device", priority: "low" },
-    );
-    return error;
-  }
-
-  private countRefusal(protocol: string, reason: string): void {
-    const key = `${protocol}\u0000${reason}`;
-    let entry = this.refusals.get(key);
-    if (!entry) {
-      // Reasons come from the hub's and the adapters' own short lists; this bound only guards a
-      // plugin that would put a message's content into its reason.
-      if (this.refusals.size >= MAX_REFUSAL_KEYS && key !== OVERFLOW_KEY) return this.countRefusal("other", "other");
-      this.refusals.set(key, (entry = { protocol, reason, count: 0 }));
-    }
-    entry.count++;
-  }
-
-  /** Refused messages by protocol ("none" for a flow's own report) and reason, as counted so far. */
-  refusalCounts(): Iterable<{ protocol: string; reason: string; count: number }> {
-    return [...this.refusals.values()].map((r) => ({ ...r }));
-  }
-
-  /** The heartbeat monitor's expiry: the device was silent past its timeout. */
-  expire(id: string, lastSeen: number, timeoutMs: number): void {
-    const record = this.registry.record(id);
-    if (!record) return;
-    this.goOffline(id, lastSeen, "timeout", { source: "heartbeat" }, timeoutMs);
-  }
-
-  /** Offline and its event, unless maintenance (alarms suppressed) or already there. */
-  private goOffline(id: string, lastSeen: number, reason: string, cause: ChangeCause, timeoutMs?: number): boolean {
-    const record = this.registry.record(id)!;
-    this.heartbeat.markOffline(id);
-    if (record.status === "maintenance" || record.status === "offline" || record.status === "unknown") return false;
-    const previous = record.status;
-    this.state.setStatus(id, "offline", { ...cause, reason: reason === "timeout" ? "heartbeat-timeout" : reason });
-    this.events.publish(
-      "device.offline",
-      {
-        previous,
-        lastSeen: isoOrNull(lastSeen),
-        timeout: (timeoutMs ?? this.heartbeat.effectiveTimeoutSec(id) * 1000) / 1000,
-        reason,
-      },
-      { deviceId: id, source: "heartbeat", priority: "high", causeId: cause.causeId ?? null },
-    );
-    return true;
-  }
-
   /** Messages received and refused so far, by kind (a copy). */
   statistics(): { received: number; rejected: number; byKind: Record<string, number> } {
-    return { ...this.messages, byKind: { ...this.messages.byKind } };
+    return { received: this.messages.received, rejected: this.refusals.rejected, byKind: { ...this.messages.byKind } };
   }
 }

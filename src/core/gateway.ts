@@ -2,6 +2,7 @@ import { parseCommandAnswer } from "./command-input";
 import type { CommandTracker } from "./commands";
 import type { DeviceTraffic } from "./device-traffic";
 import { TethralError, invalid, isTethralError, notFound } from "./errors";
+import type { Refusals } from "./refusals";
 import type { DeviceRegistry } from "./registry";
 import type { DeviceTokens } from "./tokens";
 import { hasDesired, twinOf } from "./twin";
@@ -50,6 +51,7 @@ export class DeviceGateway {
   constructor(
     private readonly registry: DeviceRegistry,
     private readonly traffic: DeviceTraffic,
+    private readonly refusals: Refusals,
     private readonly tokens: DeviceTokens,
     private readonly commands: CommandTracker,
     private readonly selfRegister: SelfRegister,
@@ -195,12 +197,11 @@ export class DeviceGateway {
     retained: boolean,
   ): ReceiveResult {
     try {
-      const r = this.traffic.ingest(deviceId, retained ? { kind, data, protocol, retained } : { kind, data, protocol });
+      const r = this.traffic.ingest(deviceId, retained ? { kind, data, protocol, retained } : { kind, data, protocol }, c);
       return { ok: true, deviceId, status: r.status, changed: r.changed };
     } catch (err) {
       if (!isTethralError(err)) throw err;
-      // Already counted and published by the hub's ingest.
-      c.rejected++;
+      // Already counted and published where it was refused.
       return { ok: false, error: err };
     }
   }
@@ -231,8 +232,7 @@ export class DeviceGateway {
   }
 
   private refuse(c: ProtocolCounters, deviceId: unknown, protocol: string, kind: unknown, error: TethralError, reason: string): TethralError {
-    c.rejected++;
-    return this.traffic.reject(typeof deviceId === "string" ? deviceId : String(deviceId), protocol, kind, error, reason);
+    return this.refusals.refuse(typeof deviceId === "string" ? deviceId : String(deviceId), protocol, kind, error, reason, c);
   }
 }
 

@@ -1,40 +1,44 @@
+import { AdapterSet, type ProtocolStatistics } from "./adapter-set";
 import { AnomalyDetector, type AnomalyOptions, type AnomalyStatistics, DEFAULT_ANOMALY_OPTIONS } from "./anomaly";
 import { type Clock, beforeDeadline, systemClock } from "./clock";
+import { type CommandListQuery, type CommandOptions, DEFAULT_COMMAND_OPTIONS, parseCommandListQuery } from "./command-input";
+import { CommandTracker, type CommandStatistics } from "./commands";
 import { DeviceTraffic } from "./device-traffic";
-import { TethralError, invalid, notFound } from "./errors";
-import { PROTOCOL_PATTERN, checkLabel } from "./validation";
+import { DurableWrites, type RegisteredDevice, type RemoveCause } from "./durable-writes";
+import { TethralError, errorMessage, invalid, notFound } from "./errors";
 import {
   EventBus,
   type EventBusOptions,
-  type EventStatistics,
   type EventHandler,
+  type EventStatistics,
   type HistoryQuery,
   type PublishOptions,
   type SubscribeOptions,
   type SubscriptionHandle,
 } from "./events";
-import { DEFAULT_HEARTBEAT_OPTIONS, HeartbeatMonitor, type HeartbeatOptions, type HeartbeatTracker } from "./heartbeat";
-import type { InboundMessage, IngestResult } from "./inbound";
-import { KeyedLock } from "./keyed-lock";
-import { type DeepPartial, merge } from "./options";
-import { type DeviceRecord, DeviceRegistry, type DeviceFilter, type DeviceList, type DeviceStatistics, toDevice } from "./registry";
-import { type ChangeCause, DEFAULT_STATE_OPTIONS, StateManager, type StateListQuery, type StateOptions, type StateStatistics } from "./state";
-import { eventOf, eventQueryOf, historyEntry, inputOf, patchOf } from "./stored-rows";
-import { DEFAULT_PERSISTENCE_OPTIONS, Persistence, type PersistenceOptions, type PersistenceStatistics } from "./write-behind";
-import type { Store } from "./ports/store";
-import type { Command, Device, DeviceState, DeviceTwin, StateHistoryEntry, TethralEvent } from "./types";
-import { twinOf } from "./twin";
-import { type CommandListQuery, type CommandOptions, DEFAULT_COMMAND_OPTIONS, parseCommandListQuery } from "./command-input";
-import { CommandTracker, type CommandStatistics } from "./commands";
-import { ProcessMonitor } from "./process-monitor";
-import { HubMetrics } from "./metrics";
 import { DEFAULT_GATEWAY_OPTIONS, DeviceGateway, type TransportRefusal } from "./gateway";
+import type { HeartbeatMonitor, HeartbeatOptions } from "./heartbeat";
+import type { InboundMessage, IngestResult } from "./inbound";
+import { HubMetrics } from "./metrics";
+import { type DeepPartial, merge } from "./options";
+import type { DeviceMessage, ProtocolAdapter, ReceiveResult } from "./ports/protocol";
+import type { Store } from "./ports/store";
+import { Presence } from "./presence";
+import { ProcessMonitor } from "./process-monitor";
+import { Refusals } from "./refusals";
+import { DeviceRegistry, type DeviceFilter, type DeviceList, type DeviceStatistics, toDevice } from "./registry";
+import { type ChangeCause, DEFAULT_STATE_OPTIONS, StateManager, type StateListQuery, type StateOptions, type StateStatistics } from "./state";
+import { eventOf, eventQueryOf, historyEntry, inputOf } from "./stored-rows";
 import { DeviceTokens } from "./tokens";
-import type { DeviceMessage, ProtocolAdapter, ProtocolCounters, ProtocolHealth, ReceiveResult } from "./ports/protocol";
+import { twinOf } from "./twin";
+import type { Command, Device, DeviceState, DeviceTwin, StateHistoryEntry, TethralEvent } from "./types";
+import { DEFAULT_PERSISTENCE_OPTIONS, Persistence, type PersistenceOptions, type PersistenceStatistics } from "./write-behind";
 
 export type { InboundKind, InboundMessage, IngestResult } from "./inbound";
 export type { CommandListQuery, CommandOptions } from "./command-input";
 export type { CommandStatistics } from "./commands";
+export type { ProtocolStatistics } from "./adapter-set";
+export type { RegisteredDevice } from "./durable-writes";
 
 export interface HubOptions {
   clock?: Clock;
@@ -58,15 +62,6 @@ export interface HubOptions {
   commands?: Partial<CommandOptions>;
 }
 
-/** A device as registration answers it: with its token, the only time the token is shown. */
-export type RegisteredDevice = Device & { token?: string };
-
-export interface ProtocolStatistics extends ProtocolCounters {
-  status: ProtocolHealth["status"];
-  connected: number;
-  [figure: string]: unknown;
-}
-
 export interface CommunicationStatistics {
   protocols: Record<string, ProtocolStatistics>;
   commands: CommandStatistics;
@@ -85,9 +80,11 @@ export interface HubHealth {
 }
 
 /**
- * The composition root: registry, heartbeat monitor, state manager, anomaly detector and event
- * bus, wired together. Device traffic enters through `ingest`; flows use the other methods.
- * `start()` arms the timers; after `stop()` nothing the hub made is left running.
+ * The composition root and the facade flows use. Device traffic enters through `receive` (an
+ * adapter's message) or `ingest` (a flow's report) and goes gateway → traffic → presence and
+ * state → event bus; a flow's change goes through `DurableWrites` to the store and then to the
+ * adapters. `start()` loads the store and arms the timers; after `stop()` nothing the hub made
+ * is left running. docs/ARCHITECTURE.md draws the whole.
  */
 export class Hub {
   readonly clock: Clock;
@@ -96,120 +93,85 @@ export class Hub {
   readonly state: StateManager;
   readonly heartbeat: HeartbeatMonitor;
   readonly anomaly: AnomalyDetector;
-  private running = false;
-  private started = false;
-  /** Devices whose registration is being written: they take no traffic until it is durable. */
-  private readonly registering = new Set<string>();
-  private readonly persistence: Persistence | null;
-  /** One durable change per device at a time: a registration, update, removal or desired state. */
-  private readonly locks = new KeyedLock();
-  private readonly warn: (message: string) => void;
-  private readonly traffic: DeviceTraffic;
   readonly tokens: DeviceTokens;
-  readonly commands: CommandTracker;
-  private readonly gateway: DeviceGateway;
-  private readonly adapters = new Map<string, ProtocolAdapter>();
-  /** Adapters that would not start, with why: the hub runs without them (health says so). */
-  private readonly adapterFailures = new Map<string, string>();
-  private readonly startedAdapters = new Set<ProtocolAdapter>();
-  private readonly processMonitor = new ProcessMonitor();
   /** Prometheus metrics (GET /api/metrics): a registry of this hub's own. */
   readonly metrics: HubMetrics;
+  private running = false;
+  private started = false;
+  private readonly warn: (message: string) => void;
+  private readonly persistence: Persistence | null;
+  private readonly presence: Presence;
+  private readonly refusals: Refusals;
+  private readonly traffic: DeviceTraffic;
+  private readonly commands: CommandTracker;
+  private readonly gateway: DeviceGateway;
+  private readonly adapters: AdapterSet;
+  private readonly writes: DurableWrites;
+  private readonly processMonitor = new ProcessMonitor();
 
   constructor(options: HubOptions = {}) {
-    this.clock = options.clock ?? systemClock;
-    this.events = new EventBus(this.clock, options.events);
-    this.registry = new DeviceRegistry(this.events, this.clock);
-    this.anomaly = new AnomalyDetector(this.events, this.clock, merge(DEFAULT_ANOMALY_OPTIONS, options.anomaly));
-    this.warn = options.onWarning ?? ((message) => console.warn(`[tethral] ${message}`));
-    this.persistence = options.store ? this.wirePersistence(options.store, options.persistence) : null;
-    const p = this.persistence;
-    this.state = new StateManager(this.registry, this.events, this.clock, { ...DEFAULT_STATE_OPTIONS, ...options.state }, {
+    const clock = (this.clock = options.clock ?? systemClock);
+    const warn = (this.warn = options.onWarning ?? ((message) => console.warn(`[tethral] ${message}`)));
+    this.events = new EventBus(clock, options.events);
+    this.registry = new DeviceRegistry(this.events, clock);
+    this.anomaly = new AnomalyDetector(this.events, clock, merge(DEFAULT_ANOMALY_OPTIONS, options.anomaly));
+    const p = (this.persistence = options.store ? this.wirePersistence(options.store, options.persistence) : null);
+    this.state = new StateManager(this.registry, this.events, clock, { ...DEFAULT_STATE_OPTIONS, ...options.state }, {
       observer: this.anomaly,
-      twin: { onTwinChanged: (id) => this.deliverTwin(id, false) },
-      ...(p && {
-        sink: {
-          onStateWritten: (id: string) => p.markState(id),
-          onStatusWritten: (id: string) => p.markPresence(id),
-          onHistory: (row: Parameters<Persistence["addHistory"]>[0]) => p.addHistory(row),
-        },
-      }),
+      twin: { onTwinChanged: (id) => this.adapters.deliverTwin(id, false) },
+      ...(p && { sink: { onStateWritten: (id) => p.markState(id), onStatusWritten: (id) => p.markPresence(id), onHistory: (row) => p.addHistory(row) } }),
     });
-    const registry = this.registry;
-    const recordOf = (id: string): DeviceRecord | undefined => registry.record(id);
-    this.heartbeat = new HeartbeatMonitor(
-      this.clock,
-      merge(DEFAULT_HEARTBEAT_OPTIONS, options.heartbeat),
-      {
-        onExpire: (id, lastSeen, timeoutMs) => this.traffic.expire(id, lastSeen, timeoutMs),
-        onPurge: (id) => this.purge(id),
-        onTimeoutLearned: (id, sec) => this.timeoutLearned(id, sec),
-      },
-      {
-        get: (id) => recordOf(id)?.heartbeat as HeartbeatTracker | undefined,
-        set: (id, tracker) => {
-          const record = recordOf(id);
-          if (record) record.heartbeat = tracker;
-        },
-        delete: (id) => {
-          const record = recordOf(id);
-          if (record) record.heartbeat = undefined;
-        },
-      },
-    );
-    this.traffic = new DeviceTraffic(this.registry, this.state, this.heartbeat, this.events, this.clock, this.persistence, (id) =>
-      this.registering.has(id),
-    );
+    this.presence = new Presence(this.registry, this.state, this.events, clock, options.heartbeat, {
+      presenceChanged: (id) => p?.markPresence(id),
+      back: (id) => this.commands.kick(id),
+      purge: (id) => this.writes.remove(id, { reason: "retention", source: "heartbeat" }).catch((err: unknown) => warn(`could not remove long-offline device ${id}: ${errorMessage(err)}`)),
+    });
+    this.heartbeat = this.presence.heartbeat;
+    this.refusals = new Refusals(this.events);
+    this.traffic = new DeviceTraffic(this.registry, this.state, this.presence, this.refusals, this.events, clock, (id) => this.writes.isRegistering(id));
     this.tokens = new DeviceTokens(options.store ?? null);
+    const deviceTokens = options.deviceTokens ?? DEFAULT_GATEWAY_OPTIONS.deviceTokens;
     this.commands = new CommandTracker(
       {
         device: (id) => {
           const r = this.registry.record(id);
-          return r && !this.registering.has(id) ? toDevice(r) : undefined;
+          return r && !this.writes.isRegistering(id) ? toDevice(r) : undefined;
         },
-        protocolOf: (id) => (this.registering.has(id) ? undefined : this.registry.record(id)?.protocol),
-        adapter: (protocol) => {
-          const adapter = this.adapters.get(protocol);
-          return adapter && this.startedAdapters.has(adapter) ? adapter : undefined;
-        },
+        protocolOf: (id) => (this.writes.isRegistering(id) ? undefined : this.registry.record(id)?.protocol),
+        adapter: (protocol) => this.adapters.running(protocol),
       },
       this.events,
-      this.clock,
+      clock,
       options.store ?? null,
       { ...DEFAULT_COMMAND_OPTIONS, ...options.commands },
-      this.warn,
+      warn,
+      (ms) => this.metrics.observeRoundTrip(ms),
     );
     this.gateway = new DeviceGateway(
       this.registry,
       this.traffic,
+      this.refusals,
       this.tokens,
       this.commands,
-      (input, protocol, token) => this.register(input, { source: protocol }, token),
+      (input, protocol, token) => this.writes.register(input, { source: protocol }, token),
       {
-        deviceTokens: options.deviceTokens ?? DEFAULT_GATEWAY_OPTIONS.deviceTokens,
+        deviceTokens,
         selfRegistration: options.selfRegistration ?? DEFAULT_GATEWAY_OPTIONS.selfRegistration,
         maxPayloadBytes: options.maxPayloadBytes ?? DEFAULT_GATEWAY_OPTIONS.maxPayloadBytes,
       },
-      this.warn,
+      warn,
     );
-    for (const adapter of options.protocols ?? []) this.checkAdapter(adapter);
+    this.adapters = new AdapterSet(this.registry, this.gateway, this.commands, warn);
+    for (const adapter of options.protocols ?? []) this.adapters.add(adapter);
+    this.writes = new DurableWrites(this.registry, this.state, this.presence, this.tokens, this.commands, this.adapters, p, clock, deviceTokens);
     this.metrics = new HubMetrics({
       communication: () => this.communicationStatistics(),
       devices: () => this.registry.statistics(),
       events: () => this.events.statistics(),
       store: () => this.persistence?.statistics() ?? null,
-      refusals: () => this.traffic.refusalCounts(),
+      refusals: () => this.refusals.counts(),
       health: () => this.health(),
     });
-    this.commands.onRoundTrip = (ms) => this.metrics.observeRoundTrip(ms);
-  }
-
-  private checkAdapter(adapter: ProtocolAdapter): void {
-    if (!adapter || typeof adapter.name !== "string" || !PROTOCOL_PATTERN.test(adapter.name)) {
-      throw new TethralError("INVALID", "a protocol adapter needs a name of 1-32 lower-case letters, digits, _ or -");
-    }
-    if (this.adapters.has(adapter.name)) throw new TethralError("CONFLICT", `protocol "${adapter.name}" is already served by another adapter`);
-    this.adapters.set(adapter.name, adapter);
   }
 
   private wirePersistence(store: Store, options: DeepPartial<PersistenceOptions> | undefined): Persistence {
@@ -239,9 +201,8 @@ export class Hub {
   }
 
   /**
-   * Opens the store (migrating it), loads every device and its state, and starts the timers.
-   * Heartbeats resume from the stored lastSeen: a device silent while the hub was down goes
-   * offline as soon as its timeout has passed.
+   * Opens the store (migrating it), loads every device and its state, starts the timers, then
+   * the command tracker and the protocol adapters.
    */
   async start(): Promise<void> {
     if (this.running) return;
@@ -262,12 +223,9 @@ export class Hub {
     await this.tokens.load();
     this.running = true;
     this.processMonitor.start();
-    this.heartbeat.start();
-    this.events.subscribe({ types: "device.online", owner: "hub.commands", name: "commands" }, (event) => {
-      if (event.deviceId) this.commands.kick(event.deviceId);
-    });
+    this.presence.start();
     await this.commands.load();
-    for (const adapter of this.adapters.values()) await this.startAdapter(adapter);
+    await this.adapters.startAll();
     this.commands.start();
     this.events.publish("hub.started", { devices: this.registry.size }, { source: "hub" });
   }
@@ -277,28 +235,12 @@ export class Hub {
    * use) leaves the hub running without it: `health()` names the protocol and the error.
    */
   async addProtocol(adapter: ProtocolAdapter): Promise<void> {
-    this.checkAdapter(adapter);
-    if (this.running) await this.startAdapter(adapter);
+    this.adapters.add(adapter);
+    if (this.running) await this.adapters.start(adapter);
   }
 
   get protocols(): string[] {
-    return [...this.adapters.keys()];
-  }
-
-  private async startAdapter(adapter: ProtocolAdapter): Promise<void> {
-    const context = this.gateway.contextFor(adapter, (id) => this.commands.kick(id));
-    try {
-      await adapter.start(context);
-      this.startedAdapters.add(adapter);
-      this.adapterFailures.delete(adapter.name);
-      // Commands may have waited for this protocol (one added to a running hub).
-      this.commands.kickProtocol(adapter.name);
-    } catch (err) {
-      const message = err instanceof Error ? err.message : String(err);
-      this.adapterFailures.set(adapter.name, message);
-      this.warn(`protocol ${adapter.name} did not start: ${message}`);
-      await adapter.stop().catch(() => undefined);
-    }
+    return this.adapters.names;
   }
 
   /** Stops the timers, writes what waits to the store and closes it. */
@@ -310,23 +252,14 @@ export class Hub {
     // Commands stop before the adapters, so sends they abort on the way out stay pending.
     this.commands.halt();
     // Then the devices: nothing new comes in while the rest winds down.
-    await beforeDeadline(
-      Promise.all(
-        [...this.startedAdapters].map((a) =>
-          a.stop().catch((err: unknown) => this.warn(`protocol ${a.name} did not stop cleanly: ${err instanceof Error ? err.message : String(err)}`)),
-        ),
-      ),
-      Date.now() + 10_000,
-    );
-    this.startedAdapters.clear();
-    this.events.unsubscribeOwner("hub.commands");
-    this.heartbeat.stop();
+    await this.adapters.stopAll();
+    this.presence.stop();
     this.anomaly.stop();
     const p = this.persistence;
     if (p) {
       // Bounded: a database that never answers must not keep a redeploy waiting for ever.
       const deadline = Date.now() + p.stopTimeoutMs;
-      await beforeDeadline(this.locks.idle(), deadline);
+      await beforeDeadline(this.writes.idle(), deadline);
       await beforeDeadline(this.commands.stop(), deadline);
       await p.stop();
       await beforeDeadline(p.store.close(), deadline + 1000);
@@ -351,77 +284,17 @@ export class Hub {
       this.registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
     }
     for (const row of states) if (this.registry.has(row.deviceId)) this.state.restore(row.deviceId, row);
-    for (const row of devices) {
-      const alive = row.status === "online" || row.status === "error";
-      if (row.lastSeen > 0) {
-        this.heartbeat.track(row.id, row.heartbeatTimeout ?? undefined, row.lastSeen, alive);
-      } else if (alive) {
-        // Set online by hand and never heard from: it gets one timeout from now, as before the restart.
-        this.heartbeat.track(row.id, row.heartbeatTimeout ?? undefined);
-        this.heartbeat.revive(row.id);
-      }
-      // A device never heard from otherwise gets its heartbeat bookkeeping with its first message.
-    }
+    this.presence.restore(devices);
   }
 
-  // ── Registry ────────────────────────────────────────────────────────────────────────────
+  // ── Registry: changes go through DurableWrites ─────────────────────────────────────────
 
   /**
    * Registers a device. With a store, the device is written before this resolves (and before
    * `device.registered` is published); if the write fails, nothing is registered (UNAVAILABLE).
    */
   async registerDevice(input: unknown, cause: ChangeCause = {}): Promise<RegisteredDevice> {
-    return this.register(input, cause, undefined);
-  }
-
-  /**
-   * Registration, with the token the device presented when it registered itself (kept instead
-   * of a new one: the device already knows it).
-   */
-  private async register(input: unknown, cause: ChangeCause, presented: string | undefined): Promise<RegisteredDevice> {
-    checkCause(cause);
-    const p = this.persistence;
-    const token = this.gateway.options.deviceTokens ? (presented ?? DeviceTokens.generate()) : undefined;
-    if (!p) {
-      const device = this.registry.register(input, { ...cause, silent: true });
-      // In memory only: this cannot fail.
-      if (token !== undefined) await this.tokens.save(device.id, token, this.clock.now());
-      return this.registered(device, token, presented, cause);
-    }
-    const id = typeof (input as { id?: unknown } | null)?.id === "string" ? (input as { id: string }).id : "";
-    return this.locks.run(id, async () => {
-      const device = this.registry.register(input, { ...cause, silent: true });
-      // Until it is durable the device takes no traffic (ingest answers NOT_FOUND).
-      this.registering.add(device.id);
-      p.hold(device.id);
-      try {
-        await p.writeDevice(this.registry.row(device.id)!);
-        if (token !== undefined) {
-          try {
-            await this.tokens.save(device.id, token, this.clock.now());
-          } catch (err) {
-            await p.deleteDevice(device.id).catch(() => undefined);
-            throw err;
-          }
-        }
-      } catch (err) {
-        this.registering.delete(device.id);
-        this.forgetDevice(device.id, { silent: true });
-        p.release(device.id, false);
-        throw err;
-      }
-      this.registering.delete(device.id);
-      p.release(device.id, true, true);
-      return this.registered(device, token, presented, cause);
-    });
-  }
-
-  /** A registration has taken effect: announced, and its token shown unless the device chose it. */
-  private registered(device: Device, token: string | undefined, presented: string | undefined, cause: ChangeCause): RegisteredDevice {
-    this.registry.announceRegistered(device.id, cause);
-    // Connections made while the id was unknown (self-registration) must prove the token anew.
-    this.disconnectEverywhere(device.id, "registered: connect again with the device's token");
-    return token !== undefined && presented === undefined ? { ...device, token } : device;
+    return this.writes.register(input, cause);
   }
 
   /**
@@ -429,119 +302,17 @@ export class Hub {
    * For a device that lost its token, or one registered while tokens were off.
    */
   async rotateToken(id: string): Promise<{ deviceId: string; token: string }> {
-    if (!this.registry.has(id)) throw notFound("device", String(id).slice(0, 128));
-    // A token nobody checks would be a false promise of protection.
-    if (!this.gateway.options.deviceTokens) {
-      throw new TethralError("CONFLICT", "device tokens are off on this hub, so devices connect without one: turn them on (TETHRAL_DEVICE_TOKENS=on, or the hub's settings) first");
-    }
-    const token = DeviceTokens.generate();
-    await this.locks.run(id, async () => {
-      // Removed while waiting for the lock: no token for a device that is gone.
-      if (!this.registry.has(id)) throw notFound("device", id);
-      await this.tokens.save(id, token, this.clock.now());
-    });
-    this.disconnectEverywhere(id, "token replaced");
-    return { deviceId: id, token };
-  }
-
-  /**
-   * The one place that tells the adapters a device's twin changed (or, `removed`, that it is gone):
-   * each delivers it to the device if it listens there. Worked out once, only if some adapter takes it.
-   */
-  private deliverTwin(id: string, removed: boolean): void {
-    let twin: DeviceTwin | null | undefined = removed ? null : undefined;
-    let record: DeviceRecord | undefined;
-    for (const adapter of this.startedAdapters) {
-      if (!adapter.twinChanged) continue;
-      if (!removed) {
-        record ??= this.registry.record(id);
-        if (!record) return;
-        if (adapter.retainsTwins && record.protocol !== adapter.name) continue;
-      }
-      if (twin === undefined) twin = twinOf(record!);
-      try {
-        adapter.twinChanged(id, twin);
-      } catch (err) {
-        this.warn(`protocol ${adapter.name} could not deliver the twin of ${id}: ${err instanceof Error ? err.message : String(err)}`);
-      }
-    }
-  }
-
-  /** Connections authenticated with what is no longer valid must not stay trusted. */
-  private disconnectEverywhere(id: string, reason: string): void {
-    for (const adapter of this.startedAdapters) {
-      try {
-        adapter.disconnect?.(id, reason);
-      } catch (err) {
-        this.warn(`protocol ${adapter.name} could not drop ${id}: ${err instanceof Error ? err.message : String(err)}`);
-      }
-    }
+    return this.writes.rotateToken(id);
   }
 
   /** A partial update; with a store, written before it resolves, or not made at all (UNAVAILABLE). */
   async updateDevice(id: string, patch: unknown, cause: ChangeCause = {}): Promise<Device> {
-    checkCause(cause);
-    const p = this.persistence;
-    if (!p) return this.applyUpdate(id, patch, cause, null);
-    return this.locks.run(id, () => this.applyUpdate(id, patch, cause, p));
-  }
-
-  private async applyUpdate(id: string, patch: unknown, cause: ChangeCause, p: Persistence | null): Promise<Device> {
-    const before = this.registry.row(id);
-    if (!before) throw notFound("device", id);
-    const { device, changes } = this.registry.applyUpdate(id, patch);
-    if (changes.length === 0) return device;
-    if (p) {
-      try {
-        await p.writeDevice(this.registry.row(id)!);
-      } catch (err) {
-        this.registry.applyUpdate(id, patchOf(before), before.updatedAt);
-        throw err;
-      }
-      // The row carried status and lastSeen as they were when it was built; a batch may have
-      // written newer ones meanwhile. Write them again, so the newest lands last.
-      p.markPresence(id);
-    }
-    this.registry.announceUpdated(id, changes, cause);
-    if (changes.includes("heartbeatTimeout")) this.heartbeat.setTimeout(id, device.heartbeatTimeout);
-    return device;
+    return this.writes.update(id, patch, cause);
   }
 
   /** Removes a device with its state and history; with a store, deleted there first. */
-  async removeDevice(id: string, cause: ChangeCause & { reason?: "user" | "retention" } = {}): Promise<Device> {
-    checkCause(cause);
-    const p = this.persistence;
-    if (!p) return this.forgetDevice(id, cause);
-    return this.locks.run(id, async () => {
-      if (!this.registry.has(id)) throw notFound("device", id);
-      p.hold(id);
-      // No command status of this device may be written after its rows are deleted.
-      const commands = await this.commands.holdDevice(id);
-      try {
-        await p.deleteDevice(id);
-      } catch (err) {
-        commands.resume();
-        p.release(id, true, true);
-        throw err;
-      }
-      const device = this.forgetDevice(id, cause);
-      p.release(id, false);
-      return device;
-    });
-  }
-
-  private forgetDevice(id: string, cause: ChangeCause & { reason?: "user" | "retention"; silent?: boolean }): Device {
-    const record = this.registry.record(id);
-    if (record) {
-      this.heartbeat.untrack(id);
-      this.state.forget(record);
-      this.tokens.forget(id);
-      this.commands.deviceRemoved(id);
-      // A registration that failed never had a twin anywhere.
-      if (!cause.silent) this.deliverTwin(id, true);
-      this.disconnectEverywhere(id, "device removed");
-    }
-    return this.registry.remove(id, { ...cause, reason: cause.reason ?? "user" });
+  async removeDevice(id: string, cause: RemoveCause = {}): Promise<Device> {
+    return this.writes.remove(id, cause);
   }
 
   getDevice(id: string): Device {
@@ -631,27 +402,7 @@ export class Hub {
   }
 
   communicationStatistics(): CommunicationStatistics {
-    const counters = this.gateway.allCounters();
-    const protocols: Record<string, ProtocolStatistics> = {};
-    for (const [name, adapter] of this.adapters) {
-      const health = this.protocolHealth(name, adapter);
-      const stats = this.startedAdapters.has(adapter) ? adapter.statistics() : { connected: 0 };
-      protocols[name] = { ...(counters[name] ?? this.gateway.countersOf(name)), ...stats, status: health.status };
-    }
-    // Protocols with traffic but no adapter (HTTP reports through the REST flow).
-    for (const [name, c] of Object.entries(counters)) if (!protocols[name]) protocols[name] = { ...c, status: "ok", connected: 0 };
-    return { protocols, commands: this.commands.statistics() };
-  }
-
-  private protocolHealth(name: string, adapter: ProtocolAdapter): ProtocolHealth {
-    const failure = this.adapterFailures.get(name);
-    if (failure !== undefined) return { status: "degraded", error: failure };
-    if (!this.startedAdapters.has(adapter)) return { status: "stopped" };
-    try {
-      return adapter.health();
-    } catch (err) {
-      return { status: "degraded", error: err instanceof Error ? err.message : String(err) };
-    }
+    return { protocols: this.adapters.statistics(), commands: this.commands.statistics() };
   }
 
   // ── State ───────────────────────────────────────────────────────────────────────────────
@@ -686,40 +437,7 @@ export class Hub {
    * timeout, `offline` stops expecting traffic.
    */
   async setState(id: string, input: unknown, cause: ChangeCause = {}): Promise<DeviceState> {
-    checkCause(cause);
-    const p = this.persistence;
-    if (!p) return this.applyState(this.state.planSet(id, input), cause);
-    return this.locks.run(id, async () => {
-      const plan = this.state.planSet(id, input);
-      if (!plan.changed) return this.state.get(id);
-      const record = this.registry.record(id)!;
-      const presence = plan.to.status !== undefined ? { id, status: plan.to.status, lastSeen: record.lastSeen } : null;
-      // While the change is written, batches leave this device alone: a report meanwhile must
-      // not overwrite the stored desired state with the old one.
-      p.hold(id);
-      try {
-        await p.writeState(plan.row, presence);
-      } catch (err) {
-        p.release(id, true);
-        throw err;
-      }
-      const state = this.applyState(plan, cause);
-      p.release(id, true, true);
-      return state;
-    });
-  }
-
-  private applyState(plan: ReturnType<StateManager["planSet"]>, cause: ChangeCause): DeviceState {
-    const before = this.registry.record(plan.deviceId)?.status;
-    const state = this.state.applySet(plan, { source: "user", ...cause });
-    if (state.status !== before) {
-      const record = this.registry.record(plan.deviceId);
-      if (record && record.heartbeat === undefined) this.heartbeat.track(plan.deviceId, record.heartbeatTimeout);
-      if (state.status === "online") this.heartbeat.revive(plan.deviceId);
-      // Offline, or unknown again after maintenance: the next message brings the device online.
-      else if (state.status === "offline" || state.status === "unknown") this.heartbeat.markOffline(plan.deviceId);
-    }
-    return state;
+    return this.writes.setState(id, input, cause);
   }
 
   /**
@@ -813,8 +531,7 @@ export class Hub {
     const commands = this.commands.statistics();
     components.commands = { status: up, pending: commands.pending, inFlight: commands.inFlight };
     let protocolsDegraded = false;
-    for (const [name, adapter] of this.adapters) {
-      const h = this.protocolHealth(name, adapter);
+    for (const [name, h] of this.adapters.healths()) {
       components[`protocol:${name}`] = h;
       if (this.running && h.status !== "ok") protocolsDegraded = true;
     }
@@ -837,30 +554,4 @@ export class Hub {
     const degraded = !this.running || storeDegraded || protocolsDegraded;
     return { status: degraded ? "degraded" : "ok", components };
   }
-
-  // ── Heartbeat callbacks ─────────────────────────────────────────────────────────────────
-
-  private purge(id: string): void {
-    const record = this.registry.record(id);
-    if (!record || record.status !== "offline") return;
-    this.removeDevice(id, { reason: "retention", source: "heartbeat" }).catch((err: unknown) =>
-      this.warn(`could not remove long-offline device ${id}: ${err instanceof Error ? err.message : String(err)}`),
-    );
-  }
-
-  private timeoutLearned(id: string, sec: number): void {
-    const record = this.registry.record(id);
-    if (!record) return;
-    this.events.publish(
-      "device.updated",
-      { device: toDevice(record), changes: ["effectiveTimeout"], reason: "adaptive-timeout", effectiveTimeout: sec },
-      { deviceId: id, source: "heartbeat", priority: "low" },
-    );
-  }
-}
-
-/** A cause from a flow ends up in events and history rows: plain, short text only. */
-function checkCause(cause: ChangeCause): void {
-  const problem = checkLabel(cause.causeId, "causeId") ?? checkLabel(cause.source, "source", 64);
-  if (problem) throw invalid(problem.field, problem.message);
 }

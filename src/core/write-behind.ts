@@ -181,15 +181,17 @@ export class Persistence {
   }
 
   /**
-   * Ends a hold. `keep`: what was set aside is batched again (the device lives on), and with
-   * `dirty` its presence and state are written whatever was marked. Without `keep` it is
-   * dropped: the device is gone (removed, or its registration failed).
+   * Ends a hold, as the device now is. `changed`: it lives, and its presence and state are
+   * written again whatever was marked (so the newest lands last). `unchanged`: it lives as
+   * before; what was set aside is batched again. `gone`: removed, or its registration failed;
+   * what was set aside is dropped.
    */
-  release(id: string, keep: boolean, dirty = false): void {
+  release(id: string, afterwards: "changed" | "unchanged" | "gone"): void {
     const held = this.held.get(id);
     if (!held) return;
     this.held.delete(id);
-    if (!keep) return;
+    if (afterwards === "gone") return;
+    const dirty = afterwards === "changed";
     if (held.presence || dirty) this.presence.add(id);
     if (held.state || dirty) this.states.add(id);
     if (held.history.length > 0) {

@@ -1,0 +1,207 @@
+import type { Clock } from "./clock";
+import type { EventBus } from "./events";
+import { DEFAULT_HEARTBEAT_OPTIONS, HeartbeatMonitor, type HeartbeatOptions, type HeartbeatTracker } from "./heartbeat";
+import { iso, isoOrNull } from "./json";
+import { type DeepPartial, merge } from "./options";
+import { type DeviceRecord, type DeviceRegistry, toDevice } from "./registry";
+import type { ChangeCause, StateManager } from "./state";
+import type { DeviceStatus } from "./types";
+
+/** What presence tells the rest of the hub. */
+export interface PresenceHooks {
+  /** A device's status or lastSeen changed: the write-behind store batches it. */
+  presenceChanged(id: string): void;
+  /** A device is reachable again: commands waiting for it go out. */
+  back(id: string): void;
+  /** A device has been offline longer than the retention age: remove it durably. */
+  purge(id: string): void;
+}
+
+/** A stored device's presence, as the hub loads it at start. */
+export interface StoredPresence {
+  id: string;
+  status: DeviceStatus;
+  lastSeen: number;
+  heartbeatTimeout: number | null;
+}
+
+/**
+ * The one owner of a device's presence: every status transition (a message, a silence past the
+ * timeout, a device saying it is going, a user's change, the restore at start) is decided here,
+ * with its `device.online` / `device.offline` event and the heartbeat bookkeeping that goes with
+ * it, and the command tracker is told directly when a device is back.
+ */
+export class Presence {
+  readonly heartbeat: HeartbeatMonitor;
+
+  constructor(
+    private readonly registry: DeviceRegistry,
+    private readonly state: StateManager,
+    private readonly events: EventBus,
+    private readonly clock: Clock,
+    options: DeepPartial<HeartbeatOptions> | undefined,
+    private readonly hooks: PresenceHooks,
+  ) {
+    this.heartbeat = new HeartbeatMonitor(
+      clock,
+      merge(DEFAULT_HEARTBEAT_OPTIONS, options),
+      {
+        onExpire: (id, lastSeen, timeoutMs) => this.expire(id, lastSeen, timeoutMs),
+        onPurge: (id) => {
+          if (this.registry.record(id)?.status === "offline") this.hooks.purge(id);
+        },
+        onTimeoutLearned: (id, sec) => this.timeoutLearned(id, sec),
+      },
+      // The trackers live on the device records: no map entry per device, no lookup per heartbeat.
+      {
+        get: (id) => registry.record(id)?.heartbeat as HeartbeatTracker | undefined,
+        set: (id, tracker) => {
+          const record = registry.record(id);
+          if (record) record.heartbeat = tracker;
+        },
+        delete: (id) => {
+          const record = registry.record(id);
+          if (record) record.heartbeat = undefined;
+        },
+      },
+    );
+  }
+
+  start(): void {
+    this.heartbeat.start();
+  }
+
+  stop(): void {
+    this.heartbeat.stop();
+  }
+
+  /**
+   * Heartbeats resume from the stored lastSeen: a device silent while the hub was down goes
+   * offline as soon as its timeout has passed.
+   */
+  restore(rows: Iterable<StoredPresence>): void {
+    for (const row of rows) {
+      const alive = row.status === "online" || row.status === "error";
+      if (row.lastSeen > 0) {
+        this.heartbeat.track(row.id, row.heartbeatTimeout ?? undefined, row.lastSeen, alive);
+      } else if (alive) {
+        // Set online by hand and never heard from: it gets one timeout from now, as before the restart.
+        this.heartbeat.track(row.id, row.heartbeatTimeout ?? undefined);
+        this.heartbeat.revive(row.id);
+      }
+      // A device never heard from otherwise gets its heartbeat bookkeeping with its first message.
+    }
+  }
+
+  /**
+   * A sign of life from a device (any message but an offline report or a broker's replay):
+   * stamps lastSeen. True when it brings the device online; the caller then calls `online` with
+   * the message's cause (made only then, so a plain heartbeat allocates nothing).
+   */
+  beat(record: DeviceRecord, now: number): boolean {
+    record.lastSeen = now;
+    this.hooks.presenceChanged(record.id);
+    // Heartbeat bookkeeping starts with a device's first message: registering costs none.
+    const tracker = (record.heartbeat as HeartbeatTracker | undefined) ?? this.heartbeat.track(record.id, record.heartbeatTimeout);
+    return this.heartbeat.beatTracker(tracker, now) && record.status !== "online" && record.status !== "maintenance";
+  }
+
+  /** Brings a device online after `beat` said so. */
+  online(record: DeviceRecord, cause: ChangeCause): void {
+    const previous = record.status;
+    this.state.setStatus(record.id, "online", { ...cause, reason: "heartbeat" });
+    this.announceOnline(record, previous, cause.causeId ?? null, "heartbeat");
+  }
+
+  /** A status the device reports about itself (error, or online again after an error). */
+  reported(record: DeviceRecord, status: "online" | "error", cause: ChangeCause): boolean {
+    if (status === "error" ? record.status === "maintenance" : record.status !== "error") return false;
+    return this.state.setStatus(record.id, status, { ...cause, reason: "reported" });
+  }
+
+  /**
+   * Offline and its event, unless maintenance (alarms suppressed) or already there. `reason`:
+   * `reported` (the device said so), `retained` (a broker's record of its last will) or `timeout`.
+   */
+  offline(id: string, reason: "reported" | "retained" | "timeout", cause: ChangeCause, timeoutMs?: number, lastSeen?: number): boolean {
+    const record = this.registry.record(id);
+    if (!record) return false;
+    this.heartbeat.markOffline(id);
+    if (record.status === "maintenance" || record.status === "offline" || record.status === "unknown") return false;
+    const previous = record.status;
+    this.state.setStatus(id, "offline", { ...cause, reason: reason === "timeout" ? "heartbeat-timeout" : reason });
+    this.announceOffline(record, previous, reason, cause.causeId ?? null, timeoutMs, lastSeen);
+    return true;
+  }
+
+  /**
+   * A user's status change has been applied (the state manager recorded it): the heartbeat
+   * follows it and the change is announced as any other. `online` starts a fresh timeout,
+   * `offline` or `unknown` stops expecting traffic (the next message brings the device online).
+   */
+  userChanged(id: string, previous: DeviceStatus, cause: ChangeCause): void {
+    const record = this.registry.record(id);
+    if (!record || record.status === previous) return;
+    if (record.heartbeat === undefined) this.heartbeat.track(id, record.heartbeatTimeout);
+    const causeId = cause.causeId ?? null;
+    if (record.status === "online") {
+      this.heartbeat.revive(id);
+      this.announceOnline(record, previous, causeId, cause.source ?? "user");
+    } else if (record.status === "offline" || record.status === "unknown") {
+      this.heartbeat.markOffline(id);
+      if (record.status === "offline" && (previous === "online" || previous === "error")) {
+        this.announceOffline(record, previous, "user", causeId);
+      }
+    }
+  }
+
+  /** A device's own timeout changed (undefined: back to the learned or hub default). */
+  timeoutChanged(id: string, timeoutSec: number | undefined): void {
+    this.heartbeat.setTimeout(id, timeoutSec);
+  }
+
+  /** A device is being removed. */
+  forget(id: string): void {
+    this.heartbeat.untrack(id);
+  }
+
+  private expire(id: string, lastSeen: number, timeoutMs: number): void {
+    this.offline(id, "timeout", { source: "heartbeat" }, timeoutMs, lastSeen);
+  }
+
+  private announceOnline(record: DeviceRecord, previous: DeviceStatus, causeId: string | null, source: string): void {
+    const at = record.lastSeen > 0 ? record.lastSeen : this.clock.now();
+    this.events.publish("device.online", { previous, lastSeen: iso(at) }, { deviceId: record.id, source, causeId });
+    this.hooks.back(record.id);
+  }
+
+  private announceOffline(
+    record: DeviceRecord,
+    previous: DeviceStatus,
+    reason: string,
+    causeId: string | null,
+    timeoutMs?: number,
+    lastSeen = record.lastSeen,
+  ): void {
+    this.events.publish(
+      "device.offline",
+      {
+        previous,
+        lastSeen: isoOrNull(lastSeen),
+        timeout: (timeoutMs ?? this.heartbeat.effectiveTimeoutSec(record.id) * 1000) / 1000,
+        reason,
+      },
+      { deviceId: record.id, source: reason === "user" ? "user" : "heartbeat", priority: "high", causeId },
+    );
+  }
+
+  private timeoutLearned(id: string, sec: number): void {
+    const record = this.registry.record(id);
+    if (!record) return;
+    this.events.publish(
+      "device.updated",
+      { device: toDevice(record), changes: ["effectiveTimeout"], reason: "adaptive-timeout", effectiveTimeout: sec },
+      { deviceId: id, source: "heartbeat", priority: "low" },
+    );
+  }
+}
