@@ -1,14 +1,13 @@
-import { AdapterSet, type ProtocolStatistics } from "./adapter-set";
-import { AnomalyDetector, type AnomalyOptions, type AnomalyStatistics, DEFAULT_ANOMALY_OPTIONS } from "./anomaly";
+import { AdapterSet } from "./adapter-set";
+import { AnomalyDetector, type AnomalyStatistics, DEFAULT_ANOMALY_OPTIONS } from "./anomaly";
 import { type Clock, beforeDeadline, systemClock } from "./clock";
-import { type CommandListQuery, type CommandOptions, DEFAULT_COMMAND_OPTIONS, parseCommandListQuery } from "./command-input";
-import { CommandTracker, type CommandStatistics } from "./commands";
+import { type CommandListQuery, DEFAULT_COMMAND_OPTIONS, parseCommandListQuery } from "./command-input";
+import { CommandTracker } from "./commands";
 import { DeviceTraffic } from "./device-traffic";
 import { DurableWrites, type RegisteredDevice, type RemoveCause } from "./durable-writes";
-import { TethralError, errorMessage, invalid, notFound } from "./errors";
+import { TethralError, errorMessage, notFound } from "./errors";
 import {
   EventBus,
-  type EventBusOptions,
   type EventHandler,
   type EventStatistics,
   type HistoryQuery,
@@ -17,8 +16,10 @@ import {
   type SubscriptionHandle,
 } from "./events";
 import { DEFAULT_GATEWAY_OPTIONS, DeviceGateway, type TransportRefusal } from "./gateway";
-import type { HeartbeatMonitor, HeartbeatOptions } from "./heartbeat";
+import type { HeartbeatMonitor } from "./heartbeat";
 import type { InboundMessage, IngestResult } from "./inbound";
+import type { CommunicationStatistics, HubHealth, HubOptions, HubStatistics } from "./hub-options";
+import { healthOf } from "./hub-health";
 import { HubMetrics } from "./metrics";
 import { type DeepPartial, merge } from "./options";
 import type { DeviceMessage, ProtocolAdapter, ReceiveResult } from "./ports/protocol";
@@ -27,57 +28,19 @@ import { Presence } from "./presence";
 import { ProcessMonitor } from "./process-monitor";
 import { Refusals } from "./refusals";
 import { DeviceRegistry, type DeviceFilter, type DeviceList, type DeviceStatistics, toDevice } from "./registry";
-import { type ChangeCause, DEFAULT_STATE_OPTIONS, StateManager, type StateListQuery, type StateOptions, type StateStatistics } from "./state";
-import { eventOf, eventQueryOf, historyEntry, inputOf } from "./stored-rows";
+import { type ChangeCause, DEFAULT_STATE_OPTIONS, StateManager, type StateListQuery, type StateStatistics } from "./state";
+import { StoredReads, loadFleet, storeHost } from "./stored-reads";
 import { DeviceTokens } from "./tokens";
-import { twinOf } from "./twin";
+import { twinCopy } from "./twin";
 import type { Command, Device, DeviceState, DeviceTwin, StateHistoryEntry, TethralEvent } from "./types";
-import { DEFAULT_PERSISTENCE_OPTIONS, Persistence, type PersistenceOptions, type PersistenceStatistics } from "./write-behind";
+import { DEFAULT_PERSISTENCE_OPTIONS, Persistence, type PersistenceOptions } from "./write-behind";
 
+export type { CommunicationStatistics, HubHealth, HubOptions, HubStatistics } from "./hub-options";
 export type { InboundKind, InboundMessage, IngestResult } from "./inbound";
 export type { CommandListQuery, CommandOptions } from "./command-input";
 export type { CommandStatistics } from "./commands";
 export type { ProtocolStatistics } from "./adapter-set";
 export type { RegisteredDevice } from "./durable-writes";
-
-export interface HubOptions {
-  clock?: Clock;
-  heartbeat?: DeepPartial<HeartbeatOptions>;
-  state?: Partial<StateOptions>;
-  anomaly?: DeepPartial<AnomalyOptions>;
-  events?: EventBusOptions;
-  /** Where the hub keeps what it must remember across restarts; without one it keeps it in memory. */
-  store?: Store;
-  persistence?: DeepPartial<PersistenceOptions>;
-  /** Problems nobody awaits (a failed background write or purge). Default: console.warn. */
-  onWarning?: (message: string) => void;
-  /** CONTRACT §4: devices get a token at registration and must present it. Default true. */
-  deviceTokens?: boolean;
-  /** Unknown devices may register themselves (MQTT `register`). Default false. */
-  selfRegistration?: boolean;
-  /** Largest payload accepted from a device, in bytes. Default 256 KiB. */
-  maxPayloadBytes?: number;
-  /** Protocol adapters, started with the hub (more can be added with `addProtocol`). */
-  protocols?: ProtocolAdapter[];
-  commands?: Partial<CommandOptions>;
-}
-
-export interface CommunicationStatistics {
-  protocols: Record<string, ProtocolStatistics>;
-  commands: CommandStatistics;
-}
-
-export interface HubStatistics {
-  devices: DeviceStatistics;
-  state: StateStatistics & { anomalies: AnomalyStatistics };
-  messages: { received: number; rejected: number; byKind: Record<string, number> };
-  store: (PersistenceStatistics & { kind: string; description: string }) | null;
-}
-
-export interface HubHealth {
-  status: "ok" | "degraded";
-  components: Record<string, { status: "ok" | "degraded" | "stopped"; [figure: string]: unknown }>;
-}
 
 /**
  * The composition root and the facade flows use. Device traffic enters through `receive` (an
@@ -107,6 +70,7 @@ export class Hub {
   private readonly gateway: DeviceGateway;
   private readonly adapters: AdapterSet;
   private readonly writes: DurableWrites;
+  private readonly reads: StoredReads;
   private readonly processMonitor = new ProcessMonitor();
 
   constructor(options: HubOptions = {}) {
@@ -115,7 +79,7 @@ export class Hub {
     this.events = new EventBus(clock, options.events);
     this.registry = new DeviceRegistry(this.events, clock);
     this.anomaly = new AnomalyDetector(this.events, clock, merge(DEFAULT_ANOMALY_OPTIONS, options.anomaly));
-    const p = (this.persistence = options.store ? this.wirePersistence(options.store, options.persistence) : null);
+    const p = (this.persistence = options.store ? this.writeBehind(options.store, options.persistence) : null);
     this.state = new StateManager(this.registry, this.events, clock, { ...DEFAULT_STATE_OPTIONS, ...options.state }, {
       observer: this.anomaly,
       twin: { onTwinChanged: (id) => this.adapters.deliverTwin(id, false) },
@@ -154,16 +118,13 @@ export class Hub {
       this.tokens,
       this.commands,
       (input, protocol, token) => this.writes.register(input, { source: protocol }, token),
-      {
-        deviceTokens,
-        selfRegistration: options.selfRegistration ?? DEFAULT_GATEWAY_OPTIONS.selfRegistration,
-        maxPayloadBytes: options.maxPayloadBytes ?? DEFAULT_GATEWAY_OPTIONS.maxPayloadBytes,
-      },
+      merge(DEFAULT_GATEWAY_OPTIONS, { deviceTokens, selfRegistration: options.selfRegistration, maxPayloadBytes: options.maxPayloadBytes }),
       warn,
     );
     this.adapters = new AdapterSet(this.registry, this.gateway, this.commands, warn);
     for (const adapter of options.protocols ?? []) this.adapters.add(adapter);
     this.writes = new DurableWrites(this.registry, this.state, this.presence, this.tokens, this.commands, this.adapters, p, clock, deviceTokens);
+    this.reads = new StoredReads(p, this.registry, this.state, this.events, clock);
     this.metrics = new HubMetrics({
       communication: () => this.communicationStatistics(),
       devices: () => this.registry.statistics(),
@@ -174,24 +135,8 @@ export class Hub {
     });
   }
 
-  private wirePersistence(store: Store, options: DeepPartial<PersistenceOptions> | undefined): Persistence {
-    const p = new Persistence(
-      store,
-      this.clock,
-      {
-        presence: (id) => {
-          const r = this.registry.record(id);
-          return r ? { id, status: r.status, lastSeen: r.lastSeen } : null;
-        },
-        state: (id) => this.state.row(id),
-        degraded: (error) => this.events.publish("store.degraded", { error }, { source: "store", priority: "high" }),
-        recovered: (pending) => this.events.publish("store.recovered", { pending }, { source: "store" }),
-        warn: (message) => this.warn(message),
-        // The metrics are made after the store: the first batch is written long after both.
-        batchWritten: (ms) => this.metrics.observeBatch(ms),
-      },
-      merge(DEFAULT_PERSISTENCE_OPTIONS, options),
-    );
+  private writeBehind(store: Store, options: DeepPartial<PersistenceOptions> | undefined): Persistence {
+    const p = new Persistence(store, this.clock, storeHost(this, this.warn, (ms) => this.metrics.observeBatch(ms)), merge(DEFAULT_PERSISTENCE_OPTIONS, options));
     this.events.recorder = (event, expiresAt) => p.addEvent(event, expiresAt);
     return p;
   }
@@ -200,26 +145,14 @@ export class Hub {
     return this.running;
   }
 
-  /**
-   * Opens the store (migrating it), loads every device and its state, starts the timers, then
-   * the command tracker and the protocol adapters.
-   */
+  /** Opens and loads the store, starts the timers, then the command tracker and the protocol adapters. */
   async start(): Promise<void> {
     if (this.running) return;
     // Loading fills the registry: a second start on the same hub would load everything twice.
     if (this.started) throw new TethralError("UNAVAILABLE", "a hub starts once: create a new Hub to start again");
     this.started = true;
     const p = this.persistence;
-    if (p) {
-      await p.store.open();
-      try {
-        await this.load(p.store);
-      } catch (err) {
-        await p.store.close().catch(() => undefined);
-        throw err;
-      }
-      p.start();
-    }
+    await p?.open(() => loadFleet(p.store, this.registry, this.state, this.presence, this.clock.now()));
     await this.tokens.load();
     this.running = true;
     this.processMonitor.start();
@@ -230,10 +163,7 @@ export class Hub {
     this.events.publish("hub.started", { devices: this.registry.size }, { source: "hub" });
   }
 
-  /**
-   * Adds a protocol adapter; on a running hub it starts now. One that fails to start (a port in
-   * use) leaves the hub running without it: `health()` names the protocol and the error.
-   */
+  /** Adds a protocol adapter, started now on a running hub (one that fails to start is named in `health()`). */
   async addProtocol(adapter: ProtocolAdapter): Promise<void> {
     this.adapters.add(adapter);
     if (this.running) await this.adapters.start(adapter);
@@ -261,8 +191,7 @@ export class Hub {
       const deadline = Date.now() + p.stopTimeoutMs;
       await beforeDeadline(this.writes.idle(), deadline);
       await beforeDeadline(this.commands.stop(), deadline);
-      await p.stop();
-      await beforeDeadline(p.store.close(), deadline + 1000);
+      await p.close(deadline);
     } else {
       await this.commands.stop();
     }
@@ -275,32 +204,14 @@ export class Hub {
     await this.commands.flush();
   }
 
-  private async load(store: Store): Promise<void> {
-    const [devices, states] = await Promise.all([store.loadDevices(), store.loadStates()]);
-    // Registration order survives a restart: it is the default order of every listing.
-    devices.sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-    const now = this.clock.now();
-    for (const row of devices) {
-      this.registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
-    }
-    for (const row of states) if (this.registry.has(row.deviceId)) this.state.restore(row.deviceId, row);
-    this.presence.restore(devices);
-  }
-
   // ── Registry: changes go through DurableWrites ─────────────────────────────────────────
 
-  /**
-   * Registers a device. With a store, the device is written before this resolves (and before
-   * `device.registered` is published); if the write fails, nothing is registered (UNAVAILABLE).
-   */
+  /** Registers a device: durable before it resolves and is announced, or not made at all (UNAVAILABLE). */
   async registerDevice(input: unknown, cause: ChangeCause = {}): Promise<RegisteredDevice> {
     return this.writes.register(input, cause);
   }
 
-  /**
-   * A new token for a device (the old one stops working at once); shown only in this answer.
-   * For a device that lost its token, or one registered while tokens were off.
-   */
+  /** A new token for a device (the old one stops working at once), shown only in this answer. */
   async rotateToken(id: string): Promise<{ deviceId: string; token: string }> {
     return this.writes.rotateToken(id);
   }
@@ -329,42 +240,24 @@ export class Hub {
 
   // ── Device traffic ──────────────────────────────────────────────────────────────────────
 
-  /**
-   * The one way in for device traffic. The message is checked before anything changes: a bad
-   * one is refused (INVALID or NOT_FOUND), counted and published as `message.rejected`, and
-   * leaves the device untouched. A good one is a heartbeat, then a state update, then a
-   * `message.received` for subscribers.
-   */
+  /** A flow's report for a device (see `DeviceTraffic.ingest`): a bad one is refused and changes nothing. */
   ingest(deviceId: string, message: InboundMessage): IngestResult {
     return this.traffic.ingest(deviceId, message);
   }
 
-  /**
-   * A message from a device over a protocol, as an adapter hands it over: decoded, the device
-   * and its token checked, then ingested (or matched to its command). The REST flow's
-   * `POST /api/devices/{id}/telemetry` comes in here with protocol `http`. Never throws: a
-   * refusal comes back as `{ok: false, error}` (INVALID, UNAUTHORIZED or NOT_FOUND).
-   */
+  /** A device's message as an adapter (or the REST flow, as `http`) hands it over; see `DeviceGateway.receive`. Never throws. */
   receive(message: DeviceMessage): ReceiveResult {
     return this.gateway.receive(message);
   }
 
-  /**
-   * A device message its transport refused before it could be read (the flow runtime's HTTP
-   * server refusing a body that is not JSON, say): counted for the protocol and published as
-   * `message.rejected`, as the hub's own refusals are.
-   */
+  /** A device message its transport refused before it could be read (the REST flow's body that is not JSON, say). */
   rejectMessage(protocol: string, refusal: TransportRefusal): void {
     this.gateway.rejectFor(protocol, refusal);
   }
 
   // ── Commands ────────────────────────────────────────────────────────────────────────────
 
-  /**
-   * Sends a command (CONTRACT §1, REST `POST /api/devices/{id}/command`). Written to the store
-   * before it resolves; with `wait: true` it resolves once the command has ended, otherwise at
-   * once with status `queued`. NOT_FOUND for an unknown device, INVALID for bad input.
-   */
+  /** Sends a command (CONTRACT §1): durable before it resolves, `queued`, or with `wait: true` once it has ended. */
   async sendCommand(deviceId: string, input: unknown): Promise<Command> {
     return this.commands.submit(deviceId, input);
   }
@@ -373,10 +266,7 @@ export class Hub {
     return this.commands.get(id);
   }
 
-  /**
-   * Resolves once the command has ended, or with the command as it is after `limitMs` (default:
-   * as long as its attempts can take; a command waiting for an absent device stays queued).
-   */
+  /** Resolves once the command has ended, or with the command as it is after `limitMs` (default: its attempts' time). */
   async waitForCommand(id: string, limitMs?: number): Promise<Command> {
     return this.commands.wait(id, limitMs);
   }
@@ -385,11 +275,7 @@ export class Hub {
     return this.commands.cancel(id);
   }
 
-  /**
-   * A device's commands, newest first (REST `GET /api/devices/{id}/commands`): `status` (one,
-   * a comma-separated list or a list) and `limit` (default 100, at most 1000). With a store,
-   * finished commands are there as long as its retention keeps them (7 days by default).
-   */
+  /** A device's commands, newest first: `status` (one, a comma-separated list or a list), `limit` (default 100, at most 1000). */
   async deviceCommands(deviceId: string, query: CommandListQuery = {}): Promise<Command[]> {
     const { statuses, limit } = parseCommandListQuery(query);
     if (typeof deviceId !== "string" || !this.registry.has(deviceId)) throw notFound("device", String(deviceId).slice(0, 128));
@@ -415,8 +301,7 @@ export class Hub {
   getTwin(id: string): DeviceTwin {
     const record = this.registry.record(id);
     if (!record) throw notFound("device", id);
-    const twin = twinOf(record);
-    return { desired: structuredClone(twin.desired), delta: twin.delta, version: twin.version };
+    return twinCopy(record);
   }
 
   /**
@@ -430,44 +315,14 @@ export class Hub {
     return { ok: true, twin: this.getTwin(deviceId) };
   }
 
-  /**
-   * Sets desired values and/or the status (CONTRACT: PUT state). With a store, the change is
-   * written before it is applied and resolved; if the write fails, nothing changes
-   * (UNAVAILABLE). A status set by hand keeps the heartbeat honest: `online` starts a fresh
-   * timeout, `offline` stops expecting traffic.
-   */
+  /** Sets desired values and/or the status (CONTRACT: PUT state): durable before it applies, or no change (UNAVAILABLE). */
   async setState(id: string, input: unknown, cause: ChangeCause = {}): Promise<DeviceState> {
     return this.writes.setState(id, input, cause);
   }
 
-  /**
-   * The last `limit` changes of a device, oldest first. With a store, from the store (so
-   * history from before a restart is there); while it is unreachable, what memory holds.
-   */
+  /** The last `limit` changes of a device, oldest first, from the store when there is one (see `StoredReads`). */
   async stateHistory(id: string, limit?: number): Promise<StateHistoryEntry[]> {
-    if (!this.registry.has(id)) throw notFound("device", id);
-    if (limit !== undefined && (!Number.isInteger(limit) || limit < 0 || limit > 10_000)) {
-      throw invalid("history", "must be a whole number from 0 to 10000");
-    }
-    return this.readStored(
-      async (store) => (await store.stateHistory(id, limit ?? this.state.historySize)).map(historyEntry),
-      () => this.state.history(id, limit),
-    );
-  }
-
-  /**
-   * Reads from the store once everything waiting is written; from memory without a store, and
-   * while the store is unreachable (at once when it is known to be, instead of after a timeout).
-   */
-  private async readStored<T>(read: (store: Store) => Promise<T>, fromMemory: () => T): Promise<T> {
-    const p = this.persistence;
-    if (!p || p.isDegraded) return fromMemory();
-    try {
-      await p.flushAll();
-      return await read(p.store);
-    } catch {
-      return fromMemory();
-    }
+    return this.reads.stateHistory(id, limit);
   }
 
   listStates(query: StateListQuery = {}): { states: DeviceState[]; total: number } {
@@ -492,17 +347,9 @@ export class Hub {
     return this.events.subscribe(options, handler);
   }
 
-  /**
-   * Event history, newest first. With a store, from the store (events from before a restart
-   * included); while it is unreachable, what memory holds.
-   */
+  /** Event history, newest first, from the store when there is one (see `StoredReads`). */
   async eventHistory(query: HistoryQuery = {}): Promise<TethralEvent[]> {
-    if (!this.persistence) return this.events.query(query);
-    const q = eventQueryOf(query);
-    return this.readStored(
-      async (store) => (await store.events(q, this.clock.now())).map(eventOf),
-      () => this.events.query(query),
-    );
+    return this.reads.eventHistory(query);
   }
 
   /** Events published, delivered, dropped and expired since the hub started, by type and priority. */
@@ -521,37 +368,15 @@ export class Hub {
   }
 
   health(): HubHealth {
-    const up = this.running ? "ok" : "stopped";
-    const components: HubHealth["components"] = {
-      registry: { status: up, devices: this.registry.size },
-      heartbeat: { status: up, tracked: this.heartbeat.size, ...this.heartbeat.pending },
-      state: { status: up },
-      events: { status: up, subscribers: this.events.subscriberCount },
-    };
-    const commands = this.commands.statistics();
-    components.commands = { status: up, pending: commands.pending, inFlight: commands.inFlight };
-    let protocolsDegraded = false;
-    for (const [name, h] of this.adapters.healths()) {
-      components[`protocol:${name}`] = h;
-      if (this.running && h.status !== "ok") protocolsDegraded = true;
-    }
-    const p = this.persistence;
-    let storeDegraded = false;
-    if (p) {
-      const stats = p.statistics();
-      const pressure = p.pressure;
-      storeDegraded = p.isDegraded || pressure !== null;
-      components.store = {
-        status: !this.running ? "stopped" : storeDegraded ? "degraded" : "ok",
-        kind: p.store.kind,
-        pending: stats.pending,
-        backlog: stats.backlog,
-        dropped: stats.dropped,
-        ...(pressure !== null && { error: pressure }),
-      };
-    }
-    components.process = { status: up, ...this.processMonitor.reading() };
-    const degraded = !this.running || storeDegraded || protocolsDegraded;
-    return { status: degraded ? "degraded" : "ok", components };
+    return healthOf(this.running, {
+      registry: { devices: this.registry.size },
+      heartbeat: { tracked: this.heartbeat.size, ...this.heartbeat.pending },
+      state: {},
+      events: { subscribers: this.events.subscriberCount },
+      commands: this.commands.statistics(),
+      protocols: this.adapters.healths(),
+      store: this.persistence,
+      process: this.processMonitor.reading(),
+    });
   }
 }

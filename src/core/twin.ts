@@ -13,6 +13,12 @@ export function twinOf(record: DeviceRecord): DeviceTwin {
   return { desired: s.desired, delta: delta(s), version: s.version };
 }
 
+/** The twin as a caller may keep it: its desired values copied, not the device's own. */
+export function twinCopy(record: DeviceRecord): DeviceTwin {
+  const twin = twinOf(record);
+  return { desired: structuredClone(twin.desired), delta: twin.delta, version: twin.version };
+}
+
 /** The twin as JSON text (CONTRACT §2), with the fields a protocol puts first (WebSocket's `type`). */
 export function encodeTwin(twin: DeviceTwin, head: Record<string, string> = {}): string {
   return JSON.stringify({ ...head, desired: twin.desired, delta: twin.delta, version: twin.version });

@@ -1,4 +1,5 @@
-import type { RetentionPolicy } from "./ports/store";
+import type { DevicePresenceRow, HistoryRow, PurgeResult, StateRow } from "./ports/store";
+import type { RetentionOptions } from "./retention";
 
 /** How the persistence layer batches, retries and purges (see `Persistence`). */
 export interface PersistenceOptions {
@@ -19,7 +20,7 @@ export interface PersistenceOptions {
   retryMaxMs: number;
   /** How long `stop()` keeps trying to write what is left. */
   stopTimeoutMs: number;
-  retention: RetentionPolicy & { intervalMs: number; batchSize: number; budgetMs: number };
+  retention: RetentionOptions;
 }
 
 const DAY_MS = 24 * 3600 * 1000;
@@ -43,3 +44,37 @@ export const DEFAULT_PERSISTENCE_OPTIONS: PersistenceOptions = {
     budgetMs: 250,
   },
 };
+
+/** What the hub gives the persistence layer: current rows from memory, and a way to speak up. */
+export interface PersistenceHost {
+  presence(id: string): DevicePresenceRow | null;
+  state(id: string): StateRow | null;
+  degraded(error: string): void;
+  recovered(pending: number): void;
+  /** Something went wrong that nobody awaits (a background purge, the last flush at stop). */
+  warn(message: string): void;
+  /** A batch was written, in wall-clock milliseconds (the store's latency, for metrics). */
+  batchWritten?(ms: number): void;
+}
+
+export interface HeldDevice {
+  presence: boolean;
+  state: boolean;
+  history: HistoryRow[];
+}
+
+export interface PersistenceStatistics {
+  flushes: number;
+  rowsWritten: number;
+  failures: number;
+  /** Rows the database refused as invalid, set aside so the rest could be written. */
+  refused: number;
+  degraded: boolean;
+  pending: { presence: number; states: number; history: number; events: number };
+  /** History and event rows waiting, against the bound past which the oldest are dropped. */
+  backlog: { rows: number; bound: number };
+  dropped: { history: number; events: number };
+  /** When rows were last dropped (clock milliseconds), null when never. */
+  lastDroppedAt: number | null;
+  purged: PurgeResult;
+}

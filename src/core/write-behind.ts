@@ -1,44 +1,11 @@
 import { type Clock, type TimerHandle, beforeDeadline } from "./clock";
-import { TethralError } from "./errors";
+import { TethralError, errorMessage } from "./errors";
 import type { TethralEvent } from "./types";
-import { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceOptions } from "./write-behind-options";
+import { DEFAULT_PERSISTENCE_OPTIONS, type HeldDevice, type PersistenceHost, type PersistenceOptions, type PersistenceStatistics } from "./write-behind-options";
 import type { DevicePresenceRow, DeviceRow, EventRow, HistoryRow, PurgeResult, StateRow, Store, WriteBatch } from "./ports/store";
+import { Retention } from "./retention";
 
-export { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceOptions } from "./write-behind-options";
-
-/** What the hub gives the persistence layer: current rows from memory, and a way to speak up. */
-export interface PersistenceHost {
-  presence(id: string): DevicePresenceRow | null;
-  state(id: string): StateRow | null;
-  degraded(error: string): void;
-  recovered(pending: number): void;
-  /** Something went wrong that nobody awaits (a background purge, the last flush at stop). */
-  warn(message: string): void;
-  /** A batch was written, in wall-clock milliseconds (the store's latency, for metrics). */
-  batchWritten?(ms: number): void;
-}
-
-interface HeldDevice {
-  presence: boolean;
-  state: boolean;
-  history: HistoryRow[];
-}
-
-export interface PersistenceStatistics {
-  flushes: number;
-  rowsWritten: number;
-  failures: number;
-  /** Rows the database refused as invalid, set aside so the rest could be written. */
-  refused: number;
-  degraded: boolean;
-  pending: { presence: number; states: number; history: number; events: number };
-  /** History and event rows waiting, against the bound past which the oldest are dropped. */
-  backlog: { rows: number; bound: number };
-  dropped: { history: number; events: number };
-  /** When rows were last dropped (clock milliseconds), null when never. */
-  lastDroppedAt: number | null;
-  purged: PurgeResult;
-}
+export { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceHost, type PersistenceOptions, type PersistenceStatistics } from "./write-behind-options";
 
 /**
  * Between the hub and its store. Changes a caller is told about (registrations, updates,
@@ -59,8 +26,7 @@ export class Persistence {
   /** Devices written or deleted directly right now: their batched writes wait aside (see `hold`). */
   private readonly held = new Map<string, HeldDevice>();
   private timer: TimerHandle | null = null;
-  private retentionTimer: TimerHandle | null = null;
-  private purging: Promise<unknown> | null = null;
+  private readonly retention: Retention;
   /** Batches are written one after another: each flush is chained to the last. */
   private tail: Promise<void> = Promise.resolve();
   private busy = 0;
@@ -75,7 +41,6 @@ export class Persistence {
     failures: 0,
     refused: 0,
     dropped: { history: 0, events: 0 },
-    purged: { history: 0, events: 0, commands: 0 },
   };
 
   constructor(
@@ -83,7 +48,10 @@ export class Persistence {
     private readonly clock: Clock,
     private readonly host: PersistenceHost,
     private readonly options: PersistenceOptions = DEFAULT_PERSISTENCE_OPTIONS,
-  ) {}
+  ) {
+    // Purges only while the database answers: a degraded store has enough to do.
+    this.retention = new Retention(store, clock, options.retention, () => this.isDegraded, (m) => host.warn(m));
+  }
 
   /** How long `stop()` may take to write what is left. */
   get stopTimeoutMs(): number {
@@ -94,10 +62,28 @@ export class Persistence {
     return this.degradedSince > 0;
   }
 
+  /** Opens the store (migrating it), loads from it, and starts batching; the store is closed again if loading fails. */
+  async open(load: () => Promise<void>): Promise<void> {
+    await this.store.open();
+    try {
+      await load();
+    } catch (err) {
+      await this.store.close().catch(() => undefined);
+      throw err;
+    }
+    this.start();
+  }
+
+  /** `stop()`, then closes the store (waiting at most a second past `deadline`). */
+  async close(deadline: number): Promise<void> {
+    await this.stop();
+    await beforeDeadline(this.store.close(), deadline + 1000);
+  }
+
   start(): void {
     this.running = true;
     this.arm(this.options.flushIntervalMs);
-    this.armRetention();
+    this.retention.start();
   }
 
   /**
@@ -108,15 +94,13 @@ export class Persistence {
   async stop(): Promise<void> {
     this.running = false;
     this.disarm();
-    if (this.retentionTimer !== null) this.clock.clearTimeout(this.retentionTimer);
-    this.retentionTimer = null;
     const deadline = Date.now() + this.options.stopTimeoutMs;
-    if (this.purging) await beforeDeadline(this.purging, deadline);
+    await this.retention.stop(deadline);
     let delay = this.options.retryBaseMs;
     for (;;) {
       const outcome = await beforeDeadline(this.flushAll(), deadline);
       if (outcome === "done") return;
-      const reason = outcome === "late" ? "no answer in time" : message(outcome.error);
+      const reason = outcome === "late" ? "no answer in time" : errorMessage(outcome.error);
       if (outcome === "late" || Date.now() + delay > deadline) {
         this.host.warn(`the database is unreachable: ${this.pendingRows()} waiting writes could not be stored at stop (${reason})`);
         return;
@@ -227,7 +211,7 @@ export class Persistence {
     } catch (err) {
       if (err instanceof TethralError && err.code !== "UNAVAILABLE") throw err;
       this.failed(err);
-      throw new TethralError("UNAVAILABLE", `the database is unavailable, nothing was changed: ${message(err)}`);
+      throw new TethralError("UNAVAILABLE", `the database is unavailable, nothing was changed: ${errorMessage(err)}`);
     }
   }
 
@@ -365,7 +349,7 @@ export class Persistence {
           throw err;
         }
         this.stats.refused++;
-        this.host.warn(`the database refused a row, which was set aside: ${message(err)}`);
+        this.host.warn(`the database refused a row, which was set aside: ${errorMessage(err)}`);
       }
     }
     this.stats.flushes++;
@@ -393,7 +377,7 @@ export class Persistence {
     this.failuresInRow++;
     if (this.degradedSince === 0) {
       this.degradedSince = this.clock.now();
-      this.host.degraded(message(err));
+      this.host.degraded(errorMessage(err));
     }
   }
 
@@ -441,41 +425,9 @@ export class Persistence {
     }
   }
 
-  // ── Retention ─────────────────────────────────────────────────────────────────────────
-
-  private armRetention(): void {
-    if (!this.running || this.options.retention.intervalMs <= 0) return;
-    this.retentionTimer = this.clock.setTimeout(() => {
-      this.retentionTimer = null;
-      this.purging = this.purge().finally(() => {
-        this.purging = null;
-        this.armRetention();
-      });
-    }, this.options.retention.intervalMs);
-  }
-
   /** Bounded rounds of retention until nothing is left to purge or the time budget is spent. */
-  async purge(): Promise<PurgeResult> {
-    const total: PurgeResult = { history: 0, events: 0, commands: 0 };
-    if (this.isDegraded) return total;
-    const { batchSize, budgetMs } = this.options.retention;
-    const started = Date.now();
-    try {
-      for (;;) {
-        const round = await this.store.purge(this.options.retention, this.clock.now(), batchSize);
-        total.history += round.history;
-        total.events += round.events;
-        total.commands += round.commands;
-        const more = round.history >= batchSize || round.events >= batchSize || round.commands >= batchSize;
-        if (!more || Date.now() - started >= budgetMs) break;
-      }
-    } catch (err) {
-      this.host.warn(`retention purge failed: ${message(err)}`);
-    }
-    this.stats.purged.history += total.history;
-    this.stats.purged.events += total.events;
-    this.stats.purged.commands += total.commands;
-    return total;
+  purge(): Promise<PurgeResult> {
+    return this.retention.purge();
   }
 
   /**
@@ -502,12 +454,8 @@ export class Persistence {
       backlog: { rows: this.history.length + this.events.length, bound: this.options.maxBufferedRows },
       dropped: { ...this.stats.dropped },
       lastDroppedAt: this.lastDroppedAt,
-      purged: { ...this.stats.purged },
+      purged: this.retention.purged(),
     };
   }
-}
-
-function message(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
 }
 

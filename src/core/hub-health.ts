@@ -1,0 +1,55 @@
+import type { CommandStatistics } from "./commands";
+import type { HubHealth } from "./hub-options";
+import type { ProtocolHealth } from "./ports/protocol";
+import type { Persistence } from "./write-behind";
+
+type Figures = object;
+
+/** What the hub's health is made of, read from its components. */
+export interface HealthParts {
+  registry: Figures;
+  heartbeat: Figures;
+  state: Figures;
+  events: Figures;
+  commands: CommandStatistics;
+  protocols: Map<string, ProtocolHealth>;
+  store: Persistence | null;
+  process: Figures;
+}
+
+/**
+ * The hub's health (GET /api/health): each component with its status and figures. Degraded while
+ * the hub is not running, a protocol is not ok, or the store is unreachable or falling behind.
+ */
+export function healthOf(running: boolean, parts: HealthParts): HubHealth {
+  const up = running ? "ok" : "stopped";
+  const components: HubHealth["components"] = {
+    registry: { status: up, ...parts.registry },
+    heartbeat: { status: up, ...parts.heartbeat },
+    state: { status: up, ...parts.state },
+    events: { status: up, ...parts.events },
+    commands: { status: up, pending: parts.commands.pending, inFlight: parts.commands.inFlight },
+  };
+  let protocolsDegraded = false;
+  for (const [name, h] of parts.protocols) {
+    components[`protocol:${name}`] = h;
+    if (running && h.status !== "ok") protocolsDegraded = true;
+  }
+  const p = parts.store;
+  let storeDegraded = false;
+  if (p) {
+    const stats = p.statistics();
+    const pressure = p.pressure;
+    storeDegraded = p.isDegraded || pressure !== null;
+    components.store = {
+      status: !running ? "stopped" : storeDegraded ? "degraded" : "ok",
+      kind: p.store.kind,
+      pending: stats.pending,
+      backlog: stats.backlog,
+      dropped: stats.dropped,
+      ...(pressure !== null && { error: pressure }),
+    };
+  }
+  components.process = { status: up, ...parts.process };
+  return { status: !running || storeDegraded || protocolsDegraded ? "degraded" : "ok", components };
+}

@@ -1,0 +1,87 @@
+import type { Clock } from "./clock";
+import { invalid, notFound } from "./errors";
+import type { EventBus, HistoryQuery } from "./events";
+import type { Store } from "./ports/store";
+import type { Presence } from "./presence";
+import type { DeviceRegistry } from "./registry";
+import type { StateManager } from "./state";
+import { eventOf, eventQueryOf, historyEntry, inputOf } from "./stored-rows";
+import type { StateHistoryEntry, TethralEvent } from "./types";
+import type { Persistence, PersistenceHost } from "./write-behind";
+
+/** What the write-behind store reads from the hub, and how it speaks up. */
+export function storeHost(
+  hub: { registry: DeviceRegistry; state: StateManager; events: EventBus },
+  warn: (message: string) => void,
+  batchWritten: (ms: number) => void,
+): PersistenceHost {
+  return {
+    presence: (id) => {
+      const r = hub.registry.record(id);
+      return r ? { id, status: r.status, lastSeen: r.lastSeen } : null;
+    },
+    state: (id) => hub.state.row(id),
+    degraded: (error) => hub.events.publish("store.degraded", { error }, { source: "store", priority: "high" }),
+    recovered: (pending) => hub.events.publish("store.recovered", { pending }, { source: "store" }),
+    warn,
+    batchWritten,
+  };
+}
+
+/** Fills the registry, the states and presence from the store at start. */
+export async function loadFleet(store: Store, registry: DeviceRegistry, state: StateManager, presence: Presence, now: number): Promise<void> {
+  const [devices, states] = await Promise.all([store.loadDevices(), store.loadStates()]);
+  // Registration order survives a restart: it is the default order of every listing.
+  devices.sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+  for (const row of devices) {
+    registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
+  }
+  for (const row of states) if (registry.has(row.deviceId)) state.restore(row.deviceId, row);
+  presence.restore(devices);
+}
+
+/**
+ * History reads: from the store once everything waiting is written (so what happened before a
+ * restart is there); from memory without a store, and while the store is unreachable (at once
+ * when it is known to be, instead of after a timeout).
+ */
+export class StoredReads {
+  constructor(
+    private readonly persistence: Persistence | null,
+    private readonly registry: DeviceRegistry,
+    private readonly state: StateManager,
+    private readonly events: EventBus,
+    private readonly clock: Clock,
+  ) {}
+
+  async stateHistory(id: string, limit?: number): Promise<StateHistoryEntry[]> {
+    if (!this.registry.has(id)) throw notFound("device", id);
+    if (limit !== undefined && (!Number.isInteger(limit) || limit < 0 || limit > 10_000)) {
+      throw invalid("history", "must be a whole number from 0 to 10000");
+    }
+    return this.read(
+      async (store) => (await store.stateHistory(id, limit ?? this.state.historySize)).map(historyEntry),
+      () => this.state.history(id, limit),
+    );
+  }
+
+  async eventHistory(query: HistoryQuery): Promise<TethralEvent[]> {
+    if (!this.persistence) return this.events.query(query);
+    const q = eventQueryOf(query);
+    return this.read(
+      async (store) => (await store.events(q, this.clock.now())).map(eventOf),
+      () => this.events.query(query),
+    );
+  }
+
+  private async read<T>(read: (store: Store) => Promise<T>, fromMemory: () => T): Promise<T> {
+    const p = this.persistence;
+    if (!p || p.isDegraded) return fromMemory();
+    try {
+      await p.flushAll();
+      return await read(p.store);
+    } catch {
+      return fromMemory();
+    }
+  }
+}
