@@ -4,6 +4,7 @@ import { TethralError } from "../../src/core/errors";
 import { Hub, type HubOptions } from "../../src/core/hub";
 import type { TethralEvent } from "../../src/core/types";
 import { assertCode } from "../helpers";
+import { FakeAdapter } from "./fake-adapter";
 
 function setup(options: HubOptions = {}) {
   const clock = new ManualClock();
@@ -179,6 +180,47 @@ describe("Hub", () => {
       await t.hub.setState("d1", { status: "offline" });
       t.hub.ingest("d1", { kind: "heartbeat" });
       assert.equal(t.hub.getDevice("d1").status, "online");
+    });
+  });
+
+  describe("presence: every status change is announced the same way", () => {
+    it("a flow setting a device online or offline publishes device.online / device.offline with its cause", async () => {
+      const t = setup();
+      await t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 10 });
+      await t.hub.setState("d1", { status: "online" }, { causeId: "flow-msg-1" });
+      const online = t.of("device.online");
+      assert.equal(online.length, 1);
+      assert.equal(online[0]!.deviceId, "d1");
+      assert.equal(online[0]!.source, "user");
+      assert.equal(online[0]!.causeId, "flow-msg-1");
+      assert.deepEqual((online[0]!.data as { previous: string }).previous, "unknown");
+      await t.hub.setState("d1", { status: "offline" }, { causeId: "flow-msg-2" });
+      const offline = t.of("device.offline");
+      assert.equal(offline.length, 1);
+      assert.equal((offline[0]!.data as { reason: string }).reason, "user");
+      assert.equal(offline[0]!.causeId, "flow-msg-2");
+      // Maintenance is no alarm, and clearing it to offline announces nothing either.
+      await t.hub.setState("d1", { status: "maintenance" });
+      await t.hub.setState("d1", { status: "offline" });
+      assert.equal(t.of("device.offline").length, 1);
+      assert.equal(t.of("device.online").length, 1);
+    });
+
+    it("a command waiting for an offline device goes out when a flow sets the device online", async () => {
+      const adapter = new FakeAdapter("mqtt");
+      const t = setup({ protocols: [adapter] });
+      await t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 10 });
+      await t.hub.setState("d1", { status: "offline" });
+      const command = await t.hub.sendCommand("d1", { command: "reboot" });
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.equal(adapter.frames.length, 0, "not sent to an offline device");
+      await t.hub.setState("d1", { status: "online" });
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.deepEqual(
+        adapter.frames.map((f) => f.id),
+        [command.id],
+        "sent once the device is back",
+      );
     });
   });
 
