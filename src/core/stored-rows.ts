@@ -74,3 +74,18 @@ export function eventQueryOf(query: HistoryQuery): EventQuery {
     limit,
   };
 }
+
+/** An event as the store keeps it (`expiresAt` 0: it does not expire). */
+export function eventRow(event: TethralEvent, expiresAt: number): EventRow {
+  return {
+    id: event.id,
+    type: event.type,
+    priority: event.priority,
+    source: event.source,
+    deviceId: event.deviceId,
+    data: event.data,
+    timestamp: Date.parse(event.timestamp),
+    expiresAt,
+    causeId: event.causeId,
+  };
+}

@@ -4,6 +4,7 @@ import type { TethralEvent } from "./types";
 import { DEFAULT_PERSISTENCE_OPTIONS, type HeldDevice, type PersistenceHost, type PersistenceOptions, type PersistenceStatistics } from "./write-behind-options";
 import type { DevicePresenceRow, DeviceRow, EventRow, HistoryRow, PurgeResult, StateRow, Store, WriteBatch } from "./ports/store";
 import { Retention } from "./retention";
+import { eventRow } from "./stored-rows";
 
 export { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceHost, type PersistenceOptions, type PersistenceStatistics } from "./write-behind-options";
 
@@ -135,17 +136,7 @@ export class Persistence {
   }
 
   addEvent(event: TethralEvent, expiresAt: number): void {
-    this.events.push({
-      id: event.id,
-      type: event.type,
-      priority: event.priority,
-      source: event.source,
-      deviceId: event.deviceId,
-      data: event.data,
-      timestamp: Date.parse(event.timestamp),
-      expiresAt,
-      causeId: event.causeId,
-    });
+    this.events.push(eventRow(event, expiresAt));
     this.afterAppend();
   }
 
