@@ -163,3 +163,13 @@ describe("device protocol guide (docs/)", () => {
     }
   });
 });
+
+describe("docs/ARCHITECTURE.md", () => {
+  it("names only files that exist", () => {
+    const text = read("docs/ARCHITECTURE.md");
+    const named = [...text.matchAll(/`((?:src|test)\/[\w./-]+\.ts)`/g)].map((m) => m[1]!);
+    assert.ok(named.length > 20, "the map names the files");
+    const missing = named.filter((path) => !existsSync(join(ROOT, path)));
+    assert.deepEqual(missing, [], "files named in the architecture map");
+  });
+});
