@@ -1,7 +1,7 @@
 import type { Clock } from "./clock";
 import { type TethralError, invalid, notFound } from "./errors";
 import type { EventBus } from "./events";
-import type { HeartbeatMonitor, HeartbeatTracker } from "./heartbeat";
+import type { HeartbeatMonitor } from "./heartbeat";
 import { newId } from "./ids";
 import { type InboundMessage, type IngestResult, parseInbound } from "./inbound";
 import { iso, isoOrNull } from "./json";
@@ -86,7 +86,7 @@ export class DeviceTraffic {
       record.lastSeen = now;
       this.persistence?.markPresence(deviceId);
       // Heartbeat bookkeeping starts with a device's first message: registering costs none.
-      const tracker = (record.heartbeat as HeartbeatTracker | undefined) ?? this.heartbeat.track(deviceId, record.heartbeatTimeout);
+      const tracker = record.heartbeat ?? this.heartbeat.track(deviceId, record.heartbeatTimeout);
       if (this.heartbeat.beatTracker(tracker, now) && record.status !== "online" && record.status !== "maintenance") {
         const previous = record.status;
         this.state.setStatus(deviceId, "online", { causeId: (causeId ??= newId()), source, reason: "heartbeat" });

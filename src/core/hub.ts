@@ -13,7 +13,7 @@ import {
   type SubscribeOptions,
   type SubscriptionHandle,
 } from "./events";
-import { DEFAULT_HEARTBEAT_OPTIONS, HeartbeatMonitor, type HeartbeatOptions, type HeartbeatTracker } from "./heartbeat";
+import { DEFAULT_HEARTBEAT_OPTIONS, HeartbeatMonitor, type HeartbeatOptions } from "./heartbeat";
 import type { InboundMessage, IngestResult } from "./inbound";
 import { KeyedLock } from "./keyed-lock";
 import { type DeepPartial, merge } from "./options";
@@ -146,7 +146,7 @@ export class Hub {
         onTimeoutLearned: (id, sec) => this.timeoutLearned(id, sec),
       },
       {
-        get: (id) => recordOf(id)?.heartbeat as HeartbeatTracker | undefined,
+        get: (id) => recordOf(id)?.heartbeat,
         set: (id, tracker) => {
           const record = recordOf(id);
           if (record) record.heartbeat = tracker;

@@ -4,7 +4,7 @@ import type { EventBus } from "./events";
 import { cloneJson, defineValue, isEmptyObject, jsonEqual } from "./json";
 import { newTimeId } from "./ids";
 import type { DeviceRecord, DeviceRegistry } from "./registry";
-import { EMPTY_PROPERTIES, type HistoryItem, StateRecord, cloneSnapshot, hasDelta, snapshot, stateOf, stateView } from "./state-record";
+import { EMPTY_PROPERTIES, type HistoryItem, StateRecord, cloneSnapshot, hasDelta, snapshot, stateView } from "./state-record";
 import {
   DEVICE_STATUSES,
   type DeviceState,
@@ -137,7 +137,7 @@ export class StateManager {
 
   /** Drops what is kept about a device being removed (call with its record before removal). */
   forget(record: DeviceRecord): void {
-    const s = stateOf(record);
+    const s = record.state;
     if (s?.hasDelta) this.withDelta--;
     record.state = undefined;
     this.observer?.onForget(record.id);
@@ -146,7 +146,7 @@ export class StateManager {
   get(deviceId: string): DeviceState {
     const record = this.registry.record(deviceId);
     if (!record) throw notFound("device", deviceId);
-    return stateView(record, stateOf(record));
+    return stateView(record, record.state);
   }
 
   /**
@@ -160,8 +160,8 @@ export class StateManager {
     const now = this.clock.now();
     let from: JsonObject | null = null;
     let to: JsonObject | null = null;
-    const current = stateOf(record)?.properties ?? EMPTY_PROPERTIES;
-    const desired = stateOf(record)?.desired ?? null;
+    const current = record.state?.properties ?? EMPTY_PROPERTIES;
+    const desired = record.state?.desired ?? null;
     let twinMoved = false;
     let added = 0;
     for (const key of Object.keys(properties)) {
@@ -212,7 +212,7 @@ export class StateManager {
    */
   checkCapacity(deviceId: string, properties: JsonObject): void {
     const record = this.registry.record(deviceId);
-    const current = (record && stateOf(record)?.properties) ?? EMPTY_PROPERTIES;
+    const current = record?.state?.properties ?? EMPTY_PROPERTIES;
     const keys = Object.keys(properties);
     const have = Object.keys(current).length;
     if (have + keys.length <= LIMITS.propertyKeys) return;
@@ -247,7 +247,7 @@ export class StateManager {
     const record = this.registry.record(deviceId);
     if (!record) throw notFound("device", deviceId);
     const data = parseInput(stateSetSchema, input, "state");
-    const s = stateOf(record);
+    const s = record.state;
     const version = s?.version ?? 0;
     if (data.expectedVersion !== undefined && data.expectedVersion !== version) {
       throw new TethralError("CONFLICT", `state of "${deviceId}" is at version ${version}, not ${data.expectedVersion}`, [
@@ -308,7 +308,7 @@ export class StateManager {
   applySet(plan: StatePlan, cause: ChangeCause = {}): DeviceState {
     const record = this.registry.record(plan.deviceId);
     if (!record) throw notFound("device", plan.deviceId);
-    if (!plan.changed) return stateView(record, stateOf(record));
+    if (!plan.changed) return stateView(record, record.state);
     const target = this.ensure(record);
     if (plan.to.desired !== undefined) {
       target.desired = isEmptyObject(plan.desired) ? null : plan.desired;
@@ -324,7 +324,7 @@ export class StateManager {
   /** The state as a store row (a snapshot: later changes do not reach it). */
   row(deviceId: string): StateRow | null {
     const record = this.registry.record(deviceId);
-    const s = record && stateOf(record);
+    const s = record?.state;
     if (!s) return null;
     return {
       deviceId,
@@ -374,7 +374,7 @@ export class StateManager {
   history(deviceId: string, limit = this.options.historySize): StateHistoryEntry[] {
     const record = this.registry.record(deviceId);
     if (!record) throw notFound("device", deviceId);
-    return stateOf(record)?.historyEntries(deviceId, limit, this.options.historySize) ?? [];
+    return record.state?.historyEntries(deviceId, limit, this.options.historySize) ?? [];
   }
 
   /** States of all devices, or of those with a status (through the registry's status index). */
@@ -395,7 +395,7 @@ export class StateManager {
 
     const states: DeviceState[] = [];
     const take = (record: DeviceRecord, i: number) => {
-      if (i >= offset && i < offset + limit) states.push(stateView(record, stateOf(record)));
+      if (i >= offset && i < offset + limit) states.push(stateView(record, record.state));
     };
     if (!byStatus && !byProtocol) {
       let i = 0;
@@ -442,7 +442,7 @@ export class StateManager {
   }
 
   private ensure(record: DeviceRecord): StateRecord {
-    let s = stateOf(record);
+    let s = record.state;
     if (!s) {
       s = new StateRecord();
       record.state = s;
