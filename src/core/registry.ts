@@ -225,14 +225,10 @@ export class DeviceRegistry {
     return toDevice(record);
   }
 
-  /** Applies a partial update. `id` cannot change; `null` clears an optional field. */
-  update(id: string, patch: unknown, options: ChangeOptions = {}): Device {
-    const { device, changes } = this.applyUpdate(id, patch, options.now);
-    if (!options.silent) this.announceUpdated(id, changes, options);
-    return device;
-  }
-
-  /** Applies a partial update without publishing; returns the device and the fields that changed. */
+  /**
+   * Applies a partial update (`id` cannot change; `null` clears an optional field) without
+   * publishing: returns the device and the fields that changed, for `announceUpdated`.
+   */
   applyUpdate(id: string, patch: unknown, now?: number): { device: Device; changes: string[] } {
     const record = this.records.get(id);
     if (!record) throw notFound("device", id);

@@ -16,7 +16,7 @@ import {
   type StateRow,
   type StateSnapshot,
 } from "./types";
-import { DEFAULT_TRANSITIONS, type TransitionRules, allowsTransition, checkTransition } from "./transitions";
+import { DEFAULT_TRANSITIONS, type TransitionRules, checkTransition } from "./transitions";
 import type { TwinListener } from "./twin";
 import { LIMITS, checkJsonObject, parseInput, stateSetSchema } from "./validation";
 import { type FilterValues, listFilter } from "./registry-query";
@@ -231,17 +231,10 @@ export class StateManager {
   }
 
   /**
-   * Sets desired values and/or the status in one change. `null` in `desired` removes that key.
-   * With `expectedVersion`, a stale version is a CONFLICT and nothing changes.
-   */
-  set(deviceId: string, input: unknown, cause: ChangeCause = {}): DeviceState {
-    const plan = this.planSet(deviceId, input);
-    return plan.changed ? this.applySet(plan, cause) : this.get(deviceId);
-  }
-
-  /**
-   * Checks a `set` and works out its result without changing anything, so the caller can make
-   * the result durable first and then `applySet` it. Throws as `set` would.
+   * Checks a set of desired values and/or the status (one change; `null` in `desired` removes
+   * that key) and works out its result without changing anything, so the caller can make the
+   * result durable first and then `applySet` it. With `expectedVersion`, a stale version is a
+   * CONFLICT.
    */
   planSet(deviceId: string, input: unknown): StatePlan {
     const record = this.registry.record(deviceId);
@@ -357,10 +350,6 @@ export class StateManager {
   /** Changes kept per device. */
   get historySize(): number {
     return this.options.historySize;
-  }
-
-  canTransition(from: DeviceStatus, to: DeviceStatus): boolean {
-    return allowsTransition(this.options.transitions, from, to);
   }
 
   private applyStatus(record: DeviceRecord, to: DeviceStatus, now: number, retained = false): void {
