@@ -372,8 +372,6 @@ export class DeviceRegistry {
     };
   }
 
-
-
   private indexList(index: SetIndex, values: string[] | undefined, record: DeviceRecord): readonly string[] {
     if (!values || values.length === 0) return EMPTY;
     const list = this.interner.list(values);
