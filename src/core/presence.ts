@@ -1,6 +1,6 @@
 import type { Clock } from "./clock";
 import type { EventBus } from "./events";
-import { DEFAULT_HEARTBEAT_OPTIONS, HeartbeatMonitor, type HeartbeatOptions, type HeartbeatTracker } from "./heartbeat";
+import { DEFAULT_HEARTBEAT_OPTIONS, HeartbeatMonitor, type HeartbeatOptions } from "./heartbeat";
 import { iso, isoOrNull } from "./json";
 import { type DeepPartial, merge } from "./options";
 import { type DeviceRecord, type DeviceRegistry, toDevice } from "./registry";
@@ -54,7 +54,7 @@ export class Presence {
       },
       // The trackers live on the device records: no map entry per device, no lookup per heartbeat.
       {
-        get: (id) => registry.record(id)?.heartbeat as HeartbeatTracker | undefined,
+        get: (id) => registry.record(id)?.heartbeat,
         set: (id, tracker) => {
           const record = registry.record(id);
           if (record) record.heartbeat = tracker;
@@ -102,7 +102,7 @@ export class Presence {
     record.lastSeen = now;
     this.hooks.presenceChanged(record.id);
     // Heartbeat bookkeeping starts with a device's first message: registering costs none.
-    const tracker = (record.heartbeat as HeartbeatTracker | undefined) ?? this.heartbeat.track(record.id, record.heartbeatTimeout);
+    const tracker = record.heartbeat ?? this.heartbeat.track(record.id, record.heartbeatTimeout);
     return this.heartbeat.beatTracker(tracker, now) && record.status !== "online" && record.status !== "maintenance";
   }
 

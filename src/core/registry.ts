@@ -1,9 +1,11 @@
 import type { Clock } from "./clock";
 import { TethralError, notFound } from "./errors";
 import type { EventBus } from "./events";
+import type { HeartbeatTracker } from "./heartbeat";
 import { ChainIndex, Interner, type Members, SetIndex, type ValueIndex } from "./indexes";
 import { cloneJson, isEmptyObject, iso, isoOrNull, jsonEqual } from "./json";
 import { type Condition, type DeviceFilter, compareBy, filterSchema, listCondition, pageOf, textMatch, unionCondition } from "./registry-query";
+import type { StateRecord } from "./state-record";
 import {
   type DeviceInput,
   type DevicePatch,
@@ -35,10 +37,10 @@ export interface DeviceRecord {
   updatedAt: number;
   /**
    * Per-device data of the heartbeat monitor and the state manager, kept on the record so a
-   * device costs one map entry and a message one lookup. Opaque to the registry.
+   * device costs one map entry and a message one lookup. The registry only makes room for them.
    */
-  heartbeat: unknown;
-  state: unknown;
+  heartbeat: HeartbeatTracker | undefined;
+  state: StateRecord | undefined;
   /** Links of the status, protocol and manufacturer indexes (see ChainIndex). */
   statusPrev: DeviceRecord | null;
   statusNext: DeviceRecord | null;
@@ -223,14 +225,10 @@ export class DeviceRegistry {
     return toDevice(record);
   }
 
-  /** Applies a partial update. `id` cannot change; `null` clears an optional field. */
-  update(id: string, patch: unknown, options: ChangeOptions = {}): Device {
-    const { device, changes } = this.applyUpdate(id, patch, options.now);
-    if (!options.silent) this.announceUpdated(id, changes, options);
-    return device;
-  }
-
-  /** Applies a partial update without publishing; returns the device and the fields that changed. */
+  /**
+   * Applies a partial update (`id` cannot change; `null` clears an optional field) without
+   * publishing: returns the device and the fields that changed, for `announceUpdated`.
+   */
   applyUpdate(id: string, patch: unknown, now?: number): { device: Device; changes: string[] } {
     const record = this.records.get(id);
     if (!record) throw notFound("device", id);
@@ -373,8 +371,6 @@ export class DeviceRegistry {
       byTag: this.byTag.counts(),
     };
   }
-
-
 
   private indexList(index: SetIndex, values: string[] | undefined, record: DeviceRecord): readonly string[] {
     if (!values || values.length === 0) return EMPTY;

@@ -76,10 +76,6 @@ export class StateRecord {
   }
 }
 
-export function stateOf(record: DeviceRecord): StateRecord | undefined {
-  return record.state as StateRecord | undefined;
-}
-
 /** The public, JSON-ready copy of a device's state; a device never reported or set has an empty one. */
 export function stateView(record: DeviceRecord, s: StateRecord | undefined): DeviceState {
   if (!s) {

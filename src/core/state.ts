@@ -1,10 +1,12 @@
 import type { Clock } from "./clock";
-import { TethralError, invalid, notFound } from "./errors";
+import { invalid, notFound } from "./errors";
 import type { EventBus } from "./events";
 import { cloneJson, defineValue, isEmptyObject, jsonEqual } from "./json";
 import { newTimeId } from "./ids";
 import type { DeviceRecord, DeviceRegistry } from "./registry";
-import { EMPTY_PROPERTIES, type HistoryItem, StateRecord, cloneSnapshot, hasDelta, snapshot, stateOf, stateView } from "./state-record";
+import { type StateListQuery, listStates } from "./state-list";
+import { type StatePlan, planStateSet } from "./state-plan";
+import { EMPTY_PROPERTIES, type HistoryItem, StateRecord, cloneSnapshot, hasDelta, snapshot, stateView } from "./state-record";
 import {
   DEVICE_STATUSES,
   type DeviceState,
@@ -16,13 +18,13 @@ import {
   type StateRow,
   type StateSnapshot,
 } from "./types";
-import { DEFAULT_TRANSITIONS, type TransitionRules, allowsTransition, checkTransition } from "./transitions";
+import { DEFAULT_TRANSITIONS, type TransitionRules, checkTransition } from "./transitions";
 import type { TwinListener } from "./twin";
-import { LIMITS, checkJsonObject, parseInput, stateSetSchema } from "./validation";
-import { type FilterValues, listFilter } from "./registry-query";
-import { z } from "zod";
+import { LIMITS, checkJsonObject } from "./validation";
 
 export { DEFAULT_TRANSITIONS, type TransitionRules } from "./transitions";
+export type { StateListQuery } from "./state-list";
+export type { StatePlan } from "./state-plan";
 
 export interface StateOptions {
   historySize: number;
@@ -51,18 +53,6 @@ export interface StateSink {
   onStateWritten(deviceId: string): void;
   onStatusWritten(deviceId: string): void;
   onHistory(row: HistoryRow): void;
-}
-
-/** A `set` worked out but not applied (see `planSet`). */
-export interface StatePlan {
-  deviceId: string;
-  changed: boolean;
-  from: StateSnapshot;
-  to: StateSnapshot;
-  desired: JsonObject;
-  at: number;
-  /** The state as it will be stored once applied. */
-  row: StateRow;
 }
 
 /** Told about every report and status change, for anomaly detection. */
@@ -137,7 +127,7 @@ export class StateManager {
 
   /** Drops what is kept about a device being removed (call with its record before removal). */
   forget(record: DeviceRecord): void {
-    const s = stateOf(record);
+    const s = record.state;
     if (s?.hasDelta) this.withDelta--;
     record.state = undefined;
     this.observer?.onForget(record.id);
@@ -146,7 +136,7 @@ export class StateManager {
   get(deviceId: string): DeviceState {
     const record = this.registry.record(deviceId);
     if (!record) throw notFound("device", deviceId);
-    return stateView(record, stateOf(record));
+    return stateView(record, record.state);
   }
 
   /**
@@ -160,8 +150,8 @@ export class StateManager {
     const now = this.clock.now();
     let from: JsonObject | null = null;
     let to: JsonObject | null = null;
-    const current = stateOf(record)?.properties ?? EMPTY_PROPERTIES;
-    const desired = stateOf(record)?.desired ?? null;
+    const current = record.state?.properties ?? EMPTY_PROPERTIES;
+    const desired = record.state?.desired ?? null;
     let twinMoved = false;
     let added = 0;
     for (const key of Object.keys(properties)) {
@@ -212,7 +202,7 @@ export class StateManager {
    */
   checkCapacity(deviceId: string, properties: JsonObject): void {
     const record = this.registry.record(deviceId);
-    const current = (record && stateOf(record)?.properties) ?? EMPTY_PROPERTIES;
+    const current = record?.state?.properties ?? EMPTY_PROPERTIES;
     const keys = Object.keys(properties);
     const have = Object.keys(current).length;
     if (have + keys.length <= LIMITS.propertyKeys) return;
@@ -231,84 +221,21 @@ export class StateManager {
   }
 
   /**
-   * Sets desired values and/or the status in one change. `null` in `desired` removes that key.
-   * With `expectedVersion`, a stale version is a CONFLICT and nothing changes.
-   */
-  set(deviceId: string, input: unknown, cause: ChangeCause = {}): DeviceState {
-    const plan = this.planSet(deviceId, input);
-    return plan.changed ? this.applySet(plan, cause) : this.get(deviceId);
-  }
-
-  /**
-   * Checks a `set` and works out its result without changing anything, so the caller can make
-   * the result durable first and then `applySet` it. Throws as `set` would.
+   * Checks a set of desired values and/or the status and works out its result without changing
+   * anything (see `planStateSet`), so the caller can make the result durable first and then
+   * `applySet` it.
    */
   planSet(deviceId: string, input: unknown): StatePlan {
     const record = this.registry.record(deviceId);
     if (!record) throw notFound("device", deviceId);
-    const data = parseInput(stateSetSchema, input, "state");
-    const s = stateOf(record);
-    const version = s?.version ?? 0;
-    if (data.expectedVersion !== undefined && data.expectedVersion !== version) {
-      throw new TethralError("CONFLICT", `state of "${deviceId}" is at version ${version}, not ${data.expectedVersion}`, [
-        { field: "expectedVersion", message: `is stale: the current version is ${version}` },
-      ]);
-    }
-    if (data.status !== undefined) checkTransition(this.options.transitions, record.status, data.status);
-
-    const from: StateSnapshot = {};
-    const to: StateSnapshot = {};
-    const current = s?.desired ?? EMPTY_PROPERTIES;
-    const desired: JsonObject = { ...current };
-    if (data.desired !== undefined) {
-      const before: JsonObject = {};
-      const after: JsonObject = {};
-      for (const key of Object.keys(data.desired)) {
-        const value = data.desired[key] as JsonValue;
-        const had = Object.hasOwn(current, key);
-        if (value === null ? !had : had && jsonEqual(current[key], value)) continue;
-        defineValue(before, key, had ? cloneJson(current[key] as JsonValue) : null);
-        defineValue(after, key, cloneJson(value));
-        if (value === null) delete desired[key];
-        else defineValue(desired, key, after[key] as JsonValue);
-      }
-      if (!isEmptyObject(after)) {
-        from.desired = before;
-        to.desired = after;
-        checkDesiredTotal(current, desired, after);
-      }
-    }
-    if (data.status !== undefined && data.status !== record.status) {
-      from.status = record.status;
-      to.status = data.status;
-    }
-    const changed = from.desired !== undefined || from.status !== undefined;
-    const now = this.clock.now();
-    return {
-      deviceId,
-      changed,
-      from,
-      to,
-      desired,
-      at: now,
-      row: {
-        deviceId,
-        properties: s?.properties ? { ...s.properties } : {},
-        desired,
-        version: version + (changed ? 1 : 0),
-        changedAt: to.status !== undefined ? now : (s?.changedAt ?? 0),
-        updatedAt: changed ? now : (s?.updatedAt ?? 0),
-        reportedAt: s?.reportedAt ?? 0,
-        rev: (s?.rev ?? 0) + 1,
-      },
-    };
+    return planStateSet(record, input, this.options.transitions, this.clock.now());
   }
 
   /** Applies a plan from `planSet`: one version, one history entry, one `state.changed`. */
   applySet(plan: StatePlan, cause: ChangeCause = {}): DeviceState {
     const record = this.registry.record(plan.deviceId);
     if (!record) throw notFound("device", plan.deviceId);
-    if (!plan.changed) return stateView(record, stateOf(record));
+    if (!plan.changed) return stateView(record, record.state);
     const target = this.ensure(record);
     if (plan.to.desired !== undefined) {
       target.desired = isEmptyObject(plan.desired) ? null : plan.desired;
@@ -324,7 +251,7 @@ export class StateManager {
   /** The state as a store row (a snapshot: later changes do not reach it). */
   row(deviceId: string): StateRow | null {
     const record = this.registry.record(deviceId);
-    const s = record && stateOf(record);
+    const s = record?.state;
     if (!s) return null;
     return {
       deviceId,
@@ -359,10 +286,6 @@ export class StateManager {
     return this.options.historySize;
   }
 
-  canTransition(from: DeviceStatus, to: DeviceStatus): boolean {
-    return allowsTransition(this.options.transitions, from, to);
-  }
-
   private applyStatus(record: DeviceRecord, to: DeviceStatus, now: number, retained = false): void {
     const from = record.status;
     this.registry.setStatus(record, to);
@@ -374,59 +297,12 @@ export class StateManager {
   history(deviceId: string, limit = this.options.historySize): StateHistoryEntry[] {
     const record = this.registry.record(deviceId);
     if (!record) throw notFound("device", deviceId);
-    return stateOf(record)?.historyEntries(deviceId, limit, this.options.historySize) ?? [];
+    return record.state?.historyEntries(deviceId, limit, this.options.historySize) ?? [];
   }
 
-  /** States of all devices, or of those with a status (through the registry's status index). */
-  /**
-   * States page by page, filtered by status and protocol (each one value, a comma-separated
-   * list or a list). Walks the smaller of the matching index buckets, never the whole fleet
-   * unless no filter is given.
-   */
+  /** States page by page, filtered by status and protocol (see `listStates`). */
   list(query: StateListQuery = {}): { states: DeviceState[]; total: number } {
-    const offset = query.offset ?? 0;
-    const limit = query.limit ?? 100;
-    if (!Number.isInteger(limit) || limit < 0 || limit > 100_000) throw invalid("limit", "must be a whole number from 0 to 100000");
-    if (!Number.isInteger(offset) || offset < 0) throw invalid("offset", "must be a whole number, 0 or more");
-    const { status, protocol } = parseInput(stateFilterSchema, { status: query.status, protocol: query.protocol }, "state filter");
-    const byStatus = status?.map((v) => this.registry.withStatus(v as DeviceStatus));
-    const byProtocol = protocol?.map((v) => this.registry.withProtocol(v));
-    const sizeOf = (buckets: Array<{ size: number } | undefined>) => buckets.reduce((n, b) => n + (b?.size ?? 0), 0);
-
-    const states: DeviceState[] = [];
-    const take = (record: DeviceRecord, i: number) => {
-      if (i >= offset && i < offset + limit) states.push(stateView(record, stateOf(record)));
-    };
-    if (!byStatus && !byProtocol) {
-      let i = 0;
-      for (const record of this.registry.allRecords()) {
-        if (i >= offset + limit) break;
-        take(record, i++);
-      }
-      return { states, total: this.registry.size };
-    }
-    // One kind of filter: its buckets never overlap (a device has one status and one protocol).
-    if (!byStatus || !byProtocol) {
-      const buckets = (byStatus ?? byProtocol)!;
-      let i = 0;
-      page: for (const bucket of buckets) {
-        for (const record of bucket ?? []) {
-          if (i >= offset + limit) break page;
-          take(record, i++);
-        }
-      }
-      return { states, total: sizeOf(buckets) };
-    }
-    const statusFirst = sizeOf(byStatus) <= sizeOf(byProtocol);
-    const driver = statusFirst ? byStatus : byProtocol;
-    const wanted = new Set<string>(statusFirst ? protocol : status);
-    let total = 0;
-    for (const bucket of driver) {
-      for (const record of bucket ?? []) {
-        if (wanted.has(statusFirst ? record.protocol : record.status)) take(record, total++);
-      }
-    }
-    return { states, total };
+    return listStates(this.registry, query);
   }
 
   statistics(): StateStatistics {
@@ -442,7 +318,7 @@ export class StateManager {
   }
 
   private ensure(record: DeviceRecord): StateRecord {
-    let s = stateOf(record);
+    let s = record.state;
     if (!s) {
       s = new StateRecord();
       record.state = s;
@@ -507,34 +383,5 @@ export class StateManager {
       { from: cloneSnapshot(from), to: cloneSnapshot(to), reason, version: s.version, state: stateView(record, s) },
       { deviceId: record.id, source: cause.source ?? "state", causeId },
     );
-  }
-}
-
-/** `listStates` filters: one value, a comma-separated list or a list, in any case. */
-export interface StateListQuery {
-  status?: FilterValues;
-  protocol?: FilterValues;
-  limit?: number;
-  offset?: number;
-}
-
-const stateFilterSchema = z.object({ status: listFilter(32, DEVICE_STATUSES), protocol: listFilter(64) });
-
-/**
- * Each set's desired is checked on its own, but sets merge: without a bound on the whole, desired
- * could grow set by set without end, and every change of it goes to the device whole (the twin,
- * with its delta, on MQTT, WebSocket and CoAP). A set that only changes or removes keys within
- * the bounds passes; one that would take desired past them is INVALID.
- */
-function checkDesiredTotal(current: JsonObject, desired: JsonObject, after: JsonObject): void {
-  const keys = Object.keys(desired).length;
-  if (keys > LIMITS.propertyKeys && keys > Object.keys(current).length) {
-    throw invalid("desired", `a device keeps at most ${LIMITS.propertyKeys} desired keys; this would make ${keys}`);
-  }
-  if (Object.values(after).every((v) => v === null)) return;
-  const bytes = Buffer.byteLength(JSON.stringify(desired));
-  // Desired kept from before the bound (or a smaller bound) may still shrink.
-  if (bytes > LIMITS.propertiesBytes && bytes > Buffer.byteLength(JSON.stringify(current))) {
-    throw invalid("desired", `would be ${bytes} bytes of JSON in all, more than the ${LIMITS.propertiesBytes} a device's desired state may hold`);
   }
 }

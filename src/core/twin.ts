@@ -1,5 +1,5 @@
 import type { DeviceRecord } from "./registry";
-import { delta, stateOf } from "./state-record";
+import { delta } from "./state-record";
 import type { DeviceTwin } from "./types";
 
 /**
@@ -8,7 +8,7 @@ import type { DeviceTwin } from "./types";
  * readers must not modify it.
  */
 export function twinOf(record: DeviceRecord): DeviceTwin {
-  const s = stateOf(record);
+  const s = record.state;
   if (!s?.desired) return { desired: {}, delta: {}, version: s?.version ?? 0 };
   return { desired: s.desired, delta: delta(s), version: s.version };
 }
@@ -26,7 +26,7 @@ export function encodeTwin(twin: DeviceTwin, head: Record<string, string> = {}):
 
 /** Whether the device has anything desired of it: only those have a twin kept on a broker across restarts. */
 export function hasDesired(record: DeviceRecord): boolean {
-  return stateOf(record)?.desired != null;
+  return record.state?.desired != null;
 }
 
 /**

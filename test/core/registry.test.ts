@@ -22,6 +22,12 @@ function setup() {
 
 type Setup = ReturnType<typeof setup>;
 
+/** An update as the hub makes it: applied, then announced with the fields that changed. */
+function update(t: Setup, id: string, patch: unknown, cause: { causeId?: string | null; source?: string } = {}): Device {
+  const { device, changes } = t.registry.applyUpdate(id, patch);
+  t.registry.announceUpdated(id, changes, cause);
+  return device;
+}
 
 /** Asserts `fn` is refused with INVALID naming `field`, and that nothing in the registry moved. */
 function assertRefused(t: Setup, fn: () => unknown, field: string): void {
@@ -106,7 +112,7 @@ describe("DeviceRegistry", () => {
   describe("get, update and remove", () => {
     it("answers NOT_FOUND (404) for unknown ids on get, update and remove", async () => {
       const t = setup();
-      for (const fn of [() => t.registry.get("nope"), () => t.registry.update("nope", { name: "x" }), () => t.registry.remove("nope")]) {
+      for (const fn of [() => t.registry.get("nope"), () => update(t, "nope", { name: "x" }), () => t.registry.remove("nope")]) {
         assertCode(fn, "NOT_FOUND");
         try {
           fn();
@@ -121,7 +127,7 @@ describe("DeviceRegistry", () => {
       const t = setup();
       t.registry.register({ id: "x", protocol: "mqtt", name: "old", model: "M1", tags: ["a"] });
       t.clock.advance(5000);
-      const d = t.registry.update("x", { name: "new", firmware: "2.0", tags: ["b", "c"] }, { causeId: "c-2" });
+      const d = update(t, "x", { name: "new", firmware: "2.0", tags: ["b", "c"] }, { causeId: "c-2" });
       assert.equal(d.name, "new");
       assert.equal(d.firmware, "2.0");
       assert.deepEqual(d.tags, ["b", "c"]);
@@ -140,8 +146,8 @@ describe("DeviceRegistry", () => {
     it("accepts the same id in a patch but refuses a different one with INVALID on field id", async () => {
       const t = setup();
       t.registry.register({ id: "x", protocol: "mqtt" });
-      assert.equal(t.registry.update("x", { id: "x", name: "ok" }).name, "ok");
-      assertRefused(t, () => t.registry.update("x", { id: "y", name: "changed" }), "id");
+      assert.equal(update(t, "x", { id: "x", name: "ok" }).name, "ok");
+      assertRefused(t, () => update(t, "x", { id: "y", name: "changed" }), "id");
       assert.equal(t.registry.get("x").name, "ok");
       assertCode(() => t.registry.get("y"), "NOT_FOUND");
     });
@@ -151,7 +157,7 @@ describe("DeviceRegistry", () => {
       t.registry.register({
         id: "x", protocol: "coap", address: "coap://h", manufacturer: "Acme", model: "M", firmware: "1", heartbeatTimeout: 30, metadata: { a: 1 },
       });
-      const d = t.registry.update("x", { address: null, manufacturer: null, model: null, firmware: null, heartbeatTimeout: null, metadata: {} });
+      const d = update(t, "x", { address: null, manufacturer: null, model: null, firmware: null, heartbeatTimeout: null, metadata: {} });
       for (const k of ["address", "manufacturer", "model", "firmware", "heartbeatTimeout"] as const) assert.equal(d[k], undefined, k);
       assert.deepEqual(d.metadata, {});
       assert.deepEqual(statsOf(t.registry).byManufacturer, {});
@@ -166,7 +172,7 @@ describe("DeviceRegistry", () => {
       const published = t.events.length;
       for (const patch of [{}, { id: "x" }, { name: "n" }, { protocol: "mqtt" }, { capabilities: ["a", "b"] }, { capabilities: ["a", "b", "a"] },
         { address: null }, { metadata: { k: [1, { z: true }] } }]) {
-        assert.deepEqual(t.registry.update("x", patch), before, JSON.stringify(patch));
+        assert.deepEqual(update(t, "x", patch), before, JSON.stringify(patch));
       }
       assert.equal(t.events.length, published);
     });
@@ -316,7 +322,7 @@ describe("DeviceRegistry", () => {
     it("moves a device between manufacturer, protocol, capability, tag and status buckets", async () => {
       const t = setup();
       fleet(t);
-      t.registry.update("t1", { manufacturer: "Globex", protocol: "http", capabilities: ["video"], tags: ["outdoor"] });
+      update(t, "t1", { manufacturer: "Globex", protocol: "http", capabilities: ["video"], tags: ["outdoor"] });
       assert.deepEqual(ids(t.registry.list({ manufacturer: "Acme" })), ["h1", "t3"]);
       assert.deepEqual(ids(t.registry.list({ manufacturer: "Globex" })), ["t1", "t2"]);
       assert.deepEqual(ids(t.registry.list({ protocol: "mqtt" })), ["h1"]);
@@ -366,7 +372,7 @@ describe("DeviceRegistry", () => {
       t.clock.advance(10);
       t.registry.register({ id: "c", protocol: "mqtt", manufacturer: "Alpha" });
       t.clock.advance(10);
-      t.registry.update("a", { name: "touched" });
+      update(t, "a", { name: "touched" });
       assert.deepEqual(ids(t.registry.list({ sort: "createdAt", order: "desc" })), ["c", "b", "a"]);
       assert.deepEqual(ids(t.registry.list({ sort: "updatedAt" })), ["b", "c", "a"]);
       assert.deepEqual(ids(t.registry.list({ sort: "manufacturer" })), ["b", "c", "a"]);
@@ -446,7 +452,7 @@ describe("DeviceRegistry", () => {
         byCapability: { temperature: 3, humidity: 3, video: 1, pressure: 1 },
         byTag: { "floor-1": 2, hvac: 2, "floor-2": 2, outdoor: 2, security: 1 },
       });
-      t.registry.update("h1", { manufacturer: "Globex", capabilities: [], tags: ["floor-2"] });
+      update(t, "h1", { manufacturer: "Globex", capabilities: [], tags: ["floor-2"] });
       t.registry.remove("t1");
       assert.deepEqual(statsOf(t.registry), {
         total: 5,
@@ -506,7 +512,7 @@ describe("DeviceRegistry", () => {
         assertRefused(t, () => t.registry.register({ ...base, ...change }), field);
         assert.equal(t.registry.has("dev-1"), false);
         // A patch is checked by the same rules (a patch without a field leaves it alone).
-        if (what !== "a missing protocol") assertRefused(t, () => t.registry.update("other", change), field);
+        if (what !== "a missing protocol") assertRefused(t, () => update(t, "other", change), field);
         assert.equal(({} as Record<string, unknown>).polluted, undefined);
       });
     }
@@ -534,7 +540,7 @@ describe("DeviceRegistry", () => {
       assert.equal(Buffer.byteLength(JSON.stringify(of(64 * 1024))), 64 * 1024);
       assert.deepEqual(t.registry.register({ id: "fits", protocol: "mqtt", metadata: of(64 * 1024) }).metadata, of(64 * 1024));
       assertRefused(t, () => t.registry.register({ id: "big", protocol: "mqtt", metadata: of(64 * 1024 + 1) }), "metadata");
-      assertRefused(t, () => t.registry.update("fits", { metadata: of(64 * 1024 + 1) }), "metadata");
+      assertRefused(t, () => update(t, "fits", { metadata: of(64 * 1024 + 1) }), "metadata");
       assert.deepEqual(t.registry.get("fits").metadata, of(64 * 1024));
     });
 
@@ -544,7 +550,7 @@ describe("DeviceRegistry", () => {
       const d = t.registry.register({ id: "p", protocol: "mqtt", metadata });
       assert.deepEqual(d.metadata, metadata);
       assert.deepEqual(t.registry.get("p").metadata, metadata);
-      assert.deepEqual(t.registry.update("p", { name: "q" }).metadata, metadata);
+      assert.deepEqual(update(t, "p", { name: "q" }).metadata, metadata);
       assert.ok(Object.hasOwn(t.registry.get("p").metadata, "constructor"));
       const probe = {} as Record<string, unknown>;
       assert.equal(probe.polluted, undefined);
@@ -576,7 +582,7 @@ describe("DeviceRegistry", () => {
       const t = setup();
       const input = { id: "x", protocol: "mqtt", capabilities: ["a"], tags: ["t"], metadata: { deep: { v: 1 }, list: [1] } };
       const returned = [t.registry.register(input), t.registry.get("x"), t.registry.list().devices[0]!];
-      returned.push(t.registry.update("x", { name: "named" }));
+      returned.push(update(t, "x", { name: "named" }));
       for (const d of returned) {
         d.name = "hacked";
         d.capabilities.push("b");
@@ -600,7 +606,7 @@ describe("DeviceRegistry", () => {
     it("does not share the returned device with the published event", async () => {
       const t = setup();
       const registered = t.registry.register({ id: "x", protocol: "mqtt", tags: ["t"] });
-      const updated = t.registry.update("x", { name: "n" });
+      const updated = update(t, "x", { name: "n" });
       const removed = t.registry.remove("x");
       for (const d of [registered, updated, removed]) {
         d.name = "hacked";

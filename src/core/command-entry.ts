@@ -1,0 +1,108 @@
+import type { TimerHandle } from "./clock";
+import type { CommandOptions } from "./command-input";
+import { iso, isoOrNull } from "./json";
+import type { CommandRow } from "./ports/store";
+import type { Command, JsonValue } from "./types";
+
+/**
+ * A command as the tracker holds it while it has not ended (its stored row and how far its
+ * delivery got), and the public `Command` made from a row.
+ */
+
+export type Phase = "queued" | "sending" | "awaiting" | "retry-wait" | "done";
+
+export interface CommandEntry {
+  row: CommandRow;
+  timeoutMs: number;
+  retries: number;
+  expectResponse: boolean;
+  /** Attempts that failed while the device was reachable: these use up `retries`. */
+  failures: number;
+  phase: Phase;
+  /** Whether the entry counts against its device's in-flight limit. */
+  holdsSlot: boolean;
+  /** When the current attempt was handed to the adapter: round-trip latency starts here. */
+  attemptAt: number;
+  timer: TimerHandle | null;
+  expiryTimer: TimerHandle | null;
+  /** Bounds an adapter's send that never settles. */
+  deadlineTimer: TimerHandle | null;
+  /** Counts attempts, so the outcome of an attempt given up on is not taken for a later one's. */
+  attemptSeq: number;
+  waiters: Array<{ resolve: (c: Command) => void; reject: (e: Error) => void }>;
+}
+
+/** What a row's options keep of the request (and, after a restart, of the failures so far). */
+interface RowOptions {
+  timeoutMs?: number;
+  retries?: number;
+  expectResponse?: boolean;
+  failures?: number;
+}
+
+/** A new entry for a stored row, not yet in any queue. */
+export function newEntry(row: CommandRow, options: CommandOptions): CommandEntry {
+  const o = row.options as RowOptions;
+  return {
+    row,
+    timeoutMs: o.timeoutMs ?? options.defaultTimeoutSec * 1000,
+    retries: o.retries ?? 0,
+    expectResponse: o.expectResponse ?? true,
+    failures: o.failures ?? 0,
+    phase: "queued",
+    holdsSlot: false,
+    attemptAt: 0,
+    timer: null,
+    expiryTimer: null,
+    deadlineTimer: null,
+    attemptSeq: 0,
+    waiters: [],
+  };
+}
+
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/**
+ * How long a caller with `wait` waits: every attempt's timeout and the backoffs between them,
+ * plus a little. A device that is away longer leaves the command queued and the caller answered.
+ */
+export function waitLimitMs(e: CommandEntry, options: CommandOptions): number {
+  const backoffs = Math.min(options.retryMaxDelayMs * e.retries, 5 * 60_000);
+  return e.timeoutMs * (e.retries + 1) + backoffs + 1000;
+}
+
+export function toCommand(e: CommandEntry): Command {
+  return rowToCommand(e.row);
+}
+
+export function rowToCommand(row: CommandRow): Command {
+  const o = row.options as RowOptions;
+  return {
+    id: row.id,
+    deviceId: row.deviceId,
+    command: row.command,
+    params: row.params,
+    status: row.status,
+    attempts: row.attempts,
+    priority: row.priority,
+    createdAt: iso(row.createdAt),
+    sentAt: isoOrNull(row.sentAt),
+    completedAt: isoOrNull(row.completedAt),
+    expiresAt: isoOrNull(row.expiresAt),
+    result: (row.result ?? null) as JsonValue | null,
+    error: row.error,
+    expectResponse: o.expectResponse ?? true,
+    timeout: (o.timeoutMs ?? 0) / 1000,
+    retries: o.retries ?? 0,
+  };
+}
+
+/** Newest first, as the store lists a device's commands: by creation time, then id. */
+export function newestFirst(a: Command, b: Command): number {
+  return descending(a.createdAt, b.createdAt) || descending(a.id, b.id);
+}
+
+/** For a newest-first sort of ISO times and ids: compared as the store compares them, not by locale. */
+function descending(a: string, b: string): number {
+  return a < b ? 1 : a > b ? -1 : 0;
+}
