@@ -1,5 +1,5 @@
 import { invalid } from "./errors";
-import { StateManager } from "./state";
+import { checkProperties } from "./validation";
 import type { DeviceStatus, JsonObject } from "./types";
 
 /** What a device sent, after the protocol adapter has decoded it. */
@@ -37,7 +37,7 @@ export function parseInbound(message: InboundMessage): { properties: JsonObject 
     case "heartbeat":
       return { properties: null, reported: null };
     case "telemetry":
-      return { properties: StateManager.checkProperties(message.data, "data"), reported: null };
+      return { properties: checkProperties(message.data, "data"), reported: null };
     case "status": {
       const s = typeof message.data === "string" ? message.data.trim().toLowerCase() : message.data;
       if (s !== "online" && s !== "offline") throw invalid("data", 'a status message must be "online" or "offline"');
@@ -53,7 +53,7 @@ export function parseInbound(message: InboundMessage): { properties: JsonObject 
         throw invalid("data.status", `must be one of ${DEVICE_REPORTABLE.join(", ")}`);
       }
       return {
-        properties: properties === undefined ? null : StateManager.checkProperties(properties, "data.properties"),
+        properties: properties === undefined ? null : checkProperties(properties, "data.properties"),
         reported: (status as DeviceStatus | undefined) ?? null,
       };
     }

@@ -20,7 +20,7 @@ import {
 } from "./types";
 import { DEFAULT_TRANSITIONS, type TransitionRules, checkTransition } from "./transitions";
 import type { TwinListener } from "./twin";
-import { LIMITS, checkJsonObject } from "./validation";
+import { LIMITS } from "./validation";
 
 export { DEFAULT_TRANSITIONS, type TransitionRules } from "./transitions";
 export type { StateListQuery } from "./state-list";
@@ -142,7 +142,7 @@ export class StateManager {
   /**
    * Merges reported properties. Every live report stamps `reportedAt`; only a report that changes a
    * value moves the version and `updatedAt`, writes history and publishes `state.changed`.
-   * The caller has checked the payload (see `checkProperties`).
+   * The caller has checked the payload (see `checkProperties` in validation.ts).
    */
   report(deviceId: string, properties: JsonObject, cause: ChangeCause = {}): boolean {
     const record = this.registry.record(deviceId);
@@ -211,13 +211,6 @@ export class StateManager {
     if (have + added > LIMITS.propertyKeys) {
       throw invalid("properties", `a device keeps at most ${LIMITS.propertyKeys} properties`);
     }
-  }
-
-  /** Checks a properties payload from a device or flow: a JSON object within the limits. */
-  static checkProperties(properties: unknown, field = "properties"): JsonObject {
-    const problem = checkJsonObject(properties, field, LIMITS.propertiesBytes, LIMITS.propertyKeys);
-    if (problem) throw invalid(problem.field, problem.message);
-    return properties as JsonObject;
   }
 
   /**

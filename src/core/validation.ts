@@ -223,3 +223,10 @@ export function toEpoch(value: number | string | Date, field: string): number {
   if (!Number.isFinite(ms)) throw invalid(field, "must be a time");
   return ms;
 }
+
+/** Reported values as a device sends them: a JSON object within the size and key limits; INVALID otherwise. */
+export function checkProperties(properties: unknown, field = "properties"): JsonObject {
+  const problem = checkJsonObject(properties, field, LIMITS.propertiesBytes, LIMITS.propertyKeys);
+  if (problem) throw invalid(problem.field, problem.message);
+  return properties as JsonObject;
+}

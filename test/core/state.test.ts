@@ -1,3 +1,4 @@
+import { checkProperties } from "../../src/core/validation";
 import assert from "node:assert/strict";
 import { ManualClock } from "../../src/core/clock";
 import { TethralError } from "../../src/core/errors";
@@ -138,7 +139,7 @@ describe("StateManager", () => {
     it("stores constructor and prototype keys as data without touching Object.prototype", async () => {
       const t = setup();
       const props = JSON.parse('{"constructor": {"prototype": {"polluted": true}}, "prototype": 1, "toString": "x"}') as JsonObject;
-      StateManager.checkProperties(props);
+      checkProperties(props);
       t.state.report("d1", props);
       assert.deepEqual(t.state.get("d1").properties, props);
       set(t, "d1", { desired: { constructor: "c" } });
@@ -529,37 +530,37 @@ describe("StateManager", () => {
   describe("checkProperties", () => {
     it("refuses non-objects with INVALID", async () => {
       for (const bad of [null, undefined, 5, "x", true, [1, 2], new Date(0), new Map()]) {
-        assertCode(() => StateManager.checkProperties(bad), "INVALID", "properties");
+        assertCode(() => checkProperties(bad), "INVALID", "properties");
       }
-      assertCode(() => StateManager.checkProperties([], "data"), "INVALID", "data");
+      assertCode(() => checkProperties([], "data"), "INVALID", "data");
     });
 
     it("refuses __proto__ keys at any depth, naming the path", async () => {
-      assertCode(() => StateManager.checkProperties(JSON.parse('{"__proto__": {"polluted": 1}}')), "INVALID", "properties.__proto__");
-      assertCode(() => StateManager.checkProperties(JSON.parse('{"a": [{"b": {"__proto__": {}}}]}')), "INVALID", "properties.a[0].b.__proto__");
+      assertCode(() => checkProperties(JSON.parse('{"__proto__": {"polluted": 1}}')), "INVALID", "properties.__proto__");
+      assertCode(() => checkProperties(JSON.parse('{"a": [{"b": {"__proto__": {}}}]}')), "INVALID", "properties.a[0].b.__proto__");
       assertNoPollution();
     });
 
     it("refuses non-finite numbers and over-deep nesting", async () => {
-      assertCode(() => StateManager.checkProperties({ t: Infinity }), "INVALID", "properties.t");
-      assertCode(() => StateManager.checkProperties({ t: [NaN] }), "INVALID", "properties.t[0]");
+      assertCode(() => checkProperties({ t: Infinity }), "INVALID", "properties.t");
+      assertCode(() => checkProperties({ t: [NaN] }), "INVALID", "properties.t[0]");
       let deep: JsonObject = {};
       for (let i = 0; i < 20; i++) deep = { x: deep };
-      assertCode(() => StateManager.checkProperties(deep), "INVALID");
+      assertCode(() => checkProperties(deep), "INVALID");
     });
 
     it("accepts 256 KiB and 256 keys, and refuses one byte or one key more", async () => {
       const of = (bytes: number) => ({ k: "x".repeat(bytes - '{"k":""}'.length) });
-      assert.deepEqual(StateManager.checkProperties(of(256 * 1024)), of(256 * 1024));
-      assertCode(() => StateManager.checkProperties(of(256 * 1024 + 1)), "INVALID", "properties");
+      assert.deepEqual(checkProperties(of(256 * 1024)), of(256 * 1024));
+      assertCode(() => checkProperties(of(256 * 1024 + 1)), "INVALID", "properties");
       const keys = (n: number) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`k${i}`, i]));
-      assert.equal(Object.keys(StateManager.checkProperties(keys(256))).length, 256);
-      assertCode(() => StateManager.checkProperties(keys(257)), "INVALID", "properties");
+      assert.equal(Object.keys(checkProperties(keys(256))).length, 256);
+      assertCode(() => checkProperties(keys(257)), "INVALID", "properties");
     });
 
     it("keeps constructor keys as data", async () => {
       const props = JSON.parse('{"constructor": {"name": "x"}}') as JsonObject;
-      assert.equal(StateManager.checkProperties(props), props);
+      assert.equal(checkProperties(props), props);
       assertNoPollution();
     });
   });

@@ -1,11 +1,11 @@
+import { checkProperties } from "../../src/core/validation";
 import { TethralError, notFound } from "../../src/core/errors";
-import { StateManager } from "../../src/core/state";
 import type { DeviceTwin } from "../../src/core/types";
 import type { AdapterContext, AuthResult, DeviceMessage, ProtocolCounters, ReceiveResult } from "../../src/protocols/types";
 
 /**
  * A stand-in for the hub's side of an adapter: devices and tokens in a map, every call recorded.
- * It checks telemetry as the hub does (StateManager.checkProperties), so refusals are real ones.
+ * It checks telemetry as the hub does (checkProperties in validation.ts), so refusals are real ones.
  */
 export class FakeContext implements AdapterContext {
   /** id → token (undefined: the device needs none). */
@@ -28,7 +28,7 @@ export class FakeContext implements AdapterContext {
       return this.refuse(new TethralError("UNAUTHORIZED", "the device token is wrong"));
     }
     try {
-      if (message.kind === "telemetry") StateManager.checkProperties(message.payload, "data");
+      if (message.kind === "telemetry") checkProperties(message.payload, "data");
     } catch (err) {
       return this.refuse(err as TethralError);
     }
