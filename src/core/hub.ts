@@ -8,6 +8,7 @@ import {
   type EventBusOptions,
   type EventStatistics,
   type EventHandler,
+  type EventsMatching,
   type HistoryQuery,
   type PublishOptions,
   type SubscribeOptions,
@@ -766,7 +767,7 @@ export class Hub {
     return this.events.publishCustom(type, data, { source: "flow", ...options });
   }
 
-  subscribe(options: SubscribeOptions, handler: EventHandler): SubscriptionHandle {
+  subscribe<P extends string = "*">(options: SubscribeOptions<P>, handler: EventHandler<EventsMatching<P>>): SubscriptionHandle {
     return this.events.subscribe(options, handler);
   }
 
@@ -857,6 +858,7 @@ export class Hub {
 
 /** A cause from a flow ends up in events and history rows: plain, short text only. */
 function checkCause(cause: ChangeCause): void {
-  const problem = checkLabel(cause.causeId, "causeId") ?? checkLabel(cause.source, "source", 64);
+  const problem =
+    checkLabel(cause.causeId, "causeId") ?? checkLabel(cause.parentCauseId, "parentCauseId") ?? checkLabel(cause.source, "source", 64);
   if (problem) throw invalid(problem.field, problem.message);
 }

@@ -55,6 +55,7 @@ export function eventOf(row: EventRow): TethralEvent {
     timestamp: iso(row.timestamp),
     expiresAt: row.expiresAt > 0 ? iso(row.expiresAt) : null,
     causeId: row.causeId,
+    parentCauseId: row.parentCauseId,
   };
 }
 

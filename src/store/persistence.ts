@@ -161,6 +161,7 @@ export class Persistence {
       timestamp: Date.parse(event.timestamp),
       expiresAt,
       causeId: event.causeId,
+      parentCauseId: event.parentCauseId,
     });
     this.afterAppend();
   }
