@@ -84,7 +84,11 @@ export const eventSchema = z
     data: z.unknown(),
     timestamp: time,
     expiresAt: time.nullable(),
-    causeId: z.string().nullable(),
+    causeId: z.string().nullable().describe("the device message, flow message or command behind the event"),
+    parentCauseId: z
+      .string()
+      .nullable()
+      .describe("the cause of that cause: the event a flow reacted to when its message made this one"),
   })
   .describe("An event");
 

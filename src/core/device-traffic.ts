@@ -103,6 +103,7 @@ export class DeviceTraffic {
         deviceId,
         source,
         causeId: (causeId ??= newId()),
+        report: { status: reported, properties },
       });
     }
     return { deviceId, status: record.status, changed, causeId };

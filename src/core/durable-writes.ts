@@ -231,6 +231,7 @@ export class DurableWrites {
 
 /** A cause from a flow ends up in events and history rows: plain, short text only. */
 function checkCause(cause: ChangeCause): void {
-  const problem = checkLabel(cause.causeId, "causeId") ?? checkLabel(cause.source, "source", 64);
+  const problem =
+    checkLabel(cause.causeId, "causeId") ?? checkLabel(cause.parentCauseId, "parentCauseId") ?? checkLabel(cause.source, "source", 64);
   if (problem) throw invalid(problem.field, problem.message);
 }

@@ -1,5 +1,5 @@
 import { type Envelope, anyOf, compilePattern, toList } from "./subscription";
-import { PRIORITY_RANK, type Priority, type TethralEvent } from "./types";
+import { type HubEvent, PRIORITY_RANK, type Priority } from "./types";
 import { toEpoch } from "./validation";
 
 export interface HistoryQuery {
@@ -18,7 +18,7 @@ export interface HistoryQuery {
  * history holds lives long enough to reach the old generation, so it should be as little as can be.
  */
 export class EventHistory {
-  private readonly ring: (TethralEvent | undefined)[];
+  private readonly ring: (HubEvent | undefined)[];
   private readonly expires: Float64Array;
   private head = 0;
   private count = 0;
@@ -37,14 +37,14 @@ export class EventHistory {
   }
 
   /** Newest first. Expired events are left out: they have left the history. */
-  query(q: HistoryQuery, now: number): TethralEvent[] {
+  query(q: HistoryQuery, now: number): HubEvent[] {
     const matchType = q.type === undefined ? null : anyOf(toList(q.type).map(compilePattern));
     const priorities = q.priority === undefined ? null : new Set(toList(q.priority));
     const minRank = q.minPriority === undefined ? 0 : PRIORITY_RANK[q.minPriority];
     const since = q.since === undefined ? 0 : toEpoch(q.since, "since");
     const limit = Math.min(q.limit ?? 100, this.ring.length);
     const cap = this.ring.length;
-    const out: TethralEvent[] = [];
+    const out: HubEvent[] = [];
     for (let i = 1; i <= this.count && out.length < limit; i++) {
       const slot = (this.head - i + cap) % cap;
       const e = this.ring[slot]!;

@@ -2,12 +2,21 @@ import { newId, newTimeId } from "./ids";
 import type { Clock } from "./clock";
 import { invalid } from "./errors";
 import { EventHistory, type HistoryQuery } from "./event-history";
-import { iso } from "./json";
-import { DEVICE_ID_PATTERN, LIMITS, checkJsonValue, checkLabel } from "./validation";
 import {
-  type DropPolicy,
-  type Envelope,
+  type EventBusOptions,
+  type EventStatistics,
+  type PublishOptions,
+  type SubscribeOptions,
+  type SubscriptionHandle,
+  checkSubscribeOptions,
+  checkUserEvent,
+  expiryOf,
+} from "./event-options";
+import { iso } from "./json";
+import {
   type EventHandler,
+  type Envelope,
+  type EventsMatching,
   NEVER,
   Subscription,
   type SubscriptionStats,
@@ -15,83 +24,23 @@ import {
   toList,
 } from "./subscription";
 import {
+  type DeviceReport,
   type EventMap,
+  type HubEvent,
   type HubEventType,
-  PRIORITIES,
   PRIORITY_RANK,
   type Priority,
-  RESERVED_EVENT_PREFIXES,
   type TethralEvent,
+  type UserEvent,
 } from "./types";
-import { toEpoch } from "./validation";
 
-export type { DropPolicy, EventHandler, SubscriptionStats } from "./subscription";
+export type { DropPolicy, EventHandler, EventsMatching, SubscriptionStats } from "./subscription";
 export type { HistoryQuery } from "./event-history";
-
-export interface SubscribeOptions {
-  /** Type patterns: exact (`device.online`), prefix (`device.*`) or `*`. Default `*`. */
-  types?: string | string[];
-  minPriority?: Priority;
-  deviceId?: string | string[];
-  source?: string | string[];
-  filter?: (event: TethralEvent) => boolean;
-  /** Owner key: `unsubscribeOwner(owner)` removes every subscription it made at once. */
-  owner?: string;
-  name?: string;
-  /** Events waiting while the handler is busy. Default 1000. */
-  queueLimit?: number;
-  dropPolicy?: DropPolicy;
-  /** Retries of a handler whose promise rejects. Default 3. */
-  retries?: number;
-  /** First retry delay; doubles each time, up to 30 s. Default 100 ms. */
-  retryDelayMs?: number;
-}
-
-export interface PublishOptions {
-  priority?: Priority;
-  source?: string;
-  deviceId?: string | null;
-  causeId?: string | null;
-  /** Absolute expiry (epoch ms, ISO string or Date); an expired event is neither delivered nor kept. */
-  expiresAt?: number | string | Date | null;
-  /** Relative expiry in ms, an alternative to `expiresAt`. */
-  ttlMs?: number;
-}
-
-export interface EventStatistics {
-  published: number;
-  delivered: number;
-  failed: number;
-  retried: number;
-  dropped: number;
-  expired: number;
-  subscribers: number;
-  historySize: number;
-  byType: Record<string, number>;
-  byPriority: Record<Priority, number>;
-}
-
-export interface EventBusOptions {
-  historySize?: number;
-  /** Types kept out of history (high-volume ones). Default `message.received`. */
-  transientTypes?: string[];
-  /** Told about every handler failure, after retries; the bus itself never throws it on. */
-  onHandlerError?: (error: unknown, event: TethralEvent, subscription: string) => void;
-  defaultSource?: string;
-}
+export type { EventBusOptions, EventStatistics, PublishOptions, SubscribeOptions, SubscriptionHandle } from "./event-options";
+export { MAX_EVENT_TTL_SECONDS, USER_TYPE_PATTERN } from "./event-options";
 
 const MAX_RETRY_DELAY_MS = 30_000;
 const MAX_TYPE_KEYS = 1000;
-/** A user event's type (its prefix must not be one of RESERVED_EVENT_PREFIXES). */
-export const USER_TYPE_PATTERN = /^[A-Za-z0-9_.:/-]{1,128}$/;
-/** The longest time to live a user event may ask for: ten years, far past any history's retention. */
-export const MAX_EVENT_TTL_SECONDS = 10 * 365 * 24 * 3600;
-
-export interface SubscriptionHandle {
-  readonly id: string;
-  unsubscribe(): void;
-  stats(): SubscriptionStats;
-}
 
 /**
  * The hub's event bus. Delivery is synchronous while a subscriber is idle; while its handler is
@@ -112,6 +61,7 @@ export class EventBus {
   private readonly byPriority: Record<Priority, number> = { low: 0, normal: 0, high: 0, critical: 0 };
   private readonly defaultSource: string;
   private readonly onHandlerError: EventBusOptions["onHandlerError"];
+  private readonly recorder: NonNullable<EventBusOptions["recorder"]> | null;
 
   constructor(
     private readonly clock: Clock,
@@ -121,38 +71,22 @@ export class EventBus {
     this.transient = new Set(options.transientTypes ?? ["message.received"]);
     this.defaultSource = options.defaultSource ?? "hub";
     this.onHandlerError = options.onHandlerError;
+    this.recorder = options.recorder ?? null;
   }
 
   /** Publishes one of the hub's own events, typed from the event map. */
   publish<K extends HubEventType>(type: K, data: EventMap[K], options: PublishOptions = {}): TethralEvent<K, EventMap[K]> {
-    return this.emit(type, data, options) as TethralEvent<K, EventMap[K]>;
+    return this.emit(type, data, options, options.report);
   }
 
   /**
    * Publishes a user event. Its type must be 1-128 characters of `A-Za-z0-9_.:/-` and must not
    * use a prefix the hub owns (`device.`, `state.`, `message.`, `command.`, `hub.`, `store.`).
    */
-  publishCustom(type: string, data: unknown, options: PublishOptions = {}): TethralEvent {
-    if (typeof type !== "string" || !USER_TYPE_PATTERN.test(type)) {
-      throw invalid("type", "must be 1-128 characters of A-Z a-z 0-9 _ . : / -");
-    }
-    if (RESERVED_EVENT_PREFIXES.some((p) => type.startsWith(p))) {
-      throw invalid("type", `the prefixes ${RESERVED_EVENT_PREFIXES.join(" ")} are reserved for the hub's own events`);
-    }
-    if (options.priority !== undefined && !PRIORITIES.includes(options.priority)) {
-      throw invalid("priority", `must be one of ${PRIORITIES.join(", ")}`);
-    }
-    // User events come from flows: everything kept in history (and stored) must be plain JSON.
-    const problem =
-      checkLabel(options.source, "source", 64) ??
-      checkLabel(options.causeId, "causeId") ??
-      (options.deviceId !== undefined && options.deviceId !== null && !DEVICE_ID_PATTERN.test(String(options.deviceId))
-        ? { field: "deviceId", message: "must be a device id" }
-        : null) ??
-      checkJsonValue(data, "data", LIMITS.eventDataBytes);
-    if (problem) throw invalid(problem.field, problem.message);
+  publishCustom(type: string, data: unknown, options: PublishOptions = {}): UserEvent {
+    checkUserEvent(type, data, options);
     // Kept in history and handed to every subscriber: a copy, so the flow's own object may change later.
-    return this.emit(type, data === undefined ? null : structuredClone(data), options);
+    return this.emit(type, data === undefined ? null : structuredClone(data), options, undefined);
   }
 
   /** True when some subscriber could receive an event of this type for this device. */
@@ -168,11 +102,11 @@ export class EventBus {
     return !this.transient.has(type);
   }
 
-  private emit(type: string, data: unknown, options: PublishOptions): TethralEvent {
+  private emit<T extends string, D>(type: T, data: D, options: PublishOptions, report: DeviceReport | undefined): TethralEvent<T, D> {
     const now = this.clock.now();
     const priority = options.priority ?? "normal";
     const expiresAt = expiryOf(options, now);
-    const event: TethralEvent = {
+    const event: TethralEvent<T, D> = {
       id: newTimeId(now),
       type,
       priority,
@@ -182,6 +116,7 @@ export class EventBus {
       timestamp: iso(now),
       expiresAt: expiresAt === NEVER ? null : iso(expiresAt),
       causeId: options.causeId ?? null,
+      parentCauseId: options.parentCauseId ?? null,
     };
     this.counters.published++;
     this.byPriority[priority]++;
@@ -191,7 +126,10 @@ export class EventBus {
       return event;
     }
     const env: Envelope = { event, rank: PRIORITY_RANK[priority], expiresAt, seq: this.seq++ };
-    if (!this.transient.has(type)) this.record(env);
+    const kept = !this.transient.has(type);
+    if (kept) this.record(env);
+    // The report is for this process's subscribers: what history keeps and the store writes goes without it.
+    if (report !== undefined) env.event = withReport(kept ? { ...event } : event, report);
 
     const exact = this.exactAny.get(type);
     if (exact) for (const sub of exact) this.offer(sub, env);
@@ -293,39 +231,37 @@ export class EventBus {
     }
   }
 
-  subscribe(options: SubscribeOptions, handler: EventHandler): SubscriptionHandle;
-  subscribe(types: string | string[], handler: EventHandler, options?: Omit<SubscribeOptions, "types">): SubscriptionHandle;
-  subscribe(
-    first: SubscribeOptions | string | string[],
-    handler: EventHandler,
-    more: Omit<SubscribeOptions, "types"> = {},
+  subscribe<P extends string = "*">(options: SubscribeOptions<P>, handler: EventHandler<EventsMatching<P>>): SubscriptionHandle;
+  subscribe<P extends string>(
+    types: P | P[],
+    handler: EventHandler<EventsMatching<P>>,
+    options?: Omit<SubscribeOptions<P>, "types">,
+  ): SubscriptionHandle;
+  subscribe<P extends string>(
+    first: SubscribeOptions<P> | P | P[],
+    handler: EventHandler<EventsMatching<P>>,
+    more: Omit<SubscribeOptions<P>, "types"> = {},
   ): SubscriptionHandle {
     if (first === null || (typeof first !== "object" && typeof first !== "string")) {
       throw invalid("types", "must be type patterns or subscription options");
     }
-    const options: SubscribeOptions = typeof first === "string" || Array.isArray(first) ? { ...more, types: first } : first;
+    const options: SubscribeOptions<P> = typeof first === "string" || Array.isArray(first) ? { ...more, types: first } : first;
     if (typeof handler !== "function") throw invalid("handler", "must be a function");
-    checkSubscribeNumbers(options);
-    const patterns = toList(options.types ?? "*");
-    if (patterns.length === 0 || patterns.some((p) => typeof p !== "string" || p.length === 0 || p.length > 128)) {
-      throw invalid("types", "must be one or more type patterns such as device.online, device.* or *");
-    }
-    if (options.minPriority !== undefined && !PRIORITIES.includes(options.minPriority)) {
-      throw invalid("minPriority", `must be one of ${PRIORITIES.join(", ")}`);
-    }
+    const patterns = checkSubscribeOptions(options);
     const matchers = patterns.map(compilePattern);
     const exact = patterns.every((p) => !p.includes("*")) ? [...new Set(patterns)] : null;
     const deviceIds = options.deviceId === undefined ? null : new Set(toList(options.deviceId));
     const id = newId();
+    // The bus hands a subscriber only events its patterns match: the narrower type holds.
     const sub = new Subscription(
       id,
-      handler,
+      handler as EventHandler,
       matchers.length === 1 ? matchers[0]! : (t) => matchers.some((m) => m(t)),
       exact,
       PRIORITY_RANK[options.minPriority ?? "low"],
       deviceIds,
       options.source === undefined ? null : new Set(toList(options.source)),
-      options.filter ?? null,
+      (options.filter as ((event: HubEvent) => boolean) | undefined) ?? null,
       options.owner ?? null,
       Math.max(1, options.queueLimit ?? 1000),
       options.dropPolicy ?? "drop-lowest",
@@ -400,16 +336,13 @@ export class EventBus {
     return [...this.subs.values()].map((s) => ({ ...s.stats }));
   }
 
-  /** Told about every event kept in history (the persistence layer stores them). */
-  recorder: ((event: TethralEvent, expiresAt: number) => void) | null = null;
-
   private record(env: Envelope): void {
     if (this.recorder !== null) this.recorder(env.event, env.expiresAt === NEVER ? 0 : env.expiresAt);
     this.history.add(env);
   }
 
   /** History, newest first. Expired events are left out: they have left the history. */
-  query(q: HistoryQuery = {}): TethralEvent[] {
+  query(q: HistoryQuery = {}): HubEvent[] {
     return this.history.query(q, this.clock.now());
   }
 
@@ -431,22 +364,6 @@ export class EventBus {
   }
 }
 
-/** The largest epoch ms a Date can hold: past it, formatting the expiry as ISO would throw. */
-const MAX_DATE_MS = 8.64e15;
-
-function expiryOf(options: PublishOptions, now: number): number {
-  if (options.ttlMs !== undefined) {
-    if (!Number.isFinite(options.ttlMs) || Math.abs(now + options.ttlMs) > MAX_DATE_MS) {
-      throw invalid("ttlMs", "must be a finite number of milliseconds");
-    }
-    return now + options.ttlMs;
-  }
-  if (options.expiresAt === undefined || options.expiresAt === null) return NEVER;
-  const at = toEpoch(options.expiresAt, "expiresAt");
-  if (Math.abs(at) > MAX_DATE_MS) throw invalid("expiresAt", "must be a time");
-  return at;
-}
-
 function pushTo(map: Map<string, Subscription[]>, key: string, sub: Subscription): void {
   map.set(key, [...(map.get(key) ?? []), sub]);
 }
@@ -457,20 +374,7 @@ function pullFrom(map: Map<string, Subscription[]>, key: string, sub: Subscripti
   else map.set(key, next);
 }
 
-const DROP_POLICIES: readonly DropPolicy[] = ["drop-newest", "drop-oldest", "drop-lowest"];
-
-/** A bad queue setting would break every publisher (or let a queue grow without bound). */
-function checkSubscribeNumbers(o: SubscribeOptions): void {
-  const whole = (v: unknown, field: string, min: number, max: number) => {
-    if (v !== undefined && (typeof v !== "number" || !Number.isInteger(v) || v < min || v > max)) {
-      throw invalid(field, `must be a whole number from ${min} to ${max}`);
-    }
-  };
-  if (o.dropPolicy !== undefined && !DROP_POLICIES.includes(o.dropPolicy)) {
-    throw invalid("dropPolicy", `must be one of ${DROP_POLICIES.join(", ")}`);
-  }
-  whole(o.queueLimit, "queueLimit", 1, 1_000_000);
-  whole(o.retries, "retries", 0, 100);
-  whole(o.retryDelayMs, "retryDelayMs", 0, 3_600_000);
-  if (o.filter !== undefined && typeof o.filter !== "function") throw invalid("filter", "must be a function");
+/** The event as this process's subscribers get it: with the report, which its JSON leaves out. */
+function withReport<E extends object>(event: E, report: DeviceReport): E {
+  return Object.defineProperty(event, "report", { value: report, enumerable: false });
 }

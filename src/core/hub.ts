@@ -10,6 +10,7 @@ import {
   EventBus,
   type EventHandler,
   type EventStatistics,
+  type EventsMatching,
   type HistoryQuery,
   type PublishOptions,
   type SubscribeOptions,
@@ -21,9 +22,8 @@ import type { InboundMessage, IngestResult } from "./inbound";
 import type { CommunicationStatistics, HubHealth, HubOptions, HubStatistics } from "./hub-options";
 import { healthOf } from "./hub-health";
 import { HubMetrics } from "./metrics";
-import { type DeepPartial, merge } from "./options";
+import { merge } from "./options";
 import type { DeviceMessage, ProtocolAdapter, ReceiveResult } from "./ports/protocol";
-import type { Store } from "./ports/store";
 import { Presence } from "./presence";
 import { ProcessMonitor } from "./process-monitor";
 import { Refusals } from "./refusals";
@@ -33,7 +33,7 @@ import { StoredReads, loadFleet, storeHost } from "./stored-reads";
 import { DeviceTokens } from "./tokens";
 import { twinCopy } from "./twin";
 import type { Command, Device, DeviceState, DeviceTwin, StateHistoryEntry, TethralEvent } from "./types";
-import { DEFAULT_PERSISTENCE_OPTIONS, Persistence, type PersistenceOptions } from "./write-behind";
+import { DEFAULT_PERSISTENCE_OPTIONS, Persistence } from "./write-behind";
 
 export type { CommunicationStatistics, HubHealth, HubOptions, HubStatistics } from "./hub-options";
 export type { InboundKind, InboundMessage, IngestResult } from "./inbound";
@@ -76,10 +76,12 @@ export class Hub {
   constructor(options: HubOptions = {}) {
     const clock = (this.clock = options.clock ?? systemClock);
     const warn = (this.warn = options.onWarning ?? ((message) => console.warn(`[tethral] ${message}`)));
-    this.events = new EventBus(clock, options.events);
+    const p = (this.persistence = options.store
+      ? new Persistence(options.store, clock, storeHost(this, warn, (ms) => this.metrics.observeBatch(ms)), merge(DEFAULT_PERSISTENCE_OPTIONS, options.persistence))
+      : null);
+    this.events = new EventBus(clock, { ...options.events, ...(p && { recorder: (event, expiresAt) => p.addEvent(event, expiresAt) }) });
     this.registry = new DeviceRegistry(this.events, clock);
     this.anomaly = new AnomalyDetector(this.events, clock, merge(DEFAULT_ANOMALY_OPTIONS, options.anomaly));
-    const p = (this.persistence = options.store ? this.writeBehind(options.store, options.persistence) : null);
     this.state = new StateManager(this.registry, this.events, clock, { ...DEFAULT_STATE_OPTIONS, ...options.state }, {
       observer: this.anomaly,
       twin: { onTwinChanged: (id) => this.adapters.deliverTwin(id, false) },
@@ -133,12 +135,6 @@ export class Hub {
       refusals: () => this.refusals.counts(),
       health: () => this.health(),
     });
-  }
-
-  private writeBehind(store: Store, options: DeepPartial<PersistenceOptions> | undefined): Persistence {
-    const p = new Persistence(store, this.clock, storeHost(this, this.warn, (ms) => this.metrics.observeBatch(ms)), merge(DEFAULT_PERSISTENCE_OPTIONS, options));
-    this.events.recorder = (event, expiresAt) => p.addEvent(event, expiresAt);
-    return p;
   }
 
   get isRunning(): boolean {
@@ -343,7 +339,7 @@ export class Hub {
     return this.events.publishCustom(type, data, { source: "flow", ...options });
   }
 
-  subscribe(options: SubscribeOptions, handler: EventHandler): SubscriptionHandle {
+  subscribe<P extends string = "*">(options: SubscribeOptions<P>, handler: EventHandler<EventsMatching<P>>): SubscriptionHandle {
     return this.events.subscribe(options, handler);
   }
 

@@ -26,6 +26,7 @@ export type {
   DropPolicy,
   EventBusOptions,
   EventHandler,
+  EventsMatching,
   EventStatistics,
   HistoryQuery,
   PublishOptions,

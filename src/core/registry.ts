@@ -73,13 +73,14 @@ export const DEFAULT_PAGE_SIZE = 100;
 /** Who made a change, and how: `silent` leaves the event to the caller (`announce*`). */
 export interface ChangeOptions {
   causeId?: string | null;
+  parentCauseId?: string | null;
   source?: string;
   silent?: boolean;
   /** The change's time (default: the clock's now). */
   now?: number;
 }
 
-type ChangeCause = Pick<ChangeOptions, "causeId" | "source">;
+type ChangeCause = Pick<ChangeOptions, "causeId" | "parentCauseId" | "source">;
 
 /**
  * The device registry: every device's record, indexed by status, protocol, manufacturer,
@@ -141,6 +142,7 @@ export class DeviceRegistry {
       deviceId: id,
       source: cause.source ?? "registry",
       causeId: cause.causeId ?? null,
+      parentCauseId: cause.parentCauseId ?? null,
     });
   }
 
@@ -152,6 +154,7 @@ export class DeviceRegistry {
       deviceId: id,
       source: cause.source ?? "registry",
       causeId: cause.causeId ?? null,
+      parentCauseId: cause.parentCauseId ?? null,
     });
   }
 
@@ -288,6 +291,7 @@ export class DeviceRegistry {
         deviceId: id,
         source: options.source ?? "registry",
         causeId: options.causeId ?? null,
+        parentCauseId: options.parentCauseId ?? null,
       });
     }
     return toDevice(record);

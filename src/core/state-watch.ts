@@ -1,48 +1,30 @@
-import { z } from "zod";
 import type { Clock, TimerHandle } from "./clock";
 import { cloneJson, defineValue, jsonEqual } from "./json";
+import type { StateWatchOptions } from "./state-watch-options";
 import {
   type AnomalyData,
   type AnomalyKind,
-  DEVICE_STATUSES,
+  type DeviceReport,
   type DeviceState,
   type DeviceStatus,
   type EventMap,
+  type HubEvent,
   type JsonObject,
   type JsonValue,
   type StateSnapshot,
-  type TethralEvent,
+  isHubOwnEvent,
 } from "./types";
-import { DEVICE_ID_PATTERN, LIMITS, parseInput } from "./validation";
 
-export const ANOMALY_KINDS = ["flapping", "stuck", "outlier"] as const satisfies readonly AnomalyKind[];
+export {
+  ANOMALY_KINDS,
+  MAX_FOR_SECONDS,
+  MAX_WATCH_ITEMS,
+  type StateWatchOptions,
+  parseStateWatchOptions,
+} from "./state-watch-options";
 
-/** The longest "for": a week, well inside what one timer can wait (about 24.8 days). */
-export const MAX_FOR_SECONDS = 7 * 24 * 3600;
-/** Devices or properties one watch may name. */
-export const MAX_WATCH_ITEMS = 1000;
-
-/** What a `tethral-state-watch` watches, checked and with defaults filled in. */
-export interface StateWatchOptions {
-  /** Devices watched; empty = every device. */
-  deviceIds: string[];
-  /** Without `properties`: fire when the status becomes one of these. With them: the status the device must have. Empty = any. */
-  statuses: DeviceStatus[];
-  /** Reported or desired keys a change must touch; empty = any. */
-  properties: string[];
-  /** Fire on `state.changed` (and, without `onlyOnChange`, on reports). */
-  changes: boolean;
-  /** `state.anomaly` kinds that fire; empty = none. */
-  anomalies: AnomalyKind[];
-  /** Off: a report that repeats the current value of a watched property or status fires too. */
-  onlyOnChange: boolean;
-  /** Skip a status change from or to `unknown`, and a property change from or to no value (null). */
-  ignoreUnknown: boolean;
-  /** Fire only once the matching state has held this long; 0 = at once. */
-  forSeconds: number;
-  /** Send the current state of every matching device when the node starts watching. */
-  outputOnDeploy: boolean;
-}
+/** The events a watcher takes. */
+export type WatchedType = "state.changed" | "message.received" | "state.anomaly" | "device.removed";
 
 /** What went out for a state change (`msg.change`), as in `state.changed`. */
 export interface WatchedChange {
@@ -52,12 +34,14 @@ export interface WatchedChange {
   version: number;
 }
 
-/** One firing: the node turns it into `msg.payload`, `msg.previous`, `msg.change`, `msg.deviceId`. */
+/** One firing: the node turns it into `msg.payload`, `msg.previous`, `msg.change`, `msg.deviceId`, `msg.causeId`. */
 export interface StateWatchOutput {
   deviceId: string;
   state: DeviceState;
   previous: StateSnapshot;
   change: WatchedChange | { anomaly: AnomalyData };
+  /** The cause of the event that fired (the latest change of a wait); null on deploy. */
+  causeId: string | null;
 }
 
 /** Where the current states come from: the hub. */
@@ -72,66 +56,6 @@ export interface StateWatchHooks {
   current(deviceId: string): DeviceState | undefined;
 }
 
-// ── Configuration ──────────────────────────────────────────────────────────────────────────
-
-/**
- * Editor fields arrive as text separated by `separator`; flows written by hand may give arrays.
- * Device ids hold no spaces or commas; property keys may hold spaces, so only commas part them.
- */
-const toList = (separator: RegExp) => (value: unknown): unknown => {
-  if (value === null || value === undefined) return [];
-  const items = typeof value === "string" ? value.split(separator) : value;
-  if (!Array.isArray(items)) return value;
-  const out: unknown[] = [];
-  for (const item of items) {
-    const v = typeof item === "string" ? item.trim() : item;
-    if (v !== "" && !out.includes(v)) out.push(v);
-  }
-  return out;
-};
-
-function toFlag(value: unknown): unknown {
-  if (typeof value !== "string") return value;
-  const s = value.trim().toLowerCase();
-  return s === "true" ? true : s === "false" ? false : value;
-}
-
-function toNumber(value: unknown): unknown {
-  if (value === null || value === undefined) return 0;
-  if (typeof value !== "string") return value;
-  const s = value.trim();
-  return s === "" ? 0 : /^[+-]?(\d+\.?\d*|\.\d+)$/.test(s) ? Number(s) : s;
-}
-
-const list = <T extends z.ZodType>(item: T, separator = /,/) =>
-  z.preprocess(toList(separator), z.array(item).max(MAX_WATCH_ITEMS, `must name at most ${MAX_WATCH_ITEMS}`));
-const flag = (fallback: boolean) => z.preprocess(toFlag, z.boolean({ error: "must be true or false" }).default(fallback));
-
-const optionsSchema = z
-  .object({
-    deviceIds: list(z.string().regex(DEVICE_ID_PATTERN, "must be device ids (1-128 characters of A-Z a-z 0-9 . _ : -)"), /[\s,]+/),
-    statuses: list(z.enum(DEVICE_STATUSES, { error: `must be among ${DEVICE_STATUSES.join(", ")}` })),
-    properties: list(z.string().max(LIMITS.keyLength, `must be keys of at most ${LIMITS.keyLength} characters`)),
-    changes: flag(true),
-    anomalies: list(z.enum(ANOMALY_KINDS, { error: `must be among ${ANOMALY_KINDS.join(", ")}` })),
-    onlyOnChange: flag(true),
-    ignoreUnknown: flag(false),
-    forSeconds: z.preprocess(
-      toNumber,
-      z.number({ error: "must be a number of seconds" }).min(0, "must be 0 or more").max(MAX_FOR_SECONDS, `must be at most ${MAX_FOR_SECONDS}`),
-    ),
-    outputOnDeploy: flag(false),
-  })
-  .refine((o) => o.changes || o.anomalies.length > 0, {
-    message: "watches nothing: choose state changes and/or anomaly kinds",
-    path: ["changes"],
-  });
-
-/** Checks a node's settings; throws INVALID naming the field. */
-export function parseStateWatchOptions(input: unknown): StateWatchOptions {
-  return parseInput(optionsSchema, input, "state watch") as StateWatchOptions;
-}
-
 // ── The watcher ────────────────────────────────────────────────────────────────────────────
 
 /** A change waiting for its "for" time: what changed since the wait began, merged. */
@@ -140,6 +64,7 @@ interface Waiting {
   to: StateSnapshot;
   reason: string;
   version: number;
+  causeId: string | null;
   state: DeviceState;
   timer: TimerHandle;
 }
@@ -152,7 +77,6 @@ interface CauseChanges {
 }
 
 type Changed = EventMap["state.changed"];
-type Received = EventMap["message.received"];
 
 /**
  * The logic of `tethral-state-watch`, apart from Node-RED: takes the hub's events, decides what
@@ -186,9 +110,9 @@ export class StateWatcher {
   }
 
   /** The one event subscription the watcher needs (types, and the devices when it names some). */
-  subscription(): { types: string[]; deviceId?: string[] } {
+  subscription(): { types: WatchedType[]; deviceId?: string[] } {
     const o = this.options;
-    const types: string[] = [];
+    const types: WatchedType[] = [];
     if (o.changes) types.push("state.changed");
     if (o.changes && !o.onlyOnChange) types.push("message.received");
     if (this.anomalies.size > 0) types.push("state.anomaly");
@@ -201,18 +125,21 @@ export class StateWatcher {
     return this.waiting.size;
   }
 
-  handle(event: TethralEvent): void {
+  /** Takes an event of the watcher's subscription; any other is ignored. */
+  handle(event: HubEvent): void {
     const id = event.deviceId;
-    if (this.stopped || id === null || (this.devices && !this.devices.has(id))) return;
+    if (this.stopped || id === null || (this.devices && !this.devices.has(id)) || !isHubOwnEvent(event)) return;
     switch (event.type) {
       case "state.changed":
-        if (this.options.changes) this.onChanged(id, event.data as Changed, event.causeId);
+        if (this.options.changes) this.onChanged(id, event.data, event.causeId);
         break;
       case "message.received":
-        if (this.options.changes && !this.options.onlyOnChange) this.onReport(id, event.data as Received, event.causeId);
+        if (this.options.changes && !this.options.onlyOnChange && event.report) {
+          this.onReport(id, event.report, event.data.kind, event.causeId);
+        }
         break;
       case "state.anomaly":
-        this.onAnomaly(id, event.data as AnomalyData);
+        this.onAnomaly(id, event.data, event.causeId);
         break;
       case "device.removed":
         this.cancel(id);
@@ -228,7 +155,7 @@ export class StateWatcher {
     if (!this.holds(state) || (this.options.ignoreUnknown && state.status === "unknown")) return null;
     const props = this.properties;
     if (props && ![...props].some((k) => Object.hasOwn(state.properties, k) || Object.hasOwn(state.desired, k))) return null;
-    return output(state, {}, { from: {}, to: {}, reason: "deploy", version: state.version });
+    return output(state, {}, { from: {}, to: {}, reason: "deploy", version: state.version }, null);
   }
 
   /** Outputs on deploy: the current state of every matching device. */
@@ -272,23 +199,22 @@ export class StateWatcher {
         return;
       }
       wait.state = data.state;
-      if (this.matches(data.from, data.to, data.state)) merge(wait, data);
+      if (this.matches(data.from, data.to, data.state)) merge(wait, data, causeId);
       return;
     }
-    if (this.matches(data.from, data.to, data.state)) this.trigger(id, data.from, data.to, data.reason, data.version, data.state);
+    if (this.matches(data.from, data.to, data.state)) this.trigger(id, data.from, data.to, data.reason, data.version, data.state, causeId);
   }
 
   /** A report that changed nothing in what is watched (onlyOnChange off): a repeat fires too. */
-  private onReport(id: string, data: Received, causeId: string | null): void {
-    const reported = reportedValues(data);
-    if (!reported) return;
+  private onReport(id: string, reported: DeviceReport, kind: string, causeId: string | null): void {
+    if (reported.status === null && reported.properties === null) return;
     const changed = this.causes.get(id);
     this.causes.delete(id);
     const sameCause = changed !== undefined && changed.causeId === causeId;
     const state = this.hooks.current(id);
     if (!state) return;
     const repeat: StateSnapshot = {};
-    if (reported.status !== undefined && reported.status === state.status && !(sameCause && changed.status)) {
+    if (reported.status !== null && reported.status === state.status && !(sameCause && changed.status)) {
       repeat.status = reported.status;
     }
     if (reported.properties) {
@@ -301,16 +227,16 @@ export class StateWatcher {
     if (repeat.status === undefined && repeat.properties === undefined) return;
     // A repeat is no change: it neither restarts nor adds to a wait under way.
     if (this.waiting.has(id) || !this.matches(repeat, repeat, state)) return;
-    this.trigger(id, repeat, repeat, data.kind, state.version, state);
+    this.trigger(id, repeat, repeat, kind, state.version, state, causeId);
   }
 
-  private onAnomaly(id: string, data: AnomalyData): void {
+  private onAnomaly(id: string, data: AnomalyData, causeId: string | null): void {
     if (!this.anomalies.has(data.kind)) return;
     // Flapping concerns the status and names no property: a property filter leaves it through.
     if (this.properties && data.property !== undefined && !this.properties.has(data.property)) return;
     const state = this.hooks.current(id);
     if (!state) return;
-    this.hooks.emit({ deviceId: id, state: copy(state), previous: {}, change: { anomaly: copy(data) } });
+    this.hooks.emit({ deviceId: id, state: copy(state), previous: {}, change: { anomaly: copy(data) }, causeId });
   }
 
   // ── Matching ──────────────────────────────────────────────────────────────────────────────
@@ -361,18 +287,26 @@ export class StateWatcher {
 
   // ── Firing ────────────────────────────────────────────────────────────────────────────────
 
-  private trigger(id: string, from: StateSnapshot, to: StateSnapshot, reason: string, version: number, state: DeviceState): void {
+  private trigger(
+    id: string,
+    from: StateSnapshot,
+    to: StateSnapshot,
+    reason: string,
+    version: number,
+    state: DeviceState,
+    causeId: string | null,
+  ): void {
     if (this.forMs === 0) {
-      this.hooks.emit(output(state, from, { from, to, reason, version }));
+      this.hooks.emit(output(state, from, { from, to, reason, version }, causeId));
       return;
     }
-    const wait: Waiting = { from: shallow(from), to: shallow(to), reason, version, state, timer: null };
+    const wait: Waiting = { from: shallow(from), to: shallow(to), reason, version, causeId, state, timer: null };
     wait.timer = this.clock.setTimeout(() => {
       if (this.waiting.get(id) !== wait) return;
       this.waiting.delete(id);
       const now = this.hooks.current(id) ?? wait.state;
       if (!this.holds(now)) return;
-      this.hooks.emit(output(now, wait.from, { from: wait.from, to: wait.to, reason: wait.reason, version: wait.version }));
+      this.hooks.emit(output(now, wait.from, { from: wait.from, to: wait.to, reason: wait.reason, version: wait.version }, wait.causeId));
     }, this.forMs);
     this.waiting.set(id, wait);
   }
@@ -412,8 +346,8 @@ function copy<T>(value: T): T {
   return cloneJson(value as unknown as JsonValue) as unknown as T;
 }
 
-function output(state: DeviceState, previous: StateSnapshot, change: WatchedChange): StateWatchOutput {
-  return { deviceId: state.deviceId, state: copy(state), previous: copy(previous), change: copy(change) };
+function output(state: DeviceState, previous: StateSnapshot, change: WatchedChange, causeId: string | null): StateWatchOutput {
+  return { deviceId: state.deviceId, state: copy(state), previous: copy(previous), change: copy(change), causeId };
 }
 
 /** A snapshot whose sections can be added to without touching the event's own objects. */
@@ -426,7 +360,7 @@ function shallow(s: StateSnapshot): StateSnapshot {
 }
 
 /** Adds a change to a wait: each key keeps its value from before the wait and takes its latest. */
-function merge(wait: Waiting, data: Changed): void {
+function merge(wait: Waiting, data: Changed, causeId: string | null): void {
   const { from, to } = data;
   if (from.status !== undefined && wait.from.status === undefined) wait.from.status = from.status;
   if (to.status !== undefined) wait.to.status = to.status;
@@ -444,30 +378,5 @@ function merge(wait: Waiting, data: Changed): void {
   }
   wait.reason = data.reason;
   wait.version = data.version;
-}
-
-/** The status and properties a device message reported, or null for one that reports none. */
-function reportedValues(data: Received): { status?: DeviceStatus; properties?: JsonObject } | null {
-  const d = data.data;
-  switch (data.kind) {
-    case "telemetry":
-      return isObject(d) ? { properties: d } : null;
-    case "status": {
-      const s = typeof d === "string" ? d.trim().toLowerCase() : null;
-      return s === "online" || s === "offline" ? { status: s } : null;
-    }
-    case "state": {
-      if (!isObject(d)) return null;
-      const out: { status?: DeviceStatus; properties?: JsonObject } = {};
-      if (typeof d.status === "string" && (DEVICE_STATUSES as readonly string[]).includes(d.status)) out.status = d.status as DeviceStatus;
-      if (isObject(d.properties)) out.properties = d.properties;
-      return out;
-    }
-    default:
-      return null;
-  }
-}
-
-function isObject(v: unknown): v is JsonObject {
-  return typeof v === "object" && v !== null && !Array.isArray(v);
+  wait.causeId = causeId;
 }

@@ -37,6 +37,8 @@ export const DEFAULT_STATE_OPTIONS: StateOptions = { historySize: 100, transitio
 export interface ChangeCause {
   reason?: string;
   causeId?: string | null;
+  /** The cause of the cause: the event whose flow message asked for this change. */
+  parentCauseId?: string | null;
   source?: string;
   /**
    * A change from a broker's stored copy (MQTT retained) replayed on subscribe: it changes values
@@ -374,7 +376,7 @@ export class StateManager {
     this.bus.publish(
       "state.changed",
       { from: cloneSnapshot(from), to: cloneSnapshot(to), reason, version: s.version, state: stateView(record, s) },
-      { deviceId: record.id, source: cause.source ?? "state", causeId },
+      { deviceId: record.id, source: cause.source ?? "state", causeId, parentCauseId: cause.parentCauseId ?? null },
     );
   }
 }

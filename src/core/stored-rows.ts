@@ -55,6 +55,7 @@ export function eventOf(row: EventRow): TethralEvent {
     timestamp: iso(row.timestamp),
     expiresAt: row.expiresAt > 0 ? iso(row.expiresAt) : null,
     causeId: row.causeId,
+    parentCauseId: row.parentCauseId,
   };
 }
 
@@ -87,5 +88,6 @@ export function eventRow(event: TethralEvent, expiresAt: number): EventRow {
     timestamp: Date.parse(event.timestamp),
     expiresAt,
     causeId: event.causeId,
+    parentCauseId: event.parentCauseId,
   };
 }

@@ -1,11 +1,36 @@
 import type { TimerHandle } from "./clock";
-import type { TethralEvent } from "./types";
+import type { HubEvent, HubEventOf, HubEventType, RESERVED_EVENT_PREFIXES, UserEvent } from "./types";
 
 /**
  * A subscriber. Every subscriber (and the history) receives the same event object: treat it as
  * read-only, and copy what you want to change.
  */
-export type EventHandler = (event: TethralEvent) => void | PromiseLike<unknown>;
+export type EventHandler<E extends HubEvent = HubEvent> = (event: E) => void | PromiseLike<unknown>;
+
+/** The hub's own types one pattern matches; a star anywhere but at the end is left to run time. */
+type OwnTypesMatching<P extends string> = P extends "*"
+  ? HubEventType
+  : P extends `${infer Head}*`
+    ? Head extends `${string}*${string}`
+      ? HubEventType
+      : Extract<HubEventType, `${Head}${string}`>
+    : P extends `${string}*${string}`
+      ? HubEventType
+      : Extract<HubEventType, P>;
+
+/** User events cannot take a type under the hub's prefixes: such a pattern matches none. */
+type UserEventsMatching<P extends string> = P extends `${(typeof RESERVED_EVENT_PREFIXES)[number]}${string}` ? never : UserEvent;
+
+/**
+ * What a subscription to the type patterns `P` receives: `"state.changed"` gives that event with
+ * its data typed, `"device.*"` the union of the device events, a pattern known only at run time
+ * (`string`) or one that user events may match adds `UserEvent`.
+ */
+export type EventsMatching<P extends string> = string extends P
+  ? HubEvent
+  : P extends string
+    ? HubEventOf<OwnTypesMatching<P>> | UserEventsMatching<P>
+    : never;
 
 /**
  * What a full subscriber queue gives up:
@@ -30,7 +55,7 @@ export interface SubscriptionStats {
 
 /** An event as the bus carries it: with its priority rank, expiry (epoch ms) and publish order. */
 export interface Envelope {
-  event: TethralEvent;
+  event: HubEvent;
   rank: number;
   expiresAt: number;
   seq: number;
@@ -118,7 +143,7 @@ export class Subscription {
     readonly minRank: number,
     readonly deviceIds: Set<string> | null,
     readonly sources: Set<string> | null,
-    readonly filter: ((e: TethralEvent) => boolean) | null,
+    readonly filter: ((e: HubEvent) => boolean) | null,
     readonly owner: string | null,
     readonly queueLimit: number,
     readonly dropPolicy: DropPolicy,

@@ -137,7 +137,10 @@ export interface TethralEvent<T extends string = string, D = unknown> {
   data: D;
   timestamp: string;
   expiresAt: string | null;
+  /** The message, flow message or command behind the event. */
   causeId: string | null;
+  /** The cause of that cause: the event a flow reacted to when its msg made this change. */
+  parentCauseId: string | null;
 }
 
 export const COMMAND_STATUSES = [
@@ -225,5 +228,68 @@ export interface EventMap {
 
 export type HubEventType = keyof EventMap;
 
+/** The status and properties a device message reported, as the hub parsed them (null: none). */
+export interface DeviceReport {
+  status: DeviceStatus | null;
+  properties: JsonObject | null;
+}
+
+/**
+ * What some of the hub's events carry for the engine's own subscribers besides their data: never
+ * part of the event's JSON (the field is not enumerable), never kept in history nor stored.
+ */
+export interface EventExtras {
+  /** `message.received`: the device's report, so a subscriber need not parse its data again. */
+  "message.received": { readonly report?: DeviceReport };
+}
+
+/** One of the hub's own events, its data typed from the event map. */
+export type HubEventOf<K extends HubEventType> = K extends HubEventType
+  ? TethralEvent<K, EventMap[K]> & (K extends keyof EventExtras ? EventExtras[K] : unknown)
+  : never;
+
+/** Any of the hub's own events: `switch (event.type)` narrows its data. */
+export type HubOwnEvent = HubEventOf<HubEventType>;
+
+/** A user event: any type outside the hub's prefixes, any JSON data. */
+export type UserEvent = TethralEvent<string, unknown>;
+
+/** Whatever the bus carries. A user event's type is any string, so only `isHubOwnEvent` narrows this union. */
+export type HubEvent = HubOwnEvent | UserEvent;
+
 /** Event type prefixes the hub owns; user events must use other names. */
 export const RESERVED_EVENT_PREFIXES = ["device.", "state.", "message.", "command.", "hub.", "store."] as const;
+
+/** Every key of the event map, known at run time too (the compiler keeps the two lists equal). */
+const HUB_EVENT_TYPES: { readonly [K in HubEventType]: true } = {
+  "device.registered": true,
+  "device.updated": true,
+  "device.removed": true,
+  "device.online": true,
+  "device.offline": true,
+  "state.changed": true,
+  "state.anomaly": true,
+  "message.received": true,
+  "message.rejected": true,
+  "command.queued": true,
+  "command.sent": true,
+  "command.delivered": true,
+  "command.succeeded": true,
+  "command.failed": true,
+  "command.timed_out": true,
+  "command.expired": true,
+  "command.superseded": true,
+  "command.cancelled": true,
+  "hub.started": true,
+  "hub.stopped": true,
+  "store.degraded": true,
+  "store.recovered": true,
+};
+
+/**
+ * True for one of the hub's own events. Only the bus publishes those (a user event cannot take a
+ * hub type), so after this `switch (event.type)` narrows an event of any subscription or history.
+ */
+export function isHubOwnEvent(event: HubEvent): event is HubOwnEvent {
+  return Object.hasOwn(HUB_EVENT_TYPES, event.type);
+}

@@ -1,5 +1,6 @@
 import type { Hub } from "../core";
 import { TethralError, isTethralError } from "../core/errors";
+import { checkLabel } from "../core/validation";
 import type { HubStatusReport, InputHandler, Node, NodeAPI, NodeMessage, NodeStatus, TethralHubNode } from "./types";
 
 /**
@@ -199,9 +200,18 @@ export function names(value: unknown, separator: RegExp = /[\s,]+/): string[] {
   return s === undefined ? [] : [...new Set(s.split(separator).map((v) => v.trim()).filter((v) => v !== ""))];
 }
 
-/** The msg as the cause of a change a flow makes: its events and history entries carry its id. */
-export function flowCause(msg: NodeMessage): { source: string; causeId: string | null } {
-  return { source: "flow", causeId: typeof msg._msgid === "string" ? msg._msgid : null };
+/**
+ * The msg as the cause of a change a flow makes: its events and history entries carry its id.
+ * A msg that an event started (tethral-in, -event-in, -state-watch put the event's `causeId` on
+ * it) makes that cause the parent, so the reaction can be traced back to the device message.
+ */
+export function flowCause(msg: NodeMessage): { source: string; causeId: string | null; parentCauseId: string | null } {
+  return {
+    source: "flow",
+    causeId: typeof msg._msgid === "string" ? msg._msgid : null,
+    // A `msg.causeId` that is no cause id (a flow's own use of the name) is left out, not refused.
+    parentCauseId: typeof msg.causeId === "string" && checkLabel(msg.causeId, "causeId") === null ? msg.causeId : null,
+  };
 }
 
 /** A non-empty trimmed string or undefined (editor fields arrive as strings, blank = unset). */

@@ -47,7 +47,8 @@ export = function (RED: NodeAPI): void {
           lastType = event.type;
           status.request();
           // Every subscriber and the history share one event object: the flow gets its own copy.
-          node.send({ payload: structuredClone(event), topic: event.type });
+          // `causeId`: what the flow does about the event names the event's cause as its parent.
+          node.send({ payload: structuredClone(event), topic: event.type, causeId: event.causeId });
         },
       );
       use.status({ fill: "green", shape: "ring", text: RED._("tethral-event-in.status.listening") });

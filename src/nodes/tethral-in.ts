@@ -1,4 +1,4 @@
-import type { Device, TethralEvent } from "../core/types";
+import type { Device } from "../core/types";
 import { HubUse, names, throttled } from "./node-support";
 import type { Node, NodeAPI, NodeDef, SendingNode } from "./types";
 
@@ -23,8 +23,6 @@ interface InDef extends NodeDef {
   kindState?: boolean;
   kindStatus?: boolean;
 }
-
-type Received = TethralEvent<"message.received", { kind: string; protocol: string | null; data: unknown; retained?: boolean }>;
 
 /**
  * `tethral-in` (CONTRACT §5): one message per device message the hub accepted, over any
@@ -51,14 +49,14 @@ export = function (RED: NodeAPI): void {
             types: "message.received",
             ...(deviceIds.length > 0 && { deviceId: deviceIds }),
             filter: (event) => {
-              const { kind, protocol } = (event as Received).data;
+              const { kind, protocol } = event.data;
               return kinds.has(kind) && (protocols.length === 0 || (protocol !== null && protocols.includes(protocol)));
             },
             owner: `tethral-in:${node.id}`,
             name: `tethral-in ${node.id}`,
           },
           (event) => {
-            const { kind, protocol, data, retained } = (event as Received).data;
+            const { kind, protocol, data, retained } = event.data;
             const deviceId = event.deviceId as string;
             let device: Device | null = null;
             try {
@@ -69,8 +67,18 @@ export = function (RED: NodeAPI): void {
             received++;
             lastTopic = `${deviceId}/${kind}`;
             status.request();
-            // The bus hands every subscriber the same objects: the flow gets its own copy.
-            node.send({ payload: structuredClone(data), topic: `${deviceId}/${kind}`, deviceId, device, kind, protocol, retained: retained === true });
+            // The bus hands every subscriber the same objects: the flow gets its own copy. The
+            // cause goes along, so what the flow does about the message names it as its parent.
+            node.send({
+              payload: structuredClone(data),
+              topic: `${deviceId}/${kind}`,
+              deviceId,
+              device,
+              kind,
+              protocol,
+              retained: retained === true,
+              causeId: event.causeId,
+            });
           },
         );
         use.status({ fill: "green", shape: "ring", text: RED._("tethral-in.status.listening") });

@@ -62,7 +62,14 @@ export = function (RED: NodeAPI): void {
     const send = (out: StateWatchOutput) => {
       fired++;
       last = `${out.deviceId} ${new Date().toTimeString().slice(0, 8)}`;
-      node.send({ payload: out.state, previous: out.previous, change: out.change, deviceId: out.deviceId, topic: out.deviceId });
+      node.send({
+        payload: out.state,
+        previous: out.previous,
+        change: out.change,
+        deviceId: out.deviceId,
+        topic: out.deviceId,
+        causeId: out.causeId,
+      });
       show();
     };
 

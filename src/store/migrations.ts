@@ -176,6 +176,13 @@ export const MIGRATIONS: readonly Migration[] = [
       `CREATE INDEX IF NOT EXISTS commands_status_completed ON commands (status, completed_at)`,
     ],
   },
+  {
+    version: 2,
+    name: "events: parent_cause_id",
+    // Rows from before stay without a parent (NULL), as their events had none.
+    sqlite: [`ALTER TABLE events ADD COLUMN parent_cause_id TEXT`],
+    postgres: [`ALTER TABLE events ADD COLUMN IF NOT EXISTS parent_cause_id TEXT`],
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -113,6 +113,7 @@ export function toEventRow(r: Row): EventRow {
     timestamp: num(r.ts),
     expiresAt: num(r.expires_at),
     causeId: optStr(r.cause_id),
+    parentCauseId: optStr(r.parent_cause_id),
   };
 }
 
@@ -273,10 +274,10 @@ export const HISTORY_COLUMNS = [
   (h: HistoryRow) => optText(h.causeId, "causeId"),
 ];
 
-export const INSERT_EVENTS = `INSERT INTO events (id, type, priority, source, device_id, data, ts, expires_at, cause_id)
-  SELECT v.id, v.type, v.priority, v.source, v.device_id, v.data::jsonb, v.ts, v.expires_at, v.cause_id
-  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::text[])
-    AS v(id, type, priority, source, device_id, data, ts, expires_at, cause_id)
+export const INSERT_EVENTS = `INSERT INTO events (id, type, priority, source, device_id, data, ts, expires_at, cause_id, parent_cause_id)
+  SELECT v.id, v.type, v.priority, v.source, v.device_id, v.data::jsonb, v.ts, v.expires_at, v.cause_id, v.parent_cause_id
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::bigint[], $9::text[], $10::text[])
+    AS v(id, type, priority, source, device_id, data, ts, expires_at, cause_id, parent_cause_id)
   ON CONFLICT (id) DO NOTHING`;
 export const EVENT_COLUMNS = [
   (e: EventRow) => text(e.id, "id"),
@@ -288,6 +289,7 @@ export const EVENT_COLUMNS = [
   (e: EventRow) => e.timestamp,
   (e: EventRow) => e.expiresAt,
   (e: EventRow) => optText(e.causeId, "causeId"),
+  (e: EventRow) => optText(e.parentCauseId, "parentCauseId"),
 ];
 
 export const UPSERT_COMMANDS = `INSERT INTO commands (id, device_id, command, params, status, attempts, priority, created_at, sent_at,

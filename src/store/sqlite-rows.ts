@@ -23,7 +23,7 @@ export const DEVICE_COLS = [
 ];
 export const STATE_COLS = ["device_id", "properties", "desired", "version", "changed_at", "updated_at", "reported_at", "rev"];
 export const HISTORY_COLS = ["id", "device_id", "at", "version", "from_state", "to_state", "reason", "cause_id"];
-export const EVENT_COLS = ["id", "type", "priority", "source", "device_id", "data", "ts", "expires_at", "cause_id"];
+export const EVENT_COLS = ["id", "type", "priority", "source", "device_id", "data", "ts", "expires_at", "cause_id", "parent_cause_id"];
 export const COMMAND_COLS = [
   "id", "device_id", "command", "params", "status", "attempts", "priority", "created_at", "sent_at",
   "completed_at", "expires_at", "result", "error", "options",
@@ -59,7 +59,7 @@ export type RawHistory = [
 ];
 export type RawEvent = [
   id: string, type: string, priority: string, source: string, deviceId: string | null, data: string,
-  timestamp: number, expiresAt: number, causeId: string | null,
+  timestamp: number, expiresAt: number, causeId: string | null, parentCauseId: string | null,
 ];
 export type RawCommand = [
   id: string, deviceId: string, command: string, params: string, status: string, attempts: number,
@@ -101,7 +101,7 @@ export const toHistory = (r: RawHistory): HistoryRow => ({
 });
 export const toEvent = (r: RawEvent): EventRow => ({
   id: r[0], type: r[1], priority: r[2] as Priority, source: r[3], deviceId: r[4], data: JSON.parse(r[5]) as unknown,
-  timestamp: r[6], expiresAt: r[7], causeId: r[8],
+  timestamp: r[6], expiresAt: r[7], causeId: r[8], parentCauseId: r[9],
 });
 export const toCommand = (r: RawCommand): CommandRow => ({
   id: r[0], deviceId: r[1], command: r[2], params: JSON.parse(r[3]) as JsonObject, status: r[4] as CommandStatus,
@@ -128,7 +128,8 @@ export const stateParams = (s: StateRow, out: unknown[]) =>
 export const historyParams = (h: HistoryRow, out: unknown[]) =>
   out.push(h.id, h.deviceId, h.at, h.version, json(h.from, "from"), json(h.to, "to"), h.reason, h.causeId);
 export const eventParams = (e: EventRow, out: unknown[]) =>
-  out.push(e.id, e.type, e.priority, e.source, e.deviceId, json(e.data, "data"), e.timestamp, e.expiresAt, e.causeId);
+  out.push(e.id, e.type, e.priority, e.source, e.deviceId, json(e.data, "data"), e.timestamp, e.expiresAt, e.causeId,
+    e.parentCauseId);
 
 /**
  * A write batch as the database thread takes it: each kind of row flattened into one array of

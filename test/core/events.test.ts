@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { ManualClock } from "../../src/core/clock";
 import { TethralError } from "../../src/core/errors";
 import { EventBus, type EventBusOptions, type EventHandler, type SubscribeOptions } from "../../src/core/events";
-import type { Priority, TethralEvent } from "../../src/core/types";
+import { type HubEvent, type Priority, type TethralEvent, isHubOwnEvent } from "../../src/core/types";
 import { assertNoPollution } from "../helpers";
 
 /** Event ids are version 7 UUIDs: time-ordered, so they sort in publishing order. */
@@ -95,6 +95,18 @@ describe("EventBus", () => {
       assert.equal(e.causeId, cause.id);
     });
 
+    it("carries the parent cause it was published with next to the cause, null when none", () => {
+      const { bus } = setup();
+      const hubs = bus.publish("device.online", { previous: "offline", lastSeen: "2026-01-01T00:00:00.000Z" }, { causeId: "m-1" });
+      assert.equal(hubs.parentCauseId, null);
+      const e = bus.publishCustom("flow.reacted", 1, { causeId: "msg-2", parentCauseId: "m-1" });
+      assert.equal(e.causeId, "msg-2");
+      assert.equal(e.parentCauseId, "m-1");
+      assert.deepEqual(bus.query({ type: "flow.reacted" })[0], e);
+      assertInvalid(() => bus.publishCustom("x", 1, { parentCauseId: "p".repeat(129) }), "parentCauseId");
+      assertInvalid(() => bus.publishCustom("x", 1, { parentCauseId: 7 as unknown as string }), "parentCauseId");
+    });
+
     it("uses the bus's defaultSource when none is given", () => {
       const { bus } = setup({ defaultSource: "edge-7" });
       assert.equal(bus.publishCustom("x.y", null).source, "edge-7");
@@ -124,6 +136,72 @@ describe("EventBus", () => {
       bus.publish("device.online", { devices: 1 });
       // @ts-expect-error not a hub event type: user types go through publishCustom
       bus.publish("my.event", {});
+    });
+  });
+
+  describe("typed events", () => {
+    const lastSeen = "2026-01-01T00:00:00.000Z";
+
+    it("hands a subscription the events its patterns match, with their data typed", () => {
+      const { bus } = setup();
+      const seen: string[] = [];
+      // Exact and prefix patterns of the hub's own types: `switch` narrows the data, no casts.
+      bus.subscribe(["device.*", "state.anomaly"], (e) => {
+        switch (e.type) {
+          case "device.online":
+            seen.push(`online after ${e.data.previous}`);
+            break;
+          case "device.offline":
+            seen.push(`offline: ${e.data.reason}`);
+            break;
+          case "state.anomaly":
+            seen.push(`anomaly ${e.data.kind}`);
+            break;
+          default:
+            seen.push(e.type);
+        }
+      });
+      // A pattern user events may match brings them too: `isHubOwnEvent` tells them apart.
+      bus.subscribe({ types: "*", filter: (e) => !isHubOwnEvent(e) }, (e) => void seen.push(`user ${e.type}`));
+      bus.publish("device.online", { previous: "unknown", lastSeen }, { deviceId: "d1" });
+      bus.publish("device.offline", { previous: "online", lastSeen, timeout: 60, reason: "timeout" }, { deviceId: "d1" });
+      bus.publish("state.anomaly", { kind: "stuck", active: true }, { deviceId: "d1" });
+      bus.publish("hub.started", { devices: 1 });
+      bus.publishCustom("devices.counted", 3);
+      assert.deepEqual(seen, ["online after unknown", "offline: timeout", "anomaly stuck", "user devices.counted"]);
+    });
+
+    it("isHubOwnEvent knows the hub's own types, whatever the event's path (a history, the store)", () => {
+      const { bus } = setup({ transientTypes: [] });
+      bus.publish("message.received", { kind: "telemetry", protocol: "mqtt", data: { t: 1 }, retained: false });
+      bus.publishCustom("message", 1);
+      const kinds: string[] = [];
+      for (const e of bus.query()) {
+        if (!isHubOwnEvent(e)) kinds.push(`user ${e.type}`);
+        else if (e.type === "message.received") kinds.push(`received ${e.data.kind}`);
+      }
+      assert.deepEqual(kinds, ["user message", "received telemetry"]);
+    });
+
+    it("gives message.received subscribers the hub's parsed report, kept out of the event's JSON, history and store", () => {
+      const recorded: HubEvent[] = [];
+      const { bus } = setup({ transientTypes: [], recorder: (e) => void recorded.push(e) });
+      const reports: unknown[] = [];
+      const copies: unknown[] = [];
+      bus.subscribe("message.received", (e) => {
+        reports.push(e.report);
+        copies.push(JSON.parse(JSON.stringify(e)), structuredClone(e), { ...e });
+      });
+      const report = { status: null, properties: { t: 1 } };
+      const data = { kind: "telemetry", protocol: "mqtt", data: { t: 1 }, retained: false };
+      const published = bus.publish("message.received", data, { deviceId: "d1", causeId: "m-1", report });
+      assert.deepEqual(reports, [report]);
+      for (const copy of [...copies, published, recorded[0], bus.query()[0]]) {
+        assert.deepEqual(Object.keys(copy as object).includes("report"), false);
+        assert.deepEqual(copy, published);
+      }
+      assert.equal((recorded[0] as { report?: unknown }).report, undefined, "the store never sees it");
+      assert.equal((bus.query()[0] as { report?: unknown }).report, undefined, "nor the history");
     });
   });
 

@@ -428,5 +428,6 @@ function fakeChanged(deviceId: string) {
     timestamp: "2026-11-27T10:00:00.000Z",
     expiresAt: null,
     causeId: null,
+    parentCauseId: null,
   };
 }

@@ -73,7 +73,19 @@ describe("tethral-event-in node", function () {
     const m = seen[2]!;
     assert.equal(m.topic, "alarm.raised");
     assert.deepEqual(m.payload, published, "the event as the hub published it");
-    assert.deepEqual(Object.keys(m.payload as object).sort(), ["causeId", "data", "deviceId", "expiresAt", "id", "priority", "source", "timestamp", "type"]);
+    assert.deepEqual(Object.keys(m.payload as object).sort(), [
+      "causeId",
+      "data",
+      "deviceId",
+      "expiresAt",
+      "id",
+      "parentCauseId",
+      "priority",
+      "source",
+      "timestamp",
+      "type",
+    ]);
+    assert.equal(m.causeId, "c-1", "the msg carries the event's cause, for what the flow does next");
     // The flow's copy is its own: the history keeps what was published.
     ((m.payload as TethralEvent).data as Record<string, unknown>).level = 99;
     assert.deepEqual(hub.events.query({ type: "alarm.raised" })[0]!.data, { level: 3 });

@@ -140,6 +140,27 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         );
       });
 
+      it("migrates a database of version 1: its events read back with no parent cause, new ones keep theirs", async function () {
+        if (!h!.sql) this.skip();
+        const s2 = await second(this);
+        await store.close();
+        // The events table as version 1 made it, holding an event written then.
+        await h!.sql!("ALTER TABLE events DROP COLUMN parent_cause_id");
+        await h!.sql!(`DELETE FROM ${MIGRATIONS_TABLE} WHERE version > 1`);
+        await h!.sql!(
+          "INSERT INTO events (id, type, priority, source, device_id, data, ts, expires_at, cause_id) " +
+            `VALUES ('e-old', 'device.online', 'normal', 'hub', NULL, '{"n":1}', ${T0}, 0, 'c-0')`,
+        );
+        await s2.open();
+        assert.equal(await s2.schemaVersion(), LATEST_SCHEMA_VERSION);
+        const reaction = eventRow("e-new", "custom.reaction", T0 + 1, { causeId: "msg-1", parentCauseId: "c-0" });
+        await s2.writeBatch({ ...EMPTY_BATCH, events: [reaction] });
+        assert.deepEqual(await s2.events({ limit: 10 }, T0), [
+          reaction,
+          eventRow("e-old", "device.online", T0, { data: { n: 1 }, causeId: "c-0", parentCauseId: null }),
+        ]);
+      });
+
       it("close is idempotent", async function () {
         await store.close();
         await store.close();
@@ -410,6 +431,13 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         assert.deepEqual(await query({ limit: 2 }), ["e11", "e10"]);
         assert.deepEqual(await query({ types: ["device.*"], deviceId: "d1", since: T0 + 2, limit: 5 }), ["e02"]);
         assert.deepEqual(await query({ deviceId: "d1' OR '1'='1" }), []);
+      });
+
+      it("keeps an event's cause and the cause's parent", async function () {
+        const reaction = eventRow("e12", "custom.reaction", T0 + 12, { deviceId: "d1", causeId: "msg-1", parentCauseId: "device-msg-7" });
+        const orphan = eventRow("e13", "custom.reaction", T0 + 13, { causeId: "msg-2", parentCauseId: null });
+        await store.writeBatch({ ...EMPTY_BATCH, events: [reaction, orphan] });
+        assert.deepEqual(await store.events({ types: ["custom.reaction"], limit: 10 }, now), [orphan, reaction]);
       });
     });
 

@@ -65,6 +65,7 @@ export function eventRow(id: string, type: string, timestamp: number, over: Part
     timestamp,
     expiresAt: 0,
     causeId: null,
+    parentCauseId: null,
     ...over,
   };
 }

@@ -16,6 +16,7 @@ export interface EventRow {
   /** 0 when the event does not expire. */
   expiresAt: number;
   causeId: string | null;
+  parentCauseId: string | null;
 }
 
 export interface TokenRow {
