@@ -332,7 +332,7 @@ export class CommandTracker {
     e.row.status = status;
     this.counts[status]++;
     this.writer?.mark(e.row);
-    this.publish(e, `command.${status}` as CommandEventType);
+    this.publish(e, `command.${status}`);
   }
 
   private finish(e: Entry, status: CommandStatus, result: JsonValue | null, error: string | null, write = true, by?: string): Command {
@@ -352,8 +352,9 @@ export class CommandTracker {
     this.remember(command);
     if (final) {
       const priority = status === "failed" || status === "timed_out" || status === "expired" ? "high" : "normal";
-      const data = status === "superseded" ? { command, by: by! } : { command };
-      this.events.publish(`command.${status}` as "command.failed", data, { deviceId: e.row.deviceId, source: "commands", priority, causeId: e.row.id });
+      const options = { deviceId: e.row.deviceId, source: "commands", priority, causeId: e.row.id } as const;
+      if (status === "superseded") this.events.publish("command.superseded", { command, by: by! }, options);
+      else this.events.publish(`command.${status}`, { command }, options);
     }
     for (const w of e.waiters.splice(0)) w.resolve(command);
     if (this.running) this.delivery.pump(e.row.deviceId);
@@ -372,7 +373,7 @@ export class CommandTracker {
   }
 
   private publish(e: Entry, type: CommandEventType): void {
-    this.events.publish(type as "command.sent", { command: toCommand(e) }, { deviceId: e.row.deviceId, source: "commands", causeId: e.row.id });
+    this.events.publish(type, { command: toCommand(e) }, { deviceId: e.row.deviceId, source: "commands", causeId: e.row.id });
   }
 
   private whenDone(e: Entry, limitMs: number): Promise<Command> {
