@@ -26,7 +26,7 @@ type Translate = NodeAPI["_"];
  * history and statistics, and the communication statistics per protocol. The REST API's
  * `/api/health`, `/api/events` and `/api/communication/statistics` are built on it.
  */
-export = function (RED: NodeAPI): void {
+export default function (RED: NodeAPI): void {
   RED.nodes.registerType("tethral-hub-info", function (this: Node, def: HubInfoDef): void {
     RED.nodes.createNode(this, def);
     const noHub = RED._("tethral-hub-info.errors.no-hub");

@@ -22,7 +22,7 @@ interface StateWatchDef extends NodeDef {
  * `msg.change`, `msg.deviceId` and `msg.topic` when a state change or an anomaly matches its
  * filters. What matches, and the "for" wait, are `StateWatcher`'s (src/core/state-watch.ts).
  */
-export = function (RED: NodeAPI): void {
+export default function (RED: NodeAPI): void {
   RED.nodes.registerType("tethral-state-watch", function (this: Node, def: StateWatchDef): void {
     RED.nodes.createNode(this, def);
     const node = this as SendingNode;
