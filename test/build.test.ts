@@ -72,11 +72,17 @@ describe("the build (tsup)", function () {
     for (const [source, where] of seen) assert.equal(where.size, 1, `${source} is in ${[...where].join(", ")}`);
   });
 
+  it("makes each node and plugin file's exports its function, as Node-RED and the test helper require them", () => {
+    const pkg = JSON.parse(readFileSync(path.join(ROOT, "package.json"), "utf8")) as { "node-red": Record<"nodes" | "plugins", Record<string, string>> };
+    const listed = [...Object.values(pkg["node-red"].nodes), ...Object.values(pkg["node-red"].plugins)];
+    assert.equal(listed.length, 11);
+    for (const file of listed) assert.equal(typeof load(path.relative("dist", file)), "function", file);
+  });
+
   it("shares one engine among the node files: the hub's errors are TethralErrors to every node", async () => {
     const built = load("index.js") as typeof engine;
     const hubModule = load("nodes/tethral-hub.js");
     const deviceModule = load("nodes/tethral-device.js");
-    assert.equal(typeof hubModule, "function", "a node file's exports are its function");
     for (const name of ENGINE_CLASSES) {
       // Stack traces and logs name the class (esbuild calls a class that names itself `_Name`).
       assert.match((built as unknown as Record<string, { name: string }>)[name]!.name, new RegExp(`^_?${name}$`));
