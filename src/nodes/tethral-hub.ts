@@ -162,7 +162,6 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
       if (entry?.showStatus) user.status({});
     },
     acquire,
-    getHub: acquire,
     hubStatus: () => report(connection.status),
     onStatus(listener: HubStatusListener) {
       const call = (status: HubStatus) => {
