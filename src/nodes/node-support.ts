@@ -1,5 +1,5 @@
 import type { Hub } from "../core";
-import { TethralError, isTethralError } from "../core/errors";
+import { TethralError, errorMessage, isTethralError } from "../core/errors";
 import type { HubStatusReport, InputHandler, Node, NodeAPI, NodeMessage, NodeStatus, TethralHubNode } from "./types";
 
 /**
@@ -137,7 +137,7 @@ export function clip(text: string, max = 32): string {
 /** A short label for an error on a node's status: its code when it has one. */
 export function errorLabel(err: unknown): string {
   if (isTethralError(err)) return err.code;
-  return err instanceof Error ? err.message : String(err);
+  return errorMessage(err);
 }
 
 /**

@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import type { Hub } from "../core";
+import { errorMessage } from "../core/errors";
 import { openApiDocument } from "../core/openapi";
 import type { HistoryQuery } from "../core/events";
 import { PRIORITIES, type Priority } from "../core/types";
@@ -44,7 +45,7 @@ export default function (RED: NodeAPI): void {
           () => answer(msg, send, done),
           (err: unknown) => {
             if (use.isClosed) return abandon(msg, done);
-            msg.payload = { status: "degraded", components: { hub: { status: "failed", error: err instanceof Error ? err.message : String(err) } } };
+            msg.payload = { status: "degraded", components: { hub: { status: "failed", error: errorMessage(err) } } };
             use.failed(RED._("tethral-hub-info.status.hub-down"));
             send(msg);
             done();

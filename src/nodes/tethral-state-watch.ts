@@ -1,4 +1,5 @@
 import type { Hub } from "../core";
+import { errorMessage } from "../core/errors";
 import { type StateWatchOptions, type StateWatchOutput, StateWatcher, parseStateWatchOptions } from "../core/state-watch";
 import { HubUse } from "./node-support";
 import type { Node, NodeAPI, NodeDef, SendingNode } from "./types";
@@ -31,7 +32,7 @@ export default function (RED: NodeAPI): void {
     try {
       options = parseStateWatchOptions(def);
     } catch (err) {
-      const message = err instanceof Error ? err.message : String(err);
+      const message = errorMessage(err);
       node.status({ fill: "red", shape: "ring", text: RED._("tethral-state-watch.status.invalid") });
       node.error(`${RED._("tethral-state-watch.errors.invalid-config")}: ${message}`);
       return;
