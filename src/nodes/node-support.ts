@@ -1,5 +1,5 @@
-import type { Hub } from "../core";
-import { TethralError, errorMessage, isTethralError } from "../core/errors";
+import { type Hub, errorMessage } from "../core";
+import { TethralError, isTethralError } from "../core/errors";
 import type { HubStatusReport, InputHandler, Node, NodeAPI, NodeMessage, NodeStatus, TethralHubNode } from "./types";
 
 /**
