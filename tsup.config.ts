@@ -1,7 +1,9 @@
 import { defineConfig } from "tsup";
 
 // One CommonJS entry per Node-RED node, plugin and runtime script: Node-RED and
-// node-red-node-test-helper both `require()` these files directly.
+// node-red-node-test-helper both `require()` these files directly. Code the entries share goes
+// into chunks beside them (dist/chunk-*.js), so a process holds one engine however many node
+// files it loads, and `instanceof TethralError` holds across them (test/build.test.ts).
 export default defineConfig({
   entry: {
     index: "src/index.ts",
@@ -27,6 +29,10 @@ export default defineConfig({
   clean: true,
   sourcemap: true,
   dts: { entry: { index: "src/index.ts" } },
-  splitting: false,
+  splitting: true,
+  // With splitting tsup bundles ESM and converts each file to CommonJS: rollup (which this turns
+  // on) converts without rewriting the code, where its default (sucrase) would also transpile
+  // class fields and optional chaining. A node file's default export becomes its module.exports.
+  treeshake: "safest",
   shims: false,
 });

@@ -51,14 +51,11 @@ export function notFound(what: string, id: string): TethralError {
 }
 
 /**
- * True for the engine's errors. Checked by shape as well as class: each bundled node file may
- * carry its own copy of this module, so `instanceof` alone can miss an error from the hub.
+ * True for the engine's errors. A plain class check: the build shares one engine among all node
+ * files (tsup.config.ts), and the SQLite thread's errors are made again on this side (sqlite-wire).
  */
 export function isTethralError(err: unknown): err is TethralError {
-  if (err instanceof TethralError) return true;
-  if (!(err instanceof Error) || err.name !== "TethralError") return false;
-  const code = (err as { code?: unknown }).code;
-  return typeof code === "string" && Object.hasOwn(ERROR_STATUS, code);
+  return err instanceof TethralError;
 }
 
 /** The text of anything thrown: an Error's message, anything else as a string. */

@@ -368,13 +368,3 @@ export function storeOf(choice: StorageChoice): Store | null {
       return new PostgresStore(choice.options);
   }
 }
-
-/** `storeOf(storageFor(...))`: the store a hub with these settings uses, or null for memory. */
-export function makeStore(
-  config: HubConfig,
-  credentials: HubCredentials = {},
-  userDir?: string,
-  env: NodeJS.ProcessEnv = process.env,
-): Store | null {
-  return storeOf(storageFor(config, credentials, userDir, env));
-}

@@ -1,3 +1,4 @@
+import { errorMessage } from "../core/errors";
 import { PROTOCOL_PATTERN } from "../core/validation";
 import { BUILTIN_PROTOCOLS } from "../protocols/builtin";
 import type { ProtocolAdapter, ProtocolPlugin } from "../protocols/types";
@@ -61,7 +62,7 @@ export function adaptersFor(
       });
       if (adapter) adapters.push(adapter);
     } catch (err) {
-      warn(`protocol ${plugin.protocol} could not be set up: ${err instanceof Error ? err.message : String(err)}`);
+      warn(`protocol ${plugin.protocol} could not be set up: ${errorMessage(err)}`);
     }
   }
   return adapters;

@@ -1,4 +1,4 @@
-import type { Hub } from "../core";
+import { type Hub, errorMessage } from "../core";
 import { TethralError, isTethralError } from "../core/errors";
 import { checkLabel } from "../core/validation";
 import type { HubStatusReport, InputHandler, Node, NodeAPI, NodeMessage, NodeStatus, TethralHubNode } from "./types";
@@ -138,7 +138,7 @@ export function clip(text: string, max = 32): string {
 /** A short label for an error on a node's status: its code when it has one. */
 export function errorLabel(err: unknown): string {
   if (isTethralError(err)) return err.code;
-  return err instanceof Error ? err.message : String(err);
+  return errorMessage(err);
 }
 
 /**

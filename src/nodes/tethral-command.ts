@@ -31,7 +31,7 @@ interface CommandDef extends NodeDef {
  * Catch node (DEVICE_ERROR, TIMEOUT, CONFLICT) with `msg.command` set. The operations `get`
  * and `cancel` look up or cancel the command `msg.commandId` names.
  */
-export = function (RED: NodeAPI): void {
+export default function (RED: NodeAPI): void {
   RED.nodes.registerType("tethral-command", function (this: Node, def: CommandDef): void {
     RED.nodes.createNode(this, def);
     const use = HubUse.attach(RED, this, def.hub, RED._("tethral-command.errors.no-hub"));

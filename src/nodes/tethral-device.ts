@@ -25,7 +25,7 @@ type Translate = NodeAPI["_"];
  * carries the record, patch, filter or report. The result replaces
  * `msg.payload` of the same msg, which goes on.
  */
-export = function (RED: NodeAPI): void {
+export default function (RED: NodeAPI): void {
   RED.nodes.registerType("tethral-device", function (this: Node, def: DeviceDef): void {
     RED.nodes.createNode(this, def);
     const use = HubUse.attach(RED, this, def.hub, RED._("tethral-device.errors.no-hub"));

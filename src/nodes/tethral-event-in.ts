@@ -18,7 +18,7 @@ interface EventInDef extends NodeDef {
  * node's type patterns, minimum priority and devices; `msg.payload` is the event, `msg.topic`
  * its type. The bus checks the filters; the node only turns events into messages.
  */
-export = function (RED: NodeAPI): void {
+export default function (RED: NodeAPI): void {
   RED.nodes.registerType("tethral-event-in", function (this: Node, def: EventInDef): void {
     RED.nodes.createNode(this, def);
     const node = this as SendingNode;

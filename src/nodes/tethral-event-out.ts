@@ -24,7 +24,7 @@ interface EventOutDef extends NodeDef {
  * mqtt in node its topic), and a type chosen in the editor must not be replaced by it unseen.
  * `msg.priority` and `msg.deviceId` are this node's own properties and do override the editor.
  */
-export = function (RED: NodeAPI): void {
+export default function (RED: NodeAPI): void {
   RED.nodes.registerType("tethral-event-out", function (this: Node, def: EventOutDef): void {
     RED.nodes.createNode(this, def);
     const use = HubUse.attach(RED, this, def.hub, RED._("tethral-event-out.errors.no-hub"));

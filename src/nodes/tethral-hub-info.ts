@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import path from "node:path";
 import type { Hub } from "../core";
+import { errorMessage } from "../core/errors";
 import { openApiDocument } from "../core/openapi";
 import type { HistoryQuery } from "../core/events";
 import { PRIORITIES, type Priority } from "../core/types";
@@ -26,7 +27,7 @@ type Translate = NodeAPI["_"];
  * history and statistics, and the communication statistics per protocol. The REST API's
  * `/api/health`, `/api/events` and `/api/communication/statistics` are built on it.
  */
-export = function (RED: NodeAPI): void {
+export default function (RED: NodeAPI): void {
   RED.nodes.registerType("tethral-hub-info", function (this: Node, def: HubInfoDef): void {
     RED.nodes.createNode(this, def);
     const noHub = RED._("tethral-hub-info.errors.no-hub");
@@ -44,7 +45,7 @@ export = function (RED: NodeAPI): void {
           () => answer(msg, send, done),
           (err: unknown) => {
             if (use.isClosed) return abandon(msg, done);
-            msg.payload = { status: "degraded", components: { hub: { status: "failed", error: err instanceof Error ? err.message : String(err) } } };
+            msg.payload = { status: "degraded", components: { hub: { status: "failed", error: errorMessage(err) } } };
             use.failed(RED._("tethral-hub-info.status.hub-down"));
             send(msg);
             done();

@@ -56,7 +56,7 @@ const DISPLAY: Record<HubLifecycle, Omit<NodeStatus, "text">> = {
  * Modelled on Node-RED's MQTT broker node: users register, the hub starts on first use, and
  * closing the node (a redeploy or its removal) stops the hub.
  */
-export = function (RED: NodeAPI): void {
+export default function (RED: NodeAPI): void {
   registerAdminRoutes(RED);
   RED.nodes.registerType(
     "tethral-hub",
@@ -162,7 +162,6 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
       if (entry?.showStatus) user.status({});
     },
     acquire,
-    getHub: acquire,
     hubStatus: () => report(connection.status),
     onStatus(listener: HubStatusListener) {
       const call = (status: HubStatus) => {

@@ -29,7 +29,7 @@ interface InDef extends NodeDef {
  * protocol, filtered by device, protocol and kind. The hub publishes `message.received` only
  * while someone subscribes, so a fleet without tethral-in nodes pays nothing for it.
  */
-export = function (RED: NodeAPI): void {
+export default function (RED: NodeAPI): void {
   RED.nodes.registerType("tethral-in", function (this: Node, def: InDef): void {
     RED.nodes.createNode(this, def);
     const node = this as SendingNode;

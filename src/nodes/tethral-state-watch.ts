@@ -1,4 +1,5 @@
 import type { Hub } from "../core";
+import { errorMessage } from "../core/errors";
 import { type StateWatchOptions, type StateWatchOutput, StateWatcher, parseStateWatchOptions } from "../core/state-watch";
 import { HubUse } from "./node-support";
 import type { Node, NodeAPI, NodeDef, SendingNode } from "./types";
@@ -22,7 +23,7 @@ interface StateWatchDef extends NodeDef {
  * `msg.change`, `msg.deviceId` and `msg.topic` when a state change or an anomaly matches its
  * filters. What matches, and the "for" wait, are `StateWatcher`'s (src/core/state-watch.ts).
  */
-export = function (RED: NodeAPI): void {
+export default function (RED: NodeAPI): void {
   RED.nodes.registerType("tethral-state-watch", function (this: Node, def: StateWatchDef): void {
     RED.nodes.createNode(this, def);
     const node = this as SendingNode;
@@ -31,7 +32,7 @@ export = function (RED: NodeAPI): void {
     try {
       options = parseStateWatchOptions(def);
     } catch (err) {
-      const message = err instanceof Error ? err.message : String(err);
+      const message = errorMessage(err);
       node.status({ fill: "red", shape: "ring", text: RED._("tethral-state-watch.status.invalid") });
       node.error(`${RED._("tethral-state-watch.errors.invalid-config")}: ${message}`);
       return;

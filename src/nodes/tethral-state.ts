@@ -29,7 +29,7 @@ type Translate = NodeAPI["_"];
  * `msg.payload` of the same msg, which goes on. A `set` with a stale `expectedVersion` is a
  * CONFLICT for a Catch node.
  */
-export = function (RED: NodeAPI): void {
+export default function (RED: NodeAPI): void {
   RED.nodes.registerType("tethral-state", function (this: Node, def: StateDef): void {
     RED.nodes.createNode(this, def);
     const use = HubUse.attach(RED, this, def.hub, RED._("tethral-state.errors.no-hub"));

@@ -147,8 +147,6 @@ export interface TethralHubApi {
   deregister(user: Node): void;
   /** The started hub: starts it on first use; concurrent calls share one start. */
   acquire(): Promise<Hub>;
-  /** Same as `acquire()`. */
-  getHub(): Promise<Hub>;
   /** The hub's current state. */
   hubStatus(): HubStatusReport;
   /** Calls `listener` now and on every state change; returns the function that unsubscribes. */

@@ -6,6 +6,6 @@ import type { NodeAPI } from "../nodes/types";
  * package adds a protocol the same way: `RED.plugins.registerPlugin(id, {type:
  * "tethral-protocol", protocol, create})`; every tethral-hub node picks up each one it finds.
  */
-export = function (RED: NodeAPI): void {
+export default function (RED: NodeAPI): void {
   for (const plugin of BUILTIN_PROTOCOLS) RED.plugins?.registerPlugin(`tethral-protocol-${plugin.protocol}`, plugin);
 };

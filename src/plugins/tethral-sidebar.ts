@@ -5,6 +5,6 @@ import type { NodeAPI } from "../nodes/types";
  * the tethral-hub nodes' admin endpoints and follows their `tethral/devices/<hub>` comms
  * updates; this runtime side only makes Node-RED load it.
  */
-export = function (RED: NodeAPI): void {
+export default function (RED: NodeAPI): void {
   RED.plugins?.registerPlugin("tethral-devices-sidebar", { type: "tethral-editor" });
 };

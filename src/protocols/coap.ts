@@ -1,7 +1,7 @@
 import { createSocket, type Socket, type SocketType } from "node:dgram";
 import { isIPv6 } from "node:net";
 import { Agent, Server, type IncomingMessage, type OutgoingMessage } from "coap";
-import { TethralError } from "../core/errors";
+import { TethralError, errorMessage } from "../core/errors";
 import type { Device, DeviceTwin, JsonValue } from "../core/types";
 import { type Answer, CODE_OF, CoapIntake, decodeQuery, isDiscovery, refusal, targetOf, tooLarge, twinTargetOf } from "./coap-intake";
 import { DEFAULT_OBSERVE_LIMITS } from "./coap-observe";
@@ -132,7 +132,7 @@ export class CoapAdapter implements ProtocolAdapter {
       });
     } catch (err) {
       socket.close();
-      const why = err instanceof Error ? err.message : String(err);
+      const why = errorMessage(err);
       throw new TethralError("UNAVAILABLE", `CoAP cannot listen on ${this.options.host} port ${this.options.port} (TETHRAL_COAP_PORT): ${why}`);
     }
     this.context = context;
@@ -346,7 +346,7 @@ export class CoapAdapter implements ProtocolAdapter {
         context.counters.messagesOut++;
         context.counters.bytesOut += payload.length;
       } catch (err) {
-        finish(new TethralError("UNAVAILABLE", `cannot send to ${target.label}: ${err instanceof Error ? err.message : String(err)}`));
+        finish(new TethralError("UNAVAILABLE", `cannot send to ${target.label}: ${errorMessage(err)}`));
       }
     });
   }
@@ -366,7 +366,7 @@ export class CoapAdapter implements ProtocolAdapter {
   }
 
   private fault(where: string, err: unknown): void {
-    const message = `coap ${where}: ${err instanceof Error ? err.message : String(err)}`;
+    const message = `coap ${where}: ${errorMessage(err)}`;
     this.lastError = message;
     if (this.context) {
       this.context.counters.errors++;

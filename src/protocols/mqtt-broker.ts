@@ -1,4 +1,3 @@
-import { createHash, timingSafeEqual } from "node:crypto";
 import type { EventEmitter } from "node:events";
 import { type AddressInfo, type Server, type Socket, createServer } from "node:net";
 import { Aedes, type AedesPublishPacket, type AuthenticateError, type Client, type PublishPacket, type Subscription } from "aedes";
@@ -8,11 +7,14 @@ import {
   MAX_CLIENT_ID_LENGTH,
   MAX_CONNECTIONS_PER_DEVICE,
   SERVICE_OWNER,
+  ServiceAccount,
   type Session,
   newSession,
   sessionName,
 } from "./mqtt-sessions";
 import { type TopicScheme, filterMatches } from "./mqtt-topics";
+import { type ListenError, listen } from "./listen";
+import { AEDES_PUBLISH_REFUSAL, CONNACK, type SessionStore, refusal, rename } from "./mqtt-aedes";
 import { guardPacketSize } from "./mqtt-packet-size";
 import { PendingWrites } from "./pending-writes";
 import { encodeTwin } from "../core/twin";
@@ -34,20 +36,6 @@ export interface EmbeddedBrokerOptions {
 
 /** Room for the fixed and variable headers (topic, packet id, v5 properties) above the payload limit. */
 const HEADER_ALLOWANCE = 4096;
-
-/** CONNACK return codes of MQTT 3.1.1 (aedes declares them as an ambient const enum, unusable here). */
-const CONNACK = { IDENTIFIER_REJECTED: 2, SERVER_UNAVAILABLE: 3, BAD_USERNAME_OR_PASSWORD: 4, NOT_AUTHORIZED: 5 } as const;
-
-/**
- * What aedes answers a PUBLISH it refuses before `authorizePublish` sees it (a wildcard, an empty
- * topic, too many levels): it says so only in the error it drops the connection with.
- */
-const AEDES_PUBLISH_REFUSAL = /^(?:[#+] is not allowed in PUBLISH|empty topic not allowed in PUBLISH|topic has too many levels)$/;
-
-/** aedes's session store, of which only this is used (forgetting a persistent session's subscriptions). */
-interface SessionStore {
-  cleanSubscriptions(client: { id: string }): Promise<void>;
-}
 
 /**
  * The embedded broker: aedes on a TCP port, with devices authenticated at CONNECT (username =
@@ -72,14 +60,10 @@ export class EmbeddedBroker {
   /** Device connections from authentication to their socket's close. */
   private connections = 0;
   private readonly figures = { connectsRefused: 0, publishesRefused: 0, subscriptionsRefused: 0, oversizedPackets: 0, topicsUnknown: 0, twinsPublished: 0 };
-  private readonly serviceHash: Buffer | null;
+  private readonly service: ServiceAccount | null;
 
   constructor(private readonly options: EmbeddedBrokerOptions) {
-    const { serviceUsername, servicePassword } = options;
-    if ((serviceUsername === undefined) !== (servicePassword === undefined) || serviceUsername === "" || servicePassword === "") {
-      throw new TethralError("INVALID", "MQTT service account: give both serviceUsername and servicePassword, non-empty, or neither");
-    }
-    this.serviceHash = servicePassword === undefined ? null : sha256(servicePassword);
+    this.service = ServiceAccount.from(options.serviceUsername, options.servicePassword);
   }
 
   /** The bound port (the real one when configured as 0), or null before start. */
@@ -130,12 +114,15 @@ export class EmbeddedBroker {
     // Retained messages live in this broker's memory: the twins it kept before a restart are
     // retained again before any device can connect and subscribe.
     for (const [deviceId, twin] of context.twins()) this.publishTwin(deviceId, twin);
+    const { port, host } = this.options;
     try {
-      await listen(server, this.options.port, this.options.host);
+      await listen(server, port, host);
     } catch (err) {
       await new Promise<void>((resolve) => broker.close(() => resolve()));
       this.broker = this.server = this.context = null;
-      throw err;
+      const { code, reason } = err as ListenError;
+      const why = code === "EADDRINUSE" ? `${reason} (set TETHRAL_MQTT_PORT or the hub's MQTT port)` : reason;
+      throw new TethralError("UNAVAILABLE", `MQTT broker cannot listen on ${host}:${port}: ${why}`);
     }
     server.on("error", (err) => context.warn(`broker socket: ${err.message}`));
   }
@@ -246,8 +233,8 @@ export class EmbeddedBroker {
     }
     // As the client sent it, or the one aedes made up for an empty id.
     const clientId = client.id;
-    if (this.serviceHash && username === this.options.serviceUsername) {
-      if (!password || !timingSafeEqual(sha256(password), this.serviceHash)) {
+    if (this.service && username === this.service.username) {
+      if (!this.service.accepts(password)) {
         return this.refuseConnect(CONNACK.BAD_USERNAME_OR_PASSWORD, "bad service password");
       }
       rename(client, sessionName(SERVICE_OWNER, clientId));
@@ -455,34 +442,4 @@ export class EmbeddedBroker {
     if (ready) this.context.connected(deviceId);
     else this.context.disconnected(deviceId);
   }
-}
-
-/** Gives a connection its broker-side session name, before aedes looks the session up (see mqtt-sessions). */
-function rename(client: Client, name: string): void {
-  (client as { id: string }).id = name;
-}
-
-function refusal(returnCode: number, message: string): AuthenticateError {
-  return Object.assign(new Error(message), { returnCode: returnCode as AuthenticateError["returnCode"] });
-}
-
-function sha256(value: string | Buffer): Buffer {
-  return createHash("sha256").update(value).digest();
-}
-
-function listen(server: Server, port: number, host: string): Promise<void> {
-  return new Promise<void>((resolve, reject) => {
-    const onError = (err: NodeJS.ErrnoException): void => {
-      server.off("listening", onListening);
-      const why = err.code === "EADDRINUSE" ? "the port is in use (set TETHRAL_MQTT_PORT or the hub's MQTT port)" : err.message;
-      reject(new TethralError("UNAVAILABLE", `MQTT broker cannot listen on ${host}:${port}: ${why}`));
-    };
-    const onListening = (): void => {
-      server.off("error", onError);
-      resolve();
-    };
-    server.once("error", onError);
-    server.once("listening", onListening);
-    server.listen(port, host);
-  });
 }

@@ -1,4 +1,6 @@
+import { createHash, timingSafeEqual } from "node:crypto";
 import type { Client } from "aedes";
+import { TethralError } from "../core/errors";
 
 /**
  * Sessions of the embedded broker. A device is its user name (its device id); the client id is
@@ -15,6 +17,37 @@ export function sessionName(owner: string, clientId: string): string {
 
 /** Owner of the service account's sessions: `$` is in no device id, so no device can name one of them. */
 export const SERVICE_OWNER = "$service";
+
+/**
+ * The service account (Node-RED's own mqtt nodes), which may publish and subscribe anywhere. Its
+ * password is kept as a hash and compared in constant time.
+ */
+export class ServiceAccount {
+  private readonly hash: Buffer;
+
+  private constructor(
+    readonly username: string,
+    password: string,
+  ) {
+    this.hash = sha256(password);
+  }
+
+  /** The account the broker's options name, or null: both or neither, non-empty. */
+  static from(username: string | undefined, password: string | undefined): ServiceAccount | null {
+    if ((username === undefined) !== (password === undefined) || username === "" || password === "") {
+      throw new TethralError("INVALID", "MQTT service account: give both serviceUsername and servicePassword, non-empty, or neither");
+    }
+    return username === undefined || password === undefined ? null : new ServiceAccount(username, password);
+  }
+
+  accepts(password: Buffer | undefined): boolean {
+    return password ? timingSafeEqual(sha256(password), this.hash) : false;
+  }
+}
+
+function sha256(value: string | Buffer): Buffer {
+  return createHash("sha256").update(value).digest();
+}
 
 /** Longest client id taken. MQTT 3.1.1 lets a server refuse long ones; the common ones are under 64. */
 export const MAX_CLIENT_ID_LENGTH = 256;

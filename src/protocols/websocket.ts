@@ -5,6 +5,7 @@ import { type RawData, WebSocket, WebSocketServer } from "ws";
 import { type ErrorCode, TethralError } from "../core/errors";
 import { encodeTwin } from "../core/twin";
 import type { Device, DeviceTwin } from "../core/types";
+import { closeServer, listen } from "./listen";
 import { PendingWrites } from "./pending-writes";
 import {
   type AdapterContext,
@@ -15,9 +16,9 @@ import {
   type ProtocolAdapter,
   type ProtocolHealth,
   type SendOutcome,
-  DEVICE_MESSAGE_KINDS,
   encodeCommand,
 } from "./types";
+import { FRAME_KINDS, type Frame, asBuffer, payloadOf } from "./websocket-frames";
 
 export interface WebSocketAdapterOptions {
   /** The HTTP server to share (Node-RED's, `RED.server`). Without one the adapter serves its own. */
@@ -48,8 +49,6 @@ export const CLOSE_REPLACED = 4001;
 export const CLOSE_POLICY_VIOLATION = 1008;
 const CLOSE_GOING_AWAY = 1001;
 
-const FRAME_KINDS: ReadonlySet<string> = new Set(DEVICE_MESSAGE_KINDS);
-
 interface Connection {
   readonly deviceId: string;
   readonly ws: WebSocket;
@@ -63,8 +62,6 @@ interface Connection {
   /** Cleared at each ping, set by the pong: still false at the next ping means the peer is gone. */
   alive: boolean;
 }
-
-type Frame = Record<string, unknown>;
 
 /**
  * Devices over WebSocket (CONTRACT §2) on a path of Node-RED's own HTTP server. It takes only
@@ -392,39 +389,6 @@ export class WebSocketAdapter implements ProtocolAdapter {
   }
 }
 
-/** The decoded field a frame kind carries, as `DeviceMessage.payload` expects it. */
-function payloadOf(kind: DeviceMessageKind, frame: Frame): unknown {
-  switch (kind) {
-    case "telemetry":
-      return frame.data;
-    case "heartbeat":
-      return null;
-    case "status":
-      return frame.status;
-    case "state": {
-      // Only the keys the device sent: an absent status must not read as `status: undefined`.
-      const state: Frame = {};
-      if (frame.status !== undefined) state.status = frame.status;
-      if (frame.properties !== undefined) state.properties = frame.properties;
-      return state;
-    }
-    case "response":
-      return { id: frame.id, ok: frame.ok, result: frame.result, error: frame.error };
-    case "register": {
-      // The device record is the frame itself, less its type. Spread defines own keys, so a
-      // `__proto__` key stays data for the hub's validation to refuse.
-      const { type: _type, ...record } = frame;
-      return record;
-    }
-  }
-}
-
-/** ws hands a Buffer with the default binaryType; the other shapes only for other settings. */
-function asBuffer(data: RawData): Buffer {
-  if (Buffer.isBuffer(data)) return data;
-  return Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
-}
-
 function bearer(header: string | undefined): string | undefined {
   const m = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
   return m?.[1];
@@ -452,21 +416,4 @@ function refuse(socket: Duplex, status: number, code: ErrorCode, message: string
 
 function closed(ws: WebSocket): Promise<void> {
   return ws.readyState === WebSocket.CLOSED ? Promise.resolve() : new Promise((resolve) => ws.once("close", () => resolve()));
-}
-
-function listen(server: Server, port: number, host: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(port, host, () => {
-      server.off("error", reject);
-      resolve();
-    });
-  });
-}
-
-function closeServer(server: Server): Promise<void> {
-  return new Promise((resolve) => {
-    server.close(() => resolve());
-    server.closeAllConnections();
-  });
 }

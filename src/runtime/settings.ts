@@ -4,6 +4,7 @@
 import { existsSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
+import { errorMessage } from "../core/errors";
 
 /** What a settings file may hold: Node-RED's settings, read as they are. */
 export type NodeRedSettings = Record<string, unknown>;
@@ -101,7 +102,7 @@ function isObject(value: unknown): value is Record<string, unknown> {
 }
 
 function firstLine(err: unknown): string {
-  const text = err instanceof Error ? err.message : String(err);
+  const text = errorMessage(err);
   return text.split("\n")[0] ?? text;
 }
 

@@ -1,8 +1,9 @@
 // The device simulator (`npm run simulate`): a fleet of devices that register through the REST
 // API and then talk to the hub as real MQTT, CoAP, WebSocket or HTTP clients (CONTRACT §2, §3).
+import { errorMessage } from "../core/errors";
 import { DEFAULT_API, DEFAULT_DEVICES, DEFAULT_INTERVAL_SEC, DEFAULT_SUMMARY_SEC, SIMULATED_PROTOCOLS, type SimulatedProtocol, type SimulationOptions, resolveOptions } from "./simulator/options";
 import { Simulation } from "./simulator/simulation";
-import { SimulationError, UsageError, messageOf } from "./simulator/support";
+import { SimulationError, UsageError } from "./simulator/support";
 
 // The programmatic API: what scripts and the tests drive.
 export { Simulation, type SimulationStats } from "./simulator/simulation";
@@ -125,7 +126,7 @@ async function main(argv: readonly string[] = process.argv.slice(2)): Promise<vo
   try {
     args = parseArgs(argv);
   } catch (err) {
-    console.error(`${messageOf(err)} (see --help)`);
+    console.error(`${errorMessage(err)} (see --help)`);
     process.exit(2);
   }
   if (args.help) {

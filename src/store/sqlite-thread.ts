@@ -93,8 +93,8 @@ export class SqliteThread {
 /**
  * The worker, from wherever this code runs. From the TypeScript sources (tests, tsx) the thread
  * loads tsx's require hook itself: on Node 20 a worker does not get the --import hook. From a
- * build, each bundle in dist/ (index.js, nodes/, plugins/, runtime/) inlines this file and the
- * worker is a bundle of its own at dist/store/sqlite-worker.js.
+ * build, this file is in a shared chunk at the top of dist/ and the worker is an entry of its
+ * own at dist/store/sqlite-worker.js.
  */
 function spawn(data: SqliteStoreOptions): Worker {
   if (__filename.endsWith(".ts")) {

@@ -5,9 +5,9 @@ import path from "node:path";
 import {
   HUB_CONFIG_DEFAULTS,
   type HubConfig,
-  makeStore,
   parseHubConfig,
   storageFor,
+  storeOf,
   toHubOptions,
 } from "../../src/nodes/hub-config";
 import { PostgresStore, connectionSettings } from "../../src/store/postgres";
@@ -104,7 +104,7 @@ describe("tethral-hub storage settings", function () {
     });
   });
 
-  describe("storageFor and makeStore", function () {
+  describe("storageFor and storeOf", function () {
     it("sqlite: the file, relative to the user dir, or to the current directory without one", () => {
       assert.deepEqual(storageFor(config({ storage: "sqlite", sqliteFile: "data/fleet.sqlite" }), {}, USER_DIR, {}), {
         kind: "sqlite",
@@ -155,7 +155,7 @@ describe("tethral-hub storage settings", function () {
 
     it("memory: no store at all", () => {
       assert.deepEqual(storageFor(config({ storage: "memory" }), {}, USER_DIR, { TETHRAL_DB: "x.sqlite" }), { kind: "memory", source: "setting" });
-      assert.equal(makeStore(config({ storage: "memory" }), {}, USER_DIR, {}), null);
+      assert.equal(storeOf(storageFor(config({ storage: "memory" }), {}, USER_DIR, {})), null);
     });
 
     it("postgres: the credential password reaches the connection, never the description", () => {
@@ -168,7 +168,7 @@ describe("tethral-hub storage settings", function () {
         options: { url: "postgres://tethral@db.example:5432/fleet", password },
       });
 
-      const store = makeStore(postgres, { postgresPassword: password }, USER_DIR, {});
+      const store = storeOf(storageFor(postgres, { postgresPassword: password }, USER_DIR, {}));
       assert.ok(store instanceof PostgresStore);
       assert.equal(store.description, "db.example:5432/fleet");
       assert.ok(!store.description.includes("s3cret"));
@@ -188,7 +188,7 @@ describe("tethral-hub storage settings", function () {
     it("makes the store without opening it", () => {
       const dir = mkdtempSync(path.join(tmpdir(), "tethral-make-store-"));
       try {
-        const store = makeStore(config({ storage: "sqlite", sqliteFile: "sub/fleet.sqlite" }), {}, dir, {});
+        const store = storeOf(storageFor(config({ storage: "sqlite", sqliteFile: "sub/fleet.sqlite" }), {}, dir, {}));
         assert.ok(store instanceof SqliteStore);
         assert.equal(store.description, path.join(dir, "sub", "fleet.sqlite"));
         assert.equal(existsSync(path.join(dir, "sub")), false);

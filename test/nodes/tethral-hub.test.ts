@@ -110,7 +110,7 @@ describe("tethral-hub config node", function () {
   it("acquire() starts the hub once, even when called concurrently", async () => {
     await helper.load(tethralHub, [hubConfig()]);
     const node = hubNode();
-    const [a, b] = await Promise.all([node.acquire(), node.getHub()]);
+    const [a, b] = await Promise.all([node.acquire(), node.acquire()]);
     assert.equal(a, b);
     assert.equal(a.isRunning, true);
     assert.equal(a.health().status, "ok");

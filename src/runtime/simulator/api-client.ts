@@ -1,6 +1,7 @@
 import http from "node:http";
 import https from "node:https";
-import { SimulationError, messageOf, readCapped } from "./support";
+import { errorMessage } from "../../core/errors";
+import { SimulationError, readCapped } from "./support";
 
 /** A refusal from the REST API (CONTRACT §1 error body), or status 0 when it could not be reached. */
 export class ApiError extends SimulationError {
@@ -114,5 +115,5 @@ function refusal(method: string, path: string, status: number, body: unknown, te
 }
 
 function unreachable(method: string, url: string, err: NodeJS.ErrnoException): ApiError {
-  return new ApiError(`cannot reach the Tethral API (${method} ${url}): ${err.code ?? messageOf(err)}`, 0, null);
+  return new ApiError(`cannot reach the Tethral API (${method} ${url}): ${err.code ?? errorMessage(err)}`, 0, null);
 }

@@ -1,9 +1,10 @@
 import { type Socket, createSocket } from "node:dgram";
 import { isIPv6 } from "node:net";
 import { Agent, Server, type IncomingMessage, type OutgoingMessage } from "coap";
+import { errorMessage } from "../../core/errors";
 import type { SimulatedDevice } from "./device";
 import { parseCommand } from "./frames";
-import { SimulationError, messageOf } from "./support";
+import { SimulationError } from "./support";
 
 /** How long a report waits for the hub's answer (the library would retransmit for ~90 s). */
 const REPORT_TIMEOUT_MS = 5000;
@@ -44,7 +45,7 @@ export class CoapTransport {
       server.once("error", reject);
       server.listen(0, this.listenHost, (err?: Error) => (err ? reject(err) : resolve()));
     }).catch((err: unknown) => {
-      throw new SimulationError(`cannot open the CoAP command server on ${this.listenHost} (--listen): ${messageOf(err)}`);
+      throw new SimulationError(`cannot open the CoAP command server on ${this.listenHost} (--listen): ${errorMessage(err)}`);
     });
     server.on("error", (err: Error) => this.onProblem(`CoAP command server: ${err.message}`));
     this.server = server;

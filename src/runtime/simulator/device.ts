@@ -1,6 +1,7 @@
+import { errorMessage } from "../../core/errors";
 import type { CommandFrame } from "../../protocols/types";
 import type { DeviceSpec, ResolvedOptions } from "./options";
-import { Backoff, TimerSet, between, messageOf } from "./support";
+import { Backoff, TimerSet, between } from "./support";
 
 /** What every simulated device reports. */
 export interface Telemetry {
@@ -192,7 +193,7 @@ export abstract class SimulatedDevice {
       },
       (err: unknown) => {
         this.lastReportOk = false;
-        if (this.phase !== "stopped") this.host.emit("telemetryRefused", { deviceId: this.id, reason: messageOf(err) });
+        if (this.phase !== "stopped") this.host.emit("telemetryRefused", { deviceId: this.id, reason: errorMessage(err) });
       },
     );
   }

@@ -1,8 +1,9 @@
 import { type IncomingMessage, type Server, type ServerResponse, createServer } from "node:http";
-import { type AddressInfo, isIPv6 } from "node:net";
+import { isIPv6 } from "node:net";
+import { type ListenError, closeServer, listen } from "../../protocols/listen";
 import type { SimulatedDevice } from "./device";
 import { parseCommand } from "./frames";
-import { SimulationError, messageOf, readCapped } from "./support";
+import { SimulationError, readCapped } from "./support";
 
 const MAX_COMMAND_BYTES = 256 * 1024;
 
@@ -22,17 +23,12 @@ export class HttpTransport {
 
   async start(): Promise<void> {
     const server = createServer((req, res) => this.command(req, res));
-    await new Promise<void>((resolve, reject) => {
-      server.once("error", reject);
-      server.listen(0, this.listenHost, () => {
-        server.off("error", reject);
-        resolve();
-      });
-    }).catch((err: unknown) => {
-      throw new SimulationError(`cannot open the HTTP command server on ${this.listenHost} (--listen): ${messageOf(err)}`);
-    });
+    try {
+      this.port = await listen(server, 0, this.listenHost);
+    } catch (err) {
+      throw new SimulationError(`cannot open the HTTP command server on ${this.listenHost} (--listen): ${(err as ListenError).reason}`);
+    }
     this.server = server;
-    this.port = (server.address() as AddressInfo).port;
   }
 
   addressOf(id: string): string {
@@ -43,12 +39,7 @@ export class HttpTransport {
   stop(): Promise<void> {
     const server = this.server;
     this.server = null;
-    if (!server) return Promise.resolve();
-    return new Promise((resolve) => {
-      server.close(() => resolve());
-      // Slow answers still pending and keep-alive connections would hold close() open.
-      server.closeAllConnections();
-    });
+    return server ? closeServer(server) : Promise.resolve();
   }
 
   private command(req: IncomingMessage, res: ServerResponse): void {

@@ -1,3 +1,4 @@
+import { errorMessage } from "../../core/errors";
 import { ApiClient, ApiError } from "./api-client";
 import { CoapTransport } from "./coap";
 import { ConnectionlessDevice, type DeviceHost, SimulatedDevice, type SimulationEvents } from "./device";
@@ -5,7 +6,7 @@ import { deviceEndpoint } from "./endpoints";
 import { HttpTransport } from "./http";
 import { MqttDevice } from "./mqtt";
 import { type DeviceSpec, type ResolvedOptions, type SimulationOptions, type Traits, deviceSpecs, resolveOptions } from "./options";
-import { SimulationError, WarningLimiter, messageOf } from "./support";
+import { SimulationError, WarningLimiter } from "./support";
 import { WebSocketDevice } from "./websocket";
 
 /** Counters of a running simulation, for the summary line and for tests. */
@@ -317,5 +318,5 @@ function tokenOf(record: Record<string, unknown>): string | undefined {
 
 function registrationError(id: string, err: unknown): SimulationError {
   if (err instanceof ApiError && err.status === 0) return new SimulationError(`registering ${id}: ${err.message}`);
-  return new SimulationError(`registering ${id} failed: ${messageOf(err)}`);
+  return new SimulationError(`registering ${id} failed: ${errorMessage(err)}`);
 }

@@ -99,11 +99,6 @@ export function between([min, max]: readonly [number, number]): number {
   return min + Math.random() * (max - min);
 }
 
-/** The message of anything thrown. */
-export function messageOf(err: unknown): string {
-  return err instanceof Error ? err.message : String(err);
-}
-
 /** A request's or response's body as text, keeping at most `max` bytes; `over` when it had more. */
 export function readCapped(stream: NodeJS.ReadableStream, max: number): Promise<{ text: string; over: boolean }> {
   return new Promise((resolve, reject) => {

@@ -1,0 +1,343 @@
+import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from "mqtt";
+import { TethralError } from "../core/errors";
+import { encodeTwin } from "../core/twin";
+import type { DeviceTwin } from "../core/types";
+import type { MqttAdapterOptions } from "./mqtt";
+import { PendingWrites } from "./pending-writes";
+import { type TopicScheme, checkSharedGroup } from "./mqtt-topics";
+import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
+
+/** The part of the adapter that differs between an embedded broker and a client of an external one. */
+export interface MqttMode {
+  start(context: AdapterContext): Promise<void>;
+  stop(): Promise<void>;
+  send(deviceId: string, frame: CommandFrame, timeoutMs: number): Promise<SendOutcome>;
+  isConnected(deviceId: string): boolean | undefined;
+  health(): ProtocolHealth;
+  statistics(): AdapterStatistics;
+  disconnect?(deviceId: string, reason: string): void;
+  publishTwin(deviceId: string, twin: DeviceTwin | null): void;
+}
+
+/** The schemes mqtt.js connects with: TCP and TLS (each under two names) and WebSocket. */
+const MQTT_URL_SCHEMES = ["mqtt:", "mqtts:", "tcp:", "tls:", "ssl:", "ws:", "wss:"];
+
+/** Why `url` cannot name an MQTT broker, or null: one check for the hub's settings and the adapter. */
+export function mqttUrlProblem(url: string): string | null {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    return "must be a URL like mqtt://host:1883";
+  }
+  return MQTT_URL_SCHEMES.includes(parsed.protocol) ? null : "must start with mqtt://, mqtts://, ws:// or wss://";
+}
+
+const DEFAULT_START_TIMEOUT_MS = 3000;
+const DEFAULT_RECONNECT_MS = 1000;
+const DEFAULT_MAX_RECONNECT_MS = 30_000;
+/** How long stop() lets a broker answer DISCONNECT before the socket is cut. */
+const END_GRACE_MS = 1000;
+
+/**
+ * A client of an external broker. It reconnects by itself, with a doubling delay (mqtt.js alone
+ * retries at a fixed period), and subscribes again on every connection, so a broker that lost its
+ * sessions (a restart) still delivers. Commands are refused while disconnected, so the hub keeps
+ * them queued: the hub owns the durable queue, not this client.
+ */
+export class ExternalBroker implements MqttMode {
+  private client: MqttClient | null = null;
+  private context: AdapterContext | null = null;
+  private stopping: Promise<void> | null = null;
+  private subscribed = false;
+  /** Connected since the last close. */
+  private up = false;
+  private lastError: string | null = null;
+  private failures = 0;
+  private reconnectTimer: NodeJS.Timeout | null = null;
+  private startWaiter: (() => void) | null = null;
+  /** From each device's retained status topic; only devices the hub accepted a status from. */
+  private readonly presence = new Map<string, boolean>();
+  private readonly pending = new PendingWrites(() => this.context?.counters ?? null);
+  private readonly figures = { connects: 0, connectionsLost: 0, reconnectsScheduled: 0, subscribeFailures: 0, oversized: 0, topicsUnknown: 0, twinsPublished: 0 };
+  private readonly filters: string[];
+  /** Twins of removed devices not cleared on the broker yet (it was unreachable); cleared at the next connection. */
+  private readonly clearsDue = new Set<string>();
+
+  constructor(
+    private readonly options: MqttAdapterOptions,
+    private readonly url: string,
+    private readonly topics: TopicScheme,
+  ) {
+    const problem = mqttUrlProblem(url);
+    if (problem) throw new TethralError("INVALID", `MQTT url "${url}": ${problem}`);
+    if (options.protocolVersion !== undefined && options.protocolVersion !== 4 && options.protocolVersion !== 5) {
+      throw new TethralError("INVALID", "MQTT protocolVersion: must be 4 (3.1.1) or 5");
+    }
+    if (options.sharedGroup !== undefined) checkSharedGroup(options.sharedGroup);
+    this.filters = topics.hubFilters(options.sharedGroup);
+  }
+
+  start(context: AdapterContext): Promise<void> {
+    this.context = context;
+    const o = this.options;
+    const version = o.protocolVersion ?? 4;
+    const clientOptions: IClientOptions = {
+      clientId: o.clientId ?? `tethral-hub-${Math.random().toString(16).slice(2, 10)}`,
+      username: o.username,
+      password: o.password,
+      protocolVersion: version,
+      clean: o.clean ?? true,
+      keepalive: o.keepalive ?? 30,
+      connectTimeout: o.connectTimeoutMs ?? 10_000,
+      // Reconnection is ours (see scheduleReconnect), and so is subscribing after each connect.
+      reconnectPeriod: 0,
+      resubscribe: false,
+      ca: o.ca,
+      cert: o.cert,
+      key: o.key,
+      rejectUnauthorized: o.rejectUnauthorized ?? true,
+      // MQTT 5 lets the hub tell the broker not to send it anything larger than it would accept.
+      properties: version === 5 ? { maximumPacketSize: context.maxPayloadBytes + 4096 } : undefined,
+    };
+    const client = mqtt.connect(this.url, clientOptions);
+    this.client = client;
+    client.on("connect", () => this.onConnect(client));
+    client.on("message", (topic, payload, packet) => this.onMessage(topic, payload, packet));
+    client.on("error", (err) => {
+      this.lastError = err.message;
+    });
+    client.on("close", () => this.onClose(client));
+    return new Promise<void>((resolve) => {
+      // A broker that is down must not keep Node-RED from starting: resolve anyway, keep trying.
+      const timer = setTimeout(() => this.startWaiter?.(), o.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS);
+      this.startWaiter = () => {
+        clearTimeout(timer);
+        this.startWaiter = null;
+        resolve();
+      };
+    });
+  }
+
+  stop(): Promise<void> {
+    this.stopping ??= this.shutdown();
+    return this.stopping;
+  }
+
+  private async shutdown(): Promise<void> {
+    this.startWaiter?.();
+    if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
+    this.reconnectTimer = null;
+    this.pending.rejectAll("the MQTT adapter stopped");
+    const client = this.client;
+    if (client) {
+      // A polite end (DISCONNECT) waits for every unacknowledged publish, possibly for ever:
+      // with any in flight, and with a broker that does not close its side in time, cut instead.
+      const graceful = Object.keys(client.outgoing).length === 0;
+      await new Promise<void>((resolve) => {
+        const cut = setTimeout(() => {
+          client.end(true);
+          client.stream?.destroy();
+          resolve();
+        }, END_GRACE_MS);
+        client.end(!graceful, {}, () => {
+          clearTimeout(cut);
+          resolve();
+        });
+      });
+    }
+    this.subscribed = false;
+    this.presence.clear();
+  }
+
+  send(deviceId: string, frame: CommandFrame, timeoutMs: number): Promise<SendOutcome> {
+    const client = this.client;
+    const context = this.context;
+    if (!client || !context || this.stopping || !client.connected) {
+      return Promise.reject(new TethralError("UNAVAILABLE", `not connected to the MQTT broker${this.lastError ? `: ${this.lastError}` : ""}`));
+    }
+    const payload = Buffer.from(encodeCommand(frame), "utf8");
+    // mqtt.js keeps an unacknowledged publish and sends it again after a reconnect: the attempt
+    // is given up here, but the command may still arrive (devices recognise repeats by id).
+    return this.pending.write(
+      payload.length,
+      timeoutMs,
+      `the MQTT broker did not acknowledge the command to "${deviceId}" within ${timeoutMs} ms`,
+      (err) => `the MQTT broker did not take the command to "${deviceId}": ${err.message}`,
+      (done) => client.publish(this.topics.commands(deviceId), payload, { qos: 1, retain: false }, (err) => done(err)),
+    );
+  }
+
+  isConnected(deviceId: string): boolean | undefined {
+    return this.presence.get(deviceId);
+  }
+
+  /**
+   * Published only while connected: every connection publishes every current twin again (a
+   * restarted broker may have lost its retained messages), so a change made while away is not
+   * queued twice.
+   */
+  publishTwin(deviceId: string, twin: DeviceTwin | null): void {
+    const client = this.client;
+    if (!client || this.stopping) return;
+    if (!client.connected) {
+      if (twin === null) this.clearsDue.add(deviceId);
+      return;
+    }
+    this.clearsDue.delete(deviceId);
+    const payload = twin ? Buffer.from(encodeTwin(twin), "utf8") : Buffer.alloc(0);
+    const counters = this.context?.counters;
+    this.figures.twinsPublished++;
+    if (counters) {
+      counters.messagesOut++;
+      counters.bytesOut += payload.length;
+    }
+    client.publish(this.topics.desired(deviceId), payload, { qos: 1, retain: true }, (err) => {
+      if (!err || this.stopping) return;
+      if (counters) counters.errors++;
+      this.context?.warn(`the twin of "${deviceId}" was not published: ${err.message}`);
+    });
+  }
+
+  private publishAllTwins(): void {
+    const context = this.context;
+    if (!context) return;
+    for (const deviceId of [...this.clearsDue]) this.publishTwin(deviceId, null);
+    for (const [deviceId, twin] of context.twins()) this.publishTwin(deviceId, twin);
+  }
+
+  health(): ProtocolHealth {
+    const base = { mode: "external", url: redacted(this.url) };
+    if (!this.client || this.stopping) return { status: "stopped", ...base };
+    if (this.client.connected && this.subscribed) return { status: "ok", ...base, subscribed: true };
+    const state = this.client.connected ? "subscribing" : "connecting";
+    return { status: "degraded", ...base, state, subscribed: false, error: this.lastError ?? state };
+  }
+
+  statistics(): AdapterStatistics {
+    let online = 0;
+    for (const up of this.presence.values()) if (up) online++;
+    return {
+      connected: online,
+      mode: "external",
+      brokerConnected: this.client?.connected ?? false,
+      subscribed: this.subscribed,
+      devicesKnownOffline: this.presence.size - online,
+      ...this.figures,
+    };
+  }
+
+  private onConnect(client: MqttClient): void {
+    // Commands and answers are small: without this, Nagle's algorithm holds them back behind the
+    // broker's delayed ACKs (tens of ms per round trip on loopback).
+    (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
+    this.up = true;
+    this.figures.connects++;
+    this.failures = 0;
+    this.publishAllTwins();
+    client.subscribe(this.filters, { qos: 1 }, (err, granted) => {
+      if (this.stopping || client !== this.client) return;
+      const refused = granted?.filter((g) => g.qos === 128).map((g) => g.topic) ?? [];
+      if (err || refused.length > 0) {
+        this.figures.subscribeFailures++;
+        this.lastError = err ? `subscribe failed: ${err.message}` : `the broker refused the subscriptions ${refused.join(", ")}`;
+        this.context?.warn(this.lastError);
+        return;
+      }
+      this.subscribed = true;
+      this.lastError = null;
+      this.startWaiter?.();
+    });
+  }
+
+  private onClose(client: MqttClient): void {
+    if (client !== this.client || this.stopping) return;
+    this.subscribed = false;
+    // One line per outage, not one per failed attempt.
+    const why = this.lastError ? ` (${this.lastError})` : "";
+    if (this.up) {
+      this.figures.connectionsLost++;
+      this.context?.warn(`connection to ${redacted(this.url)} lost${why}; reconnecting`);
+    } else if (this.figures.connects === 0 && this.failures === 0) {
+      this.context?.warn(`cannot reach the broker at ${redacted(this.url)}${why}; retrying in the background`);
+    }
+    this.up = false;
+    this.forgetPresence();
+    this.scheduleReconnect(client);
+  }
+
+  private scheduleReconnect(client: MqttClient): void {
+    const base = this.options.reconnectPeriod ?? DEFAULT_RECONNECT_MS;
+    if (base <= 0 || this.reconnectTimer) return;
+    const max = Math.max(base, this.options.maxReconnectPeriod ?? DEFAULT_MAX_RECONNECT_MS);
+    // ±20 % so hubs that lost the same broker do not all come back in the same instant.
+    const delay = Math.min(max, base * 2 ** Math.min(this.failures, 20)) * (0.8 + Math.random() * 0.4);
+    this.failures++;
+    this.figures.reconnectsScheduled++;
+    this.reconnectTimer = setTimeout(() => {
+      this.reconnectTimer = null;
+      if (this.stopping) return;
+      // Passing the stores keeps unacknowledged publishes: reconnect() alone would start empty ones.
+      client.reconnect({ incomingStore: client.incomingStore, outgoingStore: client.outgoingStore });
+    }, delay);
+  }
+
+  /** The broker connection is gone, so is what its status topics said: the retained copies come again after reconnecting. */
+  private forgetPresence(): void {
+    const context = this.context;
+    for (const [deviceId, up] of this.presence) if (up) context?.disconnected(deviceId);
+    this.presence.clear();
+  }
+
+  private onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {
+    const context = this.context;
+    if (!context || this.stopping) return;
+    try {
+      const parsed = this.topics.parse(topic);
+      if (!parsed || parsed.kind === null) {
+        this.figures.topicsUnknown++;
+        context.reject({ reason: "unknown-topic", message: `no such topic: ${topic.slice(0, 200)}` });
+        return;
+      }
+      if (payload.length > context.maxPayloadBytes) {
+        this.figures.oversized++;
+        context.reject({ deviceId: parsed.deviceId, kind: parsed.kind, reason: "too-large", message: `payload of ${payload.length} bytes, more than ${context.maxPayloadBytes}` });
+        return;
+      }
+      const result = context.receive({
+        protocol: "mqtt",
+        deviceId: parsed.deviceId,
+        kind: parsed.kind,
+        payload,
+        authenticated: true,
+        retained: packet.retain === true,
+      });
+      if (parsed.kind === "status") this.trackPresence(parsed.deviceId, result.ok ? payload : null);
+    } catch (err) {
+      context.counters.errors++;
+      context.warn(`message on ${topic} not handled: ${(err as Error).message}`);
+    }
+  }
+
+  private trackPresence(deviceId: string, payload: Buffer | null): void {
+    const text = payload && payload.length <= 16 ? payload.toString("utf8").trim().toLowerCase() : "";
+    const up = text === "online" ? true : text === "offline" ? false : undefined;
+    const before = this.presence.get(deviceId);
+    if (up === undefined) this.presence.delete(deviceId);
+    else this.presence.set(deviceId, up);
+    // The hub sends a device's queued commands when it hears the device is reachable again.
+    if (up === true && before !== true) this.context?.connected(deviceId);
+    else if (up !== true && before === true) this.context?.disconnected(deviceId);
+  }
+}
+
+/** A URL without its password, for health and log lines. */
+function redacted(url: string): string {
+  try {
+    const u = new URL(url);
+    if (u.password) u.password = "***";
+    return u.toString();
+  } catch {
+    return url;
+  }
+}
