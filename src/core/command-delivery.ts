@@ -1,7 +1,7 @@
 import type { Clock, TimerHandle } from "./clock";
 import type { CommandEntry } from "./command-entry";
 import type { CommandOptions } from "./command-input";
-import { TethralError } from "./errors";
+import { TethralError, errorMessage } from "./errors";
 import type { ProtocolAdapter, SendOutcome } from "./ports/protocol";
 import { type CommandStatus, type Device, type JsonValue, PRIORITY_RANK } from "./types";
 
@@ -239,7 +239,7 @@ export class CommandDelivery {
 
   private attemptFailed(e: CommandEntry, err: unknown): void {
     if (e.phase === "done" || !this.running) return;
-    const message = err instanceof Error ? err.message : String(err);
+    const message = errorMessage(err);
     const device = this.host.device(e.row.deviceId);
     if (!device) return;
     const adapter = this.host.adapter(device.protocol);

@@ -1,3 +1,4 @@
+import { errorMessage } from "./errors";
 import type { Clock, TimerHandle } from "./clock";
 import type { CommandRow, Store } from "./ports/store";
 
@@ -103,7 +104,7 @@ export class CommandWriter {
         this.failures++;
         // Keep these rows and the unwritten rest, unless a newer row of the same command came meanwhile.
         for (const row of rows.slice(i)) if (!this.dirty.has(row.id)) this.dirty.set(row.id, row);
-        if (this.failures === 1) this.warn(`could not write command status: ${err instanceof Error ? err.message : String(err)}`);
+        if (this.failures === 1) this.warn(`could not write command status: ${errorMessage(err)}`);
         return;
       }
     }

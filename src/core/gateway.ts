@@ -1,7 +1,7 @@
 import { parseCommandAnswer } from "./command-input";
 import type { CommandTracker } from "./commands";
 import type { DeviceTraffic } from "./device-traffic";
-import { TethralError, invalid, isTethralError, notFound } from "./errors";
+import { TethralError, invalid, isTethralError, notFound, errorMessage } from "./errors";
 import type { Refusals } from "./refusals";
 import type { DeviceRegistry } from "./registry";
 import type { DeviceTokens } from "./tokens";
@@ -145,7 +145,7 @@ export class DeviceGateway {
     } catch (err) {
       // A fault of ours must not reach the adapter's socket handler.
       c.errors++;
-      const error = isTethralError(err) ? err : new TethralError("UNAVAILABLE", `could not take the message in: ${err instanceof Error ? err.message : String(err)}`);
+      const error = isTethralError(err) ? err : new TethralError("UNAVAILABLE", `could not take the message in: ${errorMessage(err)}`);
       if (!isTethralError(err)) this.warn(error.message);
       return { ok: false, error };
     }
@@ -221,7 +221,7 @@ export class DeviceGateway {
       return this.refused(c, deviceId, protocol, "register", new TethralError("UNAUTHORIZED", "a self-registering device must present a token of at least 16 characters"), "bad-token");
     }
     this.selfRegister(input, protocol, message.token).catch((err: unknown) => {
-      const error = isTethralError(err) ? err : new TethralError("UNAVAILABLE", err instanceof Error ? err.message : String(err));
+      const error = isTethralError(err) ? err : new TethralError("UNAVAILABLE", errorMessage(err));
       this.refuse(c, deviceId, protocol, "register", error, "registration-failed");
     });
     return { ok: true, deviceId, status: null, changed: true };

@@ -1,4 +1,4 @@
-import { TethralError } from "../core/errors";
+import { TethralError, errorMessage } from "../core/errors";
 import type { Device, JsonValue } from "../core/types";
 import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolAdapter, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
 
@@ -108,7 +108,7 @@ export class HttpAdapter implements ProtocolAdapter {
     this.figures.failed++;
     // fetch reports a network failure as "fetch failed" with the system error as its cause.
     const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-    const reason = cause?.code ?? cause?.message ?? (err as Error).message;
+    const reason = cause?.code ?? cause?.message ?? errorMessage(err);
     return new TethralError("UNAVAILABLE", `device "${device.id}" unreachable at ${url.origin}: ${reason}`);
   }
 }

@@ -1,7 +1,7 @@
 import type { EventEmitter } from "node:events";
 import { type AddressInfo, type Server, type Socket, createServer } from "node:net";
 import { Aedes, type AedesPublishPacket, type AuthenticateError, type Client, type PublishPacket, type Subscription } from "aedes";
-import { TethralError } from "../core/errors";
+import { TethralError, errorMessage } from "../core/errors";
 import {
   DeviceSessions,
   MAX_CLIENT_ID_LENGTH,
@@ -277,7 +277,7 @@ export class EmbeddedBroker {
   private forget(names: string[]): void {
     const store = (this.broker as unknown as { persistence?: SessionStore } | null)?.persistence;
     for (const name of names) {
-      store?.cleanSubscriptions({ id: name }).catch((err: unknown) => this.context?.warn(`could not forget the session ${name}: ${(err as Error).message}`));
+      store?.cleanSubscriptions({ id: name }).catch((err: unknown) => this.context?.warn(`could not forget the session ${name}: ${errorMessage(err)}`));
     }
   }
 
@@ -361,7 +361,7 @@ export class EmbeddedBroker {
       });
     } catch (err) {
       context.counters.errors++;
-      context.warn(`message on ${packet.topic} not handled: ${(err as Error).message}`);
+      context.warn(`message on ${packet.topic} not handled: ${errorMessage(err)}`);
     }
   }
 

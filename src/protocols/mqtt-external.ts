@@ -1,5 +1,5 @@
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from "mqtt";
-import { TethralError } from "../core/errors";
+import { TethralError, errorMessage } from "../core/errors";
 import { encodeTwin } from "../core/twin";
 import type { DeviceTwin } from "../core/types";
 import type { MqttAdapterOptions } from "./mqtt";
@@ -315,7 +315,7 @@ export class ExternalBroker implements MqttMode {
       if (parsed.kind === "status") this.trackPresence(parsed.deviceId, result.ok ? payload : null);
     } catch (err) {
       context.counters.errors++;
-      context.warn(`message on ${topic} not handled: ${(err as Error).message}`);
+      context.warn(`message on ${topic} not handled: ${errorMessage(err)}`);
     }
   }
 

@@ -2,7 +2,7 @@ import { type IncomingMessage, type Server, STATUS_CODES, createServer } from "n
 import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
 import { type RawData, WebSocket, WebSocketServer } from "ws";
-import { type ErrorCode, TethralError } from "../core/errors";
+import { type ErrorCode, TethralError, errorMessage } from "../core/errors";
 import { encodeTwin } from "../core/twin";
 import type { Device, DeviceTwin } from "../core/types";
 import { closeServer, listen } from "./listen";
@@ -249,7 +249,7 @@ export class WebSocketAdapter implements ProtocolAdapter {
       try {
         this.accept(req, socket, head, q < 0 ? "" : url.slice(q + 1));
       } catch (err) {
-        this.context?.warn(`websocket upgrade failed: ${(err as Error).message}`);
+        this.context?.warn(`websocket upgrade failed: ${errorMessage(err)}`);
         socket.destroy();
       }
     });
@@ -350,7 +350,7 @@ export class WebSocketAdapter implements ProtocolAdapter {
     } catch (err) {
       // The hub promises not to throw; a handler that did would otherwise kill the process.
       context.counters.errors++;
-      context.warn(`websocket frame from "${conn.deviceId}": ${(err as Error).message}`);
+      context.warn(`websocket frame from "${conn.deviceId}": ${errorMessage(err)}`);
     }
   }
 

@@ -2,6 +2,7 @@ import type { IncomingMessage } from "node:http";
 import { reportOf } from "../nodes/http-refusals";
 import { sendError } from "./http-server";
 import type { Handler } from "./node-red";
+import { errorMessage } from "../core/errors";
 
 type ApiRequest = IncomingMessage & { body?: unknown; _body?: boolean };
 
@@ -73,7 +74,7 @@ export function jsonBody(limit: number, refused: (req: IncomingMessage, reason: 
       try {
         body = text.trim() === "" ? {} : (JSON.parse(text) as unknown);
       } catch (err) {
-        const message = `the request body is not valid JSON: ${(err as Error).message}`;
+        const message = `the request body is not valid JSON: ${errorMessage(err)}`;
         sendError(res, 400, "INVALID", message);
         refused(req, "invalid-payload", message);
         return;

@@ -7,6 +7,7 @@ import { type HostPolicy, type OriginAllowed, type Refusal, refusalOf } from "./
 import type { ErrorHandler, Handler, NodeRed } from "./node-red";
 import { StartupError } from "./options";
 import type { NodeRedSettings } from "./settings";
+import { errorMessage } from "../core/errors";
 
 /** An error answer in the API's JSON shape (CONTRACT §1). */
 export function sendError(res: ServerResponse, status: number, code: string, message: string): void {
@@ -25,7 +26,7 @@ export async function httpsOptions(settings: NodeRedSettings): Promise<HttpsOpti
     const value = (await (typeof https === "function" ? (https as () => unknown)() : https)) as HttpsOptions | null | undefined;
     return value && typeof value === "object" ? value : null;
   } catch (err) {
-    throw new StartupError(`the https setting in settings.js failed: ${(err as Error).message}`);
+    throw new StartupError(`the https setting in settings.js failed: ${errorMessage(err)}`);
   }
 }
 
@@ -38,7 +39,7 @@ export function refreshHttps(server: Server, settings: NodeRedSettings, RED: Nod
       (fresh) => {
         if (fresh && typeof fresh === "object") (server as unknown as { setSecureContext(o: unknown): void }).setSecureContext(fresh);
       },
-      (err: unknown) => RED.log.error(`the https settings could not be refreshed: ${(err as Error).message}`),
+      (err: unknown) => RED.log.error(`the https settings could not be refreshed: ${errorMessage(err)}`),
     );
   }, hours * 3_600_000);
   timer.unref();

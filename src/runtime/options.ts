@@ -3,6 +3,7 @@
 import path from "node:path";
 import type { NodeRed } from "./node-red";
 import { type NodeRedSettings, SETTINGS_FILE, mergeSettings, readUserSettings } from "./settings";
+import { errorMessage } from "../core/errors";
 
 export type LogLevel = "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "off";
 
@@ -73,7 +74,7 @@ export function prepareSettings(userDir: string, options: RuntimeOptions, packag
   try {
     user = readUserSettings(userDir);
   } catch (err) {
-    throw new StartupError(`${(err as Error).message}: fix it, or move it away to start with the defaults`);
+    throw new StartupError(`${errorMessage(err)}: fix it, or move it away to start with the defaults`);
   }
   const settings = mergeSettings(
     user,

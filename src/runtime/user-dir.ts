@@ -2,6 +2,7 @@ import { copyFileSync, existsSync, mkdirSync } from "node:fs";
 import path from "node:path";
 import { StartupError } from "./options";
 import { writeSettingsTemplate } from "./settings";
+import { errorMessage } from "../core/errors";
 
 /** Makes the user dir, with a settings.js to edit and the user's own copy of the flows; a dir that cannot be written names TETHRAL_USER_DIR. */
 export function prepareUserDir(userDir: string, flowFile: string, template: string): void {
@@ -18,6 +19,6 @@ export function prepareUserDir(userDir: string, flowFile: string, template: stri
 }
 
 function unwritable(userDir: string, err: unknown): StartupError {
-  const reason = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+  const reason = (err as NodeJS.ErrnoException).code ?? errorMessage(err);
   return new StartupError(`Cannot prepare the user directory ${userDir} (${reason}): set TETHRAL_USER_DIR to a writable directory`, "TETHRAL_USER_DIR");
 }

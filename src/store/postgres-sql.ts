@@ -1,4 +1,4 @@
-import { invalid, TethralError } from "../core/errors";
+import { invalid, TethralError, errorMessage } from "../core/errors";
 import type { DeviceStatus, JsonObject, Priority, StateSnapshot } from "../core/types";
 import type { CommandRow, CommandStatus, DevicePresenceRow, DeviceRow, EventQuery, EventRow, HistoryRow, StateRow, TokenRow } from "../core/ports/store";
 
@@ -35,7 +35,7 @@ export function json(value: unknown, field: string): string {
   try {
     out = JSON.stringify(value);
   } catch (err) {
-    throw invalid(field, `is not JSON (${(err as Error).message})`);
+    throw invalid(field, `is not JSON (${errorMessage(err)})`);
   }
   // undefined (or a function) has no JSON form: it is kept as JSON null.
   if (out === undefined) return "null";

@@ -1,7 +1,7 @@
 import { mkdirSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import Database from "better-sqlite3";
-import { isTethralError, TethralError } from "../core/errors";
+import { isTethralError, TethralError, errorMessage } from "../core/errors";
 import { LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE, type Migration, newerSchemaMessage } from "./migrations";
 import {
   CHUNK_COLS,
@@ -80,7 +80,7 @@ export class SqliteDatabase {
       db?.close();
       this.conn = undefined;
       if (isTethralError(err)) throw err;
-      const wrapped = new TethralError("UNAVAILABLE", `cannot open the SQLite database at ${this.path}: ${(err as Error).message}`);
+      const wrapped = new TethralError("UNAVAILABLE", `cannot open the SQLite database at ${this.path}: ${errorMessage(err)}`);
       wrapped.cause = err;
       throw wrapped;
     }

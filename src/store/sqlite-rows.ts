@@ -1,4 +1,4 @@
-import { invalid } from "../core/errors";
+import { invalid, errorMessage } from "../core/errors";
 import type { DeviceStatus, JsonObject, Priority } from "../core/types";
 import {
   type CommandRow,
@@ -75,7 +75,7 @@ export function json(value: unknown, field: string): string {
   try {
     text = JSON.stringify(value === undefined ? null : value);
   } catch (err) {
-    throw invalid(field, `cannot be stored as JSON: ${(err as Error).message}`);
+    throw invalid(field, `cannot be stored as JSON: ${errorMessage(err)}`);
   }
   if (text === undefined) throw invalid(field, "cannot be stored as JSON");
   return text;
