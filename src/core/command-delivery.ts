@@ -275,13 +275,19 @@ export class CommandDelivery {
 
 /**
  * Sendable now: the adapter is up, and the device holds a connection (protocols that can tell)
- * or is not known to be offline (request/response protocols).
+ * or is not known to be offline (request/response protocols). A plugin's adapter that throws
+ * here counts as unreachable: the throw must not reach whoever woke the queue (a device's
+ * message, a flow's state change, an adapter's connect).
  */
 function reachable(device: Device, adapter: ProtocolAdapter): boolean {
-  if (adapter.health().status !== "ok") return false;
-  const connected = adapter.isConnected(device.id);
-  if (connected !== undefined) return connected;
-  return device.status !== "offline";
+  try {
+    if (adapter.health().status !== "ok") return false;
+    const connected = adapter.isConnected(device.id);
+    if (connected !== undefined) return connected;
+    return device.status !== "offline";
+  } catch {
+    return false;
+  }
 }
 
 /** A plugin's adapter may resolve with anything: only a SendOutcome counts. */

@@ -196,10 +196,16 @@ export class DurableWrites {
     const { device, changes } = this.registry.applyUpdate(id, patch);
     if (changes.length === 0) return device;
     if (p) {
-      // The row carries status and lastSeen as they were when it was built; a batch may write
-      // newer ones meanwhile: released as changed, they are written again, so the newest lands last.
-      const undo = (): void => void this.registry.applyUpdate(id, patchOf(before), before.updatedAt);
-      await this.durably(p, id, () => p.writeDevice(this.registry.row(id)!), "changed", "unchanged", () => undefined, undo);
+      // No hold: the row is the device as it now is, and reports meanwhile may be batched.
+      try {
+        await p.writeDevice(this.registry.row(id)!);
+      } catch (err) {
+        this.registry.applyUpdate(id, patchOf(before), before.updatedAt);
+        throw err;
+      }
+      // The row carried status and lastSeen as they were when it was built; a batch may have
+      // written newer ones meanwhile. Write them again, so the newest lands last.
+      p.markPresence(id);
     }
     this.registry.announceUpdated(id, changes, cause);
     if (changes.includes("heartbeatTimeout")) this.presence.timeoutChanged(id, device.heartbeatTimeout);

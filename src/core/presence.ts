@@ -110,7 +110,7 @@ export class Presence {
   online(record: DeviceRecord, cause: ChangeCause): void {
     const previous = record.status;
     this.state.setStatus(record.id, "online", { ...cause, reason: "heartbeat" });
-    this.announceOnline(record, previous, cause.causeId ?? null, "heartbeat");
+    this.announceOnline(record, previous, cause, "heartbeat");
   }
 
   /** A status the device reports about itself (error, or online again after an error). */
@@ -130,7 +130,7 @@ export class Presence {
     if (record.status === "maintenance" || record.status === "offline" || record.status === "unknown") return false;
     const previous = record.status;
     this.state.setStatus(id, "offline", { ...cause, reason: reason === "timeout" ? "heartbeat-timeout" : reason });
-    this.announceOffline(record, previous, reason, cause.causeId ?? null, timeoutMs, lastSeen);
+    this.announceOffline(record, previous, reason, cause, timeoutMs, lastSeen);
     return true;
   }
 
@@ -143,14 +143,13 @@ export class Presence {
     const record = this.registry.record(id);
     if (!record || record.status === previous) return;
     if (record.heartbeat === undefined) this.heartbeat.track(id, record.heartbeatTimeout);
-    const causeId = cause.causeId ?? null;
     if (record.status === "online") {
       this.heartbeat.revive(id);
-      this.announceOnline(record, previous, causeId, cause.source ?? "user");
+      this.announceOnline(record, previous, cause, cause.source ?? "user");
     } else if (record.status === "offline" || record.status === "unknown") {
       this.heartbeat.markOffline(id);
       if (record.status === "offline" && (previous === "online" || previous === "error")) {
-        this.announceOffline(record, previous, "user", causeId);
+        this.announceOffline(record, previous, "user", cause);
       }
     }
   }
@@ -169,9 +168,9 @@ export class Presence {
     this.offline(id, "timeout", { source: "heartbeat" }, timeoutMs, lastSeen);
   }
 
-  private announceOnline(record: DeviceRecord, previous: DeviceStatus, causeId: string | null, source: string): void {
+  private announceOnline(record: DeviceRecord, previous: DeviceStatus, cause: ChangeCause, source: string): void {
     const at = record.lastSeen > 0 ? record.lastSeen : this.clock.now();
-    this.events.publish("device.online", { previous, lastSeen: iso(at) }, { deviceId: record.id, source, causeId });
+    this.events.publish("device.online", { previous, lastSeen: iso(at) }, { deviceId: record.id, source, ...causesOf(cause) });
     this.hooks.back(record.id);
   }
 
@@ -179,7 +178,7 @@ export class Presence {
     record: DeviceRecord,
     previous: DeviceStatus,
     reason: string,
-    causeId: string | null,
+    cause: ChangeCause,
     timeoutMs?: number,
     lastSeen = record.lastSeen,
   ): void {
@@ -191,7 +190,7 @@ export class Presence {
         timeout: (timeoutMs ?? this.heartbeat.effectiveTimeoutSec(record.id) * 1000) / 1000,
         reason,
       },
-      { deviceId: record.id, source: reason === "user" ? "user" : "heartbeat", priority: "high", causeId },
+      { deviceId: record.id, source: reason === "user" ? "user" : "heartbeat", priority: "high", ...causesOf(cause) },
     );
   }
 
@@ -204,4 +203,9 @@ export class Presence {
       { deviceId: id, source: "heartbeat", priority: "low" },
     );
   }
+}
+
+/** The cause of a presence event, and the one behind it (a flow's reaction to an event). */
+function causesOf(cause: ChangeCause): { causeId: string | null; parentCauseId: string | null } {
+  return { causeId: cause.causeId ?? null, parentCauseId: cause.parentCauseId ?? null };
 }

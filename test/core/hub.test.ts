@@ -187,12 +187,13 @@ describe("Hub", () => {
     it("a flow setting a device online or offline publishes device.online / device.offline with its cause", async () => {
       const t = setup();
       await t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 10 });
-      await t.hub.setState("d1", { status: "online" }, { causeId: "flow-msg-1" });
+      await t.hub.setState("d1", { status: "online" }, { causeId: "flow-msg-1", parentCauseId: "device-msg-0" });
       const online = t.of("device.online");
       assert.equal(online.length, 1);
       assert.equal(online[0]!.deviceId, "d1");
       assert.equal(online[0]!.source, "user");
       assert.equal(online[0]!.causeId, "flow-msg-1");
+      assert.equal(online[0]!.parentCauseId, "device-msg-0", "traced back to what the flow reacted to");
       assert.deepEqual((online[0]!.data as { previous: string }).previous, "unknown");
       await t.hub.setState("d1", { status: "offline" }, { causeId: "flow-msg-2" });
       const offline = t.of("device.offline");

@@ -30,3 +30,29 @@ describe("an adapter whose send() throws synchronously", () => {
     void p;
   });
 });
+
+class UnaskableAdapter extends FakeAdapter {
+  override isConnected(_deviceId: string): boolean | undefined {
+    throw new Error("connection table not ready"); // a plugin's bug, not the device's
+  }
+}
+
+describe("an adapter whose isConnected() throws", () => {
+  it("a device coming back still has its message applied; its commands wait, and a flow's change lands whole", async () => {
+    const clock = new ManualClock();
+    const adapter = new UnaskableAdapter();
+    const hub = new Hub({ clock, heartbeat: { resolutionMs: 0 }, protocols: [adapter], deviceTokens: false });
+    await hub.start();
+    await hub.registerDevice({ id: "d1", protocol: "fake", heartbeatTimeout: 60 });
+    await hub.sendCommand("d1", { command: "reboot" });
+    const result = hub.receive({ protocol: "fake", deviceId: "d1", kind: "telemetry", payload: Buffer.from('{"t":21}'), authenticated: true });
+    assert.equal(result.ok, true, "the message is taken in");
+    assert.deepEqual(hub.getState("d1").properties, { t: 21 });
+    assert.equal(hub.getDevice("d1").status, "online");
+    await hub.setState("d1", { status: "offline" });
+    await hub.setState("d1", { status: "online", desired: { mode: "eco" } });
+    assert.deepEqual(hub.getState("d1").desired, { mode: "eco" });
+    assert.equal(hub.pendingCommands("d1").length, 1, "still waiting: the adapter cannot say the device is there");
+    await hub.stop();
+  });
+});
