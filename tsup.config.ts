@@ -32,7 +32,9 @@ export default defineConfig({
   splitting: true,
   // With splitting tsup bundles ESM and converts each file to CommonJS: rollup (which this turns
   // on) converts without rewriting the code, where its default (sucrase) would also transpile
-  // class fields and optional chaining. A node file's default export becomes its module.exports.
+  // class fields and optional chaining. A node file's default export becomes its module.exports,
+  // so node and plugin sources say `export default function (RED)`: an `export =` would come out
+  // wrapped in lazy initialisers, with the engine's class names lost.
   treeshake: "safest",
   shims: false,
 });
