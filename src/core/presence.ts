@@ -1,7 +1,7 @@
 import type { Clock } from "./clock";
 import type { EventBus } from "./events";
 import { DEFAULT_HEARTBEAT_OPTIONS, HeartbeatMonitor, type HeartbeatOptions } from "./heartbeat";
-import { iso, isoOrNull } from "./json";
+import { isoOrNull } from "./json";
 import { type DeepPartial, merge } from "./options";
 import { type DeviceRecord, type DeviceRegistry, toDevice } from "./registry";
 import type { ChangeCause, StateManager } from "./state";
@@ -38,7 +38,7 @@ export class Presence {
     private readonly registry: DeviceRegistry,
     private readonly state: StateManager,
     private readonly events: EventBus,
-    private readonly clock: Clock,
+    clock: Clock,
     options: DeepPartial<HeartbeatOptions> | undefined,
     private readonly hooks: PresenceHooks,
   ) {
@@ -169,8 +169,8 @@ export class Presence {
   }
 
   private announceOnline(record: DeviceRecord, previous: DeviceStatus, cause: ChangeCause, source: string): void {
-    const at = record.lastSeen > 0 ? record.lastSeen : this.clock.now();
-    this.events.publish("device.online", { previous, lastSeen: iso(at) }, { deviceId: record.id, source, ...causesOf(cause) });
+    // A device set online by hand may never have been heard from: its lastSeen stays null.
+    this.events.publish("device.online", { previous, lastSeen: isoOrNull(record.lastSeen) }, { deviceId: record.id, source, ...causesOf(cause) });
     this.hooks.back(record.id);
   }
 

@@ -198,7 +198,7 @@ export interface EventMap {
   "device.registered": { device: Device };
   "device.updated": { device: Device; changes: string[]; reason?: string; effectiveTimeout?: number };
   "device.removed": { device: Device; reason: "user" | "retention" };
-  "device.online": { previous: DeviceStatus; lastSeen: string };
+  "device.online": { previous: DeviceStatus; lastSeen: string | null };
   "device.offline": { previous: DeviceStatus; lastSeen: string | null; timeout: number; reason: string };
   "state.changed": {
     from: StateSnapshot;

@@ -194,7 +194,7 @@ describe("Hub", () => {
       assert.equal(online[0]!.source, "user");
       assert.equal(online[0]!.causeId, "flow-msg-1");
       assert.equal(online[0]!.parentCauseId, "device-msg-0", "traced back to what the flow reacted to");
-      assert.deepEqual((online[0]!.data as { previous: string }).previous, "unknown");
+      assert.deepEqual(online[0]!.data, { previous: "unknown", lastSeen: null }, "never heard from: no lastSeen");
       await t.hub.setState("d1", { status: "offline" }, { causeId: "flow-msg-2" });
       const offline = t.of("device.offline");
       assert.equal(offline.length, 1);
