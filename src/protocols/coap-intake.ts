@@ -42,6 +42,8 @@ export type Target = { deviceId: string; kind: DeviceMessageKind; token: string 
  * Block1 uploads reassembled (RFC 7959); what is decided for a request is left for the adapter's
  * request handler, by packet (`decisionFor`).
  */
+type Settle = (type: "ACK" | "RST", messageId: number, from: AddressInfo) => boolean;
+
 export class CoapIntake {
   private context: AdapterContext | null = null;
   private server: Server | null = null;
@@ -49,7 +51,7 @@ export class CoapIntake {
   /** A request's Observe value (RFC 7641), taken off before the library sees it. */
   private readonly observeValues = new WeakMap<object, number>();
   /** Empty ACKs and RSTs go here first: true when they settled one of the hub's own notifications. */
-  settle: ((type: "ACK" | "RST", messageId: number, from: AddressInfo) => boolean) | null = null;
+  private settle: Settle | null = null;
   private readonly blocks: Block1Slots;
   readonly figures = { blockRefusals: 0, malformed: 0 };
 
@@ -62,13 +64,15 @@ export class CoapIntake {
     this.blocks = new Block1Slots(limits);
   }
 
-  /** Serving for this hub, from now until stop(). */
-  start(context: AdapterContext): void {
+  /** Serving for this hub, from now until stop(); `settle` takes empty ACKs and RSTs first. */
+  start(context: AdapterContext, settle: Settle): void {
     this.context = context;
+    this.settle = settle;
   }
 
   stop(): void {
     this.context = null;
+    this.settle = null;
     this.blocks.clear();
   }
 

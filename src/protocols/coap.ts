@@ -136,8 +136,7 @@ export class CoapAdapter implements ProtocolAdapter {
       throw new TethralError("UNAVAILABLE", `CoAP cannot listen on ${this.options.host} port ${this.options.port} (TETHRAL_COAP_PORT): ${why}`);
     }
     this.context = context;
-    this.intake.start(context);
-    this.intake.settle = (type, messageId, from) => this.twin.observers.settle(type, messageId, from);
+    this.intake.start(context, (type, messageId, from) => this.twin.observers.settle(type, messageId, from));
     this.twin.start(context, (datagram, to) => socket.send(datagram, to.port, to.address, (err) => err && this.fault("notification", err)));
     server.on("request", (req: IncomingMessage, res: OutgoingMessage) => this.onRequest(req, res));
     server.on("error", (err: Error) => this.fault("server socket", err));
@@ -154,7 +153,6 @@ export class CoapAdapter implements ProtocolAdapter {
     for (const send of [...this.pending]) send.cancel(stopped);
     // Observers hear the hub is going (5.03) while the socket is still open; their timers go too.
     this.twin.stop();
-    this.intake.settle = null;
     // dgram sends after an address lookup on the next tick: closing now would drop those 5.03s.
     await new Promise((resolve) => setImmediate(resolve));
     // server.close() clears the library's response cache (and its retransmission timers).
