@@ -130,7 +130,7 @@ export class Presence {
     if (record.status === "maintenance" || record.status === "offline" || record.status === "unknown") return false;
     const previous = record.status;
     this.state.setStatus(id, "offline", { ...cause, reason: reason === "timeout" ? "heartbeat-timeout" : reason });
-    this.announceOffline(record, previous, reason, cause, timeoutMs, lastSeen);
+    this.announceOffline(record, previous, reason, cause, "heartbeat", timeoutMs, lastSeen);
     return true;
   }
 
@@ -149,7 +149,7 @@ export class Presence {
     } else if (record.status === "offline" || record.status === "unknown") {
       this.heartbeat.markOffline(id);
       if (record.status === "offline" && (previous === "online" || previous === "error")) {
-        this.announceOffline(record, previous, "user", cause);
+        this.announceOffline(record, previous, "user", cause, cause.source ?? "user");
       }
     }
   }
@@ -179,6 +179,7 @@ export class Presence {
     previous: DeviceStatus,
     reason: string,
     cause: ChangeCause,
+    source: string,
     timeoutMs?: number,
     lastSeen = record.lastSeen,
   ): void {
@@ -190,7 +191,7 @@ export class Presence {
         timeout: (timeoutMs ?? this.heartbeat.effectiveTimeoutSec(record.id) * 1000) / 1000,
         reason,
       },
-      { deviceId: record.id, source: reason === "user" ? "user" : "heartbeat", priority: "high", ...causesOf(cause) },
+      { deviceId: record.id, source, priority: "high", ...causesOf(cause) },
     );
   }
 

@@ -275,20 +275,8 @@ export class Persistence {
   /** The next transaction's rows: presence and state read from memory now, history and events as queued. */
   private take(): WriteBatch {
     const max = this.options.maxTransactionRows;
-    const presence: DevicePresenceRow[] = [];
-    for (const id of this.presence) {
-      if (presence.length >= max) break;
-      this.presence.delete(id);
-      const row = this.host.presence(id);
-      if (row) presence.push(row);
-    }
-    const states: StateRow[] = [];
-    for (const id of this.states) {
-      if (states.length >= max) break;
-      this.states.delete(id);
-      const row = this.host.state(id);
-      if (row) states.push(row);
-    }
+    const presence = drain(this.presence, max, (id) => this.host.presence(id));
+    const states = drain(this.states, max, (id) => this.host.state(id));
     const history = this.history.length <= max ? this.history : this.history.slice(0, max);
     this.history = this.history.length <= max ? [] : this.history.slice(max);
     const events = this.events.length <= max ? this.events : this.events.slice(0, max);
@@ -450,3 +438,14 @@ export class Persistence {
   }
 }
 
+/** Takes up to `max` marked devices off `marks`, reading each one's row as it is now (none for a device gone). */
+function drain<R>(marks: Set<string>, max: number, read: (id: string) => R | null): R[] {
+  const rows: R[] = [];
+  for (const id of marks) {
+    if (rows.length >= max) break;
+    marks.delete(id);
+    const row = read(id);
+    if (row) rows.push(row);
+  }
+  return rows;
+}

@@ -195,9 +195,10 @@ describe("Hub", () => {
       assert.equal(online[0]!.causeId, "flow-msg-1");
       assert.equal(online[0]!.parentCauseId, "device-msg-0", "traced back to what the flow reacted to");
       assert.deepEqual(online[0]!.data, { previous: "unknown", lastSeen: null }, "never heard from: no lastSeen");
-      await t.hub.setState("d1", { status: "offline" }, { causeId: "flow-msg-2" });
+      await t.hub.setState("d1", { status: "offline" }, { causeId: "flow-msg-2", source: "flow" });
       const offline = t.of("device.offline");
       assert.equal(offline.length, 1);
+      assert.equal(offline[0]!.source, "flow", "the change's own source, as device.online has");
       assert.equal((offline[0]!.data as { reason: string }).reason, "user");
       assert.equal(offline[0]!.causeId, "flow-msg-2");
       // Maintenance is no alarm, and clearing it to offline announces nothing either.
