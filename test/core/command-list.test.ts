@@ -7,6 +7,7 @@ import { Hub, type HubOptions } from "../../src/core/hub";
 import { SqliteStore } from "../../src/store/sqlite";
 import { assertRejectsCode } from "../helpers";
 import { FakeAdapter, settle } from "./fake-adapter";
+import { WrappedStore } from "../store/wrapped-store";
 
 /** A hub whose device d1 is away: its commands wait queued until a test lets them go. */
 async function setup(options: HubOptions = {}) {
@@ -55,13 +56,13 @@ describe("A device's commands (Hub.deviceCommands)", () => {
     await t.hub.stop();
   });
 
-  it("with a store, lists finished commands from before a restart, and memory's newer status wins", async () => {
+  it("with a store, lists finished commands from before a restart", async () => {
     const dir = mkdtempSync(join(tmpdir(), "tethral-cmdlist-"));
     try {
       const file = join(dir, "hub.sqlite");
       const t = await setup({ store: new SqliteStore({ path: file }) });
       const { b } = await threeCommands(t);
-      // Not yet written behind: the list still says cancelled.
+      // The list writes the cancel behind before it reads the store.
       await t.hub.cancelCommand(b.id);
       assert.deepEqual(names(await t.hub.deviceCommands("d1", { status: "cancelled" })), ["b", "a"]);
       await t.hub.stop();
@@ -75,6 +76,38 @@ describe("A device's commands (Hub.deviceCommands)", () => {
       assert.deepEqual(after.slice(1).map((c) => c.status), ["cancelled", "cancelled"], "finished before the restart, read from the store");
       assert.deepEqual(names(await hub.deviceCommands("d1", { status: "cancelled", limit: 1 })), ["b"]);
       await hub.stop();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("with a store, a status that changes while the store is read is answered as memory has it", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "tethral-cmdlist-"));
+    try {
+      const store = new WrappedStore(new SqliteStore({ path: join(dir, "hub.sqlite") }));
+      const t = await setup({ store });
+      const { c } = await threeCommands(t);
+      const read = store.deviceCommands;
+      let rowsRead!: () => void;
+      let release!: () => void;
+      const readDone = new Promise<void>((resolve) => (rowsRead = resolve));
+      const held = new Promise<void>((resolve) => (release = resolve));
+      store.deviceCommands = async (...args) => {
+        const rows = await read(...args);
+        rowsRead();
+        await held;
+        return rows;
+      };
+      const listing = t.hub.deviceCommands("d1");
+      await readDone; // the store's rows say c is queued
+      await t.hub.cancelCommand(c.id);
+      release();
+      const list = await listing;
+      assert.deepEqual(
+        list.map((x) => [x.command, x.status]),
+        [["c", "cancelled"], ["b", "queued"], ["a", "cancelled"]],
+      );
+      await t.hub.stop();
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

@@ -1,11 +1,9 @@
 import assert from "node:assert/strict";
-import parsePrometheusTextFormat from "parse-prometheus-text-format";
 import { Hub } from "../../src/core/hub";
+import { parseExposition, sampleValue } from "../prometheus";
 
 async function sample(hub: Hub, name: string, labels: Record<string, string> = {}): Promise<number | undefined> {
-  const families = parsePrometheusTextFormat((await hub.metrics.exposition()).text);
-  const found = families.find((f) => f.name === name)?.metrics.find((m) => Object.entries(labels).every(([k, v]) => m.labels?.[k] === v));
-  return found === undefined ? undefined : Number(found.value);
+  return sampleValue(parseExposition((await hub.metrics.exposition()).text), name, labels);
 }
 
 describe("HubMetrics", () => {

@@ -92,6 +92,7 @@ describe("GET /api/openapi.json (OpenAPI 3.1, in the runtime)", function () {
   it("serves the metrics as the document says: text/plain version 0.0.4", async () => {
     const res = await call(rt.api, "GET", "/metrics");
     assert.equal(res.status, 200);
+    assert.match(res.headers.get("content-type") ?? "", /^text\/plain;.*version=0\.0\.4/);
     assert.match(res.body as string, /^# HELP /m);
   });
 });

@@ -120,6 +120,7 @@ describe("device twin: desired state reaches the device on every protocol", func
     if (program("mosquitto_sub")) {
       const retained = await subscribeOnce("twin-ws", desiredTopic("twin-ws"));
       assert.equal(retained.stdout, "", "a WebSocket device's twin is not retained on the broker");
+      assert.equal(retained.code, 27, "subscribed, and waited out its -W time (27), not turned away");
     }
     // Nothing desired any more: a device connecting again hears that too, not silence.
     const cleared = await setDesired("twin-ws", { brightness: null, on: null });
@@ -208,6 +209,7 @@ describe("device twin: desired state reaches the device on every protocol", func
     assert.equal(back.status, 201);
     const fresh = await subscribeOnce("twin-other", desiredTopic("twin-other"), back.body.token);
     assert.equal(fresh.stdout, "", "no retained twin after the removal");
+    assert.equal(fresh.code, 27, "subscribed with the new token, and waited out its -W time (27), not turned away");
   });
 });
 
