@@ -331,12 +331,13 @@ export class Hub {
 
   // ── Events ──────────────────────────────────────────────────────────────────────────────
 
-  /** Publishes a user event (types outside the hub's own prefixes). */
+  /** Publishes a user event (types outside the hub's own prefixes); returns a copy of it. */
   publish(type: string, data: unknown, options: PublishOptions = {}): TethralEvent {
     if (options.deviceId !== undefined && options.deviceId !== null && !this.registry.has(options.deviceId)) {
       throw notFound("device", options.deviceId);
     }
-    return this.events.publishCustom(type, data, { source: "flow", ...options });
+    // The caller's copy: the bus's own object is in history and subscribers' queues, and may be waiting to be stored.
+    return structuredClone(this.events.publishCustom(type, data, { source: "flow", ...options }));
   }
 
   subscribe<P extends string = "*">(options: SubscribeOptions<P>, handler: EventHandler<EventsMatching<P>>): SubscriptionHandle {

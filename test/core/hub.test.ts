@@ -288,6 +288,8 @@ describe("Hub", () => {
       const e = t.hub.publish("alarm.raised", { level: 3 }, { priority: "critical", deviceId: "d1" });
       assert.equal(e.source, "flow");
       assert.equal((await t.hub.eventHistory({ type: "alarm.*" }))[0]!.id, e.id);
+      (e.data as { level: number }).level = 99; // a flow changing the msg.event it was handed
+      assert.deepEqual((await t.hub.eventHistory({ type: "alarm.*" }))[0]!.data, { level: 3 }, "history keeps what was published");
       assertCode(() => t.hub.publish("device.online", {}), "INVALID", "type");
       assertCode(() => t.hub.publish("alarm.raised", {}, { deviceId: "ghost" }), "NOT_FOUND");
     });
