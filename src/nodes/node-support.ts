@@ -250,7 +250,8 @@ export interface Outcome {
 export function operationHandler(
   use: HubUse | null,
   noHubText: string,
-  plan: (msg: NodeMessage) => (hub: Hub) => Promise<Outcome> | Outcome,
+  /** The hub call a msg asks for, or the answer itself when it needs no hub (nothing is started for it). */
+  plan: (msg: NodeMessage) => ((hub: Hub) => Promise<Outcome> | Outcome) | Outcome,
 ): InputHandler {
   return (msg, send, done) => {
     if (!use) return done(new Error(noHubText));
@@ -260,15 +261,13 @@ export function operationHandler(
       use.failed(errorLabel(err));
       done(toError(err));
     };
-    let call: (hub: Hub) => Promise<Outcome> | Outcome;
+    let call: ((hub: Hub) => Promise<Outcome> | Outcome) | Outcome;
     try {
       call = plan(msg);
     } catch (err) {
       return fail(err);
     }
-    use
-      .hub()
-      .then(call)
+    (typeof call === "function" ? use.hub().then(call) : Promise.resolve(call))
       .then((outcome) => {
         // Closed by a redeploy while the hub worked: its old wires must not get the answer.
         if (use.isClosed) return abandon(msg, done);

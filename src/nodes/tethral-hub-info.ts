@@ -67,7 +67,7 @@ export default function (RED: NodeAPI): void {
  * Reads the request from `msg` (and the node's configuration) and returns the hub call it
  * makes. Throws INVALID for a request that cannot be made, before the hub is touched.
  */
-function planOf(_: Translate, msg: NodeMessage, def: HubInfoDef, api: { root: string; basicAuth: boolean }): (hub: Hub) => Promise<Outcome> | Outcome {
+function planOf(_: Translate, msg: NodeMessage, def: HubInfoDef, api: { root: string; basicAuth: boolean }): ((hub: Hub) => Promise<Outcome> | Outcome) | Outcome {
   const operation = operationOf(msg, def.operation, "health", OPERATIONS, () => _("tethral-hub-info.errors.operation", { operations: OPERATIONS.join(", ") }));
   switch (operation) {
     case "health":
@@ -104,7 +104,8 @@ function planOf(_: Translate, msg: NodeMessage, def: HubInfoDef, api: { root: st
         return { payload: text, headers: { "content-type": contentType }, status: _("tethral-hub-info.status.metrics"), often: true };
       };
     case "openapi":
-      return () => ({ payload: openApiDocument(api.root, packageVersion(), { basicAuth: api.basicAuth }), status: _("tethral-hub-info.status.openapi") });
+      // The document describes the API, not the hub: it is answered even while the hub cannot start.
+      return { payload: openApiDocument(api.root, packageVersion(), { basicAuth: api.basicAuth }), status: _("tethral-hub-info.status.openapi") };
   }
 }
 

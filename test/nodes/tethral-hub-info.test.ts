@@ -47,6 +47,18 @@ describe("tethral-hub-info node", function () {
     assert.match(health.components.hub.error, /INVALID|postgres/i);
   });
 
+  it("answers the OpenAPI document while the hub cannot start: it describes the API, not the hub", async () => {
+    const { tab, catcher, errors, out } = FIXTURES;
+    const broken = { ...FIXTURES.hub, storage: "postgres", postgresUrl: "" };
+    await helper.load([tethralHub, module] as never, [tab, broken, info({ operation: "openapi" }), catcher, errors, out]);
+    await assert.rejects((helper.getNode("hub1") as TethralHubNode).acquire());
+    const answer = new Promise<Msg>((resolve) => (helper.getNode("out") as HelperNode).on("input", resolve));
+    (helper.getNode("info1") as HelperNode).receive({});
+    const doc = (await answer).payload as { openapi: string; paths: Record<string, unknown> };
+    assert.match(doc.openapi, /^3\./);
+    assert.ok(doc.paths["/devices"], "the routes are described");
+  });
+
   it("answers the hub's statistics and the communication statistics", async () => {
     const t = await load([info({ operation: "statistics" })]);
     await t.hub.registerDevice({ id: "a", protocol: "http" });
