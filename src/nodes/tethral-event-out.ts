@@ -31,7 +31,8 @@ export default function (RED: NodeAPI): void {
     let published = 0;
     const configuredType = text(def.eventType);
 
-    const configuredTtl = text(def.ttl);
+    // A flow file may hold the Time to live as a number as well as the editor's text.
+    const configuredTtl = typeof def.ttl === "number" ? def.ttl : text(def.ttl);
     this.on("input", (msg: NodeMessage, send, done) => {
       if (!use) return done(new Error(RED._("tethral-event-out.errors.no-hub")));
       const type = configuredType ?? fromMsg(msg, "topic", undefined);

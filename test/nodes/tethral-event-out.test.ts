@@ -130,6 +130,15 @@ describe("tethral-event-out node", function () {
     assert.ok(Math.abs(lives(m.event as never) - 90_000) < 1000, "msg.ttl overrides the node's");
   });
 
+  it("takes a Time to live written as a number in the flow file", async () => {
+    const out = { id: "out1", type: "tethral-event-out", z: "tab1", hub: "hub1", eventType: "alarm.raised", priority: "normal", ttl: 45, wires: [["after"]] };
+    await helper.load([tethralHub, tethralEventOut], [tab, hub, out, catcher, errors, { id: "after", type: "helper", z: "tab1" }]);
+    const sent = next(helper.getNode("after") as HelperNode);
+    (helper.getNode("out1") as HelperNode).receive({ payload: 1 });
+    const event = (await sent).event as { expiresAt: string | null; timestamp: string };
+    assert.ok(event.expiresAt !== null && Math.abs(Date.parse(event.expiresAt) - Date.parse(event.timestamp) - 45_000) < 1000, "the node's 45 s");
+  });
+
   it("sends a refused event to a Catch node with the original msg and the error code", async () => {
     const typeFromTopic = await load({ eventType: "" });
     for (const topic of ["device.fake", "has space"]) {
