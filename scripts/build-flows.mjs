@@ -109,10 +109,6 @@ msg.kind = msg.req.route.path.split("/").pop();
 if (msg.kind === "status" && typeof msg.payload === "string") msg.payload = msg.payload.trim();
 return msg;`;
 
-const DEVICE_COMMANDS = `msg.deviceId = msg.req.params.id;
-// msg.payload is the query: status (one, a comma list or repeated) and limit.
-return msg;`;
-
 const COMMANDS_ANSWER = `msg.payload = { commands: msg.payload };
 return msg;`;
 
@@ -371,8 +367,9 @@ add("cmdcancel-id", "change", setCommandId, X[1], at, [["cmdcancel"]]);
 add("cmdcancel", "tethral-command", command("cancel"), X[2], at, [["cmdcancel-out"]]);
 add("cmdcancel-out", "http response", response(200), X[4], at);
 at = row();
-add("cmdlist-in", "http in", httpIn("get", "/devices/:id/commands"), X[0], at, [["cmdlist-request"]]);
-add("cmdlist-request", "function", fn("device id, ?status, ?limit", DEVICE_COMMANDS), X[1], at, [["cmdlist"]]);
+add("cmdlist-in", "http in", httpIn("get", "/devices/:id/commands"), X[0], at, [["cmdlist-id"]]);
+// msg.payload is the query (status: one, a comma list or repeated; limit), as http in leaves it.
+add("cmdlist-id", "change", setDeviceId, X[1], at, [["cmdlist"]]);
 add("cmdlist", "tethral-command", command("list"), X[2], at, [["cmdlist-answer"]]);
 add("cmdlist-answer", "function", fn("{commands}", COMMANDS_ANSWER), X[3], at, [["cmdlist-out"]]);
 add("cmdlist-out", "http response", response(200), X[4], at);

@@ -201,6 +201,19 @@ export function names(value: unknown, separator: RegExp = /[\s,]+/): string[] {
 }
 
 /**
+ * How a device message from a flow (the REST flow's HTTP routes) says who sent it: `msg.token`
+ * (text, or absent) and `msg.protocol` (default `http`). INVALID naming the field otherwise;
+ * `messages` are the node's own texts for the two.
+ */
+export function deviceSender(msg: NodeMessage, messages: { token: string; protocol: string }): { token: string | undefined; protocol: string } {
+  const token = fromMsg(msg, "token", undefined);
+  if (token !== undefined && typeof token !== "string") throw invalidInput("token", messages.token);
+  const protocol = fromMsg(msg, "protocol", "http");
+  if (typeof protocol !== "string") throw invalidInput("protocol", messages.protocol);
+  return { token, protocol };
+}
+
+/**
  * The msg as the cause of a change a flow makes: its events and history entries carry its id.
  * A msg that an event started (tethral-in, -event-in, -state-watch put the event's `causeId` on
  * it) makes that cause the parent, so the reaction can be traced back to the device message.

@@ -1,6 +1,6 @@
 import type { Hub } from "../core";
 import type { DeviceFilter } from "../core/registry";
-import { HubUse, type Outcome, fromMsg, invalidInput, isPlainObject, flowCause, operationHandler, operationOf, text } from "./node-support";
+import { HubUse, type Outcome, fromMsg, invalidInput, isPlainObject, flowCause, operationHandler, operationOf, text, deviceSender } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
 const OPERATIONS = ["register", "update", "remove", "get", "list", "statistics", "report", "token"] as const;
@@ -124,10 +124,7 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
       if (typeof kind !== "string" || !REPORT_KINDS.includes(kind as (typeof REPORT_KINDS)[number])) {
         throw invalidInput("kind", _("tethral-device.errors.kind", { kinds: REPORT_KINDS.join(", ") }));
       }
-      const token = fromMsg(msg, "token", undefined);
-      if (token !== undefined && typeof token !== "string") throw invalidInput("token", _("tethral-device.errors.token"));
-      const protocol = fromMsg(msg, "protocol", "http");
-      if (typeof protocol !== "string") throw invalidInput("protocol", _("tethral-device.errors.protocol"));
+      const { token, protocol } = deviceSender(msg, { token: _("tethral-device.errors.token"), protocol: _("tethral-device.errors.protocol") });
       const payload = msg.payload;
       return (hub) => {
         const result = hub.receive({ protocol, deviceId: id, kind: kind as (typeof REPORT_KINDS)[number], payload, ...(token !== undefined && { token }) });

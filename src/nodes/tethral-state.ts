@@ -1,7 +1,7 @@
 import type { Hub } from "../core";
 import type { StateListQuery } from "../core/state";
 import type { FilterValues } from "../core/registry-query";
-import { HubUse, type Outcome, countOf, fromMsg, invalidInput, isPlainObject, onlyKeys, flowCause, operationHandler, operationOf, text } from "./node-support";
+import { HubUse, type Outcome, countOf, fromMsg, invalidInput, isPlainObject, onlyKeys, flowCause, operationHandler, operationOf, text, deviceSender } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
 const OPERATIONS = ["get", "set", "history", "list", "statistics", "desired"] as const;
@@ -98,10 +98,7 @@ function planOf(_: Translate, msg: NodeMessage, def: StateDef): (hub: Hub) => Pr
     case "desired": {
       // The device's own read (the REST flow's GET /api/devices/{id}/desired): its token is checked.
       const id = needId();
-      const token = fromMsg(msg, "token", undefined);
-      if (token !== undefined && typeof token !== "string") throw invalidInput("token", _("tethral-state.errors.token"));
-      const protocol = fromMsg(msg, "protocol", "http");
-      if (typeof protocol !== "string") throw invalidInput("protocol", _("tethral-state.errors.protocol"));
+      const { token, protocol } = deviceSender(msg, { token: _("tethral-state.errors.token"), protocol: _("tethral-state.errors.protocol") });
       return (hub) => {
         const result = hub.readTwin(protocol, id, token);
         if (!result.ok) throw result.error;
