@@ -102,6 +102,13 @@ export function run(name: string, args: string[], timeoutMs = 10_000): Promise<R
   });
 }
 
+/** curl with its arguments; the answer's status is split off its body (`-s -w "\n%{http_code}"`). */
+export async function curl(args: string[], timeoutMs = 10_000): Promise<{ status: number; body: string }> {
+  const r = await run("curl", ["-s", "-w", "\n%{http_code}", ...args], timeoutMs);
+  const at = r.stdout.lastIndexOf("\n");
+  return { status: Number(r.stdout.slice(at + 1)), body: r.stdout.slice(0, at) };
+}
+
 /** A mosquitto_sub left running: its output line by line, stopped by its PID. */
 export class Subscriber {
   readonly lines: string[] = [];

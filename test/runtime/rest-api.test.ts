@@ -4,7 +4,7 @@ import { type IncomingMessage, type Server, type ServerResponse, createServer, r
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
-import { type RuntimeChild, START_LIMIT_MS, call, spawnRuntime } from "./spawn-runtime";
+import { type Json, type RuntimeChild, START_LIMIT_MS, assertErrorAnswer, call, spawnRuntime } from "./spawn-runtime";
 import { until } from "../helpers";
 
 /**
@@ -65,11 +65,7 @@ function chunkedPost(url: string, bytes: number): Promise<{ status: number; body
 }
 
 
-const ERROR_SHAPE = (body: { error?: { code?: unknown; message?: unknown } }, code: string) => {
-  assert.equal(body.error?.code, code, JSON.stringify(body));
-  assert.equal(typeof body.error?.message, "string");
-  assert.ok((body.error!.message as string).length > 0);
-};
+const ERROR_SHAPE = (body: Json, code: string) => assertErrorAnswer({ body }, code);
 
 describe("REST API (flows/flows.json in the runtime, over real HTTP)", function () {
   // Above the runtime's start limit, so a slow start fails with its own message and is cleaned up.

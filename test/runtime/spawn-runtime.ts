@@ -1,6 +1,7 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { createSocket } from "node:dgram";
 import { createServer } from "node:net";
+import assert from "node:assert/strict";
 import path from "node:path";
 import { checkAnswer } from "./api-document";
 
@@ -162,4 +163,16 @@ export async function fixedPorts(): Promise<NodeJS.ProcessEnv> {
       }
     });
   }
+}
+
+/**
+ * An error answer as CONTRACT §1 has it: the code, and a message that speaks of the request
+ * (never of the flow's msg properties); with `status`, the answer's HTTP status too.
+ */
+export function assertErrorAnswer(res: { status?: number; body: Json }, code: string, status?: number): void {
+  if (status !== undefined) assert.equal(res.status, status, JSON.stringify(res.body));
+  assert.equal(res.body?.error?.code, code, JSON.stringify(res.body));
+  assert.equal(typeof res.body.error.message, "string");
+  assert.ok(res.body.error.message.length > 0);
+  assert.doesNotMatch(res.body.error.message, /msg\./, "the message speaks of the request, not of msg properties");
 }

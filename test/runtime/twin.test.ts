@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
-import { type ChildProcess, execFile, spawn } from "node:child_process";
+import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import { until } from "../helpers";
-import { needs, program, run } from "../mosquitto";
+import { curl, needs, program, run } from "../mosquitto";
 import { Device as WsDevice } from "../protocols/ws-device";
 import { type Json, type RuntimeChild, START_LIMIT_MS, call, fixedPorts, spawnRuntime } from "./spawn-runtime";
 
@@ -135,14 +135,6 @@ describe("device twin: desired state reaches the device on every protocol", func
   it("HTTP (curl): GET /api/devices/{id}/desired with the device's token; 401 without it, 404 for no device", async function () {
     if (!needs(this, ["curl"], "apt-get install curl")) return;
     const set = await setDesired("twin-http", { interval: 60 });
-    const curl = (args: string[]) =>
-      new Promise<{ status: number; body: string }>((resolve, reject) =>
-        execFile("curl", ["-s", "-w", "\n%{http_code}", ...args], { timeout: 10_000 }, (err, stdout) => {
-          if (err) return reject(err);
-          const at = stdout.lastIndexOf("\n");
-          resolve({ status: Number(stdout.slice(at + 1)), body: stdout.slice(0, at) });
-        }),
-      );
     const url = `${rt!.api}/devices/twin-http/desired`;
     const ok = await curl(["-H", `Authorization: Bearer ${tokens.get("twin-http")}`, url]);
     assert.equal(ok.status, 200, ok.body);
