@@ -17,7 +17,7 @@ import { type ListenError, listen } from "./listen";
 import { AEDES_PUBLISH_REFUSAL, CONNACK, type SessionStore, refusal, rename } from "./mqtt-aedes";
 import { guardPacketSize } from "./mqtt-packet-size";
 import { PendingWrites } from "./pending-writes";
-import { encodeTwin } from "../core/twin";
+import { type TwinPublish, twinMessage, twinNotPublished } from "./mqtt-twin";
 import type { DeviceTwin } from "../core/types";
 import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
 
@@ -113,7 +113,7 @@ export class EmbeddedBroker {
     this.context = context;
     // Retained messages live in this broker's memory: the twins it kept before a restart are
     // retained again before any device can connect and subscribe.
-    for (const [deviceId, twin] of context.twins()) this.publishTwin(deviceId, twin);
+    for (const [deviceId, twin] of context.twins()) this.retainTwin(deviceId, twin, "republish");
     const { port, host } = this.options;
     try {
       await listen(server, port, host);
@@ -181,20 +181,16 @@ export class EmbeddedBroker {
    * later (or again) gets the current one at once. Null (the device was removed) clears it.
    */
   publishTwin(deviceId: string, twin: DeviceTwin | null): void {
+    this.retainTwin(deviceId, twin, "change");
+  }
+
+  private retainTwin(deviceId: string, twin: DeviceTwin | null, why: TwinPublish): void {
     const broker = this.broker;
     const context = this.context;
     if (!broker || !context || this.stopping) return;
-    const payload = twin ? Buffer.from(encodeTwin(twin), "utf8") : Buffer.alloc(0);
+    const payload = twinMessage(twin, why, this.figures, context.counters);
     const packet: PublishPacket = { cmd: "publish", topic: this.options.topics.desired(deviceId), payload, qos: 1, retain: true, dup: false };
-    this.figures.twinsPublished++;
-    context.counters.messagesOut++;
-    context.counters.bytesOut += payload.length;
-    broker.publish(packet, (err) => {
-      if (err) {
-        context.counters.errors++;
-        context.warn(`the twin of "${deviceId}" was not published: ${err.message}`);
-      }
-    });
+    broker.publish(packet, (err) => err && twinNotPublished(context, deviceId, err));
   }
 
   isConnected(deviceId: string): boolean {

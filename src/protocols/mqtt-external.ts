@@ -1,9 +1,9 @@
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from "mqtt";
 import { TethralError, errorMessage } from "../core/errors";
-import { encodeTwin } from "../core/twin";
 import type { DeviceTwin } from "../core/types";
 import type { MqttAdapterOptions } from "./mqtt";
 import { PendingWrites } from "./pending-writes";
+import { type TwinPublish, twinMessage, twinNotPublished } from "./mqtt-twin";
 import { type TopicScheme, checkSharedGroup } from "./mqtt-topics";
 import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
 
@@ -178,6 +178,10 @@ export class ExternalBroker implements MqttMode {
    * queued twice.
    */
   publishTwin(deviceId: string, twin: DeviceTwin | null): void {
+    this.retainTwin(deviceId, twin, "change");
+  }
+
+  private retainTwin(deviceId: string, twin: DeviceTwin | null, why: TwinPublish): void {
     const client = this.client;
     if (!client || this.stopping) return;
     if (!client.connected) {
@@ -185,25 +189,18 @@ export class ExternalBroker implements MqttMode {
       return;
     }
     this.clearsDue.delete(deviceId);
-    const payload = twin ? Buffer.from(encodeTwin(twin), "utf8") : Buffer.alloc(0);
-    const counters = this.context?.counters;
-    this.figures.twinsPublished++;
-    if (counters) {
-      counters.messagesOut++;
-      counters.bytesOut += payload.length;
-    }
+    const context = this.context;
+    const payload = twinMessage(twin, why, this.figures, context?.counters);
     client.publish(this.topics.desired(deviceId), payload, { qos: 1, retain: true }, (err) => {
-      if (!err || this.stopping) return;
-      if (counters) counters.errors++;
-      this.context?.warn(`the twin of "${deviceId}" was not published: ${err.message}`);
+      if (err && !this.stopping && context) twinNotPublished(context, deviceId, err);
     });
   }
 
   private publishAllTwins(): void {
     const context = this.context;
     if (!context) return;
-    for (const deviceId of [...this.clearsDue]) this.publishTwin(deviceId, null);
-    for (const [deviceId, twin] of context.twins()) this.publishTwin(deviceId, twin);
+    for (const deviceId of [...this.clearsDue]) this.retainTwin(deviceId, null, "republish");
+    for (const [deviceId, twin] of context.twins()) this.retainTwin(deviceId, twin, "republish");
   }
 
   health(): ProtocolHealth {
