@@ -19,6 +19,7 @@ import { guardPacketSize } from "./mqtt-packet-size";
 import { PendingWrites } from "./pending-writes";
 import { type TwinPublish, twinMessage, twinNotPublished } from "./mqtt-twin";
 import type { DeviceTwin } from "../core/types";
+import type { MqttMode } from "./mqtt";
 import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
 
 export interface EmbeddedBrokerOptions {
@@ -43,7 +44,7 @@ const HEADER_ALLOWANCE = 4096;
  * topics. The hub reads device messages in-process from aedes's `published` hook, so ingest
  * costs no extra socket.
  */
-export class EmbeddedBroker {
+export class EmbeddedBroker implements MqttMode {
   private broker: Aedes | null = null;
   private server: Server | null = null;
   private context: AdapterContext | null = null;
