@@ -122,8 +122,8 @@ export class EmbeddedBroker implements MqttMode {
       await new Promise<void>((resolve) => broker.close(() => resolve()));
       this.broker = this.server = this.context = null;
       const { code, reason } = err as ListenError;
-      const why = code === "EADDRINUSE" ? `${reason} (set TETHRAL_MQTT_PORT or the hub's MQTT port)` : reason;
-      throw new TethralError("UNAVAILABLE", `MQTT broker cannot listen on ${host}:${port}: ${why}`);
+      const advice = code === "EADDRINUSE" ? " (set TETHRAL_MQTT_PORT or the hub's MQTT port)" : "";
+      throw new TethralError("UNAVAILABLE", `MQTT broker: ${reason}${advice}`);
     }
     server.on("error", (err) => context.warn(`broker socket: ${err.message}`));
   }
