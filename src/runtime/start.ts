@@ -15,16 +15,7 @@ import { HTTP_NODE_ROOT, type RuntimeOptions, StartupError, optionsFromEnv, prep
 import type { NodeRedSettings } from "./settings";
 import { prepareUserDir } from "./user-dir";
 
-export {
-  DEFAULT_HOST,
-  DEFAULT_PORT,
-  HTTP_ADMIN_ROOT,
-  HTTP_NODE_ROOT,
-  type LogLevel,
-  type RuntimeOptions,
-  StartupError,
-  optionsFromEnv,
-} from "./options";
+export { type RuntimeOptions, StartupError, optionsFromEnv } from "./options";
 
 /** Where the flows are once Node-RED has started: running, or held back and why. */
 export interface FlowsState {
