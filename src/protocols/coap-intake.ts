@@ -34,7 +34,13 @@ export type Decision = { answer: Answer } | { payload: Buffer; block1: Buffer };
 /** RFC 7959 §2.3, RFC 9175 §3.3: the options naming what a block is part of (Request-Tag, 292, is unnamed in the library). */
 const IDENTIFYING_OPTIONS = new Set(["Uri-Host", "Uri-Port", "Uri-Path", "Content-Format", "Uri-Query", "Accept", "292"]);
 
-export type Target = { deviceId: string; kind: DeviceMessageKind; token: string | undefined };
+/** A resource the hub serves, as named by a request's path (see resourceOf). */
+export type Resource =
+  | { type: "discovery" }
+  | { type: "desired"; deviceId: string; token: string | undefined }
+  | { type: "report"; deviceId: string; kind: DeviceMessageKind; token: string | undefined };
+
+const DISCOVERY: Resource = { type: "discovery" };
 
 /**
  * The CoAP server's front door: every datagram passes here before the coap library sees it.
@@ -177,8 +183,8 @@ export class CoapIntake {
    */
   private takeBlock(value: Buffer, packet: RawPacket, rsinfo: AddressInfo): Decision | null {
     const context = this.context!;
-    const target = targetOf(packet.options);
-    if (!target || packet.code !== "0.02") return null;
+    const target = resourceOf(packet.options);
+    if (target?.type !== "report" || packet.code !== "0.02") return null;
     const key = blockKey(rsinfo, packet);
     const refuse = (answer: Answer, counted = false): Decision => {
       this.figures.blockRefusals++;
@@ -210,12 +216,6 @@ function uintOf(value: Buffer | undefined): number {
   return value ? value.reduce((n, byte) => n * 256 + byte, 0) : 0;
 }
 
-/** `/.well-known/core` (RFC 6690 §4). */
-export function isDiscovery(options: RawPacket["options"]): boolean {
-  const path = (options ?? []).filter((o) => o.name === "Uri-Path").map((o) => o.value.toString("utf8"));
-  return path.length === 2 && path[0] === ".well-known" && path[1] === "core";
-}
-
 /** Which upload a block is part of: the client's endpoint and the request's identifying options, not its token. */
 function blockKey(rsinfo: AddressInfo, packet: RawPacket): string {
   const parts = [`${rsinfo.address}:${rsinfo.port}`, packet.code];
@@ -223,18 +223,19 @@ function blockKey(rsinfo: AddressInfo, packet: RawPacket): string {
   return parts.join("|");
 }
 
-/** `/devices/{id}/{kind}` and `?token=` from the raw Uri-Path and Uri-Query options; null for any other path. */
-export function targetOf(options: RawPacket["options"]): Target | null {
+/**
+ * What a request's Uri-Path and `?token=` name, read once per request: `/.well-known/core`
+ * (RFC 6690 §4), a device's twin `/devices/{id}/desired` (CONTRACT §2), a device's report
+ * `/devices/{id}/{kind}`; null for any other path.
+ */
+export function resourceOf(options: RawPacket["options"]): Resource | null {
   const { path, token } = pathOf(options);
+  if (path.length === 2) return path[0] === ".well-known" && path[1] === "core" ? DISCOVERY : null;
   if (path.length !== 3 || path[0] !== "devices" || path[1] === "") return null;
+  const deviceId = path[1]!;
+  if (path[2] === "desired") return { type: "desired", deviceId, token };
   const kind = KIND_OF_STEP.get(path[2]!);
-  return kind ? { deviceId: path[1]!, kind, token } : null;
-}
-
-/** `/devices/{id}/desired` (the device's twin, CONTRACT §2) and `?token=`; null for any other path. */
-export function twinTargetOf(options: RawPacket["options"]): { deviceId: string; token: string | undefined } | null {
-  const { path, token } = pathOf(options);
-  return path.length === 3 && path[0] === "devices" && path[1] !== "" && path[2] === "desired" ? { deviceId: path[1]!, token } : null;
+  return kind ? { type: "report", deviceId, kind, token } : null;
 }
 
 function pathOf(options: RawPacket["options"]): { path: string[]; token: string | undefined } {

@@ -79,6 +79,11 @@ export class CoapObservers {
     return this.byKey.size;
   }
 
+  /** Whether anyone observes the device: a change nobody observes is not worth encoding. */
+  has(deviceId: string): boolean {
+    return this.byDevice.has(deviceId);
+  }
+
   /**
    * Adds (or, same endpoint and token, renews) an observation and returns the Observe value for
    * the first answer; null when the limits leave no room (the answer then carries no Observe: the

@@ -58,6 +58,7 @@ export class CoapTwinResource {
       this.observers.end(deviceId, "4.04", `device "${deviceId}" was removed`);
       return;
     }
+    if (!this.observers.has(deviceId)) return;
     const payload = Buffer.from(encodeTwin(twin), "utf8");
     const sent = this.observers.notify(deviceId, payload);
     this.context.counters.messagesOut += sent;

@@ -3,7 +3,7 @@ import { isIPv6 } from "node:net";
 import { Agent, Server, type IncomingMessage, type OutgoingMessage } from "coap";
 import { TethralError, errorMessage } from "../core/errors";
 import type { Device, DeviceTwin, JsonValue } from "../core/types";
-import { type Answer, CODE_OF, CoapIntake, decodeQuery, isDiscovery, refusal, targetOf, tooLarge, twinTargetOf } from "./coap-intake";
+import { type Answer, CODE_OF, CoapIntake, decodeQuery, refusal, resourceOf, tooLarge } from "./coap-intake";
 import { DEFAULT_OBSERVE_LIMITS } from "./coap-observe";
 import { CoapTwinResource } from "./coap-twin";
 import { LINK_FORMAT, coreLinks } from "./coap-wire";
@@ -243,11 +243,9 @@ export class CoapAdapter implements ProtocolAdapter {
 
   private route(req: IncomingMessage, body?: Buffer): Answer {
     const context = this.context!;
-    const options = req._packet.options;
-    if (isDiscovery(options)) return this.discovery(req);
-    const twinTarget = twinTargetOf(options);
-    if (twinTarget) return this.twin.answer(req, twinTarget, this.intake.observeOf(req._packet));
-    const target = targetOf(options);
+    const target = resourceOf(req._packet.options);
+    if (target?.type === "discovery") return this.discovery(req);
+    if (target?.type === "desired") return this.twin.answer(req, target, this.intake.observeOf(req._packet));
     if (!target) {
       context.reject({ reason: "unknown-path", message: "no such resource" });
       return refusal("4.04", "NOT_FOUND", "no such resource: POST /devices/{id}/telemetry|heartbeat|state|status|register|responses, GET /devices/{id}/desired");

@@ -1,26 +1,27 @@
 import type { Server as HttpServer } from "node:http";
 import type { AddressInfo, Server } from "node:net";
 
-/** What the system's refusal means for the one who chose the address. */
-const REASONS: Readonly<Record<string, string>> = {
-  EADDRINUSE: "the port is in use",
-  EACCES: "the port needs privileges this user lacks",
-  EADDRNOTAVAIL: "the address is not one of this machine's",
-  ENOTFOUND: "the host name cannot be resolved",
-  EAI_AGAIN: "the host name cannot be resolved",
+/** What the system's refusal means for the one who chose the address, naming it. */
+const REASONS: Readonly<Record<string, (port: number, host: string) => string>> = {
+  EADDRINUSE: (port, host) => `Port ${port} on ${host} is in use`,
+  EACCES: (port, host) => `Port ${port} on ${host} needs privileges this user lacks`,
+  EADDRNOTAVAIL: (_port, host) => `${host} is not an address of this machine`,
+  ENOTFOUND: (_port, host) => `Host name ${host} cannot be resolved`,
+  EAI_AGAIN: (_port, host) => `Host name ${host} cannot be resolved`,
 };
 
 /**
- * A server that could not listen: where, and why in a few words (`reason`). `code` is the
- * system's (EADDRINUSE, EACCES, ...), for a caller to add its own advice; `cause` the original.
+ * A server that could not listen: why, naming the address (`reason`, also the message). `code`
+ * is the system's (EADDRINUSE, EACCES, ...), for a caller to add its own advice; `cause` the original.
  */
 export class ListenError extends Error {
   readonly code: string | undefined;
   readonly reason: string;
 
   constructor(err: NodeJS.ErrnoException, port: number, host: string) {
-    const reason = (err.code !== undefined && REASONS[err.code]) || err.message;
-    super(`cannot listen on ${host}:${port}: ${reason}`, { cause: err });
+    const known = err.code !== undefined ? REASONS[err.code] : undefined;
+    const reason = known ? known(port, host) : `cannot listen on ${host}:${port}: ${err.message}`;
+    super(reason, { cause: err });
     this.name = "ListenError";
     this.code = err.code;
     this.reason = reason;

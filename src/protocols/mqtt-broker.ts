@@ -17,8 +17,9 @@ import { type ListenError, listen } from "./listen";
 import { AEDES_PUBLISH_REFUSAL, CONNACK, type SessionStore, refusal, rename } from "./mqtt-aedes";
 import { guardPacketSize } from "./mqtt-packet-size";
 import { PendingWrites } from "./pending-writes";
-import { encodeTwin } from "../core/twin";
+import { type TwinPublish, twinMessage, twinNotPublished } from "./mqtt-twin";
 import type { DeviceTwin } from "../core/types";
+import type { MqttMode } from "./mqtt";
 import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
 
 export interface EmbeddedBrokerOptions {
@@ -43,7 +44,7 @@ const HEADER_ALLOWANCE = 4096;
  * topics. The hub reads device messages in-process from aedes's `published` hook, so ingest
  * costs no extra socket.
  */
-export class EmbeddedBroker {
+export class EmbeddedBroker implements MqttMode {
   private broker: Aedes | null = null;
   private server: Server | null = null;
   private context: AdapterContext | null = null;
@@ -113,7 +114,7 @@ export class EmbeddedBroker {
     this.context = context;
     // Retained messages live in this broker's memory: the twins it kept before a restart are
     // retained again before any device can connect and subscribe.
-    for (const [deviceId, twin] of context.twins()) this.publishTwin(deviceId, twin);
+    for (const [deviceId, twin] of context.twins()) this.retainTwin(deviceId, twin, "republish");
     const { port, host } = this.options;
     try {
       await listen(server, port, host);
@@ -121,8 +122,8 @@ export class EmbeddedBroker {
       await new Promise<void>((resolve) => broker.close(() => resolve()));
       this.broker = this.server = this.context = null;
       const { code, reason } = err as ListenError;
-      const why = code === "EADDRINUSE" ? `${reason} (set TETHRAL_MQTT_PORT or the hub's MQTT port)` : reason;
-      throw new TethralError("UNAVAILABLE", `MQTT broker cannot listen on ${host}:${port}: ${why}`);
+      const advice = code === "EADDRINUSE" ? " (set TETHRAL_MQTT_PORT or the hub's MQTT port)" : "";
+      throw new TethralError("UNAVAILABLE", `MQTT broker: ${reason}${advice}`);
     }
     server.on("error", (err) => context.warn(`broker socket: ${err.message}`));
   }
@@ -181,20 +182,16 @@ export class EmbeddedBroker {
    * later (or again) gets the current one at once. Null (the device was removed) clears it.
    */
   publishTwin(deviceId: string, twin: DeviceTwin | null): void {
+    this.retainTwin(deviceId, twin, "change");
+  }
+
+  private retainTwin(deviceId: string, twin: DeviceTwin | null, why: TwinPublish): void {
     const broker = this.broker;
     const context = this.context;
     if (!broker || !context || this.stopping) return;
-    const payload = twin ? Buffer.from(encodeTwin(twin), "utf8") : Buffer.alloc(0);
+    const payload = twinMessage(twin, why, this.figures, context.counters);
     const packet: PublishPacket = { cmd: "publish", topic: this.options.topics.desired(deviceId), payload, qos: 1, retain: true, dup: false };
-    this.figures.twinsPublished++;
-    context.counters.messagesOut++;
-    context.counters.bytesOut += payload.length;
-    broker.publish(packet, (err) => {
-      if (err) {
-        context.counters.errors++;
-        context.warn(`the twin of "${deviceId}" was not published: ${err.message}`);
-      }
-    });
+    broker.publish(packet, (err) => err && twinNotPublished(context, deviceId, err));
   }
 
   isConnected(deviceId: string): boolean {

@@ -1,23 +1,11 @@
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from "mqtt";
 import { TethralError, errorMessage } from "../core/errors";
-import { encodeTwin } from "../core/twin";
 import type { DeviceTwin } from "../core/types";
-import type { MqttAdapterOptions } from "./mqtt";
+import type { MqttAdapterOptions, MqttMode } from "./mqtt";
 import { PendingWrites } from "./pending-writes";
+import { type TwinPublish, twinMessage, twinNotPublished } from "./mqtt-twin";
 import { type TopicScheme, checkSharedGroup } from "./mqtt-topics";
 import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
-
-/** The part of the adapter that differs between an embedded broker and a client of an external one. */
-export interface MqttMode {
-  start(context: AdapterContext): Promise<void>;
-  stop(): Promise<void>;
-  send(deviceId: string, frame: CommandFrame, timeoutMs: number): Promise<SendOutcome>;
-  isConnected(deviceId: string): boolean | undefined;
-  health(): ProtocolHealth;
-  statistics(): AdapterStatistics;
-  disconnect?(deviceId: string, reason: string): void;
-  publishTwin(deviceId: string, twin: DeviceTwin | null): void;
-}
 
 /** The schemes mqtt.js connects with: TCP and TLS (each under two names) and WebSocket. */
 const MQTT_URL_SCHEMES = ["mqtt:", "mqtts:", "tcp:", "tls:", "ssl:", "ws:", "wss:"];
@@ -46,6 +34,8 @@ const END_GRACE_MS = 1000;
  * them queued: the hub owns the durable queue, not this client.
  */
 export class ExternalBroker implements MqttMode {
+  /** The broker's port is the broker's own, not the hub's. */
+  readonly port = null;
   private client: MqttClient | null = null;
   private context: AdapterContext | null = null;
   private stopping: Promise<void> | null = null;
@@ -178,6 +168,10 @@ export class ExternalBroker implements MqttMode {
    * queued twice.
    */
   publishTwin(deviceId: string, twin: DeviceTwin | null): void {
+    this.retainTwin(deviceId, twin, "change");
+  }
+
+  private retainTwin(deviceId: string, twin: DeviceTwin | null, why: TwinPublish): void {
     const client = this.client;
     if (!client || this.stopping) return;
     if (!client.connected) {
@@ -185,25 +179,18 @@ export class ExternalBroker implements MqttMode {
       return;
     }
     this.clearsDue.delete(deviceId);
-    const payload = twin ? Buffer.from(encodeTwin(twin), "utf8") : Buffer.alloc(0);
-    const counters = this.context?.counters;
-    this.figures.twinsPublished++;
-    if (counters) {
-      counters.messagesOut++;
-      counters.bytesOut += payload.length;
-    }
+    const context = this.context;
+    const payload = twinMessage(twin, why, this.figures, context?.counters);
     client.publish(this.topics.desired(deviceId), payload, { qos: 1, retain: true }, (err) => {
-      if (!err || this.stopping) return;
-      if (counters) counters.errors++;
-      this.context?.warn(`the twin of "${deviceId}" was not published: ${err.message}`);
+      if (err && !this.stopping && context) twinNotPublished(context, deviceId, err);
     });
   }
 
   private publishAllTwins(): void {
     const context = this.context;
     if (!context) return;
-    for (const deviceId of [...this.clearsDue]) this.publishTwin(deviceId, null);
-    for (const [deviceId, twin] of context.twins()) this.publishTwin(deviceId, twin);
+    for (const deviceId of [...this.clearsDue]) this.retainTwin(deviceId, null, "republish");
+    for (const [deviceId, twin] of context.twins()) this.retainTwin(deviceId, twin, "republish");
   }
 
   health(): ProtocolHealth {

@@ -53,6 +53,21 @@ export interface MqttAdapterOptions {
   connectTimeoutMs?: number;
 }
 
+/** The part of the adapter that differs between an embedded broker and a client of an external one. */
+export interface MqttMode {
+  /** A port the hub listens on: only the embedded broker's, once started. */
+  readonly port: number | null;
+  start(context: AdapterContext): Promise<void>;
+  stop(): Promise<void>;
+  send(deviceId: string, frame: CommandFrame, timeoutMs: number): Promise<SendOutcome>;
+  isConnected(deviceId: string): boolean | undefined;
+  health(): ProtocolHealth;
+  statistics(): AdapterStatistics;
+  /** Closes the device's connections; only a broker the hub runs can (an external one's ACLs decide there). */
+  disconnect?(deviceId: string, reason: string): void;
+  publishTwin(deviceId: string, twin: DeviceTwin | null): void;
+}
+
 /**
  * MQTT devices (CONTRACT §2), through an embedded broker by default, or through an external one
  * when `url` is set. With an external broker the broker's own ACLs protect the topics: every
@@ -61,7 +76,7 @@ export interface MqttAdapterOptions {
 export class MqttAdapter implements ProtocolAdapter {
   readonly name = "mqtt";
   readonly mode: "embedded" | "external";
-  private readonly impl: EmbeddedBroker | ExternalBroker;
+  private readonly impl: MqttMode;
   private started = false;
 
   constructor(options: MqttAdapterOptions = {}) {
@@ -87,7 +102,7 @@ export class MqttAdapter implements ProtocolAdapter {
 
   /** The embedded broker's bound port; null before start and with an external broker. */
   get port(): number | null {
-    return this.impl instanceof EmbeddedBroker ? this.impl.port : null;
+    return this.impl.port;
   }
 
   async start(context: AdapterContext): Promise<void> {
@@ -110,7 +125,7 @@ export class MqttAdapter implements ProtocolAdapter {
 
   /** Embedded broker: closes the device's connection. An external broker's own ACLs decide there. */
   disconnect(deviceId: string, reason: string): void {
-    if (this.impl instanceof EmbeddedBroker) this.impl.disconnect(deviceId, reason);
+    this.impl.disconnect?.(deviceId, reason);
   }
 
   /** The twin goes to `{root}/devices/{id}/desired`, retained, QoS 1, on either kind of broker. */

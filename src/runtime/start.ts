@@ -15,16 +15,7 @@ import { HTTP_NODE_ROOT, type RuntimeOptions, StartupError, optionsFromEnv, prep
 import type { NodeRedSettings } from "./settings";
 import { prepareUserDir } from "./user-dir";
 
-export {
-  DEFAULT_HOST,
-  DEFAULT_PORT,
-  HTTP_ADMIN_ROOT,
-  HTTP_NODE_ROOT,
-  type LogLevel,
-  type RuntimeOptions,
-  StartupError,
-  optionsFromEnv,
-} from "./options";
+export { type RuntimeOptions, StartupError, optionsFromEnv } from "./options";
 
 /** Where the flows are once Node-RED has started: running, or held back and why. */
 export interface FlowsState {
@@ -101,7 +92,7 @@ export async function startRuntime(options: RuntimeOptions = {}): Promise<Runnin
   try {
     boundPort = await listen(server, port, host);
   } catch (err) {
-    throw listenError(err as ListenError, port, host);
+    throw listenError(err as ListenError);
   }
   if (started) {
     await closeServer(server);
@@ -217,21 +208,19 @@ function flowsState(RED: NodeRed): Promise<FlowsState> {
   });
 }
 
+/** For each listen() refusal, the variable to change and how: added to the refusal's reason. */
+const LISTEN_ADVICE: Readonly<Record<string, { variable: "PORT" | "HOST"; advice: string }>> = {
+  EADDRINUSE: { variable: "PORT", advice: "set PORT to another port" },
+  EACCES: { variable: "PORT", advice: "set PORT to 1024 or above" },
+  EADDRNOTAVAIL: { variable: "HOST", advice: "set HOST to one of its addresses, or 0.0.0.0" },
+  ENOTFOUND: { variable: "HOST", advice: "set HOST to an address of this machine" },
+  EAI_AGAIN: { variable: "HOST", advice: "set HOST to an address of this machine" },
+};
+
 /** A listen() failure as the line to print, naming the variable to change. */
-function listenError(err: ListenError, port: number, host: string): Error {
-  switch (err.code) {
-    case "EADDRINUSE":
-      return new StartupError(`Port ${port} on ${host} is in use: set PORT to another port`, "PORT");
-    case "EACCES":
-      return new StartupError(`Port ${port} on ${host} needs privileges this user lacks: set PORT to 1024 or above`, "PORT");
-    case "EADDRNOTAVAIL":
-      return new StartupError(`${host} is not an address of this machine: set HOST to one of its addresses, or 0.0.0.0`, "HOST");
-    case "ENOTFOUND":
-    case "EAI_AGAIN":
-      return new StartupError(`Host name ${host} cannot be resolved: set HOST to an address of this machine`, "HOST");
-    default:
-      return err;
-  }
+function listenError(err: ListenError): Error {
+  const advice = err.code !== undefined ? LISTEN_ADVICE[err.code] : undefined;
+  return advice ? new StartupError(`${err.reason}: ${advice.advice}`, advice.variable) : err;
 }
 
 /** `npm start`: start from the environment, print where to go, stop cleanly on a signal. */
