@@ -316,6 +316,16 @@ describe("MQTT adapter, embedded broker, with a real hub", function () {
     assert.equal(await MqttDevice.refused(url, { id: "ghost-9" }), CONNACK_NOT_AUTHORIZED);
   });
 
+  it("counts a twin change as a message sent to the device, not the retained clear of a removed device", async function () {
+    const sent = () => hub.communicationStatistics().protocols.mqtt!.messagesOut;
+    const before = sent();
+    await hub.setState("boiler-1", { desired: { setpoint: 21 } });
+    assert.equal(sent(), before + 1, "the twin published for the device");
+    await hub.removeDevice("pump-2");
+    await hub.removeDevice("boiler-1");
+    assert.equal(sent(), before + 1, "clears reach no device: not counted");
+  });
+
   it("reports a port in use clearly, and the hub runs without MQTT", async function () {
     const taken = adapter.port!;
     const second = new MqttAdapter({ port: taken });
