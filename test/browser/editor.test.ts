@@ -202,7 +202,9 @@ describe("the editor in a browser (Debian's chromium)", function () {
       await page.screenshot({ path: path.join(ARTIFACTS, "devices-sidebar-nr5-dark.png"), clip: await sidebarWithBar(page) });
       await page.addScriptTag({ content: CONTRAST_SCRIPT });
       for (const [selector, minimum] of [[".tethral-device-row b", 7], [".tethral-device-row b + span", 4.5], [".tethral-devices select", 4.5], [".tethral-devices input", 4.5]] as const) {
-        const ratio = await page.$eval(selector, (e) => (window as unknown as { tethralContrast(e: Element): number }).tethralContrast(e));
+        // Looked up and measured in one script: the live list may replace its rows between two
+        // calls, and a detached row has no computed colour.
+        const ratio = await page.evaluate((s) => (window as unknown as { tethralContrast(e: Element | null): number }).tethralContrast(document.querySelector(s)), selector);
         assert.ok(ratio >= minimum, `${selector} is readable on the dark theme: contrast ${ratio.toFixed(2)} < ${minimum}`);
       }
       await page.evaluate(() => localStorage.removeItem("view-dark-theme"));
