@@ -8,6 +8,7 @@ import type { Presence } from "./presence";
 import type { Refusals } from "./refusals";
 import type { DeviceRegistry } from "./registry";
 import type { StateManager } from "./state";
+import type { TimeSeries } from "./telemetry";
 import type { DeviceStatus, JsonObject } from "./types";
 
 /**
@@ -26,6 +27,7 @@ export class DeviceTraffic {
     private readonly refusals: Refusals,
     private readonly events: EventBus,
     private readonly clock: Clock,
+    private readonly series: TimeSeries,
     /** A device whose registration is not durable yet: refused like an unknown one. */
     private readonly pending: (id: string) => boolean = () => false,
   ) {}
@@ -90,7 +92,9 @@ export class DeviceTraffic {
         changed = true;
       }
       if (properties) {
-        changed = this.state.report(deviceId, properties, { causeId: (causeId ??= newId()), source, reason: message.kind }) || changed;
+        const series = message.kind === "telemetry" && this.series.enabled;
+        changed = this.state.report(deviceId, properties, { causeId: (causeId ??= newId()), source, reason: message.kind, series }) || changed;
+        if (series) this.series.record(record, properties, now);
       }
       if (reported === "error" || reported === "online") {
         changed = this.presence.reported(record, reported, { causeId: (causeId ??= newId()), source }) || changed;

@@ -14,6 +14,7 @@ import {
   DEVICE_MESSAGE_KINDS,
   type DeviceMessage,
   type DeviceMessageKind,
+  type IntakeSignal,
   type ProtocolAdapter,
   type ProtocolCounters,
   type ReceiveResult,
@@ -57,6 +58,8 @@ export class DeviceGateway {
     private readonly selfRegister: SelfRegister,
     readonly options: GatewayOptions,
     private readonly warn: (message: string) => void,
+    /** Whether the hub can take more now (see `AdapterContext.intake`). */
+    private readonly intake: IntakeSignal,
   ) {}
 
   countersOf(protocol: string): ProtocolCounters {
@@ -92,6 +95,7 @@ export class DeviceGateway {
       counters,
       maxPayloadBytes: max,
       warn: (message) => this.warn(`${adapter.name}: ${message}`),
+      intake: this.intake,
     };
   }
 

@@ -30,6 +30,8 @@ import { Refusals } from "./refusals";
 import { DeviceRegistry, type DeviceFilter, type DeviceList, type DeviceStatistics, toDevice } from "./registry";
 import { type ChangeCause, DEFAULT_STATE_OPTIONS, StateManager, type StateListQuery, type StateStatistics } from "./state";
 import { StoredReads, loadFleet, storeHost } from "./stored-reads";
+import { Intake } from "./intake";
+import { type TelemetryAnswer, type TelemetryQueryInput, TimeSeries } from "./telemetry";
 import { DeviceTokens } from "./tokens";
 import { twinCopy } from "./twin";
 import type { Command, Device, DeviceState, DeviceTwin, StateHistoryEntry, TethralEvent } from "./types";
@@ -41,6 +43,7 @@ export type { CommandListQuery, CommandOptions } from "./command-input";
 export type { CommandStatistics } from "./commands";
 export type { ProtocolStatistics } from "./adapter-set";
 export type { RegisteredDevice } from "./durable-writes";
+export type { TelemetryAnswer, TelemetryQueryInput } from "./telemetry";
 
 /**
  * The composition root and the facade flows use. Device traffic enters through `receive` (an
@@ -59,6 +62,10 @@ export class Hub {
   readonly tokens: DeviceTokens;
   /** Prometheus metrics (GET /api/metrics): a registry of this hub's own. */
   readonly metrics: HubMetrics;
+  /** Whether the hub can take more device messages now: busy while the store is behind (see `AdapterContext.intake`). */
+  readonly intake: Intake;
+  /** Telemetry time series (CONTRACT §7). */
+  readonly series: TimeSeries;
   private running = false;
   private started = false;
   private readonly warn: (message: string) => void;
@@ -76,10 +83,16 @@ export class Hub {
   constructor(options: HubOptions = {}) {
     const clock = (this.clock = options.clock ?? systemClock);
     const warn = (this.warn = options.onWarning ?? ((message) => console.warn(`[tethral] ${message}`)));
+    const po = merge(DEFAULT_PERSISTENCE_OPTIONS, options.persistence);
+    this.intake = new Intake(po.intakeHighWater, Math.floor(po.intakeHighWater / 2));
     const p = (this.persistence = options.store
-      ? new Persistence(options.store, clock, storeHost(this, warn, (ms) => this.metrics.observeBatch(ms)), merge(DEFAULT_PERSISTENCE_OPTIONS, options.persistence))
+      ? new Persistence(options.store, clock, storeHost(this, warn, (ms) => this.metrics.observeBatch(ms)), po, this.intake)
       : null);
-    this.events = new EventBus(clock, { ...options.events, ...(p && { recorder: (event, expiresAt) => p.addEvent(event, expiresAt) }) });
+    const unstored = new Set(po.unstoredEventTypes);
+    this.events = new EventBus(clock, {
+      ...options.events,
+      ...(p && { recorder: (event, expiresAt) => (unstored.has(event.type) ? undefined : p.addEvent(event, expiresAt)) }),
+    });
     this.registry = new DeviceRegistry(this.events, clock);
     this.anomaly = new AnomalyDetector(this.events, clock, merge(DEFAULT_ANOMALY_OPTIONS, options.anomaly));
     this.state = new StateManager(this.registry, this.events, clock, { ...DEFAULT_STATE_OPTIONS, ...options.state }, {
@@ -94,7 +107,9 @@ export class Hub {
     });
     this.heartbeat = this.presence.heartbeat;
     this.refusals = new Refusals(this.events);
-    this.traffic = new DeviceTraffic(this.registry, this.state, this.presence, this.refusals, this.events, clock, (id) => this.writes.isRegistering(id));
+    const r = po.retention;
+    this.series = new TimeSeries(this.registry, p, clock, () => ({ raw: r.pointsMaxAgeMs, "1m": r.rollups1mMaxAgeMs, "1h": r.rollups1hMaxAgeMs }));
+    this.traffic = new DeviceTraffic(this.registry, this.state, this.presence, this.refusals, this.events, clock, this.series, (id) => this.writes.isRegistering(id));
     this.tokens = new DeviceTokens(options.store ?? null);
     const deviceTokens = options.deviceTokens ?? DEFAULT_GATEWAY_OPTIONS.deviceTokens;
     this.commands = new CommandTracker(
@@ -122,11 +137,12 @@ export class Hub {
       (input, protocol, token) => this.writes.register(input, { source: protocol }, token),
       merge(DEFAULT_GATEWAY_OPTIONS, { deviceTokens, selfRegistration: options.selfRegistration, maxPayloadBytes: options.maxPayloadBytes }),
       warn,
+      this.intake,
     );
     this.adapters = new AdapterSet(this.registry, this.gateway, this.commands, warn);
     for (const adapter of options.protocols ?? []) this.adapters.add(adapter);
     this.writes = new DurableWrites(this.registry, this.state, this.presence, this.tokens, this.commands, this.adapters, p, clock, deviceTokens);
-    this.reads = new StoredReads(p, this.registry, this.state, this.events, clock);
+    this.reads = new StoredReads(p, this.registry, this.state, this.events, clock, unstored);
     this.metrics = new HubMetrics({
       communication: () => this.communicationStatistics(),
       devices: () => this.registry.statistics(),
@@ -327,6 +343,16 @@ export class Hub {
 
   stateStatistics(): StateStatistics & { anomalies: AnomalyStatistics } {
     return { ...this.state.statistics(), anomalies: this.anomaly.statistics() };
+  }
+
+  /** CONTRACT §7: a device's raw points or aggregated buckets. INVALID names the bad parameter; UNAVAILABLE without a store. */
+  async telemetry(id: string, query: TelemetryQueryInput = {}): Promise<TelemetryAnswer> {
+    return this.series.query(id, query);
+  }
+
+  /** The keys a device has reported as series, sorted. */
+  async telemetryKeys(id: string): Promise<string[]> {
+    return this.series.keys(id);
   }
 
   // ── Events ──────────────────────────────────────────────────────────────────────────────

@@ -19,7 +19,7 @@ export class Retention {
   private timer: TimerHandle | null = null;
   private purging: Promise<unknown> | null = null;
   private running = false;
-  private readonly total: PurgeResult = { history: 0, events: 0, commands: 0 };
+  private readonly total: PurgeResult = emptyPurge();
 
   constructor(
     private readonly store: Store,
@@ -45,25 +45,22 @@ export class Retention {
 
   /** One round: what it removed. */
   async purge(): Promise<PurgeResult> {
-    const round: PurgeResult = { history: 0, events: 0, commands: 0 };
+    const round: PurgeResult = emptyPurge();
     if (this.degraded()) return round;
     const { batchSize, budgetMs } = this.options;
     const started = Date.now();
     try {
       for (;;) {
         const part = await this.store.purge(this.options, this.clock.now(), batchSize);
-        round.history += part.history;
-        round.events += part.events;
-        round.commands += part.commands;
-        const more = part.history >= batchSize || part.events >= batchSize || part.commands >= batchSize;
+        add(round, part);
+        // A kind that filled its batch has more to remove (roll-ups count both resolutions).
+        const more = part.history >= batchSize || part.events >= batchSize || part.commands >= batchSize || part.points >= batchSize || part.rollups >= batchSize;
         if (!more || Date.now() - started >= budgetMs) break;
       }
     } catch (err) {
       this.warn(`retention purge failed: ${errorMessage(err)}`);
     }
-    this.total.history += round.history;
-    this.total.events += round.events;
-    this.total.commands += round.commands;
+    add(this.total, round);
     return round;
   }
 
@@ -82,4 +79,16 @@ export class Retention {
       });
     }, this.options.intervalMs);
   }
+}
+
+function emptyPurge(): PurgeResult {
+  return { history: 0, events: 0, commands: 0, points: 0, rollups: 0 };
+}
+
+function add(to: PurgeResult, part: PurgeResult): void {
+  to.history += part.history;
+  to.events += part.events;
+  to.commands += part.commands;
+  to.points += part.points ?? 0;
+  to.rollups += part.rollups ?? 0;
 }

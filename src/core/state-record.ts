@@ -27,6 +27,8 @@ export class StateRecord {
   changedAt = 0;
   updatedAt = 0;
   reportedAt = 0;
+  /** The time of the device's last telemetry point: its points get strictly increasing times. */
+  pointTs = 0;
   /** A ring once full; grown by doubling up to the cap, so a short history costs little. */
   private history: HistoryItem[] | null = null;
   private historyCount = 0;

@@ -28,10 +28,16 @@ export type { StatePlan } from "./state-plan";
 
 export interface StateOptions {
   historySize: number;
+  /**
+   * Also record a history entry for every reported change whose values go to the time series
+   * (CONTRACT §7). Off by default: history is for status and desired changes, and the values
+   * are in the series.
+   */
+  historyOfReports: boolean;
   transitions: TransitionRules;
 }
 
-export const DEFAULT_STATE_OPTIONS: StateOptions = { historySize: 100, transitions: DEFAULT_TRANSITIONS };
+export const DEFAULT_STATE_OPTIONS: StateOptions = { historySize: 100, historyOfReports: false, transitions: DEFAULT_TRANSITIONS };
 
 /** Who caused a change: a reason for history and the id of the message or event behind it. */
 export interface ChangeCause {
@@ -45,6 +51,11 @@ export interface ChangeCause {
    * but is no report of now (no `reportedAt`), and anomaly detection does not count it.
    */
   retained?: boolean;
+  /**
+   * The reported values are kept as a time series (telemetry with a store): the state history
+   * then records no entry for them, unless `StateOptions.historyOfReports` asks for one.
+   */
+  series?: boolean;
 }
 
 /**
@@ -193,7 +204,7 @@ export class StateManager {
     const stored = (s.properties ??= {});
     for (const key of Object.keys(to)) defineValue(stored, key, to[key] as JsonValue);
     if (s.desired) this.refreshDelta(s);
-    this.commit(record, s, now, { properties: from }, { properties: to }, cause, cause.reason ?? "report");
+    this.commit(record, s, now, { properties: from }, { properties: to }, cause, cause.reason ?? "report", !cause.series || this.options.historyOfReports);
     if (twinMoved) this.twin?.onTwinChanged(deviceId);
     return true;
   }
@@ -337,6 +348,8 @@ export class StateManager {
     to: StateSnapshot,
     cause: ChangeCause,
     reason: string,
+    /** False for reported values kept as a time series (see ChangeCause.series). */
+    keepHistory = true,
   ): void {
     s.version++;
     s.rev++;
@@ -357,11 +370,11 @@ export class StateManager {
       fromDesired: from.desired,
       toDesired: to.desired,
     };
-    s.pushHistory(item, this.options.historySize);
+    if (keepHistory) s.pushHistory(item, this.options.historySize);
     if (this.sink) {
       this.sink.onStateWritten(record.id);
       if (to.status !== undefined) this.sink.onStatusWritten(record.id);
-      this.sink.onHistory({
+      if (keepHistory) this.sink.onHistory({
         id: newTimeId(now),
         deviceId: record.id,
         at: now,

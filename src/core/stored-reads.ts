@@ -52,6 +52,8 @@ export class StoredReads {
     private readonly state: StateManager,
     private readonly events: EventBus,
     private readonly clock: Clock,
+    /** Event types the store does not keep: their recent ones come from memory. */
+    private readonly unstored: ReadonlySet<string> = new Set(),
   ) {}
 
   async stateHistory(id: string, limit?: number): Promise<StateHistoryEntry[]> {
@@ -69,7 +71,7 @@ export class StoredReads {
     if (!this.persistence) return this.events.query(query);
     const q = eventQueryOf(query);
     return this.read(
-      async (store) => (await store.events(q, this.clock.now())).map(eventOf),
+      async (store) => withRecent((await store.events(q, this.clock.now())).map(eventOf), this.events.query(query), this.unstored, q.limit),
       () => this.events.query(query),
     );
   }
@@ -84,4 +86,15 @@ export class StoredReads {
       return fromMemory();
     }
   }
+}
+
+/** Stored events with the recent ones of the types the store does not keep, newest first, at most `limit`. */
+function withRecent(stored: TethralEvent[], memory: TethralEvent[], unstored: ReadonlySet<string>, limit: number): TethralEvent[] {
+  const recent = unstored.size === 0 ? [] : memory.filter((e) => unstored.has(e.type));
+  if (recent.length === 0) return stored;
+  // Event ids start with their time, so they sort as the events happened.
+  return stored
+    .concat(recent)
+    .sort((a, b) => (a.timestamp === b.timestamp ? (a.id < b.id ? 1 : a.id > b.id ? -1 : 0) : a.timestamp < b.timestamp ? 1 : -1))
+    .slice(0, limit);
 }

@@ -1,4 +1,4 @@
-import type { DevicePresenceRow, HistoryRow, PurgeResult, StateRow } from "./ports/store";
+import type { DevicePresenceRow, HistoryRow, PointRow, PurgeResult, StateRow } from "./ports/store";
 import type { RetentionOptions } from "./retention";
 
 /** How the persistence layer batches, retries and purges (see `Persistence`). */
@@ -7,8 +7,17 @@ export interface PersistenceOptions {
   flushIntervalMs: number;
   /** …or as soon as this many history and event rows wait. */
   flushRows: number;
+  /** …or as soon as this many telemetry points wait (points are cheap: larger batches share roll-up rows). */
+  flushPoints: number;
   /** Rows of each kind written in one transaction; a larger backlog takes several. */
   maxTransactionRows: number;
+  /** Telemetry points written in one transaction. */
+  maxTransactionPoints: number;
+  /**
+   * Backlog (history, event and point rows waiting) at which the intake turns busy and the
+   * adapters slow the devices; ready again at half of it. Keep it well under `maxBufferedRows`.
+   */
+  intakeHighWater: number;
   /**
    * History and event rows held while the database is unreachable. Past this, the oldest
    * events are dropped first, then the oldest history rows — counted in `statistics()` and
@@ -18,6 +27,13 @@ export interface PersistenceOptions {
   maxBufferedRows: number;
   retryBaseMs: number;
   retryMaxMs: number;
+  /**
+   * Event types not written to the store. By default the per-message ones: `message.received`
+   * (a copy of every message) and `state.changed` (the values are in the time series, and
+   * status and desired changes in the state history). Recent ones are still in the hub's
+   * in-memory history, which `GET /api/events` reads for these types.
+   */
+  unstoredEventTypes: string[];
   /** How long `stop()` keeps trying to write what is left. */
   stopTimeoutMs: number;
   retention: RetentionOptions;
@@ -28,10 +44,14 @@ const DAY_MS = 24 * 3600 * 1000;
 export const DEFAULT_PERSISTENCE_OPTIONS: PersistenceOptions = {
   flushIntervalMs: 100,
   flushRows: 2000,
+  flushPoints: 20_000,
   maxTransactionRows: 20_000,
-  maxBufferedRows: 200_000,
+  maxTransactionPoints: 100_000,
+  intakeHighWater: 100_000,
+  maxBufferedRows: 500_000,
   retryBaseMs: 250,
   retryMaxMs: 10_000,
+  unstoredEventTypes: ["message.received", "state.changed"],
   stopTimeoutMs: 10_000,
   retention: {
     historyMaxAgeMs: 30 * DAY_MS,
@@ -39,6 +59,9 @@ export const DEFAULT_PERSISTENCE_OPTIONS: PersistenceOptions = {
     eventsMaxAgeMs: 7 * DAY_MS,
     eventsMaxRows: 1_000_000,
     commandsMaxAgeMs: 7 * DAY_MS,
+    pointsMaxAgeMs: 7 * DAY_MS,
+    rollups1mMaxAgeMs: 90 * DAY_MS,
+    rollups1hMaxAgeMs: 3 * 365 * DAY_MS,
     intervalMs: 60_000,
     batchSize: 1000,
     budgetMs: 250,
@@ -61,19 +84,22 @@ export interface HeldDevice {
   presence: boolean;
   state: boolean;
   history: HistoryRow[];
+  points: PointRow[];
 }
 
 export interface PersistenceStatistics {
   flushes: number;
   rowsWritten: number;
+  /** Telemetry points written (counted in `rowsWritten` too). */
+  pointsWritten: number;
   failures: number;
   /** Rows the database refused as invalid, set aside so the rest could be written. */
   refused: number;
   degraded: boolean;
-  pending: { presence: number; states: number; history: number; events: number };
-  /** History and event rows waiting, against the bound past which the oldest are dropped. */
+  pending: { presence: number; states: number; history: number; events: number; points: number };
+  /** History, event and point rows waiting, against the bound past which the oldest are dropped. */
   backlog: { rows: number; bound: number };
-  dropped: { history: number; events: number };
+  dropped: { history: number; events: number; points: number };
   /** When rows were last dropped (clock milliseconds), null when never. */
   lastDroppedAt: number | null;
   purged: PurgeResult;

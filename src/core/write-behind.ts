@@ -2,7 +2,8 @@ import { type Clock, type TimerHandle, beforeDeadline } from "./clock";
 import { TethralError, errorMessage } from "./errors";
 import type { TethralEvent } from "./types";
 import { DEFAULT_PERSISTENCE_OPTIONS, type HeldDevice, type PersistenceHost, type PersistenceOptions, type PersistenceStatistics } from "./write-behind-options";
-import type { DevicePresenceRow, DeviceRow, EventRow, HistoryRow, PurgeResult, StateRow, Store, WriteBatch } from "./ports/store";
+import type { Intake } from "./intake";
+import type { DevicePresenceRow, DeviceRow, EventRow, HistoryRow, PointRow, PointValue, PurgeResult, StateRow, Store, WriteBatch } from "./ports/store";
 import { Retention } from "./retention";
 import { eventRow } from "./stored-rows";
 
@@ -24,6 +25,7 @@ export class Persistence {
   private states = new Set<string>();
   private history: HistoryRow[] = [];
   private events: EventRow[] = [];
+  private points: PointRow[] = [];
   /** Devices written or deleted directly right now: their batched writes wait aside (see `hold`). */
   private readonly held = new Map<string, HeldDevice>();
   private timer: TimerHandle | null = null;
@@ -41,7 +43,8 @@ export class Persistence {
     rowsWritten: 0,
     failures: 0,
     refused: 0,
-    dropped: { history: 0, events: 0 },
+    dropped: { history: 0, events: 0, points: 0 },
+    pointsWritten: 0,
   };
 
   constructor(
@@ -49,6 +52,8 @@ export class Persistence {
     private readonly clock: Clock,
     private readonly host: PersistenceHost,
     private readonly options: PersistenceOptions = DEFAULT_PERSISTENCE_OPTIONS,
+    /** Moved as the backlog grows and shrinks, so adapters slow the devices instead of rows being dropped. */
+    private readonly intake: Intake | null = null,
   ) {
     // Purges only while the database answers: a degraded store has enough to do.
     this.retention = new Retention(store, clock, options.retention, () => this.isDegraded, (m) => host.warn(m));
@@ -83,6 +88,7 @@ export class Persistence {
 
   start(): void {
     this.running = true;
+    this.intake?.backlog(this.backlogRows());
     this.arm(this.options.flushIntervalMs);
     this.retention.start();
   }
@@ -95,6 +101,7 @@ export class Persistence {
   async stop(): Promise<void> {
     this.running = false;
     this.disarm();
+    this.intake?.release();
     const deadline = Date.now() + this.options.stopTimeoutMs;
     await this.retention.stop(deadline);
     let delay = this.options.retryBaseMs;
@@ -140,6 +147,18 @@ export class Persistence {
     this.afterAppend();
   }
 
+  /** A telemetry point (hot path: one small object per value). */
+  addPoint(deviceId: string, key: string, ts: number, value: PointValue): void {
+    const row: PointRow = { deviceId, key, ts, value };
+    const held = this.held.get(deviceId);
+    if (held) {
+      held.points.push(row);
+      return;
+    }
+    this.points.push(row);
+    this.afterAppend();
+  }
+
   /**
    * Keeps the batcher away from a device while it is registered, changed or removed directly:
    * its waiting rows and everything it reports meanwhile are set aside until `release`. A batch
@@ -147,11 +166,14 @@ export class Persistence {
    */
   hold(id: string): void {
     if (this.held.has(id)) return;
-    const held: HeldDevice = { presence: this.presence.delete(id), state: this.states.delete(id), history: [] };
+    const held: HeldDevice = { presence: this.presence.delete(id), state: this.states.delete(id), history: [], points: [] };
     // One pass over what waits (up to the buffer's whole size), and no new array when none is the device's.
     const rest: HistoryRow[] = [];
     for (const h of this.history) (h.deviceId === id ? held.history : rest).push(h);
     if (held.history.length > 0) this.history = rest;
+    const others: PointRow[] = [];
+    for (const pt of this.points) (pt.deviceId === id ? held.points : others).push(pt);
+    if (held.points.length > 0) this.points = others;
     this.held.set(id, held);
   }
 
@@ -169,8 +191,9 @@ export class Persistence {
     const dirty = afterwards === "changed";
     if (held.presence || dirty) this.presence.add(id);
     if (held.state || dirty) this.states.add(id);
-    if (held.history.length > 0) {
+    if (held.history.length > 0 || held.points.length > 0) {
       for (const row of held.history) this.history.push(row);
+      for (const row of held.points) this.points.push(row);
       this.afterAppend();
     }
   }
@@ -190,9 +213,7 @@ export class Persistence {
 
   /** A desired-state change (and the status it may set) as one transaction. */
   async writeState(row: StateRow, presence: DevicePresenceRow | null): Promise<void> {
-    await this.direct(() =>
-      this.store.writeBatch({ presence: presence ? [presence] : [], states: [row], history: [], events: [] }),
-    );
+    await this.direct(() => this.store.writeBatch({ presence: presence ? [presence] : [], states: [row], history: [], events: [] }));
   }
 
   private async direct(write: () => Promise<void>): Promise<void> {
@@ -214,6 +235,17 @@ export class Persistence {
     while (this.hasWork()) await this.flushOnce();
   }
 
+  /**
+   * Writes what waits now, but not what arrives meanwhile: a read that must see every row taken
+   * before it (a telemetry query) does not wait for a backlog that sustained ingest keeps full.
+   */
+  async flushPending(): Promise<void> {
+    await this.idle();
+    const max = this.options.maxTransactionRows;
+    const rounds = Math.max(this.presence.size, this.states.size, this.history.length, this.events.length, Math.ceil(this.points.length / this.pointsPerTransaction()) * max);
+    for (let i = Math.ceil(rounds / max); i > 0 && this.hasWork(); i--) await this.flushOnce();
+  }
+
   /** Resolves once no batch is being written. */
   async idle(): Promise<void> {
     for (let tail = this.tail; ; tail = this.tail) {
@@ -223,41 +255,61 @@ export class Persistence {
   }
 
   private hasWork(): boolean {
-    return this.presence.size + this.states.size + this.history.length + this.events.length > 0;
+    return this.presence.size + this.states.size + this.history.length + this.events.length + this.points.length > 0;
   }
 
   private pendingRows(): number {
-    return this.presence.size + this.states.size + this.history.length + this.events.length;
+    return this.presence.size + this.states.size + this.history.length + this.events.length + this.points.length;
+  }
+
+  /** Rows that take buffer space: history, events and points (presence and state are marks). */
+  private backlogRows(): number {
+    return this.history.length + this.events.length + this.points.length;
+  }
+
+  private pointsPerTransaction(): number {
+    return this.options.maxTransactionPoints;
   }
 
   private afterAppend(): void {
     const rows = this.history.length + this.events.length;
-    if (rows > this.options.maxBufferedRows) this.shed(rows - this.options.maxBufferedRows);
-    if (rows >= this.options.flushRows && this.running && this.busy === 0 && !this.isDegraded) this.arm(0);
+    const backlog = rows + this.points.length;
+    if (backlog > this.options.maxBufferedRows) this.shed(backlog - this.options.maxBufferedRows);
+    if (this.intake !== null && !this.isDegraded) this.intake.backlog(backlog);
+    if ((rows >= this.options.flushRows || this.points.length >= this.options.flushPoints) && this.running && this.busy === 0 && !this.isDegraded) this.arm(0);
   }
 
   /**
-   * Drops the oldest events, then the oldest history rows, to bring the buffer back in bounds,
-   * 5% of it at a time so a full buffer does not cost a large copy on every append.
+   * Drops the oldest events, then the oldest history rows, then the oldest points, to bring the
+   * buffer back in bounds, 5% of it at a time so a full buffer does not cost a large copy on
+   * every append. Only a database that cannot be written gets here: while it can, the intake
+   * slows the devices long before the bound.
    */
   private shed(over: number): void {
-    const excess = Math.max(over, Math.ceil(this.options.maxBufferedRows * 0.05));
+    let excess = Math.max(over, Math.ceil(this.options.maxBufferedRows * 0.05));
     this.lastDroppedAt = this.clock.now();
     const events = Math.min(excess, this.events.length);
     if (events > 0) {
       this.events.splice(0, events);
       this.stats.dropped.events += events;
+      excess -= events;
     }
-    const history = Math.min(excess - events, this.history.length);
+    const history = Math.min(excess, this.history.length);
     if (history > 0) {
       this.history.splice(0, history);
       this.stats.dropped.history += history;
+      excess -= history;
+    }
+    const points = Math.min(excess, this.points.length);
+    if (points > 0) {
+      this.points.splice(0, points);
+      this.stats.dropped.points += points;
     }
     if (!this.dropReported) {
       this.dropReported = true;
       this.host.warn(
         `the write buffer is full (${this.options.maxBufferedRows} rows waiting for the database): ` +
-          "the oldest events, then the oldest history entries, are being dropped (see the store statistics)",
+          "the oldest events, then the oldest history entries, then the oldest points, are being dropped (see the store statistics)",
       );
     }
   }
@@ -281,11 +333,14 @@ export class Persistence {
     this.history = this.history.length <= max ? [] : this.history.slice(max);
     const events = this.events.length <= max ? this.events : this.events.slice(0, max);
     this.events = this.events.length <= max ? [] : this.events.slice(max);
-    return { presence, states, history, events };
+    const most = this.pointsPerTransaction();
+    const points = this.points.length <= most ? this.points : this.points.slice(0, most);
+    this.points = this.points.length <= most ? [] : this.points.slice(most);
+    return { presence, states, history, events, points };
   }
 
   private async write(batch: WriteBatch): Promise<void> {
-    const rows = batch.presence.length + batch.states.length + batch.history.length + batch.events.length;
+    const rows = rowsOf(batch);
     if (rows === 0) return;
     const started = performance.now();
     try {
@@ -302,8 +357,10 @@ export class Persistence {
     }
     this.stats.flushes++;
     this.stats.rowsWritten += rows;
+    this.stats.pointsWritten += batch.points?.length ?? 0;
     this.host.batchWritten?.(performance.now() - started);
     this.succeeded();
+    if (this.intake !== null) this.intake.backlog(this.backlogRows());
   }
 
   /** Writes a refused batch a row at a time, setting aside (and counting) the rows the store refuses. */
@@ -314,12 +371,14 @@ export class Persistence {
       ...batch.states.map((row) => single({ states: [row] })),
       ...batch.history.map((row) => single({ history: [row] })),
       ...batch.events.map((row) => single({ events: [row] })),
+      ...pointParts(batch.points ?? []).map((points) => single({ points })),
     ];
     for (let i = 0; i < parts.length; i++) {
       const part = parts[i]!;
       try {
         await this.store.writeBatch(part);
-        this.stats.rowsWritten += part.presence.length + part.states.length + part.history.length + part.events.length;
+        this.stats.rowsWritten += rowsOf(part);
+        this.stats.pointsWritten += part.points?.length ?? 0;
       } catch (err) {
         if (!(err instanceof TethralError && err.code === "INVALID")) {
           // The database went away midway: this part and every one after it wait for the next try.
@@ -347,7 +406,14 @@ export class Persistence {
     }
     this.history = free.concat(this.history);
     this.events = batch.events.concat(this.events);
-    const rows = this.history.length + this.events.length;
+    const points: PointRow[] = [];
+    for (const row of batch.points ?? []) {
+      const held = this.held.get(row.deviceId);
+      if (held) held.points.push(row);
+      else points.push(row);
+    }
+    if (points.length > 0) this.points = points.concat(this.points);
+    const rows = this.backlogRows();
     if (rows > this.options.maxBufferedRows) this.shed(rows - this.options.maxBufferedRows);
   }
 
@@ -356,6 +422,9 @@ export class Persistence {
     this.failuresInRow++;
     if (this.degradedSince === 0) {
       this.degradedSince = this.clock.now();
+      // A database that cannot be written is no reason to stop the devices: the hub serves from
+      // memory, bounded and counted, as it always has.
+      this.intake?.release();
       this.host.degraded(errorMessage(err));
     }
   }
@@ -400,7 +469,8 @@ export class Persistence {
       this.arm(Math.round(backoff * (0.75 + Math.random() * 0.5)));
     } else {
       // A backlog bigger than one transaction goes on at once; otherwise wait for the next round.
-      this.arm(this.history.length + this.events.length >= this.options.flushRows ? 0 : this.options.flushIntervalMs);
+      const more = this.history.length + this.events.length >= this.options.flushRows || this.points.length >= this.options.flushPoints;
+      this.arm(more ? 0 : this.options.flushIntervalMs);
     }
   }
 
@@ -414,7 +484,7 @@ export class Persistence {
    * write backlog past half its bound (the buffer is filling faster than the database takes it).
    */
   get pressure(): string | null {
-    const rows = this.history.length + this.events.length;
+    const rows = this.backlogRows();
     if (this.lastDroppedAt !== null && this.clock.now() - this.lastDroppedAt < DROPPING_MS) {
       return `the write buffer is full: rows were dropped ${Math.round((this.clock.now() - this.lastDroppedAt) / 1000)} s ago`;
     }
@@ -429,13 +499,23 @@ export class Persistence {
       failures: this.stats.failures,
       refused: this.stats.refused,
       degraded: this.isDegraded,
-      pending: { presence: this.presence.size, states: this.states.size, history: this.history.length, events: this.events.length },
-      backlog: { rows: this.history.length + this.events.length, bound: this.options.maxBufferedRows },
+      pointsWritten: this.stats.pointsWritten,
+      pending: { presence: this.presence.size, states: this.states.size, history: this.history.length, events: this.events.length, points: this.points.length },
+      backlog: { rows: this.backlogRows(), bound: this.options.maxBufferedRows },
       dropped: { ...this.stats.dropped },
       lastDroppedAt: this.lastDroppedAt,
       purged: this.retention.purged(),
     };
   }
+}
+
+function rowsOf(batch: WriteBatch): number {
+  return batch.presence.length + batch.states.length + batch.history.length + batch.events.length + (batch.points?.length ?? 0);
+}
+
+/** Points of a refused batch: one part per point (only a refused batch comes here, and it is rare). */
+function pointParts(points: PointRow[]): PointRow[][] {
+  return points.map((p) => [p]);
 }
 
 /** Takes up to `max` marked devices off `marks`, reading each one's row as it is now (none for a device gone). */

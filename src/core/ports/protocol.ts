@@ -169,6 +169,24 @@ export interface AdapterContext {
   readonly maxPayloadBytes: number;
   /** Problems nobody awaits: a broker connection lost, a socket error. */
   warn(message: string): void;
+  /**
+   * Whether the hub can take more device messages now. While the store is behind past its bound
+   * the intake is `busy`: nothing is dropped, the adapter slows the devices instead. Connection
+   * protocols stop reading (MQTT stops reading the connections that send, WebSocket pauses its
+   * sockets) until the intake is ready again; request/response protocols answer "busy" (CoAP
+   * 5.03 with Max-Age, HTTP 503 with Retry-After, both `retryAfterSeconds`). A message the
+   * adapter has already read is still handed to `receive`: the hub takes it.
+   */
+  readonly intake: IntakeSignal;
+}
+
+/** See `AdapterContext.intake`. */
+export interface IntakeSignal {
+  readonly busy: boolean;
+  /** What a busy answer tells a device to wait before it sends again, in whole seconds (at least 1). */
+  readonly retryAfterSeconds: number;
+  /** Called with `true` when the intake becomes busy and `false` when it is ready again; returns the unsubscribe. */
+  onChange(listener: (busy: boolean) => void): () => void;
 }
 
 /** What a protocol plugin is given to make its adapter for one hub. */

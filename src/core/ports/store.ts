@@ -50,12 +50,68 @@ export interface CommandRow {
   options: JsonObject;
 }
 
+/**
+ * A telemetry value kept as a point (CONTRACT §7): numbers are aggregated; booleans and strings
+ * (up to 256 characters) are kept as they are and answer only `first`, `last` and `count`.
+ */
+export type PointValue = number | boolean | string;
+
+/** One point of one series: a device's top-level telemetry key at one time (epoch ms). */
+export interface PointRow {
+  deviceId: string;
+  key: string;
+  ts: number;
+  value: PointValue;
+}
+
+/** Where a query reads: raw points, or the 1-minute or 1-hour roll-ups. */
+export type Resolution = "raw" | "1m" | "1h";
+export const RESOLUTION_MS: Readonly<Record<Exclude<Resolution, "raw">, number>> = { "1m": 60_000, "1h": 3_600_000 };
+
+export const AGGREGATES = ["avg", "min", "max", "sum", "count", "first", "last"] as const;
+export type Aggregate = (typeof AGGREGATES)[number];
+
+/** One series (device and key) between two times, both included (epoch ms). */
+export interface PointQuery {
+  deviceId: string;
+  key: string;
+  from: number;
+  to: number;
+  /** At most this many points or buckets, the oldest first. */
+  limit: number;
+}
+
+/**
+ * Buckets of `intervalMs` (aligned to the epoch) whose start lies in [from rounded down to the
+ * interval, to], each aggregated with `agg`, read from `source` (raw points or a roll-up whose
+ * resolution divides the interval). Empty buckets are left out, and so are buckets with no
+ * number for `avg`, `min`, `max` and `sum`. `avg` is the mean of the numbers in the bucket;
+ * `count` counts every point; `first` and `last` are the values of the earliest and latest point.
+ */
+export interface BucketQuery extends PointQuery {
+  source: Resolution;
+  intervalMs: number;
+  agg: Aggregate;
+}
+
+/** A raw point's or a bucket's time (its start) and value. */
+export interface SeriesPoint {
+  ts: number;
+  value: PointValue;
+}
+
 /** One transaction's worth of write-behind work. */
 export interface WriteBatch {
   presence: DevicePresenceRow[];
   states: StateRow[];
   history: HistoryRow[];
   events: EventRow[];
+  /**
+   * Telemetry points. The store inserts them, ignoring a point whose (device, key, ts) it already
+   * has (a retried batch adds nothing), and maintains the 1-minute and 1-hour roll-ups (count,
+   * sum, min, max, first, last) from the points it inserted, in the same transaction.
+   */
+  points?: PointRow[];
 }
 
 export interface EventQuery {
@@ -79,12 +135,22 @@ export interface RetentionPolicy {
   eventsMaxRows: number;
   /** Finished commands (with a `completedAt`) older than this many ms are removed; 0 keeps them. */
   commandsMaxAgeMs: number;
+  /** Raw telemetry points older than this many ms are removed; 0 keeps them. */
+  pointsMaxAgeMs: number;
+  /** 1-minute roll-ups whose bucket started this many ms ago are removed; 0 keeps them. */
+  rollups1mMaxAgeMs: number;
+  /** 1-hour roll-ups, likewise. */
+  rollups1hMaxAgeMs: number;
 }
 
 export interface PurgeResult {
   history: number;
   events: number;
   commands: number;
+  /** Raw points removed. */
+  points: number;
+  /** Roll-up rows removed, both resolutions. */
+  rollups: number;
 }
 
 /**
@@ -105,7 +171,7 @@ export interface Store {
   schemaVersion(): Promise<number>;
 
   upsertDevice(row: DeviceRow): Promise<void>;
-  /** Removes a device with its state, token, history and commands. */
+  /** Removes a device with its state, token, history, commands and time series. */
   deleteDevice(id: string): Promise<void>;
   /** Writes a state unless the stored one has a higher `rev`. */
   upsertState(row: StateRow): Promise<void>;
@@ -126,6 +192,13 @@ export interface Store {
   loadTokens(): Promise<TokenRow[]>;
   deleteToken(deviceId: string): Promise<void>;
 
+  /** Raw points of one series, oldest first (CONTRACT §7). */
+  points(query: PointQuery): Promise<SeriesPoint[]>;
+  /** Aggregated buckets of one series, oldest first (see BucketQuery). */
+  buckets(query: BucketQuery): Promise<SeriesPoint[]>;
+  /** The keys a device has points or roll-ups for, sorted; kept until its series are purged or it is removed. */
+  telemetryKeys(deviceId: string): Promise<string[]>;
+
   /** Inserts or replaces a command. */
   putCommand(row: CommandRow): Promise<void>;
   /** Several commands in one transaction (status changes written behind). */
@@ -143,6 +216,9 @@ export interface Store {
    */
   deviceCommands(deviceId: string, statuses: readonly CommandStatus[] | null, limit: number): Promise<CommandRow[]>;
 
-  /** One bounded round of retention: removes at most `batchSize` rows of each kind. */
+  /**
+   * One bounded round of retention: removes at most `batchSize` rows of each kind (points, and
+   * roll-ups of each resolution, count as kinds), using the tables' keys, never a full scan.
+   */
   purge(policy: RetentionPolicy, now: number, batchSize: number): Promise<PurgeResult>;
 }
