@@ -1,3 +1,4 @@
+import { KEEP_EVERY_ROW } from "./keep-every-row";
 import assert from "node:assert/strict";
 import { Hub } from "../../src/core/hub";
 import type { TethralEvent } from "../../src/core/types";
@@ -30,7 +31,8 @@ describe("database outage (PostgreSQL through a proxy that can be cut)", functio
     const hub = new Hub({
       store,
       onWarning: () => undefined,
-      persistence: { flushIntervalMs: 20, retryBaseMs: 20, retryMaxMs: 100, stopTimeoutMs: 5000 },
+      state: KEEP_EVERY_ROW.state,
+      persistence: { ...KEEP_EVERY_ROW.persistence, flushIntervalMs: 20, retryBaseMs: 20, retryMaxMs: 100, stopTimeoutMs: 5000 },
     });
     await hub.start();
     const storeEvents: TethralEvent[] = [];

@@ -1,3 +1,4 @@
+import { KEEP_EVERY_ROW } from "./keep-every-row";
 import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -31,7 +32,15 @@ describe("Hub persistence with a slow database (overlapping writes)", function (
 
   async function open(options: HubOptions = {}): Promise<{ hub: Hub; store: WrappedStore }> {
     const store = new WrappedStore(new SqliteStore({ path: file }));
-    const hub = new Hub({ heartbeat: { resolutionMs: 0 }, onWarning: () => undefined, ...options, store, persistence: { stopTimeoutMs: 500, retryBaseMs: 10, retryMaxMs: 20, ...options.persistence } });
+    const hub = new Hub({
+      heartbeat: { resolutionMs: 0 },
+      onWarning: () => undefined,
+      ...options,
+      store,
+      // These tests count stored history and events: every report's history and state.changed kept.
+      state: { ...KEEP_EVERY_ROW.state, ...options.state },
+      persistence: { ...KEEP_EVERY_ROW.persistence, stopTimeoutMs: 500, retryBaseMs: 10, retryMaxMs: 20, ...options.persistence },
+    });
     await hub.start();
     hubs.push(hub);
     return { hub, store };
