@@ -102,7 +102,7 @@ export class DeviceTraffic {
     }
     this.messages.received++;
     this.messages.byKind[message.kind]++;
-    if (this.events.hasSubscribers("message.received", deviceId)) {
+    if (this.events.hasSubscribers("message.received", deviceId) || this.events.keepsHistoryOf("message.received")) {
       this.events.publish("message.received", { kind: message.kind, protocol, data: message.data ?? null, retained }, {
         deviceId,
         source,

@@ -47,6 +47,8 @@ export function healthOf(running: boolean, parts: HealthParts): HubHealth {
       pending: stats.pending,
       backlog: stats.backlog,
       dropped: stats.dropped,
+      pointsWritten: stats.pointsWritten,
+      ...(p.intakeState !== null && { intake: p.intakeState }),
       ...(pressure !== null && { error: pressure }),
     };
   }

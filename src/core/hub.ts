@@ -90,6 +90,8 @@ export class Hub {
       : null);
     const unstored = new Set(po.unstoredEventTypes);
     this.events = new EventBus(clock, {
+      // A user who stores message.received wants it kept: it is then no longer transient.
+      ...(p && !unstored.has("message.received") && { transientTypes: [] }),
       ...options.events,
       ...(p && { recorder: (event, expiresAt) => (unstored.has(event.type) ? undefined : p.addEvent(event, expiresAt)) }),
     });
@@ -148,6 +150,8 @@ export class Hub {
       devices: () => this.registry.statistics(),
       events: () => this.events.statistics(),
       store: () => this.persistence?.statistics() ?? null,
+      intake: () => this.intake.statistics(),
+      series: () => this.series.statistics(),
       refusals: () => this.refusals.counts(),
       health: () => this.health(),
     });

@@ -41,6 +41,11 @@ export class Intake implements IntakeSignal {
     return () => this.listeners.delete(listener);
   }
 
+  /** How long the intake has been busy without a break (0 when it is not). */
+  busyForMs(): number {
+    return this.isBusy ? Date.now() - this.busySince : 0;
+  }
+
   /** Times the intake turned busy, and for how long in all (ms, the current spell included). */
   statistics(): { busy: boolean; pauses: number; busyMs: number; highWater: number; lowWater: number } {
     const current = this.isBusy ? Date.now() - this.busySince : 0;

@@ -12,6 +12,10 @@ export interface MetricsSource {
   events(): EventStatistics;
   /** Null without a store. */
   store(): PersistenceStatistics | null;
+  /** The device intake valve (busy while the store is behind). */
+  intake(): { busy: boolean; pauses: number; busyMs: number };
+  /** Telemetry points recorded and queries answered. */
+  series(): { points: number; queries: number };
   /** Refused device messages by protocol and reason. */
   refusals(): Iterable<{ protocol: string; reason: string; count: number }>;
   health(): HubHealth;
@@ -154,11 +158,11 @@ export class HubMetrics {
 
     this.batch = new Histogram({
       name: "tethral_store_batch_duration_seconds",
-      help: "How long one write-behind batch (presence, state, history, events) took to write.",
+      help: "How long one write-behind batch (presence, state, history, events, points) took to write.",
       buckets: BATCH_BUCKETS,
       registers,
     });
-    gauge("tethral_store_backlog_rows", "History and event rows waiting for the database.", () => source.store()?.backlog.rows ?? 0);
+    gauge("tethral_store_backlog_rows", "History, event and telemetry point rows waiting for the database.", () => source.store()?.backlog.rows ?? 0);
     gauge("tethral_store_backlog_limit_rows", "The backlog past which the oldest rows are dropped.", () => source.store()?.backlog.bound ?? 0);
     new Counter({
       name: "tethral_store_dropped_rows_total",
@@ -167,11 +171,18 @@ export class HubMetrics {
       registers,
       collect() {
         this.reset();
-        const dropped = source.store()?.dropped ?? { history: 0, events: 0 };
+        const dropped = source.store()?.dropped ?? { history: 0, events: 0, points: 0 };
         this.inc({ table: "history" }, dropped.history);
         this.inc({ table: "events" }, dropped.events);
+        this.inc({ table: "points" }, dropped.points);
       },
     });
+    counter("tethral_telemetry_points_total", "Telemetry values recorded as time-series points.", () => source.series().points);
+    counter("tethral_store_points_written_total", "Telemetry points written to the database.", () => source.store()?.pointsWritten ?? 0);
+    counter("tethral_telemetry_queries_total", "Time-series queries answered.", () => source.series().queries);
+    gauge("tethral_intake_busy", "1 while the store is behind and the adapters slow the devices (nothing is dropped), else 0.", () => (source.intake().busy ? 1 : 0));
+    counter("tethral_intake_pauses_total", "Times the device intake was slowed because the store was behind.", () => source.intake().pauses);
+    counter("tethral_intake_busy_seconds_total", "Seconds the device intake has been slowed in all.", () => source.intake().busyMs / 1000);
     counter("tethral_store_rows_written_total", "Rows written by the write-behind batches.", () => source.store()?.rowsWritten ?? 0);
     counter("tethral_store_failures_total", "Batches the database failed to write (retried later).", () => source.store()?.failures ?? 0);
     gauge("tethral_store_degraded", "1 while the database is unreachable and the hub serves from memory, else 0.", () => (source.store()?.degraded ? 1 : 0));

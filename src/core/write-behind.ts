@@ -19,6 +19,8 @@ export { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceHost, type PersistenceOpti
  */
 /** How long after rows were last dropped the store still says it is dropping them. */
 const DROPPING_MS = 60_000;
+/** How long the intake may stay slowed before the store reports itself degraded: a spell is the design working, a long one is a store too slow for the fleet. */
+const SLOWED_MS = 30_000;
 
 export class Persistence {
   private presence = new Set<string>();
@@ -485,11 +487,18 @@ export class Persistence {
    */
   get pressure(): string | null {
     const rows = this.backlogRows();
+    const slowed = this.intake?.busyForMs() ?? 0;
+    if (slowed > SLOWED_MS) return `the store is behind: the device intake has been slowed for ${Math.round(slowed / 1000)} s`;
     if (this.lastDroppedAt !== null && this.clock.now() - this.lastDroppedAt < DROPPING_MS) {
       return `the write buffer is full: rows were dropped ${Math.round((this.clock.now() - this.lastDroppedAt) / 1000)} s ago`;
     }
     if (rows > this.options.maxBufferedRows / 2) return `the write backlog is ${rows} rows, past half its bound of ${this.options.maxBufferedRows}`;
     return null;
+  }
+
+  /** The intake valve's figures for health, or null without one. */
+  get intakeState(): ReturnType<Intake["statistics"]> | null {
+    return this.intake?.statistics() ?? null;
   }
 
   statistics(): PersistenceStatistics {

@@ -28,6 +28,14 @@ export interface HubConfig {
   eventRetentionDays: number;
   /** Days stored state history is kept; 0 keeps it regardless of age (the per-device cap still applies). */
   historyRetentionDays: number;
+  /** Telemetry time series (CONTRACT §7): days raw points, 1-minute and 1-hour roll-ups are kept; 0 keeps them. */
+  pointRetentionDays: number;
+  minuteRetentionDays: number;
+  hourRetentionDays: number;
+  /** Also write a state-history entry for every telemetry report (the values are in the time series anyway). */
+  historyOfReports: boolean;
+  /** Event types not written to the store, comma-separated (recent ones stay in memory). */
+  unstoredEvents: string;
   /** Anomaly detection: flapping (this many online/offline transitions within the window, in seconds). */
   flappingDetection: boolean;
   flappingThreshold: number;
@@ -64,6 +72,11 @@ export const HUB_CONFIG_DEFAULTS: HubConfig = {
   postgresUrl: "",
   eventRetentionDays: 7,
   historyRetentionDays: 30,
+  pointRetentionDays: 7,
+  minuteRetentionDays: 90,
+  hourRetentionDays: 3 * 365,
+  historyOfReports: false,
+  unstoredEvents: "message.received, state.changed",
   flappingDetection: true,
   flappingThreshold: 6,
   flappingWindow: 300,
@@ -190,6 +203,13 @@ const hubConfigSchema = z.object({
   eventHistorySize: setting.count(MAX_EVENT_HISTORY, d.eventHistorySize),
   eventRetentionDays: setting.between(0, MAX_RETENTION_DAYS, d.eventRetentionDays),
   historyRetentionDays: setting.between(0, MAX_RETENTION_DAYS, d.historyRetentionDays),
+  pointRetentionDays: setting.between(0, MAX_RETENTION_DAYS, d.pointRetentionDays),
+  minuteRetentionDays: setting.between(0, MAX_RETENTION_DAYS, d.minuteRetentionDays),
+  hourRetentionDays: setting.between(0, MAX_RETENTION_DAYS, d.hourRetentionDays),
+  historyOfReports: setting.flag(d.historyOfReports),
+  unstoredEvents: setting
+    .text(1000, d.unstoredEvents)
+    .refine((v) => eventTypeList(v).every((t) => EVENT_TYPE.test(t)), "must be event types separated by commas (message.received, state.changed)"),
   flappingDetection: setting.flag(d.flappingDetection),
   flappingThreshold: setting.count(1000, d.flappingThreshold).refine((n) => n >= MIN_FLAPPING_THRESHOLD, `must be at least ${MIN_FLAPPING_THRESHOLD}`),
   flappingWindow: setting.positive(DAY_SEC, d.flappingWindow),
@@ -250,6 +270,16 @@ export function postgresUrlProblem(url: string, requiredWhen?: string): string |
   return null;
 }
 
+const EVENT_TYPE = /^[A-Za-z0-9_.:-]{1,128}$/;
+
+/** The event types of a comma-separated setting, trimmed, empty ones left out. */
+function eventTypeList(text: string): string[] {
+  return text
+    .split(",")
+    .map((t) => t.trim())
+    .filter((t) => t.length > 0);
+}
+
 /** Checks a deployed tethral-hub node's properties; throws an INVALID TethralError naming every bad field. */
 export function parseHubConfig(def: unknown): HubConfig {
   return parseInput(hubSettingsSchema, def, "Tethral hub settings");
@@ -269,7 +299,7 @@ export function toHubOptions(config: HubConfig, hooks: HubHooks = {}): HubOption
       adaptive: { enabled: config.adaptiveTimeout, factor: config.adaptiveFactor },
       retention: { enabled: config.retention, offlineForSec: config.retentionDays * 24 * 3600 },
     },
-    state: { historySize: config.stateHistorySize },
+    state: { historySize: config.stateHistorySize, historyOfReports: config.historyOfReports },
     anomaly: {
       flapping: { enabled: config.flappingDetection, threshold: config.flappingThreshold, windowSec: config.flappingWindow },
       stuck: { enabled: config.stuckDetection, reports: config.stuckReports, seconds: config.stuckSeconds },
@@ -282,7 +312,11 @@ export function toHubOptions(config: HubConfig, hooks: HubHooks = {}): HubOption
         historyMaxAgeMs: config.historyRetentionDays * DAY_MS,
         // "State changes kept per device" means the same with a database as in memory.
         historyMaxPerDevice: config.stateHistorySize,
+        pointsMaxAgeMs: config.pointRetentionDays * DAY_MS,
+        rollups1mMaxAgeMs: config.minuteRetentionDays * DAY_MS,
+        rollups1hMaxAgeMs: config.hourRetentionDays * DAY_MS,
       },
+      unstoredEventTypes: eventTypeList(config.unstoredEvents),
     },
   };
   if (hooks.store) options.store = hooks.store;

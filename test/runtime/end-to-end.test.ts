@@ -158,7 +158,10 @@ for (const store of STORES) describe(`end to end on ${store.name}: simulated dev
         commands: (await call(rt!.api, "GET", `/events?deviceId=${id}&type=command.succeeded`)).body.events,
       });
     }
-    const eventIds: string[] = (await call(rt!.api, "GET", "/events?limit=10000")).body.events.map((e: Json) => e.id);
+    // The stored ones: state.changed (one per report) is kept in memory only, by default.
+    const eventIds: string[] = (await call(rt!.api, "GET", "/events?limit=10000")).body.events
+      .filter((e: Json) => e.type !== "state.changed")
+      .map((e: Json) => e.id);
 
     await rt!.stop();
     rt = null;
@@ -176,8 +179,10 @@ for (const store of STORES) describe(`end to end on ${store.name}: simulated dev
       assert.equal(device.protocol, protocol);
       const state: Json = (await call(rt.api, "GET", `/devices/${id}/state?history=1000`)).body;
       assert.ok(state.version >= was.state.version, `${id} state version kept`);
-      // The history from before, entry for entry (the devices may have added to it since).
-      assert.ok(was.state.history.length > 3, `${id} has a history`);
+      // The history from before, entry for entry (the devices may have added to it since). It
+      // holds the status changes (online, offline, online again); the reported values are in the
+      // time series (CONTRACT §7).
+      assert.ok(was.state.history.length >= 3, `${id} has a history`);
       assert.deepEqual(state.history.slice(0, was.state.history.length), was.state.history, `${id} history kept`);
       assert.equal(typeof state.properties.temperature, "number");
       const command = await call(rt.api, "GET", `/commands/${commandIds.get(protocol)}`);
@@ -215,5 +220,60 @@ for (const store of STORES) describe(`end to end on ${store.name}: simulated dev
     }
     const rejected = (await call(rt.api, "GET", "/communication/statistics")).body.protocols;
     for (const protocol of PROTOCOLS) assert.equal(rejected[protocol].rejected, 0, `${protocol}: no refused token after the restart`);
+  });
+
+  it("keeps every telemetry value as a time series: raw and aggregated queries, bad ones refused, and every point answered before a SIGKILL is there after it", async () => {
+    const before = new Map<string, Json>();
+    const to = new Date().toISOString();
+    for (const protocol of PROTOCOLS) {
+      const id = ids(protocol);
+      const keys = await call(rt!.api, "GET", `/devices/${id}/telemetry/keys`);
+      assert.equal(keys.status, 200);
+      for (const key of ["temperature", "humidity"]) assert.ok(keys.body.keys.includes(key), `${id}: ${key} in ${keys.body.keys}`);
+      // Raw points, oldest first, every one a number the device sent.
+      const raw = await call(rt!.api, "GET", `/devices/${id}/telemetry?keys=temperature,humidity&to=${encodeURIComponent(to)}&limit=10000`);
+      assert.equal(raw.status, 200, JSON.stringify(raw.body));
+      assert.equal(raw.body.deviceId, id);
+      assert.equal(raw.body.interval, null);
+      const temps: Json[] = raw.body.series.temperature;
+      assert.ok(temps.length >= 10, `${id}: ${temps.length} temperature points`);
+      assert.ok(temps.every((p: Json) => typeof p.value === "number"));
+      assert.ok(temps.every((p: Json, i: number) => i === 0 || Date.parse(p.ts) > Date.parse(temps[i - 1].ts)), "oldest first, one point per time");
+      // Aggregated: per-minute buckets agree with the raw points they sum up.
+      const counts = await call(rt!.api, "GET", `/devices/${id}/telemetry?keys=temperature&to=${encodeURIComponent(to)}&interval=1m&agg=count`);
+      assert.equal(counts.status, 200, JSON.stringify(counts.body));
+      assert.equal(counts.body.interval, "1m");
+      assert.equal(counts.body.agg, "count");
+      const counted = counts.body.series.temperature.reduce((n: number, b: Json) => n + b.value, 0);
+      assert.equal(counted, temps.length, `${id}: the 1-minute counts add up to the raw points`);
+      const max = await call(rt!.api, "GET", `/devices/${id}/telemetry?keys=temperature&to=${encodeURIComponent(to)}&interval=1h&agg=max`);
+      assert.equal(max.body.series.temperature.length, new Set(temps.map((p: Json) => Math.floor(Date.parse(p.ts) / 3_600_000))).size);
+      assert.equal(Math.max(...max.body.series.temperature.map((b: Json) => b.value)), Math.max(...temps.map((p: Json) => p.value)));
+      before.set(id, raw.body.series);
+    }
+    // Bad queries: 400 naming the parameter, nothing else; an unknown device 404.
+    const id = ids("mqtt");
+    for (const [query, field] of [
+      ["interval=fortnight", "interval"],
+      ["agg=median&interval=1m", "agg"],
+      ["from=2026-12-02T00:00:00Z&to=2026-12-01T00:00:00Z", "from"],
+      ["limit=0", "limit"],
+      ["from=yesterday", "from"],
+    ] as const) {
+      const bad = await call(rt!.api, "GET", `/devices/${id}/telemetry?${query}`);
+      assert.equal(bad.status, 400, `${query}: ${JSON.stringify(bad.body)}`);
+      assert.equal(bad.body.error.code, "INVALID");
+      assert.equal(bad.body.error.details[0].field, field, `${query} names ${field}`);
+    }
+    assert.equal((await call(rt!.api, "GET", "/devices/no-such-device/telemetry")).status, 404);
+
+    // Killed with no chance to flush: what the queries above answered was already stored.
+    await rt!.kill();
+    rt = await spawnRuntime(userDir, env);
+    for (const [device, series] of before) {
+      const again = await call(rt.api, "GET", `/devices/${device}/telemetry?keys=temperature,humidity&to=${encodeURIComponent(to)}&limit=10000`);
+      assert.equal(again.status, 200);
+      assert.deepEqual(again.body.series, series, `${device}: every point from before the kill`);
+    }
   });
 });

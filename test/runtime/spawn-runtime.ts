@@ -14,6 +14,8 @@ export interface RuntimeChild {
   output(): string;
   /** SIGTERM, then waits for the exit (the runtime stops its flows and hub first). */
   stop(): Promise<void>;
+  /** SIGKILL, as a crash or the OOM killer would: nothing runs on the way out. Resolves at the exit. */
+  kill(): Promise<void>;
 }
 
 const CHILD = path.join(__dirname, "child.ts");
@@ -77,6 +79,12 @@ export function spawnRuntime(userDir: string, env: NodeJS.ProcessEnv = {}): Prom
               else done();
             });
             proc.kill("SIGTERM");
+          }),
+        kill: () =>
+          new Promise<void>((done) => {
+            if (proc.exitCode !== null || proc.signalCode !== null) return done();
+            proc.once("exit", () => done());
+            proc.kill("SIGKILL");
           }),
       });
     };
