@@ -1,9 +1,10 @@
 import { type Clock, type TimerHandle, beforeDeadline } from "./clock";
 import { TethralError, errorMessage } from "./errors";
 import type { TethralEvent } from "./types";
-import { DEFAULT_PERSISTENCE_OPTIONS, type HeldDevice, type PersistenceHost, type PersistenceOptions, type PersistenceStatistics } from "./write-behind-options";
+import { WriteQueue } from "./write-queue";
+import { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceHost, type PersistenceOptions, type PersistenceStatistics } from "./write-behind-options";
 import type { Intake } from "./intake";
-import type { DevicePresenceRow, DeviceRow, EventRow, HistoryRow, PointRow, PointValue, PurgeResult, StateRow, Store, WriteBatch } from "./ports/store";
+import type { DevicePresenceRow, DeviceRow, HistoryRow, PointRow, PointValue, PurgeResult, StateRow, Store, WriteBatch } from "./ports/store";
 import { Retention } from "./retention";
 import { eventRow } from "./stored-rows";
 
@@ -23,13 +24,7 @@ const DROPPING_MS = 60_000;
 const SLOWED_MS = 30_000;
 
 export class Persistence {
-  private presence = new Set<string>();
-  private states = new Set<string>();
-  private history: HistoryRow[] = [];
-  private events: EventRow[] = [];
-  private points: PointRow[] = [];
-  /** Devices written or deleted directly right now: their batched writes wait aside (see `hold`). */
-  private readonly held = new Map<string, HeldDevice>();
+  private readonly queue: WriteQueue;
   private timer: TimerHandle | null = null;
   private readonly retention: Retention;
   /** Batches are written one after another: each flush is chained to the last. */
@@ -39,15 +34,7 @@ export class Persistence {
   private failuresInRow = 0;
   private degradedSince = 0;
   private dropReported = false;
-  private lastDroppedAt: number | null = null;
-  private readonly stats = {
-    flushes: 0,
-    rowsWritten: 0,
-    failures: 0,
-    refused: 0,
-    dropped: { history: 0, events: 0, points: 0 },
-    pointsWritten: 0,
-  };
+  private readonly stats = { flushes: 0, rowsWritten: 0, failures: 0, refused: 0, pointsWritten: 0 };
 
   constructor(
     readonly store: Store,
@@ -57,6 +44,7 @@ export class Persistence {
     /** Moved as the backlog grows and shrinks, so adapters slow the devices instead of rows being dropped. */
     private readonly intake: Intake | null = null,
   ) {
+    this.queue = new WriteQueue(clock);
     // Purges only while the database answers: a degraded store has enough to do.
     this.retention = new Retention(store, clock, options.retention, () => this.isDegraded, (m) => host.warn(m));
   }
@@ -90,7 +78,7 @@ export class Persistence {
 
   start(): void {
     this.running = true;
-    this.intake?.backlog(this.backlogRows());
+    this.intake?.backlog(this.queue.backlog);
     this.arm(this.options.flushIntervalMs);
     this.retention.start();
   }
@@ -123,42 +111,25 @@ export class Persistence {
   // ── Marks from the hub (hot path: a set insert, no I/O) ────────────────────────────────
 
   markPresence(id: string): void {
-    const held = this.held.get(id);
-    if (held) held.presence = true;
-    else this.presence.add(id);
+    this.queue.markPresence(id);
   }
 
   markState(id: string): void {
-    const held = this.held.get(id);
-    if (held) held.state = true;
-    else this.states.add(id);
+    this.queue.markState(id);
   }
 
   addHistory(row: HistoryRow): void {
-    const held = this.held.get(row.deviceId);
-    if (held) {
-      held.history.push(row);
-      return;
-    }
-    this.history.push(row);
-    this.afterAppend();
+    if (this.queue.addHistory(row)) this.afterAppend();
   }
 
   addEvent(event: TethralEvent, expiresAt: number): void {
-    this.events.push(eventRow(event, expiresAt));
+    this.queue.addEvent(eventRow(event, expiresAt));
     this.afterAppend();
   }
 
   /** A telemetry point (hot path: one small object per value). */
   addPoint(deviceId: string, key: string, ts: number, value: PointValue): void {
-    const row: PointRow = { deviceId, key, ts, value };
-    const held = this.held.get(deviceId);
-    if (held) {
-      held.points.push(row);
-      return;
-    }
-    this.points.push(row);
-    this.afterAppend();
+    if (this.queue.addPoint({ deviceId, key, ts, value })) this.afterAppend();
   }
 
   /**
@@ -167,16 +138,7 @@ export class Persistence {
    * can then neither race the direct write nor bring back rows of a device just deleted.
    */
   hold(id: string): void {
-    if (this.held.has(id)) return;
-    const held: HeldDevice = { presence: this.presence.delete(id), state: this.states.delete(id), history: [], points: [] };
-    // One pass over what waits (up to the buffer's whole size), and no new array when none is the device's.
-    const rest: HistoryRow[] = [];
-    for (const h of this.history) (h.deviceId === id ? held.history : rest).push(h);
-    if (held.history.length > 0) this.history = rest;
-    const others: PointRow[] = [];
-    for (const pt of this.points) (pt.deviceId === id ? held.points : others).push(pt);
-    if (held.points.length > 0) this.points = others;
-    this.held.set(id, held);
+    this.queue.hold(id);
   }
 
   /**
@@ -186,18 +148,7 @@ export class Persistence {
    * what was set aside is dropped.
    */
   release(id: string, afterwards: "changed" | "unchanged" | "gone"): void {
-    const held = this.held.get(id);
-    if (!held) return;
-    this.held.delete(id);
-    if (afterwards === "gone") return;
-    const dirty = afterwards === "changed";
-    if (held.presence || dirty) this.presence.add(id);
-    if (held.state || dirty) this.states.add(id);
-    if (held.history.length > 0 || held.points.length > 0) {
-      for (const row of held.history) this.history.push(row);
-      for (const row of held.points) this.points.push(row);
-      this.afterAppend();
-    }
+    if (this.queue.release(id, afterwards)) this.afterAppend();
   }
 
   // ── Direct, durable writes (the caller is told only once they are stored) ──────────────
@@ -243,9 +194,9 @@ export class Persistence {
    */
   async flushPending(): Promise<void> {
     await this.idle();
-    const max = this.options.maxTransactionRows;
-    const rounds = Math.max(this.presence.size, this.states.size, this.history.length, this.events.length, Math.ceil(this.points.length / this.pointsPerTransaction()) * max);
-    for (let i = Math.ceil(rounds / max); i > 0 && this.hasWork(); i--) await this.flushOnce();
+    for (let i = this.queue.batchesFor(this.options.maxTransactionRows, this.options.maxTransactionPoints); i > 0 && !this.queue.isEmpty; i--) {
+      await this.flushOnce();
+    }
   }
 
   /** Resolves once no batch is being written. */
@@ -257,56 +208,32 @@ export class Persistence {
   }
 
   private hasWork(): boolean {
-    return this.presence.size + this.states.size + this.history.length + this.events.length + this.points.length > 0;
+    return !this.queue.isEmpty;
   }
 
   private pendingRows(): number {
-    return this.presence.size + this.states.size + this.history.length + this.events.length + this.points.length;
-  }
-
-  /** Rows that take buffer space: history, events and points (presence and state are marks). */
-  private backlogRows(): number {
-    return this.history.length + this.events.length + this.points.length;
-  }
-
-  private pointsPerTransaction(): number {
-    return this.options.maxTransactionPoints;
+    return this.queue.size;
   }
 
   private afterAppend(): void {
-    const rows = this.history.length + this.events.length;
-    const backlog = rows + this.points.length;
+    const backlog = this.queue.backlog;
     if (backlog > this.options.maxBufferedRows) this.shed(backlog - this.options.maxBufferedRows);
     if (this.intake !== null && !this.isDegraded) this.intake.backlog(backlog);
-    if ((rows >= this.options.flushRows || this.points.length >= this.options.flushPoints) && this.running && this.busy === 0 && !this.isDegraded) this.arm(0);
+    if (this.running && this.busy === 0 && !this.isDegraded && this.batchWaits()) this.arm(0);
+  }
+
+  /** Enough waits for a batch of its own, before the timer's round. */
+  private batchWaits(): boolean {
+    return this.queue.rowsWaiting >= this.options.flushRows || this.queue.pointsWaiting >= this.options.flushPoints;
   }
 
   /**
    * Drops the oldest events, then the oldest history rows, then the oldest points, to bring the
-   * buffer back in bounds, 5% of it at a time so a full buffer does not cost a large copy on
-   * every append. Only a database that cannot be written gets here: while it can, the intake
-   * slows the devices long before the bound.
+   * buffer back in bounds, 5% of it at a time. Only a database that cannot be written gets here:
+   * while it can, the intake slows the devices long before the bound.
    */
   private shed(over: number): void {
-    let excess = Math.max(over, Math.ceil(this.options.maxBufferedRows * 0.05));
-    this.lastDroppedAt = this.clock.now();
-    const events = Math.min(excess, this.events.length);
-    if (events > 0) {
-      this.events.splice(0, events);
-      this.stats.dropped.events += events;
-      excess -= events;
-    }
-    const history = Math.min(excess, this.history.length);
-    if (history > 0) {
-      this.history.splice(0, history);
-      this.stats.dropped.history += history;
-      excess -= history;
-    }
-    const points = Math.min(excess, this.points.length);
-    if (points > 0) {
-      this.points.splice(0, points);
-      this.stats.dropped.points += points;
-    }
+    this.queue.shed(over, Math.ceil(this.options.maxBufferedRows * 0.05));
     if (!this.dropReported) {
       this.dropReported = true;
       this.host.warn(
@@ -326,19 +253,9 @@ export class Persistence {
     return run;
   }
 
-  /** The next transaction's rows: presence and state read from memory now, history and events as queued. */
+  /** The next transaction's rows: presence and state read from memory now, the rest as queued. */
   private take(): WriteBatch {
-    const max = this.options.maxTransactionRows;
-    const presence = drain(this.presence, max, (id) => this.host.presence(id));
-    const states = drain(this.states, max, (id) => this.host.state(id));
-    const history = this.history.length <= max ? this.history : this.history.slice(0, max);
-    this.history = this.history.length <= max ? [] : this.history.slice(max);
-    const events = this.events.length <= max ? this.events : this.events.slice(0, max);
-    this.events = this.events.length <= max ? [] : this.events.slice(max);
-    const most = this.pointsPerTransaction();
-    const points = this.points.length <= most ? this.points : this.points.slice(0, most);
-    this.points = this.points.length <= most ? [] : this.points.slice(most);
-    return { presence, states, history, events, points };
+    return this.queue.take(this.options.maxTransactionRows, this.options.maxTransactionPoints, this.host);
   }
 
   private async write(batch: WriteBatch): Promise<void> {
@@ -362,7 +279,7 @@ export class Persistence {
     this.stats.pointsWritten += batch.points?.length ?? 0;
     this.host.batchWritten?.(performance.now() - started);
     this.succeeded();
-    if (this.intake !== null) this.intake.backlog(this.backlogRows());
+    if (this.intake !== null) this.intake.backlog(this.queue.backlog);
   }
 
   /** Writes a refused batch a row at a time, setting aside (and counting) the rows the store refuses. */
@@ -398,24 +315,8 @@ export class Persistence {
 
   /** A failed batch goes back in front of what arrived meanwhile; presence and state are re-read later. */
   private putBack(batch: WriteBatch): void {
-    for (const row of batch.presence) this.markPresence(row.id);
-    for (const row of batch.states) this.markState(row.deviceId);
-    const free: HistoryRow[] = [];
-    for (const row of batch.history) {
-      const held = this.held.get(row.deviceId);
-      if (held) held.history.push(row);
-      else free.push(row);
-    }
-    this.history = free.concat(this.history);
-    this.events = batch.events.concat(this.events);
-    const points: PointRow[] = [];
-    for (const row of batch.points ?? []) {
-      const held = this.held.get(row.deviceId);
-      if (held) held.points.push(row);
-      else points.push(row);
-    }
-    if (points.length > 0) this.points = points.concat(this.points);
-    const rows = this.backlogRows();
+    this.queue.putBack(batch);
+    const rows = this.queue.backlog;
     if (rows > this.options.maxBufferedRows) this.shed(rows - this.options.maxBufferedRows);
   }
 
@@ -471,8 +372,7 @@ export class Persistence {
       this.arm(Math.round(backoff * (0.75 + Math.random() * 0.5)));
     } else {
       // A backlog bigger than one transaction goes on at once; otherwise wait for the next round.
-      const more = this.history.length + this.events.length >= this.options.flushRows || this.points.length >= this.options.flushPoints;
-      this.arm(more ? 0 : this.options.flushIntervalMs);
+      this.arm(this.batchWaits() ? 0 : this.options.flushIntervalMs);
     }
   }
 
@@ -486,11 +386,12 @@ export class Persistence {
    * write backlog past half its bound (the buffer is filling faster than the database takes it).
    */
   get pressure(): string | null {
-    const rows = this.backlogRows();
+    const rows = this.queue.backlog;
+    const lastDroppedAt = this.queue.lastDroppedAt;
     const slowed = this.intake?.busyForMs() ?? 0;
     if (slowed > SLOWED_MS) return `the store is behind: the device intake has been slowed for ${Math.round(slowed / 1000)} s`;
-    if (this.lastDroppedAt !== null && this.clock.now() - this.lastDroppedAt < DROPPING_MS) {
-      return `the write buffer is full: rows were dropped ${Math.round((this.clock.now() - this.lastDroppedAt) / 1000)} s ago`;
+    if (lastDroppedAt !== null && this.clock.now() - lastDroppedAt < DROPPING_MS) {
+      return `the write buffer is full: rows were dropped ${Math.round((this.clock.now() - lastDroppedAt) / 1000)} s ago`;
     }
     if (rows > this.options.maxBufferedRows / 2) return `the write backlog is ${rows} rows, past half its bound of ${this.options.maxBufferedRows}`;
     return null;
@@ -509,10 +410,10 @@ export class Persistence {
       refused: this.stats.refused,
       degraded: this.isDegraded,
       pointsWritten: this.stats.pointsWritten,
-      pending: { presence: this.presence.size, states: this.states.size, history: this.history.length, events: this.events.length, points: this.points.length },
-      backlog: { rows: this.backlogRows(), bound: this.options.maxBufferedRows },
-      dropped: { ...this.stats.dropped },
-      lastDroppedAt: this.lastDroppedAt,
+      pending: this.queue.pending(),
+      backlog: { rows: this.queue.backlog, bound: this.options.maxBufferedRows },
+      dropped: { ...this.queue.dropped },
+      lastDroppedAt: this.queue.lastDroppedAt,
       purged: this.retention.purged(),
     };
   }
@@ -525,16 +426,4 @@ function rowsOf(batch: WriteBatch): number {
 /** Points of a refused batch: one part per point (only a refused batch comes here, and it is rare). */
 function pointParts(points: PointRow[]): PointRow[][] {
   return points.map((p) => [p]);
-}
-
-/** Takes up to `max` marked devices off `marks`, reading each one's row as it is now (none for a device gone). */
-function drain<R>(marks: Set<string>, max: number, read: (id: string) => R | null): R[] {
-  const rows: R[] = [];
-  for (const id of marks) {
-    if (rows.length >= max) break;
-    marks.delete(id);
-    const row = read(id);
-    if (row) rows.push(row);
-  }
-  return rows;
 }
