@@ -4,6 +4,7 @@ import { Hub } from "../../src/core/hub";
 import type { TethralEvent } from "../../src/core/types";
 import { MqttAdapter } from "../../src/protocols/mqtt";
 import { BUSY_NOTE } from "../../src/protocols/intake-hold";
+import { listeners } from "./intake-listeners";
 import { MqttDevice, until } from "./mqtt-device";
 
 /** Long enough for a message the broker read to reach the hub many times over on loopback. */
@@ -115,18 +116,3 @@ describe("MQTT embedded broker while the hub's intake is busy", function () {
     assert.equal(listening.size, 0);
   });
 });
-
-/** The intake's listeners now, as a hub's adapters subscribe and unsubscribe. */
-export function listeners(hub: Hub): Set<unknown> {
-  const live = new Set<unknown>();
-  const onChange = hub.intake.onChange.bind(hub.intake);
-  hub.intake.onChange = (listener) => {
-    live.add(listener);
-    const off = onChange(listener);
-    return () => {
-      live.delete(listener);
-      off();
-    };
-  };
-  return live;
-}
