@@ -17,6 +17,7 @@ import { join } from "node:path";
 import { Worker } from "node:worker_threads";
 import mqtt from "mqtt";
 import { Hub } from "../src/core/hub";
+import { Intake } from "../src/core/intake";
 import { MqttAdapter } from "../src/protocols/mqtt";
 import type { AdapterContext, ProtocolCounters } from "../src/protocols/types";
 import { SqliteStore } from "../src/store/sqlite";
@@ -91,6 +92,8 @@ function idleContext(): AdapterContext {
     counters,
     maxPayloadBytes: 256 * 1024,
     warn: (m) => console.warn(m),
+    // Never busy: the bare run measures the broker alone.
+    intake: new Intake(Number.MAX_SAFE_INTEGER, 0),
   };
 }
 

@@ -1,4 +1,5 @@
 import type { Hub } from "../core";
+import { TethralError } from "../core/errors";
 import type { DeviceFilter } from "../core/registry";
 import { HubUse, type Outcome, fromMsg, invalidInput, isPlainObject, flowCause, operationHandler, operationOf, text, deviceSender } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
@@ -127,6 +128,13 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
       const { token, protocol } = deviceSender(msg, { token: _("tethral-device.errors.token"), protocol: _("tethral-device.errors.protocol") });
       const payload = msg.payload;
       return (hub) => {
+        // The store is behind: nothing is taken, and the answer (the REST flow's 503) says when
+        // to send again, as `Retry-After` in msg.headers, which the http response node sends.
+        if (hub.intake.busy) {
+          const seconds = hub.intake.retryAfterSeconds;
+          msg.headers = { ...(msg.headers as Record<string, string> | undefined), "Retry-After": String(seconds) };
+          throw new TethralError("UNAVAILABLE", `the hub is busy: send again in ${seconds} s`);
+        }
         const result = hub.receive({ protocol, deviceId: id, kind: kind as (typeof REPORT_KINDS)[number], payload, ...(token !== undefined && { token }) });
         if (!result.ok) throw result.error;
         return {

@@ -50,6 +50,9 @@ const DISCOVERY: Resource = { type: "discovery" };
  */
 type Settle = (type: "ACK" | "RST", messageId: number, from: AddressInfo) => boolean;
 
+/** The reports a busy intake answers 5.03 (CONTRACT §2's device reports). */
+const HELD_KINDS: ReadonlySet<DeviceMessageKind> = new Set(["telemetry", "heartbeat", "state", "status"]);
+
 export class CoapIntake {
   private context: AdapterContext | null = null;
   private server: Server | null = null;
@@ -59,7 +62,8 @@ export class CoapIntake {
   /** Empty ACKs and RSTs go here first: true when they settled one of the hub's own notifications. */
   private settle: Settle | null = null;
   private readonly blocks: Block1Slots;
-  readonly figures = { blockRefusals: 0, malformed: 0 };
+  /** busyRefused: reports answered 5.03 because the hub's intake was busy (see `busy`). */
+  readonly figures = { blockRefusals: 0, malformed: 0, busyRefused: 0 };
 
   constructor(
     /** The adapter's name: the protocol devices authenticate for. */
@@ -170,6 +174,20 @@ export class CoapIntake {
     return null;
   }
 
+  /**
+   * While the hub's intake is busy a report is not taken: 5.03 with Max-Age (RFC 7252 §5.9.3.4),
+   * the seconds the device should wait before it sends it again. Not a refusal of the device or
+   * of its message, so no `message.rejected`: the store that is behind would have to write it.
+   * Null when the intake is ready, or for what is not a report (a command's answer, a register).
+   */
+  busy(kind: DeviceMessageKind): Answer | null {
+    const intake = this.context?.intake;
+    if (!intake?.busy || !HELD_KINDS.has(kind)) return null;
+    this.figures.busyRefused++;
+    const seconds = intake.retryAfterSeconds;
+    return { ...refusal("5.03", "UNAVAILABLE", `the hub is busy: send again in ${seconds} s`), maxAge: seconds };
+  }
+
   private sendTo(rsinfo: AddressInfo, datagram: Buffer): void {
     const socket = this.server?._sock;
     if (socket instanceof Socket) socket.send(datagram, rsinfo.port, rsinfo.address, (err) => err && this.fault("server socket", err));
@@ -201,6 +219,12 @@ export class CoapIntake {
     const size1 = uintOf(packet.options?.find((o) => o.name === "Size1")?.value);
     if (Math.max(end, size1) > context.maxPayloadBytes) return refuse(tooLarge(Math.max(end, size1), context.maxPayloadBytes));
     if (more && payload.length !== size) return refuse(refusal("4.00", "INVALID", `a block with more to follow carries exactly its block size (${size} bytes), not ${payload.length}`));
+    const busy = this.busy(target.kind);
+    if (busy) {
+      // The device sends the whole upload again later: what it sent so far is not kept meanwhile.
+      this.blocks.drop(key);
+      return { answer: busy };
+    }
     const auth = context.authenticate(this.protocol, target.deviceId, target.token);
     if (!auth.ok) return refuse({ code: CODE_OF[auth.error.code] ?? "5.00", error: auth.error }, true);
     const outcome = this.blocks.take(key, target.deviceId, { num, more, size }, payload);

@@ -7,6 +7,7 @@ import { type Answer, CODE_OF, CoapIntake, decodeQuery, refusal, resourceOf, too
 import { DEFAULT_OBSERVE_LIMITS } from "./coap-observe";
 import { CoapTwinResource } from "./coap-twin";
 import { LINK_FORMAT, coreLinks } from "./coap-wire";
+import { busyHealth } from "./intake-hold";
 import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolAdapter, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
 
 export interface CoapAdapterOptions {
@@ -53,6 +54,8 @@ export interface CoapStatistics extends AdapterStatistics {
   /** Notifications sent, and observers dropped for not acknowledging them. */
   notifications: number;
   observersGone: number;
+  /** Reports answered 5.03 (Max-Age) while the hub's intake was busy. */
+  busyRefused: number;
 }
 
 export const DEFAULT_COAP_PORT = 5683;
@@ -187,7 +190,7 @@ export class CoapAdapter implements ProtocolAdapter {
    */
   health(): ProtocolHealth {
     if (!this.context || !this.server) return this.context ? { status: "stopped", error: "disabled" } : { status: "stopped" };
-    return { status: "ok", host: this.options.host, port: this.boundPort, pendingCommands: this.pending.size, lastError: this.lastError };
+    return { status: "ok", host: this.options.host, port: this.boundPort, pendingCommands: this.pending.size, lastError: this.lastError, ...busyHealth(this.context.intake) };
   }
 
   statistics(): CoapStatistics {
@@ -203,6 +206,7 @@ export class CoapAdapter implements ProtocolAdapter {
       observers: this.twin.observers.size,
       notifications: this.twin.observers.figures.notifications,
       observersGone: this.twin.observers.figures.clientsGone,
+      busyRefused: this.intake.figures.busyRefused,
     };
   }
 
@@ -254,6 +258,8 @@ export class CoapAdapter implements ProtocolAdapter {
       context.reject({ deviceId: target.deviceId, kind: target.kind, reason: "wrong-method", message: `${req.method ?? req.code} is not allowed: use POST` });
       return refusal("4.05", "INVALID", `${req.method ?? req.code} is not allowed: use POST`);
     }
+    const busy = this.intake.busy(target.kind);
+    if (busy) return busy;
     const payload = body ?? req.payload ?? Buffer.alloc(0);
     // The hub checks the size too (first, before decoding): it counts and publishes the refusal.
     const result = context.receive({ protocol: this.name, deviceId: target.deviceId, kind: target.kind, payload, token: target.token });

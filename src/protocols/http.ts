@@ -1,5 +1,6 @@
 import { TethralError, errorMessage } from "../core/errors";
 import type { Device, JsonValue } from "../core/types";
+import { busyHealth } from "./intake-hold";
 import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolAdapter, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
 
 export interface HttpAdapterOptions {
@@ -90,7 +91,7 @@ export class HttpAdapter implements ProtocolAdapter {
   }
 
   health(): ProtocolHealth {
-    return this.context && !this.stopped ? { status: "ok", inFlight: this.inFlight.size } : { status: "stopped" };
+    return this.context && !this.stopped ? { status: "ok", inFlight: this.inFlight.size, ...busyHealth(this.context.intake) } : { status: "stopped" };
   }
 
   statistics(): AdapterStatistics {

@@ -16,6 +16,7 @@ import { type TopicScheme, filterMatches } from "./mqtt-topics";
 import { type ListenError, listen } from "./listen";
 import { AEDES_PUBLISH_REFUSAL, CONNACK, type SessionStore, refusal, rename } from "./mqtt-aedes";
 import { guardPacketSize } from "./mqtt-packet-size";
+import { PublisherHold, busyHealth } from "./intake-hold";
 import { PendingWrites } from "./pending-writes";
 import { type TwinPublish, twinMessage, twinNotPublished } from "./mqtt-twin";
 import type { DeviceTwin } from "../core/types";
@@ -62,6 +63,8 @@ export class EmbeddedBroker implements MqttMode {
   private connections = 0;
   private readonly figures = { connectsRefused: 0, publishesRefused: 0, subscriptionsRefused: 0, oversizedPackets: 0, topicsUnknown: 0, twinsPublished: 0 };
   private readonly service: ServiceAccount | null;
+  /** While the intake is busy, the connections that publish are not read (see intake-hold). */
+  private readonly hold = new PublisherHold();
 
   constructor(private readonly options: EmbeddedBrokerOptions) {
     this.service = ServiceAccount.from(options.serviceUsername, options.servicePassword);
@@ -104,7 +107,7 @@ export class EmbeddedBroker implements MqttMode {
         this.figures.oversizedPackets++;
         context.reject({ reason: "too-large", message: `an MQTT packet larger than ${maxPacket} bytes` });
       });
-      const client = broker.handle(socket);
+      const client = this.hold.attach(socket, () => broker.handle(socket));
       // A connection may end anywhere in CONNECT, where aedes may send neither ready nor
       // disconnect: the socket's close is the one sure end.
       socket.once("close", () => this.onClosed(client));
@@ -126,6 +129,7 @@ export class EmbeddedBroker implements MqttMode {
       throw new TethralError("UNAVAILABLE", `MQTT broker: ${reason}${advice}`);
     }
     server.on("error", (err) => context.warn(`broker socket: ${err.message}`));
+    this.hold.start(context.intake);
   }
 
   stop(): Promise<void> {
@@ -135,6 +139,7 @@ export class EmbeddedBroker implements MqttMode {
 
   private async shutdown(): Promise<void> {
     this.pending.rejectAll("the MQTT broker stopped");
+    this.hold.stop();
     const server = this.server;
     const closed = server ? new Promise<void>((resolve) => server.close(() => resolve())) : Promise.resolve();
     const broker = this.broker;
@@ -202,7 +207,7 @@ export class EmbeddedBroker implements MqttMode {
     const base = { mode: "embedded", host: this.options.host, port: this.port ?? this.options.port };
     if (!this.broker || this.stopping) return { status: "stopped", ...base };
     if (!this.server?.listening) return { status: "degraded", error: "the broker is not listening", ...base };
-    return { status: "ok", ...base, connected: this.liveCount };
+    return { status: "ok", ...base, connected: this.liveCount, ...busyHealth(this.context?.intake) };
   }
 
   statistics(): AdapterStatistics {
@@ -215,6 +220,7 @@ export class EmbeddedBroker implements MqttMode {
       clients: this.broker?.connectedClients ?? 0,
       sockets: this.sockets.size,
       ...this.figures,
+      ...this.hold.figures(),
     };
   }
 
@@ -356,6 +362,8 @@ export class EmbeddedBroker implements MqttMode {
         // A message arriving live is news even with the retain flag set; only a stored copy is old.
         retained: false,
       });
+      // Read already, so taken; the connection's next bytes wait while the intake is busy.
+      this.hold.published(client!);
     } catch (err) {
       context.counters.errors++;
       context.warn(`message on ${packet.topic} not handled: ${errorMessage(err)}`);

@@ -2,6 +2,7 @@ import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from 
 import { TethralError, errorMessage } from "../core/errors";
 import type { DeviceTwin } from "../core/types";
 import type { MqttAdapterOptions, MqttMode } from "./mqtt";
+import { busyHealth } from "./intake-hold";
 import { PendingWrites } from "./pending-writes";
 import { type TwinPublish, twinMessage, twinNotPublished } from "./mqtt-twin";
 import { type TopicScheme, checkSharedGroup } from "./mqtt-topics";
@@ -53,6 +54,10 @@ export class ExternalBroker implements MqttMode {
   private readonly filters: string[];
   /** Twins of removed devices not cleared on the broker yet (it was unreachable); cleared at the next connection. */
   private readonly clearsDue = new Set<string>();
+  /** The go-on of the message last taken, kept while the intake is busy: until called, the hub's connection is not read. */
+  private waiting: (() => void) | null = null;
+  private offIntake: (() => void) | null = null;
+  private pauses = 0;
 
   constructor(
     private readonly options: MqttAdapterOptions,
@@ -98,6 +103,8 @@ export class ExternalBroker implements MqttMode {
       this.lastError = err.message;
     });
     client.on("close", () => this.onClose(client));
+    client.handleMessage = (_packet, callback) => this.taken(callback);
+    this.offIntake = context.intake.onChange((busy) => busy || this.readOn());
     return new Promise<void>((resolve) => {
       // A broker that is down must not keep Node-RED from starting: resolve anyway, keep trying.
       const timer = setTimeout(() => this.startWaiter?.(), o.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS);
@@ -115,6 +122,10 @@ export class ExternalBroker implements MqttMode {
   }
 
   private async shutdown(): Promise<void> {
+    this.offIntake?.();
+    this.offIntake = null;
+    // Called now it would acknowledge a message to a broker that keeps it for the next hub.
+    this.waiting = null;
     this.startWaiter?.();
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
@@ -196,7 +207,7 @@ export class ExternalBroker implements MqttMode {
   health(): ProtocolHealth {
     const base = { mode: "external", url: redacted(this.url) };
     if (!this.client || this.stopping) return { status: "stopped", ...base };
-    if (this.client.connected && this.subscribed) return { status: "ok", ...base, subscribed: true };
+    if (this.client.connected && this.subscribed) return { status: "ok", ...base, subscribed: true, ...busyHealth(this.context?.intake) };
     const state = this.client.connected ? "subscribing" : "connecting";
     return { status: "degraded", ...base, state, subscribed: false, error: this.lastError ?? state };
   }
@@ -210,6 +221,8 @@ export class ExternalBroker implements MqttMode {
       brokerConnected: this.client?.connected ?? false,
       subscribed: this.subscribed,
       devicesKnownOffline: this.presence.size - online,
+      paused: this.waiting ? 1 : 0,
+      pauses: this.pauses,
       ...this.figures,
     };
   }
@@ -249,6 +262,8 @@ export class ExternalBroker implements MqttMode {
       this.context?.warn(`cannot reach the broker at ${redacted(this.url)}${why}; retrying in the background`);
     }
     this.up = false;
+    // Its PUBACK would go out on the next connection, where the same packet id names another message.
+    this.waiting = null;
     this.forgetPresence();
     this.scheduleReconnect(client);
   }
@@ -274,6 +289,28 @@ export class ExternalBroker implements MqttMode {
     const context = this.context;
     for (const [deviceId, up] of this.presence) if (up) context?.disconnected(deviceId);
     this.presence.clear();
+  }
+
+  /**
+   * mqtt.js's backpressure hook, after each PUBLISH it emitted: it takes no next packet, nor
+   * reads its stream further, until `callback`, which also sends a QoS 1 message's PUBACK. While
+   * the intake is busy the hub stops there, so the broker's socket to it fills: the broker keeps
+   * the QoS 1 messages it could not deliver (up to its own queue limits), unacknowledged, and
+   * sends them when the hub reads again. QoS 0 messages are the broker's to queue or drop: Mosquitto
+   * queues them for a connected client only up to max_queued_messages / max_queued_bytes and
+   * drops the rest, so devices that must not lose a report publish it with QoS 1. Pings are not
+   * read meanwhile either: a spell longer than the keep-alive costs a reconnect, nothing more.
+   */
+  private taken(callback: () => void): void {
+    if (!this.context?.intake.busy || this.stopping) return callback();
+    this.waiting = callback;
+    this.pauses++;
+  }
+
+  private readOn(): void {
+    const callback = this.waiting;
+    this.waiting = null;
+    callback?.();
   }
 
   private onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {

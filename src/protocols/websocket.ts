@@ -5,6 +5,7 @@ import { type RawData, WebSocket, WebSocketServer } from "ws";
 import { type ErrorCode, TethralError, errorMessage } from "../core/errors";
 import { encodeTwin } from "../core/twin";
 import type { Device, DeviceTwin } from "../core/types";
+import { busyHealth } from "./intake-hold";
 import { closeServer, listen } from "./listen";
 import { PendingWrites } from "./pending-writes";
 import {
@@ -80,7 +81,8 @@ export class WebSocketAdapter implements ProtocolAdapter {
   private stopping: Promise<void> | null = null;
   private readonly connections = new Map<string, Connection>();
   private readonly pending = new PendingWrites(() => this.context?.counters ?? null);
-  private readonly figures = { upgradesRefused: 0, replaced: 0, deadPeersDropped: 0, framesRejected: 0, sendsRefused: 0, twinsSent: 0 };
+  private readonly figures = { upgradesRefused: 0, replaced: 0, deadPeersDropped: 0, framesRejected: 0, sendsRefused: 0, twinsSent: 0, pauses: 0 };
+  private offIntake: (() => void) | null = null;
 
   constructor(private readonly options: WebSocketAdapterOptions = {}) {}
 
@@ -123,6 +125,25 @@ export class WebSocketAdapter implements ProtocolAdapter {
     this.server.on("upgrade", this.onUpgrade);
     const interval = this.options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS;
     this.pingTimer = setInterval(() => this.pingAll(), interval);
+    this.offIntake = context.intake.onChange((busy) => {
+      for (const conn of this.connections.values()) this.reading(conn, !busy);
+    });
+  }
+
+  /**
+   * While the intake is busy no device socket is read (ws pauses the socket under it): a frame
+   * already read still reaches the hub, the rest wait in the socket and TCP slows the device.
+   */
+  private reading(conn: Connection, on: boolean): void {
+    if (on === !conn.ws.isPaused) return;
+    if (on) {
+      // Its pongs were not read either: a full ping period from now before it counts as gone.
+      conn.alive = true;
+      conn.ws.resume();
+    } else {
+      conn.ws.pause();
+      if (conn.ws.isPaused) this.figures.pauses++;
+    }
   }
 
   stop(): Promise<void> {
@@ -133,6 +154,10 @@ export class WebSocketAdapter implements ProtocolAdapter {
   private async shutdown(): Promise<void> {
     if (this.pingTimer) clearInterval(this.pingTimer);
     this.pingTimer = null;
+    this.offIntake?.();
+    this.offIntake = null;
+    // Read again, or no client's answer to the close frame would be heard.
+    for (const conn of this.connections.values()) this.reading(conn, true);
     // Only our own listener: the server and every other listener on it belong to Node-RED.
     this.server?.off("upgrade", this.onUpgrade);
     this.pending.rejectAll("the websocket adapter stopped");
@@ -222,11 +247,13 @@ export class WebSocketAdapter implements ProtocolAdapter {
   health(): ProtocolHealth {
     if (!this.context || this.stopping) return { status: "stopped", path: this.path };
     if (this.ownServer && !this.server?.listening) return { status: "degraded", error: "own server not listening", path: this.path };
-    return { status: "ok", path: this.path, connected: this.connections.size };
+    return { status: "ok", path: this.path, connected: this.connections.size, ...busyHealth(this.context.intake) };
   }
 
   statistics(): AdapterStatistics {
-    return { connected: this.connections.size, path: this.path, ...this.figures };
+    let paused = 0;
+    for (const conn of this.connections.values()) if (conn.ws.isPaused) paused++;
+    return { connected: this.connections.size, path: this.path, paused, ...this.figures };
   }
 
   // An arrow so `off` removes exactly the function `on` added.
@@ -292,6 +319,7 @@ export class WebSocketAdapter implements ProtocolAdapter {
     this.connections.set(deviceId, conn);
     if (previous) {
       this.figures.replaced++;
+      this.reading(previous, true);
       previous.ws.close(CLOSE_REPLACED, "replaced by a newer connection of this device");
     }
     ws.on("pong", () => (conn.alive = true));
@@ -320,6 +348,7 @@ export class WebSocketAdapter implements ProtocolAdapter {
       if (twin) this.sendTwin(conn, twin);
       context.connected(deviceId);
     }
+    if (context.intake.busy) this.reading(conn, false);
   }
 
   private onFrame(conn: Connection, data: RawData, isBinary: boolean): void {
@@ -374,7 +403,7 @@ export class WebSocketAdapter implements ProtocolAdapter {
 
   private pingAll(): void {
     for (const conn of this.connections.values()) {
-      if (!conn.alive) {
+      if (!conn.alive && !conn.ws.isPaused) {
         this.figures.deadPeersDropped++;
         conn.ws.terminate();
         continue;

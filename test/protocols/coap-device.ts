@@ -1,6 +1,7 @@
 import { createSocket, type Socket } from "node:dgram";
 import { Agent, Server, type IncomingMessage, type OutgoingMessage } from "coap";
 import { Hub, type HubOptions } from "../../src/core/hub";
+import { Intake } from "../../src/core/intake";
 import { CoapAdapter, type CoapAdapterOptions } from "../../src/protocols/coap";
 import type { AdapterContext } from "../../src/protocols/types";
 
@@ -302,7 +303,7 @@ export async function resettingDevice(): Promise<{ address: string; received: ()
 }
 
 /** What the hub gives an adapter, standing in for it: `receive` as given, every device authenticated. */
-export function standInContext(receive: AdapterContext["receive"], warnings: string[] = []): AdapterContext {
+export function standInContext(receive: AdapterContext["receive"], warnings: string[] = [], intake = new Intake(10, 0)): AdapterContext {
   const counters = { messagesIn: 0, messagesOut: 0, bytesIn: 0, bytesOut: 0, rejected: 0, errors: 0 };
   return {
     receive,
@@ -317,6 +318,7 @@ export function standInContext(receive: AdapterContext["receive"], warnings: str
     counters,
     maxPayloadBytes: 1024,
     warn: (m) => warnings.push(m),
+    intake,
   };
 }
 export { until } from "../helpers";

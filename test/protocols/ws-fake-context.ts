@@ -1,5 +1,6 @@
 import { checkProperties } from "../../src/core/validation";
 import { TethralError, notFound } from "../../src/core/errors";
+import { Intake } from "../../src/core/intake";
 import type { DeviceTwin } from "../../src/core/types";
 import type { AdapterContext, AuthResult, DeviceMessage, ProtocolCounters, ReceiveResult } from "../../src/protocols/types";
 
@@ -7,6 +8,9 @@ import type { AdapterContext, AuthResult, DeviceMessage, ProtocolCounters, Recei
  * A stand-in for the hub's side of an adapter: devices and tokens in a map, every call recorded.
  * It checks telemetry as the hub does (checkProperties in validation.ts), so refusals are real ones.
  */
+/** The backlog at which a FakeContext's intake turns busy. */
+export const BUSY_AT = 10;
+
 export class FakeContext implements AdapterContext {
   /** id → token (undefined: the device needs none). */
   readonly devices = new Map<string, string | undefined>();
@@ -17,6 +21,8 @@ export class FakeContext implements AdapterContext {
   /** Authentication refusals (the hub counts these itself, so the adapter must not). */
   authRefusals = 0;
   selfRegistration = false;
+  /** The hub's valve, moved by a test: `intake.backlog(BUSY_AT)` turns it busy, `intake.release()` ready. */
+  readonly intake = new Intake(BUSY_AT, 0, 2);
 
   constructor(readonly maxPayloadBytes = 64 * 1024) {}
 
