@@ -19,6 +19,8 @@ export interface DeviceCharts {
   from: number;
   to: number;
   interval: string;
+  /** The interval in ms, for drawing. */
+  intervalMs: number;
   charts: KeyChart[];
 }
 
@@ -53,7 +55,7 @@ export async function deviceCharts(hub: Hub, deviceId: string, now = Date.now())
   const start = Math.min(now, ...numeric.map((key) => Date.parse(firsts.series[key]![0]!.ts)));
   const [interval, ms] = INTERVALS.find(([, length]) => (now - start) / length <= BUCKETS) ?? INTERVALS[INTERVALS.length - 1]!;
   const from = Math.floor(start / ms) * ms;
-  if (numeric.length === 0) return { deviceId, from, to: now, interval, charts: [] };
+  if (numeric.length === 0) return { deviceId, from, to: now, interval, intervalMs: ms, charts: [] };
   const query = { keys: numeric, from, to: now, interval };
   const [avg, min, max] = await Promise.all([
     hub.telemetry(deviceId, { ...query, agg: "avg" }),
@@ -74,7 +76,7 @@ export async function deviceCharts(hub: Hub, deviceId: string, now = Date.now())
       points,
     });
   }
-  return { deviceId, from, to: now, interval, charts };
+  return { deviceId, from, to: now, interval, intervalMs: ms, charts };
 }
 
 /** A key's numeric points as `[ms, value]` (a key that also held text answers those as text: left out). */

@@ -96,10 +96,11 @@ describe("Devices sidebar: admin endpoints and the plugin", function () {
       }
       const res = await helper.request().get("/tethral/hubs/hub1/devices/pump-1/telemetry");
       assert.equal(res.status, 200, JSON.stringify(res.body));
-      type Charts = { deviceId: string; from: number; to: number; interval: string; charts: Array<{ key: string; last: number; min: number; max: number; points: Array<[number, number]> }> };
+      type Charts = { deviceId: string; from: number; to: number; interval: string; intervalMs: number; charts: Array<{ key: string; last: number; min: number; max: number; points: Array<[number, number]> }> };
       const body = res.body as Charts;
       assert.equal(body.deviceId, "pump-1");
       assert.equal(body.interval, "10s", "a device that began reporting just now: fine buckets");
+      assert.equal(body.intervalMs, 10_000);
       assert.ok(body.from <= started && body.to >= started);
       assert.deepEqual(body.charts.map((c) => c.key), ["flow", "rpm"], "numeric keys only, sorted");
       const rpm = body.charts.find((c) => c.key === "rpm")!;
