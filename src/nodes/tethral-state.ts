@@ -1,8 +1,9 @@
 import type { Hub } from "../core";
-import type { TelemetryAnswer, TelemetryQueryInput } from "../core/telemetry";
+import type { TelemetryQueryInput } from "../core/telemetry";
 import type { StateListQuery } from "../core/state";
 import type { FilterValues } from "../core/registry-query";
 import { HubUse, type Outcome, countOf, fromMsg, invalidInput, isPlainObject, onlyKeys, flowCause, operationHandler, operationOf, text, deviceSender } from "./node-support";
+import { chartPoints } from "./telemetry-chart";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
 const OPERATIONS = ["get", "set", "history", "list", "statistics", "desired", "telemetry", "telemetry-keys"] as const;
@@ -22,13 +23,6 @@ interface StateDef extends NodeDef {
   count?: string | number;
   /** What `telemetry` sends: the answer as the REST API gives it (`answer`), or points for Dashboard 2's ui-chart (`chart`). */
   output?: string;
-}
-
-/** One point as Dashboard 2's ui-chart reads it with Series, X and Y set to the keys `series`, `x` and `y`. */
-export interface ChartPoint {
-  x: number;
-  y: number;
-  series: string;
 }
 
 type Translate = NodeAPI["_"];
@@ -174,21 +168,6 @@ function telemetryQueryOf(_: Translate, payload: unknown): TelemetryQueryInput {
   if (!isPlainObject(payload)) return {};
   onlyKeys(payload, QUERY_KEYS, (key) => _("tethral-state.errors.query-key", { key, keys: QUERY_KEYS.join(", ") }));
   return payload as TelemetryQueryInput;
-}
-
-/**
- * The answer as Dashboard 2's ui-chart draws it, one line per key: `{x, y, series}` with `x` in
- * epoch ms. Booleans plot as 1 and 0; text cannot be plotted and is left out.
- */
-export function chartPoints(answer: TelemetryAnswer): ChartPoint[] {
-  const out: ChartPoint[] = [];
-  for (const [series, points] of Object.entries(answer.series)) {
-    for (const p of points) {
-      const y = typeof p.value === "number" ? p.value : typeof p.value === "boolean" ? (p.value ? 1 : 0) : null;
-      if (y !== null) out.push({ x: Date.parse(p.ts), y, series });
-    }
-  }
-  return out;
 }
 
 /** The configured history count; blank or unreadable falls back to the default. */
