@@ -104,6 +104,17 @@ const examples = {
     add("err", "change", { name: "status from msg.error.code", rules: [{ t: "set", p: "statusCode", pt: "msg", to: '($status := $lookup({"INVALID": 400, "UNAUTHORIZED": 401, "NOT_FOUND": 404, "CONFLICT": 409, "DEVICE_ERROR": 502, "UNAVAILABLE": 503, "TIMEOUT": 504}, error.code); $status ? $status : 500)', tot: "jsonata" }, { t: "set", p: "payload", pt: "msg", to: '{"error": {"code": error.code, "message": error.message}}', tot: "jsonata" }], action: "", property: "", from: "", to: "", reg: false }, 400, 220, [["r3"]]);
     add("r3", "http response", { name: "", statusCode: "", headers: {} }, 1010, 220);
   }),
+  "08 Chart a device's telemetry": flow("chart", (add) => {
+    add("c", "comment", comment("Chart a device's telemetry", "**tethral-state**'s `telemetry` operation reads a device's time series (kept when the hub has a database: SQLite by default under `npm start`). Press **chart boiler-1** (register it with example 01 and let it report a `temperature`): the node asks for the last 24 hours in 15-minute averages (`msg.payload` `{\"interval\": \"15m\", \"agg\": \"avg\"}`; also `keys`, `from`, `to`, `limit`) and, with *Output* set to *points for Dashboard 2 ui-chart*, sends `msg.payload` as `[{x, y, series}, ...]`: `x` the bucket's start in epoch ms, `y` its average, `series` the key, with `msg.action` `replace`. **last hour, raw** shows the answer as the REST API gives it (`GET /api/devices/boiler-1/telemetry?from=…`).\n\n**To draw it**, install `@flowfuse/node-red-dashboard` (Manage palette), add a **ui-chart** with *Type* Line, *X-axis* Timescale, and under *Properties* *Series* = key `series`, *X* = key `x`, *Y* = key `y`, and wire **chart boiler-1**'s tethral-state node to it in place of (or beside) the debug node: one line per key. Set the inject node to repeat every minute to keep the chart current. A refusal (NOT_FOUND for an unknown device, UNAVAILABLE for a hub without a database) reaches the Catch node."), 190, 40);
+    add("i1", "inject", inject("chart boiler-1", '{"interval":"15m","agg":"avg"}', "json", { deviceId: "boiler-1" }), 150, 100, [["s1"]]);
+    add("s1", "tethral-state", { name: "24 h in 15 min averages", hub: HUB, operation: "telemetry", deviceId: "", count: 10, output: "chart" }, 390, 100, [["o1"]]);
+    add("o1", "debug", debug("points for ui-chart"), 650, 100);
+    add("i2", "inject", inject("last hour, raw", '{"from":$millis()-3600000}', "jsonata", { deviceId: "boiler-1" }), 150, 160, [["s2"]]);
+    add("s2", "tethral-state", { name: "", hub: HUB, operation: "telemetry", deviceId: "", count: 10, output: "answer" }, 390, 160, [["o2"]]);
+    add("o2", "debug", { ...debug("the answer"), tostatus: false }, 630, 160);
+    add("k", "catch", { name: "refusals", scope: null, uncaught: false }, 140, 220, [["o3"]]);
+    add("o3", "debug", debug("error (msg.error.code)"), 400, 220);
+  }),
 };
 
 const dir = join(root, "examples");

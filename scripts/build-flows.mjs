@@ -112,6 +112,9 @@ return msg;`;
 const COMMANDS_ANSWER = `msg.payload = { commands: msg.payload };
 return msg;`;
 
+const KEYS_ANSWER = `msg.payload = { keys: msg.payload };
+return msg;`;
+
 const TOKEN_ANSWER = `// Shown this once: the hub keeps only its hash.
 msg.payload = { token: msg.payload.token };
 return msg;`;
@@ -344,6 +347,24 @@ add("desired-in", "http in", httpIn("get", "/devices/:id/desired"), X[0], at, [[
 add("desired-request", "function", fn("device id, token", DESIRED_REQUEST), X[1], at, [["desired"]]);
 add("desired", "tethral-state", state("desired"), X[2], at, [["desired-out"]]);
 add("desired-out", "http response", response(200), X[4], at);
+
+heading(
+  "h-telemetry",
+  "Telemetry time series",
+  "`GET /api/devices/{id}/telemetry` (query: `keys`, `from`, `to`, `interval`, `agg`, `limit`): a device's raw points or buckets, `{deviceId, from, to, interval, agg, series: {key: [{ts, value}]}}`; `GET /api/devices/{id}/telemetry/keys`: `{keys}`, the keys it has reported. The hub keeps series only with a database (SQLite or PostgreSQL). `POST /api/devices/{id}/telemetry`, an HTTP device's report, is further down.",
+);
+at = row();
+// msg.payload is the query, as http in leaves it: the node refuses a parameter it does not know.
+add("series-in", "http in", httpIn("get", "/devices/:id/telemetry"), X[0], at, [["series-id"]]);
+add("series-id", "change", setDeviceId, X[1], at, [["series"]]);
+add("series", "tethral-state", { ...state("telemetry"), output: "answer" }, X[2], at, [["series-out"]]);
+add("series-out", "http response", response(200), X[4], at);
+at = row();
+add("serieskeys-in", "http in", httpIn("get", "/devices/:id/telemetry/keys"), X[0], at, [["serieskeys-id"]]);
+add("serieskeys-id", "change", setDeviceId, X[1], at, [["serieskeys"]]);
+add("serieskeys", "tethral-state", state("telemetry-keys"), X[2], at, [["serieskeys-answer"]]);
+add("serieskeys-answer", "function", fn("{keys}", KEYS_ANSWER), X[3], at, [["serieskeys-out"]]);
+add("serieskeys-out", "http response", response(200), X[4], at);
 
 heading(
   "h-commands",

@@ -8,7 +8,7 @@ import { type Json, type RuntimeChild, START_LIMIT_MS, call, fixedPorts, spawnRu
 import { until } from "./helpers";
 
 /**
- * The seven examples of Import > Examples, each imported into the running runtime (`npm start`'s,
+ * The eight examples of Import > Examples, each imported into the running runtime (`npm start`'s,
  * in a child process) as a user does — a tab of its own, through the editor's admin API — then
  * driven as its comment says: its inject buttons pressed, its endpoints called, devices reporting
  * over the real protocols. What the comment promises is read where the user reads it: the Debug
@@ -130,7 +130,7 @@ describe("examples (Import > Examples), imported into the running runtime and dr
 
   it("are JSON arrays wired within themselves, use the shipped hub, and together use every Tethral node", () => {
     const used = new Set<string>();
-    assert.equal(files.length, 7);
+    assert.equal(files.length, 8);
     for (const file of files) {
       const { nodes } = read(file);
       assert.ok(Array.isArray(nodes) && nodes.length > 0, file);
@@ -435,6 +435,41 @@ describe("examples (Import > Examples), imported into the running runtime and dr
     assert.ok(health.body.components.store, JSON.stringify(health.body));
     const expected = [ex.node("tethral-state")];
     assert.deepEqual(comms.problems(ex.ids, 0).filter((p) => !expected.some((id) => p.startsWith(id))), []);
+  });
+
+  it("08 charts boiler-1's telemetry: 15-minute averages as ui-chart points {x, y, series}, the raw answer", async () => {
+    const token = await boiler();
+    const device = devices.find((d) => d.id === "boiler-1" && !d.closed) ?? (await connect("boiler-1", token));
+    const ex = await importExample("08");
+    for (const temperature of [30, 40]) await device.publish("telemetry", { temperature, humidity: 55 });
+    await until(async () => (await call(rt.api, "GET", "/devices/boiler-1/state")).body.properties.temperature === 40, "boiler-1's reports");
+
+    let from = comms.mark();
+    await press(ex.node("inject", "chart boiler-1"));
+    const chart = await comms.next(ex.node("debug", "points for ui-chart"), from, "the chart points");
+    assert.equal(chart.action, "replace");
+    // The same query over the REST API, in ui-chart's shape: what the example's chart draws.
+    const answer = (await call(rt.api, "GET", "/devices/boiler-1/telemetry?interval=15m&agg=avg")).body;
+    const expected = Object.entries(answer.series as Record<string, Json[]>).flatMap(([series, points]) =>
+      points.filter((p) => typeof p.value === "number").map((p) => ({ x: Date.parse(p.ts), y: p.value, series })),
+    );
+    assert.deepEqual(chart.payload, expected);
+    const series = new Set((chart.payload as Json[]).map((p) => p.series));
+    assert.ok(series.has("temperature") && series.has("humidity"), `one line per key: ${[...series].join(", ")}`);
+    const last = (chart.payload as Json[]).filter((p) => p.series === "humidity").at(-1);
+    assert.equal(last.y, 55);
+    assert.ok(Math.abs(last.x - Date.now()) < 15 * 60_000 + 5000, "the current 15 minutes");
+    assert.match(comms.status(ex.node("tethral-state", "24 h in 15 min averages"))?.text ?? "", /points of \d+ keys of boiler-1/);
+
+    from = comms.mark();
+    await press(ex.node("inject", "last hour, raw"));
+    const raw = await comms.next(ex.node("debug", "the answer"), from, "the raw answer");
+    assert.equal(raw.payload.deviceId, "boiler-1");
+    assert.equal(raw.payload.interval, null);
+    assert.ok(Date.parse(raw.payload.to) - Date.parse(raw.payload.from) <= 3_600_000 + 5000, "the last hour");
+    assert.deepEqual(raw.payload.series.temperature.slice(-2).map((p: Json) => p.value), [30, 40]);
+
+    assert.deepEqual(comms.problems(ex.ids, 0), []);
   });
 
   it("03 (continued) hands a command nobody answers to the Catch node as TIMEOUT, after 10 s and one retry", async function () {

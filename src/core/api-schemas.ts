@@ -1,6 +1,7 @@
 import { z } from "zod";
 import { MAX_EVENT_TTL_SECONDS, USER_TYPE_PATTERN } from "./events";
 import { COMMAND_STATUSES, DEVICE_STATUSES, PRIORITIES, RESERVED_EVENT_PREFIXES } from "./types";
+import { AGGREGATES } from "./ports/store";
 import { deviceIdSchema } from "./validation";
 
 /**
@@ -203,6 +204,22 @@ export const commandListSchema = z.object({ commands: z.array(commandSchema).des
 
 export const tokenSchema = z.looseObject({ token: z.string().describe("the new token, shown in this answer only") });
 
+/** CONTRACT §7: a telemetry query's answer (`TelemetryAnswer`). */
+export const telemetryAnswerSchema = z
+  .object({
+    deviceId: deviceIdSchema,
+    from: time,
+    to: time,
+    interval: z.string().nullable().describe("the buckets' length, e.g. 15m; null for raw points"),
+    agg: z.enum(AGGREGATES).nullable().describe("how each bucket is aggregated; null for raw points"),
+    series: z
+      .record(z.string(), z.array(z.object({ ts: time.describe("the point's time, or its bucket's start"), value: z.union([z.number(), z.boolean(), z.string()]) })))
+      .describe("each key's points, oldest first; an unknown key answers an empty list"),
+  })
+  .describe("A device's telemetry time series");
+
+export const telemetryKeysSchema = z.object({ keys: z.array(z.string()).describe("sorted") }).describe("The keys a device has reported as series");
+
 /** `POST /api/events`: a user event (CONTRACT §3). */
 export const userEventInputSchema = z.strictObject({
   type: z.string().regex(USER_TYPE_PATTERN).describe(`outside the hub's own prefixes (${RESERVED_EVENT_PREFIXES.join(", ")})`),
@@ -231,6 +248,8 @@ export const API_SCHEMAS = {
   EventStatistics: eventStatisticsSchema,
   Health: healthSchema,
   Token: tokenSchema,
+  TelemetryAnswer: telemetryAnswerSchema,
+  TelemetryKeys: telemetryKeysSchema,
   Error: errorSchema,
 } as const;
 export type ApiSchemaName = keyof typeof API_SCHEMAS;

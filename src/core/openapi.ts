@@ -2,6 +2,8 @@ import { z } from "zod";
 import { API_SCHEMAS, type ApiSchemaName, userEventInputSchema } from "./api-schemas";
 import { DEFAULT_COMMAND_LIST_LIMIT, MAX_COMMAND_LIST_LIMIT, commandInputSchema } from "./command-input";
 import { filterSchema } from "./registry-query";
+import { AGGREGATES } from "./ports/store";
+import { DEFAULT_TELEMETRY_LIMIT, MAX_TELEMETRY_LIMIT } from "./telemetry-query";
 import { DEVICE_STATUSES, PRIORITIES, COMMAND_STATUSES } from "./types";
 import { DEVICE_ID_PATTERN, deviceInputSchema, devicePatchSchema, stateSetSchema } from "./validation";
 
@@ -9,7 +11,7 @@ import { DEVICE_ID_PATTERN, deviceInputSchema, devicePatchSchema, stateSetSchema
  * The OpenAPI 3.1 document of the REST API (CONTRACT §3), `GET /api/openapi.json`. Bodies and
  * answers are JSON Schema converted from the zod schemas the routes validate with and the
  * answers' own (api-schemas.ts), so the document follows the code. Left out: the routes of
- * parts not built yet, telemetry time series (§7) and /api/cluster (§8).
+ * parts not built yet, /api/cluster (§8).
  */
 
 type JsonSchema = Record<string, unknown>;
@@ -164,6 +166,34 @@ function paths(): Record<string, Record<string, unknown>> {
         responses: responses({ 200: answer(200, ref("Desired")) }, [400, 401, 404]),
       },
     },
+    // GET only: POST /devices/{id}/telemetry is a device's report, under /devices/{id}/{kind}.
+    "/devices/{id}/telemetry": {
+      parameters: [device],
+      get: {
+        operationId: "getTelemetry",
+        summary: "A device's telemetry time series: raw points, or buckets of an interval",
+        description: "Every telemetry report is kept as series, one per top-level key, when the hub has a database (503 without one).",
+        tags: ["telemetry"],
+        parameters: [
+          listQuery("keys", { type: "string" }, "the keys: a comma-separated list or the parameter repeated; absent, every key"),
+          query("from", { type: "string" }, "ISO-8601 time or epoch milliseconds; default 24 hours before to"),
+          query("to", { type: "string" }, "ISO-8601 time or epoch milliseconds; default now"),
+          query("interval", { type: "string", pattern: "^[1-9][0-9]{0,8}(ms|s|m|h|d|w)$" }, "buckets of this length (30s, 1m, 15m, 1h, 1d), aligned to the epoch; absent, raw points"),
+          query("agg", { type: "string", enum: [...AGGREGATES], default: "avg" }, "how each bucket is aggregated (with an interval)"),
+          query("limit", { type: "integer", minimum: 1, maximum: MAX_TELEMETRY_LIMIT, default: DEFAULT_TELEMETRY_LIMIT }, "points per key"),
+        ],
+        responses: responses({ 200: answer(200, ref("TelemetryAnswer")) }, [400, 404]),
+      },
+    },
+    "/devices/{id}/telemetry/keys": {
+      parameters: [device],
+      get: {
+        operationId: "getTelemetryKeys",
+        summary: "The keys a device has reported as series",
+        tags: ["telemetry"],
+        responses: responses({ 200: answer(200, ref("TelemetryKeys")) }, [400, 404]),
+      },
+    },
     "/devices/{id}/command": {
       parameters: [device],
       post: {
@@ -290,7 +320,7 @@ export function openApiDocument(root: string, version: string, access: { basicAu
       version,
       description:
         "The REST API of the Tethral IoT device hub (Node-RED flows). Errors answer {\"error\": {\"code\", \"message\", \"details\"}}. " +
-        "Not described yet: the telemetry time series (/devices/{id}/telemetry, /devices/{id}/telemetry/keys) and /cluster, whose parts are not built.",
+        "Not described yet: /cluster, whose part is not built.",
       license: { name: "MIT", identifier: "MIT" },
     },
     servers: [{ url: base === "/" ? "/" : base }],

@@ -253,6 +253,8 @@ export interface Outcome {
   deviceId?: string;
   /** Set as `msg.headers`, which an http response node sends (the Content-Type of a text answer). */
   headers?: Record<string, string>;
+  /** Further msg properties the next node reads (Dashboard 2's ui-chart reads `msg.action`). */
+  extra?: Record<string, unknown>;
 }
 
 /**
@@ -287,6 +289,7 @@ export function operationHandler(
         msg.payload = outcome.payload;
         if (outcome.deviceId !== undefined) msg.deviceId = outcome.deviceId;
         if (outcome.headers !== undefined) msg.headers = { ...(msg.headers as Record<string, string> | undefined), ...outcome.headers };
+        if (outcome.extra !== undefined) Object.assign(msg, outcome.extra);
         if (outcome.often) use.okOften(outcome.status);
         else use.ok(outcome.status);
         send(msg);

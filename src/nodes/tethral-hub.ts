@@ -10,6 +10,7 @@ import {
   toHubOptions,
 } from "./hub-config";
 import { DevicesFeed, summarize } from "./devices-feed";
+import { deviceCharts } from "./device-charts";
 import { HubConnection } from "./hub-connection";
 import { adaptersFor, protocolPlugins } from "./hub-protocols";
 import { HTTP_REFUSAL_EVENT, type HttpRefusal } from "./http-refusals";
@@ -22,6 +23,8 @@ import {
 } from "./protocol-config";
 import type { Store } from "../core/ports/store";
 import type {
+  AdminRequest,
+  AdminResponse,
   HubLifecycle,
   HubStatus,
   HubStatusListener,
@@ -220,7 +223,8 @@ const PAGE_LIMIT = 1000;
 
 /**
  * Admin endpoints for the editor (device pickers, the Devices sidebar), behind Node-RED's
- * admin auth: `GET /tethral/hubs` and `GET /tethral/hubs/:id/devices?q=&status=&limit=&offset=`.
+ * admin auth: `GET /tethral/hubs`, `GET /tethral/hubs/:id/devices?q=&status=&limit=&offset=` and
+ * `GET /tethral/hubs/:id/devices/:device/telemetry` (a device's charts, see device-charts.ts).
  * They read a running hub and never start one.
  */
 function registerAdminRoutes(RED: NodeAPI): void {
@@ -236,35 +240,42 @@ function registerAdminRoutes(RED: NodeAPI): void {
       })),
     );
   });
-  admin.get("/tethral/hubs/:id/devices", read, (req, res) => {
+  /** The running hub of `req.params.id`, or an answer saying why there is none (then null). */
+  const runningHub = (req: AdminRequest, res: AdminResponse, idle: () => void): Promise<Hub> | null => {
     const live = liveHubs.get(req.params.id ?? "");
     if (!live) {
       res.status(404).json({ error: { code: "NOT_FOUND", message: "no deployed Tethral hub with this id", details: [] } });
-      return;
+      return null;
     }
     if (live.connection.status.state !== "running") {
-      res.json({ state: live.connection.status.state, devices: [], total: 0 });
-      return;
+      idle();
+      return null;
     }
-    live.connection.acquire().then(
-      (hub) => {
-        const q = req.query;
-        const limit = Math.min(PAGE_LIMIT, Math.max(1, Number(q.limit) || 200));
-        const offset = Math.max(0, Number(q.offset) || 0);
-        try {
-          const list = hub.listDevices({
-            ...(typeof q.q === "string" && q.q !== "" && { q: q.q }),
-            ...(typeof q.status === "string" && q.status !== "" && { status: q.status as never }),
-            limit,
-            offset,
-          });
-          res.json({ state: "running", devices: list.devices.map((d) => summarize(hub, d)), total: list.total });
-        } catch (err) {
-          res.status(isTethralError(err) ? err.status : 500).json(isTethralError(err) ? err.toJSON() : { error: { code: "UNAVAILABLE", message: errorMessage(err), details: [] } });
-        }
-      },
-      (err: unknown) => res.status(503).json({ error: { code: "UNAVAILABLE", message: errorMessage(err), details: [] } }),
-    );
+    return live.connection.acquire();
+  };
+  const refuse = (res: AdminResponse) => (err: unknown) =>
+    res.status(isTethralError(err) ? err.status : 503).json(isTethralError(err) ? err.toJSON() : { error: { code: "UNAVAILABLE", message: errorMessage(err), details: [] } });
+
+  admin.get("/tethral/hubs/:id/devices", read, (req, res) => {
+    const hub = runningHub(req, res, () => res.json({ state: liveHubs.get(req.params.id ?? "")!.connection.status.state, devices: [], total: 0 }));
+    hub?.then((hub) => {
+      const q = req.query;
+      const limit = Math.min(PAGE_LIMIT, Math.max(1, Number(q.limit) || 200));
+      const offset = Math.max(0, Number(q.offset) || 0);
+      const list = hub.listDevices({
+        ...(typeof q.q === "string" && q.q !== "" && { q: q.q }),
+        ...(typeof q.status === "string" && q.status !== "" && { status: q.status as never }),
+        limit,
+        offset,
+      });
+      res.json({ state: "running", devices: list.devices.map((d) => summarize(hub, d)), total: list.total });
+    }).catch(refuse(res));
+  });
+
+  admin.get("/tethral/hubs/:id/devices/:device/telemetry", read, (req, res) => {
+    const state = () => liveHubs.get(req.params.id ?? "")!.connection.status.state;
+    const hub = runningHub(req, res, () => res.status(503).json({ error: { code: "UNAVAILABLE", message: `the hub is ${state()}`, details: [] } }));
+    hub?.then((hub) => deviceCharts(hub, req.params.device ?? "")).then((charts) => res.json(charts), refuse(res));
   });
 }
 

@@ -1,14 +1,17 @@
 import type { Hub } from "../core";
+import type { TelemetryQueryInput } from "../core/telemetry";
 import type { StateListQuery } from "../core/state";
 import type { FilterValues } from "../core/registry-query";
 import { HubUse, type Outcome, countOf, fromMsg, invalidInput, isPlainObject, onlyKeys, flowCause, operationHandler, operationOf, text, deviceSender } from "./node-support";
+import { chartPoints } from "./telemetry-chart";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
-const OPERATIONS = ["get", "set", "history", "list", "statistics", "desired"] as const;
+const OPERATIONS = ["get", "set", "history", "list", "statistics", "desired", "telemetry", "telemetry-keys"] as const;
 
 /** History entries answered when neither the node nor `msg.limit` says how many. */
 const DEFAULT_COUNT = 10;
 const FILTER_KEYS = ["status", "protocol", "limit", "offset"];
+const QUERY_KEYS = ["keys", "from", "to", "interval", "agg", "limit"];
 
 interface StateDef extends NodeDef {
   hub?: string;
@@ -18,14 +21,17 @@ interface StateDef extends NodeDef {
   deviceId?: string;
   /** History entries when `msg.limit` gives none (the editor sends text). */
   count?: string | number;
+  /** What `telemetry` sends: the answer as the REST API gives it (`answer`), or points for Dashboard 2's ui-chart (`chart`). */
+  output?: string;
 }
 
 type Translate = NodeAPI["_"];
 
 /**
  * `tethral-state` (CONTRACT §5): device state. `msg.operation` (or the configured one) picks
- * `get`, `set`, `history`, `list`, `statistics` or `desired` (a device reading its twin with its
- * own token, `msg.token`: HTTP devices) for `msg.deviceId`; the result replaces
+ * `get`, `set`, `history`, `list`, `statistics`, `desired` (a device reading its twin with its
+ * own token, `msg.token`: HTTP devices), `telemetry` (the time series, CONTRACT §7, queried by
+ * `msg.payload`) or `telemetry-keys` for `msg.deviceId`; the result replaces
  * `msg.payload` of the same msg, which goes on. A `set` with a stale `expectedVersion` is a
  * CONFLICT for a Catch node.
  */
@@ -105,6 +111,26 @@ function planOf(_: Translate, msg: NodeMessage, def: StateDef): (hub: Hub) => Pr
         return { payload: result.twin, status: _("tethral-state.status.desired", { id, version: result.twin.version }), often: true };
       };
     }
+    case "telemetry": {
+      const id = needId();
+      const query = telemetryQueryOf(_, msg.payload);
+      const chart = def.output === "chart";
+      return async (hub) => {
+        const answer = await hub.telemetry(id, query);
+        const keys = Object.keys(answer.series);
+        const points = keys.reduce((n, key) => n + answer.series[key]!.length, 0);
+        const status = _("tethral-state.status.telemetry", { id, points, keys: keys.length });
+        // A query answers the whole range: the chart shows it instead of adding it to what it drew.
+        return chart ? { payload: chartPoints(answer), status, extra: { action: "replace" } } : { payload: answer, status };
+      };
+    }
+    case "telemetry-keys": {
+      const id = needId();
+      return async (hub) => {
+        const keys = await hub.telemetryKeys(id);
+        return { payload: keys, status: _("tethral-state.status.telemetry-keys", { id, count: keys.length }) };
+      };
+    }
     case "statistics":
       return (hub) => {
         const statistics = hub.stateStatistics();
@@ -130,6 +156,18 @@ function filterOf(_: Translate, payload: unknown): StateListQuery {
   const offset = countOf(payload.offset);
   if (offset !== undefined) query.offset = offset as number;
   return query;
+}
+
+/**
+ * The telemetry query from `msg.payload` (CONTRACT §7): `{keys, from, to, interval, agg, limit}`,
+ * values as a query string gives them or typed. A payload that is no object (an inject node's
+ * timestamp) asks for every key over the last 24 hours; an unknown key is INVALID, as a
+ * misspelt `interval` would otherwise answer raw points. The hub checks the values.
+ */
+function telemetryQueryOf(_: Translate, payload: unknown): TelemetryQueryInput {
+  if (!isPlainObject(payload)) return {};
+  onlyKeys(payload, QUERY_KEYS, (key) => _("tethral-state.errors.query-key", { key, keys: QUERY_KEYS.join(", ") }));
+  return payload as TelemetryQueryInput;
 }
 
 /** The configured history count; blank or unreadable falls back to the default. */

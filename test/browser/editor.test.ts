@@ -50,6 +50,25 @@ window.tethralContrast = function (element) {
   return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
 };`;
 
+/**
+ * Opens a device in the Devices sidebar and waits for its telemetry charts (the simulated
+ * devices report temperature, humidity and battery): one inline SVG line per key, with its last
+ * value and the range's min and max. Returns what each chart shows.
+ */
+async function openCharts(page: Page, device: string): Promise<Array<{ key: string; last: string; range: string; points: number }>> {
+  await page.click(`.tethral-device-row[data-device='${device}']`);
+  const panel = `.tethral-device-charts[data-device='${device}']`;
+  await page.waitForFunction((p) => document.querySelectorAll(`${p} .tethral-chart svg polyline`).length === 3, panel, { timeout: 15_000 });
+  return page.$$eval(`${panel} .tethral-chart`, (all) =>
+    all.map((c) => ({
+      key: c.querySelector(".tethral-chart-key")?.textContent ?? "",
+      last: c.querySelector(".tethral-chart-last")?.textContent ?? "",
+      range: c.querySelector(".tethral-chart-range")?.textContent ?? "",
+      points: (c.querySelector("polyline")?.getAttribute("points") ?? "").trim().split(/\s+/).length,
+    })),
+  );
+}
+
 /** Node-RED 5's right-hand sidebar down to its tab bar, where the Devices tab shows its icon. */
 async function sidebarWithBar(page: Page): Promise<{ x: number; y: number; width: number; height: number }> {
   const box = (await page.locator("#red-ui-sidebar").boundingBox())!;
@@ -161,6 +180,20 @@ describe("the editor in a browser (Debian's chromium)", function () {
     assert.match(icon.type, /svg/);
     if (nodeRedMajor >= 5) await page.screenshot({ path: path.join(ARTIFACTS, "devices-sidebar-nr5-light.png"), clip: await sidebarWithBar(page) });
 
+    // A device opened: its numeric keys charted over the last 24 hours, from the hub's SQLite series.
+    const shown = await openCharts(page, "sim-mqtt-001");
+    assert.deepEqual(shown.map((c) => c.key), ["battery", "humidity", "temperature"]);
+    for (const c of shown) {
+      assert.match(c.last, /^-?\d+(\.\d+)?$/, `${c.key}'s last value`);
+      const [min, max] = c.range.replace(/^ · /, "").split(" – ").map(Number);
+      assert.ok(Number.isFinite(min) && Number.isFinite(max) && min! <= Number(c.last) && Number(c.last) <= max!, `${c.key}: ${c.last} within ${c.range}`);
+      assert.ok(c.points >= 2, `${c.key} is drawn: ${c.points} points`);
+    }
+    await page.locator("#red-ui-sidebar").screenshot({ path: path.join(ARTIFACTS, "devices-sidebar-telemetry.png") });
+    // Opening it again closes it.
+    await page.click(".tethral-device-row[data-device='sim-mqtt-001']");
+    await page.waitForSelector(".tethral-device-charts", { state: "detached", timeout: 5_000 });
+
     // The device picker of a node's Device field offers the hub's devices as you type.
     const eventOut = (JSON.parse(example) as Array<{ id: string; type: string }>).find((n) => n.type === "tethral-event-out")!.id;
     await page.evaluate((id) => {
@@ -200,8 +233,21 @@ describe("the editor in a browser (Debian's chromium)", function () {
       await page.waitForSelector(".red-ui-notification", { state: "detached", timeout: 15_000 });
       await page.screenshot({ path: path.join(ARTIFACTS, "editor-nr5-dark.png") });
       await page.screenshot({ path: path.join(ARTIFACTS, "devices-sidebar-nr5-dark.png"), clip: await sidebarWithBar(page) });
+      await openCharts(page, "sim-mqtt-001");
+      // The opened device at the top of the Devices panel (Node-RED 5 shares the sidebar with the Debug panel).
+      await page.evaluate(() => document.querySelector(".tethral-device-row[data-device='sim-mqtt-001']")?.scrollIntoView({ block: "start" }));
+      await page.screenshot({ path: path.join(ARTIFACTS, "devices-sidebar-telemetry-nr5-dark.png"), clip: await sidebarWithBar(page) });
       await page.addScriptTag({ content: CONTRAST_SCRIPT });
-      for (const [selector, minimum] of [[".tethral-device-row b", 7], [".tethral-device-row b + span", 4.5], [".tethral-devices select", 4.5], [".tethral-devices input", 4.5]] as const) {
+      const checks = [
+        [".tethral-device-row b", 7],
+        [".tethral-device-row b + span", 4.5],
+        [".tethral-devices select", 4.5],
+        [".tethral-devices input", 4.5],
+        [".tethral-chart-key", 7],
+        [".tethral-chart-last", 7],
+        [".tethral-chart-range", 4.5],
+      ] as const;
+      for (const [selector, minimum] of checks) {
         // Looked up and measured in one script: the live list may replace its rows between two
         // calls, and a detached row has no computed colour.
         const ratio = await page.evaluate((s) => (window as unknown as { tethralContrast(e: Element | null): number }).tethralContrast(document.querySelector(s)), selector);

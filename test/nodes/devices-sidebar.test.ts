@@ -1,4 +1,7 @@
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import helper from "node-red-node-test-helper";
 import { Hub } from "../../src/core/hub";
 import { DevicesFeed, type FeedUpdate } from "../../src/nodes/devices-feed";
@@ -76,6 +79,54 @@ describe("Devices sidebar: admin endpoints and the plugin", function () {
     assert.equal(filtered.total, 1);
     const missing = await helper.request().get("/tethral/hubs/nope/devices");
     assert.equal(missing.status, 404);
+  });
+
+  it("charts a device's numeric keys (a real SQLite store): averages, last value, min and max; 404, and 503 without a database", async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), "tethral-sidebar-charts-"));
+    try {
+      const stored = [flow[0]!, { ...flow[1]!, storage: "sqlite", sqliteFile: path.join(dir, "fleet.sqlite") }, flow[2]!];
+      await helper.load([tethralHub, tethralEventOut], stored);
+      const hub = await (helper.getNode("hub1") as TethralHubNode).acquire();
+      await hub.registerDevice({ id: "pump-1", protocol: "mqtt" });
+      await hub.registerDevice({ id: "quiet", protocol: "mqtt" });
+      const started = Date.now();
+      for (const [rpm, flow] of [[1200, 3.5], [1500, 2.5], [900, 4], [1000, 3]]) {
+        hub.ingest("pump-1", { kind: "telemetry", data: { rpm, flow, running: true, mode: "auto" } });
+        await new Promise((r) => setTimeout(r, 5));
+      }
+      const res = await helper.request().get("/tethral/hubs/hub1/devices/pump-1/telemetry");
+      assert.equal(res.status, 200, JSON.stringify(res.body));
+      type Charts = { deviceId: string; from: number; to: number; interval: string; intervalMs: number; charts: Array<{ key: string; last: number; min: number; max: number; points: Array<[number, number]> }> };
+      const body = res.body as Charts;
+      assert.equal(body.deviceId, "pump-1");
+      assert.equal(body.interval, "10s", "a device that began reporting just now: fine buckets");
+      assert.equal(body.intervalMs, 10_000);
+      assert.ok(body.from <= started && body.to >= started);
+      assert.deepEqual(body.charts.map((c) => c.key), ["flow", "rpm"], "numeric keys only, sorted");
+      const rpm = body.charts.find((c) => c.key === "rpm")!;
+      assert.deepEqual([rpm.last, rpm.min, rpm.max], [1000, 900, 1500]);
+      // Four reports in a few ms: one bucket of 10 s, or two when they straddle its edge.
+      assert.ok(rpm.points.length >= 1 && rpm.points.length <= 2, JSON.stringify(rpm.points));
+      if (rpm.points.length === 1) assert.equal(rpm.points[0]![1], 1150, "the bucket's average");
+      assert.ok(rpm.points.every(([t]) => t >= body.from && t <= body.to && t % 10_000 === 0), "bucket starts");
+
+      const none = (await helper.request().get("/tethral/hubs/hub1/devices/quiet/telemetry")).body as Charts;
+      assert.deepEqual(none.charts, [], "a device with no series");
+      const ghost = await helper.request().get("/tethral/hubs/hub1/devices/ghost/telemetry");
+      assert.equal(ghost.status, 404);
+      assert.equal((ghost.body as { error: { code: string } }).error.code, "NOT_FOUND");
+      assert.equal((await helper.request().get("/tethral/hubs/nope/devices/pump-1/telemetry")).status, 404);
+
+      await helper.unload();
+      await helper.load([tethralHub, tethralEventOut], flow);
+      const memory = await (helper.getNode("hub1") as TethralHubNode).acquire();
+      await memory.registerDevice({ id: "pump-1", protocol: "mqtt" });
+      const unavailable = await helper.request().get("/tethral/hubs/hub1/devices/pump-1/telemetry");
+      assert.equal(unavailable.status, 503);
+      assert.match((unavailable.body as { error: { message: string } }).error.message, /store|memory/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("the plugin module registers the sidebar plugin", () => {

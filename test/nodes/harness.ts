@@ -67,12 +67,13 @@ export interface Loaded {
 }
 
 /**
- * Loads `nodes` (wired to the helper node `out`) with a quiet hub and a Catch node wired to the
- * helper node `errors`, and hands back a request/answer view of them.
+ * Loads `nodes` (wired to the helper node `out`) with a quiet hub (its settings changed by
+ * `hubSettings`) and a Catch node wired to the helper node `errors`, and hands back a
+ * request/answer view of them.
  */
-export async function loadWithCatch(modules: Array<(RED: NodeAPI) => void>, nodes: FlowEntry[]): Promise<Loaded> {
+export async function loadWithCatch(modules: Array<(RED: NodeAPI) => void>, nodes: FlowEntry[], hubSettings: Msg = {}): Promise<Loaded> {
   const { tab, hub, catcher, errors, out } = FIXTURES;
-  await helper.load(modules as never, [tab, hub, ...nodes, catcher, errors, out]);
+  await helper.load(modules as never, [tab, { ...hub, ...hubSettings }, ...nodes, catcher, errors, out]);
   const arrivals: Arrival[] = [];
   const waiting: Array<(a: Arrival) => void> = [];
   const arrive = (a: Arrival) => {

@@ -1,4 +1,7 @@
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import path from "node:path";
 import helper from "node-red-node-test-helper";
 import tethralHub from "../../src/nodes/tethral-hub";
 import tethralState from "../../src/nodes/tethral-state";
@@ -193,5 +196,126 @@ describe("tethral-state node", function () {
     assert.equal(t.hubNode.userCount(), 1);
     await helper.unload();
     assert.equal(t.hubNode.hubStatus().state, "stopped");
+  });
+});
+
+describe("tethral-state node: telemetry series (a real SQLite store)", function () {
+  let dir = "";
+  beforeEach(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), "tethral-state-series-"));
+    await helper.startServer();
+  });
+  afterEach(async () => {
+    await helper.unload();
+    await helper.stopServer();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  type Answer = { deviceId: string; from: string; to: string; interval: string | null; agg: string | null; series: Record<string, Array<{ ts: string; value: unknown }>> };
+  const HOUR = 3_600_000;
+
+  /** The nodes with a hub that keeps its data in an SQLite file of its own. */
+  const loadStored = (nodes: FlowEntry[]) => loadWithCatch([tethralHub, withCatalogue(tethralState, "tethral-state")], nodes, { storage: "sqlite", sqliteFile: path.join(dir, "fleet.sqlite") });
+
+  /** boiler-1 reporting a temperature three times, a boolean and a text alongside. */
+  async function reports(t: Loaded): Promise<void> {
+    await t.hub.registerDevice({ id: "boiler-1", protocol: "mqtt" });
+    for (const [temperature, burner] of [[20, true], [22.5, false], [24, true]] as const) {
+      t.hub.ingest("boiler-1", { kind: "telemetry", data: { temperature, burner, mode: "eco", nested: { no: 1 } } });
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  }
+
+  it("answers raw points and buckets for msg.payload's query, the keys, and passes the msg on", async () => {
+    const t = await loadStored([state({ operation: "telemetry", deviceId: "boiler-1" }), state({ id: "st2", operation: "telemetry-keys", deviceId: "boiler-1" })]);
+    const started = Date.now();
+    await reports(t);
+
+    const keys = await t.ok("st2", { keep: "me" });
+    assert.deepEqual(keys.payload, ["burner", "mode", "temperature"], "scalar keys, sorted; nested objects are no series");
+    assert.equal(keys.keep, "me");
+    assert.deepEqual(lastStatus(t.node("st2")), green("3 keys of boiler-1"));
+
+    // An inject node's timestamp: every key, the last 24 hours, raw.
+    const all = await t.ok("st1", { payload: Date.now(), topic: "t" });
+    const a = all.payload as Answer;
+    assert.equal(a.deviceId, "boiler-1");
+    assert.equal(a.interval, null);
+    assert.equal(a.agg, null);
+    assert.equal(Date.parse(a.to) - Date.parse(a.from), 24 * HOUR);
+    assert.ok(Date.parse(a.to) >= started);
+    assert.deepEqual(Object.keys(a.series).sort(), ["burner", "mode", "temperature"]);
+    assert.deepEqual(a.series.temperature!.map((p) => p.value), [20, 22.5, 24], "oldest first");
+    assert.deepEqual(a.series.burner!.map((p) => p.value), [true, false, true]);
+    assert.deepEqual(a.series.mode!.map((p) => p.value), ["eco", "eco", "eco"]);
+    assert.equal(all.topic, "t");
+    assert.deepEqual(lastStatus(t.node("st1")), green("9 points of 3 keys of boiler-1"));
+
+    // Buckets of an hour, max: what the raw points say, grouped by the hour they fell in.
+    const raw = a.series.temperature!;
+    const expected = new Map<number, number>();
+    for (const p of raw) {
+      const bucket = Math.floor(Date.parse(p.ts) / HOUR) * HOUR;
+      expected.set(bucket, Math.max(expected.get(bucket) ?? -Infinity, p.value as number));
+    }
+    const hourly = (await t.ok("st1", { payload: { keys: "temperature", interval: "1h", agg: "max", from: raw[0]!.ts, to: Date.parse(raw.at(-1)!.ts) } })).payload as Answer;
+    assert.equal(hourly.interval, "1h");
+    assert.equal(hourly.agg, "max");
+    assert.deepEqual(Object.keys(hourly.series), ["temperature"]);
+    assert.deepEqual(hourly.series.temperature, [...expected].map(([ts, value]) => ({ ts: new Date(ts).toISOString(), value })));
+
+    const avg = (await t.ok("st1", { payload: { keys: ["temperature", "ghost"], interval: "1d", limit: "1" } })).payload as Answer;
+    assert.equal(avg.agg, "avg", "avg by default with an interval");
+    assert.equal(avg.series.temperature!.length, 1, "limit: points per key");
+    assert.deepEqual(avg.series.ghost, [], "an unknown key answers an empty series");
+    const limited = (await t.ok("st1", { payload: { keys: "temperature", limit: 2 } })).payload as Answer;
+    assert.deepEqual(limited.series.temperature!.map((p) => p.value), [20, 22.5]);
+    const other = (await t.ok("st1", { deviceId: "boiler-1", payload: { keys: "mode", to: new Date(started - HOUR).toISOString() } })).payload as Answer;
+    assert.deepEqual(other.series.mode, [], "nothing before the reports");
+  });
+
+  it("outputs {x, y, series} for Dashboard 2's ui-chart: one series per key, booleans as 1 and 0, text left out", async () => {
+    const t = await loadStored([state({ operation: "telemetry", deviceId: "boiler-1", output: "chart" })]);
+    await reports(t);
+    const m = await t.ok("st1", { payload: { keys: "temperature,burner,mode" } });
+    const points = m.payload as Array<{ x: number; y: number; series: string }>;
+    assert.equal(m.action, "replace", "the chart shows the answered range, not what it drew before");
+    assert.deepEqual(points.map((p) => [p.series, p.y]), [["temperature", 20], ["temperature", 22.5], ["temperature", 24], ["burner", 1], ["burner", 0], ["burner", 1]]);
+    for (const p of points) assert.deepEqual(Object.keys(p).sort(), ["series", "x", "y"]);
+    const xs = points.filter((p) => p.series === "temperature").map((p) => p.x);
+    assert.ok(xs.every((x, i) => Number.isInteger(x) && x > Date.now() - 60_000 && (i === 0 || x > xs[i - 1]!)), `epoch ms, rising: ${xs.join(", ")}`);
+    const empty = await t.ok("st1", { payload: { keys: "mode" } });
+    assert.deepEqual(empty.payload, [], "nothing to plot");
+  });
+
+  it("sends refusals to a Catch node: INVALID naming the parameter, NOT_FOUND, UNAVAILABLE without a database", async () => {
+    const t = await loadStored([state({ operation: "telemetry", deviceId: "boiler-1" })]);
+    await reports(t);
+    const field = (m: Msg) => (m.error as { cause?: { details?: Array<{ field: string }> } }).cause?.details?.[0]?.field;
+    const cases: Array<[Msg, string, string | undefined]> = [
+      [{ payload: { from: "yesterday" } }, "INVALID", "from"],
+      [{ payload: { to: "2026-13-45T00:00:00Z" } }, "INVALID", "to"],
+      [{ payload: { from: "2026-12-02T00:00:00Z", to: "2026-12-01T00:00:00Z" } }, "INVALID", "from"],
+      [{ payload: { interval: "5 minutes" } }, "INVALID", "interval"],
+      [{ payload: { interval: "1h", agg: "median" } }, "INVALID", "agg"],
+      [{ payload: { agg: "max" } }, "INVALID", "agg"],
+      [{ payload: { limit: 10_001 } }, "INVALID", "limit"],
+      [{ payload: { limit: "many" } }, "INVALID", "limit"],
+      [{ payload: { intervall: "1h" } }, "INVALID", "intervall"],
+      [{ deviceId: "ghost" }, "NOT_FOUND", undefined],
+      [{ operation: "telemetry-keys", deviceId: "ghost" }, "NOT_FOUND", undefined],
+    ];
+    for (const [msg, code, name] of cases) {
+      const m = await t.caught("st1", { ...msg, keep: "me" });
+      assert.equal(errorCode(m), code, JSON.stringify(msg));
+      if (name) assert.equal(field(m), name, JSON.stringify(msg));
+      assert.equal(m.keep, "me");
+    }
+    await helper.unload();
+    const memory = await loadWithCatch([tethralHub, withCatalogue(tethralState, "tethral-state")], [state({ operation: "telemetry", deviceId: "boiler-1" })]);
+    await memory.hub.registerDevice({ id: "boiler-1", protocol: "mqtt" });
+    const m = await memory.caught("st1", {});
+    assert.equal(errorCode(m), "UNAVAILABLE");
+    assert.match(String((m.error as { message: string }).message), /store|memory/);
   });
 });

@@ -98,7 +98,7 @@ describe("npm start with the user's settings.js (adminAuth, httpNodeAuth)", func
   }
 
   it("adminAuth: the admin API answers 401 without a login and 200 with one", async () => {
-    for (const route of ["flows", "settings", "tethral/hubs", "nodes"]) {
+    for (const route of ["flows", "settings", "tethral/hubs", "tethral/hubs/x/devices/y/telemetry", "nodes"]) {
       const res = await fetch(`${runtime.url}${route}`);
       assert.equal(res.status, 401, `GET /${route} without a login`);
     }
