@@ -188,7 +188,9 @@ if (known && Array.isArray(details) && details.length > 0) {
 else if (badReference) msg.payload.error.details = [{ field: "deviceId", message }];
 // A command that ended badly while the request waited: the command too.
 if (msg.command && typeof msg.command === "object") msg.payload.command = msg.command;
-msg.headers = code === "UNAUTHORIZED" ? { "WWW-Authenticate": 'Bearer realm="tethral"' } : {};
+// A busy hub's refusal keeps the Retry-After the node set: when the device may send again.
+const retryAfter = code === "UNAVAILABLE" && msg.headers && msg.headers["Retry-After"];
+msg.headers = code === "UNAUTHORIZED" ? { "WWW-Authenticate": 'Bearer realm="tethral"' } : retryAfter ? { "Retry-After": retryAfter } : {};
 return msg;`;
 
 // ── Routes ──────────────────────────────────────────────────────────────────────────────────
