@@ -1,5 +1,5 @@
 import type Database from "better-sqlite3";
-import { type Aggregate, type BucketQuery, type PointQuery, type RetentionPolicy } from "../core/ports/store";
+import { type Aggregate, type BucketQuery, type PointQuery, RESOLUTION_MS, type RetentionPolicy } from "../core/ports/store";
 import { MERGE_ROLLUP, ROLLUP_COLS, ROLLUP_TABLES, rollupBuilders } from "./series";
 
 type Db = Database.Database;
@@ -34,6 +34,32 @@ const AGG_ROLLUP: Record<Aggregate, string> = {
   last: "last_num, last_val, max(last_ts)",
 };
 const NUMERIC: ReadonlySet<Aggregate> = new Set(["avg", "sum", "min", "max"]);
+
+/** Most buckets a query walks one by one (see `buckets`). */
+const PER_BUCKET_MAX = 100_000;
+
+/**
+ * Buckets from a roll-up, one primary-key range each: [start, num, val] for every bucket of
+ * the range, NULLs for an empty one. The earliest roll-up row of a bucket holds its first
+ * point, the latest its last.
+ */
+function perBucketSql(source: "1m" | "1h", agg: Aggregate): string {
+  const range = `FROM ${ROLLUP_TABLES[source]} WHERE device_id = @device AND key_id = @key AND bucket >= s AND bucket < s + @interval`;
+  const one: Partial<Record<Aggregate, string>> = {
+    avg: "sum(sum_v) / CAST(sum(nn) AS REAL)",
+    sum: "sum(sum_v)",
+    min: "min(min_v)",
+    max: "max(max_v)",
+    count: "sum(n)",
+  };
+  const values = one[agg] !== undefined
+    ? `(SELECT ${one[agg]} ${range}), NULL`
+    : agg === "first"
+      ? `(SELECT first_num ${range} ORDER BY bucket LIMIT 1), (SELECT first_val ${range} ORDER BY bucket LIMIT 1)`
+      : `(SELECT last_num ${range} ORDER BY bucket DESC LIMIT 1), (SELECT last_val ${range} ORDER BY bucket DESC LIMIT 1)`;
+  return `WITH RECURSIVE b(s) AS (SELECT @start UNION ALL SELECT s + @interval FROM b WHERE s + @interval < @end)
+    SELECT s, ${values} FROM b`;
+}
 
 /**
  * The SQLite store's time series, on its database thread: the points of a batch are inserted
@@ -191,23 +217,42 @@ export class SqliteSeries {
   buckets(q: BucketQuery, start: number, end: number, interval: number): RawSeriesPoint[] {
     const keyId = this.knownKey(q.key);
     if (keyId === undefined || !(q.limit > 0)) return [];
-    const sqlKey = `${q.source}:${q.agg}`;
-    let stmt = this.s.bucketQueries.get(sqlKey);
-    if (!stmt) {
+    const limit = Math.floor(q.limit);
+    const params = { interval, device: q.deviceId, key: keyId, start, end };
+    // GROUP BY sorts every row it reads in a temporary b-tree (measured: 17 ms for 30 days of
+    // 1-minute roll-ups); a roll-up at least 4 times finer than the buckets is denser than
+    // them, so one primary-key range per bucket reads the same rows without it (7 ms).
+    if (q.source !== "raw" && interval >= 4 * RESOLUTION_MS[q.source] && (end - start) / interval <= PER_BUCKET_MAX) {
+      const rows = this.bucketQuery(`each:${q.source}:${q.agg}`, () => perBucketSql(q.source as "1m" | "1h", q.agg)).all(params) as RawSeriesPoint[];
+      const out: RawSeriesPoint[] = [];
+      for (const r of rows) {
+        if (r[1] === null && r[2] === null) continue;
+        out.push(r);
+        if (out.length >= limit) break;
+      }
+      return out;
+    }
+    const stmt = this.bucketQuery(`${q.source}:${q.agg}`, () => {
       const raw = q.source === "raw";
       const col = raw ? "ts" : "bucket";
       const select = raw ? AGG_RAW[q.agg] : `${AGG_ROLLUP[q.agg]} FROM ${ROLLUP_TABLES[q.source as "1m" | "1h"]}`;
       const having = NUMERIC.has(q.agg) ? (raw ? " HAVING count(num) > 0" : " HAVING sum(nn) > 0") : "";
-      stmt = this.db
-        .prepare(
-          `SELECT ${col} - ${col} % @interval AS b, ${select} WHERE device_id = @device AND key_id = @key ` +
-            `AND ${col} >= @start AND ${col} < @end GROUP BY b${having} ORDER BY b LIMIT @limit`,
-        )
-        .raw(true);
-      this.s.bucketQueries.set(sqlKey, stmt);
-    }
-    const rows = stmt.all({ interval, device: q.deviceId, key: keyId, start, end, limit: Math.floor(q.limit) }) as unknown[][];
+      return (
+        `SELECT ${col} - ${col} % @interval AS b, ${select} WHERE device_id = @device AND key_id = @key ` +
+        `AND ${col} >= @start AND ${col} < @end GROUP BY b${having} ORDER BY b LIMIT @limit`
+      );
+    });
+    const rows = stmt.all({ ...params, limit }) as unknown[][];
     return rows.map((r) => [r[0], r[1], r[2]] as RawSeriesPoint);
+  }
+
+  private bucketQuery(id: string, sql: () => string): Stmt {
+    let stmt = this.s.bucketQueries.get(id);
+    if (!stmt) {
+      stmt = this.db.prepare(sql()).raw(true);
+      this.s.bucketQueries.set(id, stmt);
+    }
+    return stmt;
   }
 
   keys(deviceId: string): string[] {
