@@ -124,7 +124,7 @@ async function measure(label: string, makeStore: () => Store, batchRows: number,
 
 async function postgres(): Promise<{ kind: "server" | "pglite"; makeStore: () => Store; reset: () => Promise<void>; stop: () => Promise<void> }> {
   const server = process.env.TETHRAL_BENCH_PG_URL ?? process.env.TETHRAL_TEST_PG_URL;
-  const tables = "tethral_migrations, devices, device_tokens, states, state_history, events, commands";
+  const tables = "tethral_migrations, devices, device_tokens, states, state_history, events, commands, ts_keys, ts_series, ts_points, ts_rollup_1m, ts_rollup_1h";
   if (server) {
     const name = `tethral_bench_${Date.now()}`;
     const admin = new pg.Client({ connectionString: server });

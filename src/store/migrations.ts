@@ -15,6 +15,61 @@ export interface Migration {
 
 export const MIGRATIONS_TABLE = "tethral_migrations";
 
+/**
+ * Time series (DESIGN "Time series"). Key names are interned to small integers in `ts_keys`:
+ * ids are allocated by the store (max + 1, retried on conflict), never SERIAL or unique_rowid,
+ * so they stay small and within a JS number on CockroachDB too. `ts_series` lists each
+ * device's series: the keys a device has, and what retention walks instead of scanning points.
+ * A value is `num` for a finite number (aggregated in SQL), else `val`, its JSON text (a
+ * boolean or a string: JSON keeps NUL and lone surrogates, which PostgreSQL text cannot hold).
+ * Roll-ups count every point (`n`) and the numbers (`nn`, with sum, min and max over them),
+ * and keep the earliest and latest point's time and value.
+ */
+function seriesTables(dialect: "sqlite" | "postgres"): string[] {
+  const sqlite = dialect === "sqlite";
+  const int = sqlite ? "INTEGER" : "BIGINT";
+  const real = sqlite ? "REAL" : "DOUBLE PRECISION";
+  const noRowid = sqlite ? " WITHOUT ROWID" : "";
+  const rollup = (table: string) => `CREATE TABLE IF NOT EXISTS ${table} (
+        device_id TEXT NOT NULL,
+        key_id INTEGER NOT NULL,
+        bucket ${int} NOT NULL,
+        n ${int} NOT NULL,
+        nn ${int} NOT NULL,
+        sum_v ${real},
+        min_v ${real},
+        max_v ${real},
+        first_ts ${int} NOT NULL,
+        first_num ${real},
+        first_val TEXT,
+        last_ts ${int} NOT NULL,
+        last_num ${real},
+        last_val TEXT,
+        PRIMARY KEY (device_id, key_id, bucket)
+      )${noRowid}`;
+  return [
+    `CREATE TABLE IF NOT EXISTS ts_keys (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE
+      )`,
+    `CREATE TABLE IF NOT EXISTS ts_series (
+        device_id TEXT NOT NULL,
+        key_id INTEGER NOT NULL,
+        PRIMARY KEY (device_id, key_id)
+      )${noRowid}`,
+    `CREATE TABLE IF NOT EXISTS ts_points (
+        device_id TEXT NOT NULL,
+        key_id INTEGER NOT NULL,
+        ts ${int} NOT NULL,
+        num ${real},
+        val TEXT,
+        PRIMARY KEY (device_id, key_id, ts)
+      )${noRowid}`,
+    rollup("ts_rollup_1m"),
+    rollup("ts_rollup_1h"),
+  ];
+}
+
 export const MIGRATIONS: readonly Migration[] = [
   {
     version: 1,
@@ -182,6 +237,12 @@ export const MIGRATIONS: readonly Migration[] = [
     // Rows from before stay without a parent (NULL), as their events had none.
     sqlite: [`ALTER TABLE events ADD COLUMN parent_cause_id TEXT`],
     postgres: [`ALTER TABLE events ADD COLUMN IF NOT EXISTS parent_cause_id TEXT`],
+  },
+  {
+    version: 3,
+    name: "telemetry time series: keys, series, points, 1-minute and 1-hour roll-ups",
+    sqlite: seriesTables("sqlite"),
+    postgres: seriesTables("postgres"),
   },
 ];
 

@@ -39,6 +39,7 @@ import {
   UPSERT_DEVICE,
   UPSERT_STATES,
 } from "./postgres-sql";
+import { DELETE_DEVICE_SERIES, pointArrays, PostgresSeries, type Queryable } from "./postgres-series";
 import {
   PENDING_COMMAND_STATUSES,
   type CommandRow,
@@ -47,7 +48,10 @@ import {
   type EventQuery,
   type EventRow,
   type HistoryRow,
+  type BucketQuery,
+  type PointQuery,
   type PurgeResult,
+  type SeriesPoint,
   type RetentionPolicy,
   type StateRow,
   type Store,
@@ -84,6 +88,9 @@ export class PostgresStore implements Store {
   private pool: pg.Pool | null = null;
   private opening: Promise<void> | null = null;
   private closed = false;
+  private readonly series = new PostgresSeries();
+  /** The pool for the series code, with this store's retries and error codes. */
+  private readonly db: Queryable = { query: (config) => this.query(config) };
 
   constructor(options: PostgresStoreOptions) {
     const { connectionString, description } = connectionSettings(options.url, options.password);
@@ -152,7 +159,7 @@ export class PostgresStore implements Store {
 
   async deleteDevice(id: string): Promise<void> {
     await this.tx(async (c) => {
-      for (const sql of DELETE_DEVICE) await c.query(sql, [id]);
+      for (const sql of [...DELETE_DEVICE, ...DELETE_DEVICE_SERIES]) await c.query(sql, [id]);
     });
   }
 
@@ -163,7 +170,8 @@ export class PostgresStore implements Store {
   async writeBatch(batch: WriteBatch): Promise<void> {
     const presence = lastById(batch.presence, (p) => p.id, () => true);
     const states = lastById(batch.states, (s) => s.deviceId, (next, prev) => next.rev >= prev.rev);
-    if (presence.length + states.length + batch.history.length + batch.events.length === 0) return;
+    const points = batch.points ?? [];
+    if (presence.length + states.length + batch.history.length + batch.events.length + points.length === 0) return;
     // Checked (and stringified) before the transaction, so a bad row fails the batch up front.
     const statements: [string, unknown[]][] = [];
     const add = (sql: string, parts: unknown[][][]) => {
@@ -173,8 +181,14 @@ export class PostgresStore implements Store {
     add(UPSERT_STATES, chunkedColumns("states", states, STATE_COLUMNS, (s) => s.deviceId));
     add(INSERT_HISTORY, chunkedColumns("history", batch.history, HISTORY_COLUMNS));
     add(INSERT_EVENTS, chunkedColumns("events", batch.events, EVENT_COLUMNS));
+    let pointStatements: pg.QueryConfig[] = [];
+    if (points.length > 0) {
+      const cols = pointArrays(points);
+      pointStatements = this.series.statements(cols, await this.series.keyIdsFor(this.db, cols.keys));
+    }
     await this.tx(async (c) => {
       for (const [sql, params] of statements) await c.query(sql, params);
+      for (const config of pointStatements) await c.query(config);
     });
   }
 
@@ -203,6 +217,20 @@ export class PostgresStore implements Store {
     const { sql, params } = eventsQuery(query, now);
     const { rows } = await this.query(sql, params);
     return rows.map(toEventRow);
+  }
+
+  // ---- time series ----
+
+  async points(query: PointQuery): Promise<SeriesPoint[]> {
+    return this.series.points(this.db, query);
+  }
+
+  async buckets(query: BucketQuery): Promise<SeriesPoint[]> {
+    return this.series.buckets(this.db, query);
+  }
+
+  async telemetryKeys(deviceId: string): Promise<string[]> {
+    return this.series.keys(this.db, deviceId);
   }
 
   // ---- tokens ----
@@ -271,7 +299,7 @@ export class PostgresStore implements Store {
   // ---- retention ----
 
   async purge(policy: RetentionPolicy, now: number, batchSize: number): Promise<PurgeResult> {
-    const result: PurgeResult = { history: 0, events: 0, commands: 0 };
+    const result: PurgeResult = { history: 0, events: 0, commands: 0, points: 0, rollups: 0 };
     const n = Math.floor(batchSize);
     if (!(n > 0)) return result;
     if (policy.historyMaxAgeMs > 0) {
@@ -311,7 +339,7 @@ export class PostgresStore implements Store {
         [now - policy.commandsMaxAgeMs, n],
       );
     }
-    return result;
+    return { ...result, ...(await this.series.purge(this.db, policy, now, n)) };
   }
 
   private async deleteIds(table: string, select: string, params: unknown[]): Promise<number> {
@@ -369,11 +397,11 @@ export class PostgresStore implements Store {
   }
 
   /** One statement outside a transaction (itself atomic), retried like a transaction. */
-  private async query(sql: string, params?: unknown[]): Promise<pg.QueryResult<Record<string, unknown>>> {
+  private async query(sql: string | pg.QueryConfig, params?: unknown[]): Promise<pg.QueryResult<Record<string, unknown>>> {
     const pool = this.requirePool();
     for (let attempt = 0; ; attempt++) {
       try {
-        return await pool.query<Record<string, unknown>>(sql, params);
+        return await (typeof sql === "string" ? pool.query<Record<string, unknown>>(sql, params) : pool.query<Record<string, unknown>>(sql));
       } catch (err) {
         if (!isSerializationFailure(err) || attempt >= this.maxRetries) throw this.wrap(err);
         await sleep(backoffMs(attempt));

@@ -25,7 +25,9 @@ import {
   updateAll,
 } from "./sqlite-rows";
 import type { SqliteStoreOptions } from "./sqlite";
-import type { EventQuery, PurgeResult, RetentionPolicy } from "../core/ports/store";
+import { type RawSeriesPoint, SqliteSeries } from "./sqlite-series";
+import { bucketRange } from "./series";
+import type { BucketQuery, EventQuery, PointQuery, PurgeResult, RetentionPolicy } from "../core/ports/store";
 
 type Db = Database.Database;
 type Stmt = Database.Statement<unknown[], unknown>;
@@ -48,6 +50,7 @@ export class SqliteDatabase {
   private readonly busyTimeoutMs: number;
   private conn: Db | undefined;
   private stmts: ReturnType<SqliteDatabase["prepareAll"]> | undefined;
+  private ts: SqliteSeries | undefined;
   private readonly chunkStmts = new Map<string, Stmt>();
   private readonly eventQueries = new Map<string, Stmt>();
 
@@ -68,13 +71,16 @@ export class SqliteDatabase {
       if (!inMemory) db.pragma("journal_mode = WAL");
       db.pragma("synchronous = NORMAL");
       db.pragma("temp_store = MEMORY");
-      db.pragma("cache_size = -65536"); // 64 MiB: history and event indexes stay in memory while batches land
+      // 128 MiB: the history and event indexes, and the time-series pages batches land in (a
+      // series' newest points and roll-ups), stay in memory while batches land.
+      db.pragma("cache_size = -131072");
       db.pragma("journal_size_limit = 67108864"); // the WAL shrinks back to 64 MiB after checkpoints
       db.exec(
         `CREATE TABLE IF NOT EXISTS ${MIGRATIONS_TABLE} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)`,
       );
       this.migrate(db);
       this.conn = db;
+      this.ts = new SqliteSeries(db);
       this.stmts = this.prepareAll(db);
     } catch (err) {
       db?.close();
@@ -90,6 +96,7 @@ export class SqliteDatabase {
     const db = this.conn;
     this.conn = undefined;
     this.stmts = undefined;
+    this.ts = undefined;
     this.chunkStmts.clear();
     this.eventQueries.clear();
     db?.close();
@@ -116,7 +123,12 @@ export class SqliteDatabase {
   }
 
   writeBatch(batch: EncodedBatch): void {
-    this.s.writeBatch(batch);
+    try {
+      this.s.writeBatch(batch);
+    } catch (err) {
+      this.series.rolledBack();
+      throw err;
+    }
   }
 
   // A big batch comes in parts, so that the caller's thread encodes a part while this thread
@@ -134,17 +146,25 @@ export class SqliteDatabase {
     try {
       this.writeEncoded(part);
     } catch (err) {
-      if (this.db.inTransaction) this.s.rollback.run();
+      this.rollbackBatch();
       throw err;
     }
   }
 
   commitBatch(): void {
-    if (this.db.inTransaction) this.s.commit.run();
+    if (!this.db.inTransaction) return;
+    try {
+      this.series.flush();
+      this.s.commit.run();
+    } catch (err) {
+      this.rollbackBatch();
+      throw err;
+    }
   }
 
   rollbackBatch(): void {
     if (this.db.inTransaction) this.s.rollback.run();
+    this.series.rolledBack();
   }
 
   loadDevices(): RawDevice[] {
@@ -244,6 +264,24 @@ export class SqliteDatabase {
     return this.s.purge(policy, now, Math.max(0, Math.floor(batchSize)));
   }
 
+  points(query: PointQuery): RawSeriesPoint[] {
+    return this.series.points(query);
+  }
+
+  buckets(query: BucketQuery): RawSeriesPoint[] {
+    const { start, end, interval } = bucketRange(query);
+    return this.series.buckets(query, start, end, interval);
+  }
+
+  telemetryKeys(deviceId: string): string[] {
+    return this.series.keys(deviceId);
+  }
+
+  private get series(): SqliteSeries {
+    if (!this.ts) throw new TethralError("UNAVAILABLE", `the SQLite store at ${this.path} is not open`);
+    return this.ts;
+  }
+
   private get db(): Db {
     if (!this.conn) throw new TethralError("UNAVAILABLE", `the SQLite store at ${this.path} is not open`);
     return this.conn;
@@ -300,6 +338,7 @@ export class SqliteDatabase {
     this.writeRows("states", batch.states);
     this.writeRows("state_history", batch.history);
     this.writeRows("events", batch.events);
+    if (batch.points.length > 0) this.series.write(batch.points);
   }
 
   /** Writes flattened rows in order, CHUNK at a time, the remainder in power-of-two chunks. */
@@ -383,9 +422,13 @@ export class SqliteDatabase {
 
       deleteDevice: db.transaction((id: string) => {
         for (const stmt of deletes) stmt.run(id);
+        this.series.deleteDevice(id);
       }),
 
-      writeBatch: db.transaction((batch: EncodedBatch) => this.writeEncoded(batch)),
+      writeBatch: db.transaction((batch: EncodedBatch) => {
+        this.writeEncoded(batch);
+        this.series.flush();
+      }),
 
       purge: db.transaction((policy: RetentionPolicy, now: number, batchSize: number): PurgeResult => {
         const deleted = (stmt: Stmt, ...params: unknown[]) => stmt.run(...params).changes;
@@ -404,7 +447,7 @@ export class SqliteDatabase {
         }
         let commands = 0;
         if (policy.commandsMaxAgeMs > 0) commands = deleted(purgeStmts.commandsByAge, now - policy.commandsMaxAgeMs, batchSize);
-        return { history, events, commands };
+        return { history, events, commands, ...this.series.purge(policy, now, batchSize) };
       }),
     };
   }

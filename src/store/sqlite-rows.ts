@@ -1,4 +1,5 @@
 import { invalid, errorMessage } from "../core/errors";
+import { pointColumns } from "./series";
 import type { DeviceStatus, JsonObject, Priority } from "../core/types";
 import {
   type CommandRow,
@@ -7,6 +8,7 @@ import {
   type EventRow,
   type HistoryRow,
   PENDING_COMMAND_STATUSES,
+  type PointRow,
   type StateRow,
   type TokenRow,
   type WriteBatch,
@@ -141,6 +143,8 @@ export interface EncodedBatch {
   states: unknown[];
   history: unknown[];
   events: unknown[];
+  /** device, key, ts, num, val per point (see `pointColumns`). */
+  points: unknown[];
 }
 
 function flatten<T>(rows: readonly T[], toParams: (row: T, out: unknown[]) => void): unknown[] {
@@ -157,7 +161,7 @@ function flatten<T>(rows: readonly T[], toParams: (row: T, out: unknown[]) => vo
  * 0.9 µs. JSON here also keeps what is stored exactly as before (toJSON, dropped functions),
  * and a row JSON cannot carry fails before anything is sent, as the INVALID error it always was.
  */
-export function encodeBatch(batch: WriteBatch): EncodedBatch {
+export function encodeBatch(batch: WriteBatch, offset = 0): EncodedBatch {
   const presence: unknown[] = [];
   for (const p of batch.presence) presence.push(p.status, p.lastSeen, p.id);
   return {
@@ -165,22 +169,44 @@ export function encodeBatch(batch: WriteBatch): EncodedBatch {
     states: flatten(batch.states, stateParams),
     history: flatten(batch.history, historyParams),
     events: flatten(batch.events, eventParams),
+    points: pointParams(batch.points ?? [], offset),
   };
 }
 
-/** The batch cut into parts of at most `max` rows, in its order: presence, states, history, events. */
-export function splitBatch(batch: WriteBatch, max: number): WriteBatch[] {
-  const parts: WriteBatch[] = [];
-  let part: WriteBatch = { presence: [], states: [], history: [], events: [] };
+function pointParams(points: readonly PointRow[], offset: number): unknown[] {
+  const out = new Array<unknown>(points.length * 5);
+  for (let i = 0; i < points.length; i++) {
+    const p = points[i]!;
+    const [key, ts, num, val] = pointColumns(p, offset + i);
+    const o = i * 5;
+    out[o] = p.deviceId;
+    out[o + 1] = key;
+    out[o + 2] = ts;
+    out[o + 3] = num;
+    out[o + 4] = val;
+  }
+  return out;
+}
+
+/**
+ * The batch cut into parts of at most `max` rows, in its order: presence, states, history,
+ * events, points. Each part says where its points start in the batch's (for error messages).
+ */
+export function splitBatch(batch: WriteBatch, max: number): { part: WriteBatch; pointOffset: number }[] {
+  const parts: { part: WriteBatch; pointOffset: number }[] = [];
+  const empty = (): WriteBatch => ({ presence: [], states: [], history: [], events: [], points: [] });
+  let part = empty();
+  let pointOffset = 0;
   let room = max;
   const cut = <K extends keyof WriteBatch>(kind: K) => {
-    const rows = batch[kind];
+    const rows = batch[kind] ?? [];
     for (let i = 0; i < rows.length; ) {
       if (room === 0) {
-        parts.push(part);
-        part = { presence: [], states: [], history: [], events: [] };
+        parts.push({ part, pointOffset });
+        part = empty();
         room = max;
       }
+      if (kind === "points" && (part.points?.length ?? 0) === 0) pointOffset = i;
       const n = Math.min(room, rows.length - i);
       part[kind] = rows.slice(i, i + n) as WriteBatch[K];
       i += n;
@@ -191,7 +217,8 @@ export function splitBatch(batch: WriteBatch, max: number): WriteBatch[] {
   cut("states");
   cut("history");
   cut("events");
-  parts.push(part);
+  cut("points");
+  parts.push({ part, pointOffset });
   return parts;
 }
 

@@ -9,6 +9,7 @@ export const SQLITE_METHODS = [
   "beginBatch", "writePart", "commitBatch", "rollbackBatch",
   "loadDevices", "loadStates", "stateHistory", "events", "putToken", "getToken", "loadTokens", "deleteToken",
   "putCommand", "putCommands", "getCommand", "pendingCommands", "deleteCommand", "deviceCommands", "purge",
+  "points", "buckets", "telemetryKeys",
 ] as const satisfies readonly (keyof SqliteDatabase)[];
 
 export type SqliteMethod = (typeof SQLITE_METHODS)[number];

@@ -15,20 +15,27 @@ import {
 } from "./sqlite-rows";
 import { SqliteThread, type ThreadArgs, type ThreadResult } from "./sqlite-thread";
 import type { SqliteMethod } from "./sqlite-wire";
+import { pointValue } from "./series";
+import type { RawSeriesPoint } from "./sqlite-series";
 import type {
+  BucketQuery,
   CommandRow,
   CommandStatus,
   DeviceRow,
   EventQuery,
   EventRow,
   HistoryRow,
+  PointQuery,
   PurgeResult,
   RetentionPolicy,
+  SeriesPoint,
   StateRow,
   Store,
   TokenRow,
   WriteBatch,
 } from "../core/ports/store";
+
+const toSeriesPoint = (r: RawSeriesPoint): SeriesPoint => ({ ts: r[0], value: pointValue(r[1], r[2]) });
 
 /** Rows per part of a big batch (see `writeBatch`): a few ms of encoding each. */
 const PART_ROWS = 2048;
@@ -128,6 +135,8 @@ export class SqliteStore implements Store {
     const thread = this.live();
     const parts = splitBatch(batch, PART_ROWS);
     if (parts.length === 1) return thread.call("writeBatch", [encodeBatch(batch)]);
+    // Telemetry points are encoded here (checked, split into number or JSON text); their key
+    // ids, the roll-ups and all the SQL are the database thread's work.
     // Each part is posted as soon as it is encoded: the thread writes it while the next one is
     // encoded here. Between parts this thread's timers and I/O run (a batch of 100,000 rows
     // is a few hundred ms of encoding); the calls made meanwhile wait for the hand-over to
@@ -144,7 +153,8 @@ export class SqliteStore implements Store {
       post(thread.call("beginBatch", []));
       for (let i = 0; i < parts.length; i++) {
         if (i > 0) await new Promise<void>((resolve) => setImmediate(resolve));
-        post(thread.call("writePart", [encodeBatch(parts[i]!)]));
+        const { part, pointOffset } = parts[i]!;
+        post(thread.call("writePart", [encodeBatch(part, pointOffset)]));
       }
       post(thread.call("commitBatch", []));
     } catch (err) {
@@ -219,6 +229,18 @@ export class SqliteStore implements Store {
 
   async purge(policy: RetentionPolicy, now: number, batchSize: number): Promise<PurgeResult> {
     return this.call("purge", [policy, now, batchSize]);
+  }
+
+  async points(query: PointQuery): Promise<SeriesPoint[]> {
+    return (await this.call("points", [query])).map(toSeriesPoint);
+  }
+
+  async buckets(query: BucketQuery): Promise<SeriesPoint[]> {
+    return (await this.call("buckets", [query])).map(toSeriesPoint);
+  }
+
+  async telemetryKeys(deviceId: string): Promise<string[]> {
+    return this.call("telemetryKeys", [deviceId]);
   }
 
   private call<M extends SqliteMethod>(method: M, args: ThreadArgs<M>): Promise<ThreadResult<M>> {

@@ -3,6 +3,7 @@ import { isTethralError } from "../../src/core/errors";
 import type { JsonObject } from "../../src/core/types";
 import { LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE } from "../../src/store/migrations";
 import type { DeviceRow, EventQuery, EventRow, HistoryRow, RetentionPolicy, Store, WriteBatch } from "../../src/core/ports/store";
+import { describeSeriesContract } from "./contract-series";
 import { bigMetadata, byDeviceId, byId, commandRow, deviceRow, eventRow, historyRow, stateRow, T0 } from "./fixtures";
 
 /** What a store factory hands the contract suite: one store over an empty database of its own. */
@@ -27,6 +28,9 @@ const NO_RETENTION: RetentionPolicy = {
   eventsMaxAgeMs: 0,
   eventsMaxRows: 0,
   commandsMaxAgeMs: 0,
+  pointsMaxAgeMs: 0,
+  rollups1mMaxAgeMs: 0,
+  rollups1hMaxAgeMs: 0,
 };
 
 const EMPTY_BATCH: WriteBatch = { presence: [], states: [], history: [], events: [] };
@@ -86,6 +90,8 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
       extra.push(s);
       return s;
     }
+
+    describeSeriesContract(() => store);
 
     describe("schema and lifecycle", function () {
       it("open creates the schema and records the latest version", async function () {
@@ -557,7 +563,7 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
           events: [eventRow("e1", "x.y", 1)],
         });
         await store.putCommand(commandRow("c1", "d1", 1, { status: "failed", completedAt: 2 }));
-        assert.deepEqual(await store.purge(NO_RETENTION, now, 100), { history: 0, events: 0, commands: 0 });
+        assert.deepEqual(await store.purge(NO_RETENTION, now, 100), { history: 0, events: 0, commands: 0, points: 0, rollups: 0 });
         assert.equal((await store.stateHistory("d1", 10)).length, 1);
       });
 
@@ -567,10 +573,10 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         for (let i = 0; i < 5; i++) history.push(historyRow(`new${i}`, "d0", now - 1000 + i, 100 + i));
         await store.writeBatch({ ...EMPTY_BATCH, history });
         const policy = { ...NO_RETENTION, historyMaxAgeMs: 30_000 };
-        assert.deepEqual(await store.purge(policy, now, 10), { history: 10, events: 0, commands: 0 });
-        assert.deepEqual(await store.purge(policy, now, 10), { history: 10, events: 0, commands: 0 });
-        assert.deepEqual(await store.purge(policy, now, 10), { history: 5, events: 0, commands: 0 });
-        assert.deepEqual(await store.purge(policy, now, 10), { history: 0, events: 0, commands: 0 });
+        assert.deepEqual(await store.purge(policy, now, 10), { history: 10, events: 0, commands: 0, points: 0, rollups: 0 });
+        assert.deepEqual(await store.purge(policy, now, 10), { history: 10, events: 0, commands: 0, points: 0, rollups: 0 });
+        assert.deepEqual(await store.purge(policy, now, 10), { history: 5, events: 0, commands: 0, points: 0, rollups: 0 });
+        assert.deepEqual(await store.purge(policy, now, 10), { history: 0, events: 0, commands: 0, points: 0, rollups: 0 });
         assert.deepEqual(
           (await store.stateHistory("d0", 100)).map((r) => r.id),
           ["new0", "new1", "new2", "new3", "new4"],
@@ -626,7 +632,7 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
           ...EMPTY_BATCH,
           events: [eventRow("e1", "x.y", now - 10, { expiresAt: now - 1 }), eventRow("e2", "x.y", now - 10, { expiresAt: now + 10 })],
         });
-        assert.deepEqual(await store.purge(NO_RETENTION, now, 10), { history: 0, events: 1, commands: 0 });
+        assert.deepEqual(await store.purge(NO_RETENTION, now, 10), { history: 0, events: 1, commands: 0, points: 0, rollups: 0 });
         assert.deepEqual(
           (await store.events({ limit: 10 }, now)).map((e) => e.id),
           ["e2"],

@@ -21,7 +21,10 @@ export interface TestPostgres {
   stop: () => Promise<void>;
 }
 
-const TABLES = ["tethral_migrations", "devices", "device_tokens", "states", "state_history", "events", "commands"];
+const TABLES = [
+  "tethral_migrations", "devices", "device_tokens", "states", "state_history", "events", "commands",
+  "ts_keys", "ts_series", "ts_points", "ts_rollup_1m", "ts_rollup_1h",
+];
 const RESET_SQL = `DROP TABLE IF EXISTS ${TABLES.join(", ")}`;
 
 export async function startTestPostgres(): Promise<TestPostgres> {

@@ -1,0 +1,203 @@
+/**
+ * Time-series benchmark (CONTRACT §7), SQLite and PostgreSQL in one run:
+ * - insertPointsPerSec: one year of one-minute points of 10 devices x 3 keys (15.8M points)
+ *   loaded through `writeBatch` in batches of 100,000 points, roll-ups included;
+ * - query30dHourlyP99Ms, query1yDailyP99Ms, queryLastHourRawP99Ms: p99 of queries for one device,
+ *   all 3 keys at once as the hub asks (one `buckets`/`points` call per key), at random offsets,
+ *   reading the resolution the hub would (`resolutionFor`, default retention, now = the query's
+ *   end); query30dHourlyFrom1hP99Ms reads the same buckets from the 1-hour roll-ups.
+ * PostgreSQL is the server at TETHRAL_BENCH_PG_URL or TETHRAL_TEST_PG_URL (a fresh database is made
+ * there and dropped afterwards); without either, the PostgreSQL part is skipped.
+ * TETHRAL_BENCH_TS_DAYS shortens the data (default 365). Run with `npm run bench:timeseries`;
+ * writes bench/results/timeseries.json. Not a test: nothing asserts a time.
+ */
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import pg from "pg";
+import { type ResolutionRetention, resolutionFor } from "../src/core/telemetry-query";
+import { DEFAULT_PERSISTENCE_OPTIONS } from "../src/core/write-behind";
+import { PostgresStore } from "../src/store/postgres";
+import { SqliteStore } from "../src/store/sqlite";
+import type { PointRow, Resolution, Store } from "../src/core/ports/store";
+import { percentile } from "./stats";
+
+const TARGETS = { insertSqlite: 150_000, insertPostgres: 90_000, queryMs: 20, lastHourMs: 10 };
+const MIN = 60_000;
+const HOUR = 60 * MIN;
+const DAY = 24 * HOUR;
+const DAYS = Number(process.env.TETHRAL_BENCH_TS_DAYS ?? 365);
+const DEVICES = Array.from({ length: 10 }, (_, i) => `meter-${i}`);
+const KEYS = ["temperature", "humidity", "power"];
+const BATCH_POINTS = 100_000;
+const RUNS = 250;
+/** Data ends at a fixed time, so runs are comparable. */
+const END = Date.UTC(2026, 11, 1);
+const START = END - DAYS * DAY;
+
+interface Result {
+  points: number;
+  insertPointsPerSec: number;
+  query30dHourlyP99Ms: number;
+  query30dHourlySource: Resolution;
+  query30dHourlyFrom1hP99Ms: number;
+  query1yDailyP99Ms: number;
+  query1yDailySource: Resolution;
+  queryLastHourRawP99Ms: number;
+}
+
+const retention = DEFAULT_PERSISTENCE_OPTIONS.retention;
+const RETENTION: ResolutionRetention = { raw: retention.pointsMaxAgeMs, "1m": retention.rollups1mMaxAgeMs, "1h": retention.rollups1hMaxAgeMs };
+
+/** Deterministic noise, so both stores get the same values. */
+function value(key: number, device: number, minute: number): number {
+  const x = Math.sin(minute * 0.0123 + device * 1.7 + key * 0.31) * 10;
+  return Math.round((key === 0 ? 21 + x : key === 1 ? 45 + x * 2 : 300 + x * 30) * 100) / 100;
+}
+
+async function load(store: Store): Promise<{ points: number; perSec: number }> {
+  for (const id of DEVICES) {
+    await store.upsertDevice({
+      id, name: id, protocol: "mqtt", address: null, manufacturer: null, model: null, firmware: null, capabilities: [],
+      tags: [], heartbeatTimeout: null, metadata: {}, status: "online", lastSeen: START, createdAt: START, updatedAt: START,
+    });
+  }
+  const minutes = DAYS * 24 * 60;
+  const perMinute = DEVICES.length * KEYS.length;
+  let points = 0;
+  let writing = 0;
+  let lastReport = performance.now();
+  for (let m = 0; m < minutes; ) {
+    const batch: PointRow[] = [];
+    for (; m < minutes && batch.length + perMinute <= BATCH_POINTS; m++) {
+      const ts = START + m * MIN;
+      for (let d = 0; d < DEVICES.length; d++) for (let k = 0; k < KEYS.length; k++) batch.push({ deviceId: DEVICES[d]!, key: KEYS[k]!, ts, value: value(k, d, m) });
+    }
+    const started = performance.now();
+    await store.writeBatch({ presence: [], states: [], history: [], events: [], points: batch });
+    writing += performance.now() - started;
+    points += batch.length;
+    if (performance.now() - lastReport > 15_000) {
+      lastReport = performance.now();
+      console.log(`    ${(points / 1e6).toFixed(1)}M points, ${Math.round(points / (writing / 1000)).toLocaleString("en-US")} points/s`);
+    }
+  }
+  return { points, perSec: points / (writing / 1000) };
+}
+
+/** p99 (ms) of `RUNS` runs of `run(to)` at random query ends in the data's last part. */
+async function p99(span: number, run: (to: number) => Promise<unknown[][]>): Promise<number> {
+  const times: number[] = [];
+  let rng = 12345;
+  const random = () => ((rng = (rng * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
+  for (let i = 0; i < RUNS + 10; i++) {
+    const earliest = Math.min(END, START + span);
+    const to = Math.floor(earliest + random() * (END - earliest));
+    const started = performance.now();
+    const answers = await run(to);
+    if (i >= 10) times.push(performance.now() - started);
+    if (answers.some((a) => a.length === 0)) throw new Error("a query answered nothing: the data is not there");
+  }
+  return percentile(times.sort((a, b) => a - b), 99);
+}
+
+async function measure(label: string, store: Store): Promise<Result> {
+  await store.open();
+  console.log(`  ${label}: loading ${DAYS} days of one-minute points, ${DEVICES.length} devices x ${KEYS.length} keys`);
+  const { points, perSec } = await load(store);
+  const deviceId = DEVICES[3]!;
+  const buckets = (to: number, spanMs: number, intervalMs: number, source?: Resolution) => {
+    const from = Math.max(START, to - spanMs);
+    const q = { keys: KEYS, from, to, interval: null, intervalMs, agg: "avg" as const, limit: 10_000 };
+    const s = source ?? resolutionFor(q, RETENTION, to);
+    return Promise.all(KEYS.map((key) => store.buckets({ deviceId, key, from, to, limit: 10_000, source: s, intervalMs, agg: "avg" })));
+  };
+  const sourceOf = (spanMs: number, intervalMs: number) =>
+    resolutionFor({ keys: KEYS, from: END - spanMs, to: END, interval: null, intervalMs, agg: "avg", limit: 10_000 }, RETENTION, END);
+  console.log(`  ${label}: querying`);
+  const result: Result = {
+    points,
+    insertPointsPerSec: Math.round(perSec),
+    query30dHourlyP99Ms: await p99(30 * DAY, (to) => buckets(to, 30 * DAY, HOUR)),
+    query30dHourlySource: sourceOf(30 * DAY, HOUR),
+    query30dHourlyFrom1hP99Ms: await p99(30 * DAY, (to) => buckets(to, 30 * DAY, HOUR, "1h")),
+    query1yDailyP99Ms: await p99(365 * DAY, (to) => buckets(to, 365 * DAY, DAY)),
+    query1yDailySource: sourceOf(365 * DAY, DAY),
+    queryLastHourRawP99Ms: await p99(HOUR, (to) =>
+      Promise.all(KEYS.map((key) => store.points({ deviceId, key, from: to - HOUR, to, limit: 1000 })))),
+  };
+  await store.close();
+  for (const k of ["query30dHourlyP99Ms", "query30dHourlyFrom1hP99Ms", "query1yDailyP99Ms", "queryLastHourRawP99Ms"] as const) {
+    result[k] = Number(result[k].toFixed(2));
+  }
+  return result;
+}
+
+async function postgres(): Promise<{ store: Store; stop: () => Promise<void> } | null> {
+  const server = process.env.TETHRAL_BENCH_PG_URL ?? process.env.TETHRAL_TEST_PG_URL;
+  if (!server) return null;
+  const name = `tethral_bench_ts_${Date.now()}`;
+  const admin = async (sql: string) => {
+    const c = new pg.Client({ connectionString: server });
+    await c.connect();
+    try {
+      await c.query(sql);
+    } finally {
+      await c.end();
+    }
+  };
+  await admin(`CREATE DATABASE ${name}`);
+  const url = new URL(server);
+  url.pathname = `/${name}`;
+  return { store: new PostgresStore({ url: url.toString() }), stop: () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) };
+}
+
+async function main(): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), "tethral-bench-ts-"));
+  let sqlite: Result;
+  try {
+    sqlite = await measure("sqlite", new SqliteStore({ path: join(dir, "series.sqlite") }));
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+  const server = await postgres();
+  let postgresResult: Result | null = null;
+  if (server === null) console.log("  postgres: skipped (set TETHRAL_BENCH_PG_URL to a PostgreSQL server)");
+  else {
+    try {
+      postgresResult = await measure("postgres", server.store);
+    } finally {
+      await server.stop();
+    }
+  }
+
+  const fmt = (n: number) => (Number.isInteger(n) ? n.toLocaleString("en-US") : n.toFixed(2));
+  const rows: [string, keyof Result][] = [
+    ["points loaded", "points"],
+    ["insert points/s (load, roll-ups included)", "insertPointsPerSec"],
+    ["30 days hourly, 3 keys, p99 ms", "query30dHourlyP99Ms"],
+    ["  read from", "query30dHourlySource"],
+    ["30 days hourly from 1h roll-ups, p99 ms", "query30dHourlyFrom1hP99Ms"],
+    ["1 year daily, 3 keys, p99 ms", "query1yDailyP99Ms"],
+    ["  read from", "query1yDailySource"],
+    ["last hour raw, 3 keys, p99 ms", "queryLastHourRawP99Ms"],
+  ];
+  const show = (r: Result | null, k: keyof Result) => (r === null ? "skipped" : typeof r[k] === "number" ? fmt(r[k]) : String(r[k]));
+  console.log(`\nTethral time-series benchmark, Node ${process.version}, ${DAYS} days, ${RUNS} runs per query`);
+  console.log(`${"".padEnd(44)}${"SQLite".padStart(12)}${"PostgreSQL".padStart(14)}`);
+  for (const [label, k] of rows) console.log(`${label.padEnd(44)}${show(sqlite, k).padStart(12)}${show(postgresResult, k).padStart(14)}`);
+  console.log(
+    `targets: insert ≥ ${fmt(TARGETS.insertSqlite)} (SQLite) / ${fmt(TARGETS.insertPostgres)} (PostgreSQL) points/s; ` +
+      `queries p99 ≤ ${TARGETS.queryMs} ms, last hour raw ≤ ${TARGETS.lastHourMs} ms`,
+  );
+  const out = join(__dirname, "results");
+  mkdirSync(out, { recursive: true });
+  const results = { sqlite, postgres: postgresResult, days: DAYS, runs: RUNS, node: process.version, measuredAt: new Date().toISOString() };
+  writeFileSync(join(out, "timeseries.json"), `${JSON.stringify(results, null, 2)}\n`);
+  console.log(`\nwrote ${join(out, "timeseries.json")}`);
+}
+
+main().catch((err) => {
+  console.error(err);
+  process.exit(1);
+});

@@ -1,0 +1,250 @@
+import type pg from "pg";
+import type { Aggregate, BucketQuery, PointQuery, PointRow, RetentionPolicy, SeriesPoint } from "../core/ports/store";
+import { text } from "./postgres-sql";
+import { bucketPoint, bucketRange, MERGE_ROLLUP, pointColumns, pointValue, ROLLUP_COLS, ROLLUP_TABLES } from "./series";
+
+/** Anything that runs a query: the pool, or a client inside a transaction. */
+export interface Queryable {
+  query(config: pg.QueryConfig): Promise<pg.QueryResult>;
+}
+
+const UNSTORABLE = /\0|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+/** Points per statement: one parameter per column, so this bounds the message size only. */
+const POINT_CHUNK = 10_000;
+/** Series visited per purge statement. */
+const PURGE_WINDOW = 1000;
+/** Tries to allocate a key id while other processes allocate theirs. */
+const KEY_TRIES = 20;
+
+const rollupInsert = (resolution: "1m" | "1h", ms: number) => `${resolution.replace("1", "r")} AS (
+    INSERT INTO ${ROLLUP_TABLES[resolution]} AS r (${ROLLUP_COLS.join(", ")})
+    SELECT device_id, key_id, ts - ts % ${ms}, count(*), count(num), sum(num), min(num), max(num),
+      min(ts), (array_agg(num ORDER BY ts))[1], (array_agg(val ORDER BY ts))[1],
+      max(ts), (array_agg(num ORDER BY ts DESC))[1], (array_agg(val ORDER BY ts DESC))[1]
+    FROM ins GROUP BY 1, 2, 3
+    ${MERGE_ROLLUP})`;
+
+/**
+ * One statement per chunk of points, so the roll-ups come from exactly the points inserted
+ * (RETURNING of ON CONFLICT DO NOTHING) without a round trip: points of a device that does not
+ * exist are skipped; the series is listed; each resolution's roll-up gets one row per series
+ * and bucket of the chunk, merged into the stored one.
+ */
+const INSERT_POINTS = `WITH v AS (
+    SELECT v.* FROM unnest($1::text[], $2::int[], $3::bigint[], $4::float8[], $5::text[]) AS v(device_id, key_id, ts, num, val)
+    WHERE EXISTS (SELECT 1 FROM devices d WHERE d.id = v.device_id)
+  ), ins AS (
+    INSERT INTO ts_points (device_id, key_id, ts, num, val) SELECT device_id, key_id, ts, num, val FROM v
+    ON CONFLICT DO NOTHING RETURNING device_id, key_id, ts, num, val
+  ), series AS (
+    INSERT INTO ts_series (device_id, key_id) SELECT DISTINCT device_id, key_id FROM ins ON CONFLICT DO NOTHING
+  ), ${rollupInsert("1m", 60_000)}, ${rollupInsert("1h", 3_600_000)}
+  SELECT count(*) AS n FROM ins`;
+
+const AGG_RAW: Record<Aggregate, string> = {
+  avg: "sum(num) / count(num) AS num, NULL AS val",
+  sum: "sum(num) AS num, NULL AS val",
+  min: "min(num) AS num, NULL AS val",
+  max: "max(num) AS num, NULL AS val",
+  count: "count(*) AS num, NULL AS val",
+  first: "(array_agg(num ORDER BY ts))[1] AS num, (array_agg(val ORDER BY ts))[1] AS val",
+  last: "(array_agg(num ORDER BY ts DESC))[1] AS num, (array_agg(val ORDER BY ts DESC))[1] AS val",
+};
+const AGG_ROLLUP: Record<Aggregate, string> = {
+  avg: "sum(sum_v) / sum(nn)::float8 AS num, NULL AS val",
+  sum: "sum(sum_v) AS num, NULL AS val",
+  min: "min(min_v) AS num, NULL AS val",
+  max: "max(max_v) AS num, NULL AS val",
+  count: "sum(n) AS num, NULL AS val",
+  first: "(array_agg(first_num ORDER BY first_ts))[1] AS num, (array_agg(first_val ORDER BY first_ts))[1] AS val",
+  last: "(array_agg(last_num ORDER BY last_ts DESC))[1] AS num, (array_agg(last_val ORDER BY last_ts DESC))[1] AS val",
+};
+type Row = Record<string, unknown>;
+const NUMERIC: ReadonlySet<Aggregate> = new Set(["avg", "sum", "min", "max"]);
+
+export const DELETE_DEVICE_SERIES = ["ts_points", "ts_rollup_1m", "ts_rollup_1h", "ts_series"].map((t) => `DELETE FROM ${t} WHERE device_id = $1`);
+
+const KEYS = `SELECT k.name FROM ts_series s JOIN ts_keys k ON k.id = s.key_id WHERE s.device_id = $1 AND (
+    EXISTS (SELECT 1 FROM ts_points p WHERE p.device_id = s.device_id AND p.key_id = s.key_id)
+    OR EXISTS (SELECT 1 FROM ts_rollup_1m r WHERE r.device_id = s.device_id AND r.key_id = s.key_id)
+    OR EXISTS (SELECT 1 FROM ts_rollup_1h r WHERE r.device_id = s.device_id AND r.key_id = s.key_id))`;
+
+const PURGE_KINDS = { points: ["ts_points", "ts"], "1m": [ROLLUP_TABLES["1m"], "bucket"], "1h": [ROLLUP_TABLES["1h"], "bucket"] } as const;
+type PurgeKind = keyof typeof PURGE_KINDS;
+
+/** A purge statement: up to $4 rows older than $3 of the series listed in $1/$2, oldest first per series. */
+const purgeSql = (table: string, col: string) => `WITH s AS (SELECT * FROM unnest($1::text[], $2::int[]) AS s(device_id, key_id)),
+  d AS (
+    SELECT s.device_id, s.key_id, p.${col} FROM s CROSS JOIN LATERAL (
+      SELECT t.${col} FROM ${table} t WHERE t.device_id = s.device_id AND t.key_id = s.key_id AND t.${col} < $3 ORDER BY t.${col} LIMIT $4
+    ) p LIMIT $4)
+  DELETE FROM ${table} t USING d WHERE t.device_id = d.device_id AND t.key_id = d.key_id AND t.${col} = d.${col}`;
+
+/** Points checked and turned into the statement's column arrays, key names still as names. */
+export interface PointColumns {
+  devices: string[];
+  keys: string[];
+  ts: number[];
+  num: (number | null)[];
+  val: (string | null)[];
+}
+
+export function pointArrays(points: readonly PointRow[]): PointColumns {
+  const n = points.length;
+  const out: PointColumns = { devices: new Array(n), keys: new Array(n), ts: new Array(n), num: new Array(n), val: new Array(n) };
+  for (let i = 0; i < n; i++) {
+    const p = points[i]!;
+    const [key, ts, num, val] = pointColumns(p, i);
+    out.devices[i] = text(p.deviceId, `points[${i}].deviceId`);
+    out.keys[i] = text(key, `points[${i}].key`);
+    out.ts[i] = ts;
+    out.num[i] = num;
+    out.val[i] = val;
+  }
+  return out;
+}
+
+/**
+ * The PostgreSQL store's time series. Key ids are cached (an id, once given, never changes) and
+ * allocated as max + 1 on the pool, outside the batch: a conflict with another process doing
+ * the same is retried, and an id given to a batch that then fails is merely unused.
+ */
+export class PostgresSeries {
+  private readonly keyIds = new Map<string, number>();
+  private readonly cursors = new Map<PurgeKind, [string, number] | null>();
+
+  /** Ids for every name, allocating the missing ones. */
+  async keyIdsFor(db: Queryable, names: Iterable<string>): Promise<Map<string, number>> {
+    let missing = [...new Set(names)].filter((n) => !this.keyIds.has(n));
+    for (let attempt = 0; missing.length > 0; attempt++) {
+      const found = await db.query({ text: "SELECT id, name FROM ts_keys WHERE name = ANY($1::text[])", values: [missing] });
+      for (const r of found.rows as { id: number; name: string }[]) this.keyIds.set(r.name, Number(r.id));
+      missing = missing.filter((n) => !this.keyIds.has(n));
+      if (missing.length === 0) break;
+      if (attempt >= KEY_TRIES) throw new Error(`could not allocate ids for the telemetry keys ${JSON.stringify(missing.slice(0, 3))}`);
+      await db.query({
+        text: `INSERT INTO ts_keys (id, name)
+          SELECT m.top + o.ord, o.name FROM unnest($1::text[]) WITH ORDINALITY AS o(name, ord),
+            (SELECT COALESCE(max(id), 0) AS top FROM ts_keys) m
+          ON CONFLICT DO NOTHING`,
+        values: [missing],
+      });
+    }
+    return this.keyIds;
+  }
+
+  /** The chunks' statements for a batch's points (run them in the batch's transaction). */
+  statements(cols: PointColumns, ids: Map<string, number>): pg.QueryConfig[] {
+    const out: pg.QueryConfig[] = [];
+    for (let o = 0; o < cols.ts.length; o += POINT_CHUNK) {
+      const end = Math.min(cols.ts.length, o + POINT_CHUNK);
+      const keyIds = cols.keys.slice(o, end).map((k) => ids.get(k)!);
+      out.push({
+        text: INSERT_POINTS,
+        values: [cols.devices.slice(o, end), keyIds, cols.ts.slice(o, end), cols.num.slice(o, end), cols.val.slice(o, end)],
+      });
+    }
+    return out;
+  }
+
+  async points(db: Queryable, q: PointQuery): Promise<SeriesPoint[]> {
+    const keyId = await this.knownKey(db, q.key);
+    if (keyId === undefined || !(q.limit > 0)) return [];
+    const { rows } = await db.query({
+      text: "SELECT ts, num, val FROM ts_points WHERE device_id = $1 AND key_id = $2 AND ts >= $3 AND ts <= $4 ORDER BY ts LIMIT $5",
+      values: [q.deviceId, keyId, q.from, q.to, Math.floor(q.limit)],
+    });
+    return (rows as Row[]).map((r) => ({ ts: Number(r.ts), value: pointValue(r.num, r.val) }));
+  }
+
+  async buckets(db: Queryable, q: BucketQuery): Promise<SeriesPoint[]> {
+    const { start, end, interval } = bucketRange(q);
+    const keyId = await this.knownKey(db, q.key);
+    if (keyId === undefined || !(q.limit > 0)) return [];
+    const raw = q.source === "raw";
+    const col = raw ? "ts" : "bucket";
+    const table = raw ? "ts_points" : ROLLUP_TABLES[q.source as "1m" | "1h"];
+    const having = NUMERIC.has(q.agg) ? (raw ? " HAVING count(num) > 0" : " HAVING sum(nn) > 0") : "";
+    const { rows } = await db.query({
+      text:
+        `SELECT ${col} - ${col} % $3::bigint AS b, ${(raw ? AGG_RAW : AGG_ROLLUP)[q.agg]} FROM ${table} ` +
+        `WHERE device_id = $1 AND key_id = $2 AND ${col} >= $4 AND ${col} < $5 GROUP BY 1${having} ORDER BY 1 LIMIT $6`,
+      values: [q.deviceId, keyId, interval, start, end, Math.floor(q.limit)],
+    });
+    return (rows as Row[]).map((r) => bucketPoint(r.b, r.num, r.val));
+  }
+
+  async keys(db: Queryable, deviceId: string): Promise<string[]> {
+    const { rows } = await db.query({ text: KEYS, values: [deviceId] });
+    return (rows as { name: string }[]).map((r) => r.name).sort();
+  }
+
+  /**
+   * At most `batchSize` rows of each kind older than its retention. The series are walked in
+   * windows from where the last call stopped; a window that filled the round is walked again
+   * next time (its cleaned series cost an index probe each); one lap at most per call.
+   */
+  async purge(db: Queryable, policy: RetentionPolicy, now: number, batchSize: number): Promise<{ points: number; rollups: number }> {
+    const kinds: [PurgeKind, number][] = [["points", policy.pointsMaxAgeMs], ["1m", policy.rollups1mMaxAgeMs], ["1h", policy.rollups1hMaxAgeMs]];
+    const result = { points: 0, rollups: 0 };
+    for (const [kind, maxAge] of kinds) {
+      if (!(maxAge > 0) || !(batchSize > 0)) continue;
+      const removed = await this.purgeKind(db, kind, now - maxAge, batchSize);
+      if (kind === "points") result.points = removed;
+      else result.rollups += removed;
+    }
+    return result;
+  }
+
+  private async purgeKind(db: Queryable, kind: PurgeKind, cutoff: number, batchSize: number): Promise<number> {
+    const [table, col] = PURGE_KINDS[kind];
+    const start = this.cursors.get(kind) ?? null;
+    let cursor = start;
+    let wrapped = false;
+    let removed = 0;
+    for (;;) {
+      const after = cursor ?? ["", -1];
+      const upTo = wrapped && start ? " AND (device_id, key_id) <= ($4, $5)" : "";
+      const { rows } = await db.query({
+        text: `SELECT device_id, key_id FROM ts_series WHERE (device_id, key_id) > ($1, $2)${upTo} ORDER BY device_id, key_id LIMIT $3`,
+        values: upTo ? [after[0], after[1], PURGE_WINDOW, start![0], start![1]] : [after[0], after[1], PURGE_WINDOW],
+        });
+      const window = (rows as { device_id: string; key_id: number }[]).map((r): [string, number] => [r.device_id, r.key_id]);
+      if (window.length > 0) {
+        const res = await db.query({
+          text: purgeSql(table, col),
+          values: [window.map((w) => w[0]), window.map((w) => w[1]), cutoff, batchSize - removed],
+        });
+        removed += res.rowCount ?? 0;
+        if (removed >= batchSize) {
+          this.cursors.set(kind, cursor);
+          return removed;
+        }
+        cursor = window[window.length - 1]!;
+      }
+      if (window.length < PURGE_WINDOW) {
+        if (wrapped || start === null) {
+          this.cursors.set(kind, null);
+          return removed;
+        }
+        wrapped = true;
+        cursor = null;
+      }
+    }
+  }
+
+  private async knownKey(db: Queryable, name: string): Promise<number | undefined> {
+    let id = this.keyIds.get(name);
+    if (id === undefined) {
+      // A name PostgreSQL text cannot hold was never stored.
+      if (UNSTORABLE.test(name)) return undefined;
+      const { rows } = await db.query({ text: "SELECT id FROM ts_keys WHERE name = $1", values: [name] });
+      if (rows.length > 0) {
+        id = Number((rows[0] as { id: number }).id);
+        this.keyIds.set(name, id);
+      }
+    }
+    return id;
+  }
+}
