@@ -57,6 +57,9 @@ export class WrappedStore implements Store {
   loadDevices = () => this.inner.loadDevices();
   loadStates = () => this.inner.loadStates();
   stateHistory: Store["stateHistory"] = (id, limit) => this.gate(() => this.inner.stateHistory(id, limit));
+  points: Store["points"] = (q) => this.gate(() => this.inner.points(q));
+  buckets: Store["buckets"] = (q) => this.gate(() => this.inner.buckets(q));
+  telemetryKeys: Store["telemetryKeys"] = (id) => this.gate(() => this.inner.telemetryKeys(id));
   events: Store["events"] = (q, now) => this.gate(() => this.inner.events(q, now));
   putToken: Store["putToken"] = (row) => this.gate(() => this.inner.putToken(row));
   getToken: Store["getToken"] = (id) => this.gate(() => this.inner.getToken(id));
