@@ -96,10 +96,25 @@ describe("tethral-hub storage settings", function () {
     it("maps the retention days to the store's retention, and passes the store and warnings on", () => {
       const store = new SqliteStore({ path: ":memory:" });
       const onWarning = (_message: string) => undefined;
-      const options = toHubOptions(config({ eventRetentionDays: 2, historyRetentionDays: 0, stateHistorySize: 50 }), { store, onWarning });
+      const options = toHubOptions(
+        config({ eventRetentionDays: 2, historyRetentionDays: 0, stateHistorySize: 50, pointRetentionDays: 3, minuteRetentionDays: 0, hourRetentionDays: 400 }),
+        { store, onWarning },
+      );
       assert.equal(options.store, store);
       assert.equal(options.onWarning, onWarning);
-      assert.deepEqual(options.persistence?.retention, { eventsMaxAgeMs: 2 * DAY_MS, historyMaxAgeMs: 0, historyMaxPerDevice: 50 });
+      assert.deepEqual(options.persistence?.retention, {
+        eventsMaxAgeMs: 2 * DAY_MS,
+        historyMaxAgeMs: 0,
+        historyMaxPerDevice: 50,
+        pointsMaxAgeMs: 3 * DAY_MS,
+        rollups1mMaxAgeMs: 0,
+        rollups1hMaxAgeMs: 400 * DAY_MS,
+      });
+      assert.deepEqual(options.persistence?.unstoredEventTypes, ["message.received", "state.changed"]);
+      assert.equal(options.state?.historyOfReports, false);
+      const keepAll = toHubOptions(config({ unstoredEvents: " ", historyOfReports: true }));
+      assert.deepEqual(keepAll.persistence?.unstoredEventTypes, [], "an empty list stores every type");
+      assert.equal(keepAll.state?.historyOfReports, true);
       assert.equal(toHubOptions(config()).store, undefined, "memory: no store");
     });
   });

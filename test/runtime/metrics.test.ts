@@ -104,7 +104,7 @@ describe("GET /api/metrics (Prometheus text format, in the runtime)", function (
     // Every status is exposed, at 0 when no device has it: a missing series would not read as 0 here.
     for (const status of ["unknown", "online", "offline", "error", "maintenance"]) assert.equal(sampleValue(families, "tethral_devices", { status }), 0, status);
     for (const protocol of ["mqtt", "coap", "websocket"]) assert.ok(family(families, "tethral_messages_received_total").metrics.some((m) => m.labels?.protocol === protocol), protocol);
-    assert.deepEqual(family(families, "tethral_store_dropped_rows_total").metrics.map((m) => m.labels?.table).sort(), ["events", "history"]);
+    assert.deepEqual(family(families, "tethral_store_dropped_rows_total").metrics.map((m) => m.labels?.table).sort(), ["events", "history", "points"]);
   });
 
   it("moves with traffic: messages and bytes per protocol, a refusal by reason, devices by status, a command and its round trip", async function () {
