@@ -1,7 +1,7 @@
 import type pg from "pg";
 import type { Aggregate, BucketQuery, PointQuery, PointRow, RetentionPolicy, SeriesPoint } from "../core/ports/store";
 import { text } from "./postgres-sql";
-import { bucketPoint, bucketRange, MERGE_ROLLUP, pointColumns, pointValue, ROLLUP_COLS, ROLLUP_TABLES } from "./series";
+import { bucketPoint, bucketRange, MERGE_ROLLUP, pointColumns, pointValue, ROLLUP_COLS, ROLLUP_TABLES, rollupBuilders } from "./series";
 
 /** Anything that runs a query: the pool, or a client inside a transaction. */
 export interface Queryable {
@@ -17,12 +17,21 @@ const PURGE_WINDOW = 1000;
 /** Tries to allocate a key id while other processes allocate theirs. */
 const KEY_TRIES = 20;
 
-const rollupInsert = (resolution: "1m" | "1h", ms: number) => `${resolution.replace("1", "r")} AS (
-    INSERT INTO ${ROLLUP_TABLES[resolution]} AS r (${ROLLUP_COLS.join(", ")})
-    SELECT device_id, key_id, ts - ts % ${ms}, count(*), count(num), sum(num), min(num), max(num),
-      min(ts), (array_agg(num ORDER BY ts))[1], (array_agg(val ORDER BY ts))[1],
-      max(ts), (array_agg(num ORDER BY ts DESC))[1], (array_agg(val ORDER BY ts DESC))[1]
+/**
+ * A resolution's roll-up rows from the inserted points: grouped by hash (no sort), the first and
+ * last values fetched by their times from the inserted rows ((device, key, ts) is unique there).
+ * Measured against ordered array_agg, which sorts each group: 2x.
+ */
+const rollupInsert = (resolution: "1m" | "1h", ms: number) => `g${resolution} AS (
+    SELECT device_id, key_id, ts - ts % ${ms} AS bucket, count(*) AS n, count(num) AS nn, sum(num) AS s, min(num) AS lo,
+      max(num) AS hi, min(ts) AS f, max(ts) AS l
     FROM ins GROUP BY 1, 2, 3
+  ), r${resolution} AS (
+    INSERT INTO ${ROLLUP_TABLES[resolution]} AS r (${ROLLUP_COLS.join(", ")})
+    SELECT g.device_id, g.key_id, g.bucket, g.n, g.nn, g.s, g.lo, g.hi, g.f, a.num, a.val, g.l, b.num, b.val
+    FROM g${resolution} g
+      JOIN ins a ON a.device_id = g.device_id AND a.key_id = g.key_id AND a.ts = g.f
+      JOIN ins b ON b.device_id = g.device_id AND b.key_id = g.key_id AND b.ts = g.l
     ${MERGE_ROLLUP})`;
 
 /**
@@ -41,6 +50,15 @@ const INSERT_POINTS = `WITH v AS (
     INSERT INTO ts_series (device_id, key_id) SELECT DISTINCT device_id, key_id FROM ins ON CONFLICT DO NOTHING
   ), ${rollupInsert("1m", 60_000)}, ${rollupInsert("1h", 3_600_000)}
   SELECT count(*) AS n FROM ins`;
+
+const INSERT_PLAIN = `INSERT INTO ts_points (device_id, key_id, ts, num, val)
+  SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::float8[], $5::text[]) ON CONFLICT DO NOTHING`;
+const INSERT_SERIES = "INSERT INTO ts_series (device_id, key_id) SELECT * FROM unnest($1::text[], $2::int[]) ON CONFLICT DO NOTHING";
+const upsertRollup = (resolution: "1m" | "1h") => `INSERT INTO ${ROLLUP_TABLES[resolution]} AS r (${ROLLUP_COLS.join(", ")})
+  SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[], $6::float8[], $7::float8[], $8::float8[],
+    $9::bigint[], $10::float8[], $11::text[], $12::bigint[], $13::float8[], $14::text[])
+  ${MERGE_ROLLUP}`;
+const UPSERT_ROLLUP = { "1m": upsertRollup("1m"), "1h": upsertRollup("1h") };
 
 const AGG_RAW: Record<Aggregate, string> = {
   avg: "sum(num) / count(num) AS num, NULL AS val",
@@ -134,18 +152,59 @@ export class PostgresSeries {
     return this.keyIds;
   }
 
-  /** The chunks' statements for a batch's points (run them in the batch's transaction). */
-  statements(cols: PointColumns, ids: Map<string, number>): pg.QueryConfig[] {
-    const out: pg.QueryConfig[] = [];
-    for (let o = 0; o < cols.ts.length; o += POINT_CHUNK) {
-      const end = Math.min(cols.ts.length, o + POINT_CHUNK);
-      const keyIds = cols.keys.slice(o, end).map((k) => ids.get(k)!);
-      out.push({
-        text: INSERT_POINTS,
-        values: [cols.devices.slice(o, end), keyIds, cols.ts.slice(o, end), cols.num.slice(o, end), cols.val.slice(o, end)],
-      });
+  /**
+   * Writes a batch's points in its transaction. Usually every point is new: plain inserts whose
+   * row counts say so, then roll-ups built here and upserted once per (series, bucket). Measured
+   * against INSERT_POINTS alone: 48,600 against 40,800 points/s (10,000 devices), 37,600 against
+   * 35,900 (10 devices, a point a minute). When a count falls short (a retried batch), the
+   * inserts are undone to a savepoint and INSERT_POINTS builds the roll-ups from exactly the
+   * points it inserted.
+   */
+  async write(c: Queryable, cols: PointColumns, ids: Map<string, number>): Promise<void> {
+    const { rows: live } = await c.query({ text: "SELECT id FROM devices WHERE id = ANY($1::text[])", values: [[...new Set(cols.devices)]] });
+    const existing = new Set((live as { id: string }[]).map((r) => r.id));
+    const order: number[] = [];
+    const keyIds = cols.keys.map((k) => ids.get(k)!);
+    for (let i = 0; i < cols.ts.length; i++) if (existing.has(cols.devices[i]!)) order.push(i);
+    if (order.length === 0) return;
+    // Primary-key order: consecutive rows land on the same index pages.
+    order.sort((x, y) => (cols.devices[x]! < cols.devices[y]! ? -1 : cols.devices[x]! > cols.devices[y]! ? 1 : keyIds[x]! - keyIds[y]! || cols.ts[x]! - cols.ts[y]!));
+    const chunks: unknown[][][] = [];
+    for (let o = 0; o < order.length; o += POINT_CHUNK) {
+      const part = order.slice(o, o + POINT_CHUNK);
+      chunks.push([part.map((i) => cols.devices[i]), part.map((i) => keyIds[i]), part.map((i) => cols.ts[i]), part.map((i) => cols.num[i]), part.map((i) => cols.val[i])]);
     }
-    return out;
+    await c.query({ text: "SAVEPOINT ts_points_insert" });
+    let inserted = 0;
+    for (const values of chunks) inserted += (await c.query({ text: INSERT_PLAIN, values })).rowCount ?? 0;
+    if (inserted !== order.length) {
+      await c.query({ text: "ROLLBACK TO SAVEPOINT ts_points_insert" });
+      for (const values of chunks) await c.query({ text: INSERT_POINTS, values });
+      return;
+    }
+    await c.query({ text: "RELEASE SAVEPOINT ts_points_insert" });
+    const builders = rollupBuilders();
+    const series = new Map<string, Set<number>>();
+    for (const i of order) {
+      const device = cols.devices[i]!;
+      const keyId = keyIds[i]!;
+      builders["1m"].add(device, keyId, cols.ts[i]!, cols.num[i]!, cols.val[i]!);
+      builders["1h"].add(device, keyId, cols.ts[i]!, cols.num[i]!, cols.val[i]!);
+      let keys = series.get(device);
+      if (keys === undefined) series.set(device, (keys = new Set()));
+      keys.add(keyId);
+    }
+    const pairs = [...series].flatMap(([device, keys]) => [...keys].map((k) => [device, k] as const));
+    await c.query({ text: INSERT_SERIES, values: [pairs.map((p) => p[0]), pairs.map((p) => p[1])] });
+    for (const resolution of ["1m", "1h"] as const) {
+      const { params, rows } = builders[resolution].take();
+      const width = ROLLUP_COLS.length;
+      for (let r = 0; r < rows; r += POINT_CHUNK) {
+        const n = Math.min(POINT_CHUNK, rows - r);
+        const values = ROLLUP_COLS.map((_, col) => Array.from({ length: n }, (_, j) => params[(r + j) * width + col]));
+        await c.query({ text: UPSERT_ROLLUP[resolution], values });
+      }
+    }
   }
 
   async points(db: Queryable, q: PointQuery): Promise<SeriesPoint[]> {

@@ -181,14 +181,11 @@ export class PostgresStore implements Store {
     add(UPSERT_STATES, chunkedColumns("states", states, STATE_COLUMNS, (s) => s.deviceId));
     add(INSERT_HISTORY, chunkedColumns("history", batch.history, HISTORY_COLUMNS));
     add(INSERT_EVENTS, chunkedColumns("events", batch.events, EVENT_COLUMNS));
-    let pointStatements: pg.QueryConfig[] = [];
-    if (points.length > 0) {
-      const cols = pointArrays(points);
-      pointStatements = this.series.statements(cols, await this.series.keyIdsFor(this.db, cols.keys));
-    }
+    const cols = points.length > 0 ? pointArrays(points) : null;
+    const ids = cols ? await this.series.keyIdsFor(this.db, cols.keys) : null;
     await this.tx(async (c) => {
       for (const [sql, params] of statements) await c.query(sql, params);
-      for (const config of pointStatements) await c.query(config);
+      if (cols && ids) await this.series.write(c, cols, ids);
     });
   }
 

