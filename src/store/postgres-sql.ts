@@ -1,6 +1,6 @@
 import { invalid, TethralError, errorMessage } from "../core/errors";
 import type { DeviceStatus, JsonObject, Priority, StateSnapshot } from "../core/types";
-import type { CommandRow, CommandStatus, DevicePresenceRow, DeviceRow, EventQuery, EventRow, HistoryRow, StateRow, TokenRow } from "../core/ports/store";
+import type { CommandRow, CommandStatus, DevicePresenceRow, DeviceRow, EventQuery, EventRow, HistoryRow, RetentionPolicy, StateRow, TokenRow } from "../core/ports/store";
 
 /**
  * The SQL of the PostgreSQL store: statements, row mapping and input checks. PostgreSQL cannot hold a NUL character
@@ -357,4 +357,51 @@ export function lastById<T>(rows: readonly T[], key: (row: T) => string, replace
     }
   }
   return out;
+}
+
+/**
+ * One bounded round of retention over history, events and commands (at most `n` rows of each),
+ * through `query` (the store's, with its retries and error codes).
+ */
+export async function purgeRows(
+  query: (sql: string, params: unknown[]) => Promise<{ rowCount: number | null; rows: Record<string, unknown>[] }>,
+  policy: RetentionPolicy,
+  now: number,
+  n: number,
+): Promise<{ history: number; events: number; commands: number }> {
+  const result = { history: 0, events: 0, commands: 0 };
+  const deleteIds = async (table: string, select: string, params: unknown[]) =>
+    (await query(`DELETE FROM ${table} WHERE id IN (${select})`, params)).rowCount ?? 0;
+  if (policy.historyMaxAgeMs > 0) {
+    result.history += await deleteIds("state_history", "SELECT id FROM state_history WHERE at < $1 LIMIT $2", [now - policy.historyMaxAgeMs, n]);
+  }
+  if (policy.historyMaxPerDevice > 0 && result.history < n) {
+    result.history += await deleteIds(
+      "state_history",
+      `SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY device_id ORDER BY at DESC, version DESC) AS rn
+         FROM state_history) ranked WHERE rn > $1 LIMIT $2`,
+      [policy.historyMaxPerDevice, n - result.history],
+    );
+  }
+  // Expired events go whatever the policy; old ones only when an age limit is set.
+  result.events += await deleteIds(
+    "events",
+    policy.eventsMaxAgeMs > 0
+      ? "SELECT id FROM events WHERE ts < $3 OR (expires_at <> 0 AND expires_at <= $1) LIMIT $2"
+      : "SELECT id FROM events WHERE expires_at <> 0 AND expires_at <= $1 LIMIT $2",
+    policy.eventsMaxAgeMs > 0 ? [now, n, now - policy.eventsMaxAgeMs] : [now, n],
+  );
+  if (policy.eventsMaxRows > 0 && result.events < n) {
+    const { rows } = await query("SELECT COUNT(*) AS count FROM events", []);
+    const excess = Math.min(Number(rows[0]!.count) - policy.eventsMaxRows, n - result.events);
+    if (excess > 0) result.events += await deleteIds("events", "SELECT id FROM events ORDER BY ts, id LIMIT $1", [excess]);
+  }
+  if (policy.commandsMaxAgeMs > 0) {
+    result.commands = await deleteIds(
+      "commands",
+      "SELECT id FROM commands WHERE completed_at > 0 AND completed_at < $1 LIMIT $2",
+      [now - policy.commandsMaxAgeMs, n],
+    );
+  }
+  return result;
 }

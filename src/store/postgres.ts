@@ -26,6 +26,7 @@ import {
   INSERT_HISTORY,
   lastById,
   PRESENCE_COLUMNS,
+  purgeRows,
   STATE_COLUMNS,
   text,
   toCommandRow,
@@ -296,52 +297,10 @@ export class PostgresStore implements Store {
   // ---- retention ----
 
   async purge(policy: RetentionPolicy, now: number, batchSize: number): Promise<PurgeResult> {
-    const result: PurgeResult = { history: 0, events: 0, commands: 0, points: 0, rollups: 0 };
     const n = Math.floor(batchSize);
-    if (!(n > 0)) return result;
-    if (policy.historyMaxAgeMs > 0) {
-      result.history += await this.deleteIds(
-        "state_history",
-        "SELECT id FROM state_history WHERE at < $1 LIMIT $2",
-        [now - policy.historyMaxAgeMs, n],
-      );
-    }
-    if (policy.historyMaxPerDevice > 0 && result.history < n) {
-      result.history += await this.deleteIds(
-        "state_history",
-        `SELECT id FROM (SELECT id, row_number() OVER (PARTITION BY device_id ORDER BY at DESC, version DESC) AS rn
-           FROM state_history) ranked WHERE rn > $1 LIMIT $2`,
-        [policy.historyMaxPerDevice, n - result.history],
-      );
-    }
-    // Expired events go whatever the policy; old ones only when an age limit is set.
-    result.events += await this.deleteIds(
-      "events",
-      policy.eventsMaxAgeMs > 0
-        ? "SELECT id FROM events WHERE ts < $3 OR (expires_at <> 0 AND expires_at <= $1) LIMIT $2"
-        : "SELECT id FROM events WHERE expires_at <> 0 AND expires_at <= $1 LIMIT $2",
-      policy.eventsMaxAgeMs > 0 ? [now, n, now - policy.eventsMaxAgeMs] : [now, n],
-    );
-    if (policy.eventsMaxRows > 0 && result.events < n) {
-      const { rows } = await this.query("SELECT COUNT(*) AS count FROM events");
-      const excess = Math.min(Number(rows[0]!.count) - policy.eventsMaxRows, n - result.events);
-      if (excess > 0) {
-        result.events += await this.deleteIds("events", "SELECT id FROM events ORDER BY ts, id LIMIT $1", [excess]);
-      }
-    }
-    if (policy.commandsMaxAgeMs > 0) {
-      result.commands = await this.deleteIds(
-        "commands",
-        "SELECT id FROM commands WHERE completed_at > 0 AND completed_at < $1 LIMIT $2",
-        [now - policy.commandsMaxAgeMs, n],
-      );
-    }
-    return { ...result, ...(await this.series.purge(this.db, policy, now, n)) };
-  }
-
-  private async deleteIds(table: string, select: string, params: unknown[]): Promise<number> {
-    const res = await this.query(`DELETE FROM ${table} WHERE id IN (${select})`, params);
-    return res.rowCount ?? 0;
+    if (!(n > 0)) return { history: 0, events: 0, commands: 0, points: 0, rollups: 0 };
+    const rows = await purgeRows((sql, params) => this.query(sql, params), policy, now, n);
+    return { ...rows, ...(await this.series.purge(this.db, policy, now, n)) };
   }
 
   // ---- plumbing ----
