@@ -72,7 +72,4 @@ export class WrappedStore implements Store {
   deleteCommand: Store["deleteCommand"] = (id) => this.gate(() => this.inner.deleteCommand(id));
   deviceCommands: Store["deviceCommands"] = (id, statuses, limit) => this.gate(() => this.inner.deviceCommands(id, statuses, limit));
   purge: Store["purge"] = (policy, now, size) => this.gate(() => this.inner.purge(policy, now, size));
-  points: Store["points"] = (q) => this.gate(() => this.inner.points(q));
-  buckets: Store["buckets"] = (q) => this.gate(() => this.inner.buckets(q));
-  telemetryKeys: Store["telemetryKeys"] = (id) => this.gate(() => this.inner.telemetryKeys(id));
 }
