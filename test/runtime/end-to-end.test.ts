@@ -223,6 +223,10 @@ for (const store of STORES) describe(`end to end on ${store.name}: simulated dev
   });
 
   it("keeps every telemetry value as a time series: raw and aggregated queries, bad ones refused, and every point answered before a SIGKILL is there after it", async () => {
+    // The devices stop first: a bucket holding `to` would otherwise count points that came after it.
+    for (const sim of sims.values()) await sim.stop();
+    sims.clear();
+    await new Promise((resolve) => setTimeout(resolve, 500));
     const before = new Map<string, Json>();
     const to = new Date().toISOString();
     for (const protocol of PROTOCOLS) {
