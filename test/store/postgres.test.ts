@@ -152,6 +152,29 @@ describe("PostgresStore", function () {
         assert.equal((await rejection(store.loadDevices())).code, "UNAVAILABLE");
       });
 
+      it("hubs interning telemetry keys at once get one id per name (server only)", async function () {
+        if (!ON_SERVER) this.skip();
+        const racers = [make(), make(), make(), make()];
+        for (const s of racers) await s.open();
+        await racers[0]!.upsertDevice(deviceRow("d1"));
+        // Each hub brings keys of its own and one they all share, all new: max + 1 collides.
+        await Promise.all(
+          racers.map((s, i) =>
+            s.writeBatch({
+              ...EMPTY_BATCH,
+              points: [...[0, 1, 2, 3, 4].map((k) => ({ deviceId: "d1", key: `k${i}-${k}`, ts: T0 + i, value: k })), { deviceId: "d1", key: "shared", ts: T0 + i, value: i }],
+            }),
+          ),
+        );
+        const rows = await db.sql("SELECT count(*)::int AS n, count(DISTINCT id)::int AS ids FROM ts_keys");
+        assert.deepEqual(rows[0], { n: 21, ids: 21 });
+        const fresh = make();
+        await fresh.open();
+        assert.equal((await fresh.telemetryKeys("d1")).length, 21);
+        const shared = await fresh.points({ deviceId: "d1", key: "shared", from: 0, to: T0 + 10, limit: 10 });
+        assert.deepEqual(shared.map((p) => p.value), [0, 1, 2, 3]);
+      });
+
       it("two hubs opening a fresh database at once both succeed (server only)", async function () {
         // PGlite runs one statement at a time: its connections cannot be used concurrently.
         if (!ON_SERVER) this.skip();
