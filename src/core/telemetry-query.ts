@@ -84,17 +84,20 @@ export interface ResolutionRetention {
 }
 
 /**
- * The finest resolution that still covers the query: one whose bucket divides the interval and
- * whose retention reaches back to `from`. Raw points when no roll-up divides the interval; the
- * coarsest roll-up that divides it when none reaches back far enough.
+ * Where a query reads: a resolution whose bucket divides the interval and whose retention reaches
+ * back to `from`. Every such resolution gives the same buckets (a bucket is whole whatever it is
+ * read from), so the coarsest is taken: it reads the fewest rows (a 30-day hourly query reads 720
+ * hour rows, not 43,200 minute rows, and a 1-hour interval over today no raw point). Raw points
+ * when no roll-up divides the interval; the coarsest roll-up that divides it when none reaches
+ * back far enough.
  */
 export function resolutionFor(q: TelemetryQuery, retention: ResolutionRetention, now: number): Resolution {
   if (q.intervalMs === 0) return "raw";
   const covers = (r: Resolution): boolean => retention[r] === 0 || q.from >= now - retention[r];
-  const candidates: Resolution[] = ["raw"];
-  for (const r of ["1m", "1h"] as const) if (q.intervalMs % RESOLUTION_MS[r] === 0) candidates.push(r);
-  for (const r of candidates) if (covers(r)) return r;
-  return candidates[candidates.length - 1]!;
+  const dividing: Resolution[] = ["raw"];
+  for (const r of ["1m", "1h"] as const) if (q.intervalMs % RESOLUTION_MS[r] === 0) dividing.push(r);
+  for (let i = dividing.length - 1; i >= 0; i--) if (covers(dividing[i]!)) return dividing[i]!;
+  return dividing[dividing.length - 1]!;
 }
 
 function timeOf(value: string | number | Date, field: string): number {

@@ -255,7 +255,11 @@ export class Persistence {
 
   /** The next transaction's rows: presence and state read from memory now, the rest as queued. */
   private take(): WriteBatch {
-    return this.queue.take(this.options.maxTransactionRows, this.options.maxTransactionPoints, this.host);
+    const batch = this.queue.take(this.options.maxTransactionRows, this.options.maxTransactionPoints, this.host);
+    // The valve reads what waits behind the batch being written: the devices fill the next
+    // batch while this one is written, instead of waiting for it (double buffering).
+    if (this.intake !== null && !this.isDegraded) this.intake.backlog(this.queue.backlog);
+    return batch;
   }
 
   private async write(batch: WriteBatch): Promise<void> {

@@ -50,14 +50,16 @@ describe("telemetry queries (CONTRACT §7): the checks", () => {
     });
   }
 
-  it("reads the finest resolution that covers the range and divides the interval", () => {
+  it("reads the coarsest resolution that divides the interval and covers the range (the same buckets from the fewest rows)", () => {
     const retention = { raw: 7 * DAY, "1m": 90 * DAY, "1h": 3 * 365 * DAY };
     const q = (from: number, interval: string) => parseTelemetryQuery({ from, to: T0, interval }, T0);
     assert.equal(resolutionFor(parseTelemetryQuery({}, T0), retention, T0), "raw");
     assert.equal(resolutionFor(q(T0 - DAY, "30s"), retention, T0), "raw", "no roll-up divides 30 s");
-    assert.equal(resolutionFor(q(T0 - DAY, "15m"), retention, T0), "raw", "raw points still cover a day");
-    assert.equal(resolutionFor(q(T0 - 30 * DAY, "1h"), retention, T0), "1m", "past raw retention: minutes");
-    assert.equal(resolutionFor(q(T0 - 365 * DAY, "1d"), retention, T0), "1h", "past minute retention: hours");
+    assert.equal(resolutionFor(q(T0 - DAY, "15m"), retention, T0), "1m", "minutes divide 15 minutes");
+    assert.equal(resolutionFor(q(T0 - DAY, "1h"), retention, T0), "1h", "no raw point for an hourly day");
+    assert.equal(resolutionFor(q(T0 - 30 * DAY, "1h"), retention, T0), "1h");
+    assert.equal(resolutionFor(q(T0 - 365 * DAY, "1d"), retention, T0), "1h");
+    assert.equal(resolutionFor(q(T0 - 120 * DAY, "15m"), { ...retention, "1m": 90 * DAY }, T0), "1m", "nothing covers it: the coarsest that divides");
     assert.equal(resolutionFor(q(T0 - 30 * DAY, "90s"), retention, T0), "raw", "only raw divides 90 s, whatever is left of it");
     assert.equal(resolutionFor(q(T0 - 5 * 365 * DAY, "1d"), retention, T0), "1h", "nothing covers it: the coarsest roll-up that divides");
   });
