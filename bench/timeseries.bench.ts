@@ -22,7 +22,8 @@ import { SqliteStore } from "../src/store/sqlite";
 import type { PointRow, Resolution, Store } from "../src/core/ports/store";
 import { percentile } from "./stats";
 
-const TARGETS = { insertSqlite: 150_000, insertPostgres: 90_000, queryMs: 20, lastHourMs: 10 };
+// The issue's targets are the queries'; the load rate is reported for scale (bench:ingest has the ingest targets).
+const TARGETS = { queryMs: 20, lastHourMs: 10 };
 const MIN = 60_000;
 const HOUR = 60 * MIN;
 const DAY = 24 * HOUR;
@@ -187,8 +188,7 @@ async function main(): Promise<void> {
   console.log(`${"".padEnd(44)}${"SQLite".padStart(12)}${"PostgreSQL".padStart(14)}`);
   for (const [label, k] of rows) console.log(`${label.padEnd(44)}${show(sqlite, k).padStart(12)}${show(postgresResult, k).padStart(14)}`);
   console.log(
-    `targets: insert ≥ ${fmt(TARGETS.insertSqlite)} (SQLite) / ${fmt(TARGETS.insertPostgres)} (PostgreSQL) points/s; ` +
-      `queries p99 ≤ ${TARGETS.queryMs} ms, last hour raw ≤ ${TARGETS.lastHourMs} ms`,
+    `targets: queries p99 ≤ ${TARGETS.queryMs} ms, last hour raw ≤ ${TARGETS.lastHourMs} ms`,
   );
   const out = join(__dirname, "results");
   mkdirSync(out, { recursive: true });
