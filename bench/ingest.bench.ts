@@ -155,7 +155,7 @@ async function postgres(): Promise<{ kind: "server" | "pglite"; store: Store; st
   await socket.start();
   return {
     kind: "pglite",
-    store: new PostgresStore({ url: `postgres://postgres@${socket.getServerConn()}/postgres`, poolSize: 1 }),
+    store: new PostgresStore({ url: `postgres://postgres@${socket.getServerConn()}/postgres`, poolSize: 1, bulkCopy: false }),
     stop: async () => {
       await socket.stop();
       await db.close();

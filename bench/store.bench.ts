@@ -160,7 +160,7 @@ async function postgres(): Promise<{ kind: "server" | "pglite"; makeStore: () =>
   const url = `postgres://postgres@${socket.getServerConn()}/postgres`;
   return {
     kind: "pglite",
-    makeStore: () => new PostgresStore({ url, poolSize: 1 }),
+    makeStore: () => new PostgresStore({ url, poolSize: 1, bulkCopy: false }),
     reset: async () => {
       await db.exec(`DROP TABLE IF EXISTS ${tables}`);
     },

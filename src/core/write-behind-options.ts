@@ -11,7 +11,12 @@ export interface PersistenceOptions {
   flushPoints: number;
   /** Rows of each kind written in one transaction; a larger backlog takes several. */
   maxTransactionRows: number;
-  /** Telemetry points written in one transaction. */
+  /**
+   * Telemetry points written in one transaction. Large on purpose: a batch adds one roll-up row
+   * per series and bucket and one state row per device however many points it holds, so under
+   * sustained load a 300,000-point batch costs about a third less per point than a 100,000 one
+   * (bench:ingest).
+   */
   maxTransactionPoints: number;
   /**
    * Backlog (history, event and point rows waiting) at which the intake turns busy and the
@@ -44,11 +49,11 @@ const DAY_MS = 24 * 3600 * 1000;
 export const DEFAULT_PERSISTENCE_OPTIONS: PersistenceOptions = {
   flushIntervalMs: 100,
   flushRows: 2000,
-  flushPoints: 20_000,
+  flushPoints: 50_000,
   maxTransactionRows: 20_000,
-  maxTransactionPoints: 100_000,
-  intakeHighWater: 100_000,
-  maxBufferedRows: 500_000,
+  maxTransactionPoints: 300_000,
+  intakeHighWater: 300_000,
+  maxBufferedRows: 1_000_000,
   retryBaseMs: 250,
   retryMaxMs: 10_000,
   unstoredEventTypes: ["message.received", "state.changed"],

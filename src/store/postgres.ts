@@ -74,6 +74,11 @@ export interface PostgresStoreOptions {
   /** Retries of a transaction failing with a serialization conflict (40001/40P01); default 5. */
   maxRetries?: number;
   ssl?: pg.ClientConfig["ssl"];
+  /**
+   * Write telemetry points with COPY (default true): twice as fast as INSERTs. Off for servers
+   * that do not take COPY FROM STDIN (PGlite's socket server, used in tests).
+   */
+  bulkCopy?: boolean;
 }
 
 /**
@@ -89,7 +94,7 @@ export class PostgresStore implements Store {
   private pool: pg.Pool | null = null;
   private opening: Promise<void> | null = null;
   private closed = false;
-  private readonly series = new PostgresSeries();
+  private readonly series: PostgresSeries;
   /** The pool for the series code, with this store's retries and error codes. */
   private readonly db: Queryable = { query: (config) => this.query(config) };
 
@@ -97,6 +102,7 @@ export class PostgresStore implements Store {
     const { connectionString, description } = connectionSettings(options.url, options.password);
     this.description = description;
     this.maxRetries = options.maxRetries ?? 5;
+    this.series = new PostgresSeries(options.bulkCopy ?? true);
     this.connection = {
       connectionString,
       max: options.poolSize ?? 10,

@@ -14,6 +14,8 @@ export interface TestPostgres {
   kind: "server" | "pglite";
   /** The pool size a store must use here: 1 on PGlite, which runs one statement at a time. */
   poolSize: number | undefined;
+  /** Whether a store may write points with COPY: PGlite's socket server does not take COPY FROM STDIN. */
+  bulkCopy: boolean;
   /** Drops every table, so the next store starts from an empty database. */
   reset: () => Promise<void>;
   /** Runs SQL outside any store (setup and checks); not while a store holds PGlite's connection. */
@@ -42,6 +44,7 @@ async function startOnServer(serverUrl: string): Promise<TestPostgres> {
     url: url.toString(),
     kind: "server",
     poolSize: undefined,
+    bulkCopy: true,
     reset: async () => {
       await sql(RESET_SQL);
     },
@@ -76,6 +79,7 @@ async function startPglite(): Promise<TestPostgres> {
     url: `postgres://postgres@${server.getServerConn()}/postgres`,
     kind: "pglite",
     poolSize: 1,
+    bulkCopy: false,
     reset: async () => {
       await db.exec(RESET_SQL);
     },
