@@ -14,11 +14,11 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import pg from "pg";
 import { Hub, type HubOptions } from "../src/core/hub";
 import type { Store } from "../src/core/ports/store";
 import { PostgresStore } from "../src/store/postgres";
 import { SqliteStore } from "../src/store/sqlite";
+import { benchServer, freshDatabase, pgliteDatabase } from "./pg-database";
 
 const DEVICES = 10_000;
 const KEYS = 3;
@@ -128,39 +128,13 @@ async function run(label: string, store: Store): Promise<Result> {
 }
 
 async function postgres(): Promise<{ kind: "server" | "pglite"; store: Store; stop: () => Promise<void> }> {
-  const server = process.env.TETHRAL_BENCH_PG_URL ?? process.env.TETHRAL_TEST_PG_URL;
+  const server = benchServer();
   if (server) {
-    const name = `tethral_ingest_${Date.now()}`;
-    const admin = new pg.Client({ connectionString: server });
-    await admin.connect();
-    await admin.query(`CREATE DATABASE ${name}`);
-    await admin.end();
-    const url = new URL(server);
-    url.pathname = `/${name}`;
-    return {
-      kind: "server",
-      store: new PostgresStore({ url: url.toString() }),
-      stop: async () => {
-        const c = new pg.Client({ connectionString: server });
-        await c.connect();
-        await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-        await c.end();
-      },
-    };
+    const db = await freshDatabase(server, "tethral_ingest");
+    return { kind: "server", store: new PostgresStore({ url: db.url }), stop: db.drop };
   }
-  const { PGlite } = await import("@electric-sql/pglite");
-  const { PGLiteSocketServer } = await import("@electric-sql/pglite-socket");
-  const db = await PGlite.create();
-  const socket = new PGLiteSocketServer({ db, port: 0, host: "127.0.0.1", maxConnections: 8 });
-  await socket.start();
-  return {
-    kind: "pglite",
-    store: new PostgresStore({ url: `postgres://postgres@${socket.getServerConn()}/postgres`, poolSize: 1, bulkCopy: false }),
-    stop: async () => {
-      await socket.stop();
-      await db.close();
-    },
-  };
+  const lite = await pgliteDatabase();
+  return { kind: "pglite", store: new PostgresStore({ url: lite.url, poolSize: 1, bulkCopy: false }), stop: lite.stop };
 }
 
 function fmt(n: number): string {

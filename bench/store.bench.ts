@@ -11,7 +11,6 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import pg from "pg";
 import { systemClock } from "../src/core/clock";
 import { Hub } from "../src/core/hub";
 import { newId, newTimeId } from "../src/core/ids";
@@ -20,6 +19,7 @@ import { DEFAULT_PERSISTENCE_OPTIONS, Persistence } from "../src/core/write-behi
 import { PostgresStore } from "../src/store/postgres";
 import { SqliteStore } from "../src/store/sqlite";
 import type { Store } from "../src/core/ports/store";
+import { benchServer, freshDatabase, pgliteDatabase, runSql } from "./pg-database";
 
 const TARGETS = { sqlite: 150_000, postgres: 50_000, ratio: 10, loadMs: 2000 };
 
@@ -123,51 +123,25 @@ async function measure(label: string, makeStore: () => Store, batchRows: number,
 }
 
 async function postgres(): Promise<{ kind: "server" | "pglite"; makeStore: () => Store; reset: () => Promise<void>; stop: () => Promise<void> }> {
-  const server = process.env.TETHRAL_BENCH_PG_URL ?? process.env.TETHRAL_TEST_PG_URL;
+  const server = benchServer();
   const tables = "tethral_migrations, devices, device_tokens, states, state_history, events, commands, ts_keys, ts_series, ts_points, ts_rollup_1m, ts_rollup_1h";
   if (server) {
-    const name = `tethral_bench_${Date.now()}`;
-    const admin = new pg.Client({ connectionString: server });
-    await admin.connect();
-    await admin.query(`CREATE DATABASE ${name}`);
-    await admin.end();
-    const url = new URL(server);
-    url.pathname = `/${name}`;
-    const run = async (sql: string) => {
-      const c = new pg.Client({ connectionString: url.toString() });
-      await c.connect();
-      await c.query(sql);
-      await c.end();
-    };
+    const db = await freshDatabase(server, "tethral_bench");
     return {
       kind: "server",
-      makeStore: () => new PostgresStore({ url: url.toString() }),
-      reset: () => run(`DROP TABLE IF EXISTS ${tables}`),
-      stop: async () => {
-        const c = new pg.Client({ connectionString: server });
-        await c.connect();
-        await c.query(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`);
-        await c.end();
-      },
+      makeStore: () => new PostgresStore({ url: db.url }),
+      reset: () => runSql(db.url, `DROP TABLE IF EXISTS ${tables}`),
+      stop: db.drop,
     };
   }
-  const { PGlite } = await import("@electric-sql/pglite");
-  const { PGLiteSocketServer } = await import("@electric-sql/pglite-socket");
-  const db = await PGlite.create();
-  // A store reconnects while the socket server still holds the closed one: room for a few.
-  const socket = new PGLiteSocketServer({ db, port: 0, host: "127.0.0.1", maxConnections: 8 });
-  await socket.start();
-  const url = `postgres://postgres@${socket.getServerConn()}/postgres`;
+  const lite = await pgliteDatabase();
   return {
     kind: "pglite",
-    makeStore: () => new PostgresStore({ url, poolSize: 1, bulkCopy: false }),
+    makeStore: () => new PostgresStore({ url: lite.url, poolSize: 1, bulkCopy: false }),
     reset: async () => {
-      await db.exec(`DROP TABLE IF EXISTS ${tables}`);
+      await lite.exec(`DROP TABLE IF EXISTS ${tables}`);
     },
-    stop: async () => {
-      await socket.stop();
-      await db.close();
-    },
+    stop: lite.stop,
   };
 }
 

@@ -14,12 +14,12 @@
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import pg from "pg";
 import { type ResolutionRetention, resolutionFor } from "../src/core/telemetry-query";
 import { DEFAULT_PERSISTENCE_OPTIONS } from "../src/core/write-behind";
 import { PostgresStore } from "../src/store/postgres";
 import { SqliteStore } from "../src/store/sqlite";
 import type { PointRow, Resolution, Store } from "../src/core/ports/store";
+import { benchServer, freshDatabase } from "./pg-database";
 import { percentile } from "./stats";
 
 // The issue's targets are the queries'; the load rate is reported for scale (bench:ingest has the ingest targets).
@@ -135,22 +135,10 @@ async function measure(label: string, store: Store): Promise<Result> {
 }
 
 async function postgres(): Promise<{ store: Store; stop: () => Promise<void> } | null> {
-  const server = process.env.TETHRAL_BENCH_PG_URL ?? process.env.TETHRAL_TEST_PG_URL;
+  const server = benchServer();
   if (!server) return null;
-  const name = `tethral_bench_ts_${Date.now()}`;
-  const admin = async (sql: string) => {
-    const c = new pg.Client({ connectionString: server });
-    await c.connect();
-    try {
-      await c.query(sql);
-    } finally {
-      await c.end();
-    }
-  };
-  await admin(`CREATE DATABASE ${name}`);
-  const url = new URL(server);
-  url.pathname = `/${name}`;
-  return { store: new PostgresStore({ url: url.toString() }), stop: () => admin(`DROP DATABASE IF EXISTS ${name} WITH (FORCE)`) };
+  const db = await freshDatabase(server, "tethral_bench_ts");
+  return { store: new PostgresStore({ url: db.url }), stop: db.drop };
 }
 
 async function main(): Promise<void> {

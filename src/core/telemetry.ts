@@ -1,5 +1,5 @@
 import type { Clock } from "./clock";
-import { TethralError, notFound } from "./errors";
+import { TethralError, errorMessage, notFound } from "./errors";
 import type { PointValue, SeriesPoint, Store } from "./ports/store";
 import type { DeviceRecord, DeviceRegistry } from "./registry";
 import { type ResolutionRetention, type TelemetryQuery, type TelemetryQueryInput, parseTelemetryQuery, resolutionFor } from "./telemetry-query";
@@ -104,7 +104,7 @@ export class TimeSeries {
     try {
       await p.flushPending();
     } catch (err) {
-      throw new TethralError("UNAVAILABLE", `the database is unavailable: telemetry series cannot be read now (${err instanceof Error ? err.message : String(err)})`);
+      throw new TethralError("UNAVAILABLE", `the database is unavailable: telemetry series cannot be read now (${errorMessage(err)})`);
     }
     return p.store;
   }
