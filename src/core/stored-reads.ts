@@ -71,7 +71,7 @@ export class StoredReads {
     if (!this.persistence) return this.events.query(query);
     const q = eventQueryOf(query);
     return this.read(
-      async (store) => withRecent((await store.events(q, this.clock.now())).map(eventOf), this.events.query(query), this.unstored, q.limit),
+      async (store) => withRecent((await store.events(q, this.clock.now())).map(eventOf), () => this.events.query(query), this.unstored, q.limit),
       () => this.events.query(query),
     );
   }
@@ -89,8 +89,8 @@ export class StoredReads {
 }
 
 /** Stored events with the recent ones of the types the store does not keep, newest first, at most `limit`. */
-function withRecent(stored: TethralEvent[], memory: TethralEvent[], unstored: ReadonlySet<string>, limit: number): TethralEvent[] {
-  const recent = unstored.size === 0 ? [] : memory.filter((e) => unstored.has(e.type));
+function withRecent(stored: TethralEvent[], memory: () => TethralEvent[], unstored: ReadonlySet<string>, limit: number): TethralEvent[] {
+  const recent = unstored.size === 0 ? [] : memory().filter((e) => unstored.has(e.type));
   if (recent.length === 0) return stored;
   // Event ids start with their time, so they sort as the events happened.
   return stored
