@@ -201,6 +201,12 @@ describe("the editor in a browser (Debian's chromium)", function () {
       RED.editor.edit(RED.nodes.node(id));
     }, eventOut);
     await page.waitForSelector("#node-input-deviceId", { state: "visible", timeout: 10_000 });
+    // The picker asks the hub chosen in the dialog: typing before the dialog has filled in its hub
+    // (slower on a loaded machine) searches no hub, and nothing is offered until the next key.
+    await page.waitForFunction(() => {
+      const hub = document.querySelector<HTMLSelectElement>("#node-input-hub")?.value;
+      return typeof hub === "string" && hub !== "" && hub !== "_ADD_";
+    }, null, { timeout: 10_000 });
     await page.type("#node-input-deviceId", "sim-mqtt");
     await page.waitForSelector(".red-ui-autoComplete-container", { timeout: 10_000 });
     const offered = await page.$$eval(".red-ui-autoComplete-container .red-ui-popover-menu-item, .red-ui-autoComplete-container li", (items) => items.map((i) => i.textContent ?? ""));
