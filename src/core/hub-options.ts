@@ -6,6 +6,7 @@ import type { CommandStatistics } from "./commands";
 import type { EventBusOptions } from "./events";
 import type { HeartbeatOptions } from "./heartbeat";
 import type { DeepPartial } from "./options";
+import type { ClusterLink } from "./ports/cluster";
 import type { ProtocolAdapter } from "./ports/protocol";
 import type { Store } from "./ports/store";
 import type { DeviceStatistics } from "./registry";
@@ -32,6 +33,32 @@ export interface HubOptions {
   /** Protocol adapters, started with the hub (more can be added with `addProtocol`). */
   protocols?: ProtocolAdapter[];
   commands?: Partial<CommandOptions>;
+  /** This runtime's name in `clusterInfo()` (CONTRACT §8 `TETHRAL_MEMBER_ID`). Default "local". */
+  memberId?: string;
+  /** Cluster mode (CONTRACT §8): the store must be a ClusterStore (PostgreSQL/CockroachDB). */
+  cluster?: ClusterOptions;
+}
+
+/** CONTRACT §8: how this member joins the cluster that shares its store. */
+export interface ClusterOptions {
+  /** Unique in the cluster. */
+  member: string;
+  /** Partitions of the fleet (64 by default); must match the database's. */
+  partitions: number;
+  /** A member that has not renewed its leases for this long is dead (10 s by default). */
+  leaseMs: number;
+  /** Traffic between members (the broker). */
+  link: ClusterLink;
+}
+
+export const DEFAULT_PARTITIONS = 64;
+export const DEFAULT_LEASE_SECONDS = 10;
+
+/** GET /api/cluster (CONTRACT §8). Times are ISO-8601. */
+export interface ClusterInfo {
+  member: string;
+  partitions: number;
+  members: { id: string; since: string; lastSeen: string; partitions: number[] }[];
 }
 
 export interface CommunicationStatistics {

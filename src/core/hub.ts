@@ -37,7 +37,8 @@ import { twinCopy } from "./twin";
 import type { Command, Device, DeviceState, DeviceTwin, StateHistoryEntry, TethralEvent } from "./types";
 import { DEFAULT_PERSISTENCE_OPTIONS, Persistence } from "./write-behind";
 
-export type { CommunicationStatistics, HubHealth, HubOptions, HubStatistics } from "./hub-options";
+export type { ClusterInfo, ClusterOptions, CommunicationStatistics, HubHealth, HubOptions, HubStatistics } from "./hub-options";
+export { DEFAULT_LEASE_SECONDS, DEFAULT_PARTITIONS } from "./hub-options";
 export type { InboundKind, InboundMessage, IngestResult } from "./inbound";
 export type { CommandListQuery, CommandOptions } from "./command-input";
 export type { CommandStatistics } from "./commands";

@@ -1,4 +1,7 @@
-export { Hub } from "./hub";
+export { Hub, DEFAULT_LEASE_SECONDS, DEFAULT_PARTITIONS } from "./hub";
+export type { ClusterInfo, ClusterOptions } from "./hub";
+export type { ClusterLink, ClusterStore, ForwardedMessage, Fence, ClusterHandler } from "./ports/cluster";
+export { isClusterStore, isFenced } from "./ports/cluster";
 export type {
   HubOptions,
   InboundKind,

@@ -1,0 +1,144 @@
+import type { DeviceRow, StateRow, TokenRow } from "./store";
+
+/**
+ * Cluster mode (CONTRACT §8): what the engine needs from the shared database and from the
+ * broker that carries traffic between members. Only PostgreSQL/CockroachDB implement
+ * `ClusterStore`; the MQTT link lives in `src/cluster`.
+ */
+
+/** One partition's lease row. Times are the database's clock, epoch ms. */
+export interface LeaseRow {
+  partition: number;
+  /** The member holding it; null when released (or never claimed). */
+  owner: string | null;
+  /** Raised by one at every claim: the fencing token of this ownership. */
+  epoch: number;
+  /** The lease is the owner's until then; 0 when released. */
+  expiresAt: number;
+}
+
+export interface MemberRow {
+  id: string;
+  /** When this member (re)joined, epoch ms (database clock). */
+  since: number;
+  /** Its last beat, epoch ms (database clock). */
+  lastSeen: number;
+}
+
+/** A lease the caller believes it holds. */
+export interface HeldLease {
+  partition: number;
+  epoch: number;
+}
+
+/** One beat: the member's row refreshed, its held leases renewed, and the cluster as it is now. */
+export interface BeatResult {
+  /** The database's clock at the beat, epoch ms. */
+  now: number;
+  members: MemberRow[];
+  leases: LeaseRow[];
+  /** The partitions of `held` renewed (still this member's, at the same epoch). */
+  renewed: number[];
+}
+
+/** Rows changed since a time (database clock), for members to follow devices owned elsewhere. */
+export interface FleetChanges {
+  /** The database's clock when read: pass it (less a margin) as `since` next time. */
+  now: number;
+  devices: DeviceRow[];
+  states: StateRow[];
+  tokens: TokenRow[];
+  /** Ids of devices removed since then. */
+  removed: string[];
+}
+
+/**
+ * Fencing (Kleppmann's fencing tokens): every write a store makes for a device names the lease
+ * it is made under, and the database refuses it in the same transaction when that lease is no
+ * longer this member's at that epoch.
+ */
+export interface Fence {
+  readonly member: string;
+  /** The lease a write for this device is made under; null when this member does not own the device. */
+  leaseOf(deviceId: string): HeldLease | null;
+}
+
+/** Thrown by a fenced store write: nothing of it was written. `partitions` are the stale ones. */
+export interface FencedFailure extends Error {
+  readonly fenced: true;
+  readonly partitions: number[];
+}
+
+export function isFenced(err: unknown): err is FencedFailure {
+  return typeof err === "object" && err !== null && (err as { fenced?: unknown }).fenced === true;
+}
+
+export interface ClusterStore {
+  /**
+   * Creates the cluster tables' rows on first use: the partition count and one lease row per
+   * partition. Refuses (rejects with an Error whose message is one line naming
+   * TETHRAL_PARTITIONS) a count that differs from the one the database already has. Upserts the
+   * member's row with `since` = now.
+   */
+  clusterJoin(member: string, partitions: number): Promise<{ now: number }>;
+  /**
+   * One transaction: the member's `lastSeen` = now; each `held` lease still this member's at that
+   * epoch gets `expiresAt` = now + leaseMs; then every member row and lease row.
+   */
+  clusterBeat(member: string, leaseMs: number, held: HeldLease[]): Promise<BeatResult>;
+  /**
+   * Claims a partition whose lease is free or expired (database clock): owner = member,
+   * epoch + 1, expiresAt = now + leaseMs. Null when someone else holds it.
+   */
+  clusterClaim(member: string, partition: number, leaseMs: number): Promise<LeaseRow | null>;
+  /** Releases leases still this member's at those epochs (owner null, expiresAt 0; the epoch stays). */
+  clusterRelease(member: string, leases: HeldLease[]): Promise<void>;
+  /** Removes the member's row (a clean stop, after its leases are released). */
+  clusterLeave(member: string): Promise<void>;
+  /** Members whose `lastSeen` is older than `olderThanMs` (database clock) are removed. */
+  clusterForget(olderThanMs: number): Promise<void>;
+  /** Sets (or clears) the fence every device write of this store is checked against. */
+  setFence(fence: Fence | null): void;
+  /** Device, state and token rows changed at or after `since`, and devices removed since then. */
+  changedSince(since: number): Promise<FleetChanges>;
+  /** The partition count the database was first used with; null before any member joined. */
+  clusterPartitions(): Promise<number | null>;
+}
+
+export function isClusterStore(store: unknown): store is ClusterStore {
+  return typeof store === "object" && store !== null && typeof (store as ClusterStore).clusterBeat === "function";
+}
+
+/** A device message that came to a member by a connection it holds, carried to every member. */
+export interface ForwardedMessage {
+  deviceId: string;
+  protocol: string;
+  kind: string;
+  /** The payload as received: text, or bytes (base64 on the wire). */
+  payload: string | Uint8Array | null;
+  token?: string;
+  authenticated?: boolean;
+  retained?: boolean;
+  /** The member holding the device's connection: where its commands go. */
+  via: string;
+  /** When the member took it (its clock, epoch ms). */
+  at: number;
+}
+
+/** Requests between members (see `ClusterLink.call`). */
+export type ClusterHandler = (method: string, args: unknown) => Promise<unknown>;
+
+/**
+ * Traffic between members over the broker (MQTT 5 request/response with correlation data).
+ * `call` rejects with an Error carrying `code` (a TethralError code) when the handler threw.
+ */
+export interface ClusterLink {
+  start(member: string, handlers: { call: ClusterHandler; message(message: ForwardedMessage): void }): Promise<void>;
+  /** Runs `method` on `member` and resolves with its answer; rejects after `timeoutMs`. */
+  call(member: string, method: string, args: unknown, timeoutMs: number): Promise<unknown>;
+  /** Carries a device message to every member (QoS 1, in order per device). */
+  forward(message: ForwardedMessage): void;
+  /** Whether the link is connected to the broker now. */
+  readonly connected: boolean;
+  stop(): Promise<void>;
+}
