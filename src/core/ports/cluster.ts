@@ -63,10 +63,15 @@ export interface Fence {
   leaseOf(deviceId: string): HeldLease | null;
 }
 
-/** Thrown by a fenced store write: nothing of it was written. `partitions` are the stale ones. */
+/**
+ * Thrown by a fenced store write: nothing of it was written. `partitions`: the leases found stale
+ * (another member's now, or at a higher epoch); `deviceIds`: every device of the write whose lease
+ * is stale or which this member does not own (`leaseOf` null). The rest may be written again.
+ */
 export interface FencedFailure extends Error {
   readonly fenced: true;
   readonly partitions: number[];
+  readonly deviceIds: string[];
 }
 
 export function isFenced(err: unknown): err is FencedFailure {
