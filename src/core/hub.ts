@@ -19,7 +19,7 @@ import {
 import { DEFAULT_GATEWAY_OPTIONS, DeviceGateway, type TransportRefusal } from "./gateway";
 import type { HeartbeatMonitor } from "./heartbeat";
 import type { InboundMessage, IngestResult } from "./inbound";
-import type { CommunicationStatistics, HubHealth, HubOptions, HubStatistics } from "./hub-options";
+import { type ClusterInfo, type CommunicationStatistics, DEFAULT_PARTITIONS, type HubHealth, type HubOptions, type HubStatistics } from "./hub-options";
 import { healthOf } from "./hub-health";
 import { HubMetrics } from "./metrics";
 import { merge } from "./options";
@@ -67,8 +67,11 @@ export class Hub {
   readonly intake: Intake;
   /** Telemetry time series (CONTRACT §7). */
   readonly series: TimeSeries;
+  /** This runtime's name (CONTRACT §8 `TETHRAL_MEMBER_ID`). */
+  readonly memberId: string;
   private running = false;
   private started = false;
+  private startedAt = 0;
   private readonly warn: (message: string) => void;
   private readonly persistence: Persistence | null;
   private readonly presence: Presence;
@@ -83,6 +86,7 @@ export class Hub {
 
   constructor(options: HubOptions = {}) {
     const clock = (this.clock = options.clock ?? systemClock);
+    this.memberId = options.cluster?.member ?? options.memberId ?? "local";
     const warn = (this.warn = options.onWarning ?? ((message) => console.warn(`[tethral] ${message}`)));
     const po = merge(DEFAULT_PERSISTENCE_OPTIONS, options.persistence);
     this.intake = new Intake(po.intakeHighWater, Math.floor(po.intakeHighWater / 2));
@@ -168,6 +172,7 @@ export class Hub {
     // Loading fills the registry: a second start on the same hub would load everything twice.
     if (this.started) throw new TethralError("UNAVAILABLE", "a hub starts once: create a new Hub to start again");
     this.started = true;
+    this.startedAt = this.clock.now();
     const p = this.persistence;
     await p?.open(() => loadFleet(p.store, this.registry, this.state, this.presence, this.clock.now()));
     await this.tokens.load();
@@ -393,6 +398,25 @@ export class Hub {
       messages: this.traffic.statistics(),
       store: p ? { kind: p.store.kind, description: p.store.description, ...p.statistics() } : null,
     };
+  }
+
+  /** CONTRACT §8 `GET /api/cluster`: the members and the partitions each owns; a single runtime is a cluster of one. */
+  clusterInfo(): ClusterInfo {
+    const now = new Date(this.clock.now()).toISOString();
+    const partitions = DEFAULT_PARTITIONS;
+    return {
+      member: this.memberId,
+      partitions,
+      members: [{ id: this.memberId, since: new Date(this.startedAt || this.clock.now()).toISOString(), lastSeen: now, partitions: [...Array(partitions).keys()] }],
+    };
+  }
+
+  /**
+   * Whether this member runs the cluster's one-per-cluster work (it owns partition 0); always true
+   * on a single runtime. Flows gate timers with it (README, Cluster mode).
+   */
+  get isLeader(): boolean {
+    return true;
   }
 
   health(): HubHealth {
