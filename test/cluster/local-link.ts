@@ -12,9 +12,13 @@ export class LocalBroker {
   readonly cut = new Set<string>();
 
   link(): ClusterLink {
-    let me = "";
-    const broker = this;
-    return {
+    return linkOn(this);
+  }
+}
+
+function linkOn(broker: LocalBroker): ClusterLink {
+  let me = "";
+  return {
       get connected() {
         return me !== "" && !broker.cut.has(me);
       },
@@ -45,6 +49,5 @@ export class LocalBroker {
       async stop() {
         broker.members.delete(me);
       },
-    };
-  }
+  };
 }
