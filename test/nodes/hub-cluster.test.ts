@@ -5,7 +5,7 @@ import path from "node:path";
 import helper from "node-red-node-test-helper";
 import { clusterSettingsFor, parseClusterConfig } from "../../src/nodes/hub-config";
 import tethralHub from "../../src/nodes/tethral-hub";
-import type { Node, TethralHubNode } from "../../src/nodes/types";
+import type { Node, NodeDef, TethralHubNode } from "../../src/nodes/types";
 import { assertCode } from "../helpers";
 
 helper.init(require.resolve("node-red"));
@@ -105,8 +105,8 @@ describe("tethral-hub cluster settings", function () {
     async function refused(config: Record<string, unknown>, field: string, says: RegExp): Promise<void> {
       const user = { id: "u1", type: "test-hub-user", hub: "hub1", z: "tab1" };
       const hubUser = (RED: Parameters<typeof tethralHub>[0]) => {
-        RED.nodes.registerType("test-hub-user", function (this: Node, def: { hub: string } & Record<string, unknown>) {
-          RED.nodes.createNode(this, def as never);
+        RED.nodes.registerType("test-hub-user", function (this: Node, def: NodeDef & { hub: string }) {
+          RED.nodes.createNode(this, def);
           const hub = RED.nodes.getNode(def.hub) as TethralHubNode;
           hub.register(this);
           hub.acquire().catch(() => undefined);
