@@ -144,6 +144,8 @@ export class MqttClusterLink implements ClusterLink {
   private readonly waiting = new Map<string, Waiting>();
   private readonly prefix: string;
   private lastError: string | null = null;
+  /** Rejects a start still waiting for its first subscription (a stop during the start). */
+  private abortStart: ((err: Error) => void) | null = null;
 
   constructor(private readonly options: MqttLinkOptions) {
     const problem = mqttUrlProblem(options.url);
@@ -199,13 +201,18 @@ export class MqttClusterLink implements ClusterLink {
     return new Promise<void>((resolve, reject) => {
       const timeoutMs = o.startTimeoutMs ?? DEFAULT_START_TIMEOUT_MS;
       let settled = false;
-      const timer = setTimeout(() => {
+      const fail = (err: Error) => {
         if (settled) return;
         settled = true;
-        const why = this.lastError ?? "no connection";
+        clearTimeout(timer);
+        this.abortStart = null;
+        reject(err);
+      };
+      const timer = setTimeout(() => {
+        fail(new TethralError("UNAVAILABLE", `the cluster link could not subscribe at the broker within ${timeoutMs} ms (${this.lastError ?? "no connection"})`));
         void this.stop();
-        reject(new TethralError("UNAVAILABLE", `the cluster link could not subscribe at the broker within ${timeoutMs} ms (${why})`));
       }, timeoutMs);
+      this.abortStart = fail;
       client.on("connect", () => {
         (client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
         client.subscribe([this.rpcTopic(member), this.replyTopic(member), this.inTopic], QOS, (err, granted) => {
@@ -220,6 +227,7 @@ export class MqttClusterLink implements ClusterLink {
           if (!settled) {
             settled = true;
             clearTimeout(timer);
+            this.abortStart = null;
             resolve();
           }
         });
@@ -254,6 +262,7 @@ export class MqttClusterLink implements ClusterLink {
     });
   }
 
+  /** Throws UNAVAILABLE once stopped; while disconnected the message is kept and sent on reconnection. */
   forward(message: ForwardedMessage): void {
     const client = this.client;
     if (!client || this.stopping) throw new TethralError("UNAVAILABLE", "the cluster link is stopped");
@@ -267,6 +276,7 @@ export class MqttClusterLink implements ClusterLink {
   }
 
   private async shutdown(): Promise<void> {
+    this.abortStart?.(new TethralError("UNAVAILABLE", "the cluster link stopped before it had subscribed at the broker"));
     for (const [id, w] of this.waiting) {
       clearTimeout(w.timer);
       this.waiting.delete(id);

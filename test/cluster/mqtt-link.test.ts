@@ -3,7 +3,7 @@ import mqtt from "mqtt";
 import { MqttClusterLink, topicLevel } from "../../src/cluster/mqtt-link";
 import { TethralError, notFound } from "../../src/core/errors";
 import type { ClusterHandler, ForwardedMessage } from "../../src/core/ports/cluster";
-import { assertRejectsCode, until } from "../helpers";
+import { assertRejectsCode, closedPort, until } from "../helpers";
 import { type Mosquitto, needs, startMosquitto } from "../mosquitto";
 
 interface Member {
@@ -151,6 +151,20 @@ describe("cluster link over MQTT 5 (a Mosquitto of the test's own)", function ()
     a.link.forward(message("dev-1", 1));
     await until(() => a.received.length === 1, "a's own forward");
     assert.equal(b.received.length, 0);
+  });
+
+  it("refuses to start when the broker cannot be reached in time, and a stop ends a start still waiting", async () => {
+    const nowhere = `mqtt://127.0.0.1:${await closedPort()}`;
+    const late = new MqttClusterLink({ url: nowhere, startTimeoutMs: 300, reconnectPeriod: 100 });
+    links.push(late);
+    const err = await assertRejectsCode(() => late.start("a", { call: () => Promise.resolve(null), message: () => undefined }), "UNAVAILABLE");
+    assert.match(err.message, /within 300 ms/);
+    assert.equal(late.connected, false);
+
+    const stopped = new MqttClusterLink({ url: nowhere, startTimeoutMs: 60_000, reconnectPeriod: 100 });
+    const starting = assertRejectsCode(() => stopped.start("b", { call: () => Promise.resolve(null), message: () => undefined }), "UNAVAILABLE");
+    await stopped.stop();
+    assert.match((await starting).message, /stopped before it had subscribed/);
   });
 
   it("subscribes again after the broker cut its connection, and says so through connected", async function () {
