@@ -344,10 +344,15 @@ export class ClusterMember {
   /** Right after the partition became ours: what its previous owner had not written, in order. */
   private replay(partition: number): void {
     const held = this.recent.take(partition, this.host.clock.now());
+    // What the previous owner wrote last, per device, before the replay moves it on.
+    const written = new Map<string, number>();
+    for (const e of held) {
+      const id = e.message.deviceId;
+      if (!written.has(id)) written.set(id, this.host.registry.record(id)?.lastSeen ?? 0);
+    }
     for (const e of held) {
       if (e.via !== undefined) this.via.set(e.message.deviceId, e.via);
-      const record = this.host.registry.record(e.message.deviceId);
-      if (record && e.at <= record.lastSeen + REPLAY_SKEW_MS) continue;
+      if (e.at <= written.get(e.message.deviceId)! + REPLAY_SKEW_MS) continue;
       this.stats.replayed++;
       this.host.receive(e.message);
     }
