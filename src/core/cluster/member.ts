@@ -4,6 +4,7 @@ import { TethralError, errorMessage, isTethralError } from "../errors";
 import type { ClusterInfo } from "../hub-options";
 import { type ClusterLink, type ClusterStore, type FleetChanges, type ForwardedMessage, isFenced } from "../ports/cluster";
 import type { CommandFrame, DeviceMessage, ProtocolAdapter, ReceiveResult, SendOutcome } from "../ports/protocol";
+import { type InboundMessage, parseInbound } from "../inbound";
 import type { Presence } from "../presence";
 import type { DeviceRegistry } from "../registry";
 import type { StateManager } from "../state";
@@ -201,6 +202,14 @@ export class ClusterMember {
       via: this.member,
       at: this.host.clock.now(),
     });
+  }
+
+  /** A flow's report (`hub.ingest`) of a device owned elsewhere: checked here, applied on its owner. */
+  forwardReport(deviceId: string, message: InboundMessage): void {
+    parseInbound(message);
+    const { kind, data, protocol } = message;
+    const payload = data === undefined ? null : kind === "status" && typeof data === "string" ? data : JSON.stringify(data);
+    this.forward({ protocol: protocol ?? "flow", deviceId, kind, payload, authenticated: true });
   }
 
   /** A device connected here but is owned elsewhere: its owner sends its commands through us. */
