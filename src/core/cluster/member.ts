@@ -318,7 +318,7 @@ export class ClusterMember {
       stop: async () => undefined,
       health: () => local?.health() ?? { status: "stopped" },
       statistics: () => local?.statistics() ?? { connected: 0 },
-      isConnected: (id: string) => (remote(id) !== null ? true : (local?.isConnected(id) ?? false)),
+      isConnected: (id: string) => (remote(id) !== null ? true : local?.isConnected(id)),
       send: (device: Device, frame: CommandFrame, timeoutMs: number) => {
         const v = remote(device.id);
         if (v === null) {
