@@ -103,6 +103,13 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
       assert.deepEqual(seen.get(id), [expected], `${id} applied once, on its owner`);
     }
 
+    // A command through A for an MQTT device of B's (an adapter that cannot tell whether the
+    // device is connected): B sends it, going by the device's status.
+    const bMqtt = ids.find((id) => !id.endsWith("1") && ownedBy(b).includes(partitionOf(id, PARTITIONS)))!;
+    const ping = await a.hub.sendCommand(bMqtt, { command: "ping" });
+    await until("B's adapter sent it", () => b.shared.frames.some((f) => f.id === ping.id));
+    assert.equal(a.shared.frames.length, 0);
+
     // A WebSocket device connected to the member that does not own it: its report reaches the owner.
     const wsId = ids.find((id) => id.endsWith("1") && ownedBy(b).includes(partitionOf(id, PARTITIONS)))!;
     assert.ok(wsId, "some websocket device is B's");
