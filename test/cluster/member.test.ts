@@ -191,8 +191,13 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
       a!.shared.links.set(cDevice, true);
       a!.shared.context.receive({ protocol: "mqtt", deviceId: cDevice, kind: "heartbeat", payload: null });
       await until("the command was handed to A's adapter", () => a!.shared.frames.some((f) => f.id === queued.id));
-      await b.hub.stop().catch(() => undefined);
+      // C wakes up: everything it still holds is fenced, and it stops without writing over A.
+      proxy.restore();
+      broker.cut.delete("c");
+      await b.hub.stop();
       members.splice(members.indexOf(b), 1);
+      assert.deepEqual((await a!.hub.telemetry(cDevice, { keys: "step" })).series.step!.map((p) => p.value), [1, 2, 3, 4, 5]);
+      assert.equal(a!.hub.getDevice(cDevice).status, "online");
     } finally {
       await proxy.close();
     }
