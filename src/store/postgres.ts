@@ -83,7 +83,7 @@ import {
   type TokenRow,
   type WriteBatch,
 } from "../core/ports/store";
-import type { BeatResult, ClusterStore, Fence, FleetChanges, HeldLease, LeaseRow } from "../core/ports/cluster";
+import type { BeatResult, ClusterStore, Fence, FleetChanges, HeldLease, KnownRows, LeaseRow } from "../core/ports/cluster";
 
 export { connectionSettings, isConnectionError, isSerializationFailure };
 
@@ -444,18 +444,42 @@ export class PostgresStore implements Store, ClusterStore {
    * The clock is read first: a row written after it is seen now or, its time being later, next
    * time. Device and token times are the writers' clocks: the caller's margin covers their skew.
    */
-  async changedSince(since: number): Promise<FleetChanges> {
-    const now = Number((await this.query(`SELECT ${DB_NOW} AS now`)).rows[0]!.now);
-    const devices = await this.query("SELECT * FROM devices WHERE updated_at >= $1 OR last_seen >= $1", [since]);
-    const states = await this.query("SELECT * FROM states WHERE updated_at >= $1", [since]);
-    const tokens = await this.query("SELECT * FROM device_tokens WHERE created_at >= $1", [since]);
-    const removed = await this.query("SELECT device_id FROM removed_devices WHERE removed_at >= $1", [since]);
+  async changedSince(since: number, known?: KnownRows): Promise<FleetChanges> {
+    const light = await this.query(
+      `SELECT ${DB_NOW} AS now, 'n' AS kind, '' AS id, NULL AS status, NULL::bigint AS last_seen, NULL::bigint AS stamp
+       UNION ALL SELECT NULL, 'd', id, status, last_seen, updated_at FROM devices WHERE updated_at >= $1 OR last_seen >= $1
+       UNION ALL SELECT NULL, 's', device_id, NULL, NULL, rev FROM states WHERE updated_at >= $1
+       UNION ALL SELECT NULL, 'r', device_id, NULL, NULL, NULL FROM removed_devices WHERE removed_at >= $1`,
+      [since],
+    );
+    let now = 0;
+    const wholeDevices: string[] = [];
+    const wholeStates: string[] = [];
+    const presence: FleetChanges["presence"] = [];
+    const removed: string[] = [];
+    for (const r of light.rows) {
+      const id = r.id as string;
+      if (r.kind === "n") now = Number(r.now);
+      if (r.kind === "d") {
+        if (known && known.deviceUpdatedAt(id) === Number(r.stamp)) presence.push({ id, status: r.status as string, lastSeen: Number(r.last_seen) });
+        else wholeDevices.push(id);
+      } else if (r.kind === "s") {
+        const rev = known?.stateRev(id);
+        if (rev === undefined || rev < Number(r.stamp)) wholeStates.push(id);
+      } else if (r.kind === "r") removed.push(id);
+    }
+    const [devices, states, tokens] = await Promise.all([
+      wholeDevices.length > 0 ? this.query("SELECT * FROM devices WHERE id = ANY($1)", [wholeDevices]) : null,
+      wholeStates.length > 0 ? this.query("SELECT * FROM states WHERE device_id = ANY($1)", [wholeStates]) : null,
+      this.query("SELECT * FROM device_tokens WHERE created_at >= $1", [since]),
+    ]);
     return {
       now,
-      devices: devices.rows.map(toDeviceRow),
-      states: states.rows.map(toStateRow),
+      devices: devices?.rows.map(toDeviceRow) ?? [],
+      presence,
+      states: states?.rows.map(toStateRow) ?? [],
       tokens: tokens.rows.map(toTokenRow),
-      removed: removed.rows.map((r) => r.device_id as string),
+      removed,
     };
   }
 

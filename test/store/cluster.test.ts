@@ -424,6 +424,23 @@ describe("PostgresStore cluster mode", function () {
       assert.deepEqual([none.devices, none.states, none.tokens, none.removed], [[], [], [], []]);
     });
 
+    it("sends whole rows only for what the follower does not have yet (presence for the rest)", async function () {
+      const a = await open();
+      const t = await dbNow(a);
+      await a.upsertDevice(deviceRow("kept", { updatedAt: t, lastSeen: t, status: "online" }));
+      await a.upsertDevice(deviceRow("edited", { updatedAt: t + 5, lastSeen: t }));
+      await a.upsertState(stateRow("kept", 4, { updatedAt: t }));
+      await a.upsertState(stateRow("edited", 9, { updatedAt: t }));
+      const known = {
+        deviceUpdatedAt: (id: string) => (id === "kept" ? t : id === "edited" ? t : undefined),
+        stateRev: (id: string) => (id === "kept" ? 4 : id === "edited" ? 8 : undefined),
+      };
+      const changes = await a.changedSince(t, known);
+      assert.deepEqual(changes.devices.map((d) => d.id), ["edited"]);
+      assert.deepEqual(changes.presence, [{ id: "kept", status: "online", lastSeen: t }]);
+      assert.deepEqual(changes.states.map((s) => [s.deviceId, s.rev]), [["edited", 9]]);
+    });
+
     it("clears a removed device's tombstone when its id is registered again", async function () {
       const a = await open();
       const t = await dbNow(a);

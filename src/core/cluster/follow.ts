@@ -1,5 +1,6 @@
 import type { FleetChanges } from "../ports/cluster";
 import { inputOf } from "../stored-rows";
+import type { DeviceRecord, DeviceRegistry } from "../registry";
 import type { DeviceStatus } from "../types";
 import type { MemberHost } from "./member";
 
@@ -9,6 +10,12 @@ import type { MemberHost } from "./member";
  * bookkeeping (those are the owner's). A changed desired state is handed to the adapters whose
  * connections this member holds.
  */
+/** Status and lastSeen as the owner wrote them. */
+function follow(record: DeviceRecord, row: { status: string; lastSeen: number }, registry: DeviceRegistry): void {
+  if (record.status !== row.status) registry.setStatus(record, row.status as DeviceStatus);
+  if (row.lastSeen > record.lastSeen) record.lastSeen = row.lastSeen;
+}
+
 export function applyChanges(host: MemberHost, owns: (deviceId: string) => boolean, changes: FleetChanges): void {
   const { registry, state, tokens, presence } = host;
   const now = host.clock.now();
@@ -27,8 +34,12 @@ export function applyChanges(host: MemberHost, owns: (deviceId: string) => boole
       fresh.state = kept;
       continue;
     }
-    if (record.status !== row.status) registry.setStatus(record, row.status as DeviceStatus);
-    if (row.lastSeen > record.lastSeen) record.lastSeen = row.lastSeen;
+    follow(record, row, registry);
+  }
+  for (const row of changes.presence) {
+    if (owns(row.id)) continue;
+    const record = registry.record(row.id);
+    if (record) follow(record, row, registry);
   }
   for (const row of changes.states) {
     if (owns(row.deviceId)) continue;

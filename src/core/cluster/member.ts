@@ -98,6 +98,11 @@ export class ClusterMember {
   private lastFollow = 0;
   private running = false;
   private readonly wrapped = new Map<string, ProtocolAdapter>();
+  /** What this member holds already: the follower re-reads a margin, and most of it it has. */
+  private readonly known = {
+    deviceUpdatedAt: (id: string) => this.host.registry.record(id)?.updatedAt,
+    stateRev: (id: string) => this.host.registry.record(id)?.state?.rev,
+  };
   private readonly stats = { forwardedCalls: 0, forwardedMessages: 0, appliedForwarded: 0, replayed: 0 };
 
   constructor(
@@ -429,7 +434,7 @@ export class ClusterMember {
     if (this.following) return this.following;
     const started = performance.now();
     this.following = this.store
-      .changedSince(this.since)
+      .changedSince(this.since, this.known)
       .then((changes) => {
         applyChanges(this.host, (id) => this.owns(id), changes);
         this.since = changes.now - FOLLOW_MARGIN_MS;

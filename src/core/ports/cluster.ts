@@ -45,11 +45,21 @@ export interface BeatResult {
 export interface FleetChanges {
   /** The database's clock when read: pass it (less a margin) as `since` next time. */
   now: number;
+  /** Whole rows of devices new to the caller or edited since (their `updatedAt` differs from what it has). */
   devices: DeviceRow[];
+  /** Status and lastSeen of the other changed devices (the caller has the rest). */
+  presence: { id: string; status: string; lastSeen: number }[];
+  /** Whole rows of states newer (by `rev`) than what the caller has. */
   states: StateRow[];
   tokens: TokenRow[];
   /** Ids of devices removed since then. */
   removed: string[];
+}
+
+/** What a follower already holds of a device: its record's `updatedAt`, its state's `rev`. */
+export interface KnownRows {
+  deviceUpdatedAt(id: string): number | undefined;
+  stateRev(id: string): number | undefined;
 }
 
 /**
@@ -104,8 +114,12 @@ export interface ClusterStore {
   clusterForget(olderThanMs: number): Promise<void>;
   /** Sets (or clears) the fence every device write of this store is checked against. */
   setFence(fence: Fence | null): void;
-  /** Device, state and token rows changed at or after `since`, and devices removed since then. */
-  changedSince(since: number): Promise<FleetChanges>;
+  /**
+   * Device, state and token rows changed at or after `since`, and devices removed since then.
+   * With `known`, what the caller already has is read as a few small columns only (a follower
+   * re-reads a margin of changes at every round, and most of it it has).
+   */
+  changedSince(since: number, known?: KnownRows): Promise<FleetChanges>;
   /** The partition count the database was first used with; null before any member joined. */
   clusterPartitions(): Promise<number | null>;
 }
