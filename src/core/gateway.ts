@@ -44,8 +44,10 @@ export interface GatewayRouter {
   heldElsewhere(message: DeviceMessage): boolean;
   /** A checked message of a device owned elsewhere, taken by a connection held here. */
   forward(message: DeviceMessage): void;
-  /** A device owned elsewhere connected here: true when its owner was told. */
+  /** A device connected here but owned elsewhere: true when its owner was told. */
   connectedHere(deviceId: string): boolean;
+  /** A message of a device this member owns is being applied (its fingerprint is kept for a successor). */
+  applying(deviceId: string, kind: string, payload: unknown): void;
 }
 
 /** Registers a device that introduced itself, keeping the token it presented. */
@@ -193,6 +195,7 @@ export class DeviceGateway {
     }
     const retained = message.retained === true;
     if (elsewhere) return this.forward(c, message, protocol, kind, payload);
+    this.router?.applying(deviceId, kind, payload);
     let data: unknown;
     if (kind === "status") data = decodeText(payload);
     else if (kind !== "heartbeat") {

@@ -91,6 +91,8 @@ export interface DeviceRow {
   metadata: JsonObject;
   status: DeviceStatus;
   lastSeen: number;
+  /** See DevicePresenceRow.lastMessage. */
+  lastMessage?: number;
   createdAt: number;
   updatedAt: number;
 }
@@ -100,6 +102,8 @@ export interface DevicePresenceRow {
   id: string;
   status: DeviceStatus;
   lastSeen: number;
+  /** Cluster mode: a fingerprint of the last message applied (0 for none; SQLite does not keep it). */
+  lastMessage?: number;
 }
 
 export interface StateRow {

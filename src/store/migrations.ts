@@ -103,6 +103,9 @@ function clusterTables(dialect: "sqlite" | "postgres"): string[] {
         removed_at ${int} NOT NULL
       )${noRowid}`,
     `CREATE INDEX IF NOT EXISTS removed_devices_removed_at ON removed_devices (removed_at)`,
+    // The last message a cluster member applied for a device, for its successor's replay (cluster
+    // mode runs on PostgreSQL only).
+    ...(dialect === "postgres" ? [`ALTER TABLE devices ADD COLUMN IF NOT EXISTS last_message BIGINT NOT NULL DEFAULT 0`] : []),
   ];
 }
 

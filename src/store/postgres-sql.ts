@@ -71,6 +71,7 @@ export function toDeviceRow(r: Row): DeviceRow {
     metadata: r.metadata as JsonObject,
     status: r.status as DeviceStatus,
     lastSeen: num(r.last_seen),
+    ...(r.last_message !== undefined && r.last_message !== null && Number(r.last_message) !== 0 && { lastMessage: Number(r.last_message) }),
     createdAt: num(r.created_at),
     updatedAt: num(r.updated_at),
   };
@@ -236,12 +237,13 @@ export const DELETE_DEVICE = [
   "DELETE FROM commands WHERE device_id = $1",
 ];
 
-export const UPDATE_PRESENCE = `UPDATE devices AS d SET status = v.status, last_seen = v.last_seen
-  FROM unnest($1::text[], $2::text[], $3::bigint[]) AS v(id, status, last_seen) WHERE d.id = v.id`;
+export const UPDATE_PRESENCE = `UPDATE devices AS d SET status = v.status, last_seen = v.last_seen, last_message = v.last_message
+  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS v(id, status, last_seen, last_message) WHERE d.id = v.id`;
 export const PRESENCE_COLUMNS = [
   (p: DevicePresenceRow) => text(p.id, "id"),
   (p: DevicePresenceRow) => text(p.status, "status"),
   (p: DevicePresenceRow) => p.lastSeen,
+  (p: DevicePresenceRow) => p.lastMessage ?? 0,
 ];
 
 export const UPSERT_STATES = `INSERT INTO states (device_id, properties, desired, version, changed_at, updated_at, reported_at, rev)

@@ -446,10 +446,10 @@ export class PostgresStore implements Store, ClusterStore {
    */
   async changedSince(since: number, known?: KnownRows): Promise<FleetChanges> {
     const light = await this.query(
-      `SELECT ${DB_NOW} AS now, 'n' AS kind, '' AS id, NULL AS status, NULL::bigint AS last_seen, NULL::bigint AS stamp
-       UNION ALL SELECT NULL, 'd', id, status, last_seen, updated_at FROM devices WHERE updated_at >= $1 OR last_seen >= $1
-       UNION ALL SELECT NULL, 's', device_id, NULL, NULL, rev FROM states WHERE updated_at >= $1
-       UNION ALL SELECT NULL, 'r', device_id, NULL, NULL, NULL FROM removed_devices WHERE removed_at >= $1`,
+      `SELECT ${DB_NOW} AS now, 'n' AS kind, '' AS id, NULL AS status, NULL::bigint AS last_seen, NULL::bigint AS stamp, NULL::bigint AS last_message
+       UNION ALL SELECT NULL, 'd', id, status, last_seen, updated_at, last_message FROM devices WHERE updated_at >= $1 OR last_seen >= $1
+       UNION ALL SELECT NULL, 's', device_id, NULL, NULL, rev, NULL FROM states WHERE updated_at >= $1
+       UNION ALL SELECT NULL, 'r', device_id, NULL, NULL, NULL, NULL FROM removed_devices WHERE removed_at >= $1`,
       [since],
     );
     let now = 0;
@@ -461,7 +461,7 @@ export class PostgresStore implements Store, ClusterStore {
       const id = r.id as string;
       if (r.kind === "n") now = Number(r.now);
       if (r.kind === "d") {
-        if (known && known.deviceUpdatedAt(id) === Number(r.stamp)) presence.push({ id, status: r.status as string, lastSeen: Number(r.last_seen) });
+        if (known && known.deviceUpdatedAt(id) === Number(r.stamp)) presence.push({ id, status: r.status as string, lastSeen: Number(r.last_seen), lastMessage: Number(r.last_message ?? 0) });
         else wholeDevices.push(id);
       } else if (r.kind === "s") {
         const rev = known?.stateRev(id);

@@ -152,7 +152,7 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
     assert.equal(a!.hub.getDevice(bDevice).status, "online");
   });
 
-  it("takes over the partitions of a member cut off from the database and the broker after its lease: held messages replayed in order, no device offline, its queued command delivered", async () => {
+  it("takes over the partitions of a member cut off from the database and the broker after its lease: held messages replayed in order, no device offline, its queued command delivered; back, it doubles nothing", async () => {
     const [a] = members;
     const proxy: TestProxy = await startProxy(db.url);
     try {
@@ -193,12 +193,21 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
       a!.shared.links.set(cDevice, true);
       a!.shared.context.receive({ protocol: "mqtt", deviceId: cDevice, kind: "heartbeat", payload: null });
       await until("the command was handed to A's adapter", () => a!.shared.frames.some((f) => f.id === queued.id));
-      // C wakes up: everything it still holds is fenced, and it stops without writing over A.
+      // C wakes up: what it still holds is fenced. The broker hands it the backlog of what it
+      // missed (stamped late, as a frozen member reads it), then C takes its share back from A:
+      // the replay knows A applied those already (by the fingerprint A stored), and doubles none.
       proxy.restore();
       broker.cut.delete("c");
+      for (let seq = 2; seq <= 5; seq++) b.shared.context.receive({ protocol: "mqtt", deviceId: cDevice, kind: "telemetry", payload: Buffer.from(JSON.stringify({ step: seq })) });
+      b.shared.context.receive({ protocol: "mqtt", deviceId: cDevice, kind: "heartbeat", payload: null });
+      await until("C has its share again", () => ownedBy(b).length === PARTITIONS / 2 && ownedBy(a!).length === PARTITIONS / 2, 15_000);
+      assert.ok(ownedBy(b).includes(partitionOf(cDevice, PARTITIONS)));
+      b.shared.context.receive({ protocol: "mqtt", deviceId: cDevice, kind: "telemetry", payload: Buffer.from('{"step":6}') });
+      await until("C applied step 6", () => (b.hub.getState(cDevice).properties as { step?: number }).step === 6);
       await b.hub.stop();
       members.splice(members.indexOf(b), 1);
-      assert.deepEqual((await a!.hub.telemetry(cDevice, { keys: "step" })).series.step!.map((p) => p.value), [1, 2, 3, 4, 5]);
+      await until("A owns every partition again", () => ownedBy(a!).length === PARTITIONS);
+      assert.deepEqual((await a!.hub.telemetry(cDevice, { keys: "step" })).series.step!.map((p) => p.value), [1, 2, 3, 4, 5, 6]);
       assert.equal(a!.hub.getDevice(cDevice).status, "online");
     } finally {
       await proxy.close();

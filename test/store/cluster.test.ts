@@ -437,7 +437,7 @@ describe("PostgresStore cluster mode", function () {
       };
       const changes = await a.changedSince(t, known);
       assert.deepEqual(changes.devices.map((d) => d.id), ["edited"]);
-      assert.deepEqual(changes.presence, [{ id: "kept", status: "online", lastSeen: t }]);
+      assert.deepEqual(changes.presence, [{ id: "kept", status: "online", lastSeen: t, lastMessage: 0 }]);
       assert.deepEqual(changes.states.map((s) => [s.deviceId, s.rev]), [["edited", 9]]);
     });
 

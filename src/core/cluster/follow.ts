@@ -11,9 +11,12 @@ import type { MemberHost } from "./member";
  * connections this member holds.
  */
 /** Status and lastSeen as the owner wrote them. */
-function follow(record: DeviceRecord, row: { status: string; lastSeen: number }, registry: DeviceRegistry): void {
+function follow(record: DeviceRecord, row: { status: string; lastSeen: number; lastMessage?: number }, registry: DeviceRegistry): void {
   if (record.status !== row.status) registry.setStatus(record, row.status as DeviceStatus);
-  if (row.lastSeen > record.lastSeen) record.lastSeen = row.lastSeen;
+  if (row.lastSeen >= record.lastSeen) {
+    record.lastSeen = row.lastSeen;
+    record.lastMessage = row.lastMessage ?? 0;
+  }
 }
 
 export function applyChanges(host: MemberHost, owns: (deviceId: string) => boolean, changes: FleetChanges): void {
@@ -23,7 +26,7 @@ export function applyChanges(host: MemberHost, owns: (deviceId: string) => boole
     if (owns(row.id)) continue;
     const record = registry.record(row.id);
     if (!record) {
-      registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
+      registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt }).lastMessage = row.lastMessage ?? 0;
       continue;
     }
     if (record.updatedAt !== row.updatedAt) {
@@ -32,6 +35,7 @@ export function applyChanges(host: MemberHost, owns: (deviceId: string) => boole
       registry.remove(row.id, { silent: true });
       const fresh = registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
       fresh.state = kept;
+      fresh.lastMessage = row.lastMessage ?? 0;
       continue;
     }
     follow(record, row, registry);

@@ -13,7 +13,7 @@ import type { Device } from "../types";
 import { applyChanges } from "./follow";
 import { Leases, type LeaseStatistics } from "./leases";
 import { partitionOf } from "./partition";
-import { RecentMessages } from "./recent";
+import { type HeldMessage, RecentMessages } from "./recent";
 
 /** What the member needs of the hub it is part of. */
 export interface MemberHost {
@@ -59,8 +59,10 @@ export interface ClusterStatistics extends LeaseStatistics {
   linkConnected: boolean;
 }
 
-/** A device message newer than its device's stored lastSeen by more than this is replayed at a takeover. */
+/** Without a matching fingerprint, a kept message newer than its device's stored lastSeen by more than this is replayed. */
 const REPLAY_SKEW_MS = 20;
+/** A kept message matches the stored fingerprint only this close to the stored lastSeen (a frozen member's backlog is stamped late). */
+const MATCH_WINDOW_MS = 30_000;
 /** Changes are read back from a little before the last read: rows are stamped by their writers' clocks. */
 const FOLLOW_MARGIN_MS = 5_000;
 
@@ -207,6 +209,15 @@ export class ClusterMember {
       via: this.member,
       at: this.host.clock.now(),
     });
+  }
+
+  /**
+   * A message of a device owned here is applied: its fingerprint goes with the device's presence
+   * to the database, so a successor replays exactly the kept messages after it.
+   */
+  applying(deviceId: string, kind: string, payload: unknown): void {
+    const record = this.host.registry.record(deviceId);
+    if (record) record.lastMessage = fingerprint(kind, payload);
   }
 
   /** A flow's report (`hub.ingest`) of a device owned elsewhere: checked here, applied on its owner. */
@@ -377,18 +388,52 @@ export class ClusterMember {
   /** Right after the partition became ours: what its previous owner had not written, in order. */
   private replay(partition: number): void {
     const held = this.recent.take(partition, this.host.clock.now());
-    // What the previous owner wrote last, per device, before the replay moves it on.
-    const written = new Map<string, number>();
-    for (const e of held) {
-      const id = e.message.deviceId;
-      if (!written.has(id)) written.set(id, this.host.registry.record(id)?.lastSeen ?? 0);
-    }
-    for (const e of held) {
+    const skip = this.alreadyApplied(held);
+    for (let i = 0; i < held.length; i++) {
+      const e = held[i]!;
       if (e.via !== undefined) this.via.set(e.message.deviceId, e.via);
-      if (e.at <= written.get(e.message.deviceId)! + REPLAY_SKEW_MS) continue;
+      if (skip.has(i)) continue;
       this.stats.replayed++;
       this.host.receive(e.message);
     }
+  }
+
+  /**
+   * Which kept messages the previous owner applied (by index). Per device: everything up to the
+   * kept message whose fingerprint is the one it stored with the device's presence, the one taken
+   * nearest its stored lastSeen (within 30 s). A device whose stored message is not among the
+   * kept ones (older than the window, or never seen here) goes by time instead: what this member
+   * took before the stored lastSeen (and up to 20 ms after, for clocks) was applied.
+   */
+  private alreadyApplied(held: HeldMessage[]): Set<number> {
+    const byDevice = new Map<string, number[]>();
+    held.forEach((e, i) => {
+      const list = byDevice.get(e.message.deviceId);
+      if (list) list.push(i);
+      else byDevice.set(e.message.deviceId, [i]);
+    });
+    const skip = new Set<number>();
+    for (const [id, indexes] of byDevice) {
+      const record = this.host.registry.record(id);
+      const lastSeen = record?.lastSeen ?? 0;
+      const stored = record?.lastMessage ?? 0;
+      // The match nearest the stored lastSeen: a payload repeated unchanged is then doubled rather than lost.
+      let upTo = -1;
+      let nearest = MATCH_WINDOW_MS;
+      if (stored !== 0) {
+        for (let k = indexes.length - 1; k >= 0; k--) {
+          const e = held[indexes[k]!]!;
+          const distance = Math.abs(e.at - lastSeen);
+          if (distance < nearest && fingerprint(e.message.kind, e.message.payload) === stored) {
+            upTo = k;
+            nearest = distance;
+          }
+        }
+      }
+      if (upTo >= 0) for (let k = 0; k <= upTo; k++) skip.add(indexes[k]!);
+      else for (const i of indexes) if (held[i]!.at <= lastSeen + REPLAY_SKEW_MS) skip.add(i);
+    }
+    return skip;
   }
 
   private async handOver(partitions: number[]): Promise<void> {
@@ -488,6 +533,20 @@ export class ClusterMember {
   fenced(partitions: number[]): void {
     this.leases.fenced(partitions);
   }
+}
+
+/** FNV-1a (32 bits) of a message's kind and payload bytes: what tells one kept message from another. */
+export function fingerprint(kind: string, payload: unknown): number {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < kind.length; i++) h = Math.imul(h ^ kind.charCodeAt(i), 0x01000193);
+  if (payload instanceof Uint8Array) {
+    for (let i = 0; i < payload.length; i++) h = Math.imul(h ^ payload[i]!, 0x01000193);
+  } else if (payload !== null && payload !== undefined) {
+    const text = typeof payload === "string" ? payload : JSON.stringify(payload);
+    for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
+  }
+  // 0 means "none".
+  return (h >>> 0) || 1;
 }
 
 function messageOf(m: ForwardedMessage): DeviceMessage {

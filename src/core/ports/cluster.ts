@@ -48,7 +48,7 @@ export interface FleetChanges {
   /** Whole rows of devices new to the caller or edited since (their `updatedAt` differs from what it has). */
   devices: DeviceRow[];
   /** Status and lastSeen of the other changed devices (the caller has the rest). */
-  presence: { id: string; status: string; lastSeen: number }[];
+  presence: { id: string; status: string; lastSeen: number; lastMessage: number }[];
   /** Whole rows of states newer (by `rev`) than what the caller has. */
   states: StateRow[];
   tokens: TokenRow[];
