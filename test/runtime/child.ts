@@ -15,8 +15,8 @@ async function main(): Promise<void> {
   process.env.TETHRAL_MQTT_PORT ??= "0";
   process.env.TETHRAL_COAP_PORT ??= "0";
   // No broker of the developer's shell; a test that runs its own (the cluster's Mosquitto) names
-  // it in TETHRAL_TEST_MQTT_URL.
-  if (process.env.TETHRAL_TEST_MQTT_URL) process.env.TETHRAL_MQTT_URL = process.env.TETHRAL_TEST_MQTT_URL;
+  // it in TETHRAL_TEST_RUNTIME_MQTT_URL.
+  if (process.env.TETHRAL_TEST_RUNTIME_MQTT_URL) process.env.TETHRAL_MQTT_URL = process.env.TETHRAL_TEST_RUNTIME_MQTT_URL;
   else delete process.env.TETHRAL_MQTT_URL;
   const pkg = mkdtempSync(path.join(tmpdir(), "tethral-pkg-"));
   process.once("exit", () => rmSync(pkg, { recursive: true, force: true }));

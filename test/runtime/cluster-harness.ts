@@ -122,7 +122,7 @@ export class TestCluster {
       const env: NodeJS.ProcessEnv = {
         ...(await fixedPorts()),
         TETHRAL_DB: db.url,
-        TETHRAL_TEST_MQTT_URL: mosquitto.url,
+        TETHRAL_TEST_RUNTIME_MQTT_URL: mosquitto.url,
         TETHRAL_CLUSTER: settings.cluster ?? "on",
         TETHRAL_MEMBER_ID: id,
         TETHRAL_PARTITIONS: String(settings.partitions),
