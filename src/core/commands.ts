@@ -72,6 +72,37 @@ export class CommandTracker {
     }
   }
 
+  /**
+   * Cluster mode: loads the pending commands of the devices `mine` selects (a partition this
+   * member has just taken over) and sends the queued ones; a `sent` one waits for its answer or
+   * times out, as after a restart.
+   */
+  async loadWhere(mine: (deviceId: string) => boolean): Promise<void> {
+    if (!this.store) return;
+    const rows = await this.store.pendingCommands();
+    for (const row of rows) {
+      if (mine(row.deviceId) && this.host.protocolOf(row.deviceId) !== undefined && !this.live.has(row.id)) this.restore(row);
+    }
+    if (this.running) for (const id of new Set(rows.map((r) => r.deviceId))) if (mine(id)) this.delivery.pump(id);
+  }
+
+  /**
+   * Cluster mode: the devices `gone` selects are another member's now. Their commands leave this
+   * tracker as stored (the new owner loads them); whoever waits here is told they moved. Their
+   * status writes must have been flushed first (a clean hand-over) or are fenced (a lost lease).
+   */
+  release(gone: (deviceId: string) => boolean): void {
+    const moved = new TethralError("UNAVAILABLE", "the device moved to another cluster member before the command ended");
+    for (const e of [...this.live.values()]) {
+      if (!gone(e.row.deviceId)) continue;
+      this.clearTimers(e);
+      this.delivery.forgetDevice(e.row.deviceId);
+      this.writer?.forgetDevice(e.row.deviceId);
+      this.live.delete(e.row.id);
+      for (const w of e.waiters.splice(0)) w.reject(moved);
+    }
+  }
+
   /** Starts sending (once the adapters are up). */
   start(): void {
     this.running = true;

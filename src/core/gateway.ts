@@ -37,6 +37,17 @@ export const DEFAULT_GATEWAY_OPTIONS: GatewayOptions = {
 
 const KINDS: ReadonlySet<DeviceMessageKind> = new Set(DEVICE_MESSAGE_KINDS);
 
+/** Cluster mode: where messages of devices another member owns go (see `ClusterMember`). */
+export interface GatewayRouter {
+  owns(deviceId: string): boolean;
+  /** A message every member sees: true when it is another member's (kept for a takeover). */
+  heldElsewhere(message: DeviceMessage): boolean;
+  /** A checked message of a device owned elsewhere, taken by a connection held here. */
+  forward(message: DeviceMessage): void;
+  /** A device owned elsewhere connected here: true when its owner was told. */
+  connectedHere(deviceId: string): boolean;
+}
+
 /** Registers a device that introduced itself, keeping the token it presented. */
 export type SelfRegister = (input: Record<string, unknown>, protocol: string, token: string | undefined) => Promise<unknown>;
 
@@ -48,6 +59,8 @@ export type SelfRegister = (input: Record<string, unknown>, protocol: string, to
  */
 export class DeviceGateway {
   private readonly counters = new Map<string, ProtocolCounters>();
+  /** Cluster mode only. */
+  router: GatewayRouter | null = null;
 
   constructor(
     private readonly registry: DeviceRegistry,
@@ -80,9 +93,13 @@ export class DeviceGateway {
     const counters = this.countersOf(adapter.name);
     const max = this.options.maxPayloadBytes;
     return {
-      receive: (message) => this.receive(message),
+      receive: adapter.sharedIntake
+        ? (message) => (this.router?.heldElsewhere(message) ? { ok: true, deviceId: message.deviceId, status: null, changed: false } : this.receive(message))
+        : (message) => this.receive(message),
       authenticate: (protocol, deviceId, token) => this.authenticate(protocol, deviceId, token),
-      connected: (id) => onConnected(id),
+      connected: (id) => {
+        if (!this.router?.connectedHere(id)) onConnected(id);
+      },
       // Nothing to do: commands ask the adapter (isConnected) before each send, and the device's
       // status follows its messages, last will and heartbeat timeout, not its socket.
       disconnected: () => undefined,
@@ -164,12 +181,18 @@ export class DeviceGateway {
       return this.refused(c, deviceId, protocol, kind, invalid("payload", `is ${bytes} bytes, more than the ${this.options.maxPayloadBytes} allowed`), "too-large");
     }
     const refusal = this.identify(deviceId, message.token, !message.authenticated);
-    if (refusal === "unknown" && kind === "register" && this.options.selfRegistration) return this.register(c, deviceId, protocol, message);
+    const elsewhere = this.router !== null && typeof deviceId === "string" && !this.router.owns(deviceId);
+    if (refusal === "unknown" && kind === "register" && this.options.selfRegistration) {
+      if (!elsewhere) return this.register(c, deviceId, protocol, message);
+      this.router!.forward(message);
+      return { ok: true, deviceId, status: null, changed: true };
+    }
     if (refusal) {
       const { error, reason } = refusal === "unknown" ? unknownDevice(deviceId) : refusal;
       return this.refused(c, deviceId, protocol, kind, error, reason);
     }
     const retained = message.retained === true;
+    if (elsewhere) return this.forward(c, message, protocol, kind, payload);
     let data: unknown;
     if (kind === "status") data = decodeText(payload);
     else if (kind !== "heartbeat") {
@@ -190,6 +213,16 @@ export class DeviceGateway {
     }
     // Registering again (a device that announces itself at every boot) is a sign of life.
     return this.ingest(c, deviceId, protocol, kind === "register" ? "heartbeat" : kind, data, retained);
+  }
+
+  /** Cluster mode: checked here as far as a message can be without its owner, then carried to it. */
+  private forward(c: ProtocolCounters, message: DeviceMessage, protocol: string, kind: DeviceMessageKind, payload: unknown): ReceiveResult {
+    if (kind !== "status" && kind !== "heartbeat") {
+      const decoded = decodeJson(payload);
+      if (decoded instanceof TethralError) return this.refused(c, message.deviceId, protocol, kind, decoded, "invalid-json");
+    }
+    this.router!.forward(message);
+    return { ok: true, deviceId: message.deviceId, status: null, changed: false };
   }
 
   private ingest(

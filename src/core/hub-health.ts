@@ -15,6 +15,8 @@ export interface HealthParts {
   protocols: Map<string, ProtocolHealth>;
   store: Persistence | null;
   process: Figures;
+  /** CONTRACT §8: this member's view of the cluster; `degraded` when it is short of something. */
+  cluster: Figures & { degraded: boolean };
 }
 
 /**
@@ -53,5 +55,7 @@ export function healthOf(running: boolean, parts: HealthParts): HubHealth {
     };
   }
   components.process = { status: up, ...parts.process };
-  return { status: !running || storeDegraded || protocolsDegraded ? "degraded" : "ok", components };
+  const { degraded: clusterDegraded, ...cluster } = parts.cluster;
+  components.cluster = { status: !running ? "stopped" : clusterDegraded ? "degraded" : "ok", ...cluster };
+  return { status: !running || storeDegraded || protocolsDegraded || (running && clusterDegraded) ? "degraded" : "ok", components };
 }

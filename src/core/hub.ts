@@ -18,7 +18,7 @@ import {
 } from "./events";
 import { DEFAULT_GATEWAY_OPTIONS, DeviceGateway, type TransportRefusal } from "./gateway";
 import type { HeartbeatMonitor } from "./heartbeat";
-import type { InboundMessage, IngestResult } from "./inbound";
+import { type InboundMessage, type IngestResult, parseInbound } from "./inbound";
 import { type ClusterInfo, type CommunicationStatistics, DEFAULT_PARTITIONS, type HubHealth, type HubOptions, type HubStatistics } from "./hub-options";
 import { healthOf } from "./hub-health";
 import { HubMetrics } from "./metrics";
@@ -36,6 +36,9 @@ import { DeviceTokens } from "./tokens";
 import { twinCopy } from "./twin";
 import type { Command, Device, DeviceState, DeviceTwin, StateHistoryEntry, TethralEvent } from "./types";
 import { DEFAULT_PERSISTENCE_OPTIONS, Persistence } from "./write-behind";
+import { ClusterMember } from "./cluster/member";
+import { type LocalRequests, registrationId, routedRequest } from "./cluster/routed";
+import { type ClusterStore, isClusterStore } from "./ports/cluster";
 
 export type { ClusterInfo, ClusterOptions, CommunicationStatistics, HubHealth, HubOptions, HubStatistics } from "./hub-options";
 export { DEFAULT_LEASE_SECONDS, DEFAULT_PARTITIONS } from "./hub-options";
@@ -83,15 +86,35 @@ export class Hub {
   private readonly writes: DurableWrites;
   private readonly reads: StoredReads;
   private readonly processMonitor = new ProcessMonitor();
+  /** Cluster mode (CONTRACT §8); null on a single runtime. */
+  private readonly cluster: ClusterMember | null;
+  private readonly commandWaitMs: number;
+  /** What this member runs when a request for one of its devices comes from another member. */
+  private readonly local: LocalRequests = {
+    register: (a) => this.writes.register(a.input, a.cause as ChangeCause),
+    rotateToken: (a) => this.writes.rotateToken(a.id as string),
+    update: (a) => this.writes.update(a.id as string, a.patch, a.cause as ChangeCause),
+    remove: (a) => this.writes.remove(a.id as string, a.cause as RemoveCause),
+    setState: (a) => this.writes.setState(a.id as string, a.input, a.cause as ChangeCause),
+    command: (a) => this.commands.submit(a.deviceId as string, a.input),
+    cancel: (a) => this.commands.cancel(a.id as string),
+    wait: (a) => this.commands.wait(a.id as string, a.limitMs as number | undefined),
+    publish: async (a) => this.publish(a.type as string, a.data, a.options as PublishOptions),
+  };
 
   constructor(options: HubOptions = {}) {
     const clock = (this.clock = options.clock ?? systemClock);
     this.memberId = options.cluster?.member ?? options.memberId ?? "local";
     const warn = (this.warn = options.onWarning ?? ((message) => console.warn(`[tethral] ${message}`)));
+    const c = options.cluster;
+    if (c && !isClusterStore(options.store)) {
+      throw new TethralError("INVALID", "cluster mode needs PostgreSQL or CockroachDB as the store (TETHRAL_DB=postgres://...)", [{ field: "TETHRAL_DB", message: "must be a PostgreSQL or CockroachDB URL in cluster mode" }]);
+    }
     const po = merge(DEFAULT_PERSISTENCE_OPTIONS, options.persistence);
+    this.commandWaitMs = (options.commands?.defaultTimeoutSec ?? DEFAULT_COMMAND_OPTIONS.defaultTimeoutSec) * 1000;
     this.intake = new Intake(po.intakeHighWater, Math.floor(po.intakeHighWater / 2));
     const p = (this.persistence = options.store
-      ? new Persistence(options.store, clock, storeHost(this, warn, (ms) => this.metrics.observeBatch(ms)), po, this.intake)
+      ? new Persistence(options.store, clock, { ...storeHost(this, warn, (ms) => this.metrics.observeBatch(ms)), fenced: (ps) => this.cluster?.fenced(ps) }, po, this.intake)
       : null);
     const unstored = new Set(po.unstoredEventTypes);
     this.events = new EventBus(clock, {
@@ -126,7 +149,7 @@ export class Hub {
           return r && !this.writes.isRegistering(id) ? toDevice(r) : undefined;
         },
         protocolOf: (id) => (this.writes.isRegistering(id) ? undefined : this.registry.record(id)?.protocol),
-        adapter: (protocol) => this.adapters.running(protocol),
+        adapter: (protocol) => (this.cluster ? this.cluster.adapterFor(protocol, this.adapters.running(protocol)) : this.adapters.running(protocol)),
       },
       this.events,
       clock,
@@ -150,6 +173,28 @@ export class Hub {
     for (const adapter of options.protocols ?? []) this.adapters.add(adapter);
     this.writes = new DurableWrites(this.registry, this.state, this.presence, this.tokens, this.commands, this.adapters, p, clock, deviceTokens);
     this.reads = new StoredReads(p, this.registry, this.state, this.events, clock, unstored);
+    this.cluster = c
+      ? new ClusterMember(
+          {
+            registry: this.registry,
+            state: this.state,
+            presence: this.presence,
+            tokens: this.tokens,
+            commands: this.commands,
+            clock,
+            receive: (m) => this.gateway.receive(m),
+            apply: (method, args) => routedRequest(this.local, method, args),
+            adapter: (protocol) => this.adapters.running(protocol),
+            flush: () => this.persistence!.flushAll(),
+            deliverTwin: (id) => this.adapters.deliverTwin(id, false),
+            warn,
+          },
+          options.store as unknown as ClusterStore,
+          c.link,
+          { member: c.member, partitions: c.partitions, leaseMs: c.leaseMs, followMs: 500 },
+        )
+      : null;
+    this.gateway.router = this.cluster;
     this.metrics = new HubMetrics({
       communication: () => this.communicationStatistics(),
       devices: () => this.registry.statistics(),
@@ -159,6 +204,7 @@ export class Hub {
       series: () => this.series.statistics(),
       refusals: () => this.refusals.counts(),
       health: () => this.health(),
+      cluster: () => this.cluster?.statistics() ?? null,
     });
   }
 
@@ -174,12 +220,15 @@ export class Hub {
     this.started = true;
     this.startedAt = this.clock.now();
     const p = this.persistence;
-    await p?.open(() => loadFleet(p.store, this.registry, this.state, this.presence, this.clock.now()));
+    // A cluster member tracks heartbeats and loads commands per partition, as it takes them.
+    const cluster = this.cluster;
+    await p?.open(() => loadFleet(p.store, this.registry, this.state, this.presence, this.clock.now(), cluster === null));
     await this.tokens.load();
     this.running = true;
     this.processMonitor.start();
     this.presence.start();
-    await this.commands.load();
+    if (cluster) await cluster.start();
+    else await this.commands.load();
     await this.adapters.startAll();
     this.commands.start();
     this.events.publish("hub.started", { devices: this.registry.size }, { source: "hub" });
@@ -205,6 +254,8 @@ export class Hub {
     this.commands.halt();
     // Then the devices: nothing new comes in while the rest winds down.
     await this.adapters.stopAll();
+    // A cluster member writes what it holds and hands its partitions over at once.
+    await this.cluster?.stop().catch((err: unknown) => this.warn(`cluster: ${errorMessage(err)}`));
     this.presence.stop();
     this.anomaly.stop();
     const p = this.persistence;
@@ -230,22 +281,22 @@ export class Hub {
 
   /** Registers a device: durable before it resolves and is announced, or not made at all (UNAVAILABLE). */
   async registerDevice(input: unknown, cause: ChangeCause = {}): Promise<RegisteredDevice> {
-    return this.writes.register(input, cause);
+    return this.routed(registrationId(input), "register", { input, cause }, () => this.writes.register(input, cause));
   }
 
   /** A new token for a device (the old one stops working at once), shown only in this answer. */
   async rotateToken(id: string): Promise<{ deviceId: string; token: string }> {
-    return this.writes.rotateToken(id);
+    return this.routed(id, "rotateToken", { id }, () => this.writes.rotateToken(id));
   }
 
   /** A partial update; with a store, written before it resolves, or not made at all (UNAVAILABLE). */
   async updateDevice(id: string, patch: unknown, cause: ChangeCause = {}): Promise<Device> {
-    return this.writes.update(id, patch, cause);
+    return this.routed(id, "update", { id, patch, cause }, () => this.writes.update(id, patch, cause));
   }
 
   /** Removes a device with its state and history; with a store, deleted there first. */
   async removeDevice(id: string, cause: RemoveCause = {}): Promise<Device> {
-    return this.writes.remove(id, cause);
+    return this.routed(id, "remove", { id, cause }, () => this.writes.remove(id, cause));
   }
 
   getDevice(id: string): Device {
@@ -264,6 +315,15 @@ export class Hub {
 
   /** A flow's report for a device (see `DeviceTraffic.ingest`): a bad one is refused and changes nothing. */
   ingest(deviceId: string, message: InboundMessage): IngestResult {
+    const c = this.cluster;
+    if (c && typeof deviceId === "string" && this.registry.has(deviceId) && !c.owns(deviceId)) {
+      // Another member's device: its report goes there, in order with the device's own messages.
+      parseInbound(message);
+      const { kind, data, protocol } = message;
+      const payload = data === undefined ? null : kind === "status" && typeof data === "string" ? data : JSON.stringify(data);
+      c.forward({ protocol: protocol ?? "flow", deviceId, kind, payload, authenticated: true });
+      return { deviceId, status: this.registry.record(deviceId)!.status, changed: false, causeId: null };
+    }
     return this.traffic.ingest(deviceId, message);
   }
 
@@ -281,7 +341,11 @@ export class Hub {
 
   /** Sends a command (CONTRACT §1): durable before it resolves, `queued`, or with `wait: true` once it has ended. */
   async sendCommand(deviceId: string, input: unknown): Promise<Command> {
-    return this.commands.submit(deviceId, input);
+    const i = input as { wait?: unknown; timeout?: unknown; retries?: unknown } | null;
+    // A routed command with `wait` answers when it has ended: the call waits as long as its attempts may.
+    const attempts = (typeof i?.retries === "number" ? i.retries : 0) + 1;
+    const waitMs = i?.wait === true ? (typeof i.timeout === "number" ? i.timeout * 1000 : this.commandWaitMs) * attempts : 0;
+    return this.routed(deviceId, "command", { deviceId, input }, () => this.commands.submit(deviceId, input), waitMs);
   }
 
   async getCommand(id: string): Promise<Command> {
@@ -290,11 +354,15 @@ export class Hub {
 
   /** Resolves once the command has ended, or with the command as it is after `limitMs` (default: its attempts' time). */
   async waitForCommand(id: string, limitMs?: number): Promise<Command> {
-    return this.commands.wait(id, limitMs);
+    if (!this.cluster) return this.commands.wait(id, limitMs);
+    const { deviceId } = await this.commands.get(id);
+    return this.routed(deviceId, "wait", { id, deviceId, limitMs }, () => this.commands.wait(id, limitMs), limitMs ?? this.commandWaitMs);
   }
 
   async cancelCommand(id: string): Promise<Command> {
-    return this.commands.cancel(id);
+    if (!this.cluster) return this.commands.cancel(id);
+    const { deviceId } = await this.commands.get(id);
+    return this.routed(deviceId, "cancel", { id, deviceId }, () => this.commands.cancel(id));
   }
 
   /** A device's commands, newest first: `status` (one, a comma-separated list or a list), `limit` (default 100, at most 1000). */
@@ -339,7 +407,7 @@ export class Hub {
 
   /** Sets desired values and/or the status (CONTRACT: PUT state): durable before it applies, or no change (UNAVAILABLE). */
   async setState(id: string, input: unknown, cause: ChangeCause = {}): Promise<DeviceState> {
-    return this.writes.setState(id, input, cause);
+    return this.routed(id, "setState", { id, input, cause }, () => this.writes.setState(id, input, cause));
   }
 
   /** The last `limit` changes of a device, oldest first, from the store when there is one (see `StoredReads`). */
@@ -376,6 +444,22 @@ export class Hub {
     return structuredClone(this.events.publishCustom(type, data, { source: "flow", ...options }));
   }
 
+  /** `publish`, on the cluster member that owns the event's device (CONTRACT §8); the same on a single runtime. */
+  async publishEvent(type: string, data: unknown, options: PublishOptions = {}): Promise<TethralEvent> {
+    const deviceId = options.deviceId ?? null;
+    return this.routed(deviceId, "publish", { type, data, options }, async () => this.publish(type, data, options));
+  }
+
+  /**
+   * Runs `local` here, or on the cluster member that owns `deviceId` (see `ClusterMember.route`).
+   * `extraMs`: how much longer than a plain request the answer may take (a command's `wait`).
+   */
+  private async routed<T>(deviceId: string | null, method: string, args: Record<string, unknown>, local: () => Promise<T>, extraMs = 0): Promise<T> {
+    const c = this.cluster;
+    if (c === null || deviceId === null || typeof deviceId !== "string") return local();
+    return c.route(deviceId, method, args, local, extraMs > 0 ? extraMs + c.options.leaseMs + 10_000 : undefined);
+  }
+
   subscribe<P extends string = "*">(options: SubscribeOptions<P>, handler: EventHandler<EventsMatching<P>>): SubscriptionHandle {
     return this.events.subscribe(options, handler);
   }
@@ -402,6 +486,7 @@ export class Hub {
 
   /** CONTRACT §8 `GET /api/cluster`: the members and the partitions each owns; a single runtime is a cluster of one. */
   clusterInfo(): ClusterInfo {
+    if (this.cluster) return this.cluster.info();
     const now = new Date(this.clock.now()).toISOString();
     const partitions = DEFAULT_PARTITIONS;
     return {
@@ -416,7 +501,7 @@ export class Hub {
    * on a single runtime. Flows gate timers with it (README, Cluster mode).
    */
   get isLeader(): boolean {
-    return true;
+    return this.cluster?.isLeader ?? true;
   }
 
   health(): HubHealth {
@@ -429,6 +514,27 @@ export class Hub {
       protocols: this.adapters.healths(),
       store: this.persistence,
       process: this.processMonitor.reading(),
+      cluster: this.clusterHealth(),
     });
+  }
+
+  /** The health's `cluster` component: degraded while a partition has no owner, the broker link is down or leases lag. */
+  private clusterHealth(): { degraded: boolean; [figure: string]: unknown } {
+    const c = this.cluster;
+    if (!c) return { degraded: false, mode: "single", member: this.memberId, partitions: DEFAULT_PARTITIONS, owned: DEFAULT_PARTITIONS, members: 1 };
+    const s = c.statistics();
+    const lagging = s.renewalLagSeconds * 1000 > c.options.leaseMs / 2;
+    const problem = !s.linkConnected ? "no connection to the broker" : s.unowned > 0 ? `${s.unowned} partitions have no owner` : lagging ? "lease renewals are late" : null;
+    return {
+      degraded: problem !== null,
+      mode: "cluster",
+      member: s.member,
+      partitions: s.partitions,
+      owned: s.owned,
+      members: s.members,
+      unowned: s.unowned,
+      renewalLagSeconds: Math.round(s.renewalLagSeconds * 1000) / 1000,
+      ...(problem !== null && { error: problem }),
+    };
   }
 }

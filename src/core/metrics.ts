@@ -1,4 +1,6 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import type { ClusterStatistics } from "./cluster/member";
+import { DEFAULT_PARTITIONS } from "./hub-options";
 import type { CommunicationStatistics, HubHealth } from "./hub";
 import type { DeviceStatistics } from "./registry";
 import type { EventStatistics } from "./events";
@@ -19,6 +21,8 @@ export interface MetricsSource {
   /** Refused device messages by protocol and reason. */
   refusals(): Iterable<{ protocol: string; reason: string; count: number }>;
   health(): HubHealth;
+  /** Cluster mode (CONTRACT §8); null on a single runtime. */
+  cluster?(): ClusterStatistics | null;
 }
 
 /** Seconds: a command answered on a LAN takes milliseconds, one over a sleepy radio link seconds. */
@@ -180,6 +184,19 @@ export class HubMetrics {
     counter("tethral_telemetry_points_total", "Telemetry values recorded as time-series points.", () => source.series().points);
     counter("tethral_store_points_written_total", "Telemetry points written to the database.", () => source.store()?.pointsWritten ?? 0);
     counter("tethral_telemetry_queries_total", "Time-series queries answered.", () => source.series().queries);
+    const cl = () => source.cluster?.() ?? null;
+    gauge("tethral_cluster_members", "Live cluster members this member sees (1 on a single runtime).", () => cl()?.members ?? 1);
+    gauge("tethral_cluster_partitions_owned", "Partitions whose lease this member holds.", () => cl()?.owned ?? DEFAULT_PARTITIONS);
+    gauge("tethral_cluster_partitions_unowned", "Partitions no live member holds (a takeover under way).", () => cl()?.unowned ?? 0);
+    counter("tethral_cluster_takeovers_total", "Partitions this member took over (claimed and loaded).", () => cl()?.takeovers ?? 0);
+    counter("tethral_cluster_handovers_total", "Partitions this member handed over cleanly (rebalance or stop).", () => cl()?.handovers ?? 0);
+    counter("tethral_cluster_leases_lost_total", "Leases this member lost (expired, taken over, or fenced).", () => cl()?.lost ?? 0);
+    gauge("tethral_cluster_lease_renewal_lag_seconds", "Seconds since this member last renewed its leases.", () => cl()?.renewalLagSeconds ?? 0);
+    counter("tethral_cluster_forwarded_requests_total", "Requests this member sent to other members (writes, commands, deliveries).", () => cl()?.forwardedCalls ?? 0);
+    counter("tethral_cluster_forwarded_messages_total", "Device messages this member carried to the owner over the broker.", () => cl()?.forwardedMessages ?? 0);
+    counter("tethral_cluster_replayed_messages_total", "Messages a takeover applied that the previous owner had not written.", () => cl()?.replayed ?? 0);
+    gauge("tethral_cluster_held_messages", "Recent messages of other members' devices kept for a takeover.", () => cl()?.held ?? 0);
+    counter("tethral_store_fenced_rows_total", "Rows not written because their devices' partitions had moved (fencing).", () => source.store()?.fenced ?? 0);
     gauge("tethral_intake_busy", "1 while the store is behind and the adapters slow the devices (nothing is dropped), else 0.", () => (source.intake().busy ? 1 : 0));
     counter("tethral_intake_pauses_total", "Times the device intake was slowed because the store was behind.", () => source.intake().pauses);
     counter("tethral_intake_busy_seconds_total", "Seconds the device intake has been slowed in all.", () => source.intake().busyMs / 1000);

@@ -29,7 +29,7 @@ export function storeHost(
 }
 
 /** Fills the registry, the states and presence from the store at start. */
-export async function loadFleet(store: Store, registry: DeviceRegistry, state: StateManager, presence: Presence, now: number): Promise<void> {
+export async function loadFleet(store: Store, registry: DeviceRegistry, state: StateManager, presence: Presence, now: number, restorePresence = true): Promise<void> {
   const [devices, states] = await Promise.all([store.loadDevices(), store.loadStates()]);
   // Registration order survives a restart: it is the default order of every listing.
   devices.sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
@@ -37,7 +37,7 @@ export async function loadFleet(store: Store, registry: DeviceRegistry, state: S
     registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
   }
   for (const row of states) if (registry.has(row.deviceId)) state.restore(row.deviceId, row);
-  presence.restore(devices);
+  if (restorePresence) presence.restore(devices);
 }
 
 /**

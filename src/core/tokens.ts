@@ -43,6 +43,11 @@ export class DeviceTokens {
     return timingSafeEqual(createHash("sha256").update(token, "utf8").digest(), expected);
   }
 
+  /** A token another cluster member stored (read back from the database). */
+  restore(row: { deviceId: string; hash: string }): void {
+    this.hashes.set(row.deviceId, Buffer.from(row.hash, "hex"));
+  }
+
   /** Forgets a device's token in memory (the store deletes it with the device). */
   forget(deviceId: string): void {
     this.hashes.delete(deviceId);

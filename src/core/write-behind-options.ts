@@ -83,6 +83,8 @@ export interface PersistenceHost {
   warn(message: string): void;
   /** A batch was written, in wall-clock milliseconds (the store's latency, for metrics). */
   batchWritten?(ms: number): void;
+  /** Cluster mode: a write was fenced (these partitions are another member's now). */
+  fenced?(partitions: number[]): void;
 }
 
 export interface HeldDevice {
@@ -100,6 +102,8 @@ export interface PersistenceStatistics {
   failures: number;
   /** Rows the database refused as invalid, set aside so the rest could be written. */
   refused: number;
+  /** Cluster mode: rows not written because their devices' partitions had moved to another member. */
+  fenced: number;
   degraded: boolean;
   pending: { presence: number; states: number; history: number; events: number; points: number };
   /** History, event and point rows waiting, against the bound past which the oldest are dropped. */

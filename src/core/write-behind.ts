@@ -6,6 +6,8 @@ import { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceHost, type PersistenceOpti
 import type { Intake } from "./intake";
 import type { DevicePresenceRow, DeviceRow, HistoryRow, PointRow, PointValue, PurgeResult, StateRow, Store, WriteBatch } from "./ports/store";
 import { Retention } from "./retention";
+import { isFenced } from "./ports/cluster";
+import { movedError } from "./cluster/member";
 import { eventRow } from "./stored-rows";
 
 export { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceHost, type PersistenceOptions, type PersistenceStatistics } from "./write-behind-options";
@@ -34,7 +36,7 @@ export class Persistence {
   private failuresInRow = 0;
   private degradedSince = 0;
   private dropReported = false;
-  private readonly stats = { flushes: 0, rowsWritten: 0, failures: 0, refused: 0, pointsWritten: 0 };
+  private readonly stats = { flushes: 0, rowsWritten: 0, failures: 0, refused: 0, pointsWritten: 0, fenced: 0 };
 
   constructor(
     readonly store: Store,
@@ -174,6 +176,11 @@ export class Persistence {
       await write();
       this.succeeded();
     } catch (err) {
+      if (isFenced(err)) {
+        // The database is fine: the device is another cluster member's now, and it asks there.
+        this.host.fenced?.(err.partitions);
+        throw movedError(err.deviceIds[0] ?? "");
+      }
       if (err instanceof TethralError && err.code !== "UNAVAILABLE") throw err;
       this.failed(err);
       throw new TethralError("UNAVAILABLE", `the database is unavailable, nothing was changed: ${errorMessage(err)}`);
@@ -263,11 +270,26 @@ export class Persistence {
   }
 
   private async write(batch: WriteBatch): Promise<void> {
-    const rows = rowsOf(batch);
+    let rows = rowsOf(batch);
     if (rows === 0) return;
     const started = performance.now();
     try {
-      await this.store.writeBatch(batch);
+      for (;;) {
+        try {
+          await this.store.writeBatch(batch);
+          break;
+        } catch (err) {
+          if (!isFenced(err) || err.deviceIds.length === 0) throw err;
+          // Rows of devices whose partitions moved are not this member's to write: the new owner
+          // loaded what was stored and goes on from there. The rest is written.
+          this.host.fenced?.(err.partitions);
+          batch = withoutDevices(batch, new Set(err.deviceIds));
+          const left = rowsOf(batch);
+          this.stats.fenced += rows - left;
+          rows = left;
+          if (rows === 0) return;
+        }
+      }
     } catch (err) {
       if (err instanceof TethralError && err.code === "INVALID") {
         // The database is fine; a row is not. Retrying the batch would block the queue for good.
@@ -412,6 +434,7 @@ export class Persistence {
       rowsWritten: this.stats.rowsWritten,
       failures: this.stats.failures,
       refused: this.stats.refused,
+      fenced: this.stats.fenced,
       degraded: this.isDegraded,
       pointsWritten: this.stats.pointsWritten,
       pending: this.queue.pending(),
@@ -421,6 +444,16 @@ export class Persistence {
       purged: this.retention.purged(),
     };
   }
+}
+
+function withoutDevices(batch: WriteBatch, ids: ReadonlySet<string>): WriteBatch {
+  return {
+    presence: batch.presence.filter((r) => !ids.has(r.id)),
+    states: batch.states.filter((r) => !ids.has(r.deviceId)),
+    history: batch.history.filter((r) => !ids.has(r.deviceId)),
+    events: batch.events,
+    ...(batch.points && { points: batch.points.filter((r) => !ids.has(r.deviceId)) }),
+  };
 }
 
 function rowsOf(batch: WriteBatch): number {

@@ -52,13 +52,16 @@ export default function (RED: NodeAPI): void {
       if (ttl === null) return refuse("ttl", "ttl");
       use
         .hub()
-        .then((hub) => {
-          const event = hub.publish(type as string, msg.payload, {
+        .then((hub) =>
+          // A device's event goes to the cluster member that owns the device (CONTRACT §8).
+          hub.publishEvent(type as string, msg.payload, {
             priority: priority as Priority,
             ...(deviceId !== undefined && { deviceId: deviceId as string }),
             ...(ttl !== undefined && { ttlMs: ttl * 1000 }),
             ...flowCause(msg),
-          });
+          }),
+        )
+        .then((event) => {
           published++;
           use.ok(RED._("tethral-event-out.status.published", { count: published, type: event.type }));
           msg.event = event;

@@ -131,6 +131,11 @@ export class MqttAdapter implements ProtocolAdapter {
   /** The twin goes to `{root}/devices/{id}/desired`, retained, QoS 1, on either kind of broker. */
   readonly retainsTwins = true;
 
+  /** An external broker gives every cluster member the same device messages (CONTRACT §8). */
+  get sharedIntake(): boolean {
+    return this.mode === "external";
+  }
+
   twinChanged(deviceId: string, twin: DeviceTwin | null): void {
     this.impl.publishTwin(deviceId, twin);
   }

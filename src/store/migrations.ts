@@ -70,6 +70,54 @@ function seriesTables(dialect: "sqlite" | "postgres"): string[] {
   ];
 }
 
+/**
+ * Cluster mode (CONTRACT §8). One `cluster_meta` row holds the partition count fixed at first
+ * use; `cluster_leases` has one row per partition, claimed and renewed with conditional UPDATEs
+ * (the column is `part`: PARTITION is a keyword in some dialects); `removed_devices` keeps a
+ * tombstone per removed device so members following the fleet by time (`changedSince`) learn of
+ * removals. The indexes serve those time reads. SQLite gets the same tables, unused, so the
+ * schema keeps one shape.
+ */
+function clusterTables(dialect: "sqlite" | "postgres"): string[] {
+  const int = dialect === "sqlite" ? "INTEGER" : "BIGINT";
+  const noRowid = dialect === "sqlite" ? " WITHOUT ROWID" : "";
+  return [
+    `CREATE TABLE IF NOT EXISTS cluster_meta (
+        id INTEGER PRIMARY KEY,
+        partitions INTEGER NOT NULL,
+        created_at ${int}
+      )`,
+    `CREATE TABLE IF NOT EXISTS cluster_members (
+        id TEXT PRIMARY KEY,
+        since ${int} NOT NULL,
+        last_seen ${int} NOT NULL
+      )${noRowid}`,
+    `CREATE TABLE IF NOT EXISTS cluster_leases (
+        part INTEGER PRIMARY KEY,
+        owner TEXT,
+        epoch ${int} NOT NULL,
+        expires_at ${int} NOT NULL
+      )`,
+    `CREATE TABLE IF NOT EXISTS removed_devices (
+        device_id TEXT PRIMARY KEY,
+        removed_at ${int} NOT NULL
+      )${noRowid}`,
+    `CREATE INDEX IF NOT EXISTS devices_updated_at ON devices (updated_at)`,
+    `CREATE INDEX IF NOT EXISTS devices_last_seen ON devices (last_seen)`,
+    `CREATE INDEX IF NOT EXISTS states_updated_at ON states (updated_at)`,
+    `CREATE INDEX IF NOT EXISTS device_tokens_created_at ON device_tokens (created_at)`,
+    `CREATE INDEX IF NOT EXISTS removed_devices_removed_at ON removed_devices (removed_at)`,
+  ];
+}
+
+/**
+ * How long a removed device's tombstone is kept: as long as events (a member following the fleet
+ * is never that far behind), a week when events are kept regardless of age.
+ */
+export function tombstoneMaxAgeMs(policy: { eventsMaxAgeMs: number }): number {
+  return policy.eventsMaxAgeMs > 0 ? policy.eventsMaxAgeMs : 7 * 24 * 3_600_000;
+}
+
 export const MIGRATIONS: readonly Migration[] = [
   {
     version: 1,
@@ -243,6 +291,12 @@ export const MIGRATIONS: readonly Migration[] = [
     name: "telemetry time series: keys, series, points, 1-minute and 1-hour roll-ups",
     sqlite: seriesTables("sqlite"),
     postgres: seriesTables("postgres"),
+  },
+  {
+    version: 4,
+    name: "cluster: partitions, members, leases; removed-device tombstones; indexes for changes by time",
+    sqlite: clusterTables("sqlite"),
+    postgres: clusterTables("postgres"),
   },
 ];
 

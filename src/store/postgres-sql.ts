@@ -192,7 +192,12 @@ export function columns<T>(
 
 // ---- single-row statements: parameters checked as they are built ----
 
-export const UPSERT_DEVICE = `INSERT INTO devices (id, name, protocol, address, manufacturer, model, firmware, capabilities, tags,
+/**
+ * Registering an id clears the tombstone its removal left (see migration 4), in the same
+ * statement: a data-modifying WITH runs whether or not it is read (PostgreSQL and CockroachDB).
+ */
+export const UPSERT_DEVICE = `WITH untombstoned AS (DELETE FROM removed_devices WHERE device_id = $1)
+       INSERT INTO devices (id, name, protocol, address, manufacturer, model, firmware, capabilities, tags,
          heartbeat_timeout, metadata, status, last_seen, created_at, updated_at)
        VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10, $11::jsonb, $12, $13, $14, $15)
        ON CONFLICT (id) DO UPDATE SET name = excluded.name, protocol = excluded.protocol,

@@ -1,6 +1,29 @@
 import pg from "pg";
 import { TethralError } from "../core/errors";
-import { LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE, newerSchemaMessage } from "./migrations";
+import { LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE, newerSchemaMessage, tombstoneMaxAgeMs } from "./migrations";
+import {
+  assertFence,
+  BEAT_MEMBER,
+  CLAIM_LEASE,
+  DB_NOW,
+  fenceCheck,
+  FORGET,
+  INSERT_LEASES,
+  INSERT_META,
+  JOIN_MEMBER,
+  leaseArrays,
+  LEAVE,
+  PURGE_TOMBSTONES,
+  RELEASE_LEASES,
+  RENEW_LEASES,
+  SELECT_LEASES,
+  SELECT_MEMBERS,
+  SELECT_PARTITIONS,
+  toLeaseRow,
+  toMemberRow,
+  TOMBSTONE,
+  type FenceCheck,
+} from "./postgres-cluster";
 import {
   backoffMs,
   bigintAsNumber,
@@ -59,6 +82,7 @@ import {
   type TokenRow,
   type WriteBatch,
 } from "../core/ports/store";
+import type { BeatResult, ClusterStore, Fence, FleetChanges, HeldLease, LeaseRow } from "../core/ports/cluster";
 
 export { connectionSettings, isConnectionError, isSerializationFailure };
 
@@ -85,8 +109,11 @@ export interface PostgresStoreOptions {
  * The store on PostgreSQL through a `pg` Pool; the same SQL runs on CockroachDB: text keys,
  * `INSERT ... ON CONFLICT` upserts, no LISTEN/NOTIFY or advisory locks, and transactions retried
  * on the client when they fail with a serialization conflict (CockroachDB's restart is 40001).
+ *
+ * It is also the cluster's store (CONTRACT §8): leases, members, fenced writes and the changes
+ * members follow (see postgres-cluster.ts).
  */
-export class PostgresStore implements Store {
+export class PostgresStore implements Store, ClusterStore {
   readonly kind = "postgres" as const;
   readonly description: string;
   private readonly connection: pg.PoolConfig;
@@ -97,6 +124,8 @@ export class PostgresStore implements Store {
   private readonly series: PostgresSeries;
   /** The pool for the series code, with this store's retries and error codes. */
   private readonly db: Queryable = { query: (config) => this.query(config) };
+  /** Set in cluster mode: every device write is checked against it (`setFence`). */
+  private fence: Fence | null = null;
 
   constructor(options: PostgresStoreOptions) {
     const { connectionString, description } = connectionSettings(options.url, options.password);
@@ -160,18 +189,21 @@ export class PostgresStore implements Store {
 
   // ---- devices, states ----
 
+  /** Registering an id again clears its tombstone, in the same statement. */
   async upsertDevice(d: DeviceRow): Promise<void> {
-    await this.query(UPSERT_DEVICE, deviceParams(d));
+    await this.fencedStatement([d.id], UPSERT_DEVICE, deviceParams(d));
   }
 
   async deleteDevice(id: string): Promise<void> {
+    const check = this.checkOf([id]);
     await this.tx(async (c) => {
-      for (const sql of [...DELETE_DEVICE, ...DELETE_DEVICE_SERIES]) await c.query(sql, [id]);
+      if (check) await assertFence(c, check);
+      for (const sql of [...DELETE_DEVICE, ...DELETE_DEVICE_SERIES, TOMBSTONE]) await c.query(sql, [id]);
     });
   }
 
   async upsertState(row: StateRow): Promise<void> {
-    await this.query(UPSERT_STATES, columns([row], STATE_COLUMNS));
+    await this.fencedStatement([row.deviceId], UPSERT_STATES, columns([row], STATE_COLUMNS));
   }
 
   async writeBatch(batch: WriteBatch): Promise<void> {
@@ -189,8 +221,16 @@ export class PostgresStore implements Store {
     add(INSERT_HISTORY, chunkedColumns("history", batch.history, HISTORY_COLUMNS));
     add(INSERT_EVENTS, chunkedColumns("events", batch.events, EVENT_COLUMNS));
     const cols = points.length > 0 ? pointArrays(points) : null;
+    // Events are not fenced: any member may record them, and they name no lease.
+    const check = this.checkOf(function* () {
+      for (const p of presence) yield p.id;
+      for (const s of states) yield s.deviceId;
+      for (const h of batch.history) yield h.deviceId;
+      if (cols) yield* cols.devices;
+    });
     const ids = cols ? await this.series.keyIdsFor(this.db, cols.keys) : null;
     await this.tx(async (c) => {
+      if (check) await assertFence(c, check);
       for (const [sql, params] of statements) await c.query(sql, params);
       if (cols && ids) await this.series.write(c, cols, ids);
     });
@@ -240,7 +280,8 @@ export class PostgresStore implements Store {
   // ---- tokens ----
 
   async putToken(row: TokenRow): Promise<void> {
-    await this.query(
+    await this.fencedStatement(
+      [row.deviceId],
       `INSERT INTO device_tokens (device_id, hash, created_at) VALUES ($1, $2, $3)
        ON CONFLICT (device_id) DO UPDATE SET hash = excluded.hash, created_at = excluded.created_at`,
       [text(row.deviceId, "deviceId"), text(row.hash, "hash"), row.createdAt],
@@ -258,20 +299,22 @@ export class PostgresStore implements Store {
   }
 
   async deleteToken(deviceId: string): Promise<void> {
-    await this.query("DELETE FROM device_tokens WHERE device_id = $1", [deviceId]);
+    await this.fencedStatement([deviceId], "DELETE FROM device_tokens WHERE device_id = $1", [deviceId]);
   }
 
   // ---- commands ----
 
   async putCommand(c: CommandRow): Promise<void> {
-    await this.query(UPSERT_COMMANDS, columns([c], COMMAND_COLUMNS));
+    await this.fencedStatement([c.deviceId], UPSERT_COMMANDS, columns([c], COMMAND_COLUMNS));
   }
 
   /** One statement per 5,000 rows (the last row of an id wins: a statement may not touch a row twice). */
   async putCommands(rows: CommandRow[]): Promise<void> {
     if (rows.length === 0) return;
     const parts = chunkedColumns("commands", lastById(rows, (c) => c.id, () => true), COMMAND_COLUMNS, (c) => c.id);
+    const check = this.checkOf(rows.map((r) => r.deviceId));
     await this.tx(async (client) => {
+      if (check) await assertFence(client, check);
       for (const params of parts) await client.query(UPSERT_COMMANDS, params);
     });
   }
@@ -290,7 +333,18 @@ export class PostgresStore implements Store {
   }
 
   async deleteCommand(id: string): Promise<void> {
-    await this.query("DELETE FROM commands WHERE id = $1", [id]);
+    if (!this.fence) {
+      await this.query("DELETE FROM commands WHERE id = $1", [id]);
+      return;
+    }
+    await this.tx(async (c) => {
+      // Fenced by the device it is stored for; a command not there is nothing to write.
+      const { rows } = await c.query<{ device_id: string }>("SELECT device_id FROM commands WHERE id = $1", [id]);
+      if (rows.length === 0) return;
+      const check = this.checkOf([rows[0]!.device_id]);
+      if (check) await assertFence(c, check);
+      await c.query("DELETE FROM commands WHERE id = $1", [id]);
+    });
   }
 
   async deviceCommands(deviceId: string, statuses: readonly CommandStatus[] | null, limit: number): Promise<CommandRow[]> {
@@ -306,7 +360,109 @@ export class PostgresStore implements Store {
     const n = Math.floor(batchSize);
     if (!(n > 0)) return { history: 0, events: 0, commands: 0, points: 0, rollups: 0 };
     const rows = await purgeRows((sql, params) => this.query(sql, params), policy, now, n);
+    await this.query(PURGE_TOMBSTONES, [now - tombstoneMaxAgeMs(policy), n]);
     return { ...rows, ...(await this.series.purge(this.db, policy, now, n)) };
+  }
+
+  // ---- cluster (CONTRACT §8; times are the database's clock) ----
+
+  async clusterJoin(member: string, partitions: number): Promise<{ now: number }> {
+    if (!Number.isInteger(partitions) || partitions < 1) {
+      throw new TethralError("INVALID", `TETHRAL_PARTITIONS must be a whole number above 0, not ${partitions}`);
+    }
+    return this.tx(async (c) => {
+      // Two members joining a fresh database at once: one row is inserted, both read it.
+      await c.query(INSERT_META, [partitions]);
+      const found = Number((await c.query<{ partitions: number }>(SELECT_PARTITIONS)).rows[0]!.partitions);
+      if (found !== partitions) {
+        throw new TethralError(
+          "INVALID",
+          `the cluster's database has ${found} partitions, and TETHRAL_PARTITIONS is ${partitions}: use ${found}, or a new database`,
+        );
+      }
+      await c.query(INSERT_LEASES, [partitions]);
+      const { rows } = await c.query<{ now: number }>(JOIN_MEMBER, [text(member, "member")]);
+      return { now: Number(rows[0]!.now) };
+    });
+  }
+
+  async clusterBeat(member: string, leaseMs: number, held: HeldLease[]): Promise<BeatResult> {
+    return this.tx(async (c) => {
+      const now = Number((await c.query<{ now: number }>(BEAT_MEMBER, [text(member, "member")])).rows[0]!.now);
+      let renewed: number[] = [];
+      if (held.length > 0) {
+        const { rows } = await c.query<{ part: number }>(RENEW_LEASES, [member, ...leaseArrays(held), now + Math.round(leaseMs)]);
+        renewed = rows.map((r) => Number(r.part)).sort((a, b) => a - b);
+      }
+      const members = (await c.query(SELECT_MEMBERS)).rows.map(toMemberRow);
+      const leases = (await c.query(SELECT_LEASES)).rows.map(toLeaseRow);
+      return { now, members, leases, renewed };
+    });
+  }
+
+  async clusterClaim(member: string, partition: number, leaseMs: number): Promise<LeaseRow | null> {
+    const { rows } = await this.query(CLAIM_LEASE, [text(member, "member"), partition, Math.round(leaseMs)]);
+    return rows.length > 0 ? toLeaseRow(rows[0]!) : null;
+  }
+
+  async clusterRelease(member: string, leases: HeldLease[]): Promise<void> {
+    if (leases.length === 0) return;
+    await this.query(RELEASE_LEASES, [member, ...leaseArrays(leases)]);
+  }
+
+  async clusterLeave(member: string): Promise<void> {
+    await this.query(LEAVE, [member]);
+  }
+
+  async clusterForget(olderThanMs: number): Promise<void> {
+    await this.query(FORGET, [Math.round(olderThanMs)]);
+  }
+
+  async clusterPartitions(): Promise<number | null> {
+    const { rows } = await this.query(SELECT_PARTITIONS);
+    return rows.length > 0 ? Number(rows[0]!.partitions) : null;
+  }
+
+  setFence(fence: Fence | null): void {
+    this.fence = fence;
+  }
+
+  /**
+   * The clock is read first: a row written after it is seen now or, its time being later, next
+   * time. Device and token times are the writers' clocks: the caller's margin covers their skew.
+   */
+  async changedSince(since: number): Promise<FleetChanges> {
+    const now = Number((await this.query(`SELECT ${DB_NOW} AS now`)).rows[0]!.now);
+    const devices = await this.query("SELECT * FROM devices WHERE updated_at >= $1 OR last_seen >= $1", [since]);
+    const states = await this.query("SELECT * FROM states WHERE updated_at >= $1", [since]);
+    const tokens = await this.query("SELECT * FROM device_tokens WHERE created_at >= $1", [since]);
+    const removed = await this.query("SELECT device_id FROM removed_devices WHERE removed_at >= $1", [since]);
+    return {
+      now,
+      devices: devices.rows.map(toDeviceRow),
+      states: states.rows.map(toStateRow),
+      tokens: tokens.rows.map(toTokenRow),
+      removed: removed.rows.map((r) => r.device_id as string),
+    };
+  }
+
+  /** The fence check of a write of these devices; null when no fence is set (no extra statement then). */
+  private checkOf(deviceIds: Iterable<string> | (() => Iterable<string>)): FenceCheck | null {
+    if (!this.fence) return null;
+    return fenceCheck(this.fence, typeof deviceIds === "function" ? deviceIds() : deviceIds);
+  }
+
+  /** One statement; with a fence, in a transaction after the fence check. */
+  private async fencedStatement(deviceIds: string[], sql: string, params: unknown[]): Promise<void> {
+    const check = this.checkOf(deviceIds);
+    if (!check) {
+      await this.query(sql, params);
+      return;
+    }
+    await this.tx(async (c) => {
+      await assertFence(c, check);
+      await c.query(sql, params);
+    });
   }
 
   // ---- plumbing ----

@@ -2,7 +2,7 @@ import { mkdirSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { isTethralError, TethralError, errorMessage } from "../core/errors";
-import { LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE, type Migration, newerSchemaMessage } from "./migrations";
+import { LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE, type Migration, newerSchemaMessage, tombstoneMaxAgeMs } from "./migrations";
 import {
   CHUNK_COLS,
   type ChunkTable,
@@ -111,7 +111,7 @@ export class SqliteDatabase {
   }
 
   upsertDevice(params: unknown[]): void {
-    this.s.upsertDevice.run(params);
+    this.s.upsertDevice(params);
   }
 
   deleteDevice(id: string): void {
@@ -363,6 +363,13 @@ export class SqliteDatabase {
     const rows = (sql: string) => db.prepare(sql).raw(true);
     const deletes = ["devices WHERE id", "states WHERE device_id", "device_tokens WHERE device_id",
       "state_history WHERE device_id", "commands WHERE device_id"].map((t) => db.prepare(`DELETE FROM ${t} = ?`));
+    // A removed device leaves a tombstone (the schema is PostgreSQL's, where cluster members
+    // follow removals by it); registering the id again clears it.
+    const tombstone = db.prepare(
+      "INSERT INTO removed_devices (device_id, removed_at) VALUES (?, ?) ON CONFLICT(device_id) DO UPDATE SET removed_at = excluded.removed_at",
+    );
+    const untombstone = db.prepare("DELETE FROM removed_devices WHERE device_id = ?");
+    const upsertDevice = upsert("devices", DEVICE_COLS, "id");
 
     const purgeStmts = {
       historyByAge: db.prepare(
@@ -387,6 +394,9 @@ export class SqliteDatabase {
         `DELETE FROM commands WHERE rowid IN (SELECT rowid FROM commands
           WHERE completed_at > 0 AND completed_at < ? LIMIT ?)`,
       ),
+      tombstones: db.prepare(
+        "DELETE FROM removed_devices WHERE device_id IN (SELECT device_id FROM removed_devices WHERE removed_at < ? LIMIT ?)",
+      ),
     };
 
     return {
@@ -395,7 +405,10 @@ export class SqliteDatabase {
       begin: db.prepare("BEGIN"),
       commit: db.prepare("COMMIT"),
       rollback: db.prepare("ROLLBACK"),
-      upsertDevice: upsert("devices", DEVICE_COLS, "id"),
+      upsertDevice: db.transaction((params: unknown[]) => {
+        upsertDevice.run(params);
+        untombstone.run(params[0]);
+      }),
       putToken: upsert("device_tokens", TOKEN_COLS, "device_id"),
       putCommand: upsert("commands", COMMAND_COLS, "id"),
       loadDevices: rows(`SELECT ${DEVICE_COLS.join(", ")} FROM devices ORDER BY created_at, id`),
@@ -422,6 +435,7 @@ export class SqliteDatabase {
 
       deleteDevice: db.transaction((id: string) => {
         for (const stmt of deletes) stmt.run(id);
+        tombstone.run(id, Date.now());
         this.series.deleteDevice(id);
       }),
 
@@ -447,6 +461,7 @@ export class SqliteDatabase {
         }
         let commands = 0;
         if (policy.commandsMaxAgeMs > 0) commands = deleted(purgeStmts.commandsByAge, now - policy.commandsMaxAgeMs, batchSize);
+        deleted(purgeStmts.tombstones, now - tombstoneMaxAgeMs(policy), batchSize);
         return { history, events, commands, ...this.series.purge(policy, now, batchSize) };
       }),
     };

@@ -26,6 +26,7 @@ export interface TestPostgres {
 const TABLES = [
   "tethral_migrations", "devices", "device_tokens", "states", "state_history", "events", "commands",
   "ts_keys", "ts_series", "ts_points", "ts_rollup_1m", "ts_rollup_1h",
+  "cluster_meta", "cluster_members", "cluster_leases", "removed_devices",
 ];
 const RESET_SQL = `DROP TABLE IF EXISTS ${TABLES.join(", ")}`;
 

@@ -48,6 +48,12 @@ export interface ProtocolAdapter {
    * protocol only (and every removal), so a fleet of WebSocket devices costs the broker nothing.
    */
   readonly retainsTwins?: boolean;
+  /**
+   * Every cluster member's adapter receives the same device messages (a subscription to an
+   * external broker): a member hands over only its own devices' messages and keeps the rest for a
+   * takeover, instead of forwarding them (CONTRACT §8).
+   */
+  readonly sharedIntake?: boolean;
 }
 
 /** What the hub sends a device: `{"id", "command", "params"}` (CONTRACT §2). */

@@ -1,0 +1,268 @@
+import type { Clock, TimerHandle } from "../clock";
+import { errorMessage } from "../errors";
+import type { BeatResult, ClusterStore, HeldLease, LeaseRow, MemberRow } from "../ports/cluster";
+import { assignPartitions } from "./partition";
+
+/** What the member does when a partition comes or goes (see `ClusterMember`). */
+export interface LeaseHooks {
+  /** The lease is ours at `epoch`: load the partition, then resolve; its devices are ours after. */
+  acquire(partition: number, epoch: number): Promise<void>;
+  /** Called in the same turn the partition became ours (after `acquire`): nothing of it ran here yet. */
+  owned(partition: number): void;
+  /** A clean hand-over: stop taking the partition's messages and write what waits, then resolve. */
+  handOver(partitions: number[]): Promise<void>;
+  /** The lease was lost (expired, taken, or fenced): drop the partition now, write nothing more for it. */
+  lost(partitions: number[]): void;
+  warn(message: string): void;
+}
+
+type Phase = "loading" | "owned" | "leaving";
+
+export interface LeaseStatistics {
+  owned: number;
+  takeovers: number;
+  handovers: number;
+  lost: number;
+  beats: number;
+  beatFailures: number;
+  /** Seconds since the last beat that renewed this member's leases. */
+  renewalLagSeconds: number;
+}
+
+/**
+ * Partition leases (CONTRACT §8; the design of DESIGN.md "Cluster"): a beat every quarter lease
+ * renews this member's leases with one conditional UPDATE, reads the members and leases, and moves
+ * towards the assignment every member computes from the live members (rendezvous hashing): a
+ * partition that should be another live member's is handed over at once; one that should be ours
+ * is claimed when it is free or its lease has run out (database clock). Leases are believed only
+ * until `leaseMs` after the start of the beat that last renewed them (local monotonic clock), so a
+ * member frozen past its lease stops taking messages before it can even run a beat; its writes are
+ * refused by the database (fencing) anyway.
+ */
+export class Leases {
+  private readonly held = new Map<number, { epoch: number; phase: Phase }>();
+  private view: { leases: LeaseRow[]; members: MemberRow[]; now: number; at: number } | null = null;
+  /** performance.now() until which the held leases are ours. */
+  private validUntil = 0;
+  private lastRenewal = 0;
+  private timer: TimerHandle | null = null;
+  private running = false;
+  private beating: Promise<void> | null = null;
+  private readonly stats = { takeovers: 0, handovers: 0, lost: 0, beats: 0, beatFailures: 0 };
+  private readonly owners: (string | null)[];
+
+  constructor(
+    private readonly store: ClusterStore,
+    private readonly clock: Clock,
+    readonly member: string,
+    readonly partitions: number,
+    readonly leaseMs: number,
+    private readonly hooks: LeaseHooks,
+  ) {
+    this.owners = new Array<string | null>(partitions).fill(null);
+  }
+
+  get beatMs(): number {
+    return Math.max(100, Math.floor(this.leaseMs / 4));
+  }
+
+  /** Joins (refusing another partition count) and runs the first beat. */
+  async start(): Promise<void> {
+    await this.store.clusterJoin(this.member, this.partitions);
+    this.running = true;
+    await this.beat();
+    this.arm();
+  }
+
+  /** Hands every partition over and leaves the member table. */
+  async stop(): Promise<void> {
+    this.running = false;
+    if (this.timer) this.clock.clearTimeout(this.timer);
+    this.timer = null;
+    await this.beating;
+    const mine = [...this.held.keys()];
+    if (mine.length > 0) await this.release(mine);
+    try {
+      await this.store.clusterLeave(this.member);
+    } catch (err) {
+      this.hooks.warn(`cluster: could not leave the member table: ${errorMessage(err)}`);
+    }
+  }
+
+  /** Whether this member takes messages for the partition now. */
+  owns(partition: number): boolean {
+    const h = this.held.get(partition);
+    return h !== undefined && h.phase === "owned" && performance.now() < this.validUntil;
+  }
+
+  /** The lease a write for the partition goes under (loading, owned, or being handed over), for the fence. */
+  leaseOf(partition: number): HeldLease | null {
+    const h = this.held.get(partition);
+    return h ? { partition, epoch: h.epoch } : null;
+  }
+
+  /** The member that holds the partition by the last beat (ours included); null while none does. */
+  ownerOf(partition: number): string | null {
+    if (this.held.get(partition)?.phase === "owned") return this.member;
+    return this.owners[partition] ?? null;
+  }
+
+  /** The live members and the partitions each holds, by the last beat. */
+  snapshot(): { members: MemberRow[]; owners: (string | null)[]; dbNow: number } {
+    const owners = this.owners.slice();
+    for (const [p, h] of this.held) if (h.phase === "owned") owners[p] = this.member;
+    return { members: this.view ? this.liveMembers(this.view) : [], owners, dbNow: this.view?.now ?? 0 };
+  }
+
+  ownedPartitions(): number[] {
+    return [...this.held].filter(([, h]) => h.phase === "owned").map(([p]) => p).sort((a, b) => a - b);
+  }
+
+  statistics(): LeaseStatistics {
+    return {
+      owned: this.ownedPartitions().length,
+      ...this.stats,
+      renewalLagSeconds: this.lastRenewal === 0 ? 0 : (performance.now() - this.lastRenewal) / 1000,
+    };
+  }
+
+  /** A write was fenced: these leases are gone, whatever the last beat said. */
+  fenced(partitions: number[]): void {
+    const gone = partitions.filter((p) => this.held.has(p));
+    if (gone.length === 0) return;
+    for (const p of gone) this.held.delete(p);
+    this.stats.lost += gone.length;
+    this.hooks.lost(gone);
+    this.hooks.warn(`cluster: partitions ${gone.join(", ")} were taken over by another member (a write was refused)`);
+  }
+
+  /** Runs a beat now (and waits for it); used after a member joins or leaves, and by tests. */
+  async beatNow(): Promise<void> {
+    await this.beat();
+  }
+
+  private arm(): void {
+    if (!this.running) return;
+    this.timer = this.clock.setTimeout(() => {
+      this.timer = null;
+      this.beat().finally(() => this.arm());
+    }, this.beatMs);
+  }
+
+  private beat(): Promise<void> {
+    if (this.beating) return this.beating;
+    this.beating = this.beatOnce().finally(() => {
+      this.beating = null;
+    });
+    return this.beating;
+  }
+
+  private async beatOnce(): Promise<void> {
+    const started = performance.now();
+    // A member frozen past its lease drops everything before it asks the database.
+    if (this.held.size > 0 && started >= this.validUntil && this.lastRenewal !== 0) this.loseAll("its leases ran out before they could be renewed");
+    const held = [...this.held].map(([partition, h]) => ({ partition, epoch: h.epoch }));
+    let result: BeatResult;
+    try {
+      result = await this.store.clusterBeat(this.member, this.leaseMs, held);
+    } catch (err) {
+      this.stats.beatFailures++;
+      if (this.held.size > 0 && performance.now() >= this.validUntil) this.loseAll(`the database did not answer: ${errorMessage(err)}`);
+      return;
+    }
+    this.stats.beats++;
+    const renewed = new Set(result.renewed);
+    const gone = held.filter((h) => !renewed.has(h.partition) && this.held.get(h.partition)?.epoch === h.epoch).map((h) => h.partition);
+    if (gone.length > 0) {
+      for (const p of gone) this.held.delete(p);
+      this.stats.lost += gone.length;
+      this.hooks.lost(gone);
+      this.hooks.warn(`cluster: lost partitions ${gone.join(", ")} (another member holds them now)`);
+    }
+    this.validUntil = started + this.leaseMs;
+    this.lastRenewal = started;
+    this.view = { leases: result.leases, members: result.members, now: result.now, at: started };
+    for (const l of result.leases) if (l.partition < this.partitions) this.owners[l.partition] = l.owner !== null && l.expiresAt > result.now ? l.owner : null;
+    if (!this.running) return;
+    await this.rebalance(result);
+  }
+
+  private liveMembers(view: { members: MemberRow[]; now: number }): MemberRow[] {
+    return view.members.filter((m) => m.lastSeen > view.now - this.leaseMs || m.id === this.member);
+  }
+
+  private async rebalance(view: BeatResult): Promise<void> {
+    const live = this.liveMembers(view).map((m) => m.id);
+    const target = assignPartitions(this.partitions, live);
+    const leases = new Map(view.leases.map((l) => [l.partition, l]));
+    // Ours, but another live member's by the assignment: handed over at once.
+    const give = [...this.held].filter(([p, h]) => h.phase === "owned" && target[p] !== this.member).map(([p]) => p);
+    if (give.length > 0) await this.release(give);
+    // Ours by the assignment, and free or run out: claimed, one at a time (each loads its devices).
+    for (let p = 0; p < this.partitions; p++) {
+      if (!this.running || target[p] !== this.member || this.held.has(p)) continue;
+      const l = leases.get(p);
+      if (l && l.owner !== null && l.owner !== this.member && l.expiresAt > view.now) continue;
+      await this.claim(p);
+    }
+  }
+
+  private async claim(partition: number): Promise<void> {
+    let row: LeaseRow | null;
+    try {
+      row = await this.store.clusterClaim(this.member, partition, this.leaseMs);
+    } catch (err) {
+      this.hooks.warn(`cluster: could not claim partition ${partition}: ${errorMessage(err)}`);
+      return;
+    }
+    if (!row) return;
+    this.held.set(partition, { epoch: row.epoch, phase: "loading" });
+    try {
+      await this.hooks.acquire(partition, row.epoch);
+    } catch (err) {
+      // Half loaded is worse than not at all: give it back for another member (or the next beat).
+      this.hooks.warn(`cluster: could not take over partition ${partition}: ${errorMessage(err)}`);
+      this.held.delete(partition);
+      this.hooks.lost([partition]);
+      await this.store.clusterRelease(this.member, [{ partition, epoch: row.epoch }]).catch(() => undefined);
+      return;
+    }
+    const h = this.held.get(partition);
+    if (h?.epoch !== row.epoch) return;
+    h.phase = "owned";
+    this.stats.takeovers++;
+    this.hooks.owned(partition);
+  }
+
+  private async release(partitions: number[]): Promise<void> {
+    const leases: HeldLease[] = [];
+    for (const p of partitions) {
+      const h = this.held.get(p);
+      if (!h) continue;
+      h.phase = "leaving";
+      leases.push({ partition: p, epoch: h.epoch });
+    }
+    if (leases.length === 0) return;
+    try {
+      await this.hooks.handOver(leases.map((l) => l.partition));
+    } catch (err) {
+      this.hooks.warn(`cluster: writing partitions ${partitions.join(", ")} before handing them over failed: ${errorMessage(err)}`);
+    }
+    for (const l of leases) this.held.delete(l.partition);
+    this.stats.handovers += leases.length;
+    try {
+      await this.store.clusterRelease(this.member, leases);
+    } catch (err) {
+      // They run out on their own: the next owner waits for the lease instead.
+      this.hooks.warn(`cluster: could not release partitions ${partitions.join(", ")}: ${errorMessage(err)}`);
+    }
+  }
+
+  private loseAll(why: string): void {
+    const gone = [...this.held.keys()];
+    this.held.clear();
+    this.stats.lost += gone.length;
+    this.hooks.lost(gone);
+    this.hooks.warn(`cluster: dropped partitions ${gone.join(", ")}: ${why}`);
+  }
+}

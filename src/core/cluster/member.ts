@@ -1,0 +1,501 @@
+import type { Clock, TimerHandle } from "../clock";
+import type { CommandTracker } from "../commands";
+import { TethralError, errorMessage, isTethralError } from "../errors";
+import type { ClusterInfo } from "../hub-options";
+import type { ClusterLink, ClusterStore, FleetChanges, ForwardedMessage } from "../ports/cluster";
+import type { CommandFrame, DeviceMessage, ProtocolAdapter, ReceiveResult, SendOutcome } from "../ports/protocol";
+import type { Presence } from "../presence";
+import type { DeviceRegistry } from "../registry";
+import type { StateManager } from "../state";
+import { inputOf } from "../stored-rows";
+import type { DeviceTokens } from "../tokens";
+import type { Device, DeviceStatus } from "../types";
+import { Leases, type LeaseStatistics } from "./leases";
+import { partitionOf } from "./partition";
+import { RecentMessages } from "./recent";
+
+/** What the member needs of the hub it is part of. */
+export interface MemberHost {
+  registry: DeviceRegistry;
+  state: StateManager;
+  presence: Presence;
+  tokens: DeviceTokens;
+  commands: CommandTracker;
+  clock: Clock;
+  /** Applies a device message here (this member owns the device). */
+  receive(message: DeviceMessage): ReceiveResult;
+  /** Runs a routed request here (this member owns the device, or holds its connection for `deliver`). */
+  apply(method: string, args: Record<string, unknown>): Promise<unknown>;
+  /** The running local adapter of a protocol. */
+  adapter(protocol: string): ProtocolAdapter | undefined;
+  /** Writes everything the write-behind holds now. */
+  flush(): Promise<void>;
+  /** Hands a device's twin to the adapters here (it changed on its owner). */
+  deliverTwin(deviceId: string): void;
+  warn(message: string): void;
+}
+
+export interface MemberOptions {
+  member: string;
+  partitions: number;
+  leaseMs: number;
+  /** How often devices owned elsewhere are read back from the database. */
+  followMs: number;
+}
+
+export interface ClusterStatistics extends LeaseStatistics {
+  member: string;
+  partitions: number;
+  members: number;
+  unowned: number;
+  forwardedCalls: number;
+  forwardedMessages: number;
+  appliedForwarded: number;
+  replayed: number;
+  held: number;
+  heldDropped: number;
+  followLagSeconds: number;
+  linkConnected: boolean;
+}
+
+/** A device message newer than its device's stored lastSeen by more than this is replayed at a takeover. */
+const REPLAY_SKEW_MS = 20;
+/** Changes are read back from a little before the last read: rows are stamped by their writers' clocks. */
+const FOLLOW_MARGIN_MS = 5_000;
+
+const MOVED = "moved";
+
+/** The owner has changed: the caller asks again (nothing was done). */
+export function movedError(deviceId: string): TethralError {
+  return new TethralError("UNAVAILABLE", `device ${deviceId} is not this cluster member's now: try again`, [{ field: "cluster", message: MOVED }]);
+}
+
+export function isMoved(err: unknown): boolean {
+  return isTethralError(err) && err.code === "UNAVAILABLE" && err.details.some((d) => d.field === "cluster" && d.message === MOVED);
+}
+
+/**
+ * This runtime as a cluster member (CONTRACT §8). It holds partition leases (`Leases`) and, with
+ * them, the devices it owns: their messages are applied here, and only here. Messages of devices
+ * owned elsewhere are kept a while for a takeover (`RecentMessages`); those that came by a
+ * connection this member holds (WebSocket, CoAP, HTTP) go to every member over the broker.
+ * Writes, commands and user events naming a device are routed to the device's owner; reads are
+ * served here from a copy of the fleet the member keeps by reading back, every `followMs`, what
+ * changed in the database. On a takeover the partition's devices get a full heartbeat timeout
+ * from now, their queued commands are loaded and sent, and the messages the previous owner had
+ * not written are replayed, in order, before any newer one.
+ */
+export class ClusterMember {
+  readonly leases: Leases;
+  private readonly recent: RecentMessages;
+  private readonly cache = new Map<string, number>();
+  /** The member holding a device's connection, by its forwarded messages. */
+  private readonly via = new Map<string, string>();
+  private followTimer: TimerHandle | null = null;
+  private following: Promise<void> | null = null;
+  private since = 0;
+  private lastFollow = 0;
+  private running = false;
+  private readonly wrapped = new Map<string, ProtocolAdapter>();
+  private readonly stats = { forwardedCalls: 0, forwardedMessages: 0, appliedForwarded: 0, replayed: 0 };
+
+  constructor(
+    private readonly host: MemberHost,
+    private readonly store: ClusterStore,
+    private readonly link: ClusterLink,
+    readonly options: MemberOptions,
+  ) {
+    this.leases = new Leases(store, host.clock, options.member, options.partitions, options.leaseMs, {
+      acquire: (p, epoch) => this.acquire(p, epoch),
+      owned: (p) => this.replay(p),
+      handOver: (ps) => this.handOver(ps),
+      lost: (ps) => this.drop(ps),
+      warn: (m) => host.warn(m),
+    });
+    // Two lease periods and a few seconds: the gap a dead owner leaves, and the takeover's load.
+    this.recent = new RecentMessages(options.partitions, 2 * options.leaseMs + 5_000, 200_000);
+  }
+
+  get member(): string {
+    return this.options.member;
+  }
+
+  partitionOf(deviceId: string): number {
+    let p = this.cache.get(deviceId);
+    if (p === undefined) {
+      p = partitionOf(deviceId, this.options.partitions);
+      if (this.cache.size > 1_000_000) this.cache.clear();
+      this.cache.set(deviceId, p);
+    }
+    return p;
+  }
+
+  owns(deviceId: string): boolean {
+    return this.leases.owns(this.partitionOf(deviceId));
+  }
+
+  /** The fence the store checks every device write against. */
+  fence(): { member: string; leaseOf: (deviceId: string) => { partition: number; epoch: number } | null } {
+    return { member: this.member, leaseOf: (id) => this.leases.leaseOf(this.partitionOf(id)) };
+  }
+
+  /** Connects to the other members, joins (refusing another partition count) and takes a share. */
+  async start(): Promise<void> {
+    this.store.setFence(this.fence());
+    await this.link.start(this.member, { call: (method, args) => this.answer(method, args), message: (m) => this.forwarded(m) });
+    this.running = true;
+    try {
+      const { now } = await this.store.clusterJoin(this.member, this.options.partitions);
+      this.since = now - FOLLOW_MARGIN_MS;
+      this.lastFollow = performance.now();
+      await this.leases.start();
+    } catch (err) {
+      this.running = false;
+      await this.link.stop().catch(() => undefined);
+      throw err;
+    }
+    this.armFollow();
+    this.nudge();
+  }
+
+  /** Hands every partition over (written first), leaves, and tells the others to take them now. */
+  async stop(): Promise<void> {
+    if (!this.running) return;
+    this.running = false;
+    if (this.followTimer !== null) this.host.clock.clearTimeout(this.followTimer);
+    this.followTimer = null;
+    await this.following;
+    await this.leases.stop();
+    await this.nudge(1_000);
+    await this.link.stop();
+    this.store.setFence(null);
+  }
+
+  // ── Device messages ────────────────────────────────────────────────────────────────────
+
+  /**
+   * A message every member sees (a shared broker subscription): true when it is another member's
+   * device, kept for a takeover and not counted here.
+   */
+  heldElsewhere(message: DeviceMessage): boolean {
+    if (typeof message?.deviceId !== "string") return false;
+    const p = this.partitionOf(message.deviceId);
+    if (this.leases.owns(p)) return false;
+    this.recent.add(p, { at: this.host.clock.now(), message });
+    return true;
+  }
+
+  /** A message of a device owned elsewhere, taken by a connection this member holds: to every member. */
+  forward(message: DeviceMessage): void {
+    let payload = message.payload;
+    if (payload !== null && typeof payload !== "string" && !(payload instanceof Uint8Array)) payload = JSON.stringify(payload);
+    this.stats.forwardedMessages++;
+    this.link.forward({
+      deviceId: message.deviceId,
+      protocol: message.protocol,
+      kind: message.kind,
+      payload: (payload ?? null) as string | Uint8Array | null,
+      ...(message.token !== undefined && { token: message.token }),
+      ...(message.authenticated !== undefined && { authenticated: message.authenticated }),
+      ...(message.retained !== undefined && { retained: message.retained }),
+      via: this.member,
+      at: this.host.clock.now(),
+    });
+  }
+
+  /** A device connected here but is owned elsewhere: its owner sends its commands through us. */
+  connectedHere(deviceId: string): boolean {
+    if (this.owns(deviceId)) return false;
+    this.forward({ protocol: "cluster", deviceId, kind: "connected" as DeviceMessage["kind"], payload: null });
+    return true;
+  }
+
+  private forwarded(m: ForwardedMessage): void {
+    if (typeof m?.deviceId !== "string") return;
+    const p = this.partitionOf(m.deviceId);
+    if (!this.leases.owns(p)) {
+      if (m.kind !== "connected") this.recent.add(p, { at: m.at, message: messageOf(m), via: m.via });
+      else this.via.set(m.deviceId, m.via);
+      return;
+    }
+    this.via.set(m.deviceId, m.via);
+    if (m.kind === "connected") {
+      this.host.commands.kick(m.deviceId);
+      return;
+    }
+    this.stats.appliedForwarded++;
+    this.host.receive(messageOf(m));
+  }
+
+  // ── Requests routed to owners ──────────────────────────────────────────────────────────
+
+  /**
+   * Runs `local` here when this member owns the device, else asks its owner to run `method`.
+   * While no member owns it (a takeover under way) or the owner has just changed, asks again
+   * until a lease period and a few seconds have passed.
+   */
+  async route<T>(deviceId: string, method: string, args: Record<string, unknown>, local: () => Promise<T>, timeoutMs?: number): Promise<T> {
+    const deadline = performance.now() + this.options.leaseMs + 5_000;
+    for (;;) {
+      const p = this.partitionOf(deviceId);
+      try {
+        if (this.leases.owns(p)) return await local();
+        const owner = this.leases.ownerOf(p);
+        if (owner !== null && owner !== this.member) {
+          this.stats.forwardedCalls++;
+          const answer = (await this.link.call(owner, method, args, timeoutMs ?? this.options.leaseMs + 10_000)) as T;
+          // Read your writes: this member's copy of the fleet has the change before the caller reads it.
+          if (method !== "command" && method !== "wait" && method !== "publish") await this.follow().catch(() => undefined);
+          return answer;
+        }
+      } catch (err) {
+        if (!isMoved(err)) throw err;
+      }
+      if (performance.now() >= deadline) throw new TethralError("UNAVAILABLE", `no cluster member owns device ${deviceId} now: try again shortly`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await this.leases.beatNow().catch(() => undefined);
+    }
+  }
+
+  /** The owner's side of `route` (and `deliver` on the member holding a connection). */
+  private async answer(method: string, args: unknown): Promise<unknown> {
+    const a = (args ?? {}) as Record<string, unknown>;
+    if (method === "rebalance") {
+      void this.leases.beatNow();
+      return null;
+    }
+    if (method === "deliver") return this.deliverHere(a);
+    const deviceId = await this.deviceOf(method, a);
+    if (deviceId !== null && !this.owns(deviceId)) throw movedError(deviceId);
+    return this.host.apply(method, a);
+  }
+
+  private async deviceOf(method: string, a: Record<string, unknown>): Promise<string | null> {
+    if (method === "register") return typeof (a.input as { id?: unknown })?.id === "string" ? ((a.input as { id: string }).id) : null;
+    if (method === "command") return String(a.deviceId);
+    if (method === "publish") return typeof (a.options as { deviceId?: unknown })?.deviceId === "string" ? (a.options as { deviceId: string }).deviceId : null;
+    return typeof a.deviceId === "string" ? a.deviceId : typeof a.id === "string" ? a.id : null;
+  }
+
+  private async deliverHere(a: Record<string, unknown>): Promise<SendOutcome> {
+    const adapter = this.host.adapter(String(a.protocol));
+    if (!adapter) throw new TethralError("UNAVAILABLE", `protocol ${String(a.protocol)} does not run on cluster member ${this.member}`);
+    return adapter.send(a.device as Device, a.frame as CommandFrame, Number(a.timeoutMs));
+  }
+
+  /**
+   * The adapter commands use for a protocol: the local one, except for a device whose connection
+   * another member holds, whose commands go through that member.
+   */
+  adapterFor(protocol: string, local: ProtocolAdapter | undefined): ProtocolAdapter | undefined {
+    if (!this.running) return local;
+    const key = `${protocol}\u0000${local ? "1" : "0"}`;
+    let w = this.wrapped.get(key);
+    if (w && (w as { local?: ProtocolAdapter }).local === local) return w;
+    const remote = (id: string): string | null => {
+      const v = this.via.get(id);
+      return v !== undefined && v !== this.member && local?.isConnected(id) !== true ? v : null;
+    };
+    w = {
+      local,
+      name: protocol,
+      start: async () => undefined,
+      stop: async () => undefined,
+      health: () => local?.health() ?? { status: "stopped" },
+      statistics: () => local?.statistics() ?? { connected: 0 },
+      isConnected: (id: string) => (remote(id) !== null ? true : (local?.isConnected(id) ?? false)),
+      send: (device: Device, frame: CommandFrame, timeoutMs: number) => {
+        const v = remote(device.id);
+        if (v === null) {
+          if (!local) return Promise.reject(new TethralError("UNAVAILABLE", `protocol ${protocol} does not run here`));
+          return local.send(device, frame, timeoutMs);
+        }
+        this.stats.forwardedCalls++;
+        return this.link.call(v, "deliver", { protocol, device, frame, timeoutMs }, timeoutMs + 2_000) as Promise<SendOutcome>;
+      },
+    } as ProtocolAdapter & { local?: ProtocolAdapter };
+    this.wrapped.set(key, w);
+    return w;
+  }
+
+  // ── Partitions coming and going ────────────────────────────────────────────────────────
+
+  private async acquire(partition: number, epoch: number): Promise<void> {
+    // The previous owner's last writes are in the database: read them back first.
+    await this.follow();
+    if (this.leases.leaseOf(partition)?.epoch !== epoch) return;
+    const now = this.host.clock.now();
+    const mine = (id: string) => this.partitionOf(id) === partition;
+    for (const record of this.host.registry.allRecords()) {
+      if (!mine(record.id)) continue;
+      const alive = record.status === "online" || record.status === "error";
+      // A full heartbeat timeout from the takeover: no device goes offline because its owner moved.
+      if (alive || record.lastSeen > 0) this.host.presence.heartbeat.track(record.id, record.heartbeatTimeout, now, alive);
+    }
+    await this.host.commands.loadWhere(mine);
+  }
+
+  /** Right after the partition became ours: what its previous owner had not written, in order. */
+  private replay(partition: number): void {
+    const held = this.recent.take(partition, this.host.clock.now());
+    for (const e of held) {
+      if (e.via !== undefined) this.via.set(e.message.deviceId, e.via);
+      const record = this.host.registry.record(e.message.deviceId);
+      if (record && e.at <= record.lastSeen + REPLAY_SKEW_MS) continue;
+      this.stats.replayed++;
+      this.host.receive(e.message);
+    }
+  }
+
+  private async handOver(partitions: number[]): Promise<void> {
+    // Already not taking their messages (the lease is "leaving"): what waits is written, then they go.
+    await this.host.flush();
+    await this.host.commands.flush();
+    this.drop(partitions);
+  }
+
+  private drop(partitions: number[]): void {
+    const gone = new Set(partitions);
+    const theirs = (id: string) => gone.has(this.partitionOf(id));
+    this.host.commands.release(theirs);
+    for (const record of this.host.registry.allRecords()) if (theirs(record.id) && record.heartbeat) this.host.presence.heartbeat.untrack(record.id);
+    void this.nudge();
+  }
+
+  /** Asks every other live member to beat now (a partition is free, or a member came). */
+  private async nudge(timeoutMs = 2_000): Promise<void> {
+    const { members } = this.leases.snapshot();
+    await Promise.all(members.filter((m) => m.id !== this.member).map((m) => this.link.call(m.id, "rebalance", {}, timeoutMs).catch(() => undefined)));
+  }
+
+  // ── Following devices owned elsewhere ──────────────────────────────────────────────────
+
+  private armFollow(): void {
+    if (!this.running) return;
+    this.followTimer = this.host.clock.setTimeout(() => {
+      this.followTimer = null;
+      this.follow()
+        .catch((err: unknown) => this.host.warn(`cluster: could not read the fleet's changes: ${errorMessage(err)}`))
+        .finally(() => this.armFollow());
+    }, this.options.followMs);
+  }
+
+  /** Reads what changed in the database since the last read and applies it to devices owned elsewhere. */
+  follow(): Promise<void> {
+    if (this.following) return this.following.then(() => this.followOnce());
+    return this.followOnce();
+  }
+
+  private followOnce(): Promise<void> {
+    if (this.following) return this.following;
+    const started = performance.now();
+    this.following = this.store
+      .changedSince(this.since)
+      .then((changes) => {
+        this.apply(changes);
+        this.since = changes.now - FOLLOW_MARGIN_MS;
+        this.lastFollow = started;
+      })
+      .finally(() => {
+        this.following = null;
+      });
+    return this.following;
+  }
+
+  private apply(changes: FleetChanges): void {
+    const { registry, state, tokens, presence } = this.host;
+    const now = this.host.clock.now();
+    for (const row of changes.devices) {
+      if (this.owns(row.id)) continue;
+      const record = registry.record(row.id);
+      if (!record) {
+        registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
+        continue;
+      }
+      if (record.updatedAt !== row.updatedAt) {
+        // Edited on its owner: the record is rebuilt (indexes and all), its state kept.
+        const kept = record.state;
+        registry.remove(row.id, { silent: true });
+        const fresh = registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
+        fresh.state = kept;
+        continue;
+      }
+      if (record.status !== row.status) registry.setStatus(record, row.status as DeviceStatus);
+      if (row.lastSeen > record.lastSeen) record.lastSeen = row.lastSeen;
+    }
+    for (const row of changes.states) {
+      if (this.owns(row.deviceId)) continue;
+      const record = registry.record(row.deviceId);
+      if (!record) continue;
+      const current = state.row(row.deviceId);
+      if (current && current.rev >= row.rev && current.version >= row.version) continue;
+      const desiredMoved = !current || current.version !== row.version;
+      state.restore(row.deviceId, row);
+      if (desiredMoved) this.host.deliverTwin(row.deviceId);
+    }
+    for (const row of changes.tokens) if (!this.owns(row.deviceId)) tokens.restore(row);
+    for (const id of changes.removed) {
+      if (this.owns(id)) continue;
+      const record = registry.record(id);
+      // Registered again since (a tombstone older than the row): kept.
+      if (!record || changes.devices.some((d) => d.id === id)) continue;
+      presence.forget(id);
+      state.forget(record);
+      registry.remove(id, { silent: true });
+      tokens.forget(id);
+    }
+  }
+
+  // ── What it tells ──────────────────────────────────────────────────────────────────────
+
+  info(): ClusterInfo {
+    const { members, owners } = this.leases.snapshot();
+    const iso = (ms: number) => new Date(ms).toISOString();
+    const list = members.map((m) => ({
+      id: m.id,
+      since: iso(m.since),
+      lastSeen: iso(m.lastSeen),
+      partitions: owners.flatMap((o, p) => (o === m.id ? [p] : [])),
+    }));
+    list.sort((a, b) => (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
+    return { member: this.member, partitions: this.options.partitions, members: list };
+  }
+
+  get isLeader(): boolean {
+    return this.leases.owns(0);
+  }
+
+  statistics(): ClusterStatistics {
+    const { members, owners } = this.leases.snapshot();
+    const held = this.recent.statistics();
+    return {
+      member: this.member,
+      partitions: this.options.partitions,
+      members: members.length,
+      unowned: owners.filter((o) => o === null).length,
+      ...this.leases.statistics(),
+      ...this.stats,
+      held: held.held,
+      heldDropped: held.dropped,
+      followLagSeconds: this.lastFollow === 0 ? 0 : (performance.now() - this.lastFollow) / 1000,
+      linkConnected: this.link.connected,
+    };
+  }
+
+  /** Fenced writes: the leases are gone. */
+  fenced(partitions: number[]): void {
+    this.leases.fenced(partitions);
+  }
+}
+
+function messageOf(m: ForwardedMessage): DeviceMessage {
+  return {
+    protocol: m.protocol,
+    deviceId: m.deviceId,
+    kind: m.kind as DeviceMessage["kind"],
+    payload: m.payload,
+    ...(m.token !== undefined && { token: m.token }),
+    ...(m.authenticated !== undefined && { authenticated: m.authenticated }),
+    ...(m.retained !== undefined && { retained: m.retained }),
+  };
+}
