@@ -124,7 +124,7 @@ async function measure(label: string, makeStore: () => Store, batchRows: number,
 
 async function postgres(): Promise<{ kind: "server" | "pglite"; makeStore: () => Store; reset: () => Promise<void>; stop: () => Promise<void> }> {
   const server = benchServer();
-  const tables = "tethral_migrations, devices, device_tokens, states, state_history, events, commands, ts_keys, ts_series, ts_points, ts_rollup_1m, ts_rollup_1h";
+  const tables = "tethral_migrations, devices, device_tokens, states, state_history, events, commands, ts_keys, ts_series, ts_points, ts_rollup_1m, ts_rollup_1h, cluster_meta, cluster_members, cluster_leases, removed_devices";
   if (server) {
     const db = await freshDatabase(server, "tethral_bench");
     return {

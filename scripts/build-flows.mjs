@@ -236,13 +236,17 @@ add(
 heading(
   "h-health",
   "Health, statistics and events",
-  "`GET /api/health`, `GET /api/communication/statistics`, `GET /api/events`, `GET /api/events/statistics`, `POST /api/events` (a user event: `{type, data, priority, deviceId, ttl}`, ttl in seconds), `GET /api/metrics` (Prometheus text format 0.0.4) and `GET /api/openapi.json` (this API's OpenAPI 3.1 document).",
+  "`GET /api/health`, `GET /api/cluster` (this member, the partition count and each member's partitions; a single runtime is a cluster of one), `GET /api/communication/statistics`, `GET /api/events`, `GET /api/events/statistics`, `POST /api/events` (a user event: `{type, data, priority, deviceId, ttl}`, ttl in seconds), `GET /api/metrics` (Prometheus text format 0.0.4) and `GET /api/openapi.json` (this API's OpenAPI 3.1 document).",
 );
 let at = row();
 add("health-in", "http in", httpIn("get", "/health"), X[0], at, [["health"]]);
 add("health", "tethral-hub-info", info("health"), X[2], at, [["health-answer"]]);
 add("health-answer", "function", fn("200, or 503 if the hub cannot run", HEALTH_ANSWER), X[3], at, [["health-out"]]);
 add("health-out", "http response", response(), X[4], at);
+at = row();
+add("cluster-in", "http in", httpIn("get", "/cluster"), X[0], at, [["cluster"]]);
+add("cluster", "tethral-hub-info", info("cluster"), X[2], at, [["cluster-out"]]);
+add("cluster-out", "http response", response(200), X[4], at);
 at = row();
 add("comm-in", "http in", httpIn("get", "/communication/statistics"), X[0], at, [["comm"]]);
 add("comm", "tethral-hub-info", info("communication"), X[2], at, [["comm-out"]]);

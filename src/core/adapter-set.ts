@@ -115,12 +115,14 @@ export class AdapterSet {
   /**
    * The one place that tells the adapters a device's twin changed (or, `removed`, that it is gone):
    * each delivers it to the device if it listens there. Worked out once, only if some adapter takes it.
+   * `connectionsOnly`: a cluster member following another's device tells only the adapters whose
+   * connections it holds (the owner publishes to the shared broker; a follower's copy may be older).
    */
-  deliverTwin(id: string, removed: boolean): void {
+  deliverTwin(id: string, removed: boolean, connectionsOnly = false): void {
     let twin: DeviceTwin | null | undefined = removed ? null : undefined;
     let record: DeviceRecord | undefined;
     for (const adapter of this.started) {
-      if (!adapter.twinChanged) continue;
+      if (!adapter.twinChanged || (connectionsOnly && adapter.sharedIntake)) continue;
       if (!removed) {
         record ??= this.registry.record(id);
         if (!record) return;

@@ -132,6 +132,21 @@ export const healthSchema = z
   .object({ status: z.enum(["ok", "degraded"]), components: z.record(z.string(), componentSchema) })
   .describe("Each component's health; 503 when the hub cannot run at all");
 
+export const clusterSchema = z
+  .object({
+    member: z.string().describe("the id of the member that answered"),
+    partitions: count.describe("partitions of the fleet, fixed when the cluster's database was first used"),
+    members: z.array(
+      z.object({
+        id: z.string(),
+        since: time.describe("when the member joined"),
+        lastSeen: time.describe("its last lease renewal"),
+        partitions: z.array(count).describe("the partitions it owns"),
+      }),
+    ),
+  })
+  .describe("The cluster's live members and the partitions each owns (CONTRACT §8); a single runtime is a cluster of one that owns them all");
+
 export const deviceListSchema = z.object({ devices: z.array(deviceSchema), total: count.describe("devices matching the filter, all pages") });
 
 export const deviceStatisticsSchema = z.object({
@@ -247,6 +262,7 @@ export const API_SCHEMAS = {
   EventList: eventListSchema,
   EventStatistics: eventStatisticsSchema,
   Health: healthSchema,
+  Cluster: clusterSchema,
   Token: tokenSchema,
   TelemetryAnswer: telemetryAnswerSchema,
   TelemetryKeys: telemetryKeysSchema,

@@ -1,3 +1,4 @@
+import { isFenced } from "./ports/cluster";
 import { errorMessage } from "./errors";
 import type { Clock, TimerHandle } from "./clock";
 import type { CommandRow, Store } from "./ports/store";
@@ -101,6 +102,13 @@ export class CommandWriter {
         await this.store.putCommands(chunk);
         this.failures = 0;
       } catch (err) {
+        if (isFenced(err) && err.deviceIds.length > 0) {
+          // Cluster mode: those devices are another member's now, which loaded their commands as
+          // stored; the rest are written again at once.
+          const moved = new Set(err.deviceIds);
+          for (const row of rows.slice(i)) if (!moved.has(row.deviceId) && !this.dirty.has(row.id)) this.dirty.set(row.id, row);
+          return;
+        }
         this.failures++;
         // Keep these rows and the unwritten rest, unless a newer row of the same command came meanwhile.
         for (const row of rows.slice(i)) if (!this.dirty.has(row.id)) this.dirty.set(row.id, row);

@@ -186,7 +186,7 @@ export class Hub {
             apply: (method, args) => routedRequest(this.local, method, args),
             adapter: (protocol) => this.adapters.running(protocol),
             flush: () => this.persistence!.flushAll(),
-            deliverTwin: (id) => this.adapters.deliverTwin(id, false),
+            deliverTwin: (id) => this.adapters.deliverTwin(id, false, true),
             warn,
           },
           options.store as unknown as ClusterStore,

@@ -96,6 +96,9 @@ function paths(): Record<string, Record<string, unknown>> {
     "/health": {
       get: { operationId: "health", summary: "Component health", tags: ["hub"], responses: responses({ 200: answer(200, ref("Health")) }, []) },
     },
+    "/cluster": {
+      get: { operationId: "cluster", summary: "The cluster's members and the partitions each owns", tags: ["hub"], responses: responses({ 200: answer(200, ref("Cluster")) }, []) },
+    },
     "/devices": {
       get: {
         operationId: "listDevices",

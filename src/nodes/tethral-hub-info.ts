@@ -8,7 +8,7 @@ import { PRIORITIES, type Priority } from "../core/types";
 import { HubUse, type Outcome, abandon, countOf, fromMsg, invalidInput, isPlainObject, onlyKeys, operationHandler, operationOf, text } from "./node-support";
 import type { NodeAPI, Node, NodeDef, NodeMessage } from "./types";
 
-const OPERATIONS = ["health", "statistics", "events", "event-statistics", "communication", "metrics", "openapi"] as const;
+const OPERATIONS = ["health", "statistics", "events", "event-statistics", "communication", "metrics", "openapi", "cluster"] as const;
 
 /** The event-history filter keys `msg.payload` may carry (a REST query string maps onto them). */
 const EVENT_FILTER_KEYS = ["type", "priority", "minPriority", "deviceId", "source", "since", "limit"];
@@ -24,8 +24,9 @@ type Translate = NodeAPI["_"];
 
 /**
  * `tethral-hub-info`: what the hub as a whole knows — its health, its statistics, the event
- * history and statistics, and the communication statistics per protocol. The REST API's
- * `/api/health`, `/api/events` and `/api/communication/statistics` are built on it.
+ * history and statistics, the communication statistics per protocol, and the cluster's members.
+ * The REST API's `/api/health`, `/api/events`, `/api/communication/statistics` and
+ * `/api/cluster` are built on it.
  */
 export default function (RED: NodeAPI): void {
   RED.nodes.registerType("tethral-hub-info", function (this: Node, def: HubInfoDef): void {
@@ -102,6 +103,17 @@ function planOf(_: Translate, msg: NodeMessage, def: HubInfoDef, api: { root: st
       return async (hub) => {
         const { contentType, text } = await hub.metrics.exposition();
         return { payload: text, headers: { "content-type": contentType }, status: _("tethral-hub-info.status.metrics"), often: true };
+      };
+    case "cluster":
+      // msg.leader gates one-per-cluster work in flows: timers fire on every member.
+      return (hub) => {
+        const cluster = hub.clusterInfo();
+        const leader = hub.isLeader;
+        return {
+          payload: cluster,
+          extra: { leader },
+          status: _(leader ? "tethral-hub-info.status.cluster-leader" : "tethral-hub-info.status.cluster", { members: cluster.members.length }),
+        };
       };
     case "openapi":
       // The document describes the API, not the hub: it is answered even while the hub cannot start.

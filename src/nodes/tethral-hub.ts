@@ -1,9 +1,14 @@
-import { Hub, errorMessage, isTethralError } from "../core";
+import { Hub, type HubOptions, TethralError, errorMessage, isTethralError } from "../core";
+import { MqttClusterLink } from "../cluster/mqtt-link";
 import {
+  type ClusterConfig,
+  type ClusterSettings,
   DB_VARIABLE,
   type HubConfig,
   type HubCredentials,
   type StorageChoice,
+  clusterSettingsFor,
+  parseClusterConfig,
   parseHubConfig,
   storageFor,
   storeOf,
@@ -18,6 +23,7 @@ import {
   COMMUNICATION_CREDENTIALS,
   type CommunicationConfig,
   type CommunicationCredentials,
+  type ProtocolSettings,
   parseCommunicationConfig,
   protocolSettingsFor,
 } from "./protocol-config";
@@ -37,7 +43,7 @@ import type {
   TethralHubApi,
 } from "./types";
 
-type TethralHubDef = NodeDef & Partial<Record<keyof HubConfig | keyof CommunicationConfig, unknown>>;
+type TethralHubDef = NodeDef & Partial<Record<keyof HubConfig | keyof CommunicationConfig | keyof ClusterConfig, unknown>>;
 
 /** Kept by Node-RED apart from the flow file (encrypted with the credential secret). */
 const CREDENTIALS: Record<string, { type: "password" }> = {
@@ -77,10 +83,12 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
 
   let config: HubConfig | null = null;
   let communication: CommunicationConfig | null = null;
+  let clusterConfig: ClusterConfig | null = null;
   let configError: Error | null = null;
   try {
     config = parseHubConfig(def);
     communication = parseCommunicationConfig(def);
+    clusterConfig = parseClusterConfig(def);
   } catch (err) {
     configError = err as Error;
     node.error(`${RED._("tethral-hub.errors.invalid-config")}: ${describe(err)}`);
@@ -90,15 +98,27 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
   // the start the way an unreachable database does: shown as the status and logged.
   let storage = "";
   const connection = new HubConnection(() => {
-    if (!config || !communication) throw configError ?? new Error("no configuration");
+    if (!config || !communication || !clusterConfig) throw configError ?? new Error("no configuration");
     const uiHost = typeof RED.settings.uiHost === "string" ? RED.settings.uiHost : undefined;
     const settings = protocolSettingsFor(communication, process.env, uiHost);
     const choice = storageFor(config, credentialsOf(node), userDirOf(RED));
+    const cluster = clusterSettingsFor(clusterConfig, process.env, uiPortOf(RED));
+    if (cluster.enabled) refuseCluster(cluster, choice, settings, communication.mqttBroker);
     const warn = (message: string) => node.warn(message);
     const protocols = adaptersFor(protocolPlugins(RED, warn), settings, communicationCredentialsOf(node), RED.server, warn);
     const store = storeOf(choice);
     storage = describeStorage(RED, choice, store);
+    const clusterOptions: Pick<HubOptions, "memberId" | "cluster"> = { memberId: cluster.memberId };
+    if (cluster.enabled) {
+      clusterOptions.cluster = {
+        member: cluster.memberId,
+        partitions: cluster.partitions,
+        leaseMs: cluster.leaseMs,
+        link: clusterLink(settings.mqtt!, communicationCredentialsOf(node)),
+      };
+    }
     return new Hub({
+      ...clusterOptions,
       ...toHubOptions(config, {
         store,
         onHandlerError: (error, event, subscription) =>
@@ -276,6 +296,49 @@ function registerAdminRoutes(RED: NodeAPI): void {
     const state = () => liveHubs.get(req.params.id ?? "")!.connection.status.state;
     const hub = runningHub(req, res, () => res.status(503).json({ error: { code: "UNAVAILABLE", message: `the hub is ${state()}`, details: [] } }));
     hub?.then((hub) => deviceCharts(hub, req.params.device ?? "")).then((charts) => res.json(charts), refuse(res));
+  });
+}
+
+/** Node-RED's port once it listens (PORT=0 picks one), for the default member id. */
+function uiPortOf(RED: NodeAPI): number | undefined {
+  const port = Number(RED.settings.uiPort);
+  return Number.isInteger(port) && port > 0 ? port : undefined;
+}
+
+/**
+ * Cluster mode shares the fleet through the database and the broker (CONTRACT §8): a store only
+ * this process sees, or a broker inside this process, cannot be shared. One line naming what
+ * to set.
+ */
+function refuseCluster(cluster: ClusterSettings, choice: StorageChoice, settings: ProtocolSettings, broker: CommunicationConfig["mqttBroker"]): void {
+  const why = cluster.source === "setting" ? "cluster mode (the hub's Cluster setting)" : "cluster mode (TETHRAL_CLUSTER=on)";
+  if (choice.kind !== "postgres") {
+    const field = choice.source === "setting" ? "storage" : DB_VARIABLE;
+    const what = choice.kind === "sqlite" ? "a SQLite file" : "memory only";
+    const fix = field === "storage" ? "set the hub's storage to PostgreSQL or CockroachDB" : `set ${DB_VARIABLE} to a postgres:// URL`;
+    const message = `${why} needs PostgreSQL or CockroachDB storage shared by every member, not ${what}: ${fix}`;
+    throw new TethralError("INVALID", message, [{ field, message }]);
+  }
+  if (settings.mqtt?.mode !== "external") {
+    const what = settings.mqtt ? "the embedded one" : "none (MQTT is off)";
+    const field = broker === "auto" ? "TETHRAL_MQTT_URL" : "mqttBroker";
+    const fix = field === "mqttBroker" ? "set the hub's MQTT broker to External" : "set TETHRAL_MQTT_URL to the broker's URL";
+    const message = `${why} needs an external MQTT broker shared by every member, not ${what}: ${fix}`;
+    throw new TethralError("INVALID", message, [{ field, message }]);
+  }
+}
+
+/** The link between members: a client of its own at the hub's external broker, with the same account and TLS. */
+function clusterLink(mqtt: NonNullable<ProtocolSettings["mqtt"]>, credentials: CommunicationCredentials): MqttClusterLink {
+  return new MqttClusterLink({
+    url: mqtt.url,
+    root: mqtt.topicRoot,
+    ...(mqtt.username !== "" && { username: mqtt.username }),
+    ...(credentials.mqttPassword !== undefined && { password: credentials.mqttPassword }),
+    ...(credentials.mqttCa !== undefined && { ca: credentials.mqttCa }),
+    ...(credentials.mqttCert !== undefined && { cert: credentials.mqttCert }),
+    ...(credentials.mqttKey !== undefined && { key: credentials.mqttKey }),
+    rejectUnauthorized: mqtt.rejectUnauthorized,
   });
 }
 

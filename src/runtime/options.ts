@@ -4,6 +4,7 @@ import path from "node:path";
 import type { NodeRed } from "./node-red";
 import { type NodeRedSettings, SETTINGS_FILE, mergeSettings, readUserSettings } from "./settings";
 import { errorMessage } from "../core/errors";
+import { type ClusterStart, clusterFromEnvironment } from "./cluster-check";
 
 export type LogLevel = "fatal" | "error" | "warn" | "info" | "debug" | "trace" | "off";
 
@@ -24,6 +25,8 @@ export interface RuntimeOptions {
   credentialSecret?: string;
   /** Console log level; overrides settings.js's. Default info. */
   logLevel?: LogLevel;
+  /** TETHRAL_CLUSTER=on: the database is checked for the partition count before Node-RED starts. */
+  cluster?: ClusterStart;
 }
 
 /** A start-up problem the user fixes with a setting: its message is the one line to print. */
@@ -55,6 +58,8 @@ export function optionsFromEnv(env: NodeJS.ProcessEnv = process.env, cwd: string
   if (env.TETHRAL_ALLOWED_HOSTS?.trim()) options.allowedHosts = env.TETHRAL_ALLOWED_HOSTS.trim();
   // The variable Node-RED's own Docker image and settings template read.
   if (env.NODE_RED_CREDENTIAL_SECRET) options.credentialSecret = env.NODE_RED_CREDENTIAL_SECRET;
+  const cluster = clusterFromEnvironment(env);
+  if (cluster) options.cluster = cluster;
   return options;
 }
 

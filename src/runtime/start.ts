@@ -7,6 +7,7 @@ import path from "node:path";
 import { HTTP_REFUSAL_EVENT, reportOf } from "../nodes/http-refusals";
 import { type ListenError, closeServer, listen } from "../protocols/listen";
 import { jsonBody } from "./api-body";
+import { checkClusterDatabase } from "./cluster-check";
 import { basicAuth, isCredentials } from "./basic-auth";
 import { corsChooser, corsPolicy, hostPolicy } from "./guard";
 import { checkRequest, finalError, guardUpgrades, httpsOptions, notFound, refreshHttps, sendError, urlHost } from "./http-server";
@@ -54,6 +55,7 @@ let started = false;
 export async function startRuntime(options: RuntimeOptions = {}): Promise<RunningRuntime> {
   const userDir = path.resolve(options.userDir ?? ".tethral");
   const settings = prepareSettings(userDir, options, PACKAGE_ROOT);
+  if (options.cluster) await checkClusterDatabase(options.cluster);
   const port = settings.uiPort as number;
   const host = settings.uiHost as string;
   const adminRoot = settings.httpAdminRoot === false ? null : root(settings.httpAdminRoot);

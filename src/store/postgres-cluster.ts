@@ -21,6 +21,12 @@ export const JOIN_MEMBER = `INSERT INTO cluster_members (id, since, last_seen) V
 export const BEAT_MEMBER = `INSERT INTO cluster_members (id, since, last_seen) VALUES ($1, ${DB_NOW}, ${DB_NOW})
   ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen RETURNING last_seen AS now`;
 
+/**
+ * Lease rows locked in partition order before an UPDATE of several (renewal, release): fenced
+ * writes share-lock theirs in that order too, so the two never wait for each other in a cycle.
+ */
+export const LOCK_LEASES = "SELECT part FROM cluster_leases WHERE part = ANY($1::int[]) ORDER BY part FOR UPDATE";
+
 /** $1 member, $2 partitions, $3 epochs, $4 the new expiry. Only leases still the member's at those epochs. */
 export const RENEW_LEASES = `UPDATE cluster_leases AS l SET expires_at = $4
   FROM unnest($2::int[], $3::bigint[]) AS h(p, e) WHERE l.part = h.p AND l.epoch = h.e AND l.owner = $1
@@ -46,7 +52,7 @@ export const FORGET = `DELETE FROM cluster_members WHERE last_seen < ${DB_NOW} -
  * so the new owner's load sees it; writes of one owner do not wait for each other. On CockroachDB
  * (serializable) the claim and the write conflict on the row instead, and one of them restarts.
  */
-export const FENCE_LEASES = "SELECT part, epoch FROM cluster_leases WHERE part = ANY($1::int[]) AND owner = $2 FOR SHARE";
+export const FENCE_LEASES = "SELECT part, epoch FROM cluster_leases WHERE part = ANY($1::int[]) AND owner = $2 ORDER BY part FOR SHARE";
 
 export const TOMBSTONE = `INSERT INTO removed_devices (device_id, removed_at) VALUES ($1, ${DB_NOW})
   ON CONFLICT (device_id) DO UPDATE SET removed_at = excluded.removed_at`;

@@ -13,6 +13,7 @@ import {
   JOIN_MEMBER,
   leaseArrays,
   LEAVE,
+  LOCK_LEASES,
   PURGE_TOMBSTONES,
   RELEASE_LEASES,
   RENEW_LEASES,
@@ -391,6 +392,7 @@ export class PostgresStore implements Store, ClusterStore {
       const now = Number((await c.query<{ now: number }>(BEAT_MEMBER, [text(member, "member")])).rows[0]!.now);
       let renewed: number[] = [];
       if (held.length > 0) {
+        await c.query(LOCK_LEASES, [held.map((l) => l.partition)]);
         const { rows } = await c.query<{ part: number }>(RENEW_LEASES, [member, ...leaseArrays(held), now + Math.round(leaseMs)]);
         renewed = rows.map((r) => Number(r.part)).sort((a, b) => a - b);
       }
@@ -407,7 +409,10 @@ export class PostgresStore implements Store, ClusterStore {
 
   async clusterRelease(member: string, leases: HeldLease[]): Promise<void> {
     if (leases.length === 0) return;
-    await this.query(RELEASE_LEASES, [member, ...leaseArrays(leases)]);
+    await this.tx(async (c) => {
+      await c.query(LOCK_LEASES, [leases.map((l) => l.partition)]);
+      await c.query(RELEASE_LEASES, [member, ...leaseArrays(leases)]);
+    });
   }
 
   async clusterLeave(member: string): Promise<void> {

@@ -106,6 +106,21 @@ describe("tethral-hub-info node", function () {
     }
   });
 
+  it("answers the cluster: a single runtime is a cluster of one that owns every partition, and msg.leader is true", async () => {
+    const t = await loadWithCatch([tethralHub, module], [info({ operation: "cluster" })], { memberId: "edge-1" });
+    const m = await t.ok("info1", { keep: 3 });
+    const cluster = m.payload as { member: string; partitions: number; members: { id: string; since: string; lastSeen: string; partitions: number[] }[] };
+    assert.equal(cluster.member, "edge-1");
+    assert.equal(cluster.partitions, 64);
+    assert.equal(cluster.members.length, 1);
+    assert.equal(cluster.members[0]!.id, "edge-1");
+    assert.deepEqual(cluster.members[0]!.partitions, [...Array(64).keys()]);
+    assert.ok(!Number.isNaN(Date.parse(cluster.members[0]!.lastSeen)));
+    assert.equal(m.leader, true);
+    assert.equal(m.keep, 3);
+    assert.deepEqual(lastStatus(t.node("info1")), { fill: "green", shape: "dot", text: "1 members, leader" });
+  });
+
   it("answers the event statistics, and refuses an unknown operation", async () => {
     const t = await load([info({ operation: "event-statistics" })]);
     const before = ((await t.ok("info1", {})).payload as { published: number }).published;

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { mkdtempSync, rmSync } from "node:fs";
 import { type IncomingMessage, type Server, type ServerResponse, createServer, request } from "node:http";
 import type { AddressInfo } from "node:net";
-import { tmpdir } from "node:os";
+import { hostname, tmpdir } from "node:os";
 import path from "node:path";
 import { type Json, type RuntimeChild, START_LIMIT_MS, assertErrorAnswer, call, spawnRuntime } from "./spawn-runtime";
 import { until } from "../helpers";
@@ -103,6 +103,20 @@ describe("REST API (flows/flows.json in the runtime, over real HTTP)", function 
       assert.ok(res.body.components[c], `component ${c}`);
     }
     assert.equal(res.body.components.store.kind, "sqlite");
+  });
+
+  it("GET /api/cluster: a single runtime answers as a cluster of one that owns every partition", async () => {
+    const res = await get("/cluster");
+    assert.equal(res.status, 200);
+    assert.match(res.headers.get("content-type") ?? "", /application\/json/);
+    // The member id defaults to this machine's host name and the runtime's port (CONTRACT §8).
+    assert.equal(res.body.member, `${hostname()}:${new URL(rt.url).port}`);
+    assert.equal(res.body.partitions, 64);
+    assert.equal(res.body.members.length, 1);
+    const [self] = res.body.members;
+    assert.equal(self.id, res.body.member);
+    assert.deepEqual(self.partitions, [...Array(64).keys()]);
+    assert.ok(Date.parse(self.since) <= Date.parse(self.lastSeen));
   });
 
   it("POST /api/devices: 201 with the record and its token once; 400 for a bad record; 409 for a taken id", async () => {

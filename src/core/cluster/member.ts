@@ -2,7 +2,7 @@ import type { Clock, TimerHandle } from "../clock";
 import type { CommandTracker } from "../commands";
 import { TethralError, errorMessage, isTethralError } from "../errors";
 import type { ClusterInfo } from "../hub-options";
-import type { ClusterLink, ClusterStore, FleetChanges, ForwardedMessage } from "../ports/cluster";
+import { type ClusterLink, type ClusterStore, type FleetChanges, type ForwardedMessage, isFenced } from "../ports/cluster";
 import type { CommandFrame, DeviceMessage, ProtocolAdapter, ReceiveResult, SendOutcome } from "../ports/protocol";
 import type { Presence } from "../presence";
 import type { DeviceRegistry } from "../registry";
@@ -249,7 +249,8 @@ export class ClusterMember {
           return answer;
         }
       } catch (err) {
-        if (!isMoved(err)) throw err;
+        // Moved under our feet (a refused write): nothing was done, so asking again is safe.
+        if (!isMoved(err) && !isFenced(err)) throw err;
       }
       if (performance.now() >= deadline) throw new TethralError("UNAVAILABLE", `no cluster member owns device ${deviceId} now: try again shortly`);
       await new Promise((resolve) => setTimeout(resolve, 100));
@@ -267,7 +268,12 @@ export class ClusterMember {
     if (method === "deliver") return this.deliverHere(a);
     const deviceId = await this.deviceOf(method, a);
     if (deviceId !== null && !this.owns(deviceId)) throw movedError(deviceId);
-    return this.host.apply(method, a);
+    try {
+      return await this.host.apply(method, a);
+    } catch (err) {
+      if (isFenced(err)) throw movedError(deviceId ?? "");
+      throw err;
+    }
   }
 
   private async deviceOf(method: string, a: Record<string, unknown>): Promise<string | null> {

@@ -1,0 +1,53 @@
+import { TethralError, isTethralError } from "../../src/core/errors";
+import type { ClusterHandler, ClusterLink, ForwardedMessage } from "../../src/core/ports/cluster";
+
+/**
+ * An in-process stand-in for the broker between members, for engine tests of cluster mode:
+ * calls reach the named member's handler (errors come back as TethralErrors, as over MQTT), and
+ * forwarded messages reach every member, in order, a turn later. `partition(member)` cuts a member
+ * off (its calls and messages are lost both ways) to stand for a dead or frozen member.
+ */
+export class LocalBroker {
+  readonly members = new Map<string, { call: ClusterHandler; message(m: ForwardedMessage): void }>();
+  readonly cut = new Set<string>();
+
+  link(): ClusterLink {
+    return linkOn(this);
+  }
+}
+
+function linkOn(broker: LocalBroker): ClusterLink {
+  let me = "";
+  return {
+      get connected() {
+        return me !== "" && !broker.cut.has(me);
+      },
+      async start(member, handlers) {
+        me = member;
+        broker.members.set(member, handlers);
+      },
+      async call(member, method, args, timeoutMs) {
+        const target = broker.members.get(member);
+        if (!target || broker.cut.has(member) || broker.cut.has(me)) {
+          await new Promise((r) => setTimeout(r, Math.min(timeoutMs, 200)));
+          throw new TethralError("UNAVAILABLE", `cluster member ${member} did not answer`);
+        }
+        try {
+          return structuredClone(await target.call(method, structuredClone(args)));
+        } catch (err) {
+          if (isTethralError(err)) throw new TethralError(err.code, err.message, err.details);
+          throw err;
+        }
+      },
+      forward(message) {
+        if (broker.cut.has(me)) return;
+        const copy = structuredClone(message);
+        setImmediate(() => {
+          for (const [id, m] of broker.members) if (!broker.cut.has(id)) m.message(copy);
+        });
+      },
+      async stop() {
+        broker.members.delete(me);
+      },
+  };
+}

@@ -1,0 +1,146 @@
+import assert from "node:assert/strict";
+import { Hub } from "../../src/core";
+import { partitionOf } from "../../src/core/cluster/partition";
+import { PostgresStore } from "../../src/store/postgres";
+import { FakeAdapter, settle } from "../core/fake-adapter";
+import { startTestPostgres, type TestPostgres } from "../store/pg-harness";
+import { LocalBroker } from "./local-link";
+
+const PARTITIONS = 8;
+const LEASE_MS = 1_000;
+
+/** A shared-intake adapter (an external broker's subscription: every member sees every message). */
+class SharedAdapter extends FakeAdapter {
+  readonly sharedIntake = true;
+}
+
+interface Member {
+  hub: Hub;
+  shared: SharedAdapter;
+  ws: FakeAdapter;
+  store: PostgresStore;
+}
+
+async function until(what: string, check: () => boolean | Promise<boolean>, limitMs = 15_000): Promise<void> {
+  const end = Date.now() + limitMs;
+  while (!(await check())) {
+    if (Date.now() > end) assert.fail(`timed out waiting until ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+const ownedBy = (m: Member) => m.hub.clusterInfo().members.find((x) => x.id === m.hub.memberId)?.partitions ?? [];
+
+describe("cluster members (engine, one PostgreSQL, an in-process broker)", function () {
+  this.timeout(60_000);
+  let db: TestPostgres;
+  let broker: LocalBroker;
+  const members: Member[] = [];
+
+  before(async function () {
+    if (!process.env.TETHRAL_TEST_PG_URL) {
+      console.log("      (skipped: cluster members need a PostgreSQL server, TETHRAL_TEST_PG_URL; PGlite serves one connection at a time)");
+      this.skip();
+    }
+    db = await startTestPostgres();
+  });
+
+  after(async () => {
+    for (const m of members.splice(0)) await m.hub.stop().catch(() => undefined);
+    await db?.stop();
+  });
+
+  async function member(id: string): Promise<Member> {
+    const store = new PostgresStore({ url: db.url });
+    const shared = new SharedAdapter("mqtt");
+    const ws = new FakeAdapter("websocket");
+    ws.auto = null;
+    const hub = new Hub({
+      store,
+      protocols: [shared, ws],
+      deviceTokens: false,
+      onWarning: () => undefined,
+      cluster: { member: id, partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() },
+    });
+    await hub.start();
+    const m = { hub, shared, ws, store };
+    members.push(m);
+    return m;
+  }
+
+  /** Device ids, one or more in every partition. */
+  const ids = Array.from({ length: 32 }, (_, i) => `dev-${i}`);
+
+  it("spreads the partitions over the members, applies each shared message once on its owner, and routes writes and commands to owners", async () => {
+    broker = new LocalBroker();
+    const a = await member("a");
+    const b = await member("b");
+    await until("both members own half", () => ownedBy(a).length === PARTITIONS / 2 && ownedBy(b).length === PARTITIONS / 2);
+    assert.deepEqual(a.hub.clusterInfo().members.map((m) => m.id), ["a", "b"]);
+    assert.equal(a.hub.health().components.cluster!.status, "ok");
+
+    // Registered through A, whoever owns them; B sees them within its follow period.
+    for (const id of ids) await a.hub.registerDevice({ id, protocol: id.endsWith("1") ? "websocket" : "mqtt" });
+    await until("B follows the fleet", () => ids.every((id) => b.hub.listDevices({ limit: 1000 }).devices.some((d) => d.id === id)));
+
+    // Every member's shared intake sees every message; each is applied once, on the owner.
+    const seen = new Map<string, string[]>();
+    for (const m of [a, b]) {
+      m.hub.subscribe({ types: ["message.received"] }, (e) => {
+        const list = seen.get(e.deviceId!) ?? [];
+        list.push(m.hub.memberId);
+        seen.set(e.deviceId!, list);
+      });
+    }
+    for (const id of ids.filter((x) => !x.endsWith("1"))) {
+      for (const m of [a, b]) m.shared.context.receive({ protocol: "mqtt", deviceId: id, kind: "telemetry", payload: Buffer.from('{"t":1}') });
+    }
+    await settle();
+    for (const id of ids.filter((x) => !x.endsWith("1"))) {
+      const owner = partitionOf(id, PARTITIONS);
+      const expected = ownedBy(a).includes(owner) ? "a" : "b";
+      assert.deepEqual(seen.get(id), [expected], `${id} applied once, on its owner`);
+    }
+
+    // A WebSocket device connected to the member that does not own it: its report reaches the owner.
+    const wsId = ids.find((id) => id.endsWith("1") && ownedBy(b).includes(partitionOf(id, PARTITIONS)))!;
+    assert.ok(wsId, "some websocket device is B's");
+    a.ws.links.set(wsId, true);
+    a.ws.context.connected(wsId);
+    a.ws.context.receive({ protocol: "websocket", deviceId: wsId, kind: "telemetry", payload: '{"v":42}', authenticated: true });
+    await until("the report reached B", () => (b.hub.getState(wsId).properties as { v?: number }).v === 42);
+    assert.deepEqual(seen.get(wsId), ["b"]);
+
+    // A command sent through A for B's device goes out through A's connection and its answer comes back.
+    const sent = a.hub.sendCommand(wsId, { command: "blink", wait: true, timeout: 10 });
+    await until("A's adapter was handed the command", () => a.ws.sends.length === 1);
+    const { frame } = a.ws.sends[0]!;
+    a.ws.sends[0]!.resolve({ status: "sent" });
+    a.ws.context.receive({ protocol: "websocket", deviceId: wsId, kind: "response", payload: JSON.stringify({ id: frame.id, ok: true, result: { ok: 1 } }), authenticated: true });
+    const done = await sent;
+    assert.equal(done.status, "succeeded");
+    assert.deepEqual(done.result, { ok: 1 });
+    assert.equal(b.ws.frames.length, 0, "B holds no connection to the device");
+
+    // A state change through B of A's device is applied by A and read back by B.
+    const aDevice = ids.find((id) => !id.endsWith("1") && ownedBy(a).includes(partitionOf(id, PARTITIONS)))!;
+    await b.hub.setState(aDevice, { desired: { mode: "eco" } });
+    assert.deepEqual(b.hub.getState(aDevice).desired, { mode: "eco" });
+    assert.deepEqual(a.hub.getState(aDevice).desired, { mode: "eco" });
+  });
+
+  it("hands partitions over at once on a clean stop, and the survivor applies what came in meanwhile", async () => {
+    const [a, b] = members;
+    const bDevice = ids.find((id) => !id.endsWith("1") && ownedBy(b!).includes(partitionOf(id, PARTITIONS)))!;
+    const stopped = b!.hub.stop();
+    members.splice(1, 1);
+    // While B winds down, A's shared intake keeps the device's messages for the takeover.
+    a!.shared.context.receive({ protocol: "mqtt", deviceId: bDevice, kind: "telemetry", payload: Buffer.from('{"seq":7}') });
+    await stopped;
+    const started = Date.now();
+    await until("A owns every partition", () => ownedBy(a!).length === PARTITIONS);
+    assert.ok(Date.now() - started < LEASE_MS, "well before B's lease would have run out");
+    await until("the held message was applied", () => (a!.hub.getState(bDevice).properties as { seq?: number }).seq === 7);
+    assert.equal(a!.hub.getDevice(bDevice).status, "online");
+  });
+});
