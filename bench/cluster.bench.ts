@@ -38,6 +38,8 @@ const COMMAND_RATE = 20;
 const AFTER_KILL_MS = LEASE_MS + 10_000;
 const TARGETS = { cpuRatio: 1.3, failoverMs: LEASE_MS + 2000, telemetryLostDuringFailover: 0, commandsLostDuringFailover: 0 };
 const TICK_MS = 100;
+/** The idle measurement before the load. */
+const IDLE_MS = 10_000;
 
 interface LoadResult {
   members: number;
@@ -47,6 +49,10 @@ interface LoadResult {
   drainMs: number;
   cpuSeconds: number;
   cpuUsPerMsg: number;
+  /** Each member's share of the CPU time, seconds. */
+  cpuSecondsPerMember: Record<string, number>;
+  /** CPU ms a second of all members with the devices connected and silent: the fixed cost (beats, following the fleet). */
+  idleCpuMsPerSec: number;
 }
 
 function fmt(n: number, digits = 0): string {
@@ -117,12 +123,18 @@ async function fleet(cluster: TestCluster, devices: MqttDevice[]): Promise<void>
 /** The steady load on every member of `cluster`: CPU time per message. */
 async function steady(cluster: TestCluster, devices: MqttDevice[]): Promise<LoadResult> {
   const members = cluster.live();
+  // The registrations' own work (write-behind, followers reading them back) done first.
+  await new Promise((resolve) => setTimeout(resolve, 2000));
+  const idle0 = members.reduce((sum, m) => sum + cpuMicros(m.pid), 0);
+  const idleStarted = performance.now();
+  await new Promise((resolve) => setTimeout(resolve, IDLE_MS));
+  const idleCpuMsPerSec = (members.reduce((sum, m) => sum + cpuMicros(m.pid), 0) - idle0) / (performance.now() - idleStarted);
   // A warm-up the clock does not see: JIT, pools, the first state rows.
   const warm = load(devices);
   await new Promise((resolve) => setTimeout(resolve, 5000));
   warm.stop();
   await drained(members[0]!, devices, 60_000);
-  const cpu0 = members.reduce((sum, m) => sum + cpuMicros(m.pid), 0);
+  const each0 = members.map((m) => cpuMicros(m.pid));
   const started = performance.now();
   const run = load(devices);
   await new Promise((resolve) => setTimeout(resolve, SECONDS * 1000));
@@ -130,7 +142,8 @@ async function steady(cluster: TestCluster, devices: MqttDevice[]): Promise<Load
   const published = performance.now();
   if (!(await drained(members[0]!, devices, 120_000))) console.warn("  the members did not catch up within 2 minutes");
   const drainMs = performance.now() - published;
-  const cpu = members.reduce((sum, m) => sum + cpuMicros(m.pid), 0) - cpu0;
+  const each = members.map((m, i) => cpuMicros(m.pid) - each0[i]!);
+  const cpu = each.reduce((a, b) => a + b, 0);
   return {
     members: members.length,
     messages,
@@ -138,6 +151,8 @@ async function steady(cluster: TestCluster, devices: MqttDevice[]): Promise<Load
     drainMs: Math.round(drainMs),
     cpuSeconds: Number((cpu / 1e6).toFixed(2)),
     cpuUsPerMsg: Number((cpu / messages).toFixed(1)),
+    cpuSecondsPerMember: Object.fromEntries(members.map((m, i) => [m.id, Number((each[i]! / 1e6).toFixed(2))])),
+    idleCpuMsPerSec: Number(idleCpuMsPerSec.toFixed(1)),
   };
 }
 
@@ -254,7 +269,9 @@ async function measure(server: string, mode: "single" | "cluster"): Promise<{ lo
     }
     await fleet(cluster, devices);
     const result = await steady(cluster, devices);
-    console.log(`  ${mode}: ${fmt(result.messages)} messages in ${result.seconds} s, ${result.cpuSeconds} CPU s, ${result.cpuUsPerMsg} µs/msg (caught up ${result.drainMs} ms after the last)`);
+    console.log(
+      `  ${mode}: ${fmt(result.messages)} messages in ${result.seconds} s, ${result.cpuSeconds} CPU s (${JSON.stringify(result.cpuSecondsPerMember)}), ${result.cpuUsPerMsg} µs/msg (caught up ${result.drainMs} ms after the last); idle ${result.idleCpuMsPerSec} CPU ms/s`,
+    );
     const fail = mode === "cluster" ? await failover(cluster, devices) : null;
     return { load: result, failover: fail };
   } finally {
