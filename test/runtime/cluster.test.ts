@@ -153,6 +153,17 @@ describe("cluster end to end: three members, one PostgreSQL, one Mosquitto", fun
     }
   }
 
+  /** A counter or gauge of the member's /api/metrics, summed over its labels. */
+  async function metric(member: Member, name: string): Promise<number> {
+    const res = await call(member.api, "GET", "/metrics");
+    let sum = 0;
+    for (const line of String(res.body).split("\n")) {
+      const match = new RegExp(`^${name}(\\{[^}]*\\})? (\\S+)$`).exec(line);
+      if (match) sum += Number(match[2]);
+    }
+    return sum;
+  }
+
   /** Each device's last sequence number as `member` reads it. */
   async function sequences(member: Member): Promise<Map<string, number>> {
     const out = new Map<string, number>();
@@ -336,6 +347,8 @@ describe("cluster end to end: three members, one PostgreSQL, one Mosquitto", fun
     for (const id of behind) assert.equal((await commandStatus(id)).status, "queued", `command ${id} queued behind the held one`);
     const floor = await sequences(m("m2"));
 
+    figures.heldBeforeKill = (await metric(m("m2"), "tethral_cluster_held_messages")) + (await metric(m("m3"), "tethral_cluster_held_messages"));
+    const replayed0 = (await metric(m("m2"), "tethral_cluster_replayed_messages_total")) + (await metric(m("m3"), "tethral_cluster_replayed_messages_total"));
     mark("the SIGKILL of m1");
     const killedAt = Date.now();
     await victim.kill();
@@ -350,6 +363,7 @@ describe("cluster end to end: three members, one PostgreSQL, one Mosquitto", fun
     figures.failoverMs = Date.now() - killedAt;
     mark("m1's partitions owned again");
     const statuses = await during;
+    figures.replayedAfterKill = (await metric(m("m2"), "tethral_cluster_replayed_messages_total")) + (await metric(m("m3"), "tethral_cluster_replayed_messages_total")) - replayed0;
     figures.commandsDuringGap = statuses.join(",");
     console.log(`    SIGKILL → every partition owned in ${figures.failoverMs} ms (lease ${LEASE_MS} ms); commands sent meanwhile answered ${statuses.join(", ")}`);
     // Queued (202) at once, as with a live owner: the member waits for the takeover (CONTRACT §8,
@@ -532,11 +546,12 @@ describe("cluster end to end: three members, one PostgreSQL, one Mosquitto", fun
     for (const d of wsDevices.values()) await d.stop();
     mark("the devices' stop");
     const reader = m("m1");
-    const points = async (id: string): Promise<number[]> => {
+    const series = async (id: string): Promise<{ ts: string; value: number }[]> => {
       const res = await call(reader.api, "GET", `/devices/${id}/telemetry?keys=seq&from=${encodeURIComponent(startedAt)}&limit=10000`);
       assert.equal(res.status, 200, JSON.stringify(res.body));
-      return res.body.series.seq.map((p: Json) => p.value);
+      return res.body.series.seq;
     };
+    const points = async (id: string): Promise<number[]> => (await series(id)).map((p) => p.value);
     let acked = 0;
     let stored = 0;
     const missing: string[] = [];
@@ -556,7 +571,11 @@ describe("cluster end to end: three members, one PostgreSQL, one Mosquitto", fun
       stored += seqs.length;
       const gone = await lost(d);
       lostReports += gone.length;
-      if (gone.length > 0) missing.push(`${d.id} lost ${runs(gone, (n) => phase(d.id, n))}`);
+      if (gone.length > 0) {
+        // The stored points around the first one lost, with their times: for the failure message.
+        const near = (await series(d.id)).filter((p) => Math.abs(p.value - gone[0]!) <= 3 || Math.abs(p.value - gone[gone.length - 1]!) <= 3);
+        missing.push(`${d.id} lost ${runs(gone, (n) => phase(d.id, n))} (stored near them: ${near.map((p) => `${p.value}@${p.ts.slice(11)}`).join(" ")})`);
+      }
       const twice = seqs.filter((n, i) => seqs.indexOf(n) !== i);
       if (twice.length > 0) missing.push(`${d.id} stored twice ${runs(twice, (n) => phase(d.id, n))}`);
       const late = seqs.filter((n, i) => i > 0 && n < seqs[i - 1]!);
