@@ -18,8 +18,8 @@ import {
 } from "./events";
 import { DEFAULT_GATEWAY_OPTIONS, DeviceGateway, type TransportRefusal } from "./gateway";
 import type { HeartbeatMonitor } from "./heartbeat";
-import { type InboundMessage, type IngestResult, parseInbound } from "./inbound";
-import { type ClusterInfo, type CommunicationStatistics, DEFAULT_PARTITIONS, type HubHealth, type HubOptions, type HubStatistics } from "./hub-options";
+import type { InboundMessage, IngestResult } from "./inbound";
+import { type ClusterInfo, type CommunicationStatistics, type HubHealth, type HubOptions, type HubStatistics } from "./hub-options";
 import { healthOf } from "./hub-health";
 import { HubMetrics } from "./metrics";
 import { merge } from "./options";
@@ -37,7 +37,8 @@ import { twinCopy } from "./twin";
 import type { Command, Device, DeviceState, DeviceTwin, StateHistoryEntry, TethralEvent } from "./types";
 import { DEFAULT_PERSISTENCE_OPTIONS, Persistence } from "./write-behind";
 import { ClusterMember } from "./cluster/member";
-import { type LocalRequests, registrationId, routedRequest } from "./cluster/routed";
+import { clusterHealthOf, clusterInfoOf } from "./cluster/view";
+import { type LocalRequests, commandWaitMs, localRequests, registrationId, routedRequest } from "./cluster/routed";
 import { type ClusterStore, isClusterStore } from "./ports/cluster";
 
 export type { ClusterInfo, ClusterOptions, CommunicationStatistics, HubHealth, HubOptions, HubStatistics } from "./hub-options";
@@ -90,17 +91,7 @@ export class Hub {
   private readonly cluster: ClusterMember | null;
   private readonly commandWaitMs: number;
   /** What this member runs when a request for one of its devices comes from another member. */
-  private readonly local: LocalRequests = {
-    register: (a) => this.writes.register(a.input, a.cause as ChangeCause),
-    rotateToken: (a) => this.writes.rotateToken(a.id as string),
-    update: (a) => this.writes.update(a.id as string, a.patch, a.cause as ChangeCause),
-    remove: (a) => this.writes.remove(a.id as string, a.cause as RemoveCause),
-    setState: (a) => this.writes.setState(a.id as string, a.input, a.cause as ChangeCause),
-    command: (a) => this.commands.submit(a.deviceId as string, a.input),
-    cancel: (a) => this.commands.cancel(a.id as string),
-    wait: (a) => this.commands.wait(a.id as string, a.limitMs as number | undefined),
-    publish: async (a) => this.publish(a.type as string, a.data, a.options as PublishOptions),
-  };
+  private readonly local: LocalRequests = localRequests(() => this.writes, () => this.commands, (type, data, options) => this.publish(type, data, options));
 
   constructor(options: HubOptions = {}) {
     const clock = (this.clock = options.clock ?? systemClock);
@@ -318,10 +309,7 @@ export class Hub {
     const c = this.cluster;
     if (c && typeof deviceId === "string" && this.registry.has(deviceId) && !c.owns(deviceId)) {
       // Another member's device: its report goes there, in order with the device's own messages.
-      parseInbound(message);
-      const { kind, data, protocol } = message;
-      const payload = data === undefined ? null : kind === "status" && typeof data === "string" ? data : JSON.stringify(data);
-      c.forward({ protocol: protocol ?? "flow", deviceId, kind, payload, authenticated: true });
+      c.forwardReport(deviceId, message);
       return { deviceId, status: this.registry.record(deviceId)!.status, changed: false, causeId: null };
     }
     return this.traffic.ingest(deviceId, message);
@@ -341,10 +329,7 @@ export class Hub {
 
   /** Sends a command (CONTRACT §1): durable before it resolves, `queued`, or with `wait: true` once it has ended. */
   async sendCommand(deviceId: string, input: unknown): Promise<Command> {
-    const i = input as { wait?: unknown; timeout?: unknown; retries?: unknown } | null;
-    // A routed command with `wait` answers when it has ended: the call waits as long as its attempts may.
-    const attempts = (typeof i?.retries === "number" ? i.retries : 0) + 1;
-    const waitMs = i?.wait === true ? (typeof i.timeout === "number" ? i.timeout * 1000 : this.commandWaitMs) * attempts : 0;
+    const waitMs = commandWaitMs(input, this.commandWaitMs);
     return this.routed(deviceId, "command", { deviceId, input }, () => this.commands.submit(deviceId, input), waitMs);
   }
 
@@ -486,14 +471,7 @@ export class Hub {
 
   /** CONTRACT §8 `GET /api/cluster`: the members and the partitions each owns; a single runtime is a cluster of one. */
   clusterInfo(): ClusterInfo {
-    if (this.cluster) return this.cluster.info();
-    const now = new Date(this.clock.now()).toISOString();
-    const partitions = DEFAULT_PARTITIONS;
-    return {
-      member: this.memberId,
-      partitions,
-      members: [{ id: this.memberId, since: new Date(this.startedAt || this.clock.now()).toISOString(), lastSeen: now, partitions: [...Array(partitions).keys()] }],
-    };
+    return clusterInfoOf(this.cluster, this.memberId, this.startedAt, this.clock.now());
   }
 
   /**
@@ -514,27 +492,7 @@ export class Hub {
       protocols: this.adapters.healths(),
       store: this.persistence,
       process: this.processMonitor.reading(),
-      cluster: this.clusterHealth(),
+      cluster: clusterHealthOf(this.cluster, this.memberId),
     });
-  }
-
-  /** The health's `cluster` component: degraded while a partition has no owner, the broker link is down or leases lag. */
-  private clusterHealth(): { degraded: boolean; [figure: string]: unknown } {
-    const c = this.cluster;
-    if (!c) return { degraded: false, mode: "single", member: this.memberId, partitions: DEFAULT_PARTITIONS, owned: DEFAULT_PARTITIONS, members: 1 };
-    const s = c.statistics();
-    const lagging = s.renewalLagSeconds * 1000 > c.options.leaseMs / 2;
-    const problem = !s.linkConnected ? "no connection to the broker" : s.unowned > 0 ? `${s.unowned} partitions have no owner` : lagging ? "lease renewals are late" : null;
-    return {
-      degraded: problem !== null,
-      mode: "cluster",
-      member: s.member,
-      partitions: s.partitions,
-      owned: s.owned,
-      members: s.members,
-      unowned: s.unowned,
-      renewalLagSeconds: Math.round(s.renewalLagSeconds * 1000) / 1000,
-      ...(problem !== null && { error: problem }),
-    };
   }
 }

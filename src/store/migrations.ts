@@ -102,13 +102,21 @@ function clusterTables(dialect: "sqlite" | "postgres"): string[] {
         device_id TEXT PRIMARY KEY,
         removed_at ${int} NOT NULL
       )${noRowid}`,
-    `CREATE INDEX IF NOT EXISTS devices_updated_at ON devices (updated_at)`,
-    `CREATE INDEX IF NOT EXISTS devices_last_seen ON devices (last_seen)`,
-    `CREATE INDEX IF NOT EXISTS states_updated_at ON states (updated_at)`,
-    `CREATE INDEX IF NOT EXISTS device_tokens_created_at ON device_tokens (created_at)`,
     `CREATE INDEX IF NOT EXISTS removed_devices_removed_at ON removed_devices (removed_at)`,
   ];
 }
+
+/**
+ * The indexes members following the fleet read changes by (`changedSince`). Made when the first
+ * member joins, not by the migration: an index on `last_seen` costs every presence write, and a
+ * single runtime (SQLite, or PostgreSQL without cluster mode) never reads by it.
+ */
+export const CLUSTER_CHANGE_INDEXES: readonly string[] = [
+  `CREATE INDEX IF NOT EXISTS devices_updated_at ON devices (updated_at)`,
+  `CREATE INDEX IF NOT EXISTS devices_last_seen ON devices (last_seen)`,
+  `CREATE INDEX IF NOT EXISTS states_updated_at ON states (updated_at)`,
+  `CREATE INDEX IF NOT EXISTS device_tokens_created_at ON device_tokens (created_at)`,
+];
 
 /**
  * How long a removed device's tombstone is kept: as long as events (a member following the fleet
@@ -294,7 +302,7 @@ export const MIGRATIONS: readonly Migration[] = [
   },
   {
     version: 4,
-    name: "cluster: partitions, members, leases; removed-device tombstones; indexes for changes by time",
+    name: "cluster: partitions, members, leases; removed-device tombstones",
     sqlite: clusterTables("sqlite"),
     postgres: clusterTables("postgres"),
   },

@@ -1,6 +1,6 @@
 import pg from "pg";
 import { TethralError } from "../core/errors";
-import { LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE, newerSchemaMessage, tombstoneMaxAgeMs } from "./migrations";
+import { CLUSTER_CHANGE_INDEXES, LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE, newerSchemaMessage, tombstoneMaxAgeMs } from "./migrations";
 import {
   assertFence,
   BEAT_MEMBER,
@@ -370,6 +370,14 @@ export class PostgresStore implements Store, ClusterStore {
   async clusterJoin(member: string, partitions: number): Promise<{ now: number }> {
     if (!Number.isInteger(partitions) || partitions < 1) {
       throw new TethralError("INVALID", `TETHRAL_PARTITIONS must be a whole number above 0, not ${partitions}`);
+    }
+    for (const sql of CLUSTER_CHANGE_INDEXES) {
+      try {
+        await this.requirePool().query(sql);
+      } catch (err) {
+        // Two members making the same index at once: the other one did (42P07, or 23505 on pg_class).
+        if (sqlState(err) !== "42P07" && sqlState(err) !== "23505") throw err;
+      }
     }
     return this.tx(async (c) => {
       // Two members joining a fresh database at once: one row is inserted, both read it.

@@ -2,14 +2,15 @@ import type { Clock, TimerHandle } from "../clock";
 import type { CommandTracker } from "../commands";
 import { TethralError, errorMessage, isTethralError } from "../errors";
 import type { ClusterInfo } from "../hub-options";
-import { type ClusterLink, type ClusterStore, type FleetChanges, type ForwardedMessage, isFenced } from "../ports/cluster";
+import { type ClusterLink, type ClusterStore, type ForwardedMessage, isFenced } from "../ports/cluster";
 import type { CommandFrame, DeviceMessage, ProtocolAdapter, ReceiveResult, SendOutcome } from "../ports/protocol";
+import { type InboundMessage, parseInbound } from "../inbound";
 import type { Presence } from "../presence";
 import type { DeviceRegistry } from "../registry";
 import type { StateManager } from "../state";
-import { inputOf } from "../stored-rows";
 import type { DeviceTokens } from "../tokens";
-import type { Device, DeviceStatus } from "../types";
+import type { Device } from "../types";
+import { applyChanges } from "./follow";
 import { Leases, type LeaseStatistics } from "./leases";
 import { partitionOf } from "./partition";
 import { RecentMessages } from "./recent";
@@ -203,6 +204,14 @@ export class ClusterMember {
     });
   }
 
+  /** A flow's report (`hub.ingest`) of a device owned elsewhere: checked here, applied on its owner. */
+  forwardReport(deviceId: string, message: InboundMessage): void {
+    parseInbound(message);
+    const { kind, data, protocol } = message;
+    const payload = data === undefined ? null : kind === "status" && typeof data === "string" ? data : JSON.stringify(data);
+    this.forward({ protocol: protocol ?? "flow", deviceId, kind, payload, authenticated: true });
+  }
+
   /** A device connected here but is owned elsewhere: its owner sends its commands through us. */
   connectedHere(deviceId: string): boolean {
     if (this.owns(deviceId)) return false;
@@ -309,7 +318,7 @@ export class ClusterMember {
       stop: async () => undefined,
       health: () => local?.health() ?? { status: "stopped" },
       statistics: () => local?.statistics() ?? { connected: 0 },
-      isConnected: (id: string) => (remote(id) !== null ? true : (local?.isConnected(id) ?? false)),
+      isConnected: (id: string) => (remote(id) !== null ? true : local?.isConnected(id)),
       send: (device: Device, frame: CommandFrame, timeoutMs: number) => {
         const v = remote(device.id);
         if (v === null) {
@@ -344,10 +353,15 @@ export class ClusterMember {
   /** Right after the partition became ours: what its previous owner had not written, in order. */
   private replay(partition: number): void {
     const held = this.recent.take(partition, this.host.clock.now());
+    // What the previous owner wrote last, per device, before the replay moves it on.
+    const written = new Map<string, number>();
+    for (const e of held) {
+      const id = e.message.deviceId;
+      if (!written.has(id)) written.set(id, this.host.registry.record(id)?.lastSeen ?? 0);
+    }
     for (const e of held) {
       if (e.via !== undefined) this.via.set(e.message.deviceId, e.via);
-      const record = this.host.registry.record(e.message.deviceId);
-      if (record && e.at <= record.lastSeen + REPLAY_SKEW_MS) continue;
+      if (e.at <= written.get(e.message.deviceId)! + REPLAY_SKEW_MS) continue;
       this.stats.replayed++;
       this.host.receive(e.message);
     }
@@ -398,7 +412,7 @@ export class ClusterMember {
     this.following = this.store
       .changedSince(this.since)
       .then((changes) => {
-        this.apply(changes);
+        applyChanges(this.host, (id) => this.owns(id), changes);
         this.since = changes.now - FOLLOW_MARGIN_MS;
         this.lastFollow = started;
       })
@@ -408,49 +422,7 @@ export class ClusterMember {
     return this.following;
   }
 
-  private apply(changes: FleetChanges): void {
-    const { registry, state, tokens, presence } = this.host;
-    const now = this.host.clock.now();
-    for (const row of changes.devices) {
-      if (this.owns(row.id)) continue;
-      const record = registry.record(row.id);
-      if (!record) {
-        registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
-        continue;
-      }
-      if (record.updatedAt !== row.updatedAt) {
-        // Edited on its owner: the record is rebuilt (indexes and all), its state kept.
-        const kept = record.state;
-        registry.remove(row.id, { silent: true });
-        const fresh = registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
-        fresh.state = kept;
-        continue;
-      }
-      if (record.status !== row.status) registry.setStatus(record, row.status as DeviceStatus);
-      if (row.lastSeen > record.lastSeen) record.lastSeen = row.lastSeen;
-    }
-    for (const row of changes.states) {
-      if (this.owns(row.deviceId)) continue;
-      const record = registry.record(row.deviceId);
-      if (!record) continue;
-      const current = state.row(row.deviceId);
-      if (current && current.rev >= row.rev && current.version >= row.version) continue;
-      const desiredMoved = !current || current.version !== row.version;
-      state.restore(row.deviceId, row);
-      if (desiredMoved) this.host.deliverTwin(row.deviceId);
-    }
-    for (const row of changes.tokens) if (!this.owns(row.deviceId)) tokens.restore(row);
-    for (const id of changes.removed) {
-      if (this.owns(id)) continue;
-      const record = registry.record(id);
-      // Registered again since (a tombstone older than the row): kept.
-      if (!record || changes.devices.some((d) => d.id === id)) continue;
-      presence.forget(id);
-      state.forget(record);
-      registry.remove(id, { silent: true });
-      tokens.forget(id);
-    }
-  }
+
 
   // ── What it tells ──────────────────────────────────────────────────────────────────────
 

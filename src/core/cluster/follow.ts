@@ -1,0 +1,54 @@
+import type { FleetChanges } from "../ports/cluster";
+import { inputOf } from "../stored-rows";
+import type { DeviceStatus } from "../types";
+import type { MemberHost } from "./member";
+
+/**
+ * A cluster member's copy of devices another member owns, brought up to date from the rows that
+ * changed in the database (`ClusterStore.changedSince`): no events, no history, no heartbeat
+ * bookkeeping (those are the owner's). A changed desired state is handed to the adapters whose
+ * connections this member holds.
+ */
+export function applyChanges(host: MemberHost, owns: (deviceId: string) => boolean, changes: FleetChanges): void {
+  const { registry, state, tokens, presence } = host;
+  const now = host.clock.now();
+  for (const row of changes.devices) {
+    if (owns(row.id)) continue;
+    const record = registry.record(row.id);
+    if (!record) {
+      registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
+      continue;
+    }
+    if (record.updatedAt !== row.updatedAt) {
+      // Edited on its owner: the record is rebuilt (indexes and all), its state kept.
+      const kept = record.state;
+      registry.remove(row.id, { silent: true });
+      const fresh = registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
+      fresh.state = kept;
+      continue;
+    }
+    if (record.status !== row.status) registry.setStatus(record, row.status as DeviceStatus);
+    if (row.lastSeen > record.lastSeen) record.lastSeen = row.lastSeen;
+  }
+  for (const row of changes.states) {
+    if (owns(row.deviceId)) continue;
+    const record = registry.record(row.deviceId);
+    if (!record) continue;
+    const current = state.row(row.deviceId);
+    if (current && current.rev >= row.rev && current.version >= row.version) continue;
+    const desiredMoved = !current || current.version !== row.version;
+    state.restore(row.deviceId, row);
+    if (desiredMoved) host.deliverTwin(row.deviceId);
+  }
+  for (const row of changes.tokens) if (!owns(row.deviceId)) tokens.restore(row);
+  for (const id of changes.removed) {
+    if (owns(id)) continue;
+    const record = registry.record(id);
+    // Registered again since (a tombstone older than the row): kept.
+    if (!record || changes.devices.some((d) => d.id === id)) continue;
+    presence.forget(id);
+    state.forget(record);
+    registry.remove(id, { silent: true });
+    tokens.forget(id);
+  }
+}
