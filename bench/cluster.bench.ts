@@ -160,6 +160,8 @@ interface FailoverResult {
   failoverMs: number | null;
   telemetryAckedDuringFailover: number;
   telemetryLostDuringFailover: number;
+  /** Reports stored more than once (a replay of what the previous owner had written): each message must be applied once. */
+  telemetryDuplicatedDuringFailover: number;
   commandsAcknowledged: number;
   commandsRefused: number;
   commandsLostDuringFailover: number;
@@ -207,16 +209,19 @@ async function failover(cluster: TestCluster, devices: MqttDevice[]): Promise<Fa
   const from = new Date(Date.now() - 10 * 60_000).toISOString();
   let acked = 0;
   let lost = 0;
+  let duplicated = 0;
   const lostDeadline = Date.now() + 30_000;
   await pool(devices, 20, async (d) => {
     const window = [...d.acked].filter((s) => s >= firstSeq.get(d.id)!);
     acked += window.length;
     for (;;) {
       const res = await call(reader.api, "GET", `/devices/${d.id}/telemetry?keys=seq&from=${encodeURIComponent(from)}&limit=10000`);
-      const have = new Set((res.body.series?.seq ?? []).map((p: { value: number }) => p.value));
+      const values: number[] = (res.body.series?.seq ?? []).map((p: { value: number }) => p.value);
+      const have = new Set(values);
       const missing = window.filter((s) => !have.has(s)).length;
       if (missing === 0 || Date.now() > lostDeadline) {
         lost += missing;
+        duplicated += values.length - have.size;
         return;
       }
       await new Promise((resolve) => setTimeout(resolve, 500));
@@ -242,6 +247,7 @@ async function failover(cluster: TestCluster, devices: MqttDevice[]): Promise<Fa
     failoverMs,
     telemetryAckedDuringFailover: acked,
     telemetryLostDuringFailover: lost,
+    telemetryDuplicatedDuringFailover: duplicated,
     commandsAcknowledged: commands.length,
     commandsRefused: refused,
     commandsLostDuringFailover: commandsLost,
@@ -305,6 +311,7 @@ async function main(): Promise<void> {
     cpuRatio: ratio,
     failoverMs: f.failoverMs,
     telemetryLostDuringFailover: f.telemetryLostDuringFailover,
+    telemetryDuplicatedDuringFailover: f.telemetryDuplicatedDuringFailover,
     commandsLostDuringFailover: f.commandsLostDuringFailover,
     targets: TARGETS,
     pass,
@@ -327,6 +334,7 @@ async function main(): Promise<void> {
   console.log(`${"  ratio".padEnd(40)}${fmt(ratio, 2).padStart(12)}${`≤ ${TARGETS.cpuRatio}`.padStart(14)}  ${mark(pass.cpuRatio)}`);
   console.log(`${"failover ms (SIGKILL → all owned)".padEnd(40)}${String(f.failoverMs ?? "never").padStart(12)}${`≤ ${TARGETS.failoverMs}`.padStart(14)}  ${mark(pass.failoverMs)}`);
   console.log(`${"telemetry lost (of acked)".padEnd(40)}${`${f.telemetryLostDuringFailover} / ${fmt(f.telemetryAckedDuringFailover)}`.padStart(12)}${"0".padStart(14)}  ${mark(pass.telemetryLostDuringFailover)}`);
+  console.log(`${"telemetry stored twice".padEnd(40)}${String(f.telemetryDuplicatedDuringFailover).padStart(12)}${"0".padStart(14)}`);
   console.log(`${"commands lost (of acked)".padEnd(40)}${`${f.commandsLostDuringFailover} / ${f.commandsAcknowledged}`.padStart(12)}${"0".padStart(14)}  ${mark(pass.commandsLostDuringFailover)}`);
   console.log(`commands refused while their owner was dead (not acknowledged): ${f.commandsRefused}; outcomes ${JSON.stringify(f.commandOutcomes)}`);
   const out = join(__dirname, "results");
