@@ -1,3 +1,4 @@
+import { NO_ANSWER } from "../core/ports/cluster";
 import { randomUUID } from "node:crypto";
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from "mqtt";
 import { ERROR_STATUS, type ErrorCode, type ErrorDetail, TethralError, errorMessage } from "../core/errors";
@@ -236,13 +237,14 @@ export class MqttClusterLink implements ClusterLink {
   }
 
   call(member: string, method: string, args: unknown, timeoutMs: number): Promise<unknown> {
+    // The caller may ask another member when this one has lost its partitions meanwhile (see `isNoAnswer`).
     const client = this.client;
     if (!client || this.stopping) return Promise.reject(new TethralError("UNAVAILABLE", `the cluster link is stopped: cannot call ${method} on member "${member}"`));
     const id = randomUUID();
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.waiting.delete(id);
-        reject(new TethralError("UNAVAILABLE", `member "${member}" did not answer ${method} within ${timeoutMs} ms`));
+        reject(new TethralError("UNAVAILABLE", `member "${member}" did not answer ${method} within ${timeoutMs} ms`, [NO_ANSWER]));
       }, timeoutMs);
       this.waiting.set(id, { member, resolve, reject, timer });
       client.publish(

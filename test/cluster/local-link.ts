@@ -1,5 +1,5 @@
 import { TethralError, isTethralError } from "../../src/core/errors";
-import type { ClusterHandler, ClusterLink, ForwardedMessage } from "../../src/core/ports/cluster";
+import { type ClusterHandler, type ClusterLink, type ForwardedMessage, NO_ANSWER } from "../../src/core/ports/cluster";
 
 /**
  * An in-process stand-in for the broker between members, for engine tests of cluster mode:
@@ -30,7 +30,7 @@ function linkOn(broker: LocalBroker): ClusterLink {
         const target = broker.members.get(member);
         if (!target || broker.cut.has(member) || broker.cut.has(me)) {
           await new Promise((r) => setTimeout(r, Math.min(timeoutMs, 200)));
-          throw new TethralError("UNAVAILABLE", `cluster member ${member} did not answer`);
+          throw new TethralError("UNAVAILABLE", `cluster member ${member} did not answer`, [NO_ANSWER]);
         }
         try {
           return structuredClone(await target.call(method, structuredClone(args)));

@@ -172,7 +172,9 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
         offline.push(e.deviceId!);
       });
 
-      // C is cut off: no database, no broker. The broker still delivers the device's messages to A.
+      // C is cut off: no database, no broker. The broker still delivers the device's messages to A,
+      // one per 100 ms (a takeover tells apart messages more than 20 ms apart: README, Cluster mode).
+      await new Promise((r) => setTimeout(r, 100));
       proxy.cut();
       broker.cut.add("c");
       const cutAt = Date.now();

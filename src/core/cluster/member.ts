@@ -2,7 +2,7 @@ import type { Clock, TimerHandle } from "../clock";
 import type { CommandTracker } from "../commands";
 import { TethralError, errorMessage, isTethralError } from "../errors";
 import type { ClusterInfo } from "../hub-options";
-import { type ClusterLink, type ClusterStore, type ForwardedMessage, isFenced } from "../ports/cluster";
+import { type ClusterLink, type ClusterStore, type ForwardedMessage, isFenced, isNoAnswer } from "../ports/cluster";
 import type { CommandFrame, DeviceMessage, ProtocolAdapter, ReceiveResult, SendOutcome } from "../ports/protocol";
 import { type InboundMessage, parseInbound } from "../inbound";
 import type { Presence } from "../presence";
@@ -240,22 +240,33 @@ export class ClusterMember {
 
   /**
    * Runs `local` here when this member owns the device, else asks its owner to run `method`.
-   * While no member owns it (a takeover under way) or the owner has just changed, asks again
-   * until a lease period and a few seconds have passed.
+   * While no member owns it (a takeover under way), the owner has just changed, or the owner does
+   * not answer and loses its lease meanwhile, asks again, for up to two lease periods and a few
+   * seconds.
    */
   async route<T>(deviceId: string, method: string, args: Record<string, unknown>, local: () => Promise<T>, timeoutMs?: number): Promise<T> {
-    const deadline = performance.now() + this.options.leaseMs + 5_000;
+    // Long enough for a dead owner's lease to run out and another member to take the partition.
+    const deadline = performance.now() + 2 * this.options.leaseMs + 5_000;
+    const p = this.partitionOf(deviceId);
     for (;;) {
-      const p = this.partitionOf(deviceId);
       try {
         if (this.leases.owns(p)) return await local();
         const owner = this.leases.ownerOf(p);
         if (owner !== null && owner !== this.member) {
           this.stats.forwardedCalls++;
-          const answer = (await this.link.call(owner, method, args, timeoutMs ?? this.options.leaseMs + 10_000)) as T;
-          // Read your writes: this member's copy of the fleet has the change before the caller reads it.
-          if (method !== "command" && method !== "wait" && method !== "publish") await this.follow().catch(() => undefined);
-          return answer;
+          try {
+            const answer = (await this.link.call(owner, method, args, timeoutMs ?? this.options.leaseMs + 2_000)) as T;
+            // Read your writes: this member's copy of the fleet has the change before the caller reads it.
+            if (method !== "command" && method !== "wait" && method !== "publish") await this.follow().catch(() => undefined);
+            return answer;
+          } catch (err) {
+            // No answer: the owner may have died. Once its lease has moved (fencing kept it from
+            // writing after that), the new owner is asked; while it has not, the caller is told.
+            if (!isNoAnswer(err)) throw err;
+            await this.untilOwnerMoves(p, owner, deadline);
+            if (this.leases.ownerOf(p) === owner) throw err;
+            continue;
+          }
         }
       } catch (err) {
         // Moved under our feet (a refused write): nothing was done, so asking again is safe.
@@ -263,6 +274,14 @@ export class ClusterMember {
       }
       if (performance.now() >= deadline) throw new TethralError("UNAVAILABLE", `no cluster member owns device ${deviceId} now: try again shortly`);
       await new Promise((resolve) => setTimeout(resolve, 100));
+      await this.leases.beatNow().catch(() => undefined);
+    }
+  }
+
+  /** Beats until the partition's lease is no longer `owner`'s (taken over), or the deadline. */
+  private async untilOwnerMoves(partition: number, owner: string, deadline: number): Promise<void> {
+    while (this.leases.ownerOf(partition) === owner && performance.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, Math.min(250, this.options.leaseMs / 4)));
       await this.leases.beatNow().catch(() => undefined);
     }
   }

@@ -130,6 +130,14 @@ export interface ForwardedMessage {
   at: number;
 }
 
+/** The detail of a `ClusterLink.call` that got no answer in time (the member may be dead). */
+export const NO_ANSWER = { field: "cluster", message: "no answer" } as const;
+
+export function isNoAnswer(err: unknown): boolean {
+  const details = (err as { code?: unknown; details?: unknown } | null)?.details;
+  return (err as { code?: unknown }).code === "UNAVAILABLE" && Array.isArray(details) && details.some((d) => d?.field === NO_ANSWER.field && d?.message === NO_ANSWER.message);
+}
+
 /** Requests between members (see `ClusterLink.call`). */
 export type ClusterHandler = (method: string, args: unknown) => Promise<unknown>;
 
