@@ -577,7 +577,10 @@ describe("cluster end to end: three members, one PostgreSQL, one Mosquitto", fun
         missing.push(`${d.id} lost ${runs(gone, (n) => phase(d.id, n))} (stored near them: ${near.map((p) => `${p.value}@${p.ts.slice(11)}`).join(" ")})`);
       }
       const twice = seqs.filter((n, i) => seqs.indexOf(n) !== i);
-      if (twice.length > 0) missing.push(`${d.id} stored twice ${runs(twice, (n) => phase(d.id, n))}`);
+      if (twice.length > 0) {
+        const copies = (await series(d.id)).filter((p) => p.value === twice[0]).map((p) => p.ts.slice(11));
+        missing.push(`${d.id} stored twice ${runs(twice, (n) => phase(d.id, n))} (${twice[0]} at ${copies.join(" and ")})`);
+      }
       const late = seqs.filter((n, i) => i > 0 && n < seqs[i - 1]!);
       if (late.length > 0) missing.push(`${d.id} stored out of order ${runs(late, (n) => phase(d.id, n))}`);
     }
