@@ -63,8 +63,8 @@ describe("cluster end to end: three members, one PostgreSQL, one Mosquitto", fun
   const patched = (id: string) => patches.set(id, (patches.get(id) ?? 0) + 1);
   const figures: Record<string, number | string> = {};
   /** Each MQTT device's last sequence number at each event of the run: a missing report is placed by them. */
-  const marks: { what: string; seqs: Map<string, number> }[] = [];
-  const mark = (what: string) => marks.push({ what, seqs: new Map([...mqttDevices].map(([id, d]) => [id, d.seq])) });
+  const marks: { what: string; at: string; seqs: Map<string, number> }[] = [];
+  const mark = (what: string) => marks.push({ what, at: new Date().toISOString().slice(11), seqs: new Map([...mqttDevices].map(([id, d]) => [id, d.seq])) });
   /** Where in the run report `seq` of `id` was sent. */
   const phase = (id: string, seq: number) => {
     let last = "the start";
@@ -108,6 +108,7 @@ describe("cluster end to end: three members, one PostgreSQL, one Mosquitto", fun
     for (const d of wsDevices.values()) await d.stop();
     await cluster?.stop();
     if (Object.keys(figures).length > 1) console.log(`    cluster figures: ${JSON.stringify(figures)}`);
+    if (marks.length > 0) console.log(`    the run: ${marks.map((x) => `${x.what} ${x.at}`).join("; ")}`);
   });
 
   /** Waits until every live member agrees each partition has one owner among `among`, spread evenly. */
