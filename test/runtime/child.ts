@@ -14,7 +14,10 @@ async function main(): Promise<void> {
   // The embedded broker and the CoAP server on ports of their own, as test/setup.ts does.
   process.env.TETHRAL_MQTT_PORT ??= "0";
   process.env.TETHRAL_COAP_PORT ??= "0";
-  delete process.env.TETHRAL_MQTT_URL;
+  // No broker of the developer's shell; a test that runs its own (the cluster's Mosquitto) names
+  // it in TETHRAL_TEST_RUNTIME_MQTT_URL.
+  if (process.env.TETHRAL_TEST_RUNTIME_MQTT_URL) process.env.TETHRAL_MQTT_URL = process.env.TETHRAL_TEST_RUNTIME_MQTT_URL;
+  else delete process.env.TETHRAL_MQTT_URL;
   const pkg = mkdtempSync(path.join(tmpdir(), "tethral-pkg-"));
   process.once("exit", () => rmSync(pkg, { recursive: true, force: true }));
   const runtime = await startRuntime({

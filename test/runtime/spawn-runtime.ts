@@ -10,6 +10,8 @@ export interface RuntimeChild {
   url: string;
   /** The REST API root, without a trailing slash: `http://127.0.0.1:40123/api`. */
   api: string;
+  /** The runtime's process (Node itself, no shell between): for its CPU time, SIGSTOP and SIGCONT. */
+  pid: number;
   /** What the process printed, for a failure message. */
   output(): string;
   /** SIGTERM, then waits for the exit (the runtime stops its flows and hub first). */
@@ -63,6 +65,7 @@ export function spawnRuntime(userDir: string, env: NodeJS.ProcessEnv = {}): Prom
       resolve({
         url,
         api: `${url}api`,
+        pid: proc.pid!,
         output: () => output,
         stop: () =>
           new Promise<void>((done, fail) => {
