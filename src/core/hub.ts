@@ -37,7 +37,7 @@ import { twinCopy } from "./twin";
 import type { Command, Device, DeviceState, DeviceTwin, StateHistoryEntry, TethralEvent } from "./types";
 import { DEFAULT_PERSISTENCE_OPTIONS, Persistence } from "./write-behind";
 import { ClusterMember } from "./cluster/member";
-import { clusterHealthOf, clusterInfoOf } from "./cluster/view";
+import { clusterHealthOf, clusterInfoOf, clusterStoreHost } from "./cluster/view";
 import { type LocalRequests, commandWaitMs, localRequests, registrationId, routedRequest } from "./cluster/routed";
 import { type ClusterStore, isClusterStore } from "./ports/cluster";
 
@@ -105,7 +105,7 @@ export class Hub {
     this.commandWaitMs = (options.commands?.defaultTimeoutSec ?? DEFAULT_COMMAND_OPTIONS.defaultTimeoutSec) * 1000;
     this.intake = new Intake(po.intakeHighWater, Math.floor(po.intakeHighWater / 2));
     const p = (this.persistence = options.store
-      ? new Persistence(options.store, clock, { ...storeHost(this, warn, (ms) => this.metrics.observeBatch(ms)), fenced: (ps) => this.cluster?.fenced(ps) }, po, this.intake)
+      ? new Persistence(options.store, clock, clusterStoreHost(storeHost(this, warn, (ms) => this.metrics.observeBatch(ms)), () => this.cluster), po, this.intake)
       : null);
     const unstored = new Set(po.unstoredEventTypes);
     this.events = new EventBus(clock, {

@@ -33,8 +33,6 @@ export interface DeviceRecord {
   status: DeviceStatus;
   /** Epoch ms of the last message; 0 when never seen. */
   lastSeen: number;
-  /** Cluster mode: a fingerprint of the last message applied (see `ClusterMember.applying`); 0 for none. */
-  lastMessage: number;
   createdAt: number;
   updatedAt: number;
   /**
@@ -204,7 +202,6 @@ export class DeviceRegistry {
       metadata: data.metadata && !isEmptyObject(data.metadata) ? cloneJson(data.metadata) : undefined,
       status: restored?.status ?? "unknown",
       lastSeen: restored?.lastSeen ?? 0,
-      lastMessage: 0,
       createdAt: restored?.createdAt ?? now,
       updatedAt: restored?.updatedAt ?? now,
       heartbeat: undefined,

@@ -18,7 +18,7 @@ export function storeHost(
   return {
     presence: (id) => {
       const r = hub.registry.record(id);
-      return r ? { id, status: r.status, lastSeen: r.lastSeen, lastMessage: r.lastMessage } : null;
+      return r ? { id, status: r.status, lastSeen: r.lastSeen } : null;
     },
     state: (id) => hub.state.row(id),
     degraded: (error) => hub.events.publish("store.degraded", { error }, { source: "store", priority: "high" }),
@@ -34,7 +34,7 @@ export async function loadFleet(store: Store, registry: DeviceRegistry, state: S
   // Registration order survives a restart: it is the default order of every listing.
   devices.sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   for (const row of devices) {
-    registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt }).lastMessage = row.lastMessage ?? 0;
+    registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
   }
   for (const row of states) if (registry.has(row.deviceId)) state.restore(row.deviceId, row);
   if (restorePresence) presence.restore(devices);

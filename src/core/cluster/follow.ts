@@ -11,22 +11,23 @@ import type { MemberHost } from "./member";
  * connections this member holds.
  */
 /** Status and lastSeen as the owner wrote them. */
-function follow(record: DeviceRecord, row: { status: string; lastSeen: number; lastMessage?: number }, registry: DeviceRegistry): void {
+function follow(record: DeviceRecord, row: { status: string; lastSeen: number; lastMessage?: number }, registry: DeviceRegistry, lastMessages: Map<string, number>): void {
   if (record.status !== row.status) registry.setStatus(record, row.status as DeviceStatus);
   if (row.lastSeen >= record.lastSeen) {
     record.lastSeen = row.lastSeen;
-    record.lastMessage = row.lastMessage ?? 0;
+    if (row.lastMessage) lastMessages.set(record.id, row.lastMessage);
   }
 }
 
-export function applyChanges(host: MemberHost, owns: (deviceId: string) => boolean, changes: FleetChanges): void {
+export function applyChanges(host: MemberHost, owns: (deviceId: string) => boolean, changes: FleetChanges, lastMessages: Map<string, number>): void {
   const { registry, state, tokens, presence } = host;
   const now = host.clock.now();
   for (const row of changes.devices) {
     if (owns(row.id)) continue;
     const record = registry.record(row.id);
     if (!record) {
-      registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt }).lastMessage = row.lastMessage ?? 0;
+      registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
+      if (row.lastMessage) lastMessages.set(row.id, row.lastMessage);
       continue;
     }
     if (record.updatedAt !== row.updatedAt) {
@@ -35,15 +36,15 @@ export function applyChanges(host: MemberHost, owns: (deviceId: string) => boole
       registry.remove(row.id, { silent: true });
       const fresh = registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
       fresh.state = kept;
-      fresh.lastMessage = row.lastMessage ?? 0;
+      if (row.lastMessage) lastMessages.set(row.id, row.lastMessage);
       continue;
     }
-    follow(record, row, registry);
+    follow(record, row, registry, lastMessages);
   }
   for (const row of changes.presence) {
     if (owns(row.id)) continue;
     const record = registry.record(row.id);
-    if (record) follow(record, row, registry);
+    if (record) follow(record, row, registry, lastMessages);
   }
   for (const row of changes.states) {
     if (owns(row.deviceId)) continue;

@@ -100,6 +100,12 @@ export class ClusterMember {
   private lastFollow = 0;
   private running = false;
   private readonly wrapped = new Map<string, ProtocolAdapter>();
+  /**
+   * A fingerprint of the last message applied to each device (here, or by its owner as read back),
+   * written with its presence for a successor's replay. Kept here, not on the device record: a
+   * single runtime pays nothing for it.
+   */
+  private readonly lastMessages = new Map<string, number>();
   /** What this member holds already: the follower re-reads a margin, and most of it it has. */
   private readonly known = {
     deviceUpdatedAt: (id: string) => this.host.registry.record(id)?.updatedAt,
@@ -216,8 +222,11 @@ export class ClusterMember {
    * to the database, so a successor replays exactly the kept messages after it.
    */
   applying(deviceId: string, kind: string, payload: unknown): void {
-    const record = this.host.registry.record(deviceId);
-    if (record) record.lastMessage = fingerprint(kind, payload);
+    this.lastMessages.set(deviceId, fingerprint(kind, payload));
+  }
+
+  lastMessageOf(deviceId: string): number | undefined {
+    return this.lastMessages.get(deviceId);
   }
 
   /** A flow's report (`hub.ingest`) of a device owned elsewhere: checked here, applied on its owner. */
@@ -416,7 +425,7 @@ export class ClusterMember {
     for (const [id, indexes] of byDevice) {
       const record = this.host.registry.record(id);
       const lastSeen = record?.lastSeen ?? 0;
-      const stored = record?.lastMessage ?? 0;
+      const stored = this.lastMessages.get(id) ?? 0;
       // The match nearest the stored lastSeen: a payload repeated unchanged is then doubled rather than lost.
       let upTo = -1;
       let nearest = MATCH_WINDOW_MS;
@@ -481,7 +490,7 @@ export class ClusterMember {
     this.following = this.store
       .changedSince(this.since, this.known)
       .then((changes) => {
-        applyChanges(this.host, (id) => this.owns(id), changes);
+        applyChanges(this.host, (id) => this.owns(id), changes, this.lastMessages);
         this.since = changes.now - FOLLOW_MARGIN_MS;
         this.lastFollow = started;
       })

@@ -1,4 +1,5 @@
 import { DEFAULT_PARTITIONS, type ClusterInfo } from "../hub-options";
+import type { PersistenceHost } from "../write-behind-options";
 import type { ClusterMember } from "./member";
 
 /** GET /api/cluster: the member's view, or a single runtime as a cluster of one owning every partition. */
@@ -28,5 +29,18 @@ export function clusterHealthOf(cluster: ClusterMember | null, memberId: string)
     unowned: s.unowned,
     renewalLagSeconds: Math.round(s.renewalLagSeconds * 1000) / 1000,
     ...(problem !== null && { error: problem }),
+  };
+}
+
+/** The write-behind's host in cluster mode: presence rows carry the last message's fingerprint, and fenced writes drop leases. */
+export function clusterStoreHost(host: PersistenceHost, cluster: () => ClusterMember | null): PersistenceHost {
+  return {
+    ...host,
+    presence: (id) => {
+      const row = host.presence(id);
+      const m = row ? cluster()?.lastMessageOf(id) : undefined;
+      return m === undefined ? row : { ...row!, lastMessage: m };
+    },
+    fenced: (partitions) => cluster()?.fenced(partitions),
   };
 }
