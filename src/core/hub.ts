@@ -38,6 +38,7 @@ import type { Command, Device, DeviceState, DeviceTwin, StateHistoryEntry, Tethr
 import { DEFAULT_PERSISTENCE_OPTIONS, Persistence } from "./write-behind";
 import { ClusterMember } from "./cluster/member";
 import { clusterHealthOf, clusterInfoOf, clusterStoreHost } from "./cluster/view";
+import type { PersistenceHost } from "./write-behind-options";
 import { type LocalRequests, commandWaitMs, localRequests, registrationId, routedRequest } from "./cluster/routed";
 import { type ClusterStore, isClusterStore } from "./ports/cluster";
 
@@ -105,7 +106,7 @@ export class Hub {
     this.commandWaitMs = (options.commands?.defaultTimeoutSec ?? DEFAULT_COMMAND_OPTIONS.defaultTimeoutSec) * 1000;
     this.intake = new Intake(po.intakeHighWater, Math.floor(po.intakeHighWater / 2));
     const p = (this.persistence = options.store
-      ? new Persistence(options.store, clock, clusterStoreHost(storeHost(this, warn, (ms) => this.metrics.observeBatch(ms)), () => this.cluster), po, this.intake)
+      ? new Persistence(options.store, clock, withCluster(storeHost(this, warn, (ms) => this.metrics.observeBatch(ms)), c ? () => this.cluster : null), po, this.intake)
       : null);
     const unstored = new Set(po.unstoredEventTypes);
     this.events = new EventBus(clock, {
@@ -495,4 +496,9 @@ export class Hub {
       cluster: clusterHealthOf(this.cluster, this.memberId),
     });
   }
+}
+
+/** The write-behind's host: a cluster member's (see `clusterStoreHost`), or the plain one on a single runtime. */
+function withCluster(host: PersistenceHost, cluster: (() => ClusterMember | null) | null): PersistenceHost {
+  return cluster ? clusterStoreHost(host, cluster) : host;
 }
