@@ -105,7 +105,7 @@ export class Hub {
     this.commandWaitMs = (options.commands?.defaultTimeoutSec ?? DEFAULT_COMMAND_OPTIONS.defaultTimeoutSec) * 1000;
     this.intake = new Intake(po.intakeHighWater, Math.floor(po.intakeHighWater / 2));
     const p = (this.persistence = options.store
-      ? new Persistence(options.store, clock, clusterStoreHost(storeHost(this, warn, (ms) => this.metrics.observeBatch(ms)), () => this.cluster), po, this.intake)
+      ? new Persistence(options.store, clock, clusterStoreHost(storeHost(this, warn, (ms) => this.metrics.observeBatch(ms)), c ? () => this.cluster : null), po, this.intake)
       : null);
     const unstored = new Set(po.unstoredEventTypes);
     this.events = new EventBus(clock, {
@@ -164,22 +164,11 @@ export class Hub {
     for (const adapter of options.protocols ?? []) this.adapters.add(adapter);
     this.writes = new DurableWrites(this.registry, this.state, this.presence, this.tokens, this.commands, this.adapters, p, clock, deviceTokens);
     this.reads = new StoredReads(p, this.registry, this.state, this.events, clock, unstored);
+    const { registry, state, presence, tokens, commands } = this;
     this.cluster = c
       ? new ClusterMember(
-          {
-            registry: this.registry,
-            state: this.state,
-            presence: this.presence,
-            tokens: this.tokens,
-            commands: this.commands,
-            clock,
-            receive: (m) => this.gateway.receive(m),
-            apply: (method, args) => routedRequest(this.local, method, args),
-            adapter: (protocol) => this.adapters.running(protocol),
-            flush: () => this.persistence!.flushAll(),
-            deliverTwin: (id) => this.adapters.deliverTwin(id, false, true),
-            warn,
-          },
+          { registry, state, presence, tokens, commands, clock, warn, receive: (m) => this.gateway.receive(m), apply: (method, args) => routedRequest(this.local, method, args),
+            adapter: (protocol) => this.adapters.running(protocol), flush: () => this.persistence!.flushAll(), deliverTwin: (id) => this.adapters.deliverTwin(id, false, true) },
           options.store as unknown as ClusterStore,
           c.link,
           { member: c.member, partitions: c.partitions, leaseMs: c.leaseMs, followMs: 500 },

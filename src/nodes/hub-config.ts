@@ -1,12 +1,28 @@
-import os from "node:os";
 import path from "node:path";
 import { z } from "zod";
-import { DEFAULT_LEASE_SECONDS, DEFAULT_PARTITIONS, type HubOptions } from "../core";
+import type { HubOptions } from "../core";
 import { TethralError } from "../core/errors";
 import { LIMITS, parseInput } from "../core/validation";
 import { PostgresStore, type PostgresStoreOptions } from "../store/postgres";
 import { SqliteStore } from "../store/sqlite";
 import type { Store } from "../core/ports/store";
+import { setting, toChoice, UNRESOLVED_ENV, unsetVariable } from "./setting-fields";
+
+export { setting, toBoolean, toChoice, toNumber, toText, unresolvedEnv } from "./setting-fields";
+export {
+  CLUSTER_SETTINGS,
+  MAX_LEASE_SECONDS,
+  MAX_PARTITIONS,
+  MIN_LEASE_SECONDS,
+  type ClusterConfig,
+  type ClusterSettings,
+  clusterFromEnv,
+  clusterSettingsFor,
+  leaseSecondsFromEnv,
+  memberIdFromEnv,
+  parseClusterConfig,
+  partitionsFromEnv,
+} from "./cluster-config";
 
 /** A tethral-hub node's settings, checked and with defaults filled in. */
 export interface HubConfig {
@@ -104,91 +120,6 @@ export const MAX_EVENT_HISTORY = 100_000;
 const MAX_PATH_LENGTH = 4096;
 
 const DAY_MS = 24 * 3600 * 1000;
-
-/**
- * Node-RED replaces a property that is exactly `${VAR}` with the variable's value, and leaves
- * it as written when the variable is not set: name the variable rather than say "not a number".
- */
-const UNRESOLVED_ENV = /^\$\{([^}]+)\}$/;
-
-const unsetVariable = (name: string) => `uses the environment variable ${name}, which is not set`;
-
-export function unresolvedEnv(value: string, ctx: z.RefinementCtx): boolean {
-  const env = UNRESOLVED_ENV.exec(value);
-  if (env) ctx.addIssue({ code: "custom", message: unsetVariable(env[1]!) });
-  return env !== null;
-}
-
-/** Editor fields arrive as strings (or numbers); blank means "use the default". */
-export function toNumber(value: unknown, ctx: z.RefinementCtx): unknown {
-  if (value === null || value === undefined) return undefined;
-  if (typeof value !== "string") return value;
-  const s = value.trim();
-  if (s === "") return undefined;
-  if (unresolvedEnv(s, ctx)) return z.NEVER;
-  return /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/.test(s) ? Number(s) : s;
-}
-
-const TRUE_WORDS = new Set(["true", "on", "yes", "1"]);
-const FALSE_WORDS = new Set(["false", "off", "no", "0", ""]);
-
-/** Checkboxes give booleans; an `${ENV}` value gives a word. */
-export function toBoolean(value: unknown, ctx: z.RefinementCtx): unknown {
-  if (value === null || value === undefined) return undefined;
-  if (typeof value !== "string") return value;
-  const s = value.trim().toLowerCase();
-  if (unresolvedEnv(value.trim(), ctx)) return z.NEVER;
-  if (TRUE_WORDS.has(s)) return true;
-  if (FALSE_WORDS.has(s)) return false;
-  return value;
-}
-
-/** A text field: trimmed, blank means "use the default". `${VAR}` is checked where it is used. */
-export function toText(value: unknown): unknown {
-  if (value === null || value === undefined) return undefined;
-  if (typeof value !== "string") return value;
-  const s = value.trim();
-  return s === "" ? undefined : s;
-}
-
-/** A choice from a select; an `${ENV}` value may give it in any case. */
-export function toChoice(value: unknown, ctx: z.RefinementCtx): unknown {
-  const s = toText(value);
-  if (typeof s !== "string") return s;
-  if (unresolvedEnv(s, ctx)) return z.NEVER;
-  return s.toLowerCase();
-}
-
-const NOT_A_NUMBER = { error: "must be a number" };
-const NOT_TEXT = { error: "must be text" };
-
-/** Zod schemas of editor fields (strings, blanks, `${ENV}` values), shared by every hub setting. */
-export const setting = {
-  positive: (max: number, fallback: number) =>
-    z.preprocess(
-      toNumber,
-      z.number(NOT_A_NUMBER).gt(0, "must be more than 0").max(max, `must be at most ${max}`).default(fallback),
-    ),
-  between: (min: number, max: number, fallback: number) =>
-    z.preprocess(
-      toNumber,
-      z.number(NOT_A_NUMBER).min(min, `must be at least ${min}`).max(max, `must be at most ${max}`).default(fallback),
-    ),
-  count: (max: number, fallback: number) =>
-    z.preprocess(
-      toNumber,
-      z
-        .number(NOT_A_NUMBER)
-        .int("must be a whole number")
-        .min(1, "must be at least 1")
-        .max(max, `must be at most ${max}`)
-        .default(fallback),
-    ),
-  flag: (fallback: boolean) =>
-    z.preprocess(toBoolean, z.boolean({ error: "must be true or false" }).default(fallback)),
-  text: (max: number, fallback: string) =>
-    z.preprocess(toText, z.string(NOT_TEXT).max(max, `must be at most ${max} characters`).default(fallback)),
-};
 
 const d = HUB_CONFIG_DEFAULTS;
 
@@ -402,119 +333,4 @@ export function storeOf(choice: StorageChoice): Store | null {
     case "postgres":
       return new PostgresStore(choice.options);
   }
-}
-
-// ── Cluster mode (CONTRACT §8) ───────────────────────────────────────────────────────────────
-
-export const CLUSTER_SETTINGS = ["auto", "on", "off"] as const;
-export const MAX_PARTITIONS = 4096;
-export const MIN_LEASE_SECONDS = 2;
-export const MAX_LEASE_SECONDS = 300;
-const MAX_MEMBER_ID_LENGTH = 200;
-
-/** The cluster settings of a tethral-hub node; blank fields are the environment's, else the defaults. */
-export interface ClusterConfig {
-  /** auto: TETHRAL_CLUSTER (off when unset). */
-  cluster: (typeof CLUSTER_SETTINGS)[number];
-  /** Blank: TETHRAL_MEMBER_ID, else `<host name>:<port>`. */
-  memberId: string;
-  /** null: TETHRAL_PARTITIONS, else 64. */
-  partitions: number | null;
-  /** null: TETHRAL_LEASE_SECONDS, else 10. */
-  leaseSeconds: number | null;
-}
-
-const clusterSchema = z.object({
-  cluster: z.preprocess(toChoice, z.enum(CLUSTER_SETTINGS, { error: `must be one of ${CLUSTER_SETTINGS.join(", ")}` }).default("auto")),
-  memberId: z.preprocess(
-    (v, ctx) => (typeof v === "string" && unresolvedEnv(v.trim(), ctx) ? z.NEVER : toText(v)),
-    z.string(NOT_TEXT).max(MAX_MEMBER_ID_LENGTH, `must be at most ${MAX_MEMBER_ID_LENGTH} characters`).default(""),
-  ),
-  partitions: z.preprocess(
-    toNumber,
-    z.number(NOT_A_NUMBER).int("must be a whole number").min(1, "must be at least 1").max(MAX_PARTITIONS, `must be at most ${MAX_PARTITIONS}`).nullable().default(null),
-  ),
-  leaseSeconds: z.preprocess(
-    toNumber,
-    z.number(NOT_A_NUMBER).min(MIN_LEASE_SECONDS, `must be at least ${MIN_LEASE_SECONDS}`).max(MAX_LEASE_SECONDS, `must be at most ${MAX_LEASE_SECONDS}`).nullable().default(null),
-  ),
-});
-
-export function parseClusterConfig(def: unknown): ClusterConfig {
-  return parseInput(clusterSchema, def, "Tethral hub settings") as ClusterConfig;
-}
-
-/** The cluster settings in force: the node's, then the environment's, then the defaults. */
-export interface ClusterSettings {
-  enabled: boolean;
-  /** What turned cluster mode on or off, for the one line that refuses it. */
-  source: "setting" | "TETHRAL_CLUSTER" | "default";
-  memberId: string;
-  partitions: number;
-  leaseMs: number;
-}
-
-function clusterEnvError(variable: string, message: string): TethralError {
-  return new TethralError("INVALID", `invalid environment variable ${variable}: ${message}`, [{ field: variable, message }]);
-}
-
-/** TETHRAL_CLUSTER: true for on, false for off or unset; INVALID otherwise. */
-export function clusterFromEnv(env: NodeJS.ProcessEnv): boolean {
-  const raw = env.TETHRAL_CLUSTER?.trim().toLowerCase();
-  if (!raw) return false;
-  if (TRUE_WORDS.has(raw)) return true;
-  if (FALSE_WORDS.has(raw)) return false;
-  throw clusterEnvError("TETHRAL_CLUSTER", "must be on or off");
-}
-
-/** TETHRAL_PARTITIONS, else the default; INVALID names the variable. */
-export function partitionsFromEnv(env: NodeJS.ProcessEnv): number {
-  const raw = env.TETHRAL_PARTITIONS?.trim();
-  if (!raw) return DEFAULT_PARTITIONS;
-  const n = Number(raw);
-  if (!/^\d+$/.test(raw) || n < 1 || n > MAX_PARTITIONS) throw clusterEnvError("TETHRAL_PARTITIONS", `must be a whole number from 1 to ${MAX_PARTITIONS}`);
-  return n;
-}
-
-/** TETHRAL_LEASE_SECONDS, else the default; INVALID names the variable. */
-export function leaseSecondsFromEnv(env: NodeJS.ProcessEnv): number {
-  const raw = env.TETHRAL_LEASE_SECONDS?.trim();
-  if (!raw) return DEFAULT_LEASE_SECONDS;
-  const n = Number(raw);
-  if (!/^\d+(\.\d+)?$/.test(raw) || n < MIN_LEASE_SECONDS || n > MAX_LEASE_SECONDS) {
-    throw clusterEnvError("TETHRAL_LEASE_SECONDS", `must be a number of seconds from ${MIN_LEASE_SECONDS} to ${MAX_LEASE_SECONDS}`);
-  }
-  return n;
-}
-
-/** TETHRAL_MEMBER_ID, else this machine's host name and the runtime's port. */
-export function memberIdFromEnv(env: NodeJS.ProcessEnv, port: number | undefined): string {
-  const raw = env.TETHRAL_MEMBER_ID?.trim();
-  if (raw) {
-    if (raw.length > MAX_MEMBER_ID_LENGTH) throw clusterEnvError("TETHRAL_MEMBER_ID", `must be at most ${MAX_MEMBER_ID_LENGTH} characters`);
-    return raw;
-  }
-  const fromEnv = env.PORT?.trim();
-  return `${os.hostname()}:${port ?? (fromEnv && /^\d+$/.test(fromEnv) ? Number(fromEnv) : 1880)}`;
-}
-
-/**
- * The cluster settings with the environment applied (CONTRACT §8). `port` is the port the
- * runtime serves on (Node-RED's uiPort once bound): two members on one machine differ by it.
- */
-export function clusterSettingsFor(config: ClusterConfig, env: NodeJS.ProcessEnv = process.env, port?: number): ClusterSettings {
-  let enabled: boolean;
-  let source: ClusterSettings["source"] = "setting";
-  if (config.cluster === "auto") {
-    enabled = clusterFromEnv(env);
-    source = env.TETHRAL_CLUSTER?.trim() ? "TETHRAL_CLUSTER" : "default";
-  } else enabled = config.cluster === "on";
-  // Out of cluster mode the partition and lease variables are not used, so not checked either.
-  return {
-    enabled,
-    source,
-    memberId: config.memberId || memberIdFromEnv(env, port),
-    partitions: config.partitions ?? (enabled ? partitionsFromEnv(env) : DEFAULT_PARTITIONS),
-    leaseMs: Math.round((config.leaseSeconds ?? (enabled ? leaseSecondsFromEnv(env) : DEFAULT_LEASE_SECONDS)) * 1000),
-  };
 }

@@ -1,30 +1,8 @@
 import pg from "pg";
 import { TethralError } from "../core/errors";
-import { CLUSTER_CHANGE_INDEXES, LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE, newerSchemaMessage, tombstoneMaxAgeMs } from "./migrations";
-import {
-  assertFence,
-  BEAT_MEMBER,
-  CLAIM_LEASE,
-  DB_NOW,
-  fenceCheck,
-  FORGET,
-  INSERT_LEASES,
-  INSERT_META,
-  JOIN_MEMBER,
-  leaseArrays,
-  LEAVE,
-  LOCK_LEASES,
-  PURGE_TOMBSTONES,
-  RELEASE_LEASES,
-  RENEW_LEASES,
-  SELECT_LEASES,
-  SELECT_MEMBERS,
-  SELECT_PARTITIONS,
-  toLeaseRow,
-  toMemberRow,
-  TOMBSTONE,
-  type FenceCheck,
-} from "./postgres-cluster";
+import { LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE, newerSchemaMessage, tombstoneMaxAgeMs } from "./migrations";
+import { assertFence, PURGE_TOMBSTONES, TOMBSTONE, type FenceCheck } from "./postgres-cluster";
+import * as cluster from "./postgres-cluster-store";
 import {
   backoffMs,
   bigintAsNumber,
@@ -112,7 +90,7 @@ export interface PostgresStoreOptions {
  * on the client when they fail with a serialization conflict (CockroachDB's restart is 40001).
  *
  * It is also the cluster's store (CONTRACT §8): leases, members, fenced writes and the changes
- * members follow (see postgres-cluster.ts).
+ * members follow (see postgres-cluster.ts and postgres-cluster-store.ts).
  */
 export class PostgresStore implements Store, ClusterStore {
   readonly kind = "postgres" as const;
@@ -127,6 +105,12 @@ export class PostgresStore implements Store, ClusterStore {
   private readonly db: Queryable = { query: (config) => this.query(config) };
   /** Set in cluster mode: every device write is checked against it (`setFence`). */
   private fence: Fence | null = null;
+  /** The cluster's statements (postgres-cluster-store.ts) run on this store's pool, retried like its own. */
+  private readonly clusterDb: cluster.ClusterDb = {
+    query: (sql, params) => this.query(sql, params),
+    tx: (fn) => this.tx(fn),
+    direct: (sql) => this.requirePool().query(sql),
+  };
 
   constructor(options: PostgresStoreOptions) {
     const { connectionString, description } = connectionSettings(options.url, options.password);
@@ -367,139 +351,50 @@ export class PostgresStore implements Store, ClusterStore {
 
   // ---- cluster (CONTRACT §8; times are the database's clock) ----
 
-  async clusterJoin(member: string, partitions: number): Promise<{ now: number }> {
-    if (!Number.isInteger(partitions) || partitions < 1) {
-      throw new TethralError("INVALID", `TETHRAL_PARTITIONS must be a whole number above 0, not ${partitions}`);
-    }
-    for (const sql of CLUSTER_CHANGE_INDEXES) {
-      try {
-        await this.requirePool().query(sql);
-      } catch (err) {
-        // Two members making the same index at once: the other one did (42P07, or 23505 on pg_class).
-        if (sqlState(err) !== "42P07" && sqlState(err) !== "23505") throw err;
-      }
-    }
-    return this.tx(async (c) => {
-      // Two members joining a fresh database at once: one row is inserted, both read it.
-      await c.query(INSERT_META, [partitions]);
-      const found = Number((await c.query<{ partitions: number }>(SELECT_PARTITIONS)).rows[0]!.partitions);
-      if (found !== partitions) {
-        throw new TethralError(
-          "INVALID",
-          `the cluster's database has ${found} partitions, and TETHRAL_PARTITIONS is ${partitions}: use ${found}, or a new database`,
-        );
-      }
-      await c.query(INSERT_LEASES, [partitions]);
-      const { rows } = await c.query<{ now: number }>(JOIN_MEMBER, [text(member, "member")]);
-      return { now: Number(rows[0]!.now) };
-    });
+  clusterJoin(member: string, partitions: number): Promise<{ now: number }> {
+    return cluster.clusterJoin(this.clusterDb, member, partitions);
   }
 
-  async clusterBeat(member: string, leaseMs: number, held: HeldLease[]): Promise<BeatResult> {
-    return this.tx(async (c) => {
-      const now = Number((await c.query<{ now: number }>(BEAT_MEMBER, [text(member, "member")])).rows[0]!.now);
-      let renewed: number[] = [];
-      if (held.length > 0) {
-        await c.query(LOCK_LEASES, [held.map((l) => l.partition)]);
-        const { rows } = await c.query<{ part: number }>(RENEW_LEASES, [member, ...leaseArrays(held), now + Math.round(leaseMs)]);
-        renewed = rows.map((r) => Number(r.part)).sort((a, b) => a - b);
-      }
-      const members = (await c.query(SELECT_MEMBERS)).rows.map(toMemberRow);
-      const leases = (await c.query(SELECT_LEASES)).rows.map(toLeaseRow);
-      return { now, members, leases, renewed };
-    });
+  clusterBeat(member: string, leaseMs: number, held: HeldLease[]): Promise<BeatResult> {
+    return cluster.clusterBeat(this.clusterDb, member, leaseMs, held);
   }
 
-  async clusterClaim(member: string, partition: number, leaseMs: number): Promise<LeaseRow | null> {
-    const { rows } = await this.query(CLAIM_LEASE, [text(member, "member"), partition, Math.round(leaseMs)]);
-    return rows.length > 0 ? toLeaseRow(rows[0]!) : null;
+  clusterClaim(member: string, partition: number, leaseMs: number): Promise<LeaseRow | null> {
+    return cluster.clusterClaim(this.clusterDb, member, partition, leaseMs);
   }
 
-  async clusterRelease(member: string, leases: HeldLease[]): Promise<void> {
-    if (leases.length === 0) return;
-    await this.tx(async (c) => {
-      await c.query(LOCK_LEASES, [leases.map((l) => l.partition)]);
-      await c.query(RELEASE_LEASES, [member, ...leaseArrays(leases)]);
-    });
+  clusterRelease(member: string, leases: HeldLease[]): Promise<void> {
+    return cluster.clusterRelease(this.clusterDb, member, leases);
   }
 
-  async clusterLeave(member: string): Promise<void> {
-    await this.query(LEAVE, [member]);
+  clusterLeave(member: string): Promise<void> {
+    return cluster.clusterLeave(this.clusterDb, member);
   }
 
-  async clusterForget(olderThanMs: number): Promise<void> {
-    await this.query(FORGET, [Math.round(olderThanMs)]);
+  clusterForget(olderThanMs: number): Promise<void> {
+    return cluster.clusterForget(this.clusterDb, olderThanMs);
   }
 
-  async clusterPartitions(): Promise<number | null> {
-    const { rows } = await this.query(SELECT_PARTITIONS);
-    return rows.length > 0 ? Number(rows[0]!.partitions) : null;
+  clusterPartitions(): Promise<number | null> {
+    return cluster.clusterPartitions(this.clusterDb);
   }
 
   setFence(fence: Fence | null): void {
     this.fence = fence;
   }
 
-  /**
-   * The clock is read first: a row written after it is seen now or, its time being later, next
-   * time. Device and token times are the writers' clocks: the caller's margin covers their skew.
-   */
-  async changedSince(since: number, known?: KnownRows): Promise<FleetChanges> {
-    const light = await this.query(
-      `SELECT ${DB_NOW} AS now, 'n' AS kind, '' AS id, NULL AS status, NULL::bigint AS last_seen, NULL::bigint AS stamp, NULL::bigint AS last_message
-       UNION ALL SELECT NULL, 'd', id, status, last_seen, updated_at, last_message FROM devices WHERE updated_at >= $1 OR last_seen >= $1
-       UNION ALL SELECT NULL, 's', device_id, NULL, NULL, rev, NULL FROM states WHERE updated_at >= $1
-       UNION ALL SELECT NULL, 'r', device_id, NULL, NULL, NULL, NULL FROM removed_devices WHERE removed_at >= $1`,
-      [since],
-    );
-    let now = 0;
-    const wholeDevices: string[] = [];
-    const wholeStates: string[] = [];
-    const presence: FleetChanges["presence"] = [];
-    const removed: string[] = [];
-    for (const r of light.rows) {
-      const id = r.id as string;
-      if (r.kind === "n") now = Number(r.now);
-      if (r.kind === "d") {
-        if (known && known.deviceUpdatedAt(id) === Number(r.stamp)) presence.push({ id, status: r.status as string, lastSeen: Number(r.last_seen), lastMessage: Number(r.last_message ?? 0) });
-        else wholeDevices.push(id);
-      } else if (r.kind === "s") {
-        const rev = known?.stateRev(id);
-        if (rev === undefined || rev < Number(r.stamp)) wholeStates.push(id);
-      } else if (r.kind === "r") removed.push(id);
-    }
-    const [devices, states, tokens] = await Promise.all([
-      wholeDevices.length > 0 ? this.query("SELECT * FROM devices WHERE id = ANY($1)", [wholeDevices]) : null,
-      wholeStates.length > 0 ? this.query("SELECT * FROM states WHERE device_id = ANY($1)", [wholeStates]) : null,
-      this.query("SELECT * FROM device_tokens WHERE created_at >= $1", [since]),
-    ]);
-    return {
-      now,
-      devices: devices?.rows.map(toDeviceRow) ?? [],
-      presence,
-      states: states?.rows.map(toStateRow) ?? [],
-      tokens: tokens.rows.map(toTokenRow),
-      removed,
-    };
+  changedSince(since: number, known?: KnownRows): Promise<FleetChanges> {
+    return cluster.changedSince(this.clusterDb, since, known);
   }
 
   /** The fence check of a write of these devices; null when no fence is set (no extra statement then). */
   private checkOf(deviceIds: Iterable<string> | (() => Iterable<string>)): FenceCheck | null {
-    if (!this.fence) return null;
-    return fenceCheck(this.fence, typeof deviceIds === "function" ? deviceIds() : deviceIds);
+    return cluster.checkOf(this.fence, deviceIds);
   }
 
   /** One statement; with a fence, in a transaction after the fence check. */
-  private async fencedStatement(deviceIds: string[], sql: string, params: unknown[]): Promise<void> {
-    const check = this.checkOf(deviceIds);
-    if (!check) {
-      await this.query(sql, params);
-      return;
-    }
-    await this.tx(async (c) => {
-      await assertFence(c, check);
-      await c.query(sql, params);
-    });
+  private fencedStatement(deviceIds: string[], sql: string, params: unknown[]): Promise<void> {
+    return cluster.fencedStatement(this.clusterDb, this.fence, deviceIds, sql, params);
   }
 
   // ---- plumbing ----

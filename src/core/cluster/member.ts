@@ -3,17 +3,18 @@ import type { CommandTracker } from "../commands";
 import { TethralError, errorMessage, isTethralError } from "../errors";
 import type { ClusterInfo } from "../hub-options";
 import { type ClusterLink, type ClusterStore, type ForwardedMessage, isFenced, isNoAnswer } from "../ports/cluster";
-import type { CommandFrame, DeviceMessage, ProtocolAdapter, ReceiveResult, SendOutcome } from "../ports/protocol";
+import type { DeviceMessage, ProtocolAdapter, ReceiveResult } from "../ports/protocol";
 import { type InboundMessage, parseInbound } from "../inbound";
 import type { Presence } from "../presence";
 import type { DeviceRegistry } from "../registry";
 import type { StateManager } from "../state";
 import type { DeviceTokens } from "../tokens";
-import type { Device } from "../types";
 import { applyChanges } from "./follow";
 import { Leases, type LeaseStatistics } from "./leases";
 import { partitionOf } from "./partition";
-import { type HeldMessage, RecentMessages } from "./recent";
+import { RecentMessages } from "./recent";
+import { RemoteAdapters } from "./remote-adapter";
+import { fingerprint, replay } from "./replay";
 
 /** What the member needs of the hub it is part of. */
 export interface MemberHost {
@@ -59,10 +60,6 @@ export interface ClusterStatistics extends LeaseStatistics {
   linkConnected: boolean;
 }
 
-/** Without a matching fingerprint, a kept message newer than its device's stored lastSeen by more than this is replayed. */
-const REPLAY_SKEW_MS = 20;
-/** A kept message matches the stored fingerprint only this close to the stored lastSeen (a frozen member's backlog is stamped late). */
-const MATCH_WINDOW_MS = 30_000;
 /** Changes are read back from a little before the last read: rows are stamped by their writers' clocks. */
 const FOLLOW_MARGIN_MS = 5_000;
 
@@ -91,6 +88,7 @@ export function isMoved(err: unknown): boolean {
 export class ClusterMember {
   readonly leases: Leases;
   private readonly recent: RecentMessages;
+  private readonly remote: RemoteAdapters;
   private readonly cache = new Map<string, number>();
   /** The member holding a device's connection, by its forwarded messages. */
   private readonly via = new Map<string, string>();
@@ -99,7 +97,6 @@ export class ClusterMember {
   private since = 0;
   private lastFollow = 0;
   private running = false;
-  private readonly wrapped = new Map<string, ProtocolAdapter>();
   /**
    * A fingerprint of the last message applied to each device (here, or by its owner as read back),
    * written with its presence for a successor's replay. Kept here, not on the device record: a
@@ -125,6 +122,13 @@ export class ClusterMember {
       handOver: (ps) => this.handOver(ps),
       lost: (ps) => this.drop(ps),
       warn: (m) => host.warn(m),
+    });
+    this.remote = new RemoteAdapters({
+      member: options.member,
+      link,
+      via: this.via,
+      adapter: (protocol) => host.adapter(protocol),
+      forwarded: () => this.stats.forwardedCalls++,
     });
     // Two lease periods and a few seconds: the gap a dead owner leaves, and the takeover's load.
     this.recent = new RecentMessages(options.partitions, 2 * options.leaseMs + 5_000, 200_000);
@@ -318,7 +322,7 @@ export class ClusterMember {
       void this.leases.beatNow();
       return null;
     }
-    if (method === "deliver") return this.deliverHere(a);
+    if (method === "deliver") return this.remote.deliverHere(a);
     const deviceId = await this.deviceOf(method, a);
     if (deviceId !== null && !this.owns(deviceId)) throw movedError(deviceId);
     try {
@@ -336,45 +340,10 @@ export class ClusterMember {
     return typeof a.deviceId === "string" ? a.deviceId : typeof a.id === "string" ? a.id : null;
   }
 
-  private async deliverHere(a: Record<string, unknown>): Promise<SendOutcome> {
-    const adapter = this.host.adapter(String(a.protocol));
-    if (!adapter) throw new TethralError("UNAVAILABLE", `protocol ${String(a.protocol)} does not run on cluster member ${this.member}`);
-    return adapter.send(a.device as Device, a.frame as CommandFrame, Number(a.timeoutMs));
-  }
-
-  /**
-   * The adapter commands use for a protocol: the local one, except for a device whose connection
-   * another member holds, whose commands go through that member.
-   */
+  /** The adapter commands use for a protocol (see RemoteAdapters). */
   adapterFor(protocol: string, local: ProtocolAdapter | undefined): ProtocolAdapter | undefined {
     if (!this.running) return local;
-    const key = `${protocol}\u0000${local ? "1" : "0"}`;
-    let w = this.wrapped.get(key);
-    if (w && (w as { local?: ProtocolAdapter }).local === local) return w;
-    const remote = (id: string): string | null => {
-      const v = this.via.get(id);
-      return v !== undefined && v !== this.member && local?.isConnected(id) !== true ? v : null;
-    };
-    w = {
-      local,
-      name: protocol,
-      start: async () => undefined,
-      stop: async () => undefined,
-      health: () => local?.health() ?? { status: "stopped" },
-      statistics: () => local?.statistics() ?? { connected: 0 },
-      isConnected: (id: string) => (remote(id) !== null ? true : local?.isConnected(id)),
-      send: (device: Device, frame: CommandFrame, timeoutMs: number) => {
-        const v = remote(device.id);
-        if (v === null) {
-          if (!local) return Promise.reject(new TethralError("UNAVAILABLE", `protocol ${protocol} does not run here`));
-          return local.send(device, frame, timeoutMs);
-        }
-        this.stats.forwardedCalls++;
-        return this.link.call(v, "deliver", { protocol, device, frame, timeoutMs }, timeoutMs + 2_000) as Promise<SendOutcome>;
-      },
-    } as ProtocolAdapter & { local?: ProtocolAdapter };
-    this.wrapped.set(key, w);
-    return w;
+    return this.remote.adapterFor(protocol, local);
   }
 
   // ── Partitions coming and going ────────────────────────────────────────────────────────
@@ -394,55 +363,17 @@ export class ClusterMember {
     await this.host.commands.loadWhere(mine);
   }
 
-  /** Right after the partition became ours: what its previous owner had not written, in order. */
+  /** Right after the partition became ours: what its previous owner had not written, in order (see replay.ts). */
   private replay(partition: number): void {
-    const held = this.recent.take(partition, this.host.clock.now());
-    const skip = this.alreadyApplied(held);
-    for (let i = 0; i < held.length; i++) {
-      const e = held[i]!;
-      if (e.via !== undefined) this.via.set(e.message.deviceId, e.via);
-      if (skip.has(i)) continue;
-      this.stats.replayed++;
-      this.host.receive(e.message);
-    }
-  }
-
-  /**
-   * Which kept messages the previous owner applied (by index). Per device: everything up to the
-   * kept message whose fingerprint is the one it stored with the device's presence, the one taken
-   * nearest its stored lastSeen (within 30 s). A device whose stored message is not among the
-   * kept ones (older than the window, or never seen here) goes by time instead: what this member
-   * took before the stored lastSeen (and up to 20 ms after, for clocks) was applied.
-   */
-  private alreadyApplied(held: HeldMessage[]): Set<number> {
-    const byDevice = new Map<string, number[]>();
-    held.forEach((e, i) => {
-      const list = byDevice.get(e.message.deviceId);
-      if (list) list.push(i);
-      else byDevice.set(e.message.deviceId, [i]);
+    replay(this.recent.take(partition, this.host.clock.now()), {
+      lastSeenOf: (id) => this.host.registry.record(id)?.lastSeen ?? 0,
+      lastMessageOf: (id) => this.lastMessages.get(id),
+      connectedVia: (id, member) => this.via.set(id, member),
+      apply: (message) => {
+        this.stats.replayed++;
+        this.host.receive(message);
+      },
     });
-    const skip = new Set<number>();
-    for (const [id, indexes] of byDevice) {
-      const record = this.host.registry.record(id);
-      const lastSeen = record?.lastSeen ?? 0;
-      const stored = this.lastMessages.get(id) ?? 0;
-      // The match nearest the stored lastSeen: a payload repeated unchanged is then doubled rather than lost.
-      let upTo = -1;
-      let nearest = MATCH_WINDOW_MS;
-      if (stored !== 0) {
-        for (let k = indexes.length - 1; k >= 0; k--) {
-          const e = held[indexes[k]!]!;
-          const distance = Math.abs(e.at - lastSeen);
-          if (distance < nearest && fingerprint(e.message.kind, e.message.payload) === stored) {
-            upTo = k;
-            nearest = distance;
-          }
-        }
-      }
-      if (upTo >= 0) for (let k = 0; k <= upTo; k++) skip.add(indexes[k]!);
-      else for (const i of indexes) if (held[i]!.at <= lastSeen + REPLAY_SKEW_MS) skip.add(i);
-    }
-    return skip;
   }
 
   private async handOver(partitions: number[]): Promise<void> {
@@ -500,8 +431,6 @@ export class ClusterMember {
     return this.following;
   }
 
-
-
   // ── What it tells ──────────────────────────────────────────────────────────────────────
 
   info(): ClusterInfo {
@@ -542,20 +471,6 @@ export class ClusterMember {
   fenced(partitions: number[]): void {
     this.leases.fenced(partitions);
   }
-}
-
-/** FNV-1a (32 bits) of a message's kind and payload bytes: what tells one kept message from another. */
-export function fingerprint(kind: string, payload: unknown): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < kind.length; i++) h = Math.imul(h ^ kind.charCodeAt(i), 0x01000193);
-  if (payload instanceof Uint8Array) {
-    for (let i = 0; i < payload.length; i++) h = Math.imul(h ^ payload[i]!, 0x01000193);
-  } else if (payload !== null && payload !== undefined) {
-    const text = typeof payload === "string" ? payload : JSON.stringify(payload);
-    for (let i = 0; i < text.length; i++) h = Math.imul(h ^ text.charCodeAt(i), 0x01000193);
-  }
-  // 0 means "none".
-  return (h >>> 0) || 1;
 }
 
 function messageOf(m: ForwardedMessage): DeviceMessage {

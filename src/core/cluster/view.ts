@@ -32,8 +32,12 @@ export function clusterHealthOf(cluster: ClusterMember | null, memberId: string)
   };
 }
 
-/** The write-behind's host in cluster mode: presence rows carry the last message's fingerprint, and fenced writes drop leases. */
-export function clusterStoreHost(host: PersistenceHost, cluster: () => ClusterMember | null): PersistenceHost {
+/**
+ * The write-behind's host in cluster mode: presence rows carry the last message's fingerprint, and
+ * fenced writes drop leases. A single runtime (`cluster` null) keeps the plain host.
+ */
+export function clusterStoreHost(host: PersistenceHost, cluster: (() => ClusterMember | null) | null): PersistenceHost {
+  if (!cluster) return host;
   return {
     ...host,
     presence: (id) => {
