@@ -249,7 +249,9 @@ export class MqttClusterLink implements ClusterLink {
       this.waiting.set(id, { member, resolve, reject, timer });
       client.publish(
         this.rpcTopic(member),
-        encode({ method, args }),
+        // When the caller stops waiting: a member that reads the request later (it was frozen, or
+        // its connection stalled) must not act on it, or the caller's retry would act twice.
+        encode({ method, args, expires: Date.now() + timeoutMs }),
         { ...QOS, properties: { responseTopic: this.replyTopic(this.member), correlationData: Buffer.from(id, "utf8") } },
         (err) => {
           // mqtt.js reports an error only when the publish is given up (the client ended).
@@ -339,8 +341,10 @@ export class MqttClusterLink implements ClusterLink {
     const correlationData = packet.properties?.correlationData;
     let answer: Answer;
     try {
-      const request = decode(payload) as { method?: unknown; args?: unknown };
+      const request = decode(payload) as { method?: unknown; args?: unknown; expires?: unknown };
       if (typeof request?.method !== "string") throw new TethralError("INVALID", "a cluster request without a method");
+      // Its caller has given up on it (and may have asked again): left unanswered, undone.
+      if (typeof request.expires === "number" && Date.now() > request.expires) return;
       answer = { value: await this.handlers!.call(request.method, request.args) };
     } catch (err) {
       answer = errorAnswer(err);

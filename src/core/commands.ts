@@ -87,6 +87,18 @@ export class CommandTracker {
   }
 
   /**
+   * Cluster mode, before a clean hand-over: nothing more is sent to the devices `gone` selects,
+   * and sends already with an adapter are waited for (at most `limitMs`), so their `sent` is
+   * among the status writes flushed next and the new owner does not send them again.
+   */
+  async quiesce(gone: (deviceId: string) => boolean, limitMs: number): Promise<void> {
+    const theirs = [...this.live.values()].filter((e) => gone(e.row.deviceId));
+    for (const id of new Set(theirs.map((e) => e.row.deviceId))) this.delivery.forgetDevice(id);
+    const end = Date.now() + limitMs;
+    while (theirs.some((e) => e.phase === "sending") && Date.now() < end) await new Promise((resolve) => setTimeout(resolve, 10));
+  }
+
+  /**
    * Cluster mode: the devices `gone` selects are another member's now. Their commands leave this
    * tracker as stored (the new owner loads them); whoever waits here is told they moved. Their
    * status writes must have been flushed first (a clean hand-over) or are fenced (a lost lease).

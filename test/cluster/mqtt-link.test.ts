@@ -74,6 +74,23 @@ describe("cluster link over MQTT 5 (a Mosquitto of the test's own)", function ()
     assert.match(other.message, /disk on fire/);
   });
 
+  it("does not run a request its member reads after the caller gave up on it (a frozen member's backlog)", async () => {
+    const a = await member("a");
+    const ran: unknown[] = [];
+    const b = await member("b", (method, args) => {
+      ran.push(args);
+      return Promise.resolve("done");
+    });
+    // B stops reading its socket, as a member stopped with SIGSTOP does; the request waits there.
+    const stream = (b.link as unknown as { client: { stream: { pause(): void; resume(): void } } }).client.stream;
+    stream.pause();
+    await assertRejectsCode(() => a.link.call("b", "deliver", { n: 1 }, 200), "UNAVAILABLE");
+    stream.resume();
+    // A later request in time runs; the stale one never does.
+    assert.equal(await a.link.call("b", "deliver", { n: 2 }, 5000), "done");
+    assert.deepEqual(ran, [{ n: 2 }]);
+  });
+
   it("rejects with UNAVAILABLE naming the member when no answer comes in time", async () => {
     const a = await member("a");
     const err = await assertRejectsCode(() => a.link.call("nobody-here", "device.get", null, 300), "UNAVAILABLE");

@@ -129,6 +129,7 @@ export class ClusterMember {
       via: this.via,
       adapter: (protocol) => host.adapter(protocol),
       forwarded: () => this.stats.forwardedCalls++,
+      owns: (id) => this.owns(id),
     });
     // Two lease periods and a few seconds: the gap a dead owner leaves, and the takeover's load.
     this.recent = new RecentMessages(options.partitions, 2 * options.leaseMs + 5_000, 200_000);
@@ -374,11 +375,15 @@ export class ClusterMember {
         this.host.receive(message);
       },
     });
+    // Their commands were loaded while the partition was not yet ours, and waited: they go now.
+    for (const record of this.host.registry.allRecords()) if (this.partitionOf(record.id) === partition) this.host.commands.kick(record.id);
   }
 
   private async handOver(partitions: number[]): Promise<void> {
     // Already not taking their messages (the lease is "leaving"): what waits is written, then they go.
     await this.host.flush();
+    const gone = new Set(partitions);
+    await this.host.commands.quiesce((id) => gone.has(this.partitionOf(id)), 3_000);
     await this.host.commands.flush();
     this.drop(partitions);
   }

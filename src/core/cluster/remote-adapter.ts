@@ -13,6 +13,8 @@ export interface RemoteAdapterHost {
   adapter(protocol: string): ProtocolAdapter | undefined;
   /** A command went to the member holding the connection (counted as a forwarded call). */
   forwarded(): void;
+  /** Whether this member owns the device now (a member whose lease ran out sends nothing). */
+  owns(deviceId: string): boolean;
 }
 
 /**
@@ -44,8 +46,11 @@ export class RemoteAdapters {
       stop: async () => undefined,
       health: () => local?.health() ?? { status: "stopped" },
       statistics: () => local?.statistics() ?? { connected: 0 },
-      isConnected: (id: string) => (remote(id) !== null ? true : local?.isConnected(id)),
+      // A member that is no longer the owner (a lease that ran out while it was frozen) sends
+      // nothing: the device's commands are its new owner's to send.
+      isConnected: (id: string) => (!this.host.owns(id) ? false : remote(id) !== null ? true : local?.isConnected(id)),
       send: (device: Device, frame: CommandFrame, timeoutMs: number) => {
+        if (!this.host.owns(device.id)) return Promise.reject(new TethralError("UNAVAILABLE", `device ${device.id} is not this cluster member's now`));
         const v = remote(device.id);
         if (v === null) {
           if (!local) return Promise.reject(new TethralError("UNAVAILABLE", `protocol ${protocol} does not run here`));
