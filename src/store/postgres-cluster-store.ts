@@ -84,8 +84,27 @@ export async function clusterBeat(db: ClusterDb, member: string, leaseMs: number
 }
 
 export async function clusterClaim(db: ClusterDb, member: string, partition: number, leaseMs: number): Promise<LeaseRow | null> {
-  const { rows } = await db.query(CLAIM_LEASE, [text(member, "member"), partition, Math.round(leaseMs)]);
-  return rows.length > 0 ? toLeaseRow(rows[0]!) : null;
+  try {
+    return await db.tx(async (c) => {
+      // The lease row may be locked by its owner's write in flight; a claim does not wait long
+      // for it (the beat that claims also renews this member's own leases). A frozen owner's
+      // lock goes when the database ends its idle transaction (Fence.holdMs).
+      await c.query(`SET LOCAL lock_timeout = ${Math.max(50, Math.min(250, Math.round(leaseMs / 8)))}`);
+      const { rows } = await c.query(CLAIM_LEASE, [text(member, "member"), partition, Math.round(leaseMs)]);
+      return rows.length > 0 ? toLeaseRow(rows[0]!) : null;
+    });
+  } catch (err) {
+    if (sqlState(err) === "55P03" || sqlState((err as { cause?: unknown })?.cause) === "55P03") throw new ClaimLocked(partition);
+    throw err;
+  }
+}
+
+/** A claim that found the lease row locked (by its owner's write): tried again at a later beat. */
+export class ClaimLocked extends Error {
+  readonly locked = true;
+  constructor(partition: number) {
+    super(`the lease of partition ${partition} is locked by a write in flight`);
+  }
 }
 
 export async function clusterRelease(db: ClusterDb, member: string, leases: HeldLease[]): Promise<void> {

@@ -78,13 +78,15 @@ export function leaseArrays(leases: readonly HeldLease[]): [number[], number[]] 
 /** What a fenced write is made under: its leases, and its devices this member does not own. */
 export interface FenceCheck {
   member: string;
+  /** See Fence.holdMs. */
+  holdMs: number | undefined;
   /** Partition -> the epoch the write is made under, with the devices of the write in it. */
   leases: Map<number, { epoch: number; devices: string[] }>;
   unowned: string[];
 }
 
 export function fenceCheck(fence: Fence, deviceIds: Iterable<string>): FenceCheck {
-  const check: FenceCheck = { member: fence.member, leases: new Map(), unowned: [] };
+  const check: FenceCheck = { member: fence.member, holdMs: fence.holdMs, leases: new Map(), unowned: [] };
   const seen = new Set<string>();
   for (const id of deviceIds) {
     if (seen.has(id)) continue;
@@ -128,6 +130,9 @@ export async function assertFence(
 ): Promise<void> {
   const parts = [...check.leases.keys()];
   const current = new Map<number, number>();
+  if (check.holdMs !== undefined && Number.isInteger(check.holdMs) && check.holdMs > 0) {
+    await c.query(`SET LOCAL idle_in_transaction_session_timeout = ${check.holdMs}`, []);
+  }
   if (parts.length > 0) {
     const { rows } = await c.query(FENCE_LEASES, [parts, check.member]);
     for (const r of rows) current.set(Number(r.part), Number(r.epoch));

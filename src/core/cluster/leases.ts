@@ -203,15 +203,18 @@ export class Leases {
       if (!this.running || target[p] !== this.member || this.held.has(p)) continue;
       const l = leases.get(p);
       if (l && l.owner !== null && l.owner !== this.member && l.expiresAt > view.now) continue;
-      await this.claim(p);
+      // A lease row locked by its (frozen) owner's write: the rest wait for the next beat, so
+      // this member's own renewals are not held up behind the locks.
+      if ((await this.claim(p)) === "locked") break;
     }
   }
 
-  private async claim(partition: number): Promise<void> {
+  private async claim(partition: number): Promise<"locked" | void> {
     let row: LeaseRow | null;
     try {
       row = await this.store.clusterClaim(this.member, partition, this.leaseMs);
     } catch (err) {
+      if ((err as { locked?: unknown })?.locked === true) return "locked";
       this.hooks.warn(`cluster: could not claim partition ${partition}: ${errorMessage(err)}`);
       return;
     }

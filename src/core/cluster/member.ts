@@ -2,7 +2,7 @@ import type { Clock, TimerHandle } from "../clock";
 import type { CommandTracker } from "../commands";
 import { TethralError, errorMessage, isTethralError } from "../errors";
 import type { ClusterInfo } from "../hub-options";
-import { type ClusterLink, type ClusterStore, type ForwardedMessage, isFenced, isNoAnswer } from "../ports/cluster";
+import { type ClusterLink, type ClusterStore, type Fence, type ForwardedMessage, isFenced, isNoAnswer } from "../ports/cluster";
 import type { DeviceMessage, ProtocolAdapter, ReceiveResult } from "../ports/protocol";
 import { type InboundMessage, parseInbound } from "../inbound";
 import type { Presence } from "../presence";
@@ -154,8 +154,8 @@ export class ClusterMember {
   }
 
   /** The fence the store checks every device write against. */
-  fence(): { member: string; leaseOf: (deviceId: string) => { partition: number; epoch: number } | null } {
-    return { member: this.member, leaseOf: (id) => this.leases.leaseOf(this.partitionOf(id)) };
+  fence(): Fence {
+    return { member: this.member, holdMs: Math.max(1_000, Math.round(this.options.leaseMs / 2)), leaseOf: (id) => this.leases.leaseOf(this.partitionOf(id)) };
   }
 
   /** Connects to the other members, joins (refusing another partition count) and takes a share. */

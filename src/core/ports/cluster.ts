@@ -69,6 +69,12 @@ export interface KnownRows {
  */
 export interface Fence {
   readonly member: string;
+  /**
+   * A fenced transaction whose session then sits idle this long is ended by the database: a
+   * member frozen in the middle of a write (SIGSTOP, a long pause) must not keep its lease rows
+   * locked, or its successor could never take them over.
+   */
+  readonly holdMs?: number;
   /** The lease a write for this device is made under; null when this member does not own the device. */
   leaseOf(deviceId: string): HeldLease | null;
 }
