@@ -207,9 +207,10 @@ export class Hub {
     this.running = true;
     this.processMonitor.start();
     this.presence.start();
-    if (cluster) await cluster.start();
+    if (cluster) await cluster.connect();
     else await this.commands.load();
     await this.adapters.startAll();
+    if (cluster) await cluster.join();
     this.commands.start();
     this.events.publish("hub.started", { devices: this.registry.size }, { source: "hub" });
   }

@@ -346,6 +346,10 @@ describe("cluster end to end: three members, one PostgreSQL, one Mosquitto", fun
       await until(() => [...held].some((c) => device.commands.has(c)), `${id} holding its command`, 5000);
     }
     for (const id of behind) assert.equal((await commandStatus(id)).status, "queued", `command ${id} queued behind the held one`);
+    // CONTRACT §8: a command that was `sent` when its owner died waits for its answer. One whose
+    // `sent` was not yet written (the tens of milliseconds after the device took it) is sent again,
+    // as after a single runtime's crash: the kill comes once every held one is stored as sent.
+    for (const id of held) await until(async () => (await commandStatus(id)).status === "sent", `command ${id} stored as sent`, 5000);
     const floor = await sequences(m("m2"));
 
     figures.heldBeforeKill = (await metric(m("m2"), "tethral_cluster_held_messages")) + (await metric(m("m3"), "tethral_cluster_held_messages"));
@@ -458,6 +462,8 @@ describe("cluster end to end: three members, one PostgreSQL, one Mosquitto", fun
       const device = mqttDevices.get(id) ?? wsDevices.get(id)!;
       await until(() => device.commands.has(holds[i]!), `${id} holding its command`, 5000);
     }
+    // Stored as sent before the freeze (see the SIGKILL case): the successor waits for its answer.
+    for (const id of holds) await until(async () => (await commandStatus(id)).status === "sent", `command ${id} stored as sent`, 5000);
 
     mark("the restarted members' shares taken back");
     const frozenAt = Date.now();

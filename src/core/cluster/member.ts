@@ -158,8 +158,8 @@ export class ClusterMember {
     return { member: this.member, holdMs: Math.max(1_000, Math.round(this.options.leaseMs / 2)), leaseOf: (id) => this.leases.leaseOf(this.partitionOf(id)) };
   }
 
-  /** Connects to the other members, joins (refusing another partition count) and takes a share. */
-  async start(): Promise<void> {
+  /** Connects to the other members and joins (refusing another partition count); owns nothing yet (see `join`). */
+  async connect(): Promise<void> {
     this.store.setFence(this.fence());
     await this.link.start(this.member, { call: (method, args) => this.answer(method, args), message: (m) => this.forwarded(m) });
     this.running = true;
@@ -167,12 +167,21 @@ export class ClusterMember {
       const { now } = await this.store.clusterJoin(this.member, this.options.partitions);
       this.since = now - FOLLOW_MARGIN_MS;
       this.lastFollow = performance.now();
-      await this.leases.start();
     } catch (err) {
       this.running = false;
       await this.link.stop().catch(() => undefined);
       throw err;
     }
+  }
+
+  /**
+   * Takes this member's share of the partitions. Called once the adapters are up: every device
+   * message from then on is applied here or kept, so a partition handed over meanwhile loses none
+   * (a member that claimed before it subscribed missed what came between its predecessor's last
+   * message and its own subscription).
+   */
+  async join(): Promise<void> {
+    await this.leases.start();
     this.armFollow();
     this.nudge();
   }
