@@ -1,3 +1,4 @@
+import { endClient } from "../protocols/mqtt-end";
 import { NO_ANSWER } from "../core/ports/cluster";
 import { randomUUID } from "node:crypto";
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from "mqtt";
@@ -38,7 +39,6 @@ interface Waiting {
 
 const QOS = { qos: 1 as const };
 const DEFAULT_START_TIMEOUT_MS = 10_000;
-const END_GRACE_MS = 1000;
 
 /**
  * A member id as one topic level: `/`, `+`, `#` (and anything else outside [A-Za-z0-9._:-]) would
@@ -289,17 +289,7 @@ export class MqttClusterLink implements ClusterLink {
     this.subscribed = false;
     const client = this.client;
     if (!client) return;
-    await new Promise<void>((resolve) => {
-      const cut = setTimeout(() => {
-        client.end(true);
-        client.stream?.destroy();
-        resolve();
-      }, END_GRACE_MS);
-      client.end(false, {}, () => {
-        clearTimeout(cut);
-        resolve();
-      });
-    });
+    await endClient(client, true);
   }
 
   private onMessage(topic: string, payload: Buffer, packet: IPublishPacket): void {

@@ -1,3 +1,4 @@
+import { endClient } from "./mqtt-end";
 import mqtt, { type IClientOptions, type IPublishPacket, type MqttClient } from "mqtt";
 import { TethralError, errorMessage } from "../core/errors";
 import type { DeviceTwin } from "../core/types";
@@ -26,7 +27,6 @@ const DEFAULT_START_TIMEOUT_MS = 3000;
 const DEFAULT_RECONNECT_MS = 1000;
 const DEFAULT_MAX_RECONNECT_MS = 30_000;
 /** How long stop() lets a broker answer DISCONNECT before the socket is cut. */
-const END_GRACE_MS = 1000;
 
 /**
  * A client of an external broker. It reconnects by itself, with a doubling delay (mqtt.js alone
@@ -135,17 +135,7 @@ export class ExternalBroker implements MqttMode {
       // A polite end (DISCONNECT) waits for every unacknowledged publish, possibly for ever:
       // with any in flight, and with a broker that does not close its side in time, cut instead.
       const graceful = Object.keys(client.outgoing).length === 0;
-      await new Promise<void>((resolve) => {
-        const cut = setTimeout(() => {
-          client.end(true);
-          client.stream?.destroy();
-          resolve();
-        }, END_GRACE_MS);
-        client.end(!graceful, {}, () => {
-          clearTimeout(cut);
-          resolve();
-        });
-      });
+      await endClient(client, graceful);
     }
     this.subscribed = false;
     this.presence.clear();

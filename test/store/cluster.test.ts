@@ -5,9 +5,10 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import pg from "pg";
 import { isClusterStore, isFenced, type Fence, type FencedFailure, type HeldLease } from "../../src/core/ports/cluster";
-import type { RetentionPolicy, Store, WriteBatch } from "../../src/core/ports/store";
+import type { Store, WriteBatch } from "../../src/core/ports/store";
 import { PostgresStore } from "../../src/store/postgres";
 import { SqliteStore } from "../../src/store/sqlite";
+import { NO_RETENTION } from "./contract";
 import { commandRow, deviceRow, eventRow, historyRow, stateRow, T0 } from "./fixtures";
 import { startTestPostgres, type TestPostgres } from "./pg-harness";
 
@@ -15,16 +16,6 @@ const ON_SERVER = Boolean(process.env.TETHRAL_TEST_PG_URL);
 const LONG_LEASE = 60_000;
 const SHORT_LEASE = 200;
 
-const NO_RETENTION: RetentionPolicy = {
-  historyMaxAgeMs: 0,
-  historyMaxPerDevice: 0,
-  eventsMaxAgeMs: 0,
-  eventsMaxRows: 0,
-  commandsMaxAgeMs: 0,
-  pointsMaxAgeMs: 0,
-  rollups1mMaxAgeMs: 0,
-  rollups1hMaxAgeMs: 0,
-};
 
 /** The database's clock, through a store (PGlite takes one statement at a time, so never beside it). */
 async function dbNow(store: PostgresStore): Promise<number> {

@@ -22,7 +22,7 @@ export interface StoreHarness {
   sql?: (text: string) => Promise<Record<string, unknown>[]>;
 }
 
-const NO_RETENTION: RetentionPolicy = {
+export const NO_RETENTION: RetentionPolicy = {
   historyMaxAgeMs: 0,
   historyMaxPerDevice: 0,
   eventsMaxAgeMs: 0,

@@ -108,10 +108,10 @@ export class Leases {
   }
 
   /** The live members and the partitions each holds, by the last beat. */
-  snapshot(): { members: MemberRow[]; owners: (string | null)[]; dbNow: number } {
+  snapshot(): { members: MemberRow[]; owners: (string | null)[] } {
     const owners = this.owners.slice();
     for (const [p, h] of this.held) if (h.phase === "owned") owners[p] = this.member;
-    return { members: this.view ? this.liveMembers(this.view) : [], owners, dbNow: this.view?.now ?? 0 };
+    return { members: this.view ? this.liveMembers(this.view) : [], owners };
   }
 
   ownedPartitions(): number[] {

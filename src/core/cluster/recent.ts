@@ -65,13 +65,6 @@ export class RecentMessages {
     return out;
   }
 
-  /** Forgets a partition's messages (it became ours and was replayed, or they are moot). */
-  clear(partition: number): void {
-    this.held -= this.rings[partition]!.length - this.heads[partition]!;
-    this.rings[partition] = [];
-    this.heads[partition] = 0;
-  }
-
   statistics(): { held: number; dropped: number } {
     return { held: this.held, dropped: this.dropped };
   }
