@@ -45,6 +45,21 @@ export class AdapterSet {
     return [...this.adapters.keys()];
   }
 
+  /** Every adapter, started or not. */
+  all(): ProtocolAdapter[] {
+    return [...this.adapters.values()];
+  }
+
+  /** A device was registered here: resolves once every adapter that must listens for it; null when none must (no wait). */
+  deviceAdded(id: string): Promise<void> | null {
+    let waits: Promise<void>[] | null = null;
+    for (const adapter of this.started) {
+      const wait = adapter.deviceAdded?.(id);
+      if (wait) (waits ??= []).push(wait);
+    }
+    return waits === null ? null : Promise.all(waits).then(() => undefined);
+  }
+
   /** The running adapter of a protocol, if any: commands go out only through one. */
   running(protocol: string): ProtocolAdapter | undefined {
     const adapter = this.adapters.get(protocol);
@@ -133,6 +148,17 @@ export class AdapterSet {
         adapter.twinChanged(id, twin);
       } catch (err) {
         this.warn(`protocol ${adapter.name} could not deliver the twin of ${id}: ${errorMessage(err)}`);
+      }
+    }
+  }
+
+  /** A device was removed here. */
+  deviceRemoved(id: string): void {
+    for (const adapter of this.started) {
+      try {
+        adapter.deviceRemoved?.(id);
+      } catch (err) {
+        this.warn(`protocol ${adapter.name} could not forget ${id}: ${errorMessage(err)}`);
       }
     }
   }

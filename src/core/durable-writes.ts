@@ -88,6 +88,9 @@ export class DurableWrites {
         this.forget(device.id, { silent: true });
       };
       await this.durably(p, device.id, write, "changed", "gone", () => this.registering.delete(device.id), undo);
+      // Cluster mode: the device's partition session listens for it before anyone is told it exists.
+      const listening = this.adapters.deviceAdded(device.id);
+      if (listening !== null) await listening;
       return this.registered(device, token, presented, cause);
     });
   }
@@ -230,6 +233,7 @@ export class DurableWrites {
       // A registration that failed never had a twin anywhere.
       if (!cause.silent) this.adapters.deliverTwin(id, true);
       this.adapters.disconnect(id, "device removed");
+      this.adapters.deviceRemoved(id);
     }
     return this.registry.remove(id, { ...cause, reason: cause.reason ?? "user" });
   }

@@ -37,6 +37,10 @@ export class Persistence {
   private degradedSince = 0;
   private dropReported = false;
   private readonly stats = { flushes: 0, rowsWritten: 0, failures: 0, refused: 0, pointsWritten: 0, fenced: 0 };
+  /** Batches taken so far (each `take()` counts one). */
+  private takes = 0;
+  /** `afterWritten` callbacks, each satisfied by a batch taken after `after` that left nothing behind it. */
+  private writtenWaiters: { after: number; done: () => void }[] = [];
 
   constructor(
     readonly store: Store,
@@ -189,6 +193,33 @@ export class Persistence {
 
   // ── Flushing ──────────────────────────────────────────────────────────────────────────
 
+  /**
+   * Calls `done` once everything marked or added before now is in the database, without writing
+   * sooner than the batching would: a batch taken after now that left the queue empty and was
+   * written covers it (a failed batch is put back and taken again, so a later one does). Rows the
+   * store refused one by one count as written (they are set aside and counted); rows of devices
+   * whose partition moved are not written, and the partition's lease is reported lost first.
+   * Never called once stopped with rows unwritten.
+   */
+  afterWritten(done: () => void): void {
+    // Nothing waits: whatever was marked is in a batch already taken, the last of which emptied the queue.
+    const after = this.queue.isEmpty ? this.takes - 1 : this.takes;
+    if (this.queue.isEmpty && this.busy === 0) {
+      queueMicrotask(done);
+      return;
+    }
+    this.writtenWaiters.push({ after, done });
+  }
+
+  /** A batch that emptied the queue was written: every waiter from before it was taken is done. */
+  private written(index: number): void {
+    if (this.writtenWaiters.length === 0) return;
+    const due = this.writtenWaiters.filter((w) => w.after < index);
+    if (due.length === 0) return;
+    this.writtenWaiters = this.writtenWaiters.filter((w) => w.after >= index);
+    for (const w of due) w.done();
+  }
+
   /** Writes everything waiting now (several transactions if need be). Rejects if the database fails. */
   async flushAll(): Promise<void> {
     await this.idle();
@@ -253,7 +284,16 @@ export class Persistence {
   /** Writes the next batch once the one before it is done; the batch is taken when its turn comes. */
   private flushOnce(): Promise<void> {
     this.busy++;
-    const run = this.tail.then(() => this.write(this.take())).finally(() => {
+    const run = this.tail
+      .then(() => {
+        const batch = this.take();
+        const index = ++this.takes;
+        const drains = this.queue.isEmpty;
+        return this.write(batch).then(() => {
+          if (drains) this.written(index);
+        });
+      })
+      .finally(() => {
       this.busy--;
     });
     this.tail = run.catch(() => undefined);

@@ -5,6 +5,8 @@ import type { DeviceTwin } from "../core/types";
 import type { MqttAdapterOptions, MqttMode } from "./mqtt";
 import { busyHealth } from "./intake-hold";
 import { PendingWrites } from "./pending-writes";
+import { PartitionSessions } from "./mqtt-partitions";
+import type { PartitionHost } from "../core/ports/protocol";
 import { type TwinPublish, twinMessage, twinNotPublished } from "./mqtt-twin";
 import { type TopicScheme, checkSharedGroup } from "./mqtt-topics";
 import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
@@ -51,7 +53,9 @@ export class ExternalBroker implements MqttMode {
   private readonly presence = new Map<string, boolean>();
   private readonly pending = new PendingWrites(() => this.context?.counters ?? null);
   private readonly figures = { connects: 0, connectionsLost: 0, reconnectsScheduled: 0, subscribeFailures: 0, oversized: 0, topicsUnknown: 0, twinsPublished: 0 };
-  private readonly filters: string[];
+  private filters: string[];
+  /** Cluster mode: each partition's device messages on a session of its own (the member's client then reads only presence). */
+  private partitions: PartitionSessions | null = null;
   /** Twins of removed devices not cleared on the broker yet (it was unreachable); cleared at the next connection. */
   private readonly clearsDue = new Set<string>();
   /** The go-on of the message last taken, kept while the intake is busy: until called, the hub's connection is not read. */
@@ -73,8 +77,25 @@ export class ExternalBroker implements MqttMode {
     this.filters = topics.hubFilters(options.sharedGroup);
   }
 
+  /** Cluster mode (see `PartitionSessions`): called before `start`. */
+  partitioned(host: PartitionHost): PartitionSessions {
+    this.partitions ??= new PartitionSessions(host, this.url, this.options, this.topics, () => this.context);
+    // Presence only: every member answers whether a device is connected.
+    this.filters = [`${this.topics.prefix}+/status`];
+    return this.partitions;
+  }
+
+  deviceAdded(deviceId: string): Promise<void> | null {
+    return this.partitions?.added(deviceId) ?? null;
+  }
+
+  deviceRemoved(deviceId: string): void {
+    this.partitions?.removed(deviceId);
+  }
+
   start(context: AdapterContext): Promise<void> {
     this.context = context;
+    this.partitions?.start(context);
     const o = this.options;
     const version = o.protocolVersion ?? 4;
     const clientOptions: IClientOptions = {
@@ -130,6 +151,8 @@ export class ExternalBroker implements MqttMode {
     if (this.reconnectTimer) clearTimeout(this.reconnectTimer);
     this.reconnectTimer = null;
     this.pending.rejectAll("the MQTT adapter stopped");
+    // Cluster mode: what was not acknowledged (not yet stored) goes to the partitions' next owners.
+    await this.partitions?.stop();
     const client = this.client;
     if (client) {
       // A polite end (DISCONNECT) waits for every unacknowledged publish, possibly for ever:
@@ -197,6 +220,11 @@ export class ExternalBroker implements MqttMode {
   health(): ProtocolHealth {
     const base = { mode: "external", url: redacted(this.url) };
     if (!this.client || this.stopping) return { status: "stopped", ...base };
+    const down = this.partitions?.down() ?? [];
+    if (this.client.connected && this.subscribed && down.length > 0) {
+      const first = down[0]!;
+      return { status: "degraded", ...base, subscribed: true, partitionSessionsDown: down.length, error: `partition ${first.partition}'s session is not connected${first.error ? `: ${first.error}` : ""}` };
+    }
     if (this.client.connected && this.subscribed) return { status: "ok", ...base, subscribed: true, ...busyHealth(this.context?.intake) };
     const state = this.client.connected ? "subscribing" : "connecting";
     return { status: "degraded", ...base, state, subscribed: false, error: this.lastError ?? state };
@@ -214,6 +242,7 @@ export class ExternalBroker implements MqttMode {
       paused: this.waiting ? 1 : 0,
       pauses: this.pauses,
       ...this.figures,
+      ...this.partitions?.statistics(),
     };
   }
 
@@ -308,6 +337,11 @@ export class ExternalBroker implements MqttMode {
     if (!context || this.stopping) return;
     try {
       const parsed = this.topics.parse(topic);
+      if (this.partitions) {
+        // The partitions' sessions take the devices' messages; this client keeps presence only.
+        if (parsed?.kind === "status" && payload.length <= context.maxPayloadBytes) this.trackPresence(parsed.deviceId, payload);
+        return;
+      }
       if (!parsed || parsed.kind === null) {
         this.figures.topicsUnknown++;
         context.reject({ reason: "unknown-topic", message: `no such topic: ${topic.slice(0, 200)}` });

@@ -1,4 +1,5 @@
 import { TethralError } from "../core/errors";
+import type { PartitionHost, PartitionedIntake } from "../core/ports/protocol";
 import type { Device, DeviceTwin } from "../core/types";
 import { EmbeddedBroker } from "./mqtt-broker";
 import { ExternalBroker } from "./mqtt-external";
@@ -134,6 +135,19 @@ export class MqttAdapter implements ProtocolAdapter {
   /** An external broker gives every cluster member the same device messages (CONTRACT §8). */
   get sharedIntake(): boolean {
     return this.mode === "external";
+  }
+
+  /** Cluster mode on an external broker: each partition's messages on a session its owner holds (see `PartitionSessions`). */
+  partitioned(host: PartitionHost): PartitionedIntake | null {
+    return this.impl instanceof ExternalBroker ? this.impl.partitioned(host) : null;
+  }
+
+  deviceAdded(deviceId: string): Promise<void> | null {
+    return this.impl instanceof ExternalBroker ? this.impl.deviceAdded(deviceId) : null;
+  }
+
+  deviceRemoved(deviceId: string): void {
+    if (this.impl instanceof ExternalBroker) this.impl.deviceRemoved(deviceId);
   }
 
   twinChanged(deviceId: string, twin: DeviceTwin | null): void {

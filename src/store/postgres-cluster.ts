@@ -53,6 +53,12 @@ export const FORGET = `DELETE FROM cluster_members WHERE last_seen < ${DB_NOW} -
  * (serializable) the claim and the write conflict on the row instead, and one of them restarts.
  */
 export const FENCE_LEASES = "SELECT part, epoch FROM cluster_leases WHERE part = ANY($1::int[]) AND owner = $2 ORDER BY part FOR SHARE";
+/**
+ * The same, setting for the transaction how long it may sit idle (`SET LOCAL`, in the same round
+ * trip): a member frozen in the middle of a fenced write must not keep the lease rows locked.
+ */
+export const FENCE_LEASES_HOLDING = `SELECT l.part, l.epoch FROM cluster_leases l, (SELECT set_config('idle_in_transaction_session_timeout', $3, true)) AS s
+  WHERE l.part = ANY($1::int[]) AND l.owner = $2 ORDER BY l.part FOR SHARE OF l`;
 
 export const TOMBSTONE = `INSERT INTO removed_devices (device_id, removed_at) VALUES ($1, ${DB_NOW})
   ON CONFLICT (device_id) DO UPDATE SET removed_at = excluded.removed_at`;
@@ -130,12 +136,13 @@ export async function assertFence(
 ): Promise<void> {
   const parts = [...check.leases.keys()];
   const current = new Map<number, number>();
-  if (check.holdMs !== undefined && Number.isInteger(check.holdMs) && check.holdMs > 0) {
-    await c.query(`SET LOCAL idle_in_transaction_session_timeout = ${check.holdMs}`, []);
-  }
+  const holding = check.holdMs !== undefined && Number.isInteger(check.holdMs) && check.holdMs > 0;
   if (parts.length > 0) {
-    const { rows } = await c.query(FENCE_LEASES, [parts, check.member]);
+    // One round trip: the lease rows share-locked and, when asked, the idle limit set.
+    const { rows } = holding ? await c.query(FENCE_LEASES_HOLDING, [parts, check.member, String(check.holdMs)]) : await c.query(FENCE_LEASES, [parts, check.member]);
     for (const r of rows) current.set(Number(r.part), Number(r.epoch));
+  } else if (holding) {
+    await c.query(`SET LOCAL idle_in_transaction_session_timeout = ${check.holdMs}`, []);
   }
   const stale: number[] = [];
   const refused = [...check.unowned];

@@ -17,6 +17,11 @@ const UNSTORABLE = /\0|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\
 const POINT_CHUNK = 10_000;
 /** Series visited per purge statement. */
 const PURGE_WINDOW = 1000;
+/**
+ * Up to this many points a batch is written by one statement (INSERT_POINTS); above, by COPY and
+ * separate roll-up upserts, which cost more round trips and less per point.
+ */
+const ONE_STATEMENT_POINTS = 2_000;
 /** Tries to allocate a key id while other processes allocate theirs. */
 const KEY_TRIES = 20;
 
@@ -59,6 +64,14 @@ const INSERT_PLAIN = `INSERT INTO ts_points (device_id, key_id, ts, num, val)
 const UNIQUE_VIOLATION = "23505";
 /** Text sent per write of the COPY stream. */
 const COPY_PIECE = 64 * 1024;
+
+/** The indexes of the points to write, in primary-key order: consecutive rows land on the same index pages. */
+function pointOrder(cols: PointColumns, keyIds: readonly number[], keep: (i: number) => boolean): number[] {
+  const order: number[] = [];
+  for (let i = 0; i < cols.ts.length; i++) if (keep(i)) order.push(i);
+  order.sort((x, y) => (cols.devices[x]! < cols.devices[y]! ? -1 : cols.devices[x]! > cols.devices[y]! ? 1 : keyIds[x]! - keyIds[y]! || cols.ts[x]! - cols.ts[y]!));
+  return order;
+}
 
 /** The usual case without COPY: plain multi-row INSERTs that fail, like COPY, on a point already there. */
 async function insertPoints(c: pg.ClientBase, order: readonly number[], cols: PointColumns, keyIds: readonly number[]): Promise<void> {
@@ -169,8 +182,14 @@ export function pointArrays(points: readonly PointRow[]): PointColumns {
 export class PostgresSeries {
   private readonly keyIds = new Map<string, number>();
 
-  /** `bulkCopy`: the usual case (every point new) as one COPY; else INSERTs that skip what exists. */
-  constructor(private readonly bulkCopy = true) {}
+  /**
+   * `bulkCopy`: the usual case (every point new) as one COPY; else INSERTs that skip what exists.
+   * `onePassPoints`: batches up to this many points go as one statement instead.
+   */
+  constructor(
+    private readonly bulkCopy = true,
+    private readonly onePassPoints = ONE_STATEMENT_POINTS,
+  ) {}
   private readonly cursors = new Map<PurgeKind, [string, number] | null>();
 
   /** Ids for every name, allocating the missing ones. */
@@ -202,14 +221,18 @@ export class PostgresSeries {
    * points it inserted.
    */
   async write(c: pg.ClientBase, cols: PointColumns, ids: Map<string, number>): Promise<void> {
+    if (cols.ts.length <= this.onePassPoints) {
+      // A small batch: one round trip (points of live devices, series and both roll-ups in one
+      // statement) costs less than COPY's seven, which pay off only for large ones.
+      const keyIds = cols.keys.map((k) => ids.get(k)!);
+      await this.insertOnce(c, pointOrder(cols, keyIds, () => true), cols, keyIds);
+      return;
+    }
     const { rows: live } = await c.query({ text: "SELECT id FROM devices WHERE id = ANY($1::text[])", values: [[...new Set(cols.devices)]] });
     const existing = new Set((live as { id: string }[]).map((r) => r.id));
-    const order: number[] = [];
     const keyIds = cols.keys.map((k) => ids.get(k)!);
-    for (let i = 0; i < cols.ts.length; i++) if (existing.has(cols.devices[i]!)) order.push(i);
+    const order = pointOrder(cols, keyIds, (i) => existing.has(cols.devices[i]!));
     if (order.length === 0) return;
-    // Primary-key order: consecutive rows land on the same index pages.
-    order.sort((x, y) => (cols.devices[x]! < cols.devices[y]! ? -1 : cols.devices[x]! > cols.devices[y]! ? 1 : keyIds[x]! - keyIds[y]! || cols.ts[x]! - cols.ts[y]!));
     await c.query({ text: "SAVEPOINT ts_points_insert" });
     try {
       if (this.bulkCopy) await copyPoints(c, order, cols, keyIds);
@@ -219,11 +242,7 @@ export class PostgresSeries {
       // A point already there (a retried batch, or one time twice in this batch): undone, and
       // inserted again skipping what exists, the roll-ups built from exactly what went in.
       await c.query({ text: "ROLLBACK TO SAVEPOINT ts_points_insert" });
-      for (let o = 0; o < order.length; o += POINT_CHUNK) {
-        const part = order.slice(o, o + POINT_CHUNK);
-        const values = [part.map((i) => cols.devices[i]), part.map((i) => keyIds[i]), part.map((i) => cols.ts[i]), part.map((i) => cols.num[i]), part.map((i) => cols.val[i])];
-        await c.query({ text: INSERT_POINTS, values });
-      }
+      await this.insertOnce(c, order, cols, keyIds);
       return;
     }
     await c.query({ text: "RELEASE SAVEPOINT ts_points_insert" });
@@ -248,6 +267,15 @@ export class PostgresSeries {
         const values = ROLLUP_COLS.map((_, col) => Array.from({ length: n }, (_, j) => params[(r + j) * width + col]));
         await c.query({ text: UPSERT_ROLLUP[resolution], values });
       }
+    }
+  }
+
+  /** Points (skipping any already there and any of a device that is gone), series and roll-ups, one statement per chunk. */
+  private async insertOnce(c: pg.ClientBase, order: readonly number[], cols: PointColumns, keyIds: readonly number[]): Promise<void> {
+    for (let o = 0; o < order.length; o += POINT_CHUNK) {
+      const part = order.slice(o, o + POINT_CHUNK);
+      const values = [part.map((i) => cols.devices[i]), part.map((i) => keyIds[i]), part.map((i) => cols.ts[i]), part.map((i) => cols.num[i]), part.map((i) => cols.val[i])];
+      await c.query({ text: INSERT_POINTS, values });
     }
   }
 

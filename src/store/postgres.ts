@@ -82,6 +82,11 @@ export interface PostgresStoreOptions {
    * that do not take COPY FROM STDIN (PGlite's socket server, used in tests).
    */
   bulkCopy?: boolean;
+  /**
+   * Up to this many telemetry points a batch is written by one statement (default 2,000); larger
+   * batches by COPY and separate roll-up upserts, more round trips but less per point.
+   */
+  onePassPoints?: number;
 }
 
 /**
@@ -116,7 +121,7 @@ export class PostgresStore implements Store, ClusterStore {
     const { connectionString, description } = connectionSettings(options.url, options.password);
     this.description = description;
     this.maxRetries = options.maxRetries ?? 5;
-    this.series = new PostgresSeries(options.bulkCopy ?? true);
+    this.series = new PostgresSeries(options.bulkCopy ?? true, options.onePassPoints);
     this.connection = {
       connectionString,
       max: options.poolSize ?? 10,

@@ -214,7 +214,8 @@ export class TestCluster {
   }
 
   async stop(): Promise<void> {
-    for (const m of this.members) if (m.running) await m.kill();
+    // Profiled members (TETHRAL_TEST_NODE_ARGS) stop cleanly, so Node writes their profiles.
+    for (const m of this.members) if (m.running) await (process.env.TETHRAL_TEST_NODE_ARGS ? m.stop() : m.kill());
     await this.mosquitto.stop();
     await this.dropDb();
     rmSync(this.scratch, { recursive: true, force: true });

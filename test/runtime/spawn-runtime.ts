@@ -35,7 +35,9 @@ const OUTPUT_KEPT = 64 * 1024;
  * s, when it is killed): a restart test must not pass over a shutdown that failed.
  */
 export function spawnRuntime(userDir: string, env: NodeJS.ProcessEnv = {}): Promise<RuntimeChild> {
-  const proc: ChildProcess = spawn(process.execPath, ["--import", "tsx", CHILD, userDir], {
+  // TETHRAL_TEST_NODE_ARGS: extra Node flags for the runtimes (`--cpu-prof --cpu-prof-dir=...` to profile a benchmark's members).
+  const extra = (process.env.TETHRAL_TEST_NODE_ARGS ?? "").split(" ").filter((a) => a.length > 0);
+  const proc: ChildProcess = spawn(process.execPath, [...extra, "--import", "tsx", CHILD, userDir], {
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });

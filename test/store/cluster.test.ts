@@ -79,7 +79,7 @@ describe("PostgresStore cluster mode", function () {
   const stores: PostgresStore[] = [];
 
   const open = async (): Promise<PostgresStore> => {
-    const store = new PostgresStore({ url: db.url, poolSize: db.poolSize, bulkCopy: db.bulkCopy });
+    const store = new PostgresStore({ url: db.url, poolSize: db.poolSize, bulkCopy: db.bulkCopy, onePassPoints: db.onePassPoints });
     stores.push(store);
     await store.open();
     return store;

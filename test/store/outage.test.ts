@@ -27,7 +27,7 @@ describe("database outage (PostgreSQL through a proxy that can be cut)", functio
   });
 
   it("keeps ingesting while the database is gone, refuses what it cannot make durable, and loses nothing it acknowledged", async () => {
-    const store = new PostgresStore({ url: proxy.url, poolSize: db.poolSize, bulkCopy: db.bulkCopy, connectTimeoutMs: 500 });
+    const store = new PostgresStore({ url: proxy.url, poolSize: db.poolSize, bulkCopy: db.bulkCopy, onePassPoints: db.onePassPoints, connectTimeoutMs: 500 });
     const hub = new Hub({
       store,
       onWarning: () => undefined,
@@ -93,11 +93,11 @@ describe("database outage (PostgreSQL through a proxy that can be cut)", functio
 
   it("a hub that starts while the database is unreachable fails to start, and starts once it is back", async () => {
     proxy.cut();
-    const hub = new Hub({ store: new PostgresStore({ url: proxy.url, poolSize: db.poolSize, bulkCopy: db.bulkCopy, connectTimeoutMs: 300 }), onWarning: () => undefined });
+    const hub = new Hub({ store: new PostgresStore({ url: proxy.url, poolSize: db.poolSize, bulkCopy: db.bulkCopy, onePassPoints: db.onePassPoints, connectTimeoutMs: 300 }), onWarning: () => undefined });
     await assertRejectsCode(() => hub.start(), "UNAVAILABLE");
     assert.equal(hub.isRunning, false);
     proxy.restore();
-    const again = new Hub({ store: new PostgresStore({ url: proxy.url, poolSize: db.poolSize, bulkCopy: db.bulkCopy }), onWarning: () => undefined });
+    const again = new Hub({ store: new PostgresStore({ url: proxy.url, poolSize: db.poolSize, bulkCopy: db.bulkCopy, onePassPoints: db.onePassPoints }), onWarning: () => undefined });
     await again.start();
     await again.registerDevice({ id: "d1", protocol: "mqtt" });
     await again.stop();

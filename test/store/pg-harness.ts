@@ -16,6 +16,8 @@ export interface TestPostgres {
   poolSize: number | undefined;
   /** Whether a store may write points with COPY: PGlite's socket server does not take COPY FROM STDIN. */
   bulkCopy: boolean;
+  /** The real server writes every batch the large-batch way (COPY), PGlite small ones in one statement: both paths run. */
+  onePassPoints: number | undefined;
   /** Drops every table, so the next store starts from an empty database. */
   reset: () => Promise<void>;
   /** Runs SQL outside any store (setup and checks); not while a store holds PGlite's connection. */
@@ -46,6 +48,7 @@ async function startOnServer(serverUrl: string): Promise<TestPostgres> {
     kind: "server",
     poolSize: undefined,
     bulkCopy: true,
+    onePassPoints: 0,
     reset: async () => {
       await sql(RESET_SQL);
     },
@@ -81,6 +84,7 @@ async function startPglite(): Promise<TestPostgres> {
     kind: "pglite",
     poolSize: 1,
     bulkCopy: false,
+    onePassPoints: undefined,
     reset: async () => {
       await db.exec(RESET_SQL);
     },

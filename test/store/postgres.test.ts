@@ -40,7 +40,7 @@ describe("PostgresStore", function () {
 
   describeStoreContract(ON_SERVER ? "PostgreSQL server" : "PostgreSQL (PGlite)", async () => {
     await db.reset();
-    const make = () => new PostgresStore({ url: db.url, poolSize: db.poolSize, bulkCopy: db.bulkCopy });
+    const make = () => new PostgresStore({ url: db.url, poolSize: db.poolSize, bulkCopy: db.bulkCopy, onePassPoints: db.onePassPoints });
     return {
       store: make(),
       cleanup: async () => {},
@@ -53,7 +53,7 @@ describe("PostgresStore", function () {
     const stores: PostgresStore[] = [];
     const proxies: TestProxy[] = [];
     const make = (over: Partial<PostgresStoreOptions> = {}): PostgresStore => {
-      const store = new PostgresStore({ url: db.url, poolSize: db.poolSize, bulkCopy: db.bulkCopy, ...over });
+      const store = new PostgresStore({ url: db.url, poolSize: db.poolSize, bulkCopy: db.bulkCopy, onePassPoints: db.onePassPoints, ...over });
       stores.push(store);
       return store;
     };

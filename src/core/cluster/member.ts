@@ -3,7 +3,7 @@ import type { CommandTracker } from "../commands";
 import { TethralError, errorMessage, isTethralError } from "../errors";
 import type { ClusterInfo } from "../hub-options";
 import { type ClusterLink, type ClusterStore, type Fence, type ForwardedMessage, isFenced, isNoAnswer } from "../ports/cluster";
-import type { DeviceMessage, ProtocolAdapter, ReceiveResult } from "../ports/protocol";
+import type { DeviceMessage, PartitionHost, PartitionedIntake, ProtocolAdapter, ReceiveResult } from "../ports/protocol";
 import { type InboundMessage, parseInbound } from "../inbound";
 import type { Presence } from "../presence";
 import type { DeviceRegistry } from "../registry";
@@ -14,7 +14,7 @@ import { Leases, type LeaseStatistics } from "./leases";
 import { partitionOf } from "./partition";
 import { RecentMessages } from "./recent";
 import { RemoteAdapters } from "./remote-adapter";
-import { fingerprint, replay } from "./replay";
+import { fingerprintOf, replay } from "./replay";
 
 /** What the member needs of the hub it is part of. */
 export interface MemberHost {
@@ -30,6 +30,10 @@ export interface MemberHost {
   apply(method: string, args: Record<string, unknown>): Promise<unknown>;
   /** The running local adapter of a protocol. */
   adapter(protocol: string): ProtocolAdapter | undefined;
+  /** Every adapter, started or not. */
+  adapters(): ProtocolAdapter[];
+  /** Calls `done` once everything applied before now is in the database. */
+  afterWritten(done: () => void): void;
   /** Writes everything the write-behind holds now. */
   flush(): Promise<void>;
   /** Hands a device's twin to the adapters here (it changed on its owner). */
@@ -109,6 +113,10 @@ export class ClusterMember {
     stateRev: (id: string) => this.host.registry.record(id)?.state?.rev,
   };
   private readonly stats = { forwardedCalls: 0, forwardedMessages: 0, appliedForwarded: 0, replayed: 0 };
+  /** Adapters that take each partition's messages on a session of its own (see `PartitionedIntake`). */
+  private intakes: PartitionedIntake[] = [];
+  /** The packet id of the message being applied from a partition's session (0: none). */
+  private packetId = 0;
 
   constructor(
     private readonly host: MemberHost,
@@ -120,7 +128,7 @@ export class ClusterMember {
       acquire: (p, epoch) => this.acquire(p, epoch),
       owned: (p) => this.replay(p),
       handOver: (ps) => this.handOver(ps),
-      lost: (ps) => this.drop(ps),
+      lost: (ps) => this.lose(ps),
       warn: (m) => host.warn(m),
     });
     this.remote = new RemoteAdapters({
@@ -161,6 +169,8 @@ export class ClusterMember {
   /** Connects to the other members and joins (refusing another partition count); owns nothing yet (see `join`). */
   async connect(): Promise<void> {
     this.store.setFence(this.fence());
+    const host = this.partitionHost();
+    this.intakes = this.host.adapters().flatMap((a) => a.partitioned?.(host) ?? []);
     await this.link.start(this.member, { call: (method, args) => this.answer(method, args), message: (m) => this.forwarded(m) });
     this.running = true;
     try {
@@ -236,7 +246,32 @@ export class ClusterMember {
    * to the database, so a successor replays exactly the kept messages after it.
    */
   applying(deviceId: string, kind: string, payload: unknown): void {
-    this.lastMessages.set(deviceId, fingerprint(kind, payload));
+    this.lastMessages.set(deviceId, fingerprintOf(kind, payload, this.packetId));
+  }
+
+  /** What a partitioned intake needs of this member. */
+  private partitionHost(): PartitionHost {
+    return {
+      partitions: this.options.partitions,
+      partitionOf: (id) => this.partitionOf(id),
+      ownsPartition: (p) => this.leases.owns(p),
+      devicesOf: (p) => {
+        const ids: string[] = [];
+        for (const record of this.host.registry.allRecords()) if (this.partitionOf(record.id) === p) ids.push(record.id);
+        return ids;
+      },
+      receive: (message, packetId) => {
+        this.packetId = packetId;
+        try {
+          return this.host.receive(message);
+        } finally {
+          this.packetId = 0;
+        }
+      },
+      lastMessageOf: (id) => this.lastMessages.get(id),
+      afterWritten: (done) => this.host.afterWritten(done),
+      warn: (m) => this.host.warn(m),
+    };
   }
 
   lastMessageOf(deviceId: string): number | undefined {
@@ -384,6 +419,7 @@ export class ClusterMember {
         this.host.receive(message);
       },
     });
+    for (const intake of this.intakes) intake.open(partition).catch((err: unknown) => this.host.warn(`cluster: partition ${partition}: ${errorMessage(err)}`));
     // Their commands were loaded while the partition was not yet ours, and waited: they go now.
     for (const record of this.host.registry.allRecords()) if (this.partitionOf(record.id) === partition) this.host.commands.kick(record.id);
   }
@@ -394,6 +430,14 @@ export class ClusterMember {
     const gone = new Set(partitions);
     await this.host.commands.quiesce((id) => gone.has(this.partitionOf(id)), 3_000);
     await this.host.commands.flush();
+    // Written: their sessions acknowledge what was stored and go to the next owner.
+    await Promise.all(partitions.flatMap((p) => this.intakes.map((i) => i.close(p))));
+    this.drop(partitions);
+  }
+
+  /** The leases are lost: their sessions go at once, acknowledging nothing more. */
+  private lose(partitions: number[]): void {
+    for (const p of partitions) for (const intake of this.intakes) intake.cut(p);
     this.drop(partitions);
   }
 

@@ -79,3 +79,14 @@ export function fingerprint(kind: string, payload: unknown): number {
   // 0 means "none".
   return (h >>> 0) || 1;
 }
+
+/**
+ * The fingerprint of a message as applied: with the packet id it came by on a partition's
+ * session (unique among the messages the broker has in flight), so a redelivered message is told
+ * from an earlier one with the same payload. 0: not by a session, the payload alone.
+ */
+export function fingerprintOf(kind: string, payload: unknown, packetId: number): number {
+  const h = fingerprint(kind, payload);
+  if (packetId === 0) return h;
+  return (Math.imul(h ^ packetId, 0x01000193) >>> 0) || 1;
+}

@@ -54,6 +54,49 @@ export interface ProtocolAdapter {
    * takeover, instead of forwarding them (CONTRACT §8).
    */
   readonly sharedIntake?: boolean;
+  /**
+   * Cluster mode, an adapter with a shared intake that can do better than every member seeing
+   * every message: it takes each partition's messages on a durable session of its own, held by the
+   * partition's owner (see `PartitionedIntake`). Called once, before `start`; null when the
+   * adapter cannot (an embedded broker).
+   */
+  partitioned?(host: PartitionHost): PartitionedIntake | null;
+  /** A device was registered here: resolves once the adapter listens for it (a partition session's subscription). */
+  deviceAdded?(deviceId: string): Promise<void> | null;
+  /** A device was removed here. */
+  deviceRemoved?(deviceId: string): void;
+}
+
+/** What a partitioned intake asks of the cluster member (see `ProtocolAdapter.partitioned`). */
+export interface PartitionHost {
+  readonly partitions: number;
+  partitionOf(deviceId: string): number;
+  /** Whether this member applies the partition's messages now. */
+  ownsPartition(partition: number): boolean;
+  /** The registered devices of a partition. */
+  devicesOf(partition: number): string[];
+  /** Applies a message of a device owned here; `packetId` goes into its fingerprint (0: none). */
+  receive(message: DeviceMessage, packetId: number): ReceiveResult;
+  /** The fingerprint of the last message applied to the device (here, or as its previous owner stored it). */
+  lastMessageOf(deviceId: string): number | undefined;
+  /** Calls `done` once everything applied before now is in the database. */
+  afterWritten(done: () => void): void;
+  warn(message: string): void;
+}
+
+/**
+ * A partition's device messages, taken on a durable session that moves with the partition's
+ * lease: the broker keeps what the owner has not acknowledged, and the owner acknowledges a
+ * message only once what it changed is stored, so a successor (or the same member, reconnected)
+ * is given what was not, and skips, by fingerprint, what was stored but not acknowledged.
+ */
+export interface PartitionedIntake {
+  /** The partition is this member's now (loaded): take its messages. */
+  open(partition: number): Promise<void>;
+  /** A clean hand-over: stop applying, acknowledge what is stored, let the session go. */
+  close(partition: number): Promise<void>;
+  /** The lease is lost: let the session go now, acknowledging nothing more. */
+  cut(partition: number): void;
 }
 
 /** What the hub sends a device: `{"id", "command", "params"}` (CONTRACT §2). */

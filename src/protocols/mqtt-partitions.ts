@@ -1,0 +1,433 @@
+import mqtt, { type IClientOptions, type IClientSubscribeOptions, type IPublishPacket, type MqttClient } from "mqtt";
+import { generate } from "mqtt-packet";
+import { fingerprintOf } from "../core/cluster/replay";
+import { errorMessage } from "../core/errors";
+import type { PartitionHost, PartitionedIntake } from "../core/ports/protocol";
+import type { MqttAdapterOptions } from "./mqtt";
+import { endClient } from "./mqtt-end";
+import { COMMANDS_LEVEL, DESIRED_LEVEL, type TopicScheme } from "./mqtt-topics";
+import type { AdapterContext } from "./types";
+
+/** How long the broker keeps a partition's session (and queues its messages) while no member holds it. */
+export const SESSION_EXPIRY_SECONDS = 7 * 24 * 3600;
+/** Device filters per SUBSCRIBE packet. */
+const SUBSCRIBE_BATCH = 500;
+/** Redelivered messages come first after a reconnection; this long without one ends them. */
+const REDELIVERY_QUIET_MS = 100;
+/** A message of a partition this member does not apply this instant (a late renewal) is looked at again after this long. */
+const NOT_OWNED_RETRY_MS = 50;
+const RECONNECT_MS = 1_000;
+/** How long a registration waits for its subscription before it answers anyway. */
+const SUBSCRIBE_WAIT_MS = 5_000;
+/** MQTT 5 DISCONNECT reason: another connection took the session over. */
+const SESSION_TAKEN_OVER = 0x8e;
+
+/**
+ * Passed to mqtt.js's `handleMessage` callback for a QoS 1 message: it then goes on to the next
+ * packet without sending the PUBACK, which is sent here once the message is stored.
+ */
+const ACKNOWLEDGED_LATER = new Error("acknowledged once stored");
+
+/** The client id of a partition's session: the same on every member, one cluster per topic root. */
+export function partitionClientId(root: string, partition: number): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < root.length; i++) h = Math.imul(h ^ root.charCodeAt(i), 0x01000193);
+  return `tethral-${(h >>> 0).toString(16).padStart(8, "0")}-p${partition}`;
+}
+
+interface Session {
+  partition: number;
+  client: MqttClient;
+  /** False once closed or cut: nothing more is applied or acknowledged. */
+  open: boolean;
+  /** Counts connections: an acknowledgement is sent only on the connection its message came by. */
+  generation: number;
+  /** Ids of QoS 1 messages taken since the last `afterWritten`. */
+  toAck: number[];
+  ackScheduled: boolean;
+  /** After each connection: the redelivered messages, held until they end, then sorted out (see `endRedelivery`). */
+  redelivered: IPublishPacket[] | null;
+  redeliveryTimer: NodeJS.Timeout | null;
+  /** A message is waiting (intake busy, or the partition not ours this instant). */
+  holding: boolean;
+  resumeIntake: (() => void) | null;
+  reconnectTimer: NodeJS.Timeout | null;
+  takenOver: boolean;
+  ready: Promise<void>;
+  readyDone: () => void;
+  lastError: string | null;
+}
+
+export interface PartitionIntakeStatistics {
+  partitionSessions: number;
+  partitionSessionsConnected: number;
+  partitionMessages: number;
+  partitionAcks: number;
+  partitionRedelivered: number;
+  partitionDuplicatesSkipped: number;
+  partitionPendingAcks: number;
+  partitionSubscribeFailures: number;
+}
+
+/**
+ * Cluster mode on an external broker (CONTRACT §8): each partition's device messages come on an
+ * MQTT 5 session of its own, client id `tethral-<root hash>-p<partition>`, clean start off, one
+ * subscription `{root}/devices/{id}/+` per registered device of the partition. Only the
+ * partition's owner holds the session, so each message reaches one member, once.
+ *
+ * - A QoS 1 message is acknowledged only once what it changed is in the database
+ *   (`PartitionHost.afterWritten`). The broker keeps every message not acknowledged, and every one
+ *   that comes while no member holds the session (a dead owner's lease gap), and gives them to
+ *   the next holder: nothing a device had acknowledged by the broker is lost with a member.
+ * - Redelivered messages (the DUP flag, first after a connection) may have been stored but not
+ *   acknowledged. The owner stores with each device's presence a fingerprint of the last message
+ *   it applied, packet id included (unique among the messages in flight); a redelivered message
+ *   up to the one with that fingerprint is skipped (and acknowledged), the rest applied in order.
+ * - A new holder connecting with the same client id makes the broker close a frozen predecessor's
+ *   connection: the broker fences the session as the database fences the writes.
+ * - The member's own client then subscribes only to `{root}/devices/+/status`, for presence.
+ */
+export class PartitionSessions implements PartitionedIntake {
+  private readonly sessions = new Map<number, Session>();
+  private stopped = false;
+  private offIntake: (() => void) | null = null;
+  private readonly figures = { messages: 0, acks: 0, redelivered: 0, duplicatesSkipped: 0, subscribeFailures: 0 };
+
+  constructor(
+    private readonly host: PartitionHost,
+    private readonly url: string,
+    private readonly options: MqttAdapterOptions,
+    private readonly topics: TopicScheme,
+    private readonly context: () => AdapterContext | null,
+  ) {}
+
+  /** Listens to the intake (to go on reading once it is no longer busy). */
+  start(context: AdapterContext): void {
+    this.offIntake = context.intake.onChange((busy) => {
+      if (busy) return;
+      for (const s of this.sessions.values()) {
+        const resume = s.resumeIntake;
+        s.resumeIntake = null;
+        resume?.();
+      }
+    });
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.offIntake?.();
+    this.offIntake = null;
+    await Promise.all([...this.sessions.keys()].map((p) => this.close(p)));
+  }
+
+  open(partition: number): Promise<void> {
+    const existing = this.sessions.get(partition);
+    if (existing?.open) return existing.ready;
+    const context = this.context();
+    if (this.stopped || !context) return Promise.resolve();
+    const o = this.options;
+    const clientOptions: IClientOptions = {
+      clientId: partitionClientId(this.topics.root, partition),
+      username: o.username,
+      password: o.password,
+      protocolVersion: 5,
+      clean: false,
+      keepalive: o.keepalive ?? 30,
+      connectTimeout: o.connectTimeoutMs ?? 10_000,
+      reconnectPeriod: 0,
+      resubscribe: false,
+      ca: o.ca,
+      cert: o.cert,
+      key: o.key,
+      rejectUnauthorized: o.rejectUnauthorized ?? true,
+      properties: { sessionExpiryInterval: SESSION_EXPIRY_SECONDS, maximumPacketSize: context.maxPayloadBytes + 4096 },
+    };
+    let readyDone: () => void = () => undefined;
+    const ready = new Promise<void>((resolve) => (readyDone = resolve));
+    const client = mqtt.connect(this.url, clientOptions);
+    const s: Session = {
+      partition,
+      client,
+      open: true,
+      generation: 0,
+      toAck: [],
+      ackScheduled: false,
+      redelivered: null,
+      redeliveryTimer: null,
+      holding: false,
+      resumeIntake: null,
+      reconnectTimer: null,
+      takenOver: false,
+      ready,
+      readyDone,
+      lastError: null,
+    };
+    this.sessions.set(partition, s);
+    client.handleMessage = (packet, callback) => this.handle(s, packet as IPublishPacket, callback);
+    client.on("connect", () => this.connected(s));
+    client.on("error", (err) => {
+      s.lastError = err.message;
+    });
+    client.on("disconnect", (packet) => {
+      if (packet.reasonCode === SESSION_TAKEN_OVER) s.takenOver = true;
+    });
+    client.on("close", () => this.closed(s));
+    // A broker that cannot be reached does not hold the takeover up: the session is connected as soon as it can be.
+    const timer = setTimeout(readyDone, o.startTimeoutMs ?? 3_000);
+    return ready.finally(() => clearTimeout(timer));
+  }
+
+  async close(partition: number): Promise<void> {
+    const s = this.sessions.get(partition);
+    if (!s) return;
+    this.sessions.delete(partition);
+    this.end(s);
+    // DISCONNECT keeps the session (its expiry is set): what was not acknowledged goes to the next holder.
+    await endClient(s.client, true);
+  }
+
+  cut(partition: number): void {
+    const s = this.sessions.get(partition);
+    if (!s) return;
+    this.sessions.delete(partition);
+    this.end(s);
+    void endClient(s.client, false);
+  }
+
+  private end(s: Session): void {
+    s.open = false;
+    s.readyDone();
+    if (s.redeliveryTimer) clearTimeout(s.redeliveryTimer);
+    if (s.reconnectTimer) clearTimeout(s.reconnectTimer);
+    s.redeliveryTimer = s.reconnectTimer = null;
+    s.resumeIntake = null;
+    s.redelivered = null;
+  }
+
+  /** Resolves once the broker delivers the device's messages to its partition's session here (null: not held here, or not connected). */
+  added(deviceId: string): Promise<void> | null {
+    const s = this.sessions.get(this.host.partitionOf(deviceId));
+    if (!s?.open || !s.client.connected) return null;
+    return new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, SUBSCRIBE_WAIT_MS);
+      this.subscribe(s, [deviceId]).finally(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+  }
+
+  removed(deviceId: string): void {
+    const s = this.sessions.get(this.host.partitionOf(deviceId));
+    if (!s?.open || !s.client.connected) return;
+    s.client.unsubscribe(this.filterOf(deviceId), (err) => {
+      if (err && s.open) this.host.warn(`mqtt: partition ${s.partition}: could not unsubscribe from ${deviceId}'s topics: ${err.message}`);
+    });
+  }
+
+  statistics(): PartitionIntakeStatistics {
+    let connected = 0;
+    let pending = 0;
+    for (const s of this.sessions.values()) {
+      if (s.client.connected) connected++;
+      pending += s.toAck.length;
+    }
+    return {
+      partitionSessions: this.sessions.size,
+      partitionSessionsConnected: connected,
+      partitionMessages: this.figures.messages,
+      partitionAcks: this.figures.acks,
+      partitionRedelivered: this.figures.redelivered,
+      partitionDuplicatesSkipped: this.figures.duplicatesSkipped,
+      partitionPendingAcks: pending,
+      partitionSubscribeFailures: this.figures.subscribeFailures,
+    };
+  }
+
+  /** Sessions not connected (for health), with their last error. */
+  down(): { partition: number; error: string | null }[] {
+    return [...this.sessions.values()].filter((s) => !s.client.connected).map((s) => ({ partition: s.partition, error: s.lastError }));
+  }
+
+  private filterOf(deviceId: string): string {
+    return `${this.topics.prefix}${deviceId}/+`;
+  }
+
+  private connected(s: Session): void {
+    if (!s.open) return;
+    (s.client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
+    s.generation++;
+    s.toAck = [];
+    s.takenOver = false;
+    s.lastError = null;
+    // What the last connection left unacknowledged comes first: held until it ends.
+    s.redelivered = [];
+    this.armRedelivery(s);
+    const devices = this.host.devicesOf(s.partition);
+    void this.subscribe(s, devices).finally(() => s.readyDone());
+  }
+
+  /** Subscribes (again: a subscription the session has is only replaced, its retained messages not sent again). */
+  private async subscribe(s: Session, devices: string[]): Promise<void> {
+    const options: IClientSubscribeOptions = { qos: 1, rh: 1 };
+    for (let i = 0; i < devices.length && s.open; i += SUBSCRIBE_BATCH) {
+      const filters: Record<string, IClientSubscribeOptions> = {};
+      for (const id of devices.slice(i, i + SUBSCRIBE_BATCH)) filters[this.filterOf(id)] = options;
+      await new Promise<void>((resolve) => {
+        s.client.subscribe(filters, (err, granted) => {
+          const refused = granted?.filter((g) => g.qos === 128).length ?? 0;
+          if ((err || refused > 0) && s.open) {
+            this.figures.subscribeFailures++;
+            this.host.warn(`mqtt: partition ${s.partition}: ${err ? `subscribe failed: ${err.message}` : `the broker refused ${refused} device subscriptions`}`);
+          }
+          resolve();
+        });
+      });
+    }
+  }
+
+  private closed(s: Session): void {
+    if (!s.open || this.stopped) return;
+    if (s.takenOver) {
+      // Another member holds the session now: its lease, or ours, is about to say so. Connecting
+      // again would take it back and forth.
+      this.host.warn(`mqtt: partition ${s.partition}: another member took its session over`);
+      return;
+    }
+    if (s.reconnectTimer) return;
+    s.reconnectTimer = setTimeout(() => {
+      s.reconnectTimer = null;
+      if (!s.open || this.stopped) return;
+      if (!this.host.ownsPartition(s.partition)) return this.closed(s);
+      s.client.reconnect();
+    }, RECONNECT_MS);
+  }
+
+  /** mqtt.js's hook for each PUBLISH, one at a time: until `callback`, nothing more is read from this session. */
+  private handle(s: Session, packet: IPublishPacket, callback: (err?: Error) => void): void {
+    const generation = s.generation;
+    const go = (): void => {
+      s.holding = false;
+      if (!s.open || s.generation !== generation) return;
+      const context = this.context();
+      if (context?.intake.busy) {
+        s.holding = true;
+        s.resumeIntake = go;
+        return;
+      }
+      if (!this.host.ownsPartition(s.partition)) {
+        // Not ours this instant (a renewal late, or a hand-over under way): it waits, unacknowledged,
+        // until the partition is ours again or the session goes (the next holder gets it).
+        s.holding = true;
+        setTimeout(go, NOT_OWNED_RETRY_MS);
+        return;
+      }
+      this.take(s, packet);
+      callback(packet.qos > 0 ? ACKNOWLEDGED_LATER : undefined);
+    };
+    go();
+  }
+
+  private take(s: Session, packet: IPublishPacket): void {
+    this.figures.messages++;
+    if (s.redelivered !== null) {
+      if (packet.dup) {
+        this.figures.redelivered++;
+        s.redelivered.push(packet);
+        this.armRedelivery(s);
+        return;
+      }
+      this.endRedelivery(s);
+    }
+    this.apply(s, packet);
+  }
+
+  private armRedelivery(s: Session): void {
+    if (s.redeliveryTimer) clearTimeout(s.redeliveryTimer);
+    s.redeliveryTimer = setTimeout(() => {
+      s.redeliveryTimer = null;
+      // A message waiting to be taken may be a redelivered one still: wait for it.
+      if (s.holding) return this.armRedelivery(s);
+      if (s.open) this.endRedelivery(s);
+    }, REDELIVERY_QUIET_MS);
+  }
+
+  /**
+   * The redelivered messages are over: per device, those up to the one whose fingerprint is the
+   * last applied (stored by the previous holder, or applied here before a reconnection) are
+   * skipped; the rest are applied, in order.
+   */
+  private endRedelivery(s: Session): void {
+    const list = s.redelivered ?? [];
+    s.redelivered = null;
+    if (s.redeliveryTimer) clearTimeout(s.redeliveryTimer);
+    s.redeliveryTimer = null;
+    const upTo = new Map<string, number>();
+    list.forEach((packet, i) => {
+      const parsed = this.topics.parse(packet.topic);
+      if (!parsed || parsed.kind === null) return;
+      const last = this.host.lastMessageOf(parsed.deviceId);
+      if (last !== undefined && last !== 0 && fingerprintOf(parsed.kind, packet.payload, packet.messageId ?? 0) === last) upTo.set(parsed.deviceId, i);
+    });
+    list.forEach((packet, i) => {
+      const parsed = this.topics.parse(packet.topic);
+      if (parsed && (upTo.get(parsed.deviceId) ?? -1) >= i) {
+        this.figures.duplicatesSkipped++;
+        this.pendAck(s, packet);
+        return;
+      }
+      this.apply(s, packet);
+    });
+  }
+
+  private apply(s: Session, packet: IPublishPacket): void {
+    const context = this.context();
+    const topic = packet.topic;
+    const payload = typeof packet.payload === "string" ? Buffer.from(packet.payload) : packet.payload;
+    try {
+      const parsed = this.topics.parse(topic);
+      if (!context) return;
+      if (!parsed || parsed.kind === null) {
+        // A device's subtree holds the hub's own topics too (its commands, its twin): not for the hub.
+        if (parsed && (parsed.level === COMMANDS_LEVEL || parsed.level === DESIRED_LEVEL)) return;
+        context.reject({ reason: "unknown-topic", message: `no such topic: ${topic.slice(0, 200)}` });
+        return;
+      }
+      if (payload.length > context.maxPayloadBytes) {
+        context.reject({ deviceId: parsed.deviceId, kind: parsed.kind, reason: "too-large", message: `payload of ${payload.length} bytes, more than ${context.maxPayloadBytes}` });
+        return;
+      }
+      this.host.receive({ protocol: "mqtt", deviceId: parsed.deviceId, kind: parsed.kind, payload, authenticated: true, retained: packet.retain === true }, packet.messageId ?? 0);
+    } catch (err) {
+      if (context) {
+        context.counters.errors++;
+        context.warn(`message on ${topic} not handled: ${errorMessage(err)}`);
+      }
+    } finally {
+      this.pendAck(s, packet);
+    }
+  }
+
+  /** The PUBACKs of what was taken in this turn go once it is all stored. */
+  private pendAck(s: Session, packet: IPublishPacket): void {
+    if (packet.qos === 0 || packet.messageId === undefined) return;
+    s.toAck.push(packet.messageId);
+    if (s.ackScheduled) return;
+    s.ackScheduled = true;
+    queueMicrotask(() => {
+      s.ackScheduled = false;
+      const ids = s.toAck;
+      s.toAck = [];
+      const generation = s.generation;
+      this.host.afterWritten(() => this.ack(s, generation, ids));
+    });
+  }
+
+  private ack(s: Session, generation: number, ids: number[]): void {
+    // A lost lease cut the session before its rows were dropped: nothing of it is acknowledged.
+    if (!s.open || s.generation !== generation || !s.client.connected || ids.length === 0) return;
+    const bytes = Buffer.concat(ids.map((messageId) => generate({ cmd: "puback", messageId, reasonCode: 0 }, { protocolVersion: 5 })));
+    s.client.stream.write(bytes);
+    this.figures.acks += ids.length;
+  }
+}
