@@ -123,12 +123,14 @@ export class StateManager {
   restore(
     deviceId: string,
     saved: { properties?: JsonObject; desired?: JsonObject; version: number; changedAt: number; updatedAt: number; reportedAt: number; rev?: number },
+    /** `saved`'s objects are the caller's to give away (just parsed from a row): kept as they are. */
+    adopt = false,
   ): void {
     const record = this.registry.record(deviceId);
     if (!record) throw notFound("device", deviceId);
     const s = new StateRecord();
-    if (saved.properties) s.properties = cloneJson(saved.properties);
-    if (saved.desired && !isEmptyObject(saved.desired)) s.desired = cloneJson(saved.desired);
+    if (saved.properties) s.properties = adopt ? saved.properties : cloneJson(saved.properties);
+    if (saved.desired && !isEmptyObject(saved.desired)) s.desired = adopt ? saved.desired : cloneJson(saved.desired);
     s.version = saved.version;
     s.changedAt = saved.changedAt;
     s.updatedAt = saved.updatedAt;

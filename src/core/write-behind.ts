@@ -39,8 +39,8 @@ export class Persistence {
   private readonly stats = { flushes: 0, rowsWritten: 0, failures: 0, refused: 0, pointsWritten: 0, fenced: 0 };
   /** Batches taken so far (each `take()` counts one). */
   private takes = 0;
-  /** `afterWritten` callbacks, each satisfied by a batch taken after `after` that left nothing behind it. */
-  private writtenWaiters: { after: number; done: () => void }[] = [];
+  /** Told the index of each batch written that left the queue empty (see `writtenMark`). */
+  private writtenListeners: ((index: number) => void)[] = [];
 
   constructor(
     readonly store: Store,
@@ -194,30 +194,28 @@ export class Persistence {
   // ── Flushing ──────────────────────────────────────────────────────────────────────────
 
   /**
-   * Calls `done` once everything marked or added before now is in the database, without writing
-   * sooner than the batching would: a batch taken after now that left the queue empty and was
-   * written covers it (a failed batch is put back and taken again, so a later one does). Rows the
-   * store refused one by one count as written (they are set aside and counted); rows of devices
-   * whose partition moved are not written, and the partition's lease is reported lost first.
-   * Never called once stopped with rows unwritten.
+   * A mark of what has been marked or added so far, for `onWritten`: everything before it is in
+   * the database once a listener hears an index above it. Null when it all is already (nothing
+   * waits, nothing is being written). A batch counts when it was taken after the mark and left
+   * the queue empty: a failed batch is put back and taken again, so a later one covers it. Rows
+   * the store refused one by one count as written (set aside and counted); rows of devices whose
+   * partition moved are not written, and the partition's lease is reported lost before.
    */
-  afterWritten(done: () => void): void {
-    // Nothing waits: whatever was marked is in a batch already taken, the last of which emptied the queue.
-    const after = this.queue.isEmpty ? this.takes - 1 : this.takes;
-    if (this.queue.isEmpty && this.busy === 0) {
-      queueMicrotask(done);
-      return;
-    }
-    this.writtenWaiters.push({ after, done });
+  writtenMark(): number | null {
+    if (this.queue.isEmpty) return this.busy === 0 ? null : this.takes - 1;
+    return this.takes;
   }
 
-  /** A batch that emptied the queue was written: every waiter from before it was taken is done. */
+  /** Hears the index of every batch written that left the queue empty (see `writtenMark`). */
+  onWritten(listener: (index: number) => void): () => void {
+    this.writtenListeners.push(listener);
+    return () => {
+      this.writtenListeners = this.writtenListeners.filter((l) => l !== listener);
+    };
+  }
+
   private written(index: number): void {
-    if (this.writtenWaiters.length === 0) return;
-    const due = this.writtenWaiters.filter((w) => w.after < index);
-    if (due.length === 0) return;
-    this.writtenWaiters = this.writtenWaiters.filter((w) => w.after >= index);
-    for (const w of due) w.done();
+    for (const listener of this.writtenListeners) listener(index);
   }
 
   /** Writes everything waiting now (several transactions if need be). Rejects if the database fails. */

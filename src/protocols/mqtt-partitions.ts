@@ -42,9 +42,11 @@ interface Session {
   open: boolean;
   /** Counts connections: an acknowledgement is sent only on the connection its message came by. */
   generation: number;
-  /** Ids of QoS 1 messages taken since the last `afterWritten`. */
+  /** QoS 1 messages taken and not yet acknowledged: their packet ids, and the write marks they wait for (nondecreasing). */
   toAck: number[];
-  ackScheduled: boolean;
+  marks: number[];
+  /** Messages whose changes were stored already when taken: acknowledged at the end of the turn. */
+  ackNow: number[];
   /** After each connection: the redelivered messages, held until they end, then sorted out (see `endRedelivery`). */
   redelivered: IPublishPacket[] | null;
   redeliveryTimer: NodeJS.Timeout | null;
@@ -76,7 +78,7 @@ export interface PartitionIntakeStatistics {
  * partition's owner holds the session, so each message reaches one member, once.
  *
  * - A QoS 1 message is acknowledged only once what it changed is in the database
- *   (`PartitionHost.afterWritten`). The broker keeps every message not acknowledged, and every one
+ *   (`PartitionHost.writtenMark`, `onWritten`). The broker keeps every message not acknowledged, and every one
  *   that comes while no member holds the session (a dead owner's lease gap), and gives them to
  *   the next holder: nothing a device had acknowledged by the broker is lost with a member.
  * - Redelivered messages (the DUP flag, first after a connection) may have been stored but not
@@ -91,6 +93,7 @@ export class PartitionSessions implements PartitionedIntake {
   private readonly sessions = new Map<number, Session>();
   private stopped = false;
   private offIntake: (() => void) | null = null;
+  private offWritten: (() => void) | null = null;
   private readonly figures = { messages: 0, acks: 0, redelivered: 0, duplicatesSkipped: 0, subscribeFailures: 0 };
 
   constructor(
@@ -101,8 +104,11 @@ export class PartitionSessions implements PartitionedIntake {
     private readonly context: () => AdapterContext | null,
   ) {}
 
-  /** Listens to the intake (to go on reading once it is no longer busy). */
+  /** Listens to the intake (to go on reading once it is no longer busy) and to the writes (to acknowledge what they stored). */
   start(context: AdapterContext): void {
+    this.offWritten = this.host.onWritten((index) => {
+      for (const s of this.sessions.values()) this.stored(s, index);
+    });
     this.offIntake = context.intake.onChange((busy) => {
       if (busy) return;
       for (const s of this.sessions.values()) {
@@ -117,6 +123,8 @@ export class PartitionSessions implements PartitionedIntake {
     this.stopped = true;
     this.offIntake?.();
     this.offIntake = null;
+    this.offWritten?.();
+    this.offWritten = null;
     await Promise.all([...this.sessions.keys()].map((p) => this.close(p)));
   }
 
@@ -151,7 +159,8 @@ export class PartitionSessions implements PartitionedIntake {
       open: true,
       generation: 0,
       toAck: [],
-      ackScheduled: false,
+      marks: [],
+      ackNow: [],
       redelivered: null,
       redeliveryTimer: null,
       holding: false,
@@ -257,7 +266,10 @@ export class PartitionSessions implements PartitionedIntake {
     if (!s.open) return;
     (s.client.stream as { setNoDelay?: (on: boolean) => void }).setNoDelay?.(true);
     s.generation++;
+    // What the last connection took and did not acknowledge comes again (and is skipped, or applied).
     s.toAck = [];
+    s.marks = [];
+    s.ackNow = [];
     s.takenOver = false;
     s.lastError = null;
     // What the last connection left unacknowledged comes first: held until it ends.
@@ -286,20 +298,27 @@ export class PartitionSessions implements PartitionedIntake {
     }
   }
 
+  /**
+   * A session's connection closed while it is held: taken again, unless the partition is no
+   * longer this member's. Mosquitto closes a connection whose session another client took over
+   * without saying so (no DISCONNECT 0x8E), so the lease is asked, with a beat: a member whose
+   * lease moved does not take the session back from its successor.
+   */
   private closed(s: Session): void {
-    if (!s.open || this.stopped) return;
-    if (s.takenOver) {
-      // Another member holds the session now: its lease, or ours, is about to say so. Connecting
-      // again would take it back and forth.
-      this.host.warn(`mqtt: partition ${s.partition}: another member took its session over`);
-      return;
-    }
-    if (s.reconnectTimer) return;
+    if (!s.open || this.stopped || s.reconnectTimer) return;
     s.reconnectTimer = setTimeout(() => {
       s.reconnectTimer = null;
       if (!s.open || this.stopped) return;
-      if (!this.host.ownsPartition(s.partition)) return this.closed(s);
-      s.client.reconnect();
+      if (s.takenOver) {
+        this.host.warn(`mqtt: partition ${s.partition}: another member took its session over`);
+        return;
+      }
+      void this.host.confirmOwnership(s.partition).then((owned) => {
+        if (!s.open || this.stopped) return;
+        // Not ours (now or any more): the member's lease hooks close or cut the session; until then it is looked at again.
+        if (!owned) return this.closed(s);
+        s.client.reconnect();
+      });
     }, RECONNECT_MS);
   }
 
@@ -408,19 +427,33 @@ export class PartitionSessions implements PartitionedIntake {
     }
   }
 
-  /** The PUBACKs of what was taken in this turn go once it is all stored. */
+  /** A QoS 1 message is acknowledged once what it changed is stored (see `stored`). */
   private pendAck(s: Session, packet: IPublishPacket): void {
     if (packet.qos === 0 || packet.messageId === undefined) return;
-    s.toAck.push(packet.messageId);
-    if (s.ackScheduled) return;
-    s.ackScheduled = true;
+    const mark = this.host.writtenMark();
+    if (mark !== null) {
+      s.toAck.push(packet.messageId);
+      s.marks.push(mark);
+      return;
+    }
+    // Nothing of it waits to be written: acknowledged at the end of this turn, with any others.
+    if (s.ackNow.push(packet.messageId) > 1) return;
+    const generation = s.generation;
     queueMicrotask(() => {
-      s.ackScheduled = false;
-      const ids = s.toAck;
-      s.toAck = [];
-      const generation = s.generation;
-      this.host.afterWritten(() => this.ack(s, generation, ids));
+      const ids = s.ackNow;
+      s.ackNow = [];
+      this.ack(s, generation, ids);
     });
+  }
+
+  /** A write stored everything marked before `index`: the messages waiting for it are acknowledged, in one write. */
+  private stored(s: Session, index: number): void {
+    let n = 0;
+    while (n < s.marks.length && s.marks[n]! < index) n++;
+    if (n === 0) return;
+    const ids = s.toAck.splice(0, n);
+    s.marks.splice(0, n);
+    this.ack(s, s.generation, ids);
   }
 
   private ack(s: Session, generation: number, ids: number[]): void {

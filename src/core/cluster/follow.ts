@@ -50,10 +50,11 @@ export function applyChanges(host: MemberHost, owns: (deviceId: string) => boole
     if (owns(row.deviceId)) continue;
     const record = registry.record(row.deviceId);
     if (!record) continue;
-    const current = state.row(row.deviceId);
+    const current = record.state;
     if (current && current.rev >= row.rev && current.version >= row.version) continue;
     const desiredMoved = !current || current.version !== row.version;
-    state.restore(row.deviceId, row);
+    // The row was parsed for this alone: its objects are taken, not copied.
+    state.restore(row.deviceId, row, true);
     if (desiredMoved) host.deliverTwin(row.deviceId);
   }
   for (const row of changes.tokens) if (!owns(row.deviceId)) tokens.restore(row);

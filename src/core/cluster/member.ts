@@ -32,8 +32,10 @@ export interface MemberHost {
   adapter(protocol: string): ProtocolAdapter | undefined;
   /** Every adapter, started or not. */
   adapters(): ProtocolAdapter[];
-  /** Calls `done` once everything applied before now is in the database. */
-  afterWritten(done: () => void): void;
+  /** See `Persistence.writtenMark`. */
+  writtenMark(): number | null;
+  /** See `Persistence.onWritten`. */
+  onWritten(listener: (index: number) => void): () => void;
   /** Writes everything the write-behind holds now. */
   flush(): Promise<void>;
   /** Hands a device's twin to the adapters here (it changed on its owner). */
@@ -255,6 +257,10 @@ export class ClusterMember {
       partitions: this.options.partitions,
       partitionOf: (id) => this.partitionOf(id),
       ownsPartition: (p) => this.leases.owns(p),
+      confirmOwnership: async (p) => {
+        await this.leases.beatNow().catch(() => undefined);
+        return this.leases.owns(p);
+      },
       devicesOf: (p) => {
         const ids: string[] = [];
         for (const record of this.host.registry.allRecords()) if (this.partitionOf(record.id) === p) ids.push(record.id);
@@ -269,7 +275,8 @@ export class ClusterMember {
         }
       },
       lastMessageOf: (id) => this.lastMessages.get(id),
-      afterWritten: (done) => this.host.afterWritten(done),
+      writtenMark: () => this.host.writtenMark(),
+      onWritten: (listener) => this.host.onWritten(listener),
       warn: (m) => this.host.warn(m),
     };
   }

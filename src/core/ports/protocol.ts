@@ -73,14 +73,18 @@ export interface PartitionHost {
   partitionOf(deviceId: string): number;
   /** Whether this member applies the partition's messages now. */
   ownsPartition(partition: number): boolean;
+  /** Asks the database (a beat now) whether the partition is still this member's: before a lost session is taken again. */
+  confirmOwnership(partition: number): Promise<boolean>;
   /** The registered devices of a partition. */
   devicesOf(partition: number): string[];
   /** Applies a message of a device owned here; `packetId` goes into its fingerprint (0: none). */
   receive(message: DeviceMessage, packetId: number): ReceiveResult;
   /** The fingerprint of the last message applied to the device (here, or as its previous owner stored it). */
   lastMessageOf(deviceId: string): number | undefined;
-  /** Calls `done` once everything applied before now is in the database. */
-  afterWritten(done: () => void): void;
+  /** A mark of what was applied so far: stored once `onWritten` hears an index above it; null when it already is. */
+  writtenMark(): number | null;
+  /** Hears the index of each write that stored everything marked before it. */
+  onWritten(listener: (index: number) => void): () => void;
   warn(message: string): void;
 }
 

@@ -1,0 +1,217 @@
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import mqtt, { type MqttClient } from "mqtt";
+import { partitionOf } from "../../src/core/cluster/partition";
+import { fingerprintOf } from "../../src/core/cluster/replay";
+import type { DeviceMessage, PartitionHost, ReceiveResult } from "../../src/core/ports/protocol";
+import { PartitionSessions, partitionClientId } from "../../src/protocols/mqtt-partitions";
+import { TopicScheme } from "../../src/protocols/mqtt-topics";
+import { type Mosquitto, needs, startMosquitto } from "../mosquitto";
+import { until } from "./mqtt-device";
+import { FakeContext } from "./ws-fake-context";
+
+const PARTITIONS = 4;
+
+/** A cluster member as a partition's session sees it: what it applied, and when its writes are stored. */
+class Member implements PartitionHost {
+  readonly partitions = PARTITIONS;
+  readonly applied: { deviceId: string; payload: string; packetId: number }[] = [];
+  readonly last = new Map<string, number>();
+  owned = true;
+  /** The mark of what is applied so far; a test says when it is stored. */
+  mark = 1;
+  private listeners: ((index: number) => void)[] = [];
+
+  constructor(readonly devices: string[]) {}
+
+  partitionOf(id: string): number {
+    return partitionOf(id, PARTITIONS);
+  }
+  ownsPartition(): boolean {
+    return this.owned;
+  }
+  async confirmOwnership(): Promise<boolean> {
+    return this.owned;
+  }
+  devicesOf(p: number): string[] {
+    return this.devices.filter((id) => this.partitionOf(id) === p);
+  }
+  receive(message: DeviceMessage, packetId: number): ReceiveResult {
+    const payload = Buffer.from(message.payload as Uint8Array).toString();
+    this.applied.push({ deviceId: message.deviceId, payload, packetId });
+    this.last.set(message.deviceId, fingerprintOf(message.kind, message.payload, packetId));
+    return { ok: true, deviceId: message.deviceId, status: "online", changed: true };
+  }
+  lastMessageOf(id: string): number | undefined {
+    return this.last.get(id);
+  }
+  writtenMark(): number | null {
+    return this.mark;
+  }
+  onWritten(listener: (index: number) => void): () => void {
+    this.listeners.push(listener);
+    return () => (this.listeners = this.listeners.filter((l) => l !== listener));
+  }
+  readonly warnings: string[] = [];
+  warn(message: string): void {
+    this.warnings.push(message);
+  }
+  /** Everything applied so far is stored. */
+  store(): void {
+    const index = ++this.mark;
+    for (const l of this.listeners) l(index);
+  }
+}
+
+describe("MQTT partition sessions (cluster mode, a Mosquitto of the test's own)", function () {
+  this.timeout(30_000);
+  let broker: Mosquitto | null = null;
+  let root: string;
+  let topics: TopicScheme;
+  let device: MqttClient | null = null;
+  const intakes: PartitionSessions[] = [];
+  const id = "dev-1";
+  const partition = partitionOf(id, PARTITIONS);
+
+  before(async function () {
+    if (!needs(this, ["mosquitto"], "apt-get install mosquitto")) return;
+    broker = await startMosquitto();
+  });
+  after(async () => {
+    await broker?.stop();
+  });
+  beforeEach(async () => {
+    root = `tethral-test-${randomBytes(4).toString("hex")}`;
+    topics = new TopicScheme(root);
+    device = await mqtt.connectAsync(broker!.url, { clientId: `${root}-device`, protocolVersion: 5 });
+  });
+  afterEach(async () => {
+    for (const intake of intakes.splice(0)) await intake.stop();
+    await device?.endAsync(true);
+    // The sessions outlive their connections: ended here, so the broker keeps nothing of the test.
+    const clean = await mqtt.connectAsync(broker!.url, { clientId: partitionClientId(root, partition), protocolVersion: 5, clean: true });
+    await clean.endAsync();
+  });
+
+  async function hold(member: Member): Promise<{ intake: PartitionSessions; context: FakeContext }> {
+    const context = new FakeContext();
+    const intake = new PartitionSessions(member, broker!.url, { startTimeoutMs: 5_000 }, topics, () => context);
+    intake.start(context);
+    intakes.push(intake);
+    await intake.open(partition);
+    return { intake, context };
+  }
+
+  async function report(n: number): Promise<void> {
+    await device!.publishAsync(topics.prefix + `${id}/telemetry`, JSON.stringify({ n }), { qos: 1 });
+  }
+
+  const payloads = (m: Member) => m.applied.map((a) => JSON.parse(a.payload).n as number);
+
+  it("takes only its partition's registered devices' messages, under a client id every member shares", async () => {
+    const member = new Member([id]);
+    await hold(member);
+    await device!.publishAsync(topics.prefix + "someone-else/telemetry", "{}", { qos: 1 });
+    await report(1);
+    await until(async () => member.applied.length === 1, "one message applied", 5_000);
+    assert.deepEqual(payloads(member), [1]);
+    assert.match(partitionClientId(root, partition), new RegExp(`^tethral-[0-9a-f]{8}-p${partition}$`));
+  });
+
+  it("acknowledges a message only once it is stored: one let go before gives it to the next holder, flagged as sent before", async () => {
+    const first = new Member([id]);
+    const a = await hold(first);
+    for (let n = 1; n <= 3; n++) await report(n);
+    await until(async () => first.applied.length === 3, "three applied", 5_000);
+    // Stored: 1-3 acknowledged. Then 4 and 5, applied but not stored when the lease is lost.
+    first.store();
+    for (let n = 4; n <= 5; n++) await report(n);
+    await until(async () => first.applied.length === 5, "five applied", 5_000);
+    a.intake.cut(partition);
+    await report(6); // while no one holds the session: the broker keeps it
+
+    const second = new Member([id]);
+    await hold(second);
+    await until(async () => second.applied.length === 3, "4, 5 and 6 given to the next holder", 5_000);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.deepEqual(payloads(second), [4, 5, 6]);
+  });
+
+  it("skips redelivered messages up to the last one applied (by fingerprint, packet id included) and applies the rest in order", async () => {
+    const first = new Member([id]);
+    const a = await hold(first);
+    // The same payload twice: only the packet id tells them apart.
+    for (const n of [1, 2, 2, 3]) await report(n);
+    await until(async () => first.applied.length === 4, "four applied", 5_000);
+    a.intake.cut(partition);
+
+    // The successor read, with the device's presence, the fingerprint of the first "2" as the last applied.
+    const second = new Member([id]);
+    const firstTwo = first.applied[1]!;
+    second.last.set(id, fingerprintOf("telemetry", Buffer.from(firstTwo.payload), firstTwo.packetId));
+    await hold(second);
+    await until(async () => second.applied.length === 2, "the second 2 and 3", 5_000);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.deepEqual(payloads(second), [2, 3]);
+    assert.equal(second.applied[0]!.packetId, first.applied[2]!.packetId);
+  });
+
+  it("a new holder takes the session over from one that still has it (a frozen member), which does not take it back once its lease is gone", async () => {
+    const first = new Member([id]);
+    const a = await hold(first);
+    // The first member's beat, when it comes, says the lease has moved.
+    first.owned = false;
+    const second = new Member([id]);
+    await hold(second);
+    await report(7);
+    await until(async () => second.applied.length === 1, "the new holder applied it", 5_000);
+    await new Promise((resolve) => setTimeout(resolve, 1_500));
+    await report(8);
+    await until(async () => second.applied.length === 2, "the new holder kept the session", 5_000);
+    assert.equal(first.applied.length, 0);
+    assert.deepEqual(payloads(second), [7, 8]);
+    assert.equal(a.intake.statistics().partitionSessionsConnected, 0, "the old holder did not connect again");
+  });
+
+  it("a holder whose connection dropped while its lease holds connects again and goes on", async () => {
+    const member = new Member([id]);
+    const { intake } = await hold(member);
+    await report(1);
+    await until(async () => member.applied.length === 1, "applied", 5_000);
+    // Another client with the session's id cuts the connection (as a broker restart or a network cut would), then goes.
+    const intruder = await mqtt.connectAsync(broker!.url, { clientId: partitionClientId(root, partition), protocolVersion: 5, clean: false, properties: { sessionExpiryInterval: 60 } });
+    await intruder.endAsync();
+    await until(async () => intake.statistics().partitionSessionsConnected === 1, "connected again", 5_000);
+    await report(2);
+    await until(async () => member.applied.length === 2, "the next report", 5_000);
+    assert.deepEqual(payloads(member), [1, 2]);
+  });
+
+  it("listens for a device registered while it holds the partition before the registration answers, and stops for a removed one", async () => {
+    const member = new Member([]);
+    const { intake } = await hold(member);
+    await report(1); // not registered yet: no subscription, the broker drops it
+    member.devices.push(id);
+    const subscribed = intake.added(id);
+    assert.ok(subscribed, "a subscription is made");
+    await subscribed;
+    await report(2);
+    await until(async () => member.applied.length === 1, "the registered device's report", 5_000);
+    intake.removed(id);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    await report(3);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.deepEqual(payloads(member), [2]);
+  });
+
+  it("waits, unacknowledged, while the partition is not this member's this instant, and applies once it is again", async () => {
+    const member = new Member([id]);
+    await hold(member);
+    member.owned = false;
+    await report(1);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.equal(member.applied.length, 0);
+    member.owned = true;
+    await until(async () => member.applied.length === 1, "applied once owned", 5_000);
+  });
+});
