@@ -18,6 +18,9 @@ export interface LeaseHooks {
 
 type Phase = "loading" | "owned" | "leaving";
 
+/** A beat for a lease running out comes this long after it should have, so the database sees it run out. */
+const EXPIRY_SLACK_MS = 30;
+
 export interface LeaseStatistics {
   owned: number;
   takeovers: number;
@@ -49,6 +52,8 @@ export class Leases {
   private running = false;
   private beating: Promise<void> | null = null;
   private readonly stats = { takeovers: 0, handovers: 0, lost: 0, beats: 0, beatFailures: 0 };
+  /** performance.now() when another member's lease or membership runs out next (see `nextExpiry`). */
+  private nextExpiryAt = Infinity;
   private readonly owners: (string | null)[];
 
   constructor(
@@ -143,10 +148,14 @@ export class Leases {
 
   private arm(): void {
     if (!this.running) return;
+    // The next beat comes when another member's lease (or membership) runs out, if that is sooner
+    // than the usual quarter lease: a dead member's partitions are claimed as soon as they may be.
+    const untilExpiry = this.nextExpiryAt - performance.now();
+    const delay = Math.max(10, Math.min(this.beatMs, untilExpiry));
     this.timer = this.clock.setTimeout(() => {
       this.timer = null;
       this.beat().finally(() => this.arm());
-    }, this.beatMs);
+    }, delay);
   }
 
   private beat(): Promise<void> {
@@ -182,9 +191,22 @@ export class Leases {
     this.validUntil = started + this.leaseMs;
     this.lastRenewal = started;
     this.view = { leases: result.leases, members: result.members, now: result.now, at: started };
+    this.nextExpiryAt = this.nextExpiry(result, started);
     for (const l of result.leases) if (l.partition < this.partitions) this.owners[l.partition] = l.owner !== null && l.expiresAt > result.now ? l.owner : null;
     if (!this.running) return;
     await this.rebalance(result);
+  }
+
+  /**
+   * When, on this member's monotonic clock, the soonest lease or membership of another member runs
+   * out (a little after, for the beat's own latency). A live member renews long before: only a
+   * dead one's comes before the next quarter-lease beat.
+   */
+  private nextExpiry(view: BeatResult, started: number): number {
+    let soonest = Infinity;
+    for (const l of view.leases) if (l.owner !== null && l.owner !== this.member && l.expiresAt > view.now) soonest = Math.min(soonest, l.expiresAt);
+    for (const m of view.members) if (m.id !== this.member && m.lastSeen + this.leaseMs > view.now) soonest = Math.min(soonest, m.lastSeen + this.leaseMs);
+    return soonest === Infinity ? Infinity : started + (soonest - view.now) + EXPIRY_SLACK_MS;
   }
 
   private liveMembers(view: { members: MemberRow[]; now: number }): MemberRow[] {
