@@ -5,8 +5,10 @@ import { assignPartitions } from "./partition";
 
 /** What the member does when a partition comes or goes (see `ClusterMember`). */
 export interface LeaseHooks {
-  /** The lease is ours at `epoch`: load the partition, then resolve; its devices are ours after. */
-  acquire(partition: number, epoch: number): Promise<void>;
+  /** The leases are ours (claimed in one beat): load the partitions, then resolve; their devices are ours after. */
+  acquire(leases: HeldLease[]): Promise<void>;
+  /** Partitions were taken: the other members should look now (their views, and their own claims). */
+  claimed?(): void;
   /** Called in the same turn the partition became ours (after `acquire`): nothing of it ran here yet. */
   owned(partition: number): void;
   /** A clean hand-over: stop taking the partition's messages and write what waits, then resolve. */
@@ -220,43 +222,57 @@ export class Leases {
     // Ours, but another live member's by the assignment: handed over at once.
     const give = [...this.held].filter(([p, h]) => h.phase === "owned" && target[p] !== this.member).map(([p]) => p);
     if (give.length > 0) await this.release(give);
-    // Ours by the assignment, and free or run out: claimed, one at a time (each loads its devices).
+    // Ours by the assignment, and free or run out: claimed, one conditional UPDATE each, then
+    // loaded together (one read-back of what their previous owners wrote).
+    const claimed: HeldLease[] = [];
     for (let p = 0; p < this.partitions; p++) {
       if (!this.running || target[p] !== this.member || this.held.has(p)) continue;
       const l = leases.get(p);
       if (l && l.owner !== null && l.owner !== this.member && l.expiresAt > view.now) continue;
+      const got = await this.claim(p);
       // A lease row locked by its (frozen) owner's write: the rest wait for the next beat, so
       // this member's own renewals are not held up behind the locks.
-      if ((await this.claim(p)) === "locked") break;
+      if (got === "locked") break;
+      if (got) claimed.push(got);
     }
+    if (claimed.length > 0) await this.load(claimed);
   }
 
-  private async claim(partition: number): Promise<"locked" | void> {
+  private async claim(partition: number): Promise<"locked" | HeldLease | null> {
     let row: LeaseRow | null;
     try {
       row = await this.store.clusterClaim(this.member, partition, this.leaseMs);
     } catch (err) {
       if ((err as { locked?: unknown })?.locked === true) return "locked";
       this.hooks.warn(`cluster: could not claim partition ${partition}: ${errorMessage(err)}`);
-      return;
+      return null;
     }
-    if (!row) return;
+    if (!row) return null;
     this.held.set(partition, { epoch: row.epoch, phase: "loading" });
+    return { partition, epoch: row.epoch };
+  }
+
+  private async load(claimed: HeldLease[]): Promise<void> {
     try {
-      await this.hooks.acquire(partition, row.epoch);
+      await this.hooks.acquire(claimed);
     } catch (err) {
-      // Half loaded is worse than not at all: give it back for another member (or the next beat).
-      this.hooks.warn(`cluster: could not take over partition ${partition}: ${errorMessage(err)}`);
-      this.held.delete(partition);
-      this.hooks.lost([partition]);
-      await this.store.clusterRelease(this.member, [{ partition, epoch: row.epoch }]).catch(() => undefined);
+      // Half loaded is worse than not at all: given back for another member (or the next beat).
+      const ps = claimed.map((c) => c.partition);
+      this.hooks.warn(`cluster: could not take over partitions ${ps.join(", ")}: ${errorMessage(err)}`);
+      const still = claimed.filter((c) => this.held.get(c.partition)?.epoch === c.epoch);
+      for (const c of still) this.held.delete(c.partition);
+      if (still.length > 0) this.hooks.lost(still.map((c) => c.partition));
+      await this.store.clusterRelease(this.member, still).catch(() => undefined);
       return;
     }
-    const h = this.held.get(partition);
-    if (h?.epoch !== row.epoch) return;
-    h.phase = "owned";
-    this.stats.takeovers++;
-    this.hooks.owned(partition);
+    for (const c of claimed) {
+      const h = this.held.get(c.partition);
+      if (h?.epoch !== c.epoch) continue;
+      h.phase = "owned";
+      this.stats.takeovers++;
+      this.hooks.owned(c.partition);
+    }
+    this.hooks.claimed?.();
   }
 
   private async release(partitions: number[]): Promise<void> {

@@ -2,7 +2,7 @@ import type { Clock, TimerHandle } from "../clock";
 import type { CommandTracker } from "../commands";
 import { TethralError, errorMessage, isTethralError } from "../errors";
 import type { ClusterInfo } from "../hub-options";
-import { type ClusterLink, type ClusterStore, type Fence, type ForwardedMessage, isFenced, isNoAnswer } from "../ports/cluster";
+import { type ClusterLink, type ClusterStore, type Fence, type ForwardedMessage, type HeldLease, isFenced, isNoAnswer } from "../ports/cluster";
 import type { DeviceMessage, PartitionHost, PartitionedIntake, ProtocolAdapter, ReceiveResult } from "../ports/protocol";
 import { type InboundMessage, parseInbound } from "../inbound";
 import type { Presence } from "../presence";
@@ -127,7 +127,8 @@ export class ClusterMember {
     readonly options: MemberOptions,
   ) {
     this.leases = new Leases(store, host.clock, options.member, options.partitions, options.leaseMs, {
-      acquire: (p, epoch) => this.acquire(p, epoch),
+      acquire: (leases) => this.acquire(leases),
+      claimed: () => void this.nudge(),
       owned: (p) => this.replay(p),
       handOver: (ps) => this.handOver(ps),
       lost: (ps) => this.lose(ps),
@@ -400,12 +401,13 @@ export class ClusterMember {
 
   // ── Partitions coming and going ────────────────────────────────────────────────────────
 
-  private async acquire(partition: number, epoch: number): Promise<void> {
-    // The previous owner's last writes are in the database: read them back first.
+  private async acquire(leases: HeldLease[]): Promise<void> {
+    // The previous owners' last writes are in the database: read them back first.
     await this.follow();
-    if (this.leases.leaseOf(partition)?.epoch !== epoch) return;
+    const taken = new Set(leases.filter((l) => this.leases.leaseOf(l.partition)?.epoch === l.epoch).map((l) => l.partition));
+    if (taken.size === 0) return;
     const now = this.host.clock.now();
-    const mine = (id: string) => this.partitionOf(id) === partition;
+    const mine = (id: string) => taken.has(this.partitionOf(id));
     for (const record of this.host.registry.allRecords()) {
       if (!mine(record.id)) continue;
       const alive = record.status === "online" || record.status === "error";
