@@ -42,15 +42,15 @@ export interface Mosquitto {
 
 /**
  * A Mosquitto broker of the test's own on a free port of 127.0.0.1: anonymous, nothing kept on
- * disk. Stopped by its PID.
+ * disk, with `settings` (mosquitto.conf lines) added. Stopped by its PID.
  */
-export async function startMosquitto(): Promise<Mosquitto> {
+export async function startMosquitto(settings: string[] = []): Promise<Mosquitto> {
   const bin = program("mosquitto");
   if (!bin) throw new Error("mosquitto is not installed");
   const dir = mkdtempSync(path.join(tmpdir(), "tethral-mosquitto-"));
   const conf = path.join(dir, "mosquitto.conf");
   const port = await closedPort();
-  writeFileSync(conf, [`listener ${port} 127.0.0.1`, "allow_anonymous true", "persistence false", "log_dest stderr", "log_type error", ""].join("\n"));
+  writeFileSync(conf, [`listener ${port} 127.0.0.1`, "allow_anonymous true", "persistence false", "log_dest stderr", "log_type error", ...settings, ""].join("\n"));
   const proc = spawn(bin, ["-c", conf], { stdio: ["ignore", "ignore", "pipe"] });
   let output = "";
   proc.stderr!.on("data", (chunk: Buffer) => (output += chunk.toString()));

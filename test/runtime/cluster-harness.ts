@@ -4,6 +4,9 @@ import path from "node:path";
 import pg from "pg";
 import { freshDatabase } from "../../bench/pg-database";
 import { type Mosquitto, startMosquitto } from "../mosquitto";
+
+/** What README "Cluster mode" asks of the broker (mosquitto.conf). */
+export const CLUSTER_BROKER_SETTINGS = ["max_inflight_messages 1000", "max_queued_messages 100000"];
 import { type Json, type RuntimeChild, call, fixedPorts, spawnRuntime } from "./spawn-runtime";
 
 // A cluster of `npm start` runtimes (CONTRACT §8) on a fresh database of the PostgreSQL server and
@@ -110,7 +113,9 @@ export class TestCluster {
     const db = await freshDatabase(server, settings.prefix);
     let mosquitto: Mosquitto;
     try {
-      mosquitto = await startMosquitto();
+      // The broker settings the README asks of a cluster's broker: a partition's session may have
+      // a write round of messages in flight, and a lease period of them queued.
+      mosquitto = await startMosquitto(CLUSTER_BROKER_SETTINGS);
     } catch (err) {
       await db.drop();
       rmSync(scratch, { recursive: true, force: true });

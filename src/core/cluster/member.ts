@@ -66,8 +66,14 @@ export interface ClusterStatistics extends LeaseStatistics {
   linkConnected: boolean;
 }
 
-/** Changes are read back from a little before the last read: rows are stamped by their writers' clocks. */
+/**
+ * Changes are read back from a little before the last read: rows are stamped by their writers'
+ * clocks, and committed a little after they were stamped. Most rounds re-read one second (a write
+ * round and its commit); every tenth re-reads five, for writers whose clocks run behind.
+ */
 const FOLLOW_MARGIN_MS = 5_000;
+const FOLLOW_SHORT_MARGIN_MS = 1_000;
+const FOLLOW_FULL_EVERY = 10;
 
 const MOVED = "moved";
 
@@ -100,7 +106,9 @@ export class ClusterMember {
   private readonly via = new Map<string, string>();
   private followTimer: TimerHandle | null = null;
   private following: Promise<void> | null = null;
-  private since = 0;
+  /** The database's clock at the last read of changes; the next reads from a margin before it. */
+  private lastRead = 0;
+  private followRounds = 0;
   private lastFollow = 0;
   private running = false;
   /**
@@ -178,7 +186,7 @@ export class ClusterMember {
     this.running = true;
     try {
       const { now } = await this.store.clusterJoin(this.member, this.options.partitions);
-      this.since = now - FOLLOW_MARGIN_MS;
+      this.lastRead = now;
       this.lastFollow = performance.now();
     } catch (err) {
       this.running = false;
@@ -486,10 +494,10 @@ export class ClusterMember {
     if (this.following) return this.following;
     const started = performance.now();
     this.following = this.store
-      .changedSince(this.since, this.known)
+      .changedSince(this.lastRead - (this.followRounds++ % FOLLOW_FULL_EVERY === 0 ? FOLLOW_MARGIN_MS : FOLLOW_SHORT_MARGIN_MS), this.known)
       .then((changes) => {
         applyChanges(this.host, (id) => this.owns(id), changes, this.lastMessages);
-        this.since = changes.now - FOLLOW_MARGIN_MS;
+        this.lastRead = changes.now;
         this.lastFollow = started;
       })
       .finally(() => {
