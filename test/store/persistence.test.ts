@@ -10,6 +10,8 @@ import { SqliteStore } from "../../src/store/sqlite";
 import type { Store } from "../../src/core/ports/store";
 import { WrappedStore } from "./wrapped-store";
 import { assertRejectsCode } from "../helpers";
+import type { Persistence } from "../../src/core/write-behind";
+import { until } from "../protocols/mqtt-device";
 
 describe("Hub persistence (SQLite file)", () => {
   let dir: string;
@@ -265,6 +267,26 @@ describe("Hub persistence (SQLite file)", () => {
     assert.equal(again.getDevice("d1").protocol, "coap");
     assert.equal(again.getState("d1").version, 0, "no state from the removed device");
     assert.deepEqual(await again.stateHistory("d1"), []);
+  });
+
+  it("tells when what was applied is stored (a cluster member's acknowledgements): not while writes fail, once one lands", async () => {
+    const store = new WrappedStore(new SqliteStore({ path: file }));
+    const hub = await open({ persistence: { flushIntervalMs: 20, retryBaseMs: 10, retryMaxMs: 10, stopTimeoutMs: 200 } }, store);
+    await hub.registerDevice({ id: "d1", protocol: "mqtt" });
+    const p = (hub as unknown as { persistence: Persistence }).persistence;
+    await until(async () => p.writtenMark() === null, "nothing waiting", 2_000);
+    const heard: number[] = [];
+    p.onWritten((index) => heard.push(index));
+    store.down = true;
+    hub.ingest("d1", { kind: "telemetry", data: { t: 1 } });
+    const mark = p.writtenMark();
+    assert.notEqual(mark, null, "a report waits to be written");
+    await new Promise((resolve) => setTimeout(resolve, 150));
+    assert.ok(!heard.some((i) => i > mark!), `heard ${heard.join(", ")} above ${mark} while every write failed`);
+    store.down = false;
+    await until(async () => heard.some((i) => i > mark!), "the write that stored it heard", 3_000);
+    const points = await store.inner.points({ deviceId: "d1", key: "t", from: 0, to: Date.now() + 1000, limit: 10 });
+    assert.deepEqual(points.map((x) => x.value), [1]);
   });
 
   it("after stop() no timer of the hub or its batcher is pending on the injected clock", async () => {
