@@ -6,6 +6,7 @@ import type { MqttAdapterOptions, MqttMode } from "./mqtt";
 import { busyHealth } from "./intake-hold";
 import { PendingWrites } from "./pending-writes";
 import { PartitionSessions } from "./mqtt-partitions";
+import { hubClientOptions } from "./mqtt-client";
 import type { PartitionHost } from "../core/ports/protocol";
 import { type TwinPublish, twinMessage, twinNotPublished } from "./mqtt-twin";
 import { type TopicScheme, checkSharedGroup } from "./mqtt-topics";
@@ -99,20 +100,10 @@ export class ExternalBroker implements MqttMode {
     const o = this.options;
     const version = o.protocolVersion ?? 4;
     const clientOptions: IClientOptions = {
+      ...hubClientOptions(o),
       clientId: o.clientId ?? `tethral-hub-${Math.random().toString(16).slice(2, 10)}`,
-      username: o.username,
-      password: o.password,
       protocolVersion: version,
       clean: o.clean ?? true,
-      keepalive: o.keepalive ?? 30,
-      connectTimeout: o.connectTimeoutMs ?? 10_000,
-      // Reconnection is ours (see scheduleReconnect), and so is subscribing after each connect.
-      reconnectPeriod: 0,
-      resubscribe: false,
-      ca: o.ca,
-      cert: o.cert,
-      key: o.key,
-      rejectUnauthorized: o.rejectUnauthorized ?? true,
       // MQTT 5 lets the hub tell the broker not to send it anything larger than it would accept.
       properties: version === 5 ? { maximumPacketSize: context.maxPayloadBytes + 4096 } : undefined,
     };

@@ -5,6 +5,7 @@ import { errorMessage } from "../core/errors";
 import type { PartitionHost, PartitionedIntake } from "../core/ports/protocol";
 import type { MqttAdapterOptions } from "./mqtt";
 import { endClient } from "./mqtt-end";
+import { hubClientOptions } from "./mqtt-client";
 import { COMMANDS_LEVEL, DESIRED_LEVEL, type TopicScheme } from "./mqtt-topics";
 import type { AdapterContext } from "./types";
 
@@ -135,19 +136,10 @@ export class PartitionSessions implements PartitionedIntake {
     if (this.stopped || !context) return Promise.resolve();
     const o = this.options;
     const clientOptions: IClientOptions = {
+      ...hubClientOptions(o),
       clientId: partitionClientId(this.topics.root, partition),
-      username: o.username,
-      password: o.password,
       protocolVersion: 5,
       clean: false,
-      keepalive: o.keepalive ?? 30,
-      connectTimeout: o.connectTimeoutMs ?? 10_000,
-      reconnectPeriod: 0,
-      resubscribe: false,
-      ca: o.ca,
-      cert: o.cert,
-      key: o.key,
-      rejectUnauthorized: o.rejectUnauthorized ?? true,
       properties: { sessionExpiryInterval: SESSION_EXPIRY_SECONDS, maximumPacketSize: context.maxPayloadBytes + 4096 },
     };
     let readyDone: () => void = () => undefined;
