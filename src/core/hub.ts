@@ -125,6 +125,7 @@ export class Hub {
       presenceChanged: (id) => p?.markPresence(id),
       back: (id) => this.commands.kick(id),
       purge: (id) => this.writes.remove(id, { reason: "retention", source: "heartbeat" }).catch((err: unknown) => warn(`could not remove long-offline device ${id}: ${errorMessage(err)}`)),
+      ...(c && { owns: (id: string) => this.cluster?.owns(id) ?? true }),
     });
     this.heartbeat = this.presence.heartbeat;
     this.refusals = new Refusals(this.events);

@@ -15,6 +15,12 @@ export interface PresenceHooks {
   back(id: string): void;
   /** A device has been offline longer than the retention age: remove it durably. */
   purge(id: string): void;
+  /**
+   * Cluster mode: whether this member applies the device's changes now. A member that wakes from
+   * a freeze past its lease finds its heartbeat deadlines overdue before it learns its partitions
+   * are gone: those deadlines are its successor's, and pass here without a word.
+   */
+  owns?(id: string): boolean;
 }
 
 /** A stored device's presence, as the hub loads it at start. */
@@ -165,6 +171,7 @@ export class Presence {
   }
 
   private expire(id: string, lastSeen: number, timeoutMs: number): void {
+    if (this.hooks.owns && !this.hooks.owns(id)) return;
     this.offline(id, "timeout", { source: "heartbeat" }, timeoutMs, lastSeen);
   }
 

@@ -4,7 +4,7 @@ import type { BeatResult, Fence, FleetChanges, HeldLease, KnownRows, LeaseRow } 
 import { CLUSTER_CHANGE_INDEXES } from "./migrations";
 import {
   assertFence,
-  BEAT_MEMBER,
+  BEAT_MEMBER_HOLDING,
   CLAIM_LEASE,
   DB_NOW,
   fenceCheck,
@@ -70,7 +70,9 @@ export async function clusterJoin(db: ClusterDb, member: string, partitions: num
 
 export async function clusterBeat(db: ClusterDb, member: string, leaseMs: number, held: HeldLease[]): Promise<BeatResult> {
   return db.tx(async (c) => {
-    const now = Number((await c.query<{ now: number }>(BEAT_MEMBER, [text(member, "member")])).rows[0]!.now);
+    // A member frozen inside its beat must not keep its lease rows locked (FOR UPDATE, below):
+    // the database ends the transaction once it has sat idle for half a lease, in this round trip.
+    const now = Number((await c.query<{ now: number }>(BEAT_MEMBER_HOLDING, [text(member, "member"), String(holdMsOf(leaseMs))])).rows[0]!.now);
     let renewed: number[] = [];
     if (held.length > 0) {
       await c.query(LOCK_LEASES, [held.map((l) => l.partition)]);
@@ -81,6 +83,11 @@ export async function clusterBeat(db: ClusterDb, member: string, leaseMs: number
     const leases = (await c.query(SELECT_LEASES)).rows.map(toLeaseRow);
     return { now, members, leases, renewed };
   });
+}
+
+/** How long a transaction that locks lease rows may sit idle before the database ends it: half a lease, at least a second (as `Fence.holdMs`). */
+export function holdMsOf(leaseMs: number): number {
+  return Math.max(1_000, Math.round(leaseMs / 2));
 }
 
 export async function clusterClaim(db: ClusterDb, member: string, partition: number, leaseMs: number): Promise<LeaseRow | null> {
@@ -107,9 +114,11 @@ export class ClaimLocked extends Error {
   }
 }
 
-export async function clusterRelease(db: ClusterDb, member: string, leases: HeldLease[]): Promise<void> {
+export async function clusterRelease(db: ClusterDb, member: string, leases: HeldLease[], leaseMs: number): Promise<void> {
   if (leases.length === 0) return;
   await db.tx(async (c) => {
+    // As in a beat: a member frozen here does not keep the rows locked.
+    await c.query(`SET LOCAL idle_in_transaction_session_timeout = ${holdMsOf(leaseMs)}`);
     await c.query(LOCK_LEASES, [leases.map((l) => l.partition)]);
     await c.query(RELEASE_LEASES, [member, ...leaseArrays(leases)]);
   });

@@ -20,6 +20,8 @@ export const JOIN_MEMBER = `INSERT INTO cluster_members (id, since, last_seen) V
   ON CONFLICT (id) DO UPDATE SET since = excluded.since, last_seen = excluded.last_seen RETURNING last_seen AS now`;
 export const BEAT_MEMBER = `INSERT INTO cluster_members (id, since, last_seen) VALUES ($1, ${DB_NOW}, ${DB_NOW})
   ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen RETURNING last_seen AS now`;
+/** BEAT_MEMBER, setting for the transaction how long it may sit idle ($2 ms), in the same round trip. */
+export const BEAT_MEMBER_HOLDING = `${BEAT_MEMBER}, set_config('idle_in_transaction_session_timeout', $2, true) AS hold`;
 
 /**
  * Lease rows locked in partition order before an UPDATE of several (renewal, release): fenced

@@ -11,6 +11,9 @@ import { SqliteStore } from "../../src/store/sqlite";
 import { NO_RETENTION } from "./contract";
 import { commandRow, deviceRow, eventRow, historyRow, stateRow, T0 } from "./fixtures";
 import { startTestPostgres, type TestPostgres } from "./pg-harness";
+import { type ClusterDb, clusterBeat } from "../../src/store/postgres-cluster-store";
+import { LOCK_LEASES } from "../../src/store/postgres-cluster";
+import { until } from "../protocols/mqtt-device";
 
 const ON_SERVER = Boolean(process.env.TETHRAL_TEST_PG_URL);
 const LONG_LEASE = 60_000;
@@ -173,6 +176,59 @@ describe("PostgresStore cluster mode", function () {
       assert.ok(taken);
       assert.deepEqual([taken.owner, taken.epoch], ["b", 2]);
       assert.equal(await a.clusterClaim("a", 1, LONG_LEASE), null);
+    });
+
+    it("does not let a member frozen inside its beat keep its lease rows locked: the database ends the idle transaction and another claims", async function () {
+      if (db.kind === "pglite") {
+        console.log("      (skipped on PGlite: one backend runs one transaction at a time; CI runs it on the real server)");
+        this.skip();
+      }
+      const a = await open();
+      const b = await open();
+      await a.clusterJoin("a", 4);
+      await b.clusterJoin("b", 4);
+      const lease = 1_000;
+      const held = await a.clusterClaim("a", 2, lease);
+      assert.ok(held);
+      // Member a's next beat, frozen right after it locked its lease rows (SIGSTOP there): its
+      // transaction stays open and idle on the server.
+      const pool = new pg.Pool({ connectionString: db.url, max: 1 });
+      pool.on("error", () => undefined);
+      let frozen = false;
+      const client = await pool.connect();
+      client.on("error", () => undefined);
+      const freezing: ClusterDb = {
+        query: (sql, params) => pool.query(sql, params),
+        direct: (sql) => pool.query(sql),
+        tx: async <T>(fn: (c: pg.PoolClient) => Promise<T>): Promise<T> => {
+          await client.query("BEGIN");
+          const query = (sql: string, params?: unknown[]) => {
+            if (frozen) return new Promise<never>(() => undefined);
+            const result = client.query(sql, params);
+            if (sql === LOCK_LEASES) frozen = true;
+            return result;
+          };
+          return fn(Object.assign(Object.create(client), { query }) as pg.PoolClient);
+        },
+      };
+      void clusterBeat(freezing, "a", lease, [{ partition: 2, epoch: held.epoch }]);
+      await until(() => frozen, "the beat locked its rows", 5_000);
+      await untilDbPast(b, held.expiresAt);
+      // Locked at first (a claim waits at most 250 ms), claimed once the database ended a's transaction.
+      let taken = null;
+      const deadline = Date.now() + 8_000;
+      while (!taken && Date.now() < deadline) {
+        try {
+          taken = await b.clusterClaim("b", 2, LONG_LEASE);
+        } catch (err) {
+          if ((err as { locked?: unknown }).locked !== true) throw err;
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        }
+      }
+      assert.ok(taken, "claimed by b");
+      assert.deepEqual([taken.owner, taken.epoch], ["b", held.epoch + 1]);
+      client.release(true);
+      await pool.end().catch(() => undefined);
     });
 
     it("renews at a beat only the leases still the member's at the epoch it names", async function () {
