@@ -1,6 +1,6 @@
 import type pg from "pg";
 import { TethralError } from "../core/errors";
-import type { BeatResult, Fence, FleetChanges, HeldLease, KnownRows, LeaseRow } from "../core/ports/cluster";
+import { type BeatResult, type Fence, type FleetChanges, type HeldLease, type KnownRows, type LeaseRow, leaseHoldMs } from "../core/ports/cluster";
 import { CLUSTER_CHANGE_INDEXES } from "./migrations";
 import {
   assertFence,
@@ -72,7 +72,7 @@ export async function clusterBeat(db: ClusterDb, member: string, leaseMs: number
   return db.tx(async (c) => {
     // A member frozen inside its beat must not keep its lease rows locked (FOR UPDATE, below):
     // the database ends the transaction once it has sat idle for half a lease, in this round trip.
-    const now = Number((await c.query<{ now: number }>(BEAT_MEMBER_HOLDING, [text(member, "member"), String(holdMsOf(leaseMs))])).rows[0]!.now);
+    const now = Number((await c.query<{ now: number }>(BEAT_MEMBER_HOLDING, [text(member, "member"), String(leaseHoldMs(leaseMs))])).rows[0]!.now);
     let renewed: number[] = [];
     if (held.length > 0) {
       await c.query(LOCK_LEASES, [held.map((l) => l.partition)]);
@@ -83,11 +83,6 @@ export async function clusterBeat(db: ClusterDb, member: string, leaseMs: number
     const leases = (await c.query(SELECT_LEASES)).rows.map(toLeaseRow);
     return { now, members, leases, renewed };
   });
-}
-
-/** How long a transaction that locks lease rows may sit idle before the database ends it: half a lease, at least a second (as `Fence.holdMs`). */
-export function holdMsOf(leaseMs: number): number {
-  return Math.max(1_000, Math.round(leaseMs / 2));
 }
 
 export async function clusterClaim(db: ClusterDb, member: string, partition: number, leaseMs: number): Promise<LeaseRow | null> {
@@ -114,11 +109,11 @@ export class ClaimLocked extends Error {
   }
 }
 
-export async function clusterRelease(db: ClusterDb, member: string, leases: HeldLease[], leaseMs: number): Promise<void> {
+export async function clusterRelease(db: ClusterDb, member: string, leases: HeldLease[], holdMs: number): Promise<void> {
   if (leases.length === 0) return;
   await db.tx(async (c) => {
     // As in a beat: a member frozen here does not keep the rows locked.
-    await c.query(`SET LOCAL idle_in_transaction_session_timeout = ${holdMsOf(leaseMs)}`);
+    await c.query(`SET LOCAL idle_in_transaction_session_timeout = ${Math.round(holdMs)}`);
     await c.query(LOCK_LEASES, [leases.map((l) => l.partition)]);
     await c.query(RELEASE_LEASES, [member, ...leaseArrays(leases)]);
   });

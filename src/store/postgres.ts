@@ -369,8 +369,8 @@ export class PostgresStore implements Store, ClusterStore {
   }
 
   clusterRelease(member: string, leases: HeldLease[]): Promise<void> {
-    // The fence's hold is half a lease; without a fence (a store used alone), ten seconds.
-    return cluster.clusterRelease(this.clusterDb, member, leases, this.fence?.holdMs ? this.fence.holdMs * 2 : 20_000);
+    // The fence's hold (half a lease); without a fence (a store used alone), ten seconds.
+    return cluster.clusterRelease(this.clusterDb, member, leases, this.fence?.holdMs ?? 10_000);
   }
 
   clusterLeave(member: string): Promise<void> {

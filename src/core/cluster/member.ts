@@ -2,7 +2,7 @@ import type { Clock, TimerHandle } from "../clock";
 import type { CommandTracker } from "../commands";
 import { TethralError, errorMessage, isTethralError } from "../errors";
 import type { ClusterInfo } from "../hub-options";
-import { type ClusterLink, type ClusterStore, type Fence, type ForwardedMessage, type HeldLease, isFenced, isNoAnswer } from "../ports/cluster";
+import { type ClusterLink, type ClusterStore, type Fence, type ForwardedMessage, type HeldLease, isFenced, isNoAnswer, leaseHoldMs } from "../ports/cluster";
 import type { DeviceMessage, PartitionHost, PartitionedIntake, ProtocolAdapter, ReceiveResult } from "../ports/protocol";
 import { type InboundMessage, parseInbound } from "../inbound";
 import type { Presence } from "../presence";
@@ -174,7 +174,7 @@ export class ClusterMember {
 
   /** The fence the store checks every device write against. */
   fence(): Fence {
-    return { member: this.member, holdMs: Math.max(1_000, Math.round(this.options.leaseMs / 2)), leaseOf: (id) => this.leases.leaseOf(this.partitionOf(id)) };
+    return { member: this.member, holdMs: leaseHoldMs(this.options.leaseMs), leaseOf: (id) => this.leases.leaseOf(this.partitionOf(id)) };
   }
 
   /** Connects to the other members and joins (refusing another partition count); owns nothing yet (see `join`). */

@@ -175,3 +175,12 @@ export interface ClusterLink {
   readonly connected: boolean;
   stop(): Promise<void>;
 }
+
+/**
+ * How long a transaction that locks lease rows (a fenced write, a beat, a release) may sit idle
+ * before the database ends it: half a lease, at least a second. A member frozen inside one then
+ * does not keep its lease rows locked.
+ */
+export function leaseHoldMs(leaseMs: number): number {
+  return Math.max(1_000, Math.round(leaseMs / 2));
+}
