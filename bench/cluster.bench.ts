@@ -16,14 +16,13 @@
  * them it says so in one line and exits 0. Run with `npm run bench:cluster`; writes
  * bench/results/cluster.json. Not a test: nothing asserts a time.
  */
-import { mkdirSync, writeFileSync } from "node:fs";
 import { cpus } from "node:os";
-import { join } from "node:path";
 import { MqttDevice } from "../test/runtime/cluster-devices";
 import { type Member, TestCluster, cpuMicros, register } from "../test/runtime/cluster-harness";
 import { program } from "../test/mosquitto";
 import { call } from "../test/runtime/spawn-runtime";
 import { benchServer } from "./pg-database";
+import { targetOf, writeResults } from "./results";
 
 const DEVICES = Number(process.env.TETHRAL_BENCH_CLUSTER_DEVICES ?? 1000);
 /** Messages a second, well within what one runtime sustains on PostgreSQL. */
@@ -36,7 +35,14 @@ const LEASE_MS = LEASE_SECONDS * 1000;
 const COMMAND_RATE = 20;
 /** The load runs this long after the kill. */
 const AFTER_KILL_MS = LEASE_MS + 10_000;
-const TARGETS = { cpuRatio: 1.3, failoverMs: LEASE_MS + 2000, telemetryLostDuringFailover: 0, telemetryDuplicatedDuringFailover: 0, commandsLostDuringFailover: 0 };
+const TARGETS = {
+  cpuRatio: targetOf("cluster", "cpuRatio"),
+  failoverMs: targetOf("cluster", "failoverMs"),
+  telemetryLostDuringFailover: targetOf("cluster", "telemetryLostDuringFailover"),
+  telemetryDuplicatedDuringFailover: targetOf("cluster", "telemetryDuplicatedDuringFailover"),
+  commandsLostDuringFailover: targetOf("cluster", "commandsLostDuringFailover"),
+};
+if (TARGETS.failoverMs !== LEASE_MS + 2000) throw new Error("bench/targets.json: the failover target is the lease (5 s) + 2 s");
 const TICK_MS = 100;
 /** The idle measurement before the load. */
 const IDLE_MS = 10_000;
@@ -324,9 +330,6 @@ async function main(): Promise<void> {
     partitions: PARTITIONS,
     leaseSeconds: LEASE_SECONDS,
     commandsPerSecondDuringFailover: COMMAND_RATE,
-    cores: cpus().length,
-    node: process.version,
-    measuredAt: new Date().toISOString(),
   };
   const mark = (ok: boolean) => (ok ? "met" : "MISSED");
   console.log(`\n${"".padEnd(40)}${"measured".padStart(12)}${"target".padStart(14)}`);
@@ -338,10 +341,7 @@ async function main(): Promise<void> {
   console.log(`${"telemetry stored twice".padEnd(40)}${String(f.telemetryDuplicatedDuringFailover).padStart(12)}${"0".padStart(14)}  ${mark(pass.telemetryDuplicatedDuringFailover)}`);
   console.log(`${"commands lost (of acked)".padEnd(40)}${`${f.commandsLostDuringFailover} / ${f.commandsAcknowledged}`.padStart(12)}${"0".padStart(14)}  ${mark(pass.commandsLostDuringFailover)}`);
   console.log(`commands refused while their owner was dead (not acknowledged): ${f.commandsRefused}; outcomes ${JSON.stringify(f.commandOutcomes)}`);
-  const out = join(__dirname, "results");
-  mkdirSync(out, { recursive: true });
-  writeFileSync(join(out, "cluster.json"), `${JSON.stringify(results, null, 2)}\n`);
-  console.log(`\nwrote ${join(out, "cluster.json")}`);
+  console.log(`\nwrote ${writeResults("cluster", results)}`);
 }
 
 main().catch((err) => {

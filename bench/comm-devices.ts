@@ -15,7 +15,7 @@ interface Device {
 
 type Request =
   | { op: "connect"; url: string; devices: Device[]; root: string }
-  | { op: "publish"; rounds: number }
+  | { op: "publish"; rounds: number; typical?: boolean }
   | { op: "answer" }
   | { op: "close" };
 
@@ -49,11 +49,15 @@ async function connect(url: string, devices: Device[]): Promise<void> {
   }
 }
 
-async function publish(rounds: number): Promise<number> {
+/** `typical`: a report of about 100 bytes, as a sensor sends it (bench:peer); else a small one. */
+async function publish(rounds: number, typical = false): Promise<number> {
   let sent = 0;
   for (let r = 0; r < rounds; r++) {
     for (const { id, client } of clients) {
-      client.publish(`${root}/devices/${id}/telemetry`, `{"temperature":${20 + (r % 10)},"seq":${r}}`, { qos: 0 });
+      const payload = typical
+        ? `{"temperature":${20 + (r % 10)}.5,"humidity":${40 + (r % 7)},"battery":${90 - (r % 5)},"rssi":-6${r % 10},"door":"closed","seq":${r}}`
+        : `{"temperature":${20 + (r % 10)},"seq":${r}}`;
+      client.publish(`${root}/devices/${id}/telemetry`, payload, { qos: 0 });
       sent++;
     }
     // Let the sockets drain: without this, writes pile up in memory instead of on the wire.
@@ -86,7 +90,7 @@ parentPort!.on("message", (request: Request) => {
       connect(request.url, request.devices).then(() => reply(clients.length), fail);
       break;
     case "publish":
-      publish(request.rounds).then(reply, fail);
+      publish(request.rounds, request.typical).then(reply, fail);
       break;
     case "answer":
       answer().then(() => reply(true), fail);

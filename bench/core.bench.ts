@@ -3,19 +3,18 @@
  * Run with `npm run bench:core` (needs --expose-gc for the heap figure). Prints a table and
  * writes bench/results/core.json. Not a test: nothing here asserts a time.
  */
-import { mkdirSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
 import { Hub, ManualClock, type TethralEvent } from "../src/core";
 import { percentile } from "./stats";
+import { targetOf, writeResults } from "./results";
 
 const DEVICES = Number(process.env.BENCH_DEVICES ?? 1_000_000);
 const MANUFACTURERS = 100; // a filter on one manufacturer returns 1% of the fleet
 const TARGETS = {
-  registerPerSec: 200_000,
-  heartbeatsPerSec: 1_000_000,
-  indexedFilterP99Ms: 20,
-  heapBytesPerDevice: 1536,
-  eventsDeliveredPerSec: 1_000_000,
+  registerPerSec: targetOf("core", "registerPerSec"),
+  heartbeatsPerSec: targetOf("core", "heartbeatsPerSec"),
+  indexedFilterP99Ms: targetOf("core", "indexedFilterP99Ms"),
+  heapBytesPerDevice: targetOf("core", "heapBytesPerDevice"),
+  eventsDeliveredPerSec: targetOf("core", "eventsDeliveredPerSec"),
 };
 
 function gc(): void {
@@ -157,8 +156,6 @@ async function main(): Promise<void> {
     ticksSimulated: ticks,
     heapBytesPerDevice: Math.round(heapBytesPerDevice),
     eventsDeliveredPerSec: Math.round(eventsDeliveredPerSec),
-    node: process.version,
-    measuredAt: new Date().toISOString(),
   };
   const rows: [string, number, string][] = [
     ["registerPerSec", results.registerPerSec, `≥ ${fmt(TARGETS.registerPerSec)}`],
@@ -175,10 +172,7 @@ async function main(): Promise<void> {
   console.log(`${"metric".padEnd(24)}${"value".padStart(14)}   target`);
   for (const [name, value, target] of rows) console.log(`${name.padEnd(24)}${fmt(value).padStart(14)}   ${target}`);
   if (!(globalThis as { gc?: unknown }).gc) console.log("(heap figure without --expose-gc is approximate)");
-  const dir = join(__dirname, "results");
-  mkdirSync(dir, { recursive: true });
-  writeFileSync(join(dir, "core.json"), `${JSON.stringify(results, null, 2)}\n`);
-  console.log(`\nwrote ${join(dir, "core.json")}`);
+  console.log(`\nwrote ${writeResults("core", results)}`);
 }
 
 main().catch((err) => {

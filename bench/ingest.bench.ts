@@ -11,7 +11,7 @@
  * fresh database, dropped afterwards) or PGlite in-process without one (slower, noted).
  * Run with `npm run bench:ingest`; writes bench/results/ingest.json. Not a test: nothing asserts a time.
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Hub, type HubOptions } from "../src/core/hub";
@@ -19,11 +19,12 @@ import type { Store } from "../src/core/ports/store";
 import { PostgresStore } from "../src/store/postgres";
 import { SqliteStore } from "../src/store/sqlite";
 import { benchServer, freshDatabase, pgliteDatabase } from "./pg-database";
+import { targetOf, writeResults } from "./results";
 
 const DEVICES = 10_000;
 const KEYS = 3;
 const DURATION_S = Number(process.env.TETHRAL_BENCH_INGEST_SECONDS ?? 60);
-const TARGETS = { sqlite: 50_000, postgres: 30_000 };
+const TARGETS = { sqlite: targetOf("ingest", "sqlite.msgsPerSec"), postgres: targetOf("ingest", "postgres.msgsPerSec") };
 /** Devices whose every point is checked in the database after the run. */
 const SAMPLE = 50;
 
@@ -159,7 +160,7 @@ async function main(): Promise<void> {
       await server.stop();
     }
   }
-  const results = { sqlite, postgres: postgresResult, devices: DEVICES, keysPerMessage: KEYS, durationSeconds: DURATION_S, node: process.version, measuredAt: new Date().toISOString() };
+  const results = { sqlite, postgres: postgresResult, devices: DEVICES, keysPerMessage: KEYS, durationSeconds: DURATION_S };
   console.log(`\nTethral ingest benchmark, Node ${process.version}: ${fmt(DEVICES)} devices, ${KEYS} numeric keys per message, ${DURATION_S} s`);
   const rows: [string, (r: Result) => string][] = [
     ["messages/s (stored)", (r) => fmt(r.msgsPerSec)],
@@ -175,10 +176,7 @@ async function main(): Promise<void> {
     console.log(`${label.padEnd(36)}${(sqlite ? show(sqlite) : "-").padStart(12)}${(postgresResult ? show(postgresResult) : "-").padStart(14)}`);
   }
   console.log(`targets: ≥ ${fmt(TARGETS.sqlite)} msg/s (SQLite), ≥ ${fmt(TARGETS.postgres)} msg/s (PostgreSQL), 0 rows dropped`);
-  const out = join(__dirname, "results");
-  mkdirSync(out, { recursive: true });
-  writeFileSync(join(out, "ingest.json"), `${JSON.stringify(results, null, 2)}\n`);
-  console.log(`\nwrote ${join(out, "ingest.json")}`);
+  console.log(`\nwrote ${writeResults("ingest", results)}`);
 }
 
 main().catch((err) => {

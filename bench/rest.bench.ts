@@ -9,12 +9,13 @@
  * 32 keep-alive connections keep requests in flight for BENCH_SECONDS (default 5) per phase.
  * Run with `npm run bench:rest`; writes bench/results/rest.json. Not a test: nothing asserts a time.
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { Agent, request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { call, spawnRuntime } from "../test/runtime/spawn-runtime";
 import { percentile } from "./stats";
+import { targetOf, writeResults } from "./results";
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const CONNECTIONS = 32;
@@ -113,9 +114,11 @@ async function main(): Promise<void> {
     phases.push({ ...telemetry, ratio: Number((telemetry.requestsPerSec / postBase.requestsPerSec).toFixed(2)) });
 
     console.table(phases.map((p) => ({ phase: p.name, "req/s": p.requestsPerSec, "ratio to baseline": p.ratio ?? "", "p50 ms": p.p50Ms, "p99 ms": p.p99Ms, errors: p.errors })));
-    const dir = join(__dirname, "results");
-    mkdirSync(dir, { recursive: true });
-    writeFileSync(join(dir, "rest.json"), `${JSON.stringify({ at: new Date().toISOString(), seconds: SECONDS, connections: CONNECTIONS, devices: DEVICES, phases }, null, 2)}\n`);
+    const ratio = (name: string) => phases.find((p) => p.name.startsWith(name))!.ratio!;
+    const ratios = { getDevice: ratio("GET /api/devices/{id}"), listDevices: ratio("GET /api/devices?limit=10"), postTelemetry: ratio("POST /api/devices/{id}/telemetry") };
+    const target = targetOf("rest", "ratios.getDevice");
+    console.log(`ratios to the bare flow: ${JSON.stringify(ratios)} (target ≥ ${target} each)`);
+    writeResults("rest", { seconds: SECONDS, connections: CONNECTIONS, devices: DEVICES, phases, ratios });
   } finally {
     await rt.stop();
     rmSync(scratch, { recursive: true, force: true });

@@ -8,7 +8,7 @@
  * made there and dropped afterwards); without either, PGlite in-process stands in (slower, noted).
  * Run with `npm run bench:store`; writes bench/results/store.json. Not a test: nothing asserts a time.
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { systemClock } from "../src/core/clock";
@@ -20,8 +20,9 @@ import { PostgresStore } from "../src/store/postgres";
 import { SqliteStore } from "../src/store/sqlite";
 import type { Store } from "../src/core/ports/store";
 import { benchServer, freshDatabase, pgliteDatabase, runSql } from "./pg-database";
+import { targetOf, writeResults } from "./results";
 
-const TARGETS = { sqlite: 150_000, postgres: 50_000, ratio: 10, loadMs: 2000 };
+const TARGETS = { sqlite: targetOf("store", "sqlite.batchedRowsPerSec"), postgres: targetOf("store", "postgres.batchedRowsPerSec"), ratio: targetOf("store", "sqlite.ratioToNaive"), sqliteLoadMs: targetOf("store", "sqlite.load100kDevicesMs"), postgresLoadMs: targetOf("store", "postgres.load100kDevicesMs") };
 
 interface Result {
   batchedRowsPerSec: number;
@@ -172,7 +173,7 @@ async function main(): Promise<void> {
     await server.stop();
   }
 
-  const results = { sqlite, postgres: { ...postgresResult, server: server.kind }, node: process.version, measuredAt: new Date().toISOString() };
+  const results = { sqlite, postgres: { ...postgresResult, server: server.kind } };
   const rows: [string, keyof Result, (r: Result) => string][] = [
     ["history rows/s, batched", "batchedRowsPerSec", (r) => fmt(r.batchedRowsPerSec)],
     ["history rows/s, one INSERT per row", "naiveRowsPerSec", (r) => fmt(r.naiveRowsPerSec)],
@@ -183,12 +184,9 @@ async function main(): Promise<void> {
   console.log(`${"".padEnd(38)}${"SQLite".padStart(12)}${"PostgreSQL".padStart(14)}`);
   for (const [label, , show] of rows) console.log(`${label.padEnd(38)}${show(sqlite).padStart(12)}${show(postgresResult).padStart(14)}`);
   console.log(
-    `targets: batched ≥ ${fmt(TARGETS.sqlite)} (SQLite) / ${fmt(TARGETS.postgres)} (PostgreSQL), ≥ ${TARGETS.ratio}× naive, load < ${fmt(TARGETS.loadMs)} ms`,
+    `targets: batched ≥ ${fmt(TARGETS.sqlite)} (SQLite) / ${fmt(TARGETS.postgres)} (PostgreSQL), ≥ ${TARGETS.ratio}× naive, load ≤ ${fmt(TARGETS.sqliteLoadMs)} ms (SQLite) / ${fmt(TARGETS.postgresLoadMs)} ms (PostgreSQL)`,
   );
-  const out = join(__dirname, "results");
-  mkdirSync(out, { recursive: true });
-  writeFileSync(join(out, "store.json"), `${JSON.stringify(results, null, 2)}\n`);
-  console.log(`\nwrote ${join(out, "store.json")}`);
+  console.log(`\nwrote ${writeResults("store", results)}`);
 }
 
 main().catch((err) => {

@@ -1,0 +1,260 @@
+/**
+ * Peer benchmark (issue 15): Tethral against what an integrator builds by hand, in one run,
+ * on the same Mosquitto and the same messages.
+ * - plain: Node-RED (the version this package installs) running a flow of an `mqtt in` node
+ *   (QoS 0, `tethral/devices/+/telemetry`) wired to a function node that parses each report,
+ *   keeps the device's latest values in flow context and counts it;
+ * - tethral: the runtime as `npm start` runs it (dist/runtime/start.js, its shipped flows, the
+ *   SQLite file, device tokens off, TETHRAL_MQTT_URL naming the broker), its 1,000 devices
+ *   registered: each report is identified, merged into the device's state, heartbeat and events,
+ *   and written behind.
+ * The load: 1,000 simulated devices (mqtt.js clients in a worker thread) each publishing ROUNDS
+ * QoS 0 reports of about 100 bytes as fast as their sockets take them. The figure is messages
+ * processed a second, from the first publish until the count (the function's, or the hub's
+ * `messagesIn` less refusals) reaches what was sent or stops moving for 3 s; ratio is
+ * tethral ÷ plain. Each side is measured twice, alternately, and its better run kept.
+ * Only on Mosquitto: on the embedded broker the hub takes messages in-process, where a plain flow
+ * would need a broker of its own, so that comparison would measure the broker, not the flow.
+ * Needs mosquitto and a build (`npm run build`); writes bench/results/peer.json.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { Worker } from "node:worker_threads";
+import { program, startMosquitto } from "../test/mosquitto";
+import { targetOf, writeResults } from "./results";
+
+const DEVICES = 1000;
+const ROUNDS = Number(process.env.TETHRAL_BENCH_PEER_ROUNDS ?? 200);
+const RUNS = 2;
+const ROOT = join(__dirname, "..");
+const NODE_RED = join(ROOT, "node_modules", "node-red", "red.js");
+const START = join(ROOT, "dist", "runtime", "start.js");
+const STALL_MS = 3000;
+
+interface Side {
+  msgsPerSec: number;
+  processed: number;
+  sent: number;
+  seconds: number;
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer();
+    server.once("error", reject);
+    server.listen(0, "127.0.0.1", () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+class Devices {
+  // The worker loads TypeScript through tsx's require hook: --import hooks do not reach workers on Node 20.
+  private readonly worker = new Worker(`require("tsx/cjs"); require(${JSON.stringify(join(__dirname, "comm-devices.ts"))});`, { eval: true });
+  call<T>(request: object): Promise<T> {
+    return new Promise((resolve, reject) => {
+      this.worker.once("message", (m: { ok: boolean; value?: T; error?: string }) => (m.ok ? resolve(m.value as T) : reject(new Error(m.error))));
+      this.worker.postMessage(request);
+    });
+  }
+  async close(): Promise<void> {
+    await this.call({ op: "close" });
+    await this.worker.terminate();
+  }
+}
+
+interface Proc {
+  child: ChildProcess;
+  output: () => string;
+  stop: () => Promise<void>;
+}
+
+function start(args: string[], env: NodeJS.ProcessEnv, cwd: string): Proc {
+  const child = spawn(process.execPath, args, { cwd, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  const keep = (c: Buffer) => {
+    out += c.toString();
+    if (out.length > 100_000) out = out.slice(-50_000);
+  };
+  child.stdout!.on("data", keep);
+  child.stderr!.on("data", keep);
+  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  return {
+    child,
+    output: () => out,
+    stop: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
+      const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
+      await exited;
+      clearTimeout(timer);
+    },
+  };
+}
+
+async function getJson(url: string): Promise<{ status: number; body: unknown }> {
+  const res = await fetch(url);
+  const text = await res.text();
+  return { status: res.status, body: text ? JSON.parse(text) : null };
+}
+
+async function until(what: string, check: () => Promise<boolean>, limitMs: number, proc: Proc): Promise<void> {
+  const end = Date.now() + limitMs;
+  while (Date.now() < end) {
+    if (proc.child.exitCode !== null) throw new Error(`${what}: the process exited with ${proc.child.exitCode}:\n${proc.output()}`);
+    if (await check().catch(() => false)) return;
+    await new Promise((resolve) => setTimeout(resolve, 100));
+  }
+  throw new Error(`${what}: not within ${limitMs / 1000} s:\n${proc.output()}`);
+}
+
+/** Publishes ROUNDS reports from every device and times the count until it has them all (or stalls). */
+async function measure(devices: Devices, count: () => Promise<number>): Promise<Side> {
+  const before = await count();
+  const started = performance.now();
+  const publishing = devices.call<number>({ op: "publish", rounds: ROUNDS, typical: true });
+  let sent = Number.POSITIVE_INFINITY;
+  void publishing.then((n) => (sent = n));
+  let last = before;
+  let lastMoved = performance.now();
+  let processed: number;
+  for (;;) {
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    const now = await count();
+    if (now !== last) {
+      last = now;
+      lastMoved = performance.now();
+    }
+    processed = now - before;
+    if (processed >= sent || performance.now() - lastMoved > STALL_MS) break;
+  }
+  sent = await publishing;
+  const seconds = (lastMoved - started) / 1000;
+  return { msgsPerSec: Math.round(processed / seconds), processed, sent, seconds: Number(seconds.toFixed(2)) };
+}
+
+const FUNCTION = `const report = JSON.parse(msg.payload);
+const id = msg.topic.split("/")[2];
+const latest = flow.get("latest") || {};
+latest[id] = Object.assign(latest[id] || {}, report, { at: Date.now() });
+flow.set("latest", latest);
+flow.set("count", (flow.get("count") || 0) + 1);
+return null;`;
+
+async function plainFlow(broker: { port: number }, scratch: string): Promise<{ url: string; proc: Proc }> {
+  const dir = join(scratch, "node-red");
+  rmSync(dir, { recursive: true, force: true });
+  const port = await freePort();
+  const tab = "peer-tab";
+  const flows = [
+    { id: tab, type: "tab", label: "peer" },
+    { id: "peer-broker", type: "mqtt-broker", name: "mosquitto", broker: "127.0.0.1", port: String(broker.port), clientid: "", autoConnect: true, usetls: false, protocolVersion: "4", keepalive: "60", cleansession: true },
+    { id: "peer-in", type: "mqtt in", z: tab, name: "", topic: "tethral/devices/+/telemetry", qos: "0", datatype: "utf8", broker: "peer-broker", nl: false, rap: true, rh: 0, inputs: 0, x: 100, y: 40, wires: [["peer-fn"]] },
+    { id: "peer-fn", type: "function", z: tab, name: "parse and count", func: FUNCTION, outputs: 0, x: 300, y: 40, wires: [] },
+    { id: "peer-get", type: "http in", z: tab, url: "/count", method: "get", upload: false, swaggerDoc: "", x: 100, y: 100, wires: [["peer-read"]] },
+    { id: "peer-read", type: "function", z: tab, name: "count", func: 'msg.payload = { count: flow.get("count") || 0 }; return msg;', outputs: 1, x: 300, y: 100, wires: [["peer-res"]] },
+    { id: "peer-res", type: "http response", z: tab, statusCode: "", headers: {}, x: 500, y: 100, wires: [] },
+  ];
+  mkdirSync(dir, { recursive: true });
+  writeFileSync(join(dir, "flows.json"), JSON.stringify(flows));
+  writeFileSync(
+    join(dir, "settings.js"),
+    `module.exports = { uiHost: "127.0.0.1", uiPort: ${port}, flowFile: "flows.json", credentialSecret: false, logging: { console: { level: "warn" } }, editorTheme: { tours: false } };\n`,
+  );
+  const proc = start([NODE_RED, "--userDir", dir, "--settings", join(dir, "settings.js")], {}, dir);
+  const url = `http://127.0.0.1:${port}/count`;
+  await until("Node-RED with the plain flow", async () => (await getJson(url)).status === 200, 60_000, proc);
+  return { url, proc };
+}
+
+async function tethral(broker: { url: string }, scratch: string): Promise<{ api: string; proc: Proc }> {
+  const dir = join(scratch, "tethral");
+  rmSync(dir, { recursive: true, force: true });
+  const port = await freePort();
+  const proc = start([START], { PORT: String(port), TETHRAL_USER_DIR: dir, TETHRAL_MQTT_URL: broker.url, TETHRAL_DEVICE_TOKENS: "off", TETHRAL_COAP_PORT: "0" }, scratch);
+  const api = `http://127.0.0.1:${port}/api`;
+  await until("the Tethral runtime", async () => (await getJson(`${api}/health`)).status === 200, 60_000, proc);
+  for (let i = 0; i < DEVICES; i += 50) {
+    await Promise.all(
+      Array.from({ length: Math.min(50, DEVICES - i) }, async (_, k) => {
+        const id = `peer-${i + k}`;
+        const res = await fetch(`${api}/devices`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ id, name: id, protocol: "mqtt", heartbeatTimeout: 3600 }) });
+        if (res.status !== 201) throw new Error(`register ${id}: ${res.status} ${await res.text()}`);
+      }),
+    );
+  }
+  return { api, proc };
+}
+
+async function hubCount(api: string): Promise<number> {
+  const { body } = await getJson(`${api}/communication/statistics`);
+  const mqtt = (body as { protocols: Record<string, { messagesIn: number; rejected: number }> }).protocols.mqtt;
+  return mqtt ? mqtt.messagesIn - mqtt.rejected : 0;
+}
+
+async function main(): Promise<void> {
+  if (!program("mosquitto")) {
+    console.log("bench:peer: skipped (it needs mosquitto: apt-get install mosquitto)");
+    return;
+  }
+  if (!existsSync(START)) throw new Error("bench:peer runs the runtime as npm start does: run npm run build first");
+  const target = targetOf("peer", "mosquitto.ratio");
+  const scratch = mkdtempSync(join(tmpdir(), "tethral-bench-peer-"));
+  const broker = await startMosquitto();
+  const ids = Array.from({ length: DEVICES }, (_, i) => ({ id: `peer-${i}`, token: null }));
+  const plainRuns: Side[] = [];
+  const hubRuns: Side[] = [];
+  try {
+    for (let run = 0; run < RUNS; run++) {
+      {
+        const { url, proc } = await plainFlow(broker, scratch);
+        const devices = new Devices();
+        try {
+          await devices.call({ op: "connect", url: broker.url, devices: ids, root: "tethral" });
+          await new Promise((resolve) => setTimeout(resolve, 1000));
+          plainRuns.push(await measure(devices, async () => ((await getJson(url)).body as { count: number }).count));
+          console.log(`  plain flow, run ${run + 1}: ${JSON.stringify(plainRuns.at(-1))}`);
+        } finally {
+          await devices.close();
+          await proc.stop();
+        }
+      }
+      {
+        const { api, proc } = await tethral(broker, scratch);
+        const devices = new Devices();
+        try {
+          await devices.call({ op: "connect", url: broker.url, devices: ids, root: "tethral" });
+          await new Promise((resolve) => setTimeout(resolve, 1000));
+          hubRuns.push(await measure(devices, () => hubCount(api)));
+          console.log(`  tethral, run ${run + 1}: ${JSON.stringify(hubRuns.at(-1))}`);
+        } finally {
+          await devices.close();
+          await proc.stop();
+        }
+      }
+    }
+  } finally {
+    await broker.stop();
+    rmSync(scratch, { recursive: true, force: true });
+  }
+  const best = (runs: Side[]) => runs.reduce((a, b) => (b.msgsPerSec > a.msgsPerSec ? b : a));
+  const plain = best(plainRuns);
+  const hub = best(hubRuns);
+  const ratio = Number((hub.msgsPerSec / plain.msgsPerSec).toFixed(2));
+  console.log(`\nTethral peer benchmark, Node ${process.version}: ${DEVICES.toLocaleString("en-US")} devices × ${ROUNDS} QoS 0 reports of about 100 bytes, on Mosquitto`);
+  console.log(`  plain Node-RED mqtt in → function: ${plain.msgsPerSec.toLocaleString("en-US")} msg/s (${plain.processed} of ${plain.sent})`);
+  console.log(`  tethral (npm start, SQLite, tokens off): ${hub.msgsPerSec.toLocaleString("en-US")} msg/s (${hub.processed} of ${hub.sent})`);
+  console.log(`  ratio ${ratio} (target ≥ ${target}): ${ratio >= target ? "met" : "MISSED"}`);
+  console.log(`\nwrote ${writeResults("peer", { devices: DEVICES, rounds: ROUNDS, mosquitto: { plain, tethral: hub, ratio, plainRuns, tethralRuns: hubRuns } })}`);
+}
+
+main().then(
+  () => process.exit(0),
+  (err: unknown) => {
+    console.error(err);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,110 @@
+/**
+ * What every benchmark shares about its results: where they are written, the machine they were
+ * measured on, and the targets they are checked against (bench/targets.json, the one place a
+ * target is written down).
+ */
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { cpus, totalmem } from "node:os";
+import { join } from "node:path";
+
+export const RESULTS_DIR = join(__dirname, "results");
+
+export interface Target {
+  bench: string;
+  path: string;
+  label: string;
+  op: ">=" | "<=";
+  target: number;
+  issue: number;
+  anchor: string;
+}
+
+export interface Machine {
+  cpu: string;
+  cores: number;
+  memoryGiB: number;
+  node: string;
+  platform: string;
+}
+
+export function machine(): Machine {
+  const cpu = cpus();
+  return {
+    cpu: (cpu[0]?.model ?? "unknown").replace(/\s+/g, " ").trim(),
+    cores: cpu.length,
+    memoryGiB: Math.round(totalmem() / 2 ** 30),
+    node: process.version,
+    platform: `${process.platform} ${process.arch}`,
+  };
+}
+
+export function loadTargets(): Target[] {
+  return (JSON.parse(readFileSync(join(__dirname, "targets.json"), "utf8")) as { figures: Target[] }).figures;
+}
+
+/** The target of one figure of `bench` (throws when targets.json has none: a benchmark prints only real targets). */
+export function targetOf(bench: string, path: string): number {
+  const t = loadTargets().find((f) => f.bench === bench && f.path === path);
+  if (!t) throw new Error(`bench/targets.json has no target for ${bench} ${path}`);
+  return t.target;
+}
+
+/** Writes bench/results/<bench>.json with the machine and the time it was measured. */
+export function writeResults(bench: string, results: object): string {
+  mkdirSync(RESULTS_DIR, { recursive: true });
+  const file = join(RESULTS_DIR, `${bench}.json`);
+  writeFileSync(file, `${JSON.stringify({ ...results, machine: machine(), measuredAt: new Date().toISOString() }, null, 2)}\n`);
+  return file;
+}
+
+/** A figure of a result by its dotted path (`postgres.batchedRowsPerSec`); undefined when absent. */
+export function figureAt(results: unknown, path: string): number | undefined {
+  let at: unknown = results;
+  for (const key of path.split(".")) {
+    if (at === null || typeof at !== "object") return undefined;
+    at = (at as Record<string, unknown>)[key];
+  }
+  return typeof at === "number" && Number.isFinite(at) ? at : undefined;
+}
+
+export function meets(t: Target, value: number): boolean {
+  return t.op === ">=" ? value >= t.target : value <= t.target;
+}
+
+export interface Checked {
+  target: Target;
+  value: number | undefined;
+  pass: boolean;
+  /** How far from the target, as a share of it (positive: better than the target). */
+  margin: number | undefined;
+  machine: Machine | undefined;
+  measuredAt: string | undefined;
+}
+
+/** Every target against the latest results (a figure with no result is a miss: it was not measured). */
+export function checkAll(): Checked[] {
+  const cache = new Map<string, Record<string, unknown> | null>();
+  const results = (bench: string) => {
+    if (!cache.has(bench)) {
+      try {
+        cache.set(bench, JSON.parse(readFileSync(join(RESULTS_DIR, `${bench}.json`), "utf8")) as Record<string, unknown>);
+      } catch {
+        cache.set(bench, null);
+      }
+    }
+    return cache.get(bench)!;
+  };
+  return loadTargets().map((target) => {
+    const r = results(target.bench);
+    const value = r ? figureAt(r, target.path) : undefined;
+    const pass = value !== undefined && meets(target, value);
+    const margin =
+      value === undefined ? undefined : target.target === 0 ? (value === 0 ? 0 : -value) : target.op === ">=" ? value / target.target - 1 : 1 - value / target.target;
+    return { target, value, pass, margin, machine: r?.machine as Machine | undefined, measuredAt: r?.measuredAt as string | undefined };
+  });
+}
+
+export function fmtFigure(n: number): string {
+  if (Number.isInteger(n)) return n.toLocaleString("en-US");
+  return Math.abs(n) >= 100 ? Math.round(n).toLocaleString("en-US") : n.toFixed(2);
+}
