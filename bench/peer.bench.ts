@@ -28,7 +28,7 @@ import { targetOf, writeResults } from "./results";
 
 const DEVICES = 1000;
 const ROUNDS = Number(process.env.TETHRAL_BENCH_PEER_ROUNDS ?? 200);
-const RUNS = 2;
+const RUNS = Number(process.env.TETHRAL_BENCH_PEER_RUNS ?? 2);
 const ROOT = join(__dirname, "..");
 const NODE_RED = join(ROOT, "node_modules", "node-red", "red.js");
 const START = join(ROOT, "dist", "runtime", "start.js");
@@ -174,7 +174,9 @@ async function tethral(broker: { url: string }, scratch: string): Promise<{ api:
   const dir = join(scratch, "tethral");
   rmSync(dir, { recursive: true, force: true });
   const port = await freePort();
-  const proc = start([START], { PORT: String(port), TETHRAL_USER_DIR: dir, TETHRAL_MQTT_URL: broker.url, TETHRAL_DEVICE_TOKENS: "off", TETHRAL_COAP_PORT: "0" }, scratch);
+  // TETHRAL_TEST_NODE_ARGS: Node flags for the runtime (`--cpu-prof --cpu-prof-dir=...` to profile it).
+  const flags = (process.env.TETHRAL_TEST_NODE_ARGS ?? "").split(" ").filter((a) => a.length > 0);
+  const proc = start([...flags, START], { PORT: String(port), TETHRAL_USER_DIR: dir, TETHRAL_MQTT_URL: broker.url, TETHRAL_DEVICE_TOKENS: "off", TETHRAL_COAP_PORT: "0" }, scratch);
   const api = `http://127.0.0.1:${port}/api`;
   await until("the Tethral runtime", async () => (await getJson(`${api}/health`)).status === 200, 60_000, proc);
   for (let i = 0; i < DEVICES; i += 50) {
