@@ -3,7 +3,7 @@
  * bench/results/*.json: figure, target, value, pass or miss. Exits 1 on any miss, a figure not
  * measured included. Not part of `npm test`: timings do not belong in tests.
  */
-import { checkAll, fmtFigure } from "./results";
+import { checkAll, fmtFigure, missBy } from "./results";
 
 const rows = checkAll();
 const width = Math.max(...rows.map((r) => r.target.label.length + r.target.bench.length + 3));
@@ -12,14 +12,10 @@ for (const r of rows) {
   const name = `${r.target.bench}: ${r.target.label}`;
   const target = `${r.target.op === ">=" ? "≥" : "≤"} ${fmtFigure(r.target.target)}`;
   const value = r.value === undefined ? "not measured" : fmtFigure(r.value);
-  const how = r.value === undefined ? "MISS (no result: run npm run bench)" : r.pass ? "pass" : r.target.target === 0 ? "MISS" : `MISS (${fmtMargin(r.margin!)})`;
+  const how = r.value === undefined ? "MISS (no result: run npm run bench)" : r.pass ? "pass" : `MISS (${missBy(r)})`;
   console.log(`${name.padEnd(width)}  ${target.padStart(14)}  ${value.padStart(12)}  ${how}`);
 }
 const missed = rows.filter((r) => !r.pass);
 const machines = new Set(rows.filter((r) => r.machine).map((r) => `${r.machine!.cpu}, ${r.machine!.cores} cores, Node ${r.machine!.node}`));
 console.log(`\n${rows.length - missed.length} of ${rows.length} figures meet their targets${machines.size > 0 ? `; measured on ${[...machines].join("; ")}` : ""}`);
 process.exit(missed.length > 0 ? 1 : 0);
-
-function fmtMargin(m: number): string {
-  return `${Math.abs(Math.round(m * 100))}% short`;
-}

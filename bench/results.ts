@@ -17,6 +17,8 @@ export interface Target {
   target: number;
   issue: number;
   anchor: string;
+  /** Where the anchor's value is in the same results, when it is measured in the same run. */
+  anchorPath?: string;
 }
 
 export interface Machine {
@@ -77,6 +79,8 @@ export interface Checked {
   pass: boolean;
   /** How far from the target, as a share of it (positive: better than the target). */
   margin: number | undefined;
+  /** The anchor's value in the same run (see `Target.anchorPath`). */
+  anchorValue: number | undefined;
   machine: Machine | undefined;
   measuredAt: string | undefined;
 }
@@ -100,11 +104,21 @@ export function checkAll(): Checked[] {
     const pass = value !== undefined && meets(target, value);
     const margin =
       value === undefined ? undefined : target.target === 0 ? (value === 0 ? 0 : -value) : target.op === ">=" ? value / target.target - 1 : 1 - value / target.target;
-    return { target, value, pass, margin, machine: r?.machine as Machine | undefined, measuredAt: r?.measuredAt as string | undefined };
+    const anchorValue = r && target.anchorPath ? figureAt(r, target.anchorPath) : undefined;
+    return { target, value, pass, margin, anchorValue, machine: r?.machine as Machine | undefined, measuredAt: r?.measuredAt as string | undefined };
   });
 }
 
 export function fmtFigure(n: number): string {
   if (Number.isInteger(n)) return n.toLocaleString("en-US");
   return Math.abs(n) >= 100 ? Math.round(n).toLocaleString("en-US") : n.toFixed(2);
+}
+
+/** How far a missed figure is from its target, in words: "46% short" (at least) or "12% over" (at most). */
+export function missBy(r: Checked): string {
+  if (r.value === undefined) return "not measured";
+  if (r.target.target === 0) return `${fmtFigure(r.value)} instead of 0`;
+  const pct = Math.abs(r.margin! * 100);
+  const shown = pct < 1 ? pct.toFixed(1) : String(Math.round(pct));
+  return `${shown}% ${r.target.op === ">=" ? "short" : "over"}`;
 }
