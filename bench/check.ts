@@ -3,16 +3,23 @@
  * bench/results/*.json: figure, target, value, pass or miss. Exits 1 on any miss, a figure not
  * measured included. Not part of `npm test`: timings do not belong in tests.
  */
-import { checkAll, fmtFigure, missBy } from "./results";
+import { checkAll, fmtFigure, missBy, showTarget } from "./results";
 
 const rows = checkAll();
 const width = Math.max(...rows.map((r) => r.target.label.length + r.target.bench.length + 3));
 console.log(`${"figure".padEnd(width)}  ${"target".padStart(14)}  ${"value".padStart(12)}  result`);
 for (const r of rows) {
   const name = `${r.target.bench}: ${r.target.label}`;
-  const target = `${r.target.op === ">=" ? "≥" : "≤"} ${fmtFigure(r.target.target)}`;
+  const target = showTarget(r.target);
   const value = r.value === undefined ? "not measured" : fmtFigure(r.value);
-  const how = r.value === undefined ? "MISS (no result: run npm run bench)" : r.pass ? "pass" : `MISS (${missBy(r)})`;
+  const how =
+    r.value === undefined
+      ? r.machine === undefined
+        ? "MISS (no result: run npm run bench)"
+        : "MISS (not reached: the result has no value)"
+      : r.pass
+        ? "pass"
+        : `MISS (${missBy(r)})`;
   console.log(`${name.padEnd(width)}  ${target.padStart(14)}  ${value.padStart(12)}  ${how}`);
 }
 const missed = rows.filter((r) => !r.pass);

@@ -42,7 +42,7 @@ const TARGETS = {
   telemetryDuplicatedDuringFailover: targetOf("cluster", "telemetryDuplicatedDuringFailover"),
   commandsLostDuringFailover: targetOf("cluster", "commandsLostDuringFailover"),
 };
-if (TARGETS.failoverMs !== LEASE_MS + 2000) throw new Error("bench/targets.json: the failover target is the lease (5 s) + 2 s");
+if (TARGETS.failoverMs > LEASE_MS + 2000) throw new Error("bench/targets.json: the failover target is at most the lease (5 s) + 2 s (issue 14)");
 const TICK_MS = 100;
 /** The idle measurement before the load. */
 const IDLE_MS = 10_000;

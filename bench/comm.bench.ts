@@ -14,7 +14,6 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Worker } from "node:worker_threads";
 import mqtt from "mqtt";
 import { Hub } from "../src/core/hub";
 import { Intake } from "../src/core/intake";
@@ -22,6 +21,7 @@ import { MqttAdapter } from "../src/protocols/mqtt";
 import type { AdapterContext, ProtocolCounters } from "../src/protocols/types";
 import { SqliteStore } from "../src/store/sqlite";
 import { percentile } from "./stats";
+import { DeviceWorker } from "./devices-worker";
 import { targetOf, writeResults } from "./results";
 
 const DEVICES = 1000;
@@ -42,20 +42,6 @@ interface Result {
   commands: number;
 }
 
-class Devices {
-  // The worker loads TypeScript through tsx's require hook: --import hooks do not reach workers on Node 20.
-  private readonly worker = new Worker(`require("tsx/cjs"); require(${JSON.stringify(join(__dirname, "comm-devices.ts"))});`, { eval: true });
-  call<T>(request: object): Promise<T> {
-    return new Promise((resolve, reject) => {
-      this.worker.once("message", (m: { ok: boolean; value?: T; error?: string }) => (m.ok ? resolve(m.value as T) : reject(new Error(m.error))));
-      this.worker.postMessage(request);
-    });
-  }
-  async close(): Promise<void> {
-    await this.call({ op: "close" });
-    await this.worker.terminate();
-  }
-}
 
 /** Messages per second from the start of publishing to the last message counted. */
 async function rate(count: () => number, publish: () => Promise<number>): Promise<{ perSec: number; received: number; sent: number }> {
@@ -103,7 +89,7 @@ async function bare(url: string, root: string, deviceList: Array<{ id: string; t
   let received = 0;
   subscriber.on("message", () => received++);
   await subscriber.subscribeAsync(`${root}/devices/+/telemetry`, { qos: 0 });
-  const devices = new Devices();
+  const devices = new DeviceWorker();
   await devices.call({ op: "connect", url, devices: deviceList, root });
   const r = await rate(() => received, () => devices.call<number>({ op: "publish", rounds: ROUNDS }));
   await devices.close();
@@ -117,7 +103,7 @@ async function throughHub(hub: Hub, url: string, root: string, withTokens: boole
     const d = await hub.registerDevice({ id, protocol: "mqtt", heartbeatTimeout: 600 });
     deviceList.push({ id, token: withTokens ? d.token! : null });
   }
-  const devices = new Devices();
+  const devices = new DeviceWorker();
   await devices.call({ op: "connect", url, devices: deviceList, root });
   const ingest = await rate(() => hub.statistics().messages.received, () => devices.call<number>({ op: "publish", rounds: ROUNDS }));
   await hub.flush();

@@ -161,7 +161,7 @@ async function main(): Promise<void> {
     ["registerPerSec", results.registerPerSec, `≥ ${fmt(TARGETS.registerPerSec)}`],
     ["heartbeatsPerSec", results.heartbeatsPerSec, `≥ ${fmt(TARGETS.heartbeatsPerSec)}`],
     ["indexedFilterP50Ms", results.indexedFilterP50Ms, ""],
-    ["indexedFilterP99Ms", results.indexedFilterP99Ms, `< ${TARGETS.indexedFilterP99Ms} (all ${fmt(DEVICES / 100)} matches built)`],
+    ["indexedFilterP99Ms", results.indexedFilterP99Ms, `≤ ${TARGETS.indexedFilterP99Ms} (all ${fmt(DEVICES / 100)} matches built)`],
     ["indexedFilterPageP99Ms", results.indexedFilterPageP99Ms, "(total + first page of 100)"],
     ["sweepMsPerTickAt1Pct", results.sweepMsPerTickAt1Pct, `(${fmt(DEVICES / 100)} devices expire)`],
     ["ordinaryTickP99Ms", results.ordinaryTickP99Ms, "(a tick of deadline refreshes only)"],

@@ -11,7 +11,7 @@
  * The load: 1,000 simulated devices (mqtt.js clients in a worker thread) each publishing ROUNDS
  * QoS 0 reports of about 100 bytes as fast as their sockets take them. The figure is messages
  * processed a second, from the first publish until the count (the function's, or the hub's
- * `messagesIn` less refusals) reaches what was sent or stops moving for 3 s; ratio is
+ * `messagesIn` less refusals and errors) reaches what was sent or stops moving for 3 s; ratio is
  * tethral ÷ plain. Each side is measured twice, alternately, and its better run kept.
  * Only on Mosquitto: on the embedded broker the hub takes messages in-process, where a plain flow
  * would need a broker of its own, so that comparison would measure the broker, not the flow.
@@ -19,11 +19,11 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { Worker } from "node:worker_threads";
+import { closedPort } from "../test/helpers";
 import { program, startMosquitto } from "../test/mosquitto";
+import { DeviceWorker } from "./devices-worker";
 import { targetOf, writeResults } from "./results";
 
 const DEVICES = 1000;
@@ -38,34 +38,12 @@ interface Side {
   msgsPerSec: number;
   processed: number;
   sent: number;
+  /** processed ÷ sent: what the broker did not drop (QoS 0) and the side took in. */
+  delivered: number;
   seconds: number;
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
-      const { port } = server.address() as { port: number };
-      server.close(() => resolve(port));
-    });
-  });
-}
 
-class Devices {
-  // The worker loads TypeScript through tsx's require hook: --import hooks do not reach workers on Node 20.
-  private readonly worker = new Worker(`require("tsx/cjs"); require(${JSON.stringify(join(__dirname, "comm-devices.ts"))});`, { eval: true });
-  call<T>(request: object): Promise<T> {
-    return new Promise((resolve, reject) => {
-      this.worker.once("message", (m: { ok: boolean; value?: T; error?: string }) => (m.ok ? resolve(m.value as T) : reject(new Error(m.error))));
-      this.worker.postMessage(request);
-    });
-  }
-  async close(): Promise<void> {
-    await this.call({ op: "close" });
-    await this.worker.terminate();
-  }
-}
 
 interface Proc {
   child: ChildProcess;
@@ -112,7 +90,7 @@ async function until(what: string, check: () => Promise<boolean>, limitMs: numbe
 }
 
 /** Publishes ROUNDS reports from every device and times the count until it has them all (or stalls). */
-async function measure(devices: Devices, count: () => Promise<number>): Promise<Side> {
+async function measure(devices: DeviceWorker, count: () => Promise<number>): Promise<Side> {
   const before = await count();
   const started = performance.now();
   const publishing = devices.call<number>({ op: "publish", rounds: ROUNDS, typical: true });
@@ -133,7 +111,7 @@ async function measure(devices: Devices, count: () => Promise<number>): Promise<
   }
   sent = await publishing;
   const seconds = (lastMoved - started) / 1000;
-  return { msgsPerSec: Math.round(processed / seconds), processed, sent, seconds: Number(seconds.toFixed(2)) };
+  return { msgsPerSec: Math.round(processed / seconds), processed, sent, delivered: Number((processed / sent).toFixed(3)), seconds: Number(seconds.toFixed(2)) };
 }
 
 const FUNCTION = `const report = JSON.parse(msg.payload);
@@ -147,7 +125,7 @@ return null;`;
 async function plainFlow(broker: { port: number }, scratch: string): Promise<{ url: string; proc: Proc }> {
   const dir = join(scratch, "node-red");
   rmSync(dir, { recursive: true, force: true });
-  const port = await freePort();
+  const port = await closedPort();
   const tab = "peer-tab";
   const flows = [
     { id: tab, type: "tab", label: "peer" },
@@ -166,19 +144,34 @@ async function plainFlow(broker: { port: number }, scratch: string): Promise<{ u
   );
   const proc = start([NODE_RED, "--userDir", dir, "--settings", join(dir, "settings.js")], {}, dir);
   const url = `http://127.0.0.1:${port}/count`;
-  await until("Node-RED with the plain flow", async () => (await getJson(url)).status === 200, 60_000, proc);
+  try {
+    await until("Node-RED with the plain flow", async () => (await getJson(url)).status === 200, 60_000, proc);
+  } catch (err) {
+    await proc.stop();
+    throw err;
+  }
   return { url, proc };
 }
 
 async function tethral(broker: { url: string }, scratch: string): Promise<{ api: string; proc: Proc }> {
   const dir = join(scratch, "tethral");
   rmSync(dir, { recursive: true, force: true });
-  const port = await freePort();
+  const port = await closedPort();
   // TETHRAL_TEST_NODE_ARGS: Node flags for the runtime (`--cpu-prof --cpu-prof-dir=...` to profile it).
   const flags = (process.env.TETHRAL_TEST_NODE_ARGS ?? "").split(" ").filter((a) => a.length > 0);
   const proc = start([...flags, START], { PORT: String(port), TETHRAL_USER_DIR: dir, TETHRAL_MQTT_URL: broker.url, TETHRAL_DEVICE_TOKENS: "off", TETHRAL_COAP_PORT: "0" }, scratch);
   const api = `http://127.0.0.1:${port}/api`;
-  await until("the Tethral runtime", async () => (await getJson(`${api}/health`)).status === 200, 60_000, proc);
+  try {
+    await until("the Tethral runtime", async () => (await getJson(`${api}/health`)).status === 200, 60_000, proc);
+    await registerAll(api);
+  } catch (err) {
+    await proc.stop();
+    throw err;
+  }
+  return { api, proc };
+}
+
+async function registerAll(api: string): Promise<void> {
   for (let i = 0; i < DEVICES; i += 50) {
     await Promise.all(
       Array.from({ length: Math.min(50, DEVICES - i) }, async (_, k) => {
@@ -188,13 +181,12 @@ async function tethral(broker: { url: string }, scratch: string): Promise<{ api:
       }),
     );
   }
-  return { api, proc };
 }
 
 async function hubCount(api: string): Promise<number> {
   const { body } = await getJson(`${api}/communication/statistics`);
-  const mqtt = (body as { protocols: Record<string, { messagesIn: number; rejected: number }> }).protocols.mqtt;
-  return mqtt ? mqtt.messagesIn - mqtt.rejected : 0;
+  const mqtt = (body as { protocols: Record<string, { messagesIn: number; rejected: number; errors: number }> }).protocols.mqtt;
+  return mqtt ? mqtt.messagesIn - mqtt.rejected - mqtt.errors : 0;
 }
 
 async function main(): Promise<void> {
@@ -213,7 +205,7 @@ async function main(): Promise<void> {
     for (let run = 0; run < RUNS; run++) {
       {
         const { url, proc } = await plainFlow(broker, scratch);
-        const devices = new Devices();
+        const devices = new DeviceWorker();
         try {
           await devices.call({ op: "connect", url: broker.url, devices: ids, root: "tethral" });
           await new Promise((resolve) => setTimeout(resolve, 1000));
@@ -226,7 +218,7 @@ async function main(): Promise<void> {
       }
       {
         const { api, proc } = await tethral(broker, scratch);
-        const devices = new Devices();
+        const devices = new DeviceWorker();
         try {
           await devices.call({ op: "connect", url: broker.url, devices: ids, root: "tethral" });
           await new Promise((resolve) => setTimeout(resolve, 1000));

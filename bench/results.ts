@@ -13,7 +13,7 @@ export interface Target {
   bench: string;
   path: string;
   label: string;
-  op: ">=" | "<=";
+  op: ">=" | "<=" | ">" | "<";
   target: number;
   issue: number;
   anchor: string;
@@ -40,15 +40,26 @@ export function machine(): Machine {
   };
 }
 
+let targets: Target[] | null = null;
 export function loadTargets(): Target[] {
-  return (JSON.parse(readFileSync(join(__dirname, "targets.json"), "utf8")) as { figures: Target[] }).figures;
+  targets ??= (JSON.parse(readFileSync(join(__dirname, "targets.json"), "utf8")) as { figures: Target[] }).figures;
+  return targets;
+}
+
+/** "≥ 250,000", "< 2,000": a target as people read it. */
+export function showTarget(t: Target): string {
+  return `${{ ">=": "≥", "<=": "≤", ">": ">", "<": "<" }[t.op]} ${fmtFigure(t.target)}`;
 }
 
 /** The target of one figure of `bench` (throws when targets.json has none: a benchmark prints only real targets). */
 export function targetOf(bench: string, path: string): number {
+  return targetEntry(bench, path).target;
+}
+
+export function targetEntry(bench: string, path: string): Target {
   const t = loadTargets().find((f) => f.bench === bench && f.path === path);
   if (!t) throw new Error(`bench/targets.json has no target for ${bench} ${path}`);
-  return t.target;
+  return t;
 }
 
 /** Writes bench/results/<bench>.json with the machine and the time it was measured. */
@@ -70,7 +81,16 @@ export function figureAt(results: unknown, path: string): number | undefined {
 }
 
 export function meets(t: Target, value: number): boolean {
-  return t.op === ">=" ? value >= t.target : value <= t.target;
+  switch (t.op) {
+    case ">=":
+      return value >= t.target;
+    case ">":
+      return value > t.target;
+    case "<=":
+      return value <= t.target;
+    case "<":
+      return value < t.target;
+  }
 }
 
 export interface Checked {
@@ -103,7 +123,7 @@ export function checkAll(): Checked[] {
     const value = r ? figureAt(r, target.path) : undefined;
     const pass = value !== undefined && meets(target, value);
     const margin =
-      value === undefined ? undefined : target.target === 0 ? (value === 0 ? 0 : -value) : target.op === ">=" ? value / target.target - 1 : 1 - value / target.target;
+      value === undefined ? undefined : target.target === 0 ? (value === 0 ? 0 : -value) : target.op.startsWith(">") ? value / target.target - 1 : 1 - value / target.target;
     const anchorValue = r && target.anchorPath ? figureAt(r, target.anchorPath) : undefined;
     return { target, value, pass, margin, anchorValue, machine: r?.machine as Machine | undefined, measuredAt: r?.measuredAt as string | undefined };
   });
@@ -120,5 +140,5 @@ export function missBy(r: Checked): string {
   if (r.target.target === 0) return `${fmtFigure(r.value)} instead of 0`;
   const pct = Math.abs(r.margin! * 100);
   const shown = pct < 1 ? pct.toFixed(1) : String(Math.round(pct));
-  return `${shown}% ${r.target.op === ">=" ? "short" : "over"}`;
+  return `${shown}% ${r.target.op.startsWith(">") ? "short" : "over"}`;
 }

@@ -184,7 +184,7 @@ async function main(): Promise<void> {
   console.log(`${"".padEnd(38)}${"SQLite".padStart(12)}${"PostgreSQL".padStart(14)}`);
   for (const [label, , show] of rows) console.log(`${label.padEnd(38)}${show(sqlite).padStart(12)}${show(postgresResult).padStart(14)}`);
   console.log(
-    `targets: batched ≥ ${fmt(TARGETS.sqlite)} (SQLite) / ${fmt(TARGETS.postgres)} (PostgreSQL), ≥ ${TARGETS.ratio}× naive, load ≤ ${fmt(TARGETS.sqliteLoadMs)} ms (SQLite) / ${fmt(TARGETS.postgresLoadMs)} ms (PostgreSQL)`,
+    `targets: batched ≥ ${fmt(TARGETS.sqlite)} (SQLite) / ${fmt(TARGETS.postgres)} (PostgreSQL), ≥ ${TARGETS.ratio}× naive, load ≤ ${fmt(TARGETS.sqliteLoadMs)} ms (SQLite) / < ${fmt(TARGETS.postgresLoadMs)} ms (PostgreSQL)`,
   );
   console.log(`\nwrote ${writeResults("store", results)}`);
 }

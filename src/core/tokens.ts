@@ -10,7 +10,9 @@ import type { Store } from "./ports/store";
 const TOKEN_BYTES = 32;
 /**
  * Random bytes for tokens, drawn 128 tokens at a time: one call into the system's generator per
- * token was a quarter of the time a registration takes. Each slice is used once and zeroed.
+ * token was a quarter of the time a registration takes. Each slice is used once; it is zeroed
+ * once encoded, so the pool holds only tokens not yet handed out (the handed-out string itself
+ * lives on the heap until it is collected, as any token does).
  */
 const pool = Buffer.alloc(TOKEN_BYTES * 128);
 let poolOffset = pool.length;
