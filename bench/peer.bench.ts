@@ -21,7 +21,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { closedPort } from "../test/helpers";
+import { closedPort, until } from "../test/helpers";
 import { program, startMosquitto } from "../test/mosquitto";
 import { DeviceWorker } from "./devices-worker";
 import { targetOf, writeResults } from "./results";
@@ -42,8 +42,6 @@ interface Side {
   delivered: number;
   seconds: number;
 }
-
-
 
 interface Proc {
   child: ChildProcess;
@@ -79,14 +77,12 @@ async function getJson(url: string): Promise<{ status: number; body: unknown }> 
   return { status: res.status, body: text ? JSON.parse(text) : null };
 }
 
-async function until(what: string, check: () => Promise<boolean>, limitMs: number, proc: Proc): Promise<void> {
-  const end = Date.now() + limitMs;
-  while (Date.now() < end) {
-    if (proc.child.exitCode !== null) throw new Error(`${what}: the process exited with ${proc.child.exitCode}:\n${proc.output()}`);
-    if (await check().catch(() => false)) return;
-    await new Promise((resolve) => setTimeout(resolve, 100));
-  }
-  throw new Error(`${what}: not within ${limitMs / 1000} s:\n${proc.output()}`);
+/** `check` until it passes; fails at once, with the process's output, when the process exits. */
+function ready(proc: Proc, check: () => Promise<boolean>): () => Promise<boolean> {
+  return async () => {
+    if (proc.child.exitCode !== null) throw new Error(`exited with ${proc.child.exitCode}:\n${proc.output()}`);
+    return check().catch(() => false);
+  };
 }
 
 /** Publishes ROUNDS reports from every device and times the count until it has them all (or stalls). */
@@ -145,7 +141,7 @@ async function plainFlow(broker: { port: number }, scratch: string): Promise<{ u
   const proc = start([NODE_RED, "--userDir", dir, "--settings", join(dir, "settings.js")], {}, dir);
   const url = `http://127.0.0.1:${port}/count`;
   try {
-    await until("Node-RED with the plain flow", async () => (await getJson(url)).status === 200, 60_000, proc);
+    await until(ready(proc, async () => (await getJson(url)).status === 200), "Node-RED with the plain flow", 60_000);
   } catch (err) {
     await proc.stop();
     throw err;
@@ -162,7 +158,7 @@ async function tethral(broker: { url: string }, scratch: string): Promise<{ api:
   const proc = start([...flags, START], { PORT: String(port), TETHRAL_USER_DIR: dir, TETHRAL_MQTT_URL: broker.url, TETHRAL_DEVICE_TOKENS: "off", TETHRAL_COAP_PORT: "0" }, scratch);
   const api = `http://127.0.0.1:${port}/api`;
   try {
-    await until("the Tethral runtime", async () => (await getJson(`${api}/health`)).status === 200, 60_000, proc);
+    await until(ready(proc, async () => (await getJson(`${api}/health`)).status === 200), "the Tethral runtime", 60_000);
     await registerAll(api);
   } catch (err) {
     await proc.stop();
