@@ -132,7 +132,7 @@ export class Hub {
     const r = po.retention;
     this.series = new TimeSeries(this.registry, p, clock, () => ({ raw: r.pointsMaxAgeMs, "1m": r.rollups1mMaxAgeMs, "1h": r.rollups1hMaxAgeMs }));
     this.traffic = new DeviceTraffic(this.registry, this.state, this.presence, this.refusals, this.events, clock, this.series, (id) => this.writes.isRegistering(id));
-    this.tokens = new DeviceTokens(options.store ?? null);
+    this.tokens = new DeviceTokens(options.store ?? null, this.registry);
     const deviceTokens = options.deviceTokens ?? DEFAULT_GATEWAY_OPTIONS.deviceTokens;
     this.commands = new CommandTracker(
       {

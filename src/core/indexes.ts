@@ -98,38 +98,155 @@ export class ChainIndex implements ValueIndex {
   }
 }
 
-/** An index of a list field (capabilities, tags): a set of records per value, case folded. */
-export class SetIndex implements ValueIndex {
-  private readonly buckets = new Map<string, { readonly value: string; readonly records: Set<DeviceRecord> }>();
+/** Links a list index keeps on each record: its group and its neighbours there. */
+type ListLinks = readonly ["capGroup", "capPrev", "capNext"] | readonly ["tagGroup", "tagPrev", "tagNext"];
 
-  add(value: string, record: DeviceRecord): string {
-    const key = value.toLowerCase();
-    let bucket = this.buckets.get(key);
-    if (bucket === undefined) {
-      bucket = { value, records: new Set() };
-      this.buckets.set(key, bucket);
+/**
+ * The records whose list (capabilities or tags) holds the same values, case folded: a fleet has
+ * few distinct lists, so a filter works on a handful of groups instead of on every record.
+ */
+export class ListGroup {
+  head: DeviceRecord | null = null;
+  tail: DeviceRecord | null = null;
+  size = 0;
+
+  constructor(
+    readonly key: string,
+    /** The list's values, lower case and without repeats. */
+    readonly values: readonly string[],
+  ) {}
+}
+
+/** One value of a list index: its count, its groups, and the spelling it was first met in. */
+class ListValue implements Members {
+  size = 0;
+  readonly groups = new Set<ListGroup>();
+
+  constructor(
+    readonly value: string,
+    private readonly next: ListLinks[2],
+  ) {}
+
+  *[Symbol.iterator](): Iterator<DeviceRecord> {
+    for (const group of this.groups) for (let r = group.head; r !== null; r = r[this.next]) yield r;
+  }
+}
+
+/**
+ * An index of a list field (capabilities, tags). Each record sits in the group of its list
+ * (a doubly linked chain through three fields of the record, as in ChainIndex); each value
+ * knows the groups holding it. Registering a device costs a few pointer writes and one lookup
+ * of its list, where a hash set per value grew and rehashed with the fleet, and a filter on
+ * several values intersects groups, not records.
+ */
+export class ListIndex {
+  private readonly groups = new Map<string, ListGroup>();
+  private readonly values = new Map<string, ListValue>();
+
+  constructor(private readonly links: ListLinks) {}
+
+  /** Adds `record` under its list (without repeats of one spelling; may be empty). */
+  add(list: readonly string[], record: DeviceRecord): void {
+    const [groupOf, prev, next] = this.links;
+    record[groupOf] = null;
+    record[prev] = null;
+    record[next] = null;
+    if (list.length === 0) return;
+    const key = list.length === 1 ? list[0]!.toLowerCase() : list.map((v) => v.toLowerCase()).join("\u0000");
+    let group = this.groups.get(key);
+    if (group === undefined) group = this.newGroup(key, list);
+    record[groupOf] = group;
+    record[prev] = group.tail;
+    if (group.tail !== null) group.tail[next] = record;
+    else group.head = record;
+    group.tail = record;
+    group.size++;
+    for (const v of group.values) this.values.get(v)!.size++;
+  }
+
+  /** Removes `record` from its group (a record with an empty list is in none). */
+  delete(record: DeviceRecord): void {
+    const [groupOf, prev, next] = this.links;
+    const group = record[groupOf];
+    if (group === null) return;
+    const p = record[prev];
+    const n = record[next];
+    if (p !== null) p[next] = n;
+    else group.head = n;
+    if (n !== null) n[prev] = p;
+    else group.tail = p;
+    record[groupOf] = null;
+    record[prev] = null;
+    record[next] = null;
+    group.size--;
+    for (const v of group.values) {
+      const entry = this.values.get(v)!;
+      entry.size--;
+      if (group.size === 0) {
+        entry.groups.delete(group);
+        if (entry.groups.size === 0) this.values.delete(v);
+      }
     }
-    bucket.records.add(record);
-    return bucket.value === value ? bucket.value : value;
+    if (group.size === 0) this.groups.delete(group.key);
   }
 
-  /** Removes `record` from `value`'s set; a record listing one value in two spellings is removed at the first. */
-  delete(value: string, record: DeviceRecord): void {
-    const key = value.toLowerCase();
-    const bucket = this.buckets.get(key);
-    if (bucket === undefined) return;
-    bucket.records.delete(record);
-    if (bucket.records.size === 0) this.buckets.delete(key);
+  /** The records carrying `value` (any case). */
+  get(value: string): Members | undefined {
+    return this.values.get(value.toLowerCase());
   }
 
-  get(value: string): ReadonlySet<DeviceRecord> | undefined {
-    return this.buckets.get(value.toLowerCase())?.records;
+  /** The groups of records carrying all (or any) of `values`, which are lower case. */
+  groupsWith(values: readonly string[], match: "all" | "any"): ListGroup[] {
+    const entries = values.map((v) => this.values.get(v));
+    if (match === "all") {
+      if (entries.some((e) => e === undefined)) return [];
+      const present = entries as ListValue[];
+      const fewest = present.reduce((a, b) => (b.groups.size < a.groups.size ? b : a));
+      const out: ListGroup[] = [];
+      for (const group of fewest.groups) if (values.every((v) => group.values.includes(v))) out.push(group);
+      return out;
+    }
+    const out = new Set<ListGroup>();
+    for (const entry of entries) if (entry !== undefined) for (const group of entry.groups) out.add(group);
+    return [...out];
+  }
+
+  /** The record after `record` in its group. */
+  next(record: DeviceRecord): DeviceRecord | null {
+    return record[this.links[2]];
+  }
+
+  /** The group a record sits in, for a filter's per-record test. */
+  groupOf(record: DeviceRecord): ListGroup | null {
+    return record[this.links[0]];
   }
 
   counts(): Record<string, number> {
     const out: Record<string, number> = Object.create(null);
-    for (const bucket of this.buckets.values()) out[bucket.value] = bucket.records.size;
+    for (const entry of this.values.values()) out[entry.value] = entry.size;
     return out;
+  }
+
+  private newGroup(key: string, list: readonly string[]): ListGroup {
+    const folded: string[] = [];
+    const spellings: string[] = [];
+    for (const spelt of list) {
+      const v = spelt.toLowerCase();
+      if (folded.includes(v)) continue;
+      folded.push(v);
+      spellings.push(spelt);
+    }
+    const group = new ListGroup(key, folded);
+    this.groups.set(key, group);
+    for (let i = 0; i < folded.length; i++) {
+      let entry = this.values.get(folded[i]!);
+      if (entry === undefined) {
+        entry = new ListValue(spellings[i]!, this.links[2]);
+        this.values.set(folded[i]!, entry);
+      }
+      entry.groups.add(group);
+    }
+    return group;
   }
 }
 

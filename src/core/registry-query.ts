@@ -1,5 +1,5 @@
 import { z } from "zod";
-import type { Members, SetIndex, ValueIndex } from "./indexes";
+import type { ListIndex, Members, ValueIndex } from "./indexes";
 import type { DeviceRecord } from "./registry";
 import { DEVICE_STATUSES } from "./types";
 
@@ -139,41 +139,22 @@ export function unionCondition(index: ValueIndex, values: string[], field: (r: D
   };
 }
 
-/** Records carrying all (or any) of `values` in a list field (capabilities, tags). */
-export function listCondition(index: SetIndex, values: string[], match: "any" | "all"): Condition {
-  const buckets = values.map((v) => index.get(v));
-  if (match === "all") {
-    if (buckets.some((b) => b === undefined)) return { size: 0, records: () => [], test: () => false };
-    const sets = buckets as ReadonlySet<DeviceRecord>[];
-    const smallest = sets.reduce((a, b) => (b.size < a.size ? b : a));
-    // Membership in the index's sets: no per-record case folding.
-    const test = (r: DeviceRecord) => sets.every((set) => set.has(r));
-    return {
-      size: smallest.size,
-      // As the driver, the smallest bucket still holds records that lack the other values.
-      records:
-        values.length === 1
-          ? () => smallest
-          : function* () {
-              for (const record of smallest) if (test(record)) yield record;
-            },
-      test,
-    };
-  }
-  const present = buckets.filter((b): b is ReadonlySet<DeviceRecord> => b !== undefined);
+/**
+ * Records carrying all (or any) of `values` (lower case) in a list field (capabilities, tags):
+ * the groups of lists that match, each record once (a record is in one group per field).
+ */
+export function listCondition(index: ListIndex, values: string[], match: "any" | "all"): Condition {
+  const groups = index.groupsWith(values, match);
+  const matching = new Set(groups);
   return {
-    size: present.reduce((n, b) => n + b.size, 0),
+    size: groups.reduce((n, g) => n + g.size, 0),
     records: function* () {
-      // A device can carry several of the values: yield it from the first bucket that has it.
-      for (let i = 0; i < present.length; i++) {
-        for (const record of present[i]!) {
-          let seen = false;
-          for (let j = 0; j < i && !seen; j++) seen = present[j]!.has(record);
-          if (!seen) yield record;
-        }
-      }
+      for (const group of groups) for (let r = group.head; r !== null; r = index.next(r)) yield r;
     },
-    test: (r) => present.some((set) => set.has(r)),
+    test: (r) => {
+      const group = index.groupOf(r);
+      return group !== null && matching.has(group);
+    },
   };
 }
 

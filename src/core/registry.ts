@@ -2,7 +2,7 @@ import type { Clock } from "./clock";
 import { TethralError, notFound } from "./errors";
 import type { EventBus } from "./events";
 import type { HeartbeatTracker } from "./heartbeat";
-import { ChainIndex, Interner, type Members, SetIndex, type ValueIndex } from "./indexes";
+import { ChainIndex, Interner, type ListGroup, ListIndex, type Members, type ValueIndex } from "./indexes";
 import { cloneJson, isEmptyObject, iso, isoOrNull, jsonEqual } from "./json";
 import { type Condition, type DeviceFilter, compareBy, filterSchema, listCondition, pageOf, textMatch, unionCondition } from "./registry-query";
 import type { StateRecord } from "./state-record";
@@ -41,6 +41,8 @@ export interface DeviceRecord {
    */
   heartbeat: HeartbeatTracker | undefined;
   state: StateRecord | undefined;
+  /** SHA-256 of the device's token, as latin1 text (see DeviceTokens); undefined without one. */
+  tokenHash: string | undefined;
   /** Links of the status, protocol and manufacturer indexes (see ChainIndex). */
   statusPrev: DeviceRecord | null;
   statusNext: DeviceRecord | null;
@@ -48,6 +50,13 @@ export interface DeviceRecord {
   protocolNext: DeviceRecord | null;
   makerPrev: DeviceRecord | null;
   makerNext: DeviceRecord | null;
+  /** The group of the capability list and of the tag list, and the links there (see ListIndex). */
+  capGroup: ListGroup | null;
+  capPrev: DeviceRecord | null;
+  capNext: DeviceRecord | null;
+  tagGroup: ListGroup | null;
+  tagPrev: DeviceRecord | null;
+  tagNext: DeviceRecord | null;
 }
 
 const EMPTY: readonly string[] = [];
@@ -93,8 +102,8 @@ export class DeviceRegistry {
   // Statuses and protocol names are lower case by validation; filters fold theirs.
   private readonly byProtocol = new ChainIndex(["protocolPrev", "protocolNext"], false);
   private readonly byManufacturer = new ChainIndex(["makerPrev", "makerNext"]);
-  private readonly byCapability = new SetIndex();
-  private readonly byTag = new SetIndex();
+  private readonly byCapability = new ListIndex(["capGroup", "capPrev", "capNext"]);
+  private readonly byTag = new ListIndex(["tagGroup", "tagPrev", "tagNext"]);
   private readonly interner = new Interner();
   private seq = 0;
 
@@ -206,12 +215,19 @@ export class DeviceRegistry {
       updatedAt: restored?.updatedAt ?? now,
       heartbeat: undefined,
       state: undefined,
+      tokenHash: undefined,
       statusPrev: null,
       statusNext: null,
       protocolPrev: null,
       protocolNext: null,
       makerPrev: null,
       makerNext: null,
+      capGroup: null,
+      capPrev: null,
+      capNext: null,
+      tagGroup: null,
+      tagPrev: null,
+      tagNext: null,
     };
     record.protocol = this.byProtocol.add(record.protocol, record);
     if (record.manufacturer !== undefined) record.manufacturer = this.byManufacturer.add(record.manufacturer, record);
@@ -261,11 +277,11 @@ export class DeviceRegistry {
     if (data.model !== undefined) set("model", this.interner.string(data.model ?? undefined));
     if (data.firmware !== undefined) set("firmware", this.interner.string(data.firmware ?? undefined));
     if (data.capabilities !== undefined && !sameList(record.capabilities, data.capabilities ?? [])) {
-      for (const c of record.capabilities) this.byCapability.delete(c, record);
+      this.byCapability.delete(record);
       set("capabilities", this.indexList(this.byCapability, data.capabilities ?? undefined, record));
     }
     if (data.tags !== undefined && !sameList(record.tags, data.tags ?? [])) {
-      for (const t of record.tags) this.byTag.delete(t, record);
+      this.byTag.delete(record);
       set("tags", this.indexList(this.byTag, data.tags ?? undefined, record));
     }
     if (data.heartbeatTimeout !== undefined) set("heartbeatTimeout", data.heartbeatTimeout ?? undefined);
@@ -284,8 +300,8 @@ export class DeviceRegistry {
     this.byStatus.delete(record.status, record);
     this.byProtocol.delete(record.protocol, record);
     if (record.manufacturer !== undefined) this.byManufacturer.delete(record.manufacturer, record);
-    for (const c of record.capabilities) this.byCapability.delete(c, record);
-    for (const t of record.tags) this.byTag.delete(t, record);
+    this.byCapability.delete(record);
+    this.byTag.delete(record);
     if (!options.silent) {
       this.bus.publish("device.removed", { device: toDevice(record), reason: options.reason ?? "user" }, {
         deviceId: id,
@@ -376,10 +392,9 @@ export class DeviceRegistry {
     };
   }
 
-  private indexList(index: SetIndex, values: string[] | undefined, record: DeviceRecord): readonly string[] {
-    if (!values || values.length === 0) return EMPTY;
-    const list = this.interner.list(values);
-    for (const v of list) index.add(v, record);
+  private indexList(index: ListIndex, values: string[] | undefined, record: DeviceRecord): readonly string[] {
+    const list = !values || values.length === 0 ? EMPTY : this.interner.list(values);
+    index.add(list, record);
     return list;
   }
 }

@@ -260,6 +260,32 @@ describe("DeviceRegistry", () => {
       assert.deepEqual(ids(t.registry.list({ tag: "HVAC" })), ["t3"]);
     });
 
+    it("keeps capability and tag indexes true through lists in two spellings, updates and removals", async () => {
+      t.registry.register({ id: "twice", protocol: "mqtt", capabilities: ["Video", "video", "sound"], tags: ["Gate"] });
+      assert.equal(statsOf(t.registry).byCapability.video, 2, "one device listing one value in two spellings counts once");
+      assert.deepEqual(ids(t.registry.list({ capability: "VIDEO" })), ["cam", "twice"], "and is found once");
+      assert.deepEqual(ids(t.registry.list({ capability: ["video", "sound"] })), ["twice"]);
+      assert.deepEqual(ids(t.registry.list({ capability: ["sound", "pressure"], capabilityMatch: "any" })), ["t3", "twice"]);
+      t.registry.applyUpdate("twice", { capabilities: ["pressure"], tags: [] });
+      let stats = statsOf(t.registry);
+      assert.equal(stats.byCapability.video, 1);
+      assert.equal(stats.byCapability.sound, undefined, "a value no device carries any more is gone from the counts");
+      assert.equal(stats.byCapability.pressure, 2);
+      assert.equal(stats.byTag.gate, undefined);
+      assert.deepEqual(ids(t.registry.list({ capability: "pressure" })), ["t3", "twice"]);
+      assert.equal(t.registry.list({ capability: "sound" }).total, 0);
+      assert.equal(t.registry.list({ tag: "gate" }).total, 0);
+      t.registry.remove("twice");
+      t.registry.remove("t3");
+      stats = statsOf(t.registry);
+      assert.equal(stats.byCapability.pressure, undefined);
+      assert.equal(t.registry.list({ capability: "pressure" }).total, 0);
+      assert.deepEqual(ids(t.registry.list({ capability: "humidity" })), ["t1", "h1"]);
+      t.registry.register({ id: "again", protocol: "mqtt", capabilities: ["Pressure"] });
+      assert.deepEqual(ids(t.registry.list({ capability: "pressure" })), ["again"], "a value's index comes back with a new device");
+      assert.equal(statsOf(t.registry).byCapability.Pressure, 1, "shown as the new first spelling");
+    });
+
     it("filters by capability and tag, all values by default or any of them", async () => {
       assert.deepEqual(ids(t.registry.list({ capability: "humidity" })), ["t1", "h1", "t3"]);
       assert.deepEqual(ids(t.registry.list({ capability: ["temperature", "humidity"] })), ["t1", "t3"]);
