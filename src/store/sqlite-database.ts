@@ -9,15 +9,15 @@ import {
   COMMAND_COLS,
   DEVICE_COLS,
   type EncodedBatch,
+  type JsonPage,
+  jsonPageSql,
   EVENT_COLS,
   HISTORY_COLS,
   ON_CONFLICT,
   PENDING_SQL,
   type RawCommand,
-  type RawDevice,
   type RawEvent,
   type RawHistory,
-  type RawState,
   type RawToken,
   STATE_COLS,
   TOKEN_COLS,
@@ -43,7 +43,7 @@ const EVENT_QUERY_CACHE = 64;
  * promises. Only the store's worker thread uses it (see `SqliteStore`), so its blocking calls
  * never stall the thread that runs the hub and the flows. It speaks SQL values only: writes take
  * rows encoded as parameters (`deviceParams`, `encodeBatch`, ...) and reads give raw rows
- * (`RawDevice`, ...); the caller's thread turns them into the store's row shapes.
+ * (`RawHistory`, ..., or JSON pages); the caller's thread turns them into the store's row shapes.
  */
 export class SqliteDatabase {
   private readonly path: string;
@@ -167,12 +167,14 @@ export class SqliteDatabase {
     this.series.rolledBack();
   }
 
-  loadDevices(): RawDevice[] {
-    return this.s.loadDevices.all() as RawDevice[];
+  /** Up to `limit` devices with ids after `after` ("" for the first page), in id order. */
+  loadDevicesPage(after: string, limit: number): JsonPage {
+    return this.s.loadDevicesPage.get(after, limit) as JsonPage;
   }
 
-  loadStates(): RawState[] {
-    return this.s.loadStates.all() as RawState[];
+  /** Up to `limit` states with device ids after `after`, in that order. */
+  loadStatesPage(after: string, limit: number): JsonPage {
+    return this.s.loadStatesPage.get(after, limit) as JsonPage;
   }
 
   /** Oldest first. */
@@ -411,8 +413,8 @@ export class SqliteDatabase {
       }),
       putToken: upsert("device_tokens", TOKEN_COLS, "device_id"),
       putCommand: upsert("commands", COMMAND_COLS, "id"),
-      loadDevices: rows(`SELECT ${DEVICE_COLS.join(", ")} FROM devices ORDER BY created_at, id`),
-      loadStates: rows(`SELECT ${STATE_COLS.join(", ")} FROM states ORDER BY device_id`),
+      loadDevicesPage: rows(jsonPageSql("devices", "id", DEVICE_COLS)),
+      loadStatesPage: rows(jsonPageSql("states", "device_id", STATE_COLS)),
       stateHistory: rows(
         `SELECT ${HISTORY_COLS.join(", ")} FROM state_history WHERE device_id = ? ORDER BY at DESC, version DESC LIMIT ?`,
       ),

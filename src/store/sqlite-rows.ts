@@ -23,6 +23,25 @@ export const DEVICE_COLS = [
   "id", "name", "protocol", "address", "manufacturer", "model", "firmware", "capabilities", "tags",
   "heartbeat_timeout", "metadata", "status", "last_seen", "created_at", "updated_at",
 ];
+/** JSON columns, read as JSON (not as text holding JSON) where the database builds a page of rows (see `jsonPageSql`). */
+const JSON_COLS: ReadonlySet<string> = new Set(["capabilities", "tags", "metadata", "properties", "desired"]);
+
+/**
+ * A page of a table in primary-key order as one JSON text, built by SQLite: `[[row], …]`, the
+ * last key and the count. Handing one string to the store's side costs a copy, where 100,000
+ * rows as arrays cost a structured clone each way and three JSON.parse calls a device; JSON
+ * columns come out as JSON values, so the single JSON.parse on that side builds the objects.
+ * Numbers round-trip: SQLite writes a REAL with the 17 digits it needs.
+ */
+export function jsonPageSql(table: string, key: string, cols: readonly string[]): string {
+  const values = cols.map((c) => (JSON_COLS.has(c) ? `json(${c})` : c)).join(", ");
+  return `SELECT json_group_array(json_array(${values})), max(${key}), count(*)
+    FROM (SELECT ${cols.join(", ")} FROM ${table} WHERE ${key} > ? ORDER BY ${key} LIMIT ?)`;
+}
+
+/** A page as `jsonPageSql` answers it: rows as JSON text, the last key (the next page starts after it), the count. */
+export type JsonPage = [rows: string, last: string | null, count: number];
+
 export const STATE_COLS = ["device_id", "properties", "desired", "version", "changed_at", "updated_at", "reported_at", "rev"];
 export const HISTORY_COLS = ["id", "device_id", "at", "version", "from_state", "to_state", "reason", "cause_id"];
 export const EVENT_COLS = ["id", "type", "priority", "source", "device_id", "data", "ts", "expires_at", "cause_id", "parent_cause_id"];
@@ -47,15 +66,6 @@ export const PENDING_SQL = PENDING_COMMAND_STATUSES.map((s) => `'${s}'`).join(",
 
 // Rows as SQLite gives them in raw mode: one array per row, in the order of the *_COLS lists.
 // Arrays cost the database thread and the copy between threads far less than keyed objects.
-export type RawDevice = [
-  id: string, name: string, protocol: string, address: string | null, manufacturer: string | null,
-  model: string | null, firmware: string | null, capabilities: string, tags: string,
-  heartbeatTimeout: number | null, metadata: string, status: string, lastSeen: number, createdAt: number, updatedAt: number,
-];
-export type RawState = [
-  deviceId: string, properties: string, desired: string, version: number, changedAt: number,
-  updatedAt: number, reportedAt: number, rev: number,
-];
 export type RawHistory = [
   id: string, deviceId: string, at: number, version: number, from: string, to: string, reason: string, causeId: string | null,
 ];
@@ -88,14 +98,17 @@ export function typeGlob(pattern: string): string {
   return pattern.replace(/[[?]/g, (c) => `[${c}]`);
 }
 
-export const toDevice = (r: RawDevice): DeviceRow => ({
-  id: r[0], name: r[1], protocol: r[2], address: r[3], manufacturer: r[4], model: r[5], firmware: r[6],
-  capabilities: JSON.parse(r[7]) as string[], tags: JSON.parse(r[8]) as string[], heartbeatTimeout: r[9],
-  metadata: JSON.parse(r[10]) as JsonObject, status: r[11] as DeviceStatus, lastSeen: r[12], createdAt: r[13], updatedAt: r[14],
+/** A device of a JSON page: its JSON columns parsed already. */
+export const deviceOfPage = (r: unknown[]): DeviceRow => ({
+  id: r[0] as string, name: r[1] as string, protocol: r[2] as string, address: r[3] as string | null,
+  manufacturer: r[4] as string | null, model: r[5] as string | null, firmware: r[6] as string | null,
+  capabilities: r[7] as string[], tags: r[8] as string[], heartbeatTimeout: r[9] as number | null,
+  metadata: r[10] as JsonObject, status: r[11] as DeviceStatus, lastSeen: r[12] as number, createdAt: r[13] as number,
+  updatedAt: r[14] as number,
 });
-export const toState = (r: RawState): StateRow => ({
-  deviceId: r[0], properties: JSON.parse(r[1]) as JsonObject, desired: JSON.parse(r[2]) as JsonObject,
-  version: r[3], changedAt: r[4], updatedAt: r[5], reportedAt: r[6], rev: r[7],
+export const stateOfPage = (r: unknown[]): StateRow => ({
+  deviceId: r[0] as string, properties: r[1] as JsonObject, desired: r[2] as JsonObject, version: r[3] as number,
+  changedAt: r[4] as number, updatedAt: r[5] as number, reportedAt: r[6] as number, rev: r[7] as number,
 });
 export const toHistory = (r: RawHistory): HistoryRow => ({
   id: r[0], deviceId: r[1], at: r[2], version: r[3], from: JSON.parse(r[4]) as HistoryRow["from"],

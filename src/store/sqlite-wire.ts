@@ -7,7 +7,7 @@ import type { SqliteDatabase } from "./sqlite-database";
 export const SQLITE_METHODS = [
   "open", "close", "ping", "schemaVersion", "upsertDevice", "deleteDevice", "upsertState", "writeBatch",
   "beginBatch", "writePart", "commitBatch", "rollbackBatch",
-  "loadDevices", "loadStates", "stateHistory", "events", "putToken", "getToken", "loadTokens", "deleteToken",
+  "loadDevicesPage", "loadStatesPage", "stateHistory", "events", "putToken", "getToken", "loadTokens", "deleteToken",
   "putCommand", "putCommands", "getCommand", "pendingCommands", "deleteCommand", "deviceCommands", "purge",
   "points", "buckets", "telemetryKeys",
 ] as const satisfies readonly (keyof SqliteDatabase)[];

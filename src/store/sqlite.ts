@@ -6,10 +6,10 @@ import {
   splitBatch,
   stateParams,
   toCommand,
-  toDevice,
+  deviceOfPage,
+  stateOfPage,
   toEvent,
   toHistory,
-  toState,
   tokenParams,
   toToken,
 } from "./sqlite-rows";
@@ -39,6 +39,8 @@ const toSeriesPoint = (r: RawSeriesPoint): SeriesPoint => ({ ts: r[0], value: po
 
 /** Rows per part of a big batch (see `writeBatch`): about a millisecond of encoding each. */
 const PART_ROWS = 2048;
+/** Rows per page when the fleet is loaded at start (a few MB of JSON each). */
+const LOAD_PAGE_ROWS = 10_000;
 /** How long parts are encoded back to back before the event loop gets a turn. */
 const ENCODE_SLICE_MS = 8;
 
@@ -179,11 +181,31 @@ export class SqliteStore implements Store {
   }
 
   async loadDevices(): Promise<DeviceRow[]> {
-    return (await this.call("loadDevices", [])).map(toDevice);
+    return this.loadPages("loadDevicesPage", deviceOfPage);
   }
 
   async loadStates(): Promise<StateRow[]> {
-    return (await this.call("loadStates", [])).map(toState);
+    return this.loadPages("loadStatesPage", stateOfPage);
+  }
+
+  /**
+   * Every row of a table, a page at a time: the thread reads page n+1 while this side parses
+   * page n. Pages keep each JSON text far below V8's longest string, whatever the fleet's size.
+   */
+  private async loadPages<T>(method: "loadDevicesPage" | "loadStatesPage", row: (r: unknown[]) => T): Promise<T[]> {
+    const out: T[] = [];
+    let next = this.call(method, ["", LOAD_PAGE_ROWS]);
+    for (;;) {
+      const [text, last, count] = await next;
+      const more = count === LOAD_PAGE_ROWS && last !== null;
+      if (more) {
+        next = this.call(method, [last, LOAD_PAGE_ROWS]);
+        // Awaited on the next turn; this keeps a failure while this page is parsed from going unhandled.
+        next.catch(() => undefined);
+      }
+      if (count > 0) for (const r of JSON.parse(text) as unknown[][]) out.push(row(r));
+      if (!more) return out;
+    }
   }
 
   async stateHistory(deviceId: string, limit: number): Promise<HistoryRow[]> {

@@ -163,6 +163,38 @@ describe("SqliteStore", function () {
     assert.equal(new Set(all.map((e) => e.id)).size, next);
   });
 
+  it("loads a fleet larger than a load page whole, each device and state once, every value as written", async function () {
+    this.timeout(60_000);
+    const store = track(new SqliteStore({ path: ":memory:" }));
+    await store.open();
+    // Two full pages of 10,000 and one row: the page boundaries are where a row would be lost or doubled.
+    const count = 20_001;
+    const odd = deviceRow("odd", {
+      name: 'quote " back\\slash \u0001 tab\t é 漢 😀',
+      address: null,
+      heartbeatTimeout: 0.30000000000000004,
+      capabilities: [],
+      tags: ["Ünïcode"],
+      metadata: { ["__proto__"]: { x: 1 }, big: 2 ** 53 - 1, tiny: 5e-324, neg: -0.5, deep: [[[{ a: [null, true, false, ""] }]]] },
+    });
+    const devices = [odd, ...Array.from({ length: count - 1 }, (_, i) => deviceRow(`d${String(i).padStart(5, "0")}`, { createdAt: T0 + i }))];
+    const states = devices.map((d, i) => stateRow(d.id, i + 1, d === odd ? { properties: { s: "\u2028 line sep", n: 1.5e300 }, desired: {} } : {}));
+    for (let i = 0; i < devices.length; i += 2000) {
+      for (const d of devices.slice(i, i + 2000)) await store.upsertDevice(d);
+      await store.writeBatch({ presence: [], states: states.slice(i, i + 2000), history: [], events: [] });
+    }
+    const loaded = await store.loadDevices();
+    assert.equal(loaded.length, count);
+    assert.equal(new Set(loaded.map((d) => d.id)).size, count, "no device twice");
+    const byId = new Map(loaded.map((d) => [d.id, d]));
+    for (const d of devices) assert.deepEqual(byId.get(d.id), d);
+    assert.equal(Object.getPrototypeOf(byId.get("odd")!.metadata), Object.prototype, "a __proto__ key stays data");
+    const loadedStates = await store.loadStates();
+    assert.equal(loadedStates.length, count);
+    const stateOf = new Map(loadedStates.map((s) => [s.deviceId, s]));
+    for (const s of states) assert.deepEqual(stateOf.get(s.deviceId), s);
+  });
+
   it("runs calls made before the open is answered after it, in order", async function () {
     const store = track(new SqliteStore({ path: ":memory:" }));
     const opened = store.open();
