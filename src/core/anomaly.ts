@@ -66,14 +66,17 @@ interface PropertyTrack {
   n: number;
   mean: number;
   variance: number;
+  /** The device's next followed property: a short chain costs less than an array (64 bytes a device) or a Map. */
+  next: PropertyTrack | null;
 }
 
-/** Per device, allocated on first need; a short array of properties costs less than a Map. */
+/** Per device, allocated on first need. */
 interface DeviceTrack {
   transitions: number[] | null;
   flapping: boolean;
   clearTimer: TimerHandle | null;
-  properties: PropertyTrack[] | null;
+  /** Followed properties, in the order first reported. */
+  properties: PropertyTrack | null;
 }
 
 export interface AnomalyStatistics {
@@ -137,13 +140,19 @@ export class AnomalyDetector implements StateObserver {
     for (const key of Object.keys(properties)) {
       const value = properties[key] as JsonValue;
       d ??= this.track(deviceId);
-      let p = d.properties === null ? undefined : findProperty(d.properties, key);
-      if (!p) {
-        if (d.properties !== null && d.properties.length >= maxPropertiesPerDevice) continue;
+      let p = d.properties;
+      let last: PropertyTrack | null = null;
+      let count = 0;
+      for (; p !== null && p.key !== key; p = p.next) {
+        last = p;
+        count++;
+      }
+      if (p === null) {
+        if (count >= maxPropertiesPerDevice) continue;
         // A copy: a caller that mutates and re-sends the same object must not look unchanged.
-        p = { key, value: cloneJson(value), sameCount: 1, since: now, stuck: false, n: 0, mean: 0, variance: 0 };
-        // Grown to the exact size: new properties are rare, and push() would reserve 16 slots.
-        d.properties = d.properties === null ? [p] : [...d.properties, p];
+        p = { key, value: cloneJson(value), sameCount: 1, since: now, stuck: false, n: 0, mean: 0, variance: 0, next: null };
+        if (last === null) d.properties = p;
+        else last.next = p;
         if (typeof value === "number") this.learn(p, value);
         continue;
       }
@@ -158,7 +167,7 @@ export class AnomalyDetector implements StateObserver {
     if (!d) return;
     if (d.clearTimer !== null) this.clock.clearTimeout(d.clearTimer);
     if (d.flapping) this.activeFlapping--;
-    if (d.properties) for (const p of d.properties) if (p.stuck) this.activeStuck--;
+    for (let p = d.properties; p !== null; p = p.next) if (p.stuck) this.activeStuck--;
     this.devices.delete(deviceId);
   }
 
@@ -291,11 +300,6 @@ export class AnomalyDetector implements StateObserver {
     if (data.active) this.detected[data.kind]++;
     this.bus.publish("state.anomaly", data, { deviceId, priority, source: "anomaly" });
   }
-}
-
-function findProperty(props: PropertyTrack[], key: string): PropertyTrack | undefined {
-  for (const p of props) if (p.key === key) return p;
-  return undefined;
 }
 
 function round(x: number): number {

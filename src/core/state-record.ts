@@ -2,18 +2,67 @@ import { cloneJson, defineValue, iso, isoOrNull, jsonEqual } from "./json";
 import type { DeviceRecord } from "./registry";
 import type { DeviceState, DeviceStatus, JsonObject, JsonValue, StateHistoryEntry, StateSnapshot } from "./types";
 
-/** One change, flat: no wrapper objects, so a long history of a large fleet stays small. */
-export interface HistoryItem {
+/**
+ * One change, flat: no wrapper objects, so a long history of a large fleet stays small. A status
+ * change and a report each have a shape of their own with only their fields (72 bytes instead
+ * of 104 a change, on a history that keeps up to `historySize` of them per device); a change
+ * made with `set` may carry all six sides.
+ */
+export type HistoryItem = StatusItem | ReportItem | FullItem;
+
+interface ItemBase {
   at: number;
   version: number;
   reason: string;
   causeId: string | null;
+}
+
+interface StatusItem extends ItemBase {
+  fromStatus: DeviceStatus | undefined;
+  toStatus: DeviceStatus | undefined;
+  fromProperties?: undefined;
+  toProperties?: undefined;
+  fromDesired?: undefined;
+  toDesired?: undefined;
+}
+
+interface ReportItem extends ItemBase {
+  fromStatus?: undefined;
+  toStatus?: undefined;
+  fromProperties: JsonObject | undefined;
+  toProperties: JsonObject | undefined;
+  fromDesired?: undefined;
+  toDesired?: undefined;
+}
+
+interface FullItem extends ItemBase {
   fromStatus: DeviceStatus | undefined;
   toStatus: DeviceStatus | undefined;
   fromProperties: JsonObject | undefined;
   toProperties: JsonObject | undefined;
   fromDesired: JsonObject | undefined;
   toDesired: JsonObject | undefined;
+}
+
+/** The history item of a change from `from` to `to`, in the smallest shape that holds it. */
+export function historyItem(at: number, version: number, reason: string, causeId: string | null, from: StateSnapshot, to: StateSnapshot): HistoryItem {
+  const desired = from.desired !== undefined || to.desired !== undefined;
+  const properties = from.properties !== undefined || to.properties !== undefined;
+  const status = from.status !== undefined || to.status !== undefined;
+  if (!desired && !properties) return { at, version, reason, causeId, fromStatus: from.status, toStatus: to.status };
+  if (!desired && !status) return { at, version, reason, causeId, fromProperties: from.properties, toProperties: to.properties };
+  return {
+    at,
+    version,
+    reason,
+    causeId,
+    fromStatus: from.status,
+    toStatus: to.status,
+    fromProperties: from.properties,
+    toProperties: to.properties,
+    fromDesired: from.desired,
+    toDesired: to.desired,
+  };
 }
 
 export const EMPTY_PROPERTIES: JsonObject = Object.freeze({}) as JsonObject;

@@ -6,7 +6,7 @@ import { newTimeId } from "./ids";
 import type { DeviceRecord, DeviceRegistry } from "./registry";
 import { type StateListQuery, listStates } from "./state-list";
 import { type StatePlan, planStateSet } from "./state-plan";
-import { EMPTY_PROPERTIES, type HistoryItem, StateRecord, cloneSnapshot, hasDelta, snapshot, stateView } from "./state-record";
+import { EMPTY_PROPERTIES, StateRecord, cloneSnapshot, hasDelta, historyItem, snapshot, stateView } from "./state-record";
 import {
   DEVICE_STATUSES,
   type DeviceState,
@@ -360,18 +360,7 @@ export class StateManager {
     s.updatedAt = now;
     this.counters.changes++;
     const causeId = cause.causeId ?? null;
-    const item: HistoryItem = {
-      at: now,
-      version: s.version,
-      reason,
-      causeId,
-      fromStatus: from.status,
-      toStatus: to.status,
-      fromProperties: from.properties,
-      toProperties: to.properties,
-      fromDesired: from.desired,
-      toDesired: to.desired,
-    };
+    const item = historyItem(now, s.version, reason, causeId, from, to);
     if (keepHistory) s.pushHistory(item, this.options.historySize);
     if (this.sink) {
       this.sink.onStateWritten(record.id);
