@@ -98,22 +98,33 @@ export class HubUse {
   }
 
   ok(text: string): void {
+    this.pendingText = null;
     this.status({ fill: "green", shape: "dot", text: clip(text) });
   }
 
-  /** As `ok`, for results that may come many times a second (device reports): shown at most twice a second. */
-  okOften(text: string): void {
-    this.own = { fill: "green", shape: "dot", text: clip(text) };
+  /**
+   * As `ok`, for results that may come many times a second (device reports, REST reads): shown
+   * at most twice a second, its text made (translated) only when it is shown.
+   */
+  okOften(text: () => string): void {
+    this.pendingText = text;
     this.often.request();
   }
+
+  private pendingText: (() => string) | null = null;
 
   private readonly often = throttled(() => this.show());
 
   failed(text: string): void {
+    this.pendingText = null;
     this.status({ fill: "red", shape: "ring", text: clip(text) });
   }
 
   private show(): void {
+    if (this.pendingText !== null) {
+      this.own = { fill: "green", shape: "dot", text: clip(this.pendingText()) };
+      this.pendingText = null;
+    }
     const hub = this.hubReport;
     if (hub && hub.state !== "running") this.node.status(hub.display);
     else this.node.status(this.own);
@@ -246,7 +257,8 @@ export function invalidInput(field: string, message: string): TethralError {
 /** What one operation of a request/response node answers: the new `msg.payload` and its status text. */
 export interface Outcome {
   payload: unknown;
-  status: string;
+  /** The status text; a function when made only as it is shown (see `often`). */
+  status: string | (() => string);
   /** A result that may come many times a second: its status is throttled. */
   often?: boolean;
   /** Set on the msg too (e.g. the id a registration gave). */
@@ -290,8 +302,9 @@ export function operationHandler(
         if (outcome.deviceId !== undefined) msg.deviceId = outcome.deviceId;
         if (outcome.headers !== undefined) msg.headers = { ...(msg.headers as Record<string, string> | undefined), ...outcome.headers };
         if (outcome.extra !== undefined) Object.assign(msg, outcome.extra);
-        if (outcome.often) use.okOften(outcome.status);
-        else use.ok(outcome.status);
+        const status = outcome.status;
+        if (outcome.often) use.okOften(typeof status === "function" ? status : () => status);
+        else use.ok(typeof status === "function" ? status() : status);
         send(msg);
         done();
       }, fail);

@@ -89,7 +89,8 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
       const id = needId();
       return (hub) => {
         const device = hub.getDevice(id);
-        return { payload: device, status: _("tethral-device.status.got", { id, status: device.status }) };
+        // A REST read may come thousands of times a second: its status is throttled and made when shown.
+        return { payload: device, status: () => _("tethral-device.status.got", { id, status: device.status }), often: true };
       };
     }
     case "list": {
@@ -98,17 +99,17 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
       return (hub) => {
         // The registry checks the filter (INVALID names the bad field).
         const list = hub.listDevices(filter as DeviceFilter);
-        const status =
+        const status = () =>
           list.devices.length < list.total
             ? _("tethral-device.status.page", { count: list.devices.length, total: list.total })
             : _("tethral-device.status.listed", { total: list.total });
-        return { payload: list, status };
+        return { payload: list, status, often: true };
       };
     }
     case "statistics":
       return (hub) => {
         const statistics = hub.deviceStatistics();
-        return { payload: statistics, status: _("tethral-device.status.statistics", { total: statistics.total }) };
+        return { payload: statistics, status: () => _("tethral-device.status.statistics", { total: statistics.total }), often: true };
       };
     case "token": {
       // A new token: the old one stops working at once and its connections are dropped.
@@ -139,7 +140,7 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
         if (!result.ok) throw result.error;
         return {
           payload: { deviceId: result.deviceId, status: result.status, changed: result.changed },
-          status: _("tethral-device.status.reported", { id, kind }),
+          status: () => _("tethral-device.status.reported", { id, kind }),
           often: true,
         };
       };

@@ -68,7 +68,7 @@ function planOf(_: Translate, msg: NodeMessage, def: StateDef): (hub: Hub) => Pr
       const id = needId();
       return (hub) => {
         const state = hub.getState(id);
-        return { payload: state, status: _("tethral-state.status.got", { id, version: state.version, status: state.status }) };
+        return { payload: state, status: () => _("tethral-state.status.got", { id, version: state.version, status: state.status }), often: true };
       };
     }
     case "set": {
@@ -108,7 +108,7 @@ function planOf(_: Translate, msg: NodeMessage, def: StateDef): (hub: Hub) => Pr
       return (hub) => {
         const result = hub.readTwin(protocol, id, token);
         if (!result.ok) throw result.error;
-        return { payload: result.twin, status: _("tethral-state.status.desired", { id, version: result.twin.version }), often: true };
+        return { payload: result.twin, status: () => _("tethral-state.status.desired", { id, version: result.twin.version }), often: true };
       };
     }
     case "telemetry": {
