@@ -106,6 +106,8 @@ export class StateManager {
   private readonly observer: StateObserver | null;
   private readonly sink: StateSink | null;
   private readonly twin: TwinListener | null;
+  /** See `watchChanges`. */
+  private readonly watchers = new Set<(deviceId: string) => void>();
 
   constructor(
     private readonly registry: DeviceRegistry,
@@ -289,6 +291,19 @@ export class StateManager {
     return true;
   }
 
+  /**
+   * Calls `watcher` with the device's id after every change of a device's state (what a
+   * `state.changed` event reports), without building the event: for watchers that only need to
+   * know which devices moved (the editor's Devices sidebar). A watcher must not throw. Returns
+   * the call that stops it.
+   */
+  watchChanges(watcher: (deviceId: string) => void): () => void {
+    this.watchers.add(watcher);
+    return () => {
+      this.watchers.delete(watcher);
+    };
+  }
+
   /** Changes kept per device. */
   get historySize(): number {
     return this.options.historySize;
@@ -376,6 +391,7 @@ export class StateManager {
         causeId,
       });
     }
+    if (this.watchers.size > 0) for (const watcher of this.watchers) watcher(record.id);
     if (!this.bus.hasSubscribers("state.changed", record.id) && !this.bus.keepsHistoryOf("state.changed")) return;
     this.bus.publish(
       "state.changed",

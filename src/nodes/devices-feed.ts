@@ -40,6 +40,7 @@ export class DevicesFeed {
   private readonly removed = new Set<string>();
   private timer: NodeJS.Timeout | null = null;
   private readonly owner: string;
+  private unwatch: (() => void) | null = null;
 
   constructor(
     private readonly hub: Hub,
@@ -51,17 +52,25 @@ export class DevicesFeed {
   }
 
   start(): void {
-    this.hub.subscribe({ types: ["device.*", "state.changed"], owner: this.owner, name: "devices sidebar" }, (event) => {
+    this.hub.subscribe({ types: ["device.*"], owner: this.owner, name: "devices sidebar" }, (event) => {
       if (!event.deviceId) return;
       if (event.type === "device.removed") {
         this.dirty.delete(event.deviceId);
         this.removed.add(event.deviceId);
+        this.schedule();
       } else {
-        this.removed.delete(event.deviceId);
-        this.dirty.add(event.deviceId);
+        this.changed(event.deviceId);
       }
-      this.schedule();
     });
+    // State changes only mark the device: a state.changed event (a copy of the whole state) per
+    // report would cost every report a tenth of its time, editor open or not.
+    this.unwatch = this.hub.state.watchChanges((id) => this.changed(id));
+  }
+
+  private changed(id: string): void {
+    this.removed.delete(id);
+    this.dirty.add(id);
+    this.schedule();
   }
 
   private schedule(): void {
@@ -91,6 +100,8 @@ export class DevicesFeed {
   stop(): void {
     if (this.timer) clearTimeout(this.timer);
     this.timer = null;
+    this.unwatch?.();
+    this.unwatch = null;
     this.hub.events.unsubscribeOwner(this.owner);
   }
 }

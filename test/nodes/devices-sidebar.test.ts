@@ -21,6 +21,7 @@ describe("Devices sidebar: the feed", function () {
     const feed = new DevicesFeed(hub, "hub1", (u) => updates.push(u), 30);
     feed.start();
     try {
+      assert.equal(hub.events.hasSubscribers("state.changed", "a"), false, "the feed costs reports no state.changed event");
       await hub.registerDevice({ id: "a", protocol: "mqtt", name: "Alpha" });
       await hub.registerDevice({ id: "b", protocol: "coap" });
       for (let i = 0; i < 20; i++) hub.ingest("a", { kind: "telemetry", data: { t: i, nested: { no: 1 } } });
