@@ -6,7 +6,8 @@
  * - the REST API's routes: `GET /api/devices/{id}`, `GET /api/devices?limit=10`, and HTTP device
  *   reports `POST /api/devices/{id}/telemetry` (token checked, heartbeat, state merge, events,
  *   written behind), each as a ratio to the baseline of the same method.
- * 32 keep-alive connections keep requests in flight for BENCH_SECONDS (default 5) per phase.
+ * 32 keep-alive connections keep requests in flight for BENCH_SECONDS (default 5) per route, in
+ * five one-second turns with the other routes, after 2 s of unmeasured load on each route.
  * Run with `npm run bench:rest`; writes bench/results/rest.json. Not a test: nothing asserts a time.
  */
 import { mkdtempSync, rmSync } from "node:fs";
@@ -18,6 +19,10 @@ import { percentile } from "./stats";
 import { targetOf, writeResults } from "./results";
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+/** Unmeasured load on each route first (see main). */
+const WARM_UP_SECONDS = 2;
+/** Each route's SECONDS, in this many turns (see main). */
+const SLICES = 5;
 const CONNECTIONS = 32;
 const DEVICES = 200;
 
@@ -30,13 +35,22 @@ interface Phase {
   ratio?: number;
 }
 
-/** Keeps CONNECTIONS requests in flight for SECONDS; each worker sends its next request when the last is answered. */
-async function load(name: string, base: URL, next: (i: number) => { method: string; path: string; body?: string; headers?: Record<string, string> }, expect: number): Promise<Phase> {
+type Route = (i: number) => { method: string; path: string; body?: string; headers?: Record<string, string> };
+
+/** What one stretch of load measured. */
+interface Sample {
+  latencies: number[];
+  elapsed: number;
+  errors: number;
+}
+
+/** Keeps CONNECTIONS requests in flight for `seconds`; each worker sends its next request when the last is answered. */
+async function load(base: URL, next: Route, expect: number, seconds: number): Promise<Sample> {
   const agent = new Agent({ keepAlive: true, maxSockets: CONNECTIONS });
   const latencies: number[] = [];
   let errors = 0;
   let sent = 0;
-  const end = performance.now() + SECONDS * 1000;
+  const end = performance.now() + seconds * 1000;
   const one = (i: number) =>
     new Promise<void>((resolve) => {
       const r = next(i);
@@ -66,9 +80,15 @@ async function load(name: string, base: URL, next: (i: number) => { method: stri
   );
   const elapsed = (performance.now() - started) / 1000;
   agent.destroy();
-  latencies.sort((a, b) => a - b);
+  return { latencies, elapsed, errors };
+}
+
+/** A phase from its slices: requests over the time they took, latency percentiles over all of them. */
+function phaseOf(name: string, samples: Sample[]): Phase {
+  const latencies = samples.flatMap((s) => s.latencies).sort((a, b) => a - b);
+  const elapsed = samples.reduce((t, s) => t + s.elapsed, 0);
   const at = (p: number) => (latencies.length === 0 ? 0 : Number(percentile(latencies, p).toFixed(2)));
-  return { name, requestsPerSec: Math.round(latencies.length / elapsed), p50Ms: at(50), p99Ms: at(99), errors };
+  return { name, requestsPerSec: Math.round(latencies.length / elapsed), p50Ms: at(50), p99Ms: at(99), errors: samples.reduce((n, s) => n + s.errors, 0) };
 }
 
 async function main(): Promise<void> {
@@ -96,22 +116,38 @@ async function main(): Promise<void> {
       tokens.push(res.body.token as string);
     }
     const report = JSON.stringify({ temperature: 21.5, humidity: 40 });
-    const phases: Phase[] = [];
-    const getBase = await load("GET baseline (http in → http response)", base, () => ({ method: "GET", path: "/api/bench/echo" }), 200);
-    phases.push(getBase);
-    for (const p of [
-      await load("GET /api/devices/{id}", base, (i) => ({ method: "GET", path: `/api/devices/bench-${i % DEVICES}` }), 200),
-      await load("GET /api/devices?limit=10", base, () => ({ method: "GET", path: "/api/devices?limit=10" }), 200),
-    ]) phases.push({ ...p, ratio: Number((p.requestsPerSec / getBase.requestsPerSec).toFixed(2)) });
-    const postBase = await load("POST baseline (http in → http response)", base, () => ({ method: "POST", path: "/api/bench/echo", body: report }), 204);
-    phases.push(postBase);
-    const telemetry = await load(
-      "POST /api/devices/{id}/telemetry",
-      base,
-      (i) => ({ method: "POST", path: `/api/devices/bench-${i % DEVICES}/telemetry`, body: JSON.stringify({ temperature: 20 + (i % 10), humidity: 40 }), headers: { authorization: `Bearer ${tokens[i % DEVICES]}` } }),
-      204,
-    );
-    phases.push({ ...telemetry, ratio: Number((telemetry.requestsPerSec / postBase.requestsPerSec).toFixed(2)) });
+    const getDevice = (i: number) => ({ method: "GET", path: `/api/devices/bench-${i % DEVICES}` });
+    const postTelemetry = (i: number) => ({
+      method: "POST",
+      path: `/api/devices/bench-${i % DEVICES}/telemetry`,
+      body: JSON.stringify({ temperature: 20 + (i % 10), humidity: 40 }),
+      headers: { authorization: `Bearer ${tokens[i % DEVICES]}` },
+    });
+    const getEcho: Route = () => ({ method: "GET", path: "/api/bench/echo" });
+    const listDevices: Route = () => ({ method: "GET", path: "/api/devices?limit=10" });
+    const postEcho: Route = () => ({ method: "POST", path: "/api/bench/echo", body: report });
+    const routes: [string, Route, number][] = [
+      ["GET baseline (http in → http response)", getEcho, 200],
+      ["GET /api/devices/{id}", getDevice, 200],
+      ["GET /api/devices?limit=10", listDevices, 200],
+      ["POST baseline (http in → http response)", postEcho, 204],
+      ["POST /api/devices/{id}/telemetry", postTelemetry, 204],
+    ];
+    // Every route under load before anything is measured: the first phase of a cold runtime ran
+    // unoptimised code, which cost the GET baseline a third of its rate. Then the routes take
+    // turns in one-second slices, SLICES rounds: a route and its baseline see the same machine,
+    // where five-second phases one after the other saw its load come and go (ratios moved by 0.2
+    // between runs).
+    for (const [, route, expect] of routes) await load(base, route, expect, WARM_UP_SECONDS);
+    const samples: Sample[][] = routes.map(() => []);
+    for (let round = 0; round < SLICES; round++) {
+      for (let r = 0; r < routes.length; r++) samples[r]!.push(await load(base, routes[r]![1], routes[r]![2], SECONDS / SLICES));
+    }
+    const phases = routes.map(([name], r) => phaseOf(name, samples[r]!));
+    const ratioTo = (p: Phase, baseline: Phase): Phase => ({ ...p, ratio: Number((p.requestsPerSec / baseline.requestsPerSec).toFixed(2)) });
+    phases[1] = ratioTo(phases[1]!, phases[0]!);
+    phases[2] = ratioTo(phases[2]!, phases[0]!);
+    phases[4] = ratioTo(phases[4]!, phases[3]!);
 
     console.table(phases.map((p) => ({ phase: p.name, "req/s": p.requestsPerSec, "ratio to baseline": p.ratio ?? "", "p50 ms": p.p50Ms, "p99 ms": p.p99Ms, errors: p.errors })));
     const ratio = (name: string) => phases.find((p) => p.name.startsWith(name))!.ratio!;
