@@ -122,12 +122,16 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
     case "report": {
       // A device's own report (the REST flow's HTTP telemetry): checked like any protocol's.
       const id = needId();
-      const kind = fromMsg(msg, "kind", "telemetry");
+      const req = requestOf(msg);
+      const kind = fromMsg(msg, "kind", requestKind(req) ?? "telemetry");
       if (typeof kind !== "string" || !REPORT_KINDS.includes(kind as (typeof REPORT_KINDS)[number])) {
         throw invalidInput("kind", _("tethral-device.errors.kind", { kinds: REPORT_KINDS.join(", ") }));
       }
-      const { token, protocol } = deviceSender(msg, { token: _("tethral-device.errors.token"), protocol: _("tethral-device.errors.protocol") });
-      const payload = msg.payload;
+      const sender = deviceSender(msg, { token: _("tethral-device.errors.token"), protocol: _("tethral-device.errors.protocol") });
+      const token = sender.token ?? requestToken(req);
+      const protocol = sender.protocol;
+      // A status comes as text (online), a JSON string ("online") or {"status": "online"}.
+      const payload = kind === "status" && typeof msg.payload === "string" ? msg.payload.trim() : msg.payload;
       return (hub) => {
         // The store is behind: nothing is taken, and the answer (the REST flow's 503) says when
         // to send again, as `Retry-After` in msg.headers, which the http response node sends.
@@ -148,12 +152,48 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
   }
 }
 
-/** `msg.deviceId` when set, else the configured one; undefined when neither is. */
+/** The request of an `http in` node that a msg came with (`msg.req`), as far as this node reads it. */
+interface HttpRequest {
+  params?: Record<string, unknown>;
+  headers?: Record<string, unknown>;
+  query?: Record<string, unknown>;
+  route?: { path?: unknown };
+}
+
+function requestOf(msg: NodeMessage): HttpRequest | undefined {
+  const req = msg.req as HttpRequest | undefined;
+  return req !== null && typeof req === "object" ? req : undefined;
+}
+
+/**
+ * `msg.deviceId` when set, else the configured one, else the `:id` of the path of an `http in`
+ * request (`msg.req.params.id`): a REST route needs no node of its own to copy it. Undefined
+ * when none is given.
+ */
 function deviceIdOf(_: Translate, msg: NodeMessage, def: DeviceDef): string | undefined {
-  const id = fromMsg(msg, "deviceId", text(def.deviceId));
+  const fromPath = requestOf(msg)?.params?.id;
+  const id = fromMsg(msg, "deviceId", text(def.deviceId) ?? (typeof fromPath === "string" && fromPath !== "" ? fromPath : undefined));
   if (id === undefined || id === null) return undefined;
   if (typeof id !== "string") throw invalidInput("deviceId", _("tethral-device.errors.device-type"));
   return id;
+}
+
+/** An `http in` request's device token: `Authorization: Bearer TOKEN`, else `?token=` (for devices that cannot set headers, and under httpNodeAuth, whose Basic takes the header). */
+function requestToken(req: HttpRequest | undefined): string | undefined {
+  if (!req) return undefined;
+  const authorization = req.headers?.authorization;
+  const bearer = typeof authorization === "string" ? /^Bearer\s+(\S+)\s*$/i.exec(authorization) : null;
+  if (bearer) return bearer[1];
+  const query = req.query?.token;
+  return typeof query === "string" ? query : undefined;
+}
+
+/** The report kind an `http in` route names as its last step (`/devices/:id/heartbeat`), if any. */
+function requestKind(req: HttpRequest | undefined): string | undefined {
+  const path = req?.route?.path;
+  if (typeof path !== "string") return undefined;
+  const last = path.slice(path.lastIndexOf("/") + 1);
+  return REPORT_KINDS.includes(last as (typeof REPORT_KINDS)[number]) ? last : undefined;
 }
 
 /** A shallow copy of an object payload (the caller's msg is not changed), undefined for none. */

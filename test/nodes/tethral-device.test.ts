@@ -215,6 +215,37 @@ describe("tethral-device node", function () {
     assert.equal(http.rejected, 5);
   });
 
+
+  it("reads an http in request's device id, kind and token itself, unless the msg gives them", async () => {
+    const t = await load([device({ operation: "report" }), device({ id: "get1", operation: "get" })]);
+    const { token } = await t.hub.registerDevice({ id: "meter-2", protocol: "http" });
+    const { token: other } = await t.hub.registerDevice({ id: "meter-3", protocol: "http" });
+    const req = (kind: string, headers: Record<string, string>, query: Record<string, string> = {}) => ({
+      params: { id: "meter-2" },
+      headers,
+      query,
+      route: { path: `/devices/:id/${kind}` },
+      method: "POST",
+    });
+    await t.ok("dev1", { req: req("telemetry", { authorization: `Bearer ${token}` }), payload: { power: 3 } });
+    assert.deepEqual(t.hub.getState("meter-2").properties, { power: 3 }, "the :id of the path, a Bearer token, the route's kind");
+    await t.ok("dev1", { req: req("status", {}, { token: token! }), payload: "  offline \n" });
+    assert.equal(t.hub.getDevice("meter-2").status, "offline", "a status as text, trimmed; the token from ?token=");
+    // Under httpNodeAuth the Authorization header carries Basic credentials: ?token= still works.
+    await t.ok("dev1", { req: req("heartbeat", { authorization: "Basic dXNlcjpwYXNz" }, { token: token! }), payload: "" });
+    assert.equal(t.hub.getDevice("meter-2").status, "online");
+    assert.equal(errorCode(await t.caught("dev1", { req: req("telemetry", { authorization: "Bearer wrong" }), payload: { power: 9 } })), "UNAUTHORIZED");
+    assert.equal(errorCode(await t.caught("dev1", { req: req("telemetry", {}), payload: { power: 9 } })), "UNAUTHORIZED", "no token at all");
+    // What the msg says wins over the request.
+    await t.ok("dev1", { req: req("telemetry", { authorization: `Bearer ${token}` }), deviceId: "meter-3", token: other, payload: { power: 4 } });
+    assert.deepEqual(t.hub.getState("meter-3").properties, { power: 4 });
+    assert.deepEqual(t.hub.getState("meter-2").properties, { power: 3 });
+    await t.ok("dev1", { req: req("telemetry", { authorization: `Bearer ${token}` }), kind: "state", payload: { properties: { power: 5 } } });
+    assert.equal(t.hub.getState("meter-2").properties.power, 5, "msg.kind over the route's");
+    // A get from a GET /devices/:id route.
+    const got = await t.ok("get1", { req: { params: { id: "meter-3" }, headers: {}, query: {}, route: { path: "/devices/:id" }, method: "GET" } });
+    assert.equal((got.payload as { id: string }).id, "meter-3");
+  });
   it("stops with the hub on a full stop, and a redeploy gets a fresh hub", async () => {
     const t = await load([device({ operation: "register" })]);
     await t.ok("dev1", { payload: { id: "old-1", protocol: "mqtt" } });
