@@ -47,7 +47,9 @@ export default function (RED: NodeAPI): void {
  */
 function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => Promise<Outcome> | Outcome {
   const operation = operationOf(msg, def.operation, "get", OPERATIONS, () => _("tethral-device.errors.operation", { operations: OPERATIONS.join(", ") }));
-  const deviceId = deviceIdOf(_, msg, def);
+  // A REST route's :id is read for a get and a device's own report only: a msg keeps its request
+  // all through a flow, and a register, update, remove or token further on must not act on it.
+  const deviceId = deviceIdOf(_, msg, def, operation === "get" || operation === "report");
   // The msg is the cause: the events of the change carry its id.
   const cause = flowCause(msg);
   const needId = (): string => {
@@ -166,12 +168,12 @@ function requestOf(msg: NodeMessage): HttpRequest | undefined {
 }
 
 /**
- * `msg.deviceId` when set, else the configured one, else the `:id` of the path of an `http in`
- * request (`msg.req.params.id`): a REST route needs no node of its own to copy it. Undefined
- * when none is given.
+ * `msg.deviceId` when set, else the configured one, else (with `fromRequest`) the `:id` of the
+ * path of an `http in` request (`msg.req.params.id`): a REST route needs no node of its own to
+ * copy it. Undefined when none is given.
  */
-function deviceIdOf(_: Translate, msg: NodeMessage, def: DeviceDef): string | undefined {
-  const fromPath = requestOf(msg)?.params?.id;
+function deviceIdOf(_: Translate, msg: NodeMessage, def: DeviceDef, fromRequest: boolean): string | undefined {
+  const fromPath = fromRequest ? requestOf(msg)?.params?.id : undefined;
   const id = fromMsg(msg, "deviceId", text(def.deviceId) ?? (typeof fromPath === "string" && fromPath !== "" ? fromPath : undefined));
   if (id === undefined || id === null) return undefined;
   if (typeof id !== "string") throw invalidInput("deviceId", _("tethral-device.errors.device-type"));

@@ -167,14 +167,14 @@ export class SqliteDatabase {
     this.series.rolledBack();
   }
 
-  /** Up to `limit` devices with ids after `after` ("" for the first page), in id order. */
-  loadDevicesPage(after: string, limit: number): JsonPage {
-    return this.s.loadDevicesPage.get(after, limit) as JsonPage;
+  /** Up to `limit` devices with ids after `after` ("" for the first page), in id order, about `maxChars` of JSON at most (see `jsonPageSql`). */
+  loadDevicesPage(after: string, limit: number, maxChars: number): JsonPage {
+    return this.s.loadDevicesPage.get(after, limit, maxChars) as JsonPage;
   }
 
-  /** Up to `limit` states with device ids after `after`, in that order. */
-  loadStatesPage(after: string, limit: number): JsonPage {
-    return this.s.loadStatesPage.get(after, limit) as JsonPage;
+  /** Up to `limit` states with device ids after `after`, in that order, about `maxChars` of JSON at most. */
+  loadStatesPage(after: string, limit: number, maxChars: number): JsonPage {
+    return this.s.loadStatesPage.get(after, limit, maxChars) as JsonPage;
   }
 
   /** Oldest first. */

@@ -31,12 +31,17 @@ const JSON_COLS: ReadonlySet<string> = new Set(["capabilities", "tags", "metadat
  * last key and the count. Handing one string to the store's side costs a copy, where 100,000
  * rows as arrays cost a structured clone each way and three JSON.parse calls a device; JSON
  * columns come out as JSON values, so the single JSON.parse on that side builds the objects.
- * Numbers round-trip: SQLite writes a REAL with the 17 digits it needs.
+ * Numbers round-trip: SQLite writes a REAL with the 17 digits it needs. A page holds at most
+ * the given rows and stops at the row that takes its text past the given characters (always one row at
+ * least): rows of up to half a megabyte each (a state's properties and desired) must not make a
+ * text longer than V8's or SQLite's longest. Parameters: the key to start after, rows, characters.
  */
 export function jsonPageSql(table: string, key: string, cols: readonly string[]): string {
   const values = cols.map((c) => (JSON_COLS.has(c) ? `json(${c})` : c)).join(", ");
-  return `SELECT json_group_array(json_array(${values})), max(${key}), count(*)
-    FROM (SELECT ${cols.join(", ")} FROM ${table} WHERE ${key} > ? ORDER BY ${key} LIMIT ?)`;
+  return `SELECT '[' || coalesce(group_concat(row, ','), '') || ']', max(k), count(*) FROM (
+      SELECT k, row, sum(length(row)) OVER (ORDER BY k ROWS UNBOUNDED PRECEDING) - length(row) AS before
+      FROM (SELECT ${key} AS k, json_array(${values}) AS row FROM ${table} WHERE ${key} > ? ORDER BY ${key} LIMIT ?)
+    ) WHERE before < ?`;
 }
 
 /** A page as `jsonPageSql` answers it: rows as JSON text, the last key (the next page starts after it), the count. */

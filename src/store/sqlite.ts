@@ -39,8 +39,10 @@ const toSeriesPoint = (r: RawSeriesPoint): SeriesPoint => ({ ts: r[0], value: po
 
 /** Rows per part of a big batch (see `writeBatch`): about a millisecond of encoding each. */
 const PART_ROWS = 2048;
-/** Rows per page when the fleet is loaded at start (a few MB of JSON each). */
+/** Rows per page when the fleet is loaded at start (a few MB of JSON each)… */
 const LOAD_PAGE_ROWS = 10_000;
+/** …and characters of JSON per page: a page ends at the row that passes this (see `jsonPageSql`). */
+const LOAD_PAGE_CHARS = 32 * 1024 * 1024;
 /** How long parts are encoded back to back before the event loop gets a turn. */
 const ENCODE_SLICE_MS = 8;
 
@@ -190,16 +192,17 @@ export class SqliteStore implements Store {
 
   /**
    * Every row of a table, a page at a time: the thread reads page n+1 while this side parses
-   * page n. Pages keep each JSON text far below V8's longest string, whatever the fleet's size.
+   * page n. Pages are bounded in rows and in characters, so a JSON text stays far below V8's
+   * longest string whatever the fleet's size and its rows' (an empty page ends the load).
    */
   private async loadPages<T>(method: "loadDevicesPage" | "loadStatesPage", row: (r: unknown[]) => T): Promise<T[]> {
     const out: T[] = [];
-    let next = this.call(method, ["", LOAD_PAGE_ROWS]);
+    let next = this.call(method, ["", LOAD_PAGE_ROWS, LOAD_PAGE_CHARS]);
     for (;;) {
       const [text, last, count] = await next;
-      const more = count === LOAD_PAGE_ROWS && last !== null;
+      const more = count > 0 && last !== null;
       if (more) {
-        next = this.call(method, [last, LOAD_PAGE_ROWS]);
+        next = this.call(method, [last, LOAD_PAGE_ROWS, LOAD_PAGE_CHARS]);
         // Awaited on the next turn; this keeps a failure while this page is parsed from going unhandled.
         next.catch(() => undefined);
       }

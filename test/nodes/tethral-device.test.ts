@@ -246,6 +246,17 @@ describe("tethral-device node", function () {
     const got = await t.ok("get1", { req: { params: { id: "meter-3" }, headers: {}, query: {}, route: { path: "/devices/:id" }, method: "GET" } });
     assert.equal((got.payload as { id: string }).id, "meter-3");
   });
+
+  it("takes no id from a request for a register, update, remove or token further on in a flow", async () => {
+    const t = await load([device({ operation: "register" })]);
+    const req = { params: { id: "site-7" }, headers: {}, query: {}, route: { path: "/sites/:id/devices" }, method: "POST" };
+    const m = await t.ok("dev1", { req, payload: { id: "pump-1", protocol: "mqtt" } });
+    assert.equal((m.payload as { id: string }).id, "pump-1", "registered under its own id, not the route's");
+    assert.equal(t.hub.registry.has("site-7"), false);
+    assert.equal(errorCode(await t.caught("dev1", { req, operation: "update", payload: { name: "x" } })), "INVALID", "an update names its device");
+    assert.equal(errorCode(await t.caught("dev1", { req, operation: "remove" })), "INVALID");
+    assert.equal(errorCode(await t.caught("dev1", { req, operation: "token" })), "INVALID");
+  });
   it("stops with the hub on a full stop, and a redeploy gets a fresh hub", async () => {
     const t = await load([device({ operation: "register" })]);
     await t.ok("dev1", { payload: { id: "old-1", protocol: "mqtt" } });

@@ -195,6 +195,26 @@ describe("SqliteStore", function () {
     for (const s of states) assert.deepEqual(stateOf.get(s.deviceId), s);
   });
 
+  it("loads rows as large as the limits allow in pages bounded by size, not only by count", async function () {
+    this.timeout(60_000);
+    const store = track(new SqliteStore({ path: ":memory:" }));
+    await store.open();
+    // 160 states of about 250,000 characters each (a state's properties may be 256 KiB of JSON):
+    // 40M characters, more than one page's bound of 32M, in far fewer rows than a page's 10,000.
+    const big = (seed: number) => ({ blob: String.fromCharCode(97 + (seed % 26)).repeat(250_000), seed });
+    const devices = Array.from({ length: 160 }, (_, i) => deviceRow(`big-${String(i).padStart(3, "0")}`, { metadata: { note: "m".repeat(60_000), i } }));
+    const states = devices.map((d, i) => stateRow(d.id, i + 1, { properties: big(i) }));
+    for (const d of devices) await store.upsertDevice(d);
+    for (let i = 0; i < states.length; i += 20) await store.writeBatch({ presence: [], states: states.slice(i, i + 20), history: [], events: [] });
+    const loadedStates = await store.loadStates();
+    assert.equal(loadedStates.length, states.length);
+    const byId = new Map(loadedStates.map((s) => [s.deviceId, s]));
+    for (const s of states) assert.deepEqual(byId.get(s.deviceId), s);
+    const loadedDevices = await store.loadDevices();
+    assert.equal(loadedDevices.length, devices.length);
+    assert.equal(new Set(loadedDevices.map((d) => d.id)).size, devices.length);
+  });
+
   it("runs calls made before the open is answered after it, in order", async function () {
     const store = track(new SqliteStore({ path: ":memory:" }));
     const opened = store.open();

@@ -31,11 +31,14 @@ export function applyChanges(host: MemberHost, owns: (deviceId: string) => boole
       continue;
     }
     if (record.updatedAt !== row.updatedAt) {
-      // Edited on its owner: the record is rebuilt (indexes and all), its state kept.
+      // Edited on its owner: the record is rebuilt (indexes and all), its state and token hash
+      // kept (an edit writes no token row that would bring the hash back).
       const kept = record.state;
+      const tokenHash = record.tokenHash;
       registry.remove(row.id, { silent: true });
       const fresh = registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
       fresh.state = kept;
+      fresh.tokenHash = tokenHash;
       if (row.lastMessage) lastMessages.set(row.id, row.lastMessage);
       continue;
     }
