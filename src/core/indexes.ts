@@ -105,7 +105,7 @@ type ListLinks = readonly ["capGroup", "capPrev", "capNext"] | readonly ["tagGro
  * The records whose list (capabilities or tags) holds the same values, case folded: a fleet has
  * few distinct lists, so a filter works on a handful of groups instead of on every record.
  */
-export class ListGroup {
+export class ListGroup implements Members {
   head: DeviceRecord | null = null;
   tail: DeviceRecord | null = null;
   size = 0;
@@ -114,22 +114,19 @@ export class ListGroup {
     readonly key: string,
     /** The list's values, lower case and without repeats. */
     readonly values: readonly string[],
-  ) {}
-}
-
-/** One value of a list index: its count, its groups, and the spelling it was first met in. */
-class ListValue implements Members {
-  size = 0;
-  readonly groups = new Set<ListGroup>();
-
-  constructor(
-    readonly value: string,
     private readonly next: ListLinks[2],
   ) {}
 
   *[Symbol.iterator](): Iterator<DeviceRecord> {
-    for (const group of this.groups) for (let r = group.head; r !== null; r = r[this.next]) yield r;
+    for (let r = this.head; r !== null; r = r[this.next]) yield r;
   }
+}
+
+/** One value of a list index: its count, its groups, and the spelling it was first met in. */
+interface ListValue {
+  readonly value: string;
+  size: number;
+  readonly groups: Set<ListGroup>;
 }
 
 /**
@@ -190,11 +187,6 @@ export class ListIndex {
     if (group.size === 0) this.groups.delete(group.key);
   }
 
-  /** The records carrying `value` (any case). */
-  get(value: string): Members | undefined {
-    return this.values.get(value.toLowerCase());
-  }
-
   /** The groups of records carrying all (or any) of `values`, which are lower case. */
   groupsWith(values: readonly string[], match: "all" | "any"): ListGroup[] {
     const entries = values.map((v) => this.values.get(v));
@@ -209,11 +201,6 @@ export class ListIndex {
     const out = new Set<ListGroup>();
     for (const entry of entries) if (entry !== undefined) for (const group of entry.groups) out.add(group);
     return [...out];
-  }
-
-  /** The record after `record` in its group. */
-  next(record: DeviceRecord): DeviceRecord | null {
-    return record[this.links[2]];
   }
 
   /** The group a record sits in, for a filter's per-record test. */
@@ -236,12 +223,12 @@ export class ListIndex {
       folded.push(v);
       spellings.push(spelt);
     }
-    const group = new ListGroup(key, folded);
+    const group = new ListGroup(key, folded, this.links[2]);
     this.groups.set(key, group);
     for (let i = 0; i < folded.length; i++) {
       let entry = this.values.get(folded[i]!);
       if (entry === undefined) {
-        entry = new ListValue(spellings[i]!, this.links[2]);
+        entry = { value: spellings[i]!, size: 0, groups: new Set() };
         this.values.set(folded[i]!, entry);
       }
       entry.groups.add(group);

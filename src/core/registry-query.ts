@@ -149,7 +149,7 @@ export function listCondition(index: ListIndex, values: string[], match: "any" |
   return {
     size: groups.reduce((n, g) => n + g.size, 0),
     records: function* () {
-      for (const group of groups) for (let r = group.head; r !== null; r = index.next(r)) yield r;
+      for (const group of groups) yield* group;
     },
     test: (r) => {
       const group = index.groupOf(r);

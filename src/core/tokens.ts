@@ -99,7 +99,18 @@ export class DeviceTokens {
   }
 }
 
-/** A stored hex hash as the latin1 string the map keeps. */
+/** A stored hex hash as the latin1 string kept in memory. */
 function fromHex(hex: string): string {
   return Buffer.from(hex, "hex").toString("latin1");
+}
+
+/**
+ * The token a device presents over HTTP (a report, a WebSocket upgrade): `Authorization: Bearer
+ * TOKEN`, else `?token=` (for devices that cannot set headers, and under httpNodeAuth, whose
+ * Basic credentials take the header).
+ */
+export function presentedToken(authorization: unknown, query: unknown): string | undefined {
+  const bearer = typeof authorization === "string" ? /^Bearer\s+(\S+)\s*$/i.exec(authorization) : null;
+  if (bearer) return bearer[1];
+  return typeof query === "string" ? query : undefined;
 }

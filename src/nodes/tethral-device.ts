@@ -1,6 +1,7 @@
 import type { Hub } from "../core";
 import { TethralError } from "../core/errors";
 import type { DeviceFilter } from "../core/registry";
+import { presentedToken } from "../core/tokens";
 import { HubUse, type Outcome, fromMsg, invalidInput, isPlainObject, flowCause, operationHandler, operationOf, text, deviceSender } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
@@ -130,7 +131,7 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
         throw invalidInput("kind", _("tethral-device.errors.kind", { kinds: REPORT_KINDS.join(", ") }));
       }
       const sender = deviceSender(msg, { token: _("tethral-device.errors.token"), protocol: _("tethral-device.errors.protocol") });
-      const token = sender.token ?? requestToken(req);
+      const token = sender.token ?? presentedToken(req?.headers?.authorization, req?.query?.token);
       const protocol = sender.protocol;
       // A status comes as text (online), a JSON string ("online") or {"status": "online"}.
       const payload = kind === "status" && typeof msg.payload === "string" ? msg.payload.trim() : msg.payload;
@@ -178,16 +179,6 @@ function deviceIdOf(_: Translate, msg: NodeMessage, def: DeviceDef, fromRequest:
   if (id === undefined || id === null) return undefined;
   if (typeof id !== "string") throw invalidInput("deviceId", _("tethral-device.errors.device-type"));
   return id;
-}
-
-/** An `http in` request's device token: `Authorization: Bearer TOKEN`, else `?token=` (for devices that cannot set headers, and under httpNodeAuth, whose Basic takes the header). */
-function requestToken(req: HttpRequest | undefined): string | undefined {
-  if (!req) return undefined;
-  const authorization = req.headers?.authorization;
-  const bearer = typeof authorization === "string" ? /^Bearer\s+(\S+)\s*$/i.exec(authorization) : null;
-  if (bearer) return bearer[1];
-  const query = req.query?.token;
-  return typeof query === "string" ? query : undefined;
 }
 
 /** The report kind an `http in` route names as its last step (`/devices/:id/heartbeat`), if any. */

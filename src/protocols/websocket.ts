@@ -3,6 +3,7 @@ import type { AddressInfo } from "node:net";
 import type { Duplex } from "node:stream";
 import { type RawData, WebSocket, WebSocketServer } from "ws";
 import { type ErrorCode, TethralError, errorMessage } from "../core/errors";
+import { presentedToken } from "../core/tokens";
 import { encodeTwin } from "../core/twin";
 import type { Device, DeviceTwin } from "../core/types";
 import { busyHealth } from "./intake-hold";
@@ -297,7 +298,7 @@ export class WebSocketAdapter implements ProtocolAdapter {
       context.reject({ kind: "connect", reason: "no-device-id", message: 'the query must name the device: "?device=ID"' });
       return refuse(socket, 400, "INVALID", 'the query must name the device: "?device=ID"');
     }
-    const token = bearer(req.headers.authorization) ?? params.get("token") ?? undefined;
+    const token = presentedToken(req.headers.authorization, params.get("token") ?? undefined);
     const auth = context.authenticate(this.name, deviceId, token);
     if (!auth.ok) {
       // Counted and published by the hub.
@@ -416,11 +417,6 @@ export class WebSocketAdapter implements ProtocolAdapter {
       }
     }
   }
-}
-
-function bearer(header: string | undefined): string | undefined {
-  const m = header ? /^Bearer\s+(\S+)\s*$/i.exec(header) : null;
-  return m?.[1];
 }
 
 /** Answers an upgrade with a plain HTTP error on the raw socket, then drops it. */
