@@ -48,15 +48,18 @@ const EVENT_QUERY_CACHE = 64;
 export class SqliteDatabase {
   private readonly path: string;
   private readonly busyTimeoutMs: number;
+  private readonly autocheckpointPages: number | undefined;
   private conn: Db | undefined;
   private stmts: ReturnType<SqliteDatabase["prepareAll"]> | undefined;
   private ts: SqliteSeries | undefined;
   private readonly chunkStmts = new Map<string, Stmt>();
   private readonly eventQueries = new Map<string, Stmt>();
 
-  constructor(options: SqliteStoreOptions) {
+  /** `walAutocheckpointPages`: SQLite's own checkpoint threshold, raised when a checkpointer thread does the work (see `WalCheckpointer`). */
+  constructor(options: SqliteStoreOptions & { walAutocheckpointPages?: number }) {
     this.path = options.path;
     this.busyTimeoutMs = options.busyTimeoutMs ?? 5000;
+    this.autocheckpointPages = options.walAutocheckpointPages;
   }
 
   open(): void {
@@ -75,6 +78,7 @@ export class SqliteDatabase {
       // series' newest points and roll-ups), stay in memory while batches land.
       db.pragma("cache_size = -131072");
       db.pragma("journal_size_limit = 67108864"); // the WAL shrinks back to 64 MiB after checkpoints
+      if (!inMemory && this.autocheckpointPages !== undefined) db.pragma(`wal_autocheckpoint = ${Math.floor(this.autocheckpointPages)}`);
       db.exec(
         `CREATE TABLE IF NOT EXISTS ${MIGRATIONS_TABLE} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)`,
       );
@@ -100,6 +104,11 @@ export class SqliteDatabase {
     this.chunkStmts.clear();
     this.eventQueries.clear();
     db?.close();
+  }
+
+  /** SQLite's own checkpoint threshold, back to its default when the checkpointer thread is gone. */
+  walAutocheckpoint(pages: number): void {
+    this.db.pragma(`wal_autocheckpoint = ${Math.max(0, Math.floor(pages))}`);
   }
 
   ping(): void {

@@ -1,13 +1,25 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
-import { Worker } from "node:worker_threads";
+import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
 import { TethralError } from "../core/errors";
 import type { SqliteDatabase } from "./sqlite-database";
 import type { SqliteStoreOptions } from "./sqlite";
+import { BACKSTOP_PAGES } from "./sqlite-checkpointer";
 import { fromWire, type SqliteMethod, type SqliteReply, type SqliteRequest } from "./sqlite-wire";
 
 export type ThreadArgs<M extends SqliteMethod> = Parameters<SqliteDatabase[M]>;
 export type ThreadResult<M extends SqliteMethod> = ReturnType<SqliteDatabase[M]>;
+
+/** What a thread of the store starts with (sqlite-worker.ts). */
+export interface ThreadData extends SqliteStoreOptions {
+  role: "database" | "checkpointer";
+  /** The database thread's line to the checkpointer, and the checkpointer's to it. */
+  peer?: MessagePort;
+  walAutocheckpointPages?: number;
+}
+
+/** SQLite's default checkpoint threshold, for a database thread whose checkpointer is gone. */
+const SQLITE_DEFAULT_AUTOCHECKPOINT = 1000;
 
 interface Pending {
   resolve: (value: unknown) => void;
@@ -30,11 +42,29 @@ export class SqliteThread {
     private readonly worker: Worker,
     private readonly where: string,
     private readonly onLost: (reason: TethralError) => void,
+    private checkpointer: Worker | null,
   ) {}
 
-  /** Starts a thread for the database at `data.path`; `onLost` hears of a thread that died by itself. */
+  /**
+   * Starts a thread for the database at `data.path`, and for a file its checkpointer thread;
+   * `onLost` hears of a database thread that died by itself.
+   */
   static start(data: SqliteStoreOptions, onLost: (reason: TethralError) => void): SqliteThread {
-    const thread = new SqliteThread(spawn(data), data.path, onLost);
+    if (data.path === ":memory:" || data.path === "") {
+      const thread = new SqliteThread(spawn({ ...data, role: "database" }), data.path, onLost, null);
+      thread.listen();
+      return thread;
+    }
+    const { port1, port2 } = new MessageChannel();
+    const worker = spawn({ ...data, role: "database", peer: port1, walAutocheckpointPages: BACKSTOP_PAGES }, [port1]);
+    let checkpointer: Worker;
+    try {
+      checkpointer = spawn({ ...data, role: "checkpointer", peer: port2 }, [port2]);
+    } catch (err) {
+      void worker.terminate();
+      throw err;
+    }
+    const thread = new SqliteThread(worker, data.path, onLost, checkpointer);
     thread.listen();
     return thread;
   }
@@ -52,8 +82,11 @@ export class SqliteThread {
     });
   }
 
-  /** Closes the database (after the calls already posted) and ends the thread. */
+  /** Closes the database (after the calls already posted) and ends the threads. */
   async stop(): Promise<void> {
+    // The checkpointer's connection closes first: the database thread's close, the last one,
+    // then checkpoints what is left and removes the WAL.
+    await this.stopCheckpointer();
     if (this.ended) return;
     try {
       await this.call("close", []);
@@ -64,7 +97,39 @@ export class SqliteThread {
     await this.worker.terminate();
   }
 
+  private async stopCheckpointer(): Promise<void> {
+    const c = this.checkpointer;
+    if (!c) return;
+    this.checkpointer = null;
+    const closed = new Promise<void>((resolve) => {
+      const timer = setTimeout(resolve, 2000);
+      const done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      c.once("message", done);
+      c.once("exit", done);
+    });
+    try {
+      c.postMessage("close");
+      await closed;
+    } finally {
+      await c.terminate();
+    }
+  }
+
   private listen(): void {
+    const c = this.checkpointer;
+    if (c) {
+      c.unref();
+      c.on("error", () => undefined);
+      c.on("exit", () => {
+        if (this.checkpointer !== c) return;
+        // Died by itself: the database thread checkpoints as SQLite does by default again.
+        this.checkpointer = null;
+        this.call("walAutocheckpoint", [SQLITE_DEFAULT_AUTOCHECKPOINT]).catch(() => undefined);
+      });
+    }
     this.worker.unref();
     this.worker.on("message", (reply: SqliteReply) => {
       const waiting = this.pending.get(reply.id);
@@ -85,7 +150,10 @@ export class SqliteThread {
       if (this.lastError) this.ended.cause = this.lastError;
       for (const waiting of this.pending.values()) waiting.reject(this.ended);
       this.pending.clear();
-      if (!this.stopping) this.onLost(this.ended);
+      if (!this.stopping) {
+        void this.stopCheckpointer();
+        this.onLost(this.ended);
+      }
     });
   }
 }
@@ -96,11 +164,11 @@ export class SqliteThread {
  * build, this file is in a shared chunk at the top of dist/ and the worker is an entry of its
  * own at dist/store/sqlite-worker.js.
  */
-function spawn(data: SqliteStoreOptions): Worker {
+function spawn(data: ThreadData, transferList: MessagePort[] = []): Worker {
   if (__filename.endsWith(".ts")) {
     const entry = JSON.stringify(join(__dirname, "sqlite-worker.ts"));
     const source = `require(require("node:module").createRequire(${entry}).resolve("tsx/cjs")); require(${entry});`;
-    return new Worker(source, { eval: true, workerData: data });
+    return new Worker(source, { eval: true, workerData: data, transferList });
   }
   const candidates = [
     join(__dirname, "sqlite-worker.js"),
@@ -111,5 +179,5 @@ function spawn(data: SqliteStoreOptions): Worker {
   if (!file) {
     throw new TethralError("UNAVAILABLE", `cannot open the SQLite database at ${data.path}: no sqlite-worker.js in ${candidates.join(", ")}`);
   }
-  return new Worker(file, { workerData: data });
+  return new Worker(file, { workerData: data, transferList });
 }

@@ -5,7 +5,7 @@ import type { SqliteDatabase } from "./sqlite-database";
 
 /** The calls the thread answers: SqliteDatabase's public methods, by name. */
 export const SQLITE_METHODS = [
-  "open", "close", "ping", "schemaVersion", "upsertDevice", "deleteDevice", "upsertState", "writeBatch",
+  "open", "close", "ping", "walAutocheckpoint", "schemaVersion", "upsertDevice", "deleteDevice", "upsertState", "writeBatch",
   "beginBatch", "writePart", "commitBatch", "rollbackBatch",
   "loadDevicesPage", "loadStatesPage", "stateHistory", "events", "putToken", "getToken", "loadTokens", "deleteToken",
   "putCommand", "putCommands", "getCommand", "pendingCommands", "deleteCommand", "deviceCommands", "purge",

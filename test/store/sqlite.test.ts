@@ -10,7 +10,8 @@ import { LATEST_SCHEMA_VERSION, MIGRATIONS_TABLE } from "../../src/store/migrati
 import { SqliteStore } from "../../src/store/sqlite";
 import type { HistoryRow, WriteBatch } from "../../src/core/ports/store";
 import { describeStoreContract } from "./contract";
-import { deviceRow, eventRow, historyRow, stateRow, T0 } from "./fixtures";
+import { commandRow, deviceRow, eventRow, historyRow, stateRow, T0 } from "./fixtures";
+import { BACKSTOP_PAGES } from "../../src/store/sqlite-checkpointer";
 
 function tempDir(): string {
   return mkdtempSync(join(tmpdir(), "tethral-sqlite-"));
@@ -34,6 +35,24 @@ function workerOf(store: SqliteStore): Worker {
   const thread = (store as unknown as { thread?: { worker: Worker } }).thread;
   assert.ok(thread, "the store has a thread");
   return thread.worker;
+}
+
+/** The store's checkpointer thread (null once stopped or gone). */
+function checkpointerOf(store: SqliteStore): Worker | null {
+  return (store as unknown as { thread: { checkpointer: Worker | null } }).thread.checkpointer;
+}
+
+/** About `mb` MB of command rows (4 KB of params each): a WAL page or more per row. */
+function bulkyCommands(prefix: string, mb: number) {
+  return Array.from({ length: mb * 256 }, (_, i) => commandRow(`${prefix}${i}`, "d1", T0 + i, { params: { blob: "x".repeat(4000) } }));
+}
+
+async function until(what: string, check: () => boolean, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!check()) {
+    if (Date.now() > end) assert.fail(`timed out waiting until ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 const messagePorts = () => process.getActiveResourcesInfo().filter((r) => r === "MessagePort").length;
@@ -354,9 +373,92 @@ describe("SqliteStore", function () {
     await assert.rejects(store.ping(), (err: unknown) => isTethralError(err) && err.code === "UNAVAILABLE");
   });
 
+  it("copies the WAL into the database file from a thread of its own while writes come", async function () {
+    const file = join(dir, "tethral.db");
+    const store = track(new SqliteStore({ path: file }));
+    await store.open();
+    const before = statSync(file).size;
+    // 12 MB: about 3,000 pages, well under the writer's own checkpoint (BACKSTOP_PAGES), so
+    // only the checkpointer thread can have copied them into the file.
+    assert.ok(12 * 256 < BACKSTOP_PAGES);
+    const rows = bulkyCommands("c", 12);
+    for (let i = 0; i < rows.length; i += 100) await store.putCommands(rows.slice(i, i + 100));
+    await until("the database file holds the rows", () => statSync(file).size > before + 10 * 2 ** 20);
+    assert.equal((await store.getCommand("c3071"))?.params.blob, "x".repeat(4000));
+  });
+
+  it("goes back to SQLite's own checkpoints when its checkpointer thread is gone", async function () {
+    const file = join(dir, "tethral.db");
+    const store = track(new SqliteStore({ path: file }));
+    await store.open();
+    const checkpointer = checkpointerOf(store)!;
+    assert.ok(checkpointer, "a file store has a checkpointer thread");
+    await checkpointer.terminate();
+    await until("the store has noticed", () => checkpointerOf(store) === null);
+    const before = statSync(file).size;
+    const rows = bulkyCommands("c", 12);
+    for (let i = 0; i < rows.length; i += 100) await store.putCommands(rows.slice(i, i + 100));
+    // SQLite's default: a checkpoint every 1,000 pages, in the writer's commits.
+    assert.ok(statSync(file).size > before + 8 * 2 ** 20, "the writer checkpointed on its own");
+    assert.equal((await store.getCommand("c3071"))?.params.blob, "x".repeat(4000));
+  });
+
+  it("ends both its threads at close and leaves no WAL behind", async function () {
+    const file = join(dir, "tethral.db");
+    const store = track(new SqliteStore({ path: file }));
+    await store.open();
+    await store.putCommands(bulkyCommands("c", 2));
+    const worker = workerOf(store);
+    const checkpointer = checkpointerOf(store)!;
+    await store.close();
+    assert.equal(worker.threadId, -1, "the database thread has ended");
+    assert.equal(checkpointer.threadId, -1, "the checkpointer thread has ended");
+    assert.equal(existsSync(`${file}-wal`), false, "the last connection to close removed the WAL");
+    const again = track(new SqliteStore({ path: file }));
+    await again.open();
+    assert.equal((await again.getCommand("c511"))?.id, "c511");
+  });
+
+  it("commits commands queued together in one transaction, and refuses only a refused one", async function () {
+    const file = join(dir, "tethral.db");
+    const store = track(new SqliteStore({ path: file }));
+    await store.open();
+    const thread = (store as unknown as { thread: { call: (m: string, a: unknown[]) => Promise<unknown> } }).thread;
+    const calls: string[] = [];
+    const call = thread.call.bind(thread);
+    thread.call = (m, a) => (calls.push(m), call(m, a));
+    const good = Array.from({ length: 50 }, (_, i) => commandRow(`c${i}`, "d1", T0 + i));
+    const results = await Promise.allSettled(good.map((row) => store.putCommand(row)));
+    assert.deepEqual(results.map((r) => r.status), good.map(() => "fulfilled"));
+    assert.deepEqual(calls, ["putCommands"], "fifty commands, one transaction");
+    assert.equal((await store.pendingCommands("d1")).length, 50);
+
+    calls.length = 0;
+    // A row the database refuses (NOT NULL) among good ones: the group is rolled back and each
+    // row is written on its own, so only its caller hears of it.
+    const mixed = [commandRow("m0", "d1", T0), commandRow("bad", "d1", T0, { command: null as unknown as string }), commandRow("m2", "d1", T0)];
+    const settled = await Promise.allSettled(mixed.map((row) => store.putCommand(row)));
+    assert.deepEqual(settled.map((r) => r.status), ["fulfilled", "rejected", "fulfilled"]);
+    assert.match(String((settled[1] as PromiseRejectedResult).reason), /NOT NULL/);
+    assert.equal((await store.getCommand("m0"))?.id, "m0");
+    assert.equal((await store.getCommand("m2"))?.id, "m2");
+    assert.equal(await store.getCommand("bad"), null);
+
+    // Queued while a write is on the thread: they wait for it, then go together.
+    calls.length = 0;
+    const first = store.putCommand(commandRow("w0", "d1", T0));
+    await Promise.resolve();
+    await Promise.resolve();
+    const later = Array.from({ length: 10 }, (_, i) => store.putCommand(commandRow(`w${i + 1}`, "d1", T0)));
+    await Promise.all([first, ...later]);
+    assert.deepEqual(calls.filter((m) => m !== "getCommand"), ["putCommand", "putCommands"]);
+  });
+
   it("does not keep a process alive once its calls are answered", function () {
+    // A file store: its checkpointer thread must not keep the process alive either.
+    const file = join(dir, "alive.db");
     const script = `const { SqliteStore } = require(${JSON.stringify(join(__dirname, "../../src/store/sqlite.ts"))});
-      const store = new SqliteStore({ path: ":memory:" });
+      const store = new SqliteStore({ path: ${JSON.stringify(file)} });
       store.open().then(() => store.ping()).then(() => console.log("answered"));`;
     const child = spawnSync(process.execPath, ["-r", "tsx/cjs", "-e", script], { encoding: "utf8", timeout: 15_000 });
     assert.equal(child.error, undefined, "the process ended by itself");
