@@ -3,10 +3,10 @@ import type { MessagePort } from "node:worker_threads";
 
 type Db = InstanceType<typeof Database>;
 
-/** Pages the writer lets into the WAL before it checkpoints itself: a backstop only (see below). */
-export const BACKSTOP_PAGES = 10_000;
 /** At most one background checkpoint per this many ms while writes keep coming. */
 export const CHECKPOINT_INTERVAL_MS = 200;
+/** Checkpoints failed in a row after which the thread gives up (the writer then checkpoints as SQLite does by default). */
+const MAX_FAILURES = 5;
 
 interface CheckpointResult {
   busy: number;
@@ -24,21 +24,27 @@ interface CheckpointResult {
  * 5–10 ms instead of 0.1, and every call queued behind it waiting as long (`bench:comm`).
  *
  * Here a second connection runs passive checkpoints (they never wait for, nor block, the writer
- * or readers), at most every `CHECKPOINT_INTERVAL_MS` while the writer says it is writing, and
- * once more after it stops, until a checkpoint finds nothing new. The writer keeps SQLite's own
- * checkpoint at `BACKSTOP_PAGES`: should this one fall behind or stop, the WAL stays bounded; when
- * it keeps up, the writer's checkpoint finds nothing left to copy.
+ * or readers), at most every `CHECKPOINT_INTERVAL_MS` while the writer says it has written, and
+ * again after it stops, until a checkpoint finds nothing new. The writer keeps SQLite's own
+ * checkpoint at `BACKSTOP_PAGES` (sqlite-wire.ts), so the WAL stays bounded whatever happens here. Under steady
+ * writes the WAL is rarely all copied just when a transaction begins (when SQLite starts it over
+ * from the top), so it grows to that size and the writer's checkpoint does run, once per
+ * `BACKSTOP_PAGES` instead of per 1,000, and finds most of the WAL copied already. A thread whose
+ * checkpoints keep failing ends, and the writer checkpoints as SQLite does by default again.
  */
 export class WalCheckpointer {
   private db: Db | undefined;
   private timer: NodeJS.Timeout | null = null;
   private lastRunAt = 0;
   private lastLog = -1;
+  private failures = 0;
   private closed = false;
 
   constructor(
     private readonly path: string,
     private readonly busyTimeoutMs: number,
+    /** Called once checkpoints keep failing: the thread should end. */
+    private readonly giveUp: () => void,
   ) {}
 
   /** The writer wrote something: checkpoint soon. */
@@ -66,13 +72,19 @@ export class WalCheckpointer {
       this.db ??= this.connect();
       result = (this.db.pragma("wal_checkpoint(PASSIVE)") as CheckpointResult[])[0]!;
     } catch {
-      // Busy or briefly unreadable: the next nudge tries again, and the writer's own
-      // checkpoint bounds the WAL meanwhile.
+      // Briefly unreadable: the next nudge tries again, and the writer's own checkpoint bounds
+      // the WAL meanwhile. Failing again and again: let the writer do it all.
+      if (++this.failures >= MAX_FAILURES) {
+        this.close();
+        this.giveUp();
+      }
       return;
     }
-    // Frames came in meanwhile, or some could not be copied yet (a reader holds them): look
-    // again. Otherwise rest until the writer writes again.
-    const again = result.log !== this.lastLog || result.checkpointed < result.log;
+    this.failures = 0;
+    // Frames came in meanwhile, some could not be copied yet (a reader holds them), or the
+    // checkpoint lock was taken (the writer's own checkpoint): look again. Otherwise rest until
+    // the writer writes again.
+    const again = result.busy !== 0 || result.log !== this.lastLog || result.checkpointed < result.log;
     this.lastLog = result.log;
     if (again) this.nudge();
   }
@@ -94,7 +106,8 @@ export class WalCheckpointer {
 
 /** The checkpointer's thread: nudges from the writer's thread on `writer`, "close" from its parent. */
 export function runCheckpointer(parent: MessagePort, writer: MessagePort, path: string, busyTimeoutMs: number): void {
-  const checkpointer = new WalCheckpointer(path, busyTimeoutMs);
+  // Giving up ends this thread; its parent then has the writer checkpoint on its own again.
+  const checkpointer = new WalCheckpointer(path, busyTimeoutMs, () => process.exit(1));
   writer.on("message", () => checkpointer.nudge());
   parent.on("message", (m: unknown) => {
     if (m === "close") {

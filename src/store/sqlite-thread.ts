@@ -1,11 +1,10 @@
 import { existsSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve as resolvePath } from "node:path";
 import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
 import { TethralError } from "../core/errors";
 import type { SqliteDatabase } from "./sqlite-database";
 import type { SqliteStoreOptions } from "./sqlite";
-import { BACKSTOP_PAGES } from "./sqlite-checkpointer";
-import { fromWire, type SqliteMethod, type SqliteReply, type SqliteRequest } from "./sqlite-wire";
+import { BACKSTOP_PAGES, fromWire, type SqliteMethod, type SqliteReply, type SqliteRequest } from "./sqlite-wire";
 
 export type ThreadArgs<M extends SqliteMethod> = Parameters<SqliteDatabase[M]>;
 export type ThreadResult<M extends SqliteMethod> = ReturnType<SqliteDatabase[M]>;
@@ -45,6 +44,9 @@ export class SqliteThread {
     private checkpointer: Worker | null,
   ) {}
 
+  /** The checkpointer's stop, once begun: every later stop waits for the same one. */
+  private checkpointerStopped: Promise<void> | null = null;
+
   /**
    * Starts a thread for the database at `data.path`, and for a file its checkpointer thread;
    * `onLost` hears of a database thread that died by itself.
@@ -55,11 +57,14 @@ export class SqliteThread {
       thread.listen();
       return thread;
     }
+    // Both threads open the same file, the checkpointer later: by then this process may have
+    // changed its working directory.
+    const file = { ...data, path: resolvePath(data.path) };
     const { port1, port2 } = new MessageChannel();
-    const worker = spawn({ ...data, role: "database", peer: port1, walAutocheckpointPages: BACKSTOP_PAGES }, [port1]);
+    const worker = spawn({ ...file, role: "database", peer: port1, walAutocheckpointPages: BACKSTOP_PAGES }, [port1]);
     let checkpointer: Worker;
     try {
-      checkpointer = spawn({ ...data, role: "checkpointer", peer: port2 }, [port2]);
+      checkpointer = spawn({ ...file, role: "checkpointer", peer: port2 }, [port2]);
     } catch (err) {
       void worker.terminate();
       throw err;
@@ -97,12 +102,19 @@ export class SqliteThread {
     await this.worker.terminate();
   }
 
-  private async stopCheckpointer(): Promise<void> {
+  private stopCheckpointer(): Promise<void> {
     const c = this.checkpointer;
-    if (!c) return;
-    this.checkpointer = null;
+    if (c) {
+      this.checkpointer = null;
+      this.checkpointerStopped = this.endCheckpointer(c);
+    }
+    return this.checkpointerStopped ?? Promise.resolve();
+  }
+
+  private async endCheckpointer(c: Worker): Promise<void> {
     const closed = new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, 2000);
+      timer.unref();
       const done = () => {
         clearTimeout(timer);
         resolve();

@@ -3,6 +3,12 @@ import type { SqliteDatabase } from "./sqlite-database";
 
 /** What the SQLite store and its database thread say to each other. */
 
+/**
+ * Pages the database thread lets into the WAL before it checkpoints itself, while its
+ * checkpointer thread does that work (see `WalCheckpointer`): a backstop only.
+ */
+export const BACKSTOP_PAGES = 10_000;
+
 /** The calls the thread answers: SqliteDatabase's public methods, by name. */
 export const SQLITE_METHODS = [
   "open", "close", "ping", "walAutocheckpoint", "schemaVersion", "upsertDevice", "deleteDevice", "upsertState", "writeBatch",

@@ -25,6 +25,8 @@ function serve(port: MessagePort, checkpointer: MessagePort | undefined): void {
   const db = new SqliteDatabase(data);
   const methods = new Set<string>(SQLITE_METHODS);
   type Call = (...args: unknown[]) => unknown;
+  /** Calls that may have written: only their success wakes the checkpointer. */
+  const WRITES = new Set<string>(["open", "upsertDevice", "deleteDevice", "upsertState", "writeBatch", "commitBatch", "putToken", "deleteToken", "putCommand", "putCommands", "deleteCommand", "purge"]);
   /** Nudges are few: one per this many ms at most (the checkpointer waits longer between runs anyway). */
   const NUDGE_MS = 50;
   let nudgedAt = -NUDGE_MS;
@@ -43,7 +45,7 @@ function serve(port: MessagePort, checkpointer: MessagePort | undefined): void {
     } catch (err) {
       port.postMessage({ id, ok: false, error: toWire(err) } satisfies SqliteReply);
     }
-    if (checkpointer && method !== "close") {
+    if (checkpointer && reply.ok && WRITES.has(method)) {
       const now = performance.now();
       if (now - nudgedAt >= NUDGE_MS) {
         nudgedAt = now;

@@ -46,6 +46,18 @@ const LOAD_PAGE_CHARS = 32 * 1024 * 1024;
 /** How long parts are encoded back to back before the event loop gets a turn. */
 const ENCODE_SLICE_MS = 8;
 
+/** Most commands in one group commit (as the command writer's batches). */
+const MAX_COMMAND_GROUP = 500;
+
+/** An error about one row (a constraint, a value SQLite cannot bind), not about the database. */
+function refusedRow(err: unknown): boolean {
+  // From the thread an error keeps its name and code, not its class.
+  const name = (err as { name?: unknown } | null)?.name;
+  if (name === "TypeError" || name === "RangeError") return true;
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === "string" && /^SQLITE_(CONSTRAINT|MISMATCH|TOOBIG|RANGE)/.test(code);
+}
+
 interface QueuedCommand {
   params: unknown[];
   resolve: () => void;
@@ -67,7 +79,9 @@ export interface SqliteStoreOptions {
  * every flow while it is written. This thread only encodes: rows go over as arrays of SQL
  * parameters with the JSON columns as text, and come back as raw rows it decodes (see
  * `encodeBatch` for why not structured clone of the row objects). Calls are answered in the
- * order they were made, each once the thread has done it: a resolved write is committed.
+ * order they were made, each once the thread has done it: a resolved write is committed. The
+ * one exception: commands queued together go as one transaction (see `putCommand`), posted
+ * after the calls made in the same run of this thread.
  */
 export class SqliteStore implements Store {
   readonly kind = "sqlite" as const;
@@ -81,6 +95,7 @@ export class SqliteStore implements Store {
   /** Commands waiting for the next group commit (see `putCommand`), and whether one is on the thread. */
   private readonly commandQueue: QueuedCommand[] = [];
   private commandWriting = false;
+  private readonly commandsDrained: (() => void)[] = [];
   /** Why the last thread stopped when nobody closed it: later calls say so. */
   private lost: string | undefined;
 
@@ -115,8 +130,10 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
-    // A batch being handed over is posted whole before the thread stops.
+    // A batch being handed over is posted whole before the thread stops, and commands queued
+    // for a group commit are written first: they were asked for before the close.
     while (this.handingOver) await this.handingOver;
+    await this.drainCommands();
     const thread = this.thread;
     this.thread = undefined;
     this.lost = undefined;
@@ -265,7 +282,7 @@ export class SqliteStore implements Store {
 
   private writeCommands(): void {
     if (this.commandWriting || this.commandQueue.length === 0) return;
-    const group = this.commandQueue.splice(0);
+    const group = this.commandQueue.splice(0, MAX_COMMAND_GROUP);
     this.commandWriting = true;
     // `call` throws at once without a thread: that is each caller's rejection too.
     const write = <M extends "putCommand" | "putCommands">(method: M, args: ThreadArgs<M>): Promise<void> => {
@@ -281,13 +298,28 @@ export class SqliteStore implements Store {
         ? alone(group[0]!)
         : write("putCommands", [group.map((g) => g.params)]).then(
             () => group.forEach((g) => g.resolve()),
-            // One row refused rolls the group back: each is tried alone, so only its caller hears of it.
-            () => Promise.all(group.map(alone)),
+            (err: unknown) => {
+              // A row the database refused rolled the group back: each is tried alone, so only
+              // its caller hears of it. Anything else (busy, disk full, the thread gone) is
+              // every caller's answer: retrying one by one would only wait as long again, N times.
+              if (refusedRow(err)) return Promise.all(group.map(alone));
+              for (const g of group) g.reject(err);
+              return undefined;
+            },
           );
     void written.finally(() => {
       this.commandWriting = false;
-      this.writeCommands();
+      if (this.commandQueue.length > 0) this.writeCommands();
+      else for (const drained of this.commandsDrained.splice(0)) drained();
     });
+  }
+
+  /** Resolves once every command queued so far is written (or refused). */
+  private drainCommands(): Promise<void> {
+    if (!this.commandWriting && this.commandQueue.length === 0) return Promise.resolve();
+    // Queued in this run of the thread and not yet posted: post them now, ahead of what follows.
+    if (!this.commandWriting) this.writeCommands();
+    return new Promise((resolve) => this.commandsDrained.push(resolve));
   }
 
   async putCommands(rows: CommandRow[]): Promise<void> {

@@ -11,7 +11,7 @@ import { SqliteStore } from "../../src/store/sqlite";
 import type { HistoryRow, WriteBatch } from "../../src/core/ports/store";
 import { describeStoreContract } from "./contract";
 import { commandRow, deviceRow, eventRow, historyRow, stateRow, T0 } from "./fixtures";
-import { BACKSTOP_PAGES } from "../../src/store/sqlite-checkpointer";
+import { BACKSTOP_PAGES } from "../../src/store/sqlite-wire";
 
 function tempDir(): string {
   return mkdtempSync(join(tmpdir(), "tethral-sqlite-"));
@@ -452,6 +452,44 @@ describe("SqliteStore", function () {
     const later = Array.from({ length: 10 }, (_, i) => store.putCommand(commandRow(`w${i + 1}`, "d1", T0)));
     await Promise.all([first, ...later]);
     assert.deepEqual(calls.filter((m) => m !== "getCommand"), ["putCommand", "putCommands"]);
+  });
+
+  it("writes commands queued just before a close, before it closes", async function () {
+    const file = join(dir, "tethral.db");
+    const store = track(new SqliteStore({ path: file }));
+    await store.open();
+    const queued = [store.putCommand(commandRow("q0", "d1", T0)), store.putCommand(commandRow("q1", "d1", T0))];
+    await store.close();
+    await Promise.all(queued);
+    const again = track(new SqliteStore({ path: file }));
+    await again.open();
+    assert.deepEqual((await again.pendingCommands("d1")).map((c) => c.id), ["q0", "q1"]);
+  });
+
+  it("refuses a whole group at once when the database, not a row, is the trouble", async function () {
+    const file = join(dir, "tethral.db");
+    const store = track(new SqliteStore({ path: file, busyTimeoutMs: 300 }));
+    await store.open();
+    const thread = (store as unknown as { thread: { call: (m: string, a: unknown[]) => Promise<unknown> } }).thread;
+    const calls: string[] = [];
+    const call = thread.call.bind(thread);
+    thread.call = (m, a) => (calls.push(m), call(m, a));
+    // Another process holds the write lock for longer than the store waits.
+    const other = new Database(file);
+    other.exec("BEGIN IMMEDIATE");
+    try {
+      const started = Date.now();
+      const settled = await Promise.allSettled(Array.from({ length: 5 }, (_, i) => store.putCommand(commandRow(`b${i}`, "d1", T0))));
+      assert.deepEqual(settled.map((r) => r.status), ["rejected", "rejected", "rejected", "rejected", "rejected"]);
+      for (const r of settled) assert.match(String((r as PromiseRejectedResult).reason), /locked|busy/i);
+      assert.deepEqual(calls, ["putCommands"], "not retried one by one");
+      assert.ok(Date.now() - started < 1200, "waited once, not five more times");
+    } finally {
+      other.exec("ROLLBACK");
+      other.close();
+    }
+    await store.putCommand(commandRow("after", "d1", T0));
+    assert.equal((await store.getCommand("after"))?.id, "after");
   });
 
   it("does not keep a process alive once its calls are answered", function () {
