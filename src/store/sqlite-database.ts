@@ -106,9 +106,13 @@ export class SqliteDatabase {
     db?.close();
   }
 
-  /** SQLite's own checkpoint threshold, back to its default when the checkpointer thread is gone. */
-  walAutocheckpoint(pages: number): void {
-    this.db.pragma(`wal_autocheckpoint = ${Math.max(0, Math.floor(pages))}`);
+  /**
+   * SQLite's own checkpoint threshold in pages: set (back to its default when the checkpointer
+   * thread is gone) when `pages` is given; the current one is returned either way.
+   */
+  walAutocheckpoint(pages?: number): number {
+    if (pages !== undefined) this.db.pragma(`wal_autocheckpoint = ${Math.max(0, Math.floor(pages))}`);
+    return this.db.pragma("wal_autocheckpoint", { simple: true }) as number;
   }
 
   ping(): void {

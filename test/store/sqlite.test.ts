@@ -37,6 +37,11 @@ function workerOf(store: SqliteStore): Worker {
   return thread.worker;
 }
 
+/** The store's SqliteThread, to call the database thread directly. */
+function threadOf(store: SqliteStore): { call: (method: string, args: unknown[]) => Promise<unknown> } {
+  return (store as unknown as { thread: { call: (method: string, args: unknown[]) => Promise<unknown> } }).thread;
+}
+
 /** The store's checkpointer thread (null once stopped or gone). */
 function checkpointerOf(store: SqliteStore): Worker | null {
   return (store as unknown as { thread: { checkpointer: Worker | null } }).thread.checkpointer;
@@ -385,6 +390,8 @@ describe("SqliteStore", function () {
     for (let i = 0; i < rows.length; i += 100) await store.putCommands(rows.slice(i, i + 100));
     await until("the database file holds the rows", () => statSync(file).size > before + 10 * 2 ** 20);
     assert.equal((await store.getCommand("c3071"))?.params.blob, "x".repeat(4000));
+    // The database thread's own checkpoint is only the backstop meanwhile.
+    assert.equal(await threadOf(store).call("walAutocheckpoint", []), BACKSTOP_PAGES);
   });
 
   it("goes back to SQLite's own checkpoints when its checkpointer thread is gone", async function () {
@@ -395,6 +402,7 @@ describe("SqliteStore", function () {
     assert.ok(checkpointer, "a file store has a checkpointer thread");
     await checkpointer.terminate();
     await until("the store has noticed", () => checkpointerOf(store) === null);
+    assert.equal(await threadOf(store).call("walAutocheckpoint", []), 1000);
     const before = statSync(file).size;
     const rows = bulkyCommands("c", 12);
     for (let i = 0; i < rows.length; i += 100) await store.putCommands(rows.slice(i, i + 100));
