@@ -5,7 +5,8 @@
  * - query30dHourlyP99Ms, query1yDailyP99Ms, queryLastHourRawP99Ms: p99 of queries for one device,
  *   all 3 keys at once as the hub asks (one `buckets`/`points` call per key), at random offsets,
  *   reading the resolution the hub would (`resolutionFor`, default retention, now = the query's
- *   end); query30dHourlyFrom1hP99Ms reads the same buckets from the 1-hour roll-ups.
+ *   end); query30dHourlyFrom1hP99Ms reads the same buckets from the 1-hour roll-ups. The four
+ *   kinds take turns (10 rounds of 25 runs each), so none is measured alone in the load's wake.
  * PostgreSQL is the server at TETHRAL_BENCH_PG_URL or TETHRAL_TEST_PG_URL (a fresh database is made
  * there and dropped afterwards); without either, the PostgreSQL part is skipped.
  * TETHRAL_BENCH_TS_DAYS shortens the data (default 365). Run with `npm run bench:timeseries`;
@@ -33,6 +34,8 @@ const DEVICES = Array.from({ length: 10 }, (_, i) => `meter-${i}`);
 const KEYS = ["temperature", "humidity", "power"];
 const BATCH_POINTS = 100_000;
 const RUNS = 250;
+/** Turns the query kinds take (see `p99s`). */
+const ROUNDS = 10;
 /** Data ends at a fixed time, so runs are comparable. */
 const END = Date.UTC(2026, 11, 1);
 const START = END - DAYS * DAY;
@@ -87,20 +90,38 @@ async function load(store: Store): Promise<{ points: number; perSec: number }> {
   return { points, perSec: points / (writing / 1000) };
 }
 
-/** p99 (ms) of `RUNS` runs of `run(to)` at random query ends in the data's last part. */
-async function p99(span: number, run: (to: number) => Promise<unknown[][]>): Promise<number> {
-  const times: number[] = [];
+/** A kind of query: `run(to)` over `span` ms ending at `to`. */
+interface QueryKind {
+  span: number;
+  run: (to: number) => Promise<unknown[][]>;
+}
+
+/**
+ * p99 (ms) of `RUNS` runs of each kind at random query ends in the data's last part. The kinds
+ * take turns, ROUNDS rounds of RUNS / ROUNDS runs each (after 10 runs each, not counted), so
+ * that what the machine does meanwhile (the load's aftermath first of all: the WAL copied back,
+ * the load's garbage collected) falls on every kind alike, not on whichever is measured first.
+ */
+async function p99s(kinds: QueryKind[]): Promise<number[]> {
+  const times: number[][] = kinds.map(() => []);
   let rng = 12345;
   const random = () => ((rng = (rng * 1103515245 + 12345) % 2 ** 31) / 2 ** 31);
-  for (let i = 0; i < RUNS + 10; i++) {
-    const earliest = Math.min(END, START + span);
-    const to = Math.floor(earliest + random() * (END - earliest));
-    const started = performance.now();
-    const answers = await run(to);
-    if (i >= 10) times.push(performance.now() - started);
-    if (answers.some((a) => a.length === 0)) throw new Error("a query answered nothing: the data is not there");
+  const runs = async (k: number, n: number, counted: boolean) => {
+    const { span, run } = kinds[k]!;
+    for (let i = 0; i < n; i++) {
+      const earliest = Math.min(END, START + span);
+      const to = Math.floor(earliest + random() * (END - earliest));
+      const started = performance.now();
+      const answers = await run(to);
+      if (counted) times[k]!.push(performance.now() - started);
+      if (answers.some((a) => a.length === 0)) throw new Error("a query answered nothing: the data is not there");
+    }
+  };
+  for (let k = 0; k < kinds.length; k++) await runs(k, 10, false);
+  for (let round = 0; round < ROUNDS; round++) {
+    for (let k = 0; k < kinds.length; k++) await runs(k, RUNS / ROUNDS, true);
   }
-  return percentile(times.sort((a, b) => a - b), 99);
+  return times.map((t) => percentile(t.sort((a, b) => a - b), 99));
 }
 
 async function measure(label: string, store: Store): Promise<Result> {
@@ -117,16 +138,21 @@ async function measure(label: string, store: Store): Promise<Result> {
   const sourceOf = (spanMs: number, intervalMs: number) =>
     resolutionFor({ keys: KEYS, from: END - spanMs, to: END, interval: null, intervalMs, agg: "avg", limit: 10_000 }, RETENTION, END);
   console.log(`  ${label}: querying`);
+  const [hourly30d, hourly30dFrom1h, daily1y, lastHourRaw] = await p99s([
+    { span: 30 * DAY, run: (to) => buckets(to, 30 * DAY, HOUR) },
+    { span: 30 * DAY, run: (to) => buckets(to, 30 * DAY, HOUR, "1h") },
+    { span: 365 * DAY, run: (to) => buckets(to, 365 * DAY, DAY) },
+    { span: HOUR, run: (to) => Promise.all(KEYS.map((key) => store.points({ deviceId, key, from: to - HOUR, to, limit: 1000 }))) },
+  ]);
   const result: Result = {
     points,
     insertPointsPerSec: Math.round(perSec),
-    query30dHourlyP99Ms: await p99(30 * DAY, (to) => buckets(to, 30 * DAY, HOUR)),
+    query30dHourlyP99Ms: hourly30d!,
     query30dHourlySource: sourceOf(30 * DAY, HOUR),
-    query30dHourlyFrom1hP99Ms: await p99(30 * DAY, (to) => buckets(to, 30 * DAY, HOUR, "1h")),
-    query1yDailyP99Ms: await p99(365 * DAY, (to) => buckets(to, 365 * DAY, DAY)),
+    query30dHourlyFrom1hP99Ms: hourly30dFrom1h!,
+    query1yDailyP99Ms: daily1y!,
     query1yDailySource: sourceOf(365 * DAY, DAY),
-    queryLastHourRawP99Ms: await p99(HOUR, (to) =>
-      Promise.all(KEYS.map((key) => store.points({ deviceId, key, from: to - HOUR, to, limit: 1000 })))),
+    queryLastHourRawP99Ms: lastHourRaw!,
   };
   await store.close();
   for (const k of ["query30dHourlyP99Ms", "query30dHourlyFrom1hP99Ms", "query1yDailyP99Ms", "queryLastHourRawP99Ms"] as const) {
