@@ -241,17 +241,27 @@ export class MqttClusterLink implements ClusterLink {
     const client = this.client;
     if (!client || this.stopping) return Promise.reject(new TethralError("UNAVAILABLE", `the cluster link is stopped: cannot call ${method} on member "${member}"`));
     const id = randomUUID();
+    // When the caller stops waiting: a member that reads the request later (it was frozen, or
+    // its connection stalled) must not act on it, or the caller's retry would act twice. The
+    // member drops a request once `Date.now() > expires`, so the caller gives up only then too:
+    // a timer can fire a few ms early by the wall clock (the event loop's cached time lags it).
+    const expires = Date.now() + timeoutMs;
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
+      const giveUp = () => {
+        const left = expires - Date.now();
+        if (left >= 0) {
+          const w = this.waiting.get(id);
+          if (w) w.timer = setTimeout(giveUp, left + 1);
+          return;
+        }
         this.waiting.delete(id);
         reject(new TethralError("UNAVAILABLE", `member "${member}" did not answer ${method} within ${timeoutMs} ms`, [NO_ANSWER]));
-      }, timeoutMs);
+      };
+      const timer = setTimeout(giveUp, timeoutMs);
       this.waiting.set(id, { member, resolve, reject, timer });
       client.publish(
         this.rpcTopic(member),
-        // When the caller stops waiting: a member that reads the request later (it was frozen, or
-        // its connection stalled) must not act on it, or the caller's retry would act twice.
-        encode({ method, args, expires: Date.now() + timeoutMs }),
+        encode({ method, args, expires }),
         { ...QOS, properties: { responseTopic: this.replyTopic(this.member), correlationData: Buffer.from(id, "utf8") } },
         (err) => {
           // mqtt.js reports an error only when the publish is given up (the client ended).
