@@ -1,4 +1,5 @@
 import { mkdirSync } from "node:fs";
+import { totalmem } from "node:os";
 import { dirname, resolve } from "node:path";
 import Database from "better-sqlite3";
 import { isTethralError, TethralError, errorMessage } from "../core/errors";
@@ -36,6 +37,15 @@ type Stmt = Database.Statement<unknown[], unknown>;
 // batch of any size is written with few statements and at most 8 cached shapes per table, far
 // below SQLite's limit of 32766 bound variables (128 rows x 9 columns).
 const CHUNK = 128;
+/** Page size of a database this store creates, bytes (see `open`). */
+export const PAGE_SIZE = 16_384;
+/**
+ * The page cache's default bound, MiB: a sixteenth of the machine's memory, at least the
+ * 128 MiB every store had before, at most 512 (see `open`).
+ */
+export function defaultCacheMiB(totalBytes = totalmem()): number {
+  return Math.min(512, Math.max(128, Math.floor(totalBytes / 16 / 2 ** 20)));
+}
 const EVENT_QUERY_CACHE = 64;
 
 /**
@@ -49,6 +59,8 @@ export class SqliteDatabase {
   private readonly path: string;
   private readonly busyTimeoutMs: number;
   private readonly autocheckpointPages: number | undefined;
+  /** The page cache bound, KiB (SQLite's `cache_size`, negated). */
+  private readonly cacheKiB: number;
   private conn: Db | undefined;
   private stmts: ReturnType<SqliteDatabase["prepareAll"]> | undefined;
   private ts: SqliteSeries | undefined;
@@ -58,6 +70,7 @@ export class SqliteDatabase {
   /** `walAutocheckpointPages`: SQLite's own checkpoint threshold, raised when a checkpointer thread does the work (see `WalCheckpointer`). */
   constructor(options: SqliteStoreOptions & { walAutocheckpointPages?: number }) {
     this.path = options.path;
+    this.cacheKiB = Math.floor((options.cacheMiB ?? defaultCacheMiB()) * 1024);
     this.busyTimeoutMs = options.busyTimeoutMs ?? 5000;
     this.autocheckpointPages = options.walAutocheckpointPages;
   }
@@ -71,12 +84,23 @@ export class SqliteDatabase {
       db = new Database(this.path, { timeout: this.busyTimeoutMs });
       // Read before writing anything (even the journal mode): a newer database stays untouched.
       this.refuseNewer(db);
+      // A new database gets 16 KiB pages (SQLite's default is 4 KiB): batches land on a few
+      // pages per device or series, and fewer, larger pages split less often and keep more of
+      // each series' newest points together. bench:ingest 28k → 34k msg/s, bench:store history
+      // rows 15–25% more. An existing database keeps the page size it was made with (changing
+      // it takes a VACUUM outside WAL mode); everything works the same either way.
+      if ((db.pragma("page_count", { simple: true }) as number) === 0) db.pragma(`page_size = ${PAGE_SIZE}`);
       if (!inMemory) db.pragma("journal_mode = WAL");
       db.pragma("synchronous = NORMAL");
       db.pragma("temp_store = MEMORY");
-      // 128 MiB: the history and event indexes, and the time-series pages batches land in (a
-      // series' newest points and roll-ups), stay in memory while batches land.
-      db.pragma("cache_size = -131072");
+      // The pages batches land in (each series' newest points and roll-ups, each device's
+      // newest history) stay in memory between batches. Ingest from 10,000 devices × 3 keys
+      // keeps about 30,000 such pages busy, more than 128 MiB holds: bench:ingest stored 28k
+      // msg/s with 128 MiB, 39k with 512 MiB, no more with 1 GiB. The cache holds only pages the
+      // database has touched, but a long-running hub with a large file fills it, and that memory
+      // is the process's: so the default scales with the machine (`defaultCacheMiB`), and a
+      // small gateway keeps the 128 MiB it had.
+      db.pragma(`cache_size = ${-this.cacheKiB}`);
       db.pragma("journal_size_limit = 67108864"); // the WAL shrinks back to 64 MiB after checkpoints
       if (!inMemory && this.autocheckpointPages !== undefined) db.pragma(`wal_autocheckpoint = ${Math.floor(this.autocheckpointPages)}`);
       db.exec(
@@ -113,6 +137,11 @@ export class SqliteDatabase {
   walAutocheckpoint(pages?: number): number {
     if (pages !== undefined) this.db.pragma(`wal_autocheckpoint = ${Math.max(0, Math.floor(pages))}`);
     return this.db.pragma("wal_autocheckpoint", { simple: true }) as number;
+  }
+
+  /** SQLite's `cache_size` as the connection has it: negative, in KiB. */
+  cacheSize(): number {
+    return this.db.pragma("cache_size", { simple: true }) as number;
   }
 
   ping(): void {

@@ -69,6 +69,12 @@ export interface SqliteStoreOptions {
   path: string;
   /** How long a statement waits for another connection's lock. Default 5000 ms. */
   busyTimeoutMs?: number;
+  /**
+   * The page cache's bound, MiB (SQLite's `cache_size`). It holds only pages the database has
+   * touched. Default: a sixteenth of the machine's memory, at least 128 and at most 512
+   * (`defaultCacheMiB`).
+   */
+  cacheMiB?: number;
 }
 
 /**
@@ -88,6 +94,7 @@ export class SqliteStore implements Store {
   readonly description: string;
   private readonly path: string;
   private readonly busyTimeoutMs: number | undefined;
+  private readonly cacheMiB: number | undefined;
   private thread: SqliteThread | undefined;
   private opened: Promise<void> | undefined;
   /** Set while a big batch is handed over part by part: the calls made meanwhile wait for it. */
@@ -103,13 +110,17 @@ export class SqliteStore implements Store {
     this.path = options.path;
     this.description = options.path;
     this.busyTimeoutMs = options.busyTimeoutMs;
+    if (options.cacheMiB !== undefined && !(Number.isFinite(options.cacheMiB) && options.cacheMiB >= 1)) {
+      throw new TethralError("INVALID", `cacheMiB must be a number of MiB, at least 1 (got ${String(options.cacheMiB)})`);
+    }
+    this.cacheMiB = options.cacheMiB;
   }
 
   open(): Promise<void> {
     if (this.thread && this.opened) return this.opened;
     let thread: SqliteThread;
     try {
-      thread = SqliteThread.start({ path: this.path, busyTimeoutMs: this.busyTimeoutMs }, (reason) => {
+      thread = SqliteThread.start({ path: this.path, busyTimeoutMs: this.busyTimeoutMs, cacheMiB: this.cacheMiB }, (reason) => {
         if (this.thread !== thread) return;
         this.thread = undefined;
         this.lost = reason.message;
