@@ -37,8 +37,6 @@ type Stmt = Database.Statement<unknown[], unknown>;
 // batch of any size is written with few statements and at most 8 cached shapes per table, far
 // below SQLite's limit of 32766 bound variables (128 rows x 9 columns).
 const CHUNK = 128;
-/** Page size of a database this store creates, bytes (see `open`). */
-export const PAGE_SIZE = 16_384;
 /**
  * The page cache's default bound, MiB: a sixteenth of the machine's memory, at least the
  * 128 MiB every store had before, at most 512 (see `open`).
@@ -84,12 +82,6 @@ export class SqliteDatabase {
       db = new Database(this.path, { timeout: this.busyTimeoutMs });
       // Read before writing anything (even the journal mode): a newer database stays untouched.
       this.refuseNewer(db);
-      // A new database gets 16 KiB pages (SQLite's default is 4 KiB): batches land on a few
-      // pages per device or series, and fewer, larger pages split less often and keep more of
-      // each series' newest points together. bench:ingest 28k → 34k msg/s, bench:store history
-      // rows 15–25% more. An existing database keeps the page size it was made with (changing
-      // it takes a VACUUM outside WAL mode); everything works the same either way.
-      if ((db.pragma("page_count", { simple: true }) as number) === 0) db.pragma(`page_size = ${PAGE_SIZE}`);
       if (!inMemory) db.pragma("journal_mode = WAL");
       db.pragma("synchronous = NORMAL");
       db.pragma("temp_store = MEMORY");

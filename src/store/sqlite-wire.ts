@@ -5,8 +5,7 @@ import type { SqliteDatabase } from "./sqlite-database";
 
 /**
  * Pages the database thread lets into the WAL before it checkpoints itself, while its
- * checkpointer thread does that work (see `WalCheckpointer`): a backstop only. 160 MiB with
- * the 16 KiB pages this store gives a new database (`PAGE_SIZE`), 40 MiB with SQLite's 4 KiB.
+ * checkpointer thread does that work (see `WalCheckpointer`): a backstop only.
  */
 export const BACKSTOP_PAGES = 10_000;
 

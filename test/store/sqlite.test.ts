@@ -12,7 +12,7 @@ import type { HistoryRow, WriteBatch } from "../../src/core/ports/store";
 import { describeStoreContract } from "./contract";
 import { commandRow, deviceRow, eventRow, historyRow, stateRow, T0 } from "./fixtures";
 import { BACKSTOP_PAGES } from "../../src/store/sqlite-wire";
-import { defaultCacheMiB, PAGE_SIZE } from "../../src/store/sqlite-database";
+import { defaultCacheMiB } from "../../src/store/sqlite-database";
 
 function tempDir(): string {
   return mkdtempSync(join(tmpdir(), "tethral-sqlite-"));
@@ -384,9 +384,9 @@ describe("SqliteStore", function () {
     const store = track(new SqliteStore({ path: file }));
     await store.open();
     const before = statSync(file).size;
-    // 12 MB: about 770 pages of 16 KiB, well under the writer's own checkpoint (BACKSTOP_PAGES),
-    // so only the checkpointer thread can have copied them into the file.
-    assert.ok((12 * 2 ** 20) / PAGE_SIZE < BACKSTOP_PAGES);
+    // 12 MB: about 3,000 pages, well under the writer's own checkpoint (BACKSTOP_PAGES), so
+    // only the checkpointer thread can have copied them into the file.
+    assert.ok(12 * 256 < BACKSTOP_PAGES);
     const rows = bulkyCommands("c", 12);
     for (let i = 0; i < rows.length; i += 100) await store.putCommands(rows.slice(i, i + 100));
     await until("the database file holds the rows", () => statSync(file).size > before + 10 * 2 ** 20);
@@ -405,42 +405,11 @@ describe("SqliteStore", function () {
     await until("the store has noticed", () => checkpointerOf(store) === null);
     assert.equal(await threadOf(store).call("walAutocheckpoint", []), 1000);
     const before = statSync(file).size;
-    // SQLite's default: a checkpoint every 1,000 pages (16 MB of 16 KiB pages), in the writer's commits.
-    const rows = bulkyCommands("c", 24);
+    const rows = bulkyCommands("c", 12);
     for (let i = 0; i < rows.length; i += 100) await store.putCommands(rows.slice(i, i + 100));
-    assert.ok(statSync(file).size > before + 14 * 2 ** 20, "the writer checkpointed on its own");
+    // SQLite's default: a checkpoint every 1,000 pages, in the writer's commits.
+    assert.ok(statSync(file).size > before + 8 * 2 ** 20, "the writer checkpointed on its own");
     assert.equal((await store.getCommand("c3071"))?.params.blob, "x".repeat(4000));
-  });
-
-  it("makes a new database with 16 KiB pages and keeps an existing database's page size", async function () {
-    const pageSize = (path: string) => {
-      const db = new Database(path, { readonly: true });
-      try {
-        return db.pragma("page_size", { simple: true });
-      } finally {
-        db.close();
-      }
-    };
-    const fresh = join(dir, "fresh.db");
-    const store = new SqliteStore({ path: fresh });
-    await store.open();
-    await store.putCommand(commandRow("c1", "d1", T0));
-    await store.close();
-    assert.equal(pageSize(fresh), PAGE_SIZE);
-
-    // A database made with SQLite's default 4 KiB pages (as every database made before this store chose 16 KiB) keeps them, and works.
-    const old = join(dir, "old.db");
-    const raw = new Database(old);
-    raw.pragma("journal_mode = WAL");
-    raw.exec("CREATE TABLE unrelated (x INTEGER)");
-    raw.close();
-    assert.equal(pageSize(old), 4096);
-    const reopened = new SqliteStore({ path: old });
-    await reopened.open();
-    await reopened.putCommands(bulkyCommands("k", 1));
-    assert.equal((await reopened.getCommand("k255"))?.params.blob, "x".repeat(4000));
-    await reopened.close();
-    assert.equal(pageSize(old), 4096);
   });
 
   it("bounds its page cache by the machine's memory, or by cacheMiB, and refuses a bound that is not one", async function () {
