@@ -45,7 +45,7 @@ const TARGETS = {
 if (TARGETS.failoverMs > LEASE_MS + 2000) throw new Error("bench/targets.json: the failover target is at most the lease (5 s) + 2 s (issue 14)");
 const TICK_MS = 100;
 /** The idle measurement before the load. */
-const IDLE_MS = 10_000;
+const IDLE_MS = Number(process.env.TETHRAL_BENCH_CLUSTER_IDLE_SECONDS ?? 10) * 1000;
 
 interface LoadResult {
   members: number;
