@@ -1,8 +1,6 @@
 import type pg from "pg";
-import { Readable } from "node:stream";
-import { pipeline } from "node:stream/promises";
-import { from as copyFrom } from "pg-copy-streams";
 import type { Aggregate, BucketQuery, PointQuery, PointRow, RetentionPolicy, SeriesPoint } from "../core/ports/store";
+import { copyLines, UNIQUE_VIOLATION } from "./postgres-copy";
 import { text } from "./postgres-sql";
 import { bucketPoint, bucketRange, MERGE_ROLLUP, pointColumns, pointValue, ROLLUP_COLS, ROLLUP_TABLES, rollupBuilders } from "./series";
 
@@ -61,9 +59,6 @@ const INSERT_POINTS = `WITH v AS (
 
 const INSERT_PLAIN = `INSERT INTO ts_points (device_id, key_id, ts, num, val)
   SELECT * FROM unnest($1::text[], $2::int[], $3::bigint[], $4::float8[], $5::text[])`;
-const UNIQUE_VIOLATION = "23505";
-/** Text sent per write of the COPY stream. */
-const COPY_PIECE = 64 * 1024;
 
 /** The indexes of the points to write, in primary-key order: consecutive rows land on the same index pages. */
 function pointOrder(cols: PointColumns, keyIds: readonly number[], keep: (i: number) => boolean): number[] {
@@ -90,19 +85,14 @@ async function insertPoints(c: pg.ClientBase, order: readonly number[], cols: Po
  * text, whose only backslashes are escapes, doubled here; numbers are finite.
  */
 async function copyPoints(c: pg.ClientBase, order: readonly number[], cols: PointColumns, keyIds: readonly number[]): Promise<void> {
-  const pieces: string[] = [];
-  let text = "";
-  for (const i of order) {
-    const num = cols.num[i];
-    const val = cols.val[i];
-    text += `${cols.devices[i]}\t${keyIds[i]}\t${cols.ts[i]}\t${num === null || num === undefined ? "\\N" : num}\t${val === null || val === undefined ? "\\N" : val.replace(/\\/g, "\\\\")}\n`;
-    if (text.length >= COPY_PIECE) {
-      pieces.push(text);
-      text = "";
+  function* lines(): Generator<string> {
+    for (const i of order) {
+      const num = cols.num[i];
+      const val = cols.val[i];
+      yield `${cols.devices[i]}\t${keyIds[i]}\t${cols.ts[i]}\t${num === null || num === undefined ? "\\N" : num}\t${val === null || val === undefined ? "\\N" : val.replace(/\\/g, "\\\\")}\n`;
     }
   }
-  if (text.length > 0) pieces.push(text);
-  await pipeline(Readable.from(pieces), c.query(copyFrom("COPY ts_points (device_id, key_id, ts, num, val) FROM STDIN")));
+  await copyLines(c, "COPY ts_points (device_id, key_id, ts, num, val) FROM STDIN", lines());
 }
 const INSERT_SERIES = "INSERT INTO ts_series (device_id, key_id) SELECT * FROM unnest($1::text[], $2::int[]) ON CONFLICT DO NOTHING";
 const upsertRollup = (resolution: "1m" | "1h") => `INSERT INTO ${ROLLUP_TABLES[resolution]} AS r (${ROLLUP_COLS.join(", ")})

@@ -4,7 +4,7 @@ import pg from "pg";
 import { isTethralError, type TethralError } from "../../src/core/errors";
 import { LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE, newerSchemaMessage } from "../../src/store/migrations";
 import { connectionSettings, PostgresStore, type PostgresStoreOptions } from "../../src/store/postgres";
-import type { EventRow, WriteBatch } from "../../src/core/ports/store";
+import type { EventRow, HistoryRow, WriteBatch } from "../../src/core/ports/store";
 import { describeStoreContract } from "./contract";
 import { commandRow, deviceRow, eventRow, historyRow, stateRow, T0 } from "./fixtures";
 import { startProxy, startTestPostgres, type TestPostgres, type TestProxy } from "./pg-harness";
@@ -378,6 +378,52 @@ describe("PostgresStore", function () {
         const cmd = commandRow("c1", "d1", T0, { result: ["a", ["b"]], params: { list: [1, 2] } });
         await store.putCommand(cmd);
         assert.deepEqual(await store.getCommand("c1"), cmd);
+      });
+
+      it("writes a batch of 1,000 history rows or more by one COPY where the server takes it, every value exactly, and a retried batch adds nothing", async function () {
+        const store = make();
+        await store.open();
+        // Every statement sent on any connection of the pool, as its SQL text (a COPY's included).
+        const sent: string[] = [];
+        const original = pg.Client.prototype.query;
+        pg.Client.prototype.query = function (this: pg.Client, ...args: unknown[]) {
+          const q = args[0] as string | { text?: string };
+          sent.push(typeof q === "string" ? q : (q?.text ?? ""));
+          return (original as (...a: unknown[]) => unknown).apply(this, args);
+        } as typeof original;
+        try {
+          // Text COPY must escape (its delimiters, its escape character) and JSON must keep.
+          const tricky = ["tab\there", "new\nline", "cr\rhere", "back\\slash", "\\N", "\\.", "quote \"q\"", "😀 é", "\\u0041"];
+          const history = Array.from({ length: 1200 }, (_, i) => {
+            const t = tricky[i % tricky.length]!;
+            return historyRow(`h${String(i).padStart(5, "0")}`, `d${i % 3}`, T0 + i, i + 1, {
+              reason: `${t} ${i}`,
+              causeId: i % 7 === 0 ? null : `cause ${t}`,
+              to: { status: "online", properties: { note: t, nested: { list: [t, i, null] } } },
+            });
+          });
+          await store.writeBatch({ ...EMPTY_BATCH, history });
+          const copies = sent.filter((q) => q.startsWith("COPY state_history"));
+          assert.equal(copies.length, db.bulkCopy ? 1 : 0, "one COPY on a server that takes it, none where bulkCopy is off");
+          const read = async () => {
+            const all: HistoryRow[] = [];
+            for (const d of ["d0", "d1", "d2"]) all.push(...(await store.stateHistory(d, 10_000)));
+            return all.sort((a, b) => a.id.localeCompare(b.id));
+          };
+          assert.deepEqual(await read(), history);
+          // The same batch again (its answer lost, say): the COPY meets the rows already there,
+          // is undone, and the INSERTs skip them.
+          await store.writeBatch({ ...EMPTY_BATCH, history: [...history, historyRow("h99999", "d0", T0 + 5000, 5000)] });
+          const after = await read();
+          assert.equal(after.length, 1201);
+          assert.deepEqual(after.slice(0, 1200), history);
+          // Fewer rows go by INSERT, as before.
+          sent.length = 0;
+          await store.writeBatch({ ...EMPTY_BATCH, history: [historyRow("h99998", "d0", T0 + 6000, 6000)] });
+          assert.equal(sent.filter((q) => q.startsWith("COPY")).length, 0);
+        } finally {
+          pg.Client.prototype.query = original;
+        }
       });
 
       it("writes a batch larger than one statement's chunk in one transaction", async function () {
