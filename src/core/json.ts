@@ -44,47 +44,41 @@ export function isEmptyObject(value: object): boolean {
   return true;
 }
 
-const DAY_MS = 86_400_000;
 const MAX_4_DIGIT_YEAR_MS = 253_402_300_800_000; // 10000-01-01T00:00:00.000Z
-const isoBuffer = Buffer.from("0000-00-00T00:00:00.000Z", "latin1");
-let cachedDay = Number.NaN;
-let lastMs = Number.NaN;
-let lastIso = "";
+/** ".000Z" … ".999Z": the millisecond tail of every ISO text. */
+const MILLI_TAILS = Array.from({ length: 1000 }, (_, i) => `.${String(i).padStart(3, "0")}Z`);
+/**
+ * A direct-mapped cache by epoch second (second mod 256): "YYYY-MM-DDTHH:MM:SS" of that second,
+ * and the last whole text made in it with its millisecond time.
+ */
+const SECOND_SLOTS = 256;
+const slotSecond = new Float64Array(SECOND_SLOTS).fill(Number.NaN);
+const slotHead: string[] = new Array<string>(SECOND_SLOTS).fill("");
+const slotMs = new Float64Array(SECOND_SLOTS).fill(Number.NaN);
+const slotText: string[] = new Array<string>(SECOND_SLOTS).fill("");
 
 /**
  * Epoch ms as an ISO-8601 UTC string, as `Date#toISOString` gives it. Listing a large fleet
- * formats three timestamps per device, so the date part is cached per day and the result is
- * written as one flat string; the last value is remembered for bursts within a millisecond.
+ * formats three timestamps per device, and a fleet's timestamps crowd into few seconds (often the
+ * same millisecond: created and updated together), so the text up to the second is cached per
+ * second, the milliseconds come from a table, and the last text of each second is kept whole.
  */
 export function iso(ms: number): string {
-  if (ms === lastMs) return lastIso;
   if (!(ms >= 0 && ms < MAX_4_DIGIT_YEAR_MS) || !Number.isInteger(ms)) return new Date(ms).toISOString();
-  const day = Math.floor(ms / DAY_MS);
-  if (day !== cachedDay) {
-    isoBuffer.write(new Date(day * DAY_MS).toISOString().slice(0, 11), 0, "latin1");
-    cachedDay = day;
+  const milli = ms % 1000;
+  const second = (ms - milli) / 1000;
+  const slot = second % SECOND_SLOTS;
+  if (slotMs[slot] === ms) return slotText[slot]!;
+  let head = slotHead[slot]!;
+  if (slotSecond[slot] !== second) {
+    head = new Date(ms - milli).toISOString().slice(0, 19);
+    slotSecond[slot] = second;
+    slotHead[slot] = head;
   }
-  let t = ms - day * DAY_MS;
-  const milli = t % 1000;
-  t = (t - milli) / 1000;
-  const sec = t % 60;
-  t = (t - sec) / 60;
-  const min = t % 60;
-  const hour = (t - min) / 60;
-  two(11, hour);
-  two(14, min);
-  two(17, sec);
-  isoBuffer[20] = 48 + Math.floor(milli / 100);
-  isoBuffer[21] = 48 + (Math.floor(milli / 10) % 10);
-  isoBuffer[22] = 48 + (milli % 10);
-  lastMs = ms;
-  lastIso = isoBuffer.toString("latin1");
-  return lastIso;
-}
-
-function two(at: number, n: number): void {
-  isoBuffer[at] = 48 + Math.floor(n / 10);
-  isoBuffer[at + 1] = 48 + (n % 10);
+  const text = head + MILLI_TAILS[milli]!;
+  slotMs[slot] = ms;
+  slotText[slot] = text;
+  return text;
 }
 
 export function isoOrNull(ms: number): string | null {

@@ -103,7 +103,10 @@ export type DeviceFilter = Omit<z.input<typeof filterSchema>, "status" | "protoc
 /** One indexed condition of a filter: the records it allows and a per-record test for the others. */
 export interface Condition {
   size: number;
-  records: () => Iterable<DeviceRecord>;
+  /** The one list of records the condition allows, when it is one (a single value's). */
+  single: Members | null;
+  /** Appends the records it allows that `keep` accepts (all without one) to `into`. */
+  collect: (into: DeviceRecord[], keep: ((r: DeviceRecord) => boolean) | null) => void;
   test: (r: DeviceRecord) => boolean;
 }
 
@@ -128,13 +131,11 @@ export function unionCondition(index: ValueIndex, values: string[], field: (r: D
   };
   return {
     size: buckets.reduce((n, b) => n + b.size, 0),
+    single: buckets.length === 1 ? buckets[0]! : null,
     // A record has one status, protocol and manufacturer, so these buckets never overlap.
-    records:
-      buckets.length === 1
-        ? () => buckets[0]!
-        : function* () {
-            for (const b of buckets) yield* b;
-          },
+    collect: (into, keep) => {
+      for (const b of buckets) b.collect(into, keep);
+    },
     test,
   };
 }
@@ -148,8 +149,9 @@ export function listCondition(index: ListIndex, values: string[], match: "any" |
   const matching = new Set(groups);
   return {
     size: groups.reduce((n, g) => n + g.size, 0),
-    records: function* () {
-      for (const group of groups) yield* group;
+    single: groups.length === 1 ? groups[0]! : null,
+    collect: (into, keep) => {
+      for (const group of groups) group.collect(into, keep);
     },
     test: (r) => {
       const group = index.groupOf(r);

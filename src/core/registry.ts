@@ -365,19 +365,31 @@ export class DeviceRegistry {
       return { devices, total: this.records.size };
     }
 
+    const sort = f.sort ?? "registered";
+    const desc = f.order === "desc";
+    conditions.sort((a, b) => a.size - b.size);
+    const driver = conditions[0];
+    // A single list in registration order, asked in that order: walked to the page, nothing collected or sorted.
+    if (conditions.length === 1 && !matchesText && sort === "registered" && driver!.single?.inOrder) {
+      const members = driver!.single;
+      return { devices: members.page(offset, limit, desc).map(toDevice), total: members.size };
+    }
+
     const matches: DeviceRecord[] = [];
-    if (conditions.length === 0) {
+    let inOrder = sort === "registered";
+    if (driver === undefined) {
       for (const record of this.records.values()) if (!matchesText || matchesText(record)) matches.push(record);
     } else {
-      conditions.sort((a, b) => a.size - b.size);
-      const [driver, ...rest] = conditions as [Condition, ...Condition[]];
-      for (const record of driver.records()) {
-        let ok = matchesText === null || matchesText(record);
-        for (let i = 0; ok && i < rest.length; i++) ok = rest[i]!.test(record);
-        if (ok) matches.push(record);
-      }
+      const tests = conditions.slice(1).map((c) => c.test);
+      if (matchesText) tests.push(matchesText);
+      driver.collect(matches, tests.length === 0 ? null : tests.length === 1 ? tests[0]! : (r) => tests.every((t) => t(r)));
+      inOrder &&= driver.single?.inOrder === true;
     }
-    const page = pageOf(matches, compareBy(f.sort ?? "registered", f.order ?? "asc"), offset, limit);
+    const page = inOrder
+      ? desc
+        ? matches.slice(Math.max(0, matches.length - offset - limit), Math.max(0, matches.length - offset)).reverse()
+        : matches.slice(offset, offset + limit)
+      : pageOf(matches, compareBy(sort, f.order ?? "asc"), offset, limit);
     return { devices: page.map(toDevice), total: matches.length };
   }
 

@@ -421,6 +421,107 @@ describe("DeviceRegistry", () => {
       assert.deepEqual(ids(t.registry.list({ limit: "2" as unknown as number, offset: "148" as unknown as number })), ["d148", "d149"]);
     });
 
+    it("pages a short list in registration order from either end, and again once a device moved into it", () => {
+      const t = setup();
+      for (let i = 0; i < 30; i++) t.registry.register({ id: `d${i}`, protocol: "mqtt", manufacturer: `m${i % 3}` });
+      const m0 = Array.from({ length: 10 }, (_, i) => `d${i * 3}`);
+      const page = (offset: number, limit: number, order: "asc" | "desc") => t.registry.list({ manufacturer: "m0", order, offset, limit });
+      for (const [offset, limit] of [[0, 100], [0, 3], [4, 3], [8, 5], [10, 1], [0, 0]] as const) {
+        assert.deepEqual(ids(page(offset, limit, "asc")), m0.slice(offset, offset + limit), `asc ${offset}+${limit}`);
+        assert.deepEqual(ids(page(offset, limit, "desc")), m0.slice().reverse().slice(offset, offset + limit), `desc ${offset}+${limit}`);
+        assert.equal(page(offset, limit, "asc").total, 10);
+      }
+      // d1 (registered second) moves to m0: it is listed in registration order, not at the end.
+      t.registry.applyUpdate("d1", { manufacturer: "m0" });
+      const moved = ["d0", "d1", ...m0.slice(1)];
+      assert.deepEqual(ids(page(0, 100, "asc")), moved);
+      assert.deepEqual(ids(page(1, 2, "desc")), moved.slice().reverse().slice(1, 3));
+      assert.equal(page(0, 1, "asc").total, 11);
+    });
+
+    it("answers filters, orders and pages as a scan and sort would, through moves, status changes and removals", () => {
+      // Lists of over 1,000 members (a manufacturer of 3,600 devices has about 1,000) are read from a kept array and shorter pages walked, and a
+      // list stays in registration order until a device moves into it: every path is compared
+      // with a plain scan after each kind of change.
+      const t = setup();
+      let seed = 11;
+      const rand = (n: number) => {
+        seed = (seed * 1103515245 + 12345) % 2147483648;
+        return Math.floor((seed / 2147483648) * n); // the high bits: the low ones of this generator repeat quickly
+      };
+      const pick = <T>(xs: readonly T[]): T => xs[rand(xs.length)]!;
+      const subset = (xs: string[]) => xs.filter(() => rand(2) === 1);
+      const order: string[] = []; // registration order of the live devices
+      let next = 0;
+      const register = () => {
+        const id = `d${next++}`;
+        t.registry.register({ id, name: `n${rand(9)}`, protocol: pick(["a", "b"]), manufacturer: pick(["m0", "m1", "m2", "m0", "m1", "m2", "m3"]), capabilities: subset(["c0", "c1"]), tags: subset(["t0", "t1"]) });
+        order.push(id);
+      };
+      for (let i = 0; i < 3600; i++) register();
+      const statuses = ["unknown", "online", "offline"] as const;
+      const filters: (() => DeviceFilter)[] = [
+        () => ({ manufacturer: pick(["m0", "m1", "m2", "m3"]) }),
+        () => ({ manufacturer: pick(["m0", "m1", "m2", "m3"]) }),
+        () => ({ manufacturer: ["m0", "m3"] }),
+        () => ({ status: pick(statuses) }),
+        () => ({ tag: pick(["t0", "t1"]) }),
+        () => ({ capability: ["c0", "c1"], capabilityMatch: pick(["any", "all"] as const) }),
+        () => ({ manufacturer: pick(["m0", "m1"]), status: pick(statuses) }),
+        () => ({ manufacturer: "m1", q: "d1" }),
+        () => ({ protocol: "b", tag: "t1" }),
+      ];
+      const matches = (d: Device, f: DeviceFilter): boolean => {
+        const one = (v: unknown, want: unknown) => want === undefined || (Array.isArray(want) ? want.includes(v) : v === want);
+        const list = (have: string[], want: unknown, match: unknown) =>
+          want === undefined || (match === "any" ? (want as string[]).some((w) => have.includes(w)) : [want].flat().every((w) => have.includes(w as string)));
+        return (
+          one(d.manufacturer, f.manufacturer) && one(d.status, f.status) && one(d.protocol, f.protocol) &&
+          list(d.tags, f.tag, f.tagMatch) && list(d.capabilities, f.capability, f.capabilityMatch) &&
+          (f.q === undefined || d.id.includes(f.q as string))
+        );
+      };
+      let queries = 0;
+      const check = (what: string, count = 24) => {
+        const all = order.map((id) => t.registry.get(id));
+        for (let q = 0; q < count; q++) {
+          const f = pick(filters)();
+          const expected = all.filter((d) => matches(d, f));
+          const byName = rand(4) === 0;
+          const desc = rand(2) === 1;
+          let want = expected.map((d, i) => ({ d, i }));
+          if (byName) want.sort((a, b) => (a.d.name < b.d.name ? -1 : a.d.name > b.d.name ? 1 : a.i - b.i) * (desc && a.d.name !== b.d.name ? -1 : 1));
+          else if (desc) want = want.reverse();
+          const [offset, limit] = pick([[0, 10_000], [0, 10_000], [0, 50], [rand(900), 1200], [rand(100), 20], [expected.length - 3, 10], [5000, 10]] as const);
+          const got = t.registry.list({ ...f, sort: byName ? "name" : "registered", order: desc ? "desc" : "asc", offset: Math.max(0, offset), limit });
+          const label = `${what}: ${JSON.stringify(f)} ${byName ? "name" : "registered"} ${desc ? "desc" : "asc"} ${offset}+${limit}`;
+          assert.equal(got.total, expected.length, label);
+          assert.deepEqual(ids(got), want.slice(Math.max(0, offset), Math.max(0, offset) + limit).map((x) => x.d.id), label);
+          queries++;
+        }
+      };
+      check("registered", 300);
+      for (let round = 0; round < 4; round++) {
+        for (let i = 0; i < 150; i++) {
+          const id = pick(order);
+          const patch = pick([{ manufacturer: pick(["m0", "m1", "m2", "m3"]) }, { tags: subset(["t0", "t1"]) }, { capabilities: subset(["c0", "c1"]) }, { protocol: pick(["a", "b"]) }]);
+          t.registry.applyUpdate(id, patch);
+        }
+        check(`round ${round}, after updates`);
+        for (let i = 0; i < 300; i++) t.registry.setStatus(t.registry.record(pick(order))!, pick(statuses));
+        check(`round ${round}, after status changes`);
+        for (let i = 0; i < 100; i++) {
+          const at = rand(order.length);
+          t.registry.remove(order[at]!);
+          order.splice(at, 1);
+        }
+        check(`round ${round}, after removals`);
+        for (let i = 0; i < 100; i++) register();
+        check(`round ${round}, after registrations`);
+      }
+      assert.equal(queries, 300 + 24 * 16);
+    });
+
     it("gives the same pages from the bounded heap (small page) as from a full sort", async () => {
       const t = setup();
       let seed = 7;
