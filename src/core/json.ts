@@ -65,10 +65,11 @@ const slotText: string[] = new Array<string>(SECOND_SLOTS).fill("");
  */
 export function iso(ms: number): string {
   if (!(ms >= 0 && ms < MAX_4_DIGIT_YEAR_MS) || !Number.isInteger(ms)) return new Date(ms).toISOString();
-  const milli = ms % 1000;
-  const second = (ms - milli) / 1000;
-  const slot = second % SECOND_SLOTS;
+  // Division and floor, not `%`: past 2^31 a remainder is a floating-point call.
+  const second = Math.floor(ms / 1000);
+  const slot = second & (SECOND_SLOTS - 1);
   if (slotMs[slot] === ms) return slotText[slot]!;
+  const milli = ms - second * 1000;
   let head = slotHead[slot]!;
   if (slotSecond[slot] !== second) {
     head = new Date(ms - milli).toISOString().slice(0, 19);

@@ -214,13 +214,14 @@ export function names(value: unknown, separator: RegExp = /[\s,]+/): string[] {
 /**
  * How a device message from a flow (the REST flow's HTTP routes) says who sent it: `msg.token`
  * (text, or absent) and `msg.protocol` (default `http`). INVALID naming the field otherwise;
- * `messages` are the node's own texts for the two.
+ * `message` gives the node's own text for either, translated only for a refusal (a report may
+ * come thousands of times a second).
  */
-export function deviceSender(msg: NodeMessage, messages: { token: string; protocol: string }): { token: string | undefined; protocol: string } {
+export function deviceSender(msg: NodeMessage, message: (field: "token" | "protocol") => string): { token: string | undefined; protocol: string } {
   const token = fromMsg(msg, "token", undefined);
-  if (token !== undefined && typeof token !== "string") throw invalidInput("token", messages.token);
+  if (token !== undefined && typeof token !== "string") throw invalidInput("token", message("token"));
   const protocol = fromMsg(msg, "protocol", "http");
-  if (typeof protocol !== "string") throw invalidInput("protocol", messages.protocol);
+  if (typeof protocol !== "string") throw invalidInput("protocol", message("protocol"));
   return { token, protocol };
 }
 

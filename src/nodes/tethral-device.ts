@@ -130,7 +130,7 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
       if (typeof kind !== "string" || !REPORT_KINDS.includes(kind as (typeof REPORT_KINDS)[number])) {
         throw invalidInput("kind", _("tethral-device.errors.kind", { kinds: REPORT_KINDS.join(", ") }));
       }
-      const sender = deviceSender(msg, { token: _("tethral-device.errors.token"), protocol: _("tethral-device.errors.protocol") });
+      const sender = deviceSender(msg, (field) => _(`tethral-device.errors.${field}`));
       const token = sender.token ?? presentedToken(req?.headers?.authorization, req?.query?.token);
       const protocol = sender.protocol;
       // A status comes as text (online), a JSON string ("online") or {"status": "online"}.

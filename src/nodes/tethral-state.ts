@@ -104,7 +104,7 @@ function planOf(_: Translate, msg: NodeMessage, def: StateDef): (hub: Hub) => Pr
     case "desired": {
       // The device's own read (the REST flow's GET /api/devices/{id}/desired): its token is checked.
       const id = needId();
-      const { token, protocol } = deviceSender(msg, { token: _("tethral-state.errors.token"), protocol: _("tethral-state.errors.protocol") });
+      const { token, protocol } = deviceSender(msg, (field) => _(`tethral-state.errors.${field}`));
       return (hub) => {
         const result = hub.readTwin(protocol, id, token);
         if (!result.ok) throw result.error;

@@ -209,6 +209,15 @@ describe("tethral-device node", function () {
       [{ token, payload: {} }, "INVALID"],
     ];
     for (const [msg, code] of refusals) assert.equal(errorCode(await t.caught("dev1", msg)), code, JSON.stringify(msg));
+    // A token or protocol that is no text is refused in the node's own words, naming the field.
+    for (const [msg, field, words] of [
+      [{ deviceId: "meter-1", token: 42, payload: {} }, "token", "msg.token must be a string"],
+      [{ deviceId: "meter-1", token, protocol: 7, payload: {} }, "protocol", "msg.protocol must be a string"],
+    ] as const) {
+      const error = (await t.caught("dev1", msg)).error as { message: string; cause?: { details?: { field: string }[] } };
+      assert.match(error.message, new RegExp(words.replace(".", "\\.")), JSON.stringify(msg));
+      assert.equal(error.cause?.details?.[0]?.field, field);
+    }
     assert.equal(t.hub.getState("meter-1").properties.power, 2, "a refused report changes nothing");
     const http = t.hub.communicationStatistics().protocols.http!;
     assert.equal(http.messagesIn, 2 + 5, "reports that reached the hub are counted");

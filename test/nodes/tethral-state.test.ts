@@ -169,6 +169,15 @@ describe("tethral-state node", function () {
       assert.equal((m.error as { source: { id: string } }).source.id, "st1");
       assert.deepEqual(lastStatus(t.node("st1")), { fill: "red", shape: "ring", text: code });
     }
+    // The device's own read of its desired state: a token or protocol that is no text, in the node's words.
+    for (const [msg, words] of [
+      [{ operation: "desired", deviceId: "boiler-1", token: 42 }, "msg.token must be a string: the device's token"],
+      [{ operation: "desired", deviceId: "boiler-1", protocol: 7 }, "msg.protocol must be a string: the protocol the device read over"],
+    ] as const) {
+      const m = await t.caught("st1", msg);
+      assert.equal(errorCode(m), "INVALID");
+      assert.equal((m.error as { message: string }).message, words);
+    }
     assert.equal(t.hub.getState("boiler-1").version, 0, "nothing changed");
   });
 
