@@ -17,13 +17,13 @@
  * would need a broker of its own, so that comparison would measure the broker, not the flow.
  * Needs mosquitto and a build (`npm run build`); writes bench/results/peer.json.
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { closedPort, until } from "../test/helpers";
 import { program, startMosquitto } from "../test/mosquitto";
 import { DeviceWorker } from "./devices-worker";
+import { type Proc, START, getJson, ready, startBuiltRuntime, startProcess } from "./runtime-process";
 import { targetOf, writeResults } from "./results";
 
 const DEVICES = 1000;
@@ -31,7 +31,6 @@ const ROUNDS = Number(process.env.TETHRAL_BENCH_PEER_ROUNDS ?? 200);
 const RUNS = Number(process.env.TETHRAL_BENCH_PEER_RUNS ?? 2);
 const ROOT = join(__dirname, "..");
 const NODE_RED = join(ROOT, "node_modules", "node-red", "red.js");
-const START = join(ROOT, "dist", "runtime", "start.js");
 const STALL_MS = 3000;
 
 interface Side {
@@ -41,48 +40,6 @@ interface Side {
   /** processed ÷ sent: what the broker did not drop (QoS 0) and the side took in. */
   delivered: number;
   seconds: number;
-}
-
-interface Proc {
-  child: ChildProcess;
-  output: () => string;
-  stop: () => Promise<void>;
-}
-
-function start(args: string[], env: NodeJS.ProcessEnv, cwd: string): Proc {
-  const child = spawn(process.execPath, args, { cwd, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] });
-  let out = "";
-  const keep = (c: Buffer) => {
-    out += c.toString();
-    if (out.length > 100_000) out = out.slice(-50_000);
-  };
-  child.stdout!.on("data", keep);
-  child.stderr!.on("data", keep);
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
-  return {
-    child,
-    output: () => out,
-    stop: async () => {
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
-      const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
-      await exited;
-      clearTimeout(timer);
-    },
-  };
-}
-
-async function getJson(url: string): Promise<{ status: number; body: unknown }> {
-  const res = await fetch(url);
-  const text = await res.text();
-  return { status: res.status, body: text ? JSON.parse(text) : null };
-}
-
-/** `check` until it passes; fails at once, with the process's output, when the process exits. */
-function ready(proc: Proc, check: () => Promise<boolean>): () => Promise<boolean> {
-  return async () => {
-    if (proc.child.exitCode !== null) throw new Error(`exited with ${proc.child.exitCode}:\n${proc.output()}`);
-    return check().catch(() => false);
-  };
 }
 
 /** Publishes ROUNDS reports from every device and times the count until it has them all (or stalls). */
@@ -138,7 +95,7 @@ async function plainFlow(broker: { port: number }, scratch: string): Promise<{ u
     join(dir, "settings.js"),
     `module.exports = { uiHost: "127.0.0.1", uiPort: ${port}, flowFile: "flows.json", credentialSecret: false, logging: { console: { level: "warn" } }, editorTheme: { tours: false } };\n`,
   );
-  const proc = start([NODE_RED, "--userDir", dir, "--settings", join(dir, "settings.js")], {}, dir);
+  const proc = startProcess([NODE_RED, "--userDir", dir, "--settings", join(dir, "settings.js")], {}, dir);
   const url = `http://127.0.0.1:${port}/count`;
   try {
     await until(ready(proc, async () => (await getJson(url)).status === 200), "Node-RED with the plain flow", 60_000);
@@ -150,15 +107,8 @@ async function plainFlow(broker: { port: number }, scratch: string): Promise<{ u
 }
 
 async function tethral(broker: { url: string }, scratch: string): Promise<{ api: string; proc: Proc }> {
-  const dir = join(scratch, "tethral");
-  rmSync(dir, { recursive: true, force: true });
-  const port = await closedPort();
-  // TETHRAL_TEST_NODE_ARGS: Node flags for the runtime (`--cpu-prof --cpu-prof-dir=...` to profile it).
-  const flags = (process.env.TETHRAL_TEST_NODE_ARGS ?? "").split(" ").filter((a) => a.length > 0);
-  const proc = start([...flags, START], { PORT: String(port), TETHRAL_USER_DIR: dir, TETHRAL_MQTT_URL: broker.url, TETHRAL_DEVICE_TOKENS: "off", TETHRAL_COAP_PORT: "0" }, scratch);
-  const api = `http://127.0.0.1:${port}/api`;
+  const { api, proc } = await startBuiltRuntime(join(scratch, "tethral"), { TETHRAL_MQTT_URL: broker.url, TETHRAL_DEVICE_TOKENS: "off" }, scratch);
   try {
-    await until(ready(proc, async () => (await getJson(`${api}/health`)).status === 200), "the Tethral runtime", 60_000);
     await registerAll(api);
   } catch (err) {
     await proc.stop();

@@ -1,6 +1,6 @@
 /**
- * REST API benchmark, in one run against the same runtime (started as `npm start` runs it, in a
- * child process, on a SQLite file):
+ * REST API benchmark, in one run against the same runtime (the build's dist/runtime/start.js, as
+ * `npm start` runs it, in a child process, on a SQLite file; needs `npm run build`):
  * - baseline: a bare `http in` → `http response` flow added for the run — what Node-RED itself
  *   serves on this machine, the limit;
  * - the REST API's routes: `GET /api/devices/{id}`, `GET /api/devices?limit=10`, and HTTP device
@@ -14,9 +14,9 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { Agent, request } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { call, spawnRuntime } from "../test/runtime/spawn-runtime";
 import { percentile } from "./stats";
 import { targetOf, writeResults } from "./results";
+import { startBuiltRuntime } from "./runtime-process";
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 /** Unmeasured load on each route first (see main). */
@@ -93,7 +93,7 @@ function phaseOf(name: string, samples: Sample[]): Phase {
 
 async function main(): Promise<void> {
   const scratch = mkdtempSync(join(tmpdir(), "tethral-bench-rest-"));
-  const rt = await spawnRuntime(join(scratch, "user"), { TETHRAL_TEST_LOG: "error" });
+  const rt = await startBuiltRuntime(join(scratch, "user"), {}, scratch);
   try {
     const base = new URL(rt.url);
     // The baseline routes: what a bare http in → http response answers on this machine.
@@ -111,9 +111,10 @@ async function main(): Promise<void> {
 
     const tokens: string[] = [];
     for (let i = 0; i < DEVICES; i++) {
-      const res = await call(rt.api, "POST", "/devices", { id: `bench-${i}`, protocol: "http", heartbeatTimeout: 3600 });
-      if (res.status !== 201) throw new Error(`registration failed: ${res.status} ${JSON.stringify(res.body)}`);
-      tokens.push(res.body.token as string);
+      const res = await fetch(`${rt.api}/devices`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ id: `bench-${i}`, protocol: "http", heartbeatTimeout: 3600 }) });
+      const body = (await res.json()) as { token?: string };
+      if (res.status !== 201 || typeof body.token !== "string") throw new Error(`registration failed: ${res.status} ${JSON.stringify(body)}`);
+      tokens.push(body.token);
     }
     const report = JSON.stringify({ temperature: 21.5, humidity: 40 });
     const getDevice = (i: number) => ({ method: "GET", path: `/api/devices/bench-${i % DEVICES}` });
@@ -157,7 +158,7 @@ async function main(): Promise<void> {
     console.log(`ratios to the bare flow: ${JSON.stringify(ratios)} (target ≥ ${target} each)`);
     writeResults("rest", { seconds: SECONDS, connections: CONNECTIONS, devices: DEVICES, phases, ratios });
   } finally {
-    await rt.stop();
+    await rt.proc.stop();
     rmSync(scratch, { recursive: true, force: true });
   }
 }
