@@ -29,6 +29,7 @@ import type { SqliteStoreOptions } from "./sqlite";
 import { type RawSeriesPoint, SqliteSeries } from "./sqlite-series";
 import { bucketRange } from "./series";
 import type { BucketQuery, EventQuery, PointQuery, PurgeResult, RetentionPolicy } from "../core/ports/store";
+import { isInMemoryPath } from "./sqlite-wire";
 
 type Db = Database.Database;
 type Stmt = Database.Statement<unknown[], unknown>;
@@ -75,7 +76,7 @@ export class SqliteDatabase {
 
   open(): void {
     if (this.conn) return;
-    const inMemory = this.path === ":memory:" || this.path === "";
+    const inMemory = isInMemoryPath(this.path);
     let db: Db | undefined;
     try {
       if (!inMemory) mkdirSync(dirname(resolve(this.path)), { recursive: true });

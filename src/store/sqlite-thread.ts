@@ -4,7 +4,7 @@ import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
 import { TethralError } from "../core/errors";
 import type { SqliteDatabase } from "./sqlite-database";
 import type { SqliteStoreOptions } from "./sqlite";
-import { BACKSTOP_PAGES, fromWire, type SqliteMethod, type SqliteReply, type SqliteRequest } from "./sqlite-wire";
+import { BACKSTOP_PAGES, fromWire, isInMemoryPath, type SqliteMethod, type SqliteReply, type SqliteRequest } from "./sqlite-wire";
 
 export type ThreadArgs<M extends SqliteMethod> = Parameters<SqliteDatabase[M]>;
 export type ThreadResult<M extends SqliteMethod> = ReturnType<SqliteDatabase[M]>;
@@ -52,7 +52,7 @@ export class SqliteThread {
    * `onLost` hears of a database thread that died by itself.
    */
   static start(data: SqliteStoreOptions, onLost: (reason: TethralError) => void): SqliteThread {
-    if (data.path === ":memory:" || data.path === "") {
+    if (isInMemoryPath(data.path)) {
       const thread = new SqliteThread(spawn({ ...data, role: "database" }), data.path, onLost, null);
       thread.listen();
       return thread;

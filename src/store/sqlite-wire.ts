@@ -9,6 +9,11 @@ import type { SqliteDatabase } from "./sqlite-database";
  */
 export const BACKSTOP_PAGES = 10_000;
 
+/** Whether a store path names an in-memory database (`:memory:`, or blank: SQLite's private temporary one). */
+export function isInMemoryPath(path: string): boolean {
+  return path === ":memory:" || path === "";
+}
+
 /** The calls the thread answers: SqliteDatabase's public methods, by name. */
 export const SQLITE_METHODS = [
   "open", "close", "ping", "walAutocheckpoint", "cacheSize", "schemaVersion", "upsertDevice", "deleteDevice", "upsertState", "writeBatch",

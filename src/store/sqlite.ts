@@ -295,19 +295,11 @@ export class SqliteStore implements Store {
     if (this.commandWriting || this.commandQueue.length === 0) return;
     const group = this.commandQueue.splice(0, MAX_COMMAND_GROUP);
     this.commandWriting = true;
-    // `call` throws at once without a thread: that is each caller's rejection too.
-    const write = <M extends "putCommand" | "putCommands">(method: M, args: ThreadArgs<M>): Promise<void> => {
-      try {
-        return this.call(method, args) as Promise<void>;
-      } catch (err) {
-        return Promise.reject(err);
-      }
-    };
-    const alone = (g: QueuedCommand) => write("putCommand", [g.params]).then(g.resolve, g.reject);
+    const alone = (g: QueuedCommand) => this.call("putCommand", [g.params]).then(g.resolve, g.reject);
     const written: Promise<unknown> =
       group.length === 1
         ? alone(group[0]!)
-        : write("putCommands", [group.map((g) => g.params)]).then(
+        : this.call("putCommands", [group.map((g) => g.params)]).then(
             () => group.forEach((g) => g.resolve()),
             (err: unknown) => {
               // A row the database refused rolled the group back: each is tried alone, so only
@@ -370,12 +362,13 @@ export class SqliteStore implements Store {
     return this.call("telemetryKeys", [deviceId]);
   }
 
-  private call<M extends SqliteMethod>(method: M, args: ThreadArgs<M>): Promise<ThreadResult<M>> {
-    if (this.handingOver) return this.handingOver.then(() => this.call(method, args));
+  /** A call to the database thread; without one, a rejection (UNAVAILABLE), never a throw. */
+  private async call<M extends SqliteMethod>(method: M, args: ThreadArgs<M>): Promise<ThreadResult<M>> {
+    while (this.handingOver) await this.handingOver;
     return this.live().call(method, args);
   }
 
-  /** The open thread; throws UNAVAILABLE (a rejection, in the async methods) without one. */
+  /** The open thread; throws UNAVAILABLE without one. */
   private live(): SqliteThread {
     if (this.thread) return this.thread;
     throw new TethralError("UNAVAILABLE", this.lost ?? `the SQLite store at ${this.path} is not open`);

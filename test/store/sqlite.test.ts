@@ -168,6 +168,10 @@ describe("SqliteStore", function () {
     const pending = store.loadDevices();
     assert.ok(pending instanceof Promise);
     await assert.rejects(pending, (err: unknown) => isTethralError(err) && err.code === "UNAVAILABLE");
+    // Commands are written in groups: on a store that is not open each caller hears UNAVAILABLE, alone or grouped.
+    const unavailable = (err: unknown) => isTethralError(err) && err.code === "UNAVAILABLE";
+    await assert.rejects(store.putCommand(commandRow("c1", "d1", T0)), unavailable);
+    await Promise.all([store.putCommand(commandRow("c2", "d1", T0)), store.putCommand(commandRow("c3", "d1", T0))].map((p) => assert.rejects(p, unavailable)));
     await store.open();
     await assert.rejects(
       store.upsertDevice(deviceRow("d1", { metadata: { n: 1n } as never })),
