@@ -17,13 +17,13 @@
  * would need a broker of its own, so that comparison would measure the broker, not the flow.
  * Needs mosquitto and a build (`npm run build`); writes bench/results/peer.json.
  */
-import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { closedPort, until } from "../test/helpers";
 import { program, startMosquitto } from "../test/mosquitto";
 import { DeviceWorker } from "./devices-worker";
-import { type Proc, START, getJson, ready, startBuiltRuntime, startProcess } from "./runtime-process";
+import { type Proc, getJson, ready, startBuiltRuntime, startProcess } from "./runtime-process";
 import { targetOf, writeResults } from "./results";
 
 const DEVICES = 1000;
@@ -106,15 +106,15 @@ async function plainFlow(broker: { port: number }, scratch: string): Promise<{ u
   return { url, proc };
 }
 
-async function tethral(broker: { url: string }, scratch: string): Promise<{ api: string; proc: Proc }> {
-  const { api, proc } = await startBuiltRuntime(join(scratch, "tethral"), { TETHRAL_MQTT_URL: broker.url, TETHRAL_DEVICE_TOKENS: "off" }, scratch);
+async function tethral(broker: { url: string }, scratch: string): Promise<{ api: string; stop: () => Promise<void> }> {
+  const { api, proc, stop } = await startBuiltRuntime(join(scratch, "tethral"), { TETHRAL_MQTT_URL: broker.url, TETHRAL_DEVICE_TOKENS: "off" }, scratch);
   try {
     await registerAll(api);
   } catch (err) {
     await proc.stop();
     throw err;
   }
-  return { api, proc };
+  return { api, stop };
 }
 
 async function registerAll(api: string): Promise<void> {
@@ -140,7 +140,6 @@ async function main(): Promise<void> {
     console.log("bench:peer: skipped (it needs mosquitto: apt-get install mosquitto)");
     return;
   }
-  if (!existsSync(START)) throw new Error("bench:peer runs the runtime as npm start does: run npm run build first");
   const target = targetOf("peer", "mosquitto.ratio");
   const scratch = mkdtempSync(join(tmpdir(), "tethral-bench-peer-"));
   const broker = await startMosquitto();
@@ -163,7 +162,7 @@ async function main(): Promise<void> {
         }
       }
       {
-        const { api, proc } = await tethral(broker, scratch);
+        const { api, stop } = await tethral(broker, scratch);
         const devices = new DeviceWorker();
         try {
           await devices.call({ op: "connect", url: broker.url, devices: ids, root: "tethral" });
@@ -172,7 +171,7 @@ async function main(): Promise<void> {
           console.log(`  tethral, run ${run + 1}: ${JSON.stringify(hubRuns.at(-1))}`);
         } finally {
           await devices.close();
-          await proc.stop();
+          await stop();
         }
       }
     }

@@ -158,7 +158,7 @@ async function main(): Promise<void> {
     console.log(`ratios to the bare flow: ${JSON.stringify(ratios)} (target ≥ ${target} each)`);
     writeResults("rest", { seconds: SECONDS, connections: CONNECTIONS, devices: DEVICES, phases, ratios });
   } finally {
-    await rt.proc.stop();
+    await rt.stop();
     rmSync(scratch, { recursive: true, force: true });
   }
 }

@@ -4,7 +4,7 @@
  * transpiled code differs from what ships). Needs `npm run build` (`npm run bench` builds first).
  */
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync, rmSync } from "node:fs";
+import { existsSync, readdirSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { closedPort, until } from "../test/helpers";
 
@@ -13,7 +13,8 @@ export const START = join(__dirname, "..", "dist", "runtime", "start.js");
 export interface Proc {
   child: ChildProcess;
   output: () => string;
-  stop: () => Promise<void>;
+  /** SIGTERM (SIGKILL after 15 s), then its exit: the code, or null when a signal ended it. */
+  stop: () => Promise<number | null>;
 }
 
 /** Node running `args` in `cwd`, its output kept (the last 50–100 kB) for a failure message. */
@@ -26,15 +27,16 @@ export function startProcess(args: string[], env: NodeJS.ProcessEnv, cwd: string
   };
   child.stdout!.on("data", keep);
   child.stderr!.on("data", keep);
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
   return {
     child,
     output: () => out,
     stop: async () => {
       if (child.exitCode === null && child.signalCode === null) child.kill("SIGTERM");
       const timer = setTimeout(() => child.kill("SIGKILL"), 15_000);
-      await exited;
+      const code = await exited;
       clearTimeout(timer);
+      return code;
     },
   };
 }
@@ -59,8 +61,10 @@ export function ready(proc: Proc, check: () => Promise<boolean>): () => Promise<
  * /api/health answers 200. TETHRAL_TEST_NODE_ARGS adds Node flags (`--cpu-prof
  * --cpu-prof-dir=...` to profile it).
  */
-export async function startBuiltRuntime(dir: string, env: NodeJS.ProcessEnv, cwd: string): Promise<{ url: string; api: string; proc: Proc }> {
+export async function startBuiltRuntime(dir: string, env: NodeJS.ProcessEnv, cwd: string): Promise<{ url: string; api: string; proc: Proc; stop: () => Promise<void> }> {
   if (!existsSync(START)) throw new Error("this benchmark runs the runtime as npm start does: run npm run build first");
+  const newer = newerSource(statSync(START).mtimeMs);
+  if (newer !== null) throw new Error(`${newer} is newer than the build this benchmark would measure: run npm run build first`);
   rmSync(dir, { recursive: true, force: true });
   const port = await closedPort();
   const flags = (process.env.TETHRAL_TEST_NODE_ARGS ?? "").split(" ").filter((a) => a.length > 0);
@@ -73,5 +77,23 @@ export async function startBuiltRuntime(dir: string, env: NodeJS.ProcessEnv, cwd
     await proc.stop();
     throw err;
   }
-  return { url, api, proc };
+  // A runtime that does not stop cleanly (a non-zero exit, or killed after 15 s) fails the benchmark.
+  const stop = async () => {
+    const code = await proc.stop();
+    if (code !== 0) throw new Error(`the runtime did not stop cleanly (exit ${code}):\n${proc.output().slice(-4000)}`);
+  };
+  return { url, api, proc, stop };
+}
+
+/** A source file changed after `builtAt` (epoch ms), if any: the build would not be what the sources say. */
+function newerSource(builtAt: number): string | null {
+  const walk = (dir: string): string | null => {
+    for (const entry of readdirSync(dir, { withFileTypes: true })) {
+      const file = join(dir, entry.name);
+      const found = entry.isDirectory() ? walk(file) : statSync(file).mtimeMs > builtAt ? file : null;
+      if (found !== null) return found;
+    }
+    return null;
+  };
+  return walk(join(__dirname, "..", "src"));
 }

@@ -2,7 +2,7 @@ import type { Clock } from "./clock";
 import { TethralError, notFound } from "./errors";
 import type { EventBus } from "./events";
 import type { HeartbeatTracker } from "./heartbeat";
-import { ChainIndex, Interner, type ListGroup, ListIndex, type Members, type ValueIndex } from "./indexes";
+import { ChainIndex, Interner, type ListGroup, ListIndex, type Members, type ValueIndex, orderedPage } from "./indexes";
 import { cloneJson, isEmptyObject, iso, isoOrNull, jsonEqual } from "./json";
 import { type Condition, type DeviceFilter, compareBy, filterSchema, listCondition, pageOf, textMatch, unionCondition } from "./registry-query";
 import type { StateRecord } from "./state-record";
@@ -385,11 +385,7 @@ export class DeviceRegistry {
       driver.collect(matches, tests.length === 0 ? null : tests.length === 1 ? tests[0]! : (r) => tests.every((t) => t(r)));
       inOrder &&= driver.single?.inOrder === true;
     }
-    const page = inOrder
-      ? desc
-        ? matches.slice(Math.max(0, matches.length - offset - limit), Math.max(0, matches.length - offset)).reverse()
-        : matches.slice(offset, offset + limit)
-      : pageOf(matches, compareBy(sort, f.order ?? "asc"), offset, limit);
+    const page = inOrder ? orderedPage(matches, offset, limit, desc) : pageOf(matches, compareBy(sort, f.order ?? "asc"), offset, limit);
     return { devices: page.map(toDevice), total: matches.length };
   }
 

@@ -3,6 +3,7 @@ import { ManualClock } from "../../src/core/clock";
 import { TethralError } from "../../src/core/errors";
 import { EventBus } from "../../src/core/events";
 import { Hub } from "../../src/core/hub";
+import type { Members, ValueIndex } from "../../src/core/indexes";
 import { DEFAULT_PAGE_SIZE, type DeviceFilter, DeviceRegistry } from "../../src/core/registry";
 import type { Device, DeviceStatus, TethralEvent } from "../../src/core/types";
 import { assertCode } from "../helpers";
@@ -421,6 +422,43 @@ describe("DeviceRegistry", () => {
       assert.deepEqual(ids(t.registry.list({ limit: "2" as unknown as number, offset: "148" as unknown as number })), ["d148", "d149"]);
     });
 
+    it("pages a list in registration order without collecting or sorting it, and keeps no array for a list that is not", () => {
+      const t = setup();
+      for (let i = 0; i < 3000; i++) t.registry.register({ id: `d${i}`, protocol: "mqtt", manufacturer: `m${i % 2}` });
+      type Probe = Members & { snapshot: unknown };
+      const indexes = t.registry as unknown as { byManufacturer: ValueIndex; byStatus: ValueIndex };
+      const calls = { page: 0, collect: 0 };
+      const probe = (members: Members): Probe => {
+        const m = members as Probe;
+        const page = m.page.bind(m);
+        const collect = m.collect.bind(m);
+        m.page = (...a) => (calls.page++, page(...a));
+        m.collect = (...a) => (calls.collect++, collect(...a));
+        return m;
+      };
+      const m0 = probe(indexes.byManufacturer.get("m0")!);
+      const even = (from: number, n: number) => Array.from({ length: n }, (_, k) => `d${2 * (from + k)}`);
+      assert.deepEqual(ids(t.registry.list({ manufacturer: "m0", limit: 3 })), even(0, 3));
+      assert.deepEqual(ids(t.registry.list({ manufacturer: "m0", offset: 1490, limit: 20 })), even(1490, 10), "a long page, from the kept array");
+      assert.ok(m0.snapshot !== null, "the array is kept");
+      assert.deepEqual(ids(t.registry.list({ manufacturer: "m0", order: "desc", limit: 2 })), ["d2998", "d2996"]);
+      assert.deepEqual(calls, { page: 3, collect: 0 }, "walked or read to the page, never collected");
+      // A device moves in: the list is no longer in registration order, so it is collected and sorted.
+      t.registry.applyUpdate("d1", { manufacturer: "m0" });
+      assert.equal(m0.snapshot, null, "a change drops the array");
+      assert.deepEqual(ids(t.registry.list({ manufacturer: "m0", limit: 3 })), ["d0", "d1", "d2"]);
+      assert.deepEqual(calls, { page: 3, collect: 1 });
+      // A status list changes with every online/offline move: collected without an array kept for it.
+      for (let i = 0; i < 3000; i += 3) t.registry.setStatus(t.registry.record(`d${i}`)!, "online");
+      t.registry.setStatus(t.registry.record("d0")!, "offline");
+      t.registry.setStatus(t.registry.record("d0")!, "online");
+      const online = probe(indexes.byStatus.get("online")!);
+      assert.equal(t.registry.list({ status: "online", limit: 5000 }).total, 1000);
+      assert.deepEqual(ids(t.registry.list({ status: "online", limit: 2 })), ["d0", "d3"]);
+      assert.equal(online.snapshot, null);
+      assert.deepEqual(calls, { page: 3, collect: 3 });
+    });
+
     it("pages a short list in registration order from either end, and again once a device moved into it", () => {
       const t = setup();
       for (let i = 0; i < 30; i++) t.registry.register({ id: `d${i}`, protocol: "mqtt", manufacturer: `m${i % 3}` });
@@ -440,7 +478,7 @@ describe("DeviceRegistry", () => {
     });
 
     it("answers filters, orders and pages as a scan and sort would, through moves, status changes and removals", () => {
-      // Lists of over 1,000 members (a manufacturer of 3,600 devices has about 1,000) are read from a kept array and shorter pages walked, and a
+      // Lists of over 1,000 members (m0–m2 of 4,200 devices have about 1,200 each) are read from a kept array and shorter pages walked, and a
       // list stays in registration order until a device moves into it: every path is compared
       // with a plain scan after each kind of change.
       const t = setup();
@@ -458,7 +496,7 @@ describe("DeviceRegistry", () => {
         t.registry.register({ id, name: `n${rand(9)}`, protocol: pick(["a", "b"]), manufacturer: pick(["m0", "m1", "m2", "m0", "m1", "m2", "m3"]), capabilities: subset(["c0", "c1"]), tags: subset(["t0", "t1"]) });
         order.push(id);
       };
-      for (let i = 0; i < 3600; i++) register();
+      for (let i = 0; i < 4200; i++) register();
       const statuses = ["unknown", "online", "offline"] as const;
       const filters: (() => DeviceFilter)[] = [
         () => ({ manufacturer: pick(["m0", "m1", "m2", "m3"]) }),
