@@ -7,6 +7,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, readdirSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { closedPort, until } from "../test/helpers";
+import { runtimeNodeArgs } from "../test/runtime/spawn-runtime";
 
 export const START = join(__dirname, "..", "dist", "runtime", "start.js");
 
@@ -58,8 +59,7 @@ export function ready(proc: Proc, check: () => Promise<boolean>): () => Promise<
 /**
  * The runtime as `npm start` runs it, on a fresh user dir `dir` and a free port, with `env` added
  * (TETHRAL_COAP_PORT and TETHRAL_MQTT_PORT default to 0: ports of its own); resolves once
- * /api/health answers 200. TETHRAL_TEST_NODE_ARGS adds Node flags (`--cpu-prof
- * --cpu-prof-dir=...` to profile it).
+ * /api/health answers 200. TETHRAL_TEST_NODE_ARGS adds Node flags (see runtimeNodeArgs).
  */
 export async function startBuiltRuntime(dir: string, env: NodeJS.ProcessEnv, cwd: string): Promise<{ url: string; api: string; proc: Proc; stop: () => Promise<void> }> {
   if (!existsSync(START)) throw new Error("this benchmark runs the runtime as npm start does: run npm run build first");
@@ -67,8 +67,7 @@ export async function startBuiltRuntime(dir: string, env: NodeJS.ProcessEnv, cwd
   if (newer !== null) throw new Error(`${newer} is newer than the build this benchmark would measure: run npm run build first`);
   rmSync(dir, { recursive: true, force: true });
   const port = await closedPort();
-  const flags = (process.env.TETHRAL_TEST_NODE_ARGS ?? "").split(" ").filter((a) => a.length > 0);
-  const proc = startProcess([...flags, START], { TETHRAL_COAP_PORT: "0", TETHRAL_MQTT_PORT: "0", ...env, PORT: String(port), TETHRAL_USER_DIR: dir }, cwd);
+  const proc = startProcess([...runtimeNodeArgs(), START], { TETHRAL_COAP_PORT: "0", TETHRAL_MQTT_PORT: "0", ...env, PORT: String(port), TETHRAL_USER_DIR: dir }, cwd);
   const url = `http://127.0.0.1:${port}/`;
   const api = `http://127.0.0.1:${port}/api`;
   try {

@@ -34,10 +34,13 @@ const OUTPUT_KEPT = 64 * 1024;
  * `stop()` rejects when the runtime does not stop cleanly (a non-zero exit, or no exit within 20
  * s, when it is killed): a restart test must not pass over a shutdown that failed.
  */
+/** TETHRAL_TEST_NODE_ARGS: extra Node flags for the runtimes a test or benchmark starts (`--cpu-prof --cpu-prof-dir=...` to profile them). */
+export function runtimeNodeArgs(): string[] {
+  return (process.env.TETHRAL_TEST_NODE_ARGS ?? "").split(" ").filter((a) => a.length > 0);
+}
+
 export function spawnRuntime(userDir: string, env: NodeJS.ProcessEnv = {}): Promise<RuntimeChild> {
-  // TETHRAL_TEST_NODE_ARGS: extra Node flags for the runtimes (`--cpu-prof --cpu-prof-dir=...` to profile a benchmark's members).
-  const extra = (process.env.TETHRAL_TEST_NODE_ARGS ?? "").split(" ").filter((a) => a.length > 0);
-  const proc: ChildProcess = spawn(process.execPath, [...extra, "--import", "tsx", CHILD, userDir], {
+  const proc: ChildProcess = spawn(process.execPath, [...runtimeNodeArgs(), "--import", "tsx", CHILD, userDir], {
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
