@@ -28,17 +28,17 @@ const STOP_LIMIT_MS = 20_000;
 // The last of the runtime's log kept for a failure message.
 const OUTPUT_KEPT = 64 * 1024;
 
+/** TETHRAL_TEST_NODE_ARGS: extra Node flags for the runtimes a test or benchmark starts (`--cpu-prof --cpu-prof-dir=...` to profile them). */
+export function runtimeNodeArgs(): string[] {
+  return (process.env.TETHRAL_TEST_NODE_ARGS ?? "").split(" ").filter((a) => a.length > 0);
+}
+
 /**
  * Starts the flow runtime (test/runtime/child.ts) in a process of its own on `userDir`, and
  * resolves once it prints READY. A restart is `stop()` and another `spawnRuntime` on the same dir.
  * `stop()` rejects when the runtime does not stop cleanly (a non-zero exit, or no exit within 20
  * s, when it is killed): a restart test must not pass over a shutdown that failed.
  */
-/** TETHRAL_TEST_NODE_ARGS: extra Node flags for the runtimes a test or benchmark starts (`--cpu-prof --cpu-prof-dir=...` to profile them). */
-export function runtimeNodeArgs(): string[] {
-  return (process.env.TETHRAL_TEST_NODE_ARGS ?? "").split(" ").filter((a) => a.length > 0);
-}
-
 export function spawnRuntime(userDir: string, env: NodeJS.ProcessEnv = {}): Promise<RuntimeChild> {
   const proc: ChildProcess = spawn(process.execPath, [...runtimeNodeArgs(), "--import", "tsx", CHILD, userDir], {
     env: { ...process.env, ...env },

@@ -165,11 +165,11 @@ describe("SqliteStore", function () {
 
   it("turns a thrown error into a rejected promise", async function () {
     const store = track(new SqliteStore({ path: ":memory:" }));
+    const unavailable = (err: unknown) => isTethralError(err) && err.code === "UNAVAILABLE";
     const pending = store.loadDevices();
     assert.ok(pending instanceof Promise);
-    await assert.rejects(pending, (err: unknown) => isTethralError(err) && err.code === "UNAVAILABLE");
+    await assert.rejects(pending, unavailable);
     // Commands are written in groups: on a store that is not open each caller hears UNAVAILABLE, alone or grouped.
-    const unavailable = (err: unknown) => isTethralError(err) && err.code === "UNAVAILABLE";
     await assert.rejects(store.putCommand(commandRow("c1", "d1", T0)), unavailable);
     await Promise.all([store.putCommand(commandRow("c2", "d1", T0)), store.putCommand(commandRow("c3", "d1", T0))].map((p) => assert.rejects(p, unavailable)));
     await store.open();
