@@ -176,8 +176,9 @@ export class SqliteStore implements Store {
   async writeBatch(batch: WriteBatch): Promise<void> {
     if (this.handingOver) return this.handingOver.then(() => this.writeBatch(batch));
     const thread = this.live();
-    const parts = splitBatch(batch, PART_ROWS);
-    if (parts.length === 1) return thread.call("writeBatch", [encodeBatch(batch)]);
+    const ordered = historyInIndexOrder(batch);
+    const parts = splitBatch(ordered, PART_ROWS);
+    if (parts.length === 1) return thread.call("writeBatch", [encodeBatch(ordered)]);
     // Telemetry points are encoded here (checked, split into number or JSON text); their key
     // ids, the roll-ups and all the SQL are the database thread's work.
     // Each part is posted as soon as it is encoded: the thread writes it while the next one is
@@ -373,4 +374,19 @@ export class SqliteStore implements Store {
     if (this.thread) return this.thread;
     throw new TethralError("UNAVAILABLE", this.lost ?? `the SQLite store at ${this.path} is not open`);
   }
+}
+
+/**
+ * The batch with its history rows in the order of the history's device index (device, then as
+ * they came: the sort is stable, so each device's rows keep their time order). A batch of
+ * 20,000 rows from 1,000 devices otherwise inserts into that index at random places; in
+ * device order consecutive rows land on the same pages, as the points do (`inKeyOrder` in
+ * sqlite-series.ts). Measured, bench:store's 300,000 rows in six pairs of runs: 133,600
+ * rows/s on average in arrival order, 150,800 in device order, faster in every pair. What is
+ * stored is the same: every read orders explicitly.
+ */
+function historyInIndexOrder(batch: WriteBatch): WriteBatch {
+  if (batch.history.length < 2) return batch;
+  const history = batch.history.slice().sort((a, b) => (a.deviceId === b.deviceId ? 0 : a.deviceId < b.deviceId ? -1 : 1));
+  return { ...batch, history };
 }
