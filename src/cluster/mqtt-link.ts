@@ -6,6 +6,7 @@ import { ERROR_STATUS, type ErrorCode, type ErrorDetail, TethralError, errorMess
 import type { ClusterHandler, ClusterLink, ForwardedMessage } from "../core/ports/cluster";
 import { mqttUrlProblem } from "../protocols/mqtt";
 import { DEFAULT_TOPIC_ROOT } from "../protocols/mqtt-topics";
+import { mqttClientLog } from "../protocols/mqtt-client";
 
 /** The broker the link uses: the external broker of the hub's MQTT settings, with its credentials. */
 export interface MqttLinkOptions {
@@ -189,6 +190,7 @@ export class MqttClusterLink implements ClusterLink {
       cert: o.cert,
       key: o.key,
       rejectUnauthorized: o.rejectUnauthorized ?? true,
+      log: mqttClientLog(),
     };
     const client = mqtt.connect(o.url, clientOptions);
     this.client = client;
