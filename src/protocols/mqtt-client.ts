@@ -22,16 +22,24 @@ export function hubClientOptions(o: MqttAdapterOptions): IClientOptions {
   };
 }
 
-const noLog = (): void => undefined;
+/** The hub's mqtt.js clients' logger when mqtt.js's is not asked for (see `mqttClientLog`). */
+export const noLog = (): void => undefined;
 
 /**
  * mqtt.js logs every packet through the `debug` package, whose disabled logger still gathers
  * each call's arguments into an array first (`debug(...args)`): about ten calls a command's
  * round trip, 12% of the bytes the hub allocated under bench:comm's commands, and those
  * allocations are what sets how often minor garbage collections pause the hub. Unless `DEBUG`
- * is set (then mqtt.js's own logger, so `DEBUG=mqttjs*` shows its packets as before), the
- * hub's clients log nowhere.
+ * asks for mqtt.js's client output (a pattern matching `mqttjs:client`: then mqtt.js's own logger, so
+ * `DEBUG=mqttjs* npm start` shows its packets as before), the hub's clients log nowhere.
+ * mqtt.js's connection modules and its packet parser keep loggers of their own.
  */
-export function mqttClientLog(): IClientOptions["log"] {
-  return process.env.DEBUG ? undefined : noLog;
+export function mqttClientLog(debug = process.env.DEBUG): IClientOptions["log"] {
+  // DEBUG lists name patterns, `*` for any characters, `-` before one to leave it out.
+  const asked = (debug ?? "").split(/[\s,]+/).some((pattern) => {
+    if (pattern === "" || pattern.startsWith("-")) return false;
+    const escaped = pattern.replace(/[.+?^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*");
+    return new RegExp(`^${escaped}$`).test("mqttjs:client");
+  });
+  return asked ? undefined : noLog;
 }

@@ -301,25 +301,35 @@ describe("SqliteStore", function () {
     assert.deepEqual(stored.map((h) => h.version), Array.from({ length: 10_000 }, (_, i) => i + 1));
   });
 
-  it("writes a batch's history in device order: every row stored, each device's read back in time order, the caller's batch untouched", async function () {
-    const store = track(new SqliteStore({ path: join(dir, "device-order.db") }));
+  it("writes a batch's history in device order: grouped by device in the file, each device's read back in time order, the caller's batch untouched", async function () {
+    const path = join(dir, "device-order.db");
+    const store = track(new SqliteStore({ path }));
     await store.open();
-    // 5,000 rows (three parts) from 7 devices, interleaved; two rows of each device share a time
-    // and are told apart by version.
-    const history = Array.from({ length: 5000 }, (_, i) => historyRow(`h${i}`, `d${(i * 3) % 7}`, T0 + Math.floor(i / 2), i + 1));
+    // 5,000 rows (three parts) from 7 devices, interleaved. Rows i and i + 7 are the same device
+    // and, when i % 14 < 7, the same time: those ties are told apart by version.
+    const history = Array.from({ length: 5000 }, (_, i) => historyRow(`h${i}`, `d${(i * 3) % 7}`, T0 + Math.floor(i / 14), i + 1));
     const asGiven = history.map((h) => h.id);
-    await store.writeBatch({ presence: [], states: [], history, events: [] });
-    assert.deepEqual(history.map((h) => h.id), asGiven);
-    for (let d = 0; d < 7; d++) {
-      const stored = await store.stateHistory(`d${d}`, 10_000);
-      const expected = history.filter((h) => h.deviceId === `d${d}`);
-      assert.deepEqual(stored.map((h) => h.id), expected.map((h) => h.id), `d${d}`);
-    }
     // A small batch (one part) too.
     const small = [historyRow("s1", "d9", T0, 1), historyRow("s2", "d8", T0, 1), historyRow("s3", "d9", T0 + 1, 2)];
+    await store.writeBatch({ presence: [], states: [], history, events: [] });
     await store.writeBatch({ presence: [], states: [], history: small, events: [] });
+    assert.deepEqual(history.map((h) => h.id), asGiven);
     assert.deepEqual(small.map((h) => h.id), ["s1", "s2", "s3"]);
+    for (let d = 0; d < 7; d++) {
+      const stored = await store.stateHistory(`d${d}`, 10_000);
+      assert.deepEqual(stored.map((h) => h.id), history.filter((h) => h.deviceId === `d${d}`).map((h) => h.id), `d${d}`);
+    }
     assert.deepEqual((await store.stateHistory("d9", 10)).map((h) => h.id), ["s1", "s3"]);
+    await store.close();
+    // In the file: inserted device by device (rowid order), each device's rows as they came.
+    const db = new Database(path, { readonly: true });
+    try {
+      const inserted = (db.prepare("SELECT id, device_id FROM state_history ORDER BY rowid").all() as { id: string; device_id: string }[]);
+      const expected = [...history.filter((h) => h.deviceId.startsWith("d")).sort((x, y) => (x.deviceId < y.deviceId ? -1 : x.deviceId > y.deviceId ? 1 : 0)), small[1]!, small[0]!, small[2]!];
+      assert.deepEqual(inserted.map((r) => r.id), expected.map((h) => h.id));
+    } finally {
+      db.close();
+    }
   });
 
   it("keeps this thread's timers running while a batch of 100,000 rows is written", async function () {
