@@ -1,3 +1,4 @@
+import createDebug from "debug";
 import type { IClientOptions } from "mqtt";
 import type { MqttAdapterOptions } from "./mqtt";
 
@@ -29,17 +30,11 @@ export const noLog = (): void => undefined;
  * mqtt.js logs every packet through the `debug` package, whose disabled logger still gathers
  * each call's arguments into an array first (`debug(...args)`): about ten calls a command's
  * round trip, 12% of the bytes the hub allocated under bench:comm's commands, and those
- * allocations are what sets how often minor garbage collections pause the hub. Unless `DEBUG`
- * asks for mqtt.js's client output (a pattern matching `mqttjs:client`: then mqtt.js's own logger, so
- * `DEBUG=mqttjs* npm start` shows its packets as before), the hub's clients log nowhere.
- * mqtt.js's connection modules and its packet parser keep loggers of their own.
+ * allocations are what sets how often minor garbage collections pause the hub. Unless `debug`
+ * has mqtt.js's client log enabled (`DEBUG=mqttjs* npm start`: then mqtt.js's own logger, which
+ * shows its packets as before), the hub's clients log nowhere. mqtt.js's connection modules and
+ * its packet parser keep loggers of their own.
  */
-export function mqttClientLog(debug = process.env.DEBUG): IClientOptions["log"] {
-  // DEBUG lists name patterns, `*` for any characters, `-` before one to leave it out.
-  const asked = (debug ?? "").split(/[\s,]+/).some((pattern) => {
-    if (pattern === "" || pattern.startsWith("-")) return false;
-    const escaped = pattern.replace(/[.+?^${}()|[\]\\]/g, "\\$&").replace(/\*/g, ".*");
-    return new RegExp(`^${escaped}$`).test("mqttjs:client");
-  });
-  return asked ? undefined : noLog;
+export function mqttClientLog(): IClientOptions["log"] {
+  return createDebug.enabled("mqttjs:client") ? undefined : noLog;
 }

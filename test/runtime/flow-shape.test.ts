@@ -17,8 +17,6 @@ interface FlowNode {
  * bare http in → http response flow, where a function node doing the same routing kept it at
  * 0.77–0.91.
  */
-const QUEUEING = new Set(["switch"]);
-
 describe("the REST API flow (flows/flows.json)", () => {
   const nodes = JSON.parse(readFileSync(join(__dirname, "..", "..", "flows", "flows.json"), "utf8")) as FlowNode[];
   const byId = new Map(nodes.map((n) => [n.id, n]));
@@ -34,7 +32,7 @@ describe("the REST API flow (flows/flows.json)", () => {
         const node = byId.get(next.pop()!);
         if (!node || seen.has(node.id)) continue;
         seen.add(node.id);
-        if (QUEUEING.has(node.type)) found.push(`${route.method?.toUpperCase()} ${route.url}: ${node.type} ${node.id}`);
+        if (node.type === "switch") found.push(`${route.method?.toUpperCase()} ${route.url}: ${node.type} ${node.id}`);
         for (const wire of node.wires ?? []) next.push(...wire);
       }
     }
