@@ -375,7 +375,7 @@ export class SqliteDatabase {
     this.writeRows("states", batch.states);
     this.writeRows("state_history", batch.history);
     this.writeRows("events", batch.events);
-    if (batch.points.length > 0) this.series.write(batch.points);
+    if (batch.points.cols.length > 0) this.series.write(batch.points);
   }
 
   /** Writes flattened rows in order, CHUNK at a time, the remainder in power-of-two chunks. */

@@ -74,11 +74,11 @@ export class SqliteThread {
     return thread;
   }
 
-  /** Posts a call; the thread's answer settles the promise. */
-  call<M extends SqliteMethod>(method: M, args: ThreadArgs<M>): Promise<ThreadResult<M>> {
+  /** Posts a call; the thread's answer settles the promise. `transfer` moves those buffers to the thread instead of copying them. */
+  call<M extends SqliteMethod>(method: M, args: ThreadArgs<M>, transfer?: readonly ArrayBuffer[]): Promise<ThreadResult<M>> {
     if (this.ended) return Promise.reject(this.ended);
     const id = this.nextId++;
-    this.worker.postMessage({ id, method, args } satisfies SqliteRequest);
+    this.worker.postMessage({ id, method, args } satisfies SqliteRequest, transfer);
     return new Promise<ThreadResult<M>>((resolve, reject) => {
       // An idle thread must not keep the process alive (an open connection never did); a call
       // waiting for its answer must.

@@ -178,7 +178,10 @@ export class SqliteStore implements Store {
     const thread = this.live();
     const ordered = historyInIndexOrder(batch);
     const parts = splitBatch(ordered, PART_ROWS);
-    if (parts.length === 1) return thread.call("writeBatch", [encodeBatch(ordered)]);
+    if (parts.length === 1) {
+      const encoded = encodeBatch(ordered);
+      return thread.call("writeBatch", [encoded], [encoded.points.cols.buffer as ArrayBuffer]);
+    }
     // Telemetry points are encoded here (checked, split into number or JSON text); their key
     // ids, the roll-ups and all the SQL are the database thread's work.
     // Each part is posted as soon as it is encoded: the thread writes it while the next one is
@@ -205,7 +208,8 @@ export class SqliteStore implements Store {
           sliceStarted = performance.now();
         }
         const { part, pointOffset } = parts[i]!;
-        post(thread.call("writePart", [encodeBatch(part, pointOffset)]));
+        const encoded = encodeBatch(part, pointOffset);
+        post(thread.call("writePart", [encoded], [encoded.points.cols.buffer as ArrayBuffer]));
       }
       post(thread.call("commitBatch", []));
     } catch (err) {

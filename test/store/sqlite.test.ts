@@ -8,7 +8,8 @@ import Database from "better-sqlite3";
 import { isTethralError } from "../../src/core/errors";
 import { LATEST_SCHEMA_VERSION, MIGRATIONS_TABLE } from "../../src/store/migrations";
 import { SqliteStore } from "../../src/store/sqlite";
-import type { HistoryRow, WriteBatch } from "../../src/core/ports/store";
+import type { HistoryRow, PointRow, WriteBatch } from "../../src/core/ports/store";
+import { encodeBatch } from "../../src/store/sqlite-rows";
 import { describeStoreContract } from "./contract";
 import { commandRow, deviceRow, eventRow, historyRow, stateRow, T0 } from "./fixtures";
 import { BACKSTOP_PAGES } from "../../src/store/sqlite-wire";
@@ -563,5 +564,28 @@ describe("SqliteStore", function () {
     assert.equal(child.error, undefined, "the process ended by itself");
     assert.equal(child.stdout.trim(), "answered", child.stderr);
     assert.equal(child.status, 0, child.stderr);
+  });
+});
+
+describe("encodeBatch's points (what the SQLite store hands its database thread)", function () {
+  it("names each device id and key once, keeps four numbers a point, and text values beside them only when there are any", function () {
+    const batch = (values: PointRow["value"][]): WriteBatch => ({
+      presence: [],
+      states: [],
+      history: [],
+      events: [],
+      points: values.map((value, i) => ({ deviceId: `d-${i % 2}`, key: i % 3 === 0 ? "t" : "h", ts: T0 + i, value })),
+    });
+    const numbers = encodeBatch(batch([1.5, -2, 0, 2 ** 40, 3])).points;
+    assert.deepEqual(numbers.names, ["d-0", "t", "d-1", "h"]);
+    assert.ok(numbers.cols instanceof Float64Array, "a typed array, so that its buffer can be transferred");
+    assert.deepEqual([...numbers.cols], [0, 1, T0, 1.5, 2, 3, T0 + 1, -2, 0, 3, T0 + 2, 0, 2, 1, T0 + 3, 2 ** 40, 0, 3, T0 + 4, 3]);
+    assert.equal(numbers.vals, null);
+
+    const mixed = encodeBatch(batch([7, true, "on", false]), 10).points;
+    assert.deepEqual([...mixed.cols.filter((_, i) => i % 4 === 3)].map((n) => (Number.isNaN(n) ? "none" : n)), [7, "none", "none", "none"]);
+    assert.deepEqual(mixed.vals, [null, "true", '"on"', "false"]);
+    // A point that cannot be stored is named by its place in the whole batch (the offset).
+    assert.throws(() => encodeBatch(batch([1, Number.NaN]), 10), /points\[11\]\.value/);
   });
 });
