@@ -38,6 +38,11 @@ export function table(rows: Checked[]): string {
   const met = rows.filter((r) => r.pass).length;
   lines.push("", `${met} of ${rows.length} figures meet their targets.`);
   for (const [m, benches] of machines) lines.push(`Measured on ${m} (${benches.join(", ")}).`);
+  const faults = [...new Set(rows.map((r) => r.machine?.pageFaultUs).filter((us): us is number => us !== undefined))].sort((a, b) => a - b);
+  if (faults.length > 0) {
+    const range = faults.length === 1 ? `${faults[0]}` : `${faults[0]}–${faults.at(-1)}`;
+    lines.push(`There, the first touch of a fresh 4 KiB page of memory cost ${range} µs (a fraction of a microsecond on a usual machine): figures that grow the heap pay it for every page.`);
+  }
   return lines.join("\n");
 }
 
