@@ -77,21 +77,34 @@ export type RollupRow = [
 export class RollupBuilder {
   /** Per device, rows by key id and bucket number (keyId * 2^26 + bucket / ms: below 2^53). */
   private readonly byDevice = new Map<string, Map<number, RollupRow>>();
+  /** The row the last point went to: points come in key order, so the next one usually goes there too. */
+  private last: RollupRow | null = null;
+  private lastDevice = "";
+  private lastId = -1;
+  private rows = 0;
 
   constructor(private readonly ms: number) {}
 
   add(deviceId: string, keyId: number, ts: number, num: number | null, val: string | null): void {
     const bucket = ts - (ts % this.ms);
-    let rows = this.byDevice.get(deviceId);
-    if (rows === undefined) {
-      rows = new Map();
-      this.byDevice.set(deviceId, rows);
-    }
     const id = keyId * 67_108_864 + bucket / this.ms;
-    const r = rows.get(id);
-    if (r === undefined) {
-      rows.set(id, [deviceId, keyId, bucket, 1, num === null ? 0 : 1, num, num, num, ts, num, val, ts, num, val]);
-      return;
+    let r = this.last;
+    if (r === null || id !== this.lastId || deviceId !== this.lastDevice) {
+      let rows = this.byDevice.get(deviceId);
+      if (rows === undefined) {
+        rows = new Map();
+        this.byDevice.set(deviceId, rows);
+      }
+      r = rows.get(id) ?? null;
+      this.lastDevice = deviceId;
+      this.lastId = id;
+      if (r === null) {
+        this.last = [deviceId, keyId, bucket, 1, num === null ? 0 : 1, num, num, num, ts, num, val, ts, num, val];
+        rows.set(id, this.last);
+        this.rows++;
+        return;
+      }
+      this.last = r;
     }
     r[3]++;
     if (num !== null) {
@@ -114,20 +127,22 @@ export class RollupBuilder {
 
   /** The rows built so far, flattened in ROLLUP_COLS order; empties the builder. */
   take(): { params: unknown[]; rows: number } {
-    const params: unknown[] = [];
-    let rows = 0;
+    const rows = this.rows;
+    const params = new Array<unknown>(rows * 14);
+    let o = 0;
     for (const byKey of this.byDevice.values()) {
       for (const r of byKey.values()) {
-        for (let c = 0; c < 14; c++) params.push(r[c]);
-        rows++;
+        for (let c = 0; c < 14; c++) params[o++] = r[c];
       }
     }
-    this.byDevice.clear();
+    this.clear();
     return { params, rows };
   }
 
   clear(): void {
     this.byDevice.clear();
+    this.last = null;
+    this.rows = 0;
   }
 }
 

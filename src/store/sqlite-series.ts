@@ -359,6 +359,8 @@ export class SqliteSeries {
   }
 
   private deviceExists(id: string): boolean {
+    // A device whose series are cached exists: removing it here drops them (deleteDevice).
+    if (this.series.has(id)) return true;
     let known = this.devices.get(id);
     if (known === undefined) {
       known = this.s.device.get(id) !== undefined;

@@ -249,6 +249,33 @@ export function describeSeriesContract(current: () => Store): void {
       assert.equal((await store.points({ deviceId: "d1", key: "t", from: 0, to: T0 + DAY, limit: 10 })).length, 1);
     });
 
+    it("keeps each device's roll-ups its own where devices report the same key in the same bucket, and adds a later batch's points to an earlier one's buckets", async function () {
+      await store.upsertDevice(deviceRow("d3"));
+      // d1, d2 and d3 follow one another in the batch's key order with the same key and buckets.
+      await store.writeBatch(batch([pt("d2", "t", H0 + 1000, 10), pt("d1", "t", H0, 1), pt("d3", "t", H0 + 2000, 100), pt("d1", "t", H0 + 3000, 2)]));
+      // The next batch goes on in the bucket of the last series the one before wrote (d3's).
+      await store.writeBatch(batch([pt("d3", "t", H0 + 4000, 200)]));
+      await store.writeBatch(batch([pt("d1", "t", H0 + 5000, 4)]));
+      const q = { key: "t", from: H0, to: H0 + HOUR - 1, limit: 10, intervalMs: HOUR };
+      const expected = { d1: [7, 3], d2: [10, 1], d3: [300, 2] };
+      for (const source of ["1m", "1h"] as const) {
+        for (const [deviceId, [sum, count]] of Object.entries(expected)) {
+          assert.deepEqual(await store.buckets({ ...q, deviceId, source, agg: "sum" }), [{ ts: H0, value: sum }], `${deviceId} sum from ${source}`);
+          assert.deepEqual(await store.buckets({ ...q, deviceId, source, agg: "count" }), [{ ts: H0, value: count }], `${deviceId} count from ${source}`);
+        }
+      }
+    });
+
+    it("skips points that come for a device after it was removed, though its series were written before", async function () {
+      await store.writeBatch(batch([pt("d1", "t", T0, 1), pt("d2", "t", T0, 1)]));
+      await store.deleteDevice("d1");
+      await store.writeBatch(batch([pt("d1", "t", T0 + MIN, 2), pt("d2", "t", T0 + MIN, 2)]));
+      await store.upsertDevice(deviceRow("d1"));
+      assert.deepEqual(await store.telemetryKeys("d1"), []);
+      assert.deepEqual(await store.points({ deviceId: "d1", key: "t", from: 0, to: T0 + DAY, limit: 10 }), []);
+      assert.equal((await store.points({ deviceId: "d2", key: "t", from: 0, to: T0 + DAY, limit: 10 })).length, 2);
+    });
+
     it("deleteDevice removes the device's points, roll-ups and keys, and nothing of another device", async function () {
       const rows = [0, 1, 2, 3].flatMap((i) => [pt("d1", "t", T0 + i * HOUR, i), pt("d1", "s", T0 + i * HOUR, `v${i}`), pt("d2", "t", T0 + i * HOUR, i)]);
       await store.writeBatch(batch(rows));
