@@ -41,7 +41,9 @@ export function table(rows: Checked[]): string {
   const faults = [...new Set(rows.map((r) => r.machine?.pageFaultUs).filter((us): us is number => us !== undefined))].sort((a, b) => a - b);
   if (faults.length > 0) {
     const range = faults.length === 1 ? `${faults[0]}` : `${faults[0]}–${faults.at(-1)}`;
-    lines.push(`There, the first touch of a fresh 4 KiB page of memory cost ${range} µs (a fraction of a microsecond on a usual machine): figures that grow the heap pay it for every page.`);
+    lines.push(
+      `The first write to a fresh 4 KiB page of memory cost ${range} µs in these runs (usually well under one): figures that grow the heap pay it for every page.`,
+    );
   }
   return lines.join("\n");
 }

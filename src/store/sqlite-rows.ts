@@ -152,8 +152,9 @@ export const eventParams = (e: EventRow, out: unknown[]) =>
     e.parentCauseId);
 
 /**
- * A write batch as the database thread takes it: each kind of row flattened into one array of
- * SQL parameters, in column order, JSON columns already text (see `encodeBatch`).
+ * A write batch as the database thread takes it: each kind of row but the points flattened into
+ * one array of SQL parameters, in column order, JSON columns already text; the points in
+ * columns (`EncodedPoints`). See `encodeBatch`.
  */
 export interface EncodedBatch {
   /** status, last_seen, id per row: the UPDATE's parameters. */

@@ -6,7 +6,7 @@ import { type EncodedPoints, POINT_COLS } from "./sqlite-rows";
 type Db = Database.Database;
 type Stmt = Database.Statement<unknown[], unknown>;
 
-/** A raw point as the store's thread sends it: device, key, ts, num, val (see `pointColumns`). */
+/** A point as SQL parameters on this thread: device, key id, ts, num, val (decoded from `EncodedPoints`). */
 export const POINT_WIDTH = 5;
 /** A point or bucket as read: ts (bucket start), num, val. */
 export type RawSeriesPoint = [ts: number, num: number | null, val: string | null];

@@ -74,7 +74,10 @@ export class SqliteThread {
     return thread;
   }
 
-  /** Posts a call; the thread's answer settles the promise. `transfer` moves those buffers to the thread instead of copying them. */
+  /**
+   * Posts a call; the thread's answer settles the promise. The buffers in `transfer` are moved
+   * to the thread, not copied: the caller must not use them again.
+   */
   call<M extends SqliteMethod>(method: M, args: ThreadArgs<M>, transfer?: readonly ArrayBuffer[]): Promise<ThreadResult<M>> {
     if (this.ended) return Promise.reject(this.ended);
     const id = this.nextId++;

@@ -576,10 +576,10 @@ describe("encodeBatch's points (what the SQLite store hands its database thread)
       events: [],
       points: values.map((value, i) => ({ deviceId: `d-${i % 2}`, key: i % 3 === 0 ? "t" : "h", ts: T0 + i, value })),
     });
-    const numbers = encodeBatch(batch([1.5, -2, 0, 2 ** 40, 3])).points;
+    const numbers = encodeBatch(batch([1.5, -2, -0, 2 ** 53 - 1, 3])).points;
     assert.deepEqual(numbers.names, ["d-0", "t", "d-1", "h"]);
     assert.ok(numbers.cols instanceof Float64Array, "a typed array, so that its buffer can be transferred");
-    assert.deepEqual([...numbers.cols], [0, 1, T0, 1.5, 2, 3, T0 + 1, -2, 0, 3, T0 + 2, 0, 2, 1, T0 + 3, 2 ** 40, 0, 3, T0 + 4, 3]);
+    assert.deepEqual([...numbers.cols], [0, 1, T0, 1.5, 2, 3, T0 + 1, -2, 0, 3, T0 + 2, -0, 2, 1, T0 + 3, 2 ** 53 - 1, 0, 3, T0 + 4, 3]);
     assert.equal(numbers.vals, null);
 
     const mixed = encodeBatch(batch([7, true, "on", false]), 10).points;
