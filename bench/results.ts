@@ -49,7 +49,7 @@ export function machine(): Machine {
 /**
  * Times the first write to each page of 32 MiB fresh from the kernel, per page fault counted.
  * On a usual machine that is well under a microsecond; on the VM this project was measured on
- * (a Firecracker microVM) it was 11–17 µs, which made a million-device registry pay seconds for
+ * (a Firecracker microVM) it was 11–18 µs, which made a million-device registry pay seconds for
  * its memory alone. Named beside the figures so that they can be read against another machine.
  * The faults are the whole process's: a thread still at work meanwhile makes the figure low.
  */
