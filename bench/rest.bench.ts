@@ -94,7 +94,11 @@ function phaseOf(name: string, samples: Sample[]): Phase {
 
 async function main(): Promise<void> {
   const scratch = mkdtempSync(join(tmpdir(), "tethral-bench-rest-"));
-  const rt = await startBuiltRuntime(join(scratch, "user"), {}, scratch);
+  const rt = await startBuiltRuntime(join(scratch, "user"), {}, scratch).catch((err: unknown) => {
+    // A stale build (or a runtime that would not start): nothing to stop, the folder to remove.
+    rmSync(scratch, { recursive: true, force: true });
+    throw err;
+  });
   try {
     const base = new URL(rt.url);
     // The baseline routes: what a bare http in → http response answers on this machine.
