@@ -81,7 +81,6 @@ export class RollupBuilder {
   private last: RollupRow | null = null;
   private lastDevice = "";
   private lastId = -1;
-  private rows = 0;
 
   constructor(private readonly ms: number) {}
 
@@ -101,7 +100,6 @@ export class RollupBuilder {
       if (r === null) {
         this.last = [deviceId, keyId, bucket, 1, num === null ? 0 : 1, num, num, num, ts, num, val, ts, num, val];
         rows.set(id, this.last);
-        this.rows++;
         return;
       }
       this.last = r;
@@ -127,7 +125,8 @@ export class RollupBuilder {
 
   /** The rows built so far, flattened in ROLLUP_COLS order; empties the builder. */
   take(): { params: unknown[]; rows: number } {
-    const rows = this.rows;
+    let rows = 0;
+    for (const byKey of this.byDevice.values()) rows += byKey.size;
     const params = new Array<unknown>(rows * 14);
     let o = 0;
     for (const byKey of this.byDevice.values()) {
@@ -142,7 +141,6 @@ export class RollupBuilder {
   clear(): void {
     this.byDevice.clear();
     this.last = null;
-    this.rows = 0;
   }
 }
 

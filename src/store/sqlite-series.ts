@@ -162,7 +162,8 @@ export class SqliteSeries {
     const keyIdOf = (name: number): number => (keyIds[name] ??= this.keyId(names[name]!));
     const params: unknown[] = [];
     const ids: number[] = [];
-    const devices = [...byDevice.keys()].sort((a, b) => (names[a]! < names[b]! ? -1 : names[a]! > names[b]! ? 1 : 0));
+    // In id order (`names` holds each id once, so no two compare equal).
+    const devices = [...byDevice.keys()].sort((a, b) => (names[a]! < names[b]! ? -1 : 1));
     for (const device of devices) {
       const deviceId = names[device]!;
       const mine = byDevice.get(device)!;

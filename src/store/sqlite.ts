@@ -178,10 +178,7 @@ export class SqliteStore implements Store {
     const thread = this.live();
     const ordered = historyInIndexOrder(batch);
     const parts = splitBatch(ordered, PART_ROWS);
-    if (parts.length === 1) {
-      const encoded = encodeBatch(ordered);
-      return thread.call("writeBatch", [encoded], [encoded.points.cols.buffer as ArrayBuffer]);
-    }
+    if (parts.length === 1) return postEncoded(thread, "writeBatch", ordered, 0);
     // Telemetry points are encoded here (checked, split into number or JSON text); their key
     // ids, the roll-ups and all the SQL are the database thread's work.
     // Each part is posted as soon as it is encoded: the thread writes it while the next one is
@@ -208,8 +205,7 @@ export class SqliteStore implements Store {
           sliceStarted = performance.now();
         }
         const { part, pointOffset } = parts[i]!;
-        const encoded = encodeBatch(part, pointOffset);
-        post(thread.call("writePart", [encoded], [encoded.points.cols.buffer as ArrayBuffer]));
+        post(postEncoded(thread, "writePart", part, pointOffset));
       }
       post(thread.call("commitBatch", []));
     } catch (err) {
@@ -390,7 +386,7 @@ export class SqliteStore implements Store {
  * of the device ids, not of the rows: this runs on the hub's thread before the hand-over yields.
  * What is read is the same: every read of the history orders explicitly.
  */
-export function historyInIndexOrder(batch: WriteBatch): WriteBatch {
+function historyInIndexOrder(batch: WriteBatch): WriteBatch {
   if (batch.history.length < 2) return batch;
   const byDevice = new Map<string, HistoryRow[]>();
   for (const row of batch.history) {
@@ -402,4 +398,13 @@ export function historyInIndexOrder(batch: WriteBatch): WriteBatch {
   const history: HistoryRow[] = [];
   for (const deviceId of [...byDevice.keys()].sort()) for (const row of byDevice.get(deviceId)!) history.push(row);
   return { ...batch, history };
+}
+
+/**
+ * Encodes a batch, or a part of one whose points start at `pointOffset` in the whole, and posts
+ * it: the points' numbers are moved to the thread, not copied.
+ */
+function postEncoded(thread: SqliteThread, method: "writeBatch" | "writePart", batch: WriteBatch, pointOffset: number): Promise<void> {
+  const encoded = encodeBatch(batch, pointOffset);
+  return thread.call(method, [encoded], [encoded.points.cols.buffer as ArrayBuffer]);
 }
