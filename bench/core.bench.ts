@@ -3,6 +3,8 @@
  * Run with `npm run bench:core` (needs --expose-gc for the heap figure). Prints a table and
  * writes bench/results/core.json. Not a test: nothing here asserts a time.
  */
+import { constants, type PerformanceEntry, PerformanceObserver } from "node:perf_hooks";
+import { getHeapSpaceStatistics } from "node:v8";
 import { Hub, ManualClock, type TethralEvent } from "../src/core";
 import { percentile } from "./stats";
 import { targetOf, writeResults } from "./results";
@@ -28,6 +30,71 @@ function gc(): void {
 function fmt(n: number): string {
   return n >= 100 ? Math.round(n).toLocaleString("en-US") : n.toFixed(2);
 }
+
+/**
+ * What the filter's p99 is made of. A scavenge (V8's young-generation collection) that falls
+ * inside a query adds its pause to that query. Its cost is the objects it keeps (the matches
+ * built so far) plus a part that grows with the old generation: V8 visits every old-generation
+ * page to find the ones with pointers into the young generation (seen with perf in
+ * ScavengerCollector::CollectGarbage). `emptyScavengeMs` measures that part alone: the median of
+ * five scavenges forced with nothing young left to keep.
+ */
+interface FilterScavenges {
+  /** Queries during which a scavenge started. */
+  queriesHit: number;
+  scavenges: number;
+  scavengeP50Ms: number;
+  scavengeMaxMs: number;
+  /** p99 of the queries no scavenge fell in. */
+  p99WithoutMs: number;
+  emptyScavengeMs: number;
+  oldGenerationMB: number;
+}
+
+async function recordScavenges(): Promise<{ stop(spans: [number, number][]): Promise<FilterScavenges> }> {
+  const entries: { start: number; ms: number }[] = [];
+  const observer = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      if ((e as PerformanceEntry & { detail?: { kind?: number } }).detail?.kind === constants.NODE_PERFORMANCE_GC_MINOR) entries.push({ start: e.startTime, ms: e.duration });
+    }
+  });
+  observer.observe({ entryTypes: ["gc"] });
+  return {
+    async stop(spans) {
+      // Entries reach the observer after the synchronous queries, a turn of the loop later.
+      await new Promise((r) => setTimeout(r, 50));
+      observer.disconnect();
+      const hit = spans.map(([s, e]) => entries.some((g) => g.start >= s && g.start < e));
+      const others = spans.filter((_, i) => !hit[i]).map(([s, e]) => e - s).sort((a, b) => a - b);
+      const pauses = entries.map((g) => g.ms).sort((a, b) => a - b);
+      const oldSpace = getHeapSpaceStatistics().find((sp) => sp.space_name === "old_space");
+      return {
+        queriesHit: hit.filter(Boolean).length,
+        scavenges: entries.length,
+        scavengeP50Ms: round2(pauses.length > 0 ? percentile(pauses, 50) : Number.NaN),
+        scavengeMaxMs: round2(pauses.at(-1) ?? 0),
+        p99WithoutMs: round2(others.length > 0 ? percentile(others, 99) : Number.NaN),
+        emptyScavengeMs: round2(emptyScavengeMs()),
+        oldGenerationMB: Math.round((oldSpace?.space_size ?? 0) / 1e6),
+      };
+    },
+  };
+}
+
+/** The median of five forced scavenges one after another (the later ones find nothing to keep); NaN without --expose-gc. */
+function emptyScavengeMs(): number {
+  const g = (globalThis as { gc?: (o: { type: "minor" }) => void }).gc;
+  if (!g) return Number.NaN;
+  const times: number[] = [];
+  for (let i = 0; i < 5; i++) {
+    const s = performance.now();
+    g({ type: "minor" });
+    times.push(performance.now() - s);
+  }
+  return percentile(times.sort((a, b) => a - b), 50);
+}
+
+const round2 = (n: number) => Number(n.toFixed(2));
 
 async function main(): Promise<void> {
   const clock = new ManualClock();
@@ -73,14 +140,21 @@ async function main(): Promise<void> {
   gc();
   const heapBytesPerDevice = (process.memoryUsage().heapUsed - heapBefore) / DEVICES;
 
-  // Indexed filter returning 1% of the fleet, every match materialised.
+  // Indexed filter returning 1% of the fleet, every match materialised. The young-generation
+  // collections (scavenges) during it are recorded with their times, to tell the queries one
+  // interrupted from the others (see scavenges below).
+  const scavenges = await recordScavenges();
   const filterTimes: number[] = [];
+  const filterSpans: [number, number][] = [];
   for (let i = 0; i < 200; i++) {
     const s = performance.now();
     const res = hub.listDevices({ manufacturer: `maker-${i % MANUFACTURERS}`, limit: DEVICES / MANUFACTURERS });
-    filterTimes.push(performance.now() - s);
+    const e = performance.now();
+    filterTimes.push(e - s);
+    filterSpans.push([s, e]);
     if (res.total !== DEVICES / MANUFACTURERS) throw new Error(`filter returned ${res.total}`);
   }
+  const filterGc = await scavenges.stop(filterSpans);
   filterTimes.sort((a, b) => a - b);
   const indexedFilterP99Ms = percentile(filterTimes, 99);
   const indexedFilterP50Ms = percentile(filterTimes, 50);
@@ -151,6 +225,7 @@ async function main(): Promise<void> {
     indexedFilterP50Ms: Number(indexedFilterP50Ms.toFixed(2)),
     indexedFilterP99Ms: Number(indexedFilterP99Ms.toFixed(2)),
     indexedFilterPageP99Ms: Number(indexedFilterPageP99Ms.toFixed(2)),
+    filterScavenges: filterGc,
     sweepMsPerTickAt1Pct: Number(sweepMs.toFixed(2)),
     ordinaryTickP99Ms: Number(ordinaryTickP99Ms.toFixed(2)),
     ticksSimulated: ticks,
@@ -163,6 +238,8 @@ async function main(): Promise<void> {
     ["indexedFilterP50Ms", results.indexedFilterP50Ms, ""],
     ["indexedFilterP99Ms", results.indexedFilterP99Ms, `≤ ${TARGETS.indexedFilterP99Ms} (all ${fmt(DEVICES / 100)} matches built)`],
     ["indexedFilterPageP99Ms", results.indexedFilterPageP99Ms, "(total + first page of 100)"],
+    ["filterQueriesScavenged", filterGc.queriesHit, `of 200 (scavenge p50 ${filterGc.scavengeP50Ms} ms; p99 of the others ${filterGc.p99WithoutMs} ms)`],
+    ["emptyScavengeMs", filterGc.emptyScavengeMs, `(nothing to keep, old generation ${fmt(filterGc.oldGenerationMB)} MB)`],
     ["sweepMsPerTickAt1Pct", results.sweepMsPerTickAt1Pct, `(${fmt(DEVICES / 100)} devices expire)`],
     ["ordinaryTickP99Ms", results.ordinaryTickP99Ms, "(a tick of deadline refreshes only)"],
     ["heapBytesPerDevice", results.heapBytesPerDevice, `≤ ${TARGETS.heapBytesPerDevice}`],
@@ -170,7 +247,7 @@ async function main(): Promise<void> {
   ];
   console.log(`\nTethral core benchmark, ${fmt(DEVICES)} devices, Node ${process.version}`);
   console.log(`${"metric".padEnd(24)}${"value".padStart(14)}   target`);
-  for (const [name, value, target] of rows) console.log(`${name.padEnd(24)}${fmt(value).padStart(14)}   ${target}`);
+  for (const [name, value, target] of rows) console.log(`${name.padEnd(24)}${(Number.isInteger(value) ? value.toLocaleString("en-US") : fmt(value)).padStart(14)}   ${target}`);
   if (!(globalThis as { gc?: unknown }).gc) console.log("(heap figure without --expose-gc is approximate)");
   console.log(`\nwrote ${writeResults("core", results)}`);
 }

@@ -5,7 +5,7 @@
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { type Checked, checkAll, fmtFigure, missBy, showTarget } from "./results";
+import { type Checked, checkAll, fmtFigure, missBy, RESULTS_DIR, showTarget } from "./results";
 
 const README = join(__dirname, "..", "README.md");
 const START = /<!-- bench:start[^>]*-->/;
@@ -45,7 +45,25 @@ export function table(rows: Checked[]): string {
       `The first write to a fresh 4 KiB page of memory cost ${range} µs in these runs (usually well under one): figures that grow the heap pay it for every page.`,
     );
   }
+  const scavenges = filterScavenges();
+  if (scavenges) {
+    const s = scavenges;
+    lines.push(
+      `The filter's p99 (\`bench:core\`): ${s.queriesHit} of its 200 queries met a scavenge, V8's young-generation collection (median pause ${s.scavengeP50Ms} ms); the p99 of the others was ${s.p99WithoutMs} ms. A scavenge with nothing to keep took ${s.emptyScavengeMs} ms there: V8 visits every page of the old generation (${s.oldGenerationMB.toLocaleString("en-US")} MB) on each one.`,
+    );
+  }
   return lines.join("\n");
+}
+
+/** bench:core's account of the scavenges during its filter queries, when its result has one. */
+function filterScavenges(): { queriesHit: number; scavengeP50Ms: number; p99WithoutMs: number; emptyScavengeMs: number; oldGenerationMB: number } | undefined {
+  try {
+    const core = JSON.parse(readFileSync(join(RESULTS_DIR, "core.json"), "utf8")) as { filterScavenges?: ReturnType<typeof filterScavenges> };
+    const s = core.filterScavenges;
+    return s && [s.queriesHit, s.scavengeP50Ms, s.p99WithoutMs, s.emptyScavengeMs, s.oldGenerationMB].every((n) => typeof n === "number") ? s : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 const text = readFileSync(README, "utf8");
