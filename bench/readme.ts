@@ -5,7 +5,7 @@
  */
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { type Checked, checkAll, fmtFigure, missBy, RESULTS_DIR, showTarget } from "./results";
+import { type Checked, checkAll, figureAt, fmtFigure, missBy, readResults, showTarget } from "./results";
 
 const README = join(__dirname, "..", "README.md");
 const START = /<!-- bench:start[^>]*-->/;
@@ -55,15 +55,12 @@ export function table(rows: Checked[]): string {
   return lines.join("\n");
 }
 
-/** bench:core's account of the scavenges during its filter queries, when its result has one. */
-function filterScavenges(): { queriesHit: number; queriesHitByOthers: number; scavengeP50Ms: number; p99WithoutMs: number; emptyScavengeMs: number; oldGenerationMB: number } | undefined {
-  try {
-    const core = JSON.parse(readFileSync(join(RESULTS_DIR, "core.json"), "utf8")) as { filterScavenges?: ReturnType<typeof filterScavenges> };
-    const s = core.filterScavenges;
-    return s && [s.queriesHit, s.queriesHitByOthers, s.scavengeP50Ms, s.p99WithoutMs, s.emptyScavengeMs, s.oldGenerationMB].every((n) => typeof n === "number") ? s : undefined;
-  } catch {
-    return undefined;
-  }
+const FILTER_FIELDS = ["queriesHit", "queriesHitByOthers", "scavengeP50Ms", "p99WithoutMs", "emptyScavengeMs", "oldGenerationMB"] as const;
+/** bench:core's account of the collections during its filter queries (see FilterScavenges there), when its result has one. */
+function filterScavenges(): Record<(typeof FILTER_FIELDS)[number], number> | undefined {
+  const core = readResults("core");
+  const figures = FILTER_FIELDS.map((f) => figureAt(core, `filterScavenges.${f}`));
+  return figures.every((n) => n !== undefined) ? (Object.fromEntries(FILTER_FIELDS.map((f, i) => [f, figures[i]])) as Record<(typeof FILTER_FIELDS)[number], number>) : undefined;
 }
 
 const text = readFileSync(README, "utf8");

@@ -53,7 +53,7 @@ export function machine(): Machine {
  * its memory alone. Named beside the figures so that they can be read against another machine.
  * The faults are the whole process's: a thread still at work meanwhile makes the figure low.
  */
-export function pageFaultMicros(): number | undefined {
+function pageFaultMicros(): number | undefined {
   const bytes = 32 * 2 ** 20;
   const before = process.resourceUsage().minorPageFault;
   const started = performance.now();
@@ -131,17 +131,20 @@ export interface Checked {
   measuredAt: string | undefined;
 }
 
+/** bench/results/<bench>.json as the benchmark wrote it; null when there is none (or it is unreadable). */
+export function readResults(bench: string): Record<string, unknown> | null {
+  try {
+    return JSON.parse(readFileSync(join(RESULTS_DIR, `${bench}.json`), "utf8")) as Record<string, unknown>;
+  } catch {
+    return null;
+  }
+}
+
 /** Every target against the latest results (a figure with no result is a miss: it was not measured). */
 export function checkAll(): Checked[] {
   const cache = new Map<string, Record<string, unknown> | null>();
   const results = (bench: string) => {
-    if (!cache.has(bench)) {
-      try {
-        cache.set(bench, JSON.parse(readFileSync(join(RESULTS_DIR, `${bench}.json`), "utf8")) as Record<string, unknown>);
-      } catch {
-        cache.set(bench, null);
-      }
-    }
+    if (!cache.has(bench)) cache.set(bench, readResults(bench));
     return cache.get(bench)!;
   };
   return loadTargets().map((target) => {

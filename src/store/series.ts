@@ -79,24 +79,20 @@ export class RollupBuilder {
   private readonly byDevice = new Map<string, Map<number, RollupRow>>();
   /** The row the last point went to: points come in key order, so the next one usually goes there too. */
   private last: RollupRow | null = null;
-  private lastDevice = "";
-  private lastId = -1;
 
   constructor(private readonly ms: number) {}
 
   add(deviceId: string, keyId: number, ts: number, num: number | null, val: string | null): void {
     const bucket = ts - (ts % this.ms);
-    const id = keyId * 67_108_864 + bucket / this.ms;
     let r = this.last;
-    if (r === null || id !== this.lastId || deviceId !== this.lastDevice) {
+    if (r === null || r[2] !== bucket || r[1] !== keyId || r[0] !== deviceId) {
       let rows = this.byDevice.get(deviceId);
       if (rows === undefined) {
         rows = new Map();
         this.byDevice.set(deviceId, rows);
       }
+      const id = keyId * 67_108_864 + bucket / this.ms;
       r = rows.get(id) ?? null;
-      this.lastDevice = deviceId;
-      this.lastId = id;
       if (r === null) {
         this.last = [deviceId, keyId, bucket, 1, num === null ? 0 : 1, num, num, num, ts, num, val, ts, num, val];
         rows.set(id, this.last);

@@ -266,6 +266,24 @@ export function describeSeriesContract(current: () => Store): void {
       }
     });
 
+    it("puts a series' points that follow one another in a batch into their own buckets, and another key's into its own rows", async function () {
+      // "u" comes after "t" in key order, its point in the bucket of t's last one.
+      await store.writeBatch(batch([pt("d1", "t", H0, 1), pt("d1", "t", H0 + MIN, 2), pt("d1", "t", H0 + MIN + 1000, 3), pt("d1", "t", H0 + HOUR, 4), pt("d1", "u", H0 + HOUR + 2000, 10)]));
+      const q = { deviceId: "d1", key: "t", from: H0, to: H0 + 2 * HOUR - 1, limit: 10, agg: "sum" as const };
+      assert.deepEqual(await store.buckets({ ...q, source: "1m", intervalMs: MIN }), [
+        { ts: H0, value: 1 },
+        { ts: H0 + MIN, value: 5 },
+        { ts: H0 + HOUR, value: 4 },
+      ]);
+      assert.deepEqual(await store.buckets({ ...q, source: "1h", intervalMs: HOUR }), [
+        { ts: H0, value: 6 },
+        { ts: H0 + HOUR, value: 4 },
+      ]);
+      for (const [source, intervalMs] of [["1m", MIN], ["1h", HOUR]] as const) {
+        assert.deepEqual(await store.buckets({ ...q, key: "u", source, intervalMs }), [{ ts: H0 + HOUR, value: 10 }], `u from ${source}`);
+      }
+    });
+
     it("skips points that come for a device after it was removed, though its series were written before", async function () {
       await store.writeBatch(batch([pt("d1", "t", T0, 1), pt("d2", "t", T0, 1)]));
       await store.deleteDevice("d1");
