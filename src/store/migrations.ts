@@ -71,6 +71,66 @@ function seriesTables(dialect: "sqlite" | "postgres"): string[] {
 }
 
 /**
+ * SQLite's time series keyed by an integer series id instead of (device id, key id): a point's
+ * row goes from about 33 to 22 bytes, its key compares as one integer, and every batch dirties
+ * fewer pages (measured on 300,000-point batches over 30,000 series: inserts 37% and commits
+ * 36% faster, the file 39% smaller). `ts_series` becomes the map from (device, key) to the id,
+ * a rowid table (the id is its rowid) with a unique index on the pair. Ids are given in (device,
+ * key) order, so the copies below write each table in its primary-key order. PostgreSQL keeps
+ * (device_id, key_id): its writer sends the points with COPY and builds roll-ups in SQL.
+ */
+function sqliteSeriesIds(): string[] {
+  const rollup = (table: string) => [
+    `CREATE TABLE ${table}_v5 (
+        series_id INTEGER NOT NULL,
+        bucket INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        nn INTEGER NOT NULL,
+        sum_v REAL,
+        min_v REAL,
+        max_v REAL,
+        first_ts INTEGER NOT NULL,
+        first_num REAL,
+        first_val TEXT,
+        last_ts INTEGER NOT NULL,
+        last_num REAL,
+        last_val TEXT,
+        PRIMARY KEY (series_id, bucket)
+      ) WITHOUT ROWID`,
+    `INSERT INTO ${table}_v5 SELECT s.id, r.bucket, r.n, r.nn, r.sum_v, r.min_v, r.max_v, r.first_ts, r.first_num,
+        r.first_val, r.last_ts, r.last_num, r.last_val
+      FROM ${table} r JOIN ts_series_v5 s ON s.device_id = r.device_id AND s.key_id = r.key_id ORDER BY s.id, r.bucket`,
+  ];
+  return [
+    `CREATE TABLE ts_series_v5 (
+        id INTEGER PRIMARY KEY,
+        device_id TEXT NOT NULL,
+        key_id INTEGER NOT NULL,
+        UNIQUE (device_id, key_id)
+      )`,
+    // Every series listed, and any with rows that was not (the list is written with the rows).
+    `INSERT INTO ts_series_v5 (device_id, key_id)
+      SELECT device_id, key_id FROM ts_series
+      UNION SELECT device_id, key_id FROM ts_points
+      UNION SELECT device_id, key_id FROM ts_rollup_1m
+      UNION SELECT device_id, key_id FROM ts_rollup_1h
+      ORDER BY 1, 2`,
+    `CREATE TABLE ts_points_v5 (
+        series_id INTEGER NOT NULL,
+        ts INTEGER NOT NULL,
+        num REAL,
+        val TEXT,
+        PRIMARY KEY (series_id, ts)
+      ) WITHOUT ROWID`,
+    `INSERT INTO ts_points_v5 SELECT s.id, p.ts, p.num, p.val
+      FROM ts_points p JOIN ts_series_v5 s ON s.device_id = p.device_id AND s.key_id = p.key_id ORDER BY s.id, p.ts`,
+    ...rollup("ts_rollup_1m"),
+    ...rollup("ts_rollup_1h"),
+    ...["ts_points", "ts_rollup_1m", "ts_rollup_1h", "ts_series"].flatMap((t) => [`DROP TABLE ${t}`, `ALTER TABLE ${t}_v5 RENAME TO ${t}`]),
+  ];
+}
+
+/**
  * Cluster mode (CONTRACT §8). One `cluster_meta` row holds the partition count fixed at first
  * use; `cluster_leases` has one row per partition, claimed and renewed with conditional UPDATEs
  * (the column is `part`: PARTITION is a keyword in some dialects); `removed_devices` keeps a
@@ -308,6 +368,12 @@ export const MIGRATIONS: readonly Migration[] = [
     name: "cluster: partitions, members, leases; removed-device tombstones",
     sqlite: clusterTables("sqlite"),
     postgres: clusterTables("postgres"),
+  },
+  {
+    version: 5,
+    name: "SQLite time series keyed by series id",
+    sqlite: sqliteSeriesIds(),
+    postgres: [],
   },
 ];
 

@@ -2,7 +2,10 @@ import type pg from "pg";
 import type { Aggregate, BucketQuery, PointQuery, PointRow, RetentionPolicy, SeriesPoint } from "../core/ports/store";
 import { copyLines, copyValue, UNIQUE_VIOLATION } from "./postgres-copy";
 import { text } from "./postgres-sql";
-import { bucketPoint, bucketRange, MERGE_ROLLUP, pointColumns, pointValue, ROLLUP_COLS, ROLLUP_TABLES, rollupBuilders } from "./series";
+import { bucketPoint, bucketRange, mergeRollup, pointColumns, pointValue, ROLLUP_ROW_WIDTH, ROLLUP_TABLES, rollupBuilders, rollupCols } from "./series";
+
+const ROLLUP_COLS = rollupCols("postgres");
+const MERGE_ROLLUP = mergeRollup("postgres");
 
 /** Anything that runs a query: the pool, or a client inside a transaction. */
 export interface Queryable {
@@ -235,24 +238,35 @@ export class PostgresSeries {
     }
     await c.query({ text: "RELEASE SAVEPOINT ts_points_insert" });
     const builders = rollupBuilders();
-    const series = new Map<string, Set<number>>();
+    // Each (device, key) of the batch gets a number for the builders: its index in `pairs`.
+    const series = new Map<string, Map<number, number>>();
+    const pairs: (readonly [string, number])[] = [];
     for (const i of order) {
       const device = cols.devices[i]!;
       const keyId = keyIds[i]!;
-      builders["1m"].add(device, keyId, cols.ts[i]!, cols.num[i]!, cols.val[i]!);
-      builders["1h"].add(device, keyId, cols.ts[i]!, cols.num[i]!, cols.val[i]!);
       let keys = series.get(device);
-      if (keys === undefined) series.set(device, (keys = new Set()));
-      keys.add(keyId);
+      if (keys === undefined) series.set(device, (keys = new Map()));
+      let n = keys.get(keyId);
+      if (n === undefined) {
+        n = pairs.length;
+        keys.set(keyId, n);
+        pairs.push([device, keyId]);
+      }
+      builders["1m"].add(n, cols.ts[i]!, cols.num[i]!, cols.val[i]!);
+      builders["1h"].add(n, cols.ts[i]!, cols.num[i]!, cols.val[i]!);
     }
-    const pairs = [...series].flatMap(([device, keys]) => [...keys].map((k) => [device, k] as const));
     await c.query({ text: INSERT_SERIES, values: [pairs.map((p) => p[0]), pairs.map((p) => p[1])] });
     for (const resolution of ["1m", "1h"] as const) {
       const { params, rows } = builders[resolution].take();
-      const width = ROLLUP_COLS.length;
       for (let r = 0; r < rows; r += POINT_CHUNK) {
         const n = Math.min(POINT_CHUNK, rows - r);
-        const values = ROLLUP_COLS.map((_, col) => Array.from({ length: n }, (_, j) => params[(r + j) * width + col]));
+        const at = (j: number) => (r + j) * ROLLUP_ROW_WIDTH;
+        // The builder's series number becomes its device and key; its other columns follow.
+        const values = [
+          Array.from({ length: n }, (_, j) => pairs[params[at(j)] as number]![0]),
+          Array.from({ length: n }, (_, j) => pairs[params[at(j)] as number]![1]),
+          ...Array.from({ length: ROLLUP_ROW_WIDTH - 1 }, (_, col) => Array.from({ length: n }, (_, j) => params[at(j) + 1 + col])),
+        ];
         await c.query({ text: UPSERT_ROLLUP[resolution], values });
       }
     }

@@ -12,17 +12,23 @@ export const MAX_POINT_TEXT = 256;
 
 export const ROLLUP_TABLES = { "1m": "ts_rollup_1m", "1h": "ts_rollup_1h" } as const;
 
-export const ROLLUP_COLS = [
-  "device_id", "key_id", "bucket", "n", "nn", "sum_v", "min_v", "max_v",
-  "first_ts", "first_num", "first_val", "last_ts", "last_num", "last_val",
+/** A roll-up row's columns after the series it belongs to, in `RollupRow` order from `bucket` on. */
+const ROLLUP_VALUE_COLS = [
+  "bucket", "n", "nn", "sum_v", "min_v", "max_v", "first_ts", "first_num", "first_val", "last_ts", "last_num", "last_val",
 ];
+
+/** How each store names a roll-up row's series: SQLite by its series id, PostgreSQL by device and key (see migration 5). */
+export const ROLLUP_SERIES_COLS = { sqlite: ["series_id"], postgres: ["device_id", "key_id"] } as const;
+
+/** A roll-up table's columns in the given store, the series first. */
+export const rollupCols = (dialect: keyof typeof ROLLUP_SERIES_COLS): string[] => [...ROLLUP_SERIES_COLS[dialect], ...ROLLUP_VALUE_COLS];
 
 /**
  * The upsert tail that merges a batch's roll-up row into a stored one (alias `r`). NULL-safe:
  * a side without numbers has NULL sum/min/max and must not erase the other's. Two points of a
  * series never share a time, so first/last ties cannot happen.
  */
-export const MERGE_ROLLUP = `ON CONFLICT (device_id, key_id, bucket) DO UPDATE SET
+export const mergeRollup = (dialect: keyof typeof ROLLUP_SERIES_COLS): string => `ON CONFLICT (${ROLLUP_SERIES_COLS[dialect].join(", ")}, bucket) DO UPDATE SET
     n = r.n + excluded.n,
     nn = r.nn + excluded.nn,
     sum_v = CASE WHEN excluded.sum_v IS NULL THEN r.sum_v WHEN r.sum_v IS NULL THEN excluded.sum_v ELSE r.sum_v + excluded.sum_v END,
@@ -63,80 +69,157 @@ export function pointValue(num: unknown, val: unknown): PointValue {
   return JSON.parse(val as string) as PointValue;
 }
 
-/** A roll-up row being built from a batch's inserted points, in ROLLUP_COLS order. */
-export type RollupRow = [
-  deviceId: string, keyId: number, bucket: number, n: number, nn: number, sum: number | null, min: number | null,
-  max: number | null, firstTs: number, firstNum: number | null, firstVal: string | null, lastTs: number,
-  lastNum: number | null, lastVal: string | null,
-];
+/** Numbers and texts in a roll-up row as `RollupBuilder.take` gives it: the series, then the columns from `bucket` on. */
+export const ROLLUP_ROW_WIDTH = 13;
+
+const orNull = (n: number): number | null => (Number.isNaN(n) ? null : n);
+
+/** Buckets a series' key in `RollupBuilder` leaves room for: 2^26 minutes is 127 years from 1970. */
+const BUCKETS_PER_SERIES = 2 ** 26;
+/** Series below this have a numeric key in `RollupBuilder` (with BUCKETS_PER_SERIES, under 2^53). */
+const MAX_SERIES_KEY = 2 ** 27;
+/** Rows a builder makes room for at first; it doubles as it needs. */
+const FIRST_ROWS = 1024;
 
 /**
- * One resolution's roll-up rows for a batch, one per (device, key, bucket): the points
- * actually inserted are added here and the rows are upserted once, with MERGE_ROLLUP.
+ * One resolution's roll-up rows for a batch, one per (series, bucket): the points actually
+ * inserted are added here and the rows are upserted once, with `mergeRollup`. A series is a
+ * number: SQLite's series id, or an index the PostgreSQL writer gives each (device, key) of
+ * its batch.
+ *
+ * The rows are kept in columns of numbers, NaN standing for "no number" (a stored one is
+ * always finite), found by one map from (series, bucket) to the row: a batch of 300,000 points
+ * over 30,000 series makes 30,000 rows a resolution, and a row object and a map per series cost
+ * more than the points' own arithmetic.
  */
 export class RollupBuilder {
-  /** Per device, rows by key id and bucket number (keyId * 2^26 + bucket / ms: below 2^53). */
-  private readonly byDevice = new Map<string, Map<number, RollupRow>>();
-  /** The row the last point went to: points come in key order, so the next one usually goes there too. */
-  private last: RollupRow | null = null;
+  /** Row by (series, bucket): a number while it fits in one exactly, else a text. */
+  private readonly rowOf = new Map<number | string, number>();
+  private rows = 0;
+  private series = new Float64Array(FIRST_ROWS);
+  private bucket = new Float64Array(FIRST_ROWS);
+  private n = new Float64Array(FIRST_ROWS);
+  private nn = new Float64Array(FIRST_ROWS);
+  private sum = new Float64Array(FIRST_ROWS);
+  private min = new Float64Array(FIRST_ROWS);
+  private max = new Float64Array(FIRST_ROWS);
+  private firstTs = new Float64Array(FIRST_ROWS);
+  private firstNum = new Float64Array(FIRST_ROWS);
+  private lastTs = new Float64Array(FIRST_ROWS);
+  private lastNum = new Float64Array(FIRST_ROWS);
+  private firstVal: (string | null)[] = [];
+  private lastVal: (string | null)[] = [];
+  /** The row the last point went to: points come in series and time order, so the next one usually goes there too. */
+  private last = -1;
 
   constructor(private readonly ms: number) {}
 
-  add(deviceId: string, keyId: number, ts: number, num: number | null, val: string | null): void {
-    const bucket = ts - (ts % this.ms);
+  /** A point that went in; `num` is null (or NaN) when the value is a text in `val`. */
+  add(series: number, ts: number, num: number | null, val: string | null): void {
+    const v = num === null ? Number.NaN : num;
+    // Floor division rather than `%`, which V8 computes with a call for numbers this large.
+    let bucket = Math.floor(ts / this.ms) * this.ms;
+    if (bucket > ts) bucket -= this.ms;
     let r = this.last;
-    if (r === null || r[2] !== bucket || r[1] !== keyId || r[0] !== deviceId) {
-      let rows = this.byDevice.get(deviceId);
-      if (rows === undefined) {
-        rows = new Map();
-        this.byDevice.set(deviceId, rows);
-      }
-      const id = keyId * 67_108_864 + bucket / this.ms;
-      r = rows.get(id) ?? null;
-      if (r === null) {
-        this.last = [deviceId, keyId, bucket, 1, num === null ? 0 : 1, num, num, num, ts, num, val, ts, num, val];
-        rows.set(id, this.last);
+    if (r < 0 || this.bucket[r] !== bucket || this.series[r] !== series) {
+      const no = bucket / this.ms;
+      const key = series >= 0 && series < MAX_SERIES_KEY && no >= 0 && no < BUCKETS_PER_SERIES ? series * BUCKETS_PER_SERIES + no : `${series}:${no}`;
+      const found = this.rowOf.get(key);
+      if (found === undefined) {
+        this.last = this.newRow(series, bucket, ts, v, val);
+        this.rowOf.set(key, this.last);
         return;
       }
-      this.last = r;
+      this.last = r = found;
     }
-    r[3]++;
-    if (num !== null) {
-      r[4]++;
-      r[5] = r[5] === null ? num : r[5] + num;
-      if (r[6] === null || num < r[6]) r[6] = num;
-      if (r[7] === null || num > r[7]) r[7] = num;
+    this.n[r] = this.n[r]! + 1;
+    if (v === v) {
+      if (this.nn[r] === 0) {
+        this.sum[r] = this.min[r] = this.max[r] = v;
+      } else {
+        this.sum[r] = this.sum[r]! + v;
+        if (v < this.min[r]!) this.min[r] = v;
+        if (v > this.max[r]!) this.max[r] = v;
+      }
+      this.nn[r] = this.nn[r]! + 1;
     }
-    if (ts < r[8]) {
-      r[8] = ts;
-      r[9] = num;
-      r[10] = val;
+    if (ts < this.firstTs[r]!) {
+      this.firstTs[r] = ts;
+      this.firstNum[r] = v;
+      this.firstVal[r] = val;
     }
-    if (ts > r[11]) {
-      r[11] = ts;
-      r[12] = num;
-      r[13] = val;
+    if (ts > this.lastTs[r]!) {
+      this.lastTs[r] = ts;
+      this.lastNum[r] = v;
+      this.lastVal[r] = val;
     }
   }
 
-  /** The rows built so far, flattened in ROLLUP_COLS order; empties the builder. */
+  private newRow(series: number, bucket: number, ts: number, v: number, val: string | null): number {
+    if (this.rows === this.series.length) this.grow();
+    const r = this.rows++;
+    this.series[r] = series;
+    this.bucket[r] = bucket;
+    this.n[r] = 1;
+    this.nn[r] = v === v ? 1 : 0;
+    this.sum[r] = this.min[r] = this.max[r] = this.firstNum[r] = this.lastNum[r] = v;
+    this.firstTs[r] = this.lastTs[r] = ts;
+    this.firstVal[r] = this.lastVal[r] = val;
+    return r;
+  }
+
+  private grow(): void {
+    const wider = (a: Float64Array) => {
+      const b = new Float64Array(a.length * 2);
+      b.set(a);
+      return b;
+    };
+    this.series = wider(this.series);
+    this.bucket = wider(this.bucket);
+    this.n = wider(this.n);
+    this.nn = wider(this.nn);
+    this.sum = wider(this.sum);
+    this.min = wider(this.min);
+    this.max = wider(this.max);
+    this.firstTs = wider(this.firstTs);
+    this.firstNum = wider(this.firstNum);
+    this.lastTs = wider(this.lastTs);
+    this.lastNum = wider(this.lastNum);
+  }
+
+  /**
+   * The rows built so far, flattened (ROLLUP_ROW_WIDTH values a row): series, bucket, n, nn,
+   * sum, min, max, first ts, number and text, last ts, number and text. Empties the builder.
+   */
   take(): { params: unknown[]; rows: number } {
-    let rows = 0;
-    for (const byKey of this.byDevice.values()) rows += byKey.size;
-    const params = new Array<unknown>(rows * 14);
-    let o = 0;
-    for (const byKey of this.byDevice.values()) {
-      for (const r of byKey.values()) {
-        for (let c = 0; c < 14; c++) params[o++] = r[c];
-      }
+    const rows = this.rows;
+    const params = new Array<unknown>(rows * ROLLUP_ROW_WIDTH);
+    for (let r = 0, o = 0; r < rows; r++) {
+      const numbers = this.nn[r] !== 0;
+      params[o++] = this.series[r];
+      params[o++] = this.bucket[r];
+      params[o++] = this.n[r];
+      params[o++] = this.nn[r];
+      params[o++] = numbers ? this.sum[r] : null;
+      params[o++] = numbers ? this.min[r] : null;
+      params[o++] = numbers ? this.max[r] : null;
+      params[o++] = this.firstTs[r];
+      params[o++] = orNull(this.firstNum[r]!);
+      params[o++] = this.firstVal[r];
+      params[o++] = this.lastTs[r];
+      params[o++] = orNull(this.lastNum[r]!);
+      params[o++] = this.lastVal[r];
     }
     this.clear();
     return { params, rows };
   }
 
   clear(): void {
-    this.byDevice.clear();
-    this.last = null;
+    this.rowOf.clear();
+    this.rows = 0;
+    this.firstVal = [];
+    this.lastVal = [];
+    this.last = -1;
   }
 }
 

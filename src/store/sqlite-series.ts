@@ -1,13 +1,21 @@
 import type Database from "better-sqlite3";
 import { type Aggregate, type BucketQuery, type PointQuery, RESOLUTION_MS, type RetentionPolicy } from "../core/ports/store";
-import { MERGE_ROLLUP, ROLLUP_COLS, ROLLUP_TABLES, rollupBuilders } from "./series";
+import { mergeRollup, ROLLUP_ROW_WIDTH, ROLLUP_TABLES, rollupBuilders, rollupCols } from "./series";
 import { type EncodedPoints, POINT_COLS } from "./sqlite-rows";
 
 type Db = Database.Database;
 type Stmt = Database.Statement<unknown[], unknown>;
 
-/** A point as SQL parameters on this thread: device, key id, ts, num, val (decoded from `EncodedPoints`). */
-export const POINT_WIDTH = 5;
+/** A point as SQL parameters on this thread: series id, ts, num, val (decoded from `EncodedPoints`). */
+export const POINT_WIDTH = 4;
+const ROLLUP_COLS = rollupCols("sqlite");
+const MERGE_ROLLUP = mergeRollup("sqlite");
+/** A batch's points in primary-key order: their indexes in the batch, and each one's series id. */
+interface Sorted {
+  order: Uint32Array;
+  ids: Float64Array;
+}
+
 /** A point or bucket as read: ts (bucket start), num, val. */
 export type RawSeriesPoint = [ts: number, num: number | null, val: string | null];
 
@@ -45,7 +53,7 @@ const PER_BUCKET_MAX = 100_000;
  * point, the latest its last.
  */
 function perBucketSql(source: "1m" | "1h", agg: Aggregate): string {
-  const range = `FROM ${ROLLUP_TABLES[source]} WHERE device_id = @device AND key_id = @key AND bucket >= s AND bucket < s + @interval`;
+  const range = `FROM ${ROLLUP_TABLES[source]} WHERE series_id = @series AND bucket >= s AND bucket < s + @interval`;
   const one: Partial<Record<Aggregate, string>> = {
     avg: "sum(sum_v) / CAST(sum(nn) AS REAL)",
     sum: "sum(sum_v)",
@@ -65,12 +73,14 @@ function perBucketSql(source: "1m" | "1h", agg: Aggregate): string {
 /**
  * The SQLite store's time series, on its database thread: the points of a batch are inserted
  * (a point already there is skipped, RETURNING says which went in), their roll-ups are built
- * here from what went in, and upserted once per (series, bucket) when the batch commits. Key
- * ids and known series are cached; what a rolled-back batch added to the caches is forgotten.
+ * here from what went in, and upserted once per (series, bucket) when the batch commits. A
+ * series is a device's key, stored under its integer id (migration 5). Key ids and series ids
+ * are cached; what a rolled-back batch added to the caches is forgotten.
  */
 export class SqliteSeries {
   private readonly keyIds = new Map<string, number>();
-  private readonly series = new Map<string, Set<number>>();
+  /** Series ids by device, then key id: every series of each device in it. */
+  private readonly series = new Map<string, Map<number, number>>();
   private readonly builders = rollupBuilders();
   /** Cache entries added by the open transaction, dropped again if it rolls back. */
   private freshKeys: string[] = [];
@@ -78,15 +88,17 @@ export class SqliteSeries {
   /** Whether each device of the open transaction exists: points of one that does not are skipped. */
   private readonly devices = new Map<string, boolean>();
   private readonly chunks = new Map<string, Stmt>();
-  private readonly cursors = new Map<string, [string, number] | null>();
+  private readonly chunkArrays = new Map<number, unknown[]>();
+  /** Per kind, the id of the series the last purge round finished. */
+  private readonly cursors = new Map<string, number | null>();
   private readonly s;
 
   constructor(private readonly db: Db) {
     const rows = (sql: string) => db.prepare(sql).raw(true);
     const rangeOf = (table: string, col: string) => ({
-      nth: rows(`SELECT ${col} FROM ${table} WHERE device_id = ? AND key_id = ? AND ${col} < ? ORDER BY ${col} LIMIT 1 OFFSET ?`),
-      remove: db.prepare(`DELETE FROM ${table} WHERE device_id = ? AND key_id = ? AND ${col} < ?`),
-      removeTo: db.prepare(`DELETE FROM ${table} WHERE device_id = ? AND key_id = ? AND ${col} <= ?`),
+      nth: rows(`SELECT ${col} FROM ${table} WHERE series_id = ? AND ${col} < ? ORDER BY ${col} LIMIT 1 OFFSET ?`),
+      remove: db.prepare(`DELETE FROM ${table} WHERE series_id = ? AND ${col} < ?`),
+      removeTo: db.prepare(`DELETE FROM ${table} WHERE series_id = ? AND ${col} <= ?`),
     });
     this.s = {
       savepoint: db.prepare("SAVEPOINT ts_points_insert"),
@@ -95,20 +107,24 @@ export class SqliteSeries {
       keyId: db.prepare("SELECT id FROM ts_keys WHERE name = ?").pluck(),
       addKey: db.prepare("INSERT INTO ts_keys (name) VALUES (?) ON CONFLICT (name) DO NOTHING"),
       device: db.prepare("SELECT 1 FROM devices WHERE id = ?").pluck(),
-      seriesOf: db.prepare("SELECT key_id FROM ts_series WHERE device_id = ?").pluck(),
+      seriesOf: rows("SELECT key_id, id FROM ts_series WHERE device_id = ?"),
+      seriesId: db.prepare("SELECT id FROM ts_series WHERE device_id = ? AND key_id = ?").pluck(),
       addSeries: db.prepare("INSERT INTO ts_series (device_id, key_id) VALUES (?, ?) ON CONFLICT DO NOTHING"),
-      points: rows("SELECT ts, num, val FROM ts_points WHERE device_id = ? AND key_id = ? AND ts >= ? AND ts <= ? ORDER BY ts LIMIT ?"),
+      points: rows("SELECT ts, num, val FROM ts_points WHERE series_id = ? AND ts >= ? AND ts <= ? ORDER BY ts LIMIT ?"),
       keys: db.prepare(
         `SELECT k.name FROM ts_series s JOIN ts_keys k ON k.id = s.key_id WHERE s.device_id = ? AND (
-          EXISTS (SELECT 1 FROM ts_points p WHERE p.device_id = s.device_id AND p.key_id = s.key_id)
-          OR EXISTS (SELECT 1 FROM ts_rollup_1m r WHERE r.device_id = s.device_id AND r.key_id = s.key_id)
-          OR EXISTS (SELECT 1 FROM ts_rollup_1h r WHERE r.device_id = s.device_id AND r.key_id = s.key_id))`,
+          EXISTS (SELECT 1 FROM ts_points p WHERE p.series_id = s.id)
+          OR EXISTS (SELECT 1 FROM ts_rollup_1m r WHERE r.series_id = s.id)
+          OR EXISTS (SELECT 1 FROM ts_rollup_1h r WHERE r.series_id = s.id))`,
       ).pluck(),
-      window: rows("SELECT device_id, key_id FROM ts_series WHERE (device_id, key_id) > (?, ?) ORDER BY device_id, key_id LIMIT ?"),
-      windowTo: rows(
-        "SELECT device_id, key_id FROM ts_series WHERE (device_id, key_id) <= (?, ?) AND (device_id, key_id) > (?, ?) ORDER BY device_id, key_id LIMIT ?",
-      ),
-      deletes: ["ts_points", "ts_rollup_1m", "ts_rollup_1h", "ts_series"].map((t) => db.prepare(`DELETE FROM ${t} WHERE device_id = ?`)),
+      window: db.prepare("SELECT id FROM ts_series WHERE id > ? ORDER BY id LIMIT ?").pluck(),
+      windowTo: db.prepare("SELECT id FROM ts_series WHERE id <= ? AND id > ? ORDER BY id LIMIT ?").pluck(),
+      deletes: [
+        ...["ts_points", "ts_rollup_1m", "ts_rollup_1h"].map((t) =>
+          db.prepare(`DELETE FROM ${t} WHERE series_id IN (SELECT id FROM ts_series WHERE device_id = ?)`),
+        ),
+        db.prepare("DELETE FROM ts_series WHERE device_id = ?"),
+      ],
       ranges: {
         points: rangeOf("ts_points", "ts"),
         "1m": rangeOf(ROLLUP_TABLES["1m"], "bucket"),
@@ -125,97 +141,143 @@ export class SqliteSeries {
    * are undone to a savepoint and redone with RETURNING.
    */
   write(points: EncodedPoints): void {
-    const params = this.inKeyOrder(points);
+    const sorted = this.inKeyOrder(points);
     this.s.savepoint.run();
-    if (this.insertAll(params, false)) {
+    if (this.insertAll(points, sorted, false)) {
       this.s.release.run();
-      this.addRollups(params);
+      this.addRollups(points, sorted);
       return;
     }
     this.s.rollbackTo.run();
     this.s.release.run();
-    this.insertAll(params, true);
+    this.insertAll(points, sorted, true);
   }
 
   /**
-   * The points of existing devices as SQL parameters (POINT_WIDTH a point) with their key ids,
-   * in primary-key order (device, key, ts): consecutive rows land on the same pages, which made
-   * inserts and roll-up upserts 1.4 to 1.6 times as fast as in arrival order (10,000 devices or
-   * 10 devices x 3 keys).
+   * The points of existing devices in primary-key order (series, ts), as indexes into `points`,
+   * with each point's series id: consecutive rows land on the same pages, which made inserts
+   * and roll-up upserts 1.4 to 1.6 times as fast as in arrival order (10,000 devices or 10
+   * devices x 3 keys). A counting sort by series, which keeps each series' points in arrival
+   * order; only a series whose points came out of time order is sorted.
    */
-  private inKeyOrder(points: EncodedPoints): unknown[] {
-    const { names, cols, vals } = points;
+  private inKeyOrder(points: EncodedPoints): Sorted {
+    const { names, cols } = points;
     const count = cols.length / POINT_COLS;
-    // Each device's points (their indexes), by the index of its id in `names`.
-    const byDevice = new Map<number, number[]>();
-    for (let i = 0; i < count; i++) {
-      const device = cols[i * POINT_COLS]!;
-      let mine = byDevice.get(device);
-      if (mine === undefined) {
-        if (!this.deviceExists(names[device]!)) continue;
-        mine = [];
-        byDevice.set(device, mine);
-      }
-      mine.push(i);
-    }
+    // Indexes in `names` (each id and key once) to what they stand for, looked up once a batch.
+    const exists: (boolean | undefined)[] = [];
     const keyIds: number[] = [];
-    const keyIdOf = (name: number): number => (keyIds[name] ??= this.keyId(names[name]!));
-    const params: unknown[] = [];
-    const ids: number[] = [];
-    // In id order (`names` holds each id once, so no two compare equal).
-    const devices = [...byDevice.keys()].sort((a, b) => (names[a]! < names[b]! ? -1 : 1));
-    for (const device of devices) {
-      const deviceId = names[device]!;
-      const mine = byDevice.get(device)!;
-      for (const i of mine) {
-        const keyId = keyIdOf(cols[i * POINT_COLS + 1]!);
-        this.knowSeries(deviceId, keyId);
-        ids[i] = keyId;
+    // The batch's series, numbered from 0 in order of appearance: (device, key) pair -> number.
+    const local = new Map<number, number>();
+    const localIds: number[] = [];
+    const localCounts: number[] = [];
+    const localOf = new Int32Array(count).fill(-1);
+    for (let i = 0; i < count; i++) {
+      const o = i * POINT_COLS;
+      const device = cols[o]!;
+      if (!(exists[device] ??= this.deviceExists(names[device]!))) continue;
+      const key = cols[o + 1]!;
+      const pair = device * names.length + key;
+      let n = local.get(pair);
+      if (n === undefined) {
+        n = localIds.length;
+        local.set(pair, n);
+        localIds.push(this.seriesIdFor(names[device]!, (keyIds[key] ??= this.keyId(names[key]!))));
+        localCounts.push(0);
       }
-      mine.sort((x, y) => ids[x]! - ids[y]! || cols[x * POINT_COLS + 2]! - cols[y * POINT_COLS + 2]!);
-      for (const i of mine) {
-        const o = i * POINT_COLS;
-        const num = cols[o + 3]!;
-        params.push(deviceId, ids[i], cols[o + 2], Number.isNaN(num) ? null : num, vals === null ? null : vals[i]);
+      localOf[i] = n;
+      localCounts[n]!++;
+    }
+    // Where each series' points start in the output, series in id order.
+    const byId = Array.from(localIds.keys()).sort((x, y) => localIds[x]! - localIds[y]!);
+    const start = new Int32Array(localIds.length);
+    let total = 0;
+    for (const n of byId) {
+      start[n] = total;
+      total += localCounts[n]!;
+    }
+    const order = new Uint32Array(total);
+    const ids = new Float64Array(total);
+    const next = start.slice();
+    for (let i = 0; i < count; i++) {
+      const n = localOf[i]!;
+      if (n < 0) continue;
+      const at = next[n]!++;
+      order[at] = i;
+      ids[at] = localIds[n]!;
+    }
+    for (const n of byId) {
+      const from = start[n]!;
+      const to = from + localCounts[n]!;
+      for (let j = from + 1; j < to; j++) {
+        if (cols[order[j]! * POINT_COLS + 2]! < cols[order[j - 1]! * POINT_COLS + 2]!) {
+          order.subarray(from, to).sort((x, y) => cols[x * POINT_COLS + 2]! - cols[y * POINT_COLS + 2]!);
+          break;
+        }
       }
     }
-    return params;
+    return { order, ids };
   }
 
-  /** Inserts in chunks; plain, false as soon as a point was already there; else RETURNING, adding what went in. */
-  private insertAll(params: unknown[], returning: boolean): boolean {
-    const rows = params.length / POINT_WIDTH;
+  /**
+   * Inserts the points in chunks of CHUNK, the rest in power-of-two chunks; plain, false as soon
+   * as a point was already there; else RETURNING, adding what went in to the roll-ups.
+   */
+  private insertAll(points: EncodedPoints, { order, ids }: Sorted, returning: boolean): boolean {
+    const { cols, vals } = points;
+    const rows = order.length;
     for (let i = 0; i < rows; ) {
       const left = rows - i;
       const count = left >= CHUNK ? CHUNK : 2 ** Math.floor(Math.log2(left));
-      const chunk = params.slice(i * POINT_WIDTH, (i + count) * POINT_WIDTH);
+      const chunk = this.chunkParams(count);
+      for (let j = 0, o = 0; j < count; j++) {
+        const p = order[i + j]!;
+        const num = cols[p * POINT_COLS + 3]!;
+        chunk[o++] = ids[i + j];
+        chunk[o++] = cols[p * POINT_COLS + 2];
+        chunk[o++] = num === num ? num : null;
+        chunk[o++] = vals === null ? null : vals[p];
+      }
       if (!returning) {
         if (this.insertChunk(count, false).run(chunk).changes !== count) return false;
       } else {
-        this.addRollups((this.insertChunk(count, true).all(chunk) as unknown[][]).flat());
+        const m = this.builders["1m"];
+        const h = this.builders["1h"];
+        for (const [series, ts, num, val] of this.insertChunk(count, true).all(chunk) as [number, number, number | null, string | null][]) {
+          m.add(series, ts, num, val);
+          h.add(series, ts, num, val);
+        }
       }
       i += count;
     }
     return true;
   }
 
-  private addRollups(params: unknown[]): void {
+  /** A parameter array for a chunk of `rows` points, reused from one chunk to the next. */
+  private chunkParams(rows: number): unknown[] {
+    let params = this.chunkArrays.get(rows);
+    if (params === undefined) {
+      params = new Array<unknown>(rows * POINT_WIDTH).fill(null);
+      this.chunkArrays.set(rows, params);
+    }
+    return params;
+  }
+
+  private addRollups({ cols, vals }: EncodedPoints, { order, ids }: Sorted): void {
     const m = this.builders["1m"];
     const h = this.builders["1h"];
-    for (let o = 0; o < params.length; o += POINT_WIDTH) {
-      const deviceId = params[o] as string;
-      const keyId = params[o + 1] as number;
-      const ts = params[o + 2] as number;
-      const num = params[o + 3] as number | null;
-      const val = params[o + 4] as string | null;
-      m.add(deviceId, keyId, ts, num, val);
-      h.add(deviceId, keyId, ts, num, val);
+    for (let j = 0; j < order.length; j++) {
+      const p = order[j]!;
+      const ts = cols[p * POINT_COLS + 2]!;
+      const num = cols[p * POINT_COLS + 3]!;
+      const val = vals === null ? null : vals[p]!;
+      m.add(ids[j]!, ts, num, val);
+      h.add(ids[j]!, ts, num, val);
     }
   }
 
   /** Upserts the roll-ups of the points inserted since the last flush; still in the transaction. */
   flush(): void {
-    const width = ROLLUP_COLS.length;
+    const width = ROLLUP_ROW_WIDTH;
     for (const resolution of ["1m", "1h"] as const) {
       const { params, rows } = this.builders[resolution].take();
       for (let i = 0; i < rows; ) {
@@ -245,17 +307,17 @@ export class SqliteSeries {
   }
 
   points(q: PointQuery): RawSeriesPoint[] {
-    const keyId = this.knownKey(q.key);
-    if (keyId === undefined || !(q.limit > 0)) return [];
-    return this.s.points.all(q.deviceId, keyId, q.from, q.to, Math.floor(q.limit)) as RawSeriesPoint[];
+    const series = this.knownSeries(q.deviceId, q.key);
+    if (series === undefined || !(q.limit > 0)) return [];
+    return this.s.points.all(series, q.from, q.to, Math.floor(q.limit)) as RawSeriesPoint[];
   }
 
   /** Buckets as [start, num, val], computed by SQL over the range `bucketRange` gave. */
   buckets(q: BucketQuery, start: number, end: number, interval: number): RawSeriesPoint[] {
-    const keyId = this.knownKey(q.key);
-    if (keyId === undefined || !(q.limit > 0)) return [];
+    const series = this.knownSeries(q.deviceId, q.key);
+    if (series === undefined || !(q.limit > 0)) return [];
     const limit = Math.floor(q.limit);
-    const params = { interval, device: q.deviceId, key: keyId, start, end };
+    const params = { interval, series, start, end };
     // GROUP BY sorts every row it reads in a temporary b-tree (measured: 17 ms for 30 days of
     // 1-minute roll-ups); a roll-up at least 4 times finer than the buckets is denser than
     // them, so one primary-key range per bucket reads the same rows without it (7 ms).
@@ -275,7 +337,7 @@ export class SqliteSeries {
       const select = raw ? AGG_RAW[q.agg] : `${AGG_ROLLUP[q.agg]} FROM ${ROLLUP_TABLES[q.source as "1m" | "1h"]}`;
       const having = NUMERIC.has(q.agg) ? (raw ? " HAVING count(num) > 0" : " HAVING sum(nn) > 0") : "";
       return (
-        `SELECT ${col} - ${col} % @interval AS b, ${select} WHERE device_id = @device AND key_id = @key ` +
+        `SELECT ${col} - ${col} % @interval AS b, ${select} WHERE series_id = @series ` +
         `AND ${col} >= @start AND ${col} < @end GROUP BY b${having} ORDER BY b LIMIT @limit`
       );
     });
@@ -330,23 +392,22 @@ export class SqliteSeries {
     let wrapped = false;
     let removed = 0;
     for (;;) {
-      const after = cursor ?? ["", -1];
+      // Series ids are rowids, from 1.
+      const after = cursor ?? 0;
       const window = (
-        wrapped && start
-          ? this.s.windowTo.all(start[0], start[1], after[0], after[1], PURGE_WINDOW)
-          : this.s.window.all(after[0], after[1], PURGE_WINDOW)
-      ) as [string, number][];
-      for (const [deviceId, keyId] of window) {
+        wrapped && start !== null ? this.s.windowTo.all(start, after, PURGE_WINDOW) : this.s.window.all(after, PURGE_WINDOW)
+      ) as number[];
+      for (const series of window) {
         const left = batchSize - removed;
-        const nth = range.nth.get(deviceId, keyId, cutoff, left - 1) as [number] | undefined;
+        const nth = range.nth.get(series, cutoff, left - 1) as [number] | undefined;
         if (nth) {
           // At least `left` old rows: remove exactly those and come back to this series next round.
-          removed += range.removeTo.run(deviceId, keyId, nth[0]).changes;
+          removed += range.removeTo.run(series, nth[0]).changes;
           this.cursors.set(kind, cursor);
           return removed;
         }
-        removed += range.remove.run(deviceId, keyId, cutoff).changes;
-        cursor = [deviceId, keyId];
+        removed += range.remove.run(series, cutoff).changes;
+        cursor = series;
       }
       if (window.length < PURGE_WINDOW) {
         if (wrapped || start === null) {
@@ -390,23 +451,38 @@ export class SqliteSeries {
     return id;
   }
 
-  private knowSeries(deviceId: string, keyId: number): void {
-    let keys = this.series.get(deviceId);
-    if (keys === undefined) {
-      keys = new Set(this.s.seriesOf.all(deviceId) as number[]);
-      this.series.set(deviceId, keys);
+  /** The stored series' id, or undefined when the device never had the key (reads: nothing is added). */
+  private knownSeries(deviceId: string, key: string): number | undefined {
+    const keyId = this.knownKey(key);
+    if (keyId === undefined) return undefined;
+    return this.series.get(deviceId)?.get(keyId) ?? (this.s.seriesId.get(deviceId, keyId) as number | undefined);
+  }
+
+  /** The series' id, listed in `ts_series` (in the open transaction) if it is new. */
+  private seriesIdFor(deviceId: string, keyId: number): number {
+    let ids = this.series.get(deviceId);
+    if (ids === undefined) {
+      ids = new Map(this.s.seriesOf.all(deviceId) as [number, number][]);
+      this.series.set(deviceId, ids);
     }
-    if (keys.has(keyId)) return;
-    this.s.addSeries.run(deviceId, keyId);
-    keys.add(keyId);
-    this.freshSeries.push([deviceId, keyId]);
+    let id = ids.get(keyId);
+    if (id === undefined) {
+      this.s.addSeries.run(deviceId, keyId);
+      id = this.s.seriesId.get(deviceId, keyId) as number;
+      ids.set(keyId, id);
+      this.freshSeries.push([deviceId, keyId]);
+    }
+    return id;
   }
 
   private insertChunk(rows: number, returning: boolean): Stmt {
     return this.cached(`${returning ? "r" : "p"}${rows}`, () => {
-      const values = Array.from({ length: rows }, () => "(?, ?, ?, ?, ?)").join(", ");
-      const sql = `INSERT INTO ts_points (device_id, key_id, ts, num, val) VALUES ${values} ON CONFLICT DO NOTHING`;
-      return returning ? this.db.prepare(`${sql} RETURNING device_id, key_id, ts, num, val`).raw(true) : this.db.prepare(sql);
+      const values = Array.from({ length: rows }, () => "(?, ?, ?, ?)").join(", ");
+      // OR IGNORE rather than ON CONFLICT DO NOTHING: no constraint can then abort the statement,
+      // so SQLite keeps no statement journal of the pages it touches (a copy of each, one page a
+      // point here). Every column it could refuse as NULL is a number already checked.
+      const sql = `INSERT OR IGNORE INTO ts_points (series_id, ts, num, val) VALUES ${values}`;
+      return returning ? this.db.prepare(`${sql} RETURNING series_id, ts, num, val`).raw(true) : this.db.prepare(sql);
     });
   }
 

@@ -26,6 +26,7 @@ import type {
   EventRow,
   HistoryRow,
   PointQuery,
+  PointRow,
   PurgeResult,
   RetentionPolicy,
   SeriesPoint,
@@ -176,9 +177,9 @@ export class SqliteStore implements Store {
   async writeBatch(batch: WriteBatch): Promise<void> {
     if (this.handingOver) return this.handingOver.then(() => this.writeBatch(batch));
     const thread = this.live();
-    const ordered = historyInIndexOrder(batch);
+    const { batch: ordered, positions } = inIndexOrder(batch);
     const parts = splitBatch(ordered, PART_ROWS);
-    if (parts.length === 1) return postEncoded(thread, "writeBatch", ordered, 0);
+    if (parts.length === 1) return postEncoded(thread, "writeBatch", ordered, 0, positions);
     // Telemetry points are encoded here (checked, split into number or JSON text); their key
     // ids, the roll-ups and all the SQL are the database thread's work.
     // Each part is posted as soon as it is encoded: the thread writes it while the next one is
@@ -205,7 +206,7 @@ export class SqliteStore implements Store {
           sliceStarted = performance.now();
         }
         const { part, pointOffset } = parts[i]!;
-        post(postEncoded(thread, "writePart", part, pointOffset));
+        post(postEncoded(thread, "writePart", part, pointOffset, positions));
       }
       post(thread.call("commitBatch", []));
     } catch (err) {
@@ -377,34 +378,73 @@ export class SqliteStore implements Store {
 }
 
 /**
- * The batch with its history rows in the order of the history's device index: grouped by device,
- * the devices in id order, each device's rows as they came (so in time order). A batch of 20,000
+ * The batch with its history rows and its points grouped by device, each device's as they came
+ * (so in time order), and where each point was in the batch as given (null when none moved).
+ *
+ * History: the devices in id order, the order of the history's device index. A batch of 20,000
  * rows from 1,000 devices otherwise inserts into that index at random places; in device order
- * consecutive rows land on the same pages, as the points do (`inKeyOrder` in sqlite-series.ts).
- * Measured, bench:store's 300,000 rows in six pairs of runs: 133,600 rows/s on average in
- * arrival order, 150,800 in device order, faster in every pair. Grouping is one pass and a sort
- * of the device ids, not of the rows: this runs on the hub's thread before the hand-over yields.
- * What is read is the same: every read of the history orders explicitly.
+ * consecutive rows land on the same pages. Measured, bench:store's 300,000 rows in six pairs of
+ * runs: 133,600 rows/s on average in arrival order, 150,800 in device order, faster in every pair.
+ *
+ * Points: a batch is written in parts of PART_ROWS rows, and the database thread orders each
+ * part's points by series (`inKeyOrder` in sqlite-series.ts). In arrival order a part of 2,048
+ * points from 10,000 devices held about one point a series: every point went to a page of its
+ * own, SQLite copied that page for the part's savepoint, and each point began a roll-up row
+ * looked up by hash. Grouped by device, a part holds a few devices' every point, each series'
+ * points one after another.
+ *
+ * Grouping is one pass and a sort of the device ids, not of the rows: this runs on the hub's
+ * thread before the hand-over yields. What is read is the same: every read orders explicitly.
  */
-function historyInIndexOrder(batch: WriteBatch): WriteBatch {
-  if (batch.history.length < 2) return batch;
-  const byDevice = new Map<string, HistoryRow[]>();
-  for (const row of batch.history) {
-    const rows = byDevice.get(row.deviceId);
-    if (rows) rows.push(row);
-    else byDevice.set(row.deviceId, [row]);
+function inIndexOrder(batch: WriteBatch): { batch: WriteBatch; positions: Uint32Array | null } {
+  let out = batch;
+  if (batch.history.length >= 2) {
+    const byDevice = groupBy(batch.history, (row) => row.deviceId);
+    if (byDevice.size > 1) {
+      const history: HistoryRow[] = [];
+      for (const deviceId of [...byDevice.keys()].sort()) for (const i of byDevice.get(deviceId)!) history.push(batch.history[i]!);
+      out = { ...out, history };
+    }
   }
-  if (byDevice.size === 1) return batch;
-  const history: HistoryRow[] = [];
-  for (const deviceId of [...byDevice.keys()].sort()) for (const row of byDevice.get(deviceId)!) history.push(row);
-  return { ...batch, history };
+  const points = batch.points ?? [];
+  if (points.length < 2) return { batch: out, positions: null };
+  const byDevice = groupBy(points, (p) => p.deviceId);
+  if (byDevice.size === 1) return { batch: out, positions: null };
+  const positions = new Uint32Array(points.length);
+  const grouped: PointRow[] = new Array<PointRow>(points.length);
+  let at = 0;
+  for (const indexes of byDevice.values()) {
+    for (const i of indexes) {
+      positions[at] = i;
+      grouped[at++] = points[i]!;
+    }
+  }
+  return { batch: { ...out, points: grouped }, positions };
+}
+
+/** The indexes of the rows, by the key of each, keys in order of first appearance. */
+function groupBy<T>(rows: readonly T[], keyOf: (row: T) => string): Map<string, number[]> {
+  const groups = new Map<string, number[]>();
+  for (let i = 0; i < rows.length; i++) {
+    const key = keyOf(rows[i]!);
+    const indexes = groups.get(key);
+    if (indexes) indexes.push(i);
+    else groups.set(key, [i]);
+  }
+  return groups;
 }
 
 /**
  * Encodes a batch, or a part of one whose points start at `pointOffset` in the whole, and posts
  * it: the points' numbers are moved to the thread, not copied.
  */
-function postEncoded(thread: SqliteThread, method: "writeBatch" | "writePart", batch: WriteBatch, pointOffset: number): Promise<void> {
-  const encoded = encodeBatch(batch, pointOffset);
+function postEncoded(
+  thread: SqliteThread,
+  method: "writeBatch" | "writePart",
+  batch: WriteBatch,
+  pointOffset: number,
+  positions: Uint32Array | null,
+): Promise<void> {
+  const encoded = encodeBatch(batch, pointOffset, positions);
   return thread.call(method, [encoded], [encoded.points.cols.buffer as ArrayBuffer]);
 }

@@ -34,6 +34,10 @@ export const NO_RETENTION: RetentionPolicy = {
 };
 
 const EMPTY_BATCH: WriteBatch = { presence: [], states: [], history: [], events: [] };
+/** Tables the migrations after version 1 created (time series, cluster). */
+const LATER_TABLES = [
+  "ts_keys", "ts_series", "ts_points", "ts_rollup_1m", "ts_rollup_1h", "cluster_meta", "cluster_members", "cluster_leases", "removed_devices",
+];
 
 async function rejects(promise: Promise<unknown>): Promise<unknown> {
   try {
@@ -150,8 +154,10 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         if (!h!.sql) this.skip();
         const s2 = await second(this);
         await store.close();
-        // The events table as version 1 made it, holding an event written then.
+        // The events table as version 1 made it, holding an event written then, and none of
+        // the tables later versions added.
         await h!.sql!("ALTER TABLE events DROP COLUMN parent_cause_id");
+        for (const table of LATER_TABLES) await h!.sql!(`DROP TABLE ${table}`);
         await h!.sql!(`DELETE FROM ${MIGRATIONS_TABLE} WHERE version > 1`);
         await h!.sql!(
           "INSERT INTO events (id, type, priority, source, device_id, data, ts, expires_at, cause_id) " +

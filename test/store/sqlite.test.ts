@@ -6,7 +6,7 @@ import { join } from "node:path";
 import type { Worker } from "node:worker_threads";
 import Database from "better-sqlite3";
 import { isTethralError } from "../../src/core/errors";
-import { LATEST_SCHEMA_VERSION, MIGRATIONS_TABLE } from "../../src/store/migrations";
+import { LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE } from "../../src/store/migrations";
 import { SqliteStore } from "../../src/store/sqlite";
 import type { HistoryRow, PointRow, WriteBatch } from "../../src/core/ports/store";
 import { encodeBatch } from "../../src/store/sqlite-rows";
@@ -155,6 +155,62 @@ describe("SqliteStore", function () {
     assert.deepEqual(rawSql(file, "PRAGMA journal_mode"), [{ journal_mode: "delete" }]);
     assert.deepEqual(rawSql(file, "SELECT name FROM sqlite_master WHERE type = 'table'"), [{ name: MIGRATIONS_TABLE }]);
     await assert.rejects(store.loadDevices(), (err: unknown) => isTethralError(err) && err.code === "UNAVAILABLE");
+  });
+
+  it("migrates a version 4 database's time series to series ids: every point, roll-up and key reads back, and later points merge into the same roll-ups", async function () {
+    const file = join(dir, "v4.db");
+    const db = new Database(file);
+    db.exec(`CREATE TABLE ${MIGRATIONS_TABLE} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)`);
+    for (const m of MIGRATIONS.filter((m) => m.version <= 4)) {
+      for (const statement of m.sqlite) db.exec(statement);
+      db.prepare(`INSERT INTO ${MIGRATIONS_TABLE} VALUES (?, ?, 0)`).run(m.version, m.name);
+    }
+    // Version 4's layout: (device id, key id) on every row. d3's series was never listed.
+    const m0 = T0 - (T0 % 60_000);
+    const h0 = T0 - (T0 % 3_600_000);
+    db.exec(`INSERT INTO ts_keys (id, name) VALUES (1, 'temperature'), (2, 'mode')`);
+    db.exec(`INSERT INTO ts_series (device_id, key_id) VALUES ('d1', 1), ('d1', 2), ('d2', 1)`);
+    db.exec(`INSERT INTO ts_points (device_id, key_id, ts, num, val) VALUES
+      ('d1', 1, ${m0}, 20.5, NULL), ('d1', 1, ${m0 + 1000}, 21, NULL), ('d1', 1, ${m0 + 61_000}, 22, NULL),
+      ('d1', 2, ${m0}, NULL, '"eco"'), ('d2', 1, ${m0}, 5, NULL), ('d3', 1, ${m0}, 7, NULL)`);
+    const rollup = (table: string, bucket: number, device: string, key: number, n: number, sum: number | null, first: [number, number | null, string | null], last: [number, number | null, string | null]) =>
+      db.prepare(`INSERT INTO ${table} VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`).run(
+        device, key, bucket, n, sum === null ? 0 : n, sum, sum === null ? null : first[1], sum === null ? null : last[1], ...first, ...last,
+      );
+    rollup("ts_rollup_1m", m0, "d1", 1, 2, 41.5, [m0, 20.5, null], [m0 + 1000, 21, null]);
+    rollup("ts_rollup_1m", m0 + 60_000, "d1", 1, 1, 22, [m0 + 61_000, 22, null], [m0 + 61_000, 22, null]);
+    rollup("ts_rollup_1m", m0, "d1", 2, 1, null, [m0, null, '"eco"'], [m0, null, '"eco"']);
+    rollup("ts_rollup_1h", h0, "d1", 1, 3, 63.5, [m0, 20.5, null], [m0 + 61_000, 22, null]);
+    db.close();
+
+    const store = track(new SqliteStore({ path: file }));
+    await store.open();
+    assert.equal(await store.schemaVersion(), LATEST_SCHEMA_VERSION);
+    assert.deepEqual(
+      rawSql(file, "PRAGMA table_info(ts_points)").map((c) => c.name),
+      ["series_id", "ts", "num", "val"],
+    );
+    const all = { from: 0, to: T0 + 3_600_000, limit: 100 };
+    assert.deepEqual(await store.points({ deviceId: "d1", key: "temperature", ...all }), [
+      { ts: m0, value: 20.5 }, { ts: m0 + 1000, value: 21 }, { ts: m0 + 61_000, value: 22 },
+    ]);
+    assert.deepEqual(await store.points({ deviceId: "d1", key: "mode", ...all }), [{ ts: m0, value: "eco" }]);
+    assert.deepEqual(await store.points({ deviceId: "d2", key: "temperature", ...all }), [{ ts: m0, value: 5 }]);
+    assert.deepEqual(await store.points({ deviceId: "d3", key: "temperature", ...all }), [{ ts: m0, value: 7 }]);
+    assert.deepEqual(await store.telemetryKeys("d1"), ["mode", "temperature"]);
+    assert.deepEqual(await store.telemetryKeys("d3"), ["temperature"]);
+    const minutes = { deviceId: "d1", key: "temperature", ...all, source: "1m", intervalMs: 60_000 } as const;
+    assert.deepEqual(await store.buckets({ ...minutes, agg: "sum" }), [{ ts: m0, value: 41.5 }, { ts: m0 + 60_000, value: 22 }]);
+    assert.deepEqual(await store.buckets({ ...minutes, deviceId: "d1", key: "mode", agg: "last" }), [{ ts: m0, value: "eco" }]);
+    assert.deepEqual(await store.buckets({ ...minutes, source: "1h", intervalMs: 3_600_000, agg: "count" }), [{ ts: h0, value: 3 }]);
+
+    // A later point lands in the migrated series and merges into its roll-up rows.
+    await store.upsertDevice(deviceRow("d1"));
+    await store.writeBatch({ presence: [], states: [], history: [], events: [], points: [{ deviceId: "d1", key: "temperature", ts: m0 + 2000, value: 1 }] });
+    assert.deepEqual(await store.buckets({ ...minutes, agg: "sum" }), [{ ts: m0, value: 42.5 }, { ts: m0 + 60_000, value: 22 }]);
+    assert.deepEqual(await store.buckets({ ...minutes, source: "1h", intervalMs: 3_600_000, agg: "count" }), [{ ts: h0, value: 4 }]);
+    assert.equal((await store.points({ deviceId: "d1", key: "temperature", ...all })).length, 4);
+    assert.deepEqual(rawSql(file, "SELECT count(*) AS n FROM ts_series"), [{ n: 4 }]);
   });
 
   it("refuses a file that is not a database with UNAVAILABLE", async function () {
@@ -330,6 +386,46 @@ describe("SqliteStore", function () {
       assert.deepEqual(inserted.map((r) => r.id), expected.map((h) => h.id));
     } finally {
       db.close();
+    }
+  });
+
+  it("writes a big batch's points device by device: every point and roll-up as sent, a refused point named by its place in the batch as given, the caller's batch untouched", async function () {
+    const store = track(new SqliteStore({ path: join(dir, "points-order.db") }));
+    await store.open();
+    const devices = Array.from({ length: 20 }, (_, d) => `p${d}`);
+    for (const id of devices) await store.upsertDevice(deviceRow(id));
+    const keys = ["temperature", "humidity", "mode"];
+    // 6,000 points (three parts), each device's reports interleaved with the others' as they come.
+    const points: PointRow[] = Array.from({ length: 6000 }, (_, i) => {
+      const report = Math.floor(i / keys.length);
+      const key = keys[i % keys.length]!;
+      return { deviceId: devices[report % devices.length]!, key, ts: T0 + report * 1000, value: key === "mode" ? `m${report % 3}` : report + i / 10 };
+    });
+    const asGiven = JSON.stringify(points);
+    const batch = (pts: PointRow[]): WriteBatch => ({ presence: [], states: [], history: [], events: [], points: pts });
+    // Refused before anything is written, named where it is in the batch as sent (the store
+    // writes the points in another order).
+    const bad = points.slice();
+    bad[4321] = { ...bad[4321]!, value: Number.POSITIVE_INFINITY };
+    await assert.rejects(store.writeBatch(batch(bad)), (err: unknown) => {
+      assert.ok(isTethralError(err) && err.code === "INVALID", String(err));
+      assert.match(err.message, /points\[4321\]\.value/);
+      return true;
+    });
+    for (const id of devices) assert.deepEqual(await store.telemetryKeys(id), [], id);
+
+    await store.writeBatch(batch(points));
+    assert.equal(JSON.stringify(points), asGiven);
+    const all = { from: 0, to: T0 + 10_000_000, limit: 10_000 };
+    for (const deviceId of devices) {
+      for (const key of keys) {
+        const sent = points.filter((p) => p.deviceId === deviceId && p.key === key).map((p) => ({ ts: p.ts, value: p.value }));
+        assert.deepEqual(await store.points({ deviceId, key, ...all }), sent, `${deviceId} ${key}`);
+        const hours = await store.buckets({ deviceId, key, ...all, source: "1h", intervalMs: 3_600_000, agg: "count" });
+        assert.equal(hours.reduce((n, b) => n + (b.value as number), 0), sent.length, `${deviceId} ${key} 1h`);
+        const minutes = await store.buckets({ deviceId, key, ...all, source: "1m", intervalMs: 60_000, agg: "last" });
+        assert.deepEqual(minutes.at(-1)?.value, sent.at(-1)!.value, `${deviceId} ${key} 1m`);
+      }
     }
   });
 
