@@ -164,6 +164,7 @@ export class SqliteDatabase {
       this.series.rolledBack();
       throw err;
     }
+    this.series.settled();
   }
 
   // A big batch comes in parts, so that the caller's thread encodes a part while this thread
@@ -195,6 +196,7 @@ export class SqliteDatabase {
       this.rollbackBatch();
       throw err;
     }
+    this.series.settled();
   }
 
   rollbackBatch(): void {

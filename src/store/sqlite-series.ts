@@ -275,7 +275,10 @@ export class SqliteSeries {
     }
   }
 
-  /** Upserts the roll-ups of the points inserted since the last flush; still in the transaction. */
+  /**
+   * Upserts the roll-ups of the points inserted since the last flush; still in the transaction.
+   * The caller commits, then calls `settled`, or `rolledBack` when the commit fails.
+   */
   flush(): void {
     const width = ROLLUP_ROW_WIDTH;
     for (const resolution of ["1m", "1h"] as const) {
@@ -287,7 +290,6 @@ export class SqliteSeries {
         i += count;
       }
     }
-    this.settled();
   }
 
   /** The transaction committed: its cache entries stand. */

@@ -1,4 +1,4 @@
-import { TethralError } from "../core/errors";
+import { isTethralError, TethralError } from "../core/errors";
 import {
   commandParams,
   deviceParams,
@@ -15,7 +15,7 @@ import {
 } from "./sqlite-rows";
 import { SqliteThread, type ThreadArgs, type ThreadResult } from "./sqlite-thread";
 import type { SqliteMethod } from "./sqlite-wire";
-import { pointValue } from "./series";
+import { pointColumns, pointValue } from "./series";
 import type { RawSeriesPoint } from "./sqlite-series";
 import type {
   BucketQuery,
@@ -179,7 +179,13 @@ export class SqliteStore implements Store {
     const thread = this.live();
     const { batch: ordered, positions } = inIndexOrder(batch);
     const parts = splitBatch(ordered, PART_ROWS);
-    if (parts.length === 1) return postEncoded(thread, "writeBatch", ordered, 0, positions);
+    if (parts.length === 1) {
+      try {
+        return await postEncoded(thread, "writeBatch", ordered, 0, positions);
+      } catch (err) {
+        throw firstRefusal(err, batch, positions);
+      }
+    }
     // Telemetry points are encoded here (checked, split into number or JSON text); their key
     // ids, the roll-ups and all the SQL are the database thread's work.
     // Each part is posted as soon as it is encoded: the thread writes it while the next one is
@@ -213,7 +219,7 @@ export class SqliteStore implements Store {
       // A row JSON cannot carry: the parts already written are rolled back before the refusal.
       post(thread.call("rollbackBatch", []));
       await Promise.allSettled(calls);
-      throw err;
+      throw firstRefusal(err, batch, positions);
     } finally {
       this.handingOver = null;
       handedOver();
@@ -420,6 +426,23 @@ function inIndexOrder(batch: WriteBatch): { batch: WriteBatch; positions: Uint32
     }
   }
   return { batch: { ...out, points: grouped }, positions };
+}
+
+/**
+ * A refused point named as the caller would have it named: with the points reordered, the
+ * first found invalid need not be the first in the batch as sent. Only on that error's path.
+ */
+function firstRefusal(err: unknown, batch: WriteBatch, positions: Uint32Array | null): unknown {
+  if (positions === null || !isTethralError(err) || err.code !== "INVALID" || !err.details[0]?.field.startsWith("points[")) return err;
+  const points = batch.points ?? [];
+  for (let i = 0; i < points.length; i++) {
+    try {
+      pointColumns(points[i]!, i);
+    } catch (first) {
+      return first;
+    }
+  }
+  return err;
 }
 
 /** The indexes of the rows, by the key of each, keys in order of first appearance. */
