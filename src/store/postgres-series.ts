@@ -2,7 +2,7 @@ import type pg from "pg";
 import type { Aggregate, BucketQuery, PointQuery, PointRow, RetentionPolicy, SeriesPoint } from "../core/ports/store";
 import { copyLines, copyValue, UNIQUE_VIOLATION } from "./postgres-copy";
 import { text } from "./postgres-sql";
-import { bucketPoint, bucketRange, mergeRollup, pointColumns, pointValue, ROLLUP_ROW_WIDTH, ROLLUP_TABLES, rollupBuilders, rollupCols } from "./series";
+import { bucketPoint, bucketRange, mergeRollup, pointColumns, pointValue, ROLLUP_ROW_WIDTH, ROLLUP_TABLES, RollupBuilders, rollupCols } from "./series";
 
 const ROLLUP_COLS = rollupCols("postgres");
 const MERGE_ROLLUP = mergeRollup("postgres");
@@ -237,7 +237,7 @@ export class PostgresSeries {
       return;
     }
     await c.query({ text: "RELEASE SAVEPOINT ts_points_insert" });
-    const builders = rollupBuilders();
+    const builders = new RollupBuilders();
     // Each (device, key) of the batch gets a number for the builders: its index in `pairs`.
     const series = new Map<string, Map<number, number>>();
     const pairs: (readonly [string, number])[] = [];
@@ -252,8 +252,7 @@ export class PostgresSeries {
         keys.set(keyId, n);
         pairs.push([device, keyId]);
       }
-      builders["1m"].add(n, cols.ts[i]!, cols.num[i]!, cols.val[i]!);
-      builders["1h"].add(n, cols.ts[i]!, cols.num[i]!, cols.val[i]!);
+      builders.add(n, cols.ts[i]!, cols.num[i]!, cols.val[i]!);
     }
     await c.query({ text: INSERT_SERIES, values: [pairs.map((p) => p[0]), pairs.map((p) => p[1])] });
     for (const resolution of ["1m", "1h"] as const) {

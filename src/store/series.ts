@@ -223,7 +223,21 @@ export class RollupBuilder {
   }
 }
 
-export const rollupBuilders = () => ({ "1m": new RollupBuilder(RESOLUTION_MS["1m"]), "1h": new RollupBuilder(RESOLUTION_MS["1h"]) });
+/** Both resolutions' builders for a batch: every point goes to both. */
+export class RollupBuilders {
+  readonly "1m" = new RollupBuilder(RESOLUTION_MS["1m"]);
+  readonly "1h" = new RollupBuilder(RESOLUTION_MS["1h"]);
+
+  add(series: number, ts: number, num: number | null, val: string | null): void {
+    this["1m"].add(series, ts, num, val);
+    this["1h"].add(series, ts, num, val);
+  }
+
+  clear(): void {
+    this["1m"].clear();
+    this["1h"].clear();
+  }
+}
 
 /**
  * The rows a bucket query reads: whole buckets, those whose start lies in [from rounded down to

@@ -196,7 +196,7 @@ function flatten<T>(rows: readonly T[], toParams: (row: T, out: unknown[]) => vo
  * 0.9 µs. JSON here also keeps what is stored exactly as before (toJSON, dropped functions),
  * and a row JSON cannot carry fails before anything is sent, as the INVALID error it always was.
  */
-export function encodeBatch(batch: WriteBatch, offset = 0, positions: ArrayLike<number> | null = null): EncodedBatch {
+export function encodeBatch(batch: WriteBatch, offset = 0): EncodedBatch {
   const presence: unknown[] = [];
   for (const p of batch.presence) presence.push(p.status, p.lastSeen, p.id);
   return {
@@ -204,16 +204,11 @@ export function encodeBatch(batch: WriteBatch, offset = 0, positions: ArrayLike<
     states: flatten(batch.states, stateParams),
     history: flatten(batch.history, historyParams),
     events: flatten(batch.events, eventParams),
-    points: encodePoints(batch.points ?? [], offset, positions),
+    points: encodePoints(batch.points ?? [], offset),
   };
 }
 
-/**
- * `offset`: where these points start in the batch's; `positions`: where each point of the batch
- * was in the batch as the caller gave it, when the store reordered it. Both only name a point
- * refused (`points[3].value`).
- */
-function encodePoints(points: readonly PointRow[], offset: number, positions: ArrayLike<number> | null): EncodedPoints {
+function encodePoints(points: readonly PointRow[], offset: number): EncodedPoints {
   const names: string[] = [];
   const index = new Map<string, number>();
   const name = (text: string): number => {
@@ -229,7 +224,7 @@ function encodePoints(points: readonly PointRow[], offset: number, positions: Ar
   let vals: (string | null)[] | null = null;
   for (let i = 0; i < points.length; i++) {
     const p = points[i]!;
-    const [key, ts, num, val] = pointColumns(p, positions === null ? offset + i : positions[offset + i]!);
+    const [key, ts, num, val] = pointColumns(p, offset + i);
     const o = i * POINT_COLS;
     cols[o] = name(p.deviceId);
     cols[o + 1] = name(key);

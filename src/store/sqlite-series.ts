@@ -1,6 +1,6 @@
 import type Database from "better-sqlite3";
 import { type Aggregate, type BucketQuery, type PointQuery, RESOLUTION_MS, type RetentionPolicy } from "../core/ports/store";
-import { mergeRollup, ROLLUP_ROW_WIDTH, ROLLUP_TABLES, rollupBuilders, rollupCols } from "./series";
+import { mergeRollup, ROLLUP_ROW_WIDTH, ROLLUP_TABLES, RollupBuilders, rollupCols } from "./series";
 import { type EncodedPoints, POINT_COLS } from "./sqlite-rows";
 
 type Db = Database.Database;
@@ -81,7 +81,7 @@ export class SqliteSeries {
   private readonly keyIds = new Map<string, number>();
   /** Series ids by device, then key id: every series of each device in it. */
   private readonly series = new Map<string, Map<number, number>>();
-  private readonly builders = rollupBuilders();
+  private readonly builders = new RollupBuilders();
   /** Cache entries added by the open transaction, dropped again if it rolls back. */
   private freshKeys: string[] = [];
   private freshSeries: [string, number][] = [];
@@ -240,11 +240,8 @@ export class SqliteSeries {
       if (!returning) {
         if (this.insertChunk(count, false).run(chunk).changes !== count) return false;
       } else {
-        const m = this.builders["1m"];
-        const h = this.builders["1h"];
         for (const [series, ts, num, val] of this.insertChunk(count, true).all(chunk) as [number, number, number | null, string | null][]) {
-          m.add(series, ts, num, val);
-          h.add(series, ts, num, val);
+          this.builders.add(series, ts, num, val);
         }
       }
       i += count;
@@ -263,15 +260,9 @@ export class SqliteSeries {
   }
 
   private addRollups({ cols, vals }: EncodedPoints, { order, ids }: Sorted): void {
-    const m = this.builders["1m"];
-    const h = this.builders["1h"];
     for (let j = 0; j < order.length; j++) {
       const p = order[j]!;
-      const ts = cols[p * POINT_COLS + 2]!;
-      const num = cols[p * POINT_COLS + 3]!;
-      const val = vals === null ? null : vals[p]!;
-      m.add(ids[j]!, ts, num, val);
-      h.add(ids[j]!, ts, num, val);
+      this.builders.add(ids[j]!, cols[p * POINT_COLS + 2]!, cols[p * POINT_COLS + 3]!, vals === null ? null : vals[p]!);
     }
   }
 
@@ -303,8 +294,7 @@ export class SqliteSeries {
   rolledBack(): void {
     for (const name of this.freshKeys) this.keyIds.delete(name);
     for (const [deviceId, keyId] of this.freshSeries) this.series.get(deviceId)?.delete(keyId);
-    this.builders["1m"].clear();
-    this.builders["1h"].clear();
+    this.builders.clear();
     this.settled();
   }
 

@@ -177,13 +177,13 @@ export class SqliteStore implements Store {
   async writeBatch(batch: WriteBatch): Promise<void> {
     if (this.handingOver) return this.handingOver.then(() => this.writeBatch(batch));
     const thread = this.live();
-    const { batch: ordered, positions } = inIndexOrder(batch);
+    const { batch: ordered, pointsMoved } = inIndexOrder(batch);
     const parts = splitBatch(ordered, PART_ROWS);
     if (parts.length === 1) {
       try {
-        return await postEncoded(thread, "writeBatch", ordered, 0, positions);
+        return await postEncoded(thread, "writeBatch", ordered, 0);
       } catch (err) {
-        throw firstRefusal(err, batch, positions);
+        throw pointsMoved ? firstRefusal(err, batch) : err;
       }
     }
     // Telemetry points are encoded here (checked, split into number or JSON text); their key
@@ -212,14 +212,14 @@ export class SqliteStore implements Store {
           sliceStarted = performance.now();
         }
         const { part, pointOffset } = parts[i]!;
-        post(postEncoded(thread, "writePart", part, pointOffset, positions));
+        post(postEncoded(thread, "writePart", part, pointOffset));
       }
       post(thread.call("commitBatch", []));
     } catch (err) {
       // A row JSON cannot carry: the parts already written are rolled back before the refusal.
       post(thread.call("rollbackBatch", []));
       await Promise.allSettled(calls);
-      throw firstRefusal(err, batch, positions);
+      throw pointsMoved ? firstRefusal(err, batch) : err;
     } finally {
       this.handingOver = null;
       handedOver();
@@ -385,7 +385,7 @@ export class SqliteStore implements Store {
 
 /**
  * The batch with its history rows and its points grouped by device, each device's as they came
- * (so in time order), and where each point was in the batch as given (null when none moved).
+ * (so in time order), and whether any point moved.
  *
  * History: the devices in id order, the order of the history's device index. A batch of 20,000
  * rows from 1,000 devices otherwise inserts into that index at random places; in device order
@@ -402,7 +402,7 @@ export class SqliteStore implements Store {
  * Grouping is one pass and a sort of the device ids, not of the rows: this runs on the hub's
  * thread before the hand-over yields. What is read is the same: every read orders explicitly.
  */
-function inIndexOrder(batch: WriteBatch): { batch: WriteBatch; positions: Uint32Array | null } {
+function inIndexOrder(batch: WriteBatch): { batch: WriteBatch; pointsMoved: boolean } {
   let out = batch;
   if (batch.history.length >= 2) {
     const byDevice = groupBy(batch.history, (row) => row.deviceId);
@@ -413,27 +413,22 @@ function inIndexOrder(batch: WriteBatch): { batch: WriteBatch; positions: Uint32
     }
   }
   const points = batch.points ?? [];
-  if (points.length < 2) return { batch: out, positions: null };
+  if (points.length < 2) return { batch: out, pointsMoved: false };
   const byDevice = groupBy(points, (p) => p.deviceId);
-  if (byDevice.size === 1) return { batch: out, positions: null };
-  const positions = new Uint32Array(points.length);
-  const grouped: PointRow[] = new Array<PointRow>(points.length);
-  let at = 0;
-  for (const indexes of byDevice.values()) {
-    for (const i of indexes) {
-      positions[at] = i;
-      grouped[at++] = points[i]!;
-    }
-  }
-  return { batch: { ...out, points: grouped }, positions };
+  if (byDevice.size === 1) return { batch: out, pointsMoved: false };
+  const grouped: PointRow[] = [];
+  for (const indexes of byDevice.values()) for (const i of indexes) grouped.push(points[i]!);
+  return { batch: { ...out, points: grouped }, pointsMoved: true };
 }
 
 /**
- * A refused point named as the caller would have it named: with the points reordered, the
- * first found invalid need not be the first in the batch as sent. Only on that error's path.
+ * A point refused in a batch whose points were regrouped, named as the caller would have it
+ * named: encoding found it at its place in the grouped order, and it need not be the first
+ * invalid one as sent. So, on that error's path only, the batch as sent is checked again and its
+ * first refusal is the answer.
  */
-function firstRefusal(err: unknown, batch: WriteBatch, positions: Uint32Array | null): unknown {
-  if (positions === null || !isTethralError(err) || err.code !== "INVALID" || !err.details[0]?.field.startsWith("points[")) return err;
+function firstRefusal(err: unknown, batch: WriteBatch): unknown {
+  if (!isTethralError(err) || err.code !== "INVALID" || !err.details[0]?.field.startsWith("points[")) return err;
   const points = batch.points ?? [];
   for (let i = 0; i < points.length; i++) {
     try {
@@ -461,13 +456,7 @@ function groupBy<T>(rows: readonly T[], keyOf: (row: T) => string): Map<string, 
  * Encodes a batch, or a part of one whose points start at `pointOffset` in the whole, and posts
  * it: the points' numbers are moved to the thread, not copied.
  */
-function postEncoded(
-  thread: SqliteThread,
-  method: "writeBatch" | "writePart",
-  batch: WriteBatch,
-  pointOffset: number,
-  positions: Uint32Array | null,
-): Promise<void> {
-  const encoded = encodeBatch(batch, pointOffset, positions);
+function postEncoded(thread: SqliteThread, method: "writeBatch" | "writePart", batch: WriteBatch, pointOffset: number): Promise<void> {
+  const encoded = encodeBatch(batch, pointOffset);
   return thread.call(method, [encoded], [encoded.points.cols.buffer as ArrayBuffer]);
 }
