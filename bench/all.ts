@@ -3,47 +3,36 @@
  * README's performance table from their results (`bench:readme`). A benchmark that fails is
  * reported and the others still run; the exit code is 1 if any failed. Whether the figures meet
  * their targets is `npm run bench:check`'s to say.
- * Mosquitto: bench:comm's Mosquitto half uses TETHRAL_BENCH_MQTT_URL (or TETHRAL_TEST_MQTT_URL);
- * without either, a Mosquitto of this run's own is started when mosquitto is installed.
+ * Mosquitto: bench:comm, bench:peer and bench:cluster start Mosquittos of their own when mosquitto
+ * is installed (bench:comm measures the broker at TETHRAL_BENCH_MQTT_URL instead when it is set).
  * PostgreSQL: TETHRAL_BENCH_PG_URL (or TETHRAL_TEST_PG_URL); without it the PostgreSQL figures
  * come from PGlite (bench:store, bench:ingest, bench:timeseries) or are skipped (bench:cluster).
  */
 import { spawnSync } from "node:child_process";
 import { rmSync } from "node:fs";
 import { join } from "node:path";
-import { type Mosquitto, program, startMosquitto } from "../test/mosquitto";
 import { RESULTS_DIR } from "./results";
 
 const BENCHES = ["core", "store", "ingest", "timeseries", "comm", "rest", "peer", "cluster"];
 const ROOT = join(__dirname, "..");
 
-function npm(script: string, env: NodeJS.ProcessEnv): boolean {
+function npm(script: string): boolean {
   console.log(`\n━━ npm run ${script}`);
-  const res = spawnSync("npm", ["run", "--silent", script], { cwd: ROOT, stdio: "inherit", env: { ...process.env, ...env } });
+  const res = spawnSync("npm", ["run", "--silent", script], { cwd: ROOT, stdio: "inherit", env: process.env });
   return res.status === 0;
 }
 
 async function main(): Promise<number> {
   const only = process.env.TETHRAL_BENCH_ONLY?.split(",").map((s) => s.trim());
-  let broker: Mosquitto | null = null;
-  const env: NodeJS.ProcessEnv = {};
-  if (!process.env.TETHRAL_BENCH_MQTT_URL && !process.env.TETHRAL_TEST_MQTT_URL && program("mosquitto")) {
-    broker = await startMosquitto();
-    env.TETHRAL_BENCH_MQTT_URL = broker.url;
-  }
   const failed: string[] = [];
-  try {
-    if (!npm("build", {})) return 1;
-    for (const b of BENCHES) {
-      if (only && !only.includes(b)) continue;
-      // A benchmark that skips (no PostgreSQL server, no mosquitto) leaves no result, not an old one.
-      rmSync(join(RESULTS_DIR, `${b}.json`), { force: true });
-      if (!npm(`bench:${b}`, env)) failed.push(b);
-    }
-  } finally {
-    await broker?.stop();
+  if (!npm("build")) return 1;
+  for (const b of BENCHES) {
+    if (only && !only.includes(b)) continue;
+    // A benchmark that skips (no PostgreSQL server, no mosquitto) leaves no result, not an old one.
+    rmSync(join(RESULTS_DIR, `${b}.json`), { force: true });
+    if (!npm(`bench:${b}`)) failed.push(b);
   }
-  if (!npm("bench:readme", {})) failed.push("readme");
+  if (!npm("bench:readme")) failed.push("readme");
   if (failed.length > 0) console.error(`\nfailed: ${failed.map((b) => `bench:${b}`).join(", ")}`);
   console.log("\nnpm run bench:check says whether each figure meets its target.");
   return failed.length > 0 ? 1 : 0;

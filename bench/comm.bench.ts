@@ -1,6 +1,7 @@
 /**
- * Communication benchmark, in one run against the same broker (the embedded one, then
- * Mosquitto when TETHRAL_TEST_MQTT_URL or TETHRAL_BENCH_MQTT_URL is set):
+ * Communication benchmark, in one run against the same broker (the embedded one, then a
+ * Mosquitto of its own with MOSQUITTO_LATENCY_SETTINGS when mosquitto is installed, or the broker
+ * at TETHRAL_BENCH_MQTT_URL as it is configured there):
  * - bareMsgsPerSec: QoS 0 telemetry from 1,000 simulated devices, as a bare mqtt.js subscriber
  *   receives it — the limit;
  * - hubMsgsPerSec: the same traffic through the hub's whole ingest pipeline (device identified
@@ -8,7 +9,10 @@
  * - ingestRatio: hub / bare (target ≥ 0.75);
  * - commandP50Ms / commandP99Ms: commands at 1,000 per second for 5 s, after 1 s of them not
  *   counted, each waited for until the device's answer (QoS 1 both ways), from `sendCommand` to
- *   the answer (target p99 ≤ 10 ms).
+ *   the answer (target p99 ≤ 10 ms);
+ * - singleCommandP50Ms: then 30 commands one at a time, 100 ms apart (no target).
+ * On a Mosquitto of its own, all of it again on one with Mosquitto's defaults, for the record
+ * (mosquitto.defaults, no target): what the setting is worth.
  * The devices run in a worker thread (bench/comm-devices.ts), the hub in the main thread.
  * Run with `npm run bench:comm`; writes bench/results/comm.json. Not a test: nothing asserts a time.
  */
@@ -24,12 +28,15 @@ import { SqliteStore } from "../src/store/sqlite";
 import { percentile } from "./stats";
 import { DeviceWorker } from "./devices-worker";
 import { targetOf, writeResults } from "./results";
+import { program, startMosquitto } from "../test/mosquitto";
 
 const DEVICES = 1000;
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 100);
 const COMMANDS_PER_SEC = 1000;
 const COMMAND_SECONDS = 5;
 const COMMAND_WARMUP_SECONDS = 1;
+const SINGLE_COMMANDS = 30;
+const SINGLE_COMMAND_GAP_MS = 100;
 const TARGETS = { embedded: { ingestRatio: targetOf("comm", "ingestRatio"), commandP99Ms: targetOf("comm", "commandP99Ms") }, mosquitto: { ingestRatio: targetOf("comm", "mosquitto.ingestRatio"), commandP99Ms: targetOf("comm", "mosquitto.commandP99Ms") } };
 
 interface Result {
@@ -38,6 +45,8 @@ interface Result {
   ingestRatio: number;
   commandP50Ms: number;
   commandP99Ms: number;
+  /** One command at a time, one every SINGLE_COMMAND_GAP_MS: the median round trip (no target). */
+  singleCommandP50Ms: number;
   messages: number;
   bareReceived: number;
   hubReceived: number;
@@ -119,10 +128,20 @@ async function throughHub(hub: Hub, url: string, root: string, withTokens: boole
   const failures = await commandsAt(hub, COMMAND_WARMUP_SECONDS, null);
   const latencies: number[] = [];
   failures.push(...(await commandsAt(hub, COMMAND_SECONDS, latencies)));
+  // Then one command at a time, as an operator sends them: nothing else keeps the hub writing.
+  const single: number[] = [];
+  for (let i = 0; i < SINGLE_COMMANDS; i++) {
+    await new Promise((r) => setTimeout(r, SINGLE_COMMAND_GAP_MS));
+    const sent = performance.now();
+    const c = await hub.sendCommand(ids[i % ids.length]!, { command: "set", params: { level: i }, wait: true, timeout: 5 });
+    if (c.status === "succeeded") single.push(performance.now() - sent);
+    else failures.push(c.status);
+  }
   await devices.close();
   latencies.sort((a, b) => a - b);
+  single.sort((a, b) => a - b);
   if (failures.length > 0) console.warn(`${failures.length} commands did not succeed: ${[...new Set(failures)].join(", ")}`);
-  return { ingest, commandP50Ms: percentile(latencies, 50), commandP99Ms: percentile(latencies, 99), commands: latencies.length };
+  return { ingest, commandP50Ms: percentile(latencies, 50), commandP99Ms: percentile(latencies, 99), commands: latencies.length, singleCommandP50Ms: percentile(single, 50) };
 }
 
 /** Commands at COMMANDS_PER_SEC for `seconds`, each waited for; the round trips of those that succeeded go to `latencies`. */
@@ -160,6 +179,7 @@ function result(b: { perSec: number; received: number; sent: number }, h: Awaite
     ingestRatio: Number((h.ingest.perSec / b.perSec).toFixed(3)),
     commandP50Ms: Number(h.commandP50Ms.toFixed(2)),
     commandP99Ms: Number(h.commandP99Ms.toFixed(2)),
+    singleCommandP50Ms: Number(h.singleCommandP50Ms.toFixed(2)),
     messages: b.sent,
     bareReceived: b.received,
     hubReceived: h.ingest.received,
@@ -182,11 +202,11 @@ async function embedded(dir: string): Promise<Result> {
   return result(b, h);
 }
 
-async function mosquitto(url: string, dir: string): Promise<Result> {
+async function mosquitto(url: string, dir: string, file = "mosquitto.sqlite"): Promise<Result> {
   const root = `tethral-bench-${process.pid}-${Date.now()}`;
   const b = await bare(url, root, ids.map((id) => ({ id, token: null })), {});
   const hub = new Hub({
-    store: new SqliteStore({ path: join(dir, "mosquitto.sqlite") }),
+    store: new SqliteStore({ path: join(dir, file) }),
     protocols: [new MqttAdapter({ url, root })],
     onWarning: (m) => console.warn(m),
   });
@@ -203,21 +223,51 @@ function table(name: string, r: Result, targets: { ingestRatio: number; commandP
   console.log(`  ingestRatio      ${r.ingestRatio}  (target ≥ ${targets.ingestRatio})`);
   console.log(`  commandP50Ms     ${r.commandP50Ms}`);
   console.log(`  commandP99Ms     ${r.commandP99Ms}  (target ≤ ${targets.commandP99Ms}; ${r.commands} commands at ${COMMANDS_PER_SEC}/s)`);
+  console.log(`  singleCommandP50Ms ${r.singleCommandP50Ms}  (${SINGLE_COMMANDS} commands one at a time, ${SINGLE_COMMAND_GAP_MS} ms apart)`);
 }
+
+/**
+ * Mosquitto as this README recommends running it for devices that take commands: `set_tcp_nodelay
+ * true`. With its default (false) the broker holds a small packet back while one it sent is not yet
+ * acknowledged by TCP, and the receiver's kernel delays that acknowledgement (about 40 ms on
+ * Linux) when it has nothing to send: a command's QoS 1 PUBACK to the hub then holds the device's
+ * answer back until the hub next writes. Measured with two bare mqtt.js clients, one command every
+ * 100 ms: p50 43 ms with the default, 1.1 ms with the setting.
+ */
+const MOSQUITTO_LATENCY_SETTINGS = ["set_tcp_nodelay true"];
 
 async function main(): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), "tethral-bench-comm-"));
   try {
     // BENCH_ONLY=mosquitto skips the embedded broker (for profiling one of them).
     const only = process.env.BENCH_ONLY;
-    const out = (only === "mosquitto" ? {} : await embedded(dir)) as Result & { mosquitto?: Result };
+    const out = (only === "mosquitto" ? {} : await embedded(dir)) as Result & { mosquitto?: Result & { broker: string; defaults?: Result } };
     if (only !== "mosquitto") table("embedded broker (aedes)", out, TARGETS.embedded);
-    const url = process.env.TETHRAL_BENCH_MQTT_URL ?? process.env.TETHRAL_TEST_MQTT_URL;
-    if (url && only !== "embedded") {
-      out.mosquitto = await mosquitto(url, dir);
-      table(`Mosquitto (${url})`, out.mosquitto, TARGETS.mosquitto);
+    if (only === "embedded") {
+      // nothing more
+    } else if (process.env.TETHRAL_BENCH_MQTT_URL) {
+      // A broker of the caller's, measured as it is configured.
+      const url = process.env.TETHRAL_BENCH_MQTT_URL;
+      out.mosquitto = { ...(await mosquitto(url, dir)), broker: url };
+      table(`Mosquitto (${url}, as configured there)`, out.mosquitto, TARGETS.mosquitto);
+    } else if (program("mosquitto")) {
+      const tuned = await startMosquitto(MOSQUITTO_LATENCY_SETTINGS);
+      try {
+        out.mosquitto = { ...(await mosquitto(tuned.url, dir)), broker: `own, ${MOSQUITTO_LATENCY_SETTINGS.join(", ")}` };
+      } finally {
+        await tuned.stop();
+      }
+      table(`Mosquitto (own, ${MOSQUITTO_LATENCY_SETTINGS.join(", ")})`, out.mosquitto, TARGETS.mosquitto);
+      // The same on Mosquitto's defaults, for the record (no target): what the setting is worth.
+      const plain = await startMosquitto();
+      try {
+        out.mosquitto.defaults = await mosquitto(plain.url, dir, "defaults.sqlite");
+      } finally {
+        await plain.stop();
+      }
+      table("Mosquitto (own, its defaults: for the record, no target)", out.mosquitto.defaults, TARGETS.mosquitto);
     } else {
-      console.log("\nMosquitto: skipped (set TETHRAL_TEST_MQTT_URL to include it)");
+      console.log("\nMosquitto: skipped (mosquitto is not installed: apt-get install mosquitto; or set TETHRAL_BENCH_MQTT_URL)");
     }
     writeResults("comm", { devices: DEVICES, ...out });
   } finally {

@@ -52,7 +52,21 @@ export function table(rows: Checked[]): string {
       `The filter's p99 (\`bench:core\`): ${s.queriesHit} of its 200 queries met a scavenge, V8's young-generation collection (median pause ${s.scavengeP50Ms} ms), and ${s.queriesHitByOthers} met a step of a full collection; the p99 of those that met none was ${s.p99WithoutMs} ms. A scavenge with nothing to keep took ${s.emptyScavengeMs} ms there: V8 visits every page of the old generation (${s.oldGenerationMB.toLocaleString("en-US")} MB) on each one.`,
     );
   }
+  const d = mosquittoDefaults();
+  if (d) {
+    lines.push(
+      `\`bench:comm\`'s Mosquitto figures come from a Mosquitto with \`set_tcp_nodelay true\`, as "Mosquitto and command latency" recommends. The same run on a Mosquitto with its defaults, for the record (no target): hub ÷ bare subscriber ${d.ingestRatio}, command round trip p50 / p99 ${d.commandP50Ms} / ${d.commandP99Ms} ms at 1,000 a second, and a median of ${d.singleCommandP50Ms} ms one at a time.`,
+    );
+  }
   return lines.join("\n");
+}
+
+const DEFAULTS_FIELDS = ["ingestRatio", "commandP50Ms", "commandP99Ms", "singleCommandP50Ms"] as const;
+/** bench:comm's run on a Mosquitto with its defaults, when its result has one. */
+function mosquittoDefaults(): Record<(typeof DEFAULTS_FIELDS)[number], number> | undefined {
+  const comm = readResults("comm");
+  const figures = DEFAULTS_FIELDS.map((f) => figureAt(comm, `mosquitto.defaults.${f}`));
+  return figures.every((n) => n !== undefined) ? (Object.fromEntries(DEFAULTS_FIELDS.map((f, i) => [f, figures[i]])) as Record<(typeof DEFAULTS_FIELDS)[number], number>) : undefined;
 }
 
 const FILTER_FIELDS = ["queriesHit", "queriesHitByOthers", "scavengeP50Ms", "p99WithoutMs", "emptyScavengeMs", "oldGenerationMB"] as const;
