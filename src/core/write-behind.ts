@@ -28,6 +28,8 @@ const SLOWED_MS = 30_000;
 export class Persistence {
   private readonly queue: WriteQueue;
   private timer: TimerHandle | null = null;
+  /** The armed timer's delay: a round (> 0) or at once (0). */
+  private timerDelay = 0;
   private readonly retention: Retention;
   /** Batches are written one after another: each flush is chained to the last. */
   private tail: Promise<void> = Promise.resolve();
@@ -408,9 +410,12 @@ export class Persistence {
   private arm(delayMs: number): void {
     if (!this.running) return;
     if (this.timer !== null) {
-      if (delayMs > 0) return;
+      // A timer armed already comes first, or at once: every point appended past a batch's
+      // worth would otherwise replace it with another at once (six timers a report of six values).
+      if (delayMs > 0 || this.timerDelay === 0) return;
       this.clock.clearTimeout(this.timer);
     }
+    this.timerDelay = delayMs;
     this.timer = this.clock.setTimeout(() => {
       this.timer = null;
       void this.tick();

@@ -46,21 +46,33 @@ export const mergeRollup = (dialect: keyof typeof ROLLUP_SERIES_COLS): string =>
  * text of a boolean or string, else null). INVALID names the point, as `points[3].value`.
  */
 export function pointColumns(p: PointRow, i: number): [string, number, number | null, string | null] {
-  const at = `points[${i}]`;
-  if (typeof p.deviceId !== "string" || p.deviceId.length === 0) throw invalid(`${at}.deviceId`, "must be a device id");
-  if (typeof p.key !== "string" || p.key.length === 0) throw invalid(`${at}.key`, "must be a non-empty text");
-  if (!Number.isSafeInteger(p.ts) || p.ts < 0) throw invalid(`${at}.ts`, "must be epoch milliseconds");
+  const ts = checkPoint(p, i);
+  const v = p.value;
+  return typeof v === "number" ? [p.key, ts, v, null] : [p.key, ts, null, pointText(v)];
+}
+
+/**
+ * Checks a point as `pointColumns` does, without building anything (the hot path): its time.
+ * `pointText` gives a point's text value once it is checked.
+ */
+export function checkPoint(p: PointRow, i: number): number {
+  if (typeof p.deviceId !== "string" || p.deviceId.length === 0) throw invalid(`points[${i}].deviceId`, "must be a device id");
+  if (typeof p.key !== "string" || p.key.length === 0) throw invalid(`points[${i}].key`, "must be a non-empty text");
+  if (!Number.isSafeInteger(p.ts) || p.ts < 0) throw invalid(`points[${i}].ts`, "must be epoch milliseconds");
   const v = p.value;
   if (typeof v === "number") {
-    if (!Number.isFinite(v)) throw invalid(`${at}.value`, "must be a finite number");
-    return [p.key, p.ts, v, null];
+    if (!Number.isFinite(v)) throw invalid(`points[${i}].value`, "must be a finite number");
+  } else if (typeof v === "string") {
+    if (v.length > MAX_POINT_TEXT) throw invalid(`points[${i}].value`, `a text has at most ${MAX_POINT_TEXT} characters`);
+  } else if (typeof v !== "boolean") {
+    throw invalid(`points[${i}].value`, "must be a number, a boolean or a text");
   }
-  if (typeof v === "boolean") return [p.key, p.ts, null, v ? "true" : "false"];
-  if (typeof v === "string") {
-    if (v.length > MAX_POINT_TEXT) throw invalid(`${at}.value`, `a text has at most ${MAX_POINT_TEXT} characters`);
-    return [p.key, p.ts, null, JSON.stringify(v)];
-  }
-  throw invalid(`${at}.value`, "must be a number, a boolean or a text");
+  return p.ts;
+}
+
+/** The JSON text of a checked point's boolean or string value. */
+export function pointText(v: PointRow["value"]): string {
+  return typeof v === "boolean" ? (v ? "true" : "false") : JSON.stringify(v);
 }
 
 /** A stored value again: the number, or the boolean or string its JSON text holds. */

@@ -1,5 +1,5 @@
 import { invalid, errorMessage } from "../core/errors";
-import { pointColumns } from "./series";
+import { checkPoint, pointText } from "./series";
 import type { DeviceStatus, JsonObject, Priority } from "../core/types";
 import {
   type CommandRow,
@@ -224,13 +224,16 @@ function encodePoints(points: readonly PointRow[], offset: number): EncodedPoint
   let vals: (string | null)[] | null = null;
   for (let i = 0; i < points.length; i++) {
     const p = points[i]!;
-    const [key, ts, num, val] = pointColumns(p, offset + i);
     const o = i * POINT_COLS;
+    cols[o + 2] = checkPoint(p, offset + i);
     cols[o] = name(p.deviceId);
-    cols[o + 1] = name(key);
-    cols[o + 2] = ts;
-    cols[o + 3] = num === null ? Number.NaN : num;
-    if (val !== null) (vals ??= new Array<string | null>(points.length).fill(null))[i] = val;
+    cols[o + 1] = name(p.key);
+    const v = p.value;
+    if (typeof v === "number") cols[o + 3] = v;
+    else {
+      cols[o + 3] = Number.NaN;
+      (vals ??= new Array<string | null>(points.length).fill(null))[i] = pointText(v);
+    }
   }
   return { names, cols, vals };
 }

@@ -106,6 +106,33 @@ describe("Hub persistence (SQLite file)", () => {
     assert.equal(second.getDevice("d1").status, "offline", "60 s after its last message, not 60 s after start");
   });
 
+  it("a backlog past a batch's worth arms one flush at once, not one a value, and the flush stores every point", async () => {
+    // Counts the timers armed to run at once: before the mend, every value appended past
+    // flushPoints cleared the waiting one and armed another (six a report of six values).
+    class CountingClock extends ManualClock {
+      immediate = 0;
+      override setTimeout(fn: () => void, ms: number) {
+        if (ms === 0) this.immediate++;
+        return super.setTimeout(fn, ms);
+      }
+    }
+    const clock = new CountingClock();
+    const hub = await open({ clock, persistence: { flushPoints: 30 } });
+    for (let i = 0; i < 100; i++) await hub.registerDevice({ id: `d${i}`, protocol: "mqtt" });
+    clock.advance(1000);
+    await hub.flush();
+    const before = clock.immediate;
+    // As one socket read hands them over: no timer runs in between.
+    for (let i = 0; i < 100; i++) hub.ingest(`d${i}`, { kind: "telemetry", data: { a: i, b: i * 2, c: i * 3 } });
+    assert.ok(clock.immediate - before <= 1, `${clock.immediate - before} timers armed to run at once for 300 values`);
+    clock.advance(0);
+    await hub.flush();
+    for (const i of [0, 57, 99]) {
+      const answer = await hub.telemetry(`d${i}`, { keys: ["a", "b", "c"], from: 0 });
+      assert.deepEqual(Object.fromEntries(["a", "b", "c"].map((k) => [k, answer.series[k]?.map((p) => p.value)])), { a: [i], b: [i * 2], c: [i * 3] });
+    }
+  });
+
   it("stop() writes everything still waiting in the batcher", async () => {
     const clock = new ManualClock(); // the flush timer never fires on its own
     const first = await open({ clock });
