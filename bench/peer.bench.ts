@@ -17,7 +17,7 @@
  * would need a broker of its own, so that comparison would measure the broker, not the flow.
  * Needs mosquitto and a build (`npm run build`); writes bench/results/peer.json.
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { closedPort, until } from "../test/helpers";
@@ -32,6 +32,7 @@ const RUNS = Number(process.env.TETHRAL_BENCH_PEER_RUNS ?? 2);
 const ROOT = join(__dirname, "..");
 const NODE_RED = join(ROOT, "node_modules", "node-red", "red.js");
 const STALL_MS = 3000;
+const SETTLE_MS = 1000;
 
 interface Side {
   msgsPerSec: number;
@@ -40,11 +41,35 @@ interface Side {
   /** processed ÷ sent: what the broker did not drop (QoS 0) and the side took in. */
   delivered: number;
   seconds: number;
+  /** The side's process CPU (all its threads) per message processed, its idle use taken out; null where /proc is missing. */
+  cpuUsPerMsg: number | null;
+}
+
+/** A process's CPU time so far (user and system, all its threads), ms; null where /proc is missing. */
+function cpuMs(pid: number): number | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    // utime and stime, in clock ticks of 1/100 s (USER_HZ, 100 on Linux).
+    return (Number(fields[11]) + Number(fields[12])) * 10;
+  } catch {
+    return null;
+  }
 }
 
 /** Publishes ROUNDS reports from every device and times the count until it has them all (or stalls). */
-async function measure(devices: DeviceWorker, count: () => Promise<number>): Promise<Side> {
+async function measure(devices: DeviceWorker, count: () => Promise<number>, pid: number): Promise<Side> {
+  // The side's CPU while idle (its timers, and the polling of its count below), to take out.
+  const idleFrom = cpuMs(pid);
+  const idleStarted = performance.now();
+  for (let i = 0; i < 50; i++) {
+    await count();
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+  const idleTo = cpuMs(pid);
+  const idlePerMs = idleFrom === null || idleTo === null ? 0 : (idleTo - idleFrom) / (performance.now() - idleStarted);
   const before = await count();
+  const cpuFrom = cpuMs(pid);
   const started = performance.now();
   const publishing = devices.call<number>({ op: "publish", rounds: ROUNDS, typical: true });
   let sent = Number.POSITIVE_INFINITY;
@@ -64,7 +89,13 @@ async function measure(devices: DeviceWorker, count: () => Promise<number>): Pro
   }
   sent = await publishing;
   const seconds = (lastMoved - started) / 1000;
-  return { msgsPerSec: Math.round(processed / seconds), processed, sent, delivered: Number((processed / sent).toFixed(3)), seconds: Number(seconds.toFixed(2)) };
+  // What the side does after taking a message in (Tethral's writes behind) is its cost too:
+  // the CPU is read a second after the count stopped moving.
+  const settled = lastMoved + SETTLE_MS;
+  if (settled > performance.now()) await new Promise((resolve) => setTimeout(resolve, settled - performance.now()));
+  const cpuTo = cpuMs(pid);
+  const cpuUsPerMsg = cpuFrom === null || cpuTo === null || processed === 0 ? null : Number((((cpuTo - cpuFrom - idlePerMs * (performance.now() - started)) * 1000) / processed).toFixed(2));
+  return { msgsPerSec: Math.round(processed / seconds), processed, sent, delivered: Number((processed / sent).toFixed(3)), seconds: Number(seconds.toFixed(2)), cpuUsPerMsg };
 }
 
 const FUNCTION = `const report = JSON.parse(msg.payload);
@@ -106,7 +137,7 @@ async function plainFlow(broker: { port: number }, scratch: string): Promise<{ u
   return { url, proc };
 }
 
-async function tethral(broker: { url: string }, scratch: string): Promise<{ api: string; stop: () => Promise<void> }> {
+async function tethral(broker: { url: string }, scratch: string): Promise<{ api: string; pid: number; stop: () => Promise<void> }> {
   const { api, proc, stop } = await startBuiltRuntime(join(scratch, "tethral"), { TETHRAL_MQTT_URL: broker.url, TETHRAL_DEVICE_TOKENS: "off" }, scratch);
   try {
     await registerAll(api);
@@ -114,7 +145,7 @@ async function tethral(broker: { url: string }, scratch: string): Promise<{ api:
     await proc.stop();
     throw err;
   }
-  return { api, stop };
+  return { api, pid: proc.child.pid!, stop };
 }
 
 async function registerAll(api: string): Promise<void> {
@@ -154,7 +185,7 @@ async function main(): Promise<void> {
         try {
           await devices.call({ op: "connect", url: broker.url, devices: ids, root: "tethral" });
           await new Promise((resolve) => setTimeout(resolve, 1000));
-          plainRuns.push(await measure(devices, async () => ((await getJson(url)).body as { count: number }).count));
+          plainRuns.push(await measure(devices, async () => ((await getJson(url)).body as { count: number }).count, proc.child.pid!));
           console.log(`  plain flow, run ${run + 1}: ${JSON.stringify(plainRuns.at(-1))}`);
         } finally {
           await devices.close();
@@ -162,12 +193,12 @@ async function main(): Promise<void> {
         }
       }
       {
-        const { api, stop } = await tethral(broker, scratch);
+        const { api, pid, stop } = await tethral(broker, scratch);
         const devices = new DeviceWorker();
         try {
           await devices.call({ op: "connect", url: broker.url, devices: ids, root: "tethral" });
           await new Promise((resolve) => setTimeout(resolve, 1000));
-          hubRuns.push(await measure(devices, () => hubCount(api)));
+          hubRuns.push(await measure(devices, () => hubCount(api), pid));
           console.log(`  tethral, run ${run + 1}: ${JSON.stringify(hubRuns.at(-1))}`);
         } finally {
           await devices.close();

@@ -137,7 +137,8 @@ export class AnomalyDetector implements StateObserver {
     const { stuck, outlier, maxPropertiesPerDevice } = this.options;
     if (!stuck.enabled && !outlier.enabled) return;
     let d: DeviceTrack | undefined;
-    for (const key of Object.keys(properties)) {
+    for (const key in properties) {
+      if (!Object.hasOwn(properties, key)) continue;
       const value = properties[key] as JsonValue;
       d ??= this.track(deviceId);
       let p = d.properties;

@@ -20,7 +20,7 @@ import {
 } from "./types";
 import { DEFAULT_TRANSITIONS, type TransitionRules, checkTransition } from "./transitions";
 import type { TwinListener } from "./twin";
-import { LIMITS } from "./validation";
+import { LIMITS, countKeys } from "./validation";
 
 export { DEFAULT_TRANSITIONS, type TransitionRules } from "./transitions";
 export type { StateListQuery } from "./state-list";
@@ -171,7 +171,9 @@ export class StateManager {
     const desired = record.state?.desired ?? null;
     let twinMoved = false;
     let added = 0;
-    for (const key of Object.keys(properties)) {
+    // for…in over own keys: unlike Object.keys, it builds no array for an object of a known shape.
+    for (const key in properties) {
+      if (!Object.hasOwn(properties, key)) continue;
       const value = properties[key] as JsonValue;
       const had = Object.hasOwn(current, key);
       if (had && jsonEqual(current[key], value)) continue;
@@ -187,7 +189,7 @@ export class StateManager {
       defineValue(from, key, had ? (current[key] as JsonValue) : null);
       defineValue(to, key, cloneJson(value));
     }
-    if (added > 0 && Object.keys(current).length + added > LIMITS.propertyKeys) {
+    if (added > 0 && countKeys(current) + added > LIMITS.propertyKeys) {
       throw invalid("properties", `a device keeps at most ${LIMITS.propertyKeys} properties`);
     }
     // Stamped only once the report is accepted: a refused report changes nothing.
@@ -206,7 +208,7 @@ export class StateManager {
       return false;
     }
     const stored = (s.properties ??= {});
-    for (const key of Object.keys(to)) defineValue(stored, key, to[key] as JsonValue);
+    for (const key in to) if (Object.hasOwn(to, key)) defineValue(stored, key, to[key] as JsonValue);
     if (s.desired) this.refreshDelta(s);
     this.commit(record, s, now, { properties: from }, { properties: to }, cause, cause.reason ?? "report", !cause.series || this.options.historyOfReports);
     if (twinMoved) this.twin?.onTwinChanged(deviceId);
@@ -220,11 +222,10 @@ export class StateManager {
   checkCapacity(deviceId: string, properties: JsonObject): void {
     const record = this.registry.record(deviceId);
     const current = record?.state?.properties ?? EMPTY_PROPERTIES;
-    const keys = Object.keys(properties);
-    const have = Object.keys(current).length;
-    if (have + keys.length <= LIMITS.propertyKeys) return;
+    const have = countKeys(current);
+    if (have + countKeys(properties) <= LIMITS.propertyKeys) return;
     let added = 0;
-    for (const key of keys) if (!Object.hasOwn(current, key)) added++;
+    for (const key in properties) if (Object.hasOwn(properties, key) && !Object.hasOwn(current, key)) added++;
     if (have + added > LIMITS.propertyKeys) {
       throw invalid("properties", `a device keeps at most ${LIMITS.propertyKeys} properties`);
     }

@@ -39,8 +39,11 @@ const FORBIDDEN_KEY = "__proto__";
 /** `checkJsonObject` for any JSON value (an event's data may be a number or a list). */
 export function checkJsonValue(value: unknown, field: string, maxBytes: number): ErrorDetail | null {
   if (value === undefined) return null;
-  const problem = walk(value, field, 0);
-  if (problem) return problem;
+  jsonBytesAtMost = 0;
+  const problem = walk(value, 0);
+  if (problem) return { field: field + problem.field, message: problem.message };
+  // The walk bounds the JSON's size from above: only a value that may be too large is serialized.
+  if (jsonBytesAtMost <= maxBytes) return null;
   const bytes = Buffer.byteLength(JSON.stringify(value));
   if (bytes > maxBytes) return { field, message: `is ${bytes} bytes of JSON, more than the ${maxBytes} allowed` };
   return null;
@@ -69,43 +72,72 @@ export function checkJsonObject(
   maxKeys: number = Number.POSITIVE_INFINITY,
 ): ErrorDetail | null {
   if (!isPlainObject(value)) return { field, message: "must be a JSON object" };
-  if (Object.keys(value).length > maxKeys) return { field, message: `has more than ${maxKeys} keys` };
+  if (maxKeys !== Number.POSITIVE_INFINITY && countKeys(value) > maxKeys) return { field, message: `has more than ${maxKeys} keys` };
   return checkJsonValue(value, field, maxBytes);
 }
 
-function walk(value: unknown, path: string, depth: number): ErrorDetail | null {
-  if (value === null) return null;
+/**
+ * What `walk` has seen so far can take at most this many bytes as JSON: a string's UTF-16 unit at
+ * most 6 (an escape such as \u001f; a character outside ASCII 2 to 4 for one or two units), a
+ * finite number's text at most 24 characters, each value a separator. Reset by `checkJsonValue`.
+ */
+let jsonBytesAtMost = 0;
+const MAX_NUMBER_TEXT = 24;
+
+/**
+ * The first problem in a JSON value, its field relative to the value (`.key`, `[3]`, or "" for
+ * the value itself): paths are built only on the way back up from a problem, not for every key.
+ */
+function walk(value: unknown, depth: number): ErrorDetail | null {
+  if (value === null) {
+    jsonBytesAtMost += 5;
+    return null;
+  }
   switch (typeof value) {
     case "string":
-      return badText(value) ? { field: path, message: TEXT_MESSAGE } : null;
+      jsonBytesAtMost += 6 * value.length + 3;
+      return badText(value) ? { field: "", message: TEXT_MESSAGE } : null;
     case "boolean":
+      jsonBytesAtMost += 6;
       return null;
     case "number":
-      return Number.isFinite(value) ? null : { field: path, message: "must be a finite number" };
+      jsonBytesAtMost += MAX_NUMBER_TEXT + 1;
+      return Number.isFinite(value) ? null : { field: "", message: "must be a finite number" };
     case "object": {
-      if (depth >= LIMITS.jsonDepth) return { field: path, message: `nests deeper than ${LIMITS.jsonDepth} levels` };
+      if (depth >= LIMITS.jsonDepth) return { field: "", message: `nests deeper than ${LIMITS.jsonDepth} levels` };
+      jsonBytesAtMost += 3;
       if (Array.isArray(value)) {
         for (let i = 0; i < value.length; i++) {
-          const p = walk(value[i], `${path}[${i}]`, depth + 1);
-          if (p) return p;
+          const p = walk(value[i], depth + 1);
+          if (p) return { field: `[${i}]${p.field}`, message: p.message };
         }
         return null;
       }
-      if (!isPlainObject(value)) return { field: path, message: "must be plain JSON" };
-      for (const key of Object.keys(value)) {
-        if (key === FORBIDDEN_KEY) return { field: `${path}.${key}`, message: "the key __proto__ is not allowed" };
-        if (badText(key)) return { field: path, message: `a key ${TEXT_MESSAGE}` };
+      if (!isPlainObject(value)) return { field: "", message: "must be plain JSON" };
+      // for…in over own keys: unlike Object.keys, it builds no array for an object of a known shape.
+      for (const key in value) {
+        if (!Object.hasOwn(value, key)) continue;
+        if (key === FORBIDDEN_KEY) return { field: `.${key}`, message: "the key __proto__ is not allowed" };
+        if (badText(key)) return { field: "", message: `a key ${TEXT_MESSAGE}` };
         if (key.length > LIMITS.keyLength) {
-          return { field: `${path}.${key.slice(0, 32)}…`, message: `key longer than ${LIMITS.keyLength} characters` };
+          return { field: `.${key.slice(0, 32)}…`, message: `key longer than ${LIMITS.keyLength} characters` };
         }
-        const p = walk((value as Record<string, unknown>)[key], `${path}.${key}`, depth + 1);
-        if (p) return p;
+        jsonBytesAtMost += 6 * key.length + 3;
+        const p = walk(value[key], depth + 1);
+        if (p) return { field: `.${key}${p.field}`, message: p.message };
       }
       return null;
     }
     default:
-      return { field: path, message: `must be JSON, not ${typeof value}` };
+      return { field: "", message: `must be JSON, not ${typeof value}` };
   }
+}
+
+/** An object's own enumerable keys, counted without building their list. */
+export function countKeys(value: object): number {
+  let n = 0;
+  for (const key in value) if (Object.hasOwn(value, key)) n++;
+  return n;
 }
 
 /**
