@@ -141,7 +141,7 @@ async function throughHub(hub: Hub, url: string, root: string, withTokens: boole
   latencies.sort((a, b) => a - b);
   single.sort((a, b) => a - b);
   if (failures.length > 0) console.warn(`${failures.length} commands did not succeed: ${[...new Set(failures)].join(", ")}`);
-  return { ingest, commandP50Ms: percentile(latencies, 50), commandP99Ms: percentile(latencies, 99), commands: latencies.length, singleCommandP50Ms: percentile(single, 50) };
+  return { ingest, commandP50Ms: percentile(latencies, 50), commandP99Ms: percentile(latencies, 99), commands: latencies.length, singleCommandP50Ms: single.length > 0 ? percentile(single, 50) : Number.NaN };
 }
 
 /** Commands at COMMANDS_PER_SEC for `seconds`, each waited for; the round trips of those that succeeded go to `latencies`. */

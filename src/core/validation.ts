@@ -39,11 +39,20 @@ const FORBIDDEN_KEY = "__proto__";
 /** `checkJsonObject` for any JSON value (an event's data may be a number or a list). */
 export function checkJsonValue(value: unknown, field: string, maxBytes: number): ErrorDetail | null {
   if (value === undefined) return null;
+  // Kept and put back: a getter the walk reads may itself check a value meanwhile.
+  const outer = jsonBytesAtMost;
   jsonBytesAtMost = 0;
-  const problem = walk(value, 0);
+  let problem: ErrorDetail | null;
+  let bound: number;
+  try {
+    problem = walk(value, 0);
+    bound = jsonBytesAtMost;
+  } finally {
+    jsonBytesAtMost = outer;
+  }
   if (problem) return { field: field + problem.field, message: problem.message };
   // The walk bounds the JSON's size from above: only a value that may be too large is serialized.
-  if (jsonBytesAtMost <= maxBytes) return null;
+  if (bound <= maxBytes) return null;
   const bytes = Buffer.byteLength(JSON.stringify(value));
   if (bytes > maxBytes) return { field, message: `is ${bytes} bytes of JSON, more than the ${maxBytes} allowed` };
   return null;
@@ -79,10 +88,11 @@ export function checkJsonObject(
 /**
  * What `walk` has seen so far can take at most this many bytes as JSON: a string's UTF-16 unit at
  * most 6 (an escape such as \u001f; a character outside ASCII 2 to 4 for one or two units), a
- * finite number's text at most 24 characters, each value a separator. Reset by `checkJsonValue`.
+ * finite number's text at most 25 characters (-0.0000019953823596627614), each value a
+ * separator. Set by `checkJsonValue`, which keeps and restores an outer check's.
  */
 let jsonBytesAtMost = 0;
-const MAX_NUMBER_TEXT = 24;
+const MAX_NUMBER_TEXT = 25;
 
 /**
  * The first problem in a JSON value, its field relative to the value (`.key`, `[3]`, or "" for

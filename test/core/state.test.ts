@@ -558,6 +558,39 @@ describe("StateManager", () => {
       assertCode(() => checkProperties(keys(257)), "INVALID", "properties");
     });
 
+    it("counts the bytes of values whose JSON is longest for their size: numbers of 25 characters, escaped and astral text", async () => {
+      // The check bounds a value's JSON from above while it walks, and serializes only what may be
+      // too long: each of these, just past 256 KiB, must still be refused, and just under, kept.
+      const longest = -0.0000019953823596627614; // 25 characters as JSON
+      assert.equal(JSON.stringify(longest).length, 25);
+      const cases: Array<[string, (n: number) => JsonObject]> = [
+        ["numbers", (n) => ({ a: Array.from({ length: n }, () => longest) })],
+        ["escaped text", (n) => ({ a: "\u0001".repeat(n) })],
+        ["astral text", (n) => ({ a: "😀".repeat(n) })],
+        ["escaped keys", (n) => ({ a: Array.from({ length: n }, (_, i) => ({ [`${"\u0002".repeat(120)}${i}`]: i })) })],
+      ];
+      for (const [name, of] of cases) {
+        const bytes = (n: number) => Buffer.byteLength(JSON.stringify(of(n)));
+        let n = 1;
+        while (bytes(n * 2) <= 256 * 1024) n *= 2;
+        for (let step = n / 2; step >= 1; step /= 2) if (bytes(n + step) <= 256 * 1024) n += step;
+        assert.ok(bytes(n) <= 256 * 1024 && bytes(n + 1) > 256 * 1024, name);
+        assert.deepEqual(checkProperties(of(n)), of(n), `${name}: ${bytes(n)} bytes kept`);
+        assertCode(() => checkProperties(of(n + 1)), "INVALID", "properties");
+      }
+    });
+
+    it("measures a value whose getter checks another value meanwhile as if it had not", async () => {
+      const props = {
+        a: "x".repeat(256 * 1024),
+        get b() {
+          checkProperties({ x: 1 });
+          return 1;
+        },
+      };
+      assertCode(() => checkProperties(props), "INVALID", "properties");
+    });
+
     it("keeps constructor keys as data", async () => {
       const props = JSON.parse('{"constructor": {"name": "x"}}') as JsonObject;
       assert.equal(checkProperties(props), props);
