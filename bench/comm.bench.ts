@@ -243,14 +243,12 @@ async function main(): Promise<void> {
     const only = process.env.BENCH_ONLY;
     const out = (only === "mosquitto" ? {} : await embedded(dir)) as Result & { mosquitto?: Result & { broker: string; defaults?: Result } };
     if (only !== "mosquitto") table("embedded broker (aedes)", out, TARGETS.embedded);
-    if (only === "embedded") {
-      // nothing more
-    } else if (process.env.TETHRAL_BENCH_MQTT_URL) {
+    if (only !== "embedded" && process.env.TETHRAL_BENCH_MQTT_URL) {
       // A broker of the caller's, measured as it is configured.
       const url = process.env.TETHRAL_BENCH_MQTT_URL;
       out.mosquitto = { ...(await mosquitto(url, dir)), broker: url };
       table(`Mosquitto (${url}, as configured there)`, out.mosquitto, TARGETS.mosquitto);
-    } else if (program("mosquitto")) {
+    } else if (only !== "embedded" && program("mosquitto")) {
       const tuned = await startMosquitto(MOSQUITTO_LATENCY_SETTINGS);
       try {
         out.mosquitto = { ...(await mosquitto(tuned.url, dir)), broker: `own, ${MOSQUITTO_LATENCY_SETTINGS.join(", ")}` };
@@ -266,7 +264,7 @@ async function main(): Promise<void> {
         await plain.stop();
       }
       table("Mosquitto (own, its defaults: for the record, no target)", out.mosquitto.defaults, TARGETS.mosquitto);
-    } else {
+    } else if (only !== "embedded") {
       console.log("\nMosquitto: skipped (mosquitto is not installed: apt-get install mosquitto; or set TETHRAL_BENCH_MQTT_URL)");
     }
     writeResults("comm", { devices: DEVICES, ...out });

@@ -55,27 +55,24 @@ export function table(rows: Checked[]): string {
   const d = mosquittoDefaults();
   if (d) {
     lines.push(
-      `\`bench:comm\`'s Mosquitto figures come from a Mosquitto with \`set_tcp_nodelay true\`, as "Mosquitto and command latency" recommends. The same run on a Mosquitto with its defaults, for the record (no target): hub ÷ bare subscriber ${d.ingestRatio}, command round trip p50 / p99 ${d.commandP50Ms} / ${d.commandP99Ms} ms at 1,000 a second, and a median of ${d.singleCommandP50Ms} ms one at a time.`,
+      `\`bench:comm\`'s Mosquitto figures come from a Mosquitto of its own with \`set_tcp_nodelay true\`, as "Mosquitto and command latency" recommends. The same run on a Mosquitto with its defaults, for the record (no target): hub ÷ bare subscriber ${d.ingestRatio}, command round trip p50 / p99 ${d.commandP50Ms} / ${d.commandP99Ms} ms at 1,000 a second, and a median of ${d.singleCommandP50Ms} ms one at a time.`,
     );
   }
   return lines.join("\n");
 }
 
-const DEFAULTS_FIELDS = ["ingestRatio", "commandP50Ms", "commandP99Ms", "singleCommandP50Ms"] as const;
-/** bench:comm's run on a Mosquitto with its defaults, when its result has one. */
-function mosquittoDefaults(): Record<(typeof DEFAULTS_FIELDS)[number], number> | undefined {
-  const comm = readResults("comm");
-  const figures = DEFAULTS_FIELDS.map((f) => figureAt(comm, `mosquitto.defaults.${f}`));
-  return figures.every((n) => n !== undefined) ? (Object.fromEntries(DEFAULTS_FIELDS.map((f, i) => [f, figures[i]])) as Record<(typeof DEFAULTS_FIELDS)[number], number>) : undefined;
+/** Figures of one result under `prefix`, by name, when the result has every one of them. */
+function figuresAt<F extends string>(bench: string, prefix: string, fields: readonly F[]): Record<F, number> | undefined {
+  const result = readResults(bench);
+  const figures = fields.map((f) => figureAt(result, `${prefix}${f}`));
+  return figures.every((n) => n !== undefined) ? (Object.fromEntries(fields.map((f, i) => [f, figures[i]])) as Record<F, number>) : undefined;
 }
 
-const FILTER_FIELDS = ["queriesHit", "queriesHitByOthers", "scavengeP50Ms", "p99WithoutMs", "emptyScavengeMs", "oldGenerationMB"] as const;
+/** bench:comm's run on a Mosquitto with its defaults, when its result has one. */
+const mosquittoDefaults = () => figuresAt("comm", "mosquitto.defaults.", ["ingestRatio", "commandP50Ms", "commandP99Ms", "singleCommandP50Ms"]);
+
 /** bench:core's account of the collections during its filter queries (see FilterScavenges there), when its result has one. */
-function filterScavenges(): Record<(typeof FILTER_FIELDS)[number], number> | undefined {
-  const core = readResults("core");
-  const figures = FILTER_FIELDS.map((f) => figureAt(core, `filterScavenges.${f}`));
-  return figures.every((n) => n !== undefined) ? (Object.fromEntries(FILTER_FIELDS.map((f, i) => [f, figures[i]])) as Record<(typeof FILTER_FIELDS)[number], number>) : undefined;
-}
+const filterScavenges = () => figuresAt("core", "filterScavenges.", ["queriesHit", "queriesHitByOthers", "scavengeP50Ms", "p99WithoutMs", "emptyScavengeMs", "oldGenerationMB"]);
 
 const text = readFileSync(README, "utf8");
 const start = START.exec(text);
