@@ -78,8 +78,8 @@ function seriesTables(dialect: "sqlite" | "postgres"): string[] {
  * a rowid table (the id is its rowid) with a unique index on the pair. Ids are given in (device,
  * key) order, so the copies below write each table in its primary-key order; AUTOINCREMENT
  * keeps a removed series' id from ever naming another. The old tables' pages stay in the file,
- * free, and new rows reuse them (no VACUUM: it would copy the whole file). PostgreSQL keeps
- * (device_id, key_id): its writer sends the points with COPY and builds roll-ups in SQL.
+ * free, and new rows reuse them (no VACUUM: it would copy the whole file). PostgreSQL's follow
+ * in migration 6.
  */
 function sqliteSeriesIds(): string[] {
   const rollup = (table: string) => [
@@ -129,6 +129,71 @@ function sqliteSeriesIds(): string[] {
     ...rollup("ts_rollup_1m"),
     ...rollup("ts_rollup_1h"),
     ...["ts_points", "ts_rollup_1m", "ts_rollup_1h", "ts_series"].flatMap((t) => [`DROP TABLE ${t}`, `ALTER TABLE ${t}_v5 RENAME TO ${t}`]),
+  ];
+}
+
+/**
+ * PostgreSQL's (and CockroachDB's) time series keyed by series id, as SQLite's are since
+ * migration 5: a point's row and index entry lose the device id's text (measured here, COPY of
+ * 90,000 points into tables of 1.8 million over 30,000 series: 168-227 ms against 321-347 ms,
+ * the table and index 20% smaller). Ids come from a sequence, never SERIAL or unique_rowid, so
+ * they stay small (within a JS number) on CockroachDB too; a removed series' id is never given
+ * again. `ts_series` keeps (device, key) unique. The copies write each table in its primary
+ * key's order, ids given in (device, key) order.
+ */
+function postgresSeriesIds(): string[] {
+  const real = "DOUBLE PRECISION";
+  const rollup = (table: string) => [
+    `CREATE TABLE ${table}_v6 (
+        series_id BIGINT NOT NULL,
+        bucket BIGINT NOT NULL,
+        n BIGINT NOT NULL,
+        nn BIGINT NOT NULL,
+        sum_v ${real},
+        min_v ${real},
+        max_v ${real},
+        first_ts BIGINT NOT NULL,
+        first_num ${real},
+        first_val TEXT,
+        last_ts BIGINT NOT NULL,
+        last_num ${real},
+        last_val TEXT,
+        PRIMARY KEY (series_id, bucket)
+      )`,
+    `INSERT INTO ${table}_v6 SELECT s.id, r.bucket, r.n, r.nn, r.sum_v, r.min_v, r.max_v, r.first_ts, r.first_num,
+        r.first_val, r.last_ts, r.last_num, r.last_val
+      FROM ${table} r JOIN ts_series_v6 s ON s.device_id = r.device_id AND s.key_id = r.key_id ORDER BY s.id, r.bucket`,
+  ];
+  return [
+    `CREATE SEQUENCE IF NOT EXISTS ts_series_id_seq`,
+    `CREATE TABLE ts_series_v6 (
+        id BIGINT PRIMARY KEY DEFAULT nextval('ts_series_id_seq'),
+        device_id TEXT NOT NULL,
+        key_id INTEGER NOT NULL,
+        UNIQUE (device_id, key_id)
+      )`,
+    // Dropped with the table, as SERIAL's sequence would be.
+    `ALTER SEQUENCE ts_series_id_seq OWNED BY ts_series_v6.id`,
+    // Every series listed, and any with rows that was not (the list is written with the rows).
+    `INSERT INTO ts_series_v6 (id, device_id, key_id)
+      SELECT row_number() OVER (ORDER BY device_id, key_id), device_id, key_id FROM (
+        SELECT device_id, key_id FROM ts_series
+        UNION SELECT device_id, key_id FROM ts_points
+        UNION SELECT device_id, key_id FROM ts_rollup_1m
+        UNION SELECT device_id, key_id FROM ts_rollup_1h) u`,
+    `SELECT setval('ts_series_id_seq', (SELECT COALESCE(max(id), 0) + 1 FROM ts_series_v6), false)`,
+    `CREATE TABLE ts_points_v6 (
+        series_id BIGINT NOT NULL,
+        ts BIGINT NOT NULL,
+        num ${real},
+        val TEXT,
+        PRIMARY KEY (series_id, ts)
+      )`,
+    `INSERT INTO ts_points_v6 SELECT s.id, p.ts, p.num, p.val
+      FROM ts_points p JOIN ts_series_v6 s ON s.device_id = p.device_id AND s.key_id = p.key_id ORDER BY s.id, p.ts`,
+    ...rollup("ts_rollup_1m"),
+    ...rollup("ts_rollup_1h"),
+    ...["ts_points", "ts_rollup_1m", "ts_rollup_1h", "ts_series"].flatMap((t) => [`DROP TABLE ${t}`, `ALTER TABLE ${t}_v6 RENAME TO ${t}`]),
   ];
 }
 
@@ -376,6 +441,12 @@ export const MIGRATIONS: readonly Migration[] = [
     name: "SQLite time series keyed by series id",
     sqlite: sqliteSeriesIds(),
     postgres: [],
+  },
+  {
+    version: 6,
+    name: "PostgreSQL time series keyed by series id",
+    sqlite: [],
+    postgres: postgresSeriesIds(),
   },
 ];
 

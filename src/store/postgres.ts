@@ -536,8 +536,8 @@ export class PostgresStore implements Store, ClusterStore {
   /**
    * Creates the migrations table, refuses a newer schema before touching anything else, then
    * applies each pending migration in its own transaction. Two hubs starting at once on a fresh
-   * database race on the catalog (a duplicate table or type); the loser rolls back, sees the
-   * version recorded by the winner and skips it.
+   * database take turns on each version's row; a race on the catalog (a duplicate table or type)
+   * that still happens rolls the loser back, and it sees the version recorded by the winner.
    */
   private async migrate(): Promise<void> {
     await this.transaction(
@@ -554,13 +554,15 @@ export class PostgresStore implements Store, ClusterStore {
     for (const migration of MIGRATIONS) {
       if (migration.version <= found) continue;
       await this.transaction(async (c) => {
-        const done = await c.query(`SELECT 1 FROM ${MIGRATIONS_TABLE} WHERE version = $1`, [migration.version]);
-        if (done.rows.length > 0) return;
-        for (const sql of migration.postgres) await c.query(sql);
-        await c.query(
+        // The version is claimed first: another process applying it at once waits on the key
+        // until this transaction ends, then finds it taken (or, rolled back, claims it itself),
+        // so no two run a migration's statements over each other.
+        const claim = await c.query(
           `INSERT INTO ${MIGRATIONS_TABLE} (version, name, applied_at) VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING`,
           [migration.version, migration.name, Date.now()],
         );
+        if (claim.rowCount === 0) return;
+        for (const sql of migration.postgres) await c.query(sql);
       }, isMigrationRace);
     }
   }

@@ -17,18 +17,15 @@ const ROLLUP_VALUE_COLS = [
   "bucket", "n", "nn", "sum_v", "min_v", "max_v", "first_ts", "first_num", "first_val", "last_ts", "last_num", "last_val",
 ];
 
-/** How each store names a roll-up row's series: SQLite by its series id, PostgreSQL by device and key (see migration 5). */
-export const ROLLUP_SERIES_COLS = { sqlite: ["series_id"], postgres: ["device_id", "key_id"] } as const;
-
-/** A roll-up table's columns in the given store, the series first. */
-export const rollupCols = (dialect: keyof typeof ROLLUP_SERIES_COLS): string[] => [...ROLLUP_SERIES_COLS[dialect], ...ROLLUP_VALUE_COLS];
+/** A roll-up table's columns: the series id (both stores: migrations 5 and 6), then the values. */
+export const ROLLUP_COLS: readonly string[] = ["series_id", ...ROLLUP_VALUE_COLS];
 
 /**
  * The upsert tail that merges a batch's roll-up row into a stored one (alias `r`). NULL-safe:
  * a side without numbers has NULL sum/min/max and must not erase the other's. Two points of a
  * series never share a time, so first/last ties cannot happen.
  */
-export const mergeRollup = (dialect: keyof typeof ROLLUP_SERIES_COLS): string => `ON CONFLICT (${ROLLUP_SERIES_COLS[dialect].join(", ")}, bucket) DO UPDATE SET
+export const MERGE_ROLLUP = `ON CONFLICT (series_id, bucket) DO UPDATE SET
     n = r.n + excluded.n,
     nn = r.nn + excluded.nn,
     sum_v = CASE WHEN excluded.sum_v IS NULL THEN r.sum_v WHEN r.sum_v IS NULL THEN excluded.sum_v ELSE r.sum_v + excluded.sum_v END,

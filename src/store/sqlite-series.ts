@@ -1,6 +1,6 @@
 import type Database from "better-sqlite3";
 import { type Aggregate, type BucketQuery, type PointQuery, RESOLUTION_MS, type RetentionPolicy } from "../core/ports/store";
-import { mergeRollup, ROLLUP_ROW_WIDTH, ROLLUP_TABLES, RollupBuilders, rollupCols } from "./series";
+import { MERGE_ROLLUP, ROLLUP_ROW_WIDTH, ROLLUP_TABLES, RollupBuilders, ROLLUP_COLS } from "./series";
 import { type EncodedPoints, POINT_COLS } from "./sqlite-rows";
 
 type Db = Database.Database;
@@ -8,8 +8,6 @@ type Stmt = Database.Statement<unknown[], unknown>;
 
 /** A point as SQL parameters on this thread: series id, ts, num, val (decoded from `EncodedPoints`). */
 export const POINT_WIDTH = 4;
-const ROLLUP_COLS = rollupCols("sqlite");
-const MERGE_ROLLUP = mergeRollup("sqlite");
 /** A batch's points in primary-key order: their indexes in the batch, and each one's series id. */
 interface Sorted {
   order: Uint32Array;

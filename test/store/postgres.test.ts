@@ -152,6 +152,85 @@ describe("PostgresStore", function () {
         assert.equal((await rejection(store.loadDevices())).code, "UNAVAILABLE");
       });
 
+      it("migrates a version 5 database's time series to series ids: every point, roll-up and key reads back, later points merge into the same roll-ups, and new series get new ids", async function () {
+        await db.sql(`CREATE TABLE ${MIGRATIONS_TABLE} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)`);
+        for (const m of MIGRATIONS.filter((m) => m.version <= 5)) {
+          for (const statement of m.postgres) await db.sql(statement);
+          await db.sql(`INSERT INTO ${MIGRATIONS_TABLE} VALUES ($1, $2, 0)`, [m.version, m.name]);
+        }
+        // Version 5's layout: (device id, key id) on every row. d3's series was never listed.
+        const m0 = T0 - (T0 % 60_000);
+        const h0 = T0 - (T0 % 3_600_000);
+        await db.sql(`INSERT INTO ts_keys (id, name) VALUES (1, 'temperature'), (2, 'mode')`);
+        await db.sql(`INSERT INTO ts_series (device_id, key_id) VALUES ('d1', 1), ('d1', 2), ('d2', 1)`);
+        await db.sql(`INSERT INTO ts_points (device_id, key_id, ts, num, val) VALUES
+          ('d1', 1, ${m0}, 20.5, NULL), ('d1', 1, ${m0 + 1000}, 21, NULL), ('d1', 1, ${m0 + 61_000}, 22, NULL),
+          ('d1', 2, ${m0}, NULL, '"eco"'), ('d2', 1, ${m0}, 5, NULL), ('d3', 1, ${m0}, 7, NULL)`);
+        type Side = [number, number | null, string | null];
+        const rollup = (table: string, bucket: number, device: string, key: number, n: number, sum: number | null, first: Side, last: Side) =>
+          db.sql(`INSERT INTO ${table} VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`, [
+            device, key, bucket, n, sum === null ? 0 : n, sum, sum === null ? null : first[1], sum === null ? null : last[1], ...first, ...last,
+          ]);
+        await rollup("ts_rollup_1m", m0, "d1", 1, 2, 41.5, [m0, 20.5, null], [m0 + 1000, 21, null]);
+        await rollup("ts_rollup_1m", m0 + 60_000, "d1", 1, 1, 22, [m0 + 61_000, 22, null], [m0 + 61_000, 22, null]);
+        await rollup("ts_rollup_1m", m0, "d1", 2, 1, null, [m0, null, '"eco"'], [m0, null, '"eco"']);
+        await rollup("ts_rollup_1h", h0, "d1", 1, 3, 63.5, [m0, 20.5, null], [m0 + 61_000, 22, null]);
+
+        const store = make();
+        await store.open();
+        assert.equal(await store.schemaVersion(), LATEST_SCHEMA_VERSION);
+        const columns = await db.sql("SELECT column_name FROM information_schema.columns WHERE table_name = 'ts_points' ORDER BY ordinal_position");
+        assert.deepEqual(columns.map((c) => c.column_name), ["series_id", "ts", "num", "val"]);
+        const all = { from: 0, to: T0 + 3_600_000, limit: 100 };
+        assert.deepEqual(await store.points({ deviceId: "d1", key: "temperature", ...all }), [
+          { ts: m0, value: 20.5 }, { ts: m0 + 1000, value: 21 }, { ts: m0 + 61_000, value: 22 },
+        ]);
+        assert.deepEqual(await store.points({ deviceId: "d1", key: "mode", ...all }), [{ ts: m0, value: "eco" }]);
+        assert.deepEqual(await store.points({ deviceId: "d2", key: "temperature", ...all }), [{ ts: m0, value: 5 }]);
+        assert.deepEqual(await store.points({ deviceId: "d3", key: "temperature", ...all }), [{ ts: m0, value: 7 }]);
+        assert.deepEqual(await store.telemetryKeys("d1"), ["mode", "temperature"]);
+        assert.deepEqual(await store.telemetryKeys("d3"), ["temperature"]);
+        const minutes = { deviceId: "d1", key: "temperature", ...all, source: "1m", intervalMs: 60_000 } as const;
+        assert.deepEqual(await store.buckets({ ...minutes, agg: "sum" }), [{ ts: m0, value: 41.5 }, { ts: m0 + 60_000, value: 22 }]);
+        assert.deepEqual(await store.buckets({ ...minutes, key: "mode", agg: "last" }), [{ ts: m0, value: "eco" }]);
+        assert.deepEqual(await store.buckets({ ...minutes, source: "1h", intervalMs: 3_600_000, agg: "count" }), [{ ts: h0, value: 3 }]);
+
+        // A later point lands in the migrated series and merges into its roll-up rows; a new
+        // series takes the id after the migrated ones.
+        await store.upsertDevice(deviceRow("d1"));
+        await store.writeBatch({ ...EMPTY_BATCH, points: [
+          { deviceId: "d1", key: "temperature", ts: m0 + 2000, value: 1 },
+          { deviceId: "d1", key: "humidity", ts: m0 + 2000, value: 40 },
+        ] });
+        assert.deepEqual(await store.buckets({ ...minutes, agg: "sum" }), [{ ts: m0, value: 42.5 }, { ts: m0 + 60_000, value: 22 }]);
+        assert.deepEqual(await store.buckets({ ...minutes, source: "1h", intervalMs: 3_600_000, agg: "count" }), [{ ts: h0, value: 4 }]);
+        assert.equal((await store.points({ deviceId: "d1", key: "temperature", ...all })).length, 4);
+        assert.deepEqual(await store.points({ deviceId: "d1", key: "humidity", ...all }), [{ ts: m0 + 2000, value: 40 }]);
+        const series = await db.sql("SELECT id::int AS id, device_id, key_id FROM ts_series ORDER BY id");
+        assert.deepEqual(series, [
+          { id: 1, device_id: "d1", key_id: 1 }, { id: 2, device_id: "d1", key_id: 2 }, { id: 3, device_id: "d2", key_id: 1 },
+          { id: 4, device_id: "d3", key_id: 1 }, { id: 5, device_id: "d1", key_id: 3 },
+        ]);
+        await store.close();
+      });
+
+      it("a device removed and registered again by another process gets new series, and this one's later points land in them", async function () {
+        const [a, b] = [make(), make()];
+        await a.open();
+        await b.open();
+        await a.upsertDevice(deviceRow("d1"));
+        await a.writeBatch({ ...EMPTY_BATCH, points: [{ deviceId: "d1", key: "temperature", ts: T0, value: 1 }] });
+        await b.deleteDevice("d1");
+        await b.upsertDevice(deviceRow("d1"));
+        await a.writeBatch({ ...EMPTY_BATCH, points: [{ deviceId: "d1", key: "temperature", ts: T0 + 1000, value: 2 }] });
+        const q = { deviceId: "d1", key: "temperature", from: 0, to: T0 + 10_000, limit: 10 };
+        assert.deepEqual(await b.points(q), [{ ts: T0 + 1000, value: 2 }]);
+        assert.deepEqual(await b.buckets({ ...q, source: "1m", intervalMs: 60_000, agg: "count" }), [{ ts: T0 - (T0 % 60_000), value: 1 }]);
+        assert.deepEqual(await b.telemetryKeys("d1"), ["temperature"]);
+        await a.close();
+        await b.close();
+      });
+
       it("hubs interning telemetry keys at once get one id per name (server only)", async function () {
         if (!ON_SERVER) this.skip();
         const racers = [make(), make(), make(), make()];
