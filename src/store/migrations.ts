@@ -140,7 +140,13 @@ function sqliteSeriesIds(): string[] {
  * they stay small (within a JS number) on CockroachDB too; a removed series' id is never given
  * again. `ts_series` keeps (device, key) unique. The copies write each table in its primary
  * key's order, ids given in (device, key) order.
+ *
+ * Three migrations (6 to 8: the new tables filled, the old ones dropped, the new ones renamed),
+ * because CockroachDB does not let a transaction reuse the name of a table it dropped. Between
+ * them the store is not open, so nothing reads the half-done state.
  */
+const SERIES_TABLES = ["ts_points", "ts_rollup_1m", "ts_rollup_1h", "ts_series"];
+
 function postgresSeriesIds(): string[] {
   const real = "DOUBLE PRECISION";
   const rollup = (table: string) => [
@@ -193,7 +199,6 @@ function postgresSeriesIds(): string[] {
       FROM ts_points p JOIN ts_series_v6 s ON s.device_id = p.device_id AND s.key_id = p.key_id ORDER BY s.id, p.ts`,
     ...rollup("ts_rollup_1m"),
     ...rollup("ts_rollup_1h"),
-    ...["ts_points", "ts_rollup_1m", "ts_rollup_1h", "ts_series"].flatMap((t) => [`DROP TABLE ${t}`, `ALTER TABLE ${t}_v6 RENAME TO ${t}`]),
   ];
 }
 
@@ -444,9 +449,21 @@ export const MIGRATIONS: readonly Migration[] = [
   },
   {
     version: 6,
-    name: "PostgreSQL time series keyed by series id",
+    name: "PostgreSQL time series keyed by series id: the new tables filled",
     sqlite: [],
     postgres: postgresSeriesIds(),
+  },
+  {
+    version: 7,
+    name: "PostgreSQL time series keyed by series id: the old tables dropped",
+    sqlite: [],
+    postgres: SERIES_TABLES.map((t) => `DROP TABLE ${t}`),
+  },
+  {
+    version: 8,
+    name: "PostgreSQL time series keyed by series id: the new tables renamed",
+    sqlite: [],
+    postgres: SERIES_TABLES.map((t) => `ALTER TABLE ${t}_v6 RENAME TO ${t}`),
   },
 ];
 

@@ -536,8 +536,9 @@ export class PostgresStore implements Store, ClusterStore {
   /**
    * Creates the migrations table, refuses a newer schema before touching anything else, then
    * applies each pending migration in its own transaction. Two hubs starting at once on a fresh
-   * database take turns on each version's row; a race on the catalog (a duplicate table or type)
-   * that still happens rolls the loser back, and it sees the version recorded by the winner.
+   * database race on the catalog (a duplicate table or type), or one's statements meet the
+   * other's finished result; the loser rolls back, sees the version recorded by the winner and
+   * skips it.
    */
   private async migrate(): Promise<void> {
     await this.transaction(
@@ -553,17 +554,22 @@ export class PostgresStore implements Store, ClusterStore {
     if (found > LATEST_SCHEMA_VERSION) throw new TethralError("UNAVAILABLE", newerSchemaMessage(found, this.description));
     for (const migration of MIGRATIONS) {
       if (migration.version <= found) continue;
-      await this.transaction(async (c) => {
-        // The version is claimed first: another process applying it at once waits on the key
-        // until this transaction ends, then finds it taken (or, rolled back, claims it itself),
-        // so no two run a migration's statements over each other.
-        const claim = await c.query(
-          `INSERT INTO ${MIGRATIONS_TABLE} (version, name, applied_at) VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING`,
-          [migration.version, migration.name, Date.now()],
-        );
-        if (claim.rowCount === 0) return;
-        for (const sql of migration.postgres) await c.query(sql);
-      }, isMigrationRace);
+      const applied = async (c: Queryable | pg.ClientBase) =>
+        (await c.query({ text: `SELECT 1 FROM ${MIGRATIONS_TABLE} WHERE version = $1`, values: [migration.version] })).rows.length > 0;
+      try {
+        await this.transaction(async (c) => {
+          if (await applied(c)) return;
+          for (const sql of migration.postgres) await c.query(sql);
+          await c.query(
+            `INSERT INTO ${MIGRATIONS_TABLE} (version, name, applied_at) VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING`,
+            [migration.version, migration.name, Date.now()],
+          );
+        }, isMigrationRace);
+      } catch (err) {
+        // Another process applied it meanwhile, and this one's statements met its result (a
+        // table already renamed, say): rolled back, and nothing left to do.
+        if (!(await applied(this.db).catch(() => false))) throw err;
+      }
     }
   }
 }

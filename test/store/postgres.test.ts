@@ -231,6 +231,42 @@ describe("PostgresStore", function () {
         await b.close();
       });
 
+      it("a device removed by another process while a batch writes its points leaves none of them behind (server only)", async function () {
+        // PGlite runs one transaction at a time: the removal could not start inside the batch.
+        if (!ON_SERVER) this.skip();
+        const [a, b] = [make(), make()];
+        await a.open();
+        await b.open();
+        await a.upsertDevice(deviceRow("d1"));
+        await a.writeBatch({ ...EMPTY_BATCH, points: [{ deviceId: "d1", key: "temperature", ts: T0, value: 1 }] });
+        // Right after the batch has read d1's series, b removes d1; the batch then writes its points.
+        const query = pg.Client.prototype.query;
+        let removal: Promise<void> | null = null;
+        (pg.Client.prototype as { query: unknown }).query = function (this: pg.Client, ...args: unknown[]) {
+          const result = (query as (...a: unknown[]) => Promise<unknown>).apply(this, args);
+          const text = typeof args[0] === "string" ? args[0] : (args[0] as { text?: string } | undefined)?.text;
+          if (removal !== null || !text?.includes("FROM devices d LEFT JOIN ts_series")) return result;
+          removal = b.deleteDevice("d1");
+          // Time for the removal to reach the database before the batch goes on.
+          return result.then(async (r) => {
+            await new Promise((resolve) => setTimeout(resolve, 300));
+            return r;
+          });
+        };
+        try {
+          await a.writeBatch({ ...EMPTY_BATCH, points: [{ deviceId: "d1", key: "temperature", ts: T0 + 1000, value: 2 }] });
+        } finally {
+          pg.Client.prototype.query = query;
+        }
+        assert.ok(removal, "the batch read its devices' series");
+        await removal;
+        for (const table of ["ts_points", "ts_rollup_1m", "ts_rollup_1h", "ts_series"]) {
+          assert.deepEqual(await db.sql(`SELECT count(*)::int AS n FROM ${table}`), [{ n: 0 }], table);
+        }
+        await a.upsertDevice(deviceRow("d1"));
+        assert.deepEqual(await a.points({ deviceId: "d1", key: "temperature", from: 0, to: T0 + 10_000, limit: 10 }), []);
+      });
+
       it("hubs interning telemetry keys at once get one id per name (server only)", async function () {
         if (!ON_SERVER) this.skip();
         const racers = [make(), make(), make(), make()];
