@@ -15,6 +15,20 @@ export interface Migration {
 
 export const MIGRATIONS_TABLE = "tethral_migrations";
 
+/** A roll-up row's columns after its series, in a dialect's types (migration 3, and 5 and 6). */
+const rollupValueColumns = (int: string, real: string) => `bucket ${int} NOT NULL,
+        n ${int} NOT NULL,
+        nn ${int} NOT NULL,
+        sum_v ${real},
+        min_v ${real},
+        max_v ${real},
+        first_ts ${int} NOT NULL,
+        first_num ${real},
+        first_val TEXT,
+        last_ts ${int} NOT NULL,
+        last_num ${real},
+        last_val TEXT,`;
+
 /**
  * Time series (DESIGN "Time series"). Key names are interned to small integers in `ts_keys`:
  * ids are allocated by the store (max + 1, retried on conflict), never SERIAL or unique_rowid,
@@ -33,18 +47,7 @@ function seriesTables(dialect: "sqlite" | "postgres"): string[] {
   const rollup = (table: string) => `CREATE TABLE IF NOT EXISTS ${table} (
         device_id TEXT NOT NULL,
         key_id INTEGER NOT NULL,
-        bucket ${int} NOT NULL,
-        n ${int} NOT NULL,
-        nn ${int} NOT NULL,
-        sum_v ${real},
-        min_v ${real},
-        max_v ${real},
-        first_ts ${int} NOT NULL,
-        first_num ${real},
-        first_val TEXT,
-        last_ts ${int} NOT NULL,
-        last_num ${real},
-        last_val TEXT,
+        ${rollupValueColumns(int, real)}
         PRIMARY KEY (device_id, key_id, bucket)
       )${noRowid}`;
   return [
@@ -70,6 +73,46 @@ function seriesTables(dialect: "sqlite" | "postgres"): string[] {
   ];
 }
 
+/** Column types of the tables keyed by series id, per dialect, and what follows a table's definition. */
+const SERIES_ID_TYPES = {
+  sqlite: { int: "INTEGER", real: "REAL", after: " WITHOUT ROWID" },
+  postgres: { int: "BIGINT", real: "DOUBLE PRECISION", after: "" },
+} as const;
+
+/**
+ * A roll-up table keyed by series id, `<table>_<suffix>`, filled from the table keyed by
+ * (device, key) through `ts_series_<suffix>`, in primary-key order (migrations 5 and 6).
+ */
+function rollupBySeriesId(dialect: keyof typeof SERIES_ID_TYPES, table: string, suffix: string): string[] {
+  const { int, real, after } = SERIES_ID_TYPES[dialect];
+  return [
+    `CREATE TABLE ${table}_${suffix} (
+        series_id ${int} NOT NULL,
+        ${rollupValueColumns(int, real)}
+        PRIMARY KEY (series_id, bucket)
+      )${after}`,
+    `INSERT INTO ${table}_${suffix} SELECT s.id, r.bucket, r.n, r.nn, r.sum_v, r.min_v, r.max_v, r.first_ts, r.first_num,
+        r.first_val, r.last_ts, r.last_num, r.last_val
+      FROM ${table} r JOIN ts_series_${suffix} s ON s.device_id = r.device_id AND s.key_id = r.key_id ORDER BY s.id, r.bucket`,
+  ];
+}
+
+/** The points table keyed by series id, `ts_points_<suffix>`, filled like the roll-ups (migrations 5 and 6). */
+function pointsBySeriesId(dialect: keyof typeof SERIES_ID_TYPES, suffix: string): string[] {
+  const { int, real, after } = SERIES_ID_TYPES[dialect];
+  return [
+    `CREATE TABLE ts_points_${suffix} (
+        series_id ${int} NOT NULL,
+        ts ${int} NOT NULL,
+        num ${real},
+        val TEXT,
+        PRIMARY KEY (series_id, ts)
+      )${after}`,
+    `INSERT INTO ts_points_${suffix} SELECT s.id, p.ts, p.num, p.val
+      FROM ts_points p JOIN ts_series_${suffix} s ON s.device_id = p.device_id AND s.key_id = p.key_id ORDER BY s.id, p.ts`,
+  ];
+}
+
 /**
  * SQLite's time series keyed by an integer series id instead of (device id, key id): a point's
  * row goes from about 33 to 22 bytes, its key compares as one integer, and every batch dirties
@@ -79,30 +122,9 @@ function seriesTables(dialect: "sqlite" | "postgres"): string[] {
  * key) order, so the copies below write each table in its primary-key order; AUTOINCREMENT
  * keeps a removed series' id from ever naming another. The old tables' pages stay in the file,
  * free, and new rows reuse them (no VACUUM: it would copy the whole file). PostgreSQL's follow
- * in migration 6.
+ * in migrations 6 to 8.
  */
 function sqliteSeriesIds(): string[] {
-  const rollup = (table: string) => [
-    `CREATE TABLE ${table}_v5 (
-        series_id INTEGER NOT NULL,
-        bucket INTEGER NOT NULL,
-        n INTEGER NOT NULL,
-        nn INTEGER NOT NULL,
-        sum_v REAL,
-        min_v REAL,
-        max_v REAL,
-        first_ts INTEGER NOT NULL,
-        first_num REAL,
-        first_val TEXT,
-        last_ts INTEGER NOT NULL,
-        last_num REAL,
-        last_val TEXT,
-        PRIMARY KEY (series_id, bucket)
-      ) WITHOUT ROWID`,
-    `INSERT INTO ${table}_v5 SELECT s.id, r.bucket, r.n, r.nn, r.sum_v, r.min_v, r.max_v, r.first_ts, r.first_num,
-        r.first_val, r.last_ts, r.last_num, r.last_val
-      FROM ${table} r JOIN ts_series_v5 s ON s.device_id = r.device_id AND s.key_id = r.key_id ORDER BY s.id, r.bucket`,
-  ];
   return [
     `CREATE TABLE ts_series_v5 (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -117,17 +139,9 @@ function sqliteSeriesIds(): string[] {
       UNION SELECT device_id, key_id FROM ts_rollup_1m
       UNION SELECT device_id, key_id FROM ts_rollup_1h
       ORDER BY 1, 2`,
-    `CREATE TABLE ts_points_v5 (
-        series_id INTEGER NOT NULL,
-        ts INTEGER NOT NULL,
-        num REAL,
-        val TEXT,
-        PRIMARY KEY (series_id, ts)
-      ) WITHOUT ROWID`,
-    `INSERT INTO ts_points_v5 SELECT s.id, p.ts, p.num, p.val
-      FROM ts_points p JOIN ts_series_v5 s ON s.device_id = p.device_id AND s.key_id = p.key_id ORDER BY s.id, p.ts`,
-    ...rollup("ts_rollup_1m"),
-    ...rollup("ts_rollup_1h"),
+    ...pointsBySeriesId("sqlite", "v5"),
+    ...rollupBySeriesId("sqlite", "ts_rollup_1m", "v5"),
+    ...rollupBySeriesId("sqlite", "ts_rollup_1h", "v5"),
     ...["ts_points", "ts_rollup_1m", "ts_rollup_1h", "ts_series"].flatMap((t) => [`DROP TABLE ${t}`, `ALTER TABLE ${t}_v5 RENAME TO ${t}`]),
   ];
 }
@@ -148,28 +162,6 @@ function sqliteSeriesIds(): string[] {
 const SERIES_TABLES = ["ts_points", "ts_rollup_1m", "ts_rollup_1h", "ts_series"];
 
 function postgresSeriesIds(): string[] {
-  const real = "DOUBLE PRECISION";
-  const rollup = (table: string) => [
-    `CREATE TABLE ${table}_v6 (
-        series_id BIGINT NOT NULL,
-        bucket BIGINT NOT NULL,
-        n BIGINT NOT NULL,
-        nn BIGINT NOT NULL,
-        sum_v ${real},
-        min_v ${real},
-        max_v ${real},
-        first_ts BIGINT NOT NULL,
-        first_num ${real},
-        first_val TEXT,
-        last_ts BIGINT NOT NULL,
-        last_num ${real},
-        last_val TEXT,
-        PRIMARY KEY (series_id, bucket)
-      )`,
-    `INSERT INTO ${table}_v6 SELECT s.id, r.bucket, r.n, r.nn, r.sum_v, r.min_v, r.max_v, r.first_ts, r.first_num,
-        r.first_val, r.last_ts, r.last_num, r.last_val
-      FROM ${table} r JOIN ts_series_v6 s ON s.device_id = r.device_id AND s.key_id = r.key_id ORDER BY s.id, r.bucket`,
-  ];
   return [
     `CREATE SEQUENCE IF NOT EXISTS ts_series_id_seq`,
     `CREATE TABLE ts_series_v6 (
@@ -188,17 +180,9 @@ function postgresSeriesIds(): string[] {
         UNION SELECT device_id, key_id FROM ts_rollup_1m
         UNION SELECT device_id, key_id FROM ts_rollup_1h) u`,
     `SELECT setval('ts_series_id_seq', (SELECT COALESCE(max(id), 0) + 1 FROM ts_series_v6), false)`,
-    `CREATE TABLE ts_points_v6 (
-        series_id BIGINT NOT NULL,
-        ts BIGINT NOT NULL,
-        num ${real},
-        val TEXT,
-        PRIMARY KEY (series_id, ts)
-      )`,
-    `INSERT INTO ts_points_v6 SELECT s.id, p.ts, p.num, p.val
-      FROM ts_points p JOIN ts_series_v6 s ON s.device_id = p.device_id AND s.key_id = p.key_id ORDER BY s.id, p.ts`,
-    ...rollup("ts_rollup_1m"),
-    ...rollup("ts_rollup_1h"),
+    ...pointsBySeriesId("postgres", "v6"),
+    ...rollupBySeriesId("postgres", "ts_rollup_1m", "v6"),
+    ...rollupBySeriesId("postgres", "ts_rollup_1h", "v6"),
   ];
 }
 

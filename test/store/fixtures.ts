@@ -1,5 +1,6 @@
 import type { JsonObject } from "../../src/core/types";
-import type { CommandRow, DeviceRow, EventRow, HistoryRow, StateRow } from "../../src/core/ports/store";
+import assert from "node:assert/strict";
+import type { CommandRow, DeviceRow, EventRow, HistoryRow, StateRow, Store } from "../../src/core/ports/store";
 
 /** Rows for store tests: complete, deterministic, every field overridable. */
 
@@ -117,4 +118,25 @@ export function bigMetadata(targetBytes: number, depth: number): JsonObject {
     text.push(entry);
     bytes += more;
   }
+}
+
+/**
+ * The time series a migration to series ids must keep (both stores' migration tests write them
+ * in the old layout first): d1's temperature (three points, two 1-minute roll-ups, one 1-hour)
+ * and mode, d2's temperature, and d3's, whose series was never listed.
+ */
+export async function assertMigratedSeries(store: Store, m0: number, h0: number): Promise<void> {
+  const all = { from: 0, to: T0 + 3_600_000, limit: 100 };
+  assert.deepEqual(await store.points({ deviceId: "d1", key: "temperature", ...all }), [
+    { ts: m0, value: 20.5 }, { ts: m0 + 1000, value: 21 }, { ts: m0 + 61_000, value: 22 },
+  ]);
+  assert.deepEqual(await store.points({ deviceId: "d1", key: "mode", ...all }), [{ ts: m0, value: "eco" }]);
+  assert.deepEqual(await store.points({ deviceId: "d2", key: "temperature", ...all }), [{ ts: m0, value: 5 }]);
+  assert.deepEqual(await store.points({ deviceId: "d3", key: "temperature", ...all }), [{ ts: m0, value: 7 }]);
+  assert.deepEqual(await store.telemetryKeys("d1"), ["mode", "temperature"]);
+  assert.deepEqual(await store.telemetryKeys("d3"), ["temperature"]);
+  const minutes = { deviceId: "d1", key: "temperature", ...all, source: "1m", intervalMs: 60_000 } as const;
+  assert.deepEqual(await store.buckets({ ...minutes, agg: "sum" }), [{ ts: m0, value: 41.5 }, { ts: m0 + 60_000, value: 22 }]);
+  assert.deepEqual(await store.buckets({ ...minutes, key: "mode", agg: "last" }), [{ ts: m0, value: "eco" }]);
+  assert.deepEqual(await store.buckets({ ...minutes, source: "1h", intervalMs: 3_600_000, agg: "count" }), [{ ts: h0, value: 3 }]);
 }
