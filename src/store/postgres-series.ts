@@ -2,7 +2,7 @@ import type pg from "pg";
 import type { Aggregate, BucketQuery, PointQuery, PointRow, RetentionPolicy, SeriesPoint } from "../core/ports/store";
 import { copyLines, copyValue, UNIQUE_VIOLATION } from "./postgres-copy";
 import { text } from "./postgres-sql";
-import { bucketPoint, bucketRange, MERGE_ROLLUP, pointColumns, pointValue, ROLLUP_ROW_WIDTH, ROLLUP_TABLES, RollupBuilders, ROLLUP_COLS } from "./series";
+import { bucketPoint, bucketRange, deviceSeriesSql, MERGE_ROLLUP, pointColumns, pointValue, ROLLUP_ROW_WIDTH, ROLLUP_TABLES, RollupBuilders, ROLLUP_COLS } from "./series";
 
 /** Anything that runs a query: the pool, or a client inside a transaction. */
 export interface Queryable {
@@ -133,16 +133,9 @@ const AGG_ROLLUP: Record<Aggregate, string> = {
 type Row = Record<string, unknown>;
 const NUMERIC: ReadonlySet<Aggregate> = new Set(["avg", "sum", "min", "max"]);
 
+const DEVICE_SERIES = deviceSeriesSql("$1");
 /** A device's series and their rows, for deleteDevice (in its transaction, the series last). */
-export const DELETE_DEVICE_SERIES = [
-  ...["ts_points", "ts_rollup_1m", "ts_rollup_1h"].map((t) => `DELETE FROM ${t} WHERE series_id IN (SELECT id FROM ts_series WHERE device_id = $1)`),
-  "DELETE FROM ts_series WHERE device_id = $1",
-];
-
-const KEYS = `SELECT k.name FROM ts_series s JOIN ts_keys k ON k.id = s.key_id WHERE s.device_id = $1 AND (
-    EXISTS (SELECT 1 FROM ts_points p WHERE p.series_id = s.id)
-    OR EXISTS (SELECT 1 FROM ts_rollup_1m r WHERE r.series_id = s.id)
-    OR EXISTS (SELECT 1 FROM ts_rollup_1h r WHERE r.series_id = s.id))`;
+export const DELETE_DEVICE_SERIES = DEVICE_SERIES.deletes;
 
 const PURGE_KINDS = { points: ["ts_points", "ts"], "1m": [ROLLUP_TABLES["1m"], "bucket"], "1h": [ROLLUP_TABLES["1h"], "bucket"] } as const;
 type PurgeKind = keyof typeof PURGE_KINDS;
@@ -340,7 +333,7 @@ export class PostgresSeries {
   }
 
   async keys(db: Queryable, deviceId: string): Promise<string[]> {
-    const { rows } = await db.query({ text: KEYS, values: [deviceId] });
+    const { rows } = await db.query({ text: DEVICE_SERIES.keys, values: [deviceId] });
     return (rows as { name: string }[]).map((r) => r.name).sort();
   }
 

@@ -21,6 +21,24 @@ const ROLLUP_VALUE_COLS = [
 export const ROLLUP_COLS: readonly string[] = ["series_id", ...ROLLUP_VALUE_COLS];
 
 /**
+ * The statements both stores run on a device's series; `p` is the dialect's placeholder for the
+ * device id (`?` or `$1`). `keys`: the names of its keys that still have rows. `deletes`: its
+ * points, roll-ups and series, the series last (deleteDevice).
+ */
+export function deviceSeriesSql(p: string): { keys: string; deletes: string[] } {
+  return {
+    keys: `SELECT k.name FROM ts_series s JOIN ts_keys k ON k.id = s.key_id WHERE s.device_id = ${p} AND (
+          EXISTS (SELECT 1 FROM ts_points x WHERE x.series_id = s.id)
+          OR EXISTS (SELECT 1 FROM ts_rollup_1m x WHERE x.series_id = s.id)
+          OR EXISTS (SELECT 1 FROM ts_rollup_1h x WHERE x.series_id = s.id))`,
+    deletes: [
+      ...["ts_points", "ts_rollup_1m", "ts_rollup_1h"].map((t) => `DELETE FROM ${t} WHERE series_id IN (SELECT id FROM ts_series WHERE device_id = ${p})`),
+      `DELETE FROM ts_series WHERE device_id = ${p}`,
+    ],
+  };
+}
+
+/**
  * The upsert tail that merges a batch's roll-up row into a stored one (alias `r`). NULL-safe:
  * a side without numbers has NULL sum/min/max and must not erase the other's. Two points of a
  * series never share a time, so first/last ties cannot happen.

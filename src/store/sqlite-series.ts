@@ -1,6 +1,6 @@
 import type Database from "better-sqlite3";
 import { type Aggregate, type BucketQuery, type PointQuery, RESOLUTION_MS, type RetentionPolicy } from "../core/ports/store";
-import { MERGE_ROLLUP, ROLLUP_ROW_WIDTH, ROLLUP_TABLES, RollupBuilders, ROLLUP_COLS } from "./series";
+import { deviceSeriesSql, MERGE_ROLLUP, ROLLUP_ROW_WIDTH, ROLLUP_TABLES, RollupBuilders, ROLLUP_COLS } from "./series";
 import { type EncodedPoints, POINT_COLS } from "./sqlite-rows";
 
 type Db = Database.Database;
@@ -8,6 +8,7 @@ type Stmt = Database.Statement<unknown[], unknown>;
 
 /** A point as SQL parameters on this thread: series id, ts, num, val (decoded from `EncodedPoints`). */
 export const POINT_WIDTH = 4;
+const DEVICE_SERIES = deviceSeriesSql("?");
 /** A batch's points in primary-key order: their indexes in the batch, and each one's series id. */
 interface Sorted {
   order: Uint32Array;
@@ -109,20 +110,10 @@ export class SqliteSeries {
       seriesId: db.prepare("SELECT id FROM ts_series WHERE device_id = ? AND key_id = ?").pluck(),
       addSeries: db.prepare("INSERT INTO ts_series (device_id, key_id) VALUES (?, ?) ON CONFLICT DO NOTHING"),
       points: rows("SELECT ts, num, val FROM ts_points WHERE series_id = ? AND ts >= ? AND ts <= ? ORDER BY ts LIMIT ?"),
-      keys: db.prepare(
-        `SELECT k.name FROM ts_series s JOIN ts_keys k ON k.id = s.key_id WHERE s.device_id = ? AND (
-          EXISTS (SELECT 1 FROM ts_points p WHERE p.series_id = s.id)
-          OR EXISTS (SELECT 1 FROM ts_rollup_1m r WHERE r.series_id = s.id)
-          OR EXISTS (SELECT 1 FROM ts_rollup_1h r WHERE r.series_id = s.id))`,
-      ).pluck(),
+      keys: db.prepare(DEVICE_SERIES.keys).pluck(),
       window: db.prepare("SELECT id FROM ts_series WHERE id > ? ORDER BY id LIMIT ?").pluck(),
       windowTo: db.prepare("SELECT id FROM ts_series WHERE id <= ? AND id > ? ORDER BY id LIMIT ?").pluck(),
-      deletes: [
-        ...["ts_points", "ts_rollup_1m", "ts_rollup_1h"].map((t) =>
-          db.prepare(`DELETE FROM ${t} WHERE series_id IN (SELECT id FROM ts_series WHERE device_id = ?)`),
-        ),
-        db.prepare("DELETE FROM ts_series WHERE device_id = ?"),
-      ],
+      deletes: DEVICE_SERIES.deletes.map((sql) => db.prepare(sql)),
       ranges: {
         points: rangeOf("ts_points", "ts"),
         "1m": rangeOf(ROLLUP_TABLES["1m"], "bucket"),
