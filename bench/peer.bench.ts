@@ -9,10 +9,14 @@
  *   registered: each report is identified, merged into the device's state, heartbeat and events,
  *   and written behind.
  * The load: 1,000 simulated devices (mqtt.js clients in a worker thread) each publishing ROUNDS
- * QoS 0 reports of about 100 bytes as fast as their sockets take them. The figure is messages
- * processed a second, from the first publish until the count (the function's, or the hub's
- * `messagesIn` less refusals and errors) reaches what was sent or stops moving for 3 s; ratio is
- * tethral ÷ plain. Each side is measured twice, alternately, and its better run kept.
+ * QoS 0 reports of about 100 bytes, while the side is frozen (SIGSTOP) and the broker, which
+ * caps nothing it holds for a subscriber, keeps them. The figure is how fast the side takes that
+ * backlog in once woken: messages processed a second, until the count (the function's, or the
+ * hub's `messagesIn` less refusals and errors) reaches what was sent or stops moving for 3 s;
+ * ratio is tethral ÷ plain. Each side is measured twice, alternately, and its better run kept.
+ * (Until 2026-12-05 the devices published while the side ran: on two cores the load generator
+ * then competed with the side and capped both at its own rate, 33–40k msg/s here, so a side able
+ * to do more could not show it.)
  * Only on Mosquitto: on the embedded broker the hub takes messages in-process, where a plain flow
  * would need a broker of its own, so that comparison would measure the broker, not the flow.
  * Needs mosquitto and a build (`npm run build`); writes bench/results/peer.json.
@@ -57,8 +61,24 @@ function cpuMs(pid: number): number | null {
   }
 }
 
-/** Publishes ROUNDS reports from every device and times the count until it has them all (or stalls). */
-async function measure(devices: DeviceWorker, count: () => Promise<number>, pid: number): Promise<Side> {
+/** Resolves once a process has used no CPU for 300 ms (the broker has taken every publish in). */
+async function quiet(pid: number): Promise<void> {
+  let last = cpuMs(pid);
+  for (;;) {
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const now = cpuMs(pid);
+    if (now === last) return;
+    last = now;
+  }
+}
+
+/**
+ * Measures how fast a side takes in a backlog: the side is frozen (SIGSTOP) while the devices
+ * publish ROUNDS reports each and the broker holds them for it, then woken (SIGCONT), and timed
+ * until its count has them all (or stops moving for 3 s). So the load generator, which shares the
+ * two cores, is not running while a side works, and neither side can be faster than it.
+ */
+async function measure(devices: DeviceWorker, count: () => Promise<number>, pid: number, brokerPid: number): Promise<Side> {
   // The side's CPU while idle (its timers, and the polling of its count below), to take out.
   const idleFrom = cpuMs(pid);
   const idleStarted = performance.now();
@@ -69,13 +89,18 @@ async function measure(devices: DeviceWorker, count: () => Promise<number>, pid:
   const idleTo = cpuMs(pid);
   const idlePerMs = idleFrom === null || idleTo === null ? 0 : (idleTo - idleFrom) / (performance.now() - idleStarted);
   const before = await count();
+  process.kill(pid, "SIGSTOP");
+  let sent: number;
+  try {
+    sent = await devices.call<number>({ op: "publish", rounds: ROUNDS, typical: true });
+    await quiet(brokerPid);
+  } finally {
+    process.kill(pid, "SIGCONT");
+  }
   const cpuFrom = cpuMs(pid);
   const started = performance.now();
-  const publishing = devices.call<number>({ op: "publish", rounds: ROUNDS, typical: true });
-  let sent = Number.POSITIVE_INFINITY;
-  void publishing.then((n) => (sent = n));
   let last = before;
-  let lastMoved = performance.now();
+  let lastMoved = started;
   let processed: number;
   for (;;) {
     await new Promise((resolve) => setTimeout(resolve, 20));
@@ -87,7 +112,6 @@ async function measure(devices: DeviceWorker, count: () => Promise<number>, pid:
     processed = now - before;
     if (processed >= sent || performance.now() - lastMoved > STALL_MS) break;
   }
-  sent = await publishing;
   const seconds = (lastMoved - started) / 1000;
   // What the side does after taking a message in (Tethral's writes behind) is its cost too:
   // the CPU is read a second after the count stopped moving.
@@ -173,7 +197,9 @@ async function main(): Promise<void> {
   }
   const target = targetOf("peer", "mosquitto.ratio");
   const scratch = mkdtempSync(join(tmpdir(), "tethral-bench-peer-"));
-  const broker = await startMosquitto();
+  // No cap on what the broker holds for a subscriber that is behind (its default drops QoS 0
+  // messages past 1,000 queued): each side gets every message of its backlog.
+  const broker = await startMosquitto(["max_queued_messages 0"]);
   const ids = Array.from({ length: DEVICES }, (_, i) => ({ id: `peer-${i}`, token: null }));
   const plainRuns: Side[] = [];
   const hubRuns: Side[] = [];
@@ -185,7 +211,7 @@ async function main(): Promise<void> {
         try {
           await devices.call({ op: "connect", url: broker.url, devices: ids, root: "tethral" });
           await new Promise((resolve) => setTimeout(resolve, 1000));
-          plainRuns.push(await measure(devices, async () => ((await getJson(url)).body as { count: number }).count, proc.child.pid!));
+          plainRuns.push(await measure(devices, async () => ((await getJson(url)).body as { count: number }).count, proc.child.pid!, broker.pid));
           console.log(`  plain flow, run ${run + 1}: ${JSON.stringify(plainRuns.at(-1))}`);
         } finally {
           await devices.close();
@@ -198,7 +224,7 @@ async function main(): Promise<void> {
         try {
           await devices.call({ op: "connect", url: broker.url, devices: ids, root: "tethral" });
           await new Promise((resolve) => setTimeout(resolve, 1000));
-          hubRuns.push(await measure(devices, () => hubCount(api), pid));
+          hubRuns.push(await measure(devices, () => hubCount(api), pid, broker.pid));
           console.log(`  tethral, run ${run + 1}: ${JSON.stringify(hubRuns.at(-1))}`);
         } finally {
           await devices.close();

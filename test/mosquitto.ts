@@ -37,6 +37,8 @@ export function needs(context: Mocha.Context, names: string[], install: string):
 export interface Mosquitto {
   url: string;
   port: number;
+  /** The broker process's PID. */
+  pid: number;
   stop(): Promise<void>;
 }
 
@@ -69,7 +71,7 @@ export async function startMosquitto(settings: string[] = []): Promise<Mosquitto
     await stop();
     throw err;
   }
-  return { url: `mqtt://127.0.0.1:${port}`, port, stop };
+  return { url: `mqtt://127.0.0.1:${port}`, port, pid: proc.pid!, stop };
 }
 
 function accepts(port: number): Promise<boolean> {
