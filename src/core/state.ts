@@ -171,6 +171,8 @@ export class StateManager {
     const desired = record.state?.desired ?? null;
     let twinMoved = false;
     let added = 0;
+    // Whether an old or new value is an object or array (see `commit`'s `shared`).
+    let deep = false;
     // for…in over own keys: unlike Object.keys, it builds no array for an object of a known shape.
     for (const key in properties) {
       if (!Object.hasOwn(properties, key)) continue;
@@ -185,8 +187,10 @@ export class StateManager {
       }
       from ??= {};
       to ??= {};
+      const old = had ? (current[key] as JsonValue) : null;
+      if (!deep && ((typeof value === "object" && value !== null) || (typeof old === "object" && old !== null))) deep = true;
       // Stored values are replaced, never changed in place, so history may share them.
-      defineValue(from, key, had ? (current[key] as JsonValue) : null);
+      defineValue(from, key, old);
       defineValue(to, key, cloneJson(value));
     }
     if (added > 0 && countKeys(current) + added > LIMITS.propertyKeys) {
@@ -210,7 +214,9 @@ export class StateManager {
     const stored = (s.properties ??= {});
     for (const key in to) if (Object.hasOwn(to, key)) defineValue(stored, key, to[key] as JsonValue);
     if (s.desired) this.refreshDelta(s);
-    this.commit(record, s, now, { properties: from }, { properties: to }, cause, cause.reason ?? "report", !cause.series || this.options.historyOfReports);
+    const keepHistory = !cause.series || this.options.historyOfReports;
+    // With history kept, its entry holds `from` and `to` too: the event gets copies.
+    this.commit(record, s, now, { properties: from }, { properties: to }, cause, cause.reason ?? "report", keepHistory, !deep && !keepHistory);
     if (twinMoved) this.twin?.onTwinChanged(deviceId);
     return true;
   }
@@ -288,7 +294,7 @@ export class StateManager {
     const from = record.status;
     const now = this.clock.now();
     this.applyStatus(record, status, now, cause.retained === true);
-    this.commit(record, this.ensure(record), now, { status: from }, { status }, cause, cause.reason ?? "status");
+    this.commit(record, this.ensure(record), now, { status: from }, { status }, cause, cause.reason ?? "status", true, true);
     return true;
   }
 
@@ -368,6 +374,12 @@ export class StateManager {
     reason: string,
     /** False for reported values kept as a time series (see ChangeCause.series). */
     keepHistory = true,
+    /**
+     * True when `from` and `to` were made for this change, hold no object or array, and nothing
+     * else keeps them: the event can carry them as they are. Otherwise it gets copies, so that
+     * nothing a subscriber holds reaches what the device's state or its history holds.
+     */
+    shared = false,
   ): void {
     s.version++;
     s.rev++;
@@ -396,7 +408,7 @@ export class StateManager {
     if (!this.bus.hasSubscribers("state.changed", record.id) && !this.bus.keepsHistoryOf("state.changed")) return;
     this.bus.publish(
       "state.changed",
-      { from: cloneSnapshot(from), to: cloneSnapshot(to), reason, version: s.version, state: stateView(record, s) },
+      { from: shared ? from : cloneSnapshot(from), to: shared ? to : cloneSnapshot(to), reason, version: s.version, state: stateView(record, s) },
       { deviceId: record.id, source: cause.source ?? "state", causeId, parentCauseId: cause.parentCauseId ?? null },
     );
   }

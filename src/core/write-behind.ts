@@ -4,7 +4,8 @@ import type { TethralEvent } from "./types";
 import { WriteQueue } from "./write-queue";
 import { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceHost, type PersistenceOptions, type PersistenceStatistics } from "./write-behind-options";
 import type { Intake } from "./intake";
-import type { DevicePresenceRow, DeviceRow, HistoryRow, PointRow, PointValue, PurgeResult, StateRow, Store, WriteBatch } from "./ports/store";
+import type { DevicePresenceRow, DeviceRow, HistoryRow, PointValue, PurgeResult, StateRow, Store, WriteBatch } from "./ports/store";
+import { PointBatch } from "./point-batch";
 import { Retention } from "./retention";
 import { isFenced } from "./ports/cluster";
 import { movedError } from "./cluster/member";
@@ -135,9 +136,9 @@ export class Persistence {
     this.afterAppend();
   }
 
-  /** A telemetry point (hot path: one small object per value). */
+  /** A telemetry point (hot path: kept in columns, no object per point). */
   addPoint(deviceId: string, key: string, ts: number, value: PointValue): void {
-    if (this.queue.addPoint({ deviceId, key, ts, value })) this.afterAppend();
+    if (this.queue.addPoint(deviceId, key, ts, value)) this.afterAppend();
   }
 
   /**
@@ -289,9 +290,11 @@ export class Persistence {
         const batch = this.take();
         const index = ++this.takes;
         const drains = this.queue.isEmpty;
-        return this.write(batch).then(() => {
-          if (drains) this.written(index);
-        });
+        return this.write(batch)
+          .then(() => {
+            if (drains) this.written(index);
+          })
+          .finally(() => this.queue.recycle(batch));
       })
       .finally(() => {
       this.busy--;
@@ -356,7 +359,7 @@ export class Persistence {
       ...batch.states.map((row) => single({ states: [row] })),
       ...batch.history.map((row) => single({ history: [row] })),
       ...batch.events.map((row) => single({ events: [row] })),
-      ...pointParts(batch.points ?? []).map((points) => single({ points })),
+      ...pointParts(PointBatch.of(batch.points)).map((points) => single({ points })),
     ];
     for (let i = 0; i < parts.length; i++) {
       const part = parts[i]!;
@@ -495,7 +498,7 @@ function withoutDevices(batch: WriteBatch, ids: ReadonlySet<string>): WriteBatch
     states: batch.states.filter((r) => !ids.has(r.deviceId)),
     history: batch.history.filter((r) => !ids.has(r.deviceId)),
     events: batch.events,
-    ...(batch.points && { points: batch.points.filter((r) => !ids.has(r.deviceId)) }),
+    ...(batch.points && { points: PointBatch.of(batch.points).filter((id) => !ids.has(id)) }),
   };
 }
 
@@ -504,6 +507,6 @@ function rowsOf(batch: WriteBatch): number {
 }
 
 /** Points of a refused batch: one part per point (only a refused batch comes here, and it is rare). */
-function pointParts(points: PointRow[]): PointRow[][] {
-  return points.map((p) => [p]);
+function pointParts(points: PointBatch): PointBatch[] {
+  return Array.from({ length: points.length }, (_, i) => points.slice(i, i + 1));
 }

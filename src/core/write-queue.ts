@@ -1,5 +1,6 @@
 import type { Clock } from "./clock";
-import type { DevicePresenceRow, EventRow, HistoryRow, PointRow, StateRow, WriteBatch } from "./ports/store";
+import { PointBatch, PointBuffer } from "./point-batch";
+import type { DevicePresenceRow, EventRow, HistoryRow, PointValue, StateRow, WriteBatch } from "./ports/store";
 import type { HeldDevice } from "./write-behind-options";
 
 /** What the queue reads from the hub when a batch is taken: presence and state as they are now. */
@@ -19,7 +20,7 @@ export class WriteQueue {
   private states = new Set<string>();
   private history: HistoryRow[] = [];
   private events: EventRow[] = [];
-  private points: PointRow[] = [];
+  private readonly points = new PointBuffer();
   /** Devices written or deleted directly right now: their batched writes wait aside. */
   private readonly held = new Map<string, HeldDevice>();
   readonly dropped = { history: 0, events: 0, points: 0 };
@@ -53,10 +54,10 @@ export class WriteQueue {
   }
 
   /** False when the point was held aside with its device. */
-  addPoint(row: PointRow): boolean {
-    const held = this.held.get(row.deviceId);
-    if (held) held.points.push(row);
-    else this.points.push(row);
+  addPoint(deviceId: string, key: string, ts: number, value: PointValue): boolean {
+    const held = this.held.size === 0 ? undefined : this.held.get(deviceId);
+    if (held) held.points.push({ deviceId, key, ts, value });
+    else this.points.push(deviceId, key, ts, value);
     return !held;
   }
 
@@ -68,9 +69,7 @@ export class WriteQueue {
     const rest: HistoryRow[] = [];
     for (const h of this.history) (h.deviceId === id ? held.history : rest).push(h);
     if (held.history.length > 0) this.history = rest;
-    const others: PointRow[] = [];
-    for (const pt of this.points) (pt.deviceId === id ? held.points : others).push(pt);
-    if (held.points.length > 0) this.points = others;
+    if (this.points.length > 0) held.points = this.points.extract(id).rows();
     this.held.set(id, held);
   }
 
@@ -84,7 +83,7 @@ export class WriteQueue {
     if (held.presence || dirty) this.presence.add(id);
     if (held.state || dirty) this.states.add(id);
     for (const row of held.history) this.history.push(row);
-    for (const row of held.points) this.points.push(row);
+    this.points.append(PointBatch.of(held.points));
     return held.history.length > 0 || held.points.length > 0;
   }
 
@@ -96,9 +95,13 @@ export class WriteQueue {
     this.history = this.history.length <= maxRows ? [] : this.history.slice(maxRows);
     const events = this.events.length <= maxRows ? this.events : this.events.slice(0, maxRows);
     this.events = this.events.length <= maxRows ? [] : this.events.slice(maxRows);
-    const points = this.points.length <= maxPoints ? this.points : this.points.slice(0, maxPoints);
-    this.points = this.points.length <= maxPoints ? [] : this.points.slice(maxPoints);
+    const points = this.points.lend(maxPoints);
     return { presence, states, history, events, points };
+  }
+
+  /** A batch from `take` is written (or put back): its points' columns can be used again. */
+  recycle(batch: WriteBatch): void {
+    this.points.recycle(batch.points);
   }
 
   /** A failed batch goes back in front of what arrived meanwhile; presence and state are re-read later. */
@@ -113,13 +116,10 @@ export class WriteQueue {
     }
     this.history = free.concat(this.history);
     this.events = batch.events.concat(this.events);
-    const points: PointRow[] = [];
-    for (const row of batch.points ?? []) {
-      const held = this.held.get(row.deviceId);
-      if (held) held.points.push(row);
-      else points.push(row);
-    }
-    if (points.length > 0) this.points = points.concat(this.points);
+    const back = PointBatch.of(batch.points);
+    const unheld = back.filter((id) => !this.held.has(id));
+    if (unheld.length < back.length) for (let i = 0; i < back.length; i++) this.held.get(back.deviceIds[i]!)?.points.push(back.row(i));
+    this.points.prepend(unheld);
   }
 
   /**
@@ -144,7 +144,7 @@ export class WriteQueue {
     }
     const points = Math.min(excess, this.points.length);
     if (points > 0) {
-      this.points.splice(0, points);
+      this.points.drop(points);
       this.dropped.points += points;
     }
   }

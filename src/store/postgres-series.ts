@@ -1,8 +1,9 @@
 import type pg from "pg";
-import type { Aggregate, BucketQuery, PointQuery, PointRow, RetentionPolicy, SeriesPoint } from "../core/ports/store";
+import type { Aggregate, BucketQuery, PointQuery, RetentionPolicy, SeriesPoint } from "../core/ports/store";
+import type { PointBatch } from "../core/point-batch";
 import { copyLines, copyValue, UNIQUE_VIOLATION } from "./postgres-copy";
 import { text } from "./postgres-sql";
-import { bucketPoint, bucketRange, deviceSeriesSql, MERGE_ROLLUP, pointColumns, pointValue, ROLLUP_ROW_WIDTH, ROLLUP_TABLES, RollupBuilders, ROLLUP_COLS } from "./series";
+import { bucketPoint, bucketRange, checkPointOf, deviceSeriesSql, MERGE_ROLLUP, pointText, pointValue, ROLLUP_ROW_WIDTH, ROLLUP_TABLES, RollupBuilders, ROLLUP_COLS } from "./series";
 
 /** Anything that runs a query: the pool, or a client inside a transaction. */
 export interface Queryable {
@@ -156,17 +157,18 @@ export interface PointColumns {
   val: (string | null)[];
 }
 
-export function pointArrays(points: readonly PointRow[]): PointColumns {
+export function pointArrays(points: PointBatch): PointColumns {
   const n = points.length;
   const out: PointColumns = { devices: new Array(n), keys: new Array(n), ts: new Array(n), num: new Array(n), val: new Array(n) };
   for (let i = 0; i < n; i++) {
-    const p = points[i]!;
-    const [key, ts, num, val] = pointColumns(p, i);
-    out.devices[i] = text(p.deviceId, `points[${i}].deviceId`);
+    const deviceId = points.deviceIds[i]!;
+    const key = points.keys[i]!;
+    const v = points.value(i);
+    out.ts[i] = checkPointOf(deviceId, key, points.times[i]!, v, i);
+    out.devices[i] = text(deviceId, `points[${i}].deviceId`);
     out.keys[i] = text(key, `points[${i}].key`);
-    out.ts[i] = ts;
-    out.num[i] = num;
-    out.val[i] = val;
+    out.num[i] = typeof v === "number" ? v : null;
+    out.val[i] = typeof v === "number" ? null : pointText(v);
   }
   return out;
 }

@@ -44,6 +44,7 @@ import {
 } from "./postgres-sql";
 import { columnLines, copyLines, UNIQUE_VIOLATION } from "./postgres-copy";
 import { DELETE_DEVICE_SERIES, pointArrays, PostgresSeries, type Queryable } from "./postgres-series";
+import { PointBatch } from "../core/point-batch";
 import {
   PENDING_COMMAND_STATUSES,
   type CommandRow,
@@ -227,7 +228,7 @@ export class PostgresStore implements Store, ClusterStore {
   async writeBatch(batch: WriteBatch): Promise<void> {
     const presence = lastById(batch.presence, (p) => p.id, () => true);
     const states = lastById(batch.states, (s) => s.deviceId, (next, prev) => next.rev >= prev.rev);
-    const points = batch.points ?? [];
+    const points = PointBatch.of(batch.points);
     if (presence.length + states.length + batch.history.length + batch.events.length + points.length === 0) return;
     // Checked (and stringified) before the transaction, so a bad row fails the batch up front.
     const statements: [string, unknown[]][] = [];

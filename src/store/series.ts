@@ -71,10 +71,14 @@ export function pointColumns(p: PointRow, i: number): [string, number, number | 
  * `pointText` gives a point's text value once it is checked.
  */
 export function checkPoint(p: PointRow, i: number): number {
-  if (typeof p.deviceId !== "string" || p.deviceId.length === 0) throw invalid(`points[${i}].deviceId`, "must be a device id");
-  if (typeof p.key !== "string" || p.key.length === 0) throw invalid(`points[${i}].key`, "must be a non-empty text");
-  if (!Number.isSafeInteger(p.ts) || p.ts < 0) throw invalid(`points[${i}].ts`, "must be epoch milliseconds");
-  const v = p.value;
+  return checkPointOf(p.deviceId, p.key, p.ts, p.value, i);
+}
+
+/** `checkPoint` of a point given by its fields (a point of a `PointBatch`). */
+export function checkPointOf(deviceId: unknown, key: unknown, ts: number, v: unknown, i: number): number {
+  if (typeof deviceId !== "string" || deviceId.length === 0) throw invalid(`points[${i}].deviceId`, "must be a device id");
+  if (typeof key !== "string" || key.length === 0) throw invalid(`points[${i}].key`, "must be a non-empty text");
+  if (!Number.isSafeInteger(ts) || ts < 0) throw invalid(`points[${i}].ts`, "must be epoch milliseconds");
   if (typeof v === "number") {
     if (!Number.isFinite(v)) throw invalid(`points[${i}].value`, "must be a finite number");
   } else if (typeof v === "string") {
@@ -82,7 +86,7 @@ export function checkPoint(p: PointRow, i: number): number {
   } else if (typeof v !== "boolean") {
     throw invalid(`points[${i}].value`, "must be a number, a boolean or a text");
   }
-  return p.ts;
+  return ts;
 }
 
 /** The JSON text of a checked point's boolean or string value. */

@@ -1,5 +1,6 @@
 import { invalid, errorMessage } from "../core/errors";
-import { checkPoint, pointText } from "./series";
+import { checkPointOf, pointText } from "./series";
+import { PointBatch } from "../core/point-batch";
 import type { DeviceStatus, JsonObject, Priority } from "../core/types";
 import {
   type CommandRow,
@@ -8,7 +9,6 @@ import {
   type EventRow,
   type HistoryRow,
   PENDING_COMMAND_STATUSES,
-  type PointRow,
   type StateRow,
   type TokenRow,
   type WriteBatch,
@@ -197,6 +197,23 @@ function flatten<T>(rows: readonly T[], toParams: (row: T, out: unknown[]) => vo
  * and a row JSON cannot carry fails before anything is sent, as the INVALID error it always was.
  */
 export function encodeBatch(batch: WriteBatch, offset = 0): EncodedBatch {
+  const points = PointBatch.of(batch.points);
+  return encodePart(batch, { from: points, order: null, start: 0, end: points.length }, offset);
+}
+
+/**
+ * Points of a batch to write, without copying them: those of `from` at `start` to `end` of
+ * `order` (a permutation of its indexes), or of `from` itself when `order` is null.
+ */
+export interface PointRange {
+  from: PointBatch;
+  order: Uint32Array | null;
+  start: number;
+  end: number;
+}
+
+/** `encodeBatch` of a batch's rows but its points, and of `points`. An invalid point is named by its index in `from`, plus `offset`. */
+export function encodePart(batch: WriteBatch, points: PointRange, offset = 0): EncodedBatch {
   const presence: unknown[] = [];
   for (const p of batch.presence) presence.push(p.status, p.lastSeen, p.id);
   return {
@@ -204,11 +221,11 @@ export function encodeBatch(batch: WriteBatch, offset = 0): EncodedBatch {
     states: flatten(batch.states, stateParams),
     history: flatten(batch.history, historyParams),
     events: flatten(batch.events, eventParams),
-    points: encodePoints(batch.points ?? [], offset),
+    points: encodePoints(points, offset),
   };
 }
 
-function encodePoints(points: readonly PointRow[], offset: number): EncodedPoints {
+function encodePoints({ from, order, start, end }: PointRange, offset: number): EncodedPoints {
   const names: string[] = [];
   const index = new Map<string, number>();
   const name = (text: string): number => {
@@ -220,19 +237,28 @@ function encodePoints(points: readonly PointRow[], offset: number): EncodedPoint
     }
     return i;
   };
-  const cols = new Float64Array(points.length * POINT_COLS);
+  const n = end - start;
+  const cols = new Float64Array(n * POINT_COLS);
   let vals: (string | null)[] | null = null;
-  for (let i = 0; i < points.length; i++) {
-    const p = points[i]!;
-    const o = i * POINT_COLS;
-    cols[o + 2] = checkPoint(p, offset + i);
-    cols[o] = name(p.deviceId);
-    cols[o + 1] = name(p.key);
-    const v = p.value;
-    if (typeof v === "number") cols[o + 3] = v;
+  let lastDevice: string | null = null;
+  let device = 0;
+  for (let k = 0; k < n; k++) {
+    const i = order === null ? start + k : order[start + k]!;
+    const o = k * POINT_COLS;
+    const deviceId = from.deviceIds[i]!;
+    const value = from.value(i);
+    cols[o + 2] = checkPointOf(deviceId, from.keys[i]!, from.times[i]!, value, offset + i);
+    // A device's points come one after another: its name is looked up once a run.
+    if (deviceId !== lastDevice) {
+      device = name(deviceId);
+      lastDevice = deviceId;
+    }
+    cols[o] = device;
+    cols[o + 1] = name(from.keys[i]!);
+    if (typeof value === "number") cols[o + 3] = value;
     else {
       cols[o + 3] = Number.NaN;
-      (vals ??= new Array<string | null>(points.length).fill(null))[i] = pointText(v);
+      (vals ??= new Array<string | null>(n).fill(null))[k] = pointText(value);
     }
   }
   return { names, cols, vals };
@@ -240,23 +266,25 @@ function encodePoints(points: readonly PointRow[], offset: number): EncodedPoint
 
 /**
  * The batch cut into parts of at most `max` rows, in its order: presence, states, history,
- * events, points. Each part says where its points start in the batch's (for error messages).
+ * events, then `points` (the batch's own points are not read).
  */
-export function splitBatch(batch: WriteBatch, max: number): { part: WriteBatch; pointOffset: number }[] {
-  const parts: { part: WriteBatch; pointOffset: number }[] = [];
-  const empty = (): WriteBatch => ({ presence: [], states: [], history: [], events: [], points: [] });
+export function splitBatch(batch: WriteBatch, points: PointRange, max: number): { part: WriteBatch; points: PointRange }[] {
+  const parts: { part: WriteBatch; points: PointRange }[] = [];
+  const none = (at: number): PointRange => ({ from: points.from, order: points.order, start: at, end: at });
+  const empty = (): WriteBatch => ({ presence: [], states: [], history: [], events: [] });
   let part = empty();
-  let pointOffset = 0;
+  let range = none(points.start);
   let room = max;
-  const cut = <K extends keyof WriteBatch>(kind: K) => {
-    const rows = batch[kind] ?? [];
+  const next = () => {
+    parts.push({ part, points: range });
+    part = empty();
+    range = none(range.end);
+    room = max;
+  };
+  const cut = <K extends "presence" | "states" | "history" | "events">(kind: K) => {
+    const rows = batch[kind];
     for (let i = 0; i < rows.length; ) {
-      if (room === 0) {
-        parts.push({ part, pointOffset });
-        part = empty();
-        room = max;
-      }
-      if (kind === "points" && (part.points?.length ?? 0) === 0) pointOffset = i;
+      if (room === 0) next();
       const n = Math.min(room, rows.length - i);
       part[kind] = rows.slice(i, i + n) as WriteBatch[K];
       i += n;
@@ -267,8 +295,14 @@ export function splitBatch(batch: WriteBatch, max: number): { part: WriteBatch; 
   cut("states");
   cut("history");
   cut("events");
-  cut("points");
-  parts.push({ part, pointOffset });
+  for (let at = points.start; at < points.end; ) {
+    if (room === 0) next();
+    const n = Math.min(room, points.end - at);
+    range = { ...range, start: at, end: at + n };
+    at += n;
+    room -= n;
+  }
+  parts.push({ part, points: range });
   return parts;
 }
 

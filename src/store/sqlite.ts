@@ -2,7 +2,8 @@ import { isTethralError, TethralError } from "../core/errors";
 import {
   commandParams,
   deviceParams,
-  encodeBatch,
+  encodePart,
+  type PointRange,
   splitBatch,
   stateParams,
   toCommand,
@@ -16,6 +17,7 @@ import {
 import { SqliteThread, type ThreadArgs, type ThreadResult } from "./sqlite-thread";
 import type { SqliteMethod } from "./sqlite-wire";
 import { pointColumns, pointValue } from "./series";
+import { PointBatch } from "../core/point-batch";
 import type { RawSeriesPoint } from "./sqlite-series";
 import type {
   BucketQuery,
@@ -26,7 +28,6 @@ import type {
   EventRow,
   HistoryRow,
   PointQuery,
-  PointRow,
   PurgeResult,
   RetentionPolicy,
   SeriesPoint,
@@ -177,11 +178,12 @@ export class SqliteStore implements Store {
   async writeBatch(batch: WriteBatch): Promise<void> {
     if (this.handingOver) return this.handingOver.then(() => this.writeBatch(batch));
     const thread = this.live();
-    const { batch: ordered, pointsMoved } = inIndexOrder(batch);
-    const parts = splitBatch(ordered, PART_ROWS);
+    const { batch: ordered, points } = inIndexOrder(batch);
+    const pointsMoved = points.order !== null;
+    const parts = splitBatch(ordered, points, PART_ROWS);
     if (parts.length === 1) {
       try {
-        return await postEncoded(thread, "writeBatch", ordered, 0);
+        return await postEncoded(thread, "writeBatch", parts[0]!);
       } catch (err) {
         throw pointsMoved ? firstRefusal(err, batch) : err;
       }
@@ -211,8 +213,7 @@ export class SqliteStore implements Store {
           await new Promise<void>((resolve) => setImmediate(resolve));
           sliceStarted = performance.now();
         }
-        const { part, pointOffset } = parts[i]!;
-        post(postEncoded(thread, "writePart", part, pointOffset));
+        post(postEncoded(thread, "writePart", parts[i]!));
       }
       post(thread.call("commitBatch", []));
     } catch (err) {
@@ -384,8 +385,8 @@ export class SqliteStore implements Store {
 }
 
 /**
- * The batch with its history rows and its points grouped by device, each device's as they came
- * (so in time order), and whether any point moved.
+ * The batch with its history rows grouped by device, and the order that groups its points by
+ * device (null when they already are), each device's as they came (so in time order).
  *
  * History: the devices in id order, the order of the history's device index. A batch of 20,000
  * rows from 1,000 devices otherwise inserts into that index at random places; in device order
@@ -399,10 +400,11 @@ export class SqliteStore implements Store {
  * looked up by hash. Grouped by device, a part holds a few devices' every point, each series'
  * points one after another.
  *
- * Grouping is one pass and a sort of the device ids, not of the rows: this runs on the hub's
- * thread before the hand-over yields. What is read is the same: every read orders explicitly.
+ * Grouping is one pass and a sort of the device ids, not of the rows (the points are found by
+ * runs, and are not copied: parts are ranges of the order): this runs on the hub's thread
+ * before the hand-over yields. What is read is the same: every read orders explicitly.
  */
-function inIndexOrder(batch: WriteBatch): { batch: WriteBatch; pointsMoved: boolean } {
+function inIndexOrder(batch: WriteBatch): { batch: WriteBatch; points: PointRange } {
   let out = batch;
   if (batch.history.length >= 2) {
     const byDevice = groupBy(batch.history, (row) => row.deviceId);
@@ -412,13 +414,28 @@ function inIndexOrder(batch: WriteBatch): { batch: WriteBatch; pointsMoved: bool
       out = { ...out, history };
     }
   }
-  const points = batch.points ?? [];
-  if (points.length < 2) return { batch: out, pointsMoved: false };
-  const byDevice = groupBy(points, (p) => p.deviceId);
-  if (byDevice.size === 1) return { batch: out, pointsMoved: false };
-  const grouped: PointRow[] = [];
-  for (const indexes of byDevice.values()) for (const i of indexes) grouped.push(points[i]!);
-  return { batch: { ...out, points: grouped }, pointsMoved: true };
+  const from = PointBatch.of(batch.points);
+  const points: PointRange = { from, order: null, start: 0, end: from.length };
+  if (from.length < 2) return { batch: out, points };
+  // A report's points come one after another: a device's points are found run by run, and
+  // the points are not moved, only their order is written down.
+  const runs = new Map<string, number[]>();
+  const ids = from.deviceIds;
+  const n = from.length;
+  for (let i = 0; i < n; ) {
+    const id = ids[i]!;
+    let end = i + 1;
+    while (end < n && ids[end] === id) end++;
+    const found = runs.get(id);
+    if (found) found.push(i, end);
+    else runs.set(id, [i, end]);
+    i = end;
+  }
+  if (runs.size === 1) return { batch: out, points };
+  const order = new Uint32Array(n);
+  let at = 0;
+  for (const bounds of runs.values()) for (let r = 0; r < bounds.length; r += 2) for (let i = bounds[r]!; i < bounds[r + 1]!; i++) order[at++] = i;
+  return { batch: out, points: { ...points, order } };
 }
 
 /**
@@ -429,10 +446,10 @@ function inIndexOrder(batch: WriteBatch): { batch: WriteBatch; pointsMoved: bool
  */
 function firstRefusal(err: unknown, batch: WriteBatch): unknown {
   if (!isTethralError(err) || err.code !== "INVALID" || !err.details[0]?.field.startsWith("points[")) return err;
-  const points = batch.points ?? [];
+  const points = PointBatch.of(batch.points);
   for (let i = 0; i < points.length; i++) {
     try {
-      pointColumns(points[i]!, i);
+      pointColumns(points.row(i), i);
     } catch (first) {
       return first;
     }
@@ -453,10 +470,10 @@ function groupBy<T>(rows: readonly T[], keyOf: (row: T) => string): Map<string, 
 }
 
 /**
- * Encodes a batch, or a part of one whose points start at `pointOffset` in the whole, and posts
+ * Encodes a batch, or a part of one (its rows, and its range of the batch's points), and posts
  * it: the points' numbers are moved to the thread, not copied.
  */
-function postEncoded(thread: SqliteThread, method: "writeBatch" | "writePart", batch: WriteBatch, pointOffset: number): Promise<void> {
-  const encoded = encodeBatch(batch, pointOffset);
+function postEncoded(thread: SqliteThread, method: "writeBatch" | "writePart", { part, points }: { part: WriteBatch; points: PointRange }): Promise<void> {
+  const encoded = encodePart(part, points);
   return thread.call(method, [encoded], [encoded.points.cols.buffer as ArrayBuffer]);
 }

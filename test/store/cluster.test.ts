@@ -5,7 +5,7 @@ import { join } from "node:path";
 import Database from "better-sqlite3";
 import pg from "pg";
 import { isClusterStore, isFenced, type Fence, type FencedFailure, type HeldLease } from "../../src/core/ports/cluster";
-import type { Store, WriteBatch } from "../../src/core/ports/store";
+import type { PointRow, Store, WriteBatch } from "../../src/core/ports/store";
 import { PostgresStore } from "../../src/store/postgres";
 import { SqliteStore } from "../../src/store/sqlite";
 import { NO_RETENTION } from "./contract";
@@ -336,7 +336,7 @@ describe("PostgresStore cluster mode", function () {
     });
 
     const point = (deviceId: string, ts: number) => ({ deviceId, key: "temperature", ts, value: 21.5 });
-    const batchFor = (id: string): WriteBatch => ({
+    const batchFor = (id: string): WriteBatch & { points: PointRow[] } => ({
       presence: [{ id, status: "offline", lastSeen: T0 + 9000 }],
       states: [stateRow(id, 9)],
       history: [historyRow(`h-${id}`, id, T0 + 9000, 9)],
@@ -382,7 +382,7 @@ describe("PostgresStore cluster mode", function () {
         states: batchFor("d1").states,
         history: batchFor("d0").history,
         events: batchFor("d1").events,
-        points: [...batchFor("d1").points!, ...batchFor("d2").points!],
+        points: [...batchFor("d1").points, ...batchFor("d2").points],
       };
       const err = await fencedFailure(a.writeBatch(mixed));
       assert.deepEqual(err.partitions, [0]);

@@ -1,3 +1,4 @@
+import type { PointBatch } from "../point-batch";
 import { COMMAND_STATUSES, type CommandStatus } from "../types";
 import type { DevicePresenceRow, DeviceRow, HistoryRow, JsonObject, Priority, StateRow } from "../types";
 
@@ -109,9 +110,10 @@ export interface WriteBatch {
   /**
    * Telemetry points. The store inserts them, ignoring a point whose (device, key, ts) it already
    * has (a retried batch adds nothing), and maintains the 1-minute and 1-hour roll-ups (count,
-   * sum, min, max, first, last) from the points it inserted, in the same transaction.
+   * sum, min, max, first, last) from the points it inserted, in the same transaction. The
+   * write-behind queue hands them over in columns (`PointBatch`); rows are taken as well.
    */
-  points?: PointRow[];
+  points?: PointBatch | PointRow[];
 }
 
 export interface EventQuery {
