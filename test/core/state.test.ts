@@ -404,6 +404,28 @@ describe("StateManager", () => {
       assert.deepEqual(t.state.get("d1").properties, { a: 1 }, "an event holds a copy");
       assert.deepEqual(t.state.history("d1")[0]!.to, { properties: { a: 1 } });
     });
+
+    it("of values kept as series (no history): changing what an event carries changes neither the state nor another event", async () => {
+      const t = setup();
+      t.state.report("d1", { a: 1, o: { x: 1 } }, { series: true });
+      t.state.report("d1", { a: 2, o: { x: 2 } }, { series: true });
+      t.state.report("d1", { a: 3 }, { series: true });
+      assert.equal(t.changed.length, 3);
+      const [first, second, third] = t.changed as [Changed, Changed, Changed];
+      assert.deepEqual(t.state.history("d1"), [], "no history entry shares them");
+      // Objects among the values: the event holds copies.
+      ((second.data.to.properties as JsonObject).o as JsonObject).x = 42;
+      ((second.data.from.properties as JsonObject).o as JsonObject).x = 42;
+      assert.deepEqual(t.state.get("d1").properties, { a: 3, o: { x: 2 } });
+      assert.deepEqual(first.data.to.properties, { a: 1, o: { x: 1 } });
+      // Plain values only: the event carries the change's own from and to, which nothing else holds.
+      (third.data.to.properties as JsonObject).a = 42;
+      (third.data.from.properties as JsonObject).a = 42;
+      third.data.state.properties.a = 42;
+      assert.deepEqual(t.state.get("d1").properties, { a: 3, o: { x: 2 } });
+      assert.deepEqual(second.data.to.properties, { a: 2, o: { x: 42 } });
+      assert.deepEqual(second.data.state.properties, { a: 2, o: { x: 2 } });
+    });
   });
 
   describe("copies", () => {

@@ -177,7 +177,11 @@ export interface Store {
   deleteDevice(id: string): Promise<void>;
   /** Writes a state unless the stored one has a higher `rev`. */
   upsertState(row: StateRow): Promise<void>;
-  /** Presence, states, history and events in one transaction, with multi-row statements. */
+  /**
+   * Presence, states, history, events and points in one transaction, with multi-row statements.
+   * The batch is the store's only until the promise settles: the write-behind queue then uses
+   * the points' columns again, so a store keeps nothing of them.
+   */
   writeBatch(batch: WriteBatch): Promise<void>;
 
   loadDevices(): Promise<DeviceRow[]>;
