@@ -1,4 +1,4 @@
-import { type Envelope, anyOf, compilePattern, toList } from "./subscription";
+import { anyOf, compilePattern, toList } from "./subscription";
 import { type HubEvent, PRIORITY_RANK, type Priority } from "./types";
 import { toEpoch } from "./validation";
 
@@ -28,10 +28,10 @@ export class EventHistory {
     this.expires = new Float64Array(this.ring.length);
   }
 
-  add(env: Envelope): void {
+  add(event: HubEvent, expiresAt: number): void {
     const cap = this.ring.length;
-    this.ring[this.head] = env.event;
-    this.expires[this.head] = env.expiresAt;
+    this.ring[this.head] = event;
+    this.expires[this.head] = expiresAt;
     this.head = (this.head + 1) % cap;
     if (this.count < cap) this.count++;
   }

@@ -125,19 +125,18 @@ export class EventBus {
       this.counters.expired++;
       return event;
     }
-    const env: Envelope = { event, rank: PRIORITY_RANK[priority], expiresAt, seq: this.seq++ };
+    const seq = this.seq++;
     const kept = !this.transient.has(type);
-    if (kept) this.record(env);
-    // The report is for this process's subscribers: what history keeps and the store writes goes without it.
-    if (report !== undefined) env.event = withReport(kept ? { ...event } : event, report);
-
+    if (kept) this.record(event, expiresAt);
     const exact = this.exactAny.get(type);
+    const scoped = event.deviceId !== null ? this.byDevice.get(event.deviceId) : undefined;
+    // No one to offer it to (history alone, the usual case of a hub without flows listening).
+    if (exact === undefined && this.patternAny.length === 0 && scoped === undefined) return event;
+    // The report is for this process's subscribers: what history keeps and the store writes goes without it.
+    const env: Envelope = { event: report === undefined ? event : withReport(kept ? { ...event } : event, report), rank: PRIORITY_RANK[priority], expiresAt, seq };
     if (exact) for (const sub of exact) this.offer(sub, env);
     if (this.patternAny.length > 0) for (const sub of this.patternAny) if (sub.matchType(type)) this.offer(sub, env);
-    if (event.deviceId !== null) {
-      const scoped = this.byDevice.get(event.deviceId);
-      if (scoped) for (const sub of scoped) if (sub.matchType(type)) this.offer(sub, env);
-    }
+    if (scoped) for (const sub of scoped) if (sub.matchType(type)) this.offer(sub, env);
     return event;
   }
 
@@ -336,9 +335,9 @@ export class EventBus {
     return [...this.subs.values()].map((s) => ({ ...s.stats }));
   }
 
-  private record(env: Envelope): void {
-    if (this.recorder !== null) this.recorder(env.event, env.expiresAt === NEVER ? 0 : env.expiresAt);
-    this.history.add(env);
+  private record(event: HubEvent, expiresAt: number): void {
+    if (this.recorder !== null) this.recorder(event, expiresAt === NEVER ? 0 : expiresAt);
+    this.history.add(event, expiresAt);
   }
 
   /** History, newest first. Expired events are left out: they have left the history. */

@@ -5,7 +5,8 @@ export function cloneJson<T extends JsonValue>(value: T): T {
   if (value === null || typeof value !== "object") return value;
   if (Array.isArray(value)) return value.map((v) => cloneJson(v)) as T;
   const out: JsonObject = {};
-  for (const key of Object.keys(value)) defineValue(out, key, cloneJson((value as JsonObject)[key] as JsonValue));
+  // for…in over own keys: unlike Object.keys, it builds no array for an object of a known shape.
+  for (const key in value) if (Object.hasOwn(value, key)) defineValue(out, key, cloneJson((value as JsonObject)[key] as JsonValue));
   return out as T;
 }
 

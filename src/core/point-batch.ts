@@ -108,8 +108,11 @@ export class PointBatch {
   }
 }
 
-/** Slots a buffer starts with, and never shrinks below. */
-const MIN_SLOTS = 4096;
+/**
+ * Slots a buffer starts with, and never shrinks below: 16,384 points (about 650 KB of columns),
+ * so that a busy hub's backlog reaches its size in few doublings, each a copy into fresh memory.
+ */
+const MIN_SLOTS = 16_384;
 
 /**
  * The points waiting to be written, oldest first, in columns that are reused from batch to
@@ -120,11 +123,11 @@ const MIN_SLOTS = 4096;
  * takes everything does.
  */
 export class PointBuffer {
-  private deviceIds: string[] = new Array<string>(MIN_SLOTS).fill("");
-  private keys: string[] = new Array<string>(MIN_SLOTS).fill("");
-  private times: Float64Array = new Float64Array(MIN_SLOTS);
-  private nums: Float64Array = new Float64Array(MIN_SLOTS);
-  private others: unknown[] = new Array<unknown>(MIN_SLOTS).fill(null);
+  private deviceIds: string[];
+  private keys: string[];
+  private times: Float64Array;
+  private nums: Float64Array;
+  private others: unknown[];
   private head = 0;
   private tail = 0;
   /** The most points waiting at once since the buffer last considered shrinking. */
@@ -133,6 +136,15 @@ export class PointBuffer {
   /** The batch `lend` gave whose columns have not come back yet, and the columns that have. */
   private lent: PointBatch | null = null;
   private spare: PointBatch | null = null;
+
+  /** `minSlots`: the slots it starts with and never shrinks below. */
+  constructor(private readonly minSlots = MIN_SLOTS) {
+    this.deviceIds = new Array<string>(minSlots).fill("");
+    this.keys = new Array<string>(minSlots).fill("");
+    this.times = new Float64Array(minSlots);
+    this.nums = new Float64Array(minSlots);
+    this.others = new Array<unknown>(minSlots).fill(null);
+  }
 
   get length(): number {
     return this.tail - this.head;
@@ -262,7 +274,7 @@ export class PointBuffer {
   /** Once every 64 emptyings: halves the slots while the most that waited used under a quarter. */
   private maybeShrink(): void {
     this.takes = 0;
-    if (this.peak < this.times.length / 4 && this.times.length > MIN_SLOTS) this.resize(Math.max(MIN_SLOTS, this.times.length / 2));
+    if (this.peak < this.times.length / 4 && this.times.length > this.minSlots) this.resize(Math.max(this.minSlots, this.times.length / 2));
     this.peak = 0;
   }
 

@@ -388,12 +388,12 @@ export class StateManager {
     s.updatedAt = now;
     this.counters.changes++;
     const causeId = cause.causeId ?? null;
-    const item = historyItem(now, s.version, reason, causeId, from, to);
-    if (keepHistory) s.pushHistory(item, this.options.historySize);
+    const item = keepHistory ? historyItem(now, s.version, reason, causeId, from, to) : null;
+    if (item) s.pushHistory(item, this.options.historySize);
     if (this.sink) {
       this.sink.onStateWritten(record.id);
       if (to.status !== undefined) this.sink.onStatusWritten(record.id);
-      if (keepHistory) this.sink.onHistory({
+      if (item) this.sink.onHistory({
         id: newTimeId(now),
         deviceId: record.id,
         at: now,

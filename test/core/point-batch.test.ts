@@ -14,7 +14,8 @@ function random(seed: number): () => number {
 describe("the write-behind queue's telemetry points (PointBuffer)", () => {
   it("keeps every point, in order, through pushes, takes, loans, put-backs, extractions and drops, across growing, compacting and shrinking", () => {
     const rnd = random(42);
-    const buffer = new PointBuffer();
+    // Small columns, so that growing, moving to the front and shrinking all happen often.
+    const buffer = new PointBuffer(64);
     let model: PointRow[] = [];
     let seq = 0;
     const lent: { batch: PointBatch; rows: PointRow[] }[] = [];
@@ -22,8 +23,8 @@ describe("the write-behind queue's telemetry points (PointBuffer)", () => {
     for (let step = 0; step < 4000; step++) {
       const r = rnd();
       if (r < 0.55) {
-        // A burst, sometimes large enough to make the columns grow past their first 4,096 slots.
-        const n = Math.floor(rnd() * (rnd() < 0.05 ? 9000 : 60));
+        // A burst, sometimes large enough to make the columns grow several times.
+        const n = Math.floor(rnd() * (rnd() < 0.05 ? 2000 : 60));
         for (let i = 0; i < n; i++) {
           const row = { deviceId: `d${Math.floor(rnd() * 20)}`, key: `k${i % 6}`, ts: 1_000_000 + seq, value: value(seq) };
           seq++;
@@ -71,7 +72,7 @@ describe("the write-behind queue's telemetry points (PointBuffer)", () => {
   });
 
   it("moves what waits to the front when the columns fill behind taken points, and grows them keeping what waits", () => {
-    const buffer = new PointBuffer();
+    const buffer = new PointBuffer(4096);
     const rows: PointRow[] = [];
     const push = (n: number) => {
       for (let i = 0; i < n; i++) {
