@@ -137,26 +137,36 @@ export class AnomalyDetector implements StateObserver {
     const { stuck, outlier, maxPropertiesPerDevice } = this.options;
     if (!stuck.enabled && !outlier.enabled) return;
     let d: DeviceTrack | undefined;
+    // A device reports its keys in the same order from one report to the next: the property
+    // after the one just found is looked at first, and the chain walked only when it is not it.
+    let hint: PropertyTrack | null | undefined;
     for (const key in properties) {
       if (!Object.hasOwn(properties, key)) continue;
       const value = properties[key] as JsonValue;
       d ??= this.track(deviceId);
-      let p = d.properties;
-      let last: PropertyTrack | null = null;
-      let count = 0;
-      for (; p !== null && p.key !== key; p = p.next) {
-        last = p;
-        count++;
+      if (hint === undefined) hint = d.properties;
+      let p: PropertyTrack | null;
+      if (hint !== null && hint.key === key) p = hint;
+      else {
+        p = d.properties;
+        let last: PropertyTrack | null = null;
+        let count = 0;
+        for (; p !== null && p.key !== key; p = p.next) {
+          last = p;
+          count++;
+        }
+        if (p === null) {
+          hint = null;
+          if (count >= maxPropertiesPerDevice) continue;
+          // A copy: a caller that mutates and re-sends the same object must not look unchanged.
+          p = { key, value: cloneJson(value), sameCount: 1, since: now, stuck: false, n: 0, mean: 0, variance: 0, next: null };
+          if (last === null) d.properties = p;
+          else last.next = p;
+          if (typeof value === "number") this.learn(p, value);
+          continue;
+        }
       }
-      if (p === null) {
-        if (count >= maxPropertiesPerDevice) continue;
-        // A copy: a caller that mutates and re-sends the same object must not look unchanged.
-        p = { key, value: cloneJson(value), sameCount: 1, since: now, stuck: false, n: 0, mean: 0, variance: 0, next: null };
-        if (last === null) d.properties = p;
-        else last.next = p;
-        if (typeof value === "number") this.learn(p, value);
-        continue;
-      }
+      hint = p.next;
       if (stuck.enabled && (!stuck.numericOnly || typeof value === "number")) this.checkStuck(deviceId, key, p, value, now);
       if (outlier.enabled && typeof value === "number") this.checkOutlier(deviceId, key, p, value);
     }
