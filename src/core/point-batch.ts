@@ -1,8 +1,11 @@
 import type { PointRow, PointValue } from "./ports/store";
 
+/** In `others`: the point's value is the number in `nums` (a caller's null or NaN stays what it was, and is refused). */
+const NUMBER = Symbol("number");
+
 /**
  * Telemetry points in columns: per point a device id, a key, a time, and a number (NaN for a
- * value that is not one, which is then in `others`; null there for a number). What the
+ * value that is not one, which is then in `others`; `NUMBER` there for a number). What the
  * write-behind queue hands a store. Points are checked by the store that writes them
  * (`checkPoint`), so a batch may hold anything a caller sent: `PointBatch.of` takes rows as they
  * are.
@@ -55,7 +58,7 @@ export class PointBatch {
 
   value(i: number): PointValue {
     const other = this.others[i];
-    return (other === null ? this.nums[i] : other) as PointValue;
+    return (other === NUMBER ? this.nums[i] : other) as PointValue;
   }
 
   row(i: number): PointRow {
@@ -100,7 +103,7 @@ export class PointBatch {
     this.times[i] = typeof ts === "number" ? ts : Number.NaN;
     if (typeof value === "number") {
       this.nums[i] = value;
-      this.others[i] = null;
+      this.others[i] = NUMBER;
     } else {
       this.nums[i] = Number.NaN;
       this.others[i] = value;
@@ -158,7 +161,7 @@ export class PointBuffer {
     this.times[i] = ts;
     if (typeof value === "number") {
       this.nums[i] = value;
-      this.others[i] = null;
+      this.others[i] = NUMBER;
     } else {
       this.nums[i] = Number.NaN;
       this.others[i] = value;

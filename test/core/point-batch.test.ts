@@ -122,8 +122,12 @@ describe("the write-behind queue's telemetry points (PointBuffer)", () => {
     const batch = PointBatch.of([
       { deviceId: "d1", key: "t", ts: "5" as never, value: 1 },
       { deviceId: "d1", key: "t", ts: 6, value: { nested: true } as never },
+      { deviceId: "d1", key: "t", ts: 7, value: null as never },
+      { deviceId: "d1", key: "t", ts: 8, value: Number.NaN },
     ]);
     assert.ok(Number.isNaN(batch.times[0]!), "a text time is not read as a number");
     assert.deepEqual(batch.value(1), { nested: true });
+    assert.equal(batch.value(2), null);
+    assert.ok(Number.isNaN(batch.value(3) as number));
   });
 });
