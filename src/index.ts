@@ -4,6 +4,7 @@ export { SqliteStore, type SqliteStoreOptions } from "./store/sqlite";
 export { PostgresStore, type PostgresStoreOptions } from "./store/postgres";
 export { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceOptions, type PersistenceStatistics } from "./core/write-behind";
 export type * from "./core/ports/store";
+export { PointBatch } from "./core/point-batch";
 export { LATEST_SCHEMA_VERSION } from "./store/migrations";
 export { MqttAdapter, type MqttAdapterOptions } from "./protocols/mqtt";
 export { CoapAdapter, type CoapAdapterOptions } from "./protocols/coap";

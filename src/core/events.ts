@@ -129,14 +129,22 @@ export class EventBus {
     const kept = !this.transient.has(type);
     if (kept) this.record(event, expiresAt);
     const exact = this.exactAny.get(type);
-    const scoped = event.deviceId !== null ? this.byDevice.get(event.deviceId) : undefined;
-    // No one to offer it to (history alone, the usual case of a hub without flows listening).
-    if (exact === undefined && this.patternAny.length === 0 && scoped === undefined) return event;
+    // No one to offer it to (history alone, the usual case of a hub without flows listening):
+    // no delivery envelope. A transient event still carries its report, as returned.
+    if (exact === undefined && this.patternAny.length === 0 && (event.deviceId === null || !this.byDevice.has(event.deviceId))) {
+      if (!kept && report !== undefined) withReport(event, report);
+      return event;
+    }
     // The report is for this process's subscribers: what history keeps and the store writes goes without it.
-    const env: Envelope = { event: report === undefined ? event : withReport(kept ? { ...event } : event, report), rank: PRIORITY_RANK[priority], expiresAt, seq };
+    const delivered = report === undefined ? event : withReport(kept ? { ...event } : event, report);
+    const env: Envelope = { event: delivered, rank: PRIORITY_RANK[priority], expiresAt, seq };
     if (exact) for (const sub of exact) this.offer(sub, env);
     if (this.patternAny.length > 0) for (const sub of this.patternAny) if (sub.matchType(type)) this.offer(sub, env);
-    if (scoped) for (const sub of scoped) if (sub.matchType(type)) this.offer(sub, env);
+    // Read after the others were offered it: a handler may have subscribed to the device meanwhile.
+    if (event.deviceId !== null) {
+      const scoped = this.byDevice.get(event.deviceId);
+      if (scoped) for (const sub of scoped) if (sub.matchType(type)) this.offer(sub, env);
+    }
     return event;
   }
 

@@ -38,24 +38,6 @@ export class PointBatch {
     return out;
   }
 
-  /** The points of `parts`, one after another. */
-  static concat(parts: readonly PointBatch[]): PointBatch {
-    const n = parts.reduce((sum, p) => sum + p.length, 0);
-    const out = new PointBatch(new Array<string>(n), new Array<string>(n), new Float64Array(n), new Float64Array(n), new Array<unknown>(n));
-    let at = 0;
-    for (const p of parts) {
-      for (let i = 0; i < p.length; i++) {
-        out.deviceIds[at + i] = p.deviceIds[i]!;
-        out.keys[at + i] = p.keys[i]!;
-        out.others[at + i] = p.others[i];
-      }
-      out.times.set(p.times.subarray(0, p.length), at);
-      out.nums.set(p.nums.subarray(0, p.length), at);
-      at += p.length;
-    }
-    return out;
-  }
-
   value(i: number): PointValue {
     const other = this.others[i];
     return (other === NUMBER ? this.nums[i] : other) as PointValue;
@@ -140,13 +122,16 @@ export class PointBuffer {
   private lent: PointBatch | null = null;
   private spare: PointBatch | null = null;
 
-  /** `minSlots`: the slots it starts with and never shrinks below. */
-  constructor(private readonly minSlots = MIN_SLOTS) {
-    this.deviceIds = new Array<string>(minSlots).fill("");
-    this.keys = new Array<string>(minSlots).fill("");
-    this.times = new Float64Array(minSlots);
-    this.nums = new Float64Array(minSlots);
-    this.others = new Array<unknown>(minSlots).fill(null);
+  /** The slots it starts with and never shrinks below. */
+  private readonly minSlots: number;
+
+  constructor(minSlots = MIN_SLOTS) {
+    this.minSlots = Math.max(1, Math.floor(minSlots));
+    this.deviceIds = new Array<string>(this.minSlots).fill("");
+    this.keys = new Array<string>(this.minSlots).fill("");
+    this.times = new Float64Array(this.minSlots);
+    this.nums = new Float64Array(this.minSlots);
+    this.others = new Array<unknown>(this.minSlots).fill(null);
   }
 
   get length(): number {
@@ -246,8 +231,9 @@ export class PointBuffer {
   /** Takes every point of `deviceId` off the buffer (the others keep their order). */
   extract(deviceId: string): PointBatch {
     // One pass to look; the buffer is rebuilt only when the device has points in it.
-    const first = this.deviceIds.indexOf(deviceId, this.head);
-    if (first === -1 || first >= this.tail) return PointBatch.empty();
+    let found = false;
+    for (let i = this.head; i < this.tail && !found; i++) found = this.deviceIds[i] === deviceId;
+    if (!found) return PointBatch.empty();
     const all = this.take(this.length);
     const mine: number[] = [];
     for (let i = 0; i < all.length; i++) {
@@ -271,7 +257,7 @@ export class PointBuffer {
       this.tail = used;
       return;
     }
-    this.resize(this.times.length * 2);
+    this.resize(Math.max(16, this.times.length * 2));
   }
 
   /** Once every 64 emptyings: halves the slots while the most that waited used under a quarter. */

@@ -305,7 +305,13 @@ export class Persistence {
 
   /** The next transaction's rows: presence and state read from memory now, the rest as queued. */
   private take(): WriteBatch {
-    const batch = this.queue.take(this.options.maxTransactionRows, this.options.maxTransactionPoints, this.host);
+    let batch = this.queue.take(this.options.maxTransactionRows, this.options.maxTransactionPoints, this.host);
+    if (!this.store.pointColumns && batch.points !== undefined) {
+      // A store of the caller's own gets rows it may keep; the columns go back at once.
+      const rows = PointBatch.of(batch.points).rows();
+      this.queue.recycle(batch);
+      batch = { ...batch, points: rows };
+    }
     // The valve reads what waits behind the batch being written: the devices fill the next
     // batch while this one is written, instead of waiting for it (double buffering).
     if (this.intake !== null && !this.isDegraded) this.intake.backlog(this.queue.backlog);

@@ -125,6 +125,8 @@ async function writeHistoryByCopy(c: pg.ClientBase, history: unknown[][][]): Pro
  * members follow (see postgres-cluster.ts and postgres-cluster-store.ts).
  */
 export class PostgresStore implements Store, ClusterStore {
+  /** Points come in columns (see `Store.pointColumns`): both encodings read them where they are. */
+  readonly pointColumns = true;
   readonly kind = "postgres" as const;
   readonly description: string;
   private readonly connection: pg.PoolConfig;

@@ -92,6 +92,8 @@ export interface SqliteStoreOptions {
  * after the calls made in the same run of this thread.
  */
 export class SqliteStore implements Store {
+  /** Points come in columns (see `Store.pointColumns`): both encodings read them where they are. */
+  readonly pointColumns = true;
   readonly kind = "sqlite" as const;
   readonly description: string;
   private readonly path: string;

@@ -203,9 +203,33 @@ describe("EventBus", () => {
       assert.equal((recorded[0] as { report?: unknown }).report, undefined, "the store never sees it");
       assert.equal((bus.query()[0] as { report?: unknown }).report, undefined, "nor the history");
     });
+
+    it("returns a transient event with its report, whether or not anyone subscribes", () => {
+      const { bus } = setup();
+      const report = { status: null, properties: { t: 1 } };
+      const data = { kind: "telemetry" as const, protocol: "mqtt", data: { t: 1 }, retained: false };
+      const reportOf = (e: object) => (e as { report?: unknown }).report;
+      assert.deepEqual(reportOf(bus.publish("message.received", data, { deviceId: "d1", report })), report, "no subscriber");
+      bus.subscribe("message.received", () => undefined);
+      assert.deepEqual(reportOf(bus.publish("message.received", data, { deviceId: "d1", report })), report, "a subscriber");
+    });
   });
 
   describe("subscription type patterns", () => {
+    it("a device's subscriber that a handler adds while an event is offered gets that event too", () => {
+      const { bus } = setup();
+      const got: number[] = [];
+      let added = false;
+      bus.subscribe("custom.x", () => {
+        if (added) return;
+        added = true;
+        bus.subscribe({ types: "custom.*", deviceId: "d1" }, (e) => void got.push((e.data as { n: number }).n));
+      });
+      bus.publishCustom("custom.x", { n: 1 }, { deviceId: "d1" });
+      bus.publishCustom("custom.x", { n: 2 }, { deviceId: "d1" });
+      assert.deepEqual(got, [1, 2]);
+    });
+
     it("an exact pattern matches only that type", () => {
       const { bus } = setup();
       const r = record(bus, { types: "device.online" });

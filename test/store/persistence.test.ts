@@ -344,4 +344,29 @@ describe("Hub persistence (SQLite file)", () => {
     assert.deepEqual(left.map((e) => (e.data as { i: unknown }).i), ["fresh"]);
     assert.equal(hub.statistics().store!.purged.events >= 35, true);
   });
+
+  it("gives a store of the caller's own its points as rows it may keep; the built-in stores take the queue's columns", async () => {
+    const inner = new SqliteStore({ path: file });
+    const custom = new WrappedStore(inner);
+    Object.defineProperty(custom, "pointColumns", { value: undefined });
+    const kept: unknown[] = [];
+    const write = custom.writeBatch;
+    custom.writeBatch = async (batch) => {
+      kept.push(batch.points);
+      await write(batch);
+    };
+    const clock = new ManualClock();
+    const hub = await open({ clock }, custom);
+    await hub.registerDevice({ id: "m1", protocol: "mqtt" });
+    for (let i = 0; i < 3; i++) {
+      hub.ingest("m1", { kind: "telemetry", data: { t: i, mode: `m${i}` } });
+      clock.advance(1000);
+      await hub.flush();
+    }
+    const batches = kept.filter((p) => Array.isArray(p) && p.length > 0) as { key: string; value: unknown }[][];
+    assert.equal(batches.length, 3, "every batch's points came as an array of rows");
+    // Later batches did not change what an earlier one handed over.
+    assert.deepEqual(batches.map((rows) => rows.map((r) => `${r.key}=${String(r.value)}`)), [["t=0", "mode=m0"], ["t=1", "mode=m1"], ["t=2", "mode=m2"]]);
+    assert.equal(inner.pointColumns, true);
+  });
 });

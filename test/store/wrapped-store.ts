@@ -1,4 +1,5 @@
 import { TethralError } from "../../src/core/errors";
+import { PointBatch } from "../../src/core/point-batch";
 import type { Store, WriteBatch } from "../../src/core/ports/store";
 
 /**
@@ -21,6 +22,10 @@ export class WrappedStore implements Store {
 
   get kind() {
     return this.inner.kind;
+  }
+  /** As the store behind: the write-behind queue's columns reach it through this one. */
+  get pointColumns() {
+    return this.inner.pointColumns;
   }
   get description() {
     return this.inner.description;
@@ -48,7 +53,8 @@ export class WrappedStore implements Store {
       await this.gate(async () => {
         if (this.refuse?.(batch)) throw new TethralError("INVALID", "a row the database cannot take");
         await this.inner.writeBatch(batch);
-        this.batches.push(batch);
+        // Kept past the write: a copy, since the queue uses the points' columns again.
+        this.batches.push({ ...batch, ...(batch.points && { points: PointBatch.of(batch.points).rows() }) });
       });
     } finally {
       this.inFlight--;

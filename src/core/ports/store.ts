@@ -177,12 +177,15 @@ export interface Store {
   deleteDevice(id: string): Promise<void>;
   /** Writes a state unless the stored one has a higher `rev`. */
   upsertState(row: StateRow): Promise<void>;
-  /**
-   * Presence, states, history, events and points in one transaction, with multi-row statements.
-   * The batch is the store's only until the promise settles: the write-behind queue then uses
-   * the points' columns again, so a store keeps nothing of them.
-   */
+  /** Presence, states, history, events and points in one transaction, with multi-row statements. */
   writeBatch(batch: WriteBatch): Promise<void>;
+  /**
+   * True when `writeBatch` takes a batch's points as the write-behind queue keeps them, a
+   * `PointBatch` whose columns the queue uses again once the promise settles (so the store
+   * keeps nothing of them): the built-in stores. A store without it gets the points as rows of
+   * its own.
+   */
+  readonly pointColumns?: boolean;
 
   loadDevices(): Promise<DeviceRow[]>;
   loadStates(): Promise<StateRow[]>;
