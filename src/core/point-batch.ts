@@ -83,13 +83,18 @@ export class PointBatch {
     this.keys[i] = key;
     // A time that is not a number stays one the store refuses (a typed array would convert "5").
     this.times[i] = typeof ts === "number" ? ts : Number.NaN;
-    if (typeof value === "number") {
-      this.nums[i] = value;
-      this.others[i] = NUMBER;
-    } else {
-      this.nums[i] = Number.NaN;
-      this.others[i] = value;
-    }
+    putValue(this.nums, this.others, i, value);
+  }
+}
+
+/** A point's value at `i`: a number in `nums` (`NUMBER` in `others`), else NaN there and the value in `others`. */
+function putValue(nums: Float64Array, others: unknown[], i: number, value: unknown): void {
+  if (typeof value === "number") {
+    nums[i] = value;
+    others[i] = NUMBER;
+  } else {
+    nums[i] = Number.NaN;
+    others[i] = value;
   }
 }
 
@@ -144,13 +149,7 @@ export class PointBuffer {
     this.deviceIds[i] = deviceId;
     this.keys[i] = key;
     this.times[i] = ts;
-    if (typeof value === "number") {
-      this.nums[i] = value;
-      this.others[i] = NUMBER;
-    } else {
-      this.nums[i] = Number.NaN;
-      this.others[i] = value;
-    }
+    putValue(this.nums, this.others, i, value);
     if (this.tail - this.head > this.peak) this.peak = this.tail - this.head;
   }
 
