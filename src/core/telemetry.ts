@@ -66,7 +66,9 @@ export class TimeSeries {
 
   /** CONTRACT §7: raw points or buckets of a device's series. */
   async query(deviceId: string, input: TelemetryQueryInput): Promise<TelemetryAnswer> {
-    const now = this.clock.now();
+    // A device's points get strictly increasing times: a burst of more than one report a
+    // millisecond is stamped a few ms ahead of the clock. A query's default end covers them.
+    const now = Math.max(this.clock.now(), this.registry.record(deviceId)?.state?.pointTs ?? 0);
     const q = parseTelemetryQuery(input, now);
     if (!this.registry.has(deviceId)) throw notFound("device", deviceId);
     const store = await this.readable();

@@ -100,6 +100,17 @@ describe("telemetry series in a hub with a store (SQLite file)", () => {
     return hub;
   }
 
+  it("a query with no end sees the points of a burst stamped ahead of the clock (one a millisecond)", async () => {
+    const clock = new ManualClock(T0);
+    const hub = await open({ clock });
+    for (let step = 1; step <= 5; step++) hub.ingest("d1", { kind: "telemetry", data: { step } });
+    const answer = await hub.telemetry("d1", { keys: "step" });
+    assert.deepEqual(answer.series.step!.map((p) => p.value), [1, 2, 3, 4, 5]);
+    assert.equal(answer.to, new Date(T0 + 4).toISOString(), "its end is the newest point's time");
+    const until = await hub.telemetry("d1", { keys: "step", to: T0 + 1 });
+    assert.deepEqual(until.series.step!.map((p) => p.value), [1, 2], "an end given is kept");
+  });
+
   it("keeps numbers, booleans and short strings as points, at strictly increasing times per device; nested objects and long strings are not series", async () => {
     const clock = new ManualClock(T0);
     const hub = await open({ clock });
