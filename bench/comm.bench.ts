@@ -108,6 +108,21 @@ async function bare(url: string, root: string, deviceList: Array<{ id: string; t
   return r;
 }
 
+/**
+ * A full collection between the baseline and the hub, so that each is measured on the heap it
+ * made. The baseline's subscriber (and the embedded broker's queue for it, which holds what the
+ * subscriber has not read yet: 150 MB live at its peak) leave about 290 MB of dead objects in
+ * the old generation, which V8 would collect only later, during the hub's run. Each scavenge
+ * visits every old-generation page, so the hub's command round trips paid for the baseline's
+ * garbage: 6–9 ms scavenges with it, 3–5 ms without, measured on 2026-12-05. The hub's own
+ * garbage (its ingest run's) stays for its command run. Needs --expose-gc (npm run bench:comm has it).
+ */
+function collectBaselineGarbage(): void {
+  const gc = (globalThis as { gc?: () => void }).gc;
+  if (!gc) throw new Error("bench:comm needs node --expose-gc (npm run bench:comm passes it)");
+  gc();
+}
+
 async function throughHub(hub: Hub, url: string, root: string, withTokens: boolean) {
   const deviceList: Array<{ id: string; token: string | null }> = [];
   for (const id of ids) {
@@ -193,6 +208,7 @@ async function embedded(dir: string): Promise<Result> {
   const url = `mqtt://127.0.0.1:${broker.port}`;
   const b = await bare(url, "tethral", ids.map((id) => ({ id, token: "any-token-accepted" })), { username: "bench", password: "bench-password-1234" });
   await broker.stop();
+  collectBaselineGarbage();
 
   const adapter = new MqttAdapter({ port: 0 });
   const hub = new Hub({ store: new SqliteStore({ path: join(dir, "embedded.sqlite") }), protocols: [adapter], onWarning: (m) => console.warn(m) });
@@ -205,6 +221,7 @@ async function embedded(dir: string): Promise<Result> {
 async function mosquitto(url: string, dir: string, file = "mosquitto.sqlite"): Promise<Result> {
   const root = `tethral-bench-${process.pid}-${Date.now()}`;
   const b = await bare(url, root, ids.map((id) => ({ id, token: null })), {});
+  collectBaselineGarbage();
   const hub = new Hub({
     store: new SqliteStore({ path: join(dir, file) }),
     protocols: [new MqttAdapter({ url, root })],
