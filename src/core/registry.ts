@@ -191,28 +191,48 @@ export class DeviceRegistry {
   }
 
   /**
-   * Adds a record without validation or events. For the engine's own bulk paths (loading a
-   * store, benchmarks) whose input was validated when it was first registered.
+   * Adds a record without validation or events. For the engine's own bulk paths (benchmarks,
+   * tests) whose input was validated when it was first registered.
    */
   insert(data: DeviceInput, now: number, restored?: { status: DeviceStatus; lastSeen: number; createdAt: number; updatedAt: number }): DeviceRecord {
-    const id = data.id;
+    const metadata = data.metadata && !isEmptyObject(data.metadata) ? cloneJson(data.metadata) : undefined;
+    return this.add(data.id, data.name ?? data.id, data.protocol, data.address, data.manufacturer, data.model, data.firmware, data.capabilities, data.tags,
+      data.heartbeatTimeout, metadata, restored?.status ?? "unknown", restored?.lastSeen ?? 0, restored?.createdAt ?? now, restored?.updatedAt ?? now);
+  }
+
+  /**
+   * Adds a device as the store holds it (loading the fleet, a cluster member following another's
+   * change), without validation or events: it was validated when it was registered. The row is
+   * the registry's from now on: its metadata and lists are kept, not copied.
+   */
+  restore(row: DeviceRow): DeviceRecord {
+    const metadata = row.metadata && !isEmptyObject(row.metadata) ? row.metadata : undefined;
+    return this.add(row.id, row.name, row.protocol, row.address ?? undefined, row.manufacturer ?? undefined, row.model ?? undefined, row.firmware ?? undefined,
+      row.capabilities, row.tags, row.heartbeatTimeout ?? undefined, metadata, row.status, row.lastSeen, row.createdAt, row.updatedAt);
+  }
+
+  private add(
+    id: string, name: string, protocol: string, address: string | undefined, manufacturer: string | undefined, model: string | undefined,
+    firmware: string | undefined, capabilities: string[] | undefined, tags: string[] | undefined, heartbeatTimeout: number | undefined,
+    metadata: JsonObject | undefined, status: DeviceStatus, lastSeen: number, createdAt: number, updatedAt: number,
+  ): DeviceRecord {
     const record: DeviceRecord = {
       id,
       seq: this.seq++,
-      name: data.name ?? id,
-      protocol: data.protocol,
-      address: data.address,
-      manufacturer: data.manufacturer,
-      model: this.interner.string(data.model),
-      firmware: this.interner.string(data.firmware),
+      name,
+      protocol,
+      address,
+      manufacturer,
+      model: this.interner.string(model),
+      firmware: this.interner.string(firmware),
       capabilities: EMPTY,
       tags: EMPTY,
-      heartbeatTimeout: data.heartbeatTimeout,
-      metadata: data.metadata && !isEmptyObject(data.metadata) ? cloneJson(data.metadata) : undefined,
-      status: restored?.status ?? "unknown",
-      lastSeen: restored?.lastSeen ?? 0,
-      createdAt: restored?.createdAt ?? now,
-      updatedAt: restored?.updatedAt ?? now,
+      heartbeatTimeout,
+      metadata,
+      status,
+      lastSeen,
+      createdAt,
+      updatedAt,
       heartbeat: undefined,
       state: undefined,
       tokenHash: undefined,
@@ -229,11 +249,11 @@ export class DeviceRegistry {
       tagPrev: null,
       tagNext: null,
     };
-    record.protocol = this.byProtocol.add(record.protocol, record);
-    if (record.manufacturer !== undefined) record.manufacturer = this.byManufacturer.add(record.manufacturer, record);
-    record.capabilities = this.indexList(this.byCapability, data.capabilities, record);
-    record.tags = this.indexList(this.byTag, data.tags, record);
-    this.byStatus.add(record.status, record);
+    record.protocol = this.byProtocol.add(protocol, record);
+    if (manufacturer !== undefined) record.manufacturer = this.byManufacturer.add(manufacturer, record);
+    record.capabilities = this.indexList(this.byCapability, capabilities, record);
+    record.tags = this.indexList(this.byTag, tags, record);
+    this.byStatus.add(status, record);
     this.records.set(id, record);
     return record;
   }

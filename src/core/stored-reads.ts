@@ -5,7 +5,7 @@ import type { Store } from "./ports/store";
 import type { Presence } from "./presence";
 import type { DeviceRegistry } from "./registry";
 import type { StateManager } from "./state";
-import { eventOf, eventQueryOf, historyEntry, inputOf } from "./stored-rows";
+import { eventOf, eventQueryOf, historyEntry } from "./stored-rows";
 import type { StateHistoryEntry, TethralEvent } from "./types";
 import type { Persistence, PersistenceHost } from "./write-behind";
 
@@ -29,13 +29,11 @@ export function storeHost(
 }
 
 /** Fills the registry, the states and presence from the store at start. */
-export async function loadFleet(store: Store, registry: DeviceRegistry, state: StateManager, presence: Presence, now: number, restorePresence = true): Promise<void> {
+export async function loadFleet(store: Store, registry: DeviceRegistry, state: StateManager, presence: Presence, restorePresence = true): Promise<void> {
   const [devices, states] = await Promise.all([store.loadDevices(), store.loadStates()]);
   // Registration order survives a restart: it is the default order of every listing.
   devices.sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
-  for (const row of devices) {
-    registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
-  }
+  for (const row of devices) registry.restore(row);
   for (const row of states) if (registry.has(row.deviceId)) state.restore(row.deviceId, row);
   if (restorePresence) presence.restore(devices);
 }

@@ -7,23 +7,6 @@ import type { EventQuery, EventRow } from "./ports/store";
 
 /** Conversions between the store's rows and queries and the engine's own shapes. */
 
-/** A stored row as registration input (it was validated when first registered). */
-export function inputOf(row: DeviceRow) {
-  return {
-    id: row.id,
-    name: row.name,
-    protocol: row.protocol,
-    address: row.address ?? undefined,
-    manufacturer: row.manufacturer ?? undefined,
-    model: row.model ?? undefined,
-    firmware: row.firmware ?? undefined,
-    capabilities: row.capabilities,
-    tags: row.tags,
-    heartbeatTimeout: row.heartbeatTimeout ?? undefined,
-    metadata: row.metadata,
-  };
-}
-
 /** The patch that puts a device's writable fields back as they were in `row`. */
 export function patchOf(row: DeviceRow): Record<string, unknown> {
   return {

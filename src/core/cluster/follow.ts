@@ -1,5 +1,4 @@
 import type { FleetChanges } from "../ports/cluster";
-import { inputOf } from "../stored-rows";
 import type { DeviceRecord, DeviceRegistry } from "../registry";
 import type { DeviceStatus } from "../types";
 import type { MemberHost } from "./member";
@@ -21,12 +20,11 @@ function follow(record: DeviceRecord, row: { status: string; lastSeen: number; l
 
 export function applyChanges(host: MemberHost, owns: (deviceId: string) => boolean, changes: FleetChanges, lastMessages: Map<string, number>): void {
   const { registry, state, tokens, presence } = host;
-  const now = host.clock.now();
   for (const row of changes.devices) {
     if (owns(row.id)) continue;
     const record = registry.record(row.id);
     if (!record) {
-      registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
+      registry.restore(row);
       if (row.lastMessage) lastMessages.set(row.id, row.lastMessage);
       continue;
     }
@@ -36,7 +34,7 @@ export function applyChanges(host: MemberHost, owns: (deviceId: string) => boole
       const kept = record.state;
       const tokenHash = record.tokenHash;
       registry.remove(row.id, { silent: true });
-      const fresh = registry.insert(inputOf(row), now, { status: row.status, lastSeen: row.lastSeen, createdAt: row.createdAt, updatedAt: row.updatedAt });
+      const fresh = registry.restore(row);
       fresh.state = kept;
       fresh.tokenHash = tokenHash;
       if (row.lastMessage) lastMessages.set(row.id, row.lastMessage);
