@@ -449,6 +449,19 @@ export const MIGRATIONS: readonly Migration[] = [
     sqlite: [],
     postgres: SERIES_TABLES.map((t) => `ALTER TABLE ${t}_v6 RENAME TO ${t}`),
   },
+  {
+    version: 9,
+    name: "PostgreSQL 1-hour roll-ups: an index that holds what numeric aggregates read",
+    // SQLite keeps a table WITHOUT ROWID in its primary key's order, so a series' buckets lie
+    // together. A PostgreSQL heap keeps rows as they came, every series' hour beside the
+    // others': a year of one series' hours was 8,760 rows on about 4,000 pages. With count, sum,
+    // min and max in an index in (series, bucket) order, a query of avg, sum, min, max or count
+    // reads them from a few dozen index pages instead (an index-only scan, for the pages vacuum
+    // has marked all-visible). First and last still read the table. The 1-minute roll-ups get
+    // none: their rows are 60 times as many, and they serve spans short enough to read.
+    sqlite: [],
+    postgres: [`CREATE INDEX IF NOT EXISTS ts_rollup_1h_values ON ts_rollup_1h (series_id, bucket) INCLUDE (n, nn, sum_v, min_v, max_v)`],
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -1,5 +1,5 @@
 import type pg from "pg";
-import type { Aggregate, BucketQuery, PointQuery, RetentionPolicy, SeriesPoint } from "../core/ports/store";
+import type { Aggregate, BucketQuery, PointQuery, Resolution, RetentionPolicy, SeriesPoint } from "../core/ports/store";
 import type { PointBatch } from "../core/point-batch";
 import { copyLines, copyValue, UNIQUE_VIOLATION } from "./postgres-copy";
 import { text } from "./postgres-sql";
@@ -133,6 +133,21 @@ const AGG_ROLLUP: Record<Aggregate, string> = {
 };
 type Row = Record<string, unknown>;
 const NUMERIC: ReadonlySet<Aggregate> = new Set(["avg", "sum", "min", "max"]);
+
+/**
+ * A bucket query's statement: `$1` device, `$2` key id, `$3` bucket width (ms), `$4`–`$5` the
+ * range of bucket starts (end excluded), `$6` the limit.
+ */
+export function bucketsSql(source: Resolution, agg: Aggregate): string {
+  const raw = source === "raw";
+  const col = raw ? "ts" : "bucket";
+  const table = raw ? "ts_points" : ROLLUP_TABLES[source as "1m" | "1h"];
+  const having = NUMERIC.has(agg) ? (raw ? " HAVING count(num) > 0" : " HAVING sum(nn) > 0") : "";
+  return (
+    `SELECT ${col} - ${col} % $3::bigint AS b, ${(raw ? AGG_RAW : AGG_ROLLUP)[agg]} FROM ${table} ` +
+    `WHERE series_id = ${SERIES_ID} AND ${col} >= $4 AND ${col} < $5 GROUP BY 1${having} ORDER BY 1 LIMIT $6`
+  );
+}
 
 const DEVICE_SERIES = deviceSeriesSql("$1");
 /** A device's series and their rows, for deleteDevice (in its transaction, the series last). */
@@ -321,16 +336,7 @@ export class PostgresSeries {
     const { start, end, interval } = bucketRange(q);
     const keyId = await this.knownKey(db, q.key);
     if (keyId === undefined || !(q.limit > 0)) return [];
-    const raw = q.source === "raw";
-    const col = raw ? "ts" : "bucket";
-    const table = raw ? "ts_points" : ROLLUP_TABLES[q.source as "1m" | "1h"];
-    const having = NUMERIC.has(q.agg) ? (raw ? " HAVING count(num) > 0" : " HAVING sum(nn) > 0") : "";
-    const { rows } = await db.query({
-      text:
-        `SELECT ${col} - ${col} % $3::bigint AS b, ${(raw ? AGG_RAW : AGG_ROLLUP)[q.agg]} FROM ${table} ` +
-        `WHERE series_id = ${SERIES_ID} AND ${col} >= $4 AND ${col} < $5 GROUP BY 1${having} ORDER BY 1 LIMIT $6`,
-      values: [q.deviceId, keyId, interval, start, end, Math.floor(q.limit)],
-    });
+    const { rows } = await db.query({ text: bucketsSql(q.source, q.agg), values: [q.deviceId, keyId, interval, start, end, Math.floor(q.limit)] });
     return (rows as Row[]).map((r) => bucketPoint(r.b, r.num, r.val));
   }
 

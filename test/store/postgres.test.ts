@@ -4,6 +4,7 @@ import pg from "pg";
 import { isTethralError, type TethralError } from "../../src/core/errors";
 import { LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE, newerSchemaMessage } from "../../src/store/migrations";
 import { connectionSettings, PostgresStore, type PostgresStoreOptions } from "../../src/store/postgres";
+import { bucketsSql } from "../../src/store/postgres-series";
 import type { EventRow, HistoryRow, WriteBatch } from "../../src/core/ports/store";
 import { describeStoreContract } from "./contract";
 import { assertMigratedSeries, commandRow, deviceRow, eventRow, historyRow, stateRow, T0 } from "./fixtures";
@@ -202,6 +203,39 @@ describe("PostgresStore", function () {
           { id: 4, device_id: "d3", key_id: 1 }, { id: 5, device_id: "d1", key_id: 3 },
         ]);
         await store.close();
+      });
+
+      it("reads numeric aggregates of the 1-hour roll-ups from their index, not their table (an index-only scan)", async function () {
+        // Six series written hour by hour, as a fleet's points come: in the table, each series'
+        // rows lie among the others', a year of one series on thousands of pages.
+        const HOUR = 3_600_000;
+        const hours = 60 * 24;
+        const store = make();
+        await store.open();
+        for (const id of ["d1", "d2"]) await store.upsertDevice(deviceRow(id));
+        const keys = ["temperature", "humidity", "power"];
+        for (let h0 = 0; h0 < hours; h0 += 300) {
+          const points = [];
+          for (let h = h0; h < Math.min(hours, h0 + 300); h++) {
+            for (const deviceId of ["d1", "d2"]) for (const key of keys) points.push({ deviceId, key, ts: T0 + h * HOUR, value: h % 10 });
+          }
+          await store.writeBatch({ ...EMPTY_BATCH, points });
+        }
+        // The first whole day: the mean of its 24 hourly values.
+        const dayStart = T0 - (T0 % (24 * HOUR)) + 24 * HOUR;
+        const first = (dayStart - T0) / HOUR;
+        const mean = Array.from({ length: 24 }, (_, i) => (first + i) % 10).reduce((a, b) => a + b) / 24;
+        const day = await store.buckets({ deviceId: "d1", key: "power", from: dayStart, to: dayStart + 24 * HOUR - 1, limit: 10, source: "1h", intervalMs: 24 * HOUR, agg: "avg" });
+        assert.deepEqual(day, [{ ts: dayStart, value: mean }]);
+        await store.close();
+        // Vacuum marks the pages all-visible (autovacuum does it in time on a live database).
+        await db.sql("VACUUM ANALYZE ts_rollup_1h");
+        const [key] = await db.sql("SELECT id FROM ts_keys WHERE name = 'power'");
+        for (const agg of ["avg", "sum", "min", "max", "count"] as const) {
+          const plan = JSON.stringify(await db.sql(`EXPLAIN (FORMAT JSON) ${bucketsSql("1h", agg)}`, ["d1", key!.id, 24 * HOUR, T0, T0 + hours * HOUR, 10_000]));
+          assert.match(plan, /"Index Only Scan"/, `${agg}: ${plan}`);
+          assert.match(plan, /"ts_rollup_1h_values"/, `${agg}: ${plan}`);
+        }
       });
 
       it("a device removed and registered again by another process gets new series, and this one's later points land in them", async function () {
