@@ -22,19 +22,25 @@ export function copyValue(value: unknown): string {
   return s.replace(/[\\\n\r\t]/g, (ch) => (ch === "\\" ? "\\\\" : ch === "\n" ? "\\n" : ch === "\r" ? "\\r" : "\\t"));
 }
 
-/** Runs `COPY … FROM STDIN` (`sql`) on `c` with `lines` (each ending in a newline), sent in pieces of about 64 KiB. */
+/**
+ * Runs `COPY … FROM STDIN` (`sql`) on `c` with `lines` (each ending in a newline), sent in pieces
+ * of about 64 KiB. The pieces are made as the stream asks for them, so the server parses one
+ * while the next is made (on two cores, the two overlap instead of taking turns).
+ */
 export async function copyLines(c: pg.ClientBase, sql: string, lines: Iterable<string>): Promise<void> {
-  const pieces: string[] = [];
+  await pipeline(Readable.from(pieces(lines), { objectMode: false }), c.query(copyFrom(sql)));
+}
+
+function* pieces(lines: Iterable<string>): Generator<string> {
   let text = "";
   for (const line of lines) {
     text += line;
     if (text.length >= COPY_PIECE) {
-      pieces.push(text);
+      yield text;
       text = "";
     }
   }
-  if (text.length > 0) pieces.push(text);
-  await pipeline(Readable.from(pieces), c.query(copyFrom(sql)));
+  if (text.length > 0) yield text;
 }
 
 /**
