@@ -190,20 +190,18 @@ export class DeviceRegistry {
     };
   }
 
-  /**
-   * Adds a record without validation or events. For the engine's own bulk paths (benchmarks,
-   * tests) whose input was validated when it was first registered.
-   */
-  insert(data: DeviceInput, now: number, restored?: { status: DeviceStatus; lastSeen: number; createdAt: number; updatedAt: number }): DeviceRecord {
+  /** Adds a validated registration's record (no events: `register` publishes them). */
+  private insert(data: DeviceInput, now: number): DeviceRecord {
     const metadata = data.metadata && !isEmptyObject(data.metadata) ? cloneJson(data.metadata) : undefined;
     return this.add(data.id, data.name ?? data.id, data.protocol, data.address, data.manufacturer, data.model, data.firmware, data.capabilities, data.tags,
-      data.heartbeatTimeout, metadata, restored?.status ?? "unknown", restored?.lastSeen ?? 0, restored?.createdAt ?? now, restored?.updatedAt ?? now);
+      data.heartbeatTimeout, metadata, "unknown", 0, now, now);
   }
 
   /**
    * Adds a device as the store holds it (loading the fleet, a cluster member following another's
-   * change), without validation or events: it was validated when it was registered. The row is
-   * the registry's from now on: its metadata and lists are kept, not copied.
+   * change), without validation or events: it was validated when it was registered. The row's
+   * metadata object is the registry's from now on (kept, not copied; see `Store.loadDevices`);
+   * its lists are interned, as a registration's are.
    */
   restore(row: DeviceRow): DeviceRecord {
     const metadata = row.metadata && !isEmptyObject(row.metadata) ? row.metadata : undefined;

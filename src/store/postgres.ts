@@ -1,6 +1,6 @@
 import pg from "pg";
 import { TethralError } from "../core/errors";
-import { LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE, newerSchemaMessage, tombstoneMaxAgeMs } from "./migrations";
+import { isCockroachVersion, LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE, newerSchemaMessage, tombstoneMaxAgeMs } from "./migrations";
 import { assertFence, PURGE_TOMBSTONES, TOMBSTONE, type FenceCheck } from "./postgres-cluster";
 import * as cluster from "./postgres-cluster-store";
 import {
@@ -555,14 +555,18 @@ export class PostgresStore implements Store, ClusterStore {
     );
     const found = await this.schemaVersion();
     if (found > LATEST_SCHEMA_VERSION) throw new TethralError("UNAVAILABLE", newerSchemaMessage(found, this.description));
+    if (found === LATEST_SCHEMA_VERSION) return;
+    const { rows } = await this.db.query({ text: "SELECT version() AS v" });
+    const cockroach = isCockroachVersion(String((rows[0] as { v?: unknown } | undefined)?.v ?? ""));
     for (const migration of MIGRATIONS) {
       if (migration.version <= found) continue;
+      const statements = (cockroach && migration.cockroach) || migration.postgres;
       const applied = async (c: Queryable | pg.ClientBase) =>
         (await c.query({ text: `SELECT 1 FROM ${MIGRATIONS_TABLE} WHERE version = $1`, values: [migration.version] })).rows.length > 0;
       try {
         await this.transaction(async (c) => {
           if (await applied(c)) return;
-          for (const sql of migration.postgres) await c.query(sql);
+          for (const sql of statements) await c.query(sql);
           await c.query(
             `INSERT INTO ${MIGRATIONS_TABLE} (version, name, applied_at) VALUES ($1, $2, $3) ON CONFLICT (version) DO NOTHING`,
             [migration.version, migration.name, Date.now()],

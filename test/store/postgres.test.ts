@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import pg from "pg";
 import { isTethralError, type TethralError } from "../../src/core/errors";
-import { LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE, newerSchemaMessage } from "../../src/store/migrations";
+import { isCockroachVersion, LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE, newerSchemaMessage } from "../../src/store/migrations";
 import { connectionSettings, PostgresStore, type PostgresStoreOptions } from "../../src/store/postgres";
 import { bucketsSql } from "../../src/store/postgres-series";
 import type { EventRow, HistoryRow, WriteBatch } from "../../src/core/ports/store";
@@ -203,6 +203,15 @@ describe("PostgresStore", function () {
           { id: 4, device_id: "d3", key_id: 1 }, { id: 5, device_id: "d1", key_id: 3 },
         ]);
         await store.close();
+      });
+
+      it("tells CockroachDB from PostgreSQL by version(), and gives migration 9's index to PostgreSQL only", function () {
+        assert.equal(isCockroachVersion("CockroachDB CCL v23.1.11 (x86_64-pc-linux-gnu, built 2023/09/27 01:53:43, go1.19.10)"), true);
+        assert.equal(isCockroachVersion("PostgreSQL 15.20 (Debian 15.20-0+deb12u1) on x86_64-pc-linux-gnu"), false);
+        assert.equal(isCockroachVersion("PostgreSQL 17.4 on x86_64-pc-linux-gnu (PGlite)"), false);
+        const nine = MIGRATIONS.find((m) => m.version === 9)!;
+        assert.match(nine.postgres.join(";"), /ts_rollup_1h_values/);
+        assert.deepEqual(nine.cockroach, []);
       });
 
       it("reads numeric aggregates of the 1-hour roll-ups from their index, not their table (an index-only scan)", async function () {
