@@ -68,9 +68,10 @@ export class TimeSeries {
   async query(deviceId: string, input: TelemetryQueryInput): Promise<TelemetryAnswer> {
     // A device's points get strictly increasing times: a burst of more than one report a
     // millisecond is stamped a few ms ahead of the clock. A query's default end covers them.
-    const now = Math.max(this.clock.now(), this.registry.record(deviceId)?.state?.pointTs ?? 0);
+    const record = this.registry.record(deviceId);
+    const now = Math.max(this.clock.now(), record?.state?.pointTs ?? 0);
     const q = parseTelemetryQuery(input, now);
-    if (!this.registry.has(deviceId)) throw notFound("device", deviceId);
+    if (!record) throw notFound("device", deviceId);
     const store = await this.readable();
     const keys = q.keys ?? (await store.telemetryKeys(deviceId));
     const source = resolutionFor(q, this.retention(), now);

@@ -560,7 +560,7 @@ export class PostgresStore implements Store, ClusterStore {
     const cockroach = isCockroachVersion(String((rows[0] as { v?: unknown } | undefined)?.v ?? ""));
     for (const migration of MIGRATIONS) {
       if (migration.version <= found) continue;
-      const statements = (cockroach && migration.cockroach) || migration.postgres;
+      const statements = cockroach && migration.cockroach !== undefined ? migration.cockroach : migration.postgres;
       const applied = async (c: Queryable | pg.ClientBase) =>
         (await c.query({ text: `SELECT 1 FROM ${MIGRATIONS_TABLE} WHERE version = $1`, values: [migration.version] })).rows.length > 0;
       try {

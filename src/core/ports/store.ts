@@ -188,9 +188,9 @@ export interface Store {
   readonly pointColumns?: boolean;
 
   /**
-   * Every device, for the hub's start. The rows become the
-   * hub's: it keeps their `metadata` objects, so a store must not change them afterwards (the
-   * built-in stores make fresh rows for each call).
+   * Every device, for the hub's start. The rows become the hub's: it keeps their `metadata`
+   * objects, so a store must not change them afterwards (the built-in stores make fresh rows for
+   * each call).
    */
   loadDevices(): Promise<DeviceRow[]>;
   loadStates(): Promise<StateRow[]>;
