@@ -42,6 +42,18 @@ async function latestExpiry(url: string, member: string): Promise<number> {
   }
 }
 
+/** The epoch of each lease a member holds, by partition, read on a connection of the test's own: a lease lost and claimed again has a new one. */
+async function leaseEpochs(url: string, member: string): Promise<Record<number, number>> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    const { rows } = await client.query<{ part: number; epoch: string }>("SELECT part, epoch FROM cluster_leases WHERE owner = $1 ORDER BY part", [member]);
+    return Object.fromEntries(rows.map((r) => [r.part, Number(r.epoch)]));
+  } finally {
+    await client.end();
+  }
+}
+
 const ownedBy = (m: Member) => m.hub.clusterInfo().members.find((x) => x.id === m.hub.memberId)?.partitions ?? [];
 
 describe("cluster members (engine, one PostgreSQL, an in-process broker)", function () {
@@ -230,5 +242,98 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
     } finally {
       await proxy.close();
     }
+  });
+  /**
+   * Holds back the answer to one of the member's beats: the database has renewed its leases
+   * (nobody else may take them), but the answer comes after the validity of the member's previous
+   * renewal ran out. `inGap` runs in that gap, while the member takes no message as its own; the
+   * answer goes 50 ms later. Resolves once `inGap` has run. Only a beat well after the one before
+   * is held, so that its own renewal outlasts the gap.
+   */
+  async function answerOneBeatLate(m: Member, inGap: () => void): Promise<void> {
+    const beat = m.store.clusterBeat.bind(m.store);
+    let previousStart = 0;
+    let armed = true;
+    const ran = new Promise<void>((resolve, reject) => {
+      const limit = setTimeout(() => reject(new Error(`no beat of ${m.hub.memberId}'s was held back`)), 5_000);
+      m.store.clusterBeat = async (...args: Parameters<PostgresStore["clusterBeat"]>) => {
+        const start = performance.now();
+        const previous = previousStart;
+        const result = await beat(...args);
+        previousStart = start;
+        if (!armed || previous === 0 || start - previous < 200) return result;
+        armed = false;
+        m.store.clusterBeat = beat;
+        await new Promise((r) => setTimeout(r, previous + LEASE_MS + 30 - performance.now()));
+        inGap();
+        clearTimeout(limit);
+        resolve();
+        await new Promise((r) => setTimeout(r, 50));
+        return result;
+      };
+    });
+    await ran;
+  }
+
+  /** A device's values of `key` as applied on member `m` (its stored telemetry), once written. */
+  async function lateValues(m: Member, id: string, key = "late"): Promise<number[]> {
+    await m.hub.flush();
+    return (await m.hub.telemetry(id, { keys: key })).series[key]?.map((p) => p.value as number) ?? [];
+  }
+
+  it("a late renewal keeps the leases: what a lone member held meanwhile is applied in order, and its next beat comes before that renewal runs out", async () => {
+    const [a] = members;
+    await until("A owns every partition", () => ownedBy(a!).length === PARTITIONS);
+    const device = ids.find((id) => !id.endsWith("1"))!;
+    const late = () => (a!.hub.getState(device).properties as { late?: number }).late;
+    const epochs = await leaseEpochs(db.url, "a");
+    assert.equal(Object.keys(epochs).length, PARTITIONS);
+    await answerOneBeatLate(a!, () => {
+      for (const step of [1, 2]) a!.shared.context.receive({ protocol: "mqtt", deviceId: device, kind: "telemetry", payload: Buffer.from(JSON.stringify({ late: step })) });
+      assert.equal(late(), undefined, "A did not take the messages while its lease looked lapsed");
+    });
+    await until("A applied what it held, once the late renewal came", () => late() === 2, 5_000);
+    assert.deepEqual(await lateValues(a!, device), [1, 2], "each held message once, in order");
+    // Alone, A has no other member's lease to wake it sooner: its next beat must come on its own
+    // before the late renewal runs out, or it gives every partition up and claims them again
+    // (a lease claimed again has a new epoch).
+    await new Promise((r) => setTimeout(r, LEASE_MS));
+    assert.equal(ownedBy(a!).length, PARTITIONS);
+    assert.deepEqual(await leaseEpochs(db.url, "a"), epochs, "A kept the same leases: none was lost and claimed again");
+  });
+
+  it("a late renewal keeps the leases: reports another member forwarded meanwhile, and the shared intake's, are applied on the owner once", async () => {
+    const [a] = members;
+    const d = await member("d");
+    await until("D has its share", () => ownedBy(d).length === PARTITIONS / 2 && ownedBy(a!).length === PARTITIONS / 2);
+    const mine = ownedBy(d);
+    const dWs = ids.find((id) => id.endsWith("1") && mine.includes(partitionOf(id, PARTITIONS)))!;
+    const dMqtt = ids.find((id) => !id.endsWith("1") && mine.includes(partitionOf(id, PARTITIONS)))!;
+    assert.ok(dWs && dMqtt, "D owns a WebSocket device and an MQTT one");
+    // The WebSocket device is connected to A: its reports reach D over the link.
+    a!.ws.links.set(dWs, true);
+    a!.ws.context.connected(dWs);
+    const gap = (id: string) => (d.hub.getState(id).properties as { gap?: number }).gap;
+    const epochs = await leaseEpochs(db.url, "d");
+    const applied: string[] = [];
+    for (const m of [a!, d]) {
+      m.hub.subscribe({ types: ["message.received"] }, (e) => {
+        if (e.deviceId === dWs || e.deviceId === dMqtt) applied.push(`${m.hub.memberId} ${e.deviceId}`);
+      });
+    }
+    await answerOneBeatLate(d, () => {
+      for (const step of [1, 2]) {
+        a!.ws.context.receive({ protocol: "websocket", deviceId: dWs, kind: "telemetry", payload: JSON.stringify({ gap: step }), authenticated: true });
+        for (const m of [a!, d]) m.shared.context.receive({ protocol: "mqtt", deviceId: dMqtt, kind: "telemetry", payload: Buffer.from(JSON.stringify({ gap: step })) });
+      }
+    });
+    // The forwarded reports reach D over the link within the 50 ms before the answer.
+    assert.equal(gap(dMqtt), undefined, "D did not take the shared intake's messages while its lease looked lapsed");
+    await until("D applied what it held, once the late renewal came", () => gap(dWs) === 2 && gap(dMqtt) === 2, 5_000);
+    assert.deepEqual(await lateValues(d, dWs, "gap"), [1, 2], "the forwarded reports once, in order");
+    assert.deepEqual(await lateValues(d, dMqtt, "gap"), [1, 2], "the shared intake's once, in order");
+    assert.deepEqual(applied.sort(), [`d ${dMqtt}`, `d ${dMqtt}`, `d ${dWs}`, `d ${dWs}`].sort(), "each applied once, on D only");
+    assert.deepEqual(ownedBy(d), mine);
+    assert.deepEqual(await leaseEpochs(db.url, "d"), epochs, "D kept the same leases");
   });
 });

@@ -15,6 +15,12 @@ export interface LeaseHooks {
   handOver(partitions: number[]): Promise<void>;
   /** The lease was lost (expired, taken, or fenced): drop the partition now, write nothing more for it. */
   lost(partitions: number[]): void;
+  /**
+   * A renewal came back after the lease had seemed to run out, and kept these partitions: the
+   * member did not take their messages meanwhile (see `owns`), and nobody else could. Called in
+   * the same turn the lease is valid again, before any later message is taken.
+   */
+  resumed(partitions: number[]): void;
   warn(message: string): void;
 }
 
@@ -152,8 +158,13 @@ export class Leases {
     if (!this.running) return;
     // The next beat comes when another member's lease (or membership) runs out, if that is sooner
     // than the usual quarter lease: a dead member's partitions are claimed as soon as they may be.
-    const untilExpiry = this.nextExpiryAt - performance.now();
-    const delay = Math.max(10, Math.min(this.beatMs, untilExpiry));
+    const now = performance.now();
+    const untilExpiry = this.nextExpiryAt - now;
+    // And while partitions are held, a beat's time before our own renewal runs out: after an
+    // answer that came late, the next beat goes at once rather than a full interval later, past
+    // the end of the renewal, which would give everything up.
+    const untilOwnRenewalEnds = this.held.size > 0 && this.lastRenewal !== 0 ? this.validUntil - now - this.beatMs : Number.POSITIVE_INFINITY;
+    const delay = Math.max(10, Math.min(this.beatMs, untilExpiry, Math.max(this.beatMs / 10, untilOwnRenewalEnds)));
     this.timer = this.clock.setTimeout(() => {
       this.timer = null;
       this.beat().finally(() => this.arm());
@@ -190,12 +201,19 @@ export class Leases {
       this.hooks.lost(gone);
       this.hooks.warn(`cluster: lost partitions ${gone.join(", ")} (another member holds them now)`);
     }
+    // Answered after the last renewal's validity ran out: for a moment the partitions were not
+    // taken as ours, although the database kept them ours.
+    const lapsed = performance.now() >= this.validUntil;
     this.validUntil = started + this.leaseMs;
     this.lastRenewal = started;
     this.view = { leases: result.leases, members: result.members, now: result.now, at: started };
     this.nextExpiryAt = this.nextExpiry(result, started);
     for (const l of result.leases) if (l.partition < this.partitions) this.owners[l.partition] = l.owner !== null && l.expiresAt > result.now ? l.owner : null;
     if (!this.running) return;
+    if (lapsed) {
+      const kept = result.renewed.filter((p) => this.held.get(p)?.phase === "owned");
+      if (kept.length > 0) this.hooks.resumed(kept);
+    }
     await this.rebalance(result);
   }
 

@@ -140,6 +140,7 @@ export class ClusterMember {
       owned: (p) => this.replay(p),
       handOver: (ps) => this.handOver(ps),
       lost: (ps) => this.lose(ps),
+      resumed: (ps) => this.resume(ps),
       warn: (m) => host.warn(m),
     });
     this.remote = new RemoteAdapters({
@@ -439,6 +440,25 @@ export class ClusterMember {
     for (const intake of this.intakes) intake.open(partition).catch((err: unknown) => this.host.warn(`cluster: partition ${partition}: ${errorMessage(err)}`));
     // Their commands were loaded while the partition was not yet ours, and waited: they go now.
     for (const record of this.host.registry.allRecords()) if (this.partitionOf(record.id) === partition) this.host.commands.kick(record.id);
+  }
+
+  /**
+   * A late renewal kept the partitions: the messages held while the lease looked lapsed were
+   * applied by nobody (no other member could own them), so all of them are applied now, in order,
+   * before anything later. Not `replay`: its guesses at what a predecessor applied would skip a
+   * held message that repeats the device's last one.
+   */
+  private resume(partitions: number[]): void {
+    const now = this.host.clock.now();
+    for (const p of partitions) {
+      for (const e of this.recent.take(p, now)) {
+        if (e.via !== undefined) this.via.set(e.message.deviceId, e.via);
+        this.host.receive(e.message);
+      }
+    }
+    // A device that connected to another member meanwhile had its commands held back: they go now.
+    const resumed = new Set(partitions);
+    for (const record of this.host.registry.allRecords()) if (resumed.has(this.partitionOf(record.id))) this.host.commands.kick(record.id);
   }
 
   private async handOver(partitions: number[]): Promise<void> {
