@@ -247,15 +247,20 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
    * Holds back the answer to one of the member's beats: the database has renewed its leases
    * (nobody else may take them), but the answer comes after the validity of the member's previous
    * renewal ran out. `inGap` runs in that gap, while the member takes no message as its own; the
-   * answer goes 50 ms later. Resolves once `inGap` has run. Only a beat well after the one before
-   * is held, so that its own renewal outlasts the gap.
+   * answer goes 10 ms later (what `inGap` forwarded has reached the member by then), or once
+   * `answerWhen` resolves. Resolves once
+   * `inGap` has run. Only a beat 200 ms or more after the one before is held, so that its own
+   * renewal outlasts the gap by far.
    */
-  async function answerOneBeatLate(m: Member, inGap: () => void): Promise<void> {
+  async function answerOneBeatLate(m: Member, inGap: () => void, answerWhen?: () => Promise<void>): Promise<void> {
     const beat = m.store.clusterBeat.bind(m.store);
     let previousStart = 0;
     let armed = true;
     const ran = new Promise<void>((resolve, reject) => {
-      const limit = setTimeout(() => reject(new Error(`no beat of ${m.hub.memberId}'s was held back`)), 5_000);
+      const limit = setTimeout(() => {
+        m.store.clusterBeat = beat;
+        reject(new Error(`no beat of ${m.hub.memberId}'s was held back`));
+      }, 5_000);
       m.store.clusterBeat = async (...args: Parameters<PostgresStore["clusterBeat"]>) => {
         const start = performance.now();
         const previous = previousStart;
@@ -264,11 +269,15 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
         if (!armed || previous === 0 || start - previous < 200) return result;
         armed = false;
         m.store.clusterBeat = beat;
-        await new Promise((r) => setTimeout(r, previous + LEASE_MS + 30 - performance.now()));
-        inGap();
         clearTimeout(limit);
-        resolve();
-        await new Promise((r) => setTimeout(r, 50));
+        await new Promise((r) => setTimeout(r, previous + LEASE_MS + 5 - performance.now()));
+        try {
+          inGap();
+          resolve();
+        } catch (err) {
+          reject(err);
+        }
+        await (answerWhen ? answerWhen() : new Promise((r) => setTimeout(r, 10)));
         return result;
       };
     });
@@ -335,5 +344,28 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
     assert.deepEqual(applied.sort(), [`d ${dMqtt}`, `d ${dMqtt}`, `d ${dWs}`, `d ${dWs}`].sort(), "each applied once, on D only");
     assert.deepEqual(ownedBy(d), mine);
     assert.deepEqual(await leaseEpochs(db.url, "d"), epochs, "D kept the same leases");
+  });
+  it("an answer so late that its renewal ran out too, after another member took the partitions over, resumes nothing: what was held meanwhile is applied once, by the new owner", async () => {
+    const [a, d] = members;
+    assert.equal(d!.hub.memberId, "d");
+    await until("A and D own half each", () => ownedBy(d!).length === PARTITIONS / 2 && ownedBy(a!).length === PARTITIONS / 2);
+    const device = ids.find((id) => !id.endsWith("1") && ownedBy(d!).includes(partitionOf(id, PARTITIONS)))!;
+    const frozen = (m: Member) => (m.hub.getState(device).properties as { frozen?: number }).frozen;
+    await answerOneBeatLate(
+      d!,
+      () => {
+        // The shared intake brings both members the device's messages while D's lease looks lapsed.
+        for (const step of [1, 2]) for (const m of [a!, d!]) m.shared.context.receive({ protocol: "mqtt", deviceId: device, kind: "telemetry", payload: Buffer.from(JSON.stringify({ frozen: step })) });
+      },
+      // D's answer waits until A has taken every partition over (D neither renewed nor beat meanwhile).
+      () => until("A took D's partitions over", () => ownedBy(a!).length === PARTITIONS, 10_000),
+    );
+    await until("A's takeover applied what A held", () => frozen(a!) === 2, 5_000);
+    // The stale answer came; D gives its partitions up, beats again and takes its share back.
+    await until("D has its share again", () => ownedBy(d!).length === PARTITIONS / 2 && ownedBy(a!).length === PARTITIONS / 2, 15_000);
+    await a!.hub.flush();
+    await d!.hub.flush();
+    const owner = ownedBy(a!).includes(partitionOf(device, PARTITIONS)) ? a! : d!;
+    assert.deepEqual(await lateValues(owner, device, "frozen"), [1, 2], "each held message once, in order: the stale answer resumed nothing");
   });
 });

@@ -163,8 +163,14 @@ export class Leases {
     // And while partitions are held, a beat's time before our own renewal runs out: after an
     // answer that came late, the next beat goes at once rather than a full interval later, past
     // the end of the renewal, which would give everything up.
-    const untilOwnRenewalEnds = this.held.size > 0 && this.lastRenewal !== 0 ? this.validUntil - now - this.beatMs : Number.POSITIVE_INFINITY;
-    const delay = Math.max(10, Math.min(this.beatMs, untilExpiry, Math.max(this.beatMs / 10, untilOwnRenewalEnds)));
+    let untilOwnRenewalEnds = Number.POSITIVE_INFINITY;
+    if (this.held.size > 0) {
+      const left = this.validUntil - now;
+      // A beat's time to be answered before the renewal ends; when less is left, soon (within a
+      // fortieth of the lease, and within half of what is left).
+      untilOwnRenewalEnds = Math.max(left - this.beatMs, Math.min(this.beatMs / 10, Math.max(0, left / 2)));
+    }
+    const delay = Math.max(10, Math.min(this.beatMs, untilExpiry, untilOwnRenewalEnds));
     this.timer = this.clock.setTimeout(() => {
       this.timer = null;
       this.beat().finally(() => this.arm());
@@ -210,8 +216,10 @@ export class Leases {
     this.nextExpiryAt = this.nextExpiry(result, started);
     for (const l of result.leases) if (l.partition < this.partitions) this.owners[l.partition] = l.owner !== null && l.expiresAt > result.now ? l.owner : null;
     if (!this.running) return;
-    if (lapsed) {
-      const kept = result.renewed.filter((p) => this.held.get(p)?.phase === "owned");
+    // Only while the new renewal is still running: one that has run out too (a beat longer than a
+    // lease, a frozen member) leaves what was held to whoever takes the partitions next.
+    if (lapsed && performance.now() < this.validUntil) {
+      const kept = held.filter((h) => renewed.has(h.partition) && this.held.get(h.partition)?.phase === "owned" && this.held.get(h.partition)?.epoch === h.epoch).map((h) => h.partition);
       if (kept.length > 0) this.hooks.resumed(kept);
     }
     await this.rebalance(result);
