@@ -195,6 +195,7 @@ export class HubMetrics {
     counter("tethral_cluster_forwarded_requests_total", "Requests this member sent to other members (writes, commands, deliveries).", () => cl()?.forwardedCalls ?? 0);
     counter("tethral_cluster_forwarded_messages_total", "Device messages this member carried to the owner over the broker.", () => cl()?.forwardedMessages ?? 0);
     counter("tethral_cluster_replayed_messages_total", "Messages a takeover applied that the previous owner had not written.", () => cl()?.replayed ?? 0);
+    counter("tethral_cluster_resumed_messages_total", "Messages held while a late lease renewal made this member's leases look lapsed, applied when it came.", () => cl()?.resumed ?? 0);
     gauge("tethral_cluster_held_messages", "Recent messages of other members' devices kept for a takeover.", () => cl()?.held ?? 0);
     counter("tethral_store_fenced_rows_total", "Rows not written because their devices' partitions had moved (fencing).", () => source.store()?.fenced ?? 0);
     gauge("tethral_intake_busy", "1 while the store is behind and the adapters slow the devices (nothing is dropped), else 0.", () => (source.intake().busy ? 1 : 0));

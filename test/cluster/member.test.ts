@@ -303,6 +303,7 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
     });
     await until("A applied what it held, once the late renewal came", () => late() === 2, 5_000);
     assert.deepEqual(await lateValues(a!, device), [1, 2], "each held message once, in order");
+    assert.match((await a!.hub.metrics.exposition()).text, /^tethral_cluster_resumed_messages_total 2$/m);
     // Alone, A has no other member's lease to wake it sooner: its next beat must come on its own
     // before the late renewal runs out, or it gives every partition up and claims them again
     // (a lease claimed again has a new epoch).
@@ -342,6 +343,7 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
     assert.deepEqual(await lateValues(d, dWs, "gap"), [1, 2], "the forwarded reports once, in order");
     assert.deepEqual(await lateValues(d, dMqtt, "gap"), [1, 2], "the shared intake's once, in order");
     assert.deepEqual(applied.sort(), [`d ${dMqtt}`, `d ${dMqtt}`, `d ${dWs}`, `d ${dWs}`].sort(), "each applied once, on D only");
+    assert.match((await d.hub.metrics.exposition()).text, /^tethral_cluster_resumed_messages_total 4$/m);
     assert.deepEqual(ownedBy(d), mine);
     assert.deepEqual(await leaseEpochs(db.url, "d"), epochs, "D kept the same leases");
   });

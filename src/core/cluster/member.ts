@@ -60,6 +60,8 @@ export interface ClusterStatistics extends LeaseStatistics {
   forwardedMessages: number;
   appliedForwarded: number;
   replayed: number;
+  /** Messages held while a late renewal made this member's leases look lapsed, applied when it came. */
+  resumed: number;
   held: number;
   heldDropped: number;
   followLagSeconds: number;
@@ -122,7 +124,7 @@ export class ClusterMember {
     deviceUpdatedAt: (id: string) => this.host.registry.record(id)?.updatedAt,
     stateRev: (id: string) => this.host.registry.record(id)?.state?.rev,
   };
-  private readonly stats = { forwardedCalls: 0, forwardedMessages: 0, appliedForwarded: 0, replayed: 0 };
+  private readonly stats = { forwardedCalls: 0, forwardedMessages: 0, appliedForwarded: 0, replayed: 0, resumed: 0 };
   /** Adapters that take each partition's messages on a session of its own (see `PartitionedIntake`). */
   private intakes: PartitionedIntake[] = [];
   /** The packet id of the message being applied from a partition's session (0: none). */
@@ -453,6 +455,7 @@ export class ClusterMember {
     for (const p of partitions) {
       for (const e of this.recent.take(p, now)) {
         if (e.via !== undefined) this.via.set(e.message.deviceId, e.via);
+        this.stats.resumed++;
         this.host.receive(e.message);
       }
     }
