@@ -243,14 +243,14 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
       await proxy.close();
     }
   });
+
   /**
    * Holds back the answer to one of the member's beats: the database has renewed its leases
    * (nobody else may take them), but the answer comes after the validity of the member's previous
    * renewal ran out. `inGap` runs in that gap, while the member takes no message as its own; the
    * answer goes 10 ms later (what `inGap` forwarded has reached the member by then), or once
-   * `answerWhen` resolves. Resolves once
-   * `inGap` has run. Only a beat 200 ms or more after the one before is held, so that its own
-   * renewal outlasts the gap by far.
+   * `answerWhen` resolves. Resolves once `inGap` has run. Only a beat 200 ms or more after the one
+   * before is held, so that its own renewal outlasts the gap by far.
    */
   async function answerOneBeatLate(m: Member, inGap: () => void, answerWhen?: () => Promise<void>): Promise<void> {
     const beat = m.store.clusterBeat.bind(m.store);
@@ -285,7 +285,7 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
   }
 
   /** A device's values of `key` as applied on member `m` (its stored telemetry), once written. */
-  async function lateValues(m: Member, id: string, key = "late"): Promise<number[]> {
+  async function storedValues(m: Member, id: string, key = "late"): Promise<number[]> {
     await m.hub.flush();
     return (await m.hub.telemetry(id, { keys: key })).series[key]?.map((p) => p.value as number) ?? [];
   }
@@ -302,7 +302,7 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
       assert.equal(late(), undefined, "A did not take the messages while its lease looked lapsed");
     });
     await until("A applied what it held, once the late renewal came", () => late() === 2, 5_000);
-    assert.deepEqual(await lateValues(a!, device), [1, 2], "each held message once, in order");
+    assert.deepEqual(await storedValues(a!, device), [1, 2], "each held message once, in order");
     assert.match((await a!.hub.metrics.exposition()).text, /^tethral_cluster_resumed_messages_total 2$/m);
     // Alone, A has no other member's lease to wake it sooner: its next beat must come on its own
     // before the late renewal runs out, or it gives every partition up and claims them again
@@ -337,16 +337,17 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
         for (const m of [a!, d]) m.shared.context.receive({ protocol: "mqtt", deviceId: dMqtt, kind: "telemetry", payload: Buffer.from(JSON.stringify({ gap: step })) });
       }
     });
-    // The forwarded reports reach D over the link within the 50 ms before the answer.
+    // The forwarded reports reach D over the link within the 10 ms before the answer.
     assert.equal(gap(dMqtt), undefined, "D did not take the shared intake's messages while its lease looked lapsed");
     await until("D applied what it held, once the late renewal came", () => gap(dWs) === 2 && gap(dMqtt) === 2, 5_000);
-    assert.deepEqual(await lateValues(d, dWs, "gap"), [1, 2], "the forwarded reports once, in order");
-    assert.deepEqual(await lateValues(d, dMqtt, "gap"), [1, 2], "the shared intake's once, in order");
+    assert.deepEqual(await storedValues(d, dWs, "gap"), [1, 2], "the forwarded reports once, in order");
+    assert.deepEqual(await storedValues(d, dMqtt, "gap"), [1, 2], "the shared intake's once, in order");
     assert.deepEqual(applied.sort(), [`d ${dMqtt}`, `d ${dMqtt}`, `d ${dWs}`, `d ${dWs}`].sort(), "each applied once, on D only");
     assert.match((await d.hub.metrics.exposition()).text, /^tethral_cluster_resumed_messages_total 4$/m);
     assert.deepEqual(ownedBy(d), mine);
     assert.deepEqual(await leaseEpochs(db.url, "d"), epochs, "D kept the same leases");
   });
+
   it("an answer so late that its renewal ran out too, after another member took the partitions over, resumes nothing: what was held meanwhile is applied once, by the new owner", async () => {
     const [a, d] = members;
     assert.equal(d!.hub.memberId, "d");
@@ -368,6 +369,6 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
     await a!.hub.flush();
     await d!.hub.flush();
     const owner = ownedBy(a!).includes(partitionOf(device, PARTITIONS)) ? a! : d!;
-    assert.deepEqual(await lateValues(owner, device, "frozen"), [1, 2], "each held message once, in order: the stale answer resumed nothing");
+    assert.deepEqual(await storedValues(owner, device, "frozen"), [1, 2], "each held message once, in order: the stale answer resumed nothing");
   });
 });

@@ -160,17 +160,13 @@ export class Leases {
     // than the usual quarter lease: a dead member's partitions are claimed as soon as they may be.
     const now = performance.now();
     const untilExpiry = this.nextExpiryAt - now;
-    // And while partitions are held, a beat's time before our own renewal runs out: after an
-    // answer that came late, the next beat goes at once rather than a full interval later, past
-    // the end of the renewal, which would give everything up.
-    let untilOwnRenewalEnds = Number.POSITIVE_INFINITY;
-    if (this.held.size > 0) {
-      const left = this.validUntil - now;
-      // A beat's time to be answered before the renewal ends; when less is left, soon (within a
-      // fortieth of the lease, and within half of what is left).
-      untilOwnRenewalEnds = Math.max(left - this.beatMs, Math.min(this.beatMs / 10, Math.max(0, left / 2)));
-    }
-    const delay = Math.max(10, Math.min(this.beatMs, untilExpiry, untilOwnRenewalEnds));
+    // And while partitions are held, early enough to be answered before our own renewal runs out:
+    // after an answer that came late, a full interval would end past the renewal and give
+    // everything up. With less than a beat interval left, soon: within a fortieth of the lease
+    // and within half of what is left.
+    const left = this.validUntil - now;
+    const beforeOwnEnds = this.held.size === 0 ? Infinity : Math.max(left - this.beatMs, Math.min(this.beatMs / 10, left / 2));
+    const delay = Math.max(10, Math.min(this.beatMs, untilExpiry, beforeOwnEnds));
     this.timer = this.clock.setTimeout(() => {
       this.timer = null;
       this.beat().finally(() => this.arm());
@@ -219,7 +215,7 @@ export class Leases {
     // Only while the new renewal is still running: one that has run out too (a beat longer than a
     // lease, a frozen member) leaves what was held to whoever takes the partitions next.
     if (lapsed && performance.now() < this.validUntil) {
-      const kept = held.filter((h) => renewed.has(h.partition) && this.held.get(h.partition)?.phase === "owned" && this.held.get(h.partition)?.epoch === h.epoch).map((h) => h.partition);
+      const kept = held.filter((h) => renewed.has(h.partition) && isOwnedAt(this.held.get(h.partition), h.epoch)).map((h) => h.partition);
       if (kept.length > 0) this.hooks.resumed(kept);
     }
     await this.rebalance(result);
@@ -332,4 +328,9 @@ export class Leases {
     this.hooks.lost(gone);
     this.hooks.warn(`cluster: dropped partitions ${gone.join(", ")}: ${why}`);
   }
+}
+
+/** Whether a held lease is owned, at `epoch`. */
+function isOwnedAt(h: { epoch: number; phase: Phase } | undefined, epoch: number): boolean {
+  return h !== undefined && h.phase === "owned" && h.epoch === epoch;
 }

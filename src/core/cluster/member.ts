@@ -14,7 +14,7 @@ import { Leases, type LeaseStatistics } from "./leases";
 import { partitionOf } from "./partition";
 import { RecentMessages } from "./recent";
 import { RemoteAdapters } from "./remote-adapter";
-import { fingerprintOf, replay } from "./replay";
+import { type ReplayHost, fingerprintOf, replay } from "./replay";
 
 /** What the member needs of the hub it is part of. */
 export interface MemberHost {
@@ -76,6 +76,8 @@ export interface ClusterStatistics extends LeaseStatistics {
 const FOLLOW_MARGIN_MS = 5_000;
 const FOLLOW_SHORT_MARGIN_MS = 1_000;
 const FOLLOW_FULL_EVERY = 10;
+/** No held message skipped (see `resume`). */
+const NONE: ReadonlySet<number> = new Set();
 
 const MOVED = "moved";
 
@@ -430,38 +432,43 @@ export class ClusterMember {
 
   /** Right after the partition became ours: what its previous owner had not written, in order (see replay.ts). */
   private replay(partition: number): void {
-    replay(this.recent.take(partition, this.host.clock.now()), {
-      lastSeenOf: (id) => this.host.registry.record(id)?.lastSeen ?? 0,
-      lastMessageOf: (id) => this.lastMessages.get(id),
-      connectedVia: (id, member) => this.via.set(id, member),
-      apply: (message) => {
-        this.stats.replayed++;
-        this.host.receive(message);
-      },
-    });
+    replay(this.recent.take(partition, this.host.clock.now()), this.heldApplier("replayed"));
     for (const intake of this.intakes) intake.open(partition).catch((err: unknown) => this.host.warn(`cluster: partition ${partition}: ${errorMessage(err)}`));
     // Their commands were loaded while the partition was not yet ours, and waited: they go now.
-    for (const record of this.host.registry.allRecords()) if (this.partitionOf(record.id) === partition) this.host.commands.kick(record.id);
+    this.kickCommands([partition]);
   }
 
   /**
    * A late renewal kept the partitions: the messages held while the lease looked lapsed were
    * applied by nobody (no other member could own them), so all of them are applied now, in order,
-   * before anything later. Not `replay`: its guesses at what a predecessor applied would skip a
-   * held message that repeats the device's last one.
+   * before anything later: none skipped, as `alreadyApplied`'s guesses at what a predecessor
+   * applied would skip a held message that repeats the device's last one.
    */
   private resume(partitions: number[]): void {
     const now = this.host.clock.now();
-    for (const p of partitions) {
-      for (const e of this.recent.take(p, now)) {
-        if (e.via !== undefined) this.via.set(e.message.deviceId, e.via);
-        this.stats.resumed++;
-        this.host.receive(e.message);
-      }
-    }
+    const applier = this.heldApplier("resumed");
+    for (const p of partitions) replay(this.recent.take(p, now), applier, NONE);
     // A device that connected to another member meanwhile had its commands held back: they go now.
-    const resumed = new Set(partitions);
-    for (const record of this.host.registry.allRecords()) if (resumed.has(this.partitionOf(record.id))) this.host.commands.kick(record.id);
+    this.kickCommands(partitions);
+  }
+
+  /** How held messages are applied here, counted under `counter`. */
+  private heldApplier(counter: "replayed" | "resumed"): ReplayHost {
+    return {
+      lastSeenOf: (id) => this.host.registry.record(id)?.lastSeen ?? 0,
+      lastMessageOf: (id) => this.lastMessages.get(id),
+      connectedVia: (id, member) => this.via.set(id, member),
+      apply: (message) => {
+        this.stats[counter]++;
+        this.host.receive(message);
+      },
+    };
+  }
+
+  /** Sends what waits in the command queues of the partitions' devices. */
+  private kickCommands(partitions: number[]): void {
+    const set = new Set(partitions);
+    for (const record of this.host.registry.allRecords()) if (set.has(this.partitionOf(record.id))) this.host.commands.kick(record.id);
   }
 
   private async handOver(partitions: number[]): Promise<void> {

@@ -18,9 +18,11 @@ export interface ReplayHost {
   apply(message: DeviceMessage): void;
 }
 
-/** Right after the partition became ours: what its previous owner had not written, in order. */
-export function replay(held: HeldMessage[], host: ReplayHost): void {
-  const skip = alreadyApplied(held, host);
+/**
+ * Right after the partition became ours: what its previous owner had not written, in order.
+ * `skip`: the indexes not to apply (default: those the previous owner applied, `alreadyApplied`).
+ */
+export function replay(held: HeldMessage[], host: ReplayHost, skip: ReadonlySet<number> = alreadyApplied(held, host)): void {
   for (let i = 0; i < held.length; i++) {
     const e = held[i]!;
     if (e.via !== undefined) host.connectedVia(e.message.deviceId, e.via);
