@@ -11,14 +11,15 @@
 import { spawnSync } from "node:child_process";
 import { rmSync } from "node:fs";
 import { join } from "node:path";
+import { settle } from "./quiet";
 import { RESULTS_DIR } from "./results";
 
 const BENCHES = ["core", "store", "ingest", "timeseries", "comm", "rest", "peer", "cluster"];
 const ROOT = join(__dirname, "..");
 
-function npm(script: string): boolean {
+function npm(script: string, env: NodeJS.ProcessEnv = process.env): boolean {
   console.log(`\n━━ npm run ${script}`);
-  const res = spawnSync("npm", ["run", "--silent", script], { cwd: ROOT, stdio: "inherit", env: process.env });
+  const res = spawnSync("npm", ["run", "--silent", script], { cwd: ROOT, stdio: "inherit", env });
   return res.status === 0;
 }
 
@@ -30,7 +31,11 @@ async function main(): Promise<number> {
     if (only && !only.includes(b)) continue;
     // A benchmark that skips (no PostgreSQL server, no mosquitto) leaves no result, not an old one.
     rmSync(join(RESULTS_DIR, `${b}.json`), { force: true });
-    if (!npm(`bench:${b}`)) failed.push(b);
+    // Each benchmark starts on a quiet machine: the build's and the last benchmark's aftermath
+    // (PostgreSQL's checkpoints and vacuums, the kernel writing files back) done first.
+    const settled = await settle();
+    if (settled) console.log(`\nmachine ${settled.quiet ? "quiet" : "still busy"} after ${(settled.waitedMs / 1000).toFixed(0)} s (${settled.busyPct}% of its CPU busy over 2 s)`);
+    if (!npm(`bench:${b}`, settled ? { ...process.env, TETHRAL_BENCH_SETTLED: JSON.stringify(settled) } : process.env)) failed.push(b);
   }
   if (!npm("bench:readme")) failed.push("readme");
   if (failed.length > 0) console.error(`\nfailed: ${failed.map((b) => `bench:${b}`).join(", ")}`);

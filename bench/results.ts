@@ -32,6 +32,8 @@ export interface Machine {
    * `pageFaultMicros`): every figure that grows the heap pays it for each page it grows by.
    */
   pageFaultUs?: number;
+  /** Under `npm run bench`: how long the machine took to fall quiet before this benchmark began (bench/quiet.ts). */
+  settled?: { waitedMs: number; busyPct: number; quiet: boolean };
 }
 
 export function machine(): Machine {
@@ -43,6 +45,7 @@ export function machine(): Machine {
     node: process.version,
     platform: `${process.platform} ${process.arch}`,
     pageFaultUs: pageFaultMicros(),
+    ...(process.env.TETHRAL_BENCH_SETTLED ? { settled: JSON.parse(process.env.TETHRAL_BENCH_SETTLED) as Machine["settled"] } : {}),
   };
 }
 
