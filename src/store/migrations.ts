@@ -474,6 +474,31 @@ export const MIGRATIONS: readonly Migration[] = [
     // only cost writes.
     cockroach: [],
   },
+  {
+    version: 10,
+    name: "SQLite state history in runs: a device's transitions of a batch in one row",
+    // See sqlite-history.ts. Each old row becomes a run of one, in the order it was written.
+    // PostgreSQL keeps its table: COPY writes it, and cluster members read it.
+    sqlite: [
+      `CREATE TABLE IF NOT EXISTS history_runs (
+        device_id TEXT NOT NULL,
+        first_at INTEGER NOT NULL,
+        last_at INTEGER NOT NULL,
+        last_version INTEGER NOT NULL,
+        n INTEGER NOT NULL,
+        rows TEXT NOT NULL
+      )`,
+      `INSERT INTO history_runs (device_id, first_at, last_at, last_version, n, rows)
+        SELECT device_id, at, at, version, 1, json_array(json_array(id, at, version, json(from_state), json(to_state), reason, cause_id))
+        FROM state_history ORDER BY rowid`,
+      `DROP TABLE state_history`,
+      // Reads walk a device's runs newest first; the per-device limit sums n by device.
+      `CREATE INDEX IF NOT EXISTS history_runs_device ON history_runs (device_id, last_at, last_version, n)`,
+      // Retention by age: the runs that begin before the cutoff.
+      `CREATE INDEX IF NOT EXISTS history_runs_first_at ON history_runs (first_at, last_at, n)`,
+    ],
+    postgres: [],
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

@@ -13,12 +13,11 @@ import {
   type JsonPage,
   jsonPageSql,
   EVENT_COLS,
-  HISTORY_COLS,
   ON_CONFLICT,
   PENDING_SQL,
   type RawCommand,
   type RawEvent,
-  type RawHistory,
+  type RunEntry,
   type RawToken,
   STATE_COLS,
   TOKEN_COLS,
@@ -26,6 +25,7 @@ import {
   updateAll,
 } from "./sqlite-rows";
 import type { SqliteStoreOptions } from "./sqlite";
+import { SqliteHistory } from "./sqlite-history";
 import { type RawSeriesPoint, SqliteSeries } from "./sqlite-series";
 import { bucketRange } from "./series";
 import type { BucketQuery, EventQuery, PointQuery, PurgeResult, RetentionPolicy } from "../core/ports/store";
@@ -63,6 +63,7 @@ export class SqliteDatabase {
   private conn: Db | undefined;
   private stmts: ReturnType<SqliteDatabase["prepareAll"]> | undefined;
   private ts: SqliteSeries | undefined;
+  private history: SqliteHistory | undefined;
   private readonly chunkStmts = new Map<string, Stmt>();
   private readonly eventQueries = new Map<string, Stmt>();
 
@@ -102,6 +103,7 @@ export class SqliteDatabase {
       this.migrate(db);
       this.conn = db;
       this.ts = new SqliteSeries(db);
+      this.history = new SqliteHistory(db);
       this.stmts = this.prepareAll(db);
     } catch (err) {
       db?.close();
@@ -118,6 +120,7 @@ export class SqliteDatabase {
     this.conn = undefined;
     this.stmts = undefined;
     this.ts = undefined;
+    this.history = undefined;
     this.chunkStmts.clear();
     this.eventQueries.clear();
     db?.close();
@@ -215,9 +218,8 @@ export class SqliteDatabase {
   }
 
   /** Oldest first. */
-  stateHistory(deviceId: string, limit: number): RawHistory[] {
-    const rows = this.s.stateHistory.all(deviceId, Math.max(0, Math.floor(limit))) as RawHistory[];
-    return rows.reverse();
+  stateHistory(deviceId: string, limit: number): RunEntry[] {
+    return this.h.last(deviceId, Math.max(0, Math.floor(limit)));
   }
 
   events(query: EventQuery, now: number): RawEvent[] {
@@ -316,6 +318,11 @@ export class SqliteDatabase {
     return this.series.keys(deviceId);
   }
 
+  private get h(): SqliteHistory {
+    if (!this.history) throw new TethralError("UNAVAILABLE", `the SQLite store at ${this.path} is not open`);
+    return this.history;
+  }
+
   private get series(): SqliteSeries {
     if (!this.ts) throw new TethralError("UNAVAILABLE", `the SQLite store at ${this.path} is not open`);
     return this.ts;
@@ -375,7 +382,7 @@ export class SqliteDatabase {
   private writeEncoded(batch: EncodedBatch): void {
     for (let i = 0; i < batch.presence.length; i += 3) this.s.presence.run(batch.presence.slice(i, i + 3));
     this.writeRows("states", batch.states);
-    this.writeRows("state_history", batch.history);
+    this.writeRows("history_runs", batch.history);
     this.writeRows("events", batch.events);
     if (batch.points.cols.length > 0) this.series.write(batch.points);
   }
@@ -401,7 +408,7 @@ export class SqliteDatabase {
       );
     const rows = (sql: string) => db.prepare(sql).raw(true);
     const deletes = ["devices WHERE id", "states WHERE device_id", "device_tokens WHERE device_id",
-      "state_history WHERE device_id", "commands WHERE device_id"].map((t) => db.prepare(`DELETE FROM ${t} = ?`));
+      "history_runs WHERE device_id", "commands WHERE device_id"].map((t) => db.prepare(`DELETE FROM ${t} = ?`));
     // A removed device leaves a tombstone (the schema is PostgreSQL's, where cluster members
     // follow removals by it); registering the id again clears it.
     const tombstone = db.prepare(
@@ -411,18 +418,6 @@ export class SqliteDatabase {
     const upsertDevice = upsert("devices", DEVICE_COLS, "id");
 
     const purgeStmts = {
-      historyByAge: db.prepare(
-        "DELETE FROM state_history WHERE rowid IN (SELECT rowid FROM state_history WHERE at < ? LIMIT ?)",
-      ),
-      // Only devices over the limit are ranked; the window keeps each one's newest rows.
-      historyByCount: db.prepare(
-        `DELETE FROM state_history WHERE rowid IN (
-          SELECT rid FROM (
-            SELECT rowid AS rid, row_number() OVER (PARTITION BY device_id ORDER BY at DESC, version DESC) AS rn
-            FROM state_history
-            WHERE device_id IN (SELECT device_id FROM state_history GROUP BY device_id HAVING count(*) > ?)
-          ) WHERE rn > ? LIMIT ?)`,
-      ),
       eventsByAge: db.prepare("DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE ts < ? LIMIT ?)"),
       eventsExpired: db.prepare(
         "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE expires_at != 0 AND expires_at <= ? LIMIT ?)",
@@ -452,9 +447,6 @@ export class SqliteDatabase {
       putCommand: upsert("commands", COMMAND_COLS, "id"),
       loadDevicesPage: rows(jsonPageSql("devices", "id", DEVICE_COLS)),
       loadStatesPage: rows(jsonPageSql("states", "device_id", STATE_COLS)),
-      stateHistory: rows(
-        `SELECT ${HISTORY_COLS.join(", ")} FROM state_history WHERE device_id = ? ORDER BY at DESC, version DESC LIMIT ?`,
-      ),
       getToken: rows(`SELECT ${TOKEN_COLS.join(", ")} FROM device_tokens WHERE device_id = ?`),
       loadTokens: rows(`SELECT ${TOKEN_COLS.join(", ")} FROM device_tokens ORDER BY device_id`),
       deleteToken: db.prepare("DELETE FROM device_tokens WHERE device_id = ?"),
@@ -486,11 +478,8 @@ export class SqliteDatabase {
       purge: db.transaction((policy: RetentionPolicy, now: number, batchSize: number): PurgeResult => {
         const deleted = (stmt: Stmt, ...params: unknown[]) => stmt.run(...params).changes;
         let history = 0;
-        if (policy.historyMaxAgeMs > 0) history += deleted(purgeStmts.historyByAge, now - policy.historyMaxAgeMs, batchSize);
-        if (policy.historyMaxPerDevice > 0 && history < batchSize) {
-          const keep = policy.historyMaxPerDevice;
-          history += deleted(purgeStmts.historyByCount, keep, keep, batchSize - history);
-        }
+        if (policy.historyMaxAgeMs > 0) history += this.h.purgeOlderThan(now - policy.historyMaxAgeMs, batchSize);
+        if (policy.historyMaxPerDevice > 0 && history < batchSize) history += this.h.purgeBeyond(policy.historyMaxPerDevice, batchSize - history);
         let events = 0;
         if (policy.eventsMaxAgeMs > 0) events += deleted(purgeStmts.eventsByAge, now - policy.eventsMaxAgeMs, batchSize);
         if (events < batchSize) events += deleted(purgeStmts.eventsExpired, now, batchSize - events);

@@ -48,7 +48,8 @@ export function jsonPageSql(table: string, key: string, cols: readonly string[])
 export type JsonPage = [rows: string, last: string | null, count: number];
 
 export const STATE_COLS = ["device_id", "properties", "desired", "version", "changed_at", "updated_at", "reported_at", "rev"];
-export const HISTORY_COLS = ["id", "device_id", "at", "version", "from_state", "to_state", "reason", "cause_id"];
+/** `history_runs`: a run of one device's transitions (see sqlite-history.ts). */
+export const RUN_COLS = ["device_id", "first_at", "last_at", "last_version", "n", "rows"];
 export const EVENT_COLS = ["id", "type", "priority", "source", "device_id", "data", "ts", "expires_at", "cause_id", "parent_cause_id"];
 export const COMMAND_COLS = [
   "id", "device_id", "command", "params", "status", "attempts", "priority", "created_at", "sent_at",
@@ -61,19 +62,18 @@ export const updateAll = (cols: string[], key: string) =>
 /** The tail of each multi-row insert: what a conflict on the key does. */
 export const ON_CONFLICT = {
   states: `ON CONFLICT(device_id) DO UPDATE SET ${updateAll(STATE_COLS, "device_id")} WHERE excluded.rev >= states.rev`,
-  state_history: "ON CONFLICT(id) DO NOTHING",
+  history_runs: "",
   events: "ON CONFLICT(id) DO NOTHING",
 } as const;
 export type ChunkTable = keyof typeof ON_CONFLICT;
-export const CHUNK_COLS: Record<ChunkTable, string[]> = { states: STATE_COLS, state_history: HISTORY_COLS, events: EVENT_COLS };
+export const CHUNK_COLS: Record<ChunkTable, string[]> = { states: STATE_COLS, history_runs: RUN_COLS, events: EVENT_COLS };
 
 export const PENDING_SQL = PENDING_COMMAND_STATUSES.map((s) => `'${s}'`).join(", ");
 
 // Rows as SQLite gives them in raw mode: one array per row, in the order of the *_COLS lists.
 // Arrays cost the database thread and the copy between threads far less than keyed objects.
-export type RawHistory = [
-  id: string, deviceId: string, at: number, version: number, from: string, to: string, reason: string, causeId: string | null,
-];
+/** A transition as a run holds it, in its JSON array. */
+export type RunEntry = [id: string, at: number, version: number, from: unknown, to: unknown, reason: string, causeId: string | null];
 export type RawEvent = [
   id: string, type: string, priority: string, source: string, deviceId: string | null, data: string,
   timestamp: number, expiresAt: number, causeId: string | null, parentCauseId: string | null,
@@ -115,9 +115,8 @@ export const stateOfPage = (r: unknown[]): StateRow => ({
   deviceId: r[0] as string, properties: r[1] as JsonObject, desired: r[2] as JsonObject, version: r[3] as number,
   changedAt: r[4] as number, updatedAt: r[5] as number, reportedAt: r[6] as number, rev: r[7] as number,
 });
-export const toHistory = (r: RawHistory): HistoryRow => ({
-  id: r[0], deviceId: r[1], at: r[2], version: r[3], from: JSON.parse(r[4]) as HistoryRow["from"],
-  to: JSON.parse(r[5]) as HistoryRow["to"], reason: r[6], causeId: r[7],
+export const toHistory = (deviceId: string) => (e: RunEntry): HistoryRow => ({
+  id: e[0], deviceId, at: e[1], version: e[2], from: e[3] as HistoryRow["from"], to: e[4] as HistoryRow["to"], reason: e[5], causeId: e[6],
 });
 export const toEvent = (r: RawEvent): EventRow => ({
   id: r[0], type: r[1], priority: r[2] as Priority, source: r[3], deviceId: r[4], data: JSON.parse(r[5]) as unknown,
@@ -145,8 +144,57 @@ export const commandParams = (row: CommandRow): unknown[] => [
 export const stateParams = (s: StateRow, out: unknown[]) =>
   out.push(s.deviceId, json(s.properties, "properties"), json(s.desired, "desired"), s.version, s.changedAt,
     s.updatedAt, s.reportedAt, s.rev);
-export const historyParams = (h: HistoryRow, out: unknown[]) =>
-  out.push(h.id, h.deviceId, h.at, h.version, json(h.from, "from"), json(h.to, "to"), h.reason, h.causeId);
+
+/** A whole number as JSON; anything else is INVALID (a run's text must stay JSON). */
+function integer(value: number, field: string): string {
+  if (!Number.isSafeInteger(value)) throw invalid(field, "must be a whole number");
+  return String(value);
+}
+
+function text(value: unknown, field: string): string {
+  if (typeof value !== "string") throw invalid(field, "must be text");
+  return JSON.stringify(value);
+}
+
+function entryText(h: HistoryRow): string {
+  return `[${text(h.id, "id")},${integer(h.at, "at")},${integer(h.version, "version")},${json(h.from, "from")},${json(h.to, "to")},${text(h.reason, "reason")},${h.causeId === null || h.causeId === undefined ? "null" : text(h.causeId, "causeId")}]`;
+}
+
+/**
+ * A run's text ends at the row that takes it past this many characters: a row's snapshots may be
+ * large (a state holds up to half a megabyte), and a run must stay far below SQLite's longest
+ * value (a billion bytes) and V8's longest string.
+ */
+export const RUN_MAX_CHARS = 1 << 20;
+
+/**
+ * The rows of a part as `history_runs` parameters (RUN_COLS order): one run for each stretch of
+ * consecutive rows of one device (a new one past RUN_MAX_CHARS), in the order given (the store
+ * gives a batch's rows grouped by device, each device's as they came).
+ */
+export function historyRunParams(rows: readonly HistoryRow[], out: unknown[]): void {
+  for (let i = 0; i < rows.length; ) {
+    const deviceId = rows[i]!.deviceId;
+    let firstAt = Number.POSITIVE_INFINITY;
+    let lastAt = Number.NEGATIVE_INFINITY;
+    let lastVersion = Number.NEGATIVE_INFINITY;
+    let text = "[";
+    let k = i;
+    do {
+      const h = rows[k]!;
+      text += k === i ? entryText(h) : `,${entryText(h)}`;
+      if (h.at < firstAt) firstAt = h.at;
+      if (h.at > lastAt || (h.at === lastAt && h.version > lastVersion)) {
+        lastAt = h.at;
+        lastVersion = h.version;
+      }
+      k++;
+    } while (k < rows.length && rows[k]!.deviceId === deviceId && text.length < RUN_MAX_CHARS);
+    out.push(deviceId, firstAt, lastAt, lastVersion, k - i, `${text}]`);
+    i = k;
+  }
+}
+
 export const eventParams = (e: EventRow, out: unknown[]) =>
   out.push(e.id, e.type, e.priority, e.source, e.deviceId, json(e.data, "data"), e.timestamp, e.expiresAt, e.causeId,
     e.parentCauseId);
@@ -181,6 +229,12 @@ export interface EncodedPoints {
 
 /** Numbers a point takes in `EncodedPoints.cols`. */
 export const POINT_COLS = 4;
+
+function historyRuns(rows: readonly HistoryRow[]): unknown[] {
+  const out: unknown[] = [];
+  historyRunParams(rows, out);
+  return out;
+}
 
 function flatten<T>(rows: readonly T[], toParams: (row: T, out: unknown[]) => void): unknown[] {
   const out: unknown[] = [];
@@ -219,7 +273,7 @@ export function encodePart(batch: WriteBatch, points: PointRange, offset = 0): E
   return {
     presence,
     states: flatten(batch.states, stateParams),
-    history: flatten(batch.history, historyParams),
+    history: historyRuns(batch.history),
     events: flatten(batch.events, eventParams),
     points: encodePoints(points, offset),
   };

@@ -260,7 +260,7 @@ export class SqliteStore implements Store {
   }
 
   async stateHistory(deviceId: string, limit: number): Promise<HistoryRow[]> {
-    return (await this.call("stateHistory", [deviceId, limit])).map(toHistory);
+    return (await this.call("stateHistory", [deviceId, limit])).map(toHistory(deviceId));
   }
 
   async events(query: EventQuery, now: number): Promise<EventRow[]> {

@@ -158,6 +158,12 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         // the tables later versions added.
         await h!.sql!("ALTER TABLE events DROP COLUMN parent_cause_id");
         for (const table of LATER_TABLES) await h!.sql!(`DROP TABLE ${table}`);
+        // SQLite's history as version 1 kept it (migration 10 made it runs); PostgreSQL has it still.
+        await h!.sql!("DROP TABLE IF EXISTS history_runs");
+        await h!.sql!(
+          "CREATE TABLE IF NOT EXISTS state_history (id TEXT PRIMARY KEY, device_id TEXT NOT NULL, at BIGINT NOT NULL, version INTEGER NOT NULL, " +
+            "from_state TEXT NOT NULL, to_state TEXT NOT NULL, reason TEXT NOT NULL, cause_id TEXT)",
+        );
         await h!.sql!(`DELETE FROM ${MIGRATIONS_TABLE} WHERE version > 1`);
         await h!.sql!(
           "INSERT INTO events (id, type, priority, source, device_id, data, ts, expires_at, cause_id) " +

@@ -9,7 +9,7 @@ import { isTethralError } from "../../src/core/errors";
 import { LATEST_SCHEMA_VERSION, MIGRATIONS, MIGRATIONS_TABLE } from "../../src/store/migrations";
 import { SqliteStore } from "../../src/store/sqlite";
 import type { HistoryRow, PointRow, WriteBatch } from "../../src/core/ports/store";
-import { deviceParams, encodeBatch } from "../../src/store/sqlite-rows";
+import { deviceParams, encodeBatch, RUN_COLS, RUN_MAX_CHARS } from "../../src/store/sqlite-rows";
 import { describeStoreContract } from "./contract";
 import { assertMigratedSeries, commandRow, deviceRow, eventRow, historyRow, stateRow, T0 } from "./fixtures";
 import { BACKSTOP_PAGES } from "../../src/store/sqlite-wire";
@@ -60,6 +60,17 @@ async function until(what: string, check: () => boolean, ms = 5000): Promise<voi
     if (Date.now() > end) assert.fail(`timed out waiting until ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/** A database file as the store left it at schema `version`, open. */
+function databaseAt(file: string, version: number): Database.Database {
+  const db = new Database(file);
+  db.exec(`CREATE TABLE ${MIGRATIONS_TABLE} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)`);
+  for (const m of MIGRATIONS.filter((m) => m.version <= version)) {
+    for (const statement of m.sqlite) db.exec(statement);
+    db.prepare(`INSERT INTO ${MIGRATIONS_TABLE} VALUES (?, ?, 0)`).run(m.version, m.name);
+  }
+  return db;
 }
 
 const messagePorts = () => process.getActiveResourcesInfo().filter((r) => r === "MessagePort").length;
@@ -159,12 +170,7 @@ describe("SqliteStore", function () {
 
   it("migrates a version 4 database's time series to series ids: every point, roll-up and key reads back, and later points merge into the same roll-ups", async function () {
     const file = join(dir, "v4.db");
-    const db = new Database(file);
-    db.exec(`CREATE TABLE ${MIGRATIONS_TABLE} (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)`);
-    for (const m of MIGRATIONS.filter((m) => m.version <= 4)) {
-      for (const statement of m.sqlite) db.exec(statement);
-      db.prepare(`INSERT INTO ${MIGRATIONS_TABLE} VALUES (?, ?, 0)`).run(m.version, m.name);
-    }
+    const db = databaseAt(file, 4);
     // Version 4's layout: (device id, key id) on every row. d3's series was never listed.
     const m0 = T0 - (T0 % 60_000);
     const h0 = T0 - (T0 % 3_600_000);
@@ -336,10 +342,15 @@ describe("SqliteStore", function () {
     const unencodable = historyRow("bad", "d1", T0, 1, { to: { properties: { n: 1n as never } } });
     await assert.rejects(store.writeBatch(big(unencodable, 9999)), (err: unknown) => isTethralError(err) && err.code === "INVALID");
     await untouched();
-    // …and by the database in its second part, the parts after it already posted.
-    const unstorable = historyRow("bad", "d1", T0, 1, { reason: null as never });
-    await assert.rejects(store.writeBatch(big(unstorable, 3000)), (err: unknown) => !isTethralError(err) && /NOT NULL/.test((err as Error).message));
+    // …and by the database in its second part, the parts after it already posted. A batch's
+    // history goes device by device, in the order of their ids as text: 3,000 rows of "a0",
+    // the device-less row ("null"), 6,999 of "p1". That row is the second part's.
+    const unstorable = historyRow("bad", null as never, T0, 1);
+    const second = big(unstorable, 0);
+    for (let i = 1; i < 10_000; i++) second.history[i] = historyRow(`r${i}`, i <= 3000 ? "a0" : "p1", T0 + i, i);
+    await assert.rejects(store.writeBatch(second), (err: unknown) => !isTethralError(err) && /NOT NULL/.test((err as Error).message));
     await untouched();
+    assert.deepEqual([await store.stateHistory("a0", 10), await store.stateHistory("p1", 10)], [[], []]);
 
     await store.writeBatch(big(historyRow("h9999", "d1", T0 + 9999, 10_000), 9999));
     assert.deepEqual(await store.loadDevices(), [deviceRow("d1", { status: "offline", lastSeen: T0 + 9 })]);
@@ -348,7 +359,7 @@ describe("SqliteStore", function () {
     assert.deepEqual(stored.map((h) => h.version), Array.from({ length: 10_000 }, (_, i) => i + 1));
   });
 
-  it("writes a batch's history in device order: grouped by device in the file, each device's read back in time order, the caller's batch untouched", async function () {
+  it("writes a batch's history in device order, a run of rows a device a part in the file, each device's read back in time order, the caller's batch untouched", async function () {
     const path = join(dir, "device-order.db");
     const store = track(new SqliteStore({ path }));
     await store.open();
@@ -368,15 +379,85 @@ describe("SqliteStore", function () {
     }
     assert.deepEqual((await store.stateHistory("d9", 10)).map((h) => h.id), ["s1", "s3"]);
     await store.close();
-    // In the file: inserted device by device (rowid order), each device's rows as they came.
+    // In the file: a run for each device of each part (2,048 rows: 3 + 4 + 2 runs, then the
+    // small batch's 2), device by device (rowid order), each device's rows as they came.
     const db = new Database(path, { readonly: true });
     try {
-      const inserted = (db.prepare("SELECT id, device_id FROM state_history ORDER BY rowid").all() as { id: string; device_id: string }[]);
+      const runs = db.prepare("SELECT device_id, first_at, last_at, last_version, n, rows FROM history_runs ORDER BY rowid").all() as
+        { device_id: string; first_at: number; last_at: number; last_version: number; n: number; rows: string }[];
+      assert.equal(runs.length, 11);
+      const inserted: string[] = [];
+      for (const run of runs) {
+        const entries = JSON.parse(run.rows) as [string, number, number][];
+        assert.equal(run.n, entries.length);
+        assert.equal(run.first_at, Math.min(...entries.map((e) => e[1])));
+        const newest = entries.reduce((a, b) => (b[1] > a[1] || (b[1] === a[1] && b[2] > a[2]) ? b : a));
+        assert.deepEqual([run.last_at, run.last_version], [newest[1], newest[2]]);
+        for (const e of entries) inserted.push(e[0]);
+      }
       const expected = history.slice().sort((x, y) => (x.deviceId < y.deviceId ? -1 : x.deviceId > y.deviceId ? 1 : 0)).concat(small[1]!, small[0]!, small[2]!);
-      assert.deepEqual(inserted.map((r) => r.id), expected.map((h) => h.id));
+      assert.deepEqual(inserted, expected.map((h) => h.id));
     } finally {
       db.close();
     }
+  });
+
+  it("migrates a version 9 database's history into runs: every row reads back as written, and retention and later rows work on it", async function () {
+    const file = join(dir, "v9.db");
+    const db = databaseAt(file, 9);
+    // Version 9's table, rows as the store wrote them (JSON text), d1's out of time order.
+    const rows = [
+      historyRow("h3", "d1", T0 + 30, 3, { to: { status: "online", properties: { mode: "eco", level: 0.1 }, desired: { level: 1e-7 } } }),
+      historyRow("h1", "d1", T0 + 10, 1, { causeId: null }),
+      historyRow("h2", "d1", T0 + 20, 2, { reason: "set \"quoted\" ünïcode" }),
+      historyRow("g1", "d2", T0 + 5, 1),
+    ];
+    const insert = db.prepare("INSERT INTO state_history (id, device_id, at, version, from_state, to_state, reason, cause_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)");
+    for (const h of rows) insert.run(h.id, h.deviceId, h.at, h.version, JSON.stringify(h.from), JSON.stringify(h.to), h.reason, h.causeId);
+    db.close();
+
+    const store = track(new SqliteStore({ path: file }));
+    await store.open();
+    assert.equal(await store.schemaVersion(), LATEST_SCHEMA_VERSION);
+    assert.deepEqual(rawSql(file, "SELECT name FROM sqlite_master WHERE name = 'state_history'"), []);
+    assert.deepEqual(await store.stateHistory("d1", 10), [rows[1], rows[2], rows[0]]);
+    assert.deepEqual(await store.stateHistory("d1", 2), [rows[2], rows[0]]);
+    assert.deepEqual(await store.stateHistory("d2", 10), [rows[3]]);
+    // A later batch's rows join them, in order; retention by count reaches the migrated runs.
+    const later = historyRow("h4", "d1", T0 + 40, 4);
+    await store.writeBatch({ presence: [], states: [], history: [later], events: [] });
+    assert.deepEqual((await store.stateHistory("d1", 10)).map((h) => h.id), ["h1", "h2", "h3", "h4"]);
+    const policy = { historyMaxAgeMs: 0, historyMaxPerDevice: 2, eventsMaxAgeMs: 0, eventsMaxRows: 0, commandsMaxAgeMs: 0, pointsMaxAgeMs: 0, rollups1mMaxAgeMs: 0, rollups1hMaxAgeMs: 0 };
+    assert.equal((await store.purge(policy, T0 + 100, 100)).history, 2);
+    assert.deepEqual((await store.stateHistory("d1", 10)).map((h) => h.id), ["h3", "h4"]);
+  });
+
+  it("reads history across runs that overlap in time exactly: newest first by time then version, cut at the limit", async function () {
+    const store = track(new SqliteStore({ path: join(dir, "overlap.db") }));
+    await store.open();
+    // Three batches, so three runs of d1; the third's rows fall between the first's.
+    const first = [historyRow("a10", "d1", T0 + 10, 1), historyRow("a30", "d1", T0 + 30, 3), historyRow("a50", "d1", T0 + 50, 5)];
+    const second = [historyRow("b60", "d1", T0 + 60, 6), historyRow("x", "d2", T0 + 99, 1)];
+    const third = [historyRow("c20", "d1", T0 + 20, 2), historyRow("c40", "d1", T0 + 40, 4), historyRow("c50", "d1", T0 + 50, 7)];
+    for (const history of [first, second, third]) await store.writeBatch({ presence: [], states: [], history, events: [] });
+    const ids = async (limit: number) => (await store.stateHistory("d1", limit)).map((h) => h.id);
+    assert.deepEqual(await ids(100), ["a10", "c20", "a30", "c40", "a50", "c50", "b60"]);
+    assert.deepEqual(await ids(3), ["a50", "c50", "b60"]);
+    assert.deepEqual(await ids(4), ["c40", "a50", "c50", "b60"]);
+    assert.deepEqual(await ids(1), ["b60"]);
+    assert.deepEqual(await ids(0), []);
+    // Keeping 3 a device: each round removes at most 2 rows, never one of the newest 3.
+    const policy = { historyMaxAgeMs: 0, historyMaxPerDevice: 3, eventsMaxAgeMs: 0, eventsMaxRows: 0, commandsMaxAgeMs: 0, pointsMaxAgeMs: 0, rollups1mMaxAgeMs: 0, rollups1hMaxAgeMs: 0 };
+    const removed: number[] = [];
+    for (let round = 0; round < 5; round++) removed.push((await store.purge(policy, T0 + 100, 2)).history);
+    assert.deepEqual(removed, [2, 2, 0, 0, 0]);
+    assert.deepEqual(await ids(100), ["a50", "c50", "b60"]);
+    assert.equal((await store.stateHistory("d2", 10)).length, 1);
+    // By age, across runs: what is older than T0 + 55 goes, one row a round.
+    const byAge = { ...policy, historyMaxPerDevice: 0, historyMaxAgeMs: 45 };
+    assert.deepEqual([(await store.purge(byAge, T0 + 100, 1)).history, (await store.purge(byAge, T0 + 100, 1)).history, (await store.purge(byAge, T0 + 100, 1)).history], [1, 1, 0]);
+    assert.deepEqual(await ids(100), ["b60"]);
+    assert.deepEqual((await store.stateHistory("d2", 10)).map((h) => h.id), ["x"]);
   });
 
   it("writes a big batch's points device by device: every point and roll-up as sent, a refused point named by its place in the batch as given, the caller's batch untouched", async function () {
@@ -711,5 +792,28 @@ describe("encodeBatch's points (what the SQLite store hands its database thread)
     assert.deepEqual(mixed.vals, [null, "true", '"on"', "false"]);
     // A point that cannot be stored is named by its place in the whole batch (the offset).
     assert.throws(() => encodeBatch(batch([1, Number.NaN]), 10), /points\[11\]\.value/);
+  });
+});
+
+describe("encodeBatch's history (runs, what the SQLite store hands its database thread)", function () {
+  const batch = (history: HistoryRow[]): WriteBatch => ({ presence: [], states: [], history, events: [] });
+
+  it("makes a run of each stretch of one device's rows, each row's snapshots as JSON, and a new run past RUN_MAX_CHARS", function () {
+    const big = (id: string, at: number) => historyRow(id, "d1", at, at, { to: { properties: { blob: "x".repeat(RUN_MAX_CHARS * 0.6) } } });
+    const rows = [historyRow("a", "d0", T0, 1, { causeId: null }), big("b", 1), big("c", 2), big("d", 3), historyRow("e", "d0", T0 + 1, 2)];
+    const params = encodeBatch(batch(rows)).history;
+    assert.equal(params.length % RUN_COLS.length, 0);
+    const runs = Array.from({ length: params.length / RUN_COLS.length }, (_, i) => params.slice(i * RUN_COLS.length, (i + 1) * RUN_COLS.length));
+    // d0, then d1's three rows in two runs (the second row takes the first past the bound), then d0 again.
+    assert.deepEqual(runs.map((r) => [r[0], r[4]]), [["d0", 1], ["d1", 2], ["d1", 1], ["d0", 1]]);
+    assert.deepEqual(runs.map((r) => (JSON.parse(r[5] as string) as unknown[][]).map((e) => e[0])), [["a"], ["b", "c"], ["d"], ["e"]]);
+    assert.deepEqual(JSON.parse(runs[0]![5] as string), [["a", T0, 1, rows[0]!.from, rows[0]!.to, "report", null]]);
+    assert.deepEqual(runs[1]!.slice(1, 4), [1, 2, 2]);
+  });
+
+  it("refuses a row whose time or version is not a whole number, or whose snapshot JSON cannot carry", function () {
+    assert.throws(() => encodeBatch(batch([historyRow("a", "d0", Number.NaN, 1)])), /at/);
+    assert.throws(() => encodeBatch(batch([historyRow("a", "d0", T0, 1.5)])), /version/);
+    assert.throws(() => encodeBatch(batch([historyRow("a", "d0", T0, 1, { to: { properties: { n: 1n as unknown as number } } })])), /to/);
   });
 });
