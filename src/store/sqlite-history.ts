@@ -7,17 +7,36 @@ type Stmt = Database.Statement<unknown[], unknown>;
 /** Newest first: by `at`, then `version`. */
 const newestFirst = (a: RunEntry, b: RunEntry) => b[1] - a[1] || b[2] - a[2];
 
-interface TakenRun {
-  rowid: number;
-  entries: RunEntry[];
+/**
+ * Sorts newest first (by time, then version) and keeps one of each (time, version): a device's
+ * time and version name a transition, so one a retried batch wrote twice counts once.
+ */
+function newestOnce<T>(items: T[], at: (t: T) => number, version: (t: T) => number): void {
+  items.sort((a, b) => at(b) - at(a) || version(b) - version(a));
+  let out = 0;
+  for (const item of items) {
+    const prev = out > 0 ? items[out - 1]! : null;
+    if (prev !== null && at(prev) === at(item) && version(prev) === version(item)) continue;
+    items[out++] = item;
+  }
+  items.length = out;
+}
+const entryAt = (e: RunEntry) => e[1];
+const entryVersion = (e: RunEntry) => e[2];
+const markAt = (m: Mark) => m.at;
+const markVersion = (m: Mark) => m.version;
+
+/** A transition as the per-device limit sees it: its time and version, the run it is in, and its row when that run was parsed. */
+interface Mark {
+  at: number;
+  version: number;
+  run: number;
+  entry: RunEntry | null;
 }
 
-/** The newest `limit` transitions of a device, and the runs read to find them. */
-interface Newest {
-  /** Newest first. */
-  entries: RunEntry[];
-  taken: TakenRun[];
-}
+/** Whether a run whose newest row is (`lastAt`, `lastVersion`) ends before `m`. */
+const endsBefore = (lastAt: number, lastVersion: number, m: { at: number; version: number }) =>
+  lastAt < m.at || (lastAt === m.at && lastVersion < m.version);
 
 /** Devices visited per purge round by the per-device limit. */
 const COUNT_PURGE_DEVICES = 64;
@@ -40,33 +59,38 @@ const COUNT_PURGE_DEVICES = 64;
  * Reads walk a device's runs newest first (by their newest row) and stop once the newest `limit`
  * are known: the next run's newest row is older than the `limit`-th found so far. Runs of one
  * device may overlap in time (a batch retried after a later one); the walk and the sort keep the
- * order exact even then. The old table's id key made a retried batch's rows no-ops; here a row
- * written twice is read once (by id), and retention removes the second copy like any row
- * beyond a device's limit.
+ * order exact even then. The old table's id key made a retried batch's rows no-ops; here a
+ * transition written twice (a device's time and version name one) is read once, and the
+ * per-device limit removes the second copy.
  */
 export class SqliteHistory {
   private readonly runsOf: Stmt;
-  private readonly runSizesOf: Stmt;
+  private readonly runKeysOf: Stmt;
   private readonly runText: Stmt;
   private readonly beginningBefore: Stmt;
   private readonly overLimit: Stmt;
+  /** Where the per-device limit goes on from in its next round: the last device it finished. */
+  private countCursor = "";
   private readonly removeRun: Stmt;
   private readonly rewriteRun: Stmt;
 
   constructor(db: Db) {
     const order = "ORDER BY last_at DESC, last_version DESC";
-    this.runsOf = db.prepare(`SELECT rowid, last_at, last_version, rows FROM history_runs WHERE device_id = ? ${order}`).raw(true);
-    this.runSizesOf = db.prepare("SELECT rowid, n FROM history_runs WHERE device_id = ?").raw(true);
+    this.runsOf = db.prepare(`SELECT last_at, last_version, rows FROM history_runs WHERE device_id = ? ${order}`).raw(true);
+    // The device index alone (it holds all four): no run's rows are read.
+    this.runKeysOf = db.prepare(`SELECT rowid, last_at, last_version, n FROM history_runs WHERE device_id = ? ${order}`).raw(true);
     this.runText = db.prepare("SELECT rows FROM history_runs WHERE rowid = ?").pluck(true);
     this.beginningBefore = db.prepare("SELECT rowid, last_at, n FROM history_runs WHERE first_at < ? ORDER BY first_at LIMIT ?").raw(true);
-    this.overLimit = db.prepare("SELECT device_id FROM history_runs GROUP BY device_id HAVING sum(n) > ? LIMIT ?").raw(true);
+    this.overLimit = db.prepare(
+      "SELECT device_id FROM history_runs WHERE device_id > ? GROUP BY device_id HAVING sum(n) > ? ORDER BY device_id LIMIT ?",
+    ).raw(true);
     this.removeRun = db.prepare("DELETE FROM history_runs WHERE rowid = ?");
     this.rewriteRun = db.prepare("UPDATE history_runs SET first_at = ?, last_at = ?, last_version = ?, n = ?, rows = ? WHERE rowid = ?");
   }
 
   /** The device's last `limit` transitions, oldest first. */
   last(deviceId: string, limit: number): RunEntry[] {
-    return this.newest(deviceId, limit).entries.reverse();
+    return this.newest(deviceId, limit).reverse();
   }
 
   /**
@@ -89,64 +113,120 @@ export class SqliteHistory {
   }
 
   /**
-   * Keeps each device's newest `keep` transitions, removing at most `batchSize` rows a round:
-   * first the runs older than every kept row, then the older rows of runs that hold kept ones too. Rows removed.
+   * Keeps each device's newest `keep` transitions (a fraction counts as the whole number below
+   * it, at least 1), removing at most `batchSize` rows a round. Devices are taken in id order
+   * from where the last round stopped, round the fleet, so that none waits on those before it.
+   * Rows removed.
    */
   purgeBeyond(keep: number, batchSize: number): number {
+    const limit = Math.max(1, Math.floor(keep));
     let left = batchSize;
-    for (const [deviceId] of this.overLimit.all(keep, COUNT_PURGE_DEVICES) as [string][]) {
-      if (left === 0) break;
-      const { entries, taken } = this.newest(deviceId, keep);
-      const read = new Set(taken.map((run) => run.rowid));
-      // The runs the walk did not reach end before every kept row.
-      for (const [rowid, n] of this.runSizesOf.all(deviceId) as [number, number][]) {
+    let wrapped = false;
+    while (left > 0) {
+      const devices = this.overLimit.all(this.countCursor, limit, COUNT_PURGE_DEVICES) as [string][];
+      for (const [deviceId] of devices) {
+        const { removed, done } = this.trim(deviceId, limit, left);
+        left -= removed;
+        // A device cut short by the bound is taken again first in the next round.
+        if (!done) break;
+        this.countCursor = deviceId;
         if (left === 0) break;
-        if (read.has(rowid)) continue;
-        if (n <= left) {
-          this.removeRun.run(rowid);
-          left -= n;
-        } else {
-          left -= this.dropOldest(rowid, this.parse(rowid), () => true, left);
-        }
       }
-      const kept = new Set(entries);
-      for (const run of taken) {
-        if (left === 0) break;
-        left -= this.dropOldest(run.rowid, run.entries, (e) => !kept.has(e), left);
-      }
+      if (left === 0 || devices.length === COUNT_PURGE_DEVICES) continue;
+      // The end of the fleet: once more from its start, then done.
+      this.countCursor = "";
+      if (wrapped) break;
+      wrapped = true;
     }
     return batchSize - left;
   }
 
-  private newest(deviceId: string, limit: number): Newest {
-    const entries: RunEntry[] = [];
-    const taken: TakenRun[] = [];
-    if (limit <= 0) return { entries, taken };
-    // Sorted and cut to `limit` whenever it is full: the last one is then the oldest that stays.
+  /**
+   * Removes up to `max` of a device's transitions beyond its newest `keep`: how many went, and
+   * whether that was all of them. The walk reads the device index (newest run first) and parses
+   * only runs of more than one row (a steady fleet's runs are of one): a run of one is its index
+   * entry. It stops, as reads do, once the next run ends before the `keep`-th newest. A
+   * transition written twice (same time and version) counts once: its second copy goes.
+   */
+  private trim(deviceId: string, keep: number, max: number): { removed: number; done: boolean } {
+    const keys = this.runKeysOf.all(deviceId) as [rowid: number, lastAt: number, lastVersion: number, n: number][];
+    /** Reached runs: their rows when parsed (null for a run of one). */
+    const reached: { rowid: number; entries: RunEntry[] | null }[] = [];
+    const marks: Mark[] = [];
     let full = false;
-    // A row written twice (a batch retried after its commit went through) is read once.
-    const seen = new Set<string>();
-    for (const [rowid, lastAt, lastVersion, text] of this.runsOf.iterate(deviceId) as IterableIterator<[number, number, number, string]>) {
-      if (full) {
-        const oldest = entries[limit - 1]!;
-        // Every run after this one ends no later than it does.
-        if (lastAt < oldest[1] || (lastAt === oldest[1] && lastVersion < oldest[2])) break;
+    let i = 0;
+    for (; i < keys.length; i++) {
+      const [rowid, lastAt, lastVersion, n] = keys[i]!;
+      if (full && endsBefore(lastAt, lastVersion, marks[keep - 1]!)) break;
+      const run = reached.length;
+      if (n === 1) {
+        reached.push({ rowid, entries: null });
+        marks.push({ at: lastAt, version: lastVersion, run, entry: null });
+      } else {
+        const entries = this.parse(rowid);
+        reached.push({ rowid, entries });
+        for (const entry of entries) marks.push({ at: entry[1], version: entry[2], run, entry });
       }
-      const run = JSON.parse(text) as RunEntry[];
-      taken.push({ rowid, entries: run });
-      for (const e of run) {
-        if (seen.has(e[0])) continue;
-        seen.add(e[0]);
-        entries.push(e);
-      }
-      if (entries.length >= limit) {
-        entries.sort(newestFirst);
-        entries.length = limit;
-        full = true;
+      if (marks.length >= keep) {
+        newestOnce(marks, markAt, markVersion);
+        if (marks.length >= keep) {
+          marks.length = keep;
+          full = true;
+        }
       }
     }
-    if (!full) entries.sort(newestFirst);
-    return { entries, taken };
+    let left = max;
+    // The runs not reached end before every kept row: whole, oldest first.
+    for (let k = keys.length - 1; k >= i && left > 0; k--) {
+      const [rowid, , , n] = keys[k]!;
+      if (n <= left) {
+        this.removeRun.run(rowid);
+        left -= n;
+      } else {
+        left -= this.dropOldest(rowid, this.parse(rowid), () => true, left);
+      }
+    }
+    const keptRuns = new Set<number>();
+    const keptEntries = new Set<RunEntry>();
+    for (const m of marks) {
+      keptRuns.add(m.run);
+      if (m.entry) keptEntries.add(m.entry);
+    }
+    for (let r = reached.length - 1; r >= 0 && left > 0; r--) {
+      const { rowid, entries } = reached[r]!;
+      if (entries === null) {
+        if (keptRuns.has(r)) continue;
+        this.removeRun.run(rowid);
+        left -= 1;
+      } else {
+        left -= this.dropOldest(rowid, entries, (e) => !keptEntries.has(e), left);
+      }
+    }
+    const removed = max - left;
+    let stored = 0;
+    for (const key of keys) stored += key[3];
+    return { removed, done: removed === stored - marks.length };
+  }
+
+  /** A device's newest `limit` transitions, newest first, each (time, version) once. */
+  private newest(deviceId: string, limit: number): RunEntry[] {
+    const entries: RunEntry[] = [];
+    if (limit <= 0) return entries;
+    // Sorted and cut to `limit` whenever it is full: the last one is then the oldest that stays.
+    let full = false;
+    for (const [lastAt, lastVersion, text] of this.runsOf.iterate(deviceId) as IterableIterator<[number, number, string]>) {
+      if (full && endsBefore(lastAt, lastVersion, { at: entries[limit - 1]![1], version: entries[limit - 1]![2] })) break;
+      for (const e of JSON.parse(text) as RunEntry[]) entries.push(e);
+      if (entries.length >= limit) {
+        newestOnce(entries, entryAt, entryVersion);
+        if (entries.length >= limit) {
+          entries.length = limit;
+          full = true;
+        }
+      }
+    }
+    if (!full) newestOnce(entries, entryAt, entryVersion);
+    return entries;
   }
 
   private parse(rowid: number): RunEntry[] {

@@ -175,6 +175,7 @@ export const RUN_MAX_CHARS = 1 << 20;
 export function historyRunParams(rows: readonly HistoryRow[], out: unknown[]): void {
   for (let i = 0; i < rows.length; ) {
     const deviceId = rows[i]!.deviceId;
+    if (typeof deviceId !== "string") throw invalid("deviceId", "must be text");
     let firstAt = Number.POSITIVE_INFINITY;
     let lastAt = Number.NEGATIVE_INFINITY;
     let lastVersion = Number.NEGATIVE_INFINITY;

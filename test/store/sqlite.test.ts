@@ -73,6 +73,23 @@ function databaseAt(file: string, version: number): Database.Database {
   return db;
 }
 
+/** A retention policy that removes nothing. */
+const NO_HISTORY_LIMITS = { historyMaxAgeMs: 0, historyMaxPerDevice: 0, eventsMaxAgeMs: 0, eventsMaxRows: 0, commandsMaxAgeMs: 0, pointsMaxAgeMs: 0, rollups1mMaxAgeMs: 0, rollups1hMaxAgeMs: 0 };
+
+/** Every history run's earliest time, newest time and version, and count, as its rows say. */
+function assertRunsConsistent(file: string): void {
+  for (const run of rawSql(file, "SELECT rowid, first_at, last_at, last_version, n, rows FROM history_runs")) {
+    const entries = JSON.parse(run.rows as string) as [string, number, number][];
+    assert.ok(entries.length > 0, `run ${run.rowid} is empty`);
+    const newest = entries.reduce((a, b) => (b[1] > a[1] || (b[1] === a[1] && b[2] > a[2]) ? b : a));
+    assert.deepEqual(
+      [run.first_at, run.last_at, run.last_version, run.n],
+      [Math.min(...entries.map((e) => e[1])), newest[1], newest[2], entries.length],
+      `run ${run.rowid}`,
+    );
+  }
+}
+
 const messagePorts = () => process.getActiveResourcesInfo().filter((r) => r === "MessagePort").length;
 
 describeStoreContract("SQLite :memory:", async () => ({
@@ -342,15 +359,15 @@ describe("SqliteStore", function () {
     const unencodable = historyRow("bad", "d1", T0, 1, { to: { properties: { n: 1n as never } } });
     await assert.rejects(store.writeBatch(big(unencodable, 9999)), (err: unknown) => isTethralError(err) && err.code === "INVALID");
     await untouched();
-    // …and by the database in its second part, the parts after it already posted. A batch's
-    // history goes device by device, in the order of their ids as text: 3,000 rows of "a0",
-    // the device-less row ("null"), 6,999 of "p1". That row is the second part's.
-    const unstorable = historyRow("bad", null as never, T0, 1);
-    const second = big(unstorable, 0);
-    for (let i = 1; i < 10_000; i++) second.history[i] = historyRow(`r${i}`, i <= 3000 ? "a0" : "p1", T0 + i, i);
+    // …and by the database in its second part, the parts after it already posted: 2,000
+    // history rows and 3,000 events, an event of no type the 1,001st (rows 3,002 and on of the
+    // batch, which a part holds 2,048 of).
+    const second = big(historyRow("h0", "d1", T0, 1), 0);
+    second.history.length = 2000;
+    second.events = Array.from({ length: 3000 }, (_, i) => eventRow(`e${i}`, i === 1000 ? (null as never) : "x.y", T0 + i));
     await assert.rejects(store.writeBatch(second), (err: unknown) => !isTethralError(err) && /NOT NULL/.test((err as Error).message));
     await untouched();
-    assert.deepEqual([await store.stateHistory("a0", 10), await store.stateHistory("p1", 10)], [[], []]);
+    assert.deepEqual(await store.events({ limit: 10 }, T0), []);
 
     await store.writeBatch(big(historyRow("h9999", "d1", T0 + 9999, 10_000), 9999));
     assert.deepEqual(await store.loadDevices(), [deviceRow("d1", { status: "offline", lastSeen: T0 + 9 })]);
@@ -427,7 +444,7 @@ describe("SqliteStore", function () {
     const later = historyRow("h4", "d1", T0 + 40, 4);
     await store.writeBatch({ presence: [], states: [], history: [later], events: [] });
     assert.deepEqual((await store.stateHistory("d1", 10)).map((h) => h.id), ["h1", "h2", "h3", "h4"]);
-    const policy = { historyMaxAgeMs: 0, historyMaxPerDevice: 2, eventsMaxAgeMs: 0, eventsMaxRows: 0, commandsMaxAgeMs: 0, pointsMaxAgeMs: 0, rollups1mMaxAgeMs: 0, rollups1hMaxAgeMs: 0 };
+    const policy = { ...NO_HISTORY_LIMITS, historyMaxPerDevice: 2 };
     assert.equal((await store.purge(policy, T0 + 100, 100)).history, 2);
     assert.deepEqual((await store.stateHistory("d1", 10)).map((h) => h.id), ["h3", "h4"]);
   });
@@ -447,7 +464,7 @@ describe("SqliteStore", function () {
     assert.deepEqual(await ids(1), ["b60"]);
     assert.deepEqual(await ids(0), []);
     // Keeping 3 a device: each round removes at most 2 rows, never one of the newest 3.
-    const policy = { historyMaxAgeMs: 0, historyMaxPerDevice: 3, eventsMaxAgeMs: 0, eventsMaxRows: 0, commandsMaxAgeMs: 0, pointsMaxAgeMs: 0, rollups1mMaxAgeMs: 0, rollups1hMaxAgeMs: 0 };
+    const policy = { ...NO_HISTORY_LIMITS, historyMaxPerDevice: 3 };
     const removed: number[] = [];
     for (let round = 0; round < 5; round++) removed.push((await store.purge(policy, T0 + 100, 2)).history);
     assert.deepEqual(removed, [2, 2, 0, 0, 0]);
@@ -458,6 +475,51 @@ describe("SqliteStore", function () {
     assert.deepEqual([(await store.purge(byAge, T0 + 100, 1)).history, (await store.purge(byAge, T0 + 100, 1)).history, (await store.purge(byAge, T0 + 100, 1)).history], [1, 1, 0]);
     assert.deepEqual(await ids(100), ["b60"]);
     assert.deepEqual((await store.stateHistory("d2", 10)).map((h) => h.id), ["x"]);
+    assertRunsConsistent(join(dir, "overlap.db"));
+  });
+
+  it("keeps each device's newest rows across more devices than a round visits, round the fleet, a fraction of a limit as the whole number below it", async function () {
+    const file = join(dir, "limit.db");
+    const store = track(new SqliteStore({ path: file }));
+    await store.open();
+    // 150 devices with 4 rows each, in two batches (a run of two and two runs of one a device).
+    const ids = Array.from({ length: 150 }, (_, d) => `d${String(d).padStart(3, "0")}`);
+    await store.writeBatch({ presence: [], states: [], history: ids.flatMap((id) => [historyRow(`${id}-1`, id, T0 + 1, 1), historyRow(`${id}-2`, id, T0 + 2, 2)]), events: [] });
+    await store.writeBatch({ presence: [], states: [], history: ids.flatMap((id) => [historyRow(`${id}-3`, id, T0 + 3, 3)]), events: [] });
+    await store.writeBatch({ presence: [], states: [], history: ids.flatMap((id) => [historyRow(`${id}-4`, id, T0 + 4, 4)]), events: [] });
+    const policy = { ...NO_HISTORY_LIMITS, historyMaxPerDevice: 2.5 };
+    // Rounds of 100 rows: 300 to go, so three full rounds and an empty one, every device reached.
+    const removed: number[] = [];
+    for (let round = 0; round < 5; round++) removed.push((await store.purge(policy, T0 + 100, 100)).history);
+    assert.deepEqual(removed, [100, 100, 100, 0, 0]);
+    for (const id of ids) assert.deepEqual((await store.stateHistory(id, 10)).map((h) => h.id), [`${id}-3`, `${id}-4`], id);
+    assertRunsConsistent(file);
+
+    // Rounds of one row while the first device keeps reporting: the others still get their turn.
+    const [a, b, c] = ["d000", "d001", "d002"];
+    for (const id of [b, c]) await store.writeBatch({ presence: [], states: [], history: [historyRow(`${id}-5`, id, T0 + 5, 5)], events: [] });
+    for (let round = 0; round < 3; round++) {
+      await store.writeBatch({ presence: [], states: [], history: [historyRow(`${a}-r${round}`, a, T0 + 10 + round, 10 + round)], events: [] });
+      assert.equal((await store.purge(policy, T0 + 100, 1)).history, 1);
+    }
+    for (const id of [b, c]) assert.deepEqual((await store.stateHistory(id, 10)).map((h) => h.id), [`${id}-4`, `${id}-5`], id);
+  });
+
+  it("counts a row a retried batch wrote twice once: read once, its copy removed by the per-device limit, kept rows untouched", async function () {
+    const file = join(dir, "twice.db");
+    const store = track(new SqliteStore({ path: file }));
+    await store.open();
+    const rows = [historyRow("a", "d1", T0 + 1, 1), historyRow("b", "d1", T0 + 2, 2), historyRow("c", "d1", T0 + 3, 3)];
+    await store.writeBatch({ presence: [], states: [], history: rows, events: [] });
+    await store.writeBatch({ presence: [], states: [], history: rows.slice(1), events: [] });
+    await store.writeBatch({ presence: [], states: [], history: [rows[2]!], events: [] });
+    assert.deepEqual(await store.stateHistory("d1", 10), rows);
+    assert.deepEqual(await store.stateHistory("d1", 2), rows.slice(1));
+    // Six stored, three distinct: keeping 3 removes the three copies and nothing else.
+    assert.equal((await store.purge({ ...NO_HISTORY_LIMITS, historyMaxPerDevice: 3 }, T0 + 100, 100)).history, 3);
+    assert.deepEqual(rawSql(file, "SELECT sum(n) AS n FROM history_runs"), [{ n: 3 }]);
+    assert.deepEqual(await store.stateHistory("d1", 10), rows);
+    assertRunsConsistent(file);
   });
 
   it("writes a big batch's points device by device: every point and roll-up as sent, a refused point named by its place in the batch as given, the caller's batch untouched", async function () {
