@@ -151,6 +151,7 @@ function integer(value: number, field: string): string {
   return String(value);
 }
 
+/** A text as JSON; anything else is INVALID. */
 function text(value: unknown, field: string): string {
   if (typeof value !== "string") throw invalid(field, "must be text");
   return JSON.stringify(value);
@@ -179,19 +180,19 @@ export function historyRunParams(rows: readonly HistoryRow[], out: unknown[]): v
     let firstAt = Number.POSITIVE_INFINITY;
     let lastAt = Number.NEGATIVE_INFINITY;
     let lastVersion = Number.NEGATIVE_INFINITY;
-    let text = "[";
+    let body = "[";
     let k = i;
     do {
       const h = rows[k]!;
-      text += k === i ? entryText(h) : `,${entryText(h)}`;
+      body += k === i ? entryText(h) : `,${entryText(h)}`;
       if (h.at < firstAt) firstAt = h.at;
       if (h.at > lastAt || (h.at === lastAt && h.version > lastVersion)) {
         lastAt = h.at;
         lastVersion = h.version;
       }
       k++;
-    } while (k < rows.length && rows[k]!.deviceId === deviceId && text.length < RUN_MAX_CHARS);
-    out.push(deviceId, firstAt, lastAt, lastVersion, k - i, `${text}]`);
+    } while (k < rows.length && rows[k]!.deviceId === deviceId && body.length < RUN_MAX_CHARS);
+    out.push(deviceId, firstAt, lastAt, lastVersion, k - i, `${body}]`);
     i = k;
   }
 }
