@@ -1,9 +1,11 @@
 /**
- * Waiting for a quiet machine between benchmarks (`npm run bench`). One benchmark's aftermath
- * loads the next one's start: PostgreSQL checkpoints and vacuums what bench:ingest and
- * bench:timeseries wrote, and the kernel writes back their SQLite files. In the full run of
- * 2026-12-05 bench:timeseries' SQLite queries read 21.98 and 21.21 ms at p99, straight after
- * bench:ingest; alone, on the same code, 3.34 and 5.31. The Done-when asks for a quiet run.
+ * Waiting for a quiet machine between benchmarks (`npm run bench`), so that what one benchmark
+ * leaves running (PostgreSQL checkpointing and vacuuming what it wrote, the kernel writing files
+ * back) does not load the next; the Done-when asks for a quiet run. Added after a full run whose
+ * bench:timeseries SQLite p99s (21.98 and 21.21 ms, straight after bench:ingest) read 3.34 and
+ * 5.31 alone on the same code. It is a precaution, not that run's explanation: in the two full
+ * runs of 2026-12-05 that followed, every wait was 2–4 s, and those p99s still read 18.62/19.27
+ * in one and 7.30/6.29 in the other.
  */
 import { readFileSync } from "node:fs";
 

@@ -7,31 +7,39 @@ type Stmt = Database.Statement<unknown[], unknown>;
 /** Newest first: by `at`, then `version`. */
 const newestFirst = (a: RunEntry, b: RunEntry) => b[1] - a[1] || b[2] - a[2];
 
-/**
- * Sorts newest first (by time, then version) and keeps one of each (time, version): a device's
- * time and version name a transition, so one a retried batch wrote twice counts once.
- */
-function newestOnce<T>(items: T[], at: (t: T) => number, version: (t: T) => number): void {
-  items.sort((a, b) => at(b) - at(a) || version(b) - version(a));
-  let out = 0;
-  for (const item of items) {
-    const prev = out > 0 ? items[out - 1]! : null;
-    if (prev !== null && at(prev) === at(item) && version(prev) === version(item)) continue;
-    items[out++] = item;
-  }
-  items.length = out;
-}
-const entryAt = (e: RunEntry) => e[1];
-const entryVersion = (e: RunEntry) => e[2];
-const markAt = (m: Mark) => m.at;
-const markVersion = (m: Mark) => m.version;
-
-/** A transition as the per-device limit sees it: its time and version, the run it is in, and its row when that run was parsed. */
+/** A transition as a walk sees it: its time and version, the run it is in, and its row when that run was parsed. */
 interface Mark {
   at: number;
   version: number;
   run: number;
   entry: RunEntry | null;
+}
+
+/**
+ * Sorts newest first (by time, then version) and keeps one of each (time, version): a device's
+ * time and version name a transition, so one a retried batch wrote twice counts once.
+ */
+function newestOnce(marks: Mark[]): void {
+  marks.sort((a, b) => b.at - a.at || b.version - a.version);
+  let out = 0;
+  for (const m of marks) {
+    const prev = out > 0 ? marks[out - 1]! : null;
+    if (prev !== null && prev.at === m.at && prev.version === m.version) continue;
+    marks[out++] = m;
+  }
+  marks.length = out;
+}
+
+/** A device's runs as its index holds them, newest first. */
+type RunKey = [rowid: number, lastAt: number, lastVersion: number, n: number];
+
+/** What a walk found: the device's runs, how many it reached, those it reached, and the newest transitions it kept. */
+interface Walk {
+  keys: RunKey[];
+  reachedCount: number;
+  reached: { rowid: number; entries: RunEntry[] | null }[];
+  /** Newest first, at most `keep`. */
+  marks: Mark[];
 }
 
 /** Whether a run whose newest row is (`lastAt`, `lastVersion`) ends before `m`. */
@@ -64,7 +72,6 @@ const COUNT_PURGE_DEVICES = 64;
  * per-device limit removes the second copy.
  */
 export class SqliteHistory {
-  private readonly runsOf: Stmt;
   private readonly runKeysOf: Stmt;
   private readonly runText: Stmt;
   private readonly beginningBefore: Stmt;
@@ -76,8 +83,7 @@ export class SqliteHistory {
 
   constructor(db: Db) {
     const order = "ORDER BY last_at DESC, last_version DESC";
-    this.runsOf = db.prepare(`SELECT last_at, last_version, rows FROM history_runs WHERE device_id = ? ${order}`).raw(true);
-    // The device index alone (it holds all four): no run's rows are read.
+    // The device index alone (it holds all four): a walk reads a run's rows only when it needs them.
     this.runKeysOf = db.prepare(`SELECT rowid, last_at, last_version, n FROM history_runs WHERE device_id = ? ${order}`).raw(true);
     this.runText = db.prepare("SELECT rows FROM history_runs WHERE rowid = ?").pluck(true);
     this.beginningBefore = db.prepare("SELECT rowid, last_at, n FROM history_runs WHERE first_at < ? ORDER BY first_at LIMIT ?").raw(true);
@@ -90,7 +96,8 @@ export class SqliteHistory {
 
   /** The device's last `limit` transitions, oldest first. */
   last(deviceId: string, limit: number): RunEntry[] {
-    return this.newest(deviceId, limit).reverse();
+    if (limit <= 0) return [];
+    return this.walk(deviceId, limit, true).marks.map((m) => m.entry!).reverse();
   }
 
   /**
@@ -127,9 +134,8 @@ export class SqliteHistory {
       for (const [deviceId] of devices) {
         const { removed, done } = this.trim(deviceId, limit, left);
         left -= removed;
-        // A device cut short by the bound is taken again first in the next round.
-        if (!done) break;
-        this.countCursor = deviceId;
+        // A device cut short by the bound (the only way to stop short) is taken again first in the next round.
+        if (done) this.countCursor = deviceId;
         if (left === 0) break;
       }
       if (left === 0 || devices.length === COUNT_PURGE_DEVICES) continue;
@@ -149,35 +155,10 @@ export class SqliteHistory {
    * transition written twice (same time and version) counts once: its second copy goes.
    */
   private trim(deviceId: string, keep: number, max: number): { removed: number; done: boolean } {
-    const keys = this.runKeysOf.all(deviceId) as [rowid: number, lastAt: number, lastVersion: number, n: number][];
-    /** Reached runs: their rows when parsed (null for a run of one). */
-    const reached: { rowid: number; entries: RunEntry[] | null }[] = [];
-    const marks: Mark[] = [];
-    let full = false;
-    let i = 0;
-    for (; i < keys.length; i++) {
-      const [rowid, lastAt, lastVersion, n] = keys[i]!;
-      if (full && endsBefore(lastAt, lastVersion, marks[keep - 1]!)) break;
-      const run = reached.length;
-      if (n === 1) {
-        reached.push({ rowid, entries: null });
-        marks.push({ at: lastAt, version: lastVersion, run, entry: null });
-      } else {
-        const entries = this.parse(rowid);
-        reached.push({ rowid, entries });
-        for (const entry of entries) marks.push({ at: entry[1], version: entry[2], run, entry });
-      }
-      if (marks.length >= keep) {
-        newestOnce(marks, markAt, markVersion);
-        if (marks.length >= keep) {
-          marks.length = keep;
-          full = true;
-        }
-      }
-    }
+    const { keys, reachedCount, reached, marks } = this.walk(deviceId, keep, false);
     let left = max;
     // The runs not reached end before every kept row: whole, oldest first.
-    for (let k = keys.length - 1; k >= i && left > 0; k--) {
+    for (let k = keys.length - 1; k >= reachedCount && left > 0; k--) {
       const [rowid, , , n] = keys[k]!;
       if (n <= left) {
         this.removeRun.run(rowid);
@@ -208,25 +189,39 @@ export class SqliteHistory {
     return { removed, done: removed === stored - marks.length };
   }
 
-  /** A device's newest `limit` transitions, newest first, each (time, version) once. */
-  private newest(deviceId: string, limit: number): RunEntry[] {
-    const entries: RunEntry[] = [];
-    if (limit <= 0) return entries;
-    // Sorted and cut to `limit` whenever it is full: the last one is then the oldest that stays.
+  /**
+   * Walks a device's runs newest first (by their newest row, from the device index) until its
+   * newest `keep` transitions are known: the next run ends before the `keep`-th newest found so
+   * far. Runs of one row are their index entry unless `parseAll` (reads need their rows).
+   */
+  private walk(deviceId: string, keep: number, parseAll: boolean): Walk {
+    const keys = this.runKeysOf.all(deviceId) as RunKey[];
+    const reached: Walk["reached"] = [];
+    const marks: Mark[] = [];
     let full = false;
-    for (const [lastAt, lastVersion, text] of this.runsOf.iterate(deviceId) as IterableIterator<[number, number, string]>) {
-      if (full && endsBefore(lastAt, lastVersion, { at: entries[limit - 1]![1], version: entries[limit - 1]![2] })) break;
-      for (const e of JSON.parse(text) as RunEntry[]) entries.push(e);
-      if (entries.length >= limit) {
-        newestOnce(entries, entryAt, entryVersion);
-        if (entries.length >= limit) {
-          entries.length = limit;
+    let i = 0;
+    for (; i < keys.length; i++) {
+      const [rowid, lastAt, lastVersion, n] = keys[i]!;
+      if (full && endsBefore(lastAt, lastVersion, marks[keep - 1]!)) break;
+      const run = reached.length;
+      if (n === 1 && !parseAll) {
+        reached.push({ rowid, entries: null });
+        marks.push({ at: lastAt, version: lastVersion, run, entry: null });
+      } else {
+        const entries = this.parse(rowid);
+        reached.push({ rowid, entries });
+        for (const entry of entries) marks.push({ at: entry[1], version: entry[2], run, entry });
+      }
+      if (marks.length >= keep) {
+        newestOnce(marks);
+        if (marks.length >= keep) {
+          marks.length = keep;
           full = true;
         }
       }
     }
-    if (!full) newestOnce(entries, entryAt, entryVersion);
-    return entries;
+    if (!full) newestOnce(marks);
+    return { keys, reachedCount: i, reached, marks };
   }
 
   private parse(rowid: number): RunEntry[] {

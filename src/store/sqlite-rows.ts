@@ -173,7 +173,8 @@ export const RUN_MAX_CHARS = 1 << 20;
  * consecutive rows of one device (a new one past RUN_MAX_CHARS), in the order given (the store
  * gives a batch's rows grouped by device, each device's as they came).
  */
-export function historyRunParams(rows: readonly HistoryRow[], out: unknown[]): void {
+function historyRuns(rows: readonly HistoryRow[]): unknown[] {
+  const out: unknown[] = [];
   for (let i = 0; i < rows.length; ) {
     const deviceId = rows[i]!.deviceId;
     if (typeof deviceId !== "string") throw invalid("deviceId", "must be text");
@@ -195,6 +196,7 @@ export function historyRunParams(rows: readonly HistoryRow[], out: unknown[]): v
     out.push(deviceId, firstAt, lastAt, lastVersion, k - i, `${body}]`);
     i = k;
   }
+  return out;
 }
 
 export const eventParams = (e: EventRow, out: unknown[]) =>
@@ -231,12 +233,6 @@ export interface EncodedPoints {
 
 /** Numbers a point takes in `EncodedPoints.cols`. */
 export const POINT_COLS = 4;
-
-function historyRuns(rows: readonly HistoryRow[]): unknown[] {
-  const out: unknown[] = [];
-  historyRunParams(rows, out);
-  return out;
-}
 
 function flatten<T>(rows: readonly T[], toParams: (row: T, out: unknown[]) => void): unknown[] {
   const out: unknown[] = [];
