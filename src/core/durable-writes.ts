@@ -4,7 +4,7 @@ import type { CommandTracker } from "./commands";
 import { TethralError, invalid, notFound } from "./errors";
 import { KeyedLock } from "./keyed-lock";
 import type { Presence } from "./presence";
-import type { DeviceRegistry } from "./registry";
+import type { ChangeOptions, DeviceRegistry } from "./registry";
 import type { ChangeCause, StatePlan, StateManager } from "./state";
 import { patchOf } from "./stored-rows";
 import { DeviceTokens } from "./tokens";
@@ -14,6 +14,9 @@ import type { Persistence } from "./write-behind";
 
 /** A device as registration answers it: with its token, the only time the token is shown. */
 export type RegisteredDevice = Device & { token?: string };
+
+/** A registration whose announcement the caller makes (`registered`), with the cause. */
+const SILENT: ChangeOptions = Object.freeze({ silent: true });
 
 /** How a device is once its change is settled (see `Persistence.release`). */
 type Afterwards = "changed" | "unchanged" | "gone";
@@ -58,19 +61,28 @@ export class DurableWrites {
    * Registers a device, keeping the token it presented when it registered itself (the device
    * already knows it); announced only once it is durable.
    */
-  async register(input: unknown, cause: ChangeCause, presented?: string): Promise<RegisteredDevice> {
-    checkCause(cause);
+  register(input: unknown, cause: ChangeCause, presented?: string): Promise<RegisteredDevice> {
     const p = this.persistence;
-    const token = this.deviceTokens ? (presented ?? DeviceTokens.generate()) : undefined;
-    if (!p) {
-      const device = this.registry.register(input, { ...cause, silent: true });
-      // In memory only: this cannot fail.
-      if (token !== undefined) await this.tokens.save(device.id, token, this.clock.now());
-      return this.registered(device, token, presented, cause);
+    if (p) return this.registerDurably(p, input, cause, presented);
+    // In memory only: done before this returns, without the promise chain of an async write
+    // (a third of a registration's garbage was async frames and the tokens' promise).
+    try {
+      checkCause(cause);
+      const token = this.deviceTokens ? (presented ?? DeviceTokens.generate()) : undefined;
+      const device = this.registry.register(input, SILENT);
+      if (token !== undefined) this.tokens.remember(device.id, token);
+      return Promise.resolve(this.registered(device, token, presented, cause));
+    } catch (err) {
+      return Promise.reject(err);
     }
+  }
+
+  private async registerDurably(p: Persistence, input: unknown, cause: ChangeCause, presented: string | undefined): Promise<RegisteredDevice> {
+    checkCause(cause);
+    const token = this.deviceTokens ? (presented ?? DeviceTokens.generate()) : undefined;
     const id = typeof (input as { id?: unknown } | null)?.id === "string" ? (input as { id: string }).id : "";
     return this.locks.run(id, async () => {
-      const device = this.registry.register(input, { ...cause, silent: true });
+      const device = this.registry.register(input, SILENT);
       // Until it is durable the device takes no traffic (ingest answers NOT_FOUND).
       this.registering.add(device.id);
       const write = async (): Promise<void> => {

@@ -263,7 +263,7 @@ export class Hub {
   // ── Registry: changes go through DurableWrites ─────────────────────────────────────────
 
   /** Registers a device: durable before it resolves and is announced, or not made at all (UNAVAILABLE). */
-  async registerDevice(input: unknown, cause: ChangeCause = {}): Promise<RegisteredDevice> {
+  registerDevice(input: unknown, cause: ChangeCause = {}): Promise<RegisteredDevice> {
     return this.routed(registrationId(input), "register", { input, cause }, () => this.writes.register(input, cause));
   }
 
@@ -431,7 +431,8 @@ export class Hub {
    * Runs `local` here, or on the cluster member that owns `deviceId` (see `ClusterMember.route`).
    * `extraMs`: how much longer than a plain request the answer may take (a command's `wait`).
    */
-  private async routed<T>(deviceId: string | null, method: string, args: Record<string, unknown>, local: () => Promise<T>, extraMs = 0): Promise<T> {
+  /** `local()` here, or at the device's owner in a cluster; never throws (each `local` is async or returns a promise it rejects). */
+  private routed<T>(deviceId: string | null, method: string, args: Record<string, unknown>, local: () => Promise<T>, extraMs = 0): Promise<T> {
     const c = this.cluster;
     if (c === null || deviceId === null || typeof deviceId !== "string") return local();
     return c.route(deviceId, method, args, local, extraMs > 0 ? extraMs + c.options.leaseMs + 10_000 : undefined);

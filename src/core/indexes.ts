@@ -338,7 +338,8 @@ export class Interner {
 
   /** The shared copy of a list, without duplicates; the caller's array is never kept. */
   list(values: readonly string[]): readonly string[] {
-    const key = values.join("\u0000");
+    // Validated text holds no NUL, so a lone value is its own key (and builds no string).
+    const key = values.length === 1 ? values[0]! : values.join("\u0000");
     const known = this.lists.get(key);
     if (known !== undefined) return known;
     const unique = values.length === 1 ? [values[0]!] : [...new Set(values)];

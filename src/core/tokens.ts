@@ -59,10 +59,15 @@ export class DeviceTokens {
 
   /** Stores the hash of `token` for a device (durably first, with a store), replacing any other. */
   async save(deviceId: string, token: string, now: number): Promise<void> {
-    // SHA-256 of the UTF-8, in one call with no Hash object (making one was a sixth of a registration).
-    const digest = hashOnce("sha256", token, "binary");
-    if (this.store) await this.store.putToken({ deviceId, hash: Buffer.from(digest, "latin1").toString("hex"), createdAt: now });
+    if (!this.store) return this.remember(deviceId, token);
+    const digest = digestOf(token);
+    await this.store.putToken({ deviceId, hash: Buffer.from(digest, "latin1").toString("hex"), createdAt: now });
     this.set(deviceId, digest);
+  }
+
+  /** Keeps the hash of `token` in memory only: for a hub without a store, where `save` would do just this. */
+  remember(deviceId: string, token: string): void {
+    this.set(deviceId, digestOf(token));
   }
 
   /** Constant-time check of a presented token; false when the device has none. */
@@ -97,6 +102,11 @@ export class DeviceTokens {
       this.orphans.set(deviceId, digest);
     }
   }
+}
+
+/** SHA-256 of the token's UTF-8 as latin1 text, in one call with no Hash object (making one was a sixth of a registration). */
+function digestOf(token: string): string {
+  return hashOnce("sha256", token, "binary");
 }
 
 /** A stored hex hash as the latin1 string kept in memory. */

@@ -6,14 +6,15 @@ import type { TethralEvent } from "../../src/core/types";
 import { assertCode } from "../helpers";
 import { FakeAdapter } from "./fake-adapter";
 
-function setup(options: HubOptions = {}) {
+/** A started hub with every event it publishes kept (start is awaited: a hub takes no commands before it runs). */
+async function setup(options: HubOptions = {}) {
   const clock = new ManualClock();
   const hub = new Hub({ clock, heartbeat: { resolutionMs: 0 }, ...options });
   const events: TethralEvent[] = [];
-  void hub.start();
   hub.subscribe({ types: "*" }, (e) => {
     events.push(e);
   });
+  await hub.start();
   const types = () => events.map((e) => e.type);
   const of = (type: string) => events.filter((e) => e.type === type);
   return { clock, hub, events, types, of };
@@ -23,7 +24,7 @@ function setup(options: HubOptions = {}) {
 describe("Hub", () => {
   describe("device traffic through ingest", () => {
     it("brings a device online on its first message and merges telemetry into its state", async () => {
-      const t = setup();
+      const t = await setup();
       await t.hub.registerDevice({ id: "boiler-1", protocol: "mqtt", heartbeatTimeout: 60 });
       const result = t.hub.ingest("boiler-1", { kind: "telemetry", data: { temperature: 21.5 }, protocol: "mqtt", causeId: "msg-1" });
       assert.deepEqual(result, { deviceId: "boiler-1", status: "online", changed: true, causeId: "msg-1" });
@@ -47,7 +48,7 @@ describe("Hub", () => {
     });
 
     it("goes offline when silent past its timeout and back online on the next message", async () => {
-      const t = setup();
+      const t = await setup();
       await t.hub.registerDevice({ id: "d1", protocol: "coap", heartbeatTimeout: 10 });
       t.hub.ingest("d1", { kind: "heartbeat" });
       t.clock.advance(10_000);
@@ -64,7 +65,7 @@ describe("Hub", () => {
     });
 
     it("a plain heartbeat of an online device changes nothing but lastSeen", async () => {
-      const t = setup();
+      const t = await setup();
       await t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
       t.hub.ingest("d1", { kind: "heartbeat" });
       const before = t.hub.getState("d1");
@@ -88,7 +89,7 @@ describe("Hub", () => {
     });
 
     it("an offline status message (MQTT last will) takes the device offline at once", async () => {
-      const t = setup();
+      const t = await setup();
       await t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 600 });
       t.hub.ingest("d1", { kind: "status", data: "online" });
       t.hub.ingest("d1", { kind: "status", data: "offline" });
@@ -99,7 +100,7 @@ describe("Hub", () => {
     });
 
     it("a device may report an error status and clear it by reporting online", async () => {
-      const t = setup();
+      const t = await setup();
       await t.hub.registerDevice({ id: "d1", protocol: "websocket" });
       t.hub.ingest("d1", { kind: "state", data: { status: "error", properties: { code: 17 } } });
       assert.equal(t.hub.getDevice("d1").status, "error");
@@ -126,7 +127,7 @@ describe("Hub", () => {
       ];
       for (const [name, message, code, field] of cases) {
         it(name, async () => {
-          const t = setup();
+          const t = await setup();
           await t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
           const before = JSON.stringify([t.hub.getDevice("d1"), t.hub.getState("d1")]);
           assertCode(() => t.hub.ingest("d1", message as never), code as TethralError["code"], field);
@@ -139,7 +140,7 @@ describe("Hub", () => {
       }
 
       it("an unknown device is NOT_FOUND and published as message.rejected", async () => {
-        const t = setup();
+        const t = await setup();
         assertCode(() => t.hub.ingest("ghost", { kind: "heartbeat", protocol: "coap" }), "NOT_FOUND");
         const rejected = t.of("message.rejected")[0]!;
         assert.equal(rejected.deviceId, "ghost");
@@ -148,7 +149,7 @@ describe("Hub", () => {
       });
 
       it("a constructor key in telemetry is ordinary data", async () => {
-        const t = setup();
+        const t = await setup();
         await t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
         t.hub.ingest("d1", { kind: "telemetry", data: JSON.parse('{"constructor": 1, "prototype": {"x": 2}}') });
         assert.deepEqual(JSON.parse(JSON.stringify(t.hub.getState("d1").properties)), { constructor: 1, prototype: { x: 2 } });
@@ -158,7 +159,7 @@ describe("Hub", () => {
 
   describe("maintenance", () => {
     it("suppresses offline alarms and keeps its status through traffic until cleared", async () => {
-      const t = setup();
+      const t = await setup();
       await t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 10 });
       t.hub.ingest("d1", { kind: "heartbeat" });
       await t.hub.setState("d1", { status: "maintenance" });
@@ -174,7 +175,7 @@ describe("Hub", () => {
     });
 
     it("setting offline by hand stops the wait; the next message brings the device back", async () => {
-      const t = setup();
+      const t = await setup();
       await t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 10 });
       t.hub.ingest("d1", { kind: "heartbeat" });
       await t.hub.setState("d1", { status: "offline" });
@@ -185,7 +186,7 @@ describe("Hub", () => {
 
   describe("presence: every status change is announced the same way", () => {
     it("a flow setting a device online or offline publishes device.online / device.offline with its cause", async () => {
-      const t = setup();
+      const t = await setup();
       await t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 10 });
       await t.hub.setState("d1", { status: "online" }, { causeId: "flow-msg-1", parentCauseId: "device-msg-0" });
       const online = t.of("device.online");
@@ -210,7 +211,7 @@ describe("Hub", () => {
 
     it("a command waiting for an offline device goes out when a flow sets the device online", async () => {
       const adapter = new FakeAdapter("mqtt");
-      const t = setup({ protocols: [adapter] });
+      const t = await setup({ protocols: [adapter] });
       await t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 10 });
       await t.hub.setState("d1", { status: "offline" });
       const command = await t.hub.sendCommand("d1", { command: "reboot" });
@@ -227,8 +228,32 @@ describe("Hub", () => {
   });
 
   describe("registry glue", () => {
+    it("a registration refused (bad input, a taken id, a bad cause) is a rejected promise that changes nothing, never a throw", async () => {
+      const t = await setup();
+      for (const [input, cause, code] of [
+        [{ id: "bad id!", protocol: "mqtt" }, {}, "INVALID"],
+        [null, {}, "INVALID"],
+        [{ id: "d1", protocol: "mqtt" }, { causeId: 7 }, "INVALID"],
+      ] as const) {
+        let pending: Promise<unknown> | undefined;
+        assert.doesNotThrow(() => {
+          pending = t.hub.registerDevice(input, cause as never);
+        });
+        await assert.rejects(pending!, (err: unknown) => (err as { code?: string }).code === code);
+      }
+      assert.equal(t.hub.listDevices().total, 0);
+      const token = (await t.hub.registerDevice({ id: "d1", protocol: "mqtt" })).token;
+      assert.equal(typeof token, "string");
+      await assert.rejects(t.hub.registerDevice({ id: "d1", protocol: "coap" }), (err: unknown) => (err as { code?: string }).code === "CONFLICT");
+      assert.equal(t.hub.getDevice("d1").protocol, "mqtt");
+      assert.equal(t.of("device.registered").length, 1);
+      // The token answered is the one the hub checks.
+      assert.equal(t.hub.tokens.verify("d1", token), true);
+      assert.equal(t.hub.tokens.verify("d1", `${token}x`), false);
+    });
+
     it("a changed heartbeatTimeout takes effect at once", async () => {
-      const t = setup();
+      const t = await setup();
       await t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 600 });
       t.hub.ingest("d1", { kind: "heartbeat" });
       await t.hub.updateDevice("d1", { heartbeatTimeout: 5 });
@@ -237,7 +262,7 @@ describe("Hub", () => {
     });
 
     it("removing a device stops its heartbeat and forgets its state; the id can be registered afresh", async () => {
-      const t = setup();
+      const t = await setup();
       await t.hub.registerDevice({ id: "d1", protocol: "mqtt", heartbeatTimeout: 10 });
       t.hub.ingest("d1", { kind: "telemetry", data: { t: 1 } });
       await t.hub.removeDevice("d1");
@@ -251,7 +276,7 @@ describe("Hub", () => {
     });
 
     it("removes devices offline longer than the retention age, with a device.removed event", async () => {
-      const t = setup({ heartbeat: { resolutionMs: 0, retention: { enabled: true, offlineForSec: 3600 } } });
+      const t = await setup({ heartbeat: { resolutionMs: 0, retention: { enabled: true, offlineForSec: 3600 } } });
       await t.hub.registerDevice({ id: "gone", protocol: "mqtt", heartbeatTimeout: 10 });
       await t.hub.registerDevice({ id: "kept", protocol: "mqtt", heartbeatTimeout: 10 });
       t.hub.ingest("gone", { kind: "heartbeat" });
@@ -269,7 +294,7 @@ describe("Hub", () => {
     });
 
     it("tells when the adaptive timeout learns a device's cadence", async () => {
-      const t = setup({ heartbeat: { resolutionMs: 0, adaptive: { enabled: true, factor: 3, minSec: 1, minSamples: 5 } } });
+      const t = await setup({ heartbeat: { resolutionMs: 0, adaptive: { enabled: true, factor: 3, minSec: 1, minSamples: 5 } } });
       await t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
       for (let i = 0; i < 10; i++) {
         t.hub.ingest("d1", { kind: "heartbeat" });
@@ -283,7 +308,7 @@ describe("Hub", () => {
 
   describe("user events", () => {
     it("publishes user events and refuses the hub's own prefixes and unknown devices", async () => {
-      const t = setup();
+      const t = await setup();
       await t.hub.registerDevice({ id: "d1", protocol: "mqtt" });
       const e = t.hub.publish("alarm.raised", { level: 3 }, { priority: "critical", deviceId: "d1" });
       assert.equal(e.source, "flow");
@@ -297,7 +322,7 @@ describe("Hub", () => {
 
   describe("health and statistics", () => {
     it("reports component health and counts", async () => {
-      const t = setup();
+      const t = await setup();
       await t.hub.registerDevice({ id: "d1", protocol: "mqtt", capabilities: ["temperature"] });
       t.hub.ingest("d1", { kind: "telemetry", data: { t: 1 } });
       await t.hub.registerDevice({ id: "quiet", protocol: "mqtt" });
