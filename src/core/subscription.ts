@@ -78,8 +78,13 @@ export function compilePattern(pattern: string): TypeMatcher {
   return (t) => re.test(t);
 }
 
+/** One matcher for several: a loop, since an arrow inside `some` would be a closure made for every event matched. */
 export function anyOf(matchers: TypeMatcher[]): TypeMatcher {
-  return matchers.length === 1 ? matchers[0]! : (t) => matchers.some((m) => m(t));
+  if (matchers.length === 1) return matchers[0]!;
+  return (t) => {
+    for (let i = 0; i < matchers.length; i++) if (matchers[i]!(t)) return true;
+    return false;
+  };
 }
 
 export function toList<T>(v: T | T[]): T[] {
