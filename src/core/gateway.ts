@@ -301,6 +301,8 @@ function sizeOf(payload: unknown): number {
 
 function decodeText(payload: unknown): string {
   if (typeof payload === "string") return payload;
+  // A Buffer (what MQTT and CoAP hand over) is read as it is: a view made of it is 100 bytes a message.
+  if (Buffer.isBuffer(payload)) return payload.toString("utf8");
   if (payload instanceof Uint8Array) return Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString("utf8");
   return typeof payload === "object" && payload !== null && typeof (payload as { status?: unknown }).status === "string"
     ? (payload as { status: string }).status
