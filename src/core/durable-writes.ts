@@ -201,7 +201,11 @@ export class DurableWrites {
   private registered(device: Device, token: string | undefined, presented: string | undefined, cause: ChangeCause): RegisteredDevice {
     this.registry.announceRegistered(device.id, cause);
     // Connections made while the id was unknown (self-registration) must prove the token anew.
-    this.adapters.disconnect(device.id, "registered: connect again with the device's token");
+    // After the adapter's handler returns: a registration in memory ends inside it, and a
+    // broker closing the connection there would drop its acknowledgement of the register
+    // message (an MQTT QoS 2 PUBREC).
+    const id = device.id;
+    queueMicrotask(() => this.adapters.disconnect(id, "registered: connect again with the device's token"));
     if (token === undefined || presented !== undefined) return device;
     // The caller's own copy (see DeviceRegistry.register): a spread of it cost a tenth of a registration.
     const shown = device as RegisteredDevice;

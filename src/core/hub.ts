@@ -264,7 +264,13 @@ export class Hub {
 
   /** Registers a device: durable before it resolves and is announced, or not made at all (UNAVAILABLE). */
   registerDevice(input: unknown, cause: ChangeCause = {}): Promise<RegisteredDevice> {
-    return this.routed(registrationId(input), "register", { input, cause }, () => this.writes.register(input, cause));
+    // Not async (an in-memory registration is done before this returns), so a throw is caught
+    // here: reading the id of an input whose getter throws must reject, as everything else does.
+    try {
+      return this.routed(registrationId(input), "register", { input, cause }, () => this.writes.register(input, cause));
+    } catch (err) {
+      return Promise.reject(err);
+    }
   }
 
   /** A new token for a device (the old one stops working at once), shown only in this answer. */
@@ -430,8 +436,8 @@ export class Hub {
   /**
    * Runs `local` here, or on the cluster member that owns `deviceId` (see `ClusterMember.route`).
    * `extraMs`: how much longer than a plain request the answer may take (a command's `wait`).
+   * Never throws: each `local` is async or returns a promise it rejects, and `route` is async.
    */
-  /** `local()` here, or at the device's owner in a cluster; never throws (each `local` is async or returns a promise it rejects). */
   private routed<T>(deviceId: string | null, method: string, args: Record<string, unknown>, local: () => Promise<T>, extraMs = 0): Promise<T> {
     const c = this.cluster;
     if (c === null || deviceId === null || typeof deviceId !== "string") return local();

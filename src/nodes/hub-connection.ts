@@ -22,6 +22,14 @@ export class HubConnection {
     return this.current;
   }
 
+  /**
+   * The hub while it is running, at once: a status listener told "running" sets up on it before
+   * anyone awaiting `acquire()` goes on, so a subscriber misses nothing that call then does.
+   */
+  get runningHub(): Hub | null {
+    return this.current.state === "running" && this.hub?.isRunning ? this.hub : null;
+  }
+
   get closed(): boolean {
     return this.closing !== null;
   }

@@ -56,23 +56,21 @@ export class HubUse {
 
   private follow(report: HubStatusReport): void {
     if (!this.attach || this.closed) return;
-    if (report.state !== "running") {
+    const hub = report.state === "running" ? this.hubNode.runningHub() : null;
+    if (hub === null) {
       this.detach();
       return;
     }
-    this.hubNode.acquire().then(
-      (hub) => {
-        if (this.closed || !this.attach || this.attached?.hub === hub || this.hubReport?.state !== "running") return;
-        this.detach();
-        try {
-          this.attached = { hub, undo: this.attach(hub) };
-        } catch (err) {
-          this.failed(errorLabel(err));
-          this.node.error(toError(err));
-        }
-      },
-      () => undefined,
-    );
+    // Set up at once, on the "running" change itself: a call that waited for the hub's start
+    // (a registration sent as the flow was deployed) runs after this, so its events are seen.
+    if (this.attached?.hub === hub) return;
+    this.detach();
+    try {
+      this.attached = { hub, undo: this.attach(hub) };
+    } catch (err) {
+      this.failed(errorLabel(err));
+      this.node.error(toError(err));
+    }
   }
 
   private detach(): void {

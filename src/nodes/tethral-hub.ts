@@ -144,15 +144,11 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
   const follow = (running: boolean) => {
     feed?.stop();
     feed = null;
-    if (!running || !RED.comms) return;
-    connection.acquire().then(
-      (hub) => {
-        if (feed || connection.status.state !== "running") return;
-        feed = new DevicesFeed(hub, node.id, (update) => RED.comms?.publish(`tethral/devices/${node.id}`, update, false));
-        feed.start();
-      },
-      () => undefined,
-    );
+    const hub = running && RED.comms ? connection.runningHub : null;
+    if (!hub) return;
+    // At once, on the "running" change: before the calls waiting for the start go on.
+    feed = new DevicesFeed(hub, node.id, (update) => RED.comms?.publish(`tethral/devices/${node.id}`, update, false));
+    feed.start();
   };
 
   let lastLogged: string | null = configError ? configError.message : null;
@@ -185,6 +181,7 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
       if (entry?.showStatus) user.status({});
     },
     acquire,
+    runningHub: () => connection.runningHub,
     hubStatus: () => report(connection.status),
     onStatus(listener: HubStatusListener) {
       const call = (status: HubStatus) => {

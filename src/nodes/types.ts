@@ -147,6 +147,11 @@ export interface TethralHubApi {
   deregister(user: Node): void;
   /** The started hub: starts it on first use; concurrent calls share one start. */
   acquire(): Promise<Hub>;
+  /**
+   * The hub while it is running, or null: what a status listener told "running" sets up on at
+   * once (an event subscription), before the calls that waited for `acquire()` run.
+   */
+  runningHub(): Hub | null;
   /** The hub's current state. */
   hubStatus(): HubStatusReport;
   /** Calls `listener` now and on every state change; returns the function that unsubscribes. */

@@ -234,12 +234,14 @@ describe("Hub", () => {
         [{ id: "bad id!", protocol: "mqtt" }, {}, "INVALID"],
         [null, {}, "INVALID"],
         [{ id: "d1", protocol: "mqtt" }, { causeId: 7 }, "INVALID"],
+        // A flow's object whose id cannot be read: refused as any other bad input.
+        [Object.defineProperty({ protocol: "mqtt" }, "id", { enumerable: true, get: () => { throw new TypeError("no id"); } }), {}, undefined],
       ] as const) {
         let pending: Promise<unknown> | undefined;
         assert.doesNotThrow(() => {
           pending = t.hub.registerDevice(input, cause as never);
         });
-        await assert.rejects(pending!, (err: unknown) => (err as { code?: string }).code === code);
+        await assert.rejects(pending!, (err: unknown) => (code === undefined ? err instanceof TypeError : (err as { code?: string }).code === code));
       }
       assert.equal(t.hub.listDevices().total, 0);
       const token = (await t.hub.registerDevice({ id: "d1", protocol: "mqtt" })).token;
