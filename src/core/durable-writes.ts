@@ -62,13 +62,13 @@ export class DurableWrites {
    * already knows it); announced only once it is durable.
    */
   register(input: unknown, cause: ChangeCause, presented?: string): Promise<RegisteredDevice> {
-    const p = this.persistence;
-    if (p) return this.registerDurably(p, input, cause, presented);
-    // In memory only: done before this returns, without the promise chain of an async write
-    // (a third of a registration's garbage was async frames and the tokens' promise).
     try {
       checkCause(cause);
       const token = this.deviceTokens ? (presented ?? DeviceTokens.generate()) : undefined;
+      const p = this.persistence;
+      if (p) return this.registerDurably(p, input, cause, token, presented);
+      // In memory only: done before this returns, without the promise chain of an async write
+      // (a third of a registration's garbage was async frames and the tokens' promise).
       const device = this.registry.register(input, SILENT);
       if (token !== undefined) this.tokens.remember(device.id, token);
       return Promise.resolve(this.registered(device, token, presented, cause));
@@ -77,9 +77,7 @@ export class DurableWrites {
     }
   }
 
-  private async registerDurably(p: Persistence, input: unknown, cause: ChangeCause, presented: string | undefined): Promise<RegisteredDevice> {
-    checkCause(cause);
-    const token = this.deviceTokens ? (presented ?? DeviceTokens.generate()) : undefined;
+  private async registerDurably(p: Persistence, input: unknown, cause: ChangeCause, token: string | undefined, presented: string | undefined): Promise<RegisteredDevice> {
     const id = typeof (input as { id?: unknown } | null)?.id === "string" ? (input as { id: string }).id : "";
     return this.locks.run(id, async () => {
       const device = this.registry.register(input, SILENT);

@@ -25,7 +25,7 @@ export class HubUse {
     this.unsubscribe = hubNode.onStatus((report) => {
       this.hubReport = report;
       this.show();
-      this.follow(report);
+      this.follow();
     });
   }
 
@@ -51,12 +51,13 @@ export class HubUse {
   whileRunning(setUp: (hub: Hub) => () => void): void {
     this.attach = setUp;
     this.hub().catch(() => undefined); // a failure shows as the hub's status; the next start is followed
-    if (this.hubReport) this.follow(this.hubReport);
+    this.follow();
   }
 
-  private follow(report: HubStatusReport): void {
+  /** Sets up on the hub if it runs, and undoes that if it does not (status listeners run after the hub's state moved). */
+  private follow(): void {
     if (!this.attach || this.closed) return;
-    const hub = report.state === "running" ? this.hubNode.runningHub() : null;
+    const hub = this.hubNode.runningHub();
     if (hub === null) {
       this.detach();
       return;

@@ -141,10 +141,10 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
 
   // The editor's Devices sidebar follows this hub while it runs.
   let feed: DevicesFeed | null = null;
-  const follow = (running: boolean) => {
+  const follow = () => {
     feed?.stop();
     feed = null;
-    const hub = running && RED.comms ? connection.runningHub : null;
+    const hub = RED.comms ? connection.runningHub : null;
     if (!hub) return;
     // At once, on the "running" change: before the calls waiting for the start go on.
     feed = new DevicesFeed(hub, node.id, (update) => RED.comms?.publish(`tethral/devices/${node.id}`, update, false));
@@ -153,7 +153,7 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
 
   let lastLogged: string | null = configError ? configError.message : null;
   connection.onChange((status) => {
-    follow(status.state === "running");
+    follow();
     const current = report(status);
     for (const { user, showStatus } of users.values()) if (showStatus) user.status(current.display);
     // A start that fails is logged once per distinct reason, not on every retry.
