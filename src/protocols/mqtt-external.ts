@@ -52,6 +52,14 @@ export class ExternalBroker implements MqttMode {
   private startWaiter: (() => void) | null = null;
   /** From each device's retained status topic; only devices the hub accepted a status from. */
   private readonly presence = new Map<string, boolean>();
+  /**
+   * Devices whose presence the status topic told before the broker connection was lost, and has
+   * not told again since: not sent to until it does (its retained copy on resubscribing, or the
+   * device announcing itself after reconnecting). A restarted broker forgets subscriptions and
+   * retained messages, so a command sent before the device is back is dropped for want of a
+   * subscriber, though the broker acknowledged it.
+   */
+  private readonly unconfirmed = new Set<string>();
   private readonly pending = new PendingWrites(() => this.context?.counters ?? null);
   private readonly figures = { connects: 0, connectionsLost: 0, reconnectsScheduled: 0, subscribeFailures: 0, oversized: 0, topicsUnknown: 0, twinsPublished: 0 };
   private filters: string[];
@@ -91,6 +99,7 @@ export class ExternalBroker implements MqttMode {
   }
 
   deviceRemoved(deviceId: string): void {
+    this.unconfirmed.delete(deviceId);
     this.partitions?.removed(deviceId);
   }
 
@@ -153,6 +162,7 @@ export class ExternalBroker implements MqttMode {
     }
     this.subscribed = false;
     this.presence.clear();
+    this.unconfirmed.clear();
   }
 
   send(deviceId: string, frame: CommandFrame, timeoutMs: number): Promise<SendOutcome> {
@@ -174,7 +184,9 @@ export class ExternalBroker implements MqttMode {
   }
 
   isConnected(deviceId: string): boolean | undefined {
-    return this.presence.get(deviceId);
+    const up = this.presence.get(deviceId);
+    if (up !== undefined) return up;
+    return this.unconfirmed.has(deviceId) ? false : undefined;
   }
 
   /**
@@ -297,7 +309,10 @@ export class ExternalBroker implements MqttMode {
   /** The broker connection is gone, so is what its status topics said: the retained copies come again after reconnecting. */
   private forgetPresence(): void {
     const context = this.context;
-    for (const [deviceId, up] of this.presence) if (up) context?.disconnected(deviceId);
+    for (const [deviceId, up] of this.presence) {
+      this.unconfirmed.add(deviceId);
+      if (up) context?.disconnected(deviceId);
+    }
     this.presence.clear();
   }
 
@@ -362,6 +377,7 @@ export class ExternalBroker implements MqttMode {
     const text = payload && payload.length <= 16 ? payload.toString("utf8").trim().toLowerCase() : "";
     const up = text === "online" ? true : text === "offline" ? false : undefined;
     const before = this.presence.get(deviceId);
+    this.unconfirmed.delete(deviceId);
     if (up === undefined) this.presence.delete(deviceId);
     else this.presence.set(deviceId, up);
     // The hub sends a device's queued commands when it hears the device is reachable again.
