@@ -99,6 +99,7 @@ export class ExternalBroker implements MqttMode {
   }
 
   deviceRemoved(deviceId: string): void {
+    this.presence.delete(deviceId);
     this.unconfirmed.delete(deviceId);
     this.partitions?.removed(deviceId);
   }
@@ -242,6 +243,8 @@ export class ExternalBroker implements MqttMode {
       brokerConnected: this.client?.connected ?? false,
       subscribed: this.subscribed,
       devicesKnownOffline: this.presence.size - online,
+      // Not sent to until their status speaks again (see `unconfirmed`).
+      devicesUnconfirmed: this.unconfirmed.size,
       paused: this.waiting ? 1 : 0,
       pauses: this.pauses,
       ...this.figures,

@@ -15,6 +15,8 @@ export class MqttDevice {
   closed = false;
   /** The last CONNACK's session-present flag: the broker kept a persistent session for this client id. */
   sessionPresent = false;
+  /** The client's last error once connected (a reconnection refused, say): it goes on retrying. */
+  lastError: Error | null = null;
 
   private constructor(
     readonly client: MqttClient,
@@ -38,10 +40,17 @@ export class MqttDevice {
     const client = mqtt.connect(url, MqttDevice.options(opts));
     const device = new MqttDevice(client, opts.id, opts.root ?? "tethral");
     return new Promise((resolve, reject) => {
-      client.once("connect", () => resolve(device));
-      client.once("error", (err) => {
+      // Only a failure to connect ends the client: a later error (a reconnection refused while
+      // its broker restarts) is the client's to retry.
+      const refused = (err: Error) => {
         client.end(true);
         reject(err);
+      };
+      client.once("error", refused);
+      client.once("connect", () => {
+        client.off("error", refused);
+        client.on("error", (err) => (device.lastError = err));
+        resolve(device);
       });
     });
   }

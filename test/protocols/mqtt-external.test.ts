@@ -208,6 +208,28 @@ for (const target of ["aedes", "mosquitto"] as const) {
       assert.equal(rig.hub.communicationStatistics().protocols.mqtt!.messagesOut, 2);
     });
 
+    it("after losing its own connection, sends to a device again once its retained status is replayed, and forgets a removed device's", async function () {
+      const clientId = `${rig.root}-hub`;
+      await rig.startHub(["boiler-1", "boiler-2"], { clientId });
+      const d = await rig.device("boiler-1");
+      d.answerCommands(() => ({ ok: true }));
+      await d.subscribe(d.topic("commands"));
+      await rig.online(d);
+      // boiler-2 says online without retaining it: no copy of it comes back after the hub reconnects.
+      const gone = await rig.device("boiler-2");
+      await gone.publish("status", "online", { retain: false });
+      await until(() => rig.adapter.isConnected("boiler-1") === true && rig.adapter.isConnected("boiler-2") === true, "both online");
+      await rig.hub.removeDevice("boiler-2");
+      // The broker goes on; only the hub's session is taken over: boiler-1's retained online is
+      // replayed when the hub subscribes again, and that is enough to send to it.
+      await rig.kickHub(clientId);
+      await until(() => rig.adapter.isConnected("boiler-1") === true, "boiler-1's presence from its replayed status");
+      assert.equal((await rig.hub.sendCommand("boiler-1", { command: "ping", wait: true, timeout: 5 })).status, "succeeded");
+      // boiler-2 was removed: nothing is left waiting for its status.
+      assert.equal(rig.adapter.statistics().devicesUnconfirmed, 0);
+      assert.equal(rig.adapter.isConnected("boiler-2"), undefined);
+    });
+
     it("takes the last will: the device goes offline, and isConnected follows its status", async function () {
       await rig.startHub(["boiler-1"]);
       const d = await rig.device("boiler-1", { will: { topic: `${rig.root}/devices/boiler-1/status`, payload: Buffer.from("offline"), qos: 1, retain: true } });
@@ -310,6 +332,8 @@ describe("MQTT adapter, external broker, faults (aedes restarted by the test)", 
     // Sent while the broker is away: the hub keeps it queued rather than fail it.
     const during = await rig.hub.sendCommand("boiler-1", { command: "n", params: { n: 1 }, wait: false, timeout: 5 });
     assert.equal(during.status, "queued");
+    // Down for longer than the clients' reconnect period: their reconnections are refused meanwhile.
+    await new Promise((resolve) => setTimeout(resolve, 300));
     await broker.start(port);
     await until(() => rig.adapter.health().status === "ok", "reconnected and subscribed");
     assert.equal((await rig.hub.waitForCommand(during.id)).status, "succeeded");
