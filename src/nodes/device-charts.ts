@@ -47,6 +47,10 @@ export const MAX_CHARTS = 12;
  * NOT_FOUND for an unknown device; UNAVAILABLE for a hub without a database.
  */
 export async function deviceCharts(hub: Hub, deviceId: string, now = Date.now()): Promise<DeviceCharts> {
+  // Read before the queries: what was reported by now is in their answers (each flushes what is
+  // written behind first), so the last value lies within the range drawn; a report that lands
+  // while they run shows at the next refresh.
+  const properties = hub.getState(deviceId).properties;
   const firsts = await hub.telemetry(deviceId, { from: now - DAY_MS, to: now, limit: 1 });
   const numeric = Object.keys(firsts.series)
     .filter((key) => typeof firsts.series[key]![0]?.value === "number")
@@ -62,7 +66,6 @@ export async function deviceCharts(hub: Hub, deviceId: string, now = Date.now())
     hub.telemetry(deviceId, { ...query, agg: "min" }),
     hub.telemetry(deviceId, { ...query, agg: "max" }),
   ]);
-  const properties = hub.getState(deviceId).properties;
   const charts: KeyChart[] = [];
   for (const key of numeric) {
     const points = numbers(avg, key);

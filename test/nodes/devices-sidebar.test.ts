@@ -111,6 +111,22 @@ describe("Devices sidebar: admin endpoints and the plugin", function () {
       if (rpm.points.length === 1) assert.equal(rpm.points[0]![1], 1150, "the bucket's average");
       assert.ok(rpm.points.every(([t]) => t >= body.from && t <= body.to && t % 10_000 === 0), "bucket starts");
 
+      // The last value and the range are of one moment: a report that lands while the chart's
+      // queries run (here, as the last of them answers) shows at the next refresh, not as a last
+      // value outside the range drawn.
+      const telemetry = hub.telemetry.bind(hub);
+      let answered = 0;
+      hub.telemetry = async (...args: Parameters<typeof hub.telemetry>) => {
+        const answer = await telemetry(...args);
+        if (++answered === 4) hub.ingest("pump-1", { kind: "telemetry", data: { rpm: 5000, flow: 3 } });
+        return answer;
+      };
+      const racing = (await helper.request().get("/tethral/hubs/hub1/devices/pump-1/telemetry")).body as Charts;
+      hub.telemetry = telemetry;
+      assert.equal(answered, 4);
+      const raced = racing.charts.find((c) => c.key === "rpm")!;
+      assert.deepEqual([raced.last, raced.min, raced.max], [1000, 900, 1500]);
+
       const none = (await helper.request().get("/tethral/hubs/hub1/devices/quiet/telemetry")).body as Charts;
       assert.deepEqual(none.charts, [], "a device with no series");
       const ghost = await helper.request().get("/tethral/hubs/hub1/devices/ghost/telemetry");
