@@ -271,15 +271,19 @@ for (const target of ["aedes", "mosquitto"] as const) {
 describe("MQTT adapter, external broker, faults (aedes restarted by the test)", function () {
   let broker: PlainBroker;
   let rig: Rig;
-  /** A client whose SUBSCRIBE the broker takes late (ms), as a loaded broker or machine does. */
-  let slowSubscriber: { clientId: string; ms: number } | null = null;
+  /**
+   * A client whose SUBSCRIBE the broker takes late, as a loaded broker or machine does: not
+   * before `until()` holds, then `ms` later.
+   */
+  let slowSubscriber: { clientId: string; until: () => boolean; ms: number } | null = null;
 
   beforeEach(async function () {
     slowSubscriber = null;
     broker = await new PlainBroker({
       authorizeSubscribe: (client, subscription, done) => {
-        const delay = client?.id === slowSubscriber?.clientId ? slowSubscriber.ms : 0;
-        setTimeout(() => done(null, subscription), delay);
+        const slow = client?.id === slowSubscriber?.clientId ? slowSubscriber : null;
+        if (!slow) return done(null, subscription);
+        void until(slow.until, "the slow subscriber's moment", 10_000).then(() => setTimeout(() => done(null, subscription), slow.ms));
       },
     }).start();
     rig = new Rig(broker.url);
@@ -328,7 +332,9 @@ describe("MQTT adapter, external broker, faults (aedes restarted by the test)", 
     // The restarted broker takes the device's subscription late: the hub is back and subscribed
     // first, and must not send to the device until it announces itself again (the broker would
     // acknowledge the command and drop it, for want of a subscriber).
-    slowSubscriber = { clientId: d.client.options.clientId!, ms: 300 };
+    // Held until the hub is back and subscribed, then 300 ms more: more than the command queue's
+    // sweep (50 ms here), so a hub that did not wait would have sent the command by then.
+    slowSubscriber = { clientId: d.client.options.clientId!, until: () => rig.adapter.health().status === "ok", ms: 300 };
     // Sent while the broker is away: the hub keeps it queued rather than fail it.
     const during = await rig.hub.sendCommand("boiler-1", { command: "n", params: { n: 1 }, wait: false, timeout: 5 });
     assert.equal(during.status, "queued");
