@@ -99,8 +99,11 @@ export class DeviceGateway {
         ? (message) => (this.router?.heldElsewhere(message) ? { ok: true, deviceId: message.deviceId, status: null, changed: false } : this.receive(message))
         : (message) => this.receive(message),
       authenticate: (protocol, deviceId, token) => this.authenticate(protocol, deviceId, token),
+      // A shared intake (an external broker) gives every member the device's presence itself, the
+      // owner included: nothing to route through the member that heard it (which would bypass the
+      // owner's own view, an MQTT status not confirmed again after a reconnection, say).
       connected: (id) => {
-        if (!this.router?.connectedHere(id)) onConnected(id);
+        if (adapter.sharedIntake || !this.router?.connectedHere(id)) onConnected(id);
       },
       // Nothing to do: commands ask the adapter (isConnected) before each send, and the device's
       // status follows its messages, last will and heartbeat timeout, not its socket.

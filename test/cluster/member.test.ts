@@ -135,6 +135,23 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
     await until("B's adapter sent it", () => b.shared.frames.some((f) => f.id === ping.id));
     assert.equal(a.shared.frames.length, 0);
 
+    // A shared intake gives the owner the device's presence itself: an `online` another member
+    // heard is no reason to send through that member while the owner's own adapter says the
+    // device is not reachable (an MQTT status not confirmed again since a broker restart).
+    const waiting = ids.find((id) => !id.endsWith("1") && id !== bMqtt && ownedBy(b).includes(partitionOf(id, PARTITIONS)))!;
+    b.shared.links.set(waiting, false);
+    a.shared.links.set(waiting, true);
+    a.shared.context.connected(waiting);
+    await settle();
+    const held = await a.hub.sendCommand(waiting, { command: "ping" });
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(a.shared.frames.length, 0, "not sent through the member that heard the device");
+    assert.ok(!b.shared.frames.some((f) => f.id === held.id), "not sent by the owner while its adapter says unreachable");
+    b.shared.links.set(waiting, true);
+    b.shared.context.connected(waiting);
+    await until("the owner sent it once its own adapter heard the device", () => b.shared.frames.some((f) => f.id === held.id));
+    assert.equal(a.shared.frames.length, 0);
+
     // A WebSocket device connected to the member that does not own it: its report reaches the owner.
     const wsId = ids.find((id) => id.endsWith("1") && ownedBy(b).includes(partitionOf(id, PARTITIONS)))!;
     assert.ok(wsId, "some websocket device is B's");
