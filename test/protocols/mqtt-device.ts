@@ -15,8 +15,6 @@ export class MqttDevice {
   closed = false;
   /** The last CONNACK's session-present flag: the broker kept a persistent session for this client id. */
   sessionPresent = false;
-  /** The client's last error once connected (a reconnection refused, say): it goes on retrying. */
-  lastError: Error | null = null;
 
   private constructor(
     readonly client: MqttClient,
@@ -49,7 +47,9 @@ export class MqttDevice {
       client.once("error", refused);
       client.once("connect", () => {
         client.off("error", refused);
-        client.on("error", (err) => (device.lastError = err));
+        // Once connected, an error (a reconnection refused) is the client's to retry; a listener
+        // keeps it from being thrown.
+        client.on("error", () => undefined);
         resolve(device);
       });
     });

@@ -283,7 +283,10 @@ describe("MQTT adapter, external broker, faults (aedes restarted by the test)", 
       authorizeSubscribe: (client, subscription, done) => {
         const slow = client?.id === slowSubscriber?.clientId ? slowSubscriber : null;
         if (!slow) return done(null, subscription);
-        void until(slow.until, "the slow subscriber's moment", 10_000).then(() => setTimeout(() => done(null, subscription), slow.ms));
+        until(slow.until, "the slow subscriber's moment", 10_000).then(
+          () => setTimeout(() => done(null, subscription), slow.ms),
+          (err: Error) => done(err, null),
+        );
       },
     }).start();
     rig = new Rig(broker.url);
