@@ -58,8 +58,17 @@ export function table(rows: Checked[]): string {
       `\`bench:comm\`'s Mosquitto figures come from a Mosquitto of its own with \`set_tcp_nodelay true\`, as "Mosquitto and command latency" recommends. The same run on a Mosquitto with its defaults, for the record (no target): hub ÷ bare subscriber ${d.ingestRatio}, command round trip p50 / p99 ${d.commandP50Ms} / ${d.commandP99Ms} ms at 1,000 a second, and a median of ${d.singleCommandP50Ms} ms one at a time.`,
     );
   }
+  const page = samePage();
+  if (page) {
+    lines.push(
+      `\`bench:rest\`'s list answers a page of 10 devices (${page.pageBytes.toLocaleString("en-US")} bytes) where the bare flow answers \`{}\`. The same run's plain Node-RED flow answering that same page from a function node (\`http in\` → \`function\` → \`http response\`), for the record (no target): ${page["ratios.samePageFunction"]} of the bare flow, against ${page["ratios.listDevices"]} for \`GET /api/devices?limit=10\`.`,
+    );
+  }
   return lines.join("\n");
 }
+
+/** bench:rest's figures for the page answered by a plain flow, when its result has them. */
+const samePage = () => figuresAt("rest", "", ["pageBytes", "ratios.samePageFunction", "ratios.listDevices"]);
 
 /** Figures of one result under `prefix`, by name, when the result has every one of them. */
 function figuresAt<F extends string>(bench: string, prefix: string, fields: readonly F[]): Record<F, number> | undefined {

@@ -5,7 +5,9 @@
  *   serves on this machine, the limit;
  * - the REST API's routes: `GET /api/devices/{id}`, `GET /api/devices?limit=10`, and HTTP device
  *   reports `POST /api/devices/{id}/telemetry` (token checked, heartbeat, state merge, events,
- *   written behind), each as a ratio to the baseline of the same method.
+ *   written behind), each as a ratio to the baseline of the same method;
+ * - for the record (no target): the list's page (the same bytes) answered by a function node in a
+ *   plain flow, as a ratio to the same baseline: what answering that body costs Node-RED itself.
  * 32 keep-alive connections keep requests in flight for BENCH_SECONDS (default 5) per route, in
  * five one-second turns with the other routes, after 2 s of unmeasured load on each route.
  * Run with `npm run bench:rest`; writes bench/results/rest.json. Not a test: nothing asserts a time.
@@ -121,6 +123,21 @@ async function main(): Promise<void> {
       if (res.status !== 201) throw new Error(`registration failed: ${res.status} ${JSON.stringify(res.body)}`);
       tokens.push(res.body.token as string);
     }
+    // For the record (no target): the list's page as a plain flow would answer it, the same bytes
+    // from a function node, beside the bare flow's `{}`.
+    const page = await fetch(new URL("api/devices?limit=10", rt.url));
+    if (page.status !== 200) throw new Error(`could not read the page: ${page.status}`);
+    const pageJson = await page.text();
+    const pageFlow = {
+      label: "bench same page",
+      nodes: [
+        { id: "p1", type: "http in", url: "/bench/page", method: "get", upload: false, swaggerDoc: "", x: 100, y: 40, wires: [["p2"]] },
+        { id: "p2", type: "function", name: "the same page", func: `msg.payload = ${pageJson};\nreturn msg;`, outputs: 1, timeout: 0, noerr: 0, initialize: "", finalize: "", libs: [], x: 300, y: 40, wires: [["p3"]] },
+        { id: "p3", type: "http response", statusCode: "200", headers: {}, x: 500, y: 40, wires: [] },
+      ],
+    };
+    const pageAdded = await fetch(new URL("flow", rt.url), { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(pageFlow) });
+    if (!pageAdded.ok) throw new Error(`could not add the page flow: ${pageAdded.status} ${await pageAdded.text()}`);
     const report = JSON.stringify({ temperature: 21.5, humidity: 40 });
     const getDevice = (i: number) => ({ method: "GET", path: `/api/devices/bench-${i % DEVICES}` });
     const postTelemetry = (i: number) => ({
@@ -139,6 +156,7 @@ async function main(): Promise<void> {
       ["GET /api/devices?limit=10", listDevices, 200, 0],
       ["POST baseline (http in → http response)", postEcho, 204, null],
       ["POST /api/devices/{id}/telemetry", postTelemetry, 204, 3],
+      ["GET the same page from a function node (http in → function → http response)", () => ({ method: "GET", path: "/api/bench/page" }), 200, 0],
     ];
     // Every route under load before anything is measured: the first phase of a cold runtime ran
     // unoptimised code, which cost the GET baseline a third of its rate. Then the routes take
@@ -158,10 +176,15 @@ async function main(): Promise<void> {
 
     console.table(phases.map((p) => ({ phase: p.name, "req/s": p.requestsPerSec, "ratio to baseline": p.ratio ?? "", "p50 ms": p.p50Ms, "p99 ms": p.p99Ms, errors: p.errors })));
     const ratio = (name: string) => phases.find((p) => p.name.startsWith(name))!.ratio!;
-    const ratios = { getDevice: ratio("GET /api/devices/{id}"), listDevices: ratio("GET /api/devices?limit=10"), postTelemetry: ratio("POST /api/devices/{id}/telemetry") };
+    const ratios = {
+      getDevice: ratio("GET /api/devices/{id}"),
+      listDevices: ratio("GET /api/devices?limit=10"),
+      postTelemetry: ratio("POST /api/devices/{id}/telemetry"),
+      samePageFunction: ratio("GET the same page"),
+    };
     const target = targetOf("rest", "ratios.getDevice");
     console.log(`ratios to the bare flow: ${JSON.stringify(ratios)} (target ≥ ${target} each)`);
-    writeResults("rest", { seconds: SECONDS, connections: CONNECTIONS, devices: DEVICES, phases, ratios });
+    writeResults("rest", { seconds: SECONDS, connections: CONNECTIONS, devices: DEVICES, pageBytes: Buffer.byteLength(pageJson), phases, ratios });
   } finally {
     await rt.stop();
     rmSync(scratch, { recursive: true, force: true });

@@ -132,12 +132,6 @@ if (typeof body.deviceId === "string") msg.deviceId = body.deviceId;
 if (typeof body.ttl === "number") msg.ttl = body.ttl;
 return msg;`;
 
-// Output 1: the fleet's statistics; output 2: the states; output 3: one device. A function, not a
-// switch: the switch node takes one message per turn of the event loop, which held this route
-// to 0.59-0.73 of a bare http in → http response flow under bench:rest (0.74-0.93 with this).
-const WHICH = `const id = msg.req?.params?.id;
-return id === "statistics" ? [msg, null, null] : id === "states" ? [null, msg, null] : [null, null, msg];`;
-
 const EVENT_CREATED = `msg.statusCode = 201;
 msg.payload = msg.event;
 delete msg.event;
@@ -278,7 +272,7 @@ add("publish-out", "http response", response(), X[4], at);
 heading(
   "h-devices",
   "Devices",
-  "`GET /api/devices` (query: status, protocol, manufacturer, capability, tag, q, limit, offset), `POST /api/devices`, and one device by id. `GET /api/devices/statistics` and `GET /api/devices/states` come in on the `{id}` route and a function node hands them to their own handlers, whatever order Node-RED registers the routes in: they are never taken for a device id.",
+  "`GET /api/devices` (query: status, protocol, manufacturer, capability, tag, q, limit, offset), `POST /api/devices`, and one device by id. `GET /api/devices/statistics` and `GET /api/devices/states` come in on the `{id}` route, whatever order Node-RED registers the routes in, and are never taken for a device id: the device node answers a path `:id` of `statistics` or `states` with the fleet's statistics or its states.",
 );
 at = row();
 add("list-in", "http in", httpIn("get", "/devices"), X[0], at, [["list"]]);
@@ -291,16 +285,11 @@ add("register", "tethral-device", device("register"), X[2], at, [["register-answ
 add("register-answer", "function", fn("201 Created", CREATED), X[3], at, [["register-out"]]);
 add("register-out", "http response", response(), X[4], at);
 at = row();
-add("get-in", "http in", httpIn("get", "/devices/:id"), X[0], at, [["which"]]);
-add("which", "function", fn("statistics, states or a device?", WHICH, 3), X[1], at + 50, [["dstats"], ["states"], ["get"]]);
-add("dstats", "tethral-device", device("statistics"), X[2], at, [["dstats-out"]]);
-add("dstats-out", "http response", response(200), X[4], at);
-at = row();
-add("states", "tethral-state", state("list"), X[2], at, [["states-out"]]);
-add("states-out", "http response", response(200), X[4], at);
-at = row();
-// The device node takes the id from the path (msg.req.params.id) itself: a node less per request.
-add("get", "tethral-device", device("get"), X[3], at, [["get-out"]]);
+// The device node takes the id from the path (msg.req.params.id) itself, and answers the paths
+// /devices/statistics and /devices/states that reach this route with the fleet's statistics and
+// states (CONTRACT §3): no node in front to sort them out, whatever order the routes register in.
+add("get-in", "http in", httpIn("get", "/devices/:id"), X[0], at, [["get"]]);
+add("get", "tethral-device", device("get"), X[2], at, [["get-out"]]);
 add("get-out", "http response", response(200), X[4], at);
 at = row();
 add("patch-in", "http in", httpIn("patch", "/devices/:id"), X[0], at, [["patch-id"]]);

@@ -3,6 +3,7 @@ import { TethralError } from "../core/errors";
 import type { DeviceFilter } from "../core/registry";
 import { presentedToken } from "../core/tokens";
 import { HubUse, type Outcome, fromMsg, invalidInput, isPlainObject, flowCause, operationHandler, operationOf, text, deviceSender } from "./node-support";
+import { stateListPlan } from "./state-list";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
 const OPERATIONS = ["register", "update", "remove", "get", "list", "statistics", "report", "token"] as const;
@@ -90,6 +91,15 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
     }
     case "get": {
       const id = needId();
+      // CONTRACT §3: the REST paths /devices/statistics and /devices/states are never taken for
+      // a device id. A route `/devices/:id` that reaches this node with one of them (its path
+      // names them, nothing else set the device) answers the fleet's statistics or its states, so
+      // the route needs no node in front to sort them out (a function node there cost a GET a
+      // tenth of its rate), whatever order Node-RED registers the routes in.
+      if (idFromPath(msg, def)) {
+        if (id === "statistics") return statisticsPlan(_);
+        if (id === "states") return stateListPlan(_, msg.payload);
+      }
       return (hub) => {
         const device = hub.getDevice(id);
         // A REST read may come thousands of times a second: its status is throttled and made when shown.
@@ -110,10 +120,7 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
       };
     }
     case "statistics":
-      return (hub) => {
-        const statistics = hub.deviceStatistics();
-        return { payload: statistics, status: () => _("tethral-device.status.statistics", { total: statistics.total }), often: true };
-      };
+      return statisticsPlan(_);
     case "token": {
       // A new token: the old one stops working at once and its connections are dropped.
       const id = needId();
@@ -155,6 +162,13 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
   }
 }
 
+function statisticsPlan(_: Translate): (hub: Hub) => Outcome {
+  return (hub) => {
+    const statistics = hub.deviceStatistics();
+    return { payload: statistics, status: () => _("tethral-device.status.statistics", { total: statistics.total }), often: true };
+  };
+}
+
 /** The request of an `http in` node that a msg came with (`msg.req`), as far as this node reads it. */
 interface HttpRequest {
   params?: Record<string, unknown>;
@@ -179,6 +193,11 @@ function deviceIdOf(_: Translate, msg: NodeMessage, def: DeviceDef, fromRequest:
   if (id === undefined || id === null) return undefined;
   if (typeof id !== "string") throw invalidInput("deviceId", _("tethral-device.errors.device-type"));
   return id;
+}
+
+/** True when the device id is the request path's `:id`: neither `msg.deviceId` nor the node names one (see deviceIdOf). */
+function idFromPath(msg: NodeMessage, def: DeviceDef): boolean {
+  return fromMsg(msg, "deviceId", text(def.deviceId)) === undefined && requestOf(msg)?.params?.id !== undefined;
 }
 
 /** The report kind an `http in` route names as its last step (`/devices/:id/heartbeat`), if any. */

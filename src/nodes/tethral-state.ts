@@ -1,8 +1,7 @@
 import type { Hub } from "../core";
 import type { TelemetryQueryInput } from "../core/telemetry";
-import type { StateListQuery } from "../core/state";
-import type { FilterValues } from "../core/registry-query";
 import { HubUse, type Outcome, countOf, fromMsg, invalidInput, isPlainObject, onlyKeys, flowCause, operationHandler, operationOf, text, deviceSender } from "./node-support";
+import { stateListPlan } from "./state-list";
 import { chartPoints } from "./telemetry-chart";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
@@ -10,7 +9,6 @@ const OPERATIONS = ["get", "set", "history", "list", "statistics", "desired", "t
 
 /** History entries answered when neither the node nor `msg.limit` says how many. */
 const DEFAULT_COUNT = 10;
-const FILTER_KEYS = ["status", "protocol", "limit", "offset"];
 const QUERY_KEYS = ["keys", "from", "to", "interval", "agg", "limit"];
 
 interface StateDef extends NodeDef {
@@ -90,17 +88,8 @@ function planOf(_: Translate, msg: NodeMessage, def: StateDef): (hub: Hub) => Pr
         return { payload: entries, status: _("tethral-state.status.history", { id, count: entries.length }) };
       };
     }
-    case "list": {
-      const query = filterOf(_, msg.payload);
-      return (hub) => {
-        const list = hub.listStates(query);
-        const status =
-          list.states.length < list.total
-            ? _("tethral-state.status.page", { count: list.states.length, total: list.total })
-            : _("tethral-state.status.listed", { total: list.total });
-        return { payload: list, status };
-      };
-    }
+    case "list":
+      return stateListPlan(_, msg.payload);
     case "desired": {
       // The device's own read (the REST flow's GET /api/devices/{id}/desired): its token is checked.
       const id = needId();
@@ -144,20 +133,6 @@ function planOf(_: Translate, msg: NodeMessage, def: StateDef): (hub: Hub) => Pr
  * list or an array), `limit`, `offset` (numbers may come as digit text, as from a query string). A payload that is no object (an inject node's timestamp)
  * lists every state; an unknown key is INVALID rather than silently ignored.
  */
-function filterOf(_: Translate, payload: unknown): StateListQuery {
-  if (!isPlainObject(payload)) return {};
-  onlyKeys(payload, FILTER_KEYS, (key) => _("tethral-state.errors.filter-key", { key, keys: FILTER_KEYS.join(", ") }));
-  const query: StateListQuery = {};
-  // The hub checks the values (INVALID names the bad field).
-  if (payload.status !== undefined && payload.status !== null && payload.status !== "") query.status = payload.status as FilterValues;
-  if (payload.protocol !== undefined && payload.protocol !== null && payload.protocol !== "") query.protocol = payload.protocol as FilterValues;
-  const limit = countOf(payload.limit);
-  if (limit !== undefined) query.limit = limit as number;
-  const offset = countOf(payload.offset);
-  if (offset !== undefined) query.offset = offset as number;
-  return query;
-}
-
 /**
  * The telemetry query from `msg.payload` (CONTRACT §7): `{keys, from, to, interval, agg, limit}`,
  * values as a query string gives them or typed. A payload that is no object (an inject node's

@@ -256,6 +256,30 @@ describe("tethral-device node", function () {
     assert.equal((got.payload as { id: string }).id, "meter-3");
   });
 
+  it("never takes a REST path's statistics or states for a device: a get answers the fleet's statistics or states (CONTRACT §3)", async () => {
+    const t = await load([device({ id: "get1", operation: "get" }), device({ id: "get2", operation: "get", deviceId: "states" })]);
+    await t.hub.registerDevice({ id: "meter-4", protocol: "http" });
+    await t.hub.registerDevice({ id: "meter-5", protocol: "coap" });
+    const request = (id: string, query: Record<string, string> = {}) => ({ params: { id }, headers: {}, query, route: { path: "/devices/:id" }, method: "GET" });
+    const stats = await t.ok("get1", { req: request("statistics"), payload: {} });
+    assert.deepEqual(stats.payload, t.hub.deviceStatistics());
+    assert.equal((stats.payload as { total: number }).total, 2);
+    // An http in node's msg.payload for a GET is the query.
+    const states = await t.ok("get1", { req: request("states", { protocol: "coap" }), payload: { protocol: "coap" } });
+    assert.deepEqual(states.payload, t.hub.listStates({ protocol: ["coap"] }));
+    assert.deepEqual(
+      (states.payload as { states: { deviceId: string }[] }).states.map((s) => s.deviceId),
+      ["meter-5"],
+    );
+    assert.equal(errorCode(await t.caught("get1", { req: request("states", { colour: "red" }), payload: { colour: "red" } })), "INVALID", "the state list's own filter check");
+    const one = await t.ok("get1", { req: request("meter-4"), payload: {} });
+    assert.equal((one.payload as { id: string }).id, "meter-4", "any other :id is a device");
+    // Only the path's :id is read that way: a device named by the msg or the node is a device.
+    assert.equal(errorCode(await t.caught("get1", { req: request("meter-4"), deviceId: "statistics" })), "NOT_FOUND");
+    assert.equal(errorCode(await t.caught("get1", { deviceId: "states" })), "NOT_FOUND");
+    assert.equal(errorCode(await t.caught("get2", { req: request("states"), payload: {} })), "NOT_FOUND");
+  });
+
   it("takes no id from a request for a register, update, remove or token further on in a flow", async () => {
     const t = await load([device({ operation: "register" })]);
     const req = { params: { id: "site-7" }, headers: {}, query: {}, route: { path: "/sites/:id/devices" }, method: "POST" };
