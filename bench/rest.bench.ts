@@ -124,7 +124,16 @@ async function main(): Promise<void> {
       tokens.push(res.body.token as string);
     }
     // For the record (no target): the list's page as a plain flow would answer it, the same bytes
-    // from a function node, beside the bare flow's `{}`.
+    // from a function node, beside the bare flow's `{}`. The page's devices report first, as the
+    // telemetry phase makes them do (online, a lastSeen): its length stays the same after.
+    for (let i = 0; i < 10; i++) {
+      const res = await fetch(new URL(`api/devices/bench-${i}/telemetry`, rt.url), {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${tokens[i]}` },
+        body: JSON.stringify({ temperature: 20, humidity: 40 }),
+      });
+      if (res.status !== 204) throw new Error(`report failed: ${res.status} ${await res.text()}`);
+    }
     const page = await fetch(new URL("api/devices?limit=10", rt.url));
     if (page.status !== 200) throw new Error(`could not read the page: ${page.status}`);
     const pageJson = await page.text();

@@ -92,13 +92,17 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
     case "get": {
       const id = needId();
       // CONTRACT §3: the REST paths /devices/statistics and /devices/states are never taken for
-      // a device id. A route `/devices/:id` that reaches this node with one of them (its path
+      // a device id. A `/devices/:id` route that reaches this node with one of them (its path
       // names them, nothing else set the device) answers the fleet's statistics or its states, so
       // the route needs no node in front to sort them out (a function node there cost a GET a
       // tenth of its rate), whatever order Node-RED registers the routes in.
-      if (idFromPath(msg, def)) {
+      if ((id === "statistics" || id === "states") && devicesRoute(msg, def)) {
         if (id === "statistics") return statisticsPlan(_);
-        if (id === "states") return stateListPlan(_, msg.payload);
+        return stateListPlan(msg.payload, {
+          filterKey: (key, keys) => _("tethral-device.errors.state-filter-key", { key, keys }),
+          listed: (total) => _("tethral-device.status.states-listed", { total }),
+          page: (count, total) => _("tethral-device.status.states-page", { count, total }),
+        });
       }
       return (hub) => {
         const device = hub.getDevice(id);
@@ -195,9 +199,14 @@ function deviceIdOf(_: Translate, msg: NodeMessage, def: DeviceDef, fromRequest:
   return id;
 }
 
-/** True when the device id is the request path's `:id`: neither `msg.deviceId` nor the node names one (see deviceIdOf). */
-function idFromPath(msg: NodeMessage, def: DeviceDef): boolean {
-  return fromMsg(msg, "deviceId", text(def.deviceId)) === undefined && requestOf(msg)?.params?.id !== undefined;
+/**
+ * True when the device id is the `:id` of a `…/devices/:id` route (the REST API's, under any
+ * prefix): neither `msg.deviceId` nor the node names one (see deviceIdOf). A flow's own routes
+ * (`/sites/:id`) read any id as a device's.
+ */
+function devicesRoute(msg: NodeMessage, def: DeviceDef): boolean {
+  const path = requestOf(msg)?.route?.path;
+  return typeof path === "string" && path.endsWith("/devices/:id") && fromMsg(msg, "deviceId", text(def.deviceId)) === undefined;
 }
 
 /** The report kind an `http in` route names as its last step (`/devices/:id/heartbeat`), if any. */

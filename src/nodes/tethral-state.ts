@@ -89,7 +89,11 @@ function planOf(_: Translate, msg: NodeMessage, def: StateDef): (hub: Hub) => Pr
       };
     }
     case "list":
-      return stateListPlan(_, msg.payload);
+      return stateListPlan(msg.payload, {
+        filterKey: (key, keys) => _("tethral-state.errors.filter-key", { key, keys }),
+        listed: (total) => _("tethral-state.status.listed", { total }),
+        page: (count, total) => _("tethral-state.status.page", { count, total }),
+      });
     case "desired": {
       // The device's own read (the REST flow's GET /api/devices/{id}/desired): its token is checked.
       const id = needId();
@@ -128,11 +132,6 @@ function planOf(_: Translate, msg: NodeMessage, def: StateDef): (hub: Hub) => Pr
   }
 }
 
-/**
- * The list filter from `msg.payload`: `status` and `protocol` (each one value, a comma-separated
- * list or an array), `limit`, `offset` (numbers may come as digit text, as from a query string). A payload that is no object (an inject node's timestamp)
- * lists every state; an unknown key is INVALID rather than silently ignored.
- */
 /**
  * The telemetry query from `msg.payload` (CONTRACT §7): `{keys, from, to, interval, agg, limit}`,
  * values as a query string gives them or typed. A payload that is no object (an inject node's

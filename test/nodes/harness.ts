@@ -11,12 +11,15 @@ export const QUIET_HUB = { id: "hub1", type: "tethral-hub", storage: "memory", m
 /**
  * The node module with a `RED._` that reads the node's real message catalogue: the helper's
  * returns the key and drops substitutions, so status texts are checked as users see them, and
- * a key of the node's that the catalogue lacks fails the test. Other keys pass through.
+ * a key of the node's that the catalogue lacks fails the test. A key of another Tethral node's
+ * catalogue fails too: Node-RED looks a node's keys up in its own catalogue only, so a user
+ * would see the key itself. Other keys pass through.
  */
 export function withCatalogue(module: (RED: NodeAPI) => void, type: string): (RED: NodeAPI) => void {
   const file = path.join(__dirname, "..", "..", "nodes", "locales", "en-US", `${type}.json`);
   const catalogue = JSON.parse(readFileSync(file, "utf8")) as Record<string, unknown>;
   const _ = (key: string, substitutions: Record<string, unknown> = {}): string => {
+    if (/^tethral-[\w-]+\./.test(key) && !key.startsWith(`${type}.`)) throw new Error(`${type} asked for ${key}: another node's message, which Node-RED does not look up for it`);
     if (!key.startsWith(`${type}.`)) return key;
     const found = key.split(".").reduce<unknown>((at, part) => (at as Record<string, unknown> | undefined)?.[part], catalogue);
     if (typeof found !== "string") throw new Error(`no message ${key} in the catalogue`);
