@@ -28,6 +28,8 @@ const WARM_UP_SECONDS = 2;
 const SLICES = 5;
 const CONNECTIONS = 32;
 const DEVICES = 200;
+/** Devices in the listed page (`GET /api/devices?limit=10`, as the phase names say). */
+const PAGE = 10;
 
 interface Phase {
   name: string;
@@ -126,7 +128,7 @@ async function main(): Promise<void> {
     // For the record (no target): the list's page as a plain flow would answer it, the same bytes
     // from a function node, beside the bare flow's `{}`. The page's devices report first, as the
     // telemetry phase makes them do (online, a lastSeen): its length stays the same after.
-    for (let i = 0; i < 10; i++) {
+    for (let i = 0; i < PAGE; i++) {
       const res = await fetch(new URL(`api/devices/bench-${i}/telemetry`, rt.url), {
         method: "POST",
         headers: { "content-type": "application/json", authorization: `Bearer ${tokens[i]}` },
@@ -134,7 +136,7 @@ async function main(): Promise<void> {
       });
       if (res.status !== 204) throw new Error(`report failed: ${res.status} ${await res.text()}`);
     }
-    const page = await fetch(new URL("api/devices?limit=10", rt.url));
+    const page = await fetch(new URL(`api/devices?limit=${PAGE}`, rt.url));
     if (page.status !== 200) throw new Error(`could not read the page: ${page.status}`);
     const pageJson = await page.text();
     const pageFlow = {
@@ -156,7 +158,7 @@ async function main(): Promise<void> {
       headers: { authorization: `Bearer ${tokens[i % DEVICES]}` },
     });
     const getEcho: Route = () => ({ method: "GET", path: "/api/bench/echo" });
-    const listDevices: Route = () => ({ method: "GET", path: "/api/devices?limit=10" });
+    const listDevices: Route = () => ({ method: "GET", path: `/api/devices?limit=${PAGE}` });
     const postEcho: Route = () => ({ method: "POST", path: "/api/bench/echo", body: report });
     // Each route with its status and, for the API's, the index of its baseline here.
     const routes: [string, Route, number, number | null][] = [

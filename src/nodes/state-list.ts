@@ -33,8 +33,9 @@ export function stateListPlan(payload: unknown, texts: StateListTexts): (hub: Hu
 
 /**
  * The list filter from `payload`: `status` and `protocol` (each one value, a comma-separated
- * list or an array), `limit`, `offset` (numbers may come as digit text, as from a query string). A payload that is no object (an inject node's timestamp)
- * lists every state; an unknown key is INVALID rather than silently ignored.
+ * list or an array), `limit`, `offset` (numbers may come as digit text, as from a query
+ * string). A payload that is no object (an inject node's timestamp) lists every state; an
+ * unknown key is INVALID rather than silently ignored.
  */
 function filterOf(payload: unknown, texts: StateListTexts): StateListQuery {
   if (!isPlainObject(payload)) return {};

@@ -96,8 +96,8 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
       // names them, nothing else set the device) answers the fleet's statistics or its states, so
       // the route needs no node in front to sort them out (a function node there cost a GET a
       // tenth of its rate), whatever order Node-RED registers the routes in.
-      if ((id === "statistics" || id === "states") && devicesRoute(msg, def)) {
-        if (id === "statistics") return statisticsPlan(_);
+      if (id === "statistics" && devicesRoute(msg, def)) return statisticsPlan(_);
+      if (id === "states" && devicesRoute(msg, def)) {
         return stateListPlan(msg.payload, {
           filterKey: (key, keys) => _("tethral-device.errors.state-filter-key", { key, keys }),
           listed: (total) => _("tethral-device.status.states-listed", { total }),

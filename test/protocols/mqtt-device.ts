@@ -47,8 +47,7 @@ export class MqttDevice {
       client.once("error", refused);
       client.once("connect", () => {
         client.off("error", refused);
-        // Once connected, an error (a reconnection refused) is the client's to retry; a listener
-        // keeps it from being thrown.
+        // A listener keeps such a later error from being thrown.
         client.on("error", () => undefined);
         resolve(device);
       });
