@@ -25,6 +25,7 @@ import { Intake } from "../src/core/intake";
 import { MqttAdapter } from "../src/protocols/mqtt";
 import type { AdapterContext, ProtocolCounters } from "../src/protocols/types";
 import { SqliteStore } from "../src/store/sqlite";
+import { type Collections, recordCollections } from "./gc";
 import { percentile } from "./stats";
 import { DeviceWorker } from "./devices-worker";
 import { targetOf, writeResults } from "./results";
@@ -45,6 +46,8 @@ interface Result {
   ingestRatio: number;
   commandP50Ms: number;
   commandP99Ms: number;
+  /** The collections during the counted commands (see bench/gc.ts): what the p99 is made of. */
+  commandCollections: Collections;
   /** One command at a time, one every SINGLE_COMMAND_GAP_MS: the median round trip (no target). */
   singleCommandP50Ms: number;
   messages: number;
@@ -141,8 +144,11 @@ async function throughHub(hub: Hub, url: string, root: string, withTokens: boole
   // cold (compiled on first use, the SQLite statements prepared), which is a start-up cost, not
   // the round trip at 1,000 a second that the p99 is about.
   const failures = await commandsAt(hub, COMMAND_WARMUP_SECONDS, null);
-  const latencies: number[] = [];
-  failures.push(...(await commandsAt(hub, COMMAND_SECONDS, latencies)));
+  const spans: [number, number][] = [];
+  const collections = recordCollections();
+  failures.push(...(await commandsAt(hub, COMMAND_SECONDS, spans)));
+  const commandCollections = await collections.stop(spans);
+  const latencies = spans.map(([s, e]) => e - s);
   // Then one command at a time, as an operator sends them: nothing else keeps the hub writing.
   const single: number[] = [];
   for (let i = 0; i < SINGLE_COMMANDS; i++) {
@@ -156,11 +162,11 @@ async function throughHub(hub: Hub, url: string, root: string, withTokens: boole
   latencies.sort((a, b) => a - b);
   single.sort((a, b) => a - b);
   if (failures.length > 0) console.warn(`${failures.length} commands did not succeed: ${[...new Set(failures)].join(", ")}`);
-  return { ingest, commandP50Ms: percentile(latencies, 50), commandP99Ms: percentile(latencies, 99), commands: latencies.length, singleCommandP50Ms: single.length > 0 ? percentile(single, 50) : Number.NaN };
+  return { ingest, commandP50Ms: percentile(latencies, 50), commandP99Ms: percentile(latencies, 99), commandCollections, commands: latencies.length, singleCommandP50Ms: single.length > 0 ? percentile(single, 50) : Number.NaN };
 }
 
-/** Commands at COMMANDS_PER_SEC for `seconds`, each waited for; the round trips of those that succeeded go to `latencies`. */
-async function commandsAt(hub: Hub, seconds: number, latencies: number[] | null): Promise<string[]> {
+/** Commands at COMMANDS_PER_SEC for `seconds`, each waited for; the [sent, answered] times of those that succeeded go to `spans`. */
+async function commandsAt(hub: Hub, seconds: number, spans: [number, number][] | null): Promise<string[]> {
   const failures: string[] = [];
   const inFlight: Promise<void>[] = [];
   const tickMs = 10;
@@ -177,7 +183,7 @@ async function commandsAt(hub: Hub, seconds: number, latencies: number[] | null)
       const sent = performance.now();
       inFlight.push(
         hub.sendCommand(id, { command: "set", params: { level: k }, wait: true, timeout: 5 }).then((c) => {
-          if (c.status === "succeeded") latencies?.push(performance.now() - sent);
+          if (c.status === "succeeded") spans?.push([sent, performance.now()]);
           else failures.push(c.status);
         }),
       );
@@ -194,6 +200,7 @@ function result(b: { perSec: number; received: number; sent: number }, h: Awaite
     ingestRatio: Number((h.ingest.perSec / b.perSec).toFixed(3)),
     commandP50Ms: Number(h.commandP50Ms.toFixed(2)),
     commandP99Ms: Number(h.commandP99Ms.toFixed(2)),
+    commandCollections: h.commandCollections,
     singleCommandP50Ms: Number(h.singleCommandP50Ms.toFixed(2)),
     messages: b.sent,
     bareReceived: b.received,
@@ -240,6 +247,8 @@ function table(name: string, r: Result, targets: { ingestRatio: number; commandP
   console.log(`  ingestRatio      ${r.ingestRatio}  (target ≥ ${targets.ingestRatio})`);
   console.log(`  commandP50Ms     ${r.commandP50Ms}`);
   console.log(`  commandP99Ms     ${r.commandP99Ms}  (target ≤ ${targets.commandP99Ms}; ${r.commands} commands at ${COMMANDS_PER_SEC}/s)`);
+  const c = r.commandCollections;
+  console.log(`  commandsCollected ${c.hit} met a scavenge (${c.scavenges}, p50 ${c.scavengeP50Ms} ms, max ${c.scavengeMaxMs} ms), ${c.hitByOthers} another collection (${c.others}); p99 of those that met none ${c.p99WithoutMs} ms`);
   console.log(`  singleCommandP50Ms ${r.singleCommandP50Ms}  (${SINGLE_COMMANDS} commands one at a time, ${SINGLE_COMMAND_GAP_MS} ms apart)`);
 }
 

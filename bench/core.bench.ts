@@ -3,9 +3,9 @@
  * Run with `npm run bench:core` (needs --expose-gc for the heap figure). Prints a table and
  * writes bench/results/core.json. Not a test: nothing here asserts a time.
  */
-import { constants, type PerformanceEntry, PerformanceObserver } from "node:perf_hooks";
 import { getHeapSpaceStatistics } from "node:v8";
 import { Hub, ManualClock, type TethralEvent } from "../src/core";
+import { type Collections, recordCollections, round2 } from "./gc";
 import { percentile } from "./stats";
 import { targetOf, writeResults } from "./results";
 
@@ -32,12 +32,11 @@ function fmt(n: number): string {
 }
 
 /**
- * What the filter's p99 is made of. A scavenge (V8's young-generation collection) that falls
- * inside a query adds its pause to that query. Its cost is the objects it keeps (the matches
- * built so far) plus a part that grows with the old generation: V8 visits every old-generation
- * page to find the ones with pointers into the young generation (seen with perf in
- * ScavengerCollector::CollectGarbage). `emptyScavengeMs` measures that part alone: the median of
- * five scavenges forced with nothing young left to keep.
+ * What the filter's p99 is made of (see bench/gc.ts), with `emptyScavengeMs`: a scavenge's cost is
+ * the objects it keeps (the matches built so far) plus a part that grows with the old generation:
+ * V8 visits every old-generation page to find the ones with pointers into the young generation
+ * (seen with perf in ScavengerCollector::CollectGarbage). `emptyScavengeMs` measures that part
+ * alone: the median of five scavenges forced with nothing young left to keep.
  */
 interface FilterScavenges {
   /** Queries during which a scavenge started. */
@@ -53,37 +52,17 @@ interface FilterScavenges {
   oldGenerationMB: number;
 }
 
-function recordScavenges(): { stop(spans: [number, number][]): Promise<FilterScavenges> } {
-  const entries: { start: number; ms: number; minor: boolean }[] = [];
-  const observer = new PerformanceObserver((list) => {
-    for (const e of list.getEntries()) {
-      const kind = (e as PerformanceEntry & { detail?: { kind?: number } }).detail?.kind;
-      entries.push({ start: e.startTime, ms: e.duration, minor: kind === constants.NODE_PERFORMANCE_GC_MINOR });
-    }
-  });
-  observer.observe({ entryTypes: ["gc"] });
+function filterScavenges(c: Collections): FilterScavenges {
+  const oldSpace = getHeapSpaceStatistics().find((sp) => sp.space_name === "old_space");
   return {
-    async stop(spans) {
-      // Entries reach the observer after the synchronous queries, a turn of the loop later.
-      await new Promise((r) => setTimeout(r, 50));
-      observer.disconnect();
-      const within = (minor: boolean) => spans.map(([s, e]) => entries.some((g) => g.minor === minor && g.start >= s && g.start < e));
-      const hit = within(true);
-      const hitByOthers = within(false);
-      const others = spans.filter((_, i) => !hit[i] && !hitByOthers[i]).map(([s, e]) => e - s).sort((a, b) => a - b);
-      const pauses = entries.filter((g) => g.minor).map((g) => g.ms).sort((a, b) => a - b);
-      const oldSpace = getHeapSpaceStatistics().find((sp) => sp.space_name === "old_space");
-      return {
-        queriesHit: hit.filter(Boolean).length,
-        scavenges: pauses.length,
-        queriesHitByOthers: hitByOthers.filter(Boolean).length,
-        scavengeP50Ms: round2(pauses.length > 0 ? percentile(pauses, 50) : Number.NaN),
-        scavengeMaxMs: round2(pauses.at(-1) ?? Number.NaN),
-        p99WithoutMs: round2(others.length > 0 ? percentile(others, 99) : Number.NaN),
-        emptyScavengeMs: round2(emptyScavengeMs()),
-        oldGenerationMB: Math.round((oldSpace?.space_size ?? 0) / 1e6),
-      };
-    },
+    queriesHit: c.hit,
+    scavenges: c.scavenges,
+    queriesHitByOthers: c.hitByOthers,
+    scavengeP50Ms: c.scavengeP50Ms,
+    scavengeMaxMs: c.scavengeMaxMs,
+    p99WithoutMs: c.p99WithoutMs,
+    emptyScavengeMs: round2(emptyScavengeMs()),
+    oldGenerationMB: Math.round((oldSpace?.space_size ?? 0) / 1e6),
   };
 }
 
@@ -99,8 +78,6 @@ function emptyScavengeMs(): number {
   }
   return percentile(times.sort((a, b) => a - b), 50);
 }
-
-const round2 = (n: number) => Number(n.toFixed(2));
 
 async function main(): Promise<void> {
   const clock = new ManualClock();
@@ -149,7 +126,7 @@ async function main(): Promise<void> {
   // Indexed filter returning 1% of the fleet, every match materialised. The young-generation
   // collections (scavenges) during it are recorded with their times, to tell the queries one
   // interrupted from the others (see scavenges below).
-  const scavenges = recordScavenges();
+  const scavenges = recordCollections();
   const filterTimes: number[] = [];
   const filterSpans: [number, number][] = [];
   for (let i = 0; i < 200; i++) {
@@ -160,7 +137,7 @@ async function main(): Promise<void> {
     filterSpans.push([s, e]);
     if (res.total !== DEVICES / MANUFACTURERS) throw new Error(`filter returned ${res.total}`);
   }
-  const filterGc = await scavenges.stop(filterSpans);
+  const filterGc = filterScavenges(await scavenges.stop(filterSpans));
   filterTimes.sort((a, b) => a - b);
   const indexedFilterP99Ms = percentile(filterTimes, 99);
   const indexedFilterP50Ms = percentile(filterTimes, 50);

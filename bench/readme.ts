@@ -52,6 +52,14 @@ export function table(rows: Checked[]): string {
       `The filter's p99 (\`bench:core\`): ${s.queriesHit} of its 200 queries met a scavenge, V8's young-generation collection (median pause ${s.scavengeP50Ms} ms), and ${s.queriesHitByOthers} met a step of a full collection; the p99 of those that met none was ${s.p99WithoutMs} ms. A scavenge with nothing to keep took ${s.emptyScavengeMs} ms there: V8 visits every page of the old generation (${s.oldGenerationMB.toLocaleString("en-US")} MB) on each one.`,
     );
   }
+  const commands = [
+    ["the embedded broker", commandCollections("")],
+    ["Mosquitto", commandCollections("mosquitto.")],
+  ] as const;
+  const told = commands.flatMap(([where, c]) =>
+    c ? [`on ${where}, ${c.hit} of ${c.commands.toLocaleString("en-US")} met a scavenge (median pause ${c.scavengeP50Ms} ms) and ${c.hitByOthers} a mark-compact or a step of one (${c.others} in all), and the p99 of those that met none was ${c.p99WithoutMs} ms`] : [],
+  );
+  if (told.length > 0) lines.push(`The command round trips' p99 (\`bench:comm\`, 1,000 a second): ${told.join("; ")}.`);
   const d = mosquittoDefaults();
   if (d) {
     lines.push(
@@ -79,6 +87,13 @@ function figuresAt<F extends string>(bench: string, prefix: string, fields: read
 
 /** bench:comm's run on a Mosquitto with its defaults, when its result has one. */
 const mosquittoDefaults = () => figuresAt("comm", "mosquitto.defaults.", ["ingestRatio", "commandP50Ms", "commandP99Ms", "singleCommandP50Ms"]);
+
+/** bench:comm's account of the collections during its counted commands (see bench/gc.ts), at `prefix` ("" for the embedded broker), when its result has one. */
+function commandCollections(prefix: string) {
+  const c = figuresAt("comm", `${prefix}commandCollections.`, ["hit", "hitByOthers", "others", "scavengeP50Ms", "p99WithoutMs"]);
+  const n = figuresAt("comm", prefix, ["commands"]);
+  return c && n ? { ...c, commands: n.commands } : undefined;
+}
 
 /** bench:core's account of the collections during its filter queries (see FilterScavenges there), when its result has one. */
 const filterScavenges = () => figuresAt("core", "filterScavenges.", ["queriesHit", "queriesHitByOthers", "scavengeP50Ms", "p99WithoutMs", "emptyScavengeMs", "oldGenerationMB"]);
