@@ -1,5 +1,5 @@
 import type { EventEmitter } from "node:events";
-import { type AddressInfo, type Server, type Socket, createServer } from "node:net";
+import { type Server, type Socket, createServer } from "node:net";
 import { Aedes, type AedesPublishPacket, type AuthenticateError, type Client, type PublishPacket, type Subscription } from "aedes";
 import { TethralError, errorMessage } from "../core/errors";
 import {
@@ -48,6 +48,7 @@ const HEADER_ALLOWANCE = 4096;
 export class EmbeddedBroker implements MqttMode {
   private broker: Aedes | null = null;
   private server: Server | null = null;
+  private boundPort: number | null = null;
   private context: AdapterContext | null = null;
   private stopping: Promise<void> | null = null;
   private readonly sockets = new Set<Socket>();
@@ -70,10 +71,13 @@ export class EmbeddedBroker implements MqttMode {
     this.service = ServiceAccount.from(options.serviceUsername, options.servicePassword);
   }
 
-  /** The bound port (the real one when configured as 0), or null before start. */
+  /**
+   * The bound port (the real one when configured as 0), or null before start and after stop.
+   * Kept from the listen, not asked of the socket: the command queue reads `health()` before
+   * every send, and `server.address()` is a system call (getsockname) each time.
+   */
   get port(): number | null {
-    const address = this.server?.address() as AddressInfo | null | undefined;
-    return address ? address.port : null;
+    return this.boundPort;
   }
 
   async start(context: AdapterContext): Promise<void> {
@@ -120,7 +124,7 @@ export class EmbeddedBroker implements MqttMode {
     for (const [deviceId, twin] of context.twins()) this.retainTwin(deviceId, twin, "republish");
     const { port, host } = this.options;
     try {
-      await listen(server, port, host);
+      this.boundPort = await listen(server, port, host);
     } catch (err) {
       await new Promise<void>((resolve) => broker.close(() => resolve()));
       this.broker = this.server = this.context = null;
@@ -147,6 +151,7 @@ export class EmbeddedBroker implements MqttMode {
     // Sockets that never completed CONNECT are not aedes clients: broker.close() leaves them.
     for (const socket of this.sockets) socket.destroy();
     await closed;
+    this.boundPort = null;
     this.devices.clear();
     this.liveCount = this.readyCount = this.connections = 0;
     this.broker = this.server = null;

@@ -351,6 +351,8 @@ describe("MQTT adapter, embedded broker, stop", function () {
     const hub = new Hub({ protocols: [adapter], onWarning: () => undefined });
     await hub.start();
     const port = adapter.port!;
+    assert.ok(port > 0, "the port bound for port 0");
+    assert.equal(adapter.health().port, port);
     const silent = connectSocket(port);
     await once(silent, "connect");
     const silentClosed = once(silent, "close");
@@ -370,6 +372,7 @@ describe("MQTT adapter, embedded broker, stop", function () {
     assert.equal(hub.getDevice("boiler-1").status, "online");
     await d.end();
     assert.equal(adapter.health().status, "stopped");
+    assert.equal(adapter.port, null, "no port once stopped");
     assert.ok(await portIsFree(port), "the port can be bound again");
     // Closing sockets finish on a later turn: wait for them, then name what is left, if anything.
     await until(() => Object.keys(handlesAbove(before)).length === 0, "the handles of before", 1000).catch(() => undefined);
