@@ -10,6 +10,8 @@ import { constants, type PerformanceEntry, PerformanceObserver } from "node:perf
 import { percentile } from "./stats";
 
 export interface Collections {
+  /** Operations timed. */
+  operations: number;
   /** Operations during which a scavenge started. */
   hit: number;
   /** Operations during which another kind of collection (a mark-compact or a step of one) started. */
@@ -50,6 +52,7 @@ export function recordCollections(): { stop(spans: readonly (readonly [number, n
         .map((g) => g.ms)
         .sort((a, b) => a - b);
       return {
+        operations: spans.length,
         hit: hit.filter(Boolean).length,
         hitByOthers: hitByOthers.filter(Boolean).length,
         scavenges: pauses.length,

@@ -49,7 +49,7 @@ export function table(rows: Checked[]): string {
   if (scavenges) {
     const s = scavenges;
     lines.push(
-      `The filter's p99 (\`bench:core\`): ${s.queriesHit} of its 200 queries met a scavenge, V8's young-generation collection (median pause ${s.scavengeP50Ms} ms), and ${s.queriesHitByOthers} met a step of a full collection; the p99 of those that met none was ${s.p99WithoutMs} ms. A scavenge with nothing to keep took ${s.emptyScavengeMs} ms there: V8 visits every page of the old generation (${s.oldGenerationMB.toLocaleString("en-US")} MB) on each one.`,
+      `The filter's p99 (\`bench:core\`): ${s.hit} of its 200 queries met a scavenge, V8's young-generation collection (median pause ${s.scavengeP50Ms} ms), and ${s.hitByOthers} met a step of a full collection; the p99 of those that met none was ${s.p99WithoutMs} ms. A scavenge with nothing to keep took ${s.emptyScavengeMs} ms there: V8 visits every page of the old generation (${s.oldGenerationMB.toLocaleString("en-US")} MB) on each one.`,
     );
   }
   const commands = [
@@ -57,7 +57,7 @@ export function table(rows: Checked[]): string {
     ["Mosquitto", commandCollections("mosquitto.")],
   ] as const;
   const told = commands.flatMap(([where, c]) =>
-    c ? [`on ${where}, ${c.hit} of ${c.commands.toLocaleString("en-US")} met a scavenge (median pause ${c.scavengeP50Ms} ms) and ${c.hitByOthers} a mark-compact or a step of one (${c.others} in all), and the p99 of those that met none was ${c.p99WithoutMs} ms`] : [],
+    c ? [`on ${where}, ${c.hit} of ${c.operations.toLocaleString("en-US")} met a scavenge (median pause ${c.scavengeP50Ms} ms) and ${c.hitByOthers} a mark-compact or a step of one (${c.others} in all), and the p99 of those that met none was ${c.p99WithoutMs} ms`] : [],
   );
   if (told.length > 0) lines.push(`The command round trips' p99 (\`bench:comm\`, 1,000 a second): ${told.join("; ")}.`);
   const d = mosquittoDefaults();
@@ -89,14 +89,11 @@ function figuresAt<F extends string>(bench: string, prefix: string, fields: read
 const mosquittoDefaults = () => figuresAt("comm", "mosquitto.defaults.", ["ingestRatio", "commandP50Ms", "commandP99Ms", "singleCommandP50Ms"]);
 
 /** bench:comm's account of the collections during its counted commands (see bench/gc.ts), at `prefix` ("" for the embedded broker), when its result has one. */
-function commandCollections(prefix: string) {
-  const c = figuresAt("comm", `${prefix}commandCollections.`, ["hit", "hitByOthers", "others", "scavengeP50Ms", "p99WithoutMs"]);
-  const n = figuresAt("comm", prefix, ["commands"]);
-  return c && n ? { ...c, commands: n.commands } : undefined;
-}
+const commandCollections = (prefix: string) =>
+  figuresAt("comm", `${prefix}commandCollections.`, ["operations", "hit", "hitByOthers", "others", "scavengeP50Ms", "p99WithoutMs"]);
 
 /** bench:core's account of the collections during its filter queries (see FilterScavenges there), when its result has one. */
-const filterScavenges = () => figuresAt("core", "filterScavenges.", ["queriesHit", "queriesHitByOthers", "scavengeP50Ms", "p99WithoutMs", "emptyScavengeMs", "oldGenerationMB"]);
+const filterScavenges = () => figuresAt("core", "filterScavenges.", ["hit", "hitByOthers", "scavengeP50Ms", "p99WithoutMs", "emptyScavengeMs", "oldGenerationMB"]);
 
 const text = readFileSync(README, "utf8");
 const start = START.exec(text);
