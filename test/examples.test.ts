@@ -87,10 +87,12 @@ describe("examples (Import > Examples), imported into the running runtime and dr
   async function importExample(prefix: string): Promise<Example> {
     const { file, nodes } = read(prefix);
     const from = comms.mark();
+    const deploys = comms.deployMark();
     const res = await call(rt.url.replace(/\/$/, ""), "POST", "/flow", { label: file.replace(/\.json$/, ""), nodes });
     assert.equal(res.status, 200, `import of ${file}: ${JSON.stringify(res.body)}`);
     const example = new Example(file, nodes);
-    // Started, each node with no error of its own.
+    // Started, each node with no error of its own (what a node reports just after its start included).
+    await comms.started(deploys);
     await new Promise((r) => setTimeout(r, 200));
     assert.deepEqual(comms.problems(example.ids, from), [], `${file} starts without errors`);
     return example;

@@ -31,12 +31,15 @@ export const LOG_WARN = 30;
 export class EditorComms {
   readonly debug: DebugMessage[] = [];
   private readonly statuses = new Map<string, NodeStatus>();
+  /** How many `notification/runtime-deploy` messages came: Node-RED sends one once a deploy's flows have started. */
+  private deploys = 0;
 
   private constructor(private readonly ws: WebSocket) {
     ws.on("message", (data) => {
       for (const { topic, data: body } of JSON.parse(String(data)) as Array<{ topic: string; data: Json }>) {
         if (topic === "debug") this.debug.push(decode(body));
         else if (topic.startsWith("status/")) this.statuses.set(topic.slice("status/".length), body as NodeStatus);
+        else if (topic === "notification/runtime-deploy") this.deploys++;
       }
     });
   }
@@ -50,7 +53,22 @@ export class EditorComms {
     });
     ws.send(JSON.stringify({ subscribe: "debug" }));
     ws.send(JSON.stringify({ subscribe: "status/#" }));
+    ws.send(JSON.stringify({ subscribe: "notification/runtime-deploy" }));
     return new EditorComms(ws);
+  }
+
+  /** A mark for `started`: take it before the deploy. */
+  deployMark(): number {
+    return this.deploys;
+  }
+
+  /**
+   * Waits until the flows of a deploy made after `mark` run. Node-RED answers a deploy (`POST
+   * /flows`, `POST /flow`) once it is saved, and starts its flows after that: until then its
+   * nodes are not there (an inject button answers 404), however the machine is loaded.
+   */
+  started(mark: number, ms = 15_000): Promise<true> {
+    return until(() => this.deploys > mark, "the deployed flows to start", ms);
   }
 
   /** Where the sidebar is now: `next` and `problems` look only at what comes after a mark. */
