@@ -54,7 +54,11 @@ export class EditorComms {
     ws.send(JSON.stringify({ subscribe: "debug" }));
     ws.send(JSON.stringify({ subscribe: "status/#" }));
     ws.send(JSON.stringify({ subscribe: "notification/runtime-deploy" }));
-    return new EditorComms(ws);
+    const comms = new EditorComms(ws);
+    // Node-RED keeps the last runtime-deploy (one is sent when the flows load) and sends it to a
+    // new subscriber: counted before anyone takes a mark, so it cannot pass for a later deploy.
+    await until(() => comms.deploys > 0, "Node-RED's last runtime-deploy notification");
+    return comms;
   }
 
   /** A mark for `started`: take it before the deploy. */
