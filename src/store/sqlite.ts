@@ -43,7 +43,7 @@ const toSeriesPoint = (r: RawSeriesPoint): SeriesPoint => ({ ts: r[0], value: po
 const PART_ROWS = 2048;
 /** Rows per page when the fleet is loaded at start (a few MB of JSON each)… */
 const LOAD_PAGE_ROWS = 10_000;
-/** …and characters of JSON per page: a page ends at the row that passes this (see `jsonPageSql`). */
+/** …and characters of JSON per page: a page ends at the row that passes this (see `jsonPage`). */
 const LOAD_PAGE_CHARS = 32 * 1024 * 1024;
 /** How long parts are encoded back to back before the event loop gets a turn. */
 const ENCODE_SLICE_MS = 8;
