@@ -3,7 +3,9 @@
  * - batchedRowsPerSec: state-history rows written through the hub's write-behind batcher
  *   (multi-row statements, one transaction per batch);
  * - naiveRowsPerSec: the same kind of rows written one INSERT (and one commit) per row — the baseline;
- * - load100kDevicesMs: a hub starting on a store that holds 100,000 devices and their states.
+ * - load100kDevicesMs: a hub starting on a store that holds 100,000 devices and their states;
+ * - SQLite's loadLargeStatesMs (no target): the states of 1,000 devices whose properties are
+ *   250,000 characters each read at start, a load's pages bounded by characters, not by rows.
  * PostgreSQL is the server at TETHRAL_BENCH_PG_URL or TETHRAL_TEST_PG_URL (a fresh database is
  * made there and dropped afterwards); without either, PGlite in-process stands in (slower, noted).
  * Run with `npm run bench:store`; writes bench/results/store.json. Not a test: nothing asserts a time.
@@ -109,6 +111,30 @@ async function loadTime(makeStore: () => Store, count: number): Promise<number> 
   return ms;
 }
 
+/** SQLite's `loadStates` of 1,000 states of about 250,000 characters each (see loadLargeStatesMs above). */
+async function loadLargeStates(path: string): Promise<number> {
+  const seed = new SqliteStore({ path });
+  await seed.open();
+  const now = Date.now();
+  for (let start = 0; start < 1000; start += 20) {
+    const states: StateRow[] = Array.from({ length: 20 }, (_, j) => ({
+      deviceId: `large-${String(start + j).padStart(4, "0")}`,
+      properties: { reading: String.fromCharCode(97 + ((start + j) % 26)).repeat(250_000), n: start + j },
+      desired: {}, version: 1, changedAt: now, updatedAt: now, reportedAt: now, rev: 1,
+    }));
+    await seed.writeBatch({ presence: [], states, history: [], events: [] });
+  }
+  await seed.close();
+  const store = new SqliteStore({ path });
+  await store.open();
+  const started = performance.now();
+  const loaded = await store.loadStates();
+  const ms = performance.now() - started;
+  await store.close();
+  if (loaded.length !== 1000) throw new Error(`loaded ${loaded.length} of 1000 large states`);
+  return ms;
+}
+
 async function measure(label: string, makeStore: () => Store, batchRows: number, naiveRows: number, reset: () => Promise<void>): Promise<Result> {
   const store = makeStore();
   await store.open();
@@ -166,6 +192,7 @@ async function main(): Promise<void> {
       current = join(dir, `bench-${++file}.sqlite`);
     },
   );
+  const loadLargeStatesMs = Math.round(await loadLargeStates(join(dir, "large.sqlite")));
   rmSync(dir, { recursive: true, force: true });
 
   const server = await postgres();
@@ -176,7 +203,7 @@ async function main(): Promise<void> {
     await server.stop();
   }
 
-  const results = { sqlite, postgres: { ...postgresResult, server: server.kind } };
+  const results = { sqlite: { ...sqlite, loadLargeStatesMs }, postgres: { ...postgresResult, server: server.kind } };
   const rows: [string, keyof Result, (r: Result) => string][] = [
     ["history rows/s, batched", "batchedRowsPerSec", (r) => fmt(r.batchedRowsPerSec)],
     ["history rows/s, one INSERT per row", "naiveRowsPerSec", (r) => fmt(r.naiveRowsPerSec)],
@@ -189,6 +216,7 @@ async function main(): Promise<void> {
   console.log(
     `targets: batched ≥ ${fmt(TARGETS.sqlite)} (SQLite) / ${fmt(TARGETS.postgres)} (PostgreSQL), ≥ ${TARGETS.ratio}× naive, load ≤ ${fmt(TARGETS.sqliteLoadMs)} ms (SQLite) / < ${fmt(TARGETS.postgresLoadMs)} ms (PostgreSQL)`,
   );
+  console.log(`SQLite, 1,000 states of 250,000 characters loaded: ${fmt(loadLargeStatesMs)} ms (no target)`);
   console.log(`\nwrote ${writeResults("store", results)}`);
 }
 

@@ -11,8 +11,7 @@ import {
   DEVICE_COLS,
   type EncodedBatch,
   type JsonPage,
-  jsonPage,
-  jsonRowsSql,
+  jsonPageSql,
   EVENT_COLS,
   ON_CONFLICT,
   PENDING_SQL,
@@ -208,14 +207,14 @@ export class SqliteDatabase {
     this.series.rolledBack();
   }
 
-  /** Up to `limit` devices with ids after `after` ("" for the first page), in id order, about `maxChars` of JSON at most (see `jsonPage`). */
+  /** Up to `limit` devices with ids after `after` ("" for the first page), in id order, about `maxChars` of JSON at most (see `jsonPageSql`). */
   loadDevicesPage(after: string, limit: number, maxChars: number): JsonPage {
-    return jsonPage(this.s.loadDevicesPage, after, limit, maxChars);
+    return this.s.loadDevicesPage.get(after, limit, maxChars) as JsonPage;
   }
 
   /** Up to `limit` states with device ids after `after`, in that order, about `maxChars` of JSON at most. */
   loadStatesPage(after: string, limit: number, maxChars: number): JsonPage {
-    return jsonPage(this.s.loadStatesPage, after, limit, maxChars);
+    return this.s.loadStatesPage.get(after, limit, maxChars) as JsonPage;
   }
 
   /** Oldest first. */
@@ -446,8 +445,8 @@ export class SqliteDatabase {
       }),
       putToken: upsert("device_tokens", TOKEN_COLS, "device_id"),
       putCommand: upsert("commands", COMMAND_COLS, "id"),
-      loadDevicesPage: rows(jsonRowsSql("devices", "id", DEVICE_COLS)),
-      loadStatesPage: rows(jsonRowsSql("states", "device_id", STATE_COLS)),
+      loadDevicesPage: rows(jsonPageSql("devices", "id", DEVICE_COLS)),
+      loadStatesPage: rows(jsonPageSql("states", "device_id", STATE_COLS)),
       getToken: rows(`SELECT ${TOKEN_COLS.join(", ")} FROM device_tokens WHERE device_id = ?`),
       loadTokens: rows(`SELECT ${TOKEN_COLS.join(", ")} FROM device_tokens ORDER BY device_id`),
       deleteToken: db.prepare("DELETE FROM device_tokens WHERE device_id = ?"),

@@ -1,4 +1,3 @@
-import type Database from "better-sqlite3";
 import { invalid, errorMessage } from "../core/errors";
 import { checkPointOf, pointText } from "./series";
 import { PointBatch } from "../core/point-batch";
@@ -24,43 +23,28 @@ export const DEVICE_COLS = [
   "id", "name", "protocol", "address", "manufacturer", "model", "firmware", "capabilities", "tags",
   "heartbeat_timeout", "metadata", "status", "last_seen", "created_at", "updated_at",
 ];
-/** JSON columns, read as JSON (not as text holding JSON) where the database builds a page of rows (see `jsonRowsSql`). */
+/** JSON columns, read as JSON (not as text holding JSON) where the database builds a page of rows (see `jsonPageSql`). */
 const JSON_COLS: ReadonlySet<string> = new Set(["capabilities", "tags", "metadata", "properties", "desired"]);
 
 /**
- * Rows of a table in primary-key order, each as one JSON text built by SQLite after its key
- * (`key, [row]`), for `jsonPage`. JSON columns come out as JSON values, so the single JSON.parse
- * of a page on the store's side builds the objects. Numbers round-trip: SQLite writes a REAL with
- * the 17 digits it needs. Parameters: the key to start after, the rows wanted.
+ * A page of a table in primary-key order as one JSON text, built by SQLite: `[[row], …]`, the
+ * last key and the count. Handing one string to the store's side costs a copy, where 100,000
+ * rows as arrays cost a structured clone each way and three JSON.parse calls a device; JSON
+ * columns come out as JSON values, so the single JSON.parse on that side builds the objects.
+ * Numbers round-trip: SQLite writes a REAL with the 17 digits it needs. A page holds at most
+ * the given rows and stops at the row that takes its text past the given characters (always one row at
+ * least): rows of up to half a megabyte each (a state's properties and desired) must not make a
+ * text longer than V8's or SQLite's longest. Parameters: the key to start after, rows, characters.
  */
-export function jsonRowsSql(table: string, key: string, cols: readonly string[]): string {
+export function jsonPageSql(table: string, key: string, cols: readonly string[]): string {
   const values = cols.map((c) => (JSON_COLS.has(c) ? `json(${c})` : c)).join(", ");
-  return `SELECT ${key}, json_array(${values}) FROM ${table} WHERE ${key} > ? ORDER BY ${key} LIMIT ?`;
+  return `SELECT '[' || coalesce(group_concat(row, ','), '') || ']', max(k), count(*) FROM (
+      SELECT k, row, sum(length(row)) OVER (ORDER BY k ROWS UNBOUNDED PRECEDING) - length(row) AS before
+      FROM (SELECT ${key} AS k, json_array(${values}) AS row FROM ${table} WHERE ${key} > ? ORDER BY ${key} LIMIT ?)
+    ) WHERE before < ?`;
 }
 
-/**
- * A page of a table as one JSON text `[[row], …]`, the last key and the count. Handing one
- * string to the store's side costs a copy, where 100,000 rows as arrays cost a structured clone
- * each way and three JSON.parse calls a device. A page holds at most `limit` rows and stops at
- * the row that takes its text past `maxChars` (always one row at least): rows of up to half a
- * megabyte each (a state's properties and desired) must not make a text longer than V8's or
- * SQLite's longest. The rows are read one at a time and the reading stops there, so SQLite never
- * builds the text of a row past the bound (summing lengths in SQL built all `limit` of them).
- */
-export function jsonPage(rows: Database.Statement<unknown[], unknown>, after: string, limit: number, maxChars: number): JsonPage {
-  const parts: string[] = [];
-  let chars = 0;
-  let last: string | null = null;
-  for (const r of rows.iterate(after, limit) as IterableIterator<[key: string, row: string]>) {
-    if (chars >= maxChars) break;
-    parts.push(r[1]);
-    chars += r[1].length;
-    last = r[0];
-  }
-  return [`[${parts.join(",")}]`, last, parts.length];
-}
-
-/** A page as `jsonPage` answers it: rows as JSON text, the last key (the next page starts after it), the count. */
+/** A page as `jsonPageSql` answers it: rows as JSON text, the last key (the next page starts after it), the count. */
 export type JsonPage = [rows: string, last: string | null, count: number];
 
 export const STATE_COLS = ["device_id", "properties", "desired", "version", "changed_at", "updated_at", "reported_at", "rev"];
