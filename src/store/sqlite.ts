@@ -56,8 +56,8 @@ const MAX_COMMAND_GROUP = 500;
  * page's average size, up to LOAD_PAGE_ROWS. The page's SQL stops at that bound in any case, but
  * SQLite builds the JSON of every row of the LIMIT before it applies it: asking each time for
  * 10,000 rows of states a quarter of a megabyte each built all that were left to keep about 130,
- * and a load of such states grew with the square of their number (1,000 of them: 5.1–6.7 s, now
- * 4.1–4.9; 2,000: 15.1–16.6 s, now 8.1–8.8). Small rows still come 10,000 a page.
+ * and a load of such states grew with the square of their number (measured in the README's
+ * `bench:store` notes, `loadLargeStatesMs`). Small rows still come 10,000 a page.
  */
 function nextPageRows(chars: number, rows: number): number {
   return Math.max(1, Math.min(LOAD_PAGE_ROWS, Math.floor(LOAD_PAGE_CHARS / (chars / rows))));
