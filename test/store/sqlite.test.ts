@@ -314,6 +314,27 @@ describe("SqliteStore", function () {
     assert.equal(new Set(loadedDevices.map((d) => d.id)).size, devices.length);
   });
 
+  it("loads a table whose rows change size along it, large then small then large, each row once", async function () {
+    this.timeout(60_000);
+    const store = track(new SqliteStore({ path: ":memory:" }));
+    await store.open();
+    // A page after a page of large rows asks for as many rows as fit at their size (about 130
+    // here), and for 10,000 again after small ones: the page sizes change at both edges.
+    const big = (seed: number) => ({ blob: String.fromCharCode(97 + (seed % 26)).repeat(250_000), seed });
+    const ids = [
+      ...Array.from({ length: 150 }, (_, i) => `a-large-${String(i).padStart(3, "0")}`),
+      ...Array.from({ length: 12_000 }, (_, i) => `b-small-${String(i).padStart(5, "0")}`),
+      ...Array.from({ length: 150 }, (_, i) => `c-large-${String(i).padStart(3, "0")}`),
+    ];
+    const states = ids.map((id, i) => stateRow(id, i + 1, id.includes("large") ? { properties: big(i) } : {}));
+    for (let i = 0; i < states.length; i += 500) await store.writeBatch({ presence: [], states: states.slice(i, i + 500), history: [], events: [] });
+    const loaded = await store.loadStates();
+    assert.equal(loaded.length, states.length);
+    assert.deepEqual(loaded.map((s) => s.deviceId), ids);
+    const byId = new Map(loaded.map((s) => [s.deviceId, s]));
+    for (const s of states) assert.deepEqual(byId.get(s.deviceId), s);
+  });
+
   it("runs calls made before the open is answered after it, in order", async function () {
     const store = track(new SqliteStore({ path: ":memory:" }));
     const opened = store.open();
