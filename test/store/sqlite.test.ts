@@ -112,6 +112,8 @@ describe("SqliteStore", function () {
   let dir: string;
   const stores: SqliteStore[] = [];
   const track = (s: SqliteStore) => (stores.push(s), s);
+  /** A state's properties of about 250,000 characters (a state's properties may be 256 KiB of JSON). */
+  const largeProperties = (seed: number) => ({ blob: String.fromCharCode(97 + (seed % 26)).repeat(250_000), seed });
 
   beforeEach(function () {
     dir = tempDir();
@@ -300,9 +302,8 @@ describe("SqliteStore", function () {
     await store.open();
     // 160 states of about 250,000 characters each (a state's properties may be 256 KiB of JSON):
     // 40M characters, more than one page's bound of 32M, in far fewer rows than a page's 10,000.
-    const big = (seed: number) => ({ blob: String.fromCharCode(97 + (seed % 26)).repeat(250_000), seed });
     const devices = Array.from({ length: 160 }, (_, i) => deviceRow(`big-${String(i).padStart(3, "0")}`, { metadata: { note: "m".repeat(60_000), i } }));
-    const states = devices.map((d, i) => stateRow(d.id, i + 1, { properties: big(i) }));
+    const states = devices.map((d, i) => stateRow(d.id, i + 1, { properties: largeProperties(i) }));
     for (const d of devices) await store.upsertDevice(d);
     for (let i = 0; i < states.length; i += 20) await store.writeBatch({ presence: [], states: states.slice(i, i + 20), history: [], events: [] });
     const loadedStates = await store.loadStates();
@@ -320,13 +321,12 @@ describe("SqliteStore", function () {
     await store.open();
     // A page after a page of large rows asks for as many rows as fit at their size (about 130
     // here), and for 10,000 again after small ones: the page sizes change at both edges.
-    const big = (seed: number) => ({ blob: String.fromCharCode(97 + (seed % 26)).repeat(250_000), seed });
     const ids = [
       ...Array.from({ length: 150 }, (_, i) => `a-large-${String(i).padStart(3, "0")}`),
       ...Array.from({ length: 12_000 }, (_, i) => `b-small-${String(i).padStart(5, "0")}`),
       ...Array.from({ length: 150 }, (_, i) => `c-large-${String(i).padStart(3, "0")}`),
     ];
-    const states = ids.map((id, i) => stateRow(id, i + 1, id.includes("large") ? { properties: big(i) } : {}));
+    const states = ids.map((id, i) => stateRow(id, i + 1, id.includes("large") ? { properties: largeProperties(i) } : {}));
     for (let i = 0; i < states.length; i += 500) await store.writeBatch({ presence: [], states: states.slice(i, i + 500), history: [], events: [] });
     const loaded = await store.loadStates();
     assert.equal(loaded.length, states.length);
