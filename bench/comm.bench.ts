@@ -53,6 +53,8 @@ interface Result {
   singleCommandP50Ms: number;
   messages: number;
   bareReceived: number;
+  /** What bareMsgsPerSec measured: the broker alone handing messages to a hub that only counts them (embedded), or a bare subscriber (Mosquitto). */
+  baseline: "broker alone" | "bare subscriber";
   hubReceived: number;
   commands: number;
 }
@@ -117,12 +119,13 @@ async function bare(url: string, root: string, deviceList: Array<{ id: string; t
 
 /**
  * A full collection between the baseline and the hub, so that each is measured on the heap it
- * made. The baseline's subscriber (and the embedded broker's queue for it, which holds what the
- * subscriber has not read yet: 150 MB live at its peak) leave about 290 MB of dead objects in
- * the old generation, which V8 would collect only later, during the hub's run. Each scavenge
- * visits every old-generation page, so the hub's command round trips paid for the baseline's
- * garbage: 6–9 ms scavenges with it, 3–5 ms without, measured on 2026-12-05. The hub's own
- * garbage (its ingest run's) stays for its command run. Needs --expose-gc (npm run bench:comm has it).
+ * made. Added when the baselines were bare subscribers: on the embedded broker (until 2026-12-06)
+ * the subscriber and aedes' queue for it (150 MB live at its peak) left about 290 MB of dead
+ * objects in the old generation, which V8 would collect only later, during the hub's run. Each
+ * scavenge visits every old-generation page, so the hub's command round trips paid for the
+ * baseline's garbage: 6–9 ms scavenges with it, 3–5 ms without, measured on 2026-12-05. The
+ * Mosquitto baseline's subscriber still leaves its garbage. The hub's own garbage (its ingest
+ * run's) stays for its command run. Needs --expose-gc (npm run bench:comm has it).
  */
 function collectBaselineGarbage(): void {
   const gc = (globalThis as { gc?: () => void }).gc;
@@ -197,7 +200,7 @@ async function commandsAt(hub: Hub, seconds: number, spans: [number, number][] |
   return failures;
 }
 
-function result(b: { perSec: number; received: number; sent: number }, h: Awaited<ReturnType<typeof throughHub>>): Result {
+function result(b: { perSec: number; received: number; sent: number }, baseline: Result["baseline"], h: Awaited<ReturnType<typeof throughHub>>): Result {
   return {
     bareMsgsPerSec: b.perSec,
     hubMsgsPerSec: h.ingest.perSec,
@@ -208,6 +211,7 @@ function result(b: { perSec: number; received: number; sent: number }, h: Awaite
     singleCommandP50Ms: Number(h.singleCommandP50Ms.toFixed(2)),
     messages: b.sent,
     bareReceived: b.received,
+    baseline,
     hubReceived: h.ingest.received,
     commands: h.commands,
   };
@@ -246,7 +250,7 @@ async function embedded(dir: string): Promise<Result> {
   await hub.start();
   const h = await throughHub(hub, `mqtt://127.0.0.1:${adapter.port}`, "tethral", true);
   await hub.stop();
-  return result(b, h);
+  return result(b, "broker alone", h);
 }
 
 async function mosquitto(url: string, dir: string, file = "mosquitto.sqlite"): Promise<Result> {
@@ -261,7 +265,7 @@ async function mosquitto(url: string, dir: string, file = "mosquitto.sqlite"): P
   await hub.start();
   const h = await throughHub(hub, url, root, false);
   await hub.stop();
-  return result(b, h);
+  return result(b, "bare subscriber", h);
 }
 
 function table(name: string, r: Result, targets: { ingestRatio: number; commandP99Ms: number }): void {

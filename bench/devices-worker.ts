@@ -1,4 +1,5 @@
-import { join } from "node:path";
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { Worker } from "node:worker_threads";
 
 /**
@@ -8,8 +9,7 @@ import { Worker } from "node:worker_threads";
  * on it.
  */
 export class DeviceWorker {
-  // The worker loads TypeScript through tsx's require hook: --import hooks do not reach workers on Node 20.
-  private readonly worker = new Worker(`require("tsx/cjs"); require(${JSON.stringify(join(__dirname, "comm-devices.ts"))});`, { eval: true });
+  private readonly worker = deviceThread();
   private readonly waiting: Array<{ resolve: (v: unknown) => void; reject: (e: Error) => void }> = [];
   private failed: Error | null = null;
 
@@ -40,4 +40,15 @@ export class DeviceWorker {
     if (!this.failed) await this.call({ op: "close" }).catch(() => undefined);
     await this.worker.terminate();
   }
+}
+
+/**
+ * Run by bench/run.mjs (a bundle, `__filename` a .js file), the devices' thread is the build of
+ * comm-devices.ts it made beside the bundle; from the sources, comm-devices.ts through tsx's
+ * require hook (--import hooks do not reach workers on Node 20).
+ */
+function deviceThread(): Worker {
+  const built = join(dirname(__filename), "comm-devices.js");
+  if (__filename.endsWith(".js") && existsSync(built)) return new Worker(built);
+  return new Worker(`require("tsx/cjs"); require(${JSON.stringify(join(__dirname, "comm-devices.ts"))});`, { eval: true });
 }

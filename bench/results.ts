@@ -32,6 +32,8 @@ export interface Machine {
    * `pageFaultMicros`): every figure that grows the heap pays it for each page it grows by.
    */
   pageFaultUs?: number;
+  /** The code measured: as the package's build compiles it (bench/run.mjs), or the TypeScript sources through tsx (before 2026-12-06, or a benchmark run with `node --import tsx`). */
+  code: "build" | "sources";
   /** Under `npm run bench`: how long the machine took to fall quiet before this benchmark began (bench/quiet.ts). */
   settled?: { waitedMs: number; busyPct: number; quiet: boolean };
 }
@@ -44,6 +46,7 @@ export function machine(): Machine {
     memoryGiB: Math.round(totalmem() / 2 ** 30),
     node: process.version,
     platform: `${process.platform} ${process.arch}`,
+    code: __filename.endsWith(".ts") ? "sources" : "build",
     pageFaultUs: pageFaultMicros(),
     ...(process.env.TETHRAL_BENCH_SETTLED ? { settled: JSON.parse(process.env.TETHRAL_BENCH_SETTLED) as Machine["settled"] } : {}),
   };

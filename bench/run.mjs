@@ -16,7 +16,7 @@
  *
  * Plain JavaScript, run by node itself: it must not load through the loader it replaces.
  */
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -57,16 +57,35 @@ function escape(text) {
   return text.replace(/[.*+?^${}()|[\]\\]/g, "\\$&");
 }
 
-// The database thread where a build keeps it: <bundle's folder>/../store/sqlite-worker.js. Written
-// only when it changed: another benchmark running meanwhile may be starting a thread from it.
-const worker = esbuild.buildSync({ ...common, sourcemap: false, write: false, entryPoints: [join(ROOT, "src", "store", "sqlite-worker.ts")], outfile: join(OUT, "store", "sqlite-worker.js") });
-for (const file of worker.outputFiles) {
-  mkdirSync(dirname(file.path), { recursive: true });
-  if (!existsSync(file.path) || !readFileSync(file.path).equals(Buffer.from(file.contents))) writeFileSync(file.path, file.contents);
+/**
+ * Writes what esbuild made, each file only when it changed, through a temporary file renamed into
+ * place: another benchmark running meanwhile may be starting a thread from it.
+ */
+function writeChanged(result) {
+  for (const file of result.outputFiles) {
+    mkdirSync(dirname(file.path), { recursive: true });
+    if (existsSync(file.path) && readFileSync(file.path).equals(Buffer.from(file.contents))) continue;
+    const temporary = `${file.path}.${process.pid}.tmp`;
+    writeFileSync(temporary, file.contents);
+    renameSync(temporary, file.path);
+  }
+}
+
+try {
+  // The database thread where a build keeps it: <bundle's folder>/../store/sqlite-worker.js.
+  writeChanged(esbuild.buildSync({ ...common, sourcemap: false, write: false, entryPoints: [join(ROOT, "src", "store", "sqlite-worker.ts")], outfile: join(OUT, "store", "sqlite-worker.js") }));
+  // The simulated devices of bench:comm and bench:peer (bench/devices-worker.ts), built too, so the
+  // load they make is not held back by tsx either.
+  writeChanged(esbuild.buildSync({ ...common, sourcemap: false, write: false, entryPoints: [join(BENCH_DIR, "comm-devices.ts")], outfile: join(OUT, "bench", "comm-devices.js") }));
+} catch (err) {
+  console.error(err);
+  process.exit(1);
 }
 const outfile = join(OUT, "bench", `${name}.js`);
 esbuild
   .build({ ...common, entryPoints: [entry], outfile, plugins: [ownDirname] })
+  // esbuild's service process is not needed once the bundle is written.
+  .then(() => esbuild.stop())
   // The bundle is CommonJS, as the package's build is.
   .then(() => createRequire(import.meta.url)(outfile))
   .catch((err) => {

@@ -8,7 +8,8 @@
  *   end); query30dHourlyFrom1hP99Ms reads the same buckets from the 1-hour roll-ups. The four
  *   kinds take turns (10 rounds of 25 runs each), so none is measured alone in the load's wake.
  * PostgreSQL is the server at TETHRAL_BENCH_PG_URL or TETHRAL_TEST_PG_URL (a fresh database is made
- * there and dropped afterwards); without either, the PostgreSQL part is skipped.
+ * there and dropped afterwards; `VACUUM (ANALYZE)` runs on it after the load, see `measure`);
+ * without either, the PostgreSQL part is skipped.
  * TETHRAL_BENCH_TS_DAYS shortens the data (default 365). Run with `npm run bench:timeseries`;
  * writes bench/results/timeseries.json. Not a test: nothing asserts a time.
  */
@@ -49,6 +50,8 @@ interface Result {
   query1yDailyP99Ms: number;
   query1yDailySource: Resolution;
   queryLastHourRawP99Ms: number;
+  /** Whether `VACUUM (ANALYZE)` ran between the load and the queries (PostgreSQL, since 2026-12-06). */
+  vacuumed: boolean;
 }
 
 const retention = DEFAULT_PERSISTENCE_OPTIONS.retention;
@@ -167,6 +170,7 @@ async function measure(label: string, store: Store, afterLoad?: () => Promise<vo
     query1yDailyP99Ms: daily1y!,
     query1yDailySource: sourceOf(365 * DAY, DAY),
     queryLastHourRawP99Ms: lastHourRaw!,
+    vacuumed: afterLoad !== undefined,
   };
   await store.close();
   for (const k of ["query30dHourlyP99Ms", "query30dHourlyFrom1hP99Ms", "query1yDailyP99Ms", "queryLastHourRawP99Ms"] as const) {
