@@ -128,7 +128,7 @@ async function p99s(kinds: QueryKind[]): Promise<number[]> {
 }
 
 /**
- * `afterLoad` brings the database to the state a year of ingest leaves it in, which a load of a
+ * `vacuum` brings the database to the state a year of ingest leaves it in, which a load of a
  * year in minutes does not: on PostgreSQL, autovacuum would have vacuumed and analysed the
  * roll-up tables many times over that year (it does so after every 20% of a table's rows are
  * inserted), so the bench runs `VACUUM (ANALYZE)` once, as autovacuum would a minute or two later.
@@ -136,13 +136,13 @@ async function p99s(kinds: QueryKind[]): Promise<number[]> {
  * index-only scan also reads the table's pages. SQLite needs nothing: its checkpointer thread
  * copies the WAL back on its own.
  */
-async function measure(label: string, store: Store, afterLoad?: () => Promise<void>): Promise<Result> {
+async function measure(label: string, store: Store, vacuum?: () => Promise<void>): Promise<Result> {
   await store.open();
   console.log(`  ${label}: loading ${DAYS} days of one-minute points, ${DEVICES.length} devices x ${KEYS.length} keys`);
   const { points, perSec } = await load(store);
-  if (afterLoad) {
+  if (vacuum) {
     const started = performance.now();
-    await afterLoad();
+    await vacuum();
     console.log(`  ${label}: VACUUM (ANALYZE) after the load, ${((performance.now() - started) / 1000).toFixed(1)} s`);
   }
   const deviceId = DEVICES[3]!;
@@ -170,7 +170,7 @@ async function measure(label: string, store: Store, afterLoad?: () => Promise<vo
     query1yDailyP99Ms: daily1y!,
     query1yDailySource: sourceOf(365 * DAY, DAY),
     queryLastHourRawP99Ms: lastHourRaw!,
-    vacuumed: afterLoad !== undefined,
+    vacuumed: vacuum !== undefined,
   };
   await store.close();
   for (const k of ["query30dHourlyP99Ms", "query30dHourlyFrom1hP99Ms", "query1yDailyP99Ms", "queryLastHourRawP99Ms"] as const) {
