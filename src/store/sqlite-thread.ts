@@ -26,9 +26,9 @@ const SQLITE_DEFAULT_AUTOCHECKPOINT = 1000;
  * survive a young collection. While a bulk write is on the thread its call waits long, so the
  * literal was judged long-lived for good; every later call's entry then went to the old
  * generation holding its young promise and answer, which each young collection had to keep and
- * copy until the next full one. Queries after a year's load of points took a p99 of 18–24 ms
- * that way against 4–6 ms with this class (bench:timeseries, SQLite). `new` of a class makes no
- * such decision.
+ * copy until the next full one. Queries after a year's load of points took a p99 of 18–27 ms
+ * that way against 2.6–6.2 ms with this class (bench:timeseries, SQLite, three runs each way at
+ * least). `new` of a class makes no such decision.
  */
 class Pending {
   constructor(
