@@ -13,6 +13,7 @@ import {
   expiryOf,
 } from "./event-options";
 import { iso } from "./json";
+import { plainConstructor } from "./plain";
 import {
   type EventHandler,
   type Envelope,
@@ -41,6 +42,32 @@ export type { EventBusOptions, EventStatistics, PublishOptions, SubscribeOptions
 export { MAX_EVENT_TTL_SECONDS, USER_TYPE_PATTERN } from "./event-options";
 
 const MAX_RETRY_DELAY_MS = 30_000;
+
+/** An event as a plain object, made by a constructor (see plain.ts): the keys in CONTRACT order. */
+const EventObject = plainConstructor(function <T extends string, D>(
+  this: TethralEvent<T, D>,
+  id: string,
+  type: T,
+  priority: Priority,
+  source: string,
+  deviceId: string | null,
+  data: D,
+  timestamp: string,
+  expiresAt: string | null,
+  causeId: string | null,
+  parentCauseId: string | null,
+) {
+  this.id = id;
+  this.type = type;
+  this.priority = priority;
+  this.source = source;
+  this.deviceId = deviceId;
+  this.data = data;
+  this.timestamp = timestamp;
+  this.expiresAt = expiresAt;
+  this.causeId = causeId;
+  this.parentCauseId = parentCauseId;
+});
 const MAX_TYPE_KEYS = 1000;
 
 /**
@@ -110,18 +137,19 @@ export class EventBus {
     const now = this.clock.now();
     const priority = options.priority ?? "normal";
     const expiresAt = expiryOf(options, now);
-    const event: TethralEvent<T, D> = {
-      id: newTimeId(now),
+    // A constructor, not a literal: see plain.ts.
+    const event = new EventObject<T, D>(
+      newTimeId(now),
       type,
       priority,
-      source: options.source ?? this.defaultSource,
-      deviceId: options.deviceId ?? null,
+      options.source ?? this.defaultSource,
+      options.deviceId ?? null,
       data,
-      timestamp: iso(now),
-      expiresAt: expiresAt === NEVER ? null : iso(expiresAt),
-      causeId: options.causeId ?? null,
-      parentCauseId: options.parentCauseId ?? null,
-    };
+      iso(now),
+      expiresAt === NEVER ? null : iso(expiresAt),
+      options.causeId ?? null,
+      options.parentCauseId ?? null,
+    );
     this.counters.published++;
     this.byPriority[priority]++;
     this.countType(type);

@@ -1,10 +1,12 @@
+import { emptyObject } from "./plain";
 import type { JsonObject, JsonValue } from "./types";
 
 /** A deep copy of a JSON value that copies own enumerable keys only (no prototype is ever reached). */
 export function cloneJson<T extends JsonValue>(value: T): T {
   if (value === null || typeof value !== "object") return value;
   if (Array.isArray(value)) return value.map((v) => cloneJson(v)) as T;
-  const out: JsonObject = {};
+  // Not a literal: clones travel in events, which the event history keeps (see plain.ts).
+  const out: JsonObject = emptyObject();
   // for…in over own keys: unlike Object.keys, it builds no array for an object of a known shape.
   for (const key in value) if (Object.hasOwn(value, key)) defineValue(out, key, cloneJson((value as JsonObject)[key] as JsonValue));
   return out as T;

@@ -5,7 +5,8 @@ import { isoOrNull } from "./json";
 import { type DeepPartial, merge } from "./options";
 import { type DeviceRecord, type DeviceRegistry, toDevice } from "./registry";
 import type { ChangeCause, StateManager } from "./state";
-import type { DeviceStatus } from "./types";
+import { plainConstructor } from "./plain";
+import type { DeviceStatus, EventMap } from "./types";
 
 /** What presence tells the rest of the hub. */
 export interface PresenceHooks {
@@ -177,7 +178,7 @@ export class Presence {
 
   private announceOnline(record: DeviceRecord, previous: DeviceStatus, cause: ChangeCause, source: string): void {
     // A device set online by hand may never have been heard from: its lastSeen stays null.
-    this.events.publish("device.online", { previous, lastSeen: isoOrNull(record.lastSeen) }, { deviceId: record.id, source, ...causesOf(cause) });
+    this.events.publish("device.online", new OnlineData(previous, isoOrNull(record.lastSeen)), { deviceId: record.id, source, ...causesOf(cause) });
     this.hooks.back(record.id);
   }
 
@@ -192,12 +193,7 @@ export class Presence {
   ): void {
     this.events.publish(
       "device.offline",
-      {
-        previous,
-        lastSeen: isoOrNull(lastSeen),
-        timeout: (timeoutMs ?? this.heartbeat.effectiveTimeoutSec(record.id) * 1000) / 1000,
-        reason,
-      },
+      new OfflineData(previous, isoOrNull(lastSeen), (timeoutMs ?? this.heartbeat.effectiveTimeoutSec(record.id) * 1000) / 1000, reason),
       { deviceId: record.id, source, priority: "high", ...causesOf(cause) },
     );
   }
@@ -217,3 +213,15 @@ export class Presence {
 function causesOf(cause: ChangeCause): { causeId: string | null; parentCauseId: string | null } {
   return { causeId: cause.causeId ?? null, parentCauseId: cause.parentCauseId ?? null };
 }
+
+/** The data of device.online and device.offline, made by constructors (see plain.ts). */
+const OnlineData = plainConstructor(function (this: EventMap["device.online"], previous: DeviceStatus, lastSeen: string | null) {
+  this.previous = previous;
+  this.lastSeen = lastSeen;
+});
+const OfflineData = plainConstructor(function (this: EventMap["device.offline"], previous: DeviceStatus, lastSeen: string | null, timeout: number, reason: string) {
+  this.previous = previous;
+  this.lastSeen = lastSeen;
+  this.timeout = timeout;
+  this.reason = reason;
+});

@@ -13,7 +13,8 @@ import {
   devicePatchSchema,
   parseInput,
 } from "./validation";
-import type { Device, DeviceRow, DeviceStatus, JsonObject } from "./types";
+import { emptyObject, plainConstructor } from "./plain";
+import type { Device, DeviceRow, DeviceStatus, EventMap, JsonObject } from "./types";
 
 /** The registry's own copy of a device: numbers for times, shared empty lists, no per-read cost. */
 export interface DeviceRecord {
@@ -147,7 +148,7 @@ export class DeviceRegistry {
   announceRegistered(id: string, cause: ChangeCause = {}): void {
     const record = this.records.get(id);
     if (!record) return;
-    this.bus.publish("device.registered", { device: toDevice(record) }, {
+    this.bus.publish("device.registered", new RegisteredData(toDevice(record)), {
       deviceId: id,
       source: cause.source ?? "registry",
       causeId: cause.causeId ?? null,
@@ -159,7 +160,7 @@ export class DeviceRegistry {
   announceUpdated(id: string, changes: string[], cause: ChangeCause = {}): void {
     const record = this.records.get(id);
     if (!record || changes.length === 0) return;
-    this.bus.publish("device.updated", { device: toDevice(record), changes }, {
+    this.bus.publish("device.updated", new UpdatedData(toDevice(record), changes), {
       deviceId: id,
       source: cause.source ?? "registry",
       causeId: cause.causeId ?? null,
@@ -321,7 +322,7 @@ export class DeviceRegistry {
     this.byCapability.delete(record);
     this.byTag.delete(record);
     if (!options.silent) {
-      this.bus.publish("device.removed", { device: toDevice(record), reason: options.reason ?? "user" }, {
+      this.bus.publish("device.removed", new RemovedData(toDevice(record), options.reason ?? "user"), {
         deviceId: id,
         source: options.source ?? "registry",
         causeId: options.causeId ?? null,
@@ -433,24 +434,40 @@ function sameList(a: readonly string[], b: string[]): boolean {
 /**
  * The public, JSON-ready copy of a record (CONTRACT §1). Mutating it never touches the registry.
  * Every copy has the same keys (absent optional fields are undefined, which JSON leaves out), so
- * listing many devices builds objects of one shape.
+ * listing many devices builds objects of one shape. Made by a constructor, not a literal: the
+ * event history keeps the copies its events carry (see plain.ts).
  */
 export function toDevice(r: DeviceRecord): Device {
-  return {
-    id: r.id,
-    name: r.name,
-    protocol: r.protocol,
-    address: r.address,
-    manufacturer: r.manufacturer,
-    model: r.model,
-    firmware: r.firmware,
-    capabilities: r.capabilities.slice(),
-    tags: r.tags.slice(),
-    heartbeatTimeout: r.heartbeatTimeout,
-    metadata: r.metadata ? cloneJson(r.metadata) : {},
-    status: r.status,
-    lastSeen: isoOrNull(r.lastSeen),
-    createdAt: iso(r.createdAt),
-    updatedAt: iso(r.updatedAt),
-  };
+  return new DeviceCopy(r);
 }
+
+const DeviceCopy = plainConstructor(function (this: Device, r: DeviceRecord) {
+  this.id = r.id;
+  this.name = r.name;
+  this.protocol = r.protocol;
+  this.address = r.address;
+  this.manufacturer = r.manufacturer;
+  this.model = r.model;
+  this.firmware = r.firmware;
+  this.capabilities = r.capabilities.slice();
+  this.tags = r.tags.slice();
+  this.heartbeatTimeout = r.heartbeatTimeout;
+  this.metadata = r.metadata ? cloneJson(r.metadata) : emptyObject();
+  this.status = r.status;
+  this.lastSeen = isoOrNull(r.lastSeen);
+  this.createdAt = iso(r.createdAt);
+  this.updatedAt = iso(r.updatedAt);
+});
+
+/** The data of device.registered, device.updated and device.removed (see plain.ts). */
+const RegisteredData = plainConstructor(function (this: EventMap["device.registered"], device: Device) {
+  this.device = device;
+});
+const UpdatedData = plainConstructor(function (this: EventMap["device.updated"], device: Device, changes: string[]) {
+  this.device = device;
+  this.changes = changes;
+});
+const RemovedData = plainConstructor(function (this: EventMap["device.removed"], device: Device, reason: "user" | "retention") {
+  this.device = device;
+  this.reason = reason;
+});

@@ -1,4 +1,5 @@
 import { cloneJson, defineValue, iso, isoOrNull, jsonEqual } from "./json";
+import { emptyObject, plainConstructor } from "./plain";
 import type { DeviceRecord } from "./registry";
 import type { DeviceState, DeviceStatus, JsonObject, JsonValue, StateHistoryEntry, StateSnapshot } from "./types";
 
@@ -129,31 +130,43 @@ export class StateRecord {
 
 /** The public, JSON-ready copy of a device's state; a device never reported or set has an empty one. */
 export function stateView(record: DeviceRecord, s: StateRecord | undefined): DeviceState {
-  if (!s) {
-    return {
-      deviceId: record.id,
-      status: record.status,
-      properties: {},
-      desired: {},
-      delta: {},
-      version: 0,
-      changedAt: null,
-      updatedAt: null,
-      reportedAt: null,
-    };
-  }
-  return {
-    deviceId: record.id,
-    status: record.status,
-    properties: s.properties ? cloneJson(s.properties) : {},
-    desired: s.desired ? cloneJson(s.desired) : {},
-    delta: s.desired ? delta(s) : {},
-    version: s.version,
-    changedAt: isoOrNull(s.changedAt),
-    updatedAt: isoOrNull(s.updatedAt),
-    reportedAt: isoOrNull(s.reportedAt),
-  };
+  if (!s) return new StateView(record.id, record.status, emptyObject(), emptyObject(), emptyObject(), 0, null, null, null);
+  return new StateView(
+    record.id,
+    record.status,
+    s.properties ? cloneJson(s.properties) : emptyObject(),
+    s.desired ? cloneJson(s.desired) : emptyObject(),
+    s.desired ? delta(s) : emptyObject(),
+    s.version,
+    isoOrNull(s.changedAt),
+    isoOrNull(s.updatedAt),
+    isoOrNull(s.reportedAt),
+  );
 }
+
+/** A device's state as a plain object made by a constructor: state.changed events carry one (see plain.ts). */
+const StateView = plainConstructor(function (
+  this: DeviceState,
+  deviceId: string,
+  status: DeviceStatus,
+  properties: JsonObject,
+  desired: JsonObject,
+  delta: JsonObject,
+  version: number,
+  changedAt: string | null,
+  updatedAt: string | null,
+  reportedAt: string | null,
+) {
+  this.deviceId = deviceId;
+  this.status = status;
+  this.properties = properties;
+  this.desired = desired;
+  this.delta = delta;
+  this.version = version;
+  this.changedAt = changedAt;
+  this.updatedAt = updatedAt;
+  this.reportedAt = reportedAt;
+});
 
 export function hasDelta(s: StateRecord): boolean {
   if (!s.desired) return false;
@@ -166,7 +179,7 @@ export function hasDelta(s: StateRecord): boolean {
 
 /** Desired keys whose reported value differs. */
 export function delta(s: StateRecord): JsonObject {
-  const out: JsonObject = {};
+  const out: JsonObject = emptyObject();
   if (!s.desired) return out;
   for (const key of Object.keys(s.desired)) {
     const want = s.desired[key] as JsonValue;
@@ -177,7 +190,7 @@ export function delta(s: StateRecord): JsonObject {
 }
 
 export function snapshot(status: DeviceStatus | undefined, properties: JsonObject | undefined, desired: JsonObject | undefined): StateSnapshot {
-  const out: StateSnapshot = {};
+  const out: StateSnapshot = emptyObject();
   if (status !== undefined) out.status = status;
   if (properties !== undefined) out.properties = cloneJson(properties);
   if (desired !== undefined) out.desired = cloneJson(desired);

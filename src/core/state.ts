@@ -3,6 +3,7 @@ import { invalid, notFound } from "./errors";
 import type { EventBus } from "./events";
 import { cloneJson, defineValue, isEmptyObject, jsonEqual } from "./json";
 import { newTimeId } from "./ids";
+import { emptyObject, plainConstructor } from "./plain";
 import type { DeviceRecord, DeviceRegistry } from "./registry";
 import { type StateListQuery, listStates } from "./state-list";
 import { type StatePlan, planStateSet } from "./state-plan";
@@ -11,6 +12,7 @@ import {
   DEVICE_STATUSES,
   type DeviceState,
   type DeviceStatus,
+  type EventMap,
   type HistoryRow,
   type JsonObject,
   type JsonValue,
@@ -185,8 +187,9 @@ export class StateManager {
         const want = desired[key] as JsonValue;
         if ((had && jsonEqual(current[key], want)) !== jsonEqual(value, want)) twinMoved = true;
       }
-      from ??= {};
-      to ??= {};
+      // Not literals: state.changed events carry them (see plain.ts).
+      from ??= emptyObject<JsonObject>();
+      to ??= emptyObject<JsonObject>();
       const old = had ? (current[key] as JsonValue) : null;
       if (!deep && ((typeof value === "object" && value !== null) || (typeof old === "object" && old !== null))) deep = true;
       // Stored values are replaced, never changed in place, so history may share them.
@@ -216,7 +219,7 @@ export class StateManager {
     if (s.desired) this.refreshDelta(s);
     const keepHistory = !cause.series || this.options.historyOfReports;
     // With history kept, its entry holds `from` and `to` too: the event gets copies.
-    this.commit(record, s, now, { properties: from }, { properties: to }, cause, cause.reason ?? "report", keepHistory, !deep && !keepHistory);
+    this.commit(record, s, now, new PropertiesSnapshot(from), new PropertiesSnapshot(to), cause, cause.reason ?? "report", keepHistory, !deep && !keepHistory);
     if (twinMoved) this.twin?.onTwinChanged(deviceId);
     return true;
   }
@@ -294,7 +297,7 @@ export class StateManager {
     const from = record.status;
     const now = this.clock.now();
     this.applyStatus(record, status, now, cause.retained === true);
-    this.commit(record, this.ensure(record), now, { status: from }, { status }, cause, cause.reason ?? "status", true, true);
+    this.commit(record, this.ensure(record), now, new StatusSnapshot(from), new StatusSnapshot(status), cause, cause.reason ?? "status", true, true);
     return true;
   }
 
@@ -408,8 +411,23 @@ export class StateManager {
     if (!this.bus.hasSubscribers("state.changed", record.id) && !this.bus.keepsHistoryOf("state.changed")) return;
     this.bus.publish(
       "state.changed",
-      { from: shared ? from : cloneSnapshot(from), to: shared ? to : cloneSnapshot(to), reason, version: s.version, state: stateView(record, s) },
+      new ChangedData(shared ? from : cloneSnapshot(from), shared ? to : cloneSnapshot(to), reason, s.version, stateView(record, s)),
       { deviceId: record.id, source: cause.source ?? "state", causeId, parentCauseId: cause.parentCauseId ?? null },
     );
   }
 }
+
+/** What a state.changed event carries, made by constructors, not literals (see plain.ts). */
+const ChangedData = plainConstructor(function (this: EventMap["state.changed"], from: StateSnapshot, to: StateSnapshot, reason: string, version: number, state: DeviceState) {
+  this.from = from;
+  this.to = to;
+  this.reason = reason;
+  this.version = version;
+  this.state = state;
+});
+const StatusSnapshot = plainConstructor(function (this: StateSnapshot, status: DeviceStatus) {
+  this.status = status;
+});
+const PropertiesSnapshot = plainConstructor(function (this: StateSnapshot, properties: JsonObject) {
+  this.properties = properties;
+});

@@ -227,6 +227,54 @@ describe("Hub", () => {
     });
   });
 
+  describe("events and what they carry are plain objects", () => {
+    /** Every object reachable from `value`, with its path. */
+    function objects(value: unknown, path: string, out: Array<[string, object]> = []): Array<[string, object]> {
+      if (value === null || typeof value !== "object") return out;
+      out.push([path, value]);
+      for (const [k, v] of Object.entries(value)) objects(v, `${path}.${k}`, out);
+      return out;
+    }
+
+    it("gives flows events whose every object has Object.prototype as its prototype, keys in the contract's order, and a JSON round trip that loses nothing", async () => {
+      // The hub builds events, device copies and state views with constructors rather than
+      // literals (src/core/plain.ts); a flow, JSON and Node-RED's cloning must not see a difference.
+      const t = await setup();
+      await t.hub.registerDevice({ id: "p-1", protocol: "mqtt", heartbeatTimeout: 60, metadata: { room: { floor: 2 } } });
+      t.hub.ingest("p-1", { kind: "telemetry", data: { temperature: 21.5, nested: { a: [1, { b: 2 }] } } });
+      const afterUpdate = await t.hub.updateDevice("p-1", { name: "Boiler" });
+      t.clock.advance(61_000);
+      await t.hub.removeDevice("p-1");
+      const seen = new Set(t.types());
+      for (const type of ["device.registered", "state.changed", "device.online", "device.updated", "device.offline", "device.removed"]) {
+        assert.ok(seen.has(type), `${type} was published`);
+      }
+      for (const event of t.events) {
+        assert.deepEqual(Object.keys(event), ["id", "type", "priority", "source", "deviceId", "data", "timestamp", "expiresAt", "causeId", "parentCauseId"]);
+        for (const [path, o] of objects(event, event.type)) {
+          const proto = Object.getPrototypeOf(o);
+          assert.ok(proto === Object.prototype || proto === Array.prototype, `${path} is a plain object or array`);
+          assert.equal(Object.prototype.toString.call(o), Array.isArray(o) ? "[object Array]" : "[object Object]", path);
+          if (!Array.isArray(o)) assert.equal((o as { constructor?: unknown }).constructor, Object, `${path}.constructor is Object`);
+        }
+        assert.deepEqual(JSON.parse(JSON.stringify(event)), JSON.parse(JSON.stringify(structuredClone(event))));
+      }
+      const registered = t.of("device.registered")[0]!.data as { device: Record<string, unknown> };
+      assert.deepEqual(Object.keys(registered), ["device"]);
+      assert.deepEqual(Object.keys(registered.device), [
+        "id", "name", "protocol", "address", "manufacturer", "model", "firmware", "capabilities", "tags", "heartbeatTimeout", "metadata", "status", "lastSeen", "createdAt", "updatedAt",
+      ]);
+      const changed = t.of("state.changed").at(-1)!.data as Record<string, unknown>;
+      assert.deepEqual(Object.keys(changed), ["from", "to", "reason", "version", "state"]);
+      assert.deepEqual(Object.keys(changed.state as object), ["deviceId", "status", "properties", "desired", "delta", "version", "changedAt", "updatedAt", "reportedAt"]);
+      assert.deepEqual(Object.keys(t.of("device.online")[0]!.data as object), ["previous", "lastSeen"]);
+      assert.deepEqual(Object.keys(t.of("device.offline")[0]!.data as object), ["previous", "lastSeen", "timeout", "reason"]);
+      assert.deepEqual(Object.keys(t.of("device.removed")[0]!.data as object), ["device", "reason"]);
+      assert.deepEqual(t.of("device.updated")[0]!.data, { device: { ...afterUpdate }, changes: ["name"] }, "deepEqual, which compares prototypes, sees plain objects");
+      await t.hub.stop();
+    });
+  });
+
   describe("registry glue", () => {
     it("a registration refused (bad input, a taken id, a bad cause) is a rejected promise that changes nothing, never a throw", async () => {
       const t = await setup();
