@@ -202,8 +202,11 @@ export class DurableWrites {
     // After the adapter's handler returns: a registration in memory ends inside it, and a
     // broker closing the connection there would drop its acknowledgement of the register
     // message (an MQTT QoS 2 PUBREC).
-    const id = device.id;
-    queueMicrotask(() => this.adapters.disconnect(id, "registered: connect again with the device's token"));
+    // No adapter running, no connection to drop: no closure and no microtask a registration.
+    if (this.adapters.anyStarted) {
+      const id = device.id;
+      queueMicrotask(() => this.adapters.disconnect(id, "registered: connect again with the device's token"));
+    }
     if (token === undefined || presented !== undefined) return device;
     // The caller's own copy (see DeviceRegistry.register): a spread of it cost a tenth of a registration.
     const shown = device as RegisteredDevice;
