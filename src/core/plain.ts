@@ -11,10 +11,11 @@ import type { JsonObject } from "./types";
  * samples, and what the event carries, is still held there. V8 then allocates every later one of
  * them in the old generation, where they die at once and leave it fragmented. Measured with
  * bench:core (1,000,000 devices) on 2026-12-06, same machine, same hour:
- * - with literals: old generation 2,304–2,650 MB at the filter, which every young collection
- *   visits; filter p99 12.1–16.0 ms; registrations 179,536–194,706/s;
- * - with these constructors: 1,522–1,524 MB, 11.0–11.5 ms, 197,281–223,064/s; the same as
- *   V8 with pretenuring switched off (1,465–1,471 MB, 11.8–11.9 ms, 208,845–209,641/s).
+ * - with literals (four runs): old generation 2,317–2,650 MB at the filter, which every young
+ *   collection visits; filter p99 12.1–16.0 ms; registrations 184,640–194,706/s;
+ * - with these constructors (three runs): 1,523–1,529 MB, 11.5–12.5 ms, 203,644–212,196/s; the
+ *   same as the literals with V8's pretenuring switched off (1,465–1,471 MB, 11.8–11.9 ms,
+ *   208,845–209,641/s).
  *
  * A constructor call has no allocation site, so it is never pretenured. Each constructor here has
  * `Object.prototype` as its prototype: what it makes is a plain object with its own keys in the
