@@ -1,6 +1,7 @@
 import type { TimerHandle } from "./clock";
 import type { CommandOptions } from "./command-input";
 import { iso, isoOrNull } from "./json";
+import { plainConstructor } from "./plain";
 import type { CommandRow } from "./ports/store";
 import type { Command, JsonValue } from "./types";
 
@@ -76,26 +77,28 @@ export function toCommand(e: CommandEntry): Command {
 }
 
 export function rowToCommand(row: CommandRow): Command {
-  const o = row.options as RowOptions;
-  return {
-    id: row.id,
-    deviceId: row.deviceId,
-    command: row.command,
-    params: row.params,
-    status: row.status,
-    attempts: row.attempts,
-    priority: row.priority,
-    createdAt: iso(row.createdAt),
-    sentAt: isoOrNull(row.sentAt),
-    completedAt: isoOrNull(row.completedAt),
-    expiresAt: isoOrNull(row.expiresAt),
-    result: (row.result ?? null) as JsonValue | null,
-    error: row.error,
-    expectResponse: o.expectResponse ?? true,
-    timeout: (o.timeoutMs ?? 0) / 1000,
-    retries: o.retries ?? 0,
-  };
+  return new CommandCopy(row, row.options as RowOptions);
 }
+
+/** A command's public copy, made by a constructor: command events carry one, and the event history keeps them (see plain.ts). */
+const CommandCopy = plainConstructor(function (this: Command, row: CommandRow, o: RowOptions) {
+  this.id = row.id;
+  this.deviceId = row.deviceId;
+  this.command = row.command;
+  this.params = row.params;
+  this.status = row.status;
+  this.attempts = row.attempts;
+  this.priority = row.priority;
+  this.createdAt = iso(row.createdAt);
+  this.sentAt = isoOrNull(row.sentAt);
+  this.completedAt = isoOrNull(row.completedAt);
+  this.expiresAt = isoOrNull(row.expiresAt);
+  this.result = (row.result ?? null) as JsonValue | null;
+  this.error = row.error;
+  this.expectResponse = o.expectResponse ?? true;
+  this.timeout = (o.timeoutMs ?? 0) / 1000;
+  this.retries = o.retries ?? 0;
+});
 
 /** Newest first, as the store lists a device's commands: by creation time, then id. */
 export function newestFirst(a: Command, b: Command): number {

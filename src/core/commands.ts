@@ -7,7 +7,8 @@ import { TethralError, notFound } from "./errors";
 import type { EventBus } from "./events";
 import { newId } from "./ids";
 import { LatencyWindow } from "./latency";
-import { COMMAND_STATUSES, type Command, type CommandEventType, type CommandStatus, type JsonValue } from "./types";
+import { COMMAND_STATUSES, type Command, type CommandEventType, type CommandStatus, type EventMap, type JsonValue } from "./types";
+import { plainConstructor } from "./plain";
 import type { CommandRow, Store } from "./ports/store";
 
 export type { CommandHost } from "./command-delivery";
@@ -396,8 +397,8 @@ export class CommandTracker {
     if (final) {
       const priority = status === "failed" || status === "timed_out" || status === "expired" ? "high" : "normal";
       const options = { deviceId: e.row.deviceId, source: "commands", priority, causeId: e.row.id } as const;
-      if (status === "superseded") this.events.publish("command.superseded", { command, by: by! }, options);
-      else this.events.publish(`command.${status}`, { command }, options);
+      if (status === "superseded") this.events.publish("command.superseded", new SupersededData(command, by!), options);
+      else this.events.publish(`command.${status}`, new CommandData(command), options);
     }
     for (const w of e.waiters.splice(0)) w.resolve(command);
     if (this.running) this.delivery.pump(e.row.deviceId);
@@ -416,7 +417,7 @@ export class CommandTracker {
   }
 
   private publish(e: Entry, type: CommandEventType): void {
-    this.events.publish(type, { command: toCommand(e) }, { deviceId: e.row.deviceId, source: "commands", causeId: e.row.id });
+    this.events.publish(type, new CommandData(toCommand(e)), { deviceId: e.row.deviceId, source: "commands", causeId: e.row.id });
   }
 
   private whenDone(e: Entry, limitMs: number): Promise<Command> {
@@ -442,3 +443,12 @@ export class CommandTracker {
     });
   }
 }
+
+/** What command events carry, made by constructors, not literals (see plain.ts). */
+const CommandData = plainConstructor(function (this: { command: Command }, command: Command) {
+  this.command = command;
+});
+const SupersededData = plainConstructor(function (this: EventMap["command.superseded"], command: Command, by: string) {
+  this.command = command;
+  this.by = by;
+});

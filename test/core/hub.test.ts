@@ -239,14 +239,17 @@ describe("Hub", () => {
     it("gives flows events whose every object has Object.prototype as its prototype, keys in the contract's order, and a JSON round trip that loses nothing", async () => {
       // The hub builds events, device copies and state views with constructors rather than
       // literals (src/core/plain.ts); a flow, JSON and Node-RED's cloning must not see a difference.
-      const t = await setup();
+      const t = await setup({ protocols: [new FakeAdapter("mqtt")] });
       await t.hub.registerDevice({ id: "p-1", protocol: "mqtt", heartbeatTimeout: 60, metadata: { room: { floor: 2 } } });
       t.hub.ingest("p-1", { kind: "telemetry", data: { temperature: 21.5, nested: { a: [1, { b: 2 }] } } });
+      const command = await t.hub.sendCommand("p-1", { command: "set", params: { level: 3 } });
+      await new Promise((resolve) => setImmediate(resolve));
+      await t.hub.cancelCommand(command.id);
       const afterUpdate = await t.hub.updateDevice("p-1", { name: "Boiler" });
       t.clock.advance(61_000);
       await t.hub.removeDevice("p-1");
       const seen = new Set(t.types());
-      for (const type of ["device.registered", "state.changed", "device.online", "device.updated", "device.offline", "device.removed"]) {
+      for (const type of ["device.registered", "state.changed", "device.online", "command.queued", "command.sent", "command.cancelled", "device.updated", "device.offline", "device.removed"]) {
         assert.ok(seen.has(type), `${type} was published`);
       }
       for (const event of t.events) {
@@ -270,6 +273,12 @@ describe("Hub", () => {
       assert.deepEqual(Object.keys(t.of("device.online")[0]!.data as object), ["previous", "lastSeen"]);
       assert.deepEqual(Object.keys(t.of("device.offline")[0]!.data as object), ["previous", "lastSeen", "timeout", "reason"]);
       assert.deepEqual(Object.keys(t.of("device.removed")[0]!.data as object), ["device", "reason"]);
+      const cancelled = t.of("command.cancelled")[0]!.data as { command: Record<string, unknown> };
+      assert.deepEqual(Object.keys(cancelled), ["command"]);
+      assert.deepEqual(Object.keys(cancelled.command), [
+        "id", "deviceId", "command", "params", "status", "attempts", "priority", "createdAt", "sentAt", "completedAt", "expiresAt", "result", "error", "expectResponse", "timeout", "retries",
+      ]);
+      assert.deepEqual(cancelled.command, { ...(await t.hub.getCommand(command.id)) });
       assert.deepEqual(t.of("device.updated")[0]!.data, { device: { ...afterUpdate }, changes: ["name"] }, "deepEqual, which compares prototypes, sees plain objects");
       await t.hub.stop();
     });
