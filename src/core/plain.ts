@@ -2,7 +2,7 @@ import type { JsonObject } from "./types";
 
 /**
  * Plain objects made without an object literal, for what the event history keeps: events, their
- * data, the device copies and state views inside them.
+ * data, and the device copies, command copies and state views inside them.
  *
  * Why: V8 decides for each object literal in the code (its allocation site) whether to allocate
  * the objects it makes straight into the old generation ("pretenuring"), once most of those it
