@@ -163,12 +163,12 @@ export class AdapterSet {
     }
   }
 
-  /** Connections authenticated with what is no longer valid must not stay trusted. */
   /** Whether any adapter runs (one that does not can hold no connection). */
   get anyStarted(): boolean {
     return this.started.size > 0;
   }
 
+  /** Connections authenticated with what is no longer valid must not stay trusted. */
   disconnect(id: string, reason: string): void {
     for (const adapter of this.started) {
       try {
