@@ -42,6 +42,7 @@ export type { EventBusOptions, EventStatistics, PublishOptions, SubscribeOptions
 export { MAX_EVENT_TTL_SECONDS, USER_TYPE_PATTERN } from "./event-options";
 
 const MAX_RETRY_DELAY_MS = 30_000;
+const MAX_TYPE_KEYS = 1000;
 
 /** An event as a plain object, made by a constructor (see plain.ts): the keys in CONTRACT order. */
 const EventObject = plainConstructor(function <T extends string, D>(
@@ -68,7 +69,6 @@ const EventObject = plainConstructor(function <T extends string, D>(
   this.causeId = causeId;
   this.parentCauseId = parentCauseId;
 });
-const MAX_TYPE_KEYS = 1000;
 
 /**
  * The hub's event bus. Delivery is synchronous while a subscriber is idle; while its handler is

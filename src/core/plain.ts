@@ -22,6 +22,9 @@ import type { JsonObject } from "./types";
  * order set, which JSON, structuredClone, `isPlainObject`, Node-RED's message cloning and a
  * flow's code cannot tell from a literal's.
  *
+ * Each constructor assigns its fields one by one, in the contract's order: a generic one looping
+ * over field names would make keyed stores, slower, and give no fixed shape to build on.
+ *
  * Long-lived objects (registry records, state records) keep their literals or classes: for them
  * the old generation is the right place.
  */
