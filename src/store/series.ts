@@ -1,4 +1,5 @@
 import { invalid } from "../core/errors";
+import { plainConstructor } from "../core/plain";
 import { type BucketQuery, type PointRow, type PointValue, RESOLUTION_MS, type SeriesPoint } from "../core/ports/store";
 
 /**
@@ -286,7 +287,16 @@ export function bucketRange(q: BucketQuery): { start: number; end: number; inter
   return { start, end, interval };
 }
 
-/** A bucket row as both stores select it: start, number (or count), and JSON text for first/last. */
-export function bucketPoint(b: unknown, num: unknown, val: unknown): SeriesPoint {
-  return { ts: Number(b), value: pointValue(num, val) };
+const SeriesPointOf = plainConstructor(function (this: SeriesPoint, ts: number, value: SeriesPoint["value"]) {
+  this.ts = ts;
+  this.value = value;
+});
+
+/**
+ * A point or bucket as both stores read it: its time (a bucket's start), its number (or count),
+ * and JSON text for any other value. Made by a constructor, not a literal: an answer's points are
+ * all alive until the last is made, and a literal's allocation site would be pretenured (plain.ts).
+ */
+export function seriesPoint(ts: number, num: unknown, val: unknown): SeriesPoint {
+  return new SeriesPointOf(ts, pointValue(num, val));
 }

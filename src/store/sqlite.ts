@@ -16,7 +16,7 @@ import {
 } from "./sqlite-rows";
 import { SqliteThread, type ThreadArgs, type ThreadResult } from "./sqlite-thread";
 import type { SqliteMethod } from "./sqlite-wire";
-import { pointColumns, pointValue } from "./series";
+import { pointColumns, seriesPoint } from "./series";
 import { PointBatch } from "../core/point-batch";
 import type { RawSeriesPoint } from "./sqlite-series";
 import type {
@@ -37,7 +37,7 @@ import type {
   WriteBatch,
 } from "../core/ports/store";
 
-const toSeriesPoint = (r: RawSeriesPoint): SeriesPoint => ({ ts: r[0], value: pointValue(r[1], r[2]) });
+const toSeriesPoint = (r: RawSeriesPoint): SeriesPoint => seriesPoint(r[0], r[1], r[2]);
 
 /** Rows per part of a big batch (see `writeBatch`): about a millisecond of encoding each. */
 const PART_ROWS = 2048;
