@@ -151,12 +151,13 @@ export function bucketsSql(source: Resolution, agg: Aggregate): string {
 /**
  * A statement whose rows are (time, num, val), in time order, as one row of one column: the
  * rows as a JSON text of `[time, num, val]` arrays, in the same order, which `jsonRows` parses.
- * Why: `pg` builds an object for each row and keeps them until the last row has arrived, over
- * several reads, so a scavenge finds most of them alive and V8 starts allocating them in the
- * old generation (it pretenures the allocation site), where only a full collection frees them;
- * after a bulk load that made the 30-day query's p99 twice what it was with pretenuring off
- * (17.0 and 17.5 against 8.0 ms, 120 days of data, same machine, same hour). Objects that
- * JSON.parse makes have no allocation site, so nothing is pretenured. The numbers are PostgreSQL's
+ * Why: `pg` builds an object for each row and keeps them in its `Result`'s rows array until
+ * the last row has arrived, over several reads. After a bulk load V8 allocates that array in
+ * the old generation (it pretenures the array literal's allocation site: `--trace-pretenuring`
+ * names it), so each query's rows array holds its young rows through every young collection
+ * until a full one: the 30-day query's p99 was twice what it was with pretenuring off (17.0 and
+ * 17.5 against 8.0 ms, 120 days of data, same machine, same hour). One row of one text leaves
+ * nothing of the kind, and the arrays JSON.parse makes have no allocation site. The numbers are PostgreSQL's
  * text forms either way (float8 as its shortest exact text, bigint and numeric as digits): the
  * same values as `pg` gave.
  */
