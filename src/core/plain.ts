@@ -1,8 +1,10 @@
 import type { JsonObject } from "./types";
 
 /**
- * Plain objects made without an object literal, for what the event history keeps: events, their
- * data, and the device copies, command copies and state views inside them.
+ * Plain objects made without an object literal, for objects made in numbers while many of their
+ * kind are still held: what the event history keeps (events, their data, and the device copies,
+ * command copies and state views inside them) and the points of a time-series answer, all alive
+ * until its last is made (store/series.ts).
  *
  * Why: V8 decides for each object literal in the code (its allocation site) whether to allocate
  * the objects it makes straight into the old generation ("pretenuring"), once most of those it
