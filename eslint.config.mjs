@@ -19,6 +19,11 @@ export default tseslint.config(
     rules: { "@typescript-eslint/no-non-null-assertion": "off" },
   },
   // nodes/*.html are not linted: ESLint would parse the HTML as JavaScript (no HTML plugin).
+  // CommonJS files (.mocharc.cjs): require() is how they import.
+  {
+    files: ["**/*.cjs"],
+    rules: { "@typescript-eslint/no-require-imports": "off" },
+  },
   {
     files: ["**/*.mjs"],
     languageOptions: { globals: { ...globals.node } },

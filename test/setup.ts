@@ -1,4 +1,4 @@
-// Loaded before every spec (.mocharc.json). Tests bind only ephemeral ports on 127.0.0.1 and
+// Loaded before every spec (.mocharc.cjs). Tests bind only ephemeral ports on 127.0.0.1 and
 // reach no service the machine happens to have: a hub config node left at its defaults would
 // otherwise open the embedded MQTT broker on 1883 and CoAP on 5683, or connect to the broker
 // a developer's shell names.
