@@ -26,6 +26,9 @@ const all = readdirSync("test", { recursive: true })
   .map((f) => `test/${f.split("\\").join("/")}`)
   .filter((f) => f.endsWith(".test.ts"))
   .sort();
+// readdirSync's `recursive` (Node >= 20.1; package.json asks for 20.19) lists the subfolders' files:
+// without it only test/*.test.ts would be found, and most of the suite would pass by not running.
+if (!all.some((f) => f.split("/").length > 2)) throw new Error(".mocharc.cjs found no spec file under test/*/: is this Node older than 20.1?");
 
 module.exports = {
   require: ["tsx/cjs", "test/setup.ts"],
