@@ -1,3 +1,4 @@
+import { ChurnMap } from "./churn-map";
 import type { Clock, TimerHandle } from "./clock";
 import type { CommandEntry } from "./command-entry";
 import type { CommandOptions } from "./command-input";
@@ -33,7 +34,7 @@ interface DeviceQueue {
  * retried with exponential backoff and jitter. How a command ends is the tracker's business.
  */
 export class CommandDelivery {
-  private readonly queues = new Map<string, DeviceQueue>();
+  private readonly queues = new ChurnMap<string, DeviceQueue>();
   /** Devices with commands waiting for them to become reachable. */
   private readonly blocked = new Set<string>();
   private sweepTimer: TimerHandle | null = null;

@@ -1,3 +1,4 @@
+import { ChurnMap } from "./churn-map";
 import { isFenced } from "./ports/cluster";
 import { errorMessage } from "./errors";
 import type { Clock, TimerHandle } from "./clock";
@@ -14,7 +15,7 @@ const COALESCE_MS = 20;
  * sent again after a restart merely because the database was briefly away.
  */
 export class CommandWriter {
-  private readonly dirty = new Map<string, CommandRow>();
+  private readonly dirty = new ChurnMap<string, CommandRow>();
   /** Devices being deleted: their rows wait here instead of being written (see holdDevice). */
   private readonly held = new Map<string, CommandRow[]>();
   private timer: TimerHandle | null = null;

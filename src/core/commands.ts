@@ -1,3 +1,4 @@
+import { ChurnMap } from "./churn-map";
 import type { Clock, TimerHandle } from "./clock";
 import { CommandDelivery, type CommandHost } from "./command-delivery";
 import { type CommandEntry as Entry, MAX_TIMER_MS, newEntry, newestFirst, rowToCommand, toCommand, waitLimitMs } from "./command-entry";
@@ -36,7 +37,7 @@ const FINAL_STATUSES: ReadonlySet<CommandStatus> = new Set(["succeeded", "failed
  * behind. Pending commands are loaded again after a restart.
  */
 export class CommandTracker {
-  private readonly live = new Map<string, Entry>();
+  private readonly live = new ChurnMap<string, Entry>();
   /** Finished commands, oldest first, for `get` without a database round trip. */
   private readonly finished = new Map<string, Command>();
   private readonly counts = Object.fromEntries(COMMAND_STATUSES.map((s) => [s, 0])) as Record<CommandStatus, number>;

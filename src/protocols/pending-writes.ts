@@ -1,3 +1,4 @@
+import { ChurnMap } from "../core/churn-map";
 import { TethralError } from "../core/errors";
 import type { ProtocolCounters, SendOutcome } from "./types";
 
@@ -7,7 +8,9 @@ import type { ProtocolCounters, SendOutcome } from "./types";
  * says nothing in time, or as UNAVAILABLE for all at once when the adapter stops.
  */
 export class PendingWrites {
-  private readonly pending = new Set<(err: Error) => void>();
+  /** By a number of their own: a Set of them, churning in the old generation, kept them past their time (see ChurnMap). */
+  private readonly pending = new ChurnMap<number, (err: Error) => void>();
+  private nextKey = 0;
 
   constructor(private readonly counters: () => ProtocolCounters | null) {}
 
@@ -23,26 +26,27 @@ export class PendingWrites {
     write: (done: (err?: Error | null) => void) => void,
   ): Promise<SendOutcome> {
     return new Promise<SendOutcome>((resolve, reject) => {
+      const key = this.nextKey++;
       const fail = (err: Error): void => {
-        if (!this.pending.delete(fail)) return;
+        if (!this.pending.delete(key)) return;
         clearTimeout(timer);
         reject(err);
       };
-      this.pending.add(fail);
+      this.pending.set(key, fail);
       const timer = setTimeout(() => {
         const c = this.counters();
         if (c) c.errors++;
         fail(new TethralError("TIMEOUT", timeoutMessage));
       }, Math.max(1, timeoutMs));
       write((err) => {
-        if (!this.pending.has(fail)) return;
+        if (!this.pending.has(key)) return;
         const c = this.counters();
         if (err) {
           if (c) c.errors++;
           fail(new TethralError("UNAVAILABLE", failureMessage(err)));
           return;
         }
-        this.pending.delete(fail);
+        this.pending.delete(key);
         clearTimeout(timer);
         if (c) {
           c.messagesOut++;
@@ -55,6 +59,6 @@ export class PendingWrites {
 
   /** Fails every write still waiting (the adapter stops). */
   rejectAll(message: string): void {
-    for (const fail of [...this.pending]) fail(new TethralError("UNAVAILABLE", message));
+    for (const fail of [...this.pending.values()]) fail(new TethralError("UNAVAILABLE", message));
   }
 }

@@ -1,3 +1,4 @@
+import { ChurnMap } from "../core/churn-map";
 import { existsSync } from "node:fs";
 import { join, resolve as resolvePath } from "node:path";
 import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
@@ -43,7 +44,8 @@ class Pending {
  * with UNAVAILABLE, so nothing waits for an answer that cannot come.
  */
 export class SqliteThread {
-  private readonly pending = new Map<number, Pending>();
+  /** By call id (see ChurnMap: a Map of them kept answered calls past their time). */
+  private readonly pending = new ChurnMap<number, Pending>();
   private nextId = 1;
   private stopping = false;
   private ended: TethralError | undefined;
