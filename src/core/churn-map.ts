@@ -54,24 +54,6 @@ export class ChurnMap<K extends string | number, V> {
   }
 
   /** In insertion order (see above). Entries deleted meanwhile are skipped; a `clear()` meanwhile ends it. */
-  *values(): IterableIterator<V> {
-    const entries = this.entries;
-    for (const key in entries) {
-      if (this.entries !== entries) return;
-      const value = entries[key];
-      if (value !== undefined) yield value;
-    }
-  }
-
-  /** The keys as strings, as an object holds them. */
-  *keys(): IterableIterator<string> {
-    const entries = this.entries;
-    for (const key in entries) {
-      if (this.entries !== entries) return;
-      if (entries[key] !== undefined) yield key;
-    }
-  }
-
   *[Symbol.iterator](): IterableIterator<[string, V]> {
     const entries = this.entries;
     for (const key in entries) {
@@ -79,5 +61,14 @@ export class ChurnMap<K extends string | number, V> {
       const value = entries[key];
       if (value !== undefined) yield [key, value];
     }
+  }
+
+  *values(): IterableIterator<V> {
+    for (const [, value] of this) yield value;
+  }
+
+  /** The keys as strings, as an object holds them. */
+  *keys(): IterableIterator<string> {
+    for (const [key] of this) yield key;
   }
 }

@@ -1,7 +1,7 @@
-import { ChurnMap } from "../core/churn-map";
 import { existsSync } from "node:fs";
 import { join, resolve as resolvePath } from "node:path";
 import { MessageChannel, type MessagePort, Worker } from "node:worker_threads";
+import { ChurnMap } from "../core/churn-map";
 import { TethralError } from "../core/errors";
 import type { SqliteDatabase } from "./sqlite-database";
 import type { SqliteStoreOptions } from "./sqlite";
