@@ -17,7 +17,7 @@
  * The devices run in a worker thread (bench/comm-devices.ts), the hub in the main thread.
  * Run with `npm run bench:comm`; writes bench/results/comm.json. Not a test: nothing asserts a time.
  */
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import mqtt from "mqtt";
@@ -49,6 +49,12 @@ interface Result {
   commandP99Ms: number;
   /** The collections during the counted commands (see bench/gc.ts): what the p99 is made of. */
   commandCollections: Collections;
+  /**
+   * Bytes written to storage during the counted commands, per command (no target): the store's
+   * rows for them (written before a command is sent, then its status changes) and the devices'
+   * presence. Null where the system does not count them (see storageWriteBytes).
+   */
+  commandDiskBytes: number | null;
   /** One command at a time, one every SINGLE_COMMAND_GAP_MS: the median round trip (no target). */
   singleCommandP50Ms: number;
   messages: number;
@@ -161,7 +167,9 @@ async function throughHub(hub: Hub, url: string, root: string, withTokens: boole
   const failures = await commandsAt(hub, COMMAND_WARMUP_SECONDS, null);
   const spans: [number, number][] = [];
   const collections = recordCollections();
+  const writtenBefore = storageWriteBytes();
   failures.push(...(await commandsAt(hub, COMMAND_SECONDS, spans)));
+  const writtenAfter = storageWriteBytes();
   const commandCollections = await collections.stop(spans);
   const latencies = spans.map(([s, e]) => e - s);
   // Then one command at a time, as an operator sends them: nothing else keeps the hub writing.
@@ -177,7 +185,23 @@ async function throughHub(hub: Hub, url: string, root: string, withTokens: boole
   latencies.sort((a, b) => a - b);
   single.sort((a, b) => a - b);
   if (failures.length > 0) console.warn(`${failures.length} commands did not succeed: ${[...new Set(failures)].join(", ")}`);
-  return { ingest, commandP50Ms: percentile(latencies, 50), commandP99Ms: percentile(latencies, 99), commandCollections, commands: latencies.length, singleCommandP50Ms: single.length > 0 ? percentile(single, 50) : Number.NaN };
+  // Through the store's database write-ahead log, and its checkpoints into the file.
+  const commandDiskBytes = writtenBefore === null || writtenAfter === null || latencies.length === 0 ? null : Math.round((writtenAfter - writtenBefore) / latencies.length);
+  return { ingest, commandP50Ms: percentile(latencies, 50), commandP99Ms: percentile(latencies, 99), commandCollections, commandDiskBytes, commands: latencies.length, singleCommandP50Ms: single.length > 0 ? percentile(single, 50) : Number.NaN };
+}
+
+/**
+ * Bytes this process has had the kernel send to storage so far (Linux: /proc/self/io
+ * `write_bytes`, counted when a page is dirtied, so a write is counted even if the disk gets it
+ * later); null where there is no such count.
+ */
+function storageWriteBytes(): number | null {
+  try {
+    const found = /^write_bytes: (\d+)$/m.exec(readFileSync("/proc/self/io", "utf8"));
+    return found ? Number(found[1]) : null;
+  } catch {
+    return null;
+  }
 }
 
 /** Commands at COMMANDS_PER_SEC for `seconds`, each waited for; the [sent, answered] times of those that succeeded go to `spans`. */
@@ -216,6 +240,7 @@ function result(b: { perSec: number; received: number; sent: number }, baseline:
     commandP50Ms: Number(h.commandP50Ms.toFixed(2)),
     commandP99Ms: Number(h.commandP99Ms.toFixed(2)),
     commandCollections: h.commandCollections,
+    commandDiskBytes: h.commandDiskBytes,
     singleCommandP50Ms: Number(h.singleCommandP50Ms.toFixed(2)),
     messages: b.sent,
     bareReceived: b.received,
@@ -283,6 +308,7 @@ function table(name: string, r: Result, targets: { ingestRatio: number; commandP
   console.log(`  commandP99Ms     ${r.commandP99Ms}  (target ≤ ${targets.commandP99Ms}; ${r.commands} commands at ${COMMANDS_PER_SEC}/s)`);
   const c = r.commandCollections;
   console.log(`  commandsCollected ${c.hit} met a scavenge (${c.scavenges}, p50 ${c.scavengeP50Ms} ms, max ${c.scavengeMaxMs} ms), ${c.hitByOthers} another collection (${c.others}); p99 of those that met none ${c.p99WithoutMs} ms`);
+  if (r.commandDiskBytes !== null) console.log(`  commandDiskBytes ${r.commandDiskBytes.toLocaleString("en")}  (written to storage per command, database and its log)`);
   console.log(`  singleCommandP50Ms ${r.singleCommandP50Ms}  (${SINGLE_COMMANDS} commands one at a time, ${SINGLE_COMMAND_GAP_MS} ms apart)`);
 }
 

@@ -6,7 +6,7 @@ import { type CommandAnswer, type CommandOptions, parseCommandRequest } from "./
 import { CommandWriter } from "./command-writer";
 import { TethralError, notFound } from "./errors";
 import type { EventBus } from "./events";
-import { newId } from "./ids";
+import { newTimeId } from "./ids";
 import { LatencyWindow } from "./latency";
 import { COMMAND_STATUSES, type Command, type CommandEventType, type CommandStatus, type EventMap, type JsonValue } from "./types";
 import { plainConstructor } from "./plain";
@@ -158,7 +158,7 @@ export class CommandTracker {
       throw new TethralError("UNAVAILABLE", `device "${deviceId}" already has ${waiting.length} commands waiting`);
     }
     const row: CommandRow = {
-      id: newId(),
+      id: newTimeId(now),
       deviceId,
       command: request.command,
       params: request.params,
