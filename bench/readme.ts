@@ -60,6 +60,12 @@ export function table(rows: Checked[]): string {
     c ? [`on ${where}, ${c.hit} of ${c.operations.toLocaleString("en-US")} met a scavenge (median pause ${c.scavengeP50Ms} ms) and ${c.hitByOthers} a mark-compact or a step of one (${c.others} in all), and the p99 of those that met none was ${c.p99WithoutMs} ms`] : [],
   );
   if (told.length > 0) lines.push(`The command round trips' p99 (\`bench:comm\`, 1,000 a second): ${told.join("; ")}.`);
+  const written = commandDiskBytes();
+  if (written) {
+    lines.push(
+      `Written to storage per command in those runs (the SQLite database and its write-ahead log: the command's row before it is sent, its status changes, the devices' presence), for the record (no target): ${written.commandDiskBytes.toLocaleString("en-US")} bytes on the embedded broker, ${written["mosquitto.commandDiskBytes"].toLocaleString("en-US")} on Mosquitto.`,
+    );
+  }
   const d = mosquittoDefaults();
   if (d) {
     lines.push(
@@ -84,6 +90,9 @@ function figuresAt<F extends string>(bench: string, prefix: string, fields: read
   const figures = fields.map((f) => figureAt(result, `${prefix}${f}`));
   return figures.every((n) => n !== undefined) ? (Object.fromEntries(fields.map((f, i) => [f, figures[i]])) as Record<F, number>) : undefined;
 }
+
+/** bench:comm's bytes written to storage per command (Linux only), when its result has them. */
+const commandDiskBytes = () => figuresAt("comm", "", ["commandDiskBytes", "mosquitto.commandDiskBytes"]);
 
 /** bench:comm's run on a Mosquitto with its defaults, when its result has one. */
 const mosquittoDefaults = () => figuresAt("comm", "mosquitto.defaults.", ["ingestRatio", "commandP50Ms", "commandP99Ms", "singleCommandP50Ms"]);
