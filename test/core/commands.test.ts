@@ -56,7 +56,7 @@ describe("CommandTracker (through a Hub and an in-process adapter)", () => {
       ids.push((await t.hub.sendCommand("d1", { command: "x" })).id);
       for (const id of ids) assert.match(id, /^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
       // The store's primary-key index then grows at its end: a random id put each command's row
-      // on a page of its own (40% more database writes per command, bench:comm).
+      // on a page of its own (a third more bytes written to storage per command in bench:comm).
       assert.deepEqual([...ids].sort(), ids);
       assert.equal(new Set(ids).size, ids.length);
       await t.hub.stop();
