@@ -3,8 +3,9 @@
  * member's death costs.
  * - The same load twice: DEVICES MQTT devices on a Mosquitto of the bench's own, RATE QoS 1
  *   telemetry messages a second for SECONDS, first to one runtime (TETHRAL_CLUSTER off), then to
- *   a cluster of three members; both on a fresh database of the PostgreSQL server, as `npm start`
- *   runs them. The figure is CPU time per message: the members' utime + stime from
+ *   a cluster of three members; both on a fresh database of the PostgreSQL server, run as `npm
+ *   start` runs them (the build's dist/runtime/start.js; before 2026-12-07 the sources through
+ *   tsx, whose transpiled code is not what ships, see bench/run.mjs). The figure is CPU time per message: the members' utime + stime from
  *   /proc/<pid>/stat over the run (until every device's last report is in its state), ÷ messages.
  *   On a 2-core machine three members cannot go faster than one; the cost per message is what
  *   says how the cluster scales.
@@ -22,6 +23,7 @@ import { type Member, TestCluster, cpuMicros, register } from "../test/runtime/c
 import { program } from "../test/mosquitto";
 import { call } from "../test/runtime/spawn-runtime";
 import { benchServer } from "./pg-database";
+import { checkBuild } from "./runtime-process";
 import { targetOf, writeResults } from "./results";
 
 const DEVICES = Number(process.env.TETHRAL_BENCH_CLUSTER_DEVICES ?? 1000);
@@ -277,6 +279,7 @@ async function measure(server: string, mode: "single" | "cluster"): Promise<{ lo
     partitions: PARTITIONS,
     leaseSeconds: LEASE_SECONDS,
     prefix: `tethral_bench_cluster_${mode}`,
+    from: "build",
   });
   const devices: MqttDevice[] = [];
   try {
@@ -307,6 +310,7 @@ async function main(): Promise<void> {
     console.log("bench:cluster: skipped (it needs a PostgreSQL server in TETHRAL_BENCH_PG_URL or TETHRAL_TEST_PG_URL, and mosquitto)");
     return;
   }
+  checkBuild();
   console.log(`Tethral cluster benchmark, Node ${process.version}, ${cpus().length} cores: ${fmt(DEVICES)} MQTT devices, ${fmt(RATE)} QoS 1 messages/s for ${SECONDS} s`);
   const single = await measure(server, "single");
   // TETHRAL_BENCH_CLUSTER_ONLY=single: the baseline alone, for tuning the load (no results written).

@@ -62,9 +62,7 @@ export function ready(proc: Proc, check: () => Promise<boolean>): () => Promise<
  * /api/health answers 200. TETHRAL_TEST_NODE_ARGS adds Node flags (see runtimeNodeArgs).
  */
 export async function startBuiltRuntime(dir: string, env: NodeJS.ProcessEnv, cwd: string): Promise<{ url: string; api: string; proc: Proc; stop: () => Promise<void> }> {
-  if (!existsSync(START)) throw new Error("this benchmark runs the runtime as npm start does: run npm run build first");
-  const newer = newerSource(statSync(START).mtimeMs);
-  if (newer !== null) throw new Error(`${newer} is newer than the build this benchmark would measure: run npm run build first`);
+  checkBuild();
   rmSync(dir, { recursive: true, force: true });
   const port = await closedPort();
   const proc = startProcess([...runtimeNodeArgs(), START], { TETHRAL_COAP_PORT: "0", TETHRAL_MQTT_PORT: "0", ...env, PORT: String(port), TETHRAL_USER_DIR: dir }, cwd);
@@ -82,6 +80,13 @@ export async function startBuiltRuntime(dir: string, env: NodeJS.ProcessEnv, cwd
     if (code !== 0) throw new Error(`the runtime did not stop cleanly (exit ${code}):\n${proc.output().slice(-4000)}`);
   };
   return { url, api, proc, stop };
+}
+
+/** Throws unless the build is there and newer than every source: a benchmark measures what `npm start` would run. */
+export function checkBuild(): void {
+  if (!existsSync(START)) throw new Error("this benchmark runs the runtime as npm start does: run npm run build first");
+  const newer = newerSource(statSync(START).mtimeMs);
+  if (newer !== null) throw new Error(`${newer} is newer than the build this benchmark would measure: run npm run build first`);
 }
 
 /** A source file changed after `builtAt` (epoch ms), if any: the build would not be what the sources say. */

@@ -23,6 +23,8 @@ export interface ClusterSettings {
   cluster?: "on" | "off";
   /** More environment for every member. */
   env?: NodeJS.ProcessEnv;
+  /** What the members run: the sources through tsx (tests, the default) or the build, as `npm start` does (benchmarks). */
+  from?: "sources" | "build";
 }
 
 export class Member {
@@ -34,6 +36,7 @@ export class Member {
     readonly id: string,
     readonly userDir: string,
     readonly env: NodeJS.ProcessEnv,
+    readonly from: "sources" | "build" = "sources",
   ) {}
 
   get api(): string {
@@ -54,7 +57,7 @@ export class Member {
   }
 
   async start(): Promise<void> {
-    this.child = await spawnRuntime(this.userDir, this.env);
+    this.child = await spawnRuntime(this.userDir, this.env, this.from);
   }
 
   /** SIGTERM: a clean stop (it hands its partitions over); resolves at the exit, rejects on a bad one. */
@@ -134,7 +137,7 @@ export class TestCluster {
         TETHRAL_LEASE_SECONDS: String(settings.leaseSeconds),
         ...settings.env,
       };
-      members.push(new Member(id, path.join(scratch, id), env));
+      members.push(new Member(id, path.join(scratch, id), env, settings.from));
     }
     return new TestCluster(settings, members, mosquitto, db.url, db.drop, scratch);
   }

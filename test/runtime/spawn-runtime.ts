@@ -21,6 +21,8 @@ export interface RuntimeChild {
 }
 
 const CHILD = path.join(__dirname, "child.ts");
+/** The build's runtime, as `npm start` runs it (`spawnRuntime` with `from: "build"`). */
+export const BUILT_START = path.join(__dirname, "..", "..", "dist", "runtime", "start.js");
 
 /** How long a start may take before it is given up (mocha hooks that spawn allow more). */
 export const START_LIMIT_MS = 60_000;
@@ -34,16 +36,32 @@ export function runtimeNodeArgs(): string[] {
 }
 
 /**
- * Starts the flow runtime (test/runtime/child.ts) in a process of its own on `userDir`, and
- * resolves once it prints READY. A restart is `stop()` and another `spawnRuntime` on the same dir.
- * `stop()` rejects when the runtime does not stop cleanly (a non-zero exit, or no exit within 20
- * s, when it is killed): a restart test must not pass over a shutdown that failed.
+ * Starts the flow runtime in a process of its own on `userDir`, and resolves once it is ready. A
+ * restart is `stop()` and another `spawnRuntime` on the same dir. `stop()` rejects when the runtime
+ * does not stop cleanly (a non-zero exit, or no exit within 20 s, when it is killed): a restart
+ * test must not pass over a shutdown that failed.
+ * - `from: "sources"` (tests): test/runtime/child.ts through tsx, this package from its sources;
+ *   ready when it prints READY.
+ * - `from: "build"` (benchmarks): the build's dist/runtime/start.js, exactly as `npm start` runs
+ *   it, on the same settings (the port, the broker and the ports of `env` as child.ts takes them);
+ *   ready when it prints where its editor is. tsx's transpiled code differs from what ships (see
+ *   bench/run.mjs), so a benchmark must not measure it.
  */
-export function spawnRuntime(userDir: string, env: NodeJS.ProcessEnv = {}): Promise<RuntimeChild> {
-  const proc: ChildProcess = spawn(process.execPath, [...runtimeNodeArgs(), "--import", "tsx", CHILD, userDir], {
-    env: { ...process.env, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+export function spawnRuntime(userDir: string, env: NodeJS.ProcessEnv = {}, from: "sources" | "build" = "sources"): Promise<RuntimeChild> {
+  const args = from === "build" ? [...runtimeNodeArgs(), BUILT_START] : [...runtimeNodeArgs(), "--import", "tsx", CHILD, userDir];
+  const all: NodeJS.ProcessEnv = { ...process.env, ...env };
+  if (from === "build") {
+    // What child.ts does with the same variables, said the way npm start reads them.
+    all.PORT = env.TETHRAL_TEST_RUNTIME_PORT ?? "0";
+    all.HOST = "127.0.0.1";
+    all.TETHRAL_USER_DIR = userDir;
+    all.TETHRAL_MQTT_PORT ??= "0";
+    all.TETHRAL_COAP_PORT ??= "0";
+    if (env.TETHRAL_TEST_RUNTIME_MQTT_URL) all.TETHRAL_MQTT_URL = env.TETHRAL_TEST_RUNTIME_MQTT_URL;
+    else delete all.TETHRAL_MQTT_URL;
+  }
+  const proc: ChildProcess = spawn(process.execPath, args, { env: all, stdio: ["ignore", "pipe", "pipe"] });
+  const readyLine = from === "build" ? /Tethral editor:\s+(\S+)/ : /READY (\S+)/;
   let output = "";
   const keep = (chunk: Buffer) => {
     output += chunk.toString();
@@ -61,7 +79,7 @@ export function spawnRuntime(userDir: string, env: NodeJS.ProcessEnv = {}): Prom
       reject(new Error(`the runtime exited with ${code} before it was ready:\n${output}`));
     };
     const onData = () => {
-      const ready = /READY (\S+)/.exec(output);
+      const ready = readyLine.exec(output);
       if (!ready) return;
       clearTimeout(timer);
       proc.stdout!.off("data", onData);
