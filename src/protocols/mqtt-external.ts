@@ -65,6 +65,8 @@ export class ExternalBroker implements MqttMode {
   private filters: string[];
   /** Cluster mode: each partition's device messages on a session of its own (the member's client then reads only presence). */
   private partitions: PartitionSessions | null = null;
+  /** The client's stream while it is corked for the PUBACKs of a read (see `holdAcks`). */
+  private acksHeld: MqttClient["stream"] | null = null;
   /** Twins of removed devices not cleared on the broker yet (it was unreachable); cleared at the next connection. */
   private readonly clearsDue = new Set<string>();
   /** The go-on of the message last taken, kept while the intake is busy: until called, the hub's connection is not read. */
@@ -125,7 +127,10 @@ export class ExternalBroker implements MqttMode {
       this.lastError = err.message;
     });
     client.on("close", () => this.onClose(client));
-    client.handleMessage = (_packet, callback) => this.taken(callback);
+    client.handleMessage = (packet, callback) => {
+      if (packet.qos > 0) this.holdAcks(client);
+      this.taken(callback);
+    };
     this.offIntake = context.intake.onChange((busy) => busy || this.readOn());
     return new Promise<void>((resolve) => {
       // A broker that is down must not keep Node-RED from starting: resolve anyway, keep trying.
@@ -333,6 +338,27 @@ export class ExternalBroker implements MqttMode {
     if (!this.context?.intake.busy || this.stopping) return callback();
     this.waiting = callback;
     this.pauses++;
+  }
+
+  /**
+   * The PUBACKs of the QoS 1 messages of one read from the broker go out in one write. mqtt.js
+   * handles a read's packets one after the other, each in a tick of its own, and writes each
+   * PUBACK with a write of its own: a system call per message, about a fifth of the CPU a QoS 1
+   * message cost a runtime (bench:cluster's single runtime). The client's stream is corked at the
+   * read's first QoS 1 message and uncorked once the loop has handled the read (setImmediate runs
+   * after the ticks): each PUBACK still leaves in the loop turn that read its message, with the
+   * others of that read. Measured (bench:cluster's single runtime, three alternating pairs):
+   * 72–93 µs of CPU per message against 85–107.
+   */
+  private holdAcks(client: MqttClient): void {
+    const stream = client.stream;
+    if (this.acksHeld === stream || stream.destroyed) return;
+    this.acksHeld = stream;
+    stream.cork();
+    setImmediate(() => {
+      if (this.acksHeld === stream) this.acksHeld = null;
+      stream.uncork();
+    });
   }
 
   private readOn(): void {

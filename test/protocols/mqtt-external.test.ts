@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import { type AddressInfo, Socket, createServer } from "node:net";
+import mqttPacket from "mqtt-packet";
 import { Hub, type HubOptions } from "../../src/core/hub";
 import type { TethralEvent } from "../../src/core/types";
 import { MqttAdapter, type MqttAdapterOptions } from "../../src/protocols/mqtt";
@@ -267,6 +269,68 @@ for (const target of ["aedes", "mosquitto"] as const) {
     });
   });
 }
+
+describe("MQTT adapter, external broker: the PUBACKs of one read", function () {
+  /**
+   * A broker written by hand (mqtt-packet on a plain socket): it hands the hub 50 QoS 1 reports in
+   * one write, as a broker does when they queued up, and counts the writes the hub's socket makes
+   * until every PUBACK is back.
+   */
+  it("go back to the broker in one write, every one of them", async function () {
+    const root = uniqueRoot();
+    let hubPort = 0;
+    let writes = 0;
+    const acked = new Set<number>();
+    let subscribed!: () => void;
+    const ready = new Promise<void>((resolve) => (subscribed = resolve));
+    let sendToHub: (packets: Buffer[]) => void = () => undefined;
+    const server = createServer((socket) => {
+      hubPort = socket.remotePort!;
+      const parser = mqttPacket.parser();
+      parser.on("packet", (packet) => {
+        if (packet.cmd === "connect") socket.write(mqttPacket.generate({ cmd: "connack", returnCode: 0, sessionPresent: false }));
+        else if (packet.cmd === "subscribe") {
+          socket.write(mqttPacket.generate({ cmd: "suback", messageId: packet.messageId, granted: packet.subscriptions.map(() => 1) }));
+          subscribed();
+        } else if (packet.cmd === "puback") acked.add(packet.messageId!);
+        else if (packet.cmd === "pingreq") socket.write(mqttPacket.generate({ cmd: "pingresp" }));
+      });
+      socket.on("data", (chunk) => parser.parse(chunk));
+      socket.on("error", () => undefined);
+      sendToHub = (packets) => socket.write(Buffer.concat(packets));
+    });
+    await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", () => resolve()));
+    const url = `mqtt://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    // Every write a socket of the hub's makes (each is a system call): counted for the hub's own socket.
+    const proto = Socket.prototype as unknown as Record<"_write" | "_writev", (this: Socket, ...args: unknown[]) => void>;
+    const original = { _write: proto._write, _writev: proto._writev };
+    for (const name of ["_write", "_writev"] as const) {
+      proto[name] = function (this: Socket, ...args: unknown[]) {
+        if (hubPort !== 0 && this.localPort === hubPort) writes++;
+        return original[name].apply(this, args);
+      };
+    }
+    const adapter = new MqttAdapter({ url, root, startTimeoutMs: 3000 });
+    const hub = new Hub({ protocols: [adapter], onWarning: () => undefined });
+    try {
+      await hub.registerDevice({ id: "meter-1", protocol: "mqtt" });
+      await hub.start();
+      await ready;
+      const before = writes;
+      const reports = Array.from({ length: 50 }, (_, i) =>
+        mqttPacket.generate({ cmd: "publish", topic: `${root}/devices/meter-1/telemetry`, payload: JSON.stringify({ n: i + 1 }), qos: 1, messageId: i + 1, dup: false, retain: false }),
+      );
+      sendToHub(reports);
+      await until(() => acked.size === 50, "a PUBACK for each of the 50 reports");
+      await until(() => hub.getState("meter-1").properties.n === 50, "the last report in the state");
+      assert.equal(writes - before, 1, `the hub wrote ${writes - before} times for the 50 PUBACKs`);
+    } finally {
+      Object.assign(proto, original);
+      await hub.stop();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  });
+});
 
 describe("MQTT adapter, external broker, faults (aedes restarted by the test)", function () {
   let broker: PlainBroker;
