@@ -1,9 +1,22 @@
-import { type IntervalHistogram, monitorEventLoopDelay } from "node:perf_hooks";
+import { type EventLoopUtilization, type IntervalHistogram, monitorEventLoopDelay, performance } from "node:perf_hooks";
 import { getHeapStatistics } from "node:v8";
 
 /** A window of event-loop delay is kept at least this long before it starts afresh. */
 const WINDOW_MS = 10_000;
 const NS_PER_MS = 1e6;
+/** How often the lag timer fires while it samples: it is how late this timer runs that is measured. */
+const RESOLUTION_MS = 20;
+
+export interface ProcessMonitorOptions {
+  /** How often the monitor looks at how busy the loop was, ms. Default 1000. */
+  checkMs?: number;
+  /**
+   * The loop is idle when it was busy less than this share of the time since the last look
+   * (the lag timer's own callbacks included), on this many looks in a row. Defaults 0.01 and 3.
+   */
+  idleShare?: number;
+  idleChecks?: number;
+}
 
 export interface ProcessReading {
   /** How late timers ran over the current window (about the last 10 s or more), in milliseconds. */
@@ -15,21 +28,77 @@ export interface ProcessReading {
 /**
  * The process the hub runs in, for health: how late the event loop runs (a hub whose loop lags
  * answers devices and flows late, whatever its components say) and how much heap it holds.
+ *
+ * The lag is how late a timer firing every 20 ms runs (Node's `monitorEventLoopDelay`). That
+ * timer wakes the process 50 times a second, and on an idle hub those wake-ups were most of what
+ * it spent: an idle `npm start` took 8 CPU ms a second with it, 3 without. So it samples only
+ * while the loop has work: once a second the monitor reads how busy the loop was since its last
+ * look (`performance.eventLoopUtilization`); after three looks under 1% it stops the timer, and
+ * the first look over 1% starts it again. A loop busy under 1% of a second (10 ms) cannot have been
+ * held 20 ms in it, so an idle spell hides no stall; what it does not see is how long the loop was held
+ * in the second that ends one (at most a second of lag unsampled, after which every one is).
  */
 export class ProcessMonitor {
   private histogram: IntervalHistogram | null = null;
+  /** Whether the histogram's timer runs (it is stopped while the loop is idle). */
+  private histogramOn = false;
   private windowStart = 0;
+  private checker: NodeJS.Timeout | null = null;
+  private lastLook: EventLoopUtilization | null = null;
+  private idleLooks = 0;
+  private readonly checkMs: number;
+  private readonly idleShare: number;
+  private readonly idleChecks: number;
+
+  constructor(options: ProcessMonitorOptions = {}) {
+    this.checkMs = options.checkMs ?? 1000;
+    this.idleShare = options.idleShare ?? 0.01;
+    this.idleChecks = options.idleChecks ?? 3;
+  }
+
+  /** Whether the lag timer runs now (false while the loop is idle). */
+  get sampling(): boolean {
+    return this.histogram !== null && this.histogramOn;
+  }
 
   start(): void {
     if (this.histogram) return;
-    this.histogram = monitorEventLoopDelay({ resolution: 20 });
+    this.histogram = monitorEventLoopDelay({ resolution: RESOLUTION_MS });
     this.histogram.enable();
+    this.histogramOn = true;
     this.windowStart = Date.now();
+    this.lastLook = performance.eventLoopUtilization();
+    this.idleLooks = 0;
+    this.checker = setInterval(() => this.look(), this.checkMs);
+    // The monitor must not keep a process alive that has nothing else to do.
+    this.checker.unref();
   }
 
   stop(): void {
+    if (this.checker !== null) clearInterval(this.checker);
+    this.checker = null;
     this.histogram?.disable();
     this.histogram = null;
+    this.histogramOn = false;
+  }
+
+  /** Starts or stops the lag timer by how busy the loop was since the last look. */
+  private look(): void {
+    const h = this.histogram;
+    if (!h) return;
+    const now = performance.eventLoopUtilization();
+    const busy = performance.eventLoopUtilization(now, this.lastLook ?? undefined).utilization;
+    this.lastLook = now;
+    if (busy >= this.idleShare) {
+      this.idleLooks = 0;
+      if (!this.histogramOn) {
+        h.enable();
+        this.histogramOn = true;
+      }
+    } else if (this.histogramOn && ++this.idleLooks >= this.idleChecks) {
+      h.disable();
+      this.histogramOn = false;
+    }
   }
 
   reading(): ProcessReading {

@@ -1,0 +1,58 @@
+import assert from "node:assert/strict";
+import { ProcessMonitor } from "../../src/core/process-monitor";
+import { until } from "../helpers";
+
+/** Holds the event loop for `ms`: what a slow flow or a long synchronous call does. */
+function hold(ms: number): void {
+  const end = performance.now() + ms;
+  while (performance.now() < end);
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe("ProcessMonitor: the event loop's lag, sampled while the loop has work", function () {
+  let monitor: ProcessMonitor;
+
+  afterEach(function () {
+    monitor?.stop();
+  });
+
+  it("stops its 20 ms timer while the loop is idle, starts it again with work, and then sees a stall", async function () {
+    // A look every 50 ms; two idle looks in a row stop the timer.
+    monitor = new ProcessMonitor({ checkMs: 50, idleShare: 0.05, idleChecks: 2 });
+    monitor.start();
+    assert.equal(monitor.sampling, true, "it samples from the start");
+    await until(() => !monitor.sampling, "the timer stopped on an idle loop", 3000);
+    // Work (here 30 ms of a 50 ms look: far over 5%) starts the timer at the next look.
+    hold(30);
+    await until(() => monitor.sampling, "the timer running again", 3000);
+    // Once it runs, a stall shows in the lag as before.
+    await sleep(30);
+    hold(120);
+    await sleep(30);
+    const lag = monitor.reading().eventLoopLagMs;
+    assert.ok(lag.max >= 80, `the loop was held for 120 ms: max lag ${lag.max} ms`);
+  });
+
+  it("keeps sampling while the loop stays busy", async function () {
+    monitor = new ProcessMonitor({ checkMs: 50, idleShare: 0.05, idleChecks: 2 });
+    monitor.start();
+    const ends = performance.now() + 400;
+    while (performance.now() < ends) {
+      hold(10);
+      await sleep(1);
+      assert.equal(monitor.sampling, true, "a busy loop is sampled throughout");
+    }
+  });
+
+  it("stop() ends both timers: a stopped monitor does not sample, and starts afresh", async function () {
+    monitor = new ProcessMonitor({ checkMs: 20 });
+    monitor.start();
+    monitor.stop();
+    assert.equal(monitor.sampling, false);
+    await sleep(60);
+    assert.deepEqual(monitor.reading().eventLoopLagMs, { p50: 0, p99: 0, max: 0, windowSec: monitor.reading().eventLoopLagMs.windowSec });
+    monitor.start();
+    assert.equal(monitor.sampling, true);
+  });
+});
