@@ -34,9 +34,11 @@ export interface ProcessReading {
  * it spent: an idle `npm start` took 8 CPU ms a second with it, 3 without. So it samples only
  * while the loop has work: once a second the monitor reads how busy the loop was since its last
  * look (`performance.eventLoopUtilization`); after three looks under 1% it stops the timer, and
- * the first look over 1% starts it again. A loop busy under 1% of a second (10 ms) cannot have been
- * held 20 ms in it, so an idle spell hides no stall; what it does not see is how long the loop was held
- * in the second that ends one (at most a second of lag unsampled, after which every one is).
+ * the first look over 1% starts it afresh (the time it was stopped is no lag). A loop busy under
+ * 1% of a second (10 ms) cannot have been held 20 ms in it. While the timer is stopped each look
+ * measures how late it ran itself, so a hold that begins in an idle spell shows when it reaches
+ * the look (a hold of a second or more always does); one shorter than that, in the second in
+ * which work begins again, goes unsampled.
  */
 export class ProcessMonitor {
   private histogram: IntervalHistogram | null = null;
@@ -45,6 +47,10 @@ export class ProcessMonitor {
   private windowStart = 0;
   private checker: NodeJS.Timeout | null = null;
   private lastLook: EventLoopUtilization | null = null;
+  /** performance.now() when the next look is due (an interval's next run is due its period after this one began). */
+  private lookDue = 0;
+  /** The longest a look ran late while the timer was stopped, this window, ns. */
+  private lateWhileStopped = 0;
   private idleLooks = 0;
   private readonly checkMs: number;
   private readonly idleShare: number;
@@ -68,6 +74,8 @@ export class ProcessMonitor {
     this.histogramOn = true;
     this.windowStart = Date.now();
     this.lastLook = performance.eventLoopUtilization();
+    this.lookDue = performance.now() + this.checkMs;
+    this.lateWhileStopped = 0;
     this.idleLooks = 0;
     this.checker = setInterval(() => this.look(), this.checkMs);
     // The monitor must not keep a process alive that has nothing else to do.
@@ -86,12 +94,17 @@ export class ProcessMonitor {
   private look(): void {
     const h = this.histogram;
     if (!h) return;
+    const at = performance.now();
+    if (!this.histogramOn) this.lateWhileStopped = Math.max(this.lateWhileStopped, (at - this.lookDue) * NS_PER_MS);
+    this.lookDue = at + this.checkMs;
     const now = performance.eventLoopUtilization();
     const busy = performance.eventLoopUtilization(now, this.lastLook ?? undefined).utilization;
     this.lastLook = now;
     if (busy >= this.idleShare) {
       this.idleLooks = 0;
       if (!this.histogramOn) {
+        // Afresh: the histogram would take its first sample's delay from its last one, before it stopped.
+        h.reset();
         h.enable();
         this.histogramOn = true;
       }
@@ -105,10 +118,15 @@ export class ProcessMonitor {
     const h = this.histogram;
     const now = Date.now();
     const ms = (ns: number) => (Number.isFinite(ns) ? Math.round((ns / NS_PER_MS) * 10) / 10 : 0);
-    const lag = h && h.count > 0 ? { p50: ms(h.percentile(50)), p99: ms(h.percentile(99)), max: ms(h.max) } : { p50: 0, p99: 0, max: 0 };
+    const late = this.lateWhileStopped;
+    const lag =
+      h && h.count > 0
+        ? { p50: ms(h.percentile(50)), p99: ms(h.percentile(99)), max: ms(Math.max(h.max, late)) }
+        : { p50: ms(late), p99: ms(late), max: ms(late) };
     const windowSec = Math.round((now - this.windowStart) / 100) / 10;
     if (h && now - this.windowStart >= WINDOW_MS) {
       h.reset();
+      this.lateWhileStopped = 0;
       this.windowStart = now;
     }
     const memory = process.memoryUsage();

@@ -23,15 +23,29 @@ describe("ProcessMonitor: the event loop's lag, sampled while the loop has work"
     monitor.start();
     assert.equal(monitor.sampling, true, "it samples from the start");
     await until(() => !monitor.sampling, "the timer stopped on an idle loop", 3000);
+    // The idle spell lasts a while: the time the timer was stopped must not read as lag.
+    await sleep(300);
     // Work (here 30 ms of a 50 ms look: far over 5%) starts the timer at the next look.
     hold(30);
     await until(() => monitor.sampling, "the timer running again", 3000);
+    await sleep(60);
+    const resumed = monitor.reading().eventLoopLagMs;
+    assert.ok(resumed.max < 70, `nothing held the loop 70 ms, yet the lag read ${resumed.max} ms`);
     // Once it runs, a stall shows in the lag as before.
-    await sleep(30);
     hold(120);
     await sleep(30);
     const lag = monitor.reading().eventLoopLagMs;
     assert.ok(lag.max >= 80, `the loop was held for 120 ms: max lag ${lag.max} ms`);
+  });
+
+  it("sees a stall that begins while its timer is stopped: the look it holds up runs late", async function () {
+    monitor = new ProcessMonitor({ checkMs: 50, idleShare: 0.05, idleChecks: 2 });
+    monitor.start();
+    await until(() => !monitor.sampling, "the timer stopped on an idle loop", 3000);
+    hold(300);
+    await until(() => monitor.sampling, "the timer running again", 3000);
+    const lag = monitor.reading().eventLoopLagMs;
+    assert.ok(lag.max >= 200, `the loop was held for 300 ms with the timer stopped: max lag ${lag.max} ms`);
   });
 
   it("keeps sampling while the loop stays busy", async function () {
@@ -51,7 +65,8 @@ describe("ProcessMonitor: the event loop's lag, sampled while the loop has work"
     monitor.stop();
     assert.equal(monitor.sampling, false);
     await sleep(60);
-    assert.deepEqual(monitor.reading().eventLoopLagMs, { p50: 0, p99: 0, max: 0, windowSec: monitor.reading().eventLoopLagMs.windowSec });
+    const { p50, p99, max } = monitor.reading().eventLoopLagMs;
+    assert.deepEqual({ p50, p99, max }, { p50: 0, p99: 0, max: 0 });
     monitor.start();
     assert.equal(monitor.sampling, true);
   });

@@ -43,9 +43,10 @@ export function runtimeNodeArgs(): string[] {
  * - `from: "sources"` (tests): test/runtime/child.ts through tsx, this package from its sources;
  *   ready when it prints READY.
  * - `from: "build"` (benchmarks): the build's dist/runtime/start.js, exactly as `npm start` runs
- *   it, on the same settings (the port, the broker and the ports of `env` as child.ts takes them);
- *   ready when it prints where its editor is. tsx's transpiled code differs from what ships (see
- *   bench/run.mjs), so a benchmark must not measure it.
+ *   it, given the port, the broker and the ports of `env` as child.ts takes them, at `npm start`'s
+ *   log level (child.ts logs warnings only); ready when it prints where its editor is (flows that
+ *   failed to start show later, as the benchmark's own failure). tsx's transpiled code differs
+ *   from what ships (see bench/run.mjs), so a benchmark must not measure it.
  */
 export function spawnRuntime(userDir: string, env: NodeJS.ProcessEnv = {}, from: "sources" | "build" = "sources"): Promise<RuntimeChild> {
   const args = from === "build" ? [...runtimeNodeArgs(), BUILT_START] : [...runtimeNodeArgs(), "--import", "tsx", CHILD, userDir];
