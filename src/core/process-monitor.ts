@@ -19,7 +19,10 @@ export interface ProcessMonitorOptions {
 }
 
 export interface ProcessReading {
-  /** How late timers ran over the current window (about the last 10 s or more), in milliseconds. */
+  /**
+   * How late timers ran over the current window (about the last 10 s or more), in milliseconds:
+   * beyond their due time, so a loop that is never held reads about 0.
+   */
   eventLoopLagMs: { p50: number; p99: number; max: number; windowSec: number };
   heap: { usedBytes: number; totalBytes: number; limitBytes: number; usedRatio: number };
   rssBytes: number;
@@ -119,9 +122,11 @@ export class ProcessMonitor {
     const now = Date.now();
     const ms = (ns: number) => (Number.isFinite(ns) ? Math.round((ns / NS_PER_MS) * 10) / 10 : 0);
     const late = this.lateWhileStopped;
+    // The histogram records the time between its timer's runs: the period itself is no lag.
+    const beyond = (ns: number) => Math.max(0, ns - RESOLUTION_MS * NS_PER_MS);
     const lag =
       h && h.count > 0
-        ? { p50: ms(h.percentile(50)), p99: ms(h.percentile(99)), max: ms(Math.max(h.max, late)) }
+        ? { p50: ms(beyond(h.percentile(50))), p99: ms(beyond(h.percentile(99))), max: ms(Math.max(beyond(h.max), late)) }
         : { p50: ms(late), p99: ms(late), max: ms(late) };
     const windowSec = Math.round((now - this.windowStart) / 100) / 10;
     if (h && now - this.windowStart >= WINDOW_MS) {

@@ -48,6 +48,15 @@ describe("ProcessMonitor: the event loop's lag, sampled while the loop has work"
     assert.ok(lag.max >= 200, `the loop was held for 300 ms with the timer stopped: max lag ${lag.max} ms`);
   });
 
+  it("reads how late its timer ran beyond its 20 ms period: a loop never held reads about 0", async function () {
+    monitor = new ProcessMonitor({ checkMs: 50, idleShare: 0, idleChecks: 1000 });
+    monitor.start();
+    await sleep(300);
+    const lag = monitor.reading().eventLoopLagMs;
+    assert.equal(monitor.sampling, true);
+    assert.ok(lag.p50 < 10, `a loop nothing held read a median lag of ${lag.p50} ms (the timer's period is 20 ms)`);
+  });
+
   it("keeps sampling while the loop stays busy", async function () {
     monitor = new ProcessMonitor({ checkMs: 50, idleShare: 0.05, idleChecks: 2 });
     monitor.start();
