@@ -5,8 +5,8 @@
  *   telemetry messages a second for SECONDS, first to one runtime (TETHRAL_CLUSTER off), then to
  *   a cluster of three members; both on a fresh database of the PostgreSQL server, run as `npm
  *   start` runs them (the build's dist/runtime/start.js; before 2026-12-07 the sources through
- *   tsx, whose transpiled code is not what ships, see bench/run.mjs). The figure is CPU time per message: the members' utime + stime from
- *   /proc/<pid>/stat over the run (until every device's last report is in its state), ÷ messages.
+ *   tsx, whose transpiled code is not what ships, see bench/run.mjs). The figure is CPU time per
+ *   message: the members' utime + stime from /proc/<pid>/stat over the run (until every device's last report is in its state), ÷ messages.
  *   On a 2-core machine three members cannot go faster than one; the cost per message is what
  *   says how the cluster scales.
  * - Then, with the load still on and a few commands a second queued through the survivors, one

@@ -7,9 +7,9 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync, readdirSync, rmSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { closedPort, until } from "../test/helpers";
-import { runtimeNodeArgs } from "../test/runtime/spawn-runtime";
+import { BUILT_START, runtimeNodeArgs } from "../test/runtime/spawn-runtime";
 
-export const START = join(__dirname, "..", "dist", "runtime", "start.js");
+export const START = BUILT_START;
 
 export interface Proc {
   child: ChildProcess;

@@ -34,7 +34,7 @@ export interface ProcessReading {
  *
  * The lag is how late a timer firing every 20 ms runs (Node's `monitorEventLoopDelay`). That
  * timer wakes the process 50 times a second, and on an idle hub those wake-ups were most of what
- * it spent: an idle `npm start` took 8 CPU ms a second with it, 3 without. So it samples only
+ * it spent: an idle `npm start` took 9–16 CPU ms a second with it, 3 without. So it samples only
  * while the loop has work: once a second the monitor reads how busy the loop was since its last
  * look (`performance.eventLoopUtilization`); after three looks under 1% it stops the timer, and
  * the first look over 1% starts it afresh (the time it was stopped is no lag). A loop busy under
@@ -49,7 +49,7 @@ export class ProcessMonitor {
   private histogramOn = false;
   private windowStart = 0;
   private checker: NodeJS.Timeout | null = null;
-  private lastLook: EventLoopUtilization | null = null;
+  private lastLook: EventLoopUtilization = performance.eventLoopUtilization();
   /** performance.now() when the next look is due (an interval's next run is due its period after this one began). */
   private lookDue = 0;
   /** The longest a look ran late while the timer was stopped, this window, ns. */
@@ -67,7 +67,7 @@ export class ProcessMonitor {
 
   /** Whether the lag timer runs now (false while the loop is idle). */
   get sampling(): boolean {
-    return this.histogram !== null && this.histogramOn;
+    return this.histogramOn;
   }
 
   start(): void {
@@ -101,7 +101,7 @@ export class ProcessMonitor {
     if (!this.histogramOn) this.lateWhileStopped = Math.max(this.lateWhileStopped, (at - this.lookDue) * NS_PER_MS);
     this.lookDue = at + this.checkMs;
     const now = performance.eventLoopUtilization();
-    const busy = performance.eventLoopUtilization(now, this.lastLook ?? undefined).utilization;
+    const busy = performance.eventLoopUtilization(now, this.lastLook).utilization;
     this.lastLook = now;
     if (busy >= this.idleShare) {
       this.idleLooks = 0;

@@ -68,7 +68,7 @@ describe("ProcessMonitor: the event loop's lag, sampled while the loop has work"
     }
   });
 
-  it("stop() ends both timers: a stopped monitor does not sample, and starts afresh", async function () {
+  it("stop(): a stopped monitor does not sample and reads no lag; start() begins afresh", async function () {
     monitor = new ProcessMonitor({ checkMs: 20 });
     monitor.start();
     monitor.stop();
