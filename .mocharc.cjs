@@ -1,25 +1,30 @@
 // Mocha's settings for `npm test` (the README's test command; .ci/run runs it in both legs).
-// Two spec files run at a time (parallel, jobs 2). Mocha hands files to its two workers in the
-// order given here, so the files that take longest go first: started last, one of them would run
-// on alone at the end while the other worker sat idle (up to 50 s of a suite's 4-5 minutes on a
-// 2-core VM). The rest follow in path order. A file named below that is gone is left out; a new
-// file is run with the rest.
+// Spec files run in parallel, one more at a time than the machine has cores (at least 2, at most
+// 4): much of the suite waits on sockets, child processes, databases and lease periods, so two
+// at a time on a 2-core VM left a fifth of the CPU idle. Whole suite on a 2-core AMD EPYC VM,
+// 2026-12-07: two at a time 241 s (80% of the CPU busy), three 188, 213 and 189 s (91-93%), four
+// 203 s (98%). Mocha hands files to its workers in the order given here, so the files that take
+// longest go first: started last, one of them would run on alone at the end while the other
+// workers sat idle. The rest follow in path order. A file named below that is gone is left out;
+// a new file is run with the rest.
 const { readdirSync } = require("node:fs");
+const { availableParallelism } = require("node:os");
 
-/** The slowest spec files, slowest first (seconds each, alone, on a 2-core AMD EPYC VM, 2026-12-06). */
+/** The slowest spec files, slowest first (seconds each, alone, on a 2-core AMD EPYC VM, 2026-12-07). */
 const SLOWEST_FIRST = [
   "test/runtime/packed-install.test.ts", // Node 22 only (leg 2): npm pack, npm install, Node-RED's start
-  "test/runtime/cluster.test.ts", // 49
-  "test/store/sqlite.test.ts", // 34
-  "test/runtime/end-to-end.test.ts", // 26
-  "test/examples.test.ts", // 25
-  "test/browser/editor.test.ts", // 23
-  "test/cluster/member.test.ts", // 20
-  "test/store/postgres.test.ts", // 17
-  "test/runtime/twin.test.ts", // 16
-  "test/store/cluster.test.ts", // 13
-  "test/protocols/mqtt-external.test.ts", // 9
-  "test/runtime/simulate.test.ts", // 8
+  "test/runtime/cluster.test.ts", // 53
+  "test/store/sqlite.test.ts", // 48
+  "test/runtime/end-to-end.test.ts", // 33
+  "test/store/postgres.test.ts", // 31
+  "test/examples.test.ts", // 26
+  "test/browser/editor.test.ts", // 23 (with chromium)
+  "test/cluster/member.test.ts", // 21
+  "test/runtime/twin.test.ts", // 17
+  "test/runtime/cluster-start.test.ts", // 16
+  "test/store/cluster.test.ts", // 15
+  "test/protocols/mqtt-external.test.ts", // 10
+  "test/store/persistence.test.ts", // 9
 ];
 
 const all = readdirSync("test", { recursive: true })
@@ -36,6 +41,6 @@ module.exports = {
   spec: [...SLOWEST_FIRST.filter((f) => all.includes(f)), ...all.filter((f) => !SLOWEST_FIRST.includes(f))],
   timeout: 20000,
   parallel: true,
-  jobs: 2,
+  jobs: Math.max(2, Math.min(4, availableParallelism() + 1)),
   exit: false,
 };
