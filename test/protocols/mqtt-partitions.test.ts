@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import { type AddressInfo, type Server, type Socket, createConnection, createServer } from "node:net";
 import mqtt, { type MqttClient } from "mqtt";
 import { partitionOf } from "../../src/core/cluster/partition";
 import { fingerprintOf } from "../../src/core/cluster/replay";
@@ -20,6 +21,8 @@ class Member implements PartitionHost {
   owned = true;
   /** The mark of what is applied so far; a test says when it is stored. */
   mark = 1;
+  /** Holds the event loop this long right after the session connects (a takeover's other work), in the turn's last phase. */
+  stallMs = 0;
   private listeners: ((index: number) => void)[] = [];
 
   constructor(readonly devices: string[]) {}
@@ -34,6 +37,13 @@ class Member implements PartitionHost {
     return this.owned;
   }
   devicesOf(p: number): string[] {
+    if (this.stallMs > 0) {
+      const ms = this.stallMs;
+      setImmediate(() => {
+        const until = performance.now() + ms;
+        while (performance.now() < until);
+      });
+    }
     return this.devices.filter((id) => this.partitionOf(id) === p);
   }
   receive(message: DeviceMessage, packetId: number): ReceiveResult {
@@ -85,17 +95,19 @@ describe("MQTT partition sessions (cluster mode, a Mosquitto of the test's own)"
     topics = new TopicScheme(root);
     device = await mqtt.connectAsync(broker!.url, { clientId: `${root}-device`, protocolVersion: 5 });
   });
+  const proxies: Server[] = [];
   afterEach(async () => {
     for (const intake of intakes.splice(0)) await intake.stop();
+    for (const server of proxies.splice(0)) await new Promise((resolve) => server.close(resolve));
     await device?.endAsync(true);
     // The sessions outlive their connections: ended here, so the broker keeps nothing of the test.
     const clean = await mqtt.connectAsync(broker!.url, { clientId: partitionClientId(root, partition), protocolVersion: 5, clean: true });
     await clean.endAsync();
   });
 
-  async function hold(member: Member): Promise<{ intake: PartitionSessions; context: FakeContext }> {
+  async function hold(member: Member, url = broker!.url): Promise<{ intake: PartitionSessions; context: FakeContext }> {
     const context = new FakeContext();
-    const intake = new PartitionSessions(member, broker!.url, { startTimeoutMs: 5_000 }, topics, () => context);
+    const intake = new PartitionSessions(member, url, { startTimeoutMs: 5_000 }, topics, () => context);
     intake.start(context);
     intakes.push(intake);
     await intake.open(partition);
@@ -154,6 +166,31 @@ describe("MQTT partition sessions (cluster mode, a Mosquitto of the test's own)"
     await new Promise((resolve) => setTimeout(resolve, 300));
     assert.deepEqual(payloads(second), [2, 3]);
     assert.equal(second.applied[0]!.packetId, first.applied[2]!.packetId);
+  });
+
+  it("skips them too when the loop was held past the quiet time right after it connected, with the redelivered messages waiting unread", async () => {
+    // The broker's bytes after its CONNACK reach the successor 50 ms late (a proxy in between):
+    // the redelivered messages come in a read of their own, while the successor's loop is held.
+    const proxy = await laggingProxy(new URL(broker!.url), 50);
+    proxies.push(proxy.server);
+    const first = new Member([id]);
+    const a = await hold(first);
+    for (const n of [1, 2, 3]) await report(n);
+    await until(async () => first.applied.length === 3, "three applied", 5_000);
+    a.intake.cut(partition);
+
+    // The successor's loop is held 300 ms (three times the quiet time) just after its session
+    // connects: the broker's redelivered messages wait in the socket meanwhile, and the quiet
+    // timer has run out when the loop goes on.
+    const second = new Member([id]);
+    const lastOne = first.applied[2]!;
+    second.last.set(id, fingerprintOf("telemetry", Buffer.from(lastOne.payload), lastOne.packetId));
+    second.stallMs = 300;
+    await hold(second, proxy.url);
+    await report(4);
+    await until(async () => second.applied.length >= 1, "the next report", 5_000);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.deepEqual(payloads(second), [4], "1, 2 and 3 were applied by the first holder: skipped, not applied again");
   });
 
   it("a new holder takes the session over from one that still has it (a frozen member), which does not take it back once its lease is gone", async () => {
@@ -215,3 +252,54 @@ describe("MQTT partition sessions (cluster mode, a Mosquitto of the test's own)"
     await until(async () => member.applied.length === 1, "applied once owned", 5_000);
   });
 });
+
+/**
+ * A TCP proxy to the broker that passes the client's bytes at once and the broker's first packet
+ * (its CONNACK) at once, and everything the broker sends after it `lagMs` late.
+ */
+async function laggingProxy(target: URL, lagMs: number): Promise<{ url: string; server: Server }> {
+  const sockets = new Set<Socket>();
+  const server = createServer((client) => {
+    const upstream = createConnection({ host: target.hostname, port: Number(target.port) });
+    sockets.add(client).add(upstream);
+    let pending = Buffer.alloc(0);
+    let first = true;
+    client.on("data", (d) => upstream.write(d));
+    upstream.on("data", (d) => {
+      if (!first) {
+        setTimeout(() => client.writable && client.write(d), lagMs);
+        return;
+      }
+      pending = Buffer.concat([pending, d]);
+      const length = packetLength(pending);
+      if (length === null || pending.length < length) return;
+      first = false;
+      client.write(pending.subarray(0, length));
+      const rest = pending.subarray(length);
+      if (rest.length > 0) setTimeout(() => client.writable && client.write(rest), lagMs);
+    });
+    const end = () => {
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on("close", end).on("error", end);
+    upstream.on("close", end).on("error", end);
+  });
+  server.on("close", () => {
+    for (const s of sockets) s.destroy();
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  return { url: `mqtt://127.0.0.1:${(server.address() as AddressInfo).port}`, server };
+}
+
+/** The whole length of the MQTT packet at the start of `b` (fixed header, remaining length), or null until its header is in. */
+function packetLength(b: Buffer): number | null {
+  let multiplier = 1;
+  let remaining = 0;
+  for (let i = 1; i < Math.min(b.length, 5); i++) {
+    remaining += (b[i]! & 0x7f) * multiplier;
+    if ((b[i]! & 0x80) === 0) return 1 + i + remaining;
+    multiplier *= 128;
+  }
+  return null;
+}
