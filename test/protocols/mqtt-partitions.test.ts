@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { type AddressInfo, type Server, type Socket, createConnection, createServer } from "node:net";
+import { type AddressInfo, type Socket, createConnection, createServer } from "node:net";
 import mqtt, { type MqttClient } from "mqtt";
 import { partitionOf } from "../../src/core/cluster/partition";
 import { fingerprintOf } from "../../src/core/cluster/replay";
@@ -95,10 +95,10 @@ describe("MQTT partition sessions (cluster mode, a Mosquitto of the test's own)"
     topics = new TopicScheme(root);
     device = await mqtt.connectAsync(broker!.url, { clientId: `${root}-device`, protocolVersion: 5 });
   });
-  const proxies: Server[] = [];
+  const proxies: { close: () => Promise<void> }[] = [];
   afterEach(async () => {
     for (const intake of intakes.splice(0)) await intake.stop();
-    for (const server of proxies.splice(0)) await new Promise((resolve) => server.close(resolve));
+    for (const proxy of proxies.splice(0)) await proxy.close();
     await device?.endAsync(true);
     // The sessions outlive their connections: ended here, so the broker keeps nothing of the test.
     const clean = await mqtt.connectAsync(broker!.url, { clientId: partitionClientId(root, partition), protocolVersion: 5, clean: true });
@@ -169,10 +169,10 @@ describe("MQTT partition sessions (cluster mode, a Mosquitto of the test's own)"
   });
 
   it("skips them too when the loop was held past the quiet time right after it connected, with the redelivered messages waiting unread", async () => {
-    // The broker's bytes after its CONNACK reach the successor 50 ms late (a proxy in between):
-    // the redelivered messages come in a read of their own, while the successor's loop is held.
-    const proxy = await laggingProxy(new URL(broker!.url), 50);
-    proxies.push(proxy.server);
+    // The broker resends 1, 2 and 3 right after its CONNACK; a proxy in between passes them 50 ms
+    // after the CONNACK, so they come in a read of their own, after the successor's loop was held.
+    const proxy = await laggingProxy(new URL(broker!.url), 3, 50);
+    proxies.push(proxy);
     const first = new Member([id]);
     const a = await hold(first);
     for (const n of [1, 2, 3]) await report(n);
@@ -180,8 +180,8 @@ describe("MQTT partition sessions (cluster mode, a Mosquitto of the test's own)"
     a.intake.cut(partition);
 
     // The successor's loop is held 300 ms (three times the quiet time) just after its session
-    // connects: the broker's redelivered messages wait in the socket meanwhile, and the quiet
-    // timer has run out when the loop goes on.
+    // connects: when the loop goes on, the quiet timer has run out, and the resent messages are
+    // read in that same turn.
     const second = new Member([id]);
     const lastOne = first.applied[2]!;
     second.last.set(id, fingerprintOf("telemetry", Buffer.from(lastOne.payload), lastOne.packetId));
@@ -254,42 +254,54 @@ describe("MQTT partition sessions (cluster mode, a Mosquitto of the test's own)"
 });
 
 /**
- * A TCP proxy to the broker that passes the client's bytes at once and the broker's first packet
- * (its CONNACK) at once, and everything the broker sends after it `lagMs` late.
+ * A TCP proxy to the broker: the client's bytes pass at once. Of the broker's, it waits for its
+ * first packet (the CONNACK) and the `then` packets after it, passes the CONNACK at once and those
+ * `lagMs` later, and the rest at once. Runs in the test's own thread: its timer runs in the turn
+ * after a held loop, before the session's quiet timer (armed later), and writes those packets to
+ * the session's socket there, where that turn's read finds them.
  */
-async function laggingProxy(target: URL, lagMs: number): Promise<{ url: string; server: Server }> {
+async function laggingProxy(target: URL, then: number, lagMs: number): Promise<{ url: string; close: () => Promise<void> }> {
   const sockets = new Set<Socket>();
   const server = createServer((client) => {
     const upstream = createConnection({ host: target.hostname, port: Number(target.port) });
     sockets.add(client).add(upstream);
-    let pending = Buffer.alloc(0);
-    let first = true;
+    let pending: Buffer | null = Buffer.alloc(0);
     client.on("data", (d) => upstream.write(d));
     upstream.on("data", (d) => {
-      if (!first) {
-        setTimeout(() => client.writable && client.write(d), lagMs);
+      if (pending === null) {
+        client.write(d);
         return;
       }
       pending = Buffer.concat([pending, d]);
-      const length = packetLength(pending);
-      if (length === null || pending.length < length) return;
-      first = false;
-      client.write(pending.subarray(0, length));
-      const rest = pending.subarray(length);
-      if (rest.length > 0) setTimeout(() => client.writable && client.write(rest), lagMs);
+      let at = 0;
+      const ends: number[] = [];
+      for (let length = packetLength(pending); length !== null && at + length <= pending.length && ends.length < then + 1; length = packetLength(pending.subarray(at))) {
+        at += length;
+        ends.push(at);
+      }
+      if (ends.length < then + 1) return;
+      const held = pending;
+      pending = null;
+      client.write(held.subarray(0, ends[0]));
+      setTimeout(() => client.writable && client.write(held.subarray(ends[0])), lagMs);
     });
     const end = () => {
       client.destroy();
       upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
     };
     client.on("close", end).on("error", end);
     upstream.on("close", end).on("error", end);
   });
-  server.on("close", () => {
-    for (const s of sockets) s.destroy();
-  });
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  return { url: `mqtt://127.0.0.1:${(server.address() as AddressInfo).port}`, server };
+  return {
+    url: `mqtt://127.0.0.1:${(server.address() as AddressInfo).port}`,
+    close: async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
 }
 
 /** The whole length of the MQTT packet at the start of `b` (fixed header, remaining length), or null until its header is in. */
