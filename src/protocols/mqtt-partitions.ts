@@ -357,14 +357,13 @@ export class PartitionSessions implements PartitionedIntake {
     if (s.redeliveryTimer) clearTimeout(s.redeliveryTimer);
     s.redeliveryTimer = setTimeout(() => {
       s.redeliveryTimer = null;
-      // A message waiting to be taken may be a redelivered one still: wait for it.
-      if (s.holding) return this.armRedelivery(s);
       // Timers run before the loop reads its sockets. After a loop held longer than the quiet
       // time (a takeover's other work), the redelivered messages may be in the socket, unread:
       // they are read in this turn, before setImmediate's callbacks, and arm the timer again.
       // Ending here would apply them as new, a second time.
       setImmediate(() => {
         if (!s.open || s.redelivered === null || s.redeliveryTimer !== null) return;
+        // A message waiting to be taken may be a redelivered one still: wait for it.
         if (s.holding) return this.armRedelivery(s);
         this.endRedelivery(s);
       });
