@@ -256,8 +256,46 @@ async function main(): Promise<void> {
       },
     );
   };
-  process.on("SIGINT", stop);
-  process.on("SIGTERM", stop);
+  // Node-RED's own launcher stops on the same signals: SIGHUP when the terminal closes,
+  // SIGBREAK for Ctrl-Break on Windows.
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"] as const) process.on(signal, () => stop(signal));
+  whenNpmGoes(() => {
+    // Ctrl-C reaches npm, its shell and the runtime at once: npm is gone while the runtime
+    // stops, which is not a second signal.
+    if (stopping) return;
+    console.error("npm, which started this runtime, has exited: stopping");
+    stop("SIGTERM");
+  });
+}
+
+/** How often a runtime started by npm looks for its parent (one getppid call). */
+const PARENT_CHECK_MS = 500;
+
+/**
+ * Under `npm start` the runtime is not npm's child but its shell's (npm runs `sh -c "node
+ * dist/runtime/start.js"`, and dash stays between them). npm passes a SIGTERM on to that shell
+ * only: the shell exits, npm exits, and the runtime would go on serving, reparented. So a
+ * runtime started by an npm script stops, as on SIGTERM, once the process that started it has
+ * gone. Not outside npm: `nohup node dist/runtime/start.js &` must outlive its shell.
+ */
+export function whenNpmGoes(onGone: () => void, env: NodeJS.ProcessEnv = process.env): void {
+  if (!env.npm_lifecycle_event) return;
+  const parent = process.ppid;
+  const timer = setInterval(() => {
+    if (process.ppid === parent && isAlive(parent)) return;
+    clearInterval(timer);
+    onGone();
+  }, PARENT_CHECK_MS).unref();
+}
+
+/** Whether a process is there (on Windows a process's ppid never changes: it must be asked). */
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
 }
 
 if (require.main === module) void main();

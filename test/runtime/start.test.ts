@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { tmpdir } from "node:os";
@@ -191,4 +191,125 @@ describe("runtime options from the environment", function () {
       });
     }
   });
+});
+
+describe("npm start, as npm runs it", function () {
+  this.timeout(90_000);
+  let scratch: string;
+  let pkg: string;
+  const started: number[] = [];
+
+  before(function () {
+    if (process.platform === "win32") return this.skip(); // npm runs scripts with cmd.exe there, which has no sh between
+    scratch = mkdtempSync(path.join(tmpdir(), "tethral-npm-start-"));
+    // This package's start script, with the build's start.js swapped for its source (run through
+    // tsx), so the test runs what it tests: npm → its shell → the runtime, as `npm start` has it.
+    const script = (JSON.parse(readFileSync(path.join(PACKAGE_ROOT, "package.json"), "utf8")) as { scripts: { start: string } }).scripts.start;
+    assert.equal(script, "node dist/runtime/start.js");
+    const source = ["--require", require.resolve("tsx/cjs"), path.join(PACKAGE_ROOT, "src", "runtime", "start.ts")].map((a) => JSON.stringify(a)).join(" ");
+    pkg = path.join(scratch, "pkg");
+    mkdirSync(pkg);
+    writeFileSync(path.join(pkg, "package.json"), JSON.stringify({ name: "npm-start-check", version: "1.0.0", private: true, scripts: { start: script.replace("dist/runtime/start.js", source) } }));
+  });
+
+  after(function () {
+    for (const pid of started) {
+      try {
+        process.kill(pid, "SIGKILL");
+      } catch {
+        // gone, as it should be
+      }
+    }
+    if (scratch) rmSync(scratch, { recursive: true, force: true });
+  });
+
+  /** `npm start` in its own process group, ready once the runtime says where its editor is. */
+  async function npmStart(name: string, extraNodes: object[] = []) {
+    if (extraNodes.length > 0) {
+      // The shipped flows (the REST API answers the health check), and these beside them.
+      const flows = JSON.parse(readFileSync(path.join(PACKAGE_ROOT, "flows", "flows.json"), "utf8")) as object[];
+      mkdirSync(path.join(scratch, name));
+      writeFileSync(path.join(scratch, name, "flows.json"), JSON.stringify([...flows, ...extraNodes]));
+    }
+    const npm = spawn("npm", ["start"], {
+      cwd: pkg,
+      detached: true,
+      env: { ...process.env, PORT: "0", HOST, TETHRAL_USER_DIR: path.join(scratch, name), TETHRAL_MQTT_PORT: "0", TETHRAL_COAP_PORT: "0" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    started.push(npm.pid!);
+    let output = "";
+    npm.stdout.on("data", (chunk: Buffer) => (output += chunk.toString()));
+    npm.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()));
+    // The pipes stay open while the runtime holds them, after npm has gone.
+    const closed = new Promise<void>((resolve) => npm.stdout.on("close", resolve));
+    const port = await new Promise<number>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`npm start did not start in 60 s:\n${output}`)), 60_000);
+      const look = () => {
+        const ready = /Tethral editor:\s+http:\/\/127\.0\.0\.1:(\d+)\//.exec(output);
+        if (!ready) return;
+        clearTimeout(timer);
+        npm.stdout.off("data", look);
+        resolve(Number(ready[1]));
+      };
+      npm.stdout.on("data", look);
+      npm.once("exit", (code) => reject(new Error(`npm start exited with ${code}:\n${output}`)));
+    });
+    const processes = descendants(npm.pid!);
+    started.push(...processes);
+    assert.equal((await fetch(`http://${HOST}:${port}/api/health`)).status, 200);
+    return { npm, port, processes, closed, output: () => output };
+  }
+
+  /** Every process under `pid` (npm's shell and the runtime). */
+  function descendants(pid: number): number[] {
+    const children = spawnSync("pgrep", ["-P", String(pid)], { encoding: "utf8" }).stdout.split("\n").filter(Boolean).map(Number);
+    return children.flatMap((child) => [child, ...descendants(child)]);
+  }
+
+  const alive = (pid: number) => {
+    try {
+      process.kill(pid, 0);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+
+  async function allGone(pids: number[], output: () => string): Promise<void> {
+    const until = Date.now() + 15_000;
+    while (pids.some(alive)) {
+      if (Date.now() > until) assert.fail(`still running 15 s after npm start was stopped: ${pids.filter(alive).join(", ")}\n${output()}`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+
+  it("stops the runtime and frees its port when npm start gets SIGTERM, which npm passes to its shell only", async () => {
+    const run = await npmStart("term");
+    assert.ok(run.processes.length >= 1, `no runtime under npm:\n${run.output()}`);
+    process.kill(run.npm.pid!, "SIGTERM");
+    await allGone(run.processes, run.output);
+    await run.closed;
+    await assert.rejects(fetch(`http://${HOST}:${run.port}/api/health`), /fetch failed/);
+    // It stopped its flows on the way out, as on a signal of its own.
+    assert.match(run.output(), /npm, which started this runtime, has exited: stopping/);
+    assert.match(run.output(), /Stopped flows/);
+  });
+
+  for (const signal of ["SIGINT", "SIGTERM"] as const) {
+    it(`stops once, cleanly, on ${signal} to npm's whole process group (${signal === "SIGINT" ? "Ctrl-C" : "systemd's stop"}) while a flow takes 1.5 s to stop`, async () => {
+      // A flow that takes 1.5 s to stop: on SIGTERM npm and its shell are gone well before the
+      // runtime is, and the runtime must not take that for a second signal (which means "now").
+      const run = await npmStart(signal, [
+        { id: "5a0c0e7d2b1f4e01", type: "tab", label: "slow to stop" },
+        { id: "5a0c0e7d2b1f4e02", type: "function", z: "5a0c0e7d2b1f4e01", name: "slow stop", func: "return msg;", finalize: "const t = Date.now(); while (Date.now() - t < 1500) {}", outputs: 1, wires: [[]] },
+      ]);
+      process.kill(-run.npm.pid!, signal);
+      await allGone(run.processes, run.output);
+      await run.closed;
+      assert.match(run.output(), /Stopped flows/);
+      assert.doesNotMatch(run.output(), /again: exiting without waiting/);
+      assert.doesNotMatch(run.output(), /did not stop cleanly/);
+    });
+  }
 });
