@@ -6,7 +6,7 @@ import { ERROR_STATUS, type ErrorCode, type ErrorDetail, TethralError, errorMess
 import type { ClusterHandler, ClusterLink, ForwardedMessage } from "../core/ports/cluster";
 import { mqttUrlProblem } from "../protocols/mqtt";
 import { DEFAULT_TOPIC_ROOT } from "../protocols/mqtt-topics";
-import { mqttClientLog } from "../protocols/mqtt-client";
+import { WS_OPTIONS, mqttClientLog } from "../protocols/mqtt-client";
 
 /** The broker the link uses: the external broker of the hub's MQTT settings, with its credentials. */
 export interface MqttLinkOptions {
@@ -191,6 +191,7 @@ export class MqttClusterLink implements ClusterLink {
       key: o.key,
       rejectUnauthorized: o.rejectUnauthorized ?? true,
       log: mqttClientLog(),
+      wsOptions: { ...WS_OPTIONS },
     };
     const client = mqtt.connect(o.url, clientOptions);
     this.client = client;
@@ -256,8 +257,13 @@ export class MqttClusterLink implements ClusterLink {
           if (w) w.timer = setTimeout(giveUp, left + 1);
           return;
         }
-        this.waiting.delete(id);
-        reject(new TethralError("UNAVAILABLE", `member "${member}" did not answer ${method} within ${timeoutMs} ms`, [NO_ANSWER]));
+        // A loop held past the deadline runs its expired timers before it reads its sockets,
+        // where an answer that came in time may be waiting: taken for none, the call would be
+        // retried, and done twice. Answers read in this turn settle the call before this runs.
+        setImmediate(() => {
+          if (!this.waiting.delete(id)) return;
+          reject(new TethralError("UNAVAILABLE", `member "${member}" did not answer ${method} within ${timeoutMs} ms`, [NO_ANSWER]));
+        });
       };
       const timer = setTimeout(giveUp, timeoutMs);
       this.waiting.set(id, { member, resolve, reject, timer });

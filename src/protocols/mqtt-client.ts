@@ -20,8 +20,19 @@ export function hubClientOptions(o: MqttAdapterOptions): IClientOptions {
     key: o.key,
     rejectUnauthorized: o.rejectUnauthorized ?? true,
     log: mqttClientLog(),
+    wsOptions: { ...WS_OPTIONS },
   };
 }
+
+/**
+ * Over a `ws://` or `wss://` broker, no permessage-deflate (which `ws` asks for by default): a
+ * compressed frame is inflated on the thread pool and reaches mqtt.js in a later turn than the
+ * one that read it, behind that turn's timers and setImmediate callbacks. A takeover's
+ * redelivery (mqtt-partitions.ts) and a cluster call's deadline (mqtt-link.ts) rely on a
+ * message read in a turn being handled in it. MQTT packets are small and mostly JSON already.
+ * mqtt.js still copies the TLS options into it for `wss://`.
+ */
+export const WS_OPTIONS = { perMessageDeflate: false } as const;
 
 /** The hub's mqtt.js clients' logger when mqtt.js's is not asked for (see `mqttClientLog`). */
 export const noLog = (): void => undefined;

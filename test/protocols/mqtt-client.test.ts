@@ -1,6 +1,11 @@
 import assert from "node:assert/strict";
 import createDebug from "debug";
+import type { AddressInfo } from "node:net";
+import mqtt from "mqtt";
+import { WebSocketServer } from "ws";
+import { MqttClusterLink } from "../../src/cluster/mqtt-link";
 import { hubClientOptions, mqttClientLog, noLog } from "../../src/protocols/mqtt-client";
+import { until } from "../helpers";
 
 describe("the hub's mqtt.js clients (src/protocols/mqtt-client.ts)", function () {
   // What DEBUG asked for when the debug package loaded; each test enables its own patterns.
@@ -26,5 +31,36 @@ describe("the hub's mqtt.js clients (src/protocols/mqtt-client.ts)", function ()
     assert.equal(hubClientOptions({ url: "mqtt://127.0.0.1:1" }).log, noLog);
     createDebug.enable("mqttjs*");
     assert.equal(hubClientOptions({ url: "mqtt://127.0.0.1:1" }).log, undefined);
+  });
+
+  it("ask a WebSocket broker for no permessage-deflate (inflating would hand a packet to mqtt.js a turn after its read), the cluster link's too", async function () {
+    createDebug.enable("");
+    // A server that would compress, and notes what each client's upgrade asked for.
+    const asked: (string | undefined)[] = [];
+    const server = new WebSocketServer({ host: "127.0.0.1", port: 0, perMessageDeflate: true });
+    server.on("connection", (socket, req) => {
+      asked.push(req.headers["sec-websocket-extensions"]);
+      socket.close();
+    });
+    await new Promise((resolve) => server.once("listening", resolve));
+    const url = `ws://127.0.0.1:${(server.address() as AddressInfo).port}/`;
+    const clients: mqtt.MqttClient[] = [];
+    try {
+      // mqtt.js as it comes asks for it: what the check below would see if the hub's did.
+      clients.push(mqtt.connect(url, { reconnectPeriod: 0 }).on("error", () => undefined));
+      await until(() => asked.length === 1, "mqtt.js's default upgrade");
+      assert.match(String(asked[0]), /permessage-deflate/);
+      // The hub's clients (its own external one, the partition sessions) and the cluster link.
+      clients.push(mqtt.connect(url, hubClientOptions({ url })).on("error", () => undefined));
+      await until(() => asked.length === 2, "the hub client's upgrade");
+      const link = new MqttClusterLink({ url, startTimeoutMs: 300, reconnectPeriod: 60_000 });
+      await assert.rejects(link.start("m1", { call: () => Promise.resolve(null), message: () => undefined }));
+      await link.stop();
+      assert.equal(asked.length, 3);
+      assert.deepEqual(asked.slice(1), [undefined, undefined]);
+    } finally {
+      for (const c of clients) c.end(true);
+      await new Promise((resolve) => server.close(resolve));
+    }
   });
 });
