@@ -108,7 +108,7 @@ describe("the editor in a browser (Debian's chromium)", function () {
   it("shows the Tethral palette, imports an example, deploys it, and lists the devices live in the Devices sidebar", async () => {
     const page: Page = context!.pages()[0] ?? (await context!.newPage());
     const pageErrors: string[] = [];
-    page.on("pageerror", (err) => pageErrors.push(String(err)));
+    page.on("pageerror", (err) => pageErrors.push(`${String(err)}\n${err.stack ?? ""}`));
     await page.goto(runtime!.url);
     await page.waitForSelector(".red-ui-palette-node", { timeout: 30_000 });
 

@@ -198,8 +198,16 @@ describe("npm start, as npm runs it", function () {
   let scratch: string;
   let pkg: string;
   const started: number[] = [];
+  type NpmRun = Awaited<ReturnType<typeof npmStart>>;
+  // Each test's npm start, started together (each takes seconds to start Node-RED).
+  let runs: Record<"term" | "SIGINT" | "SIGTERM", NpmRun>;
+  /** A flow that takes 1.5 s to stop: on a group's SIGTERM, npm and its shell are gone well before the runtime is. */
+  const slowToStop = [
+    { id: "5a0c0e7d2b1f4e01", type: "tab", label: "slow to stop" },
+    { id: "5a0c0e7d2b1f4e02", type: "function", z: "5a0c0e7d2b1f4e01", name: "slow stop", func: "return msg;", finalize: "const t = Date.now(); while (Date.now() - t < 1500) {}", outputs: 1, wires: [[]] },
+  ];
 
-  before(function () {
+  before(async function () {
     if (process.platform === "win32") return this.skip(); // npm runs scripts with cmd.exe there, which has no sh between
     scratch = mkdtempSync(path.join(tmpdir(), "tethral-npm-start-"));
     // This package's start script, with the build's start.js swapped for its source (run through
@@ -210,6 +218,8 @@ describe("npm start, as npm runs it", function () {
     pkg = path.join(scratch, "pkg");
     mkdirSync(pkg);
     writeFileSync(path.join(pkg, "package.json"), JSON.stringify({ name: "npm-start-check", version: "1.0.0", private: true, scripts: { start: script.replace("dist/runtime/start.js", source) } }));
+    const [term, int, groupTerm] = await Promise.all([npmStart("term"), npmStart("SIGINT"), npmStart("SIGTERM", slowToStop)]);
+    runs = { term: term!, SIGINT: int!, SIGTERM: groupTerm! };
   });
 
   after(function () {
@@ -257,6 +267,7 @@ describe("npm start, as npm runs it", function () {
     });
     const processes = descendants(npm.pid!);
     started.push(...processes);
+    assert.ok(processes.length >= 1, `no runtime under npm:\n${output}`);
     assert.equal((await fetch(`http://${HOST}:${port}/api/health`)).status, 200);
     return { npm, port, processes, closed, output: () => output };
   }
@@ -285,8 +296,7 @@ describe("npm start, as npm runs it", function () {
   }
 
   it("stops the runtime and frees its port when npm start gets SIGTERM, which npm passes to its shell only", async () => {
-    const run = await npmStart("term");
-    assert.ok(run.processes.length >= 1, `no runtime under npm:\n${run.output()}`);
+    const run = runs.term;
     process.kill(run.npm.pid!, "SIGTERM");
     await allGone(run.processes, run.output);
     await run.closed;
@@ -297,16 +307,13 @@ describe("npm start, as npm runs it", function () {
   });
 
   for (const signal of ["SIGINT", "SIGTERM"] as const) {
-    it(`stops once, cleanly, on ${signal} to npm's whole process group (${signal === "SIGINT" ? "Ctrl-C" : "systemd's stop"}) while a flow takes 1.5 s to stop`, async () => {
-      // A flow that takes 1.5 s to stop: on SIGTERM npm and its shell are gone well before the
-      // runtime is, and the runtime must not take that for a second signal (which means "now").
-      const run = await npmStart(signal, [
-        { id: "5a0c0e7d2b1f4e01", type: "tab", label: "slow to stop" },
-        { id: "5a0c0e7d2b1f4e02", type: "function", z: "5a0c0e7d2b1f4e01", name: "slow stop", func: "return msg;", finalize: "const t = Date.now(); while (Date.now() - t < 1500) {}", outputs: 1, wires: [[]] },
-      ]);
+    const what = signal === "SIGINT" ? "Ctrl-C" : "systemd's stop, with a flow that takes 1.5 s to stop: npm is gone before the runtime has stopped, which is no second signal";
+    it(`stops once, cleanly, on ${signal} to npm's whole process group (${what})`, async () => {
+      const run = runs[signal];
       process.kill(-run.npm.pid!, signal);
       await allGone(run.processes, run.output);
       await run.closed;
+      await assert.rejects(fetch(`http://${HOST}:${run.port}/api/health`), /fetch failed/);
       assert.match(run.output(), /Stopped flows/);
       assert.doesNotMatch(run.output(), /again: exiting without waiting/);
       assert.doesNotMatch(run.output(), /did not stop cleanly/);
