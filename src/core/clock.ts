@@ -6,6 +6,14 @@ export interface Clock {
   now(): number;
   setTimeout(fn: () => void, ms: number): TimerHandle;
   clearTimeout(handle: TimerHandle): void;
+  /**
+   * Runs `fn` once the event loop has read what its sockets hold now. A timer that decides a
+   * device said nothing in time (its heartbeat deadline, a command's answer) decides there: in a
+   * loop held past the deadline (a long task, a collection, a suspended machine) Node runs the
+   * expired timers before it reads the sockets, where the device's message may be waiting.
+   * Optional: a clock without it (ManualClock) runs `fn` at once.
+   */
+  afterReads?(fn: () => void): void;
 }
 
 export type TimerHandle = unknown;
@@ -17,7 +25,15 @@ export const systemClock: Clock = {
     return t;
   },
   clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
+  // setImmediate's callbacks run after the poll phase of the same turn, which reads the sockets.
+  afterReads: (fn) => void setImmediate(fn),
 };
+
+/** `clock.afterReads(fn)`, or `fn()` at once for a clock without it. */
+export function afterReads(clock: Pick<Clock, "afterReads">, fn: () => void): void {
+  if (clock.afterReads) clock.afterReads(fn);
+  else fn();
+}
 
 interface ManualTimer {
   at: number;

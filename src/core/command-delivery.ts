@@ -1,5 +1,5 @@
 import { ChurnMap } from "./churn-map";
-import type { Clock, TimerHandle } from "./clock";
+import { type Clock, type TimerHandle, afterReads } from "./clock";
 import type { CommandEntry } from "./command-entry";
 import type { CommandOptions } from "./command-input";
 import { TethralError, errorMessage } from "./errors";
@@ -232,9 +232,13 @@ export class CommandDelivery {
     e.phase = "awaiting";
     e.timer = this.clock.setTimeout(() => {
       e.timer = null;
-      if (e.phase !== "awaiting" || !this.running) return;
-      if (e.failures < e.retries) this.retryLater(e);
-      else this.owner.finish(e, "timed_out", null, `no answer within ${e.timeoutMs / 1000} s`);
+      // An answer that came in time, waiting to be read in a loop held past the timeout, ends
+      // the command first (see Clock.afterReads).
+      afterReads(this.clock, () => {
+        if (e.phase !== "awaiting" || !this.running || e.timer !== null) return;
+        if (e.failures < e.retries) this.retryLater(e);
+        else this.owner.finish(e, "timed_out", null, `no answer within ${e.timeoutMs / 1000} s`);
+      });
     }, e.timeoutMs);
   }
 

@@ -1,5 +1,5 @@
 import { ChurnMap } from "./churn-map";
-import type { Clock, TimerHandle } from "./clock";
+import { type Clock, type TimerHandle, afterReads } from "./clock";
 import { CommandDelivery, type CommandHost } from "./command-delivery";
 import { type CommandEntry as Entry, MAX_TIMER_MS, newEntry, newestFirst, rowToCommand, toCommand, waitLimitMs } from "./command-entry";
 import { type CommandAnswer, type CommandOptions, parseCommandRequest } from "./command-input";
@@ -437,9 +437,13 @@ export class CommandTracker {
       e.waiters.push(waiter);
       timer = this.clock.setTimeout(() => {
         timer = null;
-        const i = e.waiters.indexOf(waiter);
-        if (i >= 0) e.waiters.splice(i, 1);
-        resolve(toCommand(e));
+        // The command as it stands once this turn's messages are read (see Clock.afterReads).
+        afterReads(this.clock, () => {
+          const i = e.waiters.indexOf(waiter);
+          if (i < 0) return;
+          e.waiters.splice(i, 1);
+          resolve(toCommand(e));
+        });
       }, Math.min(limitMs, MAX_TIMER_MS));
     });
   }

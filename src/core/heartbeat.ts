@@ -1,4 +1,4 @@
-import type { Clock, TimerHandle } from "./clock";
+import { type Clock, type TimerHandle, afterReads } from "./clock";
 import { DeadlineHeap, type Scheduled } from "./deadline-heap";
 
 export interface AdaptiveTimeoutOptions {
@@ -290,6 +290,13 @@ export class HeartbeatMonitor {
   private tick(): void {
     this.timer = null;
     this.timerAt = Number.POSITIVE_INFINITY;
+    // Who is silent is decided once this turn's messages are read: a device whose message came
+    // in time is not taken offline because the loop was held past its deadline (see Clock).
+    afterReads(this.clock, () => this.expireDue());
+  }
+
+  private expireDue(): void {
+    if (!this.running) return;
     const now = this.clock.now();
     for (let t = this.expiries.popDue(now); t !== undefined; t = this.expiries.popDue(now)) {
       const due = this.deadline(t);

@@ -83,6 +83,37 @@ describe("WebSocketAdapter in a Hub", function () {
     assert.ok(counters().bytesIn > 0);
   });
 
+  it("does not take a device offline whose heartbeat came in time, when the hub's loop was held past its deadline", async function () {
+    await hub.stop();
+    await start({}, { heartbeat: { resolutionMs: 10 } });
+    await hub.updateDevice("boiler-1", { heartbeatTimeout: 1 });
+    const offline: TethralEvent[] = [];
+    hub.subscribe({ types: "device.offline" }, (e) => {
+      offline.push(e);
+    });
+    const d = await connect("boiler-1");
+    d.send({ type: "heartbeat" });
+    await until(() => hub.getDevice("boiler-1").status === "online", "online");
+    const deadline = Date.parse(hub.getDevice("boiler-1").lastSeen!) + 1000;
+    await new Promise((resolve) => setTimeout(resolve, 500));
+    // The device's heartbeat is in the hub's socket before its deadline; the hub's loop is held
+    // (a long task) until after it, so the heartbeat timer is due before the socket is read.
+    // (In a setImmediate callback: the loop's next turn starts with its timers.)
+    await new Promise<void>((resolve) =>
+      setImmediate(() => {
+        d.send({ type: "heartbeat" });
+        while (Date.now() < deadline + 300);
+        resolve();
+      }),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    assert.deepEqual(offline, []);
+    assert.equal(hub.getDevice("boiler-1").status, "online");
+    // A device that falls silent still goes offline on time.
+    await until(() => hub.getDevice("boiler-1").status === "offline", "offline, once silent for its timeout", 3000);
+    assert.equal(offline.length, 1);
+  });
+
   it("drops a connection whose token was replaced (1008), takes the new token, and drops a removed device", async function () {
     const d = await connect("boiler-1");
     await until(() => adapter.isConnected("boiler-1"), "the connection");
@@ -220,6 +251,26 @@ describe("WebSocketAdapter in a Hub", function () {
     assert.equal(counters().messagesOut, 3);
     assert.equal(d.twins.length, 1);
     assert.ok(counters().bytesOut > 80);
+  });
+
+  it("takes an answer that came within the command's timeout, though the hub's loop was held past it", async function () {
+    const d = await connect("boiler-1");
+    const sent = Date.now();
+    const command = hub.sendCommand("boiler-1", { command: "reboot", wait: true, timeout: 0.5, retries: 0 });
+    const frame = await d.next();
+    await new Promise((resolve) => setTimeout(resolve, Math.max(0, sent + 300 - Date.now())));
+    // The answer is in the hub's socket in time; the loop is held until after the timeout.
+    // (In a setImmediate callback: the loop's next turn starts with its timers.)
+    await new Promise<void>((resolve) =>
+      setImmediate(() => {
+        d.send({ type: "response", id: frame.id, ok: true, result: "rebooted" });
+        while (Date.now() < sent + 900);
+        resolve();
+      }),
+    );
+    const done = await command;
+    assert.equal(done.status, "succeeded");
+    assert.equal(done.result, "rebooted");
   });
 
   it("holds a command for a device not connected and sends it when the device connects", async function () {
