@@ -125,7 +125,9 @@ export class WebSocketAdapter implements ProtocolAdapter {
     this.context = context;
     this.server.on("upgrade", this.onUpgrade);
     const interval = this.options.pingIntervalMs ?? DEFAULT_PING_INTERVAL_MS;
-    this.pingTimer = setInterval(() => this.pingAll(), interval);
+    // After this turn's socket reads: in a loop held past the period (a suspended VM, say) a
+    // pong that came in time is read before its connection is judged gone.
+    this.pingTimer = setInterval(() => setImmediate(() => this.pingAll()), interval);
     this.offIntake = context.intake.onChange((busy) => {
       for (const conn of this.connections.values()) this.reading(conn, !busy);
     });
@@ -403,6 +405,7 @@ export class WebSocketAdapter implements ProtocolAdapter {
   }
 
   private pingAll(): void {
+    if (this.stopping) return;
     for (const conn of this.connections.values()) {
       if (!conn.alive && !conn.ws.isPaused) {
         this.figures.deadPeersDropped++;

@@ -352,6 +352,24 @@ describe("WebSocketAdapter in a Hub", function () {
     assert.equal(counters().connected, 1);
   });
 
+  it("keeps a peer whose pong came in time, though the hub's loop was held past the next ping", async function () {
+    await hub.stop();
+    await start({ pingIntervalMs: 300 });
+    const live = await connect("boiler-1");
+    // Right after the device answers a ping, the loop is held longer than the ping period: the
+    // pong waits in the hub's socket while the next ping round comes due.
+    live.ws.once("ping", () =>
+      setImmediate(() => {
+        const t = Date.now();
+        while (Date.now() - t < 450);
+      }),
+    );
+    const pings = live.pings;
+    await until(() => live.pings >= pings + 3, "three more pings");
+    assert.equal(live.ws.readyState, WebSocket.OPEN);
+    assert.equal(counters().deadPeersDropped, 0);
+  });
+
   it("lets an unknown device register itself with a token it chose, where self-registration is on", async function () {
     await hub.stop();
     await start({}, { selfRegistration: true });
