@@ -35,6 +35,23 @@ export function afterReads(clock: Pick<Clock, "afterReads">, fn: () => void): vo
   else fn();
 }
 
+/** A timer later than this ran in a loop that was held (timers are otherwise a few ms late). */
+const HELD_MS = 50;
+/** The longest a decision waits for what came in while the loop was held. */
+const MAX_CATCH_UP_MS = 1000;
+
+/**
+ * For a timer due at `dueAt` that decides a device said nothing in time: runs `fn` after this
+ * turn's socket reads, and when the timer ran late (the loop was held), as long again as it was
+ * late (up to a second). A message read in the held turn may reach the hub some turns later:
+ * the embedded broker hands a publish to the broker's other subscribers first, a turn each.
+ */
+export function decideAfterCatchUp(clock: Clock, dueAt: number, fn: () => void): void {
+  const late = clock.now() - dueAt;
+  if (late > HELD_MS) clock.setTimeout(() => afterReads(clock, fn), Math.min(late, MAX_CATCH_UP_MS));
+  else afterReads(clock, fn);
+}
+
 interface ManualTimer {
   at: number;
   seq: number;

@@ -1,5 +1,5 @@
 import { ChurnMap } from "./churn-map";
-import { type Clock, type TimerHandle, afterReads } from "./clock";
+import { type Clock, type TimerHandle, decideAfterCatchUp } from "./clock";
 import type { CommandEntry } from "./command-entry";
 import type { CommandOptions } from "./command-input";
 import { TethralError, errorMessage } from "./errors";
@@ -230,11 +230,12 @@ export class CommandDelivery {
 
   private awaitAnswer(e: CommandEntry): void {
     e.phase = "awaiting";
+    const dueAt = this.clock.now() + e.timeoutMs;
     e.timer = this.clock.setTimeout(() => {
       e.timer = null;
-      // An answer that came in time, waiting to be read in a loop held past the timeout, ends
-      // the command first (see Clock.afterReads).
-      afterReads(this.clock, () => {
+      // An answer that came in time, waiting in a loop held past the timeout, ends the command
+      // first (see decideAfterCatchUp).
+      decideAfterCatchUp(this.clock, dueAt, () => {
         if (e.phase !== "awaiting" || !this.running || e.timer !== null) return;
         if (e.failures < e.retries) this.retryLater(e);
         else this.owner.finish(e, "timed_out", null, `no answer within ${e.timeoutMs / 1000} s`);

@@ -1,5 +1,5 @@
 import { ChurnMap } from "./churn-map";
-import { type Clock, type TimerHandle, afterReads } from "./clock";
+import { type Clock, type TimerHandle, decideAfterCatchUp } from "./clock";
 import { CommandDelivery, type CommandHost } from "./command-delivery";
 import { type CommandEntry as Entry, MAX_TIMER_MS, newEntry, newestFirst, rowToCommand, toCommand, waitLimitMs } from "./command-entry";
 import { type CommandAnswer, type CommandOptions, parseCommandRequest } from "./command-input";
@@ -435,16 +435,18 @@ export class CommandTracker {
         },
       };
       e.waiters.push(waiter);
+      const waitMs = Math.min(limitMs, MAX_TIMER_MS);
+      const dueAt = this.clock.now() + waitMs;
       timer = this.clock.setTimeout(() => {
         timer = null;
-        // The command as it stands once this turn's messages are read (see Clock.afterReads).
-        afterReads(this.clock, () => {
+        // The command as it stands once what came in time is in (see decideAfterCatchUp).
+        decideAfterCatchUp(this.clock, dueAt, () => {
           const i = e.waiters.indexOf(waiter);
           if (i < 0) return;
           e.waiters.splice(i, 1);
           resolve(toCommand(e));
         });
-      }, Math.min(limitMs, MAX_TIMER_MS));
+      }, waitMs);
     });
   }
 }

@@ -1,4 +1,4 @@
-import { type Clock, type TimerHandle, afterReads } from "./clock";
+import { type Clock, type TimerHandle, decideAfterCatchUp } from "./clock";
 import { DeadlineHeap, type Scheduled } from "./deadline-heap";
 
 export interface AdaptiveTimeoutOptions {
@@ -102,6 +102,10 @@ export class HeartbeatMonitor {
   private readonly purges = new DeadlineHeap<PurgeEntry>();
   private timer: TimerHandle | null = null;
   private timerAt = Number.POSITIVE_INFINITY;
+  /** When the timer should run (timerAt, or at once for a deadline already past when armed). */
+  private timerFiresAt = 0;
+  /** Between a tick and its decision (see tick). */
+  private deciding = false;
   private running = false;
 
   constructor(
@@ -288,11 +292,17 @@ export class HeartbeatMonitor {
   }
 
   private tick(): void {
+    const due = this.timerFiresAt;
     this.timer = null;
     this.timerAt = Number.POSITIVE_INFINITY;
-    // Who is silent is decided once this turn's messages are read: a device whose message came
-    // in time is not taken offline because the loop was held past its deadline (see Clock).
-    afterReads(this.clock, () => this.expireDue());
+    // Who is silent is decided once the messages that came in time are in: a device whose
+    // message waited in a held loop is not taken offline (see decideAfterCatchUp). No timer is
+    // armed meanwhile; the decision arms the next.
+    this.deciding = true;
+    decideAfterCatchUp(this.clock, due, () => {
+      this.deciding = false;
+      this.expireDue();
+    });
   }
 
   private expireDue(): void {
@@ -318,7 +328,7 @@ export class HeartbeatMonitor {
 
   /** Points the one timer at the earliest deadline (rounded up to the resolution). */
   private arm(): void {
-    if (!this.running) return;
+    if (!this.running || this.deciding) return;
     const next = Math.min(this.expiries.peek()?.due ?? Infinity, this.purges.peek()?.due ?? Infinity);
     if (next === Infinity) {
       this.disarm();
@@ -329,7 +339,9 @@ export class HeartbeatMonitor {
     if (this.timer !== null && this.timerAt <= at) return;
     this.disarm();
     this.timerAt = at;
-    this.timer = this.clock.setTimeout(() => this.tick(), Math.min(MAX_TIMER_MS, Math.max(0, at - this.clock.now())));
+    const delay = Math.min(MAX_TIMER_MS, Math.max(0, at - this.clock.now()));
+    this.timerFiresAt = this.clock.now() + delay;
+    this.timer = this.clock.setTimeout(() => this.tick(), delay);
   }
 
   private disarm(): void {

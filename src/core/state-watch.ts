@@ -1,4 +1,4 @@
-import { type Clock, type TimerHandle, afterReads } from "./clock";
+import type { Clock, TimerHandle } from "./clock";
 import { cloneJson, defineValue, jsonEqual } from "./json";
 import type { StateWatchOptions } from "./state-watch-options";
 import {
@@ -99,7 +99,7 @@ export class StateWatcher {
 
   constructor(
     readonly options: StateWatchOptions,
-    private readonly clock: Pick<Clock, "setTimeout" | "clearTimeout" | "afterReads">,
+    private readonly clock: Pick<Clock, "setTimeout" | "clearTimeout">,
     private readonly hooks: StateWatchHooks,
   ) {
     this.devices = setOrNull(options.deviceIds);
@@ -302,15 +302,11 @@ export class StateWatcher {
     }
     const wait: Waiting = { from: shallow(from), to: shallow(to), reason, version, causeId, state, timer: null };
     wait.timer = this.clock.setTimeout(() => {
-      // Whether the state held for the whole time is decided once this turn's messages are read
-      // (a report that ended it may be waiting in a held loop: see Clock.afterReads).
-      afterReads(this.clock, () => {
-        if (this.waiting.get(id) !== wait) return;
-        this.waiting.delete(id);
-        const now = this.hooks.current(id) ?? wait.state;
-        if (!this.holds(now)) return;
-        this.hooks.emit(output(now, wait.from, { from: wait.from, to: wait.to, reason: wait.reason, version: wait.version }, wait.causeId));
-      });
+      if (this.waiting.get(id) !== wait) return;
+      this.waiting.delete(id);
+      const now = this.hooks.current(id) ?? wait.state;
+      if (!this.holds(now)) return;
+      this.hooks.emit(output(now, wait.from, { from: wait.from, to: wait.to, reason: wait.reason, version: wait.version }, wait.causeId));
     }, this.forMs);
     this.waiting.set(id, wait);
   }
