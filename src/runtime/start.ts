@@ -14,6 +14,7 @@ import { checkRequest, finalError, guardUpgrades, httpsOptions, notFound, refres
 import type { Express, ExpressApp, Handler, NodeRed, RuntimeEvent } from "./node-red";
 import { HTTP_NODE_ROOT, type RuntimeOptions, StartupError, optionsFromEnv, prepareSettings, root, warnIfOpen } from "./options";
 import type { NodeRedSettings } from "./settings";
+import { watchNpm } from "./npm-parent";
 import { prepareUserDir } from "./user-dir";
 
 export { type RuntimeOptions, StartupError, optionsFromEnv } from "./options";
@@ -227,6 +228,8 @@ function listenError(err: ListenError): Error {
 
 /** `npm start`: start from the environment, print where to go, stop cleanly on a signal. */
 async function main(): Promise<void> {
+  // Who started this, read before Node-RED starts: npm may go meanwhile.
+  const npmWatch = watchNpm();
   let runtime: RunningRuntime;
   try {
     runtime = await startRuntime(optionsFromEnv());
@@ -240,14 +243,19 @@ async function main(): Promise<void> {
     console.error(`The flows are stopped: missing node types ${runtime.flows.missingTypes.join(", ")}`);
   }
 
-  let stopping = false;
-  const stop = (signal: NodeJS.Signals) => {
-    if (stopping) {
-      // A second Ctrl-C means "now".
-      console.error(`${signal} again: exiting without waiting`);
-      process.exit(1);
+  // Why the runtime is stopping: a second signal means "now", a signal after npm went does not.
+  let stopping: "signal" | "npm" | null = null;
+  const stop = (signal: NodeJS.Signals | null) => {
+    if (stopping !== null) {
+      if (signal !== null && stopping === "signal") {
+        // A second Ctrl-C means "now".
+        console.error(`${signal} again: exiting without waiting`);
+        process.exit(1);
+      }
+      if (signal !== null) stopping = "signal";
+      return;
     }
-    stopping = true;
+    stopping = signal === null ? "npm" : "signal";
     runtime.stop().then(
       () => process.exit(0),
       (err: unknown) => {
@@ -257,45 +265,15 @@ async function main(): Promise<void> {
     );
   };
   // Node-RED's own launcher stops on the same signals: SIGHUP when the terminal closes,
-  // SIGBREAK for Ctrl-Break on Windows.
-  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP", "SIGBREAK"] as const) process.on(signal, () => stop(signal));
-  whenNpmGoes(() => {
-    // Ctrl-C reaches npm, its shell and the runtime at once: npm is gone while the runtime
-    // stops, which is not a second signal.
-    if (stopping) return;
+  // SIGUSR2 from nodemon, SIGBREAK for Ctrl-Break on Windows.
+  for (const signal of ["SIGINT", "SIGTERM", "SIGHUP", "SIGUSR2", "SIGBREAK"] as const) process.on(signal, () => stop(signal));
+  npmWatch?.(() => {
+    // A signal to npm's whole group reaches npm, its shell and the runtime at once: npm is then
+    // gone while the runtime stops, which is no reason to stop again.
+    if (stopping !== null) return;
     console.error("npm, which started this runtime, has exited: stopping");
-    stop("SIGTERM");
+    stop(null);
   });
-}
-
-/** How often a runtime started by npm looks for its parent (one getppid call). */
-const PARENT_CHECK_MS = 500;
-
-/**
- * Under `npm start` the runtime is not npm's child but its shell's (npm runs `sh -c "node
- * dist/runtime/start.js"`, and dash stays between them). npm passes a SIGTERM on to that shell
- * only: the shell exits, npm exits, and the runtime would go on serving, reparented. So a
- * runtime started by an npm script stops, as on SIGTERM, once the process that started it has
- * gone. Not outside npm: `nohup node dist/runtime/start.js &` must outlive its shell.
- */
-export function whenNpmGoes(onGone: () => void, env: NodeJS.ProcessEnv = process.env): void {
-  if (!env.npm_lifecycle_event) return;
-  const parent = process.ppid;
-  const timer = setInterval(() => {
-    if (process.ppid === parent && isAlive(parent)) return;
-    clearInterval(timer);
-    onGone();
-  }, PARENT_CHECK_MS).unref();
-}
-
-/** Whether a process is there (on Windows a process's ppid never changes: it must be asked). */
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
 }
 
 if (require.main === module) void main();

@@ -200,7 +200,7 @@ describe("npm start, as npm runs it", function () {
   const started: number[] = [];
   type NpmRun = Awaited<ReturnType<typeof npmStart>>;
   // Each test's npm start, started together (each takes seconds to start Node-RED).
-  let runs: Record<"term" | "SIGINT" | "SIGTERM", NpmRun>;
+  let runs: Record<"term" | "SIGINT" | "SIGTERM" | "kill", NpmRun>;
   /** A flow that takes 1.5 s to stop: on a group's SIGTERM, npm and its shell are gone well before the runtime is. */
   const slowToStop = [
     { id: "5a0c0e7d2b1f4e01", type: "tab", label: "slow to stop" },
@@ -218,8 +218,8 @@ describe("npm start, as npm runs it", function () {
     pkg = path.join(scratch, "pkg");
     mkdirSync(pkg);
     writeFileSync(path.join(pkg, "package.json"), JSON.stringify({ name: "npm-start-check", version: "1.0.0", private: true, scripts: { start: script.replace("dist/runtime/start.js", source) } }));
-    const [term, int, groupTerm] = await Promise.all([npmStart("term"), npmStart("SIGINT"), npmStart("SIGTERM", slowToStop)]);
-    runs = { term: term!, SIGINT: int!, SIGTERM: groupTerm! };
+    const [term, int, groupTerm, kill] = await Promise.all([npmStart("term"), npmStart("SIGINT"), npmStart("SIGTERM", slowToStop), npmStart("kill")]);
+    runs = { term: term!, SIGINT: int!, SIGTERM: groupTerm!, kill: kill! };
   });
 
   after(function () {
@@ -235,6 +235,11 @@ describe("npm start, as npm runs it", function () {
 
   /** `npm start` in its own process group, ready once the runtime says where its editor is. */
   async function npmStart(name: string, extraNodes: object[] = []) {
+    const run = spawnNpmStart(name, extraNodes);
+    return run.ready(await run.untilReady());
+  }
+
+  function spawnNpmStart(name: string, extraNodes: object[] = []) {
     if (extraNodes.length > 0) {
       // The shipped flows (the REST API answers the health check), and these beside them.
       const flows = JSON.parse(readFileSync(path.join(PACKAGE_ROOT, "flows", "flows.json"), "utf8")) as object[];
@@ -253,7 +258,7 @@ describe("npm start, as npm runs it", function () {
     npm.stderr.on("data", (chunk: Buffer) => (output += chunk.toString()));
     // The pipes stay open while the runtime holds them, after npm has gone.
     const closed = new Promise<void>((resolve) => npm.stdout.on("close", resolve));
-    const port = await new Promise<number>((resolve, reject) => {
+    const untilReady = () => new Promise<number>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`npm start did not start in 60 s:\n${output}`)), 60_000);
       const look = () => {
         const ready = /Tethral editor:\s+http:\/\/127\.0\.0\.1:(\d+)\//.exec(output);
@@ -265,11 +270,14 @@ describe("npm start, as npm runs it", function () {
       npm.stdout.on("data", look);
       npm.once("exit", (code) => reject(new Error(`npm start exited with ${code}:\n${output}`)));
     });
-    const processes = descendants(npm.pid!);
-    started.push(...processes);
-    assert.ok(processes.length >= 1, `no runtime under npm:\n${output}`);
-    assert.equal((await fetch(`http://${HOST}:${port}/api/health`)).status, 200);
-    return { npm, port, processes, closed, output: () => output };
+    const ready = async (port: number) => {
+      const processes = descendants(npm.pid!);
+      started.push(...processes);
+      assert.ok(processes.length >= 1, `no runtime under npm:\n${output}`);
+      assert.equal((await fetch(`http://${HOST}:${port}/api/health`)).status, 200);
+      return { npm, port, processes, closed, output: () => output };
+    };
+    return { npm, untilReady, ready, closed, output: () => output };
   }
 
   /** Every process under `pid` (npm's shell and the runtime). */
@@ -287,10 +295,10 @@ describe("npm start, as npm runs it", function () {
     }
   };
 
-  async function allGone(pids: number[], output: () => string): Promise<void> {
-    const until = Date.now() + 15_000;
+  async function allGone(pids: number[], output: () => string, limitMs = 15_000): Promise<void> {
+    const until = Date.now() + limitMs;
     while (pids.some(alive)) {
-      if (Date.now() > until) assert.fail(`still running 15 s after npm start was stopped: ${pids.filter(alive).join(", ")}\n${output()}`);
+      if (Date.now() > until) assert.fail(`still running ${limitMs / 1000} s after npm start was stopped: ${pids.filter(alive).join(", ")}\n${output()}`);
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
   }
@@ -304,6 +312,32 @@ describe("npm start, as npm runs it", function () {
     // It stopped its flows on the way out, as on a signal of its own.
     assert.match(run.output(), /npm, which started this runtime, has exited: stopping/);
     assert.match(run.output(), /Stopped flows/);
+  });
+
+  it("stops the runtime when npm alone is killed (SIGKILL, the OOM killer), leaving its shell waiting", async function () {
+    if (process.platform !== "linux") return this.skip(); // it is told by /proc
+    const run = runs.kill;
+    process.kill(run.npm.pid!, "SIGKILL");
+    await allGone(run.processes, run.output);
+    await assert.rejects(fetch(`http://${HOST}:${run.port}/api/health`), /fetch failed/);
+    assert.match(run.output(), /npm, which started this runtime, has exited: stopping/);
+  });
+
+  it("stops the runtime when npm gets SIGTERM while Node-RED is still starting", async function () {
+    if (process.platform !== "linux") return this.skip(); // the runtime's process is found through /proc
+    const run = spawnNpmStart("early");
+    // As soon as the runtime's process is there (npm → sh → node), long before Node-RED is up.
+    let processes: number[];
+    const until = Date.now() + 30_000;
+    while (!(processes = descendants(run.npm.pid!)).some((pid) => readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("start.ts"))) {
+      if (Date.now() > until) assert.fail(`no runtime under npm in 30 s:\n${run.output()}`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    started.push(...processes);
+    process.kill(run.npm.pid!, "SIGTERM");
+    await allGone(processes, run.output, 60_000);
+    await run.closed;
+    assert.match(run.output(), /npm, which started this runtime, has exited: stopping/);
   });
 
   for (const signal of ["SIGINT", "SIGTERM"] as const) {
