@@ -123,6 +123,8 @@ export class CommandDelivery {
   stopTimers(e: CommandEntry): void {
     if (e.timer !== null) this.clock.clearTimeout(e.timer);
     e.timer = null;
+    // A decision under way is called off too (the entry finished, moved to another member, or stopped).
+    e.deciding = false;
     this.clearDeadline(e);
   }
 
@@ -233,9 +235,12 @@ export class CommandDelivery {
     const dueAt = this.clock.now() + e.timeoutMs;
     e.timer = this.clock.setTimeout(() => {
       e.timer = null;
+      e.deciding = true;
       // An answer that came in time, waiting in a loop held past the timeout, ends the command
       // first (see decideAfterCatchUp).
       decideAfterCatchUp(this.clock, dueAt, () => {
+        if (!e.deciding) return;
+        e.deciding = false;
         if (e.phase !== "awaiting" || !this.running || e.timer !== null) return;
         if (e.failures < e.retries) this.retryLater(e);
         else this.owner.finish(e, "timed_out", null, `no answer within ${e.timeoutMs / 1000} s`);

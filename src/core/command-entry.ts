@@ -28,6 +28,8 @@ export interface CommandEntry {
   expiryTimer: TimerHandle | null;
   /** Bounds an adapter's send that never settles. */
   deadlineTimer: TimerHandle | null;
+  /** Between the answer timer and its decision (see awaitAnswer); cleared with the timers. */
+  deciding: boolean;
   /** Counts attempts, so the outcome of an attempt given up on is not taken for a later one's. */
   attemptSeq: number;
   waiters: Array<{ resolve: (c: Command) => void; reject: (e: Error) => void }>;
@@ -56,6 +58,7 @@ export function newEntry(row: CommandRow, options: CommandOptions): CommandEntry
     timer: null,
     expiryTimer: null,
     deadlineTimer: null,
+    deciding: false,
     attemptSeq: 0,
     waiters: [],
   };
