@@ -53,6 +53,22 @@ export async function until<T>(check: () => T | Promise<T>, what = "a condition"
   }
 }
 
+/**
+ * Runs `work` (a device's message going out), then holds this process's event loop until the
+ * wall clock reaches `until`, as a long task would: what `work` sent waits unread in the hub's
+ * socket while the hub's timers come due. From a setImmediate callback, so the loop's next turn
+ * starts with those timers.
+ */
+export function holdLoopAfter(work: () => void, until: number): Promise<void> {
+  return new Promise((resolve) =>
+    setImmediate(() => {
+      work();
+      while (Date.now() < until);
+      resolve();
+    }),
+  );
+}
+
 /** A port on 127.0.0.1 that nothing listens on (it was free a moment ago): for "connection refused". */
 export async function closedPort(): Promise<number> {
   const server = createServer();

@@ -30,7 +30,7 @@ export const systemClock: Clock = {
 };
 
 /** `clock.afterReads(fn)`, or `fn()` at once for a clock without it. */
-export function afterReads(clock: Pick<Clock, "afterReads">, fn: () => void): void {
+function afterReads(clock: Pick<Clock, "afterReads">, fn: () => void): void {
   if (clock.afterReads) clock.afterReads(fn);
   else fn();
 }

@@ -3,20 +3,10 @@ import mqtt from "mqtt";
 import { Hub } from "../../src/core/hub";
 import type { TethralEvent } from "../../src/core/types";
 import { MqttAdapter } from "../../src/protocols/mqtt";
+import { holdLoopAfter } from "../helpers";
 import { MqttDevice, until } from "./mqtt-device";
 
 const SERVICE = { username: "dashboard", password: "dashboard-password-1234" };
-
-/** Runs `work` in a setImmediate callback, then holds the loop until `until` (the loop's next turn starts with its timers). */
-function holdAfter(work: () => void, until: number): Promise<void> {
-  return new Promise((resolve) =>
-    setImmediate(() => {
-      work();
-      while (Date.now() < until);
-      resolve();
-    }),
-  );
-}
 
 // The embedded broker hands a device's publish to its other subscribers (a turn each) before the
 // hub sees it: a decision one turn after the held loop's reads would still come too early.
@@ -62,7 +52,7 @@ for (const watcher of [false, true]) {
       await until(() => hub.getDevice("boiler-1").status === "online", "online");
       const deadline = Date.parse(hub.getDevice("boiler-1").lastSeen!) + 1000;
       await new Promise((resolve) => setTimeout(resolve, 500));
-      await holdAfter(() => d.client.publish(d.topic("heartbeat"), "", { qos: 0 }), deadline + 300);
+      await holdLoopAfter(() => d.client.publish(d.topic("heartbeat"), "", { qos: 0 }), deadline + 300);
       await new Promise((resolve) => setTimeout(resolve, 500));
       assert.deepEqual(offline, []);
       // Silent from here, it goes offline on time.
@@ -83,7 +73,7 @@ for (const watcher of [false, true]) {
       const command = hub.sendCommand("boiler-1", { command: "reboot", wait: true, timeout: 1, retries: 0 });
       await until(() => answer !== null, "the command at the device");
       await new Promise((resolve) => setTimeout(resolve, Math.max(0, sent + 500 - Date.now())));
-      await holdAfter(() => answer!(), sent + 1400);
+      await holdLoopAfter(() => answer!(), sent + 1400);
       const done = await command;
       assert.equal(done.status, "succeeded");
       assert.equal(done.result, "rebooted");

@@ -4,7 +4,7 @@ import { isTethralError } from "../../src/core/errors";
 import { Hub, type HubOptions } from "../../src/core/hub";
 import type { TethralEvent } from "../../src/core/types";
 import { CLOSE_REPLACED, WebSocketAdapter, type WebSocketAdapterOptions } from "../../src/protocols/websocket";
-import { assertNoPollution, assertRejectsCode } from "../helpers";
+import { assertNoPollution, assertRejectsCode, holdLoopAfter } from "../helpers";
 import { Device } from "./ws-device";
 import { until } from "./ws-fake-context";
 import { nodeRedSuite } from "./ws-nodered";
@@ -98,14 +98,7 @@ describe("WebSocketAdapter in a Hub", function () {
     await new Promise((resolve) => setTimeout(resolve, 500));
     // The device's heartbeat is in the hub's socket before its deadline; the hub's loop is held
     // (a long task) until after it, so the heartbeat timer is due before the socket is read.
-    // (In a setImmediate callback: the loop's next turn starts with its timers.)
-    await new Promise<void>((resolve) =>
-      setImmediate(() => {
-        d.send({ type: "heartbeat" });
-        while (Date.now() < deadline + 300);
-        resolve();
-      }),
-    );
+    await holdLoopAfter(() => d.send({ type: "heartbeat" }), deadline + 300);
     await new Promise((resolve) => setTimeout(resolve, 100));
     assert.deepEqual(offline, []);
     assert.equal(hub.getDevice("boiler-1").status, "online");
@@ -260,14 +253,7 @@ describe("WebSocketAdapter in a Hub", function () {
     const frame = await d.next();
     await new Promise((resolve) => setTimeout(resolve, Math.max(0, sent + 500 - Date.now())));
     // The answer is in the hub's socket in time; the loop is held until after the timeout.
-    // (In a setImmediate callback: the loop's next turn starts with its timers.)
-    await new Promise<void>((resolve) =>
-      setImmediate(() => {
-        d.send({ type: "response", id: frame.id, ok: true, result: "rebooted" });
-        while (Date.now() < sent + 1400);
-        resolve();
-      }),
-    );
+    await holdLoopAfter(() => d.send({ type: "response", id: frame.id, ok: true, result: "rebooted" }), sent + 1400);
     const done = await command;
     assert.equal(done.status, "succeeded");
     assert.equal(done.result, "rebooted");
