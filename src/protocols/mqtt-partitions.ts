@@ -376,6 +376,17 @@ export class PartitionSessions implements PartitionedIntake {
    * skipped; the rest are applied, in order.
    */
   private endRedelivery(s: Session): void {
+    if (!this.host.ownsPartition(s.partition)) {
+      // Not ours this instant (a hand-over began while they were coming): like any message then,
+      // they wait, unacknowledged, until the partition is ours again or the session goes to the
+      // next holder. Applied here, they would be taken for messages of a device owned elsewhere.
+      if (s.redeliveryTimer) clearTimeout(s.redeliveryTimer);
+      s.redeliveryTimer = setTimeout(() => {
+        s.redeliveryTimer = null;
+        if (s.open && s.redelivered !== null) this.endRedelivery(s);
+      }, NOT_OWNED_RETRY_MS);
+      return;
+    }
     const list = s.redelivered ?? [];
     s.redelivered = null;
     if (s.redeliveryTimer) clearTimeout(s.redeliveryTimer);

@@ -251,6 +251,29 @@ describe("MQTT partition sessions (cluster mode, a Mosquitto of the test's own)"
     member.owned = true;
     await until(async () => member.applied.length === 1, "applied once owned", 5_000);
   });
+
+  it("does not apply redelivered messages once the partition stopped being its own while they came: the next holder gets them", async () => {
+    const first = new Member([id]);
+    const a = await hold(first);
+    for (const n of [1, 2, 3]) await report(n);
+    await until(async () => first.applied.length === 3, "three applied", 5_000);
+    a.intake.cut(partition);
+
+    // The second holder takes the resent messages, and a hand-over begins before their quiet time ends.
+    const second = new Member([id]);
+    const b = await hold(second);
+    await until(async () => b.intake.statistics().partitionRedelivered === 3, "three resent", 5_000);
+    second.owned = false;
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.deepEqual(payloads(second), [], "nothing applied while the partition is not its own");
+    await b.intake.close(partition);
+
+    const third = new Member([id]);
+    await hold(third);
+    await until(async () => third.applied.length === 3, "the next holder gets them", 5_000);
+    assert.deepEqual(payloads(third), [1, 2, 3]);
+    assert.deepEqual(payloads(second), []);
+  });
 });
 
 /**
