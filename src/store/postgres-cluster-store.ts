@@ -175,6 +175,12 @@ export async function changedSince(db: ClusterDb, since: number, known?: KnownRo
   };
 }
 
+export async function presenceOf(db: ClusterDb, ids: string[]): Promise<{ id: string; status: string; lastSeen: number; lastMessage: number }[]> {
+  if (ids.length === 0) return [];
+  const { rows } = await db.query("SELECT id, status, last_seen, last_message FROM devices WHERE id = ANY($1)", [ids]);
+  return rows.map((r) => ({ id: r.id as string, status: r.status as string, lastSeen: Number(r.last_seen), lastMessage: Number(r.last_message ?? 0) }));
+}
+
 /** The fence check of a write of these devices; null when no fence is set (no extra statement then). */
 export function checkOf(fence: Fence | null, deviceIds: Iterable<string> | (() => Iterable<string>)): FenceCheck | null {
   if (!fence) return null;

@@ -427,6 +427,10 @@ export class PostgresStore implements Store, ClusterStore {
     return cluster.changedSince(this.clusterDb, since, known);
   }
 
+  presenceOf(ids: string[]): Promise<{ id: string; status: string; lastSeen: number; lastMessage: number }[]> {
+    return cluster.presenceOf(this.clusterDb, ids);
+  }
+
   /** The fence check of a write of these devices; null when no fence is set (no extra statement then). */
   private checkOf(deviceIds: Iterable<string> | (() => Iterable<string>)): FenceCheck | null {
     return cluster.checkOf(this.fence, deviceIds);

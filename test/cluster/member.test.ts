@@ -403,4 +403,27 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
     const owner = ownedBy(a!).includes(partitionOf(device, PARTITIONS)) ? a! : d!;
     assert.deepEqual(await storedValues(owner, device, "frozen"), [1, 2], "each held message once, in order: the stale answer resumed nothing");
   });
+
+  it("a member that claims a partition reads the fingerprint of the last message its previous owner stored, even one its following missed", async () => {
+    const [a, d] = members;
+    const device = ids.find((id) => !id.endsWith("1") && ownedBy(d!).includes(partitionOf(id, PARTITIONS)))!;
+    await a!.hub.flush();
+    await d!.hub.flush();
+    // D's last write for the device, as a commit that came later than A's following looks back
+    // (its lastSeen a minute before the commit): A's following does not see it.
+    const client = new pg.Client({ connectionString: db.url });
+    await client.connect();
+    try {
+      await client.query("UPDATE devices SET last_message = 424242, last_seen = last_seen - 60000 WHERE id = $1", [device]);
+    } finally {
+      await client.end();
+    }
+    const lastMessageOf = (m: Member) => (m.hub as unknown as { cluster: { lastMessageOf(id: string): number | undefined } }).cluster.lastMessageOf(device);
+    await new Promise((r) => setTimeout(r, 1_500));
+    assert.notEqual(lastMessageOf(a!), 424242, "not followed");
+    await d!.hub.stop();
+    members.splice(members.indexOf(d!), 1);
+    await until("A owns every partition", () => ownedBy(a!).length === PARTITIONS);
+    assert.equal(lastMessageOf(a!), 424242, "read when the partition was claimed");
+  });
 });

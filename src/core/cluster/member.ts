@@ -7,6 +7,7 @@ import type { DeviceMessage, PartitionHost, PartitionedIntake, ProtocolAdapter, 
 import { type InboundMessage, parseInbound } from "../inbound";
 import type { Presence } from "../presence";
 import type { DeviceRegistry } from "../registry";
+import type { DeviceStatus } from "../types";
 import type { StateManager } from "../state";
 import type { DeviceTokens } from "../tokens";
 import { applyChanges } from "./follow";
@@ -421,6 +422,7 @@ export class ClusterMember {
     if (taken.size === 0) return;
     const now = this.host.clock.now();
     const mine = (id: string) => taken.has(this.partitionOf(id));
+    await this.loadPresence(mine);
     for (const record of this.host.registry.allRecords()) {
       if (!mine(record.id)) continue;
       const alive = record.status === "online" || record.status === "error";
@@ -428,6 +430,25 @@ export class ClusterMember {
       if (alive || record.lastSeen > 0) this.host.presence.heartbeat.track(record.id, record.heartbeatTimeout, now, alive);
     }
     await this.host.commands.loadWhere(mine);
+  }
+
+  /**
+   * The claimed partitions' devices as their previous owner last stored them, read by id: the
+   * previous owner's writes are all in the database once the lease is claimed (a release comes
+   * after them; a claim waits for a fenced write in flight). The fingerprint of the last message
+   * it applied decides which resent or held messages are skipped; the changes read by following
+   * may have missed it (a row committed later than their margin after its lastSeen).
+   */
+  private async loadPresence(mine: (id: string) => boolean): Promise<void> {
+    const ids: string[] = [];
+    for (const record of this.host.registry.allRecords()) if (mine(record.id)) ids.push(record.id);
+    for (const row of await this.store.presenceOf(ids)) {
+      const record = this.host.registry.record(row.id);
+      if (!record) continue;
+      if (record.status !== row.status) this.host.registry.setStatus(record, row.status as DeviceStatus);
+      if (row.lastSeen > record.lastSeen) record.lastSeen = row.lastSeen;
+      if (row.lastMessage !== 0) this.lastMessages.set(row.id, row.lastMessage);
+    }
   }
 
   /** Right after the partition became ours: what its previous owner had not written, in order (see replay.ts). */

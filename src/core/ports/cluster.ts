@@ -126,6 +126,12 @@ export interface ClusterStore {
    * re-reads a margin of changes at every round, and most of it it has).
    */
   changedSince(since: number, known?: KnownRows): Promise<FleetChanges>;
+  /**
+   * The stored presence of these devices (status, lastSeen and the last message's fingerprint),
+   * read now: what a member that has just claimed their partitions goes on from. Missing ids are
+   * left out.
+   */
+  presenceOf(ids: string[]): Promise<{ id: string; status: string; lastSeen: number; lastMessage: number }[]>;
   /** The partition count the database was first used with; null before any member joined. */
   clusterPartitions(): Promise<number | null>;
 }
