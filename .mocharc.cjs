@@ -24,6 +24,7 @@ const SLOWEST_FIRST = [
   "test/runtime/cluster-start.test.ts", // 16
   "test/store/cluster.test.ts", // 15
   "test/protocols/mqtt-external.test.ts", // 10
+  "test/cluster/offline.test.ts", // 9 (waiting for a heartbeat deadline)
   "test/store/persistence.test.ts", // 9
 ];
 

@@ -238,8 +238,10 @@ function clusterTables(dialect: "sqlite" | "postgres"): string[] {
  * single runtime (SQLite, or PostgreSQL without cluster mode) never reads by it.
  */
 export const CLUSTER_CHANGE_INDEXES: readonly string[] = [
-  `CREATE INDEX IF NOT EXISTS devices_updated_at ON devices (updated_at)`,
-  `CREATE INDEX IF NOT EXISTS devices_last_seen ON devices (last_seen)`,
+  `CREATE INDEX IF NOT EXISTS devices_stored_at ON devices (stored_at)`,
+  // What earlier releases followed device rows by (the writers' times, see migration 11).
+  `DROP INDEX IF EXISTS devices_updated_at`,
+  `DROP INDEX IF EXISTS devices_last_seen`,
   `CREATE INDEX IF NOT EXISTS states_updated_at ON states (updated_at)`,
   `CREATE INDEX IF NOT EXISTS device_tokens_created_at ON device_tokens (created_at)`,
 ];
@@ -498,6 +500,16 @@ export const MIGRATIONS: readonly Migration[] = [
       `CREATE INDEX IF NOT EXISTS history_runs_first_at ON history_runs (first_at, last_at, n)`,
     ],
     postgres: [],
+  },
+  {
+    version: 11,
+    name: "PostgreSQL device rows stamped with the database's clock when stored",
+    // Cluster members follow device rows changed since their last read (changedSince). They went
+    // by the rows' own times, the writer's: a status a heartbeat deadline set is stored with the
+    // device's lastSeen, a heartbeat timeout or more before, so a device that went offline on its
+    // owner stayed online on the other members. `stored_at` is the database's clock at the write.
+    sqlite: [],
+    postgres: [`ALTER TABLE devices ADD COLUMN IF NOT EXISTS stored_at BIGINT NOT NULL DEFAULT 0`],
   },
 ];
 

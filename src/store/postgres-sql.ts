@@ -1,6 +1,7 @@
 import { invalid, TethralError, errorMessage } from "../core/errors";
 import type { DeviceStatus, JsonObject, Priority, StateSnapshot } from "../core/types";
 import type { CommandRow, CommandStatus, DevicePresenceRow, DeviceRow, EventQuery, EventRow, HistoryRow, RetentionPolicy, StateRow, TokenRow } from "../core/ports/store";
+import { DB_NOW } from "./postgres-cluster";
 
 /**
  * The SQL of the PostgreSQL store: statements, row mapping and input checks. PostgreSQL cannot hold a NUL character
@@ -199,13 +200,14 @@ export function columns<T>(
  */
 export const UPSERT_DEVICE = `WITH untombstoned AS (DELETE FROM removed_devices WHERE device_id = $1)
        INSERT INTO devices (id, name, protocol, address, manufacturer, model, firmware, capabilities, tags,
-         heartbeat_timeout, metadata, status, last_seen, created_at, updated_at)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10, $11::jsonb, $12, $13, $14, $15)
+         heartbeat_timeout, metadata, status, last_seen, created_at, updated_at, stored_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9::jsonb, $10, $11::jsonb, $12, $13, $14, $15, ${DB_NOW})
        ON CONFLICT (id) DO UPDATE SET name = excluded.name, protocol = excluded.protocol,
          address = excluded.address, manufacturer = excluded.manufacturer, model = excluded.model,
          firmware = excluded.firmware, capabilities = excluded.capabilities, tags = excluded.tags,
          heartbeat_timeout = excluded.heartbeat_timeout, metadata = excluded.metadata, status = excluded.status,
-         last_seen = excluded.last_seen, created_at = excluded.created_at, updated_at = excluded.updated_at`;
+         last_seen = excluded.last_seen, created_at = excluded.created_at, updated_at = excluded.updated_at,
+         stored_at = excluded.stored_at`;
 
 export function deviceParams(d: DeviceRow): unknown[] {
   return [
@@ -237,7 +239,9 @@ export const DELETE_DEVICE = [
   "DELETE FROM commands WHERE device_id = $1",
 ];
 
-export const UPDATE_PRESENCE = `UPDATE devices AS d SET status = v.status, last_seen = v.last_seen, last_message = v.last_message
+/** `stored_at`: the database's clock, what cluster members follow the row by (see migration 11). */
+export const UPDATE_PRESENCE = `UPDATE devices AS d SET status = v.status, last_seen = v.last_seen, last_message = v.last_message,
+  stored_at = ${DB_NOW}
   FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS v(id, status, last_seen, last_message) WHERE d.id = v.id`;
 export const PRESENCE_COLUMNS = [
   (p: DevicePresenceRow) => text(p.id, "id"),

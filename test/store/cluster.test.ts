@@ -443,23 +443,28 @@ describe("PostgresStore cluster mode", function () {
   });
 
   describe("changes since a time", function () {
-    it("returns devices, states and tokens changed at or after it, and the ids removed since", async function () {
+    it("returns devices stored, states and tokens changed at or after it, and the ids removed since", async function () {
       const a = await open();
-      const t = await dbNow(a);
-      const old = t - 3_600_000;
+      const before = await dbNow(a);
+      const old = before - 3_600_000;
       await a.upsertDevice(deviceRow("old", { createdAt: old, updatedAt: old, lastSeen: old }));
+      await a.upsertDevice(deviceRow("gone", { createdAt: old, updatedAt: old, lastSeen: old }));
+      await a.upsertDevice(deviceRow("silent", { createdAt: old, updatedAt: old, lastSeen: old, status: "online" }));
+      await a.upsertState(stateRow("old", 1, { updatedAt: old }));
+      await a.putToken({ deviceId: "old", hash: "h", createdAt: old });
+      const t = await untilDbPast(a, await dbNow(a));
       await a.upsertDevice(deviceRow("changed", { createdAt: old, updatedAt: t, lastSeen: old }));
       await a.upsertDevice(deviceRow("seen", { createdAt: old, updatedAt: old, lastSeen: t }));
-      await a.upsertDevice(deviceRow("gone", { createdAt: old, updatedAt: old, lastSeen: old }));
-      await a.upsertState(stateRow("old", 1, { updatedAt: old }));
+      // Its heartbeat deadline passed: offline is stored now, with the lastSeen of an hour ago.
+      await a.writeBatch({ presence: [{ id: "silent", status: "offline", lastSeen: old }], states: [], history: [], events: [] });
       await a.upsertState(stateRow("changed", 1, { updatedAt: t }));
-      await a.putToken({ deviceId: "old", hash: "h", createdAt: old });
       await a.putToken({ deviceId: "seen", hash: "h", createdAt: t });
       await a.deleteDevice("gone");
 
       const changes = await a.changedSince(t);
       assert.ok(changes.now >= t);
-      assert.deepEqual(changes.devices.map((d) => d.id).sort(), ["changed", "seen"]);
+      assert.deepEqual(changes.devices.map((d) => d.id).sort(), ["changed", "seen", "silent"]);
+      assert.equal(changes.devices.find((d) => d.id === "silent")?.status, "offline", "stored now, whatever its lastSeen");
       assert.deepEqual(changes.devices.find((d) => d.id === "changed"), deviceRow("changed", { createdAt: old, updatedAt: t, lastSeen: old }));
       assert.deepEqual(changes.states, [stateRow("changed", 1, { updatedAt: t })]);
       assert.deepEqual(changes.tokens, [{ deviceId: "seen", hash: "h", createdAt: t }]);
