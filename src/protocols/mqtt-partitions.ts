@@ -348,7 +348,8 @@ export class PartitionSessions implements PartitionedIntake {
         this.armRedelivery(s);
         return;
       }
-      this.endRedelivery(s);
+      // Owned: `handle` has just asked, and the answer holds for this packet and those before it.
+      this.endRedelivery(s, true);
     }
     this.apply(s, packet);
   }
@@ -375,15 +376,18 @@ export class PartitionSessions implements PartitionedIntake {
    * last applied (stored by the previous holder, or applied here before a reconnection) are
    * skipped; the rest are applied, in order.
    */
-  private endRedelivery(s: Session): void {
-    if (!this.host.ownsPartition(s.partition)) {
+  private endRedelivery(s: Session, owned = this.host.ownsPartition(s.partition)): void {
+    if (!owned) {
       // Not ours this instant (a hand-over began while they were coming): like any message then,
       // they wait, unacknowledged, until the partition is ours again or the session goes to the
       // next holder. Applied here, they would be taken for messages of a device owned elsewhere.
       if (s.redeliveryTimer) clearTimeout(s.redeliveryTimer);
       s.redeliveryTimer = setTimeout(() => {
         s.redeliveryTimer = null;
-        if (s.open && s.redelivered !== null) this.endRedelivery(s);
+        if (!s.open || s.redelivered === null) return;
+        // A message waiting to be taken may be a resent one still (see armRedelivery).
+        if (s.holding) return this.armRedelivery(s);
+        this.endRedelivery(s);
       }, NOT_OWNED_RETRY_MS);
       return;
     }

@@ -239,9 +239,13 @@ export const DELETE_DEVICE = [
   "DELETE FROM commands WHERE device_id = $1",
 ];
 
-/** `stored_at`: the database's clock, what cluster members follow the row by (see migration 11). */
-export const UPDATE_PRESENCE = `UPDATE devices AS d SET status = v.status, last_seen = v.last_seen, last_message = v.last_message,
-  stored_at = ${DB_NOW}
+/**
+ * `stored_at`: the database's clock, what cluster members follow the row by (see migration 11).
+ * A row without a fingerprint (0: a status set with a desired state, or no cluster) keeps the
+ * stored one, which a successor skips resent messages by.
+ */
+export const UPDATE_PRESENCE = `UPDATE devices AS d SET status = v.status, last_seen = v.last_seen,
+  last_message = CASE WHEN v.last_message = 0 THEN d.last_message ELSE v.last_message END, stored_at = ${DB_NOW}
   FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS v(id, status, last_seen, last_message) WHERE d.id = v.id`;
 export const PRESENCE_COLUMNS = [
   (p: DevicePresenceRow) => text(p.id, "id"),

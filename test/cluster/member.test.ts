@@ -410,11 +410,11 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
     await a!.hub.flush();
     await d!.hub.flush();
     // D's last write for the device, as a commit that came later than A's following looks back
-    // (its lastSeen a minute before the commit): A's following does not see it.
+    // (stored, by the database's clock, a minute before the commit): A's following does not see it.
     const client = new pg.Client({ connectionString: db.url });
     await client.connect();
     try {
-      await client.query("UPDATE devices SET last_message = 424242, last_seen = last_seen - 60000 WHERE id = $1", [device]);
+      await client.query("UPDATE devices SET last_message = 424242, last_seen = last_seen + 1, stored_at = stored_at - 60000 WHERE id = $1", [device]);
     } finally {
       await client.end();
     }

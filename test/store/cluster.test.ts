@@ -476,6 +476,15 @@ describe("PostgresStore cluster mode", function () {
       assert.deepEqual([none.devices, none.states, none.tokens, none.removed], [[], [], [], []]);
     });
 
+    it("keeps a device's stored fingerprint when a presence row carries none (a status set with a desired state)", async function () {
+      const a = await open();
+      const t = await dbNow(a);
+      await a.upsertDevice(deviceRow("fp", { updatedAt: t, lastSeen: t }));
+      await a.writeBatch({ presence: [{ id: "fp", status: "online", lastSeen: t + 1, lastMessage: 4242 }], states: [], history: [], events: [] });
+      await a.writeBatch({ presence: [{ id: "fp", status: "error", lastSeen: t + 2 }], states: [], history: [], events: [] });
+      assert.deepEqual(await a.presenceOf(["fp", "nobody"]), [{ id: "fp", status: "error", lastSeen: t + 2, lastMessage: 4242 }]);
+    });
+
     it("sends whole rows only for what the follower does not have yet (presence for the rest)", async function () {
       const a = await open();
       const t = await dbNow(a);

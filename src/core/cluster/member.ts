@@ -433,20 +433,22 @@ export class ClusterMember {
   }
 
   /**
-   * The claimed partitions' devices as their previous owner last stored them, read by id: the
-   * previous owner's writes are all in the database once the lease is claimed (a release comes
-   * after them; a claim waits for a fenced write in flight). The fingerprint of the last message
-   * it applied decides which resent or held messages are skipped; the changes read by following
-   * may have missed it (a row committed later than their margin after its lastSeen).
+   * The claimed partitions' devices as their previous owner last stored them, read by id: once
+   * the lease is claimed, every write of another previous owner is stored or refused (a release
+   * comes after its writes; a claim fails while a fenced write holds the lease row, and is tried
+   * again at the next beat). The fingerprint of the last message it applied decides which resent
+   * or held messages are skipped; following may have missed it (a row whose commit came later
+   * than its margin). A row older than this member's copy is this member's own, from before it
+   * lost the lease: what it applied since is newer, and still to be written, so it is kept.
    */
   private async loadPresence(mine: (id: string) => boolean): Promise<void> {
     const ids: string[] = [];
     for (const record of this.host.registry.allRecords()) if (mine(record.id)) ids.push(record.id);
     for (const row of await this.store.presenceOf(ids)) {
       const record = this.host.registry.record(row.id);
-      if (!record) continue;
+      if (!record || row.lastSeen < record.lastSeen) continue;
       if (record.status !== row.status) this.host.registry.setStatus(record, row.status as DeviceStatus);
-      if (row.lastSeen > record.lastSeen) record.lastSeen = row.lastSeen;
+      record.lastSeen = row.lastSeen;
       if (row.lastMessage !== 0) this.lastMessages.set(row.id, row.lastMessage);
     }
   }
