@@ -242,7 +242,8 @@ export const CLUSTER_CHANGE_INDEXES: readonly string[] = [
   // What earlier releases followed device rows by (the writers' times, see migration 11).
   `DROP INDEX IF EXISTS devices_updated_at`,
   `DROP INDEX IF EXISTS devices_last_seen`,
-  `CREATE INDEX IF NOT EXISTS states_updated_at ON states (updated_at)`,
+  `CREATE INDEX IF NOT EXISTS states_stored_at ON states (stored_at)`,
+  `DROP INDEX IF EXISTS states_updated_at`,
   `CREATE INDEX IF NOT EXISTS device_tokens_created_at ON device_tokens (created_at)`,
 ];
 
@@ -510,6 +511,14 @@ export const MIGRATIONS: readonly Migration[] = [
     // owner stayed online on the other members. `stored_at` is the database's clock at the write.
     sqlite: [],
     postgres: [`ALTER TABLE devices ADD COLUMN IF NOT EXISTS stored_at BIGINT NOT NULL DEFAULT 0`],
+  },
+  {
+    version: 12,
+    name: "PostgreSQL state rows stamped with the database's clock when stored",
+    // As device rows (migration 11): a state row the write-behind stored later than the
+    // followers' margin after its own time (a backlog) was never read by the other members.
+    sqlite: [],
+    postgres: [`ALTER TABLE states ADD COLUMN IF NOT EXISTS stored_at BIGINT NOT NULL DEFAULT 0`],
   },
 ];
 

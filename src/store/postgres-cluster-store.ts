@@ -134,15 +134,15 @@ export async function clusterPartitions(db: ClusterDb): Promise<number | null> {
 
 /**
  * The clock is read first: a row written after it is seen now or, its time being later, next
- * time. Device rows go by when they were stored (the database's clock, at the statement: the
- * caller's margin covers a transaction's commit after it); state and token rows by their
- * writers' clocks (the margin covers their skew too).
+ * time. Device and state rows go by when they were stored (the database's clock, at the
+ * statement: the caller's margin covers a transaction's commit after it); token rows by their
+ * writer's clock (the margin covers its skew too).
  */
 export async function changedSince(db: ClusterDb, since: number, known?: KnownRows): Promise<FleetChanges> {
   const light = await db.query(
     `SELECT ${DB_NOW} AS now, 'n' AS kind, '' AS id, NULL AS status, NULL::bigint AS last_seen, NULL::bigint AS stamp, NULL::bigint AS last_message
      UNION ALL SELECT NULL, 'd', id, status, last_seen, updated_at, last_message FROM devices WHERE stored_at >= $1
-     UNION ALL SELECT NULL, 's', device_id, NULL, NULL, rev, NULL FROM states WHERE updated_at >= $1
+     UNION ALL SELECT NULL, 's', device_id, NULL, NULL, rev, NULL FROM states WHERE stored_at >= $1
      UNION ALL SELECT NULL, 'r', device_id, NULL, NULL, NULL, NULL FROM removed_devices WHERE removed_at >= $1`,
     [since],
   );

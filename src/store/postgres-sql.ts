@@ -254,13 +254,13 @@ export const PRESENCE_COLUMNS = [
   (p: DevicePresenceRow) => p.lastMessage ?? 0,
 ];
 
-export const UPSERT_STATES = `INSERT INTO states (device_id, properties, desired, version, changed_at, updated_at, reported_at, rev)
-  SELECT v.device_id, v.properties::jsonb, v.desired::jsonb, v.version, v.changed_at, v.updated_at, v.reported_at, v.rev
+export const UPSERT_STATES = `INSERT INTO states (device_id, properties, desired, version, changed_at, updated_at, reported_at, rev, stored_at)
+  SELECT v.device_id, v.properties::jsonb, v.desired::jsonb, v.version, v.changed_at, v.updated_at, v.reported_at, v.rev, ${DB_NOW}
   FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
     AS v(device_id, properties, desired, version, changed_at, updated_at, reported_at, rev)
   ON CONFLICT (device_id) DO UPDATE SET properties = excluded.properties, desired = excluded.desired,
     version = excluded.version, changed_at = excluded.changed_at, updated_at = excluded.updated_at,
-    reported_at = excluded.reported_at, rev = excluded.rev
+    reported_at = excluded.reported_at, rev = excluded.rev, stored_at = excluded.stored_at
   WHERE states.rev <= excluded.rev`;
 export const STATE_COLUMNS = [
   (s: StateRow) => text(s.deviceId, "deviceId"),

@@ -458,6 +458,8 @@ describe("PostgresStore cluster mode", function () {
       // Its heartbeat deadline passed: offline is stored now, with the lastSeen of an hour ago.
       await a.writeBatch({ presence: [{ id: "silent", status: "offline", lastSeen: old }], states: [], history: [], events: [] });
       await a.upsertState(stateRow("changed", 1, { updatedAt: t }));
+      // A state the write-behind stored long after it changed (a backlog): stored now all the same.
+      await a.upsertState(stateRow("silent", 1, { updatedAt: old }));
       await a.putToken({ deviceId: "seen", hash: "h", createdAt: t });
       await a.deleteDevice("gone");
 
@@ -466,7 +468,10 @@ describe("PostgresStore cluster mode", function () {
       assert.deepEqual(changes.devices.map((d) => d.id).sort(), ["changed", "seen", "silent"]);
       assert.equal(changes.devices.find((d) => d.id === "silent")?.status, "offline", "stored now, whatever its lastSeen");
       assert.deepEqual(changes.devices.find((d) => d.id === "changed"), deviceRow("changed", { createdAt: old, updatedAt: t, lastSeen: old }));
-      assert.deepEqual(changes.states, [stateRow("changed", 1, { updatedAt: t })]);
+      assert.deepEqual(
+        changes.states.sort((x, y) => (x.deviceId < y.deviceId ? -1 : 1)),
+        [stateRow("changed", 1, { updatedAt: t }), stateRow("silent", 1, { updatedAt: old })],
+      );
       assert.deepEqual(changes.tokens, [{ deviceId: "seen", hash: "h", createdAt: t }]);
       assert.deepEqual(changes.removed, ["gone"]);
 
