@@ -354,7 +354,7 @@ export class PartitionSessions implements PartitionedIntake {
     this.apply(s, packet);
   }
 
-  private armRedelivery(s: Session): void {
+  private armRedelivery(s: Session, quietMs = REDELIVERY_QUIET_MS): void {
     if (s.redeliveryTimer) clearTimeout(s.redeliveryTimer);
     s.redeliveryTimer = setTimeout(() => {
       s.redeliveryTimer = null;
@@ -368,7 +368,7 @@ export class PartitionSessions implements PartitionedIntake {
         if (s.holding) return this.armRedelivery(s);
         this.endRedelivery(s);
       });
-    }, REDELIVERY_QUIET_MS);
+    }, quietMs);
   }
 
   /**
@@ -381,14 +381,7 @@ export class PartitionSessions implements PartitionedIntake {
       // Not ours this instant (a hand-over began while they were coming): like any message then,
       // they wait, unacknowledged, until the partition is ours again or the session goes to the
       // next holder. Applied here, they would be taken for messages of a device owned elsewhere.
-      if (s.redeliveryTimer) clearTimeout(s.redeliveryTimer);
-      s.redeliveryTimer = setTimeout(() => {
-        s.redeliveryTimer = null;
-        if (!s.open || s.redelivered === null) return;
-        // A message waiting to be taken may be a resent one still (see armRedelivery).
-        if (s.holding) return this.armRedelivery(s);
-        this.endRedelivery(s);
-      }, NOT_OWNED_RETRY_MS);
+      this.armRedelivery(s, NOT_OWNED_RETRY_MS);
       return;
     }
     const list = s.redelivered ?? [];

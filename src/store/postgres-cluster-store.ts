@@ -1,6 +1,6 @@
 import type pg from "pg";
 import { TethralError } from "../core/errors";
-import { type BeatResult, type Fence, type FleetChanges, type HeldLease, type KnownRows, type LeaseRow, leaseHoldMs } from "../core/ports/cluster";
+import { type BeatResult, type Fence, type FleetChanges, type HeldLease, type KnownRows, type LeaseRow, type StoredPresence, leaseHoldMs } from "../core/ports/cluster";
 import { CLUSTER_CHANGE_INDEXES } from "./migrations";
 import {
   assertFence,
@@ -155,7 +155,7 @@ export async function changedSince(db: ClusterDb, since: number, known?: KnownRo
     const id = r.id as string;
     if (r.kind === "n") now = Number(r.now);
     if (r.kind === "d") {
-      if (known && known.deviceUpdatedAt(id) === Number(r.stamp)) presence.push({ id, status: r.status as string, lastSeen: Number(r.last_seen), lastMessage: Number(r.last_message ?? 0) });
+      if (known && known.deviceUpdatedAt(id) === Number(r.stamp)) presence.push(toPresence(r));
       else wholeDevices.push(id);
     } else if (r.kind === "s") {
       const rev = known?.stateRev(id);
@@ -177,10 +177,14 @@ export async function changedSince(db: ClusterDb, since: number, known?: KnownRo
   };
 }
 
-export async function presenceOf(db: ClusterDb, ids: string[]): Promise<{ id: string; status: string; lastSeen: number; lastMessage: number }[]> {
+export async function presenceOf(db: ClusterDb, ids: string[]): Promise<StoredPresence[]> {
   if (ids.length === 0) return [];
   const { rows } = await db.query("SELECT id, status, last_seen, last_message FROM devices WHERE id = ANY($1)", [ids]);
-  return rows.map((r) => ({ id: r.id as string, status: r.status as string, lastSeen: Number(r.last_seen), lastMessage: Number(r.last_message ?? 0) }));
+  return rows.map(toPresence);
+}
+
+function toPresence(r: Record<string, unknown>): StoredPresence {
+  return { id: r.id as string, status: r.status as string, lastSeen: Number(r.last_seen), lastMessage: Number(r.last_message ?? 0) };
 }
 
 /** The fence check of a write of these devices; null when no fence is set (no extra statement then). */

@@ -63,7 +63,7 @@ import {
   type TokenRow,
   type WriteBatch,
 } from "../core/ports/store";
-import type { BeatResult, ClusterStore, Fence, FleetChanges, HeldLease, KnownRows, LeaseRow } from "../core/ports/cluster";
+import type { BeatResult, ClusterStore, Fence, FleetChanges, HeldLease, KnownRows, LeaseRow, StoredPresence } from "../core/ports/cluster";
 
 export { connectionSettings, isConnectionError, isSerializationFailure };
 
@@ -427,7 +427,7 @@ export class PostgresStore implements Store, ClusterStore {
     return cluster.changedSince(this.clusterDb, since, known);
   }
 
-  presenceOf(ids: string[]): Promise<{ id: string; status: string; lastSeen: number; lastMessage: number }[]> {
+  presenceOf(ids: string[]): Promise<StoredPresence[]> {
     return cluster.presenceOf(this.clusterDb, ids);
   }
 

@@ -4,30 +4,18 @@ import { Hub } from "../../src/core";
 import { partitionOf } from "../../src/core/cluster/partition";
 import { PostgresStore } from "../../src/store/postgres";
 import { FakeAdapter, settle } from "../core/fake-adapter";
-import { startProxy, startTestPostgres, type TestPostgres, type TestProxy } from "../store/pg-harness";
+import { startProxy, type TestPostgres, type TestProxy } from "../store/pg-harness";
 import { LocalBroker } from "./local-link";
+import { SharedAdapter, clusterPostgres, until } from "./members";
 
 const PARTITIONS = 8;
 const LEASE_MS = 1_000;
-
-/** A shared-intake adapter (an external broker's subscription: every member sees every message). */
-class SharedAdapter extends FakeAdapter {
-  readonly sharedIntake = true;
-}
 
 interface Member {
   hub: Hub;
   shared: SharedAdapter;
   ws: FakeAdapter;
   store: PostgresStore;
-}
-
-async function until(what: string, check: () => boolean | Promise<boolean>, limitMs = 15_000): Promise<void> {
-  const end = Date.now() + limitMs;
-  while (!(await check())) {
-    if (Date.now() > end) assert.fail(`timed out waiting until ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 /**
@@ -73,11 +61,7 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
   const members: Member[] = [];
 
   before(async function () {
-    if (!process.env.TETHRAL_TEST_PG_URL) {
-      console.log("      (skipped: cluster members need a PostgreSQL server, TETHRAL_TEST_PG_URL; PGlite serves one connection at a time)");
-      this.skip();
-    }
-    db = await startTestPostgres();
+    db = await clusterPostgres(this);
   });
 
   after(async () => {
@@ -393,7 +377,9 @@ describe("cluster members (engine, one PostgreSQL, an in-process broker)", funct
         for (const step of [1, 2]) for (const m of [a!, d!]) m.shared.context.receive({ protocol: "mqtt", deviceId: device, kind: "telemetry", payload: Buffer.from(JSON.stringify({ frozen: step })) });
       },
       // D's answer waits until A has taken every partition over (D neither renewed nor beat meanwhile).
-      () => until("A took D's partitions over", () => ownedBy(a!).length === PARTITIONS, 10_000),
+      async () => {
+        await until("A took D's partitions over", () => ownedBy(a!).length === PARTITIONS, 10_000);
+      },
     );
     await until("A's takeover applied what A held", () => frozen(a!) === 2, 5_000);
     // The stale answer came; D gives its partitions up, beats again and takes its share back.

@@ -1,28 +1,13 @@
-import assert from "node:assert/strict";
 import { Hub } from "../../src/core";
 import { partitionOf } from "../../src/core/cluster/partition";
 import { PostgresStore } from "../../src/store/postgres";
-import { FakeAdapter } from "../core/fake-adapter";
-import { startTestPostgres, type TestPostgres } from "../store/pg-harness";
+import type { TestPostgres } from "../store/pg-harness";
 import { LocalBroker } from "./local-link";
+import { SharedAdapter, clusterPostgres, until } from "./members";
 
 const PARTITIONS = 8;
 /** Longer than the margin members follow changes by (5 s at most): the stored lastSeen is older than any of their reads looks back. */
 const HEARTBEAT_TIMEOUT_S = 7;
-
-/** A shared-intake adapter (an external broker's subscription: every member sees every message). */
-class SharedAdapter extends FakeAdapter {
-  readonly sharedIntake = true;
-}
-
-async function until(what: string, check: () => boolean, limitMs: number): Promise<number> {
-  const start = Date.now();
-  while (!check()) {
-    if (Date.now() - start > limitMs) assert.fail(`not within ${limitMs} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  return Date.now() - start;
-}
 
 describe("cluster members: a status set by its owner's heartbeat deadline (engine, one PostgreSQL)", function () {
   this.timeout(60_000);
@@ -30,11 +15,7 @@ describe("cluster members: a status set by its owner's heartbeat deadline (engin
   const hubs: Hub[] = [];
 
   before(async function () {
-    if (!process.env.TETHRAL_TEST_PG_URL) {
-      console.log("      (skipped: cluster members need a PostgreSQL server, TETHRAL_TEST_PG_URL; PGlite serves one connection at a time)");
-      this.skip();
-    }
-    db = await startTestPostgres();
+    db = await clusterPostgres(this);
   });
 
   after(async () => {

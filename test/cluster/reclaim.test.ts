@@ -2,36 +2,19 @@ import assert from "node:assert/strict";
 import { Hub } from "../../src/core";
 import { fingerprintOf } from "../../src/core/cluster/replay";
 import { PostgresStore } from "../../src/store/postgres";
-import { FakeAdapter } from "../core/fake-adapter";
-import { startProxy, startTestPostgres, type TestPostgres } from "../store/pg-harness";
+import { startProxy, type TestPostgres } from "../store/pg-harness";
 import { LocalBroker } from "./local-link";
+import { SharedAdapter, clusterPostgres, until } from "./members";
 
 const PARTITIONS = 4;
 const LEASE_MS = 1_000;
-
-/** A shared-intake adapter (an external broker's subscription: every member sees every message). */
-class SharedAdapter extends FakeAdapter {
-  readonly sharedIntake = true;
-}
-
-async function until(what: string, check: () => boolean, limitMs: number): Promise<void> {
-  const end = Date.now() + limitMs;
-  while (!check()) {
-    if (Date.now() > end) assert.fail(`not within ${limitMs} ms: ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 describe("a cluster member that loses its leases to a database outage and claims them back (engine, PostgreSQL behind a proxy)", function () {
   this.timeout(60_000);
   let db: TestPostgres;
 
   before(async function () {
-    if (!process.env.TETHRAL_TEST_PG_URL) {
-      console.log("      (skipped: cluster members need a PostgreSQL server, TETHRAL_TEST_PG_URL; PGlite serves one connection at a time)");
-      this.skip();
-    }
-    db = await startTestPostgres();
+    db = await clusterPostgres(this);
   });
 
   after(async () => {

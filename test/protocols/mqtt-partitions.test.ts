@@ -120,6 +120,16 @@ describe("MQTT partition sessions (cluster mode, a Mosquitto of the test's own)"
 
   const payloads = (m: Member) => m.applied.map((a) => JSON.parse(a.payload).n as number);
 
+  /** A first holder applies these reports, none stored, and loses its lease (its session cut): the broker keeps them for the next. */
+  async function appliedThenCut(reports: number[]): Promise<Member> {
+    const first = new Member([id]);
+    const a = await hold(first);
+    for (const n of reports) await report(n);
+    await until(async () => first.applied.length === reports.length, `${reports.length} applied`, 5_000);
+    a.intake.cut(partition);
+    return first;
+  }
+
   it("takes only its partition's registered devices' messages, under a client id every member shares", async () => {
     const member = new Member([id]);
     await hold(member);
@@ -150,12 +160,8 @@ describe("MQTT partition sessions (cluster mode, a Mosquitto of the test's own)"
   });
 
   it("skips redelivered messages up to the last one applied (by fingerprint, packet id included) and applies the rest in order", async () => {
-    const first = new Member([id]);
-    const a = await hold(first);
     // The same payload twice: only the packet id tells them apart.
-    for (const n of [1, 2, 2, 3]) await report(n);
-    await until(async () => first.applied.length === 4, "four applied", 5_000);
-    a.intake.cut(partition);
+    const first = await appliedThenCut([1, 2, 2, 3]);
 
     // The successor read, with the device's presence, the fingerprint of the first "2" as the last applied.
     const second = new Member([id]);
@@ -173,11 +179,7 @@ describe("MQTT partition sessions (cluster mode, a Mosquitto of the test's own)"
     // after the CONNACK, so they come in a read of their own, after the successor's loop was held.
     const proxy = await laggingProxy(new URL(broker!.url), 3, 50);
     proxies.push(proxy);
-    const first = new Member([id]);
-    const a = await hold(first);
-    for (const n of [1, 2, 3]) await report(n);
-    await until(async () => first.applied.length === 3, "three applied", 5_000);
-    a.intake.cut(partition);
+    const first = await appliedThenCut([1, 2, 3]);
 
     // The successor's loop is held 300 ms (three times the quiet time) just after its session
     // connects: when the loop goes on, the quiet timer has run out, and the resent messages are
@@ -253,11 +255,7 @@ describe("MQTT partition sessions (cluster mode, a Mosquitto of the test's own)"
   });
 
   it("does not apply redelivered messages once the partition stopped being its own while they came: the next holder gets them", async () => {
-    const first = new Member([id]);
-    const a = await hold(first);
-    for (const n of [1, 2, 3]) await report(n);
-    await until(async () => first.applied.length === 3, "three applied", 5_000);
-    a.intake.cut(partition);
+    await appliedThenCut([1, 2, 3]);
 
     // The second holder takes the resent messages, and a hand-over begins before their quiet time ends.
     const second = new Member([id]);

@@ -10,7 +10,7 @@ import type { MemberHost } from "./member";
  * connections this member holds.
  */
 /** Status and lastSeen as the owner wrote them. */
-function follow(record: DeviceRecord, row: { status: string; lastSeen: number; lastMessage?: number }, registry: DeviceRegistry, lastMessages: Map<string, number>): void {
+export function follow(record: DeviceRecord, row: { status: string; lastSeen: number; lastMessage?: number }, registry: DeviceRegistry, lastMessages: Map<string, number>): void {
   if (record.status !== row.status) registry.setStatus(record, row.status as DeviceStatus);
   if (row.lastSeen >= record.lastSeen) {
     record.lastSeen = row.lastSeen;

@@ -7,10 +7,9 @@ import type { DeviceMessage, PartitionHost, PartitionedIntake, ProtocolAdapter, 
 import { type InboundMessage, parseInbound } from "../inbound";
 import type { Presence } from "../presence";
 import type { DeviceRegistry } from "../registry";
-import type { DeviceStatus } from "../types";
 import type { StateManager } from "../state";
 import type { DeviceTokens } from "../tokens";
-import { applyChanges } from "./follow";
+import { applyChanges, follow } from "./follow";
 import { Leases, type LeaseStatistics } from "./leases";
 import { partitionOf } from "./partition";
 import { RecentMessages } from "./recent";
@@ -446,10 +445,7 @@ export class ClusterMember {
     for (const record of this.host.registry.allRecords()) if (mine(record.id)) ids.push(record.id);
     for (const row of await this.store.presenceOf(ids)) {
       const record = this.host.registry.record(row.id);
-      if (!record || row.lastSeen < record.lastSeen) continue;
-      if (record.status !== row.status) this.host.registry.setStatus(record, row.status as DeviceStatus);
-      record.lastSeen = row.lastSeen;
-      if (row.lastMessage !== 0) this.lastMessages.set(row.id, row.lastMessage);
+      if (record && row.lastSeen >= record.lastSeen) follow(record, row, this.host.registry, this.lastMessages);
     }
   }
 

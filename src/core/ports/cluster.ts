@@ -42,13 +42,21 @@ export interface BeatResult {
 }
 
 /** Rows changed since a time (database clock), for members to follow devices owned elsewhere. */
+/** A device's presence as stored: its status, lastSeen and the fingerprint of the last message applied (0: none). */
+export interface StoredPresence {
+  id: string;
+  status: string;
+  lastSeen: number;
+  lastMessage: number;
+}
+
 export interface FleetChanges {
   /** The database's clock when read: pass it (less a margin) as `since` next time. */
   now: number;
   /** Whole rows of devices new to the caller or edited since (their `updatedAt` differs from what it has). */
   devices: DeviceRow[];
   /** Status and lastSeen of the other changed devices (the caller has the rest). */
-  presence: { id: string; status: string; lastSeen: number; lastMessage: number }[];
+  presence: StoredPresence[];
   /** Whole rows of states newer (by `rev`) than what the caller has. */
   states: StateRow[];
   tokens: TokenRow[];
@@ -131,7 +139,7 @@ export interface ClusterStore {
    * read now: what a member that has just claimed their partitions goes on from. Missing ids are
    * left out.
    */
-  presenceOf(ids: string[]): Promise<{ id: string; status: string; lastSeen: number; lastMessage: number }[]>;
+  presenceOf(ids: string[]): Promise<StoredPresence[]>;
   /** The partition count the database was first used with; null before any member joined. */
   clusterPartitions(): Promise<number | null>;
 }

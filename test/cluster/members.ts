@@ -1,0 +1,33 @@
+import assert from "node:assert/strict";
+import { FakeAdapter } from "../core/fake-adapter";
+import { startTestPostgres, type TestPostgres } from "../store/pg-harness";
+
+// What the engine-level cluster tests share: their adapter, their wait, and their database.
+
+/** A shared-intake adapter (an external broker's subscription: every member sees every message). */
+export class SharedAdapter extends FakeAdapter {
+  readonly sharedIntake = true;
+}
+
+/** Waits until `check` holds, polling every 20 ms; fails after `limitMs`. Resolves with the time it took, ms. */
+export async function until(what: string, check: () => boolean | Promise<boolean>, limitMs = 15_000): Promise<number> {
+  const start = Date.now();
+  while (!(await check())) {
+    if (Date.now() - start > limitMs) assert.fail(`timed out waiting until ${what} (${limitMs} ms)`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return Date.now() - start;
+}
+
+/**
+ * A database of the test's own on the PostgreSQL server at TETHRAL_TEST_PG_URL, for a `before`
+ * hook; without one the suite is skipped, saying why in one line (members need concurrent
+ * connections, which PGlite does not serve).
+ */
+export async function clusterPostgres(ctx: Mocha.Context): Promise<TestPostgres> {
+  if (!process.env.TETHRAL_TEST_PG_URL) {
+    console.log("      (skipped: cluster members need a PostgreSQL server, TETHRAL_TEST_PG_URL; PGlite serves one connection at a time)");
+    ctx.skip();
+  }
+  return startTestPostgres();
+}
