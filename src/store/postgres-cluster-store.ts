@@ -25,7 +25,7 @@ import {
   type FenceCheck,
 } from "./postgres-cluster";
 import { sqlState } from "./postgres-connection";
-import { text, toDeviceRow, toStateRow, toTokenRow } from "./postgres-sql";
+import { DEVICE_ROW, STATE_ROW, text, toDeviceRow, toStateRow, toTokenRow } from "./postgres-sql";
 
 /**
  * The ClusterStore side of PostgresStore (CONTRACT §8; times are the database's clock): the
@@ -163,8 +163,8 @@ export async function changedSince(db: ClusterDb, since: number, known?: KnownRo
     } else if (r.kind === "r") removed.push(id);
   }
   const [devices, states, tokens] = await Promise.all([
-    wholeDevices.length > 0 ? db.query("SELECT * FROM devices WHERE id = ANY($1)", [wholeDevices]) : null,
-    wholeStates.length > 0 ? db.query("SELECT * FROM states WHERE device_id = ANY($1)", [wholeStates]) : null,
+    wholeDevices.length > 0 ? db.query(`SELECT ${DEVICE_ROW} FROM devices WHERE id = ANY($1)`, [wholeDevices]) : null,
+    wholeStates.length > 0 ? db.query(`SELECT ${STATE_ROW} FROM states WHERE device_id = ANY($1)`, [wholeStates]) : null,
     db.query("SELECT * FROM device_tokens WHERE created_at >= $1", [since]),
   ]);
   return {

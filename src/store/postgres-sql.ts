@@ -78,6 +78,13 @@ export function toDeviceRow(r: Row): DeviceRow {
   };
 }
 
+/**
+ * Device and state rows as toDeviceRow and toStateRow read them: named, so a column only a
+ * cluster's following reads (stored_at) is not fetched and parsed with each of a fleet's rows.
+ */
+export const DEVICE_ROW = "id, name, protocol, address, manufacturer, model, firmware, capabilities, tags, heartbeat_timeout, metadata, status, last_seen, last_message, created_at, updated_at";
+export const STATE_ROW = "device_id, properties, desired, version, changed_at, updated_at, reported_at, rev";
+
 export function toStateRow(r: Row): StateRow {
   return {
     deviceId: str(r.device_id),

@@ -20,6 +20,7 @@ import {
   columns,
   COMMAND_COLUMNS,
   DELETE_DEVICE,
+  DEVICE_ROW,
   deviceParams,
   EVENT_COLUMNS,
   eventsQuery,
@@ -39,6 +40,7 @@ import {
   toTokenRow,
   UPDATE_PRESENCE,
   UPSERT_COMMANDS,
+  STATE_ROW,
   UPSERT_DEVICE,
   UPSERT_STATES,
 } from "./postgres-sql";
@@ -261,12 +263,12 @@ export class PostgresStore implements Store, ClusterStore {
   }
 
   async loadDevices(): Promise<DeviceRow[]> {
-    const { rows } = await this.query("SELECT * FROM devices");
+    const { rows } = await this.query(`SELECT ${DEVICE_ROW} FROM devices`);
     return rows.map(toDeviceRow);
   }
 
   async loadStates(): Promise<StateRow[]> {
-    const { rows } = await this.query("SELECT * FROM states");
+    const { rows } = await this.query(`SELECT ${STATE_ROW} FROM states`);
     return rows.map(toStateRow);
   }
 
