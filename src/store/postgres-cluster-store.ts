@@ -1,12 +1,13 @@
 import type pg from "pg";
 import { TethralError } from "../core/errors";
-import { type BeatResult, type Fence, type FleetChanges, type HeldLease, type KnownRows, type LeaseRow, type StoredPresence, leaseHoldMs } from "../core/ports/cluster";
+import { type BeatResult, type ClaimLockedFailure, type Fence, type FleetChanges, type HeldLease, type KnownRows, type LeaseRow, type StoredPresence, leaseHoldMs } from "../core/ports/cluster";
 import { CLUSTER_CHANGE_INDEXES } from "./migrations";
 import {
   assertFence,
   BEAT_MEMBER_HOLDING,
   CLAIM_LEASE,
   DB_NOW,
+  END_STUCK_HOLDERS,
   fenceCheck,
   FORGET,
   INSERT_LEASES,
@@ -96,15 +97,41 @@ export async function clusterClaim(db: ClusterDb, member: string, partition: num
       return rows.length > 0 ? toLeaseRow(rows[0]!) : null;
     });
   } catch (err) {
-    if (sqlState(err) === "55P03" || sqlState((err as { cause?: unknown })?.cause) === "55P03") throw new ClaimLocked(partition);
-    throw err;
+    if (sqlState(err) !== "55P03" && sqlState((err as { cause?: unknown })?.cause) !== "55P03") throw err;
+    throw new ClaimLocked(partition, await endStuckHolders(db, partition, leaseHoldMs(leaseMs)));
   }
 }
 
-/** A claim that found the lease row locked (by its owner's write): tried again at a later beat. */
-export class ClaimLocked extends Error {
-  readonly locked = true;
-  constructor(partition: number) {
+/**
+ * END_STUCK_HOLDERS for a lease run out more than `graceMs` ago: what was ended, or why nothing
+ * could be (a database without the function, a role not allowed to end another's connection).
+ */
+async function endStuckHolders(db: ClusterDb, partition: number, graceMs: number): Promise<StuckHolders> {
+  try {
+    const { rows } = await db.query(END_STUCK_HOLDERS, [partition, Math.round(graceMs)]);
+    return { owner: (rows[0]?.owner as string | undefined) ?? null, ended: rows.filter((r) => r.ended === true).length, error: null };
+  } catch (err) {
+    return { owner: null, ended: 0, error: err };
+  }
+}
+
+interface StuckHolders {
+  /** The lease's owner whose transactions were found; null when none were. */
+  owner: string | null;
+  ended: number;
+  error: unknown;
+}
+
+/**
+ * A claim that found the lease row locked (by its owner's write): tried again at a later beat.
+ * `stuck`: the owner's transactions that had held it for too long, ended (see END_STUCK_HOLDERS).
+ */
+export class ClaimLocked extends Error implements ClaimLockedFailure {
+  readonly locked = true as const;
+  constructor(
+    partition: number,
+    readonly stuck: StuckHolders = { owner: null, ended: 0, error: null },
+  ) {
     super(`the lease of partition ${partition} is locked by a write in flight`);
   }
 }

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import Database from "better-sqlite3";
 import pg from "pg";
-import { isClusterStore, isFenced, type Fence, type FencedFailure, type HeldLease } from "../../src/core/ports/cluster";
+import { isClaimLocked, isClusterStore, isFenced, leaseHoldMs, type Fence, type FencedFailure, type HeldLease } from "../../src/core/ports/cluster";
 import type { PointRow, Store, WriteBatch } from "../../src/core/ports/store";
 import { PostgresStore } from "../../src/store/postgres";
 import { SqliteStore } from "../../src/store/sqlite";
@@ -12,7 +12,8 @@ import { NO_RETENTION } from "./contract";
 import { commandRow, deviceRow, eventRow, historyRow, stateRow, T0 } from "./fixtures";
 import { startTestPostgres, type TestPostgres } from "./pg-harness";
 import { type ClusterDb, clusterBeat } from "../../src/store/postgres-cluster-store";
-import { LOCK_LEASES } from "../../src/store/postgres-cluster";
+import { assertFence, fenceCheck, LOCK_LEASES } from "../../src/store/postgres-cluster";
+import { from as copyFrom } from "pg-copy-streams";
 import { until } from "../protocols/mqtt-device";
 
 const ON_SERVER = Boolean(process.env.TETHRAL_TEST_PG_URL);
@@ -229,6 +230,63 @@ describe("PostgresStore cluster mode", function () {
       assert.deepEqual([taken.owner, taken.epoch], ["b", held.epoch + 1]);
       client.release(true);
       await pool.end().catch(() => undefined);
+    });
+
+    it("ends the transactions of a member stuck in the middle of a COPY past its lease, so another member claims (the database ends only idle ones)", async function () {
+      if (db.kind === "pglite") {
+        console.log("      (skipped on PGlite: one backend runs one transaction at a time; CI runs it on the real server)");
+        this.skip();
+      }
+      // An id past the 63 bytes of an application name, and not ASCII: the owner is found by its tag.
+      const member = `a-é-${"x".repeat(100)}`;
+      const a = await open();
+      const b = await open();
+      await a.clusterJoin(member, 4);
+      await b.clusterJoin("b", 4);
+      const lease = 1_000;
+      const held = await a.clusterClaim(member, 2, lease);
+      assert.ok(held);
+      // a's fenced write of a large batch, frozen while it streams the points (SIGSTOP there): the
+      // statement waits for the rest of the COPY, holding the lease row, and is never idle.
+      const stuck = new pg.Client({ connectionString: db.url });
+      let ended: unknown = null;
+      stuck.on("error", (err) => (ended ??= err));
+      await stuck.connect();
+      await stuck.query("BEGIN");
+      await assertFence(stuck, fenceCheck({ ...fenceOf(member, { d1: 2 }, new Map([[2, held.epoch]])), holdMs: leaseHoldMs(lease) }, ["d1"]));
+      const copy = stuck.query(copyFrom("COPY ts_points (series_id, ts, num, val) FROM STDIN"));
+      copy.on("error", (err) => (ended ??= err));
+      copy.write("1\t");
+      await untilDbPast(b, held.expiresAt);
+      const claim = async () => {
+        try {
+          return await b.clusterClaim("b", 2, lease);
+        } catch (err) {
+          if (!isClaimLocked(err)) throw err;
+          return err;
+        }
+      };
+      // Within half a lease of its end (a write may be finishing), the row stays locked and a lives.
+      const first = await claim();
+      assert.ok(isClaimLocked(first), "locked at first");
+      assert.deepEqual(first.stuck, { owner: null, ended: 0, error: null });
+      assert.equal(ended, null);
+      // Then its transaction is ended and the lease claimed.
+      let taken = null;
+      let stuckHolders = null;
+      const deadline = Date.now() + 8_000;
+      while (!taken && Date.now() < deadline) {
+        const got = await claim();
+        if (isClaimLocked(got)) {
+          if (got.stuck.ended > 0) stuckHolders = got.stuck;
+          await new Promise((resolve) => setTimeout(resolve, 100));
+        } else taken = got;
+      }
+      assert.ok(taken, "claimed by b");
+      assert.deepEqual([taken.owner, taken.epoch], ["b", held.epoch + 1]);
+      assert.deepEqual(stuckHolders, { owner: member, ended: 1, error: null });
+      assert.equal((ended as { code?: unknown } | null)?.code, "57P01", `a's transaction ended by the claim: ${String(ended)}`);
+      await stuck.end().catch(() => undefined);
     });
 
     it("renews at a beat only the leases still the member's at the epoch it names", async function () {

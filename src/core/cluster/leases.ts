@@ -1,6 +1,6 @@
 import type { Clock, TimerHandle } from "../clock";
 import { errorMessage } from "../errors";
-import type { BeatResult, ClusterStore, HeldLease, LeaseRow, MemberRow } from "../ports/cluster";
+import { type BeatResult, type ClaimLockedFailure, type ClusterStore, type HeldLease, isClaimLocked, type LeaseRow, type MemberRow } from "../ports/cluster";
 import { assignPartitions } from "./partition";
 
 /** What the member does when a partition comes or goes (see `ClusterMember`). */
@@ -58,6 +58,8 @@ export class Leases {
   private lastRenewal = 0;
   private timer: TimerHandle | null = null;
   private running = false;
+  /** A failure to end a stuck member's transactions was said (once: it would repeat every beat). */
+  private stuckWarned = false;
   private beating: Promise<void> | null = null;
   private readonly stats = { takeovers: 0, handovers: 0, lost: 0, beats: 0, beatFailures: 0 };
   /** performance.now() when another member's lease or membership runs out next (see `nextExpiry`). */
@@ -265,13 +267,28 @@ export class Leases {
     try {
       row = await this.store.clusterClaim(this.member, partition, this.leaseMs);
     } catch (err) {
-      if ((err as { locked?: unknown })?.locked === true) return "locked";
+      if (isClaimLocked(err)) {
+        this.stuckHolders(partition, err.stuck);
+        return "locked";
+      }
       this.hooks.warn(`cluster: could not claim partition ${partition}: ${errorMessage(err)}`);
       return null;
     }
     if (!row) return null;
     this.held.set(partition, { epoch: row.epoch, phase: "loading" });
     return { partition, epoch: row.epoch };
+  }
+
+  /** Says what a locked claim ended of its stuck previous owner; a failure to end, once. */
+  private stuckHolders(partition: number, stuck: ClaimLockedFailure["stuck"]): void {
+    if (stuck.ended > 0) {
+      this.hooks.warn(
+        `cluster: partition ${partition}'s lease row was still locked by ${stuck.ended} transaction(s) of member ${stuck.owner}, held past its lease (a member stuck in the middle of a write): ended them`,
+      );
+    } else if (stuck.error !== null && !this.stuckWarned) {
+      this.stuckWarned = true;
+      this.hooks.warn(`cluster: could not end a stuck member's transactions holding a lease row (they hold it until its connection closes): ${errorMessage(stuck.error)}`);
+    }
   }
 
   private async load(claimed: HeldLease[]): Promise<void> {

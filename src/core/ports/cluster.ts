@@ -98,6 +98,17 @@ export interface FencedFailure extends Error {
   readonly deviceIds: string[];
 }
 
+/** What `clusterClaim` rejects with when the lease row is locked (by its owner's write in flight). */
+export interface ClaimLockedFailure extends Error {
+  readonly locked: true;
+  /** The owner's transactions the store found holding the row too long and ended (`owner` null: none), or why it could not. */
+  readonly stuck: { owner: string | null; ended: number; error: unknown };
+}
+
+export function isClaimLocked(err: unknown): err is ClaimLockedFailure {
+  return typeof err === "object" && err !== null && (err as { locked?: unknown }).locked === true;
+}
+
 export function isFenced(err: unknown): err is FencedFailure {
   return typeof err === "object" && err !== null && (err as { fenced?: unknown }).fenced === true;
 }
@@ -117,7 +128,10 @@ export interface ClusterStore {
   clusterBeat(member: string, leaseMs: number, held: HeldLease[]): Promise<BeatResult>;
   /**
    * Claims a partition whose lease is free or expired (database clock): owner = member,
-   * epoch + 1, expiresAt = now + leaseMs. Null when someone else holds it.
+   * epoch + 1, expiresAt = now + leaseMs. Null when someone else holds it. Rejects with a
+   * `ClaimLockedFailure` when the lease row stays locked by its owner's write in flight; the store
+   * then ends that owner's transactions that have held it for half a lease after the lease ran out
+   * (a member stuck in the middle of a statement), so a later claim gets it.
    */
   clusterClaim(member: string, partition: number, leaseMs: number): Promise<LeaseRow | null>;
   /** Releases leases still this member's at those epochs (owner null, expiresAt 0; the epoch stays). */

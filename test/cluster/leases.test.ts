@@ -1,0 +1,58 @@
+import assert from "node:assert/strict";
+import { ManualClock } from "../../src/core/clock";
+import { Leases } from "../../src/core/cluster/leases";
+import type { BeatResult, ClaimLockedFailure, ClusterStore } from "../../src/core/ports/cluster";
+
+/** A store whose every claim finds the lease row locked, with `stuck` as what it ended. */
+function lockedStore(stuck: () => ClaimLockedFailure["stuck"]): ClusterStore {
+  const view = (): BeatResult => ({
+    now: 1_000_000,
+    members: [{ id: "me", since: 0, lastSeen: 1_000_000 }],
+    leases: [{ partition: 0, owner: "old", epoch: 3, expiresAt: 1 }],
+    renewed: [],
+  });
+  const partial: Partial<ClusterStore> = {
+    clusterJoin: async () => ({ now: 1_000_000 }),
+    clusterBeat: async () => view(),
+    clusterClaim: async () => {
+      throw Object.assign(new Error("the lease of partition 0 is locked by a write in flight"), { locked: true as const, stuck: stuck() });
+    },
+    clusterRelease: async () => undefined,
+    clusterLeave: async () => undefined,
+  };
+  return partial as ClusterStore;
+}
+
+async function beats(stuck: () => ClaimLockedFailure["stuck"], count: number): Promise<string[]> {
+  const warnings: string[] = [];
+  const clock = new ManualClock();
+  const leases = new Leases(lockedStore(stuck), clock, "me", 1, 1_000, {
+    acquire: async () => undefined,
+    handOver: async () => undefined,
+    lost: () => undefined,
+    resumed: () => undefined,
+    warn: (m) => warnings.push(m),
+  });
+  await leases.start();
+  for (let i = 1; i < count; i++) {
+    clock.advance(leases.beatMs);
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  assert.equal(leases.ownedPartitions().length, 0);
+  await leases.stop();
+  return warnings;
+}
+
+describe("Leases: a claim that finds the lease row locked", function () {
+  it("says when the store ended the stuck previous owner's transactions, at each beat it did", async function () {
+    const warnings = await beats(() => ({ owner: "old", ended: 2, error: null }), 2);
+    assert.equal(warnings.length, 2);
+    assert.match(warnings[0]!, /^cluster: partition 0's lease row was still locked by 2 transaction\(s\) of member old, held past its lease .*: ended them$/);
+  });
+
+  it("says once that it could not end them (the next beats would say it again), and nothing while there is nothing to end", async function () {
+    assert.deepEqual(await beats(() => ({ owner: null, ended: 0, error: null }), 3), []);
+    const warnings = await beats(() => ({ owner: null, ended: 0, error: new Error("function pg_terminate_backend(int) does not exist") }), 3);
+    assert.deepEqual(warnings, ["cluster: could not end a stuck member's transactions holding a lease row (they hold it until its connection closes): function pg_terminate_backend(int) does not exist"]);
+  });
+});
