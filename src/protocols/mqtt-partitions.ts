@@ -333,25 +333,33 @@ export class PartitionSessions implements PartitionedIntake {
         setTimeout(go, NOT_OWNED_RETRY_MS);
         return;
       }
-      this.take(s, packet);
+      if (!this.take(s, packet)) {
+        // The member found the partition not its own after all (its lease ran out in between).
+        s.holding = true;
+        setTimeout(go, NOT_OWNED_RETRY_MS);
+        return;
+      }
       callback(packet.qos > 0 ? ACKNOWLEDGED_LATER : undefined);
     };
     go();
   }
 
-  private take(s: Session, packet: IPublishPacket): void {
-    this.figures.messages++;
+  /** False when the message was not taken (the member refused it as not its own this instant): it is offered again. */
+  private take(s: Session, packet: IPublishPacket): boolean {
     if (s.redelivered !== null) {
       if (packet.dup) {
+        this.figures.messages++;
         this.figures.redelivered++;
         s.redelivered.push(packet);
         this.armRedelivery(s);
-        return;
+        return true;
       }
-      // Owned: `handle` has just asked, and the answer holds for this packet and those before it.
-      this.endRedelivery(s, true);
+      // Owned: `handle` has just asked. The redelivered messages come first; one refused, this waits too.
+      if (!this.endRedelivery(s, true)) return false;
     }
-    this.apply(s, packet);
+    if (!this.apply(s, packet)) return false;
+    this.figures.messages++;
+    return true;
   }
 
   private armRedelivery(s: Session, quietMs = REDELIVERY_QUIET_MS): void {
@@ -376,13 +384,13 @@ export class PartitionSessions implements PartitionedIntake {
    * last applied (stored by the previous holder, or applied here before a reconnection) are
    * skipped; the rest are applied, in order.
    */
-  private endRedelivery(s: Session, owned = this.host.ownsPartition(s.partition)): void {
+  private endRedelivery(s: Session, owned = this.host.ownsPartition(s.partition)): boolean {
     if (!owned) {
       // Not ours this instant (a hand-over began while they were coming): like any message then,
       // they wait, unacknowledged, until the partition is ours again or the session goes to the
       // next holder. Applied here, they would be taken for messages of a device owned elsewhere.
       this.armRedelivery(s, NOT_OWNED_RETRY_MS);
-      return;
+      return false;
     }
     const list = s.redelivered ?? [];
     s.redelivered = null;
@@ -395,42 +403,57 @@ export class PartitionSessions implements PartitionedIntake {
       const last = this.host.lastMessageOf(parsed.deviceId);
       if (last !== undefined && last !== 0 && fingerprintOf(parsed.kind, packet.payload, packet.messageId ?? 0) === last) upTo.set(parsed.deviceId, i);
     });
-    list.forEach((packet, i) => {
+    for (let i = 0; i < list.length; i++) {
+      const packet = list[i]!;
       const parsed = this.topics.parse(packet.topic);
       if (parsed && (upTo.get(parsed.deviceId) ?? -1) >= i) {
         this.figures.duplicatesSkipped++;
         this.pendAck(s, packet);
-        return;
+        continue;
       }
-      this.apply(s, packet);
-    });
+      if (!this.apply(s, packet)) {
+        // The partition stopped being ours while they were applied (the lease ran out in the
+        // loop): this one and the rest wait, as above, and are sorted out again then.
+        s.redelivered = list.slice(i);
+        this.armRedelivery(s, NOT_OWNED_RETRY_MS);
+        return false;
+      }
+    }
+    return true;
   }
 
-  private apply(s: Session, packet: IPublishPacket): void {
+  /** False when the member refused the message as not its own this instant: nothing done, nothing to acknowledge. */
+  private apply(s: Session, packet: IPublishPacket): boolean {
+    if (!this.deliver(packet)) return false;
+    this.pendAck(s, packet);
+    return true;
+  }
+
+  /** Hands the message to the member, or refuses it to the context (then done with too); false when the member refused it. */
+  private deliver(packet: IPublishPacket): boolean {
     const context = this.context();
     const topic = packet.topic;
     const payload = typeof packet.payload === "string" ? Buffer.from(packet.payload) : packet.payload;
     try {
       const parsed = this.topics.parse(topic);
-      if (!context) return;
+      if (!context) return true;
       if (!parsed || parsed.kind === null) {
         // A device's subtree holds the hub's own topics too (its commands, its twin): not for the hub.
-        if (parsed && (parsed.level === COMMANDS_LEVEL || parsed.level === DESIRED_LEVEL)) return;
+        if (parsed && (parsed.level === COMMANDS_LEVEL || parsed.level === DESIRED_LEVEL)) return true;
         context.reject({ reason: "unknown-topic", message: `no such topic: ${topic.slice(0, 200)}` });
-        return;
+        return true;
       }
       if (payload.length > context.maxPayloadBytes) {
         context.reject({ deviceId: parsed.deviceId, kind: parsed.kind, reason: "too-large", message: `payload of ${payload.length} bytes, more than ${context.maxPayloadBytes}` });
-        return;
+        return true;
       }
-      this.host.receive({ protocol: "mqtt", deviceId: parsed.deviceId, kind: parsed.kind, payload, authenticated: true, retained: packet.retain === true }, packet.messageId ?? 0);
+      return this.host.receive({ protocol: "mqtt", deviceId: parsed.deviceId, kind: parsed.kind, payload, authenticated: true, retained: packet.retain === true }, packet.messageId ?? 0) !== null;
     } catch (err) {
       if (context) {
         context.counters.errors++;
         context.warn(`message on ${topic} not handled: ${errorMessage(err)}`);
       }
-    } finally {
-      this.pendAck(s, packet);
+      return true;
     }
   }
 

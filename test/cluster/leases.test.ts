@@ -28,6 +28,7 @@ async function beats(stuck: () => ClaimLockedFailure["stuck"], count: number): P
   const clock = new ManualClock();
   const leases = new Leases(lockedStore(stuck), clock, "me", 1, 1_000, {
     acquire: async () => undefined,
+    owned: () => undefined,
     handOver: async () => undefined,
     lost: () => undefined,
     resumed: () => undefined,

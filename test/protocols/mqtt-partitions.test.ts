@@ -46,10 +46,23 @@ class Member implements PartitionHost {
     }
     return this.devices.filter((id) => this.partitionOf(id) === p);
   }
-  receive(message: DeviceMessage, packetId: number): ReceiveResult {
+  /** Messages to refuse as not its own, next (a lease that ran out after the session asked). */
+  refusals = 0;
+  /** Messages refused as not its own so far. */
+  refused = 0;
+  /** Called after each message applied. */
+  afterApply: (() => void) | null = null;
+  receive(message: DeviceMessage, packetId: number): ReceiveResult | null {
+    // As a member decides: by its lease at this instant.
+    if (!this.owned || this.refusals > 0) {
+      this.refusals = Math.max(0, this.refusals - 1);
+      this.refused++;
+      return null;
+    }
     const payload = Buffer.from(message.payload as Uint8Array).toString();
     this.applied.push({ deviceId: message.deviceId, payload, packetId });
     this.last.set(message.deviceId, fingerprintOf(message.kind, message.payload, packetId));
+    this.afterApply?.();
     return { ok: true, deviceId: message.deviceId, status: "online", changed: true };
   }
   lastMessageOf(id: string): number | undefined {
@@ -271,6 +284,39 @@ describe("MQTT partition sessions (cluster mode, a Mosquitto of the test's own)"
     await until(async () => third.applied.length === 3, "the next holder gets them", 5_000);
     assert.deepEqual(payloads(third), [1, 2, 3]);
     assert.deepEqual(payloads(second), []);
+  });
+
+  it("offers a message the member refused as not its own (its lease ran out after the session asked) again: applied once, in order", async () => {
+    const member = new Member([id]);
+    member.refusals = 1;
+    await hold(member);
+    await report(1);
+    await report(2);
+    await until(async () => member.applied.length === 2, "both applied", 5_000);
+    assert.deepEqual(payloads(member), [1, 2]);
+    assert.equal(member.refused, 1);
+  });
+
+  it("stops applying resent messages where the member refuses one (its lease ran out in the loop over them): the rest wait, unacknowledged, for the next holder", async () => {
+    await appliedThenCut([1, 2, 3]);
+
+    // The second holder's lease runs out right after it applies the first resent message.
+    const second = new Member([id]);
+    second.afterApply = () => (second.owned = false);
+    const b = await hold(second);
+    await until(async () => second.refused > 0, "a resent message refused", 5_000);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.deepEqual(payloads(second), [1]);
+    // What it applied is stored, and acknowledged at the hand-over; what it refused is not.
+    second.store();
+    await b.intake.close(partition);
+
+    const third = new Member([id]);
+    await hold(third);
+    await until(async () => third.applied.length === 2, "the next holder gets the rest", 5_000);
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    assert.deepEqual(payloads(third), [2, 3]);
+    assert.deepEqual(payloads(second), [1]);
   });
 });
 

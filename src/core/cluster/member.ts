@@ -131,6 +131,12 @@ export class ClusterMember {
   private intakes: PartitionedIntake[] = [];
   /** The packet id of the message being applied from a partition's session (0: none). */
   private packetId = 0;
+  /**
+   * The device whose message a partition's session is applying now (null: none): its ownership was
+   * decided once, when the session handed it over, and holds while it is applied. Asked again, a
+   * lease that ran out in between would have it forwarded as another member's, and acknowledged.
+   */
+  private applyingFromSession: string | null = null;
 
   constructor(
     private readonly host: MemberHost,
@@ -174,7 +180,7 @@ export class ClusterMember {
   }
 
   owns(deviceId: string): boolean {
-    return this.leases.owns(this.partitionOf(deviceId));
+    return deviceId === this.applyingFromSession || this.leases.owns(this.partitionOf(deviceId));
   }
 
   /** The fence the store checks every device write against. */
@@ -281,11 +287,14 @@ export class ClusterMember {
         return ids;
       },
       receive: (message, packetId) => {
+        if (!this.leases.owns(this.partitionOf(message.deviceId))) return null;
         this.packetId = packetId;
+        this.applyingFromSession = message.deviceId;
         try {
           return this.host.receive(message);
         } finally {
           this.packetId = 0;
+          this.applyingFromSession = null;
         }
       },
       lastMessageOf: (id) => this.lastMessages.get(id),

@@ -77,8 +77,13 @@ export interface PartitionHost {
   confirmOwnership(partition: number): Promise<boolean>;
   /** The registered devices of a partition. */
   devicesOf(partition: number): string[];
-  /** Applies a message of a device owned here; `packetId` goes into its fingerprint (0: none). */
-  receive(message: DeviceMessage, packetId: number): ReceiveResult;
+  /**
+   * Applies a message of a device owned here; `packetId` goes into its fingerprint (0: none). Null
+   * when the device's partition is not this member's this instant (a lease running out, a
+   * hand-over): nothing was done with it, and the session keeps it, unacknowledged, for when the
+   * partition is this member's again or for its next holder.
+   */
+  receive(message: DeviceMessage, packetId: number): ReceiveResult | null;
   /** The fingerprint of the last message applied to the device (here, or as its previous owner stored it). */
   lastMessageOf(deviceId: string): number | undefined;
   /** A mark of what was applied so far: stored once `onWritten` hears an index above it; null when it already is. */
