@@ -229,17 +229,22 @@ export class PointBuffer {
 
   /** Takes every point of `deviceId` off the buffer (the others keep their order). */
   extract(deviceId: string): PointBatch {
-    // One pass to look; the buffer is rebuilt only when the device has points in it.
+    return this.extractWhere((id) => id === deviceId);
+  }
+
+  /** Takes every point of the devices `match` picks off the buffer (the others keep their order). */
+  extractWhere(match: (deviceId: string) => boolean): PointBatch {
+    // One pass to look; the buffer is rebuilt only when a device it picks has points in it.
     let found = false;
-    for (let i = this.head; i < this.tail && !found; i++) found = this.deviceIds[i] === deviceId;
+    for (let i = this.head; i < this.tail && !found; i++) found = match(this.deviceIds[i]!);
     if (!found) return PointBatch.empty();
     const all = this.take(this.length);
-    const mine: number[] = [];
+    const picked: number[] = [];
     for (let i = 0; i < all.length; i++) {
-      if (all.deviceIds[i] === deviceId) mine.push(i);
+      if (match(all.deviceIds[i]!)) picked.push(i);
       else this.push(all.deviceIds[i]!, all.keys[i]!, all.times[i]!, all.value(i));
     }
-    return all.pick(mine);
+    return all.pick(picked);
   }
 
   private makeRoom(): void {

@@ -42,6 +42,10 @@ export class Persistence {
   private readonly stats = { flushes: 0, rowsWritten: 0, failures: 0, refused: 0, pointsWritten: 0, fenced: 0 };
   /** Batches taken so far (each `take()` counts one). */
   private takes = 0;
+  /** The index of the batch being written (its `takes` count when taken). */
+  private writing = 0;
+  /** Devices whose rows were discarded while batches taken up to `through` were in flight: not put back. */
+  private discarded: { theirs: (deviceId: string) => boolean; through: number }[] = [];
   /** Told the index of each batch written that left the queue empty (see `writtenMark`). */
   private writtenListeners: ((index: number) => void)[] = [];
 
@@ -289,6 +293,8 @@ export class Persistence {
       .then(() => {
         const batch = this.take();
         const index = ++this.takes;
+        this.writing = index;
+        if (this.discarded.length > 0) this.discarded = this.discarded.filter((d) => d.through >= index);
         const drains = this.queue.isEmpty;
         return this.write(batch)
           .then(() => {
@@ -388,8 +394,29 @@ export class Persistence {
     this.succeeded();
   }
 
+  /**
+   * Cluster mode: drops what waits to be written of the devices `theirs` picks, because another
+   * member held their partition since this one let it go (see `LeaseHooks.superseded`): their
+   * rows here are older than what it stored, and it stored the messages this member had not
+   * (partition sessions give it what was not acknowledged). Counted as fenced. A batch being
+   * written now is refused by its fence, and is not put back with them either. Returns the rows
+   * dropped from the queue (those of a batch in flight are counted when it fails).
+   */
+  discard(theirs: (deviceId: string) => boolean): number {
+    const dropped = this.queue.discard(theirs);
+    this.stats.fenced += dropped;
+    if (this.busy > 0) this.discarded.push({ theirs, through: this.takes });
+    return dropped;
+  }
+
   /** A failed batch goes back in front of what arrived meanwhile; presence and state are re-read later. */
   private putBack(batch: WriteBatch): void {
+    for (const d of this.discarded) {
+      if (d.through < this.writing) continue;
+      const before = rowsOf(batch);
+      batch = withoutMatching(batch, d.theirs);
+      this.stats.fenced += before - rowsOf(batch);
+    }
     this.queue.putBack(batch);
     const rows = this.queue.backlog;
     if (rows > this.options.maxBufferedRows) this.shed(rows - this.options.maxBufferedRows);
@@ -499,12 +526,17 @@ export class Persistence {
 }
 
 function withoutDevices(batch: WriteBatch, ids: ReadonlySet<string>): WriteBatch {
+  return withoutMatching(batch, (id) => ids.has(id));
+}
+
+/** The batch without the rows of the devices `theirs` picks (events stay: they name no lease). */
+function withoutMatching(batch: WriteBatch, theirs: (deviceId: string) => boolean): WriteBatch {
   return {
-    presence: batch.presence.filter((r) => !ids.has(r.id)),
-    states: batch.states.filter((r) => !ids.has(r.deviceId)),
-    history: batch.history.filter((r) => !ids.has(r.deviceId)),
+    presence: batch.presence.filter((r) => !theirs(r.id)),
+    states: batch.states.filter((r) => !theirs(r.deviceId)),
+    history: batch.history.filter((r) => !theirs(r.deviceId)),
     events: batch.events,
-    ...(batch.points && { points: PointBatch.of(batch.points).filter((id) => !ids.has(id)) }),
+    ...(batch.points && { points: PointBatch.of(batch.points).filter((id) => !theirs(id)) }),
   };
 }
 

@@ -99,6 +99,21 @@ export class WriteQueue {
     return { presence, states, history, events, points };
   }
 
+  /**
+   * Drops what waits of the devices `theirs` picks (not their events, which name no lease, nor
+   * what is held aside for a direct write): the rows dropped.
+   */
+  discard(theirs: (deviceId: string) => boolean): number {
+    let n = 0;
+    for (const id of this.presence) if (theirs(id) && this.presence.delete(id)) n++;
+    for (const id of this.states) if (theirs(id) && this.states.delete(id)) n++;
+    const history = this.history.filter((row) => !theirs(row.deviceId));
+    n += this.history.length - history.length;
+    this.history = history;
+    if (this.points.length > 0) n += this.points.extractWhere(theirs).length;
+    return n;
+  }
+
   /** A batch from `take` is written (or put back): its points' columns can be used again. */
   recycle(batch: WriteBatch): void {
     this.points.recycle(batch.points);

@@ -57,3 +57,49 @@ describe("Leases: a claim that finds the lease row locked", function () {
     assert.deepEqual(warnings, ["cluster: could not end a stuck member's transactions holding a lease row (they hold it until its connection closes): function pg_terminate_backend(int) does not exist"]);
   });
 });
+
+describe("Leases: claiming back a partition this member held before", function () {
+  /** A store whose claims give partition 0 at `epochs[i]` the i-th time; each is lost again at the next beat (another member renews it). */
+  function claimsAt(epochs: number[]): { store: ClusterStore; claims: () => number } {
+    let claims = 0;
+    const partial: Partial<ClusterStore> = {
+      clusterJoin: async () => ({ now: 1_000_000 }),
+      clusterBeat: async () => ({ now: 1_000_000, members: [{ id: "me", since: 0, lastSeen: 1_000_000 }], leases: [{ partition: 0, owner: null, epoch: 0, expiresAt: 0 }], renewed: [] }),
+      clusterClaim: async () => {
+        const epoch = epochs[claims++];
+        return epoch === undefined ? null : { partition: 0, owner: "me", epoch, expiresAt: 1_000_000 + 1_000 };
+      },
+      clusterRelease: async () => undefined,
+      clusterLeave: async () => undefined,
+    };
+    return { store: partial as ClusterStore, claims: () => claims };
+  }
+
+  async function superseded(epochs: number[]): Promise<number[]> {
+    const calls: number[] = [];
+    const { store, claims } = claimsAt(epochs);
+    const clock = new ManualClock();
+    const leases = new Leases(store, clock, "me", 1, 1_000, {
+      acquire: async () => undefined,
+      owned: () => undefined,
+      handOver: async () => undefined,
+      lost: () => undefined,
+      resumed: () => undefined,
+      superseded: () => calls.push(epochs[claims() - 1]!),
+      warn: () => undefined,
+    });
+    await leases.start();
+    while (claims() < epochs.length) {
+      clock.advance(leases.beatMs);
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+    await leases.stop();
+    return calls;
+  }
+
+  it("says so when another member held it in between (the epoch moved by more than one claim), before the lease is the partition's", async function () {
+    // Claimed at 3; lost (not renewed); claimed again at 4 (nobody between); lost; claimed at 7 (someone between).
+    assert.deepEqual(await superseded([3, 4, 7]), [7]);
+  });
+});
+

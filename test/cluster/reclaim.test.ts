@@ -55,4 +55,61 @@ describe("a cluster member that loses its leases to a database outage and claims
       await proxy.close();
     }
   });
+
+  it("drops what it could not write when another member held the partitions in between, so a message that member stored is not stored twice", async () => {
+    const proxy = await startProxy(db.url);
+    const broker = new LocalBroker();
+    const sharedA = new SharedAdapter("mqtt");
+    const warnings: string[] = [];
+    const a = new Hub({
+      store: new PostgresStore({ url: proxy.url, connectTimeoutMs: 500 }),
+      protocols: [sharedA],
+      deviceTokens: false,
+      onWarning: (m) => warnings.push(m),
+      // Its failed write is not retried before it claims the partitions back (the default backoff reaches 10 s).
+      persistence: { retryBaseMs: 60_000, retryMaxMs: 60_000 },
+      cluster: { member: "a", partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() },
+    });
+    const sharedB = new SharedAdapter("mqtt");
+    const b = new Hub({
+      store: new PostgresStore({ url: db.url }),
+      protocols: [sharedB],
+      deviceTokens: false,
+      onWarning: () => undefined,
+      cluster: { member: "b", partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() },
+    });
+    const owned = (hub: Hub, member: string) => hub.clusterInfo().members.find((x) => x.id === member)?.partitions.length ?? 0;
+    const id = "dev-s";
+    const report = (shared: SharedAdapter, step: number) => shared.context.receive({ protocol: "mqtt", deviceId: id, kind: "telemetry", payload: Buffer.from(JSON.stringify({ step })) });
+    const reader = new PostgresStore({ url: db.url });
+    const steps = async () => (await reader.points({ deviceId: id, key: "step", from: 0, to: Date.now() + 60_000, limit: 100 })).map((p) => p.value);
+    try {
+      await reader.open();
+      await a.start();
+      await until("a owns every partition", () => owned(a, "a") === PARTITIONS, 20_000);
+      await a.registerDevice({ id, protocol: "mqtt" });
+      report(sharedA, 1);
+      await a.flush();
+      proxy.cut();
+      // Applied by a while its lease still holds; its write fails, the database being away.
+      report(sharedA, 2);
+      await until("a's leases are lost", () => owned(a, "a") === 0, 10_000);
+      // b takes the partitions over, is given report 2 again (a never acknowledged it), stores it, and stops.
+      await b.start();
+      await until("b owns every partition", () => owned(b, "b") === PARTITIONS, 20_000);
+      report(sharedB, 2);
+      await b.flush();
+      await b.stop();
+      proxy.restore();
+      await until("a claims them back", () => owned(a, "a") === PARTITIONS, 20_000);
+      await a.flush();
+      assert.deepEqual(await steps(), [1, 2], "report 2 once");
+      assert.ok(warnings.some((m) => /was another member's since this member last held it: \d+ rows .* were dropped/.test(m)), warnings.join("\n"));
+    } finally {
+      await b.stop().catch(() => undefined);
+      await a.stop().catch(() => undefined);
+      await reader.close();
+      await proxy.close();
+    }
+  });
 });

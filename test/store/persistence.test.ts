@@ -316,6 +316,34 @@ describe("Hub persistence (SQLite file)", () => {
     assert.deepEqual(points.map((x) => x.value), [1]);
   });
 
+  it("discards what waits of some devices (a cluster partition another member held since): queued rows, and those of a batch failing meanwhile, which is put back without them", async () => {
+    const store = new WrappedStore(new SqliteStore({ path: file }));
+    const hub = await open({ persistence: { flushIntervalMs: 60_000, retryBaseMs: 10, retryMaxMs: 10, stopTimeoutMs: 2_000 } }, store);
+    await hub.registerDevice({ id: "a-1", protocol: "mqtt" });
+    await hub.registerDevice({ id: "b-1", protocol: "mqtt" });
+    const p = (hub as unknown as { persistence: Persistence }).persistence;
+    // Report 1 goes into a batch that fails after 200 ms; report 2 waits behind it.
+    hub.ingest("a-1", { kind: "telemetry", data: { t: 1 } });
+    hub.ingest("b-1", { kind: "telemetry", data: { t: 1 } });
+    store.down = true;
+    store.batchDelayMs = 200;
+    const failing = hub.flush().catch(() => undefined);
+    await until(async () => store.inFlight === 1, "a batch on its way", 2_000);
+    hub.ingest("a-1", { kind: "telemetry", data: { t: 2 } });
+    hub.ingest("b-1", { kind: "telemetry", data: { t: 2 } });
+    p.discard((id) => id === "a-1");
+    await failing;
+    store.down = false;
+    store.batchDelayMs = 0;
+    await hub.flush();
+    const points = (id: string) => store.inner.points({ deviceId: id, key: "t", from: 0, to: Date.now() + 1000, limit: 10 });
+    assert.deepEqual((await points("b-1")).map((x) => x.value), [1, 2]);
+    assert.deepEqual((await points("a-1")).map((x) => x.value), [], "neither the queued report nor the put-back one");
+    assert.equal((await store.inner.stateHistory("a-1", 10)).length, 0);
+    assert.equal((await store.inner.stateHistory("b-1", 10)).length, 3, "online, then two reports");
+    assert.ok(p.statistics().fenced >= 4, `counted as fenced: ${p.statistics().fenced}`);
+  });
+
   it("after stop() no timer of the hub or its batcher is pending on the injected clock", async () => {
     const clock = new ManualClock();
     const hub = await open({ clock });

@@ -11,6 +11,13 @@ export interface LeaseHooks {
   claimed?(): void;
   /** Called in the same turn the partition became ours (after `acquire`): nothing of it ran here yet. */
   owned(partition: number): void;
+  /**
+   * This member held the partition before and claims it again, and another member held it in
+   * between (the epoch moved by more than this claim): what still waits to be written for it here
+   * is older than what that member stored. Called before the new lease is the partition's, so
+   * nothing of it is written under that lease.
+   */
+  superseded?(partition: number): void;
   /** A clean hand-over: stop taking the partition's messages and write what waits, then resolve. */
   handOver(partitions: number[]): Promise<void>;
   /** The lease was lost (expired, taken, or fenced): drop the partition now, write nothing more for it. */
@@ -65,6 +72,8 @@ export class Leases {
   /** performance.now() when another member's lease or membership runs out next (see `nextExpiry`). */
   private nextExpiryAt = Infinity;
   private readonly owners: (string | null)[];
+  /** The epoch at which this member last held each partition it let go or lost (see `superseded`). */
+  private readonly lastEpochs = new Map<number, number>();
 
   constructor(
     private readonly store: ClusterStore,
@@ -145,7 +154,7 @@ export class Leases {
   fenced(partitions: number[]): void {
     const gone = partitions.filter((p) => this.held.has(p));
     if (gone.length === 0) return;
-    for (const p of gone) this.held.delete(p);
+    for (const p of gone) this.letGo(p);
     this.stats.lost += gone.length;
     this.hooks.lost(gone);
     this.hooks.warn(`cluster: partitions ${gone.join(", ")} were taken over by another member (a write was refused)`);
@@ -200,7 +209,7 @@ export class Leases {
     const renewed = new Set(result.renewed);
     const gone = held.filter((h) => !renewed.has(h.partition) && this.held.get(h.partition)?.epoch === h.epoch).map((h) => h.partition);
     if (gone.length > 0) {
-      for (const p of gone) this.held.delete(p);
+      for (const p of gone) this.letGo(p);
       this.stats.lost += gone.length;
       this.hooks.lost(gone);
       this.hooks.warn(`cluster: lost partitions ${gone.join(", ")} (another member holds them now)`);
@@ -275,6 +284,9 @@ export class Leases {
       return null;
     }
     if (!row) return null;
+    const before = this.lastEpochs.get(partition);
+    this.lastEpochs.delete(partition);
+    if (before !== undefined && row.epoch !== before + 1) this.hooks.superseded?.(partition);
     this.held.set(partition, { epoch: row.epoch, phase: "loading" });
     return { partition, epoch: row.epoch };
   }
@@ -299,7 +311,7 @@ export class Leases {
       const ps = claimed.map((c) => c.partition);
       this.hooks.warn(`cluster: could not take over partitions ${ps.join(", ")}: ${errorMessage(err)}`);
       const still = claimed.filter((c) => this.held.get(c.partition)?.epoch === c.epoch);
-      for (const c of still) this.held.delete(c.partition);
+      for (const c of still) this.letGo(c.partition);
       if (still.length > 0) this.hooks.lost(still.map((c) => c.partition));
       await this.store.clusterRelease(this.member, still).catch(() => undefined);
       return;
@@ -328,7 +340,7 @@ export class Leases {
     } catch (err) {
       this.hooks.warn(`cluster: writing partitions ${partitions.join(", ")} before handing them over failed: ${errorMessage(err)}`);
     }
-    for (const l of leases) this.held.delete(l.partition);
+    for (const l of leases) this.letGo(l.partition);
     this.stats.handovers += leases.length;
     try {
       await this.store.clusterRelease(this.member, leases);
@@ -338,9 +350,16 @@ export class Leases {
     }
   }
 
+  /** The partition is no longer held here; its epoch is kept for the next claim of it (see `superseded`). */
+  private letGo(partition: number): void {
+    const h = this.held.get(partition);
+    if (h) this.lastEpochs.set(partition, h.epoch);
+    this.held.delete(partition);
+  }
+
   private loseAll(why: string): void {
     const gone = [...this.held.keys()];
-    this.held.clear();
+    for (const p of gone) this.letGo(p);
     this.stats.lost += gone.length;
     this.hooks.lost(gone);
     this.hooks.warn(`cluster: dropped partitions ${gone.join(", ")}: ${why}`);

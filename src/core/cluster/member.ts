@@ -38,6 +38,8 @@ export interface MemberHost {
   onWritten(listener: (index: number) => void): () => void;
   /** Writes everything the write-behind holds now. */
   flush(): Promise<void>;
+  /** Drops what the write-behind holds of these devices (see `Persistence.discard`): the rows dropped. */
+  discardWrites(theirs: (deviceId: string) => boolean): number;
   /** Hands a device's twin to the adapters here (it changed on its owner). */
   deliverTwin(deviceId: string): void;
   warn(message: string): void;
@@ -148,6 +150,12 @@ export class ClusterMember {
       acquire: (leases) => this.acquire(leases),
       claimed: () => void this.nudge(),
       owned: (p) => this.replay(p),
+      superseded: (p) => {
+        const dropped = host.discardWrites((id) => this.partitionOf(id) === p);
+        if (dropped > 0) {
+          host.warn(`cluster: partition ${p} was another member's since this member last held it: ${dropped} rows still waiting here to be written for it are older than what that member stored, and were dropped`);
+        }
+      },
       handOver: (ps) => this.handOver(ps),
       lost: (ps) => this.lose(ps),
       resumed: (ps) => this.resume(ps),
