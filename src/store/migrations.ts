@@ -244,7 +244,8 @@ export const CLUSTER_CHANGE_INDEXES: readonly string[] = [
   `DROP INDEX IF EXISTS devices_last_seen`,
   `CREATE INDEX IF NOT EXISTS states_stored_at ON states (stored_at)`,
   `DROP INDEX IF EXISTS states_updated_at`,
-  `CREATE INDEX IF NOT EXISTS device_tokens_created_at ON device_tokens (created_at)`,
+  `CREATE INDEX IF NOT EXISTS device_tokens_stored_at ON device_tokens (stored_at)`,
+  `DROP INDEX IF EXISTS device_tokens_created_at`,
 ];
 
 /**
@@ -519,6 +520,14 @@ export const MIGRATIONS: readonly Migration[] = [
     // followers' margin after its own time (a backlog) was never read by the other members.
     sqlite: [],
     postgres: [`ALTER TABLE states ADD COLUMN IF NOT EXISTS stored_at BIGINT NOT NULL DEFAULT 0`],
+  },
+  {
+    version: 13,
+    name: "PostgreSQL device tokens stamped with the database's clock when stored",
+    // As device and state rows (migrations 11, 12): a token followed by its writer's clock reached
+    // the other members up to five seconds late from a member whose clock ran behind.
+    sqlite: [],
+    postgres: [`ALTER TABLE device_tokens ADD COLUMN IF NOT EXISTS stored_at BIGINT NOT NULL DEFAULT 0`],
   },
 ];
 

@@ -26,7 +26,7 @@ import {
   type FenceCheck,
 } from "./postgres-cluster";
 import { sqlState } from "./postgres-connection";
-import { DEVICE_ROW, STATE_ROW, text, toDeviceRow, toStateRow, toTokenRow } from "./postgres-sql";
+import { DEVICE_ROW, STATE_ROW, TOKEN_ROW, text, toDeviceRow, toStateRow, toTokenRow } from "./postgres-sql";
 
 /**
  * The ClusterStore side of PostgresStore (CONTRACT §8; times are the database's clock): the
@@ -161,9 +161,9 @@ export async function clusterPartitions(db: ClusterDb): Promise<number | null> {
 
 /**
  * The clock is read first: a row written after it is seen now or, its time being later, next
- * time. Device and state rows go by when they were stored (the database's clock, at the
- * statement: the caller's margin covers a transaction's commit after it); token rows by their
- * writer's clock (the margin covers its skew too).
+ * time. Rows go by when they were stored (the database's clock, at the statement: the caller's
+ * margin covers a transaction's commit after it), not by their own times, which are their
+ * writers' clocks.
  */
 export async function changedSince(db: ClusterDb, since: number, known?: KnownRows): Promise<FleetChanges> {
   const light = await db.query(
@@ -192,7 +192,7 @@ export async function changedSince(db: ClusterDb, since: number, known?: KnownRo
   const [devices, states, tokens] = await Promise.all([
     wholeDevices.length > 0 ? db.query(`SELECT ${DEVICE_ROW} FROM devices WHERE id = ANY($1)`, [wholeDevices]) : null,
     wholeStates.length > 0 ? db.query(`SELECT ${STATE_ROW} FROM states WHERE device_id = ANY($1)`, [wholeStates]) : null,
-    db.query("SELECT * FROM device_tokens WHERE created_at >= $1", [since]),
+    db.query(`SELECT ${TOKEN_ROW} FROM device_tokens WHERE stored_at >= $1`, [since]),
   ]);
   return {
     now,

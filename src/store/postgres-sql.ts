@@ -79,11 +79,17 @@ export function toDeviceRow(r: Row): DeviceRow {
 }
 
 /**
- * Device and state rows as toDeviceRow and toStateRow read them: named, so a column only a
- * cluster's following reads (stored_at) is not fetched and parsed with each of a fleet's rows.
+ * Device, state and token rows as toDeviceRow, toStateRow and toTokenRow read them: named, so a
+ * column only a cluster's following reads (stored_at) is not fetched and parsed with each of a
+ * fleet's rows.
  */
 export const DEVICE_ROW = "id, name, protocol, address, manufacturer, model, firmware, capabilities, tags, heartbeat_timeout, metadata, status, last_seen, last_message, created_at, updated_at";
 export const STATE_ROW = "device_id, properties, desired, version, changed_at, updated_at, reported_at, rev";
+export const TOKEN_ROW = "device_id, hash, created_at";
+
+/** A device's token; `stored_at`, the database's clock, is what cluster members follow tokens by. */
+export const UPSERT_TOKEN = `INSERT INTO device_tokens (device_id, hash, created_at, stored_at) VALUES ($1, $2, $3, ${DB_NOW})
+  ON CONFLICT (device_id) DO UPDATE SET hash = excluded.hash, created_at = excluded.created_at, stored_at = excluded.stored_at`;
 
 export function toStateRow(r: Row): StateRow {
   return {

@@ -43,6 +43,8 @@ import {
   STATE_ROW,
   UPSERT_DEVICE,
   UPSERT_STATES,
+  UPSERT_TOKEN,
+  TOKEN_ROW,
 } from "./postgres-sql";
 import { columnLines, copyLines, UNIQUE_VIOLATION } from "./postgres-copy";
 import { DELETE_DEVICE_SERIES, pointArrays, PostgresSeries, type Queryable } from "./postgres-series";
@@ -308,19 +310,18 @@ export class PostgresStore implements Store, ClusterStore {
   async putToken(row: TokenRow): Promise<void> {
     await this.fencedStatement(
       [row.deviceId],
-      `INSERT INTO device_tokens (device_id, hash, created_at) VALUES ($1, $2, $3)
-       ON CONFLICT (device_id) DO UPDATE SET hash = excluded.hash, created_at = excluded.created_at`,
+      UPSERT_TOKEN,
       [text(row.deviceId, "deviceId"), text(row.hash, "hash"), row.createdAt],
     );
   }
 
   async getToken(deviceId: string): Promise<TokenRow | null> {
-    const { rows } = await this.query("SELECT * FROM device_tokens WHERE device_id = $1", [deviceId]);
+    const { rows } = await this.query(`SELECT ${TOKEN_ROW} FROM device_tokens WHERE device_id = $1`, [deviceId]);
     return rows.length > 0 ? toTokenRow(rows[0]!) : null;
   }
 
   async loadTokens(): Promise<TokenRow[]> {
-    const { rows } = await this.query("SELECT * FROM device_tokens ORDER BY device_id");
+    const { rows } = await this.query(`SELECT ${TOKEN_ROW} FROM device_tokens ORDER BY device_id`);
     return rows.map(toTokenRow);
   }
 
