@@ -83,8 +83,11 @@ export interface PersistenceHost {
   warn(message: string): void;
   /** A batch was written, in wall-clock milliseconds (the store's latency, for metrics). */
   batchWritten?(ms: number): void;
-  /** Cluster mode: a write was fenced (these partitions are another member's now). */
-  fenced?(partitions: number[]): void;
+  /**
+   * Cluster mode: a write was fenced (these partitions are another member's now), and the rows of
+   * these devices it held were dropped: what was applied of them here is stored nowhere.
+   */
+  fenced?(partitions: number[], deviceIds: readonly string[]): void;
 }
 
 export interface HeldDevice {

@@ -189,7 +189,8 @@ export class Persistence {
     } catch (err) {
       if (isFenced(err)) {
         // The database is fine: the device is another cluster member's now, and it asks there.
-        this.host.fenced?.(err.partitions);
+        // Nothing was applied before this write (see `writeState`): no rows of it were dropped.
+        this.host.fenced?.(err.partitions, []);
         throw movedError(err.deviceIds[0] ?? "");
       }
       if (err instanceof TethralError && err.code !== "UNAVAILABLE") throw err;
@@ -330,6 +331,10 @@ export class Persistence {
     const started = performance.now();
     try {
       for (;;) {
+        // Rows discarded since the batch was taken (a partition superseded, see `discard`) are not written.
+        batch = this.withoutDiscarded(batch);
+        rows = rowsOf(batch);
+        if (rows === 0) return;
         try {
           await this.store.writeBatch(batch);
           break;
@@ -337,12 +342,9 @@ export class Persistence {
           if (!isFenced(err) || err.deviceIds.length === 0) throw err;
           // Rows of devices whose partitions moved are not this member's to write: the new owner
           // loaded what was stored and goes on from there. The rest is written.
-          this.host.fenced?.(err.partitions);
+          this.host.fenced?.(err.partitions, err.deviceIds);
           batch = withoutDevices(batch, new Set(err.deviceIds));
-          const left = rowsOf(batch);
-          this.stats.fenced += rows - left;
-          rows = left;
-          if (rows === 0) return;
+          this.stats.fenced += rows - rowsOf(batch);
         }
       }
     } catch (err) {
@@ -374,12 +376,19 @@ export class Persistence {
       ...pointParts(PointBatch.of(batch.points)).map((points) => single({ points })),
     ];
     for (let i = 0; i < parts.length; i++) {
-      const part = parts[i]!;
+      const part = this.withoutDiscarded(parts[i]!);
+      if (rowsOf(part) === 0) continue;
       try {
         await this.store.writeBatch(part);
         this.stats.rowsWritten += rowsOf(part);
         this.stats.pointsWritten += part.points?.length ?? 0;
       } catch (err) {
+        if (isFenced(err)) {
+          // A part of a device whose partition moved meanwhile: not this member's to write, as above.
+          this.host.fenced?.(err.partitions, err.deviceIds);
+          this.stats.fenced += rowsOf(part);
+          continue;
+        }
         if (!(err instanceof TethralError && err.code === "INVALID")) {
           // The database went away midway: this part and every one after it wait for the next try.
           for (const rest of parts.slice(i)) this.putBack(rest);
@@ -406,17 +415,24 @@ export class Persistence {
     const dropped = this.queue.discard(theirs);
     this.stats.fenced += dropped;
     if (this.busy > 0) this.discarded.push({ theirs, through: this.takes });
+    if (this.intake !== null && !this.isDegraded) this.intake.backlog(this.queue.backlog);
     return dropped;
   }
 
-  /** A failed batch goes back in front of what arrived meanwhile; presence and state are re-read later. */
-  private putBack(batch: WriteBatch): void {
+  /** The batch being written without the rows discarded since it was taken (counted as fenced). */
+  private withoutDiscarded(batch: WriteBatch): WriteBatch {
     for (const d of this.discarded) {
       if (d.through < this.writing) continue;
       const before = rowsOf(batch);
       batch = withoutMatching(batch, d.theirs);
       this.stats.fenced += before - rowsOf(batch);
     }
+    return batch;
+  }
+
+  /** A failed batch goes back in front of what arrived meanwhile; presence and state are re-read later. */
+  private putBack(batch: WriteBatch): void {
+    batch = this.withoutDiscarded(batch);
     this.queue.putBack(batch);
     const rows = this.queue.backlog;
     if (rows > this.options.maxBufferedRows) this.shed(rows - this.options.maxBufferedRows);

@@ -100,11 +100,18 @@ export class WriteQueue {
   }
 
   /**
-   * Drops what waits of the devices `theirs` picks (not their events, which name no lease, nor
-   * what is held aside for a direct write): the rows dropped.
+   * Drops what waits of the devices `theirs` picks, held aside for a direct write or not (not their
+   * events, which name no lease): the rows dropped.
    */
   discard(theirs: (deviceId: string) => boolean): number {
     let n = 0;
+    for (const [id, held] of this.held) {
+      if (!theirs(id)) continue;
+      n += Number(held.presence) + Number(held.state) + held.history.length + held.points.length;
+      held.presence = held.state = false;
+      held.history = [];
+      held.points = [];
+    }
     for (const id of this.presence) if (theirs(id) && this.presence.delete(id)) n++;
     for (const id of this.states) if (theirs(id) && this.states.delete(id)) n++;
     const history = this.history.filter((row) => !theirs(row.deviceId));

@@ -109,7 +109,12 @@ export async function clusterClaim(db: ClusterDb, member: string, partition: num
 async function endStuckHolders(db: ClusterDb, partition: number, graceMs: number): Promise<StuckHolders> {
   try {
     const { rows } = await db.query(END_STUCK_HOLDERS, [partition, Math.round(graceMs)]);
-    return { owner: (rows[0]?.owner as string | undefined) ?? null, ended: rows.filter((r) => r.ended === true).length, error: null };
+    const ended = rows.filter((r) => r.ended === true).length;
+    const owner = ended > 0 ? (rows[0]!.owner as string) : null;
+    // The owner's sessions are there, but this role is not shown what they are doing: it cannot tell the stuck ones.
+    const hidden = ended === 0 && rows.some((r) => r.hidden === true);
+    const error = hidden ? new Error(`the database does not show this member's role what member ${String(rows[0]!.owner)}'s connections are doing (it needs pg_read_all_stats, or all members one role)`) : null;
+    return { owner, ended, error };
   } catch (err) {
     return { owner: null, ended: 0, error: err };
   }

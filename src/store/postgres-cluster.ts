@@ -55,13 +55,13 @@ export const FORGET = `DELETE FROM cluster_members WHERE last_seen < ${DB_NOW} -
  * so the new owner's load sees it; writes of one owner do not wait for each other. On CockroachDB
  * (serializable) the claim and the write conflict on the row instead, and one of them restarts.
  */
-export const FENCE_LEASES = `SELECT l.part, l.epoch FROM cluster_leases l, (SELECT set_config('application_name', $3, false)) AS n
+export const FENCE_LEASES = `SELECT l.part, l.epoch FROM cluster_leases l, (SELECT set_config('application_name', $3, true)) AS n
   WHERE l.part = ANY($1::int[]) AND l.owner = $2 ORDER BY l.part FOR SHARE OF l`;
 /**
  * The same, setting for the transaction how long it may sit idle (`SET LOCAL`, in the same round
  * trip): a member frozen in the middle of a fenced write must not keep the lease rows locked.
  */
-export const FENCE_LEASES_HOLDING = `SELECT l.part, l.epoch FROM cluster_leases l, (SELECT set_config('application_name', $3, false), set_config('idle_in_transaction_session_timeout', $4, true)) AS s
+export const FENCE_LEASES_HOLDING = `SELECT l.part, l.epoch FROM cluster_leases l, (SELECT set_config('application_name', $3, true), set_config('idle_in_transaction_session_timeout', $4, true)) AS s
   WHERE l.part = ANY($1::int[]) AND l.owner = $2 ORDER BY l.part FOR SHARE OF l`;
 
 /** The part of a member's application_name that names it: a hash of its id, whatever the id's length or characters. */
@@ -69,9 +69,10 @@ const TAG_LENGTH = 12;
 const TAG_PREFIX = "tethral ";
 
 /**
- * The application_name a member's fenced transactions carry (the fence check sets it, in the same
- * round trip): `tethral`, the member's tag (see END_STUCK_HOLDERS), then its id as far as it fits
- * (PostgreSQL keeps 63 bytes of printable ASCII), for whoever reads pg_stat_activity.
+ * The application_name a member's fenced transactions carry (the fence check sets it for the
+ * transaction, in the same round trip; the connection goes back to `tethral` after it): `tethral`,
+ * the member's tag (see END_STUCK_HOLDERS), then its id as far as it fits (PostgreSQL keeps 63
+ * bytes of printable ASCII), for whoever reads pg_stat_activity.
  */
 /** The last name made (a process is one member: one hash, not one per write). */
 let named = { member: "", name: "" };
@@ -86,21 +87,24 @@ export function memberApplicationName(member: string): string {
 
 /**
  * A claim that found partition $1's lease row locked ends the transactions that hold it, once the
- * lease has run out more than $2 ms ago: the transactions of the lease's owner (by the tag of its
- * application_name, the same hash in SQL) open for longer than that. Only a member stuck in the
- * middle of a statement holds a lease row that long: one frozen while it streams a COPY, or cut
- * off from the database without the connection closing. The database does not end those itself,
- * as it ends an idle transaction (Fence.holdMs), and their statements ignore a statement timeout
- * while they wait for the client. Ending one rolls its write back; its member, if it ever wakes,
- * finds its lease taken and its write refused, as after any takeover. One row per transaction
- * ended (`ended` false: it had ended already). PostgreSQL's: on CockroachDB, which has no
+ * lease has run out more than $2 ms ago: the fenced transactions of the lease's owner (found by the
+ * tag of their application_name, the same hash in SQL) open for longer than that. Only a member
+ * stuck in the middle of a statement holds a lease row that long: one frozen while it streams a
+ * COPY, or cut off from the database without the connection closing. The database does not end
+ * those itself, as it ends an idle transaction (Fence.holdMs), and their statements ignore a
+ * statement timeout while they wait for the client. Ending one rolls its write back; its member,
+ * if it ever wakes, finds its lease taken and its write refused, as after any takeover.
+ *
+ * One row per such session of the owner: `ended`, whether it was ended; `hidden`, true when the
+ * database does not show this role when the session's transaction began (another role's session,
+ * without pg_read_all_stats), so nothing could be ended. PostgreSQL's: on CockroachDB, which has no
  * pg_terminate_backend, the statement fails and the claim waits as before.
  */
-export const END_STUCK_HOLDERS = `SELECT l.owner, pg_terminate_backend(a.pid) AS ended
+export const END_STUCK_HOLDERS = `SELECT l.owner, a.state IS NULL AS hidden,
+    CASE WHEN a.xact_start < clock_timestamp() - make_interval(secs => $2::bigint / 1000.0) THEN pg_terminate_backend(a.pid) ELSE false END AS ended
   FROM cluster_leases l JOIN pg_stat_activity a
     ON left(a.application_name, ${TAG_PREFIX.length + TAG_LENGTH}) = '${TAG_PREFIX}' || left(encode(sha256(convert_to(l.owner, 'UTF8')), 'hex'), ${TAG_LENGTH})
-  WHERE l.part = $1 AND l.owner IS NOT NULL AND l.expires_at < ${DB_NOW} - $2::bigint
-    AND a.pid <> pg_backend_pid() AND a.xact_start < clock_timestamp() - make_interval(secs => $2::bigint / 1000.0)`;
+  WHERE l.part = $1 AND l.owner IS NOT NULL AND l.expires_at < ${DB_NOW} - $2::bigint AND a.pid <> pg_backend_pid()`;
 
 export const TOMBSTONE = `INSERT INTO removed_devices (device_id, removed_at) VALUES ($1, ${DB_NOW})
   ON CONFLICT (device_id) DO UPDATE SET removed_at = excluded.removed_at`;

@@ -56,7 +56,12 @@ describe("a cluster member that loses its leases to a database outage and claims
     }
   });
 
-  it("drops what it could not write when another member held the partitions in between, so a message that member stored is not stored twice", async () => {
+  /**
+   * Member a applies report 2 while its database is away, loses its leases, b takes the partitions
+   * over (and, with `bStoresIt`, is given report 2 again, as a partition session's next holder is,
+   * and stores it), then stops; a claims them back. What is stored then, and a's fingerprint.
+   */
+  async function supersededWhileAway(bStoresIt: boolean): Promise<{ steps: unknown[]; fingerprint: number | undefined; warnings: string[] }> {
     const proxy = await startProxy(db.url);
     const broker = new LocalBroker();
     const sharedA = new SharedAdapter("mqtt");
@@ -79,10 +84,9 @@ describe("a cluster member that loses its leases to a database outage and claims
       cluster: { member: "b", partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() },
     });
     const owned = (hub: Hub, member: string) => hub.clusterInfo().members.find((x) => x.id === member)?.partitions.length ?? 0;
-    const id = "dev-s";
+    const id = bStoresIt ? "dev-s1" : "dev-s2";
     const report = (shared: SharedAdapter, step: number) => shared.context.receive({ protocol: "mqtt", deviceId: id, kind: "telemetry", payload: Buffer.from(JSON.stringify({ step })) });
     const reader = new PostgresStore({ url: db.url });
-    const steps = async () => (await reader.points({ deviceId: id, key: "step", from: 0, to: Date.now() + 60_000, limit: 100 })).map((p) => p.value);
     try {
       await reader.open();
       await a.start();
@@ -94,21 +98,86 @@ describe("a cluster member that loses its leases to a database outage and claims
       // Applied by a while its lease still holds; its write fails, the database being away.
       report(sharedA, 2);
       await until("a's leases are lost", () => owned(a, "a") === 0, 10_000);
-      // b takes the partitions over, is given report 2 again (a never acknowledged it), stores it, and stops.
       await b.start();
       await until("b owns every partition", () => owned(b, "b") === PARTITIONS, 20_000);
-      report(sharedB, 2);
-      await b.flush();
+      if (bStoresIt) {
+        report(sharedB, 2);
+        await b.flush();
+      }
       await b.stop();
       proxy.restore();
       await until("a claims them back", () => owned(a, "a") === PARTITIONS, 20_000);
       await a.flush();
-      assert.deepEqual(await steps(), [1, 2], "report 2 once");
-      assert.ok(warnings.some((m) => /was another member's since this member last held it: \d+ rows .* were dropped/.test(m)), warnings.join("\n"));
+      const points = await reader.points({ deviceId: id, key: "step", from: 0, to: Date.now() + 60_000, limit: 100 });
+      const fingerprint = (a as unknown as { cluster: { lastMessageOf(id: string): number | undefined } }).cluster.lastMessageOf(id);
+      return { steps: points.map((p) => p.value), fingerprint, warnings };
     } finally {
       await b.stop().catch(() => undefined);
       await a.stop().catch(() => undefined);
       await reader.close();
+      await proxy.close();
+    }
+  }
+
+  const fingerprintOfStep = (step: number) => fingerprintOf("telemetry", Buffer.from(JSON.stringify({ step })), 0);
+
+  it("drops what it could not write when another member held the partitions in between, so a message that member stored is not stored twice", async () => {
+    const { steps, fingerprint, warnings } = await supersededWhileAway(true);
+    assert.deepEqual(steps, [1, 2], "report 2 once");
+    assert.equal(fingerprint, fingerprintOfStep(2));
+    assert.ok(warnings.some((m) => /was another member's since this member last held it: \d+ rows .* were dropped/.test(m)), warnings.join("\n"));
+  });
+
+  it("and takes the database's fingerprint then: a message it applied that the other member never stored is applied again when resent, not skipped", async () => {
+    const { steps, fingerprint } = await supersededWhileAway(false);
+    assert.deepEqual(steps, [1]);
+    assert.equal(fingerprint, fingerprintOfStep(1), "the last message stored, not report 2, which is stored nowhere");
+  });
+
+  it("takes the database's fingerprint back when its waiting rows were dropped (refused by the fence before it claimed back): a resent copy is applied, not skipped", async () => {
+    const proxy = await startProxy(db.url);
+    const shared = new SharedAdapter("mqtt");
+    const store = new PostgresStore({ url: proxy.url, connectTimeoutMs: 500 });
+    // Its claims wait for the test: the write-behind's retry comes first, and is refused.
+    let claims: () => void = () => undefined;
+    const claimsMay = new Promise<void>((resolve) => (claims = resolve));
+    let holding = false;
+    const claim = store.clusterClaim.bind(store);
+    store.clusterClaim = async (...args) => {
+      if (holding) await claimsMay;
+      return claim(...args);
+    };
+    const hub = new Hub({
+      store,
+      protocols: [shared],
+      deviceTokens: false,
+      onWarning: () => undefined,
+      persistence: { retryBaseMs: 20, retryMaxMs: 20 },
+      cluster: { member: "solo", partitions: PARTITIONS, leaseMs: LEASE_MS, link: new LocalBroker().link() },
+    });
+    const owned = () => hub.clusterInfo().members.find((x) => x.id === "solo")?.partitions.length ?? 0;
+    const id = "dev-f";
+    const payload = (step: number) => Buffer.from(JSON.stringify({ step }));
+    const lastMessageOf = () => (hub as unknown as { cluster: { lastMessageOf(id: string): number | undefined } }).cluster.lastMessageOf(id);
+    const fenced = () => (hub.statistics().store as { fenced: number }).fenced;
+    try {
+      await hub.start();
+      await until("it owns every partition", () => owned() === PARTITIONS, 20_000);
+      await hub.registerDevice({ id, protocol: "mqtt" });
+      shared.context.receive({ protocol: "mqtt", deviceId: id, kind: "telemetry", payload: payload(1) });
+      await hub.flush();
+      proxy.cut();
+      shared.context.receive({ protocol: "mqtt", deviceId: id, kind: "telemetry", payload: payload(2) });
+      await until("the leases are lost", () => owned() === 0, 10_000);
+      holding = true;
+      proxy.restore();
+      await until("its waiting rows refused (no longer its own)", () => fenced() > 0, 10_000);
+      claims();
+      await until("claimed back", () => owned() === PARTITIONS, 20_000);
+      assert.equal(lastMessageOf(), fingerprintOf("telemetry", payload(1), 0), "the last message stored, not report 2, which is stored nowhere");
+    } finally {
+      claims();
+      await hub.stop().catch(() => undefined);
       await proxy.close();
     }
   });

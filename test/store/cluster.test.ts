@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -232,61 +233,102 @@ describe("PostgresStore cluster mode", function () {
       await pool.end().catch(() => undefined);
     });
 
-    it("ends the transactions of a member stuck in the middle of a COPY past its lease, so another member claims (the database ends only idle ones)", async function () {
-      if (db.kind === "pglite") {
-        console.log("      (skipped on PGlite: one backend runs one transaction at a time; CI runs it on the real server)");
-        this.skip();
-      }
-      // An id past the 63 bytes of an application name, and not ASCII: the owner is found by its tag.
-      const member = `a-é-${"x".repeat(100)}`;
-      const a = await open();
-      const b = await open();
-      await a.clusterJoin(member, 4);
-      await b.clusterJoin("b", 4);
-      const lease = 1_000;
-      const held = await a.clusterClaim(member, 2, lease);
+    /**
+     * Member `owner` (an id past the 63 bytes of an application name, and not ASCII: it is found by
+     * its tag) holds partition 2 for a second, and its fenced write of a large batch freezes while
+     * it streams the points (SIGSTOP there): the statement waits for the rest of the COPY, holding
+     * the lease row, and is never idle. `claimant` then claims partition 2 until it gets it or 8 s pass.
+     */
+    async function stuckInCopy(claimant: PostgresStore, owner: PostgresStore, ownerId: string, joinClaimant = true) {
+      await owner.clusterJoin(ownerId, 4);
+      // (A claim needs no member row; joining makes the indexes, which only the tables' owner may.)
+      if (joinClaimant) await claimant.clusterJoin("b", 4);
+      const held = await owner.clusterClaim(ownerId, 2, 1_000);
       assert.ok(held);
-      // a's fenced write of a large batch, frozen while it streams the points (SIGSTOP there): the
-      // statement waits for the rest of the COPY, holding the lease row, and is never idle.
       const stuck = new pg.Client({ connectionString: db.url });
       let ended: unknown = null;
       stuck.on("error", (err) => (ended ??= err));
       await stuck.connect();
       await stuck.query("BEGIN");
-      await assertFence(stuck, fenceCheck({ ...fenceOf(member, { d1: 2 }, new Map([[2, held.epoch]])), holdMs: leaseHoldMs(lease) }, ["d1"]));
+      await assertFence(stuck, fenceCheck({ ...fenceOf(ownerId, { d1: 2 }, new Map([[2, held.epoch]])), holdMs: leaseHoldMs(1_000) }, ["d1"]));
       const copy = stuck.query(copyFrom("COPY ts_points (series_id, ts, num, val) FROM STDIN"));
       copy.on("error", (err) => (ended ??= err));
       copy.write("1\t");
-      await untilDbPast(b, held.expiresAt);
+      await untilDbPast(claimant, held.expiresAt);
+      // The claimant's lease is 4 s: it ends a stuck owner's transactions 2 s (half of it) after the owner's lease ran out.
       const claim = async () => {
         try {
-          return await b.clusterClaim("b", 2, lease);
+          return await claimant.clusterClaim("b", 2, 4_000);
         } catch (err) {
           if (!isClaimLocked(err)) throw err;
           return err;
         }
       };
-      // Within half a lease of its end (a write may be finishing), the row stays locked and a lives.
       const first = await claim();
-      assert.ok(isClaimLocked(first), "locked at first");
-      assert.deepEqual(first.stuck, { owner: null, ended: 0, error: null });
-      assert.equal(ended, null);
-      // Then its transaction is ended and the lease claimed.
-      let taken = null;
-      let stuckHolders = null;
+      const attempts = [first];
+      let taken = isClaimLocked(first) ? null : first;
       const deadline = Date.now() + 8_000;
       while (!taken && Date.now() < deadline) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
         const got = await claim();
-        if (isClaimLocked(got)) {
-          if (got.stuck.ended > 0) stuckHolders = got.stuck;
-          await new Promise((resolve) => setTimeout(resolve, 100));
-        } else taken = got;
+        attempts.push(got);
+        if (!isClaimLocked(got)) taken = got;
       }
-      assert.ok(taken, "claimed by b");
-      assert.deepEqual([taken.owner, taken.epoch], ["b", held.epoch + 1]);
-      assert.deepEqual(stuckHolders, { owner: member, ended: 1, error: null });
-      assert.equal((ended as { code?: unknown } | null)?.code, "57P01", `a's transaction ended by the claim: ${String(ended)}`);
+      const stillHeld = ended === null;
       await stuck.end().catch(() => undefined);
+      return { held, first, taken, attempts, ended, stillHeld };
+    }
+
+    it("ends the transactions of a member stuck in the middle of a COPY past its lease, so another member claims (the database ends only idle ones)", async function () {
+      if (db.kind === "pglite") {
+        console.log("      (skipped on PGlite: one backend runs one transaction at a time; CI runs it on the real server)");
+        this.skip();
+      }
+      const member = `a-é-${"x".repeat(100)}`;
+      const b = await open();
+      const { held, first, taken, attempts, ended } = await stuckInCopy(b, await open(), member);
+      // Within half a lease of its end (a write may be finishing), the row stays locked and the owner's transaction lives.
+      assert.ok(isClaimLocked(first), "locked at first");
+      assert.deepEqual(first.stuck, { owner: null, ended: 0, error: null });
+      assert.ok(taken && !isClaimLocked(taken), "claimed by b");
+      assert.deepEqual([taken.owner, taken.epoch], ["b", held.epoch + 1]);
+      const endedBy = attempts.find((x) => isClaimLocked(x) && x.stuck.ended > 0);
+      assert.ok(endedBy && isClaimLocked(endedBy));
+      assert.deepEqual(endedBy.stuck, { owner: member, ended: 1, error: null });
+      assert.equal((ended as { code?: unknown } | null)?.code, "57P01", `the owner's transaction ended by the claim: ${String(ended)}`);
+    });
+
+    it("says why it cannot end them when the claimant's role is not shown the owner's connections (another role, without pg_read_all_stats)", async function () {
+      if (db.kind === "pglite") {
+        console.log("      (skipped on PGlite: one backend runs one transaction at a time; CI runs it on the real server)");
+        this.skip();
+      }
+      const role = `tethral_t_other_${randomBytes(4).toString("hex")}`;
+      await db.sql(`CREATE ROLE ${role} LOGIN`);
+      try {
+        await db.sql(`GRANT pg_signal_backend TO ${role}`);
+        const a = await open();
+        // Its tables, made by the owner's store, for the other role too.
+        await a.clusterJoin("a", 4);
+        await db.sql(`GRANT ALL ON SCHEMA public TO ${role}`);
+        await db.sql(`GRANT ALL ON ALL TABLES IN SCHEMA public TO ${role}`);
+        await db.sql(`GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO ${role}`);
+        const url = new URL(db.url);
+        url.username = role;
+        const other = new PostgresStore({ url: url.toString() });
+        stores.push(other);
+        await other.open();
+        const { taken, attempts, stillHeld } = await stuckInCopy(other, a, "a", false);
+        assert.equal(taken, null, "not claimed: the owner's transaction holds the row");
+        assert.ok(stillHeld);
+        const said = attempts.find((x) => isClaimLocked(x) && x.stuck.error !== null);
+        assert.ok(said && isClaimLocked(said), "a reason given");
+        assert.match(String((said.stuck.error as Error).message), /needs pg_read_all_stats, or all members one role/);
+      } finally {
+        for (const s of stores.splice(0)) await s.close();
+        await db.sql(`DROP OWNED BY ${role}`);
+        await db.sql(`DROP ROLE ${role}`);
+      }
     });
 
     it("renews at a beat only the leases still the member's at the epoch it names", async function () {

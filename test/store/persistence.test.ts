@@ -344,6 +344,25 @@ describe("Hub persistence (SQLite file)", () => {
     assert.ok(p.statistics().fenced >= 4, `counted as fenced: ${p.statistics().fenced}`);
   });
 
+  it("writing a refused batch a row at a time, drops the part of a device whose partition moved meanwhile (fenced), not taking it for an outage", async () => {
+    const store = new WrappedStore(new SqliteStore({ path: file }));
+    const hub = await open({ persistence: { flushIntervalMs: 60_000 } }, store);
+    for (const id of ["ok-1", "bad-1", "moved-1"]) await hub.registerDevice({ id, protocol: "mqtt" });
+    for (const id of ["ok-1", "bad-1", "moved-1"]) hub.ingest(id, { kind: "telemetry", data: { t: 1 } });
+    const p = (hub as unknown as { persistence: Persistence }).persistence;
+    let calls = 0;
+    const names = (batch: Parameters<NonNullable<WrappedStore["fence"]>>[0]) => new Set([...batch.history.map((h) => h.deviceId), ...batch.states.map((s) => s.deviceId), ...batch.presence.map((r) => r.id)]);
+    // The whole batch is refused for bad-1's row; while it is written apart, moved-1's partition moves.
+    store.refuse = (batch) => names(batch).has("bad-1");
+    store.fence = (batch) => (calls++ > 0 && names(batch).has("moved-1") ? ["moved-1"] : null);
+    await hub.flush();
+    const stats = p.statistics();
+    assert.ok(stats.fenced > 0, `moved-1's rows counted as fenced: ${JSON.stringify(stats)}`);
+    assert.equal(hub.health().components.store?.status, "ok", "not degraded");
+    assert.equal((await store.inner.stateHistory("ok-1", 10)).length, 2, "ok-1's rows written");
+    assert.equal((await store.inner.stateHistory("moved-1", 10)).length, 0);
+  });
+
   it("after stop() no timer of the hub or its batcher is pending on the injected clock", async () => {
     const clock = new ManualClock();
     const hub = await open({ clock });

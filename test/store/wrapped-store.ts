@@ -14,6 +14,8 @@ export class WrappedStore implements Store {
   down = false;
   hang = false;
   refuse: ((batch: WriteBatch) => boolean) | null = null;
+  /** Devices of the batch whose partitions have moved (a cluster's fence refuses the batch, naming them); null or none: not fenced. */
+  fence: ((batch: WriteBatch) => string[] | null) | null = null;
   inFlight = 0;
   maxInFlight = 0;
   batches: WriteBatch[] = [];
@@ -51,6 +53,8 @@ export class WrappedStore implements Store {
     try {
       if (this.batchDelayMs > 0) await new Promise((resolve) => setTimeout(resolve, this.batchDelayMs));
       await this.gate(async () => {
+        const moved = this.fence?.(batch);
+        if (moved && moved.length > 0) throw Object.assign(new TethralError("CONFLICT", "fenced"), { fenced: true as const, partitions: [0], deviceIds: moved });
         if (this.refuse?.(batch)) throw new TethralError("INVALID", "a row the database cannot take");
         await this.inner.writeBatch(batch);
         // Kept past the write: a copy, since the queue uses the points' columns again.

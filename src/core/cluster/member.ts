@@ -151,7 +151,10 @@ export class ClusterMember {
       claimed: () => void this.nudge(),
       owned: (p) => this.replay(p),
       superseded: (p) => {
-        const dropped = host.discardWrites((id) => this.partitionOf(id) === p);
+        const theirs = (id: string) => this.partitionOf(id) === p;
+        const dropped = host.discardWrites(theirs);
+        // As for fenced rows (see `fenced`): what was dropped is stored nowhere, unless that member stored it.
+        for (const id of [...this.lastMessages.keys()]) if (theirs(id)) this.lastMessages.delete(id);
         if (dropped > 0) {
           host.warn(`cluster: partition ${p} was another member's since this member last held it: ${dropped} rows still waiting here to be written for it are older than what that member stored, and were dropped`);
         }
@@ -455,14 +458,18 @@ export class ClusterMember {
    * again at the next beat). The fingerprint of the last message it applied decides which resent
    * or held messages are skipped; following may have missed it (a row whose commit came later
    * than its margin). A row older than this member's copy is this member's own, from before it
-   * lost the lease: what it applied since is newer, and still to be written, so it is kept.
+   * lost the lease: what it applied since is newer, and still to be written, so it is kept. Unless
+   * it no longer knows what it applied last (its rows were dropped, see `fenced`): then the
+   * database's fingerprint is taken, whatever the row's age.
    */
   private async loadPresence(mine: (id: string) => boolean): Promise<void> {
     const ids: string[] = [];
     for (const record of this.host.registry.allRecords()) if (mine(record.id)) ids.push(record.id);
     for (const row of await this.store.presenceOf(ids)) {
       const record = this.host.registry.record(row.id);
-      if (record && row.lastSeen >= record.lastSeen) follow(record, row, this.host.registry, this.lastMessages);
+      if (!record) continue;
+      if (row.lastMessage !== 0 && !this.lastMessages.has(row.id)) this.lastMessages.set(row.id, row.lastMessage);
+      if (row.lastSeen >= record.lastSeen) follow(record, row, this.host.registry, this.lastMessages);
     }
   }
 
@@ -608,8 +615,14 @@ export class ClusterMember {
     };
   }
 
-  /** Fenced writes: the leases are gone. */
-  fenced(partitions: number[]): void {
+  /**
+   * Fenced writes: the leases are gone, and the rows of these devices were dropped. What this
+   * member applied of them is stored nowhere, so the fingerprint of the last message it applied
+   * no longer says what was stored: it is forgotten, and a takeover takes the database's (see
+   * `loadPresence`), so the broker's resent copies of those messages are applied again.
+   */
+  fenced(partitions: number[], deviceIds: readonly string[] = []): void {
+    for (const id of deviceIds) this.lastMessages.delete(id);
     this.leases.fenced(partitions);
   }
 }
