@@ -85,7 +85,8 @@ export interface PersistenceHost {
   batchWritten?(ms: number): void;
   /**
    * Cluster mode: a write was fenced (these partitions are another member's now), and the rows of
-   * these devices it held were dropped: what was applied of them here is stored nowhere.
+   * these devices it held, and every row of theirs waiting behind it, were dropped: what was
+   * applied of them here is stored nowhere.
    */
   fenced?(partitions: number[], deviceIds: readonly string[]): void;
 }

@@ -7,7 +7,7 @@ import type { Intake } from "./intake";
 import type { DevicePresenceRow, DeviceRow, HistoryRow, PointValue, PurgeResult, StateRow, Store, WriteBatch } from "./ports/store";
 import { PointBatch } from "./point-batch";
 import { Retention } from "./retention";
-import { isFenced } from "./ports/cluster";
+import { type FencedFailure, isFenced } from "./ports/cluster";
 import { movedError } from "./cluster/member";
 import { eventRow } from "./stored-rows";
 
@@ -334,17 +334,14 @@ export class Persistence {
         // Rows discarded since the batch was taken (a partition superseded, see `discard`) are not written.
         batch = this.withoutDiscarded(batch);
         rows = rowsOf(batch);
-        if (rows === 0) return;
+        // All of it refused or discarded: the database answered all the same.
+        if (rows === 0) break;
         try {
           await this.store.writeBatch(batch);
           break;
         } catch (err) {
           if (!isFenced(err) || err.deviceIds.length === 0) throw err;
-          // Rows of devices whose partitions moved are not this member's to write: the new owner
-          // loaded what was stored and goes on from there. The rest is written.
-          this.host.fenced?.(err.partitions, err.deviceIds);
-          batch = withoutDevices(batch, new Set(err.deviceIds));
-          this.stats.fenced += rows - rowsOf(batch);
+          batch = this.fencedOut(err, batch);
         }
       }
     } catch (err) {
@@ -376,27 +373,29 @@ export class Persistence {
       ...pointParts(PointBatch.of(batch.points)).map((points) => single({ points })),
     ];
     for (let i = 0; i < parts.length; i++) {
-      const part = this.withoutDiscarded(parts[i]!);
-      if (rowsOf(part) === 0) continue;
-      try {
-        await this.store.writeBatch(part);
-        this.stats.rowsWritten += rowsOf(part);
-        this.stats.pointsWritten += part.points?.length ?? 0;
-      } catch (err) {
-        if (isFenced(err)) {
-          // A part of a device whose partition moved meanwhile: not this member's to write, as above.
-          this.host.fenced?.(err.partitions, err.deviceIds);
-          this.stats.fenced += rowsOf(part);
-          continue;
+      let part = this.withoutDiscarded(parts[i]!);
+      while (rowsOf(part) > 0) {
+        try {
+          await this.store.writeBatch(part);
+          this.stats.rowsWritten += rowsOf(part);
+          this.stats.pointsWritten += part.points?.length ?? 0;
+          break;
+        } catch (err) {
+          if (isFenced(err) && err.deviceIds.length > 0) {
+            // Devices whose partitions moved meanwhile, as in `write`: the rest of the part is written.
+            part = this.fencedOut(err, part);
+            continue;
+          }
+          if (!(err instanceof TethralError && err.code === "INVALID")) {
+            // The database went away midway: this part and every one after it wait for the next try.
+            for (const rest of [part, ...parts.slice(i + 1)]) this.putBack(rest);
+            this.failed(err);
+            throw err;
+          }
+          this.stats.refused++;
+          this.host.warn(`the database refused a row, which was set aside: ${errorMessage(err)}`);
+          break;
         }
-        if (!(err instanceof TethralError && err.code === "INVALID")) {
-          // The database went away midway: this part and every one after it wait for the next try.
-          for (const rest of parts.slice(i)) this.putBack(rest);
-          this.failed(err);
-          throw err;
-        }
-        this.stats.refused++;
-        this.host.warn(`the database refused a row, which was set aside: ${errorMessage(err)}`);
       }
     }
     this.stats.flushes++;
@@ -409,7 +408,7 @@ export class Persistence {
    * rows here are older than what it stored, and it stored the messages this member had not
    * (partition sessions give it what was not acknowledged). Counted as fenced. A batch being
    * written now is refused by its fence, and is not put back with them either. Returns the rows
-   * dropped from the queue (those of a batch in flight are counted when it fails).
+   * dropped from the queue (those of a batch in flight are counted where they are left out).
    */
   discard(theirs: (deviceId: string) => boolean): number {
     const dropped = this.queue.discard(theirs);
@@ -417,6 +416,21 @@ export class Persistence {
     if (this.busy > 0) this.discarded.push({ theirs, through: this.takes });
     if (this.intake !== null && !this.isDegraded) this.intake.backlog(this.queue.backlog);
     return dropped;
+  }
+
+  /**
+   * A write the fence refused for some devices: their partitions are another member's now, which
+   * loaded what was stored and goes on from there. Their rows are not this member's to write:
+   * neither this batch's nor those waiting behind it (written after a refused one, they would
+   * follow a gap). The member is told which devices (see `PersistenceHost.fenced`). The batch
+   * without them, to write.
+   */
+  private fencedOut(err: FencedFailure, batch: WriteBatch): WriteBatch {
+    const ids = new Set(err.deviceIds);
+    this.host.fenced?.(err.partitions, err.deviceIds);
+    const rest = withoutDevices(batch, ids);
+    this.stats.fenced += rowsOf(batch) - rowsOf(rest) + this.queue.discard((id) => ids.has(id));
+    return rest;
   }
 
   /** The batch being written without the rows discarded since it was taken (counted as fenced). */

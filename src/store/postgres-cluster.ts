@@ -104,7 +104,8 @@ export const END_STUCK_HOLDERS = `SELECT l.owner, a.state IS NULL AS hidden,
     CASE WHEN a.xact_start < clock_timestamp() - make_interval(secs => $2::bigint / 1000.0) THEN pg_terminate_backend(a.pid) ELSE false END AS ended
   FROM cluster_leases l JOIN pg_stat_activity a
     ON left(a.application_name, ${TAG_PREFIX.length + TAG_LENGTH}) = '${TAG_PREFIX}' || left(encode(sha256(convert_to(l.owner, 'UTF8')), 'hex'), ${TAG_LENGTH})
-  WHERE l.part = $1 AND l.owner IS NOT NULL AND l.expires_at < ${DB_NOW} - $2::bigint AND a.pid <> pg_backend_pid()`;
+  WHERE l.part = $1 AND l.owner IS NOT NULL AND l.expires_at < ${DB_NOW} - $2::bigint
+    AND a.datname = current_database() AND a.pid <> pg_backend_pid()`;
 
 export const TOMBSTONE = `INSERT INTO removed_devices (device_id, removed_at) VALUES ($1, ${DB_NOW})
   ON CONFLICT (device_id) DO UPDATE SET removed_at = excluded.removed_at`;

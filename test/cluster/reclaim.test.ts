@@ -29,6 +29,9 @@ describe("a cluster member that loses its leases to a database outage and claims
       protocols: [shared],
       deviceTokens: false,
       onWarning: () => undefined,
+      // Its failed write is not tried again before it claims the partitions back (else it is
+      // refused, and the next test's case).
+      persistence: { retryBaseMs: 60_000, retryMaxMs: 60_000 },
       cluster: { member: "solo", partitions: PARTITIONS, leaseMs: LEASE_MS, link: new LocalBroker().link() },
     });
     await hub.start();

@@ -7,7 +7,7 @@ import { ManualClock } from "../../src/core/clock";
 import { Hub, type HubOptions } from "../../src/core/hub";
 import type { TethralEvent } from "../../src/core/types";
 import { SqliteStore } from "../../src/store/sqlite";
-import type { Store } from "../../src/core/ports/store";
+import type { Store, WriteBatch } from "../../src/core/ports/store";
 import { WrappedStore } from "./wrapped-store";
 import { assertRejectsCode } from "../helpers";
 import type { Persistence } from "../../src/core/write-behind";
@@ -344,23 +344,54 @@ describe("Hub persistence (SQLite file)", () => {
     assert.ok(p.statistics().fenced >= 4, `counted as fenced: ${p.statistics().fenced}`);
   });
 
-  it("writing a refused batch a row at a time, drops the part of a device whose partition moved meanwhile (fenced), not taking it for an outage", async () => {
+  /** The devices a batch has rows of. */
+  const devicesOf = (batch: WriteBatch) => new Set([...batch.history.map((h) => h.deviceId), ...batch.states.map((x) => x.deviceId), ...batch.presence.map((r) => r.id)]);
+
+  it("writing a refused batch a row at a time, drops the rows of a device whose partition moved meanwhile (fenced), and writes the others' (presence too), not taking it for an outage", async () => {
     const store = new WrappedStore(new SqliteStore({ path: file }));
     const hub = await open({ persistence: { flushIntervalMs: 60_000 } }, store);
     for (const id of ["ok-1", "bad-1", "moved-1"]) await hub.registerDevice({ id, protocol: "mqtt" });
     for (const id of ["ok-1", "bad-1", "moved-1"]) hub.ingest(id, { kind: "telemetry", data: { t: 1 } });
     const p = (hub as unknown as { persistence: Persistence }).persistence;
-    let calls = 0;
-    const names = (batch: Parameters<NonNullable<WrappedStore["fence"]>>[0]) => new Set([...batch.history.map((h) => h.deviceId), ...batch.states.map((s) => s.deviceId), ...batch.presence.map((r) => r.id)]);
-    // The whole batch is refused for bad-1's row; while it is written apart, moved-1's partition moves.
-    store.refuse = (batch) => names(batch).has("bad-1");
-    store.fence = (batch) => (calls++ > 0 && names(batch).has("moved-1") ? ["moved-1"] : null);
+    // The batch is refused for bad-1's history row; while it is written apart, moved-1's partition moves.
+    let apart = false;
+    store.refuse = (batch) => {
+      const refused = batch.history.some((h) => h.deviceId === "bad-1");
+      apart ||= refused;
+      return refused;
+    };
+    store.fence = (batch) => (apart && devicesOf(batch).has("moved-1") ? ["moved-1"] : null);
     await hub.flush();
     const stats = p.statistics();
     assert.ok(stats.fenced > 0, `moved-1's rows counted as fenced: ${JSON.stringify(stats)}`);
     assert.equal(hub.health().components.store?.status, "ok", "not degraded");
     assert.equal((await store.inner.stateHistory("ok-1", 10)).length, 2, "ok-1's rows written");
     assert.equal((await store.inner.stateHistory("moved-1", 10)).length, 0);
+    const stored = new Map((await store.inner.loadDevices()).map((d) => [d.id, d]));
+    assert.deepEqual(["ok-1", "bad-1", "moved-1"].map((id) => stored.get(id)?.status), ["online", "online", "unknown"], "the others' presence written");
+  });
+
+  /** A hub whose write of moved-1's four reports (six rows, in batches of three) failed: the store degraded. */
+  async function refusedLater(store: WrappedStore): Promise<{ hub: Hub; p: Persistence }> {
+    const hub = await open({ persistence: { flushIntervalMs: 60_000, maxTransactionRows: 3, retryBaseMs: 60_000, retryMaxMs: 60_000 } }, store);
+    await hub.registerDevice({ id: "moved-1", protocol: "mqtt" });
+    store.down = true;
+    for (let t = 1; t <= 4; t++) hub.ingest("moved-1", { kind: "telemetry", data: { t } });
+    await hub.flush().catch(() => undefined);
+    assert.equal(hub.health().components.store?.status, "degraded");
+    store.down = false;
+    return { hub, p: (hub as unknown as { persistence: Persistence }).persistence };
+  }
+
+  it("writes none of the waiting rows of a device the fence refused, in this batch or the ones after it", async () => {
+    const store = new WrappedStore(new SqliteStore({ path: file }));
+    const { hub, p } = await refusedLater(store);
+    // The first batch is refused (moved-1's partition is another member's); the next ones would pass.
+    let refusals = 0;
+    store.fence = (batch) => (devicesOf(batch).has("moved-1") && refusals++ === 0 ? ["moved-1"] : null);
+    await hub.flush();
+    assert.equal(store.batches.filter((b) => devicesOf(b).has("moved-1")).length, 0, "none of moved-1's rows written");
+    assert.ok(p.statistics().fenced >= 6, `counted: ${p.statistics().fenced}`);
   });
 
   it("after stop() no timer of the hub or its batcher is pending on the injected clock", async () => {

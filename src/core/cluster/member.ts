@@ -38,6 +38,8 @@ export interface MemberHost {
   onWritten(listener: (index: number) => void): () => void;
   /** Writes everything the write-behind holds now. */
   flush(): Promise<void>;
+  /** Resolves once no batch of the write-behind is being written (see `Persistence.idle`). */
+  writesIdle(): Promise<void>;
   /** Drops what the write-behind holds of these devices (see `Persistence.discard`): the rows dropped. */
   discardWrites(theirs: (deviceId: string) => boolean): number;
   /** Hands a device's twin to the adapters here (it changed on its owner). */
@@ -139,6 +141,8 @@ export class ClusterMember {
    * lease that ran out in between would have it forwarded as another member's, and acknowledged.
    */
   private applyingFromSession: string | null = null;
+  /** Partitions claimed back after another member held them, whose fingerprints the takeover forgets (see `acquire`). */
+  private readonly superseded = new Set<number>();
 
   constructor(
     private readonly host: MemberHost,
@@ -151,10 +155,10 @@ export class ClusterMember {
       claimed: () => void this.nudge(),
       owned: (p) => this.replay(p),
       superseded: (p) => {
-        const theirs = (id: string) => this.partitionOf(id) === p;
-        const dropped = host.discardWrites(theirs);
-        // As for fenced rows (see `fenced`): what was dropped is stored nowhere, unless that member stored it.
-        for (const id of [...this.lastMessages.keys()]) if (theirs(id)) this.lastMessages.delete(id);
+        const dropped = host.discardWrites((id) => this.partitionOf(id) === p);
+        // As for fenced rows (see `fenced`): what was dropped is stored nowhere, unless that member
+        // stored it. Its devices' fingerprints are forgotten at the takeover's load, in one pass.
+        this.superseded.add(p);
         if (dropped > 0) {
           host.warn(`cluster: partition ${p} was another member's since this member last held it: ${dropped} rows still waiting here to be written for it are older than what that member stored, and were dropped`);
         }
@@ -435,6 +439,14 @@ export class ClusterMember {
   // ── Partitions coming and going ────────────────────────────────────────────────────────
 
   private async acquire(leases: HeldLease[]): Promise<void> {
+    // A batch of this member's still being written was checked against its fence before the
+    // claim: refused, it drops rows and fingerprints (see `fenced`), which must come before the
+    // database's fingerprints are read below, not after.
+    await this.host.writesIdle();
+    if (this.superseded.size > 0) {
+      for (const id of this.lastMessages.keys()) if (this.superseded.has(this.partitionOf(id))) this.lastMessages.delete(id);
+      this.superseded.clear();
+    }
     // The previous owners' last writes are in the database: read them back first.
     await this.follow();
     const taken = new Set(leases.filter((l) => this.leases.leaseOf(l.partition)?.epoch === l.epoch).map((l) => l.partition));
