@@ -170,7 +170,7 @@ export class Hub {
       ? new ClusterMember(
           { registry, state, presence, tokens, commands, clock, warn, receive: (m) => this.gateway.receive(m), apply: (method, args) => routedRequest(this.local, method, args),
             adapter: (protocol) => this.adapters.running(protocol), adapters: () => this.adapters.all(), writtenMark: () => this.persistence!.writtenMark(), onWritten: (listener) => this.persistence!.onWritten(listener),
-            flush: () => this.persistence!.flushAll(), discardWrites: (theirs) => this.persistence!.discard(theirs), writesIdle: () => this.persistence!.idle(), deliverTwin: (id) => this.adapters.deliverTwin(id, false, true) },
+            flush: () => this.persistence!.flushAll(), discardWrites: (theirs) => this.persistence!.discard(theirs), writesInFlight: () => this.persistence!.inFlight(), deliverTwin: (id) => this.adapters.deliverTwin(id, false, true) },
           options.store as unknown as ClusterStore,
           c.link,
           { member: c.member, partitions: c.partitions, leaseMs: c.leaseMs, followMs: 500 },

@@ -84,11 +84,12 @@ export interface PersistenceHost {
   /** A batch was written, in wall-clock milliseconds (the store's latency, for metrics). */
   batchWritten?(ms: number): void;
   /**
-   * Cluster mode: a write was fenced (these partitions are another member's now), and the rows of
-   * these devices it held, and every row of theirs waiting behind it, were dropped: what was
-   * applied of them here is stored nowhere.
+   * Cluster mode: a write was fenced (these partitions, checked under these epochs, are another
+   * member's now), and the write's rows of these devices were dropped: what was applied of them
+   * here is stored nowhere. Returns the devices whose rows waiting behind it are dropped too
+   * (default: all of them).
    */
-  fenced?(partitions: number[], deviceIds: readonly string[]): void;
+  fenced?(partitions: number[], deviceIds: readonly string[], epochs?: readonly number[]): readonly string[] | void;
 }
 
 export interface HeldDevice {

@@ -190,7 +190,7 @@ export class Persistence {
       if (isFenced(err)) {
         // The database is fine: the device is another cluster member's now, and it asks there.
         // Nothing was applied before this write (see `writeState`): no rows of it were dropped.
-        this.host.fenced?.(err.partitions, []);
+        this.host.fenced?.(err.partitions, [], err.epochs);
         throw movedError(err.deviceIds[0] ?? "");
       }
       if (err instanceof TethralError && err.code !== "UNAVAILABLE") throw err;
@@ -241,6 +241,11 @@ export class Persistence {
     for (let i = this.queue.batchesFor(this.options.maxTransactionRows, this.options.maxTransactionPoints); i > 0 && !this.queue.isEmpty; i--) {
       await this.flushOnce();
     }
+  }
+
+  /** Resolves once the batches taken or chained so far are written or given up (not those chained later). */
+  inFlight(): Promise<void> {
+    return this.tail;
   }
 
   /** Resolves once no batch is being written. */
@@ -299,7 +304,8 @@ export class Persistence {
         const drains = this.queue.isEmpty;
         return this.write(batch)
           .then(() => {
-            if (drains) this.written(index);
+            // Also when what arrived meanwhile was dropped (fenced, or discarded): nothing marked before is waiting.
+            if (drains || this.queue.isEmpty) this.written(index);
           })
           .finally(() => this.queue.recycle(batch));
       })
@@ -426,10 +432,12 @@ export class Persistence {
    * without them, to write.
    */
   private fencedOut(err: FencedFailure, batch: WriteBatch): WriteBatch {
-    const ids = new Set(err.deviceIds);
-    this.host.fenced?.(err.partitions, err.deviceIds);
-    const rest = withoutDevices(batch, ids);
-    this.stats.fenced += rowsOf(batch) - rowsOf(rest) + this.queue.discard((id) => ids.has(id));
+    const rest = withoutDevices(batch, new Set(err.deviceIds));
+    const gone = new Set(this.host.fenced?.(err.partitions, err.deviceIds, err.epochs) ?? err.deviceIds);
+    const theirs = (id: string) => gone.has(id);
+    this.stats.fenced += rowsOf(batch) - rowsOf(rest) + this.queue.discard(theirs);
+    // Nor from the rest of this batch: its parts still to write apart, or what is put back.
+    this.discarded.push({ theirs, through: this.takes });
     return rest;
   }
 

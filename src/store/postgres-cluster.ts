@@ -169,6 +169,7 @@ export class FencedError extends TethralError implements FencedFailure {
   constructor(
     readonly partitions: number[],
     readonly deviceIds: string[],
+    readonly epochs: number[] = [],
   ) {
     const shown = deviceIds.slice(0, 5).map((id) => JSON.stringify(id)).join(", ") + (deviceIds.length > 5 ? ", ..." : "");
     const where = partitions.length > 0 ? ` (stale leases of partitions ${partitions.join(", ")})` : "";
@@ -193,12 +194,13 @@ export async function assertFence(
   } else if (holding) {
     await c.query(`SET LOCAL idle_in_transaction_session_timeout = ${check.holdMs}`, []);
   }
-  const stale: number[] = [];
+  const stale: [number, number][] = [];
   const refused = [...check.unowned];
   for (const [part, { epoch, devices }] of check.leases) {
     if (current.get(part) === epoch) continue;
-    stale.push(part);
+    stale.push([part, epoch]);
     refused.push(...devices);
   }
-  if (refused.length > 0) throw new FencedError(stale.sort((a, b) => a - b), refused);
+  stale.sort((a, b) => a[0] - b[0]);
+  if (refused.length > 0) throw new FencedError(stale.map(([part]) => part), refused, stale.map(([, epoch]) => epoch));
 }

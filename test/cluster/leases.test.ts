@@ -103,3 +103,34 @@ describe("Leases: claiming back a partition this member held before", function (
   });
 });
 
+describe("Leases: a write refused by the fence", function () {
+  it("lets the partition go only while it is still held at the epoch the write was checked under", async function () {
+    const partial: Partial<ClusterStore> = {
+      clusterJoin: async () => ({ now: 1_000_000 }),
+      clusterBeat: async () => ({ now: 1_000_000, members: [{ id: "me", since: 0, lastSeen: 1_000_000 }], leases: [{ partition: 0, owner: null, epoch: 4, expiresAt: 0 }], renewed: [] }),
+      clusterClaim: async () => ({ partition: 0, owner: "me", epoch: 5, expiresAt: 1_000_000 + 60_000 }),
+      clusterRelease: async () => undefined,
+      clusterLeave: async () => undefined,
+    };
+    const lost: number[][] = [];
+    const leases = new Leases(partial as ClusterStore, new ManualClock(), "me", 1, 60_000, {
+      acquire: async () => undefined,
+      owned: () => undefined,
+      handOver: async () => undefined,
+      lost: (ps) => lost.push(ps),
+      resumed: () => undefined,
+      warn: () => undefined,
+    });
+    await leases.start();
+    assert.deepEqual(leases.ownedPartitions(), [0]);
+    // Checked under epoch 4, before this member claimed it again at 5: the lease at 5 stays.
+    leases.fenced([0], [4]);
+    assert.deepEqual(leases.ownedPartitions(), [0]);
+    assert.deepEqual(lost, []);
+    leases.fenced([0], [5]);
+    assert.deepEqual(leases.ownedPartitions(), []);
+    assert.deepEqual(lost, [[0]]);
+    await leases.stop();
+  });
+});
+

@@ -371,6 +371,26 @@ describe("Hub persistence (SQLite file)", () => {
     assert.deepEqual(["ok-1", "bad-1", "moved-1"].map((id) => stored.get(id)?.status), ["online", "online", "unknown"], "the others' presence written");
   });
 
+  it("writing a refused batch a row at a time, writes none of a fenced device's other parts, even when the fence would let them pass", async () => {
+    const store = new WrappedStore(new SqliteStore({ path: file }));
+    const hub = await open({ persistence: { flushIntervalMs: 60_000 } }, store);
+    for (const id of ["bad-1", "moved-1"]) await hub.registerDevice({ id, protocol: "mqtt" });
+    hub.ingest("bad-1", { kind: "telemetry", data: { t: 1 } });
+    for (let t = 1; t <= 3; t++) hub.ingest("moved-1", { kind: "telemetry", data: { t } });
+    let apart = false;
+    store.refuse = (batch) => {
+      const refused = batch.history.some((h) => h.deviceId === "bad-1");
+      apart ||= refused;
+      return refused;
+    };
+    // moved-1 is refused once while the batch is written apart; its later parts would pass (its partition claimed back).
+    let checks = 0;
+    store.fence = (batch) => (apart && devicesOf(batch).has("moved-1") && checks++ === 0 ? ["moved-1"] : null);
+    await hub.flush();
+    assert.equal(checks, 1, "no later part of moved-1 reached the database");
+    assert.deepEqual(await store.inner.stateHistory("moved-1", 10), [], "none of its parts written after one was refused");
+  });
+
   /** A hub whose write of moved-1's four reports (six rows, in batches of three) failed: the store degraded. */
   async function refusedLater(store: WrappedStore): Promise<{ hub: Hub; p: Persistence }> {
     const hub = await open({ persistence: { flushIntervalMs: 60_000, maxTransactionRows: 3, retryBaseMs: 60_000, retryMaxMs: 60_000 } }, store);

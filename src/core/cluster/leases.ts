@@ -150,9 +150,17 @@ export class Leases {
     };
   }
 
-  /** A write was fenced: these leases are gone, whatever the last beat said. */
-  fenced(partitions: number[]): void {
-    const gone = partitions.filter((p) => this.held.has(p));
+  /**
+   * A write was fenced: these leases are gone, whatever the last beat said; those whose epoch the
+   * write was checked under is given (`epochs`, in the same order) only while this member still
+   * holds them at that epoch. A write checked before this member claimed a partition again is
+   * refused for the old epoch: the new lease stays.
+   */
+  fenced(partitions: number[], epochs?: readonly number[]): void {
+    const gone = partitions.filter((p, i) => {
+      const held = this.held.get(p);
+      return held !== undefined && (epochs?.[i] === undefined || held.epoch === epochs[i]);
+    });
     if (gone.length === 0) return;
     for (const p of gone) this.letGo(p);
     this.stats.lost += gone.length;

@@ -38,8 +38,8 @@ export interface MemberHost {
   onWritten(listener: (index: number) => void): () => void;
   /** Writes everything the write-behind holds now. */
   flush(): Promise<void>;
-  /** Resolves once no batch of the write-behind is being written (see `Persistence.idle`). */
-  writesIdle(): Promise<void>;
+  /** Resolves once the write-behind's batches taken so far are written or refused (see `Persistence.inFlight`). */
+  writesInFlight(): Promise<void>;
   /** Drops what the write-behind holds of these devices (see `Persistence.discard`): the rows dropped. */
   discardWrites(theirs: (deviceId: string) => boolean): number;
   /** Hands a device's twin to the adapters here (it changed on its owner). */
@@ -441,8 +441,10 @@ export class ClusterMember {
   private async acquire(leases: HeldLease[]): Promise<void> {
     // A batch of this member's still being written was checked against its fence before the
     // claim: refused, it drops rows and fingerprints (see `fenced`), which must come before the
-    // database's fingerprints are read below, not after.
-    await this.host.writesIdle();
+    // database's fingerprints are read below, not after. Batches taken later are checked against
+    // the new lease. Bounded: a write that hangs (its connection dead without closing) must not
+    // hold the beat, and with it every lease; the takeover is given up and tried again.
+    await this.writesBefore(Math.max(100, Math.round(this.options.leaseMs / 4)));
     if (this.superseded.size > 0) {
       for (const id of this.lastMessages.keys()) if (this.superseded.has(this.partitionOf(id))) this.lastMessages.delete(id);
       this.superseded.clear();
@@ -461,6 +463,20 @@ export class ClusterMember {
       if (alive || record.lastSeen > 0) this.host.presence.heartbeat.track(record.id, record.heartbeatTimeout, now, alive);
     }
     await this.host.commands.loadWhere(mine);
+  }
+
+  /** Waits for the write-behind's batches taken so far, at most `limitMs`; throws when they take longer. */
+  private async writesBefore(limitMs: number): Promise<void> {
+    let timer: TimerHandle | undefined;
+    const late = new Promise<boolean>((resolve) => {
+      timer = this.host.clock.setTimeout(() => resolve(false), limitMs);
+    });
+    try {
+      const done = await Promise.race([this.host.writesInFlight().then(() => true, () => true), late]);
+      if (!done) throw new Error(`a write checked before the claim was still on its way after ${limitMs} ms`);
+    } finally {
+      this.host.clock.clearTimeout(timer);
+    }
   }
 
   /**
@@ -633,9 +649,14 @@ export class ClusterMember {
    * no longer says what was stored: it is forgotten, and a takeover takes the database's (see
    * `loadPresence`), so the broker's resent copies of those messages are applied again.
    */
-  fenced(partitions: number[], deviceIds: readonly string[] = []): void {
-    for (const id of deviceIds) this.lastMessages.delete(id);
-    this.leases.fenced(partitions);
+  fenced(partitions: number[], deviceIds: readonly string[] = [], epochs?: readonly number[]): string[] {
+    this.leases.fenced(partitions, epochs);
+    // A device of a partition this member owns now, claimed again since the write was checked,
+    // keeps its fingerprint and its rows waiting: they are the new lease's. (A takeover waits for
+    // the batch in flight before its partitions are owned, so this is for safety.)
+    const dropped = deviceIds.filter((id) => !this.leases.owns(this.partitionOf(id)));
+    for (const id of dropped) this.lastMessages.delete(id);
+    return dropped;
   }
 }
 

@@ -45,6 +45,6 @@ export function clusterStoreHost(host: PersistenceHost, cluster: (() => ClusterM
       const m = row ? cluster()?.lastMessageOf(id) : undefined;
       return m === undefined ? row : { ...row!, lastMessage: m };
     },
-    fenced: (partitions, deviceIds) => cluster()?.fenced(partitions, deviceIds),
+    fenced: (partitions, deviceIds, epochs) => cluster()?.fenced(partitions, deviceIds, epochs),
   };
 }

@@ -96,6 +96,8 @@ export interface FencedFailure extends Error {
   readonly fenced: true;
   readonly partitions: number[];
   readonly deviceIds: string[];
+  /** The epoch each of `partitions` was checked under, in the same order (-1: two in one write), where known. */
+  readonly epochs?: number[];
 }
 
 /** What `clusterClaim` rejects with when the lease row is locked (by its owner's write in flight). */
