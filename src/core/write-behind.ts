@@ -432,12 +432,12 @@ export class Persistence {
    * without them, to write.
    */
   private fencedOut(err: FencedFailure, batch: WriteBatch): WriteBatch {
-    const rest = withoutDevices(batch, new Set(err.deviceIds));
+    const refused = new Set(err.deviceIds);
+    const rest = withoutMatching(batch, (id) => refused.has(id));
+    this.stats.fenced += rowsOf(batch) - rowsOf(rest);
     const gone = new Set(this.host.fenced?.(err.partitions, err.deviceIds, err.epochs) ?? err.deviceIds);
-    const theirs = (id: string) => gone.has(id);
-    this.stats.fenced += rowsOf(batch) - rowsOf(rest) + this.queue.discard(theirs);
-    // Nor from the rest of this batch: its parts still to write apart, or what is put back.
-    this.discarded.push({ theirs, through: this.takes });
+    // Theirs waiting, and in the rest of this batch: its parts still to write apart, or what is put back.
+    this.discard((id) => gone.has(id));
     return rest;
   }
 
@@ -561,10 +561,6 @@ export class Persistence {
       purged: this.retention.purged(),
     };
   }
-}
-
-function withoutDevices(batch: WriteBatch, ids: ReadonlySet<string>): WriteBatch {
-  return withoutMatching(batch, (id) => ids.has(id));
 }
 
 /** The batch without the rows of the devices `theirs` picks (events stay: they name no lease). */

@@ -121,7 +121,7 @@ async function endStuckHolders(db: ClusterDb, partition: number, graceMs: number
 }
 
 interface StuckHolders {
-  /** The lease's owner whose transactions were found; null when none were. */
+  /** The lease's owner whose transactions were ended; null when none were. */
   owner: string | null;
   ended: number;
   error: unknown;

@@ -67,6 +67,8 @@ export const FENCE_LEASES_HOLDING = `SELECT l.part, l.epoch FROM cluster_leases 
 /** The part of a member's application_name that names it: a hash of its id, whatever the id's length or characters. */
 const TAG_LENGTH = 12;
 const TAG_PREFIX = "tethral ";
+/** The last name made (a process is one member: one hash, not one per write). */
+let named = { member: "", name: "" };
 
 /**
  * The application_name a member's fenced transactions carry (the fence check sets it for the
@@ -74,9 +76,6 @@ const TAG_PREFIX = "tethral ";
  * the member's tag (see END_STUCK_HOLDERS), then its id as far as it fits (PostgreSQL keeps 63
  * bytes of printable ASCII), for whoever reads pg_stat_activity.
  */
-/** The last name made (a process is one member: one hash, not one per write). */
-let named = { member: "", name: "" };
-
 export function memberApplicationName(member: string): string {
   if (member !== named.member) {
     const tag = createHash("sha256").update(member, "utf8").digest("hex").slice(0, TAG_LENGTH);

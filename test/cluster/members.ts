@@ -1,4 +1,7 @@
 import assert from "node:assert/strict";
+import { Hub } from "../../src/core";
+import type { ClusterOptions, HubOptions } from "../../src/core/hub-options";
+import type { Store } from "../../src/core/ports/store";
 import { FakeAdapter } from "../core/fake-adapter";
 import { startTestPostgres, type TestPostgres } from "../store/pg-harness";
 
@@ -30,4 +33,28 @@ export async function clusterPostgres(ctx: Mocha.Context): Promise<TestPostgres>
     ctx.skip();
   }
   return startTestPostgres();
+}
+
+/**
+ * A cluster member's hub (not started) on `store`, taking MQTT messages through a shared-intake
+ * adapter, device tokens off; `options` adds to or replaces these settings.
+ */
+export function memberHub(
+  store: Store,
+  cluster: ClusterOptions,
+  options: Omit<HubOptions, "store" | "cluster"> = {},
+): { hub: Hub; shared: SharedAdapter } {
+  const shared = new SharedAdapter("mqtt");
+  const hub = new Hub({ protocols: [shared], deviceTokens: false, onWarning: () => undefined, ...options, store, cluster });
+  return { hub, shared };
+}
+
+/** The partitions the hub's own member owns, by its last beat. */
+export function ownedBy(hub: Hub): number[] {
+  return hub.clusterInfo().members.find((m) => m.id === hub.memberId)?.partitions ?? [];
+}
+
+/** The fingerprint the hub's member keeps of the last message it applied to the device. */
+export function lastMessageOf(hub: Hub, deviceId: string): number | undefined {
+  return (hub as unknown as { cluster: { lastMessageOf(id: string): number | undefined } }).cluster.lastMessageOf(deviceId);
 }

@@ -3,7 +3,7 @@ import { partitionOf } from "../../src/core/cluster/partition";
 import { PostgresStore } from "../../src/store/postgres";
 import type { TestPostgres } from "../store/pg-harness";
 import { LocalBroker } from "./local-link";
-import { SharedAdapter, clusterPostgres, until } from "./members";
+import { clusterPostgres, memberHub, ownedBy, until } from "./members";
 
 const PARTITIONS = 8;
 /** Longer than the margin members follow changes by (5 s at most): the stored lastSeen is older than any of their reads looks back. */
@@ -26,24 +26,15 @@ describe("cluster members: a status set by its owner's heartbeat deadline (engin
   it("a device that goes offline on its owner reads offline through the other member within about a second", async () => {
     const broker = new LocalBroker();
     const member = async (id: string) => {
-      const shared = new SharedAdapter("mqtt");
-      const hub = new Hub({
-        store: new PostgresStore({ url: db.url }),
-        protocols: [shared],
-        deviceTokens: false,
-        onWarning: () => undefined,
-        heartbeat: { resolutionMs: 100 },
-        cluster: { member: id, partitions: PARTITIONS, leaseMs: 2_000, link: broker.link() },
-      });
-      await hub.start();
-      hubs.push(hub);
-      return { hub, shared };
+      const m = memberHub(new PostgresStore({ url: db.url }), { member: id, partitions: PARTITIONS, leaseMs: 2_000, link: broker.link() }, { heartbeat: { resolutionMs: 100 } });
+      await m.hub.start();
+      hubs.push(m.hub);
+      return m;
     };
     const a = await member("a");
     const b = await member("b");
-    const owned = (hub: Hub) => hub.clusterInfo().members.find((m) => m.id === hub.memberId)?.partitions ?? [];
-    await until("the members own half each", () => owned(a.hub).length === PARTITIONS / 2 && owned(b.hub).length === PARTITIONS / 2, 15_000);
-    const id = Array.from({ length: 32 }, (_, i) => `dev-${i}`).find((x) => owned(a.hub).includes(partitionOf(x, PARTITIONS)))!;
+    await until("the members own half each", () => ownedBy(a.hub).length === PARTITIONS / 2 && ownedBy(b.hub).length === PARTITIONS / 2, 15_000);
+    const id = Array.from({ length: 32 }, (_, i) => `dev-${i}`).find((x) => ownedBy(a.hub).includes(partitionOf(x, PARTITIONS)))!;
     await a.hub.registerDevice({ id, protocol: "mqtt", heartbeatTimeout: HEARTBEAT_TIMEOUT_S });
     const status = (hub: Hub) => (hub.listDevices({ limit: 1000 }).devices.find((d) => d.id === id)?.status ?? "unknown");
     for (const m of [a, b]) m.shared.context.receive({ protocol: "mqtt", deviceId: id, kind: "telemetry", payload: Buffer.from('{"t":1}') });

@@ -1,13 +1,20 @@
 import assert from "node:assert/strict";
-import { Hub } from "../../src/core";
+import type { Hub } from "../../src/core";
 import { fingerprintOf } from "../../src/core/cluster/replay";
 import { PostgresStore } from "../../src/store/postgres";
 import { startProxy, type TestPostgres } from "../store/pg-harness";
 import { LocalBroker } from "./local-link";
-import { SharedAdapter, clusterPostgres, until } from "./members";
+import { type SharedAdapter, clusterPostgres, lastMessageOf, memberHub, ownedBy, until } from "./members";
 
 const PARTITIONS = 4;
 const LEASE_MS = 1_000;
+
+/** Report `step` of a device, as its MQTT telemetry `{"step": n}` (packet id 0). */
+const report = (shared: SharedAdapter, deviceId: string, step: number) =>
+  shared.context.receive({ protocol: "mqtt", deviceId, kind: "telemetry", payload: Buffer.from(JSON.stringify({ step })) });
+/** The fingerprint of report `step`. */
+const fingerprintOfStep = (step: number) => fingerprintOf("telemetry", Buffer.from(JSON.stringify({ step })), 0);
+const owned = (hub: Hub) => ownedBy(hub).length;
 
 describe("a cluster member that loses its leases to a database outage and claims them back (engine, PostgreSQL behind a proxy)", function () {
   this.timeout(60_000);
@@ -23,36 +30,28 @@ describe("a cluster member that loses its leases to a database outage and claims
 
   it("keeps the fingerprint of the last message it applied (still to be written), not the older one stored, so a resent copy of it is skipped", async () => {
     const proxy = await startProxy(db.url);
-    const shared = new SharedAdapter("mqtt");
-    const hub = new Hub({
-      store: new PostgresStore({ url: proxy.url, connectTimeoutMs: 500 }),
-      protocols: [shared],
-      deviceTokens: false,
-      onWarning: () => undefined,
+    const { hub, shared } = memberHub(
+      new PostgresStore({ url: proxy.url, connectTimeoutMs: 500 }),
+      { member: "solo", partitions: PARTITIONS, leaseMs: LEASE_MS, link: new LocalBroker().link() },
       // Its failed write is not tried again before it claims the partitions back (else it is
-      // refused, and the next test's case).
-      persistence: { retryBaseMs: 60_000, retryMaxMs: 60_000 },
-      cluster: { member: "solo", partitions: PARTITIONS, leaseMs: LEASE_MS, link: new LocalBroker().link() },
-    });
+      // refused, and the last test's case).
+      { persistence: { retryBaseMs: 60_000, retryMaxMs: 60_000 } },
+    );
     await hub.start();
-    const owned = () => hub.clusterInfo().members.find((x) => x.id === "solo")?.partitions.length ?? 0;
     const id = "dev-r";
-    const payload = (step: number) => Buffer.from(JSON.stringify({ step }));
-    const send = (step: number) => shared.context.receive({ protocol: "mqtt", deviceId: id, kind: "telemetry", payload: payload(step) });
-    const lastMessageOf = () => (hub as unknown as { cluster: { lastMessageOf(id: string): number | undefined } }).cluster.lastMessageOf(id);
     try {
-      await until("it owns every partition", () => owned() === PARTITIONS, 20_000);
+      await until("it owns every partition", () => owned(hub) === PARTITIONS, 20_000);
       await hub.registerDevice({ id, protocol: "mqtt" });
-      send(1);
+      report(shared, id, 1);
       await hub.flush();
       proxy.cut();
       // Applied while the lease still holds; not stored, the database being away.
-      send(2);
-      assert.equal(lastMessageOf(), fingerprintOf("telemetry", payload(2), 0));
-      await until("the leases are lost", () => owned() === 0, 10_000);
+      report(shared, id, 2);
+      assert.equal(lastMessageOf(hub, id), fingerprintOfStep(2));
+      await until("the leases are lost", () => owned(hub) === 0, 10_000);
       proxy.restore();
-      await until("claimed back", () => owned() === PARTITIONS, 20_000);
-      assert.equal(lastMessageOf(), fingerprintOf("telemetry", payload(2), 0), "what it applied, not the database's older fingerprint");
+      await until("claimed back", () => owned(hub) === PARTITIONS, 20_000);
+      assert.equal(lastMessageOf(hub, id), fingerprintOfStep(2), "what it applied, not the database's older fingerprint");
     } finally {
       await hub.stop().catch(() => undefined);
       await proxy.close();
@@ -67,62 +66,46 @@ describe("a cluster member that loses its leases to a database outage and claims
   async function supersededWhileAway(bStoresIt: boolean): Promise<{ steps: unknown[]; fingerprint: number | undefined; warnings: string[] }> {
     const proxy = await startProxy(db.url);
     const broker = new LocalBroker();
-    const sharedA = new SharedAdapter("mqtt");
     const warnings: string[] = [];
-    const a = new Hub({
-      store: new PostgresStore({ url: proxy.url, connectTimeoutMs: 500 }),
-      protocols: [sharedA],
-      deviceTokens: false,
-      onWarning: (m) => warnings.push(m),
+    const a = memberHub(
+      new PostgresStore({ url: proxy.url, connectTimeoutMs: 500 }),
+      { member: "a", partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() },
       // Its failed write is not retried before it claims the partitions back (the default backoff reaches 10 s).
-      persistence: { retryBaseMs: 60_000, retryMaxMs: 60_000 },
-      cluster: { member: "a", partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() },
-    });
-    const sharedB = new SharedAdapter("mqtt");
-    const b = new Hub({
-      store: new PostgresStore({ url: db.url }),
-      protocols: [sharedB],
-      deviceTokens: false,
-      onWarning: () => undefined,
-      cluster: { member: "b", partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() },
-    });
-    const owned = (hub: Hub, member: string) => hub.clusterInfo().members.find((x) => x.id === member)?.partitions.length ?? 0;
+      { onWarning: (m) => warnings.push(m), persistence: { retryBaseMs: 60_000, retryMaxMs: 60_000 } },
+    );
+    const b = memberHub(new PostgresStore({ url: db.url }), { member: "b", partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() });
     const id = bStoresIt ? "dev-s1" : "dev-s2";
-    const report = (shared: SharedAdapter, step: number) => shared.context.receive({ protocol: "mqtt", deviceId: id, kind: "telemetry", payload: Buffer.from(JSON.stringify({ step })) });
     const reader = new PostgresStore({ url: db.url });
     try {
       await reader.open();
-      await a.start();
-      await until("a owns every partition", () => owned(a, "a") === PARTITIONS, 20_000);
-      await a.registerDevice({ id, protocol: "mqtt" });
-      report(sharedA, 1);
-      await a.flush();
+      await a.hub.start();
+      await until("a owns every partition", () => owned(a.hub) === PARTITIONS, 20_000);
+      await a.hub.registerDevice({ id, protocol: "mqtt" });
+      report(a.shared, id, 1);
+      await a.hub.flush();
       proxy.cut();
       // Applied by a while its lease still holds; its write fails, the database being away.
-      report(sharedA, 2);
-      await until("a's leases are lost", () => owned(a, "a") === 0, 10_000);
-      await b.start();
-      await until("b owns every partition", () => owned(b, "b") === PARTITIONS, 20_000);
+      report(a.shared, id, 2);
+      await until("a's leases are lost", () => owned(a.hub) === 0, 10_000);
+      await b.hub.start();
+      await until("b owns every partition", () => owned(b.hub) === PARTITIONS, 20_000);
       if (bStoresIt) {
-        report(sharedB, 2);
-        await b.flush();
+        report(b.shared, id, 2);
+        await b.hub.flush();
       }
-      await b.stop();
+      await b.hub.stop();
       proxy.restore();
-      await until("a claims them back", () => owned(a, "a") === PARTITIONS, 20_000);
-      await a.flush();
+      await until("a claims them back", () => owned(a.hub) === PARTITIONS, 20_000);
+      await a.hub.flush();
       const points = await reader.points({ deviceId: id, key: "step", from: 0, to: Date.now() + 60_000, limit: 100 });
-      const fingerprint = (a as unknown as { cluster: { lastMessageOf(id: string): number | undefined } }).cluster.lastMessageOf(id);
-      return { steps: points.map((p) => p.value), fingerprint, warnings };
+      return { steps: points.map((p) => p.value), fingerprint: lastMessageOf(a.hub, id), warnings };
     } finally {
-      await b.stop().catch(() => undefined);
-      await a.stop().catch(() => undefined);
+      await b.hub.stop().catch(() => undefined);
+      await a.hub.stop().catch(() => undefined);
       await reader.close();
       await proxy.close();
     }
   }
-
-  const fingerprintOfStep = (step: number) => fingerprintOf("telemetry", Buffer.from(JSON.stringify({ step })), 0);
 
   it("drops what it could not write when another member held the partitions in between, so a message that member stored is not stored twice", async () => {
     const { steps, fingerprint, warnings } = await supersededWhileAway(true);
@@ -139,7 +122,6 @@ describe("a cluster member that loses its leases to a database outage and claims
 
   it("takes the database's fingerprint back when its waiting rows were dropped (refused by the fence before it claimed back): a resent copy is applied, not skipped", async () => {
     const proxy = await startProxy(db.url);
-    const shared = new SharedAdapter("mqtt");
     const store = new PostgresStore({ url: proxy.url, connectTimeoutMs: 500 });
     // Its claims wait for the test: the write-behind's retry comes first, and is refused.
     let claims: () => void = () => undefined;
@@ -150,34 +132,24 @@ describe("a cluster member that loses its leases to a database outage and claims
       if (holding) await claimsMay;
       return claim(...args);
     };
-    const hub = new Hub({
-      store,
-      protocols: [shared],
-      deviceTokens: false,
-      onWarning: () => undefined,
-      persistence: { retryBaseMs: 20, retryMaxMs: 20 },
-      cluster: { member: "solo", partitions: PARTITIONS, leaseMs: LEASE_MS, link: new LocalBroker().link() },
-    });
-    const owned = () => hub.clusterInfo().members.find((x) => x.id === "solo")?.partitions.length ?? 0;
+    const { hub, shared } = memberHub(store, { member: "solo", partitions: PARTITIONS, leaseMs: LEASE_MS, link: new LocalBroker().link() }, { persistence: { retryBaseMs: 20, retryMaxMs: 20 } });
     const id = "dev-f";
-    const payload = (step: number) => Buffer.from(JSON.stringify({ step }));
-    const lastMessageOf = () => (hub as unknown as { cluster: { lastMessageOf(id: string): number | undefined } }).cluster.lastMessageOf(id);
     const fenced = () => (hub.statistics().store as { fenced: number }).fenced;
     try {
       await hub.start();
-      await until("it owns every partition", () => owned() === PARTITIONS, 20_000);
+      await until("it owns every partition", () => owned(hub) === PARTITIONS, 20_000);
       await hub.registerDevice({ id, protocol: "mqtt" });
-      shared.context.receive({ protocol: "mqtt", deviceId: id, kind: "telemetry", payload: payload(1) });
+      report(shared, id, 1);
       await hub.flush();
       proxy.cut();
-      shared.context.receive({ protocol: "mqtt", deviceId: id, kind: "telemetry", payload: payload(2) });
-      await until("the leases are lost", () => owned() === 0, 10_000);
+      report(shared, id, 2);
+      await until("the leases are lost", () => owned(hub) === 0, 10_000);
       holding = true;
       proxy.restore();
       await until("its waiting rows refused (no longer its own)", () => fenced() > 0, 10_000);
       claims();
-      await until("claimed back", () => owned() === PARTITIONS, 20_000);
-      assert.equal(lastMessageOf(), fingerprintOf("telemetry", payload(1), 0), "the last message stored, not report 2, which is stored nowhere");
+      await until("claimed back", () => owned(hub) === PARTITIONS, 20_000);
+      assert.equal(lastMessageOf(hub, id), fingerprintOfStep(1), "the last message stored, not report 2, which is stored nowhere");
     } finally {
       claims();
       await hub.stop().catch(() => undefined);

@@ -1,4 +1,4 @@
-import type { Clock, TimerHandle } from "../clock";
+import { beforeDeadline, type Clock, type TimerHandle } from "../clock";
 import type { CommandTracker } from "../commands";
 import { TethralError, errorMessage, isTethralError } from "../errors";
 import type { ClusterInfo } from "../hub-options";
@@ -444,7 +444,10 @@ export class ClusterMember {
     // database's fingerprints are read below, not after. Batches taken later are checked against
     // the new lease. Bounded: a write that hangs (its connection dead without closing) must not
     // hold the beat, and with it every lease; the takeover is given up and tried again.
-    await this.writesBefore(Math.max(100, Math.round(this.options.leaseMs / 4)));
+    const limitMs = Math.max(100, Math.round(this.options.leaseMs / 4));
+    if ((await beforeDeadline(this.host.writesInFlight(), Date.now() + limitMs)) === "late") {
+      throw new Error(`a write checked before the claim was still on its way after ${limitMs} ms`);
+    }
     if (this.superseded.size > 0) {
       for (const id of this.lastMessages.keys()) if (this.superseded.has(this.partitionOf(id))) this.lastMessages.delete(id);
       this.superseded.clear();
@@ -463,20 +466,6 @@ export class ClusterMember {
       if (alive || record.lastSeen > 0) this.host.presence.heartbeat.track(record.id, record.heartbeatTimeout, now, alive);
     }
     await this.host.commands.loadWhere(mine);
-  }
-
-  /** Waits for the write-behind's batches taken so far, at most `limitMs`; throws when they take longer. */
-  private async writesBefore(limitMs: number): Promise<void> {
-    let timer: TimerHandle | undefined;
-    const late = new Promise<boolean>((resolve) => {
-      timer = this.host.clock.setTimeout(() => resolve(false), limitMs);
-    });
-    try {
-      const done = await Promise.race([this.host.writesInFlight().then(() => true, () => true), late]);
-      if (!done) throw new Error(`a write checked before the claim was still on its way after ${limitMs} ms`);
-    } finally {
-      this.host.clock.clearTimeout(timer);
-    }
   }
 
   /**

@@ -41,7 +41,6 @@ export interface BeatResult {
   renewed: number[];
 }
 
-/** Rows changed since a time (database clock), for members to follow devices owned elsewhere. */
 /** A device's presence as stored: its status, lastSeen and the fingerprint of the last message applied (0: none). */
 export interface StoredPresence {
   id: string;
@@ -50,6 +49,7 @@ export interface StoredPresence {
   lastMessage: number;
 }
 
+/** Rows changed since a time (database clock), for members to follow devices owned elsewhere. */
 export interface FleetChanges {
   /** The database's clock when read: pass it (less a margin) as `since` next time. */
   now: number;
