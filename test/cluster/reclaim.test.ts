@@ -16,6 +16,20 @@ const report = (shared: SharedAdapter, deviceId: string, step: number) =>
 const fingerprintOfStep = (step: number) => fingerprintOf("telemetry", Buffer.from(JSON.stringify({ step })), 0);
 const owned = (hub: Hub) => ownedBy(hub).length;
 
+/**
+ * The started hub owns every partition; the device reports 1, stored; the proxy to the database
+ * is cut; it reports 2, applied while the lease still holds and not stored; the leases are lost.
+ */
+async function appliedWhileCut(hub: Hub, shared: SharedAdapter, proxy: { cut(): void }, id: string): Promise<void> {
+  await until("it owns every partition", () => owned(hub) === PARTITIONS, 20_000);
+  await hub.registerDevice({ id, protocol: "mqtt" });
+  report(shared, id, 1);
+  await hub.flush();
+  proxy.cut();
+  report(shared, id, 2);
+  await until("the leases are lost", () => owned(hub) === 0, 10_000);
+}
+
 describe("a cluster member that loses its leases to a database outage and claims them back (engine, PostgreSQL behind a proxy)", function () {
   this.timeout(60_000);
   let db: TestPostgres;
@@ -40,15 +54,8 @@ describe("a cluster member that loses its leases to a database outage and claims
     await hub.start();
     const id = "dev-r";
     try {
-      await until("it owns every partition", () => owned(hub) === PARTITIONS, 20_000);
-      await hub.registerDevice({ id, protocol: "mqtt" });
-      report(shared, id, 1);
-      await hub.flush();
-      proxy.cut();
-      // Applied while the lease still holds; not stored, the database being away.
-      report(shared, id, 2);
+      await appliedWhileCut(hub, shared, proxy, id);
       assert.equal(lastMessageOf(hub, id), fingerprintOfStep(2));
-      await until("the leases are lost", () => owned(hub) === 0, 10_000);
       proxy.restore();
       await until("claimed back", () => owned(hub) === PARTITIONS, 20_000);
       assert.equal(lastMessageOf(hub, id), fingerprintOfStep(2), "what it applied, not the database's older fingerprint");
@@ -79,14 +86,7 @@ describe("a cluster member that loses its leases to a database outage and claims
     try {
       await reader.open();
       await a.hub.start();
-      await until("a owns every partition", () => owned(a.hub) === PARTITIONS, 20_000);
-      await a.hub.registerDevice({ id, protocol: "mqtt" });
-      report(a.shared, id, 1);
-      await a.hub.flush();
-      proxy.cut();
-      // Applied by a while its lease still holds; its write fails, the database being away.
-      report(a.shared, id, 2);
-      await until("a's leases are lost", () => owned(a.hub) === 0, 10_000);
+      await appliedWhileCut(a.hub, a.shared, proxy, id);
       await b.hub.start();
       await until("b owns every partition", () => owned(b.hub) === PARTITIONS, 20_000);
       if (bStoresIt) {
@@ -137,13 +137,7 @@ describe("a cluster member that loses its leases to a database outage and claims
     const fenced = () => (hub.statistics().store as { fenced: number }).fenced;
     try {
       await hub.start();
-      await until("it owns every partition", () => owned(hub) === PARTITIONS, 20_000);
-      await hub.registerDevice({ id, protocol: "mqtt" });
-      report(shared, id, 1);
-      await hub.flush();
-      proxy.cut();
-      report(shared, id, 2);
-      await until("the leases are lost", () => owned(hub) === 0, 10_000);
+      await appliedWhileCut(hub, shared, proxy, id);
       holding = true;
       proxy.restore();
       await until("its waiting rows refused (no longer its own)", () => fenced() > 0, 10_000);
