@@ -4,7 +4,7 @@ import type { TethralEvent } from "./types";
 import { WriteQueue } from "./write-queue";
 import { DEFAULT_PERSISTENCE_OPTIONS, type PersistenceHost, type PersistenceOptions, type PersistenceStatistics } from "./write-behind-options";
 import type { Intake } from "./intake";
-import type { DevicePresenceRow, DeviceRow, HistoryRow, PointValue, PurgeResult, StateRow, Store, WriteBatch } from "./ports/store";
+import type { DevicePresenceRow, DeviceRow, EventRow, HistoryRow, PointValue, PurgeResult, StateRow, Store, WriteBatch } from "./ports/store";
 import { PointBatch } from "./point-batch";
 import { Retention } from "./retention";
 import { type FencedFailure, isFenced } from "./ports/cluster";
@@ -368,16 +368,16 @@ export class Persistence {
     if (this.intake !== null) this.intake.backlog(this.queue.backlog);
   }
 
-  /** Writes a refused batch a row at a time, setting aside (and counting) the rows the store refuses. */
+  /**
+   * Writes a refused batch apart, setting aside (and counting) the rows the store refuses: a
+   * device at a time, each device's rows in one transaction as the batch had them, so that its
+   * presence, which carries the fingerprint of the last message applied (cluster mode), is stored
+   * with the rest of its rows or not at all. A device whose own part is refused is written a row
+   * at a time, its presence last: a fingerprint stored before rows a moved partition then refuses
+   * would make the next owner skip the broker's resent copies of messages stored nowhere.
+   */
   private async writeApart(batch: WriteBatch): Promise<void> {
-    const single = (part: Partial<WriteBatch>): WriteBatch => ({ presence: [], states: [], history: [], events: [], ...part });
-    const parts: WriteBatch[] = [
-      single({ presence: batch.presence }),
-      ...batch.states.map((row) => single({ states: [row] })),
-      ...batch.history.map((row) => single({ history: [row] })),
-      ...batch.events.map((row) => single({ events: [row] })),
-      ...pointParts(PointBatch.of(batch.points)).map((points) => single({ points })),
-    ];
+    const parts = deviceParts(batch);
     for (let i = 0; i < parts.length; i++) {
       let part = this.withoutDiscarded(parts[i]!);
       while (rowsOf(part) > 0) {
@@ -393,10 +393,15 @@ export class Persistence {
             continue;
           }
           if (!(err instanceof TethralError && err.code === "INVALID")) {
-            // The database went away midway: this part and every one after it wait for the next try.
-            for (const rest of [part, ...parts.slice(i + 1)]) this.putBack(rest);
+            // The database went away midway: this part and every one after it wait for the next
+            // try, in their order (each is put back in front of the queue, so the last goes first).
+            for (const rest of [part, ...parts.slice(i + 1)].reverse()) this.putBack(rest);
             this.failed(err);
             throw err;
+          }
+          if (rowsOf(part) > 1) {
+            parts.splice(i + 1, 0, ...rowParts(part));
+            break;
           }
           this.stats.refused++;
           this.host.warn(`the database refused a row, which was set aside: ${errorMessage(err)}`);
@@ -578,7 +583,41 @@ function rowsOf(batch: WriteBatch): number {
   return batch.presence.length + batch.states.length + batch.history.length + batch.events.length + (batch.points?.length ?? 0);
 }
 
-/** Points of a refused batch: one part per point (only a refused batch comes here, and it is rare). */
-function pointParts(points: PointBatch): PointBatch[] {
-  return Array.from({ length: points.length }, (_, i) => points.slice(i, i + 1));
+/**
+ * A refused batch's parts (see `Persistence.writeApart`): each device's rows, in the order its
+ * rows first appear, and the events that name no device last. Only a refused batch comes here.
+ */
+function deviceParts(batch: WriteBatch): WriteBatch[] {
+  const parts = new Map<string | null, { part: WriteBatch; points: number[] }>();
+  const of = (id: string | null) => {
+    let p = parts.get(id);
+    if (!p) parts.set(id, (p = { part: { presence: [], states: [], history: [], events: [] }, points: [] }));
+    return p;
+  };
+  for (const row of batch.presence) of(row.id).part.presence.push(row);
+  for (const row of batch.states) of(row.deviceId).part.states.push(row);
+  for (const row of batch.history) of(row.deviceId).part.history.push(row);
+  const points = PointBatch.of(batch.points);
+  for (let i = 0; i < points.length; i++) of(points.deviceIds[i]!).points.push(i);
+  const deviceless: EventRow[] = [];
+  for (const row of batch.events) {
+    if (row.deviceId === null) deviceless.push(row);
+    else of(row.deviceId).part.events.push(row);
+  }
+  const out = [...parts.values()].map(({ part, points: at }) => (at.length > 0 ? { ...part, points: points.pick(at) } : part));
+  if (deviceless.length > 0) out.push({ presence: [], states: [], history: [], events: deviceless });
+  return out;
+}
+
+/** A part's rows one at a time, its presence last (see `Persistence.writeApart`). */
+function rowParts(part: WriteBatch): WriteBatch[] {
+  const single = (rows: Partial<WriteBatch>): WriteBatch => ({ presence: [], states: [], history: [], events: [], ...rows });
+  const points = PointBatch.of(part.points);
+  return [
+    ...part.states.map((row) => single({ states: [row] })),
+    ...part.history.map((row) => single({ history: [row] })),
+    ...part.events.map((row) => single({ events: [row] })),
+    ...Array.from({ length: points.length }, (_, i) => single({ points: points.slice(i, i + 1) })),
+    ...part.presence.map((row) => single({ presence: [row] })),
+  ];
 }

@@ -9,6 +9,7 @@ import type { TethralEvent } from "../../src/core/types";
 import { SqliteStore } from "../../src/store/sqlite";
 import type { Store, WriteBatch } from "../../src/core/ports/store";
 import { WrappedStore } from "./wrapped-store";
+import { PointBatch } from "../../src/core/point-batch";
 import { assertRejectsCode } from "../helpers";
 import type { Persistence } from "../../src/core/write-behind";
 import { until } from "../protocols/mqtt-device";
@@ -345,7 +346,8 @@ describe("Hub persistence (SQLite file)", () => {
   });
 
   /** The devices a batch has rows of. */
-  const devicesOf = (batch: WriteBatch) => new Set([...batch.history.map((h) => h.deviceId), ...batch.states.map((x) => x.deviceId), ...batch.presence.map((r) => r.id)]);
+  const devicesOf = (batch: WriteBatch) =>
+    new Set([...batch.history.map((h) => h.deviceId), ...batch.states.map((x) => x.deviceId), ...batch.presence.map((r) => r.id), ...PointBatch.of(batch.points).rows().map((p) => p.deviceId)]);
 
   it("writing a refused batch a row at a time, drops the rows of a device whose partition moved meanwhile (fenced), and writes the others' (presence too), not taking it for an outage", async () => {
     const store = new WrappedStore(new SqliteStore({ path: file }));
@@ -389,6 +391,53 @@ describe("Hub persistence (SQLite file)", () => {
     await hub.flush();
     assert.equal(checks, 1, "no later part of moved-1 reached the database");
     assert.deepEqual(await store.inner.stateHistory("moved-1", 10), [], "none of its parts written after one was refused");
+  });
+
+  /** Refuses every batch with a history row of `id` (a row the database cannot take); `apartFrom()` is the count of batches stored when that first happened. */
+  function refuseHistoryOf(store: WrappedStore, id: string): () => number | null {
+    let from: number | null = null;
+    store.refuse = (batch) => {
+      const refused = batch.history.some((h) => h.deviceId === id);
+      if (refused) from ??= store.batches.length;
+      return refused;
+    };
+    return () => from;
+  }
+
+  it("writing a refused batch apart, stores a device's presence (its fingerprint) with its other rows or not at all: a partition moving midway leaves none of it", async () => {
+    const store = new WrappedStore(new SqliteStore({ path: file }));
+    const hub = await open({ persistence: { flushIntervalMs: 60_000 } }, store);
+    for (const id of ["bad-1", "moved-1"]) await hub.registerDevice({ id, protocol: "mqtt" });
+    for (const id of ["bad-1", "moved-1"]) hub.ingest(id, { kind: "telemetry", data: { t: 1 } });
+    const apartFrom = refuseHistoryOf(store, "bad-1");
+    // moved-1's partition moves once the first part written apart is stored.
+    store.fence = (batch) => {
+      const from = apartFrom();
+      return from !== null && store.batches.length > from && devicesOf(batch).has("moved-1") ? ["moved-1"] : null;
+    };
+    await hub.flush();
+    const stored = new Map((await store.inner.loadDevices()).map((d) => [d.id, d]));
+    assert.equal(stored.get("moved-1")?.status, "unknown", "moved-1's presence not stored without its rows");
+    assert.deepEqual(await store.inner.stateHistory("moved-1", 10), []);
+    assert.equal(stored.get("bad-1")?.status, "online", "bad-1's presence stored");
+  });
+
+  it("writing a refused device's rows one at a time, stores its presence last: a partition moving midway leaves its fingerprint unstored", async () => {
+    const store = new WrappedStore(new SqliteStore({ path: file }));
+    const hub = await open({ persistence: { flushIntervalMs: 60_000 } }, store);
+    await hub.registerDevice({ id: "bad-1", protocol: "mqtt" });
+    hub.ingest("bad-1", { kind: "telemetry", data: { t: 1 } });
+    const apartFrom = refuseHistoryOf(store, "bad-1");
+    // Its partition moves once its first row alone is stored.
+    store.fence = (batch) => {
+      const from = apartFrom();
+      return from !== null && store.batches.length > from && devicesOf(batch).has("bad-1") ? ["bad-1"] : null;
+    };
+    await hub.flush();
+    const from = apartFrom();
+    assert.ok(from !== null && store.batches.slice(from).some((b) => devicesOf(b).has("bad-1")), "a row of its stored alone before the move");
+    const stored = new Map((await store.inner.loadDevices()).map((d) => [d.id, d]));
+    assert.equal(stored.get("bad-1")?.status, "unknown", "its presence, checked last, refused with the rest");
   });
 
   /** A hub whose write of moved-1's four reports (six rows, in batches of three) failed: the store degraded. */
