@@ -183,8 +183,15 @@ export class CommandDelivery {
     e.attemptAt = this.clock.now();
     const current = () => e.phase === "sending" && e.attemptSeq === seq && this.running;
     let outcome: SendOutcome;
+    let handed = false;
     try {
-      const sent = Promise.resolve().then(() => adapter.send(device, { id: e.row.id, command: e.row.command, params: e.row.params }, e.timeoutMs));
+      // A request/response adapter says when the request has left, before the answer comes.
+      const handedOver = () => {
+        if (handed || !current()) return;
+        handed = true;
+        this.markSent(e);
+      };
+      const sent = Promise.resolve().then(() => adapter.send(device, { id: e.row.id, command: e.row.command, params: e.row.params }, e.timeoutMs, handedOver));
       outcome = checkOutcome(await this.withDeadline(e, sent, e.timeoutMs + 1000));
     } catch (err) {
       if (current()) this.attemptFailed(e, err);
@@ -194,12 +201,12 @@ export class CommandDelivery {
     if (!current()) return;
     if (outcome.status === "answered") {
       this.owner.answered(e);
-      this.markSent(e);
+      if (!handed) this.markSent(e);
       if (outcome.ok) this.owner.finish(e, "succeeded", outcome.result ?? null, null);
       else this.owner.finish(e, "failed", null, String(outcome.error).slice(0, 1024));
       return;
     }
-    this.markSent(e);
+    if (!handed) this.markSent(e);
     if (outcome.status === "delivered") this.owner.setStatus(e, "delivered");
     if (!e.expectResponse) this.owner.finish(e, e.row.status, null, null);
     else this.awaitAnswer(e);

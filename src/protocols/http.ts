@@ -1,3 +1,5 @@
+import { type IncomingMessage, request as httpRequest } from "node:http";
+import { request as httpsRequest } from "node:https";
 import { TethralError, errorMessage } from "../core/errors";
 import type { Device, JsonValue } from "../core/types";
 import { busyHealth } from "./intake-hold";
@@ -38,44 +40,36 @@ export class HttpAdapter implements ProtocolAdapter {
     this.inFlight.clear();
   }
 
-  async send(device: Device, frame: CommandFrame, timeoutMs: number): Promise<SendOutcome> {
+  async send(device: Device, frame: CommandFrame, timeoutMs: number, handedOver?: () => void): Promise<SendOutcome> {
     const context = this.context;
     if (!context || this.stopped) throw new TethralError("UNAVAILABLE", "the http adapter is not running");
     const url = commandUrl(device);
-    const body = encodeCommand(frame);
+    const body = Buffer.from(encodeCommand(frame));
     const controller = new AbortController();
     const timeout = new TethralError("TIMEOUT", `device "${device.id}" did not answer within ${timeoutMs} ms`);
     const timer = setTimeout(() => controller.abort(timeout), Math.max(1, timeoutMs));
     this.inFlight.add(controller);
     this.figures.requests++;
     try {
-      const res = await fetch(url, {
-        method: "POST",
-        headers: {
-          ...this.options.headers,
-          "Content-Type": "application/json",
-          Accept: "application/json",
-          // No pooled socket outlives the command: after stop() nothing of ours stays open.
-          Connection: "close",
-        },
-        body,
-        signal: controller.signal,
-        // A command is not re-posted somewhere else behind the user's back: a 3xx is an answer.
-        redirect: "manual",
+      const res = await post(url, body, { ...this.options.headers, "Content-Type": "application/json", Accept: "application/json" }, controller.signal, () => {
+        // The request has left for the device: the command is sent, whether or not an answer comes.
+        context.counters.messagesOut++;
+        context.counters.bytesOut += body.byteLength;
+        handedOver?.();
       });
-      context.counters.messagesOut++;
-      context.counters.bytesOut += Buffer.byteLength(body);
-      const limit = res.ok ? (this.options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES) : ERROR_BODY_CHARS * 4;
+      const status = res.statusCode ?? 0;
+      const ok = status >= 200 && status < 300;
+      const limit = ok ? (this.options.maxResponseBytes ?? DEFAULT_MAX_RESPONSE_BYTES) : ERROR_BODY_CHARS * 4;
       const { text, cut } = await readCapped(res, limit);
       this.figures.answered++;
-      if (!res.ok) {
+      if (!ok) {
         this.figures.refusedByDevice++;
         const detail = text.trim().slice(0, ERROR_BODY_CHARS);
-        return { status: "answered", ok: false, error: `HTTP ${res.status}${detail ? `: ${detail}` : ""}` };
+        return { status: "answered", ok: false, error: `HTTP ${status}${detail ? `: ${detail}` : ""}` };
       }
       if (cut) {
         this.figures.refusedByDevice++;
-        return { status: "answered", ok: false, error: `HTTP ${res.status}: the answer is larger than ${limit} bytes` };
+        return { status: "answered", ok: false, error: `HTTP ${status}: the answer is larger than ${limit} bytes` };
       }
       return { status: "answered", ok: true, result: resultOf(text) };
     } catch (err) {
@@ -107,9 +101,7 @@ export class HttpAdapter implements ProtocolAdapter {
       return signal.reason;
     }
     this.figures.failed++;
-    // fetch reports a network failure as "fetch failed" with the system error as its cause.
-    const cause = (err as { cause?: { code?: string; message?: string } }).cause;
-    const reason = cause?.code ?? cause?.message ?? errorMessage(err);
+    const reason = (err as { code?: unknown }).code ?? errorMessage(err);
     return new TethralError("UNAVAILABLE", `device "${device.id}" unreachable at ${url.origin}: ${reason}`);
   }
 }
@@ -138,25 +130,42 @@ function commandUrl(device: Device): URL {
   return url;
 }
 
+/**
+ * POSTs `body` on a connection of its own (no pooled socket outlives the command: after stop()
+ * nothing of ours stays open), following no redirect (a command is not re-posted somewhere else
+ * behind the user's back: a 3xx is an answer). `sent` is called once the request has been handed
+ * to the connection in full, before any answer.
+ */
+function post(url: URL, body: Buffer, headers: Record<string, string>, signal: AbortSignal, sent: () => void): Promise<IncomingMessage> {
+  return new Promise((resolve, reject) => {
+    const req = (url.protocol === "https:" ? httpsRequest : httpRequest)(url, {
+      method: "POST",
+      headers: { ...headers, "Content-Length": String(body.byteLength), Connection: "close" },
+      agent: false,
+      signal,
+    });
+    req.once("finish", sent);
+    req.once("response", resolve);
+    req.once("error", reject);
+    req.end(body);
+  });
+}
+
 /** Reads at most `limit` bytes of the body, then lets the rest go. */
-async function readCapped(res: Response, limit: number): Promise<{ text: string; cut: boolean }> {
-  if (!res.body) return { text: "", cut: false };
-  const reader = res.body.getReader();
-  const chunks: Uint8Array[] = [];
+async function readCapped(res: IncomingMessage, limit: number): Promise<{ text: string; cut: boolean }> {
+  const chunks: Buffer[] = [];
   let size = 0;
   let cut = false;
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
+  for await (const chunk of res as AsyncIterable<Buffer>) {
     const room = limit - size;
-    if (value.byteLength > room) {
-      chunks.push(value.subarray(0, room));
+    if (chunk.byteLength > room) {
+      chunks.push(chunk.subarray(0, room));
       cut = true;
-      await reader.cancel().catch(() => undefined);
+      res.destroy();
       break;
     }
-    chunks.push(value);
-    size += value.byteLength;
+    chunks.push(chunk);
+    size += chunk.byteLength;
   }
   return { text: Buffer.concat(chunks).toString("utf8"), cut };
 }

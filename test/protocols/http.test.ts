@@ -127,9 +127,13 @@ describe("HttpAdapter", function () {
     assert.deepEqual(outcome, { status: "answered", ok: false, error: "HTTP 200: the answer is larger than 65536 bytes" });
   });
 
-  it("rejects with TIMEOUT when the device does not answer in time, and counts it", async function () {
-    const err = await assertRejectsCode(() => adapter.send(device(`${dev.base}/slow`), frame, 200), "TIMEOUT");
+  it("rejects with TIMEOUT when the device does not answer in time, and counts it: the request had left all the same (handed over, counted out)", async function () {
+    let handed = 0;
+    const err = await assertRejectsCode(() => adapter.send(device(`${dev.base}/slow`), frame, 200, () => handed++), "TIMEOUT");
     assert.match(err.message, /valve-1.*200 ms/);
+    assert.equal(dev.seen.length, 1, "the device got it");
+    assert.equal(handed, 1, "said to have left, once");
+    assert.equal(ctx.counters.messagesOut, 1);
     assert.equal(ctx.counters.errors, 1);
     assert.equal(adapter.statistics().timedOut, 1);
     assert.equal(adapter.statistics().inFlight, 0);
@@ -137,8 +141,10 @@ describe("HttpAdapter", function () {
 
   it("rejects with UNAVAILABLE when nothing listens at the address", async function () {
     const port = await closedPort();
-    const err = await assertRejectsCode(() => adapter.send(device(`http://127.0.0.1:${port}/cmd`), frame, 5000), "UNAVAILABLE");
+    let handed = 0;
+    const err = await assertRejectsCode(() => adapter.send(device(`http://127.0.0.1:${port}/cmd`), frame, 5000, () => handed++), "UNAVAILABLE");
     assert.match(err.message, /unreachable.*ECONNREFUSED/);
+    assert.equal(handed, 0, "nothing left");
     assert.equal(ctx.counters.errors, 1);
     assert.equal(ctx.counters.messagesOut, 0);
   });
@@ -200,6 +206,26 @@ describe("HttpAdapter in a Hub", function () {
     const done = await command("/fail404");
     assert.equal(done.status, "failed");
     assert.equal(done.error, 'HTTP 404: {"error":"no such command"}');
+  });
+
+  it("a command the device received and did not answer is sent while it waits (sentAt, command.sent), and timed out after", async function () {
+    await hub.registerDevice({ id: "dev-slow-sent", protocol: "http", address: `${dev.base}/slow` });
+    const events: string[] = [];
+    hub.subscribe({ types: "command.*" }, (e) => void events.push(e.type));
+    const queued = await hub.sendCommand("dev-slow-sent", { command: "open", timeout: 0.5 });
+    const start = Date.now();
+    while (dev.seen.length === 0 && Date.now() - start < 5000) await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, 50));
+    const waiting = await hub.getCommand(queued.id);
+    assert.equal(waiting.status, "sent", "the device has it");
+    assert.ok(waiting.sentAt, "with the time it left");
+    assert.equal(hub.communicationStatistics().protocols.http!.messagesOut, 1);
+    const start2 = Date.now();
+    while ((await hub.getCommand(queued.id)).status === "sent" && Date.now() - start2 < 5000) await new Promise((r) => setTimeout(r, 20));
+    const ended = await hub.getCommand(queued.id);
+    assert.equal(ended.status, "timed_out");
+    assert.ok(ended.sentAt);
+    assert.deepEqual(events, ["command.queued", "command.sent", "command.timed_out"]);
   });
 
   it("a device that does not answer in time ends the command after its retries", async function () {

@@ -18,8 +18,11 @@ export interface ProtocolAdapter {
    * Hands one command to a device. Resolves with how far it got (see SendOutcome); rejects when
    * it could not be handed over at all (no connection, refused, no answer in `timeoutMs` for a
    * request/response protocol). A rejection counts as a failed attempt and may be retried.
+   * A request/response protocol calls `handedOver` once the request has left for the device,
+   * before its answer: the command is `sent` from then on, and one that then gets no answer in
+   * time was sent all the same (its `sentAt` set, `command.sent` published).
    */
-  send(device: Device, frame: CommandFrame, timeoutMs: number): Promise<SendOutcome>;
+  send(device: Device, frame: CommandFrame, timeoutMs: number, handedOver?: () => void): Promise<SendOutcome>;
   /**
    * True while the device holds a live connection to this adapter, false while it does not;
    * undefined when the protocol cannot tell (request/response protocols such as CoAP and HTTP),
