@@ -108,6 +108,17 @@ return msg;`;
 const KEYS_ANSWER = `msg.payload = { keys: msg.payload };
 return msg;`;
 
+const TOKEN_REQUEST = `${refuse}
+// The hub makes the new token: a body (a token of the caller's choosing, say) is refused, not ignored.
+const body = msg.payload;
+if (body !== undefined && body !== null && body !== "") {
+  if (typeof body !== "object" || Array.isArray(body)) return refuse("this request takes no body: the hub makes the new token", "(body)");
+  const field = Object.keys(body)[0];
+  if (field !== undefined) return refuse(\`\${field} is no field of this request: it takes no body, the hub makes the new token\`, field);
+}
+msg.deviceId = msg.req.params.id;
+return msg;`;
+
 const TOKEN_ANSWER = `// Shown this once: the hub keeps only its hash.
 msg.payload = { token: msg.payload.token };
 return msg;`;
@@ -376,7 +387,7 @@ add("cmdlist-answer", "function", fn("{commands}", COMMANDS_ANSWER), X[3], at, [
 add("cmdlist-out", "http response", response(200), X[4], at);
 at = row();
 add("token-in", "http in", httpIn("post", "/devices/:id/token"), X[0], at, [["token-id"]]);
-add("token-id", "change", setDeviceId, X[1], at, [["token"]]);
+add("token-id", "function", fn("device id, no body", TOKEN_REQUEST), X[1], at, [["token"]]);
 add("token", "tethral-device", device("token"), X[2], at, [["token-answer"]]);
 add("token-answer", "function", fn("{token}, once", TOKEN_ANSWER), X[3], at, [["token-out"]]);
 add("token-out", "http response", response(200), X[4], at);

@@ -93,6 +93,13 @@ describe("REST API: commands, tokens, events, device reports and filters (flows/
     try {
       if (sub) await until(async () => (await get("/devices/rotor-1")).body.status === "online" && (await get("/communication/statistics")).body.protocols.mqtt.connected >= 1, "the subscriber to connect");
 
+      // The hub makes the token: a body is refused, and the token stays as it was.
+      const chosen = await call(api, "POST", "/devices/rotor-1/token", { token: "my-chosen-token-123456" });
+      ERROR_SHAPE(chosen, 400, "INVALID");
+      assert.deepEqual(chosen.body.error.details.map((d: Json) => d.field), ["token"]);
+      ERROR_SHAPE(await call(api, "POST", "/devices/rotor-1/token", [1]), 400, "INVALID");
+      assert.equal((await call(api, "POST", "/devices/rotor-1/heartbeat", undefined, auth(old))).status, 204, "the old token still works");
+      assert.equal((await call(api, "POST", "/devices/rotor-1/token", {})).status, 200, "an empty object is no body");
       const rotated = await call(api, "POST", "/devices/rotor-1/token");
       assert.equal(rotated.status, 200);
       assert.deepEqual(Object.keys(rotated.body), ["token"]);
