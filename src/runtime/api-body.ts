@@ -1,3 +1,4 @@
+import { isUtf8 } from "node:buffer";
 import type { IncomingMessage } from "node:http";
 import { reportOf } from "../nodes/http-refusals";
 import { sendError } from "./http-server";
@@ -8,6 +9,8 @@ type ApiRequest = IncomingMessage & { body?: unknown; _body?: boolean };
 
 /** The REST API's own paths (CONTRACT §3): JSON only. Other flows' endpoints under /api take what they like. */
 const CONTRACT_PATHS = /^\/(devices|commands|events|health|communication)(\/|\?|$)/i;
+/** The charset parameter of a Content-Type, lower case (the type is lower-cased before). */
+const CHARSET = /;\s*charset\s*=\s*"?([^";\s]*)/;
 /** How much of an oversized upload is read (and dropped) so its client can read the 413. */
 const DRAIN_LIMIT_BYTES = 16 * 1024 * 1024;
 /** Deeper JSON is refused: Node-RED deep-copies a message on its way to a Catch node, recursively. */
@@ -53,6 +56,11 @@ export function jsonBody(limit: number, refused: (req: IncomingMessage, reason: 
       if (/^text\/plain\s*(;|$)/.test(type) && (kind === "status" || kind === "heartbeat")) return next?.();
       return refuse(415, `the request body must be JSON, sent as Content-Type: application/json (not ${type || "untyped"})`);
     }
+    // JSON is UTF-8 (RFC 8259 §8.1): a body declared in another character set would be read wrong.
+    const charset = CHARSET.exec(type)?.[1];
+    if (charset !== undefined && charset !== "utf-8" && charset !== "utf8") {
+      return refuse(415, `the request body must be JSON in UTF-8 (charset=utf-8), not charset=${charset.slice(0, 40)}`);
+    }
     if (declared > limit) return tooLarge();
     const chunks: Buffer[] = [];
     let size = 0;
@@ -69,7 +77,15 @@ export function jsonBody(limit: number, refused: (req: IncomingMessage, reason: 
     });
     req.on("end", () => {
       if (failed) return;
-      const text = Buffer.concat(chunks).toString("utf8");
+      const bytes = Buffer.concat(chunks);
+      // Bytes that are not UTF-8 would be stored as U+FFFD, changed for good: refused instead.
+      if (!isUtf8(bytes)) {
+        const message = "the request body is not valid UTF-8: JSON must be sent as UTF-8";
+        sendError(res, 400, "INVALID", message);
+        refused(req, "invalid-payload", message);
+        return;
+      }
+      const text = bytes.toString("utf8");
       let body: unknown;
       try {
         body = text.trim() === "" ? {} : (JSON.parse(text) as unknown);

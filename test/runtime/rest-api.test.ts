@@ -403,6 +403,18 @@ describe("REST API (flows/flows.json in the runtime, over real HTTP)", function 
     const text = await fetch(`${api}/devices`, { method: "POST", headers: { "content-type": "text/plain" }, body: '{"id":"t1","protocol":"mqtt"}' });
     assert.equal(text.status, 415);
     assert.equal((await get("/devices/t1")).status, 404, "a form or text post registers nothing");
+    // JSON is UTF-8: bytes that are not, or another declared character set, are refused, not stored changed.
+    const latin1 = Buffer.concat([Buffer.from('{"id":"t2","protocol":"mqtt","name":"Stra'), Buffer.from([0xdf]), Buffer.from('e"}')]);
+    const notUtf8 = await fetch(`${api}/devices`, { method: "POST", headers: { "content-type": "application/json" }, body: latin1 });
+    assert.equal(notUtf8.status, 400);
+    ERROR_SHAPE((await notUtf8.json()) as never, "INVALID");
+    const declared = await fetch(`${api}/devices`, { method: "POST", headers: { "content-type": "application/json; charset=iso-8859-1" }, body: latin1 });
+    assert.equal(declared.status, 415);
+    assert.equal((await get("/devices/t2")).status, 404, "neither registered anything");
+    const utf8 = await fetch(`${api}/devices`, { method: "POST", headers: { "content-type": "application/json; charset=UTF-8" }, body: '{"id":"t2","protocol":"mqtt","name":"Straße"}' });
+    assert.equal(utf8.status, 201);
+    assert.equal((await get("/devices/t2")).body.name, "Straße");
+    assert.equal((await fetch(`${api}/devices/t2`, { method: "DELETE" })).status, 204);
     const queuedAfter = (await get("/events?type=command.queued&deviceId=boiler-1&limit=1000")).body.events.length;
     assert.equal(queuedAfter, queuedBefore, "a form post queues no command");
 
