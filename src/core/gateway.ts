@@ -179,7 +179,7 @@ export class DeviceGateway {
 
   private handle(message: DeviceMessage, protocol: string, c: ProtocolCounters): ReceiveResult {
     const { deviceId, kind, payload } = message;
-    const bytes = sizeOf(payload);
+    const bytes = typeof message.size === "number" && message.size >= 0 ? message.size : sizeOf(payload);
     c.bytesIn += bytes;
     if (!KINDS.has(kind)) return this.refused(c, deviceId, protocol, kind, invalid("kind", `must be one of ${[...KINDS].join(", ")}`), "invalid-payload");
     if (bytes > this.options.maxPayloadBytes) {

@@ -146,6 +146,8 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
       const protocol = sender.protocol;
       // A status comes as text (online), a JSON string ("online") or {"status": "online"}.
       const payload = kind === "status" && typeof msg.payload === "string" ? msg.payload.trim() : msg.payload;
+      // The REST API's parsed JSON body, as it came: its size as sent (a payload a flow made has none).
+      const size = req !== undefined && msg.payload === req.body && typeof req.bodyBytes === "number" ? req.bodyBytes : undefined;
       return (hub) => {
         // The store is behind: nothing is taken, and the answer (the REST flow's 503) says when
         // to send again, as `Retry-After` in msg.headers, which the http response node sends.
@@ -154,7 +156,7 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
           msg.headers = { ...(msg.headers as Record<string, string> | undefined), "Retry-After": String(seconds) };
           throw new TethralError("UNAVAILABLE", `the hub is busy: send again in ${seconds} s`);
         }
-        const result = hub.receive({ protocol, deviceId: id, kind: kind as (typeof REPORT_KINDS)[number], payload, ...(token !== undefined && { token }) });
+        const result = hub.receive({ protocol, deviceId: id, kind: kind as (typeof REPORT_KINDS)[number], payload, ...(token !== undefined && { token }), ...(size !== undefined && { size }) });
         if (!result.ok) throw result.error;
         return {
           payload: { deviceId: result.deviceId, status: result.status, changed: result.changed },
@@ -179,6 +181,9 @@ interface HttpRequest {
   headers?: Record<string, unknown>;
   query?: Record<string, unknown>;
   route?: { path?: unknown };
+  /** The parsed JSON body (the REST API's, see src/runtime/api-body.ts) and its size as sent. */
+  body?: unknown;
+  bodyBytes?: unknown;
 }
 
 function requestOf(msg: NodeMessage): HttpRequest | undefined {

@@ -5,7 +5,7 @@ import { sendError } from "./http-server";
 import type { Handler } from "./node-red";
 import { errorMessage } from "../core/errors";
 
-type ApiRequest = IncomingMessage & { body?: unknown; _body?: boolean };
+type ApiRequest = IncomingMessage & { body?: unknown; _body?: boolean; bodyBytes?: number };
 
 /** The REST API's own paths (CONTRACT §3): JSON only. Other flows' endpoints under /api take what they like. */
 const CONTRACT_PATHS = /^\/(devices|commands|events|health|communication)(\/|\?|$)/i;
@@ -103,6 +103,8 @@ export function jsonBody(limit: number, refused: (req: IncomingMessage, reason: 
       }
       req.body = body;
       req._body = true;
+      // What the body weighed as sent: a device's report is counted, and held to the payload limit, by it.
+      req.bodyBytes = bytes.byteLength;
       next?.();
     });
   };

@@ -225,6 +225,19 @@ describe("REST API: commands, tokens, events, device reports and filters (flows/
     assert.equal((await get("/devices/http-dev")).body.status, "offline", "refused reports change nothing");
     // ?token= for devices that cannot set a header.
     assert.equal((await post(`heartbeat?token=${encodeURIComponent(token)}`, null, [])).status, 204);
+
+    // A JSON report's bytes are counted as sent, and held to the payload limit (256 KiB) as on every protocol.
+    const bytesIn = async () => (await get("/communication/statistics")).body.protocols.http.bytesIn as number;
+    const before = await bytesIn();
+    const report = '{"temperature": 21.5, "note": "Straße"}';
+    assert.equal((await post("telemetry", report, [bearer, json])).status, 204);
+    assert.equal((await bytesIn()) - before, Buffer.byteLength(report), "the body's bytes");
+    const big = JSON.stringify({ blob: "x".repeat(300 * 1024) });
+    const sent = await fetch(`${api}/devices/http-dev/telemetry`, { method: "POST", headers: { authorization: `Bearer ${token}`, "content-type": "application/json" }, body: big });
+    const tooBig = { status: sent.status, body: (await sent.json()) as Json };
+    ERROR_SHAPE(tooBig, 400, "INVALID");
+    assert.match(tooBig.body.error.message, /bytes, more than the 262144 allowed/);
+    assert.equal((await get("/devices/http-dev/state")).body.properties.blob, undefined, "nothing of it taken");
   });
 
   it("filters as users write them: comma lists, repeated parameters, any case; states by statuses and protocol; 400 names the parameter", async () => {

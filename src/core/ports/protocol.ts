@@ -174,6 +174,12 @@ export interface DeviceMessage {
    * no heartbeat, no online or offline, nothing for anomaly detection.
    */
   retained?: boolean;
+  /**
+   * The payload's size in bytes as it came over the wire, where the transport hands it over
+   * decoded (the REST flow's parsed JSON body): counted in the protocol's bytes in, and held to
+   * the payload limit, as raw bytes are.
+   */
+  size?: number;
 }
 
 export type ReceiveResult =
