@@ -60,6 +60,18 @@ export class AdapterSet {
     return waits === null ? null : Promise.all(waits).then(() => undefined);
   }
 
+  /** Why an adapter refuses `address` for a device of `protocol` (see ProtocolAdapter.checkAddress), or null. */
+  addressProblem(protocol: string, address: string): string | null {
+    const adapter = this.adapters.get(protocol);
+    try {
+      return adapter?.checkAddress?.(address) ?? null;
+    } catch (err) {
+      // A plugin's check that throws is its own fault, not the address's.
+      this.warn(`protocol "${protocol}" could not check an address: ${errorMessage(err)}`);
+      return null;
+    }
+  }
+
   /** The running adapter of a protocol, if any: commands go out only through one. */
   running(protocol: string): ProtocolAdapter | undefined {
     const adapter = this.adapters.get(protocol);

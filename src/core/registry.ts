@@ -108,6 +108,12 @@ export class DeviceRegistry {
   private readonly interner = new Interner();
   private seq = 0;
 
+  /**
+   * Why a device of a protocol cannot have an address (its adapter's check, see
+   * ProtocolAdapter.checkAddress), or null; the hub sets it.
+   */
+  addressProblem: ((protocol: string, address: string) => string | null) | null = null;
+
   constructor(
     private readonly bus: EventBus,
     private readonly clock: Clock,
@@ -133,6 +139,7 @@ export class DeviceRegistry {
 
   register(input: unknown, options: ChangeOptions = {}): Device {
     const data = parseInput(deviceInputSchema, input, "device");
+    if (data.address !== undefined) this.checkAddress("device", data.protocol, data.address);
     if (this.records.has(data.id)) {
       throw new TethralError("CONFLICT", `device "${data.id}" is already registered`, [
         { field: "id", message: "is already registered" },
@@ -276,6 +283,10 @@ export class DeviceRegistry {
         { field: "id", message: "is immutable" },
       ]);
     }
+    if (data.protocol !== undefined || data.address !== undefined) {
+      const address = data.address === undefined ? record.address : (data.address ?? undefined);
+      if (address !== undefined) this.checkAddress("device update", data.protocol ?? record.protocol, address);
+    }
     const changes: string[] = [];
     const set = <K extends keyof DeviceRecord>(key: K, value: DeviceRecord[K]) => {
       if (record[key] !== value) {
@@ -310,6 +321,12 @@ export class DeviceRegistry {
     }
     if (changes.length > 0) record.updatedAt = now ?? this.clock.now();
     return { device: toDevice(record), changes };
+  }
+
+  /** INVALID, naming `address`, when the protocol's adapter cannot send commands to it. */
+  private checkAddress(what: string, protocol: string, address: string): void {
+    const problem = this.addressProblem?.(protocol, address) ?? null;
+    if (problem !== null) throw new TethralError("INVALID", `invalid ${what}: address ${problem}`, [{ field: "address", message: problem }]);
   }
 
   remove(id: string, options: ChangeOptions & { reason?: "user" | "retention" } = {}): Device {

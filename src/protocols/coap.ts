@@ -170,6 +170,10 @@ export class CoapAdapter implements ProtocolAdapter {
     this.context = null;
   }
 
+  checkAddress(address: string): string | null {
+    return coapAddressProblem(address);
+  }
+
   isConnected(): undefined {
     return undefined;
   }
@@ -386,6 +390,24 @@ interface CommandTarget {
   query: Buffer[];
 }
 
+function hostAndPort(url: URL): { hostname: string; port: number } {
+  return { hostname: url.hostname.replace(/^\[(.*)\]$/, "$1"), port: url.port === "" ? DEFAULT_COAP_PORT : Number(url.port) };
+}
+
+/** Why a CoAP device's commands cannot go to `address`, or null (see ProtocolAdapter.checkAddress). */
+export function coapAddressProblem(address: string): string | null {
+  const problem = "must be a coap:// URL: coap://host[:port][/path]";
+  let url: URL;
+  try {
+    url = new URL(address);
+  } catch {
+    return problem;
+  }
+  if (url.protocol !== "coap:") return problem;
+  const { hostname, port } = hostAndPort(url);
+  return hostname === "" || port === 0 ? problem : null;
+}
+
 /** Where a device's commands go: `{address}/commands`, the address a `coap://` URL (RFC 7252 §6.4). */
 function commandTarget(device: Device): CommandTarget {
   const address = device.address;
@@ -398,8 +420,7 @@ function commandTarget(device: Device): CommandTarget {
     throw refuse(`has an address that is not a URL (${address.slice(0, 200)})`);
   }
   if (url.protocol !== "coap:") throw refuse(`has a ${url.protocol.slice(0, -1).slice(0, 20)} address`);
-  const hostname = url.hostname.replace(/^\[(.*)\]$/, "$1");
-  const port = url.port === "" ? DEFAULT_COAP_PORT : Number(url.port);
+  const { hostname, port } = hostAndPort(url);
   if (hostname === "" || port === 0) throw refuse(`has no host or port in its address (${address.slice(0, 200)})`);
   // Percent-decoded into the Uri-Path and Uri-Query options, which carry text as is.
   const parts = (text: string, separator: string) => text.split(separator).filter((s) => s !== "").map((s) => Buffer.from(decodeQuery(s)));

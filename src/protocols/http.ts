@@ -80,6 +80,10 @@ export class HttpAdapter implements ProtocolAdapter {
     }
   }
 
+  checkAddress(address: string): string | null {
+    return httpAddressProblem(address);
+  }
+
   isConnected(): undefined {
     return undefined;
   }
@@ -106,28 +110,27 @@ export class HttpAdapter implements ProtocolAdapter {
   }
 }
 
-/** The device's address as a URL fetch may post to, or INVALID: nothing is sent. */
+/** Why an HTTP device's commands cannot be posted to `address`, or null (see ProtocolAdapter.checkAddress). */
+export function httpAddressProblem(address: string): string | null {
+  let url: URL;
+  try {
+    url = new URL(address.trim());
+  } catch {
+    return "must be an http: or https: URL";
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") return "must be an http: or https: URL";
+  // A password in the address would be shown by every read of the device: it goes in the adapter's headers.
+  if (url.username || url.password) return "must not include a user name or password";
+  return null;
+}
+
+/** The device's address as a URL to post to, or INVALID: nothing is sent. */
 function commandUrl(device: Device): URL {
   const address = device.address?.trim();
   if (!address) throw new TethralError("INVALID", `device "${device.id}" has no address to send commands to`, [{ field: "address", message: "is required for http devices" }]);
-  let url: URL;
-  try {
-    url = new URL(address);
-  } catch {
-    throw new TethralError("INVALID", `device "${device.id}" address is not a URL: "${address}"`, [{ field: "address", message: "must be an http: or https: URL" }]);
-  }
-  if (url.protocol !== "http:" && url.protocol !== "https:") {
-    throw new TethralError("INVALID", `device "${device.id}" address must be http: or https:, not ${url.protocol}`, [
-      { field: "address", message: "must be an http: or https: URL" },
-    ]);
-  }
-  // fetch refuses URLs with credentials anyway; saying so here keeps it a configuration error.
-  if (url.username || url.password) {
-    throw new TethralError("INVALID", `device "${device.id}" address must not carry a user name or password`, [
-      { field: "address", message: "must not include credentials" },
-    ]);
-  }
-  return url;
+  const problem = httpAddressProblem(address);
+  if (problem !== null) throw new TethralError("INVALID", `device "${device.id}" address ${problem}`, [{ field: "address", message: problem }]);
+  return new URL(address);
 }
 
 /**

@@ -240,6 +240,32 @@ describe("REST API: commands, tokens, events, device reports and filters (flows/
     assert.equal((await get("/devices/http-dev/state")).body.properties.blob, undefined, "nothing of it taken");
   });
 
+  it("refuses, when a device is registered or changed, an address its protocol cannot send commands to (400 naming address), changing nothing", async () => {
+    const refusedFor = async (res: { status: number; body: Json }, what: string) => {
+      ERROR_SHAPE(res, 400, "INVALID");
+      assert.deepEqual(res.body.error.details.map((d: Json) => d.field), ["address"], `${what}: ${JSON.stringify(res.body)}`);
+    };
+    for (const address of ["file:///etc/passwd", "javascript:alert(1)", "ftp://127.0.0.1/x", "http://user:secret@127.0.0.1/cmd", "not a url"]) {
+      await refusedFor(await call(api, "POST", "/devices", { id: "addr-h", protocol: "http", address }), address);
+    }
+    await refusedFor(await call(api, "POST", "/devices", { id: "addr-c", protocol: "coap", address: "http://127.0.0.1/cmd" }), "coap with http");
+    assert.equal((await get("/devices/addr-h")).status, 404, "nothing registered");
+    assert.equal((await get("/devices/addr-c")).status, 404, "nothing registered");
+
+    await register({ id: "addr-h", protocol: "http", address: "https://127.0.0.1:8443/cmd?k=1" });
+    await register({ id: "addr-c", protocol: "coap", address: "coap://127.0.0.1:5699/valve" });
+    await refusedFor(await call(api, "PATCH", "/devices/addr-h", { address: "ftp://u:secret@127.0.0.1/x" }), "patch");
+    await refusedFor(await call(api, "PATCH", "/devices/addr-h", { protocol: "coap" }), "a protocol its address does not fit");
+    const kept = (await get("/devices/addr-h")).body;
+    assert.equal(kept.address, "https://127.0.0.1:8443/cmd?k=1");
+    assert.equal(kept.protocol, "http");
+    assert.doesNotMatch(JSON.stringify((await get("/devices")).body), /secret/);
+    assert.equal((await call(api, "PATCH", "/devices/addr-h", { protocol: "coap", address: "coap://127.0.0.1/v" })).status, 200, "both at once");
+    // Protocols whose devices connect to the hub take no address check; a device without an address is not checked.
+    await register({ id: "addr-m", protocol: "mqtt", address: "anything://at-all" });
+    await register({ id: "addr-n", protocol: "http" });
+  });
+
   it("filters as users write them: comma lists, repeated parameters, any case; states by statuses and protocol; 400 names the parameter", async () => {
     await register({ id: "f-1", protocol: "coap", address: "coap://127.0.0.1:5999", manufacturer: "ACME Corp", capabilities: ["Temperature"], tags: ["Roof", "north"] });
     await register({ id: "f-2", protocol: "coap", address: "coap://127.0.0.1:5999", manufacturer: "acme corp", capabilities: ["humidity"], tags: ["roof"] });

@@ -24,6 +24,13 @@ export interface ProtocolAdapter {
    */
   send(device: Device, frame: CommandFrame, timeoutMs: number, handedOver?: () => void): Promise<SendOutcome>;
   /**
+   * Why `address` cannot be where commands reach a device of this protocol (the message of
+   * `error.details` for the field `address`, such as "must be an http: or https: URL"), or null.
+   * Asked when a device of this protocol is registered, or its address or protocol changes, so
+   * a bad address is refused then, changing nothing, rather than at its first command.
+   */
+  checkAddress?(address: string): string | null;
+  /**
    * True while the device holds a live connection to this adapter, false while it does not;
    * undefined when the protocol cannot tell (request/response protocols such as CoAP and HTTP),
    * in which case the hub goes by the device's status.
