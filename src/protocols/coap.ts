@@ -325,7 +325,8 @@ export class CoapAdapter implements ProtocolAdapter {
           // Stops the library's retransmissions and forgets the token: a late answer is refused with a reset.
           // Only once per request: a second abort would unbalance the agent's request count.
           if (abort) agent.abort(req);
-          context.counters.errors++;
+          // A device that does not answer, or refuses the exchange, is no fault of the hub's: it
+          // is in the adapter's figures and the command's status, not the protocol's errors.
           reject(error);
         } else {
           this.figures.answered++;

@@ -96,9 +96,12 @@ export class HttpAdapter implements ProtocolAdapter {
     return { connected: 0, inFlight: this.inFlight.size, ...this.figures };
   }
 
-  /** Why a request brought no answer, as the error the hub counts as a failed attempt. */
+  /**
+   * Why a request brought no answer, as the error the hub counts as a failed attempt. A device
+   * that does not answer, or cannot be reached, is no fault of the hub's: counted in the adapter's
+   * figures and the command's status, not in the protocol's errors.
+   */
   private failure(device: Device, url: URL, signal: AbortSignal, err: unknown): TethralError {
-    this.context!.counters.errors++;
     if (signal.aborted && signal.reason instanceof TethralError) {
       if (signal.reason.code === "TIMEOUT") this.figures.timedOut++;
       else this.figures.failed++;
