@@ -140,7 +140,7 @@ function requestOf(RED: NodeAPI, msg: NodeMessage, def: CommandDef): { deviceId:
   const command = typeof msg.command === "string" && msg.command.trim() !== "" ? msg.command.trim() : text(def.command);
   if (command === undefined) throw new TethralError("INVALID", RED._("tethral-command.errors.no-command"));
   const params = msg.payload === undefined || msg.payload === null ? {} : msg.payload;
-  if (typeof params !== "object" || Array.isArray(params)) throw new TethralError("INVALID", RED._("tethral-command.errors.params"));
+  if (typeof params !== "object" || Array.isArray(params)) throw invalidInput("payload", RED._("tethral-command.errors.params"));
   const options: Record<string, unknown> = {
     wait: fromMsg(msg, "wait", def.wait !== false),
     timeout: fromMsg(msg, "timeout", number(def.timeout)),

@@ -468,8 +468,9 @@ describe("REST API (flows/flows.json in the runtime, over real HTTP)", function 
       assert.equal(res.status, 400, option);
       assert.equal(res.body.error.details?.[0]?.field, option, JSON.stringify(res.body));
     }
-    for (const [body, field] of [[{ command: "" }, "command"], [{ command: "x", wait: "yes" }, "wait"], [{ command: "x", colour: 1 }, "colour"], [[1], "(body)"]] as const) {
+    for (const [body, field] of [[{ command: "" }, "command"], [{ command: "x", wait: "yes" }, "wait"], [{ command: "x", colour: 1 }, "colour"], [[1], "(body)"], [{ command: "x", params: [1] }, "params"], [{ command: "x", params: "on" }, "params"], [{ command: "x", params: null }, "params"]] as const) {
       const res = await call(api, "POST", "/devices/boiler-1/command", body);
+      assert.equal(res.status, 400, JSON.stringify(body));
       assert.equal(res.body.error.details?.[0]?.field, field, JSON.stringify(res.body));
     }
     assert.equal((await get("/devices/boiler-1/state?history=lots")).body.error.details?.[0]?.field, "history");
