@@ -12,7 +12,7 @@ export function isCredentials(value: unknown): value is Credentials {
   return value !== null && typeof value === "object" && typeof (value as Credentials).user === "string" && typeof (value as Credentials).pass === "string";
 }
 
-/** Password checks under way at once, past which a request is answered 429 (bcrypt costs milliseconds of CPU each). */
+/** Password checks under way at once, past which a request is answered 503 UNAVAILABLE (bcrypt costs milliseconds of CPU each). */
 const MAX_PASSWORD_CHECKS = 4;
 
 /**
@@ -49,7 +49,7 @@ export function basicAuth(fromRed: NodeJS.Require, { user, pass }: Credentials):
     if (given.pass === remembered) return next?.();
     if (checking >= MAX_PASSWORD_CHECKS) {
       res.setHeader("Retry-After", "1");
-      return sendError(res, 429, "UNAVAILABLE", "too many password checks under way: try again in a second");
+      return sendError(res, 503, "UNAVAILABLE", "too many password checks under way: try again in a second");
     }
     checking++;
     verify(given.pass).then(

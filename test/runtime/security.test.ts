@@ -143,6 +143,22 @@ describe("npm start with the user's settings.js (adminAuth, httpNodeAuth)", func
     assert.equal(doc.body.components.securitySchemes.nodeAuth.scheme, "basic");
   });
 
+  it("httpNodeAuth: password checks past four at once are answered 503 UNAVAILABLE with Retry-After (a status and code of the contract's), the rest 401", async () => {
+    const answers = await Promise.all(
+      Array.from({ length: 30 }, async () => {
+        const res = await fetch(`${runtime.api}/health`, { headers: { authorization: basic(API.user, "wrong") } });
+        return { status: res.status, retryAfter: res.headers.get("retry-after"), body: (await res.json()) as { error?: { code?: string } } };
+      }),
+    );
+    assert.deepEqual([...new Set(answers.map((a) => a.status))].filter((s) => s !== 401 && s !== 503), [], "401 or 503 only");
+    const busy = answers.filter((a) => a.status === 503);
+    assert.ok(busy.length > 0, "some found the checks busy");
+    for (const a of busy) {
+      assert.equal(a.body.error?.code, "UNAVAILABLE");
+      assert.equal(a.retryAfter, "1");
+    }
+  });
+
   it("curl with -u is let in where curl without it is not", async function () {
     const code = await curlStatus(this);
     assert.equal(await code(`${runtime.api}/health`), "401");
