@@ -81,6 +81,8 @@ export interface Refusal {
 export interface GuardedRequest {
   method?: string | undefined;
   headers: Record<string, string | string[] | undefined>;
+  /** The headers as sent, names and values in turn (Node keeps only the first of two Host headers in `headers`). */
+  rawHeaders?: string[];
 }
 
 /** May a page of this origin call here? (A CORS setting of the user's, for their own pages.) */
@@ -97,6 +99,10 @@ export function refusalOf(req: GuardedRequest, policy: HostPolicy, upgrade: bool
   const host = header(req.headers.host);
   if (host === undefined || host.trim() === "") {
     return { status: 400, reason: "foreign-host", message: "the request has no Host header" };
+  }
+  if (hostHeaders(req.rawHeaders) > 1) {
+    // RFC 9112 §3.2: a proxy in front may read the other one; neither can be trusted.
+    return { status: 400, reason: "foreign-host", message: "the request has more than one Host header" };
   }
   const name = parseHost(host);
   if (name === null || !allowsName(policy, name)) {
@@ -119,6 +125,13 @@ export function refusalOf(req: GuardedRequest, policy: HostPolicy, upgrade: bool
     reason: "foreign-origin",
     message: `a page of ${origin.slice(0, 128)} may not ${upgrade ? "open a WebSocket to" : "change"} this runtime: serve it from this runtime's own address, or name its origin in Node-RED's httpNodeCors or httpAdminCors`,
   };
+}
+
+/** How many Host headers the request carried. */
+function hostHeaders(raw: string[] | undefined): number {
+  let n = 0;
+  if (raw) for (let i = 0; i < raw.length; i += 2) if (raw[i]!.length === 4 && raw[i]!.toLowerCase() === "host") n++;
+  return n;
 }
 
 const DEFAULT_PORTS: Record<string, string> = { "http:": "80", "https:": "443", "ws:": "80", "wss:": "443" };

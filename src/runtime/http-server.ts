@@ -60,7 +60,7 @@ export function checkRequest(req: IncomingMessage, policy: HostPolicy, upgrade: 
     } catch {
       return { status: 400, reason: "foreign-host", message: "the request target is neither a path nor a URL" };
     }
-    const refusal = refusalOf({ method: req.method, headers: { ...req.headers, host: url.host } }, policy, upgrade, corsFor(url.pathname));
+    const refusal = refusalOf({ method: req.method, headers: { ...req.headers, host: url.host }, rawHeaders: req.rawHeaders }, policy, upgrade, corsFor(url.pathname));
     if (refusal) return refusal;
     req.url = `${url.pathname}${url.search}`;
     return null;

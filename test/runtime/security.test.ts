@@ -218,6 +218,18 @@ describe("npm start refuses other web pages: Host (DNS rebinding) and Origin", f
     });
     assert.match(noHost, /^HTTP\/1\.1 400 /);
     assert.match(noHost, /has no Host header/);
+    // Two Host headers, its own name first: a proxy in front may have read the other (RFC 9112 §3.2).
+    for (const target of ["/api/health", `http://127.0.0.1:${port}/api/health`]) {
+      const twoHosts = await new Promise<string>((resolve, reject) => {
+        const socket = connect(Number(port), "127.0.0.1", () => socket.write(`GET ${target} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nHost: evil.test\r\nConnection: close\r\n\r\n`));
+        let text = "";
+        socket.on("data", (chunk) => (text += chunk.toString()));
+        socket.on("end", () => resolve(text));
+        socket.on("error", reject);
+      });
+      assert.match(twoHosts, /^HTTP\/1\.1 400 /, target);
+      assert.match(twoHosts, /more than one Host header/);
+    }
   });
 
   it("a rebinding page cannot register a device or deploy flows (the runtime's state is unchanged)", async () => {
