@@ -35,6 +35,18 @@ export async function clusterPostgres(ctx: Mocha.Context): Promise<TestPostgres>
   return startTestPostgres();
 }
 
+/** Hooks giving the suite a database of its own (see clusterPostgres) for its tests; the function returned reads it. */
+export function clusterDatabase(): () => TestPostgres {
+  let db: TestPostgres | undefined;
+  before(async function () {
+    db = await clusterPostgres(this);
+  });
+  after(async () => {
+    await db?.stop();
+  });
+  return () => db!;
+}
+
 /**
  * A cluster member's hub (not started) on `store`, taking MQTT messages through a shared-intake
  * adapter, device tokens off; `options` adds to or replaces these settings.

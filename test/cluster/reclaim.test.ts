@@ -2,9 +2,9 @@ import assert from "node:assert/strict";
 import type { Hub } from "../../src/core";
 import { fingerprintOf } from "../../src/core/cluster/replay";
 import { PostgresStore } from "../../src/store/postgres";
-import { startProxy, type TestPostgres } from "../store/pg-harness";
+import { startProxy } from "../store/pg-harness";
 import { LocalBroker } from "./local-link";
-import { type SharedAdapter, clusterPostgres, lastMessageOf, memberHub, ownedBy, until } from "./members";
+import { type SharedAdapter, clusterDatabase, lastMessageOf, memberHub, ownedBy, until } from "./members";
 
 const PARTITIONS = 4;
 const LEASE_MS = 1_000;
@@ -32,18 +32,10 @@ async function appliedWhileCut(hub: Hub, shared: SharedAdapter, proxy: { cut(): 
 
 describe("a cluster member that loses its leases to a database outage and claims them back (engine, PostgreSQL behind a proxy)", function () {
   this.timeout(60_000);
-  let db: TestPostgres;
-
-  before(async function () {
-    db = await clusterPostgres(this);
-  });
-
-  after(async () => {
-    await db?.stop();
-  });
+  const database = clusterDatabase();
 
   it("keeps the fingerprint of the last message it applied (still to be written), not the older one stored, so a resent copy of it is skipped", async () => {
-    const proxy = await startProxy(db.url);
+    const proxy = await startProxy(database().url);
     const { hub, shared } = memberHub(
       new PostgresStore({ url: proxy.url, connectTimeoutMs: 500 }),
       { member: "solo", partitions: PARTITIONS, leaseMs: LEASE_MS, link: new LocalBroker().link() },
@@ -71,7 +63,7 @@ describe("a cluster member that loses its leases to a database outage and claims
    * and stores it), then stops; a claims them back. What is stored then, and a's fingerprint.
    */
   async function supersededWhileAway(bStoresIt: boolean): Promise<{ steps: unknown[]; fingerprint: number | undefined; warnings: string[] }> {
-    const proxy = await startProxy(db.url);
+    const proxy = await startProxy(database().url);
     const broker = new LocalBroker();
     const warnings: string[] = [];
     const a = memberHub(
@@ -80,9 +72,9 @@ describe("a cluster member that loses its leases to a database outage and claims
       // Its failed write is not retried before it claims the partitions back (the default backoff reaches 10 s).
       { onWarning: (m) => warnings.push(m), persistence: { retryBaseMs: 60_000, retryMaxMs: 60_000 } },
     );
-    const b = memberHub(new PostgresStore({ url: db.url }), { member: "b", partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() });
+    const b = memberHub(new PostgresStore({ url: database().url }), { member: "b", partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() });
     const id = bStoresIt ? "dev-s1" : "dev-s2";
-    const reader = new PostgresStore({ url: db.url });
+    const reader = new PostgresStore({ url: database().url });
     try {
       await reader.open();
       await a.hub.start();
@@ -121,7 +113,7 @@ describe("a cluster member that loses its leases to a database outage and claims
   });
 
   it("takes the database's fingerprint back when its waiting rows were dropped (refused by the fence before it claimed back): a resent copy is applied, not skipped", async () => {
-    const proxy = await startProxy(db.url);
+    const proxy = await startProxy(database().url);
     const store = new PostgresStore({ url: proxy.url, connectTimeoutMs: 500 });
     // Its claims wait for the test: the write-behind's retry comes first, and is refused.
     let claims: () => void = () => undefined;

@@ -3,9 +3,8 @@ import type { Hub } from "../../src/core";
 import { partitionOf } from "../../src/core/cluster/partition";
 import type { ClusterStatistics } from "../../src/core/cluster/member";
 import { PostgresStore } from "../../src/store/postgres";
-import type { TestPostgres } from "../store/pg-harness";
 import { LocalBroker } from "./local-link";
-import { clusterPostgres, memberHub, ownedBy, until } from "./members";
+import { clusterDatabase, memberHub, ownedBy, until } from "./members";
 
 const PARTITIONS = 4;
 const LEASE_MS = 1_000;
@@ -15,20 +14,12 @@ const clusterOf = (hub: Hub) => (hub as unknown as { cluster: { statistics(): Cl
 
 describe("a cluster member taking partitions over while a write of its own hangs (engine, PostgreSQL)", function () {
   this.timeout(60_000);
-  let db: TestPostgres;
-
-  before(async function () {
-    db = await clusterPostgres(this);
-  });
-
-  after(async () => {
-    await db?.stop();
-  });
+  const database = clusterDatabase();
 
   it("gives the takeover up after a quarter lease and tries it again, keeping its own leases renewed meanwhile; takes the partitions once the write ends", async () => {
     const broker = new LocalBroker();
     const warnings: string[] = [];
-    const storeB = new PostgresStore({ url: db.url });
+    const storeB = new PostgresStore({ url: database().url });
     // b's batches wait for the test while `hanging` is set: a write whose connection hangs.
     let hanging: Promise<void> | null = null;
     let release: () => void = () => undefined;
@@ -41,7 +32,7 @@ describe("a cluster member taking partitions over while a write of its own hangs
       }
       return write(batch);
     };
-    const a = memberHub(new PostgresStore({ url: db.url }), { member: "a", partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() });
+    const a = memberHub(new PostgresStore({ url: database().url }), { member: "a", partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() });
     const b = memberHub(storeB, { member: "b", partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() }, { onWarning: (m) => warnings.push(m) });
     try {
       await a.hub.start();
