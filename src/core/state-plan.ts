@@ -77,6 +77,7 @@ export function planStateSet(record: DeviceRecord, input: unknown, rules: Transi
       changedAt: to.status !== undefined ? now : (s?.changedAt ?? 0),
       updatedAt: changed ? now : (s?.updatedAt ?? 0),
       reportedAt: s?.reportedAt ?? 0,
+      pointTs: s?.pointTs ?? 0,
       rev: (s?.rev ?? 0) + 1,
     },
   };

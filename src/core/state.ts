@@ -126,7 +126,7 @@ export class StateManager {
   /** Restores a device's state as it was stored (no event, no history entry). */
   restore(
     deviceId: string,
-    saved: { properties?: JsonObject; desired?: JsonObject; version: number; changedAt: number; updatedAt: number; reportedAt: number; rev?: number },
+    saved: { properties?: JsonObject; desired?: JsonObject; version: number; changedAt: number; updatedAt: number; reportedAt: number; pointTs?: number; rev?: number },
     /** `saved`'s objects are the caller's to give away (just parsed from a row): kept as they are. */
     adopt = false,
   ): void {
@@ -139,6 +139,7 @@ export class StateManager {
     s.changedAt = saved.changedAt;
     s.updatedAt = saved.updatedAt;
     s.reportedAt = saved.reportedAt;
+    s.pointTs = typeof saved.pointTs === "number" && Number.isFinite(saved.pointTs) ? saved.pointTs : 0;
     s.rev = saved.rev ?? 0;
     record.state = s;
     this.refreshDelta(s);
@@ -281,6 +282,7 @@ export class StateManager {
       changedAt: s.changedAt,
       updatedAt: s.updatedAt,
       reportedAt: s.reportedAt,
+      pointTs: s.pointTs,
       rev: s.rev,
     };
   }

@@ -115,6 +115,13 @@ export interface StateRow {
   updatedAt: number;
   reportedAt: number;
   /**
+   * The time of the device's last telemetry point. A burst of more than one report a millisecond
+   * is stamped ahead of the clock (a device's points get strictly increasing times): after a
+   * restart or a takeover, its next points are stamped after this, not among the stored ones.
+   * 0 when unknown (a row stored before schema 14, or a store of the caller's own without it).
+   */
+  pointTs?: number;
+  /**
    * Moves on every write of the state, reports included. An upsert carrying a lower `rev` than
    * the stored row is ignored, so a late batch can never overwrite a newer state.
    */

@@ -529,6 +529,15 @@ export const MIGRATIONS: readonly Migration[] = [
     sqlite: [],
     postgres: [`ALTER TABLE device_tokens ADD COLUMN IF NOT EXISTS stored_at BIGINT NOT NULL DEFAULT 0`],
   },
+  {
+    version: 14,
+    name: "State rows keep the time of the device's last telemetry point",
+    // A burst of reports is stamped ahead of the clock, a millisecond apart. That time was kept in
+    // memory only: after a restart (or a takeover) the next points were stamped among the stored
+    // ones, and the store skipped them as points it had (lost, though acknowledged).
+    sqlite: [`ALTER TABLE states ADD COLUMN point_ts INTEGER NOT NULL DEFAULT 0`],
+    postgres: [`ALTER TABLE states ADD COLUMN IF NOT EXISTS point_ts BIGINT NOT NULL DEFAULT 0`],
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

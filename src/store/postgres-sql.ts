@@ -84,7 +84,7 @@ export function toDeviceRow(r: Row): DeviceRow {
  * fleet's rows.
  */
 export const DEVICE_ROW = "id, name, protocol, address, manufacturer, model, firmware, capabilities, tags, heartbeat_timeout, metadata, status, last_seen, last_message, created_at, updated_at";
-export const STATE_ROW = "device_id, properties, desired, version, changed_at, updated_at, reported_at, rev";
+export const STATE_ROW = "device_id, properties, desired, version, changed_at, updated_at, reported_at, rev, point_ts";
 export const TOKEN_ROW = "device_id, hash, created_at";
 
 /** A device's token; `stored_at`, the database's clock, is what cluster members follow tokens by. */
@@ -101,6 +101,7 @@ export function toStateRow(r: Row): StateRow {
     updatedAt: num(r.updated_at),
     reportedAt: num(r.reported_at),
     rev: num(r.rev),
+    pointTs: num(r.point_ts),
   };
 }
 
@@ -267,13 +268,13 @@ export const PRESENCE_COLUMNS = [
   (p: DevicePresenceRow) => p.lastMessage ?? 0,
 ];
 
-export const UPSERT_STATES = `INSERT INTO states (device_id, properties, desired, version, changed_at, updated_at, reported_at, rev, stored_at)
-  SELECT v.device_id, v.properties::jsonb, v.desired::jsonb, v.version, v.changed_at, v.updated_at, v.reported_at, v.rev, ${DB_NOW}
-  FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
-    AS v(device_id, properties, desired, version, changed_at, updated_at, reported_at, rev)
+export const UPSERT_STATES = `INSERT INTO states (device_id, properties, desired, version, changed_at, updated_at, reported_at, rev, point_ts, stored_at)
+  SELECT v.device_id, v.properties::jsonb, v.desired::jsonb, v.version, v.changed_at, v.updated_at, v.reported_at, v.rev, v.point_ts, ${DB_NOW}
+  FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[])
+    AS v(device_id, properties, desired, version, changed_at, updated_at, reported_at, rev, point_ts)
   ON CONFLICT (device_id) DO UPDATE SET properties = excluded.properties, desired = excluded.desired,
     version = excluded.version, changed_at = excluded.changed_at, updated_at = excluded.updated_at,
-    reported_at = excluded.reported_at, rev = excluded.rev, stored_at = excluded.stored_at
+    reported_at = excluded.reported_at, rev = excluded.rev, point_ts = excluded.point_ts, stored_at = excluded.stored_at
   WHERE states.rev <= excluded.rev`;
 export const STATE_COLUMNS = [
   (s: StateRow) => text(s.deviceId, "deviceId"),
@@ -284,6 +285,7 @@ export const STATE_COLUMNS = [
   (s: StateRow) => s.updatedAt,
   (s: StateRow) => s.reportedAt,
   (s: StateRow) => s.rev,
+  (s: StateRow) => s.pointTs ?? 0,
 ];
 
 export const INSERT_HISTORY = `INSERT INTO state_history (id, device_id, at, version, from_state, to_state, reason, cause_id)

@@ -47,7 +47,7 @@ export function jsonPageSql(table: string, key: string, cols: readonly string[])
 /** A page as `jsonPageSql` answers it: rows as JSON text, the last key (the next page starts after it), the count. */
 export type JsonPage = [rows: string, last: string | null, count: number];
 
-export const STATE_COLS = ["device_id", "properties", "desired", "version", "changed_at", "updated_at", "reported_at", "rev"];
+export const STATE_COLS = ["device_id", "properties", "desired", "version", "changed_at", "updated_at", "reported_at", "rev", "point_ts"];
 /** `history_runs`: a run of one device's transitions (see sqlite-history.ts). */
 export const RUN_COLS = ["device_id", "first_at", "last_at", "last_version", "n", "rows"];
 export const EVENT_COLS = ["id", "type", "priority", "source", "device_id", "data", "ts", "expires_at", "cause_id", "parent_cause_id"];
@@ -113,7 +113,7 @@ export const deviceOfPage = (r: unknown[]): DeviceRow => ({
 });
 export const stateOfPage = (r: unknown[]): StateRow => ({
   deviceId: r[0] as string, properties: r[1] as JsonObject, desired: r[2] as JsonObject, version: r[3] as number,
-  changedAt: r[4] as number, updatedAt: r[5] as number, reportedAt: r[6] as number, rev: r[7] as number,
+  changedAt: r[4] as number, updatedAt: r[5] as number, reportedAt: r[6] as number, rev: r[7] as number, pointTs: r[8] as number,
 });
 export const toHistory = (deviceId: string) => (e: RunEntry): HistoryRow => ({
   id: e[0], deviceId, at: e[1], version: e[2], from: e[3] as HistoryRow["from"], to: e[4] as HistoryRow["to"], reason: e[5], causeId: e[6],
@@ -143,7 +143,7 @@ export const commandParams = (row: CommandRow): unknown[] => [
 ];
 export const stateParams = (s: StateRow, out: unknown[]) =>
   out.push(s.deviceId, json(s.properties, "properties"), json(s.desired, "desired"), s.version, s.changedAt,
-    s.updatedAt, s.reportedAt, s.rev);
+    s.updatedAt, s.reportedAt, s.rev, s.pointTs ?? 0);
 
 /** A whole number as JSON; anything else is INVALID (a run's text must stay JSON). */
 function integer(value: number, field: string): string {

@@ -157,6 +157,7 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         // The events table as version 1 made it, holding an event written then, and none of
         // the tables later versions added.
         await h!.sql!("ALTER TABLE events DROP COLUMN parent_cause_id");
+        await h!.sql!("ALTER TABLE states DROP COLUMN point_ts");
         for (const table of LATER_TABLES) await h!.sql!(`DROP TABLE ${table}`);
         // SQLite's history as version 1 kept it (migration 10 made it runs); PostgreSQL has it still.
         await h!.sql!("DROP TABLE IF EXISTS history_runs");

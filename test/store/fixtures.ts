@@ -36,6 +36,7 @@ export function stateRow(deviceId: string, rev: number, over: Partial<StateRow> 
     changedAt: T0 + rev,
     updatedAt: T0 + rev,
     reportedAt: T0 + rev,
+    pointTs: T0 + rev + 7,
     rev,
     ...over,
   };

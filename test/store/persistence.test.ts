@@ -282,6 +282,27 @@ describe("Hub persistence (SQLite file)", () => {
     assert.deepEqual(second.getState("odd:device.1"), state);
   });
 
+  it("a burst of reports stamped ahead of the clock, then a restart (or a desired-state write): the next points are stamped after the stored ones, none skipped", async () => {
+    const clock = new ManualClock();
+    const first = await open({ clock });
+    await first.registerDevice({ id: "burst-1", protocol: "mqtt" });
+    // 20 reports in one millisecond: stamped a millisecond apart, 19 ms ahead of the clock.
+    for (let i = 1; i <= 20; i++) first.ingest("burst-1", { kind: "telemetry", data: { n: i } });
+    await first.flush();
+    // A desired-state write rewrites the state row after them: it keeps the last point's time too.
+    await first.setState("burst-1", { desired: { mode: "eco" } });
+    const stored = await (first as unknown as { persistence: Persistence }).persistence.store.loadStates();
+    assert.equal(stored.find((r) => r.deviceId === "burst-1")?.pointTs, clock.now() + 19, "the stored row, written by the desired state");
+    await close(first);
+
+    clock.advance(5);
+    const second = await open({ clock });
+    for (let i = 21; i <= 22; i++) second.ingest("burst-1", { kind: "telemetry", data: { n: i } });
+    await second.flush();
+    const points = await second.telemetry("burst-1", { keys: ["n"], from: 0, to: clock.now() + 60_000, limit: 100 });
+    assert.deepEqual(points.series.n!.map((p) => p.value), Array.from({ length: 22 }, (_, i) => i + 1), "every report's point, in order");
+  });
+
   it("removing a device removes its rows, and a late batch does not bring them back", async () => {
     const clock = new ManualClock();
     const hub = await open({ clock });
