@@ -79,7 +79,8 @@ const unknown = Object.keys(body).find((k) => !keys.includes(k));
 if (unknown !== undefined) return refuse(\`\${unknown} is no command option (use \${keys.join(", ")})\`, unknown);
 if (typeof body.command !== "string" || body.command.trim() === "") return refuse("command must be the command's name", "command");
 if (body.wait !== undefined && typeof body.wait !== "boolean") return refuse("wait must be true or false", "wait");
-if (body.params !== undefined && (typeof body.params !== "object" || body.params === null || Array.isArray(body.params))) return refuse("params must be a JSON object (or absent)", "params");
+// null stands for no params, as in hub.sendCommand and the tethral-command node.
+if (body.params !== undefined && body.params !== null && (typeof body.params !== "object" || Array.isArray(body.params))) return refuse("params must be a JSON object (or absent)", "params");
 msg.deviceId = msg.req.params.id;
 msg.command = body.command;
 msg.payload = body.params === undefined ? {} : body.params;

@@ -64,7 +64,9 @@ export class AdapterSet {
   addressProblem(protocol: string, address: string): string | null {
     const adapter = this.adapters.get(protocol);
     try {
-      return adapter?.checkAddress?.(address) ?? null;
+      const problem = adapter?.checkAddress?.(address);
+      // Only a message refuses: a plugin's "" or false says nothing a user could act on.
+      return typeof problem === "string" && problem.trim() !== "" ? problem : null;
     } catch (err) {
       // A plugin's check that throws is its own fault, not the address's.
       this.warn(`protocol "${protocol}" could not check an address: ${errorMessage(err)}`);

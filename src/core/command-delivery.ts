@@ -186,10 +186,16 @@ export class CommandDelivery {
     let handed = false;
     try {
       // A request/response adapter says when the request has left, before the answer comes.
+      // Called from the adapter's socket events: a throw here would reach no caller and end
+      // the process. Marked again, as before there was this callback, when the send resolves.
       const handedOver = () => {
         if (handed || !current()) return;
-        handed = true;
-        this.markSent(e);
+        try {
+          this.markSent(e);
+          handed = true;
+        } catch {
+          handed = false;
+        }
       };
       const sent = Promise.resolve().then(() => adapter.send(device, { id: e.row.id, command: e.row.command, params: e.row.params }, e.timeoutMs, handedOver));
       outcome = checkOutcome(await this.withDeadline(e, sent, e.timeoutMs + 1000));

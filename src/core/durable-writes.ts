@@ -224,7 +224,8 @@ export class DurableWrites {
       try {
         await p.writeDevice(this.registry.row(id)!);
       } catch (err) {
-        this.registry.applyUpdate(id, patchOf(before), before.updatedAt);
+        // Back as it was, unchecked: an address stored before today's checks is put back too.
+        this.registry.applyUpdate(id, patchOf(before), before.updatedAt, false);
         throw err;
       }
       // The row carried status and lastSeen as they were when it was built; a batch may have

@@ -274,7 +274,7 @@ export class DeviceRegistry {
    * Applies a partial update (`id` cannot change; `null` clears an optional field) without
    * publishing: returns the device and the fields that changed, for `announceUpdated`.
    */
-  applyUpdate(id: string, patch: unknown, now?: number): { device: Device; changes: string[] } {
+  applyUpdate(id: string, patch: unknown, now?: number, checkAddress = true): { device: Device; changes: string[] } {
     const record = this.records.get(id);
     if (!record) throw notFound("device", id);
     const data: DevicePatch = parseInput(devicePatchSchema, patch, "device update");
@@ -283,9 +283,12 @@ export class DeviceRegistry {
         { field: "id", message: "is immutable" },
       ]);
     }
-    if (data.protocol !== undefined || data.address !== undefined) {
-      const address = data.address === undefined ? record.address : (data.address ?? undefined);
-      if (address !== undefined) this.checkAddress("device update", data.protocol ?? record.protocol, address);
+    // Only a protocol or address that changes: a device stored before the check (or a patch
+    // sending the record back as it was read) keeps what it has.
+    const protocol = data.protocol ?? record.protocol;
+    const address = data.address === undefined ? record.address : (data.address ?? undefined);
+    if (checkAddress && address !== undefined && (protocol !== record.protocol || address !== record.address)) {
+      this.checkAddress("device update", protocol, address);
     }
     const changes: string[] = [];
     const set = <K extends keyof DeviceRecord>(key: K, value: DeviceRecord[K]) => {

@@ -146,8 +146,9 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
       const protocol = sender.protocol;
       // A status comes as text (online), a JSON string ("online") or {"status": "online"}.
       const payload = kind === "status" && typeof msg.payload === "string" ? msg.payload.trim() : msg.payload;
-      // The REST API's parsed JSON body, as it came: its size as sent (a payload a flow made has none).
-      const size = req !== undefined && msg.payload === req.body && typeof req.bodyBytes === "number" ? req.bodyBytes : undefined;
+      // The REST API's parsed JSON body, as it came: its size as sent. A payload a flow made (or
+      // copied) is weighed as JSON, so every report is counted and held to the payload limit.
+      const size = req !== undefined && msg.payload === req.body && typeof req.bodyBytes === "number" ? req.bodyBytes : jsonSize(payload);
       return (hub) => {
         // The store is behind: nothing is taken, and the answer (the REST flow's 503) says when
         // to send again, as `Retry-After` in msg.headers, which the http response node sends.
@@ -173,6 +174,17 @@ function statisticsPlan(_: Translate): (hub: Hub) => Outcome {
     const statistics = hub.deviceStatistics();
     return { payload: statistics, status: () => _("tethral-device.status.statistics", { total: statistics.total }), often: true };
   };
+}
+
+/** An object or array's size as JSON text, in bytes; undefined for other values (counted as they are) or one that is no JSON. */
+function jsonSize(payload: unknown): number | undefined {
+  if (payload === null || typeof payload !== "object" || payload instanceof Uint8Array) return undefined;
+  try {
+    const text = JSON.stringify(payload);
+    return text === undefined ? undefined : Buffer.byteLength(text);
+  } catch {
+    return undefined;
+  }
 }
 
 /** The request of an `http in` node that a msg came with (`msg.req`), as far as this node reads it. */

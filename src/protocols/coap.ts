@@ -8,6 +8,7 @@ import { DEFAULT_OBSERVE_LIMITS } from "./coap-observe";
 import { CoapTwinResource } from "./coap-twin";
 import { LINK_FORMAT, coreLinks } from "./coap-wire";
 import { busyHealth } from "./intake-hold";
+import { isDeviceSide } from "./network-errors";
 import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolAdapter, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
 
 export interface CoapAdapterOptions {
@@ -318,15 +319,15 @@ export class CoapAdapter implements ProtocolAdapter {
         this.figures.timeouts++;
         finish(new TethralError("TIMEOUT", `no answer from ${target.label} within ${timeoutMs} ms`));
       }, timeoutMs);
-      const finish = (error: TethralError | null, outcome?: SendOutcome, abort = true): void => {
+      /** `hubFault`: the hub's own (its socket), counted in the protocol's errors; a device's silence or refusal is not. */
+      const finish = (error: TethralError | null, outcome?: SendOutcome, abort = true, hubFault = false): void => {
         if (!this.pending.delete(entry)) return;
         clearTimeout(timer);
         if (error) {
           // Stops the library's retransmissions and forgets the token: a late answer is refused with a reset.
           // Only once per request: a second abort would unbalance the agent's request count.
           if (abort) agent.abort(req);
-          // A device that does not answer, or refuses the exchange, is no fault of the hub's: it
-          // is in the adapter's figures and the command's status, not the protocol's errors.
+          if (hubFault) context.counters.errors++;
           reject(error);
         } else {
           this.figures.answered++;
@@ -342,7 +343,7 @@ export class CoapAdapter implements ProtocolAdapter {
       });
       req.on("error", (err: Error) => {
         // The library's own exchange timeout comes as an error and then a timeout, after which it aborts.
-        if (!("retransmitTimeout" in err)) finish(new TethralError("UNAVAILABLE", `cannot reach ${target.label}: ${err.message}`));
+        if (!("retransmitTimeout" in err)) finish(new TethralError("UNAVAILABLE", `cannot reach ${target.label}: ${err.message}`), undefined, true, !isDeviceSide(err));
       });
       req.on("timeout", () => finish(new TethralError("TIMEOUT", `no answer from ${target.label}`), undefined, false));
       // A frame too big for one datagram goes block-wise (RFC 7959); the library segments it, 1024 bytes a block.
@@ -353,7 +354,7 @@ export class CoapAdapter implements ProtocolAdapter {
         context.counters.messagesOut++;
         context.counters.bytesOut += payload.length;
       } catch (err) {
-        finish(new TethralError("UNAVAILABLE", `cannot send to ${target.label}: ${errorMessage(err)}`));
+        finish(new TethralError("UNAVAILABLE", `cannot send to ${target.label}: ${errorMessage(err)}`), undefined, true, true);
       }
     });
   }

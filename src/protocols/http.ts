@@ -3,6 +3,7 @@ import { request as httpsRequest } from "node:https";
 import { TethralError, errorMessage } from "../core/errors";
 import type { Device, JsonValue } from "../core/types";
 import { busyHealth } from "./intake-hold";
+import { isDeviceSide } from "./network-errors";
 import { type AdapterContext, type AdapterStatistics, type CommandFrame, type ProtocolAdapter, type ProtocolHealth, type SendOutcome, encodeCommand } from "./types";
 
 export interface HttpAdapterOptions {
@@ -99,7 +100,8 @@ export class HttpAdapter implements ProtocolAdapter {
   /**
    * Why a request brought no answer, as the error the hub counts as a failed attempt. A device
    * that does not answer, or cannot be reached, is no fault of the hub's: counted in the adapter's
-   * figures and the command's status, not in the protocol's errors.
+   * figures and the command's status; the protocol's errors count the rest (no free socket, a
+   * header the request cannot carry).
    */
   private failure(device: Device, url: URL, signal: AbortSignal, err: unknown): TethralError {
     if (signal.aborted && signal.reason instanceof TethralError) {
@@ -109,7 +111,9 @@ export class HttpAdapter implements ProtocolAdapter {
     }
     this.figures.failed++;
     const reason = (err as { code?: unknown }).code ?? errorMessage(err);
-    return new TethralError("UNAVAILABLE", `device "${device.id}" unreachable at ${url.origin}: ${reason}`);
+    if (isDeviceSide(err)) return new TethralError("UNAVAILABLE", `device "${device.id}" unreachable at ${url.origin}: ${reason}`);
+    this.context!.counters.errors++;
+    return new TethralError("UNAVAILABLE", `could not post to device "${device.id}" at ${url.origin}: ${errorMessage(err)}`);
   }
 }
 

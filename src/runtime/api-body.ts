@@ -11,6 +11,8 @@ type ApiRequest = IncomingMessage & { body?: unknown; _body?: boolean; bodyBytes
 const CONTRACT_PATHS = /^\/(devices|commands|events|health|communication)(\/|\?|$)/i;
 /** The charset parameter of a Content-Type, lower case (the type is lower-cased before). */
 const CHARSET = /;\s*charset\s*=\s*"?([^";\s]*)/;
+/** Character sets a JSON body may declare: UTF-8, and ASCII, which is UTF-8 too. */
+const UTF8_CHARSETS = new Set(["utf-8", "utf8", "us-ascii", "ascii"]);
 /** How much of an oversized upload is read (and dropped) so its client can read the 413. */
 const DRAIN_LIMIT_BYTES = 16 * 1024 * 1024;
 /** Deeper JSON is refused: Node-RED deep-copies a message on its way to a Catch node, recursively. */
@@ -56,9 +58,12 @@ export function jsonBody(limit: number, refused: (req: IncomingMessage, reason: 
       if (/^text\/plain\s*(;|$)/.test(type) && (kind === "status" || kind === "heartbeat")) return next?.();
       return refuse(415, `the request body must be JSON, sent as Content-Type: application/json (not ${type || "untyped"})`);
     }
-    // JSON is UTF-8 (RFC 8259 §8.1): a body declared in another character set would be read wrong.
+    // JSON is UTF-8 (RFC 8259 §8.1): on the contract's paths a body declared in another character
+    // set would be read wrong, and is refused; other flows' endpoints get it as body-parser reads it.
+    const contract = CONTRACT_PATHS.test(req.url ?? "");
     const charset = CHARSET.exec(type)?.[1];
-    if (charset !== undefined && charset !== "utf-8" && charset !== "utf8") {
+    if (charset !== undefined && charset !== "" && !UTF8_CHARSETS.has(charset)) {
+      if (!contract) return next?.();
       return refuse(415, `the request body must be JSON in UTF-8 (charset=utf-8), not charset=${charset.slice(0, 40)}`);
     }
     if (declared > limit) return tooLarge();
@@ -79,7 +84,7 @@ export function jsonBody(limit: number, refused: (req: IncomingMessage, reason: 
       if (failed) return;
       const bytes = Buffer.concat(chunks);
       // Bytes that are not UTF-8 would be stored as U+FFFD, changed for good: refused instead.
-      if (!isUtf8(bytes)) {
+      if (contract && !isUtf8(bytes)) {
         const message = "the request body is not valid UTF-8: JSON must be sent as UTF-8";
         sendError(res, 400, "INVALID", message);
         refused(req, "invalid-payload", message);

@@ -222,6 +222,13 @@ describe("tethral-device node", function () {
     const http = t.hub.communicationStatistics().protocols.http!;
     assert.equal(http.messagesIn, 2 + 5, "reports that reached the hub are counted");
     assert.equal(http.rejected, 5);
+
+    // A report a flow built is weighed as JSON: counted in bytes in, and held to the payload limit (256 KiB).
+    const before = t.hub.communicationStatistics().protocols.http!.bytesIn;
+    await t.ok("dev1", { deviceId: "meter-1", token, payload: { power: 3 } });
+    assert.equal(t.hub.communicationStatistics().protocols.http!.bytesIn - before, Buffer.byteLength('{"power":3}'));
+    assert.equal(errorCode(await t.caught("dev1", { deviceId: "meter-1", token, payload: { blob: "x".repeat(300 * 1024) } })), "INVALID");
+    assert.equal(t.hub.getState("meter-1").properties.blob, undefined);
   });
 
 

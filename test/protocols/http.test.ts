@@ -150,6 +150,16 @@ describe("HttpAdapter", function () {
     assert.equal(ctx.counters.messagesOut, 0);
   });
 
+  it("counts in the protocol's errors a request the hub itself could not make (a header it cannot send), not a device's failures", async function () {
+    await adapter.stop();
+    adapter = new HttpAdapter({ headers: { "X-Key": "line\nbreak" } });
+    await adapter.start(ctx);
+    const err = await assertRejectsCode(() => adapter.send(device(`${dev.base}/ok`), frame, 5000), "UNAVAILABLE");
+    assert.match(err.message, /could not post/);
+    assert.equal(ctx.counters.errors, 1);
+    assert.equal(dev.seen.length, 0);
+  });
+
   it("rejects a missing or unusable address with INVALID, sending nothing", async function () {
     for (const address of [undefined, "", "not a url", "coap://10.0.0.5/cmd", "ftp://host/x", "file:///etc/passwd", `http://user:pw@127.0.0.1/ok`]) {
       await assertRejectsCode(() => adapter.send(device(address), frame, 5000), "INVALID", "address");
@@ -213,7 +223,7 @@ describe("HttpAdapter in a Hub", function () {
     await hub.registerDevice({ id: "dev-slow-sent", protocol: "http", address: `${dev.base}/slow` });
     const events: string[] = [];
     hub.subscribe({ types: "command.*" }, (e) => void events.push(e.type));
-    const queued = await hub.sendCommand("dev-slow-sent", { command: "open", timeout: 0.5 });
+    const queued = await hub.sendCommand("dev-slow-sent", { command: "open", timeout: 2 });
     const start = Date.now();
     while (dev.seen.length === 0 && Date.now() - start < 5000) await new Promise((r) => setTimeout(r, 5));
     await new Promise((r) => setTimeout(r, 50));

@@ -10,6 +10,7 @@ import { SqliteStore } from "../../src/store/sqlite";
 import type { Store, WriteBatch } from "../../src/core/ports/store";
 import { WrappedStore } from "./wrapped-store";
 import { PointBatch } from "../../src/core/point-batch";
+import { HttpAdapter } from "../../src/protocols/http";
 import { assertRejectsCode } from "../helpers";
 import type { Persistence } from "../../src/core/write-behind";
 import { until } from "../protocols/mqtt-device";
@@ -303,6 +304,27 @@ describe("Hub persistence (SQLite file)", () => {
     assert.deepEqual(points.series.n!.map((p) => p.value), Array.from({ length: 22 }, (_, i) => i + 1), "every report's point, in order");
   });
 
+  it("a device stored with an address its protocol's adapter now refuses keeps it: other changes go through, one sent back as read too, and a failed write puts it back as it was", async () => {
+    const store = new WrappedStore(new SqliteStore({ path: file }));
+    // Stored by a hub without the HTTP adapter, which checks nothing.
+    const first = await open({}, store);
+    await first.registerDevice({ id: "legacy", protocol: "http", address: "ftp://10.0.0.1/x" });
+    await close(first);
+    const hub = await open({ protocols: [new HttpAdapter()] }, new WrappedStore(new SqliteStore({ path: file })));
+    const read = hub.getDevice("legacy");
+    await hub.updateDevice("legacy", { name: "renamed" });
+    await hub.updateDevice("legacy", { name: "again", protocol: read.protocol, address: read.address });
+    await assertRejectsCode(() => hub.updateDevice("legacy", { address: "ftp://10.0.0.2/y" }), "INVALID", "address");
+    const wrapped = (hub as unknown as { persistence: Persistence }).persistence.store as WrappedStore;
+    wrapped.down = true;
+    await assertRejectsCode(() => hub.updateDevice("legacy", { name: "while down" }), "UNAVAILABLE");
+    await assertRejectsCode(() => hub.updateDevice("legacy", { address: "http://10.0.0.1/ok" }), "UNAVAILABLE");
+    const now = hub.getDevice("legacy");
+    assert.equal(now.name, "again", "put back as it was");
+    assert.equal(now.address, "ftp://10.0.0.1/x");
+    wrapped.down = false;
+  });
+
   it("removing a device removes its rows, and a late batch does not bring them back", async () => {
     const clock = new ManualClock();
     const hub = await open({ clock });
@@ -459,6 +481,29 @@ describe("Hub persistence (SQLite file)", () => {
     assert.ok(from !== null && store.batches.slice(from).some((b) => devicesOf(b).has("bad-1")), "a row of its stored alone before the move");
     const stored = new Map((await store.inner.loadDevices()).map((d) => [d.id, d]));
     assert.equal(stored.get("bad-1")?.status, "unknown", "its presence, checked last, refused with the rest");
+  });
+
+  it("writing a refused batch apart, when the database goes away midway, puts what is left back in its order", async () => {
+    const store = new WrappedStore(new SqliteStore({ path: file }));
+    const hub = await open({ persistence: { flushIntervalMs: 60_000, retryBaseMs: 60_000, retryMaxMs: 60_000 } }, store);
+    for (const id of ["a-1", "b-1", "bad-1"]) await hub.registerDevice({ id, protocol: "mqtt" });
+    for (const id of ["a-1", "b-1", "bad-1"]) hub.ingest(id, { kind: "telemetry", data: { t: 1 } });
+    const firstTried: string[][] = [];
+    let back = false;
+    store.refuse = (batch) => {
+      const devices = devicesOf(batch);
+      if (back && firstTried.length === 0) firstTried.push(batch.history.map((h) => h.deviceId));
+      // a-1's part goes through; the database is gone for the parts after it.
+      if (!back && devices.size === 1 && devices.has("a-1")) store.down = true;
+      return batch.history.some((h) => h.deviceId === "bad-1");
+    };
+    await hub.flush().catch(() => undefined);
+    assert.equal(hub.health().components.store?.status, "degraded");
+    store.down = false;
+    back = true;
+    await hub.flush();
+    const order = [...new Set(firstTried[0])];
+    assert.deepEqual(order, ["b-1", "bad-1"], "b-1's rows before bad-1's, as they came");
   });
 
   /** A hub whose write of moved-1's four reports (six rows, in batches of three) failed: the store degraded. */
