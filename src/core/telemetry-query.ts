@@ -1,5 +1,6 @@
 import { invalid } from "./errors";
 import { AGGREGATES, type Aggregate, RESOLUTION_MS, type Resolution } from "./ports/store";
+import { parseTime } from "./validation";
 
 /** A telemetry query as a flow or the REST API gives it (CONTRACT §7): strings or typed values. */
 export interface TelemetryQueryInput {
@@ -105,7 +106,7 @@ function timeOf(value: string | number | Date, field: string): number {
   if (value instanceof Date) ms = value.getTime();
   else if (typeof value === "number") ms = value;
   else if (typeof value === "string" && /^[0-9]{1,15}$/.test(value.trim())) ms = Number(value);
-  else if (typeof value === "string" && /^\d{4}-\d{2}-\d{2}/.test(value.trim())) ms = Date.parse(value);
+  else if (typeof value === "string" && /^\d{4}-\d{2}-\d{2}/.test(value.trim())) ms = parseTime(value);
   else ms = Number.NaN;
   if (!Number.isFinite(ms) || !Number.isInteger(ms) || ms < 0 || ms > 8.64e15) {
     throw invalid(field, "must be an ISO-8601 time or epoch milliseconds");

@@ -259,9 +259,22 @@ function issueToDetail(issue: z.core.$ZodIssue): ErrorDetail {
   return { field: path || "(body)", message: issue.message };
 }
 
+/**
+ * Text as Date.parse reads it, NaN for none; a calendar date that does not exist (February 30th,
+ * April 31st), which Date.parse rolls over into the next month, is none either.
+ */
+export function parseTime(text: string): number {
+  const date = /^\s*(\d{4})-(\d{2})-(\d{2})/.exec(text);
+  if (date) {
+    const [year, month, day] = [Number(date[1]), Number(date[2]), Number(date[3])];
+    if (month < 1 || month > 12 || day < 1 || day > new Date(Date.UTC(year, month, 0)).getUTCDate()) return Number.NaN;
+  }
+  return Date.parse(text);
+}
+
 /** A time given as epoch ms, ISO text or a Date, as epoch ms; INVALID naming `field` when it is none of these. */
 export function toEpoch(value: number | string | Date, field: string): number {
-  const ms = value instanceof Date ? value.getTime() : typeof value === "number" ? value : Date.parse(value);
+  const ms = value instanceof Date ? value.getTime() : typeof value === "number" ? value : parseTime(value);
   if (!Number.isFinite(ms)) throw invalid(field, "must be a time");
   return ms;
 }

@@ -495,6 +495,7 @@ describe("EventBus", () => {
       assert.deepEqual(data(new Date(mark + 1)), ["c"]);
       assert.deepEqual(data(clock.now() + 1), []);
       assertInvalid(() => bus.query({ since: "not a time" }), "since");
+      assertInvalid(() => bus.query({ since: "2026-02-30T00:00:00Z" }), "since");
     });
 
     it("keeps transient types (message.received by default) out of history but still delivers them", () => {

@@ -27,11 +27,17 @@ describe("telemetry queries (CONTRACT §7): the checks", () => {
     assert.equal(q.agg, "avg");
     assert.equal(q.limit, 20);
     assert.deepEqual(parseTelemetryQuery({ keys: ["a", "b"], interval: "1d", agg: "last" }, T0).keys, ["a", "b"]);
+    // A leap day is a day.
+    assert.equal(parseTelemetryQuery({ from: "2024-02-29T00:00:00Z", to: "2024-03-01" }, T0).from, Date.UTC(2024, 1, 29));
   });
 
   for (const [input, field] of [
     [{ from: "yesterday" }, "from"],
     [{ to: "2026-13-45T99:00:00Z" }, "to"],
+    // Days a month does not have: Date.parse would roll them over into the next month.
+    [{ from: "2026-02-30T00:00:00Z" }, "from"],
+    [{ from: "2026-04-31T10:00:00Z" }, "from"],
+    [{ to: "2025-02-29" }, "to"],
     [{ from: T0 + 1, to: T0 }, "from"],
     [{ from: -5 }, "from"],
     [{ interval: "fortnight" }, "interval"],
