@@ -194,7 +194,7 @@ export class CommandDelivery {
           this.markSent(e);
           handed = true;
         } catch {
-          handed = false;
+          // Left unmarked: marked when the send resolves, where a throw is caught.
         }
       };
       const sent = Promise.resolve().then(() => adapter.send(device, { id: e.row.id, command: e.row.command, params: e.row.params }, e.timeoutMs, handedOver));

@@ -588,8 +588,8 @@ function rowsOf(batch: WriteBatch): number {
  * rows first appear, and the events that name no device last. Only a refused batch comes here.
  */
 function deviceParts(batch: WriteBatch): WriteBatch[] {
-  const parts = new Map<string | null, { part: WriteBatch; points: number[] }>();
-  const of = (id: string | null) => {
+  const parts = new Map<string, { part: WriteBatch; points: number[] }>();
+  const of = (id: string) => {
     let p = parts.get(id);
     if (!p) parts.set(id, (p = { part: { presence: [], states: [], history: [], events: [] }, points: [] }));
     return p;

@@ -172,7 +172,7 @@ export class CoapAdapter implements ProtocolAdapter {
   }
 
   checkAddress(address: string): string | null {
-    return coapAddressProblem(address);
+    return targetOf(address) === null ? COAP_ADDRESS : null;
   }
 
   isConnected(): undefined {
@@ -392,41 +392,36 @@ interface CommandTarget {
   query: Buffer[];
 }
 
-function hostAndPort(url: URL): { hostname: string; port: number } {
-  return { hostname: url.hostname.replace(/^\[(.*)\]$/, "$1"), port: url.port === "" ? DEFAULT_COAP_PORT : Number(url.port) };
-}
+/** What a CoAP address that is none must be: the message of `error.details` for `address`. */
+const COAP_ADDRESS = "must be a coap:// URL: coap://host[:port][/path]";
 
-/** Why a CoAP device's commands cannot go to `address`, or null (see ProtocolAdapter.checkAddress). */
-export function coapAddressProblem(address: string): string | null {
-  const problem = "must be a coap:// URL: coap://host[:port][/path]";
+/**
+ * Where a device's commands go: `{address}/commands`, the address a `coap://` URL (RFC 7252
+ * §6.4); null for an address that is none. Read for each command and when an address is set.
+ */
+function targetOf(address: string): CommandTarget | null {
   let url: URL;
   try {
     url = new URL(address);
   } catch {
-    return problem;
+    return null;
   }
-  if (url.protocol !== "coap:") return problem;
-  const { hostname, port } = hostAndPort(url);
-  return hostname === "" || port === 0 ? problem : null;
-}
-
-/** Where a device's commands go: `{address}/commands`, the address a `coap://` URL (RFC 7252 §6.4). */
-function commandTarget(device: Device): CommandTarget {
-  const address = device.address;
-  const refuse = (why: string) => new TethralError("INVALID", `device "${device.id}" ${why}; CoAP commands need an address coap://host[:port][/path]`);
-  if (typeof address !== "string" || address.trim() === "") throw refuse("has no address");
-  let url: URL;
-  try {
-    url = new URL(address);
-  } catch {
-    throw refuse(`has an address that is not a URL (${address.slice(0, 200)})`);
-  }
-  if (url.protocol !== "coap:") throw refuse(`has a ${url.protocol.slice(0, -1).slice(0, 20)} address`);
-  const { hostname, port } = hostAndPort(url);
-  if (hostname === "" || port === 0) throw refuse(`has no host or port in its address (${address.slice(0, 200)})`);
+  const hostname = url.hostname.replace(/^\[(.*)\]$/, "$1");
+  const port = url.port === "" ? DEFAULT_COAP_PORT : Number(url.port);
+  if (url.protocol !== "coap:" || hostname === "" || port === 0) return null;
   // Percent-decoded into the Uri-Path and Uri-Query options, which carry text as is.
   const parts = (text: string, separator: string) => text.split(separator).filter((s) => s !== "").map((s) => Buffer.from(decodeQuery(s)));
   return { label: `coap://${url.host}${url.pathname}`, hostname, port, path: [...parts(url.pathname, "/"), Buffer.from("commands")], query: parts(url.search.slice(1), "&") };
+}
+
+/** The device's command target, or INVALID naming `address`: nothing is sent. */
+function commandTarget(device: Device): CommandTarget {
+  const address = device.address;
+  const refuse = (why: string) => new TethralError("INVALID", `device "${device.id}" ${why}`, [{ field: "address", message: COAP_ADDRESS }]);
+  if (typeof address !== "string" || address.trim() === "") throw refuse(`has no address; CoAP commands need one, ${COAP_ADDRESS.slice(8)}`);
+  const target = targetOf(address);
+  if (target === null) throw refuse(`address ${COAP_ADDRESS} (not ${address.slice(0, 200)})`);
+  return target;
 }
 
 /** A device's answer to a command: 2.xx is success with its body as the result, anything else a failure. */

@@ -82,7 +82,8 @@ export class HttpAdapter implements ProtocolAdapter {
   }
 
   checkAddress(address: string): string | null {
-    return httpAddressProblem(address);
+    const url = urlOf(address);
+    return typeof url === "string" ? url : null;
   }
 
   isConnected(): undefined {
@@ -117,8 +118,11 @@ export class HttpAdapter implements ProtocolAdapter {
   }
 }
 
-/** Why an HTTP device's commands cannot be posted to `address`, or null (see ProtocolAdapter.checkAddress). */
-export function httpAddressProblem(address: string): string | null {
+/**
+ * The URL an HTTP device's commands are posted to, or why `address` cannot be one (the message of
+ * `error.details` for `address`). Read for each command and when an address is set.
+ */
+function urlOf(address: string): URL | string {
   let url: URL;
   try {
     url = new URL(address.trim());
@@ -126,18 +130,18 @@ export function httpAddressProblem(address: string): string | null {
     return "must be an http: or https: URL";
   }
   if (url.protocol !== "http:" && url.protocol !== "https:") return "must be an http: or https: URL";
-  // A password in the address would be shown by every read of the device: it goes in the adapter's headers.
+  // A password in the address would be shown by every read of the device.
   if (url.username || url.password) return "must not include a user name or password";
-  return null;
+  return url;
 }
 
 /** The device's address as a URL to post to, or INVALID: nothing is sent. */
 function commandUrl(device: Device): URL {
   const address = device.address?.trim();
   if (!address) throw new TethralError("INVALID", `device "${device.id}" has no address to send commands to`, [{ field: "address", message: "is required for http devices" }]);
-  const problem = httpAddressProblem(address);
-  if (problem !== null) throw new TethralError("INVALID", `device "${device.id}" address ${problem}`, [{ field: "address", message: problem }]);
-  return new URL(address);
+  const url = urlOf(address);
+  if (typeof url === "string") throw new TethralError("INVALID", `device "${device.id}" address ${url}`, [{ field: "address", message: url }]);
+  return url;
 }
 
 /**

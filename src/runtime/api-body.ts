@@ -50,8 +50,9 @@ export function jsonBody(limit: number, refused: (req: IncomingMessage, reason: 
     };
     const tooLarge = () => refuse(413, `the request body is larger than ${limit} bytes`);
     const json = /^application\/([a-z0-9.+-]+\+)?json\s*(;|$)/.test(type);
+    const contract = CONTRACT_PATHS.test(req.url ?? "");
     if (!json) {
-      if (!CONTRACT_PATHS.test(req.url ?? "")) return next?.();
+      if (!contract) return next?.();
       // A status report is one word (`online`) and a heartbeat anything, as on MQTT: firmware may
       // send either as plain text.
       const kind = reportOf(req.method, req.url)?.kind;
@@ -60,7 +61,6 @@ export function jsonBody(limit: number, refused: (req: IncomingMessage, reason: 
     }
     // JSON is UTF-8 (RFC 8259 §8.1): on the contract's paths a body declared in another character
     // set would be read wrong, and is refused; other flows' endpoints get it as body-parser reads it.
-    const contract = CONTRACT_PATHS.test(req.url ?? "");
     const charset = CHARSET.exec(type)?.[1];
     if (charset !== undefined && charset !== "" && !UTF8_CHARSETS.has(charset)) {
       if (!contract) return next?.();
