@@ -292,7 +292,7 @@ export class CoapAdapter implements ProtocolAdapter {
 
   // ── Hub → device ────────────────────────────────────────────────────────────────────────
 
-  send(device: Device, frame: CommandFrame, timeoutMs: number): Promise<SendOutcome> {
+  send(device: Device, frame: CommandFrame, timeoutMs: number, handedOver?: () => void): Promise<SendOutcome> {
     const context = this.context;
     if (!context || !this.server) {
       return Promise.reject(new TethralError("UNAVAILABLE", "the CoAP adapter is not running"));
@@ -348,6 +348,12 @@ export class CoapAdapter implements ProtocolAdapter {
       req.on("timeout", () => finish(new TethralError("TIMEOUT", `no answer from ${target.label}`), undefined, false));
       // A frame too big for one datagram goes block-wise (RFC 7959); the library segments it, 1024 bytes a block.
       if (payload.length > SINGLE_DATAGRAM_PAYLOAD) req.setOption("Block1", Buffer.of(6));
+      // The command has left once its datagram is out (the socket took it), as an HTTP command once
+      // its request is written: a device that takes it and answers late, or never, has it `sent`.
+      // A block-wise one has left only with its last block, which goes once the device asked for
+      // it: it is `sent` with the answer. (The device's empty acknowledgement would say more, but
+      // the library takes it without a word.)
+      else if (handedOver) req.sender.once("sent", (err: Error | null) => err || handedOver());
       try {
         req.end(payload);
         this.figures.commands++;

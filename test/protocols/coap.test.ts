@@ -184,6 +184,35 @@ describe("CoapAdapter", () => {
       assert.equal(t.coap().errors, 0, "a silent device is no fault of the hub's");
     });
 
+    it("marks a command sent once its datagram is out: a device that took it and never answers has it sent (sentAt, command.sent), then timed out", async () => {
+      const d = await commandDevice(() => undefined);
+      const events: string[] = [];
+      t.hub.subscribe({ types: "command.*" }, (e) => void events.push(e.type));
+      const queued = await t.hub.sendCommand("valve-1", { command: "open", timeout: 1.5 });
+      await until(() => d.received.length === 1);
+      await new Promise((r) => setTimeout(r, 50));
+      const waiting = await t.hub.getCommand(queued.id);
+      assert.equal(waiting.status, "sent", "the device has it");
+      assert.ok(waiting.sentAt, "with the time it left");
+      await until(async () => (await t.hub.getCommand(queued.id)).status !== "sent", 5000);
+      const ended = await t.hub.getCommand(queued.id);
+      assert.ok(ended.status === "timed_out" || ended.status === "failed", ended.status);
+      assert.equal(ended.sentAt, waiting.sentAt);
+      assert.deepEqual(events.slice(0, 2), ["command.queued", "command.sent"]);
+      assert.equal(events.filter((e) => e === "command.sent").length, 1);
+    });
+
+    it("marks a block-wise command sent with its answer, not with its first block", async () => {
+      const d = await commandDevice(json("2.05", { flashed: true }));
+      const events: string[] = [];
+      t.hub.subscribe({ types: "command.*" }, (e) => void events.push(e.type));
+      const command = await t.hub.sendCommand("valve-1", { command: "flash", params: { firmware: "f".repeat(4000) }, wait: true, timeout: 5 });
+      assert.equal(command.status, "succeeded");
+      assert.ok(command.sentAt);
+      assert.equal(d.received.length, 1);
+      assert.deepEqual(events, ["command.queued", "command.sent", "command.succeeded"]);
+    });
+
     it("retries a command the device did not answer, and the second attempt reaches it", async () => {
       const d = await commandDevice((frame, res) => {
         if (d.received.length === 1) return; // the first attempt gets lost
