@@ -194,7 +194,7 @@ describe("CoapAdapter", () => {
       const waiting = await t.hub.getCommand(queued.id);
       assert.equal(waiting.status, "sent", "the device has it");
       assert.ok(waiting.sentAt, "with the time it left");
-      await until(async () => (await t.hub.getCommand(queued.id)).status !== "sent", 5000);
+      await until(async () => (await t.hub.getCommand(queued.id)).status !== "sent", "the command ended", 5000);
       const ended = await t.hub.getCommand(queued.id);
       assert.ok(ended.status === "timed_out" || ended.status === "failed", ended.status);
       assert.equal(ended.sentAt, waiting.sentAt);
