@@ -101,6 +101,12 @@ export class HeartbeatMonitor {
   private readonly expiries = new DeadlineHeap<Tracker>();
   private readonly purges = new DeadlineHeap<PurgeEntry>();
   private timer: TimerHandle | null = null;
+  /**
+   * Set when the fleet is restored at start (see `resumeAfterRestart`): until when the previous
+   * run is known to have been up, and when this one started. Retention counts a device's
+   * offline time only while a hub was watching it.
+   */
+  private resumed: { lastAlive: number; startedAt: number } | null = null;
   private timerAt = Number.POSITIVE_INFINITY;
   /** When the timer should run (timerAt, or at once for a deadline already past when armed). */
   private timerFiresAt = 0;
@@ -138,8 +144,19 @@ export class HeartbeatMonitor {
   }
 
   /**
+   * Before the stored fleet is tracked at start: the previous run was up at least until
+   * `lastAlive` (the latest moment it stamped on a device), and this one starts at `startedAt`.
+   * A device's offline time for retention then leaves out the time in between: what the previous
+   * run saw of it, and what this one sees.
+   */
+  resumeAfterRestart(lastAlive: number, startedAt: number): void {
+    this.resumed = { lastAlive: Math.min(lastAlive, startedAt), startedAt };
+  }
+
+  /**
    * Starts watching a device. With a `lastSeen` from before a restart, the device's deadline is
-   * counted from that moment, so a device silent while the hub was down expires on time.
+   * counted from that moment, so a device silent while the hub was down expires on time (a device
+   * restored offline went offline one timeout after it).
    */
   track(id: string, timeoutSec: number | undefined, lastSeen = 0, alive = lastSeen > 0): HeartbeatTracker {
     const previous = this.trackers.get(id);
@@ -152,7 +169,7 @@ export class HeartbeatMonitor {
       this.expiries.schedule(t, this.deadline(t));
       this.arm();
     } else if (lastSeen > 0) {
-      this.markDead(t, lastSeen);
+      this.markDead(t, lastSeen + this.timeoutMs(t));
     }
     return t;
   }
@@ -255,14 +272,27 @@ export class HeartbeatMonitor {
     return t.lastSeen + this.timeoutMs(t) + 1;
   }
 
-  private markDead(t: Tracker, since: number): void {
+  private markDead(t: Tracker, wentOffline: number): void {
     t.alive = false;
     if (this.options.retention.enabled) {
       t.purge ??= new PurgeEntry(t);
+      const since = this.offlineSince(wentOffline);
       t.purge.offlineSince = since;
       // Purged once offline for longer than the retention age.
       this.purges.schedule(t.purge, since + this.options.retention.offlineForSec * 1000 + 1);
     }
+  }
+
+  /**
+   * From when a device that went offline at `wentOffline` counts as offline for retention: then,
+   * unless that was before this run started, when the time no hub was up is left out (a hub off
+   * for longer than the retention age must not remove its fleet as it starts, before any device
+   * could speak; a restart must not bring a removal forward).
+   */
+  private offlineSince(wentOffline: number): number {
+    const r = this.resumed;
+    if (r === null || wentOffline >= r.startedAt) return wentOffline;
+    return r.startedAt - Math.max(0, r.lastAlive - wentOffline);
   }
 
   private learn(t: Tracker, gap: number): void {

@@ -205,7 +205,7 @@ export class Hub {
     const p = this.persistence;
     // A cluster member tracks heartbeats and loads commands per partition, as it takes them.
     const cluster = this.cluster;
-    await p?.open(() => loadFleet(p.store, this.registry, this.state, this.presence, cluster === null));
+    await p?.open(() => loadFleet(p.store, this.registry, this.state, this.presence, this.clock.now(), cluster === null));
     await this.tokens.load();
     this.running = true;
     this.processMonitor.start();

@@ -30,6 +30,8 @@ export interface StoredPresence {
   status: DeviceStatus;
   lastSeen: number;
   heartbeatTimeout: number | null;
+  /** When the device record last changed (a moment the hub that stored it was up). */
+  updatedAt?: number;
 }
 
 /**
@@ -84,9 +86,14 @@ export class Presence {
 
   /**
    * Heartbeats resume from the stored lastSeen: a device silent while the hub was down goes
-   * offline as soon as its timeout has passed.
+   * offline as soon as its timeout has passed. Retention counts its offline time only while a hub
+   * was up (see `HeartbeatMonitor.resumeAfterRestart`).
    */
-  restore(rows: Iterable<StoredPresence>): void {
+  restore(rows: readonly StoredPresence[], now: number, lastEventAt = 0): void {
+    // The previous run was up at least until the latest moment it stamped on a device or an event.
+    let lastAlive = lastEventAt;
+    for (const row of rows) lastAlive = Math.max(lastAlive, row.lastSeen, row.updatedAt ?? 0);
+    this.heartbeat.resumeAfterRestart(lastAlive, now);
     for (const row of rows) {
       const alive = row.status === "online" || row.status === "error";
       if (row.lastSeen > 0) {

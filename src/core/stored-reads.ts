@@ -29,13 +29,14 @@ export function storeHost(
 }
 
 /** Fills the registry, the states and presence from the store at start. */
-export async function loadFleet(store: Store, registry: DeviceRegistry, state: StateManager, presence: Presence, restorePresence = true): Promise<void> {
-  const [devices, states] = await Promise.all([store.loadDevices(), store.loadStates()]);
+export async function loadFleet(store: Store, registry: DeviceRegistry, state: StateManager, presence: Presence, now: number, restorePresence = true): Promise<void> {
+  // The newest stored event (`hub.stopped` after a clean stop) says until when the previous run was up.
+  const [devices, states, newest] = await Promise.all([store.loadDevices(), store.loadStates(), restorePresence ? store.events({ limit: 1 }, now) : []]);
   // Registration order survives a restart: it is the default order of every listing.
   devices.sort((a, b) => a.createdAt - b.createdAt || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0));
   for (const row of devices) registry.restore(row);
   for (const row of states) if (registry.has(row.deviceId)) state.restore(row.deviceId, row);
-  if (restorePresence) presence.restore(devices);
+  if (restorePresence) presence.restore(devices, now, newest[0]?.timestamp ?? 0);
 }
 
 /**

@@ -108,6 +108,65 @@ describe("Hub persistence (SQLite file)", () => {
     assert.equal(second.getDevice("d1").status, "offline", "60 s after its last message, not 60 s after start");
   });
 
+  describe("removing long-gone devices (retention) across a restart", () => {
+    const HOUR = 3_600_000;
+    const retention = { resolutionMs: 0, retention: { enabled: true, offlineForSec: 3600 } };
+    const registered = (hub: Hub, id: string) => {
+      try {
+        hub.getDevice(id);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    /** Lets a removal the clock made due reach the store. */
+    const settle = () => new Promise((r) => setTimeout(r, 50));
+
+    it("counts the offline time the previous run saw: a restart neither brings the removal forward nor puts it off", async () => {
+      const clock = new ManualClock();
+      const first = await open({ clock, heartbeat: retention });
+      await first.registerDevice({ id: "gone", protocol: "mqtt", heartbeatTimeout: 60 });
+      first.ingest("gone", { kind: "heartbeat" });
+      const wentOffline = clock.now() + 60_000;
+      clock.advance(60_001);
+      assert.equal(first.getDevice("gone").status, "offline");
+      clock.advance(HOUR / 2);
+      await close(first);
+
+      const second = await open({ clock, heartbeat: retention });
+      // Counted from its lastSeen, it would go an hour after its last message: a timeout early.
+      clock.advance(wentOffline + HOUR - 1_000 - clock.now());
+      await settle();
+      assert.ok(registered(second, "gone"), "offline for less than the retention age");
+      clock.advance(1_001);
+      await until(() => !registered(second, "gone"));
+    });
+
+    it("does not count the time no hub was up: a hub off for longer than the retention age keeps its fleet as it starts", async () => {
+      const clock = new ManualClock();
+      const first = await open({ clock, heartbeat: retention });
+      for (const id of ["a", "b"]) {
+        await first.registerDevice({ id, protocol: "mqtt", heartbeatTimeout: 60 });
+        first.ingest(id, { kind: "heartbeat" });
+      }
+      await close(first);
+
+      clock.advance(2 * HOUR); // down for twice the retention age
+      const second = await open({ clock, heartbeat: retention });
+      clock.advance(60_001);
+      await settle();
+      assert.deepEqual([registered(second, "a"), registered(second, "b")], [true, true], "both kept, offline");
+      assert.equal(second.getDevice("a").status, "offline");
+      second.ingest("a", { kind: "heartbeat" }); // a speaks again; b never does
+      clock.advance(HOUR - 61_000);
+      await settle();
+      assert.ok(registered(second, "b"), "offline since the start, for less than the retention age");
+      clock.advance(1_000);
+      await until(() => !registered(second, "b"));
+      assert.ok(registered(second, "a"));
+    });
+  });
+
   it("a backlog past a batch's worth arms one flush at once, not one a value, and the flush stores every point", async () => {
     // Counts the timers armed to run at once: before the mend, every value appended past
     // flushPoints cleared the waiting one and armed another (six a report of six values).
