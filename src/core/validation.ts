@@ -260,16 +260,31 @@ function issueToDetail(issue: z.core.$ZodIssue): ErrorDetail {
 }
 
 /**
- * Text as Date.parse reads it, NaN for none; a calendar date that does not exist (February 30th,
- * April 31st), which Date.parse rolls over into the next month, is none either.
+ * An ISO-8601 time (RFC 3339 and its shorter forms: `2026-12-01`, `2026-12-01T10:00`,
+ * `2026-12-01T10:00:00.5+01:00`) as epoch ms, NaN for anything else. Without a zone it is UTC,
+ * as every time of the contract is, whatever the server's own time zone. A calendar date that
+ * does not exist (February 30th) is none, and so is text around the time: Date.parse reads
+ * "2026-12-07junk" as June 12th and "hello 2" as 2001.
  */
+const ISO_TIME = /^(\d{4})-(\d{2})-(\d{2})(?:[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?)?(?:([Zz])|([+-])(\d{2})(?::?(\d{2}))?)?$/;
+
 export function parseTime(text: string): number {
-  const date = /^\s*(\d{4})-(\d{2})-(\d{2})/.exec(text);
-  if (date) {
-    const [year, month, day] = [Number(date[1]), Number(date[2]), Number(date[3])];
-    if (month < 1 || month > 12 || day < 1 || day > new Date(Date.UTC(year, month, 0)).getUTCDate()) return Number.NaN;
+  const m = ISO_TIME.exec(text.trim());
+  if (!m) return Number.NaN;
+  const [year, month, day] = [Number(m[1]), Number(m[2]), Number(m[3])];
+  const [hour, minute, second] = [Number(m[4] ?? 0), Number(m[5] ?? 0), Number(m[6] ?? 0)];
+  if (month < 1 || month > 12 || day < 1 || hour > 23 || minute > 59 || second > 59) return Number.NaN;
+  const date = new Date(0);
+  date.setUTCFullYear(year, month - 1, day);
+  if (date.getUTCDate() !== day) return Number.NaN;
+  const ms = Number((m[7] ?? "").padEnd(3, "0").slice(0, 3));
+  let offset = 0;
+  if (m[9] !== undefined) {
+    const [oh, om] = [Number(m[10]), Number(m[11] ?? 0)];
+    if (oh > 23 || om > 59) return Number.NaN;
+    offset = (m[9] === "-" ? -1 : 1) * (oh * 60 + om) * 60_000;
   }
-  return Date.parse(text);
+  return date.getTime() + ((hour * 60 + minute) * 60 + second) * 1000 + ms - offset;
 }
 
 /** A time given as epoch ms, ISO text or a Date, as epoch ms; INVALID naming `field` when it is none of these. */

@@ -496,6 +496,16 @@ describe("EventBus", () => {
       assert.deepEqual(data(clock.now() + 1), []);
       assertInvalid(() => bus.query({ since: "not a time" }), "since");
       assertInvalid(() => bus.query({ since: "2026-02-30T00:00:00Z" }), "since");
+      // Date.parse reads these as 2001-02-01, 2001-05-01 and June 12th.
+      for (const since of ["hello 2", "-5", "2026-12-07junk", "12/01/2026"]) assertInvalid(() => bus.query({ since }), "since");
+      const zone = process.env.TZ;
+      try {
+        process.env.TZ = "Asia/Tokyo";
+        assert.deepEqual(data(new Date(mark).toISOString().slice(0, 19)), ["c", "b"], "a time without a zone is UTC");
+      } finally {
+        if (zone === undefined) delete process.env.TZ;
+        else process.env.TZ = zone;
+      }
     });
 
     it("keeps transient types (message.received by default) out of history but still delivers them", () => {

@@ -27,6 +27,20 @@ describe("telemetry queries (CONTRACT §7): the checks", () => {
     assert.equal(q.agg, "avg");
     assert.equal(q.limit, 20);
     assert.deepEqual(parseTelemetryQuery({ keys: ["a", "b"], interval: "1d", agg: "last" }, T0).keys, ["a", "b"]);
+    // ISO forms, with and without a zone: without one it is UTC, whatever the server's time zone.
+    const zone = process.env.TZ;
+    try {
+      for (const tz of ["America/New_York", "Asia/Tokyo", "UTC"]) {
+        process.env.TZ = tz;
+        assert.equal(parseTelemetryQuery({ from: "2026-12-01T00:00:00", to: "2026-12-01T10:30" }, T0).from, Date.UTC(2026, 11, 1), tz);
+        assert.equal(parseTelemetryQuery({ from: "2026-12-01T00:00", to: "2026-12-01t10:30:00.5z" }, T0).to, Date.UTC(2026, 11, 1, 10, 30, 0, 500), tz);
+        assert.equal(parseTelemetryQuery({ from: "2026-12-01T01:00:00.123456+01:00", to: "2026-12-01 10:30:00-0230" }, T0).from, Date.UTC(2026, 11, 1, 0, 0, 0, 123), tz);
+        assert.equal(parseTelemetryQuery({ from: "2026-11-30", to: "2026-12-01 10:30:00-0230" }, T0).to, Date.UTC(2026, 11, 1, 13, 0), tz);
+      }
+    } finally {
+      if (zone === undefined) delete process.env.TZ;
+      else process.env.TZ = zone;
+    }
     // A leap day is a day.
     assert.equal(parseTelemetryQuery({ from: "2024-02-29T00:00:00Z", to: "2024-03-01" }, T0).from, Date.UTC(2024, 1, 29));
   });
@@ -36,6 +50,11 @@ describe("telemetry queries (CONTRACT §7): the checks", () => {
     [{ to: "2026-13-45T99:00:00Z" }, "to"],
     // Days a month does not have: Date.parse would roll them over into the next month.
     [{ from: "2026-02-30T00:00:00Z" }, "from"],
+    // Text around a time: Date.parse reads the first as June 12th, the second as September 12th.
+    [{ from: "2026-12-07junk" }, "from"],
+    [{ from: "2026-12-07 September" }, "from"],
+    [{ to: "2026-12-07T25:00:00Z" }, "to"],
+    [{ to: "2026-12-07T10:00:00+24:00" }, "to"],
     [{ from: "2026-04-31T10:00:00Z" }, "from"],
     [{ to: "2025-02-29" }, "to"],
     [{ from: T0 + 1, to: T0 }, "from"],
