@@ -69,6 +69,20 @@ export function checkRequest(req: IncomingMessage, policy: HostPolicy, upgrade: 
 }
 
 /** A path no flow, editor route or httpStatic folder serves: 404 in the API's error shape rather than an HTML page. */
+/**
+ * Under the API's root while the flows run, `notFound`; while they do not (starting, stopping,
+ * between a deploy's stop and start, or held by missing node types), 503 `UNAVAILABLE` with
+ * `Retry-After`: the API's own routes are flows, and a device told 404 for its telemetry takes
+ * itself for unknown.
+ */
+export function apiNotFound(flowsRunning: () => boolean): Handler {
+  return (req, res, next) => {
+    if (flowsRunning()) return notFound(req, res, next);
+    res.setHeader("Retry-After", "1");
+    sendError(res, 503, "UNAVAILABLE", "the flows are not running (starting, stopping or being deployed): try again shortly");
+  };
+}
+
 export const notFound: Handler = (req, res) => {
   const url = (req as IncomingMessage & { originalUrl?: string }).originalUrl ?? req.url ?? "";
   sendError(res, 404, "NOT_FOUND", `no route ${(req.method ?? "GET").slice(0, 16)} ${url.split("?")[0]!.slice(0, 200)}`);

@@ -28,6 +28,8 @@ export interface NodeRed {
   readonly events: {
     on(event: "runtime-event", listener: (event: RuntimeEvent) => void): void;
     off(event: "runtime-event", listener: (event: RuntimeEvent) => void): void;
+    /** The flows' lifecycle (node-red's flows/index.js), at start, at every deploy and at stop. */
+    on(event: "flows:started" | "flows:stopping", listener: () => void): void;
     emit(event: typeof HTTP_REFUSAL_EVENT, refusal: HttpRefusal): boolean;
   };
 }

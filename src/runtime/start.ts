@@ -10,7 +10,7 @@ import { jsonBody } from "./api-body";
 import { checkClusterDatabase } from "./cluster-check";
 import { basicAuth, isCredentials } from "./basic-auth";
 import { corsChooser, corsPolicy, hostPolicy } from "./guard";
-import { checkRequest, finalError, guardUpgrades, httpsOptions, notFound, refreshHttps, sendError, urlHost } from "./http-server";
+import { apiNotFound, checkRequest, finalError, guardUpgrades, httpsOptions, notFound, refreshHttps, sendError, urlHost } from "./http-server";
 import type { Express, ExpressApp, Handler, NodeRed, RuntimeEvent } from "./node-red";
 import { HTTP_NODE_ROOT, type RuntimeOptions, StartupError, optionsFromEnv, prepareSettings, root, warnIfOpen } from "./options";
 import type { NodeRedSettings } from "./settings";
@@ -117,6 +117,10 @@ export async function startRuntime(options: RuntimeOptions = {}): Promise<Runnin
     started = true;
     guardUpgrades(server, policy, corsFor);
     RED.init(server, settings);
+    // Whether the flows (the API's routes among them) are running: not until they have started.
+    let flowsRunning = false;
+    RED.events.on("flows:started", () => (flowsRunning = true));
+    RED.events.on("flows:stopping", () => (flowsRunning = false));
     warnIfOpen(RED, settings, host, tls !== null, userDir);
     if (adminRoot !== null && isCredentials(settings.httpAdminAuth)) {
       // Deprecated by Node-RED in favour of adminAuth, and still honoured by its launcher.
@@ -132,8 +136,9 @@ export async function startRuntime(options: RuntimeOptions = {}): Promise<Runnin
       // where Node-RED's http in node would answer 500.
       app.use(nodeRoot, jsonBody(API_MAX_BODY_BYTES, (req, reason, message) => announce(req.url, req.method, reason, message)));
       app.use(nodeRoot, RED.httpNode);
-      // Under the API's own root a path no flow serves is answered here, before the editor's app.
-      if (nodeRoot !== "/" && nodeRoot !== adminRoot) app.use(nodeRoot, notFound);
+      // Under the API's own root a path no flow serves is answered here, before the editor's app
+      // (503 while the flows are not running: the route may be one of theirs).
+      if (nodeRoot !== "/" && nodeRoot !== adminRoot) app.use(nodeRoot, apiNotFound(() => flowsRunning));
     }
     if (adminRoot !== null) app.use(adminRoot, RED.httpAdmin);
     serveStatic(app, express, fromRed, settings);

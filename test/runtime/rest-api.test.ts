@@ -514,9 +514,32 @@ describe("REST API (flows/flows.json in the runtime, over real HTTP)", function 
     assert.equal(answer.status, 503, JSON.stringify(answer.body));
     ERROR_SHAPE(answer.body, "UNAVAILABLE");
     // The redeployed flows answer again, with the fleet as it was.
-    const health = () => call(api, "GET", "/health", undefined, {}, { outsideApi: "while the flows restart, the API's routes are briefly gone (404)" });
+    const health = () => call(api, "GET", "/health", undefined, {}, { outsideApi: "while the flows restart, the API's routes are briefly gone (503)" });
     await until(async () => (await health()).status === 200, "the redeployed API");
     assert.equal((await get("/devices/boiler-1")).status, 200);
     device.behave = "ok";
+  });
+
+  it("answers 503 UNAVAILABLE with Retry-After, not 404, while the flows are not running (a deploy with a missing node type stops them)", async () => {
+    const headers = { "Node-RED-API-Version": "v2" };
+    const config = (await (await fetch(`${rt.url}flows`, { headers })).json()) as { flows: Array<Record<string, unknown>>; rev: string };
+    const deploy = (flows: unknown[], rev: string) =>
+      fetch(`${rt.url}flows`, { method: "POST", headers: { "content-type": "application/json", "Node-RED-Deployment-Type": "full", ...headers }, body: JSON.stringify({ flows, rev }) });
+    const tab = config.flows.find((n) => n.type === "tab")!;
+    const broken = await deploy([...config.flows, { id: "no-such-type-1", type: "no-such-node-type", z: tab.id, wires: [] }], config.rev);
+    assert.equal(broken.status, 200);
+    const { rev } = (await broken.json()) as { rev: string };
+    try {
+      for (const [method, route] of [["GET", "/health"], ["GET", "/devices/boiler-1"], ["POST", "/devices/boiler-1/telemetry"]] as const) {
+        const res = await call(api, method, route, method === "POST" ? { t: 1 } : undefined, {}, { outsideApi: "the flows are stopped" });
+        assert.equal(res.status, 503, `${method} ${route}: ${JSON.stringify(res.body)}`);
+        ERROR_SHAPE(res.body, "UNAVAILABLE");
+        assert.equal(res.headers.get("retry-after"), "1");
+      }
+    } finally {
+      assert.equal((await deploy(config.flows, rev)).status, 200);
+    }
+    await until(async () => (await call(api, "GET", "/health", undefined, {}, { outsideApi: "the flows restart" })).status === 200, "the redeployed API");
+    assert.equal((await call(api, "GET", "/no-such-route", undefined, {}, { outsideApi: "no such route" })).status, 404, "a path no flow serves is still a 404 while they run");
   });
 });
