@@ -98,6 +98,7 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
   // the start the way an unreachable database does: shown as the status and logged.
   let storage = "";
   const connection = new HubConnection(() => {
+    releaseClaims(node.id);
     if (!config || !communication || !clusterConfig) throw configError ?? new Error("no configuration");
     const uiHost = typeof RED.settings.uiHost === "string" ? RED.settings.uiHost : undefined;
     const settings = protocolSettingsFor(communication, process.env, uiHost);
@@ -108,6 +109,10 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
     const protocols = adaptersFor(protocolPlugins(RED, warn), settings, communicationCredentialsOf(node), RED.server, warn);
     const store = storeOf(choice);
     storage = describeStorage(RED, choice, store);
+    // One hub per database, and per WebSocket path: a second hub on either would silently share
+    // the first one's (each keeping its own fleet in memory and writing over the other's).
+    if (store) claim(node, `${store.kind}:${store.description}`, `already uses this database (${store.description}): give each hub its own file or database`);
+    if (settings.websocket) claim(node, `websocket:${settings.websocket.path}`, `already serves WebSocket devices at ${settings.websocket.path}: give this hub another WebSocket path, or turn its WebSocket off`);
     const clusterOptions: Pick<HubOptions, "memberId" | "cluster"> = { memberId: cluster.memberId };
     if (cluster.enabled) {
       clusterOptions.cluster = {
@@ -152,6 +157,20 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
   };
 
   let lastLogged: string | null = configError ? configError.message : null;
+  // A start that failed for a reason that may pass (a database or broker not reachable yet, a
+  // port still taken) is tried again on its own, 1 s then doubling to 30 s, as Node-RED's MQTT
+  // broker node reconnects: a flow of input nodes only makes no next use that would.
+  let retryTimer: NodeJS.Timeout | null = null;
+  let retryDelay = RETRY_FIRST_MS;
+  let lastFailure: unknown = null;
+  const retryLater = () => {
+    if (retryTimer || connection.closed || configError || (isTethralError(lastFailure) && (lastFailure.code === "INVALID" || lastFailure.code === "CONFLICT"))) return;
+    retryTimer = setTimeout(() => {
+      retryTimer = null;
+      if (!connection.closed) acquire().catch(() => undefined);
+    }, retryDelay);
+    retryDelay = Math.min(RETRY_MAX_MS, retryDelay * 2);
+  };
   connection.onChange((status) => {
     follow();
     const current = report(status);
@@ -162,11 +181,17 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
       node.error(`${RED._("tethral-hub.errors.start-failed")}: ${status.error}`);
     } else if (status.state === "running") {
       lastLogged = null;
+      retryDelay = RETRY_FIRST_MS;
       node.log(RED._("tethral-hub.log.started", { storage }));
     }
   });
 
-  const acquire = (): Promise<Hub> => connection.acquire();
+  const acquire = (): Promise<Hub> =>
+    connection.acquire().catch((err: unknown) => {
+      lastFailure = err;
+      retryLater();
+      throw err;
+    });
   const api: TethralHubApi = {
     register(user: Node, options: RegisterOptions = {}) {
       const showStatus = options.showStatus !== false;
@@ -223,6 +248,9 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
       },
     );
     function finish(): void {
+      if (retryTimer) clearTimeout(retryTimer);
+      retryTimer = null;
+      releaseClaims(node.id);
       RED.events?.removeListener(HTTP_REFUSAL_EVENT, onHttpRefusal);
       feed?.stop();
       feed = null;
@@ -235,6 +263,26 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
 
 /** Deployed hub nodes, for the editor's admin endpoints. */
 const liveHubs = new Map<string, { node: Node; connection: HubConnection }>();
+
+const RETRY_FIRST_MS = 1000;
+const RETRY_MAX_MS = 30_000;
+
+/** What a deployed hub node has made its own (a database, a WebSocket path), by key: the node's id. */
+const claims = new Map<string, string>();
+
+/** Makes `key` this hub node's, or throws CONFLICT when another live hub node holds it (`what` it does with it). */
+function claim(node: Node, key: string, what: string): void {
+  const holder = claims.get(key);
+  if (holder !== undefined && holder !== node.id && liveHubs.has(holder)) {
+    const other = liveHubs.get(holder)!.node;
+    throw new TethralError("CONFLICT", `another tethral-hub node ("${other.name || other.id}") ${what}`);
+  }
+  claims.set(key, node.id);
+}
+
+function releaseClaims(nodeId: string): void {
+  for (const [key, holder] of claims) if (holder === nodeId) claims.delete(key);
+}
 
 const PAGE_LIMIT = 1000;
 

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { type AddressInfo, type Socket, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
@@ -431,6 +431,44 @@ describe("tethral-hub storage", function () {
     } finally {
       await server.close();
     }
+  });
+
+  it("tries a start that failed again on its own, 1 s later and then less often, so input-only flows start once the store can", async () => {
+    const blocker = path.join(userDir, "data");
+    writeFileSync(blocker, "a file where the database's folder should be");
+    await helper.load([tethralHub, hubUser], [tab, hubConfig({ storage: "sqlite", sqliteFile: "data/fleet.sqlite" }), user("u1")]);
+    const node = hubNode();
+    await assert.rejects((helper.getNode("u1") as HubUserNode).hub);
+    assert.equal(node.hubStatus().state, "error");
+    rmSync(blocker);
+    const started = Date.now();
+    while (node.hubStatus().state !== "running" && Date.now() - started < 5000) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(node.hubStatus().state, "running", "started again with nobody calling it");
+    assert.equal(hubErrors().length, 1, "the failure logged once");
+  });
+
+  it("refuses a second hub on the database or WebSocket path another deployed hub holds (CONFLICT, naming it), and starts it once that one is gone", async () => {
+    const other = { id: "hub2", type: "tethral-hub", name: "Second hub", storage: "sqlite", sqliteFile: "fleet.sqlite", websocketPath: "/second/ws" };
+    const first = hubConfig({ storage: "sqlite", sqliteFile: "fleet.sqlite", mqttPort: 0 });
+    await helper.load(tethralHub, [first, other]);
+    await hubNode().acquire();
+    const second = helper.getNode("hub2") as TethralHubNode;
+    await assert.rejects(second.acquire(), (err: Error & { code?: string }) => {
+      assert.equal(err.code, "CONFLICT");
+      assert.match(err.message, /"Test hub"\) already uses this database \(.*fleet\.sqlite\)/);
+      return true;
+    });
+    assert.equal(second.hubStatus().state, "error");
+    await helper.unload();
+    // The same WebSocket path, another file.
+    await helper.load(tethralHub, [first, { ...other, sqliteFile: "other.sqlite", websocketPath: "/tethral/ws" }]);
+    await hubNode().acquire();
+    await assert.rejects((helper.getNode("hub2") as TethralHubNode).acquire(), { code: "CONFLICT", message: /WebSocket devices at \/tethral\/ws/ });
+    await helper.unload();
+    // Alone, it starts on that file.
+    await helper.load(tethralHub, [other]);
+    const alone = await (helper.getNode("hub2") as TethralHubNode).acquire();
+    assert.equal(alone.statistics().store?.description, path.join(userDir, "fleet.sqlite"));
   });
 
   it("fails the start on an unreachable database, and tries again on the next use", async () => {
