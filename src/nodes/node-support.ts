@@ -96,9 +96,10 @@ export class HubUse {
     this.show();
   }
 
-  ok(text: string): void {
+  /** `warning`: an answer that says something is wrong (a degraded health), shown yellow. */
+  ok(text: string, warning = false): void {
     this.pendingText = null;
-    this.status({ fill: "green", shape: "dot", text: clip(text) });
+    this.status({ fill: warning ? "yellow" : "green", shape: "dot", text: clip(text) });
   }
 
   /**
@@ -149,6 +150,11 @@ export function clip(text: string, max = 32): string {
 export function errorLabel(err: unknown): string {
   if (isTethralError(err)) return err.code;
   return errorMessage(err);
+}
+
+/** A node with no hub (none chosen, or one deleted): UNAVAILABLE for the Catch node, as any hub that cannot serve. */
+export function noHubError(text: string): Error {
+  return toError(new TethralError("UNAVAILABLE", text));
 }
 
 /**
@@ -261,6 +267,8 @@ export interface Outcome {
   status: string | (() => string);
   /** A result that may come many times a second: its status is throttled. */
   often?: boolean;
+  /** The answer says something is wrong (a health that is not ok): a yellow dot, not a green one. */
+  warning?: boolean;
   /** Set on the msg too (e.g. the id a registration gave). */
   deviceId?: string;
   /** Set as `msg.headers`, which an http response node sends (the Content-Type of a text answer). */
@@ -281,7 +289,7 @@ export function operationHandler(
   plan: (msg: NodeMessage) => ((hub: Hub) => Promise<Outcome> | Outcome) | Outcome,
 ): InputHandler {
   return (msg, send, done) => {
-    if (!use) return done(new Error(noHubText));
+    if (!use) return done(noHubError(noHubText));
     const fail = (err: unknown) => {
       // Closed by a redeploy meanwhile: the old node says nothing more.
       if (use.isClosed) return abandon(msg, done);
@@ -304,7 +312,7 @@ export function operationHandler(
         if (outcome.extra !== undefined) Object.assign(msg, outcome.extra);
         const status = outcome.status;
         if (outcome.often) use.okOften(typeof status === "function" ? status : () => status);
-        else use.ok(typeof status === "function" ? status() : status);
+        else use.ok(typeof status === "function" ? status() : status, outcome.warning);
         send(msg);
         done();
       }, fail);

@@ -1,7 +1,7 @@
 import { TethralError } from "../core/errors";
 import type { Command } from "../core/types";
 import type { Hub } from "../core";
-import { HubUse, type Outcome, abandon, clip, errorLabel, fromMsg, invalidInput, isPlainObject, operationHandler, text, toError } from "./node-support";
+import { HubUse, type Outcome, abandon, clip, errorLabel, fromMsg, invalidInput, isPlainObject, noHubError, operationHandler, text, toError } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage, NodeStatus } from "./types";
 
 const OPERATIONS = ["send", "get", "cancel", "list"] as const;
@@ -55,7 +55,7 @@ export default function (RED: NodeAPI): void {
     );
 
     this.on("input", (msg: NodeMessage, send, done) => {
-      if (!use) return done(new Error(RED._("tethral-command.errors.no-hub")));
+      if (!use) return done(noHubError(RED._("tethral-command.errors.no-hub")));
       if (operation !== "send") return lookUp(msg, send, done);
       let deviceId: unknown;
       let input: Record<string, unknown>;

@@ -1,6 +1,6 @@
 import { PRIORITIES, type Priority } from "../core/types";
 import { MAX_EVENT_TTL_SECONDS } from "../core/events";
-import { HubUse, errorLabel, flowCause, fromMsg, invalidInput, text, toError } from "./node-support";
+import { HubUse, errorLabel, flowCause, fromMsg, invalidInput, noHubError, text, toError } from "./node-support";
 import type { Node, NodeAPI, NodeDef, NodeMessage } from "./types";
 
 interface EventOutDef extends NodeDef {
@@ -34,7 +34,7 @@ export default function (RED: NodeAPI): void {
     // A flow file may hold the Time to live as a number as well as the editor's text.
     const configuredTtl = typeof def.ttl === "number" ? def.ttl : text(def.ttl);
     this.on("input", (msg: NodeMessage, send, done) => {
-      if (!use) return done(new Error(RED._("tethral-event-out.errors.no-hub")));
+      if (!use) return done(noHubError(RED._("tethral-event-out.errors.no-hub")));
       const type = configuredType ?? fromMsg(msg, "topic", undefined);
       const priority = fromMsg(msg, "priority", text(def.priority) ?? "normal");
       const deviceId = fromMsg(msg, "deviceId", text(def.deviceId));

@@ -74,7 +74,7 @@ function planOf(_: Translate, msg: NodeMessage, def: HubInfoDef, api: { root: st
     case "health":
       return (hub) => {
         const health = hub.health();
-        return { payload: health, status: _("tethral-hub-info.status.health", { status: health.status }) };
+        return { payload: health, status: _("tethral-hub-info.status.health", { status: health.status }), warning: health.status !== "ok" };
       };
     case "statistics":
       return (hub) => {

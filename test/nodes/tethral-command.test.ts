@@ -90,6 +90,14 @@ describe("tethral-command node", function () {
     await helper.stopServer();
   });
 
+  it("without a hub, gives the Catch node UNAVAILABLE with the original message", async () => {
+    await helper.load([tethralHub, commandNode], [tab, command("cmd1", { hub: "" }), out, catcher, errors]);
+    const c = next(node("errors"));
+    node("cmd1").receive({ keep: "me" });
+    const m = await c;
+    assert.deepEqual([(m.error as { code?: string }).code, (m.error as { message?: string }).message, m.keep], ["UNAVAILABLE", "No Tethral hub configured", "me"]);
+  });
+
   it("waits for the device's answer: msg.payload is its result, msg.command the command, other properties kept", async () => {
     const t = await load();
     t.adapter.auto = null;

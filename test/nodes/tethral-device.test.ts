@@ -336,6 +336,7 @@ describe("tethral-device node", function () {
     node.receive({ keep: 1 });
     const m = await caught;
     assert.equal(m.keep, 1);
-    assert.match(String((m.error as { message: string }).message), /No Tethral hub/);
+    assert.equal((m.error as { message: string }).message, "No Tethral hub configured");
+    assert.equal((m.error as { code?: string }).code, "UNAVAILABLE", "a code, as every other failure has");
   });
 });

@@ -42,6 +42,16 @@ describe("tethral-event-out node", function () {
     await helper.stopServer();
   });
 
+  it("without a hub, gives the Catch node UNAVAILABLE with the original message", async () => {
+    const out = { id: "out1", type: "tethral-event-out", z: "tab1", hub: "", eventType: "alarm.raised", priority: "normal" };
+    await helper.load([tethralHub, tethralEventOut], [tab, out, catcher, errors]);
+    const c = next(helper.getNode("errors") as HelperNode);
+    (helper.getNode("out1") as HelperNode).receive({ keep: "me" });
+    const m = await c;
+    assert.equal((m.error as { code?: string }).code, "UNAVAILABLE");
+    assert.equal(m.keep, "me");
+  });
+
   it("publishes msg.payload with the configured type, msg.priority and msg.deviceId", async () => {
     const t = await load();
     await t.hub.registerDevice({ id: "pump-1", protocol: "mqtt" });

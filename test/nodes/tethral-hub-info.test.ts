@@ -4,6 +4,7 @@ import type { TethralEvent } from "../../src/core/types";
 import tethralHub from "../../src/nodes/tethral-hub";
 import tethralHubInfo from "../../src/nodes/tethral-hub-info";
 import type { TethralHubNode } from "../../src/nodes/types";
+import { FakeAdapter } from "../core/fake-adapter";
 import { FIXTURES, type FlowEntry, type HelperNode, type Loaded, type Msg, lastStatus, loadWithCatch, withCatalogue } from "./harness";
 
 helper.init(require.resolve("node-red"));
@@ -32,6 +33,16 @@ describe("tethral-hub-info node", function () {
     for (const c of ["registry", "heartbeat", "state", "events", "commands"]) assert.equal(health.components[c]?.status, "ok", c);
     assert.equal(m.keep, 1);
     assert.deepEqual(lastStatus(t.node("info1")), { fill: "green", shape: "dot", text: "ok" });
+  });
+
+  it("shows a degraded health with a yellow dot, not a green one", async () => {
+    const t = await load([info()]);
+    const adapter = new FakeAdapter();
+    adapter.status = "degraded";
+    await (await (helper.getNode("hub1") as TethralHubNode).acquire()).addProtocol(adapter);
+    const m = await t.ok("info1", {});
+    assert.equal((m.payload as { status: string }).status, "degraded");
+    assert.deepEqual(lastStatus(t.node("info1")), { fill: "yellow", shape: "dot", text: "degraded" });
   });
 
   it("answers the health of a hub that cannot start: degraded, with the reason", async () => {
