@@ -152,6 +152,18 @@ export function errorLabel(err: unknown): string {
   return errorMessage(err);
 }
 
+/**
+ * A listening node whose settings can never match (an id or pattern the editor would flag, in a
+ * flow imported or deployed anyway): a red ring and one log line naming `problem`, rather than
+ * "listening" for what can never come. True when refused.
+ */
+export function refuseSettings(RED: NodeAPI, node: Node, type: string, problem: string | null): boolean {
+  if (problem === null) return false;
+  node.status({ fill: "red", shape: "ring", text: RED._(`${type}.status.invalid`) });
+  node.error(`${RED._(`${type}.errors.invalid-config`)}: ${problem}`);
+  return true;
+}
+
 /** A node with no hub (none chosen, or one deleted): UNAVAILABLE for the Catch node, as any hub that cannot serve. */
 export function noHubError(text: string): Error {
   return toError(new TethralError("UNAVAILABLE", text));

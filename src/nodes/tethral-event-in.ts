@@ -1,5 +1,9 @@
 import type { Priority } from "../core/types";
-import { HubUse, names, text, throttled } from "./node-support";
+import { DEVICE_ID_PATTERN } from "../core/validation";
+import { HubUse, names, refuseSettings, text, throttled } from "./node-support";
+
+/** A type or a pattern of types (`*` for any run of characters), as the editor checks it: an event's type never has other characters. */
+const TYPE_PATTERN = /^[A-Za-z0-9_.:/*-]{1,128}$/;
 import type { Node, NodeAPI, NodeDef, SendingNode } from "./types";
 
 /** An input-less node sends from its event handler (types.ts lists only what the others use). */
@@ -22,10 +26,16 @@ export default function (RED: NodeAPI): void {
   RED.nodes.registerType("tethral-event-in", function (this: Node, def: EventInDef): void {
     RED.nodes.createNode(this, def);
     const node = this as SendingNode;
-    const use = HubUse.attach(RED, node, def.hub, RED._("tethral-event-in.errors.no-hub"));
-    if (!use) return;
     const types = names(def.types, /\s*,\s*/);
     const deviceIds = names(def.deviceId);
+    const problem = types.some((t) => !TYPE_PATTERN.test(t))
+      ? RED._("tethral-event-in.errors.types")
+      : deviceIds.some((id) => !DEVICE_ID_PATTERN.test(id))
+        ? RED._("tethral-event-in.errors.deviceId")
+        : null;
+    if (refuseSettings(RED, node, "tethral-event-in", problem)) return;
+    const use = HubUse.attach(RED, node, def.hub, RED._("tethral-event-in.errors.no-hub"));
+    if (!use) return;
     const minPriority = text(def.minPriority) as Priority | undefined;
     let received = 0;
     let lastType = "";

@@ -1,5 +1,6 @@
 import type { Device } from "../core/types";
-import { HubUse, names, throttled } from "./node-support";
+import { DEVICE_ID_PATTERN, PROTOCOL_PATTERN } from "../core/validation";
+import { HubUse, names, refuseSettings, throttled } from "./node-support";
 import type { Node, NodeAPI, NodeDef, SendingNode } from "./types";
 
 /** An input-less node sends from its event handler (types.ts lists only what the others use). */
@@ -33,11 +34,19 @@ export default function (RED: NodeAPI): void {
   RED.nodes.registerType("tethral-in", function (this: Node, def: InDef): void {
     RED.nodes.createNode(this, def);
     const node = this as SendingNode;
-    const use = HubUse.attach(RED, node, def.hub, RED._("tethral-in.errors.no-hub"));
-    if (!use) return;
     const deviceIds = names(def.deviceId);
     const protocols = names(def.protocol);
     const kinds = new Set<string>(KINDS.filter((k) => (typeof def[k.flag] === "boolean" ? def[k.flag] : k.byDefault)).map((k) => k.kind));
+    const problem = deviceIds.some((id) => !DEVICE_ID_PATTERN.test(id))
+      ? RED._("tethral-in.errors.deviceId")
+      : protocols.some((p) => !PROTOCOL_PATTERN.test(p))
+        ? RED._("tethral-in.errors.protocol")
+        : kinds.size === 0
+          ? RED._("tethral-in.errors.kinds")
+          : null;
+    if (refuseSettings(RED, node, "tethral-in", problem)) return;
+    const use = HubUse.attach(RED, node, def.hub, RED._("tethral-in.errors.no-hub"));
+    if (!use) return;
     let received = 0;
     let lastTopic = "";
     const status = throttled(() => use.ok(RED._("tethral-in.status.received", { count: received, topic: lastTopic })));

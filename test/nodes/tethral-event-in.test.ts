@@ -57,6 +57,13 @@ describe("tethral-event-in node", function () {
     await helper.stopServer();
   });
 
+  it("refuses types or device ids that can never match with a red ring and a log line, not a green \"listening\"", async () => {
+    await helper.load([tethralHub, eventInNode], [tab, hubConfig, eventIn("ev-type", { types: "alarm raised!" }), eventIn("ev-id", { deviceId: "boiler 1$" }), eventIn("ev-ok", { types: "alarm.*" }), out]);
+    await hubNode().acquire();
+    for (const id of ["ev-type", "ev-id"]) assert.deepEqual(lastStatus(node(id)), { fill: "red", shape: "ring", text: "invalid configuration" }, id);
+    assert.equal((lastStatus(node("ev-ok")) as NodeStatus).fill, "green");
+  });
+
   it("passes on matching events: msg.payload the event, msg.topic its type", async () => {
     const hub = await start([eventIn("ev1", { types: "device.*, alarm.raised, end.marker" })]);
     const seen = collect(node("out"));

@@ -67,6 +67,21 @@ describe("tethral-in node", function () {
     await helper.stopServer();
   });
 
+  it("refuses settings that can never match with a red ring and a log line, not a green \"listening\"", async () => {
+    const bad = [
+      tethralInNode("in-id", { deviceId: "boiler-1, bad$id" }),
+      tethralInNode("in-protocol", { protocol: "MQTT" }),
+      tethralInNode("in-kinds", { kindTelemetry: false, kindState: false, kindStatus: false }),
+    ];
+    await helper.load([tethralHub, inNode], [tab, hubConfig, ...bad, tethralInNode("in-ok"), out]);
+    await (helper.getNode("hub1") as TethralHubNode).acquire();
+    for (const id of ["in-id", "in-protocol", "in-kinds"]) assert.deepEqual(lastStatus(node(id)), { fill: "red", shape: "ring", text: "invalid configuration" }, id);
+    assert.equal((lastStatus(node("in-ok")) as NodeStatus).fill, "green");
+    const logged = helper.log().args.map(([e]) => e).filter((e) => e.level === helper.log().ERROR && e.type === "tethral-in").map((e) => String(e.msg));
+    assert.deepEqual(logged.map((m) => m.replace(/:.*/, "")), ["Invalid settings", "Invalid settings", "Invalid settings"]);
+    assert.match(logged.join("\n"), /device ids .*\n.*protocol names .*\n.*at least one kind/);
+  });
+
   it("passes on a device's message: payload, topic, deviceId, device, kind and protocol", async () => {
     const hub = await start([tethralInNode("in1")]);
     const seen = collect(node("out"));
