@@ -71,9 +71,16 @@ export const MAX_TIMER_MS = 2 ** 31 - 1;
  * plus a little. A device that is away longer leaves the command queued and the caller answered.
  */
 export function waitLimitMs(e: CommandEntry, options: CommandOptions): number {
-  const backoffs = Math.min(options.retryMaxDelayMs * e.retries, 5 * 60_000);
-  return e.timeoutMs * (e.retries + 1) + backoffs + 1000;
+  // The k-th retry waits at most min(max, base × 2^(k-1)) (see CommandDelivery.retryLater): one
+  // retry costs the caller a second at most by default, not the 30 s it once counted for each.
+  let backoffs = 0;
+  for (let k = 1; k <= e.retries && backoffs < MAX_BACKOFFS_MS; k++) {
+    backoffs += Math.min(options.retryMaxDelayMs, options.retryBaseDelayMs * 2 ** (k - 1));
+  }
+  return e.timeoutMs * (e.retries + 1) + Math.min(backoffs, MAX_BACKOFFS_MS) + 1000;
 }
+
+const MAX_BACKOFFS_MS = 5 * 60_000;
 
 export function toCommand(e: CommandEntry): Command {
   return rowToCommand(e.row);
