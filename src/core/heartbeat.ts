@@ -32,6 +32,14 @@ export const DEFAULT_HEARTBEAT_OPTIONS: HeartbeatOptions = {
   retention: { enabled: false, offlineForSec: 30 * 24 * 3600 },
 };
 
+/** What a store kept of a device's heartbeat bookkeeping (see `track`). */
+export interface StoredHeartbeat {
+  /** The timeout adaptive timeouts learned, in ms (0 or absent: none). */
+  learnedMs?: number;
+  /** From when an offline device counts as offline for retention (0 or absent: one timeout after its lastSeen). */
+  offlineSince?: number;
+}
+
 export interface HeartbeatCallbacks {
   /** A device was silent past its timeout. */
   onExpire(id: string, lastSeen: number, timeoutMs: number): void;
@@ -158,20 +166,33 @@ export class HeartbeatMonitor {
    * counted from that moment, so a device silent while the hub was down expires on time (a device
    * restored offline went offline one timeout after it).
    */
-  track(id: string, timeoutSec: number | undefined, lastSeen = 0, alive = lastSeen > 0): HeartbeatTracker {
+  track(id: string, timeoutSec: number | undefined, lastSeen = 0, alive = lastSeen > 0, stored: StoredHeartbeat = {}): HeartbeatTracker {
     const previous = this.trackers.get(id);
     if (previous !== undefined) this.untrack(id);
     this.tracked++;
     const t = new Tracker(id, lastSeen, timeoutSec ? timeoutSec * 1000 : 0);
+    // A timeout learned before a restart holds until the device's new gaps teach another.
+    const learnedMs = stored.learnedMs ?? 0;
+    if (learnedMs > 0 && this.options.adaptive.enabled) {
+      const a = this.options.adaptive;
+      const c = (t.cadence = new Cadence());
+      c.learnedMs = c.announcedMs = Math.min(a.maxSec * 1000, Math.max(a.minSec * 1000, learnedMs));
+    }
     this.trackers.set(id, t);
     if (alive && lastSeen > 0) {
       t.alive = true;
       this.expiries.schedule(t, this.deadline(t));
       this.arm();
     } else if (lastSeen > 0) {
-      this.markDead(t, lastSeen + this.timeoutMs(t));
+      // Offline since the stored moment; one stored before there was one went one timeout after its last message.
+      this.markDead(t, stored.offlineSince || lastSeen + this.timeoutMs(t));
     }
     return t;
+  }
+
+  /** When the device counts as offline since for retention (0: online, or retention off): stored with its presence. */
+  offlineSinceOf(t: HeartbeatTracker | undefined): number {
+    return t !== undefined && !t.alive && t.purge !== null ? t.purge.offlineSince : 0;
   }
 
   untrack(id: string): void {
@@ -253,6 +274,11 @@ export class HeartbeatMonitor {
 
   isAlive(id: string): boolean {
     return this.trackers.get(id)?.alive ?? false;
+  }
+
+  /** The timeout adaptive timeouts learned for a tracked device, in ms (0: none), as the store keeps it. */
+  learnedMs(t: HeartbeatTracker | undefined): number {
+    return t?.cadence?.learnedMs ?? 0;
   }
 
   /** The timeout in force for a device, in seconds: its own, else learned, else the default. */

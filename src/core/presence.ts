@@ -32,6 +32,10 @@ export interface StoredPresence {
   heartbeatTimeout: number | null;
   /** When the device record last changed (a moment the hub that stored it was up). */
   updatedAt?: number;
+  /** The timeout adaptive timeouts had learned, in ms (0 or absent: none). */
+  learnedTimeout?: number;
+  /** From when the device counted as offline for retention (0 or absent: not kept). */
+  offlineSince?: number;
 }
 
 /**
@@ -97,7 +101,10 @@ export class Presence {
     for (const row of rows) {
       const alive = row.status === "online" || row.status === "error";
       if (row.lastSeen > 0) {
-        this.heartbeat.track(row.id, row.heartbeatTimeout ?? undefined, row.lastSeen, alive);
+        const t = this.heartbeat.track(row.id, row.heartbeatTimeout ?? undefined, row.lastSeen, alive, { learnedMs: row.learnedTimeout, offlineSince: row.offlineSince });
+        // Its offline time with this downtime left out, stored at once: the next restart counts from it.
+        const since = this.heartbeat.offlineSinceOf(t);
+        if (since !== 0 && since !== row.offlineSince) this.hooks.presenceChanged(row.id);
       } else if (alive) {
         // Set online by hand and never heard from: it gets one timeout from now, as before the restart.
         this.heartbeat.track(row.id, row.heartbeatTimeout ?? undefined);

@@ -2,6 +2,7 @@ import type { Clock } from "./clock";
 import { invalid, notFound } from "./errors";
 import type { EventBus, HistoryQuery } from "./events";
 import type { Store } from "./ports/store";
+import type { HeartbeatMonitor } from "./heartbeat";
 import type { Presence } from "./presence";
 import type { DeviceRegistry } from "./registry";
 import type { StateManager } from "./state";
@@ -11,14 +12,16 @@ import type { Persistence, PersistenceHost } from "./write-behind";
 
 /** What the write-behind store reads from the hub, and how it speaks up. */
 export function storeHost(
-  hub: { registry: DeviceRegistry; state: StateManager; events: EventBus },
+  hub: { registry: DeviceRegistry; state: StateManager; events: EventBus; heartbeat: HeartbeatMonitor },
   warn: (message: string) => void,
   batchWritten: (ms: number) => void,
 ): PersistenceHost {
   return {
     presence: (id) => {
       const r = hub.registry.record(id);
-      return r ? { id, status: r.status, lastSeen: r.lastSeen } : null;
+      if (!r) return null;
+      // One shape for every row (the write path reads them in a loop): 0 for none.
+      return { id, status: r.status, lastSeen: r.lastSeen, learnedTimeout: hub.heartbeat.learnedMs(r.heartbeat), offlineSince: hub.heartbeat.offlineSinceOf(r.heartbeat) };
     },
     state: (id) => hub.state.row(id),
     degraded: (error) => hub.events.publish("store.degraded", { error }, { source: "store", priority: "high" }),

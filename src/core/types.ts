@@ -93,6 +93,10 @@ export interface DeviceRow {
   lastSeen: number;
   /** See DevicePresenceRow.lastMessage. */
   lastMessage?: number;
+  /** See DevicePresenceRow.learnedTimeout (0 or absent: none). */
+  learnedTimeout?: number;
+  /** See DevicePresenceRow.offlineSince (0 or absent: none). */
+  offlineSince?: number;
   createdAt: number;
   updatedAt: number;
 }
@@ -104,6 +108,18 @@ export interface DevicePresenceRow {
   lastSeen: number;
   /** Cluster mode: a fingerprint of the last message applied (0 for none; SQLite does not keep it). */
   lastMessage?: number;
+  /**
+   * The heartbeat timeout, in ms, adaptive timeouts learned for the device (0 or absent: none,
+   * and the stored one is kept): restored at start, so a restart does not put a slow device back
+   * on the hub's default until it is learned again.
+   */
+  learnedTimeout?: number;
+  /**
+   * With device retention on, from when an offline device counts as offline (the hub's downtime
+   * left out); 0 or absent while it is online. Restored at start, so a restart neither brings its
+   * removal forward nor puts it off.
+   */
+  offlineSince?: number;
 }
 
 export interface StateRow {

@@ -538,6 +538,22 @@ export const MIGRATIONS: readonly Migration[] = [
     sqlite: [`ALTER TABLE states ADD COLUMN point_ts INTEGER NOT NULL DEFAULT 0`],
     postgres: [`ALTER TABLE states ADD COLUMN IF NOT EXISTS point_ts BIGINT NOT NULL DEFAULT 0`],
   },
+  {
+    version: 15,
+    name: "Device rows keep the heartbeat timeout adaptive timeouts learned, and since when retention counts an offline device offline",
+    // Both were kept in memory only. The learned timeout was learned again after every restart,
+    // the device meanwhile on the hub's default: one reporting less often went offline at each
+    // report. The offline time was counted again from the device's lastSeen at every start, each
+    // downtime with it: a hub restarted twice removed devices before their retention age.
+    sqlite: [
+      `ALTER TABLE devices ADD COLUMN learned_timeout INTEGER NOT NULL DEFAULT 0`,
+      `ALTER TABLE devices ADD COLUMN offline_since INTEGER NOT NULL DEFAULT 0`,
+    ],
+    postgres: [
+      `ALTER TABLE devices ADD COLUMN IF NOT EXISTS learned_timeout BIGINT NOT NULL DEFAULT 0`,
+      `ALTER TABLE devices ADD COLUMN IF NOT EXISTS offline_since BIGINT NOT NULL DEFAULT 0`,
+    ],
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = MIGRATIONS[MIGRATIONS.length - 1]!.version;

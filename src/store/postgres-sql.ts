@@ -73,6 +73,8 @@ export function toDeviceRow(r: Row): DeviceRow {
     status: r.status as DeviceStatus,
     lastSeen: num(r.last_seen),
     ...(r.last_message !== undefined && r.last_message !== null && Number(r.last_message) !== 0 && { lastMessage: Number(r.last_message) }),
+    ...(r.learned_timeout !== undefined && r.learned_timeout !== null && Number(r.learned_timeout) > 0 && { learnedTimeout: Number(r.learned_timeout) }),
+    ...(r.offline_since !== undefined && r.offline_since !== null && Number(r.offline_since) > 0 && { offlineSince: Number(r.offline_since) }),
     createdAt: num(r.created_at),
     updatedAt: num(r.updated_at),
   };
@@ -83,7 +85,7 @@ export function toDeviceRow(r: Row): DeviceRow {
  * column only a cluster's following reads (stored_at) is not fetched and parsed with each of a
  * fleet's rows.
  */
-export const DEVICE_ROW = "id, name, protocol, address, manufacturer, model, firmware, capabilities, tags, heartbeat_timeout, metadata, status, last_seen, last_message, created_at, updated_at";
+export const DEVICE_ROW = "id, name, protocol, address, manufacturer, model, firmware, capabilities, tags, heartbeat_timeout, metadata, status, last_seen, last_message, learned_timeout, offline_since, created_at, updated_at";
 export const STATE_ROW = "device_id, properties, desired, version, changed_at, updated_at, reported_at, rev, point_ts";
 export const TOKEN_ROW = "device_id, hash, created_at";
 
@@ -259,13 +261,16 @@ export const DELETE_DEVICE = [
  * stored one, which a successor skips resent messages by.
  */
 export const UPDATE_PRESENCE = `UPDATE devices AS d SET status = v.status, last_seen = v.last_seen,
-  last_message = CASE WHEN v.last_message = 0 THEN d.last_message ELSE v.last_message END, stored_at = ${DB_NOW}
-  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[]) AS v(id, status, last_seen, last_message) WHERE d.id = v.id`;
+  last_message = CASE WHEN v.last_message = 0 THEN d.last_message ELSE v.last_message END,
+  learned_timeout = CASE WHEN v.learned_timeout = 0 THEN d.learned_timeout ELSE v.learned_timeout END, offline_since = v.offline_since, stored_at = ${DB_NOW}
+  FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[], $6::bigint[]) AS v(id, status, last_seen, last_message, learned_timeout, offline_since) WHERE d.id = v.id`;
 export const PRESENCE_COLUMNS = [
   (p: DevicePresenceRow) => text(p.id, "id"),
   (p: DevicePresenceRow) => text(p.status, "status"),
   (p: DevicePresenceRow) => p.lastSeen,
   (p: DevicePresenceRow) => p.lastMessage ?? 0,
+  (p: DevicePresenceRow) => p.learnedTimeout ?? 0,
+  (p: DevicePresenceRow) => p.offlineSince ?? 0,
 ];
 
 export const UPSERT_STATES = `INSERT INTO states (device_id, properties, desired, version, changed_at, updated_at, reported_at, rev, point_ts, stored_at)

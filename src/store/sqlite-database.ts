@@ -9,6 +9,7 @@ import {
   type ChunkTable,
   COMMAND_COLS,
   DEVICE_COLS,
+  DEVICE_LOAD_COLS,
   type EncodedBatch,
   type JsonPage,
   jsonPageSql,
@@ -380,7 +381,12 @@ export class SqliteDatabase {
   }
 
   private writeEncoded(batch: EncodedBatch): void {
-    for (let i = 0; i < batch.presence.length; i += 3) this.s.presence.run(batch.presence.slice(i, i + 3));
+    // The learned timeout only where there is one (a row without keeps the stored one).
+    const p = batch.presence;
+    for (let i = 0; i < p.length; i += 5) {
+      if (p[i + 2] === 0) this.s.presence.run(p[i], p[i + 1], p[i + 3], p[i + 4]);
+      else this.s.presenceLearned.run(p[i], p[i + 1], p[i + 2], p[i + 3], p[i + 4]);
+    }
     this.writeRows("states", batch.states);
     this.writeRows("history_runs", batch.history);
     this.writeRows("events", batch.events);
@@ -435,7 +441,8 @@ export class SqliteDatabase {
 
     return {
       ping: db.prepare("SELECT 1"),
-      presence: db.prepare("UPDATE devices SET status = ?, last_seen = ? WHERE id = ?"),
+      presence: db.prepare("UPDATE devices SET status = ?, last_seen = ?, offline_since = ? WHERE id = ?"),
+      presenceLearned: db.prepare("UPDATE devices SET status = ?, last_seen = ?, learned_timeout = ?, offline_since = ? WHERE id = ?"),
       begin: db.prepare("BEGIN"),
       commit: db.prepare("COMMIT"),
       rollback: db.prepare("ROLLBACK"),
@@ -445,7 +452,7 @@ export class SqliteDatabase {
       }),
       putToken: upsert("device_tokens", TOKEN_COLS, "device_id"),
       putCommand: upsert("commands", COMMAND_COLS, "id"),
-      loadDevicesPage: rows(jsonPageSql("devices", "id", DEVICE_COLS)),
+      loadDevicesPage: rows(jsonPageSql("devices", "id", DEVICE_LOAD_COLS)),
       loadStatesPage: rows(jsonPageSql("states", "device_id", STATE_COLS)),
       getToken: rows(`SELECT ${TOKEN_COLS.join(", ")} FROM device_tokens WHERE device_id = ?`),
       loadTokens: rows(`SELECT ${TOKEN_COLS.join(", ")} FROM device_tokens ORDER BY device_id`),

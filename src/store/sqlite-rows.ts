@@ -23,6 +23,8 @@ export const DEVICE_COLS = [
   "id", "name", "protocol", "address", "manufacturer", "model", "firmware", "capabilities", "tags",
   "heartbeat_timeout", "metadata", "status", "last_seen", "created_at", "updated_at",
 ];
+/** The columns a device is loaded with: DEVICE_COLS (what a device write sets), and what presence writes set besides. */
+export const DEVICE_LOAD_COLS = [...DEVICE_COLS, "learned_timeout", "offline_since"];
 /** JSON columns, read as JSON (not as text holding JSON) where the database builds a page of rows (see `jsonPageSql`). */
 const JSON_COLS: ReadonlySet<string> = new Set(["capabilities", "tags", "metadata", "properties", "desired"]);
 
@@ -109,7 +111,7 @@ export const deviceOfPage = (r: unknown[]): DeviceRow => ({
   manufacturer: r[4] as string | null, model: r[5] as string | null, firmware: r[6] as string | null,
   capabilities: r[7] as string[], tags: r[8] as string[], heartbeatTimeout: r[9] as number | null,
   metadata: r[10] as JsonObject, status: r[11] as DeviceStatus, lastSeen: r[12] as number, createdAt: r[13] as number,
-  updatedAt: r[14] as number,
+  updatedAt: r[14] as number, ...((r[15] as number) > 0 && { learnedTimeout: r[15] as number }), ...((r[16] as number) > 0 && { offlineSince: r[16] as number }),
 });
 export const stateOfPage = (r: unknown[]): StateRow => ({
   deviceId: r[0] as string, properties: r[1] as JsonObject, desired: r[2] as JsonObject, version: r[3] as number,
@@ -209,7 +211,7 @@ export const eventParams = (e: EventRow, out: unknown[]) =>
  * columns (`EncodedPoints`). See `encodeBatch`.
  */
 export interface EncodedBatch {
-  /** status, last_seen, id per row: the UPDATE's parameters. */
+  /** status, last_seen, learned timeout (0: none), offline since (0: none), id per row: the UPDATE's parameters. */
   presence: unknown[];
   states: unknown[];
   history: unknown[];
@@ -267,7 +269,7 @@ export interface PointRange {
 /** `encodeBatch` of a batch's rows but its points, and of `points`. An invalid point is named by its index in `from`, plus `offset`. */
 export function encodePart(batch: WriteBatch, points: PointRange, offset = 0): EncodedBatch {
   const presence: unknown[] = [];
-  for (const p of batch.presence) presence.push(p.status, p.lastSeen, p.id);
+  for (const p of batch.presence) presence.push(p.status, p.lastSeen, p.learnedTimeout ?? 0, p.offlineSince ?? 0, p.id);
   return {
     presence,
     states: flatten(batch.states, stateParams),

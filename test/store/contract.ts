@@ -158,6 +158,8 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         // the tables later versions added.
         await h!.sql!("ALTER TABLE events DROP COLUMN parent_cause_id");
         await h!.sql!("ALTER TABLE states DROP COLUMN point_ts");
+        await h!.sql!("ALTER TABLE devices DROP COLUMN learned_timeout");
+        await h!.sql!("ALTER TABLE devices DROP COLUMN offline_since");
         for (const table of LATER_TABLES) await h!.sql!(`DROP TABLE ${table}`);
         // SQLite's history as version 1 kept it (migration 10 made it runs); PostgreSQL has it still.
         await h!.sql!("DROP TABLE IF EXISTS history_runs");
@@ -327,6 +329,17 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
           ],
         });
         assert.deepEqual(await store.loadDevices(), [deviceRow("d1", { status: "offline", lastSeen: T0 + 2 })]);
+      });
+
+      it("keeps a learned heartbeat timeout and the offline start with presence: a row without a learned timeout keeps the stored one, a device write leaves both", async function () {
+        await store.upsertDevice(deviceRow("d1"));
+        await store.writeBatch({ ...EMPTY_BATCH, presence: [{ id: "d1", status: "online", lastSeen: T0 + 1, learnedTimeout: 90_000 }] });
+        await store.writeBatch({ ...EMPTY_BATCH, presence: [{ id: "d1", status: "offline", lastSeen: T0 + 2, offlineSince: T0 + 92_000 }] });
+        await store.upsertDevice(deviceRow("d1", { name: "renamed", status: "offline", lastSeen: T0 + 2 }));
+        assert.deepEqual(await store.loadDevices(), [deviceRow("d1", { name: "renamed", status: "offline", lastSeen: T0 + 2, learnedTimeout: 90_000, offlineSince: T0 + 92_000 })]);
+        // Back online: no offline start.
+        await store.writeBatch({ ...EMPTY_BATCH, presence: [{ id: "d1", status: "online", lastSeen: T0 + 3, learnedTimeout: 0, offlineSince: 0 }] });
+        assert.deepEqual(await store.loadDevices(), [deviceRow("d1", { name: "renamed", status: "online", lastSeen: T0 + 3, learnedTimeout: 90_000 })]);
       });
 
       it("accepts an empty batch", async function () {

@@ -108,6 +108,30 @@ describe("Hub persistence (SQLite file)", () => {
     assert.equal(second.getDevice("d1").status, "offline", "60 s after its last message, not 60 s after start");
   });
 
+  it("keeps a heartbeat timeout adaptive timeouts learned across a restart: a device slower than the default does not go offline at each report until it is learned again", async () => {
+    const clock = new ManualClock();
+    const heartbeat = { resolutionMs: 0, defaultTimeoutSec: 1, adaptive: { enabled: true, factor: 3, minSec: 1, maxSec: 3600, minSamples: 5 } };
+    const first = await open({ clock, heartbeat });
+    await first.registerDevice({ id: "slow", protocol: "mqtt" });
+    for (let i = 0; i < 8; i++) {
+      first.ingest("slow", { kind: "heartbeat" });
+      clock.advance(1500); // past the 1 s default: offline between reports, until learned
+    }
+    const learned = first.heartbeat.effectiveTimeoutSec("slow");
+    assert.equal(learned, 4.5, "3 × the 1.5 s gaps");
+    await close(first);
+
+    const second = await open({ clock, heartbeat });
+    assert.equal(second.heartbeat.effectiveTimeoutSec("slow"), learned, "the learned timeout, restored");
+    const offline: string[] = [];
+    second.subscribe({ types: "device.offline" }, (e) => void offline.push(e.deviceId!));
+    for (let i = 0; i < 5; i++) {
+      second.ingest("slow", { kind: "heartbeat" });
+      clock.advance(1500);
+    }
+    assert.deepEqual(offline, [], "no offline between reports 1.5 s apart");
+  });
+
   describe("removing long-gone devices (retention) across a restart", () => {
     const HOUR = 3_600_000;
     const retention = { resolutionMs: 0, retention: { enabled: true, offlineForSec: 3600 } };
@@ -140,6 +164,44 @@ describe("Hub persistence (SQLite file)", () => {
       assert.ok(registered(second, "gone"), "offline for less than the retention age");
       clock.advance(1_001);
       await until(() => !registered(second, "gone"));
+    });
+
+    it("counts each downtime out once, however many restarts follow", async () => {
+      const clock = new ManualClock();
+      const first = await open({ clock, heartbeat: retention });
+      await first.registerDevice({ id: "gone", protocol: "mqtt", heartbeatTimeout: 60 });
+      first.ingest("gone", { kind: "heartbeat" });
+      clock.advance(60_001 + 10 * 60_000); // offline for 10 minutes under the first run
+      await close(first);
+      clock.advance(2 * HOUR); // down
+      const second = await open({ clock, heartbeat: retention });
+      clock.advance(2 * 60_000); // 12 minutes offline under a hub
+      await close(second);
+      clock.advance(HOUR); // down again
+      const third = await open({ clock, heartbeat: retention });
+      clock.advance(HOUR - 13 * 60_000); // 59 minutes
+      await settle();
+      assert.ok(registered(third, "gone"), "offline for 59 minutes under a hub");
+      clock.advance(2 * 60_000);
+      await until(() => !registered(third, "gone"));
+    });
+
+    it("counts a device that said it was going offline from then, across a restart", async () => {
+      const clock = new ManualClock();
+      const hourTimeout = { ...retention };
+      const first = await open({ clock, heartbeat: hourTimeout });
+      await first.registerDevice({ id: "bye", protocol: "mqtt", heartbeatTimeout: 3600 });
+      first.ingest("bye", { kind: "heartbeat" });
+      first.ingest("bye", { kind: "status", data: "offline" });
+      assert.equal(first.getDevice("bye").status, "offline");
+      clock.advance(50 * 60_000);
+      await close(first);
+      const second = await open({ clock, heartbeat: hourTimeout });
+      clock.advance(9 * 60_000);
+      await settle();
+      assert.ok(registered(second, "bye"), "offline for 59 minutes");
+      clock.advance(2 * 60_000);
+      await until(() => !registered(second, "bye"));
     });
 
     it("does not count the time no hub was up: a hub off for longer than the retention age keeps its fleet as it starts", async () => {

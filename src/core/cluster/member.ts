@@ -462,8 +462,9 @@ export class ClusterMember {
     for (const record of this.host.registry.allRecords()) {
       if (!mine(record.id)) continue;
       const alive = record.status === "online" || record.status === "error";
-      // A full heartbeat timeout from the takeover: no device goes offline because its owner moved.
-      if (alive || record.lastSeen > 0) this.host.presence.heartbeat.track(record.id, record.heartbeatTimeout, now, alive);
+      // A full heartbeat timeout from the takeover: no device goes offline because its owner moved
+      // (and an offline one counts as offline for retention from the takeover).
+      if (alive || record.lastSeen > 0) this.host.presence.heartbeat.track(record.id, record.heartbeatTimeout, now, alive, { offlineSince: now });
     }
     await this.host.commands.loadWhere(mine);
   }
