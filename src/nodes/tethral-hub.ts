@@ -98,7 +98,6 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
   // the start the way an unreachable database does: shown as the status and logged.
   let storage = "";
   const connection = new HubConnection(() => {
-    releaseClaims(node.id);
     if (!config || !communication || !clusterConfig) throw configError ?? new Error("no configuration");
     const uiHost = typeof RED.settings.uiHost === "string" ? RED.settings.uiHost : undefined;
     const settings = protocolSettingsFor(communication, process.env, uiHost);
@@ -109,10 +108,10 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
     const protocols = adaptersFor(protocolPlugins(RED, warn), settings, communicationCredentialsOf(node), RED.server, warn);
     const store = storeOf(choice);
     storage = describeStorage(RED, choice, store);
-    // One hub per database, and per WebSocket path: a second hub on either would silently share
-    // the first one's (each keeping its own fleet in memory and writing over the other's).
+    // One hub per database: a second hub on one would silently share it, each keeping its own
+    // fleet in memory and writing over the other's. (A second hub on a WebSocket path is refused
+    // by its WebSocket adapter alone: the hub starts, that protocol degraded.)
     if (store) claim(node, `${store.kind}:${store.description}`, `already uses this database (${store.description}): give each hub its own file or database`);
-    if (settings.websocket) claim(node, `websocket:${settings.websocket.path}`, `already serves WebSocket devices at ${settings.websocket.path}: give this hub another WebSocket path, or turn its WebSocket off`);
     const clusterOptions: Pick<HubOptions, "memberId" | "cluster"> = { memberId: cluster.memberId };
     if (cluster.enabled) {
       clusterOptions.cluster = {
@@ -163,8 +162,15 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
   let retryTimer: NodeJS.Timeout | null = null;
   let retryDelay = RETRY_FIRST_MS;
   let lastFailure: unknown = null;
+  // Refused a database another hub holds: tried again when a hub lets one go.
+  const retryNow = () => {
+    claimWaiters.delete(retryNow);
+    if (!connection.closed) acquire().catch(() => undefined);
+  };
   const retryLater = () => {
-    if (retryTimer || connection.closed || configError || (isTethralError(lastFailure) && (lastFailure.code === "INVALID" || lastFailure.code === "CONFLICT"))) return;
+    if (retryTimer || connection.closed || configError) return;
+    if (isTethralError(lastFailure) && lastFailure.code === "CONFLICT") return void claimWaiters.add(retryNow);
+    if (isTethralError(lastFailure) && lastFailure.code === "INVALID") return;
     retryTimer = setTimeout(() => {
       retryTimer = null;
       if (!connection.closed) acquire().catch(() => undefined);
@@ -250,11 +256,13 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
     function finish(): void {
       if (retryTimer) clearTimeout(retryTimer);
       retryTimer = null;
-      releaseClaims(node.id);
+      claimWaiters.delete(retryNow);
+      // Not the redeployed node of the same id, should it be up already.
+      if (liveHubs.get(node.id)?.node === node) liveHubs.delete(node.id);
+      releaseClaims(node);
       RED.events?.removeListener(HTTP_REFUSAL_EVENT, onHttpRefusal);
       feed?.stop();
       feed = null;
-      liveHubs.delete(node.id);
       users.clear();
       done();
     }
@@ -267,21 +275,32 @@ const liveHubs = new Map<string, { node: Node; connection: HubConnection }>();
 const RETRY_FIRST_MS = 1000;
 const RETRY_MAX_MS = 30_000;
 
-/** What a deployed hub node has made its own (a database, a WebSocket path), by key: the node's id. */
-const claims = new Map<string, string>();
+/**
+ * What deployed hub nodes have made their own (a database), by key: the node itself, not its id,
+ * so a node being closed while its redeployed successor (same id) starts cannot release the
+ * successor's.
+ */
+const claims = new Map<string, Node>();
+/** Hub nodes refused a claim: each tries its start again when a claim is released. */
+const claimWaiters = new Set<() => void>();
 
-/** Makes `key` this hub node's, or throws CONFLICT when another live hub node holds it (`what` it does with it). */
+/** Makes `key` this hub node's, or throws CONFLICT when another deployed hub node holds it (`what` it does with it). */
 function claim(node: Node, key: string, what: string): void {
   const holder = claims.get(key);
-  if (holder !== undefined && holder !== node.id && liveHubs.has(holder)) {
-    const other = liveHubs.get(holder)!.node;
-    throw new TethralError("CONFLICT", `another tethral-hub node ("${other.name || other.id}") ${what}`);
+  if (holder !== undefined && holder !== node && liveHubs.get(holder.id)?.node === holder) {
+    throw new TethralError("CONFLICT", `another tethral-hub node ("${holder.name || holder.id}") ${what}`);
   }
-  claims.set(key, node.id);
+  claims.set(key, node);
 }
 
-function releaseClaims(nodeId: string): void {
-  for (const [key, holder] of claims) if (holder === nodeId) claims.delete(key);
+function releaseClaims(node: Node): void {
+  let released = false;
+  for (const [key, holder] of claims) {
+    if (holder !== node) continue;
+    claims.delete(key);
+    released = true;
+  }
+  if (released) for (const retry of [...claimWaiters]) retry();
 }
 
 const PAGE_LIMIT = 1000;

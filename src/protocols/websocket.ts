@@ -77,6 +77,8 @@ export class WebSocketAdapter implements ProtocolAdapter {
   private context: AdapterContext | null = null;
   private wss: WebSocketServer | null = null;
   private server: Server | null = null;
+  /** Whether this adapter holds its path on the shared server (see `pathsInUse`). */
+  private claimedPath = false;
   private ownServer = false;
   private pingTimer: NodeJS.Timeout | null = null;
   private stopping: Promise<void> | null = null;
@@ -108,6 +110,16 @@ export class WebSocketAdapter implements ProtocolAdapter {
       perMessageDeflate: false,
     });
     if (this.options.server) {
+      // Two hubs on one server and path would each take the other's devices for unknown ones.
+      const paths = pathsInUse.get(this.options.server) ?? new Set<string>();
+      if (paths.has(this.path)) {
+        this.wss.close();
+        this.wss = null;
+        throw new TethralError("CONFLICT", `another Tethral hub already serves WebSocket devices at ${this.path} on this server: give this hub another WebSocket path, or turn its WebSocket off`);
+      }
+      paths.add(this.path);
+      pathsInUse.set(this.options.server, paths);
+      this.claimedPath = true;
       this.server = this.options.server;
     } else {
       this.server = createServer((_req, res) => {
@@ -163,6 +175,8 @@ export class WebSocketAdapter implements ProtocolAdapter {
     for (const conn of this.connections.values()) this.reading(conn, true);
     // Only our own listener: the server and every other listener on it belong to Node-RED.
     this.server?.off("upgrade", this.onUpgrade);
+    if (this.claimedPath && this.options.server) pathsInUse.get(this.options.server)?.delete(this.path);
+    this.claimedPath = false;
     this.pending.rejectAll("the websocket adapter stopped");
     // Every client, replaced ones still closing included.
     const clients = [...(this.wss?.clients ?? [])];
@@ -421,6 +435,9 @@ export class WebSocketAdapter implements ProtocolAdapter {
     }
   }
 }
+
+/** The device paths Tethral's WebSocket adapters serve on each shared server: one adapter a path. */
+const pathsInUse = new WeakMap<Server, Set<string>>();
 
 /** Answers an upgrade with a plain HTTP error on the raw socket, then drops it. */
 function refuse(socket: Duplex, status: number, code: ErrorCode, message: string): void {

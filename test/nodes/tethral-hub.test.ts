@@ -447,7 +447,7 @@ describe("tethral-hub storage", function () {
     assert.equal(hubErrors().length, 1, "the failure logged once");
   });
 
-  it("refuses a second hub on the database or WebSocket path another deployed hub holds (CONFLICT, naming it), and starts it once that one is gone", async () => {
+  it("refuses a second hub on the database another deployed hub holds (CONFLICT, naming it), and starts it on its own once that one is removed", async () => {
     const other = { id: "hub2", type: "tethral-hub", name: "Second hub", storage: "sqlite", sqliteFile: "fleet.sqlite", websocketPath: "/second/ws" };
     const first = hubConfig({ storage: "sqlite", sqliteFile: "fleet.sqlite", mqttPort: 0 });
     await helper.load(tethralHub, [first, other]);
@@ -459,16 +459,24 @@ describe("tethral-hub storage", function () {
       return true;
     });
     assert.equal(second.hubStatus().state, "error");
-    await helper.unload();
-    // The same WebSocket path, another file.
-    await helper.load(tethralHub, [first, { ...other, sqliteFile: "other.sqlite", websocketPath: "/tethral/ws" }]);
-    await hubNode().acquire();
-    await assert.rejects((helper.getNode("hub2") as TethralHubNode).acquire(), { code: "CONFLICT", message: /WebSocket devices at \/tethral\/ws/ });
-    await helper.unload();
-    // Alone, it starts on that file.
-    await helper.load(tethralHub, [other]);
-    const alone = await (helper.getNode("hub2") as TethralHubNode).acquire();
-    assert.equal(alone.statistics().store?.description, path.join(userDir, "fleet.sqlite"));
+    // The first is removed (a modified-nodes deploy closes it alone): the second starts, nobody calling it.
+    await (hubNode() as unknown as { close(removed: boolean): Promise<void> }).close(true);
+    const started = Date.now();
+    while (second.hubStatus().state !== "running" && Date.now() - started < 5000) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(second.hubStatus().state, "running");
+    assert.equal((await second.acquire()).statistics().store?.description, path.join(userDir, "fleet.sqlite"));
+  });
+
+  it("starts a second hub on a WebSocket path another hub serves, its WebSocket protocol degraded and saying why", async () => {
+    const first = hubConfig({ storage: "memory" });
+    const other = { id: "hub2", type: "tethral-hub", name: "Second hub", storage: "memory" };
+    await helper.load(tethralHub, [first, other]);
+    const a = await hubNode().acquire();
+    const b = await (helper.getNode("hub2") as TethralHubNode).acquire();
+    assert.ok(a.protocols.includes("websocket"));
+    const component = b.health().components["protocol:websocket"] as { status: string; error?: string };
+    assert.equal(component.status, "degraded", JSON.stringify(component));
+    assert.match(String(component.error), /another Tethral hub already serves WebSocket devices at \/tethral\/ws/);
   });
 
   it("fails the start on an unreachable database, and tries again on the next use", async () => {
