@@ -67,8 +67,9 @@ export function newEntry(row: CommandRow, options: CommandOptions): CommandEntry
 export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /**
- * How long a caller with `wait` waits: every attempt's timeout and the backoffs between them,
- * plus a little. A device that is away longer leaves the command queued and the caller answered.
+ * How long a caller with `wait` waits: as long as every attempt and the backoffs between them
+ * can take, plus a second. A device that is away longer leaves the command queued and the caller
+ * answered.
  */
 export function waitLimitMs(e: CommandEntry, options: CommandOptions): number {
   // The k-th retry waits at most min(max, base × 2^(k-1)) (see CommandDelivery.retryLater): one
@@ -77,7 +78,9 @@ export function waitLimitMs(e: CommandEntry, options: CommandOptions): number {
   for (let k = 1; k <= e.retries && backoffs < MAX_BACKOFFS_MS; k++) {
     backoffs += Math.min(options.retryMaxDelayMs, options.retryBaseDelayMs * 2 ** (k - 1));
   }
-  return e.timeoutMs * (e.retries + 1) + Math.min(backoffs, MAX_BACKOFFS_MS) + 1000;
+  // An attempt: the hand-over (a request/response protocol's, up to its timeout and a second),
+  // then the wait for an answer, up to the timeout again.
+  return (2 * e.timeoutMs + 1000) * (e.retries + 1) + Math.min(backoffs, MAX_BACKOFFS_MS) + 1000;
 }
 
 const MAX_BACKOFFS_MS = 5 * 60_000;

@@ -1,7 +1,7 @@
 import type { Hub } from "../core";
 import { errorMessage } from "../core/errors";
 import { type StateWatchOptions, type StateWatchOutput, StateWatcher, parseStateWatchOptions } from "../core/state-watch";
-import { HubUse } from "./node-support";
+import { HubUse, refuseSettings } from "./node-support";
 import type { Node, NodeAPI, NodeDef, SendingNode } from "./types";
 
 interface StateWatchDef extends NodeDef {
@@ -32,9 +32,7 @@ export default function (RED: NodeAPI): void {
     try {
       options = parseStateWatchOptions(def);
     } catch (err) {
-      const message = errorMessage(err);
-      node.status({ fill: "red", shape: "ring", text: RED._("tethral-state-watch.status.invalid") });
-      node.error(`${RED._("tethral-state-watch.errors.invalid-config")}: ${message}`);
+      refuseSettings(RED, node, "tethral-state-watch", errorMessage(err));
       return;
     }
 

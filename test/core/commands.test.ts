@@ -213,14 +213,15 @@ describe("CommandTracker (through a Hub and an in-process adapter)", () => {
       await t.hub.stop();
     });
 
-    it("a caller waiting on a device that is away is answered once every attempt and backoff could have run: timeouts, then the retries' backoffs as they are (500 ms, then doubling), not 30 s each", async () => {
+    it("a caller waiting on a device that is away is answered once every attempt and backoff could have run: hand-over and answer, then the retries' backoffs as they are (500 ms, then doubling), not 30 s each", async () => {
       const t = await setup();
       await t.hub.setState("d1", { status: "offline" });
       let answered: Command | null = null;
       void t.hub.sendCommand("d1", { command: "reboot", wait: true, timeout: 2, retries: 2 }).then((c) => (answered = c));
       await settle();
-      // 3 × 2 s of timeouts, 0.5 s + 1 s of backoffs, and a second: 8.5 s (it was 3 × 2 + 2 × 30 + 1 = 67 s).
-      t.clock.advance(8_499);
+      // 3 attempts × (2 s hand-over + 1 s + 2 s answer), 0.5 s + 1 s of backoffs, and a second: 17.5 s
+      // (it was 3 × 2 + 2 × 30 + 1 = 67 s).
+      t.clock.advance(17_499);
       await settle();
       assert.equal(answered, null, "still waiting within the limit");
       t.clock.advance(1);
