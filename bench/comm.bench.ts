@@ -8,6 +8,13 @@
  * - hubMsgsPerSec: the same traffic through the hub's whole ingest pipeline (device identified
  *   and authenticated, heartbeat, state merge, events, written behind to a SQLite file);
  * - ingestRatio: hub / bare (target ≥ 0.75);
+ * - each rate is the median of PASSES passes of ROUNDS rounds (all kept: bareRuns, hubRuns), after
+ *   a warm-up pass of WARM_UP_ROUNDS rounds on the same connections, not counted (its rates are
+ *   kept as warmUpBareMsgsPerSec / warmUpHubMsgsPerSec, no target). The hub's first messages pay
+ *   for compiling its pipeline (V8's optimising compiler, on threads of its own) and for bringing
+ *   each device online, once per start, where a bare subscriber has next to nothing to compile;
+ *   and one pass of two seconds on two shared cores moves by a fifth from run to run. Until
+ *   2026-12-08 each rate was one pass, the first (see the README's Benchmark);
  * - commandP50Ms / commandP99Ms: commands at 1,000 per second for 5 s, after 1 s of them not
  *   counted, each waited for until the device's answer (QoS 1 both ways), from `sendCommand` to
  *   the answer (target p99 ≤ 10 ms);
@@ -34,6 +41,10 @@ import { program, startMosquitto } from "../test/mosquitto";
 
 const DEVICES = 1000;
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 100);
+/** Rounds published and counted before the measured passes, on the same connections (see the header). */
+const WARM_UP_ROUNDS = Number(process.env.BENCH_WARM_UP_ROUNDS ?? 50);
+/** Measured passes of ROUNDS rounds each: a rate is their median. */
+const PASSES = Number(process.env.BENCH_PASSES ?? 3);
 const COMMANDS_PER_SEC = 1000;
 const COMMAND_SECONDS = 5;
 const COMMAND_WARMUP_SECONDS = 1;
@@ -45,6 +56,12 @@ interface Result {
   bareMsgsPerSec: number;
   hubMsgsPerSec: number;
   ingestRatio: number;
+  /** Each measured pass's rate, in order: the figures above are their medians. */
+  bareRuns: number[];
+  hubRuns: number[];
+  /** The warm-up passes' rates (WARM_UP_ROUNDS rounds, not counted in the figures above; no target). */
+  warmUpBareMsgsPerSec: number;
+  warmUpHubMsgsPerSec: number;
   commandP50Ms: number;
   commandP99Ms: number;
   /** The collections during the counted commands (see bench/gc.ts): what the p99 is made of. */
@@ -120,15 +137,27 @@ async function bare(url: string, root: string, deviceList: Array<{ id: string; t
   return r;
 }
 
-/** The simulated devices publish ROUNDS rounds to `url`: the rate at which `count` saw them arrive. */
+/** The simulated devices publish ROUNDS rounds to `url`, after WARM_UP_ROUNDS not counted: the rates at which `count` saw them arrive. */
 async function publishCounted(url: string, root: string, deviceList: Array<{ id: string; token: string | null }>, count: () => number) {
   const devices = new DeviceWorker();
   try {
     await devices.call({ op: "connect", url, devices: deviceList, root });
-    return await rate(count, () => devices.call<number>({ op: "publish", rounds: ROUNDS }));
+    return await warmThenRate(devices, count);
   } finally {
     await devices.close();
   }
+}
+
+/**
+ * A warm-up pass of WARM_UP_ROUNDS, then PASSES measured passes of ROUNDS, all counted by `count`:
+ * the median pass's rate, what it received of what was sent, and every pass's rate.
+ */
+async function warmThenRate(devices: DeviceWorker, count: () => number): Promise<{ perSec: number; received: number; sent: number; runs: number[]; warmUpPerSec: number }> {
+  const warmUp = await rate(count, () => devices.call<number>({ op: "publish", rounds: WARM_UP_ROUNDS }));
+  const passes: Array<{ perSec: number; received: number; sent: number }> = [];
+  for (let i = 0; i < PASSES; i++) passes.push(await rate(count, () => devices.call<number>({ op: "publish", rounds: ROUNDS })));
+  const median = [...passes].sort((a, b) => a.perSec - b.perSec)[Math.floor(passes.length / 2)]!;
+  return { ...median, runs: passes.map((p) => p.perSec), warmUpPerSec: warmUp.perSec };
 }
 
 /**
@@ -155,7 +184,7 @@ async function throughHub(hub: Hub, url: string, root: string, withTokens: boole
   }
   const devices = new DeviceWorker();
   await devices.call({ op: "connect", url, devices: deviceList, root });
-  const ingest = await rate(() => hub.statistics().messages.received, () => devices.call<number>({ op: "publish", rounds: ROUNDS }));
+  const ingest = await warmThenRate(devices, () => hub.statistics().messages.received);
   await hub.flush();
 
   await devices.call({ op: "answer" });
@@ -232,11 +261,15 @@ async function commandsAt(hub: Hub, seconds: number, spans: [number, number][] |
   return failures;
 }
 
-function result(b: { perSec: number; received: number; sent: number }, baseline: Result["baseline"], h: Awaited<ReturnType<typeof throughHub>>): Result {
+function result(b: Awaited<ReturnType<typeof warmThenRate>>, baseline: Result["baseline"], h: Awaited<ReturnType<typeof throughHub>>): Result {
   return {
     bareMsgsPerSec: b.perSec,
     hubMsgsPerSec: h.ingest.perSec,
     ingestRatio: Number((h.ingest.perSec / b.perSec).toFixed(3)),
+    bareRuns: b.runs,
+    hubRuns: h.ingest.runs,
+    warmUpBareMsgsPerSec: b.warmUpPerSec,
+    warmUpHubMsgsPerSec: h.ingest.warmUpPerSec,
     commandP50Ms: Number(h.commandP50Ms.toFixed(2)),
     commandP99Ms: Number(h.commandP99Ms.toFixed(2)),
     commandCollections: h.commandCollections,
@@ -261,7 +294,7 @@ function result(b: { perSec: number; received: number; sent: number }, baseline:
  * received 8,594–14,000 msg/s, and the hub in the same runs 3.6–5.0 times as many, a "ratio"
  * that measured the baseline's own cost and no limit at all.
  */
-async function brokerAlone(): Promise<{ perSec: number; received: number; sent: number }> {
+async function brokerAlone(): ReturnType<typeof warmThenRate> {
   const received = { count: 0 };
   const broker = new MqttAdapter({ port: 0 });
   await broker.start(idleContext(received));
@@ -304,6 +337,8 @@ function table(name: string, r: Result, targets: { ingestRatio: number; commandP
   console.log(`  bareMsgsPerSec   ${r.bareMsgsPerSec.toLocaleString("en")}  (${r.bareReceived}/${r.messages} received)`);
   console.log(`  hubMsgsPerSec    ${r.hubMsgsPerSec.toLocaleString("en")}  (${r.hubReceived}/${r.messages} ingested)`);
   console.log(`  ingestRatio      ${r.ingestRatio}  (target ≥ ${targets.ingestRatio})`);
+  console.log(`  passes           bare ${r.bareRuns.map((n) => n.toLocaleString("en")).join(", ")}; hub ${r.hubRuns.map((n) => n.toLocaleString("en")).join(", ")}  (medians above)`);
+  console.log(`  warm-up pass     bare ${r.warmUpBareMsgsPerSec.toLocaleString("en")}, hub ${r.warmUpHubMsgsPerSec.toLocaleString("en")} msg/s  (${WARM_UP_ROUNDS} rounds first, not counted)`);
   console.log(`  commandP50Ms     ${r.commandP50Ms}`);
   console.log(`  commandP99Ms     ${r.commandP99Ms}  (target ≤ ${targets.commandP99Ms}; ${r.commands} commands at ${COMMANDS_PER_SEC}/s)`);
   const c = r.commandCollections;
