@@ -75,6 +75,8 @@ export interface SubscriptionHandle {
 
 /** A user event's type (its prefix must not be one of RESERVED_EVENT_PREFIXES). */
 export const USER_TYPE_PATTERN = /^[A-Za-z0-9_.:/-]{1,128}$/;
+/** A type, or a pattern of types with `*` for any run of characters, that an event's type can match. */
+export const SUBSCRIBED_TYPE_PATTERN = /^[A-Za-z0-9_.:/*-]{1,128}$/;
 /** The longest time to live a user event may ask for: ten years, far past any history's retention. */
 export const MAX_EVENT_TTL_SECONDS = 10 * 365 * 24 * 3600;
 

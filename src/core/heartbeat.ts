@@ -174,9 +174,8 @@ export class HeartbeatMonitor {
     // A timeout learned before a restart holds until the device's new gaps teach another.
     const learnedMs = stored.learnedMs ?? 0;
     if (learnedMs > 0 && this.options.adaptive.enabled) {
-      const a = this.options.adaptive;
       const c = (t.cadence = new Cadence());
-      c.learnedMs = c.announcedMs = Math.min(a.maxSec * 1000, Math.max(a.minSec * 1000, learnedMs));
+      c.learnedMs = c.announcedMs = this.withinBounds(learnedMs);
     }
     this.trackers.set(id, t);
     if (alive && lastSeen > 0) {
@@ -321,6 +320,12 @@ export class HeartbeatMonitor {
     return r.startedAt - Math.max(0, r.lastAlive - wentOffline);
   }
 
+  /** A learned timeout within the adaptive bounds (minSec to maxSec). */
+  private withinBounds(ms: number): number {
+    const a = this.options.adaptive;
+    return Math.min(a.maxSec * 1000, Math.max(a.minSec * 1000, ms));
+  }
+
   private learn(t: Tracker, gap: number): void {
     if (gap <= 0) return;
     const c = (t.cadence ??= new Cadence());
@@ -332,7 +337,7 @@ export class HeartbeatMonitor {
     const n = Math.min(c.count, GAP_WINDOW);
     const sorted = c.gaps.slice(0, n).sort();
     const median = n % 2 ? sorted[(n - 1) / 2]! : (sorted[n / 2 - 1]! + sorted[n / 2]!) / 2;
-    const learned = Math.min(a.maxSec * 1000, Math.max(a.minSec * 1000, Math.round(a.factor * median)));
+    const learned = this.withinBounds(Math.round(a.factor * median));
     if (learned !== c.learnedMs) {
       c.learnedMs = learned;
       // A shorter timeout must not wait for the old, later deadline.

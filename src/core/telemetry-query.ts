@@ -106,7 +106,7 @@ function timeOf(value: string | number | Date, field: string): number {
   if (value instanceof Date) ms = value.getTime();
   else if (typeof value === "number") ms = value;
   else if (typeof value === "string" && /^[0-9]{1,15}$/.test(value.trim())) ms = Number(value);
-  else if (typeof value === "string" && /^\d{4}-\d{2}-\d{2}/.test(value.trim())) ms = parseTime(value);
+  else if (typeof value === "string") ms = parseTime(value);
   else ms = Number.NaN;
   if (!Number.isFinite(ms) || !Number.isInteger(ms) || ms < 0 || ms > 8.64e15) {
     throw invalid(field, "must be an ISO-8601 time or epoch milliseconds");

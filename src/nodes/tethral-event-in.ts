@@ -1,9 +1,7 @@
 import type { Priority } from "../core/types";
+import { SUBSCRIBED_TYPE_PATTERN } from "../core/event-options";
 import { DEVICE_ID_PATTERN } from "../core/validation";
 import { HubUse, names, refuseSettings, text, throttled } from "./node-support";
-
-/** A type or a pattern of types (`*` for any run of characters), as the editor checks it: an event's type never has other characters. */
-const TYPE_PATTERN = /^[A-Za-z0-9_.:/*-]{1,128}$/;
 import type { Node, NodeAPI, NodeDef, SendingNode } from "./types";
 
 /** An input-less node sends from its event handler (types.ts lists only what the others use). */
@@ -28,7 +26,7 @@ export default function (RED: NodeAPI): void {
     const node = this as SendingNode;
     const types = names(def.types, /\s*,\s*/);
     const deviceIds = names(def.deviceId);
-    const problem = types.some((t) => !TYPE_PATTERN.test(t))
+    const problem = types.some((t) => !SUBSCRIBED_TYPE_PATTERN.test(t))
       ? RED._("tethral-event-in.errors.types")
       : deviceIds.some((id) => !DEVICE_ID_PATTERN.test(id))
         ? RED._("tethral-event-in.errors.deviceId")

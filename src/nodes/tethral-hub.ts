@@ -162,10 +162,13 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
   let retryTimer: NodeJS.Timeout | null = null;
   let retryDelay = RETRY_FIRST_MS;
   let lastFailure: unknown = null;
+  const tryAgain = () => {
+    if (!connection.closed) acquire().catch(() => undefined);
+  };
   // Refused a database another hub holds: tried again when a hub lets one go.
   const retryNow = () => {
     claimWaiters.delete(retryNow);
-    if (!connection.closed) acquire().catch(() => undefined);
+    tryAgain();
   };
   const retryLater = () => {
     if (retryTimer || connection.closed || configError) return;
@@ -173,7 +176,7 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
     if (isTethralError(lastFailure) && lastFailure.code === "INVALID") return;
     retryTimer = setTimeout(() => {
       retryTimer = null;
-      if (!connection.closed) acquire().catch(() => undefined);
+      tryAgain();
     }, retryDelay);
     retryDelay = Math.min(RETRY_MAX_MS, retryDelay * 2);
   };

@@ -68,7 +68,6 @@ export function checkRequest(req: IncomingMessage, policy: HostPolicy, upgrade: 
   return refusalOf(req, policy, upgrade, corsFor(target));
 }
 
-/** A path no flow, editor route or httpStatic folder serves: 404 in the API's error shape rather than an HTML page. */
 /**
  * Under the API's root while the flows run, `notFound`; while they do not (starting, stopping,
  * between a deploy's stop and start, or held by missing node types), 503 `UNAVAILABLE` with
@@ -83,6 +82,7 @@ export function apiNotFound(flowsRunning: () => boolean): Handler {
   };
 }
 
+/** A path no flow, editor route or httpStatic folder serves: 404 in the API's error shape rather than an HTML page. */
 export const notFound: Handler = (req, res) => {
   const url = (req as IncomingMessage & { originalUrl?: string }).originalUrl ?? req.url ?? "";
   sendError(res, 404, "NOT_FOUND", `no route ${(req.method ?? "GET").slice(0, 16)} ${url.split("?")[0]!.slice(0, 200)}`);

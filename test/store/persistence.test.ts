@@ -145,6 +145,14 @@ describe("Hub persistence (SQLite file)", () => {
     };
     /** Lets a removal the clock made due reach the store. */
     const settle = () => new Promise((r) => setTimeout(r, 50));
+    /** `id` is still there `keptMs` from now (`why`), and removed once `removedMs` more have passed. */
+    async function keptThenRemoved(clock: ManualClock, hub: Hub, id: string, keptMs: number, removedMs: number, why: string): Promise<void> {
+      clock.advance(keptMs);
+      await settle();
+      assert.ok(registered(hub, id), why);
+      clock.advance(removedMs);
+      await until(() => !registered(hub, id));
+    }
 
     it("counts the offline time the previous run saw: a restart neither brings the removal forward nor puts it off", async () => {
       const clock = new ManualClock();
@@ -159,11 +167,7 @@ describe("Hub persistence (SQLite file)", () => {
 
       const second = await open({ clock, heartbeat: retention });
       // Counted from its lastSeen, it would go an hour after its last message: a timeout early.
-      clock.advance(wentOffline + HOUR - 1_000 - clock.now());
-      await settle();
-      assert.ok(registered(second, "gone"), "offline for less than the retention age");
-      clock.advance(1_001);
-      await until(() => !registered(second, "gone"));
+      await keptThenRemoved(clock, second, "gone", wentOffline + HOUR - 1_000 - clock.now(), 1_001, "offline for less than the retention age");
     });
 
     it("counts each downtime out once, however many restarts follow", async () => {
@@ -179,29 +183,20 @@ describe("Hub persistence (SQLite file)", () => {
       await close(second);
       clock.advance(HOUR); // down again
       const third = await open({ clock, heartbeat: retention });
-      clock.advance(HOUR - 13 * 60_000); // 59 minutes
-      await settle();
-      assert.ok(registered(third, "gone"), "offline for 59 minutes under a hub");
-      clock.advance(2 * 60_000);
-      await until(() => !registered(third, "gone"));
+      await keptThenRemoved(clock, third, "gone", HOUR - 13 * 60_000, 2 * 60_000, "offline for 59 minutes under a hub");
     });
 
     it("counts a device that said it was going offline from then, across a restart", async () => {
       const clock = new ManualClock();
-      const hourTimeout = { ...retention };
-      const first = await open({ clock, heartbeat: hourTimeout });
+      const first = await open({ clock, heartbeat: retention });
       await first.registerDevice({ id: "bye", protocol: "mqtt", heartbeatTimeout: 3600 });
       first.ingest("bye", { kind: "heartbeat" });
       first.ingest("bye", { kind: "status", data: "offline" });
       assert.equal(first.getDevice("bye").status, "offline");
       clock.advance(50 * 60_000);
       await close(first);
-      const second = await open({ clock, heartbeat: hourTimeout });
-      clock.advance(9 * 60_000);
-      await settle();
-      assert.ok(registered(second, "bye"), "offline for 59 minutes");
-      clock.advance(2 * 60_000);
-      await until(() => !registered(second, "bye"));
+      const second = await open({ clock, heartbeat: retention });
+      await keptThenRemoved(clock, second, "bye", 9 * 60_000, 2 * 60_000, "offline for 59 minutes");
     });
 
     it("does not count the time no hub was up: a hub off for longer than the retention age keeps its fleet as it starts", async () => {
@@ -220,11 +215,7 @@ describe("Hub persistence (SQLite file)", () => {
       assert.deepEqual([registered(second, "a"), registered(second, "b")], [true, true], "both kept, offline");
       assert.equal(second.getDevice("a").status, "offline");
       second.ingest("a", { kind: "heartbeat" }); // a speaks again; b never does
-      clock.advance(HOUR - 61_000);
-      await settle();
-      assert.ok(registered(second, "b"), "offline since the start, for less than the retention age");
-      clock.advance(1_000);
-      await until(() => !registered(second, "b"));
+      await keptThenRemoved(clock, second, "b", HOUR - 61_000, 1_000, "offline since the start, for less than the retention age");
       assert.ok(registered(second, "a"));
     });
   });
