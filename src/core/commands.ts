@@ -4,7 +4,7 @@ import { CommandDelivery, type CommandHost } from "./command-delivery";
 import { type CommandEntry as Entry, MAX_TIMER_MS, newEntry, newestFirst, rowToCommand, toCommand, waitLimitMs } from "./command-entry";
 import { type CommandAnswer, type CommandOptions, parseCommandRequest } from "./command-input";
 import { CommandWriter } from "./command-writer";
-import { TethralError, notFound } from "./errors";
+import { TethralError, isTethralError, notFound } from "./errors";
 import type { EventBus } from "./events";
 import { newTimeId } from "./ids";
 import { LatencyWindow } from "./latency";
@@ -146,19 +146,31 @@ export class CommandTracker {
 
   /**
    * Queues a command (written to the store first: once this resolves it is not lost). With
-   * `wait`, resolves when it ends; otherwise as soon as it is queued.
+   * `wait`, resolves when it ends; otherwise as soon as it is queued. `id`: the id a cluster
+   * member made for it where the request came in (see Hub.sendCommand); a command of that id
+   * that is here or stored already is this request asked again, and is answered as it is now.
    */
-  async submit(deviceId: string, input: unknown): Promise<Command> {
+  async submit(deviceId: string, input: unknown, id?: string): Promise<Command> {
     if (!this.running) throw new TethralError("UNAVAILABLE", "the hub is not running");
     const now = this.clock.now();
     const request = parseCommandRequest(input, now, this.options);
     if (typeof deviceId !== "string" || this.host.protocolOf(deviceId) === undefined) throw notFound("device", String(deviceId).slice(0, 128));
+    if (id !== undefined) {
+      const before = await this.get(id).catch((err: unknown) => {
+        if (isTethralError(err) && err.code === "NOT_FOUND") return null;
+        throw err;
+      });
+      if (before !== null) {
+        if (before.deviceId !== deviceId) throw new TethralError("CONFLICT", `command ${id} is another device's`);
+        return request.wait ? this.wait(id) : before;
+      }
+    }
     const waiting = this.delivery.waiting(deviceId);
     if (waiting && waiting.length >= this.options.maxQueuedPerDevice) {
       throw new TethralError("UNAVAILABLE", `device "${deviceId}" already has ${waiting.length} commands waiting`);
     }
     const row: CommandRow = {
-      id: newTimeId(now),
+      id: id ?? newTimeId(now),
       deviceId,
       command: request.command,
       params: request.params,

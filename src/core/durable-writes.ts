@@ -61,10 +61,12 @@ export class DurableWrites {
    * Registers a device, keeping the token it presented when it registered itself (the device
    * already knows it); announced only once it is durable.
    */
-  register(input: unknown, cause: ChangeCause, presented?: string): Promise<RegisteredDevice> {
+  register(input: unknown, cause: ChangeCause, presented?: string, made?: string): Promise<RegisteredDevice> {
     try {
       checkCause(cause);
-      const token = this.deviceTokens ? (presented ?? DeviceTokens.generate()) : undefined;
+      // `made`: made by the cluster member that took the request (see Hub.registerDevice), and
+      // shown in the answer like one made here.
+      const token = this.deviceTokens ? (presented ?? made ?? DeviceTokens.generate()) : undefined;
       const p = this.persistence;
       if (p) return this.registerDurably(p, input, cause, token, presented);
       // In memory only: done before this returns, without the promise chain of an async write

@@ -5,7 +5,7 @@ import { type CommandListQuery, DEFAULT_COMMAND_OPTIONS, parseCommandListQuery }
 import { CommandTracker } from "./commands";
 import { DeviceTraffic } from "./device-traffic";
 import { DurableWrites, type RegisteredDevice, type RemoveCause } from "./durable-writes";
-import { TethralError, errorMessage, notFound } from "./errors";
+import { TethralError, errorMessage, isTethralError, notFound } from "./errors";
 import {
   EventBus,
   type EventHandler,
@@ -32,6 +32,7 @@ import { type ChangeCause, DEFAULT_STATE_OPTIONS, StateManager, type StateListQu
 import { StoredReads, loadFleet, storeHost } from "./stored-reads";
 import { Intake } from "./intake";
 import { type TelemetryAnswer, type TelemetryQueryInput, TimeSeries } from "./telemetry";
+import { newTimeId } from "./ids";
 import { DeviceTokens } from "./tokens";
 import { twinCopy } from "./twin";
 import type { Command, Device, DeviceState, DeviceTwin, StateHistoryEntry, TethralEvent } from "./types";
@@ -90,6 +91,8 @@ export class Hub {
   /** Cluster mode (CONTRACT §8); null on a single runtime. */
   private readonly cluster: ClusterMember | null;
   private readonly commandWaitMs: number;
+  /** Whether devices present tokens (HubOptions.deviceTokens). */
+  private readonly deviceTokens: boolean;
   /** What this member runs when a request for one of its devices comes from another member. */
   private readonly local: LocalRequests = localRequests(() => this.writes, () => this.commands, (type, data, options) => this.publish(type, data, options));
 
@@ -133,7 +136,7 @@ export class Hub {
     this.series = new TimeSeries(this.registry, p, clock, () => ({ raw: r.pointsMaxAgeMs, "1m": r.rollups1mMaxAgeMs, "1h": r.rollups1hMaxAgeMs }));
     this.traffic = new DeviceTraffic(this.registry, this.state, this.presence, this.refusals, this.events, clock, this.series, (id) => this.writes.isRegistering(id));
     this.tokens = new DeviceTokens(options.store ?? null, this.registry);
-    const deviceTokens = options.deviceTokens ?? DEFAULT_GATEWAY_OPTIONS.deviceTokens;
+    const deviceTokens = (this.deviceTokens = options.deviceTokens ?? DEFAULT_GATEWAY_OPTIONS.deviceTokens);
     this.commands = new CommandTracker(
       {
         device: (id) => {
@@ -268,10 +271,34 @@ export class Hub {
     // Not async (an in-memory registration is done before this returns), so a throw is caught
     // here: reading the id of an input whose getter throws must reject, as everything else does.
     try {
-      return this.routed(registrationId(input), "register", { input, cause }, () => this.writes.register(input, cause));
+      if (this.cluster === null) return this.writes.register(input, cause);
+      // In a cluster the token is made here, where the request came in, and goes with it to the
+      // device's owner: asked again of the partition's next owner (the first owner's answer lost),
+      // the registration is told from another's by it (see registeredBefore).
+      const token = this.deviceTokens ? DeviceTokens.generate() : undefined;
+      return this.routed(registrationId(input), "register", { input, cause, token }, () => this.writes.register(input, cause, undefined, token), 0, (err) =>
+        this.registeredBefore(err, input, token),
+      );
     } catch (err) {
       return Promise.reject(err);
     }
+  }
+
+  /**
+   * A registration asked again of a partition's next owner and refused there as CONFLICT: the
+   * device it made the first time (its token the one this member made, or with device tokens off,
+   * the device as the registration makes it), with that token; else the refusal.
+   */
+  private async registeredBefore(err: unknown, input: unknown, token: string | undefined): Promise<RegisteredDevice> {
+    const id = registrationId(input);
+    if (!isTethralError(err) || err.code !== "CONFLICT" || id === null) throw err;
+    // The owner's writes, read back: this member may not be the owner.
+    await this.cluster?.follow().catch(() => undefined);
+    const made = token !== undefined ? this.tokens.verify(id, token) : this.registry.registers(id, input);
+    if (!made) throw err;
+    const device: RegisteredDevice = this.registry.get(id);
+    if (token !== undefined) device.token = token;
+    return device;
   }
 
   /** A new token for a device (the old one stops working at once), shown only in this answer. */
@@ -286,7 +313,15 @@ export class Hub {
 
   /** Removes a device with its state and history; with a store, deleted there first. */
   async removeDevice(id: string, cause: RemoveCause = {}): Promise<Device> {
-    return this.routed(id, "remove", { id, cause }, () => this.writes.remove(id, cause));
+    if (this.cluster === null) return this.writes.remove(id, cause);
+    // Asked again of the partition's next owner (the first owner's answer lost), a removal the
+    // first owner made is NOT_FOUND there: it was done, and the device is answered as this member
+    // last saw it.
+    const before = this.registry.has(id) ? this.registry.get(id) : null;
+    return this.routed(id, "remove", { id, cause }, () => this.writes.remove(id, cause), 0, async (err) => {
+      if (before === null || !isTethralError(err) || err.code !== "NOT_FOUND") throw err;
+      return before;
+    });
   }
 
   getDevice(id: string): Device {
@@ -328,8 +363,13 @@ export class Hub {
 
   /** Sends a command (CONTRACT §1): durable before it resolves, `queued`, or with `wait: true` once it has ended. */
   async sendCommand(deviceId: string, input: unknown): Promise<Command> {
+    if (this.cluster === null) return this.commands.submit(deviceId, input);
     const waitMs = commandWaitMs(input, this.commandWaitMs);
-    return this.routed(deviceId, "command", { deviceId, input }, () => this.commands.submit(deviceId, input), waitMs);
+    // In a cluster the id is made here, where the request came in: asked again of the partition's
+    // next owner (the first owner's answer lost), the command the first owner stored is answered,
+    // not a second one made.
+    const id = newTimeId(this.clock.now());
+    return this.routed(deviceId, "command", { deviceId, input, id }, () => this.commands.submit(deviceId, input, id), waitMs);
   }
 
   async getCommand(id: string): Promise<Command> {
@@ -346,7 +386,14 @@ export class Hub {
   async cancelCommand(id: string): Promise<Command> {
     if (!this.cluster) return this.commands.cancel(id);
     const { deviceId } = await this.commands.get(id);
-    return this.routed(deviceId, "cancel", { id, deviceId }, () => this.commands.cancel(id));
+    // Asked again of the partition's next owner (the first owner's answer lost), a cancel the
+    // first owner made is CONFLICT there (already ended): answered with the cancelled command.
+    return this.routed(deviceId, "cancel", { id, deviceId }, () => this.commands.cancel(id), 0, async (err) => {
+      if (!isTethralError(err) || err.code !== "CONFLICT") throw err;
+      const now = await this.commands.get(id);
+      if (now.status !== "cancelled") throw err;
+      return now;
+    });
   }
 
   /** A device's commands, newest first: `status` (one, a comma-separated list or a list), `limit` (default 100, at most 1000). */
@@ -439,10 +486,10 @@ export class Hub {
    * `extraMs`: how much longer than a plain request the answer may take (a command's `wait`).
    * Never throws: each `local` is async or returns a promise it rejects, and `route` is async.
    */
-  private routed<T>(deviceId: string | null, method: string, args: Record<string, unknown>, local: () => Promise<T>, extraMs = 0): Promise<T> {
+  private routed<T>(deviceId: string | null, method: string, args: Record<string, unknown>, local: () => Promise<T>, extraMs = 0, askedAgain?: (err: unknown) => Promise<T>): Promise<T> {
     const c = this.cluster;
     if (c === null || deviceId === null || typeof deviceId !== "string") return local();
-    return c.route(deviceId, method, args, local, extraMs > 0 ? extraMs + c.options.leaseMs + 10_000 : undefined);
+    return c.route(deviceId, method, args, local, extraMs > 0 ? extraMs + c.options.leaseMs + 10_000 : undefined, askedAgain);
   }
 
   subscribe<P extends string = "*">(options: SubscribeOptions<P>, handler: EventHandler<EventsMatching<P>>): SubscriptionHandle {

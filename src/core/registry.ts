@@ -127,6 +127,31 @@ export class DeviceRegistry {
     return this.records.has(id);
   }
 
+  /**
+   * Whether the device `id` is as the registration `input` makes one: every field it gives, and
+   * the defaults of those it leaves out (a cluster's registration asked again, with device tokens
+   * off, finding the device its first time made; see Hub.registerDevice).
+   */
+  registers(id: string, input: unknown): boolean {
+    const r = this.records.get(id);
+    const parsed = deviceInputSchema.safeParse(input);
+    if (r === undefined || !parsed.success) return false;
+    const d = parsed.data;
+    return (
+      d.id === id &&
+      r.name === (d.name ?? d.id) &&
+      r.protocol === d.protocol &&
+      r.address === d.address &&
+      r.manufacturer === d.manufacturer &&
+      r.model === d.model &&
+      r.firmware === d.firmware &&
+      jsonEqual(r.capabilities, [...new Set(d.capabilities ?? [])]) &&
+      jsonEqual(r.tags, [...new Set(d.tags ?? [])]) &&
+      r.heartbeatTimeout === d.heartbeatTimeout &&
+      jsonEqual(r.metadata ?? {}, d.metadata ?? {})
+    );
+  }
+
   /** The live record, for the engine's own hot paths. Callers outside the engine use `get`. */
   record(id: string): DeviceRecord | undefined {
     return this.records.get(id);

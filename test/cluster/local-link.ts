@@ -6,10 +6,13 @@ import { type ClusterHandler, type ClusterLink, type ForwardedMessage, NO_ANSWER
  * calls reach the named member's handler (errors come back as TethralErrors, as over MQTT), and
  * forwarded messages reach every member, in order, a turn later. `partition(member)` cuts a member
  * off (its calls and messages are lost both ways) to stand for a dead or frozen member.
+ * `loseAnswer(member, method)`, asked once the member has run a call, loses its answer (or its
+ * refusal) when it returns true: a member that did the work and died before it could answer.
  */
 export class LocalBroker {
   readonly members = new Map<string, { call: ClusterHandler; message(m: ForwardedMessage): void }>();
   readonly cut = new Set<string>();
+  loseAnswer: (member: string, method: string) => boolean | Promise<boolean> = () => false;
 
   link(): ClusterLink {
     return linkOn(this);
@@ -28,16 +31,21 @@ function linkOn(broker: LocalBroker): ClusterLink {
       },
       async call(member, method, args, timeoutMs) {
         const target = broker.members.get(member);
-        if (!target || broker.cut.has(member) || broker.cut.has(me)) {
+        const noAnswer = async (): Promise<never> => {
           await new Promise((r) => setTimeout(r, Math.min(timeoutMs, 200)));
           throw new TethralError("UNAVAILABLE", `cluster member ${member} did not answer`, [NO_ANSWER]);
-        }
+        };
+        if (!target || broker.cut.has(member) || broker.cut.has(me)) return noAnswer();
+        let answer: unknown;
         try {
-          return structuredClone(await target.call(method, structuredClone(args)));
+          answer = await target.call(method, structuredClone(args));
         } catch (err) {
+          if (await broker.loseAnswer(member, method)) return noAnswer();
           if (isTethralError(err)) throw new TethralError(err.code, err.message, err.details);
           throw err;
         }
+        if (await broker.loseAnswer(member, method)) return noAnswer();
+        return structuredClone(answer);
       },
       forward(message) {
         if (broker.cut.has(me)) return;

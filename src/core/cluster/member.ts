@@ -361,12 +361,23 @@ export class ClusterMember {
    * Runs `local` here when this member owns the device, else asks its owner to run `method`.
    * While no member owns it (a takeover under way), the owner has just changed, or the owner does
    * not answer and loses its lease meanwhile, asks again, for up to two lease periods and a few
-   * seconds.
+   * seconds. An owner that did not answer may have done the request before it died: asked again
+   * of the next owner, a request that was done is refused (a registration's CONFLICT) or done
+   * twice, unless it carries its own identity (a command's id, a registration's token) and
+   * `askedAgain` tells the first time's outcome from its error (or rethrows it).
    */
-  async route<T>(deviceId: string, method: string, args: Record<string, unknown>, local: () => Promise<T>, timeoutMs?: number): Promise<T> {
+  async route<T>(
+    deviceId: string,
+    method: string,
+    args: Record<string, unknown>,
+    local: () => Promise<T>,
+    timeoutMs?: number,
+    askedAgain?: (err: unknown) => Promise<T>,
+  ): Promise<T> {
     // Long enough for a dead owner's lease to run out and another member to take the partition.
     const deadline = performance.now() + 2 * this.options.leaseMs + 5_000;
     const p = this.partitionOf(deviceId);
+    let again = false;
     for (;;) {
       try {
         if (this.leases.owns(p)) return await local();
@@ -384,12 +395,16 @@ export class ClusterMember {
             if (!isNoAnswer(err)) throw err;
             await this.untilOwnerMoves(p, owner, deadline);
             if (this.leases.ownerOf(p) === owner) throw err;
+            again = true;
             continue;
           }
         }
       } catch (err) {
         // Moved under our feet (a refused write): nothing was done, so asking again is safe.
-        if (!isMoved(err) && !isFenced(err)) throw err;
+        if (!isMoved(err) && !isFenced(err)) {
+          if (again && askedAgain) return askedAgain(err);
+          throw err;
+        }
       }
       if (performance.now() >= deadline) throw new TethralError("UNAVAILABLE", `no cluster member owns device ${deviceId} now: try again shortly`);
       await new Promise((resolve) => setTimeout(resolve, 100));

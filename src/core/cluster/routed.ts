@@ -15,12 +15,13 @@ export function localRequests(
   publish: (type: string, data: unknown, options: PublishOptions) => TethralEvent,
 ): LocalRequests {
   return {
-    register: (a) => writes().register(a.input, a.cause as ChangeCause),
+    // The token and the command id come made by the member that took the request (see Hub.registerDevice, Hub.sendCommand).
+    register: (a) => writes().register(a.input, a.cause as ChangeCause, undefined, typeof a.token === "string" ? a.token : undefined),
     rotateToken: (a) => writes().rotateToken(a.id as string),
     update: (a) => writes().update(a.id as string, a.patch, a.cause as ChangeCause),
     remove: (a) => writes().remove(a.id as string, a.cause as RemoveCause),
     setState: (a) => writes().setState(a.id as string, a.input, a.cause as ChangeCause),
-    command: (a) => commands().submit(a.deviceId as string, a.input),
+    command: (a) => commands().submit(a.deviceId as string, a.input, typeof a.id === "string" ? a.id : undefined),
     cancel: (a) => commands().cancel(a.id as string),
     wait: (a) => commands().wait(a.id as string, a.limitMs as number | undefined),
     publish: async (a) => publish(a.type as string, a.data, a.options as PublishOptions),

@@ -1,0 +1,170 @@
+import assert from "node:assert/strict";
+import { partitionOf } from "../../src/core/cluster/partition";
+import { isTethralError } from "../../src/core/errors";
+import type { Hub } from "../../src/core";
+import { PostgresStore } from "../../src/store/postgres";
+import { startProxy, type TestProxy } from "../store/pg-harness";
+import { LocalBroker } from "./local-link";
+import { type SharedAdapter, clusterDatabase, memberHub, ownedBy, until } from "./members";
+
+const PARTITIONS = 4;
+const LEASE_MS = 1_000;
+
+interface Pair {
+  broker: LocalBroker;
+  a: { hub: Hub; shared: SharedAdapter };
+  b: { hub: Hub; shared: SharedAdapter };
+  proxy: TestProxy;
+  /** A device id in one of b's partitions (not yet registered). */
+  idOfB: (prefix: string) => string;
+  stop: () => Promise<void>;
+}
+
+/**
+ * A request that a member routes to a device's owner, which does it and dies before it answers
+ * (its answer lost, then cut off from the database and the broker): the member asks the
+ * partition's next owner, itself here, once the dead owner's lease has run out. The request must
+ * not be done twice, nor refused for having been done.
+ */
+describe("a request asked again of a partition's next owner after its first owner's answer was lost (engine, PostgreSQL)", function () {
+  this.timeout(60_000);
+  const database = clusterDatabase();
+
+  async function pair(deviceTokens: boolean): Promise<Pair> {
+    const broker = new LocalBroker();
+    const proxy = await startProxy(database().url);
+    const options = { deviceTokens };
+    const a = memberHub(new PostgresStore({ url: database().url }), { member: "a", partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() }, options);
+    const b = memberHub(new PostgresStore({ url: proxy.url, connectTimeoutMs: 500 }), { member: "b", partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() }, options);
+    await a.hub.start();
+    await b.hub.start();
+    await until("both members own half", () => ownedBy(a.hub).length === PARTITIONS / 2 && ownedBy(b.hub).length === PARTITIONS / 2, 20_000);
+    const idOfB = (prefix: string) => {
+      const mine = ownedBy(b.hub);
+      for (let i = 0; i < 1000; i++) if (mine.includes(partitionOf(`${prefix}-${i}`, PARTITIONS))) return `${prefix}-${i}`;
+      throw new Error("b owns no partition");
+    };
+    const stop = async () => {
+      // b back first: a member stopping with its database away waits for it (seconds).
+      proxy.restore();
+      broker.cut.delete("b");
+      await Promise.all([a.hub.stop().catch(() => undefined), b.hub.stop().catch(() => undefined)]);
+      await proxy.close();
+    };
+    return { broker, a, b, proxy, idOfB, stop };
+  }
+
+  /** b does the next `method` asked of it (and with `stored`, writes what it did), then dies before answering. */
+  function dieAfter(p: Pair, method: string, stored = false): void {
+    p.broker.loseAnswer = async (member, m) => {
+      if (member !== "b" || m !== method) return false;
+      if (stored) await p.b.hub.flush();
+      p.proxy.cut();
+      p.broker.cut.add("b");
+      return true;
+    };
+  }
+
+  for (const deviceTokens of [true, false]) {
+    it(`a registration is answered as done, ${deviceTokens ? "with a token that works" : "device tokens off"}: not 409 for the device it made`, async () => {
+      const p = await pair(deviceTokens);
+      try {
+        const id = p.idOfB(`reg-${deviceTokens ? "tokens" : "plain"}`);
+        dieAfter(p, "register");
+        let registered;
+        try {
+          registered = await p.a.hub.registerDevice({ id, protocol: "mqtt", name: "Boiler", tags: ["floor-1"] });
+        } catch (err) {
+          assert.fail(`the registration b made was refused when asked again: ${isTethralError(err) ? `${err.code} ${err.message}` : String(err)}`);
+        }
+        assert.equal(registered.id, id);
+        assert.equal(registered.name, "Boiler");
+        assert.ok(ownedBy(p.a.hub).includes(partitionOf(id, PARTITIONS)), "a asked itself, the partition's next owner");
+        if (deviceTokens) {
+          assert.equal(typeof registered.token, "string");
+          const withToken = p.a.hub.receive({ protocol: "mqtt", deviceId: id, kind: "telemetry", payload: Buffer.from('{"t":1}'), token: registered.token! });
+          assert.equal(withToken.ok, true, "the token in the answer is the device's");
+          const wrong = p.a.hub.receive({ protocol: "mqtt", deviceId: id, kind: "telemetry", payload: Buffer.from('{"t":2}'), token: "not-the-token" });
+          assert.equal(wrong.ok, false);
+        } else {
+          assert.equal(registered.token, undefined);
+        }
+        // Someone else's registration of the same id is still refused.
+        await assert.rejects(p.a.hub.registerDevice({ id, protocol: "mqtt" }), (err: unknown) => isTethralError(err) && err.code === "CONFLICT");
+      } finally {
+        await p.stop();
+      }
+    });
+  }
+
+  it("with device tokens off, a registration that differs from the device found is still 409", async () => {
+    const p = await pair(false);
+    try {
+      const id = p.idOfB("other");
+      // Registered by someone else first, through b; then this caller's, with another name.
+      await p.b.hub.registerDevice({ id, protocol: "mqtt", name: "Theirs" });
+      await until("a follows it", () => p.a.hub.listDevices({ limit: 1000 }).devices.some((d) => d.id === id));
+      dieAfter(p, "register");
+      await assert.rejects(p.a.hub.registerDevice({ id, protocol: "mqtt", name: "Mine" }), (err: unknown) => isTethralError(err) && err.code === "CONFLICT");
+    } finally {
+      await p.stop();
+    }
+  });
+
+  it("a command is sent once: the next owner answers the command the first one stored, not a second one", async () => {
+    const p = await pair(false);
+    try {
+      const id = p.idOfB("cmd");
+      await p.a.hub.registerDevice({ id, protocol: "mqtt" });
+      // Not connected anywhere: the command waits in the device's queue.
+      p.a.shared.links.set(id, false);
+      p.b.shared.links.set(id, false);
+      dieAfter(p, "command");
+      const command = await p.a.hub.sendCommand(id, { command: "reboot" });
+      assert.equal(command.status, "queued");
+      assert.ok(ownedBy(p.a.hub).includes(partitionOf(id, PARTITIONS)), "a asked itself, the partition's next owner");
+      const all = await p.a.hub.deviceCommands(id);
+      assert.deepEqual(all.map((c) => c.id), [command.id], "one command, the one answered");
+      assert.deepEqual(p.a.hub.pendingCommands(id).map((c) => c.id), [command.id]);
+    } finally {
+      await p.stop();
+    }
+  });
+
+  it("a removal is answered with the device removed, not 404", async () => {
+    const p = await pair(false);
+    try {
+      const id = p.idOfB("rm");
+      const never = p.idOfB("never");
+      await p.a.hub.registerDevice({ id, protocol: "mqtt", name: "Gone soon" });
+      await until("a follows it", () => p.a.hub.listDevices({ limit: 1000 }).devices.some((d) => d.id === id));
+      dieAfter(p, "remove");
+      const removed = await p.a.hub.removeDevice(id);
+      assert.equal(removed.id, id);
+      assert.equal(removed.name, "Gone soon");
+      assert.equal(p.a.hub.listDevices({ limit: 1000 }).devices.some((d) => d.id === id), false);
+      // A device that was never there is still 404.
+      await assert.rejects(p.a.hub.removeDevice(never), (err: unknown) => isTethralError(err) && err.code === "NOT_FOUND");
+    } finally {
+      await p.stop();
+    }
+  });
+
+  it("a cancel is answered with the cancelled command, not 409", async () => {
+    const p = await pair(false);
+    try {
+      const id = p.idOfB("cancel");
+      await p.a.hub.registerDevice({ id, protocol: "mqtt" });
+      p.a.shared.links.set(id, false);
+      p.b.shared.links.set(id, false);
+      const command = await p.a.hub.sendCommand(id, { command: "reboot" });
+      // Its cancel stored (a cancel b had not written is lost with b, and a's is the first).
+      dieAfter(p, "cancel", true);
+      const cancelled = await p.a.hub.cancelCommand(command.id);
+      assert.equal(cancelled.id, command.id);
+      assert.equal(cancelled.status, "cancelled");
+    } finally {
+      await p.stop();
+    }
+  });
+});
