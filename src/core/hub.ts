@@ -438,7 +438,19 @@ export class Hub {
 
   /** Sets desired values and/or the status (CONTRACT: PUT state): durable before it applies, or no change (UNAVAILABLE). */
   async setState(id: string, input: unknown, cause: ChangeCause = {}): Promise<DeviceState> {
-    return this.routed(id, "setState", { id, input, cause }, () => this.writes.setState(id, input, cause));
+    if (this.cluster === null) return this.writes.setState(id, input, cause);
+    // Asked again of the partition's next owner (the first owner's answer lost), a change with
+    // `expectedVersion` the first owner made is CONFLICT there: answered with the state when it
+    // is the version after the expected one and already as the change asks. (Without
+    // `expectedVersion`, doing it again changes nothing.)
+    return this.routed(id, "setState", { id, input, cause }, () => this.writes.setState(id, input, cause), 0, async (err) => {
+      const expected = (input as { expectedVersion?: unknown } | null)?.expectedVersion;
+      if (!isTethralError(err) || err.code !== "CONFLICT" || typeof expected !== "number") throw err;
+      await this.cluster?.follow().catch(() => undefined);
+      const now = this.state.get(id);
+      if (now.version !== expected + 1 || this.state.planSet(id, { ...(input as object), expectedVersion: now.version }).changed) throw err;
+      return now;
+    });
   }
 
   /** The last `limit` changes of a device, oldest first, from the store when there is one (see `StoredReads`). */

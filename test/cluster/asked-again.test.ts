@@ -150,6 +150,25 @@ describe("a request asked again of a partition's next owner after its first owne
     }
   });
 
+  it("a state change with expectedVersion is answered with the state it made, not 409; another's change in between is still 409", async () => {
+    const p = await pair(false);
+    try {
+      const id = p.idOfB("state");
+      await p.a.hub.registerDevice({ id, protocol: "mqtt" });
+      const before = await p.a.hub.setState(id, { desired: { level: 1 } });
+      await until("a follows it", () => p.a.hub.getState(id).version === before.version);
+      dieAfter(p, "setState");
+      const after = await p.a.hub.setState(id, { desired: { level: 2 }, expectedVersion: before.version });
+      assert.equal(after.version, before.version + 1);
+      assert.deepEqual(after.desired, { level: 2 });
+      // The same change asked with a version that is two behind now: someone's change in between.
+      await p.a.hub.setState(id, { desired: { level: 3 } });
+      await assert.rejects(p.a.hub.setState(id, { desired: { level: 3 }, expectedVersion: before.version + 1 }), (err: unknown) => isTethralError(err) && err.code === "CONFLICT");
+    } finally {
+      await p.stop();
+    }
+  });
+
   it("a cancel is answered with the cancelled command, not 409", async () => {
     const p = await pair(false);
     try {
