@@ -147,15 +147,16 @@ export class CommandTracker {
   /**
    * Queues a command (written to the store first: once this resolves it is not lost). With
    * `wait`, resolves when it ends; otherwise as soon as it is queued. `id`: the id a cluster
-   * member made for it where the request came in (see Hub.sendCommand); a command of that id
-   * that is here or stored already is this request asked again, and is answered as it is now.
+   * member made for it where the request came in (see Hub.sendCommand). `again`: the request is
+   * asked again (its first owner's answer lost): a command of that id that is here or stored
+   * already is this request, and is answered as it is now.
    */
-  async submit(deviceId: string, input: unknown, id?: string): Promise<Command> {
+  async submit(deviceId: string, input: unknown, id?: string, again = false): Promise<Command> {
     if (!this.running) throw new TethralError("UNAVAILABLE", "the hub is not running");
     const now = this.clock.now();
     const request = parseCommandRequest(input, now, this.options);
     if (typeof deviceId !== "string" || this.host.protocolOf(deviceId) === undefined) throw notFound("device", String(deviceId).slice(0, 128));
-    if (id !== undefined) {
+    if (id !== undefined && again) {
       const before = await this.get(id).catch((err: unknown) => {
         if (isTethralError(err) && err.code === "NOT_FOUND") return null;
         throw err;

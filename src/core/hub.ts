@@ -320,6 +320,8 @@ export class Hub {
     const before = this.registry.has(id) ? this.registry.get(id) : null;
     return this.routed(id, "remove", { id, cause }, () => this.writes.remove(id, cause), 0, async (err) => {
       if (before === null || !isTethralError(err) || err.code !== "NOT_FOUND") throw err;
+      // Read your writes, as after an answer from the owner.
+      await this.cluster?.follow().catch(() => undefined);
       return before;
     });
   }
@@ -369,7 +371,7 @@ export class Hub {
     // next owner (the first owner's answer lost), the command the first owner stored is answered,
     // not a second one made.
     const id = newTimeId(this.clock.now());
-    return this.routed(deviceId, "command", { deviceId, input, id }, () => this.commands.submit(deviceId, input, id), waitMs);
+    return this.routed(deviceId, "command", { deviceId, input, id }, (again) => this.commands.submit(deviceId, input, id, again), waitMs);
   }
 
   async getCommand(id: string): Promise<Command> {
@@ -498,9 +500,16 @@ export class Hub {
    * `extraMs`: how much longer than a plain request the answer may take (a command's `wait`).
    * Never throws: each `local` is async or returns a promise it rejects, and `route` is async.
    */
-  private routed<T>(deviceId: string | null, method: string, args: Record<string, unknown>, local: () => Promise<T>, extraMs = 0, askedAgain?: (err: unknown) => Promise<T>): Promise<T> {
+  private routed<T>(
+    deviceId: string | null,
+    method: string,
+    args: Record<string, unknown>,
+    local: (again: boolean) => Promise<T>,
+    extraMs = 0,
+    askedAgain?: (err: unknown) => Promise<T>,
+  ): Promise<T> {
     const c = this.cluster;
-    if (c === null || deviceId === null || typeof deviceId !== "string") return local();
+    if (c === null || deviceId === null || typeof deviceId !== "string") return local(false);
     return c.route(deviceId, method, args, local, extraMs > 0 ? extraMs + c.options.leaseMs + 10_000 : undefined, askedAgain);
   }
 

@@ -12,12 +12,19 @@ const LEASE_MS = 1_000;
 
 interface Pair {
   broker: LocalBroker;
-  a: { hub: Hub; shared: SharedAdapter };
-  b: { hub: Hub; shared: SharedAdapter };
+  a: { hub: Hub; shared: SharedAdapter; store: PostgresStore };
+  b: { hub: Hub; shared: SharedAdapter; store: PostgresStore };
   proxy: TestProxy;
   /** A device id in one of b's partitions (not yet registered). */
   idOfB: (prefix: string) => string;
   stop: () => Promise<void>;
+}
+
+/** A device id (`prefix-n`) in one of the partitions the hub's member owns now. */
+function idOwnedBy(hub: Hub, prefix: string): string {
+  const mine = ownedBy(hub);
+  for (let i = 0; i < 1000; i++) if (mine.includes(partitionOf(`${prefix}-${i}`, PARTITIONS))) return `${prefix}-${i}`;
+  throw new Error(`${hub.memberId} owns no partition`);
 }
 
 /**
@@ -34,16 +41,14 @@ describe("a request asked again of a partition's next owner after its first owne
     const broker = new LocalBroker();
     const proxy = await startProxy(database().url);
     const options = { deviceTokens };
-    const a = memberHub(new PostgresStore({ url: database().url }), { member: "a", partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() }, options);
-    const b = memberHub(new PostgresStore({ url: proxy.url, connectTimeoutMs: 500 }), { member: "b", partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() }, options);
+    const storeA = new PostgresStore({ url: database().url });
+    const a = { ...memberHub(storeA, { member: "a", partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() }, options), store: storeA };
+    const storeB = new PostgresStore({ url: proxy.url, connectTimeoutMs: 500 });
+    const b = { ...memberHub(storeB, { member: "b", partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() }, options), store: storeB };
     await a.hub.start();
     await b.hub.start();
     await until("both members own half", () => ownedBy(a.hub).length === PARTITIONS / 2 && ownedBy(b.hub).length === PARTITIONS / 2, 20_000);
-    const idOfB = (prefix: string) => {
-      const mine = ownedBy(b.hub);
-      for (let i = 0; i < 1000; i++) if (mine.includes(partitionOf(`${prefix}-${i}`, PARTITIONS))) return `${prefix}-${i}`;
-      throw new Error("b owns no partition");
-    };
+    const idOfB = (prefix: string) => idOwnedBy(b.hub, prefix);
     const stop = async () => {
       // b back first: a member stopping with its database away waits for it (seconds).
       proxy.restore();
@@ -97,19 +102,22 @@ describe("a request asked again of a partition's next owner after its first owne
     });
   }
 
-  it("with device tokens off, a registration that differs from the device found is still 409", async () => {
-    const p = await pair(false);
+  for (const deviceTokens of [true, false]) {
+    it(`another's registration of the id is still 409 (${deviceTokens ? "its token not this one's" : "device tokens off: it differs from this one"})`, async () => {
+    const p = await pair(deviceTokens);
     try {
-      const id = p.idOfB("other");
+      const id = p.idOfB(`other-${deviceTokens ? "tokens" : "plain"}`);
       // Registered by someone else first, through b; then this caller's, with another name.
       await p.b.hub.registerDevice({ id, protocol: "mqtt", name: "Theirs" });
       await until("a follows it", () => p.a.hub.listDevices({ limit: 1000 }).devices.some((d) => d.id === id));
       dieAfter(p, "register");
-      await assert.rejects(p.a.hub.registerDevice({ id, protocol: "mqtt", name: "Mine" }), (err: unknown) => isTethralError(err) && err.code === "CONFLICT");
+      await assert.rejects(p.a.hub.registerDevice({ id, protocol: "mqtt", name: deviceTokens ? "Theirs" : "Mine" }), (err: unknown) => isTethralError(err) && err.code === "CONFLICT");
+      assert.ok(ownedBy(p.a.hub).includes(partitionOf(id, PARTITIONS)), "a asked itself, the partition's next owner");
     } finally {
       await p.stop();
     }
-  });
+    });
+  }
 
   it("a command is sent once: the next owner answers the command the first one stored, not a second one", async () => {
     const p = await pair(false);
@@ -128,6 +136,99 @@ describe("a request asked again of a partition's next owner after its first owne
       assert.deepEqual(p.a.hub.pendingCommands(id).map((c) => c.id), [command.id]);
     } finally {
       await p.stop();
+    }
+  });
+
+  it("with wait, the command the first owner stored is waited for, not a second one", async () => {
+    const p = await pair(false);
+    try {
+      const id = p.idOfB("cmd-wait");
+      await p.a.hub.registerDevice({ id, protocol: "mqtt" });
+      p.a.shared.links.set(id, false);
+      p.b.shared.links.set(id, false);
+      dieAfter(p, "command", true);
+      // The device stays away: the caller gets the command as it is once its attempts' time is up.
+      const command = await p.a.hub.sendCommand(id, { command: "reboot", wait: true, timeout: 0.2 });
+      const all = await p.a.hub.deviceCommands(id);
+      assert.deepEqual(all.map((c) => c.id), [command.id], "one command, the one answered");
+    } finally {
+      await p.stop();
+    }
+  });
+
+  it("a command not asked again is not looked up in the store first", async () => {
+    const p = await pair(false);
+    try {
+      const id = p.idOfB("cmd-plain");
+      const ownId = idOwnedBy(p.a.hub, "own");
+      await p.a.hub.registerDevice({ id, protocol: "mqtt" });
+      await p.a.hub.registerDevice({ id: ownId, protocol: "mqtt" });
+      let reads = 0;
+      for (const store of [p.a.store, p.b.store]) {
+        const getCommand = store.getCommand.bind(store);
+        store.getCommand = (commandId: string) => {
+          reads++;
+          return getCommand(commandId);
+        };
+      }
+      for (let i = 0; i < 5; i++) {
+        await p.a.hub.sendCommand(ownId, { command: "reboot" });
+        await p.a.hub.sendCommand(id, { command: "reboot" });
+      }
+      assert.equal(reads, 0);
+    } finally {
+      await p.stop();
+    }
+  });
+
+  it("asked again of a third member, the next owner: registrations answered with their devices and working tokens", async () => {
+    const broker = new LocalBroker();
+    const proxy = await startProxy(database().url);
+    const options = { deviceTokens: true };
+    // Names whose shares (assignPartitions, 4 partitions) send one of b's two partitions to a and
+    // the other to c when b dies: b0 holds 0 and 2, then 0 goes to a0 and 2 to c0.
+    const cluster = (member: string) => ({ member, partitions: PARTITIONS, leaseMs: LEASE_MS, link: broker.link() });
+    const a = memberHub(new PostgresStore({ url: database().url }), cluster("a0"), options);
+    const b = memberHub(new PostgresStore({ url: proxy.url, connectTimeoutMs: 500 }), cluster("b0"), options);
+    const c = memberHub(new PostgresStore({ url: database().url }), cluster("c0"), options);
+    try {
+      for (const m of [a, b, c]) await m.hub.start();
+      await until(
+        "the three share the partitions, b holding some",
+        () => ownedBy(b.hub).length >= 1 && [a, b, c].reduce((n, m) => n + ownedBy(m.hub).length, 0) === PARTITIONS && [a, b, c].every((m) => ownedBy(m.hub).length <= Math.ceil(PARTITIONS / 3)),
+        20_000,
+      ).catch((err: unknown) => {
+        throw new Error(`${String(err)}: a ${ownedBy(a.hub)}, b ${ownedBy(b.hub)}, c ${ownedBy(c.hub)}`);
+      });
+      // One device in each of b's partitions, registered through a at once; b does them all and
+      // dies before answering any.
+      const ids = ownedBy(b.hub).map((part) => {
+        for (let i = 0; i < 1000; i++) if (partitionOf(`trio-${i}`, PARTITIONS) === part) return `trio-${i}`;
+        throw new Error(`no id for partition ${part}`);
+      });
+      let done = 0;
+      broker.loseAnswer = (member, method) => {
+        if (member !== "b0" || method !== "register") return false;
+        if (++done === ids.length) {
+          proxy.cut();
+          broker.cut.add("b0");
+        }
+        return true;
+      };
+      const registered = await Promise.all(ids.map((id) => a.hub.registerDevice({ id, protocol: "mqtt" })));
+      const byC = ids.filter((id) => ownedBy(c.hub).includes(partitionOf(id, PARTITIONS)));
+      assert.ok(byC.length > 0, `a partition of b's went to c (a took ${ids.filter((id) => ownedBy(a.hub).includes(partitionOf(id, PARTITIONS))).join(", ")})`);
+      for (const [i, id] of ids.entries()) {
+        assert.equal(registered[i]!.id, id);
+        const owner = byC.includes(id) ? c : a;
+        const result = owner.hub.receive({ protocol: "mqtt", deviceId: id, kind: "telemetry", payload: Buffer.from('{"t":1}'), token: registered[i]!.token! });
+        assert.equal(result.ok, true, `the token answered for ${id} is its own`);
+      }
+    } finally {
+      proxy.restore();
+      broker.cut.delete("b0");
+      await Promise.all([a, b, c].map((m) => m.hub.stop().catch(() => undefined)));
+      await proxy.close();
     }
   });
 

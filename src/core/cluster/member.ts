@@ -363,14 +363,15 @@ export class ClusterMember {
    * not answer and loses its lease meanwhile, asks again, for up to two lease periods and a few
    * seconds. An owner that did not answer may have done the request before it died: asked again
    * of the next owner, a request that was done is refused (a registration's CONFLICT) or done
-   * twice, unless it carries its own identity (a command's id, a registration's token) and
-   * `askedAgain` tells the first time's outcome from its error (or rethrows it).
+   * twice, unless it carries its own identity (a command's id, a registration's token): the owner
+   * is told it is asked again (`local(true)`, or `again` in the call's arguments), and
+   * `askedAgain` tells the first time's outcome from an error (or rethrows it).
    */
   async route<T>(
     deviceId: string,
     method: string,
     args: Record<string, unknown>,
-    local: () => Promise<T>,
+    local: (again: boolean) => Promise<T>,
     timeoutMs?: number,
     askedAgain?: (err: unknown) => Promise<T>,
   ): Promise<T> {
@@ -380,12 +381,13 @@ export class ClusterMember {
     let again = false;
     for (;;) {
       try {
-        if (this.leases.owns(p)) return await local();
+        // Asked again, the owner is told so (`again`): a command looks for the one it may have made.
+        if (this.leases.owns(p)) return await local(again);
         const owner = this.leases.ownerOf(p);
         if (owner !== null && owner !== this.member) {
           this.stats.forwardedCalls++;
           try {
-            const answer = (await this.link.call(owner, method, args, timeoutMs ?? this.options.leaseMs + 2_000)) as T;
+            const answer = (await this.link.call(owner, method, again ? { ...args, again: true } : args, timeoutMs ?? this.options.leaseMs + 2_000)) as T;
             // Read your writes: this member's copy of the fleet has the change before the caller reads it.
             if (method !== "command" && method !== "wait" && method !== "publish") await this.follow().catch(() => undefined);
             return answer;

@@ -21,7 +21,7 @@ export function localRequests(
     update: (a) => writes().update(a.id as string, a.patch, a.cause as ChangeCause),
     remove: (a) => writes().remove(a.id as string, a.cause as RemoveCause),
     setState: (a) => writes().setState(a.id as string, a.input, a.cause as ChangeCause),
-    command: (a) => commands().submit(a.deviceId as string, a.input, typeof a.id === "string" ? a.id : undefined),
+    command: (a) => commands().submit(a.deviceId as string, a.input, typeof a.id === "string" ? a.id : undefined, a.again === true),
     cancel: (a) => commands().cancel(a.id as string),
     wait: (a) => commands().wait(a.id as string, a.limitMs as number | undefined),
     publish: async (a) => publish(a.type as string, a.data, a.options as PublishOptions),
