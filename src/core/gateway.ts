@@ -1,3 +1,4 @@
+import { isUtf8 } from "node:buffer";
 import { parseCommandAnswer } from "./command-input";
 import type { CommandTracker } from "./commands";
 import type { DeviceTraffic } from "./device-traffic";
@@ -200,8 +201,10 @@ export class DeviceGateway {
     if (elsewhere) return this.forward(c, message, protocol, kind, payload);
     this.router?.applying(deviceId, kind, payload);
     let data: unknown;
-    if (kind === "status") data = decodeText(payload);
-    else if (kind !== "heartbeat") {
+    if (kind === "status") {
+      data = decodeText(payload);
+      if (data instanceof TethralError) return this.refused(c, deviceId, protocol, kind, data, "invalid-payload");
+    } else if (kind !== "heartbeat") {
       const decoded = decodeJson(payload);
       if (decoded instanceof TethralError) return this.refused(c, deviceId, protocol, kind, decoded, "invalid-json");
       data = decoded;
@@ -275,7 +278,9 @@ export class DeviceGateway {
   }
 
   private refuse(c: ProtocolCounters, deviceId: unknown, protocol: string, kind: unknown, error: TethralError, reason: string): TethralError {
-    return this.refusals.refuse(typeof deviceId === "string" ? deviceId : String(deviceId), protocol, kind, error, reason, c);
+    // Not String(deviceId): a refusal that names no device (a malformed datagram) is filed under
+    // none, not under a device called "null".
+    return this.refusals.refuse(deviceId, protocol, kind, error, reason, c);
   }
 }
 
@@ -302,20 +307,29 @@ function sizeOf(payload: unknown): number {
   return 0;
 }
 
-function decodeText(payload: unknown): string {
+function decodeText(payload: unknown): string | TethralError {
   if (typeof payload === "string") return payload;
+  // Bytes that are no UTF-8 are refused, not read with U+FFFD in place of what they held: text is
+  // never stored changed (the HTTP body reader and the WebSocket adapter refuse them too).
   // A Buffer (what MQTT and CoAP hand over) is read as it is: a view made of it is 100 bytes a message.
-  if (Buffer.isBuffer(payload)) return payload.toString("utf8");
-  if (payload instanceof Uint8Array) return Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength).toString("utf8");
+  if (Buffer.isBuffer(payload)) return isUtf8(payload) ? payload.toString("utf8") : notUtf8();
+  if (payload instanceof Uint8Array) {
+    const bytes = Buffer.from(payload.buffer, payload.byteOffset, payload.byteLength);
+    return isUtf8(bytes) ? bytes.toString("utf8") : notUtf8();
+  }
   return typeof payload === "object" && payload !== null && typeof (payload as { status?: unknown }).status === "string"
     ? (payload as { status: string }).status
     : String(payload);
 }
 
+/** The refusal of a payload whose bytes are not UTF-8. */
+const notUtf8 = (): TethralError => invalid("payload", "is not valid UTF-8");
+
 /** Raw bytes or text are parsed once; anything else was decoded by the adapter already. */
 function decodeJson(payload: unknown): unknown {
   if (typeof payload !== "string" && !(payload instanceof Uint8Array)) return payload;
   const text = decodeText(payload);
+  if (text instanceof TethralError) return text;
   try {
     return JSON.parse(text);
   } catch {

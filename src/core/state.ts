@@ -22,7 +22,26 @@ import {
 } from "./types";
 import { DEFAULT_TRANSITIONS, type TransitionRules, checkTransition } from "./transitions";
 import type { TwinListener } from "./twin";
-import { LIMITS, countKeys } from "./validation";
+import { LIMITS, countKeys, propertiesBytesAtMost } from "./validation";
+
+/** The largest report whose values, under the key limit, cannot take a device's properties past their bytes limit. */
+const LARGE_REPORT_BYTES = LIMITS.propertiesBytes / LIMITS.propertyKeys;
+/** The longest string whose JSON is sure to fit in LARGE_REPORT_BYTES with its key (6 bytes a unit at most, see validation.ts). */
+const SMALL_STRING = Math.floor((LARGE_REPORT_BYTES - 6 * LIMITS.keyLength - 8) / 6);
+
+/**
+ * Whether a key and its value take more than LARGE_REPORT_BYTES of JSON, for some key: measured
+ * only for objects, lists and long strings (numbers, booleans, null and short strings cannot).
+ */
+function hasLargeEntry(properties: JsonObject): boolean {
+  for (const key in properties) {
+    const v = properties[key];
+    if ((typeof v === "object" && v !== null) || (typeof v === "string" && v.length > SMALL_STRING)) {
+      if (Buffer.byteLength(JSON.stringify(key)) + Buffer.byteLength(JSON.stringify(v)) + 2 > LARGE_REPORT_BYTES) return true;
+    }
+  }
+  return false;
+}
 
 export { DEFAULT_TRANSITIONS, type TransitionRules } from "./transitions";
 export type { StateListQuery } from "./state-list";
@@ -105,6 +124,8 @@ export class StateManager {
   /** Devices whose desired state differs from the reported one, kept as changes happen. */
   private withDelta = 0;
   private readonly transitionsTo: Record<string, number> = Object.fromEntries(DEVICE_STATUSES.map((s) => [s, 0]));
+  /** Devices that have sent a report larger than LARGE_REPORT_BYTES: at least the bytes of JSON of their reported properties (see checkBytes). */
+  private readonly large = new Map<string, number>();
   private readonly observer: StateObserver | null;
   private readonly sink: StateSink | null;
   private readonly twin: TwinListener | null;
@@ -143,6 +164,10 @@ export class StateManager {
     s.rev = saved.rev ?? 0;
     record.state = s;
     this.refreshDelta(s);
+    // Stored values that may be large (see checkBytes): measured now, so that small reports
+    // cannot add to them past the limit.
+    if (s.properties && hasLargeEntry(s.properties)) this.large.set(deviceId, Buffer.byteLength(JSON.stringify(s.properties)));
+    else if (this.large.size !== 0) this.large.delete(deviceId);
   }
 
   /** Drops what is kept about a device being removed (call with its record before removal). */
@@ -150,6 +175,7 @@ export class StateManager {
     const s = record.state;
     if (s?.hasDelta) this.withDelta--;
     record.state = undefined;
+    this.large.delete(record.id);
     this.observer?.onForget(record.id);
   }
 
@@ -233,12 +259,39 @@ export class StateManager {
     const record = this.registry.record(deviceId);
     const current = record?.state?.properties ?? EMPTY_PROPERTIES;
     const have = countKeys(current);
-    if (have + countKeys(properties) <= LIMITS.propertyKeys) return;
-    let added = 0;
-    for (const key in properties) if (Object.hasOwn(properties, key) && !Object.hasOwn(current, key)) added++;
-    if (have + added > LIMITS.propertyKeys) {
-      throw invalid("properties", `a device keeps at most ${LIMITS.propertyKeys} properties`);
+    if (have + countKeys(properties) > LIMITS.propertyKeys) {
+      let added = 0;
+      for (const key in properties) if (Object.hasOwn(properties, key) && !Object.hasOwn(current, key)) added++;
+      if (have + added > LIMITS.propertyKeys) {
+        throw invalid("properties", `a device keeps at most ${LIMITS.propertyKeys} properties`);
+      }
     }
+    this.checkBytes(deviceId, current, properties);
+  }
+
+  /**
+   * The bytes limit of a device's reported properties, merged (each report is checked on its own
+   * before this). While every key and value of a device's take at most LIMITS.propertiesBytes /
+   * LIMITS.propertyKeys bytes of JSON, the key limit keeps the whole within the bytes limit; a
+   * device with a larger one is followed in `large` by a bound of its whole: the bound plus each
+   * report's own, and when that passes the limit, the merged properties are measured.
+   */
+  private checkBytes(deviceId: string, current: JsonObject, properties: JsonObject): void {
+    const bound = propertiesBytesAtMost();
+    let whole = this.large.size === 0 ? undefined : this.large.get(deviceId);
+    if (whole === undefined) {
+      if (bound <= LARGE_REPORT_BYTES || !hasLargeEntry(properties)) return;
+      whole = current === EMPTY_PROPERTIES ? 2 : Buffer.byteLength(JSON.stringify(current));
+    }
+    let after = whole + bound;
+    if (after > LIMITS.propertiesBytes) {
+      after = Buffer.byteLength(JSON.stringify({ ...current, ...properties }));
+      // Properties kept from before the bound (or a smaller bound) may still shrink.
+      if (after > LIMITS.propertiesBytes && after > whole) {
+        throw invalid("properties", `would be ${after} bytes of JSON in all, more than the ${LIMITS.propertiesBytes} a device's reported properties may hold`);
+      }
+    }
+    this.large.set(deviceId, after);
   }
 
   /**

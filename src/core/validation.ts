@@ -52,9 +52,11 @@ export function checkJsonValue(value: unknown, field: string, maxBytes: number):
   }
   if (problem) return { field: field + problem.field, message: problem.message };
   // The walk bounds the JSON's size from above: only a value that may be too large is serialized.
+  checkedBytesAtMost = bound;
   if (bound <= maxBytes) return null;
   const bytes = Buffer.byteLength(JSON.stringify(value));
   if (bytes > maxBytes) return { field, message: `is ${bytes} bytes of JSON, more than the ${maxBytes} allowed` };
+  checkedBytesAtMost = bytes;
   return null;
 }
 
@@ -294,9 +296,25 @@ export function toEpoch(value: number | string | Date, field: string): number {
   return ms;
 }
 
+/** At least the bytes of JSON of the last value `checkJsonValue` passed. */
+let checkedBytesAtMost = 0;
+/** At least the bytes of JSON of the properties `checkProperties` last passed. */
+let checkedPropertiesBytes = 0;
+
+/**
+ * At least the bytes of JSON of the properties `checkProperties` last passed (a bound, no
+ * serialization): what the state manager adds to a device's total (see StateManager.checkCapacity).
+ */
+export function propertiesBytesAtMost(): number {
+  return checkedPropertiesBytes;
+}
+
 /** Reported values as a device sends them: a JSON object within the size and key limits; INVALID otherwise. */
 export function checkProperties(properties: unknown, field = "properties"): JsonObject {
   const problem = checkJsonObject(properties, field, LIMITS.propertiesBytes, LIMITS.propertyKeys);
   if (problem) throw invalid(problem.field, problem.message);
+  checkedPropertiesBytes = checkedBytesAtMost;
+  // Each top-level key is a time series of its own, and a series is named by its key.
+  if (Object.hasOwn(properties as object, "")) throw invalid(field, "an empty key names no property");
   return properties as JsonObject;
 }

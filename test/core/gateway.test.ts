@@ -140,6 +140,13 @@ describe("device gateway: decode, authenticate, ingest", () => {
         [{ payload: `{"x": "${"y".repeat(1_000_000)}"}` }, "INVALID", "too-large"],
         [{ deviceId: "../etc/passwd" }, "INVALID", "invalid-device-id"],
         [{ deviceId: "ghost" }, "NOT_FOUND", "unknown-device"],
+        // Bytes that are no UTF-8 (as MQTT and CoAP hand them over), refused, not stored with U+FFFD.
+        [{ payload: Buffer.from([0x7b, 0x22, 0x75, 0x22, 0x3a, 0x22, 0xff, 0xfe, 0x22, 0x7d]) }, "INVALID", "invalid-json"],
+        [{ payload: new Uint8Array([0x7b, 0x22, 0x75, 0x22, 0x3a, 0x22, 0xc3, 0x22, 0x7d]) }, "INVALID", "invalid-json"],
+        [{ kind: "status", payload: Buffer.from([0x6f, 0x6e, 0xff]) }, "INVALID", "invalid-payload"],
+        // A key that names no property (each top-level key is a time series).
+        [{ payload: '{"": 5, "ok": 7}' }, "INVALID", "invalid-payload"],
+        [{ kind: "state", payload: '{"properties": {"": 1}}' }, "INVALID", "invalid-payload"],
       ];
       for (const [message, code, reason] of cases) {
         const r = t.send({ token, ...message });
@@ -151,6 +158,66 @@ describe("device gateway: decode, authenticate, ingest", () => {
       assert.deepEqual(t.hub.getState("d1"), before, "nothing changed");
       assertNoPollution();
       assert.equal(t.send({ payload: '{"t": 2}', token }).ok, true, "the hub still takes good messages");
+      assert.equal(t.send({ payload: Buffer.from('{"u": "é ✓ 𝄞"}'), token }).ok, true, "UTF-8 beyond ASCII is taken");
+      assert.equal(t.hub.getState("d1").properties.u, "é ✓ 𝄞");
+      await t.hub.stop();
+    });
+
+    it("holds a device's reported properties, merged, to 256 KiB of JSON: the report that would take them past it is refused", async () => {
+      const t = await setup({ deviceTokens: false });
+      await t.hub.registerDevice({ id: "d1", protocol: "fake" });
+      const big = (key: string) => JSON.stringify({ [key]: "y".repeat(250_000) });
+      assert.equal(t.send({ payload: big("p1") }).ok, true, "one report of 250,000 characters");
+      const second = t.send({ payload: big("p2") });
+      assert.equal(second.ok, false, "a second one under another key would make 500,000");
+      if (!second.ok) assert.match(second.error.message, /would be \d+ bytes of JSON in all, more than the 262144/);
+      assert.deepEqual(Object.keys(t.hub.getState("d1").properties), ["p1"], "nothing of it kept");
+      // Small reports after it, and one that replaces the large value, are taken.
+      for (let i = 0; i < 50; i++) assert.equal(t.send({ payload: JSON.stringify({ [`k${i}`]: i }) }).ok, true);
+      assert.equal(t.send({ payload: big("p1") }).ok, true, "the large value replaced by another as large");
+      assert.equal(t.send({ payload: JSON.stringify({ p1: "small" }) }).ok, true);
+      assert.equal(t.send({ payload: big("p2") }).ok, true, "room again once the first is small");
+      assert.equal(Buffer.byteLength(JSON.stringify(t.hub.getState("d1").properties)) <= 256 * 1024, true);
+      // Many reports of a little under 1 KiB each, under other keys: the key limit bounds them.
+      await t.hub.registerDevice({ id: "d2", protocol: "fake" });
+      let taken = 0;
+      for (let i = 0; i < 300; i++) if (t.send({ deviceId: "d2", payload: JSON.stringify({ [`k${i}`]: "z".repeat(1000) }) }).ok) taken++;
+      assert.equal(taken, 256);
+      assert.equal(Buffer.byteLength(JSON.stringify(t.hub.getState("d2").properties)) <= 256 * 1024, true);
+      await t.hub.stop();
+    });
+
+    it("after a restart, a device whose stored properties are large is measured: small reports do not take them past 256 KiB", async () => {
+      const dir = mkdtempSync(join(tmpdir(), "tethral-large-"));
+      try {
+        const path = join(dir, "hub.sqlite");
+        const hub1 = new Hub({ store: new SqliteStore({ path }), deviceTokens: false });
+        await hub1.start();
+        await hub1.registerDevice({ id: "d1", protocol: "http" });
+        assert.equal(hub1.receive({ protocol: "http", deviceId: "d1", kind: "telemetry", payload: JSON.stringify({ blob: "y".repeat(250_000) }) }).ok, true);
+        await hub1.stop();
+        const hub2 = new Hub({ store: new SqliteStore({ path }), deviceTokens: false });
+        await hub2.start();
+        try {
+          let taken = 0;
+          // Reports of under 1 KiB each, each under a key of its own: about 12 of them fit.
+          for (let i = 0; i < 40; i++) if (hub2.receive({ protocol: "http", deviceId: "d1", kind: "telemetry", payload: JSON.stringify({ [`k${i}`]: "z".repeat(950) }) }).ok) taken++;
+          assert.ok(taken > 0 && taken < 40, `${taken} of 40 taken`);
+          assert.ok(Buffer.byteLength(JSON.stringify(hub2.getState("d1").properties)) <= 256 * 1024);
+        } finally {
+          await hub2.stop();
+        }
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
+    it("files a refusal that names no device under none, not under a device called \"null\"", async () => {
+      const t = await setup({ deviceTokens: false });
+      await t.hub.registerDevice({ id: "null", protocol: "fake" });
+      t.hub.rejectMessage("fake", { reason: "malformed", message: "not a datagram" });
+      assert.equal(t.rejected.length, 1);
+      assert.equal(t.rejected[0]!.deviceId, null);
       await t.hub.stop();
     });
   });

@@ -56,13 +56,14 @@ describe("CoapAdapter", () => {
 
     it("refuses payloads that are not a JSON object with 4.00 and stays unaffected", async () => {
       const before = t.hub.getState(ID).version;
-      for (const payload of ["{not json", "[1, 2]", '"hot"', "42", '{"__proto__": {"polluted": true}}', '{"a": {"__proto__": {"polluted": 1}}}']) {
+      // Then bytes that are no UTF-8, and a key that names no property.
+      for (const payload of ["{not json", "[1, 2]", '"hot"', "42", '{"__proto__": {"polluted": true}}', '{"a": {"__proto__": {"polluted": 1}}}', Buffer.from('{"u":"\xff\xfe"}', "latin1"), '{"": 5}']) {
         const answer = await t.device.report(ID, "telemetry", t.token, payload);
         assert.equal(answer.code, "4.00", `${payload} gave ${answer.code} ${answer.body}`);
         assert.equal(JSON.parse(answer.body).error.code, "INVALID");
       }
       assert.equal((await t.device.report(ID, "state", t.token, { status: "exploded" })).code, "4.00");
-      assert.equal(t.coap().rejected, 7);
+      assert.equal(t.coap().rejected, 9);
       assert.equal(t.hub.getState(ID).version, before);
       assertNoPollution();
       // Still serving: the next good report goes through.

@@ -139,14 +139,18 @@ describe("MQTT adapter, embedded broker, with a real hub", function () {
     await d.publish("state", { status: "exploded" });
     await d.publish("telemetry", '{"__proto__": {"polluted": true}, "temperature": 5}');
     await d.publish("nonsense", { temperature: 1 });
-    await until(() => rejected() === 6, "six refusals");
+    // Bytes that are no UTF-8 (as mosquitto_pub -s sends a file's), and a key that names no property.
+    await d.publish("telemetry", Buffer.from('{"u":"\xff\xfe"}', "latin1"));
+    await d.publish("telemetry", '{"": 5}');
+    await until(() => rejected() === 8, "eight refusals");
+    assert.equal(hub.getState("boiler-1").properties.u, undefined);
     assertNoPollution();
     assert.equal(hub.getState("boiler-1").properties.polluted, undefined);
     assert.ok(!d.closed, "a bad payload does not cost the connection");
     // 1 MB: cut at the packet header, long before the body is buffered.
     d.publishExpectingCut("telemetry", Buffer.alloc(1024 * 1024, 0x20));
     await until(() => d.closed, "the oversized publisher cut off");
-    assert.equal(rejected(), 7);
+    assert.equal(rejected(), 9);
     assert.equal(adapter.statistics().oversizedPackets, 1);
     await other.publish("telemetry", { pressure: 2.5 });
     await until(() => hub.getState("pump-2").properties.pressure === 2.5, "the other device still heard");
