@@ -302,6 +302,11 @@ export class EmbeddedBroker implements MqttMode {
     if (topics.isDesired(packet.topic, session.deviceId)) {
       return this.refusePublish(session.deviceId, `device "${session.deviceId}" may not publish to its desired topic (the hub's): report on .../state`);
     }
+    // Commands come from the hub: one published there by a device (another of its connections
+    // listening) would be taken for the hub's. Until 2026-12-07 the broker handed it on.
+    if (topics.isCommands(packet.topic, session.deviceId)) {
+      return this.refusePublish(session.deviceId, `device "${session.deviceId}" may not publish to its commands topic (the hub's): answer on .../responses`);
+    }
     // The broker keeps a retained message per topic: on made-up topics, a device could fill its memory.
     if (packet.retain && packet.payload.length > 0 && topics.parse(packet.topic)?.kind == null) {
       return this.refusePublish(session.deviceId, `device "${session.deviceId}" may retain only its documented topics, not ${packet.topic.slice(0, 200)}`);

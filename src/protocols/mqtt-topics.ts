@@ -44,6 +44,11 @@ export class TopicScheme {
     return ownTopic.length === this.prefix.length + deviceId.length + 1 + DESIRED_LEVEL.length && ownTopic.endsWith(DESIRED_LEVEL);
   }
 
+  /** The device's commands topic, for a topic already known to be inside the device's subtree (`isOwn`): the hub's alone to publish on. */
+  isCommands(ownTopic: string, deviceId: string): boolean {
+    return ownTopic.length === this.prefix.length + deviceId.length + 1 + COMMANDS_LEVEL.length && ownTopic.endsWith(COMMANDS_LEVEL);
+  }
+
   status(deviceId: string): string {
     return `${this.prefix}${deviceId}/status`;
   }

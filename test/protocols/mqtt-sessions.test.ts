@@ -178,6 +178,22 @@ describe("MQTT adapter, embedded broker: client ids and sessions", function () {
     assert.equal(adapter.statistics().publishesRefused, 4);
   });
 
+  it("cuts a device that publishes on its commands topic (the hub's), and hands the fake command to nobody", async function () {
+    const listener = await connect("boiler-1", { clientId: "listener" });
+    await listener.subscribe(listener.topic("commands"));
+    const injector = await connect("boiler-1", { clientId: "injector" });
+    injector.publishExpectingCut("commands", JSON.stringify({ id: "fake", command: "factory-reset" }));
+    await until(() => injector.closed, "the injector cut");
+    await until(() => ofType("message.rejected", "boiler-1").length === 1, "the refusal published");
+    assert.equal((ofType("message.rejected", "boiler-1")[0]!.data as { reason: string }).reason, "publish-refused");
+    // A real command still reaches the listener, and it is the only one it got.
+    const real = await hub.sendCommand("boiler-1", { command: "ping" });
+    await until(() => listener.commands().length > 0, "the hub's command at the listener");
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(listener.commands().map((c) => c.id), [real.id]);
+    await listener.end();
+  });
+
   it("leaves no session behind when a connection drops during CONNECT", async function () {
     // A persistent session subscribed to commands: a CONNECT that resumes it restores the subscription.
     const first = await connect("boiler-1", { clientId: "boiler-1", clean: false });
