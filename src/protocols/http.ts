@@ -72,7 +72,14 @@ export class HttpAdapter implements ProtocolAdapter {
         this.figures.refusedByDevice++;
         return { status: "answered", ok: false, error: `HTTP ${status}: the answer is larger than ${limit} bytes` };
       }
-      return { status: "answered", ok: true, result: resultOf(text) };
+      const result = resultOf(text);
+      // CONTRACT §2 (HTTP): a 2xx with JSON is success. One labelled JSON whose body is not JSON is a
+      // broken answer, not a text result (until 2026-12-07 it ended the command succeeded).
+      if (typeof result === "string" && JSON_TYPE.test(String(res.headers["content-type"] ?? ""))) {
+        this.figures.refusedByDevice++;
+        return { status: "answered", ok: false, error: `HTTP ${status}: the answer is labelled JSON but is not JSON: ${text.trim().slice(0, ERROR_BODY_CHARS)}` };
+      }
+      return { status: "answered", ok: true, result };
     } catch (err) {
       throw this.failure(device, url, controller.signal, err);
     } finally {
@@ -184,9 +191,13 @@ async function readCapped(res: IncomingMessage, limit: number): Promise<{ text: 
   return { text: Buffer.concat(chunks).toString("utf8"), cut };
 }
 
+/** A media type that says JSON: application/json, or a structured +json one (RFC 6839). */
+const JSON_TYPE = /^\s*application\/([\w.-]+\+)?json\s*(;|$)/i;
+
 /**
- * The result of a 2xx answer: its JSON, null for an empty body. A body that is not JSON is
- * kept as text: the status already says the device did it, and the text may still inform.
+ * The result of a 2xx answer: its JSON, null for an empty body. A body that is not JSON (and is
+ * not labelled JSON: see send) is kept as text: the status already says the device did it, and
+ * the text may still inform.
  */
 function resultOf(text: string): JsonValue {
   if (text.trim() === "") return null;

@@ -23,6 +23,8 @@ async function deviceServer(): Promise<{ base: string; seen: Seen[]; close(): Pr
     "/ok": (body, res) => json(res, 200, { echoed: JSON.parse(body) as unknown }),
     "/empty": (_b, res) => res.writeHead(204).end(),
     "/text": (_b, res) => res.writeHead(200, { "Content-Type": "text/plain" }).end("done"),
+    "/broken-json": (_b, res) => res.writeHead(200, { "Content-Type": "application/json; charset=utf-8" }).end("{not json"),
+    "/vendor-json": (_b, res) => res.writeHead(200, { "Content-Type": "application/vnd.acme+json" }).end('{"done":true}'),
     "/fail500": (_b, res) => res.writeHead(500, { "Content-Type": "text/plain" }).end(`boom ${"!".repeat(5000)}`),
     "/fail404": (_b, res) => json(res, 404, { error: "no such command" }),
     "/redirect": (_b, res) => res.writeHead(307, { Location: "/ok" }).end(),
@@ -102,6 +104,15 @@ describe("HttpAdapter", function () {
   it("takes an empty 2xx answer as success with a null result, and a text one as its text", async function () {
     assert.deepEqual(await adapter.send(device(`${dev.base}/empty`), frame, 5000), { status: "answered", ok: true, result: null });
     assert.deepEqual(await adapter.send(device(`${dev.base}/text`), frame, 5000), { status: "answered", ok: true, result: "done" });
+    assert.deepEqual(await adapter.send(device(`${dev.base}/vendor-json`), frame, 5000), { status: "answered", ok: true, result: { done: true } });
+  });
+
+  it("takes a 2xx answer labelled JSON whose body is not JSON as a failure, not a text result", async function () {
+    assert.deepEqual(await adapter.send(device(`${dev.base}/broken-json`), frame, 5000), {
+      status: "answered",
+      ok: false,
+      error: "HTTP 200: the answer is labelled JSON but is not JSON: {not json",
+    });
   });
 
   it("takes a non-2xx answer as the device's refusal, with the status and a short part of the body", async function () {
