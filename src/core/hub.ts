@@ -294,7 +294,9 @@ export class Hub {
     if (!isTethralError(err) || err.code !== "CONFLICT" || id === null) throw err;
     // The owner's writes, read back: this member may not be the owner.
     await this.cluster?.follow().catch(() => undefined);
-    const made = token !== undefined ? this.tokens.verify(id, token) : this.registry.registers(id, input);
+    if (!this.registry.has(id)) throw err;
+    // The token's hash from the database itself when this member's copy is behind.
+    const made = token !== undefined ? await this.tokens.verifyStored(id, token) : this.registry.registers(id, input);
     if (!made) throw err;
     const device: RegisteredDevice = this.registry.get(id);
     if (token !== undefined) device.token = token;

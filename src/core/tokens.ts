@@ -79,6 +79,18 @@ export class DeviceTokens {
     return timingSafeEqual(hashOnce("sha256", token, "buffer"), Buffer.from(expected, "latin1"));
   }
 
+  /**
+   * `verify`, against the hash in the store when this member's copy does not have it yet (a
+   * cluster member's view follows the database about a second behind); false without a store.
+   */
+  async verifyStored(deviceId: string, token: string): Promise<boolean> {
+    if (this.verify(deviceId, token)) return true;
+    const row = this.store ? await this.store.getToken(deviceId) : null;
+    if (!row || typeof token !== "string" || token.length === 0 || token.length > 1024) return false;
+    const stored = Buffer.from(row.hash, "hex");
+    return stored.length === 32 && timingSafeEqual(hashOnce("sha256", token, "buffer"), stored);
+  }
+
   /** A token another cluster member stored (read back from the database). */
   restore(row: { deviceId: string; hash: string }): void {
     this.set(row.deviceId, fromHex(row.hash));
