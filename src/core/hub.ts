@@ -284,6 +284,11 @@ export class Hub {
     }
   }
 
+  /** Cluster mode: the owners' writes read back now (read your writes), not at the next follow. */
+  private async readOwnersWrites(): Promise<void> {
+    await this.cluster?.follow().catch(() => undefined);
+  }
+
   /**
    * A registration asked again of a partition's next owner and refused there as CONFLICT: the
    * device it made the first time (its token the one this member made, or with device tokens off,
@@ -293,7 +298,7 @@ export class Hub {
     const id = registrationId(input);
     if (!isTethralError(err) || err.code !== "CONFLICT" || id === null) throw err;
     // The owner's writes, read back: this member may not be the owner.
-    await this.cluster?.follow().catch(() => undefined);
+    await this.readOwnersWrites();
     if (!this.registry.has(id)) throw err;
     // The token's hash from the database itself when this member's copy is behind.
     const made = token !== undefined ? await this.tokens.verifyStored(id, token) : this.registry.registers(id, input);
@@ -323,7 +328,7 @@ export class Hub {
     return this.routed(id, "remove", { id, cause }, () => this.writes.remove(id, cause), 0, async (err) => {
       if (before === null || !isTethralError(err) || err.code !== "NOT_FOUND") throw err;
       // Read your writes, as after an answer from the owner.
-      await this.cluster?.follow().catch(() => undefined);
+      await this.readOwnersWrites();
       return before;
     });
   }
@@ -450,7 +455,7 @@ export class Hub {
     return this.routed(id, "setState", { id, input, cause }, () => this.writes.setState(id, input, cause), 0, async (err) => {
       const expected = (input as { expectedVersion?: unknown } | null)?.expectedVersion;
       if (!isTethralError(err) || err.code !== "CONFLICT" || typeof expected !== "number") throw err;
-      await this.cluster?.follow().catch(() => undefined);
+      await this.readOwnersWrites();
       const now = this.state.get(id);
       if (now.version !== expected + 1 || this.state.planSet(id, { ...(input as object), expectedVersion: now.version }).changed) throw err;
       return now;

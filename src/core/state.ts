@@ -286,8 +286,9 @@ export class StateManager {
     let after = whole + bound;
     if (after > LIMITS.propertiesBytes) {
       after = Buffer.byteLength(JSON.stringify({ ...current, ...properties }));
-      // Properties kept from before the bound (or a smaller bound) may still shrink.
-      if (after > LIMITS.propertiesBytes && after > whole) {
+      // Properties kept from before the bound (or a smaller bound) may still shrink: compared
+      // with what they measure now, not with `whole`, which may be a bound above it.
+      if (after > LIMITS.propertiesBytes && after > Buffer.byteLength(JSON.stringify(current))) {
         throw invalid("properties", `would be ${after} bytes of JSON in all, more than the ${LIMITS.propertiesBytes} a device's reported properties may hold`);
       }
     }
