@@ -330,6 +330,8 @@ function decodeJson(payload: unknown): unknown {
   if (typeof payload !== "string" && !(payload instanceof Uint8Array)) return payload;
   const text = decodeText(payload);
   if (text instanceof TethralError) return text;
+  // Nothing at all (an empty MQTT payload, an HTTP report without a body) is said as such.
+  if (text.trim() === "") return invalid("payload", "is empty: a report is JSON");
   try {
     return JSON.parse(text);
   } catch {

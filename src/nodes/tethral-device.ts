@@ -144,8 +144,12 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
       const sender = deviceSender(msg, (field) => _(`tethral-device.errors.${field}`));
       const token = sender.token ?? presentedToken(req?.headers?.authorization, req?.query?.token);
       const protocol = sender.protocol;
-      // A status comes as text (online), a JSON string ("online") or {"status": "online"}.
-      const payload = kind === "status" && typeof msg.payload === "string" ? msg.payload.trim() : msg.payload;
+      // A request without a body is an empty report, refused as an empty MQTT payload is: the
+      // http in node's body parser hands on {} for an empty JSON body (until 2026-12-08 that was
+      // taken as a report of nothing, 204). A status comes as text (online), a JSON string
+      // ("online") or {"status": "online"}.
+      const payload =
+        req !== undefined && msg.payload === req.body && withoutBody(req) ? "" : kind === "status" && typeof msg.payload === "string" ? msg.payload.trim() : msg.payload;
       // The REST API's parsed JSON body, as it came: its size as sent. A payload a flow made (or
       // copied) is weighed as JSON, so every report is counted and held to the payload limit.
       const size = req !== undefined && msg.payload === req.body && typeof req.bodyBytes === "number" ? req.bodyBytes : jsonSize(payload);
@@ -185,6 +189,12 @@ function jsonSize(payload: unknown): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** Whether an `http in` node's request came with no body: no Transfer-Encoding, and no Content-Length or one of 0. */
+function withoutBody(req: HttpRequest): boolean {
+  const headers = req.headers ?? {};
+  return headers["transfer-encoding"] === undefined && !(Number(headers["content-length"] ?? 0) > 0);
 }
 
 /** The request of an `http in` node that a msg came with (`msg.req`), as far as this node reads it. */

@@ -130,6 +130,9 @@ describe("device gateway: decode, authenticate, ingest", () => {
       const before = t.hub.getState("d1");
       const cases: Array<[Partial<DeviceMessage>, string, string]> = [
         [{ payload: Buffer.from("{not json") }, "INVALID", "invalid-json"],
+        // Nothing at all (an empty MQTT payload), or only white space.
+        [{ payload: Buffer.alloc(0) }, "INVALID", "invalid-json"],
+        [{ kind: "state", payload: " \r\n" }, "INVALID", "invalid-json"],
         [{ payload: "[1,2,3]" }, "INVALID", "invalid-payload"],
         [{ payload: '"text"' }, "INVALID", "invalid-payload"],
         [{ payload: '{"__proto__": {"polluted": true}}' }, "INVALID", "invalid-payload"],
@@ -152,6 +155,7 @@ describe("device gateway: decode, authenticate, ingest", () => {
         const r = t.send({ token, ...message });
         assert.equal(r.ok, false, JSON.stringify(message).slice(0, 80));
         if (!r.ok) assert.equal(r.error.code, code, `${JSON.stringify(message).slice(0, 80)}: ${r.error.message}`);
+        if (!r.ok && reason === "invalid-json") assert.match(r.error.message, /is empty|is not valid JSON|UTF-8/, r.error.message);
         assert.equal((t.rejected.at(-1)!.data as { reason: string }).reason, reason, JSON.stringify(message).slice(0, 80));
       }
       assert.equal(t.rejected.length, cases.length);

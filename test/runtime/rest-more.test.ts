@@ -216,6 +216,22 @@ describe("REST API: commands, tokens, events, device reports and filters (flows/
       assert.doesNotMatch(refused.body.error.message, /^data\b/, "the message speaks of the body too");
     }
     ERROR_SHAPE(await post("state", '{"colour": "red"}', [bearer, json]), 400, "INVALID");
+    // A report with no body at all is refused as an empty MQTT payload is, not taken as `{}`
+    // (until 2026-12-08 it was answered 204: body-parser hands on {} for a request without a body).
+    const events = async () => (await get("/events?deviceId=http-dev&type=message.rejected")).body.events.length as number;
+    for (const [kind, headers, says] of [
+      ["telemetry", [bearer], /is empty/],
+      ["telemetry", [bearer, json, "Content-Length: 0"], /is empty/],
+      ["state", [bearer, json], /is empty/],
+      ["status", [bearer], /must be "online" or "offline"/],
+    ] as const) {
+      const refusedBefore = await events();
+      const refused = await post(kind, headers.includes("Content-Length: 0") ? "" : null, [...headers]);
+      ERROR_SHAPE(refused, 400, "INVALID");
+      assert.equal(refused.body.error.details?.[0]?.field, "(body)", `${kind} with no body: ${JSON.stringify(refused.body)}`);
+      assert.match(refused.body.error.message, says, `the message says what is wrong: ${JSON.stringify(refused.body)}`);
+      assert.equal(await events(), refusedBefore + 1, "counted as a refusal, as on every protocol");
+    }
     ERROR_SHAPE(await post("heartbeat", null, []), 401, "UNAUTHORIZED");
     ERROR_SHAPE(await post("state", '{"properties": {}}', ["Authorization: Bearer wrong", json]), 401, "UNAUTHORIZED");
     ERROR_SHAPE(await post("heartbeat", null, [bearer], "nobody"), 404, "NOT_FOUND");
