@@ -357,7 +357,7 @@ export class EmbeddedBroker implements MqttMode {
         // The service account may use other topics freely; a device only its documented ones.
         if (session.deviceId !== null) {
           this.figures.topicsUnknown++;
-          context.reject({ deviceId: session.deviceId, reason: "unknown-topic", message: `no such topic: ${packet.topic.slice(0, 200)}` });
+          context.reject({ deviceId: session.deviceId, kind: "publish", reason: "unknown-topic", message: `no such topic: ${packet.topic.slice(0, 200)}` });
         }
         return;
       }

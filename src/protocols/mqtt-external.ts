@@ -379,7 +379,7 @@ export class ExternalBroker implements MqttMode {
       }
       if (!parsed || parsed.kind === null) {
         this.figures.topicsUnknown++;
-        context.reject({ reason: "unknown-topic", message: `no such topic: ${topic.slice(0, 200)}` });
+        context.reject({ kind: "publish", reason: "unknown-topic", message: `no such topic: ${topic.slice(0, 200)}` });
         return;
       }
       if (payload.length > context.maxPayloadBytes) {

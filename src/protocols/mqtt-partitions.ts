@@ -440,7 +440,7 @@ export class PartitionSessions implements PartitionedIntake {
       if (!parsed || parsed.kind === null) {
         // A device's subtree holds the hub's own topics too (its commands, its twin): not for the hub.
         if (parsed && (parsed.level === COMMANDS_LEVEL || parsed.level === DESIRED_LEVEL)) return true;
-        context.reject({ reason: "unknown-topic", message: `no such topic: ${topic.slice(0, 200)}` });
+        context.reject({ kind: "publish", reason: "unknown-topic", message: `no such topic: ${topic.slice(0, 200)}` });
         return true;
       }
       if (payload.length > context.maxPayloadBytes) {

@@ -178,6 +178,17 @@ describe("MQTT adapter, embedded broker: client ids and sessions", function () {
     assert.equal(adapter.statistics().publishesRefused, 4);
   });
 
+  it("refuses a device's publish on an undocumented topic of its own as unknown-topic, of kind publish, and keeps the connection", async function () {
+    const d = await connect("boiler-1");
+    d.client.publish(d.topic("bogus"), "{}", { qos: 1 });
+    await until(() => ofType("message.rejected", "boiler-1").length === 1, "the refusal published");
+    const refusal = ofType("message.rejected", "boiler-1")[0]!.data as { reason: string; kind?: string; protocol: string };
+    assert.deepEqual([refusal.reason, refusal.kind, refusal.protocol], ["unknown-topic", "publish", "mqtt"]);
+    assert.equal(adapter.statistics().topicsUnknown, 1);
+    assert.equal(d.closed, false, "not cut: the topic is the device's own");
+    await d.end();
+  });
+
   it("cuts a device that publishes on its commands topic (the hub's), and hands the fake command to nobody", async function () {
     const listener = await connect("boiler-1", { clientId: "listener" });
     await listener.subscribe(listener.topic("commands"));
