@@ -66,6 +66,8 @@ export class EmbeddedBroker implements MqttMode {
   private readonly service: ServiceAccount | null;
   /** While the intake is busy, the connections that publish are not read (see intake-hold). */
   private readonly hold = new PublisherHold();
+  /** The payloads of messages the hub refused, until their copies have gone nowhere (see takeIn). */
+  private readonly refusedPayloads = new WeakSet<Buffer>();
 
   constructor(private readonly options: EmbeddedBrokerOptions) {
     this.service = ServiceAccount.from(options.serviceUsername, options.servicePassword);
@@ -89,8 +91,11 @@ export class EmbeddedBroker implements MqttMode {
       authenticate: (client, username, password, done) => done(...this.authenticate(client, username, password)),
       authorizePublish: (client, packet, done) => done(this.authorizePublish(client, packet)),
       authorizeSubscribe: (client, sub, done) => done(null, this.authorizeSubscribe(client, sub)),
+      // What the hub refused reaches no subscriber (see takeIn). A forwarded copy keeps the payload.
+      authorizeForward: (_client, packet) => (this.refusedPayloads.has(packet.payload as Buffer) ? null : packet),
       published: (packet, client, done) => {
-        this.ingest(packet, client);
+        // QoS 2 is taken in once aedes knows it is no resent copy (see takeIn).
+        if (packet.qos === 2) this.ingest(packet, client);
         done(null);
       },
     });
@@ -295,7 +300,10 @@ export class EmbeddedBroker implements MqttMode {
     const session = this.sessions.get(client);
     if (packet.topic.startsWith("$")) return this.refusePublish(session?.deviceId ?? null, `topics starting with $ are reserved: ${packet.topic.slice(0, 200)}`);
     if (!session) return new Error("not authenticated");
-    if (session.deviceId === null) return null;
+    if (session.deviceId === null) {
+      this.takeIn(packet, client);
+      return null;
+    }
     const topics = this.options.topics;
     if (!topics.isOwn(packet.topic, session.deviceId)) return this.refusePublish(session.deviceId, `device "${session.deviceId}" may not publish to ${packet.topic.slice(0, 200)}`);
     // The twin is what the hub says is desired: a device reports its state instead.
@@ -314,7 +322,27 @@ export class EmbeddedBroker implements MqttMode {
     const context = this.context;
     const bytes = typeof packet.payload === "string" ? Buffer.byteLength(packet.payload) : packet.payload.length;
     if (context && bytes > context.maxPayloadBytes) return this.refusePublish(session.deviceId, `payload of ${bytes} bytes exceeds ${context.maxPayloadBytes}`);
+    this.takeIn(packet, client);
     return null;
+  }
+
+  /**
+   * A publish the broker lets through is taken in here, as it is authorised: before the broker
+   * acknowledges it (PUBACK), retains it or hands it to subscribers, and in the order the device
+   * sent it (aedes handles every packet of one read at once, and the packets that wait for a
+   * PUBACK's write or a retained copy's store would overtake each other). A message the hub
+   * refuses (not JSON, a bad shape, a token no longer valid) is then neither retained nor handed
+   * on: until 2026-12-08 a refused retained report was kept and given to every later subscriber,
+   * the device itself at its next boot among them. The connection stays, as before. QoS 2 is
+   * taken in after, once: aedes knows only then whether a packet is a copy sent again (after a
+   * reconnection too) of one it has; a refused QoS 2 message still reaches live subscribers.
+   */
+  private takeIn(packet: PublishPacket, client: Client): void {
+    if (packet.qos === 2) return;
+    if (this.ingest(packet as AedesPublishPacket, client) === false && Buffer.isBuffer(packet.payload)) {
+      packet.retain = false;
+      this.refusedPayloads.add(packet.payload);
+    }
   }
 
   private refusePublish(deviceId: string | null, message: string): Error {
@@ -344,24 +372,24 @@ export class EmbeddedBroker implements MqttMode {
     return sub;
   }
 
-  private ingest(packet: AedesPublishPacket, client: Client | null): void {
+  /** Hands a publish to the hub; false when the hub refused it, true when taken, null when not the hub's. */
+  private ingest(packet: AedesPublishPacket, client: Client | null): boolean | null {
     const context = this.context;
     const session = client ? this.sessions.get(client) : undefined;
-    if (!context || !session) return; // the hub's own commands and the broker's $SYS traffic
+    if (!context || !session) return null; // the hub's own commands and the broker's $SYS traffic
     // Closing the broker closes every client and so publishes every will: the devices did not
     // go offline, the hub went away. Their next connection, to the next broker, says so.
-    if (this.stopping) return;
+    if (this.stopping) return null;
     try {
       const parsed = this.options.topics.parse(packet.topic);
       if (!parsed || parsed.kind === null) {
         // The service account may use other topics freely; a device only its documented ones.
-        if (session.deviceId !== null) {
-          this.figures.topicsUnknown++;
-          context.reject({ deviceId: session.deviceId, kind: "publish", reason: "unknown-topic", message: `no such topic: ${packet.topic.slice(0, 200)}` });
-        }
-        return;
+        if (session.deviceId === null) return null;
+        this.figures.topicsUnknown++;
+        context.reject({ deviceId: session.deviceId, kind: "publish", reason: "unknown-topic", message: `no such topic: ${packet.topic.slice(0, 200)}` });
+        return false;
       }
-      context.receive({
+      const taken = context.receive({
         protocol: "mqtt",
         deviceId: parsed.deviceId,
         kind: parsed.kind,
@@ -374,9 +402,11 @@ export class EmbeddedBroker implements MqttMode {
       });
       // Read already, so taken; the connection's next bytes wait while the intake is busy.
       this.hold.published(client!);
+      return taken.ok;
     } catch (err) {
       context.counters.errors++;
       context.warn(`message on ${packet.topic} not handled: ${errorMessage(err)}`);
+      return null;
     }
   }
 

@@ -4,6 +4,7 @@ import { type Socket, connect as connectSocket } from "node:net";
 import { Hub } from "../../src/core/hub";
 import type { TethralEvent } from "../../src/core/types";
 import { MqttAdapter } from "../../src/protocols/mqtt";
+import mqttPacket from "mqtt-packet";
 import { MqttDevice, rawPacket, until } from "./mqtt-device";
 
 const CONNACK_SERVER_UNAVAILABLE = 3;
@@ -187,6 +188,43 @@ describe("MQTT adapter, embedded broker: client ids and sessions", function () {
     assert.equal(adapter.statistics().topicsUnknown, 1);
     assert.equal(d.closed, false, "not cut: the topic is the device's own");
     await d.end();
+  });
+
+  it("keeps no retained copy of a report the hub refused and hands it to no subscriber; a report it took is retained and handed on", async function () {
+    const watcher = await connect("boiler-1", { clientId: "watcher" });
+    await watcher.subscribe(watcher.topic("state"));
+    const sender = await connect("boiler-1", { clientId: "sender" });
+    const good = JSON.stringify({ properties: { valve: "open" } });
+    await sender.publish("state", good, { qos: 1, retain: true });
+    await until(() => hub.getState("boiler-1").properties.valve === "open", "the good report taken");
+    // Refused, retained: not JSON; a shape the hub refuses; QoS 0 and 1.
+    await sender.publish("state", "{broken", { qos: 1, retain: true });
+    await sender.publish("state", JSON.stringify({ status: "exploded" }), { qos: 0, retain: true });
+    await until(() => mqtt().rejected === 2, "both refused");
+    await pause(100);
+    assert.deepEqual(watcher.messages.map((m) => m.payload), [good], "the live subscriber got the taken report only");
+    assert.equal(sender.closed, false, "the connection stays");
+    // A later subscriber (the device itself at its next boot, say) gets the report the hub took.
+    const late = await connect("boiler-1", { clientId: "late" });
+    await late.subscribe(late.topic("state"));
+    await until(() => late.messages.length > 0, "the retained copy");
+    await pause(100);
+    assert.deepEqual(late.messages.map((m) => [m.payload, m.retain]), [[good, true]]);
+  });
+
+  it("takes a device's reports in the order it sent them, retained or not, however many come in one read", async function () {
+    const socket = await rawConnect("boiler-1");
+    const topic = "tethral/devices/boiler-1/state";
+    const report = (v: number, retain: boolean, messageId: number, qos: 0 | 1 = 0) =>
+      mqttPacket.generate({ cmd: "publish", topic, payload: JSON.stringify({ properties: { v } }), qos, messageId: qos === 0 ? undefined : messageId, retain, dup: false });
+    // One write, QoS 0 and 1, retained or not: aedes stores a retained report, and writes a QoS 1
+    // one's PUBACK, before handing it on, so until 2026-12-08 reports of one read overtook each
+    // other (here the last taken was 5).
+    socket.write(Buffer.concat([report(1, true, 1), report(2, false, 2), report(3, true, 3, 1), report(4, false, 4), report(5, false, 5, 1), report(6, true, 6)]));
+    const taken = async () => (await hub.stateHistory("boiler-1", 20)).map((h) => h.to.properties?.v).filter((v) => v !== undefined);
+    await until(async () => (await taken()).length === 6, "six reports taken");
+    assert.equal(hub.getState("boiler-1").properties.v, 6, "the last sent is the last taken");
+    assert.deepEqual(await taken(), [1, 2, 3, 4, 5, 6], "history, in the order sent");
   });
 
   it("cuts a device that publishes on its commands topic (the hub's), and hands the fake command to nobody", async function () {
