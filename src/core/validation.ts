@@ -239,26 +239,69 @@ export type StateSetInput = z.infer<typeof stateSetSchema>;
  * names the first field so a log line alone says what to fix.
  */
 export function parseInput<S extends z.ZodType>(schema: S, input: unknown, what: string): z.infer<S> {
-  const result = schema.safeParse(input);
+  const result = schema.safeParse(input, PARSE_PARAMS);
   if (result.success) return result.data;
-  const details = result.error.issues.map(issueToDetail);
+  const details = result.error.issues.map((issue) => issueToDetail(issue));
   const first = details[0] ?? { field: what, message: "is invalid" };
   throw new TethralError("INVALID", `invalid ${what}: ${first.field} ${first.message}`, details);
 }
 
-function issueToDetail(issue: z.core.$ZodIssue): ErrorDetail {
+/** A field's error as the API says it; `whole` names the input itself (a path of none). */
+export function issueToDetail(issue: z.core.$ZodIssue, whole = "(body)"): ErrorDetail {
   const path = issue.path.map(String).join(".");
   if (issue.code === "unrecognized_keys") {
     const keys = issue.keys.join(", ");
     return { field: path ? `${path}.${keys}` : keys, message: "is not a known or writable field" };
   }
   if (issue.code === "invalid_type" && path === "") {
-    return { field: "(body)", message: "must be a JSON object" };
+    return { field: whole, message: "must be a JSON object" };
   }
-  if (issue.code === "invalid_type" && issue.message.endsWith("received undefined")) {
-    return { field: path, message: "is required" };
+  return { field: path || whole, message: issue.message };
+}
+
+/**
+ * The words of a field's error where its schema gives none: zod's own ("Invalid input: expected
+ * string, received number", "Too small: expected number to be >0") said as the rest of the API
+ * says it ("must be text", "must be more than 0"). Given to each parse, not set in zod's global
+ * configuration, which other packages in the same Node-RED may share.
+ */
+export const PARSE_PARAMS: z.core.ParseContext<z.core.$ZodIssue> = { error: spoken };
+
+function spoken(issue: z.core.$ZodRawIssue): string | undefined {
+  switch (issue.code) {
+    case "invalid_type":
+      if (issue.input === undefined) return "is required";
+      return `must be ${TYPE_WORDS[issue.expected] ?? issue.expected}`;
+    case "too_small":
+    case "too_big":
+      return bound(issue.code === "too_small", issue.origin, Number((issue.code === "too_small" ? issue.minimum : issue.maximum) as number | bigint), issue.inclusive !== false);
+    case "invalid_value":
+      return issue.values.length === 1 ? `must be ${JSON.stringify(issue.values[0])}` : `must be one of ${issue.values.map((v) => JSON.stringify(v)).join(", ")}`;
+    case "not_multiple_of":
+      return `must be a multiple of ${String(issue.divisor)}`;
+    default:
+      return undefined;
   }
-  return { field: path || "(body)", message: issue.message };
+}
+
+const TYPE_WORDS: Record<string, string> = {
+  string: "text",
+  number: "a number",
+  int: "a whole number",
+  bigint: "a whole number",
+  boolean: "true or false",
+  array: "a list",
+  object: "a JSON object",
+  record: "a JSON object",
+  null: "null",
+};
+
+/** "must be at least 1", "must be at most 128 characters", "must have at least 1 item". */
+function bound(low: boolean, origin: string, limit: number, inclusive: boolean): string {
+  if (origin === "string") return low && limit === 1 ? "must not be empty" : `must be ${low ? "at least" : "at most"} ${limit} characters`;
+  if (origin === "array" || origin === "set") return `must have ${low ? "at least" : "at most"} ${limit} item${limit === 1 ? "" : "s"}`;
+  if (inclusive) return `must be ${low ? "at least" : "at most"} ${limit}`;
+  return `must be ${low ? "more" : "less"} than ${limit}`;
 }
 
 /**

@@ -4,6 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ManualClock } from "../../src/core/clock";
 import { Hub, type HubOptions } from "../../src/core/hub";
+import type { TethralError } from "../../src/core/errors";
 import type { Command, TethralEvent } from "../../src/core/types";
 import { SqliteStore } from "../../src/store/sqlite";
 import { assertNoPollution, assertRejectsCode } from "../helpers";
@@ -38,6 +39,13 @@ describe("CommandTracker (through a Hub and an in-process adapter)", () => {
       await assertRejectsCode(() => t.hub.sendCommand("d1", { command: "x", retries: 11 }), "INVALID", "retries");
       await assertRejectsCode(() => t.hub.sendCommand("d1", { command: "x", expiresAt: "2001-01-01T00:00:00Z" }), "INVALID", "expiresAt");
       await assertRejectsCode(() => t.hub.sendCommand("d1", { command: "x", colour: "red" }), "INVALID");
+      // In the API's words, not zod's.
+      const said = async (input: unknown) => (await t.hub.sendCommand("d1", input).then(() => "taken", (err: TethralError) => err.message)) as string;
+      assert.equal(await said({}), "command: is required");
+      assert.equal(await said({ command: "x", retries: 1.5 }), "retries: must be a whole number");
+      assert.equal(await said({ command: "x", priority: "urgent" }), 'priority: must be one of "low", "normal", "high", "critical"');
+      assert.equal(await said({ command: "x", wait: "yes" }), "wait: must be true or false");
+      assert.equal(await said({ command: "x", colour: "red" }), "colour: is not a known or writable field");
       assertNoPollution();
       assert.deepEqual(t.events, []);
       assert.deepEqual(t.adapter.frames, []);

@@ -682,6 +682,28 @@ describe("DeviceRegistry", () => {
       });
     }
 
+    it("says each refusal in the API's words, not zod's (\"must be text\", not \"Invalid input: expected string, received number\")", async () => {
+      const t = setup();
+      t.registry.register({ id: "other", protocol: "coap" });
+      const said = (f: () => unknown): string => {
+        try {
+          f();
+        } catch (err) {
+          return ((err as TethralError).details ?? []).map((d) => `${d.field} ${d.message}`).join("; ");
+        }
+        return "taken";
+      };
+      assert.equal(said(() => t.registry.register({ id: 5, protocol: "mqtt" })), "id must be text");
+      assert.equal(said(() => t.registry.register({ id: "d", protocol: "mqtt", tags: "x" })), "tags must be a list");
+      assert.equal(said(() => t.registry.register({ id: "d", protocol: "mqtt", tags: [1] })), "tags.0 must be text");
+      assert.equal(said(() => t.registry.register({ id: "d", protocol: "mqtt", heartbeatTimeout: "60" })), "heartbeatTimeout must be a number");
+      assert.equal(said(() => t.registry.register({ id: "d", protocol: "mqtt", heartbeatTimeout: -1 })), "heartbeatTimeout must be more than 0");
+      assert.equal(said(() => t.registry.register({ id: "d" })), "protocol is required");
+      assert.equal(said(() => t.registry.list({ sort: "colour" } as unknown as DeviceFilter)), 'sort must be one of "registered", "id", "name", "createdAt", "updatedAt", "lastSeen", "status", "protocol", "manufacturer"');
+      assert.equal(said(() => t.registry.list({ q: 5 } as unknown as DeviceFilter)), "q must be text");
+      assert.equal(t.registry.has("d"), false);
+    });
+
     it("refuses a body that is not an object", async () => {
       const t = setup();
       for (const body of [null, "dev-1", 42, [base]]) assertRefused(t, () => t.registry.register(body), "(body)");
