@@ -265,14 +265,17 @@ export function resourceOf(options: RawPacket["options"]): Resource | null {
 function pathOf(options: RawPacket["options"]): { path: string[]; token: string | undefined } {
   const path: string[] = [];
   let token: string | undefined;
+  let tokens = 0;
   for (const option of options ?? []) {
     if (option.name === "Uri-Path") path.push(option.value.toString("utf8"));
-    else if (option.name === "Uri-Query" && token === undefined) {
+    else if (option.name === "Uri-Query") {
       const q = option.value.toString("utf8");
-      if (q.startsWith("token=")) token = decodeQuery(q.slice(6));
+      if (q.startsWith("token=") && ++tokens === 1) token = decodeQuery(q.slice(6));
     }
   }
-  return { path, token };
+  // Two tokens name no one token: none is taken (4.01), as HTTP's ?token=a&token=b is refused.
+  // Until 2026-12-08 the first was taken.
+  return { path, token: tokens > 1 ? undefined : token };
 }
 
 /** Options carry text as is, but a client built on a URL may have percent-encoded it. */

@@ -54,6 +54,15 @@ describe("CoapAdapter", () => {
       assert.deepEqual(rejected.map((e) => (e.data as { protocol: string }).protocol), ["coap", "coap", "coap"]);
     });
 
+    it("refuses a request naming two tokens with 4.01, whichever comes first, as HTTP refuses ?token=a&token=b", async () => {
+      for (const query of [`token=${t.token}&token=bogus`, `token=bogus&token=${t.token}`, `token=${t.token}&token=${t.token}`]) {
+        const answer = await t.device.request(`/devices/${ID}/telemetry`, '{"temperature": 99}', { query });
+        assert.equal(answer.code, "4.01", query.replace(t.token!, "TOKEN"));
+      }
+      assert.deepEqual(t.hub.getState(ID).properties, {}, "nothing taken");
+      assert.equal(t.coap().rejected, 3);
+    });
+
     it("refuses payloads that are not a JSON object with 4.00 and stays unaffected", async () => {
       const before = t.hub.getState(ID).version;
       // Then bytes that are no UTF-8, and a key that names no property.
