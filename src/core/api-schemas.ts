@@ -228,7 +228,7 @@ export const telemetryAnswerSchema = z
     interval: z.string().nullable().describe("the buckets' length, e.g. 15m; null for raw points"),
     agg: z.enum(AGGREGATES).nullable().describe("how each bucket is aggregated; null for raw points"),
     series: z
-      .record(z.string(), z.array(z.object({ ts: time.describe("the point's time, or its bucket's start"), value: z.union([z.number(), z.boolean(), z.string()]) })))
+      .record(z.string(), z.array(z.object({ ts: time.describe("the point's time, or its bucket's start"), value: z.union([z.number(), z.boolean(), z.string(), z.null()]).describe("a number, true or false, or text; null where a bucket's sum, or the average made of it, passes the largest double (about 1.8e308)") })))
       .describe("each key's points, oldest first; an unknown key answers an empty list"),
   })
   .describe("A device's telemetry time series");

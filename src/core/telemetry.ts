@@ -15,7 +15,8 @@ export interface TelemetryAnswer {
   to: string;
   interval: string | null;
   agg: string | null;
-  series: Record<string, Array<{ ts: string; value: PointValue }>>;
+  /** A value is null where a bucket's sum, or the average made of it, passed the largest double. */
+  series: Record<string, Array<{ ts: string; value: PointValue | null }>>;
 }
 
 /** Strings longer than this are not series (they still merge into the state). */

@@ -2,8 +2,9 @@ import type pg from "pg";
 import { type Aggregate, AGGREGATES, type BucketQuery, type PointQuery, type Resolution, type RetentionPolicy, type SeriesPoint } from "../core/ports/store";
 import type { PointBatch } from "../core/point-batch";
 import { copyLines, copyValue, UNIQUE_VIOLATION } from "./postgres-copy";
+import { sqlState } from "./postgres-connection";
 import { text } from "./postgres-sql";
-import { bucketRange, checkPointOf, deviceSeriesSql, MERGE_ROLLUP, pointText, ROLLUP_ROW_WIDTH, seriesPoint, ROLLUP_TABLES, RollupBuilders, ROLLUP_COLS } from "./series";
+import { bucketRange, checkPointOf, deviceSeriesSql, mergeRollup, pointText, ROLLUP_ROW_WIDTH, seriesPoint, ROLLUP_TABLES, RollupBuilders, ROLLUP_COLS } from "./series";
 
 /** Anything that runs a query: the pool, or a client inside a transaction. */
 export interface Queryable {
@@ -25,12 +26,34 @@ const ONE_STATEMENT_POINTS = 2_000;
 const KEY_TRIES = 20;
 
 /**
+ * Sums past the largest double. PostgreSQL's float8 arithmetic refuses a result out of range
+ * ("value out of range: overflow", SQLSTATE 22003) where SQLite's gives Infinity: until
+ * 2026-12-08 a batch whose roll-up sum overflowed was refused, and its points, acknowledged, were
+ * set aside. Now such a sum is kept as ±Infinity, which reads back as null, as SQLite's does
+ * (`pointValue`). Adding two stored sums is checked first (OVERFLOW_SAFE_ADD: a few comparisons
+ * per roll-up row); a sum over many values is made in numeric (SAFE_SUM), which costs a
+ * conversion per value, so only where it may be needed: a statement's points whose magnitudes
+ * add up past 1e308 (see `insertOnce`), or a query refused with 22003, asked again (see `buckets`).
+ */
+const OUT_OF_RANGE = "22003";
+/** The largest double as an exact decimal, a hair under it (1.7976931348623157081...e308). */
+const DOUBLE_MAX = "1.7976931348623157e308";
+const OVERFLOW_SAFE_ADD = `CASE WHEN (r.sum_v > 0) = (excluded.sum_v > 0) AND abs(r.sum_v) > '${DOUBLE_MAX}'::float8 - abs(excluded.sum_v)
+      THEN CASE WHEN r.sum_v > 0 THEN 'Infinity'::float8 ELSE '-Infinity'::float8 END ELSE r.sum_v + excluded.sum_v END`;
+const MERGE_ROLLUP = mergeRollup(OVERFLOW_SAFE_ADD);
+/** `sum(col)` that gives ±Infinity past the largest double instead of failing. */
+const SAFE_SUM = (col: string) => `CASE WHEN abs(sum(${col}::numeric)) > '${DOUBLE_MAX}'::numeric
+      THEN CASE WHEN sum(${col}::numeric) > 0 THEN 'Infinity'::float8 ELSE '-Infinity'::float8 END ELSE sum(${col}::numeric)::float8 END`;
+/** Magnitudes a statement's points may add up to before its sums are made with SAFE_SUM. */
+const PLAIN_SUM_LIMIT = 1e308;
+
+/**
  * A resolution's roll-up rows from the inserted points: grouped by hash (no sort), the first and
  * last values fetched by their times from the inserted rows ((series, ts) is unique there).
  * Measured against ordered array_agg, which sorts each group: 2x.
  */
-const rollupInsert = (resolution: "1m" | "1h", ms: number) => `g${resolution} AS (
-    SELECT series_id, ts - ts % ${ms} AS bucket, count(*) AS n, count(num) AS nn, sum(num) AS s, min(num) AS lo,
+const rollupInsert = (resolution: "1m" | "1h", ms: number, sum: string) => `g${resolution} AS (
+    SELECT series_id, ts - ts % ${ms} AS bucket, count(*) AS n, count(num) AS nn, ${sum} AS s, min(num) AS lo,
       max(num) AS hi, min(ts) AS f, max(ts) AS l
     FROM ins GROUP BY 1, 2
   ), r${resolution} AS (
@@ -46,11 +69,14 @@ const rollupInsert = (resolution: "1m" | "1h", ms: number) => `g${resolution} AS
  * (RETURNING of ON CONFLICT DO NOTHING) without a round trip: each resolution's roll-up gets one
  * row per series and bucket of the chunk, merged into the stored one.
  */
-const INSERT_POINTS = `WITH ins AS (
+const insertPointsSql = (sum: string) => `WITH ins AS (
     INSERT INTO ts_points (series_id, ts, num, val) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::float8[], $4::text[])
     ON CONFLICT DO NOTHING RETURNING series_id, ts, num, val
-  ), ${rollupInsert("1m", 60_000)}, ${rollupInsert("1h", 3_600_000)}
+  ), ${rollupInsert("1m", 60_000, sum)}, ${rollupInsert("1h", 3_600_000, sum)}
   SELECT count(*) AS n FROM ins`;
+const INSERT_POINTS = insertPointsSql("sum(num)");
+/** INSERT_POINTS for points whose sums may pass the largest double. */
+const INSERT_POINTS_SAFE = insertPointsSql(SAFE_SUM("num"));
 
 const INSERT_PLAIN = `INSERT INTO ts_points (series_id, ts, num, val) SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::float8[], $4::text[])`;
 
@@ -113,37 +139,39 @@ function seriesRace(): Error {
   return Object.assign(new Error("a telemetry series was created by another transaction meanwhile"), { code: "40001" });
 }
 
-const AGG_RAW: Record<Aggregate, string> = {
-  avg: "sum(num) / count(num) AS num, NULL AS val",
-  sum: "sum(num) AS num, NULL AS val",
+const aggRaw = (sum: string): Record<Aggregate, string> => ({
+  avg: `${sum} / count(num) AS num, NULL AS val`,
+  sum: `${sum} AS num, NULL AS val`,
   min: "min(num) AS num, NULL AS val",
   max: "max(num) AS num, NULL AS val",
   count: "count(*) AS num, NULL AS val",
   first: "(array_agg(num ORDER BY ts))[1] AS num, (array_agg(val ORDER BY ts))[1] AS val",
   last: "(array_agg(num ORDER BY ts DESC))[1] AS num, (array_agg(val ORDER BY ts DESC))[1] AS val",
-};
-const AGG_ROLLUP: Record<Aggregate, string> = {
-  avg: "sum(sum_v) / sum(nn)::float8 AS num, NULL AS val",
-  sum: "sum(sum_v) AS num, NULL AS val",
+});
+const aggRollup = (sum: string): Record<Aggregate, string> => ({
+  avg: `${sum} / sum(nn)::float8 AS num, NULL AS val`,
+  sum: `${sum} AS num, NULL AS val`,
   min: "min(min_v) AS num, NULL AS val",
   max: "max(max_v) AS num, NULL AS val",
   count: "sum(n) AS num, NULL AS val",
   first: "(array_agg(first_num ORDER BY first_ts))[1] AS num, (array_agg(first_val ORDER BY first_ts))[1] AS val",
   last: "(array_agg(last_num ORDER BY last_ts DESC))[1] AS num, (array_agg(last_val ORDER BY last_ts DESC))[1] AS val",
-};
+});
+/** Each source's aggregates: plain, and with sums that cannot fail (asked again after a 22003). */
+const AGGS = { plain: { raw: aggRaw("sum(num)"), rollup: aggRollup("sum(sum_v)") }, safe: { raw: aggRaw(SAFE_SUM("num")), rollup: aggRollup(SAFE_SUM("sum_v")) } };
 const NUMERIC: ReadonlySet<Aggregate> = new Set(["avg", "sum", "min", "max"]);
 
 /**
  * A bucket query's statement: `$1` device, `$2` key id, `$3` bucket width (ms), `$4`–`$5` the
  * range of bucket starts (end excluded), `$6` the limit.
  */
-export function bucketsSql(source: Resolution, agg: Aggregate): string {
+export function bucketsSql(source: Resolution, agg: Aggregate, sums: keyof typeof AGGS = "plain"): string {
   const raw = source === "raw";
   const col = raw ? "ts" : "bucket";
   const table = raw ? "ts_points" : ROLLUP_TABLES[source as "1m" | "1h"];
   const having = NUMERIC.has(agg) ? (raw ? " HAVING count(num) > 0" : " HAVING sum(nn) > 0") : "";
   return (
-    `SELECT ${col} - ${col} % $3::bigint AS b, ${(raw ? AGG_RAW : AGG_ROLLUP)[agg]} FROM ${table} ` +
+    `SELECT ${col} - ${col} % $3::bigint AS b, ${AGGS[sums][raw ? "raw" : "rollup"][agg]} FROM ${table} ` +
     `WHERE series_id = ${SERIES_ID} AND ${col} >= $4 AND ${col} < $5 GROUP BY 1${having} ORDER BY 1 LIMIT $6`
   );
 }
@@ -165,9 +193,11 @@ const asJsonRows = (sql: string, time: string) =>
   `SELECT coalesce(json_agg(json_build_array(r.${time}, r.num, r.val) ORDER BY r.${time}), '[]')::text AS rows FROM (${sql}) r`;
 
 const POINTS_SQL = asJsonRows(`SELECT ts, num, val FROM ts_points WHERE series_id = ${SERIES_ID} AND ts >= $3 AND ts <= $4 ORDER BY ts LIMIT $5`, "ts");
-const BUCKETS_JSON = Object.fromEntries(
-  (["raw", "1m", "1h"] as const).map((source) => [source, Object.fromEntries(AGGREGATES.map((agg) => [agg, asJsonRows(bucketsSql(source, agg), "b")]))]),
-) as Record<Resolution, Record<Aggregate, string>>;
+const bucketsJson = (sums: keyof typeof AGGS) =>
+  Object.fromEntries(
+    (["raw", "1m", "1h"] as const).map((source) => [source, Object.fromEntries(AGGREGATES.map((agg) => [agg, asJsonRows(bucketsSql(source, agg, sums), "b")]))]),
+  ) as Record<Resolution, Record<Aggregate, string>>;
+const BUCKETS_JSON = { plain: bucketsJson("plain"), safe: bucketsJson("safe") };
 
 type JsonRow = [time: number, num: number | string | null, val: string | null];
 
@@ -346,7 +376,11 @@ export class PostgresSeries {
   /** Points (skipping any already there) and both roll-ups, one statement per chunk. */
   private async insertOnce(c: pg.ClientBase, order: readonly number[], series: Float64Array, cols: PointColumns): Promise<void> {
     for (let o = 0; o < order.length; o += POINT_CHUNK) {
-      await c.query({ text: INSERT_POINTS, values: pointParams(order.slice(o, o + POINT_CHUNK), series, cols) });
+      const part = order.slice(o, o + POINT_CHUNK);
+      // No sum of the statement's points can pass the largest double when all their magnitudes together stay under it.
+      let magnitudes = 0;
+      for (const i of part) magnitudes += Math.abs(cols.num[i] ?? 0);
+      await c.query({ text: magnitudes < PLAIN_SUM_LIMIT ? INSERT_POINTS : INSERT_POINTS_SAFE, values: pointParams(part, series, cols) });
     }
   }
 
@@ -361,7 +395,14 @@ export class PostgresSeries {
     const { start, end, interval } = bucketRange(q);
     const keyId = await this.knownKey(db, q.key);
     if (keyId === undefined || !(q.limit > 0)) return [];
-    const rows = await jsonRows(db, BUCKETS_JSON[q.source][q.agg], [q.deviceId, keyId, interval, start, end, Math.floor(q.limit)]);
+    const values = [q.deviceId, keyId, interval, start, end, Math.floor(q.limit)];
+    const rows = await jsonRows(db, BUCKETS_JSON.plain[q.source][q.agg], values).catch((err: unknown) => {
+      // A sum past the largest double: asked again with sums that give ±Infinity (null) instead.
+      // The store's query wraps the driver's error, the original as its cause.
+      const cause = (err as { cause?: unknown } | null)?.cause ?? err;
+      if (sqlState(cause) !== OUT_OF_RANGE) throw err;
+      return jsonRows(db, BUCKETS_JSON.safe[q.source][q.agg], values);
+    });
     return rows.map((r) => seriesPoint(r[0], r[1], r[2]));
   }
 

@@ -44,10 +44,17 @@ export function deviceSeriesSql(p: string): { keys: string; deletes: string[] } 
  * a side without numbers has NULL sum/min/max and must not erase the other's. Two points of a
  * series never share a time, so first/last ties cannot happen.
  */
-export const MERGE_ROLLUP = `ON CONFLICT (series_id, bucket) DO UPDATE SET
+export const MERGE_ROLLUP = mergeRollup("r.sum_v + excluded.sum_v");
+
+/**
+ * A roll-up row merged into the stored one; `sum` adds the two sums (SQLite's REAL arithmetic
+ * gives Infinity past the largest double, PostgreSQL's refuses: see postgres-series.ts).
+ */
+export function mergeRollup(sum: string): string {
+  return `ON CONFLICT (series_id, bucket) DO UPDATE SET
     n = r.n + excluded.n,
     nn = r.nn + excluded.nn,
-    sum_v = CASE WHEN excluded.sum_v IS NULL THEN r.sum_v WHEN r.sum_v IS NULL THEN excluded.sum_v ELSE r.sum_v + excluded.sum_v END,
+    sum_v = CASE WHEN excluded.sum_v IS NULL THEN r.sum_v WHEN r.sum_v IS NULL THEN excluded.sum_v ELSE ${sum} END,
     min_v = CASE WHEN r.min_v IS NULL OR excluded.min_v < r.min_v THEN excluded.min_v ELSE r.min_v END,
     max_v = CASE WHEN r.max_v IS NULL OR excluded.max_v > r.max_v THEN excluded.max_v ELSE r.max_v END,
     first_ts = CASE WHEN excluded.first_ts < r.first_ts THEN excluded.first_ts ELSE r.first_ts END,
@@ -56,6 +63,7 @@ export const MERGE_ROLLUP = `ON CONFLICT (series_id, bucket) DO UPDATE SET
     last_ts = CASE WHEN excluded.last_ts > r.last_ts THEN excluded.last_ts ELSE r.last_ts END,
     last_num = CASE WHEN excluded.last_ts > r.last_ts THEN excluded.last_num ELSE r.last_num END,
     last_val = CASE WHEN excluded.last_ts > r.last_ts THEN excluded.last_val ELSE r.last_val END`;
+}
 
 /**
  * A point checked and split into its columns: key, ts, num (a number, else null), val (JSON
@@ -96,9 +104,12 @@ export function pointText(v: PointRow["value"]): string {
 }
 
 /** A stored value again: the number, or the boolean or string its JSON text holds. */
-export function pointValue(num: unknown, val: unknown): PointValue {
-  if (val === null || val === undefined) return typeof num === "number" ? num : Number(num);
-  return JSON.parse(val as string) as PointValue;
+export function pointValue(num: unknown, val: unknown): PointValue | null {
+  if (val !== null && val !== undefined) return JSON.parse(val as string) as PointValue;
+  // A sum past the largest double (stored points are finite): SQLite reads it as Infinity,
+  // PostgreSQL's JSON as "Infinity" (see postgres-series.ts), and JSON has no such number.
+  const n = typeof num === "number" ? num : Number(num);
+  return Number.isFinite(n) ? n : null;
 }
 
 /** Numbers and texts in a roll-up row as `RollupBuilder.take` gives it: the series, then the columns from `bucket` on. */

@@ -98,7 +98,8 @@ export interface BucketQuery extends PointQuery {
 /** A raw point's or a bucket's time (its start) and value. */
 export interface SeriesPoint {
   ts: number;
-  value: PointValue;
+  /** Null: a bucket's sum, or the average made of it, beyond the largest double (about 1.8e308). */
+  value: PointValue | null;
 }
 
 /** One transaction's worth of write-behind work. */
