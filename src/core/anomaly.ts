@@ -1,7 +1,7 @@
 import type { Clock, TimerHandle } from "./clock";
 import type { EventBus } from "./events";
 import { cloneJson, jsonEqual } from "./json";
-import type { StateObserver } from "./state";
+import type { ChangeCause, StateObserver } from "./state";
 import type { AnomalyData, AnomalyKind, DeviceStatus, JsonObject, JsonValue, Priority } from "./types";
 
 export interface FlappingOptions {
@@ -103,7 +103,7 @@ export class AnomalyDetector implements StateObserver {
     private readonly options: AnomalyOptions = DEFAULT_ANOMALY_OPTIONS,
   ) {}
 
-  onStatus(deviceId: string, from: DeviceStatus, to: DeviceStatus, now: number, retained = false): void {
+  onStatus(deviceId: string, from: DeviceStatus, to: DeviceStatus, now: number, retained = false, cause?: ChangeCause): void {
     const f = this.options.flapping;
     if (!f.enabled) return;
     // A retained message is replayed at every resubscribe of the hub, so its transition happened
@@ -123,17 +123,22 @@ export class AnomalyDetector implements StateObserver {
     if (!d.flapping && d.transitions.length >= f.threshold) {
       d.flapping = true;
       this.activeFlapping++;
-      this.emit(deviceId, "high", {
-        kind: "flapping",
-        active: true,
-        transitions: d.transitions.length,
-        windowSec: f.windowSec,
-      });
+      this.emit(
+        deviceId,
+        "high",
+        {
+          kind: "flapping",
+          active: true,
+          transitions: d.transitions.length,
+          windowSec: f.windowSec,
+        },
+        cause,
+      );
       this.scheduleClearCheck(deviceId, d);
     }
   }
 
-  onReport(deviceId: string, properties: JsonObject, now: number): void {
+  onReport(deviceId: string, properties: JsonObject, now: number, cause?: ChangeCause): void {
     const { stuck, outlier, maxPropertiesPerDevice } = this.options;
     if (!stuck.enabled && !outlier.enabled) return;
     let d: DeviceTrack | undefined;
@@ -167,8 +172,8 @@ export class AnomalyDetector implements StateObserver {
         }
       }
       hint = p.next;
-      if (stuck.enabled && (!stuck.numericOnly || typeof value === "number")) this.checkStuck(deviceId, key, p, value, now);
-      if (outlier.enabled && typeof value === "number") this.checkOutlier(deviceId, key, p, value);
+      if (stuck.enabled && (!stuck.numericOnly || typeof value === "number")) this.checkStuck(deviceId, key, p, value, now, cause);
+      if (outlier.enabled && typeof value === "number") this.checkOutlier(deviceId, key, p, value, cause);
     }
   }
 
@@ -198,13 +203,13 @@ export class AnomalyDetector implements StateObserver {
     }
   }
 
-  private checkStuck(deviceId: string, key: string, p: PropertyTrack, value: JsonValue, now: number): void {
+  private checkStuck(deviceId: string, key: string, p: PropertyTrack, value: JsonValue, now: number, cause: ChangeCause | undefined): void {
     const o = this.options.stuck;
     if (!jsonEqual(p.value, value)) {
       if (p.stuck) {
         p.stuck = false;
         this.activeStuck--;
-        this.emit(deviceId, "normal", { kind: "stuck", active: false, property: key, value });
+        this.emit(deviceId, "normal", { kind: "stuck", active: false, property: key, value }, cause);
       }
       p.value = cloneJson(value);
       p.sameCount = 1;
@@ -218,51 +223,72 @@ export class AnomalyDetector implements StateObserver {
     if (byCount || bySeconds) {
       p.stuck = true;
       this.activeStuck++;
-      this.emit(deviceId, "normal", {
-        kind: "stuck",
-        active: true,
-        property: key,
-        value,
-        reports: p.sameCount,
-        seconds: (now - p.since) / 1000,
-      });
+      this.emit(
+        deviceId,
+        "normal",
+        {
+          kind: "stuck",
+          active: true,
+          property: key,
+          value,
+          reports: p.sameCount,
+          seconds: (now - p.since) / 1000,
+        },
+        cause,
+      );
     }
   }
 
-  private checkOutlier(deviceId: string, key: string, p: PropertyTrack, value: number): void {
+  private checkOutlier(deviceId: string, key: string, p: PropertyTrack, value: number, cause: ChangeCause | undefined): void {
     const o = this.options.outlier;
     if (p.n >= o.warmup) {
       const stddev = Math.max(Math.sqrt(p.variance), o.minStddev);
       const z = stddev > 0 ? Math.abs(value - p.mean) / stddev : 0;
       if (z > o.zScore) {
-        this.emit(deviceId, "normal", {
-          kind: "outlier",
-          active: true,
-          property: key,
-          value,
-          mean: round(p.mean),
-          stddev: round(stddev),
-          zScore: round(z),
-        });
+        this.emit(
+          deviceId,
+          "normal",
+          {
+            kind: "outlier",
+            active: true,
+            property: key,
+            value,
+            mean: round(p.mean),
+            stddev: round(stddev),
+            zScore: round(z),
+          },
+          cause,
+        );
       }
     }
     this.learn(p, value);
   }
 
-  /** Welford's running mean and variance through the warm-up, then an EWMA of both. */
+  /**
+   * Welford's running mean and variance through the warm-up, then an EWMA of both. A value so far
+   * from the others that the variance would pass the largest double (1e308 among readings of 20)
+   * is not learnt: an infinite deviation would make every later z-score 0, and the property would
+   * never show an outlier again (until 2026-12-08 it did so for good).
+   */
   private learn(p: PropertyTrack, x: number): void {
-    p.n++;
+    const n = p.n + 1;
     const diff = x - p.mean;
-    if (p.n <= this.options.outlier.warmup) {
-      p.mean += diff / p.n;
+    let mean: number;
+    let variance: number;
+    if (n <= this.options.outlier.warmup) {
+      mean = p.mean + diff / n;
       // Population variance kept directly: M2/n updated incrementally.
-      p.variance += (diff * (x - p.mean) - p.variance) / p.n;
-      return;
+      variance = p.variance + (diff * (x - mean) - p.variance) / n;
+    } else {
+      const a = this.options.outlier.alpha;
+      const incr = a * diff;
+      mean = p.mean + incr;
+      variance = (1 - a) * (p.variance + diff * incr);
     }
-    const a = this.options.outlier.alpha;
-    const incr = a * diff;
-    p.mean += incr;
-    p.variance = (1 - a) * (p.variance + diff * incr);
+    if (!Number.isFinite(mean) || !Number.isFinite(variance)) return;
+    p.n = n;
+    p.mean = mean;
+    p.variance = variance;
   }
 
   private trim(d: DeviceTrack, now: number): void {
@@ -307,12 +333,20 @@ export class AnomalyDetector implements StateObserver {
     return d;
   }
 
-  private emit(deviceId: string, priority: Priority, data: AnomalyData): void {
+  /** `cause`: the report or status change that showed it; its events name the same cause (CONTRACT §4). */
+  private emit(deviceId: string, priority: Priority, data: AnomalyData, cause?: ChangeCause): void {
     if (data.active) this.detected[data.kind]++;
-    this.bus.publish("state.anomaly", data, { deviceId, priority, source: "anomaly" });
+    this.bus.publish("state.anomaly", data, { deviceId, priority, source: "anomaly", causeId: cause?.causeId ?? null, parentCauseId: cause?.parentCauseId ?? null });
   }
 }
 
+/**
+ * To three decimals. A number too large for that stays as it is, and one past the largest double
+ * (the z-score of 1e308 among readings of 20) is the largest double: JSON has no Infinity, and
+ * would say null.
+ */
 function round(x: number): number {
-  return Math.round(x * 1000) / 1000;
+  const r = Math.round(x * 1000) / 1000;
+  if (Number.isFinite(r)) return r;
+  return Number.isFinite(x) ? x : Math.sign(x) * Number.MAX_VALUE;
 }

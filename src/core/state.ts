@@ -91,9 +91,10 @@ export interface StateSink {
 
 /** Told about every report and status change, for anomaly detection. */
 export interface StateObserver {
-  onReport(deviceId: string, properties: JsonObject, now: number): void;
+  /** `cause`: what the report's own events name as their cause (its message's id), for what the observer publishes. */
+  onReport(deviceId: string, properties: JsonObject, now: number, cause?: ChangeCause): void;
   /** `retained`: the change came from a broker's stored copy (see ChangeCause.retained). */
-  onStatus(deviceId: string, from: DeviceStatus, to: DeviceStatus, now: number, retained?: boolean): void;
+  onStatus(deviceId: string, from: DeviceStatus, to: DeviceStatus, now: number, retained?: boolean, cause?: ChangeCause): void;
   onForget(deviceId: string): void;
 }
 
@@ -233,7 +234,7 @@ export class StateManager {
       if (!from || !to) return false;
     } else {
       s.reportedAt = now;
-      this.observer?.onReport(deviceId, properties, now);
+      this.observer?.onReport(deviceId, properties, now, cause);
     }
     if (!from || !to) {
       // Only reportedAt moved: still a write the store should see, batched like the rest.
@@ -317,7 +318,7 @@ export class StateManager {
       this.refreshDelta(target);
     }
     // Checked when planned; a heartbeat transition since then does not undo the caller's choice.
-    if (plan.to.status !== undefined && plan.to.status !== record.status) this.applyStatus(record, plan.to.status, plan.at);
+    if (plan.to.status !== undefined && plan.to.status !== record.status) this.applyStatus(record, plan.to.status, plan.at, false, cause);
     this.commit(record, target, plan.at, plan.from, plan.to, cause, cause.reason ?? "set");
     if (plan.to.desired !== undefined) this.twin?.onTwinChanged(plan.deviceId);
     return stateView(record, target);
@@ -352,7 +353,7 @@ export class StateManager {
     checkTransition(this.options.transitions, record.status, status);
     const from = record.status;
     const now = this.clock.now();
-    this.applyStatus(record, status, now, cause.retained === true);
+    this.applyStatus(record, status, now, cause.retained === true, cause);
     this.commit(record, this.ensure(record), now, new StatusSnapshot(from), new StatusSnapshot(status), cause, cause.reason ?? "status", true, true);
     return true;
   }
@@ -375,12 +376,12 @@ export class StateManager {
     return this.options.historySize;
   }
 
-  private applyStatus(record: DeviceRecord, to: DeviceStatus, now: number, retained = false): void {
+  private applyStatus(record: DeviceRecord, to: DeviceStatus, now: number, retained = false, cause?: ChangeCause): void {
     const from = record.status;
     this.registry.setStatus(record, to);
     this.counters.transitions++;
     this.transitionsTo[to] = (this.transitionsTo[to] ?? 0) + 1;
-    this.observer?.onStatus(record.id, from, to, now, retained);
+    this.observer?.onStatus(record.id, from, to, now, retained, cause);
   }
 
   history(deviceId: string, limit = this.options.historySize): StateHistoryEntry[] {

@@ -447,6 +447,25 @@ describe("AnomalyDetector", () => {
       assert.deepEqual(d.detector.statistics().active, { flapping: 0, stuck: 0 }, "an outlier is a single event, not a state");
     });
 
+    it("still judges later values after one too large to learn (1e308 among readings of 20): it is reported, with its z-score as a number", async () => {
+      for (const huge of [1e308, -1e308, 1e200]) {
+        const d = setup({ outlier, stuck: { enabled: false } });
+        for (let i = 0; i < 100; i++) d.detector.onReport("d1", { t: noise(i) }, d.clock.now());
+        d.detector.onReport("d1", { t: huge }, d.clock.now());
+        assert.equal(d.of("outlier").length, 1, `${huge} is an outlier`);
+        assert.ok(Number.isFinite((d.events[0]!.data as unknown as { zScore: number }).zScore), "a z-score JSON can carry");
+        for (let i = 100; i < 200; i++) d.detector.onReport("d1", { t: noise(i) }, d.clock.now());
+        assert.equal(d.of("outlier").length, 1, "normal noise after it is normal");
+        d.detector.onReport("d1", { t: 35 }, d.clock.now());
+        assert.equal(d.of("outlier").length, 2, `an ordinary jump after ${huge} is still seen (until 2026-12-08 never again)`);
+      }
+      // During the warm-up too.
+      const w = setup({ outlier: { ...outlier, warmup: 5 }, stuck: { enabled: false } });
+      for (const v of [20, 1e308, 20.2, 19.8, 20.1, 19.9, 20]) w.detector.onReport("d1", { t: v }, w.clock.now());
+      w.detector.onReport("d1", { t: 10_000 }, w.clock.now());
+      assert.equal(w.of("outlier").length, 1);
+    });
+
     it("reports a drop as well as a jump", async () => {
       const d = setup({ outlier, stuck: { enabled: false } });
       for (let i = 0; i < 100; i++) d.detector.onReport("d1", { t: noise(i) }, d.clock.now());
@@ -673,6 +692,31 @@ describe("AnomalyDetector", () => {
       assert.equal(hub.stateStatistics().anomalies.detected.flapping, 1);
       await hub.stop();
       assert.equal(clock.pendingTimers, 0);
+    });
+
+    it("names the report or status change that showed an anomaly as its cause, as that change's state.changed does", async () => {
+      const { clock, hub } = hubSetup({ stuck: { reports: 3, seconds: 0 }, outlier: { alpha: 0.1, zScore: 4, warmup: 5 }, flapping: { threshold: 2, windowSec: 60, clearBelow: 0 } });
+      await hub.start();
+      await hub.registerDevice({ id: ID, protocol: "mqtt", heartbeatTimeout: 60 });
+      const causes = (type: string, kind?: string) =>
+        hub.events
+          .query({ type, deviceId: ID, limit: 1000 })
+          .filter((e) => kind === undefined || (e.data as AnomalyData).kind === kind)
+          .map((e) => e.causeId);
+      for (let i = 0; i < 10; i++) {
+        hub.ingest(ID, { kind: "telemetry", data: { temperature: noise(i), valve: "open" }, protocol: "mqtt" });
+        clock.advance(1000);
+      }
+      const jump = hub.ingest(ID, { kind: "telemetry", data: { temperature: 80 }, protocol: "mqtt" });
+      assert.ok(jump.causeId, "the report has an id");
+      assert.deepEqual(causes("state.anomaly", "outlier"), [jump.causeId]);
+      const stuck = causes("state.anomaly", "stuck");
+      assert.equal(stuck.length, 1);
+      assert.ok(stuck[0] !== null && causes("state.changed").includes(stuck[0]!), "the stuck value's report");
+      hub.ingest(ID, { kind: "status", data: "offline", protocol: "mqtt" });
+      const back = hub.ingest(ID, { kind: "status", data: "online", protocol: "mqtt" });
+      assert.deepEqual(causes("state.anomaly", "flapping"), [back.causeId], "the status report that made it flapping");
+      await hub.stop();
     });
 
     it("reports stuck values and outliers from ingested telemetry, and tells subscribers", async () => {
