@@ -132,7 +132,7 @@ function walk(value: unknown, depth: number): ErrorDetail | null {
         if (key === FORBIDDEN_KEY) return { field: `.${key}`, message: "the key __proto__ is not allowed" };
         if (badText(key)) return { field: "", message: `a key ${TEXT_MESSAGE}` };
         if (key.length > LIMITS.keyLength) {
-          return { field: `.${key.slice(0, 32)}…`, message: `key longer than ${LIMITS.keyLength} characters` };
+          return { field: `.${clip(key, 32)}…`, message: `key longer than ${LIMITS.keyLength} characters` };
         }
         jsonBytesAtMost += 6 * key.length + 3;
         const p = walk(value[key], depth + 1);
@@ -233,6 +233,17 @@ export const stateSetSchema = z.strictObject({
   expectedVersion: z.number().int().nonnegative().optional(),
 });
 export type StateSetInput = z.infer<typeof stateSetSchema>;
+
+/**
+ * The first `n` UTF-16 units of `text` for a message, one fewer where the cut would split a
+ * surrogate pair: half of one is no Unicode, and JSON would carry a lone surrogate (until
+ * 2026-12-08 a key of emoji over the limit was named so).
+ */
+export function clip(text: string, n: number): string {
+  if (text.length <= n) return text;
+  const last = text.charCodeAt(n - 1);
+  return text.slice(0, last >= 0xd800 && last <= 0xdbff ? n - 1 : n);
+}
 
 /**
  * Parses `input` with `schema`, or throws INVALID naming every bad field. The error message

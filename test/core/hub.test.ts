@@ -121,6 +121,8 @@ describe("Hub", () => {
         ["telemetry with a NUL character", { kind: "telemetry", data: { s: "a\u0000b" } }, "INVALID", "data.s"],
         ["telemetry with a lone surrogate", { kind: "telemetry", data: { s: "temp \ud83c" } }, "INVALID", "data.s"],
         ["a state with an unknown status", { kind: "state", data: { status: "sleeping" } }, "INVALID", "data.status"],
+        // Named by its first 31 units, not 32: the 32nd is half of an emoji (a lone surrogate in JSON).
+        ["telemetry with a key of 100 emoji", { kind: "telemetry", data: { [`a${"😀".repeat(100)}`]: 1 } }, "INVALID", `data.a${"😀".repeat(15)}…`],
         ["a state with an unknown field", { kind: "state", data: { colour: "red" } }, "INVALID", "data.colour"],
         ["a status that is neither online nor offline", { kind: "status", data: "maybe" }, "INVALID", "data"],
         ["an unknown kind", { kind: "gossip", data: {} }, "INVALID", "kind"],
