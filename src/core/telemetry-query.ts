@@ -108,11 +108,16 @@ function timeOf(value: string | number | Date, field: string): number {
   else if (typeof value === "string" && /^[0-9]{1,15}$/.test(value.trim())) ms = Number(value);
   else if (typeof value === "string") ms = parseTime(value);
   else ms = Number.NaN;
-  if (!Number.isFinite(ms) || !Number.isInteger(ms) || ms < 0 || ms > 8.64e15) {
-    throw invalid(field, "must be an ISO-8601 time or epoch milliseconds");
+  // Up to the end of year 9999: the answer says its times in ISO-8601's four-digit years (until
+  // 2026-12-08 a later time was taken, and echoed as +010000-…, which no query takes back).
+  if (!Number.isFinite(ms) || !Number.isInteger(ms) || ms < 0 || ms > LAST_ISO_MS) {
+    throw invalid(field, "must be an ISO-8601 time or epoch milliseconds, from 1970 to the end of 9999");
   }
   return ms;
 }
+
+/** 9999-12-31T23:59:59.999Z. */
+const LAST_ISO_MS = 253_402_300_799_999;
 
 function keysOf(keys: TelemetryQueryInput["keys"]): string[] | null {
   if (keys === undefined || keys === null || keys === "") return null;

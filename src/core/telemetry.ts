@@ -80,7 +80,8 @@ export class TimeSeries {
     this.stats.queries++;
     const answers = await Promise.all(keys.map((key) => this.read(store, deviceId, key, q, source)));
     keys.forEach((key, i) => {
-      series[key] = answers[i]!.map((p) => ({ ts: new Date(p.ts).toISOString(), value: p.value }));
+      // Defined, not assigned: a key named __proto__ is a series too (assigned, it set the answer's prototype and was left out).
+      Object.defineProperty(series, key, { value: answers[i]!.map((p) => ({ ts: new Date(p.ts).toISOString(), value: p.value })), enumerable: true, writable: true, configurable: true });
     });
     return { deviceId, from: new Date(q.from).toISOString(), to: new Date(q.to).toISOString(), interval: q.interval, agg: q.agg, series };
   }

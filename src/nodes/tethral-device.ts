@@ -148,8 +148,15 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
       // http in node's body parser hands on {} for an empty JSON body (until 2026-12-08 that was
       // taken as a report of nothing, 204). A status comes as text (online), a JSON string
       // ("online") or {"status": "online"}.
+      const fromBody = req !== undefined && msg.payload === req.body;
       const payload =
-        req !== undefined && msg.payload === req.body && withoutBody(req) ? "" : kind === "status" && typeof msg.payload === "string" ? msg.payload.trim() : msg.payload;
+        fromBody && withoutBody(req) ? ""
+        : kind === "status" && typeof msg.payload === "string" ? msg.payload.trim()
+        // A JSON body that is a string ("str") was parsed already: handed on as JSON text, it is
+        // refused as what it is (not an object), not parsed a second time as text (until
+        // 2026-12-08 "str" was "not valid JSON", and "{\"t\": 1}" was taken as {"t": 1}).
+        : fromBody && typeof msg.payload === "string" && jsonRequest(req) ? JSON.stringify(msg.payload)
+        : msg.payload;
       // The REST API's parsed JSON body, as it came: its size as sent. A payload a flow made (or
       // copied) is weighed as JSON, so every report is counted and held to the payload limit.
       const size = req !== undefined && msg.payload === req.body && typeof req.bodyBytes === "number" ? req.bodyBytes : jsonSize(payload);
@@ -189,6 +196,11 @@ function jsonSize(payload: unknown): number | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** Whether an `http in` node's request declared a JSON body (application/json, or a +json type). */
+function jsonRequest(req: HttpRequest): boolean {
+  return /^application\/([a-z0-9.+-]+\+)?json\s*(;|$)/i.test(String(req.headers?.["content-type"] ?? ""));
 }
 
 /** Whether an `http in` node's request came with no body: no Transfer-Encoding, and no Content-Length or one of 0. */

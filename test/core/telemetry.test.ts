@@ -69,6 +69,9 @@ describe("telemetry queries (CONTRACT §7): the checks", () => {
     [{ limit: 2.5 }, "limit"],
     [{ keys: 7 }, "keys"],
     [{ keys: ["x".repeat(257)] }, "keys"],
+    // Past 9999-12-31T23:59:59.999Z: an answer could not say it in ISO-8601's four-digit years.
+    [{ to: 253_402_300_800_000 }, "to"],
+    [{ to: "253402300800000" }, "to"],
   ] as const) {
     it(`refuses ${JSON.stringify(input).slice(0, 60)} naming ${field}`, () => {
       assertCode(() => parseTelemetryQuery(input as never, T0), "INVALID", field);
@@ -174,6 +177,11 @@ describe("telemetry series in a hub with a store (SQLite file)", () => {
     await assertRejectsCode(() => hub.telemetry("nobody", {}), "NOT_FOUND");
     await assertRejectsCode(() => hub.telemetryKeys("nobody"), "NOT_FOUND");
     assert.deepEqual((await hub.telemetry("d1", { keys: "nothing-here" })).series, { "nothing-here": [] });
+    // A key named __proto__ is a key like any other: an empty series of the answer's own, in its JSON too.
+    const proto = await hub.telemetry("d1", { keys: "__proto__,x" });
+    assert.equal(JSON.stringify(proto.series), '{"__proto__":[],"x":[]}');
+    assert.equal(Object.getPrototypeOf(proto.series), Object.prototype);
+    assert.equal(parseTelemetryQuery({ to: 253_402_300_799_999 }, T0).to, 253_402_300_799_999, "the last millisecond of 9999");
   });
 
   it("writes no state history for telemetry values by default, and one per report when asked", async () => {

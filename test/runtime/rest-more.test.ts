@@ -209,11 +209,16 @@ describe("REST API: commands, tokens, events, device reports and filters (flows/
       ["state", '{"properties": [1]}', "application/json", "properties"],
       ["state", "[1]", "application/json", "(body)"],
       ["telemetry", "[1]", "application/json", "(body)"],
+      // A JSON string, though it holds JSON: refused as not an object, not parsed a second time.
+      ["telemetry", '"str"', "application/json", "(body)"],
+      ["telemetry", '"{\\"t\\": 1}"', "application/json", "(body)"],
+      ["state", '"{\\"properties\\": {}}"', "application/json", "(body)"],
     ] as const) {
       const refused = await post(kind, body, [bearer, `Content-Type: ${type}`]);
       ERROR_SHAPE(refused, 400, "INVALID");
       assert.equal(refused.body.error.details?.[0]?.field, field, `${kind} ${body}: ${JSON.stringify(refused.body)}`);
       assert.doesNotMatch(refused.body.error.message, /^data\b/, "the message speaks of the body too");
+      assert.doesNotMatch(refused.body.error.message, /not valid JSON/, `${kind} ${body}: it was JSON`);
     }
     ERROR_SHAPE(await post("state", '{"colour": "red"}', [bearer, json]), 400, "INVALID");
     // A report with no body at all is refused as an empty MQTT payload is, not taken as `{}`
