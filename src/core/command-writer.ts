@@ -81,6 +81,16 @@ export class CommandWriter {
     }, delayMs);
   }
 
+  /**
+   * Writes what waits now, and whether the rows of `ids` are stored: false when one is still
+   * waiting (its write failed, and is tried again later). For answers that must not be undone by
+   * a crash: a cancel, a supersede, a waited-for command's end.
+   */
+  async written(ids: readonly string[]): Promise<boolean> {
+    await this.flush();
+    return ids.every((id) => !this.dirty.has(id));
+  }
+
   /** Writes everything waiting now; resolves when done (failures stay queued). */
   async flush(): Promise<void> {
     while (this.running) await this.running;

@@ -197,14 +197,39 @@ export class CommandTracker {
     const e = this.track(row);
     this.counts.queued++;
     this.publish(e, "command.queued");
-    if (request.supersede) this.supersede(e);
+    const superseded = request.supersede ? this.supersede(e) : [];
     // Waiting starts before the first send: an adapter may fail it at once.
     const done = request.wait ? this.whenDone(e, waitLimitMs(e, this.options)) : null;
     // Without wait the caller gets the command as it was acknowledged: queued, no attempt yet
     // (the first send may start at once, below, and finish later).
     const acknowledged = done ? null : toCommand(e);
     this.delivery.pump(deviceId);
-    return done ?? acknowledged!;
+    // The commands it superseded are stored so before it is answered: a crash then would
+    // otherwise bring them back queued, and send them (until 2026-12-08).
+    if (superseded.length > 0) await this.stored(superseded, "superseded");
+    return done ? done.then((c) => this.ended(c)) : acknowledged!;
+  }
+
+  /**
+   * Waits until the rows of `ids` are stored (an answer a crash must not undo); UNAVAILABLE when
+   * the database could not take them: the change holds here and is written when it can be, but
+   * a crash before that would undo it.
+   */
+  private async stored(ids: readonly string[], what: string): Promise<void> {
+    if (this.writer && !(await this.writer.written(ids))) {
+      throw new TethralError("UNAVAILABLE", `the command is ${what} here, but the database could not store that yet: it is written as soon as it can be`);
+    }
+  }
+
+  /**
+   * A waited-for command as its caller gets it: once it has ended, its end stored first, so an
+   * answered result is not undone by a crash (until 2026-12-08 a command answered succeeded came
+   * back queued after one, and was sent again). A write that fails does not hold the answer: the
+   * device has done the command, and the row is written when the database can take it.
+   */
+  private async ended(c: Command): Promise<Command> {
+    if (FINAL_STATUSES.has(c.status)) await this.writer?.written([c.id]);
+    return c;
   }
 
   /**
@@ -214,8 +239,8 @@ export class CommandTracker {
    */
   async wait(id: string, limitMs?: number): Promise<Command> {
     const e = this.live.get(id);
-    if (e) return this.whenDone(e, limitMs ?? waitLimitMs(e, this.options));
-    return this.get(id);
+    if (e) return this.ended(await this.whenDone(e, limitMs ?? waitLimitMs(e, this.options)));
+    return this.ended(await this.get(id));
   }
 
   /** A command by id, from memory, or from the store for older ones. */
@@ -269,7 +294,12 @@ export class CommandTracker {
   /** Cancels a command that has not ended; a later answer is ignored. CONFLICT once it has ended. */
   async cancel(id: string): Promise<Command> {
     const e = this.live.get(id);
-    if (e) return this.finish(e, "cancelled", null, "cancelled");
+    if (e) {
+      const cancelled = this.finish(e, "cancelled", null, "cancelled");
+      // Stored before it is answered: a crash would otherwise bring it back queued, and send it.
+      await this.stored([id], "cancelled");
+      return cancelled;
+    }
     const done = await this.get(id);
     throw new TethralError("CONFLICT", `command ${id} has already ended (${done.status})`);
   }
@@ -374,14 +404,18 @@ export class CommandTracker {
     if (row.status !== "queued") this.delivery.resumeSent(e);
   }
 
-  private supersede(by: Entry): void {
+  /** Ends the device's queued commands of the same name as superseded by `by`; their ids. */
+  private supersede(by: Entry): string[] {
     const waiting = this.delivery.waiting(by.row.deviceId);
-    if (!waiting) return;
+    if (!waiting) return [];
+    const ids: string[] = [];
     for (const e of [...waiting]) {
       if (e !== by && e.row.command === by.row.command && e.phase === "queued") {
         this.finish(e, "superseded", null, `superseded by ${by.row.id}`, true, by.row.id);
+        ids.push(e.row.id);
       }
     }
+    return ids;
   }
 
   // ── Status changes ─────────────────────────────────────────────────────────────────────

@@ -7,11 +7,12 @@ import { Hub } from "../../src/core/hub";
 import { SqliteStore } from "../../src/store/sqlite";
 
 const CHILD = join(__dirname, "fixtures", "crash-child.ts");
+const COMMANDS_CHILD = join(__dirname, "fixtures", "crash-commands-child.ts");
 
 /** Runs the child until `acks` changes are acknowledged plus a random extra moment, then SIGKILLs it. */
-function runAndKill(file: string, acks: number, extraMs: number): Promise<string[]> {
+function runAndKill(file: string, acks: number, extraMs: number, child_ = CHILD): Promise<string[]> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, ["--import", "tsx", CHILD, file], { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, ["--import", "tsx", child_, file], { stdio: ["ignore", "pipe", "pipe"] });
     const lines: string[] = [];
     let buffered = "";
     let stderr = "";
@@ -96,6 +97,44 @@ describe("crash safety (SQLite file, SIGKILL)", function () {
           const versions = (await hub.stateHistory(device.id, 1000)).map((h) => h.version);
           assert.deepEqual(versions, versions.map((_, i) => i + 1), `history of ${device.id} is 1..${versions.length}`);
           if (versions.length > 0) assert.ok(versions.at(-1)! <= hub.getState(device.id).version);
+        }
+      } finally {
+        await hub.stop();
+      }
+    });
+  }
+});
+
+describe("crash safety of command answers (SQLite file, SIGKILL)", function () {
+  this.timeout(60_000);
+  let dir: string;
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), "tethral-crash-"));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  // Until 2026-12-08 a cancel or a supersede was answered before its status was stored (up to
+  // 100 ms later), and a waited-for command's end likewise: a crash right after the answer brought
+  // the command back queued, and it was sent after all (a tester's find: 3 of 3 cancels).
+  for (const [acks, extraMs] of [
+    [3, 0],
+    [30, 1],
+    [90, 0],
+    [1 + Math.floor(Math.random() * 150), Math.floor(Math.random() * 5)],
+  ] as const) {
+    it(`keeps every answered cancel, supersede and waited-for end when killed after ${acks} answers (+${extraMs} ms)`, async () => {
+      const file = join(dir, "hub.sqlite");
+      const lines = await runAndKill(file, acks + 1, extraMs, COMMANDS_CHILD);
+      const answered = lines.filter((l) => l !== "READY").map((l) => l.split(" ") as [string, string]);
+      assert.ok(answered.length >= acks);
+      const hub = new Hub({ store: new SqliteStore({ path: file }), onWarning: () => undefined });
+      await hub.start();
+      try {
+        const expected: Record<string, string> = { CAN: "cancelled", SUP: "superseded", DONE: "succeeded" };
+        for (const [what, id] of answered) {
+          const c = await hub.getCommand(id);
+          assert.equal(c.status, expected[what], `${what} ${id}: answered ${expected[what]}, stored ${c.status}`);
         }
       } finally {
         await hub.stop();
