@@ -147,8 +147,8 @@ export class AdapterSet {
    * `connectionsOnly`: a cluster member following another's device tells only the adapters whose
    * connections it holds (the owner publishes to the shared broker; a follower's copy may be older).
    */
-  deliverTwin(id: string, removed: boolean, connectionsOnly = false): void {
-    let twin: DeviceTwin | null | undefined = removed ? null : undefined;
+  deliverTwin(id: string, removed: boolean, connectionsOnly = false, as?: DeviceTwin): void {
+    let twin: DeviceTwin | null | undefined = removed ? null : as;
     let record: DeviceRecord | undefined;
     for (const adapter of this.started) {
       if (!adapter.twinChanged || (connectionsOnly && adapter.sharedIntake)) continue;

@@ -34,7 +34,7 @@ import { Intake } from "./intake";
 import { type TelemetryAnswer, type TelemetryQueryInput, TimeSeries } from "./telemetry";
 import { newTimeId } from "./ids";
 import { DeviceTokens } from "./tokens";
-import { twinCopy } from "./twin";
+import { twinCopy, twinOf } from "./twin";
 import type { Command, Device, DeviceState, DeviceTwin, StateHistoryEntry, TethralEvent } from "./types";
 import { DEFAULT_PERSISTENCE_OPTIONS, Persistence } from "./write-behind";
 import { ClusterMember } from "./cluster/member";
@@ -79,6 +79,11 @@ export class Hub {
   private startedAt = 0;
   private readonly warn: (message: string) => void;
   private readonly persistence: Persistence | null;
+  /**
+   * Twins whose versions are not stored yet, by device, oldest first, one per write-behind mark:
+   * each written batch sends the newest it stored (see twinChanged).
+   */
+  private readonly unstoredTwins = new Map<string, { mark: number; twin: DeviceTwin }[]>();
   private readonly presence: Presence;
   private readonly refusals: Refusals;
   private readonly traffic: DeviceTraffic;
@@ -121,9 +126,10 @@ export class Hub {
     this.anomaly = new AnomalyDetector(this.events, clock, merge(DEFAULT_ANOMALY_OPTIONS, options.anomaly));
     this.state = new StateManager(this.registry, this.events, clock, { ...DEFAULT_STATE_OPTIONS, ...options.state }, {
       observer: this.anomaly,
-      twin: { onTwinChanged: (id) => this.adapters.deliverTwin(id, false) },
+      twin: { onTwinChanged: (id, stored) => this.twinChanged(id, stored) },
       ...(p && { sink: { onStateWritten: (id) => p.markState(id), onStatusWritten: (id) => p.markPresence(id), onHistory: (row) => p.addHistory(row) } }),
     });
+    p?.onWritten((index) => this.twinsStored(index));
     this.presence = new Presence(this.registry, this.state, this.events, clock, options.heartbeat, {
       presenceChanged: (id) => p?.markPresence(id),
       back: (id) => this.commands.kick(id),
@@ -331,6 +337,47 @@ export class Hub {
       await this.readOwnersWrites();
       return before;
     });
+  }
+
+  /**
+   * A device's twin moved. It reaches the device once the state holding its version is stored:
+   * a report that moves the delta is written behind, and a twin sent before would be lost to a
+   * crash, with the version the device has seen; the next change after the restart then came
+   * with a version the device had seen already, which a device must ignore (until 2026-12-08 it
+   * was sent at once, and the version went back after a SIGKILL: a tester's find). A PUT of
+   * desired state is stored before it is applied, and goes out at once. The twin goes as it was
+   * at the change (a later change sends its own): the state's version moves with reports that
+   * leave the twin alone, and what it has now may not be stored yet.
+   */
+  private twinChanged(id: string, stored: boolean): void {
+    const mark = stored ? null : (this.persistence?.writtenMark() ?? null);
+    const record = mark === null ? undefined : this.registry.record(id);
+    if (mark === null || record === undefined) {
+      this.unstoredTwins.delete(id);
+      this.adapters.deliverTwin(id, false);
+      return;
+    }
+    // One twin per mark, the newest: a device reporting faster than the store writes has at
+    // most the twins of the write in flight and of the next waiting, and each write sends one.
+    const twin = twinOf(record);
+    const waiting = this.unstoredTwins.get(id);
+    const last = waiting?.at(-1);
+    if (last?.mark === mark) last.twin = twin;
+    else if (waiting) waiting.push({ mark, twin });
+    else this.unstoredTwins.set(id, [{ mark, twin }]);
+  }
+
+  /** Sends each device the newest of its twins a write that just committed stored (see twinChanged). */
+  private twinsStored(index: number): void {
+    for (const [id, waiting] of this.unstoredTwins) {
+      let n = 0;
+      while (n < waiting.length && waiting[n]!.mark < index) n++;
+      if (n === 0) continue;
+      const newest = waiting[n - 1]!.twin;
+      if (n === waiting.length) this.unstoredTwins.delete(id);
+      else waiting.splice(0, n);
+      this.adapters.deliverTwin(id, false, false, newest);
+    }
   }
 
   getDevice(id: string): Device {

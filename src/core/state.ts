@@ -248,7 +248,7 @@ export class StateManager {
     const keepHistory = !cause.series || this.options.historyOfReports;
     // With history kept, its entry holds `from` and `to` too: the event gets copies.
     this.commit(record, s, now, new PropertiesSnapshot(from), new PropertiesSnapshot(to), cause, cause.reason ?? "report", keepHistory, !deep && !keepHistory);
-    if (twinMoved) this.twin?.onTwinChanged(deviceId);
+    if (twinMoved) this.twin?.onTwinChanged(deviceId, false);
     return true;
   }
 
@@ -320,7 +320,7 @@ export class StateManager {
     // Checked when planned; a heartbeat transition since then does not undo the caller's choice.
     if (plan.to.status !== undefined && plan.to.status !== record.status) this.applyStatus(record, plan.to.status, plan.at, false, cause);
     this.commit(record, target, plan.at, plan.from, plan.to, cause, cause.reason ?? "set");
-    if (plan.to.desired !== undefined) this.twin?.onTwinChanged(plan.deviceId);
+    if (plan.to.desired !== undefined) this.twin?.onTwinChanged(plan.deviceId, true);
     return stateView(record, target);
   }
 

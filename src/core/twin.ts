@@ -34,5 +34,6 @@ export function hasDesired(record: DeviceRecord): boolean {
  * into or out of the delta (a report that matches desired clears it, and the device hears so).
  */
 export interface TwinListener {
-  onTwinChanged(deviceId: string): void;
+  /** `stored`: the state that holds this twin's version is in the database already (a PUT of desired state is written first). */
+  onTwinChanged(deviceId: string, stored: boolean): void;
 }

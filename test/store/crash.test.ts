@@ -8,6 +8,7 @@ import { SqliteStore } from "../../src/store/sqlite";
 
 const CHILD = join(__dirname, "fixtures", "crash-child.ts");
 const COMMANDS_CHILD = join(__dirname, "fixtures", "crash-commands-child.ts");
+const TWIN_CHILD = join(__dirname, "fixtures", "crash-twin-child.ts");
 
 /** Runs the child until `acks` changes are acknowledged plus a random extra moment, then SIGKILLs it. */
 function runAndKill(file: string, acks: number, extraMs: number, child_ = CHILD): Promise<string[]> {
@@ -135,6 +136,46 @@ describe("crash safety of command answers (SQLite file, SIGKILL)", function () {
         for (const [what, id] of answered) {
           const c = await hub.getCommand(id);
           assert.equal(c.status, expected[what], `${what} ${id}: answered ${expected[what]}, stored ${c.status}`);
+        }
+      } finally {
+        await hub.stop();
+      }
+    });
+  }
+});
+
+describe("crash safety of twin versions (SQLite file, SIGKILL)", function () {
+  this.timeout(60_000);
+  let dir: string;
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), "tethral-crash-"));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  // Until 2026-12-08 a twin a report moved was sent before its state was stored: after a SIGKILL
+  // the store held an older version than the device had been given, and the next change came
+  // with a version the device had seen, which it must ignore (a tester's find).
+  for (const [twins, extraMs] of [
+    [20, 0],
+    [200, 1],
+    [1 + Math.floor(Math.random() * 400), Math.floor(Math.random() * 30)],
+  ] as const) {
+    it(`never gives a device a twin version the store does not hold when killed after ${twins} twins (+${extraMs} ms)`, async () => {
+      const file = join(dir, "hub.sqlite");
+      const lines = await runAndKill(file, twins + 1, extraMs, TWIN_CHILD);
+      const given = new Map<string, number>();
+      for (const line of lines) {
+        const [what, id, version] = line.split(" ");
+        if (what === "TWIN") given.set(id!, Math.max(given.get(id!) ?? 0, Number(version)));
+      }
+      assert.ok(given.size > 0);
+      const hub = new Hub({ store: new SqliteStore({ path: file }), onWarning: () => undefined });
+      await hub.start();
+      try {
+        for (const [id, version] of given) {
+          const stored = hub.getState(id).version;
+          assert.ok(stored >= version, `${id}: given version ${version}, the store holds ${stored}`);
         }
       } finally {
         await hub.stop();
