@@ -183,6 +183,12 @@ describe("StateManager", () => {
       assert.equal(t.changed.length, 3);
     });
 
+    it("refuses an empty desired key, which no report could ever match (it would stay in the delta)", async () => {
+      const t = setup();
+      assertNoChange(t, "d1", () => set(t, "d1", { desired: { "": 1 } }), "INVALID", "desired");
+      assertNoChange(t, "d1", () => set(t, "d1", { desired: { ok: 1, "": null } }), "INVALID", "desired");
+    });
+
     it("keeps desired within 256 keys and 256 KiB however many sets build it up (every change goes to the device whole); removals always pass", async () => {
       const t = setup();
       const keys = (from: number, n: number, value: unknown = 1) => Object.fromEntries(Array.from({ length: n }, (_, i) => [`k${from + i}`, value]));
