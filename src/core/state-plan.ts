@@ -41,8 +41,9 @@ export function planStateSet(record: DeviceRecord, input: unknown, rules: Transi
   const desired: JsonObject = { ...current };
   if (data.desired !== undefined) {
     // As in a report: a key must name a property the device can report (until 2026-12-08 an
-    // empty one was taken, and stayed in the delta, since no report may name it).
-    if (Object.hasOwn(data.desired, "")) throw invalid("desired", "an empty key names no property");
+    // empty one was taken, and stayed in the delta, since no report may name it; one kept from
+    // then can still be removed, with null).
+    if (Object.hasOwn(data.desired, "") && data.desired[""] !== null) throw invalid("desired", "an empty key names no property");
     const before: JsonObject = {};
     const after: JsonObject = {};
     for (const key of Object.keys(data.desired)) {
