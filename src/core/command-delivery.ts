@@ -193,6 +193,10 @@ export class CommandDelivery {
         try {
           this.markSent(e);
           handed = true;
+          // A one-way command ends once sent (CONTRACT: the device need not answer, an answer is
+          // ignored): the request's answer, or its lack, is not waited for (until 2026-12-08 an
+          // HTTP or CoAP device's silence timed it out, and an error answer failed it).
+          if (!e.expectResponse) this.owner.finish(e, "sent", null, null);
         } catch {
           // Left unmarked: marked when the send resolves, where a throw is caught.
         }

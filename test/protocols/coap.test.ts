@@ -163,6 +163,32 @@ describe("CoapAdapter", () => {
       assert.equal((await t.hub.sendCommand("valve-1", { command: "open", wait: true, timeout: 5 })).error, "5.03 no such valve");
     });
 
+    it("ends a one-way command (expectResponse false) sent once its request has left, whether the device answers late, with an error, or not at all", async () => {
+      let answer: "late" | "error" | "never" = "never";
+      await commandDevice((_f, res) => {
+        if (answer === "never") return;
+        if (answer === "error") {
+          res.code = "5.00";
+          res.end("broken");
+          return;
+        }
+        setTimeout(() => {
+          res.code = "2.04";
+          res.end();
+        }, 1600);
+      });
+      for (const how of ["never", "error", "late"] as const) {
+        answer = how;
+        const started = Date.now();
+        const done = await t.hub.sendCommand("valve-1", { command: "blink", expectResponse: false, wait: true, timeout: 2 });
+        assert.equal(done.status, "sent", `${how}: ${done.status} ${done.error ?? ""}`);
+        assert.ok(Date.now() - started < 1500, `${how}: not held until the device answers`);
+      }
+      // The late answer comes, and is ignored, before the device's socket closes.
+      await new Promise((r) => setTimeout(r, 1800));
+      assert.deepEqual((await t.hub.deviceCommands("valve-1")).map((c) => c.status), ["sent", "sent", "sent"]);
+    });
+
     it("sends a frame larger than one datagram block-wise, and takes a block-wise answer", async () => {
       const log = "l".repeat(3000);
       const d = await commandDevice(json("2.05", { log }));

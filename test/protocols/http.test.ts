@@ -250,6 +250,18 @@ describe("HttpAdapter in a Hub", function () {
     assert.deepEqual(events, ["command.queued", "command.sent", "command.timed_out"]);
   });
 
+  it("a one-way command (expectResponse false) ends sent once the request has left, whatever the device answers, or if it never does", async function () {
+    for (const path of ["/slow", "/fail500", "/ok"]) {
+      const started = Date.now();
+      const done = await command(path, { expectResponse: false, timeout: 2 });
+      assert.equal(done.status, "sent", `${path}: ${done.status} ${done.error ?? ""}`);
+      assert.equal(done.result, null);
+      assert.ok(Date.now() - started < 1500, `${path}: not held until the device answers`);
+    }
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(dev.seen.length, 3, "each sent once");
+  });
+
   it("a device that does not answer in time ends the command after its retries", async function () {
     const done = await command("/slow", { timeout: 0.2, retries: 1 });
     // The tracker decides how a request/response timeout ends (failed today; timed_out would also fit).
