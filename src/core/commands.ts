@@ -46,6 +46,8 @@ export class CommandTracker {
   private unknownResponses = 0;
   private running = false;
   private readonly writer: CommandWriter | null;
+  /** Per device, commands accepted and still being written (see submit). */
+  private readonly writing = new Map<string, number>();
   private readonly delivery: CommandDelivery;
 
   constructor(
@@ -166,10 +168,31 @@ export class CommandTracker {
         return request.wait ? this.wait(id) : before;
       }
     }
-    const waiting = this.delivery.waiting(deviceId);
-    if (waiting && waiting.length >= this.options.maxQueuedPerDevice) {
-      throw new TethralError("UNAVAILABLE", `device "${deviceId}" already has ${waiting.length} commands waiting`);
+    // Commands being written count as waiting: requests that come together all pass a check made
+    // before their writes (until 2026-12-08 64 at a time put 1,011 in a queue of 1,000).
+    const writing = this.writing.get(deviceId) ?? 0;
+    const waitingNow = (this.delivery.waiting(deviceId)?.length ?? 0) + writing;
+    if (waitingNow >= this.options.maxQueuedPerDevice) {
+      throw new TethralError("UNAVAILABLE", `device "${deviceId}" already has ${waitingNow} commands waiting`);
     }
+    this.writing.set(deviceId, writing + 1);
+    let written = false;
+    const release = () => {
+      if (written) return;
+      written = true;
+      const left = (this.writing.get(deviceId) ?? 1) - 1;
+      if (left > 0) this.writing.set(deviceId, left);
+      else this.writing.delete(deviceId);
+    };
+    try {
+      return await this.queue(deviceId, request, id, now, release);
+    } finally {
+      release();
+    }
+  }
+
+  /** Stores and queues a checked request (see submit); `written` once it waits in the queue, or failed. */
+  private async queue(deviceId: string, request: ReturnType<typeof parseCommandRequest>, id: string | undefined, now: number, written: () => void): Promise<Command> {
     const row: CommandRow = {
       id: id ?? newTimeId(now),
       deviceId,
@@ -195,6 +218,7 @@ export class CommandTracker {
     // Stopped while it was written: it is stored as queued, and the next start sends it.
     if (!this.running) throw new TethralError("UNAVAILABLE", "the hub stopped; the command is kept and sent after the next start");
     const e = this.track(row);
+    written();
     this.counts.queued++;
     this.publish(e, "command.queued");
     const superseded = request.supersede ? this.supersede(e) : [];

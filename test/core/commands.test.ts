@@ -318,6 +318,21 @@ describe("CommandTracker (through a Hub and an in-process adapter)", () => {
       await t.hub.stop();
     });
 
+    it("holds the per-device limit under requests that come together, while their rows are written", async () => {
+      const dir = mkdtempSync(join(tmpdir(), "tethral-limit-"));
+      const t = await setup({ commands: { maxQueuedPerDevice: 10 }, store: new SqliteStore({ path: join(dir, "hub.sqlite") }) });
+      try {
+        t.adapter.links.set("d1", false);
+        const results = await Promise.allSettled(Array.from({ length: 30 }, (_, i) => t.hub.sendCommand("d1", { command: `c${i}` })));
+        assert.equal(results.filter((r) => r.status === "fulfilled").length, 10, "as many as the limit");
+        assert.equal(t.hub.pendingCommands("d1").length, 10);
+        for (const r of results) if (r.status === "rejected") assert.equal((r.reason as { code?: string }).code, "UNAVAILABLE");
+      } finally {
+        await t.hub.stop();
+        rmSync(dir, { recursive: true, force: true });
+      }
+    });
+
     it("cancels a removed device's commands", async () => {
       const t = await setup();
       t.adapter.links.set("d1", false);
