@@ -73,7 +73,7 @@ return msg;`;
 const COMMAND_KEYS = ["command", "params", "wait", "timeout", "retries", "expiresIn", "priority", "supersede", "expectResponse"];
 const COMMAND_REQUEST = `${refuse}
 const body = msg.payload;
-if (typeof body !== "object" || body === null || Array.isArray(body)) return refuse("the body must be a JSON object: {command, params, wait, timeout, retries, expiresIn, priority}", "(body)");
+if (typeof body !== "object" || body === null || Array.isArray(body)) return refuse("the body must be a JSON object: {command, params, wait, timeout, retries, expiresIn, priority, supersede, expectResponse}", "(body)");
 const keys = ${JSON.stringify(COMMAND_KEYS)};
 const unknown = Object.keys(body).find((k) => !keys.includes(k));
 if (unknown !== undefined) return refuse(\`\${unknown} is no command option (use \${keys.join(", ")})\`, unknown);
@@ -362,7 +362,7 @@ add("serieskeys-out", "http response", response(200), X[4], at);
 heading(
   "h-commands",
   "Commands and device reports",
-  "`POST /api/devices/{id}/command` (`{command, params, wait, timeout, retries, expiresIn, priority}`; with `wait` the answer waits for the device: 200, or 502/504 with the command), `GET /api/commands/{id}`, `DELETE /api/commands/{id}` (cancel), `GET /api/devices/{id}/commands` (newest first; `status`, `limit`), `POST /api/devices/{id}/token` (a new token, shown once), and `POST /api/devices/{id}/telemetry`, `/heartbeat`, `/state`, `/status`: how devices that speak HTTP report, with `Authorization: Bearer TOKEN`.",
+  "`POST /api/devices/{id}/command` (`{command, params, wait, timeout, retries, expiresIn, priority, supersede, expectResponse}`; with `wait` the answer waits for the device: 200, or 502/504 with the command), `GET /api/commands/{id}`, `DELETE /api/commands/{id}` (cancel), `GET /api/devices/{id}/commands` (newest first; `status`, `limit`), `POST /api/devices/{id}/token` (a new token, shown once), and `POST /api/devices/{id}/telemetry`, `/heartbeat`, `/state`, `/status`: how devices that speak HTTP report, with `Authorization: Bearer TOKEN`.",
 );
 at = row();
 add("cmd-in", "http in", httpIn("post", "/devices/:id/command"), X[0], at, [["cmd-request"]]);

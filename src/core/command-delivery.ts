@@ -5,6 +5,7 @@ import type { CommandOptions } from "./command-input";
 import { TethralError, errorMessage } from "./errors";
 import type { ProtocolAdapter, SendOutcome } from "./ports/protocol";
 import { type CommandStatus, type Device, type JsonValue, PRIORITY_RANK } from "./types";
+import { checkJsonValue, LIMITS } from "./validation";
 
 /** What the tracker needs from the hub: devices as they are now, and the adapters. */
 export interface CommandHost {
@@ -322,6 +323,14 @@ function reachable(device: Device, adapter: ProtocolAdapter): boolean {
 function checkOutcome(outcome: unknown): SendOutcome {
   const o = outcome as Partial<SendOutcome> | null;
   if (o && (o.status === "sent" || o.status === "delivered")) return o as SendOutcome;
-  if (o && o.status === "answered" && typeof (o as { ok?: unknown }).ok === "boolean") return o as SendOutcome;
+  if (o && o.status === "answered" && typeof (o as { ok?: unknown }).ok === "boolean") {
+    const answered = o as SendOutcome & { status: "answered" };
+    if (!answered.ok) return answered;
+    // A result is held to what a device's answer may carry on every protocol (256 KiB of JSON,
+    // as an MQTT or WebSocket answer is): until 2026-12-08 an HTTP or CoAP device's larger answer
+    // was stored whole.
+    const problem = checkJsonValue(answered.result ?? null, "result", LIMITS.propertiesBytes);
+    return problem ? { status: "answered", ok: false, error: `the device's answer was refused: ${problem.field} ${problem.message}` } : answered;
+  }
   throw new TethralError("UNAVAILABLE", "the protocol adapter answered the send with something that is not a send outcome");
 }

@@ -126,7 +126,8 @@ export function parseCommandAnswer(data: unknown): CommandAnswer {
   let error: string | null = null;
   if (!r.ok) {
     error = typeof r.error === "string" ? r.error.slice(0, 1024) : r.error === undefined || r.error === null ? "device reported failure" : JSON.stringify(r.error).slice(0, 1024);
-    if (!error.isWellFormed() || error.includes("\u0000")) error = "device reported failure";
+    // Blank text says nothing: the 502 a waiting caller gets must still say what happened.
+    if (!error.isWellFormed() || error.includes("\u0000") || error.trim() === "") error = "device reported failure";
   }
   return { id: r.id, ok: r.ok, result, error };
 }

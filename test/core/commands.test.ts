@@ -104,6 +104,13 @@ describe("CommandTracker (through a Hub and an in-process adapter)", () => {
       assert.equal(done.status, "failed");
       assert.equal(done.error, "valve jammed");
       assert.equal(t.events.at(-1)!.priority, "high");
+      // An error of blank text says nothing: the command's error says the device failed it.
+      for (const error of ["", "   "]) {
+        const blank = t.hub.sendCommand("d1", { command: "open-valve", wait: true });
+        await settle();
+        t.adapter.respond("d1", { id: t.adapter.frames.at(-1)!.id, ok: false, error });
+        assert.equal((await blank).error, "device reported failure", JSON.stringify(error));
+      }
       await t.hub.stop();
     });
 

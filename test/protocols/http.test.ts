@@ -29,6 +29,7 @@ async function deviceServer(): Promise<{ base: string; seen: Seen[]; close(): Pr
     "/fail404": (_b, res) => json(res, 404, { error: "no such command" }),
     "/redirect": (_b, res) => res.writeHead(307, { Location: "/ok" }).end(),
     "/slow": () => undefined, // never answers
+    "/300k": (_b, res) => json(res, 200, { blob: "y".repeat(300 * 1024) }),
     "/big": (_b, res) => {
       res.writeHead(200, { "Content-Type": "application/json" });
       res.end(JSON.stringify({ blob: "x".repeat(2 * 1024 * 1024) }));
@@ -222,6 +223,13 @@ describe("HttpAdapter in a Hub", function () {
     const stats = hub.communicationStatistics().protocols.http!;
     assert.equal(stats.messagesOut, 1);
     assert.equal(stats.status, "ok");
+  });
+
+  it("a command whose answer's result is over 256 KiB of JSON fails, as on MQTT and WebSocket, and keeps none of it", async function () {
+    const done = await command("/300k");
+    assert.equal(done.status, "failed");
+    assert.equal(done.result, null);
+    assert.match(String(done.error), /the device's answer was refused: result .*262144/);
   });
 
   it("a command fails with the device's refusal", async function () {
