@@ -185,6 +185,7 @@ export class CommandDelivery {
     const current = () => e.phase === "sending" && e.attemptSeq === seq && this.running;
     let outcome: SendOutcome;
     let handed = false;
+    let slotKept = false;
     try {
       // A request/response adapter says when the request has left, before the answer comes.
       // Called from the adapter's socket events: a throw here would reach no caller and end
@@ -197,12 +198,25 @@ export class CommandDelivery {
           // A one-way command ends once sent (CONTRACT: the device need not answer, an answer is
           // ignored): the request's answer, or its lack, is not waited for (until 2026-12-08 an
           // HTTP or CoAP device's silence timed it out, and an error answer failed it).
-          if (!e.expectResponse) this.owner.finish(e, "sent", null, null);
+          // Its request is still open, so it keeps its place among the device's requests in
+          // flight until the adapter is done with it (a queue of one-way commands must not open
+          // them all at once on a small device).
+          if (!e.expectResponse) {
+            slotKept = e.holdsSlot;
+            e.holdsSlot = false;
+            this.owner.finish(e, "sent", null, null);
+          }
         } catch {
           // Left unmarked: marked when the send resolves, where a throw is caught.
         }
       };
       const sent = Promise.resolve().then(() => adapter.send(device, { id: e.row.id, command: e.row.command, params: e.row.params }, e.timeoutMs, handedOver));
+      if (!e.expectResponse) {
+        void sent.then(
+          () => this.slotFreed(e, slotKept),
+          () => this.slotFreed(e, slotKept),
+        );
+      }
       outcome = checkOutcome(await this.withDeadline(e, sent, e.timeoutMs + 1000));
     } catch (err) {
       if (current()) this.attemptFailed(e, err);
@@ -221,6 +235,14 @@ export class CommandDelivery {
     if (outcome.status === "delivered") this.owner.setStatus(e, "delivered");
     if (!e.expectResponse) this.owner.finish(e, e.row.status, null, null);
     else this.awaitAnswer(e);
+  }
+
+  /** A one-way command's request has settled: the place it kept among the device's requests in flight is free (see attempt). */
+  private slotFreed(e: CommandEntry, kept: boolean): void {
+    if (!kept) return;
+    const q = this.queues.get(e.row.deviceId);
+    if (q && q.inFlight > 0) q.inFlight--;
+    this.pump(e.row.deviceId);
   }
 
   /** The adapter's promise, or TIMEOUT after `ms` on the hub's clock (cleared on every path). */

@@ -2,7 +2,7 @@ import { z } from "zod";
 import { TethralError, invalid } from "./errors";
 import { COMMAND_STATUSES, type CommandStatus, PRIORITIES, type JsonObject, type Priority } from "./types";
 import { type FilterValues, listFilter } from "./registry-query";
-import { checkJsonObject, checkJsonValue, issueToDetail, LIMITS, PARSE_PARAMS, parseInput, toEpoch } from "./validation";
+import { checkJsonObject, checkJsonValue, issueToDetail, LIMITS, parseInput, spokenIssues, toEpoch } from "./validation";
 
 /** How commands are delivered, unless a command says otherwise. */
 export interface CommandOptions {
@@ -69,9 +69,9 @@ export interface CommandRequest {
 
 /** Checks what a flow or REST caller asked for; INVALID names the field, and nothing is queued. */
 export function parseCommandRequest(input: unknown, now: number, options: CommandOptions): CommandRequest {
-  const parsed = commandInputSchema.safeParse(input, PARSE_PARAMS);
+  const parsed = commandInputSchema.safeParse(input);
   if (!parsed.success) {
-    const details = parsed.error.issues.map((i) => issueToDetail(i, "command"));
+    const details = spokenIssues(commandInputSchema, input, parsed.error.issues).map((i) => issueToDetail(i, "command"));
     throw new TethralError("INVALID", `${details[0]!.field}: ${details[0]!.message}`, details);
   }
   const v = parsed.data;

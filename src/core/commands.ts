@@ -222,15 +222,17 @@ export class CommandTracker {
     this.counts.queued++;
     this.publish(e, "command.queued");
     const superseded = request.supersede ? this.supersede(e) : [];
+    // The commands it superseded are stored so before it is answered, and before it is sent: a
+    // crash would otherwise bring them back queued, and send them (until 2026-12-08). The new
+    // command is stored and queued already, so a failed write does not refuse it: the rows are
+    // written when the database takes them.
+    if (superseded.length > 0) await this.writer?.written(superseded);
     // Waiting starts before the first send: an adapter may fail it at once.
     const done = request.wait ? this.whenDone(e, waitLimitMs(e, this.options)) : null;
     // Without wait the caller gets the command as it was acknowledged: queued, no attempt yet
     // (the first send may start at once, below, and finish later).
     const acknowledged = done ? null : toCommand(e);
     this.delivery.pump(deviceId);
-    // The commands it superseded are stored so before it is answered: a crash then would
-    // otherwise bring them back queued, and send them (until 2026-12-08).
-    if (superseded.length > 0) await this.stored(superseded, "superseded");
     return done ? done.then((c) => this.ended(c)) : acknowledged!;
   }
 
@@ -239,7 +241,7 @@ export class CommandTracker {
    * the database could not take them: the change holds here and is written when it can be, but
    * a crash before that would undo it.
    */
-  private async stored(ids: readonly string[], what: string): Promise<void> {
+  private async stored(ids: readonly string[], what: "cancelled"): Promise<void> {
     if (this.writer && !(await this.writer.written(ids))) {
       throw new TethralError("UNAVAILABLE", `the command is ${what} here, but the database could not store that yet: it is written as soon as it can be`);
     }

@@ -27,7 +27,7 @@ import type { DeviceMessage, ProtocolAdapter, ReceiveResult } from "./ports/prot
 import { Presence } from "./presence";
 import { ProcessMonitor } from "./process-monitor";
 import { Refusals } from "./refusals";
-import { DeviceRegistry, type DeviceFilter, type DeviceList, type DeviceStatistics, toDevice } from "./registry";
+import { DeviceRegistry, type DeviceFilter, type DeviceRecord, type DeviceList, type DeviceStatistics, toDevice } from "./registry";
 import { type ChangeCause, DEFAULT_STATE_OPTIONS, StateManager, type StateListQuery, type StateStatistics } from "./state";
 import { StoredReads, loadFleet, storeHost } from "./stored-reads";
 import { Intake } from "./intake";
@@ -83,7 +83,7 @@ export class Hub {
    * Twins whose versions are not stored yet, by device, oldest first, one per write-behind mark:
    * each written batch sends the newest it stored (see twinChanged).
    */
-  private readonly unstoredTwins = new Map<string, { mark: number; twin: DeviceTwin }[]>();
+  private readonly unstoredTwins = new Map<string, { mark: number; twin: DeviceTwin; record: DeviceRecord }[]>();
   private readonly presence: Presence;
   private readonly refusals: Refusals;
   private readonly traffic: DeviceTraffic;
@@ -357,14 +357,17 @@ export class Hub {
       this.adapters.deliverTwin(id, false);
       return;
     }
-    // One twin per mark, the newest: a device reporting faster than the store writes has at
-    // most the twins of the write in flight and of the next waiting, and each write sends one.
+    // At most two twins wait: the one a write in flight stores, and the newest, whose mark moves
+    // on with each change (a database that is away, or a backlog, would otherwise pile them up).
     const twin = twinOf(record);
     const waiting = this.unstoredTwins.get(id);
     const last = waiting?.at(-1);
-    if (last?.mark === mark) last.twin = twin;
-    else if (waiting) waiting.push({ mark, twin });
-    else this.unstoredTwins.set(id, [{ mark, twin }]);
+    if (last !== undefined && (last.mark === mark || waiting!.length >= 2)) {
+      last.mark = mark;
+      last.twin = twin;
+      last.record = record;
+    } else if (waiting) waiting.push({ mark, twin, record });
+    else this.unstoredTwins.set(id, [{ mark, twin, record }]);
   }
 
   /** Sends each device the newest of its twins a write that just committed stored (see twinChanged). */
@@ -373,10 +376,15 @@ export class Hub {
       let n = 0;
       while (n < waiting.length && waiting[n]!.mark < index) n++;
       if (n === 0) continue;
-      const newest = waiting[n - 1]!.twin;
+      const newest = waiting[n - 1]!;
       if (n === waiting.length) this.unstoredTwins.delete(id);
       else waiting.splice(0, n);
-      this.adapters.deliverTwin(id, false, false, newest);
+      // Removed meanwhile (and maybe registered again: another device under the same id).
+      if (this.registry.record(id) !== newest.record) continue;
+      // Cluster mode: a device another member took over meanwhile is that member's to publish
+      // (its rows here were fenced out, not stored).
+      if (this.cluster !== null && !this.cluster.owns(id)) continue;
+      this.adapters.deliverTwin(id, false, false, newest.twin);
     }
   }
 

@@ -338,7 +338,9 @@ export class EmbeddedBroker implements MqttMode {
    * reconnection too) of one it has; a refused QoS 2 message still reaches live subscribers.
    */
   private takeIn(packet: PublishPacket, client: Client): void {
-    if (packet.qos === 2) return;
+    // An empty retained message is MQTT's way to clear the one kept on that topic: the broker's
+    // business, no report (a device decommissioned clears its retained status so).
+    if (packet.qos === 2 || (packet.retain && packet.payload.length === 0)) return;
     if (this.ingest(packet as AedesPublishPacket, client) === false && Buffer.isBuffer(packet.payload)) {
       packet.retain = false;
       this.refusedPayloads.add(packet.payload);

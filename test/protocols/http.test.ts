@@ -270,6 +270,17 @@ describe("HttpAdapter in a Hub", function () {
     assert.equal(dev.seen.length, 3, "each sent once");
   });
 
+  it("opens one-way commands' requests to a device one at a time, each once the one before it is done", async function () {
+    await hub.registerDevice({ id: "dev-oneway", protocol: "http", address: `${dev.base}/slow` });
+    const sent = await Promise.all([1, 2, 3].map((n) => hub.sendCommand("dev-oneway", { command: `c${n}`, expectResponse: false, timeout: 0.4 })));
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(dev.seen.length, 1, "the first request is still open: the others wait");
+    const start = Date.now();
+    while (dev.seen.length < 3 && Date.now() - start < 5000) await new Promise((r) => setTimeout(r, 20));
+    assert.equal(dev.seen.length, 3);
+    for (const c of sent) assert.equal((await hub.waitForCommand(c.id)).status, "sent");
+  });
+
   it("a device that does not answer in time ends the command after its retries", async function () {
     const done = await command("/slow", { timeout: 0.2, retries: 1 });
     // The tracker decides how a request/response timeout ends (failed today; timed_out would also fit).

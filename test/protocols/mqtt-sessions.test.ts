@@ -210,6 +210,14 @@ describe("MQTT adapter, embedded broker: client ids and sessions", function () {
     await until(() => late.messages.length > 0, "the retained copy");
     await pause(100);
     assert.deepEqual(late.messages.map((m) => [m.payload, m.retain]), [[good, true]]);
+    // An empty retained message clears the kept one (MQTT's way), and is no refused report.
+    await sender.publish("state", "", { qos: 1, retain: true });
+    await pause(100);
+    const cleared = await connect("boiler-1", { clientId: "after-clear" });
+    await cleared.subscribe(cleared.topic("state"));
+    await pause(200);
+    assert.deepEqual(cleared.messages, [], "nothing retained any more");
+    assert.equal(mqtt().rejected, 2, "the clearing is not counted as a refusal");
   });
 
   it("takes a device's reports in the order it sent them, retained or not, however many come in one read", async function () {
