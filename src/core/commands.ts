@@ -233,7 +233,7 @@ export class CommandTracker {
     // (the first send may start at once, below, and finish later).
     const acknowledged = done ? null : toCommand(e);
     this.delivery.pump(deviceId);
-    return done ? done.then((c) => this.ended(c)) : acknowledged!;
+    return done ?? acknowledged!;
   }
 
   /**
@@ -248,25 +248,14 @@ export class CommandTracker {
   }
 
   /**
-   * A waited-for command as its caller gets it: once it has ended, its end stored first, so an
-   * answered result is not undone by a crash (until 2026-12-08 a command answered succeeded came
-   * back queued after one, and was sent again). A write that fails does not hold the answer: the
-   * device has done the command, and the row is written when the database can take it.
-   */
-  private async ended(c: Command): Promise<Command> {
-    if (FINAL_STATUSES.has(c.status)) await this.writer?.written([c.id]);
-    return c;
-  }
-
-  /**
    * Resolves with the command once it has ended (at once if it has), or with it as it is after
    * `limitMs` (default: as long as its attempts can take) — a command for a device that stays
    * away keeps waiting in its queue, but its caller does not.
    */
   async wait(id: string, limitMs?: number): Promise<Command> {
     const e = this.live.get(id);
-    if (e) return this.ended(await this.whenDone(e, limitMs ?? waitLimitMs(e, this.options)));
-    return this.ended(await this.get(id));
+    if (e) return this.whenDone(e, limitMs ?? waitLimitMs(e, this.options));
+    return this.get(id);
   }
 
   /** A command by id, from memory, or from the store for older ones. */

@@ -116,15 +116,15 @@ describe("crash safety of command answers (SQLite file, SIGKILL)", function () {
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
   // Until 2026-12-08 a cancel or a supersede was answered before its status was stored (up to
-  // 100 ms later), and a waited-for command's end likewise: a crash right after the answer brought
-  // the command back queued, and it was sent after all (a tester's find: 3 of 3 cancels).
+  // 100 ms later): a crash right after the answer brought the command back queued, and it was
+  // sent after all (a tester's find: 3 of 3 cancels).
   for (const [acks, extraMs] of [
     [3, 0],
     [30, 1],
     [90, 0],
     [1 + Math.floor(Math.random() * 150), Math.floor(Math.random() * 5)],
   ] as const) {
-    it(`keeps every answered cancel, supersede and waited-for end when killed after ${acks} answers (+${extraMs} ms)`, async () => {
+    it(`keeps every answered cancel and supersede when killed after ${acks} answers (+${extraMs} ms)`, async () => {
       const file = join(dir, "hub.sqlite");
       const lines = await runAndKill(file, acks + 1, extraMs, COMMANDS_CHILD);
       const answered = lines.filter((l) => l !== "READY").map((l) => l.split(" ") as [string, string]);
@@ -132,8 +132,11 @@ describe("crash safety of command answers (SQLite file, SIGKILL)", function () {
       const hub = new Hub({ store: new SqliteStore({ path: file }), onWarning: () => undefined });
       await hub.start();
       try {
-        const expected: Record<string, string> = { CAN: "cancelled", SUP: "superseded", DONE: "succeeded" };
-        for (const [what, id] of answered) {
+        // A waited-for command's end is written behind (a durable write before each answer cost
+        // the command round trip's p99 three times over): it may come back queued, and is sent
+        // again, at least once, as the README says.
+        const expected: Record<string, string> = { CAN: "cancelled", SUP: "superseded" };
+        for (const [what, id] of answered.filter(([what]) => what !== "DONE")) {
           const c = await hub.getCommand(id);
           assert.equal(c.status, expected[what], `${what} ${id}: answered ${expected[what]}, stored ${c.status}`);
         }
