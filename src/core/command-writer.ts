@@ -84,7 +84,7 @@ export class CommandWriter {
   /**
    * Writes what waits now, and whether the rows of `ids` are stored: false when one is still
    * waiting (its write failed, and is tried again later). For answers that must not be undone by
-   * a crash: a cancel, a supersede, a waited-for command's end.
+   * a crash: a cancel, a supersede.
    */
   async written(ids: readonly string[]): Promise<boolean> {
     await this.flush();

@@ -175,24 +175,6 @@ export class CommandTracker {
     if (waitingNow >= this.options.maxQueuedPerDevice) {
       throw new TethralError("UNAVAILABLE", `device "${deviceId}" already has ${waitingNow} commands waiting`);
     }
-    this.writing.set(deviceId, writing + 1);
-    let written = false;
-    const release = () => {
-      if (written) return;
-      written = true;
-      const left = (this.writing.get(deviceId) ?? 1) - 1;
-      if (left > 0) this.writing.set(deviceId, left);
-      else this.writing.delete(deviceId);
-    };
-    try {
-      return await this.queue(deviceId, request, id, now, release);
-    } finally {
-      release();
-    }
-  }
-
-  /** Stores and queues a checked request (see submit); `written` once it waits in the queue, or failed. */
-  private async queue(deviceId: string, request: ReturnType<typeof parseCommandRequest>, id: string | undefined, now: number, written: () => void): Promise<Command> {
     const row: CommandRow = {
       id: id ?? newTimeId(now),
       deviceId,
@@ -209,7 +191,15 @@ export class CommandTracker {
       error: null,
       options: { timeoutMs: request.timeoutMs, retries: request.retries, expectResponse: request.expectResponse, failures: 0 },
     };
-    await this.store?.putCommand(row);
+    // Counted as waiting from the check above (no await between) until it is tracked below.
+    this.writing.set(deviceId, writing + 1);
+    try {
+      await this.store?.putCommand(row);
+    } finally {
+      const left = (this.writing.get(deviceId) ?? 1) - 1;
+      if (left > 0) this.writing.set(deviceId, left);
+      else this.writing.delete(deviceId);
+    }
     if (this.host.protocolOf(deviceId) === undefined) {
       // Removed while the command was written: its row must not outlive the device.
       await this.store?.deleteCommand(row.id).catch(() => undefined);
@@ -218,7 +208,6 @@ export class CommandTracker {
     // Stopped while it was written: it is stored as queued, and the next start sends it.
     if (!this.running) throw new TethralError("UNAVAILABLE", "the hub stopped; the command is kept and sent after the next start");
     const e = this.track(row);
-    written();
     this.counts.queued++;
     this.publish(e, "command.queued");
     const superseded = request.supersede ? this.supersede(e) : [];
@@ -236,16 +225,6 @@ export class CommandTracker {
     return done ?? acknowledged!;
   }
 
-  /**
-   * Waits until the rows of `ids` are stored (an answer a crash must not undo); UNAVAILABLE when
-   * the database could not take them: the change holds here and is written when it can be, but
-   * a crash before that would undo it.
-   */
-  private async stored(ids: readonly string[], what: "cancelled"): Promise<void> {
-    if (this.writer && !(await this.writer.written(ids))) {
-      throw new TethralError("UNAVAILABLE", `the command is ${what} here, but the database could not store that yet: it is written as soon as it can be`);
-    }
-  }
 
   /**
    * Resolves with the command once it has ended (at once if it has), or with it as it is after
@@ -312,7 +291,10 @@ export class CommandTracker {
     if (e) {
       const cancelled = this.finish(e, "cancelled", null, "cancelled");
       // Stored before it is answered: a crash would otherwise bring it back queued, and send it.
-      await this.stored([id], "cancelled");
+      // UNAVAILABLE when the database cannot take it yet: it holds here and is written when it can be.
+      if (this.writer && !(await this.writer.written([id]))) {
+        throw new TethralError("UNAVAILABLE", "the command is cancelled here, but the database could not store that yet: it is written as soon as it can be");
+      }
       return cancelled;
     }
     const done = await this.get(id);

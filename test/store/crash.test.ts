@@ -38,14 +38,19 @@ function runAndKill(file: string, acks: number, extraMs: number, child_ = CHILD)
   });
 }
 
-describe("crash safety (SQLite file, SIGKILL)", function () {
-  this.timeout(60_000);
-  let dir: string;
-
+/** A fresh folder for each test of the suite (removed after it); the getter names the current one. */
+function scratchDir(): () => string {
+  let dir = "";
   beforeEach(() => {
     dir = mkdtempSync(join(tmpdir(), "tethral-crash-"));
   });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
+  return () => dir;
+}
+
+describe("crash safety (SQLite file, SIGKILL)", function () {
+  this.timeout(60_000);
+  const scratch = scratchDir();
 
   for (const [acks, extraMs] of [
     [5, 0],
@@ -56,7 +61,7 @@ describe("crash safety (SQLite file, SIGKILL)", function () {
     [1 + Math.floor(Math.random() * 300), Math.floor(Math.random() * 50)],
   ] as const) {
     it(`keeps every acknowledged change when killed after ${acks} acknowledgements (+${extraMs} ms)`, async () => {
-      const file = join(dir, "hub.sqlite");
+      const file = join(scratch(), "hub.sqlite");
       const lines = await runAndKill(file, acks, extraMs);
       const registered = new Set<string>();
       const deleted = new Set<string>();
@@ -108,12 +113,7 @@ describe("crash safety (SQLite file, SIGKILL)", function () {
 
 describe("crash safety of command answers (SQLite file, SIGKILL)", function () {
   this.timeout(60_000);
-  let dir: string;
-
-  beforeEach(() => {
-    dir = mkdtempSync(join(tmpdir(), "tethral-crash-"));
-  });
-  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+  const scratch = scratchDir();
 
   // Until 2026-12-08 a cancel or a supersede was answered before its status was stored (up to
   // 100 ms later): a crash right after the answer brought the command back queued, and it was
@@ -125,7 +125,7 @@ describe("crash safety of command answers (SQLite file, SIGKILL)", function () {
     [1 + Math.floor(Math.random() * 150), Math.floor(Math.random() * 5)],
   ] as const) {
     it(`keeps every answered cancel and supersede when killed after ${acks} answers (+${extraMs} ms)`, async () => {
-      const file = join(dir, "hub.sqlite");
+      const file = join(scratch(), "hub.sqlite");
       const lines = await runAndKill(file, acks + 1, extraMs, COMMANDS_CHILD);
       const answered = lines.filter((l) => l !== "READY").map((l) => l.split(" ") as [string, string]);
       assert.ok(answered.length >= acks);
@@ -149,12 +149,7 @@ describe("crash safety of command answers (SQLite file, SIGKILL)", function () {
 
 describe("crash safety of twin versions (SQLite file, SIGKILL)", function () {
   this.timeout(60_000);
-  let dir: string;
-
-  beforeEach(() => {
-    dir = mkdtempSync(join(tmpdir(), "tethral-crash-"));
-  });
-  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+  const scratch = scratchDir();
 
   // Until 2026-12-08 a twin a report moved was sent before its state was stored: after a SIGKILL
   // the store held an older version than the device had been given, and the next change came
@@ -165,7 +160,7 @@ describe("crash safety of twin versions (SQLite file, SIGKILL)", function () {
     [1 + Math.floor(Math.random() * 400), Math.floor(Math.random() * 30)],
   ] as const) {
     it(`never gives a device a twin version the store does not hold when killed after ${twins} twins (+${extraMs} ms)`, async () => {
-      const file = join(dir, "hub.sqlite");
+      const file = join(scratch(), "hub.sqlite");
       const lines = await runAndKill(file, twins + 1, extraMs, TWIN_CHILD);
       const given = new Map<string, number>();
       for (const line of lines) {
