@@ -166,6 +166,23 @@ export class AdapterSet {
     }
   }
 
+  /**
+   * The device's protocol changed from `from`: an adapter that retains twins (a broker's retained
+   * message) drops the copy it kept for the old protocol, and the twin goes to the new one's, so
+   * a device finds its own twin where it now listens and no stale one where it did.
+   */
+  protocolChanged(id: string, from: string): void {
+    for (const adapter of this.started) {
+      if (!adapter.retainsTwins || adapter.name !== from || !adapter.twinChanged) continue;
+      try {
+        adapter.twinChanged(id, null);
+      } catch (err) {
+        this.warn(`protocol ${adapter.name} could not clear the twin of ${id}: ${errorMessage(err)}`);
+      }
+    }
+    this.deliverTwin(id, false);
+  }
+
   /** A device was removed here. */
   deviceRemoved(id: string): void {
     for (const adapter of this.started) {

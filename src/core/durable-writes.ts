@@ -236,6 +236,7 @@ export class DurableWrites {
     }
     this.registry.announceUpdated(id, changes, cause);
     if (changes.includes("heartbeatTimeout")) this.presence.timeoutChanged(id, device.heartbeatTimeout);
+    if (changes.includes("protocol")) this.adapters.protocolChanged(id, before.protocol);
     return device;
   }
 

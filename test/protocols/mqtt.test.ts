@@ -330,6 +330,30 @@ describe("MQTT adapter, embedded broker, with a real hub", function () {
     assert.equal(sent(), before + 1, "clears reach no device: not counted");
   });
 
+  it("keeps a retained twin only while the device's protocol is MQTT: cleared when it moves away, retained again when it moves back", async function () {
+    /** The retained twin a fresh subscription of the device finds (null: none). */
+    const retained = async (): Promise<{ desired: unknown; version: number } | null> => {
+      const d = await connect("boiler-1", { clientId: `probe-${Math.random()}` });
+      try {
+        await d.subscribe(d.topic("desired"));
+        // A retained message comes before the SUBACK's callback runs; give a stray one a moment.
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        const found = d.messages.filter((m) => m.topic === d.topic("desired") && m.retain && m.payload.length > 0);
+        return found.length === 0 ? null : JSON.parse(found.at(-1)!.payload);
+      } finally {
+        await d.end();
+      }
+    };
+    await hub.setState("boiler-1", { desired: { setpoint: 21 } });
+    assert.deepEqual((await retained())?.desired, { setpoint: 21 });
+    await hub.updateDevice("boiler-1", { protocol: "http" });
+    assert.equal(await retained(), null, "an HTTP device's old twin is not kept on the broker");
+    await hub.updateDevice("boiler-1", { protocol: "mqtt" });
+    const back = await retained();
+    assert.deepEqual(back?.desired, { setpoint: 21 }, "back on MQTT, its twin is retained again");
+    assert.equal(back?.version, hub.getState("boiler-1").version);
+  });
+
   it("reports a port in use clearly, and the hub runs without MQTT", async function () {
     const taken = adapter.port!;
     const second = new MqttAdapter({ port: taken });
