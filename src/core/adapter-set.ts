@@ -25,6 +25,11 @@ export class AdapterSet {
   /** Adapters that would not start, with why. */
   private readonly failures = new Map<string, string>();
   private readonly started = new Set<ProtocolAdapter>();
+  /**
+   * Whether a newer twin of the device waits for its version to be stored (the hub sets it; see
+   * Hub.twinChanged): that one goes out once stored, and nothing older is sent meanwhile.
+   */
+  twinPending: (id: string) => boolean = () => false;
 
   constructor(
     private readonly registry: DeviceRegistry,
@@ -169,7 +174,8 @@ export class AdapterSet {
   /**
    * The device's protocol changed from `from`: an adapter that retains twins (a broker's retained
    * message) drops the copy it kept for the old protocol, and the twin goes to the new one's, so
-   * a device finds its own twin where it now listens and no stale one where it did.
+   * a device finds its own twin where it now listens and no stale one where it did (a twin whose
+   * version is not stored yet goes there once it is, see `twinPending`).
    */
   protocolChanged(id: string, from: string): void {
     for (const adapter of this.started) {
@@ -180,7 +186,7 @@ export class AdapterSet {
         this.warn(`protocol ${adapter.name} could not clear the twin of ${id}: ${errorMessage(err)}`);
       }
     }
-    this.deliverTwin(id, false);
+    if (!this.twinPending(id)) this.deliverTwin(id, false);
   }
 
   /** A device was removed here. */

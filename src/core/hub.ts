@@ -173,6 +173,7 @@ export class Hub {
     this.adapters = new AdapterSet(this.registry, this.gateway, this.commands, warn);
     for (const adapter of options.protocols ?? []) this.adapters.add(adapter);
     this.registry.addressProblem = (protocol, address) => this.adapters.addressProblem(protocol, address);
+    this.adapters.twinPending = (id) => this.unstoredTwins.has(id);
     this.writes = new DurableWrites(this.registry, this.state, this.presence, this.tokens, this.commands, this.adapters, p, clock, deviceTokens);
     this.reads = new StoredReads(p, this.registry, this.state, this.events, clock, unstored);
     const { registry, state, presence, tokens, commands } = this;
