@@ -1,6 +1,6 @@
 import { anyOf, compilePattern, toList } from "./subscription";
 import { type HubEvent, PRIORITY_RANK, type Priority } from "./types";
-import { toEpoch } from "./validation";
+import { timeOf } from "./telemetry-query";
 
 export interface HistoryQuery {
   type?: string | string[];
@@ -41,7 +41,7 @@ export class EventHistory {
     const matchType = q.type === undefined ? null : anyOf(toList(q.type).map(compilePattern));
     const priorities = q.priority === undefined ? null : new Set(toList(q.priority));
     const minRank = q.minPriority === undefined ? 0 : PRIORITY_RANK[q.minPriority];
-    const since = q.since === undefined ? 0 : toEpoch(q.since, "since");
+    const since = q.since === undefined ? 0 : timeOf(q.since, "since");
     const limit = Math.min(q.limit ?? 100, this.ring.length);
     const cap = this.ring.length;
     const out: HubEvent[] = [];

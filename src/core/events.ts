@@ -31,6 +31,7 @@ import {
   type HubEvent,
   type HubEventType,
   PRIORITY_RANK,
+  isHubEventType,
   type Priority,
   type TethralEvent,
   type UserEvent,
@@ -398,7 +399,9 @@ export class EventBus {
   private countType(type: string): void {
     const n = this.byType.get(type);
     if (n !== undefined) this.byType.set(type, n + 1);
-    else if (this.byType.size < MAX_TYPE_KEYS) this.byType.set(type, 1);
+    // The hub's own types are always counted by name; user types, up to MAX_TYPE_KEYS of them,
+    // the rest together under "(other)" (any caller can publish new types).
+    else if (this.byType.size < MAX_TYPE_KEYS || isHubEventType(type)) this.byType.set(type, 1);
     else this.byType.set("(other)", (this.byType.get("(other)") ?? 0) + 1);
   }
 }

@@ -60,10 +60,12 @@ const answer = (status: number, schema: JsonSchema | null, description = STATUS_
   schema === null ? { description } : { description, content: { [JSON_TYPE]: { schema } } };
 
 /** The answers of an operation: its successes, the errors it names, and 503 (a hub that cannot serve) on every route. */
-function responses(ok: Record<number, unknown>, errors: number[]): Record<string, unknown> {
+function responses(ok: Record<number, unknown>, errors: number[], described: Record<number, string> = {}): Record<string, unknown> {
   const out: Record<string, unknown> = {};
   for (const [status, value] of Object.entries(ok)) out[status] = value;
-  for (const status of [...new Set([...errors, 503])].sort()) out[String(status)] = errorAnswer(status);
+  for (const status of [...new Set([...errors, ...Object.keys(described).map(Number), 503])].sort()) {
+    out[String(status)] = { ...errorAnswer(status), ...(described[status] && { description: described[status] }) };
+  }
   return out;
 }
 
@@ -207,6 +209,7 @@ function paths(): Record<string, Record<string, unknown>> {
         responses: responses(
           { 200: answer(200, ref("Command"), "the command ended (with wait)"), 202: answer(202, ref("Command")) },
           [400, 404, 413, 415, 502, 504],
+          { 409: "CONFLICT: the command waited for was cancelled or superseded meanwhile (the command is in the body)" },
         ),
       },
     },

@@ -2,7 +2,7 @@ import type { HistoryQuery } from "./events";
 import { invalid } from "./errors";
 import { iso } from "./json";
 import { type DeviceRow, type HistoryRow, PRIORITIES, PRIORITY_RANK, type Priority, type StateHistoryEntry, type TethralEvent } from "./types";
-import { toEpoch } from "./validation";
+import { timeOf } from "./telemetry-query";
 import type { EventQuery, EventRow } from "./ports/store";
 
 /** Conversions between the store's rows and queries and the engine's own shapes. */
@@ -48,7 +48,7 @@ export function eventQueryOf(query: HistoryQuery): EventQuery {
   if (!Number.isInteger(limit) || limit < 0 || limit > 10_000) throw invalid("limit", "must be a whole number from 0 to 10000");
   const wanted = query.priority === undefined ? [...PRIORITIES] : Array.isArray(query.priority) ? query.priority : [query.priority];
   const minRank = query.minPriority === undefined ? 0 : PRIORITY_RANK[query.minPriority];
-  const since = query.since === undefined ? undefined : toEpoch(query.since, "since");
+  const since = query.since === undefined ? undefined : timeOf(query.since, "since");
   return {
     types: query.type === undefined ? undefined : Array.isArray(query.type) ? query.type : [query.type],
     priorities: wanted.filter((pr: Priority) => PRIORITY_RANK[pr] >= minRank),

@@ -101,7 +101,8 @@ export function resolutionFor(q: TelemetryQuery, retention: ResolutionRetention,
   return dividing[dividing.length - 1]!;
 }
 
-function timeOf(value: string | number | Date, field: string): number {
+/** A time in a query (`from`, `to`, `since`; README "Times"), as epoch ms: a 400 naming `field` unless 1970 to the end of 9999. */
+export function timeOf(value: string | number | Date, field: string): number {
   let ms: number;
   if (value instanceof Date) ms = value.getTime();
   else if (typeof value === "number") ms = value;

@@ -320,3 +320,8 @@ const HUB_EVENT_TYPES: { readonly [K in HubEventType]: true } = {
 export function isHubOwnEvent(event: HubEvent): event is HubOwnEvent {
   return Object.hasOwn(HUB_EVENT_TYPES, event.type);
 }
+
+/** True for the type of one of the hub's own events. */
+export function isHubEventType(type: string): type is HubEventType {
+  return Object.hasOwn(HUB_EVENT_TYPES, type);
+}

@@ -174,7 +174,8 @@ export function eventsQuery(query: EventQuery, now: number): { sql: string; para
     if (exact.length > 0) alternatives.unshift(`type = ANY(${param(exact)}::text[])`);
     where.push(`(${alternatives.join(" OR ")})`);
   }
-  if (query.priorities && query.priorities.length > 0) where.push(`priority = ANY(${param(query.priorities)}::text[])`);
+  // An empty list matches nothing (a priority filter and a minimum that leave no priority).
+  if (query.priorities !== undefined) where.push(`priority = ANY(${param(query.priorities)}::text[])`);
   if (query.deviceId !== undefined) where.push(`device_id = ${param(query.deviceId)}`);
   if (query.source !== undefined) where.push(`source = ${param(query.source)}`);
   if (query.since !== undefined) where.push(`ts >= ${param(query.since)}`);

@@ -233,8 +233,9 @@ export class SqliteDatabase {
       });
       where.push(`(${alternatives.join(" OR ")})`);
     }
-    if (query.priorities?.length) {
-      where.push(`priority IN (${query.priorities.map(() => "?").join(", ")})`);
+    // An empty list matches nothing (a priority filter and a minimum that leave no priority).
+    if (query.priorities !== undefined) {
+      where.push(query.priorities.length === 0 ? "0" : `priority IN (${query.priorities.map(() => "?").join(", ")})`);
       params.push(...query.priorities);
     }
     const equal: [string, unknown][] = [

@@ -1274,6 +1274,10 @@ describe("EventBus", () => {
       const total = Object.values(st.byType).reduce((a, b) => a + b, 0);
       assert.equal(total, 1500, "every event still counted");
       assert.equal(st.historySize, 10);
+      // The hub's own types are counted by name however many user types came first.
+      bus.publish("device.removed", { device: {}, reason: "user" } as never, { deviceId: "d1" });
+      assert.equal(bus.statistics().byType["device.removed"], 1);
+      assert.equal(bus.statistics().byType["(other)"], 500);
     });
   });
 });

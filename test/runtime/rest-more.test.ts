@@ -68,10 +68,19 @@ describe("REST API: commands, tokens, events, device reports and filters (flows/
     ERROR_SHAPE(await call(api, "DELETE", "/commands/no-such-command"), 404, "NOT_FOUND");
     assert.equal((await get(`/commands/${ids[0]}`)).body.status, "cancelled");
 
+    // A command waited for (wait) and cancelled meanwhile: the waiting request answers 409 with
+    // the command, as the OpenAPI document says (call checks every answer against it).
+    const waiting = call(api, "POST", "/devices/away-1/command", { command: "waited", wait: true, timeout: 20 });
+    const queued = await until(async () => (await get("/devices/away-1/commands")).body.commands.find((c: Json) => c.command === "waited"), "the waited command queued");
+    assert.equal((await call(api, "DELETE", `/commands/${queued.id}`)).status, 200);
+    const answered = await waiting;
+    ERROR_SHAPE(answered, 409, "CONFLICT");
+    assert.equal(answered.body.command.status, "cancelled");
+
     const names = (res: { body: Json }) => res.body.commands.map((c: Json) => c.command);
-    assert.deepEqual(names(await get("/devices/away-1/commands?status=cancelled")), ["first"]);
-    assert.deepEqual(names(await get("/devices/away-1/commands?status=Queued,cancelled&limit=2")), ["third", "second"]);
-    assert.deepEqual(names(await get("/devices/away-1/commands?status=queued&status=cancelled")), ["third", "second", "first"]);
+    assert.deepEqual(names(await get("/devices/away-1/commands?status=cancelled")), ["waited", "first"]);
+    assert.deepEqual(names(await get("/devices/away-1/commands?status=Queued,cancelled&limit=3")), ["waited", "third", "second"]);
+    assert.deepEqual(names(await get("/devices/away-1/commands?status=queued&status=cancelled")), ["waited", "third", "second", "first"]);
     assert.deepEqual(names(await get("/devices/away-1/commands?status=succeeded")), []);
     ERROR_SHAPE(await get("/devices/nobody/commands"), 404, "NOT_FOUND");
     for (const [query, field] of [["status=lost", "status"], ["limit=0", "limit"], ["limit=many", "limit"], ["colour=red", "colour"]]) {

@@ -298,6 +298,13 @@ export function describeStoreContract(name: string, makeStore: () => Promise<Sto
         assert.deepEqual(await store.events({ limit: 10 }, T0), [...batch.events].reverse());
       });
 
+      it("filters events by a list of priorities, and an empty list matches none (a priority and a minimum that leave no priority)", async function () {
+        await store.writeBatch(sampleBatch());
+        const high = await store.events({ priorities: ["high"], limit: 10 }, T0);
+        assert.ok(high.length > 0 && high.every((e) => e.priority === "high"));
+        assert.deepEqual(await store.events({ priorities: [], limit: 10 }, T0), []);
+      });
+
       it("a retried batch adds no duplicates", async function () {
         await store.upsertDevice(deviceRow("d1"));
         await store.upsertDevice(deviceRow("d2"));

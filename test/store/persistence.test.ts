@@ -78,6 +78,22 @@ describe("Hub persistence (SQLite file)", () => {
     assert.deepEqual(second.listDevices({ capability: "temperature" }).devices.map((d) => d.id), ["boiler-1"], "indexes rebuilt");
   });
 
+  it("answers an event query as a hub without a store does: a priority and a minimum that leave none match nothing; a since past 9999 is refused", async () => {
+    const stored = await open();
+    const memory = new Hub({ onWarning: () => undefined });
+    await memory.start();
+    hubs.push(memory);
+    for (const hub of [stored, memory]) {
+      hub.publish("audit.low", { n: 1 }, { priority: "low" });
+      hub.publish("audit.high", { n: 2 }, { priority: "high" });
+      assert.deepEqual(await hub.eventHistory({ type: "audit.*", priority: "low", minPriority: "high" }), []);
+      assert.deepEqual((await hub.eventHistory({ type: "audit.*", priority: ["low", "high"], minPriority: "high" })).map((e) => e.type), ["audit.high"]);
+      for (const since of [253_402_300_800_000, "10000-01-01T00:00:00Z", -1]) {
+        await assertRejectsCode(() => hub.eventHistory({ since }), "INVALID", "since");
+      }
+    }
+  });
+
   it("acknowledges a registration only once it is in the database", async () => {
     const hub = await open();
     await hub.registerDevice({ id: "d1", protocol: "mqtt" });

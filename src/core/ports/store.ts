@@ -120,6 +120,7 @@ export interface WriteBatch {
 export interface EventQuery {
   /** Exact types or patterns with `*` (`device.*`). */
   types?: string[];
+  /** Undefined: any priority; an empty list: none. */
   priorities?: Priority[];
   deviceId?: string;
   source?: string;
