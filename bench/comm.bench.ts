@@ -124,6 +124,7 @@ function idleContext(received: { count: number }): AdapterContext {
     warn: (m) => console.warn(m),
     // Never busy: the bare run measures the broker alone.
     intake: new Intake(Number.MAX_SAFE_INTEGER, 0),
+    stored: () => Promise.resolve(true),
   };
 }
 

@@ -60,10 +60,14 @@ export type SelfRegister = (input: Record<string, unknown>, protocol: string, to
  * for an answer, to the command tracker. Nothing here throws at an adapter: a refusal is
  * counted, published as `message.rejected` and returned with the error to answer with.
  */
+const STORED_ALREADY = Promise.resolve(true);
+
 export class DeviceGateway {
   private readonly counters = new Map<string, ProtocolCounters>();
   /** Cluster mode only. */
   router: GatewayRouter | null = null;
+  /** See `AdapterContext.stored` (the hub sets it). */
+  stored: () => Promise<boolean> = () => STORED_ALREADY;
 
   constructor(
     private readonly registry: DeviceRegistry,
@@ -119,6 +123,7 @@ export class DeviceGateway {
       maxPayloadBytes: max,
       warn: (message) => this.warn(`${adapter.name}: ${message}`),
       intake: this.intake,
+      stored: () => this.stored(),
     };
   }
 

@@ -58,6 +58,8 @@ export type { TelemetryAnswer, TelemetryQueryInput } from "./telemetry";
  * adapters. `start()` loads the store and arms the timers; after `stop()` nothing the hub made
  * is left running. docs/ARCHITECTURE.md draws the whole.
  */
+const STORED_ALREADY = Promise.resolve(true);
+
 export class Hub {
   readonly clock: Clock;
   readonly events: EventBus;
@@ -174,6 +176,7 @@ export class Hub {
     for (const adapter of options.protocols ?? []) this.adapters.add(adapter);
     this.registry.addressProblem = (protocol, address) => this.adapters.addressProblem(protocol, address);
     this.adapters.twinPending = (id) => this.unstoredTwins.has(id);
+    this.gateway.stored = () => this.stored();
     this.writes = new DurableWrites(this.registry, this.state, this.presence, this.tokens, this.commands, this.adapters, p, clock, deviceTokens);
     this.reads = new StoredReads(p, this.registry, this.state, this.events, clock, unstored);
     const { registry, state, presence, tokens, commands } = this;
@@ -419,6 +422,16 @@ export class Hub {
     return this.gateway.receive(message);
   }
 
+  /**
+   * Resolves true once what the hub has taken in so far is in its database (at once without
+   * one, or when it all is already); false when the hub stops first. A device's report is
+   * acknowledged only then (MQTT PUBACK, CoAP 2.04, the REST flow's 204, a published event's
+   * answer), so a crash loses nothing acknowledged (see Persistence.whenStored).
+   */
+  stored(): Promise<boolean> {
+    return this.persistence ? this.persistence.whenStored() : STORED_ALREADY;
+  }
+
   /** A device message its transport refused before it could be read (the REST flow's body that is not JSON, say). */
   rejectMessage(protocol: string, refusal: TransportRefusal): void {
     this.gateway.rejectFor(protocol, refusal);
@@ -555,7 +568,12 @@ export class Hub {
   /** `publish`, on the cluster member that owns the event's device (CONTRACT §8); the same on a single runtime. */
   async publishEvent(type: string, data: unknown, options: PublishOptions = {}): Promise<TethralEvent> {
     const deviceId = options.deviceId ?? null;
-    return this.routed(deviceId, "publish", { type, data, options }, async () => this.publish(type, data, options));
+    return this.routed(deviceId, "publish", { type, data, options }, async () => {
+      const event = this.publish(type, data, options);
+      // Answered once stored, as a device's report is acknowledged (see `stored`).
+      if (!(await this.stored())) throw new TethralError("UNAVAILABLE", "the hub stopped before the event was stored");
+      return event;
+    });
   }
 
   /**

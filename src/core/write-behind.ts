@@ -26,6 +26,9 @@ const DROPPING_MS = 60_000;
 /** How long the intake may stay slowed before the store reports itself degraded: a spell is the design working, a long one is a store too slow for the fleet. */
 const SLOWED_MS = 30_000;
 
+const STORED = Promise.resolve(true);
+const NOT_STORED = Promise.resolve(false);
+
 export class Persistence {
   private readonly queue: WriteQueue;
   private timer: TimerHandle | null = null;
@@ -48,6 +51,8 @@ export class Persistence {
   private discarded: { theirs: (deviceId: string) => boolean; through: number }[] = [];
   /** Told the index of each batch written that left the queue empty (see `writtenMark`). */
   private writtenListeners: ((index: number) => void)[] = [];
+  /** Acknowledgements waiting for a write (see `whenStored`), oldest first: marks never decrease. */
+  private storedWaiters: { mark: number; resolve: (stored: boolean) => void }[] = [];
 
   constructor(
     readonly store: Store,
@@ -105,6 +110,15 @@ export class Persistence {
     this.running = false;
     this.disarm();
     this.intake?.release();
+    try {
+      await this.writeAtStop();
+    } finally {
+      // What could not be written by now is not acknowledged (see `whenStored`).
+      for (const waiter of this.storedWaiters.splice(0)) waiter.resolve(false);
+    }
+  }
+
+  private async writeAtStop(): Promise<void> {
     const deadline = Date.now() + this.options.stopTimeoutMs;
     await this.retention.stop(deadline);
     let delay = this.options.retryBaseMs;
@@ -224,6 +238,24 @@ export class Persistence {
 
   private written(index: number): void {
     for (const listener of this.writtenListeners) listener(index);
+    let n = 0;
+    while (n < this.storedWaiters.length && this.storedWaiters[n]!.mark < index) n++;
+    if (n > 0) for (const waiter of this.storedWaiters.splice(0, n)) waiter.resolve(true);
+  }
+
+  /**
+   * Resolves true once everything taken in so far is in the database (at once when it is), and
+   * asks for that write now instead of at the next round: an adapter acknowledges a device's
+   * report (MQTT PUBACK, CoAP 2.04, HTTP 204) only then, so a crash loses nothing acknowledged.
+   * Those waiting meanwhile share the next write (a group commit). While the database is away
+   * they wait for it to come back. False when the hub stops before it could be stored.
+   */
+  whenStored(): Promise<boolean> {
+    const mark = this.writtenMark();
+    if (mark === null) return STORED;
+    if (!this.running) return NOT_STORED;
+    if (this.busy === 0 && !this.isDegraded) this.arm(0);
+    return new Promise((resolve) => this.storedWaiters.push({ mark, resolve }));
   }
 
   /** Writes everything waiting now (several transactions if need be). Rejects if the database fails. */
@@ -311,6 +343,8 @@ export class Persistence {
       })
       .finally(() => {
       this.busy--;
+      // Acknowledgements wait for what came while this batch was written: the next one at once.
+      if (this.busy === 0 && this.storedWaiters.length > 0 && !this.isDegraded) this.arm(0);
     });
     this.tail = run.catch(() => undefined);
     return run;
@@ -520,7 +554,7 @@ export class Persistence {
       this.arm(Math.round(backoff * (0.75 + Math.random() * 0.5)));
     } else {
       // A backlog bigger than one transaction goes on at once; otherwise wait for the next round.
-      this.arm(this.batchWaits() ? 0 : this.options.flushIntervalMs);
+      this.arm(this.batchWaits() || this.storedWaiters.length > 0 ? 0 : this.options.flushIntervalMs);
     }
   }
 

@@ -170,11 +170,18 @@ function planOf(_: Translate, msg: NodeMessage, def: DeviceDef): (hub: Hub) => P
         }
         const result = hub.receive({ protocol, deviceId: id, kind: kind as (typeof REPORT_KINDS)[number], payload, ...(token !== undefined && { token }), ...(size !== undefined && { size }) });
         if (!result.ok) throw result.error;
-        return {
+        const outcome: Outcome = {
           payload: { deviceId: result.deviceId, status: result.status, changed: result.changed },
           status: () => _("tethral-device.status.reported", { id, kind }),
           often: true,
         };
+        // A report goes on (the REST flow's 204) once what it changed is stored, so a crash loses
+        // nothing acknowledged; a command's answer at once (a command's end is written behind it).
+        if (kind === "response") return outcome;
+        return hub.stored().then((stored) => {
+          if (!stored) throw new TethralError("UNAVAILABLE", "the hub stopped before the report was stored");
+          return outcome;
+        });
       };
     }
   }

@@ -74,6 +74,9 @@ const MAX_DEVICE_ERROR = 1024;
  * commands to `{address}/commands` and takes the answer as the command's result.
  * A device reads its twin at `/devices/{id}/desired`, and may observe it (RFC 7641). No connections.
  */
+/** A report taken, but the hub stopped before it was stored: not acknowledged. */
+const STOPPED: Answer = { code: "5.03", error: new TethralError("UNAVAILABLE", "the hub stopped before the report was stored") };
+
 export class CoapAdapter implements ProtocolAdapter {
   readonly name = "coap";
   private readonly options: Required<CoapAdapterOptions>;
@@ -221,16 +224,31 @@ export class CoapAdapter implements ProtocolAdapter {
     // The library emits an answer it cannot encode as an 'error' event; unheard, that would crash the process.
     res.on("error", (err: Error) => this.fault("answer", err));
     const decision = this.intake.decisionFor(req._packet);
-    let answer: Answer;
+    let answer: Answer | Promise<Answer>;
     try {
       if (decision && "answer" in decision) answer = decision.answer;
       // The last block of an upload: the whole body is the request, and the answer echoes the block.
-      else if (decision) answer = { ...this.route(req, decision.payload), block1: decision.block1 };
-      else answer = this.route(req);
+      else if (decision) {
+        const block1 = decision.block1;
+        const routed = this.route(req, decision.payload);
+        answer = routed instanceof Promise ? routed.then((a) => ({ ...a, block1 })) : { ...routed, block1 };
+      } else answer = this.route(req);
     } catch (err) {
       this.fault("request", err);
       answer = { code: "5.00", error: new TethralError("UNAVAILABLE", "internal error") };
     }
+    if (answer instanceof Promise) {
+      answer.then(
+        (a) => this.respond(res, a),
+        (err: unknown) => {
+          this.fault("request", err);
+          this.respond(res, { code: "5.00", error: new TethralError("UNAVAILABLE", "internal error") });
+        },
+      );
+    } else this.respond(res, answer);
+  }
+
+  private respond(res: OutgoingMessage, answer: Answer): void {
     try {
       // statusCode, not code: the library's own 4.02 for a Block2 request out of range must win over it.
       res.statusCode = answer.code;
@@ -250,7 +268,7 @@ export class CoapAdapter implements ProtocolAdapter {
     }
   }
 
-  private route(req: IncomingMessage, body?: Buffer): Answer {
+  private route(req: IncomingMessage, body?: Buffer): Answer | Promise<Answer> {
     const context = this.context!;
     const target = resourceOf(req._packet.options);
     if (target?.type === "discovery") return this.discovery(req);
@@ -268,7 +286,10 @@ export class CoapAdapter implements ProtocolAdapter {
     const payload = body ?? req.payload ?? Buffer.alloc(0);
     // The hub checks the size too (first, before decoding): it counts and publishes the refusal.
     const result = context.receive({ protocol: this.name, deviceId: target.deviceId, kind: target.kind, payload, token: target.token });
-    if (result.ok) return { code: "2.04" };
+    // A report is answered 2.04 once what it changed is stored, so a crash loses nothing
+    // acknowledged; a command's answer at once (a command's end is written behind it).
+    if (result.ok && target.kind === "response") return { code: "2.04" };
+    if (result.ok) return context.stored().then((stored) => (stored ? { code: "2.04" } : STOPPED));
     if (payload.length > context.maxPayloadBytes) return tooLarge(payload.length, context.maxPayloadBytes);
     return { code: CODE_OF[result.error.code] ?? "5.00", error: result.error };
   }

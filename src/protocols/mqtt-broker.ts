@@ -45,6 +45,9 @@ const HEADER_ALLOWANCE = 4096;
  * topics. The hub reads device messages in-process from aedes's `published` hook, so ingest
  * costs no extra socket.
  */
+/** What `authorizePublish` answers for a QoS 1 report the hub took: acknowledged once stored. */
+const AFTER_STORE = Symbol("after store");
+
 export class EmbeddedBroker implements MqttMode {
   private broker: Aedes | null = null;
   private server: Server | null = null;
@@ -89,7 +92,16 @@ export class EmbeddedBroker implements MqttMode {
       // 23 is the MQTT 3.1 limit aedes applies to 3.1 clients; 3.1.1 ones are checked at authentication.
       maxClientsIdLength: MAX_CLIENT_ID_LENGTH,
       authenticate: (client, username, password, done) => done(...this.authenticate(client, username, password)),
-      authorizePublish: (client, packet, done) => done(this.authorizePublish(client, packet)),
+      authorizePublish: (client, packet, done) => {
+        const outcome = this.authorizePublish(client, packet);
+        if (outcome !== AFTER_STORE) return done(outcome);
+        // A QoS 1 report the hub took: aedes writes its PUBACK (and reads the connection's next
+        // packets) once what it changed is in the database, so a crash loses nothing acknowledged.
+        void context.stored().then(
+          (stored) => done(stored ? null : new Error("the hub stopped before the message was stored")),
+          (err: Error) => done(err),
+        );
+      },
       authorizeSubscribe: (client, sub, done) => done(null, this.authorizeSubscribe(client, sub)),
       // What the hub refused reaches no subscriber (see takeIn). A forwarded copy keeps the payload.
       authorizeForward: (_client, packet) => (this.refusedPayloads.has(packet.payload as Buffer) ? null : packet),
@@ -295,15 +307,12 @@ export class EmbeddedBroker implements MqttMode {
   }
 
   /** An error disconnects the client: MQTT 3.1.1 has no other way to refuse a publish. */
-  private authorizePublish(client: Client | null, packet: PublishPacket): Error | null {
+  private authorizePublish(client: Client | null, packet: PublishPacket): Error | null | typeof AFTER_STORE {
     if (!client) return null;
     const session = this.sessions.get(client);
     if (packet.topic.startsWith("$")) return this.refusePublish(session?.deviceId ?? null, `topics starting with $ are reserved: ${packet.topic.slice(0, 200)}`);
     if (!session) return new Error("not authenticated");
-    if (session.deviceId === null) {
-      this.takeIn(packet, client);
-      return null;
-    }
+    if (session.deviceId === null) return this.takeIn(packet, client);
     const topics = this.options.topics;
     if (!topics.isOwn(packet.topic, session.deviceId)) return this.refusePublish(session.deviceId, `device "${session.deviceId}" may not publish to ${packet.topic.slice(0, 200)}`);
     // The twin is what the hub says is desired: a device reports its state instead.
@@ -322,8 +331,7 @@ export class EmbeddedBroker implements MqttMode {
     const context = this.context;
     const bytes = typeof packet.payload === "string" ? Buffer.byteLength(packet.payload) : packet.payload.length;
     if (context && bytes > context.maxPayloadBytes) return this.refusePublish(session.deviceId, `payload of ${bytes} bytes exceeds ${context.maxPayloadBytes}`);
-    this.takeIn(packet, client);
-    return null;
+    return this.takeIn(packet, client);
   }
 
   /**
@@ -337,14 +345,17 @@ export class EmbeddedBroker implements MqttMode {
    * taken in after, once: aedes knows only then whether a packet is a copy sent again (after a
    * reconnection too) of one it has; a refused QoS 2 message still reaches live subscribers.
    */
-  private takeIn(packet: PublishPacket, client: Client): void {
+  private takeIn(packet: PublishPacket, client: Client): null | typeof AFTER_STORE {
     // An empty retained message is MQTT's way to clear the one kept on that topic: the broker's
     // business, no report (a device decommissioned clears its retained status so).
-    if (packet.qos === 2 || (packet.retain && packet.payload.length === 0)) return;
-    if (this.ingest(packet as AedesPublishPacket, client) === false && Buffer.isBuffer(packet.payload)) {
+    if (packet.qos === 2 || (packet.retain && packet.payload.length === 0)) return null;
+    const taken = this.ingest(packet as AedesPublishPacket, client);
+    if (taken === false && Buffer.isBuffer(packet.payload)) {
       packet.retain = false;
       this.refusedPayloads.add(packet.payload);
     }
+    // A command's answer need not wait: a command's end is written behind it (at least once).
+    return taken === true && packet.qos === 1 && !packet.topic.endsWith("/responses") ? AFTER_STORE : null;
   }
 
   private refusePublish(deviceId: string | null, message: string): Error {

@@ -319,6 +319,7 @@ export function standInContext(receive: AdapterContext["receive"], warnings: str
     maxPayloadBytes: 1024,
     warn: (m) => warnings.push(m),
     intake,
+    stored: () => Promise.resolve(true),
   };
 }
 export { until } from "../helpers";

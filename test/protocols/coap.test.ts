@@ -353,6 +353,28 @@ describe("CoapAdapter", () => {
         return adapter;
       };
 
+      it("answers a report 2.04 only once the hub says it is stored (5.03 if the hub stops first); a command's answer at once", async () => {
+        let store: ((stored: boolean) => void) | null = null;
+        const ctx = context((m) => ({ ok: true, deviceId: m.deviceId, status: "online", changed: true }));
+        const held = { ...ctx, stored: () => new Promise<boolean>((resolve) => (store = resolve)) };
+        const adapter = await serve(held);
+        const client = new CoapDevice(adapter.port!);
+        clients.push(client);
+        let answered = false;
+        const report = client.report(ID, "telemetry", "t", { a: 1 }).then((a) => ((answered = true), a));
+        await until(() => store !== null, "the adapter waiting for the store");
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        assert.equal(answered, false, "no 2.04 before the report is stored");
+        store!(true);
+        assert.equal((await report).code, "2.04");
+        store = null;
+        const stopping = client.report(ID, "state", "t", { properties: { a: 2 } });
+        await until(() => store !== null, "the adapter waiting for the store");
+        store!(false);
+        assert.equal((await stopping).code, "5.03");
+        assert.equal((await client.report(ID, "responses", "t", { id: "c1", ok: true })).code, "2.04", "not held: nothing waits");
+      });
+
       it("answers 5.03 while the hub is unavailable and 5.00 when it fails, without throwing", async () => {
         let fail: "unavailable" | "throw" = "unavailable";
         const warnings: string[] = [];

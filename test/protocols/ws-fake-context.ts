@@ -23,6 +23,12 @@ export class FakeContext implements AdapterContext {
   selfRegistration = false;
   /** The hub's valve, moved by a test: `intake.backlog(BUSY_AT)` turns it busy, `intake.release()` ready. */
   readonly intake = new Intake(BUSY_AT, 0, 2);
+  /** What `stored` answers; a test holds it (a promise of its own) to see what waits for the store. */
+  storedAnswer: Promise<boolean> = Promise.resolve(true);
+
+  stored(): Promise<boolean> {
+    return this.storedAnswer;
+  }
 
   constructor(readonly maxPayloadBytes = 64 * 1024) {}
 

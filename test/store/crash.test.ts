@@ -5,10 +5,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { Hub } from "../../src/core/hub";
 import { SqliteStore } from "../../src/store/sqlite";
+import { until } from "../helpers";
+import { MqttDevice } from "../protocols/mqtt-device";
 
 const CHILD = join(__dirname, "fixtures", "crash-child.ts");
 const COMMANDS_CHILD = join(__dirname, "fixtures", "crash-commands-child.ts");
 const TWIN_CHILD = join(__dirname, "fixtures", "crash-twin-child.ts");
+const REPORTS_CHILD = join(__dirname, "fixtures", "crash-reports-child.ts");
 
 /** Runs the child until `acks` changes are acknowledged plus a random extra moment, then SIGKILLs it. */
 function runAndKill(file: string, acks: number, extraMs: number, child_ = CHILD): Promise<string[]> {
@@ -174,6 +177,70 @@ describe("crash safety of twin versions (SQLite file, SIGKILL)", function () {
         for (const [id, version] of given) {
           const stored = hub.getState(id).version;
           assert.ok(stored >= version, `${id}: given version ${version}, the store holds ${stored}`);
+        }
+      } finally {
+        await hub.stop();
+      }
+    });
+  }
+});
+
+describe("crash safety of acknowledged reports (SQLite file, SIGKILL)", function () {
+  this.timeout(60_000);
+  const scratch = scratchDir();
+
+  for (const [acks, extraMs] of [
+    [30, 0],
+    [150, 7],
+    [1 + Math.floor(Math.random() * 300), Math.floor(Math.random() * 30)],
+  ] as const) {
+    it(`keeps every report acknowledged (an MQTT PUBACK, the REST flow's answer) when killed after ${acks} of each (+${extraMs} ms)`, async () => {
+      const file = join(scratch(), "hub.sqlite");
+      const child = spawn(process.execPath, ["--import", "tsx", REPORTS_CHILD, file], { stdio: ["ignore", "pipe", "pipe"] });
+      let stderr = "";
+      child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+      const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+      let httpAcked = 0;
+      let buffered = "";
+      const port = await new Promise<number>((resolve, reject) => {
+        child.once("exit", (code) => reject(new Error(`the child ended (${code}): ${stderr}`)));
+        child.stdout.on("data", (chunk: Buffer) => {
+          buffered += chunk.toString();
+          const lines = buffered.split("\n");
+          buffered = lines.pop() ?? "";
+          for (const line of lines) {
+            const parts = line.split(" ");
+            if (parts[0] === "PORT") resolve(Number(parts[1]));
+            if (parts[0] === "ACK") httpAcked = Number(parts[2]);
+          }
+        });
+      });
+      assert.ok(Number.isInteger(port) && port > 0, `the child's broker port: ${port}`);
+      // One QoS 1 report at a time, each sent once the one before it is acknowledged.
+      const device = await MqttDevice.connect(`mqtt://127.0.0.1:${port}`, { id: "m1" });
+      let mqttAcked = 0;
+      const reporting = (async () => {
+        for (let seq = 1; ; seq++) {
+          await device.publish("telemetry", { seq });
+          mqttAcked = seq;
+        }
+      })().catch(() => undefined);
+      await until(() => mqttAcked >= acks && httpAcked >= acks, `${acks} acknowledgements of each`, 30_000);
+      await new Promise((resolve) => setTimeout(resolve, extraMs));
+      child.kill("SIGKILL");
+      await exited;
+      const [mqttSeen, httpSeen] = [mqttAcked, httpAcked];
+      await device.end();
+      await reporting;
+
+      const hub = new Hub({ store: new SqliteStore({ path: file }), onWarning: () => undefined });
+      await hub.start();
+      try {
+        for (const [id, acknowledged] of [["m1", mqttSeen], ["h1", httpSeen]] as const) {
+          const stored = new Set((await hub.telemetry(id, { keys: "seq", from: 0, limit: 10_000 })).series.seq?.map((p) => p.value));
+          const lost = Array.from({ length: acknowledged }, (_, i) => i + 1).filter((seq) => !stored.has(seq));
+          assert.ok(acknowledged < 10_000, "fewer than a page of reports");
+          assert.deepEqual(lost, [], `${id}: ${lost.length} of ${acknowledged} acknowledged reports lost`);
         }
       } finally {
         await hub.stop();

@@ -252,6 +252,13 @@ export interface AdapterContext {
    * adapter has already read is still handed to `receive`: the hub takes it.
    */
   readonly intake: IntakeSignal;
+  /**
+   * Resolves true once what the hub has taken in so far is in its database (at once when it is,
+   * or without one); false when the hub stops first. Acknowledge a device's report (a PUBACK, a
+   * 2.04, a 204) only then: a crash then loses nothing the device was told was taken. Command
+   * responses need not wait (a command's end is written behind its answer: at least once).
+   */
+  stored(): Promise<boolean>;
 }
 
 /** See `AdapterContext.intake`. */
