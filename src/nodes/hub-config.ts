@@ -1,3 +1,4 @@
+import { realpathSync } from "node:fs";
 import path from "node:path";
 import { z } from "zod";
 import type { HubOptions } from "../core";
@@ -333,4 +334,35 @@ export function storeOf(choice: StorageChoice): Store | null {
     case "postgres":
       return new PostgresStore(choice.options);
   }
+}
+
+/**
+ * What names a store's database whatever way its settings spell it: a SQLite file by its real
+ * path (a symbolic link to it, or to a folder on its way, is the same file), a PostgreSQL server
+ * on this machine by one name (localhost, 127.0.0.1 and ::1 are the same server). Until
+ * 2026-12-08 a second hub on another spelling of the same database started, and the two hubs
+ * wrote over each other's fleet (a tester's find).
+ */
+export function databaseClaim(store: Pick<Store, "kind" | "description">): string | null {
+  if (store.kind === "sqlite") {
+    // Each in-memory database is a database of its own.
+    if (store.description === ":memory:") return null;
+    const file = path.resolve(store.description);
+    try {
+      return `sqlite:${realpathSync(file)}`;
+    } catch {
+      try {
+        return `sqlite:${path.join(realpathSync(path.dirname(file)), path.basename(file))}`;
+      } catch {
+        return `sqlite:${file}`;
+      }
+    }
+  }
+  if (store.kind === "postgres") {
+    const at = store.description.lastIndexOf(":", store.description.indexOf("/"));
+    const host = store.description.slice(0, at).replace(/^\[|\]$/g, "").toLowerCase();
+    const loopback = host === "localhost" || host === "::1" || /^127\./.test(host);
+    return `postgres:${loopback ? "loopback" : host}${store.description.slice(at)}`;
+  }
+  return `${store.kind}:${store.description}`;
 }

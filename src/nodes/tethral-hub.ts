@@ -8,6 +8,7 @@ import {
   type HubCredentials,
   type StorageChoice,
   clusterSettingsFor,
+  databaseClaim,
   parseClusterConfig,
   parseHubConfig,
   storageFor,
@@ -111,7 +112,8 @@ function setUp(RED: NodeAPI, node: Node, def: TethralHubDef): void {
     // One hub per database: a second hub on one would silently share it, each keeping its own
     // fleet in memory and writing over the other's. (A second hub on a WebSocket path is refused
     // by its WebSocket adapter alone: the hub starts, that protocol degraded.)
-    if (store) claim(node, `${store.kind}:${store.description}`, `already uses this database (${store.description}): give each hub its own file or database`);
+    const claimed = store && databaseClaim(store);
+    if (claimed) claim(node, claimed, `already uses this database (${store.description}): give each hub its own file or database`);
     const clusterOptions: Pick<HubOptions, "memberId" | "cluster"> = { memberId: cluster.memberId };
     if (cluster.enabled) {
       clusterOptions.cluster = {

@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, realpathSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { type AddressInfo, type Socket, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import path from "node:path";
 import helper from "node-red-node-test-helper";
 import type { Hub } from "../../src/core";
 import tethralHub from "../../src/nodes/tethral-hub";
+import { databaseClaim } from "../../src/nodes/hub-config";
 import type { HubStatusReport, Node, NodeAPI, NodeDef, TethralHubNode } from "../../src/nodes/types";
 import { closedPort } from "../helpers";
 
@@ -465,6 +466,44 @@ describe("tethral-hub storage", function () {
     while (second.hubStatus().state !== "running" && Date.now() - started < 5000) await new Promise((r) => setTimeout(r, 20));
     assert.equal(second.hubStatus().state, "running");
     assert.equal((await second.acquire()).statistics().store?.description, path.join(userDir, "fleet.sqlite"));
+  });
+
+  it("refuses a second hub on the same SQLite file reached through a symbolic link (CONFLICT)", async () => {
+    symlinkSync(userDir, path.join(userDir, "..", `${path.basename(userDir)}-link`));
+    const alias = path.join(userDir, "..", `${path.basename(userDir)}-link`, "fleet.sqlite");
+    const other = { id: "hub2", type: "tethral-hub", name: "Second hub", storage: "sqlite", sqliteFile: alias, websocketPath: "/second/ws" };
+    const first = hubConfig({ storage: "sqlite", sqliteFile: "fleet.sqlite", mqttPort: 0 });
+    try {
+      await helper.load(tethralHub, [first, other]);
+      await hubNode().acquire();
+      await assert.rejects((helper.getNode("hub2") as TethralHubNode).acquire(), (err: Error & { code?: string }) => err.code === "CONFLICT");
+    } finally {
+      rmSync(path.join(userDir, "..", `${path.basename(userDir)}-link`));
+    }
+  });
+
+  it("names a database by what it is, not how it is spelt: a file through links, this machine's PostgreSQL by any loopback name", () => {
+    const dir = realpathSync(mkdtempSync(path.join(tmpdir(), "tethral-claim-")));
+    try {
+      mkdirSync(path.join(dir, "real"));
+      symlinkSync(path.join(dir, "real"), path.join(dir, "link"));
+      writeFileSync(path.join(dir, "real", "a.sqlite"), "");
+      symlinkSync(path.join(dir, "real", "a.sqlite"), path.join(dir, "b.sqlite"));
+      const sqlite = (p: string) => databaseClaim({ kind: "sqlite", description: p });
+      assert.equal(sqlite(path.join(dir, "link", "a.sqlite")), sqlite(path.join(dir, "real", "a.sqlite")));
+      assert.equal(sqlite(path.join(dir, "b.sqlite")), sqlite(path.join(dir, "real", "a.sqlite")));
+      assert.equal(sqlite(path.join(dir, "link", "new.sqlite")), sqlite(path.join(dir, "real", "new.sqlite")), "a file not made yet");
+      assert.notEqual(sqlite(path.join(dir, "real", "c.sqlite")), sqlite(path.join(dir, "real", "a.sqlite")));
+      assert.equal(sqlite(":memory:"), null, "each in-memory database is its own");
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+    const pg = (description: string) => databaseClaim({ kind: "postgres", description });
+    assert.equal(pg("localhost:5432/fleet"), pg("127.0.0.1:5432/fleet"));
+    assert.equal(pg("[::1]:5432/fleet"), pg("127.0.0.1:5432/fleet"));
+    assert.notEqual(pg("127.0.0.1:5433/fleet"), pg("127.0.0.1:5432/fleet"));
+    assert.notEqual(pg("db.example.com:5432/fleet"), pg("127.0.0.1:5432/fleet"));
+    assert.notEqual(pg("127.0.0.1:5432/other"), pg("127.0.0.1:5432/fleet"));
   });
 
   it("starts a second hub on a WebSocket path another hub serves, its WebSocket protocol degraded and saying why", async () => {
