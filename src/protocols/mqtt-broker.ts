@@ -39,15 +39,15 @@ export interface EmbeddedBrokerOptions {
 /** Room for the fixed and variable headers (topic, packet id, v5 properties) above the payload limit. */
 const HEADER_ALLOWANCE = 4096;
 
+/** What `authorizePublish` answers for a QoS 1 report the hub took: acknowledged once stored. */
+const AFTER_STORE = Symbol("after store");
+
 /**
  * The embedded broker: aedes on a TCP port, with devices authenticated at CONNECT (username =
  * device id, password = token, any client id: see mqtt-sessions) and confined to their own
  * topics. The hub reads device messages in-process from aedes's `published` hook, so ingest
  * costs no extra socket.
  */
-/** What `authorizePublish` answers for a QoS 1 report the hub took: acknowledged once stored. */
-const AFTER_STORE = Symbol("after store");
-
 export class EmbeddedBroker implements MqttMode {
   private broker: Aedes | null = null;
   private server: Server | null = null;
