@@ -680,7 +680,9 @@ describe("Hub persistence (SQLite file)", () => {
     hub.publish("audit.note", { i: "fresh" });
     await hub.flush();
     clock.advance(60_000); // the retention timer fires
-    await new Promise((resolve) => setTimeout(resolve, 50));
+    // Its rounds run on the database thread: waited for, not given a fixed time (50 ms was too
+    // little on a loaded CI machine, 2026-12-08).
+    await until(() => hub.statistics().store!.purged.events >= 35, "the background purge");
     const left = await hub.eventHistory({ type: "audit.note", limit: 1000 });
     assert.deepEqual(left.map((e) => (e.data as { i: unknown }).i), ["fresh"]);
     assert.equal(hub.statistics().store!.purged.events >= 35, true);
