@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { partitionOf } from "../../src/core/cluster/partition";
+import { assignPartitions, partitionOf } from "../../src/core/cluster/partition";
 import { isTethralError } from "../../src/core/errors";
 import type { Hub } from "../../src/core";
 import { PostgresStore } from "../../src/store/postgres";
@@ -193,9 +193,16 @@ describe("a request asked again of a partition's next owner after its first owne
     const c = memberHub(new PostgresStore({ url: database().url }), cluster("c0"), options);
     try {
       for (const m of [a, b, c]) await m.hub.start();
+      // The three hold exactly their shares (rendezvous hashing), so which of b's partitions c
+      // takes when b dies is known: a spread caught on its way there (b holding one a would
+      // take) failed this test on a loaded CI run (2026-12-08).
+      const shares = assignPartitions(PARTITIONS, ["a0", "b0", "c0"]);
+      const after = assignPartitions(PARTITIONS, ["a0", "c0"]);
+      const share = (member: string) => shares.flatMap((owner, part) => (owner === member ? [part] : []));
+      assert.ok(share("b0").some((part) => after[part] === "c0"), "a partition of b's is c's next (fixed by the member ids)");
       await until(
-        "the three share the partitions, b holding some",
-        () => ownedBy(b.hub).length >= 1 && [a, b, c].reduce((n, m) => n + ownedBy(m.hub).length, 0) === PARTITIONS && [a, b, c].every((m) => ownedBy(m.hub).length <= Math.ceil(PARTITIONS / 3)),
+        "the three hold their shares",
+        () => [a, b, c].every((m) => JSON.stringify([...ownedBy(m.hub)].sort((x, y) => x - y)) === JSON.stringify(share(m.hub.memberId))),
         20_000,
       ).catch((err: unknown) => {
         throw new Error(`${String(err)}: a ${ownedBy(a.hub)}, b ${ownedBy(b.hub)}, c ${ownedBy(c.hub)}`);
