@@ -1,3 +1,4 @@
+import { STORED } from "./write-behind";
 import { isUtf8 } from "node:buffer";
 import { parseCommandAnswer } from "./command-input";
 import type { CommandTracker } from "./commands";
@@ -60,14 +61,12 @@ export type SelfRegister = (input: Record<string, unknown>, protocol: string, to
  * for an answer, to the command tracker. Nothing here throws at an adapter: a refusal is
  * counted, published as `message.rejected` and returned with the error to answer with.
  */
-const STORED_ALREADY = Promise.resolve(true);
-
 export class DeviceGateway {
   private readonly counters = new Map<string, ProtocolCounters>();
   /** Cluster mode only. */
   router: GatewayRouter | null = null;
   /** See `AdapterContext.stored` (the hub sets it). */
-  stored: () => Promise<boolean> = () => STORED_ALREADY;
+  stored: () => Promise<boolean> = () => STORED;
 
   constructor(
     private readonly registry: DeviceRegistry,

@@ -36,7 +36,7 @@ import { newTimeId } from "./ids";
 import { DeviceTokens } from "./tokens";
 import { twinCopy, twinOf } from "./twin";
 import type { Command, Device, DeviceState, DeviceTwin, StateHistoryEntry, TethralEvent } from "./types";
-import { DEFAULT_PERSISTENCE_OPTIONS, Persistence } from "./write-behind";
+import { DEFAULT_PERSISTENCE_OPTIONS, Persistence, STORED } from "./write-behind";
 import { ClusterMember } from "./cluster/member";
 import { clusterHealthOf, clusterInfoOf, clusterStoreHost } from "./cluster/view";
 import { type LocalRequests, commandWaitMs, localRequests, registrationId, routedRequest } from "./cluster/routed";
@@ -58,8 +58,6 @@ export type { TelemetryAnswer, TelemetryQueryInput } from "./telemetry";
  * adapters. `start()` loads the store and arms the timers; after `stop()` nothing the hub made
  * is left running. docs/ARCHITECTURE.md draws the whole.
  */
-const STORED_ALREADY = Promise.resolve(true);
-
 export class Hub {
   readonly clock: Clock;
   readonly events: EventBus;
@@ -429,7 +427,7 @@ export class Hub {
    * answer), so a crash loses nothing acknowledged (see Persistence.whenStored).
    */
   stored(): Promise<boolean> {
-    return this.persistence ? this.persistence.whenStored() : STORED_ALREADY;
+    return this.persistence ? this.persistence.whenStored() : STORED;
   }
 
   /** A device message its transport refused before it could be read (the REST flow's body that is not JSON, say). */

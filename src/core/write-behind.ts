@@ -26,7 +26,8 @@ const DROPPING_MS = 60_000;
 /** How long the intake may stay slowed before the store reports itself degraded: a spell is the design working, a long one is a store too slow for the fleet. */
 const SLOWED_MS = 30_000;
 
-const STORED = Promise.resolve(true);
+/** What `whenStored` answers when everything is stored already (and a hub without a database, see Hub.stored). */
+export const STORED = Promise.resolve(true);
 const NOT_STORED = Promise.resolve(false);
 
 export class Persistence {
